@@ -1,0 +1,5 @@
+import sys
+
+from blk.cli import main
+
+sys.exit(main())

@@ -1,0 +1,151 @@
+"""Sidecar captions (`image.png` → `image.txt`) with conflict checks and a full history.
+
+- Every write is atomic; files are saved as UTF-8 (other encodings are read with a warning).
+- An edit carries the hash of the file it started from (`base_hash`). If the file
+  changed meanwhile, the save is refused with `CaptionConflict` — and the refused
+  text still goes into the history, so nothing a curator typed is lost.
+- `.blk/history.jsonl` is append-only: one JSON line per version, with time,
+  source (`original`, `model`, `human`, `bulk`, `restore`) and the text. Any
+  version can be restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from blk import atomic
+from blk.data.scan import meta_dir
+from blk.errors import CaptionConflict, UnsafePath, UserError
+from blk.workspace import is_within
+
+SOURCES = ("original", "model", "human", "bulk", "restore")
+_FALLBACK_ENCODINGS = ("cp1252", "latin-1")
+
+
+@dataclass(frozen=True)
+class Caption:
+    image: str  # image path relative to the dataset
+    text: str
+    hash: str  # sha256 of the file's bytes; "" when there is no caption file
+    warning: str | None = None  # e.g. the file was not UTF-8
+
+    @property
+    def exists(self) -> bool:
+        return self.hash != ""
+
+
+def bytes_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_caption(data: bytes, name: str) -> tuple[str, str | None]:
+    """UTF-8 (BOM allowed) or, failing that, Windows-1252 / Latin-1 with a warning."""
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError:
+        pass
+    for encoding in _FALLBACK_ENCODINGS:
+        try:
+            text = data.decode(encoding)
+            return text, f"{name} is not UTF-8; it was read as {encoding} and will be saved as UTF-8."
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes any bytes")
+
+
+class CaptionStore:
+    def __init__(self, dataset: str | Path):
+        self.root = Path(dataset).resolve()
+        self.history_path = meta_dir(self.root) / "history.jsonl"
+        self._lock_path = meta_dir(self.root) / "captions.lock"
+
+    def caption_path(self, image: str) -> Path:
+        """The sidecar of an image, refusing anything that escapes the dataset."""
+        path = (self.root / image).with_suffix(".txt")
+        if not is_within(path.resolve(), self.root) or path.name.startswith("."):
+            raise UnsafePath(f"{image} is not an image inside this dataset.")
+        return path
+
+    def read(self, image: str) -> Caption:
+        path = self.caption_path(image)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return Caption(image, "", "")
+        except OSError as exc:
+            raise UserError(f"{path.name} cannot be read ({exc.strerror}).") from None
+        text, warning = decode_caption(data, path.name)
+        return Caption(image, text, bytes_hash(data), warning)
+
+    def save(self, image: str, text: str, base_hash: str, source: str = "human") -> Caption:
+        """Write a new caption if the file still has `base_hash`; else refuse (CaptionConflict)."""
+        if source not in SOURCES:
+            raise ValueError(f"unknown caption source {source}")
+        with self._locked():
+            current = self.read(image)
+            if current.hash != base_hash:
+                self._append(image, text, source, conflict=True)
+                raise CaptionConflict(image, current.text, text)
+            if current.exists and not self.versions(image):
+                self._append(image, current.text, "original")  # keep what was there before the studio
+            data = text.encode("utf-8")
+            atomic.write_bytes(self.caption_path(image), data)
+            self._append(image, text, source)
+            return Caption(image, text, bytes_hash(data))
+
+    def versions(self, image: str) -> list[dict]:
+        """Every recorded version of one caption, oldest first (refused edits included)."""
+        return [entry for entry in self._history() if entry.get("image") == image]
+
+    def restore(self, image: str, version_id: str, base_hash: str) -> Caption:
+        for entry in self.versions(image):
+            if entry["id"] == version_id:
+                return self.save(image, entry["text"], base_hash, source="restore")
+        raise UserError(f"No version {version_id} in the history of {image}.")
+
+    # internals ---------------------------------------------------------------
+    def _append(self, image: str, text: str, source: str, conflict: bool = False) -> None:
+        entry = {
+            "id": uuid.uuid4().hex[:12],
+            "t": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "image": image,
+            "source": source,
+            "text": text,
+            "sha256": bytes_hash(text.encode("utf-8")),
+        }
+        if conflict:
+            entry["conflict"] = True
+        atomic.append_line(self.history_path, json.dumps(entry, ensure_ascii=False))
+
+    def _history(self) -> list[dict]:
+        try:
+            lines = self.history_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        entries = []
+        for line in lines:
+            with contextlib.suppress(ValueError):  # a torn last line from a crash is skipped
+                entries.append(json.loads(line))
+        return entries
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """Serialise check-then-write across threads and processes (POSIX advisory lock)."""
+        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._lock_path, "a") as handle:
+            try:
+                import fcntl
+            except ImportError:  # Windows: single-process app, the check alone applies
+                yield
+                return
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,231 @@
+"""`dataset check`: everything worth knowing before training on a folder.
+
+Counts; bad files with reasons; images without captions; caption token counts
+per text encoder, with the chosen model's own tokenizers, and the captions
+over budget; exact duplicates (same content hash) and near-duplicates
+(perceptual hash); trigger-word coverage; non-UTF-8 captions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from blk import atomic
+from blk.data import images
+from blk.data.captions import CaptionStore
+from blk.data.scan import ImageRecord, meta_dir, scan
+from blk.errors import BadImage
+
+NEAR_DUPLICATE_BITS = 6  # pHash Hamming distance (of 64) at or under which images may be near-duplicates
+NEAR_DUPLICATE_COLOUR_GAP = 12.0  # and mean colour difference (0-255) of their 4×4 grids at or under this
+
+
+@dataclass(frozen=True)
+class TextEncoderBudget:
+    name: str  # e.g. "CLIP-L (tokenizer)"
+    subfolder: str
+    limit: int
+
+
+def encoder_budgets(family: str, model_name: str) -> list[TextEncoderBudget]:
+    """Token budgets as the pipelines use them (T5 is 256 for schnell, 512 for dev)."""
+    if family == "flux":
+        t5_limit = 256 if "schnell" in model_name else 512
+        return [TextEncoderBudget("CLIP-L", "tokenizer", 77), TextEncoderBudget("T5-XXL", "tokenizer_2", t5_limit)]
+    return [TextEncoderBudget("CLIP-L", "tokenizer", 77), TextEncoderBudget("OpenCLIP-bigG", "tokenizer_2", 77)]
+
+
+@dataclass
+class TokenStats:
+    encoder: str
+    limit: int
+    max: int = 0
+    mean: float = 0.0
+    over_budget: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass
+class CheckReport:
+    dataset: str
+    model: str
+    images: int = 0
+    usable: int = 0
+    captioned: int = 0
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+    uncaptioned: list[str] = field(default_factory=list)
+    caption_warnings: list[tuple[str, str]] = field(default_factory=list)
+    orphan_captions: list[str] = field(default_factory=list)
+    tokens: list[TokenStats] = field(default_factory=list)
+    exact_duplicates: list[list[str]] = field(default_factory=list)
+    near_duplicates: list[tuple[str, str, int]] = field(default_factory=list)
+    trigger: str | None = None
+    trigger_missing: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False)
+
+    def to_text(self) -> str:
+        lines = [
+            f"Dataset {self.dataset} (tokens counted for {self.model})",
+            f"  images: {self.images}  usable: {self.usable}  captioned: {self.captioned}",
+        ]
+
+        def section(title, items, fmt):
+            if items:
+                lines.append(f"{title} ({len(items)}):")
+                lines.extend("  " + fmt(item) for item in items)
+
+        section("Bad files", self.bad_files, lambda x: x[1])
+        section("Images without a caption", self.uncaptioned, str)
+        section("Caption warnings", self.caption_warnings, lambda x: x[1])
+        section("Captions without an image", self.orphan_captions, str)
+        for stats in self.tokens:
+            lines.append(f"Tokens, {stats.encoder} (budget {stats.limit}): max {stats.max}, mean {stats.mean:.1f}")
+            section(f"  over budget for {stats.encoder}", stats.over_budget, lambda x: f"{x[0]}: {x[1]} tokens")
+        section("Exact duplicates", self.exact_duplicates, lambda g: " = ".join(g))
+        section("Near-duplicates", self.near_duplicates, lambda x: f"{x[0]} ~ {x[1]} (distance {x[2]})")
+        if self.trigger:
+            covered = self.captioned - len(self.trigger_missing)
+            lines.append(f"Trigger word {self.trigger!r}: in {covered} of {self.captioned} captions")
+            section("  captions without the trigger", self.trigger_missing, str)
+        return "\n".join(lines)
+
+
+def check_dataset(dataset: str | Path, tokenizers: dict[str, object] | None = None, budgets=(),
+                  model_name: str = "", trigger: str | None = None) -> CheckReport:
+    """Build the report. `tokenizers` maps a budget's subfolder to a loaded tokenizer."""
+    dataset = Path(dataset).resolve()
+    records = scan(dataset)
+    store = CaptionStore(dataset)
+    report = CheckReport(str(dataset), model_name, images=len(records), trigger=trigger or None)
+
+    captions: dict[str, str] = {}
+    for record in records:
+        if not record.ok:
+            report.bad_files.append((record.rel, record.error))
+            continue
+        report.usable += 1
+        caption = store.read(record.rel)
+        if caption.warning:
+            report.caption_warnings.append((record.caption_rel(), caption.warning))
+        if caption.text.strip():
+            captions[record.rel] = caption.text
+        else:
+            report.uncaptioned.append(record.rel)
+    report.captioned = len(captions)
+    report.orphan_captions = _orphan_captions(dataset, records)
+
+    for budget in budgets:
+        tokenizer = (tokenizers or {}).get(budget.subfolder)
+        if tokenizer is not None:
+            report.tokens.append(_token_stats(budget, tokenizer, captions))
+
+    usable = [r for r in records if r.ok]
+    report.exact_duplicates = _exact_duplicates(usable)
+    report.near_duplicates = _near_duplicates(dataset, usable)
+    if trigger:
+        pattern = re.compile(r"(?<!\w)" + re.escape(trigger) + r"(?!\w)", re.IGNORECASE)
+        report.trigger_missing = [rel for rel, text in captions.items() if not pattern.search(text)]
+    return report
+
+
+def _token_stats(budget: TextEncoderBudget, tokenizer, captions: dict[str, str]) -> TokenStats:
+    stats = TokenStats(budget.name, budget.limit)
+    counts = {rel: len(tokenizer(text, truncation=False).input_ids) for rel, text in captions.items()}
+    if counts:
+        stats.max = max(counts.values())
+        stats.mean = sum(counts.values()) / len(counts)
+    stats.over_budget = sorted(((rel, n) for rel, n in counts.items() if n > budget.limit), key=lambda x: -x[1])
+    return stats
+
+
+def _orphan_captions(dataset: Path, records: list[ImageRecord]) -> list[str]:
+    with_image = {r.caption_rel() for r in records}
+    orphans = []
+    for path in sorted(dataset.rglob("*.txt")):
+        rel = path.relative_to(dataset).as_posix()
+        if not any(part.startswith(".") for part in Path(rel).parts) and rel not in with_image:
+            orphans.append(rel)
+    return orphans
+
+
+def _exact_duplicates(records: list[ImageRecord]) -> list[list[str]]:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for record in records:
+        groups[record.sha256].append(record.rel)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
+def _near_duplicates(dataset: Path, records: list[ImageRecord]) -> list[tuple[str, str, int]]:
+    """Pairs that look alike: close perceptual hashes *and* close colours.
+
+    pHash sees structure only, so flat or nearly flat images of different
+    colours would all match; the 4×4 colour grid keeps them apart. Exact
+    duplicates are listed once, not here.
+    """
+    signatures = _signatures(dataset, records)
+    seen_sha: set[str] = set()
+    items = []
+    for record in records:
+        if record.sha256 in seen_sha or record.sha256 not in signatures:
+            continue
+        seen_sha.add(record.sha256)
+        items.append((record.rel, *signatures[record.sha256]))
+    pairs = []
+    for i, (rel_a, hash_a, colours_a) in enumerate(items):
+        for rel_b, hash_b, colours_b in items[i + 1:]:
+            distance = (hash_a ^ hash_b).bit_count()
+            if distance <= NEAR_DUPLICATE_BITS and _colour_gap(colours_a, colours_b) <= NEAR_DUPLICATE_COLOUR_GAP:
+                pairs.append((rel_a, rel_b, distance))
+    return pairs
+
+
+def _colour_gap(a: list[int], b: list[int]) -> float:
+    return sum(abs(x - y) for x, y in zip(a, b)) / max(len(a), 1)
+
+
+def _signatures(dataset: Path, records: list[ImageRecord]) -> dict[str, tuple[int, list[int]]]:
+    """(64-bit pHash, 4×4 RGB grid) per content hash, cached in `.blk/similarity.json`."""
+    import imagehash
+    from PIL import Image
+
+    cache_path = meta_dir(dataset) / "similarity.json"
+    try:
+        cache = {k: (int(v[0], 16), list(v[1])) for k, v in json.loads(cache_path.read_text()).items()}
+    except (OSError, ValueError, AttributeError, TypeError, IndexError):
+        cache = {}
+    changed = False
+    for record in records:
+        if record.sha256 in cache:
+            continue
+        try:
+            with images.open_image(dataset / record.rel) as im:
+                rgb = im.convert("RGB")
+                rgb.thumbnail((256, 256))
+                grid = list(rgb.resize((4, 4), Image.Resampling.BOX).tobytes())
+                cache[record.sha256] = (int(str(imagehash.phash(rgb)), 16), grid)
+                changed = True
+        except BadImage:
+            continue
+    if changed:
+        try:
+            atomic.write_json(cache_path, {k: [format(h, "016x"), g] for k, (h, g) in cache.items()})
+        except OSError:
+            pass
+    return cache
+
+
+def check_for_model(dataset: str | Path, workspace, model_name: str | None = None,
+                    trigger: str | None = None) -> CheckReport:
+    """The whole check as the CLI and the UI run it: token budgets from the model's own tokenizers."""
+    from blk.models.registry import default_model, resolve
+    from blk.models.tokenizers import load_tokenizers
+
+    model = resolve(model_name or default_model(workspace)[0], workspace)
+    budgets = encoder_budgets(model.family, model.name)
+    tokenizers = load_tokenizers(model, [b.subfolder for b in budgets])
+    return check_dataset(dataset, tokenizers, budgets, model.name, trigger)

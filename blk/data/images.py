@@ -1,0 +1,193 @@
+"""Safe image opening: every odd file either becomes a correct image or one clear reason.
+
+Handled: EXIF orientation; CMYK, palette (with transparency), LA, 16-bit and
+32-bit greyscale and 16-bit RGB(A) TIFF; alpha kept where present. Refused with
+a reason: truncated or corrupt files, zero-byte files, files that are not
+images (whatever their extension), and images declaring more pixels than
+`MAX_PIXELS` (decompression bombs) — never by raising Pillow's limit.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from blk.errors import BadImage
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+
+# Images above this are refused whole: Pillow's own hard bomb limit (twice its warning
+# threshold). Bigger artwork is read by region in the Upscale path, never by lifting this.
+MAX_PIXELS = 178_956_970
+
+_FORMATS = ["PNG", "JPEG", "WEBP", "TIFF", "BMP"]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a header tells, after orientation: size as displayed."""
+
+    width: int
+    height: int
+    mode: str  # Pillow's mode of the file, e.g. RGB, RGBA, CMYK, P, LA, I;16
+    format: str
+    has_alpha: bool
+    bit_depth: int  # bits per channel: 8 or 16 (32 for float/int greyscale)
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        if path.stat().st_size == 0:
+            raise BadImage(f"{path.name} is empty (0 bytes).")
+    except OSError as exc:
+        raise BadImage(f"{path.name} cannot be read ({exc.strerror}).") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check against MAX_PIXELS
+            return Image.open(path, formats=_FORMATS)
+    except Image.DecompressionBombError:
+        raise _bomb(path, None) from None
+    except Image.UnidentifiedImageError:
+        raise BadImage(f"{path.name} is not an image in a supported format (PNG, JPEG, WebP, TIFF, BMP).") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"{path.name} is damaged and cannot be opened ({exc}).") from None
+
+
+def _bomb(path: Path, size: tuple[int, int] | None) -> BadImage:
+    dims = f" ({size[0]}×{size[1]})" if size else ""
+    return BadImage(
+        f"{path.name} declares too many pixels{dims}, over the {MAX_PIXELS:,}-pixel safety limit "
+        "(possibly a decompression bomb); very large artwork belongs in the Upscale tab."
+    )
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info) \
+        or ("A" in im.getbands())
+
+
+def _bit_depth(im: Image.Image) -> int:
+    """Bits per channel in the file (Pillow decodes 16-bit RGB to 8-bit; its raw mode tells)."""
+    rawmode = str(im.tile[0][3]) if im.tile else ""
+    if im.mode.startswith("I;16") or ";16" in rawmode:
+        return 16
+    if im.mode in ("I", "F"):
+        return 32
+    return 8
+
+
+def _orientation_swaps(im: Image.Image) -> bool:
+    try:
+        return im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:  # a broken EXIF block must not make a good image unusable
+        return False
+
+
+def read_info(path: str | Path) -> ImageInfo:
+    """Header-only facts about an image (cheap; does not decode pixels)."""
+    path = Path(path)
+    with _open(path) as im:
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            raise _bomb(path, (w, h))
+        if _orientation_swaps(im):
+            w, h = h, w
+        return ImageInfo(w, h, im.mode, im.format or "?", _has_alpha(im), _bit_depth(im))
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Decode fully into an 8-bit RGB or RGBA image, upright, or raise BadImage with the reason."""
+    path = Path(path)
+    with _open(path) as im:
+        if im.size[0] * im.size[1] > MAX_PIXELS:
+            raise _bomb(path, im.size)
+        try:
+            im.load()
+            upright = ImageOps.exif_transpose(im)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            reason = "it is truncated" if "truncated" in str(exc) else str(exc)
+            raise BadImage(f"{path.name} is damaged and cannot be decoded ({reason}).") from None
+        return to_8bit(upright)
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB or RGBA with 8 bits per channel, scaling high bit depths."""
+    mode = im.mode
+    if mode in ("RGB", "RGBA"):
+        return im.copy()
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        array = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        grey = np.clip(np.round(array / peak * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if mode == "P":
+        return im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+    if mode in ("LA", "PA", "La", "RGBa"):
+        return im.convert("RGBA")
+    if mode == "CMYK":
+        return _cmyk_to_rgb(im)
+    return im.convert("RGB")  # L, 1, YCbCr, LAB, HSV
+
+
+def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
+    """Use the embedded ICC profile when there is one, else Pillow's naive conversion.
+
+    Adobe JPEGs store CMYK inverted; Pillow already undoes that on decode.
+    """
+    icc = im.info.get("icc_profile")
+    if icc:
+        try:
+            import io
+
+            from PIL import ImageCms
+
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except Exception:  # a broken profile falls back to the plain conversion
+            pass
+    return im.convert("RGB")
+
+
+def read_pixels(path: str | Path) -> np.ndarray:
+    """Decode into float32 HxWxC in [0, 1], keeping 16-bit precision (C = 3 or 4)."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        high = _read_tiff_high_bit(path)
+        if high is not None:
+            return high
+    with _open(path) as im:
+        if im.mode.startswith("I;16"):
+            if im.size[0] * im.size[1] > MAX_PIXELS:
+                raise _bomb(path, im.size)
+            im.load()
+            grey = np.asarray(ImageOps.exif_transpose(im), dtype=np.float32) / 65535.0
+            return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(open_image(path), dtype=np.float32) / 255.0
+
+
+def _read_tiff_high_bit(path: Path) -> np.ndarray | None:
+    """16-bit RGB(A) TIFFs, which Pillow cannot decode at full depth."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if page.dtype is None or page.dtype.itemsize < 2 or page.shape[0] * page.shape[1] > MAX_PIXELS:
+                return None
+            array = page.asarray()
+    except Exception:
+        return None
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        return None
+    peak = float(np.iinfo(array.dtype).max) if np.issubdtype(array.dtype, np.integer) else 1.0
+    return (array.astype(np.float32) / peak).clip(0.0, 1.0)

@@ -1,0 +1,1 @@
+"""Image generation with loaded pipelines (Sketch and Review build on this)."""

@@ -1,0 +1,68 @@
+"""Device, dtype and memory policy, in one place.
+
+CUDA (bf16) > Apple MPS (fp16) > CPU (fp32). On a multi-GPU workstation the
+user picks `cuda:N`. Memory modes trade speed for memory and are options of a
+job, never silent: model CPU offload, VAE tiling, int8 weights (optimum-quanto).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from blk.errors import UserError
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    cpu_offload: bool = False  # keep weights in RAM, move each model to the GPU only while it runs
+    vae_tiling: bool = False  # decode big images in tiles
+    int8: bool = False  # quantize the denoiser's weights to int8 (optimum-quanto)
+
+
+def available_devices() -> list[str]:
+    """Devices this machine offers, best first, e.g. ['cuda:0', 'cuda:1', 'cpu']."""
+    import torch
+
+    found = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        found.append("mps")
+    return found + ["cpu"]
+
+
+def pick_device(preference: str = "auto") -> str:
+    """Resolve 'auto' to the best device; check that an explicit choice exists."""
+    devices = available_devices()
+    if preference in ("", "auto"):
+        return devices[0]
+    wanted = "cuda:0" if preference == "cuda" else preference
+    if wanted not in devices:
+        raise UserError(f"Device {preference} is not available here; choose one of {', '.join(devices)}.")
+    return wanted
+
+
+def pick_dtype(device: str):
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def describe(device: str) -> str:
+    """A human label, e.g. 'cuda:0 — NVIDIA RTX A6000, 48 GB'."""
+    import torch
+
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(int(device.split(":")[1]))
+        return f"{device} — {props.name}, {props.total_memory / 2**30:.0f} GB"
+    if device == "mps":
+        return "mps — Apple GPU"
+    return "cpu — slow, but every feature works"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()

@@ -1,0 +1,134 @@
+"""Loaded pipelines, kept between calls, and LoRAs swapped on top of them.
+
+Loading a base model is the slow part (tens of seconds for real weights), so
+`PipelineCache` keeps one pipeline per (model, task, device, memory options)
+alive and counts real loads: a second generation must not load again. LoRAs
+are peft adapters on the loaded denoiser; changing which ones are active, or
+their scales, never reloads the base. Adapters are never fused into weights
+(fusing into int8 weights silently drops the LoRA; see STACK.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blk.errors import UserError
+from blk.models.device import MemoryOptions, pick_device, pick_dtype
+from blk.models.registry import ResolvedModel
+
+TASKS = ("text2img", "img2img")
+
+
+def _pipeline_class(family: str, task: str):
+    import diffusers
+
+    names = {
+        ("flux", "text2img"): "FluxPipeline",
+        ("flux", "img2img"): "FluxImg2ImgPipeline",
+        ("sdxl", "text2img"): "StableDiffusionXLPipeline",
+        ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline",
+    }
+    return getattr(diffusers, names[(family, task)])
+
+
+def load_pipeline(model: ResolvedModel, task: str, device: str, memory: MemoryOptions):
+    """Load weights from local files only, place them, apply memory options."""
+    cls = _pipeline_class(model.family, task)
+    dtype = pick_dtype(device)
+    try:
+        if model.single_file:
+            pipe = cls.from_single_file(str(model.path), dtype=dtype, local_files_only=True)
+        else:
+            pipe = cls.from_pretrained(str(model.path), dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise UserError(f"Could not load {model.name} from {model.path}: {str(exc).splitlines()[0]}") from None
+    if memory.int8:
+        from optimum.quanto import freeze, qint8, quantize
+
+        denoiser = pipe.transformer if model.family == "flux" else pipe.unet
+        quantize(denoiser, weights=qint8)
+        freeze(denoiser)
+    if memory.vae_tiling:
+        pipe.vae.enable_tiling()
+    if memory.cpu_offload and device.startswith("cuda"):
+        pipe.enable_model_cpu_offload(gpu_id=int(device.split(":")[1]))
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@dataclass
+class LoadedPipeline:
+    pipe: object
+    model: ResolvedModel
+    device: str
+    adapters: dict[str, str] = field(default_factory=dict)  # adapter name -> file path
+
+    @property
+    def denoiser(self):
+        return self.pipe.transformer if self.model.family == "flux" else self.pipe.unet
+
+
+class PipelineCache:
+    """Keeps the most recently used pipeline loaded; loads again only when the key changes."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._key = None
+        self._loaded: LoadedPipeline | None = None
+        self.load_count = 0
+
+    def get(self, model: ResolvedModel, task: str = "text2img", device: str = "auto",
+            memory: MemoryOptions = MemoryOptions()) -> LoadedPipeline:
+        if task not in TASKS:
+            raise ValueError(task)
+        device = pick_device(device)
+        key = (str(model.path), model.family, task, device, memory)
+        with self._lock:
+            if self._key != key:
+                self._loaded = None  # free the old pipeline before loading the next
+                self._loaded = LoadedPipeline(load_pipeline(model, task, device, memory), model, device)
+                self._key = key
+                self.load_count += 1
+            return self._loaded
+
+    def clear(self) -> None:
+        with self._lock:
+            self._key, self._loaded = None, None
+
+
+def adapter_name(path: Path) -> str:
+    """A stable adapter name from the file's content, so the same LoRA is loaded once."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return "lora_" + digest.hexdigest()[:16]
+
+
+def set_loras(loaded: LoadedPipeline, loras: list[tuple[Path, float]]) -> None:
+    """Make exactly these LoRAs active at these scales; others are unloaded. Base weights untouched."""
+    wanted: dict[str, float] = {}
+    for path, scale in loras:
+        path = Path(path)
+        if path.suffix.lower() != ".safetensors":
+            raise UserError(f"{path.name} is not a .safetensors LoRA file.")
+        name = adapter_name(path)
+        if name not in loaded.adapters:
+            try:
+                loaded.pipe.load_lora_weights(str(path), adapter_name=name)
+            except (ValueError, KeyError, OSError, RuntimeError) as exc:
+                raise UserError(f"{path.name} is not a LoRA for {loaded.model.family}: {str(exc).splitlines()[0]}") from None
+            loaded.adapters[name] = str(path)
+        wanted[name] = float(scale)
+    stale = [name for name in loaded.adapters if name not in wanted]
+    if stale:
+        loaded.pipe.delete_adapters(stale)
+        for name in stale:
+            del loaded.adapters[name]
+    if wanted:
+        loaded.pipe.set_adapters(list(wanted), adapter_weights=list(wanted.values()))

@@ -1,0 +1,229 @@
+"""Known model names and how each resolves to weights on this machine, offline.
+
+A name resolves, in order, to: a path registered in workspace settings, a
+diffusers folder `workspace/models/NAME`, or the local Hugging Face cache. A
+path given instead of a name is used as is (diffusers folder or single file),
+its family detected from its contents. Nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from blk.errors import ModelNotFound, UserError
+from blk.workspace import Workspace
+
+FAMILIES = ("flux", "sdxl")
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str
+    family: str
+    repo_id: str | None  # None for models built in code
+    description: str
+    default_steps: int
+    default_guidance: float
+    gated: bool = False
+
+    @property
+    def tiny(self) -> bool:
+        return self.repo_id is None
+
+
+KNOWN_MODELS: dict[str, KnownModel] = {
+    m.name: m
+    for m in (
+        KnownModel("flux-dev", "flux", "black-forest-labs/FLUX.1-dev", "FLUX.1-dev (gated; non-commercial licence)", 28, 3.5, gated=True),
+        KnownModel("flux-schnell", "flux", "black-forest-labs/FLUX.1-schnell", "FLUX.1-schnell (Apache-2.0, 4 steps)", 4, 0.0),
+        KnownModel("sdxl", "sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "Stable Diffusion XL base 1.0", 30, 6.0),
+        KnownModel("tiny-flux", "flux", None, "random-weight Flux built in code (demo and tests)", 4, 3.5),
+        KnownModel("tiny-sdxl", "sdxl", None, "random-weight SDXL built in code (demo and tests)", 4, 5.0),
+    )
+}
+
+# Pipeline classes written in model_index.json, by family.
+_PIPELINE_FAMILY = {
+    "FluxPipeline": "flux",
+    "FluxImg2ImgPipeline": "flux",
+    "FluxFillPipeline": "flux",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's weights are. `path` is a diffusers folder or a single file."""
+
+    name: str
+    family: str
+    path: Path
+    source: str  # tiny | workspace | settings | hf-cache | path
+    single_file: bool = False
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.source == "tiny"
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One row of `models list`."""
+
+    name: str
+    family: str
+    found: bool
+    location: str
+    size_bytes: int
+    description: str
+
+
+def resolve(name_or_path: str, workspace: Workspace, *, build_tiny: bool = True) -> ResolvedModel:
+    """Find local weights for a model name or path, or raise one clear sentence."""
+    known = KNOWN_MODELS.get(name_or_path)
+    if known is not None and known.tiny:
+        from blk.models import tiny
+
+        folder = tiny.ensure_tiny_model(known.name, workspace.models) if build_tiny else workspace.models / known.name
+        return ResolvedModel(known.name, known.family, folder, "tiny")
+
+    registered = workspace.settings.models.get(name_or_path)
+    if registered:
+        path = Path(registered).expanduser()
+        if not path.exists():
+            raise ModelNotFound(f"Model {name_or_path} is registered at {path}, but nothing is there.")
+        return _from_path(name_or_path, path, "settings")
+
+    if known is not None:
+        folder = workspace.models / known.name
+        if (folder / "model_index.json").exists():
+            return ResolvedModel(known.name, known.family, folder, "workspace")
+        cached = hf_cache_snapshot(known.repo_id)
+        if cached is not None:
+            return ResolvedModel(known.name, known.family, cached, "hf-cache")
+        raise ModelNotFound(
+            f"Model {known.name} ({known.repo_id}) is not on this machine; "
+            f"fetch it with `python -m blk models fetch {known.name}` or put a diffusers folder at {folder}."
+        )
+
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return _from_path(path.stem if path.is_file() else path.name, path, "path")
+    raise ModelNotFound(
+        f"Unknown model {name_or_path!r}: use one of {', '.join(KNOWN_MODELS)}, a registered name, "
+        "or the path of a local diffusers folder or .safetensors checkpoint."
+    )
+
+
+def _from_path(name: str, path: Path, source: str) -> ResolvedModel:
+    path = path.resolve()
+    return ResolvedModel(name, detect_family(path), path, source, single_file=path.is_file())
+
+
+def detect_family(path: Path) -> str:
+    """Tell Flux from SDXL by a diffusers folder's model_index.json or a checkpoint's keys."""
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.exists():
+            raise UserError(f"{path} is not a diffusers model folder (it has no model_index.json).")
+        try:
+            class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{index} is not valid JSON.") from None
+        family = _PIPELINE_FAMILY.get(class_name)
+        if family is None:
+            raise UserError(f"{path} holds a {class_name or 'unknown'} model; BLK Studio works with Flux.1 and SDXL.")
+        return family
+    if path.suffix.lower() != ".safetensors":
+        raise UserError(f"{path.name} is not a .safetensors checkpoint; convert pickled checkpoints to safetensors first.")
+    return family_from_keys(safetensors_keys(path), path.name)
+
+
+def safetensors_keys(path: Path) -> list[str]:
+    """Read only the header of a .safetensors file (no tensors are loaded)."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if size <= 0 or size > 100_000_000:
+                raise ValueError("bad header size")
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise UserError(f"{path.name} is not a readable .safetensors file.") from None
+    return [k for k in header if k != "__metadata__"]
+
+
+def family_from_keys(keys: list[str], label: str) -> str:
+    """Original (BFL / Stability) and diffusers key layouts of both families."""
+    joined = "\n".join(keys[:5000])
+    if "double_blocks." in joined or "transformer_blocks.0.attn.add_q_proj" in joined or "single_transformer_blocks." in joined:
+        return "flux"
+    if "conditioner.embedders.1" in joined or ("input_blocks." in joined and "label_emb." in joined) or "add_embedding.linear_1" in joined:
+        return "sdxl"
+    raise UserError(f"{label} is neither a Flux.1 nor an SDXL checkpoint.")
+
+
+def hf_cache_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot folder of a repo in the Hugging Face cache, if complete enough to load."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "model_index.json")
+    if isinstance(found, str) and os.path.exists(found):
+        return Path(found).parent
+    return None
+
+
+def folder_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size  # follows HF cache symlinks to blobs
+            except OSError:
+                pass
+    return total
+
+
+def list_models(workspace: Workspace) -> list[ModelStatus]:
+    """Every known and registered model, found or missing, without building or loading anything."""
+    rows: list[ModelStatus] = []
+    for known in KNOWN_MODELS.values():
+        if known.tiny:
+            folder = workspace.models / known.name
+            built = (folder / "model_index.json").exists()
+            rows.append(ModelStatus(known.name, known.family, True,
+                                    str(folder) if built else "built on first use",
+                                    folder_size(folder) if built else 0, known.description))
+            continue
+        try:
+            resolved = resolve(known.name, workspace)
+            rows.append(ModelStatus(known.name, known.family, True, str(resolved.path), folder_size(resolved.path), known.description))
+        except ModelNotFound:
+            rows.append(ModelStatus(known.name, known.family, False, f"missing — python -m blk models fetch {known.name}", 0, known.description))
+    for name, path in workspace.settings.models.items():
+        if name in KNOWN_MODELS:
+            continue
+        try:
+            resolved = resolve(name, workspace)
+            rows.append(ModelStatus(name, resolved.family, True, str(resolved.path), folder_size(resolved.path), "registered local model"))
+        except UserError as exc:
+            rows.append(ModelStatus(name, "?", False, str(exc), 0, "registered local model"))
+    return rows
+
+
+def default_model(workspace: Workspace, family: str | None = None) -> tuple[str, bool]:
+    """The model a tab starts with: the first real one found, else a tiny one (demo=True)."""
+    for known in KNOWN_MODELS.values():
+        if known.tiny or (family and known.family != family):
+            continue
+        try:
+            resolve(known.name, workspace)
+            return known.name, False
+        except ModelNotFound:
+            continue
+    return ("tiny-sdxl" if family == "sdxl" else "tiny-flux"), True

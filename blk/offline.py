@@ -1,0 +1,28 @@
+"""Privacy switches that libraries read once, at import time.
+
+`blk/__init__` calls `enforce()` so that importing anything from the engine first
+makes the process offline: Hugging Face, Gradio and friends never phone home and
+never download. `python -m blk models fetch` is the one explicit exception; it
+turns the hub back on for its own call only (see `blk.models.fetch`).
+"""
+
+import os
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "DIFFUSERS_OFFLINE": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "DO_NOT_TRACK": "1",
+    "DISABLE_TELEMETRY": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "BITSANDBYTES_NOWELCOME": "1",
+}
+
+
+def enforce() -> None:
+    """Set every offline/no-telemetry variable, overriding what the shell had."""
+    os.environ.update(OFFLINE_ENV)

@@ -1,0 +1,115 @@
+"""The workspace: where everything the studio reads and writes lives.
+
+    workspace/
+      datasets/NAME/        images + sidecar captions; NAME/.blk/ holds caches and history
+      runs/RUN/             training runs
+      outputs/{sketch,stencil,upscale}/
+      models/               tiny models and anything the user points at
+      settings.yaml         allowed extra folders, registered local models
+
+Paths that come from a user (UI fields, CLI flags) go through `confine()`: they
+must resolve, symlinks followed, inside the workspace or a folder the user
+allowed in settings.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from blk import atomic
+from blk.errors import UnsafePath, UserError
+
+SUBFOLDERS = ("datasets", "runs", "outputs/sketch", "outputs/stencil", "outputs/upscale", "models")
+
+
+@dataclass
+class Settings:
+    """What the user configured; saved as workspace/settings.yaml."""
+
+    allowed_folders: list[str] = field(default_factory=list)
+    models: dict[str, str] = field(default_factory=dict)  # name -> local path of a diffusers folder or file
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Settings":
+        known = {k: data[k] for k in ("allowed_folders", "models", "device") if k in data}
+        return cls(**known)
+
+
+class Workspace:
+    def __init__(self, root: str | os.PathLike = "workspace"):
+        self.root = Path(root).expanduser().resolve()
+        for sub in SUBFOLDERS:
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.settings = self._load_settings()
+
+    # folders -----------------------------------------------------------------
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def outputs(self, kind: str) -> Path:
+        return self.root / "outputs" / kind
+
+    # settings ----------------------------------------------------------------
+    @property
+    def settings_path(self) -> Path:
+        return self.root / "settings.yaml"
+
+    def _load_settings(self) -> Settings:
+        if not self.settings_path.exists():
+            return Settings()
+        try:
+            data = yaml.safe_load(self.settings_path.read_text(encoding="utf-8")) or {}
+            if not isinstance(data, dict):
+                raise ValueError("not a mapping")
+            return Settings.from_dict(data)
+        except (yaml.YAMLError, ValueError, TypeError) as exc:
+            raise UserError(f"{self.settings_path} is not valid settings YAML ({exc}); fix or delete it.") from None
+
+    def save_settings(self) -> None:
+        s = self.settings
+        atomic.write_text(
+            self.settings_path,
+            yaml.safe_dump({"allowed_folders": s.allowed_folders, "models": s.models, "device": s.device}),
+        )
+
+    # confinement -------------------------------------------------------------
+    def allowed_roots(self) -> list[Path]:
+        return [self.root] + [Path(p).expanduser().resolve() for p in self.settings.allowed_folders]
+
+    def confine(self, path: str | os.PathLike, base: Path | None = None) -> Path:
+        """Resolve a user-given path; refuse it unless it stays inside an allowed root.
+
+        Relative paths are taken from `base` (default: the workspace root).
+        """
+        raw = Path(path).expanduser()
+        if not raw.is_absolute():
+            raw = (base or self.root) / raw
+        resolved = raw.resolve()
+        if not any(is_within(resolved, root) for root in self.allowed_roots()):
+            raise UnsafePath(
+                f"{path} is outside the workspace ({self.root}) and the folders allowed in settings."
+            )
+        return resolved
+
+
+def is_within(path: Path, root: Path) -> bool:
+    """True when `path` is `root` or lies below it (both already resolved)."""
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False

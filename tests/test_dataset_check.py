@@ -1,0 +1,99 @@
+"""`python -m blk dataset check` on a folder of odd images made here (not in the repo)."""
+
+import json
+
+import pytest
+
+from blk.data.check import check_for_model
+from blk.data.scan import scan
+from tests.conftest import run_blk
+from tests.support.odd_images import make_odd_dataset
+
+LONG_CAPTION = "a dense ink drawing of many interlocking cubes and spheres, " * 4  # > 77 CLIP tokens
+
+
+@pytest.fixture(scope="module")
+def odd_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("check")
+    made = make_odd_dataset(root / "ds", root / "outside")
+    folder = root / "ds"
+    (folder / "cmyk.txt").write_text("blkstyle, a red field", encoding="utf-8")
+    (folder / "grey16.txt").write_text(LONG_CAPTION, encoding="utf-8")
+    (folder / "orphan.txt").write_text("no image for this one", encoding="utf-8")
+    return folder, made
+
+
+def test_scan_reports_every_bad_file_and_keeps_going(odd_dataset):
+    folder, made = odd_dataset
+    records = {r.rel: r for r in scan(folder, use_cache=False)}
+    assert set(records) == set(made)
+    bad = {rel for rel, r in records.items() if not r.ok}
+    assert bad == {name for name in made if name.startswith("bad_")}
+    assert "outside the dataset" in records["bad_link_outside.png"].error
+    good = records["ünï cødé name.png"]
+    assert (good.width, good.height, good.mode) == (96, 96, "RGB") and len(good.sha256) == 64
+
+
+def test_rescan_uses_the_index_and_notices_changes(odd_dataset, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(odd_dataset[0], folder, symlinks=True)
+    first = scan(folder)
+    assert (folder / ".blk" / "index.json").exists()
+    assert scan(folder) == first
+    from PIL import Image
+
+    Image.new("RGB", (5, 7)).save(folder / "one_pixel.png")
+    changed = {r.rel: r for r in scan(folder)}["one_pixel.png"]
+    assert (changed.width, changed.height) == (5, 7)
+
+
+def test_check_report_contents(odd_dataset, shared_workspace):
+    folder, made = odd_dataset
+    report = check_for_model(folder, shared_workspace, "tiny-flux", trigger="blkstyle")
+    assert report.images == len(made)
+    assert report.usable == len([n for n in made if not n.startswith("bad_")])
+    assert {rel for rel, _ in report.bad_files} == {n for n in made if n.startswith("bad_")}
+    assert report.captioned == 3  # cmyk, grey16 and the cp1252 one
+    assert "one_pixel.png" in report.uncaptioned and "cmyk.jpg" not in report.uncaptioned
+    assert [rel for rel, _ in report.caption_warnings] == ["ünï cødé name.txt"]
+    assert report.orphan_captions == ["orphan.txt"]
+    clip, t5 = report.tokens
+    assert (clip.encoder, clip.limit, t5.encoder, t5.limit) == ("CLIP-L", 77, "T5-XXL", 512)
+    assert [rel for rel, _ in clip.over_budget] == ["grey16.png"]
+    assert clip.over_budget[0][1] > 77 and t5.over_budget == []
+    assert report.exact_duplicates == [["copy of unicode.png", "ünï cødé name.png"]]
+    near = {frozenset(pair[:2]) for pair in report.near_duplicates}
+    assert near == {frozenset({"copy of unicode.png", "near_duplicate.jpg"})}  # flat images of other colours do not match
+    assert sorted(report.trigger_missing) == ["grey16.png", "ünï cødé name.png"]
+
+
+def test_cli_json_and_exit_code(odd_dataset, shared_workspace):
+    folder, made = odd_dataset
+    result = run_blk("--workspace", str(shared_workspace.root), "dataset", "check", str(folder),
+                     "--model", "tiny-sdxl", "--trigger", "blkstyle", "--json")
+    assert result.returncode == 1, result.stderr  # bad files exist
+    report = json.loads(result.stdout)
+    assert report["model"] == "tiny-sdxl"
+    assert [t["encoder"] for t in report["tokens"]] == ["CLIP-L", "OpenCLIP-bigG"]
+    assert len(report["bad_files"]) == len([n for n in made if n.startswith("bad_")])
+    assert all("\n" not in reason for _, reason in report["bad_files"])
+
+
+def test_cli_text_report_and_clean_dataset_exit_zero(tmp_path, shared_workspace):
+    from PIL import Image
+
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), "white").save(folder / "one.png")
+    (folder / "one.txt").write_text("a white square")
+    result = run_blk("--workspace", str(shared_workspace.root), "dataset", "check", str(folder), "--model", "tiny-flux")
+    assert result.returncode == 0, result.stderr
+    assert "images: 1  usable: 1  captioned: 1" in result.stdout
+
+
+def test_cli_missing_folder_is_one_sentence(tmp_path, shared_workspace):
+    result = run_blk("--workspace", str(shared_workspace.root), "dataset", "check", str(tmp_path / "nope"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,96 @@
+"""Safe image opening: each odd file becomes the right pixels, or one clear reason."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from blk.data import images
+from blk.errors import BadImage
+from tests.support.odd_images import make_odd_dataset
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    root = tmp_path_factory.mktemp("odd")
+    make_odd_dataset(root / "ds", root / "outside")
+    return root / "ds"
+
+
+def pixels(path):
+    return np.asarray(images.open_image(path)).astype(int)
+
+
+def test_cmyk_jpeg_becomes_rgb_red(odd):
+    rgb = pixels(odd / "cmyk.jpg")
+    assert rgb.shape == (24, 32, 3)
+    assert np.abs(rgb - [255, 0, 0]).max() <= 3
+
+
+def test_16bit_grey_png_is_scaled_not_clipped(odd):
+    rgb = pixels(odd / "grey16.png")
+    assert rgb.shape == (16, 64, 3)
+    ramp = np.linspace(0, 65535, 64 * 16).reshape(16, 64) / 65535 * 255
+    assert np.abs(rgb[..., 0] - ramp).max() <= 1  # Pillow's convert("L") would clip to 255 at 1/256
+    assert images.read_info(odd / "grey16.png").bit_depth == 16
+
+
+def test_16bit_rgb_tiff_keeps_precision_in_read_pixels(odd):
+    assert images.read_info(odd / "rgb16.tif").bit_depth == 16
+    high = images.read_pixels(odd / "rgb16.tif")
+    assert high.dtype == np.float32 and high.shape == (8, 8, 3)
+    assert high[0, 0, 1] * 65535 == pytest.approx(257 * 100 + 50, abs=0.5)
+    assert pixels(odd / "rgb16.tif")[0, 0].tolist() == [255, 100, 0]
+
+
+def test_palette_transparency_becomes_alpha(odd):
+    im = images.open_image(odd / "palette_transparent.png")
+    assert im.mode == "RGBA"
+    rgba = np.asarray(im)
+    assert (rgba[:, :8, 3] == 0).all() and (rgba[:, 8:, 3] == 255).all()
+    assert rgba[0, 12].tolist() == [255, 0, 0, 255]
+
+
+def test_grey_alpha_keeps_alpha(odd):
+    rgba = np.asarray(images.open_image(odd / "grey_alpha.png"))
+    assert rgba.shape == (8, 8, 4)
+    assert rgba[0, 0].tolist() == [200, 200, 200, 77]
+
+
+def test_exif_orientation_applied(odd):
+    info = images.read_info(odd / "exif_rotated.jpg")
+    assert (info.width, info.height) == (20, 40)
+    rgb = pixels(odd / "exif_rotated.jpg")
+    assert rgb.shape == (40, 20, 3)
+    # the red band, stored on the left, is at the top after a 90° clockwise turn
+    assert rgb[2, 10, 0] > 200 and rgb[2, 10, 2] < 60
+    assert rgb[-2, 10, 2] > 200 and rgb[-2, 10, 0] < 60
+
+
+def test_one_pixel_image(odd):
+    assert pixels(odd / "one_pixel.png").tolist() == [[[10, 20, 30]]]
+
+
+@pytest.mark.parametrize("name, words", [
+    ("bad_truncated.png", "truncated"),
+    ("bad_bomb.png", "too many pixels"),
+    ("bad_empty.png", "empty"),
+    ("bad_not_an_image.jpg", "not an image"),
+])
+def test_bad_files_give_one_sentence(odd, name, words):
+    with pytest.raises(BadImage) as caught:
+        images.open_image(odd / name)
+    message = str(caught.value)
+    assert words in message and name in message
+    assert "\n" not in message and "Traceback" not in message
+
+
+def test_bomb_is_refused_from_the_header_without_decoding(odd, tmp_path):
+    from tests.support.odd_images import bomb_png
+
+    path = tmp_path / "just_over.png"
+    path.write_bytes(bomb_png(images.MAX_PIXELS // 1000 + 1, 1000))
+    with pytest.raises(BadImage, match="too many pixels"):
+        images.read_info(path)
+    ok = tmp_path / "big_but_fine.png"
+    Image.new("RGB", (3000, 2000)).save(ok)
+    assert images.read_info(ok).width == 3000

@@ -1,0 +1,33 @@
+"""Models & Settings: which models are on this machine, the workspace, the devices."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ui.context import StudioContext
+
+COLUMNS = ["name", "family", "status", "size", "where", "about"]
+
+
+def models_table(context: StudioContext) -> list[list[str]]:
+    from blk.models.registry import list_models
+
+    rows = []
+    for r in list_models(context.workspace):
+        size = f"{r.size_bytes / 2**30:.2f} GB" if r.size_bytes >= 2**30 else (f"{r.size_bytes / 2**20:.1f} MB" if r.size_bytes else "")
+        rows.append([r.name, r.family, "found" if r.found else "missing", size, r.location, r.description])
+    return rows
+
+
+def build(context: StudioContext) -> None:
+    gr.Markdown(
+        "Weights load from this machine only. Put a diffusers folder at `workspace/models/NAME`, keep models in "
+        "your Hugging Face cache, or download one explicitly with `python -m blk models fetch NAME` "
+        "(the only command that uses the network)."
+    )
+    table = gr.Dataframe(value=lambda: models_table(context), headers=COLUMNS, interactive=False,
+                         label="Models", wrap=True)
+    refresh = gr.Button("Refresh", size="sm")
+    gr.Markdown(f"Workspace: `{context.workspace.root}`  \n"
+                f"Folders allowed besides it: {', '.join(context.workspace.settings.allowed_folders) or 'none'}")
+    refresh.click(lambda: models_table(context), outputs=table, api_name="models_list")

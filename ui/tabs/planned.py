@@ -1,0 +1,21 @@
+"""Tabs whose controls arrive with later work: they say what they will do, and offer nothing fake."""
+
+import gradio as gr
+
+PLANNED = {
+    "Train": "Train LoRA and LoKr adapters of Flux.1 and SDXL on a dataset, with a live loss plot, "
+             "samples and checkpoints; runs survive a browser refresh. Until then, train with your usual tool "
+             "and point Sketch at the LoRA file.",
+    "Sketch": "Text to image with a base model and your LoRAs (BLK-Conceptor): megapixel-budget sizes, fixed or "
+              "random seeds, parameters embedded in every PNG.",
+    "Stencil": "Transparent RGBA assets with LayerDiffuse (BLK-Stencil), ink-to-alpha for scans, and layered "
+               "export to OpenRaster for Krita and GIMP.",
+    "Upscale": "Real-ESRGAN (tiled) and diffusion + texture LoRA (tiled, multi-pass) up to mural and gigapixel "
+               "sizes, written as tiled BigTIFF in bounded memory (BLK-Upscale).",
+    "Review": "Checkpoints side by side: the same prompts and seeds across checkpoints and LoRA strengths, "
+              "blind A/B picks saved with the run.",
+}
+
+
+def build(name: str) -> None:
+    gr.Markdown(f"**Not available yet.** {PLANNED[name]}", elem_classes=["blk-soon"])
