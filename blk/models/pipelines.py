@@ -36,6 +36,11 @@ def _pipeline_class(family: str, task: str):
 
 def load_pipeline(model: ResolvedModel, task: str, device: str, memory: MemoryOptions):
     """Load weights from local files only, place them, apply memory options."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     cls = _pipeline_class(model.family, task)
     dtype = pick_dtype(device)
     try:
@@ -123,6 +128,9 @@ def set_loras(loaded: LoadedPipeline, loras: list[tuple[Path, float]]) -> None:
                 loaded.pipe.load_lora_weights(str(path), adapter_name=name)
             except (ValueError, KeyError, OSError, RuntimeError) as exc:
                 raise UserError(f"{path.name} is not a LoRA for {loaded.model.family}: {str(exc).splitlines()[0]}") from None
+            present = {n for names in loaded.pipe.get_list_adapters().values() for n in names}
+            if name not in present:  # diffusers only warns when no key matches this model
+                raise UserError(f"{path.name} is not a LoRA for {loaded.model.family}: none of its weights fit this model.")
             loaded.adapters[name] = str(path)
         wanted[name] = float(scale)
     stale = [name for name in loaded.adapters if name not in wanted]

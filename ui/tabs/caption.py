@@ -28,7 +28,9 @@ def check(context: StudioContext, name: str, trigger: str):
     if not name:
         return "Choose a dataset first (folders in `workspace/datasets/`).", []
     try:
-        folder = context.workspace.confine(context.workspace.datasets / name)
+        folder = context.workspace.confine(name, base=context.workspace.datasets)
+        if not folder.is_dir():
+            return f"**There is no dataset named {name} in `workspace/datasets/`.**", []
         report = check_for_model(folder, context.workspace, trigger=trigger.strip() or None)
     except UserError as exc:
         return f"**{exc}**", []
@@ -47,7 +49,7 @@ def check(context: StudioContext, name: str, trigger: str):
 def build(context: StudioContext) -> None:
     gr.Markdown("Datasets live in `workspace/datasets/NAME/`: images with `NAME.txt` captions beside them.")
     with gr.Row():
-        dataset = gr.Dropdown(choices=dataset_names(context), label="Dataset", scale=3, allow_custom_value=False)
+        dataset = gr.Dropdown(choices=dataset_names(context), label="Dataset", scale=3, allow_custom_value=True)
         refresh = gr.Button("↻", size="sm", scale=0, min_width=40)
         trigger = gr.Textbox(label="Trigger word (optional)", scale=2)
         run_check = gr.Button("Check dataset", variant="primary", scale=1)

@@ -1,0 +1,88 @@
+"""64×64 images from the tiny models through the model layer; LoRAs swapped without reloading."""
+
+import numpy as np
+import pytest
+
+from blk.errors import UserError
+from blk.generate.text_to_image import TextToImage, generate
+from blk.models.pipelines import PipelineCache, set_loras
+from blk.models.registry import resolve
+from tests.support.loras import make_random_lora
+
+
+def pixels(image):
+    return np.asarray(image).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def cache():
+    return PipelineCache()
+
+
+@pytest.mark.parametrize("name", ["tiny-flux", "tiny-sdxl"])
+def test_same_seed_same_image_other_seed_other_image(name, shared_workspace, cache):
+    loaded = cache.get(resolve(name, shared_workspace))
+    request = TextToImage("an ink cube", seed=42, width=64, height=64, steps=2)
+    first, again = generate(loaded, request), generate(loaded, request)
+    other = generate(loaded, TextToImage("an ink cube", seed=43, width=64, height=64, steps=2))
+    assert first.size == (64, 64) and first.mode == "RGB"
+    assert np.array_equal(pixels(first), pixels(again))
+    assert np.abs(pixels(first) - pixels(other)).mean() > 1.0
+    assert pixels(first).std() > 1.0  # an image, not a flat field
+
+
+def test_pipeline_stays_loaded_between_calls(shared_workspace):
+    cache = PipelineCache()
+    flux = resolve("tiny-flux", shared_workspace)
+    for seed in range(3):
+        generate(cache.get(flux), TextToImage("x", seed=seed, width=64, height=64, steps=1))
+    assert cache.load_count == 1
+    cache.get(resolve("tiny-sdxl", shared_workspace))
+    assert cache.load_count == 2
+
+
+def test_progress_callback_counts_steps(shared_workspace, cache):
+    seen = []
+    generate(cache.get(resolve("tiny-flux", shared_workspace)),
+             TextToImage("x", width=64, height=64, steps=3), callback=lambda step, total: seen.append((step, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_size_must_fit_the_family_grid(shared_workspace, cache):
+    with pytest.raises(UserError, match="multiples of 16"):
+        generate(cache.get(resolve("tiny-flux", shared_workspace)), TextToImage("x", width=72, height=64, steps=1))
+
+
+@pytest.mark.parametrize("name, family", [("tiny-flux", "flux"), ("tiny-sdxl", "sdxl")])
+def test_lora_scale_changes_without_reloading_the_base(name, family, shared_workspace, tmp_path):
+    model = resolve(name, shared_workspace)
+    lora = make_random_lora(model.path, family, tmp_path / "lora")
+    cache = PipelineCache()
+    request = TextToImage("a cloud", seed=5, width=64, height=64, steps=2)
+    base = pixels(generate(cache.get(model), request))
+
+    loaded = cache.get(model)
+    set_loras(loaded, [(lora, 1.0)])
+    full = pixels(generate(cache.get(model), request))
+    set_loras(cache.get(model), [(lora, 0.5)])
+    half = pixels(generate(cache.get(model), request))
+    set_loras(cache.get(model), [(lora, 0.0)])
+    zero = pixels(generate(cache.get(model), request))
+    set_loras(cache.get(model), [])
+    removed = pixels(generate(cache.get(model), request))
+
+    assert np.abs(full - base).mean() > 1.0
+    assert np.abs(half - base).mean() > 0.5 and np.abs(half - full).mean() > 0.5
+    assert np.array_equal(zero, base) and np.array_equal(removed, base)
+    assert cache.load_count == 1 and cache.get(model).adapters == {}
+
+
+def test_lora_file_errors_are_sentences(shared_workspace, tmp_path):
+    loaded = PipelineCache().get(resolve("tiny-flux", shared_workspace))
+    not_lora = tmp_path / "weights.bin"
+    not_lora.write_bytes(b"\x80\x04.")
+    with pytest.raises(UserError, match="not a .safetensors"):
+        set_loras(loaded, [(not_lora, 1.0)])
+    sdxl_lora = make_random_lora(resolve("tiny-sdxl", shared_workspace).path, "sdxl", tmp_path / "sdxl")
+    with pytest.raises(UserError, match="not a LoRA for flux"):
+        set_loras(loaded, [(sdxl_lora, 1.0)])

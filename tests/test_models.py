@@ -1,0 +1,162 @@
+"""Model layer: names resolve to local weights offline, or to one sentence naming the fetch command."""
+
+import json
+import shutil
+import struct
+
+import pytest
+
+from blk.errors import ModelNotFound, UserError
+from blk.models import registry
+from blk.models.registry import resolve
+from tests.conftest import run_blk
+
+COMMIT = "0" * 40
+
+
+def put_in_hf_cache(cache_dir, repo_id, source_folder):
+    """Lay out a model the way huggingface-hub caches a download (refs/main → snapshots/COMMIT)."""
+    repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    shutil.copytree(source_folder, repo / "snapshots" / COMMIT)
+    return repo / "snapshots" / COMMIT
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_missing_model_names_the_fetch_command(workspace, hf_cache):
+    with pytest.raises(ModelNotFound) as caught:
+        resolve("flux-dev", workspace)
+    message = str(caught.value)
+    assert "python -m blk models fetch flux-dev" in message and "\n" not in message
+
+
+def test_unknown_name_lists_choices(workspace, hf_cache):
+    with pytest.raises(ModelNotFound, match="tiny-flux"):
+        resolve("flux-pro-ultra", workspace)
+
+
+def test_resolves_from_hf_cache_and_generates(workspace, hf_cache, shared_workspace):
+    snapshot = put_in_hf_cache(hf_cache, "black-forest-labs/FLUX.1-schnell", shared_workspace.models / "tiny-flux")
+    model = resolve("flux-schnell", workspace)
+    assert (model.family, model.source, model.path) == ("flux", "hf-cache", snapshot)
+    assert registry.default_model(workspace) == ("flux-schnell", False)
+    from blk.generate.text_to_image import TextToImage, generate
+    from blk.models.pipelines import PipelineCache
+
+    image = generate(PipelineCache().get(model), TextToImage("ink", seed=3, width=64, height=64, steps=2))
+    assert image.size == (64, 64)
+
+
+def test_resolves_workspace_folder_and_registered_path(workspace, hf_cache, shared_workspace, tmp_path):
+    shutil.copytree(shared_workspace.models / "tiny-sdxl", workspace.models / "sdxl")
+    model = resolve("sdxl", workspace)
+    assert (model.family, model.source) == ("sdxl", "workspace")
+    elsewhere = tmp_path / "my-finetune"
+    shutil.copytree(shared_workspace.models / "tiny-flux", elsewhere)
+    workspace.settings.models["my-finetune"] = str(elsewhere)
+    workspace.save_settings()
+    from blk.workspace import Workspace
+
+    reopened = Workspace(workspace.root)
+    model = resolve("my-finetune", reopened)
+    assert (model.family, model.source, model.path) == ("flux", "settings", elsewhere.resolve())
+    names = {row.name: row for row in registry.list_models(reopened)}
+    assert names["my-finetune"].found and names["sdxl"].found and not names["flux-dev"].found
+    assert names["sdxl"].size_bytes > 1_000_000
+
+
+def test_path_to_a_diffusers_folder_detects_family(shared_workspace):
+    model = resolve(str(shared_workspace.models / "tiny-sdxl"), shared_workspace)
+    assert (model.family, model.source, model.single_file) == ("sdxl", "path", False)
+
+
+def write_safetensors_header(path, keys):
+    header = {k: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, k in enumerate(keys)}
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 4 * len(keys))
+
+
+@pytest.mark.parametrize("keys, family", [
+    (["double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight"], "flux"),
+    (["model.diffusion_model.double_blocks.0.img_mod.lin.weight"], "flux"),
+    (["conditioner.embedders.1.model.ln_final.weight", "model.diffusion_model.input_blocks.0.0.weight"], "sdxl"),
+    (["add_embedding.linear_1.weight", "down_blocks.0.resnets.0.conv1.weight"], "sdxl"),
+])
+def test_single_file_family_from_header(tmp_path, keys, family, shared_workspace):
+    path = tmp_path / "checkpoint.safetensors"
+    write_safetensors_header(path, keys)
+    model = resolve(str(path), shared_workspace)
+    assert (model.family, model.single_file) == (family, True)
+
+
+def test_wrong_checkpoints_are_one_sentence(tmp_path, shared_workspace):
+    sd15 = tmp_path / "sd15.safetensors"
+    write_safetensors_header(sd15, ["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.transformer.x"])
+    with pytest.raises(UserError, match="neither a Flux.1 nor an SDXL"):
+        resolve(str(sd15), shared_workspace)
+    pickle = tmp_path / "model.ckpt"
+    pickle.write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(UserError, match="not a .safetensors"):
+        resolve(str(pickle), shared_workspace)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    with pytest.raises(UserError, match="not a readable"):
+        resolve(str(garbage), shared_workspace)
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    with pytest.raises(UserError, match="model_index.json"):
+        resolve(str(folder), shared_workspace)
+
+
+def test_cli_models_list(tmp_path, shared_workspace):
+    cache = tmp_path / "hf"
+    cache.mkdir()
+    put_in_hf_cache(cache, "stabilityai/stable-diffusion-xl-base-1.0", shared_workspace.models / "tiny-sdxl")
+    result = run_blk("--workspace", str(shared_workspace.root), "models", "list", "--json", env={"HF_HUB_CACHE": str(cache)})
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert set(rows) >= {"flux-dev", "flux-schnell", "sdxl", "tiny-flux", "tiny-sdxl"}
+    assert rows["sdxl"]["found"] and str(cache) in rows["sdxl"]["location"]
+    assert not rows["flux-dev"]["found"] and "models fetch flux-dev" in rows["flux-dev"]["location"]
+    assert rows["tiny-flux"]["found"] and rows["tiny-flux"]["size_bytes"] > 0
+    text = run_blk("--workspace", str(shared_workspace.root), "models", "list", env={"HF_HUB_CACHE": str(cache)})
+    assert text.returncode == 0 and "tiny-sdxl" in text.stdout and "missing" in text.stdout
+
+
+def test_cli_fetch_refuses_tiny_and_unknown(shared_workspace):
+    for name in ("tiny-flux", "nonsense"):
+        result = run_blk("--workspace", str(shared_workspace.root), "models", "fetch", name)
+        assert result.returncode == 2 and "Nothing to fetch" in result.stderr
+
+
+def test_tiny_models_are_rebuilt_only_when_missing(tmp_path):
+    from blk.models.tiny import VERSION_FILE, ensure_tiny_model
+
+    folder = ensure_tiny_model("tiny-flux", tmp_path)
+    stamp_time = (folder / VERSION_FILE).stat().st_mtime_ns
+    assert ensure_tiny_model("tiny-flux", tmp_path) == folder
+    assert (folder / VERSION_FILE).stat().st_mtime_ns == stamp_time
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".blk-tmp")]
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "FluxPipeline" and index["tokenizer_2"][1] in ("T5Tokenizer", "T5TokenizerFast")
+
+
+def test_device_policy_on_this_machine():
+    import torch
+
+    from blk.models.device import pick_device, pick_dtype
+
+    assert pick_device("auto") in ("cpu", "mps") or pick_device("auto").startswith("cuda")
+    assert pick_dtype("cpu") == torch.float32
+    with pytest.raises(UserError, match="not available"):
+        pick_device("cuda:7" if not torch.cuda.is_available() else "cuda:99")

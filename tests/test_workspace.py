@@ -1,0 +1,51 @@
+"""Workspace folders, settings and path confinement; atomic writes."""
+
+import os
+
+import pytest
+
+from blk import atomic
+from blk.errors import UnsafePath, UserError
+from blk.workspace import Workspace
+
+
+def test_layout_and_settings_round_trip(tmp_path):
+    workspace = Workspace(tmp_path / "ws")
+    for sub in ("datasets", "runs", "models", "outputs/sketch", "outputs/stencil", "outputs/upscale"):
+        assert (workspace.root / sub).is_dir()
+    workspace.settings.allowed_folders.append(str(tmp_path / "scans"))
+    workspace.save_settings()
+    assert Workspace(tmp_path / "ws").settings.allowed_folders == [str(tmp_path / "scans")]
+
+
+def test_confinement(tmp_path):
+    workspace = Workspace(tmp_path / "ws")
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "private").mkdir()
+    (workspace.datasets / "escape").symlink_to(tmp_path / "private")
+    assert workspace.confine("datasets/x") == workspace.root / "datasets" / "x"
+    for bad in ("../private", str(tmp_path / "private"), "datasets/escape", "/etc/passwd"):
+        with pytest.raises(UnsafePath):
+            workspace.confine(bad)
+    workspace.settings.allowed_folders.append(str(tmp_path / "scans"))
+    assert workspace.confine(str(tmp_path / "scans" / "a.png")) == tmp_path / "scans" / "a.png"
+
+
+def test_malformed_settings_is_one_sentence(tmp_path):
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "settings.yaml").write_text("allowed_folders: [unclosed\n")
+    with pytest.raises(UserError, match="not valid settings YAML"):
+        Workspace(tmp_path / "ws")
+
+
+def test_atomic_write_failure_keeps_the_old_file(tmp_path):
+    target = tmp_path / "caption.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_open(target, "w", encoding="utf-8") as handle:
+            handle.write("half of the new")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["caption.txt"]
+    atomic.write_text(target, "new")
+    assert target.read_text() == "new" and os.listdir(tmp_path) == ["caption.txt"]
