@@ -89,6 +89,8 @@ def test_app_works_offline_and_never_leaves_loopback(guarded_workspace, tmp_path
         status = {row[0]: row[2] for row in rows["data"]}
         assert status["tiny-flux"] == "found" and status["flux-dev"] == "missing"
 
+        assert "cpu — slow" in client.predict(api_name="/devices")
+
         report, gallery = client.predict("clouds", "blkstyle", api_name="/dataset_check")
         assert "images: 4  usable: 3  captioned: 1" in report
         assert "broken.png" in report and "Trigger word 'blkstyle': in 1 of 1 captions" in report

@@ -19,6 +19,18 @@ def models_table(context: StudioContext) -> list[list[str]]:
     return rows
 
 
+def devices_text(context: StudioContext) -> str:
+    from blk.errors import UserError
+    from blk.models.device import available_devices, describe, pick_device
+
+    lines = [f"- {describe(d)}" for d in available_devices()]
+    try:
+        chosen = f"In use: **{pick_device(context.workspace.settings.device)}** (`device: {context.workspace.settings.device}` in settings.yaml)."
+    except UserError as exc:
+        chosen = f"**{exc}**"
+    return "Devices, best first:\n" + "\n".join(lines) + "\n\n" + chosen
+
+
 def build(context: StudioContext) -> None:
     gr.Markdown(
         "Weights load from this machine only. Put a diffusers folder at `workspace/models/NAME`, keep models in "
@@ -30,4 +42,7 @@ def build(context: StudioContext) -> None:
     refresh = gr.Button("Refresh", size="sm")
     gr.Markdown(f"Workspace: `{context.workspace.root}`  \n"
                 f"Folders allowed besides it: {', '.join(context.workspace.settings.allowed_folders) or 'none'}")
+    devices = gr.Markdown()
+    detect = gr.Button("Detect devices", size="sm")
     refresh.click(lambda: models_table(context), outputs=table, api_name="models_list")
+    detect.click(lambda: devices_text(context), outputs=devices, api_name="devices")
