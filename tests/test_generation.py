@@ -86,3 +86,23 @@ def test_lora_file_errors_are_sentences(shared_workspace, tmp_path):
     sdxl_lora = make_random_lora(resolve("tiny-sdxl", shared_workspace).path, "sdxl", tmp_path / "sdxl")
     with pytest.raises(UserError, match="not a LoRA for flux"):
         set_loras(loaded, [(sdxl_lora, 1.0)])
+
+
+def test_memory_modes_int8_with_lora_and_vae_tiling(shared_workspace, tmp_path):
+    from blk.models.device import MemoryOptions
+
+    model = resolve("tiny-flux", shared_workspace)
+    lora = make_random_lora(model.path, "flux", tmp_path / "lora")
+    cache = PipelineCache()
+    request = TextToImage("a cube", seed=9, width=64, height=64, steps=2)
+    plain = pixels(generate(cache.get(model), request))
+    loaded = cache.get(model, memory=MemoryOptions(int8=True, vae_tiling=True))
+    assert cache.load_count == 2 and loaded.pipe.vae.use_tiling
+    assert "QLinear" in type(loaded.pipe.transformer.transformer_blocks[0].attn.to_q).__name__
+    base = pixels(generate(loaded, request))
+    assert base.shape == plain.shape and np.abs(base - plain).mean() < 20  # int8 stays close to fp32
+    set_loras(loaded, [(lora, 1.0)])
+    with_lora = pixels(generate(loaded, request))
+    set_loras(loaded, [(lora, 0.0)])
+    assert np.abs(with_lora - base).mean() > 1.0  # the LoRA acts on int8 weights (never fused)
+    assert np.array_equal(pixels(generate(loaded, request)), base)

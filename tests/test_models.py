@@ -160,3 +160,14 @@ def test_device_policy_on_this_machine():
     assert pick_dtype("cpu") == torch.float32
     with pytest.raises(UserError, match="not available"):
         pick_device("cuda:7" if not torch.cuda.is_available() else "cuda:99")
+
+
+def test_single_file_without_a_base_model_says_what_to_fetch(tmp_path, workspace, hf_cache):
+    from blk.models.pipelines import PipelineCache
+
+    path = tmp_path / "my-flux.safetensors"
+    write_safetensors_header(path, ["double_blocks.0.img_attn.qkv.weight"])
+    model = resolve(str(path), workspace)
+    assert model.base is None
+    with pytest.raises(UserError, match="models fetch flux-dev"):
+        PipelineCache().get(model)

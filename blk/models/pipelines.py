@@ -45,7 +45,7 @@ def load_pipeline(model: ResolvedModel, task: str, device: str, memory: MemoryOp
     dtype = pick_dtype(device)
     try:
         if model.single_file:
-            pipe = cls.from_single_file(str(model.path), dtype=dtype, local_files_only=True)
+            pipe = _load_single_file(cls, model, dtype)
         else:
             pipe = cls.from_pretrained(str(model.path), dtype=dtype, local_files_only=True)
     except (OSError, ValueError, EnvironmentError) as exc:
@@ -66,11 +66,30 @@ def load_pipeline(model: ResolvedModel, task: str, device: str, memory: MemoryOp
     return pipe
 
 
+def _load_single_file(cls, model: ResolvedModel, dtype):
+    """A single .safetensors checkpoint, with configs and text encoders from its family's base folder.
+
+    Flux single files usually hold the transformer only; SDXL ones the whole model.
+    """
+    if model.base is None:
+        fetch = "flux-dev" if model.family == "flux" else "sdxl"
+        raise UserError(f"{model.path.name} is a single-file {model.family} checkpoint; it needs the base model's "
+                        f"folder for its configuration and text encoders: `python -m blk models fetch {fetch}`.")
+    if model.family == "flux":
+        from diffusers import FluxTransformer2DModel
+
+        transformer = FluxTransformer2DModel.from_single_file(
+            str(model.path), config=str(model.base), subfolder="transformer", dtype=dtype, local_files_only=True)
+        return cls.from_pretrained(str(model.base), transformer=transformer, dtype=dtype, local_files_only=True)
+    return cls.from_single_file(str(model.path), config=str(model.base), dtype=dtype, local_files_only=True)
+
+
 @dataclass
 class LoadedPipeline:
     pipe: object
     model: ResolvedModel
     device: str
+    memory: MemoryOptions = MemoryOptions()
     adapters: dict[str, str] = field(default_factory=dict)  # adapter name -> file path
 
     @property
@@ -96,7 +115,7 @@ class PipelineCache:
         with self._lock:
             if self._key != key:
                 self._loaded = None  # free the old pipeline before loading the next
-                self._loaded = LoadedPipeline(load_pipeline(model, task, device, memory), model, device)
+                self._loaded = LoadedPipeline(load_pipeline(model, task, device, memory), model, device, memory)
                 self._key = key
                 self.load_count += 1
             return self._loaded
@@ -115,6 +134,20 @@ def adapter_name(path: Path) -> str:
     return "lora_" + digest.hexdigest()[:16]
 
 
+def _load_lora(loaded: LoadedPipeline, path: Path, name: str) -> None:
+    """Load one LoRA file as a named adapter.
+
+    On int8 (quanto) weights the pipeline-level loader fails on the quantized
+    state dict, so the adapter goes straight onto the denoiser; a LoRA's
+    text-encoder part, if any, is then not applied.
+    """
+    if loaded.memory.int8:
+        prefix = "transformer" if loaded.model.family == "flux" else "unet"
+        loaded.denoiser.load_lora_adapter(str(path), prefix=prefix, adapter_name=name)
+    else:
+        loaded.pipe.load_lora_weights(str(path), adapter_name=name)
+
+
 def set_loras(loaded: LoadedPipeline, loras: list[tuple[Path, float]]) -> None:
     """Make exactly these LoRAs active at these scales; others are unloaded. Base weights untouched."""
     wanted: dict[str, float] = {}
@@ -125,7 +158,7 @@ def set_loras(loaded: LoadedPipeline, loras: list[tuple[Path, float]]) -> None:
         name = adapter_name(path)
         if name not in loaded.adapters:
             try:
-                loaded.pipe.load_lora_weights(str(path), adapter_name=name)
+                _load_lora(loaded, path, name)
             except (ValueError, KeyError, OSError, RuntimeError) as exc:
                 raise UserError(f"{path.name} is not a LoRA for {loaded.model.family}: {str(exc).splitlines()[0]}") from None
             present = {n for names in loaded.pipe.get_list_adapters().values() for n in names}

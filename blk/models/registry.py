@@ -64,6 +64,7 @@ class ResolvedModel:
     path: Path
     source: str  # tiny | workspace | settings | hf-cache | path
     single_file: bool = False
+    base: Path | None = None  # for a single file: a diffusers folder of its family (configs, text encoders)
 
     @property
     def is_tiny(self) -> bool:
@@ -96,7 +97,7 @@ def resolve(name_or_path: str, workspace: Workspace, *, build_tiny: bool = True)
         path = Path(registered).expanduser()
         if not path.exists():
             raise ModelNotFound(f"Model {name_or_path} is registered at {path}, but nothing is there.")
-        return _from_path(name_or_path, path, "settings")
+        return _from_path(name_or_path, path, "settings", workspace)
 
     if known is not None:
         folder = workspace.models / known.name
@@ -112,16 +113,30 @@ def resolve(name_or_path: str, workspace: Workspace, *, build_tiny: bool = True)
 
     path = Path(name_or_path).expanduser()
     if path.exists():
-        return _from_path(path.stem if path.is_file() else path.name, path, "path")
+        return _from_path(path.stem if path.is_file() else path.name, path, "path", workspace)
     raise ModelNotFound(
         f"Unknown model {name_or_path!r}: use one of {', '.join(KNOWN_MODELS)}, a registered name, "
         "or the path of a local diffusers folder or .safetensors checkpoint."
     )
 
 
-def _from_path(name: str, path: Path, source: str) -> ResolvedModel:
+def _from_path(name: str, path: Path, source: str, workspace: Workspace) -> ResolvedModel:
     path = path.resolve()
-    return ResolvedModel(name, detect_family(path), path, source, single_file=path.is_file())
+    family = detect_family(path)
+    if path.is_dir():
+        return ResolvedModel(name, family, path, source)
+    return ResolvedModel(name, family, path, source, single_file=True, base=_family_base(family, workspace))
+
+
+def _family_base(family: str, workspace: Workspace) -> Path | None:
+    """A real diffusers model of the family, whose configs and text encoders a single file reuses."""
+    for known in KNOWN_MODELS.values():
+        if known.family == family and not known.tiny:
+            try:
+                return resolve(known.name, workspace).path
+            except ModelNotFound:
+                continue
+    return None
 
 
 def detect_family(path: Path) -> str:
