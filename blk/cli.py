@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_models_list(args, workspace: Workspace) -> int:
-    from blk.models.registry import list_models
+    from blk.models.registry import human_size, list_models
 
     rows = list_models(workspace)
     if args.json:
@@ -53,8 +53,7 @@ def cmd_models_list(args, workspace: Workspace) -> int:
         return 0
     print(f"{'name':<14} {'family':<6} {'size':>9}  where")
     for r in rows:
-        size = f"{r.size_bytes / 2**30:.2f} GB" if r.size_bytes >= 2**30 else f"{r.size_bytes / 2**20:.1f} MB"
-        print(f"{r.name:<14} {r.family:<6} {size if r.size_bytes else '-':>9}  {r.location}")
+        print(f"{r.name:<14} {r.family:<6} {human_size(r.size_bytes) or '-':>9}  {r.location}")
     return 0
 
 

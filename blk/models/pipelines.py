@@ -10,11 +10,11 @@ their scales, never reloads the base. Adapters are never fused into weights
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from blk.data.scan import file_sha256
 from blk.errors import UserError
 from blk.models.device import MemoryOptions, pick_device, pick_dtype
 from blk.models.registry import ResolvedModel
@@ -127,11 +127,7 @@ class PipelineCache:
 
 def adapter_name(path: Path) -> str:
     """A stable adapter name from the file's content, so the same LoRA is loaded once."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return "lora_" + digest.hexdigest()[:16]
+    return "lora_" + file_sha256(path)[:16]
 
 
 def _load_lora(loaded: LoadedPipeline, path: Path, name: str) -> None:

@@ -204,6 +204,12 @@ def folder_size(path: Path) -> int:
     return total
 
 
+def human_size(size_bytes: int) -> str:
+    if not size_bytes:
+        return ""
+    return f"{size_bytes / 2**30:.2f} GB" if size_bytes >= 2**30 else f"{size_bytes / 2**20:.1f} MB"
+
+
 def list_models(workspace: Workspace) -> list[ModelStatus]:
     """Every known and registered model, found or missing, without building or loading anything."""
     rows: list[ModelStatus] = []

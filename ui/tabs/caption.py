@@ -18,7 +18,7 @@ def dataset_names(context: StudioContext) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def check(context: StudioContext, name: str, trigger: str):
+def check(context: StudioContext, name: str, trigger: str, progress=gr.Progress()):
     """Run the dataset check; return (report markdown, gallery items)."""
     from blk.data.captions import CaptionStore
     from blk.data.check import check_for_model
@@ -31,7 +31,9 @@ def check(context: StudioContext, name: str, trigger: str):
         folder = context.workspace.confine(name, base=context.workspace.datasets)
         if not folder.is_dir():
             return f"**There is no dataset named {name} in `workspace/datasets/`.**", []
+        progress(0.1, desc="Scanning images and counting caption tokens…")
         report = check_for_model(folder, context.workspace, trigger=trigger.strip() or None)
+        progress(0.8, desc="Making thumbnails…")
     except UserError as exc:
         return f"**{exc}**", []
     from blk.data.scan import scan
@@ -56,5 +58,5 @@ def build(context: StudioContext) -> None:
     report = gr.Markdown()
     gallery = gr.Gallery(label="Images (thumbnails)", columns=6, height="auto", show_label=True)
     refresh.click(lambda: gr.Dropdown(choices=dataset_names(context)), outputs=dataset)
-    run_check.click(lambda n, t: check(context, n, t), inputs=[dataset, trigger], outputs=[report, gallery],
+    run_check.click(lambda n, t, progress=gr.Progress(): check(context, n, t, progress), inputs=[dataset, trigger], outputs=[report, gallery],
                     api_name="dataset_check")

@@ -10,13 +10,10 @@ COLUMNS = ["name", "family", "status", "size", "where", "about"]
 
 
 def models_table(context: StudioContext) -> list[list[str]]:
-    from blk.models.registry import list_models
+    from blk.models.registry import human_size, list_models
 
-    rows = []
-    for r in list_models(context.workspace):
-        size = f"{r.size_bytes / 2**30:.2f} GB" if r.size_bytes >= 2**30 else (f"{r.size_bytes / 2**20:.1f} MB" if r.size_bytes else "")
-        rows.append([r.name, r.family, "found" if r.found else "missing", size, r.location, r.description])
-    return rows
+    return [[r.name, r.family, "found" if r.found else "missing", human_size(r.size_bytes), r.location, r.description]
+            for r in list_models(context.workspace)]
 
 
 def devices_text(context: StudioContext) -> str:
@@ -38,7 +35,7 @@ def build(context: StudioContext) -> None:
         "(the only command that uses the network)."
     )
     table = gr.Dataframe(value=lambda: models_table(context), headers=COLUMNS, interactive=False,
-                         label="Models", wrap=True)
+                         label="Models", wrap=True, column_widths=["12%", "7%", "8%", "9%", "34%", "30%"])
     refresh = gr.Button("Refresh", size="sm")
     gr.Markdown(f"Workspace: `{context.workspace.root}`  \n"
                 f"Folders allowed besides it: {', '.join(context.workspace.settings.allowed_folders) or 'none'}")
