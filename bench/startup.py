@@ -5,7 +5,8 @@
 Prints, side by side, the median of several cold starts of:
   studio.py   the README command (environment check + app)
   app.py      the app alone, in the prepared environment
-  gradio      `import gradio` alone: the floor no app built on Gradio can beat
+  ui+gradio   `import ui, gradio`: gradio as the app imports it (stub regeneration skipped)
+  gradio      plain `import gradio`, for comparison
 and each one's ratio to the target. Needs the environment prepared once (run studio.py or the tests first).
 """
 
@@ -61,6 +62,7 @@ def main() -> None:
     cases = {
         "studio.py": lambda: time_until_running([sys.executable, "studio.py", "--workspace", workspace, "--port", str(free_port())]),
         "app.py": lambda: time_until_running([python, "app.py", "--workspace", workspace, "--port", str(free_port())]),
+        "ui+gradio": lambda: time_command([python, "-c", "import ui, gradio"]),
         "gradio": lambda: time_command([python, "-c", "import gradio"]),
     }
     time_until_running([python, "app.py", "--workspace", workspace, "--port", str(free_port())])  # warm the disk cache

@@ -58,3 +58,12 @@ def test_importing_blk_makes_the_process_offline():
             "assert os.environ['HF_HUB_DISABLE_TELEMETRY'] == '1' and os.environ['DO_NOT_TRACK'] == '1'\n")
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "0", "GRADIO_ANALYTICS_ENABLED": "True"}
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60, env=env)
+
+
+def test_gradio_imports_without_rewriting_its_stubs():
+    code = ("import ui, gradio, gradio.component_meta as meta\n"
+            "assert meta.create_or_modify_pyi.__name__ == '_no_stubs'\n"
+            "import gradio.blocks_events as events\n"
+            "assert events.create_or_modify_pyi.__name__ == '_no_stubs'\n"
+            "assert gradio.Textbox(value='x').value == 'x'\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
