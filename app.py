@@ -10,7 +10,9 @@ settings. Heavy libraries (torch, diffusers) load later, when a job needs them.
 import blk  # noqa: F401  (must stay first: sets the offline environment)
 
 import argparse
+import atexit
 import ipaddress
+import signal
 import sys
 from pathlib import Path
 
@@ -78,14 +80,16 @@ def main(argv=None) -> int:
 
     from ui.app import build_app
     from ui.context import StudioContext
-    from ui.theme import CSS, studio_theme
+    from ui.theme import CSS, HEAD, studio_theme
 
     context = StudioContext(workspace, demo=args.demo or no_real_model, demo_reason=demo_reason)
+    atexit.register(context.close)  # stop the captioning server with the app
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that atexit runs on a plain kill too
     app = build_app(context)
     app.queue(default_concurrency_limit=1)
     app.launch(
         server_name=args.listen, server_port=args.port, share=False, ssr_mode=False, auth=auth,
-        theme=studio_theme(), css=CSS, inbrowser=False, show_error=True, max_file_size=MAX_UPLOAD,
+        theme=studio_theme(), css=CSS, head=HEAD, inbrowser=False, show_error=True, max_file_size=MAX_UPLOAD,
         allowed_paths=[str(workspace.root)],
     )
     return 0

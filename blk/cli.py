@@ -3,6 +3,8 @@
     python -m blk models list [--json]
     python -m blk models fetch NAME [--token TOKEN]
     python -m blk dataset check DIR [--model NAME] [--trigger WORD] [--json]
+    python -m blk caption DATASET [--style FILE] [--vllm-url URL | --vllm-model PATH_OR_NAME]
+                                  [--backend vllm|transformers] [--only-missing | --all] [--overwrite] [--json]
 
 Errors the user can fix print one sentence (exit 2); `dataset check` exits 1
 when the dataset holds bad files.
@@ -41,6 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--trigger", default=None, help="trigger word every caption should contain")
     check.add_argument("--json", action="store_true")
     check.set_defaults(run=cmd_dataset_check)
+
+    caption = commands.add_parser("caption", help="caption a dataset with a vision-language model (few-shot)")
+    caption.add_argument("dataset", help="a dataset folder, or the name of one under workspace/datasets")
+    caption.add_argument("--style", default=None, help="caption style YAML (default: the dataset's own)")
+    source = caption.add_mutually_exclusive_group()
+    source.add_argument("--vllm-url", default=None, help="an OpenAI-compatible server already running")
+    source.add_argument("--vllm-model", default="tiny-vlm", help="model for the server the studio starts")
+    caption.add_argument("--backend", choices=["vllm", "transformers"], default="vllm")
+    which = caption.add_mutually_exclusive_group()
+    which.add_argument("--only-missing", dest="mode", action="store_const", const="missing", help="(default)")
+    which.add_argument("--all", dest="mode", action="store_const", const="all",
+                       help="also re-caption machine captions")
+    caption.add_argument("--overwrite", action="store_true", help="also replace captions a person edited or approved")
+    caption.add_argument("--concurrency", type=int, default=8)
+    caption.add_argument("--ignore-eos", action="store_true", help=argparse.SUPPRESS)
+    caption.add_argument("--json", action="store_true")
+    caption.set_defaults(run=cmd_caption, mode="missing")
     return parser
 
 
@@ -79,6 +98,33 @@ def cmd_dataset_check(args, workspace: Workspace) -> int:
     report = check_for_model(resolve_dataset_dir(args.dir, workspace), workspace, args.model, args.trigger)
     print(report.to_json() if args.json else report.to_text())
     return 1 if report.bad_files else 0
+
+
+def cmd_caption(args, workspace: Workspace) -> int:
+    from blk.caption.job import CaptionJob, run
+
+    job = CaptionJob(dataset=args.dataset, style=args.style, backend=args.backend, vllm_url=args.vllm_url,
+                     model=args.vllm_model, mode=args.mode, overwrite=args.overwrite,
+                     concurrency=args.concurrency, ignore_eos=args.ignore_eos)
+
+    def progress(p):
+        if not args.json:
+            eta = f", about {p.eta_seconds:.0f} s left" if p.eta_seconds is not None else ""
+            print(f"\r{p.done}/{p.total} captioned, {p.images_per_second:.2f} images/s{eta}   ",
+                  end="", file=sys.stderr, flush=True)
+
+    result = run(job, workspace, progress)
+    if args.json:
+        print(json.dumps(asdict(result) | {"images_per_second": result.images_per_second}, indent=2))
+    else:
+        print(file=sys.stderr)
+        print(f"captioned {len(result.captioned)}, skipped {len(result.skipped)}, failed {len(result.failed)} "
+              f"in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s)")
+        for rel, reason in result.failed:
+            print(f"  failed: {reason}")
+        if result.stopped_because:
+            print(f"stopped early: {result.stopped_because} Run again to caption the rest.")
+    return 1 if result.failed or result.stopped_because else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,10 +33,11 @@ class Settings:
     allowed_folders: list[str] = field(default_factory=list)
     models: dict[str, str] = field(default_factory=dict)  # name -> local path of a diffusers folder or file
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    vllm_python: str | None = None  # the Python of a vLLM environment made by hand (default: .venv-vllm)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Settings":
-        known = {k: data[k] for k in ("allowed_folders", "models", "device") if k in data}
+        known = {k: data[k] for k in ("allowed_folders", "models", "device", "vllm_python") if k in data}
         return cls(**known)
 
 
@@ -83,7 +84,8 @@ class Workspace:
         s = self.settings
         atomic.write_text(
             self.settings_path,
-            yaml.safe_dump({"allowed_folders": s.allowed_folders, "models": s.models, "device": s.device}),
+            yaml.safe_dump({"allowed_folders": s.allowed_folders, "models": s.models, "device": s.device,
+                            "vllm_python": s.vllm_python}),
         )
 
     # confinement -------------------------------------------------------------

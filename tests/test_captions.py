@@ -112,3 +112,20 @@ def test_torn_history_line_is_skipped(dataset):
 def test_paths_outside_the_dataset_are_refused(dataset, bad):
     with pytest.raises(UnsafePath):
         CaptionStore(dataset).read(bad)
+
+
+def test_status_follows_source_and_approval(dataset):
+    store = CaptionStore(dataset)
+    assert store.status("b c.png") == "none"
+    assert store.status("a.png") == "edited"  # found on disk, written by a person before the studio
+    machine = store.save("b c.png", "two spheres", "", source="model")
+    assert store.status("b c.png") == "machine"
+    store.approve("b c.png", machine.hash)
+    assert store.status("b c.png") == "approved"
+    assert store.read("b c.png").text == "two spheres"
+    edited = store.save("b c.png", "two spheres, ink", machine.hash, source="human")
+    assert store.status("b c.png") == "edited"
+    (dataset / "b c.txt").write_text("changed in a text editor")
+    assert store.status("b c.png") == "edited"
+    with pytest.raises(CaptionConflict):
+        store.approve("b c.png", edited.hash)  # the file changed since the curator looked

@@ -13,3 +13,16 @@ CSS = """
 
 def studio_theme() -> gr.themes.Base:
     return gr.themes.Default(primary_hue="slate", neutral_hue="zinc", font=SYSTEM_FONTS, font_mono=MONO_FONTS)
+
+
+# Keyboard: Alt+← / Alt+→ step through images in the Caption tab's large view.
+HEAD = """
+<script>
+document.addEventListener('keydown', (event) => {
+  if (!event.altKey) return;
+  const id = {ArrowRight: 'blk-next', ArrowLeft: 'blk-prev'}[event.key];
+  const button = id && document.getElementById(id);
+  if (button) { event.preventDefault(); button.click(); }
+});
+</script>
+"""

@@ -5,8 +5,11 @@
   changed meanwhile, the save is refused with `CaptionConflict` — and the refused
   text still goes into the history, so nothing a curator typed is lost.
 - `.blk/history.jsonl` is append-only: one JSON line per version, with time,
-  source (`original`, `model`, `human`, `bulk`, `restore`) and the text. Any
-  version can be restored.
+  source (`original`, `model`, `human`, `bulk`, `restore`), status and the text.
+  Any version can be restored.
+- Status of a caption: `machine` (written by a model), `edited` (by a person,
+  or found on disk), `approved` (a person signed it off). Model runs never
+  overwrite edited or approved captions unless asked.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from blk.errors import CaptionConflict, UnsafePath, UserError
 from blk.workspace import is_within
 
 SOURCES = ("original", "model", "human", "bulk", "restore")
+STATUSES = ("none", "machine", "edited", "approved")
 _FALLBACK_ENCODINGS = ("cp1252", "latin-1")
 
 
@@ -59,6 +63,20 @@ def decode_caption(data: bytes, name: str) -> tuple[str, str | None]:
     raise AssertionError("latin-1 decodes any bytes")
 
 
+def _status_of(source: str) -> str:
+    return "machine" if source == "model" else "edited"
+
+
+def _status(current: Caption, versions: list[dict]) -> str:
+    if not current.exists:
+        return "none"
+    text_hash = bytes_hash(current.text.encode("utf-8"))
+    for entry in reversed(versions):
+        if not entry.get("conflict") and entry.get("sha256") == text_hash:
+            return entry.get("status") or _status_of(entry.get("source", "human"))
+    return "edited"  # changed outside the studio: a person's work until shown otherwise
+
+
 class CaptionStore:
     def __init__(self, dataset: str | Path):
         self.root = Path(dataset).resolve()
@@ -88,16 +106,45 @@ class CaptionStore:
         if source not in SOURCES:
             raise ValueError(f"unknown caption source {source}")
         with self._locked():
-            current = self.read(image)
-            if current.hash != base_hash:
-                self._append(image, text, source, conflict=True)
-                raise CaptionConflict(image, current.text, text)
+            current = self._check_base(image, base_hash, text, source)
             if current.exists and not self.versions(image):
                 self._append(image, current.text, "original")  # keep what was there before the studio
             data = text.encode("utf-8")
             atomic.write_bytes(self.caption_path(image), data)
             self._append(image, text, source)
             return Caption(image, text, bytes_hash(data))
+
+    def approve(self, image: str, base_hash: str) -> Caption:
+        """Sign off the caption as it is on disk (refused if it changed since `base_hash`)."""
+        with self._locked():
+            current = self._check_base(image, base_hash, None, "human")
+            if not current.exists:
+                raise UserError(f"{image} has no caption to approve.")
+            self._append(image, current.text, "human", status="approved")
+            return current
+
+    def status(self, image: str) -> str:
+        """none, machine, edited or approved — from the newest history entry matching the file."""
+        return _status(self.read(image), self.versions(image))
+
+    def snapshot(self, images: list[str]) -> dict[str, tuple[Caption, str]]:
+        """Caption and status of many images, reading the history once (for the grid)."""
+        by_image: dict[str, list[dict]] = {}
+        for entry in self._history():
+            by_image.setdefault(entry.get("image"), []).append(entry)
+        result = {}
+        for image in images:
+            caption = self.read(image)
+            result[image] = (caption, _status(caption, by_image.get(image, [])))
+        return result
+
+    def _check_base(self, image: str, base_hash: str, text: str | None, source: str) -> Caption:
+        current = self.read(image)
+        if current.hash != base_hash:
+            if text is not None:
+                self._append(image, text, source, conflict=True)
+            raise CaptionConflict(image, current.text, text if text is not None else current.text)
+        return current
 
     def versions(self, image: str) -> list[dict]:
         """Every recorded version of one caption, oldest first (refused edits included)."""
@@ -110,12 +157,13 @@ class CaptionStore:
         raise UserError(f"No version {version_id} in the history of {image}.")
 
     # internals ---------------------------------------------------------------
-    def _append(self, image: str, text: str, source: str, conflict: bool = False) -> None:
+    def _append(self, image: str, text: str, source: str, conflict: bool = False, status: str | None = None) -> None:
         entry = {
             "id": uuid.uuid4().hex[:12],
             "t": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "image": image,
             "source": source,
+            "status": status or _status_of(source),
             "text": text,
             "sha256": bytes_hash(text.encode("utf-8")),
         }

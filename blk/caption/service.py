@@ -1,0 +1,98 @@
+"""What the app keeps between clicks for captioning: one managed vLLM server and the batch's cancel switch.
+
+The CLI starts a server per command (`job.run`); the app keeps one running
+until the user stops it or the app exits, so that several batches share it.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable
+
+from blk.caption.batch import BatchResult, Progress, caption_dataset
+from blk.caption.job import CaptionJob, dataset_folder, job_style, resolve_vlm
+from blk.errors import UserError
+from blk.workspace import Workspace
+
+
+class CaptionService:
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self.server = None
+        self.server_model: str | None = None
+        self.cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._counter = None
+
+    def token_counter(self):
+        """Caption token counts with the default model's tokenizers, loaded once."""
+        if self._counter is None:
+            from blk.data.grid import model_token_counter
+
+            self._counter = model_token_counter(self.workspace)
+        return self._counter
+
+    # the managed server ------------------------------------------------------
+    def start_server(self, model: str, max_images: int = 4) -> str:
+        from blk.caption.server import ManagedServer, ServerConfig, find_vllm_python
+        from blk.models.device import available_devices
+
+        with self._lock:
+            if self.server is not None and self.server.healthy() and self.server_model == model \
+                    and self.server.config.max_images >= max_images:
+                return self.status()
+            self._stop_locked()
+            gpus = [d for d in available_devices() if d.startswith("cuda")]
+            config = ServerConfig(model=resolve_vlm(model, self.workspace), python=find_vllm_python(self.workspace.settings.vllm_python),
+                                  max_images=max(max_images, 4), cpu=not gpus)
+            server = ManagedServer(config, self.workspace.root / "caption-server")
+            server.start()
+            self.server, self.server_model = server, model
+            return self.status()
+
+    def stop_server(self) -> str:
+        with self._lock:
+            self._stop_locked()
+        return self.status()
+
+    def _stop_locked(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        self.server, self.server_model = None, None
+
+    def status(self) -> str:
+        if self.server is None:
+            return "No captioning server is running."
+        if not self.server.healthy():
+            return f"The captioning server for {self.server_model} is not answering. Its log ends:\n{self.server.log_tail(8)}"
+        return f"Serving {self.server_model} at {self.server.url} (up to {self.server.config.max_images} images per request)."
+
+    def close(self) -> None:
+        self.cancel.set()
+        self.stop_server()
+
+    # batches -----------------------------------------------------------------
+    def run(self, job: CaptionJob, progress: Callable[[Progress], None] | None = None) -> BatchResult:
+        from blk.caption.backends import ServerBackend, TransformersBackend
+
+        folder = dataset_folder(job.dataset, self.workspace)
+        style = job_style(job, folder)
+        if job.backend == "transformers":
+            backend = TransformersBackend(resolve_vlm(job.model, self.workspace), self.workspace.settings.device,
+                                          job.ignore_eos)
+        elif job.vllm_url:
+            backend = ServerBackend(job.vllm_url, max_concurrency=job.concurrency, ignore_eos=job.ignore_eos)
+        else:
+            self.start_server(job.model, len(style.examples) + 1)
+            backend = ServerBackend(self.server.url, max_concurrency=job.concurrency, ignore_eos=job.ignore_eos)
+        self.cancel.clear()
+        return caption_dataset(folder, style, backend, job.mode, job.selected, job.overwrite, progress, self.cancel)
+
+    def dataset(self, name: str) -> Path:
+        if not name:
+            raise UserError("Choose a dataset first.")
+        folder = self.workspace.confine(name, base=self.workspace.datasets)
+        if not folder.is_dir():
+            raise UserError(f"There is no dataset named {name} in workspace/datasets/.")
+        return folder

@@ -1,0 +1,125 @@
+"""A caption style: how the model is asked, shown with a dataset's own approved examples.
+
+One schema for the preset files (`presets/caption-*.yaml`), the dataset's own
+style (`datasets/NAME/.blk/caption-style.yaml`), the UI form and the CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from blk import atomic
+from blk.errors import UserError
+
+STYLE_FILE = "caption-style.yaml"
+
+DEFAULT_OPENINGS = [
+    "This image shows", "The image shows", "This image depicts", "The image depicts",
+    "This is an image of", "In this image,", "The picture shows", "This picture shows",
+]
+
+
+class Example(BaseModel):
+    image: str  # path relative to the dataset
+    caption: str
+
+
+class Sampling(BaseModel):
+    temperature: float = Field(0.2, ge=0.0, le=2.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_tokens: int = Field(300, ge=1, le=4096)
+    seed: int | None = 0
+
+
+class PostProcess(BaseModel):
+    strip_openings: list[str] = Field(default_factory=lambda: list(DEFAULT_OPENINGS))
+    trigger: str = ""  # e.g. "blkstyle"
+    trigger_mode: Literal["prefix", "placeholder", "none"] = "prefix"  # placeholder: replace "[trigger]"
+    one_line: bool = True
+
+
+class CaptionStyle(BaseModel):
+    name: str = "default"
+    system_prompt: str = (
+        "You caption images for training an image model on one artist's work. Describe content, "
+        "composition, lighting and mood precisely in plain sentences. Never name the style or the artist."
+    )
+    instruction: str = "Describe this image."
+    examples: list[Example] = Field(default_factory=list)
+    image_size: int = Field(512, ge=28, le=4096)  # longest edge sent to the model
+    background: Literal["grey", "checkerboard", "white", "black"] = "grey"  # under transparent pixels
+    sampling: Sampling = Field(default_factory=Sampling)
+    post: PostProcess = Field(default_factory=PostProcess)
+
+    def with_examples(self, examples: list[Example]) -> "CaptionStyle":
+        return self.model_copy(update={"examples": list(examples)})
+
+
+def load_style(path: str | Path) -> CaptionStyle:
+    """Read a style file; malformed YAML or fields become one sentence."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return CaptionStyle.model_validate(data)
+    except OSError as exc:
+        raise UserError(f"{path} cannot be read ({exc.strerror}).") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path.name} is not valid YAML ({str(exc).splitlines()[0]}).") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the file"
+        raise UserError(f"{path.name}: {where} — {first['msg']}.") from None
+
+
+def save_style(style: CaptionStyle, path: str | Path) -> None:
+    atomic.write_text(path, yaml.safe_dump(style.model_dump(), sort_keys=False, allow_unicode=True))
+
+
+def dataset_style_path(dataset: str | Path) -> Path:
+    return Path(dataset) / ".blk" / STYLE_FILE
+
+
+def dataset_style(dataset: str | Path, fallback: CaptionStyle | None = None) -> CaptionStyle:
+    """The dataset's own style if it has one, else `fallback` (or the default style)."""
+    path = dataset_style_path(dataset)
+    if path.exists():
+        return load_style(path)
+    return fallback or CaptionStyle()
+
+
+def promote_example(dataset: str | Path, image: str) -> CaptionStyle:
+    """Make an approved caption one of the dataset style's few-shot examples."""
+    from blk.data.captions import CaptionStore
+
+    store = CaptionStore(dataset)
+    if store.status(image) != "approved":
+        raise UserError(f"Approve the caption of {image} before using it as an example.")
+    style = dataset_style(dataset)
+    examples = [e for e in style.examples if e.image != image] + [Example(image=image, caption=store.read(image).text)]
+    style = style.with_examples(examples)
+    save_style(style, dataset_style_path(dataset))
+    return style
+
+
+def move_example(dataset: str | Path, index: int, offset: int) -> CaptionStyle:
+    """Reorder the examples (offset -1: up, +1: down); out-of-range moves change nothing."""
+    style = dataset_style(dataset)
+    examples = list(style.examples)
+    target = index + offset
+    if 0 <= index < len(examples) and 0 <= target < len(examples):
+        examples[index], examples[target] = examples[target], examples[index]
+        style = style.with_examples(examples)
+        save_style(style, dataset_style_path(dataset))
+    return style
+
+
+def drop_example(dataset: str | Path, index: int) -> CaptionStyle:
+    style = dataset_style(dataset)
+    if 0 <= index < len(style.examples):
+        style = style.with_examples(style.examples[:index] + style.examples[index + 1:])
+        save_style(style, dataset_style_path(dataset))
+    return style

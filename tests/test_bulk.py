@@ -1,0 +1,73 @@
+"""Bulk edits: preview first, apply with history, undo; conflicts left alone."""
+
+import pytest
+from PIL import Image
+
+from blk.data.bulk import BulkLog, preview_affix, preview_replace, preview_trigger
+from blk.data.captions import CaptionStore
+from blk.errors import UserError
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    texts = {"a.png": "a red cube, thin lines", "b.png": "A Red sphere", "c.png": "a blue cone", "d.png": ""}
+    for name, text in texts.items():
+        Image.new("RGB", (4, 4)).save(folder / name)
+        if text:
+            (folder / name).with_suffix(".txt").write_text(text)
+    return folder
+
+
+IMAGES = ["a.png", "b.png", "c.png", "d.png"]
+
+
+def test_preview_writes_nothing_and_apply_then_undo(dataset):
+    store = CaptionStore(dataset)
+    changes = preview_replace(store, IMAGES, "red", "crimson", ignore_case=True)
+    assert [(c.image, c.after) for c in changes] == [("a.png", "a crimson cube, thin lines"), ("b.png", "A crimson sphere")]
+    assert (dataset / "a.txt").read_text() == "a red cube, thin lines"
+    log = BulkLog(dataset)
+    result = log.apply(changes, "red → crimson")
+    assert result.applied == ["a.png", "b.png"] and result.conflicts == []
+    assert store.read("b.png").text == "A crimson sphere" and store.versions("b.png")[-1]["source"] == "bulk"
+    undone = log.undo()
+    assert undone.applied == ["a.png", "b.png"]
+    assert store.read("a.png").text == "a red cube, thin lines" and store.read("b.png").text == "A Red sphere"
+    with pytest.raises(UserError, match="no bulk action"):
+        log.undo()
+
+
+def test_regex_with_groups_and_plain_text_with_backslashes(dataset):
+    store = CaptionStore(dataset)
+    regex = preview_replace(store, IMAGES, r"a (\w+) (cube|cone)", r"one \2 in \1", regex=True)
+    assert {c.image: c.after for c in regex} == {"a.png": "one cube in red, thin lines", "c.png": "one cone in blue"}
+    plain = preview_replace(store, IMAGES, "cone", r"co\1ne")
+    assert plain[0].after == r"a blue co\1ne"
+    with pytest.raises(UserError, match="not a valid regular expression"):
+        preview_replace(store, IMAGES, "(unclosed", "x", regex=True)
+
+
+def test_conflicts_are_skipped_on_apply_and_undo(dataset):
+    store = CaptionStore(dataset)
+    changes = preview_affix(store, IMAGES, prefix="ink drawing, ")
+    assert len(changes) == 4 and changes[3].after == "ink drawing, "
+    (dataset / "c.txt").write_text("someone typed this meanwhile")
+    log = BulkLog(dataset)
+    result = log.apply(changes, "prefix")
+    assert result.conflicts == ["c.png"] and "c.png" not in result.applied
+    store.save("a.png", "edited after the bulk action", store.read("a.png").hash)
+    undone = log.undo()
+    assert undone.conflicts == ["a.png"] and store.read("a.png").text == "edited after the bulk action"
+    assert store.read("b.png").text == "A Red sphere"
+
+
+def test_trigger_add_and_remove(dataset):
+    store = CaptionStore(dataset)
+    log = BulkLog(dataset)
+    log.apply(preview_trigger(store, IMAGES, "blkstyle"), "add trigger")
+    assert store.read("a.png").text == "blkstyle, a red cube, thin lines" and store.read("d.png").text == "blkstyle"
+    assert preview_trigger(store, IMAGES, "blkstyle") == []  # already everywhere
+    log.apply(preview_trigger(store, IMAGES, "blkstyle", add=False), "remove trigger")
+    assert store.read("a.png").text == "a red cube, thin lines" and store.read("d.png").text == ""

@@ -1,0 +1,166 @@
+"""Batch captioning through real backends: transformers in-process and a real vLLM server.
+
+Random weights give the same words for every image, so these tests check what
+can be checked: requests (images and tokens sent), files, history, statuses,
+skips, failures and processes — not the wording.
+"""
+
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from blk.caption.backends import ServerBackend, TransformersBackend
+from blk.caption.batch import caption_dataset
+from blk.caption.job import CaptionJob, resolve_vlm, run
+from blk.caption.prompt import build_messages, prepare_image
+from blk.caption.style import CaptionStyle, Example, Sampling, save_style, dataset_style_path
+from blk.data.captions import CaptionStore
+from blk.errors import UserError
+
+TARGETS = 8
+
+
+def make_dataset(folder):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(TARGETS):
+        Image.fromarray(rng.integers(0, 255, (40 + i, 48, 3), dtype=np.uint8)).save(folder / f"img {i}.png")
+    Image.new("RGBA", (32, 32), (255, 0, 0, 128)).save(folder / "img 7.png")  # one RGBA among them
+    for name in ("example a.png", "example b.jpg"):
+        Image.new("RGB", (60, 40), (20, 120, 200)).save(folder / name)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    store = CaptionStore(folder)
+    for name, text in (("example a.png", "a blue field, calm"), ("example b.jpg", "a blue sky, wide")):
+        saved = store.save(name, text, "", source="human")
+        store.approve(name, saved.hash)
+    style = CaptionStyle(examples=[Example(image="example a.png", caption="a blue field, calm"),
+                                   Example(image="example b.jpg", caption="a blue sky, wide")],
+                         image_size=56, sampling=Sampling(temperature=0.0, max_tokens=6))
+    save_style(style, dataset_style_path(folder))
+    return style
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(shared_workspace):
+    return resolve_vlm("tiny-vlm", shared_workspace)
+
+
+@pytest.fixture(scope="module")
+def transformers_backend(tiny_vlm):
+    return TransformersBackend(tiny_vlm, ignore_eos=True)
+
+
+def check_finished_dataset(folder, result):
+    store = CaptionStore(folder)
+    targets = {f"img {i}.png" for i in range(TARGETS)}
+    assert set(result.captioned) == targets
+    assert [rel for rel, _ in result.failed] == ["broken.png"]
+    assert {rel for rel, _ in result.skipped} == {"example a.png", "example b.jpg"}
+    for rel in targets:
+        assert store.status(rel) == "machine"
+        assert store.read(rel).text.strip()
+        assert store.versions(rel)[-1]["source"] == "model"
+    assert store.status("example a.png") == "approved"
+    assert all(r["images_sent"] == 3 for r in result.requests)  # 2 examples + the target, every time
+
+
+def test_transformers_backend_batch(tmp_path, shared_workspace):
+    folder = tmp_path / "ds"
+    make_dataset(folder)
+    job = CaptionJob(dataset=str(folder), backend="transformers", model="tiny-vlm", ignore_eos=True)
+    result = run(job, shared_workspace)
+    check_finished_dataset(folder, result)
+    assert all(r["completion_tokens"] == 6 for r in result.requests)
+    again = run(job, shared_workspace)  # a re-run skips what is finished
+    assert again.captioned == [] and len(again.skipped) == TARGETS + 2
+
+
+def test_person_edits_are_never_overwritten_unless_asked(tmp_path, transformers_backend):
+    folder = tmp_path / "ds"
+    style = make_dataset(folder)
+    store = CaptionStore(folder)
+    store.save("img 0.png", "my own words", "", source="human")
+    result = caption_dataset(folder, style, transformers_backend, mode="all")
+    assert "img 0.png" not in result.captioned and store.read("img 0.png").text == "my own words"
+    assert ("img 0.png", "edited by a person") in result.skipped
+    forced = caption_dataset(folder, style, transformers_backend, mode="selected", selected=["img 0.png"], overwrite=True)
+    assert forced.captioned == ["img 0.png"] and store.status("img 0.png") == "machine"
+    assert [v["text"] for v in store.versions("img 0.png")][0] == "my own words"  # still in history
+
+
+def test_empty_dataset_and_missing_server(tmp_path, shared_workspace):
+    (tmp_path / "empty").mkdir()
+    result = run(CaptionJob(dataset=str(tmp_path / "empty"), backend="transformers"), shared_workspace)
+    assert result.captioned == [] and result.failed == []
+    with pytest.raises(UserError, match="No captioning server answers"):
+        from blk.caption.server import free_port
+
+        ServerBackend(f"http://127.0.0.1:{free_port()}")
+
+
+def test_a_model_without_vision_is_one_sentence(shared_workspace):
+    text_only = shared_workspace.models / "tiny-flux" / "text_encoder"
+    with pytest.raises(UserError, match="not a vision-language model"):
+        TransformersBackend(resolve_vlm(str(text_only), shared_workspace))
+
+
+# --- the real vLLM server ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vllm_server(tiny_vlm, tmp_path_factory):
+    from blk.caption.server import ManagedServer, ServerConfig, find_vllm_python
+
+    config = ServerConfig(model=tiny_vlm, python=find_vllm_python(), max_images=3, max_model_len=2048,
+                          cpu=True, kv_cache_bytes=64 * 2**20)
+    server = ManagedServer(config, tmp_path_factory.mktemp("vllm"))
+    server.start(timeout_s=300)
+    yield server
+    server.stop()
+
+
+def test_vllm_server_batch_with_two_examples(tmp_path, vllm_server, shared_workspace, transformers_backend):
+    folder = tmp_path / "ds"
+    style = make_dataset(folder)
+    job = CaptionJob(dataset=str(folder), vllm_url=vllm_server.url, ignore_eos=True)
+    result = run(job, shared_workspace)
+    check_finished_dataset(folder, result)
+    assert all(r["completion_tokens"] == 6 for r in result.requests)
+    # the server saw the same prompt as transformers builds for the same messages
+    messages = build_messages(style, folder, prepare_image(folder / "img 3.png", style.image_size, style.background))
+    expected = transformers_backend.prompt_inputs(messages)["input_ids"].shape[1]
+    served = {r["image"]: r["prompt_tokens"] for r in result.requests}
+    assert served["img 3.png"] == expected
+    zero_shot = ServerBackend(vllm_server.url).caption(messages[:1] + messages[-1:], style.sampling)
+    assert zero_shot.prompt_tokens < expected  # the examples' images and captions were really sent
+
+
+def test_managed_server_stops_cleanly(tiny_vlm, tmp_path):
+    from blk.caption.server import ManagedServer, ServerConfig, find_vllm_python
+
+    config = ServerConfig(model=tiny_vlm, python=find_vllm_python(), max_images=1, max_model_len=1024,
+                          cpu=True, kv_cache_bytes=32 * 2**20)
+    server = ManagedServer(config, tmp_path / "vllm").start(timeout_s=300)
+    group, scratch = os.getpgid(server.process.pid), server.scratch
+    assert server.healthy() and any(scratch.rglob("*"))
+    server.stop()
+    assert server.process.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(group, 0)
+    assert not scratch.exists()  # its sockets and temporary files are gone
+    assert [p for p in (tmp_path / "vllm").rglob("*") if p.is_socket()] == []
+
+
+def test_server_start_failure_shows_its_log(tmp_path, shared_workspace):
+    from blk.caption.server import ManagedServer, ServerConfig, find_vllm_python
+
+    not_a_model = tmp_path / "nothing"
+    not_a_model.mkdir()
+    (not_a_model / "config.json").write_text("{}")
+    server = ManagedServer(ServerConfig(model=not_a_model, python=find_vllm_python(), cpu=True), tmp_path / "v")
+    with pytest.raises(UserError, match="exited during start-up") as caught:
+        server.start(timeout_s=300)
+    assert "log ends" in str(caught.value)

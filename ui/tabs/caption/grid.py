@@ -1,0 +1,274 @@
+"""The curators' grid: edit captions in place, approve, restore, bulk edit with preview and undo.
+
+Each shown row remembers the hash its caption had when read; a save that
+started from an older version is refused as a conflict and both texts are
+kept in the history (the engine's caption store does this).
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ui.context import StudioContext
+
+STATUSES = ["all", "none", "machine", "edited", "approved"]
+SORTS = ["name", "status", "tokens", "length"]
+HEADERS = ["image", "caption", "status", "tokens", "over budget"]
+
+
+def load_page(context: StudioContext, name, status, text, regex, sort, descending, page, page_size):
+    """Rows for the table, the rows' base hashes (state), and a summary line."""
+    from blk.data.grid import GridQuery, query_grid
+    from blk.errors import UserError
+
+    try:
+        folder = context.captioning.dataset(name)
+        result = query_grid(folder, GridQuery(status=status, text=text or "", regex=bool(regex), sort=sort,
+                                              descending=bool(descending), page=int(page or 1),
+                                              page_size=int(page_size)), context.captioning.token_counter())
+    except UserError as exc:
+        return [], [], f"**{exc}**", 1
+    table = [[r.image, r.caption, r.status, " / ".join(str(n) for n in r.tokens), "⚠ over" if r.over_budget else ""]
+             for r in result.rows]
+    state = [{"image": r.image, "caption": r.caption, "hash": r.hash} for r in result.rows]
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
+    labels = " / ".join(context.captioning.token_counter().labels)
+    summary = f"Page {result.page} of {result.pages} — {result.total} matching. Dataset: {counts}. Tokens: {labels}."
+    return table, state, summary, result.page
+
+
+def save_edits(context: StudioContext, name, table, state) -> str:
+    """Save every row whose caption was changed in the table."""
+    from blk.data.captions import CaptionStore
+    from blk.errors import CaptionConflict, UserError
+
+    try:
+        store = CaptionStore(context.captioning.dataset(name))
+    except UserError as exc:
+        return f"**{exc}**"
+    rows = table.values.tolist() if hasattr(table, "values") else (table or [])
+    saved, conflicts = [], []
+    for row, before in zip(rows, state or []):
+        if row[0] != before["image"] or str(row[1]) == before["caption"]:
+            continue
+        try:
+            store.save(before["image"], str(row[1]), before["hash"], source="human")
+            saved.append(before["image"])
+        except CaptionConflict as exc:
+            conflicts.append(f"- **{exc.image}** — on disk: “{exc.current_text}”; yours: “{exc.your_text}”")
+    note = f"Saved {len(saved)} caption(s)." if saved else "No caption was changed."
+    if conflicts:
+        note += "\n\n**Changed by someone else meanwhile** (both versions are in the history):\n" + "\n".join(conflicts)
+    return note
+
+
+def view(context: StudioContext, name, image):
+    """The large view of one image: picture, caption, status, its versions."""
+    from blk.data.captions import CaptionStore
+    from blk.data.scan import ImageRecord, file_sha256
+    from blk.data.thumbnails import thumbnail
+    from blk.errors import UserError
+
+    if not image:
+        return None, "", "", gr.Dropdown(choices=[]), ""
+    try:
+        folder = context.captioning.dataset(name)
+        store = CaptionStore(folder)
+        caption = store.read(image)
+        path = context.workspace.confine(image, base=folder)
+        record = ImageRecord(image, path.stat().st_size, file_sha256(path))
+        picture = str(thumbnail(folder, record, size=768))
+    except (UserError, OSError) as exc:
+        return None, "", f"**{exc}**", gr.Dropdown(choices=[]), ""
+    versions = [(f"{v['t']} — {v['source']}{' (refused)' if v.get('conflict') else ''} — {v['text'][:60]}", v["id"])
+                for v in reversed(store.versions(image))]
+    warning = f" — {caption.warning}" if caption.warning else ""
+    return picture, caption.text, f"**{image}** — {store.status(image)}{warning}", gr.Dropdown(choices=versions, value=None), caption.hash
+
+
+def view_action(context: StudioContext, name, image, text, base_hash, action, version_id) -> str:
+    from blk.data.captions import CaptionStore
+    from blk.errors import CaptionConflict, UserError
+
+    try:
+        store = CaptionStore(context.captioning.dataset(name))
+        if not image:
+            raise UserError("Select an image in the grid first.")
+        if action == "save":
+            store.save(image, text, base_hash, source="human")
+            return f"Saved {image}."
+        if action == "approve":
+            if text != store.read(image).text:
+                base_hash = store.save(image, text, base_hash, source="human").hash
+            store.approve(image, base_hash)
+            return f"Approved {image}."
+        if not version_id:
+            raise UserError("Choose a version to restore.")
+        store.restore(image, version_id, base_hash)
+        return f"Restored an earlier version of {image}."
+    except CaptionConflict as exc:
+        return f"**{exc}** On disk: “{exc.current_text}”."
+    except UserError as exc:
+        return f"**{exc}**"
+
+
+def step(state, image, offset):
+    images = [row["image"] for row in state or []]
+    if not images:
+        return image
+    if image not in images:
+        return images[0]
+    return images[max(0, min(len(images) - 1, images.index(image) + offset))]
+
+
+def bulk_preview(context: StudioContext, name, scope, state, kind, find, replace, regex, ignore_case, prefix, suffix,
+                 trigger):
+    from blk.data.bulk import preview_affix, preview_replace, preview_trigger
+    from blk.data.captions import CaptionStore
+    from blk.data.scan import scan
+    from blk.errors import UserError
+
+    try:
+        folder = context.captioning.dataset(name)
+        store = CaptionStore(folder)
+        images = [r.rel for r in scan(folder) if r.ok] if scope == "the whole dataset" else [r["image"] for r in state or []]
+        if kind == "replace":
+            changes = preview_replace(store, images, find, replace, bool(regex), bool(ignore_case))
+        elif kind == "affix":
+            changes = preview_affix(store, images, prefix, suffix)
+        else:
+            changes = preview_trigger(store, images, trigger, add=(kind == "trigger-add"))
+    except UserError as exc:
+        return [], [], f"**{exc}**"
+    table = [[c.image, c.before, c.after] for c in changes]
+    note = f"{len(changes)} caption(s) would change. Nothing is written until you apply." if changes else "Nothing would change."
+    return table, [c.__dict__ for c in changes], note
+
+
+def bulk_apply(context: StudioContext, name, changes, label) -> str:
+    from blk.data.bulk import BulkLog, Change
+    from blk.errors import UserError
+
+    if not changes:
+        return "Preview a bulk edit first."
+    try:
+        result = BulkLog(context.captioning.dataset(name)).apply([Change(**c) for c in changes], label)
+    except UserError as exc:
+        return f"**{exc}**"
+    note = f"Applied to {len(result.applied)} caption(s); undo is available."
+    if result.conflicts:
+        note += f" Left alone, changed meanwhile: {', '.join(result.conflicts)}."
+    return note
+
+
+def bulk_undo(context: StudioContext, name) -> str:
+    from blk.data.bulk import BulkLog
+    from blk.errors import UserError
+
+    try:
+        result = BulkLog(context.captioning.dataset(name)).undo()
+    except UserError as exc:
+        return f"**{exc}**"
+    note = f"Undone for {len(result.applied)} caption(s)."
+    if result.conflicts:
+        note += f" Kept the newer text of: {', '.join(result.conflicts)}."
+    return note
+
+
+def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State, after_batch) -> None:
+    rows_state = gr.State([])
+    with gr.Row():
+        status = gr.Dropdown(STATUSES, value="all", label="Status", scale=1)
+        text = gr.Textbox(label="Filter (text in caption or name)", scale=3)
+        regex = gr.Checkbox(label="Regex", scale=0, min_width=80)
+        sort = gr.Dropdown(SORTS, value="name", label="Sort by", scale=1)
+        descending = gr.Checkbox(label="Descending", scale=0, min_width=110)
+        page = gr.Number(value=1, precision=0, label="Page", scale=0, min_width=80)
+        page_size = gr.Dropdown([25, 50, 100, 200], value=50, label="Rows", scale=0, min_width=90)
+        refresh = gr.Button("Show", variant="primary", scale=0, min_width=80)
+    summary = gr.Markdown()
+    table = gr.Dataframe(headers=HEADERS, interactive=True, static_columns=[0, 2, 3, 4], wrap=True,
+                         column_widths=["18%", "57%", "9%", "9%", "7%"], label="Captions (edit in place)",
+                         elem_id="blk-caption-grid")
+    with gr.Row():
+        save = gr.Button("Save edits", variant="primary")
+        note = gr.Markdown()
+
+    with gr.Accordion("One image, large", open=True):
+        base_hash = gr.State("")
+        with gr.Row():
+            picture = gr.Image(label="Image", type="filepath", interactive=False, height=420, scale=1)
+            with gr.Column(scale=1):
+                title = gr.Markdown()
+                caption = gr.Textbox(label="Caption", lines=6, elem_id="blk-large-caption")
+                with gr.Row():
+                    previous = gr.Button("◀ Previous (Alt+←)", size="sm", elem_id="blk-prev")
+                    next_ = gr.Button("Next (Alt+→) ▶", size="sm", elem_id="blk-next")
+                with gr.Row():
+                    save_one = gr.Button("Save", size="sm", variant="primary")
+                    approve = gr.Button("Approve", size="sm")
+                versions = gr.Dropdown(label="History (newest first)", choices=[])
+                restore = gr.Button("Restore this version", size="sm")
+                view_note = gr.Markdown()
+
+    with gr.Accordion("Bulk edit (preview first, undo after)", open=False):
+        scope = gr.Radio(["rows shown", "the whole dataset"], value="rows shown", label="Apply to")
+        with gr.Row():
+            find = gr.Textbox(label="Find")
+            replace = gr.Textbox(label="Replace with")
+            bulk_regex = gr.Checkbox(label="Regex")
+            ignore_case = gr.Checkbox(label="Ignore case")
+            preview_replace = gr.Button("Preview replace", size="sm")
+        with gr.Row():
+            prefix = gr.Textbox(label="Prefix")
+            suffix = gr.Textbox(label="Suffix")
+            preview_affix = gr.Button("Preview prefix/suffix", size="sm")
+        with gr.Row():
+            trigger = gr.Textbox(label="Trigger word")
+            preview_add = gr.Button("Preview add trigger", size="sm")
+            preview_remove = gr.Button("Preview remove trigger", size="sm")
+        preview = gr.Dataframe(headers=["image", "before", "after"], interactive=False, wrap=True, label="Preview")
+        changes_state = gr.State([])
+        label_state = gr.State("")
+        with gr.Row():
+            apply = gr.Button("Apply", variant="primary", size="sm")
+            undo = gr.Button("Undo last bulk edit", size="sm")
+        bulk_note = gr.Markdown()
+
+    query = [dataset, status, text, regex, sort, descending, page, page_size]
+    shown = [table, rows_state, summary, page]
+
+    def show(*args):
+        return load_page(context, *args)
+
+    refresh.click(show, inputs=query, outputs=shown, api_name="grid_page")
+    dataset.change(show, inputs=query, outputs=shown)
+    after_batch.then(show, inputs=query, outputs=shown)
+    save.click(lambda n, t, s: save_edits(context, n, t, s), inputs=[dataset, table, rows_state], outputs=note,
+               api_name="grid_save").then(show, inputs=query, outputs=shown)
+
+    def on_select(state, evt: gr.SelectData):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        return state[row]["image"] if state and 0 <= row < len(state) else None
+
+    large = [picture, caption, title, versions, base_hash]
+    table.select(on_select, inputs=rows_state, outputs=selected_image)
+    selected_image.change(lambda n, img: view(context, n, img), inputs=[dataset, selected_image], outputs=large)
+    previous.click(lambda s, img: step(s, img, -1), inputs=[rows_state, selected_image], outputs=selected_image)
+    next_.click(lambda s, img: step(s, img, +1), inputs=[rows_state, selected_image], outputs=selected_image)
+    for button, action in ((save_one, "save"), (approve, "approve"), (restore, "restore")):
+        button.click(lambda n, img, t, h, v, action=action: view_action(context, n, img, t, h, action, v),
+                     inputs=[dataset, selected_image, caption, base_hash, versions], outputs=view_note,
+                     ).then(lambda n, img: view(context, n, img), inputs=[dataset, selected_image], outputs=large
+                            ).then(show, inputs=query, outputs=shown)
+
+    bulk_inputs = [dataset, scope, rows_state]
+    bulk_fields = [find, replace, bulk_regex, ignore_case, prefix, suffix, trigger]
+    for button, kind in ((preview_replace, "replace"), (preview_affix, "affix"), (preview_add, "trigger-add"),
+                         (preview_remove, "trigger-remove")):
+        button.click(lambda n, sc, st, *f, kind=kind: bulk_preview(context, n, sc, st, kind, *f),
+                     inputs=bulk_inputs + bulk_fields, outputs=[preview, changes_state, bulk_note]
+                     ).then(lambda kind=kind: kind, outputs=label_state)
+    apply.click(lambda n, c, lab: bulk_apply(context, n, c, lab), inputs=[dataset, changes_state, label_state],
+                outputs=bulk_note).then(lambda: ([], []), outputs=[preview, changes_state]).then(show, inputs=query, outputs=shown)
+    undo.click(lambda n: bulk_undo(context, n), inputs=dataset, outputs=bulk_note).then(show, inputs=query, outputs=shown)
