@@ -90,6 +90,15 @@ def ensure_environment(requirements: Path) -> Path:
     return python
 
 
+def ensure_browser() -> None:
+    """Browser tests drive Debian's Chromium (Playwright cannot download one offline). Install it where we may."""
+    if shutil.which("chromium") or not shutil.which("apt-get") or getattr(os, "geteuid", lambda: 1)() != 0:
+        return
+    print("Installing Debian's chromium for the browser tests …", flush=True)
+    if subprocess.run(["apt-get", "update", "-qq"]).returncode == 0:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+
+
 def has_nvidia_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None
 
@@ -109,6 +118,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["test"]:
         python = ensure_environment(TEST_REQUIREMENTS)
         ensure_vllm_environment()
+        ensure_browser()
         command = [str(python), "-m", "pytest", *(argv[1:] or ["tests"])]
     else:
         python = ensure_environment(APP_REQUIREMENTS)

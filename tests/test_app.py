@@ -1,11 +1,7 @@
 """The app starts for real on a loopback port, works through gradio_client, and never leaves loopback."""
 
-import os
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -13,33 +9,7 @@ from PIL import Image
 
 from tests.conftest import ROOT
 from tests.support import netguard
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RunningApp:
-    def __init__(self, workspace: Path, log: Path, *args: str):
-        self.port = free_port()
-        self.log = log
-        self.output = log.with_suffix(".out")
-        command = [sys.executable, str(ROOT / "tests/support/netguard.py"), str(log), str(ROOT / "app.py"),
-                   "--workspace", str(workspace), "--port", str(self.port), *args]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=open(self.output, "w"), stderr=subprocess.STDOUT,
-                                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        deadline = time.time() + 120
-        while "Running on" not in self.output.read_text():
-            if self.process.poll() is not None or time.time() > deadline:
-                raise AssertionError("app did not start:\n" + self.output.read_text())
-            time.sleep(0.2)
-        self.url = f"http://127.0.0.1:{self.port}/"
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait(timeout=30)
+from tests.support.running_app import RunningApp
 
 
 @pytest.fixture

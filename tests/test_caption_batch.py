@@ -164,3 +164,51 @@ def test_server_start_failure_shows_its_log(tmp_path, shared_workspace):
     with pytest.raises(UserError, match="exited during start-up") as caught:
         server.start(timeout_s=300)
     assert "log ends" in str(caught.value)
+
+
+def test_cli_caption_with_transformers(tmp_path, shared_workspace):
+    import json
+
+    from tests.conftest import run_blk
+
+    folder = tmp_path / "ds"
+    make_dataset(folder)
+    result = run_blk("--workspace", str(shared_workspace.root), "caption", str(folder), "--backend", "transformers",
+                     "--ignore-eos", "--json")
+    assert result.returncode == 1, result.stderr  # broken.png failed, the rest went on
+    report = json.loads(result.stdout)
+    assert len(report["captioned"]) == TARGETS and [f[0] for f in report["failed"]] == ["broken.png"]
+    assert "broken.png" in report["failed"][0][1] and "\n" not in report["failed"][0][1]
+    rerun = run_blk("--workspace", str(shared_workspace.root), "caption", str(folder), "--backend", "transformers")
+    assert "captioned 0, skipped 10, failed 1" in rerun.stdout
+
+
+def test_server_killed_mid_batch_keeps_finished_captions(tmp_path, tiny_vlm, vllm_server):
+    import signal
+
+    from blk.caption.server import ManagedServer, ServerConfig, find_vllm_python
+
+    folder = tmp_path / "ds"
+    style = make_dataset(folder).model_copy(update={"sampling": Sampling(temperature=0.0, max_tokens=300)})
+    doomed = ManagedServer(ServerConfig(model=tiny_vlm, python=find_vllm_python(), max_images=3, max_model_len=2048,
+                                        max_num_seqs=1, cpu=True, kv_cache_bytes=64 * 2**20), tmp_path / "doomed")
+    doomed.start(timeout_s=300)
+    try:
+        backend = ServerBackend(doomed.url, max_concurrency=1, ignore_eos=True)
+
+        def kill_after_first(progress):
+            if progress.done == 1:
+                os.killpg(doomed.process.pid, signal.SIGKILL)
+
+        result = caption_dataset(folder, style, backend, progress=kill_after_first)
+    finally:
+        doomed.stop()
+    assert len(result.captioned) == 1 and result.stopped_because and "stopped answering" in result.stopped_because
+    assert len(result.not_attempted) >= TARGETS - 3
+    store = CaptionStore(folder)
+    assert store.status(result.captioned[0]) == "machine"
+    assert not [p for p in folder.rglob("*") if p.name.startswith(".blk-tmp")]
+    rerun = caption_dataset(folder, style.model_copy(update={"sampling": Sampling(temperature=0.0, max_tokens=4)}),
+                            ServerBackend(vllm_server.url))
+    assert set(rerun.captioned) | set(result.captioned) == {f"img {i}.png" for i in range(TARGETS)}
+    assert all(store.status(f"img {i}.png") == "machine" for i in range(TARGETS))

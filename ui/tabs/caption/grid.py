@@ -244,14 +244,16 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
     refresh.click(show, inputs=query, outputs=shown, api_name="grid_page")
     dataset.change(show, inputs=query, outputs=shown)
     after_batch.then(show, inputs=query, outputs=shown)
+    large = [picture, caption, title, versions, base_hash]
     save.click(lambda n, t, s: save_edits(context, n, t, s), inputs=[dataset, table, rows_state], outputs=note,
-               api_name="grid_save").then(show, inputs=query, outputs=shown)
+               api_name="grid_save").then(show, inputs=query, outputs=shown
+                                          ).then(lambda n, img: view(context, n, img), inputs=[dataset, selected_image],
+                                                 outputs=large)
 
     def on_select(state, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         return state[row]["image"] if state and 0 <= row < len(state) else None
 
-    large = [picture, caption, title, versions, base_hash]
     table.select(on_select, inputs=rows_state, outputs=selected_image)
     selected_image.change(lambda n, img: view(context, n, img), inputs=[dataset, selected_image], outputs=large)
     previous.click(lambda s, img: step(s, img, -1), inputs=[rows_state, selected_image], outputs=selected_image)

@@ -1,0 +1,57 @@
+"""In a real browser: edit a caption in the grid, save, reload, and see the new text and status."""
+
+import shutil
+
+from PIL import Image
+
+from blk.data.captions import CaptionStore
+from tests.support.browser import browser_page, screenshot
+from tests.support.running_app import RunningApp
+
+
+def open_grid(page, url):
+    page.goto(url)
+    page.get_by_label("Dataset", exact=True).click()
+    page.get_by_role("option", name="inks").click()
+    page.get_by_role("button", name="Show", exact=True).click()
+    page.get_by_text("Page 1 of 1").wait_for()
+
+
+def test_edit_a_caption_in_the_grid_and_see_it_after_reload(tmp_path, shared_workspace):
+    workspace = tmp_path / "workspace"
+    shutil.copytree(shared_workspace.models, workspace / "models")
+    folder = workspace / "datasets" / "inks"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (48, 32), (40 * i, 40, 90)).save(folder / f"ink {i}.png")
+    (folder / "ink 1.txt").write_text("a machine caption")
+    CaptionStore(folder).save("ink 2.png", "model words", "", source="model")
+
+    app = RunningApp(workspace, tmp_path / "net.jsonl")
+    try:
+        with browser_page() as page:
+            open_grid(page, app.url)
+            cell = page.locator("#blk-caption-grid").get_by_text("model words").first
+            cell.dblclick()
+            editor = page.locator("#blk-caption-grid textarea, #blk-caption-grid input").first
+            editor.fill("a careful human caption, thin ink lines")
+            editor.press("Enter")
+            page.get_by_role("button", name="Save edits").click()
+            page.get_by_text("Saved 1 caption(s).").wait_for()
+            screenshot(page, "caption-grid-saved")
+
+            page.reload()
+            open_grid(page, app.url)
+            from playwright.sync_api import expect
+
+            grid = page.locator("#blk-caption-grid")
+            expect(grid.get_by_test_id("cell-2-0")).to_contain_text("ink 2.png")  # rows sorted by name
+            expect(grid.get_by_test_id("cell-2-1")).to_contain_text("a careful human caption, thin ink lines")
+            expect(grid.get_by_test_id("cell-2-2")).to_contain_text("edited")
+            screenshot(page, "caption-grid-after-reload")
+    finally:
+        app.stop()
+    store = CaptionStore(folder)
+    assert (folder / "ink 2.txt").read_text() == "a careful human caption, thin ink lines"
+    assert store.status("ink 2.png") == "edited"
+    assert [v["source"] for v in store.versions("ink 2.png")] == ["model", "human"]
