@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 from blk.errors import UserError
 from blk.workspace import Workspace
@@ -84,18 +83,10 @@ def cmd_models_fetch(args, workspace: Workspace) -> int:
     return 0
 
 
-def resolve_dataset_dir(value: str, workspace: Workspace) -> Path:
-    named = workspace.datasets / value
-    path = named if ("/" not in value and named.is_dir()) else Path(value).expanduser()
-    if not path.is_dir():
-        raise UserError(f"{value} is not a folder (nor a dataset in {workspace.datasets}).")
-    return path.resolve()
-
-
 def cmd_dataset_check(args, workspace: Workspace) -> int:
     from blk.data.check import check_for_model
 
-    report = check_for_model(resolve_dataset_dir(args.dir, workspace), workspace, args.model, args.trigger)
+    report = check_for_model(workspace.dataset_folder(args.dir), workspace, args.model, args.trigger)
     print(report.to_json() if args.json else report.to_text())
     return 1 if report.bad_files else 0
 

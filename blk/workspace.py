@@ -88,6 +88,14 @@ class Workspace:
                             "vllm_python": s.vllm_python}),
         )
 
+    def dataset_folder(self, value: str) -> Path:
+        """A dataset named under datasets/, or a folder path given on the command line."""
+        named = self.datasets / value
+        folder = named if ("/" not in value and named.is_dir()) else Path(value).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"{value} is not a folder (nor a dataset in {self.datasets}).")
+        return folder.resolve()
+
     # confinement -------------------------------------------------------------
     def allowed_roots(self) -> list[Path]:
         return [self.root] + [Path(p).expanduser().resolve() for p in self.settings.allowed_folders]

@@ -6,8 +6,6 @@ skips, failures and processes — not the wording.
 """
 
 import os
-import shutil
-import threading
 
 import numpy as np
 import pytest

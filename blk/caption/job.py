@@ -57,14 +57,6 @@ def resolve_vlm(name: str, workspace: Workspace) -> Path:
                     "or download it once with `hf download REPO` on a connected machine.")
 
 
-def dataset_folder(value: str, workspace: Workspace) -> Path:
-    named = workspace.datasets / value
-    folder = named if ("/" not in value and named.is_dir()) else Path(value).expanduser()
-    if not folder.is_dir():
-        raise UserError(f"{value} is not a folder (nor a dataset in {workspace.datasets}).")
-    return folder.resolve()
-
-
 def job_style(job: CaptionJob, folder: Path) -> CaptionStyle:
     return load_style(job.style) if job.style else dataset_style(folder)
 
@@ -94,7 +86,7 @@ def open_backend(job: CaptionJob, workspace: Workspace, max_images: int, work_di
 
 def run(job: CaptionJob, workspace: Workspace, progress: Callable[[Progress], None] | None = None,
         cancel: threading.Event | None = None) -> BatchResult:
-    folder = dataset_folder(job.dataset, workspace)
+    folder = workspace.dataset_folder(job.dataset)
     style = job_style(job, folder)
     work_dir = folder / ".blk" / "vllm"
     with open_backend(job, workspace, max_images=len(style.examples) + 1, work_dir=work_dir) as backend:

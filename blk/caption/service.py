@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from blk.caption.batch import BatchResult, Progress, caption_dataset
-from blk.caption.job import CaptionJob, dataset_folder, job_style, resolve_vlm
+from blk.caption.job import CaptionJob, job_style, resolve_vlm
 from blk.errors import UserError
 from blk.workspace import Workspace
 
@@ -76,7 +76,7 @@ class CaptionService:
     def run(self, job: CaptionJob, progress: Callable[[Progress], None] | None = None) -> BatchResult:
         from blk.caption.backends import ServerBackend, TransformersBackend
 
-        folder = dataset_folder(job.dataset, self.workspace)
+        folder = self.workspace.dataset_folder(job.dataset)
         style = job_style(job, folder)
         if job.backend == "transformers":
             backend = TransformersBackend(resolve_vlm(job.model, self.workspace), self.workspace.settings.device,

@@ -25,15 +25,11 @@ not caption wording.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 TINY_VLM_NAME = "tiny-vlm"
 # Bump when the architecture, tokenizer or processor change: old folders are rebuilt.
 TINY_VLM_VERSION = "1"
-VERSION_FILE = "blk-tiny-version.txt"
 
 IMAGE_SIZE = 56
 PATCH_SIZE = 14
@@ -126,21 +122,9 @@ Numbers and symbols: 0 1 2 3 4 5 6 7 8 9, a-b, c/d, (e), "f", 'g'; h! i? j: k.
 
 def ensure_tiny_vlm(models_dir: Path) -> Path:
     """Return the tiny VLM's folder, building it first if missing or outdated (atomic)."""
-    folder = Path(models_dir) / TINY_VLM_NAME
-    stamp = folder / VERSION_FILE
-    if stamp.exists() and stamp.read_text().strip() == TINY_VLM_VERSION:
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".blk-tmp-{TINY_VLM_NAME}-", dir=folder.parent))
-    try:
-        build_tiny_vlm(staging)
-        (staging / VERSION_FILE).write_text(TINY_VLM_VERSION + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    from blk.models.tiny import ensure_built
+
+    return ensure_built(Path(models_dir) / TINY_VLM_NAME, TINY_VLM_VERSION, build_tiny_vlm)
 
 
 def build_tiny_vlm(folder: Path) -> None:

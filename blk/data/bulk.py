@@ -112,17 +112,7 @@ class BulkLog:
         return result
 
     def actions(self) -> list[dict]:
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        entries = []
-        for line in lines:
-            try:
-                entries.append(json.loads(line))
-            except ValueError:
-                continue
-        return entries
+        return atomic.read_jsonl(self.path)
 
     def undo(self, action_id: str | None = None) -> BulkResult:
         """Put back what an action (default: the last one not undone) replaced."""

@@ -172,15 +172,7 @@ class CaptionStore:
         atomic.append_line(self.history_path, json.dumps(entry, ensure_ascii=False))
 
     def _history(self) -> list[dict]:
-        try:
-            lines = self.history_path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        entries = []
-        for line in lines:
-            with contextlib.suppress(ValueError):  # a torn last line from a crash is skipped
-                entries.append(json.loads(line))
-        return entries
+        return atomic.read_jsonl(self.history_path)
 
     @contextlib.contextmanager
     def _locked(self):

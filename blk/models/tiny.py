@@ -26,18 +26,26 @@ _BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
 
 def ensure_tiny_model(name: str, models_dir: Path) -> Path:
     """Return the folder of tiny model `name`, building it first if needed (atomic)."""
-    folder = Path(models_dir) / name
-    stamp = folder / VERSION_FILE
-    if stamp.exists() and stamp.read_text().strip() == TINY_VERSION:
-        return folder
     builders = {"tiny-flux": build_tiny_flux, "tiny-sdxl": build_tiny_sdxl}
     if name not in builders:
         raise ValueError(f"no tiny model named {name}")
+    return ensure_built(Path(models_dir) / name, TINY_VERSION,
+                        lambda staging: builders[name]().save_pretrained(staging, safe_serialization=True))
+
+
+def ensure_built(folder: Path, version: str, build) -> Path:
+    """Build a model folder once per `version`: into a temporary sibling, then renamed into place.
+
+    A crash mid-build leaves only a `.blk-tmp-*` folder, never a half model.
+    """
+    stamp = folder / VERSION_FILE
+    if stamp.exists() and stamp.read_text().strip() == version:
+        return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".blk-tmp-{name}-", dir=folder.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".blk-tmp-{folder.name}-", dir=folder.parent))
     try:
-        builders[name]().save_pretrained(staging, safe_serialization=True)
-        (staging / VERSION_FILE).write_text(TINY_VERSION + "\n")
+        build(staging)
+        (staging / VERSION_FILE).write_text(version + "\n")
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
