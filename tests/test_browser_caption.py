@@ -49,6 +49,12 @@ def test_edit_a_caption_in_the_grid_and_see_it_after_reload(tmp_path, shared_wor
             expect(grid.get_by_test_id("cell-2-1")).to_contain_text("a careful human caption, thin ink lines")
             expect(grid.get_by_test_id("cell-2-2")).to_contain_text("edited")
             screenshot(page, "caption-grid-after-reload")
+
+            grid.get_by_test_id("cell-0-0").click()  # select a row: the large view follows
+            expect(page.get_by_text("ink 0.png — none")).to_be_visible()
+            page.keyboard.press("Alt+ArrowRight")
+            expect(page.get_by_text("ink 1.png — edited")).to_be_visible()
+            expect(page.locator("#blk-large-caption textarea")).to_have_value("a machine caption")
     finally:
         app.stop()
     store = CaptionStore(folder)

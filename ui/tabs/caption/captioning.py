@@ -115,7 +115,7 @@ def server_action(context: StudioContext, action: str, model: str) -> str:
         return f"**{exc}**"
 
 
-def run_batch(context: StudioContext, name, backend_label, model, url, mode, overwrite, concurrency):
+def run_batch(context: StudioContext, name, backend_label, model, url, mode, overwrite, concurrency, rows=None):
     """A generator: yields progress lines, then the result."""
     import queue
     import threading
@@ -128,7 +128,9 @@ def run_batch(context: StudioContext, name, backend_label, model, url, mode, ove
         context.captioning.dataset(name)
         job = CaptionJob(dataset=name, backend=backend, vllm_url=url.strip() if needs_url else None,
                          model=model.strip() or "tiny-vlm", mode=mode, overwrite=overwrite,
-                         concurrency=int(concurrency))
+                         concurrency=int(concurrency), selected=[r["image"] for r in rows or []])
+        if mode == "selected" and not job.selected:
+            raise UserError("Show some rows in the grid first: 'selected' captions the rows shown.")
         if needs_url and not job.vllm_url:
             raise UserError("Type the server's URL, e.g. http://127.0.0.1:8000.")
     except UserError as exc:
@@ -162,7 +164,7 @@ def run_batch(context: StudioContext, name, backend_label, model, url, mode, ove
     yield "\n".join(lines)
 
 
-def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State):
+def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State, rows_state: gr.State):
     """Returns the Caption button, so that the grid can refresh after a batch."""
     with gr.Row():
         backend = gr.Radio(list(BACKENDS), value=list(BACKENDS)[0], label="Backend", scale=3)
@@ -207,7 +209,7 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
             drop = gr.Button("Drop", size="sm")
     with gr.Row():
         mode = gr.Radio(["missing", "all", "selected"], value="missing", label="Caption",
-                        info="missing: no caption yet; all: also machine captions")
+                        info="missing: no caption yet; all: also machine captions; selected: the rows shown in the grid")
         overwrite = gr.Checkbox(label="Also replace captions a person edited or approved")
         concurrency = gr.Slider(1, 64, value=8, step=1, label="Requests in flight")
     with gr.Row():
@@ -221,13 +223,15 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
     apply_preset.click(load_preset, inputs=preset, outputs=fields)
     save.click(lambda n, *f: save_style(context, n, *f), inputs=[dataset] + fields, outputs=style_note,
                api_name="caption_style_save")
-    start.click(lambda m: server_action(context, "start", m), inputs=model, outputs=server_status)
-    stop.click(lambda m: server_action(context, "stop", m), inputs=model, outputs=server_status)
+    start.click(lambda m: server_action(context, "start", m), inputs=model, outputs=server_status,
+                api_name="caption_server_start")
+    stop.click(lambda m: server_action(context, "stop", m), inputs=model, outputs=server_status,
+               api_name="caption_server_stop")
     for button, action in ((promote, "promote"), (up, "up"), (down, "down"), (drop, "drop")):
         button.click(lambda n, i, img, action=action: example_action(context, n, action, i, img),
                      inputs=[dataset, index, selected_image], outputs=examples)
     run = caption_button.click(lambda *a: (yield from run_batch(context, *a)),
-                               inputs=[dataset, backend, model, url, mode, overwrite, concurrency],
+                               inputs=[dataset, backend, model, url, mode, overwrite, concurrency, rows_state],
                                outputs=outcome, api_name="caption_run")
     cancel.click(lambda: context.captioning.cancel.set(), None, None, cancels=None)
     return run

@@ -175,8 +175,8 @@ def bulk_undo(context: StudioContext, name) -> str:
     return note
 
 
-def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State, after_batch) -> None:
-    rows_state = gr.State([])
+def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State, rows_state: gr.State,
+          after_batch) -> None:
     with gr.Row():
         status = gr.Dropdown(STATUSES, value="all", label="Status", scale=1)
         text = gr.Textbox(label="Filter (text in caption or name)", scale=3)
