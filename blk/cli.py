@@ -3,6 +3,7 @@
     python -m blk models list [--json]
     python -m blk models fetch NAME [--token TOKEN]
     python -m blk dataset check DIR [--model NAME] [--trigger WORD] [--json]
+    python -m blk train CONFIG.yaml [--model NAME] [--dataset DIR] [--steps N] [--run-dir DIR] [--resume RUN_DIR]
     python -m blk caption DATASET [--style FILE] [--vllm-url URL | --vllm-model PATH_OR_NAME]
                                   [--backend vllm|transformers] [--only-missing | --all] [--overwrite] [--json]
 
@@ -42,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--trigger", default=None, help="trigger word every caption should contain")
     check.add_argument("--json", action="store_true")
     check.set_defaults(run=cmd_dataset_check)
+
+    train = commands.add_parser("train", help="train a LoRA (a child process of the app, or on its own)")
+    train.add_argument("config", nargs="?", default=None, help="a preset or run config YAML")
+    train.add_argument("--model", default=None)
+    train.add_argument("--dataset", default=None)
+    train.add_argument("--steps", type=int, default=None)
+    train.add_argument("--run-dir", default=None, help="default: workspace/runs/NAME-DATE")
+    train.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.set_defaults(run=cmd_train)
 
     caption = commands.add_parser("caption", help="caption a dataset with a vision-language model (few-shot)")
     caption.add_argument("dataset", help="a dataset folder, or the name of one under workspace/datasets")
@@ -89,6 +99,36 @@ def cmd_dataset_check(args, workspace: Workspace) -> int:
     report = check_for_model(workspace.dataset_folder(args.dir), workspace, args.model, args.trigger)
     print(report.to_json() if args.json else report.to_text())
     return 1 if report.bad_files else 0
+
+
+def cmd_train(args, workspace: Workspace) -> int:
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    from blk.train.config import TrainConfig, load_config
+    from blk.train.runner import run
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        config = load_config(run_dir / "config.yaml")
+    else:
+        config = load_config(args.config) if args.config else TrainConfig()
+        run_dir = Path(args.run_dir) if args.run_dir else \
+            workspace.runs / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.model:
+        config.model.name = args.model
+    if args.dataset:
+        config.data.dataset = args.dataset
+    if args.steps:
+        config.schedule.steps = args.steps
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())  # finish the step, save a checkpoint, end
+    result = run(config, workspace, run_dir, resume=bool(args.resume), stop=stop)
+    print(f"{result.status} at step {result.step}: {result.run_dir}")
+    return 0 if result.status != "error" else 1
 
 
 def cmd_caption(args, workspace: Workspace) -> int:

@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from blk import atomic
 from blk.errors import UserError
+from blk.yaml_io import load_model, save_model
 
 STYLE_FILE = "caption-style.yaml"
 
@@ -61,22 +60,11 @@ class CaptionStyle(BaseModel):
 
 def load_style(path: str | Path) -> CaptionStyle:
     """Read a style file; malformed YAML or fields become one sentence."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return CaptionStyle.model_validate(data)
-    except OSError as exc:
-        raise UserError(f"{path} cannot be read ({exc.strerror}).") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path.name} is not valid YAML ({str(exc).splitlines()[0]}).") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "the file"
-        raise UserError(f"{path.name}: {where} — {first['msg']}.") from None
+    return load_model(path, CaptionStyle)
 
 
 def save_style(style: CaptionStyle, path: str | Path) -> None:
-    atomic.write_text(path, yaml.safe_dump(style.model_dump(), sort_keys=False, allow_unicode=True))
+    save_model(style, path)
 
 
 def dataset_style_path(dataset: str | Path) -> Path:

@@ -77,8 +77,9 @@ def save_style(context: StudioContext, name, system_prompt, instruction, backgro
     except UserError as exc:
         return f"**{exc}**"
     except ValidationError as exc:
-        first = exc.errors()[0]
-        return f"**{'.'.join(str(p) for p in first['loc'])}: {first['msg']}.**"
+        from blk.yaml_io import first_error
+
+        return f"**{first_error(exc)}**"
     return f"Style saved with the dataset ({len(style.examples)} examples). {BACKGROUND_NOTE} Now: {background}."
 
 

@@ -1,0 +1,95 @@
+"""The training config: one schema for presets (`presets/*.yaml`), the Train tab and `python -m blk train`.
+
+Settings are grouped by what they mean (model, data, adapter, optimizer,
+schedule, sampling, checkpoints), as in ai-toolkit's one-YAML-per-job; a run
+folder keeps the exact resolved config that produced it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from blk.yaml_io import load_model, save_model
+
+
+class ModelSection(BaseModel):
+    name: str = "tiny-flux"  # a known model name, a registered one, or a local path
+    int8_base: bool = False  # quantize the frozen base to int8 (optimum-quanto)
+    gradient_checkpointing: bool = False
+
+
+class DataSection(BaseModel):
+    dataset: str = ""  # a dataset name under workspace/datasets, or a folder
+    resolutions: list[int] = Field(default_factory=lambda: [512])  # bucket areas (side of the square)
+    repeats: int = Field(1, ge=1)
+    flip: bool = False  # horizontal flip doubles the data
+    caption_dropout: float = Field(0.0, ge=0.0, le=1.0)
+    shuffle_tokens: bool = False
+    keep_tokens: int = Field(1, ge=0)  # comma-separated tokens kept in place (the trigger) when shuffling
+    cache_latents: bool = True
+
+
+class AdapterSection(BaseModel):
+    kind: Literal["lora", "lokr"] = "lora"
+    rank: int = Field(16, ge=1, le=1024)
+    alpha: float = 16.0
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+
+class OptimizerSection(BaseModel):
+    name: Literal["prodigy", "adamw", "adamw8bit"] = "adamw"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    # Prodigy (the paper's values): decoupled decay, bias correction, safeguard warmup, d0, d_coef
+    d0: float = 1e-5
+    d_coef: float = 2.0
+
+
+class ScheduleSection(BaseModel):
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(1, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    lr_schedule: Literal["constant", "cosine", "polynomial"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    seed: int = 0
+    timestep_shift: float = 3.0  # Flux: shifted sigmoid sampling of timesteps
+    prediction: Literal["epsilon", "v_prediction"] = "epsilon"  # SDXL
+
+
+class SamplingSection(BaseModel):
+    every: int = Field(0, ge=0)  # 0: no samples during training
+    prompts: list[str] = Field(default_factory=list)
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 3.5
+    size: int = 512
+
+
+class CheckpointSection(BaseModel):
+    every: int = Field(250, ge=1)
+    keep: int = Field(16, ge=1)
+    pinned: list[int] = Field(default_factory=list)  # steps never pruned
+
+
+class TrainConfig(BaseModel):
+    name: str = "run"
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    adapter: AdapterSection = Field(default_factory=AdapterSection)
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
+    checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    return load_model(path, TrainConfig)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    save_model(config, path)

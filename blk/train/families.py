@@ -1,0 +1,113 @@
+"""One training step per model family, the way diffusers' own training examples compute it.
+
+- Flux: flow matching on packed latents, with shifted timestep sampling and the
+  guidance embedding (`examples/dreambooth/train_dreambooth_lora_flux.py`).
+- SDXL: noise (or v) prediction with both text encoders and the size/crop time ids.
+
+Images and captions are encoded separately so that the runner can cache them.
+Noise and timesteps come from a generator the runner seeds per step, so a
+resumed run draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+
+class FluxFamily:
+    name = "flux"
+    guidance = 1.0
+
+    def __init__(self, pipe, timestep_shift: float = 3.0):
+        self.pipe = pipe
+        self.shift = timestep_shift
+
+    @property
+    def denoiser(self):
+        return self.pipe.transformer
+
+    def encode_image(self, pixels):
+        """VAE posterior parameters (mean, logvar) for pixels in [-1, 1]."""
+        return self.pipe.vae.encode(pixels).latent_dist.parameters
+
+    def encode_text(self, caption: str) -> dict:
+        prompt_embeds, pooled, _ = self.pipe.encode_prompt(prompt=caption, prompt_2=None, max_sequence_length=512)
+        return {"prompt_embeds": prompt_embeds[0], "pooled": pooled[0]}
+
+    def loss(self, latent_params, text: dict, generator):
+        import torch
+        import torch.nn.functional as F
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        pipe, vae = self.pipe, self.pipe.vae
+        latents = DiagonalGaussianDistribution(latent_params).sample(generator)
+        latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
+        b, c, h, w = latents.shape
+        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
+        u = torch.sigmoid(torch.randn((b,), generator=generator)).to(latents.device)
+        sigma = (self.shift * u / (1 + (self.shift - 1) * u)).to(latents.dtype)
+        noisy = (1 - sigma.view(-1, 1, 1, 1)) * latents + sigma.view(-1, 1, 1, 1) * noise
+        packed = pipe._pack_latents(noisy, b, c, h, w)
+        image_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)
+        prompt_embeds = text["prompt_embeds"].to(latents.device, latents.dtype)
+        text_ids = torch.zeros(prompt_embeds.shape[1], 3, device=latents.device, dtype=latents.dtype)
+        guidance = None
+        if self.denoiser.config.guidance_embeds:
+            guidance = torch.full((b,), self.guidance, device=latents.device, dtype=latents.dtype)
+        prediction = self.denoiser(
+            hidden_states=packed, timestep=sigma, guidance=guidance,
+            pooled_projections=text["pooled"].to(latents.device, latents.dtype),
+            encoder_hidden_states=prompt_embeds, txt_ids=text_ids, img_ids=image_ids, return_dict=False,
+        )[0]
+        scale = pipe.vae_scale_factor
+        prediction = pipe._unpack_latents(prediction, h * scale, w * scale, scale)
+        return F.mse_loss(prediction.float(), (noise - latents).float())
+
+    def save_lora(self, folder, state_dict) -> None:
+        self.pipe.save_lora_weights(str(folder), transformer_lora_layers=state_dict, safe_serialization=True)
+
+
+class SDXLFamily:
+    name = "sdxl"
+
+    def __init__(self, pipe, prediction: str = "epsilon"):
+        from diffusers import DDPMScheduler
+
+        self.pipe = pipe
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction)
+
+    @property
+    def denoiser(self):
+        return self.pipe.unet
+
+    def encode_image(self, pixels):
+        return self.pipe.vae.encode(pixels).latent_dist.parameters
+
+    def encode_text(self, caption: str) -> dict:
+        prompt_embeds, _, pooled, _ = self.pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False)
+        return {"prompt_embeds": prompt_embeds[0], "pooled": pooled[0]}
+
+    def loss(self, latent_params, text: dict, generator):
+        import torch
+        import torch.nn.functional as F
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        latents = DiagonalGaussianDistribution(latent_params).sample(generator) * self.pipe.vae.config.scaling_factor
+        b = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (b,), generator=generator).to(latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        height, width = latents.shape[2] * self.pipe.vae_scale_factor, latents.shape[3] * self.pipe.vae_scale_factor
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]] * b, device=latents.device, dtype=latents.dtype)
+        prediction = self.denoiser(
+            noisy, timesteps, text["prompt_embeds"].to(latents.device, latents.dtype),
+            added_cond_kwargs={"text_embeds": text["pooled"].to(latents.device, latents.dtype), "time_ids": time_ids},
+            return_dict=False,
+        )[0]
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        return F.mse_loss(prediction.float(), target.float())
+
+    def save_lora(self, folder, state_dict) -> None:
+        self.pipe.save_lora_weights(str(folder), unet_lora_layers=state_dict, safe_serialization=True)

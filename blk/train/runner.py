@@ -1,0 +1,341 @@
+"""A training run: the recipe, step by step, writing everything into `runs/RUN/`.
+
+    runs/RUN/config.yaml      the exact resolved config
+    runs/RUN/events.jsonl     one JSON object per line: t, step, kind (loss, lr, sample, checkpoint, status, error)
+    runs/RUN/checkpoints/     step-000250.safetensors … (diffusers LoRA format; newest K kept, pinned kept)
+    runs/RUN/samples/         step-000250-0.png …
+    runs/RUN/state/           what resume needs: adapter, optimizer, scheduler, step
+
+Determinism: the data order is a seeded permutation per epoch, and each step's
+noise, timesteps and caption augmentation come from generators seeded by the
+step number — so a run resumed from step k continues exactly as if it had
+never stopped; only adapter, optimizer, scheduler and the step are saved.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from blk import atomic
+from blk.errors import UserError
+from blk.train.cache import TensorCache, model_key
+from blk.train.config import TrainConfig, save_config
+from blk.train.data import Item, augment_caption, epoch_order, load_items
+from blk.workspace import Workspace
+
+STATE_FILES = ("adapter.safetensors", "optimizer.pt", "scheduler.pt", "trainer.json")
+
+
+class EventLog:
+    """The contract between trainer and UI: `events.jsonl`, appended durably."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, kind: str, step: int, **fields) -> None:
+        atomic.append_line(self.path, json.dumps({"t": round(time.time(), 3), "step": step, "kind": kind, **fields}))
+
+    def read(self) -> list[dict]:
+        return atomic.read_jsonl(self.path)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    status: str  # finished | stopped | error
+    latent_encodes: int
+    text_encodes: int
+    last_checkpoint: Path | None
+
+
+def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool = False,
+        stop: threading.Event | None = None, stop_after: int | None = None) -> RunResult:
+    """Train. `stop` ends the run gracefully after the current step (checkpoint saved)."""
+    import torch
+
+    from blk.models.device import pick_device, pick_dtype
+    from blk.models.registry import resolve
+
+    stop = stop or threading.Event()
+    run_dir = Path(run_dir)
+    if resume:
+        _state_folder(run_dir)  # fail before loading anything
+    dataset = workspace.dataset_folder(config.data.dataset) if config.data.dataset else None
+    if dataset is None:
+        raise UserError("Choose a dataset to train on.")
+    model = resolve(config.model.name, workspace)
+    items = load_items(dataset, config.data.resolutions, config.data.flip)
+    items = items * config.data.repeats
+    device = pick_device(workspace.settings.device)
+    dtype = pick_dtype(device)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    (run_dir / "samples").mkdir(exist_ok=True)
+    resolved = config.model_copy(deep=True)
+    resolved.data.dataset = str(dataset)
+    save_config(resolved, run_dir / "config.yaml")
+    events = EventLog(run_dir / "events.jsonl")
+
+    family = _load_family(config, model, dtype, device)
+    denoiser = family.denoiser
+    _add_adapter(denoiser, config)
+    params = [p for p in denoiser.parameters() if p.requires_grad]
+    optimizer = _optimizer(config, params, device)
+    scheduler = _lr_scheduler(config, optimizer)
+    step = _restore(run_dir, denoiser, optimizer, scheduler) if resume else 0
+    events.write("status", step, status="resumed" if step else "started", model=model.name, images=len(items))
+
+    caches = dataset / ".blk" / "cache" / model_key(model.path)
+    latent_cache, text_cache = TensorCache(caches / "latents"), TensorCache(caches / "text")
+    text_for = _text_encoder(family, text_cache, config)
+    last_checkpoint = None
+    if step == 0 and config.sampling.every and config.sampling.prompts:
+        _samples(family, config, run_dir, events, 0)
+
+    batch_size = config.schedule.batch_size
+    micro_per_step = config.schedule.gradient_accumulation
+    status = "finished"
+    try:
+        while step < config.schedule.steps:
+            denoiser.train()
+            total = 0.0
+            for micro in range(micro_per_step):
+                batch = _batch(items, config, step * micro_per_step + micro, batch_size)
+                generator = torch.Generator().manual_seed(config.schedule.seed * 1_000_003 + step * 97 + micro)
+                rng = random.Random(config.schedule.seed * 7_919 + step * 13 + micro)
+                latents = torch.stack([_latent(family, latent_cache, dataset, item, model.path)["params"][0]
+                                       for item in batch]).to(device, dtype)
+                captions = [augment_caption(i.caption, rng, config.data.caption_dropout, config.data.shuffle_tokens,
+                                            config.data.keep_tokens) for i in batch]
+                texts = [text_for(c) for c in captions]
+                text = {k: torch.stack([t[k] for t in texts]) for k in texts[0]}
+                loss = family.loss(latents, text, generator) / micro_per_step
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the loss became {loss.item()} at step {step + 1}")
+                loss.backward()
+                total += loss.item()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            events.write("loss", step, loss=total, lr=scheduler.get_last_lr()[0])
+            if step % config.checkpoints.every == 0 or step == config.schedule.steps:
+                last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step)
+            if config.sampling.every and config.sampling.prompts and step % config.sampling.every == 0:
+                _samples(family, config, run_dir, events, step)
+            if stop.is_set() or (stop_after is not None and step >= stop_after):
+                status = "stopped"
+                break
+    except FloatingPointError as exc:
+        events.write("error", step, message=f"Training stopped: {exc}. The last good checkpoint is kept; "
+                                            "lower the learning rate and resume or start again.")
+        status = "error"
+    if status == "stopped" and (last_checkpoint is None or not last_checkpoint.name.endswith(f"{step:06d}.safetensors")):
+        last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step)
+    events.write("status", step, status=status, latent_encodes=latent_cache.misses, text_encodes=text_cache.misses)
+    return RunResult(run_dir, step, status, latent_cache.misses, text_cache.misses, last_checkpoint)
+
+
+# the pieces of the recipe ---------------------------------------------------------------------------
+
+def _load_family(config: TrainConfig, model, dtype, device):
+    from blk.models.device import MemoryOptions
+    from blk.models.pipelines import load_pipeline
+    from blk.train.families import FluxFamily, SDXLFamily
+
+    pipe = load_pipeline(model, "text2img", device, MemoryOptions(int8=config.model.int8_base))
+    for component in (pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None),
+                      getattr(pipe, "transformer", None), getattr(pipe, "unet", None)):
+        if component is not None:
+            component.requires_grad_(False)
+    family = FluxFamily(pipe, config.schedule.timestep_shift) if model.family == "flux" \
+        else SDXLFamily(pipe, config.schedule.prediction)
+    if config.model.gradient_checkpointing:
+        family.denoiser.enable_gradient_checkpointing()
+    return family
+
+
+def _add_adapter(denoiser, config: TrainConfig) -> None:
+    import torch
+    from peft import LoraConfig
+
+    if config.adapter.kind != "lora":
+        raise UserError("LoKr training is not available yet; choose a LoRA adapter.")
+    torch.manual_seed(config.schedule.seed)  # the adapter's initial weights
+    denoiser.add_adapter(LoraConfig(r=config.adapter.rank, lora_alpha=config.adapter.alpha,
+                                    lora_dropout=config.adapter.dropout, target_modules=config.adapter.target_modules,
+                                    init_lora_weights="gaussian"))
+    for parameter in denoiser.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()  # adapters train in fp32 even on a bf16 base
+
+
+def _optimizer(config: TrainConfig, params, device: str):
+    import torch
+
+    opt = config.optimizer
+    if opt.name == "prodigy":
+        from prodigyopt import Prodigy
+
+        return Prodigy(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay, decouple=True,
+                       use_bias_correction=True, safeguard_warmup=True, d0=opt.d0, d_coef=opt.d_coef)
+    if opt.name == "adamw8bit" and device.startswith("cuda"):
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+    return torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+
+
+def _lr_scheduler(config: TrainConfig, optimizer):
+    from diffusers.optimization import get_scheduler
+
+    name = {"constant": "constant_with_warmup", "cosine": "cosine", "polynomial": "polynomial"}[config.schedule.lr_schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=config.schedule.warmup_steps,
+                         num_training_steps=config.schedule.steps)
+
+
+def _batch(items: list[Item], config: TrainConfig, micro_index: int, batch_size: int) -> list[Item]:
+    """The items of one micro-batch, from the seeded order of its epoch (all of one bucket size)."""
+    per_epoch = max(1, len(items) // batch_size)
+    epoch, position = divmod(micro_index, per_epoch)
+    order = epoch_order(len(items), config.schedule.seed, epoch)
+    first = items[order[position * batch_size]]
+    chosen = [items[i] for i in order[position * batch_size:(position + 1) * batch_size]]
+    return [item for item in chosen if (item.width, item.height) == (first.width, first.height)]
+
+
+def _latent(family, cache: TensorCache, dataset: Path, item: Item, model_path: Path) -> dict:
+    def encode():
+        import numpy as np
+        import torch
+        from PIL import Image, ImageOps
+
+        from blk.data.images import open_image
+
+        image = open_image(dataset / item.image)
+        if image.mode == "RGBA":  # training sees RGB; transparent pixels on white
+            base = Image.new("RGB", image.size, (255, 255, 255))
+            base.paste(image, mask=image.getchannel("A"))
+            image = base
+        image = ImageOps.fit(image, (item.width, item.height), Image.Resampling.LANCZOS)
+        if item.flip:
+            image = ImageOps.mirror(image)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+        vae = family.pipe.vae
+        with torch.no_grad():
+            return {"params": family.encode_image(pixels.to(vae.device, vae.dtype))}
+
+    key = f"{item.sha256}|{item.width}x{item.height}|flip={item.flip}|{model_key(model_path)}"
+    return cache.get_or_make(key, encode)
+
+
+def _text_encoder(family, cache: TensorCache, config: TrainConfig):
+    import torch
+
+    def text_for(caption: str) -> dict:
+        def encode():
+            with torch.no_grad():
+                return family.encode_text(caption)
+
+        return cache.get_or_make(f"{family.name}|{caption}", encode)
+
+    return text_for
+
+
+def _checkpoint(family, config: TrainConfig, run_dir: Path, events: EventLog, optimizer, scheduler, step: int) -> Path:
+    """The LoRA file for this step and the state to resume from, both written atomically."""
+    import tempfile
+
+    import torch
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    lora = get_peft_model_state_dict(family.denoiser)
+    checkpoints = run_dir / "checkpoints"
+    target = checkpoints / f"step-{step:06d}.safetensors"
+    staging = Path(tempfile.mkdtemp(prefix=".blk-tmp-", dir=checkpoints))
+    try:
+        family.save_lora(staging, lora)
+        atomic.write_bytes(target, (staging / "pytorch_lora_weights.safetensors").read_bytes())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    state_tmp = Path(tempfile.mkdtemp(prefix=".blk-tmp-state-", dir=run_dir))
+    save_file({k: v.contiguous() for k, v in lora.items()}, str(state_tmp / "adapter.safetensors"))
+    torch.save(optimizer.state_dict(), state_tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), state_tmp / "scheduler.pt")
+    (state_tmp / "trainer.json").write_text(json.dumps({"step": step}))
+    state, old = run_dir / "state", run_dir / "state.old"
+    if state.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        state.rename(old)
+    state_tmp.rename(state)
+    shutil.rmtree(old, ignore_errors=True)
+    events.write("checkpoint", step, path=str(target.relative_to(run_dir)))
+    _prune(checkpoints, config)
+    return target
+
+
+def _prune(checkpoints: Path, config: TrainConfig) -> None:
+    files = sorted(checkpoints.glob("step-*.safetensors"))
+    pinned = {f"step-{s:06d}.safetensors" for s in config.checkpoints.pinned}
+    unpinned = [f for f in files if f.name not in pinned]
+    for old in unpinned[:-config.checkpoints.keep]:
+        old.unlink(missing_ok=True)
+
+
+def _state_folder(run_dir: Path) -> Path:
+    """state/, or state.old if a crash hit the swap between them."""
+    for folder in (run_dir / "state", run_dir / "state.old"):
+        if all((folder / name).exists() for name in STATE_FILES):
+            return folder
+    raise UserError(f"{run_dir.name} has no saved state to resume from (no checkpoint was written yet).")
+
+
+def _restore(run_dir: Path, denoiser, optimizer, scheduler) -> int:
+    """Load the saved state (state/, or state.old if a crash hit the swap); return its step."""
+    import torch
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = _state_folder(run_dir)
+    set_peft_model_state_dict(denoiser, load_file(str(folder / "adapter.safetensors")))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    return int(json.loads((folder / "trainer.json").read_text())["step"])
+
+
+def _samples(family, config: TrainConfig, run_dir: Path, events: EventLog, step: int) -> None:
+    import torch
+
+    denoiser = family.denoiser
+    denoiser.eval()
+    size = config.sampling.size // 64 * 64
+    paths = []
+    with torch.no_grad():
+        for index, prompt in enumerate(config.sampling.prompts):
+            image = family.pipe(prompt=prompt, width=size, height=size, num_inference_steps=config.sampling.steps,
+                                guidance_scale=config.sampling.guidance,
+                                generator=torch.Generator("cpu").manual_seed(config.sampling.seed + index)).images[0]
+            path = run_dir / "samples" / f"step-{step:06d}-{index}.png"
+            import io
+
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            atomic.write_bytes(path, buffer.getvalue())
+            paths.append(str(path.relative_to(run_dir)))
+    events.write("sample", step, paths=paths, prompts=config.sampling.prompts)
+    denoiser.train()
+
+
+def total_epochs(items: int, config: TrainConfig) -> float:
+    return config.schedule.steps * config.schedule.gradient_accumulation * config.schedule.batch_size / max(items, 1)

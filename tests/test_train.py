@@ -1,0 +1,175 @@
+"""LoRA training on the tiny models: loss falls, checkpoints load, resume is exact, caches hit."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from blk.errors import UserError
+from blk.train.config import TrainConfig, load_config
+from blk.train.runner import EventLog, run
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train") / "ds"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text(f"blkstyle, a drawing number {i}, ink")
+    return folder
+
+
+def config_for(model: str, dataset, **schedule) -> TrainConfig:
+    config = TrainConfig.model_validate({
+        "name": "test", "model": {"name": model},
+        "data": {"dataset": str(dataset), "resolutions": [64]},
+        "adapter": {"rank": 4, "alpha": 4},
+        "optimizer": {"name": "adamw", "lr": 2e-3},
+        "schedule": {"steps": 8, "seed": 3, **schedule},
+        "checkpoints": {"every": 4, "keep": 8},
+    })
+    return config
+
+
+def fixed_batch_loss(model_name, workspace, dataset, lora=None) -> float:
+    """Mean loss over fixed noise draws on one image, with or without a trained LoRA."""
+    from blk.models.device import MemoryOptions
+    from blk.models.pipelines import load_pipeline
+    from blk.models.registry import resolve
+    from blk.train.cache import TensorCache
+    from blk.train.data import load_items
+    from blk.train.families import FluxFamily, SDXLFamily
+    from blk.train.runner import _latent
+
+    model = resolve(model_name, workspace)
+    pipe = load_pipeline(model, "text2img", "cpu", MemoryOptions())
+    if lora:
+        pipe.load_lora_weights(str(lora))
+    family = FluxFamily(pipe) if model.family == "flux" else SDXLFamily(pipe)
+    item = load_items(dataset, [64], False)[0]
+    cache = TensorCache(dataset.parent / "eval-cache")
+    latents = _latent(family, cache, dataset, item, model.path)["params"]
+    with torch.no_grad():
+        text = {k: v[None] for k, v in family.encode_text(item.caption).items()}
+        losses = [family.loss(latents, text, torch.Generator().manual_seed(s)).item() for s in range(16)]
+    return float(np.mean(losses))
+
+
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-sdxl"])
+def test_short_run_learns_and_its_checkpoint_loads(model, dataset, shared_workspace, tmp_path):
+    config = config_for(model, dataset, steps=30)
+    config.checkpoints.every, config.checkpoints.keep = 10, 2
+    config.sampling.every, config.sampling.prompts, config.sampling.steps, config.sampling.size = 15, ["a cloud"], 2, 64
+    result = run(config, shared_workspace, tmp_path / "run")
+    assert result.status == "finished" and result.step == 30
+    events = EventLog(tmp_path / "run" / "events.jsonl").read()
+    losses = [e for e in events if e["kind"] == "loss"]
+    assert [e["step"] for e in losses] == list(range(1, 31)) and all(np.isfinite(e["loss"]) for e in losses)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == \
+        ["step-000020.safetensors", "step-000030.safetensors"]  # newest 2 kept
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == \
+        ["step-000000-0.png", "step-000015-0.png", "step-000030-0.png"]  # with a step-0 baseline
+    assert load_config(tmp_path / "run" / "config.yaml").data.dataset == str(dataset)
+
+    before = fixed_batch_loss(model, shared_workspace, dataset)
+    after = fixed_batch_loss(model, shared_workspace, dataset, result.last_checkpoint)
+    assert after < before, (before, after)
+
+    from blk.generate.text_to_image import TextToImage, generate
+    from blk.models.pipelines import PipelineCache, set_loras
+    from blk.models.registry import resolve
+
+    cache = PipelineCache()
+    loaded = cache.get(resolve(model, shared_workspace))
+    request = TextToImage("blkstyle, a drawing", seed=1, width=64, height=64, steps=2)
+    base = np.asarray(generate(loaded, request)).astype(int)
+    set_loras(loaded, [(result.last_checkpoint, 1.0)])
+    trained = np.asarray(generate(loaded, request)).astype(int)
+    set_loras(loaded, [(result.last_checkpoint, 0.0)])
+    assert np.abs(trained - base).mean() > 0.5
+    assert np.array_equal(np.asarray(generate(loaded, request)).astype(int), base)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(dataset, shared_workspace, tmp_path):
+    from safetensors.torch import load_file
+
+    whole = run(config_for("tiny-flux", dataset), shared_workspace, tmp_path / "whole")
+    halted = run(config_for("tiny-flux", dataset), shared_workspace, tmp_path / "halted", stop_after=4)
+    assert halted.status == "stopped" and halted.step == 4
+    resumed = run(config_for("tiny-flux", dataset), shared_workspace, tmp_path / "halted", resume=True)
+    assert resumed.step == 8
+    a, b = load_file(str(whole.last_checkpoint)), load_file(str(resumed.last_checkpoint))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical on the CPU: same data, noise and state
+    statuses = [e["status"] for e in EventLog(tmp_path / "halted" / "events.jsonl").read() if e["kind"] == "status"]
+    assert statuses == ["started", "stopped", "resumed", "finished"]
+
+
+def test_second_run_hits_the_caches(dataset, shared_workspace, tmp_path):
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy, ignore=shutil.ignore_patterns(".blk"))
+    first = run(config_for("tiny-flux", copy, steps=4), shared_workspace, tmp_path / "a")
+    second = run(config_for("tiny-flux", copy, steps=4), shared_workspace, tmp_path / "b")
+    assert first.latent_encodes > 0 and first.text_encodes > 0
+    assert (second.latent_encodes, second.text_encodes) == (0, 0)
+
+
+def test_bad_inputs_are_one_sentence_before_anything_starts(tmp_path, shared_workspace, dataset):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="no usable images"):
+        run(config_for("tiny-flux", empty), shared_workspace, tmp_path / "r1")
+    uncaptioned = tmp_path / "uncaptioned"
+    shutil.copytree(dataset, uncaptioned, ignore=shutil.ignore_patterns(".blk"))
+    (uncaptioned / "img2.txt").unlink()
+    with pytest.raises(UserError, match="1 image.*no caption.*img2.png"):
+        run(config_for("tiny-flux", uncaptioned), shared_workspace, tmp_path / "r2")
+    with pytest.raises(UserError, match="no saved state"):
+        run(config_for("tiny-flux", dataset), shared_workspace, tmp_path / "never-ran", resume=True)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(dataset, shared_workspace, tmp_path):
+    config = config_for("tiny-flux", dataset, steps=40)
+    config.optimizer.lr = 1e12
+    config.checkpoints.every = 1
+    result = run(config, shared_workspace, tmp_path / "run")
+    assert result.status == "error"
+    error = [e for e in EventLog(tmp_path / "run" / "events.jsonl").read() if e["kind"] == "error"][0]
+    assert "last good checkpoint is kept" in error["message"]
+    assert result.last_checkpoint is None or result.last_checkpoint.exists()
+    assert list((tmp_path / "run" / "checkpoints").glob("step-*.safetensors"))
+
+
+def test_presets_load_with_the_paper_values():
+    from pathlib import Path
+
+    conceptor = load_config(Path("presets/conceptor-flux-dev.yaml"))
+    assert (conceptor.adapter.rank, conceptor.adapter.alpha, conceptor.optimizer.name) == (32, 32, "prodigy")
+    assert (conceptor.optimizer.d0, conceptor.optimizer.d_coef, conceptor.optimizer.weight_decay) == (1e-5, 2.0, 0.001)
+    assert (conceptor.checkpoints.every, conceptor.checkpoints.keep) == (250, 16)
+    texture = load_config(Path("presets/texture-flux.yaml"))
+    assert (texture.adapter.rank, texture.schedule.gradient_accumulation, texture.schedule.warmup_steps) == (16, 8, 500)
+    for path in sorted(Path("presets").glob("*.yaml")):
+        if not path.name.startswith(("caption-", "upscale-")):
+            load_config(path)
+
+
+def test_cli_train_and_resume(dataset, shared_workspace, tmp_path):
+    from tests.conftest import run_blk
+
+    preset = tmp_path / "p.yaml"
+    config = config_for("tiny-sdxl", dataset, steps=2)
+    config.checkpoints.every = 1
+    preset.write_text(json.dumps(config.model_dump(mode="json")))  # JSON is YAML
+    done = run_blk("--workspace", str(shared_workspace.root), "train", str(preset), "--run-dir", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    assert "finished at step 2" in done.stdout
+    more = run_blk("--workspace", str(shared_workspace.root), "train", "--resume", str(tmp_path / "r"), "--steps", "3")
+    assert more.returncode == 0 and "finished at step 3" in more.stdout
+    assert (tmp_path / "r" / "checkpoints" / "step-000003.safetensors").exists()
