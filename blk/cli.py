@@ -126,7 +126,14 @@ def cmd_train(args, workspace: Workspace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())  # finish the step, save a checkpoint, end
-    result = run(config, workspace, run_dir, resume=bool(args.resume), stop=stop)
+    try:
+        result = run(config, workspace, run_dir, resume=bool(args.resume), stop=stop)
+    except UserError as exc:
+        if run_dir.is_dir():  # the app follows the run through its events: say why it ended
+            from blk.train.runner import EventLog
+
+            EventLog(run_dir / "events.jsonl").write("error", 0, message=str(exc))
+        raise
     print(f"{result.status} at step {result.step}: {result.run_dir}")
     return 0 if result.status != "error" else 1
 

@@ -210,3 +210,17 @@ def test_server_killed_mid_batch_keeps_finished_captions(tmp_path, tiny_vlm, vll
                             ServerBackend(vllm_server.url))
     assert set(rerun.captioned) | set(result.captioned) == {f"img {i}.png" for i in range(TARGETS)}
     assert all(store.status(f"img {i}.png") == "machine" for i in range(TARGETS))
+
+
+def test_cancel_keeps_what_is_done_and_a_rerun_finishes(tmp_path, transformers_backend):
+    import threading
+
+    folder = tmp_path / "ds"
+    style = make_dataset(folder)
+    cancel = threading.Event()
+    result = caption_dataset(folder, style, transformers_backend, cancel=cancel,
+                             progress=lambda p: cancel.set() if p.done >= 2 else None)
+    assert len(result.captioned) == 2 and len(result.not_attempted) == TARGETS - 2
+    assert result.stopped_because == "Stopped by the user."
+    rest = caption_dataset(folder, style, transformers_backend)
+    assert sorted(rest.captioned) == sorted(result.not_attempted)

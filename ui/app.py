@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ui.context import StudioContext
-from ui.tabs import caption, models, planned
+from ui.tabs import caption, models, planned, train
 
 
 def build_app(context: StudioContext) -> gr.Blocks:
@@ -18,7 +18,9 @@ def build_app(context: StudioContext) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Caption"):
                 caption.build(context)
-            for name in ("Train", "Sketch", "Stencil", "Upscale", "Review"):
+            with gr.Tab("Train"):
+                train.build(context, lambda: caption.dataset_names(context))
+            for name in ("Sketch", "Stencil", "Upscale", "Review"):
                 with gr.Tab(name):
                     planned.build(name)
             with gr.Tab("Models & Settings"):

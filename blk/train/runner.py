@@ -78,6 +78,7 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
+    _remove_temporaries(run_dir)  # left by a killed trainer: never a checkpoint, only debris
     (run_dir / "samples").mkdir(exist_ok=True)
     resolved = config.model_copy(deep=True)
     resolved.data.dataset = str(dataset)
@@ -291,6 +292,14 @@ def _prune(checkpoints: Path, config: TrainConfig) -> None:
     unpinned = [f for f in files if f.name not in pinned]
     for old in unpinned[:-config.checkpoints.keep]:
         old.unlink(missing_ok=True)
+
+
+def _remove_temporaries(run_dir: Path) -> None:
+    for leftover in list(run_dir.glob(atomic.TEMP_PREFIX + "*")) + list((run_dir / "checkpoints").glob(atomic.TEMP_PREFIX + "*")):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def _state_folder(run_dir: Path) -> Path:

@@ -3,9 +3,6 @@
 import gradio as gr
 
 PLANNED = {
-    "Train": "Train LoRA and LoKr adapters of Flux.1 and SDXL on a dataset, with a live loss plot, "
-             "samples and checkpoints; runs survive a browser refresh. Until then, train with your usual tool "
-             "and point Sketch at the LoRA file.",
     "Sketch": "Text to image with a base model and your LoRAs (BLK-Conceptor): megapixel-budget sizes, fixed or "
               "random seeds, parameters embedded in every PNG.",
     "Stencil": "Transparent RGBA assets with LayerDiffuse (BLK-Stencil), ink-to-alpha for scans, and layered "

@@ -1,0 +1,59 @@
+"""What the Train tab shows of a run, computed from its `events.jsonl` (no UI code here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blk.train.runner import EventLog
+
+SMOOTHING = 0.9  # exponential moving average of the loss
+
+
+@dataclass
+class RunView:
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    smoothed: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    steps_per_second: float = 0.0
+    eta_seconds: float | None = None
+    elapsed_seconds: float = 0.0
+    samples: list[tuple[str, str]] = field(default_factory=list)  # (path, label) newest first
+    checkpoints: list[tuple[int, str]] = field(default_factory=list)
+    message: str = ""  # the last error or status sentence
+
+
+def view_run(folder: Path, total_steps: int) -> RunView:
+    events = EventLog(folder / "events.jsonl").read()
+    view = RunView()
+    average = None
+    for event in events:
+        kind = event["kind"]
+        if kind == "loss":
+            average = event["loss"] if average is None else SMOOTHING * average + (1 - SMOOTHING) * event["loss"]
+            view.steps.append(event["step"])
+            view.loss.append(event["loss"])
+            view.smoothed.append(average)
+            view.lr.append(event.get("lr", 0.0))
+        elif kind == "sample":
+            for index, path in enumerate(event.get("paths", [])):
+                view.samples.insert(0, (str(folder / path), f"step {event['step']}: {event['prompts'][index]}"))
+        elif kind == "checkpoint":
+            view.checkpoints.append((event["step"], str(folder / event["path"])))
+        elif kind == "error":
+            view.message = event["message"]
+        elif kind == "status" and not view.message:
+            view.message = f"{event['status']} at step {event['step']}"
+    losses = [e for e in events if e["kind"] == "loss"]
+    if len(losses) >= 2:
+        recent = losses[-min(len(losses), 20):]
+        span = recent[-1]["t"] - recent[0]["t"]
+        if span > 0:
+            view.steps_per_second = (recent[-1]["step"] - recent[0]["step"]) / span
+            remaining = total_steps - recent[-1]["step"]
+            view.eta_seconds = remaining / view.steps_per_second if remaining > 0 else 0.0
+    if events:
+        view.elapsed_seconds = events[-1]["t"] - events[0]["t"]
+    view.checkpoints = [(s, p) for s, p in view.checkpoints if Path(p).exists()]  # pruned ones are gone
+    return view

@@ -1,0 +1,147 @@
+"""Training runs as child processes: they survive a browser refresh or an app restart.
+
+The app starts `python -m blk train CONFIG --run-dir RUN` in its own session,
+writes the child's pid into `RUN/process.json`, and from then on knows the run
+only through its folder: `events.jsonl` for progress, the pid for stop (SIGTERM:
+the trainer finishes its step and saves a checkpoint) and kill (SIGKILL: at most
+the steps since the last checkpoint are lost). Any app — this one after a
+restart included — re-attaches by reading the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from blk import atomic
+from blk.errors import UserError
+from blk.train.config import TrainConfig, save_config
+from blk.workspace import Workspace
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    name: str
+    folder: Path
+    status: str  # running | finished | stopped | error | killed | starting
+    step: int
+    steps: int
+
+
+def start_run(config: TrainConfig, workspace: Workspace, name: str | None = None) -> Path:
+    """Write the run's config and start the trainer as a detached child; return the run folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = workspace.runs / f"{name or config.name}-{stamp}"
+    if folder.exists():
+        raise UserError(f"A run named {folder.name} exists already.")
+    folder.mkdir(parents=True)
+    save_config(config, folder / "request.yaml")
+    _spawn(workspace, folder, [str(folder / "request.yaml"), "--run-dir", str(folder)])
+    return folder
+
+
+def resume_run(workspace: Workspace, folder: Path, steps: int | None = None) -> None:
+    if is_running(folder):
+        raise UserError(f"{folder.name} is running already.")
+    extra = ["--steps", str(steps)] if steps else []
+    _spawn(workspace, folder, ["--resume", str(folder), *extra])
+
+
+def _spawn(workspace: Workspace, folder: Path, args: list[str]) -> None:
+    log = open(folder / "trainer.log", "ab")
+    command = [sys.executable, "-m", "blk", "--workspace", str(workspace.root), "train", *args]
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    log.close()
+    atomic.write_json(folder / "process.json", {"pid": process.pid, "started": time.time(), "command": command})
+
+
+def _pid(folder: Path) -> int | None:
+    try:
+        return int(json.loads((folder / "process.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def is_running(folder: Path) -> bool:
+    pid = _pid(folder)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of this very app counts as ended
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return state != "Z"
+    except OSError:
+        return True
+
+
+def stop_run(folder: Path) -> str:
+    """Graceful: the trainer finishes the current step, saves a checkpoint and ends."""
+    pid = _pid(folder)
+    if pid is None or not is_running(folder):
+        return f"{folder.name} is not running."
+    os.kill(pid, signal.SIGTERM)
+    return f"Stopping {folder.name} after its current step…"
+
+
+def kill_run(folder: Path) -> str:
+    pid = _pid(folder)
+    if pid is None or not is_running(folder):
+        return f"{folder.name} is not running."
+    os.killpg(pid, signal.SIGKILL)
+    return f"Killed {folder.name}; resume continues from its last checkpoint."
+
+
+def run_info(folder: Path) -> RunInfo:
+    from blk.train.runner import EventLog
+
+    events = EventLog(folder / "events.jsonl").read()
+    step = max((e["step"] for e in events), default=0)
+    statuses = [e["status"] for e in events if e["kind"] == "status"]
+    errors = [e for e in events if e["kind"] == "error"]
+    steps = 0
+    for name in ("config.yaml", "request.yaml"):
+        if (folder / name).exists():
+            from blk.train.config import load_config
+
+            try:
+                steps = load_config(folder / name).schedule.steps
+            except UserError:
+                pass
+            break
+    if is_running(folder):
+        status = "running" if statuses else "starting"
+    elif errors:
+        status = "error"
+    elif statuses and statuses[-1] in ("finished", "stopped", "error"):
+        status = statuses[-1]
+    else:
+        status = "killed" if (folder / "process.json").exists() else "unknown"
+    return RunInfo(folder.name, folder, status, step, steps)
+
+
+def list_runs(workspace: Workspace) -> list[RunInfo]:
+    folders = sorted((p for p in workspace.runs.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    return [run_info(folder) for folder in folders]
+
+
+def trainer_log_tail(folder: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join((folder / "trainer.log").read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -1,0 +1,92 @@
+"""Runs as child processes: stop gracefully, kill -9, resume; the folder tells the app everything."""
+
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from blk.train.config import TrainConfig
+from blk.train.process import is_running, kill_run, list_runs, resume_run, run_info, start_run, stop_run
+from blk.train.runner import EventLog
+
+
+@pytest.fixture
+def workspace_with_data(tmp_path, shared_workspace):
+    import shutil
+
+    from blk.workspace import Workspace
+
+    workspace = Workspace(tmp_path / "workspace")
+    shutil.rmtree(workspace.models)
+    shutil.copytree(shared_workspace.models, workspace.models)
+    folder = workspace.datasets / "inks"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"ink{i}.png")
+        (folder / f"ink{i}.txt").write_text(f"an ink study {i}")
+    return workspace
+
+
+def tiny_config(steps: int) -> TrainConfig:
+    return TrainConfig.model_validate({
+        "name": "proc", "model": {"name": "tiny-flux"}, "data": {"dataset": "inks", "resolutions": [64]},
+        "adapter": {"rank": 4, "alpha": 4}, "optimizer": {"name": "adamw", "lr": 1e-3},
+        "schedule": {"steps": steps}, "checkpoints": {"every": 2, "keep": 3}})
+
+
+def wait_for(predicate, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    raise AssertionError("timed out")
+
+
+def checkpoints(folder):
+    return sorted((folder / "checkpoints").glob("step-*.safetensors"))
+
+
+def test_kill_minus_nine_then_resume(workspace_with_data):
+    from safetensors.torch import load_file
+
+    workspace = workspace_with_data
+    folder = start_run(tiny_config(400), workspace)
+    wait_for(lambda: len(checkpoints(folder)) >= 2)
+    kill_run(folder)
+    wait_for(lambda: not is_running(folder), 30)
+    info = run_info(folder)
+    assert info.status == "killed" and info.step >= 4
+    for path in checkpoints(folder):
+        assert load_file(str(path))  # every checkpoint on disk is whole
+    resume_run(workspace, folder, steps=info.step + 3)
+    wait_for(lambda: run_info(folder).status == "finished")
+    final = run_info(folder)
+    assert final.step == info.step + 3
+    statuses = [e["status"] for e in EventLog(folder / "events.jsonl").read() if e["kind"] == "status"]
+    assert statuses[0] == "started" and statuses[-2:] == ["resumed", "finished"]
+    assert not [p for p in folder.rglob("*") if p.name.startswith(".blk-tmp")]
+    assert [r.name for r in list_runs(workspace)] == [folder.name]
+
+
+def test_graceful_stop_saves_the_current_step(workspace_with_data):
+    workspace = workspace_with_data
+    folder = start_run(tiny_config(400), workspace)
+    wait_for(lambda: run_info(folder).step >= 3)
+    assert run_info(folder).status == "running"
+    stop_run(folder)
+    wait_for(lambda: not is_running(folder), 120)
+    info = run_info(folder)
+    assert info.status == "stopped"
+    assert checkpoints(folder)[-1].name == f"step-{info.step:06d}.safetensors"
+
+
+def test_a_run_that_cannot_start_says_why(workspace_with_data):
+    config = tiny_config(4)
+    config.data.dataset = "no-such-dataset"
+    folder = start_run(config, workspace_with_data)
+    wait_for(lambda: run_info(folder).status == "error", 120)
+    errors = [e for e in EventLog(folder / "events.jsonl").read() if e["kind"] == "error"]
+    assert "no-such-dataset is not a folder" in errors[0]["message"]

@@ -1,0 +1,201 @@
+"""Train tab: start a LoRA run from a preset, watch its loss, samples and checkpoints; stop, kill, resume.
+
+Runs are child processes (`blk.train.process`); this tab only reads their
+folders, so a browser refresh or an app restart re-attaches to them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from ui.context import StudioContext
+
+PRESETS = Path(__file__).resolve().parents[2] / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml") if not p.name.startswith(("caption-", "upscale-")))
+
+
+def run_names(context: StudioContext) -> list[str]:
+    from blk.train.process import list_runs
+
+    return [r.name for r in list_runs(context.workspace)]
+
+
+def form_from_preset(context: StudioContext, name: str):
+    from blk.train.config import TrainConfig, load_config
+
+    config = load_config(PRESETS / f"{name}.yaml") if name else TrainConfig()
+    if context.demo:  # the tiny models stand in for real ones, at sizes a CPU manages
+        tiny = "tiny-sdxl" if config.model.name == "sdxl" else "tiny-flux"
+        config.model.name, config.model.int8_base = tiny, False
+        config.data.resolutions, config.sampling.size, config.sampling.steps = [64], 64, 2
+    c = config
+    return (c.model.name, ", ".join(str(r) for r in c.data.resolutions), c.adapter.rank, c.adapter.alpha,
+            c.optimizer.name, c.optimizer.lr, c.schedule.steps, c.schedule.lr_schedule,
+            "\n".join(c.sampling.prompts), c.sampling.every, c.checkpoints.every, c.checkpoints.keep)
+
+
+def start(context: StudioContext, preset, dataset, model, resolutions, rank, alpha, optimizer, lr, steps, schedule,
+          prompts, sample_every, checkpoint_every, keep):
+    from pydantic import ValidationError
+
+    from blk.errors import UserError
+    from blk.train.config import TrainConfig, load_config
+    from blk.train.process import start_run
+    from blk.yaml_io import first_error
+
+    try:
+        if not dataset:
+            raise UserError("Choose a dataset to train on.")
+        context.captioning.dataset(dataset)  # confined to the workspace, and it exists
+        base = load_config(PRESETS / f"{preset}.yaml") if preset else TrainConfig()
+        data = base.model_dump()
+        data["model"].update(name=model.strip())
+        data["data"].update(dataset=dataset, resolutions=[int(r) for r in resolutions.replace(",", " ").split()])
+        data["adapter"].update(rank=int(rank), alpha=float(alpha))
+        data["optimizer"].update(name=optimizer, lr=float(lr))
+        data["schedule"].update(steps=int(steps), lr_schedule=schedule)
+        data["sampling"].update(prompts=[p.strip() for p in prompts.splitlines() if p.strip()], every=int(sample_every))
+        data["checkpoints"].update(every=int(checkpoint_every), keep=int(keep))
+        if context.demo and data["sampling"]["size"] > 256:
+            data["sampling"].update(size=64, steps=2)
+        config = TrainConfig.model_validate(data)
+        folder = start_run(config, context.workspace, name=f"{preset or 'run'}-{dataset}")
+    except ValueError as exc:
+        message = first_error(exc) if isinstance(exc, ValidationError) else f"A number is not valid ({exc})."
+        return gr.update(), f"**{message}**"
+    except UserError as exc:
+        return gr.update(), f"**{exc}**"
+    return gr.Dropdown(choices=run_names(context), value=folder.name), f"Started {folder.name}."
+
+
+def _folder(context: StudioContext, name: str) -> Path:
+    return context.workspace.confine(name, base=context.workspace.runs)
+
+
+def control(context: StudioContext, name: str, action: str) -> str:
+    from blk.errors import UserError
+    from blk.train.process import kill_run, resume_run, run_info, stop_run
+
+    if not name:
+        return "Choose a run."
+    try:
+        folder = _folder(context, name)
+        if action == "stop":
+            return stop_run(folder)
+        if action == "kill":
+            return kill_run(folder)
+        info = run_info(folder)
+        resume_run(context.workspace, folder)
+        return f"Resuming {name} from step {info.step}…"
+    except UserError as exc:
+        return f"**{exc}**"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def watch(context: StudioContext, name: str, log_scale: bool):
+    """Plot data, status line, samples and checkpoints of one run."""
+    import pandas as pd
+
+    from blk.train.monitor import view_run
+    from blk.train.process import run_info, trainer_log_tail
+
+    def loss_frame(steps, values, series):
+        # No data is None, never an empty frame: after an empty frame, Gradio 6's LinePlot draws
+        # no coloured lines for later data (seen with this app's timer updates).
+        if not steps:
+            return None
+        return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "loss": pd.Series(values, dtype="float64"),
+                             "series": pd.Series(series, dtype="str")})
+
+    if not name:
+        return None, None, "No run selected.", [], ""
+    folder = _folder(context, name)
+    info = run_info(folder)
+    view = view_run(folder, info.steps)
+    loss = loss_frame(view.steps * 2, view.loss + view.smoothed,
+                      ["raw"] * len(view.steps) + ["smoothed"] * len(view.steps))
+    if log_scale and loss is not None:
+        import numpy as np
+
+        loss["loss"] = np.log10(loss["loss"].clip(lower=1e-12))
+    lr = pd.DataFrame({"step": view.steps, "lr": view.lr}) if view.steps else None
+    eta = f", about {duration(view.eta_seconds)} left" if view.eta_seconds else ""
+    status = (f"**{info.status}** — step {info.step} of {info.steps}, {view.steps_per_second:.2f} steps/s, "
+              f"{duration(view.elapsed_seconds)} elapsed{eta}.")
+    if view.message and info.status in ("error", "stopped", "killed"):
+        status += f"  \n{view.message}"
+    if info.status in ("error", "killed"):
+        tail = trainer_log_tail(folder, 5)
+        if tail and info.status == "error" and "error:" in tail:
+            status += f"  \n`{tail.splitlines()[-1]}`"
+    checkpoints = "\n".join(f"- step {s}: `{p}`" for s, p in view.checkpoints) or "No checkpoint yet."
+    return loss, lr, status, view.samples, checkpoints
+
+
+def build(context: StudioContext, datasets) -> None:
+    default = "conceptor-flux-dev" if "conceptor-flux-dev" in preset_names() else None
+    initial = form_from_preset(context, default)
+    with gr.Row():
+        with gr.Column(scale=2):
+            preset = gr.Dropdown(preset_names(), label="Preset (the paper's settings)", value=default)
+            dataset = gr.Dropdown(datasets(), label="Dataset", allow_custom_value=True)
+            model = gr.Textbox(initial[0], label="Base model")
+            resolutions = gr.Textbox(initial[1], label="Bucket sizes (px)")
+            with gr.Row():
+                rank = gr.Number(initial[2], label="Rank", precision=0)
+                alpha = gr.Number(initial[3], label="Alpha")
+            with gr.Row():
+                optimizer = gr.Dropdown(["prodigy", "adamw", "adamw8bit"], value=initial[4], label="Optimizer")
+                lr = gr.Number(initial[5], label="Learning rate")
+            with gr.Row():
+                steps = gr.Number(initial[6], label="Steps", precision=0)
+                schedule = gr.Dropdown(["constant", "cosine", "polynomial"], value=initial[7], label="Schedule")
+            prompts = gr.Textbox(initial[8], label="Sample prompts (one per line)", lines=3)
+            with gr.Row():
+                sample_every = gr.Number(initial[9], label="Samples every N steps", precision=0)
+                checkpoint_every = gr.Number(initial[10], label="Checkpoint every N steps", precision=0)
+                keep = gr.Number(initial[11], label="Keep newest", precision=0)
+            start_button = gr.Button("Start training", variant="primary")
+            note = gr.Markdown()
+        with gr.Column(scale=3):
+            with gr.Row():
+                run = gr.Dropdown(run_names(context), label="Run", scale=4, allow_custom_value=True)
+                refresh = gr.Button("↻", size="sm", scale=0, min_width=40)
+            status = gr.Markdown()
+            with gr.Row():
+                stop = gr.Button("Stop (save and end)", size="sm")
+                kill = gr.Button("Kill", size="sm", variant="stop")
+                resume = gr.Button("Resume", size="sm")
+            log_scale = gr.Checkbox(label="Log scale")
+            loss_plot = gr.LinePlot(x="step", y="loss", color="series", label="Loss", height=260,
+                                    elem_id="blk-loss-plot")
+            lr_plot = gr.LinePlot(x="step", y="lr", label="Learning rate", height=160)
+            samples = gr.Gallery(label="Samples (newest first)", columns=4, height="auto", elem_id="blk-samples")
+            checkpoints = gr.Markdown()
+
+    form = [model, resolutions, rank, alpha, optimizer, lr, steps, schedule, prompts, sample_every,
+            checkpoint_every, keep]
+    preset.change(lambda p: form_from_preset(context, p), inputs=preset, outputs=form)
+    start_button.click(lambda *a: start(context, *a), inputs=[preset, dataset] + form, outputs=[run, note],
+                       api_name="train_start")
+    refresh.click(lambda: (gr.Dropdown(choices=run_names(context)), gr.Dropdown(choices=datasets())),
+                  outputs=[run, dataset])
+    for button, action in ((stop, "stop"), (kill, "kill"), (resume, "resume")):
+        button.click(lambda n, action=action: control(context, n, action), inputs=run, outputs=note)
+    shown = [loss_plot, lr_plot, status, samples, checkpoints]
+    timer = gr.Timer(2.0)
+    timer.tick(lambda n, s: watch(context, n, s), inputs=[run, log_scale], outputs=shown, api_name="train_watch",
+               show_progress="hidden")
+    run.change(lambda n, s: watch(context, n, s), inputs=[run, log_scale], outputs=shown)
