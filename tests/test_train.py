@@ -173,3 +173,20 @@ def test_cli_train_and_resume(dataset, shared_workspace, tmp_path):
     more = run_blk("--workspace", str(shared_workspace.root), "train", "--resume", str(tmp_path / "r"), "--steps", "3")
     assert more.returncode == 0 and "finished at step 3" in more.stdout
     assert (tmp_path / "r" / "checkpoints" / "step-000003.safetensors").exists()
+
+
+def test_validation_loss_is_deterministic_and_held_out(dataset, shared_workspace, tmp_path):
+    config = config_for("tiny-flux", dataset, steps=6)
+    config.data.validation_images, config.data.validation_every = 1, 3
+    first = run(config, shared_workspace, tmp_path / "a")
+    evals = [e for e in EventLog(tmp_path / "a" / "events.jsonl").read() if e["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 3, 6] and all(np.isfinite(e["loss"]) for e in evals)
+    status = [e for e in EventLog(tmp_path / "a" / "events.jsonl").read() if e["kind"] == "status"][0]
+    assert status["images"] == 3  # one of the four held out
+    run(config, shared_workspace, tmp_path / "b")
+    again = [e for e in EventLog(tmp_path / "b" / "events.jsonl").read() if e["kind"] == "eval"]
+    assert [e["loss"] for e in again] == [e["loss"] for e in evals]
+    assert first.status == "finished"
+    config.data.validation_images = 4
+    with pytest.raises(UserError, match="leaves none to train on"):
+        run(config, shared_workspace, tmp_path / "c")

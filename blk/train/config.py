@@ -30,6 +30,8 @@ class DataSection(BaseModel):
     shuffle_tokens: bool = False
     keep_tokens: int = Field(1, ge=0)  # comma-separated tokens kept in place (the trigger) when shuffling
     cache_latents: bool = True
+    validation_images: int = Field(0, ge=0)  # held out from training, for the validation loss
+    validation_every: int = Field(0, ge=0)  # steps; 0: no validation loss
 
 
 class AdapterSection(BaseModel):

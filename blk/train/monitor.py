@@ -16,6 +16,8 @@ class RunView:
     loss: list[float] = field(default_factory=list)
     smoothed: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)  # validation loss on held-out images
     steps_per_second: float = 0.0
     eta_seconds: float | None = None
     elapsed_seconds: float = 0.0
@@ -36,6 +38,9 @@ def view_run(folder: Path, total_steps: int) -> RunView:
             view.loss.append(event["loss"])
             view.smoothed.append(average)
             view.lr.append(event.get("lr", 0.0))
+        elif kind == "eval":
+            view.eval_steps.append(event["step"])
+            view.eval_loss.append(event["loss"])
         elif kind == "sample":
             for index, path in enumerate(event.get("paths", [])):
                 view.samples.insert(0, (str(folder / path), f"step {event['step']}: {event['prompts'][index]}"))

@@ -72,6 +72,7 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
         raise UserError("Choose a dataset to train on.")
     model = resolve(config.model.name, workspace)
     items = load_items(dataset, config.data.resolutions, config.data.flip)
+    items, held_out = split_validation(items, config.data.validation_images)
     items = items * config.data.repeats
     device = pick_device(workspace.settings.device)
     dtype = pick_dtype(device)
@@ -98,8 +99,16 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     latent_cache, text_cache = TensorCache(caches / "latents"), TensorCache(caches / "text")
     text_for = _text_encoder(family, text_cache, config)
     last_checkpoint = None
-    if step == 0 and config.sampling.every and config.sampling.prompts:
-        _samples(family, config, run_dir, events, 0)
+    def validate(at_step: int) -> None:
+        if held_out and config.data.validation_every:
+            loss = validation_loss(family, held_out, lambda item: _latent(family, latent_cache, dataset, item, model.path),
+                                   text_for, device, dtype)
+            events.write("eval", at_step, loss=loss)
+
+    if step == 0:
+        validate(0)
+        if config.sampling.every and config.sampling.prompts:
+            _samples(family, config, run_dir, events, 0)
 
     batch_size = config.schedule.batch_size
     micro_per_step = config.schedule.gradient_accumulation
@@ -131,6 +140,8 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
             events.write("loss", step, loss=total, lr=scheduler.get_last_lr()[0])
             if step % config.checkpoints.every == 0 or step == config.schedule.steps:
                 last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step)
+            if config.data.validation_every and step % config.data.validation_every == 0:
+                validate(step)
             if config.sampling.every and config.sampling.prompts and step % config.sampling.every == 0:
                 _samples(family, config, run_dir, events, step)
             if stop.is_set() or (stop_after is not None and step >= stop_after):
@@ -144,6 +155,39 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
         last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step)
     events.write("status", step, status=status, latent_encodes=latent_cache.misses, text_encodes=text_cache.misses)
     return RunResult(run_dir, step, status, latent_cache.misses, text_cache.misses, last_checkpoint)
+
+
+VALIDATION_DRAWS = 4  # fixed noise/timestep draws per held-out image
+
+
+def split_validation(items: list[Item], count: int) -> tuple[list[Item], list[Item]]:
+    """Hold out `count` images (both flips of each) from training, chosen evenly by name."""
+    if count <= 0:
+        return items, []
+    images = sorted({item.image for item in items})
+    if count >= len(images):
+        raise UserError(f"Holding out {count} image(s) for validation leaves none to train on.")
+    stride = len(images) / count
+    held = {images[int(i * stride)] for i in range(count)}
+    return [i for i in items if i.image not in held], [i for i in items if i.image in held and not i.flip]
+
+
+def validation_loss(family, held_out: list[Item], latent_for, text_for, device, dtype) -> float:
+    """Mean loss on held-out images at fixed noise and timesteps: the same draws at every evaluation,
+    so the curve shows learning (and over-fitting) without the training loss's timestep noise."""
+    import torch
+
+    family.denoiser.eval()
+    losses = []
+    with torch.no_grad():
+        for index, item in enumerate(held_out):
+            latents = latent_for(item)["params"].to(device, dtype)
+            text = {k: v[None] for k, v in text_for(item.caption).items()}
+            for draw in range(VALIDATION_DRAWS):
+                generator = torch.Generator().manual_seed(1_000_000 + index * VALIDATION_DRAWS + draw)
+                losses.append(family.loss(latents, text, generator).item())
+    family.denoiser.train()
+    return sum(losses) / len(losses)
 
 
 # the pieces of the recipe ---------------------------------------------------------------------------

@@ -36,11 +36,12 @@ def form_from_preset(context: StudioContext, name: str):
     c = config
     return (c.model.name, ", ".join(str(r) for r in c.data.resolutions), c.adapter.rank, c.adapter.alpha,
             c.optimizer.name, c.optimizer.lr, c.schedule.steps, c.schedule.lr_schedule,
-            "\n".join(c.sampling.prompts), c.sampling.every, c.checkpoints.every, c.checkpoints.keep)
+            "\n".join(c.sampling.prompts), c.sampling.every, c.checkpoints.every, c.checkpoints.keep,
+            c.data.validation_images, c.data.validation_every)
 
 
 def start(context: StudioContext, preset, dataset, model, resolutions, rank, alpha, optimizer, lr, steps, schedule,
-          prompts, sample_every, checkpoint_every, keep):
+          prompts, sample_every, checkpoint_every, keep, validation_images, validation_every):
     from pydantic import ValidationError
 
     from blk.errors import UserError
@@ -55,7 +56,8 @@ def start(context: StudioContext, preset, dataset, model, resolutions, rank, alp
         base = load_config(PRESETS / f"{preset}.yaml") if preset else TrainConfig()
         data = base.model_dump()
         data["model"].update(name=model.strip())
-        data["data"].update(dataset=dataset, resolutions=[int(r) for r in resolutions.replace(",", " ").split()])
+        data["data"].update(dataset=dataset, resolutions=[int(r) for r in resolutions.replace(",", " ").split()],
+                            validation_images=int(validation_images), validation_every=int(validation_every))
         data["adapter"].update(rank=int(rank), alpha=float(alpha))
         data["optimizer"].update(name=optimizer, lr=float(lr))
         data["schedule"].update(steps=int(steps), lr_schedule=schedule)
@@ -124,8 +126,8 @@ def watch(context: StudioContext, name: str, log_scale: bool):
     folder = _folder(context, name)
     info = run_info(folder)
     view = view_run(folder, info.steps)
-    loss = loss_frame(view.steps * 2, view.loss + view.smoothed,
-                      ["raw"] * len(view.steps) + ["smoothed"] * len(view.steps))
+    loss = loss_frame(view.steps * 2 + view.eval_steps, view.loss + view.smoothed + view.eval_loss,
+                      ["raw"] * len(view.steps) + ["smoothed"] * len(view.steps) + ["validation"] * len(view.eval_steps))
     if log_scale and loss is not None:
         import numpy as np
 
@@ -167,6 +169,9 @@ def build(context: StudioContext, datasets) -> None:
                 sample_every = gr.Number(initial[9], label="Samples every N steps", precision=0)
                 checkpoint_every = gr.Number(initial[10], label="Checkpoint every N steps", precision=0)
                 keep = gr.Number(initial[11], label="Keep newest", precision=0)
+            with gr.Row():
+                validation_images = gr.Number(initial[12], label="Validation images (held out)", precision=0)
+                validation_every = gr.Number(initial[13], label="Validation loss every N steps", precision=0)
             start_button = gr.Button("Start training", variant="primary")
             note = gr.Markdown()
         with gr.Column(scale=3):
@@ -186,7 +191,7 @@ def build(context: StudioContext, datasets) -> None:
             checkpoints = gr.Markdown()
 
     form = [model, resolutions, rank, alpha, optimizer, lr, steps, schedule, prompts, sample_every,
-            checkpoint_every, keep]
+            checkpoint_every, keep, validation_images, validation_every]
     preset.change(lambda p: form_from_preset(context, p), inputs=preset, outputs=form)
     start_button.click(lambda *a: start(context, *a), inputs=[preset, dataset] + form, outputs=[run, note],
                        api_name="train_start")
