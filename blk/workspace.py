@@ -96,6 +96,15 @@ class Workspace:
             raise UserError(f"{value} is not a folder (nor a dataset in {self.datasets}).")
         return folder.resolve()
 
+    def named_dataset(self, name: str) -> Path:
+        """A dataset chosen in the UI: a folder under datasets/, never outside the allowed roots."""
+        if not name:
+            raise UserError("Choose a dataset first.")
+        folder = self.confine(name, base=self.datasets)
+        if not folder.is_dir():
+            raise UserError(f"There is no dataset named {name} in workspace/datasets/.")
+        return folder
+
     # confinement -------------------------------------------------------------
     def allowed_roots(self) -> list[Path]:
         return [self.root] + [Path(p).expanduser().resolve() for p in self.settings.allowed_folders]

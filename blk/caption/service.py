@@ -12,7 +12,6 @@ from typing import Callable
 
 from blk.caption.batch import BatchResult, Progress, caption_dataset
 from blk.caption.job import CaptionJob, job_style, resolve_vlm
-from blk.errors import UserError
 from blk.workspace import Workspace
 
 
@@ -89,9 +88,4 @@ class CaptionService:
         return caption_dataset(folder, style, backend, job.mode, job.selected, job.overwrite, progress, self.cancel)
 
     def dataset(self, name: str) -> Path:
-        if not name:
-            raise UserError("Choose a dataset first.")
-        folder = self.workspace.confine(name, base=self.workspace.datasets)
-        if not folder.is_dir():
-            raise UserError(f"There is no dataset named {name} in workspace/datasets/.")
-        return folder
+        return self.workspace.named_dataset(name)

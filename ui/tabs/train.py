@@ -50,9 +50,7 @@ def start(context: StudioContext, preset, dataset, model, resolutions, rank, alp
     from blk.yaml_io import first_error
 
     try:
-        if not dataset:
-            raise UserError("Choose a dataset to train on.")
-        context.captioning.dataset(dataset)  # confined to the workspace, and it exists
+        context.workspace.named_dataset(dataset)  # confined to the workspace, and it exists
         base = load_config(PRESETS / f"{preset}.yaml") if preset else TrainConfig()
         data = base.model_dump()
         data["model"].update(name=model.strip())
