@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=None)
     train.add_argument("--run-dir", default=None, help="default: workspace/runs/NAME-DATE")
     train.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument("--probe", action="store_true", help="estimate s/step, time and peak memory; train nothing")
     train.set_defaults(run=cmd_train)
 
     caption = commands.add_parser("caption", help="caption a dataset with a vision-language model (few-shot)")
@@ -123,6 +124,12 @@ def cmd_train(args, workspace: Workspace) -> int:
         config.data.dataset = args.dataset
     if args.steps:
         config.schedule.steps = args.steps
+    if args.probe:
+        from blk.train.probe import probe
+
+        estimate = probe(config, workspace)
+        print(estimate.sentence(config.schedule.steps))
+        return 0 if estimate.fits else 1
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())  # finish the step, save a checkpoint, end

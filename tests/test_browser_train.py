@@ -48,6 +48,10 @@ def test_train_tab_runs_a_tiny_lora(tmp_path, shared_workspace):
         plot = Client(app.url, verbose=False).predict(run_name, False, api_name="/train_watch")[0]
         rows = plot["value"]["data"] if "value" in plot else plot["data"]
         assert len(rows) == 80 and {row[-1] for row in rows} == {"raw", "smoothed"}
+        form = ["tiny-flux", "64", 4, 4, "adamw", 1e-3, 500, "constant", "", 0, 100, 2, 0, 0]
+        estimate = Client(app.url, verbose=False).predict("conceptor-flux-dev", "inks", *form,
+                                                          api_name="/train_estimate")
+        assert "s/step" in estimate and "for 500 steps" in estimate, estimate
     finally:
         app.stop()
     runs = list((workspace / "runs").iterdir())

@@ -190,3 +190,19 @@ def test_validation_loss_is_deterministic_and_held_out(dataset, shared_workspace
     config.data.validation_images = 4
     with pytest.raises(UserError, match="leaves none to train on"):
         run(config, shared_workspace, tmp_path / "c")
+
+
+def test_probe_estimates_time_and_memory(dataset, shared_workspace, tmp_path):
+    from blk.train.probe import probe
+    from tests.conftest import run_blk
+
+    config = config_for("tiny-flux", dataset, steps=1000)
+    estimate = probe(config, shared_workspace)
+    assert estimate.seconds_per_step > 0 and estimate.total_seconds == pytest.approx(estimate.seconds_per_step * 1000)
+    assert 0 < estimate.peak_bytes < estimate.device_bytes and estimate.fits
+    assert "s/step" in estimate.sentence(1000) and "will not fit" not in estimate.sentence(1000)
+    assert not [p for p in shared_workspace.runs.iterdir() if p.name.startswith(".probe-")]  # nothing left behind
+    preset = tmp_path / "p.yaml"
+    preset.write_text(json.dumps(config.model_dump(mode="json")))
+    result = run_blk("--workspace", str(shared_workspace.root), "train", str(preset), "--probe")
+    assert result.returncode == 0 and "for 1000 steps" in result.stdout, result.stderr

@@ -40,17 +40,17 @@ def form_from_preset(context: StudioContext, name: str):
             c.data.validation_images, c.data.validation_every)
 
 
-def start(context: StudioContext, preset, dataset, model, resolutions, rank, alpha, optimizer, lr, steps, schedule,
-          prompts, sample_every, checkpoint_every, keep, validation_images, validation_every):
+def config_from_form(context: StudioContext, preset, dataset, model, resolutions, rank, alpha, optimizer, lr, steps,
+                     schedule, prompts, sample_every, checkpoint_every, keep, validation_images, validation_every):
+    """The preset with the form's values on top, validated (UserError with one sentence otherwise)."""
     from pydantic import ValidationError
 
     from blk.errors import UserError
     from blk.train.config import TrainConfig, load_config
-    from blk.train.process import start_run
     from blk.yaml_io import first_error
 
+    context.workspace.named_dataset(dataset)  # confined to the workspace, and it exists
     try:
-        context.workspace.named_dataset(dataset)  # confined to the workspace, and it exists
         base = load_config(PRESETS / f"{preset}.yaml") if preset else TrainConfig()
         data = base.model_dump()
         data["model"].update(name=model.strip())
@@ -63,14 +63,48 @@ def start(context: StudioContext, preset, dataset, model, resolutions, rank, alp
         data["checkpoints"].update(every=int(checkpoint_every), keep=int(keep))
         if context.demo and data["sampling"]["size"] > 256:
             data["sampling"].update(size=64, steps=2)
-        config = TrainConfig.model_validate(data)
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(first_error(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"A number in the form is not valid ({exc}).") from None
+
+
+def start(context: StudioContext, preset, dataset, *form):
+    from blk.errors import UserError
+    from blk.train.process import start_run
+
+    try:
+        config = config_from_form(context, preset, dataset, *form)
         folder = start_run(config, context.workspace, name=f"{preset or 'run'}-{dataset}")
-    except ValueError as exc:
-        message = first_error(exc) if isinstance(exc, ValidationError) else f"A number is not valid ({exc})."
-        return gr.update(), f"**{message}**"
     except UserError as exc:
         return gr.update(), f"**{exc}**"
     return gr.Dropdown(choices=run_names(context), value=folder.name), f"Started {folder.name}."
+
+
+def estimate(context: StudioContext, preset, dataset, *form):
+    """A short probe in a child process (the app never loads a model for it). Yields status lines."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from blk.errors import UserError
+    from blk.train.config import save_config
+
+    try:
+        config = config_from_form(context, preset, dataset, *form)
+    except UserError as exc:
+        yield f"**{exc}**"
+        return
+    with tempfile.TemporaryDirectory(prefix="blk-probe-") as scratch:
+        request = Path(scratch) / "probe.yaml"
+        save_config(config, request)
+        yield "Probing a few steps with these settings (the model loads first)…"
+        result = subprocess.run([sys.executable, "-m", "blk", "--workspace", str(context.workspace.root), "train",
+                                 str(request), "--probe"], cwd=PRESETS.parent, capture_output=True, text=True)
+    lines = (result.stdout.strip() or result.stderr.strip()).splitlines()
+    message = lines[-1] if lines else "The probe ended without a word."
+    yield message if result.returncode == 0 else f"**{message}**"
 
 
 def _folder(context: StudioContext, name: str) -> Path:
@@ -170,7 +204,9 @@ def build(context: StudioContext, datasets) -> None:
             with gr.Row():
                 validation_images = gr.Number(initial[12], label="Validation images (held out)", precision=0)
                 validation_every = gr.Number(initial[13], label="Validation loss every N steps", precision=0)
-            start_button = gr.Button("Start training", variant="primary")
+            with gr.Row():
+                probe_button = gr.Button("Estimate time and memory")
+                start_button = gr.Button("Start training", variant="primary")
             note = gr.Markdown()
         with gr.Column(scale=3):
             with gr.Row():
@@ -193,6 +229,8 @@ def build(context: StudioContext, datasets) -> None:
     preset.change(lambda p: form_from_preset(context, p), inputs=preset, outputs=form)
     start_button.click(lambda *a: start(context, *a), inputs=[preset, dataset] + form, outputs=[run, note],
                        api_name="train_start")
+    probe_button.click(lambda *a: (yield from estimate(context, *a)), inputs=[preset, dataset] + form, outputs=note,
+                       api_name="train_estimate")
     refresh.click(lambda: (gr.Dropdown(choices=run_names(context)), gr.Dropdown(choices=datasets())),
                   outputs=[run, dataset])
     for button, action in ((stop, "stop"), (kill, "kill"), (resume, "resume")):
