@@ -152,6 +152,7 @@ def test_presets_load_with_the_paper_values():
     conceptor = load_config(Path("presets/conceptor-flux-dev.yaml"))
     assert (conceptor.adapter.rank, conceptor.adapter.alpha, conceptor.optimizer.name) == (32, 32, "prodigy")
     assert (conceptor.optimizer.d0, conceptor.optimizer.d_coef, conceptor.optimizer.weight_decay) == (1e-5, 2.0, 0.001)
+    assert conceptor.optimizer.ema_decay == 0.99
     assert (conceptor.checkpoints.every, conceptor.checkpoints.keep) == (250, 16)
     texture = load_config(Path("presets/texture-flux.yaml"))
     assert (texture.adapter.rank, texture.schedule.gradient_accumulation, texture.schedule.warmup_steps) == (16, 8, 500)
@@ -206,3 +207,22 @@ def test_probe_estimates_time_and_memory(dataset, shared_workspace, tmp_path):
     preset.write_text(json.dumps(config.model_dump(mode="json")))
     result = run_blk("--workspace", str(shared_workspace.root), "train", str(preset), "--probe")
     assert result.returncode == 0 and "for 1000 steps" in result.stdout, result.stderr
+
+
+def test_ema_checkpoints_and_exact_resume(dataset, shared_workspace, tmp_path):
+    from safetensors.torch import load_file
+
+    def config():
+        c = config_for("tiny-flux", dataset)
+        c.optimizer.ema_decay = 0.9
+        return c
+
+    whole = run(config(), shared_workspace, tmp_path / "whole")
+    run(config(), shared_workspace, tmp_path / "halted", stop_after=4)
+    resumed = run(config(), shared_workspace, tmp_path / "halted", resume=True)
+    a, b = load_file(str(whole.last_checkpoint)), load_file(str(resumed.last_checkpoint))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    raw = load_file(str(tmp_path / "whole" / "state" / "adapter.safetensors"))
+    published = {k.replace("transformer.", "", 1): v for k, v in a.items()}
+    assert set(published) == set(raw)
+    assert any(not torch.equal(published[k], raw[k]) for k in raw)  # the checkpoint holds the average

@@ -50,6 +50,7 @@ class OptimizerSection(BaseModel):
     # Prodigy (the paper's values): decoupled decay, bias correction, safeguard warmup, d0, d_coef
     d0: float = 1e-5
     d_coef: float = 2.0
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # 0: off; checkpoints then hold the averaged adapter
 
 
 class ScheduleSection(BaseModel):

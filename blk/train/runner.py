@@ -92,7 +92,8 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     params = [p for p in denoiser.parameters() if p.requires_grad]
     optimizer = _optimizer(config, params, device)
     scheduler = _lr_scheduler(config, optimizer)
-    step = _restore(run_dir, denoiser, optimizer, scheduler) if resume else 0
+    ema = Ema(denoiser, config.optimizer.ema_decay) if config.optimizer.ema_decay else None
+    step = _restore(run_dir, denoiser, optimizer, scheduler, ema) if resume else 0
     events.write("status", step, status="resumed" if step else "started", model=model.name, images=len(items))
 
     caches = dataset / ".blk" / "cache" / model_key(model.path)
@@ -134,12 +135,14 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
                 total += loss.item()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
+            if ema is not None:
+                ema.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             events.write("loss", step, loss=total, lr=scheduler.get_last_lr()[0])
             if step % config.checkpoints.every == 0 or step == config.schedule.steps:
-                last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step)
+                last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step, ema)
             if config.data.validation_every and step % config.data.validation_every == 0:
                 validate(step)
             if config.sampling.every and config.sampling.prompts and step % config.sampling.every == 0:
@@ -152,9 +155,37 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
                                             "lower the learning rate and resume or start again.")
         status = "error"
     if status == "stopped" and (last_checkpoint is None or not last_checkpoint.name.endswith(f"{step:06d}.safetensors")):
-        last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step)
+        last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step, ema)
     events.write("status", step, status=status, latent_encodes=latent_cache.misses, text_encodes=text_cache.misses)
     return RunResult(run_dir, step, status, latent_cache.misses, text_cache.misses, last_checkpoint)
+
+
+class Ema:
+    """Exponential moving average of the trainable (adapter) weights, kept in fp32."""
+
+    def __init__(self, denoiser, decay: float):
+        self.decay = decay
+        self.params = {name: p for name, p in denoiser.named_parameters() if p.requires_grad}
+        self.shadow = {name: p.detach().float().clone() for name, p in self.params.items()}
+
+    def update(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name, p in self.params.items():
+                self.shadow[name].mul_(self.decay).add_(p.detach().float(), alpha=1 - self.decay)
+
+    def state_dict_like(self, lora: dict) -> dict:
+        """The LoRA state dict with the averaged values (peft's keys are the parameter names minus the adapter name)."""
+        by_key = {name.replace(".default", ""): value for name, value in self.shadow.items()}
+        return {key: by_key[key].to(value.dtype) for key, value in lora.items()}
+
+    def shadow_state(self) -> dict:
+        return {name: value.contiguous() for name, value in self.shadow.items()}
+
+    def load_shadow(self, state: dict) -> None:
+        for name in self.shadow:
+            self.shadow[name].copy_(state[name])
 
 
 VALIDATION_DRAWS = 4  # fixed noise/timestep draws per held-out image
@@ -296,8 +327,9 @@ def _text_encoder(family, cache: TensorCache, config: TrainConfig):
     return text_for
 
 
-def _checkpoint(family, config: TrainConfig, run_dir: Path, events: EventLog, optimizer, scheduler, step: int) -> Path:
-    """The LoRA file for this step and the state to resume from, both written atomically."""
+def _checkpoint(family, config: TrainConfig, run_dir: Path, events: EventLog, optimizer, scheduler, step: int,
+                ema=None) -> Path:
+    """The LoRA file for this step (the EMA weights when on) and the state to resume from, written atomically."""
     import tempfile
 
     import torch
@@ -305,11 +337,12 @@ def _checkpoint(family, config: TrainConfig, run_dir: Path, events: EventLog, op
     from safetensors.torch import save_file
 
     lora = get_peft_model_state_dict(family.denoiser)
+    published = ema.state_dict_like(lora) if ema is not None else lora
     checkpoints = run_dir / "checkpoints"
     target = checkpoints / f"step-{step:06d}.safetensors"
     staging = Path(tempfile.mkdtemp(prefix=".blk-tmp-", dir=checkpoints))
     try:
-        family.save_lora(staging, lora)
+        family.save_lora(staging, published)
         atomic.write_bytes(target, (staging / "pytorch_lora_weights.safetensors").read_bytes())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -318,6 +351,8 @@ def _checkpoint(family, config: TrainConfig, run_dir: Path, events: EventLog, op
     save_file({k: v.contiguous() for k, v in lora.items()}, str(state_tmp / "adapter.safetensors"))
     torch.save(optimizer.state_dict(), state_tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), state_tmp / "scheduler.pt")
+    if ema is not None:
+        save_file(ema.shadow_state(), str(state_tmp / "ema.safetensors"))
     (state_tmp / "trainer.json").write_text(json.dumps({"step": step}))
     state, old = run_dir / "state", run_dir / "state.old"
     if state.exists():
@@ -354,7 +389,7 @@ def _state_folder(run_dir: Path) -> Path:
     raise UserError(f"{run_dir.name} has no saved state to resume from (no checkpoint was written yet).")
 
 
-def _restore(run_dir: Path, denoiser, optimizer, scheduler) -> int:
+def _restore(run_dir: Path, denoiser, optimizer, scheduler, ema=None) -> int:
     """Load the saved state (state/, or state.old if a crash hit the swap); return its step."""
     import torch
     from peft.utils import set_peft_model_state_dict
@@ -364,6 +399,10 @@ def _restore(run_dir: Path, denoiser, optimizer, scheduler) -> int:
     set_peft_model_state_dict(denoiser, load_file(str(folder / "adapter.safetensors")))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    if ema is not None:
+        if not (folder / "ema.safetensors").exists():
+            raise UserError(f"{run_dir.name} was saved without EMA; resume it with ema_decay 0.")
+        ema.load_shadow(load_file(str(folder / "ema.safetensors")))
     return int(json.loads((folder / "trainer.json").read_text())["step"])
 
 
