@@ -145,3 +145,16 @@ def trainer_log_tail(folder: Path, lines: int = 15) -> str:
         return "\n".join((folder / "trainer.log").read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def probe_in_child(config: TrainConfig, workspace: Workspace) -> tuple[bool, str]:
+    """The pre-run probe in a child process, so the app never holds a model for it: (fits, sentence)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="blk-probe-") as scratch:
+        request = Path(scratch) / "probe.yaml"
+        save_config(config, request)
+        result = subprocess.run([sys.executable, "-m", "blk", "--workspace", str(workspace.root), "train",
+                                 str(request), "--probe"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    lines = (result.stdout.strip() or result.stderr.strip()).splitlines()
+    return result.returncode == 0, (lines[-1] if lines else "The probe ended without a word.")

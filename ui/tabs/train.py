@@ -83,28 +83,18 @@ def start(context: StudioContext, preset, dataset, *form):
 
 
 def estimate(context: StudioContext, preset, dataset, *form):
-    """A short probe in a child process (the app never loads a model for it). Yields status lines."""
-    import subprocess
-    import sys
-    import tempfile
-
+    """A short probe in a child process. Yields status lines."""
     from blk.errors import UserError
-    from blk.train.config import save_config
+    from blk.train.process import probe_in_child
 
     try:
         config = config_from_form(context, preset, dataset, *form)
     except UserError as exc:
         yield f"**{exc}**"
         return
-    with tempfile.TemporaryDirectory(prefix="blk-probe-") as scratch:
-        request = Path(scratch) / "probe.yaml"
-        save_config(config, request)
-        yield "Probing a few steps with these settings (the model loads first)…"
-        result = subprocess.run([sys.executable, "-m", "blk", "--workspace", str(context.workspace.root), "train",
-                                 str(request), "--probe"], cwd=PRESETS.parent, capture_output=True, text=True)
-    lines = (result.stdout.strip() or result.stderr.strip()).splitlines()
-    message = lines[-1] if lines else "The probe ended without a word."
-    yield message if result.returncode == 0 else f"**{message}**"
+    yield "Probing a few steps with these settings (the model loads first)…"
+    fits, sentence = probe_in_child(config, context.workspace)
+    yield sentence if fits else f"**{sentence}**"
 
 
 def _folder(context: StudioContext, name: str) -> Path:
