@@ -226,3 +226,11 @@ def test_ema_checkpoints_and_exact_resume(dataset, shared_workspace, tmp_path):
     published = {k.replace("transformer.", "", 1): v for k, v in a.items()}
     assert set(published) == set(raw)
     assert any(not torch.equal(published[k], raw[k]) for k in raw)  # the checkpoint holds the average
+
+
+def test_latent_cache_can_be_turned_off(dataset, shared_workspace, tmp_path):
+    config = config_for("tiny-flux", dataset, steps=4)
+    run(config, shared_workspace, tmp_path / "warm")
+    config.data.cache_latents = False
+    uncached = run(config, shared_workspace, tmp_path / "cold")
+    assert uncached.latent_encodes == 4 and uncached.text_encodes == 0  # one encode per step; text still cached

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from blk.caption.postprocess import clean_caption
-from blk.caption.prompt import build_messages, prepare_image
+from blk.caption.prompt import build_messages, count_images, prepare_image
 from blk.caption.style import CaptionStyle
 from blk.data.captions import CaptionStore
 from blk.data.scan import scan
@@ -122,7 +122,7 @@ def caption_dataset(dataset: str | Path, style: CaptionStyle, backend, mode: Mod
                     result.captioned.append(rel)
                     result.prompt_tokens += answer.prompt_tokens
                     result.completion_tokens += answer.completion_tokens
-                    result.requests.append({"image": rel, "images_sent": _images_in(messages),
+                    result.requests.append({"image": rel, "images_sent": count_images(messages),
                                             "prompt_tokens": answer.prompt_tokens,
                                             "completion_tokens": answer.completion_tokens})
             if progress:
@@ -136,9 +136,3 @@ def caption_dataset(dataset: str | Path, style: CaptionStyle, backend, mode: Mod
         result.stopped_because = "Stopped by the user."
     result.seconds = time.perf_counter() - start
     return result
-
-
-def _images_in(messages: list[dict]) -> int:
-    from blk.caption.prompt import count_images
-
-    return count_images(messages)

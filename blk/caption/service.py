@@ -10,8 +10,9 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from blk.caption.batch import BatchResult, Progress, caption_dataset
+from blk.caption.batch import BatchResult, Progress
 from blk.caption.job import CaptionJob, job_style, resolve_vlm
+from blk.caption.job import run as run_job
 from blk.workspace import Workspace
 
 
@@ -72,20 +73,13 @@ class CaptionService:
 
     # batches -----------------------------------------------------------------
     def run(self, job: CaptionJob, progress: Callable[[Progress], None] | None = None) -> BatchResult:
-        from blk.caption.backends import ServerBackend, TransformersBackend
-
-        folder = self.workspace.dataset_folder(job.dataset)
-        style = job_style(job, folder)
-        if job.backend == "transformers":
-            backend = TransformersBackend(resolve_vlm(job.model, self.workspace), self.workspace.settings.device,
-                                          job.ignore_eos)
-        elif job.vllm_url:
-            backend = ServerBackend(job.vllm_url, max_concurrency=job.concurrency, ignore_eos=job.ignore_eos)
-        else:
+        """The job's own recipe (`job.run`); the managed case uses this app's long-lived server."""
+        if job.backend == "vllm" and not job.vllm_url:
+            style = job_style(job, self.workspace.dataset_folder(job.dataset))
             self.start_server(job.model, len(style.examples) + 1, style.image_size)
-            backend = ServerBackend(self.server.url, max_concurrency=job.concurrency, ignore_eos=job.ignore_eos)
+            job = job.model_copy(update={"vllm_url": self.server.url})
         self.cancel.clear()
-        return caption_dataset(folder, style, backend, job.mode, job.selected, job.overwrite, progress, self.cancel)
+        return run_job(job, self.workspace, progress, self.cancel)
 
     def dataset(self, name: str) -> Path:
         return self.workspace.named_dataset(name)

@@ -14,6 +14,7 @@ never stopped; only adapter, optimizer, scheduler and the step are saved.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import shutil
@@ -97,8 +98,9 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     events.write("status", step, status="resumed" if step else "started", model=model.name, images=len(items))
 
     caches = dataset / ".blk" / "cache" / model_key(model.path)
-    latent_cache, text_cache = TensorCache(caches / "latents"), TensorCache(caches / "text")
-    text_for = _text_encoder(family, text_cache, config)
+    latent_cache = TensorCache(caches / "latents", enabled=config.data.cache_latents)
+    text_cache = TensorCache(caches / "text")
+    text_for = _text_encoder(family, text_cache)
     last_checkpoint = None
     def validate(at_step: int) -> None:
         if held_out and config.data.validation_every:
@@ -314,7 +316,7 @@ def _latent(family, cache: TensorCache, dataset: Path, item: Item, model_path: P
     return cache.get_or_make(key, encode)
 
 
-def _text_encoder(family, cache: TensorCache, config: TrainConfig):
+def _text_encoder(family, cache: TensorCache):
     import torch
 
     def text_for(caption: str) -> dict:
@@ -419,15 +421,9 @@ def _samples(family, config: TrainConfig, run_dir: Path, events: EventLog, step:
                                 guidance_scale=config.sampling.guidance,
                                 generator=torch.Generator("cpu").manual_seed(config.sampling.seed + index)).images[0]
             path = run_dir / "samples" / f"step-{step:06d}-{index}.png"
-            import io
-
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             atomic.write_bytes(path, buffer.getvalue())
             paths.append(str(path.relative_to(run_dir)))
     events.write("sample", step, paths=paths, prompts=config.sampling.prompts)
     denoiser.train()
-
-
-def total_epochs(items: int, config: TrainConfig) -> float:
-    return config.schedule.steps * config.schedule.gradient_accumulation * config.schedule.batch_size / max(items, 1)

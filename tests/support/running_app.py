@@ -1,19 +1,14 @@
 """Start the real app (app.py) in a child process on a free loopback port, under the network guard."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from blk.caption.server import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RunningApp:
