@@ -6,6 +6,7 @@
     python -m blk train CONFIG.yaml [--model NAME] [--dataset DIR] [--steps N] [--run-dir DIR] [--resume RUN_DIR]
     python -m blk caption DATASET [--style FILE] [--vllm-url URL | --vllm-model PATH_OR_NAME]
                                   [--backend vllm|transformers] [--only-missing | --all] [--overwrite] [--json]
+    python -m blk sketch …   and   python -m blk review …   (see blk/generate/cli.py)
 
 Errors the user can fix print one sentence (exit 2); `dataset check` exits 1
 when the dataset holds bad files.
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--ignore-eos", action="store_true", help=argparse.SUPPRESS)
     caption.add_argument("--json", action="store_true")
     caption.set_defaults(run=cmd_caption, mode="missing")
+
+    from blk.generate.cli import add_commands as add_generate_commands
+
+    add_generate_commands(commands)  # sketch, review
     return parser
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from blk.data.scan import file_sha256
 from blk.errors import UserError
 from blk.models.device import MemoryOptions, pick_device, pick_dtype
-from blk.models.registry import ResolvedModel
+from blk.models.registry import ResolvedModel, safetensors_keys
 
 TASKS = ("text2img", "img2img")
 
@@ -125,9 +125,28 @@ class PipelineCache:
             self._key, self._loaded = None, None
 
 
+_SHA256_BY_STAT: dict[tuple[str, int, int], str] = {}
+
+
+def lora_sha256(path: Path) -> str:
+    """The file's sha256, hashed once per (path, size, mtime): LoRAs are hashed at every generation."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256_BY_STAT:
+        _SHA256_BY_STAT[key] = file_sha256(Path(path))
+    return _SHA256_BY_STAT[key]
+
+
 def adapter_name(path: Path) -> str:
     """A stable adapter name from the file's content, so the same LoRA is loaded once."""
-    return "lora_" + file_sha256(path)[:16]
+    return "lora_" + lora_sha256(path)[:16]
+
+
+def _quiet_lora_loader() -> None:
+    """diffusers warns at every load that a transformer-only LoRA has no text-encoder keys; that is normal."""
+    import logging
+
+    logging.getLogger("diffusers.loaders.lora_base").setLevel(logging.ERROR)
 
 
 def _load_lora(loaded: LoadedPipeline, path: Path, name: str) -> None:
@@ -137,6 +156,7 @@ def _load_lora(loaded: LoadedPipeline, path: Path, name: str) -> None:
     state dict, so the adapter goes straight onto the denoiser; a LoRA's
     text-encoder part, if any, is then not applied.
     """
+    _quiet_lora_loader()
     if loaded.memory.int8:
         prefix = "transformer" if loaded.model.family == "flux" else "unet"
         loaded.denoiser.load_lora_adapter(str(path), prefix=prefix, adapter_name=name)
@@ -144,18 +164,29 @@ def _load_lora(loaded: LoadedPipeline, path: Path, name: str) -> None:
         loaded.pipe.load_lora_weights(str(path), adapter_name=name)
 
 
+def _forget_adapter(loaded: LoadedPipeline, name: str) -> None:
+    """Remove what a failed load may have left behind, so the next generation is clean."""
+    present = {n for names in loaded.pipe.get_list_adapters().values() for n in names}
+    if name in present:
+        loaded.pipe.delete_adapters([name])
+
+
 def set_loras(loaded: LoadedPipeline, loras: list[tuple[Path, float]]) -> None:
     """Make exactly these LoRAs active at these scales; others are unloaded. Base weights untouched."""
     wanted: dict[str, float] = {}
     for path, scale in loras:
         path = Path(path)
+        if not path.is_file():
+            raise UserError(f"LoRA file {path} does not exist.")
         if path.suffix.lower() != ".safetensors":
             raise UserError(f"{path.name} is not a .safetensors LoRA file.")
         name = adapter_name(path)
         if name not in loaded.adapters:
+            safetensors_keys(path)  # a damaged header gets its own sentence
             try:
                 _load_lora(loaded, path, name)
-            except (ValueError, KeyError, OSError, RuntimeError) as exc:
+            except Exception as exc:  # noqa: BLE001  (any loader failure means: not a LoRA for this model)
+                _forget_adapter(loaded, name)
                 raise UserError(f"{path.name} is not a LoRA for {loaded.model.family}: {str(exc).splitlines()[0]}") from None
             present = {n for names in loaded.pipe.get_list_adapters().values() for n in names}
             if name not in present:  # diffusers only warns when no key matches this model

@@ -368,8 +368,12 @@ def _checkpoint(family, config: TrainConfig, run_dir: Path, events: EventLog, op
 
 
 def _prune(checkpoints: Path, config: TrainConfig) -> None:
+    """Keep the newest `keep` checkpoints, plus those pinned in the config or from the Review tab."""
+    from blk.train.pins import pinned_steps
+
     files = sorted(checkpoints.glob("step-*.safetensors"))
-    pinned = {f"step-{s:06d}.safetensors" for s in config.checkpoints.pinned}
+    steps = set(config.checkpoints.pinned) | pinned_steps(checkpoints.parent)
+    pinned = {f"step-{s:06d}.safetensors" for s in steps}
     unpinned = [f for f in files if f.name not in pinned]
     for old in unpinned[:-config.checkpoints.keep]:
         old.unlink(missing_ok=True)

@@ -1,0 +1,141 @@
+"""`python -m blk sketch …` and `python -m blk review …` (registered by `blk.cli`).
+
+    python -m blk sketch --model M [--lora FILE[:SCALE] …] --prompt P [--negative N] [--seed S]
+                         [--size WxH | --megapixels MP --aspect A] [--steps N] [--guidance G] [--count N]
+                         [--cpu-offload] [--int8] [--vae-tiling] [--out DIR]
+    python -m blk review RUN_OR_LORAS… [--model M] [--prompts FILE] [--seeds 1,2,3] [--scales 0.6,0.8,1.0]
+                         [--base] [--size WxH] [--steps N] [--guidance G] --out grid.png
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from blk.errors import UserError
+
+
+def add_commands(commands) -> None:
+    from blk.generate.sizes import ASPECTS
+
+    sketch = commands.add_parser("sketch", help="text to image with a base model and LoRAs")
+    sketch.add_argument("--model", required=True)
+    sketch.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]")
+    sketch.add_argument("--prompt", default="")
+    sketch.add_argument("--negative", default="", help="negative prompt (SDXL)")
+    sketch.add_argument("--seed", type=int, default=None, help="default: random (printed)")
+    size = sketch.add_mutually_exclusive_group()
+    size.add_argument("--size", default=None, help="WxH, rounded to the model's grid with a notice")
+    size.add_argument("--megapixels", type=float, default=None, help="size budget, with --aspect")
+    sketch.add_argument("--aspect", default="1:1 square", choices=list(ASPECTS))
+    sketch.add_argument("--steps", type=int, default=None, help="default: the model's (FLUX.1-dev 28, schnell 4)")
+    sketch.add_argument("--guidance", type=float, default=None)
+    sketch.add_argument("--count", type=int, default=1)
+    sketch.add_argument("--cpu-offload", action="store_true")
+    sketch.add_argument("--int8", action="store_true")
+    sketch.add_argument("--vae-tiling", action="store_true")
+    sketch.add_argument("--device", default="auto")
+    sketch.add_argument("--out", default=None, help="folder (default: workspace/outputs/sketch/DATE)")
+    sketch.set_defaults(run=cmd_sketch)
+
+    review = commands.add_parser("review", help="a grid of checkpoints × prompts × seeds × LoRA strengths")
+    review.add_argument("sources", nargs="+", metavar="RUN_OR_LORA",
+                        help="a run folder (all its checkpoints) or LoRA files")
+    review.add_argument("--model", default=None, help="default: the run's model")
+    review.add_argument("--prompts", default=None, help="text file, one prompt per line (default: the run's)")
+    review.add_argument("--seeds", default=None, help="e.g. 1,2,3 (default: the run's sample seed)")
+    review.add_argument("--scales", default="1.0", help="LoRA strengths, e.g. 0.6,0.8,1.0")
+    review.add_argument("--base", action="store_true", help="add a row without any LoRA")
+    review.add_argument("--size", default=None, help="WxH (default: the run's sample size, else 1024x1024)")
+    review.add_argument("--steps", type=int, default=None)
+    review.add_argument("--guidance", type=float, default=None)
+    review.add_argument("--out", required=True, help="the grid PNG")
+    review.set_defaults(run=cmd_review)
+
+
+def _numbers(text: str, kind, what: str) -> list:
+    try:
+        return [kind(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise UserError(f"{what} must be a comma-separated list of numbers, like 1,2,3; got {text!r}.") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    from blk.generate.sizes import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise UserError(str(exc) + ".") from None
+
+
+def cmd_sketch(args, workspace) -> int:
+    from blk.generate.sizes import size_for_budget
+    from blk.generate.sketch import Lora, Sketcher, SketchRequest
+    from blk.models.device import MemoryOptions
+
+    if args.megapixels:
+        width, height = size_for_budget(args.megapixels, args.aspect)
+    else:
+        width, height = _size(args.size or "1024x1024")
+    request = SketchRequest(
+        model=args.model, prompt=args.prompt, negative_prompt=args.negative,
+        loras=[Lora.parse(text) for text in args.lora], seed=args.seed, width=width, height=height,
+        steps=args.steps, guidance=args.guidance, count=args.count, device=args.device,
+        memory=MemoryOptions(cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, int8=args.int8),
+        out_dir=Path(args.out) if args.out else None)
+
+    def progress(done, total):
+        print(f"\rstep {done}/{total}   ", end="", file=sys.stderr, flush=True)
+
+    results = Sketcher(workspace).run(request, progress=progress)
+    print(file=sys.stderr)
+    if results[0].notice:
+        print(results[0].notice, file=sys.stderr)
+    for result in results:
+        print(f"seed {result.seed}: {result.path}")
+    return 0
+
+
+def cmd_review(args, workspace) -> int:
+    from blk.generate.review import GridSpec, Reviewer, review_folder, run_review_defaults, save_grid
+    from blk.generate.sketch import Sketcher
+
+    run_dir, loras, defaults = None, [], {}
+    for source in map(Path, args.sources):
+        if source.is_dir():
+            if not (source / "config.yaml").exists():
+                raise UserError(f"{source} is not a training run (it has no config.yaml).")
+            run_dir, defaults = source, run_review_defaults(source)
+            loras += defaults["checkpoints"]
+        elif source.is_file():
+            loras.append(source)
+        else:
+            raise UserError(f"{source} is neither a run folder nor a LoRA file.")
+    model = args.model or defaults.get("model")
+    if not model:
+        raise UserError("Name the base model with --model (loose LoRA files do not say which one they need).")
+    prompts = defaults.get("prompts", [])
+    if args.prompts:
+        try:
+            prompts = [line.strip() for line in Path(args.prompts).read_text(encoding="utf-8").splitlines()
+                       if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"Could not read the prompts file {args.prompts} ({exc}).") from None
+    seeds = _numbers(args.seeds, int, "--seeds") if args.seeds else [defaults.get("seed", 0)]
+    side = defaults.get("size", 1024)
+    width, height = _size(args.size) if args.size else (side, side)
+    spec = GridSpec(model=model, checkpoints=loras, prompts=prompts, seeds=seeds,
+                    scales=_numbers(args.scales, float, "--scales"), include_base=args.base,
+                    width=width, height=height, steps=args.steps or defaults.get("steps"),
+                    guidance=args.guidance if args.guidance is not None else defaults.get("guidance"))
+
+    def progress(done, total):
+        print(f"\rcell {done:.1f}/{total}   ", end="", file=sys.stderr, flush=True)
+
+    result = Reviewer(Sketcher(workspace)).grid(spec, review_folder(workspace, run_dir), progress=progress)
+    print(file=sys.stderr)
+    path = save_grid(result, spec, Path(args.out))
+    print(f"{len(result.row_labels)}×{len(result.column_labels)} grid ({result.generated} generated, "
+          f"{result.cached} from the cache): {path}")
+    return 0

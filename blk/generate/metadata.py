@@ -1,0 +1,93 @@
+"""Parameters embedded in every output PNG, and read back from one.
+
+A result must say how it was made and that it was made by a machine, so the
+PNG carries three text chunks:
+
+- `blk:parameters` — the exact parameters as JSON (what "load parameters
+  from image" reads back; prompt, seed, model, each LoRA's name, sha256 and
+  scale, steps, guidance, size, app version);
+- `parameters` — the same in the readable one-paragraph form other tools
+  (A1111, Forge, Civitai) show;
+- `Disclosure` + an XMP packet with IPTC's digital source type
+  `trainedAlgorithmicMedia`, the standard "AI-generated" mark.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from blk import __version__, atomic
+from blk.errors import BadImage
+
+PARAMETERS_KEY = "blk:parameters"
+DISCLOSURE = "AI-generated image, made with BLK Studio on the artist's own machine."
+IPTC_AI = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+XMP_KEY = "XML:com.adobe.xmp"
+
+
+def readable(parameters: dict) -> str:
+    """The A1111-style paragraph: prompt, negative prompt, then `Key: value` pairs."""
+    lines = [parameters.get("prompt", "")]
+    if parameters.get("negative_prompt"):
+        lines.append(f"Negative prompt: {parameters['negative_prompt']}")
+    pairs = [("Steps", parameters.get("steps")), ("CFG scale", parameters.get("guidance")),
+             ("Seed", parameters.get("seed")), ("Size", f"{parameters.get('width')}x{parameters.get('height')}"),
+             ("Model", parameters.get("model"))]
+    loras = parameters.get("loras") or []
+    if loras:
+        pairs.append(("Lora hashes", ", ".join(f"{lora['name']}: {lora['sha256'][:12]}" for lora in loras)))
+        scaled = [lora for lora in loras if "scale" in lora]
+        if scaled:
+            pairs.append(("Lora scales", ", ".join(f"{lora['name']}: {lora['scale']:g}" for lora in scaled)))
+    pairs.append(("Version", f"BLK Studio {__version__}"))
+    lines.append(", ".join(f"{key}: {value}" for key, value in pairs if value not in (None, "")))
+    return "\n".join(lines)
+
+
+def _xmp() -> str:
+    return ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            '<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/">'
+            f'<Iptc4xmpExt:DigitalSourceType>{escape(IPTC_AI)}</Iptc4xmpExt:DigitalSourceType>'
+            '</rdf:Description></rdf:RDF></x:xmpmeta>')
+
+
+def png_bytes(image, parameters: dict) -> bytes:
+    """The image as PNG with its parameters and the AI disclosure embedded."""
+    from PIL.PngImagePlugin import PngInfo
+
+    parameters = {**parameters, "app_version": __version__}
+    info = PngInfo()
+    info.add_itxt(PARAMETERS_KEY, json.dumps(parameters, ensure_ascii=False, sort_keys=True))
+    info.add_itxt("parameters", readable(parameters))
+    info.add_text("Software", f"BLK Studio {__version__}")
+    info.add_text("Disclosure", DISCLOSURE)
+    info.add_itxt(XMP_KEY, _xmp())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def save_png(path: Path, image, parameters: dict) -> Path:
+    """Write atomically: a crash never leaves a half PNG under the final name."""
+    atomic.write_bytes(path, png_bytes(image, parameters))
+    return Path(path)
+
+
+def read_parameters(path: str | Path) -> dict:
+    """The parameters a BLK Studio PNG was made with; one sentence when there are none."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            text = dict(getattr(image, "text", {}) or {})
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"{Path(path).name} is not a readable image ({exc}).") from None
+    if PARAMETERS_KEY not in text:
+        raise BadImage(f"{Path(path).name} carries no BLK Studio parameters.")
+    try:
+        return json.loads(text[PARAMETERS_KEY])
+    except json.JSONDecodeError:
+        raise BadImage(f"{Path(path).name} has damaged BLK Studio parameters.") from None

@@ -1,0 +1,223 @@
+"""Review: checkpoints × prompts × seeds × LoRA strengths as one labelled grid.
+
+Every cell is an ordinary generation (same pipeline, same seeds as Sketch),
+cached as a PNG named by the hash of everything that decides its pixels —
+model, LoRA content (sha256), scale, prompt, seed, steps, guidance, size — so
+re-opening a grid, or a grid that shares cells with an earlier one, does not
+generate again. A run's review files live in `runs/RUN/review/`; a review of
+loose LoRA files in `outputs/review/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from blk.errors import UserError
+from blk.generate.metadata import save_png
+from blk.generate.sketch import Cancelled, Lora, Sketcher, SketchRequest, lora_label
+from blk.generate.text_to_image import TextToImage
+from blk.models.pipelines import lora_sha256
+from blk.train.pins import CHECKPOINT_NAME
+
+LABEL_PX = 14  # label text height in the grid
+MAX_CELLS = 400
+
+
+@dataclass(frozen=True)
+class Row:
+    lora: Path | None  # None: the base model without any LoRA
+    scale: float = 1.0
+
+    def label(self, several_scales: bool) -> str:
+        if self.lora is None:
+            return "base (no LoRA)"
+        name = Path(self.lora).name
+        match = CHECKPOINT_NAME.match(name)
+        text = f"step {int(match.group(1))}" if match else Path(name).stem
+        return f"{text} @ {self.scale:g}" if several_scales else text  # ASCII: the built-in font has no ×
+
+
+@dataclass(frozen=True)
+class Column:
+    prompt: str
+    seed: int
+
+    def label(self) -> str:
+        prompt = self.prompt if len(self.prompt) <= 48 else self.prompt[:45] + "..."
+        return f"{prompt or '(empty prompt)'}\nseed {self.seed}"
+
+
+@dataclass
+class GridSpec:
+    model: str
+    checkpoints: list[Path]
+    prompts: list[str]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    include_base: bool = False
+    width: int = 1024
+    height: int = 1024
+    steps: int | None = None
+    guidance: float | None = None
+    negative_prompt: str = ""
+
+    def rows(self) -> list[Row]:
+        base = [Row(None, 0.0)] if self.include_base else []
+        return base + [Row(Path(c), float(s)) for c in self.checkpoints for s in self.scales]
+
+    def columns(self) -> list[Column]:
+        return [Column(p, int(s)) for p in (self.prompts or [""]) for s in self.seeds]
+
+
+@dataclass
+class GridResult:
+    image: object  # PIL image of the whole labelled grid
+    cells: list[list[Path]]  # cached cell PNGs, [row][column]
+    row_labels: list[str]
+    column_labels: list[str]
+    generated: int  # cells made now
+    cached: int  # cells found in the cache
+
+
+def review_folder(workspace, run_dir: Path | None) -> Path:
+    return Path(run_dir) / "review" if run_dir else workspace.outputs("review")
+
+
+class Reviewer:
+    """Makes grid cells through a `Sketcher` (sharing its loaded pipeline) and caches them."""
+
+    def __init__(self, sketcher: Sketcher):
+        self.sketcher = sketcher
+
+    def cell(self, spec: GridSpec, row: Row, column: Column, cache_dir: Path, on_step=None) -> tuple[Path, bool]:
+        """The cell's cached PNG, generated first when missing; (path, was_generated)."""
+        request = SketchRequest(
+            model=spec.model, prompt=column.prompt, negative_prompt=spec.negative_prompt,
+            loras=[Lora(row.lora, row.scale)] if row.lora is not None else [], seed=column.seed,
+            width=spec.width, height=spec.height, steps=spec.steps, guidance=spec.guidance)
+        with self.sketcher.lock:
+            loaded, text, _ = self.sketcher.prepare(request)
+            text = TextToImage(**{**asdict(text), "seed": column.seed})
+            path = Path(cache_dir) / "cells" / f"{cell_key(loaded.model, row, text)}.png"
+            if path.exists():
+                return path, False
+            image = self.sketcher._generate(loaded, text, on_step or (lambda step, total: None))
+            save_png(path, image, self.sketcher.parameters(loaded, text, request))
+            return path, True
+
+    def grid(self, spec: GridSpec, cache_dir: Path, progress=None, cancel: threading.Event | None = None) -> GridResult:
+        """All cells (cached or generated), assembled with labels. `progress(done_cells, total_cells)`."""
+        rows, columns = spec.rows(), spec.columns()
+        if not rows:
+            raise UserError("Choose at least one checkpoint (or include the base model).")
+        if len(rows) * len(columns) > MAX_CELLS:
+            raise UserError(f"{len(rows)}×{len(columns)} cells is more than {MAX_CELLS}; choose fewer checkpoints, "
+                            "prompts, seeds or strengths.")
+        total = len(rows) * len(columns)
+        cells, generated = [], 0
+        for r, row in enumerate(rows):
+            cells.append([])
+            for c, column in enumerate(columns):
+                done = r * len(columns) + c
+
+                def on_step(step, steps, done=done):
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled(f"Cancelled; {done} of {total} cells are cached for next time.")
+                    if progress is not None:
+                        progress(done + step / steps, total)
+
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"Cancelled; {done} of {total} cells are cached for next time.")
+                path, made = self.cell(spec, row, column, cache_dir, on_step)
+                cells[-1].append(path)
+                generated += made
+                if progress is not None:
+                    progress(done + 1, total)
+        several = len(spec.scales) > 1
+        row_labels = [row.label(several) for row in rows]
+        column_labels = [column.label() for column in columns]
+        image = assemble(cells, row_labels, column_labels)
+        return GridResult(image, cells, row_labels, column_labels, generated, total - generated)
+
+
+def cell_key(model, row: Row, text: TextToImage) -> str:
+    """Hash of everything that decides a cell's pixels."""
+    decided = {"model": model.name, "model_path": str(model.path), "family": model.family,
+               "lora": lora_sha256(row.lora) if row.lora is not None else None,
+               "scale": row.scale if row.lora is not None else None, **asdict(text)}
+    return hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def assemble(cells: list[list[Path]], row_labels: list[str], column_labels: list[str]):
+    """One image: a header row of column labels, a left column of row labels, cells in between."""
+    from PIL import Image, ImageDraw
+
+    from blk.data.images import open_image
+
+    images = [[open_image(path).convert("RGB") for path in row] for row in cells]
+    cell_w, cell_h = images[0][0].size
+    font = _label_font()
+    gap = 4
+    left = 16 + max(int(font.getlength(label)) for label in row_labels)
+    top = 16 + (LABEL_PX + 4) * max(label.count("\n") + 1 for label in column_labels)
+    width = left + len(column_labels) * (cell_w + gap)
+    height = top + len(row_labels) * (cell_h + gap)
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, label in enumerate(column_labels):
+        x = left + c * (cell_w + gap)
+        lines = [_fit(font, line, cell_w) for line in label.split("\n")]
+        draw.multiline_text((x, 8), "\n".join(lines), fill="black", font=font, spacing=4)
+    for r, label in enumerate(row_labels):
+        y = top + r * (cell_h + gap)
+        draw.text((8, y + cell_h // 2 - LABEL_PX // 2), label, fill="black", font=font)
+        for c, image in enumerate(images[r]):
+            sheet.paste(image, (left + c * (cell_w + gap), y))
+    return sheet
+
+
+def _label_font():
+    """DejaVu Sans where the system has it (wide Unicode coverage), else Pillow's built-in font."""
+    from PIL import ImageFont
+
+    for name in ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
+        try:
+            return ImageFont.truetype(name, LABEL_PX)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=LABEL_PX)
+
+
+def _fit(font, text: str, width: int) -> str:
+    """Cut a label to the cell's width, with an ellipsis (ASCII: the built-in font's glyphs)."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def save_grid(result: GridResult, spec: GridSpec, path: Path) -> Path:
+    """The grid as one PNG, with what it shows embedded (rows, columns, settings)."""
+    parameters = {"kind": "review-grid", "model": spec.model, "prompts": spec.prompts, "seeds": spec.seeds,
+                  "scales": spec.scales, "steps": spec.steps, "guidance": spec.guidance,
+                  "width": spec.width, "height": spec.height, "rows": result.row_labels,
+                  "loras": [{"name": lora_label(p), "sha256": lora_sha256(p)} for p in spec.checkpoints],
+                  "prompt": " | ".join(spec.prompts)}
+    return save_png(Path(path), result.image, parameters)
+
+
+def run_review_defaults(run_dir: Path) -> dict:
+    """A run's model, sample prompts, sampling settings and checkpoints: the Review tab's defaults."""
+    from blk.train.config import load_config
+    from blk.train.pins import run_checkpoints
+
+    config = load_config(Path(run_dir) / "config.yaml")
+    return {"model": config.model.name, "prompts": list(config.sampling.prompts), "seed": config.sampling.seed,
+            "steps": config.sampling.steps, "guidance": config.sampling.guidance, "size": config.sampling.size,
+            "checkpoints": [path for _, path in run_checkpoints(run_dir)]}
+

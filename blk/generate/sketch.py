@@ -1,0 +1,215 @@
+"""Sketch: text to image with a base model and the artist's LoRAs, saved with its parameters.
+
+The base pipeline stays loaded in a `PipelineCache`; LoRAs are swapped as
+adapters on top of it (`set_loras`), so changing LoRAs or scales never loads
+the base again. Each image is written atomically to
+`outputs/sketch/YYYY-MM-DD/HHMMSS-mmm-sSEED.png` (names sort by time) with its
+parameters and the AI disclosure embedded (`blk.generate.metadata`).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from blk.errors import UserError
+from blk.generate.metadata import save_png
+from blk.generate.sizes import SIZE_MULTIPLE, round_size
+from blk.generate.text_to_image import TextToImage, generate
+from blk.models.device import MemoryOptions, is_out_of_memory
+from blk.models.pipelines import LoadedPipeline, PipelineCache, lora_sha256, set_loras
+from blk.models.registry import ResolvedModel, resolve
+from blk.workspace import Workspace
+
+MAX_SEED = 2**32 - 1
+
+
+class Cancelled(UserError):
+    """The user pressed cancel; images finished before it are kept."""
+
+
+@dataclass(frozen=True)
+class Lora:
+    path: Path
+    scale: float = 1.0
+
+    @staticmethod
+    def parse(text: str) -> "Lora":
+        """`FILE` or `FILE:SCALE` (the scale is whatever follows the last colon, when it is a number)."""
+        head, _, tail = text.rpartition(":")
+        if head:
+            try:
+                return Lora(Path(head), float(tail))
+            except ValueError:
+                pass
+        return Lora(Path(text), 1.0)
+
+
+@dataclass
+class SketchRequest:
+    model: str
+    prompt: str = ""
+    negative_prompt: str = ""  # SDXL only
+    loras: list[Lora] = field(default_factory=list)
+    seed: int | None = None  # None: a random seed, always reported
+    width: int = 1024
+    height: int = 1024
+    steps: int | None = None  # None: the model's default (generation_defaults)
+    guidance: float | None = None
+    count: int = 1  # images, with seeds seed, seed+1, …
+    memory: MemoryOptions = MemoryOptions()
+    device: str = "auto"
+    out_dir: Path | None = None  # None: outputs/sketch/YYYY-MM-DD/ (the UI confines paths; the CLI trusts its user)
+
+
+@dataclass
+class SketchResult:
+    path: Path
+    seed: int
+    parameters: dict
+    notice: str = ""
+
+
+def is_distilled(model: ResolvedModel) -> bool:
+    """FLUX.1-schnell and its kin: no guidance embedding, 4 steps, guidance 0."""
+    if model.family != "flux":
+        return False
+    config = Path(model.base or model.path) / "transformer" / "config.json"
+    if "schnell" in model.name.lower():
+        return True
+    try:
+        return not json.loads(config.read_text()).get("guidance_embeds", True) if not model.single_file else False
+    except (OSError, ValueError):
+        return False
+
+
+def generation_defaults(model: ResolvedModel) -> tuple[int, float]:
+    """(steps, guidance) from RECIPES.md: FLUX.1-dev 28 / 3.5, schnell 4 / 0; SDXL 30 / 6."""
+    if model.family == "sdxl":
+        return 30, 6.0
+    return (4, 0.0) if is_distilled(model) else (28, 3.5)
+
+
+def lora_label(path: Path) -> str:
+    """A run checkpoint reads as RUN/step-000250.safetensors; any other file by its name."""
+    path = Path(path)
+    if path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name
+
+
+def output_folder(workspace: Workspace, kind: str = "sketch") -> Path:
+    folder = workspace.outputs(kind) / time.strftime("%Y-%m-%d")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _output_name(folder: Path, seed: int) -> Path:
+    now = time.time()
+    stem = time.strftime("%H%M%S", time.localtime(now)) + f"-{int(now * 1000) % 1000:03d}-s{seed}"
+    path, n = folder / f"{stem}.png", 1
+    while path.exists():
+        path, n = folder / f"{stem}-{n}.png", n + 1
+    return path
+
+
+class Sketcher:
+    """The Sketch job: keeps one base pipeline loaded across requests."""
+
+    def __init__(self, workspace: Workspace, cache: PipelineCache | None = None):
+        self.workspace = workspace
+        self.cache = cache or PipelineCache()
+        self.lock = threading.Lock()  # one generation at a time on one pipeline (Sketch and Review share it)
+
+    def prepare(self, request: SketchRequest) -> tuple[LoadedPipeline, TextToImage, str]:
+        """Resolve the model, load (or reuse) the pipeline, set the LoRAs, round the size.
+
+        LoRA paths are used as given: the UI confines them to the workspace
+        before they get here; the CLI trusts its user.
+        """
+        model = resolve(request.model, self.workspace)
+        width, height, notice = round_size(request.width, request.height, SIZE_MULTIPLE[model.family])
+        steps, guidance = generation_defaults(model)
+        loaded = self.cache.get(model, device=request.device, memory=request.memory)
+        set_loras(loaded, [(lora.path, lora.scale) for lora in request.loras])
+        base = TextToImage(prompt=request.prompt, width=width, height=height,
+                           steps=request.steps or steps,
+                           guidance=guidance if request.guidance is None else request.guidance,
+                           negative_prompt=request.negative_prompt if model.family == "sdxl" else "")
+        return loaded, base, notice
+
+    def run(self, request: SketchRequest, progress=None, cancel: threading.Event | None = None,
+            on_image=None) -> list[SketchResult]:
+        """Generate `count` images; `progress(done_steps, total_steps)`; `on_image(result)` as each is saved."""
+        if request.count < 1:
+            raise UserError("Ask for at least one image.")
+        first_seed = secrets.randbelow(MAX_SEED) if request.seed is None or request.seed < 0 else int(request.seed)
+        with self.lock:
+            loaded, base, notice = self.prepare(request)
+            folder = Path(request.out_dir) if request.out_dir else output_folder(self.workspace)
+            folder.mkdir(parents=True, exist_ok=True)
+            results = []
+            for index in range(request.count):
+                seed = (first_seed + index) % (MAX_SEED + 1)
+                one = TextToImage(**{**asdict(base), "seed": seed})
+
+                def on_step(step, total, index=index):
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled(f"Cancelled; {index} of {request.count} images were finished.")
+                    if progress is not None:
+                        progress(index * total + step, request.count * total)
+
+                image = self._generate(loaded, one, on_step)
+                parameters = self.parameters(loaded, one, request)
+                result = SketchResult(save_png(_output_name(folder, seed), image, parameters), seed, parameters, notice)
+                results.append(result)
+                if on_image is not None:
+                    on_image(result)
+            return results
+
+    @staticmethod
+    def _generate(loaded: LoadedPipeline, request: TextToImage, on_step):
+        try:
+            return generate(loaded, request, callback=on_step)
+        except UserError:
+            raise
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                _free_device_memory()
+                raise UserError(f"Out of memory at {request.width}×{request.height}: turn on CPU offload, int8 "
+                                "weights or VAE tiling under Memory, or choose a smaller size.") from None
+            raise
+
+    def parameters(self, loaded: LoadedPipeline, request: TextToImage, sketch: SketchRequest) -> dict:
+        return {
+            "kind": "sketch", "model": loaded.model.name, "family": loaded.model.family,
+            "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
+            "steps": request.steps, "guidance": request.guidance, "width": request.width, "height": request.height,
+            "loras": [{"name": lora_label(lora.path), "sha256": lora_sha256(lora.path), "scale": lora.scale,
+                       "path": str(lora.path)} for lora in sketch.loras],
+            "memory": asdict(loaded.memory), "device": loaded.device,
+        }
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def request_from_parameters(parameters: dict) -> SketchRequest:
+    """A request that repeats an image, from the parameters read out of its PNG."""
+    return SketchRequest(
+        model=parameters.get("model", ""), prompt=parameters.get("prompt", ""),
+        negative_prompt=parameters.get("negative_prompt", ""),
+        loras=[Lora(Path(lora["path"]), float(lora["scale"])) for lora in parameters.get("loras", [])],
+        seed=parameters.get("seed"), width=parameters.get("width", 1024), height=parameters.get("height", 1024),
+        steps=parameters.get("steps"), guidance=parameters.get("guidance"))

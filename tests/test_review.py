@@ -1,0 +1,132 @@
+"""Review: labelled grids of checkpoints × prompts × seeds × strengths, cached; blind A/B; pins; CLI."""
+
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from blk.errors import UserError
+from blk.generate.blind import blind_pairs, read_tally, record_pick
+from blk.generate.metadata import read_parameters
+from blk.generate.review import GridSpec, Reviewer, review_folder, run_review_defaults, save_grid
+from blk.generate.sketch import Lora, Sketcher, SketchRequest
+from blk.train.config import TrainConfig
+from blk.train.pins import export_checkpoint, pin, pinned_steps
+from blk.train.runner import _prune
+from tests.conftest import run_blk
+
+
+def pixels(image_or_path):
+    image = Image.open(image_or_path) if not isinstance(image_or_path, Image.Image) else image_or_path
+    return np.asarray(image.convert("RGB")).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def reviewer(shared_workspace):
+    return Reviewer(Sketcher(shared_workspace))
+
+
+def spec_for(run_dir, **fields):
+    defaults = run_review_defaults(run_dir)
+    return GridSpec(model=defaults["model"], checkpoints=defaults["checkpoints"][-2:], prompts=defaults["prompts"][:1],
+                    seeds=[1, 2], scales=[0.5, 1.0], width=64, height=64, steps=2, **fields)
+
+
+def test_grid_dimensions_labels_and_cells_match_sketch(reviewer, trained_run, tmp_path):
+    spec = spec_for(trained_run, include_base=True)
+    result = reviewer.grid(spec, tmp_path)
+    assert result.row_labels == ["base (no LoRA)", "step 8 @ 0.5", "step 8 @ 1", "step 12 @ 0.5", "step 12 @ 1"]
+    assert result.column_labels == ["a cube\nseed 1", "a cube\nseed 2"]
+    assert (result.generated, result.cached) == (10, 0)
+    width, height = result.image.size
+    assert 2 * 64 < width < 2 * 64 + 200 and 5 * 64 < height < 5 * 64 + 100
+
+    # a cell is exactly the image Sketch makes with the same checkpoint, strength and seed
+    sketch, = reviewer.sketcher.run(SketchRequest("tiny-flux", "a cube", loras=[Lora(spec.checkpoints[-1], 0.5)],
+                                                  seed=2, width=64, height=64, steps=2, out_dir=tmp_path / "s"))
+    assert np.array_equal(pixels(result.cells[3][1]), pixels(sketch.path))
+    # …and it sits in the sheet once, in the 4th row and 2nd column of cells
+    sheet, cell = pixels(result.image), pixels(result.cells[3][1])
+    found = [(y, x) for y, x in zip(*np.nonzero((sheet == cell[0, 0]).all(axis=2)))
+             if np.array_equal(sheet[y:y + 64, x:x + 64], cell)]
+    assert len(found) == 1
+    y, x = found[0]
+    assert 3 * 64 < y - (height - 5 * 68) + 4 < 4 * 68 and width - 2 * 68 + 68 <= x + 4 < width
+    assert np.abs(pixels(result.cells[0][0]) - pixels(result.cells[4][0])).mean() > 1.0  # base ≠ LoRA row
+
+
+def test_reopening_a_grid_generates_nothing(reviewer, trained_run, tmp_path):
+    spec = spec_for(trained_run)
+    first = reviewer.grid(spec, tmp_path)
+    again = reviewer.grid(spec, tmp_path)
+    assert (again.generated, again.cached) == (0, 8)
+    assert np.array_equal(pixels(first.image), pixels(again.image))
+    wider = GridSpec(**{**spec.__dict__, "seeds": [1, 2, 3]})
+    assert reviewer.grid(wider, tmp_path).generated == 4  # only the new column: 4 rows × seed 3
+
+
+def test_saved_grid_carries_what_it_shows(reviewer, trained_run, tmp_path):
+    spec = spec_for(trained_run)
+    path = save_grid(reviewer.grid(spec, tmp_path), spec, tmp_path / "grid.png")
+    parameters = read_parameters(path)
+    assert parameters["kind"] == "review-grid" and parameters["seeds"] == [1, 2]
+    assert parameters["rows"] == ["step 8 @ 0.5", "step 8 @ 1", "step 12 @ 0.5", "step 12 @ 1"]
+
+
+def test_too_large_or_empty_grids_are_refused(reviewer, trained_run, tmp_path):
+    with pytest.raises(UserError, match="at least one checkpoint"):
+        reviewer.grid(GridSpec("tiny-flux", [], ["x"], width=64, height=64, steps=1), tmp_path)
+    with pytest.raises(UserError, match="more than 400"):
+        reviewer.grid(GridSpec(
+            "tiny-flux", [trained_run / "checkpoints" / "step-000012.safetensors"], ["x"] * 21, seeds=list(range(20)),
+            width=64, height=64), tmp_path)
+
+
+def test_blind_pairs_hide_sides_and_the_tally_persists(trained_run):
+    pairs = blind_pairs(["a cube", "a cloud"], [1, 2, 3], rng=random.Random(4))
+    assert sorted((p.prompt, p.seed) for p in pairs) == sorted((p, s) for p in ["a cube", "a cloud"] for s in [1, 2, 3])
+    assert sum(p.left_is_a for p in pairs) == 3  # A is on the left in exactly half, shuffled
+
+    folder = review_folder(None, trained_run)
+    a, b = "step-000008.safetensors", "step-000012.safetensors"
+    for pair in pairs[:4]:
+        record_pick(folder, a, b, pair, "left" if pair.left_is_a else "right")  # the curator always picks A
+    record_pick(folder, a, b, pairs[4], "tie")
+    tally = read_tally(folder, a, b)
+    assert (tally.a_wins, tally.b_wins, tally.ties, tally.leader()) == (4, 0, 1, a)
+    assert [p["winner"] for p in tally.picks] == ["a"] * 4 + ["tie"]
+    assert (folder / "ab.json").exists() and read_tally(folder, b, a).votes == 0
+    assert "step-000008.safetensors: 4" in tally.sentence()
+
+
+def test_pinned_checkpoint_survives_pruning_and_exports(trained_run, tmp_path, shared_workspace):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    pin(run_dir, 4)
+    assert pinned_steps(run_dir) == {4}
+    config = TrainConfig.model_validate({"checkpoints": {"keep": 1}})
+    _prune(run_dir / "checkpoints", config)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000004.safetensors",
+                                                                          "step-000012.safetensors"]
+    with pytest.raises(UserError, match="no checkpoint at step 8"):
+        pin(run_dir, 8)
+    exported = export_checkpoint(run_dir / "checkpoints" / "step-000004.safetensors", shared_workspace.outputs("loras"))
+    assert exported.name == "run-step-000004.safetensors"
+    assert exported.read_bytes() == (run_dir / "checkpoints" / "step-000004.safetensors").read_bytes()
+
+
+def test_cli_review(shared_workspace, trained_run, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cube\n\na tower\n")
+    out = tmp_path / "grid.png"
+    result = run_blk("--workspace", str(shared_workspace.root), "review", str(trained_run), "--prompts", str(prompts),
+                     "--seeds", "1,2", "--scales", "0.6,1.0", "--steps", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "6×4 grid" in result.stdout
+    assert read_parameters(out)["prompts"] == ["a cube", "a tower"]
+    bad = run_blk("--workspace", str(shared_workspace.root), "review", str(trained_run), "--seeds", "one",
+                  "--out", str(out))
+    assert bad.returncode == 2 and "--seeds must be" in bad.stderr

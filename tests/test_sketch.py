@@ -1,0 +1,160 @@
+"""Sketch: sizes, seeds, LoRAs from a trained run, embedded parameters, cancel, bad input, CLI."""
+
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from blk.data.scan import file_sha256
+from blk.errors import BadImage, UserError
+from blk.generate.metadata import DISCLOSURE, IPTC_AI, read_parameters
+from blk.generate.sizes import round_size, size_for_budget
+from blk.generate.sketch import Cancelled, Lora, Sketcher, SketchRequest, request_from_parameters
+from tests.conftest import run_blk
+from tests.support.loras import make_random_lora
+
+
+def pixels(path):
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def sketcher(shared_workspace):
+    return Sketcher(shared_workspace)
+
+
+def tiny(model="tiny-flux", **fields):
+    return SketchRequest(model=model, **{"prompt": "an ink cube", "seed": 7, "width": 64, "height": 64,
+                                         "steps": 2, **fields})
+
+
+def test_megapixel_budgets_give_the_trained_shapes():
+    assert size_for_budget(1.0, "1:1 square") == (1024, 1024)
+    assert size_for_budget(1.0, "3:2 landscape") == (1216, 832)
+    assert size_for_budget(1.0, "16:9 landscape") == (1344, 768)
+    assert size_for_budget(1.0, "2:3 portrait") == (832, 1216)
+    for megapixels in (0.5, 2.0):
+        width, height = size_for_budget(megapixels, "3:2 landscape")
+        assert width % 64 == 0 and height % 64 == 0 and width > height
+        assert abs(width * height / (megapixels * 2**20) - 1) < 0.1
+    assert round_size(1024, 768, 16) == (1024, 768, "")
+    width, height, notice = round_size(1010, 770, 16)
+    assert (width, height) == (1008, 768) and "1008×768" in notice
+
+
+def test_same_seed_same_image_and_parameters_round_trip(sketcher, shared_workspace):
+    first, = sketcher.run(tiny())
+    again, = sketcher.run(tiny())
+    assert first.path != again.path and first.path.parent.parent == shared_workspace.outputs("sketch")
+    assert np.array_equal(pixels(first.path), pixels(again.path))
+    assert sorted([first.path.name, again.path.name]) == [first.path.name, again.path.name]  # names sort by time
+
+    parameters = read_parameters(first.path)
+    assert (parameters["prompt"], parameters["seed"], parameters["model"]) == ("an ink cube", 7, "tiny-flux")
+    assert (parameters["steps"], parameters["width"], parameters["height"], parameters["loras"]) == (2, 64, 64, [])
+    assert parameters["app_version"]
+    text = Image.open(first.path).text
+    assert text["Disclosure"] == DISCLOSURE and IPTC_AI in text["XML:com.adobe.xmp"]
+    assert "Seed: 7" in text["parameters"]
+
+    repeat, = sketcher.run(request_from_parameters(parameters))
+    assert np.array_equal(pixels(repeat.path), pixels(first.path))
+
+
+def test_random_seed_is_reported_and_reproduces(sketcher):
+    first, second = sketcher.run(tiny(seed=None, count=2))
+    assert second.seed == first.seed + 1 and read_parameters(first.path)["seed"] == first.seed
+    fixed, = sketcher.run(tiny(seed=first.seed))
+    assert np.array_equal(pixels(fixed.path), pixels(first.path))
+
+
+def test_trained_checkpoints_and_scales_without_reloading_the_base(trained_run, shared_workspace):
+    sketcher = Sketcher(shared_workspace)
+    checkpoints = sorted((trained_run / "checkpoints").glob("step-*.safetensors"))
+    assert len(checkpoints) == 3
+    base = pixels(sketcher.run(tiny())[0].path)
+    results = {}
+    for checkpoint in checkpoints:
+        for scale in (0.0, 0.5, 1.0):
+            result, = sketcher.run(tiny(loras=[Lora(checkpoint, scale)]))
+            results[checkpoint.name, scale] = pixels(result.path)
+    assert sketcher.cache.load_count == 1
+    last = checkpoints[-1].name
+    assert all(np.array_equal(results[c.name, 0.0], base) for c in checkpoints)  # scale 0 is the base
+    assert np.abs(results[last, 1.0] - base).mean() > 1.0
+    assert np.abs(results[last, 0.5] - results[last, 1.0]).mean() > 0.5
+    assert np.abs(results[checkpoints[0].name, 1.0] - results[last, 1.0]).mean() > 0.5
+
+    both, = sketcher.run(tiny(loras=[Lora(checkpoints[0], 1.0), Lora(checkpoints[-1], 0.5)]))
+    recorded = read_parameters(both.path)["loras"]
+    assert [(r["name"], r["scale"]) for r in recorded] == [(f"tiny-run/{checkpoints[0].name}", 1.0),
+                                                           (f"tiny-run/{last}", 0.5)]
+    assert recorded[0]["sha256"] == file_sha256(checkpoints[0])
+
+
+def test_sdxl_uses_its_negative_prompt(shared_workspace, tmp_path):
+    sketcher = Sketcher(shared_workspace)
+    lora = make_random_lora(shared_workspace.models / "tiny-sdxl", "sdxl", tmp_path / "lora")
+    plain, = sketcher.run(tiny("tiny-sdxl", out_dir=tmp_path))
+    negative, = sketcher.run(tiny("tiny-sdxl", negative_prompt="blurry", out_dir=tmp_path))
+    with_lora, = sketcher.run(tiny("tiny-sdxl", loras=[Lora(lora, 1.0)], out_dir=tmp_path))
+    assert np.abs(pixels(negative.path) - pixels(plain.path)).mean() > 0.5
+    assert np.abs(pixels(with_lora.path) - pixels(plain.path)).mean() > 0.5
+    assert read_parameters(negative.path)["negative_prompt"] == "blurry"
+
+
+def test_bad_input_is_one_sentence_and_writes_nothing(sketcher, shared_workspace, tmp_path):
+    out = tmp_path / "out"
+    sdxl_lora = make_random_lora(shared_workspace.models / "tiny-sdxl", "sdxl", tmp_path / "sdxl")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(sdxl_lora.read_bytes()[:-100])
+    for lora, message in ((sdxl_lora, "not a LoRA for flux"), (corrupt, "not a readable .safetensors"),
+                          (truncated, "not a LoRA for flux"), (tmp_path / "missing.safetensors", "does not exist")):
+        with pytest.raises(UserError, match=message):
+            sketcher.run(tiny(loras=[Lora(lora, 1.0)], out_dir=out))
+    assert not out.exists() or not any(out.iterdir())
+
+    rounded, = sketcher.run(tiny(width=70, height=60, prompt="", out_dir=out))  # empty prompt is fine
+    assert Image.open(rounded.path).size == (64, 64) and "70×60" in rounded.notice
+    assert sketcher.run(tiny(out_dir=out))[0].path.exists()  # the failed LoRAs left nothing behind
+
+    with pytest.raises(BadImage, match="no BLK Studio parameters"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+        read_parameters(tmp_path / "plain.png")
+
+
+def test_cancel_keeps_finished_images(sketcher, tmp_path):
+    cancel = threading.Event()
+    kept = []
+
+    def on_image(result):
+        kept.append(result)
+        cancel.set()
+
+    with pytest.raises(Cancelled, match="1 of 3"):
+        sketcher.run(tiny(count=3, out_dir=tmp_path), cancel=cancel, on_image=on_image)
+    assert [p.name for p in tmp_path.iterdir()] == [kept[0].path.name]
+
+
+def test_progress_counts_every_step_of_the_batch(sketcher, tmp_path):
+    seen = []
+    sketcher.run(tiny(count=2, out_dir=tmp_path), progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_cli_sketch(shared_workspace, trained_run, tmp_path):
+    checkpoint = trained_run / "checkpoints" / "step-000012.safetensors"
+    result = run_blk("--workspace", str(shared_workspace.root), "sketch", "--model", "tiny-flux",
+                     "--lora", f"{checkpoint}:0.8", "--prompt", "a cloud", "--seed", "3", "--size", "64x64",
+                     "--steps", "2", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    path = next(tmp_path.glob("*.png"))
+    parameters = read_parameters(path)
+    assert (parameters["seed"], parameters["loras"][0]["scale"], parameters["prompt"]) == (3, 0.8, "a cloud")
+    assert f"seed 3: {path}" in result.stdout
+
+    bad = run_blk("--workspace", str(shared_workspace.root), "sketch", "--model", "tiny-flux", "--size", "big")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
