@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ui.context import StudioContext
-from ui.tabs import caption, models, planned, train
+from ui.tabs import caption, models, planned, review, sketch, train
 
 
 def build_app(context: StudioContext) -> gr.Blocks:
@@ -20,9 +20,13 @@ def build_app(context: StudioContext) -> gr.Blocks:
                 caption.build(context)
             with gr.Tab("Train"):
                 train.build(context, lambda: caption.dataset_names(context))
-            for name in ("Sketch", "Stencil", "Upscale", "Review"):
+            with gr.Tab("Sketch"):
+                sketch.build(context)
+            for name in ("Stencil", "Upscale"):
                 with gr.Tab(name):
                     planned.build(name)
+            with gr.Tab("Review"):
+                review.build(context)
             with gr.Tab("Models & Settings"):
                 models.build(context)
     return demo

@@ -14,10 +14,27 @@ class StudioContext:
     demo: bool  # tabs use the tiny random-weight models
     demo_reason: str  # why (the --demo flag, or no real model found)
     captioning: CaptionService = field(init=False)
+    _sketcher: object = field(init=False, default=None)
 
     def __post_init__(self):
         self.captioning = CaptionService(self.workspace)
 
+    @property
+    def sketcher(self):
+        """One generation pipeline for the session, shared by Sketch and Review (loaded on first use)."""
+        if self._sketcher is None:
+            from blk.generate.sketch import Sketcher
+
+            self._sketcher = Sketcher(self.workspace)
+        return self._sketcher
+
+    def default_model(self) -> str:
+        from blk.models.registry import default_model
+
+        return "tiny-flux" if self.demo else default_model(self.workspace)[0]
+
     def close(self) -> None:
-        """Stop what the session started (the captioning server)."""
+        """Stop what the session started (the captioning server) and free the loaded pipeline."""
         self.captioning.close()
+        if self._sketcher is not None:
+            self._sketcher.cache.clear()

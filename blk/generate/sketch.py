@@ -88,10 +88,27 @@ def is_distilled(model: ResolvedModel) -> bool:
 
 
 def generation_defaults(model: ResolvedModel) -> tuple[int, float]:
-    """(steps, guidance) from RECIPES.md: FLUX.1-dev 28 / 3.5, schnell 4 / 0; SDXL 30 / 6."""
+    """(steps, guidance): the known model's own (RECIPES.md: FLUX.1-dev 28 / 3.5, schnell 4 / 0), else by kind."""
+    from blk.models.registry import KNOWN_MODELS
+
+    if model.name in KNOWN_MODELS:
+        known = KNOWN_MODELS[model.name]
+        return known.default_steps, known.default_guidance
     if model.family == "sdxl":
         return 30, 6.0
     return (4, 0.0) if is_distilled(model) else (28, 3.5)
+
+
+def defaults_for_name(name: str, workspace: Workspace) -> tuple[int, float] | None:
+    """Defaults for a model name, without building or loading anything; None when it is not found."""
+    from blk.models.registry import KNOWN_MODELS
+
+    if name in KNOWN_MODELS:
+        return KNOWN_MODELS[name].default_steps, KNOWN_MODELS[name].default_guidance
+    try:
+        return generation_defaults(resolve(name, workspace))
+    except UserError:
+        return None
 
 
 def lora_label(path: Path) -> str:

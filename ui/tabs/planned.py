@@ -3,14 +3,10 @@
 import gradio as gr
 
 PLANNED = {
-    "Sketch": "Text to image with a base model and your LoRAs (BLK-Conceptor): megapixel-budget sizes, fixed or "
-              "random seeds, parameters embedded in every PNG.",
     "Stencil": "Transparent RGBA assets with LayerDiffuse (BLK-Stencil), ink-to-alpha for scans, and layered "
                "export to OpenRaster for Krita and GIMP.",
     "Upscale": "Real-ESRGAN (tiled) and diffusion + texture LoRA (tiled, multi-pass) up to mural and gigapixel "
                "sizes, written as tiled BigTIFF in bounded memory (BLK-Upscale).",
-    "Review": "Checkpoints side by side: the same prompts and seeds across checkpoints and LoRA strengths, "
-              "blind A/B picks saved with the run.",
 }
 
 

@@ -1,0 +1,83 @@
+"""In a real browser: one tiny sketch with a trained LoRA from the Sketch tab, one 2×2 grid from Review."""
+
+import json
+import re
+import shutil
+
+from PIL import Image
+
+from blk.generate.metadata import read_parameters
+from tests.support.browser import browser_page, screenshot
+from tests.support.running_app import RunningApp
+
+
+def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
+    from playwright.sync_api import expect
+
+    workspace = tmp_path / "workspace"
+    shutil.copytree(shared_workspace.models, workspace / "models")
+    shutil.copytree(trained_run, workspace / "runs" / "tiny-run")
+    app = RunningApp(workspace, tmp_path / "net.jsonl")
+    try:
+        with browser_page() as page:
+            page.goto(app.url)
+            page.get_by_role("tab", name="Sketch").click()
+            page.get_by_label("Prompt", exact=True).fill("blkstyle, a floating cube")
+            page.locator("#blk-sketch-lora-pick input").click()
+            page.get_by_role("option", name="tiny-run/step-000012.safetensors").click()
+            page.locator("#blk-sketch-lora-add").click()
+            expect(page.get_by_text("tiny-run/step-000012.safetensors", exact=True)).to_be_visible()
+            page.get_by_label("Aspect").click()
+            page.get_by_role("option", name="custom size").click()
+            page.get_by_label("Width (custom)").fill("64")
+            page.get_by_label("Height (custom)").fill("64")
+            page.get_by_label("Steps", exact=True).first.fill("2")
+            page.locator("#blk-sketch-generate").click()
+            expect(page.locator("#blk-sketch-gallery img").first).to_be_visible(timeout=120_000)
+            expect(page.locator("#blk-sketch-status")).to_contain_text(re.compile(r"1 image, seed \d+, 64×64"))
+            screenshot(page, "sketch-tab")
+
+            page.get_by_role("tab", name="Review").click()
+            page.locator("#blk-review-run input").click()
+            page.get_by_role("option", name="tiny-run").click()
+            checkboxes = page.locator("#blk-review-checkpoints")
+            expect(checkboxes.get_by_label("step 12")).to_be_checked()
+            checkboxes.get_by_label("step 4").uncheck()
+            page.locator("#blk-review-seeds textarea, #blk-review-seeds input").first.fill("3")
+            page.locator("#blk-review-grid").click()
+            expect(page.locator("#blk-review-status")).to_contain_text("2 rows × 2 columns", timeout=120_000)
+            expect(page.locator("#blk-review-image img")).to_be_visible()
+            screenshot(page, "review-tab-grid")
+
+            page.get_by_role("tab", name="Side by side").click()
+            page.get_by_label("Prompt", exact=True).last.fill("a cube")
+            page.get_by_label("Seed", exact=True).last.fill("3")
+            page.get_by_role("button", name="Compare").click()
+            expect(page.get_by_text("Left: A (step-000008.safetensors)")).to_be_visible(timeout=60_000)
+
+            page.get_by_role("tab", name="Blind A/B").click()
+            page.get_by_role("button", name="Start a blind test").click()
+            expect(page.get_by_text("Pair 1 of 2")).to_be_visible(timeout=60_000)
+            page.get_by_role("button", name="Left is better").click()
+            expect(page.get_by_text("Pair 2 of 2")).to_be_visible(timeout=60_000)
+            page.get_by_role("button", name="Same").click()
+            expect(page.get_by_text("Done. Tally so far")).to_be_visible(timeout=60_000)
+            screenshot(page, "review-tab-blind")
+            page.get_by_role("button", name="Pin", exact=True).click()
+            expect(page.get_by_text(re.compile(r"Pinned step-0000(08|12)\.safetensors"))).to_be_visible()
+    finally:
+        app.stop()
+    sketches = list((workspace / "outputs" / "sketch").rglob("*.png"))
+    assert len(sketches) == 1 and Image.open(sketches[0]).size == (64, 64)
+    parameters = read_parameters(sketches[0])
+    assert parameters["prompt"] == "blkstyle, a floating cube" and parameters["loras"][0]["scale"] == 1.0
+    assert (parameters["steps"], parameters["guidance"]) == (2, 3.5)  # tiny-flux's default guidance
+    grids = list((workspace / "runs" / "tiny-run" / "review" / "grids").glob("*.png"))
+    assert len(grids) == 1
+    grid = read_parameters(grids[0])
+    assert grid["rows"] == ["step 8", "step 12"] and grid["prompts"] == ["a cube", "a cloud"] and grid["seeds"] == [3]
+    tally = json.loads((workspace / "runs" / "tiny-run" / "review" / "ab.json").read_text())
+    record = tally["step-000008.safetensors vs step-000012.safetensors"]
+    assert record["ties"] == 1 and record["a_wins"] + record["b_wins"] == 1
+    winner = 8 if record["a_wins"] else 12
+    assert json.loads((workspace / "runs" / "tiny-run" / "pinned.json").read_text()) == {"steps": [winner]}

@@ -1,0 +1,274 @@
+"""Review tab: a run's checkpoints side by side — a labelled grid, a slider, and blind A/B picks.
+
+Rows are checkpoints (× strengths), columns prompts × seeds. Cells are cached
+by the engine (`blk.generate.review`), so re-opening a grid is instant. The
+blind A/B tally is saved with the run; the preferred checkpoint can be pinned
+(the run's pruning keeps it) and exported with a clear name.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from ui.context import StudioContext
+
+
+def run_choices(context: StudioContext) -> list[str]:
+    return sorted((p.parent.name for p in context.workspace.runs.glob("*/checkpoints") if any(p.glob("step-*"))),
+                  key=lambda name: -(context.workspace.runs / name).stat().st_mtime)
+
+
+def _run_dir(context: StudioContext, run: str) -> Path | None:
+    return context.workspace.confine(run, base=context.workspace.runs) if run else None
+
+
+def checkpoint_choices(context: StudioContext, run: str, extra: list[str]) -> list[tuple[str, str]]:
+    """(label, path): the run's checkpoints by step, then the extra LoRA files by name."""
+    from blk.train.pins import pinned_steps, run_checkpoints
+
+    choices = []
+    if run:
+        folder = _run_dir(context, run)
+        pins = pinned_steps(folder)
+        choices = [(f"step {step}" + (" (pinned)" if step in pins else ""), str(path))
+                   for step, path in run_checkpoints(folder)]
+    return choices + [(Path(p).name, str(context.workspace.confine(p))) for p in extra or []]
+
+
+def on_run(context: StudioContext, run: str, extra: list[str]):
+    """Defaults from the run: its model, sample prompts, seed and size; its newest checkpoints selected."""
+    from blk.generate.review import run_review_defaults
+
+    choices = checkpoint_choices(context, run, extra)
+    paths = [path for _, path in choices]
+    if not run:
+        return (gr.CheckboxGroup(choices=choices, value=paths), gr.update(), gr.update(), gr.update(), gr.update(),
+                gr.update(), gr.update(), gr.Dropdown(choices=choices), gr.Dropdown(choices=choices))
+    d = run_review_defaults(_run_dir(context, run))
+    newest = [path for _, path in choices][-4:]
+    return (gr.CheckboxGroup(choices=choices, value=newest), d["model"], "\n".join(d["prompts"]), str(d["seed"]),
+            d["size"], d["steps"], d["guidance"],
+            gr.Dropdown(choices=choices, value=paths[-2] if len(paths) > 1 else None),
+            gr.Dropdown(choices=choices, value=paths[-1] if paths else None))
+
+
+def spec_from_form(context: StudioContext, checkpoints, model, prompts, seeds, scales, include_base, size, steps,
+                   guidance):
+    from blk.errors import UserError
+    from blk.generate.review import GridSpec
+
+    try:
+        seed_list = [int(s) for s in str(seeds).replace(" ", "").split(",") if s] or [0]
+        scale_list = [float(s) for s in str(scales).replace(" ", "").split(",") if s] or [1.0]
+    except ValueError:
+        raise UserError("Seeds and strengths are comma-separated numbers, like 1,2,3 and 0.6,0.8,1.0.") from None
+    side = int(size or 1024)
+    return GridSpec(model=model, checkpoints=[context.workspace.confine(p) for p in checkpoints or []],
+                    prompts=[line.strip() for line in (prompts or "").splitlines() if line.strip()],
+                    seeds=seed_list, scales=scale_list, include_base=bool(include_base), width=side, height=side,
+                    steps=int(steps) if steps else None,
+                    guidance=None if guidance in (None, "") else float(guidance))
+
+
+def make_grid(context: StudioContext, run, *form, progress=gr.Progress()):
+    from blk.errors import UserError
+    from blk.generate.review import Reviewer, review_folder, save_grid
+
+    try:
+        spec = spec_from_form(context, *form)
+        folder = review_folder(context.workspace, _run_dir(context, run))
+        result = Reviewer(context.sketcher).grid(
+            spec, folder, progress=lambda done, total: progress(done / total, desc=f"cell {int(done)}/{total}"))
+        path = save_grid(result, spec, folder / "grids" / f"grid-{time.strftime('%Y%m%d-%H%M%S')}.png")
+    except UserError as exc:
+        return None, None, f"**{exc}**"
+    status = (f"{len(result.row_labels)} rows × {len(result.column_labels)} columns — {result.generated} generated, "
+              f"{result.cached} from the cache. Saved as `{path}`")
+    return str(path), str(path), status
+
+
+def compare(context: StudioContext, run, a, b, prompt, seed, *form, progress=gr.Progress()):
+    """The same prompt and seed through checkpoints A and B."""
+    from blk.errors import UserError
+    from blk.generate.review import Column, Reviewer, Row, review_folder
+
+    if not a or not b:
+        return None, "Choose checkpoints A and B."
+    try:
+        spec = spec_from_form(context, [a, b], *form)
+        folder = review_folder(context.workspace, _run_dir(context, run))
+        reviewer = Reviewer(context.sketcher)
+        column = Column(prompt or "", int(seed or 0))
+        progress(0, desc="Generating A…")
+        left, _ = reviewer.cell(spec, Row(Path(a), spec.scales[-1]), column, folder)
+        progress(0.5, desc="Generating B…")
+        right, _ = reviewer.cell(spec, Row(Path(b), spec.scales[-1]), column, folder)
+    except UserError as exc:
+        return None, f"**{exc}**"
+    return (str(left), str(right)), f"Left: **A** ({Path(a).name}) · right: **B** ({Path(b).name})."
+
+
+def start_blind(context: StudioContext, run, a, b, *form):
+    """Pairs to judge, A's side hidden; the first pair is shown."""
+    from blk.errors import UserError
+    from blk.generate.blind import blind_pairs
+
+    if not a or not b or a == b:
+        return None, None, None, "Choose two different checkpoints as A and B."
+    try:
+        spec = spec_from_form(context, [a, b], *form)
+    except UserError as exc:
+        return None, None, None, f"**{exc}**"
+    pairs = blind_pairs(spec.prompts or [""], spec.seeds)
+    state = {"a": a, "b": b, "pairs": pairs, "index": 0, "form": list(form)}
+    left, right, note = show_pair(context, run, state)
+    return state, left, right, note
+
+
+def show_pair(context: StudioContext, run, state):
+    from blk.generate.review import Column, Reviewer, Row, review_folder
+
+    pair = state["pairs"][state["index"]]
+    spec = spec_from_form(context, [state["a"], state["b"]], *state["form"])
+    folder = review_folder(context.workspace, _run_dir(context, run))
+    reviewer = Reviewer(context.sketcher)
+    column = Column(pair.prompt, pair.seed)
+    a_cell, _ = reviewer.cell(spec, Row(Path(state["a"]), spec.scales[-1]), column, folder)
+    b_cell, _ = reviewer.cell(spec, Row(Path(state["b"]), spec.scales[-1]), column, folder)
+    left, right = (a_cell, b_cell) if pair.left_is_a else (b_cell, a_cell)
+    note = f"Pair {state['index'] + 1} of {len(state['pairs'])} — “{pair.prompt}”, seed {pair.seed}. Which is better?"
+    return str(left), str(right), note
+
+
+def pick(context: StudioContext, run, state, side: str):
+    """Record the pick; show the next pair, or reveal the tally when all are judged."""
+    from blk.errors import UserError
+    from blk.generate.blind import record_pick
+    from blk.generate.review import review_folder
+
+    if not state or state["index"] >= len(state["pairs"]):
+        return state, gr.update(), gr.update(), "Start a blind test first.", gr.update()
+    folder = review_folder(context.workspace, _run_dir(context, run))
+    try:
+        tally = record_pick(folder, Path(state["a"]).name, Path(state["b"]).name,
+                            state["pairs"][state["index"]], side)
+    except UserError as exc:
+        return state, gr.update(), gr.update(), f"**{exc}**", gr.update()
+    state = {**state, "index": state["index"] + 1}
+    if state["index"] < len(state["pairs"]):
+        left, right, note = show_pair(context, run, state)
+        return state, left, right, note, gr.update()
+    leader = tally.leader()
+    chosen = state["a"] if leader == Path(state["a"]).name else state["b"] if leader else gr.update()
+    return state, None, None, f"Done. Tally so far, saved with the run: {tally.sentence()}", chosen
+
+
+def keep(context: StudioContext, run, checkpoint, action: str):
+    from blk.errors import UserError
+    from blk.train.pins import checkpoint_step, export_checkpoint, pin
+
+    if not checkpoint:
+        return "Choose a checkpoint."
+    try:
+        path = context.workspace.confine(checkpoint)
+        if action == "pin":
+            if not run:
+                return "Only a run's checkpoints can be pinned."
+            pin(_run_dir(context, run), checkpoint_step(path))
+            return f"Pinned {path.name}: the run's pruning keeps it."
+        target = export_checkpoint(path, context.workspace.outputs("loras"))
+        return f"Exported as `{target}`."
+    except UserError as exc:
+        return f"**{exc}**"
+
+
+def build(context: StudioContext) -> None:
+    from blk.generate.library import available_loras
+    from ui.tabs.sketch import model_defaults
+
+    default_steps, default_guidance = model_defaults(context, context.default_model())
+    with gr.Row():
+        with gr.Column(scale=2):
+            with gr.Row():
+                run = gr.Dropdown(run_choices(context), label="Run", scale=4, value=None,
+                                  elem_id="blk-review-run")
+                refresh = gr.Button("↻", size="sm", scale=0, min_width=40)
+            extra = gr.Dropdown([(label, str(path)) for label, path in available_loras(context.workspace)],
+                                multiselect=True, label="Other LoRA files (optional)")
+            checkpoints = gr.CheckboxGroup([], label="Checkpoints (rows)", elem_id="blk-review-checkpoints")
+            model = gr.Textbox(context.default_model(), label="Base model")
+            prompts = gr.Textbox(label="Prompts (columns, one per line)", lines=3)
+            with gr.Row():
+                seeds = gr.Textbox("1", label="Seeds", elem_id="blk-review-seeds")
+                scales = gr.Textbox("1.0", label="Strengths (e.g. 0.6, 0.8, 1.0)")
+                include_base = gr.Checkbox(label="Row without LoRA")
+            with gr.Row():
+                size = gr.Number(1024, label="Size (px, square)", precision=0)
+                steps = gr.Number(default_steps, label="Steps", precision=0)
+                guidance = gr.Number(default_guidance, label="Guidance")
+        with gr.Column(scale=3):
+            with gr.Tabs():
+                with gr.Tab("Grid"):
+                    grid_button = gr.Button("Make the grid", variant="primary", elem_id="blk-review-grid")
+                    grid_status = gr.Markdown(elem_id="blk-review-status")
+                    grid = gr.Image(label="Grid", type="filepath", buttons=["download", "fullscreen"],
+                                    elem_id="blk-review-image")
+                    grid_file = gr.File(label="Grid PNG")
+                with gr.Tab("Side by side"):
+                    with gr.Row():
+                        a = gr.Dropdown([], label="A")
+                        b = gr.Dropdown([], label="B")
+                    with gr.Row():
+                        prompt = gr.Textbox(label="Prompt", scale=3)
+                        seed = gr.Number(1, label="Seed", precision=0)
+                    compare_button = gr.Button("Compare")
+                    slider = gr.ImageSlider(label="A | B", type="filepath", buttons=["fullscreen"], max_height=700)
+                    compare_note = gr.Markdown()
+                with gr.Tab("Blind A/B"):
+                    gr.Markdown("Pairs from A and B (chosen under *Side by side*) for every prompt × seed, "
+                                "names hidden and sides balanced. The tally is saved with the run.")
+                    blind_button = gr.Button("Start a blind test")
+                    blind_note = gr.Markdown()
+                    with gr.Row():
+                        left = gr.Image(label="Left", type="filepath", buttons=["fullscreen"])
+                        right = gr.Image(label="Right", type="filepath", buttons=["fullscreen"])
+                    with gr.Row():
+                        pick_left = gr.Button("Left is better")
+                        pick_tie = gr.Button("Same")
+                        pick_right = gr.Button("Right is better")
+                    blind_state = gr.State(None)
+            with gr.Row():
+                chosen = gr.Dropdown([], label="Checkpoint to keep", scale=3)
+                pin_button = gr.Button("Pin", size="sm", scale=0, min_width=60)
+                export_button = gr.Button("Export", size="sm", scale=0, min_width=70)
+            keep_note = gr.Markdown()
+
+    model.blur(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
+    form = [model, prompts, seeds, scales, include_base, size, steps, guidance]
+    run_outputs = [checkpoints, model, prompts, seeds, size, steps, guidance, a, b]
+
+    def refresh_lists(selected_run, selected_extra):
+        updated = on_run(context, selected_run, selected_extra)
+        choices = checkpoint_choices(context, selected_run, selected_extra)
+        return (gr.Dropdown(choices=run_choices(context)),) + updated + (gr.Dropdown(choices=choices),)
+
+    run.change(lambda r, e: on_run(context, r, e) + (gr.Dropdown(choices=checkpoint_choices(context, r, e)),),
+               inputs=[run, extra], outputs=run_outputs + [chosen])
+    extra.change(lambda r, e: on_run(context, r, e) + (gr.Dropdown(choices=checkpoint_choices(context, r, e)),),
+                 inputs=[run, extra], outputs=run_outputs + [chosen])
+    refresh.click(refresh_lists, inputs=[run, extra], outputs=[run] + run_outputs + [chosen])
+    grid_button.click(lambda r, *f, progress=gr.Progress(): make_grid(context, r, *f, progress=progress),
+                      inputs=[run, checkpoints] + form, outputs=[grid, grid_file, grid_status], api_name="review_grid")
+    compare_button.click(lambda r, a_, b_, p, s, *f, progress=gr.Progress():
+                         compare(context, r, a_, b_, p, s, *f, progress=progress),
+                         inputs=[run, a, b, prompt, seed] + form, outputs=[slider, compare_note])
+    blind_button.click(lambda r, a_, b_, *f: start_blind(context, r, a_, b_, *f), inputs=[run, a, b] + form,
+                       outputs=[blind_state, left, right, blind_note])
+    for button, side in ((pick_left, "left"), (pick_right, "right"), (pick_tie, "tie")):
+        button.click(lambda r, st, side=side: pick(context, r, st, side), inputs=[run, blind_state],
+                     outputs=[blind_state, left, right, blind_note, chosen])
+    pin_button.click(lambda r, c: keep(context, r, c, "pin"), inputs=[run, chosen], outputs=keep_note)
+    export_button.click(lambda r, c: keep(context, r, c, "export"), inputs=[run, chosen], outputs=keep_note)

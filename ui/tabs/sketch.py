@@ -1,0 +1,200 @@
+"""Sketch tab: text to image with a base model and any number of LoRAs, each at its own strength.
+
+The engine (`blk.generate.sketch`) keeps the base model loaded between
+clicks and swaps LoRAs on top; this tab gathers the form, shows progress,
+and lists this session's results (newest first). Every PNG carries its
+parameters; "Load parameters" reads them back into the form.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import gradio as gr
+
+from ui.context import StudioContext
+
+CUSTOM = "custom size"
+
+
+def model_names(context: StudioContext) -> list[str]:
+    from blk.models.registry import list_models
+
+    return [row.name for row in list_models(context.workspace) if row.found]
+
+
+def lora_choices(context: StudioContext) -> list[tuple[str, str]]:
+    from blk.generate.library import available_loras
+
+    return [(label, str(path)) for label, path in available_loras(context.workspace)]
+
+
+def add_lora(context: StudioContext, chosen: str, items: list):
+    """Add a LoRA (a picked one, or a typed path inside the allowed folders) at strength 1."""
+    from blk.errors import UserError
+
+    if not chosen:
+        return items, "Choose a LoRA to add."
+    try:
+        path = context.workspace.confine(chosen)
+    except UserError as exc:
+        return items, f"**{exc}**"
+    if not path.is_file():
+        return items, f"**{chosen} is not a file.**"
+    if any(item[0] == str(path) for item in items):
+        return items, f"{path.name} is already in the list."
+    return items + [[str(path), 1.0]], ""
+
+
+def size_of(megapixels, aspect, width, height) -> tuple[int, int]:
+    from blk.generate.sizes import size_for_budget
+
+    if aspect == CUSTOM:
+        return int(width or 0), int(height or 0)
+    return size_for_budget(float(megapixels), aspect)
+
+
+def model_defaults(context: StudioContext, name: str):
+    """Steps and guidance of the chosen model (FLUX.1-dev 28 / 3.5, schnell 4 / 0, …)."""
+    from blk.generate.sketch import defaults_for_name
+
+    found = defaults_for_name(name or "", context.workspace)
+    return (found[0], found[1]) if found else (gr.update(), gr.update())
+
+
+def generate(context: StudioContext, cancel: threading.Event, gallery: list, model, prompt, negative, items,
+             megapixels, aspect, width, height, steps, guidance, seed, random_seed, count, cpu_offload, int8,
+             vae_tiling, progress=gr.Progress()):
+    """Run the batch; returns (gallery, status). Errors and cancel are one sentence; finished images stay."""
+    from blk.errors import UserError
+    from blk.generate.sketch import Lora, SketchRequest
+    from blk.models.device import MemoryOptions
+
+    cancel.clear()
+    finished = []
+    try:
+        for path, _ in items:
+            context.workspace.confine(path)
+        w, h = size_of(megapixels, aspect, width, height)
+        request = SketchRequest(
+            model=model, prompt=prompt or "", negative_prompt=negative or "",
+            loras=[Lora(Path(path), float(scale)) for path, scale in items],
+            seed=None if random_seed else int(seed or 0), width=w, height=h,
+            steps=int(steps) if steps else None, guidance=None if guidance in (None, "") else float(guidance),
+            count=int(count), memory=MemoryOptions(cpu_offload=cpu_offload, int8=int8, vae_tiling=vae_tiling),
+            device=context.workspace.settings.device)
+        progress(0, desc="Loading the model…")
+        context.sketcher.run(request, progress=lambda done, total: progress(done / total, desc=f"step {done}/{total}"),
+                             cancel=cancel, on_image=finished.append)
+        status = ""
+    except UserError as exc:
+        status = f"**{exc}**"
+    except ValueError as exc:
+        status = f"**A number in the form is not valid ({exc}).**"
+    shown = [(str(r.path), f"seed {r.seed}") for r in reversed(finished)] + gallery
+    if finished:
+        last = finished[-1]
+        seeds = ", ".join(str(r.seed) for r in finished)
+        summary = (f"{len(finished)} image{'s' if len(finished) > 1 else ''}, seed{'s' if len(finished) > 1 else ''} "
+                   f"**{seeds}**, {last.parameters['width']}×{last.parameters['height']} — saved in "
+                   f"`{last.path.parent}`.")
+        status = "  \n".join(s for s in (last.notice, summary, status) if s)
+    return shown, shown, status, (finished[-1].seed if finished else gr.update())
+
+
+def load_parameters(context: StudioContext, file):
+    """Fill the form from a BLK Studio PNG."""
+    from blk.errors import UserError
+    from blk.generate.metadata import read_parameters
+
+    keep = [gr.update()] * 12
+    if file is None:
+        return keep + [""]
+    try:
+        p = read_parameters(file if isinstance(file, str) else file.name)
+    except UserError as exc:
+        return keep + [f"**{exc}**"]
+    loras = [[lora["path"], lora["scale"]] for lora in p.get("loras", []) if Path(lora.get("path", "")).is_file()]
+    missing = [lora["name"] for lora in p.get("loras", []) if not Path(lora.get("path", "")).is_file()]
+    note = f"Loaded the parameters of seed {p.get('seed')}."
+    if missing:
+        note += f" **Not found on this machine: {', '.join(missing)}.**"
+    return [p.get("model"), p.get("prompt", ""), p.get("negative_prompt", ""), loras, CUSTOM,
+            p.get("width"), p.get("height"), p.get("steps"), p.get("guidance"), p.get("seed"), False, 1, note]
+
+
+def build(context: StudioContext) -> None:
+    from blk.generate.sizes import ASPECTS, MEGAPIXELS
+
+    cancel = threading.Event()
+    models = model_names(context)
+    default_steps, default_guidance = model_defaults(context, context.default_model())
+    with gr.Row():
+        with gr.Column(scale=2):
+            model = gr.Dropdown(models, value=context.default_model(), label="Base model", allow_custom_value=True)
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="blkstyle, a platonic solid floating over a city")
+            negative = gr.Textbox(label="Negative prompt (SDXL only)", lines=1)
+            with gr.Group():
+                with gr.Row():
+                    lora_pick = gr.Dropdown(lora_choices(context), label="LoRA (run checkpoints and models/loras)",
+                                            allow_custom_value=True, scale=4, elem_id="blk-sketch-lora-pick")
+                    add = gr.Button("Add", size="sm", scale=0, min_width=60, elem_id="blk-sketch-lora-add")
+                    refresh = gr.Button("↻", size="sm", scale=0, min_width=40)
+                loras = gr.State([])
+
+                @gr.render(inputs=loras)
+                def show_loras(items):
+                    for index, (path, scale) in enumerate(items):
+                        with gr.Row(equal_height=True):
+                            gr.Markdown(f"`{Path(path).parent.parent.name + '/' if Path(path).parent.name == 'checkpoints' else ''}"
+                                        f"{Path(path).name}`")
+                            strength = gr.Slider(-1.0, 2.0, value=scale, step=0.05, label="strength", scale=2)
+                            remove = gr.Button("Remove", size="sm", scale=0, min_width=70)
+                            strength.release(lambda v, items, i=index: [[p, v if j == i else s] for j, (p, s) in
+                                                                         enumerate(items)],
+                                             inputs=[strength, loras], outputs=loras)
+                            remove.click(lambda items, i=index: [it for j, it in enumerate(items) if j != i],
+                                         inputs=loras, outputs=loras)
+            with gr.Row():
+                megapixels = gr.Dropdown([(f"{m:g} MP", m) for m in MEGAPIXELS], value=1.0, label="Size budget")
+                aspect = gr.Dropdown(list(ASPECTS) + [CUSTOM], value="1:1 square", label="Aspect")
+            with gr.Row():
+                width = gr.Number(1024, label="Width (custom)", precision=0)
+                height = gr.Number(1024, label="Height (custom)", precision=0)
+            with gr.Row():
+                steps = gr.Number(default_steps, label="Steps", precision=0)
+                guidance = gr.Number(default_guidance, label="Guidance")
+            with gr.Row():
+                seed = gr.Number(0, label="Seed", precision=0)
+                random_seed = gr.Checkbox(True, label="Random seed")
+                count = gr.Slider(1, 8, value=1, step=1, label="Images")
+            with gr.Accordion("Memory", open=False):
+                cpu_offload = gr.Checkbox(label="CPU offload (GPU: slower, much less memory)")
+                int8 = gr.Checkbox(label="int8 weights (optimum-quanto)")
+                vae_tiling = gr.Checkbox(label="VAE tiling (large sizes)")
+            with gr.Row():
+                go = gr.Button("Generate", variant="primary", elem_id="blk-sketch-generate")
+                stop = gr.Button("Cancel")
+            with gr.Accordion("Load parameters from an image", open=False):
+                source = gr.File(label="A BLK Studio PNG", file_types=[".png"], type="filepath")
+        with gr.Column(scale=3):
+            status = gr.Markdown(elem_id="blk-sketch-status")
+            results = gr.Gallery(label="This session's sketches (newest first)", columns=3, height="auto",
+                                 elem_id="blk-sketch-gallery", format="png")
+    note = gr.Markdown()
+    session = gr.State([])
+
+    model.change(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
+    add.click(lambda chosen, items: add_lora(context, chosen, items), inputs=[lora_pick, loras],
+              outputs=[loras, note])
+    refresh.click(lambda: (gr.Dropdown(choices=lora_choices(context)), gr.Dropdown(choices=model_names(context))),
+                  outputs=[lora_pick, model])
+    go.click(lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
+             inputs=[session, model, prompt, negative, loras, megapixels, aspect, width, height, steps, guidance,
+                     seed, random_seed, count, cpu_offload, int8, vae_tiling],
+             outputs=[results, session, status, seed], api_name="sketch_generate")
+    stop.click(cancel.set, queue=False)
+    source.upload(lambda f: load_parameters(context, f), inputs=source,
+                  outputs=[model, prompt, negative, loras, aspect, width, height, steps, guidance, seed, random_seed,
+                           count, note])
