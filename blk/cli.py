@@ -7,6 +7,7 @@
     python -m blk caption DATASET [--style FILE] [--vllm-url URL | --vllm-model PATH_OR_NAME]
                                   [--backend vllm|transformers] [--only-missing | --all] [--overwrite] [--json]
     python -m blk sketch …   and   python -m blk review …   (see blk/generate/cli.py)
+    python -m blk stencil generate | alpha | compose …      (see blk/stencil/cli.py)
 
 Errors the user can fix print one sentence (exit 2); `dataset check` exits 1
 when the dataset holds bad files.
@@ -74,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from blk.generate.cli import add_commands as add_generate_commands
 
+    from blk.stencil.cli import add_commands as add_stencil_commands
+
     add_generate_commands(commands)  # sketch, review
+    add_stencil_commands(commands)  # stencil generate | alpha | compose
     return parser
 
 

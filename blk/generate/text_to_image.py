@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from blk.errors import UserError
+from blk.generate.sizes import SIZE_MULTIPLE
 from blk.models.pipelines import LoadedPipeline
-
-SIZE_MULTIPLE = {"flux": 16, "sdxl": 8}
 
 
 @dataclass(frozen=True)
@@ -28,6 +27,11 @@ class TextToImage:
 
 def generate(loaded: LoadedPipeline, request: TextToImage, callback=None):
     """Run one generation and return a PIL image. `callback(step, total)` reports progress."""
+    return run_pipeline(loaded, request, callback).images[0]
+
+
+def run_pipeline(loaded: LoadedPipeline, request: TextToImage, callback=None, output_type: str = "pil"):
+    """The pipeline call behind `generate`; `output_type="latent"` returns the latents (Stencil decodes them)."""
     import torch
 
     family = loaded.model.family
@@ -37,7 +41,7 @@ def generate(loaded: LoadedPipeline, request: TextToImage, callback=None):
     kwargs = dict(
         prompt=request.prompt, width=request.width, height=request.height,
         num_inference_steps=request.steps, guidance_scale=request.guidance,
-        generator=torch.Generator("cpu").manual_seed(request.seed),
+        generator=torch.Generator("cpu").manual_seed(request.seed), output_type=output_type,
     )
     if family == "sdxl" and request.negative_prompt:
         kwargs["negative_prompt"] = request.negative_prompt
@@ -47,4 +51,4 @@ def generate(loaded: LoadedPipeline, request: TextToImage, callback=None):
             return tensors
 
         kwargs["callback_on_step_end"] = on_step
-    return loaded.pipe(**kwargs).images[0]
+    return loaded.pipe(**kwargs)

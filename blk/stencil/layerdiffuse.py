@@ -1,0 +1,204 @@
+"""Transparent generation with LayerDiffuse: the base model + its layer LoRA → latent → RGBA.
+
+The pipeline runs as usual up to the final latent (`output_type="latent"`);
+the base VAE decodes it to RGB, and the transparent decoder turns (RGB, raw
+latent) into colour + alpha, optionally with the method's 8-way test-time
+augmentation. Output PNGs are straight (not premultiplied) RGBA.
+
+Weights are the official files, found in `workspace/models/layerdiffuse/`:
+
+| family | decoder | layer LoRA |
+| Flux | TransparentVAE.pth (RedAIGC/Flux-version-LayerDiffuse) | layerlora.safetensors (same repo) |
+| SDXL | vae_transparent_decoder.safetensors (LayerDiffusion/layerdiffusion-v1) | layer_xl_transparent_attn.safetensors (same repo) |
+
+`.pth` files are read with torch's restricted (weights-only) unpickler. The
+tiny test models get random weights of the same architecture at a small
+width, built on first use beside the tiny model, and go through this same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from blk.errors import UserError
+from blk.models.registry import ResolvedModel
+from blk.workspace import Workspace
+
+FILES = {
+    "flux": ("TransparentVAE.pth", "layerlora.safetensors"),
+    "sdxl": ("vae_transparent_decoder.safetensors", "layer_xl_transparent_attn.safetensors"),
+}
+REPOS = {"flux": "RedAIGC/Flux-version-LayerDiffuse", "sdxl": "LayerDiffusion/layerdiffusion-v1"}
+LATENT_CHANNELS = {"flux": 16, "sdxl": 4}
+TINY_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class LayerDiffuseWeights:
+    family: str
+    decoder: Path
+    lora: Path
+
+
+def weights_folder(workspace: Workspace, model: ResolvedModel) -> Path:
+    if model.name.startswith("tiny-"):
+        return workspace.models / model.name / "layerdiffuse"
+    return workspace.models / "layerdiffuse"
+
+
+def find_weights(workspace: Workspace, model: ResolvedModel) -> LayerDiffuseWeights:
+    """The decoder and layer LoRA for this model's family; one sentence naming what is missing."""
+    folder = weights_folder(workspace, model)
+    if model.name.startswith("tiny-"):
+        ensure_tiny_weights(folder, model)
+    decoder_name, lora_name = FILES[model.family]
+    missing = [name for name in (decoder_name, lora_name) if not (folder / name).is_file()]
+    if missing:
+        raise UserError(f"LayerDiffuse for {model.family} needs {' and '.join(missing)} (from "
+                        f"huggingface.co/{REPOS[model.family]}) in {folder}; ink-to-alpha and matting work without them.")
+    return LayerDiffuseWeights(model.family, folder / decoder_name, folder / lora_name)
+
+
+def read_decoder_state(path: Path, family: str) -> dict:
+    """The decoder's tensors by their bare names; Flux's extra `encoder.*` / `sd_vae.*` keys are set aside."""
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # restricted unpickler: no code runs
+    except Exception as exc:  # noqa: BLE001  (any failure here means: not a weights file we can read)
+        raise UserError(f"{path.name} is not a readable LayerDiffuse weights file ({str(exc).splitlines()[0][:160]}).") \
+            from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path.name} does not hold a state dict.")
+    if family == "flux":
+        state = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
+    return state
+
+
+def load_decoder(path: Path, family: str):
+    """A TransparentDecoder with the file's weights (full or tiny width, told apart by conv_in)."""
+    from blk.stencil.transparent_vae import FULL_WIDTHS, TINY_WIDTHS, TransparentDecoder
+
+    state = read_decoder_state(path, family)
+    first = state.get("conv_in.weight")
+    if first is None:
+        raise UserError(f"{path.name} has no LayerDiffuse decoder weights (no decoder conv_in).")
+    widths = TINY_WIDTHS if first.shape[0] == TINY_WIDTHS[0] else FULL_WIDTHS
+    decoder = TransparentDecoder(LATENT_CHANNELS[family], widths)
+    try:
+        decoder.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{path.name} does not match LayerDiffuse's {family} decoder "
+                        f"({str(exc).splitlines()[1].strip()[:160] if len(str(exc).splitlines()) > 1 else exc}).") \
+            from None
+    return decoder.eval().requires_grad_(False)
+
+
+def latent_to_rgba(loaded, latents, width: int, height: int, decoder, augment: bool = True):
+    """Final pipeline latents → straight RGBA float tensor [1, 4, H, W] in 0..1 (R, G, B, A)."""
+    import torch
+
+    pipe, family = loaded.pipe, loaded.model.family
+    vae = pipe.vae
+    with torch.no_grad():
+        if family == "flux":
+            unpacked = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+            raw = unpacked / vae.config.scaling_factor + vae.config.shift_factor
+            pixel = vae.decode(raw.to(vae.dtype)).sample * 0.5 + 0.5  # not clipped (as the reference)
+        else:
+            raw = latents / vae.config.scaling_factor
+            pixel = (_decode_sdxl(vae, raw) * 0.5 + 0.5).clip(0, 1)
+        parameter = next(decoder.parameters())
+        out = _decode_with(decoder, pixel.to(parameter.device, parameter.dtype), raw.to(parameter.device, parameter.dtype),
+                           augment).float()
+    if family == "sdxl":  # SDXL's decoder answers A, R, G, B
+        out = torch.cat([out[:, 1:], out[:, :1]], dim=1)
+    return out
+
+
+def _decode_with(decoder, pixel, raw, augment):
+    from blk.stencil.transparent_vae import decode_augmented
+
+    return decode_augmented(decoder, pixel, raw, augment)
+
+
+def _decode_sdxl(vae, raw):
+    """SDXL's VAE overflows in fp16; decode in fp32 then, as the diffusers pipeline does."""
+    import torch
+
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        return vae.to(torch.float32).decode(raw.float()).sample.to(torch.float16)
+    return vae.decode(raw.to(vae.dtype)).sample
+
+
+def rgba_image(rgba):
+    """[1, 4, H, W] 0..1 → PIL RGBA (8-bit, straight alpha)."""
+    import numpy as np
+    from PIL import Image
+
+    array = (rgba[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    return Image.fromarray(array, "RGBA")
+
+
+def convert_forge_lora(state: dict) -> dict:
+    """Forge's frozen-patcher LoRA (`<ldm key>::lora::<i>`, slot 0 up, slot 1 down) → kohya names for diffusers.
+
+    `diffusion_model.input_blocks.4.1.…attn1.to_q.weight::lora::0` becomes
+    `lora_unet_input_blocks_4_1_…_attn1_to_q.lora_up.weight`; diffusers then maps
+    the SGM block names onto its own. There is no alpha: ΔW = up @ down.
+    """
+    converted = {}
+    for key, value in state.items():
+        if "::lora::" not in key:
+            converted[key] = value
+            continue
+        name, _, slot = key.partition("::lora::")
+        stem = name.removesuffix(".weight").replace(".", "_").replace("diffusion_model", "lora_unet", 1)
+        converted[f"{stem}.{'lora_up' if slot == '0' else 'lora_down'}.weight"] = value
+    return converted
+
+
+# Tiny weights for tests and demo mode -----------------------------------------------------------
+
+def ensure_tiny_weights(folder: Path, model: ResolvedModel) -> Path:
+    from blk.models.tiny import ensure_built
+
+    return ensure_built(folder, TINY_VERSION, lambda staging: _build_tiny(staging, model))
+
+
+def _build_tiny(staging: Path, model: ResolvedModel) -> None:
+    import torch
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from blk.stencil.transparent_vae import TINY_WIDTHS, TransparentDecoder, TransparentEncoder
+
+    torch.manual_seed(0)
+    family = model.family
+    decoder = TransparentDecoder(LATENT_CHANNELS[family], TINY_WIDTHS)
+    decoder_name, lora_name = FILES[family]
+    if family == "flux":  # one .pth with encoder.* + decoder.*, as the official file
+        state = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
+        state |= {f"encoder.{k}": v for k, v in TransparentEncoder(16, (8, 8, 16, 16)).state_dict().items()}
+        torch.save(state, staging / decoder_name)
+    else:
+        save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, str(staging / decoder_name))
+    from blk.models.pipelines import load_pipeline
+    from blk.models.device import MemoryOptions
+
+    pipe = load_pipeline(model, "text2img", "cpu", MemoryOptions())
+    denoiser = pipe.transformer if family == "flux" else pipe.unet
+    denoiser.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = {k: v * 0.1 for k, v in get_peft_model_state_dict(denoiser).items()}  # gentle: the image stays an image
+    if family == "flux":
+        type(pipe).save_lora_weights(staging, transformer_lora_layers=layers, weight_name=lora_name)
+    else:
+        type(pipe).save_lora_weights(staging, unet_lora_layers=layers, weight_name=lora_name)

@@ -1,0 +1,216 @@
+"""Ink to alpha: GEGL colour-to-alpha values, exact round trip at 8 and 16 bits, paper estimate, batch, CLI."""
+
+import colorsys
+
+import numpy as np
+import pytest
+import pyvips
+from PIL import Image
+
+from blk.errors import UserError
+from blk.stencil.alpha import (AlphaSettings, color_to_alpha, color_to_alpha_levels, convert_batch, convert_file,
+                               estimate_paper, parse_paper)
+from tests.conftest import run_blk
+
+CREAM = np.array([240, 232, 214]) / 255.0
+
+
+def write_png16(path, levels):
+    """A 16-bit PNG written by libvips directly (not by the code under test)."""
+    interpretation = "rgb16" if levels.shape[2] >= 3 else "grey16"
+    pyvips.Image.new_from_array(np.ascontiguousarray(levels.astype(np.uint16)),
+                                interpretation=interpretation).write_to_file(str(path))
+
+
+def read_levels(path):
+    """Decode any PNG at its own depth with libvips (independent of the code under test)."""
+    array = pyvips.Image.new_from_file(str(path)).numpy()
+    return array if array.ndim == 3 else array[..., None]
+
+
+def composite_over(levels, paper, peak):
+    rgba = levels.astype(np.float64) / peak
+    return (rgba[..., 3:] * rgba[..., :3] + (1 - rgba[..., 3:]) * paper) * peak
+
+
+def test_white_paper_is_the_closed_form():
+    x = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
+    out = color_to_alpha(x, [1, 1, 1])
+    alpha = 1 - x.min(axis=2)
+    assert np.allclose(out[..., 3], alpha, atol=1e-6)
+    expected = 1 - (1 - x) / alpha[..., None]
+    assert np.allclose(out[..., :3], expected, atol=1e-5)
+    levels = color_to_alpha_levels(x, [1, 1, 1], bits=8)
+    assert np.abs(levels[..., 3].astype(int) - np.round(alpha * 255)).max() == 0
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("paper", ["#ffffff", "#f0e8d6", "#3380e6"])
+def test_file_round_trip_over_the_paper_within_one_level(tmp_path, bits, paper):
+    peak = 255 if bits == 8 else 65535
+    rng = np.random.default_rng(bits)
+    x = rng.integers(0, peak + 1, (40, 48, 3))
+    source = tmp_path / "scan.png"
+    if bits == 8:
+        Image.fromarray(x.astype(np.uint8)).save(source)
+    else:
+        write_png16(source, x)
+
+    result = convert_file(source, tmp_path / "out" / "scan.png", AlphaSettings(paper=paper))
+    assert result.bits == bits and result.paper == paper
+    levels = read_levels(result.output)
+    assert levels.dtype == (np.uint8 if bits == 8 else np.uint16)
+    assert levels.shape == (40, 48, 4)
+    error = np.abs(composite_over(levels, parse_paper(paper), peak) - x)
+    assert error.max() <= 1.0
+    assert error.mean() < 0.3  # mostly far better than the bound
+    if bits == 16:  # the written file really holds 16 bits: not 8-bit values scaled up
+        assert np.any(levels[..., 3] % 257 != 0)
+
+
+def test_16bit_tiff_input_gives_16bit_png(tmp_path):
+    import tifffile
+
+    x = np.random.default_rng(3).integers(0, 65536, (16, 20, 3)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "scan.tif", x, photometric="rgb")
+    result = convert_file(tmp_path / "scan.tif", tmp_path / "scan.png", AlphaSettings(paper="#ffffff"))
+    levels = read_levels(result.output)
+    assert result.bits == 16 and levels.dtype == np.uint16
+    assert Image.open(result.output).tile[0][3] == "RGBA;16B"
+    assert np.abs(composite_over(levels, np.ones(3), 65535) - x).max() <= 1.0
+
+
+def test_paper_becomes_clear_ink_opaque_and_coloured_ink_keeps_its_hue():
+    paper = CREAM
+    pixels = np.array([[paper, [0, 0, 0], [0.1, 0.2, 0.8]]], dtype=np.float32)
+    out = color_to_alpha(pixels, paper)
+    assert out[0, 0, 3] == 0
+    assert out[0, 1, 3] == pytest.approx(1.0)
+    assert np.allclose(out[0, 1, :3], 0)
+    white = color_to_alpha(pixels, [1, 1, 1])
+    hue_in = colorsys.rgb_to_hsv(0.1, 0.2, 0.8)[0]
+    hue_out = colorsys.rgb_to_hsv(*white[0, 2, :3])[0]
+    assert hue_out == pytest.approx(hue_in, abs=1e-3)
+    assert white[0, 2, 3] == pytest.approx(0.9)  # 1 − min(R, G, B)
+
+
+def synthetic_scan(rng, paper_levels, size=(160, 200)):
+    """Paper with grain, a few glare specks and dark ink strokes over about a quarter of it."""
+    height, width = size
+    scan = np.array(paper_levels, float) + rng.normal(0, 1.5, (height, width, 3))
+    for row in range(10, height - 10, 12):  # horizontal strokes, 4 px thick
+        scan[row:row + 4, 20:width - 20] = [35, 30, 40] + rng.normal(0, 3, (4, width - 40, 3))
+    scan[rng.random((height, width)) < 0.002] = 255  # dust and glare brighter than the paper
+    return np.clip(np.round(scan), 0, 255)
+
+
+def test_auto_paper_estimate_is_within_a_few_levels():
+    rng = np.random.default_rng(7)
+    paper_levels = [238, 229, 207]
+    scan = synthetic_scan(rng, paper_levels)
+    estimate = estimate_paper((scan / 255).astype(np.float32)) * 255
+    assert np.abs(estimate - paper_levels).max() <= 3
+    assert np.all(estimate >= np.array(paper_levels) - 0.5)  # at or just above the paper, never below
+
+
+def test_auto_paper_clears_the_page_and_keeps_the_strokes(tmp_path):
+    scan = synthetic_scan(np.random.default_rng(8), [238, 229, 207])
+    Image.fromarray(scan.astype(np.uint8)).save(tmp_path / "page.png")
+    result = convert_file(tmp_path / "page.png", tmp_path / "out.png", AlphaSettings(paper="auto"))
+    alpha = read_levels(result.output)[..., 3].astype(int)
+    assert np.median(alpha[0:8]) <= 6  # bare paper: a faint veil at most
+    ink = np.array([35, 30, 40])
+    expected = np.max((np.array([238, 229, 207]) - ink) / [238, 229, 207]) * 255  # GEGL: max over channels
+    assert abs(np.median(alpha[10:14, 40:160]) - expected) <= 4  # ink strokes keep their density
+    assert alpha[10:14, 40:160].min() >= 200
+
+
+def test_transparency_threshold_and_opacity_threshold():
+    grey = np.array([[[0.8, 0.8, 0.8], [0.95, 0.95, 0.95], [0.4, 0.4, 0.4]]], dtype=np.float32)
+    cleared = color_to_alpha(grey, [1, 1, 1], tt=0.1)
+    assert cleared[0, 1, 3] == 0  # within tt of the paper: fully transparent
+    assert cleared[0, 0, 3] == pytest.approx((0.2 - 0.1) / (1 - 0.1), abs=1e-6)
+    assert np.allclose(cleared[0, 0, :3], 0.0, atol=1e-6)  # GEGL un-mixes from c' = c + (x − c)·tt/d
+    opaque = color_to_alpha(grey, [1, 1, 1], ot=0.5)
+    assert opaque[0, 2, 3] == 1 and np.allclose(opaque[0, 2, :3], 0.4)  # beyond ot: untouched and opaque
+    assert opaque[0, 0, 3] == pytest.approx(0.2 / 0.5)
+    assert np.allclose(opaque[0, 0, :3], 0.5, atol=1e-6)
+    # ot below 1 still round-trips exactly at tt = 0
+    x = np.random.default_rng(1).random((16, 16, 3)).astype(np.float32)
+    out = color_to_alpha(x, CREAM, ot=0.3)
+    assert np.abs(out[..., 3:] * out[..., :3] + (1 - out[..., 3:]) * CREAM - x).max() < 1e-5
+    with pytest.raises(UserError, match="tt < ot"):
+        AlphaSettings(tt=0.5, ot=0.4).checked()
+    with pytest.raises(UserError, match="#RRGGBB"):
+        parse_paper("cream")
+
+
+def test_existing_alpha_multiplies():
+    rng = np.random.default_rng(2)
+    rgba = rng.random((8, 8, 4)).astype(np.float32)
+    out = color_to_alpha(rgba, [1, 1, 1])
+    assert np.allclose(out[..., 3], rgba[..., 3] * (1 - rgba[..., :3].min(axis=2)), atol=1e-6)
+    levels = color_to_alpha_levels(rgba, [1, 1, 1], bits=8).astype(float)
+    assert np.abs(levels[..., 3] - out[..., 3] * 255).max() <= 0.5 + 1e-3
+
+
+def make_batch(root):
+    rng = np.random.default_rng(5)
+    (root / "sub" / "deeper").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(root / "a.png")
+    Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(root / "sub" / "b.jpg")
+    write_png16(root / "sub" / "deeper" / "c16.png", rng.integers(0, 65536, (10, 10, 3)))
+    (root / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    (root / "notes.txt").write_text("not an image")
+    whole = (root / "sub" / "deeper" / "c16.png").read_bytes()
+    (root / "sub" / "deeper" / "cut16.png").write_bytes(whole[:len(whole) // 2])  # header fine, data cut
+
+
+def test_batch_reports_the_bad_file_and_writes_the_others(tmp_path):
+    make_batch(tmp_path / "scans")
+    result = convert_batch(tmp_path / "scans", tmp_path / "out", AlphaSettings(paper="#ffffff"))
+    written = sorted(str(item.output.relative_to(tmp_path / "out")) for item in result.written)
+    assert written == ["a.png", "sub/b.png", "sub/deeper/c16.png"]
+    assert [item.bits for item in sorted(result.written, key=lambda i: str(i.output))][-1] == 16
+    assert sorted(source.name for source, _ in result.failed) == ["broken.png", "cut16.png"]
+    for source, reason in result.failed:
+        assert reason.startswith(source.name) and "\n" not in reason  # one sentence naming the file
+    everything = [p.name for p in (tmp_path / "out").rglob("*")]
+    assert not any(name.startswith(".blk-tmp-") for name in everything)
+    assert "broken.png" not in everything and "cut16.png" not in everything
+
+
+def test_batch_into_a_subfolder_skips_its_outputs_and_never_overwrites_a_scan(tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    Image.fromarray(np.full((4, 4, 3), 128, np.uint8)).save(scans / "a.png")
+    Image.fromarray(np.full((4, 4, 3), 128, np.uint8)).save(scans / "a.jpg")
+    for _ in range(2):
+        result = convert_batch(scans, scans / "alpha")
+        assert sorted(p.output.name for p in result.written) == ["a_jpg.png", "a_png.png"]
+    with pytest.raises(UserError, match="other than"):
+        convert_batch(scans, scans)
+    with pytest.raises(UserError, match="replace the scans"):
+        convert_batch(scans / "a.png", scans)
+
+
+def test_cli_alpha_folder(tmp_path):
+    make_batch(tmp_path / "scans")
+    done = run_blk("stencil", "alpha", str(tmp_path / "scans"), "--paper", "#ffffff", "--out", str(tmp_path / "out"))
+    assert done.returncode == 1, done.stderr  # one file failed, the rest are written
+    assert "failed: broken.png" in done.stdout and "failed: cut16.png" in done.stdout
+    assert "converted 3, failed 2" in done.stdout
+    assert read_levels(tmp_path / "out" / "sub" / "deeper" / "c16.png").dtype == np.uint16
+    assert read_levels(tmp_path / "out" / "a.png").shape == (12, 16, 4)
+
+
+def test_cli_alpha_single_file_and_user_errors(tmp_path):
+    Image.fromarray(np.full((6, 6, 3), 100, np.uint8)).save(tmp_path / "ink.png")
+    done = run_blk("stencil", "alpha", str(tmp_path / "ink.png"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "ink.png").is_file()
+    bad = run_blk("stencil", "alpha", str(tmp_path / "ink.png"), "--paper", "beige", "--out", str(tmp_path / "o"))
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: The paper colour must be")
+    assert len(bad.stderr.strip().splitlines()) == 1
+    missing = run_blk("stencil", "alpha", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert missing.returncode == 2 and "neither an image file nor a folder" in missing.stderr

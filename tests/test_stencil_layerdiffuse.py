@@ -1,0 +1,182 @@
+"""LayerDiffuse: our modules take the official files' exact keys and shapes; tiny RGBA generation end to end."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from blk.errors import UserError
+from blk.generate.metadata import read_parameters
+from blk.generate.sketch import Lora, Sketcher
+from blk.models.registry import ResolvedModel, resolve
+from blk.stencil.generate import Stenciler, StencilRequest
+from blk.stencil.layerdiffuse import convert_forge_lora, find_weights, latent_to_rgba, load_decoder
+from blk.stencil.transparent_vae import TransparentDecoder, TransparentEncoder, decode_augmented
+from tests.support.loras import make_random_lora
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "layerdiffuse"
+
+
+def fixture_shapes(name: str, field="keys") -> dict:
+    data = json.loads((FIXTURES / f"{name}.json").read_text())
+    keys = data[field]["keys"] if field != "keys" else data["keys"]
+    return {key: tuple(shape) for key, shape in keys}
+
+
+def shapes(module: torch.nn.Module, prefix: str = "") -> dict:
+    return {prefix + key: tuple(value.shape) for key, value in module.state_dict().items()}
+
+
+def test_modules_have_the_official_keys_and_shapes():
+    assert shapes(TransparentDecoder(4)) == fixture_shapes("sdxl_transparent_decoder")
+    assert shapes(TransparentEncoder(4)) == fixture_shapes("sdxl_transparent_encoder")
+    flux = shapes(TransparentDecoder(16), "decoder.") | shapes(TransparentEncoder(16), "encoder.")
+    assert flux == fixture_shapes("flux_transparent_vae")
+
+
+def test_flux_file_with_random_tensors_loads_and_ignores_the_base_vae_copy(tmp_path):
+    wanted = fixture_shapes("flux_transparent_vae") | fixture_shapes("flux_transparent_vae", "possible_extra_keys_sd_vae")
+    generator = torch.Generator().manual_seed(0)
+    state = {key: torch.randn(shape, generator=generator, dtype=torch.float32).to(torch.float16)
+             for key, shape in wanted.items()}
+    path = tmp_path / "TransparentVAE.pth"
+    torch.save(state, path)
+    del state
+    decoder = load_decoder(path, "flux")
+    loaded = decoder.state_dict()
+    assert len(loaded) == 538 and loaded["latent_conv_in.weight"].shape == (64, 16, 1, 1)
+    again = torch.load(path, weights_only=True)
+    assert torch.equal(loaded["conv_out.weight"], again["decoder.conv_out.weight"].float())
+
+
+def test_wrong_or_hostile_files_are_one_sentence(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    hostile = tmp_path / "TransparentVAE.pth"
+    torch.save({"decoder.conv_in.weight": Payload()}, hostile)
+    with pytest.raises(UserError, match="not a readable LayerDiffuse weights file"):
+        load_decoder(hostile, "flux")
+    assert not marker.exists()
+
+    torch.save({"decoder." + k: v for k, v in
+                TransparentDecoder(4, (8, 8, 16, 16, 16, 32, 32)).state_dict().items()}, tmp_path / "x.pth")
+    with pytest.raises(UserError, match="does not match LayerDiffuse.s flux decoder"):
+        load_decoder(tmp_path / "x.pth", "flux")  # 4 latent channels where Flux has 16
+
+
+def test_missing_weights_name_the_files_and_the_folder(shared_workspace):
+    fake = ResolvedModel(name="flux-dev", family="flux", path=shared_workspace.models / "tiny-flux", source="test",
+                         single_file=False, base=None)
+    with pytest.raises(UserError) as error:
+        find_weights(shared_workspace, fake)
+    message = str(error.value)
+    assert "TransparentVAE.pth and layerlora.safetensors" in message and "models/layerdiffuse" in message
+    assert "ink-to-alpha" in message
+
+
+def test_test_time_augmentation_is_the_lower_median_of_eight_views():
+    class Equivariant(torch.nn.Module):  # a per-pixel function: every view gives the same answer
+        def forward(self, pixel, latent):
+            return torch.cat([pixel, pixel[:, :1] * 0.5], dim=1)
+
+    class Positional(torch.nn.Module):  # depends on where a pixel is: the views disagree
+        def forward(self, pixel, latent):
+            ramp = torch.linspace(0, 1, pixel.shape[3]).expand_as(pixel[:, :1])
+            return torch.cat([pixel, ramp], dim=1)
+
+    pixel, latent = torch.rand(1, 3, 16, 16), torch.rand(1, 4, 2, 2)
+    equivariant = Equivariant()
+    assert torch.allclose(decode_augmented(equivariant, pixel, latent), equivariant(pixel, latent).clip(0, 1))
+    alpha = decode_augmented(Positional(), pixel, latent)[0, 3]
+    # each output pixel sees its column index under 8 orientations; the median of those views is
+    # symmetric, so the left and right edges agree (the single pass would give 0 and 1)
+    assert torch.allclose(alpha[:, 0], alpha[:, -1]) and torch.allclose(alpha, alpha.flip(0))
+
+
+@pytest.mark.parametrize("family, expected", [("flux", [0.1, 0.2, 0.3, 0.4]), ("sdxl", [0.2, 0.3, 0.4, 0.1])])
+def test_channel_order_per_family(shared_workspace, family, expected):
+    class Constant(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, pixel, latent):
+            values = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(1, 4, 1, 1)
+            return values.expand(pixel.shape[0], 4, *pixel.shape[2:]).clone()
+
+    from blk.models.pipelines import PipelineCache
+
+    loaded = PipelineCache().get(resolve(f"tiny-{family}", shared_workspace))
+    if family == "flux":
+        latents = torch.zeros(1, (64 // 16) ** 2, 64)
+    else:
+        latents = torch.zeros(1, 4, 8, 8)
+    rgba = latent_to_rgba(loaded, latents, 64, 64, Constant(), augment=False)
+    assert rgba.shape == (1, 4, 64, 64)
+    assert torch.allclose(rgba[0, :, 5, 7], torch.tensor(expected))
+
+
+def test_forge_lora_names_become_kohya_names():
+    up, down = torch.zeros(8, 2), torch.zeros(2, 8)
+    converted = convert_forge_lora({
+        "diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight::lora::0": up,
+        "diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight::lora::1": down,
+    })
+    assert converted == {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_up.weight": up,
+                         "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight": down}
+
+
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-sdxl"])
+def test_tiny_transparent_generation(model, shared_workspace, tmp_path):
+    stenciler = Stenciler(Sketcher(shared_workspace))
+    request = StencilRequest(model, "a cube, thin line", role="FG", seed=4, width=70, height=64, steps=2,
+                             out_dir=tmp_path)
+    first, = stenciler.run(request)
+    again, = stenciler.run(request)
+    image = Image.open(first.path)
+    assert image.mode == "RGBA" and image.size == (64, 64) and "64 px grid" in first.notice
+    pixels = np.asarray(image)
+    assert np.array_equal(pixels, np.asarray(Image.open(again.path)))
+    assert pixels[..., 3].std() > 0 or pixels[..., 3].max() > 0  # the decoder's alpha, not a constant 255
+    assert not (pixels[..., 3] == 255).all()
+    parameters = read_parameters(first.path)
+    assert parameters["prompt"] == "a cube, thin line, FG" and parameters["role"] == "FG"
+    assert parameters["layerdiffuse"]["decoder"] in ("TransparentVAE.pth", "vae_transparent_decoder.safetensors")
+
+    quick, = stenciler.run(StencilRequest(**{**request.__dict__, "augment": False}))
+    assert not np.array_equal(np.asarray(Image.open(quick.path)), pixels)  # TTA changes the decode
+    assert stenciler.sketcher.cache.load_count == 1
+
+
+def test_style_lora_changes_the_asset_and_roles_are_checked(shared_workspace, tmp_path):
+    stenciler = Stenciler(Sketcher(shared_workspace))
+    style = make_random_lora(shared_workspace.models / "tiny-flux", "flux", tmp_path / "style")
+    base = StencilRequest("tiny-flux", "a cloud", role="MG", seed=2, width=64, height=64, steps=2, augment=False,
+                          out_dir=tmp_path)
+    plain, = stenciler.run(base)
+    styled, = stenciler.run(StencilRequest(**{**base.__dict__, "loras": [Lora(style, 1.0)]}))
+    difference = np.abs(np.asarray(Image.open(plain.path)).astype(int) - np.asarray(Image.open(styled.path)).astype(int))
+    assert difference.mean() > 0.5
+    with pytest.raises(UserError, match="Z-role"):
+        stenciler.run(StencilRequest(**{**base.__dict__, "role": "foreground"}))
+
+
+def test_cli_stencil_generate(shared_workspace, tmp_path):
+    from tests.conftest import run_blk
+
+    result = run_blk("--workspace", str(shared_workspace.root), "stencil", "generate", "--model", "tiny-flux",
+                     "--prompt", "an icosahedron", "--role", "BG-overlay", "--seed", "5", "--size", "64x64",
+                     "--steps", "2", "--no-tta", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    path = next(tmp_path.glob("*.png"))
+    assert Image.open(path).mode == "RGBA" and f"seed 5: {path}" in result.stdout
+    assert read_parameters(path)["augment"] is False
+    bad = run_blk("--workspace", str(shared_workspace.root), "stencil", "generate", "--model", "no-such-model")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")
