@@ -2,6 +2,7 @@
 
 from blk.generate.sketch import Lora, SketchRequest
 from ui.context import StudioContext
+from ui import lora_stack
 from ui.tabs import review, sketch
 
 
@@ -9,14 +10,14 @@ def test_sketch_form_confines_loras_and_loads_parameters(shared_workspace, train
     context = StudioContext(shared_workspace, demo=True, demo_reason="test")
     outside = tmp_path / "elsewhere.safetensors"
     outside.write_bytes(b"x")
-    items, note = sketch.add_lora(context, str(outside), [])
+    items, note = lora_stack.add_lora(context, str(outside), [])
     assert items == [] and "outside the workspace" in note
-    items, note = sketch.add_lora(context, "../../etc/passwd", [])
+    items, note = lora_stack.add_lora(context, "../../etc/passwd", [])
     assert items == [] and "outside the workspace" in note
     checkpoint = trained_run / "checkpoints" / "step-000008.safetensors"
-    items, note = sketch.add_lora(context, str(checkpoint), [])
+    items, note = lora_stack.add_lora(context, str(checkpoint), [])
     assert items == [[str(checkpoint), 1.0]] and note == ""
-    assert sketch.add_lora(context, str(checkpoint), items)[0] == items  # no duplicates
+    assert lora_stack.add_lora(context, str(checkpoint), items)[0] == items  # no duplicates
 
     result, = context.sketcher.run(SketchRequest("tiny-flux", "a tower", loras=[Lora(checkpoint, 0.7)], seed=11,
                                                  width=64, height=48, steps=2, out_dir=tmp_path))

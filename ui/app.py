@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ui.context import StudioContext
-from ui.tabs import caption, models, planned, review, sketch, train
+from ui.tabs import caption, models, planned, review, sketch, stencil, train
 
 
 def build_app(context: StudioContext) -> gr.Blocks:
@@ -22,9 +22,10 @@ def build_app(context: StudioContext) -> gr.Blocks:
                 train.build(context, lambda: caption.dataset_names(context))
             with gr.Tab("Sketch"):
                 sketch.build(context)
-            for name in ("Stencil", "Upscale"):
-                with gr.Tab(name):
-                    planned.build(name)
+            with gr.Tab("Stencil"):
+                stencil.build(context)
+            with gr.Tab("Upscale"):
+                planned.build("Upscale")
             with gr.Tab("Review"):
                 review.build(context)
             with gr.Tab("Models & Settings"):

@@ -15,6 +15,7 @@ class StudioContext:
     demo_reason: str  # why (the --demo flag, or no real model found)
     captioning: CaptionService = field(init=False)
     _sketcher: object = field(init=False, default=None)
+    _stenciler: object = field(init=False, default=None)
 
     def __post_init__(self):
         self.captioning = CaptionService(self.workspace)
@@ -27,6 +28,15 @@ class StudioContext:
 
             self._sketcher = Sketcher(self.workspace)
         return self._sketcher
+
+    @property
+    def stenciler(self):
+        """Transparent generation on the same loaded pipeline as Sketch."""
+        if self._stenciler is None:
+            from blk.stencil.generate import Stenciler
+
+            self._stenciler = Stenciler(self.sketcher)
+        return self._stenciler
 
     def default_model(self) -> str:
         from blk.models.registry import default_model

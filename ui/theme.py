@@ -8,6 +8,11 @@ MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"
 CSS = """
 .blk-banner { padding: 0.5em 1em; border-radius: 6px; background: var(--block-background-fill); }
 .blk-soon { opacity: 0.85; }
+/* transparent assets over a checkerboard: the PNGs themselves stay untouched */
+.blk-checker img { background-color: #fff;
+  background-image: linear-gradient(45deg, #ccc 25%, transparent 25%), linear-gradient(-45deg, #ccc 25%, transparent 25%),
+    linear-gradient(45deg, transparent 75%, #ccc 75%), linear-gradient(-45deg, transparent 75%, #ccc 75%);
+  background-size: 16px 16px; background-position: 0 0, 0 8px, 8px -8px, -8px 0; }
 """
 
 

@@ -223,3 +223,19 @@ def convert_batch(source: str | Path, out_dir: str | Path, settings: AlphaSettin
         if progress:
             progress(done, len(pairs))
     return result
+
+
+def copy_captions(result: BatchResult) -> int:
+    """Copy each converted scan's sidecar caption (NAME.txt) beside its RGBA PNG; returns how many.
+
+    Converting a captioned dataset then gives a captioned RGBA dataset, ready to train on.
+    """
+    from blk import atomic
+
+    copied = 0
+    for item in result.written:
+        caption = item.source.with_suffix(".txt")
+        if caption.is_file():
+            atomic.write_bytes(item.output.with_suffix(".txt"), caption.read_bytes())
+            copied += 1
+    return copied

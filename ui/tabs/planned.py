@@ -3,8 +3,6 @@
 import gradio as gr
 
 PLANNED = {
-    "Stencil": "Transparent RGBA assets with LayerDiffuse (BLK-Stencil), ink-to-alpha for scans, and layered "
-               "export to OpenRaster for Krita and GIMP.",
     "Upscale": "Real-ESRGAN (tiled) and diffusion + texture LoRA (tiled, multi-pass) up to mural and gigapixel "
                "sizes, written as tiled BigTIFF in bounded memory (BLK-Upscale).",
 }

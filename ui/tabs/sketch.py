@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ui import lora_stack
 from ui.context import StudioContext
 
 CUSTOM = "custom size"
@@ -22,29 +23,6 @@ def model_names(context: StudioContext) -> list[str]:
     from blk.models.registry import list_models
 
     return [row.name for row in list_models(context.workspace) if row.found]
-
-
-def lora_choices(context: StudioContext) -> list[tuple[str, str]]:
-    from blk.generate.library import available_loras
-
-    return [(label, str(path)) for label, path in available_loras(context.workspace)]
-
-
-def add_lora(context: StudioContext, chosen: str, items: list):
-    """Add a LoRA (a picked one, or a typed path inside the allowed folders) at strength 1."""
-    from blk.errors import UserError
-
-    if not chosen:
-        return items, "Choose a LoRA to add."
-    try:
-        path = context.workspace.confine(chosen)
-    except UserError as exc:
-        return items, f"**{exc}**"
-    if not path.is_file():
-        return items, f"**{chosen} is not a file.**"
-    if any(item[0] == str(path) for item in items):
-        return items, f"{path.name} is already in the list."
-    return items + [[str(path), 1.0]], ""
 
 
 def size_of(megapixels, aspect, width, height) -> tuple[int, int]:
@@ -135,27 +113,7 @@ def build(context: StudioContext) -> None:
             model = gr.Dropdown(models, value=context.default_model(), label="Base model", allow_custom_value=True)
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="blkstyle, a platonic solid floating over a city")
             negative = gr.Textbox(label="Negative prompt (SDXL only)", lines=1)
-            with gr.Group():
-                with gr.Row():
-                    lora_pick = gr.Dropdown(lora_choices(context), label="LoRA (run checkpoints and models/loras)",
-                                            allow_custom_value=True, scale=4, elem_id="blk-sketch-lora-pick")
-                    add = gr.Button("Add", size="sm", scale=0, min_width=60, elem_id="blk-sketch-lora-add")
-                    refresh = gr.Button("↻", size="sm", scale=0, min_width=40)
-                loras = gr.State([])
-
-                @gr.render(inputs=loras)
-                def show_loras(items):
-                    for index, (path, scale) in enumerate(items):
-                        with gr.Row(equal_height=True):
-                            gr.Markdown(f"`{Path(path).parent.parent.name + '/' if Path(path).parent.name == 'checkpoints' else ''}"
-                                        f"{Path(path).name}`")
-                            strength = gr.Slider(-1.0, 2.0, value=scale, step=0.05, label="strength", scale=2)
-                            remove = gr.Button("Remove", size="sm", scale=0, min_width=70)
-                            strength.release(lambda v, items, i=index: [[p, v if j == i else s] for j, (p, s) in
-                                                                         enumerate(items)],
-                                             inputs=[strength, loras], outputs=loras)
-                            remove.click(lambda items, i=index: [it for j, it in enumerate(items) if j != i],
-                                         inputs=loras, outputs=loras)
+            loras = lora_stack.build(context, "blk-sketch", "LoRA (run checkpoints and models/loras)")
             with gr.Row():
                 megapixels = gr.Dropdown([(f"{m:g} MP", m) for m in MEGAPIXELS], value=1.0, label="Size budget")
                 aspect = gr.Dropdown(list(ASPECTS) + [CUSTOM], value="1:1 square", label="Aspect")
@@ -186,10 +144,6 @@ def build(context: StudioContext) -> None:
     session = gr.State([])
 
     model.change(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
-    add.click(lambda chosen, items: add_lora(context, chosen, items), inputs=[lora_pick, loras],
-              outputs=[loras, note])
-    refresh.click(lambda: (gr.Dropdown(choices=lora_choices(context)), gr.Dropdown(choices=model_names(context))),
-                  outputs=[lora_pick, model])
     go.click(lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
              inputs=[session, model, prompt, negative, loras, megapixels, aspect, width, height, steps, guidance,
                      seed, random_seed, count, cpu_offload, int8, vae_tiling],

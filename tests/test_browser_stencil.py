@@ -1,0 +1,77 @@
+"""In a real browser: a tiny RGBA asset, an ink scan made transparent, and both composed into an .ora."""
+
+import re
+import shutil
+import zipfile
+
+import numpy as np
+from PIL import Image
+
+from blk.generate.metadata import read_parameters
+from tests.support.browser import browser_page, screenshot
+from tests.support.running_app import RunningApp
+
+
+def ink_scan(path, paper=(242, 236, 220)):
+    """Paper with a dark diagonal stroke."""
+    pixels = np.empty((64, 96, 3), np.uint8)
+    pixels[:] = paper
+    for i in range(60):
+        pixels[i, 10 + i:14 + i] = (30, 28, 40)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_stencil_tab_generate_alpha_compose(tmp_path, shared_workspace):
+    from playwright.sync_api import expect
+
+    workspace = tmp_path / "workspace"
+    shutil.copytree(shared_workspace.models, workspace / "models", ignore=shutil.ignore_patterns("layerdiffuse"))
+    scan = ink_scan(tmp_path / "scan.png")
+    app = RunningApp(workspace, tmp_path / "net.jsonl")
+    try:
+        with browser_page() as page:
+            page.goto(app.url)
+            page.get_by_role("tab", name="Stencil").click()
+            page.get_by_label("Descriptor").fill("an octahedron, thin line")
+            page.get_by_label("Width (multiple of 64)").fill("64")
+            page.get_by_label("Height (multiple of 64)").fill("64")
+            page.get_by_label("Steps", exact=True).first.fill("2")
+            page.get_by_label("Test-time augmentation (8 decoder views; cleaner edges)").uncheck()
+            page.locator("#blk-stencil-generate").click()
+            expect(page.locator("#blk-stencil-status")).to_contain_text(re.compile(r"1 asset, seed \d+, 64×64 RGBA"),
+                                                                        timeout=180_000)
+            page.locator("#blk-stencil-gallery img").first.click()
+            expect(page.locator("#blk-stencil-preview img")).to_be_visible()
+            screenshot(page, "stencil-tab-generate")
+
+            page.get_by_role("tab", name="Ink to alpha").click()
+            page.locator("#blk-alpha-files input[type=file]").set_input_files(str(scan))
+            page.locator("#blk-alpha-convert").click()
+            expect(page.locator("#blk-alpha-status")).to_contain_text("1 converted", timeout=60_000)
+            screenshot(page, "stencil-tab-alpha")
+
+            asset = next((workspace / "outputs" / "stencil").rglob("*-s*.png"))
+            alpha = next((workspace / "outputs" / "stencil" / "alpha").rglob("*.png"))
+            page.get_by_role("tab", name="Compose").click()
+            page.locator("#blk-compose-layers input[type=file]").set_input_files([str(alpha), str(asset)])
+            page.locator("#blk-compose-positions textarea").fill("0,0\n16,0")
+            page.locator("#blk-compose-export").click()
+            expect(page.locator("#blk-compose-status")).to_contain_text("Exported", timeout=60_000)
+            screenshot(page, "stencil-tab-compose")
+    finally:
+        app.stop()
+
+    assert Image.open(asset).mode == "RGBA" and read_parameters(asset)["prompt"] == "an octahedron, thin line, FG"
+    converted = np.asarray(Image.open(alpha)).astype(np.float64)
+    original = np.asarray(Image.open(scan)).astype(np.float64)
+    paper = original[0, -1]
+    rebuilt = converted[..., :3] * converted[..., 3:] / 255 + paper * (1 - converted[..., 3:] / 255)
+    assert np.abs(rebuilt - original).max() <= 1.5  # over its paper, the RGBA gives the scan back
+    ora = next((workspace / "outputs" / "stencil" / "compose").rglob("*.ora"))
+    with zipfile.ZipFile(ora) as archive:
+        assert archive.namelist()[0] == "mimetype" and "stack.xml" in archive.namelist()
+        layers = [n for n in archive.namelist() if n.startswith("data/")]
+    assert len(layers) == 3  # background + two layers
+    flat = Image.open(ora.with_suffix(".png"))
+    assert flat.size == (96, 64)

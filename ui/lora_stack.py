@@ -1,0 +1,70 @@
+"""A list of LoRAs, each with its own strength: pick or type a file, add, adjust, remove.
+
+Shared by Sketch and Stencil. Paths typed by hand are confined to the
+workspace and the folders allowed in settings before they are used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from ui.context import StudioContext
+
+
+def lora_choices(context: StudioContext) -> list[tuple[str, str]]:
+    from blk.generate.library import available_loras
+
+    return [(label, str(path)) for label, path in available_loras(context.workspace)]
+
+
+def add_lora(context: StudioContext, chosen: str, items: list):
+    """Add a LoRA (a picked one, or a typed path inside the allowed folders) at strength 1."""
+    from blk.errors import UserError
+
+    if not chosen:
+        return items, "Choose a LoRA to add."
+    try:
+        path = context.workspace.confine(chosen)
+    except UserError as exc:
+        return items, f"**{exc}**"
+    if not path.is_file():
+        return items, f"**{chosen} is not a file.**"
+    if any(item[0] == str(path) for item in items):
+        return items, f"{path.name} is already in the list."
+    return items + [[str(path), 1.0]], ""
+
+
+def _label(path: str) -> str:
+    path = Path(path)
+    return f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints" else path.name
+
+
+def build(context: StudioContext, prefix: str, label: str, note: gr.Markdown | None = None) -> gr.State:
+    """Render the picker and the list; returns the State holding [[path, strength], …]."""
+    with gr.Group():
+        with gr.Row():
+            pick = gr.Dropdown(lora_choices(context), label=label, allow_custom_value=True, scale=4,
+                               elem_id=f"{prefix}-lora-pick")
+            add = gr.Button("Add", size="sm", scale=0, min_width=60, elem_id=f"{prefix}-lora-add")
+            refresh = gr.Button("↻", size="sm", scale=0, min_width=40)
+        items = gr.State([])
+        message = gr.Markdown()
+
+        @gr.render(inputs=items)
+        def show(current):
+            for index, (path, strength) in enumerate(current):
+                with gr.Row(equal_height=True):
+                    gr.Markdown(f"`{_label(path)}`")
+                    slider = gr.Slider(-1.0, 2.0, value=strength, step=0.05, label="strength", scale=2)
+                    remove = gr.Button("Remove", size="sm", scale=0, min_width=70)
+                    slider.release(lambda value, rows, i=index: [[p, value if j == i else s]
+                                                                 for j, (p, s) in enumerate(rows)],
+                                   inputs=[slider, items], outputs=items)
+                    remove.click(lambda rows, i=index: [row for j, row in enumerate(rows) if j != i],
+                                 inputs=items, outputs=items)
+
+    add.click(lambda chosen, rows: add_lora(context, chosen, rows), inputs=[pick, items], outputs=[items, message])
+    refresh.click(lambda: gr.Dropdown(choices=lora_choices(context)), outputs=pick)
+    return items

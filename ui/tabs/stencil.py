@@ -1,0 +1,273 @@
+"""Stencil tab: transparent assets — LayerDiffuse generation, ink to alpha, matting, and layered compose.
+
+Three jobs side by side, because an artist moves between them: generate
+RGBA elements in their style, turn scanned ink into RGBA, then stack the
+elements over a sketch and export layers for Krita or GIMP. Each works
+without the others (missing LayerDiffuse weights do not block ink-to-alpha).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from ui import lora_stack
+from ui.context import StudioContext
+from ui.tabs.sketch import model_defaults, model_names
+
+ROLE_NONE = "none"
+
+
+def generate(context: StudioContext, cancel: threading.Event, gallery: list, model, prompt, role, items, width,
+             height, steps, guidance, seed, random_seed, count, augment, progress=gr.Progress()):
+    from blk.errors import UserError
+    from blk.generate.sketch import Lora
+    from blk.stencil.generate import StencilRequest
+
+    cancel.clear()
+    finished, status = [], ""
+    try:
+        for path, _ in items:
+            context.workspace.confine(path)
+        request = StencilRequest(
+            model=model, prompt=prompt or "", role="" if role == ROLE_NONE else role,
+            loras=[Lora(Path(path), float(scale)) for path, scale in items], seed=None if random_seed else int(seed or 0),
+            width=int(width or 0), height=int(height or 0), steps=int(steps) if steps else None,
+            guidance=None if guidance in (None, "") else float(guidance), count=int(count), augment=bool(augment),
+            device=context.workspace.settings.device)
+        progress(0, desc="Loading the model and LayerDiffuse…")
+        context.stenciler.run(request, progress=lambda d, t: progress(d / t, desc=f"{d}/{t}"), cancel=cancel,
+                               on_image=finished.append)
+    except UserError as exc:
+        status = f"**{exc}**"
+    except ValueError as exc:
+        status = f"**A number in the form is not valid ({exc}).**"
+    shown = [(str(r.path), f"seed {r.seed}") for r in reversed(finished)] + gallery
+    if finished:
+        last = finished[-1]
+        summary = (f"{len(finished)} asset{'s' if len(finished) > 1 else ''}, seed "
+                   f"**{', '.join(str(r.seed) for r in finished)}**, {last.parameters['width']}×"
+                   f"{last.parameters['height']} RGBA — saved in `{last.path.parent}`")
+        status = "  \n".join(s for s in (last.notice, summary, status) if s)
+    return shown, shown, status, (finished[-1].seed if finished else gr.update())
+
+
+def preview(image_path, background: str, colour: str):
+    """The chosen asset over the chosen background (a preview; the file keeps its alpha)."""
+    from PIL import Image
+
+    from blk.stencil.preview import over_background
+
+    if not image_path:
+        return None
+    with Image.open(image_path) as image:
+        return over_background(image, "checkerboard" if background == "checkerboard" else colour)
+
+
+def ink_to_alpha(context: StudioContext, files, dataset, paper_auto, paper, tt, ot, progress=gr.Progress()):
+    """Uploaded scans → outputs/stencil/alpha/DATE/; a dataset → a new dataset NAME-alpha with its captions."""
+    from blk.errors import UserError
+    from blk.stencil.alpha import AlphaSettings, convert_batch, copy_captions
+
+    settings = AlphaSettings(paper="auto" if paper_auto else paper, tt=float(tt), ot=float(ot))
+    try:
+        if dataset:
+            source = context.workspace.named_dataset(dataset)
+            target = context.workspace.datasets / f"{source.name}-alpha"
+            result = convert_batch(source, target, settings, progress=lambda d, t: progress(d / t))
+            copied = copy_captions(result)
+            where = f"the new dataset `{target.name}` ({copied} captions copied)"
+        else:
+            if not files:
+                return [], "Upload scans or choose a dataset."
+            target = context.workspace.outputs("stencil") / "alpha" / time.strftime("%Y-%m-%d")
+            result = None
+            for index, file in enumerate(files):
+                one = convert_batch(Path(file), target, settings)
+                result = one if result is None else type(one)(result.written + one.written, result.failed + one.failed)
+                progress((index + 1) / len(files))
+            where = f"`{target}`"
+    except UserError as exc:
+        return [], f"**{exc}**"
+    lines = [f"{len(result.written)} converted into {where}."]
+    lines += [f"- {item.output.name}: {item.bits}-bit, paper {item.paper}" for item in result.written[:12]]
+    lines += [f"- **{reason}**" for _, reason in result.failed]
+    return [str(item.output) for item in result.written], "\n".join(lines)
+
+
+def matte_image(context: StudioContext, image_path):
+    from blk.errors import UserError
+    from blk.generate.metadata import save_png
+    from blk.generate.sketch import output_folder
+    from blk.stencil.matting import matte
+
+    if not image_path:
+        return None, "Choose an image first."
+    try:
+        from PIL import Image
+
+        with Image.open(image_path) as image:
+            cut = matte(context.workspace, image)
+        path = save_png(output_folder(context.workspace, "stencil") / f"{Path(image_path).stem}-matte.png", cut,
+                        {"kind": "matte", "source": Path(image_path).name, "prompt": ""})
+    except UserError as exc:
+        return None, f"**{exc}**"
+    return str(path), f"Saved `{path}`."
+
+
+def compose_layers(context: StudioContext, layer_files, positions, background_kind, colour, background_file,
+                   name, export: bool):
+    """Flatten (and export) the layers: bottom first; positions are 'x,y[,scale]' lines, one per layer."""
+    from blk.errors import UserError
+    from blk.stencil.compose import compose, export as export_files, load_layer
+
+    if not layer_files:
+        return None, [], "Add at least one layer."
+    try:
+        lines = [line.strip() for line in (positions or "").splitlines() if line.strip()]
+        layers = []
+        for index, file in enumerate(layer_files):
+            path = Path(file if isinstance(file, str) else file.name)
+            numbers = lines[index].replace(" ", "").split(",") if index < len(lines) else []
+            try:
+                x, y = (int(float(numbers[0])), int(float(numbers[1]))) if len(numbers) >= 2 else (0, 0)
+                scale = float(numbers[2]) if len(numbers) >= 3 else 1.0
+            except ValueError:
+                raise UserError(f"Line {index + 1} of the positions is not x,y[,scale]: {lines[index]!r}.") from None
+            layers.append(load_layer(path, x=x, y=y, scale=scale, name=path.stem))
+        background = None if background_kind == "transparent" else colour if background_kind == "colour" else \
+            background_file
+        if background_kind == "image" and not background_file:
+            raise UserError("Choose a background image (a sketch), or another background.")
+        composition = compose(layers, background)
+        if not export:
+            from blk.stencil.pngio import to_levels
+            from PIL import Image
+
+            return Image.fromarray(to_levels(composition.flat, 8), "RGBA"), [], "Preview (not saved)."
+        stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in (name or "collage")).strip("-") or "collage"
+        folder = context.workspace.outputs("stencil") / "compose" / time.strftime("%Y-%m-%d")
+        done = export_files(composition, folder / f"{stem}-{time.strftime('%H%M%S')}.ora")
+    except UserError as exc:
+        return None, [], f"**{exc}**"
+    return str(done.flat), [str(done.ora), str(done.flat)] + [str(p) for p in done.layers], \
+        f"Exported `{done.ora.name}` (opens in Krita and GIMP with its layers), the flattened PNG and " \
+        f"{len(done.layers)} layer PNGs. Folder: `{done.ora.parent}`"
+
+
+def build(context: StudioContext) -> None:
+    from blk.stencil.generate import ROLES
+    from blk.stencil.matting import unavailable_reason
+
+    cancel = threading.Event()
+    default_steps, default_guidance = model_defaults(context, context.default_model())
+    with gr.Tabs():
+        with gr.Tab("Generate (LayerDiffuse)"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    model = gr.Dropdown(model_names(context), value=context.default_model(), label="Base model",
+                                        allow_custom_value=True)
+                    prompt = gr.Textbox(label="Descriptor", lines=2, placeholder="a dodecahedron, thin ink line")
+                    role = gr.Radio([ROLE_NONE, *ROLES], value="FG", label="Z-role tag (appended to the prompt)")
+                    loras = lora_stack.build(context, "blk-stencil", "Style LoRA")
+                    with gr.Row():
+                        width = gr.Number(1024, label="Width (multiple of 64)", precision=0)
+                        height = gr.Number(1024, label="Height (multiple of 64)", precision=0)
+                    with gr.Row():
+                        steps = gr.Number(default_steps, label="Steps", precision=0)
+                        guidance = gr.Number(default_guidance, label="Guidance")
+                    with gr.Row():
+                        seed = gr.Number(0, label="Seed", precision=0)
+                        random_seed = gr.Checkbox(True, label="Random seed")
+                        count = gr.Slider(1, 8, value=1, step=1, label="Assets")
+                    augment = gr.Checkbox(True, label="Test-time augmentation (8 decoder views; cleaner edges)")
+                    with gr.Row():
+                        go = gr.Button("Generate", variant="primary", elem_id="blk-stencil-generate")
+                        stop = gr.Button("Cancel")
+                with gr.Column(scale=3):
+                    status = gr.Markdown(elem_id="blk-stencil-status")
+                    results = gr.Gallery(label="Assets (over a checkerboard; files keep their alpha)", columns=3,
+                                         height="auto", format="png", elem_id="blk-stencil-gallery",
+                                         elem_classes=["blk-checker"])
+                    with gr.Row():
+                        background = gr.Radio(["checkerboard", "colour"], value="colour", label="Preview over")
+                        colour = gr.ColorPicker("#f2efe6", label="Colour")
+                    chosen = gr.State(None)
+                    shown = gr.Image(label="Preview", type="pil", elem_id="blk-stencil-preview")
+            session = gr.State([])
+            go.click(lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
+                     inputs=[session, model, prompt, role, loras, width, height, steps, guidance, seed, random_seed,
+                             count, augment],
+                     outputs=[results, session, status, seed], api_name="stencil_generate")
+            stop.click(cancel.set, queue=False)
+            model.change(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
+
+            def on_select(items, event: gr.SelectData):
+                entry = items[event.index]
+                return entry[0] if isinstance(entry, (list, tuple)) else entry
+
+            results.select(on_select, inputs=session, outputs=chosen)
+            for trigger in (chosen.change, background.change, colour.change):
+                trigger(preview, inputs=[chosen, background, colour], outputs=shown)
+
+        with gr.Tab("Ink to alpha"):
+            gr.Markdown("Scans of ink on paper become transparent PNGs (GIMP's *colour to alpha*: composited over "
+                        "the paper they give the scan back). 16-bit scans stay 16-bit. A dataset becomes a new "
+                        "dataset *NAME-alpha* with its captions, ready to train on.")
+            with gr.Row():
+                with gr.Column(scale=2):
+                    scans = gr.File(label="Scans", file_count="multiple", type="filepath", elem_id="blk-alpha-files")
+                    dataset = gr.Dropdown([p.name for p in sorted(context.workspace.datasets.glob("*")) if p.is_dir()],
+                                          label="…or a whole dataset", value=None, allow_custom_value=True)
+                    paper_auto = gr.Checkbox(True, label="Estimate the paper colour")
+                    paper = gr.ColorPicker("#ffffff", label="Paper colour")
+                    tt = gr.Slider(0.0, 0.5, value=0.0, step=0.01, label="Transparency threshold (paper grain → clear)")
+                    ot = gr.Slider(0.1, 1.0, value=1.0, step=0.01, label="Opacity threshold (ink → fully opaque)")
+                    convert = gr.Button("Convert", variant="primary", elem_id="blk-alpha-convert")
+                with gr.Column(scale=3):
+                    alpha_status = gr.Markdown(elem_id="blk-alpha-status")
+                    alpha_results = gr.Gallery(label="RGBA results", columns=3, height="auto", format="png",
+                                               elem_classes=["blk-checker"], elem_id="blk-alpha-gallery")
+            convert.click(lambda *a, progress=gr.Progress(): ink_to_alpha(context, *a, progress=progress),
+                          inputs=[scans, dataset, paper_auto, paper, tt, ot], outputs=[alpha_results, alpha_status],
+                          api_name="stencil_alpha")
+
+        with gr.Tab("Matting"):
+            reason = unavailable_reason(context.workspace)
+            gr.Markdown(reason and f"**Not set up.** {reason}" or
+                        "Cut a generated subject off a flat background with BiRefNet.")
+            with gr.Row():
+                source = gr.Image(label="Image", type="filepath")
+                matted = gr.Image(label="Matte", type="filepath", elem_classes=["blk-checker"])
+            matte_button = gr.Button("Cut out", interactive=reason is None)
+            matte_status = gr.Markdown()
+            matte_button.click(lambda p: matte_image(context, p), inputs=source, outputs=[matted, matte_status])
+
+        with gr.Tab("Compose"):
+            gr.Markdown("Stack RGBA layers over a sketch or a flat colour, then export the flattened PNG, each "
+                        "layer, and a layered OpenRaster file.")
+            with gr.Row():
+                with gr.Column(scale=2):
+                    layer_files = gr.File(label="Layers (bottom first)", file_count="multiple", type="filepath",
+                                          elem_id="blk-compose-layers")
+                    positions = gr.Textbox(label="Positions, one line per layer: x,y[,scale]", lines=4,
+                                           placeholder="0,0\n120,40,0.5", elem_id="blk-compose-positions")
+                    background_kind = gr.Radio(["colour", "image", "transparent"], value="colour", label="Background")
+                    compose_colour = gr.ColorPicker("#f2efe6", label="Background colour")
+                    background_file = gr.File(label="Background image (e.g. a sketch)", type="filepath")
+                    name = gr.Textbox("collage", label="Name")
+                    with gr.Row():
+                        preview_button = gr.Button("Preview")
+                        export_button = gr.Button("Export .ora + PNGs", variant="primary", elem_id="blk-compose-export")
+                with gr.Column(scale=3):
+                    compose_status = gr.Markdown(elem_id="blk-compose-status")
+                    flat = gr.Image(label="Flattened", type="filepath", elem_classes=["blk-checker"])
+                    exported = gr.File(label="Files", file_count="multiple")
+            inputs = [layer_files, positions, background_kind, compose_colour, background_file, name]
+            preview_button.click(lambda *a: compose_layers(context, *a, export=False), inputs=inputs,
+                                 outputs=[flat, exported, compose_status])
+            export_button.click(lambda *a: compose_layers(context, *a, export=True), inputs=inputs,
+                                outputs=[flat, exported, compose_status], api_name="stencil_compose")
