@@ -6,7 +6,8 @@
 Both paths load the same local weights and run the same seeds. The plain path is what a script
 would do: `FluxPipeline.from_pretrained(...).to(device)` (or the SDXL pipeline), then call it.
 The studio's path is `blk.generate.sketch.Sketcher` — the pipeline stays loaded across calls and
-LoRAs are swapped as adapters. It prints the first call (load included), the mean of later calls,
+LoRAs are swapped as adapters. After one untimed warm-up load (imports, file cache), it prints the
+first call (load included), the mean of later calls,
 the cost of switching LoRA strength (no reload: the load count stays 1), and the largest pixel
 difference between the two paths' images at the same seed.
 """
@@ -53,6 +54,9 @@ def main() -> None:
     def sync():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
+
+    # warm-up, untimed: imports and the OS file cache, so neither path pays them in its first call
+    _pipeline_class(model.family, "text2img").from_pretrained(str(model.path), local_files_only=True)
 
     # plain diffusers ---------------------------------------------------------
     start = time.perf_counter()

@@ -180,3 +180,15 @@ def test_cli_stencil_generate(shared_workspace, tmp_path):
     assert read_parameters(path)["augment"] is False
     bad = run_blk("--workspace", str(shared_workspace.root), "stencil", "generate", "--model", "no-such-model")
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+
+
+def test_matting_says_how_to_stage_it(shared_workspace):
+    import importlib.util
+
+    from blk.stencil.matting import matte, unavailable_reason
+
+    reason = unavailable_reason(shared_workspace)
+    if importlib.util.find_spec("rembg") is None:
+        assert "rembg" in reason and "birefnet-general.onnx" in reason and "models/matting" in reason
+        with pytest.raises(UserError, match="Matting needs"):
+            matte(shared_workspace, Image.new("RGB", (8, 8)))
