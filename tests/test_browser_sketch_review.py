@@ -36,8 +36,13 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             expect(page.locator("#blk-sketch-gallery img").first).to_be_visible(timeout=120_000)
             expect(page.locator("#blk-sketch-status")).to_contain_text(re.compile(r"1 image, seed \d+, 64×64"))
             screenshot(page, "sketch-tab")
+            page.locator("#blk-sketch-gallery img").first.click()
+            expect(page.locator("#blk-sketch-selected")).to_contain_text("Selected")
+            page.locator("#blk-sketch-to-compose").click()
+            expect(page.get_by_text("Stack RGBA layers over a sketch")).to_be_visible()  # Stencil › Compose
+            expect(page.locator("#blk-compose-background")).to_contain_text(re.compile(r"\d{6}-\d{3}-s\d+ ?\.png"))
 
-            page.get_by_role("tab", name="Review").click()
+            page.get_by_role("tab", name="Review", exact=True).click()
             page.locator("#blk-review-run input").click()
             page.get_by_role("option", name="tiny-run").click()
             checkboxes = page.locator("#blk-review-checkpoints")

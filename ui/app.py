@@ -15,19 +15,39 @@ def build_app(context: StudioContext) -> gr.Blocks:
             gr.Markdown(f"**Demo mode** — {context.demo_reason} Generating tabs use the tiny random-weight "
                         "models: results are noise, but every control works. See *Models & Settings*.",
                         elem_classes=["blk-banner"])
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Caption"):
                 caption.build(context)
             with gr.Tab("Train"):
                 train.build(context, lambda: caption.dataset_names(context))
-            with gr.Tab("Sketch"):
-                sketch.build(context)
-            with gr.Tab("Stencil"):
-                stencil.build(context)
+            with gr.Tab("Sketch", id="sketch"):
+                sketched = sketch.build(context)
+            with gr.Tab("Stencil", id="stencil"):
+                stenciled = stencil.build(context)
             with gr.Tab("Upscale"):
                 planned.build("Upscale")
             with gr.Tab("Review"):
                 review.build(context)
             with gr.Tab("Models & Settings"):
                 models.build(context)
+        send_between_tabs(tabs, sketched, stenciled)
     return demo
+
+
+def send_between_tabs(tabs, sketched: dict, stenciled: dict) -> None:
+    """A sketch goes on to Stencil (as the collage background, or to be cut out)."""
+    def to_compose(path):
+        if not path:
+            return gr.update(), gr.update(), gr.update(), gr.update()
+        return gr.Tabs(selected="stencil"), gr.Tabs(selected="compose"), path, "image"
+
+    def to_matting(path):
+        if not path:
+            return gr.update(), gr.update(), gr.update()
+        return gr.Tabs(selected="stencil"), gr.Tabs(selected="matting"), path
+
+    sketched["to_compose"].click(to_compose, inputs=sketched["selected"],
+                                 outputs=[tabs, stenciled["tabs"], stenciled["background_file"],
+                                          stenciled["background_kind"]])
+    sketched["to_matting"].click(to_matting, inputs=sketched["selected"],
+                                 outputs=[tabs, stenciled["tabs"], stenciled["matting_source"]])

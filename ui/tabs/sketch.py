@@ -140,6 +140,11 @@ def build(context: StudioContext) -> None:
             status = gr.Markdown(elem_id="blk-sketch-status")
             results = gr.Gallery(label="This session's sketches (newest first)", columns=3, height="auto",
                                  elem_id="blk-sketch-gallery", format="png")
+            selected = gr.State(None)
+            selected_note = gr.Markdown("Click a sketch to send it on.", elem_id="blk-sketch-selected")
+            with gr.Row():
+                to_compose = gr.Button("Use as Stencil background", size="sm", elem_id="blk-sketch-to-compose")
+                to_matting = gr.Button("Cut out (Stencil matting)", size="sm")
     note = gr.Markdown()
     session = gr.State([])
 
@@ -152,3 +157,11 @@ def build(context: StudioContext) -> None:
     source.upload(lambda f: load_parameters(context, f), inputs=source,
                   outputs=[model, prompt, negative, loras, aspect, width, height, steps, guidance, seed, random_seed,
                            count, note])
+
+    def on_select(items, event: gr.SelectData):
+        entry = items[event.index]
+        path = entry[0] if isinstance(entry, (list, tuple)) else entry
+        return path, f"Selected `{Path(path).name}`."
+
+    results.select(on_select, inputs=session, outputs=[selected, selected_note])
+    return {"selected": selected, "to_compose": to_compose, "to_matting": to_matting}

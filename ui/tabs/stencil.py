@@ -164,8 +164,8 @@ def build(context: StudioContext) -> None:
 
     cancel = threading.Event()
     default_steps, default_guidance = model_defaults(context, context.default_model())
-    with gr.Tabs():
-        with gr.Tab("Generate (LayerDiffuse)"):
+    with gr.Tabs() as tabs:
+        with gr.Tab("Generate (LayerDiffuse)", id="generate"):
             with gr.Row():
                 with gr.Column(scale=2):
                     model = gr.Dropdown(model_names(context), value=context.default_model(), label="Base model",
@@ -213,7 +213,7 @@ def build(context: StudioContext) -> None:
             for trigger in (chosen.change, background.change, colour.change):
                 trigger(preview, inputs=[chosen, background, colour], outputs=shown)
 
-        with gr.Tab("Ink to alpha"):
+        with gr.Tab("Ink to alpha", id="alpha"):
             gr.Markdown("Scans of ink on paper become transparent PNGs (GIMP's *colour to alpha*: composited over "
                         "the paper they give the scan back). 16-bit scans stay 16-bit. A dataset becomes a new "
                         "dataset *NAME-alpha* with its captions, ready to train on.")
@@ -235,7 +235,7 @@ def build(context: StudioContext) -> None:
                           inputs=[scans, dataset, paper_auto, paper, tt, ot], outputs=[alpha_results, alpha_status],
                           api_name="stencil_alpha")
 
-        with gr.Tab("Matting"):
+        with gr.Tab("Matting", id="matting"):
             reason = unavailable_reason(context.workspace)
             gr.Markdown(reason and f"**Not set up.** {reason}" or
                         "Cut a generated subject off a flat background with BiRefNet.")
@@ -246,7 +246,7 @@ def build(context: StudioContext) -> None:
             matte_status = gr.Markdown()
             matte_button.click(lambda p: matte_image(context, p), inputs=source, outputs=[matted, matte_status])
 
-        with gr.Tab("Compose"):
+        with gr.Tab("Compose", id="compose"):
             gr.Markdown("Stack RGBA layers over a sketch or a flat colour, then export the flattened PNG, each "
                         "layer, and a layered OpenRaster file.")
             with gr.Row():
@@ -257,7 +257,8 @@ def build(context: StudioContext) -> None:
                                            placeholder="0,0\n120,40,0.5", elem_id="blk-compose-positions")
                     background_kind = gr.Radio(["colour", "image", "transparent"], value="colour", label="Background")
                     compose_colour = gr.ColorPicker("#f2efe6", label="Background colour")
-                    background_file = gr.File(label="Background image (e.g. a sketch)", type="filepath")
+                    background_file = gr.File(label="Background image (e.g. a sketch)", type="filepath",
+                                              elem_id="blk-compose-background")
                     name = gr.Textbox("collage", label="Name")
                     with gr.Row():
                         preview_button = gr.Button("Preview")
@@ -271,3 +272,5 @@ def build(context: StudioContext) -> None:
                                  outputs=[flat, exported, compose_status])
             export_button.click(lambda *a: compose_layers(context, *a, export=True), inputs=inputs,
                                 outputs=[flat, exported, compose_status], api_name="stencil_compose")
+    return {"tabs": tabs, "background_kind": background_kind, "background_file": background_file,
+            "matting_source": source}
