@@ -154,6 +154,13 @@ def test_presets_load_with_the_paper_values():
     assert (conceptor.optimizer.d0, conceptor.optimizer.d_coef, conceptor.optimizer.weight_decay) == (1e-5, 2.0, 0.001)
     assert conceptor.optimizer.ema_decay == 0.99
     assert (conceptor.checkpoints.every, conceptor.checkpoints.keep) == (250, 16)
+    stencil = load_config(Path("presets/stencil-flux-layerdiffuse.yaml"))
+    assert (stencil.adapter.rank, stencil.optimizer.name, stencil.schedule.lr_schedule) == (16, "adamw8bit", "polynomial")
+    assert stencil.model.base_loras == ["layerdiffuse"] and stencil.data.alpha_mask
+    assert [s.start for s in stencil.data.stages] == [0, 2000, 4000] and stencil.schedule.steps == 6000
+    assert [[src.folder for src in s.sources] for s in stencil.data.stages] == \
+        [["singles"], ["singles", "pairs"], ["singles", "pairs", "triples"]]
+    assert stencil.data.stages[1].fractions()[1] == 0.4 and stencil.data.stages[2].fractions()[2] == 0.2
     texture = load_config(Path("presets/texture-flux.yaml"))
     assert (texture.adapter.rank, texture.schedule.gradient_accumulation, texture.schedule.warmup_steps) == (16, 8, 500)
     for path in sorted(Path("presets").glob("*.yaml")):

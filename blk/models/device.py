@@ -65,4 +65,7 @@ def describe(device: str) -> str:
 def is_out_of_memory(error: BaseException) -> bool:
     import torch
 
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+    text = str(error).lower()
+    # CUDA says "out of memory"; the CPU allocator says "can't allocate memory"
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text or \
+        "can't allocate memory" in text

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from blk.yaml_io import load_model, save_model
 
@@ -19,6 +20,43 @@ class ModelSection(BaseModel):
     name: str = "tiny-flux"  # a known model name, a registered one, or a local path
     int8_base: bool = False  # quantize the frozen base to int8 (optimum-quanto)
     gradient_checkpointing: bool = False
+    # LoRAs merged into the frozen base before the trainable adapter (before int8 quantization):
+    # a .safetensors path, or "layerdiffuse" for the family's LayerDiffuse layer LoRA (BLK-Stencil)
+    base_loras: list[str] = Field(default_factory=list)
+
+
+class StageSource(BaseModel):
+    """Where a stage draws from: a sub-folder of the dataset ("" = all of it), or another dataset folder."""
+    folder: str = ""
+    fraction: float | None = Field(None, gt=0.0, le=1.0)  # share of the stage's samples; None: an equal share of the rest
+
+
+class Stage(BaseModel):
+    """One curriculum stage: active from step `start` until the next stage starts."""
+    start: int = Field(0, ge=0)
+    name: str = ""
+    sources: list[StageSource] = Field(default_factory=lambda: [StageSource()], min_length=1)
+
+    def fractions(self) -> list[float]:
+        given = sum(s.fraction for s in self.sources if s.fraction is not None)
+        rest = [s for s in self.sources if s.fraction is None]
+        share = (1.0 - given) / len(rest) if rest else 0.0
+        return [s.fraction if s.fraction is not None else share for s in self.sources]
+
+    @model_validator(mode="after")
+    def _fractions_add_up(self):
+        given = sum(s.fraction for s in self.sources if s.fraction is not None)
+        unset = sum(1 for s in self.sources if s.fraction is None)
+        label = self.name or f"the stage starting at step {self.start}"
+        if unset and given >= 1.0 - 1e-6:
+            raise PydanticCustomError("config", f"in {label} the given fractions already add up to {given:g}, leaving nothing for "
+                             f"the sources without one")
+        if not unset and abs(given - 1.0) > 1e-3:
+            raise PydanticCustomError("config", f"in {label} the fractions add up to {given:g}; they must add up to 1")
+        folders = [s.folder for s in self.sources]
+        if len(set(folders)) != len(folders):
+            raise PydanticCustomError("config", f"{label} names the same folder twice")
+        return self
 
 
 class DataSection(BaseModel):
@@ -32,10 +70,27 @@ class DataSection(BaseModel):
     cache_latents: bool = True
     validation_images: int = Field(0, ge=0)  # held out from training, for the validation loss
     validation_every: int = Field(0, ge=0)  # steps; 0: no validation loss
+    # Curriculum (the paper's Stencil: singles, then + pairs, then + triples): each stage is active from its
+    # start step to the next one's; empty: the whole dataset throughout
+    stages: list[Stage] = Field(default_factory=list)
+    alpha_mask: bool = False  # RGBA images: weight the loss by alpha on the latent grid (transparent pixels count 0)
+
+    @model_validator(mode="after")
+    def _stages_in_order(self):
+        if self.stages:
+            starts = [stage.start for stage in self.stages]
+            if starts[0] != 0:
+                raise PydanticCustomError("config", f"the first stage must start at step 0, not {starts[0]}")
+            for before, after in zip(starts, starts[1:]):
+                if after <= before:
+                    raise PydanticCustomError("config", f"stages must be in order of their start steps without "
+                                              f"overlap (a stage starting at {after} follows one starting at {before})")
+        return self
 
 
 class AdapterSection(BaseModel):
     kind: Literal["lora", "lokr"] = "lora"
+    init_from: str = ""  # a LoRA file (diffusers/peft, kohya or ai-toolkit names) to start from instead of random
     rank: int = Field(16, ge=1, le=1024)
     alpha: float = 16.0
     dropout: float = Field(0.0, ge=0.0, lt=1.0)

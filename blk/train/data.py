@@ -27,6 +27,7 @@ class Item:
     width: int  # bucket size the image is resized (and centre-cropped) to
     height: int
     flip: bool = False
+    root: str = ""  # the folder `image` is relative to, when not the run's dataset (a curriculum's extra folder)
 
 
 def bucket_size(width: int, height: int, resolutions: list[int]) -> tuple[int, int]:
@@ -40,7 +41,7 @@ def bucket_size(width: int, height: int, resolutions: list[int]) -> tuple[int, i
     return max(MULTIPLE, width // MULTIPLE * MULTIPLE), max(MULTIPLE, height // MULTIPLE * MULTIPLE)
 
 
-def load_items(dataset: Path, resolutions: list[int], flip: bool) -> list[Item]:
+def load_items(dataset: Path, resolutions: list[int], flip: bool, root: str = "") -> list[Item]:
     """Every usable, captioned image; one sentence if there is nothing to train on."""
     records = [r for r in scan(dataset) if r.ok]
     if not records:
@@ -53,9 +54,9 @@ def load_items(dataset: Path, resolutions: list[int], flip: bool) -> list[Item]:
             missing.append(record.rel)
             continue
         w, h = bucket_size(record.width, record.height, resolutions)
-        items.append(Item(record.rel, record.sha256, caption, w, h))
+        items.append(Item(record.rel, record.sha256, caption, w, h, root=root))
         if flip:
-            items.append(Item(record.rel, record.sha256, caption, w, h, flip=True))
+            items.append(Item(record.rel, record.sha256, caption, w, h, flip=True, root=root))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise UserError(f"{len(missing)} image(s) have no caption ({shown}); caption them or move them out first.")
@@ -79,3 +80,63 @@ def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
     order = list(range(count))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
     return order
+
+
+@dataclass
+class StagePlan:
+    """A curriculum stage with its items: `pools[i]` is drawn with share `fractions[i]`."""
+    start: int
+    name: str
+    labels: list[str]
+    pools: list[list[Item]]
+    fractions: list[float]
+
+
+class Curriculum:
+    """Which items each step draws, stage by stage (the paper's Stencil: singles → + pairs → + triples).
+
+    Within a stage the sources take turns by smooth weighted round robin, so each
+    gets exactly its fraction of the draws (no randomness to drift), and each source
+    is walked in its own seeded order, epoch by epoch. Everything is a function of
+    the step, so a resumed run draws exactly what an uninterrupted one would.
+    """
+
+    def __init__(self, stages: list[StagePlan], seed: int, accumulation: int, batch_size: int):
+        self.stages, self.seed = stages, seed
+        self.accumulation, self.batch_size = accumulation, batch_size
+        self._memo: dict[int, tuple[int, list[float], list[int]]] = {}  # stage -> (slots done, credit, counts)
+
+    def stage_index(self, step: int) -> int:
+        """The stage that step `step` (0-based: the step being trained) belongs to."""
+        return max(i for i, stage in enumerate(self.stages) if stage.start <= step)
+
+    def _source_of(self, index: int, slot: int) -> tuple[int, int]:
+        """(source, how many earlier draws that source had) for the stage's `slot`-th draw."""
+        fractions = self.stages[index].fractions
+        done, credit, counts = self._memo.get(index, (0, [0.0] * len(fractions), [0] * len(fractions)))
+        if slot < done:
+            done, credit, counts = 0, [0.0] * len(fractions), [0] * len(fractions)
+        credit, counts = list(credit), list(counts)
+        chosen = 0
+        while done <= slot:
+            credit = [c + f for c, f in zip(credit, fractions)]
+            chosen = max(range(len(fractions)), key=lambda i: (credit[i], -i))
+            credit[chosen] -= 1.0
+            counts[chosen] += 1
+            done += 1
+        self._memo[index] = (done, credit, counts)
+        return chosen, counts[chosen] - 1
+
+    def batch(self, step: int, micro: int) -> list[Item]:
+        """The items of one micro-batch (all of one bucket size: others in the draw wait for their turn)."""
+        index = self.stage_index(step)
+        stage = self.stages[index]
+        first_slot = ((step - stage.start) * self.accumulation + micro) * self.batch_size
+        chosen = []
+        for slot in range(first_slot, first_slot + self.batch_size):
+            source, draw = self._source_of(index, slot)
+            pool = stage.pools[source]
+            epoch, position = divmod(draw, len(pool))
+            order = epoch_order(len(pool), self.seed * 31 + index * 7 + source, epoch)
+            chosen.append(pool[order[position]])
+        return [item for item in chosen if (item.width, item.height) == (chosen[0].width, chosen[0].height)]

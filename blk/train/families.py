@@ -12,6 +12,22 @@ resumed run draws exactly what an uninterrupted one would.
 from __future__ import annotations
 
 
+def weighted_mse(prediction, target, weights=None):
+    """Mean squared error; with `weights` (broadcast over channels, e.g. alpha on the latent grid) a weighted mean."""
+    error = (prediction.float() - target.float()) ** 2
+    if weights is None:
+        return error.mean()
+    weights = weights.float().to(error.device).expand_as(error)
+    return (error * weights).sum() / weights.sum().clamp_min(1e-8)
+
+
+def token_grid(mask):
+    """Flux sees latents in 2×2 patches (tokens): average a latent-grid mask per token, then spread it back."""
+    import torch.nn.functional as F
+
+    return F.interpolate(F.avg_pool2d(mask.float(), 2), scale_factor=2, mode="nearest")
+
+
 class FluxFamily:
     name = "flux"
     guidance = 1.0
@@ -32,9 +48,13 @@ class FluxFamily:
         prompt_embeds, pooled, _ = self.pipe.encode_prompt(prompt=caption, prompt_2=None, max_sequence_length=512)
         return {"prompt_embeds": prompt_embeds[0], "pooled": pooled[0]}
 
-    def loss(self, latent_params, text: dict, generator):
+    def loss(self, latent_params, text: dict, generator, mask=None):
+        """Flow-matching loss; `mask` ([B, 1, h, w] on the latent grid) weights it per token."""
+        prediction, target = self.prediction_and_target(latent_params, text, generator)
+        return weighted_mse(prediction, target, None if mask is None else token_grid(mask))
+
+    def prediction_and_target(self, latent_params, text: dict, generator):
         import torch
-        import torch.nn.functional as F
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         pipe, vae = self.pipe, self.pipe.vae
@@ -59,7 +79,7 @@ class FluxFamily:
         )[0]
         scale = pipe.vae_scale_factor
         prediction = pipe._unpack_latents(prediction, h * scale, w * scale, scale)
-        return F.mse_loss(prediction.float(), (noise - latents).float())
+        return prediction, noise - latents
 
     def save_lora(self, folder, state_dict) -> None:
         self.pipe.save_lora_weights(str(folder), transformer_lora_layers=state_dict, safe_serialization=True)
@@ -85,9 +105,13 @@ class SDXLFamily:
         prompt_embeds, _, pooled, _ = self.pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False)
         return {"prompt_embeds": prompt_embeds[0], "pooled": pooled[0]}
 
-    def loss(self, latent_params, text: dict, generator):
+    def loss(self, latent_params, text: dict, generator, mask=None):
+        """Noise (or v) prediction loss; `mask` ([B, 1, h, w] on the latent grid) weights it per latent pixel."""
+        prediction, target = self.prediction_and_target(latent_params, text, generator)
+        return weighted_mse(prediction, target, mask)
+
+    def prediction_and_target(self, latent_params, text: dict, generator):
         import torch
-        import torch.nn.functional as F
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         latents = DiagonalGaussianDistribution(latent_params).sample(generator) * self.pipe.vae.config.scaling_factor
@@ -107,7 +131,7 @@ class SDXLFamily:
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        return F.mse_loss(prediction.float(), target.float())
+        return prediction, target
 
     def save_lora(self, folder, state_dict) -> None:
         self.pipe.save_lora_weights(str(folder), unet_lora_layers=state_dict, safe_serialization=True)

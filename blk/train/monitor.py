@@ -24,6 +24,8 @@ class RunView:
     samples: list[tuple[str, str]] = field(default_factory=list)  # (path, label) newest first
     checkpoints: list[tuple[int, str]] = field(default_factory=list)
     message: str = ""  # the last error or status sentence
+    gpu_memory: int = 0  # peak bytes allocated on the GPU so far (0 on a CPU)
+    stage: str = ""  # the curriculum stage now active, if any
 
 
 def view_run(folder: Path, total_steps: int) -> RunView:
@@ -38,12 +40,15 @@ def view_run(folder: Path, total_steps: int) -> RunView:
             view.loss.append(event["loss"])
             view.smoothed.append(average)
             view.lr.append(event.get("lr", 0.0))
+            view.gpu_memory = max(view.gpu_memory, event.get("gpu_memory", 0))
         elif kind == "eval":
             view.eval_steps.append(event["step"])
             view.eval_loss.append(event["loss"])
         elif kind == "sample":
             for index, path in enumerate(event.get("paths", [])):
                 view.samples.insert(0, (str(folder / path), f"step {event['step']}: {event['prompts'][index]}"))
+        elif kind == "stage":
+            view.stage = f"stage {event['stage']}" + (f" ({event['name']})" if event.get("name") else "")
         elif kind == "checkpoint":
             view.checkpoints.append((event["step"], str(folder / event["path"])))
         elif kind == "error":

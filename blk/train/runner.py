@@ -20,6 +20,7 @@ import random
 import shutil
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from blk import atomic
 from blk.errors import UserError
 from blk.train.cache import TensorCache, model_key
 from blk.train.config import TrainConfig, save_config
-from blk.train.data import Item, augment_caption, epoch_order, load_items
+from blk.train.data import Curriculum, Item, StagePlan, augment_caption, epoch_order, load_items
 from blk.workspace import Workspace
 
 STATE_FILES = ("adapter.safetensors", "optimizer.pt", "scheduler.pt", "trainer.json")
@@ -74,7 +75,10 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     model = resolve(config.model.name, workspace)
     items = load_items(dataset, config.data.resolutions, config.data.flip)
     items, held_out = split_validation(items, config.data.validation_images)
+    curriculum = plan_curriculum(config, workspace, dataset, items)
     items = items * config.data.repeats
+    image_count = len({(i.root, i.image, i.flip) for plan in curriculum.stages for pool in plan.pools for i in pool}) \
+        if curriculum else len(items)
     device = pick_device(workspace.settings.device)
     dtype = pick_dtype(device)
 
@@ -89,13 +93,14 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
 
     family = _load_family(config, model, dtype, device)
     denoiser = family.denoiser
-    _add_adapter(denoiser, config)
+    _add_adapter(family, config, workspace, model)
     params = [p for p in denoiser.parameters() if p.requires_grad]
     optimizer = _optimizer(config, params, device)
     scheduler = _lr_scheduler(config, optimizer)
     ema = Ema(denoiser, config.optimizer.ema_decay) if config.optimizer.ema_decay else None
     step = _restore(run_dir, denoiser, optimizer, scheduler, ema) if resume else 0
-    events.write("status", step, status="resumed" if step else "started", model=model.name, images=len(items))
+    events.write("status", step, status="resumed" if step else "started", model=model.name, images=image_count)
+    stage = None
 
     caches = dataset / ".blk" / "cache" / model_key(model.path)
     latent_cache = TensorCache(caches / "latents", enabled=config.data.cache_latents)
@@ -104,7 +109,8 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     last_checkpoint = None
     def validate(at_step: int) -> None:
         if held_out and config.data.validation_every:
-            loss = validation_loss(family, held_out, lambda item: _latent(family, latent_cache, dataset, item, model.path),
+            loss = validation_loss(family, held_out, lambda item: _latent(family, latent_cache, dataset, item, model.path,
+                                                                          config.data.alpha_mask),
                                    text_for, device, dtype)
             events.write("eval", at_step, loss=loss)
 
@@ -118,19 +124,29 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     status = "finished"
     try:
         while step < config.schedule.steps:
+            if curriculum and curriculum.stage_index(step) != stage:
+                stage = curriculum.stage_index(step)
+                plan = curriculum.stages[stage]
+                events.write("stage", step, stage=stage + 1, name=plan.name,
+                             sources=dict(zip(plan.labels, plan.fractions)), images=sum(len(p) for p in plan.pools))
             denoiser.train()
             total = 0.0
+            used = []
             for micro in range(micro_per_step):
-                batch = _batch(items, config, step * micro_per_step + micro, batch_size)
+                batch = curriculum.batch(step, micro) if curriculum else \
+                    _batch(items, config, step * micro_per_step + micro, batch_size)
+                used += [item.image for item in batch]
                 generator = torch.Generator().manual_seed(config.schedule.seed * 1_000_003 + step * 97 + micro)
                 rng = random.Random(config.schedule.seed * 7_919 + step * 13 + micro)
-                latents = torch.stack([_latent(family, latent_cache, dataset, item, model.path)["params"][0]
-                                       for item in batch]).to(device, dtype)
+                entries = [_latent(family, latent_cache, dataset, item, model.path, config.data.alpha_mask)
+                           for item in batch]
+                latents = torch.stack([entry["params"][0] for entry in entries]).to(device, dtype)
+                mask = _stack_masks(entries) if config.data.alpha_mask else None
                 captions = [augment_caption(i.caption, rng, config.data.caption_dropout, config.data.shuffle_tokens,
                                             config.data.keep_tokens) for i in batch]
                 texts = [text_for(c) for c in captions]
                 text = {k: torch.stack([t[k] for t in texts]) for k in texts[0]}
-                loss = family.loss(latents, text, generator) / micro_per_step
+                loss = family.loss(latents, text, generator, mask) / micro_per_step
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"the loss became {loss.item()} at step {step + 1}")
                 loss.backward()
@@ -142,7 +158,8 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            events.write("loss", step, loss=total, lr=scheduler.get_last_lr()[0])
+            memory = {"gpu_memory": torch.cuda.max_memory_allocated(device)} if device.startswith("cuda") else {}
+            events.write("loss", step, loss=total, lr=scheduler.get_last_lr()[0], images=used, **memory)
             if step % config.checkpoints.every == 0 or step == config.schedule.steps:
                 last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step, ema)
             if config.data.validation_every and step % config.data.validation_every == 0:
@@ -156,10 +173,37 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
         events.write("error", step, message=f"Training stopped: {exc}. The last good checkpoint is kept; "
                                             "lower the learning rate and resume or start again.")
         status = "error"
+    except Exception as exc:  # noqa: BLE001  (only out-of-memory is caught here; anything else is a bug to show)
+        from blk.models.device import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
+        events.write("error", step, message=out_of_memory_sentence(config, step))
+        status = "error"
+        optimizer.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
     if status == "stopped" and (last_checkpoint is None or not last_checkpoint.name.endswith(f"{step:06d}.safetensors")):
         last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step, ema)
     events.write("status", step, status=status, latent_encodes=latent_cache.misses, text_encodes=text_cache.misses)
     return RunResult(run_dir, step, status, latent_cache.misses, text_cache.misses, last_checkpoint)
+
+
+def out_of_memory_sentence(config: TrainConfig, step: int) -> str:
+    """What to change when a run runs out of memory, naming only the settings not already at their cheapest."""
+    tips = []
+    if not config.model.int8_base:
+        tips.append("an int8 base (model.int8_base)")
+    if not config.model.gradient_checkpointing:
+        tips.append("gradient checkpointing")
+    if max(config.data.resolutions) > 512:
+        tips.append("smaller bucket sizes")
+    if config.schedule.batch_size > 1:
+        tips.append("batch size 1 (with gradient accumulation)")
+    if not tips:
+        tips.append("a lower rank")
+    return (f"Out of memory at step {step + 1}: try {', '.join(tips[:-1]) + ' and ' + tips[-1] if len(tips) > 1 else tips[0]}; "
+            "the last checkpoint is kept and the run can resume.")
 
 
 class Ema:
@@ -214,11 +258,13 @@ def validation_loss(family, held_out: list[Item], latent_for, text_for, device, 
     losses = []
     with torch.no_grad():
         for index, item in enumerate(held_out):
-            latents = latent_for(item)["params"].to(device, dtype)
+            entry = latent_for(item)
+            latents = entry["params"].to(device, dtype)
+            mask = entry.get("mask")
             text = {k: v[None] for k, v in text_for(item.caption).items()}
             for draw in range(VALIDATION_DRAWS):
                 generator = torch.Generator().manual_seed(1_000_000 + index * VALIDATION_DRAWS + draw)
-                losses.append(family.loss(latents, text, generator).item())
+                losses.append(family.loss(latents, text, generator, mask).item())
     family.denoiser.train()
     return sum(losses) / len(losses)
 
@@ -242,19 +288,39 @@ def _load_family(config: TrainConfig, model, dtype, device):
     return family
 
 
-def _add_adapter(denoiser, config: TrainConfig) -> None:
+def _add_adapter(family, config: TrainConfig, workspace: Workspace, model) -> None:
+    """Frozen base LoRAs first (e.g. LayerDiffuse's layer LoRA), then the trainable adapter, optionally from a file."""
     import torch
     from peft import LoraConfig
 
+    from blk.train.adapters import TRAINABLE, add_base_loras, freeze_all_but_trainable, init_trainable_from
+
     if config.adapter.kind != "lora":
         raise UserError("LoKr training is not available yet; choose a LoRA adapter.")
+    denoiser = family.denoiser
+    base = add_base_loras(family, [_base_lora_path(name, workspace, model) for name in config.model.base_loras])
     torch.manual_seed(config.schedule.seed)  # the adapter's initial weights
-    denoiser.add_adapter(LoraConfig(r=config.adapter.rank, lora_alpha=config.adapter.alpha,
-                                    lora_dropout=config.adapter.dropout, target_modules=config.adapter.target_modules,
-                                    init_lora_weights="gaussian"))
+    with warnings.catch_warnings():  # peft warns that a second adapter joins the base LoRAs: that is the point
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        denoiser.add_adapter(LoraConfig(r=config.adapter.rank, lora_alpha=config.adapter.alpha,
+                                        lora_dropout=config.adapter.dropout,
+                                        target_modules=config.adapter.target_modules,
+                                        init_lora_weights="gaussian"), adapter_name=TRAINABLE)
+    if config.adapter.init_from:
+        init_trainable_from(family, Path(config.adapter.init_from).expanduser())
+    denoiser.set_adapters(base + [TRAINABLE])  # all active; only the trainable one learns
+    freeze_all_but_trainable(denoiser)
     for parameter in denoiser.parameters():
         if parameter.requires_grad:
             parameter.data = parameter.data.float()  # adapters train in fp32 even on a bf16 base
+
+
+def _base_lora_path(name: str, workspace: Workspace, model) -> Path:
+    if name.strip().lower() == "layerdiffuse":
+        from blk.stencil.layerdiffuse import find_weights
+
+        return find_weights(workspace, model).lora
+    return Path(name).expanduser()
 
 
 def _optimizer(config: TrainConfig, params, device: str):
@@ -291,18 +357,22 @@ def _batch(items: list[Item], config: TrainConfig, micro_index: int, batch_size:
     return [item for item in chosen if (item.width, item.height) == (first.width, first.height)]
 
 
-def _latent(family, cache: TensorCache, dataset: Path, item: Item, model_path: Path) -> dict:
+def _latent(family, cache: TensorCache, dataset: Path, item: Item, model_path: Path, alpha_mask: bool = False) -> dict:
+    """{"params": VAE posterior parameters} and, with `alpha_mask` for an RGBA image, {"mask": alpha on the latent grid}."""
     def encode():
         import numpy as np
         import torch
+        import torch.nn.functional as F
         from PIL import Image, ImageOps
 
         from blk.data.images import open_image
 
-        image = open_image(dataset / item.image)
+        image = open_image((Path(item.root) if item.root else dataset) / item.image)
+        alpha = None
         if image.mode == "RGBA":  # training sees RGB; transparent pixels on white
+            alpha = image.getchannel("A")
             base = Image.new("RGB", image.size, (255, 255, 255))
-            base.paste(image, mask=image.getchannel("A"))
+            base.paste(image, mask=alpha)
             image = base
         image = ImageOps.fit(image, (item.width, item.height), Image.Resampling.LANCZOS)
         if item.flip:
@@ -310,10 +380,59 @@ def _latent(family, cache: TensorCache, dataset: Path, item: Item, model_path: P
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
         vae = family.pipe.vae
         with torch.no_grad():
-            return {"params": family.encode_image(pixels.to(vae.device, vae.dtype))}
+            entry = {"params": family.encode_image(pixels.to(vae.device, vae.dtype))}
+        if alpha_mask and alpha is not None:
+            alpha = ImageOps.fit(alpha, (item.width, item.height), Image.Resampling.LANCZOS)
+            if item.flip:
+                alpha = ImageOps.mirror(alpha)
+            full = torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)[None, None]
+            entry["mask"] = F.avg_pool2d(full, family.pipe.vae_scale_factor)  # [1, 1, h, w] on the latent grid
+        return entry
 
     key = f"{item.sha256}|{item.width}x{item.height}|flip={item.flip}|{model_key(model_path)}"
+    if alpha_mask:
+        key += "|alpha-mask"
     return cache.get_or_make(key, encode)
+
+
+def _stack_masks(entries: list[dict]):
+    """The batch's loss weights: each image's alpha on the latent grid, or all ones for an opaque image."""
+    import torch
+
+    masks = []
+    for entry in entries:
+        mask = entry.get("mask")
+        if mask is None:
+            mask = torch.ones(1, 1, *entry["params"].shape[-2:])
+        masks.append(mask[0])
+    return torch.stack(masks)
+
+
+def plan_curriculum(config: TrainConfig, workspace: Workspace, dataset: Path, items: list[Item]) -> Curriculum | None:
+    """The config's stages with their items: sub-folders of the dataset, or other dataset folders; None without stages."""
+    if not config.data.stages:
+        return None
+    plans, loaded = [], {}
+    for number, stage in enumerate(config.data.stages, start=1):
+        label = stage.name or f"stage {number}"
+        pools, labels = [], []
+        for source in stage.sources:
+            folder = source.folder.strip().rstrip("/")
+            if not folder:
+                pool = list(items)
+            elif not Path(folder).expanduser().is_absolute() and (dataset / folder).is_dir():
+                pool = [i for i in items if i.image.startswith(folder + "/")]
+            else:
+                if folder not in loaded:
+                    extra = workspace.dataset_folder(folder)
+                    loaded[folder] = load_items(extra, config.data.resolutions, config.data.flip, root=str(extra))
+                pool = loaded[folder]
+            if not pool:
+                raise UserError(f"{label} draws from {folder or dataset.name}, which has no training images.")
+            pools.append(pool)
+            labels.append(folder or ".")
+        plans.append(StagePlan(stage.start, label, labels, pools, stage.fractions()))
+    return Curriculum(plans, config.schedule.seed, config.schedule.gradient_accumulation, config.schedule.batch_size)
 
 
 def _text_encoder(family, cache: TensorCache):

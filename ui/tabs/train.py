@@ -156,8 +156,10 @@ def watch(context: StudioContext, name: str, log_scale: bool):
         loss["loss"] = np.log10(loss["loss"].clip(lower=1e-12))
     lr = pd.DataFrame({"step": view.steps, "lr": view.lr}) if view.steps else None
     eta = f", about {duration(view.eta_seconds)} left" if view.eta_seconds else ""
-    status = (f"**{info.status}** — step {info.step} of {info.steps}, {view.steps_per_second:.2f} steps/s, "
-              f"{duration(view.elapsed_seconds)} elapsed{eta}.")
+    memory = f", GPU memory {view.gpu_memory / 2**30:.1f} GB peak" if view.gpu_memory else ""
+    stage = f", {view.stage}" if view.stage else ""
+    status = (f"**{info.status}** — step {info.step} of {info.steps}{stage}, {view.steps_per_second:.2f} steps/s, "
+              f"{duration(view.elapsed_seconds)} elapsed{eta}{memory}.")
     if view.message and info.status in ("error", "stopped", "killed"):
         status += f"  \n{view.message}"
     if info.status in ("error", "killed"):

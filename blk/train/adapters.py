@@ -1,0 +1,123 @@
+"""The adapters of a run: frozen base LoRAs under it, the trainable one, and where it starts from.
+
+- Base LoRAs (`model.base_loras`, e.g. LayerDiffuse's layer LoRA for BLK-Stencil) are loaded
+  as named peft adapters that stay active and frozen: never fused, so int8 weights are safe
+  (STACK.md: fusing into quanto weights drops the LoRA). The trainable adapter is "default".
+- `adapter.init_from` starts the trainable adapter from a LoRA file instead of random weights:
+  diffusers/peft names (ours, ai-toolkit's) or kohya's (`lora_unet_…`, `.lora_down/.lora_up/.alpha`),
+  converted by diffusers' own `lora_state_dict`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from blk.errors import UserError
+
+TRAINABLE = "default"
+STARTING = "starting_point"  # a LoRA file loaded for a moment, to copy into the trainable adapter
+
+
+def _pipeline_class(family):
+    return type(family.pipe)
+
+
+def _prefix(family) -> str:
+    return "transformer" if family.name == "flux" else "unet"
+
+
+def read_lora(family, path: Path) -> tuple[dict, dict | None]:
+    """A LoRA file as diffusers-named tensors (kohya / Forge names converted) and its network alphas, if any."""
+    from safetensors.torch import load_file
+
+    from blk.stencil.layerdiffuse import convert_forge_lora
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"LoRA file {path} does not exist.")
+    try:
+        raw = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001  (any failure here: not a safetensors LoRA)
+        raise UserError(f"{path.name} is not a readable .safetensors LoRA ({str(exc).splitlines()[0][:120]}).") from None
+    if any("::lora::" in key for key in raw):
+        raw = convert_forge_lora(raw)
+    cls = _pipeline_class(family)
+    try:
+        if family.name == "flux":
+            state, alphas = cls.lora_state_dict(raw, return_alphas=True)
+        else:
+            state, alphas = cls.lora_state_dict(raw)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"{path.name} is not a LoRA for {family.name}: {str(exc).splitlines()[0][:160]}") from None
+    return state, alphas
+
+
+def add_base_loras(family, paths: list[Path]) -> list[str]:
+    """Load each file as a frozen, always-active adapter; returns their adapter names."""
+    names = []
+    for index, path in enumerate(paths):
+        state, alphas = read_lora(family, path)
+        name = f"base_{index}"
+        family.denoiser.load_lora_adapter(state, prefix=_prefix(family), network_alphas=alphas, adapter_name=name)
+        if name not in getattr(family.denoiser, "peft_config", {}):
+            raise UserError(f"{Path(path).name} is not a LoRA for {family.name}: none of its weights fit this model.")
+        names.append(name)
+    return names
+
+
+def freeze_all_but_trainable(denoiser) -> None:
+    """peft makes every active adapter trainable; base LoRAs stay frozen."""
+    for name, parameter in denoiser.named_parameters():
+        if parameter.requires_grad and f".{TRAINABLE}." not in name and not name.endswith(f".{TRAINABLE}"):
+            parameter.requires_grad_(False)
+
+
+def init_trainable_from(family, path: Path) -> int:
+    """Start the trainable adapter from a LoRA file; returns how many modules were set.
+
+    diffusers loads the file as a temporary adapter (any of the names it converts, each
+    module's alpha included); its weights are then copied into the trainable adapter,
+    with lora_B rescaled so that B·A·scale is the file's own update exactly.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    denoiser, name = family.denoiser, Path(path).name
+    state, alphas = read_lora(family, path)
+    if not any(k.startswith(_prefix(family) + ".") for k in state):
+        raise UserError(f"{name} has no weights for the {_prefix(family)}; it cannot start this adapter.")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        denoiser.load_lora_adapter(state, prefix=_prefix(family), network_alphas=alphas, adapter_name=STARTING)
+    try:
+        if STARTING not in getattr(denoiser, "peft_config", {}):
+            raise UserError(f"{name} is not a LoRA for {family.name}: none of its weights fit this model.")
+        copied, skipped = 0, []
+        with torch.no_grad():
+            for module_name, module in denoiser.named_modules():
+                if not isinstance(module, LoraLayer) or STARTING not in module.lora_A:
+                    continue
+                if TRAINABLE not in module.lora_A:
+                    skipped.append(module_name)
+                    continue
+                source_a, source_b = module.lora_A[STARTING].weight, module.lora_B[STARTING].weight
+                target_a, target_b = module.lora_A[TRAINABLE].weight, module.lora_B[TRAINABLE].weight
+                if source_a.shape != target_a.shape:
+                    raise UserError(f"{name} has rank {source_a.shape[0]} but this adapter has rank {target_a.shape[0]}; "
+                                    f"set the rank to {source_a.shape[0]} to start from it.")
+                ratio = module.scaling[STARTING] / module.scaling[TRAINABLE]
+                target_a.copy_(source_a)
+                target_b.copy_(source_b * ratio)
+                copied += 1
+        if skipped:
+            raise UserError(f"{name} also trains modules this adapter does not (e.g. {skipped[0]}); "
+                            f"add them to adapter.target_modules to start from it.")
+        if not copied:
+            raise UserError(f"{name} has no weights for the modules this adapter trains.")
+        return copied
+    finally:
+        if STARTING in getattr(denoiser, "peft_config", {}):
+            with warnings.catch_warnings():  # "…was active which is now deleted": the trainable one is set next
+                warnings.filterwarnings("ignore", message="Adapter starting_point was active")
+                denoiser.delete_adapters(STARTING)

@@ -1,0 +1,338 @@
+"""Curriculum stages and the alpha loss mask, through the real runner on the tiny models."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from blk.errors import UserError
+from blk.train.config import TrainConfig, load_config
+from blk.train.runner import EventLog, run
+
+
+def noise_images(folder, names, seed, rgba=False, size=(64, 64)):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in names:
+        array = rng.integers(0, 255, (size[1], size[0], 4 if rgba else 3), dtype=np.uint8)
+        if rgba:
+            array[:, :, 3] = 255
+            array[:, : size[0] // 2, 3] = 0  # the left half is transparent
+        Image.fromarray(array).save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text(f"blkstyle, {name}")
+    return folder
+
+
+def tiny(dataset, steps, **data) -> TrainConfig:
+    return TrainConfig.model_validate({
+        "name": "data", "model": {"name": "tiny-flux"},
+        "data": {"dataset": str(dataset), "resolutions": [64], **data},
+        "adapter": {"rank": 4, "alpha": 4}, "optimizer": {"name": "adamw", "lr": 2e-3},
+        "schedule": {"steps": steps, "seed": 5}, "checkpoints": {"every": 2, "keep": 8}})
+
+
+# curriculum stages ----------------------------------------------------------------------------------
+
+def test_stage_mistakes_are_one_sentence():
+    def error(stages):
+        with pytest.raises(UserError) as caught:
+            from blk.yaml_io import first_error
+            from pydantic import ValidationError
+
+            try:
+                TrainConfig.model_validate({"data": {"stages": stages}})
+            except ValidationError as exc:
+                raise UserError(first_error(exc)) from None
+        message = str(caught.value)
+        assert message.count(". ") == 0 and message.endswith("."), message
+        return message
+
+    assert "first stage must start at step 0" in error([{"start": 10}])
+    assert "in order" in error([{"start": 0}, {"start": 50}, {"start": 50}])
+    assert "in order" in error([{"start": 0}, {"start": 60}, {"start": 50}])
+    assert "add up to 0.9" in error([{"start": 0, "sources": [{"folder": "a", "fraction": 0.5},
+                                                              {"folder": "b", "fraction": 0.4}]}])
+    assert "leaving nothing" in error([{"start": 0, "sources": [{"folder": "a", "fraction": 1.0}, {"folder": "b"}]}])
+    assert "same folder twice" in error([{"start": 0, "sources": [{"folder": "a"}, {"folder": "a"}]}])
+    ok = TrainConfig.model_validate({"data": {"stages": [
+        {"start": 0, "sources": [{"folder": "singles"}]},
+        {"start": 100, "sources": [{"folder": "singles"}, {"folder": "pairs", "fraction": 0.4}]}]}})
+    assert ok.data.stages[1].fractions() == pytest.approx([0.6, 0.4])
+
+
+def test_sampler_gives_exact_fractions_and_resumes_anywhere():
+    from blk.train.data import Curriculum, Item, StagePlan
+
+    def items(prefix, n):
+        return [Item(f"{prefix}/{i}.png", f"{prefix}{i}", "c", 64, 64) for i in range(n)]
+
+    singles, pairs, triples = items("singles", 5), items("pairs", 3), items("triples", 2)
+    plans = [StagePlan(0, "a", ["singles"], [singles], [1.0]),
+             StagePlan(20, "b", ["singles", "pairs"], [singles, pairs], [0.6, 0.4]),
+             StagePlan(70, "c", ["singles", "pairs", "triples"], [singles, pairs, triples], [0.4, 0.4, 0.2])]
+    whole = Curriculum(plans, seed=1, accumulation=1, batch_size=1)
+    drawn = [whole.batch(step, 0)[0].image.split("/")[0] for step in range(120)]
+    assert set(drawn[:20]) == {"singles"}
+    assert drawn[20:70].count("pairs") == 20 and drawn[20:70].count("singles") == 30
+    assert (drawn[70:120].count("singles"), drawn[70:120].count("pairs"), drawn[70:120].count("triples")) == (20, 20, 10)
+    first_epoch = [whole.batch(step, 0)[0].image for step in range(5)]
+    assert sorted(first_epoch) == sorted(i.image for i in singles)  # each source walks its own epochs
+    resumed = Curriculum(plans, seed=1, accumulation=1, batch_size=1)  # a fresh process at step 83
+    assert [resumed.batch(step, 0)[0] for step in range(83, 120)] == [whole.batch(step, 0)[0] for step in range(83, 120)]
+
+
+@pytest.fixture(scope="module")
+def staged_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("staged")
+    noise_images(root / "ds" / "singles", ["cube", "cloud", "star"], seed=1)
+    noise_images(root / "ds" / "pairs", ["two-cubes", "cube-and-cloud"], seed=2)
+    noise_images(root / "extras", ["grain"], seed=3)
+    return root
+
+
+def staged_config(root, steps):
+    config = tiny(root / "ds", steps, stages=[
+        {"start": 0, "name": "singles", "sources": [{"folder": "singles"}]},
+        {"start": 2, "name": "+ pairs", "sources": [{"folder": "singles"}, {"folder": "pairs", "fraction": 0.5}]},
+        {"start": 4, "name": "+ extras", "sources": [{"folder": "singles", "fraction": 0.25}, {"folder": "pairs"},
+                                                      {"folder": str(root / "extras"), "fraction": 0.5}]}])
+    return config
+
+
+def test_runner_follows_the_stages_and_resume_lands_in_the_right_one(staged_dataset, shared_workspace, tmp_path):
+    from safetensors.torch import load_file
+
+    whole = run(staged_config(staged_dataset, 6), shared_workspace, tmp_path / "whole")
+    events = EventLog(tmp_path / "whole" / "events.jsonl").read()
+    stages = [(e["step"], e["stage"], e["name"]) for e in events if e["kind"] == "stage"]
+    assert stages == [(0, 1, "singles"), (2, 2, "+ pairs"), (4, 3, "+ extras")]
+    used = {e["step"]: e["images"][0].split("/")[0] for e in events if e["kind"] == "loss"}
+    assert used[1] == used[2] == "singles"
+    assert sorted([used[3], used[4]]) == ["pairs", "singles"]  # half and half
+    assert "grain.png" in [used[5], used[6]]  # the extra folder's image, half of stage 3
+    assert [e for e in events if e["kind"] == "status"][0]["images"] == 6
+
+    halted = run(staged_config(staged_dataset, 6), shared_workspace, tmp_path / "halted", stop_after=3)
+    assert halted.step == 3
+    resumed = run(staged_config(staged_dataset, 6), shared_workspace, tmp_path / "halted", resume=True)
+    again = EventLog(tmp_path / "halted" / "events.jsonl").read()
+    assert [(e["step"], e["stage"]) for e in again if e["kind"] == "stage"] == [(0, 1), (2, 2), (3, 2), (4, 3)]
+    a, b = load_file(str(whole.last_checkpoint)), load_file(str(resumed.last_checkpoint))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same draws after the resume as without it
+
+    missing = staged_config(staged_dataset, 6)
+    missing.data.stages[1].sources[1].folder = "triples"
+    with pytest.raises(UserError, match="is not a folder"):
+        run(missing, shared_workspace, tmp_path / "missing")
+    (staged_dataset / "ds" / "empty").mkdir(exist_ok=True)
+    missing.data.stages[1].sources[1].folder = "empty"
+    with pytest.raises(UserError, match=r"\+ pairs draws from empty, which has no training images"):
+        run(missing, shared_workspace, tmp_path / "missing")
+
+
+# alpha mask -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rgba_dataset(tmp_path_factory):
+    return noise_images(tmp_path_factory.mktemp("rgba") / "ds", ["a", "b"], seed=4, rgba=True)
+
+
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-sdxl"])
+def test_masked_loss_counts_only_opaque_latents(model, shared_workspace):
+    """Value test of the weighting on real predictions: the masked loss is the plain mean over the opaque half."""
+    from blk.models.device import MemoryOptions
+    from blk.models.pipelines import load_pipeline
+    from blk.models.registry import resolve
+    from blk.train.families import FluxFamily, SDXLFamily, token_grid
+
+    resolved = resolve(model, shared_workspace)
+    pipe = load_pipeline(resolved, "text2img", "cpu", MemoryOptions())
+    family = FluxFamily(pipe) if resolved.family == "flux" else SDXLFamily(pipe)
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        params = family.encode_image(pixels)
+        text = {k: v[None] for k, v in family.encode_text("blkstyle, a cube").items()}
+        mask = torch.ones(1, 1, 8, 8)
+        mask[..., :4] = 0
+        prediction, target = family.prediction_and_target(params, text, torch.Generator().manual_seed(7))
+        expected = ((prediction - target) ** 2)[..., 4:].mean()
+        masked = family.loss(params, text, torch.Generator().manual_seed(7), mask)
+        plain = family.loss(params, text, torch.Generator().manual_seed(7))
+        ones = family.loss(params, text, torch.Generator().manual_seed(7), torch.ones(1, 1, 8, 8))
+    assert masked.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert ones.item() == pytest.approx(plain.item(), rel=1e-5)
+    assert abs(masked.item() - plain.item()) > 1e-4
+    one_column = torch.ones(1, 1, 8, 8)
+    one_column[..., 0] = 0  # Flux weighs whole 2×2 tokens: half the first token column is transparent
+    assert token_grid(one_column)[0, 0, 0].tolist() == [0.5, 0.5, 1, 1, 1, 1, 1, 1]
+
+
+def test_alpha_mask_is_cached_on_the_latent_grid_and_changes_the_loss(rgba_dataset, shared_workspace, tmp_path):
+    from blk.models.registry import resolve
+    from blk.train.cache import TensorCache, model_key
+    from blk.train.data import load_items
+
+    plain = run(tiny(rgba_dataset, 2, flip=True), shared_workspace, tmp_path / "plain")
+    masked = run(tiny(rgba_dataset, 2, flip=True, alpha_mask=True), shared_workspace, tmp_path / "masked")
+    assert plain.latent_encodes > 0 and masked.latent_encodes > 0  # the mask is part of the cache key
+    again = run(tiny(rgba_dataset, 2, flip=True, alpha_mask=True), shared_workspace, tmp_path / "again")
+    assert again.latent_encodes == 0
+
+    def losses(name):
+        return [e["loss"] for e in EventLog(tmp_path / name / "events.jsonl").read() if e["kind"] == "loss"]
+
+    assert losses("masked") != losses("plain")  # same seeds, draws and images: only the weighting differs
+    assert losses("masked") == losses("again")
+
+    from blk.models.device import MemoryOptions
+    from blk.models.pipelines import load_pipeline
+    from blk.train.families import FluxFamily
+    from blk.train.runner import _latent
+
+    model = resolve("tiny-flux", shared_workspace)
+    family = FluxFamily(load_pipeline(model, "text2img", "cpu", MemoryOptions()))
+    cache = TensorCache(rgba_dataset / ".blk" / "cache" / model_key(model.path) / "latents")
+    for item in load_items(rgba_dataset, [64], True):
+        entry = _latent(family, cache, rgba_dataset, item, model.path, alpha_mask=True)
+        mask = entry["mask"][0, 0]
+        assert tuple(mask.shape) == (8, 8) == tuple(entry["params"].shape[-2:])
+        opaque = mask[:, 4:] if not item.flip else mask[:, :4]
+        clear = mask[:, :4] if not item.flip else mask[:, 4:]
+        assert torch.all(opaque == 1) and torch.all(clear == 0)
+
+
+# the Stencil preset: curriculum + alpha mask + the frozen LayerDiffuse layer LoRA -----------------------
+
+def test_stencil_preset_trains_on_top_of_the_frozen_layer_lora(tmp_path, shared_workspace):
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from blk.models.registry import resolve
+    from blk.stencil.layerdiffuse import find_weights
+
+    dataset = tmp_path / "assets"
+    noise_images(dataset / "singles", ["cube", "cloud"], seed=6, rgba=True)
+    noise_images(dataset / "pairs", ["two-cubes"], seed=7, rgba=True)
+    noise_images(dataset / "triples", ["three-cubes"], seed=8, rgba=True)
+
+    def config(base_loras):
+        c = load_config(Path("presets/stencil-flux-layerdiffuse.yaml"))
+        c.model.name, c.model.int8_base, c.model.base_loras = "tiny-flux", False, base_loras
+        c.data.dataset, c.data.resolutions = str(dataset), [64]
+        for stage, start in zip(c.data.stages, (0, 2, 3)):
+            stage.start = start
+        c.schedule.steps, c.sampling.every, c.checkpoints.every = 4, 0, 4
+        return c
+
+    layered = run(config(["layerdiffuse"]), shared_workspace, tmp_path / "layered")
+    plain = run(config([]), shared_workspace, tmp_path / "plain")
+    events = EventLog(tmp_path / "layered" / "events.jsonl").read()
+    assert [e["name"] for e in events if e["kind"] == "stage"] == ["singles", "+ pairs", "+ triples"]
+    a, b = load_file(str(layered.last_checkpoint)), load_file(str(plain.last_checkpoint))
+    assert a.keys() == b.keys() and all("base_" not in k for k in a)  # only the style LoRA is saved
+    loss = {name: [e["loss"] for e in EventLog(tmp_path / name / "events.jsonl").read() if e["kind"] == "loss"]
+            for name in ("layered", "plain")}
+    assert loss["layered"][0] != loss["plain"][0]  # the layer LoRA is active under the trainable adapter
+    trained = {name: torch.load(tmp_path / name / "state" / "optimizer.pt", weights_only=True)["param_groups"][0]["params"]
+               for name in ("layered", "plain")}
+    assert len(trained["layered"]) == len(trained["plain"]) > 0  # the layer LoRA stays frozen
+
+    layer = load_file(str(find_weights(shared_workspace, resolve("tiny-flux", shared_workspace)).lora))
+    assert layer  # untouched on disk; and the same file given by path works the same way
+    run(config([str(find_weights(shared_workspace, resolve("tiny-flux", shared_workspace)).lora)]),
+        shared_workspace, tmp_path / "by-path")
+    assert [e["loss"] for e in EventLog(tmp_path / "by-path" / "events.jsonl").read() if e["kind"] == "loss"] == \
+        loss["layered"]
+    bad = config([str(tmp_path / "nowhere.safetensors")])
+    with pytest.raises(UserError, match="does not exist"):
+        run(bad, shared_workspace, tmp_path / "bad")
+
+
+# a LoRA from elsewhere as the starting point ------------------------------------------------------------
+
+def kohya_file(shared_workspace, path, rank=4, alpha=2.0):
+    """A kohya-format SDXL LoRA (lora_unet_…, .lora_down/.lora_up/.alpha) built from a peft state dict of the tiny UNet."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from blk.models.device import MemoryOptions
+    from blk.models.pipelines import load_pipeline
+    from blk.models.registry import resolve
+
+    pipe = load_pipeline(resolve("tiny-sdxl", shared_workspace), "text2img", "cpu", MemoryOptions())
+    torch.manual_seed(11)
+    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    peft_state = get_peft_model_state_dict(pipe.unet)
+    kohya = {}
+    for key, value in peft_state.items():
+        module, part = key.rsplit(".lora_", 1)
+        stem = "lora_unet_" + module.replace(".", "_")
+        kohya[f"{stem}.lora_{'down' if part.startswith('A') else 'up'}.weight"] = value.contiguous()
+        kohya[f"{stem}.alpha"] = torch.tensor(alpha)
+    save_file(kohya, str(path))
+    return peft_state
+
+
+def test_training_starts_from_a_kohya_lora(tmp_path, shared_workspace):
+    from safetensors.torch import load_file
+
+    dataset = noise_images(tmp_path / "ds", ["a", "b"], seed=9)
+    expected = kohya_file(shared_workspace, tmp_path / "kohya.safetensors", rank=4, alpha=2.0)
+    config = tiny(dataset, 1)
+    config.model.name, config.optimizer.lr = "tiny-sdxl", 1e-12  # one step that moves nothing measurable
+    config.adapter.init_from = str(tmp_path / "kohya.safetensors")
+    run(config, shared_workspace, tmp_path / "run")
+    started = load_file(str(tmp_path / "run" / "state" / "adapter.safetensors"))
+    assert started.keys() == expected.keys()
+    for key, value in expected.items():
+        want = value if ".lora_A." in key else value * (2.0 / 4) / (4 / 4)  # kohya's alpha/rank folded into B
+        assert torch.allclose(started[key], want, atol=1e-6), key
+
+    config.adapter.rank = 8
+    with pytest.raises(UserError, match="has rank 4 but this adapter has rank 8; set the rank to 4"):
+        run(config, shared_workspace, tmp_path / "rank")
+    config.adapter.rank, config.model.name = 4, "tiny-flux"
+    with pytest.raises(UserError, match="kohya.safetensors"):
+        run(config, shared_workspace, tmp_path / "family")
+
+
+def test_training_starts_from_a_diffusers_lora(trained_run, tmp_path, shared_workspace):
+    """Our own checkpoints (and ai-toolkit's, which use the same diffusers names) continue where they ended."""
+    from safetensors.torch import load_file
+
+    checkpoint = trained_run / "checkpoints" / "step-000012.safetensors"
+    dataset = noise_images(tmp_path / "ds", ["a", "b"], seed=9)
+    config = tiny(dataset, 1)
+    config.optimizer.lr, config.adapter.init_from = 1e-12, str(checkpoint)
+    run(config, shared_workspace, tmp_path / "run")
+    started = load_file(str(tmp_path / "run" / "state" / "adapter.safetensors"))
+    published = {k.removeprefix("transformer."): v for k, v in load_file(str(checkpoint)).items()}
+    assert started.keys() == published.keys()
+    assert all(torch.allclose(started[k], published[k], atol=1e-6) for k in published)
+
+
+def test_out_of_memory_names_what_to_try():
+    from blk.train.runner import out_of_memory_sentence
+
+    heavy = TrainConfig.model_validate({"data": {"resolutions": [512, 1024]}, "schedule": {"batch_size": 2}})
+    sentence = out_of_memory_sentence(heavy, 41)
+    assert sentence.startswith("Out of memory at step 42: try an int8 base")
+    assert all(tip in sentence for tip in ("gradient checkpointing", "smaller bucket sizes", "batch size 1"))
+    lean = TrainConfig.model_validate({"model": {"int8_base": True, "gradient_checkpointing": True},
+                                       "data": {"resolutions": [512]}})
+    assert "try a lower rank;" in out_of_memory_sentence(lean, 0)
+
+
+def test_monitor_shows_stage_and_gpu_memory(tmp_path):
+    from blk.train.monitor import view_run
+
+    log = EventLog(tmp_path / "events.jsonl")
+    log.write("stage", 0, stage=1, name="singles", sources={"singles": 1.0})
+    log.write("loss", 1, loss=0.5, lr=1e-4, gpu_memory=3 * 2**30)
+    log.write("stage", 1, stage=2, name="+ pairs", sources={"singles": 0.6, "pairs": 0.4})
+    log.write("loss", 2, loss=0.4, lr=1e-4, gpu_memory=5 * 2**30)
+    view = view_run(tmp_path, 10)
+    assert view.stage == "stage 2 (+ pairs)" and view.gpu_memory == 5 * 2**30
