@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     from blk.stencil.cli import add_commands as add_stencil_commands
 
     add_generate_commands(commands)  # sketch, review
+    from blk.upscale.cli import add_commands as add_upscale_commands
+    add_upscale_commands(commands)
     add_stencil_commands(commands)  # stencil generate | alpha | compose
     return parser
 

@@ -1,0 +1,281 @@
+"""A disk-backed canvas for results that need not fit in RAM, and the atomic writers.
+
+The canvas is a raw uint16 RGB(A) file next to the output, named with
+`blk.atomic.TEMP_PREFIX` so that cleanup recognises it. Space is reserved up
+front (`posix_fallocate`): a full disk fails at once, not hours later. Tiles
+are added with plain `pread`/`pwrite` (no memory map), so the process's memory
+stays at a tile or a band whatever the size of the image; the page cache
+belongs to the system. Partial sums of blended tiles are stored in 16 bits;
+the rounding (≤ 2 steps of 1/65535 with four tiles meeting) is far below what
+an 8-bit or 16-bit output can show.
+
+Writers: a tiled BigTIFF with tifffile from a generator of tiles (deflate +
+horizontal predictor, 8 or 16 bits, straight alpha marked `unassalpha`, ICC,
+DPI, parameters as JSON in ImageDescription), or a PNG where the size allows
+(8-bit, ≤ `MAX_PIXELS`) with `blk.generate.metadata.png_bytes`. Both write a
+temporary sibling and rename it over the target; every temporary is removed
+on any error, a full disk included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from blk import atomic
+from blk.data.images import MAX_PIXELS
+from blk.errors import UserError
+
+PNG_SIDE_LIMIT = 1_000_000  # libpng refuses to read wider or taller PNGs by default
+TIFF_TILE = 256
+
+
+def temp_path(next_to: Path, suffix: str) -> Path:
+    """A fresh temporary name in the output's folder (not created)."""
+    return next_to.parent / f"{atomic.TEMP_PREFIX}{secrets.token_hex(6)}{suffix}"
+
+
+class Canvas:
+    """height × width × channels uint16 on disk, row-major."""
+
+    def __init__(self, path: Path, width: int, height: int, channels: int, *, create: bool = True):
+        self.path, self.width, self.height, self.channels = Path(path), width, height, channels
+        self.row_bytes = width * channels * 2
+        size = self.row_bytes * height
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                _reserve(self.fd, size, self.path)
+            except BaseException:
+                self.remove()
+                raise
+        else:
+            self.fd = os.open(self.path, os.O_RDWR)
+            if os.fstat(self.fd).st_size != size:
+                self.close()
+                raise RuntimeError(f"{self.path} does not hold a {width}×{height}×{channels} canvas")
+
+    @property
+    def nbytes(self) -> int:
+        return self.row_bytes * self.height
+
+    # -- raw access -------------------------------------------------------------------------
+    def read_raw(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        out = np.empty((h, w, self.channels), dtype=np.uint16)
+        if x == 0 and w == self.width:
+            _pread_into(self.fd, out, y * self.row_bytes)
+        else:
+            for i in range(h):
+                _pread_into(self.fd, out[i], (y + i) * self.row_bytes + x * self.channels * 2)
+        return out
+
+    def write_raw(self, x: int, y: int, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, dtype=np.uint16)
+        h, w = values.shape[:2]
+        if x == 0 and w == self.width:
+            _pwrite(self.fd, values, y * self.row_bytes)
+        else:
+            for i in range(h):
+                _pwrite(self.fd, values[i], (y + i) * self.row_bytes + x * self.channels * 2)
+
+    # -- a Source (for a next pass) ---------------------------------------------------------
+    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        return self.read_raw(x, y, w, h).astype(np.float32) / 65535.0
+
+    # -- a Sink (for the tiler) -------------------------------------------------------------
+    def accumulate(self, x: int, y: int, values: np.ndarray) -> None:
+        h, w = values.shape[:2]
+        total = self.read(x, y, w, h) + values
+        self.write_raw(x, y, np.clip(np.rint(total * 65535.0), 0, 65535).astype(np.uint16))
+
+    def snapshot(self, y0: int, y1: int):
+        return y0, self.read_raw(0, y0, self.width, max(0, y1 - y0))
+
+    def restore(self, snapshot) -> None:
+        y0, rows = snapshot
+        if len(rows):
+            self.write_raw(0, y0, rows)
+
+    def clear(self, y0: int, y1: int) -> None:
+        y1 = min(y1, self.height)
+        for start in range(y0, y1, 256):
+            n = min(256, y1 - start)
+            self.write_raw(0, start, np.zeros((n, self.width, self.channels), dtype=np.uint16))
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def close(self) -> None:
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def remove(self) -> None:
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _reserve(fd: int, size: int, path: Path) -> None:
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(path, size) from None
+        if exc.errno == errno.EFBIG:
+            raise UserError(f"The file system holding {path.parent} cannot hold a {size / 2**30:.1f} GB file "
+                            "(FAT32 stops at 4 GB); save the result on another disk.") from None
+        os.ftruncate(fd, size)  # the filesystem cannot reserve: sparse file, errors come at write time
+
+
+def _pread_into(fd: int, array: np.ndarray, offset: int) -> None:
+    if not array.size:
+        return
+    view = memoryview(array).cast("B")
+    got = os.preadv(fd, [view], offset)
+    if got != view.nbytes:
+        raise OSError(errno.EIO, f"short read from the canvas ({got} of {view.nbytes} bytes)")
+
+
+def _pwrite(fd: int, array: np.ndarray, offset: int) -> None:
+    if not array.size:
+        return
+    view = memoryview(np.ascontiguousarray(array)).cast("B")
+    while view.nbytes:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def disk_full(path: Path, needed: int | None = None) -> UserError:
+    amount = (f"{needed / 2**30:.1f} GB" if needed >= 2**30 else f"{max(1, round(needed / 2**20))} MB") if needed else ""
+    need = f" (this step needs about {amount})" if needed else ""
+    return UserError(f"The disk holding {Path(path).parent} is full{need}; free some space and try again.")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "no space left on device" in str(exc).lower() or "disk quota exceeded" in str(exc).lower()
+
+
+# -- writers --------------------------------------------------------------------------------
+
+def output_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        return "tiff"
+    if suffix == ".png":
+        return "png"
+    raise UserError(f"Save the result as .tif (tiled BigTIFF, any size, 8 or 16 bits) or .png; "
+                    f"{path.name} has neither extension.")
+
+
+def check_png(width: int, height: int, bits: int) -> None:
+    """Refuse before any work when a PNG cannot hold the result."""
+    if bits == 16:
+        raise UserError("16-bit results are written as TIFF; save as .tif or leave out --16bit.")
+    if width * height > MAX_PIXELS or max(width, height) > PNG_SIDE_LIMIT:
+        raise UserError(f"A {width}×{height} result is too large for PNG; save it as .tif (tiled BigTIFF).")
+
+
+def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi: float | None,
+               description: str, software: str, cancel: threading.Event | None = None) -> Path:
+    """Tiled BigTIFF, deflate + horizontal predictor, written from canvas bands; atomic."""
+    import tifffile
+
+    from blk.upscale.tiler import Cancelled
+
+    dtype = np.uint16 if bits == 16 else np.uint8
+    side = TIFF_TILE
+
+    def tiles():
+        for y in range(0, canvas.height, side):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            h = min(side, canvas.height - y)
+            band = canvas.read_raw(0, y, canvas.width, h)
+            if bits == 8:
+                band = ((band.astype(np.uint32) + 128) // 257).astype(np.uint8)
+            for x in range(0, canvas.width, side):
+                tile = np.zeros((side, side, canvas.channels), dtype=dtype)
+                part = band[:, x:x + side]
+                tile[:part.shape[0], :part.shape[1]] = part
+                yield tile
+
+    extra = {"extrasamples": ["unassalpha"]} if canvas.channels == 4 else {}
+    if dpi:
+        extra |= {"resolution": (float(dpi), float(dpi)), "resolutionunit": "INCH"}
+    if icc:
+        extra["iccprofile"] = icc
+    tmp = temp_path(path, path.suffix)
+    try:
+        tifffile.imwrite(tmp, tiles(), shape=(canvas.height, canvas.width, canvas.channels), dtype=dtype,
+                         tile=(side, side), bigtiff=True, photometric="rgb", planarconfig="contig",
+                         compression="zlib", predictor=True, description=description, metadata=None,
+                         software=software, **extra)
+        _commit(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if is_disk_full(exc):
+            raise disk_full(path) from None
+        raise
+    return path
+
+
+def write_png(canvas: Canvas, path: Path, *, icc: bytes | None, dpi: float | None, parameters: dict) -> Path:
+    """8-bit PNG with parameters and disclosure (`png_bytes`), ICC and pHYs; atomic."""
+    from PIL import Image
+
+    from blk.generate.metadata import png_bytes
+
+    check_png(canvas.width, canvas.height, 8)
+    pixels = np.empty((canvas.height, canvas.width, canvas.channels), dtype=np.uint8)
+    for y in range(0, canvas.height, TIFF_TILE):  # band by band: no 32-bit copy of the whole image
+        band = canvas.read_raw(0, y, canvas.width, min(TIFF_TILE, canvas.height - y))
+        pixels[y:y + len(band)] = (band.astype(np.uint32) + 128) // 257
+    image = Image.fromarray(pixels, "RGBA" if canvas.channels == 4 else "RGB")
+    del pixels
+    if icc:
+        image.info["icc_profile"] = icc  # Pillow's PNG writer embeds it from info (iCCP)
+    data = png_bytes(image, parameters)
+    if dpi:
+        data = _with_phys(data, dpi)
+    try:
+        atomic.write_bytes(path, data)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path) from None
+        raise
+    return path
+
+
+def _with_phys(png: bytes, dpi: float) -> bytes:
+    """Insert a pHYs chunk (pixels per metre) right after IHDR; png_bytes does not take a DPI."""
+    ppm = int(round(dpi / 0.0254))
+    body = b"pHYs" + struct.pack(">IIB", ppm, ppm, 1)
+    chunk = struct.pack(">I", 9) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
+    return png[:ihdr_end] + chunk + png[ihdr_end:]
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if os.name == "posix":
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

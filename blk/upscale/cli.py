@@ -1,0 +1,77 @@
+"""`python -m blk upscale …` (registered by `blk.cli`).
+
+    python -m blk upscale INPUT --path esrgan --model FILE (--scale 4 | --size WxH)
+                          [--tile N] [--overlap N] [--batch N] [--16bit] [--dpi N] [--icc FILE]
+                          [--alpha model|lanczos] [--device D] [--precision auto|fp32|fp16|bf16] [--out OUT.tif|OUT.png]
+
+Tile and overlap are in input pixels; the tile comes from free memory when not given.
+Without --out the result goes to workspace/outputs/upscale/NAME-xSCALE.tif.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from blk.errors import UserError
+
+
+def add_commands(commands) -> None:
+    upscale = commands.add_parser("upscale", help="make an image larger (Real-ESRGAN and other spandrel models)")
+    upscale.add_argument("input", help="the image to upscale (PNG, JPEG, WebP, TIFF; any size)")
+    upscale.add_argument("--path", choices=["esrgan"], default="esrgan", help="upscaling path (default esrgan)")
+    upscale.add_argument("--model", required=True, help="model file: .pth, .safetensors, .ckpt or .pt")
+    size = upscale.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=float, default=None, help="overall scale, e.g. 4 or 3 (default 4)")
+    size.add_argument("--size", default=None, help="exact result size WxH, e.g. 8000x6000")
+    upscale.add_argument("--tile", type=int, default=None, help="tile side in input px (default: from free memory)")
+    upscale.add_argument("--overlap", type=int, default=32, help="tile overlap in input px (default 32)")
+    upscale.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
+    upscale.add_argument("--16bit", dest="keep_16bit", action="store_true",
+                         help="keep 16 bits per channel when the input has them (TIFF only)")
+    upscale.add_argument("--dpi", type=float, default=None, help="resolution to record (default: the input's)")
+    upscale.add_argument("--icc", default=None, help="ICC profile file to embed (default: the input's)")
+    upscale.add_argument("--alpha", choices=["model", "lanczos"], default="model",
+                         help="how transparency is upscaled (default: through the model)")
+    upscale.add_argument("--device", default="auto")
+    upscale.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    upscale.add_argument("--out", default=None, help="OUT.tif (tiled BigTIFF) or OUT.png")
+    upscale.set_defaults(run=cmd_upscale)
+
+
+def _size(text: str) -> tuple[int, int]:
+    from blk.generate.sizes import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise UserError(str(exc) + ".") from None
+
+
+def cmd_upscale(args, workspace) -> int:
+    from blk.upscale.esrgan import EsrganJob, run
+
+    size = _size(args.size) if args.size else None
+    scale = None if size else (args.scale if args.scale is not None else 4.0)
+    if args.out:
+        out = Path(args.out)
+    else:
+        label = f"{size[0]}x{size[1]}" if size else f"x{scale:g}"
+        out = workspace.outputs("upscale") / f"{Path(args.input).stem}-{label}.tif"
+    job = EsrganJob(input=Path(args.input), output=out, model=Path(args.model), scale=scale, size=size,
+                    tile=args.tile, overlap=args.overlap, batch=args.batch, keep_16bit=args.keep_16bit,
+                    dpi=args.dpi, icc=Path(args.icc) if args.icc else None, alpha=args.alpha,
+                    device=args.device, precision=args.precision)
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        elapsed = time.monotonic() - started
+        eta = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
+        print(f"\rtile {done}/{total}{eta}   ", end="", file=sys.stderr, flush=True)
+
+    result = run(job, progress=progress)
+    print(file=sys.stderr)
+    print(f"{result.width}×{result.height}, {result.bits}-bit, {result.passes} pass(es), "
+          f"{result.tile} px tiles, {result.seconds:.1f} s: {result.path}")
+    return 0

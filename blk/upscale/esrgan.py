@@ -1,0 +1,290 @@
+"""The Real-ESRGAN path: an image file in, a larger image file out, at any size, in bounded memory.
+
+Recipe (`run`):
+1. open the input (by region when large), work out the exact target size;
+2. load the model with spandrel; pick device and precision (fp16/bf16 on GPUs
+   where the model allows);
+3. run as many model passes as the size needs (×4 then ×4 …), each tiled into
+   a canvas on disk, each pass reading the previous canvas;
+4. resample to the exact size with Lanczos (pyvips, streaming; premultiplied
+   when there is alpha, so transparent colour cannot bleed into the edge);
+5. write a tiled BigTIFF or a PNG atomically with the parameters embedded.
+
+Alpha: colour and alpha are upscaled separately. Transparent pixels first take
+the colour of their visible neighbours (`source.FilledSource`, why there), so
+no dark fringe enters the model; visible colours are not touched. Alpha goes
+through the model as a grey image (crisper edges than interpolation; or
+Lanczos with `alpha="lanczos"`), then areas that were fully transparent or
+fully opaque in the input (3×3 neighbourhood) are set back to exactly 0 or 1,
+so a model's faint noise never makes a solid area see-through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from blk import __version__
+from blk.errors import UserError
+from blk.upscale.canvas import (Canvas, check_png, disk_full, is_disk_full, output_format, temp_path,
+                                write_png, write_tiff)
+from blk.upscale.source import WHOLE_IMAGE_PIXELS, FilledSource, open_input
+from blk.upscale.tiler import Cancelled, auto_tile, count_tiles, run_tiles
+
+ALPHA_MODES = ("model", "lanczos")
+MAX_FINAL_ENLARGE = 1.5  # beyond this, one more model pass beats interpolation
+FILL_RADIUS = 24  # px of colour grown under transparent areas (covers the model's useful context)
+
+
+@dataclass
+class EsrganJob:
+    """One upscale; the UI form and the CLI flags fill this same object."""
+
+    input: Path
+    output: Path
+    model: Path
+    scale: float | None = 4.0  # or:
+    size: tuple[int, int] | None = None  # exact (width, height)
+    tile: int | None = None  # input px; None: from free memory
+    overlap: int = 32  # input px
+    batch: int = 4  # tiles per model call
+    keep_16bit: bool = False  # a 16-bit input gives a 16-bit result (TIFF)
+    dpi: float | None = None  # None: the input's
+    icc: Path | None = None  # an ICC profile file; None: the input's
+    alpha: str = "model"  # how alpha is upscaled: "model" or "lanczos"
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16
+    max_pixels: int = WHOLE_IMAGE_PIXELS  # inputs above this are read by region
+
+    def __post_init__(self):
+        self.input, self.output, self.model = Path(self.input), Path(self.output), Path(self.model)
+        self.icc = Path(self.icc) if self.icc else None
+
+
+@dataclass
+class EsrganResult:
+    path: Path
+    width: int
+    height: int
+    bits: int
+    passes: int
+    tile: int
+    tiles: int
+    oom_retries: int
+    seconds: float
+    parameters: dict = field(default_factory=dict)
+
+
+def target_size(width: int, height: int, scale: float | None, size: tuple[int, int] | None) -> tuple[int, int]:
+    if (scale is None) == (size is None):
+        raise UserError("Give either a scale (like 4) or a target size (like 8000x6000), not both.")
+    if size is not None:
+        tw, th = int(size[0]), int(size[1])
+    else:
+        if scale <= 0:
+            raise UserError(f"The scale must be above 0; got {scale:g}.")
+        tw, th = max(1, round(width * scale)), max(1, round(height * scale))
+    if tw < width or th < height or tw < 1 or th < 1:
+        raise UserError(f"Upscaling makes images larger: {tw}×{th} is smaller than the input's "
+                        f"{width}×{height}.")
+    return tw, th
+
+
+def plan_passes(model_scale: int, factor: float) -> int:
+    """Model passes for an overall `factor`: the fewest after which Lanczos enlarges at most 1.5×."""
+    if model_scale <= 1:
+        return 1
+    passes = 1
+    while model_scale ** passes * MAX_FINAL_ENLARGE < factor:
+        passes += 1
+    return passes
+
+
+def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | None = None) -> EsrganResult:
+    from blk.models.device import pick_device
+    from blk.upscale.models import load_upscaler, pick_precision
+
+    started = time.monotonic()
+    fmt = output_format(job.output)
+    if job.alpha not in ALPHA_MODES:
+        raise UserError(f"Alpha can be upscaled by {' or '.join(ALPHA_MODES)}; got {job.alpha!r}.")
+    if job.input.resolve() == job.output.resolve():
+        raise UserError("The result would overwrite the input; choose another output name.")
+
+    image = open_input(job.input, job.max_pixels)
+    width, height = target_size(image.width, image.height, job.scale, job.size)
+    bits = 16 if job.keep_16bit and image.bit_depth == 16 else 8
+    if fmt == "png":
+        check_png(width, height, bits)
+    icc = _read_icc(job.icc) if job.icc else image.icc
+    dpi = job.dpi or image.dpi
+
+    device = pick_device(job.device)
+    upscaler = load_upscaler(job.model, device)
+    dtype = pick_precision(upscaler, device, job.precision)
+    factor = max(width / image.width, height / image.height)
+    passes = plan_passes(upscaler.scale, factor)
+    batch = max(1, job.batch)
+    tile = job.tile or max(auto_tile(device, batch=batch, dtype_bytes=dtype.itemsize,
+                                     multiple_of=upscaler.multiple_of), 4 * job.overlap)
+    process = processor(upscaler, device, dtype, job.alpha)
+    counter = _Progress(progress, [count_tiles(image.width * upscaler.scale ** k, image.height * upscaler.scale ** k,
+                                               tile, job.overlap) for k in range(passes)])
+    canvases: list[Canvas] = []
+    retries = tiles = 0
+    try:
+        source = image.source
+        for k in range(passes):
+            s = upscaler.scale
+            canvas = Canvas(temp_path(job.output, ".canvas"), source.width * s, source.height * s, image.channels)
+            canvases.append(canvas)
+            feed = FilledSource(source, FILL_RADIUS) if image.channels == 4 else source
+            stats = run_tiles(feed, canvas, process, scale=s, tile=tile, overlap=job.overlap, batch=batch,
+                              multiple_of=upscaler.multiple_of, progress=counter.pass_reporter(k), cancel=cancel)
+            tile, retries, tiles = stats.tile, retries + stats.oom_retries, tiles + stats.tiles
+            if k:
+                canvases.pop(0).remove()  # the previous pass's canvas is no longer needed
+            source = canvas
+        _check(cancel)
+        if (source.width, source.height) != (width, height):
+            canvases.append(resample(source, width, height, temp_path(job.output, ".canvas")))
+            canvases.pop(0).remove()
+            source = canvases[-1]
+        _check(cancel)
+        parameters = {
+            "job": "upscale", "path": "esrgan", "input": job.input.name, "input_width": image.width,
+            "input_height": image.height, "width": width, "height": height, "scale": round(factor, 6),
+            "model": upscaler.name, "model_sha256": _sha256(job.model), "architecture": upscaler.architecture,
+            "model_scale": upscaler.scale, "passes": passes, "tile": tile, "overlap": job.overlap,
+            "precision": str(dtype).removeprefix("torch."), "bits": bits, "dpi": dpi,
+        } | ({"alpha": job.alpha} if image.channels == 4 else {})
+        if fmt == "tiff":
+            description = json.dumps(parameters | {"app_version": __version__}, ensure_ascii=True, sort_keys=True)
+            write_tiff(source, job.output, bits=bits, icc=icc, dpi=dpi, description=description,
+                       software=f"BLK Studio {__version__}", cancel=cancel)
+        else:
+            write_png(source, job.output, icc=icc, dpi=dpi, parameters=parameters)
+    except BaseException as exc:
+        if is_disk_full(exc) and not isinstance(exc, UserError):
+            raise disk_full(job.output) from None
+        raise
+    finally:
+        for canvas in canvases:
+            canvas.remove()
+    return EsrganResult(job.output, width, height, bits, passes, tile, tiles, retries,
+                        time.monotonic() - started, parameters)
+
+
+def processor(upscaler, device: str, dtype, alpha: str = "model") -> Callable[[np.ndarray], np.ndarray]:
+    """The tiler's `process`: float32 (N, h, w, 3|4) → (N, h·s, w·s, 3|4), colour and alpha apart."""
+    s = upscaler.scale
+
+    def process(tiles: np.ndarray) -> np.ndarray:
+        n, a = len(tiles), tiles[..., 3] if tiles.shape[3] == 4 else None
+        if a is not None and alpha == "model":  # colour and alpha-as-grey in one call
+            both = _model(upscaler.descriptor, np.concatenate([tiles[..., :3], np.repeat(a[..., None], 3, axis=3)]),
+                          device, dtype)
+            colour, up = both[:n], both[n:].mean(axis=3)
+        else:
+            colour = _model(upscaler.descriptor, tiles[..., :3], device, dtype)
+            if a is None:
+                return colour
+            up = np.stack([_lanczos(one, s) for one in a])
+        return np.concatenate([colour, _snap_alpha(up, a, s)[..., None]], axis=3)
+
+    return process
+
+
+def _model(descriptor, tiles: np.ndarray, device: str, dtype) -> np.ndarray:
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).to(device=device, dtype=dtype)
+    out = descriptor(x)  # spandrel: pads to the model's size needs, runs in inference mode, clamps to [0, 1]
+    return out.float().cpu().numpy().transpose(0, 2, 3, 1)
+
+
+def _lanczos(alpha: np.ndarray, scale: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = alpha.shape
+    big = Image.fromarray(alpha.astype(np.float32), "F").resize((w * scale, h * scale), Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(big, dtype=np.float32), 0.0, 1.0)
+
+
+def _snap_alpha(up: np.ndarray, alpha: np.ndarray, scale: int) -> np.ndarray:
+    """Where the input's 3×3 neighbourhood is all opaque (all clear), the output is exactly 1 (0)."""
+    padded = np.pad(alpha, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    h, w = alpha.shape[1:]
+    windows = [padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+    opaque = np.minimum.reduce(windows) >= 1.0
+    clear = np.maximum.reduce(windows) <= 0.0
+    grow = lambda mask: mask.repeat(scale, axis=1).repeat(scale, axis=2)  # noqa: E731
+    return np.where(grow(opaque), 1.0, np.where(grow(clear), 0.0, up)).astype(np.float32)
+
+
+def resample(canvas: Canvas, width: int, height: int, path: Path) -> Canvas:
+    """Lanczos to the exact size, streamed by libvips from one raw canvas into another."""
+    import pyvips
+
+    image = pyvips.Image.rawload(str(canvas.path), canvas.width, canvas.height, canvas.channels,
+                                 format="ushort").copy(interpretation="rgb16")
+    alpha = canvas.channels == 4
+    if alpha:
+        image = image.premultiply(max_alpha=65535)
+    image = image.resize(width / canvas.width, vscale=height / canvas.height, kernel="lanczos3")
+    if alpha:
+        image = image.unpremultiply(max_alpha=65535)
+    image = image.rint().cast("ushort")  # cast clips Lanczos overshoot to the range
+    if (image.width, image.height) != (width, height):
+        image = image.embed(0, 0, width, height, extend="copy")
+    try:
+        image.rawsave(str(path))
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return Canvas(path, width, height, canvas.channels, create=False)
+
+
+class _Progress:
+    """Tiles of all passes as one count; a pass's total may grow after an out-of-memory halving."""
+
+    def __init__(self, callback, estimates: list[int]):
+        self.callback, self.totals, self.done = callback, list(estimates), [0] * len(estimates)
+
+    def pass_reporter(self, k: int):
+        def report(done: int, total: int) -> None:
+            self.done[k], self.totals[k] = done, total
+            if self.callback:
+                self.callback(sum(self.done), sum(self.totals))
+        return report
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled()
+
+
+def _read_icc(path: Path) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"Could not read the ICC profile {path} ({exc.strerror}).") from None
+    if len(data) < 132 or data[36:40] != b"acsp":
+        raise UserError(f"{Path(path).name} is not an ICC profile.")
+    return data
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

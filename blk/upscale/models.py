@@ -1,0 +1,135 @@
+"""Upscaling models through spandrel, without ever running code stored in a file.
+
+spandrel recognises ESRGAN / Real-ESRGAN (RealESRGAN_x4plus, x2plus with its
+pixel-unshuffle input), Compact, SwinIR, HAT, DAT and more from the weights
+alone, and reports scale, channels, size needs and half-precision support.
+
+Pickles are dangerous: unpickling can call any Python function. So:
+- `.pth` / `.ckpt` go through spandrel's loader, which hands `torch.load` its
+  own `RestrictedUnpickler` (only OrderedDict, tensor rebuilding and storage
+  classes may be named; anything else raises `UnpicklingError`).
+- A zip that is a TorchScript archive is refused before loading: `torch.load`
+  would hand it to `torch.jit.load`, which runs the archive's code and
+  bypasses any unpickler.
+- `.pt` files are loaded by `torch.load(weights_only=True)` — spandrel would
+  try them as TorchScript first.
+- `.safetensors` hold no code at all.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from blk.errors import UserError
+
+MODEL_SUFFIXES = (".pth", ".safetensors", ".ckpt", ".pt")
+# What spandrel's and torch's restricted unpicklers say when a file names a forbidden callable.
+_CODE_REFUSED = re.compile(r"is forbidden|unsupported global", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Upscaler:
+    """A loaded model and the facts the tiler needs about it."""
+
+    descriptor: object  # spandrel.ImageModelDescriptor
+    name: str  # file name
+    architecture: str  # e.g. "ESRGAN", "SwinIR", "Compact"
+    scale: int
+    tags: tuple[str, ...]  # spandrel's, e.g. ("64nf", "23nb") or ("16nf", "1nb", "unshuffle")
+    multiple_of: int  # input sides padded to this by spandrel; tiles should be multiples of it
+    supports_half: bool
+    supports_bfloat16: bool
+
+    def dtypes(self, device: str) -> tuple[str, ...]:
+        """Precisions this model can run in on `device` (half precisions on GPUs only)."""
+        if device == "cpu":
+            return ("float32",)
+        extra = (("float16",) if self.supports_half else ()) + \
+                (("bfloat16",) if self.supports_bfloat16 and device.startswith("cuda") else ())
+        return ("float32", *extra)
+
+    def describe(self) -> str:
+        tags = f" ({', '.join(self.tags)})" if self.tags else ""
+        return f"{self.name}: {self.architecture} ×{self.scale}{tags}"
+
+
+def load_upscaler(path: str | Path, device: str = "cpu") -> Upscaler:
+    """Load an image-to-image model file; UserError with one sentence when it cannot be used."""
+    import spandrel
+    import torch
+
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise UserError(f"The model file {path} does not exist.")
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        raise UserError(f"{name} is not a model file; upscalers come as {', '.join(MODEL_SUFFIXES)}.")
+    if suffix != ".safetensors" and _is_torchscript(path):
+        raise UserError(f"{name} is a TorchScript archive, which can run code when loaded; "
+                        "use the plain .pth or .safetensors weights of that model instead.")
+    loader = spandrel.ModelLoader(device="cpu")
+    try:
+        if suffix == ".pt":
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            descriptor = loader.load_from_state_dict(spandrel.canonicalize_state_dict(state))
+        else:
+            descriptor = loader.load_from_file(path)
+    except pickle.UnpicklingError as exc:
+        if _CODE_REFUSED.search(str(exc)):
+            raise UserError(f"{name} holds Python objects that a weights file should not contain "
+                            "(loading it could run code), so it was not loaded.") from None
+        raise UserError(f"{name} is damaged or not a model file ({_reason(exc)}).") from None
+    except spandrel.UnsupportedModelError:
+        raise UserError(f"{name} is not an upscaling model that spandrel recognises.") from None
+    except Exception as exc:  # truncated zip, bad safetensors header, wrong shapes …
+        raise UserError(f"{name} is damaged or not a model file ({_reason(exc)}).") from None
+    if not isinstance(descriptor, spandrel.ImageModelDescriptor):
+        raise UserError(f"{name} is a {descriptor.purpose.lower()} model, not an upscaler.")
+    if descriptor.input_channels != 3 or descriptor.output_channels != 3:
+        raise UserError(f"{name} works on {descriptor.input_channels}-channel images; "
+                        "only colour (3-channel) upscalers are supported.")
+    descriptor = descriptor.to(torch.device(device)).eval()
+    return Upscaler(descriptor=descriptor, name=name, architecture=descriptor.architecture.name,
+                    scale=int(descriptor.scale), tags=tuple(descriptor.tags),
+                    multiple_of=int(descriptor.size_requirements.multiple_of),
+                    supports_half=bool(descriptor.supports_half),
+                    supports_bfloat16=bool(descriptor.supports_bfloat16))
+
+
+def pick_precision(upscaler: Upscaler, device: str, requested: str = "auto"):
+    """The torch dtype to run in: fp16 on GPUs where the model allows (more mantissa than bf16,
+    which matters for 16-bit output), else bf16, else fp32; fp32 on the CPU."""
+    import torch
+
+    names = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+    allowed = upscaler.dtypes(device)
+    if requested == "auto":
+        choice = "float16" if "float16" in allowed else "bfloat16" if "bfloat16" in allowed else "float32"
+        if choice == "bfloat16" and not torch.cuda.is_bf16_supported():
+            choice = "float32"
+        return getattr(torch, choice)
+    wanted = names.get(requested, requested)
+    if wanted not in allowed:
+        raise UserError(f"{upscaler.name} cannot run in {requested} on {device}; "
+                        f"choose one of {', '.join(allowed)}.")
+    return getattr(torch, wanted)
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.rsplit("/", 1)[-1] == "constants.pkl" or "/code/" in n for n in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _reason(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text[:160].rstrip(".")

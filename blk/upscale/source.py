@@ -1,0 +1,213 @@
+"""Input pixels by region, so that an input never has to be decoded whole.
+
+Images within `max_pixels` are decoded once through `blk.data.images` (the
+house's safe reader: orientation, CMYK, palettes, damaged files as one
+sentence) and kept in memory. Larger ones — including those above Pillow's
+bomb limit, which is never raised — are opened lazily with pyvips and read one
+region at a time. Every source gives float32 RGB or RGBA in [0, 1].
+
+`FilledSource` gives transparent pixels the colour of their visible
+neighbours before a model sees them (see its docstring for why).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from blk.data.images import MAX_PIXELS, is_image_name, read_info, read_pixels
+from blk.errors import BadImage
+
+# Decoded whole below this (float32 RGBA: 512 MB); read by region above. Never above Pillow's limit.
+WHOLE_IMAGE_PIXELS = 32 * 2**20
+_VIPS_LOADERS = {"pngload", "jpegload", "webpload", "tiffload"}
+
+
+class Source(Protocol):
+    width: int
+    height: int
+    channels: int  # 3 (RGB) or 4 (RGBA, straight alpha)
+
+    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """float32 (h, w, channels) in [0, 1]."""
+
+
+@dataclass
+class InputImage:
+    """An opened input: where its pixels come from, and what its file says about them."""
+
+    source: Source
+    name: str
+    bit_depth: int  # 8 or 16 bits per channel in the file
+    icc: bytes | None  # an RGB profile to carry over (None for CMYK inputs: they are converted to sRGB)
+    dpi: float | None
+    by_region: bool  # True when read lazily with pyvips
+
+    @property
+    def width(self) -> int:
+        return self.source.width
+
+    @property
+    def height(self) -> int:
+        return self.source.height
+
+    @property
+    def channels(self) -> int:
+        return self.source.channels
+
+
+class ArraySource:
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self.height, self.width, self.channels = array.shape
+
+    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        return self.array[y:y + h, x:x + w]
+
+
+class VipsSource:
+    """A lazily opened pyvips image, converted to sRGB(A) 8/16-bit; regions decode on demand."""
+
+    def __init__(self, image, name: str):
+        self.image, self.name = image, name
+        self.width, self.height, self.channels = image.width, image.height, image.bands
+        self.peak = 65535.0 if image.format == "ushort" else 255.0
+
+    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        import pyvips
+
+        try:
+            region = self.image.crop(x, y, w, h).numpy()
+        except pyvips.Error as exc:
+            raise BadImage(f"{self.name} is damaged and cannot be decoded ({_first_line(exc)}).") from None
+        return region.reshape(h, w, self.channels).astype(np.float32) / self.peak
+
+
+class FilledSource:
+    """RGBA where fully transparent pixels take the colour of their nearest visible neighbours.
+
+    Why: a straight-alpha file usually stores black (or junk) under alpha 0. An
+    upscaler looks at neighbourhoods, so that black bleeds into the visible
+    edge as a dark fringe. Premultiplying would avoid the junk but darkens edge
+    colours inside the network (it is not linear) and amplifies noise when we
+    divide by a small alpha again. Filling instead gives the model a plausible
+    continuation of the visible colour, and the visible colours are left
+    exactly as they are. The fill grows `radius` pixels out from visible ones;
+    each region is filled with a margin of `radius`, so the result does not
+    depend on where tiles are cut.
+    """
+
+    def __init__(self, inner: Source, radius: int = 24):
+        assert inner.channels == 4
+        self.inner, self.radius = inner, radius
+        self.width, self.height, self.channels = inner.width, inner.height, 4
+
+    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        m = self.radius
+        x0, y0 = max(0, x - m), max(0, y - m)
+        x1, y1 = min(self.width, x + w + m), min(self.height, y + h + m)
+        region = np.array(self.inner.read(x0, y0, x1 - x0, y1 - y0), dtype=np.float32)
+        region[..., :3] = fill_transparent(region[..., :3], region[..., 3], m)
+        return region[y - y0:y - y0 + h, x - x0:x - x0 + w]
+
+
+def fill_transparent(rgb: np.ndarray, alpha: np.ndarray, radius: int) -> np.ndarray:
+    """Colours of alpha-0 pixels replaced by the mean of visible 3×3 neighbours, grown `radius` times."""
+    import torch
+    import torch.nn.functional as F
+
+    known = torch.from_numpy(np.ascontiguousarray(alpha > 0, dtype=np.float32))[None, None]
+    if bool(known.all()) or not bool(known.any()):
+        return rgb
+    original = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+    colour = original * known
+    for _ in range(radius):
+        total = F.avg_pool2d(colour, 3, stride=1, padding=1)  # zero padding: same at image edges for any cut
+        count = F.avg_pool2d(known, 3, stride=1, padding=1)
+        grow = (known == 0) & (count > 0)
+        if not bool(grow.any()):
+            break
+        colour = torch.where(grow, total / count.clamp_min(1e-12), colour)
+        known = torch.where(grow, torch.ones_like(known), known)
+    filled = torch.where(known > 0, colour, original)
+    return filled[0].numpy().transpose(1, 2, 0)
+
+
+def open_input(path: str | Path, max_pixels: int = WHOLE_IMAGE_PIXELS) -> InputImage:
+    """Open an image for upscaling; BadImage with one sentence when it cannot be used."""
+    path = Path(path)
+    if not is_image_name(path):
+        raise BadImage(f"{path.name} is not an image in a supported format (PNG, JPEG, WebP, TIFF, BMP).")
+    try:
+        info = read_info(path)
+    except BadImage:
+        image = _vips_header(path)
+        if image is None or image.width * image.height <= MAX_PIXELS:
+            raise  # damaged or not an image: Pillow's sentence says why
+        return _vips_input(image, path)  # only too big for Pillow: read it by region
+    high_bit_png = info.bit_depth == 16 and info.format == "PNG" and not info.mode.startswith("I;16")
+    if info.width * info.height > min(max_pixels, MAX_PIXELS) or high_bit_png:
+        image = _vips_header(path)  # Pillow would decode a 16-bit RGB PNG to 8 bits
+        if image is not None:
+            return _vips_input(image, path)
+    pixels = read_pixels(path)
+    icc, dpi = _pillow_metadata(path, info.mode)
+    return InputImage(ArraySource(np.ascontiguousarray(pixels, dtype=np.float32)), path.name,
+                      16 if info.bit_depth >= 16 else 8, icc, dpi, by_region=False)
+
+
+def _pillow_metadata(path: Path, mode: str) -> tuple[bytes | None, float | None]:
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # size already checked
+        with Image.open(path) as im:
+            icc = im.info.get("icc_profile") or None
+            dpi = im.info.get("dpi")
+    if mode == "CMYK":
+        icc = None  # converted to sRGB; a CMYK profile must not label RGB pixels
+    dpi_value = float(dpi[0]) if dpi and float(dpi[0]) > 1.0 else None
+    return icc, (round(dpi_value, 2) if dpi_value else None)
+
+
+def _vips_header(path: Path):
+    try:
+        import pyvips
+
+        image = pyvips.Image.new_from_file(str(path))
+    except Exception:
+        return None
+    return image if image.get("vips-loader") in _VIPS_LOADERS else None
+
+
+def _vips_input(image, path: Path) -> InputImage:
+    """sRGB(A), 8 or 16 bits, upright; ICC and DPI from the header."""
+    fields = set(image.get_fields())
+    icc = image.get("icc-profile-data") if "icc-profile-data" in fields else None
+    dpi = image.xres * 25.4  # libvips keeps pixels per millimetre
+    if "resolution-unit" not in fields and abs(dpi - 72.0) < 0.01 or dpi <= 1.01:
+        dpi = None  # libvips' default when the file says nothing
+    try:
+        image = image.autorot()
+        if image.interpretation == "cmyk":
+            image, icc = image.colourspace("srgb"), None
+        high = image.format == "ushort"
+        if image.bands in (1, 2):
+            image = image.colourspace("rgb16" if high else "srgb")
+        if image.format not in ("uchar", "ushort") or image.bands not in (3, 4):
+            raise BadImage(f"{path.name} has {image.bands} channels of {image.format} samples; "
+                           "only 8- or 16-bit RGB, RGBA or grey images can be upscaled.")
+    except Exception as exc:
+        if isinstance(exc, BadImage):
+            raise
+        raise BadImage(f"{path.name} cannot be read ({_first_line(exc)}).") from None
+    return InputImage(VipsSource(image, path.name), path.name, 16 if high else 8, icc,
+                      round(dpi, 2) if dpi else None, by_region=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -1,0 +1,531 @@
+"""Real-ESRGAN path: spandrel loading (and refusing code), seamless tiles, any size, alpha, 16 bits,
+BigTIFF/PNG metadata, region reading past Pillow's limit, OOM halving, cancel, disk full, CLI.
+
+No real weights exist offline: `rrdb_file` writes an RRDBNet with Real-ESRGAN's exact key names
+(`params_ema` → conv_first, body.N.rdbK.convJ, conv_body, conv_up1/2, conv_hr, conv_last) and
+random weights, and every test loads it through spandrel like a downloaded file. spandrel's
+RRDB has a fixed growth width of 32 (`gc`), so only num_feat and num_block are small here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from blk.atomic import TEMP_PREFIX
+from blk.data.images import MAX_PIXELS
+from blk.errors import BadImage, UserError
+from blk.upscale.canvas import Canvas
+from blk.upscale.esrgan import EsrganJob, plan_passes, processor, run
+from blk.upscale.models import load_upscaler
+from blk.upscale.source import ArraySource, open_input
+from blk.upscale.tiler import Cancelled, choose_tile, run_tiles, spans, weights
+from tests.conftest import run_blk
+
+
+# -- a Real-ESRGAN-shaped model file ------------------------------------------------------------
+
+def rrdb_state(in_ch: int = 3, nf: int = 16, nb: int = 1, gc: int = 32, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+
+    def conv(name, cin, cout, gain=1.0):
+        state[f"{name}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * (gain / (cin * 9) ** 0.5)
+        state[f"{name}.bias"] = torch.randn(cout, generator=g) * 0.01
+
+    conv("conv_first", in_ch, nf)
+    for b in range(nb):
+        for r in (1, 2, 3):
+            for j in range(1, 6):
+                conv(f"body.{b}.rdb{r}.conv{j}", nf + (j - 1) * gc, gc if j < 5 else nf)
+    for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
+        conv(name, nf, nf)
+    conv("conv_last", nf, 3, gain=0.5)
+    state["conv_last.bias"] = torch.full((3,), 0.5)  # outputs spread around mid-grey, rarely clipped
+    return {"params_ema": state}
+
+
+def rrdb_file(path: Path, in_ch: int = 3) -> Path:
+    torch.save(rrdb_state(in_ch), path)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny nets gain nothing from threads; on a busy 2-core machine OpenMP's spinning threads made
+    this module 10× slower. Restored afterwards for the other modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {"x4": rrdb_file(root / "RealESRGAN_x4plus_tiny.pth"),
+            "x2": rrdb_file(root / "RealESRGAN_x2plus_tiny.pth", in_ch=12)}  # pixel-unshuffle input
+
+
+@pytest.fixture(scope="module")
+def x4(models):
+    return load_upscaler(models["x4"])
+
+
+def reference(upscaler, pixels: np.ndarray) -> np.ndarray:
+    """The model run on the whole image at once (no tiles), float32 HxWx3."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels[..., :3].transpose(2, 0, 1)))[None]
+    return upscaler.descriptor(x)[0].numpy().transpose(1, 2, 0)
+
+
+def noise(h: int, w: int, seed: int = 0, channels: int = 3) -> np.ndarray:
+    """Smooth-ish random image (a model sees structure, not only pixel noise)."""
+    rng = np.random.default_rng(seed)
+    small = rng.random((h // 4 + 2, w // 4 + 2, channels))
+    big = np.asarray(Image.fromarray((small * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC))
+    return np.clip(big / 255.0 + rng.normal(0, 0.05, big.shape), 0, 1).astype(np.float32)
+
+
+def save_16bit_tiff(path: Path, pixels: np.ndarray, **kwargs) -> np.ndarray:
+    data = np.rint(pixels * 65535).astype(np.uint16)
+    tifffile.imwrite(path, data, photometric="rgb", **kwargs)
+    return data.astype(np.float32) / 65535
+
+
+def read_tiff(path: Path) -> np.ndarray:
+    data = tifffile.imread(path)
+    return data.astype(np.float32) / (65535.0 if data.dtype == np.uint16 else 255.0)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX))
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+def test_spandrel_detects_real_esrgan_x4_and_x2(models):
+    x4 = load_upscaler(models["x4"])
+    assert (x4.architecture, x4.scale, x4.tags) == ("ESRGAN", 4, ("16nf", "1nb"))
+    assert x4.dtypes("cpu") == ("float32",)
+    assert x4.dtypes("cuda:0") == ("float32", "float16", "bfloat16")  # spandrel: ESRGAN supports both
+    x2 = load_upscaler(models["x2"])  # 12 input channels = 3 × 2² after pixel-unshuffle: RealESRGAN_x2plus
+    assert (x2.architecture, x2.scale, x2.multiple_of) == ("ESRGAN", 2, 4) and "unshuffle" in x2.tags
+    out = x2.descriptor(torch.rand(1, 3, 10, 14))  # sides not multiples of 4: spandrel pads and crops
+    assert tuple(out.shape) == (1, 3, 20, 28)
+    assert "RealESRGAN_x4plus_tiny.pth: ESRGAN ×4" in x4.describe()
+
+
+class Payload:
+    """Unpickling this creates `marker` (by calling `open`): proof that a file ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickles_never_run(tmp_path):
+    control = tmp_path / "control-ran"
+    pickle.loads(pickle.dumps(Payload(control)))  # the payload is live: plain pickle runs it
+    assert control.exists()
+
+    marker = tmp_path / "pwned"
+    evil = {"params_ema": {"conv_first.weight": torch.zeros(1), "x": Payload(marker)}}
+    files = {"zip.pth": lambda p: torch.save(evil, p),
+             "legacy.pth": lambda p: torch.save(evil, p, _use_new_zipfile_serialization=False),
+             "raw.pth": lambda p: p.write_bytes(pickle.dumps(evil)),
+             "zip.ckpt": lambda p: torch.save(evil, p),
+             "zip.pt": lambda p: torch.save(evil, p)}
+    for name, write in files.items():
+        write(tmp_path / name)
+        with pytest.raises(UserError) as caught:
+            load_upscaler(tmp_path / name)
+        message = str(caught.value)
+        assert "not loaded" in message and "\n" not in message and message.count(". ") == 0, (name, message)
+        assert not marker.exists(), f"{name} ran code while loading"
+
+
+def test_torchscript_and_broken_files_are_one_sentence(tmp_path, models):
+    scripted = tmp_path / "scripted.pth"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted)  # torch.load would jit-load it
+    cases = {scripted: "TorchScript archive",
+             tmp_path / "missing.pth": "does not exist",
+             tmp_path / "notes.txt": "not a model file",
+             tmp_path / "junk.pth": "damaged or not a model file",
+             tmp_path / "cut.pth": "damaged or not a model file",
+             tmp_path / "other.pth": "not an upscaling model that spandrel recognises"}
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "junk.pth").write_bytes(os.urandom(512))
+    (tmp_path / "cut.pth").write_bytes(models["x4"].read_bytes()[:4000])
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    for path, words in cases.items():
+        with pytest.raises(UserError, match=words) as caught:
+            load_upscaler(path)
+        assert "\n" not in str(caught.value) and str(caught.value).endswith(".")
+
+
+# -- tiling ---------------------------------------------------------------------------------------
+
+def test_layout_weights_sum_to_one_and_edges_are_not_faded():
+    for length, tile, overlap in [(100, 48, 16), (97, 32, 8), (40, 64, 16), (129, 64, 32)]:
+        total = np.zeros(length * 2)
+        layout = spans(length, tile, overlap)
+        assert layout[0].start == 0 and layout[-1].end == length
+        assert len({s.length for s in layout}) == 1  # every tile the same size
+        for span in layout:
+            w, _ = weights(span, overlap, 2)
+            total[span.start * 2:span.end * 2] += w
+        assert np.abs(total - 1).max() < 1e-6, (length, tile, overlap)
+        first, _ = weights(layout[0], overlap, 2)
+        last, _ = weights(layout[-1], overlap, 2)
+        assert first[0] == 1.0 and last[-1] == 1.0  # image edges keep full weight
+
+
+def run_array(upscaler, pixels, tmp_path, *, tile, overlap, blend="sine", process=None, batch=2, name="c"):
+    """The tiler into a real canvas; returns the result in [0, 1] and the stats."""
+    canvas = Canvas(tmp_path / f"{name}.canvas", pixels.shape[1] * upscaler.scale, pixels.shape[0] * upscaler.scale, 3)
+    try:
+        stats = run_tiles(ArraySource(pixels), canvas, process or processor(upscaler, "cpu", torch.float32),
+                          scale=upscaler.scale, tile=tile, overlap=overlap, batch=batch, blend=blend)
+        return canvas.read(0, 0, canvas.width, canvas.height), stats
+    finally:
+        canvas.remove()
+
+
+def test_tiled_equals_untiled(x4, tmp_path):
+    pixels = noise(72, 100)
+    whole = reference(x4, pixels)
+    errors = {}
+    for overlap, blend in ((16, "sine"), (16, "hard"), (8, "sine"), (0, "sine")):
+        out, stats = run_array(x4, pixels, tmp_path, tile=40, overlap=overlap, blend=blend)
+        assert stats.tiles == len(spans(100, 40, overlap)) * len(spans(72, 40, overlap)) >= 6
+        errors[overlap, blend] = np.abs(out - whole)
+    # far from every cut (inside the first tile, ≥ 20 input px — the net's reach — from its cut edges)
+    # the tiled result is the untiled one, to the canvas's 16-bit step
+    assert errors[16, "sine"][:4 * 20, :4 * 20].max() <= 2 / 65535
+    # at the cuts: measured max error 4.6e-5 (overlap 16), 5.1e-3 (8); plain tiling without overlap 0.66
+    assert errors[16, "sine"].max() < 1e-4 < 1e-2 > errors[8, "sine"].max()
+    assert errors[16, "sine"].max() * 1000 < errors[0, "sine"].max()
+    # with the same context a hard paste in the middle of the overlap is as close (1.5e-5): for a
+    # network the context removes the error; the blend is for tiles that disagree (next test)
+    assert errors[16, "sine"].max() < 4 * errors[16, "hard"].max()
+
+
+class Disagreeing(torch.nn.Module):
+    """Our test model: the real network, plus a brightness that changes from call to call — tiles that
+    disagree, as diffusion tiles do. Batch 1: one tile per call."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x) + 0.04 * (self.calls % 3)
+
+
+def test_blend_hides_seams_between_disagreeing_tiles(x4, tmp_path):
+    pixels = noise(64, 96, seed=2)
+    whole = reference(x4, pixels)
+    jumps = {}
+    for blend in ("sine", "hard"):
+        process = processor(dataclasses.replace(x4, descriptor=Disagreeing(x4.descriptor)), "cpu", torch.float32)
+        out, _ = run_array(x4, pixels * 0.8, tmp_path, tile=48, overlap=24, blend=blend, process=process, batch=1)
+        error = out - reference(x4, pixels * 0.8)
+        jumps[blend] = max(np.abs(np.diff(error, axis=0)).max(), np.abs(np.diff(error, axis=1)).max())
+    # hard paste: the whole brightness difference in one pixel step (0.08); the blend spreads it over
+    # the middle 12 input px of the overlap (measured 0.0027)
+    assert jumps["hard"] > 0.07 and jumps["sine"] * 10 < jumps["hard"]
+    assert whole.shape == (256, 384, 3)
+
+
+def test_no_seam_between_different_tile_sizes(x4, tmp_path):
+    pixels = noise(64, 96, seed=3)
+    small, _ = run_array(x4, pixels, tmp_path, tile=32, overlap=16, name="a")
+    large, _ = run_array(x4, pixels, tmp_path, tile=56, overlap=16, name="b")
+    assert np.abs(small - large).max() < 1e-4
+
+
+class OutOfMemoryAbove(torch.nn.Module):
+    """Our test model: the real network, but it runs out of memory on tiles wider than `limit`
+    once `grace` calls have succeeded (as a GPU does when memory fragments mid-image)."""
+
+    def __init__(self, inner, limit: int, grace: int = 0):
+        super().__init__()
+        self.inner, self.limit, self.grace, self.calls, self.sides = inner, limit, grace, 0, []
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > self.grace and max(x.shape[-2:]) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (test budget)")
+        self.sides.append(max(x.shape[-2:]))
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_tile_and_resumes_at_the_current_row(x4, tmp_path):
+    pixels = noise(100, 88, seed=5)
+    whole = reference(x4, pixels)
+    wrapped = OutOfMemoryAbove(x4.descriptor, limit=32, grace=1)  # row 1 of 64 px tiles finishes, row 2 fails
+    process = processor(dataclasses.replace(x4, descriptor=wrapped), "cpu", torch.float32)
+    out, stats = run_array(x4, pixels, tmp_path, tile=64, overlap=16, batch=2, process=process)
+    assert (stats.tile, stats.oom_retries) == (32, 1)
+    assert wrapped.sides[0] == 64 and set(wrapped.sides[1:]) == {32}  # the first row was kept, not redone
+    assert np.abs(out - whole).max() < 1e-4  # the failed row's band was restored (else errors ~0.5)
+
+    always = OutOfMemoryAbove(x4.descriptor, limit=0)
+    with pytest.raises(UserError, match="Out of memory even with 16 px tiles"):
+        run_array(x4, pixels, tmp_path, tile=64, overlap=8,
+                  process=processor(dataclasses.replace(x4, descriptor=always), "cpu", torch.float32))
+
+
+def test_tile_size_follows_the_memory_budget():
+    assert choose_tile(100 * 2**30) == 1024  # the cap
+    one, four = choose_tile(2 * 2**30), choose_tile(2 * 2**30, batch=4)
+    assert (one, four) == (288, 128)  # 24 KB per input pixel (x4plus, fp32, with headroom)
+    assert choose_tile(2 * 2**30, batch=4, dtype_bytes=2) == 192  # half precision: bigger tiles
+    assert choose_tile(2**20) == 64 and choose_tile(10 * 2**30, multiple_of=3) % 96 == 0
+    assert plan_passes(4, 4) == 1 and plan_passes(4, 3) == 1 and plan_passes(4, 6) == 1
+    assert plan_passes(4, 8) == 2 and plan_passes(2, 5) == 2 and plan_passes(1, 3) == 1
+
+
+# -- whole jobs -----------------------------------------------------------------------------------
+
+def test_exact_sizes_any_scale(models, x4, tmp_path):
+    pixels = noise(29, 37, seed=7)
+    Image.fromarray((pixels * 255).round().astype(np.uint8)).save(tmp_path / "in.png")
+    source = tmp_path / "in.png"
+    x4_out = run(EsrganJob(source, tmp_path / "x4.tif", models["x4"], tile=32, overlap=8))
+    three = run(EsrganJob(source, tmp_path / "x3.tif", models["x4"], scale=3, tile=32, overlap=8))
+    sized = run(EsrganJob(source, tmp_path / "sized.png", models["x2"], scale=None, size=(100, 47), tile=32, overlap=8))
+    seven = run(EsrganJob(source, tmp_path / "x7.tif", models["x4"], scale=7, tile=32, overlap=8))
+    assert (three.width, three.height, three.passes) == (111, 87, 1)
+    assert tifffile.imread(tmp_path / "x3.tif").shape == (87, 111, 3)
+    assert Image.open(tmp_path / "sized.png").size == (100, 47) and sized.passes == 1  # ×2, then Lanczos ×1.35
+    assert (seven.width, seven.height, seven.passes) == (259, 203, 2) and seven.tiles > x4_out.tiles
+    assert tifffile.imread(tmp_path / "x7.tif").shape == (203, 259, 3)
+    # ×3 is the ×4 result resampled with Lanczos (libvips here, Pillow for the check)
+    big = Image.fromarray(tifffile.imread(tmp_path / "x4.tif"))
+    expected = np.asarray(big.resize((111, 87), Image.Resampling.LANCZOS), dtype=float)
+    assert np.abs(tifffile.imread(tmp_path / "x3.tif") - expected).mean() < 1.5
+    assert leftovers(tmp_path) == []
+
+
+def test_rgba_alpha_kept_and_colour_not_darkened(x4, models, tmp_path):
+    yy, xx = np.mgrid[:64, :64]
+    disk = (yy - 32) ** 2 + (xx - 32) ** 2 <= 20 ** 2
+    rgba = np.zeros((64, 64, 4), np.uint8)  # straight alpha, black under the transparent part
+    rgba[disk] = (230, 40, 20, 255)
+    ring = disk & ((yy - 32) ** 2 + (xx - 32) ** 2 > 18 ** 2)
+    rgba[ring, 3] = 128  # a soft edge
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "sticker.png")
+    opaque = np.zeros((64, 64), bool)
+    clear = np.zeros((64, 64), bool)
+    a = np.pad(rgba[..., 3], 1, mode="edge")
+    windows = [a[dy:dy + 64, dx:dx + 64] for dy in range(3) for dx in range(3)]
+    opaque[np.minimum.reduce(windows) == 255] = True
+    clear[np.maximum.reduce(windows) == 0] = True
+    up = lambda m: m.repeat(4, 0).repeat(4, 1)  # noqa: E731
+
+    inside = up(disk & ((yy - 32) ** 2 + (xx - 32) ** 2 <= 17 ** 2))  # opaque, near the soft edge
+    core = up((yy - 32) ** 2 + (xx - 32) ** 2 <= 6 ** 2)
+    for mode in ("model", "lanczos"):
+        result = run(EsrganJob(tmp_path / "sticker.png", tmp_path / f"{mode}.png", models["x4"],
+                               tile=40, overlap=12, alpha=mode))
+        out = np.asarray(Image.open(result.path))
+        assert out.shape == (256, 256, 4)
+        assert (out[..., 3][up(opaque)] == 255).all() and (out[..., 3][up(clear)] == 0).all()
+        soft = out[..., 3][up(ring & ~opaque & ~clear)]
+        assert 0 < soft.mean() < 255
+        colour = out[..., :3].astype(float)
+        # a constant red in → the model's constant answer out: near the edge as in the middle
+        assert np.abs(colour[inside] - colour[core].mean(0)).max() <= 1  # measured: 0
+    # ×3: ×4 then Lanczos, premultiplied; solid areas stay solid
+    three = np.asarray(Image.open(run(EsrganJob(tmp_path / "sticker.png", tmp_path / "x3.png", models["x4"],
+                                                 scale=3, tile=40, overlap=12)).path))
+    assert three.shape == (192, 192, 4)
+    yy3, xx3 = (np.mgrid[:192, :192] + 0.5) / 3 - 0.5  # output pixel centres in input pixel units
+    r3 = (yy3 - 32) ** 2 + (xx3 - 32) ** 2
+    # (1 input px inside the ×4 result's snapped area: Lanczos reaches that far into the random edge)
+    assert (three[..., 3][r3 <= 15 ** 2] == 255).all() and (three[..., 3][r3 >= 23 ** 2] == 0).all()
+    assert np.abs(three[..., :3][r3 <= 15 ** 2].astype(float) - colour[core].mean(0)).max() <= 1
+    # without the fill, the black under alpha 0 reaches the visible edge through the model
+    naive = reference(x4, rgba[..., :3].astype(np.float32) / 255) * 255
+    assert np.abs(naive[inside] - naive[core].mean(0)).max() > 5  # measured: 8.4 levels
+
+
+def test_16bit_in_16bit_out(x4, models, tmp_path):
+    pixels = save_16bit_tiff(tmp_path / "in16.tif", noise(40, 48, seed=9))
+    fine = run(EsrganJob(tmp_path / "in16.tif", tmp_path / "out16.tif", models["x4"], tile=32, overlap=16,
+                         keep_16bit=True))
+    data = tifffile.imread(fine.path)
+    assert fine.bits == 16 and data.dtype == np.uint16 and data.shape == (160, 192, 3)
+    assert (data % 257 != 0).mean() > 0.9  # real 16-bit values, not 8-bit ones scaled up
+    assert np.abs(data / 65535 - reference(x4, pixels)).max() < 1e-4
+    plain = run(EsrganJob(tmp_path / "in16.tif", tmp_path / "out8.tif", models["x4"], tile=32, overlap=8))
+    assert plain.bits == 8 and tifffile.imread(plain.path).dtype == np.uint8
+    # a 16-bit RGB PNG: Pillow would decode it to 8 bits, so it is read with pyvips
+    import pyvips
+
+    png16 = np.rint(pixels * 65535).astype(np.uint16)
+    pyvips.Image.new_from_array(png16, interpretation="rgb16").pngsave(str(tmp_path / "in16.png"))
+    assert open_input(tmp_path / "in16.png").bit_depth == 16
+    via_png = run(EsrganJob(tmp_path / "in16.png", tmp_path / "png16.tif", models["x4"], tile=32, overlap=16,
+                            keep_16bit=True))
+    assert np.array_equal(tifffile.imread(via_png.path), data)
+    with pytest.raises(UserError, match="16-bit results are written as TIFF"):
+        run(EsrganJob(tmp_path / "in16.tif", tmp_path / "out16.png", models["x4"], keep_16bit=True))
+
+
+def srgb_icc() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def test_bigtiff_tiled_deflate_predictor_dpi_icc_and_parameters(models, tmp_path):
+    icc = srgb_icc()
+    pixels = noise(30, 44, seed=11)
+    Image.fromarray((pixels * 255).round().astype(np.uint8)).save(tmp_path / "art.png", dpi=(300, 300),
+                                                                  icc_profile=icc)
+    result = run(EsrganJob(tmp_path / "art.png", tmp_path / "art.tif", models["x4"], tile=32, overlap=8))
+    with tifffile.TiffFile(result.path) as tif:
+        page = tif.pages[0]
+        assert tif.is_bigtiff and page.is_tiled and page.tilewidth == 256
+        assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        assert page.predictor == tifffile.PREDICTOR.HORIZONTAL
+        assert page.shape == (120, 176, 3) and page.dtype == np.uint8
+        assert page.tags["InterColorProfile"].value == icc
+        x, y = page.tags["XResolution"].value
+        assert abs(x / y - 300) < 0.01 and page.tags["ResolutionUnit"].value == 2  # inch
+        parameters = json.loads(page.description)
+    assert parameters["model"] == "RealESRGAN_x4plus_tiny.pth" and parameters["width"] == 176
+    assert parameters["architecture"] == "ESRGAN" and len(parameters["model_sha256"]) == 64
+    # the user's DPI wins; PNG carries ICC, pHYs and the parameters as blk.generate.metadata writes them
+    from blk.generate.metadata import read_parameters
+
+    png = run(EsrganJob(tmp_path / "art.png", tmp_path / "art-big.png", models["x4"], tile=32, overlap=8, dpi=150))
+    with Image.open(png.path) as im:
+        assert im.info["icc_profile"] == icc and abs(im.info["dpi"][0] - 150) < 0.02  # pHYs stores whole pixels per metre
+        assert np.array_equal(np.asarray(im), tifffile.imread(result.path))
+    assert read_parameters(png.path)["height"] == 120
+    assert leftovers(tmp_path) == []
+
+
+def test_large_inputs_are_read_by_region(models, tmp_path):
+    # a real file over Pillow's limit: a 13440² tiled TIFF (180.6 MP), mostly empty tiles
+    side, tile = 13440, 1024
+    pattern = (np.arange(tile * tile).reshape(tile, tile) % 251).astype(np.uint8)
+    blank = np.zeros((tile, tile), np.uint8)
+    n = -(-side // tile)
+    tiles = (pattern if (ty, tx) == (n - 1, n - 1) else blank for ty in range(n) for tx in range(n))
+    tifffile.imwrite(tmp_path / "huge.tif", tiles, shape=(side, side), dtype=np.uint8, tile=(tile, tile),
+                     bigtiff=True, photometric="minisblack", compression="zlib", compressionargs={"level": 1})
+    assert side * side > MAX_PIXELS
+    with pytest.raises(BadImage, match="too many pixels"):
+        from blk.data.images import read_info
+
+        read_info(tmp_path / "huge.tif")  # Pillow's path refuses it…
+    huge = open_input(tmp_path / "huge.tif")  # …the Upscale path reads it by region
+    assert (huge.width, huge.height, huge.channels, huge.by_region) == (side, side, 3, True)
+    x0 = (n - 1) * tile
+    region = huge.source.read(side - 100, side - 80, 64, 48)
+    expected = pattern[side - 80 - x0:side - 32 - x0, side - 100 - x0:side - 36 - x0] / 255
+    assert np.abs(region - expected[..., None]).max() < 1e-6
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # Pillow's limit was never raised
+
+    # a whole job through the region reader gives the same pixels as through memory
+    pixels = noise(36, 52, seed=13)
+    Image.fromarray((pixels * 255).round().astype(np.uint8)).save(tmp_path / "small.png")
+    memory = run(EsrganJob(tmp_path / "small.png", tmp_path / "memory.tif", models["x4"], tile=32, overlap=8))
+    region_job = run(EsrganJob(tmp_path / "small.png", tmp_path / "region.tif", models["x4"], tile=32, overlap=8,
+                               max_pixels=1000))
+    assert open_input(tmp_path / "small.png", max_pixels=1000).by_region
+    assert np.array_equal(tifffile.imread(memory.path), tifffile.imread(region_job.path))
+
+
+def test_cancel_leaves_no_partial_output(models, tmp_path):
+    Image.fromarray((noise(64, 64) * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"an earlier result")
+    cancel = threading.Event()
+    seen = []
+
+    def progress(done, total):
+        seen.append(done)
+        cancel.set()
+
+    with pytest.raises(Cancelled, match="cancelled"):
+        run(EsrganJob(tmp_path / "in.png", out, models["x4"], tile=32, overlap=8, batch=1),
+            progress=progress, cancel=cancel)
+    assert seen == [1]  # stopped at the first tile boundary after the click
+    assert out.read_bytes() == b"an earlier result" and leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A size-limited tmpfs (needs root and a kernel that lets us mount)."""
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"disk-{size}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip() or 'not root'})")
+        mounted.append(folder)
+        return folder
+
+    mounted: list[Path] = []
+    if os.geteuid() != 0:
+        pytest.skip("a full disk is simulated with a small tmpfs, which needs root")
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_disk_full_is_one_sentence_and_leaves_nothing(models, tmp_path, tiny_disk):
+    Image.fromarray((noise(72, 100) * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    # 64 KB: the canvas (400×288×3×2 = 675 KB) cannot be reserved, before any model work;
+    # 720 KB: the canvas fits, the TIFF written beside it does not
+    for size, stage in (("64k", "this step needs about 1 MB"), ("720k", "is full; free some space")):
+        disk = tiny_disk(size)
+        with pytest.raises(UserError, match="is full") as caught:
+            run(EsrganJob(tmp_path / "in.png", disk / "out.tif", models["x4"], tile=48, overlap=8))
+        assert stage in str(caught.value) and "\n" not in str(caught.value)
+        assert list(disk.iterdir()) == [], size
+
+
+def test_cli_upscale(models, tmp_path, capsys):
+    pixels = noise(30, 40, seed=17)
+    save_16bit_tiff(tmp_path / "scan.tif", pixels, resolution=(600, 600), resolutionunit="INCH")
+    out = tmp_path / "scan-x4.tif"
+    done = run_blk("--workspace", str(tmp_path / "ws"), "upscale", str(tmp_path / "scan.tif"), "--path", "esrgan",
+                   "--model", str(models["x4"]), "--scale", "4", "--tile", "32", "--overlap", "8", "--16bit",
+                   "--dpi", "300", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "160×120, 16-bit" in done.stdout and "tile 2/2" in done.stderr
+    with tifffile.TiffFile(out) as tif:
+        assert tif.pages[0].dtype == np.uint16 and tif.pages[0].shape == (120, 160, 3)
+        x, y = tif.pages[0].tags["XResolution"].value
+        assert abs(x / y - 300) < 0.01
+    # the same entry point in-process (a child process costs seconds of imports on this machine)
+    from blk.cli import main
+
+    code = main(["--workspace", str(tmp_path / "ws"), "upscale", str(tmp_path / "scan.tif"),
+                 "--model", str(tmp_path / "scan.tif"), "--out", str(tmp_path / "x.tif")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: scan.tif is not a model file") and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit) as refused:
+        main(["upscale", "in.png", "--path", "diffusion", "--model", "m.pth"])  # not implemented yet
+    assert refused.value.code == 2 and "invalid choice: 'diffusion'" in capsys.readouterr().err
