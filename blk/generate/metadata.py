@@ -8,8 +8,10 @@ PNG carries three text chunks:
   scale, steps, guidance, size, app version);
 - `parameters` — the same in the readable one-paragraph form other tools
   (A1111, Forge, Civitai) show;
-- `Disclosure` + an XMP packet with IPTC's digital source type
-  `trainedAlgorithmicMedia`, the standard "AI-generated" mark.
+- `Disclosure` + an XMP packet with IPTC's digital source type: the
+  standard "AI-generated" mark `trainedAlgorithmicMedia`, or, for upscales,
+  `algorithmicallyEnhanced` (ESRGAN) / `compositeWithTrainedAlgorithmicMedia`
+  (diffusion), so an upscale of the artist's own work is not called generated.
 """
 
 from __future__ import annotations
@@ -23,9 +25,26 @@ from blk import __version__, atomic
 from blk.errors import BadImage
 
 PARAMETERS_KEY = "blk:parameters"
-DISCLOSURE = "AI-generated image, made with BLK Studio on the artist's own machine."
-IPTC_AI = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+IPTC_TYPES = "http://cv.iptc.org/newscodes/digitalsourcetype/"
+IPTC_AI = IPTC_TYPES + "trainedAlgorithmicMedia"
 XMP_KEY = "XML:com.adobe.xmp"
+DISCLOSURE = "AI-generated image, made with BLK Studio on the artist's own machine."
+# what a result is, in IPTC's digital source types, and the matching plain sentence
+DISCLOSURES = {
+    "trainedAlgorithmicMedia": DISCLOSURE,
+    "algorithmicallyEnhanced": "AI-enhanced image: the input enlarged by a neural network in BLK Studio "
+                               "(no new content was generated).",
+    "compositeWithTrainedAlgorithmicMedia": "Image with AI-generated detail: the input enlarged and refined by a "
+                                            "diffusion model in BLK Studio.",
+}
+
+
+def source_type(parameters: dict) -> str:
+    """ESRGAN upscales are enhancements; diffusion upscales add generated detail; the rest is generated."""
+    if parameters.get("job") == "upscale":
+        return "algorithmicallyEnhanced" if parameters.get("path") == "esrgan" else \
+            "compositeWithTrainedAlgorithmicMedia"
+    return "trainedAlgorithmicMedia"
 
 
 def readable(parameters: dict) -> str:
@@ -47,10 +66,10 @@ def readable(parameters: dict) -> str:
     return "\n".join(lines)
 
 
-def _xmp() -> str:
+def _xmp(kind: str = "trainedAlgorithmicMedia") -> str:
     return ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
             '<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/">'
-            f'<Iptc4xmpExt:DigitalSourceType>{escape(IPTC_AI)}</Iptc4xmpExt:DigitalSourceType>'
+            f'<Iptc4xmpExt:DigitalSourceType>{escape(IPTC_TYPES + kind)}</Iptc4xmpExt:DigitalSourceType>'
             '</rdf:Description></rdf:RDF></x:xmpmeta>')
 
 
@@ -63,8 +82,9 @@ def png_bytes(image, parameters: dict) -> bytes:
     info.add_itxt(PARAMETERS_KEY, json.dumps(parameters, ensure_ascii=False, sort_keys=True))
     info.add_itxt("parameters", readable(parameters))
     info.add_text("Software", f"BLK Studio {__version__}")
-    info.add_text("Disclosure", DISCLOSURE)
-    info.add_itxt(XMP_KEY, _xmp())
+    kind = source_type(parameters)
+    info.add_text("Disclosure", DISCLOSURES[kind])
+    info.add_itxt(XMP_KEY, _xmp(kind))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()

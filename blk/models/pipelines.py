@@ -98,12 +98,18 @@ class LoadedPipeline:
 
 
 class PipelineCache:
-    """Keeps the most recently used pipeline loaded; loads again only when the key changes."""
+    """Keeps the most recently used model loaded; loads again only when the model or its options change.
+
+    Other tasks (img2img) are views of the loaded text-to-image pipeline
+    (`from_pipe`): they share its weights and LoRA adapters, so moving between
+    Sketch and Upscale never loads the model twice.
+    """
 
     def __init__(self):
         self._lock = threading.Lock()
         self._key = None
         self._loaded: LoadedPipeline | None = None
+        self._tasks: dict[str, LoadedPipeline] = {}
         self.load_count = 0
 
     def get(self, model: ResolvedModel, task: str = "text2img", device: str = "auto",
@@ -111,18 +117,24 @@ class PipelineCache:
         if task not in TASKS:
             raise ValueError(task)
         device = pick_device(device)
-        key = (str(model.path), model.family, task, device, memory)
+        key = (str(model.path), model.family, device, memory)
         with self._lock:
             if self._key != key:
-                self._loaded = None  # free the old pipeline before loading the next
-                self._loaded = LoadedPipeline(load_pipeline(model, task, device, memory), model, device, memory)
+                self._loaded, self._tasks = None, {}  # free the old pipeline before loading the next
+                self._loaded = LoadedPipeline(load_pipeline(model, "text2img", device, memory), model, device, memory)
                 self._key = key
                 self.load_count += 1
-            return self._loaded
+            if task == "text2img":
+                return self._loaded
+            if task not in self._tasks:
+                view = _pipeline_class(model.family, task).from_pipe(self._loaded.pipe)
+                view.set_progress_bar_config(disable=True)
+                self._tasks[task] = LoadedPipeline(view, model, device, memory, adapters=self._loaded.adapters)
+            return self._tasks[task]
 
     def clear(self) -> None:
         with self._lock:
-            self._key, self._loaded = None, None
+            self._key, self._loaded, self._tasks = None, None, {}
 
 
 _SHA256_BY_STAT: dict[tuple[str, int, int], str] = {}
@@ -154,10 +166,12 @@ def _load_lora(loaded: LoadedPipeline, path: Path, name: str) -> None:
 
     On int8 (quanto) weights the pipeline-level loader fails on the quantized
     state dict, so the adapter goes straight onto the denoiser; a LoRA's
-    text-encoder part, if any, is then not applied.
+    text-encoder part, if any, is then not applied. LoKr files (`…lokr_w1`,
+    `…lokr_w2`, as the Train tab writes them) take the same route: diffusers'
+    pipeline loaders accept LoRA names only, its denoiser loader accepts LoKr too.
     """
     _quiet_lora_loader()
-    if loaded.memory.int8:
+    if loaded.memory.int8 or any(".lokr_" in key for key in safetensors_keys(path)):
         prefix = "transformer" if loaded.model.family == "flux" else "unet"
         loaded.denoiser.load_lora_adapter(str(path), prefix=prefix, adapter_name=name)
     else:

@@ -1,0 +1,267 @@
+"""The diffusion path: enlarge, then refine on tiles with img2img and a texture LoRA, in passes.
+
+BLK-Upscale's recipe (RECIPES.md): first enlarge (Real-ESRGAN when a model
+file is given, else Lanczos), then pass A injects texture (denoise about
+0.3, LoRA 1.0), pass B refines (about 0.2), an optional pass C steadies edges
+(about 0.15); prompts are usually empty. Each pass runs img2img on tiles of
+one size (Flux's schedule depends on the token count, so every tile must be
+the same size), with the same seed for every tile, blended in their overlaps
+by the shared tiler (`blk.upscale.tiler`). Where the whole image fits, a
+final low-denoise pass over the full frame evens out anything tile-local.
+
+Blending: we blend the tiles' *outputs* with the tiler's raised-cosine
+weights (a feathered paste), not the denoiser's predictions at every step
+(Mixture of Diffusers). At these low denoise strengths each tile keeps the
+enlarged image's structure, so neighbours agree closely and feathering hides
+the rest (the tests measure the seam); it also keeps one tile in memory at a
+time and reuses the ESRGAN path's out-of-memory halving and disk canvas.
+
+diffusers runs `steps × denoise` steps in img2img; we raise `steps` when that
+would be below one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from blk import __version__
+from blk.errors import UserError
+from blk.generate.sizes import SIZE_MULTIPLE
+from blk.models.device import MemoryOptions
+from blk.upscale.canvas import Canvas, disk_full, is_disk_full, output_format, temp_path, write_png, write_tiff
+from blk.upscale.source import open_input
+from blk.upscale.tiler import count_tiles, run_tiles
+
+FINAL_PASS_PIXELS = 2 * 2**20  # the full-frame pass runs when the image is at most this large
+
+
+@dataclass(frozen=True)
+class Pass:
+    denoise: float
+    lora_scale: float = 1.0
+
+
+PAPER_PASSES = (Pass(0.30, 1.0), Pass(0.20, 1.0))  # A: inject texture, B: refine
+PASS_C = Pass(0.15, 1.0)  # optional: steadies edges
+
+
+@dataclass
+class DiffusionJob:
+    input: Path
+    output: Path
+    model: str  # base model name (Flux or SDXL)
+    texture_lora: Path | None = None
+    scale: float | None = 2.0  # or:
+    size: tuple[int, int] | None = None
+    enlarge_model: Path | None = None  # an ESRGAN-family file for the first enlargement; None: Lanczos
+    passes: tuple[Pass, ...] = PAPER_PASSES
+    tile: int = 1024  # px of the enlarged image (all tiles this size)
+    overlap: int = 96
+    seed: int = 0
+    steps: int | None = None  # None: the model's default
+    guidance: float | None = None
+    prompt: str = ""
+    final_denoise: float | None = 0.1  # None: no full-frame pass
+    final_max_pixels: int = FINAL_PASS_PIXELS
+    dpi: float | None = None
+    memory: MemoryOptions = MemoryOptions()
+    device: str = "auto"
+
+    def __post_init__(self):
+        self.input, self.output = Path(self.input), Path(self.output)
+        self.texture_lora = Path(self.texture_lora) if self.texture_lora else None
+        self.enlarge_model = Path(self.enlarge_model) if self.enlarge_model else None
+
+
+@dataclass
+class DiffusionPlan:
+    width: int
+    height: int
+    tiles_per_pass: int
+    passes: int
+    final_pass: bool
+    steps_per_tile: list[int] = field(default_factory=list)  # denoising steps diffusers will run, per pass
+
+    def sentence(self) -> str:
+        final = " plus one full-frame pass" if self.final_pass else ""
+        return (f"{self.width}×{self.height}: {self.passes} pass{'es' if self.passes != 1 else ''} of "
+                f"{self.tiles_per_pass} tile{'s' if self.tiles_per_pass != 1 else ''}{final} "
+                f"({sum(self.steps_per_tile) * self.tiles_per_pass} denoising steps in all).")
+
+
+@dataclass
+class DiffusionResult:
+    path: Path
+    width: int
+    height: int
+    tiles: int
+    seconds: float
+    parameters: dict
+
+
+def effective_steps(steps: int, denoise: float) -> tuple[int, int]:
+    """(steps to ask for, steps diffusers will run): img2img runs int(steps × denoise) of them."""
+    if not 0 < denoise <= 1:
+        raise UserError(f"Denoise must be between 0 and 1; got {denoise:g}.")
+    asked = max(steps, math.ceil(1 / denoise))
+    return asked, max(1, int(asked * denoise))
+
+
+def plan(job: DiffusionJob, width: int, height: int, default_steps: int) -> DiffusionPlan:
+    from blk.upscale.esrgan import target_size
+
+    tw, th = target_size(width, height, job.scale, job.size)
+    if not job.passes:
+        raise UserError("Choose at least one refinement pass.")
+    tile = min(job.tile, tw, th)
+    if 2 * job.overlap > tile:
+        raise UserError(f"An overlap of {job.overlap} px needs tiles of at least {2 * job.overlap} px.")
+    steps = job.steps or default_steps
+    return DiffusionPlan(tw, th, count_tiles(tw, th, job.tile, job.overlap), len(job.passes),
+                         job.final_denoise is not None and tw * th <= job.final_max_pixels,
+                         [effective_steps(steps, p.denoise)[1] for p in job.passes])
+
+
+def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | None = None) -> DiffusionResult:
+    """Enlarge, refine in passes, write TIFF or PNG with the parameters; returns where and how long."""
+    from blk.generate.sketch import generation_defaults
+    from blk.models.pipelines import PipelineCache, lora_sha256, set_loras
+    from blk.models.registry import resolve
+
+    started = time.monotonic()
+    fmt = output_format(job.output)
+    model = resolve(job.model, workspace)
+    default_steps, default_guidance = generation_defaults(model)
+    image = open_input(job.input)
+    the_plan = plan(job, image.width, image.height, default_steps)
+    width, height = the_plan.width, the_plan.height
+    total = the_plan.tiles_per_pass * the_plan.passes + the_plan.final_pass
+    done = [0]
+
+    def report(n, _pass_total=None):
+        if progress is not None:
+            progress(done[0] + n, total)
+
+    canvases: list[Canvas] = []
+    try:
+        source = _enlarge(job, image, width, height, canvases, cancel)
+        loaded = (pipelines or PipelineCache()).get(model, task="img2img", device=job.device, memory=job.memory)
+        guidance = default_guidance if job.guidance is None else job.guidance
+        for index, one in enumerate(job.passes):
+            set_loras(loaded, [(job.texture_lora, one.lora_scale)] if job.texture_lora else [])
+            steps, _ = effective_steps(job.steps or default_steps, one.denoise)
+            process = tile_processor(loaded, job.prompt, one.denoise, steps, guidance, job.seed)
+            out = Canvas(temp_path(job.output, ".canvas"), width, height, source.channels)
+            canvases.append(out)
+            run_tiles(source, out, process, scale=1, tile=min(job.tile, width, height), overlap=job.overlap,
+                      batch=1, multiple_of=SIZE_MULTIPLE[model.family], progress=report, cancel=cancel)
+            done[0] += the_plan.tiles_per_pass
+            if len(canvases) > 1:
+                canvases.pop(0).remove()  # the previous stage is no longer needed
+            source = out
+        if the_plan.final_pass:
+            steps, _ = effective_steps(job.steps or default_steps, job.final_denoise)
+            whole = source.read(0, 0, width, height)[None]
+            refined = tile_processor(loaded, job.prompt, job.final_denoise, steps, guidance, job.seed)(whole)[0]
+            source.write_raw(0, 0, np.clip(np.rint(refined * 65535.0), 0, 65535).astype(np.uint16))
+            done[0] += 1
+            report(0)
+        parameters = {
+            "job": "upscale", "path": "diffusion", "input": job.input.name, "input_width": image.width,
+            "input_height": image.height, "width": width, "height": height, "model": model.name,
+            "prompt": job.prompt, "seed": job.seed, "steps": job.steps or default_steps, "guidance": guidance,
+            "passes": [{"denoise": p.denoise, "lora_scale": p.lora_scale} for p in job.passes],
+            "final_denoise": job.final_denoise if the_plan.final_pass else None, "tile": job.tile,
+            "overlap": job.overlap, "enlarge": job.enlarge_model.name if job.enlarge_model else "lanczos",
+            "loras": [{"name": job.texture_lora.name, "sha256": lora_sha256(job.texture_lora)}]
+            if job.texture_lora else [],
+        }
+        dpi = job.dpi or image.dpi
+        if fmt == "tiff":
+            write_tiff(source, job.output, bits=8, icc=image.icc, dpi=dpi,
+                       description=json.dumps(parameters | {"app_version": __version__}, sort_keys=True),
+                       software=f"BLK Studio {__version__}", cancel=cancel)
+        else:
+            write_png(source, job.output, icc=image.icc, dpi=dpi, parameters=parameters)
+    except BaseException as exc:
+        if is_disk_full(exc) and not isinstance(exc, UserError):
+            raise disk_full(job.output) from None
+        raise
+    finally:
+        for canvas in canvases:
+            canvas.remove()
+    return DiffusionResult(job.output, width, height, total, time.monotonic() - started, parameters)
+
+
+def _enlarge(job: DiffusionJob, image, width: int, height: int, canvases: list, cancel) -> Canvas:
+    """The starting point at the target size: an ESRGAN run (its own tiles) or Lanczos."""
+    from blk.upscale.esrgan import EsrganJob, resample
+    from blk.upscale.esrgan import run as run_esrgan
+
+    if job.enlarge_model is not None:
+        enlarged = temp_path(job.output, ".tif")
+        try:
+            run_esrgan(EsrganJob(job.input, enlarged, job.enlarge_model, scale=None, size=(width, height),
+                                 device=job.device), cancel=cancel)
+            bigger = open_input(enlarged)
+            canvas = Canvas(temp_path(job.output, ".canvas"), width, height, bigger.channels)
+            canvases.append(canvas)
+            _copy_into(bigger.source, canvas)
+        finally:
+            enlarged.unlink(missing_ok=True)
+        return canvas
+    original = Canvas(temp_path(job.output, ".canvas"), image.width, image.height, image.channels)
+    canvases.append(original)
+    _copy_into(image.source, original)
+    if (width, height) == (image.width, image.height):
+        return original
+    canvas = resample(original, width, height, temp_path(job.output, ".canvas"))
+    canvases.append(canvas)
+    canvases.pop(0).remove()
+    return canvas
+
+
+def _copy_into(source, canvas: Canvas, band: int = 256) -> None:
+    for y in range(0, source.height, band):
+        rows = source.read(0, y, source.width, min(band, source.height - y))
+        canvas.write_raw(0, y, np.clip(np.rint(rows * 65535.0), 0, 65535).astype(np.uint16))
+
+
+def tile_processor(loaded, prompt: str, denoise: float, steps: int, guidance: float, seed: int):
+    """The tiler's `process` for img2img: float (N, h, w, 3|4) → same shape; alpha passes through.
+
+    Tiles are padded (edge pixels repeated) to the family's grid and cropped
+    back, so any image size works; every tile gets the same seed.
+    """
+    import torch
+
+    multiple = SIZE_MULTIPLE[loaded.model.family]
+
+    def process(tiles: np.ndarray) -> np.ndarray:
+        outs = []
+        for tile in tiles:
+            h, w = tile.shape[:2]
+            ph, pw = -h % multiple, -w % multiple
+            rgb = np.pad(tile[..., :3], ((0, ph), (0, pw), (0, 0)), mode="edge")
+            tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].float()
+            kwargs = dict(prompt=prompt, image=tensor, strength=denoise, num_inference_steps=steps,
+                          guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed),
+                          output_type="np")
+            if loaded.model.family == "flux":
+                kwargs |= dict(width=w + pw, height=h + ph)
+            out = np.asarray(loaded.pipe(**kwargs).images[0], dtype=np.float32)[:h, :w]
+            if tile.shape[2] == 4:
+                out = np.concatenate([out, tile[..., 3:]], axis=2)
+            outs.append(np.clip(out, 0.0, 1.0))
+        return np.stack(outs)
+
+    return process
