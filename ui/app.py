@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ui.context import StudioContext
-from ui.tabs import caption, models, planned, review, sketch, stencil, train
+from ui.tabs import caption, models, review, sketch, stencil, train, upscale
 
 
 def build_app(context: StudioContext) -> gr.Blocks:
@@ -24,18 +24,18 @@ def build_app(context: StudioContext) -> gr.Blocks:
                 sketched = sketch.build(context)
             with gr.Tab("Stencil", id="stencil"):
                 stenciled = stencil.build(context)
-            with gr.Tab("Upscale"):
-                planned.build("Upscale")
+            with gr.Tab("Upscale", id="upscale"):
+                upscaled = upscale.build(context)
             with gr.Tab("Review"):
                 review.build(context)
             with gr.Tab("Models & Settings"):
                 models.build(context)
-        send_between_tabs(tabs, sketched, stenciled)
+        send_between_tabs(tabs, sketched, stenciled, upscaled)
     return demo
 
 
-def send_between_tabs(tabs, sketched: dict, stenciled: dict) -> None:
-    """A sketch goes on to Stencil (as the collage background, or to be cut out)."""
+def send_between_tabs(tabs, sketched: dict, stenciled: dict, upscaled: dict) -> None:
+    """A sketch goes on to Stencil (as the collage background, or to be cut out) or to Upscale."""
     def to_compose(path):
         if not path:
             return gr.update(), gr.update(), gr.update(), gr.update()
@@ -49,5 +49,7 @@ def send_between_tabs(tabs, sketched: dict, stenciled: dict) -> None:
     sketched["to_compose"].click(to_compose, inputs=sketched["selected"],
                                  outputs=[tabs, stenciled["tabs"], stenciled["background_file"],
                                           stenciled["background_kind"]])
+    sketched["to_upscale"].click(lambda path: (gr.Tabs(selected="upscale"), path) if path else (gr.update(),) * 2,
+                                 inputs=sketched["selected"], outputs=[tabs, upscaled["image"]])
     sketched["to_matting"].click(to_matting, inputs=sketched["selected"],
                                  outputs=[tabs, stenciled["tabs"], stenciled["matting_source"]])

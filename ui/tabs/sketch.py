@@ -145,6 +145,7 @@ def build(context: StudioContext) -> None:
             with gr.Row():
                 to_compose = gr.Button("Use as Stencil background", size="sm", elem_id="blk-sketch-to-compose")
                 to_matting = gr.Button("Cut out (Stencil matting)", size="sm")
+                to_upscale = gr.Button("Upscale", size="sm", elem_id="blk-sketch-to-upscale")
     note = gr.Markdown()
     session = gr.State([])
 
@@ -164,4 +165,4 @@ def build(context: StudioContext) -> None:
         return path, f"Selected `{Path(path).name}`."
 
     results.select(on_select, inputs=session, outputs=[selected, selected_note])
-    return {"selected": selected, "to_compose": to_compose, "to_matting": to_matting}
+    return {"selected": selected, "to_compose": to_compose, "to_matting": to_matting, "to_upscale": to_upscale}

@@ -58,16 +58,31 @@ def config_from_form(context: StudioContext, preset, dataset, model, resolutions
                             validation_images=int(validation_images), validation_every=int(validation_every))
         data["adapter"].update(rank=int(rank), alpha=float(alpha))
         data["optimizer"].update(name=optimizer, lr=float(lr))
-        data["schedule"].update(steps=int(steps), lr_schedule=schedule)
+        data["schedule"].update(lr_schedule=schedule)
         data["sampling"].update(prompts=[p.strip() for p in prompts.splitlines() if p.strip()], every=int(sample_every))
         data["checkpoints"].update(every=int(checkpoint_every), keep=int(keep))
         if context.demo and data["sampling"]["size"] > 256:
             data["sampling"].update(size=64, steps=2)
-        return TrainConfig.model_validate(data)
+        return TrainConfig.model_validate(data).with_steps(int(steps))  # curriculum stages scale with the steps
     except ValidationError as exc:
         raise UserError(first_error(exc)) from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"A number in the form is not valid ({exc}).") from None
+
+
+def stages_note(preset, config) -> str:
+    """A sentence when the form's step count moved the preset's curriculum stage starts; else ''."""
+    from blk.train.config import load_config
+
+    if not preset or not config.data.stages:
+        return ""
+    before = load_config(PRESETS / f"{preset}.yaml")
+    old = [s.start for s in before.data.stages]
+    new = [s.start for s in config.data.stages]
+    if old == new:
+        return ""
+    return (f" The curriculum stages were scaled to {config.schedule.steps} steps: they start at steps "
+            f"{', '.join(map(str, new))} (the preset's {', '.join(map(str, old))} of {before.schedule.steps}).")
 
 
 def start(context: StudioContext, preset, dataset, *form):
@@ -79,7 +94,7 @@ def start(context: StudioContext, preset, dataset, *form):
         folder = start_run(config, context.workspace, name=f"{preset or 'run'}-{dataset}")
     except UserError as exc:
         return gr.update(), f"**{exc}**"
-    return gr.Dropdown(choices=run_names(context), value=folder.name), f"Started {folder.name}."
+    return gr.Dropdown(choices=run_names(context), value=folder.name), f"Started {folder.name}." + stages_note(preset, config)
 
 
 def estimate(context: StudioContext, preset, dataset, *form):
@@ -92,9 +107,10 @@ def estimate(context: StudioContext, preset, dataset, *form):
     except UserError as exc:
         yield f"**{exc}**"
         return
-    yield "Probing a few steps with these settings (the model loads first)…"
+    note = stages_note(preset, config)
+    yield "Probing a few steps with these settings (the model loads first)…" + note
     fits, sentence = probe_in_child(config, context.workspace)
-    yield sentence if fits else f"**{sentence}**"
+    yield (sentence if fits else f"**{sentence}**") + note
 
 
 def _folder(context: StudioContext, name: str) -> Path:
@@ -170,6 +186,58 @@ def watch(context: StudioContext, name: str, log_scale: bool):
     return loss, lr, status, view.samples, checkpoints
 
 
+def step_choices(context: StudioContext, name: str, known):
+    """The step chooser's choices (steps with samples or checkpoints); unchanged ones are not sent again,
+    so a timer tick never disturbs an open dropdown. Returns (dropdown update, choices)."""
+    from blk.train.monitor import view_run
+
+    choices = []
+    if name:
+        view = view_run(_folder(context, name), 0)
+        for step in view.chosen_steps():
+            at = view.at_step(step)
+            label = f"step {step}" + (" · samples" if at.samples else "") + \
+                (" · checkpoint" if at.checkpoint else " · checkpoint pruned" if at.pruned else "")
+            choices.append((label, step))
+    if choices == known:
+        return gr.update(), known
+    return gr.Dropdown(choices=choices), choices
+
+
+def show_step(context: StudioContext, name: str, step):
+    """One step's samples and its checkpoint file (or why there is none)."""
+    from blk.train.config import load_config
+    from blk.train.monitor import view_run
+
+    if not name or step is None or step == "":
+        return [], ""
+    folder = _folder(context, name)
+    at = view_run(folder, 0).at_step(int(step))
+    if at.checkpoint:
+        text = f"Checkpoint of step {at.step}: `{at.checkpoint}`"
+    elif at.pruned:
+        try:
+            keep = f"only the newest {load_config(folder / 'config.yaml').checkpoints.keep} are kept"
+        except Exception:  # noqa: BLE001  (a damaged config only shortens the sentence)
+            keep = "only the newest are kept"
+        text = (f"The checkpoint of step {at.step} was pruned ({keep}; pin a step in the Review tab, or raise "
+                f"“Keep newest”, to keep it).")
+    else:
+        text = f"No checkpoint was saved at step {at.step}."
+    if not at.samples:
+        text += " No samples at this step."
+    return at.samples, text
+
+
+def step_near(choices, selected) -> int | None:
+    """The chooser's step nearest the middle of a range dragged across the loss plot ([x0, x1])."""
+    steps = [value for _, value in choices or []]
+    if not steps or not selected:
+        return None
+    middle = sum(selected) / len(selected) if isinstance(selected, (list, tuple)) else float(selected)
+    return min(steps, key=lambda step: abs(step - middle))
+
+
 def build(context: StudioContext, datasets) -> None:
     default = "conceptor-flux-dev" if "conceptor-flux-dev" in preset_names() else None
     initial = form_from_preset(context, default)
@@ -215,6 +283,12 @@ def build(context: StudioContext, datasets) -> None:
             lr_plot = gr.LinePlot(x="step", y="lr", label="Learning rate", height=160)
             samples = gr.Gallery(label="Samples (newest first)", columns=4, height="auto", elem_id="blk-samples")
             checkpoints = gr.Markdown()
+            gr.Markdown("**A step** — choose one, or drag across the loss plot near it:")
+            step_choice = gr.Dropdown([], label="Step", elem_id="blk-step", value=None)
+            step_samples = gr.Gallery(label="Samples at this step", columns=4, height=280, object_fit="contain",
+                                      elem_id="blk-step-samples")
+            step_info = gr.Markdown(elem_id="blk-step-info")
+            known_steps = gr.State([])
 
     form = [model, resolutions, rank, alpha, optimizer, lr, steps, schedule, prompts, sample_every,
             checkpoint_every, keep, validation_images, validation_every]
@@ -232,3 +306,18 @@ def build(context: StudioContext, datasets) -> None:
     timer.tick(lambda n, s: watch(context, n, s), inputs=[run, log_scale], outputs=shown, api_name="train_watch",
                show_progress="hidden")
     run.change(lambda n, s: watch(context, n, s), inputs=[run, log_scale], outputs=shown)
+    timer.tick(lambda n, k: step_choices(context, n, k), inputs=[run, known_steps], outputs=[step_choice, known_steps],
+               show_progress="hidden")
+    def new_run(name):
+        _, choices = step_choices(context, name, None)
+        return gr.Dropdown(choices=choices, value=None), choices, [], ""
+
+    run.change(new_run, inputs=run, outputs=[step_choice, known_steps, step_samples, step_info])
+    step_choice.change(lambda n, step: show_step(context, n, step), inputs=[run, step_choice],
+                       outputs=[step_samples, step_info])
+
+    def pick_from_plot(known, selection: gr.SelectData):
+        step = step_near(known, selection.value)
+        return gr.update() if step is None else gr.Dropdown(value=step)
+
+    loss_plot.select(pick_from_plot, inputs=known_steps, outputs=step_choice)

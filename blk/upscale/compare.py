@@ -1,0 +1,40 @@
+"""Before/after on one region: the input enlarged plainly next to the result, at the result's scale.
+
+A whole gigapixel result cannot be shown in a browser, and a shrunken one
+hides what upscaling did; a region at full resolution shows it. Both sides
+are read by region, so the result never has to fit in memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from blk.upscale.source import open_input
+
+REGION = 512
+
+
+def region_pair(before: Path, after: Path, centre: tuple[float, float] = (0.5, 0.5), side: int = REGION):
+    """(before, after) PIL images of the same `side`-px region of the result, the input enlarged by Lanczos."""
+    from PIL import Image
+
+    small, big = open_input(before), open_input(after)
+    side = min(side, big.width, big.height)
+    x = int(min(max(centre[0] * big.width - side / 2, 0), big.width - side))
+    y = int(min(max(centre[1] * big.height - side / 2, 0), big.height - side))
+    sx, sy = small.width / big.width, small.height / big.height
+    x0, y0 = int(x * sx), int(y * sy)
+    w0, h0 = max(1, int(np.ceil((x + side) * sx)) - x0), max(1, int(np.ceil((y + side) * sy)) - y0)
+    crop = small.source.read(x0, y0, min(w0, small.width - x0), min(h0, small.height - y0))[..., :3]
+    before_image = Image.fromarray((np.clip(crop, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB").resize(
+        (side, side), Image.Resampling.LANCZOS)
+    after_pixels = big.source.read(x, y, side, side)[..., :3]
+    after_image = Image.fromarray((np.clip(after_pixels, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
+    return before_image, after_image
+
+
+def suggested_path(width: int, height: int) -> str:
+    """RECIPES.md: ESRGAN is faithful to about 8k; beyond, the diffusion path adds the detail."""
+    return "esrgan" if max(width, height) <= 8192 else "diffusion"

@@ -1,0 +1,56 @@
+"""In a real browser: upscale one image on the Real-ESRGAN path and on the diffusion path."""
+
+import re
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from blk.generate.metadata import read_parameters
+from tests.support.browser import browser_page, screenshot
+from tests.support.running_app import RunningApp
+from tests.test_upscale_esrgan import rrdb_file
+
+
+def test_upscale_tab_both_paths(tmp_path, shared_workspace):
+    from playwright.sync_api import expect
+
+    workspace = tmp_path / "workspace"
+    shutil.copytree(shared_workspace.models, workspace / "models", ignore=shutil.ignore_patterns("layerdiffuse"))
+    (workspace / "models" / "upscalers").mkdir()
+    rrdb_file(workspace / "models" / "upscalers" / "RealESRGAN_x4plus_tiny.pth")
+    yy, xx = np.mgrid[0:40, 0:48]
+    source = tmp_path / "drawing.png"
+    Image.fromarray(np.stack([xx * 5, yy * 6, xx * 0 + 128], -1).astype(np.uint8)).save(source)
+
+    app = RunningApp(workspace, tmp_path / "net.jsonl")
+    try:
+        with browser_page() as page:
+            page.goto(app.url)
+            page.get_by_role("tab", name="Upscale").click()
+            page.locator("#blk-upscale-input input[type=file]").set_input_files(str(source))
+            page.locator("#blk-upscale-model input").click()
+            page.get_by_role("option", name="RealESRGAN_x4plus_tiny.pth").click()
+            page.get_by_label("Scale", exact=True).fill("4")
+            page.get_by_role("button", name="Estimate").click()
+            expect(page.locator("#blk-upscale-status")).to_contain_text("48×40 → 192×160", timeout=30_000)
+            page.locator("#blk-upscale-go").click()
+            expect(page.locator("#blk-upscale-status")).to_contain_text(re.compile(r"192×160 in \d+ s"), timeout=120_000)
+            expect(page.locator("#blk-upscale-slider img").first).to_be_visible()
+            screenshot(page, "upscale-tab-esrgan")
+
+            page.get_by_label("Diffusion + texture LoRA (mural sizes)").check()
+            page.get_by_label("Scale", exact=True).fill("2")
+            page.get_by_label("Overlap px").fill("16")
+            page.get_by_label("Steps (empty: model default)").fill("4")
+            page.get_by_label("PNG", exact=True).check()
+            page.locator("#blk-upscale-go").click()
+            expect(page.locator("#blk-upscale-status")).to_contain_text(re.compile(r"96×80 in \d+ s"), timeout=180_000)
+            screenshot(page, "upscale-tab-diffusion")
+    finally:
+        app.stop()
+    results = sorted((workspace / "outputs" / "upscale").rglob("*.*"))
+    names = [p.name for p in results]
+    assert names == ["drawing-diffusion-96x80.png", "drawing-esrgan-192x160.tif"], names
+    parameters = read_parameters(results[0])
+    assert parameters["path"] == "diffusion" and parameters["enlarge"] == "RealESRGAN_x4plus_tiny.pth"
