@@ -13,6 +13,21 @@ def dataset_names(context: StudioContext) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def import_images(context: StudioContext, new_name: str, current: str, files):
+    """Create a dataset from uploads (a name given), or add them to the selected one."""
+    from blk.data.importer import import_files
+    from blk.errors import UserError
+
+    create = bool((new_name or "").strip())
+    try:
+        result = import_files(context.workspace, new_name if create else current, files or [], create=create)
+    except UserError as exc:
+        return gr.update(), f"**{exc}**", gr.update()
+    lines = [result.sentence()] + [f"- **{reason}**" for _, reason in result.failed]
+    chosen = result.folder.name if result.added else (current or None)
+    return gr.Dropdown(choices=dataset_names(context), value=chosen), "\n".join(lines), None
+
+
 def build(context: StudioContext) -> None:
     gr.Markdown("Datasets live in `workspace/datasets/NAME/`: images with `NAME.txt` captions beside them.")
     with gr.Row():
@@ -21,6 +36,16 @@ def build(context: StudioContext) -> None:
     selected_image = gr.State(None)
     rows_state = gr.State([])  # the grid's rows on screen, with the hashes they were read at
     refresh.click(lambda: gr.Dropdown(choices=dataset_names(context)), outputs=dataset)
+    with gr.Accordion("New dataset, or add images", open=False):
+        with gr.Row():
+            new_name = gr.Textbox(label="Name (new) — or leave empty to add to the dataset above",
+                                  elem_id="blk-new-dataset-name", scale=3)
+            uploads = gr.File(label="Images, with NAME.txt captions if you have them", file_count="multiple",
+                              type="filepath", elem_id="blk-new-dataset-files", scale=4)
+            create = gr.Button("Create / add", variant="primary", scale=1, elem_id="blk-new-dataset-create")
+        import_note = gr.Markdown(elem_id="blk-new-dataset-note")
+    create.click(lambda n, d, f: import_images(context, n, d, f), inputs=[new_name, dataset, uploads],
+                 outputs=[dataset, import_note, uploads])
     with gr.Tabs():
         with gr.Tab("Captions"):
             with gr.Accordion("Caption with a vision-language model", open=False):
