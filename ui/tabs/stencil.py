@@ -158,6 +158,21 @@ def compose_layers(context: StudioContext, layer_files, positions, background_ki
         f"{len(done.layers)} layer PNGs. Folder: `{done.ora.parent}`"
 
 
+def weights_note(context: StudioContext, model_name: str) -> str:
+    """Say up front when LayerDiffuse's files are missing (the other sub-tabs work without them)."""
+    from blk.errors import UserError
+    from blk.models.registry import resolve
+    from blk.stencil.layerdiffuse import find_weights
+
+    if not model_name or model_name.startswith("tiny-"):
+        return ""
+    try:
+        find_weights(context.workspace, resolve(model_name, context.workspace))
+    except UserError as exc:
+        return f"**{exc}**"
+    return ""
+
+
 def build(context: StudioContext) -> None:
     from blk.stencil.generate import ROLES
     from blk.stencil.matting import unavailable_reason
@@ -188,7 +203,8 @@ def build(context: StudioContext) -> None:
                         go = gr.Button("Generate", variant="primary", elem_id="blk-stencil-generate")
                         stop = gr.Button("Cancel")
                 with gr.Column(scale=3):
-                    status = gr.Markdown(elem_id="blk-stencil-status")
+                    status = gr.Markdown(weights_note(context, context.default_model()),
+                                         elem_id="blk-stencil-status")
                     results = gr.Gallery(label="Assets (over a checkerboard; files keep their alpha)", columns=3,
                                          height="auto", format="png", elem_id="blk-stencil-gallery",
                                          elem_classes=["blk-checker"])
@@ -203,7 +219,8 @@ def build(context: StudioContext) -> None:
                              count, augment],
                      outputs=[results, session, status, seed], api_name="stencil_generate")
             stop.click(cancel.set, queue=False)
-            model.change(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
+            model.change(lambda name: (*model_defaults(context, name), weights_note(context, name)), inputs=model,
+                         outputs=[steps, guidance, status])
 
             def on_select(items, event: gr.SelectData):
                 entry = items[event.index]
