@@ -112,6 +112,11 @@ class Canvas:
             self.write_raw(0, start, np.zeros((n, self.width, self.channels), dtype=np.uint16))
 
     # -- lifetime ---------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Make every write so far durable (a resume journal relies on it)."""
+        if getattr(self, "fd", None) is not None:
+            os.fsync(self.fd)
+
     def close(self) -> None:
         if getattr(self, "fd", None) is not None:
             os.close(self.fd)
@@ -186,8 +191,12 @@ def check_png(width: int, height: int, bits: int) -> None:
 
 
 def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi: float | None,
-               description: str, software: str, cancel: threading.Event | None = None) -> Path:
-    """Tiled BigTIFF, deflate + horizontal predictor, written from canvas bands; atomic."""
+               description: str, software: str, cancel: threading.Event | None = None,
+               temp: Path | None = None) -> Path:
+    """Tiled BigTIFF, deflate + horizontal predictor, written from canvas bands; atomic.
+
+    `temp`: the temporary name to write first (default: a fresh `.blk-tmp-` name), e.g. one a
+    resume journal knows, so that a process killed mid-write leaves nothing it cannot find."""
     import tifffile
 
     from blk.upscale.tiler import Cancelled
@@ -214,12 +223,86 @@ def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi:
         extra |= {"resolution": (float(dpi), float(dpi)), "resolutionunit": "INCH"}
     if icc:
         extra["iccprofile"] = icc
-    tmp = temp_path(path, path.suffix)
+    tmp = temp or temp_path(path, path.suffix)
     try:
         tifffile.imwrite(tmp, tiles(), shape=(canvas.height, canvas.width, canvas.channels), dtype=dtype,
                          tile=(side, side), bigtiff=True, photometric="rgb", planarconfig="contig",
                          compression="zlib", predictor=True, description=description, metadata=None,
                          software=software, **extra)
+        _commit(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if is_disk_full(exc):
+            raise disk_full(path) from None
+        raise
+    return path
+
+
+def print_path(output: Path) -> Path:
+    """Where the print copy of `output` goes: OUT.print.tif beside OUT.tif (or OUT.png)."""
+    return output.with_name(f"{output.stem}.print.tif")
+
+
+def parse_colour(text: str) -> tuple[int, int, int]:
+    """'white', 'black', '#rrggbb' or 'r,g,b' (0–255) → (r, g, b)."""
+    named = {"white": (255, 255, 255), "black": (0, 0, 0)}
+    value = text.strip().lower()
+    try:
+        if value in named:
+            return named[value]
+        if value.startswith("#") and len(value) == 7:
+            return tuple(int(value[i:i + 2], 16) for i in (1, 3, 5))
+        parts = tuple(int(v) for v in value.split(","))
+        if len(parts) == 3 and all(0 <= v <= 255 for v in parts):
+            return parts
+    except ValueError:
+        pass
+    raise UserError(f"{text!r} is not a colour; write white, black, #rrggbb or r,g,b.")
+
+
+def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | None,
+                     background: tuple[int, int, int] = (255, 255, 255), description: str = "",
+                     software: str = "", cancel: threading.Event | None = None,
+                     temp: Path | None = None) -> Path:
+    """The print lab's copy: 8-bit RGB, alpha flattened over `background`, `dpi` and the ICC profile
+    embedded; tiled, deflate; classic TIFF unless it needs BigTIFF (> 4 GB). Streams canvas bands:
+    memory stays at one band of 256 rows whatever the size. Atomic, like `write_tiff`.
+
+    Flattening is done on the stored (gamma-encoded) values, as image editors do:
+    out = colour·α + background·(1 − α), from the 16-bit master, rounded once."""
+    import tifffile
+
+    from blk.upscale.tiler import Cancelled
+
+    side = TIFF_TILE
+    bg = np.asarray(background, dtype=np.float32).reshape(1, 1, 3) * 257.0  # in 16-bit units
+
+    def tiles():
+        for y in range(0, canvas.height, side):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            h = min(side, canvas.height - y)
+            band = canvas.read_raw(0, y, canvas.width, h).astype(np.float32)
+            if canvas.channels == 4:
+                a = band[..., 3:] / 65535.0
+                band = band[..., :3] * a + bg * (1.0 - a)
+            rgb8 = np.clip(np.rint(band / 257.0), 0, 255).astype(np.uint8)
+            for x in range(0, canvas.width, side):
+                tile = np.zeros((side, side, 3), dtype=np.uint8)
+                part = rgb8[:, x:x + side]
+                tile[:part.shape[0], :part.shape[1]] = part
+                yield tile
+
+    extra = {"iccprofile": icc} if icc else {}
+    big = canvas.width * canvas.height * 3 > 3_900_000_000
+    tmp = temp or temp_path(path, ".tif")
+    try:
+        tifffile.imwrite(tmp, tiles(), shape=(canvas.height, canvas.width, 3), dtype=np.uint8,
+                         tile=(side, side), bigtiff=big, photometric="rgb", planarconfig="contig",
+                         compression="zlib", predictor=True, description=description or None, metadata=None,
+                         software=software or None, resolution=(float(dpi), float(dpi)), resolutionunit="INCH",
+                         **extra)
         _commit(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):

@@ -2,14 +2,22 @@
 
     python -m blk upscale INPUT --path esrgan --model FILE (--scale 4 | --size WxH)
                           [--tile N] [--overlap N] [--batch N] [--16bit] [--dpi N] [--icc FILE]
-                          [--alpha model|lanczos] [--device D] [--precision auto|fp32|fp16|bf16] [--out OUT.tif|OUT.png]
+                          [--alpha model|lanczos] [--device D] [--precision auto|fp32|fp16|bf16]
+                          [--print-dpi N [--print-background white|#rrggbb|r,g,b]] [--out OUT.tif|OUT.png]
 
 Tile and overlap are in input pixels; the tile comes from free memory when not given.
 Without --out the result goes to workspace/outputs/upscale/NAME-xSCALE.tif.
+A run that was killed (or stopped with Ctrl+C) resumes from its last finished row of tiles
+when the same command is run again.
+
+BLK_TEST_KILL_AFTER_TILES=N (tests only): the process kills itself (SIGKILL) after N tiles,
+as a crash or a power cut would, so that tests can prove a resume.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,6 +44,12 @@ def add_commands(commands) -> None:
                          help="how transparency is upscaled (default: through the model)")
     upscale.add_argument("--device", default="auto")
     upscale.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    upscale.add_argument("--print-dpi", type=float, default=None,
+                         help="also write OUT.print.tif for a print lab: 8-bit RGB, flattened, at this DPI, "
+                              "with the ICC profile")
+    upscale.add_argument("--print-background", default="white",
+                         help="colour transparency is flattened over in the print copy: white, black, "
+                              "#rrggbb or r,g,b (default white)")
     upscale.add_argument("--out", default=None, help="OUT.tif (tiled BigTIFF) or OUT.png")
     upscale.set_defaults(run=cmd_upscale)
 
@@ -50,6 +64,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def cmd_upscale(args, workspace) -> int:
+    from blk.upscale.canvas import parse_colour
     from blk.upscale.esrgan import EsrganJob, run
 
     size = _size(args.size) if args.size else None
@@ -62,16 +77,29 @@ def cmd_upscale(args, workspace) -> int:
     job = EsrganJob(input=Path(args.input), output=out, model=Path(args.model), scale=scale, size=size,
                     tile=args.tile, overlap=args.overlap, batch=args.batch, keep_16bit=args.keep_16bit,
                     dpi=args.dpi, icc=Path(args.icc) if args.icc else None, alpha=args.alpha,
-                    device=args.device, precision=args.precision)
+                    device=args.device, precision=args.precision, print_dpi=args.print_dpi,
+                    print_background=parse_colour(args.print_background))
     started = time.monotonic()
+    die_after = int(os.environ.get("BLK_TEST_KILL_AFTER_TILES") or 0)
 
     def progress(done: int, total: int) -> None:
+        if die_after and done >= die_after:
+            os.kill(os.getpid(), signal.SIGKILL)
         elapsed = time.monotonic() - started
         eta = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
         print(f"\rtile {done}/{total}{eta}   ", end="", file=sys.stderr, flush=True)
 
-    result = run(job, progress=progress)
+    try:
+        result = run(job, progress=progress, log=lambda text: print(text, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print("\nInterrupted; run the same command again to continue from the last finished row.",
+              file=sys.stderr)
+        return 130
     print(file=sys.stderr)
     print(f"{result.width}×{result.height}, {result.bits}-bit, {result.passes} pass(es), "
           f"{result.tile} px tiles, {result.seconds:.1f} s: {result.path}")
+    if result.resumed_from_tile:
+        print(f"resumed after tile {result.resumed_from_tile} of an interrupted run")
+    if result.print_path:
+        print(f"print copy: {result.print_path}")
     return 0

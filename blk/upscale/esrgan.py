@@ -8,7 +8,15 @@ Recipe (`run`):
    a canvas on disk, each pass reading the previous canvas;
 4. resample to the exact size with Lanczos (pyvips, streaming; premultiplied
    when there is alpha, so transparent colour cannot bleed into the edge);
-5. write a tiled BigTIFF or a PNG atomically with the parameters embedded.
+5. write a tiled BigTIFF or a PNG atomically with the parameters embedded;
+   with `print_dpi`, also OUT.print.tif: 8-bit RGB, alpha flattened over
+   `print_background`, that DPI and the ICC profile (`canvas.write_print_tiff`).
+
+Resume: the canvases live under a journal (`blk.upscale.journal`) that records
+the next row after every finished row. A killed run (or Ctrl+C) leaves them;
+running the same job again (same input and model content, output, settings)
+continues from that row — with the tile size then in use — and gives the same
+pixels as an uninterrupted run. Cancel and errors remove everything.
 
 Alpha: colour and alpha are upscaled separately. Transparent pixels first take
 the colour of their visible neighbours (`source.FilledSource`, why there), so
@@ -21,7 +29,6 @@ so a model's faint noise never makes a solid area see-through.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -33,8 +40,9 @@ import numpy as np
 
 from blk import __version__
 from blk.errors import UserError
-from blk.upscale.canvas import (Canvas, check_png, disk_full, is_disk_full, output_format, temp_path,
-                                write_png, write_tiff)
+from blk.upscale.canvas import (Canvas, check_png, disk_full, is_disk_full, output_format, print_path,
+                                write_png, write_print_tiff, write_tiff)
+from blk.upscale.journal import Journal, file_sha256, job_key
 from blk.upscale.source import WHOLE_IMAGE_PIXELS, FilledSource, open_input
 from blk.upscale.tiler import Cancelled, auto_tile, count_tiles, run_tiles
 
@@ -62,6 +70,8 @@ class EsrganJob:
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     max_pixels: int = WHOLE_IMAGE_PIXELS  # inputs above this are read by region
+    print_dpi: float | None = None  # also write OUT.print.tif: 8-bit RGB, flattened, at this DPI
+    print_background: tuple[int, int, int] = (255, 255, 255)  # what transparency is flattened over
 
     def __post_init__(self):
         self.input, self.output, self.model = Path(self.input), Path(self.output), Path(self.model)
@@ -80,6 +90,8 @@ class EsrganResult:
     oom_retries: int
     seconds: float
     parameters: dict = field(default_factory=dict)
+    resumed_from_tile: int = 0  # tiles (all passes) an interrupted earlier run had finished; 0: fresh
+    print_path: Path | None = None
 
 
 def target_size(width: int, height: int, scale: float | None, size: tuple[int, int] | None) -> tuple[int, int]:
@@ -108,7 +120,8 @@ def plan_passes(model_scale: int, factor: float) -> int:
 
 
 def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
-        cancel: threading.Event | None = None) -> EsrganResult:
+        cancel: threading.Event | None = None, log: Callable[[str], None] | None = None) -> EsrganResult:
+    """The recipe. `log` receives one-sentence notes (e.g. that an interrupted job resumes)."""
     from blk.models.device import pick_device
     from blk.upscale.models import load_upscaler, pick_precision
 
@@ -118,6 +131,10 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
         raise UserError(f"Alpha can be upscaled by {' or '.join(ALPHA_MODES)}; got {job.alpha!r}.")
     if job.input.resolve() == job.output.resolve():
         raise UserError("The result would overwrite the input; choose another output name.")
+    if job.print_dpi is not None and job.print_dpi <= 0:
+        raise UserError(f"The print resolution must be above 0 dpi; got {job.print_dpi:g}.")
+    if job.print_dpi and print_path(job.output).resolve() in (job.input.resolve(), job.output.resolve()):
+        raise UserError("The print copy would overwrite the input or the result; choose another output name.")
 
     image = open_input(job.input, job.max_pixels)
     width, height = target_size(image.width, image.height, job.scale, job.size)
@@ -133,54 +150,82 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     factor = max(width / image.width, height / image.height)
     passes = plan_passes(upscaler.scale, factor)
     batch = max(1, job.batch)
-    tile = job.tile or max(auto_tile(device, batch=batch, dtype_bytes=dtype.itemsize,
-                                     multiple_of=upscaler.multiple_of), 4 * job.overlap)
-    process = processor(upscaler, device, dtype, job.alpha)
-    counter = _Progress(progress, [count_tiles(image.width * upscaler.scale ** k, image.height * upscaler.scale ** k,
-                                               tile, job.overlap) for k in range(passes)])
-    canvases: list[Canvas] = []
-    retries = tiles = 0
+    model_sha256 = _sha256(job.model)
+    # what decides the canvases' pixels: a journal with another key is stale (see blk.upscale.journal)
+    key = job_key({"path": "esrgan", "input_sha256": _sha256(job.input), "model_sha256": model_sha256,
+                   "output": str(job.output.resolve()), "size": [width, height], "tile": job.tile,
+                   "overlap": job.overlap, "batch": batch, "alpha": job.alpha, "device": device,
+                   "precision": str(dtype), "passes": passes})
+    journal = Journal.begin(job.output, key)
     try:
-        source = image.source
-        for k in range(passes):
+        journal.check_files(passes)
+        tile = journal.tile or job.tile or max(auto_tile(device, batch=batch, dtype_bytes=dtype.itemsize,
+                                                         multiple_of=upscaler.multiple_of), 4 * job.overlap)
+        journal.set_tile(tile)
+        process = processor(upscaler, device, dtype, job.alpha)
+        sizes = [(image.width * upscaler.scale ** k, image.height * upscaler.scale ** k) for k in range(passes + 1)]
+        counter = _Progress(progress, [count_tiles(*sizes[k], tile, job.overlap) for k in range(passes)])
+        first = min(journal.state["pass"], passes) if journal.resumed else 0
+        resumed_from = 0
+        if journal.resumed:
+            resumed_from = sum(counter.totals[:first]) + (journal.state["tiles_done"] if first < passes else 0)
+            counter.done[:first] = counter.totals[:first]
+            if log:
+                log(journal.describe(counter.totals) if first < passes else
+                    "Resuming an interrupted job after its last tile: writing the result.")
+        retries = tiles = 0
+        source = image.source if first == 0 else journal.reopen(first - 1, *sizes[first], image.channels)
+        for k in range(first, passes):
             s = upscaler.scale
-            canvas = Canvas(temp_path(job.output, ".canvas"), source.width * s, source.height * s, image.channels)
-            canvases.append(canvas)
+            canvas = journal.open_canvas(k, *sizes[k + 1], image.channels)
             feed = FilledSource(source, FILL_RADIUS) if image.channels == 4 else source
             stats = run_tiles(feed, canvas, process, scale=s, tile=tile, overlap=job.overlap, batch=batch,
-                              multiple_of=upscaler.multiple_of, progress=counter.pass_reporter(k), cancel=cancel)
+                              multiple_of=upscaler.multiple_of, progress=counter.pass_reporter(k), cancel=cancel,
+                              **journal.tiler_hooks(k, canvas))
             tile, retries, tiles = stats.tile, retries + stats.oom_retries, tiles + stats.tiles
-            if k:
-                canvases.pop(0).remove()  # the previous pass's canvas is no longer needed
+            journal.pass_done(k)
+            if isinstance(source, Canvas):
+                journal.forget(source)  # the previous pass's canvas is no longer needed
             source = canvas
         _check(cancel)
         if (source.width, source.height) != (width, height):
-            canvases.append(resample(source, width, height, temp_path(job.output, ".canvas")))
-            canvases.pop(0).remove()
-            source = canvases[-1]
+            path = journal.temp("resample.canvas")
+            path.unlink(missing_ok=True)  # a resample that a kill cut short is redone
+            resampled = resample(source, width, height, path)
+            source = journal.adopt(resampled)
         _check(cancel)
         parameters = {
             "job": "upscale", "path": "esrgan", "input": job.input.name, "input_width": image.width,
             "input_height": image.height, "width": width, "height": height, "scale": round(factor, 6),
-            "model": upscaler.name, "model_sha256": _sha256(job.model), "architecture": upscaler.architecture,
+            "model": upscaler.name, "model_sha256": model_sha256, "architecture": upscaler.architecture,
             "model_scale": upscaler.scale, "passes": passes, "tile": tile, "overlap": job.overlap,
             "precision": str(dtype).removeprefix("torch."), "bits": bits, "dpi": dpi,
         } | ({"alpha": job.alpha} if image.channels == 4 else {})
+        description = json.dumps(parameters | {"app_version": __version__}, ensure_ascii=True, sort_keys=True)
         if fmt == "tiff":
-            description = json.dumps(parameters | {"app_version": __version__}, ensure_ascii=True, sort_keys=True)
             write_tiff(source, job.output, bits=bits, icc=icc, dpi=dpi, description=description,
-                       software=f"BLK Studio {__version__}", cancel=cancel)
+                       software=f"BLK Studio {__version__}", cancel=cancel, temp=journal.temp("out.tif"))
         else:
             write_png(source, job.output, icc=icc, dpi=dpi, parameters=parameters)
+        if job.print_dpi:
+            printed = json.dumps(parameters | {"app_version": __version__, "print_dpi": job.print_dpi,
+                                               "print_background": list(job.print_background), "bits": 8},
+                                 ensure_ascii=True, sort_keys=True)
+            write_print_tiff(source, print_path(job.output), dpi=job.print_dpi, icc=icc,
+                             background=tuple(job.print_background), description=printed,
+                             software=f"BLK Studio {__version__}", cancel=cancel, temp=journal.temp("print.tif"))
+    except KeyboardInterrupt:
+        journal.suspend()  # Ctrl+C is an interruption: the next run of the same job resumes
+        raise
     except BaseException as exc:
+        journal.discard()  # cancel, errors, disk full: nothing is left behind
         if is_disk_full(exc) and not isinstance(exc, UserError):
             raise disk_full(job.output) from None
         raise
-    finally:
-        for canvas in canvases:
-            canvas.remove()
+    journal.discard()
     return EsrganResult(job.output, width, height, bits, passes, tile, tiles, retries,
-                        time.monotonic() - started, parameters)
+                        time.monotonic() - started, parameters, resumed_from_tile=resumed_from,
+                        print_path=print_path(job.output) if job.print_dpi else None)
 
 
 def processor(upscaler, device: str, dtype, alpha: str = "model") -> Callable[[np.ndarray], np.ndarray]:
@@ -282,9 +327,4 @@ def _read_icc(path: Path) -> bytes:
     return data
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+_sha256 = file_sha256

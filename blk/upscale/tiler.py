@@ -17,6 +17,15 @@ tile contributes nothing before its fade band. Image edges are never faded;
 
 Out of memory: the rows already finished stay; the canvas band the failed row
 touched is restored, the tile is halved, and work resumes at that row.
+
+Resume after a crash (`blk.upscale.journal`): a row writes only into the
+output band `[y_top, y_end)`; of that, `[y_top, kept_until)` already holds the
+previous row's share and `[kept_until, y_end)` is still zero. `on_row_start`
+receives that band (`RowBand`, with the sink's snapshot of the first part)
+before the row writes anything, so a journal can persist it; `on_row_done`
+receives where the next row begins (`RowDone`). `start=` and `tiles_done=`
+continue a layout from such a point: the rows that follow are exactly those an
+uninterrupted run would have done, so the result is the same.
 """
 
 from __future__ import annotations
@@ -67,6 +76,30 @@ class Span:
     @property
     def end(self) -> int:
         return self.start + self.length
+
+
+@dataclass(frozen=True)
+class RowBand:
+    """What the row about to run may change in the sink, in output px: to undo it, put `saved` back
+    (the sink's snapshot of `[y_top, kept_until)`) and zero `[kept_until, y_end)`."""
+
+    row_start: int  # the row's position in the layout (input px), as `start=` takes it
+    row_fade: int | None
+    tile: int
+    y_top: int
+    kept_until: int
+    y_end: int
+    saved: object  # sink.snapshot(y_top, kept_until)
+
+
+@dataclass(frozen=True)
+class RowDone:
+    """A finished row: the next one starts at (`row_start`, `row_fade`); `tiles_done` counts this pass."""
+
+    row_start: int
+    row_fade: int | None
+    tile: int
+    tiles_done: int
 
 
 @dataclass
@@ -129,13 +162,19 @@ def weights(span: Span, overlap: int, scale: int, kind: str = "sine") -> tuple[n
 def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *, scale: int, tile: int,
               overlap: int, batch: int = 4, multiple_of: int = 1, blend: str = "sine",
               progress: Callable[[int, int], None] | None = None,
-              cancel: threading.Event | None = None) -> TileStats:
+              cancel: threading.Event | None = None,
+              start: tuple[int, int | None] = (0, None), tiles_done: int = 0,
+              on_row_start: Callable[[RowBand], None] | None = None,
+              on_row_done: Callable[[RowDone], None] | None = None) -> TileStats:
     """Upscale `source` into `sink` tile by tile.
 
     `process` takes float32 (N, h, w, C) and returns (N, h·scale, w·scale, C);
     it may raise an out-of-memory error (torch's, or any error saying
     "out of memory"): the tile is then halved and the current row redone.
     `progress(done, total)` counts tiles; `cancel` is checked between batches.
+    `start=(row_start, row_fade)` and `tiles_done` continue an interrupted pass from a
+    `RowDone` (with that `tile`); `on_row_start(RowBand)` runs before a row writes anything,
+    `on_row_done(RowDone)` after it wrote everything (see the module's docstring).
     """
     from blk.models.device import is_out_of_memory
 
@@ -145,17 +184,21 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
         raise UserError(f"An overlap of {overlap} px needs tiles of at least {2 * overlap} px; "
                         f"{tile} px was asked for.")
     width, height = source.width, source.height
-    started, done, retries = time.monotonic(), 0, 0
-    row_start, row_fade = 0, None  # where the rows still to do begin
+    started, done, retries = time.monotonic(), tiles_done, 0
+    row_start, row_fade = start  # where the rows still to do begin
     while True:
         rows, cols = spans(height, tile, overlap, row_start, row_fade), spans(width, tile, overlap)
         total = done + len(rows) * len(cols)
         try:
             for row in rows:
                 _row(source, sink, process, row, cols, scale, overlap, batch, blend, cancel,
-                     lambda n: progress(done + n, total) if progress else None)
+                     lambda n: progress(done + n, total) if progress else None,
+                     (lambda band, rs=row_start, rf=row_fade: on_row_start(
+                         RowBand(rs, rf, tile, *band))) if on_row_start else None)
                 done += len(cols)
                 row_start, row_fade = row.end - overlap, row.end
+                if on_row_done:
+                    on_row_done(RowDone(row_start, row_fade, tile, done))
             return TileStats(tile, overlap, done, retries, time.monotonic() - started)
         except Exception as exc:
             if not is_out_of_memory(exc):
@@ -168,12 +211,15 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
         tile, retries = smaller, retries + 1
 
 
-def _row(source, sink, process, row: Span, cols: list[Span], scale, overlap, batch, blend, cancel, report):
+def _row(source, sink, process, row: Span, cols: list[Span], scale, overlap, batch, blend, cancel, report,
+         announce=None):
     """One row of tiles; on any error the canvas band this row touched is put back as it was."""
     wy, first_y = weights(row, overlap, scale, blend)
     y_top = row.start * scale + first_y  # the row writes nothing above this
     kept_until = row.fade_in_end * scale if row.fade_in_end is not None else y_top
     snapshot = sink.snapshot(y_top, kept_until)  # rows that the previous row already holds
+    if announce is not None:
+        announce((y_top, kept_until, row.end * scale, snapshot))
     try:
         for i in range(0, len(cols), batch):
             if cancel is not None and cancel.is_set():

@@ -1,0 +1,325 @@
+"""Resume an interrupted upscale from its finished rows of tiles; shared by both Upscale paths.
+
+A large job runs for hours; if the process dies (killed, crashed, power cut)
+the canvas on disk already holds every finished row. The journal is what makes
+that canvas usable again:
+
+    .blk-tmp-OUT.tif.journal.json   the job's key (a hash of everything that decides the pixels),
+                                    its temp token, the pass in progress, the next row
+                                    (`row_start`, `row_fade`), the tile in use, tiles done
+    .blk-tmp-TOKEN.pass0.canvas     the canvases (one per pass still needed), named from the token
+    .blk-tmp-TOKEN.band             the canvas band the row in progress may disturb, saved
+                                    before the row writes anything
+    .blk-tmp-OUT.tif.lock           held (flock) while a job writes OUT, so two runs never share files
+
+Protocol per row (the tiler's hooks, `tiler_hooks`): before the row, the band
+`[y_top, kept_until)` and the row's extent go to the band file (written whole,
+fsynced, renamed into place); after the row, the canvas is fsynced, then the
+journal is rewritten atomically with the next row. On the next run with the
+same key, a band file that belongs to the journal's next row is put back and
+the rest of that row's extent zeroed — undoing a row that died half-way — and
+the tiler continues from that row with the recorded tile. Every file has the
+`.blk-tmp-` prefix, so nothing looks like a finished result.
+
+What ends a job decides what stays: success, cancel and errors remove every
+file (`discard`); a process kill leaves them, and so does Ctrl+C
+(KeyboardInterrupt: `suspend`), which is how a terminal user interrupts. A job
+whose key differs (other input content, model, output, settings) finds the old
+journal, removes its files, and starts fresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+import numpy as np
+
+from blk.atomic import TEMP_PREFIX
+from blk.errors import UserError
+from blk.upscale.canvas import Canvas
+from blk.upscale.tiler import RowBand, RowDone
+
+VERSION = 1
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def job_key(parameters: dict) -> str:
+    """A stable hash of what decides a job's pixels (JSON-able values; paths as strings)."""
+    text = json.dumps(parameters, sort_keys=True, default=str, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Journal:
+    """The resume state of the job writing `output`. Use `Journal.begin(output, key)`."""
+
+    def __init__(self, output: Path, key: str, state: dict, resumed: bool, lock_fd: int | None):
+        self.output, self.key, self.state, self.resumed, self._lock_fd = output, key, state, resumed, lock_fd
+        self.folder = output.parent
+        self._open: list[Canvas] = []
+
+    # -- names ------------------------------------------------------------------------------
+    @staticmethod
+    def path_for(output: Path) -> Path:
+        return output.parent / f"{TEMP_PREFIX}{output.name}.journal.json"
+
+    @property
+    def path(self) -> Path:
+        return self.path_for(self.output)
+
+    def temp(self, name: str) -> Path:
+        """A temp file of this job, found again on resume and removed by `discard` (e.g. "resample.canvas")."""
+        return self.folder / f"{TEMP_PREFIX}{self.state['token']}.{name}"
+
+    def canvas_path(self, pass_index: int) -> Path:
+        return self.temp(f"pass{pass_index}.canvas")
+
+    @property
+    def band_path(self) -> Path:
+        return self.temp("band")
+
+    # -- start --------------------------------------------------------------------------------
+    @classmethod
+    def begin(cls, output: str | os.PathLike, key: str) -> "Journal":
+        """Take the job's lock; resume a matching journal, or remove a stale one and start fresh."""
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock(output.parent / f"{TEMP_PREFIX}{output.name}.lock", output)
+        try:
+            old = _read_json(cls.path_for(output))
+            if old is not None and old.get("version") == VERSION and old.get("key") == key \
+                    and _token_ok(old.get("token")):
+                return cls(output, key, old, True, lock_fd)
+            if old is not None and _token_ok(old.get("token")):
+                _remove_token_files(output.parent, old["token"])
+            with contextlib.suppress(FileNotFoundError):
+                cls.path_for(output).unlink()
+            state = {"version": VERSION, "key": key, "token": secrets.token_hex(6), "pass": 0,
+                     "row_start": 0, "row_fade": None, "tile": None, "tiles_done": 0}
+            journal = cls(output, key, state, False, lock_fd)
+            journal._save()
+            return journal
+        except BaseException:
+            _unlock(lock_fd)
+            raise
+
+    # -- canvases -----------------------------------------------------------------------------
+    def open_canvas(self, pass_index: int, width: int, height: int, channels: int) -> Canvas:
+        """Pass `pass_index`'s canvas: reopened when resuming that pass (its interrupted row undone),
+        else created. Closed (not removed) by `suspend`, removed by `discard`."""
+        path = self.canvas_path(pass_index)
+        if self.state["pass"] == pass_index and path.exists() and (self.state["row_start"] or self.state["tiles_done"]):
+            canvas = Canvas(path, width, height, channels, create=False)
+            self._undo_interrupted_row(canvas, pass_index)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            canvas = Canvas(path, width, height, channels)
+        self._open.append(canvas)
+        return canvas
+
+    def reopen(self, pass_index: int, width: int, height: int, channels: int) -> Canvas:
+        """A finished pass's canvas (the source of the next pass)."""
+        canvas = Canvas(self.canvas_path(pass_index), width, height, channels, create=False)
+        self._open.append(canvas)
+        return canvas
+
+    def adopt(self, canvas: Canvas) -> Canvas:
+        """A canvas made elsewhere under `temp(...)` (e.g. a resample): closed/removed with the others."""
+        self._open.append(canvas)
+        return canvas
+
+    def forget(self, canvas: Canvas) -> None:
+        """A canvas no longer needed: removed now."""
+        canvas.remove()
+        if canvas in self._open:
+            self._open.remove(canvas)
+
+    def has_canvas(self, pass_index: int) -> bool:
+        return self.canvas_path(pass_index).exists()
+
+    def check_files(self, passes: int) -> None:
+        """A resumed journal whose canvases are gone (deleted by hand) starts the job afresh."""
+        if not self.resumed:
+            return
+        k = self.state["pass"]
+        need = ([k - 1] if k > 0 else []) + ([k] if k < passes and (self.state["row_start"] or self.state["tiles_done"]) else [])
+        if all(self.has_canvas(i) for i in need):
+            return
+        _remove_token_files(self.folder, self.state["token"])
+        self.state = {"version": VERSION, "key": self.key, "token": secrets.token_hex(6), "pass": 0,
+                      "row_start": 0, "row_fade": None, "tile": None, "tiles_done": 0}
+        self.resumed = False
+        self._save()
+
+    # -- the tiler's hooks ----------------------------------------------------------------------
+    def start_of(self, pass_index: int) -> dict:
+        """`run_tiles` keywords that continue `pass_index` where it stopped (fresh: from row 0)."""
+        if self.state["pass"] != pass_index:
+            return {}
+        return {"start": (self.state["row_start"], self.state["row_fade"]), "tiles_done": self.state["tiles_done"]}
+
+    def tiler_hooks(self, pass_index: int, canvas: Canvas) -> dict:
+        """`run_tiles(..., **journal.tiler_hooks(k, canvas))`: start point plus both row hooks."""
+        def on_row_start(band: RowBand) -> None:
+            y0, rows = band.saved
+            header = {"pass": pass_index, "row_start": band.row_start, "row_fade": band.row_fade,
+                      "tile": band.tile, "y_top": band.y_top, "kept_until": band.kept_until, "y_end": band.y_end,
+                      "shape": list(rows.shape)}
+            _write_durably(self.band_path, json.dumps(header).encode() + b"\n" +
+                           np.ascontiguousarray(rows, dtype=np.uint16).tobytes())
+
+        def on_row_done(done: RowDone) -> None:
+            canvas.flush()  # the row's pixels reach the disk before the journal says they are there
+            self.state.update({"pass": pass_index, "row_start": done.row_start, "row_fade": done.row_fade,
+                               "tile": done.tile, "tiles_done": done.tiles_done})
+            self._save()
+
+        return self.start_of(pass_index) | {"on_row_start": on_row_start, "on_row_done": on_row_done}
+
+    def pass_done(self, pass_index: int) -> None:
+        """Pass `pass_index` is complete: the next run starts at the next pass (tile size kept)."""
+        self.state.update({"pass": pass_index + 1, "row_start": 0, "row_fade": None, "tiles_done": 0})
+        self._save()
+        with contextlib.suppress(FileNotFoundError):
+            self.band_path.unlink()
+
+    @property
+    def tile(self) -> int | None:
+        return self.state.get("tile")
+
+    def set_tile(self, tile: int) -> None:
+        if self.state.get("tile") != tile:
+            self.state["tile"] = tile
+            self._save()
+
+    def describe(self, totals: list[int] | None = None) -> str:
+        """One sentence on where a resumed job continues (for the CLI and the UI)."""
+        k, done = self.state["pass"], self.state["tiles_done"]
+        before = sum(totals[:k]) if totals else 0
+        of = f" of {sum(totals)}" if totals else ""
+        return (f"Resuming an interrupted job at pass {k + 1}, tile {before + done + 1}{of} "
+                f"(row at input y={self.state['row_start']}, {self.state['tile']} px tiles).")
+
+    # -- end ------------------------------------------------------------------------------------
+    def suspend(self) -> None:
+        """The job was interrupted: keep every file for the next run; close and unlock."""
+        for canvas in self._open:
+            canvas.close()
+        self._open.clear()
+        _unlock(self._lock_fd)
+        self._lock_fd = None
+
+    def discard(self) -> None:
+        """The job is over (done, cancelled or failed): remove every file it left, then unlock."""
+        for canvas in self._open:
+            canvas.remove()
+        self._open.clear()
+        _remove_token_files(self.folder, self.state["token"])
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.with_name(self.path.name + ".part").unlink()
+        if self._lock_fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / f"{TEMP_PREFIX}{self.output.name}.lock").unlink()
+        _unlock(self._lock_fd)
+        self._lock_fd = None
+
+    # -- internals ------------------------------------------------------------------------------
+    def _save(self) -> None:
+        _write_durably(self.path, (json.dumps(self.state, indent=1, sort_keys=True) + "\n").encode())
+
+    def _undo_interrupted_row(self, canvas: Canvas, pass_index: int) -> None:
+        """Put back the band of a row that died half-way (if the band file belongs to the next row)."""
+        try:
+            raw = self.band_path.read_bytes()
+        except FileNotFoundError:
+            return
+        head, _, body = raw.partition(b"\n")
+        try:
+            header = json.loads(head)
+        except ValueError:
+            return  # never renamed into place whole, so never used by a row
+        s = self.state
+        if (header["pass"], header["row_start"], header["row_fade"]) != (pass_index, s["row_start"], s["row_fade"]):
+            return  # the next row never started writing (the file is from the row before)
+        shape = tuple(header["shape"])
+        rows = np.frombuffer(body, dtype=np.uint16)
+        if rows.size != int(np.prod(shape)):
+            raise UserError(f"The saved state of an interrupted upscale next to {self.output.name} is damaged; "
+                            "delete its .blk-tmp- files and start again.")
+        canvas.restore((header["y_top"], rows.reshape(shape)))
+        canvas.clear(header["kept_until"], header["y_end"])
+        canvas.flush()
+
+
+def _token_ok(token) -> bool:
+    return isinstance(token, str) and len(token) == 12 and all(c in "0123456789abcdef" for c in token)
+
+
+def _remove_token_files(folder: Path, token: str) -> None:
+    for path in folder.glob(f"{TEMP_PREFIX}{token}.*"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write a fixed-name `.part` sibling, fsync, rename (a kill mid-write never leaves a random name)."""
+    part = path.with_name(path.name + ".part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view.nbytes:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(part, path)
+
+
+def _lock(path: Path, output: Path) -> int | None:
+    """An exclusive flock on `path`, checked to still be the file at that name after locking."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"Another upscale is writing {output.name} right now; wait for it to finish "
+                            "or choose another output name.") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the holder removed it as we locked: take the new one
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+

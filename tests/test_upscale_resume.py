@@ -1,0 +1,273 @@
+"""Upscale resume, print export: a job killed mid-row (a real child process, SIGKILL) continues from its
+last finished row and gives the same pixels as an uninterrupted run; cancel and other settings leave
+nothing behind; the print copy is 8-bit RGB, flattened, with DPI and ICC.
+
+The child kills itself with `BLK_TEST_KILL_AFTER_TILES=N` (`blk.upscale.cli`): after N tiles, mid-row
+with batch 1, as a crash or a power cut would — no Python code runs after it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from blk.upscale.canvas import Canvas, print_path
+from blk.upscale.esrgan import EsrganJob, processor, run
+from blk.upscale.journal import Journal
+from blk.upscale.models import load_upscaler
+from blk.upscale.source import ArraySource
+from blk.upscale.tiler import Cancelled, RowBand, RowDone, run_tiles, spans
+from tests.conftest import run_blk
+from tests.test_upscale_esrgan import leftovers, noise, rrdb_file, save_16bit_tiff
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return rrdb_file(tmp_path_factory.mktemp("models") / "RealESRGAN_x4plus_tiny.pth")
+
+
+def save_png(path: Path, h: int, w: int, seed: int) -> Path:
+    Image.fromarray((noise(h, w, seed=seed) * 255).round().astype(np.uint8)).save(path)
+    return path
+
+
+def kill_env(tiles: int) -> dict:
+    return {"BLK_TEST_KILL_AFTER_TILES": str(tiles), "OMP_NUM_THREADS": "1"}
+
+
+# -- the tiler's resume API -----------------------------------------------------------------------
+
+def test_run_tiles_continues_from_a_finished_row_exactly(model, tmp_path):
+    x4 = load_upscaler(model)
+    pixels = noise(72, 64, seed=21)
+    process = processor(x4, "cpu", torch.float32)
+    whole = Canvas(tmp_path / "whole.canvas", 256, 288, 3)
+    run_tiles(ArraySource(pixels), whole, process, scale=4, tile=32, overlap=8, batch=2)
+
+    class Stop(Exception):
+        pass
+
+    bands: list[RowBand] = []
+    rows: list[RowDone] = []
+
+    def stop_after_first_row(done: RowDone):
+        rows.append(done)
+        raise Stop()
+
+    part = Canvas(tmp_path / "part.canvas", 256, 288, 3)
+    with pytest.raises(Stop):
+        run_tiles(ArraySource(pixels), part, process, scale=4, tile=32, overlap=8, batch=2,
+                  on_row_start=bands.append, on_row_done=stop_after_first_row)
+    first = rows[0]
+    assert (first.row_start, first.row_fade, first.tile, first.tiles_done) == (24, 32, 32, 3)
+    assert (bands[0].y_top, bands[0].kept_until, bands[0].y_end) == (0, 0, 128)  # row 1 touches [0, 128)
+    seen = []
+    stats = run_tiles(ArraySource(pixels), part, process, scale=4, tile=32, overlap=8, batch=2,
+                      start=(first.row_start, first.row_fade), tiles_done=first.tiles_done,
+                      on_row_start=bands.append, progress=lambda d, t: seen.append((d, t)))
+    # row 2 starts at input y 24 and fades in over [26, 30) (quarter margins): output rows 104..
+    assert (bands[1].y_top, bands[1].kept_until, bands[1].y_end) == (104, 128, 224)
+    assert bands[1].saved[1].shape == (24, 256, 3)
+    assert seen[0] == (5, 9) and seen[-1] == (9, 9) and stats.tiles == 9  # counts continue from 3
+    assert np.array_equal(part.read_raw(0, 0, 256, 288), whole.read_raw(0, 0, 256, 288))
+    whole.remove()
+    part.remove()
+
+
+# -- a real process killed mid-job ---------------------------------------------------------------
+
+def test_killed_job_resumes_from_its_last_row_with_the_same_pixels(model, tmp_path):
+    ws = tmp_path / "ws"
+    image = save_png(tmp_path / "art.png", 72, 64, seed=22)  # 3 rows × 3 columns of 32 px tiles
+    args = ("--workspace", str(ws), "upscale", str(image), "--model", str(model), "--tile", "32",
+            "--overlap", "8", "--batch", "1")
+    killed = run_blk(*args, env=kill_env(5))  # row 2 of 3, after its 2nd tile
+    assert killed.returncode == -9, killed.stderr
+    folder = ws / "outputs" / "upscale"
+    out = folder / "art-x4.tif"
+    assert not out.exists()
+    journal = json.loads(Journal.path_for(out).read_text())
+    assert (journal["pass"], journal["row_start"], journal["row_fade"], journal["tile"], journal["tiles_done"]) == \
+        (0, 24, 32, 32, 3)
+    band_file = folder / f".blk-tmp-{journal['token']}.band"
+    header = json.loads(band_file.read_bytes().split(b"\n", 1)[0])
+    assert (header["row_start"], header["kept_until"], header["y_end"]) == (24, 128, 224)  # the row it died in
+    canvas = Canvas(folder / f".blk-tmp-{journal['token']}.pass0.canvas", 256, 288, 3, create=False)
+    assert canvas.read_raw(0, 128, 256, 96).any()  # the dead row's half-written tiles are on disk…
+    canvas.close()
+
+    resumed = run_blk(*args, env={"OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming an interrupted job at pass 1, tile 4 of 9 (row at input y=24, 32 px tiles)." in resumed.stderr
+    assert "resumed after tile 3 of an interrupted run" in resumed.stdout
+    assert "tile 4/9" in resumed.stderr and "tile 1/9" not in resumed.stderr  # finished rows were not redone
+    reference = run(EsrganJob(image, tmp_path / "reference.tif", model, tile=32, overlap=8, batch=1))
+    assert reference.resumed_from_tile == 0
+    # …and were undone: the result is the uninterrupted one, bit for bit
+    assert np.array_equal(tifffile.imread(out), tifffile.imread(reference.path))
+    # a scan of the whole workspace finds no temporary file (canvas, journal, band, lock)
+    assert [p for p in ws.rglob(".blk-tmp-*")] == [] and leftovers(tmp_path) == []
+
+
+def test_killed_second_pass_resumes_from_the_first_passes_canvas(model, tmp_path):
+    image = save_png(tmp_path / "small.png", 10, 12, seed=23)
+    out = tmp_path / "x16.tif"
+    # pass 1: one 12×10 tile; pass 2 (48×40): 2 rows × 2 columns; die in pass 2's second row
+    killed = run_blk("upscale", str(image), "--model", str(model), "--scale", "16", "--tile", "32",
+                     "--overlap", "8", "--batch", "1", "--out", str(out), env=kill_env(4))
+    assert killed.returncode == -9, killed.stderr
+    state = json.loads(Journal.path_for(out).read_text())
+    assert (state["pass"], state["tiles_done"]) == (1, 2)
+    assert (tmp_path / f".blk-tmp-{state['token']}.pass0.canvas").exists()  # pass 2's source, kept until it ends
+    notes = []
+    result = run(EsrganJob(image, out, model, scale=16, tile=32, overlap=8, batch=1), log=notes.append)
+    assert notes == ["Resuming an interrupted job at pass 2, tile 4 of 5 (row at input y=24, 32 px tiles)."]
+    assert (result.passes, result.width, result.height, result.resumed_from_tile) == (2, 192, 160, 3)
+    reference = run(EsrganJob(image, tmp_path / "ref.tif", model, scale=16, tile=32, overlap=8, batch=1))
+    assert np.array_equal(tifffile.imread(out), tifffile.imread(reference.path))
+    assert leftovers(tmp_path) == []
+
+
+# -- in-process interruptions: Ctrl+C keeps, cancel and other settings clean up -------------------
+
+def interrupt_after(n: int):
+    def progress(done, total):
+        if done >= n:
+            raise KeyboardInterrupt()
+    return progress
+
+
+def test_interrupt_keeps_cancel_and_other_settings_clean_up(model, tmp_path):
+    image = save_png(tmp_path / "in.png", 72, 64, seed=24)
+    out = tmp_path / "out.tif"
+    job = EsrganJob(image, out, model, tile=32, overlap=8, batch=1)
+    with pytest.raises(KeyboardInterrupt):
+        run(job, progress=interrupt_after(5))
+    kept = leftovers(tmp_path)
+    assert any(n.endswith(".canvas") for n in kept) and Journal.path_for(out).name in kept
+
+    # other settings (overlap): the stale job's files go, the new job starts at tile 1
+    other = run(EsrganJob(image, out, model, tile=32, overlap=12, batch=1))
+    assert other.resumed_from_tile == 0 and leftovers(tmp_path) == []
+
+    # other input content under the same name: fresh as well
+    with pytest.raises(KeyboardInterrupt):
+        run(job, progress=interrupt_after(5))
+    save_png(image, 72, 64, seed=25)
+    assert run(job).resumed_from_tile == 0 and leftovers(tmp_path) == []
+
+    # cancel of a resumed job is still a cancel: everything is removed
+    with pytest.raises(KeyboardInterrupt):
+        run(job, progress=interrupt_after(5))
+    cancel = threading.Event()
+    with pytest.raises(Cancelled):
+        run(job, progress=lambda d, t: cancel.set(), cancel=cancel)
+    assert leftovers(tmp_path) == []
+
+    # interrupted twice, resumed twice: the same pixels as one uninterrupted run
+    reference = tifffile.imread(out)
+    out.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        run(job, progress=interrupt_after(2))
+    with pytest.raises(KeyboardInterrupt):
+        run(job, progress=interrupt_after(7))
+    final = run(job)
+    assert final.resumed_from_tile == 6 and np.array_equal(tifffile.imread(out), reference)
+    assert leftovers(tmp_path) == []
+
+
+def test_a_second_run_of_a_job_in_progress_is_refused(model, tmp_path):
+    image = save_png(tmp_path / "in.png", 40, 40, seed=26)
+    out = tmp_path / "out.tif"
+    holder = Journal.begin(out, "some-key")
+    try:
+        with pytest.raises(Exception, match="Another upscale is writing out.tif"):
+            run(EsrganJob(image, out, model, tile=32, overlap=8))
+    finally:
+        holder.discard()
+    assert run(EsrganJob(image, out, model, tile=32, overlap=8)).width == 160
+    assert leftovers(tmp_path) == []
+
+
+# -- print export ---------------------------------------------------------------------------------
+
+def test_print_copy_is_flattened_8bit_rgb_with_dpi_and_icc(model, tmp_path):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgba = np.zeros((40, 48, 4), np.float32)
+    rgba[..., :3] = noise(40, 48, seed=27)
+    rgba[..., 3] = 1.0
+    rgba[:, 24:, 3] = 0.5  # the right half is half transparent
+    rgba[30:, :, 3] = 0.0  # and a band at the bottom fully transparent
+    save_16bit_tiff(tmp_path / "sticker.tif", rgba, iccprofile=icc, extrasamples=["unassalpha"])
+    job = EsrganJob(tmp_path / "sticker.tif", tmp_path / "master.tif", model, tile=32, overlap=8, keep_16bit=True,
+                    alpha="lanczos", print_dpi=300)
+    result = run(job)
+    assert result.print_path == print_path(result.path) == tmp_path / "master.print.tif"
+    master = tifffile.imread(result.path).astype(np.float64)
+    assert master.shape == (160, 192, 4) and master.dtype == np.float64
+    a = master[..., 3:] / 65535
+    with tifffile.TiffFile(result.print_path) as tif:
+        page = tif.pages[0]
+        printed = page.asarray()
+        assert page.dtype == np.uint8 and page.shape == (160, 192, 3) and page.photometric == 2  # RGB
+        assert not page.extrasamples and page.tags["InterColorProfile"].value == icc
+        x, y = page.tags["XResolution"].value
+        assert abs(x / y - 300) < 1e-6 and page.tags["ResolutionUnit"].value == 2
+        assert not tif.is_bigtiff  # classic TIFF: what print labs' software reads
+    with Image.open(result.print_path) as im:  # an independent reader agrees
+        assert im.mode == "RGB" and im.info["icc_profile"] == icc and abs(im.info["dpi"][0] - 300) < 0.01
+    expected = (master[..., :3] * a + 65535 * (1 - a)) / 257
+    assert np.abs(printed - expected).max() <= 0.5 + 1e-6  # rounded once, from the 16-bit master
+    half = (slice(8, 100), slice(120, 180))  # inside the half-transparent area, away from its edges
+    assert np.allclose(a[half], 0.5, atol=1e-4)
+    assert np.abs(printed[half] - (master[half][..., :3] / 257 * 0.5 + 127.5)).max() <= 0.51
+    assert (printed[150:] == 255).all()  # fully transparent → paper white
+
+    # over a chosen colour, e.g. the grey of a card the print goes on
+    grey = run(EsrganJob(tmp_path / "sticker.tif", tmp_path / "grey.tif", model, tile=32, overlap=8, keep_16bit=True,
+                         alpha="lanczos", print_dpi=150, print_background=(40, 80, 120)))
+    printed = tifffile.imread(grey.print_path).astype(np.float64)
+    assert (printed[150:] == (40, 80, 120)).all()
+    background = np.array([40, 80, 120], np.float64)
+    assert np.abs(printed[half] - (master[half][..., :3] / 257 * 0.5 + background * 0.5)).max() <= 0.51
+    assert leftovers(tmp_path) == []
+
+
+def test_cli_print_dpi(model, tmp_path):
+    image = save_png(tmp_path / "in.png", 20, 24, seed=28)
+    out = tmp_path / "out.png"
+    done = run_blk("upscale", str(image), "--model", str(model), "--tile", "32", "--overlap", "8",
+                   "--print-dpi", "240", "--print-background", "#102030", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"print copy: {tmp_path / 'out.print.tif'}" in done.stdout
+    with tifffile.TiffFile(tmp_path / "out.print.tif") as tif:
+        x, y = tif.pages[0].tags["XResolution"].value
+        assert abs(x / y - 240) < 1e-6 and tif.pages[0].shape == (80, 96, 3)
+        assert np.array_equal(tif.pages[0].asarray(), np.asarray(Image.open(out).convert("RGB")))  # opaque: same
+    assert json.loads(tifffile.TiffFile(tmp_path / "out.print.tif").pages[0].description)["print_dpi"] == 240
+    bad = run_blk("upscale", str(image), "--model", str(model), "--print-background", "teal", "--out", str(out))
+    assert bad.returncode == 2 and "is not a colour" in bad.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_spans_after_resume_match_the_uninterrupted_layout():
+    full = spans(200, 48, 16)
+    for i, row in enumerate(full[:-1]):
+        assert spans(200, 48, 16, row.end - 16, row.end) == full[i + 1:]
