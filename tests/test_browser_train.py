@@ -1,4 +1,5 @@
-"""In a real browser: start a tiny run from the Train tab; the loss plot gains points and a sample appears."""
+"""In a real browser: start a tiny run from the Train tab; the loss plot gains points and a sample appears;
+then the step chooser shows one step's samples and its checkpoint (or that it was pruned)."""
 
 import shutil
 
@@ -31,6 +32,7 @@ def test_train_tab_runs_a_tiny_lora(tmp_path, shared_workspace):
             page.get_by_label("Steps", exact=True).fill("40")
             page.get_by_label("Samples every N steps").fill("10")
             page.get_by_label("Checkpoint every N steps").fill("10")
+            page.get_by_label("Keep newest").fill("2")  # steps 10 and 20 are pruned by the end
             page.get_by_role("button", name="Start training").click()
             expect(page.get_by_text("Started conceptor-flux-dev-inks")).to_be_visible(timeout=60_000)
             import re
@@ -42,6 +44,25 @@ def test_train_tab_runs_a_tiny_lora(tmp_path, shared_workspace):
             expect(page.get_by_text("step 40 of 40")).to_be_visible(timeout=240_000)
             expect(page.get_by_text(re.compile(r"^finished"))).to_be_visible()
             screenshot(page, "train-tab-finished")
+
+            chooser = page.get_by_label("Step", exact=True)
+            chooser.click()
+            page.get_by_role("option", name="step 10 · samples · checkpoint pruned").click()
+            expect(page.locator("#blk-step-samples img").first).to_be_visible(timeout=30_000)
+            expect(page.locator("#blk-step-info")).to_contain_text("checkpoint of step 10 was pruned")
+            chooser.click()
+            page.get_by_role("option", name="step 40 · samples · checkpoint", exact=True).click()
+            expect(page.locator("#blk-step-info")).to_contain_text("step-000040.safetensors")
+            expect(page.locator("#blk-step-samples img").first).to_have_attribute("src", re.compile("step-000040-0"))
+            screenshot(page, "train-tab-step-chosen")
+            box = page.locator("#blk-loss-plot svg").first.bounding_box()  # drag a range near step 10
+            y = box["y"] + box["height"] * 0.4
+            page.mouse.move(box["x"] + box["width"] * 0.22, y)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * 0.26, y, steps=5)
+            page.mouse.move(box["x"] + box["width"] * 0.30, y, steps=5)
+            page.mouse.up()
+            expect(page.locator("#blk-step-info")).to_contain_text("checkpoint of step 10 was pruned", timeout=15_000)
         from gradio_client import Client
 
         run_name = next((workspace / "runs").iterdir()).name

@@ -241,3 +241,95 @@ def test_latent_cache_can_be_turned_off(dataset, shared_workspace, tmp_path):
     config.data.cache_latents = False
     uncached = run(config, shared_workspace, tmp_path / "cold")
     assert uncached.latent_encodes == 4 and uncached.text_encodes == 0  # one encode per step; text still cached
+
+
+def test_lokr_run_saves_a_checkpoint_that_generates_and_resumes(dataset, shared_workspace, tmp_path):
+    """`adapter.kind: lokr`: peft's LoKr on the denoiser, saved in diffusers' format (its config in the file's
+    metadata), applied by set_loras at a strength; resume is exact as for LoRA."""
+    import json as json_module
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from blk.generate.text_to_image import TextToImage, generate
+    from blk.models.pipelines import PipelineCache, set_loras
+    from blk.models.registry import resolve
+
+    def config():
+        c = config_for("tiny-flux", dataset, steps=6)
+        c.adapter.kind, c.optimizer.lr, c.checkpoints.every = "lokr", 2e-2, 3
+        return c
+
+    whole = run(config(), shared_workspace, tmp_path / "whole")
+    assert whole.status == "finished" and whole.last_checkpoint.name == "step-000006.safetensors"
+    tensors = load_file(str(whole.last_checkpoint))
+    assert tensors and all(".lokr_w" in key and key.startswith("transformer.") for key in tensors)
+    with safe_open(str(whole.last_checkpoint), "pt") as handle:
+        saved = json_module.loads(handle.metadata()["lora_adapter_metadata"])
+    assert saved["transformer.peft_type"] == "LOKR" and saved["transformer.r"] == 4
+
+    halted = run(config(), shared_workspace, tmp_path / "halted", stop_after=3)
+    assert halted.status == "stopped" and halted.step == 3
+    resumed = run(config(), shared_workspace, tmp_path / "halted", resume=True)
+    assert resumed.step == 6
+    again = load_file(str(resumed.last_checkpoint))
+    assert again.keys() == tensors.keys() and all(torch.equal(again[k], tensors[k]) for k in tensors)
+
+    loaded = PipelineCache().get(resolve("tiny-flux", shared_workspace))
+    request = TextToImage("blkstyle, a drawing", seed=1, width=64, height=64, steps=2)
+    base = np.asarray(generate(loaded, request)).astype(int)
+    set_loras(loaded, [(whole.last_checkpoint, 1.0)])
+    trained = np.asarray(generate(loaded, request)).astype(int)
+    set_loras(loaded, [(whole.last_checkpoint, 0.0)])
+    at_zero = np.asarray(generate(loaded, request)).astype(int)
+    assert np.abs(trained - base).mean() > 0.5, np.abs(trained - base).mean()
+    assert np.array_equal(at_zero, base)
+    set_loras(loaded, [])
+    assert np.array_equal(np.asarray(generate(loaded, request)).astype(int), base)
+
+
+def test_lokr_cannot_start_from_a_lora_file():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="LoKr adapter starts from random weights"):
+        TrainConfig.model_validate({"adapter": {"kind": "lokr", "init_from": "style.safetensors"}})
+
+
+def test_step_chooser_shows_a_steps_samples_and_checkpoint(workspace):
+    """The Train tab's step chooser: steps with samples or checkpoints, each step's samples, its checkpoint
+    file, or a note that it was pruned; a range dragged on the loss plot picks the nearest step."""
+    from blk.train.config import save_config
+    from ui.context import StudioContext
+    from ui.tabs import train
+
+    folder = workspace.runs / "r"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "samples").mkdir()
+    config = TrainConfig()
+    config.checkpoints.keep = 1
+    save_config(config, folder / "config.yaml")
+    log = EventLog(folder / "events.jsonl")
+    for step in (0, 5, 10):
+        paths = [f"samples/step-{step:06d}-{i}.png" for i in range(2)]
+        for path in paths:
+            Image.new("RGB", (8, 8)).save(folder / path)
+        log.write("sample", step, paths=paths, prompts=["a cube", "a cloud"])
+        if step:
+            (folder / "checkpoints" / f"step-{step:06d}.safetensors").write_bytes(b"x")
+            log.write("checkpoint", step, path=f"checkpoints/step-{step:06d}.safetensors")
+    (folder / "checkpoints" / "step-000005.safetensors").unlink()  # pruned: only the newest is kept
+
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    update, choices = train.step_choices(context, "r", None)
+    assert choices == [("step 0 · samples", 0), ("step 5 · samples · checkpoint pruned", 5),
+                       ("step 10 · samples · checkpoint", 10)]
+    assert train.step_choices(context, "r", choices)[1] == choices  # unchanged: nothing sent
+    samples, text = train.show_step(context, "r", 10)
+    assert [label for _, label in samples] == ["step 10: a cube", "step 10: a cloud"]
+    assert text == f"Checkpoint of step 10: `{folder / 'checkpoints' / 'step-000010.safetensors'}`"
+    samples, text = train.show_step(context, "r", 5)
+    assert samples[0][0].endswith("step-000005-0.png") and "was pruned (only the newest 1 are kept" in text
+    assert train.show_step(context, "r", 0)[1] == "No checkpoint was saved at step 0."
+    assert train.show_step(context, "r", None) == ([], "")
+    assert train.step_near(choices, [6.5, 9.0]) == 10 and train.step_near(choices, [0.0, 4.0]) == 0
+    assert train.step_near([], [1, 2]) is None

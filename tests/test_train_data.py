@@ -130,6 +130,57 @@ def test_runner_follows_the_stages_and_resume_lands_in_the_right_one(staged_data
         run(missing, shared_workspace, tmp_path / "missing")
 
 
+def test_stage_starts_scale_with_the_step_count():
+    from pathlib import Path
+
+    stencil = load_config(Path("presets/stencil-flux-layerdiffuse.yaml"))
+    starts = lambda config: [stage.start for stage in config.data.stages]  # noqa: E731
+    assert starts(stencil.with_steps(1500)) == [0, 500, 1000] and stencil.with_steps(1500).schedule.steps == 1500
+    assert starts(stencil.with_steps(12)) == [0, 4, 8]
+    assert starts(stencil.with_steps(12000)) == [0, 4000, 8000]
+    assert starts(stencil.with_steps(6000)) == [0, 2000, 4000] and stencil.schedule.steps == 6000  # a copy
+    assert [s.name for s in stencil.with_steps(12).data.stages] == ["singles", "+ pairs", "+ triples"]
+    assert stencil.with_steps(12).unreachable_stages() == []
+    tight = stencil.with_steps(2)  # too few steps for three stages: kept in order, the last never starts
+    assert starts(tight) == [0, 1, 2]
+    assert tight.unreachable_stages() == ["stage 3 (+ triples) starts at step 2 but the run ends at step 2, "
+                                          "so it never starts"]
+    plain = TrainConfig()
+    assert plain.with_steps(10).schedule.steps == 10 and plain.with_steps(10).data.stages == []
+
+
+def test_train_form_scales_the_preset_stages_and_says_so(workspace):
+    from ui.context import StudioContext
+    from ui.tabs import train
+
+    noise_images(workspace.datasets / "assets" / "singles", ["cube"], seed=1)
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    form = list(train.form_from_preset(context, "stencil-flux-layerdiffuse"))
+    assert form[6] == 6000
+    config = train.config_from_form(context, "stencil-flux-layerdiffuse", "assets", *form)
+    assert [s.start for s in config.data.stages] == [0, 2000, 4000]
+    assert train.stages_note("stencil-flux-layerdiffuse", config) == ""
+    form[6] = 300
+    config = train.config_from_form(context, "stencil-flux-layerdiffuse", "assets", *form)
+    assert config.schedule.steps == 300 and [s.start for s in config.data.stages] == [0, 100, 200]
+    note = train.stages_note("stencil-flux-layerdiffuse", config)
+    assert "scaled to 300 steps" in note and "0, 100, 200" in note and "0, 2000, 4000 of 6000" in note
+
+
+def test_cli_steps_override_warns_once_per_stage_that_never_starts(staged_dataset, shared_workspace, tmp_path):
+    import json
+
+    from tests.conftest import run_blk
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text(json.dumps(staged_config(staged_dataset, 6).model_dump(mode="json")))  # stages at 0, 2, 4
+    done = run_blk("--workspace", str(shared_workspace.root), "train", str(preset), "--run-dir", str(tmp_path / "r"),
+                   "--steps", "3")
+    assert done.returncode == 0 and "finished at step 3" in done.stdout, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: stage 3 (+ extras) starts at step 4 but the run ends at step 3, so it never starts."]
+
+
 # alpha mask -----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

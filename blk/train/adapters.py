@@ -1,4 +1,4 @@
-"""The adapters of a run: frozen base LoRAs under it, the trainable one, and where it starts from.
+"""The adapters of a run: frozen base LoRAs under it, the trainable one (LoRA or LoKr), and where it starts from.
 
 - Base LoRAs (`model.base_loras`, e.g. LayerDiffuse's layer LoRA for BLK-Stencil) are loaded
   as named peft adapters that stay active and frozen: never fused, so int8 weights are safe
@@ -17,6 +17,28 @@ from blk.errors import UserError
 
 TRAINABLE = "default"
 STARTING = "starting_point"  # a LoRA file loaded for a moment, to copy into the trainable adapter
+
+
+def peft_config(adapter):
+    """The trainable adapter's peft config: LoRA (B·A) or LoKr (a Kronecker product w1 ⊗ w2, LyCORIS-style)."""
+    if adapter.kind == "lokr":
+        from peft import LoKrConfig
+
+        return LoKrConfig(r=adapter.rank, alpha=adapter.alpha, rank_dropout=adapter.dropout,
+                          target_modules=adapter.target_modules)
+    from peft import LoraConfig
+
+    return LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
+                      target_modules=adapter.target_modules, init_lora_weights="gaussian")
+
+
+def adapter_metadata(denoiser, adapter) -> dict | None:
+    """What a checkpoint stores besides its tensors: a LoKr file carries its peft config (diffusers'
+    `lora_adapter_metadata`), which `load_lora_adapter` needs to rebuild it (alpha, factorization).
+    LoRA files stay as before: their shapes and names say everything."""
+    if adapter.kind != "lokr":
+        return None
+    return denoiser.peft_config[TRAINABLE].to_dict()
 
 
 def _pipeline_class(family):

@@ -96,6 +96,13 @@ class AdapterSection(BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
 
+    @model_validator(mode="after")
+    def _lokr_starts_fresh(self):
+        if self.kind == "lokr" and self.init_from:
+            raise PydanticCustomError("config", "adapter.init_from starts a LoRA adapter from a LoRA file; a LoKr "
+                                      "adapter starts from random weights (clear init_from, or choose kind lora)")
+        return self
+
 
 class OptimizerSection(BaseModel):
     name: Literal["prodigy", "adamw", "adamw8bit"] = "adamw"
@@ -143,6 +150,25 @@ class TrainConfig(BaseModel):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     sampling: SamplingSection = Field(default_factory=SamplingSection)
     checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
+
+    def with_steps(self, steps: int) -> TrainConfig:
+        """This config for a run of `steps` steps, with curriculum stage starts scaled in proportion
+        (stages at 0/2000/4000 of 6000 become 0/500/1000 of 1500), kept in order; validated."""
+        data = self.model_dump()
+        old = self.schedule.steps
+        data["schedule"]["steps"] = steps
+        if data["data"]["stages"] and steps != old:
+            previous = -1
+            for stage in data["data"]["stages"]:
+                stage["start"] = max(round(stage["start"] * steps / old), previous + 1)
+                previous = stage["start"]
+        return TrainConfig.model_validate(data)
+
+    def unreachable_stages(self) -> list[str]:
+        """One sentence for each curriculum stage that starts at or after the last step: it would never run."""
+        return [f"stage {number} ({stage.name or 'unnamed'}) starts at step {stage.start} but the run ends at step "
+                f"{self.schedule.steps}, so it never starts"
+                for number, stage in enumerate(self.data.stages, start=1) if stage.start >= self.schedule.steps]
 
 
 def load_config(path: str | Path) -> TrainConfig:

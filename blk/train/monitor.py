@@ -26,6 +26,26 @@ class RunView:
     message: str = ""  # the last error or status sentence
     gpu_memory: int = 0  # peak bytes allocated on the GPU so far (0 on a CPU)
     stage: str = ""  # the curriculum stage now active, if any
+    samples_by_step: dict[int, list[tuple[str, str]]] = field(default_factory=dict)  # step -> (path, label)
+    written: dict[int, str] = field(default_factory=dict)  # every checkpoint written, pruned ones included
+
+    def chosen_steps(self) -> list[int]:
+        """The steps worth looking at: those with samples or a checkpoint (kept or pruned)."""
+        return sorted(set(self.samples_by_step) | set(self.written))
+
+    def at_step(self, step: int) -> StepView:
+        path = self.written.get(step)
+        kept = path is not None and Path(path).exists()
+        return StepView(step, self.samples_by_step.get(step, []), path if kept else None, path is not None and not kept)
+
+
+@dataclass
+class StepView:
+    """One step of a run: its samples and its checkpoint, if one was written (and whether it was pruned since)."""
+    step: int
+    samples: list[tuple[str, str]]
+    checkpoint: str | None  # the file, while it exists
+    pruned: bool  # written, then deleted to keep only the newest checkpoints
 
 
 def view_run(folder: Path, total_steps: int) -> RunView:
@@ -45,12 +65,15 @@ def view_run(folder: Path, total_steps: int) -> RunView:
             view.eval_steps.append(event["step"])
             view.eval_loss.append(event["loss"])
         elif kind == "sample":
-            for index, path in enumerate(event.get("paths", [])):
-                view.samples.insert(0, (str(folder / path), f"step {event['step']}: {event['prompts'][index]}"))
+            shown = [(str(folder / path), f"step {event['step']}: {event['prompts'][index]}")
+                     for index, path in enumerate(event.get("paths", []))]
+            view.samples[:0] = reversed(shown)
+            view.samples_by_step[event["step"]] = shown  # a step sampled again (after a resume): the newest
         elif kind == "stage":
             view.stage = f"stage {event['stage']}" + (f" ({event['name']})" if event.get("name") else "")
         elif kind == "checkpoint":
             view.checkpoints.append((event["step"], str(folder / event["path"])))
+            view.written[event["step"]] = str(folder / event["path"])
         elif kind == "error":
             view.message = event["message"]
         elif kind == "status" and not view.message:

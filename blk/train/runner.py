@@ -2,7 +2,7 @@
 
     runs/RUN/config.yaml      the exact resolved config
     runs/RUN/events.jsonl     one JSON object per line: t, step, kind (loss, lr, sample, checkpoint, status, error)
-    runs/RUN/checkpoints/     step-000250.safetensors … (diffusers LoRA format; newest K kept, pinned kept)
+    runs/RUN/checkpoints/     step-000250.safetensors … (diffusers LoRA/LoKr format; newest K kept, pinned kept)
     runs/RUN/samples/         step-000250-0.png …
     runs/RUN/state/           what resume needs: adapter, optimizer, scheduler, step
 
@@ -18,6 +18,7 @@ import io
 import json
 import random
 import shutil
+import sys
 import threading
 import time
 import warnings
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from blk import atomic
 from blk.errors import UserError
+from blk.train.adapters import adapter_metadata
 from blk.train.cache import TensorCache, model_key
 from blk.train.config import TrainConfig, save_config
 from blk.train.data import Curriculum, Item, StagePlan, augment_caption, epoch_order, load_items
@@ -72,6 +74,8 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     dataset = workspace.dataset_folder(config.data.dataset) if config.data.dataset else None
     if dataset is None:
         raise UserError("Choose a dataset to train on.")
+    for sentence in config.unreachable_stages():  # e.g. `--steps` below a preset's stage starts
+        print(f"warning: {sentence}.", file=sys.stderr, flush=True)
     model = resolve(config.model.name, workspace)
     items = load_items(dataset, config.data.resolutions, config.data.flip)
     items, held_out = split_validation(items, config.data.validation_images)
@@ -291,21 +295,15 @@ def _load_family(config: TrainConfig, model, dtype, device):
 def _add_adapter(family, config: TrainConfig, workspace: Workspace, model) -> None:
     """Frozen base LoRAs first (e.g. LayerDiffuse's layer LoRA), then the trainable adapter, optionally from a file."""
     import torch
-    from peft import LoraConfig
 
-    from blk.train.adapters import TRAINABLE, add_base_loras, freeze_all_but_trainable, init_trainable_from
+    from blk.train.adapters import TRAINABLE, add_base_loras, freeze_all_but_trainable, init_trainable_from, peft_config
 
-    if config.adapter.kind != "lora":
-        raise UserError("LoKr training is not available yet; choose a LoRA adapter.")
     denoiser = family.denoiser
     base = add_base_loras(family, [_base_lora_path(name, workspace, model) for name in config.model.base_loras])
     torch.manual_seed(config.schedule.seed)  # the adapter's initial weights
     with warnings.catch_warnings():  # peft warns that a second adapter joins the base LoRAs: that is the point
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-        denoiser.add_adapter(LoraConfig(r=config.adapter.rank, lora_alpha=config.adapter.alpha,
-                                        lora_dropout=config.adapter.dropout,
-                                        target_modules=config.adapter.target_modules,
-                                        init_lora_weights="gaussian"), adapter_name=TRAINABLE)
+        denoiser.add_adapter(peft_config(config.adapter), adapter_name=TRAINABLE)
     if config.adapter.init_from:
         init_trainable_from(family, Path(config.adapter.init_from).expanduser())
     denoiser.set_adapters(base + [TRAINABLE])  # all active; only the trainable one learns
@@ -463,7 +461,7 @@ def _checkpoint(family, config: TrainConfig, run_dir: Path, events: EventLog, op
     target = checkpoints / f"step-{step:06d}.safetensors"
     staging = Path(tempfile.mkdtemp(prefix=".blk-tmp-", dir=checkpoints))
     try:
-        family.save_lora(staging, published)
+        family.save_lora(staging, published, adapter_metadata(family.denoiser, config.adapter))
         atomic.write_bytes(target, (staging / "pytorch_lora_weights.safetensors").read_bytes())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
