@@ -137,3 +137,26 @@ def test_cancel_writes_nothing(shared_workspace, tmp_path, pipelines):
     with pytest.raises(Cancelled):
         run(tiny_job(tmp_path), shared_workspace, pipelines, cancel=cancel)
     assert not (tmp_path / "out.png").exists() and not list(tmp_path.glob(".blk-tmp-*"))
+
+
+def test_cli_diffusion_killed_then_resumed(shared_workspace, tmp_path):
+    """A real child process dies after 3 of 4 pass-A tiles; the same command finishes the job, and
+    the result equals an uninterrupted run's, with nothing left behind."""
+    from tests.conftest import run_blk
+
+    gradient().save(tmp_path / "in.png")
+    common = ["--workspace", str(shared_workspace.root), "upscale", str(tmp_path / "in.png"), "--path", "diffusion",
+              "--model", "tiny-flux", "--scale", "2", "--tile", "64", "--overlap", "16", "--steps", "4",
+              "--denoise", "0.5,0.3", "--no-final-pass"]
+    whole = run_blk(*common, "--out", str(tmp_path / "whole.png"))
+    assert whole.returncode == 0, whole.stderr
+    killed = run_blk(*common, "--out", str(tmp_path / "out.png"), env={"BLK_TEST_KILL_AFTER_TILES": "3"})
+    assert killed.returncode != 0 and not (tmp_path / "out.png").exists()
+    assert list(tmp_path.glob(".blk-tmp-out.png.journal.json"))
+    resumed = run_blk(*common, "--out", str(tmp_path / "out.png"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming an interrupted job" in resumed.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(Image.open(tmp_path / "whole.png")))
+    assert not list(tmp_path.glob(".blk-tmp-*"))
+    bad = run_blk(*common[:-1], "--denoise", "lots", "--out", str(tmp_path / "x.png"))
+    assert bad.returncode == 2 and "--denoise takes numbers" in bad.stderr

@@ -1,5 +1,8 @@
 """`python -m blk upscale …` (registered by `blk.cli`).
 
+    python -m blk upscale INPUT --path diffusion --model BASE [--lora TEXTURE[:SCALE]] [--enlarge-model FILE]
+                          (--scale 2 | --size WxH) [--denoise 0.3,0.2[,0.15]] [--prompt P] [--seed S]
+                          [--steps N] [--no-final-pass] [--tile 1024] [--overlap 96] [--out OUT.tif|OUT.png]
     python -m blk upscale INPUT --path esrgan --model FILE (--scale 4 | --size WxH)
                           [--tile N] [--overlap N] [--batch N] [--16bit] [--dpi N] [--icc FILE]
                           [--alpha model|lanczos] [--device D] [--precision auto|fp32|fp16|bf16]
@@ -28,13 +31,26 @@ from blk.errors import UserError
 def add_commands(commands) -> None:
     upscale = commands.add_parser("upscale", help="make an image larger (Real-ESRGAN and other spandrel models)")
     upscale.add_argument("input", help="the image to upscale (PNG, JPEG, WebP, TIFF; any size)")
-    upscale.add_argument("--path", choices=["esrgan"], default="esrgan", help="upscaling path (default esrgan)")
-    upscale.add_argument("--model", required=True, help="model file: .pth, .safetensors, .ckpt or .pt")
+    upscale.add_argument("--path", choices=["esrgan", "diffusion"], default="esrgan",
+                         help="esrgan: faithful, to about 8k (default); diffusion: texture LoRA passes, mural sizes")
+    upscale.add_argument("--model", required=True,
+                         help="esrgan: the model file (.pth, .safetensors, .ckpt, .pt); diffusion: the base model name")
+    diffusion = upscale.add_argument_group("diffusion path")
+    diffusion.add_argument("--lora", default=None, metavar="FILE[:SCALE]", help="texture LoRA")
+    diffusion.add_argument("--enlarge-model", default=None, help="ESRGAN-family file for the first enlargement "
+                                                                   "(default: Lanczos)")
+    diffusion.add_argument("--denoise", default="0.3,0.2", help="denoise per pass (default 0.3,0.2: passes A, B)")
+    diffusion.add_argument("--prompt", default="")
+    diffusion.add_argument("--seed", type=int, default=0)
+    diffusion.add_argument("--steps", type=int, default=None, help="default: the model's (diffusers runs "
+                                                                   "steps × denoise)")
+    diffusion.add_argument("--no-final-pass", action="store_true", help="skip the full-frame pass")
     size = upscale.add_mutually_exclusive_group()
     size.add_argument("--scale", type=float, default=None, help="overall scale, e.g. 4 or 3 (default 4)")
     size.add_argument("--size", default=None, help="exact result size WxH, e.g. 8000x6000")
     upscale.add_argument("--tile", type=int, default=None, help="tile side in input px (default: from free memory)")
-    upscale.add_argument("--overlap", type=int, default=32, help="tile overlap in input px (default 32)")
+    upscale.add_argument("--overlap", type=int, default=None,
+                         help="tile overlap in input px (default 32 for esrgan, 96 for diffusion)")
     upscale.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
     upscale.add_argument("--16bit", dest="keep_16bit", action="store_true",
                          help="keep 16 bits per channel when the input has them (TIFF only)")
@@ -64,6 +80,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def cmd_upscale(args, workspace) -> int:
+    if args.path == "diffusion":
+        return cmd_upscale_diffusion(args, workspace)
     from blk.upscale.canvas import parse_colour
     from blk.upscale.esrgan import EsrganJob, run
 
@@ -75,20 +93,12 @@ def cmd_upscale(args, workspace) -> int:
         label = f"{size[0]}x{size[1]}" if size else f"x{scale:g}"
         out = workspace.outputs("upscale") / f"{Path(args.input).stem}-{label}.tif"
     job = EsrganJob(input=Path(args.input), output=out, model=Path(args.model), scale=scale, size=size,
-                    tile=args.tile, overlap=args.overlap, batch=args.batch, keep_16bit=args.keep_16bit,
+                    tile=args.tile, overlap=32 if args.overlap is None else args.overlap, batch=args.batch,
+                    keep_16bit=args.keep_16bit,
                     dpi=args.dpi, icc=Path(args.icc) if args.icc else None, alpha=args.alpha,
                     device=args.device, precision=args.precision, print_dpi=args.print_dpi,
                     print_background=parse_colour(args.print_background))
-    started = time.monotonic()
-    die_after = int(os.environ.get("BLK_TEST_KILL_AFTER_TILES") or 0)
-
-    def progress(done: int, total: int) -> None:
-        if die_after and done >= die_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-        elapsed = time.monotonic() - started
-        eta = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
-        print(f"\rtile {done}/{total}{eta}   ", end="", file=sys.stderr, flush=True)
-
+    progress = _progress_printer()
     try:
         result = run(job, progress=progress, log=lambda text: print(text, file=sys.stderr, flush=True))
     except KeyboardInterrupt:
@@ -102,4 +112,54 @@ def cmd_upscale(args, workspace) -> int:
         print(f"resumed after tile {result.resumed_from_tile} of an interrupted run")
     if result.print_path:
         print(f"print copy: {result.print_path}")
+    return 0
+
+
+def _progress_printer():
+    """Tile progress with time left on stderr; honours BLK_TEST_KILL_AFTER_TILES (tests only)."""
+    started = time.monotonic()
+    die_after = int(os.environ.get("BLK_TEST_KILL_AFTER_TILES") or 0)
+
+    def progress(done: int, total: int) -> None:
+        if die_after and done >= die_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        elapsed = time.monotonic() - started
+        eta = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
+        print(f"\rtile {done}/{total}{eta}   ", end="", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def cmd_upscale_diffusion(args, workspace) -> int:
+    from blk.generate.sketch import Lora
+    from blk.upscale.diffusion import DiffusionJob, Pass, run
+
+    size = _size(args.size) if args.size else None
+    scale = None if size else (args.scale if args.scale is not None else 2.0)
+    try:
+        denoise = [float(part) for part in args.denoise.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise UserError(f"--denoise takes numbers like 0.3,0.2; got {args.denoise!r}.") from None
+    lora = Lora.parse(args.lora) if args.lora else None
+    if args.out:
+        out = Path(args.out)
+    else:
+        label = f"{size[0]}x{size[1]}" if size else f"x{scale:g}"
+        out = workspace.outputs("upscale") / f"{Path(args.input).stem}-diffusion-{label}.tif"
+    job = DiffusionJob(input=Path(args.input), output=out, model=args.model, texture_lora=lora.path if lora else None,
+                       scale=scale, size=size, enlarge_model=args.enlarge_model,
+                       passes=tuple(Pass(d, lora.scale if lora else 1.0) for d in denoise),
+                       tile=args.tile or 1024, overlap=96 if args.overlap is None else args.overlap, seed=args.seed,
+                       steps=args.steps, prompt=args.prompt, final_denoise=None if args.no_final_pass else 0.1,
+                       dpi=args.dpi, device=args.device)
+    try:
+        result = run(job, workspace, progress=_progress_printer(),
+                     log=lambda text: print(text, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print("\nInterrupted; run the same command again to continue from the last finished row.",
+              file=sys.stderr)
+        return 130
+    print(file=sys.stderr)
+    print(f"{result.width}×{result.height}, {len(job.passes)} pass(es), {result.tiles} tiles, "
+          f"{result.seconds:.1f} s: {result.path}")
     return 0

@@ -36,7 +36,8 @@ from blk import __version__
 from blk.errors import UserError
 from blk.generate.sizes import SIZE_MULTIPLE
 from blk.models.device import MemoryOptions
-from blk.upscale.canvas import Canvas, disk_full, is_disk_full, output_format, temp_path, write_png, write_tiff
+from blk.upscale.canvas import Canvas, disk_full, is_disk_full, output_format, write_png, write_tiff
+from blk.upscale.journal import Journal, file_sha256, job_key
 from blk.upscale.source import open_input
 from blk.upscale.tiler import count_tiles, run_tiles
 
@@ -131,8 +132,12 @@ def plan(job: DiffusionJob, width: int, height: int, default_steps: int) -> Diff
 
 
 def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, int], None] | None = None,
-        cancel: threading.Event | None = None) -> DiffusionResult:
-    """Enlarge, refine in passes, write TIFF or PNG with the parameters; returns where and how long."""
+        cancel: threading.Event | None = None, log: Callable[[str], None] | None = None) -> DiffusionResult:
+    """Enlarge, refine in passes, write TIFF or PNG with the parameters; returns where and how long.
+
+    Like the ESRGAN path, a killed job resumes from its last finished row of
+    tiles when the same job runs again (`blk.upscale.journal`).
+    """
     from blk.generate.sketch import generation_defaults
     from blk.models.pipelines import PipelineCache, lora_sha256, set_loras
     from blk.models.registry import resolve
@@ -151,36 +156,60 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
         if progress is not None:
             progress(done[0] + n, total)
 
-    canvases: list[Canvas] = []
+    if job.input.resolve() == job.output.resolve():
+        raise UserError("The result would overwrite the input; choose another output name.")
+    stages = 1 + len(job.passes)  # stage 0 is the enlargement, then one canvas per pass
+    key = job_key({"path": "diffusion", "input_sha256": file_sha256(job.input), "model": model.name,
+                   "model_path": str(model.path), "output": str(job.output.resolve()), "size": [width, height],
+                   "lora_sha256": lora_sha256(job.texture_lora) if job.texture_lora else None,
+                   "enlarge_sha256": file_sha256(job.enlarge_model) if job.enlarge_model else None,
+                   "passes": [[p.denoise, p.lora_scale] for p in job.passes], "tile": job.tile,
+                   "overlap": job.overlap, "seed": job.seed, "steps": job.steps, "guidance": job.guidance,
+                   "prompt": job.prompt, "device": job.device})
+    journal = Journal.begin(job.output, key)
     try:
-        source = _enlarge(job, image, width, height, canvases, cancel)
+        journal.check_files(stages)
+        first = min(journal.state["pass"], stages) if journal.resumed else 0
+        if journal.resumed:
+            done[0] = the_plan.tiles_per_pass * max(0, first - 1)  # the tiler counts the resumed pass's own tiles
+            if log:
+                log(journal.describe() if 0 < first < stages else "Resuming an interrupted job.")
+        if first == 0:
+            source = _enlarge(job, image, width, height, journal, cancel)
+            journal.pass_done(0)
+        else:
+            source = journal.reopen(first - 1, width, height, image.channels)
         loaded = (pipelines or PipelineCache()).get(model, task="img2img", device=job.device, memory=job.memory)
         guidance = default_guidance if job.guidance is None else job.guidance
-        for index, one in enumerate(job.passes):
+        tile = journal.tile or min(job.tile, width, height)
+        journal.set_tile(tile)
+        for stage in range(max(first, 1), stages):
+            one = job.passes[stage - 1]
             set_loras(loaded, [(job.texture_lora, one.lora_scale)] if job.texture_lora else [])
             steps, _ = effective_steps(job.steps or default_steps, one.denoise)
             process = tile_processor(loaded, job.prompt, one.denoise, steps, guidance, job.seed)
-            out = Canvas(temp_path(job.output, ".canvas"), width, height, source.channels)
-            canvases.append(out)
-            run_tiles(source, out, process, scale=1, tile=min(job.tile, width, height), overlap=job.overlap,
-                      batch=1, multiple_of=SIZE_MULTIPLE[model.family], progress=report, cancel=cancel)
+            out = journal.open_canvas(stage, width, height, source.channels)
+            stats = run_tiles(source, out, process, scale=1, tile=tile, overlap=job.overlap, batch=1,
+                              multiple_of=SIZE_MULTIPLE[model.family], progress=report, cancel=cancel,
+                              **journal.tiler_hooks(stage, out))
+            tile = stats.tile
+            journal.pass_done(stage)
             done[0] += the_plan.tiles_per_pass
-            if len(canvases) > 1:
-                canvases.pop(0).remove()  # the previous stage is no longer needed
+            journal.forget(source)  # the previous stage is no longer needed
             source = out
         if the_plan.final_pass:
             steps, _ = effective_steps(job.steps or default_steps, job.final_denoise)
             whole = source.read(0, 0, width, height)[None]
             refined = tile_processor(loaded, job.prompt, job.final_denoise, steps, guidance, job.seed)(whole)[0]
             source.write_raw(0, 0, np.clip(np.rint(refined * 65535.0), 0, 65535).astype(np.uint16))
-            done[0] += 1
+            done[0] = total
             report(0)
         parameters = {
             "job": "upscale", "path": "diffusion", "input": job.input.name, "input_width": image.width,
             "input_height": image.height, "width": width, "height": height, "model": model.name,
             "prompt": job.prompt, "seed": job.seed, "steps": job.steps or default_steps, "guidance": guidance,
             "passes": [{"denoise": p.denoise, "lora_scale": p.lora_scale} for p in job.passes],
-            "final_denoise": job.final_denoise if the_plan.final_pass else None, "tile": job.tile,
+            "final_denoise": job.final_denoise if the_plan.final_pass else None, "tile": tile,
             "overlap": job.overlap, "enlarge": job.enlarge_model.name if job.enlarge_model else "lanczos",
             "loras": [{"name": job.texture_lora.name, "sha256": lora_sha256(job.texture_lora)}]
             if job.texture_lora else [],
@@ -189,44 +218,43 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
         if fmt == "tiff":
             write_tiff(source, job.output, bits=8, icc=image.icc, dpi=dpi,
                        description=json.dumps(parameters | {"app_version": __version__}, sort_keys=True),
-                       software=f"BLK Studio {__version__}", cancel=cancel)
+                       software=f"BLK Studio {__version__}", cancel=cancel, temp=journal.temp("out.tif"))
         else:
             write_png(source, job.output, icc=image.icc, dpi=dpi, parameters=parameters)
+    except KeyboardInterrupt:
+        journal.suspend()  # an interruption: the same job run again continues from its last row
+        raise
     except BaseException as exc:
+        journal.discard()  # cancel, errors, disk full: nothing is left behind
         if is_disk_full(exc) and not isinstance(exc, UserError):
             raise disk_full(job.output) from None
         raise
-    finally:
-        for canvas in canvases:
-            canvas.remove()
+    journal.discard()
     return DiffusionResult(job.output, width, height, total, time.monotonic() - started, parameters)
 
 
-def _enlarge(job: DiffusionJob, image, width: int, height: int, canvases: list, cancel) -> Canvas:
-    """The starting point at the target size: an ESRGAN run (its own tiles) or Lanczos."""
+def _enlarge(job: DiffusionJob, image, width: int, height: int, journal: Journal, cancel) -> Canvas:
+    """Stage 0, the starting point at the target size: an ESRGAN run (its own tiles) or Lanczos."""
     from blk.upscale.esrgan import EsrganJob, resample
     from blk.upscale.esrgan import run as run_esrgan
 
     if job.enlarge_model is not None:
-        enlarged = temp_path(job.output, ".tif")
+        enlarged = journal.temp("enlarged.tif")
         try:
             run_esrgan(EsrganJob(job.input, enlarged, job.enlarge_model, scale=None, size=(width, height),
                                  device=job.device), cancel=cancel)
             bigger = open_input(enlarged)
-            canvas = Canvas(temp_path(job.output, ".canvas"), width, height, bigger.channels)
-            canvases.append(canvas)
+            canvas = journal.open_canvas(0, width, height, bigger.channels)
             _copy_into(bigger.source, canvas)
         finally:
             enlarged.unlink(missing_ok=True)
         return canvas
-    original = Canvas(temp_path(job.output, ".canvas"), image.width, image.height, image.channels)
-    canvases.append(original)
+    original = journal.adopt(Canvas(journal.temp("original.canvas"), image.width, image.height, image.channels))
     _copy_into(image.source, original)
-    if (width, height) == (image.width, image.height):
-        return original
-    canvas = resample(original, width, height, temp_path(job.output, ".canvas"))
-    canvases.append(canvas)
-    canvases.pop(0).remove()
+    path = journal.canvas_path(0)
+    path.unlink(missing_ok=True)
+    canvas = journal.adopt(resample(original, width, height, path))
+    journal.forget(original)
     return canvas
 
 
