@@ -17,7 +17,9 @@ from blk.stencil.layerdiffuse import convert_forge_lora, find_weights, latent_to
 from blk.stencil.transparent_vae import TransparentDecoder, TransparentEncoder, decode_augmented
 from tests.support.loras import make_random_lora
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "layerdiffuse"
+# a copy of ../shared/fixtures/layerdiffuse (the exact keys and shapes of the official files), kept in the
+# repository so that a clone tests on its own
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "layerdiffuse"
 
 
 def fixture_shapes(name: str, field="keys") -> dict:

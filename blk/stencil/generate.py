@@ -23,7 +23,6 @@ from blk.models.device import MemoryOptions, is_out_of_memory
 from blk.models.pipelines import lora_sha256, set_loras
 from blk.models.registry import resolve
 from blk.stencil.layerdiffuse import find_weights, latent_to_rgba, load_decoder, rgba_image
-from blk.stencil.transparent_vae import SIZE_MULTIPLE
 
 ROLES = ("FG", "MG", "BG-overlay")
 
@@ -74,6 +73,8 @@ class Stenciler:
 
     def run(self, request: StencilRequest, progress=None, cancel: threading.Event | None = None,
             on_image=None) -> list[StencilResult]:
+        from blk.stencil.transparent_vae import SIZE_MULTIPLE  # torch: loaded when a job runs, not with the UI
+
         workspace = self.sketcher.workspace
         model = resolve(request.model, workspace)
         weights = find_weights(workspace, model)

@@ -201,6 +201,7 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
         style_note = gr.Markdown()
     with gr.Accordion("Few-shot examples", open=True):
         examples = gr.Dataframe(headers=["#", "image", "approved caption"], interactive=False, wrap=True,
+                                elem_id="blk-caption-examples",
                                 label="Examples, in the order the model sees them")
         with gr.Row():
             promote = gr.Button("Promote the selected image (approved)", size="sm")
