@@ -84,7 +84,9 @@ def _fsync_dir(folder: Path) -> None:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """All complete lines of an append-only JSONL log; a torn last line from a crash is skipped."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        # split on "\n" only: str.splitlines() also breaks at U+2028, U+0085 … which JSON leaves
+        # unescaped inside strings (ensure_ascii=False), and the entry holding them would be lost
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
         return []
     entries = []

@@ -100,6 +100,8 @@ class Workspace:
         """A dataset chosen in the UI: a folder under datasets/, never outside the allowed roots."""
         if not name:
             raise UserError("Choose a dataset first.")
+        if name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+            raise UnsafePath(f"{name} is outside workspace/datasets/: a dataset is a folder directly inside it.")
         folder = self.confine(name, base=self.datasets)
         if not folder.is_dir():
             raise UserError(f"There is no dataset named {name} in workspace/datasets/.")

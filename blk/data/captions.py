@@ -86,7 +86,9 @@ class CaptionStore:
     def caption_path(self, image: str) -> Path:
         """The sidecar of an image, refusing anything that escapes the dataset."""
         path = (self.root / image).with_suffix(".txt")
-        if not is_within(path.resolve(), self.root) or path.name.startswith("."):
+        hidden = any(part.startswith(".") for part in path.relative_to(self.root).parts) \
+            if is_within(path, self.root) else True  # .blk/ holds the history and caches, never captions
+        if hidden or not is_within(path.resolve(), self.root):
             raise UnsafePath(f"{image} is not an image inside this dataset.")
         return path
 
@@ -107,8 +109,10 @@ class CaptionStore:
             raise ValueError(f"unknown caption source {source}")
         with self._locked():
             current = self._check_base(image, base_hash, text, source)
-            if current.exists and not self.versions(image):
-                self._append(image, current.text, "original")  # keep what was there before the studio
+            if current.exists and not self._recorded(image, current.text):
+                # keep what was there before the studio (or was written by hand since): not yet in the
+                # history, and about to be replaced. Refused (conflict) entries do not count.
+                self._append(image, current.text, "original")
             data = text.encode("utf-8")
             atomic.write_bytes(self.caption_path(image), data)
             self._append(image, text, source)
@@ -157,6 +161,10 @@ class CaptionStore:
         raise UserError(f"No version {version_id} in the history of {image}.")
 
     # internals ---------------------------------------------------------------
+    def _recorded(self, image: str, text: str) -> bool:
+        text_hash = bytes_hash(text.encode("utf-8"))
+        return any(not entry.get("conflict") and entry.get("sha256") == text_hash for entry in self.versions(image))
+
     def _append(self, image: str, text: str, source: str, conflict: bool = False, status: str | None = None) -> None:
         entry = {
             "id": uuid.uuid4().hex[:12],

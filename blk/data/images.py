@@ -9,6 +9,7 @@ images (whatever their extension), and images declaring more pixels than
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,7 @@ def _open(path: Path) -> Image.Image:
     except OSError as exc:
         raise BadImage(f"{path.name} cannot be read ({exc.strerror}).") from None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check against MAX_PIXELS
+        with _quiet():  # we check against MAX_PIXELS ourselves; damage is reported as a BadImage
             return Image.open(path, formats=_FORMATS)
     except Image.DecompressionBombError:
         raise _bomb(path, None) from None
@@ -59,6 +59,15 @@ def _open(path: Path) -> Image.Image:
         raise BadImage(f"{path.name} is not an image in a supported format (PNG, JPEG, WebP, TIFF, BMP).") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage(f"{path.name} is damaged and cannot be opened ({exc}).") from None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence Pillow's warnings (decompression bomb, corrupt EXIF …): a file's problems are told in
+    one sentence (BadImage), never as stray warning lines on stderr."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _bomb(path: Path, size: tuple[int, int] | None) -> BadImage:
@@ -94,7 +103,7 @@ def _orientation_swaps(im: Image.Image) -> bool:
 def read_info(path: str | Path) -> ImageInfo:
     """Header-only facts about an image (cheap; does not decode pixels)."""
     path = Path(path)
-    with _open(path) as im:
+    with _open(path) as im, _quiet():
         w, h = im.size
         if w * h > MAX_PIXELS:
             raise _bomb(path, (w, h))
@@ -110,8 +119,9 @@ def open_image(path: str | Path) -> Image.Image:
         if im.size[0] * im.size[1] > MAX_PIXELS:
             raise _bomb(path, im.size)
         try:
-            im.load()
-            upright = ImageOps.exif_transpose(im)
+            with _quiet():
+                im.load()
+                upright = ImageOps.exif_transpose(im)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             reason = "it is truncated" if "truncated" in str(exc) else str(exc)
             raise BadImage(f"{path.name} is damaged and cannot be decoded ({reason}).") from None
@@ -167,8 +177,13 @@ def read_pixels(path: str | Path) -> np.ndarray:
         if im.mode.startswith("I;16"):
             if im.size[0] * im.size[1] > MAX_PIXELS:
                 raise _bomb(path, im.size)
-            im.load()
-            grey = np.asarray(ImageOps.exif_transpose(im), dtype=np.float32) / 65535.0
+            try:
+                with _quiet():
+                    im.load()
+                    grey = np.asarray(ImageOps.exif_transpose(im), dtype=np.float32) / 65535.0
+            except (OSError, SyntaxError, ValueError) as exc:
+                reason = "it is truncated" if "truncated" in str(exc) else str(exc)
+                raise BadImage(f"{path.name} is damaged and cannot be decoded ({reason}).") from None
             return np.repeat(grey[..., None], 3, axis=2)
     return np.asarray(open_image(path), dtype=np.float32) / 255.0
 

@@ -166,6 +166,8 @@ def safetensors_keys(path: Path) -> list[str]:
             if size <= 0 or size > 100_000_000:
                 raise ValueError("bad header size")
             header = json.loads(handle.read(size))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
     except (OSError, ValueError, UnicodeDecodeError):
         raise UserError(f"{path.name} is not a readable .safetensors file.") from None
     return [k for k in header if k != "__metadata__"]

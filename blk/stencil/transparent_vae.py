@@ -5,7 +5,7 @@ transparent images: a LoRA teaches the model a latent that carries
 transparency, and a separate decoder turns (the base VAE's RGB decode, the
 raw latent) into RGBA. There is no package for it, so the modules are here,
 with state-dict names and shapes identical to the official weight files
-(checked against `../shared/fixtures/layerdiffuse/` in the tests):
+(checked against `tests/fixtures/layerdiffuse/`, a copy of `../shared/fixtures/`):
 
 - Flux: `TransparentVAE.pth` — `encoder.*` + `decoder.*` (16 latent channels,
   output R,G,B,A); the file may also carry a copy of the base VAE under
