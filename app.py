@@ -91,6 +91,7 @@ def main(argv=None) -> int:
         server_name=args.listen, server_port=args.port, share=False, ssr_mode=False, auth=auth,
         theme=studio_theme(), css=CSS, head=HEAD, inbrowser=False, show_error=True, max_file_size=MAX_UPLOAD,
         allowed_paths=[str(workspace.root)],
+        app_kwargs={"openapi_url": None, "docs_url": None, "redoc_url": None},  # nothing answers without auth
     )
     return 0
 

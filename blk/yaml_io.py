@@ -19,6 +19,8 @@ def load_model(path: str | Path, cls: type[Model]) -> Model:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         return cls.model_validate(data)
+    except UnicodeDecodeError:
+        raise UserError(f"{path.name} is not UTF-8 text; save it as UTF-8 YAML.") from None
     except OSError as exc:
         raise UserError(f"{path} cannot be read ({exc.strerror}).") from None
     except yaml.YAMLError as exc:

@@ -191,16 +191,7 @@ CLI_EXPECTED_ERRORS = [f"train:{n}" for n in BAD_PRESETS if n not in ("empty.yam
     [f"upscale-model:{n}" for n in ("evil_zip.pth", "evil_raw.pth", "text.pth", "empty.pth", "list.pth")] + \
     [f"upscale-image:{n}" for n in ("bad_truncated_jpeg.jpg", "bad_text_named.jpg", "bad_empty_tiff.tif",
                                     "bad_bomb_webp.webp", "bad_crc_png.png", "bad_bomb_png.png", "bad_bomb_tiff.tif")]
-KNOWN_BUGS = {
-    "train:not_utf8.yaml": "blk/yaml_io.py load_model reads with encoding='utf-8' outside its try: "
-                           "UnicodeDecodeError traceback",
-    "train:binary.yaml": "same as not_utf8.yaml",
-    "sketch:sdxl_for_flux.safetensors": "diffusers' 'No LoRA keys associated…' warning (logger "
-                                        "diffusers.loaders.peft) is printed before the error line",
-    "upscale-image:bad_bomb_png.png": "a 50000×50000 header-only PNG is reported as 'the disk … is full "
-                                      "(needs about 223.5 GB)' instead of naming the damaged file",
-    "upscale-image:bad_bomb_tiff.tif": "same as bad_bomb_png.png",
-}
+KNOWN_BUGS: dict[str, str] = {}  # command lines that misbehave today (none: each one found was fixed)
 
 
 @pytest.fixture(scope="module")
@@ -281,9 +272,6 @@ def test_cli_dataset_check_and_stencil_alpha_name_each_bad_file(cli_results, hos
           f"refused {len(failed)}")
 
 
-@pytest.mark.xfail(strict=True, reason="blk/stencil/alpha.py estimate_paper: an LA PNG whose alpha is 77/255 "
-                                       "everywhere fails with 'The image is fully transparent…', a sentence "
-                                       "that does not name the file (and it is not fully transparent)")
 def test_cli_stencil_alpha_failures_name_the_file(cli_results):
     failed = [line for line in cli_results["alpha"]["stdout"].splitlines() if line.strip().startswith("failed:")]
     assert all(".png" in line or ".jp" in line or ".tif" in line or ".bmp" in line or ".webp" in line

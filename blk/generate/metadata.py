@@ -98,16 +98,26 @@ def save_png(path: Path, image, parameters: dict) -> Path:
 
 def read_parameters(path: str | Path) -> dict:
     """The parameters a BLK Studio PNG was made with; one sentence when there are none."""
-    from PIL import Image, UnidentifiedImageError
+    import warnings
 
+    from PIL import Image
+
+    name = Path(path).name
     try:
-        with Image.open(path) as image:
-            text = dict(getattr(image, "text", {}) or {})
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadImage(f"{Path(path).name} is not a readable image ({exc}).") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a huge or odd header is still only read for its text chunks
+            with Image.open(path) as image:
+                text = dict(getattr(image, "text", {}) or {})
+    except Exception as exc:  # noqa: BLE001  (unreadable for any reason: one sentence)
+        raise BadImage(f"{name} is not a readable image ({(str(exc).splitlines() or ['unknown'])[0][:120]}).") \
+            from None
     if PARAMETERS_KEY not in text:
-        raise BadImage(f"{Path(path).name} carries no BLK Studio parameters.")
+        raise BadImage(f"{name} carries no BLK Studio parameters.")
     try:
-        return json.loads(text[PARAMETERS_KEY])
+        parameters = json.loads(text[PARAMETERS_KEY])
     except json.JSONDecodeError:
-        raise BadImage(f"{Path(path).name} has damaged BLK Studio parameters.") from None
+        parameters = None
+    loras = parameters.get("loras", []) if isinstance(parameters, dict) else None
+    if not isinstance(loras, list) or not all(isinstance(lora, dict) for lora in loras):
+        raise BadImage(f"{name} has damaged BLK Studio parameters.")
+    return parameters

@@ -158,7 +158,8 @@ def _quiet_lora_loader() -> None:
     """diffusers warns at every load that a transformer-only LoRA has no text-encoder keys; that is normal."""
     import logging
 
-    logging.getLogger("diffusers.loaders.lora_base").setLevel(logging.ERROR)
+    for name in ("diffusers.loaders.lora_base", "diffusers.loaders.peft"):  # a wrong-family file gets our sentence
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _load_lora(loaded: LoadedPipeline, path: Path, name: str) -> None:

@@ -76,8 +76,9 @@ def estimate_paper(pixels: np.ndarray, fraction: float = 0.10) -> np.ndarray:
     mostly ink needs its paper colour given.
     """
     rgb = pixels[..., :3].reshape(-1, 3)
-    if pixels.shape[-1] == 4:
-        rgb = rgb[pixels[..., 3].reshape(-1) > 0.5]
+    if pixels.shape[-1] == 4:  # paper seen through alpha: mostly opaque pixels when there are any
+        alpha = pixels[..., 3].reshape(-1)
+        rgb = rgb[alpha > 0.5] if (alpha > 0.5).any() else rgb[alpha > 0]
     if len(rgb) == 0:
         raise UserError("The image is fully transparent, so it has no paper colour to estimate; give --paper.")
     step = max(1, len(rgb) // 2_000_000)  # a regular subsample is plenty for a median
@@ -156,7 +157,10 @@ def convert_file(source: str | Path, output: str | Path, settings: AlphaSettings
     pixels, bits = read_rgba(source)
     paper = parse_paper(settings.paper)
     if paper is None:
-        paper = estimate_paper(pixels)
+        try:
+            paper = estimate_paper(pixels)
+        except UserError as exc:
+            raise UserError(f"{Path(source).name}: {exc}") from None
     levels = color_to_alpha_levels(pixels, paper, settings.tt, settings.ot, bits)
     write_png(output, levels)
     return AlphaResult(Path(source), Path(output), bits, paper_hex(paper))

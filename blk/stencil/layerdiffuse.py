@@ -72,7 +72,7 @@ def read_decoder_state(path: Path, family: str) -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)  # restricted unpickler: no code runs
     except Exception as exc:  # noqa: BLE001  (any failure here means: not a weights file we can read)
-        raise UserError(f"{path.name} is not a readable LayerDiffuse weights file ({str(exc).splitlines()[0][:160]}).") \
+        raise UserError(f"{path.name} is not a readable LayerDiffuse weights file ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]}).") \
             from None
     if not isinstance(state, dict):
         raise UserError(f"{path.name} does not hold a state dict.")

@@ -10,13 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from blk.yaml_io import load_model, save_model
 
 
-class ModelSection(BaseModel):
+class Strict(BaseModel):
+    """Every section refuses keys it does not know: a misspelt setting must not silently train with a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(Strict):
     name: str = "tiny-flux"  # a known model name, a registered one, or a local path
     int8_base: bool = False  # quantize the frozen base to int8 (optimum-quanto)
     gradient_checkpointing: bool = False
@@ -25,13 +31,13 @@ class ModelSection(BaseModel):
     base_loras: list[str] = Field(default_factory=list)
 
 
-class StageSource(BaseModel):
+class StageSource(Strict):
     """Where a stage draws from: a sub-folder of the dataset ("" = all of it), or another dataset folder."""
     folder: str = ""
     fraction: float | None = Field(None, gt=0.0, le=1.0)  # share of the stage's samples; None: an equal share of the rest
 
 
-class Stage(BaseModel):
+class Stage(Strict):
     """One curriculum stage: active from step `start` until the next stage starts."""
     start: int = Field(0, ge=0)
     name: str = ""
@@ -59,7 +65,7 @@ class Stage(BaseModel):
         return self
 
 
-class DataSection(BaseModel):
+class DataSection(Strict):
     dataset: str = ""  # a dataset name under workspace/datasets, or a folder
     resolutions: list[int] = Field(default_factory=lambda: [512])  # bucket areas (side of the square)
     repeats: int = Field(1, ge=1)
@@ -88,7 +94,7 @@ class DataSection(BaseModel):
         return self
 
 
-class AdapterSection(BaseModel):
+class AdapterSection(Strict):
     kind: Literal["lora", "lokr"] = "lora"
     init_from: str = ""  # a LoRA file (diffusers/peft, kohya or ai-toolkit names) to start from instead of random
     rank: int = Field(16, ge=1, le=1024)
@@ -104,7 +110,7 @@ class AdapterSection(BaseModel):
         return self
 
 
-class OptimizerSection(BaseModel):
+class OptimizerSection(Strict):
     name: Literal["prodigy", "adamw", "adamw8bit"] = "adamw"
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
@@ -115,7 +121,7 @@ class OptimizerSection(BaseModel):
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # 0: off; checkpoints then hold the averaged adapter
 
 
-class ScheduleSection(BaseModel):
+class ScheduleSection(Strict):
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(1, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
@@ -126,7 +132,7 @@ class ScheduleSection(BaseModel):
     prediction: Literal["epsilon", "v_prediction"] = "epsilon"  # SDXL
 
 
-class SamplingSection(BaseModel):
+class SamplingSection(Strict):
     every: int = Field(0, ge=0)  # 0: no samples during training
     prompts: list[str] = Field(default_factory=list)
     seed: int = 0
@@ -135,13 +141,13 @@ class SamplingSection(BaseModel):
     size: int = 512
 
 
-class CheckpointSection(BaseModel):
+class CheckpointSection(Strict):
     every: int = Field(250, ge=1)
     keep: int = Field(16, ge=1)
     pinned: list[int] = Field(default_factory=list)  # steps never pruned
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Strict):
     name: str = "run"
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)

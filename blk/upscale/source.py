@@ -184,8 +184,17 @@ def _vips_header(path: Path):
     return image if image.get("vips-loader") in _VIPS_LOADERS else None
 
 
+# No real image compresses beyond this (deflate stops near 1032:1, LZW and JPEG far below); a file
+# claiming more pixels per byte is a header with its data missing.
+MAX_COMPRESSION = 20000
+
+
 def _vips_input(image, path: Path) -> InputImage:
     """sRGB(A), 8 or 16 bits, upright; ICC and DPI from the header."""
+    raw_bytes = image.width * image.height * image.bands * (2 if image.format == "ushort" else 1)
+    if raw_bytes > MAX_COMPRESSION * max(path.stat().st_size, 1):
+        raise BadImage(f"{path.name} claims {image.width}×{image.height} pixels but holds only "
+                       f"{path.stat().st_size} bytes: it is damaged or truncated.")
     fields = set(image.get_fields())
     icc = image.get("icc-profile-data") if "icc-profile-data" in fields else None
     dpi = image.xres * 25.4  # libvips keeps pixels per millimetre

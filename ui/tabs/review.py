@@ -26,7 +26,7 @@ def _run_dir(context: StudioContext, run: str) -> Path | None:
 
 
 def checkpoint_choices(context: StudioContext, run: str, extra: list[str]) -> list[tuple[str, str]]:
-    """(label, path): the run's checkpoints by step, then the extra LoRA files by name."""
+    """(label, path): the run's checkpoints by step, then the extra LoRA files by name (confined)."""
     from blk.train.pins import pinned_steps, run_checkpoints
 
     choices = []
@@ -39,20 +39,28 @@ def checkpoint_choices(context: StudioContext, run: str, extra: list[str]) -> li
 
 
 def on_run(context: StudioContext, run: str, extra: list[str]):
-    """Defaults from the run: its model, sample prompts, seed and size; its newest checkpoints selected."""
+    """Defaults from the run: its model, sample prompts, seed and size; its newest checkpoints selected.
+
+    Returns the form's updates, the keep-picker's choices, and a status line
+    (empty, or why the run or a file was refused).
+    """
+    from blk.errors import UserError
     from blk.generate.review import run_review_defaults
 
-    choices = checkpoint_choices(context, run, extra)
+    try:
+        choices = checkpoint_choices(context, run, extra)
+        run_dir = _run_dir(context, run)
+        defaults = run_review_defaults(run_dir) if run_dir is not None else None
+    except UserError as exc:
+        return (gr.update(),) * 10 + (f"**{exc}**",)
     paths = [path for _, path in choices]
-    if not run:
-        return (gr.CheckboxGroup(choices=choices, value=paths), gr.update(), gr.update(), gr.update(), gr.update(),
-                gr.update(), gr.update(), gr.Dropdown(choices=choices), gr.Dropdown(choices=choices))
-    d = run_review_defaults(_run_dir(context, run))
-    newest = [path for _, path in choices][-4:]
-    return (gr.CheckboxGroup(choices=choices, value=newest), d["model"], "\n".join(d["prompts"]), str(d["seed"]),
-            d["size"], d["steps"], d["guidance"],
-            gr.Dropdown(choices=choices, value=paths[-2] if len(paths) > 1 else None),
-            gr.Dropdown(choices=choices, value=paths[-1] if paths else None))
+    pickers = (gr.Dropdown(choices=choices, value=paths[-2] if len(paths) > 1 else None),
+               gr.Dropdown(choices=choices, value=paths[-1] if paths else None), gr.Dropdown(choices=choices))
+    if defaults is None:
+        return (gr.CheckboxGroup(choices=choices, value=paths),) + (gr.update(),) * 6 + pickers + ("",)
+    d = defaults
+    return (gr.CheckboxGroup(choices=choices, value=paths[-4:]), d["model"], "\n".join(d["prompts"]), str(d["seed"]),
+            d["size"], d["steps"], d["guidance"]) + pickers + ("",)
 
 
 def spec_from_form(context: StudioContext, checkpoints, model, prompts, seeds, scales, include_base, size, steps,
@@ -185,7 +193,7 @@ def keep(context: StudioContext, run, checkpoint, action: str):
         return f"**{exc}**"
 
 
-def build(context: StudioContext) -> None:
+def build(context: StudioContext) -> dict:
     from blk.generate.library import available_loras
     from ui.tabs.sketch import model_defaults
 
@@ -196,6 +204,7 @@ def build(context: StudioContext) -> None:
                 run = gr.Dropdown(run_choices(context), label="Run", scale=4, value=None,
                                   elem_id="blk-review-run")
                 refresh = gr.Button("↻", size="sm", scale=0, min_width=40)
+            run_note = gr.Markdown()
             extra = gr.Dropdown([(label, str(path)) for label, path in available_loras(context.workspace)],
                                 multiselect=True, label="Other LoRA files (optional)")
             checkpoints = gr.CheckboxGroup([], label="Checkpoints (rows)", elem_id="blk-review-checkpoints")
@@ -248,18 +257,12 @@ def build(context: StudioContext) -> None:
 
     model.blur(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
     form = [model, prompts, seeds, scales, include_base, size, steps, guidance]
-    run_outputs = [checkpoints, model, prompts, seeds, size, steps, guidance, a, b]
+    run_outputs = [checkpoints, model, prompts, seeds, size, steps, guidance, a, b, chosen, run_note]
 
-    def refresh_lists(selected_run, selected_extra):
-        updated = on_run(context, selected_run, selected_extra)
-        choices = checkpoint_choices(context, selected_run, selected_extra)
-        return (gr.Dropdown(choices=run_choices(context)),) + updated + (gr.Dropdown(choices=choices),)
-
-    run.change(lambda r, e: on_run(context, r, e) + (gr.Dropdown(choices=checkpoint_choices(context, r, e)),),
-               inputs=[run, extra], outputs=run_outputs + [chosen])
-    extra.change(lambda r, e: on_run(context, r, e) + (gr.Dropdown(choices=checkpoint_choices(context, r, e)),),
-                 inputs=[run, extra], outputs=run_outputs + [chosen])
-    refresh.click(refresh_lists, inputs=[run, extra], outputs=[run] + run_outputs + [chosen])
+    run.change(lambda r, e: on_run(context, r, e), inputs=[run, extra], outputs=run_outputs)
+    extra.change(lambda r, e: on_run(context, r, e), inputs=[run, extra], outputs=run_outputs)
+    refresh.click(lambda r, e: (gr.Dropdown(choices=run_choices(context)),) + on_run(context, r, e),
+                  inputs=[run, extra], outputs=[run] + run_outputs)
     grid_button.click(lambda r, *f, progress=gr.Progress(): make_grid(context, r, *f, progress=progress),
                       inputs=[run, checkpoints] + form, outputs=[grid, grid_file, grid_status], api_name="review_grid")
     compare_button.click(lambda r, a_, b_, p, s, *f, progress=gr.Progress():
@@ -272,3 +275,7 @@ def build(context: StudioContext) -> None:
                      outputs=[blind_state, left, right, blind_note, chosen])
     pin_button.click(lambda r, c: keep(context, r, c, "pin"), inputs=[run, chosen], outputs=keep_note)
     export_button.click(lambda r, c: keep(context, r, c, "export"), inputs=[run, chosen], outputs=keep_note)
+    on_show = (lambda: (gr.Dropdown(choices=run_choices(context)),
+                        gr.Dropdown(choices=[(label, str(path)) for label, path in available_loras(context.workspace)])),
+               [run, extra])
+    return {"on_show": on_show}

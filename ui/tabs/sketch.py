@@ -93,13 +93,25 @@ def load_parameters(context: StudioContext, file):
         p = read_parameters(file if isinstance(file, str) else file.name)
     except UserError as exc:
         return keep + [f"**{exc}**"]
-    loras = [[lora["path"], lora["scale"]] for lora in p.get("loras", []) if Path(lora.get("path", "")).is_file()]
-    missing = [lora["name"] for lora in p.get("loras", []) if not Path(lora.get("path", "")).is_file()]
-    note = f"Loaded the parameters of seed {p.get('seed')}."
+    def number(value):
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def text(value):
+        return value if isinstance(value, str) else ""
+
+    loras, missing = [], []
+    for lora in p.get("loras", []):
+        path, scale = lora.get("path"), number(lora.get("scale"))
+        if isinstance(path, str) and Path(path).is_file():
+            loras.append([path, 1.0 if scale is None else float(scale)])
+        else:
+            missing.append(text(lora.get("name")) or text(path) or "a LoRA")
+    note = f"Loaded the parameters of seed {number(p.get('seed'))}."
     if missing:
         note += f" **Not found on this machine: {', '.join(missing)}.**"
-    return [p.get("model"), p.get("prompt", ""), p.get("negative_prompt", ""), loras, CUSTOM,
-            p.get("width"), p.get("height"), p.get("steps"), p.get("guidance"), p.get("seed"), False, 1, note]
+    return [text(p.get("model")) or gr.update(), text(p.get("prompt")), text(p.get("negative_prompt")), loras,
+            CUSTOM, number(p.get("width")), number(p.get("height")), number(p.get("steps")),
+            number(p.get("guidance")), number(p.get("seed")), False, 1, note]
 
 
 def build(context: StudioContext) -> None:
@@ -113,7 +125,7 @@ def build(context: StudioContext) -> None:
             model = gr.Dropdown(models, value=context.default_model(), label="Base model", allow_custom_value=True)
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="blkstyle, a platonic solid floating over a city")
             negative = gr.Textbox(label="Negative prompt (SDXL only)", lines=1)
-            loras = lora_stack.build(context, "blk-sketch", "LoRA (run checkpoints and models/loras)")
+            loras, lora_pick = lora_stack.build(context, "blk-sketch", "LoRA (run checkpoints and models/loras)")
             with gr.Row():
                 megapixels = gr.Dropdown([(f"{m:g} MP", m) for m in MEGAPIXELS], value=1.0, label="Size budget")
                 aspect = gr.Dropdown(list(ASPECTS) + [CUSTOM], value="1:1 square", label="Aspect")
@@ -121,7 +133,7 @@ def build(context: StudioContext) -> None:
                 width = gr.Number(1024, label="Width (custom)", precision=0)
                 height = gr.Number(1024, label="Height (custom)", precision=0)
             with gr.Row():
-                steps = gr.Number(default_steps, label="Steps", precision=0)
+                steps = gr.Number(default_steps, label="Steps", precision=0, elem_id="blk-sketch-steps")
                 guidance = gr.Number(default_guidance, label="Guidance")
             with gr.Row():
                 seed = gr.Number(0, label="Seed", precision=0)
@@ -165,4 +177,7 @@ def build(context: StudioContext) -> None:
         return path, f"Selected `{Path(path).name}`."
 
     results.select(on_select, inputs=session, outputs=[selected, selected_note])
-    return {"selected": selected, "to_compose": to_compose, "to_matting": to_matting, "to_upscale": to_upscale}
+    on_show = (lambda: (gr.Dropdown(choices=lora_stack.lora_choices(context)),
+                        gr.Dropdown(choices=model_names(context))), [lora_pick, model])
+    return {"selected": selected, "to_compose": to_compose, "to_matting": to_matting, "to_upscale": to_upscale,
+            "on_show": on_show}
