@@ -31,7 +31,7 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             page.get_by_role("option", name="custom size").click()
             page.get_by_label("Width (custom)").fill("64")
             page.get_by_label("Height (custom)").fill("64")
-            page.get_by_label("Steps", exact=True).first.fill("2")
+            page.locator("#blk-sketch-steps input").fill("2")
             page.locator("#blk-sketch-generate").click()
             expect(page.locator("#blk-sketch-gallery img").first).to_be_visible(timeout=120_000)
             expect(page.locator("#blk-sketch-status")).to_contain_text(re.compile(r"1 image, seed \d+, 64×64"))

@@ -36,7 +36,7 @@ def test_stencil_tab_generate_alpha_compose(tmp_path, shared_workspace):
             page.get_by_label("Descriptor").fill("an octahedron, thin line")
             page.get_by_label("Width (multiple of 64)").fill("64")
             page.get_by_label("Height (multiple of 64)").fill("64")
-            page.get_by_label("Steps", exact=True).first.fill("2")
+            page.locator("#blk-stencil-steps input").fill("2")
             page.get_by_label("Test-time augmentation (8 decoder views; cleaner edges)").uncheck()
             page.locator("#blk-stencil-generate").click()
             expect(page.locator("#blk-stencil-status")).to_contain_text(re.compile(r"1 asset, seed \d+, 64×64 RGBA"),

@@ -18,20 +18,28 @@ def build_app(context: StudioContext) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Caption"):
                 caption.build(context)
-            with gr.Tab("Train"):
-                train.build(context, lambda: caption.dataset_names(context))
-            with gr.Tab("Sketch", id="sketch"):
+            with gr.Tab("Train") as train_tab:
+                trained = train.build(context, lambda: caption.dataset_names(context))
+            with gr.Tab("Sketch", id="sketch") as sketch_tab:
                 sketched = sketch.build(context)
-            with gr.Tab("Stencil", id="stencil"):
+            with gr.Tab("Stencil", id="stencil") as stencil_tab:
                 stenciled = stencil.build(context)
-            with gr.Tab("Upscale", id="upscale"):
+            with gr.Tab("Upscale", id="upscale") as upscale_tab:
                 upscaled = upscale.build(context)
-            with gr.Tab("Review"):
-                review.build(context)
+            with gr.Tab("Review") as review_tab:
+                reviewed = review.build(context)
             with gr.Tab("Models & Settings"):
                 models.build(context)
         send_between_tabs(tabs, sketched, stenciled, upscaled)
+        for tab, built in ((train_tab, trained), (sketch_tab, sketched), (stencil_tab, stenciled),
+                           (upscale_tab, upscaled), (review_tab, reviewed)):
+            refresh_on_show(tab, *built["on_show"])
     return demo
+
+
+def refresh_on_show(tab, lists, outputs) -> None:
+    """Choices made elsewhere (a new dataset, run, checkpoint, LoRA) appear when the tab is opened."""
+    tab.select(lists, outputs=outputs, show_progress="hidden", queue=False)
 
 
 def send_between_tabs(tabs, sketched: dict, stenciled: dict, upscaled: dict) -> None:

@@ -41,8 +41,8 @@ def _label(path: str) -> str:
     return f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints" else path.name
 
 
-def build(context: StudioContext, prefix: str, label: str, note: gr.Markdown | None = None) -> gr.State:
-    """Render the picker and the list; returns the State holding [[path, strength], …]."""
+def build(context: StudioContext, prefix: str, label: str) -> tuple[gr.State, gr.Dropdown]:
+    """Render the picker and the list; returns the State holding [[path, strength], …] and the picker."""
     with gr.Group():
         with gr.Row():
             pick = gr.Dropdown(lora_choices(context), label=label, allow_custom_value=True, scale=4,
@@ -67,4 +67,4 @@ def build(context: StudioContext, prefix: str, label: str, note: gr.Markdown | N
 
     add.click(lambda chosen, rows: add_lora(context, chosen, rows), inputs=[pick, items], outputs=[items, message])
     refresh.click(lambda: gr.Dropdown(choices=lora_choices(context)), outputs=pick)
-    return items
+    return items, pick

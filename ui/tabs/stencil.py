@@ -158,6 +158,10 @@ def compose_layers(context: StudioContext, layer_files, positions, background_ki
         f"{len(done.layers)} layer PNGs. Folder: `{done.ora.parent}`"
 
 
+def dataset_names(context: StudioContext) -> list[str]:
+    return sorted(p.name for p in context.workspace.datasets.glob("*") if p.is_dir() and not p.name.startswith("."))
+
+
 def weights_note(context: StudioContext, model_name: str) -> str:
     """Say up front when LayerDiffuse's files are missing (the other sub-tabs work without them)."""
     from blk.errors import UserError
@@ -187,12 +191,12 @@ def build(context: StudioContext) -> None:
                                         allow_custom_value=True)
                     prompt = gr.Textbox(label="Descriptor", lines=2, placeholder="a dodecahedron, thin ink line")
                     role = gr.Radio([ROLE_NONE, *ROLES], value="FG", label="Z-role tag (appended to the prompt)")
-                    loras = lora_stack.build(context, "blk-stencil", "Style LoRA")
+                    loras, lora_pick = lora_stack.build(context, "blk-stencil", "Style LoRA")
                     with gr.Row():
                         width = gr.Number(1024, label="Width (multiple of 64)", precision=0)
                         height = gr.Number(1024, label="Height (multiple of 64)", precision=0)
                     with gr.Row():
-                        steps = gr.Number(default_steps, label="Steps", precision=0)
+                        steps = gr.Number(default_steps, label="Steps", precision=0, elem_id="blk-stencil-steps")
                         guidance = gr.Number(default_guidance, label="Guidance")
                     with gr.Row():
                         seed = gr.Number(0, label="Seed", precision=0)
@@ -237,8 +241,8 @@ def build(context: StudioContext) -> None:
             with gr.Row():
                 with gr.Column(scale=2):
                     scans = gr.File(label="Scans", file_count="multiple", type="filepath", elem_id="blk-alpha-files")
-                    dataset = gr.Dropdown([p.name for p in sorted(context.workspace.datasets.glob("*")) if p.is_dir()],
-                                          label="…or a whole dataset", value=None, allow_custom_value=True)
+                    dataset = gr.Dropdown(dataset_names(context), label="…or a whole dataset", value=None,
+                                          allow_custom_value=True)
                     paper_auto = gr.Checkbox(True, label="Estimate the paper colour")
                     paper = gr.ColorPicker("#ffffff", label="Paper colour")
                     tt = gr.Slider(0.0, 0.5, value=0.0, step=0.01, label="Transparency threshold (paper grain → clear)")
@@ -289,5 +293,7 @@ def build(context: StudioContext) -> None:
                                  outputs=[flat, exported, compose_status])
             export_button.click(lambda *a: compose_layers(context, *a, export=True), inputs=inputs,
                                 outputs=[flat, exported, compose_status], api_name="stencil_compose")
+    on_show = (lambda: (gr.Dropdown(choices=lora_stack.lora_choices(context)),
+                        gr.Dropdown(choices=dataset_names(context))), [lora_pick, dataset])
     return {"tabs": tabs, "background_kind": background_kind, "background_file": background_file,
-            "matting_source": source}
+            "matting_source": source, "on_show": on_show}

@@ -238,7 +238,7 @@ def step_near(choices, selected) -> int | None:
     return min(steps, key=lambda step: abs(step - middle))
 
 
-def build(context: StudioContext, datasets) -> None:
+def build(context: StudioContext, datasets) -> dict:
     default = "conceptor-flux-dev" if "conceptor-flux-dev" in preset_names() else None
     initial = form_from_preset(context, default)
     with gr.Row():
@@ -321,3 +321,5 @@ def build(context: StudioContext, datasets) -> None:
         return gr.update() if step is None else gr.Dropdown(value=step)
 
     loss_plot.select(pick_from_plot, inputs=known_steps, outputs=step_choice)
+    on_show = (lambda: (gr.Dropdown(choices=datasets()), gr.Dropdown(choices=run_names(context))), [dataset, run])
+    return {"on_show": on_show}

@@ -200,4 +200,6 @@ def build(context: StudioContext) -> dict:
                      seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, fmt, keep_16bit, dpi],
              outputs=[slider, result_file, status], api_name="upscale")
     stop.click(cancel.set, queue=False)
-    return {"image": image}
+    on_show = (lambda: (gr.Dropdown(choices=upscaler_choices(context)), gr.Dropdown(choices=lora_choices(context)),
+                        gr.Dropdown(choices=model_names(context))), [upscaler, lora, model])
+    return {"image": image, "on_show": on_show}
