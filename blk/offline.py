@@ -19,6 +19,8 @@ OFFLINE_ENV = {
     "DO_NOT_TRACK": "1",
     "DISABLE_TELEMETRY": "1",
     "VLLM_NO_USAGE_STATS": "1",
+    # vLLM finds "its own address" by pointing a UDP socket at 8.8.8.8 unless told: it runs on loopback here
+    "VLLM_HOST_IP": "127.0.0.1",
     "BITSANDBYTES_NOWELCOME": "1",
 }
 
