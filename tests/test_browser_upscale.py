@@ -40,6 +40,7 @@ def test_upscale_tab_both_paths(tmp_path, shared_workspace):
             screenshot(page, "upscale-tab-esrgan")
 
             page.get_by_label("Diffusion + texture LoRA (mural sizes)").check()
+            expect(page.get_by_label("Overlap px")).to_have_value("96")  # the path's defaults arrived first
             page.get_by_label("Scale", exact=True).fill("2")
             page.get_by_label("Overlap px").fill("16")
             page.get_by_label("Steps (empty: model default)").fill("4")

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import time
@@ -107,20 +108,23 @@ class CaptionStore:
         """Write a new caption if the file still has `base_hash`; else refuse (CaptionConflict)."""
         if source not in SOURCES:
             raise ValueError(f"unknown caption source {source}")
-        with self._locked():
+        with self._locked(), self._disk_full_is_a_sentence(image):
             current = self._check_base(image, base_hash, text, source)
             if current.exists and not self._recorded(image, current.text):
                 # keep what was there before the studio (or was written by hand since): not yet in the
                 # history, and about to be replaced. Refused (conflict) entries do not count.
                 self._append(image, current.text, "original")
             data = text.encode("utf-8")
-            atomic.write_bytes(self.caption_path(image), data)
+            # the history first, then the file: a crash between the two leaves a version that never
+            # reached the file (harmless: status follows the file's hash), never a file whose text the
+            # history lacks (a machine caption would then pass for a person's work)
             self._append(image, text, source)
+            atomic.write_bytes(self.caption_path(image), data)
             return Caption(image, text, bytes_hash(data))
 
     def approve(self, image: str, base_hash: str) -> Caption:
         """Sign off the caption as it is on disk (refused if it changed since `base_hash`)."""
-        with self._locked():
+        with self._locked(), self._disk_full_is_a_sentence(image):
             current = self._check_base(image, base_hash, None, "human")
             if not current.exists:
                 raise UserError(f"{image} has no caption to approve.")
@@ -181,6 +185,16 @@ class CaptionStore:
 
     def _history(self) -> list[dict]:
         return atomic.read_jsonl(self.history_path)
+
+    @contextlib.contextmanager
+    def _disk_full_is_a_sentence(self, image: str):
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise UserError(f"The disk holding {self.root.name} is full: the caption of {image} was not saved "
+                            "(the one on disk is unchanged); free some space and save again.") from None
 
     @contextlib.contextmanager
     def _locked(self):
