@@ -194,3 +194,32 @@ def test_matting_says_how_to_stage_it(shared_workspace):
         assert "rembg" in reason and "birefnet-general.onnx" in reason and "models/matting" in reason
         with pytest.raises(UserError, match="Matting needs"):
             matte(shared_workspace, Image.new("RGB", (8, 8)))
+
+
+def test_forge_format_layer_lora_is_converted_and_acts_on_sdxl(shared_workspace, tmp_path):
+    """SDXL's official layer LoRA is in Forge's `::lora::` layout: converted once, it loads and changes the image."""
+    from safetensors.torch import save_file
+
+    from blk.generate.text_to_image import TextToImage, generate
+    from blk.models.pipelines import PipelineCache, set_loras
+    from blk.stencil.layerdiffuse import loadable_lora
+
+    generator = torch.Generator().manual_seed(0)
+    forge = {}
+    for attention in ("attn1", "attn2"):
+        for projection in ("to_q", "to_out.0"):
+            name = f"diffusion_model.input_blocks.4.1.transformer_blocks.0.{attention}.{projection}.weight"
+            forge[f"{name}::lora::0"] = torch.randn(64, 4, generator=generator)  # up
+            forge[f"{name}::lora::1"] = torch.randn(4, 64, generator=generator) * 0.5  # down
+    path = tmp_path / "layer_xl_transparent_attn.safetensors"
+    save_file(forge, str(path))
+    loadable = loadable_lora(path)
+    assert loadable != path and loadable.parent.name == ".converted" and loadable_lora(path) == loadable
+
+    cache = PipelineCache()
+    loaded = cache.get(resolve("tiny-sdxl", shared_workspace))
+    request = TextToImage("a cube", seed=1, width=64, height=64, steps=2)
+    base = np.asarray(generate(loaded, request)).astype(int)
+    set_loras(loaded, [(loadable, 1.0)])
+    layered = np.asarray(generate(loaded, request)).astype(int)
+    assert np.abs(layered - base).mean() > 0.5

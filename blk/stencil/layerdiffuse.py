@@ -38,7 +38,7 @@ TINY_VERSION = "1"
 class LayerDiffuseWeights:
     family: str
     decoder: Path
-    lora: Path
+    lora: Path  # loadable by diffusers (a Forge-format file is converted once, see `loadable_lora`)
 
 
 def weights_folder(workspace: Workspace, model: ResolvedModel) -> Path:
@@ -57,7 +57,26 @@ def find_weights(workspace: Workspace, model: ResolvedModel) -> LayerDiffuseWeig
     if missing:
         raise UserError(f"LayerDiffuse for {model.family} needs {' and '.join(missing)} (from "
                         f"huggingface.co/{REPOS[model.family]}) in {folder}; ink-to-alpha and matting work without them.")
-    return LayerDiffuseWeights(model.family, folder / decoder_name, folder / lora_name)
+    return LayerDiffuseWeights(model.family, folder / decoder_name, loadable_lora(folder / lora_name))
+
+
+def loadable_lora(path: Path) -> Path:
+    """The layer LoRA as diffusers loads it: SDXL's official file is in Forge's `::lora::` layout, so it is
+    converted once (kohya names) into `.converted/` beside it, keyed by the file's content."""
+    from blk.models.pipelines import lora_sha256
+    from blk.models.registry import safetensors_keys
+
+    if not any("::lora::" in key for key in safetensors_keys(path)):
+        return path
+    target = path.parent / ".converted" / f"{path.stem}-{lora_sha256(path)[:12]}.safetensors"
+    if not target.exists():
+        from safetensors.torch import load_file, save
+
+        from blk import atomic
+
+        converted = {k: v.contiguous() for k, v in convert_forge_lora(load_file(str(path))).items()}
+        atomic.write_bytes(target, save(converted))
+    return target
 
 
 def read_decoder_state(path: Path, family: str) -> dict:
