@@ -38,6 +38,8 @@ def test_upscale_tab_both_paths(tmp_path, shared_workspace):
             expect(page.locator("#blk-upscale-status")).to_contain_text(re.compile(r"192×160 in \d+ s"), timeout=120_000)
             expect(page.locator("#blk-upscale-slider img").first).to_be_visible()
             screenshot(page, "upscale-tab-esrgan")
+            page.get_by_role("button", name="Estimate").click()  # the job just measured its tiles
+            expect(page.locator("#blk-upscale-status")).to_contain_text("from the last job with these settings")
 
             page.get_by_label("Diffusion + texture LoRA (mural sizes)").check()
             expect(page.get_by_label("Overlap px")).to_have_value("96")  # the path's defaults arrived first

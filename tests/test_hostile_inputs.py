@@ -381,8 +381,8 @@ def test_ui_ink_to_alpha_and_upscale_answer_with_a_status(context, hostile):
                                            False, None, progress=no_progress)
         assert pair is None and path is None and one_sentence(text.strip("*")), (image.name, text)
         statuses += 1
-        estimate = upscale.estimate(context, str(image), upscale.ESRGAN, 2, "", None, 64, 8, None, 0.3, 0.2,
-                                    False, 0.15, False)
+        estimate = upscale.estimate(context, str(image), upscale.ESRGAN, 2, "", None, None, 64, 8, None, 0.3,
+                                    0.2, False, 0.15, False)
         assert isinstance(estimate, str)
     assert leftovers(context.workspace.root) == []
     assert not list(context.workspace.outputs("upscale").rglob("*.tif"))

@@ -42,10 +42,11 @@ def target(image_path, scale, size_text):
     return opened, target_size(opened.width, opened.height, None if size else float(scale or 4), size)
 
 
-def estimate(context: StudioContext, image_path, path_kind, scale, size_text, model, tile, overlap, steps,
+def estimate(context: StudioContext, image_path, path_kind, scale, size_text, upscaler, model, tile, overlap, steps,
              denoise_a, denoise_b, use_c, denoise_c, final_pass):
-    """What the job will do, before it starts: size, suggested path, tiles."""
+    """What the job will do, before it starts: size, suggested path, tiles, and time when known."""
     from blk.errors import UserError
+    from blk.upscale.rates import estimate_seconds, rate_key, say_duration
     from blk.generate.sketch import defaults_for_name
     from blk.upscale.compare import suggested_path
     from blk.upscale.diffusion import plan
@@ -65,14 +66,20 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, mo
                             steps, 0, "", denoise_a, denoise_b, use_c, denoise_c, final_pass)
         steps_default = (defaults_for_name(model, context.workspace) or (28, 3.5))[0]
         try:
-            lines.append(plan(job, opened.width, opened.height, steps_default).sentence())
+            the_plan = plan(job, opened.width, opened.height, steps_default)
         except UserError as exc:
-            lines.append(f"**{exc}**")
+            return "  \n".join(lines + [f"**{exc}**"])
+        lines.append(the_plan.sentence())
+        count, key = the_plan.tiles_per_pass * the_plan.passes, rate_key("diffusion", model, job.tile)
     else:
         side = int(tile or 512)
         count = count_tiles(opened.width, opened.height, min(side, opened.width, opened.height), int(overlap or 32))
         lines.append(f"About {count} tile{'s' if count != 1 else ''} of up to {side} px in the first model pass "
                      "(the tile size adapts to free memory when left empty).")
+        key = rate_key("esrgan", upscaler or "", int(tile) if tile else None)
+    seconds = estimate_seconds(context.workspace, key, count)
+    lines.append(f"Time: {say_duration(seconds)}, from the last job with these settings on this machine."
+                 if seconds else "Time: shown once the first tiles are done (no earlier job with these settings).")
     return "  \n".join(lines)
 
 
@@ -128,6 +135,11 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
                                 denoise_a, denoise_b, use_c, denoise_c, final_pass)
             job.dpi = float(dpi) if dpi else None
             result = diffusion.run(job, context.workspace, context.sketcher.cache, progress=report, cancel=cancel)
+        from blk.upscale.rates import rate_key, record
+
+        record(context.workspace, rate_key(kind, model if kind == "diffusion" else str(upscaler_path),
+                                           int(tile) if tile else (1024 if kind == "diffusion" else None)),
+               time.monotonic() - started, result.tiles)
         before, after = region_pair(Path(image_path), result.path)
     except UserError as exc:
         return None, None, f"**{exc}**"
@@ -193,8 +205,8 @@ def build(context: StudioContext) -> dict:
 
     path_kind.change(on_path, inputs=path_kind, outputs=[diffusion_group, scale, overlap, tile])
     plan_button.click(lambda *a: estimate(context, *a),
-                      inputs=[image, path_kind, scale, size_text, model, tile, overlap, steps, denoise_a, denoise_b,
-                              use_c, denoise_c, final_pass], outputs=status)
+                      inputs=[image, path_kind, scale, size_text, upscaler, model, tile, overlap, steps, denoise_a,
+                              denoise_b, use_c, denoise_c, final_pass], outputs=status)
     go.click(lambda *a, progress=gr.Progress(): upscale(context, cancel, *a, progress=progress),
              inputs=[image, path_kind, scale, size_text, upscaler, model, lora, enlarge_first, tile, overlap, steps,
                      seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, fmt, keep_16bit, dpi],
