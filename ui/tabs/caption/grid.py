@@ -47,7 +47,7 @@ def save_edits(context: StudioContext, name, table, state) -> str:
     except UserError as exc:
         return f"**{exc}**"
     rows = table.values.tolist() if hasattr(table, "values") else (table or [])
-    saved, conflicts = [], []
+    saved, conflicts, failed = [], [], []
     for row, before in zip(rows, state or []):
         if row[0] != before["image"] or str(row[1]) == before["caption"]:
             continue
@@ -56,9 +56,13 @@ def save_edits(context: StudioContext, name, table, state) -> str:
             saved.append(before["image"])
         except CaptionConflict as exc:
             conflicts.append(f"- **{exc.image}** — on disk: “{exc.current_text}”; yours: “{exc.your_text}”")
+        except UserError as exc:  # e.g. a full disk: this row is not saved, the others are still tried
+            failed.append(f"- **{exc}**")
     note = f"Saved {len(saved)} caption(s)." if saved else "No caption was changed."
     if conflicts:
         note += "\n\n**Changed by someone else meanwhile** (both versions are in the history):\n" + "\n".join(conflicts)
+    if failed:
+        note += "\n\n**Not saved** (your edit is still in the table):\n" + "\n".join(failed)
     return note
 
 
