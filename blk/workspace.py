@@ -101,7 +101,8 @@ class Workspace:
         if not name:
             raise UserError("Choose a dataset first.")
         if name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
-            raise UnsafePath(f"{name} is outside workspace/datasets/: a dataset is a folder directly inside it.")
+            raise UnsafePath(f"{name} is outside the workspace's datasets: a dataset is a folder directly inside "
+                             "workspace/datasets/.")
         folder = self.confine(name, base=self.datasets)
         if not folder.is_dir():
             raise UserError(f"There is no dataset named {name} in workspace/datasets/.")
