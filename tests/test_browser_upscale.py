@@ -52,7 +52,7 @@ def test_upscale_tab_both_paths(tmp_path, shared_workspace):
             screenshot(page, "upscale-tab-diffusion")
     finally:
         app.stop()
-    results = sorted((workspace / "outputs" / "upscale").rglob("*.*"))
+    results = sorted(p for p in (workspace / "outputs" / "upscale").rglob("*.*") if not p.name.startswith("."))
     names = [p.name for p in results]
     assert names == ["drawing-diffusion-96x80.png", "drawing-esrgan-192x160.tif"], names
     parameters = read_parameters(results[0])

@@ -227,7 +227,7 @@ def test_the_artists_tour(tmp_path, shared_workspace):
     assert (workspace / "runs" / run_name / "checkpoints" / "step-000012.safetensors").exists()
     sketch = next((workspace / "outputs" / "sketch").rglob("*.png"))
     assert read_parameters(sketch)["loras"][0]["name"] == f"{run_name}/step-000012.safetensors"
-    upscaled = sorted(p.name for p in (workspace / "outputs" / "upscale").rglob("*.*"))
+    upscaled = sorted(p.name for p in (workspace / "outputs" / "upscale").rglob("*.*") if not p.name.startswith("."))
     assert len(upscaled) == 2 and any("esrgan-256x256" in n for n in upscaled), upscaled
     assert not [p for p in workspace.rglob(".blk-tmp-*")]
 
