@@ -527,5 +527,5 @@ def test_cli_upscale(models, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: scan.tif is not a model file") and len(err.splitlines()) == 1
     with pytest.raises(SystemExit) as refused:
-        main(["upscale", "in.png", "--path", "diffusion", "--model", "m.pth"])  # not implemented yet
-    assert refused.value.code == 2 and "invalid choice: 'diffusion'" in capsys.readouterr().err
+        main(["upscale", "in.png", "--path", "magic", "--model", "m.pth"])  # only esrgan and diffusion exist
+    assert refused.value.code == 2 and "invalid choice: 'magic'" in capsys.readouterr().err
