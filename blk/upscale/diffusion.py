@@ -36,7 +36,7 @@ from blk import __version__
 from blk.errors import UserError
 from blk.generate.sizes import SIZE_MULTIPLE
 from blk.models.device import MemoryOptions
-from blk.upscale.canvas import Canvas, disk_full, is_disk_full, output_format, write_png, write_tiff
+from blk.upscale.canvas import Canvas, output_format, write_png, write_tiff
 from blk.upscale.journal import Journal, file_sha256, job_key
 from blk.upscale.source import open_input
 from blk.upscale.tiler import count_tiles, run_tiles
@@ -167,7 +167,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                    "overlap": job.overlap, "seed": job.seed, "steps": job.steps, "guidance": job.guidance,
                    "prompt": job.prompt, "device": job.device})
     journal = Journal.begin(job.output, key)
-    try:
+    with journal.ending():  # done, cancelled or failed: files removed; Ctrl+C: kept for a resume
         journal.check_files(stages)
         first = min(journal.state["pass"], stages) if journal.resumed else 0
         if journal.resumed:
@@ -221,15 +221,6 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                        software=f"BLK Studio {__version__}", cancel=cancel, temp=journal.temp("out.tif"))
         else:
             write_png(source, job.output, icc=image.icc, dpi=dpi, parameters=parameters)
-    except KeyboardInterrupt:
-        journal.suspend()  # an interruption: the same job run again continues from its last row
-        raise
-    except BaseException as exc:
-        journal.discard()  # cancel, errors, disk full: nothing is left behind
-        if is_disk_full(exc) and not isinstance(exc, UserError):
-            raise disk_full(job.output) from None
-        raise
-    journal.discard()
     return DiffusionResult(job.output, width, height, total, time.monotonic() - started, parameters)
 
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from blk import __version__
 from blk.errors import UserError
-from blk.upscale.canvas import (Canvas, check_png, disk_full, is_disk_full, output_format, print_path,
+from blk.upscale.canvas import (Canvas, check_png, output_format, print_path,
                                 write_png, write_print_tiff, write_tiff)
 from blk.upscale.journal import Journal, file_sha256, job_key
 from blk.upscale.source import WHOLE_IMAGE_PIXELS, FilledSource, open_input
@@ -157,7 +157,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
                    "overlap": job.overlap, "batch": batch, "alpha": job.alpha, "device": device,
                    "precision": str(dtype), "passes": passes})
     journal = Journal.begin(job.output, key)
-    try:
+    with journal.ending():  # done, cancelled or failed: files removed; Ctrl+C: kept for a resume
         journal.check_files(passes)
         tile = journal.tile or job.tile or max(auto_tile(device, batch=batch, dtype_bytes=dtype.itemsize,
                                                          multiple_of=upscaler.multiple_of), 4 * job.overlap)
@@ -214,15 +214,6 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
             write_print_tiff(source, print_path(job.output), dpi=job.print_dpi, icc=icc,
                              background=tuple(job.print_background), description=printed,
                              software=f"BLK Studio {__version__}", cancel=cancel, temp=journal.temp("print.tif"))
-    except KeyboardInterrupt:
-        journal.suspend()  # Ctrl+C is an interruption: the next run of the same job resumes
-        raise
-    except BaseException as exc:
-        journal.discard()  # cancel, errors, disk full: nothing is left behind
-        if is_disk_full(exc) and not isinstance(exc, UserError):
-            raise disk_full(job.output) from None
-        raise
-    journal.discard()
     return EsrganResult(job.output, width, height, bits, passes, tile, tiles, retries,
                         time.monotonic() - started, parameters, resumed_from_tile=resumed_from,
                         print_path=print_path(job.output) if job.print_dpi else None)

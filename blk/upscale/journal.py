@@ -212,6 +212,24 @@ class Journal:
                 f"(row at input y={self.state['row_start']}, {self.state['tile']} px tiles).")
 
     # -- end ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def ending(self):
+        """`with journal.ending():` around a job's work: success, cancel and errors discard the job's
+        files (a full disk becomes one sentence); Ctrl+C suspends them for a resume."""
+        from blk.upscale.canvas import disk_full, is_disk_full
+
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.suspend()
+            raise
+        except BaseException as exc:
+            self.discard()
+            if is_disk_full(exc) and not isinstance(exc, UserError):
+                raise disk_full(self.output) from None
+            raise
+        self.discard()
+
     def suspend(self) -> None:
         """The job was interrupted: keep every file for the next run; close and unlock."""
         for canvas in self._open:
