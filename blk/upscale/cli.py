@@ -98,12 +98,8 @@ def cmd_upscale(args, workspace) -> int:
                     dpi=args.dpi, icc=Path(args.icc) if args.icc else None, alpha=args.alpha,
                     device=args.device, precision=args.precision, print_dpi=args.print_dpi,
                     print_background=parse_colour(args.print_background))
-    progress = _progress_printer()
-    try:
-        result = run(job, progress=progress, log=lambda text: print(text, file=sys.stderr, flush=True))
-    except KeyboardInterrupt:
-        print("\nInterrupted; run the same command again to continue from the last finished row.",
-              file=sys.stderr)
+    result = _run_interruptible(lambda **hooks: run(job, **hooks))
+    if result is None:
         return 130
     print(file=sys.stderr)
     print(f"{result.width}×{result.height}, {result.bits}-bit, {result.passes} pass(es), "
@@ -130,6 +126,16 @@ def _progress_printer():
     return progress
 
 
+def _run_interruptible(call):
+    """Run a job with progress and notes on stderr; Ctrl+C keeps its files and says how to go on (None)."""
+    try:
+        return call(progress=_progress_printer(), log=lambda text: print(text, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print("\nInterrupted; run the same command again to continue from the last finished row.",
+              file=sys.stderr)
+        return None
+
+
 def cmd_upscale_diffusion(args, workspace) -> int:
     from blk.generate.sketch import Lora
     from blk.upscale.diffusion import DiffusionJob, Pass, run
@@ -152,12 +158,8 @@ def cmd_upscale_diffusion(args, workspace) -> int:
                        tile=args.tile or 1024, overlap=96 if args.overlap is None else args.overlap, seed=args.seed,
                        steps=args.steps, prompt=args.prompt, final_denoise=None if args.no_final_pass else 0.1,
                        dpi=args.dpi, device=args.device)
-    try:
-        result = run(job, workspace, progress=_progress_printer(),
-                     log=lambda text: print(text, file=sys.stderr, flush=True))
-    except KeyboardInterrupt:
-        print("\nInterrupted; run the same command again to continue from the last finished row.",
-              file=sys.stderr)
+    result = _run_interruptible(lambda **hooks: run(job, workspace, **hooks))
+    if result is None:
         return 130
     print(file=sys.stderr)
     print(f"{result.width}×{result.height}, {len(job.passes)} pass(es), {result.tiles} tiles, "
