@@ -88,13 +88,17 @@ def cmd_sketch(args, workspace) -> int:
     def progress(done, total):
         print(f"\rstep {done}/{total}   ", end="", file=sys.stderr, flush=True)
 
-    results = Sketcher(workspace).run(request, progress=progress)
+    print_results(Sketcher(workspace).run(request, progress=progress))
+    return 0
+
+
+def print_results(results) -> None:
+    """After a progress line: the size notice (if any) on stderr, then one `seed S: PATH` line per image."""
     print(file=sys.stderr)
     if results[0].notice:
         print(results[0].notice, file=sys.stderr)
     for result in results:
         print(f"seed {result.seed}: {result.path}")
-    return 0
 
 
 def cmd_review(args, workspace) -> int:

@@ -58,7 +58,7 @@ def add_commands(commands) -> None:
 
 
 def cmd_generate(args, workspace) -> int:
-    from blk.generate.cli import _size
+    from blk.generate.cli import _size, print_results
     from blk.generate.sketch import Lora, Sketcher
     from blk.stencil.generate import Stenciler, StencilRequest
 
@@ -67,13 +67,8 @@ def cmd_generate(args, workspace) -> int:
                              loras=[Lora.parse(text) for text in args.lora], seed=args.seed, width=width,
                              height=height, steps=args.steps, guidance=args.guidance, augment=args.augment,
                              count=args.count, device=args.device, out_dir=Path(args.out) if args.out else None)
-    results = Stenciler(Sketcher(workspace)).run(
-        request, progress=lambda done, total: print(f"\r{done}/{total}   ", end="", file=sys.stderr, flush=True))
-    print(file=sys.stderr)
-    if results[0].notice:
-        print(results[0].notice, file=sys.stderr)
-    for result in results:
-        print(f"seed {result.seed}: {result.path}")
+    print_results(Stenciler(Sketcher(workspace)).run(
+        request, progress=lambda done, total: print(f"\r{done}/{total}   ", end="", file=sys.stderr, flush=True)))
     return 0
 
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from blk.errors import UserError
+from blk.generate.cli import _size
 
 
 def add_commands(commands) -> None:
@@ -68,15 +69,6 @@ def add_commands(commands) -> None:
                               "#rrggbb or r,g,b (default white)")
     upscale.add_argument("--out", default=None, help="OUT.tif (tiled BigTIFF) or OUT.png")
     upscale.set_defaults(run=cmd_upscale)
-
-
-def _size(text: str) -> tuple[int, int]:
-    from blk.generate.sizes import parse_size
-
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise UserError(str(exc) + ".") from None
 
 
 def cmd_upscale(args, workspace) -> int:
