@@ -45,13 +45,25 @@ def test_stencil_tab_generate_alpha_compose(tmp_path, shared_workspace):
             expect(page.locator("#blk-stencil-preview img")).to_be_visible()
             screenshot(page, "stencil-tab-generate")
 
+            # the chosen asset becomes the start of an image-to-image run that keeps its transparency
+            page.get_by_text("Start from a transparent image (image to image)").click()
+            page.get_by_role("button", name="Start from the chosen asset").click()
+            expect(page.locator("#blk-stencil-start img")).to_be_visible()
+            page.locator("#blk-stencil-generate").click()
+            for _ in range(360):  # the second asset's file, written when the run finishes
+                if len(list((workspace / "outputs" / "stencil").glob("*/*-s[0-9]*.png"))) == 2:
+                    break
+                page.wait_for_timeout(500)
+            expect(page.locator("#blk-stencil-status")).to_contain_text("64×64 RGBA", timeout=60_000)
+
             page.get_by_role("tab", name="Ink to alpha").click()
             page.locator("#blk-alpha-files input[type=file]").set_input_files(str(scan))
             page.locator("#blk-alpha-convert").click()
             expect(page.locator("#blk-alpha-status")).to_contain_text("1 converted", timeout=60_000)
             screenshot(page, "stencil-tab-alpha")
 
-            asset = next((workspace / "outputs" / "stencil").rglob("*-s*.png"))
+            asset = next(path for path in (workspace / "outputs" / "stencil").glob("*/*-s[0-9]*.png")
+                         if not read_parameters(path).get("source_image"))
             alpha = next((workspace / "outputs" / "stencil" / "alpha").rglob("*.png"))
             page.get_by_role("tab", name="Compose").click()
             page.locator("#blk-compose-layers input[type=file]").set_input_files([str(alpha), str(asset)])
@@ -63,6 +75,9 @@ def test_stencil_tab_generate_alpha_compose(tmp_path, shared_workspace):
         app.stop()
 
     assert Image.open(asset).mode == "RGBA" and read_parameters(asset)["prompt"] == "an octahedron, thin line, FG"
+    assets = sorted((workspace / "outputs" / "stencil").glob("*/*-s[0-9]*.png"))
+    refined = [read_parameters(path) for path in assets if read_parameters(path).get("source_image")]
+    assert len(refined) == 1 and refined[0]["strength"] == 0.6 and refined[0]["width"] == 64
     converted = np.asarray(Image.open(alpha)).astype(np.float64)
     original = np.asarray(Image.open(scan)).astype(np.float64)
     paper = original[0, -1]

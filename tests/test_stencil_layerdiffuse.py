@@ -180,6 +180,12 @@ def test_cli_stencil_generate(shared_workspace, tmp_path):
     path = next(tmp_path.glob("*.png"))
     assert Image.open(path).mode == "RGBA" and f"seed 5: {path}" in result.stdout
     assert read_parameters(path)["augment"] is False
+    refined = run_blk("--workspace", str(shared_workspace.root), "stencil", "generate", "--model", "tiny-flux",
+                      "--image", str(path), "--strength", "0.5", "--seed", "5", "--steps", "2", "--no-tta",
+                      "--out", str(tmp_path / "refined"))
+    assert refined.returncode == 0, refined.stderr
+    second = next((tmp_path / "refined").glob("*.png"))
+    assert read_parameters(second)["source_image"] == path.name and Image.open(second).size == (64, 64)
     bad = run_blk("--workspace", str(shared_workspace.root), "stencil", "generate", "--model", "no-such-model")
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
 
@@ -223,3 +229,80 @@ def test_forge_format_layer_lora_is_converted_and_acts_on_sdxl(shared_workspace,
     set_loras(loaded, [(loadable, 1.0)])
     layered = np.asarray(generate(loaded, request)).astype(int)
     assert np.abs(layered - base).mean() > 0.5
+
+
+# RGBA → latent (image-to-image with transparency) ---------------------------------------------------
+
+def _disc(size=64, colour=(220, 40, 30)) -> Image.Image:
+    """A red disc on a fully transparent field whose hidden colour is black (as many exports store it)."""
+    yy, xx = np.mgrid[:size, :size]
+    inside = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2
+    pixels = np.zeros((size, size, 4), np.uint8)
+    pixels[inside] = (*colour, 255)
+    return Image.fromarray(pixels, "RGBA")
+
+
+def test_padding_keeps_visible_colour_and_fills_the_clear_area_from_it():
+    from blk.stencil.layerdiffuse import pad_rgb
+
+    rgba = torch.from_numpy(np.asarray(_disc(), np.float32) / 255).permute(2, 0, 1)[None]
+    padded = pad_rgb(rgba)
+    inside = rgba[0, 3] == 1
+    assert torch.allclose(padded[0][:, inside], rgba[0, :3][:, inside], atol=1e-6)
+    # the clear area is red-ish (carried from the disc), not the black stored under alpha 0
+    outside = padded[0][:, ~inside]
+    assert outside[0].min() > 0.5 and outside[1].max() < 0.3 and outside[2].max() < 0.3
+
+
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-sdxl"])
+def test_encoder_moves_the_vae_latent_and_sees_alpha_in_its_family_order(model, shared_workspace):
+    from blk.models.pipelines import PipelineCache
+    from blk.stencil.layerdiffuse import find_encoder, load_encoder, rgba_to_latent
+
+    resolved = resolve(model, shared_workspace)
+    vae = PipelineCache().get(resolved).pipe.vae
+    encoder = load_encoder(find_encoder(shared_workspace, resolved), resolved.family)
+    rgba = torch.from_numpy(np.asarray(_disc(), np.float32) / 255).permute(2, 0, 1)[None]
+    seen = []
+    encoder.blocks[0].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    latent = rgba_to_latent(vae, resolved.family, encoder, rgba)
+    alpha_channel = 3 if resolved.family == "flux" else 0
+    assert torch.equal(seen[0][:, alpha_channel], rgba[:, 3])
+
+    # with the encoder silenced the latent is the base VAE's mean of the premultiplied colour, scaled
+    with torch.no_grad():
+        encoder.blocks[-1].weight.zero_()
+        encoder.blocks[-1].bias.zero_()
+    plain = rgba_to_latent(vae, resolved.family, encoder, rgba)
+    with torch.no_grad():
+        mean = vae.encode((rgba[:, :3] * 2 - 1) * rgba[:, 3:]).latent_dist.mean
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    # (5e-4: the contiguous and channels-last inputs take different convolution kernels, ~1e-4 apart)
+    assert torch.allclose(plain, (mean - shift) * vae.config.scaling_factor, atol=5e-4)
+    assert latent.shape == plain.shape and (latent - plain).abs().mean() > 1e-2  # the offset moved it
+
+
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-sdxl"])
+def test_image_to_image_with_transparency(model, shared_workspace, tmp_path):
+    source = tmp_path / "disc.png"
+    _disc(size=96).resize((100, 96)).save(source)  # 100 px wide: rounded to 64 with a notice
+    stenciler = Stenciler(Sketcher(shared_workspace))
+    request = StencilRequest(model, "a disc", role="FG", seed=3, steps=4, augment=False, out_dir=tmp_path / "out",
+                             image=source, strength=0.5)
+    first, = stenciler.run(request)
+    again, = stenciler.run(request)
+    stronger, = stenciler.run(StencilRequest(**{**request.__dict__, "strength": 1.0}))
+    image = Image.open(first.path)
+    assert image.mode == "RGBA" and image.size == (128, 128) and "64 px grid" in first.notice
+    pixels = np.asarray(image)
+    assert np.array_equal(pixels, np.asarray(Image.open(again.path)))
+    assert not np.array_equal(pixels, np.asarray(Image.open(stronger.path)))
+    parameters = read_parameters(first.path)
+    assert parameters["source_image"] == "disc.png" and parameters["strength"] == 0.5
+    assert "compositeWithTrainedAlgorithmicMedia" in image.text["XML:com.adobe.xmp"]
+    assert stenciler.sketcher.cache.load_count == 1  # the img2img view shares the loaded base
+
+    with pytest.raises(UserError, match="Strength"):
+        stenciler.run(StencilRequest(**{**request.__dict__, "strength": 1.5}))
+    with pytest.raises(UserError, match="does not exist"):
+        stenciler.run(StencilRequest(**{**request.__dict__, "image": tmp_path / "missing.png"}))

@@ -34,16 +34,19 @@ DISCLOSURES = {
     "trainedAlgorithmicMedia": DISCLOSURE,
     "algorithmicallyEnhanced": "AI-enhanced image: the input enlarged by a neural network in BLK Studio "
                                "(no new content was generated).",
-    "compositeWithTrainedAlgorithmicMedia": "Image with AI-generated detail: the input enlarged and refined by a "
+    "compositeWithTrainedAlgorithmicMedia": "Image with AI-generated content: an input image refined by a "
                                             "diffusion model in BLK Studio.",
 }
 
 
 def source_type(parameters: dict) -> str:
-    """ESRGAN upscales are enhancements; diffusion upscales add generated detail; the rest is generated."""
+    """ESRGAN upscales are enhancements; diffusion over an input image (upscale, image-to-image) mixes the
+    input with generated content; the rest is generated."""
     if parameters.get("job") == "upscale":
         return "algorithmicallyEnhanced" if parameters.get("path") == "esrgan" else \
             "compositeWithTrainedAlgorithmicMedia"
+    if parameters.get("source_image"):
+        return "compositeWithTrainedAlgorithmicMedia"
     return "trainedAlgorithmicMedia"
 
 

@@ -30,8 +30,14 @@ def generate(loaded: LoadedPipeline, request: TextToImage, callback=None):
     return run_pipeline(loaded, request, callback).images[0]
 
 
-def run_pipeline(loaded: LoadedPipeline, request: TextToImage, callback=None, output_type: str = "pil"):
-    """The pipeline call behind `generate`; `output_type="latent"` returns the latents (Stencil decodes them)."""
+def run_pipeline(loaded: LoadedPipeline, request: TextToImage, callback=None, output_type: str = "pil",
+                 image=None, strength: float | None = None):
+    """The pipeline call behind `generate`; `output_type="latent"` returns the latents (Stencil decodes them).
+
+    With `image` (an img2img view of the pipeline: pixels, or latents already in
+    the pipeline's space) and `strength`, the run starts from that image;
+    diffusers then runs int(steps × strength) of the steps.
+    """
     import torch
 
     family = loaded.model.family
@@ -43,11 +49,17 @@ def run_pipeline(loaded: LoadedPipeline, request: TextToImage, callback=None, ou
         num_inference_steps=request.steps, guidance_scale=request.guidance,
         generator=torch.Generator("cpu").manual_seed(request.seed), output_type=output_type,
     )
+    total = request.steps
+    if image is not None:
+        kwargs |= dict(image=image, strength=strength)
+        if family == "sdxl":  # SDXL's img2img takes its size from the image
+            del kwargs["width"], kwargs["height"]
+        total = max(1, int(request.steps * strength))
     if family == "sdxl" and request.negative_prompt:
         kwargs["negative_prompt"] = request.negative_prompt
     if callback is not None:
         def on_step(pipe, step, timestep, tensors):
-            callback(step + 1, request.steps)
+            callback(step + 1, total)
             return tensors
 
         kwargs["callback_on_step_end"] = on_step

@@ -34,6 +34,9 @@ def add_commands(commands) -> None:
     generate.add_argument("--count", type=int, default=1)
     generate.add_argument("--no-tta", dest="augment", action="store_false",
                           help="one decoder pass instead of LayerDiffuse's 8-view augmentation (faster)")
+    generate.add_argument("--image", default=None, metavar="FILE",
+                          help="start from this RGBA image (image to image with transparency; keeps its size)")
+    generate.add_argument("--strength", type=float, default=0.6, help="with --image: how much is redrawn, 0..1")
     generate.add_argument("--device", default="auto")
     generate.add_argument("--out", default=None, help="folder (default: workspace/outputs/stencil/DATE)")
     generate.set_defaults(run=cmd_generate)
@@ -66,7 +69,8 @@ def cmd_generate(args, workspace) -> int:
     request = StencilRequest(model=args.model, prompt=args.prompt, role=args.role,
                              loras=[Lora.parse(text) for text in args.lora], seed=args.seed, width=width,
                              height=height, steps=args.steps, guidance=args.guidance, augment=args.augment,
-                             count=args.count, device=args.device, out_dir=Path(args.out) if args.out else None)
+                             count=args.count, device=args.device, out_dir=Path(args.out) if args.out else None,
+                             image=Path(args.image) if args.image else None, strength=args.strength)
     print_results(Stenciler(Sketcher(workspace)).run(
         request, progress=lambda done, total: print(f"\r{done}/{total}   ", end="", file=sys.stderr, flush=True)))
     return 0

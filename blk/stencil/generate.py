@@ -4,6 +4,11 @@ Shares the Sketch pipeline (`Sketcher`): the layer LoRA is one more adapter
 on the loaded base, so switching between Sketch and Stencil never reloads the
 model. The prompt is the descriptor plus the asset's Z-role tag (FG, MG,
 BG-overlay), as the paper's Stencil data is captioned.
+
+With a starting image (an RGBA PNG: an earlier asset, an ink-to-alpha scan)
+the job is image-to-image with transparency: LayerDiffuse's offset encoder
+turns the RGBA into a latent, the img2img view of the same pipeline refines
+it at the chosen strength, and the decoder brings the alpha back.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from blk.generate.text_to_image import TextToImage, run_pipeline
 from blk.models.device import MemoryOptions, is_out_of_memory
 from blk.models.pipelines import lora_sha256, set_loras
 from blk.models.registry import resolve
-from blk.stencil.layerdiffuse import find_weights, latent_to_rgba, load_decoder, rgba_image
+from blk.stencil.layerdiffuse import find_encoder, find_weights, latent_to_rgba, load_decoder, load_encoder, \
+    rgba_image, rgba_to_latent
 
 ROLES = ("FG", "MG", "BG-overlay")
 
@@ -43,6 +49,8 @@ class StencilRequest:
     memory: MemoryOptions = MemoryOptions()
     device: str = "auto"
     out_dir: Path | None = None
+    image: Path | None = None  # start from this RGBA image (image-to-image with transparency)
+    strength: float = 0.6  # with `image`: how much is redrawn (0 keeps it, 1 ignores it)
 
 
 @dataclass
@@ -62,14 +70,16 @@ def full_prompt(prompt: str, role: str) -> str:
 class Stenciler:
     def __init__(self, sketcher: Sketcher):
         self.sketcher = sketcher
-        self._decoders: dict[str, object] = {}
+        self._modules: dict[str, object] = {}
 
-    def _decoder(self, path: Path, family: str, device: str, dtype):
-        key = f"{path}:{path.stat().st_mtime_ns}:{device}:{dtype}"
-        if key not in self._decoders:
-            self._decoders.clear()  # one decoder in memory at a time
-            self._decoders[key] = load_decoder(path, family).to(device, dtype)
-        return self._decoders[key]
+    def _module(self, load, path: Path, family: str, device: str, dtype):
+        """The decoder or encoder, kept loaded (one of each) while its file is unchanged."""
+        key = f"{load.__name__}:{path}:{path.stat().st_mtime_ns}:{device}:{dtype}"
+        if key not in self._modules:
+            for old in [k for k in self._modules if k.startswith(f"{load.__name__}:")]:
+                del self._modules[old]
+            self._modules[key] = load(path, family).to(device, dtype)
+        return self._modules[key]
 
     def run(self, request: StencilRequest, progress=None, cancel: threading.Event | None = None,
             on_image=None) -> list[StencilResult]:
@@ -78,15 +88,28 @@ class Stenciler:
         workspace = self.sketcher.workspace
         model = resolve(request.model, workspace)
         weights = find_weights(workspace, model)
-        width, height, notice = round_size(request.width, request.height, SIZE_MULTIPLE)
+        start, size = None, (request.width, request.height)
+        if request.image is not None:
+            if not 0 < request.strength <= 1:
+                raise UserError(f"Strength is between 0 and 1 (how much is redrawn); got {request.strength:g}.")
+            start = starting_image(Path(request.image))
+            size = start.size  # the asset keeps the starting image's size (rounded to 64)
+        width, height, notice = round_size(*size, SIZE_MULTIPLE)
         steps, guidance = generation_defaults(model)
         prompt = full_prompt(request.prompt, request.role)
         first_seed = secrets.randbelow(MAX_SEED) if request.seed is None or request.seed < 0 else int(request.seed)
         results = []
         with self.sketcher.lock:
-            loaded = self.sketcher.cache.get(model, device=request.device, memory=request.memory)
+            loaded = self.sketcher.cache.get(model, task="img2img" if start else "text2img", device=request.device,
+                                             memory=request.memory)
             set_loras(loaded, [(weights.lora, 1.0)] + [(lora.path, lora.scale) for lora in request.loras])
-            decoder = self._decoder(weights.decoder, model.family, loaded.device, loaded.pipe.vae.dtype)
+            vae = loaded.pipe.vae
+            decoder = self._module(load_decoder, weights.decoder, model.family, loaded.device, vae.dtype)
+            start_latent = None
+            if start is not None:
+                encoder = self._module(load_encoder, find_encoder(workspace, model), model.family, loaded.device,
+                                       vae.dtype)
+                start_latent = rgba_to_latent(vae, model.family, encoder, rgba_tensor(start, width, height))
             folder = Path(request.out_dir) if request.out_dir else output_folder(workspace, "stencil")
             folder.mkdir(parents=True, exist_ok=True)
             for index in range(request.count):
@@ -94,6 +117,7 @@ class Stenciler:
                 text = TextToImage(prompt=prompt, seed=seed, width=width, height=height,
                                    steps=request.steps or steps,
                                    guidance=guidance if request.guidance is None else request.guidance)
+                runs = text.steps if start is None else max(1, int(text.steps * request.strength))
 
                 def on_step(step, total, index=index):
                     if cancel is not None and cancel.is_set():
@@ -102,7 +126,8 @@ class Stenciler:
                         progress(index * (total + 1) + step, request.count * (total + 1))
 
                 try:
-                    latents = run_pipeline(loaded, text, on_step, output_type="latent").images
+                    latents = run_pipeline(loaded, text, on_step, output_type="latent", image=start_latent,
+                                           strength=request.strength if start is not None else None).images
                     image = rgba_image(latent_to_rgba(loaded, latents, width, height, decoder, request.augment))
                 except UserError:
                     raise
@@ -112,7 +137,7 @@ class Stenciler:
                                         "on CPU offload or int8 weights, or choose a smaller size.") from None
                     raise
                 if progress is not None:
-                    progress((index + 1) * (text.steps + 1), request.count * (text.steps + 1))
+                    progress((index + 1) * (runs + 1), request.count * (runs + 1))
                 parameters = {
                     "kind": "stencil", "model": model.name, "family": model.family, "prompt": prompt,
                     "role": request.role, "seed": seed, "steps": text.steps, "guidance": text.guidance,
@@ -122,9 +147,31 @@ class Stenciler:
                     "loras": [{"name": lora_label(lora.path), "sha256": lora_sha256(lora.path),
                                "scale": lora.scale, "path": str(lora.path)} for lora in request.loras],
                 }
+                if start is not None:
+                    parameters |= {"source_image": Path(request.image).name, "strength": request.strength}
                 result = StencilResult(save_png(_output_name(folder, seed), image, parameters), seed, parameters,
                                        notice)
                 results.append(result)
                 if on_image is not None:
                     on_image(result)
         return results
+
+
+def starting_image(path: Path):
+    """The image to start from, as RGBA (an opaque image gets alpha 1); one sentence when it cannot be read."""
+    from blk.data.images import open_image
+
+    if not path.is_file():
+        raise UserError(f"The starting image {path.name} does not exist.")
+    image = open_image(path)
+    return image if image.mode == "RGBA" else image.convert("RGBA")
+
+
+def rgba_tensor(image, width: int, height: int):
+    """PIL RGBA → [1, 4, H, W] float 0..1 at the generation size, resized with premultiplied alpha."""
+    import torch
+
+    from blk.stencil.ops import image_to_array, resize
+
+    pixels = resize(image_to_array(image), width, height)
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None]

@@ -7,9 +7,14 @@ augmentation. Output PNGs are straight (not premultiplied) RGBA.
 
 Weights are the official files, found in `workspace/models/layerdiffuse/`:
 
-| family | decoder | layer LoRA |
-| Flux | TransparentVAE.pth (RedAIGC/Flux-version-LayerDiffuse) | layerlora.safetensors (same repo) |
-| SDXL | vae_transparent_decoder.safetensors (LayerDiffusion/layerdiffusion-v1) | layer_xl_transparent_attn.safetensors (same repo) |
+| family | decoder | layer LoRA | encoder (image-to-image only) |
+| Flux | TransparentVAE.pth (RedAIGC/Flux-version-LayerDiffuse) | layerlora.safetensors (same repo) | in TransparentVAE.pth |
+| SDXL | vae_transparent_decoder.safetensors (LayerDiffusion/layerdiffusion-v1) | layer_xl_transparent_attn.safetensors (same repo) | vae_transparent_encoder.safetensors (same repo) |
+
+The way back, RGBA → latent (image-to-image with transparency, and the
+latents a style LoRA over the layer LoRA trains on), is `rgba_to_latent`:
+the base VAE encodes the premultiplied colour, and the offset encoder moves
+that latent by ×300 its output, fed with colour padded into the clear areas.
 
 `.pth` files are read with torch's restricted (weights-only) unpickler. The
 tiny test models get random weights of the same architecture at a small
@@ -29,9 +34,10 @@ FILES = {
     "flux": ("TransparentVAE.pth", "layerlora.safetensors"),
     "sdxl": ("vae_transparent_decoder.safetensors", "layer_xl_transparent_attn.safetensors"),
 }
+ENCODER_FILES = {"flux": "TransparentVAE.pth", "sdxl": "vae_transparent_encoder.safetensors"}
 REPOS = {"flux": "RedAIGC/Flux-version-LayerDiffuse", "sdxl": "LayerDiffusion/layerdiffusion-v1"}
 LATENT_CHANNELS = {"flux": 16, "sdxl": 4}
-TINY_VERSION = "1"
+TINY_VERSION = "2"  # 2: SDXL gets its encoder file too
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,18 @@ def find_weights(workspace: Workspace, model: ResolvedModel) -> LayerDiffuseWeig
     return LayerDiffuseWeights(model.family, folder / decoder_name, loadable_lora(folder / lora_name))
 
 
+def find_encoder(workspace: Workspace, model: ResolvedModel) -> Path:
+    """The offset encoder's file (image-to-image with transparency); one sentence when it is missing."""
+    folder = weights_folder(workspace, model)
+    if model.name.startswith("tiny-"):
+        ensure_tiny_weights(folder, model)
+    path = folder / ENCODER_FILES[model.family]
+    if not path.is_file():
+        raise UserError(f"Starting from a transparent image with {model.family} needs {path.name} (from "
+                        f"huggingface.co/{REPOS[model.family]}) in {folder}; generating from a prompt works without it.")
+    return path
+
+
 def loadable_lora(path: Path) -> Path:
     """The layer LoRA as diffusers loads it: SDXL's official file is in Forge's `::lora::` layout, so it is
     converted once (kohya names) into `.converted/` beside it, keyed by the file's content."""
@@ -81,6 +99,11 @@ def loadable_lora(path: Path) -> Path:
 
 def read_decoder_state(path: Path, family: str) -> dict:
     """The decoder's tensors by their bare names; Flux's extra `encoder.*` / `sd_vae.*` keys are set aside."""
+    return _read_state(path, family, "decoder.")
+
+
+def _read_state(path: Path, family: str, flux_prefix: str) -> dict:
+    """A weights file's tensors by bare names: Flux's one .pth holds both modules under `encoder.` / `decoder.`."""
     import torch
 
     try:
@@ -96,8 +119,78 @@ def read_decoder_state(path: Path, family: str) -> dict:
     if not isinstance(state, dict):
         raise UserError(f"{path.name} does not hold a state dict.")
     if family == "flux":
-        state = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
+        state = {k[len(flux_prefix):]: v for k, v in state.items() if k.startswith(flux_prefix)}
     return state
+
+
+def load_encoder(path: Path, family: str):
+    """A TransparentEncoder with the file's weights (full or tiny width, told apart by its first conv)."""
+    from blk.stencil.transparent_vae import ENCODER_WIDTHS, TINY_ENCODER_WIDTHS, TransparentEncoder
+
+    state = _read_state(path, family, "encoder.")
+    first = state.get("blocks.0.weight")
+    if first is None:
+        raise UserError(f"{path.name} has no LayerDiffuse encoder weights (no blocks.0).")
+    widths = TINY_ENCODER_WIDTHS if first.shape[0] == TINY_ENCODER_WIDTHS[0] else ENCODER_WIDTHS
+    encoder = TransparentEncoder(LATENT_CHANNELS[family], widths)
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{path.name} does not match LayerDiffuse's {family} encoder.") from None
+    return encoder.eval().requires_grad_(False)
+
+
+def pad_rgb(rgba):
+    """Colour carried into the clear areas from the nearest visible pixels ([N, 4, H, W] → [N, 3, H, W], 0..1).
+
+    The offset encoder was trained on colour padded this way: a pyramid of
+    premultiplied colour and alpha, shrunk by 1/1.2 per level (area average),
+    then rebuilt from the top, each level keeping its own colour where it is
+    opaque and taking the enlarged coarser fill where it is not. Visible pixels
+    keep their colour exactly.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    alpha = rgba[:, 3:4].float()
+    levels = [(rgba[:, :3].float() * alpha, alpha)]
+    while min(levels[-1][1].shape[-2:]) > 1:
+        colour, weight = levels[-1]
+        size = (max(1, int(colour.shape[-2] / 1.2)), max(1, int(colour.shape[-1] / 1.2)))
+        levels.append((F.interpolate(colour, size=size, mode="area"), F.interpolate(weight, size=size, mode="area")))
+    colour, weight = levels[-1]
+    fill = colour.sum(dim=(2, 3), keepdim=True) / weight.sum(dim=(2, 3), keepdim=True).clamp(min=1e-8)
+    for colour, weight in reversed(levels):
+        fill = F.interpolate(fill, size=colour.shape[-2:], mode="bilinear", align_corners=False) \
+            if fill.shape[-2:] != colour.shape[-2:] else fill
+        fill = colour + fill * (1.0 - weight)
+    return fill.clamp(0, 1)
+
+
+def rgba_to_latent(vae, family: str, encoder, rgba):
+    """Straight RGBA [N, 4, H, W] in 0..1 → the latent the pipeline works in (scaled, and shifted for Flux).
+
+    As LayerDiffuse encodes: the base VAE sees premultiplied colour
+    (`(rgb·2−1)·alpha`, so clear areas are mid grey); its posterior mean is
+    moved by std × (encoder output × 300); the encoder sees alpha and the
+    padded colour (R,G,B,A for Flux, A,R,G,B for SDXL). No sampling: the same
+    image always gives the same latent.
+    """
+    import torch
+
+    from blk.stencil.transparent_vae import ENCODER_SCALE
+
+    rgba = rgba.float().clamp(0, 1)
+    alpha, colour = rgba[:, 3:4], rgba[:, :3]
+    padded = pad_rgb(rgba)
+    feed = torch.cat([padded, alpha], dim=1) if family == "flux" else torch.cat([alpha, padded], dim=1)
+    parameter = next(encoder.parameters())
+    with torch.no_grad():
+        posterior = vae.encode(((colour * 2 - 1) * alpha).to(vae.device, vae.dtype)).latent_dist
+        offset = encoder(feed.to(parameter.device, parameter.dtype)).to(posterior.mean) * ENCODER_SCALE
+        raw = posterior.mean + posterior.std * offset
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (raw - shift) * vae.config.scaling_factor
 
 
 def load_decoder(path: Path, family: str):
@@ -197,7 +290,7 @@ def _build_tiny(staging: Path, model: ResolvedModel) -> None:
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    from blk.stencil.transparent_vae import TINY_WIDTHS, TransparentDecoder, TransparentEncoder
+    from blk.stencil.transparent_vae import TINY_ENCODER_WIDTHS, TINY_WIDTHS, TransparentDecoder, TransparentEncoder
 
     torch.manual_seed(0)
     family = model.family
@@ -205,10 +298,12 @@ def _build_tiny(staging: Path, model: ResolvedModel) -> None:
     decoder_name, lora_name = FILES[family]
     if family == "flux":  # one .pth with encoder.* + decoder.*, as the official file
         state = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
-        state |= {f"encoder.{k}": v for k, v in TransparentEncoder(16, (8, 8, 16, 16)).state_dict().items()}
+        state |= {f"encoder.{k}": v for k, v in TransparentEncoder(16, TINY_ENCODER_WIDTHS).state_dict().items()}
         torch.save(state, staging / decoder_name)
     else:
         save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, str(staging / decoder_name))
+        encoder = TransparentEncoder(4, TINY_ENCODER_WIDTHS)
+        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(staging / ENCODER_FILES["sdxl"]))
     from blk.models.pipelines import load_pipeline
     from blk.models.device import MemoryOptions
 

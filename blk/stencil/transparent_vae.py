@@ -25,6 +25,8 @@ from torch import nn
 
 FULL_WIDTHS = (32, 32, 64, 128, 256, 512, 512)
 TINY_WIDTHS = (8, 8, 16, 16, 16, 32, 32)  # tests: same architecture, a sliver of the width
+ENCODER_WIDTHS = (32, 64, 128, 256)
+TINY_ENCODER_WIDTHS = (8, 8, 16, 16)
 SIZE_MULTIPLE = 64
 ENCODER_SCALE = 300.0  # the encoder's offset is multiplied by this before it moves the latent
 
@@ -85,7 +87,7 @@ class TransparentDecoder(nn.Module):
 class TransparentEncoder(nn.Module):
     """LatentTransparencyOffsetEncoder: RGBA (0..1, colour padded into clear areas) → latent offset."""
 
-    def __init__(self, latent_channels: int, widths: tuple[int, ...] = (32, 64, 128, 256)):
+    def __init__(self, latent_channels: int, widths: tuple[int, ...] = ENCODER_WIDTHS):
         super().__init__()
         a, b, c, d = widths
         layers = [nn.Conv2d(4, a, 3, padding=1), nn.SiLU(), nn.Conv2d(a, a, 3, padding=1), nn.SiLU(),

@@ -22,7 +22,8 @@ ROLE_NONE = "none"
 
 
 def generate(context: StudioContext, cancel: threading.Event, gallery: list, model, prompt, role, items, width,
-             height, steps, guidance, seed, random_seed, count, augment, progress=gr.Progress()):
+             height, steps, guidance, seed, random_seed, count, augment, start=None, strength=0.6,
+             progress=gr.Progress()):
     from blk.errors import UserError
     from blk.generate.sketch import Lora
     from blk.stencil.generate import StencilRequest
@@ -37,7 +38,8 @@ def generate(context: StudioContext, cancel: threading.Event, gallery: list, mod
             loras=[Lora(Path(path), float(scale)) for path, scale in items], seed=None if random_seed else int(seed or 0),
             width=int(width or 0), height=int(height or 0), steps=int(steps) if steps else None,
             guidance=None if guidance in (None, "") else float(guidance), count=int(count), augment=bool(augment),
-            device=context.workspace.settings.device)
+            device=context.workspace.settings.device, image=Path(start) if start else None,
+            strength=float(strength))
         progress(0, desc="Loading the model and LayerDiffuse…")
         context.stenciler.run(request, progress=lambda d, t: progress(d / t, desc=f"{d}/{t}"), cancel=cancel,
                                on_image=finished.append)
@@ -203,6 +205,13 @@ def build(context: StudioContext) -> None:
                         random_seed = gr.Checkbox(True, label="Random seed")
                         count = gr.Slider(1, 8, value=1, step=1, label="Assets")
                     augment = gr.Checkbox(True, label="Test-time augmentation (8 decoder views; cleaner edges)")
+                    with gr.Accordion("Start from a transparent image (image to image)", open=False):
+                        gr.Markdown("An RGBA PNG (an asset, an ink-to-alpha scan) is redrawn in your style with "
+                                    "its transparency; the asset keeps its size. Leave empty to start from noise.")
+                        start = gr.Image(label="Starting image", type="filepath", image_mode="RGBA",
+                                         elem_id="blk-stencil-start", elem_classes=["blk-checker"])
+                        strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength (how much is redrawn)")
+                        use_chosen = gr.Button("Start from the chosen asset", size="sm")
                     with gr.Row():
                         go = gr.Button("Generate", variant="primary", elem_id="blk-stencil-generate")
                         stop = gr.Button("Cancel")
@@ -220,7 +229,7 @@ def build(context: StudioContext) -> None:
             session = gr.State([])
             go.click(lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
                      inputs=[session, model, prompt, role, loras, width, height, steps, guidance, seed, random_seed,
-                             count, augment],
+                             count, augment, start, strength],
                      outputs=[results, session, status, seed], api_name="stencil_generate")
             stop.click(cancel.set, queue=False)
             model.change(lambda name: (*model_defaults(context, name), weights_note(context, name)), inputs=model,
@@ -231,6 +240,7 @@ def build(context: StudioContext) -> None:
                 return entry[0] if isinstance(entry, (list, tuple)) else entry
 
             results.select(on_select, inputs=session, outputs=chosen)
+            use_chosen.click(lambda path: path or gr.update(), inputs=chosen, outputs=start)
             for trigger in (chosen.change, background.change, colour.change):
                 trigger(preview, inputs=[chosen, background, colour], outputs=shown)
 
