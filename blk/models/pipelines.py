@@ -169,10 +169,16 @@ def _load_lora(loaded: LoadedPipeline, path: Path, name: str) -> None:
     state dict, so the adapter goes straight onto the denoiser; a LoRA's
     text-encoder part, if any, is then not applied. LoKr files (`…lokr_w1`,
     `…lokr_w2`, as the Train tab writes them) take the same route: diffusers'
-    pipeline loaders accept LoRA names only, its denoiser loader accepts LoKr too.
+    pipeline loaders accept LoRA names only, its denoiser loader accepts LoKr too. LoKr files
+    with LyCORIS / kohya names (`lora_unet_…lokr_w1`) are converted by `blk.models.lycoris`.
     """
+    from blk.models.lycoris import is_lycoris_lokr, load_lycoris_lokr
+
     _quiet_lora_loader()
-    if loaded.memory.int8 or any(".lokr_" in key for key in safetensors_keys(path)):
+    keys = safetensors_keys(path)
+    if is_lycoris_lokr(keys):
+        load_lycoris_lokr(loaded.denoiser, path, loaded.model.family, name)
+    elif loaded.memory.int8 or any(".lokr_" in key for key in keys):
         prefix = "transformer" if loaded.model.family == "flux" else "unet"
         loaded.denoiser.load_lora_adapter(str(path), prefix=prefix, adapter_name=name)
     else:
@@ -186,32 +192,65 @@ def _forget_adapter(loaded: LoadedPipeline, name: str) -> None:
         loaded.pipe.delete_adapters([name])
 
 
+def _is_lokr(path: Path) -> bool:
+    return any(".lokr_" in key for key in safetensors_keys(path))
+
+
 def set_loras(loaded: LoadedPipeline, loras: list[tuple[Path, float]]) -> None:
-    """Make exactly these LoRAs active at these scales; others are unloaded. Base weights untouched."""
+    """Make exactly these LoRAs active at these scales; others are unloaded. Base weights untouched.
+
+    LoRA files load before LoKr files: diffusers cannot put a LoRA on a layer
+    peft has wrapped as LoKr (the wrapper stays after its adapter is deleted),
+    so a new LoRA on a model with LoKr layers first unloads every adapter and
+    its wrappers; the stack is then reloaded from its files, LoRAs first.
+    """
     wanted: dict[str, float] = {}
+    paths: dict[str, Path] = {}
     for path, scale in loras:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"LoRA file {path} does not exist.")
         if path.suffix.lower() != ".safetensors":
             raise UserError(f"{path.name} is not a .safetensors LoRA file.")
+        safetensors_keys(path)  # a damaged header gets its own sentence
         name = adapter_name(path)
+        paths[name], wanted[name] = path, float(scale)
+    lokr = {name: _is_lokr(path) for name, path in paths.items()}
+    if any(not lokr[name] and name not in loaded.adapters for name in wanted) and _has_lokr_layers(loaded):
+        loaded.pipe.unload_lora_weights()
+        loaded.adapters.clear()
+    for name in sorted(wanted, key=lambda n: lokr[n]):
         if name not in loaded.adapters:
-            safetensors_keys(path)  # a damaged header gets its own sentence
-            try:
-                _load_lora(loaded, path, name)
-            except Exception as exc:  # noqa: BLE001  (any loader failure means: not a LoRA for this model)
-                _forget_adapter(loaded, name)
-                raise UserError(f"{path.name} is not a LoRA for {loaded.model.family}: {str(exc).splitlines()[0]}") from None
-            present = {n for names in loaded.pipe.get_list_adapters().values() for n in names}
-            if name not in present:  # diffusers only warns when no key matches this model
-                raise UserError(f"{path.name} is not a LoRA for {loaded.model.family}: none of its weights fit this model.")
-            loaded.adapters[name] = str(path)
-        wanted[name] = float(scale)
-    stale = [name for name in loaded.adapters if name not in wanted]
-    if stale:
-        loaded.pipe.delete_adapters(stale)
-        for name in stale:
-            del loaded.adapters[name]
+            _load_checked(loaded, paths[name], name)
+    _unload(loaded, [name for name in loaded.adapters if name not in wanted])
     if wanted:
         loaded.pipe.set_adapters(list(wanted), adapter_weights=list(wanted.values()))
+
+
+def _has_lokr_layers(loaded: LoadedPipeline) -> bool:
+    from peft.tuners.lokr import LoKrLayer
+
+    return any(isinstance(module, LoKrLayer) for module in loaded.denoiser.modules())
+
+
+def _load_checked(loaded: LoadedPipeline, path: Path, name: str) -> None:
+    """Load one file as adapter `name`; any failure is one sentence and leaves nothing behind."""
+    try:
+        _load_lora(loaded, path, name)
+    except UserError:  # already one sentence (a LyCORIS LoKr that does not fit, say)
+        _forget_adapter(loaded, name)
+        raise
+    except Exception as exc:  # noqa: BLE001  (any loader failure means: not a LoRA for this model)
+        _forget_adapter(loaded, name)
+        raise UserError(f"{path.name} is not a LoRA for {loaded.model.family}: {str(exc).splitlines()[0]}") from None
+    present = {n for names in loaded.pipe.get_list_adapters().values() for n in names}
+    if name not in present:  # diffusers only warns when no key matches this model
+        raise UserError(f"{path.name} is not a LoRA for {loaded.model.family}: none of its weights fit this model.")
+    loaded.adapters[name] = str(path)
+
+
+def _unload(loaded: LoadedPipeline, names: list[str]) -> None:
+    if names:
+        loaded.pipe.delete_adapters(names)
+        for name in names:
+            del loaded.adapters[name]

@@ -3,9 +3,11 @@
 - Base LoRAs (`model.base_loras`, e.g. LayerDiffuse's layer LoRA for BLK-Stencil) are loaded
   as named peft adapters that stay active and frozen: never fused, so int8 weights are safe
   (STACK.md: fusing into quanto weights drops the LoRA). The trainable adapter is "default".
-- `adapter.init_from` starts the trainable adapter from a LoRA file instead of random weights:
-  diffusers/peft names (ours, ai-toolkit's) or kohya's (`lora_unet_…`, `.lora_down/.lora_up/.alpha`),
-  converted by diffusers' own `lora_state_dict`.
+- `adapter.init_from` starts the trainable adapter from a file instead of random weights. A LoRA
+  starts from a LoRA file: diffusers/peft names (ours, ai-toolkit's) or kohya's (`lora_unet_…`,
+  `.lora_down/.lora_up/.alpha`), converted by diffusers' own `lora_state_dict`. A LoKr starts from a
+  LyCORIS / kohya LoKr file (`…lokr_w1`, `…lokr_w2`, `.alpha`; `blk.models.lycoris`), its delta
+  reproduced exactly in the trainable adapter's own layout.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def peft_config(adapter):
         from peft import LoKrConfig
 
         return LoKrConfig(r=adapter.rank, alpha=adapter.alpha, rank_dropout=adapter.dropout,
-                          target_modules=adapter.target_modules)
+                          target_modules=adapter.target_modules, decompose_factor=adapter.factor)
     from peft import LoraConfig
 
     return LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
@@ -100,12 +102,18 @@ def init_trainable_from(family, path: Path) -> int:
 
     diffusers loads the file as a temporary adapter (any of the names it converts, each
     module's alpha included); its weights are then copied into the trainable adapter,
-    with lora_B rescaled so that B·A·scale is the file's own update exactly.
+    with lora_B rescaled so that B·A·scale is the file's own update exactly. A LoKr adapter
+    starts from a LyCORIS LoKr file instead (`_init_lokr_from`).
     """
     import torch
+    from peft import LoKrConfig
     from peft.tuners.lora import LoraLayer
 
     denoiser, name = family.denoiser, Path(path).name
+    if isinstance(getattr(denoiser, "peft_config", {}).get(TRAINABLE), LoKrConfig):
+        return _init_lokr_from(family, Path(path))
+    if _is_lycoris_lokr_file(Path(path)):
+        raise UserError(f"{name} is a LoKr, not a LoRA; set adapter.kind to lokr to start from it.")
     state, alphas = read_lora(family, path)
     if not any(k.startswith(_prefix(family) + ".") for k in state):
         raise UserError(f"{name} has no weights for the {_prefix(family)}; it cannot start this adapter.")
@@ -143,3 +151,70 @@ def init_trainable_from(family, path: Path) -> int:
             with warnings.catch_warnings():  # "…was active which is now deleted": the trainable one is set next
                 warnings.filterwarnings("ignore", message="Adapter starting_point was active")
                 denoiser.delete_adapters(STARTING)
+
+
+def _is_lycoris_lokr_file(path: Path) -> bool:
+    from blk.models.lycoris import is_lycoris_lokr
+    from blk.models.registry import safetensors_keys
+
+    try:
+        return path.is_file() and is_lycoris_lokr(safetensors_keys(path))
+    except UserError:  # not a readable file: the caller's own reading says so
+        return False
+
+
+def _init_lokr_from(family, path: Path) -> int:
+    """Start the trainable LoKr from a LyCORIS LoKr file; returns how many modules were set.
+
+    Each module's update kron(w1, w2)·scale (LyCORIS' scale rule) is written into the trainable
+    adapter's own layout, the ratio of the file's scale to the adapter's alpha/rank folded into w1;
+    a factor the adapter keeps whole is multiplied out. What cannot be held exactly (another rank,
+    another Kronecker split) is one sentence naming the setting, before anything is written.
+    """
+    from blk.models.lycoris import Misfit, file_factor, fit, lokr_layers, read_lokr, write
+    from blk.models.registry import safetensors_keys
+
+    denoiser, name = family.denoiser, path.name
+    if not path.is_file():
+        raise UserError(f"LoKr file {path} does not exist.")
+    safetensors_keys(path)  # a damaged header gets its own sentence
+    if not _is_lycoris_lokr_file(path):
+        raise UserError(f"{name} is not a LyCORIS LoKr file (…lokr_w1, …lokr_w2); a LoKr adapter starts from "
+                        "one (or set adapter.kind to lora to start from a LoRA).")
+    modules = read_lokr(path, denoiser, family.name)
+    layers = lokr_layers(denoiser, TRAINABLE)
+    outside = [m for m in modules if m.name not in layers]
+    if outside:
+        raise UserError(f"{name} also trains modules this adapter does not (e.g. {outside[0].name}); "
+                        f"add them to adapter.target_modules to start from it.")
+    config = denoiser.peft_config[TRAINABLE]
+    updates = []
+    for m in modules:
+        layer = layers[m.name]
+        if not layer.scaling[TRAINABLE]:
+            raise UserError(f"adapter.alpha is 0, so this LoKr would add nothing; set it above 0 to start from {name}.")
+        try:
+            updates += fit(layer, TRAINABLE, m, m.scale / layer.scaling[TRAINABLE])
+        except Misfit as misfit:
+            raise UserError(_misfit_sentence(name, misfit, config, file_factor(modules))) from None
+    write(updates)
+    return len(modules)
+
+
+def _misfit_sentence(name: str, misfit, config, factor) -> str:
+    m = misfit.module
+    if misfit.what == "rank":
+        return (f"{name} has rank {misfit.need} but this adapter has rank {config.r}; "
+                f"set the rank to {misfit.need} to start from it.")
+    if misfit.what.startswith("whole"):
+        return (f"{name} keeps {m.name}'s {misfit.what.split()[1]} as one whole matrix, which a LoKr of rank "
+                f"{config.r} splits in two; set the rank to at least {misfit.need} to start from it.")
+    if misfit.what == "split":
+        (a, b), (c, d) = m.split
+        (pa, pb), (pc, pd) = misfit.peft_split
+        made = f"LyCORIS factor {factor}" if factor is not None else "a factorization peft does not make"
+        advice = f"set adapter.factor to {factor} to start from it" if factor is not None else \
+            "a LoKr starts only from a file with the same split"
+        return (f"{name} splits {m.name} as {a}×{c} ⊗ {b}×{d} ({made}) but this adapter splits it as "
+                f"{pa}×{pc} ⊗ {pb}×{pd} (factor {config.decompose_factor}); {advice}.")
+    return f"{name} cannot be laid out in this LoKr adapter (module {m.name})."
