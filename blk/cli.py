@@ -119,6 +119,7 @@ def cmd_train(args, workspace: Workspace) -> int:
     import time
     from pathlib import Path
 
+    from blk.train import distributed
     from blk.train.config import TrainConfig, load_config
     from blk.train.runner import run
 
@@ -141,19 +142,45 @@ def cmd_train(args, workspace: Workspace) -> int:
         estimate = probe(config, workspace)
         print(estimate.sentence(config.schedule.steps))
         return 0 if estimate.fits else 1
+    if distributed.launched() and not (args.run_dir or args.resume):
+        raise UserError("Under accelerate launch every process must train the same run: name its folder with --run-dir.")
+    if config.schedule.gpus > 1 and not distributed.launched():
+        return _train_on_several_gpus(args, workspace, config.schedule.gpus, run_dir)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())  # finish the step, save a checkpoint, end
     try:
         result = run(config, workspace, run_dir, resume=bool(args.resume), stop=stop)
     except UserError as exc:
-        if run_dir.is_dir():  # the app follows the run through its events: say why it ended
+        if run_dir.is_dir() and distributed.is_main_process():  # the app follows the run through its events: say why
             from blk.train.runner import EventLog
 
             EventLog(run_dir / "events.jsonl").write("error", 0, message=str(exc))
         raise
-    print(f"{result.status} at step {result.step}: {result.run_dir}")
+    if distributed.is_main_process():
+        print(f"{result.status} at step {result.step}: {result.run_dir}")
     return 0 if result.status != "error" else 1
+
+
+def _train_on_several_gpus(args, workspace: Workspace, gpus: int, run_dir) -> int:
+    """This same command under `accelerate launch`, one trainer process per GPU, in the foreground; Ctrl-C
+    (or SIGTERM) reaches the trainers, which save the current step and end together."""
+    import signal
+    import subprocess
+
+    from blk.train.process import check_gpus, stop_trainers, train_command, train_environment
+
+    check_gpus(gpus)
+    forwarded = ["--resume", args.resume] if args.resume else \
+        [*([args.config] if args.config else []), "--run-dir", str(run_dir)]  # one folder for every process
+    for flag, value in (("--model", args.model), ("--dataset", args.dataset), ("--steps", args.steps)):
+        if value:
+            forwarded += [flag, str(value)]
+    process = subprocess.Popen(train_command(workspace, forwarded, gpus), env=train_environment(),
+                               start_new_session=True)  # Ctrl-C reaches this process alone, which passes it on
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop_trainers(process.pid, gpus))
+    return process.wait()
 
 
 def cmd_caption(args, workspace: Workspace) -> int:

@@ -44,7 +44,8 @@ def fixed_batch_loss(model_name, workspace, dataset, lora=None) -> float:
     from blk.train.cache import TensorCache
     from blk.train.data import load_items
     from blk.train.families import FluxFamily, SDXLFamily
-    from blk.train.runner import _latent
+    from blk.train.config import DataSection
+    from blk.train.runner import LatentSource
 
     model = resolve(model_name, workspace)
     pipe = load_pipeline(model, "text2img", "cpu", MemoryOptions())
@@ -53,7 +54,7 @@ def fixed_batch_loss(model_name, workspace, dataset, lora=None) -> float:
     family = FluxFamily(pipe) if model.family == "flux" else SDXLFamily(pipe)
     item = load_items(dataset, [64], False)[0]
     cache = TensorCache(dataset.parent / "eval-cache")
-    latents = _latent(family, cache, dataset, item, model.path)["params"]
+    latents = LatentSource(family, cache, dataset, model.path, DataSection())(item)["params"]
     with torch.no_grad():
         text = {k: v[None] for k, v in family.encode_text(item.caption).items()}
         losses = [family.loss(latents, text, torch.Generator().manual_seed(s)).item() for s in range(16)]
@@ -157,6 +158,7 @@ def test_presets_load_with_the_paper_values():
     stencil = load_config(Path("presets/stencil-flux-layerdiffuse.yaml"))
     assert (stencil.adapter.rank, stencil.optimizer.name, stencil.schedule.lr_schedule) == (16, "adamw8bit", "polynomial")
     assert stencil.model.base_loras == ["layerdiffuse"] and stencil.data.alpha_mask
+    assert stencil.data.transparency == "layerdiffuse" and stencil.data.augment.variants == 2
     assert [s.start for s in stencil.data.stages] == [0, 2000, 4000] and stencil.schedule.steps == 6000
     assert [[src.folder for src in s.sources] for s in stencil.data.stages] == \
         [["singles"], ["singles", "pairs"], ["singles", "pairs", "triples"]]
@@ -288,11 +290,15 @@ def test_lokr_run_saves_a_checkpoint_that_generates_and_resumes(dataset, shared_
     assert np.array_equal(np.asarray(generate(loaded, request)).astype(int), base)
 
 
-def test_lokr_cannot_start_from_a_lora_file():
+def test_lokr_factor_reaches_peft_and_is_checked():
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="LoKr adapter starts from random weights"):
-        TrainConfig.model_validate({"adapter": {"kind": "lokr", "init_from": "style.safetensors"}})
+    from blk.train.adapters import peft_config
+
+    config = TrainConfig.model_validate({"adapter": {"kind": "lokr", "factor": 8, "init_from": "style.safetensors"}})
+    assert peft_config(config.adapter).decompose_factor == 8
+    with pytest.raises(ValidationError, match="adapter.factor"):
+        TrainConfig.model_validate({"adapter": {"kind": "lokr", "factor": 0}})
 
 
 def test_step_chooser_shows_a_steps_samples_and_checkpoint(workspace):

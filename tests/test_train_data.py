@@ -238,13 +238,15 @@ def test_alpha_mask_is_cached_on_the_latent_grid_and_changes_the_loss(rgba_datas
     from blk.models.device import MemoryOptions
     from blk.models.pipelines import load_pipeline
     from blk.train.families import FluxFamily
-    from blk.train.runner import _latent
+    from blk.train.config import DataSection
+    from blk.train.runner import LatentSource
 
     model = resolve("tiny-flux", shared_workspace)
     family = FluxFamily(load_pipeline(model, "text2img", "cpu", MemoryOptions()))
     cache = TensorCache(rgba_dataset / ".blk" / "cache" / model_key(model.path) / "latents")
+    latent_for = LatentSource(family, cache, rgba_dataset, model.path, DataSection(alpha_mask=True))
     for item in load_items(rgba_dataset, [64], True):
-        entry = _latent(family, cache, rgba_dataset, item, model.path, alpha_mask=True)
+        entry = latent_for(item)
         mask = entry["mask"][0, 0]
         assert tuple(mask.shape) == (8, 8) == tuple(entry["params"].shape[-2:])
         opaque = mask[:, 4:] if not item.flip else mask[:, :4]

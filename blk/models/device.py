@@ -29,6 +29,40 @@ def available_devices() -> list[str]:
     return found + ["cpu"]
 
 
+def cuda_device_count() -> int:
+    """How many CUDA GPUs this process may use, without importing torch (the app and the UI ask this at
+    startup): NVIDIA's management library through ctypes, as torch itself can, honouring
+    CUDA_VISIBLE_DEVICES; 0 where there is no NVIDIA driver."""
+    import ctypes
+    import os
+
+    try:
+        nvml = ctypes.CDLL("nvml.dll" if os.name == "nt" else "libnvidia-ml.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_uint(0)
+    try:
+        if nvml.nvmlInit_v2() != 0:
+            return 0
+        try:
+            if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+                return 0
+        finally:
+            nvml.nvmlShutdown()
+    except AttributeError:  # a library without these functions
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return count.value
+    listed = 0
+    for part in visible.split(","):  # CUDA stops at the first empty or negative entry
+        part = part.strip()
+        if not part or part.startswith("-"):
+            break
+        listed += 1
+    return min(listed, count.value)
+
+
 def pick_device(preference: str = "auto") -> str:
     """Resolve 'auto' to the best device; check that an explicit choice exists."""
     devices = available_devices()

@@ -135,7 +135,7 @@ def load_encoder(path: Path, family: str):
     encoder = TransparentEncoder(LATENT_CHANNELS[family], widths)
     try:
         encoder.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except RuntimeError:
         raise UserError(f"{path.name} does not match LayerDiffuse's {family} encoder.") from None
     return encoder.eval().requires_grad_(False)
 
@@ -149,7 +149,6 @@ def pad_rgb(rgba):
     opaque and taking the enlarged coarser fill where it is not. Visible pixels
     keep their colour exactly.
     """
-    import torch
     import torch.nn.functional as F
 
     alpha = rgba[:, 3:4].float()
@@ -168,7 +167,13 @@ def pad_rgb(rgba):
 
 
 def rgba_to_latent(vae, family: str, encoder, rgba):
-    """Straight RGBA [N, 4, H, W] in 0..1 → the latent the pipeline works in (scaled, and shifted for Flux).
+    """Straight RGBA [N, 4, H, W] in 0..1 → the latent the pipeline works in (scaled, and shifted for Flux)."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (rgba_to_raw_latent(vae, family, encoder, rgba) - shift) * vae.config.scaling_factor
+
+
+def rgba_to_raw_latent(vae, family: str, encoder, rgba):
+    """Straight RGBA [N, 4, H, W] in 0..1 → the raw VAE latent (before scaling) that carries its transparency.
 
     As LayerDiffuse encodes: the base VAE sees premultiplied colour
     (`(rgb·2−1)·alpha`, so clear areas are mid grey); its posterior mean is
@@ -188,9 +193,7 @@ def rgba_to_latent(vae, family: str, encoder, rgba):
     with torch.no_grad():
         posterior = vae.encode(((colour * 2 - 1) * alpha).to(vae.device, vae.dtype)).latent_dist
         offset = encoder(feed.to(parameter.device, parameter.dtype)).to(posterior.mean) * ENCODER_SCALE
-        raw = posterior.mean + posterior.std * offset
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (raw - shift) * vae.config.scaling_factor
+        return posterior.mean + posterior.std * offset
 
 
 def load_decoder(path: Path, family: str):

@@ -61,11 +61,13 @@ def rotate(rgba: np.ndarray, degrees: float, resample: str = "bicubic", expand: 
     return unpremultiply(rotated)
 
 
-def resize(rgba: np.ndarray, width: int, height: int, resample: str = "lanczos") -> np.ndarray:
-    if (width, height) == (rgba.shape[1], rgba.shape[0]):
+def resize(rgba: np.ndarray, width: int, height: int, resample: str = "lanczos",
+           box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """Resample to width × height; `box` (left, top, right, bottom, sub-pixel) takes only that region."""
+    if (width, height) == (rgba.shape[1], rgba.shape[0]) and box is None:
         return rgba.astype(np.float32, copy=True)
     mode = _RESAMPLE[resample]
-    return unpremultiply(_per_channel(premultiply(rgba), lambda im: im.resize((width, height), mode)))
+    return unpremultiply(_per_channel(premultiply(rgba), lambda im: im.resize((width, height), mode, box=box)))
 
 
 def scale(rgba: np.ndarray, factor: float, resample: str = "lanczos") -> np.ndarray:

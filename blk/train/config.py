@@ -65,6 +65,16 @@ class Stage(Strict):
         return self
 
 
+class AugmentSection(Strict):
+    """Alpha-safe augmentation (`blk.train.pixels`): each image also trains as `variants` copies, each with its
+    own fixed rotation, scale, shift and grain drawn within these limits (cached like the original)."""
+    variants: int = Field(0, ge=0, le=16)  # 0: off
+    rotate: float = Field(0.0, ge=0.0, le=45.0)  # degrees, either way
+    scale: float = Field(0.0, ge=0.0, lt=0.5)  # fraction, bigger or smaller
+    shift: float = Field(0.0, ge=0.0, le=0.25)  # fraction of the side, any direction
+    grain: float = Field(0.0, ge=0.0, le=0.2)  # standard deviation of grain on colour (0..1); alpha untouched
+
+
 class DataSection(Strict):
     dataset: str = ""  # a dataset name under workspace/datasets, or a folder
     resolutions: list[int] = Field(default_factory=lambda: [512])  # bucket areas (side of the square)
@@ -80,6 +90,10 @@ class DataSection(Strict):
     # start step to the next one's; empty: the whole dataset throughout
     stages: list[Stage] = Field(default_factory=list)
     alpha_mask: bool = False  # RGBA images: weight the loss by alpha on the latent grid (transparent pixels count 0)
+    # how RGBA images become latents: flattened over white, or LayerDiffuse's transparent encoding (for a style
+    # LoRA trained over the frozen layer LoRA: the latents carry the transparency the decoder reads back)
+    transparency: Literal["flatten", "layerdiffuse"] = "flatten"
+    augment: AugmentSection = Field(default_factory=AugmentSection)
 
     @model_validator(mode="after")
     def _stages_in_order(self):
@@ -96,17 +110,19 @@ class DataSection(Strict):
 
 class AdapterSection(Strict):
     kind: Literal["lora", "lokr"] = "lora"
-    init_from: str = ""  # a LoRA file (diffusers/peft, kohya or ai-toolkit names) to start from instead of random
+    # a file to start from instead of random weights: for a LoRA, a LoRA file (diffusers/peft, kohya or
+    # ai-toolkit names); for a LoKr, a LyCORIS / kohya LoKr file
+    init_from: str = ""
     rank: int = Field(16, ge=1, le=1024)
     alpha: float = 16.0
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    factor: int = -1  # LoKr only: the Kronecker split (LyCORIS' factor; -1 splits each layer as evenly as it can)
     target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
 
     @model_validator(mode="after")
-    def _lokr_starts_fresh(self):
-        if self.kind == "lokr" and self.init_from:
-            raise PydanticCustomError("config", "adapter.init_from starts a LoRA adapter from a LoRA file; a LoKr "
-                                      "adapter starts from random weights (clear init_from, or choose kind lora)")
+    def _factor_is_a_split(self):
+        if self.factor == 0 or self.factor < -1:
+            raise PydanticCustomError("config", "adapter.factor is -1 (automatic) or a positive number")
         return self
 
 
@@ -125,6 +141,9 @@ class ScheduleSection(Strict):
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(1, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
+    # data-parallel trainer processes, one per GPU (`accelerate launch`); a step then trains gpus × gradient_accumulation
+    # micro-batches, exactly those of one GPU with gpus × gradient_accumulation (effective batch: × batch_size)
+    gpus: int = Field(1, ge=1)
     lr_schedule: Literal["constant", "cosine", "polynomial"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     seed: int = 0

@@ -28,6 +28,7 @@ class Item:
     height: int
     flip: bool = False
     root: str = ""  # the folder `image` is relative to, when not the run's dataset (a curriculum's extra folder)
+    variant: int = 0  # 0: the image itself; n ≥ 1: its n-th augmented copy (`blk.train.pixels.jitter_for`)
 
 
 def bucket_size(width: int, height: int, resolutions: list[int]) -> tuple[int, int]:
@@ -41,8 +42,8 @@ def bucket_size(width: int, height: int, resolutions: list[int]) -> tuple[int, i
     return max(MULTIPLE, width // MULTIPLE * MULTIPLE), max(MULTIPLE, height // MULTIPLE * MULTIPLE)
 
 
-def load_items(dataset: Path, resolutions: list[int], flip: bool, root: str = "") -> list[Item]:
-    """Every usable, captioned image; one sentence if there is nothing to train on."""
+def load_items(dataset: Path, resolutions: list[int], flip: bool, root: str = "", variants: int = 0) -> list[Item]:
+    """Every usable, captioned image (× its flip and augmented variants); one sentence if there is nothing to train on."""
     records = [r for r in scan(dataset) if r.ok]
     if not records:
         raise UserError(f"{dataset.name} has no usable images to train on.")
@@ -54,9 +55,9 @@ def load_items(dataset: Path, resolutions: list[int], flip: bool, root: str = ""
             missing.append(record.rel)
             continue
         w, h = bucket_size(record.width, record.height, resolutions)
-        items.append(Item(record.rel, record.sha256, caption, w, h, root=root))
-        if flip:
-            items.append(Item(record.rel, record.sha256, caption, w, h, flip=True, root=root))
+        for variant in range(variants + 1):
+            for flipped in (False, True) if flip else (False,):
+                items.append(Item(record.rel, record.sha256, caption, w, h, flip=flipped, root=root, variant=variant))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise UserError(f"{len(missing)} image(s) have no caption ({shown}); caption them or move them out first.")

@@ -6,6 +6,12 @@ only through its folder: `events.jsonl` for progress, the pid for stop (SIGTERM:
 the trainer finishes its step and saves a checkpoint) and kill (SIGKILL: at most
 the steps since the last checkpoint are lost). Any app — this one after a
 restart included — re-attaches by reading the folder.
+
+With several GPUs (`schedule.gpus` > 1) the same command runs under
+`accelerate launch`, one trainer process per GPU (see `distributed`). The pid
+is then the launcher's (torchrun), which starts each trainer in a session of
+its own: stop signals the trainers found under it (they agree on a step, save
+it and end together), kill freezes the launcher and kills it and them.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 from blk import atomic
 from blk.errors import UserError
 from blk.train.config import TrainConfig, save_config
+from blk.train.distributed import CPU_PROCESSES
 from blk.workspace import Workspace
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -42,27 +49,101 @@ def start_run(config: TrainConfig, workspace: Workspace, name: str | None = None
     folder = workspace.runs / f"{name or config.name}-{stamp}"
     if folder.exists():
         raise UserError(f"A run named {folder.name} exists already.")
+    check_gpus(config.schedule.gpus)
     folder.mkdir(parents=True)
     save_config(config, folder / "request.yaml")
-    _spawn(workspace, folder, [str(folder / "request.yaml"), "--run-dir", str(folder)])
+    _spawn(workspace, folder, [str(folder / "request.yaml"), "--run-dir", str(folder)], config.schedule.gpus)
     return folder
 
 
 def resume_run(workspace: Workspace, folder: Path, steps: int | None = None) -> None:
     if is_running(folder):
         raise UserError(f"{folder.name} is running already.")
+    gpus = _gpus_of(folder)
+    check_gpus(gpus, resuming=True)
     extra = ["--steps", str(steps)] if steps else []
-    _spawn(workspace, folder, ["--resume", str(folder), *extra])
+    _spawn(workspace, folder, ["--resume", str(folder), *extra], gpus)
 
 
-def _spawn(workspace: Workspace, folder: Path, args: list[str]) -> None:
+def check_gpus(gpus: int, resuming: bool = False) -> None:
+    """One sentence, before anything starts, when this machine has fewer GPUs than the run asks for."""
+    if gpus <= 1 or os.environ.get(CPU_PROCESSES) == "1":
+        return
+    from blk.models.device import cuda_device_count
+
+    found = cuda_device_count()
+    if found < gpus:
+        has = f"has {found} CUDA GPU{'s' if found != 1 else ''}" if found else "has no CUDA GPU"
+        if resuming:
+            raise UserError(f"This run trained on {gpus} GPUs and resumes on as many, but this machine {has}.")
+        raise UserError(f"This run asks for {gpus} GPUs but this machine {has}; set GPUs to {max(found, 1)}.")
+
+
+def train_command(workspace: Workspace, args: list[str], gpus: int = 1) -> list[str]:
+    """`python -m blk train ARGS`; with several GPUs the same command under `accelerate launch` (torchrun),
+    one process per GPU, data parallel."""
+    train = ["-m", "blk", "--workspace", str(workspace.root), "train", *args]
+    if gpus <= 1:
+        return [sys.executable, *train]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", "0",  # 0: a free port, so that two runs can train side by side
+            *train]
+
+
+def train_environment() -> dict[str, str]:
+    """The trainer's environment: this project importable wherever it runs from."""
+    return dict(os.environ, PYTHONPATH=str(PROJECT_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def stop_trainers(pid: int, processes: int) -> None:
+    """SIGTERM to the trainer: it finishes its step, saves a checkpoint and ends. Several processes: to each
+    trainer under the launcher `pid` (rank 0's decision makes them end at the same step), not to the launcher,
+    which would pass it on and kill them 30 s later, done or not. None started yet: to the launcher (which
+    ends with nothing trained to save)."""
+    targets = [pid]
+    if processes > 1:
+        import psutil
+
+        try:
+            targets = [child.pid for child in psutil.Process(pid).children()] or [pid]
+        except psutil.Error:
+            pass
+    for target in targets:
+        try:
+            os.kill(target, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def _gpus_of(folder: Path) -> int:
+    """How many processes the run trained with (its resolved config), so that it resumes with as many."""
+    from blk.train.config import load_config
+
+    for name in ("config.yaml", "request.yaml"):
+        if (folder / name).exists():
+            try:
+                return load_config(folder / name).schedule.gpus
+            except UserError:
+                return 1
+    return 1
+
+
+def _spawn(workspace: Workspace, folder: Path, args: list[str], gpus: int = 1) -> None:
     log = open(folder / "trainer.log", "ab")
-    command = [sys.executable, "-m", "blk", "--workspace", str(workspace.root), "train", *args]
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    command = train_command(workspace, args, gpus)
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                               stdin=subprocess.DEVNULL, env=train_environment(), start_new_session=True)
     log.close()
-    atomic.write_json(folder / "process.json", {"pid": process.pid, "started": time.time(), "command": command})
+    atomic.write_json(folder / "process.json", {"pid": process.pid, "started": time.time(), "command": command,
+                                                "processes": gpus})
+
+
+def _processes(folder: Path) -> int:
+    try:
+        return int(json.loads((folder / "process.json").read_text()).get("processes", 1))
+    except (OSError, ValueError, AttributeError):
+        return 1
 
 
 def _pid(folder: Path) -> int | None:
@@ -94,7 +175,7 @@ def stop_run(folder: Path) -> str:
     pid = _pid(folder)
     if pid is None or not is_running(folder):
         return f"{folder.name} is not running."
-    os.kill(pid, signal.SIGTERM)
+    stop_trainers(pid, _processes(folder))
     return f"Stopping {folder.name} after its current step…"
 
 
@@ -102,7 +183,21 @@ def kill_run(folder: Path) -> str:
     pid = _pid(folder)
     if pid is None or not is_running(folder):
         return f"{folder.name} is not running."
+    trainers = []
+    if _processes(folder) > 1:  # each trainer has a session of its own: find them under the frozen launcher
+        import psutil
+
+        try:
+            os.kill(pid, signal.SIGSTOP)  # starts no trainer while we look
+            trainers = psutil.Process(pid).children(recursive=True)
+        except (ProcessLookupError, psutil.Error):
+            pass
     os.killpg(pid, signal.SIGKILL)
+    for trainer in trainers:
+        try:
+            trainer.kill()
+        except psutil.Error:
+            pass
     return f"Killed {folder.name}; resume continues from its last checkpoint."
 
 

@@ -10,12 +10,21 @@ Determinism: the data order is a seeded permutation per epoch, and each step's
 noise, timesteps and caption augmentation come from generators seeded by the
 step number — so a run resumed from step k continues exactly as if it had
 never stopped; only adapter, optimizer, scheduler and the step are saved.
+
+Several GPUs (`schedule.gpus`, one process each under `accelerate launch`; see
+`distributed`): a step's micro-batches are numbered globally, 0 … gpus × A − 1
+(A: gradient accumulation), and process r trains r·A … r·A + A − 1 with exactly
+the batch, noise and caption seeds a single process with accumulation gpus × A
+would use for those numbers; the gradients are summed over the processes. So
+2 GPUs with A = 1 train the same steps as 1 GPU with A = 2. Rank 0 alone writes
+the run folder.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import random
 import shutil
 import sys
@@ -31,6 +40,7 @@ from blk.train.adapters import adapter_metadata
 from blk.train.cache import TensorCache, model_key
 from blk.train.config import TrainConfig, save_config
 from blk.train.data import Curriculum, Item, StagePlan, augment_caption, epoch_order, load_items
+from blk.train.distributed import World
 from blk.workspace import Workspace
 
 STATE_FILES = ("adapter.safetensors", "optimizer.pt", "scheduler.pt", "trainer.json")
@@ -39,10 +49,13 @@ STATE_FILES = ("adapter.safetensors", "optimizer.pt", "scheduler.pt", "trainer.j
 class EventLog:
     """The contract between trainer and UI: `events.jsonl`, appended durably."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, quiet: bool = False):
         self.path = path
+        self.quiet = quiet  # the data-parallel processes other than rank 0 write nothing
 
     def write(self, kind: str, step: int, **fields) -> None:
+        if self.quiet:
+            return
         atomic.append_line(self.path, json.dumps({"t": round(time.time(), 3), "step": step, "kind": kind, **fields}))
 
     def read(self) -> list[dict]:
@@ -61,39 +74,45 @@ class RunResult:
 
 def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool = False,
         stop: threading.Event | None = None, stop_after: int | None = None) -> RunResult:
-    """Train. `stop` ends the run gracefully after the current step (checkpoint saved)."""
+    """Train. `stop` ends the run gracefully after the current step (checkpoint saved).
+
+    Under `accelerate launch` (several processes) every process calls this with the same arguments."""
     import torch
 
-    from blk.models.device import pick_device, pick_dtype
+    from blk.models.device import is_out_of_memory, pick_dtype
     from blk.models.registry import resolve
 
     stop = stop or threading.Event()
     run_dir = Path(run_dir)
+    world = World.from_env()
     if resume:
         _state_folder(run_dir)  # fail before loading anything
     dataset = workspace.dataset_folder(config.data.dataset) if config.data.dataset else None
     if dataset is None:
         raise UserError("Choose a dataset to train on.")
-    for sentence in config.unreachable_stages():  # e.g. `--steps` below a preset's stage starts
-        print(f"warning: {sentence}.", file=sys.stderr, flush=True)
+    if world.is_main:
+        for sentence in config.unreachable_stages():  # e.g. `--steps` below a preset's stage starts
+            print(f"warning: {sentence}.", file=sys.stderr, flush=True)
     model = resolve(config.model.name, workspace)
-    items = load_items(dataset, config.data.resolutions, config.data.flip)
+    items = load_items(dataset, config.data.resolutions, config.data.flip, variants=config.data.augment.variants)
     items, held_out = split_validation(items, config.data.validation_images)
-    curriculum = plan_curriculum(config, workspace, dataset, items)
+    curriculum = plan_curriculum(config, workspace, dataset, items, world.size)
     items = items * config.data.repeats
-    image_count = len({(i.root, i.image, i.flip) for plan in curriculum.stages for pool in plan.pools for i in pool}) \
+    image_count = len({(i.root, i.image, i.flip, i.variant) for plan in curriculum.stages for pool in plan.pools for i in pool}) \
         if curriculum else len(items)
-    device = pick_device(workspace.settings.device)
+    device = world.start(workspace.settings.device)
     dtype = pick_dtype(device)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    _remove_temporaries(run_dir)  # left by a killed trainer: never a checkpoint, only debris
-    (run_dir / "samples").mkdir(exist_ok=True)
-    resolved = config.model_copy(deep=True)
-    resolved.data.dataset = str(dataset)
-    save_config(resolved, run_dir / "config.yaml")
-    events = EventLog(run_dir / "events.jsonl")
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        _remove_temporaries(run_dir)  # left by a killed trainer: never a checkpoint, only debris
+        (run_dir / "samples").mkdir(exist_ok=True)
+        resolved = config.model_copy(deep=True)
+        resolved.data.dataset = str(dataset)
+        resolved.schedule.gpus = world.size  # the processes that really trained (resume starts as many)
+        save_config(resolved, run_dir / "config.yaml")
+    events = EventLog(run_dir / "events.jsonl", quiet=not world.is_main)
 
     family = _load_family(config, model, dtype, device)
     denoiser = family.denoiser
@@ -103,28 +122,31 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     scheduler = _lr_scheduler(config, optimizer)
     ema = Ema(denoiser, config.optimizer.ema_decay) if config.optimizer.ema_decay else None
     step = _restore(run_dir, denoiser, optimizer, scheduler, ema) if resume else 0
-    events.write("status", step, status="resumed" if step else "started", model=model.name, images=image_count)
+    world.broadcast_parameters(params)  # replicas start identical (they are already: same seed, same state file)
+    world.barrier()  # every process has read state/ before rank 0 may replace it
+    events.write("status", step, status="resumed" if step else "started", model=model.name, images=image_count,
+                 processes=world.size)
     stage = None
 
     caches = dataset / ".blk" / "cache" / model_key(model.path)
     latent_cache = TensorCache(caches / "latents", enabled=config.data.cache_latents)
+    latent_for = LatentSource(family, latent_cache, dataset, model.path, config.data,
+                              *_transparent_encoder(config, workspace, model, device))
     text_cache = TensorCache(caches / "text")
     text_for = _text_encoder(family, text_cache)
     last_checkpoint = None
     def validate(at_step: int) -> None:
-        if held_out and config.data.validation_every:
-            loss = validation_loss(family, held_out, lambda item: _latent(family, latent_cache, dataset, item, model.path,
-                                                                          config.data.alpha_mask),
-                                   text_for, device, dtype)
+        if world.is_main and held_out and config.data.validation_every:
+            loss = validation_loss(family, held_out, latent_for, text_for, device, dtype)
             events.write("eval", at_step, loss=loss)
 
     if step == 0:
         validate(0)
-        if config.sampling.every and config.sampling.prompts:
+        if world.is_main and config.sampling.every and config.sampling.prompts:
             _samples(family, config, run_dir, events, 0)
 
-    batch_size = config.schedule.batch_size
-    micro_per_step = config.schedule.gradient_accumulation
+    accumulation = config.schedule.gradient_accumulation
+    micro_per_step = accumulation * world.size  # the step's micro-batches, over all processes
     status = "finished"
     try:
         while step < config.schedule.steps:
@@ -134,27 +156,35 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
                 events.write("stage", step, stage=stage + 1, name=plan.name,
                              sources=dict(zip(plan.labels, plan.fractions)), images=sum(len(p) for p in plan.pools))
             denoiser.train()
-            total = 0.0
-            used = []
-            for micro in range(micro_per_step):
-                batch = curriculum.batch(step, micro) if curriculum else \
-                    _batch(items, config, step * micro_per_step + micro, batch_size)
-                used += [item.image for item in batch]
-                generator = torch.Generator().manual_seed(config.schedule.seed * 1_000_003 + step * 97 + micro)
-                rng = random.Random(config.schedule.seed * 7_919 + step * 13 + micro)
-                entries = [_latent(family, latent_cache, dataset, item, model.path, config.data.alpha_mask)
-                           for item in batch]
-                latents = torch.stack([entry["params"][0] for entry in entries]).to(device, dtype)
-                mask = _stack_masks(entries) if config.data.alpha_mask else None
-                captions = [augment_caption(i.caption, rng, config.data.caption_dropout, config.data.shuffle_tokens,
-                                            config.data.keep_tokens) for i in batch]
-                texts = [text_for(c) for c in captions]
-                text = {k: torch.stack([t[k] for t in texts]) for k in texts[0]}
-                loss = family.loss(latents, text, generator, mask) / micro_per_step
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the loss became {loss.item()} at step {step + 1}")
-                loss.backward()
-                total += loss.item()
+            total, used, failed = 0.0, [], False
+            try:
+                for micro in world.micro_batches(accumulation):
+                    draw = micro_batch(config, items, curriculum, step, micro, micro_per_step)
+                    batch = draw.items
+                    used += [item.image for item in batch]
+                    generator = torch.Generator().manual_seed(draw.noise_seed)
+                    rng = random.Random(draw.caption_seed)
+                    entries = [latent_for(item) for item in batch]
+                    latents = torch.stack([entry["params"][0] for entry in entries]).to(device, dtype)
+                    mask = _stack_masks(entries) if config.data.alpha_mask else None
+                    captions = [augment_caption(i.caption, rng, config.data.caption_dropout, config.data.shuffle_tokens,
+                                                config.data.keep_tokens) for i in batch]
+                    texts = [text_for(c) for c in captions]
+                    text = {k: torch.stack([t[k] for t in texts]) for k in texts[0]}
+                    loss = family.loss(latents, text, generator, mask) / micro_per_step
+                    loss.backward()
+                    total += loss.item()
+            except Exception as exc:  # noqa: BLE001
+                if world.size == 1 or not is_out_of_memory(exc):
+                    raise
+                failed = True  # this process ran out of memory: tell the others, so that all end here together
+                optimizer.zero_grad(set_to_none=True)
+            total, failures = world.sum([total, float(failed)])
+            if failures:
+                raise _OutOfMemoryInAProcess()
+            if not math.isfinite(total):
+                raise FloatingPointError(f"the loss became {total} at step {step + 1}")
+            world.sum_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             if ema is not None:
@@ -162,15 +192,16 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            used = world.gather(used)
             memory = {"gpu_memory": torch.cuda.max_memory_allocated(device)} if device.startswith("cuda") else {}
             events.write("loss", step, loss=total, lr=scheduler.get_last_lr()[0], images=used, **memory)
-            if step % config.checkpoints.every == 0 or step == config.schedule.steps:
+            if world.is_main and (step % config.checkpoints.every == 0 or step == config.schedule.steps):
                 last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step, ema)
             if config.data.validation_every and step % config.data.validation_every == 0:
                 validate(step)
-            if config.sampling.every and config.sampling.prompts and step % config.sampling.every == 0:
+            if world.is_main and config.sampling.every and config.sampling.prompts and step % config.sampling.every == 0:
                 _samples(family, config, run_dir, events, step)
-            if stop.is_set() or (stop_after is not None and step >= stop_after):
+            if world.agree(stop.is_set() or (stop_after is not None and step >= stop_after)):  # rank 0 decides
                 status = "stopped"
                 break
     except FloatingPointError as exc:
@@ -178,19 +209,48 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
                                             "lower the learning rate and resume or start again.")
         status = "error"
     except Exception as exc:  # noqa: BLE001  (only out-of-memory is caught here; anything else is a bug to show)
-        from blk.models.device import is_out_of_memory
-
-        if not is_out_of_memory(exc):
+        everywhere = isinstance(exc, _OutOfMemoryInAProcess)
+        if not (everywhere or is_out_of_memory(exc)):
+            raise
+        if world.size > 1 and not everywhere:
+            # One process failed on its own (e.g. the smaller of two GPUs, outside the micro-batches) while the
+            # others wait in a collective: say so from this process, and end it; the launcher ends the others.
+            EventLog(run_dir / "events.jsonl").write("error", step, message=out_of_memory_sentence(config, step),
+                                                     process=world.rank)
             raise
         events.write("error", step, message=out_of_memory_sentence(config, step))
         status = "error"
         optimizer.zero_grad(set_to_none=True)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-    if status == "stopped" and (last_checkpoint is None or not last_checkpoint.name.endswith(f"{step:06d}.safetensors")):
+    if world.is_main and status == "stopped" and \
+            (last_checkpoint is None or not last_checkpoint.name.endswith(f"{step:06d}.safetensors")):
         last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step, ema)
     events.write("status", step, status=status, latent_encodes=latent_cache.misses, text_encodes=text_cache.misses)
+    world.barrier()  # the others end when rank 0 has written everything
+    world.close()
     return RunResult(run_dir, step, status, latent_cache.misses, text_cache.misses, last_checkpoint)
+
+
+class _OutOfMemoryInAProcess(Exception):
+    """A data-parallel process ran out of memory in this step's micro-batches; every process raises it."""
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    items: list[Item]
+    noise_seed: int  # noise and timesteps
+    caption_seed: int  # caption dropout and shuffling
+
+
+def micro_batch(config: TrainConfig, items: list[Item], curriculum: Curriculum | None, step: int, micro: int,
+                micro_per_step: int) -> MicroBatch:
+    """Micro-batch number `micro` (0 … micro_per_step − 1, over all processes) of step `step`: a function of
+    these numbers only, so one process with accumulation W·A draws what W processes with A draw together."""
+    batch = curriculum.batch(step, micro) if curriculum else \
+        _batch(items, config, step * micro_per_step + micro, config.schedule.batch_size)
+    return MicroBatch(batch, config.schedule.seed * 1_000_003 + step * 97 + micro,
+                      config.schedule.seed * 7_919 + step * 13 + micro)
 
 
 def out_of_memory_sentence(config: TrainConfig, step: int) -> str:
@@ -242,7 +302,8 @@ VALIDATION_DRAWS = 4  # fixed noise/timestep draws per held-out image
 
 
 def split_validation(items: list[Item], count: int) -> tuple[list[Item], list[Item]]:
-    """Hold out `count` images (both flips of each) from training, chosen evenly by name."""
+    """Hold out `count` images (all flips and variants of each) from training, chosen evenly by name;
+    they are validated as they are (no flip, no augmentation)."""
     if count <= 0:
         return items, []
     images = sorted({item.image for item in items})
@@ -250,7 +311,8 @@ def split_validation(items: list[Item], count: int) -> tuple[list[Item], list[It
         raise UserError(f"Holding out {count} image(s) for validation leaves none to train on.")
     stride = len(images) / count
     held = {images[int(i * stride)] for i in range(count)}
-    return [i for i in items if i.image not in held], [i for i in items if i.image in held and not i.flip]
+    return [i for i in items if i.image not in held], \
+        [i for i in items if i.image in held and not i.flip and not i.variant]
 
 
 def validation_loss(family, held_out: list[Item], latent_for, text_for, device, dtype) -> float:
@@ -313,6 +375,17 @@ def _add_adapter(family, config: TrainConfig, workspace: Workspace, model) -> No
             parameter.data = parameter.data.float()  # adapters train in fp32 even on a bf16 base
 
 
+def _transparent_encoder(config: TrainConfig, workspace: Workspace, model, device: str) -> tuple:
+    """(encoder, its file's identity for the cache key) with `transparency: layerdiffuse`; else (None, "")."""
+    if config.data.transparency != "layerdiffuse":
+        return None, ""
+    from blk.models.pipelines import lora_sha256
+    from blk.stencil.layerdiffuse import find_encoder, load_encoder
+
+    path = find_encoder(workspace, model)
+    return load_encoder(path, model.family).to(device), lora_sha256(path)[:16]
+
+
 def _base_lora_path(name: str, workspace: Workspace, model) -> Path:
     if name.strip().lower() == "layerdiffuse":
         from blk.stencil.layerdiffuse import find_weights
@@ -355,42 +428,66 @@ def _batch(items: list[Item], config: TrainConfig, micro_index: int, batch_size:
     return [item for item in chosen if (item.width, item.height) == (first.width, first.height)]
 
 
-def _latent(family, cache: TensorCache, dataset: Path, item: Item, model_path: Path, alpha_mask: bool = False) -> dict:
-    """{"params": VAE posterior parameters} and, with `alpha_mask` for an RGBA image, {"mask": alpha on the latent grid}."""
-    def encode():
+class LatentSource:
+    """Each item's latent entry, made once and cached: {"params": VAE posterior parameters} and, with
+    `alpha_mask` for an image with transparency, {"mask": alpha on the latent grid}.
+
+    Pixels come from `blk.train.pixels` (bucket crop, alpha-safe augmented variant, flip). Then either
+    they are flattened over white for the base VAE (`transparency: flatten`), or, with `layerdiffuse`,
+    LayerDiffuse's encoder turns the RGBA into the latent the layer LoRA works in; that latent is exact
+    (no sampling), stored as a posterior with a vanishing variance so the families treat it alike.
+    """
+
+    def __init__(self, family, cache: TensorCache, dataset: Path, model_path: Path, data, encoder=None,
+                 encoder_id: str = ""):
+        self.family, self.cache, self.dataset, self.model_path, self.data = family, cache, dataset, model_path, data
+        self.encoder, self.encoder_id = encoder, encoder_id
+        if data.transparency == "layerdiffuse" and encoder is None:
+            raise ValueError("transparency: layerdiffuse needs the LayerDiffuse encoder")
+
+    def key(self, item: Item) -> str:
+        key = f"{item.sha256}|{item.width}x{item.height}|flip={item.flip}|{model_key(self.model_path)}"
+        if self.data.alpha_mask:
+            key += "|alpha-mask"
+        if item.variant:
+            a = self.data.augment
+            key += f"|variant={item.variant}:{a.rotate:g},{a.scale:g},{a.shift:g},{a.grain:g}"
+        if self.data.transparency == "layerdiffuse":
+            key += f"|layerdiffuse={self.encoder_id}"
+        return key
+
+    def __call__(self, item: Item) -> dict:
+        return self.cache.get_or_make(self.key(item), lambda: self._encode(item))
+
+    def _encode(self, item: Item) -> dict:
         import numpy as np
         import torch
         import torch.nn.functional as F
-        from PIL import Image, ImageOps
 
         from blk.data.images import open_image
+        from blk.train.pixels import bucket_pixels, jitter_for, over_background
 
-        image = open_image((Path(item.root) if item.root else dataset) / item.image)
-        alpha = None
-        if image.mode == "RGBA":  # training sees RGB; transparent pixels on white
-            alpha = image.getchannel("A")
-            base = Image.new("RGB", image.size, (255, 255, 255))
-            base.paste(image, mask=alpha)
-            image = base
-        image = ImageOps.fit(image, (item.width, item.height), Image.Resampling.LANCZOS)
-        if item.flip:
-            image = ImageOps.mirror(image)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
-        vae = family.pipe.vae
+        image = open_image((Path(item.root) if item.root else self.dataset) / item.image)
+        a = self.data.augment
+        rgba = bucket_pixels(image, item.width, item.height, item.flip,
+                             jitter_for(item.sha256, item.variant, a.rotate, a.scale, a.shift, a.grain))
+        vae = self.family.pipe.vae
         with torch.no_grad():
-            entry = {"params": family.encode_image(pixels.to(vae.device, vae.dtype))}
-        if alpha_mask and alpha is not None:
-            alpha = ImageOps.fit(alpha, (item.width, item.height), Image.Resampling.LANCZOS)
-            if item.flip:
-                alpha = ImageOps.mirror(alpha)
-            full = torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)[None, None]
-            entry["mask"] = F.avg_pool2d(full, family.pipe.vae_scale_factor)  # [1, 1, h, w] on the latent grid
-        return entry
+            if self.data.transparency == "layerdiffuse":
+                from blk.stencil.layerdiffuse import rgba_to_raw_latent
 
-    key = f"{item.sha256}|{item.width}x{item.height}|flip={item.flip}|{model_key(model_path)}"
-    if alpha_mask:
-        key += "|alpha-mask"
-    return cache.get_or_make(key, encode)
+                raw = rgba_to_raw_latent(vae, self.family.name, self.encoder,
+                                         torch.from_numpy(rgba).permute(2, 0, 1)[None])
+                params = torch.cat([raw, torch.full_like(raw, -30.0)], dim=1)  # logvar −30: the latent as it is
+            else:
+                pixels = torch.from_numpy(over_background(rgba) * 2.0 - 1.0).permute(2, 0, 1)[None]
+                params = self.family.encode_image(pixels.to(vae.device, vae.dtype))
+        entry = {"params": params}
+        alpha = rgba[..., 3]
+        if self.data.alpha_mask and (alpha < 1.0).any():
+            full = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))[None, None]
+            entry["mask"] = F.avg_pool2d(full, self.family.pipe.vae_scale_factor)  # [1, 1, h, w] on the latent grid
+        return entry
 
 
 def _stack_masks(entries: list[dict]):
@@ -406,8 +503,10 @@ def _stack_masks(entries: list[dict]):
     return torch.stack(masks)
 
 
-def plan_curriculum(config: TrainConfig, workspace: Workspace, dataset: Path, items: list[Item]) -> Curriculum | None:
-    """The config's stages with their items: sub-folders of the dataset, or other dataset folders; None without stages."""
+def plan_curriculum(config: TrainConfig, workspace: Workspace, dataset: Path, items: list[Item],
+                    processes: int = 1) -> Curriculum | None:
+    """The config's stages with their items: sub-folders of the dataset, or other dataset folders; None without stages.
+    `processes`: data-parallel processes; the curriculum numbers a step's micro-batches over all of them."""
     if not config.data.stages:
         return None
     plans, loaded = [], {}
@@ -423,14 +522,16 @@ def plan_curriculum(config: TrainConfig, workspace: Workspace, dataset: Path, it
             else:
                 if folder not in loaded:
                     extra = workspace.dataset_folder(folder)
-                    loaded[folder] = load_items(extra, config.data.resolutions, config.data.flip, root=str(extra))
+                    loaded[folder] = load_items(extra, config.data.resolutions, config.data.flip, root=str(extra),
+                                                variants=config.data.augment.variants)
                 pool = loaded[folder]
             if not pool:
                 raise UserError(f"{label} draws from {folder or dataset.name}, which has no training images.")
             pools.append(pool)
             labels.append(folder or ".")
         plans.append(StagePlan(stage.start, label, labels, pools, stage.fractions()))
-    return Curriculum(plans, config.schedule.seed, config.schedule.gradient_accumulation, config.schedule.batch_size)
+    return Curriculum(plans, config.schedule.seed, config.schedule.gradient_accumulation * processes,
+                      config.schedule.batch_size)
 
 
 def _text_encoder(family, cache: TensorCache):

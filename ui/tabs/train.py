@@ -37,11 +37,19 @@ def form_from_preset(context: StudioContext, name: str):
     return (c.model.name, ", ".join(str(r) for r in c.data.resolutions), c.adapter.rank, c.adapter.alpha,
             c.optimizer.name, c.optimizer.lr, c.schedule.steps, c.schedule.lr_schedule,
             "\n".join(c.sampling.prompts), c.sampling.every, c.checkpoints.every, c.checkpoints.keep,
-            c.data.validation_images, c.data.validation_every)
+            c.data.validation_images, c.data.validation_every, min(c.schedule.gpus, max(gpu_count(), 1)))
+
+
+def gpu_count() -> int:
+    """CUDA GPUs on this machine, asked without loading torch (the GPUs field shows only when there are several)."""
+    from blk.models.device import cuda_device_count
+
+    return cuda_device_count()
 
 
 def config_from_form(context: StudioContext, preset, dataset, model, resolutions, rank, alpha, optimizer, lr, steps,
-                     schedule, prompts, sample_every, checkpoint_every, keep, validation_images, validation_every):
+                     schedule, prompts, sample_every, checkpoint_every, keep, validation_images, validation_every,
+                     gpus=1):
     """The preset with the form's values on top, validated (UserError with one sentence otherwise)."""
     from pydantic import ValidationError
 
@@ -58,7 +66,7 @@ def config_from_form(context: StudioContext, preset, dataset, model, resolutions
                             validation_images=int(validation_images), validation_every=int(validation_every))
         data["adapter"].update(rank=int(rank), alpha=float(alpha))
         data["optimizer"].update(name=optimizer, lr=float(lr))
-        data["schedule"].update(lr_schedule=schedule)
+        data["schedule"].update(lr_schedule=schedule, gpus=int(gpus))
         data["sampling"].update(prompts=[p.strip() for p in prompts.splitlines() if p.strip()], every=int(sample_every))
         data["checkpoints"].update(every=int(checkpoint_every), keep=int(keep))
         if context.demo and data["sampling"]["size"] > 256:
@@ -264,6 +272,11 @@ def build(context: StudioContext, datasets) -> dict:
             with gr.Row():
                 validation_images = gr.Number(initial[12], label="Validation images (held out)", precision=0)
                 validation_every = gr.Number(initial[13], label="Validation loss every N steps", precision=0)
+            gpus_here = gpu_count()
+            gpus = gr.Number(initial[14], label=f"GPUs (data parallel, of {gpus_here})", precision=0, minimum=1,
+                             maximum=max(gpus_here, 1), visible=gpus_here > 1, elem_id="blk-train-gpus",
+                             info="Each GPU trains its own micro-batches and they sum their gradients: a step "
+                                  "sees GPUs × the batch in about the time one GPU takes for one.")
             with gr.Row():
                 probe_button = gr.Button("Estimate time and memory")
                 start_button = gr.Button("Start training", variant="primary")
@@ -291,7 +304,7 @@ def build(context: StudioContext, datasets) -> dict:
             known_steps = gr.State([])
 
     form = [model, resolutions, rank, alpha, optimizer, lr, steps, schedule, prompts, sample_every,
-            checkpoint_every, keep, validation_images, validation_every]
+            checkpoint_every, keep, validation_images, validation_every, gpus]  # new fields last: API callers may omit them
     preset.change(lambda p: form_from_preset(context, p), inputs=preset, outputs=form)
     start_button.click(lambda *a: start(context, *a), inputs=[preset, dataset] + form, outputs=[run, note],
                        api_name="train_start")

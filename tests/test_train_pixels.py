@@ -1,0 +1,148 @@
+"""Training pixels: bucket crops, alpha-safe augmented variants, and LayerDiffuse-encoded RGBA latents."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from blk.train.config import DataSection, TrainConfig
+from blk.train.data import load_items
+from blk.train.pixels import Jitter, bucket_pixels, jitter_for, over_background
+from tests.conftest import make_noise_dataset
+
+
+def red_square(size=96) -> Image.Image:
+    """An opaque red square on a transparent field whose hidden colour is black."""
+    pixels = np.zeros((size, size, 4), np.uint8)
+    pixels[size // 4:3 * size // 4, size // 4:3 * size // 4] = (230, 20, 20, 255)
+    return Image.fromarray(pixels, "RGBA")
+
+
+def test_an_opaque_image_is_cropped_and_resized_as_imageops_fit_does():
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (90, 140, 3), dtype=np.uint8))
+    ours = bucket_pixels(image, 64, 48)
+    reference = np.asarray(ImageOps.fit(image, (64, 48), Image.Resampling.LANCZOS), np.float32) / 255
+    assert ours.shape == (48, 64, 4) and np.all(ours[..., 3] == 1)
+    # the same sub-pixel crop; ours resamples in float, where Pillow's 8-bit path rounds (and clips overshoot)
+    # between its two passes, so a few pixels of this noise image differ by more than a level
+    difference = np.abs(ours[..., :3] - reference)
+    assert difference.mean() < 0.5 / 255 and np.percentile(difference, 99) < 1.5 / 255
+    assert np.array_equal(bucket_pixels(image, 64, 48, flip=True), ours[:, ::-1])
+
+
+def test_augmented_variants_keep_edges_clean_where_a_plain_resample_darkens_them():
+    jitter = Jitter(degrees=11.0, scale=0.9, shift_x=0.03)
+    ours = bucket_pixels(red_square(), 64, 64, jitter=jitter)
+    edge = (ours[..., 3] > 0.2) & (ours[..., 3] < 0.95)
+    assert edge.sum() > 20  # rotation made a soft edge …
+    assert np.median(ours[..., 0][edge]) > 0.85 and ours[..., 0][edge].min() > 0.8  # … of the square's own red
+    assert ours[..., 1][edge].max() < 0.15
+
+    # the same resize and rotation on straight (not premultiplied) channels pulls the hidden black into the edge
+    source = np.asarray(red_square(), np.float32) / 255
+    straight = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(source[..., i]), "F")
+                                    .resize((64, 64), Image.Resampling.LANCZOS).rotate(11.0, Image.Resampling.BICUBIC))
+                         for i in range(4)], axis=-1)
+    straight_edge = (straight[..., 3] > 0.2) & (straight[..., 3] < 0.95)
+    assert np.median(straight[..., 0][straight_edge]) < 0.6
+
+
+def test_variants_are_fixed_per_image_and_opaque_images_keep_full_frames():
+    assert jitter_for("abc", 0, 15, 0.1, 0.05, 0.02) == Jitter()
+    first = jitter_for("abc", 1, 15, 0.1, 0.05, 0.02)
+    assert first == jitter_for("abc", 1, 15, 0.1, 0.05, 0.02) != jitter_for("abc", 2, 15, 0.1, 0.05, 0.02)
+    assert abs(first.degrees) <= 15 and 0.9 <= first.scale <= 1.1 and first != jitter_for("abd", 1, 15, 0.1, 0.05, 0.02)
+
+    rng = np.random.default_rng(1)
+    photo = Image.fromarray(rng.integers(0, 256, (80, 120, 3), dtype=np.uint8))
+    for degrees, scale in ((14.0, 0.9), (-9.0, 1.1), (0.0, 0.88)):
+        out = bucket_pixels(photo, 96, 64, jitter=Jitter(degrees=degrees, scale=scale, shift_x=0.04, shift_y=-0.04))
+        assert out.shape == (64, 96, 4) and out[..., 3].min() > 0.99  # zoomed to cover: no empty corner
+
+    grainy = bucket_pixels(red_square(), 64, 64, jitter=Jitter(grain=0.05, seed=3))
+    clean = bucket_pixels(red_square(), 64, 64)
+    assert np.array_equal(grainy[..., 3], clean[..., 3]) and not np.array_equal(grainy[..., :3], clean[..., :3])
+
+
+def test_over_background_composites_straight_alpha():
+    rgba = np.array([[[1.0, 0.0, 0.0, 0.25]]], np.float32)
+    assert np.allclose(over_background(rgba), [[[1.0, 0.75, 0.75]]])
+
+
+def test_items_repeat_per_variant_and_validation_holds_out_originals_only(tmp_path):
+    from blk.train.runner import split_validation
+
+    make_noise_dataset(tmp_path / "set", count=3)
+    items = load_items(tmp_path / "set", [64], True, variants=2)
+    assert len(items) == 3 * 2 * 3
+    assert [(i.variant, i.flip) for i in items[:6]] == [(0, False), (0, True), (1, False), (1, True), (2, False),
+                                                         (2, True)]
+    training, held = split_validation(items, 1)
+    assert len(held) == 1 and held[0].variant == 0 and not held[0].flip and len(training) == 12
+    assert load_items(tmp_path / "set", [64], True) == [i for i in items if i.variant == 0]  # off: as before
+
+
+def test_augmentation_settings_are_checked():
+    from pydantic import ValidationError
+
+    assert TrainConfig.model_validate({"data": {"augment": {"variants": 2, "rotate": 12}}}).data.augment.rotate == 12
+    with pytest.raises(ValidationError):
+        TrainConfig.model_validate({"data": {"augment": {"rotate": 90}}})
+    with pytest.raises(ValidationError):
+        TrainConfig.model_validate({"data": {"transparency": "premultiplied"}})
+
+
+@pytest.fixture(scope="module")
+def tiny_flux(shared_workspace):
+    from blk.models.device import MemoryOptions
+    from blk.models.pipelines import load_pipeline
+    from blk.models.registry import resolve
+    from blk.train.families import FluxFamily
+
+    model = resolve("tiny-flux", shared_workspace)
+    return model, FluxFamily(load_pipeline(model, "text2img", "cpu", MemoryOptions()))
+
+
+def test_layerdiffuse_latents_carry_the_transparency(tiny_flux, shared_workspace, tmp_path):
+    from blk.stencil.layerdiffuse import find_encoder, load_encoder, rgba_to_raw_latent
+    from blk.train.cache import TensorCache
+    from blk.train.runner import LatentSource
+
+    model, family = tiny_flux
+    dataset = tmp_path / "assets"
+    dataset.mkdir()
+    red_square(64).save(dataset / "square.png")
+    (dataset / "square.txt").write_text("a red square, FG")
+    item, = load_items(dataset, [64], False)
+    encoder = load_encoder(find_encoder(shared_workspace, model), "flux")
+    cache = TensorCache(tmp_path / "cache")
+    layered = LatentSource(family, cache, dataset, model.path, DataSection(transparency="layerdiffuse", alpha_mask=True),
+                           encoder, "test")(item)
+    flat = LatentSource(family, cache, dataset, model.path, DataSection(alpha_mask=True))(item)
+    mean, logvar = layered["params"].chunk(2, dim=1)
+    rgba = torch.from_numpy(np.asarray(red_square(64), np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = rgba_to_raw_latent(family.pipe.vae, "flux", encoder, rgba)
+    assert torch.allclose(mean, expected, atol=1e-5) and torch.all(logvar == -30)
+    assert not torch.allclose(flat["params"].chunk(2, dim=1)[0], mean, atol=1e-2)  # over white is another latent
+    assert torch.equal(layered["mask"], flat["mask"]) and layered["mask"].shape == (1, 1, 8, 8)
+    assert cache.misses == 2 and layered["params"].shape == flat["params"].shape
+
+
+def test_an_augmented_run_encodes_each_variant_once(shared_workspace, tmp_path):
+    from blk.train.runner import EventLog, run
+
+    make_noise_dataset(shared_workspace.datasets / "augmented", count=2)
+    config = TrainConfig.model_validate({
+        "name": "aug", "model": {"name": "tiny-flux"},
+        "data": {"dataset": "augmented", "resolutions": [64], "flip": True,
+                 "augment": {"variants": 1, "rotate": 10, "scale": 0.1, "grain": 0.02}},
+        "adapter": {"rank": 2, "alpha": 2}, "optimizer": {"name": "adamw", "lr": 1e-3},
+        "schedule": {"steps": 8, "seed": 1}, "sampling": {"every": 0}, "checkpoints": {"every": 8}})
+    first = run(config, shared_workspace, tmp_path / "first")
+    again = run(config, shared_workspace, tmp_path / "again")
+    assert first.status == again.status == "finished"
+    assert first.latent_encodes == 2 * 2 * 2 and again.latent_encodes == 0  # images × flips × (original + 1 variant)
+    started = next(e for e in EventLog(tmp_path / "first" / "events.jsonl").read() if e["kind"] == "status")
+    assert started["images"] == 8
