@@ -77,6 +77,21 @@ def test_texture_lora_and_its_scale(shared_workspace, tmp_path, pipelines):
     assert read_parameters(textured.path)["loras"][0]["name"] == lora.name
 
 
+def test_sdxl_passes_with_a_texture_lora(shared_workspace, tmp_path, pipelines):
+    """The same path on SDXL (4-channel latents, its own img2img pipeline): non-square, two passes, deterministic."""
+    lora = make_random_lora(shared_workspace.models / "tiny-sdxl", "sdxl", tmp_path / "texture")
+    job = dict(model="tiny-sdxl", final_denoise=0.1, steps=2)
+    first = run(tiny_job(tmp_path, "sdxl.png", **job), shared_workspace, pipelines)
+    again = run(tiny_job(tmp_path, "sdxl-again.png", **job), shared_workspace, pipelines)
+    textured = run(tiny_job(tmp_path, "sdxl-lora.png", texture_lora=lora, **job), shared_workspace, pipelines)
+    read = lambda r: np.asarray(Image.open(r.path)).astype(int)  # noqa: E731
+    assert read(first).shape == (80, 96, 3) and np.array_equal(read(first), read(again))
+    lanczos = np.asarray(gradient().resize((96, 80), Image.Resampling.LANCZOS)).astype(int)
+    assert np.abs(read(first) - lanczos).mean() > 2 and np.abs(read(textured) - read(first)).mean() > 1.0
+    parameters = read_parameters(textured.path)
+    assert parameters["model"] == "tiny-sdxl" and parameters["loras"][0]["name"] == lora.name
+
+
 def test_feathered_tiles_show_no_seam(shared_workspace, pipelines, tmp_path):
     loaded = pipelines.get(resolve("tiny-flux", shared_workspace), task="img2img")
     yy, xx = np.mgrid[0:64, 0:160]
