@@ -61,6 +61,10 @@ def test_stencil_tab_generate_alpha_compose(tmp_path, shared_workspace):
             page.locator("#blk-alpha-convert").click()
             expect(page.locator("#blk-alpha-status")).to_contain_text("1 converted", timeout=60_000)
             screenshot(page, "stencil-tab-alpha")
+            with page.expect_download() as download:
+                page.locator("#blk-alpha-download a").first.click()
+            downloaded = tmp_path / "downloaded.png"
+            download.value.save_as(downloaded)
 
             asset = next(path for path in (workspace / "outputs" / "stencil").glob("*/*-s[0-9]*.png")
                          if not read_parameters(path).get("source_image"))
@@ -78,6 +82,7 @@ def test_stencil_tab_generate_alpha_compose(tmp_path, shared_workspace):
     assets = sorted((workspace / "outputs" / "stencil").glob("*/*-s[0-9]*.png"))
     refined = [read_parameters(path) for path in assets if read_parameters(path).get("source_image")]
     assert len(refined) == 1 and refined[0]["strength"] == 0.6 and refined[0]["width"] == 64
+    assert downloaded.read_bytes() == alpha.read_bytes()  # the download is the RGBA file itself
     converted = np.asarray(Image.open(alpha)).astype(np.float64)
     original = np.asarray(Image.open(scan)).astype(np.float64)
     paper = original[0, -1]

@@ -214,3 +214,25 @@ def test_cli_alpha_single_file_and_user_errors(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1
     missing = run_blk("stencil", "alpha", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
     assert missing.returncode == 2 and "neither an image file nor a folder" in missing.stderr
+
+
+def test_a_real_scanned_page_from_scikit_image(tmp_path):
+    """A photographed/scanned page we did not draw (scikit-image's `data/page.png`, shipped in its wheel, read as a
+    file so nothing is downloaded): uneven light, real text. Over the estimated paper it gives the page back."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("skimage")
+    assert spec is not None, "scikit-image (requirements-dev.txt) ships the sample page"
+    page = Path(spec.submodule_search_locations[0]) / "data" / "page.png"
+    result = convert_file(page, tmp_path / "page.png", AlphaSettings(paper="auto"))
+    paper = parse_paper(result.paper)
+    assert min(paper) > 200 / 255  # the estimate is the bright paper, not the ink
+    levels = read_levels(result.output)
+    source = np.repeat(np.asarray(Image.open(page).convert("L"), np.float64)[..., None], 3, axis=2)
+    assert levels.shape == source.shape[:2] + (4,)
+    assert np.abs(composite_over(levels, paper, 255) - source).max() <= 1.0
+    alpha = levels[..., 3] / 255.0
+    grey = source[..., 0]
+    assert alpha[grey < np.percentile(grey, 5)].mean() > 0.7  # the text stays
+    assert alpha[grey > np.percentile(grey, 60)].mean() < 0.15  # the paper clears

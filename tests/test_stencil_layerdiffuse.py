@@ -14,7 +14,7 @@ from blk.generate.sketch import Lora, Sketcher
 from blk.models.registry import ResolvedModel, resolve
 from blk.stencil.generate import Stenciler, StencilRequest
 from blk.stencil.layerdiffuse import convert_forge_lora, find_weights, latent_to_rgba, load_decoder
-from blk.stencil.transparent_vae import TransparentDecoder, TransparentEncoder, decode_augmented
+from blk.stencil.transparent_vae import TINY_WIDTHS, TransparentDecoder, TransparentEncoder, decode_augmented
 from tests.support.loras import make_random_lora
 
 # a copy of ../shared/fixtures/layerdiffuse (the exact keys and shapes of the official files), kept in the
@@ -100,6 +100,22 @@ def test_test_time_augmentation_is_the_lower_median_of_eight_views():
     # each output pixel sees its column index under 8 orientations; the median of those views is
     # symmetric, so the left and right edges agree (the single pass would give 0 and 1)
     assert torch.allclose(alpha[:, 0], alpha[:, -1]) and torch.allclose(alpha, alpha.flip(0))
+
+
+def test_augmented_decode_of_a_flipped_input_is_the_flipped_decode():
+    """The 8 views of a flipped input are the flipped 8 views of the input (the dihedral group is closed), so
+    the median commutes with the flip for any decoder; a single pass of a random decoder does not."""
+    torch.manual_seed(0)
+    decoder = TransparentDecoder(16, TINY_WIDTHS).eval()
+    pixel, latent = torch.rand(1, 3, 64, 64), torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        straight = decode_augmented(decoder, pixel, latent)
+        flipped = decode_augmented(decoder, pixel.flip(3), latent.flip(3))
+        single = decode_augmented(decoder, pixel, latent, augment=False)
+        single_flipped = decode_augmented(decoder, pixel.flip(3), latent.flip(3), augment=False)
+    assert torch.allclose(flipped, straight.flip(3), atol=1e-5)
+    assert not torch.allclose(single_flipped, single.flip(3), atol=1e-3)
+    assert not torch.allclose(straight, single, atol=1e-3)  # and TTA on differs from off
 
 
 @pytest.mark.parametrize("family, expected", [("flux", [0.1, 0.2, 0.3, 0.4]), ("sdxl", [0.2, 0.3, 0.4, 0.1])])

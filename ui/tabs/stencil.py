@@ -262,9 +262,15 @@ def build(context: StudioContext) -> None:
                     alpha_status = gr.Markdown(elem_id="blk-alpha-status")
                     alpha_results = gr.Gallery(label="RGBA results", columns=3, height="auto", format="png",
                                                elem_classes=["blk-checker"], elem_id="blk-alpha-gallery")
-            convert.click(lambda *a, progress=gr.Progress(): ink_to_alpha(context, *a, progress=progress),
-                          inputs=[scans, dataset, paper_auto, paper, tt, ot], outputs=[alpha_results, alpha_status],
-                          api_name="stencil_alpha")
+                    alpha_files = gr.File(label="Download the RGBA PNGs", file_count="multiple", interactive=False,
+                                          elem_id="blk-alpha-download")
+
+            def convert_and_offer(*args, progress=gr.Progress()):
+                written, status = ink_to_alpha(context, *args, progress=progress)
+                return written, written[:50] or None, status  # the first 50 as downloads; all are on disk
+
+            convert.click(convert_and_offer, inputs=[scans, dataset, paper_auto, paper, tt, ot],
+                          outputs=[alpha_results, alpha_files, alpha_status], api_name="stencil_alpha")
 
         with gr.Tab("Matting", id="matting"):
             reason = unavailable_reason(context.workspace)
