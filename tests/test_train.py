@@ -76,6 +76,19 @@ def test_short_run_learns_and_its_checkpoint_loads(model, dataset, shared_worksp
     assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == \
         ["step-000000-0.png", "step-000015-0.png", "step-000030-0.png"]  # with a step-0 baseline
     assert load_config(tmp_path / "run" / "config.yaml").data.dataset == str(dataset)
+    # Flux lets its text encoders go once every caption and sample prompt is cached (SDXL keeps its small ones);
+    # its samples then come from the cached embeddings, and the step-0 sample (a zero LoRA) is the base image
+    assert events[-1]["text_encoders_released"] is (model == "tiny-flux")
+    from blk.models.device import MemoryOptions
+    from blk.models.pipelines import load_pipeline
+    from blk.models.registry import resolve
+
+    plain = load_pipeline(resolve(model, shared_workspace), "text2img", "cpu", MemoryOptions())
+    base_sample = plain(prompt="a cloud", width=64, height=64, num_inference_steps=2,
+                        guidance_scale=config.sampling.guidance,
+                        generator=torch.Generator("cpu").manual_seed(config.sampling.seed)).images[0]
+    step_zero = Image.open(tmp_path / "run" / "samples" / "step-000000-0.png")
+    assert np.array_equal(np.asarray(step_zero), np.asarray(base_sample))
 
     before = fixed_batch_loss(model, shared_workspace, dataset)
     after = fixed_batch_loss(model, shared_workspace, dataset, result.last_checkpoint)

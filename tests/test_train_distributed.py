@@ -106,7 +106,10 @@ def test_two_processes_train_what_one_does_with_twice_the_accumulation(workspace
     target = (stopped // 2 + 1) * 2  # the first checkpoint after the stop
 
     resume_run(workspace, folder)  # two processes again (from config.yaml), from state/
-    wait_for(lambda: (folder / "checkpoints" / f"step-{target:06d}.safetensors").exists() or not is_running(folder), 180)
+    def evaluated_at_target():  # the checkpoint at `target`, then its validation line (written just after it)
+        return any(e["kind"] == "eval" and e["step"] == target for e in EventLog(folder / "events.jsonl").read())
+
+    wait_for(lambda: evaluated_at_target() or not is_running(folder), 180)
     launcher = psutil.Process(json.loads((folder / "process.json").read_text())["pid"])
     trainers = launcher.children(recursive=True)
     assert len(trainers) == 2  # one process per "GPU", each in a session of its own

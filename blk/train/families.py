@@ -48,6 +48,12 @@ class FluxFamily:
         prompt_embeds, pooled, _ = self.pipe.encode_prompt(prompt=caption, prompt_2=None, max_sequence_length=512)
         return {"prompt_embeds": prompt_embeds[0], "pooled": pooled[0]}
 
+    def prompt_inputs(self, text: dict) -> dict:
+        """The pipeline's inputs for an encoded text (`encode_text`), instead of the prompt (it casts the dtype)."""
+        device = self.pipe.transformer.device
+        return {"prompt_embeds": text["prompt_embeds"][None].to(device),
+                "pooled_prompt_embeds": text["pooled"][None].to(device)}
+
     def loss(self, latent_params, text: dict, generator, mask=None):
         """Flow-matching loss; `mask` ([B, 1, h, w] on the latent grid) weights it per token."""
         prediction, target = self.prediction_and_target(latent_params, text, generator)

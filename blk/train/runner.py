@@ -134,6 +134,9 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
                               *_transparent_encoder(config, workspace, model, device))
     text_cache = TensorCache(caches / "text")
     text_for = _text_encoder(family, text_cache)
+    every_item = items + held_out + [i for plan in (curriculum.stages if curriculum else []) for pool in plan.pools
+                                     for i in pool]
+    released = _release_text_encoders(family, config, {i.caption for i in every_item}, text_for, device)
     last_checkpoint = None
     def validate(at_step: int) -> None:
         if world.is_main and held_out and config.data.validation_every:
@@ -143,7 +146,7 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     if step == 0:
         validate(0)
         if world.is_main and config.sampling.every and config.sampling.prompts:
-            _samples(family, config, run_dir, events, 0)
+            _samples(family, config, run_dir, events, 0, text_for)
 
     accumulation = config.schedule.gradient_accumulation
     micro_per_step = accumulation * world.size  # the step's micro-batches, over all processes
@@ -200,7 +203,7 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
             if config.data.validation_every and step % config.data.validation_every == 0:
                 validate(step)
             if world.is_main and config.sampling.every and config.sampling.prompts and step % config.sampling.every == 0:
-                _samples(family, config, run_dir, events, step)
+                _samples(family, config, run_dir, events, step, text_for)
             if world.agree(stop.is_set() or (stop_after is not None and step >= stop_after)):  # rank 0 decides
                 status = "stopped"
                 break
@@ -226,7 +229,8 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     if world.is_main and status == "stopped" and \
             (last_checkpoint is None or not last_checkpoint.name.endswith(f"{step:06d}.safetensors")):
         last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step, ema)
-    events.write("status", step, status=status, latent_encodes=latent_cache.misses, text_encodes=text_cache.misses)
+    events.write("status", step, status=status, latent_encodes=latent_cache.misses, text_encodes=text_cache.misses,
+                 text_encoders_released=released)
     world.barrier()  # the others end when rank 0 has written everything
     world.close()
     return RunResult(run_dir, step, status, latent_cache.misses, text_cache.misses, last_checkpoint)
@@ -534,11 +538,40 @@ def plan_curriculum(config: TrainConfig, workspace: Workspace, dataset: Path, it
                       config.schedule.batch_size)
 
 
+def _release_text_encoders(family, config: TrainConfig, captions: set[str], text_for, device: str) -> bool:
+    """Flux: cache every text the run can use, then let the text encoders go (T5-XXL alone is ~9.5 GB in bf16).
+
+    Without token shuffling a step's text is one of the captions, or "" when caption dropout
+    draws it, and samples use the sample prompts; all are encoded now (or read from the
+    dataset's text cache), so nothing needs the encoders afterwards. Token shuffling makes new
+    texts every step, so the encoders stay. SDXL keeps its (small) CLIP encoders: its samples
+    encode the negative prompt for guidance.
+    """
+    import gc
+
+    import torch
+
+    if family.name != "flux" or config.data.shuffle_tokens:
+        return False
+    needed = set(captions) | set(config.sampling.prompts) | ({""} if config.data.caption_dropout else set())
+    for caption in sorted(needed):
+        text_for(caption)
+    family.pipe.text_encoder = None
+    family.pipe.text_encoder_2 = None
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return True
+
+
 def _text_encoder(family, cache: TensorCache):
     import torch
 
     def text_for(caption: str) -> dict:
         def encode():
+            if family.pipe.text_encoder is None:  # released after caching: the cache was emptied under the run
+                raise UserError(f"The text cache in {cache.folder} lost entries during the run; resume the run "
+                                "to encode its captions again.")
             with torch.no_grad():
                 return family.encode_text(caption)
 
@@ -630,7 +663,8 @@ def _restore(run_dir: Path, denoiser, optimizer, scheduler, ema=None) -> int:
     return int(json.loads((folder / "trainer.json").read_text())["step"])
 
 
-def _samples(family, config: TrainConfig, run_dir: Path, events: EventLog, step: int) -> None:
+def _samples(family, config: TrainConfig, run_dir: Path, events: EventLog, step: int, text_for) -> None:
+    """The sample prompts at fixed seeds; Flux gets its cached prompt embeddings (its text encoders may be gone)."""
     import torch
 
     denoiser = family.denoiser
@@ -639,7 +673,8 @@ def _samples(family, config: TrainConfig, run_dir: Path, events: EventLog, step:
     paths = []
     with torch.no_grad():
         for index, prompt in enumerate(config.sampling.prompts):
-            image = family.pipe(prompt=prompt, width=size, height=size, num_inference_steps=config.sampling.steps,
+            prompt_inputs = family.prompt_inputs(text_for(prompt)) if family.name == "flux" else {"prompt": prompt}
+            image = family.pipe(**prompt_inputs, width=size, height=size, num_inference_steps=config.sampling.steps,
                                 guidance_scale=config.sampling.guidance,
                                 generator=torch.Generator("cpu").manual_seed(config.sampling.seed + index)).images[0]
             path = run_dir / "samples" / f"step-{step:06d}-{index}.png"
