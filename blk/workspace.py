@@ -5,7 +5,7 @@
       runs/RUN/             training runs
       outputs/{sketch,stencil,upscale}/
       models/               tiny models and anything the user points at
-      settings.yaml         allowed extra folders, registered local models
+      settings.yaml         allowed extra folders, registered local models, device, speed defaults
 
 Paths that come from a user (UI fields, CLI flags) go through `confine()`: they
 must resolve, symlinks followed, inside the workspace or a folder the user
@@ -34,10 +34,17 @@ class Settings:
     models: dict[str, str] = field(default_factory=dict)  # name -> local path of a diffusers folder or file
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     vllm_python: str | None = None  # the Python of a vLLM environment made by hand (default: .venv-vllm)
+    compile: bool = False  # Sketch and Review: compile the denoiser by default (blk.models.speed)
+    attention: str = ""  # Sketch and Review: attention backend for Flux ("" = diffusers' default)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Settings":
-        known = {k: data[k] for k in ("allowed_folders", "models", "device", "vllm_python") if k in data}
+        known = {k: data[k] for k in ("allowed_folders", "models", "device", "vllm_python", "compile", "attention")
+                 if k in data}
+        if "attention" in known:
+            known["attention"] = known["attention"] or ""  # `attention:` left empty
+        if not isinstance(known.get("compile", False), bool) or not isinstance(known.get("attention", ""), str):
+            raise ValueError("compile must be true or false, attention a backend name")
         return cls(**known)
 
 
@@ -85,7 +92,7 @@ class Workspace:
         atomic.write_text(
             self.settings_path,
             yaml.safe_dump({"allowed_folders": s.allowed_folders, "models": s.models, "device": s.device,
-                            "vllm_python": s.vllm_python}),
+                            "vllm_python": s.vllm_python, "compile": s.compile, "attention": s.attention}),
         )
 
     def dataset_folder(self, value: str) -> Path:

@@ -2,9 +2,10 @@
 
     python -m blk sketch --model M [--lora FILE[:SCALE] …] --prompt P [--negative N] [--seed S]
                          [--size WxH | --megapixels MP --aspect A] [--steps N] [--guidance G] [--count N]
-                         [--cpu-offload] [--int8] [--vae-tiling] [--out DIR]
+                         [--cpu-offload] [--int8] [--vae-tiling] [--compile] [--attention BACKEND] [--out DIR]
     python -m blk review RUN_OR_LORAS… [--model M] [--prompts FILE] [--seeds 1,2,3] [--scales 0.6,0.8,1.0]
-                         [--base] [--size WxH] [--steps N] [--guidance G] --out grid.png
+                         [--base] [--size WxH] [--steps N] [--guidance G] [--compile] [--attention BACKEND]
+                         --out grid.png
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def add_commands(commands) -> None:
     sketch.add_argument("--cpu-offload", action="store_true")
     sketch.add_argument("--int8", action="store_true")
     sketch.add_argument("--vae-tiling", action="store_true")
+    _speed_arguments(sketch)
     sketch.add_argument("--device", default="auto")
     sketch.add_argument("--out", default=None, help="folder (default: workspace/outputs/sketch/DATE)")
     sketch.set_defaults(run=cmd_sketch)
@@ -50,7 +52,18 @@ def add_commands(commands) -> None:
     review.add_argument("--steps", type=int, default=None)
     review.add_argument("--guidance", type=float, default=None)
     review.add_argument("--out", required=True, help="the grid PNG")
+    _speed_arguments(review)
     review.set_defaults(run=cmd_review)
+
+
+def _speed_arguments(parser) -> None:
+    from blk.models.speed import ATTENTION_BACKENDS
+
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the denoiser's repeated blocks: first image slower, later ones faster")
+    parser.add_argument("--attention", default="", metavar="BACKEND",
+                        help=f"attention backend for Flux, e.g. {', '.join(ATTENTION_BACKENDS)} (default: diffusers'); "
+                             "checked on the device before the model loads")
 
 
 def _numbers(text: str, kind, what: str) -> list:
@@ -82,7 +95,8 @@ def cmd_sketch(args, workspace) -> int:
         model=args.model, prompt=args.prompt, negative_prompt=args.negative,
         loras=[Lora.parse(text) for text in args.lora], seed=args.seed, width=width, height=height,
         steps=args.steps, guidance=args.guidance, count=args.count, device=args.device,
-        memory=MemoryOptions(cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, int8=args.int8),
+        memory=MemoryOptions(cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, int8=args.int8,
+                             compile=args.compile, attention=args.attention),
         out_dir=Path(args.out) if args.out else None)
 
     def progress(done, total):
@@ -104,6 +118,7 @@ def print_results(results) -> None:
 def cmd_review(args, workspace) -> int:
     from blk.generate.review import GridSpec, Reviewer, review_folder, run_review_defaults, save_grid
     from blk.generate.sketch import Sketcher
+    from blk.models.device import MemoryOptions
 
     run_dir, loras, defaults = None, [], {}
     for source in map(Path, args.sources):
@@ -132,7 +147,8 @@ def cmd_review(args, workspace) -> int:
     spec = GridSpec(model=model, checkpoints=loras, prompts=prompts, seeds=seeds,
                     scales=_numbers(args.scales, float, "--scales"), include_base=args.base,
                     width=width, height=height, steps=args.steps or defaults.get("steps"),
-                    guidance=args.guidance if args.guidance is not None else defaults.get("guidance"))
+                    guidance=args.guidance if args.guidance is not None else defaults.get("guidance"),
+                    memory=MemoryOptions(compile=args.compile, attention=args.attention))
 
     def progress(done, total):
         print(f"\rcell {done:.1f}/{total}   ", end="", file=sys.stderr, flush=True)

@@ -20,6 +20,7 @@ from blk.errors import UserError
 from blk.generate.metadata import save_png
 from blk.generate.sketch import Cancelled, Lora, Sketcher, SketchRequest, lora_label
 from blk.generate.text_to_image import TextToImage
+from blk.models.device import MemoryOptions
 from blk.models.pipelines import lora_sha256
 from blk.train.pins import CHECKPOINT_NAME
 
@@ -64,6 +65,7 @@ class GridSpec:
     steps: int | None = None
     guidance: float | None = None
     negative_prompt: str = ""
+    memory: MemoryOptions = MemoryOptions()  # speed options only change time, never a cell's pixels (see cell_key)
 
     def rows(self) -> list[Row]:
         base = [Row(None, 0.0)] if self.include_base else []
@@ -98,7 +100,7 @@ class Reviewer:
         request = SketchRequest(
             model=spec.model, prompt=column.prompt, negative_prompt=spec.negative_prompt,
             loras=[Lora(row.lora, row.scale)] if row.lora is not None else [], seed=column.seed,
-            width=spec.width, height=spec.height, steps=spec.steps, guidance=spec.guidance)
+            width=spec.width, height=spec.height, steps=spec.steps, guidance=spec.guidance, memory=spec.memory)
         with self.sketcher.lock:
             loaded, text, _ = self.sketcher.prepare(request)
             text = TextToImage(**{**asdict(text), "seed": column.seed})

@@ -182,6 +182,8 @@ class Sketcher:
 
                 image = self._generate(loaded, one, on_step)
                 parameters = self.parameters(loaded, one, request)
+                notice = " ".join([notice, *loaded.notices]).strip()  # a compile fallback is said once
+                loaded.notices.clear()
                 result = SketchResult(save_png(_output_name(folder, seed), image, parameters), seed, parameters, notice)
                 results.append(result)
                 if on_image is not None:

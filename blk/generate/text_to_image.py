@@ -2,7 +2,9 @@
 
 The seed drives a CPU generator so that one seed gives one image on any
 device. Sizes must be multiples of the family's latent grid (16 px for Flux,
-8 px for SDXL); callers round before calling.
+8 px for SDXL); callers round before calling. A compiled denoiser whose
+compiler fails runs the same call again uncompiled, with a notice
+(`LoadedPipeline.notices`), never a traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 
 from blk.errors import UserError
 from blk.generate.sizes import SIZE_MULTIPLE
+from blk.models import speed
 from blk.models.pipelines import LoadedPipeline
 
 
@@ -46,8 +49,7 @@ def run_pipeline(loaded: LoadedPipeline, request: TextToImage, callback=None, ou
         raise UserError(f"{family} sizes must be multiples of {multiple} px; got {request.width}×{request.height}.")
     kwargs = dict(
         prompt=request.prompt, width=request.width, height=request.height,
-        num_inference_steps=request.steps, guidance_scale=request.guidance,
-        generator=torch.Generator("cpu").manual_seed(request.seed), output_type=output_type,
+        num_inference_steps=request.steps, guidance_scale=request.guidance, output_type=output_type,
     )
     total = request.steps
     if image is not None:
@@ -63,4 +65,12 @@ def run_pipeline(loaded: LoadedPipeline, request: TextToImage, callback=None, ou
             return tensors
 
         kwargs["callback_on_step_end"] = on_step
-    return loaded.pipe(**kwargs)
+    try:
+        return loaded.pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(request.seed))
+    except Exception as exc:
+        if not (loaded.memory.compile and speed.is_compile_error(exc)):
+            raise
+        # the compiler failed (no working compiler, an unsupported op): the same run, uncompiled
+        speed.uncompile(loaded.denoiser)
+        loaded.notices.append(speed.fallback_notice(exc))
+        return loaded.pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(request.seed))

@@ -3,6 +3,8 @@
 CUDA (bf16) > Apple MPS (fp16) > CPU (fp32). On a multi-GPU workstation the
 user picks `cuda:N`. Memory modes trade speed for memory and are options of a
 job, never silent: model CPU offload, VAE tiling, int8 weights (optimum-quanto).
+Speed options ride along in the same dataclass (`blk.models.speed`): regional
+compilation of the denoiser and the attention backend.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ class MemoryOptions:
     cpu_offload: bool = False  # keep weights in RAM, move each model to the GPU only while it runs
     vae_tiling: bool = False  # decode big images in tiles
     int8: bool = False  # quantize the denoiser's weights to int8 (optimum-quanto)
+    compile: bool = False  # torch.compile the denoiser's repeated blocks (first image slower, later ones faster)
+    attention: str = ""  # diffusers attention backend for Flux ("" = its default; blk.models.speed.ATTENTION_BACKENDS)
 
 
 def available_devices() -> list[str]:

@@ -5,17 +5,20 @@ Loading a base model is the slow part (tens of seconds for real weights), so
 alive and counts real loads: a second generation must not load again. LoRAs
 are peft adapters on the loaded denoiser; changing which ones are active, or
 their scales, never reloads the base. Adapters are never fused into weights
-(fusing into int8 weights silently drops the LoRA; see STACK.md).
+(fusing into int8 weights silently drops the LoRA; see STACK.md). Speed options
+(compile, attention backend) are applied at load by `blk.models.speed`; under
+compile, every LoRA change ends with `speed.after_adapter_change`.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from blk.data.scan import file_sha256
 from blk.errors import UserError
+from blk.models import speed
 from blk.models.device import MemoryOptions, pick_device, pick_dtype
 from blk.models.registry import ResolvedModel, safetensors_keys
 
@@ -43,6 +46,7 @@ def load_pipeline(model: ResolvedModel, task: str, device: str, memory: MemoryOp
     transformers_logging.disable_progress_bar()
     cls = _pipeline_class(model.family, task)
     dtype = pick_dtype(device)
+    _check_speed(model, device, dtype, memory)  # before the slow part
     try:
         if model.single_file:
             pipe = _load_single_file(cls, model, dtype)
@@ -62,8 +66,28 @@ def load_pipeline(model: ResolvedModel, task: str, device: str, memory: MemoryOp
         pipe.enable_model_cpu_offload(gpu_id=int(device.split(":")[1]))
     else:
         pipe.to(device)
+    denoiser = pipe.transformer if model.family == "flux" else pipe.unet
+    if memory.attention and model.family == "flux":
+        speed.set_attention(denoiser, memory.attention)
+    if memory.compile:
+        speed.compile_denoiser(denoiser)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _check_speed(model: ResolvedModel, device: str, dtype, memory: MemoryOptions) -> None:
+    """Compile and attention choices that cannot run here are one sentence, before any weight is read."""
+    problem = speed.compile_problem(device) if memory.compile else None
+    if memory.attention and model.family == "flux":
+        problem = problem or speed.attention_problem(memory.attention, device, dtype)
+    if problem:
+        raise UserError(problem)
+
+
+def effective_options(model: ResolvedModel, memory: MemoryOptions) -> MemoryOptions:
+    """The options as they apply to this model: the attention backend is a Flux option (SDXL's UNet
+    attention does not go through diffusers' dispatcher), so SDXL loads and records it as the default."""
+    return memory if model.family == "flux" or not memory.attention else replace(memory, attention="")
 
 
 def _load_single_file(cls, model: ResolvedModel, dtype):
@@ -91,6 +115,7 @@ class LoadedPipeline:
     device: str
     memory: MemoryOptions = MemoryOptions()
     adapters: dict[str, str] = field(default_factory=dict)  # adapter name -> file path
+    notices: list[str] = field(default_factory=list)  # said once to the user (compile fell back), shared with views
 
     @property
     def denoiser(self):
@@ -117,6 +142,7 @@ class PipelineCache:
         if task not in TASKS:
             raise ValueError(task)
         device = pick_device(device)
+        memory = effective_options(model, memory)
         key = (str(model.path), model.family, device, memory)
         with self._lock:
             if self._key != key:
@@ -129,7 +155,8 @@ class PipelineCache:
             if task not in self._tasks:
                 view = _pipeline_class(model.family, task).from_pipe(self._loaded.pipe)
                 view.set_progress_bar_config(disable=True)
-                self._tasks[task] = LoadedPipeline(view, model, device, memory, adapters=self._loaded.adapters)
+                self._tasks[task] = LoadedPipeline(view, model, device, memory, adapters=self._loaded.adapters,
+                                                   notices=self._loaded.notices)
             return self._tasks[task]
 
     def clear(self) -> None:
@@ -225,6 +252,8 @@ def set_loras(loaded: LoadedPipeline, loras: list[tuple[Path, float]]) -> None:
     _unload(loaded, [name for name in loaded.adapters if name not in wanted])
     if wanted:
         loaded.pipe.set_adapters(list(wanted), adapter_weights=list(wanted.values()))
+    if loaded.memory.compile:
+        speed.after_adapter_change(loaded.denoiser, loaded.device)
 
 
 def _has_lokr_layers(loaded: LoadedPipeline) -> bool:

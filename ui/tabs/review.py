@@ -67,6 +67,7 @@ def spec_from_form(context: StudioContext, checkpoints, model, prompts, seeds, s
                    guidance):
     from blk.errors import UserError
     from blk.generate.review import GridSpec
+    from blk.models.device import MemoryOptions
 
     try:
         seed_list = [int(s) for s in str(seeds).replace(" ", "").split(",") if s] or [0]
@@ -78,7 +79,9 @@ def spec_from_form(context: StudioContext, checkpoints, model, prompts, seeds, s
                     prompts=[line.strip() for line in (prompts or "").splitlines() if line.strip()],
                     seeds=seed_list, scales=scale_list, include_base=bool(include_base), width=side, height=side,
                     steps=int(steps) if steps else None,
-                    guidance=None if guidance in (None, "") else float(guidance))
+                    guidance=None if guidance in (None, "") else float(guidance),
+                    memory=MemoryOptions(compile=context.workspace.settings.compile,  # as Sketch's default
+                                         attention=context.workspace.settings.attention))
 
 
 def make_grid(context: StudioContext, run, *form, progress=gr.Progress()):

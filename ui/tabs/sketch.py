@@ -43,7 +43,7 @@ def model_defaults(context: StudioContext, name: str):
 
 def generate(context: StudioContext, cancel: threading.Event, gallery: list, model, prompt, negative, items,
              megapixels, aspect, width, height, steps, guidance, seed, random_seed, count, cpu_offload, int8,
-             vae_tiling, progress=gr.Progress()):
+             vae_tiling, compile_model=False, progress=gr.Progress()):
     """Run the batch; returns (gallery, status). Errors and cancel are one sentence; finished images stay."""
     from blk.errors import UserError
     from blk.generate.sketch import Lora, SketchRequest
@@ -60,7 +60,9 @@ def generate(context: StudioContext, cancel: threading.Event, gallery: list, mod
             loras=[Lora(Path(path), float(scale)) for path, scale in items],
             seed=None if random_seed else int(seed or 0), width=w, height=h,
             steps=int(steps) if steps else None, guidance=None if guidance in (None, "") else float(guidance),
-            count=int(count), memory=MemoryOptions(cpu_offload=cpu_offload, int8=int8, vae_tiling=vae_tiling),
+            count=int(count), memory=MemoryOptions(cpu_offload=cpu_offload, int8=int8, vae_tiling=vae_tiling,
+                                                   compile=bool(compile_model),
+                                                   attention=context.workspace.settings.attention),
             device=context.workspace.settings.device)
         progress(0, desc="Loading the model…")
         context.sketcher.run(request, progress=lambda done, total: progress(done / total, desc=f"step {done}/{total}"),
@@ -139,10 +141,12 @@ def build(context: StudioContext) -> None:
                 seed = gr.Number(0, label="Seed", precision=0)
                 random_seed = gr.Checkbox(True, label="Random seed")
                 count = gr.Slider(1, 8, value=1, step=1, label="Images")
-            with gr.Accordion("Memory", open=False):
+            with gr.Accordion("Memory and speed", open=False):
                 cpu_offload = gr.Checkbox(label="CPU offload (GPU: slower, much less memory)")
                 int8 = gr.Checkbox(label="int8 weights (optimum-quanto)")
                 vae_tiling = gr.Checkbox(label="VAE tiling (large sizes)")
+                compile_model = gr.Checkbox(context.workspace.settings.compile,
+                                            label="Speed: compile the model (first image slower; GPU)")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="blk-sketch-generate")
                 stop = gr.Button("Cancel")
@@ -164,7 +168,7 @@ def build(context: StudioContext) -> None:
     model.change(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
     go.click(lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
              inputs=[session, model, prompt, negative, loras, megapixels, aspect, width, height, steps, guidance,
-                     seed, random_seed, count, cpu_offload, int8, vae_tiling],
+                     seed, random_seed, count, cpu_offload, int8, vae_tiling, compile_model],
              outputs=[results, session, status, seed], api_name="sketch_generate")
     stop.click(cancel.set, queue=False)
     source.upload(lambda f: load_parameters(context, f), inputs=source,
