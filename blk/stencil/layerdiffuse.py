@@ -127,17 +127,8 @@ def load_encoder(path: Path, family: str):
     """A TransparentEncoder with the file's weights (full or tiny width, told apart by its first conv)."""
     from blk.stencil.transparent_vae import ENCODER_WIDTHS, TINY_ENCODER_WIDTHS, TransparentEncoder
 
-    state = _read_state(path, family, "encoder.")
-    first = state.get("blocks.0.weight")
-    if first is None:
-        raise UserError(f"{path.name} has no LayerDiffuse encoder weights (no blocks.0).")
-    widths = TINY_ENCODER_WIDTHS if first.shape[0] == TINY_ENCODER_WIDTHS[0] else ENCODER_WIDTHS
-    encoder = TransparentEncoder(LATENT_CHANNELS[family], widths)
-    try:
-        encoder.load_state_dict(state, strict=True)
-    except RuntimeError:
-        raise UserError(f"{path.name} does not match LayerDiffuse's {family} encoder.") from None
-    return encoder.eval().requires_grad_(False)
+    return _load_module(path, family, "encoder", "blocks.0.weight", TransparentEncoder, TINY_ENCODER_WIDTHS,
+                        ENCODER_WIDTHS)
 
 
 def pad_rgb(rgba):
@@ -200,19 +191,24 @@ def load_decoder(path: Path, family: str):
     """A TransparentDecoder with the file's weights (full or tiny width, told apart by conv_in)."""
     from blk.stencil.transparent_vae import FULL_WIDTHS, TINY_WIDTHS, TransparentDecoder
 
-    state = read_decoder_state(path, family)
-    first = state.get("conv_in.weight")
+    return _load_module(path, family, "decoder", "conv_in.weight", TransparentDecoder, TINY_WIDTHS, FULL_WIDTHS)
+
+
+def _load_module(path: Path, family: str, kind: str, first_key: str, cls, tiny_widths, full_widths):
+    """One of the two modules with a file's weights: its width (full or tiny) read from the first layer,
+    every key and shape then checked (strict); one sentence when the file is not that module."""
+    state = _read_state(path, family, f"{kind}.")
+    first = state.get(first_key)
     if first is None:
-        raise UserError(f"{path.name} has no LayerDiffuse decoder weights (no decoder conv_in).")
-    widths = TINY_WIDTHS if first.shape[0] == TINY_WIDTHS[0] else FULL_WIDTHS
-    decoder = TransparentDecoder(LATENT_CHANNELS[family], widths)
+        raise UserError(f"{path.name} has no LayerDiffuse {kind} weights (no {kind} {first_key.split('.')[0]}).")
+    module = cls(LATENT_CHANNELS[family], tiny_widths if first.shape[0] == tiny_widths[0] else full_widths)
     try:
-        decoder.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise UserError(f"{path.name} does not match LayerDiffuse's {family} decoder "
-                        f"({str(exc).splitlines()[1].strip()[:160] if len(str(exc).splitlines()) > 1 else exc}).") \
-            from None
-    return decoder.eval().requires_grad_(False)
+        lines = str(exc).splitlines()
+        detail = lines[1].strip()[:160] if len(lines) > 1 else str(exc)[:160]
+        raise UserError(f"{path.name} does not match LayerDiffuse's {family} {kind} ({detail}).") from None
+    return module.eval().requires_grad_(False)
 
 
 def latent_to_rgba(loaded, latents, width: int, height: int, decoder, augment: bool = True):
