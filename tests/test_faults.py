@@ -219,9 +219,13 @@ def test_training_survives_the_app_and_resumes_after_its_own_kill(tmp_path, shar
     resumed_at = max(i for i, e in enumerate(events) if e["kind"] == "status" and e["status"] == "resumed")
     first_loss = next(e["step"] for e in events[resumed_at:] if e["kind"] == "loss")
     assert first_loss == last + 1  # continues right after the newest whole checkpoint
-    after = {p.name for p in (run_dir / "checkpoints").glob("step-*.safetensors")}
-    assert kept[-1].name in after and (run_dir / "checkpoints" / kept[-1].name).read_bytes() == kept_bytes[kept[-1].name]
-    assert f"step-{final.step:06d}.safetensors" in after
+    after = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.safetensors"))
+    assert after[-1] == f"step-{final.step:06d}.safetensors"
+    # keep 3: the newest three of the old and the new checkpoints survive, the old ones untouched
+    written = {f"step-{s:06d}.safetensors" for s in range(last + 1, final.step + 1) if s % 2 == 0 or s == final.step}
+    assert after == sorted({p.name for p in kept} | written)[-3:], after
+    for name in set(after) & set(kept_bytes):
+        assert (run_dir / "checkpoints" / name).read_bytes() == kept_bytes[name]
     assert temporaries(workspace) == [] and undecodable_images(workspace) == []
     print(f"\n[train kill] app killed at step {at_kill}, run went on (app showed step {shown}); run killed at "
           f"step {killed.step}, newest checkpoint {last}; resumed from {last + 1} to {final.step}; "
