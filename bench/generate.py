@@ -115,6 +115,24 @@ def main() -> None:
     free()
 
     rows: list[Row] = []
+    print(f"device: {describe(device)}, {str(dtype).replace('torch.', '')}; torch {torch.__version__}, "
+          f"diffusers {diffusers.__version__}")
+    print(f"model {args.model}, {args.size}×{args.size}, {args.steps} steps, "
+          f"{args.images} timed calls after the first")
+    print(f"{'path':<34} {'first call s':>12} {'next calls s':>12} {'plain/ours':>10} {'max diff':>8} "
+          f"{'mean diff':>9}", flush=True)
+
+    def add(row: Row) -> Row:
+        """Keep the row and print its line at once: a long GPU run shows each figure as it comes."""
+        rows.append(row)
+        plain = rows[0]
+        reference = row.reference if row.reference is not None else plain.images
+        pairs = list(zip(reference, row.images))
+        largest = max(int(np.abs(a - b).max()) for a, b in pairs)
+        mean = statistics.mean(float(np.abs(a - b).mean()) for a, b in pairs)
+        print(f"{row.name:<34} {row.times[0]:>12.2f} {row.next:>12.3f} {plain.next / row.next:>10.2f} "
+              f"{largest:>8d} {mean:>9.3f}" + (f"  ({row.note})" if row.note else ""), flush=True)
+        return row
 
     def plain_row(name: str, fuse: bool) -> Row:
         row, start = Row(name), time.perf_counter()
@@ -164,21 +182,20 @@ def main() -> None:
         return Sketcher(workspace)
 
     # plain diffusers -------------------------------------------------------------------------------
-    rows.append(plain_row("plain diffusers", fuse=False))
+    add(plain_row("plain diffusers", fuse=False))
     try:
-        rows.append(plain_row("plain + fused QKV (reference)", fuse=True))
+        add(plain_row("plain + fused QKV (reference)", fuse=True))
     except Exception as exc:  # noqa: BLE001  (a model whose attention cannot fuse)
         print(f"fused QKV: not measured ({str(exc).splitlines()[0]})")
 
     # the studio, uncompiled ----------------------------------------------------------------------------
     sketcher = new_sketcher()
-    default = studio_row("studio (Sketcher)", sketcher, MemoryOptions())
-    rows.append(default)
+    default = add(studio_row("studio (Sketcher)", sketcher, MemoryOptions()))
     lora = Path(args.lora) if args.lora else _random_lora(sketcher.cache._loaded.denoiser, model.family,
                                                            scratch / "lora")
     eager_switch = switch_row("studio, LoRA strength switch", sketcher, MemoryOptions(), lora, None)
     eager_switch.reference = eager_switch.images
-    rows.append(eager_switch)
+    add(eager_switch)
     loads = [sketcher.cache.load_count]
     del sketcher
 
@@ -194,8 +211,8 @@ def main() -> None:
         if problem:
             print(f"attention {name}: not measured ({problem})")
             continue
-        attention_rows.append(studio_row(f"studio, attention {name}", new_sketcher(), MemoryOptions(attention=name)))
-        rows.append(attention_rows[-1])
+        attention_rows.append(add(studio_row(f"studio, attention {name}", new_sketcher(),
+                                             MemoryOptions(attention=name))))
 
     # the studio, compiled ------------------------------------------------------------------------------
     if not args.no_compile:
@@ -205,31 +222,16 @@ def main() -> None:
         else:
             sketcher = new_sketcher()
             compiled = MemoryOptions(compile=True)
-            rows.append(studio_row("studio, compiled", sketcher, compiled))
-            rows.append(switch_row("studio, compiled, LoRA switch", sketcher, compiled, lora, eager_switch.images))
+            add(studio_row("studio, compiled", sketcher, compiled))
+            add(switch_row("studio, compiled, LoRA switch", sketcher, compiled, lora, eager_switch.images))
             loads.append(sketcher.cache.load_count)
             del sketcher
             best = min(attention_rows, key=lambda row: row.next)
             if best is not default:
                 name = best.name.rsplit(" ", 1)[-1]
-                rows.append(studio_row(f"studio, compiled + {name}", new_sketcher(),
-                                       MemoryOptions(compile=True, attention=name)))
+                add(studio_row(f"studio, compiled + {name}", new_sketcher(),
+                               MemoryOptions(compile=True, attention=name)))
 
-    # the table -----------------------------------------------------------------------------------------
-    plain = rows[0]
-    print(f"device: {describe(device)}, {str(dtype).replace('torch.', '')}; torch {torch.__version__}, "
-          f"diffusers {diffusers.__version__}")
-    print(f"model {args.model}, {args.size}×{args.size}, {args.steps} steps, "
-          f"{args.images} timed calls after the first")
-    print(f"{'path':<34} {'first call s':>12} {'next calls s':>12} {'plain/ours':>10} {'max diff':>8} "
-          f"{'mean diff':>9}")
-    for row in rows:
-        reference = row.reference if row.reference is not None else plain.images
-        pairs = list(zip(reference, row.images))
-        largest = max(int(np.abs(a - b).max()) for a, b in pairs)
-        mean = statistics.mean(float(np.abs(a - b).mean()) for a, b in pairs)
-        print(f"{row.name:<34} {row.times[0]:>12.2f} {row.next:>12.3f} {plain.next / row.next:>10.2f} "
-              f"{largest:>8d} {mean:>9.3f}" + (f"  ({row.note})" if row.note else ""))
     print(f"base loads through the LoRA switches, uncompiled then compiled: {', '.join(map(str, loads))} "
           "(target: 1 each)")
     print("first call: load (+ compile) + one image; LoRA rows: first switch (LoRA load, + compile) then the "

@@ -98,6 +98,9 @@ def main() -> None:
                 shutil.rmtree(folder / ".blk" / "cache", ignore_errors=True)
             print(f"running: {label} …", file=sys.stderr, flush=True)
             results[key] = child(args, key, workspace, folder, scratch / key)
+            ends = results[key]["ends"]  # the raw figures at once: a long GPU run shows each as it comes
+            print(f"  {label}: {len(ends)} steps, last {ends[-1] - ends[0]:.2f} s after the first, "
+                  f"{json.dumps({k: v for k, v in results[key].items() if k != 'ends'})}", file=sys.stderr, flush=True)
         report(args, results)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
