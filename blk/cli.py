@@ -4,6 +4,7 @@
     python -m blk models fetch NAME [--token TOKEN]
     python -m blk dataset check DIR [--model NAME] [--trigger WORD] [--json]
     python -m blk train CONFIG.yaml [--model NAME] [--dataset DIR] [--steps N] [--run-dir DIR] [--resume RUN_DIR]
+                                 [--gpus N]
     python -m blk caption DATASET [--style FILE] [--vllm-url URL | --vllm-model PATH_OR_NAME]
                                   [--backend vllm|transformers] [--only-missing | --all] [--overwrite] [--json]
     python -m blk sketch …   and   python -m blk review …   (see blk/generate/cli.py)
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=None)
     train.add_argument("--run-dir", default=None, help="default: workspace/runs/NAME-DATE")
     train.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument("--gpus", type=_count, default=None, metavar="N",
+                       help="data-parallel processes, one per GPU (default: schedule.gpus); a resume may change it "
+                            "when N divides gpus × gradient accumulation: the steps stay the same")
     train.add_argument("--probe", action="store_true", help="estimate s/step, time and peak memory; train nothing")
     train.set_defaults(run=cmd_train)
 
@@ -125,11 +129,13 @@ def cmd_train(args, workspace: Workspace) -> int:
 
     if args.resume:
         run_dir = Path(args.resume)
-        config = load_config(run_dir / "config.yaml")
+        config = _regrouped(load_config(run_dir / "config.yaml"), run_dir, args.gpus, save=not args.probe)
     else:
         config = load_config(args.config) if args.config else TrainConfig()
         run_dir = Path(args.run_dir) if args.run_dir else \
             workspace.runs / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if args.gpus:
+            config.schedule.gpus = args.gpus
     if args.model:
         config.model.name = args.model
     if args.dataset:
@@ -162,6 +168,30 @@ def cmd_train(args, workspace: Workspace) -> int:
     return 0 if result.status != "error" else 1
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a count of GPUs (1 or more)")
+    return value
+
+
+def _regrouped(config, run_dir, asked: int | None, save: bool = True):
+    """The resumed run's config on the GPUs it resumes on (`--gpus`, the processes the launcher started, or as many
+    as this machine allows), saved to its config.yaml (atomically) when that changes, so that the processes this
+    command launches, and any later resume, read the new grouping."""
+    from blk.train import distributed
+    from blk.train.config import save_config
+    from blk.train.process import check_gpus, regroup, resume_gpus
+
+    gpus = distributed.World.from_env().size if distributed.launched() else resume_gpus(config, asked)
+    config, sentence = regroup(config, gpus)
+    if sentence and save and distributed.is_main_process():
+        check_gpus(gpus)  # before the run folder changes
+        save_config(config, run_dir / "config.yaml")
+        print(sentence, flush=True)
+    return config
+
+
 def _train_on_several_gpus(args, workspace: Workspace, gpus: int, run_dir) -> int:
     """This same command under `accelerate launch`, one trainer process per GPU, in the foreground; Ctrl-C
     (or SIGTERM) reaches the trainers, which save the current step and end together."""
@@ -173,7 +203,8 @@ def _train_on_several_gpus(args, workspace: Workspace, gpus: int, run_dir) -> in
     check_gpus(gpus)
     forwarded = ["--resume", args.resume] if args.resume else \
         [*([args.config] if args.config else []), "--run-dir", str(run_dir)]  # one folder for every process
-    for flag, value in (("--model", args.model), ("--dataset", args.dataset), ("--steps", args.steps)):
+    for flag, value in (("--model", args.model), ("--dataset", args.dataset), ("--steps", args.steps),
+                        ("--gpus", gpus)):
         if value:
             forwarded += [flag, str(value)]
     process = subprocess.Popen(train_command(workspace, forwarded, gpus), env=train_environment(),

@@ -2,7 +2,8 @@
 
 Here two trainer processes on the CPU (gloo; `CPU_PROCESSES` lets `start_run` launch them on a machine without
 GPUs), through the real `start_run`, `stop_run` and `resume_run`: they must train exactly what one process
-with twice the gradient accumulation trains, write the run folder once, stop together and resume together.
+with twice the gradient accumulation trains, write the run folder once, stop together and resume together;
+and a run resumes on fewer processes (or more) with the accumulation that keeps a step's micro-batches.
 """
 
 import json
@@ -12,12 +13,12 @@ import pytest
 import torch
 
 from blk.errors import UserError
-from blk.train.config import TrainConfig
+from blk.train.config import TrainConfig, load_config, save_config
 from blk.train.data import Curriculum, Item, StagePlan
 from blk.train.distributed import CPU_PROCESSES, World
 from blk.train.process import check_gpus, is_running, kill_run, resume_run, run_info, start_run, stop_run, train_command
 from blk.train.runner import EventLog, micro_batch, run
-from tests.conftest import make_noise_dataset
+from tests.conftest import make_noise_dataset, run_blk
 from tests.test_train_process import wait_for
 
 
@@ -154,6 +155,83 @@ def test_two_processes_train_what_one_does_with_twice_the_accumulation(workspace
     evals = [e["step"] for e in expected if e["kind"] == "eval"]
     assert [e["step"] for e in events if e["kind"] == "eval"][:len(evals)] == evals
     assert not [e for e in events if e["kind"] == "error"]
+
+
+def test_a_run_of_two_processes_resumes_on_one_and_trains_what_it_would_have(workspace_with_data, tmp_path):
+    """2 processes × accumulation 1 for 2 steps, then `--resume --gpus 1` (× accumulation 2) to step 4: the weights
+    of an uninterrupted 2-process run of 4 steps, and config.yaml says 1 × 2 for the next resume."""
+    from safetensors.torch import load_file
+
+    # Every process on the CPU and single-threaded (as torchrun makes each launched one), so that all compute alike.
+    env = {CPU_PROCESSES: "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+    def train(*args: str) -> str:
+        done = run_blk("--workspace", str(workspace_with_data.root), "train", *args, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    def grouping(folder) -> tuple[int, int]:
+        schedule = load_config(folder / "config.yaml").schedule
+        return schedule.gpus, schedule.gradient_accumulation
+
+    config = dp_config(gpus=2, accumulation=1, steps=2)
+    config.sampling.every = config.data.validation_every = 0  # the weights are the point: spare the time
+    preset = tmp_path / "dp.yaml"
+    preset.write_text(json.dumps(config.model_dump(mode="json")))  # JSON is YAML
+    reference, folder = tmp_path / "reference", tmp_path / "run"
+    train(str(preset), "--run-dir", str(reference), "--steps", "4")
+    train(str(preset), "--run-dir", str(folder))
+    assert grouping(folder) == (2, 1)
+    said = train("--resume", str(folder), "--gpus", "1", "--steps", "4")
+    assert "Resuming on 1 GPU with gradient accumulation 2 (it trained on 2 with 1)" in said
+    assert grouping(folder) == (1, 2)  # what a later resume starts from
+
+    for step in (2, 4):
+        name = f"step-{step:06d}.safetensors"
+        ours, theirs = load_file(str(folder / "checkpoints" / name)), load_file(str(reference / "checkpoints" / name))
+        assert ours.keys() == theirs.keys()
+        for key in ours:  # as in the test above: bit-identical here, a tolerance for other BLAS
+            assert torch.allclose(ours[key], theirs[key], rtol=1e-5, atol=1e-7), (step, key)
+    events, expected = EventLog(folder / "events.jsonl").read(), EventLog(reference / "events.jsonl").read()
+    starts = [e for e in events if e["kind"] == "status" and e["status"] in ("started", "resumed")]
+    assert [(e["status"], e["processes"], e["accumulation"]) for e in starts] == [("started", 2, 1), ("resumed", 1, 2)]
+    losses, want = ([e for e in log if e["kind"] == "loss"] for log in (events, expected))
+    assert [e["images"] for e in losses] == [e["images"] for e in want]  # the same micro-batches, in order
+    assert [e["loss"] for e in losses] == pytest.approx([e["loss"] for e in want], rel=1e-6)
+
+
+def test_a_resume_on_gpus_that_do_not_divide_a_steps_micro_batches_is_one_sentence(workspace, capsys):
+    from blk.cli import main
+
+    folder = workspace.runs / "dp"
+    folder.mkdir(parents=True)
+    save_config(dp_config(gpus=2, accumulation=1), folder / "config.yaml")
+    saved = (folder / "config.yaml").read_bytes()
+    assert main(["--workspace", str(workspace.root), "train", "--resume", str(folder), "--gpus", "3"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: This run trains 2 micro-batches a step (2 GPUs × gradient "
+                                               "accumulation 1), so it can resume on 1 or 2 GPUs, not 3.")
+    assert (folder / "config.yaml").read_bytes() == saved  # nothing changed, nothing started
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml"]
+
+
+def test_the_app_resumes_on_as_many_gpus_as_the_machine_allows(workspace, monkeypatch):
+    from blk.models import device
+    from blk.train import process
+
+    folder = workspace.runs / "dp"
+    folder.mkdir(parents=True)
+    save_config(dp_config(gpus=4, accumulation=1), folder / "config.yaml")  # 4 micro-batches a step: 1, 2 or 4 GPUs
+    spawned = []
+    monkeypatch.setattr(process, "_spawn", lambda workspace, folder, args, gpus: spawned.append((args, gpus)))
+    monkeypatch.delenv(CPU_PROCESSES, raising=False)
+    for found, gpus, note in ((8, 4, ""), (4, 4, ""),
+                              (3, 2, "Resuming on 2 GPUs with gradient accumulation 2 (it trained on 4 with 1)"),
+                              (1, 1, "Resuming on 1 GPU with gradient accumulation 4 (it trained on 4 with 1)"),
+                              (0, 1, "Resuming on 1 GPU with gradient accumulation 4")):  # no GPU: on the CPU
+        monkeypatch.setattr(device, "cuda_device_count", lambda found=found: found)
+        said = resume_run(workspace, folder)
+        assert spawned.pop() == (["--resume", str(folder), "--gpus", str(gpus)], gpus), found
+        assert said.startswith(note) and bool(said) == bool(note), found
 
 
 def test_the_train_form_shows_gpus_only_on_a_machine_with_several(workspace, monkeypatch):

@@ -142,7 +142,8 @@ class ScheduleSection(Strict):
     batch_size: int = Field(1, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
     # data-parallel trainer processes, one per GPU (`accelerate launch`); a step then trains gpus × gradient_accumulation
-    # micro-batches, exactly those of one GPU with gpus × gradient_accumulation (effective batch: × batch_size)
+    # micro-batches, exactly those of one GPU with gpus × gradient_accumulation (effective batch: × batch_size);
+    # a resume may change both, keeping their product (`process.regroup`)
     gpus: int = Field(1, ge=1)
     lr_schedule: Literal["constant", "cosine", "polynomial"] = "constant"
     warmup_steps: int = Field(0, ge=0)

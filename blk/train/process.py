@@ -12,6 +12,10 @@ With several GPUs (`schedule.gpus` > 1) the same command runs under
 is then the launcher's (torchrun), which starts each trainer in a session of
 its own: stop signals the trainers found under it (they agree on a step, save
 it and end together), kill freezes the launcher and kills it and them.
+
+A run resumes on as many GPUs as it trained on or, on a machine with fewer, on
+fewer (`resume_gpus`): a step's micro-batches are numbered over all processes,
+so W GPUs with accumulation A train exactly what W' GPUs with W·A / W' do.
 """
 
 from __future__ import annotations
@@ -56,16 +60,23 @@ def start_run(config: TrainConfig, workspace: Workspace, name: str | None = None
     return folder
 
 
-def resume_run(workspace: Workspace, folder: Path, steps: int | None = None) -> None:
+def resume_run(workspace: Workspace, folder: Path, steps: int | None = None) -> str:
+    """Continue the run in a new trainer, on fewer GPUs where this machine has fewer (the trainer then records the
+    new grouping in config.yaml); return the sentence saying so ("" when it resumes on as many)."""
     if is_running(folder):
         raise UserError(f"{folder.name} is running already.")
-    gpus = _gpus_of(folder)
-    check_gpus(gpus, resuming=True)
+    config = _saved_config(folder)
+    if config is None:  # nothing to regroup: the trainer says what is missing
+        gpus, note = 1, ""
+    else:
+        gpus = resume_gpus(config)  # never more than this machine has
+        note = regroup(config, gpus)[1]
     extra = ["--steps", str(steps)] if steps else []
-    _spawn(workspace, folder, ["--resume", str(folder), *extra], gpus)
+    _spawn(workspace, folder, ["--resume", str(folder), "--gpus", str(gpus), *extra], gpus)
+    return note
 
 
-def check_gpus(gpus: int, resuming: bool = False) -> None:
+def check_gpus(gpus: int) -> None:
     """One sentence, before anything starts, when this machine has fewer GPUs than the run asks for."""
     if gpus <= 1 or os.environ.get(CPU_PROCESSES) == "1":
         return
@@ -74,9 +85,53 @@ def check_gpus(gpus: int, resuming: bool = False) -> None:
     found = cuda_device_count()
     if found < gpus:
         has = f"has {found} CUDA GPU{'s' if found != 1 else ''}" if found else "has no CUDA GPU"
-        if resuming:
-            raise UserError(f"This run trained on {gpus} GPUs and resumes on as many, but this machine {has}.")
         raise UserError(f"This run asks for {gpus} GPUs but this machine {has}; set GPUs to {max(found, 1)}.")
+
+
+def gpu_choices(config: TrainConfig) -> list[int]:
+    """The GPU counts a run can resume on and train the same steps: the divisors of its micro-batches per step."""
+    total = config.schedule.gpus * config.schedule.gradient_accumulation
+    return [n for n in range(1, total + 1) if total % n == 0]
+
+
+def resume_gpus(config: TrainConfig, asked: int | None = None) -> int:
+    """The GPUs a run resumes on: `asked` (checked by `regroup`); else as many as it trained on, or, where this
+    machine has fewer, the most of them that divide its micro-batches per step (1 without a GPU)."""
+    if asked is not None:
+        return asked
+    gpus = config.schedule.gpus
+    if gpus <= 1 or os.environ.get(CPU_PROCESSES) == "1":
+        return gpus
+    from blk.models.device import cuda_device_count
+
+    found = cuda_device_count()
+    if found >= gpus:
+        return gpus
+    return max(n for n in gpu_choices(config) if n <= max(found, 1))
+
+
+def regroup(config: TrainConfig, gpus: int) -> tuple[TrainConfig, str]:
+    """`config` on `gpus` processes with the gradient accumulation that keeps its micro-batches per step, so the
+    run trains exactly the steps it would have; and the sentence saying so ("" when `gpus` is unchanged)."""
+    before = config.schedule
+    if gpus == before.gpus:
+        return config, ""
+    total = before.gpus * before.gradient_accumulation
+    if gpus < 1 or total % gpus:
+        choices = [str(n) for n in gpu_choices(config)]
+        listed = " or ".join([", ".join(choices[:-1]), choices[-1]] if len(choices) > 1 else choices)
+        raise UserError(f"This run trains {_many(total, 'micro-batch', 'micro-batches')} a step "
+                        f"({_many(before.gpus, 'GPU')} × gradient accumulation {before.gradient_accumulation}), "
+                        f"so it can resume on {listed} GPU{'s' if len(choices) > 1 else ''}, not {gpus}.")
+    regrouped = config.model_copy(deep=True)
+    regrouped.schedule.gpus, regrouped.schedule.gradient_accumulation = gpus, total // gpus
+    return regrouped, (f"Resuming on {_many(gpus, 'GPU')} with gradient accumulation {total // gpus} "
+                       f"(it trained on {before.gpus} with {before.gradient_accumulation}): the same {total} "
+                       "micro-batches a step, so the run continues exactly as it would have.")
+
+
+def _many(count: int, one: str, several: str = "") -> str:
+    return f"{count} {one if count == 1 else several or one + 's'}"
 
 
 def train_command(workspace: Workspace, args: list[str], gpus: int = 1) -> list[str]:
@@ -116,17 +171,14 @@ def stop_trainers(pid: int, processes: int) -> None:
             pass
 
 
-def _gpus_of(folder: Path) -> int:
-    """How many processes the run trained with (its resolved config), so that it resumes with as many."""
+def _saved_config(folder: Path) -> TrainConfig | None:
+    """The run's resolved config (what it trained with), or None when it has none readable (the trainer says why)."""
     from blk.train.config import load_config
 
-    for name in ("config.yaml", "request.yaml"):
-        if (folder / name).exists():
-            try:
-                return load_config(folder / name).schedule.gpus
-            except UserError:
-                return 1
-    return 1
+    try:
+        return load_config(folder / "config.yaml") if (folder / "config.yaml").exists() else None
+    except UserError:
+        return None
 
 
 def _spawn(workspace: Workspace, folder: Path, args: list[str], gpus: int = 1) -> None:

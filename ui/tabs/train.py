@@ -138,8 +138,8 @@ def control(context: StudioContext, name: str, action: str) -> str:
         if action == "kill":
             return kill_run(folder)
         info = run_info(folder)
-        resume_run(context.workspace, folder)
-        return f"Resuming {name} from step {info.step}…"
+        regrouped = resume_run(context.workspace, folder)  # a sentence when it resumes on other GPUs
+        return f"Resuming {name} from step {info.step}…" + (f" {regrouped}" if regrouped else "")
     except UserError as exc:
         return f"**{exc}**"
 
