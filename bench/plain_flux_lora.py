@@ -85,6 +85,8 @@ def train(model_path: str | Path, dataset: str | Path, *, size: int, steps: int,
         raise ValueError(f"text is every-step or once, not {text!r}")
     model_path = str(model_path)
     cuda = torch.cuda.is_available()
+    if cuda:  # as our trainer (blk.models.device.avoid_cudnn_attention_backward): cuDNN attention's
+        torch.backends.cuda.enable_cudnn_sdp(False)  # backward failed on an H200 with torch 2.11, here too
     accelerator = Accelerator(mixed_precision=mixed_precision or ("bf16" if cuda else "no"))
     device = accelerator.device
     set_seed(seed)

@@ -150,3 +150,18 @@ def test_review_and_sketch_share_one_load_with_the_same_speed_options(shared_wor
                     steps=1, memory=memory)
     Reviewer(sketcher).grid(spec, tmp_path / "review")
     assert cache.load_count == 1
+
+
+def test_training_keeps_attention_off_cudnn():
+    """The trainer turns cuDNN attention off (its backward failed on an H200 with torch 2.11); Sketch does not."""
+    import torch
+
+    from blk.models.device import avoid_cudnn_attention_backward
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        avoid_cudnn_attention_backward()
+        assert torch.backends.cuda.cudnn_sdp_enabled() is False
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

@@ -88,6 +88,20 @@ def pick_dtype(device: str):
     return torch.float32
 
 
+def avoid_cudnn_attention_backward() -> None:
+    """Training only: keep PyTorch's SDPA off the cuDNN kernel, on flash / memory-efficient attention.
+
+    On an H200 with torch 2.11, cuDNN attention's backward at Flux's shapes failed ("mha_graph.execute …
+    is_good()") or corrupted memory ("illegal memory access"), in our trainer and in diffusers' own
+    LoRA loop alike; with it off, both trained (FLUX.1-dev shapes, 1024 px: 1.42 s/step). Inference
+    never runs the backward, so Sketch keeps whichever kernel is fastest. Per process: the trainer
+    runs in a process of its own.
+    """
+    import torch
+
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def describe(device: str) -> str:
     """A human label, e.g. 'cuda:0 — NVIDIA RTX A6000, 48 GB'."""
     import torch

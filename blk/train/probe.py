@@ -56,6 +56,7 @@ def probe(config: TrainConfig, workspace: Workspace, steps: int = PROBE_STEPS) -
     folder = tempfile.mkdtemp(prefix=".probe-", dir=workspace.runs)
     try:
         if device.startswith("cuda"):
+            torch.zeros(1, device=device)  # the allocator exists only after a first allocation: reset needs it
             torch.cuda.reset_peak_memory_stats(device)
         run(trial, workspace, folder)
         losses = [e for e in EventLog(os.path.join(folder, "events.jsonl")).read() if e["kind"] == "loss"]

@@ -16,8 +16,9 @@ Several GPUs (`schedule.gpus`, one process each under `accelerate launch`; see
 (A: gradient accumulation), and process r trains r·A … r·A + A − 1 with exactly
 the batch, noise and caption seeds a single process with accumulation gpus × A
 would use for those numbers; the gradients are summed over the processes. So
-2 GPUs with A = 1 train the same steps as 1 GPU with A = 2. Rank 0 alone writes
-the run folder.
+2 GPUs with A = 1 train the same steps as 1 GPU with A = 2, and a run resumes
+on any number of GPUs that divides gpus × A, with the accumulation that keeps
+the product (`process.regroup`). Rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     Under `accelerate launch` (several processes) every process calls this with the same arguments."""
     import torch
 
-    from blk.models.device import is_out_of_memory, pick_dtype
+    from blk.models.device import avoid_cudnn_attention_backward, is_out_of_memory, pick_dtype
     from blk.models.registry import resolve
 
     stop = stop or threading.Event()
@@ -102,6 +103,8 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
         if curriculum else len(items)
     device = world.start(workspace.settings.device)
     dtype = pick_dtype(device)
+    if device.startswith("cuda"):
+        avoid_cudnn_attention_backward()
 
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +113,7 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
         (run_dir / "samples").mkdir(exist_ok=True)
         resolved = config.model_copy(deep=True)
         resolved.data.dataset = str(dataset)
-        resolved.schedule.gpus = world.size  # the processes that really trained (resume starts as many)
+        resolved.schedule.gpus = world.size  # the processes that really trained (what a resume starts with)
         save_config(resolved, run_dir / "config.yaml")
     events = EventLog(run_dir / "events.jsonl", quiet=not world.is_main)
 
@@ -125,7 +128,7 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     world.broadcast_parameters(params)  # replicas start identical (they are already: same seed, same state file)
     world.barrier()  # every process has read state/ before rank 0 may replace it
     events.write("status", step, status="resumed" if step else "started", model=model.name, images=image_count,
-                 processes=world.size)
+                 processes=world.size, accumulation=config.schedule.gradient_accumulation)
     stage = None
 
     caches = dataset / ".blk" / "cache" / model_key(model.path)
