@@ -197,7 +197,8 @@ def difference(a, b) -> str:
 
 def work(side: int, r: dict, peer: bool) -> float:
     """Pixels the network is fed per input pixel (1.0: none computed twice), from each tiler's layout:
-    ours, equal tiles with `overlap` and the last one moved back flush (`blk.upscale.tiler.spans`);
+    ours, the fewest tiles per side, of one length, spread evenly (`blk.upscale.tiler.spans`; `multiple_of`
+    1, as for an RRDBNet ×4);
     RealESRGANer's, a grid of `tile` cut from the image, each padded by `tile_pad` inside the image."""
     if peer:
         cuts = [(a, min(a + PEER_TILE, side)) for a in range(0, side, PEER_TILE)]

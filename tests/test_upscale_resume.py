@@ -23,7 +23,7 @@ from blk.upscale.esrgan import EsrganJob, processor, run
 from blk.upscale.journal import Journal
 from blk.upscale.models import load_upscaler
 from blk.upscale.source import ArraySource
-from blk.upscale.tiler import Cancelled, RowBand, RowDone, run_tiles, spans
+from blk.upscale.tiler import Cancelled, RowBand, RowDone, run_tiles, spans, weights
 from tests.conftest import run_blk
 from tests.test_upscale_esrgan import leftovers, noise, rrdb_file, save_16bit_tiff
 
@@ -73,20 +73,78 @@ def test_run_tiles_continues_from_a_finished_row_exactly(model, tmp_path):
     with pytest.raises(Stop):
         run_tiles(ArraySource(pixels), part, process, scale=4, tile=32, overlap=8, batch=2,
                   on_row_start=bands.append, on_row_done=stop_after_first_row)
+    # 72 rows, tile 32, overlap 8: three rows of 30 px at y 0, 21, 42 (64 columns: three of 27 px)
     first = rows[0]
-    assert (first.row_start, first.row_fade, first.tile, first.tiles_done) == (24, 32, 32, 3)
-    assert (bands[0].y_top, bands[0].kept_until, bands[0].y_end) == (0, 0, 128)  # row 1 touches [0, 128)
+    assert (first.origin_fade, first.tile, first.rows_done, first.tiles_done, first.row_end) == (None, 32, 1, 3, 30)
+    assert (bands[0].y_top, bands[0].kept_until, bands[0].y_end) == (0, 0, 120)  # row 1 touches [0, 120)
     seen = []
     stats = run_tiles(ArraySource(pixels), part, process, scale=4, tile=32, overlap=8, batch=2,
-                      start=(first.row_start, first.row_fade), tiles_done=first.tiles_done,
+                      origin_fade=first.origin_fade, rows_done=first.rows_done, tiles_done=first.tiles_done,
                       on_row_start=bands.append, progress=lambda d, t: seen.append((d, t)))
-    # row 2 starts at input y 24 and fades in over [26, 30) (quarter margins): output rows 104..
-    assert (bands[1].y_top, bands[1].kept_until, bands[1].y_end) == (104, 128, 224)
+    # row 2 starts at input y 21 and fades in over [24, 28) (quarter margins of [22, 30)): output rows 96..
+    assert (bands[1].row, bands[1].row_start, bands[1].row_fade) == (1, 21, 30)
+    assert (bands[1].y_top, bands[1].kept_until, bands[1].y_end) == (96, 120, 204)
     assert bands[1].saved[1].shape == (24, 256, 3)
     assert seen[0] == (5, 9) and seen[-1] == (9, 9) and stats.tiles == 9  # counts continue from 3
     assert np.array_equal(part.read_raw(0, 0, 256, 288), whole.read_raw(0, 0, 256, 288))
     whole.remove()
     part.remove()
+
+
+def test_a_crash_after_an_out_of_memory_halving_resumes_the_smaller_layout(model, tmp_path):
+    """Row 2 runs out of memory, so a layout of 32 px tiles continues from it; the job dies in that
+    layout's second row. The resume undoes that row, rebuilds the same layout from the journal and
+    gives the pixels of the run that never died."""
+    x4 = load_upscaler(model)
+    pixels = noise(100, 64, seed=29)
+    base = processor(x4, "cpu", torch.float32)
+
+    def out_of_memory_above_32_after_row_1():
+        calls = [0]
+
+        def process(tiles):
+            calls[0] += 1
+            if calls[0] > 1 and max(tiles.shape[1:3]) > 32:
+                raise torch.OutOfMemoryError("CUDA out of memory (test budget)")
+            return base(tiles)
+        return process
+
+    settings = dict(scale=4, tile=64, overlap=8, batch=1)
+    whole = Canvas(tmp_path / "whole.canvas", 256, 400, 3)
+    stats = run_tiles(ArraySource(pixels), whole, out_of_memory_above_32_after_row_1(), **settings)
+    assert (stats.tile, stats.oom_retries, stats.tiles) == (32, 1, 1 + 2 * 3)  # 1 tile of 64, then 2 rows × 3
+
+    def crash_in_the_second_smaller_row(done, total):
+        if done == 6:  # the first row of 64 px, the first row of 32 px (3 tiles), 2 of the next row's 3
+            raise KeyboardInterrupt()
+
+    out = tmp_path / "out.tif"
+    journal = Journal.begin(out, "key")
+    canvas = journal.open_canvas(0, 256, 400, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run_tiles(ArraySource(pixels), canvas, out_of_memory_above_32_after_row_1(), **settings,
+                  progress=crash_in_the_second_smaller_row, **journal.tiler_hooks(0, canvas))
+    # 100 rows at tile 64: rows at y 0 and 46 (54 px); row 2 failed, so 32 px tiles continue from y 46
+    assert {k: journal.state[k] for k in ("origin_fade", "tile", "rows_done", "row_fade", "tiles_done")} == \
+        {"origin_fade": 54, "tile": 32, "rows_done": 1, "row_fade": 77, "tiles_done": 4}
+    journal.suspend()
+    header = json.loads(journal.band_path.read_bytes().split(b"\n", 1)[0])
+    assert (header["origin_fade"], header["tile"], header["row"], header["row_fade"]) == (54, 32, 1, 77)
+    killed = Canvas(canvas.path, 256, 400, 3, create=False)  # what a kill leaves: that row half-written
+    killed.write_raw(0, header["y_top"], np.full((header["y_end"] - header["y_top"], 256, 3), 40000, np.uint16))
+    killed.close()
+
+    journal = Journal.begin(out, "key")
+    assert journal.resumed and journal.tile == 32
+    canvas = journal.open_canvas(0, 256, 400, 3)
+    seen = []
+    run_tiles(ArraySource(pixels), canvas, base, **(settings | {"tile": journal.tile}),
+              progress=lambda d, t: seen.append((d, t)), **journal.tiler_hooks(0, canvas))
+    assert seen[0] == (5, 7) and seen[-1] == (7, 7)  # only the last row's 3 tiles were run
+    assert np.array_equal(canvas.read_raw(0, 0, 256, 400), whole.read_raw(0, 0, 256, 400))
+    journal.discard()
+    whole.remove()
+    assert leftovers(tmp_path) == []
 
 
 # -- a real process killed mid-job ---------------------------------------------------------------
@@ -102,18 +160,20 @@ def test_killed_job_resumes_from_its_last_row_with_the_same_pixels(model, tmp_pa
     out = folder / "art-x4.tif"
     assert not out.exists()
     journal = json.loads(Journal.path_for(out).read_text())
-    assert (journal["pass"], journal["row_start"], journal["row_fade"], journal["tile"], journal["tiles_done"]) == \
-        (0, 24, 32, 32, 3)
+    assert (journal["pass"], journal["origin_fade"], journal["tile"], journal["rows_done"], journal["row_fade"],
+            journal["tiles_done"]) == (0, None, 32, 1, 30, 3)  # rows of 30 px at y 0, 21, 42; the first is done
     band_file = folder / f".blk-tmp-{journal['token']}.band"
     header = json.loads(band_file.read_bytes().split(b"\n", 1)[0])
-    assert (header["row_start"], header["kept_until"], header["y_end"]) == (24, 128, 224)  # the row it died in
+    # the row it died in
+    assert (header["row"], header["row_start"], header["kept_until"], header["y_end"]) == (1, 21, 120, 204)
     canvas = Canvas(folder / f".blk-tmp-{journal['token']}.pass0.canvas", 256, 288, 3, create=False)
-    assert canvas.read_raw(0, 128, 256, 96).any()  # the dead row's half-written tiles are on disk…
+    assert canvas.read_raw(0, 120, 256, 84).any()  # the dead row's half-written tiles are on disk…
     canvas.close()
 
     resumed = run_blk(*args, env={"OMP_NUM_THREADS": "1"})
     assert resumed.returncode == 0, resumed.stderr
-    assert "Resuming an interrupted job at pass 1, tile 4 of 9 (row at input y=24, 32 px tiles)." in resumed.stderr
+    assert "Resuming an interrupted job at pass 1, tile 4 of 9 (after the row ending at input y=30, tiles of at most " \
+           "32 px)." in resumed.stderr
     assert "resumed after tile 3 of an interrupted run" in resumed.stdout
     assert "tile 4/9" in resumed.stderr and "tile 1/9" not in resumed.stderr  # finished rows were not redone
     reference = run(EsrganJob(image, tmp_path / "reference.tif", model, tile=32, overlap=8, batch=1))
@@ -136,7 +196,8 @@ def test_killed_second_pass_resumes_from_the_first_passes_canvas(model, tmp_path
     assert (tmp_path / f".blk-tmp-{state['token']}.pass0.canvas").exists()  # pass 2's source, kept until it ends
     notes = []
     result = run(EsrganJob(image, out, model, scale=16, tile=32, overlap=8, batch=1), log=notes.append)
-    assert notes == ["Resuming an interrupted job at pass 2, tile 4 of 5 (row at input y=24, 32 px tiles)."]
+    assert notes == ["Resuming an interrupted job at pass 2, tile 4 of 5 (after the row ending at input y=24, "
+                     "tiles of at most 32 px)."]
     assert (result.passes, result.width, result.height, result.resumed_from_tile) == (2, 192, 160, 3)
     reference = run(EsrganJob(image, tmp_path / "ref.tif", model, scale=16, tile=32, overlap=8, batch=1))
     assert np.array_equal(tifffile.imread(out), tifffile.imread(reference.path))
@@ -267,7 +328,36 @@ def test_cli_print_dpi(model, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def test_spans_after_resume_match_the_uninterrupted_layout():
-    full = spans(200, 48, 16)
-    for i, row in enumerate(full[:-1]):
-        assert spans(200, 48, 16, row.end - 16, row.end) == full[i + 1:]
+def test_a_layout_continued_after_out_of_memory_blends_with_the_rows_kept():
+    """After an out-of-memory error at row k the rows before it stay and a smaller layout takes over,
+    starting `overlap` before the line row k faded in against: every pixel's weights still sum to 1,
+    and that layout depends only on its arguments, so a resume rebuilds exactly its remaining rows."""
+    full = spans(200, 64, 16)
+    for k, failed in enumerate(full[1:], start=1):
+        smaller = spans(200, 32, 16, failed.fade_in_end)
+        assert smaller[0].start == failed.fade_in_end - 16 and smaller[0].fade_in_end == failed.fade_in_end
+        assert smaller == spans(200, 32, 16, failed.fade_in_end)
+        total = np.zeros(200 * 4)
+        for span in full[:k] + smaller:
+            w, first = weights(span, 16, 4)
+            assert not w[:first].any()
+            total[span.start * 4:span.end * 4] += w
+        assert np.abs(total - 1).max() < 1e-6, k
+
+
+def test_a_journal_of_the_older_layout_starts_over(tmp_path):
+    """Version 1 recorded the next row's start in the older greedy layout; resuming it into the even
+    layout would write wrong rows, so its files go and the job starts fresh."""
+    out = tmp_path / "out.tif"
+    Journal.path_for(out).write_text(json.dumps({"version": 1, "key": "k", "token": "0123456789ab", "pass": 0,
+                                                 "row_start": 24, "row_fade": 32, "tile": 32, "tiles_done": 3}))
+    (tmp_path / ".blk-tmp-0123456789ab.pass0.canvas").write_bytes(b"\0" * 64)
+    journal = Journal.begin(out, "k")
+    try:
+        assert not journal.resumed and journal.state["token"] != "0123456789ab"
+        assert (journal.state["version"], journal.state["rows_done"], journal.state["tiles_done"]) == (2, 0, 0)
+        assert not (tmp_path / ".blk-tmp-0123456789ab.pass0.canvas").exists()
+        assert journal.start_of(0) == {"origin_fade": None, "rows_done": 0, "tiles_done": 0}
+    finally:
+        journal.discard()
+    assert leftovers(tmp_path) == []

@@ -64,7 +64,7 @@ class DiffusionJob:
     size: tuple[int, int] | None = None
     enlarge_model: Path | None = None  # an ESRGAN-family file for the first enlargement; None: Lanczos
     passes: tuple[Pass, ...] = PAPER_PASSES
-    tile: int = 1024  # px of the enlarged image (all tiles this size)
+    tile: int = 1024  # px of the enlarged image: tiles are at most this, all of one size in a pass
     overlap: int = 96
     seed: int = 0
     steps: int | None = None  # None: the model's default
@@ -116,7 +116,9 @@ def effective_steps(steps: int, denoise: float) -> tuple[int, int]:
     return asked, max(1, int(asked * denoise))
 
 
-def plan(job: DiffusionJob, width: int, height: int, default_steps: int) -> DiffusionPlan:
+def plan(job: DiffusionJob, width: int, height: int, default_steps: int, multiple_of: int = 1) -> DiffusionPlan:
+    """What a job will do; `multiple_of` is the model family's size grid (`SIZE_MULTIPLE`), which the
+    tile layout rounds to."""
     from blk.upscale.esrgan import target_size
 
     tw, th = target_size(width, height, job.scale, job.size)
@@ -126,7 +128,7 @@ def plan(job: DiffusionJob, width: int, height: int, default_steps: int) -> Diff
     if 2 * job.overlap > tile:
         raise UserError(f"An overlap of {job.overlap} px needs tiles of at least {2 * job.overlap} px.")
     steps = job.steps or default_steps
-    return DiffusionPlan(tw, th, count_tiles(tw, th, job.tile, job.overlap), len(job.passes),
+    return DiffusionPlan(tw, th, count_tiles(tw, th, job.tile, job.overlap, multiple_of, full_size=True), len(job.passes),
                          job.final_denoise is not None and tw * th <= job.final_max_pixels,
                          [effective_steps(steps, p.denoise)[1] for p in job.passes])
 
@@ -147,7 +149,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     model = resolve(job.model, workspace)
     default_steps, default_guidance = generation_defaults(model)
     image = open_input(job.input)
-    the_plan = plan(job, image.width, image.height, default_steps)
+    the_plan = plan(job, image.width, image.height, default_steps, SIZE_MULTIPLE[model.family])
     width, height = the_plan.width, the_plan.height
     total = the_plan.tiles_per_pass * the_plan.passes + the_plan.final_pass
     done = [0]
@@ -181,7 +183,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             source = journal.reopen(first - 1, width, height, image.channels)
         loaded = (pipelines or PipelineCache()).get(model, task="img2img", device=job.device, memory=job.memory)
         guidance = default_guidance if job.guidance is None else job.guidance
-        tile = journal.tile or min(job.tile, width, height)
+        tile = journal.tile or job.tile  # each axis's tiles fit the image (`spans`); rows and columns may differ
         journal.set_tile(tile)
         for stage in range(max(first, 1), stages):
             one = job.passes[stage - 1]
@@ -190,7 +192,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             process = tile_processor(loaded, job.prompt, one.denoise, steps, guidance, job.seed)
             out = journal.open_canvas(stage, width, height, source.channels)
             stats = run_tiles(source, out, process, scale=1, tile=tile, overlap=job.overlap, batch=1,
-                              multiple_of=SIZE_MULTIPLE[model.family], progress=report, cancel=cancel,
+                              multiple_of=SIZE_MULTIPLE[model.family], full_size=True,  # the model's size
+                              progress=report, cancel=cancel,
                               **journal.tiler_hooks(stage, out))
             tile = stats.tile
             journal.pass_done(stage)

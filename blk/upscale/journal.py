@@ -5,8 +5,10 @@ the canvas on disk already holds every finished row. The journal is what makes
 that canvas usable again:
 
     .blk-tmp-OUT.tif.journal.json   the job's key (a hash of everything that decides the pixels),
-                                    its temp token, the pass in progress, the next row
-                                    (`row_start`, `row_fade`), the tile in use, tiles done
+                                    its temp token, the pass in progress, the tile layout in use
+                                    (`origin_fade`, `tile`: `blk.upscale.tiler.spans`), its
+                                    `rows_done`, the line the next row fades in against
+                                    (`row_fade`) and the pass's `tiles_done`
     .blk-tmp-TOKEN.pass0.canvas     the canvases (one per pass still needed), named from the token
     .blk-tmp-TOKEN.band             the canvas band the row in progress may disturb, saved
                                     before the row writes anything
@@ -15,17 +17,22 @@ that canvas usable again:
 Protocol per row (the tiler's hooks, `tiler_hooks`): before the row, the band
 `[y_top, kept_until)` and the row's extent go to the band file (written whole,
 fsynced, renamed into place); after the row, the canvas is fsynced, then the
-journal is rewritten atomically with the next row. On the next run with the
-same key, a band file that belongs to the journal's next row is put back and
-the rest of that row's extent zeroed — undoing a row that died half-way — and
-the tiler continues from that row with the recorded tile. Every file has the
-`.blk-tmp-` prefix, so nothing looks like a finished result.
+journal is rewritten atomically with the layout and its rows done. On the
+next run with the same key, a band file that belongs to the journal's next row
+(it fades in against the same line: the row itself, or its first row in the
+smaller layout an out-of-memory error started) is put back and the rest of that
+row's extent zeroed — undoing a row that died half-way — and the tiler
+continues with the recorded layout after its finished rows, which are exactly
+the rows an uninterrupted run does next. Every file has the `.blk-tmp-` prefix,
+so nothing looks like a finished result.
 
 What ends a job decides what stays: success, cancel and errors remove every
 file (`discard`); a process kill leaves them, and so does Ctrl+C
 (KeyboardInterrupt: `suspend`), which is how a terminal user interrupts. A job
 whose key differs (other input content, model, output, settings) finds the old
-journal, removes its files, and starts fresh.
+journal, removes its files, and starts fresh; so does a journal of another
+`VERSION` (version 1 recorded the next row's position in the older greedy tile
+layout, which the current one would not reproduce).
 """
 
 from __future__ import annotations
@@ -43,7 +50,13 @@ from blk.errors import UserError
 from blk.upscale.canvas import Canvas
 from blk.upscale.tiler import RowBand, RowDone
 
-VERSION = 1
+VERSION = 2
+_PASS_START = {"origin_fade": None, "rows_done": 0, "row_fade": None, "tiles_done": 0}  # a pass's first layout, no rows
+
+
+def fresh_state(key: str) -> dict:
+    """A job that has done nothing yet."""
+    return {"version": VERSION, "key": key, "token": secrets.token_hex(6), "pass": 0, "tile": None, **_PASS_START}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -104,9 +117,7 @@ class Journal:
                 _remove_token_files(output.parent, old["token"])
             with contextlib.suppress(FileNotFoundError):
                 cls.path_for(output).unlink()
-            state = {"version": VERSION, "key": key, "token": secrets.token_hex(6), "pass": 0,
-                     "row_start": 0, "row_fade": None, "tile": None, "tiles_done": 0}
-            journal = cls(output, key, state, False, lock_fd)
+            journal = cls(output, key, fresh_state(key), False, lock_fd)
             journal._save()
             return journal
         except BaseException:
@@ -118,7 +129,7 @@ class Journal:
         """Pass `pass_index`'s canvas: reopened when resuming that pass (its interrupted row undone),
         else created. Closed (not removed) by `suspend`, removed by `discard`."""
         path = self.canvas_path(pass_index)
-        if self.state["pass"] == pass_index and path.exists() and (self.state["row_start"] or self.state["tiles_done"]):
+        if self.state["pass"] == pass_index and path.exists() and self.state["tiles_done"]:
             canvas = Canvas(path, width, height, channels, create=False)
             self._undo_interrupted_row(canvas, pass_index)
         else:
@@ -153,12 +164,11 @@ class Journal:
         if not self.resumed:
             return
         k = self.state["pass"]
-        need = ([k - 1] if k > 0 else []) + ([k] if k < passes and (self.state["row_start"] or self.state["tiles_done"]) else [])
+        need = ([k - 1] if k > 0 else []) + ([k] if k < passes and self.state["tiles_done"] else [])
         if all(self.has_canvas(i) for i in need):
             return
         _remove_token_files(self.folder, self.state["token"])
-        self.state = {"version": VERSION, "key": self.key, "token": secrets.token_hex(6), "pass": 0,
-                      "row_start": 0, "row_fade": None, "tile": None, "tiles_done": 0}
+        self.state = fresh_state(self.key)
         self.resumed = False
         self._save()
 
@@ -167,29 +177,29 @@ class Journal:
         """`run_tiles` keywords that continue `pass_index` where it stopped (fresh: from row 0)."""
         if self.state["pass"] != pass_index:
             return {}
-        return {"start": (self.state["row_start"], self.state["row_fade"]), "tiles_done": self.state["tiles_done"]}
+        return {name: self.state[name] for name in ("origin_fade", "rows_done", "tiles_done")}
 
     def tiler_hooks(self, pass_index: int, canvas: Canvas) -> dict:
         """`run_tiles(..., **journal.tiler_hooks(k, canvas))`: start point plus both row hooks."""
         def on_row_start(band: RowBand) -> None:
             y0, rows = band.saved
-            header = {"pass": pass_index, "row_start": band.row_start, "row_fade": band.row_fade,
-                      "tile": band.tile, "y_top": band.y_top, "kept_until": band.kept_until, "y_end": band.y_end,
-                      "shape": list(rows.shape)}
+            header = {"pass": pass_index, "origin_fade": band.origin_fade, "tile": band.tile, "row": band.row,
+                      "row_start": band.row_start, "row_fade": band.row_fade, "y_top": band.y_top,
+                      "kept_until": band.kept_until, "y_end": band.y_end, "shape": list(rows.shape)}
             _write_durably(self.band_path, json.dumps(header).encode() + b"\n" +
                            np.ascontiguousarray(rows, dtype=np.uint16).tobytes())
 
         def on_row_done(done: RowDone) -> None:
             canvas.flush()  # the row's pixels reach the disk before the journal says they are there
-            self.state.update({"pass": pass_index, "row_start": done.row_start, "row_fade": done.row_fade,
-                               "tile": done.tile, "tiles_done": done.tiles_done})
+            self.state.update({"pass": pass_index, "origin_fade": done.origin_fade, "tile": done.tile,
+                               "rows_done": done.rows_done, "row_fade": done.row_end, "tiles_done": done.tiles_done})
             self._save()
 
         return self.start_of(pass_index) | {"on_row_start": on_row_start, "on_row_done": on_row_done}
 
     def pass_done(self, pass_index: int) -> None:
         """Pass `pass_index` is complete: the next run starts at the next pass (tile size kept)."""
-        self.state.update({"pass": pass_index + 1, "row_start": 0, "row_fade": None, "tiles_done": 0})
+        self.state.update({"pass": pass_index + 1, **_PASS_START})
         self._save()
         with contextlib.suppress(FileNotFoundError):
             self.band_path.unlink()
@@ -208,8 +218,10 @@ class Journal:
         k, done = self.state["pass"], self.state["tiles_done"]
         before = sum(totals[:k]) if totals else 0
         of = f" of {sum(totals)}" if totals else ""
+        fade = self.state["row_fade"]
+        where = "at its first row" if fade is None else f"after the row ending at input y={fade}"
         return (f"Resuming an interrupted job at pass {k + 1}, tile {before + done + 1}{of} "
-                f"(row at input y={self.state['row_start']}, {self.state['tile']} px tiles).")
+                f"({where}, tiles of at most {self.state['tile']} px).")
 
     # -- end ------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -269,8 +281,7 @@ class Journal:
             header = json.loads(head)
         except ValueError:
             return  # never renamed into place whole, so never used by a row
-        s = self.state
-        if (header["pass"], header["row_start"], header["row_fade"]) != (pass_index, s["row_start"], s["row_fade"]):
+        if (header["pass"], header["row_fade"]) != (pass_index, self.state["row_fade"]):
             return  # the next row never started writing (the file is from the row before)
         shape = tuple(header["shape"])
         rows = np.frombuffer(body, dtype=np.uint16)

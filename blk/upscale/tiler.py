@@ -1,31 +1,45 @@
 """Overlapping tiles, blended without seams, in bounded memory; shared by both Upscale paths.
 
-Layout (per axis, in input pixels): tiles of one size start every
-`tile - overlap`; the last one is moved back to end flush with the image, so
-every tile in a batch has the same size (the diffusion path needs that too).
+Layout (per axis, in input pixels; `spans`): first the fewest tiles of at most
+`tile` px that cover the axis with `overlap`, then one equal length for all of
+them (the smallest that still overlaps by `overlap`, rounded up to the model's
+`multiple_of`), spread evenly from edge to edge. A 640 px side at tile 512 is two
+336 px tiles (1.05× the pixels), not 512 + 512 (1.6×). Every tile of a layout has
+the same size (batches, and Flux's schedule, need that); rows and columns have
+their own. If the tile is so close to twice the overlap that even steps would be
+narrower than the fade band, full tiles go every `tile - overlap` and the last
+one is moved back flush instead. The diffusion path asks for `full_size`: its
+tiles stay `tile` px and only their positions spread, since its models draw
+best at the size they were trained at.
 
 Blending: where tile i ends at `e`, the overlap `[e - overlap, e)` is shared
-with tile i+1. Its outer quarters are context only: pixels near a cut edge are
+with tile i+1 (which may start earlier: the even spread makes some overlaps a
+little wider). Its outer quarters are context only: pixels near a cut edge are
 wrong (the network saw zero padding there), so each tile's weight is 0 within
-`overlap // 4` of its cut edge. Over the middle half, tile i fades out with cos²
-and tile i+1 fades in with sin² — a raised cosine whose halves sum to exactly
-1, so no normalisation pass is needed and the canvas is written tile by tile.
-(A ramp over the whole overlap was measured 20× worse against the untiled
-result: it gives real weight to pixels a few px from a cut.) The moved last
-tile contributes nothing before its fade band. Image edges are never faded;
-2-D weights are the product of the two axes' weights.
+`overlap // 4` of its cut edge, and tile i+1's weight is 0 before the band.
+Over the middle half, tile i fades out with cos² and tile i+1 fades in with
+sin² — a raised cosine whose halves sum to exactly 1, so no normalisation pass
+is needed and the canvas is written tile by tile. (A ramp over the whole
+overlap was measured 20× worse against the untiled result: it gives real weight
+to pixels a few px from a cut.) Image edges are never faded; 2-D weights are
+the product of the two axes' weights.
 
 Out of memory: the rows already finished stay; the canvas band the failed row
-touched is restored, the tile is halved, and work resumes at that row.
+touched is restored, the tile is halved, and a new layout continues from that
+row: it starts `overlap` before the end of the last finished row (its
+`origin_fade`; at the top if none) and fades in against it, like any next row.
 
-Resume after a crash (`blk.upscale.journal`): a row writes only into the
-output band `[y_top, y_end)`; of that, `[y_top, kept_until)` already holds the
-previous row's share and `[kept_until, y_end)` is still zero. `on_row_start`
-receives that band (`RowBand`, with the sink's snapshot of the first part)
-before the row writes anything, so a journal can persist it; `on_row_done`
-receives where the next row begins (`RowDone`). `start=` and `tiles_done=`
-continue a layout from such a point: the rows that follow are exactly those an
-uninterrupted run would have done, so the result is the same.
+Resume after a crash (`blk.upscale.journal`): a layout is a pure function of
+(length, tile, overlap, origin_fade, multiple_of), so "where we are" is that
+layout's `origin_fade`, its `tile` and how many of its rows are done. A row
+writes only into the output band `[y_top, y_end)`; of that, `[y_top,
+kept_until)` already holds the previous row's share and `[kept_until, y_end)`
+is still zero. `on_row_start` receives that band (`RowBand`, with the sink's
+snapshot of the first part) before the row writes anything, so a journal can
+persist it; `on_row_done` receives the layout and the rows done (`RowDone`).
+`origin_fade=`, `rows_done=` and `tiles_done=` continue a pass from such a
+point: the rows that follow are exactly those an uninterrupted run would have
+done, so the result is the same.
 """
 
 from __future__ import annotations
@@ -83,9 +97,11 @@ class RowBand:
     """What the row about to run may change in the sink, in output px: to undo it, put `saved` back
     (the sink's snapshot of `[y_top, kept_until)`) and zero `[kept_until, y_end)`."""
 
-    row_start: int  # the row's position in the layout (input px), as `start=` takes it
-    row_fade: int | None
+    origin_fade: int | None  # the row's layout, as `spans` and `run_tiles` take it
     tile: int
+    row: int  # the row's index in that layout
+    row_start: int  # input px
+    row_fade: int | None  # the row fades in against this line (the previous row's end); None: the top row
     y_top: int
     kept_until: int
     y_end: int
@@ -94,12 +110,14 @@ class RowBand:
 
 @dataclass(frozen=True)
 class RowDone:
-    """A finished row: the next one starts at (`row_start`, `row_fade`); `tiles_done` counts this pass."""
+    """A finished row: `rows_done` rows of the layout (`origin_fade`, `tile`) are done, `tiles_done`
+    tiles in this pass; the next row fades in against `row_end`, this row's end (input px)."""
 
-    row_start: int
-    row_fade: int | None
+    origin_fade: int | None
     tile: int
+    rows_done: int
     tiles_done: int
+    row_end: int
 
 
 @dataclass
@@ -111,21 +129,78 @@ class TileStats:
     seconds: float
 
 
-def spans(length: int, tile: int, overlap: int, start: int = 0, fade_in_end: int | None = None) -> list[Span]:
-    """Tiles covering [start, length); `fade_in_end` continues a layout whose previous tile ended there."""
-    tile = min(tile, length)
-    out, pos = [], start
-    while True:
-        if pos + tile >= length:
-            out.append(Span(max(0, length - tile), tile, fade_in_end, False))
-            return out
-        out.append(Span(pos, tile, fade_in_end, True))
-        fade_in_end = pos + tile
-        pos = fade_in_end - overlap
+def spans(length: int, tile: int, overlap: int, origin_fade: int | None = None,
+          multiple_of: int = 1, full_size: bool = False) -> list[Span]:
+    """One layout: equal tiles of at most `tile` px covering [origin, length), spread evenly.
+
+    `full_size` keeps every tile at the largest size (only their positions spread, overlaps
+    grow): the diffusion path's models draw best at the size they were trained at, which is
+    worth more than the pixels computed twice.
+
+    The origin is 0, or `overlap` before `origin_fade`, the end of an earlier layout's last
+    finished tile, against which the first tile fades in (a layout continued after an
+    out-of-memory halving). The same arguments always give the same layout: resume relies on it.
+    """
+    check_tile(tile, overlap)
+    origin = 0 if origin_fade is None else origin_fade - overlap
+    count, size, largest = _tiling(length - origin, tile, overlap, multiple_of)
+    if full_size and count > 1:
+        size = largest
+    if count == 1:
+        return [Span(origin, size, origin_fade, False)]
+    spread = length - origin - size
+    even = _chain([origin + i * spread // (count - 1) for i in range(count)], size, origin_fade)
+    if _blendable(even, overlap):
+        return even
+    # tiles this close to twice the overlap: full steps, the last tile moved back flush
+    return _chain([min(origin + i * (largest - overlap), length - largest) for i in range(count)],
+                  largest, origin_fade)
 
 
-def count_tiles(width: int, height: int, tile: int, overlap: int) -> int:
-    return len(spans(width, tile, overlap)) * len(spans(height, tile, overlap))
+def check_tile(tile: int, overlap: int) -> None:
+    """Tiles need room for both fades of an overlap: at least twice its size."""
+    if overlap < 0 or tile < 1:
+        raise UserError("Tile size must be positive and overlap cannot be negative.")
+    if 2 * overlap > tile:
+        raise UserError(f"An overlap of {overlap} px needs tiles of at least {2 * overlap} px; "
+                        f"{tile} px was asked for.")
+
+
+def _tiling(span: int, tile: int, overlap: int, multiple_of: int) -> tuple[int, int, int]:
+    """(tile count, even tile length, largest tile length) over `span` px.
+
+    Lengths are multiples of `multiple_of` unless one tile covers the span (it is the span) or
+    rounding `tile` down to one would leave less than twice the overlap."""
+    if span <= tile:
+        return 1, span, span
+    step = multiple_of if tile // multiple_of * multiple_of >= max(2 * overlap, 1) else 1
+    largest = tile // step * step
+    count = -(-(span - overlap) // (largest - overlap))
+    size = -(-(span + (count - 1) * overlap) // count)  # the shortest that overlaps by `overlap`
+    return count, -(-size // step) * step, largest  # rounding up never passes `largest`, a multiple too
+
+
+def _chain(starts: list[int], size: int, origin_fade: int | None) -> list[Span]:
+    """Spans at `starts`, each fading in against the previous one's end and all but the last fading out."""
+    out, fade = [], origin_fade
+    for i, start in enumerate(starts):
+        out.append(Span(start, size, fade, i < len(starts) - 1))
+        fade = start + size
+    return out
+
+
+def _blendable(layout: list[Span], overlap: int) -> bool:
+    """Whether every tile that fades both ways ends a fade band or more after the line it fades in
+    against, so that its fade-in and fade-out bands do not meet (and no three tiles share a pixel)."""
+    width = fade_band(overlap)[1]
+    return all(s.end - s.fade_in_end >= width for s in layout if s.fade_out and s.fade_in_end is not None)
+
+
+def count_tiles(width: int, height: int, tile: int, overlap: int, multiple_of: int = 1,
+                full_size: bool = False) -> int:
+    """Tiles in one pass over a `width`×`height` image, before any out-of-memory halving."""
+    return (len(spans(width, tile, overlap, None, multiple_of, full_size))
+            * len(spans(height, tile, overlap, None, multiple_of, full_size)))
 
 
 def ramp(n: int, kind: str = "sine") -> np.ndarray:
@@ -148,11 +223,11 @@ def weights(span: Span, overlap: int, scale: int, kind: str = "sine") -> tuple[n
     margin, width = (v * scale for v in fade_band(overlap))
     w = np.ones(n, dtype=np.float64)
     first = 0
-    if width and span.fade_in_end is not None:
+    if span.fade_in_end is not None:  # 0 before the band: the previous tile alone holds it
         first = (span.fade_in_end - overlap - span.start) * scale + margin
         w[:first] = 0.0
         w[first:first + width] = ramp(width, kind)
-    if width and span.fade_out:
+    if span.fade_out:
         start = n - overlap * scale + margin
         w[start:start + width] *= 1.0 - ramp(width, kind)
         w[start + width:] = 0.0
@@ -160,45 +235,42 @@ def weights(span: Span, overlap: int, scale: int, kind: str = "sine") -> tuple[n
 
 
 def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *, scale: int, tile: int,
-              overlap: int, batch: int = 4, multiple_of: int = 1, blend: str = "sine",
+              overlap: int, batch: int = 4, multiple_of: int = 1, full_size: bool = False,
+              blend: str = "sine",
               progress: Callable[[int, int], None] | None = None,
               cancel: threading.Event | None = None,
-              start: tuple[int, int | None] = (0, None), tiles_done: int = 0,
+              origin_fade: int | None = None, rows_done: int = 0, tiles_done: int = 0,
               on_row_start: Callable[[RowBand], None] | None = None,
               on_row_done: Callable[[RowDone], None] | None = None) -> TileStats:
     """Upscale `source` into `sink` tile by tile.
 
     `process` takes float32 (N, h, w, C) and returns (N, h·scale, w·scale, C);
     it may raise an out-of-memory error (torch's, or any error saying
-    "out of memory"): the tile is then halved and the current row redone.
+    "out of memory"): the tile is then halved and a new layout continues from the current row.
     `progress(done, total)` counts tiles; `cancel` is checked between batches.
-    `start=(row_start, row_fade)` and `tiles_done` continue an interrupted pass from a
-    `RowDone` (with that `tile`); `on_row_start(RowBand)` runs before a row writes anything,
+    `origin_fade`, `rows_done` and `tiles_done` continue an interrupted pass from a `RowDone`
+    (with its `tile`); `on_row_start(RowBand)` runs before a row writes anything,
     `on_row_done(RowDone)` after it wrote everything (see the module's docstring).
     """
     from blk.models.device import is_out_of_memory
 
-    if overlap < 0 or tile < 1:
-        raise UserError("Tile size must be positive and overlap cannot be negative.")
-    if 2 * overlap > tile:
-        raise UserError(f"An overlap of {overlap} px needs tiles of at least {2 * overlap} px; "
-                        f"{tile} px was asked for.")
+    check_tile(tile, overlap)
     width, height = source.width, source.height
     started, done, retries = time.monotonic(), tiles_done, 0
-    row_start, row_fade = start  # where the rows still to do begin
     while True:
-        rows, cols = spans(height, tile, overlap, row_start, row_fade), spans(width, tile, overlap)
-        total = done + len(rows) * len(cols)
+        rows = spans(height, tile, overlap, origin_fade, multiple_of, full_size)
+        cols = spans(width, tile, overlap, None, multiple_of, full_size)
+        total = done + max(len(rows) - rows_done, 0) * len(cols)
         try:
-            for row in rows:
+            for index in range(rows_done, len(rows)):
+                row = rows[index]
                 _row(source, sink, process, row, cols, scale, overlap, batch, blend, cancel,
                      lambda n: progress(done + n, total) if progress else None,
-                     (lambda band, rs=row_start, rf=row_fade: on_row_start(
-                         RowBand(rs, rf, tile, *band))) if on_row_start else None)
-                done += len(cols)
-                row_start, row_fade = row.end - overlap, row.end
+                     (lambda band, i=index, r=row, t=tile, f=origin_fade: on_row_start(
+                         RowBand(f, t, i, r.start, r.fade_in_end, *band))) if on_row_start else None)
+                done, rows_done = done + len(cols), index + 1
                 if on_row_done:
-                    on_row_done(RowDone(row_start, row_fade, tile, done))
+                    on_row_done(RowDone(origin_fade, tile, rows_done, done, row.end))
             return TileStats(tile, overlap, done, retries, time.monotonic() - started)
         except Exception as exc:
             if not is_out_of_memory(exc):
@@ -208,7 +280,9 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
         if smaller < max(MIN_TILE, 2 * overlap, multiple_of):
             raise UserError(f"Out of memory even with {tile} px tiles; close other programs using the "
                             "GPU, lower the overlap, or run on the CPU.")
+        # a new layout from the failed row on: it fades in against the same line that row did
         tile, retries = smaller, retries + 1
+        origin_fade, rows_done = rows[rows_done].fade_in_end, 0
 
 
 def _row(source, sink, process, row: Span, cols: list[Span], scale, overlap, batch, blend, cancel, report,

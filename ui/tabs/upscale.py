@@ -51,6 +51,8 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
     from blk.upscale.compare import suggested_path
     from blk.upscale.diffusion import plan
     from blk.upscale.tiler import count_tiles
+    from blk.generate.sizes import SIZE_MULTIPLE
+    from blk.models.registry import KNOWN_MODELS
 
     if not image_path:
         return "Choose an image first."
@@ -65,15 +67,20 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
         job = diffusion_job(context, image_path, Path("x.tif"), scale, size_text, model, None, None, tile, overlap,
                             steps, 0, "", denoise_a, denoise_b, use_c, denoise_c, final_pass)
         steps_default = (defaults_for_name(model, context.workspace) or (28, 3.5))[0]
+        known = KNOWN_MODELS.get(model)
+        grid = SIZE_MULTIPLE[known.family] if known else 1  # what the tiles are rounded to (unknown model: nothing)
         try:
-            the_plan = plan(job, opened.width, opened.height, steps_default)
+            the_plan = plan(job, opened.width, opened.height, steps_default, grid)
         except UserError as exc:
             return "  \n".join(lines + [f"**{exc}**"])
         lines.append(the_plan.sentence())
         count, key = the_plan.tiles_per_pass * the_plan.passes, rate_key("diffusion", model, job.tile)
     else:
-        side = int(tile or 512)
-        count = count_tiles(opened.width, opened.height, min(side, opened.width, opened.height), int(overlap or 32))
+        side = int(tile) if tile else max(512, 4 * int(overlap or 32))  # as `esrgan.run` floors its automatic tile
+        try:
+            count = count_tiles(opened.width, opened.height, side, int(overlap or 32))
+        except UserError as exc:
+            return "  \n".join(lines + [f"**{exc}**"])
         lines.append(f"About {count} tile{'s' if count != 1 else ''} of up to {side} px in the first model pass "
                      "(the tile size adapts to free memory when left empty).")
         key = rate_key("esrgan", upscaler or "", int(tile) if tile else None)
