@@ -164,7 +164,8 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
         journal.set_tile(tile)
         process = processor(upscaler, device, dtype, job.alpha)
         sizes = [(image.width * upscaler.scale ** k, image.height * upscaler.scale ** k) for k in range(passes + 1)]
-        counter = _Progress(progress, [count_tiles(*sizes[k], tile, job.overlap) for k in range(passes)])
+        counter = _Progress(progress, [count_tiles(*sizes[k], tile, job.overlap, upscaler.multiple_of)
+                                       for k in range(passes)])
         first = min(journal.state["pass"], passes) if journal.resumed else 0
         resumed_from = 0
         if journal.resumed:
@@ -222,6 +223,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
 def processor(upscaler, device: str, dtype, alpha: str = "model") -> Callable[[np.ndarray], np.ndarray]:
     """The tiler's `process`: float32 (N, h, w, 3|4) → (N, h·s, w·s, 3|4), colour and alpha apart."""
     s = upscaler.scale
+    upscaler.descriptor.to(dtype)  # the weights in the tiles' precision (fp16/bf16 on GPUs), not only the inputs
 
     def process(tiles: np.ndarray) -> np.ndarray:
         n, a = len(tiles), tiles[..., 3] if tiles.shape[3] == 4 else None
