@@ -18,6 +18,7 @@ and CLIP's to 77 as with the real tokenizers, so sequence lengths match.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -87,21 +88,14 @@ def save_flux_dev(workspace: Path, double: int, single: int, t5_layers: int, dev
 
 
 def parameters(folder: Path) -> int:
+    """Parameters saved in the folder, read from the safetensors headers (nothing loaded)."""
     from safetensors import safe_open
 
     total = 0
     for path in folder.rglob("*.safetensors"):
         with safe_open(str(path), "pt") as f:
-            for key in f.keys():
-                total += _numel(f.get_slice(key).get_shape())
+            total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
     return total
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def main() -> None:
