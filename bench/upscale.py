@@ -99,6 +99,7 @@ def one_job(model: str, image: str, out: str, tile: int, batch: int, precision: 
         torch.cuda.synchronize()
     Path(out).unlink(missing_ok=True)
     return {"seconds": result.seconds, "pixels": result.width * result.height, "tile": result.tile,
+            "phases": result.phases,
             "rss_mb": peak_rss_mb()}
 
 
@@ -151,7 +152,8 @@ def compare_job(model: str, image: str, out: str, tile: int | None, device: str,
         if device.startswith("cuda"):
             torch.cuda.synchronize(device)
         seconds.append(result.seconds - sum(loads))
-    return {"seconds": seconds, "width": result.width, "height": result.height, "tile": result.tile,
+    phases = result.phases | {"prepare": result.phases["prepare"] - sum(loads)}
+    return {"seconds": seconds, "phases": phases, "width": result.width, "height": result.height, "tile": result.tile,
             "tiles": result.tiles, "batch": job.batch, "overlap": job.overlap, "load_s": sum(loads),
             "precision": result.parameters["precision"],
             "rss_mb": peak_rss_mb(),
@@ -268,6 +270,17 @@ def compare(args, model: Path, scratch: Path, device: str, card: str) -> None:
         print(f"{r['label']:<46} {r['tile']:>5} {r['tiles']:>5} {r['precision'].removeprefix('torch.'):>8} "
               f"{work(side, r, r is peer):>5.2f} {speed[r['label']]:>8.2f} {med:>7.3f} {r['load_s']:>6.2f} "
               f"{r['rss_mb']:>11.0f} {cuda:>8} {vs_peer:>16} {difference(pixels, reference):>19}")
+    for r, _ in rows:
+        if r.get("phases"):
+            print(f"  {r['label'].split(' (')[0]}, last run: " +
+                  ", ".join(f"{name} {seconds:.3f} s" for name, seconds in r["phases"].items()) + " (load excluded)")
+    if peer and peer.get("write_s") is not None:
+        with_write = statistics.median(peer["seconds"]) + peer["write_s"]
+        speed["peer+write"] = peer["width"] * peer["height"] / 1e6 / with_write
+        print(f"  the peer with its PNG write (cv2.imwrite, {peer['write_s']:.3f} s), as its script saves a file: "
+              f"{speed['peer+write']:.2f} MP/s; ours (file to file, TIFF) / that: "
+              + ", ".join(f"{r['label'].split(' (')[0]}: {speed[r['label']] / speed['peer+write']:.2f}×"
+                          for r, _ in rows if r is not peer))
     if peer:
         ratios = ", ".join(f"{r['label'].split(' (')[0]}: {speed[r['label']] / speed[peer['label']]:.2f}×"
                            for r, _ in rows if r is not peer)
@@ -277,6 +290,38 @@ def compare(args, model: Path, scratch: Path, device: str, card: str) -> None:
               + ("; torchvision.transforms.functional_tensor shimmed" if peer["shimmed_functional_tensor"] else ""))
     if reference is None:
         print(f"  (untiled reference skipped: input above {args.reference_max}² px, --reference-max)")
+
+
+def layouts(model: Path, device: str, card: str, repeats: int) -> None:
+    """The network alone (no tiler, no files), fp16 on a GPU: NCHW vs channels-last, cuDNN's
+    autotuner off vs on — what `blk.upscale.esrgan.CHANNELS_LAST` and `_model` choose between."""
+    import torch
+
+    from blk.upscale.models import load_upscaler
+
+    up = load_upscaler(model, device)
+    up.descriptor.to(torch.float16)
+    print(f"\nthe network alone, fp16, median of {repeats} after a warm-up ({card})")
+    print(f"{'input':>12} {'layout':>14} {'autotune':>8} {'ms':>8} {'output MP/s':>11}")
+    for batch, side in ((1, 1024), (4, 512)):
+        x = torch.rand(batch, 3, side, side, device=device, dtype=torch.float16)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            up.descriptor.model.to(memory_format=layout)
+            for autotune in (False, True):
+                torch.backends.cudnn.benchmark = autotune
+                times = []
+                for i in range(repeats + 1):
+                    torch.cuda.synchronize()
+                    t = time.perf_counter()
+                    up.descriptor(x.contiguous(memory_format=layout))
+                    torch.cuda.synchronize()
+                    if i:
+                        times.append(time.perf_counter() - t)
+                ms = statistics.median(times) * 1000
+                name = "channels_last" if layout is torch.channels_last else "NCHW"
+                print(f"{batch}×{side}² {name:>14} {str(autotune):>8} {ms:>8.1f} "
+                      f"{batch * (side * up.scale) ** 2 / 1e6 / (ms / 1000):>11.1f}")
+    torch.backends.cudnn.benchmark = False
 
 
 def main() -> None:
@@ -295,6 +340,9 @@ def main() -> None:
     parser.add_argument("--reference-max", type=int, default=1024,
                         help="largest input side for the untiled reference in the comparison")
     parser.add_argument("--compare-only", action="store_true", help="only the comparison with the peer")
+    parser.add_argument("--layouts", action="store_true",
+                        help="first, the network alone in NCHW vs channels-last, cuDNN autotune off/on (GPU)")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-RSS rows (--sizes)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-compare", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -319,6 +367,8 @@ def main() -> None:
     model = Path(args.model) if args.model else tiny_rrdb(scratch / "tiny_rrdb_x4.pth")
     tiles = args.tiles or ([256, 512] if gpu else [64, 128])
     side = args.input or (1024 if gpu else 256)
+    if args.layouts and gpu:
+        layouts(model, device, card, args.repeats)
     if args.compare_only:
         print(f"device: {card}; model: {model.name}")
         compare(args, model, scratch, device, card)
@@ -328,21 +378,24 @@ def main() -> None:
     base = {"model": str(model), "image": str(image), "out": out, "device": device}
     print(f"device: {card}; model: {model.name}; input {side}×{side} → ×4; overlap 16")
 
-    one_job(**base, tile=tiles[0], batch=1, precision="fp32")  # untimed warm-up: imports, file cache, kernels
-    print(f"\n{'tile':>5} {'batch':>5} {'precision':>9} {'MP/s':>8} {'s':>7}   ({card})")
-    rows = [(t, b, "fp32") for t in tiles for b in (1, 4)]
-    if gpu:
-        rows += [(tiles[1], 4, "fp16")]
-    for tile, batch, precision in rows:
-        r = one_job(**base, tile=tile, batch=batch, precision=precision)
-        print(f"{tile:>5} {batch:>5} {precision:>9} {r['pixels'] / 1e6 / r['seconds']:>8.2f} {r['seconds']:>7.2f}")
+    if not args.memory_only:
+        one_job(**base, tile=tiles[0], batch=1, precision="fp32")  # untimed warm-up: imports, file cache, kernels
+        print(f"\n{'tile':>5} {'batch':>5} {'precision':>9} {'MP/s':>8} {'s':>7}   ({card})")
+        rows = [(t, b, "fp32") for t in tiles for b in (1, 4)]
+        if gpu:
+            rows += [(tiles[1], 4, "fp16")]
+        for tile, batch, precision in rows:
+            r = one_job(**base, tile=tile, batch=batch, precision=precision)
+            print(f"{tile:>5} {batch:>5} {precision:>9} {r['pixels'] / 1e6 / r['seconds']:>8.2f} {r['seconds']:>7.2f}")
 
     print(f"\n{'output':>11} {'MP':>7} {'peak RSS MB':>12} {'s':>7}   (fresh process each; tile {tiles[1]}, batch 4; {card})")
     for size in args.sizes:
         big = make_input(scratch / f"in{size // 4}.png", size // 4)
         r = in_child(**(base | {"image": str(big)}), tile=tiles[1], batch=4, precision="auto" if gpu else "fp32")
-        print(f"{size:>5}×{size:<5} {r['pixels'] / 1e6:>7.1f} {r['rss_mb']:>12.0f} {r['seconds']:>7.2f}")
-
+        print(f"{size:>5}×{size:<5} {r['pixels'] / 1e6:>7.1f} {r['rss_mb']:>12.0f} {r['seconds']:>7.2f}   "
+              + ", ".join(f"{name} {seconds:.1f}" for name, seconds in r["phases"].items()))
+    if args.memory_only:
+        return
     compare(args, model, scratch, device, card)
 
 

@@ -6,7 +6,7 @@ Imports nothing from blk (this runs in another venv). Builds basicsr's RRDBNet w
 the weights (num_feat, num_block, num_grow_ch, input channels → scale 4/2/1, as Real-ESRGAN's x4plus /
 x2plus use it), hands it to RealESRGANer(scale, model_path, model, tile, tile_pad, pre_pad, half),
 runs `enhance` once untimed (warm-up) and `repeats` times timed, writes the last output as a PNG
-(outside the timed part) and prints one JSON line: seconds of each timed `enhance`, output size,
+(timed apart, as `write_s`) and prints one JSON line: seconds of each timed `enhance`, output size,
 load seconds, peak RSS of this process and, on CUDA, torch's peak allocated memory during the runs.
 
 basicsr 1.4.2 imports `torchvision.transforms.functional_tensor`, which torchvision 0.17 removed
@@ -79,8 +79,10 @@ def main(job: dict) -> dict:
         out, _mode = upsampler.enhance(img, outscale=sizes["scale"])  # ends in .cpu(): synchronised
         seconds.append(time.perf_counter() - t)
     cuda_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    cv2.imwrite(job["out"], out)
-    return {"seconds": seconds, "width": out.shape[1], "height": out.shape[0], "load_s": load_s,
+    t = time.perf_counter()
+    cv2.imwrite(job["out"], out)  # as its inference script saves a result (PNG)
+    write_s = time.perf_counter() - t
+    return {"seconds": seconds, "write_s": write_s, "width": out.shape[1], "height": out.shape[0], "load_s": load_s,
             "rss_mb": _peak_rss_mb(), "cuda_mb": cuda_mb,
             "tiles": -(-img.shape[1] // job["tile"]) * -(-img.shape[0] // job["tile"]) if job["tile"] else 1,
             "shimmed_functional_tensor": shimmed, "net": sizes,

@@ -145,8 +145,8 @@ def test_half_precision_casts_the_weights_too(models):
     full = processor(load_upscaler(models["x4"]), "cpu", torch.float32)(tiles)
     half = processor(upscaler, "cpu", torch.bfloat16)(tiles)
     assert next(upscaler.descriptor.model.parameters()).dtype == torch.bfloat16
-    assert half.dtype == np.float32 and half.shape == full.shape == (2, 64, 64, 3)
-    assert 0 < np.abs(half - full).max() < 0.05
+    assert half.dtype == torch.bfloat16 and half.shape == full.shape == (2, 64, 64, 3)
+    assert 0 < (half.float() - full).abs().max() < 0.05
 
 
 def test_malicious_pickles_never_run(tmp_path):
@@ -360,6 +360,55 @@ def test_out_of_memory_halves_the_tile_and_resumes_at_the_current_row(x4, tmp_pa
     with pytest.raises(UserError, match="Out of memory even with 16 px tiles"):
         run_array(x4, pixels, tmp_path, tile=64, overlap=8,
                   process=processor(dataclasses.replace(x4, descriptor=always), "cpu", torch.float32))
+
+
+class FailingDisk:
+    """A test double for a disk that fails mid-row: the real canvas, but the `fail_at`-th write
+    (counting write_raw and accumulate, as the tiler's writer thread issues them) raises EIO."""
+
+    def __init__(self, canvas: Canvas, fail_at: int):
+        self.canvas, self.fail_at, self.writes = canvas, fail_at, 0
+
+    def _count(self):
+        self.writes += 1
+        if self.writes == self.fail_at:
+            raise OSError(5, "Input/output error (test disk)")
+
+    def write_raw(self, x, y, values):
+        self._count()
+        self.canvas.write_raw(x, y, values)
+
+    def accumulate(self, x, y, values):
+        self._count()
+        self.canvas.accumulate(x, y, values)
+
+    def __getattr__(self, name):  # snapshot, restore, clear: the canvas's own
+        return getattr(self.canvas, name)
+
+
+def test_a_write_failing_on_the_writer_thread_puts_the_band_back(x4, tmp_path):
+    """Tiles are written on a background thread while the next batch computes; an error there
+    reaches the caller, and the row's band is restored only after every write has stopped."""
+    pixels = noise(72, 100, seed=8)
+    canvas = Canvas(tmp_path / "c.canvas", 400, 288, 3)
+    after_first_row = []
+    try:
+        disk = FailingDisk(canvas, fail_at=9)  # row 1: 3 tiles of 3 writes at most; the failure lands in row 2
+        with pytest.raises(OSError, match="test disk"):
+            run_tiles(ArraySource(pixels), disk, processor(x4, "cpu", torch.float32), scale=4, tile=40,
+                      overlap=16, batch=2, on_row_done=lambda done: after_first_row.append(
+                          canvas.read_raw(0, 0, canvas.width, canvas.height).copy()))
+        assert len(after_first_row) == 1 and after_first_row[0].any()
+        assert np.array_equal(canvas.read_raw(0, 0, canvas.width, canvas.height), after_first_row[0])
+    finally:
+        canvas.remove()
+
+
+def test_16_bit_levels_become_the_nearest_8_bit_level():
+    from blk.upscale.canvas import TO_8_BITS
+
+    levels = np.arange(65536)
+    assert np.array_equal(TO_8_BITS, np.rint(levels / 257.0).astype(np.uint8))
 
 
 def test_tile_size_follows_the_memory_budget():

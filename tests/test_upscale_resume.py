@@ -8,7 +8,9 @@ with batch 1, as a crash or a power cut would — no Python code runs after it.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -361,3 +363,17 @@ def test_a_journal_of_the_older_layout_starts_over(tmp_path):
     finally:
         journal.discard()
     assert leftovers(tmp_path) == []
+
+
+def test_content_hashes_are_kept_per_file_version(tmp_path):
+    """The resume key hashes the model and the input; the hash is kept per (path, inode, size,
+    mtime), so a file changed in place is hashed again and a stale journal can never match."""
+    from blk.upscale.journal import file_sha256
+
+    path = tmp_path / "model.pth"
+    path.write_bytes(b"a" * 4096)
+    first = file_sha256(path)
+    assert file_sha256(path) == first == hashlib.sha256(b"a" * 4096).hexdigest()
+    path.write_bytes(b"b" * 4096)  # same size, new content
+    os.utime(path, ns=(1, 1))  # even an mtime set back is a different version
+    assert file_sha256(path) == hashlib.sha256(b"b" * 4096).hexdigest()

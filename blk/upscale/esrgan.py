@@ -48,6 +48,7 @@ from blk.upscale.tiler import Cancelled, auto_tile, count_tiles, run_tiles
 
 ALPHA_MODES = ("model", "lanczos")
 MAX_FINAL_ENLARGE = 1.5  # beyond this, one more model pass beats interpolation
+CHANNELS_LAST = True  # on CUDA (bench/upscale.py --layouts measures both)
 FILL_RADIUS = 24  # px of colour grown under transparent areas (covers the model's useful context)
 
 
@@ -92,6 +93,7 @@ class EsrganResult:
     parameters: dict = field(default_factory=dict)
     resumed_from_tile: int = 0  # tiles (all passes) an interrupted earlier run had finished; 0: fresh
     print_path: Path | None = None
+    phases: dict = field(default_factory=dict)  # seconds: prepare, tiles, resample, write, print
 
 
 def target_size(width: int, height: int, scale: float | None, size: tuple[int, int] | None) -> tuple[int, int]:
@@ -175,6 +177,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
                 log(journal.describe(counter.totals) if first < passes else
                     "Resuming an interrupted job after its last tile: writing the result.")
         retries = tiles = 0
+        phases = {"prepare": time.monotonic() - started}
         source = image.source if first == 0 else journal.reopen(first - 1, *sizes[first], image.channels)
         for k in range(first, passes):
             s = upscaler.scale
@@ -188,12 +191,14 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
             if isinstance(source, Canvas):
                 journal.forget(source)  # the previous pass's canvas is no longer needed
             source = canvas
+        phases["tiles"] = time.monotonic() - started - sum(phases.values())
         _check(cancel)
         if (source.width, source.height) != (width, height):
             path = journal.temp("resample.canvas")
             path.unlink(missing_ok=True)  # a resample that a kill cut short is redone
             resampled = resample(source, width, height, path)
             source = journal.adopt(resampled)
+            phases["resample"] = time.monotonic() - started - sum(phases.values())
         _check(cancel)
         parameters = {
             "job": "upscale", "path": "esrgan", "input": job.input.name, "input_width": image.width,
@@ -208,6 +213,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
                        software=f"BLK Studio {__version__}", cancel=cancel, temp=journal.temp("out.tif"))
         else:
             write_png(source, job.output, icc=icc, dpi=dpi, parameters=parameters)
+        phases["write"] = time.monotonic() - started - sum(phases.values())
         if job.print_dpi:
             printed = json.dumps(parameters | {"app_version": __version__, "print_dpi": job.print_dpi,
                                                "print_background": list(job.print_background), "bits": 8},
@@ -215,38 +221,66 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
             write_print_tiff(source, print_path(job.output), dpi=job.print_dpi, icc=icc,
                              background=tuple(job.print_background), description=printed,
                              software=f"BLK Studio {__version__}", cancel=cancel, temp=journal.temp("print.tif"))
+            phases["print"] = time.monotonic() - started - sum(phases.values())
     return EsrganResult(job.output, width, height, bits, passes, tile, tiles, retries,
                         time.monotonic() - started, parameters, resumed_from_tile=resumed_from,
-                        print_path=print_path(job.output) if job.print_dpi else None)
+                        print_path=print_path(job.output) if job.print_dpi else None, phases=phases)
 
 
-def processor(upscaler, device: str, dtype, alpha: str = "model") -> Callable[[np.ndarray], np.ndarray]:
-    """The tiler's `process`: float32 (N, h, w, 3|4) → (N, h·s, w·s, 3|4), colour and alpha apart."""
+def processor(upscaler, device: str, dtype, alpha: str = "model") -> Callable[[np.ndarray], object]:
+    """The tiler's `process`: float32 (N, h, w, 3|4) → (N, h·s, w·s, 3|4), colour and alpha apart.
+
+    RGB tiles come back as a torch tensor still on the device: the tiler weighs them there and
+    fetches only 16-bit levels. RGBA tiles come back as numpy (alpha is snapped on the host)."""
     s = upscaler.scale
     upscaler.descriptor.to(dtype)  # the weights in the tiles' precision (fp16/bf16 on GPUs), not only the inputs
+    if device.startswith("cuda"):
+        upscaler.descriptor.model.to(memory_format=_cuda_layout())
 
-    def process(tiles: np.ndarray) -> np.ndarray:
+    def process(tiles: np.ndarray):
         n, a = len(tiles), tiles[..., 3] if tiles.shape[3] == 4 else None
-        if a is not None and alpha == "model":  # colour and alpha-as-grey in one call
-            both = _model(upscaler.descriptor, np.concatenate([tiles[..., :3], np.repeat(a[..., None], 3, axis=3)]),
-                          device, dtype)
+        if a is None:
+            return _model(upscaler.descriptor, tiles, device, dtype)
+        if alpha == "model":  # colour and alpha-as-grey in one call
+            both = _host(_model(upscaler.descriptor, np.concatenate([tiles[..., :3],
+                                                                    np.repeat(a[..., None], 3, axis=3)]),
+                                device, dtype))
             colour, up = both[:n], both[n:].mean(axis=3)
         else:
-            colour = _model(upscaler.descriptor, tiles[..., :3], device, dtype)
-            if a is None:
-                return colour
+            colour = _host(_model(upscaler.descriptor, tiles[..., :3], device, dtype))
             up = np.stack([_lanczos(one, s) for one in a])
         return np.concatenate([colour, _snap_alpha(up, a, s)[..., None]], axis=3)
 
     return process
 
 
-def _model(descriptor, tiles: np.ndarray, device: str, dtype) -> np.ndarray:
+def _model(descriptor, tiles: np.ndarray, device: str, dtype):
+    """(N, h, w, 3) floats → (N, h·s, w·s, 3) torch tensor on `device`, in `dtype` (a view of NCHW).
+
+    On CUDA, cuDNN picks its fastest convolutions for the tile shape once (every tile of a
+    layout has the same shape), and tensors are channels-last, cuDNN's native half-precision layout."""
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).to(device=device, dtype=dtype)
-    out = descriptor(x)  # spandrel: pads to the model's size needs, runs in inference mode, clamps to [0, 1]
-    return out.float().cpu().numpy().transpose(0, 2, 3, 1)
+    if not device.startswith("cuda"):
+        out = descriptor(x)  # spandrel: pads to the model's size needs, runs in inference mode, clamps to [0, 1]
+        return out.permute(0, 2, 3, 1)
+    before, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True  # only for this call
+    try:
+        out = descriptor(x.contiguous(memory_format=_cuda_layout()))
+    finally:
+        torch.backends.cudnn.benchmark = before
+    return out.permute(0, 2, 3, 1)
+
+
+def _cuda_layout():
+    import torch
+
+    return torch.channels_last if CHANNELS_LAST else torch.contiguous_format
+
+
+def _host(tensor) -> np.ndarray:
+    return tensor.float().cpu().numpy()
 
 
 def _lanczos(alpha: np.ndarray, scale: int) -> np.ndarray:

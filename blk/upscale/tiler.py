@@ -24,6 +24,14 @@ overlap was measured 20× worse against the untiled result: it gives real weight
 to pixels a few px from a cut.) Image edges are never faded; 2-D weights are
 the product of the two axes' weights.
 
+Where the work happens: `process` may return a torch tensor on its device (the
+ESRGAN path does); weighting and the conversion to 16-bit levels run there, so
+only uint16 crosses to the host. Each tile's levels are rounded once (two tiles
+meeting: ≤ 1 level of 1/65535 off the rounded sum). Only the strips an earlier
+tile wrote (the band above `kept_until`, the columns left of the previous
+tile's end) are read back and added; the rest of the tile is written as is,
+because nothing has written there yet (see the invariants below).
+
 Out of memory: the rows already finished stay; the canvas band the failed row
 touched is restored, the tile is halved, and a new layout continues from that
 row: it starts `overlap` before the end of the last finished row (its
@@ -70,8 +78,11 @@ class Cancelled(UserError):
 
 
 class Sink(Protocol):
-    """Where blended tiles go (a `blk.upscale.canvas.Canvas`), in output pixels."""
+    """Where blended tiles go (a `blk.upscale.canvas.Canvas`), in output pixels, as uint16 levels:
+    `write_raw` where the sink still holds zeros, `accumulate` (a saturating add) where an
+    earlier tile already wrote."""
 
+    def write_raw(self, x: int, y: int, values: np.ndarray) -> None: ...
     def accumulate(self, x: int, y: int, values: np.ndarray) -> None: ...
     def snapshot(self, y0: int, y1: int): ...
     def restore(self, snapshot) -> None: ...
@@ -287,13 +298,17 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
 
 def _row(source, sink, process, row: Span, cols: list[Span], scale, overlap, batch, blend, cancel, report,
          announce=None):
-    """One row of tiles; on any error the canvas band this row touched is put back as it was."""
+    """One row of tiles; on any error the canvas band this row touched is put back as it was.
+
+    The sink writes run on a writer thread, in order, while the next batch is read and computed:
+    on a GPU the canvas writes would otherwise leave the model idle for as long as it works."""
     wy, first_y = weights(row, overlap, scale, blend)
     y_top = row.start * scale + first_y  # the row writes nothing above this
     kept_until = row.fade_in_end * scale if row.fade_in_end is not None else y_top
     snapshot = sink.snapshot(y_top, kept_until)  # rows that the previous row already holds
     if announce is not None:
         announce((y_top, kept_until, row.end * scale, snapshot))
+    writer = _Writer(max_pending=batch)
     try:
         for i in range(0, len(cols), batch):
             if cancel is not None and cancel.is_set():
@@ -306,14 +321,75 @@ def _row(source, sink, process, row: Span, cols: list[Span], scale, overlap, bat
                 raise RuntimeError(f"the model returned {tuple(out.shape)}, expected {expected}")
             for col, result in zip(group, out):
                 wx, first_x = weights(col, overlap, scale, blend)
-                w = wy[first_y:, None] * wx[None, first_x:]
-                sink.accumulate(col.start * scale + first_x, y_top,
-                                result[first_y:, first_x:] * w[..., None])
+                levels = weighted_levels(result, wy[first_y:], wx[first_x:])
+                x_left = col.start * scale + first_x
+                written_until = col.fade_in_end * scale if col.fade_in_end is not None else x_left
+                writer.submit(_add_tile, sink, x_left, y_top, levels, kept_until - y_top, written_until - x_left)
+            del out, result  # the device memory of this batch is free for the next
             report(i + len(group))
+        writer.finish()
     except BaseException:
+        writer.abandon()  # every write has stopped before the band is put back
         sink.restore(snapshot)
         sink.clear(kept_until, row.end * scale)
         raise
+
+
+class _Writer:
+    """One background thread running sink writes in submission order; at most `max_pending` queued
+    (each holds a tile's levels in host memory). The first error is raised by `submit` or `finish`."""
+
+    def __init__(self, max_pending: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blk-tile-writer")
+        self.pending, self.max_pending = [], max(1, max_pending)
+
+    def submit(self, fn, *args) -> None:
+        while len(self.pending) >= self.max_pending:
+            self.pending.pop(0).result()
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def finish(self) -> None:
+        try:
+            for future in self.pending:
+                future.result()
+        finally:
+            self.pending.clear()
+            self.pool.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True)  # a write already running completes; none starts after
+        self.pending.clear()
+
+
+def weighted_levels(result, wy: np.ndarray, wx: np.ndarray) -> np.ndarray:
+    """`result` (h, w, C floats in [0, 1]; numpy, or torch on any device) × wy ⊗ wx, as uint16 levels.
+
+    Computed in float32 where `result` lives (a GPU does it in a blink, and a half-precision
+    product would be off by up to 32 levels); only the uint16 comes back."""
+    import torch
+
+    values = torch.as_tensor(result)[-len(wy):, -len(wx):].float()
+    w = torch.from_numpy(wy).to(values.device)[:, None, None] * torch.from_numpy(wx).to(values.device)[None, :, None]
+    levels = (values * w).mul_(65535.0).round_().clamp_(0, 65535).to(torch.uint16)
+    return levels.contiguous().cpu().numpy()  # row-major before the copy: the canvas takes rows
+
+
+def _add_tile(sink: Sink, x: int, y: int, levels: np.ndarray, kept_rows: int, kept_cols: int) -> None:
+    """Add `levels` at (x, y): the top `kept_rows` rows and the left `kept_cols` columns overlap
+    what earlier tiles wrote and are added; the rest still holds zeros and is simply written."""
+    kept_rows, kept_cols = max(0, min(kept_rows, len(levels))), max(0, min(kept_cols, levels.shape[1]))
+    if kept_rows:
+        sink.accumulate(x, y, levels[:kept_rows])
+    if kept_rows < len(levels):
+        below = levels[kept_rows:]
+        if kept_cols:
+            sink.accumulate(x, y + kept_rows, below[:, :kept_cols])
+        if kept_cols < below.shape[1]:
+            sink.write_raw(x + kept_cols, y + kept_rows, below[:, kept_cols:])
 
 
 def _free_accelerator_memory() -> None:
