@@ -75,7 +75,15 @@ def main() -> None:
     parser.add_argument("--attention", default="auto",
                         help="attention backends to try, comma-separated; 'auto': every one that runs here; 'none'")
     parser.add_argument("--no-compile", action="store_true", help="leave out the compiled rows")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated row groups to run (plain,fused,studio,attention,compiled,batch); "
+                             "default: all. A short GPU run: --only plain,compiled,batch")
     args = parser.parse_args()
+    groups = {"plain", "fused", "studio", "attention", "compiled", "batch"}
+    wanted = groups if args.only is None else {g.strip() for g in args.only.split(",")}
+    if wanted - groups:
+        raise SystemExit(f"--only takes {', '.join(sorted(groups))}; got {', '.join(sorted(wanted - groups))}")
+    wanted.add("plain")  # every ratio is against it
 
     scratch = Path(tempfile.mkdtemp(prefix="blk-bench-generate-"))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(scratch / "inductor"))
@@ -127,7 +135,7 @@ def main() -> None:
         rows.append(row)
         plain = rows[0]
         reference = row.reference if row.reference is not None else plain.images
-        pairs = list(zip(reference, row.images))
+        pairs = [(a, b) for a, b in zip(reference, row.images) if b is not None]
         largest = max(int(np.abs(a - b).max()) for a, b in pairs)
         mean = statistics.mean(float(np.abs(a - b).mean()) for a, b in pairs)
         print(f"{row.name:<34} {row.times[0]:>12.2f} {row.next:>12.3f} {plain.next / row.next:>10.2f} "
@@ -140,6 +148,7 @@ def main() -> None:
         pipe.set_progress_bar_config(disable=True)
         if fuse:  # the model-level call: diffusers 0.42's FluxPipeline has no pipeline-level one
             (pipe.transformer if model.family == "flux" else pipe.unet).fuse_qkv_projections()
+        saves = []
         for index in range(args.images + 1):
             begin = time.perf_counter()
             image = pipe(prompt=PROMPT, width=args.size, height=args.size, num_inference_steps=args.steps,
@@ -147,6 +156,10 @@ def main() -> None:
             sync()
             row.times.append(time.perf_counter() - (start if index == 0 else begin))
             row.images.append(as_array(image))
+            begin = time.perf_counter()
+            image.save(scratch / "plain.png")  # what a script does next (PIL's PNG; the studio adds metadata)
+            saves.append(time.perf_counter() - begin)
+        row.note = f"+ {statistics.mean(saves[1:] or saves):.3f} s to save each image as a script would"
         del pipe
         free()
         return row
@@ -162,6 +175,19 @@ def main() -> None:
             row.times.append(time.perf_counter() - (start if index == 0 else begin))
             row.images.append(as_array(_open(result.path)))
             row.note = row.note or result.notice
+        return row
+
+    def batch_row(name: str, sketcher: Sketcher, memory: MemoryOptions) -> Row:
+        """One request for `--images` images, as the Sketch tab's count asks: each PNG is saved while the
+        next image generates. times = [the request / images] (the model is already loaded and compiled)."""
+        row, begin = Row(name), time.perf_counter()
+        results = sketcher.run(SketchRequest(args.model, PROMPT, seed=1, count=args.images, width=args.size,
+                                             height=args.size, steps=args.steps, guidance=guidance, memory=memory,
+                                             out_dir=scratch / "out"))
+        sync()
+        seconds = (time.perf_counter() - begin) / len(results)
+        row.times = [seconds, seconds]
+        row.images = [None] + [as_array(_open(r.path)) for r in results]  # seeds 1…: the plain row's next calls
         return row
 
     def switch_row(name: str, sketcher: Sketcher, memory: MemoryOptions, lora: Path, reference) -> Row:
@@ -183,29 +209,31 @@ def main() -> None:
 
     # plain diffusers -------------------------------------------------------------------------------
     add(plain_row("plain diffusers", fuse=False))
-    try:
-        add(plain_row("plain + fused QKV (reference)", fuse=True))
-    except Exception as exc:  # noqa: BLE001  (a model whose attention cannot fuse)
-        print(f"fused QKV: not measured ({str(exc).splitlines()[0]})")
+    if "fused" in wanted:
+        try:
+            add(plain_row("plain + fused QKV (reference)", fuse=True))
+        except Exception as exc:  # noqa: BLE001  (a model whose attention cannot fuse)
+            print(f"fused QKV: not measured ({str(exc).splitlines()[0]})")
 
     # the studio, uncompiled ----------------------------------------------------------------------------
-    sketcher = new_sketcher()
-    default = add(studio_row("studio (Sketcher)", sketcher, MemoryOptions()))
-    lora = Path(args.lora) if args.lora else _random_lora(sketcher.cache._loaded.denoiser, model.family,
-                                                           scratch / "lora")
-    eager_switch = switch_row("studio, LoRA strength switch", sketcher, MemoryOptions(), lora, None)
-    eager_switch.reference = eager_switch.images
-    add(eager_switch)
-    loads = [sketcher.cache.load_count]
-    del sketcher
+    default, lora, eager_switch, loads = None, Path(args.lora) if args.lora else None, None, []
+    if wanted & {"studio", "attention"}:
+        sketcher = new_sketcher()
+        default = add(studio_row("studio (Sketcher)", sketcher, MemoryOptions()))
+        lora = lora or _random_lora(sketcher.cache._loaded.denoiser, model.family, scratch / "lora")
+        eager_switch = switch_row("studio, LoRA strength switch", sketcher, MemoryOptions(), lora, None)
+        eager_switch.reference = eager_switch.images
+        add(eager_switch)
+        loads = [sketcher.cache.load_count]
+        del sketcher
 
-    if model.family != "flux" or args.attention == "none":
+    if model.family != "flux" or args.attention == "none" or "attention" not in wanted:
         backends = []
     elif args.attention == "auto":
         backends = [name for name in speed.usable_attention_backends(device, dtype) if name != "native"]
     else:
         backends = [name.strip() for name in args.attention.split(",") if name.strip()]
-    attention_rows = [default]
+    attention_rows = [default] if default else []
     for name in backends:
         problem = speed.attention_problem(name, device, dtype)
         if problem:
@@ -215,7 +243,7 @@ def main() -> None:
                                              MemoryOptions(attention=name))))
 
     # the studio, compiled ------------------------------------------------------------------------------
-    if not args.no_compile:
+    if not args.no_compile and wanted & {"compiled", "batch"}:
         problem = speed.compile_problem(device)
         if problem:
             print(f"compiled rows: not measured ({problem})")
@@ -223,17 +251,21 @@ def main() -> None:
             sketcher = new_sketcher()
             compiled = MemoryOptions(compile=True)
             add(studio_row("studio, compiled", sketcher, compiled))
-            add(switch_row("studio, compiled, LoRA switch", sketcher, compiled, lora, eager_switch.images))
-            loads.append(sketcher.cache.load_count)
+            if "batch" in wanted:
+                add(batch_row(f"studio, compiled, {args.images} in one request", sketcher, compiled))
+            if eager_switch is not None:
+                add(switch_row("studio, compiled, LoRA switch", sketcher, compiled, lora, eager_switch.images))
+                loads.append(sketcher.cache.load_count)
             del sketcher
-            best = min(attention_rows, key=lambda row: row.next)
+            best = min(attention_rows, key=lambda row: row.next) if attention_rows else default
             if best is not default:
                 name = best.name.rsplit(" ", 1)[-1]
                 add(studio_row(f"studio, compiled + {name}", new_sketcher(),
                                MemoryOptions(compile=True, attention=name)))
 
-    print(f"base loads through the LoRA switches, uncompiled then compiled: {', '.join(map(str, loads))} "
-          "(target: 1 each)")
+    if loads:
+        print(f"base loads through the LoRA switches, uncompiled then compiled: {', '.join(map(str, loads))} "
+              "(target: 1 each)")
     print("first call: load (+ compile) + one image; LoRA rows: first switch (LoRA load, + compile) then the "
           "strength switches. Pixel differences in levels of 255: 0 on a CPU in fp32 uncompiled, a few in bf16 "
           "or compiled; LoRA rows compare with the uncompiled studio at the same strength.")

@@ -127,16 +127,19 @@ def test_bad_input_is_one_sentence_and_writes_nothing(sketcher, shared_workspace
 
 
 def test_cancel_keeps_finished_images(sketcher, tmp_path):
+    """Cancel during the second image: the first, still being saved on the saving thread while the
+    second generated, is on disk when `run` raises; nothing of the second is."""
     cancel = threading.Event()
     kept = []
 
-    def on_image(result):
-        kept.append(result)
-        cancel.set()
+    def progress(done, total):
+        if done == total // 3 + 1:  # the second image's first step
+            cancel.set()
 
     with pytest.raises(Cancelled, match="1 of 3"):
-        sketcher.run(tiny(count=3, out_dir=tmp_path), cancel=cancel, on_image=on_image)
-    assert [p.name for p in tmp_path.iterdir()] == [kept[0].path.name]
+        sketcher.run(tiny(count=3, out_dir=tmp_path), progress=progress, cancel=cancel, on_image=kept.append)
+    assert len(kept) == 1 and [p.name for p in tmp_path.iterdir()] == [kept[0].path.name]
+    assert Image.open(kept[0].path).size == (64, 64)
 
 
 def test_progress_counts_every_step_of_the_batch(sketcher, tmp_path):

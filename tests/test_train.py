@@ -256,6 +256,10 @@ def test_latent_cache_can_be_turned_off(dataset, shared_workspace, tmp_path):
     config.data.cache_latents = False
     uncached = run(config, shared_workspace, tmp_path / "cold")
     assert uncached.latent_encodes == 4 and uncached.text_encodes == 0  # one encode per step; text still cached
+    # the VAE encodes every step, but each image file is decoded and bucketed once (kept in RAM)
+    config.data.flip, config.schedule.steps = False, 8
+    twice = run(config, shared_workspace, tmp_path / "twice")
+    assert (twice.latent_encodes, twice.pixel_decodes) == (8, 4)
 
 
 def test_lokr_run_saves_a_checkpoint_that_generates_and_resumes(dataset, shared_workspace, tmp_path):

@@ -13,6 +13,7 @@ import json
 import secrets
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -161,34 +162,44 @@ class Sketcher:
 
     def run(self, request: SketchRequest, progress=None, cancel: threading.Event | None = None,
             on_image=None) -> list[SketchResult]:
-        """Generate `count` images; `progress(done_steps, total_steps)`; `on_image(result)` as each is saved."""
+        """Generate `count` images; `progress(done_steps, total_steps)`; `on_image(result)` as each is saved
+        (on the saving thread: each PNG is written while the next image generates; all are on disk
+        when this returns, also after a cancel or an error)."""
         if request.count < 1:
             raise UserError("Ask for at least one image.")
         first_seed = secrets.randbelow(MAX_SEED) if request.seed is None or request.seed < 0 else int(request.seed)
-        with self.lock:
+        with self.lock, ThreadPoolExecutor(max_workers=1, thread_name_prefix="blk-sketch-save") as saver:
             loaded, base, notice = self.prepare(request)
             folder = Path(request.out_dir) if request.out_dir else output_folder(self.workspace)
             folder.mkdir(parents=True, exist_ok=True)
-            results = []
-            for index in range(request.count):
-                seed = (first_seed + index) % (MAX_SEED + 1)
-                one = TextToImage(**{**asdict(base), "seed": seed})
+            saves = []  # each image's PNG is encoded and written while the next one generates
+            try:
+                for index in range(request.count):
+                    seed = (first_seed + index) % (MAX_SEED + 1)
+                    one = TextToImage(**{**asdict(base), "seed": seed})
 
-                def on_step(step, total, index=index):
-                    if cancel is not None and cancel.is_set():
-                        raise Cancelled(f"Cancelled; {index} of {request.count} images were finished.")
-                    if progress is not None:
-                        progress(index * total + step, request.count * total)
+                    def on_step(step, total, index=index):
+                        if cancel is not None and cancel.is_set():
+                            raise Cancelled(f"Cancelled; {index} of {request.count} images were finished.")
+                        if progress is not None:
+                            progress(index * total + step, request.count * total)
 
-                image = self._generate(loaded, one, on_step)
-                parameters = self.parameters(loaded, one, request)
-                notice = " ".join([notice, *loaded.notices]).strip()  # a compile fallback is said once
-                loaded.notices.clear()
-                result = SketchResult(save_png(_output_name(folder, seed), image, parameters), seed, parameters, notice)
-                results.append(result)
-                if on_image is not None:
-                    on_image(result)
-            return results
+                    image = self._generate(loaded, one, on_step)
+                    parameters = self.parameters(loaded, one, request)
+                    notice = " ".join([notice, *loaded.notices]).strip()  # a compile fallback is said once
+                    loaded.notices.clear()
+                    saves.append(saver.submit(self._save, _output_name(folder, seed), image, seed, parameters,
+                                              notice, on_image))
+            finally:  # finished images are saved even when a later one is cancelled or fails
+                wait(saves)
+            return [save.result() for save in saves]  # the first failed save raises here
+
+    @staticmethod
+    def _save(path: Path, image, seed: int, parameters: dict, notice: str, on_image) -> SketchResult:
+        result = SketchResult(save_png(path, image, parameters), seed, parameters, notice)
+        if on_image is not None:
+            on_image(result)
+        return result
 
     @staticmethod
     def _generate(loaded: LoadedPipeline, request: TextToImage, on_step):

@@ -3,6 +3,11 @@
 Keys: content hash + model + bucket size + flip for latents; caption text +
 model for text embeddings. A second run (or epoch) does not encode again.
 Counters say how many encodes really ran (tests read them).
+
+`PixelMemory` is the RAM counterpart for runs without the latent cache: the
+bucketed pixels of each image (decode, crop, resize, augmentation) are made
+once and kept within a byte budget, so such a run re-encodes with the VAE every
+step — its point — without decoding the file again.
 """
 
 from __future__ import annotations
@@ -46,3 +51,40 @@ class TensorCache:
 
 def model_key(model_path: Path) -> str:
     return hashlib.sha256(str(Path(model_path).resolve()).encode()).hexdigest()[:16]
+
+
+class PixelMemory:
+    """Arrays kept in RAM by key up to `budget` bytes; past it, values are made every time.
+
+    Nothing is evicted: the first images of a dataset stay, the rest are made on demand,
+    so memory never exceeds the budget and no pattern of access thrashes. Callers get a copy
+    (a few ms for a 1 MP image): nothing they do can change what the next step reads."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used, self.values = max(0, int(budget)), 0, {}
+        self.hits = self.misses = 0
+
+    def get_or_make(self, key: str, make):
+        if key in self.values:
+            self.hits += 1
+            return self.values[key].copy()
+        self.misses += 1
+        value = make()
+        if self.used + value.nbytes <= self.budget:
+            self.values[key] = value
+            self.used += value.nbytes
+            return value.copy()
+        return value
+
+
+def pixel_budget() -> int:
+    """RAM for `PixelMemory`: an eighth of what is available, at most 4 GB (about 250 images at 1 MP)."""
+    try:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    except ImportError:
+        import os
+
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return min(available // 8, 4 << 30)

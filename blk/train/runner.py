@@ -38,7 +38,7 @@ from pathlib import Path
 from blk import atomic
 from blk.errors import UserError
 from blk.train.adapters import adapter_metadata
-from blk.train.cache import TensorCache, model_key
+from blk.train.cache import PixelMemory, TensorCache, model_key, pixel_budget
 from blk.train.config import TrainConfig, save_config
 from blk.train.data import Curriculum, Item, StagePlan, augment_caption, epoch_order, load_items
 from blk.train.distributed import World
@@ -71,6 +71,7 @@ class RunResult:
     latent_encodes: int
     text_encodes: int
     last_checkpoint: Path | None
+    pixel_decodes: int = 0  # image files decoded and bucketed (without the latent cache: once each, within RAM)
 
 
 def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool = False,
@@ -236,7 +237,8 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
                  text_encoders_released=released)
     world.barrier()  # the others end when rank 0 has written everything
     world.close()
-    return RunResult(run_dir, step, status, latent_cache.misses, text_cache.misses, last_checkpoint)
+    return RunResult(run_dir, step, status, latent_cache.misses, text_cache.misses, last_checkpoint,
+                     latent_for.pixels.misses)
 
 
 class _OutOfMemoryInAProcess(Exception):
@@ -449,6 +451,8 @@ class LatentSource:
                  encoder_id: str = ""):
         self.family, self.cache, self.dataset, self.model_path, self.data = family, cache, dataset, model_path, data
         self.encoder, self.encoder_id = encoder, encoder_id
+        # without the latent cache, every step encodes again: the pixels need not be decoded again too
+        self.pixels = PixelMemory(0 if cache.enabled else pixel_budget())
         if data.transparency == "layerdiffuse" and encoder is None:
             raise ValueError("transparency: layerdiffuse needs the LayerDiffuse encoder")
 
@@ -474,10 +478,13 @@ class LatentSource:
         from blk.data.images import open_image
         from blk.train.pixels import bucket_pixels, jitter_for, over_background
 
-        image = open_image((Path(item.root) if item.root else self.dataset) / item.image)
-        a = self.data.augment
-        rgba = bucket_pixels(image, item.width, item.height, item.flip,
-                             jitter_for(item.sha256, item.variant, a.rotate, a.scale, a.shift, a.grain))
+        def pixels():
+            image = open_image((Path(item.root) if item.root else self.dataset) / item.image)
+            a = self.data.augment
+            return bucket_pixels(image, item.width, item.height, item.flip,
+                                 jitter_for(item.sha256, item.variant, a.rotate, a.scale, a.shift, a.grain))
+
+        rgba = self.pixels.get_or_make(self.key(item), pixels)
         vae = self.family.pipe.vae
         with torch.no_grad():
             if self.data.transparency == "layerdiffuse":
