@@ -257,19 +257,14 @@ def processor(upscaler, device: str, dtype, alpha: str = "model") -> Callable[[n
 def _model(descriptor, tiles: np.ndarray, device: str, dtype):
     """(N, h, w, 3) floats → (N, h·s, w·s, 3) torch tensor on `device`, in `dtype` (a view of NCHW).
 
-    On CUDA, cuDNN picks its fastest convolutions for the tile shape once (every tile of a
-    layout has the same shape), and tensors are channels-last, cuDNN's native half-precision layout."""
+    On CUDA the tensors are channels-last, cuDNN's native half-precision layout (an H200, 1024²
+    fp16 through RealESRGAN_x4plus: 280 ms against 350 NCHW; its autotuner changed nothing)."""
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))).to(device=device, dtype=dtype)
-    if not device.startswith("cuda"):
-        out = descriptor(x)  # spandrel: pads to the model's size needs, runs in inference mode, clamps to [0, 1]
-        return out.permute(0, 2, 3, 1)
-    before, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True  # only for this call
-    try:
-        out = descriptor(x.contiguous(memory_format=_cuda_layout()))
-    finally:
-        torch.backends.cudnn.benchmark = before
+    if device.startswith("cuda"):
+        x = x.contiguous(memory_format=_cuda_layout())
+    out = descriptor(x)  # spandrel: pads to the model's size needs, runs in inference mode, clamps to [0, 1]
     return out.permute(0, 2, 3, 1)
 
 
