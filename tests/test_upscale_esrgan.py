@@ -411,6 +411,26 @@ def test_16_bit_levels_become_the_nearest_8_bit_level():
     assert np.array_equal(TO_8_BITS, np.rint(levels / 257.0).astype(np.uint8))
 
 
+def test_writers_read_bands_ahead_in_order_and_stop_on_cancel(tmp_path):
+    from blk.upscale.canvas import bands
+
+    canvas = Canvas(tmp_path / "b.canvas", 37, 600, 3)
+    try:
+        values = np.random.default_rng(3).integers(0, 65536, (600, 37, 3), dtype=np.uint16)
+        canvas.write_raw(0, 0, values)
+        got = list(bands(canvas, 256, lambda band: band // 2))
+        assert [len(b) for b in got] == [256, 256, 88]
+        assert np.array_equal(np.concatenate(got), values // 2)
+        cancel = threading.Event()
+        reader = bands(canvas, 256, lambda band: band, cancel)
+        next(reader)
+        cancel.set()
+        with pytest.raises(Cancelled):
+            next(reader)
+    finally:
+        canvas.remove()
+
+
 def test_tile_size_follows_the_memory_budget():
     assert choose_tile(100 * 2**30) == 1024  # the cap
     one, four = choose_tile(2 * 2**30), choose_tile(2 * 2**30, batch=4)

@@ -218,19 +218,15 @@ def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi:
     resume journal knows, so that a process killed mid-write leaves nothing it cannot find."""
     import tifffile
 
-    from blk.upscale.tiler import Cancelled
 
     dtype = np.uint16 if bits == 16 else np.uint8
     side = TIFF_TILE
 
+    def convert(band: np.ndarray) -> np.ndarray:
+        return np.take(TO_8_BITS, band) if bits == 8 else band
+
     def tiles():
-        for y in range(0, canvas.height, side):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled()
-            h = min(side, canvas.height - y)
-            band = canvas.read_raw(0, y, canvas.width, h)
-            if bits == 8:
-                band = np.take(TO_8_BITS, band)
+        for band in bands(canvas, side, convert, cancel):
             for x in range(0, canvas.width, side):
                 yield band[:, x:x + side]  # tifffile copies and pads edge tiles in its compress threads
 
@@ -252,6 +248,29 @@ def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi:
             raise disk_full(path) from None
         raise
     return path
+
+
+def bands(canvas: Canvas, rows: int, convert, cancel: threading.Event | None = None):
+    """`convert(band)` of each band of `rows` rows, top to bottom; the next band is read and converted
+    on a thread while the caller works on this one (a writer's deflate threads otherwise wait on it).
+    `cancel` is checked before each band."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from blk.upscale.tiler import Cancelled
+
+    def load(y: int) -> np.ndarray:
+        return convert(canvas.read_raw(0, y, canvas.width, min(rows, canvas.height - y)))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="blk-band-reader") as ahead:
+        upcoming = ahead.submit(load, 0) if canvas.height else None
+        for y in range(0, canvas.height, rows):
+            if cancel is not None and cancel.is_set():
+                upcoming.cancel()
+                raise Cancelled()
+            band = upcoming.result()
+            if y + rows < canvas.height:
+                upcoming = ahead.submit(load, y + rows)
+            yield band
 
 
 def print_path(output: Path) -> Path:
@@ -288,21 +307,19 @@ def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | Non
     out = colour·α + background·(1 − α), from the 16-bit master, rounded once."""
     import tifffile
 
-    from blk.upscale.tiler import Cancelled
 
     side = TIFF_TILE
     bg = np.asarray(background, dtype=np.float32).reshape(1, 1, 3) * 257.0  # in 16-bit units
 
+    def flatten(band: np.ndarray) -> np.ndarray:
+        band = band.astype(np.float32)
+        if canvas.channels == 4:
+            a = band[..., 3:] / 65535.0
+            band = band[..., :3] * a + bg * (1.0 - a)
+        return np.clip(np.rint(band / 257.0), 0, 255).astype(np.uint8)
+
     def tiles():
-        for y in range(0, canvas.height, side):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled()
-            h = min(side, canvas.height - y)
-            band = canvas.read_raw(0, y, canvas.width, h).astype(np.float32)
-            if canvas.channels == 4:
-                a = band[..., 3:] / 65535.0
-                band = band[..., :3] * a + bg * (1.0 - a)
-            rgb8 = np.clip(np.rint(band / 257.0), 0, 255).astype(np.uint8)
+        for rgb8 in bands(canvas, side, flatten, cancel):
             for x in range(0, canvas.width, side):
                 yield rgb8[:, x:x + side]
 
@@ -333,9 +350,10 @@ def write_png(canvas: Canvas, path: Path, *, icc: bytes | None, dpi: float | Non
 
     check_png(canvas.width, canvas.height, 8)
     pixels = np.empty((canvas.height, canvas.width, canvas.channels), dtype=np.uint8)
-    for y in range(0, canvas.height, TIFF_TILE):  # band by band: no 32-bit copy of the whole image
-        band = canvas.read_raw(0, y, canvas.width, min(TIFF_TILE, canvas.height - y))
-        pixels[y:y + len(band)] = np.take(TO_8_BITS, band)
+    y = 0
+    for band in bands(canvas, TIFF_TILE, lambda rows: np.take(TO_8_BITS, rows)):  # no 32-bit copy of the whole
+        pixels[y:y + len(band)] = band
+        y += len(band)
     image = Image.fromarray(pixels, "RGBA" if canvas.channels == 4 else "RGB")
     del pixels
     if icc:
