@@ -495,7 +495,8 @@ class LatentSource:
                 params = torch.cat([raw, torch.full_like(raw, -30.0)], dim=1)  # logvar −30: the latent as it is
             else:
                 pixels = torch.from_numpy(over_background(rgba) * 2.0 - 1.0).permute(2, 0, 1)[None]
-                params = self.family.encode_image(pixels.to(vae.device, vae.dtype))
+                weight = next(vae.parameters())  # not vae.device / vae.dtype: diffusers walks every parameter
+                params = self.family.encode_image(pixels.to(weight.device, weight.dtype))  # (~2 ms a step)
         entry = {"params": params}
         alpha = rgba[..., 3]
         if self.data.alpha_mask and (alpha < 1.0).any():
