@@ -4,10 +4,11 @@ Keys: content hash + model + bucket size + flip for latents; caption text +
 model for text embeddings. A second run (or epoch) does not encode again.
 Counters say how many encodes really ran (tests read them).
 
-`PixelMemory` is the RAM counterpart for runs without the latent cache: the
-bucketed pixels of each image (decode, crop, resize, augmentation) are made
-once and kept within a byte budget, so such a run re-encodes with the VAE every
-step — its point — without decoding the file again.
+`PixelMemory` is the RAM counterpart for runs without the latent cache: each
+image's pixels as the VAE takes them (decoded, cropped, resized, augmented,
+flattened, channels first) are made once and kept within a byte budget, so such
+a run re-encodes with the VAE every step — its point — and only copies them to
+the device.
 """
 
 from __future__ import annotations

@@ -484,21 +484,29 @@ class LatentSource:
             return bucket_pixels(image, item.width, item.height, item.flip,
                                  jitter_for(item.sha256, item.variant, a.rotate, a.scale, a.shift, a.grain))
 
-        rgba = self.pixels.get_or_make(self.key(item), pixels)
+        def planes():
+            """Channels first: colour flattened over white in [-1, 1] (what the VAE takes), then alpha.
+            Kept in RAM as they are, so a step without the latent cache only copies them to the device."""
+            rgba = pixels()
+            return np.ascontiguousarray(np.concatenate([(over_background(rgba) * 2.0 - 1.0).transpose(2, 0, 1),
+                                                        rgba[None, ..., 3]]), dtype=np.float32)
+
         vae = self.family.pipe.vae
         with torch.no_grad():
             if self.data.transparency == "layerdiffuse":
                 from blk.stencil.layerdiffuse import rgba_to_raw_latent
 
+                rgba = self.pixels.get_or_make(self.key(item), pixels)
                 raw = rgba_to_raw_latent(vae, self.family.name, self.encoder,
                                          torch.from_numpy(rgba).permute(2, 0, 1)[None])
                 params = torch.cat([raw, torch.full_like(raw, -30.0)], dim=1)  # logvar −30: the latent as it is
+                alpha = rgba[..., 3]
             else:
-                pixels = torch.from_numpy(over_background(rgba) * 2.0 - 1.0).permute(2, 0, 1)[None]
+                prepared = self.pixels.get_or_make(self.key(item), planes)
                 weight = next(vae.parameters())  # not vae.device / vae.dtype: diffusers walks every parameter
-                params = self.family.encode_image(pixels.to(weight.device, weight.dtype))  # (~2 ms a step)
+                params = self.family.encode_image(torch.from_numpy(prepared[None, :3]).to(weight.device, weight.dtype))
+                alpha = prepared[3]
         entry = {"params": params}
-        alpha = rgba[..., 3]
         if self.data.alpha_mask and (alpha < 1.0).any():
             full = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))[None, None]
             entry["mask"] = F.avg_pool2d(full, self.family.pipe.vae_scale_factor)  # [1, 1, h, w] on the latent grid
