@@ -218,7 +218,6 @@ def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi:
     resume journal knows, so that a process killed mid-write leaves nothing it cannot find."""
     import tifffile
 
-
     dtype = np.uint16 if bits == 16 else np.uint8
     side = TIFF_TILE
 
@@ -306,7 +305,6 @@ def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | Non
     Flattening is done on the stored (gamma-encoded) values, as image editors do:
     out = colour·α + background·(1 − α), from the 16-bit master, rounded once."""
     import tifffile
-
 
     side = TIFF_TILE
     bg = np.asarray(background, dtype=np.float32).reshape(1, 1, 3) * 257.0  # in 16-bit units

@@ -388,9 +388,9 @@ class _Writer:
         self.pending.clear()
 
 
-def weighted_levels(result, wy: np.ndarray, wx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def weighted_levels(result, wy: np.ndarray, wx: np.ndarray, out: np.ndarray) -> np.ndarray:
     """`result` (h, w, C floats in [0, 1]; numpy, or torch on any device) × wy ⊗ wx, as uint16 levels
-    (into `out`, a row-major uint16 array of that shape, when given).
+    written into `out` (row-major uint16 of that shape) and returned.
 
     Computed in float32 where `result` lives (a GPU does it in a blink, and a half-precision
     product would be off by up to 32 levels); only the uint16 comes back."""
@@ -399,8 +399,6 @@ def weighted_levels(result, wy: np.ndarray, wx: np.ndarray, out: np.ndarray | No
     values = torch.as_tensor(result)[-len(wy):, -len(wx):].float()
     w = torch.from_numpy(wy).to(values.device)[:, None, None] * torch.from_numpy(wx).to(values.device)[None, :, None]
     levels = (values * w).mul_(65535.0).round_().clamp_(0, 65535).to(torch.uint16)
-    if out is None:
-        return levels.contiguous().cpu().numpy()  # row-major before the copy: the canvas takes rows
     torch.from_numpy(out).copy_(levels)
     return out
 
