@@ -51,10 +51,24 @@ def requirements_hash(*files: Path) -> str:
     return digest.hexdigest()
 
 
+INSTALL_NEEDS_BYTES = 8 * 1024**3  # the app's environment with CUDA torch is about 6.5 GB; pip needs room to unpack
+
+
+def disk_space_sentence(folder: Path, free_bytes: int) -> str:
+    """One sentence when the disk is too full for an install, else ''. (pip's own message is a traceback line.)"""
+    if free_bytes >= INSTALL_NEEDS_BYTES:
+        return ""
+    return (f" The disk holding {folder} has {free_bytes / 1024**3:.1f} GB free; the install needs about "
+            f"{INSTALL_NEEDS_BYTES / 1024**3:.0f} GB: free some space (old environments under "
+            f"~/.cache/blk-studio can go) and run the same command again.")
+
+
 def pip(python: Path, *args: str) -> None:
     result = subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", *args], cwd=ROOT)
     if result.returncode != 0:
-        sys.exit(f"`pip {' '.join(args)}` failed (see pip's message above); nothing was started.")
+        folder = python.parent.parent
+        hint = disk_space_sentence(folder, shutil.disk_usage(folder).free)
+        sys.exit(f"`pip {' '.join(args)}` failed (see pip's message above); nothing was started.{hint}")
 
 
 def ensure_venv(folder: Path, requirements: Path, stamp_files: tuple[Path, ...], before: list[str] = (),
