@@ -1,6 +1,7 @@
 """Sketch: sizes, seeds, LoRAs from a trained run, embedded parameters, cancel, bad input, CLI."""
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -124,6 +125,37 @@ def test_bad_input_is_one_sentence_and_writes_nothing(sketcher, shared_workspace
     with pytest.raises(BadImage, match="no BLK Studio parameters"):
         Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
         read_parameters(tmp_path / "plain.png")
+
+
+def test_out_of_memory_names_only_the_modes_still_off(shared_workspace, tmp_path, monkeypatch):
+    """The sentence never advises turning on what is on (CPU offload only helps on a GPU)."""
+    import torch
+
+    from blk.models.device import MemoryOptions
+    from blk.models.registry import resolve
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    sketcher = Sketcher(shared_workspace)
+    model = resolve("tiny-flux", shared_workspace)
+    said = {}
+    for memory in (MemoryOptions(), MemoryOptions(vae_tiling=True), MemoryOptions(vae_tiling=True, int8=True)):
+        loaded = sketcher.cache.get(model, memory=memory)
+        monkeypatch.setattr(loaded.pipe.transformer, "forward", out_of_memory)
+        with pytest.raises(UserError) as caught:
+            sketcher.run(tiny(memory=memory, out_dir=tmp_path))
+        said[memory] = str(caught.value)
+        assert "\n" not in said[memory] and "64×64" in said[memory] and "smaller size" in said[memory]
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+    plain, tiled, both = said.values()
+    assert "int8 weights or VAE tiling" in plain and "CPU offload" not in plain
+    assert "int8 weights" in tiled and "VAE tiling" not in tiled
+    assert "int8" not in both and "VAE tiling" not in both and "every memory mode" in both
+    from blk.generate.sketch import out_of_memory_sentence
+
+    on_gpu = out_of_memory_sentence(replace(loaded, device="cuda:0", memory=MemoryOptions(int8=True)), 1024, 1024)
+    assert "turn on CPU offload or VAE tiling" in on_gpu
 
 
 def test_cancel_keeps_finished_images(sketcher, tmp_path):

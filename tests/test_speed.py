@@ -67,6 +67,23 @@ def test_compiled_images_match_through_lora_add_switch_and_remove(shared_workspa
     assert speed.is_compiled(loaded.denoiser) and compiled.cache.load_count == 1
 
 
+def test_compile_toggles_in_place_without_reloading(shared_workspace, tmp_path):
+    """Compile on and off is switched on the loaded weights (no second load), and off again computes exactly
+    as before it was on."""
+    from blk.models import speed
+
+    sketcher = Sketcher(shared_workspace)
+    uncompiled = pixels(sketcher.run(request(tmp_path / "a"))[0].path)
+    compiled, = sketcher.run(request(tmp_path / "b", memory=MemoryOptions(compile=True)))
+    denoiser = sketcher.cache._loaded.denoiser
+    assert speed.is_compiled(denoiser) and sketcher.cache.load_count == 1 and compiled.notice == ""
+    assert np.abs(pixels(compiled.path) - uncompiled).max() <= COMPILED_TOLERANCE
+    assert compiled.parameters["memory"]["compile"] is True
+    back, = sketcher.run(request(tmp_path / "c"))
+    assert not speed.is_compiled(denoiser) and sketcher.cache.load_count == 1
+    assert np.array_equal(pixels(back.path), uncompiled) and back.parameters["memory"]["compile"] is False
+
+
 def test_compile_without_a_compiler_is_one_sentence_before_loading(shared_workspace, tmp_path):
     import torch._inductor.config
 

@@ -4,8 +4,8 @@
                          [--size WxH | --megapixels MP --aspect A] [--steps N] [--guidance G] [--count N]
                          [--cpu-offload] [--int8] [--vae-tiling] [--compile] [--attention BACKEND] [--out DIR]
     python -m blk review RUN_OR_LORAS… [--model M] [--prompts FILE] [--seeds 1,2,3] [--scales 0.6,0.8,1.0]
-                         [--base] [--size WxH] [--steps N] [--guidance G] [--compile] [--attention BACKEND]
-                         --out grid.png
+                         [--base] [--size WxH] [--steps N] [--guidance G] [--cpu-offload] [--int8]
+                         [--vae-tiling] [--compile] [--attention BACKEND] [--device D] --out grid.png
 """
 
 from __future__ import annotations
@@ -32,9 +32,7 @@ def add_commands(commands) -> None:
     sketch.add_argument("--steps", type=int, default=None, help="default: the model's (FLUX.1-dev 28, schnell 4)")
     sketch.add_argument("--guidance", type=float, default=None)
     sketch.add_argument("--count", type=int, default=1)
-    sketch.add_argument("--cpu-offload", action="store_true")
-    sketch.add_argument("--int8", action="store_true")
-    sketch.add_argument("--vae-tiling", action="store_true")
+    _memory_arguments(sketch)
     _speed_arguments(sketch)
     sketch.add_argument("--device", default="auto")
     sketch.add_argument("--out", default=None, help="folder (default: workspace/outputs/sketch/DATE)")
@@ -52,8 +50,23 @@ def add_commands(commands) -> None:
     review.add_argument("--steps", type=int, default=None)
     review.add_argument("--guidance", type=float, default=None)
     review.add_argument("--out", required=True, help="the grid PNG")
+    _memory_arguments(review)
     _speed_arguments(review)
+    review.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps, as for sketch")
     review.set_defaults(run=cmd_review)
+
+
+def _memory_arguments(parser) -> None:
+    parser.add_argument("--cpu-offload", action="store_true")
+    parser.add_argument("--int8", action="store_true", help="int8 weights (changes the images a little)")
+    parser.add_argument("--vae-tiling", action="store_true")
+
+
+def _memory_options(args):
+    from blk.models.device import MemoryOptions
+
+    return MemoryOptions(cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, int8=args.int8,
+                         compile=args.compile, attention=args.attention)
 
 
 def _speed_arguments(parser) -> None:
@@ -85,7 +98,6 @@ def _size(text: str) -> tuple[int, int]:
 def cmd_sketch(args, workspace) -> int:
     from blk.generate.sizes import size_for_budget
     from blk.generate.sketch import Lora, Sketcher, SketchRequest
-    from blk.models.device import MemoryOptions
 
     if args.megapixels:
         width, height = size_for_budget(args.megapixels, args.aspect)
@@ -95,9 +107,7 @@ def cmd_sketch(args, workspace) -> int:
         model=args.model, prompt=args.prompt, negative_prompt=args.negative,
         loras=[Lora.parse(text) for text in args.lora], seed=args.seed, width=width, height=height,
         steps=args.steps, guidance=args.guidance, count=args.count, device=args.device,
-        memory=MemoryOptions(cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling, int8=args.int8,
-                             compile=args.compile, attention=args.attention),
-        out_dir=Path(args.out) if args.out else None)
+        memory=_memory_options(args), out_dir=Path(args.out) if args.out else None)
 
     def progress(done, total):
         print(f"\rstep {done}/{total}   ", end="", file=sys.stderr, flush=True)
@@ -118,7 +128,6 @@ def print_results(results) -> None:
 def cmd_review(args, workspace) -> int:
     from blk.generate.review import GridSpec, Reviewer, review_folder, run_review_defaults, save_grid
     from blk.generate.sketch import Sketcher
-    from blk.models.device import MemoryOptions
 
     run_dir, loras, defaults = None, [], {}
     for source in map(Path, args.sources):
@@ -148,7 +157,7 @@ def cmd_review(args, workspace) -> int:
                     scales=_numbers(args.scales, float, "--scales"), include_base=args.base,
                     width=width, height=height, steps=args.steps or defaults.get("steps"),
                     guidance=args.guidance if args.guidance is not None else defaults.get("guidance"),
-                    memory=MemoryOptions(compile=args.compile, attention=args.attention))
+                    memory=_memory_options(args), device=args.device)
 
     def progress(done, total):
         print(f"\rcell {done:.1f}/{total}   ", end="", file=sys.stderr, flush=True)

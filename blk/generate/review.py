@@ -2,10 +2,14 @@
 
 Every cell is an ordinary generation (same pipeline, same seeds as Sketch),
 cached as a PNG named by the hash of everything that decides its pixels —
-model, LoRA content (sha256), scale, prompt, seed, steps, guidance, size — so
-re-opening a grid, or a grid that shares cells with an earlier one, does not
-generate again. A run's review files live in `runs/RUN/review/`; a review of
-loose LoRA files in `outputs/review/`.
+model, LoRA content (sha256), scale, prompt, seed, steps, guidance, size, and
+the device, dtype, int8 weights and VAE tiling it ran with — so re-opening a
+grid, or a grid that shares cells with an earlier one, does not generate
+again, and cells made another way never mix into one grid. Review has no
+memory controls: it runs on the pipeline Sketch already loaded, with its
+memory options, so moving between the tabs never loads the base again. A
+run's review files live in `runs/RUN/review/`; a review of loose LoRA files in
+`outputs/review/`.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from blk.errors import UserError
 from blk.generate.metadata import save_png
 from blk.generate.sketch import Cancelled, Lora, Sketcher, SketchRequest, lora_label
 from blk.generate.text_to_image import TextToImage
-from blk.models.device import MemoryOptions
-from blk.models.pipelines import lora_sha256
+from blk.models.device import MemoryOptions, pick_dtype
+from blk.models.pipelines import LoadedPipeline, lora_sha256
+from blk.models.registry import resolve
 from blk.train.pins import CHECKPOINT_NAME
 
 LABEL_PX = 14  # label text height in the grid
@@ -33,12 +38,16 @@ class Row:
     lora: Path | None  # None: the base model without any LoRA
     scale: float = 1.0
 
-    def label(self, several_scales: bool) -> str:
+    def label(self, several_scales: bool, with_run: bool = False) -> str:
+        """`step 250` for a checkpoint, the file's stem for any other LoRA; `with_run` prefixes the run's (or
+        folder's) name, for grids whose rows would otherwise read the same."""
         if self.lora is None:
             return "base (no LoRA)"
         name = Path(self.lora).name
         match = CHECKPOINT_NAME.match(name)
         text = f"step {int(match.group(1))}" if match else Path(name).stem
+        if with_run:
+            text = f"{_owner(Path(self.lora))}/{text}"
         return f"{text} @ {self.scale:g}" if several_scales else text  # ASCII: the built-in font has no ×
 
 
@@ -65,7 +74,12 @@ class GridSpec:
     steps: int | None = None
     guidance: float | None = None
     negative_prompt: str = ""
-    memory: MemoryOptions = MemoryOptions()  # speed options only change time, never a cell's pixels (see cell_key)
+    # the options to load with when the model is not loaded on this device yet; when it is (by Sketch), its
+    # options are used as they are (`reuse_loaded_memory`), so switching tabs never reloads it; cell_key
+    # records the ones that change pixels
+    memory: MemoryOptions = MemoryOptions()
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps, as Sketch (the workspace's settings.device in the UI)
+    reuse_loaded_memory: bool = True
 
     def rows(self) -> list[Row]:
         base = [Row(None, 0.0)] if self.include_base else []
@@ -97,14 +111,19 @@ class Reviewer:
 
     def cell(self, spec: GridSpec, row: Row, column: Column, cache_dir: Path, on_step=None) -> tuple[Path, bool]:
         """The cell's cached PNG, generated first when missing; (path, was_generated)."""
-        request = SketchRequest(
-            model=spec.model, prompt=column.prompt, negative_prompt=spec.negative_prompt,
-            loras=[Lora(row.lora, row.scale)] if row.lora is not None else [], seed=column.seed,
-            width=spec.width, height=spec.height, steps=spec.steps, guidance=spec.guidance, memory=spec.memory)
         with self.sketcher.lock:
+            memory = spec.memory
+            if spec.reuse_loaded_memory:
+                model = resolve(spec.model, self.sketcher.workspace)
+                memory = self.sketcher.cache.loaded_options(model, spec.device) or spec.memory
+            request = SketchRequest(
+                model=spec.model, prompt=column.prompt, negative_prompt=spec.negative_prompt,
+                loras=[Lora(row.lora, row.scale)] if row.lora is not None else [], seed=column.seed,
+                width=spec.width, height=spec.height, steps=spec.steps, guidance=spec.guidance, memory=memory,
+                device=spec.device)
             loaded, text, _ = self.sketcher.prepare(request)
             text = TextToImage(**{**asdict(text), "seed": column.seed})
-            path = Path(cache_dir) / "cells" / f"{cell_key(loaded.model, row, text)}.png"
+            path = Path(cache_dir) / "cells" / f"{cell_key(loaded, row, text)}.png"
             if path.exists():
                 return path, False
             image = self.sketcher._generate(loaded, text, on_step or (lambda step, total: None))
@@ -141,17 +160,61 @@ class Reviewer:
                     progress(done + 1, total)
         several = len(spec.scales) > 1
         row_labels = [row.label(several) for row in rows]
+        if len(set(row_labels)) < len(row_labels):  # e.g. step 8 of two runs: say whose
+            row_labels = [row.label(several, with_run=row_labels.count(label) > 1)
+                          for row, label in zip(rows, row_labels)]
         column_labels = [column.label() for column in columns]
         image = assemble(cells, row_labels, column_labels)
         return GridResult(image, cells, row_labels, column_labels, generated, total - generated)
 
 
-def cell_key(model, row: Row, text: TextToImage) -> str:
-    """Hash of everything that decides a cell's pixels."""
+def cell_key(loaded: LoadedPipeline, row: Row, text: TextToImage) -> str:
+    """Hash of everything that decides a cell's pixels: the same seed on another device or dtype, or with int8
+    weights or VAE tiling, gives another image. CPU offload, compile and the attention backend do not enter:
+    they change time, and pixels at most by the dtype's rounding."""
+    model = loaded.model
     decided = {"model": model.name, "model_path": str(model.path), "family": model.family,
                "lora": lora_sha256(row.lora) if row.lora is not None else None,
-               "scale": row.scale if row.lora is not None else None, **asdict(text)}
+               "scale": row.scale if row.lora is not None else None, **asdict(text),
+               "device": _device_identity(loaded.device), "dtype": str(pick_dtype(loaded.device)),
+               "int8": loaded.memory.int8, "vae_tiling": loaded.memory.vae_tiling}
     return hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _device_identity(device: str) -> str:
+    """`cuda:1 NVIDIA GeForce RTX 3090`: a GPU's model as well as its index (GPUs differ in their kernels)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{device} {torch.cuda.get_device_name(int(device.split(':')[1]))}"
+    return device
+
+
+def _owner(path: Path) -> str:
+    """The run a checkpoint belongs to (`runs/RUN/checkpoints/…`), else the file's folder."""
+    return path.parent.parent.name if path.parent.name == "checkpoints" else path.parent.name
+
+
+def checkpoint_run(path: Path) -> Path | None:
+    """The run folder of a run checkpoint (`RUN/checkpoints/step-….safetensors`), else None: pins go there."""
+    path = Path(path)
+    return path.parent.parent if path.parent.name == "checkpoints" and CHECKPOINT_NAME.match(path.name) else None
+
+
+def review_label(path: Path, run_dir: Path | None, workspace) -> str:
+    """A name for a LoRA that no other LoRA of the review shares (the blind tally is keyed by it): the
+    review's own run's checkpoints by file name, another run's as `RUN/step-….safetensors`, any other file
+    by its path in the workspace."""
+    path = Path(path)
+    owner = checkpoint_run(path)
+    if owner is not None and run_dir is not None and owner.resolve() == Path(run_dir).resolve():
+        return path.name
+    if owner is not None and owner.resolve().parent == workspace.runs.resolve():
+        return f"{owner.name}/{path.name}"
+    try:
+        return path.resolve().relative_to(workspace.root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def assemble(cells: list[list[Path]], row_labels: list[str], column_labels: list[str]):

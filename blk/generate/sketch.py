@@ -210,8 +210,7 @@ class Sketcher:
         except Exception as exc:
             if is_out_of_memory(exc):
                 _free_device_memory()
-                raise UserError(f"Out of memory at {request.width}×{request.height}: turn on CPU offload, int8 "
-                                "weights or VAE tiling under Memory, or choose a smaller size.") from None
+                raise UserError(out_of_memory_sentence(loaded, request.width, request.height)) from None
             raise
 
     def parameters(self, loaded: LoadedPipeline, request: TextToImage, sketch: SketchRequest) -> dict:
@@ -223,6 +222,18 @@ class Sketcher:
                        "path": str(lora.path)} for lora in sketch.loras],
             "memory": asdict(loaded.memory), "device": loaded.device,
         }
+
+
+def out_of_memory_sentence(loaded: LoadedPipeline, width: int, height: int) -> str:
+    """Names only the memory modes that are still off and would help here (CPU offload only on a GPU:
+    on the CPU the weights are in RAM already), so the advice is never to turn on what is on."""
+    memory = loaded.memory
+    modes = [name for name, off in (("CPU offload", not memory.cpu_offload and loaded.device.startswith("cuda")),
+                                    ("int8 weights", not memory.int8), ("VAE tiling", not memory.vae_tiling)) if off]
+    if not modes:
+        return f"Out of memory at {width}×{height} with every memory mode that helps here on: choose a smaller size."
+    listed = modes[0] if len(modes) == 1 else ", ".join(modes[:-1]) + " or " + modes[-1]
+    return f"Out of memory at {width}×{height}: turn on {listed} under Memory, or choose a smaller size."
 
 
 def _free_device_memory() -> None:

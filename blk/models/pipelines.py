@@ -6,8 +6,9 @@ alive and counts real loads: a second generation must not load again. LoRAs
 are peft adapters on the loaded denoiser; changing which ones are active, or
 their scales, never reloads the base. Adapters are never fused into weights
 (fusing into int8 weights silently drops the LoRA; see STACK.md). Speed options
-(compile, attention backend) are applied at load by `blk.models.speed`; under
-compile, every LoRA change ends with `speed.after_adapter_change`.
+are applied by `blk.models.speed`: the attention backend at load, compile in
+place (turning it on or off never reloads the base); under compile, every LoRA
+change ends with `speed.after_adapter_change`.
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ class LoadedPipeline:
 
 
 class PipelineCache:
-    """Keeps the most recently used model loaded; loads again only when the model or its options change.
+    """Keeps the most recently used model loaded; loads again only when the model, its device or its memory
+    options change (compile is switched in place).
 
     Other tasks (img2img) are views of the loaded text-to-image pipeline
     (`from_pipe`): they share its weights and LoRA adapters, so moving between
@@ -143,13 +145,15 @@ class PipelineCache:
             raise ValueError(task)
         device = pick_device(device)
         memory = effective_options(model, memory)
-        key = (str(model.path), model.family, device, memory)
+        key = _cache_key(model, device, memory)
         with self._lock:
             if self._key != key:
                 self._loaded, self._tasks = None, {}  # free the old pipeline before loading the next
                 self._loaded = LoadedPipeline(load_pipeline(model, "text2img", device, memory), model, device, memory)
                 self._key = key
                 self.load_count += 1
+            elif memory.compile != self._loaded.memory.compile:
+                self._set_compile(memory.compile)
             if task == "text2img":
                 return self._loaded
             if task not in self._tasks:
@@ -159,9 +163,37 @@ class PipelineCache:
                                                    notices=self._loaded.notices)
             return self._tasks[task]
 
+    def loaded_options(self, model: ResolvedModel, device: str = "auto") -> MemoryOptions | None:
+        """The memory options of the loaded pipeline when it is this model on this device, else None: a job
+        without memory controls of its own (Review) reuses them instead of loading the base again."""
+        device = pick_device(device)
+        with self._lock:
+            if self._loaded is None or self._key[:3] != _cache_key(model, device, MemoryOptions())[:3]:
+                return None
+            return self._loaded.memory
+
+    def _set_compile(self, on: bool) -> None:
+        """Compile the loaded denoiser, or go back to eager, in place: the weights and LoRAs stay loaded."""
+        loaded = self._loaded
+        if on:
+            problem = speed.compile_problem(loaded.device)
+            if problem:
+                raise UserError(problem)
+            speed.compile_denoiser(loaded.denoiser)
+            speed.after_adapter_change(loaded.denoiser, loaded.device)  # scalings as tensors: no recompile on rescale
+        else:
+            speed.uncompile(loaded.denoiser)
+        for view in (loaded, *self._tasks.values()):
+            view.memory = replace(view.memory, compile=on)
+
     def clear(self) -> None:
         with self._lock:
             self._key, self._loaded, self._tasks = None, None, {}
+
+
+def _cache_key(model: ResolvedModel, device: str, memory: MemoryOptions) -> tuple:
+    """What needs a new load: compile does not (it is switched in place, `PipelineCache._set_compile`)."""
+    return (str(model.path), model.family, device, replace(memory, compile=False))
 
 
 _SHA256_BY_STAT: dict[tuple[str, int, int], str] = {}

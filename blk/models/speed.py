@@ -1,7 +1,8 @@
 """Speed options of a loaded denoiser: regional compilation and the attention kernel.
 
-Both are options of a load (`MemoryOptions.compile`, `MemoryOptions.attention`), never silent, and both
-keep the images: the same seed gives the same image as without them, within the rounding of the dtype.
+Both are options of a load (`MemoryOptions.compile`, `MemoryOptions.attention`), never silent (compile
+is switched on and off in place, on the loaded weights: `PipelineCache`), and both keep the images: the
+same seed gives the same image as without them, within the rounding of the dtype.
 
 *Compile* is diffusers' regional compilation (`ModelMixin.compile_repeated_blocks`): `torch.compile`
 on each of the denoiser's repeated blocks (Flux's `FluxTransformerBlock` and
@@ -88,10 +89,17 @@ def is_compiled(denoiser) -> bool:
 
 
 def uncompile(denoiser) -> None:
-    """Back to eager execution (`nn.Module.compile` keeps the compiled call in `_compiled_call_impl`)."""
+    """Back to eager execution, computing exactly as a fresh load does (`nn.Module.compile` keeps the compiled
+    call in `_compiled_call_impl`; the LoRA scalings that `after_adapter_change` made tensors become floats)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     for module in denoiser.modules():
         if getattr(module, "_compiled_call_impl", None) is not None:
             module._compiled_call_impl = None
+        if isinstance(module, BaseTunerLayer) and isinstance(getattr(module, "scaling", None), dict):
+            for name, value in module.scaling.items():
+                if not isinstance(value, (int, float)):
+                    module.scaling[name] = float(value)
 
 
 def after_adapter_change(denoiser, device: str) -> None:

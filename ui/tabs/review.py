@@ -1,13 +1,16 @@
 """Review tab: a run's checkpoints side by side — a labelled grid, a slider, and blind A/B picks.
 
 Rows are checkpoints (× strengths), columns prompts × seeds. Cells are cached
-by the engine (`blk.generate.review`), so re-opening a grid is instant. The
-blind A/B tally is saved with the run; the preferred checkpoint can be pinned
-(the run's pruning keeps it) and exported with a clear name.
+by the engine (`blk.generate.review`), so re-opening a grid is instant; a grid
+can be cancelled, keeping the cells made so far. Generation runs on the
+workspace's device and on the pipeline Sketch loaded, with its memory options.
+The blind A/B tally is saved with the run; the preferred checkpoint can be
+pinned (its own run's pruning keeps it) and exported with a clear name.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -25,8 +28,15 @@ def _run_dir(context: StudioContext, run: str) -> Path | None:
     return context.workspace.confine(run, base=context.workspace.runs) if run else None
 
 
+def label(context: StudioContext, run: str, path) -> str:
+    """The LoRA's name in this review, unique among its LoRAs (another run's step-000008 is RUN/step-000008…)."""
+    from blk.generate.review import review_label
+
+    return review_label(Path(path), _run_dir(context, run), context.workspace)
+
+
 def checkpoint_choices(context: StudioContext, run: str, extra: list[str]) -> list[tuple[str, str]]:
-    """(label, path): the run's checkpoints by step, then the extra LoRA files by name (confined)."""
+    """(label, path): the run's checkpoints by step, then the extra LoRA files by a unique label (confined)."""
     from blk.train.pins import pinned_steps, run_checkpoints
 
     choices = []
@@ -35,7 +45,10 @@ def checkpoint_choices(context: StudioContext, run: str, extra: list[str]) -> li
         pins = pinned_steps(folder)
         choices = [(f"step {step}" + (" (pinned)" if step in pins else ""), str(path))
                    for step, path in run_checkpoints(folder)]
-    return choices + [(Path(p).name, str(context.workspace.confine(p))) for p in extra or []]
+    for path in (context.workspace.confine(p) for p in extra or []):
+        if str(path) not in {value for _, value in choices}:
+            choices.append((label(context, run, path), str(path)))
+    return choices
 
 
 def on_run(context: StudioContext, run: str, extra: list[str]):
@@ -75,24 +88,30 @@ def spec_from_form(context: StudioContext, checkpoints, model, prompts, seeds, s
     except ValueError:
         raise UserError("Seeds and strengths are comma-separated numbers, like 1,2,3 and 0.6,0.8,1.0.") from None
     side = int(size or 1024)
+    settings = context.workspace.settings
     return GridSpec(model=model, checkpoints=[context.workspace.confine(p) for p in checkpoints or []],
                     prompts=[line.strip() for line in (prompts or "").splitlines() if line.strip()],
                     seeds=seed_list, scales=scale_list, include_base=bool(include_base), width=side, height=side,
                     steps=int(steps) if steps else None,
                     guidance=None if guidance in (None, "") else float(guidance),
-                    memory=MemoryOptions(compile=context.workspace.settings.compile,  # as Sketch's default
-                                         attention=context.workspace.settings.attention))
+                    # Sketch's defaults, for when Sketch has not loaded this model yet (else its options are reused)
+                    memory=MemoryOptions(compile=settings.compile, attention=settings.attention),
+                    device=settings.device)
 
 
-def make_grid(context: StudioContext, run, *form, progress=gr.Progress()):
+def make_grid(context: StudioContext, run, *form, cancel: threading.Event | None = None, progress=gr.Progress()):
+    """The grid, its PNG and a status line; a cancel (the event set) keeps the cells made so far in the cache."""
     from blk.errors import UserError
     from blk.generate.review import Reviewer, review_folder, save_grid
 
+    if cancel is not None:
+        cancel.clear()
     try:
         spec = spec_from_form(context, *form)
         folder = review_folder(context.workspace, _run_dir(context, run))
         result = Reviewer(context.sketcher).grid(
-            spec, folder, progress=lambda done, total: progress(done / total, desc=f"cell {int(done)}/{total}"))
+            spec, folder, progress=lambda done, total: progress(done / total, desc=f"cell {int(done)}/{total}"),
+            cancel=cancel)
         path = save_grid(result, spec, folder / "grids" / f"grid-{time.strftime('%Y%m%d-%H%M%S')}.png")
     except UserError as exc:
         return None, None, f"**{exc}**"
@@ -119,11 +138,11 @@ def compare(context: StudioContext, run, a, b, prompt, seed, *form, progress=gr.
         right, _ = reviewer.cell(spec, Row(Path(b), spec.scales[-1]), column, folder)
     except UserError as exc:
         return None, f"**{exc}**"
-    return (str(left), str(right)), f"Left: **A** ({Path(a).name}) · right: **B** ({Path(b).name})."
+    return (str(left), str(right)), f"Left: **A** ({label(context, run, a)}) · right: **B** ({label(context, run, b)})."
 
 
 def start_blind(context: StudioContext, run, a, b, *form):
-    """Pairs to judge, A's side hidden; the first pair is shown."""
+    """Pairs to judge, A's side hidden; the first pair is shown (or why it could not be: a pick click retries)."""
     from blk.errors import UserError
     from blk.generate.blind import blind_pairs
 
@@ -134,9 +153,21 @@ def start_blind(context: StudioContext, run, a, b, *form):
     except UserError as exc:
         return None, None, None, f"**{exc}**"
     pairs = blind_pairs(spec.prompts or [""], spec.seeds)
-    state = {"a": a, "b": b, "pairs": pairs, "index": 0, "form": list(form)}
-    left, right, note = show_pair(context, run, state)
-    return state, left, right, note
+    state = {"a": a, "b": b, "pairs": pairs, "index": 0, "shown": None, "form": list(form)}
+    return show_next(context, run, state)
+
+
+def show_next(context: StudioContext, run, state):
+    """(state, left, right, note) for the current pair; `state["shown"]` is its index once it is on screen, so
+    that a pick is only ever recorded for a pair the curator saw, and only once."""
+    from blk.errors import UserError
+
+    try:
+        left, right, note = show_pair(context, run, state)
+    except UserError as exc:
+        return ({**state, "shown": None}, None, None,
+                f"**{exc}** Press a pick button to try pair {state['index'] + 1} again; nothing was recorded for it.")
+    return {**state, "shown": state["index"]}, left, right, note
 
 
 def show_pair(context: StudioContext, run, state):
@@ -155,41 +186,51 @@ def show_pair(context: StudioContext, run, state):
 
 
 def pick(context: StudioContext, run, state, side: str):
-    """Record the pick; show the next pair, or reveal the tally when all are judged."""
+    """Record the pick; show the next pair, or reveal the tally when all are judged.
+
+    When the current pair failed to show, the click shows it again and records nothing. The tally is
+    keyed by labels unique within the review, so same-named checkpoints of two runs stay apart.
+    """
     from blk.errors import UserError
     from blk.generate.blind import record_pick
     from blk.generate.review import review_folder
 
     if not state or state["index"] >= len(state["pairs"]):
         return state, gr.update(), gr.update(), "Start a blind test first.", gr.update()
-    folder = review_folder(context.workspace, _run_dir(context, run))
+    if state.get("shown") != state["index"]:
+        return show_next(context, run, state) + (gr.update(),)
     try:
-        tally = record_pick(folder, Path(state["a"]).name, Path(state["b"]).name,
-                            state["pairs"][state["index"]], side)
+        folder = review_folder(context.workspace, _run_dir(context, run))
+        a, b = label(context, run, state["a"]), label(context, run, state["b"])
+        tally = record_pick(folder, a, b, state["pairs"][state["index"]], side)
     except UserError as exc:
         return state, gr.update(), gr.update(), f"**{exc}**", gr.update()
-    state = {**state, "index": state["index"] + 1}
+    state = {**state, "index": state["index"] + 1, "shown": None}
     if state["index"] < len(state["pairs"]):
-        left, right, note = show_pair(context, run, state)
-        return state, left, right, note, gr.update()
+        return show_next(context, run, state) + (gr.update(),)
     leader = tally.leader()
-    chosen = state["a"] if leader == Path(state["a"]).name else state["b"] if leader else gr.update()
+    chosen = {a: state["a"], b: state["b"]}[leader] if leader else gr.update()
     return state, None, None, f"Done. Tally so far, saved with the run: {tally.sentence()}", chosen
 
 
 def keep(context: StudioContext, run, checkpoint, action: str):
+    """Pin a checkpoint in its own run (which may not be the run picked above: "Other LoRA files" can hold
+    another run's checkpoints), or export it."""
     from blk.errors import UserError
+    from blk.generate.review import checkpoint_run
     from blk.train.pins import checkpoint_step, export_checkpoint, pin
 
     if not checkpoint:
         return "Choose a checkpoint."
     try:
+        _run_dir(context, run)  # a run name from the browser is confined even though the pin goes by the file
         path = context.workspace.confine(checkpoint)
         if action == "pin":
-            if not run:
+            owner = checkpoint_run(path)
+            if owner is None or not (owner / "config.yaml").is_file():
                 return "Only a run's checkpoints can be pinned."
-            pin(_run_dir(context, run), checkpoint_step(path))
-            return f"Pinned {path.name}: the run's pruning keeps it."
+            pin(owner, checkpoint_step(path))
+            return f"Pinned {path.name} of run {owner.name}: the run's pruning keeps it."
         target = export_checkpoint(path, context.workspace.outputs("loras"))
         return f"Exported as `{target}`."
     except UserError as exc:
@@ -201,6 +242,7 @@ def build(context: StudioContext) -> dict:
     from ui.tabs.sketch import model_defaults
 
     default_steps, default_guidance = model_defaults(context, context.default_model())
+    cancel = threading.Event()  # set by the grid's Cancel button; the grid stops before its next step
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
@@ -224,7 +266,9 @@ def build(context: StudioContext) -> dict:
         with gr.Column(scale=3):
             with gr.Tabs():
                 with gr.Tab("Grid"):
-                    grid_button = gr.Button("Make the grid", variant="primary", elem_id="blk-review-grid")
+                    with gr.Row():
+                        grid_button = gr.Button("Make the grid", variant="primary", elem_id="blk-review-grid")
+                        grid_cancel = gr.Button("Cancel", elem_id="blk-review-cancel")
                     grid_status = gr.Markdown(elem_id="blk-review-status")
                     grid = gr.Image(label="Grid", type="filepath", buttons=["download", "fullscreen"],
                                     elem_id="blk-review-image")
@@ -266,8 +310,10 @@ def build(context: StudioContext) -> dict:
     extra.change(lambda r, e: on_run(context, r, e), inputs=[run, extra], outputs=run_outputs)
     refresh.click(lambda r, e: (gr.Dropdown(choices=run_choices(context)),) + on_run(context, r, e),
                   inputs=[run, extra], outputs=[run] + run_outputs)
-    grid_button.click(lambda r, *f, progress=gr.Progress(): make_grid(context, r, *f, progress=progress),
+    grid_button.click(lambda r, *f, progress=gr.Progress(): make_grid(context, r, *f, cancel=cancel,
+                                                                      progress=progress),
                       inputs=[run, checkpoints] + form, outputs=[grid, grid_file, grid_status], api_name="review_grid")
+    grid_cancel.click(cancel.set, queue=False)
     compare_button.click(lambda r, a_, b_, p, s, *f, progress=gr.Progress():
                          compare(context, r, a_, b_, p, s, *f, progress=progress),
                          inputs=[run, a, b, prompt, seed] + form, outputs=[slider, compare_note])

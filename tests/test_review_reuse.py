@@ -1,0 +1,228 @@
+"""Review on Sketch's pipeline: the device setting, Sketch's memory options (no reload when switching tabs),
+cells keyed by how they were made, pins and blind tallies of same-named checkpoints from two runs, blind
+A/B after a failed generation, cancel, loose LoRA files from the CLI, and SDXL grids."""
+
+import shutil
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from blk.errors import UserError
+from blk.generate.blind import read_tally
+from blk.generate.metadata import read_parameters
+from blk.generate.review import GridSpec, Reviewer, Row, cell_key
+from blk.generate.sketch import Sketcher, SketchRequest
+from blk.generate.text_to_image import TextToImage
+from blk.models.device import MemoryOptions
+from blk.models.pipelines import PipelineCache
+from blk.train.pins import pinned_steps
+from blk.workspace import Workspace
+from tests.conftest import run_blk
+from tests.support.loras import make_random_lora
+from ui.context import StudioContext
+from ui.tabs import review
+
+FORM = ("tiny-flux", "a cube", "1", "1.0", False, 64, 1, None)  # model, prompts, seeds, scales, base, size, steps, guidance
+
+
+def no_progress(*_args, **_kwargs):
+    return None
+
+
+def pixels(path):
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def studio(shared_workspace, trained_run, tmp_path_factory):
+    """A workspace with the tiny models, two runs with the same checkpoint names (run-a, run-b) and a loose
+    LoRA file that is also called step-000008.safetensors."""
+    workspace = Workspace(tmp_path_factory.mktemp("review-reuse") / "ws")
+    shutil.copytree(shared_workspace.models, workspace.models, dirs_exist_ok=True)
+    for name in ("run-a", "run-b"):
+        shutil.copytree(trained_run, workspace.runs / name, ignore=shutil.ignore_patterns("review", "pinned.json"))
+    loose = workspace.models / "loras" / "mine" / "step-000008.safetensors"
+    loose.parent.mkdir(parents=True)
+    shutil.copy(trained_run / "checkpoints" / "step-000004.safetensors", loose)
+    return workspace
+
+
+def checkpoint(workspace, run, step):
+    return workspace.runs / run / "checkpoints" / f"step-{step:06d}.safetensors"
+
+
+def cells(folder):
+    return sorted((folder / "cells").glob("*.png")) if (folder / "cells").exists() else []
+
+
+def test_review_runs_on_the_device_setting(studio, monkeypatch):
+    context = StudioContext(studio, demo=True, demo_reason="test")
+    lora = str(checkpoint(studio, "run-a", 8))
+    monkeypatch.setattr(studio.settings, "device", "cuda:7")
+    grid, _, status = review.make_grid(context, "", [lora], *FORM, progress=no_progress)
+    assert grid is None and "Device cuda:7 is not available here" in status and "\n" not in status
+    assert cells(studio.outputs("review")) == [] and context.sketcher.cache.load_count == 0
+
+    monkeypatch.setattr(studio.settings, "device", "cpu")
+    grid, _, status = review.make_grid(context, "", [lora], *FORM, progress=no_progress)
+    assert "1 rows × 1 columns" in status and context.sketcher.cache._loaded.device == "cpu"
+    assert read_parameters(cells(studio.outputs("review"))[0])["device"] == "cpu"
+
+
+def test_cells_made_on_another_device_or_dtype_or_with_int8_never_share_a_key(studio):
+    sketcher = Sketcher(studio)
+    loaded, text, _ = sketcher.prepare(SketchRequest("tiny-flux", "a", width=64, height=64, steps=1))
+    row = Row(checkpoint(studio, "run-a", 8), 1.0)
+    text = TextToImage(**{**text.__dict__, "seed": 1})
+    here = cell_key(loaded, row, text)
+    assert cell_key(replace(loaded, device="mps"), row, text) != here  # another device, and float16
+    assert cell_key(replace(loaded, memory=MemoryOptions(int8=True)), row, text) != here
+    assert cell_key(replace(loaded, memory=MemoryOptions(vae_tiling=True)), row, text) != here
+    # speed options only change time: a compiled pipeline's cells are the same cells
+    assert cell_key(replace(loaded, memory=MemoryOptions(compile=True, cpu_offload=True)), row, text) == here
+
+
+def test_sketch_memory_modes_survive_a_grid_and_int8_cells_are_their_own(studio, tmp_path):
+    """Sketch → Review → Sketch loads the base once (Review follows Sketch's memory options); int8 weights
+    change pixels, so a grid on an int8 pipeline does not reuse the cells of a float one."""
+    cache = PipelineCache()
+    sketcher = Sketcher(studio, cache)
+    tiled = MemoryOptions(vae_tiling=True)
+    sketch = SketchRequest("tiny-flux", "an ink cube", seed=3, width=64, height=64, steps=1, out_dir=tmp_path / "s")
+    sketcher.run(replace(sketch, memory=tiled))
+    spec = GridSpec("tiny-flux", [checkpoint(studio, "run-a", 8)], ["a cube"], seeds=[1, 2], width=64, height=64,
+                    steps=1)  # spec.memory is the default: Review has no memory controls
+    first = Reviewer(sketcher).grid(spec, tmp_path / "review")
+    assert first.generated == 2 and read_parameters(first.cells[0][0])["memory"]["vae_tiling"] is True
+    sketcher.run(replace(sketch, memory=tiled))
+    assert cache.load_count == 1
+
+    sketcher.run(replace(sketch, memory=MemoryOptions(int8=True)))
+    int8 = Reviewer(sketcher).grid(spec, tmp_path / "review")
+    assert (int8.generated, cache.load_count) == (2, 2)
+    assert not np.array_equal(pixels(int8.cells[0][0]), pixels(first.cells[0][0]))
+    sketcher.run(replace(sketch, memory=tiled))
+    assert Reviewer(sketcher).grid(spec, tmp_path / "review").generated == 0  # the float cells, as they were
+
+
+def test_same_named_checkpoints_of_two_runs_pin_label_and_tally_apart(studio):
+    context = StudioContext(studio, demo=True, demo_reason="test")
+    own, other = checkpoint(studio, "run-a", 8), checkpoint(studio, "run-b", 8)
+    loose = studio.models / "loras" / "mine" / "step-000008.safetensors"
+    note = review.keep(context, "run-a", str(checkpoint(studio, "run-b", 4)), "pin")
+    assert "Pinned step-000004.safetensors of run run-b" in note
+    assert pinned_steps(studio.runs / "run-b") == {4} and pinned_steps(studio.runs / "run-a") == set()
+    assert review.keep(context, "run-a", str(loose), "pin") == "Only a run's checkpoints can be pinned."
+    labels = dict((path, label) for label, path in review.checkpoint_choices(context, "run-a", [str(other),
+                                                                                               str(loose)]))
+    assert (labels[str(own)], labels[str(other)], labels[str(loose)]) == (
+        "step 8", "run-b/step-000008.safetensors", "models/loras/mine/step-000008.safetensors")
+
+    # the curator prefers run-b's step 8 in every pair: the tally says so, and it is the one offered to keep
+    state, *_ = review.start_blind(context, "run-a", str(own), str(other), "tiny-flux", "a cube", "1,2", "1.0",
+                                   False, 64, 1, None)
+    for _ in range(2):
+        side = "right" if state["pairs"][state["index"]].left_is_a else "left"
+        state, _, _, note, chosen = review.pick(context, "run-a", state, side)
+    assert "Done" in note and chosen == str(other)
+    tally = read_tally(studio.runs / "run-a" / "review", "step-000008.safetensors", "run-b/step-000008.safetensors")
+    assert (tally.a_wins, tally.b_wins) == (0, 2)
+
+    spec = GridSpec("tiny-flux", [own, other], ["a cube"], width=64, height=64, steps=1)
+    assert Reviewer(context.sketcher).grid(spec, studio.runs / "run-a" / "review").row_labels == [
+        "run-a/step 8", "run-b/step 8"]
+
+
+def test_blind_pick_after_a_failed_generation_is_a_sentence_and_counts_once(studio):
+    context = StudioContext(studio, demo=True, demo_reason="test")
+    a, b = checkpoint(studio, "run-a", 4), checkpoint(studio, "run-a", 12)
+    aside = b.with_suffix(".moved")
+    form = ("tiny-flux", "a tower", "5,6", "1.0", False, 64, 1, None)
+    folder = studio.runs / "run-a" / "review"
+
+    try:
+        b.rename(aside)  # B's file is gone while the test starts: a sentence, not an error page
+        state, left, right, note = review.start_blind(context, "run-a", str(a), str(b), *form)
+        assert left is None and "does not exist" in note and "nothing was recorded" in note
+        aside.rename(b)
+        state, left, right, note, _ = review.pick(context, "run-a", state, "left")  # shows pair 1, records nothing
+        assert "Pair 1 of 2" in note and left and read_tally(folder, a.name, b.name).votes == 0
+
+        b.rename(aside)  # the pick is recorded, then the next pair fails to generate
+        state, left, right, note, _ = review.pick(context, "run-a", state, "left")
+        assert left is None and "does not exist" in note and read_tally(folder, a.name, b.name).votes == 1
+        state, _, _, note, _ = review.pick(context, "run-a", state, "left")  # a retry that fails again
+        assert "does not exist" in note and read_tally(folder, a.name, b.name).votes == 1
+        aside.rename(b)
+    finally:
+        if aside.exists():
+            aside.rename(b)
+    state, left, _, note, _ = review.pick(context, "run-a", state, "left")  # the retry shows pair 2
+    assert "Pair 2 of 2" in note and left and read_tally(folder, a.name, b.name).votes == 1
+    state, _, _, note, _ = review.pick(context, "run-a", state, "tie")
+    tally = read_tally(folder, a.name, b.name)
+    assert "Done" in note and tally.votes == 2 and tally.ties == 1
+
+
+def test_grid_cancel_keeps_the_cells_made_so_far(studio, tmp_path):
+    context = StudioContext(Workspace(tmp_path / "ws"), demo=True, demo_reason="test")
+    shutil.copytree(studio.models, context.workspace.models, dirs_exist_ok=True)
+    lora = context.workspace.models / "loras" / "a.safetensors"
+    shutil.copy(checkpoint(studio, "run-a", 8), lora)
+    cancel = threading.Event()
+    cancel.set()  # a cancel left over from an earlier grid does not stop the next one
+    form = ("tiny-flux", "a cube", "1,2,3", "1.0", False, 64, 1, None)
+
+    def progress(fraction, desc=""):
+        if fraction >= 1 / 3:  # the first cell is done
+            cancel.set()
+
+    _, _, status = review.make_grid(context, "", [str(lora)], *form, cancel=cancel, progress=progress)
+    assert "Cancelled; 1 of 3 cells are cached" in status
+    assert len(cells(context.workspace.outputs("review"))) == 1
+    _, _, status = review.make_grid(context, "", [str(lora)], *form, cancel=cancel, progress=no_progress)
+    assert "2 generated, 1 from the cache" in status
+
+
+def test_cli_review_of_loose_lora_files_with_a_device(studio, tmp_path):
+    workspace = Workspace(tmp_path / "ws")
+    shutil.copytree(studio.models, workspace.models, dirs_exist_ok=True)
+    loras = []
+    for name, step in (("ink.safetensors", 4), ("wash.safetensors", 12)):
+        loras.append(workspace.models / "loras" / name)
+        shutil.copy(checkpoint(studio, "run-a", step), loras[-1])
+    out = tmp_path / "grid.png"
+    common = ("--workspace", str(workspace.root), "review", *map(str, loras), "--model", "tiny-flux", "--seeds", "1",
+              "--size", "64x64", "--steps", "1", "--out", str(out))
+    bad = run_blk(*common, "--device", "cuda:7")
+    assert bad.returncode == 2 and "Device cuda:7 is not available here" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not out.exists()
+
+    result = run_blk(*common, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "2×1 grid (2 generated, 0 from the cache)" in result.stdout
+    made = cells(workspace.outputs("review"))
+    assert len(made) == 2 and {read_parameters(p)["loras"][0]["name"] for p in made} == {"ink.safetensors",
+                                                                                       "wash.safetensors"}
+    assert read_parameters(out)["rows"] == ["ink", "wash"] and Image.open(out).size[1] > 64
+
+
+def test_sdxl_grid_two_loras_one_load_and_a_flux_lora_is_refused(studio, tmp_path):
+    sdxl = [make_random_lora(studio.models / "tiny-sdxl", "sdxl", tmp_path / f"sdxl{seed}", seed=seed)
+            for seed in (1, 2)]
+    cache = PipelineCache()
+    reviewer = Reviewer(Sketcher(studio, cache))
+    spec = GridSpec("tiny-sdxl", sdxl, ["an ink cube"], seeds=[1], include_base=True, width=64, height=64, steps=2)
+    result = reviewer.grid(spec, tmp_path / "review")
+    assert (result.generated, cache.load_count) == (3, 1)
+    base, one, two = (pixels(row[0]) for row in result.cells)
+    assert np.abs(one - base).mean() > 0.5 and np.abs(two - one).mean() > 0.5
+
+    flux_lora = checkpoint(studio, "run-a", 8)
+    with pytest.raises(UserError, match="not a LoRA for sdxl") as caught:
+        reviewer.grid(replace(spec, checkpoints=[flux_lora], include_base=False), tmp_path / "refused")
+    assert "\n" not in str(caught.value) and cells(tmp_path / "refused") == []
+    assert cache.load_count == 1
