@@ -11,7 +11,7 @@ from blk.generate.metadata import read_parameters
 from blk.models.pipelines import PipelineCache
 from blk.models.registry import resolve
 from blk.upscale.canvas import Canvas
-from blk.upscale.diffusion import DiffusionJob, Pass, effective_steps, plan, run, tile_processor
+from blk.upscale.diffusion import DiffusionJob, Pass, effective_steps, plan, run, step_sizes, tile_processor
 from blk.upscale.source import ArraySource
 from blk.upscale.tiler import spans, run_tiles
 from tests.support.loras import make_random_lora
@@ -43,10 +43,45 @@ def test_steps_and_plan():
     assert effective_steps(2, 0.2) == (5, 1)  # never zero steps
     with pytest.raises(UserError, match="between 0 and 1"):
         effective_steps(10, 0)
-    job = DiffusionJob("in.png", "out.tif", "flux-dev", scale=None, size=(4096, 3072), tile=1024, overlap=96)
+    job = DiffusionJob("in.png", "out.tif", "flux-dev", scale=None, size=(4096, 3072), tile=1024, overlap=96,
+                       final_max_pixels=2 * 2**20, device="cpu")
     the_plan = plan(job, 1024, 768, 28)
     assert (the_plan.tiles_per_pass, the_plan.passes, the_plan.final_pass) == (20, 2, False)
     assert the_plan.steps_per_tile == [8, 5] and "20 tiles" in the_plan.sentence()
+    assert the_plan.sizes == [(4096, 3072)] and the_plan.notes == [
+        "The full-frame pass is left out: a 4096×3072 frame needs about 96.0 GB and about 16.0 GB is free for it; "
+        "the tiled result is kept."]  # final_max_pixels: 2 MP at 8 KB per pixel (fp32 on the CPU)
+    # steps of at most `step`×: ×16 is two ×4 steps, or four ×2; --size may change the aspect
+    assert step_sizes(1000, 500, (16000, 8000), 4) == [(4000, 2000), (16000, 8000)]
+    assert step_sizes(1000, 500, (16000, 8000), 2) == [(2000, 1000), (4000, 2000), (8000, 4000), (16000, 8000)]
+    assert step_sizes(1000, 500, (9000, 2000), 4) == [(3000, 1000), (9000, 2000)]
+    assert step_sizes(1000, 500, (1000, 500), 4) == [(1000, 500)]
+    big = plan(DiffusionJob("in.png", "out.tif", "flux-dev", scale=16, final_denoise=None), 1000, 500, 28)
+    assert big.sizes == [(4000, 2000), (16000, 8000)] and big.tiles == [15, 162] and big.tiles_per_pass == 162
+    assert big.total_tiles == 2 * (15 + 162) and "in 2 steps (4000×2000, 16000×8000)" in big.sentence()
+    with pytest.raises(UserError, match="above 1"):
+        step_sizes(1000, 500, (2000, 1000), 1)
+
+
+def test_tile_range_notice_for_real_models_only(capsys):
+    """Tiles are pixels of the enlarged image; outside the paper's 512–1536 (overlap 64–128) a real model
+    gets a one-sentence notice (not an error), the tiny test models none."""
+    from blk.cli import main
+
+    odd = plan(DiffusionJob("in.png", "out.tif", "flux-dev", scale=2, tile=256, overlap=32, final_denoise=None),
+               1024, 768, 28, 16)
+    assert odd.notes == ["Tiles of 256 px with 32 px overlap are outside what the diffusion path is made for "
+                         "(512–1536 px tiles, 64–128 px overlap, in pixels of the enlarged image), so expect "
+                         "weaker texture or visible seams."]
+    assert odd.notes[0] in odd.sentence()
+    assert plan(DiffusionJob("in.png", "out.tif", "flux-dev", scale=2, overlap=200, final_denoise=None),
+                1024, 768, 28, 16).notes[0].startswith("Tiles of 1024 px with 200 px overlap are outside")
+    assert plan(DiffusionJob("in.png", "out.tif", "flux-dev", scale=2, final_denoise=None), 1024, 768, 28, 16).notes == []
+    assert plan(DiffusionJob("in.png", "out.tif", "tiny-flux", scale=2, tile=32, overlap=8, final_denoise=None),
+                48, 40, 4, 16).notes == []
+    with pytest.raises(SystemExit):
+        main(["upscale", "--help"])
+    assert "px of the enlarged image each pass refines" in " ".join(capsys.readouterr().out.split())
 
 
 def test_passes_give_a_deterministic_refined_image(shared_workspace, tmp_path, pipelines):
@@ -130,6 +165,13 @@ def test_esrgan_enlargement_first(shared_workspace, tmp_path, pipelines):
     result = run(tiny_job(tmp_path, enlarge_model=model, final_denoise=None), shared_workspace, pipelines)
     assert Image.open(result.path).size == (96, 80)
     assert read_parameters(result.path)["enlarge"] == model.name
+    # two ×2 steps: the second enlargement runs the model on the first step's refined image
+    gradient(20, 16).save(tmp_path / "small.png")
+    stepped = run(tiny_job(tmp_path, "stepped.png", input=tmp_path / "small.png", enlarge_model=model, scale=4,
+                           step=2, tile=48, overlap=8, passes=(Pass(0.5),), final_denoise=None),
+                  shared_workspace, pipelines)
+    assert Image.open(stepped.path).size == (80, 64) and stepped.sizes == [(40, 32), (80, 64)]
+    assert stepped.tiles == 1 + 4 and not list(tmp_path.glob(".blk-tmp-*"))
 
 
 def test_bad_requests_are_one_sentence(shared_workspace, tmp_path, pipelines):
@@ -175,3 +217,147 @@ def test_cli_diffusion_killed_then_resumed(shared_workspace, tmp_path):
     assert not list(tmp_path.glob(".blk-tmp-*"))
     bad = run_blk(*common[:-1], "--denoise", "lots", "--out", str(tmp_path / "x.png"))
     assert bad.returncode == 2 and "--denoise takes numbers" in bad.stderr
+
+
+def record_calls(monkeypatch, pipelines, workspace, fail_when=None) -> list:
+    """(width, height, generator seed) of every img2img call, from a wrapper on the loaded pipeline's class
+    (diffusers' object); `fail_when(width, height)` raises an out-of-memory error for such calls."""
+    import torch
+
+    pipe_class = type(pipelines.get(resolve("tiny-flux", workspace), task="img2img").pipe)
+    original, calls = pipe_class.__call__, []
+
+    def recording(self, *args, **kwargs):
+        calls.append((kwargs["width"], kwargs["height"], kwargs["generator"].initial_seed()))
+        if fail_when is not None and fail_when(kwargs["width"], kwargs["height"]):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipe_class, "__call__", recording)
+    return calls
+
+
+def stop_at(tile: int):
+    """A progress callback that presses Ctrl+C once the count reaches `tile` (the job keeps its files)."""
+    def progress(done, total):
+        if done == tile:
+            raise KeyboardInterrupt()
+    return progress
+
+
+def test_steps_repeat_with_one_tile_shape_and_seed_and_resume(shared_workspace, tmp_path, pipelines, monkeypatch):
+    """×4 in two ×2 steps over a non-square image: enlarge and refine at 40×32, again at 80×64, then the
+    full-frame pass; every tile call has one shape and one seed; a job stopped mid-step and again right
+    after the full-frame pass finishes with the uninterrupted pixels and never refines twice."""
+    gradient(20, 16).save(tmp_path / "small.png")
+
+    def job(name):
+        return tiny_job(tmp_path, name, input=tmp_path / "small.png", scale=4, step=2, tile=32, overlap=8,
+                        passes=(Pass(0.5),), seed=7)
+
+    the_plan = plan(job("a.png"), 20, 16, 4, 16)
+    assert (the_plan.sizes, the_plan.tiles, the_plan.final_pass) == ([(40, 32), (80, 64)], [2, 9], True)
+    assert "in 2 steps (40×32, 80×64): 1 pass each of 2 + 9 tiles plus one full-frame pass" in the_plan.sentence()
+    calls = record_calls(monkeypatch, pipelines, shared_workspace)
+    whole = run(job("a.png"), shared_workspace, pipelines)
+    # 2 tiles at 40×32, 9 at 80×64, all 32×32 with seed 7; then the whole 80×64 frame
+    assert calls == [(32, 32, 7)] * 11 + [(80, 64, 7)] and whole.tiles == 12
+    read = lambda path: np.asarray(Image.open(path)).astype(int)  # noqa: E731
+    assert read(whole.path).shape == (64, 80, 3) and whole.sizes == [(40, 32), (80, 64)] and whole.final_pass
+    lanczos = np.asarray(gradient(20, 16).resize((80, 64), Image.Resampling.LANCZOS)).astype(int)
+    assert np.abs(read(whole.path) - lanczos).mean() > 2
+    assert read_parameters(whole.path)["step_sizes"] == [[40, 32], [80, 64]]
+
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):  # in step 2's second row of tiles (tiles 6–8)
+        run(job("b.png"), shared_workspace, pipelines, progress=stop_at(7))
+    state = json.loads((tmp_path / ".blk-tmp-b.png.journal.json").read_text())
+    # stages: 0 enlarge to 40×32, 1 pass A there, 2 enlarge to 80×64, 3 pass A there, 4 the full frame
+    assert (state["pass"], state["rows_done"], state["tiles_done"]) == (3, 1, 3) and len(calls) == 7
+    canvases = {p.name.split(".")[-2]: p.stat().st_size for p in tmp_path.glob(f".blk-tmp-{state['token']}.*.canvas")}
+    assert canvases == {"pass2": 80 * 64 * 3 * 2, "pass3": 80 * 64 * 3 * 2}  # step 1's canvases are gone
+
+    calls.clear()
+    notes = []
+    with pytest.raises(KeyboardInterrupt):  # right after the full-frame pass is recorded as done
+        run(job("b.png"), shared_workspace, pipelines, progress=stop_at(12), log=notes.append)
+    assert notes == ["Resuming an interrupted job at step 2 of 2, pass A, tile 6 of 12 (tiles of at most 32 px)."]
+    assert calls == [(32, 32, 7)] * 6 + [(80, 64, 7)]  # the rest of step 2 and the full-frame pass
+    assert json.loads((tmp_path / ".blk-tmp-b.png.journal.json").read_text())["pass"] == 5
+
+    calls.clear()
+    notes.clear()
+    resumed = run(job("b.png"), shared_workspace, pipelines, log=notes.append)
+    assert calls == [] and notes == ["Resuming an interrupted job after its last pass: writing the result."]
+    assert np.array_equal(read(resumed.path), read(whole.path))  # same seed, same pixels, refined once
+    assert read_parameters(resumed.path)["final_denoise"] == 0.1 and not list(tmp_path.glob(".blk-tmp-*"))
+
+
+def test_full_frame_pass_changes_pixels_and_out_of_memory_skips_it(shared_workspace, tmp_path, pipelines,
+                                                                    monkeypatch):
+    gradient(24, 20).save(tmp_path / "small.png")
+
+    def job(name, **fields):
+        return tiny_job(tmp_path, name, input=tmp_path / "small.png", tile=32, overlap=8, passes=(Pass(0.5),),
+                        **fields)
+
+    read = lambda result: np.asarray(Image.open(result.path)).astype(int)  # noqa: E731
+    tiled = run(job("tiled.png", final_denoise=None), shared_workspace, pipelines)
+    final = run(job("final.png", final_denoise=0.3), shared_workspace, pipelines)
+    assert np.abs(read(final) - read(tiled)).mean() > 1 and final.final_pass and not tiled.final_pass
+    assert read_parameters(final.path)["final_denoise"] == 0.3
+
+    notes = []
+    calls = record_calls(monkeypatch, pipelines, shared_workspace, fail_when=lambda w, h: (w, h) != (32, 32))
+    skipped = run(job("skipped.png", final_denoise=0.3), shared_workspace, pipelines, log=notes.append)
+    assert calls[-1] == (48, 48, 0)  # 48×40 padded to Flux's grid: the full frame, which ran out of memory
+    assert notes == ["The full-frame pass ran out of memory at 48×40 and was skipped; the tiled result is kept."]
+    assert np.array_equal(read(skipped), read(tiled)) and not skipped.final_pass
+    assert read_parameters(skipped.path)["final_denoise"] is None and not list(tmp_path.glob(".blk-tmp-*"))
+
+    calls.clear()
+    notes.clear()  # larger than it may be: left out before it starts, with a note
+    small = run(job("small-budget.png", final_denoise=0.3, final_max_pixels=1000), shared_workspace, pipelines,
+                log=notes.append)
+    assert (48, 48, 0) not in calls and np.array_equal(read(small), read(tiled))
+    assert len(notes) == 1 and notes[0].startswith("The full-frame pass is left out: a 48×40 frame needs about")
+
+
+def test_cli_16bit_icc_dpi_and_print_copy(shared_workspace, tmp_path, capsys):
+    """--16bit, --icc, --dpi and --print-dpi reach the diffusion path's TIFF and its print copy."""
+    import tifffile
+    from PIL import ImageCms
+
+    from blk.cli import main
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    (tmp_path / "profile.icc").write_bytes(icc)
+    tifffile.imwrite(tmp_path / "scan.tif", (np.asarray(gradient(24, 20), np.float32) * 257).astype(np.uint16),
+                     photometric="rgb")
+    common = ["--workspace", str(shared_workspace.root), "upscale", str(tmp_path / "scan.tif"), "--path", "diffusion",
+              "--model", "tiny-flux", "--scale", "2", "--tile", "48", "--overlap", "8", "--steps", "4",
+              "--denoise", "0.5", "--no-final-pass", "--16bit"]
+    code = main(common + ["--icc", str(tmp_path / "profile.icc"), "--dpi", "300", "--print-dpi", "240",
+                          "--out", str(tmp_path / "big.tif")])
+    said = capsys.readouterr()
+    assert code == 0, said.err
+    assert "48×40, 16-bit, 1 step(s) of 1 pass(es), 1 tiles" in said.out
+    assert f"print copy: {tmp_path / 'big.print.tif'}" in said.out and "outside what" not in said.err
+    with tifffile.TiffFile(tmp_path / "big.tif") as tif:
+        page = tif.pages[0]
+        master = page.asarray()
+        assert page.dtype == np.uint16 and master.shape == (40, 48, 3) and page.tags["InterColorProfile"].value == icc
+        x, y = page.tags["XResolution"].value
+        assert abs(x / y - 300) < 1e-6 and json.loads(page.description)["bits"] == 16
+    assert (master % 257 != 0).mean() > 0.5  # 16 bits of the model's output, not 8 bits widened
+    with tifffile.TiffFile(tmp_path / "big.print.tif") as tif:
+        page = tif.pages[0]
+        printed = page.asarray()
+        assert page.dtype == np.uint8 and printed.shape == (40, 48, 3) and page.tags["InterColorProfile"].value == icc
+        x, y = page.tags["XResolution"].value
+        assert abs(x / y - 240) < 1e-6
+    assert np.abs(printed - master / 257).max() <= 0.5 + 1e-6  # rounded once from the 16-bit master
+    code = main(common + ["--out", str(tmp_path / "big.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "16-bit results are written as TIFF" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "big.png").exists() and not list(tmp_path.glob(".blk-tmp-*"))

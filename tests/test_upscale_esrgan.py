@@ -28,7 +28,7 @@ from blk.atomic import TEMP_PREFIX
 from blk.data.images import MAX_PIXELS
 from blk.errors import BadImage, UserError
 from blk.upscale.canvas import Canvas
-from blk.upscale.esrgan import EsrganJob, plan_passes, processor, run
+from blk.upscale.esrgan import EsrganJob, estimate, pass_inputs, plan_passes, processor, run
 from blk.upscale.models import load_upscaler
 from blk.upscale.source import ArraySource, open_input
 from blk.upscale.tiler import Cancelled, choose_tile, count_tiles, run_tiles, spans, weights
@@ -189,6 +189,41 @@ def test_torchscript_and_broken_files_are_one_sentence(tmp_path, models):
         assert "\n" not in str(caught.value) and str(caught.value).endswith(".")
 
 
+def community_model(architecture: str, path: Path) -> Path:
+    """A small random-weight model of a spandrel architecture, saved as a plain state_dict `.pth`
+    (what community upscalers ship), so that spandrel has to detect it from the keys alone."""
+    from spandrel.architectures.Compact import Compact
+    from spandrel.architectures.SPAN import SPAN
+    from spandrel.architectures.SwinIR import SwinIR
+
+    torch.manual_seed(0)
+    build = {"Compact": lambda: Compact(num_feat=8, num_conv=2, upscale=4),
+             "SwinIR": lambda: SwinIR(img_size=16, embed_dim=12, depths=[1], num_heads=[2], window_size=4,
+                                      mlp_ratio=2.0, upscale=2, upsampler="pixelshuffledirect"),
+             "SPAN": lambda: SPAN(num_in_ch=3, num_out_ch=3, feature_channels=8, upscale=2)}
+    torch.save(build[architecture]().state_dict(), path)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:torch.meshgrid")  # SwinIR's own code, inside spandrel
+@pytest.mark.parametrize("architecture, name, scale", [("Compact", "RealESRGAN Compact", 4),
+                                                       ("SwinIR", "SwinIR", 2), ("SPAN", "SPAN", 2)])
+def test_community_architectures_load_and_upscale_in_tiles(architecture, name, scale, tmp_path):
+    """Artists use community upscalers: a SRVGGNetCompact, a SwinIR and a SPAN file load through our
+    loader (spandrel's detection, restricted unpickler) and run a whole tiled job to an image of the
+    right size that is not one flat colour."""
+    upscaler = load_upscaler(community_model(architecture, tmp_path / f"{architecture}.pth"))
+    assert (upscaler.architecture, upscaler.scale) == (name, scale)
+    pixels = noise(40, 52, seed=5)
+    Image.fromarray((pixels * 255).round().astype(np.uint8)).save(tmp_path / "in.png")
+    result = run(EsrganJob(tmp_path / "in.png", tmp_path / "out.tif", tmp_path / f"{architecture}.pth",
+                           scale=scale, tile=24, overlap=4))
+    out = tifffile.imread(result.path).astype(np.float64)
+    assert out.shape == (40 * scale, 52 * scale, 3) and result.tiles > 1
+    assert out.std() > 2 and np.ptp(out) > 20  # levels that vary across the image
+    assert leftovers(tmp_path) == []
+
+
 # -- tiling ---------------------------------------------------------------------------------------
 
 def test_layout_weights_sum_to_one_and_edges_are_not_faded():
@@ -276,6 +311,10 @@ def run_array(upscaler, pixels, tmp_path, *, tile, overlap, blend="sine", proces
 
 
 def test_tiled_equals_untiled(x4, tmp_path):
+    """The tiled result against the model run on the whole image: exact far from every cut, and at the
+    borders the blended error (overlap 16, half-sine weights) is small and thousands of times smaller
+    than with hard pasting — tiles laid side by side without overlap and pasted as they come (overlap 0:
+    no blending, and no context past a tile's edge, so every cut shows the network's edge error)."""
     pixels = noise(72, 100)
     whole = reference(x4, pixels)
     errors = {}
@@ -289,8 +328,23 @@ def test_tiled_equals_untiled(x4, tmp_path):
     # at the cuts: measured max error 4.1e-5 (overlap 16), 5.1e-3 (8); plain tiling without overlap 0.26
     assert errors[16, "sine"].max() < 1e-4 < 1e-2 > errors[8, "sine"].max()
     assert errors[16, "sine"].max() * 1000 < errors[0, "sine"].max()
-    # with the same context a hard paste in the middle of the overlap is as close (1.5e-5): for a
-    # network the context removes the error; the blend is for tiles that disagree (next test)
+
+    # the borders: output px within 4 input px of a line where one tile hands over to the next, in either layout
+    border = np.zeros(whole.shape[:2], bool)
+    for overlap in (16, 0):
+        for axis, length in ((1, 100), (0, 72)):
+            for span in spans(length, 40, overlap):
+                if span.fade_in_end is not None:
+                    cut = slice(4 * (span.fade_in_end - 4), 4 * (span.fade_in_end + 4))
+                    border[(slice(None), cut) if axis else (cut, slice(None))] = True
+    blended, naive = errors[16, "sine"][border], errors[0, "sine"][border]
+    # measured: max 4.1e-5 against 0.26 (6300×), mean 7.5e-6 against 0.034 (4500×)
+    assert blended.max() < 1e-4 and naive.max() > 0.1
+    assert blended.max() * 2000 < naive.max() and blended.mean() * 2000 < naive.mean()
+
+    # a hard cut in the middle of the same 16 px overlap (blend="hard": the same context, no blending) is
+    # closer still (1.5e-5; the blend gives some weight to pixels nearer a cut: 2.7× that): for one network,
+    # context removes the error and the blend costs little; it is for tiles that disagree (next test)
     assert errors[16, "sine"].max() < 4 * errors[16, "hard"].max()
 
 
@@ -463,6 +517,56 @@ def test_exact_sizes_any_scale(models, x4, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def lanczos(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pillow's Lanczos on float channels (an independent resampler for the checks)."""
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c]), "F").resize(
+        (width, height), Image.Resampling.LANCZOS)) for c in range(pixels.shape[2])], axis=2).clip(0, 1)
+
+
+def test_the_last_pass_starts_from_just_what_reaches_the_target(models, x4, tmp_path):
+    """×7 or ×8 with a ×4 model: the second pass runs on the input ×1.75 or ×2 (the ×4 result shrunk
+    with Lanczos), not on the ×4 result — which made ×16 only to shrink it — and the result is the
+    exact size, with the pixels of that recipe run on whole images."""
+    assert pass_inputs(37, 29, 4, (296, 232)) == [(37, 29), (74, 58)]
+    assert pass_inputs(37, 29, 4, (259, 203)) == [(37, 29), (65, 51)]
+    assert pass_inputs(10, 12, 4, (160, 192)) == [(10, 12), (40, 48)]  # ×16: nothing to shrink
+    assert pass_inputs(37, 29, 4, (111, 87)) == [(37, 29)]  # one pass: never shrunk before the model
+    pixels = noise(29, 37, seed=7)
+    Image.fromarray((pixels * 255).round().astype(np.uint8)).save(tmp_path / "in.png")
+    pixels = np.asarray(Image.open(tmp_path / "in.png"), dtype=np.float32) / 255
+    first = count_tiles(37, 29, 32, 8)
+    for scale, size, second in ((8, (296, 232), (74, 58)), (7, (259, 203), (65, 51))):
+        result = run(EsrganJob(tmp_path / "in.png", tmp_path / f"x{scale}.tif", models["x4"], scale=scale,
+                               tile=32, overlap=8))
+        assert (result.width, result.height, result.passes) == (*size, 2)
+        assert tifffile.imread(result.path).shape == (size[1], size[0], 3)
+        # ×8: 2 + 9 tiles, ×7: 2 + 6, where a second pass on the ×4 result took 2 + 30
+        assert result.tiles == first + count_tiles(*second, 32, 8) < first + count_tiles(148, 116, 32, 8)
+    expected = reference(x4, lanczos(reference(x4, pixels), 74, 58)) * 255
+    difference = np.abs(tifffile.imread(tmp_path / "x8.tif") - expected)
+    assert difference.mean() < 0.75 and difference.max() < 2  # measured 0.25 and 0.92 levels (8-bit)
+    assert leftovers(tmp_path) == []
+
+
+def test_the_estimate_is_the_plan_the_job_runs(models, tmp_path):
+    """The UI's Estimate (`esrgan.estimate`) counts the tiles of every model pass with the tile the job
+    will use — automatic from free memory when not given — and `run` follows that same plan."""
+    Image.fromarray((noise(29, 37, seed=8) * 255).round().astype(np.uint8)).save(tmp_path / "in.png")
+    for tile in (32, None):
+        job = EsrganJob(tmp_path / "in.png", tmp_path / "x7.tif", models["x4"], scale=7, tile=tile, overlap=8)
+        plan = estimate(job)
+        seen = []
+        result = run(job, on_plan=seen.append)
+        assert seen == [plan] and (plan.width, plan.height) == (result.width, result.height) == (259, 203)
+        assert (plan.passes, plan.tile, sum(plan.tiles)) == (result.passes, result.tile, result.tiles)
+        if tile:
+            assert plan.tiles == (count_tiles(37, 29, 32, 8), count_tiles(65, 51, 32, 8)) == (2, 6)
+            assert plan.sentence() == "8 tiles (2 + 6) of up to 32 px in 2 model passes of ×4."
+        else:  # on a CPU: up to 512 px, from a quarter of the free memory
+            assert 64 <= plan.tile <= 512 and plan.tiles == (1, 1)
+    assert leftovers(tmp_path) == []
+
+
 def test_rgba_alpha_kept_and_colour_not_darkened(x4, models, tmp_path):
     yy, xx = np.mgrid[:64, :64]
     disk = (yy - 32) ** 2 + (xx - 32) ** 2 <= 20 ** 2
@@ -594,6 +698,66 @@ def test_large_inputs_are_read_by_region(models, tmp_path):
                                max_pixels=1000))
     assert open_input(tmp_path / "small.png", max_pixels=1000).by_region
     assert np.array_equal(tifffile.imread(memory.path), tifffile.imread(region_job.path))
+
+
+def test_region_reads_keep_only_the_resolution_and_profile_the_file_stores(models, tmp_path):
+    """Read by region (libvips) or whole (Pillow), an input has the same DPI and ICC: the file's, or
+    None — never libvips' default for a file that says nothing (71.98 dpi for a PNG without pHYs,
+    25.4 for a TIFF without resolution tags), which the result would then carry as if it were set."""
+    icc = srgb_icc()
+    pixels = (noise(30, 44, seed=31) * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "plain.png")
+    Image.fromarray(pixels).save(tmp_path / "marked.png", dpi=(300, 300), icc_profile=icc)
+    tifffile.imwrite(tmp_path / "plain.tif", pixels, photometric="rgb")
+    tifffile.imwrite(tmp_path / "marked.tif", pixels, photometric="rgb", resolution=(118.11, 118.11),
+                     resolutionunit="CENTIMETER", iccprofile=icc)  # 300 dpi in pixels per centimetre
+    expected = {"plain.png": (None, None), "marked.png": (300.0, icc), "plain.tif": (None, None),
+                "marked.tif": (300.0, icc)}
+    for name, (dpi, profile) in expected.items():
+        whole, region = open_input(tmp_path / name), open_input(tmp_path / name, max_pixels=1000)
+        assert (whole.by_region, region.by_region) == (False, True)
+        assert (region.dpi, region.icc) == (whole.dpi, whole.icc) == (dpi, profile), name
+    # the result records what the file said, and no resolution where it said none
+    for name, dpi in (("plain.png", None), ("plain.tif", None), ("marked.tif", 300.0)):
+        result = run(EsrganJob(tmp_path / name, tmp_path / f"out-{name}.tif", models["x4"], tile=32, overlap=8,
+                               max_pixels=1000))
+        assert result.parameters["dpi"] == dpi
+        with tifffile.TiffFile(result.path) as tif:
+            tags = tif.pages[0].tags
+            unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 1
+            assert (unit == 1) == (dpi is None), name  # 1: no unit, so no DPI
+            assert ("InterColorProfile" in tags) == (name == "marked.tif")
+    assert leftovers(tmp_path) == []
+
+
+def test_a_profile_the_user_gives_replaces_the_inputs(models, tmp_path):
+    """`--icc FILE` / `EsrganJob.icc`: that profile is embedded instead of the input's (also when the
+    input is read by region); a file that is not a profile is one sentence, before any work."""
+    icc = srgb_icc()
+    theirs = bytearray(icc)
+    theirs[24:36] = bytes([7, 228, 0, 1, 0, 2, 0, 3, 0, 4, 0, 5])  # another profile: another creation date
+    (tmp_path / "lab.icc").write_bytes(bytes(theirs))
+    (tmp_path / "notes.icc").write_bytes(b"not a profile" * 20)
+    pixels = (noise(30, 44, seed=32) * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "art.png", icc_profile=icc)
+    for max_pixels in (10**6, 1000):
+        result = run(EsrganJob(tmp_path / "art.png", tmp_path / "art.tif", models["x4"], tile=32, overlap=8,
+                               icc=tmp_path / "lab.icc", max_pixels=max_pixels))
+        with tifffile.TiffFile(result.path) as tif:
+            assert tif.pages[0].tags["InterColorProfile"].value == bytes(theirs) != icc
+    png = run(EsrganJob(tmp_path / "art.png", tmp_path / "art.png.png", models["x4"], tile=32, overlap=8,
+                        icc=tmp_path / "lab.icc"))
+    with Image.open(png.path) as im:
+        assert im.info["icc_profile"] == bytes(theirs)
+    with pytest.raises(UserError, match=r"^notes\.icc is not an ICC profile\.$"):
+        run(EsrganJob(tmp_path / "art.png", tmp_path / "bad.tif", models["x4"], icc=tmp_path / "notes.icc"))
+    done = run_blk("upscale", str(tmp_path / "art.png"), "--model", str(models["x4"]), "--tile", "32", "--overlap",
+                   "8", "--icc", str(tmp_path / "lab.icc"), "--out", str(tmp_path / "cli.tif"),
+                   env={"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    with tifffile.TiffFile(tmp_path / "cli.tif") as tif:
+        assert tif.pages[0].tags["InterColorProfile"].value == bytes(theirs)
+    assert not (tmp_path / "bad.tif").exists() and leftovers(tmp_path) == []
 
 
 def test_cancel_leaves_no_partial_output(models, tmp_path):

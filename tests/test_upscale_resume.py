@@ -377,3 +377,49 @@ def test_content_hashes_are_kept_per_file_version(tmp_path):
     path.write_bytes(b"b" * 4096)  # same size, new content
     os.utime(path, ns=(1, 1))  # even an mtime set back is a different version
     assert file_sha256(path) == hashlib.sha256(b"b" * 4096).hexdigest()
+
+
+# -- the shrunk last pass, and the time left after a resume ----------------------------------------
+
+def test_an_interrupted_last_pass_resumes_from_the_shrunk_image(model, tmp_path):
+    """×7 with a ×4 model shrinks the ×4 result to ×1.75 before the last pass (`esrgan.pass_inputs`).
+    Interrupted in that pass, the job resumes there — the shrunk image made again from the first
+    pass's kept canvas — and gives the pixels of one uninterrupted run."""
+    image = save_png(tmp_path / "small.png", 20, 24, seed=29)
+    out = tmp_path / "x7.tif"
+    job = EsrganJob(image, out, model, scale=7, tile=32, overlap=8, batch=1)
+    # pass 1: one 24×20 tile; pass 2 on 42×35 (not 96×80): 2 rows × 2 columns; stop in its second row
+    with pytest.raises(KeyboardInterrupt):
+        run(job, progress=interrupt_after(4))
+    assert any(name.endswith(".pass1.input.canvas") for name in leftovers(tmp_path))
+    notes = []
+    result = run(job, log=notes.append)
+    # rows of 22 px at y 0 and 13: the layout of a 35 px high input, the shrunk image's
+    assert notes == ["Resuming an interrupted job at pass 2, tile 4 of 5 (after the row ending at input y=22, "
+                     "tiles of at most 32 px)."]
+    assert (result.passes, result.width, result.height, result.resumed_from_tile) == (2, 168, 140, 3)
+    reference = run(EsrganJob(image, tmp_path / "ref.tif", model, scale=7, tile=32, overlap=8, batch=1))
+    assert reference.tiles == 5 and np.array_equal(tifffile.imread(out), tifffile.imread(reference.path))
+    assert leftovers(tmp_path) == []
+
+
+def test_time_left_after_a_resume_follows_this_sessions_pace():
+    """A job resumed at tile 59 of 100 takes 10 s a tile now: 35 tiles left are 350 s — not the 32 s
+    that counting the earlier run's 59 tiles against this session's 60 s gave."""
+    from blk.upscale.rates import Eta
+
+    now = [0.0]
+    pace = Eta(clock=lambda: now[0])
+    now[0] = 10.0
+    assert pace.left(60, 100) is None  # the first report: the resumed tiles and this session's first one
+    now[0] = 60.0
+    assert pace.left(65, 100) == pytest.approx(350.0)  # 5 tiles in 50 s
+    now[0] = 70.0
+    assert pace.left(66, 100) == pytest.approx(340.0)
+    assert pace.left(100, 100) == 0.0
+    # a fresh job: measured from its first batch on (the first also carries the model's warm-up)
+    fresh = Eta(clock=lambda: now[0])
+    now[0] = 100.0
+    assert fresh.left(4, 20) is None
+    now[0] = 108.0
+    assert fresh.left(8, 20) == pytest.approx(24.0)  # 4 tiles in 8 s, 12 left

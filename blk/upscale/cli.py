@@ -2,13 +2,16 @@
 
     python -m blk upscale INPUT --path diffusion --model BASE [--lora TEXTURE[:SCALE]] [--enlarge-model FILE]
                           (--scale 2 | --size WxH) [--denoise 0.3,0.2[,0.15]] [--prompt P] [--seed S]
-                          [--steps N] [--no-final-pass] [--tile 1024] [--overlap 96] [--out OUT.tif|OUT.png]
+                          [--steps N] [--step-scale 4] [--no-final-pass] [--tile 1024] [--overlap 96] [--16bit]
+                          [--dpi N] [--icc FILE] [--print-dpi N [--print-background COLOUR]] [--out OUT.tif|OUT.png]
     python -m blk upscale INPUT --path esrgan --model FILE (--scale 4 | --size WxH)
                           [--tile N] [--overlap N] [--batch N] [--16bit] [--dpi N] [--icc FILE]
                           [--alpha model|lanczos] [--device D] [--precision auto|fp32|fp16|bf16]
                           [--print-dpi N [--print-background white|#rrggbb|r,g,b]] [--out OUT.tif|OUT.png]
 
-Tile and overlap are in input pixels; the tile comes from free memory when not given.
+esrgan: tile and overlap are in input pixels; the tile comes from free memory when not given.
+diffusion: tile and overlap are in pixels of the enlarged image each pass refines (the size the model
+draws at; default 1024 and 96; the paper's range is 512–1536 and 64–128).
 Without --out the result goes to workspace/outputs/upscale/NAME-xSCALE.tif.
 A run that was killed (or stopped with Ctrl+C) resumes from its last finished row of tiles
 when the same command is run again.
@@ -45,13 +48,18 @@ def add_commands(commands) -> None:
     diffusion.add_argument("--seed", type=int, default=0)
     diffusion.add_argument("--steps", type=int, default=None, help="default: the model's (diffusers runs "
                                                                    "steps × denoise)")
+    diffusion.add_argument("--step-scale", type=float, default=4.0,
+                           help="the most one step enlarges before its passes refine it; more steps until the "
+                                "size is reached (default 4)")
     diffusion.add_argument("--no-final-pass", action="store_true", help="skip the full-frame pass")
     size = upscale.add_mutually_exclusive_group()
     size.add_argument("--scale", type=float, default=None, help="overall scale, e.g. 4 or 3 (default 4)")
     size.add_argument("--size", default=None, help="exact result size WxH, e.g. 8000x6000")
-    upscale.add_argument("--tile", type=int, default=None, help="tile side in input px (default: from free memory)")
+    upscale.add_argument("--tile", type=int, default=None,
+                         help="tile side; esrgan: in input px (default: from free memory); diffusion: in px of "
+                              "the enlarged image each pass refines (default 1024)")
     upscale.add_argument("--overlap", type=int, default=None,
-                         help="tile overlap in input px (default 32 for esrgan, 96 for diffusion)")
+                         help="tile overlap, in the same px as --tile (default 32 for esrgan, 96 for diffusion)")
     upscale.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
     upscale.add_argument("--16bit", dest="keep_16bit", action="store_true",
                          help="keep 16 bits per channel when the input has them (TIFF only)")
@@ -104,15 +112,18 @@ def cmd_upscale(args, workspace) -> int:
 
 
 def _progress_printer():
-    """Tile progress with time left on stderr; honours BLK_TEST_KILL_AFTER_TILES (tests only)."""
-    started = time.monotonic()
+    """Tile progress with time left on stderr (from this session's pace: `rates.Eta`);
+    honours BLK_TEST_KILL_AFTER_TILES (tests only)."""
+    from blk.upscale.rates import Eta
+
+    pace = Eta(clock=time.monotonic)
     die_after = int(os.environ.get("BLK_TEST_KILL_AFTER_TILES") or 0)
 
     def progress(done: int, total: int) -> None:
         if die_after and done >= die_after:
             os.kill(os.getpid(), signal.SIGKILL)
-        elapsed = time.monotonic() - started
-        eta = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
+        left = pace.left(done, total)
+        eta = f", about {left:.0f} s left" if left is not None else ""
         print(f"\rtile {done}/{total}{eta}   ", end="", file=sys.stderr, flush=True)
 
     return progress
@@ -130,6 +141,7 @@ def _run_interruptible(call):
 
 def cmd_upscale_diffusion(args, workspace) -> int:
     from blk.generate.sketch import Lora
+    from blk.upscale.canvas import parse_colour
     from blk.upscale.diffusion import DiffusionJob, Pass, run
 
     size = _size(args.size) if args.size else None
@@ -147,13 +159,18 @@ def cmd_upscale_diffusion(args, workspace) -> int:
     job = DiffusionJob(input=Path(args.input), output=out, model=args.model, texture_lora=lora.path if lora else None,
                        scale=scale, size=size, enlarge_model=args.enlarge_model,
                        passes=tuple(Pass(d, lora.scale if lora else 1.0) for d in denoise),
-                       tile=args.tile or 1024, overlap=96 if args.overlap is None else args.overlap, seed=args.seed,
-                       steps=args.steps, prompt=args.prompt, final_denoise=None if args.no_final_pass else 0.1,
-                       dpi=args.dpi, device=args.device)
+                       step=args.step_scale, tile=args.tile or 1024,
+                       overlap=96 if args.overlap is None else args.overlap, seed=args.seed, steps=args.steps,
+                       prompt=args.prompt,
+                       final_denoise=None if args.no_final_pass else 0.1, dpi=args.dpi, keep_16bit=args.keep_16bit,
+                       icc=args.icc, print_dpi=args.print_dpi, print_background=parse_colour(args.print_background),
+                       device=args.device)
     result = _run_interruptible(lambda **hooks: run(job, workspace, **hooks))
     if result is None:
         return 130
     print(file=sys.stderr)
-    print(f"{result.width}×{result.height}, {len(job.passes)} pass(es), {result.tiles} tiles, "
-          f"{result.seconds:.1f} s: {result.path}")
+    print(f"{result.width}×{result.height}, {result.bits}-bit, {len(result.sizes)} step(s) of {len(job.passes)} "
+          f"pass(es), {result.tiles} tiles, {result.seconds:.1f} s: {result.path}")
+    if result.print_path:
+        print(f"print copy: {result.print_path}")
     return 0

@@ -16,14 +16,24 @@ from blk.upscale.source import open_input
 REGION = 512
 
 
+def region_box(width: int, height: int, centre: tuple[float, float] = (0.5, 0.5),
+               side: int = REGION) -> tuple[int, int, int]:
+    """(x, y, side) of the square region of a `width`×`height` result around `centre` (fractions of
+    the width and height, 0–1), moved inside the image where it would cross an edge."""
+    side = min(side, width, height)
+    cx, cy = (min(max(float(c), 0.0), 1.0) for c in centre)
+    x = int(min(max(cx * width - side / 2, 0), width - side))
+    y = int(min(max(cy * height - side / 2, 0), height - side))
+    return x, y, side
+
+
 def region_pair(before: Path, after: Path, centre: tuple[float, float] = (0.5, 0.5), side: int = REGION):
-    """(before, after) PIL images of the same `side`-px region of the result, the input enlarged by Lanczos."""
+    """(before, after) PIL images of the same `side`-px region of the result, the input enlarged by Lanczos;
+    the region lies around `centre` (fractions of the result's width and height: `region_box`)."""
     from PIL import Image
 
     small, big = open_input(before), open_input(after)
-    side = min(side, big.width, big.height)
-    x = int(min(max(centre[0] * big.width - side / 2, 0), big.width - side))
-    y = int(min(max(centre[1] * big.height - side / 2, 0), big.height - side))
+    x, y, side = region_box(big.width, big.height, centre, side)
     sx, sy = small.width / big.width, small.height / big.height
     x0, y0 = int(x * sx), int(y * sy)
     w0, h0 = max(1, int(np.ceil((x + side) * sx)) - x0), max(1, int(np.ceil((y + side) * sy)) - y0)

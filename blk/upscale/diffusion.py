@@ -1,13 +1,27 @@
-"""The diffusion path: enlarge, then refine on tiles with img2img and a texture LoRA, in passes.
+"""The diffusion path: enlarge, then refine on tiles with img2img and a texture LoRA, in passes, step by step.
 
-BLK-Upscale's recipe (RECIPES.md): first enlarge (Real-ESRGAN when a model
-file is given, else Lanczos), then pass A injects texture (denoise about
-0.3, LoRA 1.0), pass B refines (about 0.2), an optional pass C steadies edges
-(about 0.15); prompts are usually empty. Each pass runs img2img on tiles of
-one size (Flux's schedule depends on the token count, so every tile must be
-the same size), with the same seed for every tile, blended in their overlaps
-by the shared tiler (`blk.upscale.tiler`). Where the whole image fits, a
-final low-denoise pass over the full frame evens out anything tile-local.
+BLK-Upscale's recipe (RECIPES.md): in steps of 2×–4× until the target size,
+first enlarge (Real-ESRGAN when a model file is given, else Lanczos), then pass
+A injects texture (denoise about 0.3, LoRA 1.0), pass B refines (about 0.2),
+an optional pass C steadies edges (about 0.15); prompts are usually empty.
+Each step starts from the previous step's refined image, so every pass works
+at most `step`× above a drawing the model has already seen detail in (a
+single 16× jump would ask it to invent texture out of blur). Each pass runs
+img2img on tiles of one size (Flux's schedule depends on the token count, so
+every tile must be the same size), with the same seed for every tile, blended
+in their overlaps by the shared tiler (`blk.upscale.tiler`). Where the whole
+image fits in memory, a final low-denoise pass over the full frame evens out
+anything tile-local; when it runs out of memory it is skipped and the tiled
+result kept.
+
+`tile` and `overlap` are pixels of the image a pass refines (the enlarged
+image of that step), not of the input: that is the size the model draws at,
+and what Flux and SDXL were trained near (512–1536 px).
+
+Stages (each a journal stage, so a killed job resumes after its last finished
+row): for every step, its enlargement, then one canvas per pass; then the
+full-frame pass, into a canvas of its own (never in place: a resume after it
+would refine twice).
 
 Blending: we blend the tiles' *outputs* with the tiler's raised-cosine
 weights (a feathered paste), not the denoiser's predictions at every step
@@ -36,12 +50,19 @@ from blk import __version__
 from blk.errors import UserError
 from blk.generate.sizes import SIZE_MULTIPLE
 from blk.models.device import MemoryOptions
-from blk.upscale.canvas import Canvas, output_format, write_png, write_tiff
+from blk.upscale.canvas import (Canvas, check_png, output_format, print_path, write_png, write_print_tiff,
+                                write_tiff)
 from blk.upscale.journal import Journal, file_sha256, job_key
 from blk.upscale.source import open_input
 from blk.upscale.tiler import count_tiles, run_tiles
 
-FINAL_PASS_PIXELS = 2 * 2**20  # the full-frame pass runs when the image is at most this large
+STEP = 4.0  # the most one step enlarges (the paper: steps of 2×–4×)
+TILE_RANGE, OVERLAP_RANGE = (512, 1536), (64, 128)  # what the paper uses with real models (px)
+# Full-frame pass, bytes per pixel per byte of the working dtype: the VAE's full-resolution activations
+# dominate (128 channels, a few alive at once), with headroom; VAE tiling bounds them (a quarter left).
+# An estimate: an out-of-memory error in the pass still only skips it.
+FULL_FRAME_BYTES_PER_PIXEL = 2048
+PASS_NAMES = "ABCDEFGH"
 
 
 @dataclass(frozen=True)
@@ -62,17 +83,22 @@ class DiffusionJob:
     texture_lora: Path | None = None
     scale: float | None = 2.0  # or:
     size: tuple[int, int] | None = None
-    enlarge_model: Path | None = None  # an ESRGAN-family file for the first enlargement; None: Lanczos
-    passes: tuple[Pass, ...] = PAPER_PASSES
-    tile: int = 1024  # px of the enlarged image: tiles are at most this, all of one size in a pass
-    overlap: int = 96
+    enlarge_model: Path | None = None  # an ESRGAN-family file for each step's enlargement; None: Lanczos
+    passes: tuple[Pass, ...] = PAPER_PASSES  # run at every step
+    step: float = STEP  # the most one step enlarges; more steps until the target size
+    tile: int = 1024  # px of the image a pass refines (not the input): tiles are at most this, one size a pass
+    overlap: int = 96  # px of the image a pass refines
     seed: int = 0
     steps: int | None = None  # None: the model's default
     guidance: float | None = None
     prompt: str = ""
     final_denoise: float | None = 0.1  # None: no full-frame pass
-    final_max_pixels: int = FINAL_PASS_PIXELS
-    dpi: float | None = None
+    final_max_pixels: int | None = None  # the full-frame pass runs up to this size; None: what free memory allows
+    dpi: float | None = None  # None: the input's
+    keep_16bit: bool = False  # a 16-bit input gives a 16-bit result (TIFF)
+    icc: Path | None = None  # an ICC profile file; None: the input's
+    print_dpi: float | None = None  # also write OUT.print.tif: 8-bit RGB, flattened, at this DPI
+    print_background: tuple[int, int, int] = (255, 255, 255)  # what transparency is flattened over
     memory: MemoryOptions = MemoryOptions()
     device: str = "auto"
 
@@ -80,22 +106,39 @@ class DiffusionJob:
         self.input, self.output = Path(self.input), Path(self.output)
         self.texture_lora = Path(self.texture_lora) if self.texture_lora else None
         self.enlarge_model = Path(self.enlarge_model) if self.enlarge_model else None
+        self.icc = Path(self.icc) if self.icc else None
 
 
 @dataclass
 class DiffusionPlan:
     width: int
     height: int
-    tiles_per_pass: int
-    passes: int
+    tiles_per_pass: int  # in one pass of the last step (at the target size)
+    passes: int  # per step
     final_pass: bool
     steps_per_tile: list[int] = field(default_factory=list)  # denoising steps diffusers will run, per pass
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # each step's size; the last is the target
+    tiles: list[int] = field(default_factory=list)  # tiles in one pass of each step
+    notes: list[str] = field(default_factory=list)  # one-sentence notices (tile sizes, a left-out full-frame pass)
+
+    @property
+    def total_tiles(self) -> int:
+        """Tile calls of the whole job (all steps and passes), before any out-of-memory halving."""
+        return sum(self.tiles or [self.tiles_per_pass]) * self.passes
 
     def sentence(self) -> str:
         final = " plus one full-frame pass" if self.final_pass else ""
-        return (f"{self.width}×{self.height}: {self.passes} pass{'es' if self.passes != 1 else ''} of "
-                f"{self.tiles_per_pass} tile{'s' if self.tiles_per_pass != 1 else ''}{final} "
-                f"({sum(self.steps_per_tile) * self.tiles_per_pass} denoising steps in all).")
+        passes = f"{self.passes} pass{'es' if self.passes != 1 else ''}"
+        tiles = self.tiles or [self.tiles_per_pass]
+        if len(tiles) > 1:
+            sizes = ", ".join(f"{w}×{h}" for w, h in self.sizes)
+            what = (f"{self.width}×{self.height} in {len(tiles)} steps ({sizes}): {passes} each of "
+                    f"{' + '.join(str(t) for t in tiles)} tiles{final}")
+        else:
+            what = (f"{self.width}×{self.height}: {passes} of {tiles[0]} tile{'s' if tiles[0] != 1 else ''}"
+                    f"{final}")
+        return " ".join([f"{what} ({sum(self.steps_per_tile) * sum(tiles)} denoising steps in all).",
+                         *self.notes])
 
 
 @dataclass
@@ -106,6 +149,10 @@ class DiffusionResult:
     tiles: int
     seconds: float
     parameters: dict
+    bits: int = 8
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # each step's size
+    final_pass: bool = False  # whether the full-frame pass was applied
+    print_path: Path | None = None
 
 
 def effective_steps(steps: int, denoise: float) -> tuple[int, int]:
@@ -116,9 +163,51 @@ def effective_steps(steps: int, denoise: float) -> tuple[int, int]:
     return asked, max(1, int(asked * denoise))
 
 
+def step_sizes(width: int, height: int, target: tuple[int, int], step: float) -> list[tuple[int, int]]:
+    """Each step's size: the fewest equal steps of at most `step`× (per axis, so --size may change the
+    aspect) from the input to `target`; the last is exactly `target`."""
+    if not step > 1:
+        raise UserError(f"Each step must enlarge: give a step factor above 1, like 2 or 4; got {step:g}.")
+    tw, th = target
+    fx, fy = tw / width, th / height
+    count = max(1, math.ceil(math.log(max(fx, fy)) / math.log(step) - 1e-9))
+    return [(round(width * fx ** (k / count)), round(height * fy ** (k / count))) for k in range(1, count)] \
+        + [(tw, th)]
+
+
+def tile_notes(job: DiffusionJob, tiny: bool) -> list[str]:
+    """A notice when the tile or overlap is outside what real models work well at (tiny test models
+    draw at any size, so none for them); a notice, not an error: it may be a deliberate choice."""
+    if tiny or (TILE_RANGE[0] <= job.tile <= TILE_RANGE[1] and OVERLAP_RANGE[0] <= job.overlap <= OVERLAP_RANGE[1]):
+        return []
+    return [f"Tiles of {job.tile} px with {job.overlap} px overlap are outside what the diffusion path is made "
+            f"for ({TILE_RANGE[0]}–{TILE_RANGE[1]} px tiles, {OVERLAP_RANGE[0]}–{OVERLAP_RANGE[1]} px overlap, "
+            "in pixels of the enlarged image), so expect weaker texture or visible seams."]
+
+
+def full_frame_budget(job: DiffusionJob, width: int, height: int, device: str | None = None) -> tuple[int, int]:
+    """(bytes the full-frame pass needs about, bytes it may use): half a GPU's free memory, a quarter of
+    free RAM (a CPU has no out-of-memory error: the system kills the process), as the tiler's budget."""
+    from blk.models.device import pick_device, pick_dtype
+    from blk.upscale.tiler import free_memory
+
+    device = device or pick_device(job.device)
+    per_pixel = FULL_FRAME_BYTES_PER_PIXEL * pick_dtype(device).itemsize // (4 if job.memory.vae_tiling else 1)
+    if job.final_max_pixels is not None:
+        return width * height * per_pixel, job.final_max_pixels * per_pixel
+    free = free_memory(device)
+    return width * height * per_pixel, free // 2 if device.startswith("cuda") else free // 4
+
+
+def _too_big_note(width: int, height: int, need: int, budget: int) -> str:
+    return (f"The full-frame pass is left out: a {width}×{height} frame needs about {need / 2**30:.1f} GB and "
+            f"about {budget / 2**30:.1f} GB is free for it; the tiled result is kept.")
+
+
 def plan(job: DiffusionJob, width: int, height: int, default_steps: int, multiple_of: int = 1) -> DiffusionPlan:
     """What a job will do; `multiple_of` is the model family's size grid (`SIZE_MULTIPLE`), which the
     tile layout rounds to."""
+    from blk.models.registry import KNOWN_MODELS
     from blk.upscale.esrgan import target_size
 
     tw, th = target_size(width, height, job.scale, job.size)
@@ -127,84 +216,146 @@ def plan(job: DiffusionJob, width: int, height: int, default_steps: int, multipl
     tile = min(job.tile, tw, th)
     if 2 * job.overlap > tile:
         raise UserError(f"An overlap of {job.overlap} px needs tiles of at least {2 * job.overlap} px.")
+    sizes = step_sizes(width, height, (tw, th), job.step)
+    tiles = [count_tiles(w, h, job.tile, job.overlap, multiple_of, full_size=True) for w, h in sizes]
     steps = job.steps or default_steps
-    return DiffusionPlan(tw, th, count_tiles(tw, th, job.tile, job.overlap, multiple_of, full_size=True), len(job.passes),
-                         job.final_denoise is not None and tw * th <= job.final_max_pixels,
-                         [effective_steps(steps, p.denoise)[1] for p in job.passes])
+    known = KNOWN_MODELS.get(job.model)
+    notes = tile_notes(job, bool(known and known.tiny))
+    final = job.final_denoise is not None
+    if final:
+        need, budget = full_frame_budget(job, tw, th)
+        if need > budget:
+            final = False
+            notes.append(_too_big_note(tw, th, need, budget))
+    return DiffusionPlan(tw, th, tiles[-1], len(job.passes), final,
+                         [effective_steps(steps, p.denoise)[1] for p in job.passes], sizes, tiles, notes)
 
 
 def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, int], None] | None = None,
         cancel: threading.Event | None = None, log: Callable[[str], None] | None = None) -> DiffusionResult:
-    """Enlarge, refine in passes, write TIFF or PNG with the parameters; returns where and how long.
+    """Enlarge and refine step by step, write TIFF or PNG (and the print copy) with the parameters;
+    returns where and how long.
 
     Like the ESRGAN path, a killed job resumes from its last finished row of
     tiles when the same job runs again (`blk.upscale.journal`).
     """
     from blk.generate.sketch import generation_defaults
+    from blk.models.device import is_out_of_memory
     from blk.models.pipelines import PipelineCache, lora_sha256, set_loras
     from blk.models.registry import resolve
+    from blk.upscale.esrgan import _read_icc
+    from blk.upscale.tiler import Cancelled, _free_accelerator_memory
 
     started = time.monotonic()
+    say = log or (lambda text: None)
     fmt = output_format(job.output)
+    if job.input.resolve() == job.output.resolve():
+        raise UserError("The result would overwrite the input; choose another output name.")
+    if job.print_dpi is not None and job.print_dpi <= 0:
+        raise UserError(f"The print resolution must be above 0 dpi; got {job.print_dpi:g}.")
+    if job.print_dpi and print_path(job.output).resolve() in (job.input.resolve(), job.output.resolve()):
+        raise UserError("The print copy would overwrite the input or the result; choose another output name.")
     model = resolve(job.model, workspace)
     default_steps, default_guidance = generation_defaults(model)
     image = open_input(job.input)
-    the_plan = plan(job, image.width, image.height, default_steps, SIZE_MULTIPLE[model.family])
-    width, height = the_plan.width, the_plan.height
-    total = the_plan.tiles_per_pass * the_plan.passes + the_plan.final_pass
+    multiple = SIZE_MULTIPLE[model.family]
+    the_plan = plan(job, image.width, image.height, default_steps, multiple)
+    width, height, sizes = the_plan.width, the_plan.height, the_plan.sizes
+    bits = 16 if job.keep_16bit and image.bit_depth == 16 else 8
+    if fmt == "png":
+        check_png(width, height, bits)
+    icc = _read_icc(job.icc) if job.icc else image.icc
+    for note in the_plan.notes:
+        say(note)
+    # stages: per step its enlargement, then one per pass; then the full-frame pass (`final`)
+    per_step = 1 + len(job.passes)
+    final = len(sizes) * per_step
+    stage_tiles = [n if k else 0 for n in the_plan.tiles for k in range(per_step)] + [int(the_plan.final_pass)]
+    total = sum(stage_tiles)
     done = [0]
 
     def report(n, _pass_total=None):
         if progress is not None:
             progress(done[0] + n, total)
 
-    if job.input.resolve() == job.output.resolve():
-        raise UserError("The result would overwrite the input; choose another output name.")
-    stages = 1 + len(job.passes)  # stage 0 is the enlargement, then one canvas per pass
     key = job_key({"path": "diffusion", "input_sha256": file_sha256(job.input), "model": model.name,
                    "model_path": str(model.path), "output": str(job.output.resolve()), "size": [width, height],
-                   "lora_sha256": lora_sha256(job.texture_lora) if job.texture_lora else None,
+                   "step_sizes": sizes, "lora_sha256": lora_sha256(job.texture_lora) if job.texture_lora else None,
                    "enlarge_sha256": file_sha256(job.enlarge_model) if job.enlarge_model else None,
                    "passes": [[p.denoise, p.lora_scale] for p in job.passes], "tile": job.tile,
                    "overlap": job.overlap, "seed": job.seed, "steps": job.steps, "guidance": job.guidance,
-                   "prompt": job.prompt, "device": job.device})
+                   "prompt": job.prompt, "final_denoise": job.final_denoise, "device": job.device})
     journal = Journal.begin(job.output, key)
     with journal.ending():  # done, cancelled or failed: files removed; Ctrl+C: kept for a resume
-        journal.check_files(stages)
-        first = min(journal.state["pass"], stages) if journal.resumed else 0
+        journal.check_files(final + 1)
+        first = min(journal.state["pass"], final + 1) if journal.resumed else 0
+        done[0] = sum(stage_tiles[:first])  # the tiler counts the resumed pass's own tiles
         if journal.resumed:
-            done[0] = the_plan.tiles_per_pass * max(0, first - 1)  # the tiler counts the resumed pass's own tiles
-            if log:
-                log(journal.describe() if 0 < first < stages else "Resuming an interrupted job.")
-        if first == 0:
-            source = _enlarge(job, image, width, height, journal, cancel)
-            journal.pass_done(0)
-        else:
-            source = journal.reopen(first - 1, width, height, image.channels)
-        loaded = (pipelines or PipelineCache()).get(model, task="img2img", device=job.device, memory=job.memory)
+            say(_resume_note(journal, first, per_step, len(sizes), the_plan.final_pass, stage_tiles))
+        size_of = lambda stage: sizes[min(stage // per_step, len(sizes) - 1)]  # noqa: E731
+        source = journal.reopen(first - 1, *size_of(first - 1), image.channels) if first else None
+        loaded = None
         guidance = default_guidance if job.guidance is None else job.guidance
+
+        def pipeline():
+            nonlocal loaded
+            if loaded is None:
+                loaded = (pipelines or PipelineCache()).get(model, task="img2img", device=job.device,
+                                                            memory=job.memory)
+            return loaded
+
         tile = journal.tile or job.tile  # each axis's tiles fit the image (`spans`); rows and columns may differ
         journal.set_tile(tile)
-        for stage in range(max(first, 1), stages):
-            one = job.passes[stage - 1]
-            set_loras(loaded, [(job.texture_lora, one.lora_scale)] if job.texture_lora else [])
-            steps, _ = effective_steps(job.steps or default_steps, one.denoise)
-            process = tile_processor(loaded, job.prompt, one.denoise, steps, guidance, job.seed)
-            out = journal.open_canvas(stage, width, height, source.channels)
-            stats = run_tiles(source, out, process, scale=1, tile=tile, overlap=job.overlap, batch=1,
-                              multiple_of=SIZE_MULTIPLE[model.family], full_size=True,  # the model's size
-                              progress=report, cancel=cancel,
-                              **journal.tiler_hooks(stage, out))
-            tile = stats.tile
+        for stage in range(first, final):
+            step, k = divmod(stage, per_step)
+            w, h = sizes[step]
+            if k == 0:
+                made = _enlarge(job, image, source, w, h, journal, stage, cancel)
+            else:
+                one = job.passes[k - 1]
+                set_loras(pipeline(), [(job.texture_lora, one.lora_scale)] if job.texture_lora else [])
+                steps, _ = effective_steps(job.steps or default_steps, one.denoise)
+                process = tile_processor(loaded, job.prompt, one.denoise, steps, guidance, job.seed)
+                made = journal.open_canvas(stage, w, h, source.channels)
+                stats = run_tiles(source, made, process, scale=1, tile=tile, overlap=job.overlap, batch=1,
+                                  multiple_of=multiple, full_size=True,  # the model's size
+                                  progress=report, cancel=cancel, **journal.tiler_hooks(stage, made))
+                tile = stats.tile
+            made.flush()  # on disk before the journal says the stage is done
             journal.pass_done(stage)
-            done[0] += the_plan.tiles_per_pass
-            journal.forget(source)  # the previous stage is no longer needed
-            source = out
-        if the_plan.final_pass:
-            steps, _ = effective_steps(job.steps or default_steps, job.final_denoise)
-            whole = source.read(0, 0, width, height)[None]
-            refined = tile_processor(loaded, job.prompt, job.final_denoise, steps, guidance, job.seed)(whole)[0]
-            source.write_raw(0, 0, np.clip(np.rint(refined * 65535.0), 0, 65535).astype(np.uint16))
+            done[0] += stage_tiles[stage]
+            if source is not None:
+                journal.forget(source)  # the previous stage is no longer needed
+            source = made
+        applied = first > final  # an interrupted run had finished the full-frame pass
+        if first <= final and job.final_denoise is not None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            need, budget = full_frame_budget(job, width, height, pipeline().device)
+            out_of_memory = need > budget
+            if out_of_memory and the_plan.final_pass:  # the plan's note said it would fit
+                say(_too_big_note(width, height, need, budget))
+            elif not out_of_memory:
+                set_loras(loaded, [(job.texture_lora, job.passes[-1].lora_scale)] if job.texture_lora else [])
+                steps, _ = effective_steps(job.steps or default_steps, job.final_denoise)
+                try:
+                    whole = tile_processor(loaded, job.prompt, job.final_denoise, steps, guidance,
+                                           job.seed)(source.read(0, 0, width, height)[None])[0]
+                except Exception as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    whole, out_of_memory = None, True
+                if out_of_memory:
+                    _free_accelerator_memory()  # outside the handler: the traceback no longer pins the tensors
+                    say(f"The full-frame pass ran out of memory at {width}×{height} and was skipped; "
+                        "the tiled result is kept.")
+                else:
+                    made = journal.open_canvas(final, width, height, source.channels)
+                    made.write_raw(0, 0, np.clip(np.rint(whole * 65535.0), 0, 65535).astype(np.uint16))
+                    made.flush()
+                    journal.pass_done(final)
+                    journal.forget(source)
+                    source, applied = made, True
             done[0] = total
             report(0)
         parameters = {
@@ -212,43 +363,80 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             "input_height": image.height, "width": width, "height": height, "model": model.name,
             "prompt": job.prompt, "seed": job.seed, "steps": job.steps or default_steps, "guidance": guidance,
             "passes": [{"denoise": p.denoise, "lora_scale": p.lora_scale} for p in job.passes],
-            "final_denoise": job.final_denoise if the_plan.final_pass else None, "tile": tile,
-            "overlap": job.overlap, "enlarge": job.enlarge_model.name if job.enlarge_model else "lanczos",
+            "step_sizes": [list(s) for s in sizes], "final_denoise": job.final_denoise if applied else None,
+            "tile": tile, "overlap": job.overlap, "enlarge": job.enlarge_model.name if job.enlarge_model else "lanczos",
             "loras": [{"name": job.texture_lora.name, "sha256": lora_sha256(job.texture_lora)}]
-            if job.texture_lora else [],
+            if job.texture_lora else [], "bits": bits,
         }
         dpi = job.dpi or image.dpi
+        description = json.dumps(parameters | {"app_version": __version__}, ensure_ascii=True, sort_keys=True)
         if fmt == "tiff":
-            write_tiff(source, job.output, bits=8, icc=image.icc, dpi=dpi,
-                       description=json.dumps(parameters | {"app_version": __version__}, sort_keys=True),
+            write_tiff(source, job.output, bits=bits, icc=icc, dpi=dpi, description=description,
                        software=f"BLK Studio {__version__}", cancel=cancel, temp=journal.temp("out.tif"))
         else:
-            write_png(source, job.output, icc=image.icc, dpi=dpi, parameters=parameters)
-    return DiffusionResult(job.output, width, height, total, time.monotonic() - started, parameters)
+            write_png(source, job.output, icc=icc, dpi=dpi, parameters=parameters)
+        if job.print_dpi:
+            printed = json.dumps(parameters | {"app_version": __version__, "print_dpi": job.print_dpi,
+                                               "print_background": list(job.print_background), "bits": 8},
+                                 ensure_ascii=True, sort_keys=True)
+            write_print_tiff(source, print_path(job.output), dpi=job.print_dpi, icc=icc,
+                             background=tuple(job.print_background), description=printed,
+                             software=f"BLK Studio {__version__}", cancel=cancel, temp=journal.temp("print.tif"))
+    return DiffusionResult(job.output, width, height, total, time.monotonic() - started, parameters, bits, sizes,
+                           applied, print_path(job.output) if job.print_dpi else None)
 
 
-def _enlarge(job: DiffusionJob, image, width: int, height: int, journal: Journal, cancel) -> Canvas:
-    """Stage 0, the starting point at the target size: an ESRGAN run (its own tiles) or Lanczos."""
+def _resume_note(journal: Journal, stage: int, per_step: int, steps: int, final_pass: bool,
+                 stage_tiles: list[int]) -> str:
+    """One sentence on where a resumed job continues (the journal's own counts passes, not steps)."""
+    final = steps * per_step
+    if stage > final or (stage == final and not final_pass):
+        return "Resuming an interrupted job after its last pass: writing the result."
+    if stage == final:
+        return "Resuming an interrupted job at its full-frame pass."
+    step, k = divmod(stage, per_step)
+    where = f"Resuming an interrupted job at step {step + 1} of {steps}"
+    if k == 0:
+        return f"{where}, its enlargement."
+    tile = sum(stage_tiles[:stage]) + journal.state["tiles_done"] + 1
+    return (f"{where}, pass {PASS_NAMES[k - 1] if k <= len(PASS_NAMES) else k}, tile {tile} of "
+            f"{sum(stage_tiles)} (tiles of at most {journal.tile} px).")
+
+
+def _enlarge(job: DiffusionJob, image, source: Canvas | None, width: int, height: int, journal: Journal,
+             stage: int, cancel) -> Canvas:
+    """A step's starting point at its size, from the input (first step) or the previous step's result:
+    an ESRGAN run (its own tiles; a later step's start goes to it as a 16-bit TIFF) or Lanczos."""
     from blk.upscale.esrgan import EsrganJob, resample
     from blk.upscale.esrgan import run as run_esrgan
 
+    path = journal.canvas_path(stage)
+    path.unlink(missing_ok=True)  # an enlargement that a kill cut short is redone
     if job.enlarge_model is not None:
-        enlarged = journal.temp("enlarged.tif")
+        enlarged, given = journal.temp("enlarged.tif"), journal.temp("step.tif") if source is not None else None
         try:
-            run_esrgan(EsrganJob(job.input, enlarged, job.enlarge_model, scale=None, size=(width, height),
-                                 device=job.device), cancel=cancel)
+            if given is not None:
+                write_tiff(source, given, bits=16, icc=None, dpi=None, description="", software="",
+                           cancel=cancel, temp=journal.temp("step.part.tif"))
+            run_esrgan(EsrganJob(given or job.input, enlarged, job.enlarge_model, scale=None, size=(width, height),
+                                 keep_16bit=True, device=job.device), cancel=cancel)
             bigger = open_input(enlarged)
-            canvas = journal.open_canvas(0, width, height, bigger.channels)
+            canvas = journal.adopt(Canvas(path, width, height, bigger.channels))
             _copy_into(bigger.source, canvas)
         finally:
             enlarged.unlink(missing_ok=True)
+            if given is not None:
+                given.unlink(missing_ok=True)
         return canvas
-    original = journal.adopt(Canvas(journal.temp("original.canvas"), image.width, image.height, image.channels))
-    _copy_into(image.source, original)
-    path = journal.canvas_path(0)
-    path.unlink(missing_ok=True)
-    canvas = journal.adopt(resample(original, width, height, path))
-    journal.forget(original)
+    original = None
+    if source is None:
+        start = journal.temp("original.canvas")
+        start.unlink(missing_ok=True)
+        source = original = journal.adopt(Canvas(start, image.width, image.height, image.channels))
+        _copy_into(image.source, original)
+    canvas = journal.adopt(resample(source, width, height, path))
+    if original is not None:
+        journal.forget(original)
     return canvas
 
 

@@ -5,7 +5,10 @@ Recipe (`run`):
 2. load the model with spandrel; pick device and precision (fp16/bf16 on GPUs
    where the model allows);
 3. run as many model passes as the size needs (×4 then ×4 …), each tiled into
-   a canvas on disk, each pass reading the previous canvas;
+   a canvas on disk, each pass reading the previous canvas; before the last
+   pass the previous result is resized (Lanczos) to just what reaches the
+   target, so ×7 with a ×4 model is ×4, ×1.75/4, ×4 — not ×16 shrunk to ×7
+   (`pass_inputs`);
 4. resample to the exact size with Lanczos (pyvips, streaming; premultiplied
    when there is alpha, so transparent colour cannot bleed into the edge);
 5. write a tiled BigTIFF or a PNG atomically with the parameters embedded;
@@ -121,9 +124,82 @@ def plan_passes(model_scale: int, factor: float) -> int:
     return passes
 
 
+def pass_inputs(width: int, height: int, model_scale: int, target: tuple[int, int]) -> list[tuple[int, int]]:
+    """The input size of each model pass for a `width`×`height` image made `target` large.
+
+    Each pass multiplies by the model's scale, except that the last one starts from the previous
+    result shrunk to just what lands at or above the target: ×8 with a ×4 model runs its second
+    pass on the ×2 image (4× fewer pixels than on the ×4 one, and no ×16 result to shrink), ×7 on
+    the ×1.75 one (rounded up, so the final Lanczos trims less than one model step: 260 → 259 px).
+    Never enlarged first: interpolating before a model blurs what it sees; enlarging after it stays
+    at most 1.5× (`plan_passes`)."""
+    tw, th = target
+    s = max(1, model_scale)
+    passes = plan_passes(s, max(tw / width, th / height))
+    sizes = [(width * s ** k, height * s ** k) for k in range(passes)]
+    if passes > 1:
+        w, h = sizes[-1]
+        sizes[-1] = (min(w, -(-tw // s)), min(h, -(-th // s)))
+    return sizes
+
+
+@dataclass(frozen=True)
+class EsrganPlan:
+    """What a job will do, before it starts: `run` follows it, and the UI's estimate shows it."""
+
+    input_width: int
+    input_height: int
+    width: int  # the result
+    height: int
+    model_scale: int
+    inputs: tuple[tuple[int, int], ...]  # each model pass's input size (`pass_inputs`)
+    tile: int  # input px: the job's, or the automatic one from free memory
+    overlap: int
+    multiple_of: int
+    tiles: tuple[int, ...]  # per pass, before any out-of-memory halving
+
+    @property
+    def passes(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def outputs(self) -> list[tuple[int, int]]:
+        return [(w * self.model_scale, h * self.model_scale) for w, h in self.inputs]
+
+    def sentence(self) -> str:
+        total, n = sum(self.tiles), self.passes
+        per_pass = f" ({' + '.join(str(t) for t in self.tiles)})" if n > 1 else ""
+        return (f"{total} tile{'s' if total != 1 else ''}{per_pass} of up to {self.tile} px in {n} model "
+                f"pass{'es' if n != 1 else ''} of ×{self.model_scale}.")
+
+
+def plan_job(job: EsrganJob, image, upscaler, device: str, dtype, tile: int | None = None) -> EsrganPlan:
+    """The plan for `job` on an opened input and a loaded model; `tile` (a resumed job's) wins over the job's."""
+    width, height = target_size(image.width, image.height, job.scale, job.size)
+    inputs = pass_inputs(image.width, image.height, upscaler.scale, (width, height))
+    tile = tile or job.tile or max(auto_tile(device, batch=max(1, job.batch), dtype_bytes=dtype.itemsize,
+                                             multiple_of=upscaler.multiple_of), 4 * job.overlap)
+    tiles = tuple(count_tiles(w, h, tile, job.overlap, upscaler.multiple_of) for w, h in inputs)
+    return EsrganPlan(image.width, image.height, width, height, upscaler.scale, tuple(inputs), tile, job.overlap,
+                      upscaler.multiple_of, tiles)
+
+
+def estimate(job: EsrganJob) -> EsrganPlan:
+    """The plan of `job` without running it (opens the input and loads the model, on the CPU)."""
+    from blk.models.device import pick_device
+    from blk.upscale.models import load_upscaler, pick_precision
+
+    image = open_input(job.input, job.max_pixels)
+    device = pick_device(job.device)
+    upscaler = load_upscaler(job.model, "cpu")  # its scale and size needs; the job loads it onto `device`
+    return plan_job(job, image, upscaler, device, pick_precision(upscaler, device, job.precision))
+
+
 def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
-        cancel: threading.Event | None = None, log: Callable[[str], None] | None = None) -> EsrganResult:
-    """The recipe. `log` receives one-sentence notes (e.g. that an interrupted job resumes)."""
+        cancel: threading.Event | None = None, log: Callable[[str], None] | None = None,
+        on_plan: Callable[[EsrganPlan], None] | None = None) -> EsrganResult:
+    """The recipe. `log` receives one-sentence notes (e.g. that an interrupted job resumes);
+    `on_plan` the plan, once the tile size is known and before any tile runs."""
     from blk.models.device import pick_device
     from blk.upscale.models import load_upscaler, pick_precision
 
@@ -150,24 +226,25 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     upscaler = load_upscaler(job.model, device)
     dtype = pick_precision(upscaler, device, job.precision)
     factor = max(width / image.width, height / image.height)
-    passes = plan_passes(upscaler.scale, factor)
+    inputs = pass_inputs(image.width, image.height, upscaler.scale, (width, height))
+    passes = len(inputs)
     batch = max(1, job.batch)
     model_sha256 = _sha256(job.model)
     # what decides the canvases' pixels: a journal with another key is stale (see blk.upscale.journal)
     key = job_key({"path": "esrgan", "input_sha256": _sha256(job.input), "model_sha256": model_sha256,
                    "output": str(job.output.resolve()), "size": [width, height], "tile": job.tile,
                    "overlap": job.overlap, "batch": batch, "alpha": job.alpha, "device": device,
-                   "precision": str(dtype), "passes": passes})
+                   "precision": str(dtype), "passes": passes, "pass_inputs": inputs})
     journal = Journal.begin(job.output, key)
     with journal.ending():  # done, cancelled or failed: files removed; Ctrl+C: kept for a resume
         journal.check_files(passes)
-        tile = journal.tile or job.tile or max(auto_tile(device, batch=batch, dtype_bytes=dtype.itemsize,
-                                                         multiple_of=upscaler.multiple_of), 4 * job.overlap)
+        the_plan = plan_job(job, image, upscaler, device, dtype, tile=journal.tile)
+        tile, outputs = the_plan.tile, the_plan.outputs
         journal.set_tile(tile)
+        if on_plan:
+            on_plan(the_plan)
         process = processor(upscaler, device, dtype, job.alpha)
-        sizes = [(image.width * upscaler.scale ** k, image.height * upscaler.scale ** k) for k in range(passes + 1)]
-        counter = _Progress(progress, [count_tiles(*sizes[k], tile, job.overlap, upscaler.multiple_of)
-                                       for k in range(passes)])
+        counter = _Progress(progress, list(the_plan.tiles))
         first = min(journal.state["pass"], passes) if journal.resumed else 0
         resumed_from = 0
         if journal.resumed:
@@ -178,18 +255,24 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
                     "Resuming an interrupted job after its last tile: writing the result.")
         retries = tiles = 0
         phases = {"prepare": time.monotonic() - started}
-        source = image.source if first == 0 else journal.reopen(first - 1, *sizes[first], image.channels)
+        source = image.source if first == 0 else journal.reopen(first - 1, *outputs[first - 1], image.channels)
         for k in range(first, passes):
             s = upscaler.scale
-            canvas = journal.open_canvas(k, *sizes[k + 1], image.channels)
+            canvas = journal.open_canvas(k, *outputs[k], image.channels)
+            done_with = [source] if isinstance(source, Canvas) else []  # the previous pass's canvas
+            if (source.width, source.height) != inputs[k]:  # the last pass: shrunk to what reaches the target
+                path = journal.temp(f"pass{k}.input.canvas")
+                path.unlink(missing_ok=True)  # made again on a resume: the same pixels (libvips is deterministic)
+                source = journal.adopt(resample(source, *inputs[k], path))
+                done_with.append(source)
             feed = FilledSource(source, FILL_RADIUS) if image.channels == 4 else source
             stats = run_tiles(feed, canvas, process, scale=s, tile=tile, overlap=job.overlap, batch=batch,
                               multiple_of=upscaler.multiple_of, progress=counter.pass_reporter(k), cancel=cancel,
                               **journal.tiler_hooks(k, canvas))
             tile, retries, tiles = stats.tile, retries + stats.oom_retries, tiles + stats.tiles
             journal.pass_done(k)
-            if isinstance(source, Canvas):
-                journal.forget(source)  # the previous pass's canvas is no longer needed
+            for used in done_with:
+                journal.forget(used)  # no longer needed
             source = canvas
         phases["tiles"] = time.monotonic() - started - sum(phases.values())
         _check(cancel)

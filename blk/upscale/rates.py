@@ -7,7 +7,9 @@ wrong for every other card), kept in `outputs/upscale/.rates.json`.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Callable
 
 from blk import atomic
 from blk.workspace import Workspace
@@ -46,3 +48,27 @@ def say_duration(seconds: float) -> str:
     if seconds < 5400:
         return f"about {seconds / 60:.0f} min"
     return f"about {seconds / 3600:.1f} h"
+
+
+class Eta:
+    """Seconds left in a running job, from the pace of the tiles done in this session.
+
+    The pace is measured from the first progress report on. What came before it says nothing about
+    this session's speed: a resumed job's first report already counts the tiles an interrupted
+    earlier run finished (counting them against this session's seconds made the time left far too
+    short), and a fresh job's first batch also carries the model's warm-up. So the first report
+    gives no estimate; every later one does."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.first: tuple[int, float] | None = None  # (tiles done, time) at the first report
+
+    def left(self, done: int, total: int) -> float | None:
+        now = self.clock()
+        if self.first is None:
+            self.first = (done, now)
+            return None
+        done_before, then = self.first
+        if done <= done_before:
+            return None
+        return (now - then) / (done - done_before) * max(total - done, 0)

@@ -193,9 +193,7 @@ def _vips_input(image, path: Path) -> InputImage:
                        f"{path.stat().st_size} bytes: it is damaged or truncated.")
     fields = set(image.get_fields())
     icc = image.get("icc-profile-data") if "icc-profile-data" in fields else None
-    dpi = image.xres * 25.4  # libvips keeps pixels per millimetre
-    if "resolution-unit" not in fields and abs(dpi - 72.0) < 0.01 or dpi <= 1.01:
-        dpi = None  # libvips' default when the file says nothing
+    dpi = _stored_dpi(image, fields, path)
     try:
         image = image.autorot()
         if image.interpretation == "cmyk":
@@ -210,8 +208,49 @@ def _vips_input(image, path: Path) -> InputImage:
         if isinstance(exc, BadImage):
             raise
         raise BadImage(f"{path.name} cannot be read ({_first_line(exc)}).") from None
-    return InputImage(VipsSource(image, path.name), path.name, 16 if high else 8, icc,
-                      round(dpi, 2) if dpi else None, by_region=True)
+    return InputImage(VipsSource(image, path.name), path.name, 16 if high else 8, icc, dpi, by_region=True)
+
+
+def _stored_dpi(image, fields: set[str], path: Path) -> float | None:
+    """The resolution the file stores, or None, as the whole-image reader gives it.
+
+    Why not `xres` alone: libvips fills in a default when a file says nothing (71.98 dpi for a PNG
+    without pHYs, 25.4 for a TIFF without resolution tags), and that guess would be written into
+    the result as if the artist had set it. libvips names a unit only for a stored physical
+    resolution (TIFF, JPEG); it never does for PNG, whose pHYs chunk we read ourselves."""
+    if "resolution-unit" in fields:
+        dpi = image.xres * 25.4  # libvips keeps pixels per millimetre, whatever the file's unit
+    elif image.get("vips-loader") == "pngload":
+        dpi = _png_dpi(path)
+    else:
+        return None
+    return round(dpi, 2) if dpi and dpi > 1.0 else None
+
+
+def _png_dpi(path: Path) -> float | None:
+    """Pixels per inch from a PNG's pHYs chunk in metres (it precedes the image data); None without one."""
+    import struct
+
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while True:
+                head = handle.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"pHYs" and length == 9:
+                    data = handle.read(9)
+                    if len(data) < 9:
+                        return None  # truncated: the pixels' own reader says so
+                    x, _, unit = struct.unpack(">IIB", data)
+                    return x * 0.0254 if unit == 1 else None  # unit 0: an aspect ratio only
+                if kind in (b"IDAT", b"IEND"):
+                    return None
+                handle.seek(length + 4, 1)  # the chunk's data and CRC
+    except OSError:
+        return None
 
 
 def _first_line(exc: BaseException) -> str:

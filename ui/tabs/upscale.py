@@ -42,17 +42,43 @@ def target(image_path, scale, size_text):
     return opened, target_size(opened.width, opened.height, None if size else float(scale or 4), size)
 
 
+def esrgan_job(context: StudioContext, image_path, output, width, height, upscaler_path, tile, overlap,
+               keep_16bit=False, dpi=None, print_dpi=None):
+    from blk.upscale.esrgan import EsrganJob
+
+    return EsrganJob(input=Path(image_path), output=output, model=upscaler_path, scale=None, size=(width, height),
+                     tile=int(tile) if tile else None, overlap=int(overlap or 32), keep_16bit=bool(keep_16bit),
+                     dpi=float(dpi) if dpi else None, print_dpi=float(print_dpi) if print_dpi else None,
+                     device=context.workspace.settings.device)
+
+
+def time_line(context: StudioContext, key: str, tiles: int) -> str:
+    from blk.upscale.rates import estimate_seconds, say_duration
+
+    seconds = estimate_seconds(context.workspace, key, tiles)
+    return (f"Time: {say_duration(seconds)}, from the last job with these settings on this machine."
+            if seconds else "Time: shown once the first tiles are done (no earlier job with these settings).")
+
+
+def diffusion_plan(context: StudioContext, job, opened, model):
+    from blk.generate.sizes import SIZE_MULTIPLE
+    from blk.generate.sketch import defaults_for_name
+    from blk.models.registry import KNOWN_MODELS
+    from blk.upscale.diffusion import plan
+
+    steps_default = (defaults_for_name(model, context.workspace) or (28, 3.5))[0]
+    known = KNOWN_MODELS.get(model)
+    grid = SIZE_MULTIPLE[known.family] if known else 1  # what the tiles are rounded to (unknown model: nothing)
+    return plan(job, opened.width, opened.height, steps_default, grid)
+
+
 def estimate(context: StudioContext, image_path, path_kind, scale, size_text, upscaler, model, tile, overlap, steps,
              denoise_a, denoise_b, use_c, denoise_c, final_pass):
-    """What the job will do, before it starts: size, suggested path, tiles, and time when known."""
+    """What the job will do, before it starts: size, suggested path, tiles of every pass, and time when known."""
     from blk.errors import UserError
-    from blk.upscale.rates import estimate_seconds, rate_key, say_duration
-    from blk.generate.sketch import defaults_for_name
+    from blk.upscale import esrgan
     from blk.upscale.compare import suggested_path
-    from blk.upscale.diffusion import plan
-    from blk.upscale.tiler import count_tiles
-    from blk.generate.sizes import SIZE_MULTIPLE
-    from blk.models.registry import KNOWN_MODELS
+    from blk.upscale.rates import rate_key
 
     if not image_path:
         return "Choose an image first."
@@ -63,31 +89,57 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
     hint = "Real-ESRGAN" if suggested_path(width, height) == "esrgan" else "the diffusion path"
     lines = [f"{opened.width}×{opened.height} → **{width}×{height}** ({width * height / 1e6:.1f} MP); "
              f"suggested for this size: {hint}."]
-    if path_kind == DIFFUSION:
-        job = diffusion_job(context, image_path, Path("x.tif"), scale, size_text, model, None, None, tile, overlap,
-                            steps, 0, "", denoise_a, denoise_b, use_c, denoise_c, final_pass)
-        steps_default = (defaults_for_name(model, context.workspace) or (28, 3.5))[0]
-        known = KNOWN_MODELS.get(model)
-        grid = SIZE_MULTIPLE[known.family] if known else 1  # what the tiles are rounded to (unknown model: nothing)
-        try:
-            the_plan = plan(job, opened.width, opened.height, steps_default, grid)
-        except UserError as exc:
-            return "  \n".join(lines + [f"**{exc}**"])
-        lines.append(the_plan.sentence())
-        count, key = the_plan.tiles_per_pass * the_plan.passes, rate_key("diffusion", model, job.tile)
-    else:
-        side = int(tile) if tile else max(512, 4 * int(overlap or 32))  # as `esrgan.run` floors its automatic tile
-        try:
-            count = count_tiles(opened.width, opened.height, side, int(overlap or 32))
-        except UserError as exc:
-            return "  \n".join(lines + [f"**{exc}**"])
-        lines.append(f"About {count} tile{'s' if count != 1 else ''} of up to {side} px in the first model pass "
-                     "(the tile size adapts to free memory when left empty).")
-        key = rate_key("esrgan", upscaler or "", int(tile) if tile else None)
-    seconds = estimate_seconds(context.workspace, key, count)
-    lines.append(f"Time: {say_duration(seconds)}, from the last job with these settings on this machine."
-                 if seconds else "Time: shown once the first tiles are done (no earlier job with these settings).")
+    try:
+        if path_kind == DIFFUSION:
+            job = diffusion_job(context, image_path, Path("x.tif"), scale, size_text, model, None, None, tile,
+                                overlap, steps, 0, "", denoise_a, denoise_b, use_c, denoise_c, final_pass)
+            the_plan = diffusion_plan(context, job, opened, model)
+            lines.append(the_plan.sentence())
+            count, key = the_plan.total_tiles, rate_key("diffusion", model, job.tile)
+        else:
+            if not upscaler:
+                return "  \n".join(lines + ["Choose an upscaler model to count its tiles."])
+            model_path = context.workspace.confine(upscaler)
+            the_plan = esrgan.estimate(esrgan_job(context, image_path, Path("x.tif"), width, height, model_path,
+                                                  tile, overlap))
+            lines.append(the_plan.sentence() + ("" if tile else " (automatic tile size, from free memory now)"))
+            count, key = sum(the_plan.tiles), rate_key("esrgan", str(model_path), int(tile) if tile else None)
+    except (UserError, ValueError) as exc:
+        return "  \n".join(lines + [f"**{exc}**"])
+    lines.append(time_line(context, key, count))
     return "  \n".join(lines)
+
+
+def follow_suggestion(image_path, scale, size_text, last):
+    """(the Path radio, the suggestion) after the image, scale or size changed (`suggested_path`: up to 8k
+    Real-ESRGAN, larger the diffusion path). The radio moves only when the suggestion changes — a new
+    image (`last` None) or a target crossing 8k — so a path the user picked stays while they adjust."""
+    from blk.errors import UserError
+    from blk.upscale.compare import suggested_path
+
+    if not image_path:
+        return gr.update(), last
+    try:
+        _, (width, height) = target(image_path, scale, size_text)
+    except (UserError, ValueError):
+        return gr.update(), last
+    kind = suggested_path(width, height)
+    if kind == last:
+        return gr.update(), last
+    return gr.Radio(value=ESRGAN if kind == "esrgan" else DIFFUSION), kind
+
+
+def show_region(image_path, result_path, region_x, region_y):
+    """The before/after pair around the chosen centre (percent of the result's width and height)."""
+    from blk.errors import UserError
+    from blk.upscale.compare import region_pair
+
+    if not image_path or not result_path:
+        return gr.update()
+    try:
+        return region_pair(Path(image_path), Path(result_path), (float(region_x) / 100, float(region_y) / 100))
+    except (UserError, ValueError, OSError):
+        return gr.update()
 
 
 def diffusion_job(context, image_path, output, scale, size_text, model, lora, enlarge_model, tile, overlap, steps,
@@ -106,20 +158,35 @@ def diffusion_job(context, image_path, output, scale, size_text, model, lora, en
 
 def upscale(context: StudioContext, cancel: threading.Event, image_path, path_kind, scale, size_text, upscaler,
             model, lora, enlarge_first, tile, overlap, steps, seed, prompt, denoise_a, denoise_b, use_c, denoise_c,
-            final_pass, fmt, keep_16bit, dpi, progress=gr.Progress()):
+            final_pass, fmt, keep_16bit, dpi, print_dpi=None, region_x=50, region_y=50, progress=gr.Progress()):
+    """Run the job; the plan (tiles of every pass, time when known) and a resume show in the progress
+    before the tiles start, and the time left follows this session's pace (`rates.Eta`)."""
     from blk.errors import UserError
     from blk.upscale import diffusion, esrgan
     from blk.upscale.compare import region_pair
+    from blk.upscale.rates import Eta, rate_key, record
 
     cancel.clear()
     if not image_path:
-        return None, None, "Choose an image first."
+        return None, None, "Choose an image first.", None
     started = time.monotonic()
+    pace, notes, planned = Eta(), [], []
+
+    def log(text):  # e.g. that an interrupted job resumes: in the progress now, in the status at the end
+        if any(text in shown for shown in planned):
+            return  # a notice the plan already gave
+        notes.append(text)
+        progress(0, desc=" ".join(notes + planned))
+
+    def show(text):  # the plan, before the first tile
+        planned.append(text)
+        progress(0, desc=" ".join(notes + planned))
 
     def report(done, total):
-        elapsed = time.monotonic() - started
-        eta = f", about {max(0, elapsed / done * (total - done)):.0f} s left" if done else ""
-        progress(done / max(total, 1), desc=f"tile {done}/{total}{eta}")
+        left = pace.left(done, total)
+        eta = f", about {left:.0f} s left" if left is not None else ""
+        prefix = f"{notes[-1]} " if notes else ""
+        progress(done / max(total, 1), desc=f"{prefix}tile {done}/{total}{eta}")
 
     try:
         upscaler_path = context.workspace.confine(upscaler) if upscaler else None
@@ -128,33 +195,39 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
         kind = "esrgan" if path_kind == ESRGAN else "diffusion"
         folder = context.workspace.outputs("upscale") / time.strftime("%Y-%m-%d")
         output = folder / f"{Path(image_path).stem}-{kind}-{width}x{height}.{'tif' if fmt == 'TIFF' else 'png'}"
+        key = rate_key(kind, model if kind == "diffusion" else str(upscaler_path),
+                       int(tile) if tile else (1024 if kind == "diffusion" else None))
         if kind == "esrgan":
             if upscaler_path is None:
                 raise UserError("Choose an upscaler model file (put them in workspace/models/upscalers/).")
-            job = esrgan.EsrganJob(input=Path(image_path), output=output, model=upscaler_path, scale=None,
-                                   size=(width, height), tile=int(tile) if tile else None,
-                                   overlap=int(overlap or 32), keep_16bit=bool(keep_16bit),
-                                   dpi=float(dpi) if dpi else None, device=context.workspace.settings.device)
-            result = esrgan.run(job, progress=report, cancel=cancel)
+            job = esrgan_job(context, image_path, output, width, height, upscaler_path, tile, overlap, keep_16bit,
+                             dpi, print_dpi)
+            result = esrgan.run(job, progress=report, cancel=cancel, log=log,
+                                on_plan=lambda p: show(f"{p.sentence()} {time_line(context, key, sum(p.tiles))}"))
+            this_session = result.tiles - result.resumed_from_tile
         else:
             job = diffusion_job(context, image_path, output, scale, size_text, model, lora_path,
                                 upscaler_path if enlarge_first else None, tile, overlap, steps, seed, prompt,
                                 denoise_a, denoise_b, use_c, denoise_c, final_pass)
             job.dpi = float(dpi) if dpi else None
-            result = diffusion.run(job, context.workspace, context.sketcher.cache, progress=report, cancel=cancel)
-        from blk.upscale.rates import rate_key, record
-
-        record(context.workspace, rate_key(kind, model if kind == "diffusion" else str(upscaler_path),
-                                           int(tile) if tile else (1024 if kind == "diffusion" else None)),
-               time.monotonic() - started, result.tiles)
-        before, after = region_pair(Path(image_path), result.path)
+            job.print_dpi = float(print_dpi) if print_dpi else None
+            the_plan = diffusion_plan(context, job, opened, model)
+            show(f"{the_plan.sentence()} {time_line(context, key, the_plan.total_tiles)}")
+            result = diffusion.run(job, context.workspace, context.sketcher.cache, progress=report, cancel=cancel,
+                                   log=log)
+            this_session = result.tiles
+        record(context.workspace, key, time.monotonic() - started, this_session)
+        centre = tuple(float(50 if v is None else v) / 100 for v in (region_x, region_y))
+        before, after = region_pair(Path(image_path), result.path, centre)
     except UserError as exc:
-        return None, None, f"**{exc}**"
+        return None, None, f"**{exc}**", None
     except ValueError as exc:
-        return None, None, f"**A value in the form is not valid ({exc}).**"
-    status = (f"{result.width}×{result.height} in {time.monotonic() - started:.0f} s — a {before.width} px region "
-              f"at full size below (left: the input enlarged plainly). Saved: `{result.path}`")
-    return (before, after), str(result.path), status
+        return None, None, f"**A value in the form is not valid ({exc}).**", None
+    printed = result.print_path
+    done = (f"{result.width}×{result.height} in {time.monotonic() - started:.0f} s — a {before.width} px region "
+            f"at full size below (left: the input enlarged plainly). Saved: `{result.path}`"
+            + (f"; print copy: `{printed}`" if printed else ""))
+    return (before, after), str(result.path), "  \n".join(notes + planned + [done]), str(result.path)
 
 
 def build(context: StudioContext) -> dict:
@@ -195,6 +268,7 @@ def build(context: StudioContext) -> dict:
                 fmt = gr.Radio(["TIFF", "PNG"], value="TIFF", label="Format (TIFF: tiled BigTIFF, any size)")
                 keep_16bit = gr.Checkbox(False, label="Keep 16-bit (ESRGAN, TIFF)")
                 dpi = gr.Number(None, label="DPI (0: the input's)")
+                print_dpi = gr.Number(0, label="Print copy DPI (0: none)", elem_id="blk-upscale-print-dpi")
             with gr.Row():
                 plan_button = gr.Button("Estimate")
                 go = gr.Button("Upscale", variant="primary", elem_id="blk-upscale-go")
@@ -203,21 +277,37 @@ def build(context: StudioContext) -> dict:
             status = gr.Markdown(elem_id="blk-upscale-status")
             slider = gr.ImageSlider(label="Before | after (one region at full size)", type="pil",
                                     elem_id="blk-upscale-slider", max_height=700)
+            with gr.Row():
+                region_x = gr.Slider(0, 100, value=50, step=1, label="Region centre, % across",
+                                     elem_id="blk-upscale-region-x")
+                region_y = gr.Slider(0, 100, value=50, step=1, label="Region centre, % down",
+                                     elem_id="blk-upscale-region-y")
             result_file = gr.File(label="Result")
+    result_path = gr.State(None)  # the last result, kept on the server: the region is read from it again
+    suggestion = gr.State(None)  # the last suggested path ("esrgan" or "diffusion")
 
-    def on_path(kind):
+    def on_path(kind):  # the path's own settings, whoever set it
         diffusion = kind == DIFFUSION
-        return gr.Group(visible=diffusion), gr.Number(value=2 if diffusion else 4), \
-            gr.Number(value=96 if diffusion else 32), gr.Number(value=1024 if diffusion else None)
+        return gr.Group(visible=diffusion), gr.Number(value=96 if diffusion else 32), \
+            gr.Number(value=1024 if diffusion else None)
 
-    path_kind.change(on_path, inputs=path_kind, outputs=[diffusion_group, scale, overlap, tile])
+    # the scale's default only when the user picks a path: a suggestion follows the scale they typed
+    path_kind.change(on_path, inputs=path_kind, outputs=[diffusion_group, overlap, tile])
+    path_kind.input(lambda kind: gr.Number(value=2 if kind == DIFFUSION else 4), inputs=path_kind, outputs=scale)
+    image.change(lambda *a: follow_suggestion(*a, None), inputs=[image, scale, size_text],
+                 outputs=[path_kind, suggestion])
+    for typed in (scale, size_text):
+        typed.input(follow_suggestion, inputs=[image, scale, size_text, suggestion], outputs=[path_kind, suggestion])
+    for axis in (region_x, region_y):
+        axis.release(show_region, inputs=[image, result_path, region_x, region_y], outputs=slider)
     plan_button.click(lambda *a: estimate(context, *a),
                       inputs=[image, path_kind, scale, size_text, upscaler, model, tile, overlap, steps, denoise_a,
                               denoise_b, use_c, denoise_c, final_pass], outputs=status)
     go.click(lambda *a, progress=gr.Progress(): upscale(context, cancel, *a, progress=progress),
              inputs=[image, path_kind, scale, size_text, upscaler, model, lora, enlarge_first, tile, overlap, steps,
-                     seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, fmt, keep_16bit, dpi],
-             outputs=[slider, result_file, status], api_name="upscale")
+                     seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, fmt, keep_16bit, dpi,
+                     print_dpi, region_x, region_y],
+             outputs=[slider, result_file, status, result_path], api_name="upscale")
     stop.click(cancel.set, queue=False)
     on_show = (lambda: (gr.Dropdown(choices=upscaler_choices(context)), gr.Dropdown(choices=lora_choices(context)),
                         gr.Dropdown(choices=model_names(context))), [upscaler, lora, model])

@@ -1,0 +1,132 @@
+"""Upscale tab handlers and the engine functions behind them: the path follows the suggestion by
+size, the before/after region can be placed, and Upscale shows the plan before its tiles and makes
+the print copy. The handlers are called directly (no browser): they are plain functions."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from blk.upscale.compare import region_box, region_pair, suggested_path
+from tests.test_upscale_esrgan import leftovers, noise, rrdb_file
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def context(workspace):
+    from ui.context import StudioContext
+
+    (workspace.models / "upscalers").mkdir(parents=True)
+    rrdb_file(workspace.models / "upscalers" / "RealESRGAN_x4plus_tiny.pth")
+    return StudioContext(workspace, demo=True, demo_reason="test")
+
+
+def save(path: Path, h: int, w: int, seed: int = 0) -> Path:
+    Image.fromarray((noise(h, w, seed=seed) * 255).round().astype(np.uint8)).save(path)
+    return path
+
+
+def test_suggested_path_changes_above_8k():
+    """RECIPES.md: Real-ESRGAN up to about 8k on the longer side, the diffusion path beyond."""
+    assert suggested_path(8192, 100) == suggested_path(6000, 8192) == suggested_path(8192, 8192) == "esrgan"
+    assert suggested_path(8193, 100) == suggested_path(100, 8193) == suggested_path(20000, 20000) == "diffusion"
+
+
+def test_the_path_follows_the_suggestion_when_it_changes(tmp_path):
+    """A new image, or a scale or size that crosses 8k, sets the Path radio; a change that keeps the
+    same suggestion leaves it alone, so a path the user picked stays while they adjust the size."""
+    from ui.tabs.upscale import DIFFUSION, ESRGAN, follow_suggestion
+
+    image = str(save(tmp_path / "art.png", 900, 1100))
+    radio, last = follow_suggestion(image, 4, "", None)  # a new image: 4400×3600
+    assert (radio.value, last) == (ESRGAN, "esrgan")
+    radio, last = follow_suggestion(image, 8, "", last)  # 8800×7200
+    assert (radio.value, last) == (DIFFUSION, "diffusion")
+    untouched, same = follow_suggestion(image, 10, "", last)
+    assert untouched == {"__type__": "update"} and same == "diffusion"
+    radio, last = follow_suggestion(image, 8, "8000x6000", last)  # the exact size wins over the scale
+    assert (radio.value, last) == (ESRGAN, "esrgan")
+    for bad in ((image, 8, "big", last), (image, 0.5, "", last), (None, 4, "", last)):  # nothing to suggest from
+        assert follow_suggestion(*bad) == ({"__type__": "update"}, "esrgan")
+
+
+def test_the_region_lies_around_the_chosen_centre(tmp_path):
+    """Before and after show the same region, where the user put it, moved inside at the edges."""
+    assert region_box(1000, 600, (0.5, 0.5), 100) == (450, 250, 100)
+    assert region_box(1000, 600, (0.25, 0.75), 100) == (200, 400, 100)
+    assert region_box(1000, 600, (0.0, 1.0), 100) == (0, 500, 100)  # corners: inside the image
+    assert region_box(1000, 600, (1.5, -1), 100) == (900, 0, 100)
+    assert region_box(80, 60, (0.5, 0.5), 512) == (10, 0, 60)  # a small result: its height
+    # an input of four flat quadrants, and its ×4 "result" with a detail of its own in each pixel
+    small = np.zeros((40, 60, 3), np.uint8)
+    small[:20, :30], small[:20, 30:], small[20:, :30], small[20:, 30:] = (200, 0, 0), (0, 200, 0), (0, 0, 200), (90,) * 3
+    Image.fromarray(small).save(tmp_path / "in.png")
+    rng = np.random.default_rng(0)
+    big = np.clip(small.repeat(4, 0).repeat(4, 1).astype(int) + rng.integers(-20, 21, (160, 240, 3)), 0, 255)
+    Image.fromarray(big.astype(np.uint8)).save(tmp_path / "out.png")
+    for centre, colour in (((0.2, 0.8), (0, 0, 200)), ((0.8, 0.2), (0, 200, 0)), ((0.75, 0.75), (90, 90, 90))):
+        before, after = region_pair(tmp_path / "in.png", tmp_path / "out.png", centre, side=32)
+        x, y, side = region_box(240, 160, centre, 32)
+        assert np.array_equal(np.asarray(after), big[y:y + side, x:x + side])  # exactly the result's pixels there
+        assert before.size == after.size == (32, 32)
+        assert np.abs(np.asarray(before, float).mean((0, 1)) - colour).max() < 3  # the same region of the input
+
+
+def test_estimate_counts_every_pass_with_the_jobs_tile(context, tmp_path):
+    """The Estimate button shows the engine's plan: ×7 with a ×4 model is two passes, 2 + 6 tiles of 32 px."""
+    from ui.tabs.upscale import ESRGAN, estimate
+
+    image = str(save(tmp_path / "art.png", 29, 37))
+    model = str(context.workspace.models / "upscalers" / "RealESRGAN_x4plus_tiny.pth")
+    text = estimate(context, image, ESRGAN, 7, "", model, "tiny-flux", 32, 8, None, 0.3, 0.2, False, 0.15, True)
+    assert "37×29 → **259×203**" in text and "8 tiles (2 + 6) of up to 32 px in 2 model passes of ×4." in text
+    automatic = estimate(context, image, ESRGAN, 7, "", model, "tiny-flux", None, 8, None, 0.3, 0.2, False, 0.15,
+                         True)
+    assert "2 tiles (1 + 1) of up to" in automatic and "(automatic tile size" in automatic
+    outside = estimate(context, image, ESRGAN, 7, "", str(tmp_path / "elsewhere.pth"), "tiny-flux", 32, 8, None,
+                       0.3, 0.2, False, 0.15, True)
+    assert "is outside the workspace" in outside
+
+
+def test_upscale_shows_the_plan_first_and_makes_the_print_copy_and_region(context, tmp_path):
+    """Pressing Upscale: the plan is in the progress before the first tile; the print DPI field gives
+    OUT.print.tif at that DPI; the region sliders place the before/after pair; the region can be
+    moved afterwards on the kept result."""
+    from ui.tabs.upscale import ESRGAN, show_region, upscale
+
+    image = str(save(tmp_path / "art.png", 40, 48, seed=3))
+    model = str(context.workspace.models / "upscalers" / "RealESRGAN_x4plus_tiny.pth")
+    seen = []
+
+    def progress(fraction, desc=None):
+        seen.append(desc)
+
+    pair, path, status, kept = upscale(context, threading.Event(), image, ESRGAN, 4, "", model, "tiny-flux", None,
+                                       False, 32, 8, None, 0, "", 0.3, 0.2, False, 0.15, False, "TIFF", False, None,
+                                       240, 10, 90, progress=progress)
+    plan = "4 tiles of up to 32 px in 1 model pass of ×4."
+    assert seen[0].startswith(plan) and seen[-1].startswith("tile 4/4") and plan in status
+    assert "192×160 in" in status and path == kept
+    with tifffile.TiffFile(Path(path).with_suffix(".print.tif")) as tif:
+        x, y = tif.pages[0].tags["XResolution"].value
+        assert abs(x / y - 240) < 1e-6 and tif.pages[0].shape == (160, 192, 3)
+    result = tifffile.imread(path)
+    x, y, side = region_box(192, 160, (0.1, 0.9), 512)
+    assert np.array_equal(np.asarray(pair[1]), result[y:y + side, x:x + side])
+    moved = show_region(image, kept, 100, 0)
+    assert np.array_equal(np.asarray(moved[1]), result[0:160, 32:192])
+    assert show_region(image, None, 50, 50) == {"__type__": "update"}
+    assert [p for p in context.workspace.root.rglob(".blk-tmp-*")] == [] and leftovers(tmp_path) == []
