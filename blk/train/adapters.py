@@ -34,13 +34,38 @@ def peft_config(adapter):
                       target_modules=adapter.target_modules, init_lora_weights="gaussian")
 
 
-def adapter_metadata(denoiser, adapter) -> dict | None:
-    """What a checkpoint stores besides its tensors: a LoKr file carries its peft config (diffusers'
-    `lora_adapter_metadata`), which `load_lora_adapter` needs to rebuild it (alpha, factorization).
-    LoRA files stay as before: their shapes and names say everything."""
-    if adapter.kind != "lokr":
-        return None
-    return denoiser.peft_config[TRAINABLE].to_dict()
+def adapter_metadata(denoiser, adapter) -> dict:
+    """The peft config a checkpoint stores as diffusers' own trainers do (`lora_adapter_metadata`), which
+    `load_lora_weights` rebuilds the adapter from (a LoKr's factorization needs it).
+
+    Its alpha is the rank: `published_weights` folds each module's alpha/rank into the tensors, because
+    ComfyUI, Forge and A1111 ignore this metadata and, with no `.alpha` tensor, apply a scale of 1 — so every
+    loader applies the trained strength. `adapter` is the config section (kind, rank, alpha)."""
+    config = dict(denoiser.peft_config[TRAINABLE].to_dict())
+    config["alpha" if adapter.kind == "lokr" else "lora_alpha"] = config["r"]
+    config["alpha_pattern"] = {}
+    return config
+
+
+def published_weights(denoiser, state: dict) -> dict:
+    """The adapter's tensors as a checkpoint holds them: each module's scale (alpha/rank) multiplied into
+    one factor (LoRA's `lora_B`, LoKr's `lokr_w1` or `lokr_w1_a`), so the file alone means the trained update."""
+    scales = _trainable_scales(denoiser)
+    published = {}
+    for key, value in state.items():
+        module, _, part = key.rpartition(".")
+        if key.endswith(".lora_B.weight"):
+            module, part = key[:-len(".lora_B.weight")], "lora_B"
+        if part in ("lora_B", "lokr_w1", "lokr_w1_a") and module in scales:
+            value = value * scales[module]
+        published[key] = value
+    return published
+
+
+def _trainable_scales(denoiser) -> dict[str, float]:
+    """Each adapted module's scale for the trainable adapter (peft's `scaling`: alpha / rank)."""
+    return {name: float(module.scaling[TRAINABLE]) for name, module in denoiser.named_modules()
+            if isinstance(getattr(module, "scaling", None), dict) and TRAINABLE in module.scaling}
 
 
 def _pipeline_class(family):
@@ -51,8 +76,9 @@ def _prefix(family) -> str:
     return "transformer" if family.name == "flux" else "unet"
 
 
-def read_lora(family, path: Path) -> tuple[dict, dict | None]:
-    """A LoRA file as diffusers-named tensors (kohya / Forge names converted) and its network alphas, if any."""
+def read_lora(family, path: Path) -> tuple[dict, dict | None, dict | None]:
+    """A LoRA file as diffusers-named tensors (kohya / Forge names converted), its network alphas if any, and
+    the peft config diffusers' trainers store in it (`lora_adapter_metadata`; their alpha need not be the rank)."""
     from safetensors.torch import load_file
 
     from blk.stencil.layerdiffuse import convert_forge_lora
@@ -74,16 +100,37 @@ def read_lora(family, path: Path) -> tuple[dict, dict | None]:
             state, alphas = cls.lora_state_dict(raw)
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"{path.name} is not a LoRA for {family.name}: {str(exc).splitlines()[0][:160]}") from None
-    return state, alphas
+    metadata = _peft_metadata(path) if not alphas and set(state) <= set(raw) else None  # names as saved: not converted
+    return state, alphas, metadata
+
+
+def _peft_metadata(path: Path) -> dict | None:
+    """The `lora_adapter_metadata` diffusers writes into a LoRA file (its peft config per component), if any."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        text = (handle.metadata() or {}).get("lora_adapter_metadata")
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None  # unreadable metadata: the tensors' shapes still say rank, and alpha defaults to it
+
+
+def _load_as_adapter(family, lora: tuple[dict, dict | None, dict | None], name: str) -> None:
+    """Load what `read_lora` read as the named adapter on the denoiser, its alphas (or stored peft config) included."""
+    state, alphas, metadata = lora
+    options = {"metadata": metadata} if metadata else {"network_alphas": alphas}
+    family.denoiser.load_lora_adapter(state, prefix=_prefix(family), adapter_name=name, **options)
 
 
 def add_base_loras(family, paths: list[Path]) -> list[str]:
     """Load each file as a frozen, always-active adapter; returns their adapter names."""
     names = []
     for index, path in enumerate(paths):
-        state, alphas = read_lora(family, path)
         name = f"base_{index}"
-        family.denoiser.load_lora_adapter(state, prefix=_prefix(family), network_alphas=alphas, adapter_name=name)
+        _load_as_adapter(family, read_lora(family, path), name)
         if name not in getattr(family.denoiser, "peft_config", {}):
             raise UserError(f"{Path(path).name} is not a LoRA for {family.name}: none of its weights fit this model.")
         names.append(name)
@@ -114,12 +161,12 @@ def init_trainable_from(family, path: Path) -> int:
         return _init_lokr_from(family, Path(path))
     if _is_lycoris_lokr_file(Path(path)):
         raise UserError(f"{name} is a LoKr, not a LoRA; set adapter.kind to lokr to start from it.")
-    state, alphas = read_lora(family, path)
-    if not any(k.startswith(_prefix(family) + ".") for k in state):
+    lora = read_lora(family, path)
+    if not any(k.startswith(_prefix(family) + ".") for k in lora[0]):
         raise UserError(f"{name} has no weights for the {_prefix(family)}; it cannot start this adapter.")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-        denoiser.load_lora_adapter(state, prefix=_prefix(family), network_alphas=alphas, adapter_name=STARTING)
+        _load_as_adapter(family, lora, STARTING)
     try:
         if STARTING not in getattr(denoiser, "peft_config", {}):
             raise UserError(f"{name} is not a LoRA for {family.name}: none of its weights fit this model.")

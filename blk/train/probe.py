@@ -2,7 +2,9 @@
 
 It runs the real recipe for a few steps in a throwaway run folder (model load,
 caches, optimizer and all), then extrapolates the total time and says whether
-the peak memory fits the device, so a long run does not fail an hour in.
+the peak memory fits the device, so a long run does not fail an hour in. A probe
+that runs out of memory is the plainest answer: "will not fit", naming the
+settings to change.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ class Estimate:
     peak_bytes: int
     device_bytes: int
     device: str
+    out_of_memory: str = ""  # the probe itself ran out of memory: the sentence naming what to change
 
     @property
     def fits(self) -> bool:
-        return self.peak_bytes <= HEADROOM * self.device_bytes
+        return not self.out_of_memory and self.peak_bytes <= HEADROOM * self.device_bytes
 
     def sentence(self, steps: int) -> str:
+        if self.out_of_memory:
+            return f"This will not fit: {self.out_of_memory}"
         hours = self.total_seconds / 3600
         span = f"{hours:.1f} h" if hours >= 1 else f"{self.total_seconds / 60:.0f} min"
         memory = f"peak memory {self.peak_bytes / 2**30:.1f} GB of {self.device_bytes / 2**30:.0f} GB on {self.device}"
@@ -44,8 +49,9 @@ class Estimate:
 def probe(config: TrainConfig, workspace: Workspace, steps: int = PROBE_STEPS) -> Estimate:
     import torch
 
-    from blk.models.device import pick_device
-    from blk.train.runner import EventLog, run
+    from blk.errors import UserError
+    from blk.models.device import is_out_of_memory, pick_device
+    from blk.train.runner import EventLog, memory_tips, out_of_memory_sentence, run
 
     trial = config.model_copy(deep=True)
     trial.schedule.steps = steps
@@ -58,16 +64,35 @@ def probe(config: TrainConfig, workspace: Workspace, steps: int = PROBE_STEPS) -
         if device.startswith("cuda"):
             torch.zeros(1, device=device)  # the allocator exists only after a first allocation: reset needs it
             torch.cuda.reset_peak_memory_stats(device)
-        run(trial, workspace, folder)
-        losses = [e for e in EventLog(os.path.join(folder, "events.jsonl")).read() if e["kind"] == "loss"]
+        out_of_memory = ""
+        try:
+            run(trial, workspace, folder)
+        except Exception as exc:  # noqa: BLE001  (out of memory outside the steps, e.g. loading the model)
+            if not is_out_of_memory(exc):
+                raise
+            out_of_memory = "before its first step"
+        events = EventLog(os.path.join(folder, "events.jsonl")).read()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    losses = [e for e in events if e["kind"] == "loss"]
+    errors = [e for e in events if e["kind"] == "error"]
+    if errors and not out_of_memory and errors[-1]["message"] == out_of_memory_sentence(trial, errors[-1]["step"]):
+        out_of_memory = f"at step {errors[-1]['step'] + 1}"
+    peak, total = _memory(device)
+    if out_of_memory:
+        return Estimate(0.0, 0.0, peak, total, device,
+                        f"the probe ran out of memory on {device} {out_of_memory}; try {memory_tips(config)}.")
+    if not losses:  # it failed otherwise before a step (e.g. a NaN loss at once): that sentence is the answer
+        raise UserError(errors[-1]["message"] if errors else "The probe ended before its first step.")
     timed = losses[1:] if len(losses) > 2 else losses  # the first step pays for warm-up and caching
     per_step = (timed[-1]["t"] - timed[0]["t"]) / max(len(timed) - 1, 1)
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated(device)
-        total = torch.cuda.get_device_properties(device).total_memory
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return Estimate(per_step, per_step * config.schedule.steps, peak, total, device)
+
+
+def _memory(device: str) -> tuple[int, int]:
+    """(peak bytes used so far, the device's bytes): the GPU's allocator, or this process's RSS and the RAM."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device), torch.cuda.get_device_properties(device).total_memory
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -8,8 +8,14 @@
 
 Determinism: the data order is a seeded permutation per epoch, and each step's
 noise, timesteps and caption augmentation come from generators seeded by the
-step number — so a run resumed from step k continues exactly as if it had
-never stopped; only adapter, optimizer, scheduler and the step are saved.
+step number, and the global RNG (adapter dropout) is seeded per micro-batch —
+so a run resumed from step k continues exactly as if it had never stopped; only
+adapter, optimizer, scheduler, EMA and the step are saved.
+
+Checkpoints are what every loader reads alike: each module's alpha/rank is folded
+into the weights (`adapters.published_weights`), and the file's peft config says
+alpha = rank. Samples and validation use the weights the checkpoint publishes
+(the EMA weights when EMA is on).
 
 Several GPUs (`schedule.gpus`, one process each under `accelerate launch`; see
 `distributed`): a step's micro-batches are numbered globally, 0 … gpus × A − 1
@@ -23,6 +29,7 @@ the product (`process.regroup`). Rank 0 alone writes the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -37,7 +44,7 @@ from pathlib import Path
 
 from blk import atomic
 from blk.errors import UserError
-from blk.train.adapters import adapter_metadata
+from blk.train.adapters import adapter_metadata, published_weights
 from blk.train.cache import PixelMemory, TensorCache, model_key, pixel_budget
 from blk.train.config import TrainConfig, save_config
 from blk.train.data import Curriculum, Item, StagePlan, augment_caption, epoch_order, load_items
@@ -57,10 +64,27 @@ class EventLog:
     def write(self, kind: str, step: int, **fields) -> None:
         if self.quiet:
             return
+        if kind == "error" and self._repeats_last_error(fields.get("message")):
+            return  # the trainer and the CLI both record a failure they see: the UI shows it once
         atomic.append_line(self.path, json.dumps({"t": round(time.time(), 3), "step": step, "kind": kind, **fields}))
 
     def read(self) -> list[dict]:
         return atomic.read_jsonl(self.path)
+
+    def _repeats_last_error(self, message) -> bool:
+        """Whether the log's last event is an error with this message (read from the file's tail only)."""
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(max(0, handle.seek(0, io.SEEK_END) - 65536))
+                tail = handle.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return False
+        lines = [line for line in tail.split("\n") if line.strip()]
+        try:
+            last = json.loads(lines[-1]) if lines else {}
+        except ValueError:
+            return False
+        return last.get("kind") == "error" and last.get("message") == message
 
 
 @dataclass
@@ -74,21 +98,65 @@ class RunResult:
     pixel_decodes: int = 0  # image files decoded and bucketed (without the latent cache: once each, within RAM)
 
 
+@dataclass
+class _Reached:
+    """How far a run got, for the error event of a failure anywhere in it."""
+    step: int = 0
+
+
 def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool = False,
         stop: threading.Event | None = None, stop_after: int | None = None) -> RunResult:
     """Train. `stop` ends the run gracefully after the current step (checkpoint saved).
 
+    Any failure (model loading, text caching, step-0 samples, a bug) is also written as an `error` event of
+    one sentence before it propagates, where the run folder exists: the app knows a run only by its events,
+    and would otherwise show a run that died with no reason. `resume` of a run killed before its first
+    checkpoint starts it again from step 0 in the same folder, and says so (a `notice` event).
+
     Under `accelerate launch` (several processes) every process calls this with the same arguments."""
+    reached = _Reached()
+    try:
+        return _train(config, workspace, Path(run_dir), resume, stop or threading.Event(), stop_after, reached)
+    except Exception as exc:
+        _record_failure(Path(run_dir), config, reached.step, exc)
+        raise
+
+
+def _record_failure(run_dir: Path, config: TrainConfig, step: int, exc: Exception) -> None:
+    """The `error` event for a failure that ends the run: out of memory names the setting to change; a
+    UserError is its own sentence; anything else is the exception's last line."""
+    from blk.models.device import is_out_of_memory
+
+    if not run_dir.is_dir():  # refused before the run had a folder: the caller shows the sentence
+        return
+    if isinstance(exc, UserError):
+        message = str(exc)
+    elif is_out_of_memory(exc) or isinstance(exc, _OutOfMemoryInAProcess):
+        message = out_of_memory_sentence(config, step)
+    else:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        message = f"Training failed at step {step + 1}: {type(exc).__name__}: {lines[-1] if lines else 'no message'} " \
+                  "(the trainer's log has the traceback)."
+    world = World.from_env()
+    extra = {"process": world.rank} if world.size > 1 else {}
+    try:
+        EventLog(run_dir / "events.jsonl").write("error", step, message=message, **extra)
+    except OSError:
+        pass  # the folder is not writable (e.g. a full disk): the exception itself still propagates
+
+
+def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool, stop: threading.Event,
+           stop_after: int | None, reached: _Reached) -> RunResult:
     import torch
 
     from blk.models.device import avoid_cudnn_attention_backward, is_out_of_memory, pick_dtype
     from blk.models.registry import resolve
 
-    stop = stop or threading.Event()
-    run_dir = Path(run_dir)
     world = World.from_env()
-    if resume:
-        _state_folder(run_dir)  # fail before loading anything
+    restart = resume and _saved_state(run_dir) is None  # killed before its first checkpoint: start again
+    if restart and not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a run folder, so there is no saved state to resume from.")
+    resume = resume and not restart
     dataset = workspace.dataset_folder(config.data.dataset) if config.data.dataset else None
     if dataset is None:
         raise UserError("Choose a dataset to train on.")
@@ -117,6 +185,9 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
         resolved.schedule.gpus = world.size  # the processes that really trained (what a resume starts with)
         save_config(resolved, run_dir / "config.yaml")
     events = EventLog(run_dir / "events.jsonl", quiet=not world.is_main)
+    if restart:
+        _notice(events, 0, f"{run_dir.name} was stopped before its first checkpoint, so there is nothing to resume "
+                           "from: it starts again from step 0 in the same folder")
 
     family = _load_family(config, model, dtype, device)
     denoiser = family.denoiser
@@ -126,10 +197,13 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     scheduler = _lr_scheduler(config, optimizer)
     ema = Ema(denoiser, config.optimizer.ema_decay) if config.optimizer.ema_decay else None
     step = _restore(run_dir, denoiser, optimizer, scheduler, ema) if resume else 0
+    reached.step = step
     world.broadcast_parameters(params)  # replicas start identical (they are already: same seed, same state file)
     world.barrier()  # every process has read state/ before rank 0 may replace it
     events.write("status", step, status="resumed" if step else "started", model=model.name, images=image_count,
                  processes=world.size, accumulation=config.schedule.gradient_accumulation)
+    if notice := optimizer_notice(config, device):
+        _notice(events, step, notice)
     stage = None
 
     caches = dataset / ".blk" / "cache" / model_key(model.path)
@@ -137,20 +211,30 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     latent_for = LatentSource(family, latent_cache, dataset, model.path, config.data,
                               *_transparent_encoder(config, workspace, model, device))
     text_cache = TensorCache(caches / "text")
-    text_for = _text_encoder(family, text_cache)
+    text_for = TextSource(family, text_cache)
     every_item = items + held_out + [i for plan in (curriculum.stages if curriculum else []) for pool in plan.pools
                                      for i in pool]
     released = _release_text_encoders(family, config, {i.caption for i in every_item}, text_for, device)
     last_checkpoint = None
+
+    def averaged():
+        """Samples and validation see the weights a checkpoint publishes: the EMA weights when EMA is on."""
+        return ema.applied() if ema is not None else contextlib.nullcontext()
+
     def validate(at_step: int) -> None:
         if world.is_main and held_out and config.data.validation_every:
-            loss = validation_loss(family, held_out, latent_for, text_for, device, dtype)
+            with averaged():
+                loss = validation_loss(family, held_out, latent_for, text_for, device, dtype)
             events.write("eval", at_step, loss=loss)
+
+    def sample(at_step: int) -> None:
+        if world.is_main and config.sampling.every and config.sampling.prompts:
+            with averaged():
+                _samples(family, config, run_dir, events, at_step, text_for)
 
     if step == 0:
         validate(0)
-        if world.is_main and config.sampling.every and config.sampling.prompts:
-            _samples(family, config, run_dir, events, 0, text_for)
+        sample(0)
 
     accumulation = config.schedule.gradient_accumulation
     micro_per_step = accumulation * world.size  # the step's micro-batches, over all processes
@@ -170,13 +254,15 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
                     batch = draw.items
                     used += [item.image for item in batch]
                     generator = torch.Generator().manual_seed(draw.noise_seed)
+                    torch.manual_seed(draw.dropout_seed)  # adapter dropout draws from the global RNG
                     rng = random.Random(draw.caption_seed)
                     entries = [latent_for(item) for item in batch]
                     latents = torch.stack([entry["params"][0] for entry in entries]).to(device, dtype)
                     mask = _stack_masks(entries) if config.data.alpha_mask else None
                     captions = [augment_caption(i.caption, rng, config.data.caption_dropout, config.data.shuffle_tokens,
                                                 config.data.keep_tokens) for i in batch]
-                    texts = [text_for(c) for c in captions]
+                    # only a caption as written (or dropout's "") goes to the disk cache: shuffles are new every step
+                    texts = [text_for(c, keep=c in (i.caption, "")) for c, i in zip(captions, batch)]
                     text = {k: torch.stack([t[k] for t in texts]) for k in texts[0]}
                     loss = family.loss(latents, text, generator, mask) / micro_per_step
                     loss.backward()
@@ -192,13 +278,16 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
             if not math.isfinite(total):
                 raise FloatingPointError(f"the loss became {total} at step {step + 1}")
             world.sum_gradients(params)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+            if not math.isfinite(norm):  # a finite loss can still have inf gradients: never step on them
+                raise FloatingPointError(f"a gradient became {norm} at step {step + 1}")
             optimizer.step()
             if ema is not None:
                 ema.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            reached.step = step
             used = world.gather(used)
             memory = {"gpu_memory": torch.cuda.max_memory_allocated(device)} if device.startswith("cuda") else {}
             events.write("loss", step, loss=total, lr=scheduler.get_last_lr()[0], images=used, **memory)
@@ -206,8 +295,8 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
                 last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step, ema)
             if config.data.validation_every and step % config.data.validation_every == 0:
                 validate(step)
-            if world.is_main and config.sampling.every and config.sampling.prompts and step % config.sampling.every == 0:
-                _samples(family, config, run_dir, events, step, text_for)
+            if config.sampling.every and step % config.sampling.every == 0:
+                sample(step)
             if world.agree(stop.is_set() or (stop_after is not None and step >= stop_after)):  # rank 0 decides
                 status = "stopped"
                 break
@@ -221,9 +310,7 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
             raise
         if world.size > 1 and not everywhere:
             # One process failed on its own (e.g. the smaller of two GPUs, outside the micro-batches) while the
-            # others wait in a collective: say so from this process, and end it; the launcher ends the others.
-            EventLog(run_dir / "events.jsonl").write("error", step, message=out_of_memory_sentence(config, step),
-                                                     process=world.rank)
+            # others wait in a collective: `run` says so from this process, and ends it; the launcher ends the others.
             raise
         events.write("error", step, message=out_of_memory_sentence(config, step))
         status = "error"
@@ -233,12 +320,21 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     if world.is_main and status == "stopped" and \
             (last_checkpoint is None or not last_checkpoint.name.endswith(f"{step:06d}.safetensors")):
         last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step, ema)
-    events.write("status", step, status=status, latent_encodes=latent_cache.misses, text_encodes=text_cache.misses,
+    text_encodes = text_cache.misses + text_for.uncached
+    events.write("status", step, status=status, latent_encodes=latent_cache.misses, text_encodes=text_encodes,
                  text_encoders_released=released)
     world.barrier()  # the others end when rank 0 has written everything
     world.close()
-    return RunResult(run_dir, step, status, latent_cache.misses, text_cache.misses, last_checkpoint,
+    return RunResult(run_dir, step, status, latent_cache.misses, text_encodes, last_checkpoint,
                      latent_for.pixels.misses)
+
+
+def _notice(events: EventLog, step: int, sentence: str) -> None:
+    """Something the user should know that does not stop the run: one line on stderr and a `notice` event."""
+    if events.quiet:
+        return
+    print(f"notice: {sentence}.", file=sys.stderr, flush=True)
+    events.write("notice", step, message=sentence + ".")
 
 
 class _OutOfMemoryInAProcess(Exception):
@@ -250,6 +346,7 @@ class MicroBatch:
     items: list[Item]
     noise_seed: int  # noise and timesteps
     caption_seed: int  # caption dropout and shuffling
+    dropout_seed: int = 0  # the global RNG's seed for this micro-batch (adapter dropout draws from it)
 
 
 def micro_batch(config: TrainConfig, items: list[Item], curriculum: Curriculum | None, step: int, micro: int,
@@ -259,11 +356,25 @@ def micro_batch(config: TrainConfig, items: list[Item], curriculum: Curriculum |
     batch = curriculum.batch(step, micro) if curriculum else \
         _batch(items, config, step * micro_per_step + micro, config.schedule.batch_size)
     return MicroBatch(batch, config.schedule.seed * 1_000_003 + step * 97 + micro,
-                      config.schedule.seed * 7_919 + step * 13 + micro)
+                      config.schedule.seed * 7_919 + step * 13 + micro, dropout_seed(config.schedule.seed, step, micro))
+
+
+def dropout_seed(seed: int, step: int, micro: int) -> int:
+    """A seed that is a function of (seed, step, micro-batch) only, distinct for each: the global RNG is
+    seeded with it before each micro-batch, so a resumed run draws the dropout masks an unbroken one did."""
+    import hashlib
+
+    digest = hashlib.sha256(f"blk-dropout|{seed}|{step}|{micro}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def out_of_memory_sentence(config: TrainConfig, step: int) -> str:
     """What to change when a run runs out of memory, naming only the settings not already at their cheapest."""
+    return f"Out of memory at step {step + 1}: try {memory_tips(config)}; the last checkpoint is kept and the run can resume."
+
+
+def memory_tips(config: TrainConfig) -> str:
+    """The settings that would lower the memory a run needs, cheapest first ("a lower rank" when all are set)."""
     tips = []
     if not config.model.int8_base:
         tips.append("an int8 base (model.int8_base)")
@@ -275,8 +386,7 @@ def out_of_memory_sentence(config: TrainConfig, step: int) -> str:
         tips.append("batch size 1 (with gradient accumulation)")
     if not tips:
         tips.append("a lower rank")
-    return (f"Out of memory at step {step + 1}: try {', '.join(tips[:-1]) + ' and ' + tips[-1] if len(tips) > 1 else tips[0]}; "
-            "the last checkpoint is kept and the run can resume.")
+    return ", ".join(tips[:-1]) + " and " + tips[-1] if len(tips) > 1 else tips[0]
 
 
 class Ema:
@@ -305,6 +415,23 @@ class Ema:
     def load_shadow(self, state: dict) -> None:
         for name in self.shadow:
             self.shadow[name].copy_(state[name])
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The averaged weights in the model for a while (samples, validation), the trained ones back after:
+        a step's samples then show what its checkpoint holds, and training continues from its own weights."""
+        import torch
+
+        with torch.no_grad():
+            trained = {name: p.detach().clone() for name, p in self.params.items()}
+            for name, p in self.params.items():
+                p.copy_(self.shadow[name].to(p.dtype))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in self.params.items():
+                    p.copy_(trained[name])
 
 
 VALIDATION_DRAWS = 4  # fixed noise/timestep draws per held-out image
@@ -416,7 +543,15 @@ def _optimizer(config: TrainConfig, params, device: str):
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
-    return torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+    return torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)  # adamw8bit off CUDA too
+
+
+def optimizer_notice(config: TrainConfig, device: str) -> str:
+    """The sentence for an optimizer setting this device cannot honour ("" when none): AdamW 8-bit needs CUDA,
+    so elsewhere the run uses plain AdamW (same update, 32-bit state) and says so rather than silently."""
+    if config.optimizer.name == "adamw8bit" and not device.startswith("cuda"):
+        return f"AdamW 8-bit needs a CUDA GPU, so this run on {device} uses plain AdamW (same settings, more memory)"
+    return ""
 
 
 def _lr_scheduler(config: TrainConfig, optimizer):
@@ -583,20 +718,29 @@ def _release_text_encoders(family, config: TrainConfig, captions: set[str], text
     return True
 
 
-def _text_encoder(family, cache: TensorCache):
-    import torch
+class TextSource:
+    """Each caption's text embeddings. A caption as written (and caption dropout's "") is cached on disk, so a
+    second run does not encode it again; a shuffled caption (`keep=False`) is encoded and not cached: it is new
+    almost every step and would fill the dataset's cache with entries nothing reads again."""
 
-    def text_for(caption: str) -> dict:
-        def encode():
-            if family.pipe.text_encoder is None:  # released after caching: the cache was emptied under the run
-                raise UserError(f"The text cache in {cache.folder} lost entries during the run; resume the run "
-                                "to encode its captions again.")
-            with torch.no_grad():
-                return family.encode_text(caption)
+    def __init__(self, family, cache: TensorCache):
+        self.family, self.cache = family, cache
+        self.uncached = 0  # encodes that bypassed the cache
 
-        return cache.get_or_make(f"{family.name}|{caption}", encode)
+    def __call__(self, caption: str, keep: bool = True) -> dict:
+        if not keep:
+            self.uncached += 1
+            return self._encode(caption)
+        return self.cache.get_or_make(f"{self.family.name}|{caption}", lambda: self._encode(caption))
 
-    return text_for
+    def _encode(self, caption: str) -> dict:
+        import torch
+
+        if self.family.pipe.text_encoder is None:  # released after caching: the cache was emptied under the run
+            raise UserError(f"The text cache in {self.cache.folder} lost entries during the run; resume the run "
+                            "to encode its captions again.")
+        with torch.no_grad():
+            return self.family.encode_text(caption)
 
 
 def _checkpoint(family, config: TrainConfig, run_dir: Path, events: EventLog, optimizer, scheduler, step: int,
@@ -609,7 +753,7 @@ def _checkpoint(family, config: TrainConfig, run_dir: Path, events: EventLog, op
     from safetensors.torch import save_file
 
     lora = get_peft_model_state_dict(family.denoiser)
-    published = ema.state_dict_like(lora) if ema is not None else lora
+    published = published_weights(family.denoiser, ema.state_dict_like(lora) if ema is not None else lora)
     checkpoints = run_dir / "checkpoints"
     target = checkpoints / f"step-{step:06d}.safetensors"
     staging = Path(tempfile.mkdtemp(prefix=".blk-tmp-", dir=checkpoints))
@@ -657,12 +801,19 @@ def _remove_temporaries(run_dir: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _state_folder(run_dir: Path) -> Path:
-    """state/, or state.old if a crash hit the swap between them."""
+def _saved_state(run_dir: Path) -> Path | None:
+    """state/, or state.old if a crash hit the swap between them; None before the first checkpoint."""
     for folder in (run_dir / "state", run_dir / "state.old"):
         if all((folder / name).exists() for name in STATE_FILES):
             return folder
-    raise UserError(f"{run_dir.name} has no saved state to resume from (no checkpoint was written yet).")
+    return None
+
+
+def _state_folder(run_dir: Path) -> Path:
+    folder = _saved_state(run_dir)
+    if folder is None:
+        raise UserError(f"{run_dir.name} has no saved state to resume from (no checkpoint was written yet).")
+    return folder
 
 
 def _restore(run_dir: Path, denoiser, optimizer, scheduler, ema=None) -> int:
