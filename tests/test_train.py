@@ -167,7 +167,10 @@ def test_presets_load_with_the_paper_values():
     assert (conceptor.adapter.rank, conceptor.adapter.alpha, conceptor.optimizer.name) == (32, 32, "prodigy")
     assert (conceptor.optimizer.d0, conceptor.optimizer.d_coef, conceptor.optimizer.weight_decay) == (1e-5, 2.0, 0.001)
     assert conceptor.optimizer.ema_decay == 0.99
-    assert (conceptor.checkpoints.every, conceptor.checkpoints.keep) == (250, 16)
+    assert (conceptor.checkpoints.every, conceptor.checkpoints.keep, conceptor.checkpoints.dtype) == (250, 16, "fp16")
+    assert (conceptor.optimizer.lr, conceptor.data.resolutions, conceptor.data.caption_dropout) == (1.0, [512, 768, 1024], 0.05)
+    assert conceptor.data.flip and conceptor.data.shuffle_tokens and conceptor.data.cache_latents
+    assert conceptor.model.int8_base and conceptor.model.gradient_checkpointing
     stencil = load_config(Path("presets/stencil-flux-layerdiffuse.yaml"))
     assert (stencil.adapter.rank, stencil.optimizer.name, stencil.schedule.lr_schedule) == (16, "adamw8bit", "polynomial")
     assert stencil.model.base_loras == ["layerdiffuse"] and stencil.data.alpha_mask
@@ -178,6 +181,7 @@ def test_presets_load_with_the_paper_values():
     assert stencil.data.stages[1].fractions()[1] == 0.4 and stencil.data.stages[2].fractions()[2] == 0.2
     texture = load_config(Path("presets/texture-flux.yaml"))
     assert (texture.adapter.rank, texture.schedule.gradient_accumulation, texture.schedule.warmup_steps) == (16, 8, 500)
+    assert (texture.optimizer.name, texture.schedule.lr_schedule) == ("adamw8bit", "cosine")
     for path in sorted(Path("presets").glob("*.yaml")):
         if not path.name.startswith(("caption-", "upscale-")):
             load_config(path)

@@ -338,3 +338,22 @@ def test_resume_before_the_first_checkpoint_starts_again_in_the_same_folder(data
     assert notice["step"] == 0 and "starts again from step 0 in the same folder" in notice["message"]
     statuses = [e["status"] for e in events_of(tmp_path / "run", "status")]
     assert statuses == ["started", "error", "started", "finished"]
+
+
+def test_checkpoints_saved_in_fp16_load_at_their_strength_and_resume_state_stays_fp32(dataset, shared_workspace,
+                                                                                      tmp_path):
+    """The paper saves fp16 LoRAs (half the size); the state a run resumes from keeps full precision."""
+    config = config_for("tiny-flux", dataset, rank=4, alpha=2)
+    config = config.model_copy(update={"checkpoints": config.checkpoints.model_copy(update={"dtype": "fp16"})})
+    run_dir = tmp_path / "run"
+    result = run(config, shared_workspace, run_dir)
+    assert result.status == "finished"
+    saved = load_file(str(result.last_checkpoint))
+    assert saved and {t.dtype for t in saved.values()} == {torch.float16}
+    assert {t.dtype for t in load_file(str(run_dir / "state" / "adapter.safetensors")).values()} == {torch.float32}
+    family = fresh_family(shared_workspace, config.model.name)
+    family.pipe.load_lora_weights(str(result.last_checkpoint), adapter_name="file")
+    found, expected = deltas(family.denoiser, "file"), trained_deltas(shared_workspace, config, run_dir)
+    assert found.keys() == expected.keys()
+    for name in expected:  # equal within fp16 rounding of the factors
+        torch.testing.assert_close(found[name], expected[name], rtol=2e-2, atol=1e-4)

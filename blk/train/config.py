@@ -165,6 +165,8 @@ class CheckpointSection(Strict):
     every: int = Field(250, ge=1)
     keep: int = Field(16, ge=1)
     pinned: list[int] = Field(default_factory=list)  # steps never pruned
+    # the published LoRA files (the paper saves fp16: half the size, loads anywhere); resume state stays fp32
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
 
 
 class TrainConfig(Strict):

@@ -743,6 +743,9 @@ class TextSource:
             return self.family.encode_text(caption)
 
 
+SAVE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
 def _checkpoint(family, config: TrainConfig, run_dir: Path, events: EventLog, optimizer, scheduler, step: int,
                 ema=None) -> Path:
     """The LoRA file for this step (the EMA weights when on) and the state to resume from, written atomically."""
@@ -754,6 +757,8 @@ def _checkpoint(family, config: TrainConfig, run_dir: Path, events: EventLog, op
 
     lora = get_peft_model_state_dict(family.denoiser)
     published = published_weights(family.denoiser, ema.state_dict_like(lora) if ema is not None else lora)
+    save_dtype = getattr(torch, SAVE_DTYPES[config.checkpoints.dtype])
+    published = {name: tensor.to(save_dtype) for name, tensor in published.items()}
     checkpoints = run_dir / "checkpoints"
     target = checkpoints / f"step-{step:06d}.safetensors"
     staging = Path(tempfile.mkdtemp(prefix=".blk-tmp-", dir=checkpoints))
