@@ -389,3 +389,90 @@ def test_monitor_shows_stage_and_gpu_memory(tmp_path):
     log.write("loss", 2, loss=0.4, lr=1e-4, gpu_memory=5 * 2**30)
     view = view_run(tmp_path, 10)
     assert view.stage == "stage 2 (+ pairs)" and view.gpu_memory == 5 * 2**30
+
+
+# caption augmentation and buckets -------------------------------------------------------------------------
+
+def test_token_shuffling_keeps_the_first_tokens_in_place():
+    import random
+
+    from blk.train.data import augment_caption
+
+    caption = "blkstyle, ink drawing, a cat, a hat, a bat, a mat, a rat"
+    parts = caption.split(", ")
+    seen = set()
+    for seed in range(40):
+        shuffled = augment_caption(caption, random.Random(seed), 0.0, True, 2).split(", ")
+        assert shuffled[:2] == ["blkstyle", "ink drawing"] and sorted(shuffled) == sorted(parts)
+        seen.add(tuple(shuffled[2:]))
+    assert len(seen) > 20  # the rest really is shuffled
+    firsts = {augment_caption(caption, random.Random(seed), 0.0, True, 0).split(", ")[0] for seed in range(40)}
+    assert len(firsts) > 1  # keep 0: nothing is pinned
+    assert augment_caption(caption, random.Random(1), 0.0, False, 2) == caption  # off: untouched
+    assert augment_caption("a, , b", random.Random(1), 0.0, True, 1) == "a, b"  # empty parts go
+
+
+def test_caption_dropout_empties_captions_at_its_rate_reproducibly():
+    import random
+
+    from blk.train.data import augment_caption
+
+    def dropped(seed, rate, shuffle=False, n=2000):
+        rng = random.Random(seed)
+        return [augment_caption("blkstyle, a cat, a hat", rng, rate, shuffle, 1) == "" for _ in range(n)]
+
+    first = dropped(7, 0.25)
+    assert first == dropped(7, 0.25)  # the same seed drops the same captions
+    assert first != dropped(8, 0.25)
+    assert 0.22 < sum(first) / len(first) < 0.28
+    assert 0.07 < sum(dropped(3, 0.1, shuffle=True)) / 2000 < 0.13  # with shuffling too
+    assert not any(dropped(7, 0.0)) and all(dropped(7, 1.0))
+
+
+def test_buckets_never_upscale():
+    import random
+
+    from blk.train.data import MULTIPLE, bucket_size
+
+    sizes = [512, 768, 1024]
+    assert bucket_size(1024, 1024, sizes) == (1024, 1024)
+    assert bucket_size(2048, 1536, sizes) == (1152, 832)  # the largest area, at its aspect ratio
+    assert bucket_size(800, 600, sizes) == (576, 384)  # 768² at 4:3 would be 832 wide: too wide for it
+    assert bucket_size(300, 200, sizes) == (256, 192)  # smaller than every bucket: its own size, rounded down
+    assert bucket_size(64, 64, sizes) == (64, 64)
+    rng = random.Random(0)
+    for _ in range(500):
+        width, height = rng.randint(64, 2500), rng.randint(64, 2500)
+        w, h = bucket_size(width, height, sizes)
+        assert MULTIPLE <= w <= width and MULTIPLE <= h <= height and w % MULTIPLE == h % MULTIPLE == 0, (width, height)
+    with pytest.raises(ValueError):
+        bucket_size(40, 300, sizes)  # fits no bucket without upscaling: `load_items` leaves such images out
+
+
+def test_images_too_small_for_a_bucket_are_left_out_with_a_sentence_each(tmp_path, capsys):
+    from blk.train.data import load_items
+
+    dataset = noise_images(tmp_path / "inks", ["a", "b"], seed=1)
+    noise_images(dataset, ["thin"], seed=2, size=(40, 100))
+    noise_images(dataset, ["speck"], seed=3, size=(30, 30))
+    (dataset / "speck.txt").unlink()  # left out for its size: no caption needed
+    items = load_items(dataset, [512], False)
+    assert sorted(i.image for i in items) == ["a.png", "b.png"] and {(i.width, i.height) for i in items} == {(64, 64)}
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["warning: inks/speck.png is 30×30 px, smaller than the 64 px a training bucket needs on each "
+                     "side, so training leaves it out.",
+                     "warning: inks/thin.png is 40×100 px, smaller than the 64 px a training bucket needs on each "
+                     "side, so training leaves it out."]
+
+    for name in ("a", "b"):
+        (dataset / f"{name}.png").unlink()
+    with pytest.raises(UserError) as refused:
+        load_items(dataset, [512], False)
+    assert str(refused.value) == "inks has no image of at least 64×64 px to train on (2 are smaller)."
+
+
+def test_the_runner_refuses_a_dataset_of_only_tiny_images(tmp_path, shared_workspace):
+    dataset = noise_images(tmp_path / "specks", ["a", "b"], seed=4, size=(48, 48))
+    with pytest.raises(UserError, match=r"^specks has no image of at least 64×64 px to train on \(2 are smaller\)\.$"):
+        run(tiny(dataset, 1), shared_workspace, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything started

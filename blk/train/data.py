@@ -2,13 +2,15 @@
 
 Buckets keep each image's aspect ratio at a chosen area (e.g. 512², 768², 1024²),
 in multiples of 64 px, and never upscale: an image smaller than a bucket goes
-to the largest bucket it fills, or its own size rounded down.
+to the largest bucket it fills, or its own size rounded down. An image under
+64 px on a side fits no bucket: it is left out, with a sentence saying so.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,24 +34,54 @@ class Item:
 
 
 def bucket_size(width: int, height: int, resolutions: list[int]) -> tuple[int, int]:
-    """The bucket for an image: the largest area it fills, at its aspect ratio, in multiples of 64."""
+    """The bucket for an image: the largest area it fills, at its aspect ratio, in multiples of 64. Never larger
+    than the image on either side (upscaling would teach the model blur); see `too_small` for images under 64 px."""
+    if width < MULTIPLE or height < MULTIPLE:
+        raise ValueError(f"a {width}×{height} image fits no bucket of {MULTIPLE} px multiples")
     aspect = width / height
     for side in sorted(resolutions, reverse=True):
         w = max(MULTIPLE, int(side * math.sqrt(aspect)) // MULTIPLE * MULTIPLE)
         h = max(MULTIPLE, int(side / math.sqrt(aspect)) // MULTIPLE * MULTIPLE)
         if w <= width and h <= height:
             return w, h
-    return max(MULTIPLE, width // MULTIPLE * MULTIPLE), max(MULTIPLE, height // MULTIPLE * MULTIPLE)
+    return width // MULTIPLE * MULTIPLE, height // MULTIPLE * MULTIPLE
+
+
+def too_small(name: str, width: int, height: int) -> str | None:
+    """The sentence for an image too small for any bucket (under 64 px on a side), which training leaves out
+    rather than upscale; None when it fits."""
+    if width >= MULTIPLE and height >= MULTIPLE:
+        return None
+    return (f"{name} is {width}×{height} px, smaller than the {MULTIPLE} px a training bucket needs on each side, "
+            "so training leaves it out.")
+
+
+def too_small_images(dataset: Path) -> list[str]:
+    """One sentence per usable image of the dataset that training will leave out for its size (the scan is cached)."""
+    return [s for r in scan(dataset) if r.ok and (s := too_small(f"{dataset.name}/{r.rel}", r.width, r.height))]
 
 
 def load_items(dataset: Path, resolutions: list[int], flip: bool, root: str = "", variants: int = 0) -> list[Item]:
-    """Every usable, captioned image (× its flip and augmented variants); one sentence if there is nothing to train on."""
+    """Every usable, captioned image (× its flip and augmented variants); one sentence if there is nothing to train on.
+
+    Images too small for a bucket are left out, each with a `warning:` line on stderr (the trainer's log and
+    the CLI's terminal, like the runner's other notes before training)."""
+    from blk.train.distributed import World
+
     records = [r for r in scan(dataset) if r.ok]
     if not records:
         raise UserError(f"{dataset.name} has no usable images to train on.")
+    small = [(r, s) for r in records if (s := too_small(f"{dataset.name}/{r.rel}", r.width, r.height))]
+    if len(small) == len(records):
+        raise UserError(f"{dataset.name} has no image of at least {MULTIPLE}×{MULTIPLE} px to train on "
+                        f"({len(small)} {'is' if len(small) == 1 else 'are'} smaller).")
+    if small and World.from_env().is_main:  # the other data-parallel processes say nothing twice
+        for _, sentence in small:
+            print(f"warning: {sentence}", file=sys.stderr, flush=True)
+    left_out = {r.rel for r, _ in small}
     store = CaptionStore(dataset)
     items, missing = [], []
-    for record in records:
+    for record in (r for r in records if r.rel not in left_out):
         caption = store.read(record.rel).text.strip()
         if not caption:
             missing.append(record.rel)

@@ -48,8 +48,26 @@ class StepView:
     pruned: bool  # written, then deleted to keep only the newest checkpoints
 
 
+def continuous(events: list[dict]) -> list[dict]:
+    """The events as one unbroken run: a resume at step k continues from the checkpoint of step k, so what the
+    attempt before it logged after step k (losses up to the kill, their samples and evals) is dropped — the
+    resumed attempt logs those steps again, and a plot must not show them twice."""
+    kept: list[dict] = []
+    for event in events:
+        if event["kind"] == "status" and event.get("status") in ("started", "resumed"):
+            kept = [e for e in kept if e["step"] <= event["step"]]
+        kept.append(event)
+    return kept
+
+
+def current_attempt(events: list[dict]) -> list[dict]:
+    """The events since the last trainer started or resumed: only its errors say how the run stands now."""
+    starts = [i for i, e in enumerate(events) if e["kind"] == "status" and e.get("status") in ("started", "resumed")]
+    return events[starts[-1]:] if starts else events
+
+
 def view_run(folder: Path, total_steps: int) -> RunView:
-    events = EventLog(folder / "events.jsonl").read()
+    events = continuous(EventLog(folder / "events.jsonl").read())
     view = RunView()
     average = None
     for event in events:
@@ -76,9 +94,11 @@ def view_run(folder: Path, total_steps: int) -> RunView:
             view.written[event["step"]] = str(folder / event["path"])
         elif kind == "error":
             view.message = event["message"]
+        elif kind == "status" and event["status"] in ("started", "resumed"):
+            view.message = ""  # an earlier attempt's error is history once the run resumed
         elif kind == "status" and not view.message:
             view.message = f"{event['status']} at step {event['step']}"
-    losses = [e for e in events if e["kind"] == "loss"]
+    losses = [e for e in current_attempt(events) if e["kind"] == "loss"]  # a pause between attempts is no speed
     if len(losses) >= 2:
         recent = losses[-min(len(losses), 20):]
         span = recent[-1]["t"] - recent[0]["t"]

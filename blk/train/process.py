@@ -36,6 +36,7 @@ from blk.train.distributed import CPU_PROCESSES
 from blk.workspace import Workspace
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ENDED = ("finished", "stopped", "error")  # the statuses a trainer writes last
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,14 @@ def _processes(folder: Path) -> int:
         return 1
 
 
+def _spawned_at(folder: Path) -> float:
+    """When the app last started a trainer for the run (0 when unknown: a run started from the command line)."""
+    try:
+        return float(json.loads((folder / "process.json").read_text()).get("started", 0))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0.0
+
+
 def _pid(folder: Path) -> int | None:
     try:
         return int(json.loads((folder / "process.json").read_text())["pid"])
@@ -254,12 +263,21 @@ def kill_run(folder: Path) -> str:
 
 
 def run_info(folder: Path) -> RunInfo:
+    """How a run stands: only the errors of its latest attempt count (one that erred, resumed and finished is
+    finished), and steps that a resume went back over count once (`monitor.continuous`). A trainer that has
+    said how it ended counts as ended while its process exits; one spawned after the last attempt began is
+    starting until it says it started."""
+    from blk.train.monitor import continuous, current_attempt
     from blk.train.runner import EventLog
 
-    events = EventLog(folder / "events.jsonl").read()
+    events = continuous(EventLog(folder / "events.jsonl").read())
     step = max((e["step"] for e in events), default=0)
     statuses = [e["status"] for e in events if e["kind"] == "status"]
-    errors = [e for e in events if e["kind"] == "error"]
+    attempt = current_attempt(events)
+    errors = [e for e in attempt if e["kind"] == "error"]
+    began = bool(attempt) and attempt[0]["kind"] == "status" and attempt[0]["status"] in ("started", "resumed")
+    ours = began and attempt[0]["t"] >= _spawned_at(folder)  # the status of the process now running, if any
+    ended = [e["status"] for e in attempt if e["kind"] == "status" and e["status"] in ENDED]
     steps = 0
     for name in ("config.yaml", "request.yaml"):
         if (folder / name).exists():
@@ -271,10 +289,10 @@ def run_info(folder: Path) -> RunInfo:
                 pass
             break
     if is_running(folder):
-        status = "running" if statuses else "starting"
+        status = (ended[-1] if ended else "running") if ours else "starting"
     elif errors:
         status = "error"
-    elif statuses and statuses[-1] in ("finished", "stopped", "error"):
+    elif statuses and statuses[-1] in ENDED:
         status = statuses[-1]
     else:
         status = "killed" if (folder / "process.json").exists() else "unknown"

@@ -6,6 +6,7 @@ folders, so a browser refresh or an app restart re-attaches to them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import gradio as gr
@@ -99,10 +100,22 @@ def start(context: StudioContext, preset, dataset, *form):
 
     try:
         config = config_from_form(context, preset, dataset, *form)
+        left_out = left_out_note(context, dataset)  # scanned first, so the trainer finds the scan cached
         folder = start_run(config, context.workspace, name=f"{preset or 'run'}-{dataset}")
     except UserError as exc:
         return gr.update(), f"**{exc}**"
-    return gr.Dropdown(choices=run_names(context), value=folder.name), f"Started {folder.name}." + stages_note(preset, config)
+    return (gr.Dropdown(choices=run_names(context), value=folder.name),
+            f"Started {folder.name}." + stages_note(preset, config) + left_out)
+
+
+def left_out_note(context: StudioContext, dataset: str, shown: int = 5) -> str:
+    """The images the run leaves out for their size, one sentence each (the first few), so the artist learns
+    before the loss plot why fewer images train than the folder holds."""
+    from blk.train.data import too_small_images
+
+    sentences = too_small_images(context.workspace.named_dataset(dataset))
+    more = len(sentences) - shown
+    return "".join(f"  \n{s}" for s in sentences[:shown]) + (f"  \n…and {more} more like them." if more > 0 else "")
 
 
 def estimate(context: StudioContext, preset, dataset, *form):
@@ -194,6 +207,17 @@ def watch(context: StudioContext, name: str, log_scale: bool):
     return loss, lr, status, view.samples, checkpoints
 
 
+def loss_axis(log_scale: bool) -> str:
+    """The loss plot's y title: the plot has no log axis, so log scale plots log₁₀ of the loss and says so."""
+    return "log₁₀ loss" if log_scale else "loss"
+
+
+def toggle_log_scale(context: StudioContext, name: str, log_scale: bool):
+    """The run redrawn at once in the chosen scale, with the loss axis titled to match (not on the next tick)."""
+    loss, *rest = watch(context, name, log_scale)
+    return (gr.LinePlot(value=loss, y_title=loss_axis(log_scale)), *rest)
+
+
 def step_choices(context: StudioContext, name: str, known):
     """The step chooser's choices (steps with samples or checkpoints); unchanged ones are not sent again,
     so a timer tick never disturbs an open dropdown. Returns (dropdown update, choices)."""
@@ -246,6 +270,40 @@ def step_near(choices, selected) -> int | None:
     return min(steps, key=lambda step: abs(step - middle))
 
 
+def step_of_sample(selected) -> int | None:
+    """The step of a sample clicked in the gallery, read from its caption ("step 10: a cube"), which stays right
+    while newer samples push it along the gallery (its index would not)."""
+    caption = selected.get("caption") if isinstance(selected, dict) else None
+    match = re.match(r"step (\d+):", caption or "")
+    return int(match.group(1)) if match else None
+
+
+def pick_sample(context: StudioContext, name: str, known, selected):
+    """A sample clicked in the gallery chooses its step (choices refreshed when the timer has not caught up)."""
+    step = step_of_sample(selected)
+    if step is None or not name:
+        return gr.update(), known
+    if step not in [value for _, value in known or []]:
+        _, known = step_choices(context, name, None)
+        if step not in [value for _, value in known]:
+            return gr.update(), known
+    return gr.Dropdown(choices=known, value=step), known
+
+
+def preselected_run(context: StudioContext) -> str | None:
+    """The run a freshly loaded page shows: the newest one still running, else the newest one."""
+    from blk.train.process import list_runs
+
+    runs = list_runs(context.workspace)
+    live = [r for r in runs if r.status in ("running", "starting")]
+    return (live or runs)[0].name if runs else None
+
+
+def on_load(context: StudioContext):
+    """After a browser refresh the run list is fresh and a run is chosen, so its plot shows without a click."""
+    return gr.Dropdown(choices=run_names(context), value=preselected_run(context))
+
+
 def build(context: StudioContext, datasets) -> dict:
     default = "conceptor-flux-dev" if "conceptor-flux-dev" in preset_names() else None
     initial = form_from_preset(context, default)
@@ -292,11 +350,11 @@ def build(context: StudioContext, datasets) -> dict:
                 resume = gr.Button("Resume", size="sm")
             log_scale = gr.Checkbox(label="Log scale")
             loss_plot = gr.LinePlot(x="step", y="loss", color="series", label="Loss", height=260,
-                                    elem_id="blk-loss-plot")
+                                    y_title=loss_axis(False), elem_id="blk-loss-plot")
             lr_plot = gr.LinePlot(x="step", y="lr", label="Learning rate", height=160)
             samples = gr.Gallery(label="Samples (newest first)", columns=4, height="auto", elem_id="blk-samples")
             checkpoints = gr.Markdown()
-            gr.Markdown("**A step** — choose one, or drag across the loss plot near it:")
+            gr.Markdown("**A step** — choose one, click a sample above, or drag across the loss plot near it:")
             step_choice = gr.Dropdown([], label="Step", elem_id="blk-step", value=None)
             step_samples = gr.Gallery(label="Samples at this step", columns=4, height=280, object_fit="contain",
                                       elem_id="blk-step-samples")
@@ -319,6 +377,8 @@ def build(context: StudioContext, datasets) -> dict:
     timer.tick(lambda n, s: watch(context, n, s), inputs=[run, log_scale], outputs=shown, api_name="train_watch",
                show_progress="hidden")
     run.change(lambda n, s: watch(context, n, s), inputs=[run, log_scale], outputs=shown)
+    log_scale.change(lambda n, s: toggle_log_scale(context, n, s), inputs=[run, log_scale], outputs=shown,
+                     show_progress="hidden")
     timer.tick(lambda n, k: step_choices(context, n, k), inputs=[run, known_steps], outputs=[step_choice, known_steps],
                show_progress="hidden")
     def new_run(name):
@@ -334,5 +394,11 @@ def build(context: StudioContext, datasets) -> dict:
         return gr.update() if step is None else gr.Dropdown(value=step)
 
     loss_plot.select(pick_from_plot, inputs=known_steps, outputs=step_choice)
+
+    def pick_from_gallery(name, known, selection: gr.SelectData):
+        return pick_sample(context, name, known, selection.value)
+
+    samples.select(pick_from_gallery, inputs=[run, known_steps], outputs=[step_choice, known_steps])
+    gr.on(None, lambda: on_load(context), outputs=run, show_progress="hidden")  # no triggers: on each page load
     on_show = (lambda: (gr.Dropdown(choices=datasets()), gr.Dropdown(choices=run_names(context))), [dataset, run])
     return {"on_show": on_show}

@@ -1,0 +1,287 @@
+"""What the Train tab shows of a run: its state and loss series across errors and resumes (from events.jsonl as
+the runner writes it), and the tab's handlers for a sample clicked, a page loaded and the log-scale toggle."""
+
+import json
+import os
+import subprocess
+import sys
+
+import gradio as gr
+import pytest
+from PIL import Image
+
+from blk import atomic
+from blk.train.config import TrainConfig, save_config
+from blk.train.monitor import view_run
+from blk.train.process import run_info
+from ui.context import StudioContext
+from ui.tabs import train
+
+OOM = "Out of memory at step 4: try an int8 base, gradient checkpointing or a lower rank."
+
+
+class Events:
+    """Writes events.jsonl lines exactly as `runner.EventLog` does (t, step, kind, fields), with a chosen clock."""
+
+    def __init__(self, folder, t=1000.0):
+        self.path, self.t = folder / "events.jsonl", t
+
+    def __call__(self, kind, step, dt=1.0, **fields):
+        self.t += dt
+        atomic.append_line(self.path, json.dumps({"t": self.t, "step": step, "kind": kind, **fields}))
+
+    def losses(self, steps, base):
+        for step in steps:
+            self("loss", step, loss=base + step / 100, lr=1e-4)
+
+
+def run_folder(root, name="r", steps=5):
+    folder = root / name
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "samples").mkdir()
+    config = TrainConfig()
+    config.schedule.steps = steps
+    save_config(config, folder / "config.yaml")
+    return folder
+
+
+def checkpoint(log, folder, step):
+    path = f"checkpoints/step-{step:06d}.safetensors"
+    (folder / path).write_bytes(b"x")
+    log("checkpoint", step, path=path)
+
+
+def sample(log, folder, step):
+    paths = [f"samples/step-{step:06d}-0.png"]
+    Image.new("RGB", (8, 8)).save(folder / paths[0])
+    log("sample", step, paths=paths, prompts=["a cube"])
+
+
+def ended_pid() -> int:
+    """The pid of a process that has ended (and been reaped): a run whose trainer is gone."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def killed_after_oom_and_resumed(folder, finish: bool):
+    """started → steps 1-3 (checkpoint at 2) → out of memory during step 4 → resumed at 2 → steps 3-5."""
+    log = Events(folder)
+    log("status", 0, status="started", model="tiny-flux", images=3)
+    log.losses([1, 2], base=1.0)
+    checkpoint(log, folder, 2)
+    sample(log, folder, 2)
+    log.losses([3], base=1.0)
+    sample(log, folder, 3)
+    log("error", 3, message=OOM)
+    log("status", 3, status="error", latent_encodes=3, text_encodes=3)
+    log("status", 2, dt=60, status="resumed", model="tiny-flux", images=3)
+    log.losses([3, 4] + ([5] if finish else []), base=0.5)
+    sample(log, folder, 3)
+    if finish:
+        checkpoint(log, folder, 5)
+        log("status", 5, status="finished", latent_encodes=0, text_encodes=0)
+    return log
+
+
+def test_a_run_that_erred_then_resumed_and_finished_is_finished(tmp_path):
+    folder = run_folder(tmp_path)
+    killed_after_oom_and_resumed(folder, finish=True)
+    info = run_info(folder)
+    assert (info.status, info.step, info.steps) == ("finished", 5, 5)
+    view = view_run(folder, 5)
+    assert view.steps == [1, 2, 3, 4, 5]  # step 3 once: the resumed attempt's, not the killed one's too
+    assert view.loss == pytest.approx([1.01, 1.02, 0.53, 0.54, 0.55])
+    assert view.lr == [1e-4] * 5 and len(view.smoothed) == 5
+    assert "Out of memory" not in view.message and view.message == "finished at step 5"
+    assert view.chosen_steps() == [2, 3, 5]
+    assert view.at_step(3).samples == [(str(folder / "samples/step-000003-0.png"), "step 3: a cube")]
+    assert [label for _, label in view.samples] == ["step 3: a cube", "step 2: a cube"]  # the stale step 3 is gone
+
+
+def test_a_resumed_run_killed_again_is_killed_not_erred(tmp_path):
+    """Its only error belongs to the attempt before the resume; the plot keeps only steps the run kept."""
+    folder = run_folder(tmp_path)
+    killed_after_oom_and_resumed(folder, finish=False)
+    atomic.write_json(folder / "process.json", {"pid": ended_pid(), "started": 0, "processes": 1})
+    info = run_info(folder)
+    assert (info.status, info.step) == ("killed", 4)
+    view = view_run(folder, 5)
+    assert view.steps == [1, 2, 3, 4] and view.message == ""
+
+
+def test_an_error_right_at_the_resumed_checkpoint_is_history(tmp_path):
+    """Out of memory in the step after a checkpoint logs the error at the checkpoint's step, which the resume keeps."""
+    folder = run_folder(tmp_path, steps=4)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses([1, 2], base=1.0)
+    checkpoint(log, folder, 2)
+    log("error", 2, message=OOM)
+    log("status", 2, status="error")
+    log("status", 2, status="resumed")
+    log.losses([3, 4], base=0.5)
+    log("status", 4, status="finished")
+    assert run_info(folder).status == "finished"
+    assert view_run(folder, 4).message == "finished at step 4"
+
+
+def test_an_error_after_the_resume_counts(tmp_path):
+    folder = run_folder(tmp_path)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses([1, 2], base=1.0)
+    checkpoint(log, folder, 2)
+    log("status", 2, status="stopped")
+    log("status", 2, status="resumed")
+    log.losses([3], base=1.0)
+    log("error", 3, message=OOM)
+    log("status", 3, status="error")
+    assert run_info(folder).status == "error"
+    assert view_run(folder, 5).message == OOM
+
+
+def test_every_resume_drops_what_its_attempt_before_logged_after_the_checkpoint(tmp_path):
+    """Two kills: the series is one line of steps, and steps/s is measured over the latest attempt only (the
+    hour between attempts is no training speed)."""
+    folder = run_folder(tmp_path, steps=10)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses(range(1, 6), base=1.0)
+    checkpoint(log, folder, 4)
+    log("status", 4, dt=3600, status="resumed")
+    log.losses(range(5, 8), base=2.0)
+    checkpoint(log, folder, 6)
+    log("eval", 6, loss=0.7)
+    log("eval", 7, loss=0.6)
+    log("status", 6, dt=3600, status="resumed")
+    log.losses(range(7, 9), base=3.0)
+    view = view_run(folder, 10)
+    assert view.steps == list(range(1, 9))
+    assert view.loss == pytest.approx([1.01, 1.02, 1.03, 1.04, 2.05, 2.06, 3.07, 3.08])
+    assert (view.eval_steps, view.eval_loss) == ([6], [0.7])
+    assert view.steps_per_second == pytest.approx(1.0)  # one step a second in the latest attempt
+    assert view.eta_seconds == pytest.approx(2.0)
+    assert run_info(folder).step == 8
+
+
+def test_a_live_trainer_is_starting_running_or_ended_by_what_it_said(tmp_path):
+    """The process is alive (this test's own pid) in every case: the events since it was spawned decide. A trainer
+    that wrote its last status is done while its interpreter exits, so the tab says "finished" at once."""
+    folder = run_folder(tmp_path, steps=2)
+    spawned = lambda at: atomic.write_json(folder / "process.json", {"pid": os.getpid(), "started": at})  # noqa: E731
+    log = Events(folder, t=1000.0)
+    spawned(1000.0)
+    assert run_info(folder).status == "starting"
+    log("status", 0, status="started")
+    log.losses([1], base=1.0)
+    assert run_info(folder).status == "running"
+    log.losses([2], base=1.0)
+    log("status", 2, status="finished")
+    assert run_info(folder).status == "finished"
+    spawned(log.t + 10)  # resumed for more steps: the new trainer is loading
+    assert run_info(folder).status == "starting"
+    log("status", 2, dt=20, status="resumed")
+    assert run_info(folder).status == "running"
+
+
+# the Train tab's handlers -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def context(workspace):
+    return StudioContext(workspace, demo=True, demo_reason="test")
+
+
+def test_clicking_a_sample_chooses_its_step(context):
+    folder = run_folder(context.workspace.runs)
+    log = Events(folder)
+    log("status", 0, status="started")
+    for step in (0, 5, 10):
+        sample(log, folder, step)
+    checkpoint(log, folder, 10)
+    gallery = train.watch(context, "r", False)[3]
+    assert [label for _, label in gallery] == ["step 10: a cube", "step 5: a cube", "step 0: a cube"]
+    clicked = {"image": {"path": gallery[1][0]}, "caption": gallery[1][1]}  # what the gallery's select sends
+
+    update, known = train.pick_sample(context, "r", [], clicked)  # the timer has not listed the steps yet
+    assert update.value == 5 and [step for _, step in known] == [0, 5, 10]
+    update, again = train.pick_sample(context, "r", known, {"image": {}, "caption": "step 10: a cube"})
+    assert update.value == 10 and again == known
+    samples, text = train.show_step(context, "r", update.value)  # what the chooser's change then shows
+    assert samples[0][0].endswith("step-000010-0.png") and "step-000010.safetensors" in text
+    assert train.pick_sample(context, "r", known, {"image": {}, "caption": "a stray caption"}) == (gr.update(), known)
+    assert train.pick_sample(context, "r", known, None) == (gr.update(), known)
+    assert train.pick_sample(context, "r", known, {"caption": "step 7: a cube"}) == (gr.update(), known)  # no such step
+
+
+def test_a_loaded_page_shows_the_newest_running_run_else_the_newest(context):
+    assert train.preselected_run(context) is None
+    runs = context.workspace.runs
+    for age, name in enumerate(["newest-ended", "running", "old-ended"]):
+        folder = run_folder(runs, name)
+        Events(folder)("status", 0, status="started")
+        pid = os.getpid() if name == "running" else ended_pid()  # this test's own process: alive
+        atomic.write_json(folder / "process.json", {"pid": pid, "started": 0, "processes": 1})
+        os.utime(folder, (1_000_000 - age * 100,) * 2)
+    assert run_info(runs / "running").status == "running"
+    assert train.preselected_run(context) == "running"
+    update = train.on_load(context)
+    assert update.value == "running"
+    assert [value for _, value in update.choices] == ["newest-ended", "running", "old-ended"]
+
+    atomic.write_json(runs / "running" / "process.json", {"pid": ended_pid(), "started": 0, "processes": 1})
+    os.utime(runs / "running", (1_000_000 - 100,) * 2)  # (the write above made it the newest folder)
+    assert train.preselected_run(context) == "newest-ended"
+
+
+def test_log_scale_plots_log10_of_the_loss_and_titles_the_axis(context):
+    folder = run_folder(context.workspace.runs)
+    log = Events(folder)
+    log("status", 0, status="started")
+    for step, loss in enumerate([1.0, 0.1, 0.01], start=1):
+        log("loss", step, loss=loss, lr=1e-4)
+    log("eval", 3, loss=0.001)
+    linear = train.watch(context, "r", False)[0]
+    raw = linear[linear["series"] == "raw"]
+    assert list(raw["step"]) == [1, 2, 3] and list(raw["loss"]) == pytest.approx([1.0, 0.1, 0.01])
+    logged = train.watch(context, "r", True)[0]
+    assert list(logged[logged["series"] == "raw"]["loss"]) == pytest.approx([0.0, -1.0, -2.0])
+    assert list(logged[logged["series"] == "validation"]["loss"]) == pytest.approx([-3.0])
+    assert list(logged["step"]) == list(linear["step"])  # the x axis is untouched
+
+    plot, lr, status, *_ = train.toggle_log_scale(context, "r", True)
+    assert plot.y_title == "log₁₀ loss" and list(plot.value["data"][0][:2]) == [1, pytest.approx(0.0)]
+    assert list(lr["lr"]) == [1e-4] * 3 and "step 3" in status
+    assert train.toggle_log_scale(context, "r", False)[0].y_title == "loss"
+    assert train.toggle_log_scale(context, "", True)[0].value is None  # no run: no frame
+
+
+def test_the_tab_wires_gallery_clicks_and_page_loads(context):
+    with gr.Blocks() as demo:
+        train.build(context, lambda: [])
+    config = demo.get_config_file()
+    name = {c["id"]: c["props"].get("elem_id") or c["props"].get("label") for c in config["components"]}
+    wired = {(name.get(target), event): [name.get(o) for o in d["outputs"]]
+             for d in config["dependencies"] for target, event in d["targets"]}
+    assert "blk-step" in wired[("blk-samples", "select")]
+    assert wired[(None, "load")] == ["Run"]
+    assert wired[("Log scale", "change")][0] == "blk-loss-plot"
+
+
+def test_starting_says_which_images_are_too_small_to_train(context):
+    import numpy as np
+
+    folder = context.workspace.datasets / "inks"
+    folder.mkdir(parents=True)
+    for i, size in enumerate([(64, 64)] + [(32, 80)] * 7):
+        Image.fromarray(np.full((size[1], size[0], 3), 20 * i, dtype=np.uint8)).save(folder / f"ink{i}.png")
+        (folder / f"ink{i}.txt").write_text("blkstyle, ink")
+    note = train.left_out_note(context, "inks")
+    lines = note.split("  \n")[1:]
+    assert lines[0] == ("inks/ink1.png is 32×80 px, smaller than the 64 px a training bucket needs on each side, "
+                        "so training leaves it out.")
+    assert len(lines) == 6 and lines[-1] == "…and 2 more like them."
+    (folder / "ink2.png").unlink()
+    for i in range(3, 8):
+        (folder / f"ink{i}.png").unlink()
+    assert train.left_out_note(context, "inks").count("training leaves it out") == 1
