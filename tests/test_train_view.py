@@ -285,3 +285,21 @@ def test_starting_says_which_images_are_too_small_to_train(context):
     for i in range(3, 8):
         (folder / f"ink{i}.png").unlink()
     assert train.left_out_note(context, "inks").count("training leaves it out") == 1
+
+
+def test_notices_show_in_the_status_for_the_current_attempt_only(context):
+    """A run's `notice` events (e.g. AdamW 8-bit running as plain AdamW on a CPU) are said beside its status;
+    a resume starts a new attempt, whose own notices replace the old ones."""
+    folder = run_folder(context.workspace.runs)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log("notice", 0, message="AdamW 8-bit needs a CUDA GPU, so this run on cpu uses plain AdamW.")
+    log("loss", 1, loss=0.5, lr=1e-4)
+    status = train.watch(context, "r", False)[2]
+    assert "uses plain AdamW." in status
+    assert view_run(folder, 5).notices == ["AdamW 8-bit needs a CUDA GPU, so this run on cpu uses plain AdamW."]
+    checkpoint(log, folder, 1)
+    log("status", 1, status="resumed")
+    log("notice", 1, message="Resumed on fewer GPUs.")
+    assert view_run(folder, 5).notices == ["Resumed on fewer GPUs."]
+    assert "plain AdamW" not in train.watch(context, "r", False)[2]

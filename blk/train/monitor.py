@@ -28,6 +28,7 @@ class RunView:
     stage: str = ""  # the curriculum stage now active, if any
     samples_by_step: dict[int, list[tuple[str, str]]] = field(default_factory=dict)  # step -> (path, label)
     written: dict[int, str] = field(default_factory=dict)  # every checkpoint written, pruned ones included
+    notices: list[str] = field(default_factory=list)  # the current attempt's `notice` sentences (e.g. plain AdamW)
 
     def chosen_steps(self) -> list[int]:
         """The steps worth looking at: those with samples or a checkpoint (kept or pruned)."""
@@ -94,8 +95,11 @@ def view_run(folder: Path, total_steps: int) -> RunView:
             view.written[event["step"]] = str(folder / event["path"])
         elif kind == "error":
             view.message = event["message"]
+        elif kind == "notice":
+            view.notices.append(event["message"])
         elif kind == "status" and event["status"] in ("started", "resumed"):
             view.message = ""  # an earlier attempt's error is history once the run resumed
+            view.notices = []
         elif kind == "status" and not view.message:
             view.message = f"{event['status']} at step {event['step']}"
     losses = [e for e in current_attempt(events) if e["kind"] == "loss"]  # a pause between attempts is no speed

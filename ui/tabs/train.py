@@ -197,6 +197,8 @@ def watch(context: StudioContext, name: str, log_scale: bool):
     stage = f", {view.stage}" if view.stage else ""
     status = (f"**{info.status}** — step {info.step} of {info.steps}{stage}, {view.steps_per_second:.2f} steps/s, "
               f"{duration(view.elapsed_seconds)} elapsed{eta}{memory}.")
+    for notice in view.notices:
+        status += f"  \n{notice}"
     if view.message and info.status in ("error", "stopped", "killed"):
         status += f"  \n{view.message}"
     if info.status in ("error", "killed"):
