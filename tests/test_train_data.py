@@ -449,6 +449,24 @@ def test_buckets_never_upscale():
         bucket_size(40, 300, sizes)  # fits no bucket without upscaling: `load_items` leaves such images out
 
 
+def test_multi_resolution_trains_each_image_at_every_area_it_fills(tmp_path):
+    """512/768/1024 (the paper's Conceptor, ai-toolkit's meaning): a large image is trained at all three areas, a
+    600 px one only at 512², never enlarged; flips multiply each bucket."""
+    from blk.train.data import bucket_sizes, load_items
+
+    sizes = [512, 768, 1024]
+    assert bucket_sizes(2048, 1536, sizes) == [(1152, 832), (832, 640), (576, 384)]
+    assert bucket_sizes(600, 600, sizes) == [(512, 512)]
+    assert bucket_sizes(300, 200, sizes) == [(256, 192)]
+    assert bucket_sizes(1024, 1024, [1024, 1024]) == [(1024, 1024)]  # an area listed twice is one bucket
+    dataset = noise_images(tmp_path / "multi", ["big"], seed=5, size=(800, 800))
+    noise_images(dataset, ["small"], seed=6, size=(600, 600))
+    items = load_items(dataset, sizes, True)
+    by_image = {name: sorted({(i.width, i.height) for i in items if i.image == name}) for name in ("big.png", "small.png")}
+    assert by_image == {"big.png": [(512, 512), (768, 768)], "small.png": [(512, 512)]}
+    assert len(items) == 2 * 3 and sum(i.flip for i in items) == 3
+
+
 def test_images_too_small_for_a_bucket_are_left_out_with_a_sentence_each(tmp_path, capsys):
     from blk.train.data import load_items
 

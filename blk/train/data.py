@@ -1,9 +1,11 @@
 """Training items: images with their captions, in aspect buckets, with caption augmentation.
 
 Buckets keep each image's aspect ratio at a chosen area (e.g. 512², 768², 1024²),
-in multiples of 64 px, and never upscale: an image smaller than a bucket goes
-to the largest bucket it fills, or its own size rounded down. An image under
-64 px on a side fits no bucket: it is left out, with a sentence saying so.
+in multiples of 64 px, and never upscale. With several areas (multi-resolution
+training, as in ai-toolkit and the paper's 512/768/1024), each image is trained
+at every area it fills, so a 2048 px image appears three times and a 600 px one
+once; an image smaller than every area is trained at its own size rounded down.
+An image under 64 px on a side fits no bucket: it is left out, with a sentence.
 """
 
 from __future__ import annotations
@@ -34,17 +36,24 @@ class Item:
 
 
 def bucket_size(width: int, height: int, resolutions: list[int]) -> tuple[int, int]:
-    """The bucket for an image: the largest area it fills, at its aspect ratio, in multiples of 64. Never larger
-    than the image on either side (upscaling would teach the model blur); see `too_small` for images under 64 px."""
+    """The largest bucket of an image (see `bucket_sizes`)."""
+    return bucket_sizes(width, height, resolutions)[0]
+
+
+def bucket_sizes(width: int, height: int, resolutions: list[int]) -> list[tuple[int, int]]:
+    """The buckets an image is trained at, largest first: one per area it fills, at its aspect ratio, in multiples
+    of 64; never larger than the image on either side (upscaling would teach the model blur). An image smaller than
+    every area gets its own size rounded down; see `too_small` for images under 64 px."""
     if width < MULTIPLE or height < MULTIPLE:
         raise ValueError(f"a {width}×{height} image fits no bucket of {MULTIPLE} px multiples")
     aspect = width / height
+    sizes = []
     for side in sorted(resolutions, reverse=True):
         w = max(MULTIPLE, int(side * math.sqrt(aspect)) // MULTIPLE * MULTIPLE)
         h = max(MULTIPLE, int(side / math.sqrt(aspect)) // MULTIPLE * MULTIPLE)
-        if w <= width and h <= height:
-            return w, h
-    return width // MULTIPLE * MULTIPLE, height // MULTIPLE * MULTIPLE
+        if w <= width and h <= height and (w, h) not in sizes:
+            sizes.append((w, h))
+    return sizes or [(width // MULTIPLE * MULTIPLE, height // MULTIPLE * MULTIPLE)]
 
 
 def too_small(name: str, width: int, height: int) -> str | None:
@@ -62,7 +71,8 @@ def too_small_images(dataset: Path) -> list[str]:
 
 
 def load_items(dataset: Path, resolutions: list[int], flip: bool, root: str = "", variants: int = 0) -> list[Item]:
-    """Every usable, captioned image (× its flip and augmented variants); one sentence if there is nothing to train on.
+    """Every usable, captioned image (× its buckets, flip and augmented variants); one sentence if there is nothing
+    to train on.
 
     Images too small for a bucket are left out, each with a `warning:` line on stderr (the trainer's log and
     the CLI's terminal, like the runner's other notes before training)."""
@@ -86,10 +96,11 @@ def load_items(dataset: Path, resolutions: list[int], flip: bool, root: str = ""
         if not caption:
             missing.append(record.rel)
             continue
-        w, h = bucket_size(record.width, record.height, resolutions)
-        for variant in range(variants + 1):
-            for flipped in (False, True) if flip else (False,):
-                items.append(Item(record.rel, record.sha256, caption, w, h, flip=flipped, root=root, variant=variant))
+        for w, h in bucket_sizes(record.width, record.height, resolutions):
+            for variant in range(variants + 1):
+                for flipped in (False, True) if flip else (False,):
+                    items.append(Item(record.rel, record.sha256, caption, w, h, flip=flipped, root=root,
+                                      variant=variant))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise UserError(f"{len(missing)} image(s) have no caption ({shown}); caption them or move them out first.")
