@@ -67,6 +67,10 @@ def test_check_report_contents(odd_dataset, shared_workspace):
     near = {frozenset(pair[:2]) for pair in report.near_duplicates}
     assert near == {frozenset({"copy of unicode.png", "near_duplicate.jpg"})}  # flat images of other colours do not match
     assert sorted(report.trigger_missing) == ["grey16.png", "ünï cødé name.png"]
+    # usable, but under the 64 px a training bucket needs: the trainer leaves them out, and the check says so first
+    assert "one_pixel.png (1×1 px)" in report.too_small and "grey16.png (64×16 px)" in report.too_small
+    assert "ünï cødé name.png (96×96 px)" not in report.too_small
+    assert "Too small to train on (left out)" in report.to_text()
 
 
 def test_cli_json_and_exit_code(odd_dataset, shared_workspace):
@@ -91,6 +95,7 @@ def test_cli_text_report_and_clean_dataset_exit_zero(tmp_path, shared_workspace)
     result = run_blk("--workspace", str(shared_workspace.root), "dataset", "check", str(folder), "--model", "tiny-flux")
     assert result.returncode == 0, result.stderr
     assert "images: 1  usable: 1  captioned: 1" in result.stdout
+    assert "one.png (16×16 px)" in result.stdout  # said, but not a bad file: the exit code stays 0
 
 
 def test_cli_missing_folder_is_one_sentence(tmp_path, shared_workspace):

@@ -57,6 +57,7 @@ class CheckReport:
     captioned: int = 0
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     uncaptioned: list[str] = field(default_factory=list)
+    too_small: list[str] = field(default_factory=list)  # usable, but under a training bucket's 64 px: left out
     caption_warnings: list[tuple[str, str]] = field(default_factory=list)
     orphan_captions: list[str] = field(default_factory=list)
     tokens: list[TokenStats] = field(default_factory=list)
@@ -81,6 +82,7 @@ class CheckReport:
 
         section("Bad files", self.bad_files, lambda x: x[1])
         section("Images without a caption", self.uncaptioned, str)
+        section("Too small to train on (left out)", self.too_small, str)
         section("Caption warnings", self.caption_warnings, lambda x: x[1])
         section("Captions without an image", self.orphan_captions, str)
         for stats in self.tokens:
@@ -98,6 +100,8 @@ class CheckReport:
 def check_dataset(dataset: str | Path, tokenizers: dict[str, object] | None = None, budgets=(),
                   model_name: str = "", trigger: str | None = None) -> CheckReport:
     """Build the report. `tokenizers` maps a budget's subfolder to a loaded tokenizer."""
+    from blk.train.data import too_small  # the trainer's own rule for what no bucket can take
+
     dataset = Path(dataset).resolve()
     records = scan(dataset)
     store = CaptionStore(dataset)
@@ -109,6 +113,8 @@ def check_dataset(dataset: str | Path, tokenizers: dict[str, object] | None = No
             report.bad_files.append((record.rel, record.error))
             continue
         report.usable += 1
+        if too_small(record.rel, record.width, record.height):
+            report.too_small.append(f"{record.rel} ({record.width}×{record.height} px)")
         caption = store.read(record.rel)
         if caption.warning:
             report.caption_warnings.append((record.caption_rel(), caption.warning))
