@@ -303,3 +303,102 @@ def test_notices_show_in_the_status_for_the_current_attempt_only(context):
     log("notice", 1, message="Resumed on fewer GPUs.")
     assert view_run(folder, 5).notices == ["Resumed on fewer GPUs."]
     assert "plain AdamW" not in train.watch(context, "r", False)[2]
+
+
+# the Train tab's Advanced fields ----------------------------------------------------------------------------
+
+def advanced_index(key: str) -> int:
+    """Where an Advanced field's value sits in the form (after the basic fields, in ADVANCED order)."""
+    return train.BASIC_FIELDS + [k for _, k, _ in train.ADVANCED].index(key)
+
+
+def test_loading_a_preset_fills_the_advanced_fields(workspace):
+    context = StudioContext(workspace, demo=False, demo_reason="")
+    form = train.form_from_preset(context, "conceptor-flux-dev")
+    assert len(form) == train.BASIC_FIELDS + len(train.ADVANCED)
+    advanced = {key: form[advanced_index(key)] for _, key, _ in train.ADVANCED}
+    assert advanced == {"kind": "lora", "factor": -1, "dropout": 0.0, "init_from": "", "batch_size": 1,
+                        "gradient_accumulation": 1, "ema_decay": 0.99, "flip": True, "shuffle_tokens": True,
+                        "keep_tokens": 1, "caption_dropout": 0.05, "int8_base": True, "gradient_checkpointing": True,
+                        "cache_latents": True, "dtype": "fp16"}
+    assert form[advanced_index("int8_base")] is True
+    plain = train.form_from_preset(context, None)  # no preset: the schema's defaults
+    assert plain[advanced_index("dtype")] == "fp32" and plain[advanced_index("ema_decay")] == 0.0
+
+
+def test_the_advanced_accordion_is_closed_and_wired_to_presets_and_starts(context):
+    with gr.Blocks() as demo:
+        train.build(context, lambda: [])
+    config = demo.get_config_file()
+    components = {c["id"]: c for c in config["components"]}
+    name = {i: c["props"].get("elem_id") or c["props"].get("label") for i, c in components.items()}
+    accordion = next(c for c in components.values() if c["props"].get("elem_id") == "blk-train-advanced")
+    assert accordion["props"]["open"] is False and accordion["props"]["label"] == "Advanced"
+    labels = [label for _, _, label in train.ADVANCED]
+    by_label = {c["props"].get("label"): c for c in components.values()}
+    assert [value for _, value in by_label["Checkpoint dtype"]["props"]["choices"]] == ["fp32", "fp16", "bf16"]
+    assert by_label["Adapter"]["props"]["value"] == "lora" and by_label["EMA decay (0: off)"]["props"]["value"] == 0.99
+    assert by_label["Shuffle tokens"]["type"] == "checkbox" and by_label["Batch size"]["type"] == "number"
+    dependencies = {(name.get(t), event): d for d in config["dependencies"] for t, event in d["targets"]}
+    preset_outputs = [name[o] for o in dependencies[("Preset (the paper's settings)", "change")]["outputs"]]
+    assert preset_outputs[-len(labels):] == labels
+    start_button = next(d for d in config["dependencies"] if d.get("api_name") == "train_start")
+    assert [name[i] for i in start_button["inputs"]][-len(labels):] == labels
+
+
+def test_advanced_fields_change_the_config_and_the_saved_request(context, monkeypatch):
+    import blk.train.process
+    from blk.train.config import load_config
+
+    (context.workspace.datasets / "inks").mkdir(parents=True)
+    (context.workspace.root / "loras").mkdir()
+    (context.workspace.root / "loras" / "kohya.safetensors").write_bytes(b"x")
+    form = list(train.form_from_preset(context, "conceptor-flux-dev"))
+    for key, value in {"kind": "lokr", "factor": 8, "dropout": 0.1, "init_from": " loras/kohya.safetensors ",
+                       "batch_size": 2, "gradient_accumulation": 4.0, "ema_decay": 0.0, "flip": False,
+                       "shuffle_tokens": False, "keep_tokens": 2, "caption_dropout": 0.1, "int8_base": True,
+                       "gradient_checkpointing": False, "cache_latents": False, "dtype": "bf16"}.items():
+        form[advanced_index(key)] = value
+    config = train.config_from_form(context, "conceptor-flux-dev", "inks", *form)
+    assert (config.adapter.kind, config.adapter.factor, config.adapter.dropout) == ("lokr", 8, 0.1)
+    assert config.adapter.init_from == str((context.workspace.root / "loras" / "kohya.safetensors").resolve())
+    schedule = config.schedule
+    assert (schedule.batch_size, schedule.gradient_accumulation, config.optimizer.ema_decay) == (2, 4, 0.0)
+    assert (config.data.flip, config.data.shuffle_tokens, config.data.keep_tokens) == (False, False, 2)
+    assert (config.data.caption_dropout, config.data.cache_latents) == (0.1, False)
+    assert (config.model.int8_base, config.model.gradient_checkpointing) == (True, False)
+    assert config.checkpoints.dtype == "bf16"
+    assert config.adapter.rank == 32 and config.optimizer.name == "prodigy"  # the basic fields are untouched
+
+    spawned = []
+    monkeypatch.setattr(blk.train.process, "_spawn", lambda *args: spawned.append(args))
+    update, note = train.start(context, "conceptor-flux-dev", "inks", *form)
+    assert note.startswith("Started conceptor-flux-dev-inks") and len(spawned) == 1
+    saved = load_config(context.workspace.runs / update.value / "request.yaml")  # what the trainer resolves
+    assert (saved.adapter.kind, saved.schedule.gradient_accumulation, saved.data.flip) == ("lokr", 4, False)
+    assert saved.checkpoints.dtype == "bf16" and saved.adapter.init_from == config.adapter.init_from
+
+    basic = form[:train.BASIC_FIELDS]  # API callers that leave the Advanced fields out keep the preset's
+    kept = train.config_from_form(context, "conceptor-flux-dev", "inks", *basic)
+    assert (kept.adapter.kind, kept.optimizer.ema_decay, kept.checkpoints.dtype) == ("lora", 0.99, "fp16")
+
+
+@pytest.mark.parametrize("key, value, sentence", [
+    ("gradient_accumulation", -1, "schedule.gradient_accumulation — Input should be greater than or equal to 1."),
+    ("batch_size", None, "schedule.batch_size — Input should be a valid integer."),
+    ("ema_decay", 1.5, "optimizer.ema_decay — Input should be less than 1."),
+    ("factor", 0, "adapter — adapter.factor is -1 (automatic) or a positive number."),
+    ("init_from", "loras/missing.safetensors", "There is no LoRA file at loras/missing.safetensors to start from."),
+])
+def test_an_invalid_advanced_value_is_one_sentence(context, key, value, sentence):
+    from blk.errors import UserError
+
+    (context.workspace.datasets / "inks").mkdir(parents=True)
+    form = list(train.form_from_preset(context, "conceptor-flux-dev"))
+    form[advanced_index(key)] = value
+    with pytest.raises(UserError) as raised:
+        train.config_from_form(context, "conceptor-flux-dev", "inks", *form)
+    assert str(raised.value) == sentence
+    update, note = train.start(context, "conceptor-flux-dev", "inks", *form)
+    assert note == f"**{sentence}**" and update == gr.update()
+    assert not context.workspace.runs.exists() or list(context.workspace.runs.iterdir()) == []  # nothing started

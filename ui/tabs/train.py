@@ -16,6 +16,23 @@ from ui.context import StudioContext
 PRESETS = Path(__file__).resolve().parents[2] / "presets"
 
 
+# The Advanced accordion: (config section, key, label) row by row, bound to TrainConfig. Each field's control
+# follows its type in the schema, and its values come after the GPUs field in the form, in this order.
+ADVANCED_ROWS = (
+    (("adapter", "kind", "Adapter"), ("adapter", "factor", "LoKr factor (-1: auto)"),
+     ("adapter", "dropout", "Adapter dropout")),
+    (("adapter", "init_from", "Start from a LoRA file"),),
+    (("schedule", "batch_size", "Batch size"), ("schedule", "gradient_accumulation", "Gradient accumulation"),
+     ("optimizer", "ema_decay", "EMA decay (0: off)")),
+    (("data", "flip", "Horizontal flip"), ("data", "shuffle_tokens", "Shuffle tokens"),
+     ("data", "keep_tokens", "Keep first N tokens"), ("data", "caption_dropout", "Caption dropout")),
+    (("model", "int8_base", "int8 base"), ("model", "gradient_checkpointing", "Gradient checkpointing"),
+     ("data", "cache_latents", "Cache latents"), ("checkpoints", "dtype", "Checkpoint dtype")),
+)
+ADVANCED = tuple(field for row in ADVANCED_ROWS for field in row)
+BASIC_FIELDS = 15  # model … gpus: form_from_preset's values before the advanced ones
+
+
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS.glob("*.yaml") if not p.name.startswith(("caption-", "upscale-")))
 
@@ -38,7 +55,28 @@ def form_from_preset(context: StudioContext, name: str):
     return (c.model.name, ", ".join(str(r) for r in c.data.resolutions), c.adapter.rank, c.adapter.alpha,
             c.optimizer.name, c.optimizer.lr, c.schedule.steps, c.schedule.lr_schedule,
             "\n".join(c.sampling.prompts), c.sampling.every, c.checkpoints.every, c.checkpoints.keep,
-            c.data.validation_images, c.data.validation_every, min(c.schedule.gpus, max(gpu_count(), 1)))
+            c.data.validation_images, c.data.validation_every, min(c.schedule.gpus, max(gpu_count(), 1)),
+            *(getattr(getattr(c, section), key) for section, key, _ in ADVANCED))
+
+
+def advanced_field(section: str, key: str, label: str, value):
+    """The control for one TrainConfig field, chosen by its type in the schema (choices from its Literal)."""
+    import typing
+
+    from blk.train.config import TrainConfig
+
+    kind = TrainConfig.model_fields[section].annotation.model_fields[key].annotation
+    if typing.get_origin(kind) is typing.Literal:
+        return gr.Dropdown(list(typing.get_args(kind)), value=value, label=label, min_width=120)
+    if kind is bool:
+        return gr.Checkbox(value, label=label, min_width=120)
+    if key == "init_from":
+        return gr.Textbox(value, label=label, placeholder="empty: start from random weights",
+                          info="A LoRA file in the workspace (diffusers, kohya or ai-toolkit names); "
+                               "for LoKr, a LyCORIS file.")
+    if kind is str:
+        return gr.Textbox(value, label=label)
+    return gr.Number(value, label=label, precision=0 if kind is int else None, min_width=120)
 
 
 def gpu_count() -> int:
@@ -50,8 +88,9 @@ def gpu_count() -> int:
 
 def config_from_form(context: StudioContext, preset, dataset, model, resolutions, rank, alpha, optimizer, lr, steps,
                      schedule, prompts, sample_every, checkpoint_every, keep, validation_images, validation_every,
-                     gpus=1):
-    """The preset with the form's values on top, validated (UserError with one sentence otherwise)."""
+                     gpus=1, *advanced):
+    """The preset with the form's values on top, validated (UserError with one sentence otherwise).
+    `advanced` holds the Advanced fields' values in ADVANCED order; fields left out keep the preset's."""
     from pydantic import ValidationError
 
     from blk.errors import UserError
@@ -70,6 +109,13 @@ def config_from_form(context: StudioContext, preset, dataset, model, resolutions
         data["schedule"].update(lr_schedule=schedule, gpus=int(gpus))
         data["sampling"].update(prompts=[p.strip() for p in prompts.splitlines() if p.strip()], every=int(sample_every))
         data["checkpoints"].update(every=int(checkpoint_every), keep=int(keep))
+        for (section, key, _), value in zip(ADVANCED, advanced):  # the schema checks them (types, ranges, choices)
+            data[section][key] = value.strip() if isinstance(value, str) else value
+        if data["adapter"]["init_from"]:  # a file inside the workspace (or an allowed folder), as an absolute path
+            start_from = context.workspace.confine(data["adapter"]["init_from"])
+            if not start_from.is_file():
+                raise UserError(f"There is no LoRA file at {data['adapter']['init_from']} to start from.")
+            data["adapter"]["init_from"] = str(start_from)
         if context.demo and data["sampling"]["size"] > 256:
             data["sampling"].update(size=64, steps=2)
         return TrainConfig.model_validate(data).with_steps(int(steps))  # curriculum stages scale with the steps
@@ -337,6 +383,12 @@ def build(context: StudioContext, datasets) -> dict:
                              maximum=max(gpus_here, 1), visible=gpus_here > 1, elem_id="blk-train-gpus",
                              info="Each GPU trains its own micro-batches and they sum their gradients: a step "
                                   "sees GPUs × the batch in about the time one GPU takes for one.")
+            with gr.Accordion("Advanced", open=False, elem_id="blk-train-advanced"):
+                values = iter(initial[BASIC_FIELDS:])
+                advanced = []
+                for row in ADVANCED_ROWS:
+                    with gr.Row():
+                        advanced += [advanced_field(section, key, label, next(values)) for section, key, label in row]
             with gr.Row():
                 probe_button = gr.Button("Estimate time and memory")
                 start_button = gr.Button("Start training", variant="primary")
@@ -364,7 +416,8 @@ def build(context: StudioContext, datasets) -> dict:
             known_steps = gr.State([])
 
     form = [model, resolutions, rank, alpha, optimizer, lr, steps, schedule, prompts, sample_every,
-            checkpoint_every, keep, validation_images, validation_every, gpus]  # new fields last: API callers may omit them
+            checkpoint_every, keep, validation_images, validation_every, gpus,
+            *advanced]  # new fields last: API callers may omit them
     preset.change(lambda p: form_from_preset(context, p), inputs=preset, outputs=form)
     start_button.click(lambda *a: start(context, *a), inputs=[preset, dataset] + form, outputs=[run, note],
                        api_name="train_start")
