@@ -485,6 +485,50 @@ def test_writers_read_bands_ahead_in_order_and_stop_on_cancel(tmp_path):
         canvas.remove()
 
 
+def test_writers_read_the_canvas_in_chunks_so_their_memory_does_not_grow_with_the_width(tmp_path):
+    """Chunks come row-major (tifffile's tile order) and the TIFF writers hold a few of them at a time:
+    a full-width band of a 16384 px canvas would be 25 MB of levels, twice over with the read-ahead."""
+    import tracemalloc
+
+    from blk.upscale.canvas import TO_8_BITS, WRITE_COLUMNS, bands, write_print_tiff, write_tiff
+
+    small = Canvas(tmp_path / "c.canvas", 600, 300, 3)
+    try:
+        values = np.random.default_rng(4).integers(0, 65536, (300, 600, 3), dtype=np.uint16)
+        small.write_raw(0, 0, values)
+        got = list(bands(small, 256, lambda chunk: chunk, columns=256))
+        assert [c.shape[:2] for c in got] == [(256, 256), (256, 256), (256, 88), (44, 256), (44, 256), (44, 88)]
+        rows = [np.concatenate(got[i:i + 3], axis=1) for i in (0, 3)]
+        assert np.array_equal(np.concatenate(rows), values)
+    finally:
+        small.remove()
+
+    def traced_peaks(width: int) -> list[int]:
+        """Peak bytes traced (numpy and Python buffers) while each TIFF writer writes a `width` × 256 canvas."""
+        canvas = Canvas(tmp_path / f"{width}.canvas", width, 256, 4)
+        try:
+            ramp = (np.arange(width, dtype=np.uint32) * 2 % 65536).astype(np.uint16)
+            canvas.write_raw(0, 0, np.broadcast_to(ramp[None, :, None], (256, width, 4)).copy())
+            peaks = []
+            for write in (lambda: write_tiff(canvas, tmp_path / "w.tif", bits=8, icc=None, dpi=None,
+                                             description="", software=""),
+                          lambda: write_print_tiff(canvas, tmp_path / "p.tif", dpi=300, icc=None)):
+                tracemalloc.start()
+                write()
+                peaks.append(tracemalloc.get_traced_memory()[1])
+                tracemalloc.stop()
+            assert np.array_equal(tifffile.imread(tmp_path / "w.tif")[100, :, 0], np.take(TO_8_BITS, ramp))
+            assert tifffile.imread(tmp_path / "p.tif").shape == (256, width, 3)
+            return peaks
+        finally:
+            canvas.remove()
+
+    narrow, wide = traced_peaks(WRITE_COLUMNS), traced_peaks(8 * WRITE_COLUMNS)
+    # measured: 47 → 58 MB (TIFF) and 48 → 64 MB (print copy); full-width bands took 352 and 384 MB at 32768 px
+    for small, large in zip(narrow, wide):
+        assert large < 2 * small, f"{small / 2**20:.1f} MB at {WRITE_COLUMNS} px, {large / 2**20:.1f} MB at 8×"
+
+
 def test_tile_size_follows_the_memory_budget():
     assert choose_tile(100 * 2**30) == 1024  # the cap
     one, four = choose_tile(2 * 2**30), choose_tile(2 * 2**30, batch=4)

@@ -36,6 +36,7 @@ from blk.errors import UserError
 
 PNG_SIDE_LIMIT = 1_000_000  # libpng refuses to read wider or taller PNGs by default
 TIFF_TILE = 256
+WRITE_COLUMNS = 16 * TIFF_TILE  # the TIFF writers read the canvas in chunks this wide (`bands`)
 # zlib level 1: on an upscaled 4096² image, 6.5× faster than the default level 6 for a 15% larger file
 # (bench/README.md, "TIFF deflate level"): hours saved on a gigapixel master, a few hundred MB spent.
 DEFLATE_LEVEL = 1
@@ -225,9 +226,9 @@ def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi:
         return np.take(TO_8_BITS, band) if bits == 8 else band
 
     def tiles():
-        for band in bands(canvas, side, convert, cancel):
-            for x in range(0, canvas.width, side):
-                yield band[:, x:x + side]  # tifffile copies and pads edge tiles in its compress threads
+        for chunk in bands(canvas, side, convert, cancel, WRITE_COLUMNS):  # row-major: tifffile's tile order
+            for x in range(0, chunk.shape[1], side):
+                yield chunk[:, x:x + side]  # tifffile copies and pads edge tiles in its compress threads
 
     extra = {"extrasamples": ["unassalpha"]} if canvas.channels == 4 else {}
     if dpi:
@@ -249,27 +250,35 @@ def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi:
     return path
 
 
-def bands(canvas: Canvas, rows: int, convert, cancel: threading.Event | None = None):
-    """`convert(band)` of each band of `rows` rows, top to bottom; the next band is read and converted
-    on a thread while the caller works on this one (a writer's deflate threads otherwise wait on it).
-    `cancel` is checked before each band."""
+def bands(canvas: Canvas, rows: int, convert, cancel: threading.Event | None = None, columns: int | None = None):
+    """`convert(chunk)` of each chunk of `rows` rows × `columns` columns (default: the full width), in
+    row-major order; the next chunk is read and converted on a thread while the caller works on this one
+    (a writer's deflate threads otherwise wait on it). `cancel` is checked before each chunk.
+
+    Why chunks: a full-width band of a 32768 px wide canvas is 50 MB of 16-bit levels (134 MB as the
+    print copy's floats), twice with the read-ahead: the writers' memory grew with the width, while
+    chunks of `WRITE_COLUMNS` keep it flat."""
     from concurrent.futures import ThreadPoolExecutor
 
     from blk.upscale.tiler import Cancelled
 
-    def load(y: int) -> np.ndarray:
-        return convert(canvas.read_raw(0, y, canvas.width, min(rows, canvas.height - y)))
+    columns = columns or canvas.width
+    origins = [(y, x) for y in range(0, canvas.height, rows) for x in range(0, canvas.width, columns)]
+
+    def load(origin: tuple[int, int]) -> np.ndarray:
+        y, x = origin
+        return convert(canvas.read_raw(x, y, min(columns, canvas.width - x), min(rows, canvas.height - y)))
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="blk-band-reader") as ahead:
-        upcoming = ahead.submit(load, 0) if canvas.height else None
-        for y in range(0, canvas.height, rows):
+        upcoming = ahead.submit(load, origins[0]) if origins else None
+        for index in range(len(origins)):
             if cancel is not None and cancel.is_set():
                 upcoming.cancel()
                 raise Cancelled()
-            band = upcoming.result()
-            if y + rows < canvas.height:
-                upcoming = ahead.submit(load, y + rows)
-            yield band
+            chunk = upcoming.result()
+            if index + 1 < len(origins):
+                upcoming = ahead.submit(load, origins[index + 1])
+            yield chunk
 
 
 def print_path(output: Path) -> Path:
@@ -299,8 +308,8 @@ def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | Non
                      software: str = "", cancel: threading.Event | None = None,
                      temp: Path | None = None) -> Path:
     """The print lab's copy: 8-bit RGB, alpha flattened over `background`, `dpi` and the ICC profile
-    embedded; tiled, deflate; classic TIFF unless it needs BigTIFF (> 4 GB). Streams canvas bands:
-    memory stays at one band of 256 rows whatever the size. Atomic, like `write_tiff`.
+    embedded; tiled, deflate; classic TIFF unless it needs BigTIFF (> 4 GB). Streams canvas chunks:
+    memory stays at a chunk of 256 rows × `WRITE_COLUMNS` whatever the size. Atomic, like `write_tiff`.
 
     Flattening is done on the stored (gamma-encoded) values, as image editors do:
     out = colour·α + background·(1 − α), from the 16-bit master, rounded once."""
@@ -317,8 +326,8 @@ def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | Non
         return np.clip(np.rint(band / 257.0), 0, 255).astype(np.uint8)
 
     def tiles():
-        for rgb8 in bands(canvas, side, flatten, cancel):
-            for x in range(0, canvas.width, side):
+        for rgb8 in bands(canvas, side, flatten, cancel, WRITE_COLUMNS):
+            for x in range(0, rgb8.shape[1], side):
                 yield rgb8[:, x:x + side]
 
     extra = {"iccprofile": icc} if icc else {}
