@@ -338,6 +338,11 @@ def test_resume_before_the_first_checkpoint_starts_again_in_the_same_folder(data
     assert notice["step"] == 0 and "starts again from step 0 in the same folder" in notice["message"]
     statuses = [e["status"] for e in events_of(tmp_path / "run", "status")]
     assert statuses == ["started", "error", "started", "finished"]
+    from blk.train.monitor import view_run
+
+    view = view_run(tmp_path / "run", 2)  # what the Train tab shows: the new attempt, its notice, no error
+    assert view.notices == [notice["message"]] and view.message == "finished at step 2"
+    assert view.steps == [1, 2]
 
 
 def test_checkpoints_saved_in_fp16_load_at_their_strength_and_resume_state_stays_fp32(dataset, shared_workspace,

@@ -165,6 +165,23 @@ def test_every_resume_drops_what_its_attempt_before_logged_after_the_checkpoint(
     assert run_info(folder).step == 8
 
 
+def test_a_run_started_again_from_nothing_shows_its_step_0_once(tmp_path):
+    """Killed before its first checkpoint, a run starts again at step 0: its step-0 sample and eval are logged
+    again, and the earlier attempt's must not show beside them."""
+    folder = run_folder(tmp_path, steps=4)
+    log = Events(folder)
+    log("status", 0, status="started")
+    sample(log, folder, 0)
+    log("eval", 0, loss=0.9)
+    log.losses([1], base=1.0)
+    log("status", 0, status="started")
+    sample(log, folder, 0)
+    log("eval", 0, loss=0.8)
+    view = view_run(folder, 4)
+    assert (view.steps, view.eval_steps, view.eval_loss) == ([], [0], [0.8])
+    assert len(view.samples) == 1 and len(view.samples_by_step[0]) == 1
+
+
 def test_a_live_trainer_is_starting_running_or_ended_by_what_it_said(tmp_path):
     """The process is alive (this test's own pid) in every case: the events since it was spawned decide. A trainer
     that wrote its last status is done while its interpreter exits, so the tab says "finished" at once."""

@@ -417,9 +417,11 @@ def test_time_left_after_a_resume_follows_this_sessions_pace():
     now[0] = 70.0
     assert pace.left(66, 100) == pytest.approx(340.0)
     assert pace.left(100, 100) == 0.0
+    assert pace.measured() == (pytest.approx(60.0), 40)  # what the rate file records: this session's tiles only
     # a fresh job: measured from its first batch on (the first also carries the model's warm-up)
     fresh = Eta(clock=lambda: now[0])
     now[0] = 100.0
     assert fresh.left(4, 20) is None
     now[0] = 108.0
     assert fresh.left(8, 20) == pytest.approx(24.0)  # 4 tiles in 8 s, 12 left
+    assert Eta().measured() == (0.0, 0)  # no report: nothing to record

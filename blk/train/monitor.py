@@ -52,11 +52,14 @@ class StepView:
 def continuous(events: list[dict]) -> list[dict]:
     """The events as one unbroken run: a resume at step k continues from the checkpoint of step k, so what the
     attempt before it logged after step k (losses up to the kill, their samples and evals) is dropped — the
-    resumed attempt logs those steps again, and a plot must not show them twice."""
+    resumed attempt logs those steps again, and a plot must not show them twice. A run started again from
+    nothing (killed before its first checkpoint) keeps nothing of the attempt before: it logs step 0 again."""
     kept: list[dict] = []
     for event in events:
-        if event["kind"] == "status" and event.get("status") in ("started", "resumed"):
+        if event["kind"] == "status" and event.get("status") == "resumed":
             kept = [e for e in kept if e["step"] <= event["step"]]
+        elif event["kind"] == "status" and event.get("status") == "started":
+            kept = [e for e in kept if e["step"] < event["step"]]
         kept.append(event)
     return kept
 

@@ -185,9 +185,6 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
         resolved.schedule.gpus = world.size  # the processes that really trained (what a resume starts with)
         save_config(resolved, run_dir / "config.yaml")
     events = EventLog(run_dir / "events.jsonl", quiet=not world.is_main)
-    if restart:
-        _notice(events, 0, f"{run_dir.name} was stopped before its first checkpoint, so there is nothing to resume "
-                           "from: it starts again from step 0 in the same folder")
 
     family = _load_family(config, model, dtype, device)
     denoiser = family.denoiser
@@ -202,6 +199,9 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     world.barrier()  # every process has read state/ before rank 0 may replace it
     events.write("status", step, status="resumed" if step else "started", model=model.name, images=image_count,
                  processes=world.size, accumulation=config.schedule.gradient_accumulation)
+    if restart:  # after the status: the Train tab shows the notices of the attempt that status begins
+        _notice(events, 0, f"{run_dir.name} was stopped before its first checkpoint, so there is nothing to resume "
+                           "from: it starts again from step 0 in the same folder")
     if notice := optimizer_notice(config, device):
         _notice(events, step, notice)
     stage = None

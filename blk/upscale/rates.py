@@ -62,9 +62,11 @@ class Eta:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.first: tuple[int, float] | None = None  # (tiles done, time) at the first report
+        self.last: tuple[int, float] | None = None  # (tiles done, time) at the latest report
 
     def left(self, done: int, total: int) -> float | None:
         now = self.clock()
+        self.last = (done, now)
         if self.first is None:
             self.first = (done, now)
             return None
@@ -72,3 +74,11 @@ class Eta:
         if done <= done_before:
             return None
         return (now - then) / (done - done_before) * max(total - done, 0)
+
+    def measured(self) -> tuple[float, int]:
+        """(seconds, tiles) from the first report to the last: this session's work, for `record` (0 tiles
+        when fewer than two reports came)."""
+        if self.first is None:
+            return 0.0, 0
+        (done_before, then), (done, now) = self.first, self.last
+        return now - then, done - done_before

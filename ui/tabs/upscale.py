@@ -204,7 +204,6 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
                              dpi, print_dpi)
             result = esrgan.run(job, progress=report, cancel=cancel, log=log,
                                 on_plan=lambda p: show(f"{p.sentence()} {time_line(context, key, sum(p.tiles))}"))
-            this_session = result.tiles - result.resumed_from_tile
         else:
             job = diffusion_job(context, image_path, output, scale, size_text, model, lora_path,
                                 upscaler_path if enlarge_first else None, tile, overlap, steps, seed, prompt,
@@ -215,8 +214,7 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
             show(f"{the_plan.sentence()} {time_line(context, key, the_plan.total_tiles)}")
             result = diffusion.run(job, context.workspace, context.sketcher.cache, progress=report, cancel=cancel,
                                    log=log)
-            this_session = result.tiles
-        record(context.workspace, key, time.monotonic() - started, this_session)
+        record(context.workspace, key, *pace.measured())  # this session's tiles only (a resume's are not)
         centre = tuple(float(50 if v is None else v) / 100 for v in (region_x, region_y))
         before, after = region_pair(Path(image_path), result.path, centre)
     except UserError as exc:
