@@ -328,14 +328,14 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                 journal.forget(source)  # the previous stage is no longer needed
             source = made
         applied = first > final  # an interrupted run had finished the full-frame pass
-        if first <= final and job.final_denoise is not None:
+        if first <= final and the_plan.final_pass:  # a plan that left it out said so in its notes
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
-            need, budget = full_frame_budget(job, width, height, pipeline().device)
+            need, budget = full_frame_budget(job, width, height)  # before loading a model it may not need
             out_of_memory = need > budget
-            if out_of_memory and the_plan.final_pass:  # the plan's note said it would fit
+            if out_of_memory:  # free memory shrank since the plan
                 say(_too_big_note(width, height, need, budget))
-            elif not out_of_memory:
+            else:
                 set_loras(loaded, [(job.texture_lora, job.passes[-1].lora_scale)] if job.texture_lora else [])
                 steps, _ = effective_steps(job.steps or default_steps, job.final_denoise)
                 try:
