@@ -155,14 +155,7 @@ def cmd_train(args, workspace: Workspace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())  # finish the step, save a checkpoint, end
-    try:
-        result = run(config, workspace, run_dir, resume=bool(args.resume), stop=stop)
-    except UserError as exc:
-        if run_dir.is_dir() and distributed.is_main_process():  # the app follows the run through its events: say why
-            from blk.train.runner import EventLog
-
-            EventLog(run_dir / "events.jsonl").write("error", 0, message=str(exc))
-        raise
+    result = run(config, workspace, run_dir, resume=bool(args.resume), stop=stop)  # a failure is an error event
     if distributed.is_main_process():
         print(f"{result.status} at step {result.step}: {result.run_dir}")
     return 0 if result.status != "error" else 1

@@ -180,7 +180,7 @@ def test_resume_with_adapter_dropout_is_bit_identical(dataset, shared_workspace,
 
 def test_a_failure_outside_the_steps_is_an_error_event(dataset, shared_workspace, tmp_path):
     """A model folder whose weights are damaged fails while loading, before any step: the run folder (made by the
-    app before the trainer starts) says why in one sentence, once even when the CLI records it too."""
+    app before the trainer starts) says why in one sentence, once (the CLI leaves it to the trainer)."""
     import shutil
 
     from blk.models.registry import resolve
@@ -196,8 +196,6 @@ def test_a_failure_outside_the_steps_is_an_error_event(dataset, shared_workspace
     errors = events_of(run_dir, "error")
     assert [e["message"] for e in errors] == [str(raised.value)] and "\n" not in errors[0]["message"]
     assert "broken-flux" in errors[0]["message"]
-    EventLog(run_dir / "events.jsonl").write("error", 0, message=str(raised.value))  # what the CLI then writes
-    assert len(events_of(run_dir, "error")) == 1
 
 
 def test_an_unexpected_exception_is_an_error_event_with_its_last_line(tmp_path, shared_workspace):

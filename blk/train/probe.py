@@ -51,7 +51,7 @@ def probe(config: TrainConfig, workspace: Workspace, steps: int = PROBE_STEPS) -
 
     from blk.errors import UserError
     from blk.models.device import is_out_of_memory, pick_device
-    from blk.train.runner import EventLog, memory_tips, out_of_memory_sentence, run
+    from blk.train.runner import EventLog, memory_tips, run
 
     trial = config.model_copy(deep=True)
     trial.schedule.steps = steps
@@ -76,7 +76,7 @@ def probe(config: TrainConfig, workspace: Workspace, steps: int = PROBE_STEPS) -
         shutil.rmtree(folder, ignore_errors=True)
     losses = [e for e in events if e["kind"] == "loss"]
     errors = [e for e in events if e["kind"] == "error"]
-    if errors and not out_of_memory and errors[-1]["message"] == out_of_memory_sentence(trial, errors[-1]["step"]):
+    if errors and not out_of_memory and errors[-1].get("reason") == "out_of_memory":
         out_of_memory = f"at step {errors[-1]['step'] + 1}"
     peak, total = _memory(device)
     if out_of_memory:

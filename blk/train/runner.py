@@ -64,27 +64,10 @@ class EventLog:
     def write(self, kind: str, step: int, **fields) -> None:
         if self.quiet:
             return
-        if kind == "error" and self._repeats_last_error(fields.get("message")):
-            return  # the trainer and the CLI both record a failure they see: the UI shows it once
         atomic.append_line(self.path, json.dumps({"t": round(time.time(), 3), "step": step, "kind": kind, **fields}))
 
     def read(self) -> list[dict]:
         return atomic.read_jsonl(self.path)
-
-    def _repeats_last_error(self, message) -> bool:
-        """Whether the log's last event is an error with this message (read from the file's tail only)."""
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(max(0, handle.seek(0, io.SEEK_END) - 65536))
-                tail = handle.read().decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            return False
-        lines = [line for line in tail.split("\n") if line.strip()]
-        try:
-            last = json.loads(lines[-1]) if lines else {}
-        except ValueError:
-            return False
-        return last.get("kind") == "error" and last.get("message") == message
 
 
 @dataclass
@@ -129,10 +112,11 @@ def _record_failure(run_dir: Path, config: TrainConfig, step: int, exc: Exceptio
 
     if not run_dir.is_dir():  # refused before the run had a folder: the caller shows the sentence
         return
+    reason = {}
     if isinstance(exc, UserError):
         message = str(exc)
     elif is_out_of_memory(exc) or isinstance(exc, _OutOfMemoryInAProcess):
-        message = out_of_memory_sentence(config, step)
+        message, reason = out_of_memory_sentence(config, step), {"reason": "out_of_memory"}
     else:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         message = f"Training failed at step {step + 1}: {type(exc).__name__}: {lines[-1] if lines else 'no message'} " \
@@ -140,7 +124,7 @@ def _record_failure(run_dir: Path, config: TrainConfig, step: int, exc: Exceptio
     world = World.from_env()
     extra = {"process": world.rank} if world.size > 1 else {}
     try:
-        EventLog(run_dir / "events.jsonl").write("error", step, message=message, **extra)
+        EventLog(run_dir / "events.jsonl").write("error", step, message=message, **reason, **extra)
     except OSError:
         pass  # the folder is not writable (e.g. a full disk): the exception itself still propagates
 
@@ -312,7 +296,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
             # One process failed on its own (e.g. the smaller of two GPUs, outside the micro-batches) while the
             # others wait in a collective: `run` says so from this process, and ends it; the launcher ends the others.
             raise
-        events.write("error", step, message=out_of_memory_sentence(config, step))
+        events.write("error", step, message=out_of_memory_sentence(config, step), reason="out_of_memory")
         status = "error"
         optimizer.zero_grad(set_to_none=True)
         if device.startswith("cuda"):
