@@ -210,6 +210,7 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
                                 denoise_a, denoise_b, use_c, denoise_c, final_pass)
             job.dpi = float(dpi) if dpi else None
             job.print_dpi = float(print_dpi) if print_dpi else None
+            job.keep_16bit = bool(keep_16bit) and fmt == "TIFF"
             the_plan = diffusion_plan(context, job, opened, model)
             show(f"{the_plan.sentence()} {time_line(context, key, the_plan.total_tiles)}")
             result = diffusion.run(job, context.workspace, context.sketcher.cache, progress=report, cancel=cancel,
@@ -264,7 +265,7 @@ def build(context: StudioContext) -> dict:
                 overlap = gr.Number(32, label="Overlap px", precision=0)
             with gr.Row():
                 fmt = gr.Radio(["TIFF", "PNG"], value="TIFF", label="Format (TIFF: tiled BigTIFF, any size)")
-                keep_16bit = gr.Checkbox(False, label="Keep 16-bit (ESRGAN, TIFF)")
+                keep_16bit = gr.Checkbox(False, label="Keep 16-bit (TIFF)")
                 dpi = gr.Number(None, label="DPI (0: the input's)")
                 print_dpi = gr.Number(0, label="Print copy DPI (0: none)", elem_id="blk-upscale-print-dpi")
             with gr.Row():
