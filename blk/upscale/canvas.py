@@ -281,6 +281,36 @@ def bands(canvas: Canvas, rows: int, convert, cancel: threading.Event | None = N
             yield chunk
 
 
+def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, dpi: float | None,
+                 parameters: dict, print_dpi: float | None, print_background: tuple[int, int, int],
+                 journal, cancel: threading.Event | None = None) -> dict[str, float]:
+    """Both upscale paths' ending: the master (TIFF with the parameters as its description, or PNG with
+    them in text chunks) and, when `print_dpi` is given, the print copy beside it; each written under a
+    temporary name the resume `journal` knows. Returns the seconds of each ("write", "print")."""
+    import json
+    import time
+
+    from blk import __version__
+
+    software, seconds = f"BLK Studio {__version__}", {}
+    started = time.monotonic()
+    if output_format(output) == "tiff":
+        description = json.dumps(parameters | {"app_version": __version__}, ensure_ascii=True, sort_keys=True)
+        write_tiff(canvas, output, bits=bits, icc=icc, dpi=dpi, description=description, software=software,
+                   cancel=cancel, temp=journal.temp("out.tif"))
+    else:
+        write_png(canvas, output, icc=icc, dpi=dpi, parameters=parameters)
+    seconds["write"] = time.monotonic() - started
+    if print_dpi:
+        printed = json.dumps(parameters | {"app_version": __version__, "print_dpi": print_dpi,
+                                           "print_background": list(print_background), "bits": 8},
+                             ensure_ascii=True, sort_keys=True)
+        write_print_tiff(canvas, print_path(output), dpi=print_dpi, icc=icc, background=tuple(print_background),
+                         description=printed, software=software, cancel=cancel, temp=journal.temp("print.tif"))
+        seconds["print"] = time.monotonic() - started - seconds["write"]
+    return seconds
+
+
 def print_path(output: Path) -> Path:
     """Where the print copy of `output` goes: OUT.print.tif beside OUT.tif (or OUT.png)."""
     return output.with_name(f"{output.stem}.print.tif")

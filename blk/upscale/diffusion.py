@@ -36,7 +36,6 @@ would be below one.
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -46,12 +45,10 @@ from typing import Callable
 
 import numpy as np
 
-from blk import __version__
 from blk.errors import UserError
 from blk.generate.sizes import SIZE_MULTIPLE
 from blk.models.device import MemoryOptions
-from blk.upscale.canvas import (Canvas, check_png, output_format, print_path, write_png, write_print_tiff,
-                                write_tiff)
+from blk.upscale.canvas import Canvas, check_png, output_format, print_path, write_result, write_tiff
 from blk.upscale.journal import Journal, file_sha256, job_key
 from blk.upscale.source import open_input
 from blk.upscale.tiler import count_tiles, run_tiles
@@ -369,19 +366,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             if job.texture_lora else [], "bits": bits,
         }
         dpi = job.dpi or image.dpi
-        description = json.dumps(parameters | {"app_version": __version__}, ensure_ascii=True, sort_keys=True)
-        if fmt == "tiff":
-            write_tiff(source, job.output, bits=bits, icc=icc, dpi=dpi, description=description,
-                       software=f"BLK Studio {__version__}", cancel=cancel, temp=journal.temp("out.tif"))
-        else:
-            write_png(source, job.output, icc=icc, dpi=dpi, parameters=parameters)
-        if job.print_dpi:
-            printed = json.dumps(parameters | {"app_version": __version__, "print_dpi": job.print_dpi,
-                                               "print_background": list(job.print_background), "bits": 8},
-                                 ensure_ascii=True, sort_keys=True)
-            write_print_tiff(source, print_path(job.output), dpi=job.print_dpi, icc=icc,
-                             background=tuple(job.print_background), description=printed,
-                             software=f"BLK Studio {__version__}", cancel=cancel, temp=journal.temp("print.tif"))
+        write_result(source, job.output, bits=bits, icc=icc, dpi=dpi, parameters=parameters,
+                     print_dpi=job.print_dpi, print_background=job.print_background, journal=journal, cancel=cancel)
     return DiffusionResult(job.output, width, height, total, time.monotonic() - started, parameters, bits, sizes,
                            applied, print_path(job.output) if job.print_dpi else None)
 

@@ -32,7 +32,6 @@ so a model's faint noise never makes a solid area see-through.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,10 +40,8 @@ from typing import Callable
 
 import numpy as np
 
-from blk import __version__
 from blk.errors import UserError
-from blk.upscale.canvas import (Canvas, check_png, output_format, print_path,
-                                write_png, write_print_tiff, write_tiff)
+from blk.upscale.canvas import Canvas, check_png, output_format, print_path, write_result
 from blk.upscale.journal import Journal, file_sha256, job_key
 from blk.upscale.source import WHOLE_IMAGE_PIXELS, FilledSource, open_input
 from blk.upscale.tiler import Cancelled, auto_tile, count_tiles, run_tiles
@@ -290,21 +287,9 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
             "model_scale": upscaler.scale, "passes": passes, "tile": tile, "overlap": job.overlap,
             "precision": str(dtype).removeprefix("torch."), "bits": bits, "dpi": dpi,
         } | ({"alpha": job.alpha} if image.channels == 4 else {})
-        description = json.dumps(parameters | {"app_version": __version__}, ensure_ascii=True, sort_keys=True)
-        if fmt == "tiff":
-            write_tiff(source, job.output, bits=bits, icc=icc, dpi=dpi, description=description,
-                       software=f"BLK Studio {__version__}", cancel=cancel, temp=journal.temp("out.tif"))
-        else:
-            write_png(source, job.output, icc=icc, dpi=dpi, parameters=parameters)
-        phases["write"] = time.monotonic() - started - sum(phases.values())
-        if job.print_dpi:
-            printed = json.dumps(parameters | {"app_version": __version__, "print_dpi": job.print_dpi,
-                                               "print_background": list(job.print_background), "bits": 8},
-                                 ensure_ascii=True, sort_keys=True)
-            write_print_tiff(source, print_path(job.output), dpi=job.print_dpi, icc=icc,
-                             background=tuple(job.print_background), description=printed,
-                             software=f"BLK Studio {__version__}", cancel=cancel, temp=journal.temp("print.tif"))
-            phases["print"] = time.monotonic() - started - sum(phases.values())
+        phases |= write_result(source, job.output, bits=bits, icc=icc, dpi=dpi, parameters=parameters,
+                               print_dpi=job.print_dpi, print_background=job.print_background, journal=journal,
+                               cancel=cancel)
     return EsrganResult(job.output, width, height, bits, passes, tile, tiles, retries,
                         time.monotonic() - started, parameters, resumed_from_tile=resumed_from,
                         print_path=print_path(job.output) if job.print_dpi else None, phases=phases)
