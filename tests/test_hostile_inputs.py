@@ -376,7 +376,7 @@ def test_ui_ink_to_alpha_and_upscale_answer_with_a_status(context, hostile):
         model_in_ws = context.workspace.models / "upscalers" / model.name
         model_in_ws.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(model, model_in_ws)
-        pair, path, text = upscale.upscale(context, cancel, str(image), upscale.ESRGAN, 2, "", str(model_in_ws), None,
+        pair, path, text, _ = upscale.upscale(context, cancel, str(image), upscale.ESRGAN, 2, "", str(model_in_ws), None,
                                            None, False, 64, 8, None, 0, "", 0.3, 0.2, False, 0.15, False, "TIFF",
                                            False, None, progress=no_progress)
         assert pair is None and path is None and one_sentence(text.strip("*")), (image.name, text)

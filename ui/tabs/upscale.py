@@ -215,7 +215,10 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
             show(f"{the_plan.sentence()} {time_line(context, key, the_plan.total_tiles)}")
             result = diffusion.run(job, context.workspace, context.sketcher.cache, progress=report, cancel=cancel,
                                    log=log)
-        record(context.workspace, key, *pace.measured())  # this session's tiles only (a resume's are not)
+        seconds, tiles = pace.measured()  # this session's tiles only (a resume's earlier ones are not)
+        if not tiles and pace.last and not notes:  # one progress report (one batch), not resumed: the whole job
+            seconds, tiles = time.monotonic() - started, pace.last[0]
+        record(context.workspace, key, seconds, tiles)
         centre = tuple(float(50 if v is None else v) / 100 for v in (region_x, region_y))
         before, after = region_pair(Path(image_path), result.path, centre)
     except UserError as exc:
