@@ -878,3 +878,21 @@ def test_cli_upscale(models, tmp_path, capsys):
     with pytest.raises(SystemExit) as refused:
         main(["upscale", "in.png", "--path", "magic", "--model", "m.pth"])  # only esrgan and diffusion exist
     assert refused.value.code == 2 and "invalid choice: 'magic'" in capsys.readouterr().err
+
+
+def test_a_result_or_print_copy_that_would_overwrite_the_input_is_one_sentence_before_any_work(tmp_path):
+    from blk.upscale.canvas import check_outputs, print_path
+
+    image = tmp_path / "in.tif"
+    tifffile.imwrite(image, (noise(16, 16) * 255).astype(np.uint8))
+    before = image.read_bytes()
+    model = rrdb_file(tmp_path / "x4.pth")
+    with pytest.raises(UserError, match="would overwrite the input"):
+        run(EsrganJob(image, image, model, scale=2))
+    clash = tmp_path / "out.tif"
+    with pytest.raises(UserError, match="print copy would overwrite"):
+        check_outputs(print_path(clash), clash, 300)
+    with pytest.raises(UserError, match="above 0 dpi"):
+        run(EsrganJob(image, clash, model, scale=2, print_dpi=0))
+    assert image.read_bytes() == before and not clash.exists() and leftovers(tmp_path) == []
+    check_outputs(image, clash, 300)  # distinct names: nothing to say

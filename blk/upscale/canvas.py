@@ -281,6 +281,17 @@ def bands(canvas: Canvas, rows: int, convert, cancel: threading.Event | None = N
             yield chunk
 
 
+def check_outputs(source: Path, output: Path, print_dpi: float | None) -> None:
+    """One sentence, before any work, when a job's result or print copy would overwrite the input (or each
+    other), or the print resolution is not a resolution."""
+    if source.resolve() == output.resolve():
+        raise UserError("The result would overwrite the input; choose another output name.")
+    if print_dpi is not None and print_dpi <= 0:
+        raise UserError(f"The print resolution must be above 0 dpi; got {print_dpi:g}.")
+    if print_dpi and print_path(output).resolve() in (source.resolve(), output.resolve()):
+        raise UserError("The print copy would overwrite the input or the result; choose another output name.")
+
+
 def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, dpi: float | None,
                  parameters: dict, print_dpi: float | None, print_background: tuple[int, int, int],
                  journal, cancel: threading.Event | None = None) -> dict[str, float]:

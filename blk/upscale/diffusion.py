@@ -48,7 +48,8 @@ import numpy as np
 from blk.errors import UserError
 from blk.generate.sizes import SIZE_MULTIPLE
 from blk.models.device import MemoryOptions
-from blk.upscale.canvas import Canvas, check_png, output_format, print_path, write_result, write_tiff
+from blk.upscale.canvas import (Canvas, check_outputs, check_png, output_format, print_path, write_result,
+                                write_tiff)
 from blk.upscale.journal import Journal, file_sha256, job_key
 from blk.upscale.source import open_input
 from blk.upscale.tiler import count_tiles, run_tiles
@@ -246,12 +247,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     started = time.monotonic()
     say = log or (lambda text: None)
     fmt = output_format(job.output)
-    if job.input.resolve() == job.output.resolve():
-        raise UserError("The result would overwrite the input; choose another output name.")
-    if job.print_dpi is not None and job.print_dpi <= 0:
-        raise UserError(f"The print resolution must be above 0 dpi; got {job.print_dpi:g}.")
-    if job.print_dpi and print_path(job.output).resolve() in (job.input.resolve(), job.output.resolve()):
-        raise UserError("The print copy would overwrite the input or the result; choose another output name.")
+    check_outputs(job.input, job.output, job.print_dpi)
     model = resolve(job.model, workspace)
     default_steps, default_guidance = generation_defaults(model)
     image = open_input(job.input)

@@ -41,7 +41,7 @@ from typing import Callable
 import numpy as np
 
 from blk.errors import UserError
-from blk.upscale.canvas import Canvas, check_png, output_format, print_path, write_result
+from blk.upscale.canvas import Canvas, check_outputs, check_png, output_format, print_path, write_result
 from blk.upscale.journal import Journal, file_sha256, job_key
 from blk.upscale.source import WHOLE_IMAGE_PIXELS, FilledSource, open_input
 from blk.upscale.tiler import Cancelled, auto_tile, count_tiles, run_tiles
@@ -204,12 +204,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     fmt = output_format(job.output)
     if job.alpha not in ALPHA_MODES:
         raise UserError(f"Alpha can be upscaled by {' or '.join(ALPHA_MODES)}; got {job.alpha!r}.")
-    if job.input.resolve() == job.output.resolve():
-        raise UserError("The result would overwrite the input; choose another output name.")
-    if job.print_dpi is not None and job.print_dpi <= 0:
-        raise UserError(f"The print resolution must be above 0 dpi; got {job.print_dpi:g}.")
-    if job.print_dpi and print_path(job.output).resolve() in (job.input.resolve(), job.output.resolve()):
-        raise UserError("The print copy would overwrite the input or the result; choose another output name.")
+    check_outputs(job.input, job.output, job.print_dpi)
 
     image = open_input(job.input, job.max_pixels)
     width, height = target_size(image.width, image.height, job.scale, job.size)
