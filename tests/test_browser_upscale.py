@@ -47,6 +47,9 @@ def test_upscale_tab_both_paths(tmp_path, shared_workspace):
             page.get_by_label("Overlap px").fill("16")
             page.get_by_label("Steps (empty: model default)").fill("4")
             page.get_by_label("PNG", exact=True).check()
+            expect(page.locator("#blk-upscale-step-scale")).to_contain_text("Largest enlargement per step")
+            page.get_by_role("button", name="Estimate").click()  # the engine's plan, no pipeline loaded
+            expect(page.locator("#blk-upscale-status")).to_contain_text("96×80: 2 passes of", timeout=30_000)
             page.locator("#blk-upscale-go").click()
             expect(page.locator("#blk-upscale-status")).to_contain_text(re.compile(r"96×80 in \d+ s"), timeout=180_000)
             screenshot(page, "upscale-tab-diffusion")

@@ -11,7 +11,8 @@ from blk.generate.metadata import read_parameters
 from blk.models.pipelines import PipelineCache
 from blk.models.registry import resolve
 from blk.upscale.canvas import Canvas
-from blk.upscale.diffusion import DiffusionJob, Pass, effective_steps, plan, run, step_sizes, tile_processor
+from blk.upscale.diffusion import (DiffusionJob, Pass, effective_steps, estimate, model_defaults, plan, run,
+                                   step_sizes, tile_processor)
 from blk.upscale.source import ArraySource
 from blk.upscale.tiler import spans, run_tiles
 from tests.support.loras import make_random_lora
@@ -82,6 +83,26 @@ def test_tile_range_notice_for_real_models_only(capsys):
     with pytest.raises(SystemExit):
         main(["upscale", "--help"])
     assert "px of the enlarged image each pass refines" in " ".join(capsys.readouterr().out.split())
+
+
+def test_estimate_is_the_plan_run_shows_first_and_loads_nothing(shared_workspace, workspace, tmp_path, pipelines):
+    """The UI's Estimate (`estimate`) is the plan `run` hands `on_plan` before its first tile, made from the
+    model's defaults alone: no pipeline loaded, no tiny model built (a fresh workspace stays empty)."""
+    gradient(20, 16).save(tmp_path / "small.png")
+    job = tiny_job(tmp_path, input=tmp_path / "small.png", scale=4, step=2, tile=32, overlap=8, passes=(Pass(0.5),))
+    loads = pipelines.load_count
+    planned = estimate(job, workspace)
+    assert not (workspace.models / "tiny-flux").exists() and pipelines.load_count == loads
+    assert (planned.sizes, planned.tiles, planned.steps_per_tile) == ([(40, 32), (80, 64)], [2, 9], [2])
+    events = []
+    run(job, shared_workspace, pipelines, progress=lambda done, total: events.append(done), on_plan=events.append)
+    assert events[0] == planned and len(events) > 1 and all(isinstance(e, int) for e in events[1:])
+    # a model given by its folder: its family's grid and defaults from the files, nothing loaded
+    assert model_defaults(str(shared_workspace.models / "tiny-sdxl"), shared_workspace) == (4, 8)
+    assert model_defaults("flux-dev", workspace) == (28, 16)  # known: no files needed
+    with pytest.raises(UserError, match="Unknown model"):
+        estimate(tiny_job(tmp_path, model="no-such-model"), workspace)
+    assert not list(workspace.models.iterdir()) and not list(tmp_path.glob(".blk-tmp-*"))
 
 
 def test_passes_give_a_deterministic_refined_image(shared_workspace, tmp_path, pipelines):

@@ -611,6 +611,41 @@ def test_the_estimate_is_the_plan_the_job_runs(models, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def count_file_loads(monkeypatch) -> list[str]:
+    """Names of the files spandrel's loader reads, from a wrapper on its method (spandrel's, not ours)."""
+    import spandrel
+
+    original, loads = spandrel.ModelLoader.load_from_file, []
+
+    def counting(self, path):
+        loads.append(Path(path).name)
+        return original(self, path)
+
+    monkeypatch.setattr(spandrel.ModelLoader, "load_from_file", counting)
+    return loads
+
+
+def test_estimate_loads_a_model_file_once_until_it_changes(tmp_path, monkeypatch):
+    """The Estimate button reads the model's scale from `models.FACTS`, keyed by path, mtime and size:
+    a second estimate (or one after a job loaded the file) loads nothing; a file replaced in place is read again."""
+    from blk.upscale.models import FACTS
+
+    Image.fromarray((noise(29, 37, seed=8) * 255).round().astype(np.uint8)).save(tmp_path / "in.png")
+    model = rrdb_file(tmp_path / "tiny.pth")
+    job = EsrganJob(tmp_path / "in.png", tmp_path / "out.tif", model, scale=4, tile=32, overlap=8)
+    loads = count_file_loads(monkeypatch)
+    first = estimate(job)
+    assert loads == ["tiny.pth"] and estimate(job) == first and loads == ["tiny.pth"]
+    assert FACTS.get(FACTS.key(model)).scale == 4 and first.model_scale == 4
+    rrdb_file(model, in_ch=12)  # replaced by a ×2 model (pixel-unshuffle input): another size and mtime
+    assert estimate(job).model_scale == 2 and loads == ["tiny.pth"] * 2
+    rrdb_file(model)
+    seen = []
+    result = run(job, on_plan=seen.append)  # the job loads it anyway; the next estimate need not
+    assert loads == ["tiny.pth"] * 3 and estimate(job) == seen[0] and loads == ["tiny.pth"] * 3
+    assert result.passes == 1 and seen[0].model_scale == 4 and leftovers(tmp_path) == []
+
+
 def test_rgba_alpha_kept_and_colour_not_darkened(x4, models, tmp_path):
     yy, xx = np.mgrid[:64, :64]
     disk = (yy - 32) ** 2 + (xx - 32) ** 2 <= 20 ** 2

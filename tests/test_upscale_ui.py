@@ -130,3 +130,28 @@ def test_upscale_shows_the_plan_first_and_makes_the_print_copy_and_region(contex
     assert np.array_equal(np.asarray(moved[1]), result[0:160, 32:192])
     assert show_region(image, None, 50, 50) == {"__type__": "update"}
     assert [p for p in context.workspace.root.rglob(".blk-tmp-*")] == [] and leftovers(tmp_path) == []
+
+
+def test_diffusion_estimate_and_upscale_use_the_engines_plan_and_the_step_scale(context, shared_workspace, tmp_path):
+    """The diffusion path's plan comes from the engine (`diffusion.estimate`, `run`'s `on_plan`), not the tab;
+    Estimate loads no pipeline; the Largest enlargement per step field reaches the job: ×4 in two ×2 steps."""
+    import shutil
+
+    from blk.generate.metadata import read_parameters
+    from ui.tabs.upscale import DIFFUSION, estimate, upscale
+
+    shutil.copytree(shared_workspace.models / "tiny-flux", context.workspace.models / "tiny-flux")
+    image = str(save(tmp_path / "art.png", 16, 20, seed=5))
+    form = (image, DIFFUSION, 4, "", None, "tiny-flux", 32, 8, 4, 0.3, 0.2, False, 0.15, False)
+    stepped = estimate(context, *form, 2)
+    plan = "80×64 in 2 steps (40×32, 80×64): 2 passes each of 2 + 9 tiles (22 denoising steps in all)."
+    assert "20×16 → **80×64**" in stepped and plan in stepped and "Time: " in stepped
+    assert "80×64: 2 passes of 9 tiles (18 denoising steps in all)." in estimate(context, *form)  # default: ×4 steps
+    assert context.sketcher.cache.load_count == 0  # Estimate plans from the model's defaults alone
+    seen = []
+    pair, path, status, kept = upscale(context, threading.Event(), image, DIFFUSION, 4, "", None, "tiny-flux", None,
+                                       False, 32, 8, 4, 0, "", 0.3, 0.2, False, 0.15, False, "PNG", False, None,
+                                       None, 50, 50, 2, progress=lambda fraction, desc=None: seen.append(desc))
+    assert seen[0].startswith(plan) and plan in status and "80×64 in" in status, status
+    assert read_parameters(Path(path))["step_sizes"] == [[40, 32], [80, 64]] and Image.open(path).size == (80, 64)
+    assert pair[1].size == (64, 64) and path == kept and leftovers(tmp_path) == []

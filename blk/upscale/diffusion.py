@@ -229,10 +229,33 @@ def plan(job: DiffusionJob, width: int, height: int, default_steps: int, multipl
                          [effective_steps(steps, p.denoise)[1] for p in job.passes], sizes, tiles, notes)
 
 
+def model_defaults(name: str, workspace) -> tuple[int, int]:
+    """(default steps, size grid) of a base model without building or loading it: a known model's from
+    the registry, another's from its files (`resolve` reads headers only), so Estimate stays instant."""
+    from blk.generate.sketch import generation_defaults
+    from blk.models.registry import KNOWN_MODELS, resolve
+
+    known = KNOWN_MODELS.get(name)
+    if known is not None:
+        return known.default_steps, SIZE_MULTIPLE[known.family]
+    model = resolve(name, workspace, build_tiny=False)
+    return generation_defaults(model)[0], SIZE_MULTIPLE[model.family]
+
+
+def estimate(job: DiffusionJob, workspace) -> DiffusionPlan:
+    """The plan of `job` without running it (the UI's Estimate): reads the input's header and the
+    model's defaults; loads no pipeline and builds no tiny model."""
+    image = open_input(job.input)
+    steps, grid = model_defaults(job.model, workspace)
+    return plan(job, image.width, image.height, steps, grid)
+
+
 def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, int], None] | None = None,
-        cancel: threading.Event | None = None, log: Callable[[str], None] | None = None) -> DiffusionResult:
+        cancel: threading.Event | None = None, log: Callable[[str], None] | None = None,
+        on_plan: Callable[[DiffusionPlan], None] | None = None) -> DiffusionResult:
     """Enlarge and refine step by step, write TIFF or PNG (and the print copy) with the parameters;
-    returns where and how long.
+    returns where and how long. `log` receives one-sentence notes; `on_plan` the plan, before any
+    stage runs (its notes follow in `log`, so a caller that shows the plan sees them first there).
 
     Like the ESRGAN path, a killed job resumes from its last finished row of
     tiles when the same job runs again (`blk.upscale.journal`).
@@ -258,6 +281,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     if fmt == "png":
         check_png(width, height, bits)
     icc = _read_icc(job.icc) if job.icc else image.icc
+    if on_plan:
+        on_plan(the_plan)
     for note in the_plan.notes:
         say(note)
     # stages: per step its enlargement, then one per pass; then the full-frame pass (`final`)

@@ -182,14 +182,15 @@ def plan_job(job: EsrganJob, image, upscaler, device: str, dtype, tile: int | No
 
 
 def estimate(job: EsrganJob) -> EsrganPlan:
-    """The plan of `job` without running it (opens the input and loads the model, on the CPU)."""
+    """The plan of `job` without running it: opens the input; the model's scale and size needs come
+    from `models.FACTS` once the file was loaded in this process (else it is loaded once, on the CPU)."""
     from blk.models.device import pick_device
-    from blk.upscale.models import load_upscaler, pick_precision
+    from blk.upscale.models import pick_precision, upscaler_facts
 
     image = open_input(job.input, job.max_pixels)
     device = pick_device(job.device)
-    upscaler = load_upscaler(job.model, "cpu")  # its scale and size needs; the job loads it onto `device`
-    return plan_job(job, image, upscaler, device, pick_precision(upscaler, device, job.precision))
+    facts = upscaler_facts(job.model)
+    return plan_job(job, image, facts, device, pick_precision(facts, device, job.precision))
 
 
 def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,

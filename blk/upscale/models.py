@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import pickle
 import re
+import threading
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from blk.errors import UserError
@@ -32,10 +33,9 @@ _CODE_REFUSED = re.compile(r"is forbidden|unsupported global", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
-class Upscaler:
-    """A loaded model and the facts the tiler needs about it."""
+class UpscalerFacts:
+    """What a plan needs about a model file (scale, size needs, precisions), without its weights."""
 
-    descriptor: object  # spandrel.ImageModelDescriptor
     name: str  # file name
     architecture: str  # e.g. "ESRGAN", "SwinIR", "Compact"
     scale: int
@@ -57,6 +57,48 @@ class Upscaler:
         return f"{self.name}: {self.architecture} ×{self.scale}{tags}"
 
 
+@dataclass(frozen=True)
+class Upscaler(UpscalerFacts):
+    """A loaded model and the facts the tiler needs about it."""
+
+    descriptor: object  # spandrel.ImageModelDescriptor
+
+    def facts(self) -> UpscalerFacts:
+        return UpscalerFacts(**{f.name: getattr(self, f.name) for f in fields(UpscalerFacts)})
+
+
+class FactsCache:
+    """The facts of every model file loaded in this process, keyed by (resolved path, mtime, size):
+    the Estimate button reads a model's scale here instead of loading the file on every click, and
+    a file replaced in place (another mtime or size) is loaded again."""
+
+    def __init__(self, limit: int = 64):
+        self.limit, self.entries, self.lock = limit, {}, threading.Lock()
+
+    @staticmethod
+    def key(path: Path) -> tuple[str, int, int] | None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return None  # load_upscaler says why in one sentence
+        return str(path.resolve()), stat.st_mtime_ns, stat.st_size
+
+    def get(self, key) -> UpscalerFacts | None:
+        with self.lock:
+            return self.entries.get(key) if key else None
+
+    def put(self, key, facts: UpscalerFacts) -> None:
+        with self.lock:
+            if key:
+                self.entries.pop(key, None)
+                self.entries[key] = facts
+                while len(self.entries) > self.limit:
+                    self.entries.pop(next(iter(self.entries)))  # the oldest
+
+
+FACTS = FactsCache()
+
+
 def load_upscaler(path: str | Path, device: str = "cpu") -> Upscaler:
     """Load an image-to-image model file; UserError with one sentence when it cannot be used."""
     import spandrel
@@ -64,6 +106,7 @@ def load_upscaler(path: str | Path, device: str = "cpu") -> Upscaler:
 
     path = Path(path)
     name = path.name
+    key = FACTS.key(path)  # before reading: a file replaced during the load gets a new key
     if not path.is_file():
         raise UserError(f"The model file {path} does not exist.")
     suffix = path.suffix.lower()
@@ -94,14 +137,23 @@ def load_upscaler(path: str | Path, device: str = "cpu") -> Upscaler:
         raise UserError(f"{name} works on {descriptor.input_channels}-channel images; "
                         "only colour (3-channel) upscalers are supported.")
     descriptor = descriptor.to(torch.device(device)).eval()
-    return Upscaler(descriptor=descriptor, name=name, architecture=descriptor.architecture.name,
-                    scale=int(descriptor.scale), tags=tuple(descriptor.tags),
-                    multiple_of=int(descriptor.size_requirements.multiple_of),
-                    supports_half=bool(descriptor.supports_half),
-                    supports_bfloat16=bool(descriptor.supports_bfloat16))
+    upscaler = Upscaler(descriptor=descriptor, name=name, architecture=descriptor.architecture.name,
+                        scale=int(descriptor.scale), tags=tuple(descriptor.tags),
+                        multiple_of=int(descriptor.size_requirements.multiple_of),
+                        supports_half=bool(descriptor.supports_half),
+                        supports_bfloat16=bool(descriptor.supports_bfloat16))
+    FACTS.put(key, upscaler.facts())
+    return upscaler
 
 
-def pick_precision(upscaler: Upscaler, device: str, requested: str = "auto"):
+def upscaler_facts(path: str | Path) -> UpscalerFacts:
+    """A model file's facts for a plan: from `FACTS` when this file (same path, mtime and size) was
+    loaded before in this process, else by loading it once on the CPU."""
+    path = Path(path)
+    return FACTS.get(FACTS.key(path)) or load_upscaler(path, "cpu").facts()
+
+
+def pick_precision(upscaler: UpscalerFacts, device: str, requested: str = "auto"):
     """The torch dtype to run in: fp16 on GPUs where the model allows (more mantissa than bf16,
     which matters for 16-bit output), else bf16, else fp32; fp32 on the CPU."""
     import torch

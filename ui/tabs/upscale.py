@@ -60,23 +60,11 @@ def time_line(context: StudioContext, key: str, tiles: int) -> str:
             if seconds else "Time: shown once the first tiles are done (no earlier job with these settings).")
 
 
-def diffusion_plan(context: StudioContext, job, opened, model):
-    from blk.generate.sizes import SIZE_MULTIPLE
-    from blk.generate.sketch import defaults_for_name
-    from blk.models.registry import KNOWN_MODELS
-    from blk.upscale.diffusion import plan
-
-    steps_default = (defaults_for_name(model, context.workspace) or (28, 3.5))[0]
-    known = KNOWN_MODELS.get(model)
-    grid = SIZE_MULTIPLE[known.family] if known else 1  # what the tiles are rounded to (unknown model: nothing)
-    return plan(job, opened.width, opened.height, steps_default, grid)
-
-
 def estimate(context: StudioContext, image_path, path_kind, scale, size_text, upscaler, model, tile, overlap, steps,
-             denoise_a, denoise_b, use_c, denoise_c, final_pass):
+             denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale=None):
     """What the job will do, before it starts: size, suggested path, tiles of every pass, and time when known."""
     from blk.errors import UserError
-    from blk.upscale import esrgan
+    from blk.upscale import diffusion, esrgan
     from blk.upscale.compare import suggested_path
     from blk.upscale.rates import rate_key
 
@@ -92,8 +80,9 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
     try:
         if path_kind == DIFFUSION:
             job = diffusion_job(context, image_path, Path("x.tif"), scale, size_text, model, None, None, tile,
-                                overlap, steps, 0, "", denoise_a, denoise_b, use_c, denoise_c, final_pass)
-            the_plan = diffusion_plan(context, job, opened, model)
+                                overlap, steps, 0, "", denoise_a, denoise_b, use_c, denoise_c, final_pass,
+                                step_scale)
+            the_plan = diffusion.estimate(job, context.workspace)
             lines.append(the_plan.sentence())
             count, key = the_plan.total_tiles, rate_key("diffusion", model, job.tile)
         else:
@@ -143,22 +132,24 @@ def show_region(image_path, result_path, region_x, region_y):
 
 
 def diffusion_job(context, image_path, output, scale, size_text, model, lora, enlarge_model, tile, overlap, steps,
-                  seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass):
+                  seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale=None):
     from blk.generate.sizes import parse_size
-    from blk.upscale.diffusion import DiffusionJob, Pass
+    from blk.upscale.diffusion import STEP, DiffusionJob, Pass
 
     size = parse_size(size_text) if (size_text or "").strip() else None
     passes = [Pass(float(denoise_a)), Pass(float(denoise_b))] + ([Pass(float(denoise_c))] if use_c else [])
     return DiffusionJob(input=Path(image_path), output=output, model=model, texture_lora=lora,
                         scale=None if size else float(scale or 2), size=size, enlarge_model=enlarge_model,
-                        passes=tuple(passes), tile=int(tile or 1024), overlap=int(overlap or 96), seed=int(seed or 0),
-                        steps=int(steps) if steps else None, prompt=prompt or "",
+                        passes=tuple(passes), step=float(step_scale or STEP), tile=int(tile or 1024),
+                        overlap=int(overlap or 96), seed=int(seed or 0), steps=int(steps) if steps else None,
+                        prompt=prompt or "",
                         final_denoise=0.1 if final_pass else None, device=context.workspace.settings.device)
 
 
 def upscale(context: StudioContext, cancel: threading.Event, image_path, path_kind, scale, size_text, upscaler,
             model, lora, enlarge_first, tile, overlap, steps, seed, prompt, denoise_a, denoise_b, use_c, denoise_c,
-            final_pass, fmt, keep_16bit, dpi, print_dpi=None, region_x=50, region_y=50, progress=gr.Progress()):
+            final_pass, fmt, keep_16bit, dpi, print_dpi=None, region_x=50, region_y=50, step_scale=None,
+            progress=gr.Progress()):
     """Run the job; the plan (tiles of every pass, time when known) and a resume show in the progress
     before the tiles start, and the time left follows this session's pace (`rates.Eta`)."""
     from blk.errors import UserError
@@ -178,8 +169,8 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
         notes.append(text)
         progress(0, desc=" ".join(notes + planned))
 
-    def show(text):  # the plan, before the first tile
-        planned.append(text)
+    def show(the_plan, tiles):  # the engine's plan and the time it takes, before the first tile
+        planned.append(f"{the_plan.sentence()} {time_line(context, key, tiles)}")
         progress(0, desc=" ".join(notes + planned))
 
     def report(done, total):
@@ -191,7 +182,7 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
     try:
         upscaler_path = context.workspace.confine(upscaler) if upscaler else None
         lora_path = context.workspace.confine(lora) if lora else None
-        opened, (width, height) = target(image_path, scale, size_text)
+        _, (width, height) = target(image_path, scale, size_text)
         kind = "esrgan" if path_kind == ESRGAN else "diffusion"
         folder = context.workspace.outputs("upscale") / time.strftime("%Y-%m-%d")
         output = folder / f"{Path(image_path).stem}-{kind}-{width}x{height}.{'tif' if fmt == 'TIFF' else 'png'}"
@@ -203,18 +194,16 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
             job = esrgan_job(context, image_path, output, width, height, upscaler_path, tile, overlap, keep_16bit,
                              dpi, print_dpi)
             result = esrgan.run(job, progress=report, cancel=cancel, log=log,
-                                on_plan=lambda p: show(f"{p.sentence()} {time_line(context, key, sum(p.tiles))}"))
+                                on_plan=lambda p: show(p, sum(p.tiles)))
         else:
             job = diffusion_job(context, image_path, output, scale, size_text, model, lora_path,
                                 upscaler_path if enlarge_first else None, tile, overlap, steps, seed, prompt,
-                                denoise_a, denoise_b, use_c, denoise_c, final_pass)
+                                denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale)
             job.dpi = float(dpi) if dpi else None
             job.print_dpi = float(print_dpi) if print_dpi else None
             job.keep_16bit = bool(keep_16bit) and fmt == "TIFF"
-            the_plan = diffusion_plan(context, job, opened, model)
-            show(f"{the_plan.sentence()} {time_line(context, key, the_plan.total_tiles)}")
             result = diffusion.run(job, context.workspace, context.sketcher.cache, progress=report, cancel=cancel,
-                                   log=log)
+                                   log=log, on_plan=lambda p: show(p, p.total_tiles))
         seconds, tiles = pace.measured()  # this session's tiles only (a resume's earlier ones are not)
         if not tiles and pace.last and not notes:  # one progress report (one batch), not resumed: the whole job
             seconds, tiles = time.monotonic() - started, pace.last[0]
@@ -233,7 +222,7 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
 
 
 def build(context: StudioContext) -> dict:
-    from blk.upscale.diffusion import PAPER_PASSES, PASS_C
+    from blk.upscale.diffusion import PAPER_PASSES, PASS_C, STEP
 
     cancel = threading.Event()
     with gr.Row():
@@ -262,6 +251,10 @@ def build(context: StudioContext) -> dict:
                 with gr.Row():
                     steps = gr.Number(None, label="Steps (empty: model default)", precision=0)
                     seed = gr.Number(0, label="Seed (same for every tile)", precision=0)
+                step_scale = gr.Slider(1.5, STEP, value=STEP, step=0.5, label="Largest enlargement per step",
+                                       info="Each step enlarges at most this much, then its passes refine it; "
+                                            "smaller steps: more steps, more time, detail drawn at every size.",
+                                       elem_id="blk-upscale-step-scale")
                 final_pass = gr.Checkbox(True, label="Final low-denoise pass over the whole frame (when it fits)")
             with gr.Row():
                 tile = gr.Number(None, label="Tile px (empty: automatic)", precision=0)
@@ -304,11 +297,11 @@ def build(context: StudioContext) -> dict:
         axis.release(show_region, inputs=[image, result_path, region_x, region_y], outputs=slider)
     plan_button.click(lambda *a: estimate(context, *a),
                       inputs=[image, path_kind, scale, size_text, upscaler, model, tile, overlap, steps, denoise_a,
-                              denoise_b, use_c, denoise_c, final_pass], outputs=status)
+                              denoise_b, use_c, denoise_c, final_pass, step_scale], outputs=status)
     go.click(lambda *a, progress=gr.Progress(): upscale(context, cancel, *a, progress=progress),
              inputs=[image, path_kind, scale, size_text, upscaler, model, lora, enlarge_first, tile, overlap, steps,
                      seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, fmt, keep_16bit, dpi,
-                     print_dpi, region_x, region_y],
+                     print_dpi, region_x, region_y, step_scale],
              outputs=[slider, result_file, status, result_path], api_name="upscale")
     stop.click(cancel.set, queue=False)
     on_show = (lambda: (gr.Dropdown(choices=upscaler_choices(context)), gr.Dropdown(choices=lora_choices(context)),
