@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from blk.generate.metadata import read_parameters
+from blk.stencil.ora import read_ora
 from tests.support.browser import browser_page, screenshot
 from tests.support.running_app import RunningApp
 
@@ -44,6 +45,10 @@ def test_stencil_tab_generate_alpha_compose(tmp_path, shared_workspace):
             page.locator("#blk-stencil-gallery img").first.click()
             expect(page.locator("#blk-stencil-preview img")).to_be_visible()
             screenshot(page, "stencil-tab-generate")
+            page.locator("#blk-stencil-to-compose").click()  # the asset goes to Compose, which opens
+            expect(page.locator("#blk-compose-status")).to_contain_text("as layer 1 (top)")
+            expect(page.locator("#blk-compose-layers")).to_contain_text(re.compile(r"-s\d+ ?\.png"))
+            page.get_by_role("tab", name="Generate (LayerDiffuse)").click()
 
             # the chosen asset becomes the start of an image-to-image run that keeps its transparency
             page.get_by_text("Start from a transparent image (image to image)").click()
@@ -70,8 +75,11 @@ def test_stencil_tab_generate_alpha_compose(tmp_path, shared_workspace):
                          if not read_parameters(path).get("source_image"))
             alpha = next((workspace / "outputs" / "stencil" / "alpha").rglob("*.png"))
             page.get_by_role("tab", name="Compose").click()
-            page.locator("#blk-compose-layers input[type=file]").set_input_files([str(alpha), str(asset)])
-            page.locator("#blk-compose-positions textarea").fill("0,0\n16,0")
+            # layer 1 is the asset added from Generate; the upload adds the ink as layer 2
+            page.locator("#blk-compose-layers input[type=file]").set_input_files(str(alpha))
+            expect(page.locator("#blk-compose-layers")).to_contain_text(alpha.name)
+            page.locator("#blk-compose-positions textarea").fill("16,0\n0,0")
+            page.locator("#blk-compose-order textarea").fill("2,1")  # the ink under the asset
             page.locator("#blk-compose-export").click()
             expect(page.locator("#blk-compose-status")).to_contain_text("Exported", timeout=60_000)
             screenshot(page, "stencil-tab-compose")
@@ -93,5 +101,8 @@ def test_stencil_tab_generate_alpha_compose(tmp_path, shared_workspace):
         assert archive.namelist()[0] == "mimetype" and "stack.xml" in archive.namelist()
         layers = [n for n in archive.namelist() if n.startswith("data/")]
     assert len(layers) == 3  # background + two layers
+    stacked = read_ora(ora).layers
+    assert [layer.name for layer in stacked][-2:] == [alpha.stem, asset.stem]  # bottom → top, as ordered
+    assert (stacked[-1].x, stacked[-2].x) == (16, 0)  # each layer kept its own position line
     flat = Image.open(ora.with_suffix(".png"))
     assert flat.size == (96, 64)

@@ -54,6 +54,34 @@ def test_flux_file_with_random_tensors_loads_and_ignores_the_base_vae_copy(tmp_p
     assert torch.equal(loaded["conv_out.weight"], again["decoder.conv_out.weight"].float())
 
 
+@pytest.mark.parametrize("name,file,part", [("sdxl_transparent_decoder", "vae_transparent_decoder.safetensors", "decoder"),
+                                       ("sdxl_transparent_encoder", "vae_transparent_encoder.safetensors", "encoder")])
+def test_sdxl_files_with_random_tensors_load_exactly(tmp_path, name, file, part):
+    from safetensors.torch import save_file
+
+    from blk.stencil.layerdiffuse import load_encoder
+
+    generator = torch.Generator().manual_seed(1)
+    state = {key: torch.randn(shape, generator=generator).to(torch.float16) for key, shape in fixture_shapes(name).items()}
+    save_file(state, str(tmp_path / file))
+    loaded = (load_decoder if part == "decoder" else load_encoder)(tmp_path / file, "sdxl").state_dict()
+    assert set(loaded) == set(state)
+    assert all(torch.equal(loaded[key], state[key].float()) for key in state)
+
+
+def test_flux_file_encoder_half_loads_from_random_tensors(tmp_path):
+    from blk.stencil.layerdiffuse import load_encoder
+
+    generator = torch.Generator().manual_seed(2)
+    state = {key: torch.randn(shape, generator=generator).to(torch.float16)
+             for key, shape in fixture_shapes("flux_transparent_vae").items()}
+    torch.save(state, tmp_path / "TransparentVAE.pth")
+    loaded = load_encoder(tmp_path / "TransparentVAE.pth", "flux").state_dict()
+    encoder_keys = {key.removeprefix("encoder."): value for key, value in state.items() if key.startswith("encoder.")}
+    assert set(loaded) == set(encoder_keys) and len(loaded) == 18
+    assert all(torch.equal(loaded[key], encoder_keys[key].float()) for key in encoder_keys)
+
+
 def test_wrong_or_hostile_files_are_one_sentence(tmp_path):
     marker = tmp_path / "pwned"
 

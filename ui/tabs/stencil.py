@@ -121,8 +121,10 @@ def matte_image(context: StudioContext, image_path):
 
 
 def compose_layers(context: StudioContext, layer_files, positions, background_kind, colour, background_file,
-                   name, export: bool):
-    """Flatten (and export) the layers: bottom first; positions are 'x,y[,scale]' lines, one per layer."""
+                   name, order="", *, export: bool):
+    """Flatten (and export) the layers. Layers are numbered as added (1 = first); positions are
+    'x,y[,scale]' lines, line N for layer N; `order` lists layer numbers bottom → top (empty: as added;
+    layers not listed are left out), so restacking never means uploading again."""
     from blk.errors import UserError
     from blk.stencil.compose import compose, export as export_files, load_layer
 
@@ -131,7 +133,8 @@ def compose_layers(context: StudioContext, layer_files, positions, background_ki
     try:
         lines = [line.strip() for line in (positions or "").splitlines() if line.strip()]
         layers = []
-        for index, file in enumerate(layer_files):
+        for index in stacking_order(order, len(layer_files)):
+            file = layer_files[index]
             path = Path(file if isinstance(file, str) else file.name)
             numbers = lines[index].replace(" ", "").split(",") if index < len(lines) else []
             try:
@@ -158,6 +161,34 @@ def compose_layers(context: StudioContext, layer_files, positions, background_ki
     return str(done.flat), [str(done.ora), str(done.flat)] + [str(p) for p in done.layers], \
         f"Exported `{done.ora.name}` (opens in Krita and GIMP with its layers), the flattened PNG and " \
         f"{len(done.layers)} layer PNGs. Folder: `{done.ora.parent}`"
+
+
+def stacking_order(order: str, count: int) -> list[int]:
+    """Indices bottom → top from '3, 1, 2' (layer numbers as added); empty: all, as added."""
+    from blk.errors import UserError
+
+    text = (order or "").replace(" ", "").strip(",")
+    if not text:
+        return list(range(count))
+    try:
+        numbers = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"The order is layer numbers separated by commas (e.g. 2,1,3), not {order!r}.") from None
+    wrong = [n for n in numbers if not 1 <= n <= count]
+    if wrong:
+        raise UserError(f"There is no layer {wrong[0]}: the layers are numbered 1 to {count} in the order added.")
+    if len(set(numbers)) != len(numbers):
+        raise UserError("Each layer can appear once in the order.")
+    return [n - 1 for n in numbers]
+
+
+def add_to_compose(layer_files, asset):
+    """The chosen asset becomes the top layer of the composition; the Compose tab opens."""
+    if not asset:
+        return gr.update(), "Click an asset in the gallery first.", gr.update()
+    files = [f if isinstance(f, str) else f.name for f in layer_files or []]
+    return files + [asset], f"Added `{Path(asset).name}` as layer {len(files) + 1} (top).", \
+        gr.Tabs(selected="compose")
 
 
 def dataset_names(context: StudioContext) -> list[str]:
@@ -226,6 +257,8 @@ def build(context: StudioContext) -> None:
                         colour = gr.ColorPicker("#f2efe6", label="Colour")
                     chosen = gr.State(None)
                     shown = gr.Image(label="Preview", type="pil", elem_id="blk-stencil-preview")
+                    to_compose = gr.Button("Add to Compose (as the top layer)", size="sm",
+                                           elem_id="blk-stencil-to-compose")
             session = gr.State([])
             go.click(lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
                      inputs=[session, model, prompt, role, loras, width, height, steps, guidance, seed, random_seed,
@@ -288,10 +321,12 @@ def build(context: StudioContext) -> None:
                         "layer, and a layered OpenRaster file.")
             with gr.Row():
                 with gr.Column(scale=2):
-                    layer_files = gr.File(label="Layers (bottom first)", file_count="multiple", type="filepath",
+                    layer_files = gr.File(label="Layers (numbered as added; bottom first unless Order says otherwise)", file_count="multiple", type="filepath",
                                           elem_id="blk-compose-layers")
                     positions = gr.Textbox(label="Positions, one line per layer: x,y[,scale]", lines=4,
                                            placeholder="0,0\n120,40,0.5", elem_id="blk-compose-positions")
+                    order = gr.Textbox(label="Order, bottom → top (layer numbers as added, e.g. 2,1,3; empty: as "
+                                             "added; layers not listed are left out)", elem_id="blk-compose-order")
                     background_kind = gr.Radio(["colour", "image", "transparent"], value="colour", label="Background")
                     compose_colour = gr.ColorPicker("#f2efe6", label="Background colour")
                     background_file = gr.File(label="Background image (e.g. a sketch)", type="filepath",
@@ -304,7 +339,8 @@ def build(context: StudioContext) -> None:
                     compose_status = gr.Markdown(elem_id="blk-compose-status")
                     flat = gr.Image(label="Flattened", type="filepath", elem_classes=["blk-checker"])
                     exported = gr.File(label="Files", file_count="multiple")
-            inputs = [layer_files, positions, background_kind, compose_colour, background_file, name]
+            inputs = [layer_files, positions, background_kind, compose_colour, background_file, name, order]
+            to_compose.click(add_to_compose, inputs=[layer_files, chosen], outputs=[layer_files, compose_status, tabs])
             preview_button.click(lambda *a: compose_layers(context, *a, export=False), inputs=inputs,
                                  outputs=[flat, exported, compose_status])
             export_button.click(lambda *a: compose_layers(context, *a, export=True), inputs=inputs,
