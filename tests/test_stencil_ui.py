@@ -78,3 +78,27 @@ def test_assets_are_added_to_compose_and_restacked_without_uploading_again(share
 
     layers = read_ora(next(p for p in exported if p.endswith(".ora"))).layers
     assert [layer.name for layer in layers] == ["blue", "red"]  # bottom → top as ordered
+
+
+def test_a_captioned_dataset_becomes_a_captioned_rgba_dataset(workspace):
+    from blk.data.check import check_dataset
+
+    folder = workspace.datasets / "scans"
+    folder.mkdir(parents=True)
+    for index in range(3):
+        page = np.full((24, 24, 3), 235, np.uint8)
+        page[4:20, 6 + index:9 + index] = 0  # a black ink stroke on off-white paper
+        Image.fromarray(page).save(folder / f"scan{index}.png")
+    (folder / "scan0.txt").write_text("blkstyle, a stroke")
+    (folder / "scan2.txt").write_text("blkstyle, another stroke")
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    written, status = stencil.ink_to_alpha(context, None, "scans", True, "#ffffff", 0.0, 1.0,
+                                           progress=lambda *a, **k: None)
+    target = workspace.datasets / "scans-alpha"
+    assert len(written) == 3 and "the new dataset `scans-alpha` (2 captions copied)" in status
+    assert (target / "scan0.txt").read_text() == "blkstyle, a stroke" and not (target / "scan1.txt").exists()
+    for path in written:
+        rgba = np.asarray(Image.open(path))
+        assert rgba.shape == (24, 24, 4) and rgba[0, 0, 3] == 0 and rgba[10, 8, 3] == 255  # paper clear, ink solid
+    report = check_dataset(target)
+    assert (report.images, report.usable, report.captioned) == (3, 3, 2)  # ready to train on
