@@ -419,3 +419,36 @@ def test_an_invalid_advanced_value_is_one_sentence(context, key, value, sentence
     update, note = train.start(context, "conceptor-flux-dev", "inks", *form)
     assert note == f"**{sentence}**" and update == gr.update()
     assert not context.workspace.runs.exists() or list(context.workspace.runs.iterdir()) == []  # nothing started
+
+
+def test_the_lokr_factor_shows_only_for_a_lokr_adapter(context, tmp_path, monkeypatch):
+    """The factor splits LoKr's Kronecker product; beside a LoRA it means nothing, so it hides (at build, on an
+    adapter-type change and on a preset load) while its value still reaches the config untouched."""
+    factor_label = "LoKr factor (-1: auto)"
+    with gr.Blocks() as demo:
+        train.build(context, lambda: [])
+    config = demo.get_config_file()
+    components = {c["id"]: c for c in config["components"]}
+    name = {i: c["props"].get("elem_id") or c["props"].get("label") for i, c in components.items()}
+    factor = next(c for c in components.values() if c["props"].get("label") == factor_label)
+    assert factor["props"]["visible"] is False  # the default preset trains a LoRA
+    wired = {(name.get(t), event): [name[o] for o in d["outputs"]] for d in config["dependencies"]
+             for t, event in d["targets"]}
+    assert wired[("Adapter", "change")] == [factor_label]
+    assert train.lokr_factor_shown("lokr")["visible"] is True
+    assert train.lokr_factor_shown("lora")["visible"] is False
+
+    at = advanced_index("factor")
+    lora = train.form_updates_from_preset(context, "conceptor-flux-dev")
+    assert lora[at] == {"__type__": "update", "value": -1, "visible": False}
+    assert lora[advanced_index("kind")] == "lora" and len(lora) == train.BASIC_FIELDS + len(train.ADVANCED)
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "conceptor-flux-dev.yaml").write_text("adapter: {kind: lokr, factor: 8}\n")  # a LoKr default preset
+    monkeypatch.setattr(train, "PRESETS", presets)
+    lokr = train.form_updates_from_preset(context, "conceptor-flux-dev")
+    assert lokr[at] == {"__type__": "update", "value": 8, "visible": True}
+    with gr.Blocks() as demo:  # a page built on a LoKr preset shows the factor from the start
+        train.build(context, lambda: [])
+    shown = next(b for b in demo.blocks.values() if getattr(b, "label", None) == factor_label)
+    assert shown.visible is True and shown.value == 8

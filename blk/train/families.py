@@ -48,6 +48,10 @@ class FluxFamily:
         prompt_embeds, pooled, _ = self.pipe.encode_prompt(prompt=caption, prompt_2=None, max_sequence_length=512)
         return {"prompt_embeds": prompt_embeds[0], "pooled": pooled[0]}
 
+    def sample_texts(self, prompt: str) -> list[str]:
+        """The texts a sample of `prompt` encodes: only the prompt (Flux-dev's guidance is distilled, no negative)."""
+        return [prompt]
+
     def prompt_inputs(self, text: dict) -> dict:
         """The pipeline's inputs for an encoded text (`encode_text`), instead of the prompt (it casts the dtype)."""
         device = self.pipe.transformer.device
@@ -111,6 +115,24 @@ class SDXLFamily:
     def encode_text(self, caption: str) -> dict:
         prompt_embeds, _, pooled, _ = self.pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False)
         return {"prompt_embeds": prompt_embeds[0], "pooled": pooled[0]}
+
+    def sample_texts(self, prompt: str) -> list[str]:
+        """The texts a sample of `prompt` encodes: the prompt, and "" for guidance's negative unless the model
+        zeroes an empty negative (`force_zeros_for_empty_prompt`, as SDXL base does); the pipeline encodes the
+        negative "" exactly as `encode_text("")` does (same tokenizers, length and layers)."""
+        zeroed = getattr(self.pipe.config, "force_zeros_for_empty_prompt", True)
+        return [prompt] if zeroed else [prompt, ""]
+
+    def prompt_inputs(self, text: dict, negative: dict | None = None) -> dict:
+        """The pipeline's inputs for encoded texts (`encode_text` of `sample_texts`), instead of the prompt:
+        samples then need no text encoder (it casts the dtype, as for a prompt it encodes)."""
+        device = self.pipe.unet.device
+        inputs = {"prompt_embeds": text["prompt_embeds"][None].to(device),
+                  "pooled_prompt_embeds": text["pooled"][None].to(device)}
+        if negative is not None:
+            inputs.update(negative_prompt_embeds=negative["prompt_embeds"][None].to(device),
+                          negative_pooled_prompt_embeds=negative["pooled"][None].to(device))
+        return inputs
 
     def loss(self, latent_params, text: dict, generator, mask=None):
         """Noise (or v) prediction loss; `mask` ([B, 1, h, w] on the latent grid) weights it per latent pixel."""

@@ -677,21 +677,23 @@ def plan_curriculum(config: TrainConfig, workspace: Workspace, dataset: Path, it
 
 
 def _release_text_encoders(family, config: TrainConfig, captions: set[str], text_for, device: str) -> bool:
-    """Flux: cache every text the run can use, then let the text encoders go (T5-XXL alone is ~9.5 GB in bf16).
+    """Cache every text the run can use, then let the text encoders go: Flux's T5-XXL alone is ~9.5 GB in bf16,
+    SDXL's two CLIP encoders ~1.6 GB in fp16, memory the denoiser's activations can use instead.
 
     Without token shuffling a step's text is one of the captions, or "" when caption dropout
-    draws it, and samples use the sample prompts; all are encoded now (or read from the
-    dataset's text cache), so nothing needs the encoders afterwards. Token shuffling makes new
-    texts every step, so the encoders stay. SDXL keeps its (small) CLIP encoders: its samples
-    encode the negative prompt for guidance.
+    draws it, and samples use the sample prompts (and SDXL's negative "" where the model does
+    not zero it: `sample_texts`); all are encoded now (or read from the dataset's text cache),
+    so nothing needs the encoders afterwards. Token shuffling makes new texts every step, so
+    the encoders stay.
     """
     import gc
 
     import torch
 
-    if family.name != "flux" or config.data.shuffle_tokens:
+    if config.data.shuffle_tokens:
         return False
-    needed = set(captions) | set(config.sampling.prompts) | ({""} if config.data.caption_dropout else set())
+    needed = set(captions) | {text for prompt in config.sampling.prompts for text in family.sample_texts(prompt)} | \
+        ({""} if config.data.caption_dropout else set())
     for caption in sorted(needed):
         text_for(caption)
     family.pipe.text_encoder = None
@@ -823,7 +825,7 @@ def _restore(run_dir: Path, denoiser, optimizer, scheduler, ema=None) -> int:
 
 
 def _samples(family, config: TrainConfig, run_dir: Path, events: EventLog, step: int, text_for) -> None:
-    """The sample prompts at fixed seeds; Flux gets its cached prompt embeddings (its text encoders may be gone)."""
+    """The sample prompts at fixed seeds, from their cached embeddings (the text encoders may be gone)."""
     import torch
 
     denoiser = family.denoiser
@@ -832,7 +834,7 @@ def _samples(family, config: TrainConfig, run_dir: Path, events: EventLog, step:
     paths = []
     with torch.no_grad():
         for index, prompt in enumerate(config.sampling.prompts):
-            prompt_inputs = family.prompt_inputs(text_for(prompt)) if family.name == "flux" else {"prompt": prompt}
+            prompt_inputs = family.prompt_inputs(*[text_for(text) for text in family.sample_texts(prompt)])
             image = family.pipe(**prompt_inputs, width=size, height=size, num_inference_steps=config.sampling.steps,
                                 guidance_scale=config.sampling.guidance,
                                 generator=torch.Generator("cpu").manual_seed(config.sampling.seed + index)).images[0]

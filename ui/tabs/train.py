@@ -59,7 +59,7 @@ def form_from_preset(context: StudioContext, name: str):
             *(getattr(getattr(c, section), key) for section, key, _ in ADVANCED))
 
 
-def advanced_field(section: str, key: str, label: str, value):
+def advanced_field(section: str, key: str, label: str, value, visible: bool = True):
     """The control for one TrainConfig field, chosen by its type in the schema (choices from its Literal)."""
     import typing
 
@@ -67,16 +67,36 @@ def advanced_field(section: str, key: str, label: str, value):
 
     kind = TrainConfig.model_fields[section].annotation.model_fields[key].annotation
     if typing.get_origin(kind) is typing.Literal:
-        return gr.Dropdown(list(typing.get_args(kind)), value=value, label=label, min_width=120)
+        return gr.Dropdown(list(typing.get_args(kind)), value=value, label=label, min_width=120, visible=visible)
     if kind is bool:
-        return gr.Checkbox(value, label=label, min_width=120)
+        return gr.Checkbox(value, label=label, min_width=120, visible=visible)
     if key == "init_from":
         return gr.Textbox(value, label=label, placeholder="empty: start from random weights",
                           info="A LoRA file in the workspace (diffusers, kohya or ai-toolkit names); "
-                               "for LoKr, a LyCORIS file.")
+                               "for LoKr, a LyCORIS file.", visible=visible)
     if kind is str:
-        return gr.Textbox(value, label=label)
-    return gr.Number(value, label=label, precision=0 if kind is int else None, min_width=120)
+        return gr.Textbox(value, label=label, visible=visible)
+    return gr.Number(value, label=label, precision=0 if kind is int else None, min_width=120, visible=visible)
+
+
+def advanced_position(key: str) -> int:
+    """Where an Advanced field sits among the Advanced fields (ADVANCED order)."""
+    return [k for _, k, _ in ADVANCED].index(key)
+
+
+def lokr_factor_shown(kind) -> dict:
+    """The LoKr factor control's visibility for an adapter type: the factor splits LoKr's Kronecker product
+    and means nothing to a LoRA, so it shows for LoKr only."""
+    return gr.update(visible=kind == "lokr")
+
+
+def form_updates_from_preset(context: StudioContext, name: str) -> tuple:
+    """What loading a preset sends to the form: its values, with the LoKr factor shown only for a LoKr preset."""
+    values = list(form_from_preset(context, name))
+    kind = values[BASIC_FIELDS + advanced_position("kind")]
+    factor = BASIC_FIELDS + advanced_position("factor")
+    values[factor] = gr.update(value=values[factor], visible=kind == "lokr")
+    return tuple(values)
 
 
 def gpu_count() -> int:
@@ -385,10 +405,12 @@ def build(context: StudioContext, datasets) -> dict:
                                   "sees GPUs × the batch in about the time one GPU takes for one.")
             with gr.Accordion("Advanced", open=False, elem_id="blk-train-advanced"):
                 values = iter(initial[BASIC_FIELDS:])
+                lokr = initial[BASIC_FIELDS + advanced_position("kind")] == "lokr"
                 advanced = []
                 for row in ADVANCED_ROWS:
                     with gr.Row():
-                        advanced += [advanced_field(section, key, label, next(values)) for section, key, label in row]
+                        advanced += [advanced_field(section, key, label, next(values), visible=key != "factor" or lokr)
+                                     for section, key, label in row]
             with gr.Row():
                 probe_button = gr.Button("Estimate time and memory")
                 start_button = gr.Button("Start training", variant="primary")
@@ -418,7 +440,10 @@ def build(context: StudioContext, datasets) -> dict:
     form = [model, resolutions, rank, alpha, optimizer, lr, steps, schedule, prompts, sample_every,
             checkpoint_every, keep, validation_images, validation_every, gpus,
             *advanced]  # new fields last: API callers may omit them
-    preset.change(lambda p: form_from_preset(context, p), inputs=preset, outputs=form)
+    preset.change(lambda p: form_updates_from_preset(context, p), inputs=preset, outputs=form)
+    adapter_kind = advanced[advanced_position("kind")]
+    adapter_kind.change(lokr_factor_shown, inputs=adapter_kind, outputs=advanced[advanced_position("factor")],
+                        show_progress="hidden")
     start_button.click(lambda *a: start(context, *a), inputs=[preset, dataset] + form, outputs=[run, note],
                        api_name="train_start")
     probe_button.click(lambda *a: (yield from estimate(context, *a)), inputs=[preset, dataset] + form, outputs=note,

@@ -1,0 +1,81 @@
+"""Text encoders leave memory once every text a run can use is cached, for SDXL as for Flux, and the run trains and
+samples exactly what it would have with them."""
+
+import gc
+import weakref
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from blk.train.config import TrainConfig
+from blk.train.runner import EventLog, run
+from tests.conftest import make_noise_dataset
+
+
+def sdxl_config(dataset, **data) -> TrainConfig:
+    return TrainConfig.model_validate({
+        "name": "encoders", "model": {"name": "tiny-sdxl"},
+        "data": {"dataset": str(dataset), "resolutions": [64], **data},
+        "adapter": {"rank": 4, "alpha": 4}, "optimizer": {"name": "adamw", "lr": 2e-2},
+        "schedule": {"steps": 3, "seed": 7}, "checkpoints": {"every": 3},
+        "sampling": {"every": 3, "prompts": ["a cloud"], "steps": 2, "size": 64},
+    })
+
+
+def test_sdxl_with_fixed_captions_lets_its_encoders_go_and_trains_the_same(shared_workspace, tmp_path):
+    """Token shuffling that keeps every token in place (keep_tokens above their count) trains on the captions as
+    written but keeps the encoders, as shuffling must: the same run with fixed captions frees them, and its
+    losses, checkpoint and samples are bit-identical."""
+    dataset = make_noise_dataset(tmp_path / "ds", count=3)
+    kept = run(sdxl_config(dataset, shuffle_tokens=True, keep_tokens=99), shared_workspace, tmp_path / "kept")
+    freed = run(sdxl_config(dataset), shared_workspace, tmp_path / "freed")
+    assert (kept.status, freed.status) == ("finished", "finished")
+    kept_events = EventLog(tmp_path / "kept" / "events.jsonl").read()
+    freed_events = EventLog(tmp_path / "freed" / "events.jsonl").read()
+    assert kept_events[-1]["text_encoders_released"] is False
+    assert freed_events[-1]["text_encoders_released"] is True
+    kept_losses = [e["loss"] for e in kept_events if e["kind"] == "loss"]
+    assert len(kept_losses) == 3 and kept_losses == [e["loss"] for e in freed_events if e["kind"] == "loss"]
+    a, b = load_file(str(kept.last_checkpoint)), load_file(str(freed.last_checkpoint))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("step-000000-0.png", "step-000003-0.png"):  # samples from cached embeddings, with and without
+        pair = [np.asarray(Image.open(folder / "samples" / name)) for folder in (tmp_path / "kept", tmp_path / "freed")]
+        assert np.array_equal(*pair), name
+
+
+def test_released_sdxl_encoders_are_freed_and_samples_keep_their_negative(shared_workspace, tmp_path):
+    """After caching, nothing holds the encoders any more (they are garbage); a model that encodes an empty
+    negative for guidance (force_zeros_for_empty_prompt off) gets its "" cached too, and a sample from the cached
+    embeddings is the image the pipeline makes from the prompt with its encoders."""
+    from blk.models.device import MemoryOptions
+    from blk.models.pipelines import load_pipeline
+    from blk.models.registry import resolve
+    from blk.train.cache import TensorCache
+    from blk.train.runner import TextSource, _load_family, _release_text_encoders
+
+    model = resolve("tiny-sdxl", shared_workspace)
+    config = sdxl_config(tmp_path / "unused")
+    family = _load_family(config, model, torch.float32, "cpu")
+    family.pipe.register_to_config(force_zeros_for_empty_prompt=False)
+    assert family.sample_texts("a cloud") == ["a cloud", ""]
+    encoders = [weakref.ref(family.pipe.text_encoder), weakref.ref(family.pipe.text_encoder_2)]
+    text_for = TextSource(family, TensorCache(tmp_path / "text"))
+    assert _release_text_encoders(family, config, {"blkstyle, ink"}, text_for, "cpu") is True
+    gc.collect()
+    assert [ref() for ref in encoders] == [None, None]
+    assert text_for.cache.misses == 3  # the caption, the sample prompt and the negative ""
+
+    def image(pipe, **inputs):
+        return np.asarray(pipe(**inputs, width=64, height=64, num_inference_steps=2, guidance_scale=3.5,
+                               generator=torch.Generator("cpu").manual_seed(0)).images[0])
+
+    reference = load_pipeline(model, "text2img", "cpu", MemoryOptions())
+    reference.register_to_config(force_zeros_for_empty_prompt=False)
+    cached = family.prompt_inputs(*[text_for(text) for text in family.sample_texts("a cloud")])
+    assert text_for.cache.misses == 3  # read back from the cache: no encoder was needed
+    with_empty_negative = image(reference, prompt="a cloud")
+    assert np.array_equal(image(family.pipe, **cached), with_empty_negative)
+    reference.register_to_config(force_zeros_for_empty_prompt=True)
+    assert not np.array_equal(image(reference, prompt="a cloud"), with_empty_negative)  # the "" really counts
