@@ -2,7 +2,10 @@
 
 Write to a temporary file in the same folder, fsync, then rename over the
 target. Temporaries carry a recognisable prefix (`.blk-tmp-`) so that a crash
-leaves nothing that looks like a real output, and cleanup can find them.
+leaves nothing that looks like a real output, and cleanup can find them. The
+file gets the permissions a plain `open()` would give it (0666 less the umask):
+`mkstemp` makes it private (0600), which would hide outputs from the studio's
+file server, backup user or a second account.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle
             handle.flush()
@@ -69,6 +73,27 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask can only set it, which would race
+    with files other threads create meanwhile); Linux shows it in /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_IMPORT
+
+
+def _read_umask_once() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK_AT_IMPORT = _read_umask_once()
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -49,3 +49,22 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path):
     assert os.listdir(tmp_path) == ["caption.txt"]
     atomic.write_text(target, "new")
     assert target.read_text() == "new" and os.listdir(tmp_path) == ["caption.txt"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path, umask):
+    from PIL import Image
+
+    from blk.generate.metadata import save_png
+
+    previous = os.umask(umask)
+    try:
+        atomic.write_text(tmp_path / "caption.txt", "a tower")
+        save_png(tmp_path / "sketch.png", Image.new("RGB", (4, 4)), {"seed": 1})
+        with open(tmp_path / "plain.txt", "w") as handle:
+            handle.write("x")
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask  # not mkstemp's private 0600
+    for name in ("caption.txt", "sketch.png", "plain.txt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == expected, name
