@@ -1,4 +1,5 @@
-"""In a real browser: edit a caption in the grid, save, reload, and see the new text and status."""
+"""In a real browser: edit a caption in the grid, save, reload, and see the new text and status; a dataset made
+meanwhile appears when the tab is opened, and choosing it leaves nothing of the previous one in the editor."""
 
 import shutil
 
@@ -11,7 +12,7 @@ from tests.support.running_app import RunningApp
 
 def open_grid(page, url):
     page.goto(url)
-    page.get_by_label("Dataset", exact=True).click()
+    page.locator("#blk-caption-dataset input").click()
     page.get_by_role("option", name="inks").click()
     page.get_by_role("button", name="Show", exact=True).click()
     page.get_by_text("Page 1 of 1").wait_for()
@@ -55,9 +56,28 @@ def test_edit_a_caption_in_the_grid_and_see_it_after_reload(tmp_path, shared_wor
             page.keyboard.press("Alt+ArrowRight")
             expect(page.get_by_text("ink 1.png — edited")).to_be_visible()
             expect(page.locator("#blk-large-caption textarea")).to_have_value("a machine caption")
+
+            alpha = workspace / "datasets" / "inks-alpha"  # made elsewhere (Stencil's ink to alpha) meanwhile
+            alpha.mkdir()
+            Image.new("RGBA", (48, 32), (0, 0, 0, 128)).save(alpha / "ink 0.png")
+            page.get_by_role("tab", name="Train").click()
+            page.get_by_role("tab", name="Caption").click()  # opening the tab lists it
+            page.locator("#blk-caption-dataset input").click()
+            page.get_by_role("option", name="inks-alpha").click()
+            expect(page.get_by_text("Page 1 of 1 — 1 matching")).to_be_visible()  # shown on choosing, no "Show"
+            expect(page.locator("#blk-large-caption textarea")).to_have_value("")  # nothing left of inks
+            expect(page.get_by_text("ink 1.png — edited")).to_have_count(0)
+            page.locator("#blk-large-caption textarea").fill("typed with no image clicked")
+            page.get_by_role("button", name="Save", exact=True).click()
+            expect(page.get_by_text("Click an image in the grid first.")).to_be_visible()
+
+            page.reload()
+            expect(page.locator("#blk-caption-dataset input")).to_have_value("")  # nothing preselected
     finally:
         app.stop()
     store = CaptionStore(folder)
     assert (folder / "ink 2.txt").read_text() == "a careful human caption, thin ink lines"
     assert store.status("ink 2.png") == "edited"
     assert [v["source"] for v in store.versions("ink 2.png")] == ["model", "human"]
+    assert [v["source"] for v in store.versions("ink 1.png")] == []  # the text typed after the switch went nowhere
+    assert not (alpha / "ink 0.txt").exists()

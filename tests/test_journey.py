@@ -123,7 +123,7 @@ def test_the_artists_tour(tmp_path, shared_workspace):
             page.get_by_role("button", name="Approve", exact=True).click()
             expect(page.get_by_text("drawing 0.png — approved")).to_be_visible()
             page.get_by_text("Caption with a vision-language model").click()
-            page.get_by_role("button", name="Promote the selected image (approved)").click()
+            page.get_by_role("button", name="Promote the clicked image (approved caption)").click()
             expect(page.locator("#blk-caption-examples")).to_contain_text("drawing 0.png")
             page.get_by_role("button", name="Caption", exact=True).click()
             expect(page.get_by_text(re.compile(r"Captioned 3"))).to_be_visible(timeout=400_000)

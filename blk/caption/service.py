@@ -24,6 +24,8 @@ class CaptionService:
         self.cancel = threading.Event()
         self._lock = threading.Lock()
         self._counter = None
+        self._batches = 0  # batches running now (several browser tabs may each run one)
+        self._batches_lock = threading.Lock()
 
     def token_counter(self):
         """Caption token counts with the default model's tokenizers, loaded once."""
@@ -73,13 +75,34 @@ class CaptionService:
 
     # batches -----------------------------------------------------------------
     def run(self, job: CaptionJob, progress: Callable[[Progress], None] | None = None) -> BatchResult:
-        """The job's own recipe (`job.run`); the managed case uses this app's long-lived server."""
-        if job.backend == "vllm" and not job.vllm_url:
-            style = job_style(job, self.workspace.dataset_folder(job.dataset))
-            self.start_server(job.model, len(style.examples) + 1, style.image_size)
-            job = job.model_copy(update={"vllm_url": self.server.url})
-        self.cancel.clear()
-        return run_job(job, self.workspace, progress, self.cancel)
+        """The job's own recipe (`job.run`); the managed case uses this app's long-lived server.
+
+        A cancel from the moment the batch starts counts, also while the server is starting.
+        """
+        with self._batches_lock:
+            self._batches += 1
+            self.cancel.clear()
+        try:
+            if job.backend == "vllm" and not job.vllm_url:
+                style = job_style(job, self.workspace.dataset_folder(job.dataset))
+                self.start_server(job.model, len(style.examples) + 1, style.image_size)
+                job = job.model_copy(update={"vllm_url": self.server.url})
+            return run_job(job, self.workspace, progress, self.cancel)
+        finally:
+            with self._batches_lock:
+                self._batches -= 1
+
+    @property
+    def running(self) -> bool:
+        """Whether a caption batch is running now."""
+        return self._batches > 0
+
+    def cancel_batch(self) -> str:
+        """Ask the running batch to stop; one sentence for the user either way."""
+        if not self.running:
+            return "No caption batch is running."
+        self.cancel.set()
+        return "Cancelling… the requests in flight finish first; finished captions are kept."
 
     def dataset(self, name: str) -> Path:
         return self.workspace.named_dataset(name)

@@ -83,6 +83,8 @@ def promote_example(dataset: str | Path, image: str) -> CaptionStyle:
     """Make an approved caption one of the dataset style's few-shot examples."""
     from blk.data.captions import CaptionStore
 
+    if not image:
+        raise UserError("Choose an image with an approved caption to promote.")
     store = CaptionStore(dataset)
     if store.status(image) != "approved":
         raise UserError(f"Approve the caption of {image} before using it as an example.")

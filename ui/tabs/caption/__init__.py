@@ -28,14 +28,39 @@ def import_images(context: StudioContext, new_name: str, current: str, files):
     return gr.Dropdown(choices=dataset_names(context), value=chosen), "\n".join(lines), None
 
 
+def create_or_add(context: StudioContext, new_name: str, current: str, files):
+    """`import_images`, and the Name field emptied once that dataset exists (so the next add goes into it)."""
+    chosen, note, uploads = import_images(context, new_name, current, files)
+    created = bool((new_name or "").strip()) and isinstance(chosen, gr.Dropdown)
+    return chosen, note, uploads, ("" if created else gr.update())
+
+
+def dataset_choices(context: StudioContext) -> gr.Dropdown:
+    """The datasets on disk now (one made by Import, or by Stencil's ink-to-alpha, appears); the choice stays."""
+    return gr.Dropdown(choices=dataset_names(context))
+
+
+def refresh_when_shown(lists, outputs) -> None:
+    """Fresh choices when the page loads (Caption is the first tab) and whenever this tab is opened again."""
+    gr.on(triggers=None, fn=lists, outputs=outputs, show_progress="hidden", queue=False)  # no inputs: on load only
+    from gradio.context import Context
+
+    tab = Context.block
+    if isinstance(tab, gr.Tab):
+        tab.select(lists, outputs=outputs, show_progress="hidden", queue=False)
+
+
 def build(context: StudioContext) -> None:
     gr.Markdown("Datasets live in `workspace/datasets/NAME/`: images with `NAME.txt` captions beside them.")
     with gr.Row():
-        dataset = gr.Dropdown(choices=dataset_names(context), label="Dataset", scale=4, allow_custom_value=True)
+        dataset = gr.Dropdown(choices=dataset_names(context), value=None, label="Dataset", scale=4,
+                              allow_custom_value=True, info="Choosing one shows its captions below.",
+                              elem_id="blk-caption-dataset")
         refresh = gr.Button("↻ Datasets", size="sm", scale=0, min_width=110)
     selected_image = gr.State(None)
     rows_state = gr.State([])  # the grid's rows on screen, with the hashes they were read at
-    refresh.click(lambda: gr.Dropdown(choices=dataset_names(context)), outputs=dataset)
+    refresh.click(lambda: dataset_choices(context), outputs=dataset)
+    refresh_when_shown(lambda: dataset_choices(context), dataset)
     with gr.Accordion("New dataset, or add images", open=False):
         with gr.Row():
             new_name = gr.Textbox(label="Name (new) — or leave empty to add to the dataset above",
@@ -44,8 +69,8 @@ def build(context: StudioContext) -> None:
                               type="filepath", elem_id="blk-new-dataset-files", scale=4)
             create = gr.Button("Create / add", variant="primary", scale=1, elem_id="blk-new-dataset-create")
         import_note = gr.Markdown(elem_id="blk-new-dataset-note")
-    create.click(lambda n, d, f: import_images(context, n, d, f), inputs=[new_name, dataset, uploads],
-                 outputs=[dataset, import_note, uploads])
+    create.click(lambda n, d, f: create_or_add(context, n, d, f), inputs=[new_name, dataset, uploads],
+                 outputs=[dataset, import_note, uploads, new_name])
     with gr.Tabs():
         with gr.Tab("Captions"):
             with gr.Accordion("Caption with a vision-language model", open=False):

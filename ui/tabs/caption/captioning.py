@@ -12,6 +12,7 @@ BACKENDS = {
     "transformers, in this process (slow, no server)": ("transformers", False),
 }
 BACKGROUND_NOTE = "Transparent pixels are shown to the model on this background."
+CAPTION_MODES = [("missing", "missing"), ("all", "all"), ("images shown in the grid", "selected")]
 
 
 def _style_fields(style):
@@ -84,13 +85,18 @@ def save_style(context: StudioContext, name, system_prompt, instruction, backgro
 
 
 def example_action(context: StudioContext, name: str, action: str, index: float, image: str):
+    """Promote the clicked image's approved caption, or move/drop example number `index`."""
     from blk.caption.style import drop_example, move_example, promote_example
     from blk.errors import UserError
 
     try:
         folder = context.captioning.dataset(name)
         if action == "promote":
+            if not image:
+                raise UserError("Click an image in the grid first; its approved caption becomes an example.")
             style = promote_example(folder, image)
+        elif index is None:
+            raise UserError("Type the example's number (#) first.")
         elif action == "up":
             style = move_example(folder, int(index), -1)
         elif action == "down":
@@ -131,7 +137,7 @@ def run_batch(context: StudioContext, name, backend_label, model, url, mode, ove
                          model=model.strip() or "tiny-vlm", mode=mode, overwrite=overwrite,
                          concurrency=int(concurrency), selected=[r["image"] for r in rows or []])
         if mode == "selected" and not job.selected:
-            raise UserError("Show some rows in the grid first: 'selected' captions the rows shown.")
+            raise UserError("Show some rows in the grid first: this mode captions the images shown in the grid.")
         if needs_url and not job.vllm_url:
             raise UserError("Type the server's URL, e.g. http://127.0.0.1:8000.")
     except UserError as exc:
@@ -204,19 +210,21 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
                                 elem_id="blk-caption-examples",
                                 label="Examples, in the order the model sees them")
         with gr.Row():
-            promote = gr.Button("Promote the selected image (approved)", size="sm")
+            promote = gr.Button("Promote the clicked image (approved caption)", size="sm")
             index = gr.Number(label="Example #", value=0, precision=0, min_width=80)
             up = gr.Button("Move up", size="sm")
             down = gr.Button("Move down", size="sm")
             drop = gr.Button("Drop", size="sm")
     with gr.Row():
-        mode = gr.Radio(["missing", "all", "selected"], value="missing", label="Caption",
-                        info="missing: no caption yet; all: also machine captions; selected: the rows shown in the grid")
+        mode = gr.Radio(CAPTION_MODES, value="missing", label="Caption",
+                        info="missing: no caption yet; all: also machine captions; "
+                             "images shown in the grid: the rows on the grid's page now")
         overwrite = gr.Checkbox(label="Also replace captions a person edited or approved")
         concurrency = gr.Slider(1, 64, value=8, step=1, label="Requests in flight")
     with gr.Row():
         caption_button = gr.Button("Caption", variant="primary")
         cancel = gr.Button("Cancel")
+        cancel_note = gr.Markdown(elem_id="blk-caption-cancel-note")
     outcome = gr.Markdown()
 
     fields = [system_prompt, instruction, background, image_size, temperature, top_p, max_tokens, seed,
@@ -235,5 +243,7 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
     run = caption_button.click(lambda *a: (yield from run_batch(context, *a)),
                                inputs=[dataset, backend, model, url, mode, overwrite, concurrency, rows_state],
                                outputs=outcome, api_name="caption_run")
-    cancel.click(lambda: context.captioning.cancel.set(), None, None, cancels=None)
+    caption_button.click(lambda: "", outputs=cancel_note, show_progress="hidden", queue=False)
+    run.then(lambda: "", outputs=cancel_note, show_progress="hidden")  # the batch's own status says how it ended
+    cancel.click(context.captioning.cancel_batch, outputs=cancel_note, show_progress="hidden")
     return run

@@ -2,7 +2,10 @@
 
 Each shown row remembers the hash its caption had when read; a save that
 started from an older version is refused as a conflict and both texts are
-kept in the history (the engine's caption store does this).
+kept in the history (the engine's caption store does this). Rows, the large
+view's caption and a bulk preview also remember their dataset: a save or an
+apply writes into the dataset the text came from, whatever the dropdown shows
+now, and choosing another dataset clears them.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def load_page(context: StudioContext, name, status, text, regex, sort, descendin
         return [], [], f"**{exc}**", 1
     table = [[r.image, r.caption, r.status, " / ".join(str(n) for n in r.tokens), "⚠ over" if r.over_budget else ""]
              for r in result.rows]
-    state = [{"image": r.image, "caption": r.caption, "hash": r.hash} for r in result.rows]
+    state = [{"image": r.image, "caption": r.caption, "hash": r.hash, "dataset": name} for r in result.rows]
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
     labels = " / ".join(context.captioning.token_counter().labels)
     summary = f"Page {result.page} of {result.pages} — {result.total} matching. Dataset: {counts}. Tokens: {labels}."
@@ -38,12 +41,13 @@ def load_page(context: StudioContext, name, status, text, regex, sort, descendin
 
 
 def save_edits(context: StudioContext, name, table, state) -> str:
-    """Save every row whose caption was changed in the table."""
+    """Save every row whose caption was changed in the table, into the dataset the rows were read from."""
     from blk.data.captions import CaptionStore
     from blk.errors import CaptionConflict, UserError
 
+    origin = next((before["dataset"] for before in state or [] if before.get("dataset")), name)
     try:
-        store = CaptionStore(context.captioning.dataset(name))
+        store = CaptionStore(context.captioning.dataset(origin))
     except UserError as exc:
         return f"**{exc}**"
     rows = table.values.tolist() if hasattr(table, "values") else (table or [])
@@ -67,14 +71,15 @@ def save_edits(context: StudioContext, name, table, state) -> str:
 
 
 def view(context: StudioContext, name, image):
-    """The large view of one image: picture, caption, status, its versions."""
+    """The large view of one image: picture, caption, status, its versions, and what the editor holds
+    (dataset, image, hash read) for a later save."""
     from blk.data.captions import CaptionStore
     from blk.data.scan import ImageRecord, file_sha256
     from blk.data.thumbnails import thumbnail
     from blk.errors import UserError
 
     if not image:
-        return None, "", "", gr.Dropdown(choices=[]), ""
+        return None, "", "", gr.Dropdown(choices=[], value=None), None
     try:
         folder = context.captioning.dataset(name)
         store = CaptionStore(folder)
@@ -83,11 +88,25 @@ def view(context: StudioContext, name, image):
         record = ImageRecord(image, path.stat().st_size, file_sha256(path))
         picture = str(thumbnail(folder, record, size=768))
     except (UserError, OSError) as exc:
-        return None, "", f"**{exc}**", gr.Dropdown(choices=[]), ""
+        return None, "", f"**{exc}**", gr.Dropdown(choices=[], value=None), None
     versions = [(f"{v['t']} — {v['source']}{' (refused)' if v.get('conflict') else ''} — {v['text'][:60]}", v["id"])
                 for v in reversed(store.versions(image))]
     warning = f" — {caption.warning}" if caption.warning else ""
-    return picture, caption.text, f"**{image}** — {store.status(image)}{warning}", gr.Dropdown(choices=versions, value=None), caption.hash
+    editing = {"dataset": name, "image": image, "hash": caption.hash}
+    return (picture, caption.text, f"**{image}** — {store.status(image)}{warning}",
+            gr.Dropdown(choices=versions, value=None), editing)
+
+
+def reread(context: StudioContext, editing):
+    """The large view again, of the image the editor holds (after a save, in its own dataset)."""
+    return view(context, editing["dataset"], editing["image"]) if editing else view(context, None, None)
+
+
+def editor_action(context: StudioContext, editing, text, action, version_id) -> str:
+    """Save, approve or restore in the large view: always into the dataset the caption was read from."""
+    if not editing:
+        return "**Click an image in the grid first.**"
+    return view_action(context, editing["dataset"], editing["image"], text, editing["hash"], action, version_id)
 
 
 def view_action(context: StudioContext, name, image, text, base_hash, action, version_id) -> str:
@@ -97,7 +116,7 @@ def view_action(context: StudioContext, name, image, text, base_hash, action, ve
     try:
         store = CaptionStore(context.captioning.dataset(name))
         if not image:
-            raise UserError("Select an image in the grid first.")
+            raise UserError("Click an image in the grid first.")
         if action == "save":
             store.save(image, text, base_hash, source="human")
             return f"Saved {image}."
@@ -127,6 +146,7 @@ def step(state, image, offset):
 
 def bulk_preview(context: StudioContext, name, scope, state, kind, find, replace, regex, ignore_case, prefix, suffix,
                  trigger):
+    """The preview table, the pending edit (its dataset, kind and changes; None if nothing would change), a note."""
     from blk.data.bulk import preview_affix, preview_replace, preview_trigger
     from blk.data.captions import CaptionStore
     from blk.data.scan import scan
@@ -143,23 +163,26 @@ def bulk_preview(context: StudioContext, name, scope, state, kind, find, replace
         else:
             changes = preview_trigger(store, images, trigger, add=(kind == "trigger-add"))
     except UserError as exc:
-        return [], [], f"**{exc}**"
+        return [], None, f"**{exc}**"
     table = [[c.image, c.before, c.after] for c in changes]
     note = f"{len(changes)} caption(s) would change. Nothing is written until you apply." if changes else "Nothing would change."
-    return table, [c.__dict__ for c in changes], note
+    pending = {"dataset": name, "kind": kind, "changes": [c.__dict__ for c in changes]} if changes else None
+    return table, pending, note
 
 
-def bulk_apply(context: StudioContext, name, changes, label) -> str:
+def bulk_apply(context: StudioContext, pending) -> str:
+    """Apply a previewed bulk edit to the dataset it was previewed on."""
     from blk.data.bulk import BulkLog, Change
     from blk.errors import UserError
 
-    if not changes:
+    if not pending or not pending.get("changes"):
         return "Preview a bulk edit first."
     try:
-        result = BulkLog(context.captioning.dataset(name)).apply([Change(**c) for c in changes], label)
+        result = BulkLog(context.captioning.dataset(pending["dataset"])).apply(
+            [Change(**c) for c in pending["changes"]], pending["kind"])
     except UserError as exc:
         return f"**{exc}**"
-    note = f"Applied to {len(result.applied)} caption(s); undo is available."
+    note = f"Applied to {len(result.applied)} caption(s) in {pending['dataset']}; undo is available."
     if result.conflicts:
         note += f" Left alone, changed meanwhile: {', '.join(result.conflicts)}."
     return note
@@ -177,6 +200,12 @@ def bulk_undo(context: StudioContext, name) -> str:
     if result.conflicts:
         note += f" Kept the newer text of: {', '.join(result.conflicts)}."
     return note
+
+
+def switch_dataset(context: StudioContext, *query):
+    """Another dataset chosen: its first page, and nothing left of the previous one (the clicked image,
+    the large view, a pending bulk preview)."""
+    return (*load_page(context, *query), None, *view(context, None, None), "", [], None, "")
 
 
 def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State, rows_state: gr.State,
@@ -199,7 +228,7 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
         note = gr.Markdown()
 
     with gr.Accordion("One image, large", open=True):
-        base_hash = gr.State("")
+        editing = gr.State(None)  # the dataset, image and hash the caption below was read from
         with gr.Row():
             picture = gr.Image(label="Image", type="filepath", interactive=False, height=420, scale=1)
             with gr.Column(scale=1):
@@ -216,7 +245,8 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
                 view_note = gr.Markdown()
 
     with gr.Accordion("Bulk edit (preview first, undo after)", open=False):
-        scope = gr.Radio(["rows shown", "the whole dataset"], value="rows shown", label="Apply to")
+        scope = gr.Radio([("rows shown in the grid", "rows shown"), ("the whole dataset", "the whole dataset")],
+                         value="rows shown", label="Apply to")
         with gr.Row():
             find = gr.Textbox(label="Find")
             replace = gr.Textbox(label="Replace with")
@@ -232,8 +262,7 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
             preview_add = gr.Button("Preview add trigger", size="sm")
             preview_remove = gr.Button("Preview remove trigger", size="sm")
         preview = gr.Dataframe(headers=["image", "before", "after"], interactive=False, wrap=True, label="Preview")
-        changes_state = gr.State([])
-        label_state = gr.State("")
+        pending = gr.State(None)  # the previewed edit: its dataset, kind and changes
         with gr.Row():
             apply = gr.Button("Apply", variant="primary", size="sm")
             undo = gr.Button("Undo last bulk edit", size="sm")
@@ -245,14 +274,14 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
     def show(*args):
         return load_page(context, *args)
 
+    large = [picture, caption, title, versions, editing]
     refresh.click(show, inputs=query, outputs=shown, api_name="grid_page")
-    dataset.change(show, inputs=query, outputs=shown)
+    dataset.change(lambda *q: switch_dataset(context, *q), inputs=query,
+                   outputs=shown + [selected_image] + large + [view_note, preview, pending, bulk_note])
     after_batch.then(show, inputs=query, outputs=shown)
-    large = [picture, caption, title, versions, base_hash]
     save.click(lambda n, t, s: save_edits(context, n, t, s), inputs=[dataset, table, rows_state], outputs=note,
                api_name="grid_save").then(show, inputs=query, outputs=shown
-                                          ).then(lambda n, img: view(context, n, img), inputs=[dataset, selected_image],
-                                                 outputs=large)
+                                          ).then(lambda e: reread(context, e), inputs=editing, outputs=large)
 
     def on_select(state, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -263,9 +292,9 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
     previous.click(lambda s, img: step(s, img, -1), inputs=[rows_state, selected_image], outputs=selected_image)
     next_.click(lambda s, img: step(s, img, +1), inputs=[rows_state, selected_image], outputs=selected_image)
     for button, action in ((save_one, "save"), (approve, "approve"), (restore, "restore")):
-        button.click(lambda n, img, t, h, v, action=action: view_action(context, n, img, t, h, action, v),
-                     inputs=[dataset, selected_image, caption, base_hash, versions], outputs=view_note,
-                     ).then(lambda n, img: view(context, n, img), inputs=[dataset, selected_image], outputs=large
+        button.click(lambda e, t, v, action=action: editor_action(context, e, t, action, v),
+                     inputs=[editing, caption, versions], outputs=view_note,
+                     ).then(lambda e: reread(context, e), inputs=editing, outputs=large
                             ).then(show, inputs=query, outputs=shown)
 
     bulk_inputs = [dataset, scope, rows_state]
@@ -273,8 +302,7 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
     for button, kind in ((preview_replace, "replace"), (preview_affix, "affix"), (preview_add, "trigger-add"),
                          (preview_remove, "trigger-remove")):
         button.click(lambda n, sc, st, *f, kind=kind: bulk_preview(context, n, sc, st, kind, *f),
-                     inputs=bulk_inputs + bulk_fields, outputs=[preview, changes_state, bulk_note]
-                     ).then(lambda kind=kind: kind, outputs=label_state)
-    apply.click(lambda n, c, lab: bulk_apply(context, n, c, lab), inputs=[dataset, changes_state, label_state],
-                outputs=bulk_note).then(lambda: ([], []), outputs=[preview, changes_state]).then(show, inputs=query, outputs=shown)
+                     inputs=bulk_inputs + bulk_fields, outputs=[preview, pending, bulk_note])
+    apply.click(lambda p: bulk_apply(context, p), inputs=pending, outputs=bulk_note
+                ).then(lambda: ([], None), outputs=[preview, pending]).then(show, inputs=query, outputs=shown)
     undo.click(lambda n: bulk_undo(context, n), inputs=dataset, outputs=bulk_note).then(show, inputs=query, outputs=shown)

@@ -1,0 +1,173 @@
+"""The Caption tab's handlers with a real context, called as Gradio calls them: few-shot buttons without a
+clicked image, switching datasets, the dataset list, creating a dataset, cancel, and the wording."""
+
+import shutil
+import threading
+import time
+
+import gradio as gr
+import pytest
+from PIL import Image
+
+from blk.caption.job import resolve_vlm
+from blk.caption.style import dataset_style_path, promote_example
+from blk.data.captions import CaptionStore
+from blk.errors import UserError
+from blk.workspace import Workspace
+from ui.context import StudioContext
+from ui.tabs import caption
+from ui.tabs.caption import captioning, grid
+
+QUERY = ("all", "", False, "name", False, 1, 50)  # status, text, regex, sort, descending, page, page size
+TRANSFORMERS = "transformers, in this process (slow, no server)"
+
+
+@pytest.fixture(scope="module")
+def models(shared_workspace):
+    resolve_vlm("tiny-vlm", shared_workspace)
+    return shared_workspace.models
+
+
+@pytest.fixture
+def context(tmp_path, models):
+    workspace = Workspace(tmp_path / "workspace")
+    shutil.copytree(models, workspace.models, dirs_exist_ok=True)
+    return StudioContext(workspace, demo=True, demo_reason="test")
+
+
+def make_dataset(context, name, count=2, caption="a red circle"):
+    folder = context.workspace.datasets / name
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.new("RGB", (24, 24), (200, 20 * i, 20)).save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text(caption)
+    return folder
+
+
+def is_unchanged(update) -> bool:
+    return isinstance(update, dict) and set(update) == {"__type__"}
+
+
+def test_few_shot_buttons_without_a_clicked_image_or_number_say_one_sentence(context):
+    folder = make_dataset(context, "inks")
+    store = CaptionStore(folder)
+    store.approve("img0.png", store.read("img0.png").hash)
+    promote_example(folder, "img0.png")
+    before = dataset_style_path(folder).read_bytes()
+
+    with pytest.warns(UserWarning, match="^Click an image in the grid first"):
+        assert is_unchanged(captioning.example_action(context, "inks", "promote", 0, None))  # the table stays
+    for action in ("up", "down", "drop"):
+        with pytest.warns(UserWarning, match="^Type the example's number"):
+            assert is_unchanged(captioning.example_action(context, "inks", action, None, "img0.png"))
+    with pytest.warns(UserWarning, match="^Choose a dataset first"):
+        assert is_unchanged(captioning.example_action(context, None, "promote", 0, "img0.png"))
+    assert dataset_style_path(folder).read_bytes() == before
+    with pytest.raises(UserError, match="Choose an image"):
+        promote_example(folder, None)  # the engine says it too (the CLI and any caller)
+    assert captioning.example_action(context, "inks", "drop", 0, None) == []  # a number is all Drop needs
+
+
+def test_switching_datasets_clears_the_editor_and_the_bulk_preview(context):
+    a, b = make_dataset(context, "a"), make_dataset(context, "b")  # same names, same captions
+    *_, editing = grid.view(context, "a", "img0.png")
+    _, pending, _ = grid.bulk_preview(context, "a", "the whole dataset", [], "affix", "", "", False, False, "",
+                                      ", ink", "")
+    assert editing["dataset"] == "a" and pending["dataset"] == "a"
+
+    table, rows, summary, page, selected, picture, text, title, versions, editing_now, view_note, preview, \
+        pending_now, bulk_note = grid.switch_dataset(context, "b", *QUERY)
+    assert [row[0] for row in table] == ["img0.png", "img1.png"] and {r["dataset"] for r in rows} == {"b"}
+    assert (selected, picture, text, title, editing_now) == (None, None, "", "", None)
+    assert (preview, pending_now, view_note, bulk_note) == ([], None, "", "")
+    assert grid.editor_action(context, editing_now, "typed after the switch", "save", None) == \
+        "**Click an image in the grid first.**"
+    assert grid.bulk_apply(context, pending_now) == "Preview a bulk edit first."
+    assert (b / "img0.txt").read_text() == "a red circle" and CaptionStore(b).versions("img0.png") == []
+    assert (a / "img0.txt").read_text() == "a red circle"  # the dropped preview was never applied to a either
+
+
+def test_a_save_goes_into_the_dataset_its_text_came_from(context):
+    a, b = make_dataset(context, "a"), make_dataset(context, "b")
+    table, rows, *_ = grid.load_page(context, "a", *QUERY)
+    *_, editing = grid.view(context, "a", "img1.png")
+    _, pending, _ = grid.bulk_preview(context, "a", "rows shown", rows, "replace", "red", "blue", False, False, "",
+                                      "", "")
+    table[0][1] = "edited in the grid of a"
+    # the dropdown says b by now: the edits still came from a, and go there
+    assert grid.save_edits(context, "b", table, rows) == "Saved 1 caption(s)."
+    assert grid.editor_action(context, editing, "edited in the large view of a", "save", None) == "Saved img1.png."
+    assert (a / "img0.txt").read_text() == "edited in the grid of a"
+    assert (a / "img1.txt").read_text() == "edited in the large view of a"
+    assert grid.bulk_apply(context, pending).startswith("Applied to 0 caption(s) in a")  # both changed meanwhile
+    for image in ("img0.png", "img1.png"):
+        assert (b / image.replace(".png", ".txt")).read_text() == "a red circle"
+        assert CaptionStore(b).versions(image) == []  # no refused version in b's history either
+    _, pending, _ = grid.bulk_preview(context, "b", "the whole dataset", [], "affix", "", "", False, False, "",
+                                      ", ink", "")
+    assert grid.bulk_apply(context, pending).startswith("Applied to 2 caption(s) in b")
+    assert (b / "img0.txt").read_text() == "a red circle, ink" and (a / "img1.txt").read_text() == \
+        "edited in the large view of a"
+
+
+def listeners(demo, component, trigger):
+    return [f for f in demo.fns.values() if (component._id, trigger) in f.targets
+            or (trigger == "load" and any(t[1] == "load" for t in f.targets) and component in f.outputs)]
+
+
+def test_the_dataset_list_starts_unchosen_and_is_fresh_when_the_tab_is_shown(context):
+    make_dataset(context, "inks")
+    with gr.Blocks() as demo:
+        with gr.Tabs():
+            with gr.Tab("Caption") as tab:
+                caption.build(context)
+    dataset = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Dataset")
+    assert dataset.value is None  # nothing preselected while the grid is still empty
+    make_dataset(context, "inks-alpha")  # made elsewhere (Stencil's ink to alpha) after the page was built
+    for event in (listeners(demo, tab, "select"), listeners(demo, dataset, "load")):
+        assert len(event) == 1 and event[0].outputs == [dataset]
+        sent = event[0].fn().constructor_args  # what Gradio sends to the page
+        assert sent == {"choices": ["inks", "inks-alpha"]}  # no value: the choice made stays
+
+
+def test_creating_a_dataset_empties_the_name_field(context, tmp_path):
+    picture = tmp_path / "red.png"
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(picture)
+    chosen, note, uploads, name = caption.create_or_add(context, "reds", None, [str(picture)])
+    assert chosen.value == "reds" and name == "" and uploads is None
+    chosen, note, _, name = caption.create_or_add(context, "", "reds", [str(picture)])  # the next add goes in
+    assert "reds" in note and is_unchanged(name)
+    assert len(list((context.workspace.datasets / "reds").glob("*.png"))) == 2
+    _, note, _, name = caption.create_or_add(context, "reds", "reds", [str(picture)])
+    assert "already exists" in note and is_unchanged(name)  # a refused name stays to be corrected
+
+
+def test_cancel_answers_and_the_batch_still_ends_with_its_own_status(context):
+    make_dataset(context, "inks", count=6, caption="")
+    for txt in (context.workspace.datasets / "inks").glob("*.txt"):
+        txt.unlink()
+    assert context.captioning.cancel_batch() == "No caption batch is running."
+    lines = captioning.run_batch(context, "inks", TRANSFORMERS, "tiny-vlm", "", "missing", False, 1)
+    assert next(lines) == "Preparing the model and the examples…"
+    deadline = time.time() + 60
+    while not context.captioning.running and time.time() < deadline:
+        time.sleep(0.01)
+    assert context.captioning.cancel_batch().startswith("Cancelling…")
+    rest: list[str] = []
+    drain = threading.Thread(target=lambda: rest.extend(lines))
+    drain.start()
+    drain.join(timeout=300)
+    assert "Stopped early: Stopped by the user." in rest[-1] and "failed 0" in rest[-1]
+    assert not context.captioning.running
+    assert len(list((context.workspace.datasets / "inks").glob("*.txt"))) < 6  # it did stop
+
+
+def test_labels_say_which_images(context):
+    with gr.Blocks() as demo:
+        caption.build(context)
+    buttons = [b.value for b in demo.blocks.values() if isinstance(b, gr.Button)]
+    assert "Promote the clicked image (approved caption)" in buttons
+    mode = next(b for b in demo.blocks.values() if isinstance(b, gr.Radio) and b.label == "Caption")
+    assert ("images shown in the grid", "selected") in mode.choices
+    assert not [label for label, _ in mode.choices if label == "selected"]
+    assert not [text for text in buttons if "selected" in str(text)]
