@@ -22,6 +22,8 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
         with browser_page() as page:
             page.goto(app.url)
             page.get_by_role("tab", name="Sketch").click()
+            page.locator("#blk-sketch-to-upscale").click()  # nothing clicked yet: a sentence, not silence
+            expect(page.locator("#blk-sketch-selected")).to_have_text("Click a sketch first.")
             page.get_by_label("Prompt", exact=True).fill("blkstyle, a floating cube")
             page.locator("#blk-sketch-lora-pick input").click()
             page.get_by_role("option", name="tiny-run/step-000012.safetensors").click()
@@ -43,8 +45,7 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             expect(page.locator("#blk-compose-background")).to_contain_text(re.compile(r"\d{6}-\d{3}-s\d+ ?\.png"))
 
             page.get_by_role("tab", name="Review", exact=True).click()
-            page.locator("#blk-review-run input").click()
-            page.get_by_role("option", name="tiny-run").click()
+            expect(page.locator("#blk-review-run input")).to_have_value("tiny-run")  # the newest, on page load
             checkboxes = page.locator("#blk-review-checkpoints")
             expect(checkboxes.get_by_label("step 12")).to_be_checked()
             checkboxes.get_by_label("step 4").uncheck()
@@ -70,6 +71,10 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             screenshot(page, "review-tab-blind")
             page.get_by_role("button", name="Pin", exact=True).click()
             expect(page.get_by_text(re.compile(r"Pinned step-0000(08|12)\.safetensors"))).to_be_visible()
+            pinned = re.compile(r"^step (8|12) \(pinned\)$")  # relabelled at once, without re-picking the run
+            expect(checkboxes).to_contain_text(re.compile(r"step (8|12) \(pinned\)"))
+            expect(page.get_by_label("Checkpoint to keep")).to_have_value(pinned)
+            expect(checkboxes.get_by_label("step 12")).to_be_checked()  # the rows chosen stay chosen
     finally:
         app.stop()
     sketches = list((workspace / "outputs" / "sketch").rglob("*.png"))

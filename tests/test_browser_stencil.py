@@ -34,16 +34,19 @@ def test_stencil_tab_generate_alpha_compose(tmp_path, shared_workspace):
         with browser_page() as page:
             page.goto(app.url)
             page.get_by_role("tab", name="Stencil").click()
+            page.get_by_text("Start from a transparent image (image to image)").click()
+            page.get_by_role("button", name="Start from the chosen asset").click()  # none yet: a sentence
+            expect(page.locator("#blk-stencil-status")).to_contain_text("Click an asset in the gallery first")
             page.get_by_label("Descriptor").fill("an octahedron, thin line")
-            page.get_by_label("Width (multiple of 64)").fill("64")
-            page.get_by_label("Height (multiple of 64)").fill("64")
+            page.get_by_label("Width (multiple of 64; not used with a starting image)").fill("64")
+            page.get_by_label("Height (multiple of 64; not used with a starting image)").fill("64")
             page.locator("#blk-stencil-steps input").fill("2")
             page.get_by_label("Test-time augmentation (8 decoder views; cleaner edges)").uncheck()
             page.locator("#blk-stencil-generate").click()
             expect(page.locator("#blk-stencil-status")).to_contain_text(re.compile(r"1 asset, seed \d+, 64×64 RGBA"),
                                                                         timeout=180_000)
+            expect(page.locator("#blk-stencil-preview img")).to_be_visible()  # the new asset, without a click
             page.locator("#blk-stencil-gallery img").first.click()
-            expect(page.locator("#blk-stencil-preview img")).to_be_visible()
             screenshot(page, "stencil-tab-generate")
             page.locator("#blk-stencil-to-compose").click()  # the asset goes to Compose, which opens
             expect(page.locator("#blk-compose-status")).to_contain_text("as layer 1 (top)")
@@ -51,15 +54,16 @@ def test_stencil_tab_generate_alpha_compose(tmp_path, shared_workspace):
             page.get_by_role("tab", name="Generate (LayerDiffuse)").click()
 
             # the chosen asset becomes the start of an image-to-image run that keeps its transparency
-            page.get_by_text("Start from a transparent image (image to image)").click()
             page.get_by_role("button", name="Start from the chosen asset").click()
             expect(page.locator("#blk-stencil-start img")).to_be_visible()
+            first_preview = page.locator("#blk-stencil-preview img").get_attribute("src")
             page.locator("#blk-stencil-generate").click()
             for _ in range(360):  # the second asset's file, written when the run finishes
                 if len(list((workspace / "outputs" / "stencil").glob("*/*-s[0-9]*.png"))) == 2:
                     break
                 page.wait_for_timeout(500)
             expect(page.locator("#blk-stencil-status")).to_contain_text("64×64 RGBA", timeout=60_000)
+            expect(page.locator("#blk-stencil-preview img")).not_to_have_attribute("src", first_preview)
 
             page.get_by_role("tab", name="Ink to alpha").click()
             page.locator("#blk-alpha-files input[type=file]").set_input_files(str(scan))

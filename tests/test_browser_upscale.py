@@ -19,6 +19,8 @@ def test_upscale_tab_both_paths(tmp_path, shared_workspace):
     shutil.copytree(shared_workspace.models, workspace / "models", ignore=shutil.ignore_patterns("layerdiffuse"))
     (workspace / "models" / "upscalers").mkdir()
     rrdb_file(workspace / "models" / "upscalers" / "RealESRGAN_x4plus_tiny.pth")
+    (workspace / "models" / "loras").mkdir()
+    (workspace / "models" / "loras" / "texture.safetensors").write_bytes(b"listed, never loaded")
     yy, xx = np.mgrid[0:40, 0:48]
     source = tmp_path / "drawing.png"
     Image.fromarray(np.stack([xx * 5, yy * 6, xx * 0 + 128], -1).astype(np.uint8)).save(source)
@@ -32,6 +34,8 @@ def test_upscale_tab_both_paths(tmp_path, shared_workspace):
             page.locator("#blk-upscale-model input").click()
             page.get_by_role("option", name="RealESRGAN_x4plus_tiny.pth").click()
             page.get_by_label("Scale", exact=True).fill("4")
+            expect(page.get_by_label("Tile px (0: automatic)")).to_have_value("0")  # what the label says
+            expect(page.get_by_label("DPI (0: the input's)")).to_have_value("0")
             page.get_by_role("button", name="Estimate").click()
             expect(page.locator("#blk-upscale-status")).to_contain_text("48×40 → 192×160", timeout=30_000)
             page.locator("#blk-upscale-go").click()
@@ -45,11 +49,13 @@ def test_upscale_tab_both_paths(tmp_path, shared_workspace):
             expect(page.get_by_label("Overlap px")).to_have_value("96")  # the path's defaults arrived first
             page.get_by_label("Scale", exact=True).fill("2")
             page.get_by_label("Overlap px").fill("16")
-            page.get_by_label("Steps (empty: model default)").fill("4")
+            expect(page.locator("#blk-upscale-lora input")).to_have_value("(none)")  # no LoRA unless picked
+            page.get_by_label("Steps (0: the model's default)").fill("4")
             page.get_by_label("PNG", exact=True).check()
             expect(page.locator("#blk-upscale-step-scale")).to_contain_text("Largest enlargement per step")
             page.get_by_role("button", name="Estimate").click()  # the engine's plan, no pipeline loaded
             expect(page.locator("#blk-upscale-status")).to_contain_text("96×80: 2 passes of", timeout=30_000)
+            expect(page.locator("#blk-upscale-status")).to_contain_text("Texture LoRA: none")
             page.locator("#blk-upscale-go").click()
             expect(page.locator("#blk-upscale-status")).to_contain_text(re.compile(r"96×80 in \d+ s"), timeout=180_000)
             screenshot(page, "upscale-tab-diffusion")

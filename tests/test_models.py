@@ -171,3 +171,62 @@ def test_single_file_without_a_base_model_says_what_to_fetch(tmp_path, workspace
     assert model.base is None
     with pytest.raises(UserError, match="models fetch flux-dev"):
         PipelineCache().get(model)
+
+
+def page_load_outputs(demo) -> dict[str, object]:
+    """elem_id → the function a page load runs to fill that component."""
+    config = demo.get_config_file()
+    ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    return {ids[output]: demo.fns[d["id"]].fn for d in config["dependencies"]
+            if any(event == "load" for _, event in d["targets"]) for output in d["outputs"] if ids.get(output)}
+
+
+def test_models_tab_lists_every_model_and_detects_devices_on_page_load(workspace, hf_cache):
+    """Upscalers, LayerDiffuse, BiRefNet and the captioners are listed too, found or missing with where to put
+    them; the devices fill in when the page opens (not only on "Detect devices"); Review picks its newest run
+    then too."""
+    from ui.app import build_app
+    from ui.context import StudioContext
+    from ui.tabs.models import models_table
+
+    (workspace.models / "upscalers").mkdir(parents=True)
+    (workspace.models / "upscalers" / "4x-Ink.safetensors").write_bytes(b"u" * 10)
+    (workspace.models / "layerdiffuse").mkdir()
+    for name in ("TransparentVAE.pth", "layerlora.safetensors", "vae_transparent_decoder.safetensors"):
+        (workspace.models / "layerdiffuse" / name).write_bytes(b"w")
+    context = StudioContext(workspace, demo=True, demo_reason="test.")
+    rows = {row[0]: row for row in models_table(context)}
+    assert {"flux-dev", "tiny-flux", "4x-Ink.safetensors", "layerdiffuse-flux", "layerdiffuse-sdxl",
+            "birefnet-general", "tiny-vlm", "Qwen/Qwen2.5-VL-7B-Instruct"} <= set(rows)
+    assert rows["4x-Ink.safetensors"][1:3] == ["upscaler", "found"] and "RealESRGAN_x4plus.pth" not in rows
+    assert rows["layerdiffuse-flux"][2] == "found" and rows["layerdiffuse-sdxl"][2] == "missing"
+    assert "layer_xl_transparent_attn.safetensors" in rows["layerdiffuse-sdxl"][4]
+    assert "vae_transparent_encoder.safetensors" in rows["layerdiffuse-sdxl"][5]  # image to image needs it
+    assert rows["birefnet-general"][2] == "missing" and "models/matting/birefnet-general.onnx" in \
+        rows["birefnet-general"][4]
+    assert rows["Qwen/Qwen2.5-VL-7B-Instruct"][2] == "missing" and "hf download" in rows[
+        "Qwen/Qwen2.5-VL-7B-Instruct"][4]
+    put_in_hf_cache(hf_cache, "Qwen/Qwen2.5-VL-7B-Instruct", workspace.models / "layerdiffuse")
+    (hf_cache / "models--Qwen--Qwen2.5-VL-7B-Instruct" / "snapshots" / COMMIT / "config.json").write_text("{}")
+    assert {row[0]: row[2] for row in models_table(context)}["Qwen/Qwen2.5-VL-7B-Instruct"] == "found"
+    shutil.rmtree(workspace.models / "upscalers")
+    missing = {row[0]: row for row in models_table(context)}["RealESRGAN_x4plus.pth"]
+    assert missing[2] == "missing" and str(workspace.models / "upscalers") in missing[4]
+
+    loads = page_load_outputs(build_app(context))
+    assert "cpu — slow" in loads["blk-devices"]() and "In use:" in loads["blk-devices"]()
+    assert "blk-review-run" in loads
+
+
+def test_the_demo_banner_says_which_paths_need_a_file(workspace):
+    from ui.app import demo_banner
+    from ui.context import StudioContext
+
+    context = StudioContext(workspace, demo=True, demo_reason="No real model was found.")
+    text = demo_banner(context)
+    assert text.startswith("**Demo mode** — No real model was found.") and "every control works" not in text
+    assert "Real-ESRGAN path needs an upscaler file in `workspace/models/upscalers/`" in text
+    assert "matting needs BiRefNet" in text  # no BiRefNet weights in a fresh workspace
+    (workspace.models / "upscalers").mkdir(parents=True)
+    (workspace.models / "upscalers" / "RealESRGAN_x4plus.pth").write_bytes(b"x")
+    assert "Real-ESRGAN" not in demo_banner(context)

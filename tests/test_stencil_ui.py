@@ -1,6 +1,8 @@
 """The Stencil tab's handlers with a real context: previews, the missing-weights sentence, and composing
 generated assets in any order (the browser test covers the main flow)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -102,3 +104,84 @@ def test_a_captioned_dataset_becomes_a_captioned_rgba_dataset(workspace):
         assert rgba.shape == (24, 24, 4) and rgba[0, 0, 3] == 0 and rgba[10, 8, 3] == 255  # paper clear, ink solid
     report = check_dataset(target)
     assert (report.images, report.usable, report.captioned) == (3, 3, 2)  # ready to train on
+
+
+def scans_dataset(workspace, name="scans"):
+    folder = workspace.datasets / name
+    folder.mkdir(parents=True)
+    for index in range(2):
+        page = np.full((24, 24, 3), 235, np.uint8)
+        page[4:20, 6 + index:9 + index] = 0
+        Image.fromarray(page).save(folder / f"scan{index}.png")
+    (folder / "scan0.txt").write_text("blkstyle, a stroke")
+    return folder
+
+
+def test_converting_a_dataset_again_never_overwrites_the_first_conversion(workspace, tmp_path):
+    """The second conversion goes to NAME-alpha-2 and says so; the caption edited in NAME-alpha and its PNGs
+    stay as they were. Scans uploaded while a dataset is chosen are not converted, and the status says so."""
+    scans_dataset(workspace)
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    quiet = dict(progress=lambda *a, **k: None)
+    stencil.ink_to_alpha(context, None, "scans", True, "#ffffff", 0.0, 1.0, **quiet)
+    first = workspace.datasets / "scans-alpha"
+    (first / "scan0.txt").write_text("blkstyle, a stroke, edited by a curator")
+    pixels = (first / "scan1.png").read_bytes()
+    upload = tmp_path / "upload.png"
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(upload)
+    written, status = stencil.ink_to_alpha(context, [str(upload)], "scans", False, "#f0f0f0", 0.0, 1.0, **quiet)
+    second = workspace.datasets / "scans-alpha-2"
+    assert sorted(p.name for p in second.iterdir() if not p.name.startswith(".")) == \
+        ["scan0.png", "scan0.txt", "scan1.png"] and all(path.startswith(str(second)) for path in written)
+    assert "the new dataset `scans-alpha-2`" in status and "`scans-alpha` already exists and was left as it is" \
+        in status and "The 1 uploaded scan was not converted" in status
+    assert (first / "scan0.txt").read_text() == "blkstyle, a stroke, edited by a curator"
+    assert (first / "scan1.png").read_bytes() == pixels  # converted with another paper colour the second time
+    assert (second / "scan1.png").read_bytes() != pixels
+    assert not (workspace.outputs("stencil") / "alpha").exists()  # the upload went nowhere, as the status says
+    _, third = stencil.ink_to_alpha(context, None, "scans", True, "#ffffff", 0.0, 1.0, **quiet)
+    assert "`scans-alpha-3`" in third and "uploaded" not in third
+
+
+@pytest.mark.parametrize("size, expected", [((80, 60), (64, 64)), ((200, 100), (256, 128)), ((100, 96), (128, 128)),
+                                            ((64, 100), (64, 128)), ((30, 20), (64, 64)), ((640, 128), (640, 128))])
+def test_an_asset_started_from_an_image_takes_its_size_on_the_grid(size, expected):
+    """Each side on the 64 px grid within one step of the image's, the aspect ratio as close as the grid allows
+    (200×100 stays 2:1, where rounding each side alone gave 192×128); a notice when the size changes."""
+    from blk.stencil.generate import start_size
+
+    width, height, notice = start_size(*size, 64)
+    assert (width, height) == expected
+    assert (notice == "") == (size == expected)
+    assert not notice or f"{size[0]}×{size[1]}" in notice and f"{width}×{height}" in notice
+
+
+def test_a_generation_previews_its_newest_asset_and_a_start_image_sets_the_size(workspace, shared_workspace,
+                                                                               tmp_path):
+    """After Generate the newest asset is the chosen one (the Preview follows it); a 200×100 starting image
+    gives a 256×128 asset whatever Width and Height say, and the status says why; "Start from the chosen
+    asset" with nothing chosen is a sentence."""
+    import shutil
+    import threading
+
+    shutil.copytree(shared_workspace.models / "tiny-flux", workspace.models / "tiny-flux")
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    start = tmp_path / "wide.png"
+    rgba = np.zeros((100, 200, 4), np.uint8)
+    rgba[20:80, 40:160] = (30, 30, 40, 255)
+    Image.fromarray(rgba, "RGBA").save(start)
+    quiet = lambda *a, **k: None  # noqa: E731
+    form = ("tiny-flux", "a bar", "FG", [], 1024, 1024, 2, None, 3, False, 1, False)
+    shown, session, status, seed, chosen = stencil.generate(context, threading.Event(), [], *form, start=str(start),
+                                                            strength=0.5, progress=quiet)
+    assert chosen == shown[0][0] and Image.open(chosen).size == (256, 128), status
+    assert "200×100" in status and "256×128 RGBA" in status
+    form = ("tiny-flux", "a bar", "FG", [], 64, 64, 2, None, 4, False, 1, False)
+    shown, _, status, _, newer = stencil.generate(context, threading.Event(), session, *form, progress=quiet)
+    assert len(shown) == 2 and newer == shown[0][0] != chosen and Image.open(newer).size == (64, 64)
+    assert stencil.start_from_chosen(newer) == (newer, f"Starting from `{Path(newer).name}`: Generate redraws it "
+                                                      "at the chosen strength.")
+    kept, sentence = stencil.start_from_chosen(None)
+    assert kept == {"__type__": "update"} and sentence.startswith("Click an asset in the gallery first")
+    failed = stencil.generate(context, threading.Event(), session, "no-such-model", *form[1:], progress=quiet)
+    assert failed[3:] == ({"__type__": "update"},) * 2 and "no-such-model" in failed[2]  # nothing new: kept

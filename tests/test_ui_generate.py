@@ -41,3 +41,58 @@ def test_review_keep_pins_and_exports(shared_workspace, trained_run, tmp_path):
     assert "ui-run-step-000012.safetensors" in exported
     assert "outside the workspace" in review.keep(context, "ui-run", str(tmp_path / "x.safetensors"), "pin")
     assert "outside the workspace" in review.keep(context, "../../", str(checkpoint), "pin")
+
+
+def test_sending_a_sketch_on_with_none_clicked_says_so():
+    """The three send buttons used to do nothing before a sketch was clicked; now Sketch's note says why,
+    and with a sketch they open the tab and leave the note ("Selected …") as it is."""
+    from ui import app
+
+    update = {"__type__": "update"}
+    assert app.to_compose(None) == (update,) * 4 + ("Click a sketch first.",)
+    assert app.to_matting(None) == (update,) * 3 + ("Click a sketch first.",)
+    assert app.to_upscale("") == (update,) * 2 + ("Click a sketch first.",)
+    main, inner, path, kind, note = app.to_compose("/ws/outputs/sketch/a.png")
+    assert (main.selected, inner.selected, path, kind, note) == ("stencil", "compose", "/ws/outputs/sketch/a.png",
+                                                                  "image", update)
+    main, inner, path, note = app.to_matting("/ws/a.png")
+    assert (main.selected, inner.selected, path, note) == ("stencil", "matting", "/ws/a.png", update)
+    main, path, note = app.to_upscale("/ws/a.png")
+    assert (main.selected, path, note) == ("upscale", "/ws/a.png", update)
+
+
+def fake_run(workspace, name, steps, age):
+    """A run folder as Review sees it: config.yaml and checkpoint files (their contents are never read here)."""
+    import os
+    import time
+
+    folder = workspace.runs / name
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text("model: {base: tiny-flux}\n")
+    for step in steps:
+        (folder / "checkpoints" / f"step-{step:06d}.safetensors").write_bytes(b"lora")
+    os.utime(folder, (time.time() - age, time.time() - age))
+    return folder
+
+
+def test_review_preselects_the_newest_run_on_page_load(workspace):
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    assert review.on_load(context).value is None  # no runs yet: nothing to choose
+    fake_run(workspace, "older", [4], age=600)
+    fake_run(workspace, "newest", [4], age=10)
+    loaded = review.on_load(context)
+    assert loaded.value == "newest" and loaded.choices == [("newest", "newest"), ("older", "older")]
+
+
+def test_pinning_relabels_the_checkpoint_lists_at_once(workspace):
+    """Pin marks the checkpoint "(pinned)" in every list (rows, A, B, Checkpoint to keep) without re-picking."""
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    run = fake_run(workspace, "r1", [4, 8], age=0)
+    four = str(run / "checkpoints" / "step-000004.safetensors")
+    note, rows, a, b, chosen = review.pin_and_relabel(context, "r1", four, [])
+    assert note == "Pinned step-000004.safetensors of run r1: the run's pruning keeps it."
+    for listed in (rows, a, b, chosen):
+        assert listed.choices == [("step 4 (pinned)", four),
+                                  ("step 8", str(run / "checkpoints" / "step-000008.safetensors"))]
+    refused = review.pin_and_relabel(context, "../../../etc", four, [])
+    assert "outside the workspace" in refused[0] and refused[1:] == ({"__type__": "update"},) * 4

@@ -96,6 +96,8 @@ def test_estimate_counts_every_pass_with_the_jobs_tile(context, tmp_path):
     automatic = estimate(context, image, ESRGAN, 7, "", model, "tiny-flux", None, 8, None, 0.3, 0.2, False, 0.15,
                          True)
     assert "2 tiles (1 + 1) of up to" in automatic and "(automatic tile size" in automatic
+    zero = estimate(context, image, ESRGAN, 7, "", model, "tiny-flux", 0, 8, 0, 0.3, 0.2, False, 0.15, True)
+    assert zero == automatic  # the field shows 0 for automatic (Gradio's number box is never empty)
     outside = estimate(context, image, ESRGAN, 7, "", str(tmp_path / "elsewhere.pth"), "tiny-flux", 32, 8, None,
                        0.3, 0.2, False, 0.15, True)
     assert "is outside the workspace" in outside
@@ -153,5 +155,50 @@ def test_diffusion_estimate_and_upscale_use_the_engines_plan_and_the_step_scale(
                                        False, 32, 8, 4, 0, "", 0.3, 0.2, False, 0.15, False, "PNG", False, None,
                                        None, 50, 50, 2, progress=lambda fraction, desc=None: seen.append(desc))
     assert seen[0].startswith(plan) and plan in status and "80×64 in" in status, status
-    assert read_parameters(Path(path))["step_sizes"] == [[40, 32], [80, 64]] and Image.open(path).size == (80, 64)
+    assert "Texture LoRA: none (the base model alone)." in seen[0] and "Texture LoRA: none" in status
+    parameters = read_parameters(Path(path))
+    assert parameters["step_sizes"] == [[40, 32], [80, 64]] and Image.open(path).size == (80, 64)
+    assert parameters["loras"] == []  # the TIFF/PNG says so too
     assert pair[1].size == (64, 64) and path == kept and leftovers(tmp_path) == []
+
+
+def built_tab(context):
+    import gradio as gr
+
+    from ui.tabs import upscale
+
+    with gr.Blocks() as demo:
+        upscale.build(context)
+    return [block for block in demo.blocks.values() if getattr(block, "label", None)]
+
+
+def test_no_texture_lora_unless_the_artist_picks_one(context, tmp_path):
+    """The Texture LoRA starts at "(none)" even with LoRAs on disk (it used to preselect the first, which was
+    applied); "(none)" stays a choice; the plan names the LoRA in use, or says there is none."""
+    from ui.tabs.upscale import DIFFUSION, estimate, upscale
+
+    loras = context.workspace.models / "loras"
+    loras.mkdir()
+    (loras / "texture.safetensors").write_bytes(b"listed, not loaded")
+    lora = next(b for b in built_tab(context) if b.label == "Texture LoRA")
+    assert lora.value == "" and lora.choices[0] == ("(none)", "")
+    assert ("texture.safetensors", str(loras / "texture.safetensors")) in lora.choices
+    image = str(save(tmp_path / "art.png", 16, 20))
+    form = (image, DIFFUSION, 2, "", None, "tiny-flux", 32, 8, 4, 0.3, 0.2, False, 0.15, False, None)
+    assert "Texture LoRA: none (the base model alone)." in estimate(context, *form, "")
+    assert "Texture LoRA: `texture.safetensors`." in estimate(context, *form, str(loras / "texture.safetensors"))
+    _, path, status, _ = upscale(context, threading.Event(), image, DIFFUSION, 2, "", None, "tiny-flux",
+                                 str(tmp_path / "outside.safetensors"), False, 32, 8, 4, 0, "", 0.3, 0.2, False,
+                                 0.15, False, "PNG", False, None, progress=lambda *a, **k: None)
+    assert path is None and "outside the workspace" in status  # a typed path is still confined
+
+
+def test_number_fields_say_what_they_show(context):
+    """Gradio 6's number box shows 0 for an empty value, so a field whose 0 means "automatic" says so, and
+    starts at 0: the label is true in the browser (tests/test_browser_upscale.py looks there too)."""
+    import gradio as gr
+
+    numbers = {b.label: b.value for b in built_tab(context) if isinstance(b, gr.Number)}
+    assert not [label for label in numbers if "empty" in label], numbers
+    for label in ("Tile px (0: automatic)", "Steps (0: the model's default)", "DPI (0: the input's)"):
+        assert numbers[label] == 0, (label, numbers)

@@ -12,9 +12,7 @@ def build_app(context: StudioContext) -> gr.Blocks:
     with gr.Blocks(title="BLK Studio", analytics_enabled=False) as demo:
         gr.Markdown("# BLK Studio")
         if context.demo:
-            gr.Markdown(f"**Demo mode** — {context.demo_reason} Generating tabs use the tiny random-weight "
-                        "models: results are noise, but every control works. See *Models & Settings*.",
-                        elem_classes=["blk-banner"])
+            gr.Markdown(demo_banner(context), elem_classes=["blk-banner"], elem_id="blk-demo-banner")
         with gr.Tabs() as tabs:
             with gr.Tab("Caption"):
                 caption.build(context)
@@ -37,27 +35,57 @@ def build_app(context: StudioContext) -> gr.Blocks:
     return demo
 
 
+def demo_banner(context: StudioContext) -> str:
+    """The demo-mode banner: what works with the tiny models, and which paths still need a file."""
+    from blk.stencil.matting import unavailable_reason
+
+    needs = []
+    if not upscale.upscaler_choices(context):
+        needs.append("Upscale's Real-ESRGAN path needs an upscaler file in `workspace/models/upscalers/` "
+                     "(the diffusion path runs without it)")
+    if unavailable_reason(context.workspace):
+        needs.append("Stencil's matting needs BiRefNet (the Matting tab says how)")
+    missing = f" Except: {'; '.join(needs)}." if needs else ""
+    return (f"**Demo mode** — {context.demo_reason} Generating tabs use the tiny random-weight models: results are "
+            f"noise, but the controls work.{missing} See *Models & Settings*.")
+
+
 def refresh_on_show(tab, lists, outputs) -> None:
     """Choices made elsewhere (a new dataset, run, checkpoint, LoRA) appear when the tab is opened."""
     tab.select(lists, outputs=outputs, show_progress="hidden", queue=False)
 
 
+PICK_FIRST = "Click a sketch first."  # in Sketch's note when a send button is pressed with none selected
+
+
+def to_compose(path):
+    """Sketch → Stencil › Compose, as the background image: (main tabs, Stencil's tabs, file, kind, note)."""
+    if not path:
+        return gr.update(), gr.update(), gr.update(), gr.update(), PICK_FIRST
+    return gr.Tabs(selected="stencil"), gr.Tabs(selected="compose"), path, "image", gr.update()
+
+
+def to_matting(path):
+    """Sketch → Stencil › Matting: (main tabs, Stencil's tabs, the image to cut out, note)."""
+    if not path:
+        return gr.update(), gr.update(), gr.update(), PICK_FIRST
+    return gr.Tabs(selected="stencil"), gr.Tabs(selected="matting"), path, gr.update()
+
+
+def to_upscale(path):
+    """Sketch → Upscale: (main tabs, the image to upscale, note)."""
+    if not path:
+        return gr.update(), gr.update(), PICK_FIRST
+    return gr.Tabs(selected="upscale"), path, gr.update()
+
+
 def send_between_tabs(tabs, sketched: dict, stenciled: dict, upscaled: dict) -> None:
-    """A sketch goes on to Stencil (as the collage background, or to be cut out) or to Upscale."""
-    def to_compose(path):
-        if not path:
-            return gr.update(), gr.update(), gr.update(), gr.update()
-        return gr.Tabs(selected="stencil"), gr.Tabs(selected="compose"), path, "image"
-
-    def to_matting(path):
-        if not path:
-            return gr.update(), gr.update(), gr.update()
-        return gr.Tabs(selected="stencil"), gr.Tabs(selected="matting"), path
-
+    """A sketch goes on to Stencil (as the collage background, or to be cut out) or to Upscale; with no
+    sketch selected, Sketch's note says to click one."""
+    note = sketched["selected_note"]
     sketched["to_compose"].click(to_compose, inputs=sketched["selected"],
                                  outputs=[tabs, stenciled["tabs"], stenciled["background_file"],
-                                          stenciled["background_kind"]])
-    sketched["to_upscale"].click(lambda path: (gr.Tabs(selected="upscale"), path) if path else (gr.update(),) * 2,
-                                 inputs=sketched["selected"], outputs=[tabs, upscaled["image"]])
+                                          stenciled["background_kind"], note])
+    sketched["to_upscale"].click(to_upscale, inputs=sketched["selected"], outputs=[tabs, upscaled["image"], note])
     sketched["to_matting"].click(to_matting, inputs=sketched["selected"],
-                                 outputs=[tabs, stenciled["tabs"], stenciled["matting_source"]])
+                                 outputs=[tabs, stenciled["tabs"], stenciled["matting_source"], note])

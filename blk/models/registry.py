@@ -8,6 +8,7 @@ its family detected from its contents. Nothing here downloads.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -250,3 +251,60 @@ def default_model(workspace: Workspace, family: str | None = None) -> tuple[str,
         except ModelNotFound:
             continue
     return ("tiny-sdxl" if family == "sdxl" else "tiny-flux"), True
+
+
+CAPTIONER_REPO = "Qwen/Qwen2.5-VL-7B-Instruct"  # the captioner the README suggests
+
+
+def list_support_models(workspace: Workspace) -> list[ModelStatus]:
+    """The other weights the tabs use, found or missing, read from the workspace folders and the local
+    Hugging Face cache (nothing is built, loaded or downloaded): upscalers, LayerDiffuse for each family,
+    BiRefNet for matting, and the captioning models."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from blk.caption.tiny_vlm import TINY_VLM_NAME
+    from blk.stencil.layerdiffuse import ENCODER_FILES, FILES, REPOS
+    from blk.stencil.matting import MODEL_FILE, MODEL_URL, matting_folder
+    from blk.upscale.models import MODEL_SUFFIXES
+
+    rows: list[ModelStatus] = []
+    folder = workspace.models / "upscalers"
+    files = sorted(p for p in folder.glob("*") if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES)
+    rows += [ModelStatus(p.name, "upscaler", True, str(p), p.stat().st_size,
+                         "Upscale: the Real-ESRGAN path, and enlarging before the diffusion passes") for p in files]
+    if not files:
+        rows.append(ModelStatus("RealESRGAN_x4plus.pth", "upscaler", False,
+                                f"missing — put it (or any model spandrel reads) in {folder}", 0,
+                                "Upscale's Real-ESRGAN path (the diffusion path works without it, with Lanczos)"))
+    layers = workspace.models / "layerdiffuse"
+    for family, names in FILES.items():
+        needed = list(dict.fromkeys(names + (ENCODER_FILES[family],)))
+        present = [name for name in needed if (layers / name).is_file()]
+        missing = [name for name in names if name not in present]
+        encoder = "" if ENCODER_FILES[family] in present + list(names) else \
+            f"; starting from a transparent image also needs {ENCODER_FILES[family]}"
+        rows.append(ModelStatus(
+            f"layerdiffuse-{family}", "layerdiffuse", not missing,
+            str(layers) if not missing else
+            f"missing — {' and '.join(missing)} from huggingface.co/{REPOS[family]} in {layers}",
+            sum((layers / name).stat().st_size for name in present),
+            f"Stencil's transparent generation with {'Flux' if family == 'flux' else 'SDXL'} models" + encoder))
+    weights = matting_folder(workspace) / MODEL_FILE
+    packages = importlib.util.find_spec("rembg") is not None and importlib.util.find_spec("onnxruntime") is not None
+    rows.append(ModelStatus(
+        "birefnet-general", "matting", weights.is_file(),
+        str(weights) if weights.is_file() else f"missing — download {MODEL_URL} to {weights}",
+        weights.stat().st_size if weights.is_file() else 0,
+        "Stencil's matting" + ("" if packages else "; also needs the rembg and onnxruntime packages "
+                                                    "(`.venv/bin/pip install rembg onnxruntime`)")))
+    tiny = workspace.models / TINY_VLM_NAME
+    built = (tiny / "config.json").is_file()
+    rows.append(ModelStatus(TINY_VLM_NAME, "captioning", True, str(tiny) if built else "built on first use",
+                            folder_size(tiny) if built else 0, "random-weight captioner built in code (demo and tests)"))
+    cached = try_to_load_from_cache(CAPTIONER_REPO, "config.json")
+    found = isinstance(cached, str) and os.path.exists(cached)
+    rows.append(ModelStatus(
+        CAPTIONER_REPO, "captioning", found, str(Path(cached).parent) if found else
+        f"missing — `hf download {CAPTIONER_REPO}` on a connected machine, or type a model folder in Caption",
+        folder_size(Path(cached).parent) if found else 0, "a good local captioner for the Caption tab (vLLM)"))
+    return rows

@@ -93,8 +93,9 @@ class Stenciler:
             if not 0 < request.strength <= 1:
                 raise UserError(f"Strength is between 0 and 1 (how much is redrawn); got {request.strength:g}.")
             start = starting_image(Path(request.image))
-            size = start.size  # the asset keeps the starting image's size (rounded to 64)
-        width, height, notice = round_size(*size, SIZE_MULTIPLE)
+            width, height, notice = start_size(*start.size, SIZE_MULTIPLE)  # Width and Height are not used
+        else:
+            width, height, notice = round_size(*size, SIZE_MULTIPLE)
         steps, guidance = generation_defaults(model)
         prompt = full_prompt(request.prompt, request.role)
         first_seed = secrets.randbelow(MAX_SEED) if request.seed is None or request.seed < 0 else int(request.seed)
@@ -155,6 +156,32 @@ class Stenciler:
                 if on_image is not None:
                     on_image(result)
         return results
+
+
+def start_size(width: int, height: int, multiple: int) -> tuple[int, int, str]:
+    """The asset's size from a starting image: each side one grid step either way of the image's, the
+    aspect ratio kept as closely as the grid allows (on a tie, the nearest size); a notice when it changes.
+
+    80×60 → 64×64 (128×64 is further from 4:3); 200×100 → 256×128 (2:1 kept, where rounding each side
+    alone gives 192×128).
+    """
+    import math
+
+    nearest_w, nearest_h, _ = round_size(width, height, multiple)
+    if (nearest_w, nearest_h) == (width, height):
+        return width, height, ""
+
+    def sides(length):  # the grid sides either way of `length` (one grid step at least)
+        low = length // multiple * multiple
+        return {length} if low == length else {low, low + multiple} if low else {multiple}
+
+    def cost(size):  # the aspect's distance first, then the distance from the nearest size
+        return (round(abs(math.log(size[0] / size[1]) - math.log(width / height)), 9),
+                abs(size[0] - nearest_w) + abs(size[1] - nearest_h))
+
+    w, h = min(((w, h) for w in sides(width) for h in sides(height)), key=cost)
+    return w, h, (f"The starting image is {width}×{height}, not on the model's {multiple} px grid; the asset is "
+                  f"{w}×{h}, its aspect ratio kept as closely as the grid allows.")
 
 
 def starting_image(path: Path):

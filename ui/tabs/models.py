@@ -10,10 +10,11 @@ COLUMNS = ["name", "family", "status", "size", "where", "about"]
 
 
 def models_table(context: StudioContext) -> list[list[str]]:
-    from blk.models.registry import human_size, list_models
+    """Every known model, found or missing: base models, then upscalers, LayerDiffuse, BiRefNet, captioners."""
+    from blk.models.registry import human_size, list_models, list_support_models
 
     return [[r.name, r.family, "found" if r.found else "missing", human_size(r.size_bytes), r.location, r.description]
-            for r in list_models(context.workspace)]
+            for r in list_models(context.workspace) + list_support_models(context.workspace)]
 
 
 def devices_text(context: StudioContext) -> str:
@@ -39,7 +40,8 @@ def build(context: StudioContext) -> None:
     refresh = gr.Button("Refresh", size="sm")
     gr.Markdown(f"Workspace: `{context.workspace.root}`  \n"
                 f"Folders allowed besides it: {', '.join(context.workspace.settings.allowed_folders) or 'none'}")
-    devices = gr.Markdown()
+    devices = gr.Markdown("Detecting devices…", elem_id="blk-devices")
     detect = gr.Button("Detect devices", size="sm")
     refresh.click(lambda: models_table(context), outputs=table, api_name="models_list")
     detect.click(lambda: devices_text(context), outputs=devices, api_name="devices")
+    gr.on(None, lambda: devices_text(context), outputs=devices, show_progress="hidden")  # on each page load

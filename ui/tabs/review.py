@@ -24,6 +24,12 @@ def run_choices(context: StudioContext) -> list[str]:
                   key=lambda name: -(context.workspace.runs / name).stat().st_mtime)
 
 
+def on_load(context: StudioContext):
+    """A freshly loaded page has the newest run chosen (as Train does), so its checkpoints show at once."""
+    runs = run_choices(context)
+    return gr.Dropdown(choices=runs, value=runs[0] if runs else None)
+
+
 def _run_dir(context: StudioContext, run: str) -> Path | None:
     return context.workspace.confine(run, base=context.workspace.runs) if run else None
 
@@ -237,6 +243,18 @@ def keep(context: StudioContext, run, checkpoint, action: str):
         return f"**{exc}**"
 
 
+def pin_and_relabel(context: StudioContext, run, checkpoint, extra):
+    """Pin, then relabel the checkpoint lists at once ("step N (pinned)"); the chosen values stay."""
+    from blk.errors import UserError
+
+    note = keep(context, run, checkpoint, "pin")
+    try:
+        choices = checkpoint_choices(context, run, extra)
+    except UserError:  # the form's run or files were refused: `keep` said why, the lists stay as they are
+        return (note,) + (gr.update(),) * 4
+    return (note, gr.CheckboxGroup(choices=choices)) + tuple(gr.Dropdown(choices=choices) for _ in range(3))
+
+
 def build(context: StudioContext) -> dict:
     from blk.generate.library import available_loras
     from ui.tabs.sketch import model_defaults
@@ -322,8 +340,10 @@ def build(context: StudioContext) -> dict:
     for button, side in ((pick_left, "left"), (pick_right, "right"), (pick_tie, "tie")):
         button.click(lambda r, st, side=side: pick(context, r, st, side), inputs=[run, blind_state],
                      outputs=[blind_state, left, right, blind_note, chosen])
-    pin_button.click(lambda r, c: keep(context, r, c, "pin"), inputs=[run, chosen], outputs=keep_note)
+    pin_button.click(lambda r, c, e: pin_and_relabel(context, r, c, e), inputs=[run, chosen, extra],
+                     outputs=[keep_note, checkpoints, a, b, chosen])
     export_button.click(lambda r, c: keep(context, r, c, "export"), inputs=[run, chosen], outputs=keep_note)
+    gr.on(None, lambda: on_load(context), outputs=run, show_progress="hidden")  # no triggers: on each page load
     on_show = (lambda: (gr.Dropdown(choices=run_choices(context)),
                         gr.Dropdown(choices=[(label, str(path)) for label, path in available_loras(context.workspace)])),
                [run, extra])

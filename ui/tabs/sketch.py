@@ -183,5 +183,5 @@ def build(context: StudioContext) -> None:
     results.select(on_select, inputs=session, outputs=[selected, selected_note])
     on_show = (lambda: (gr.Dropdown(choices=lora_stack.lora_choices(context)),
                         gr.Dropdown(choices=model_names(context))), [lora_pick, model])
-    return {"selected": selected, "to_compose": to_compose, "to_matting": to_matting, "to_upscale": to_upscale,
-            "on_show": on_show}
+    return {"selected": selected, "selected_note": selected_note, "to_compose": to_compose, "to_matting": to_matting,
+            "to_upscale": to_upscale, "on_show": on_show}

@@ -48,13 +48,14 @@ def generate(context: StudioContext, cancel: threading.Event, gallery: list, mod
     except ValueError as exc:
         status = f"**A number in the form is not valid ({exc}).**"
     shown = [(str(r.path), f"seed {r.seed}") for r in reversed(finished)] + gallery
-    if finished:
-        last = finished[-1]
-        summary = (f"{len(finished)} asset{'s' if len(finished) > 1 else ''}, seed "
-                   f"**{', '.join(str(r.seed) for r in finished)}**, {last.parameters['width']}×"
-                   f"{last.parameters['height']} RGBA — saved in `{last.path.parent}`")
-        status = "  \n".join(s for s in (last.notice, summary, status) if s)
-    return shown, shown, status, (finished[-1].seed if finished else gr.update())
+    if not finished:
+        return shown, shown, status, gr.update(), gr.update()
+    last = finished[-1]
+    summary = (f"{len(finished)} asset{'s' if len(finished) > 1 else ''}, seed "
+               f"**{', '.join(str(r.seed) for r in finished)}**, {last.parameters['width']}×"
+               f"{last.parameters['height']} RGBA — saved in `{last.path.parent}`")
+    status = "  \n".join(s for s in (last.notice, summary, status) if s)
+    return shown, shown, status, last.seed, str(last.path)  # the newest asset becomes the chosen one
 
 
 def preview(image_path, background: str, colour: str):
@@ -69,8 +70,19 @@ def preview(image_path, background: str, colour: str):
         return over_background(image, "checkerboard" if background == "checkerboard" else colour)
 
 
+def free_dataset_folder(datasets: Path, name: str) -> Path:
+    """datasets/NAME, or NAME-2, NAME-3… when that exists: a conversion never writes into a dataset."""
+    target, number = datasets / name, 1
+    while target.exists():
+        number += 1
+        target = datasets / f"{name}-{number}"
+    return target
+
+
 def ink_to_alpha(context: StudioContext, files, dataset, paper_auto, paper, tt, ot, progress=gr.Progress()):
-    """Uploaded scans → outputs/stencil/alpha/DATE/; a dataset → a new dataset NAME-alpha with its captions."""
+    """Uploaded scans → outputs/stencil/alpha/DATE/; a dataset → a new dataset NAME-alpha with its captions
+    (NAME-alpha-2, -3… when it exists: an earlier conversion and its caption edits stay as they are).
+    With a dataset chosen, uploaded scans are not converted, and the status says so."""
     from blk.errors import UserError
     from blk.stencil.alpha import AlphaSettings, convert_batch, copy_captions
 
@@ -78,10 +90,15 @@ def ink_to_alpha(context: StudioContext, files, dataset, paper_auto, paper, tt, 
     try:
         if dataset:
             source = context.workspace.named_dataset(dataset)
-            target = context.workspace.datasets / f"{source.name}-alpha"
+            target = free_dataset_folder(context.workspace.datasets, f"{source.name}-alpha")
             result = convert_batch(source, target, settings, progress=lambda d, t: progress(d / t))
             copied = copy_captions(result)
             where = f"the new dataset `{target.name}` ({copied} captions copied)"
+            if target.name != f"{source.name}-alpha":
+                where += f"; `{source.name}-alpha` already exists and was left as it is"
+            if files:
+                where += (f". The {len(files)} uploaded scan{'s were' if len(files) > 1 else ' was'} not converted: "
+                          "clear the dataset choice to convert uploads")
         else:
             if not files:
                 return [], "Upload scans or choose a dataset."
@@ -191,6 +208,13 @@ def add_to_compose(layer_files, asset):
         gr.Tabs(selected="compose")
 
 
+def start_from_chosen(asset):
+    """The chosen asset becomes the starting image; with none chosen, a sentence (and the image stays)."""
+    if not asset:
+        return gr.update(), "Click an asset in the gallery first, then *Start from the chosen asset*."
+    return asset, f"Starting from `{Path(asset).name}`: Generate redraws it at the chosen strength."
+
+
 def dataset_names(context: StudioContext) -> list[str]:
     return sorted(p.name for p in context.workspace.datasets.glob("*") if p.is_dir() and not p.name.startswith("."))
 
@@ -226,8 +250,10 @@ def build(context: StudioContext) -> None:
                     role = gr.Radio([ROLE_NONE, *ROLES], value="FG", label="Z-role tag (appended to the prompt)")
                     loras, lora_pick = lora_stack.build(context, "blk-stencil", "Style LoRA")
                     with gr.Row():
-                        width = gr.Number(1024, label="Width (multiple of 64)", precision=0)
-                        height = gr.Number(1024, label="Height (multiple of 64)", precision=0)
+                        width = gr.Number(1024, label="Width (multiple of 64; not used with a starting image)",
+                                          precision=0)
+                        height = gr.Number(1024, label="Height (multiple of 64; not used with a starting image)",
+                                           precision=0)
                     with gr.Row():
                         steps = gr.Number(default_steps, label="Steps", precision=0, elem_id="blk-stencil-steps")
                         guidance = gr.Number(default_guidance, label="Guidance")
@@ -238,7 +264,10 @@ def build(context: StudioContext) -> None:
                     augment = gr.Checkbox(True, label="Test-time augmentation (8 decoder views; cleaner edges)")
                     with gr.Accordion("Start from a transparent image (image to image)", open=False):
                         gr.Markdown("An RGBA PNG (an asset, an ink-to-alpha scan) is redrawn in your style with "
-                                    "its transparency; the asset keeps its size. Leave empty to start from noise.")
+                                    "its transparency. The asset takes the starting image's size, on the 64 px "
+                                    "grid (its aspect ratio kept as closely as the grid allows; the status says "
+                                    "when the size changes): Width and Height are not used. Leave empty to start "
+                                    "from noise.")
                         start = gr.Image(label="Starting image", type="filepath", image_mode="RGBA",
                                          elem_id="blk-stencil-start", elem_classes=["blk-checker"])
                         strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength (how much is redrawn)")
@@ -263,7 +292,7 @@ def build(context: StudioContext) -> None:
             go.click(lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
                      inputs=[session, model, prompt, role, loras, width, height, steps, guidance, seed, random_seed,
                              count, augment, start, strength],
-                     outputs=[results, session, status, seed], api_name="stencil_generate")
+                     outputs=[results, session, status, seed, chosen], api_name="stencil_generate")
             stop.click(cancel.set, queue=False)
             model.change(lambda name: (*model_defaults(context, name), weights_note(context, name)), inputs=model,
                          outputs=[steps, guidance, status])
@@ -273,7 +302,7 @@ def build(context: StudioContext) -> None:
                 return entry[0] if isinstance(entry, (list, tuple)) else entry
 
             results.select(on_select, inputs=session, outputs=chosen)
-            use_chosen.click(lambda path: path or gr.update(), inputs=chosen, outputs=start)
+            use_chosen.click(start_from_chosen, inputs=chosen, outputs=[start, status])
             for trigger in (chosen.change, background.change, colour.change):
                 trigger(preview, inputs=[chosen, background, colour], outputs=shown)
 

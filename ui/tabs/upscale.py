@@ -18,6 +18,7 @@ from ui.context import StudioContext
 from ui.tabs.sketch import model_names
 
 ESRGAN, DIFFUSION = "Real-ESRGAN (faithful, to about 8k)", "Diffusion + texture LoRA (mural sizes)"
+NO_LORA = ("(none)", "")  # the Texture LoRA's first choice and default: no LoRA unless the artist picks one
 UPSCALER_SUFFIXES = (".pth", ".safetensors", ".ckpt", ".pt")
 
 
@@ -27,9 +28,19 @@ def upscaler_choices(context: StudioContext) -> list[tuple[str, str]]:
 
 
 def lora_choices(context: StudioContext) -> list[tuple[str, str]]:
+    """"(none)" first, then every LoRA found (run checkpoints, models/loras)."""
     from blk.generate.library import available_loras
 
-    return [(label, str(path)) for label, path in available_loras(context.workspace)]
+    return [NO_LORA] + [(label, str(path)) for label, path in available_loras(context.workspace)]
+
+
+def lora_line(lora) -> str:
+    """Which texture LoRA the diffusion path uses, in the plan and the status."""
+    if not lora:
+        return "Texture LoRA: none (the base model alone)."
+    path = Path(lora)
+    name = f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints" else path.name
+    return f"Texture LoRA: `{name}`."
 
 
 def target(image_path, scale, size_text):
@@ -61,8 +72,9 @@ def time_line(context: StudioContext, key: str, tiles: int) -> str:
 
 
 def estimate(context: StudioContext, image_path, path_kind, scale, size_text, upscaler, model, tile, overlap, steps,
-             denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale=None):
-    """What the job will do, before it starts: size, suggested path, tiles of every pass, and time when known."""
+             denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale=None, lora=None):
+    """What the job will do, before it starts: size, suggested path, tiles of every pass (with the texture
+    LoRA, or none), and time when known."""
     from blk.errors import UserError
     from blk.upscale import diffusion, esrgan
     from blk.upscale.compare import suggested_path
@@ -83,7 +95,7 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
                                 overlap, steps, 0, "", denoise_a, denoise_b, use_c, denoise_c, final_pass,
                                 step_scale)
             the_plan = diffusion.estimate(job, context.workspace)
-            lines.append(the_plan.sentence())
+            lines += [the_plan.sentence(), lora_line(lora)]
             count, key = the_plan.total_tiles, rate_key("diffusion", model, job.tile)
         else:
             if not upscaler:
@@ -170,7 +182,8 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
         progress(0, desc=" ".join(notes + planned))
 
     def show(the_plan, tiles):  # the engine's plan and the time it takes, before the first tile
-        planned.append(f"{the_plan.sentence()} {time_line(context, key, tiles)}")
+        used = f" {lora_line(lora_path)}" if kind == "diffusion" else ""
+        planned.append(f"{the_plan.sentence()}{used} {time_line(context, key, tiles)}")
         progress(0, desc=" ".join(notes + planned))
 
     def report(done, total):
@@ -237,7 +250,8 @@ def build(context: StudioContext) -> dict:
             with gr.Group(visible=False) as diffusion_group:
                 model = gr.Dropdown(model_names(context), value=context.default_model(), label="Base model",
                                     allow_custom_value=True)
-                lora = gr.Dropdown(lora_choices(context), label="Texture LoRA", allow_custom_value=True)
+                lora = gr.Dropdown(lora_choices(context), value=NO_LORA[1], label="Texture LoRA",
+                                   allow_custom_value=True, elem_id="blk-upscale-lora")
                 enlarge_first = gr.Checkbox(True, label="Enlarge with the upscaler first (else Lanczos)")
                 prompt = gr.Textbox(label="Prompt (usually empty)")
                 with gr.Row():
@@ -249,7 +263,7 @@ def build(context: StudioContext) -> dict:
                     use_c = gr.Checkbox(False, label="Pass C (edges)")
                     denoise_c = gr.Slider(0.05, 0.4, value=PASS_C.denoise, step=0.01, label="Pass C denoise")
                 with gr.Row():
-                    steps = gr.Number(None, label="Steps (empty: model default)", precision=0)
+                    steps = gr.Number(0, label="Steps (0: the model's default)", precision=0)
                     seed = gr.Number(0, label="Seed (same for every tile)", precision=0)
                 step_scale = gr.Slider(1.5, STEP, value=STEP, step=0.5, label="Largest enlargement per step",
                                        info="Each step enlarges at most this much, then its passes refine it; "
@@ -257,12 +271,12 @@ def build(context: StudioContext) -> dict:
                                        elem_id="blk-upscale-step-scale")
                 final_pass = gr.Checkbox(True, label="Final low-denoise pass over the whole frame (when it fits)")
             with gr.Row():
-                tile = gr.Number(None, label="Tile px (empty: automatic)", precision=0)
+                tile = gr.Number(0, label="Tile px (0: automatic)", precision=0, elem_id="blk-upscale-tile")
                 overlap = gr.Number(32, label="Overlap px", precision=0)
             with gr.Row():
                 fmt = gr.Radio(["TIFF", "PNG"], value="TIFF", label="Format (TIFF: tiled BigTIFF, any size)")
                 keep_16bit = gr.Checkbox(False, label="Keep 16-bit (TIFF)")
-                dpi = gr.Number(None, label="DPI (0: the input's)")
+                dpi = gr.Number(0, label="DPI (0: the input's)")
                 print_dpi = gr.Number(0, label="Print copy DPI (0: none)", elem_id="blk-upscale-print-dpi")
             with gr.Row():
                 plan_button = gr.Button("Estimate")
@@ -284,7 +298,7 @@ def build(context: StudioContext) -> dict:
     def on_path(kind):  # the path's own settings, whoever set it
         diffusion = kind == DIFFUSION
         return gr.Group(visible=diffusion), gr.Number(value=96 if diffusion else 32), \
-            gr.Number(value=1024 if diffusion else None)
+            gr.Number(value=1024 if diffusion else 0)
 
     # the scale's default only when the user picks a path: a suggestion follows the scale they typed
     path_kind.change(on_path, inputs=path_kind, outputs=[diffusion_group, overlap, tile])
@@ -297,7 +311,7 @@ def build(context: StudioContext) -> dict:
         axis.release(show_region, inputs=[image, result_path, region_x, region_y], outputs=slider)
     plan_button.click(lambda *a: estimate(context, *a),
                       inputs=[image, path_kind, scale, size_text, upscaler, model, tile, overlap, steps, denoise_a,
-                              denoise_b, use_c, denoise_c, final_pass, step_scale], outputs=status)
+                              denoise_b, use_c, denoise_c, final_pass, step_scale, lora], outputs=status)
     go.click(lambda *a, progress=gr.Progress(): upscale(context, cancel, *a, progress=progress),
              inputs=[image, path_kind, scale, size_text, upscaler, model, lora, enlarge_first, tile, overlap, steps,
                      seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, fmt, keep_16bit, dpi,
