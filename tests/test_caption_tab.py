@@ -116,12 +116,12 @@ def listeners(demo, component, trigger):
 
 
 def test_the_dataset_list_starts_unchosen_and_is_fresh_when_the_tab_is_shown(context):
+    from ui.app import build_app
+
     make_dataset(context, "inks")
-    with gr.Blocks() as demo:
-        with gr.Tabs():
-            with gr.Tab("Caption") as tab:
-                caption.build(context)
-    dataset = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Dataset")
+    demo = build_app(context)
+    tab = next(b for b in demo.blocks.values() if isinstance(b, gr.Tab) and b.label == "Caption")
+    dataset = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "blk-caption-dataset")
     assert dataset.value is None  # nothing preselected while the grid is still empty
     make_dataset(context, "inks-alpha")  # made elsewhere (Stencil's ink to alpha) after the page was built
     for event in (listeners(demo, tab, "select"), listeners(demo, dataset, "load")):

@@ -14,8 +14,8 @@ def build_app(context: StudioContext) -> gr.Blocks:
         if context.demo:
             gr.Markdown(demo_banner(context), elem_classes=["blk-banner"], elem_id="blk-demo-banner")
         with gr.Tabs() as tabs:
-            with gr.Tab("Caption"):
-                caption.build(context)
+            with gr.Tab("Caption") as caption_tab:
+                captioned = caption.build(context)
             with gr.Tab("Train") as train_tab:
                 trained = train.build(context, lambda: caption.dataset_names(context))
             with gr.Tab("Sketch", id="sketch") as sketch_tab:
@@ -29,7 +29,8 @@ def build_app(context: StudioContext) -> gr.Blocks:
             with gr.Tab("Models & Settings"):
                 models.build(context)
         send_between_tabs(tabs, sketched, stenciled, upscaled)
-        for tab, built in ((train_tab, trained), (sketch_tab, sketched), (stencil_tab, stenciled),
+        for tab, built in ((caption_tab, captioned), (train_tab, trained), (sketch_tab, sketched),
+                           (stencil_tab, stenciled),
                            (upscale_tab, upscaled), (review_tab, reviewed)):
             refresh_on_show(tab, *built["on_show"])
     return demo

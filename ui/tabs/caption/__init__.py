@@ -40,17 +40,7 @@ def dataset_choices(context: StudioContext) -> gr.Dropdown:
     return gr.Dropdown(choices=dataset_names(context))
 
 
-def refresh_when_shown(lists, outputs) -> None:
-    """Fresh choices when the page loads (Caption is the first tab) and whenever this tab is opened again."""
-    gr.on(triggers=None, fn=lists, outputs=outputs, show_progress="hidden", queue=False)  # no inputs: on load only
-    from gradio.context import Context
-
-    tab = Context.block
-    if isinstance(tab, gr.Tab):
-        tab.select(lists, outputs=outputs, show_progress="hidden", queue=False)
-
-
-def build(context: StudioContext) -> None:
+def build(context: StudioContext) -> dict:
     gr.Markdown("Datasets live in `workspace/datasets/NAME/`: images with `NAME.txt` captions beside them.")
     with gr.Row():
         dataset = gr.Dropdown(choices=dataset_names(context), value=None, label="Dataset", scale=4,
@@ -60,7 +50,7 @@ def build(context: StudioContext) -> None:
     selected_image = gr.State(None)
     rows_state = gr.State([])  # the grid's rows on screen, with the hashes they were read at
     refresh.click(lambda: dataset_choices(context), outputs=dataset)
-    refresh_when_shown(lambda: dataset_choices(context), dataset)
+    gr.on(None, lambda: dataset_choices(context), outputs=dataset, show_progress="hidden")  # each page load
     with gr.Accordion("New dataset, or add images", open=False):
         with gr.Row():
             new_name = gr.Textbox(label="Name (new) — or leave empty to add to the dataset above",
@@ -78,3 +68,4 @@ def build(context: StudioContext) -> None:
             grid.build(context, dataset, selected_image, rows_state, after_batch)
         with gr.Tab("Check"):
             check.build(context, dataset)
+    return {"on_show": (lambda: dataset_choices(context), [dataset])}
