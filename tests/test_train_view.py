@@ -209,6 +209,13 @@ def context(workspace):
     return StudioContext(workspace, demo=True, demo_reason="test")
 
 
+def frame(plot):
+    """A plot update's data as the browser receives it, back as a frame (None when it has none)."""
+    import pandas as pd
+
+    return None if plot.value is None else pd.DataFrame(plot.value["data"], columns=plot.value["columns"])
+
+
 def test_clicking_a_sample_chooses_its_step(context):
     folder = run_folder(context.workspace.runs)
     log = Events(folder)
@@ -258,17 +265,17 @@ def test_log_scale_plots_log10_of_the_loss_and_titles_the_axis(context):
     for step, loss in enumerate([1.0, 0.1, 0.01], start=1):
         log("loss", step, loss=loss, lr=1e-4)
     log("eval", 3, loss=0.001)
-    linear = train.watch(context, "r", False)[0]
-    raw = linear[linear["series"] == "raw"]
+    linear = frame(train.watch(context, "r", False)[0])
+    raw = linear[linear["series"] == "loss"]
     assert list(raw["step"]) == [1, 2, 3] and list(raw["loss"]) == pytest.approx([1.0, 0.1, 0.01])
-    logged = train.watch(context, "r", True)[0]
-    assert list(logged[logged["series"] == "raw"]["loss"]) == pytest.approx([0.0, -1.0, -2.0])
+    logged = frame(train.watch(context, "r", True)[0])
+    assert list(logged[logged["series"] == "loss"]["loss"]) == pytest.approx([0.0, -1.0, -2.0])
     assert list(logged[logged["series"] == "validation"]["loss"]) == pytest.approx([-3.0])
     assert list(logged["step"]) == list(linear["step"])  # the x axis is untouched
 
     plot, lr, status, *_ = train.toggle_log_scale(context, "r", True)
     assert plot.y_title == "log₁₀ loss" and list(plot.value["data"][0][:2]) == [1, pytest.approx(0.0)]
-    assert list(lr["lr"]) == [1e-4] * 3 and "step 3" in status
+    assert list(frame(lr)["lr"]) == [1e-4] * 3 and "step 3" in status
     assert train.toggle_log_scale(context, "r", False)[0].y_title == "loss"
     assert train.toggle_log_scale(context, "", True)[0].value is None  # no run: no frame
 
@@ -401,10 +408,12 @@ def test_advanced_fields_change_the_config_and_the_saved_request(context, monkey
 
 
 @pytest.mark.parametrize("key, value, sentence", [
-    ("gradient_accumulation", -1, "schedule.gradient_accumulation — Input should be greater than or equal to 1."),
-    ("batch_size", None, "schedule.batch_size — Input should be a valid integer."),
-    ("ema_decay", 1.5, "optimizer.ema_decay — Input should be less than 1."),
-    ("factor", 0, "adapter — adapter.factor is -1 (automatic) or a positive number."),
+    ("gradient_accumulation", -1, "Gradient accumulation must be at least 1."),
+    ("batch_size", None, "Batch size must be a whole number."),
+    ("ema_decay", 1.5, "EMA decay (0: off) must be less than 1."),
+    ("factor", 0, "LoKr factor (-1: auto) is -1 (automatic) or a positive number."),
+    ("flip", "maybe", "Horizontal flip must be on or off."),
+    ("dtype", "fp8", "Checkpoint dtype must be one of 'fp32', 'fp16' or 'bf16'."),
     ("init_from", "loras/missing.safetensors", "There is no LoRA file at loras/missing.safetensors to start from."),
 ])
 def test_an_invalid_advanced_value_is_one_sentence(context, key, value, sentence):
@@ -452,3 +461,178 @@ def test_the_lokr_factor_shows_only_for_a_lokr_adapter(context, tmp_path, monkey
         train.build(context, lambda: [])
     shown = next(b for b in demo.blocks.values() if getattr(b, "label", None) == factor_label)
     assert shown.visible is True and shown.value == 8
+
+
+# what the artist reads: sentences beside the buttons, form labels, time left ------------------------------
+
+def finished_run(runs, name="r", steps=6):
+    """A run that trained all its steps and whose trainer has exited."""
+    folder = run_folder(runs, name, steps=steps)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses(range(1, steps + 1), base=1.0)
+    checkpoint(log, folder, steps)
+    log("status", steps, status="finished")
+    atomic.write_json(folder / "process.json", {"pid": ended_pid(), "started": 0, "processes": 1})
+    return folder
+
+
+def test_resuming_a_finished_run_says_so_and_starts_nothing(context):
+    folder = finished_run(context.workspace.runs)
+    before = (folder / "process.json").read_text()
+    note = train.control(context, "r", "resume")
+    assert note == (f"r already trained all its 6 steps, so there is nothing to resume; to train it longer, run "
+                    f"`python -m blk train --resume {folder} --steps N` with N above 6.")
+    assert (folder / "process.json").read_text() == before and not (folder / "trainer.log").exists()
+    assert run_info(folder).status == "finished"
+
+
+def test_stop_kill_and_resume_answer_right_under_their_buttons(context):
+    """Their sentences go to a note beneath the buttons in the run column (not under the long form on the left),
+    and choosing another run clears it."""
+    with gr.Blocks() as demo:
+        train.build(context, lambda: [])
+    config = demo.get_config_file()
+    name = {c["id"]: c["props"].get("elem_id") or c["props"].get("value") or c["props"].get("label")
+            for c in config["components"]}
+    wired = {(name.get(t), event): [name.get(o) for o in d["outputs"]] for d in config["dependencies"]
+             for t, event in d["targets"]}
+    for button in ("Stop (save and end)", "Kill", "Resume"):
+        assert wired[(button, "click")] == ["blk-run-note"]
+
+    def parent_of(node, child_id):
+        for index, child in enumerate(node.get("children", [])):
+            if child["id"] == child_id:
+                return node, index
+            found = parent_of(child, child_id)
+            if found:
+                return found
+        return None
+
+    note_id = next(i for i, n in name.items() if n == "blk-run-note")
+    column, at = parent_of(config["layout"], note_id)
+    buttons = [name[c["id"]] for c in column["children"][at - 1]["children"]]
+    assert buttons == ["Stop (save and end)", "Kill", "Resume"]  # the row just above the note
+    assert ("Run", "change") in wired and any(o == ["blk-run-note"] for (n, e), o in wired.items() if n == "Run")
+
+
+def test_time_left_shows_only_while_the_run_runs(context):
+    runs = context.workspace.runs
+    for name, pid in (("live", os.getpid()), ("halted", ended_pid())):
+        folder = run_folder(runs, name, steps=40)
+        log = Events(folder)
+        log("status", 0, status="started")
+        log.losses([1, 2, 3], base=1.0)  # one step a second: 37 steps, 37 s left
+        checkpoint(log, folder, 3)
+        if name == "halted":
+            log("status", 3, status="stopped")
+        atomic.write_json(folder / "process.json", {"pid": pid, "started": 0, "processes": 1})
+    live = train.watch(context, "live", False)[2]
+    assert live.startswith("**running** — step 3 of 40") and "about 37 s left" in live
+    halted = train.watch(context, "halted", False)[2]
+    assert halted.startswith("**stopped** — step 3 of 40") and "left" not in halted
+    finished = train.watch(context, finished_run(runs, "done").name, False)[2]
+    assert finished.startswith("**finished**") and "left" not in finished
+
+
+def test_form_mistakes_name_the_forms_labels(context):
+    from blk.errors import UserError
+
+    (context.workspace.datasets / "inks").mkdir(parents=True)
+    form = list(train.form_from_preset(context, "conceptor-flux-dev"))
+    for index, value, sentence in ((6, 0, "Steps must be at least 1."),
+                                   (5, 0, "Learning rate must be more than 0."),
+                                   (11, 0, "Keep newest must be at least 1."),
+                                   (2, 0, "Rank must be at least 1.")):
+        wrong = list(form)
+        wrong[index] = value
+        with pytest.raises(UserError) as raised:
+            train.config_from_form(context, "conceptor-flux-dev", "inks", *wrong)
+        assert str(raised.value) == sentence
+
+    with gr.Blocks() as demo:  # every label a mistake can name is one the form shows
+        train.build(context, lambda: [])
+    shown = [c["props"].get("label") or "" for c in demo.get_config_file()["components"]]
+    for label in train.LABELS.values():
+        assert any(s == label or s.startswith(label + " (") for s in shown), label
+
+
+def test_first_error_keeps_the_yaml_path_where_there_is_no_form(tmp_path):
+    """The CLI user edits YAML, so a preset's mistake names its path; a form's labels replace it only when given."""
+    from pydantic import ValidationError
+
+    from blk.errors import UserError
+    from blk.train.config import TrainConfig, load_config
+    from blk.yaml_io import first_error
+
+    (tmp_path / "bad.yaml").write_text("schedule: {steps: 0}\n")
+    with pytest.raises(UserError) as raised:
+        load_config(tmp_path / "bad.yaml")
+    assert str(raised.value) == "bad.yaml: schedule.steps — Input should be greater than or equal to 1."
+    with pytest.raises(ValidationError) as invalid:
+        TrainConfig.model_validate({"data": {"resolutions": [512, "big"]}})
+    assert first_error(invalid.value) == ("data.resolutions.1 — Input should be a valid integer, unable to parse "
+                                          "string as an integer.")
+    assert first_error(invalid.value, {"data.resolutions": "Bucket sizes"}) == "Bucket sizes must be a whole number."
+    assert first_error(invalid.value, {"schedule.steps": "Steps"}).startswith("data.resolutions.1 — ")  # unlabelled
+
+
+def test_the_estimate_says_short_spans_in_seconds_like_the_status_line():
+    from blk.train.monitor import duration
+    from blk.train.probe import Estimate
+
+    gb = 2**30
+    assert Estimate(2.21, 13.26, gb, 16 * gb, "cpu").sentence(6) == \
+        "About 2.21 s/step, 13 s for 6 steps; peak memory 1.0 GB of 16 GB on cpu."
+    assert "10 min for 300 steps" in Estimate(2.0, 600.0, gb, 16 * gb, "cpu").sentence(300)
+    assert "3.0 h for 5400 steps" in Estimate(2.0, 10800.0, gb, 16 * gb, "cpu").sentence(5400)
+    assert [duration(s) for s in (13.26, 119, 120, 7199, 7200)] == ["13 s", "119 s", "2 min", "120 min", "2.0 h"]
+
+
+def test_the_plots_name_their_lines_and_span_whole_steps(context):
+    """Legend keys say what each line is; the x axis spans the whole run and at least WHOLE_STEPS steps, so its
+    ticks fall on whole steps (a 6-step run drew 1.0 1.2 1.4 …)."""
+    finished_run(context.workspace.runs, "short", steps=6)
+    folder = run_folder(context.workspace.runs, "long", steps=1000)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses([1, 2, 3], base=1.0)
+    log("eval", 3, loss=0.5)
+    loss, lr, *_ = train.watch(context, "short", False)
+    assert set(frame(loss)["series"]) == {"loss", "smoothed"} and loss.x_lim == lr.x_lim == [0, train.WHOLE_STEPS]
+    loss, lr, *_ = train.watch(context, "long", False)
+    assert list(dict.fromkeys(frame(loss)["series"])) == ["loss", "smoothed", "validation"]
+    assert loss.x_lim == lr.x_lim == [0, 1000]
+    assert set(train.SERIES_COLOURS) == {"loss", "smoothed", "validation"}
+
+    with gr.Blocks() as demo:
+        train.build(context, lambda: [])
+    plot = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "blk-loss-plot")
+    assert plot.color_map == train.SERIES_COLOURS and plot.color_title == ""  # no lone "series" title
+    assert plot.show_label is False  # Gradio's label pushed the legend out of the plot's box
+
+
+def test_the_advanced_checkboxes_have_a_wrapping_row_of_their_own(context):
+    assert sorted(k for row in train.ADVANCED_ROWS for k in row) == sorted(k for _, k, _ in train.ADVANCED)
+    with gr.Blocks() as demo:
+        train.build(context, lambda: [])
+    config = demo.get_config_file()
+    components = {c["id"]: c for c in config["components"]}
+
+    def rows(node):
+        if components.get(node["id"], {}).get("type") == "row":
+            yield node
+        for child in node.get("children", []):
+            yield from rows(child)
+
+    switches = [row for row in rows(config["layout"])
+                if "blk-switches" in (components[row["id"]]["props"].get("elem_classes") or [])]
+    assert len(switches) == 1
+    def leaves(node):  # Gradio wraps a row's form fields in a "form" block
+        children = node.get("children")
+        return [leaf for child in children for leaf in leaves(child)] if children else [components[node["id"]]]
+
+    kinds = [c["type"] for c in leaves(switches[0])]
+    labels = [c["props"]["label"] for c in leaves(switches[0])]
+    assert set(kinds) == {"checkbox"} and labels == ["Horizontal flip", "Shuffle tokens", "int8 base",
+                                                     "Gradient checkpointing", "Cache latents"]

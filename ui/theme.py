@@ -13,6 +13,16 @@ CSS = """
   background-image: linear-gradient(45deg, #ccc 25%, transparent 25%), linear-gradient(-45deg, #ccc 25%, transparent 25%),
     linear-gradient(45deg, transparent 75%, #ccc 75%), linear-gradient(-45deg, transparent 75%, #ccc 75%);
   background-size: 16px 16px; background-position: 0 0, 0 8px, 8px -8px, -8px 0; }
+/* galleries of training samples keep their columns: Gradio gives fewer images fewer, wider columns, which blew
+   a single 64 px sample up to the gallery's full width */
+.blk-thumbs .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important;
+  grid-auto-rows: auto !important; }
+.blk-thumbs .gallery-item { aspect-ratio: 1; }
+#blk-samples .grid-wrap { min-height: 0 !important; }
+/* a row of checkboxes: each as wide as its label, and the row wraps rather than squeezing (or clipping) them */
+.blk-switches, .blk-switches > .form { flex-wrap: wrap; }
+.blk-switches .form > .block { flex: 1 0 auto !important; width: max-content !important; min-width: 0 !important; }
+.blk-switches .checkbox-container { width: max-content; }
 """
 
 

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 
 from blk.train.config import TrainConfig
+from blk.train.monitor import duration
 from blk.workspace import Workspace
 
 PROBE_STEPS = 4
@@ -38,11 +39,10 @@ class Estimate:
     def sentence(self, steps: int) -> str:
         if self.out_of_memory:
             return f"This will not fit: {self.out_of_memory}"
-        hours = self.total_seconds / 3600
-        span = f"{hours:.1f} h" if hours >= 1 else f"{self.total_seconds / 60:.0f} min"
         memory = f"peak memory {self.peak_bytes / 2**30:.1f} GB of {self.device_bytes / 2**30:.0f} GB on {self.device}"
         warning = "" if self.fits else (" — this will not fit: turn on int8 base and gradient checkpointing, "
                                         "lower the bucket sizes, or lower the rank")
+        span = duration(self.total_seconds)  # as the Train tab's status line says it
         return f"About {self.seconds_per_step:.2f} s/step, {span} for {steps} steps; {memory}{warning}."
 
 

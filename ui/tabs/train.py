@@ -16,21 +16,35 @@ from ui.context import StudioContext
 PRESETS = Path(__file__).resolve().parents[2] / "presets"
 
 
-# The Advanced accordion: (config section, key, label) row by row, bound to TrainConfig. Each field's control
-# follows its type in the schema, and its values come after the GPUs field in the form, in this order.
-ADVANCED_ROWS = (
-    (("adapter", "kind", "Adapter"), ("adapter", "factor", "LoKr factor (-1: auto)"),
-     ("adapter", "dropout", "Adapter dropout")),
-    (("adapter", "init_from", "Start from a LoRA file"),),
-    (("schedule", "batch_size", "Batch size"), ("schedule", "gradient_accumulation", "Gradient accumulation"),
-     ("optimizer", "ema_decay", "EMA decay (0: off)")),
-    (("data", "flip", "Horizontal flip"), ("data", "shuffle_tokens", "Shuffle tokens"),
-     ("data", "keep_tokens", "Keep first N tokens"), ("data", "caption_dropout", "Caption dropout")),
-    (("model", "int8_base", "int8 base"), ("model", "gradient_checkpointing", "Gradient checkpointing"),
-     ("data", "cache_latents", "Cache latents"), ("checkpoints", "dtype", "Checkpoint dtype")),
+# The Advanced fields: (config section, key, label), bound to TrainConfig. Each field's control follows its type
+# in the schema, and its values come after the GPUs field in the form, in this order (API callers rely on it).
+ADVANCED = (
+    ("adapter", "kind", "Adapter"), ("adapter", "factor", "LoKr factor (-1: auto)"),
+    ("adapter", "dropout", "Adapter dropout"), ("adapter", "init_from", "Start from a LoRA file"),
+    ("schedule", "batch_size", "Batch size"), ("schedule", "gradient_accumulation", "Gradient accumulation"),
+    ("optimizer", "ema_decay", "EMA decay (0: off)"), ("data", "flip", "Horizontal flip"),
+    ("data", "shuffle_tokens", "Shuffle tokens"), ("data", "keep_tokens", "Keep first N tokens"),
+    ("data", "caption_dropout", "Caption dropout"), ("model", "int8_base", "int8 base"),
+    ("model", "gradient_checkpointing", "Gradient checkpointing"), ("data", "cache_latents", "Cache latents"),
+    ("checkpoints", "dtype", "Checkpoint dtype"),
 )
-ADVANCED = tuple(field for row in ADVANCED_ROWS for field in row)
+# How the accordion lays them out, row by row: the on/off switches share a row of their own that wraps, so that
+# each label stays whole beside its box in a narrow window.
+ADVANCED_ROWS = (("kind", "factor", "dropout"), ("init_from",), ("batch_size", "gradient_accumulation", "ema_decay"),
+                 ("keep_tokens", "caption_dropout", "dtype"),
+                 ("flip", "shuffle_tokens", "int8_base", "gradient_checkpointing", "cache_latents"))
 BASIC_FIELDS = 15  # model … gpus: form_from_preset's values before the advanced ones
+
+# The form's labels by schema path, so that a mistake names the field the artist sees ("Steps must be at least 1.").
+LABELS = {
+    "data.dataset": "Dataset", "model.name": "Base model", "data.resolutions": "Bucket sizes (px)",
+    "adapter.rank": "Rank", "adapter.alpha": "Alpha", "optimizer.name": "Optimizer", "optimizer.lr": "Learning rate",
+    "schedule.steps": "Steps", "schedule.lr_schedule": "Schedule", "sampling.prompts": "Sample prompts",
+    "sampling.every": "Samples every N steps", "checkpoints.every": "Checkpoint every N steps",
+    "checkpoints.keep": "Keep newest", "data.validation_images": "Validation images (held out)",
+    "data.validation_every": "Validation loss every N steps", "schedule.gpus": "GPUs",
+    **{f"{section}.{key}": label for section, key, label in ADVANCED},
+}
 
 
 def preset_names() -> list[str]:
@@ -68,7 +82,7 @@ def advanced_field(section: str, key: str, label: str, value, visible: bool = Tr
     kind = TrainConfig.model_fields[section].annotation.model_fields[key].annotation
     if typing.get_origin(kind) is typing.Literal:
         return gr.Dropdown(list(typing.get_args(kind)), value=value, label=label, min_width=120, visible=visible)
-    if kind is bool:
+    if kind is bool:  # in a row of its own kind, as wide as its label (see .blk-switches in ui/theme.py)
         return gr.Checkbox(value, label=label, min_width=120, visible=visible)
     if key == "init_from":
         return gr.Textbox(value, label=label, placeholder="empty: start from random weights",
@@ -140,7 +154,7 @@ def config_from_form(context: StudioContext, preset, dataset, model, resolutions
             data["sampling"].update(size=64, steps=2)
         return TrainConfig.model_validate(data).with_steps(int(steps))  # curriculum stages scale with the steps
     except ValidationError as exc:
-        raise UserError(first_error(exc)) from None
+        raise UserError(first_error(exc, LABELS)) from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"A number in the form is not valid ({exc}).") from None
 
@@ -217,25 +231,31 @@ def control(context: StudioContext, name: str, action: str) -> str:
         if action == "kill":
             return kill_run(folder)
         info = run_info(folder)
+        if info.status == "finished":  # a resume would load the last checkpoint and end at once
+            return (f"{name} already trained all its {info.steps} steps, so there is nothing to resume; to train it "
+                    f"longer, run `python -m blk train --resume {folder} --steps N` with N above {info.steps}.")
         regrouped = resume_run(context.workspace, folder)  # a sentence when it resumes on other GPUs
         return f"Resuming {name} from step {info.step}…" + (f" {regrouped}" if regrouped else "")
     except UserError as exc:
         return f"**{exc}**"
 
 
-def duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+# The loss plot's lines, each always in its colour (a validation line appearing later shifts none of them).
+SERIES_COLOURS = {"loss": "#93b5e1", "smoothed": "#1f4e9c", "validation": "#e07b28"}
+WHOLE_STEPS = 30  # the x axis spans at least this many steps, so that its ticks fall on whole steps
+
+
+def step_span(total: int, last: int) -> list[int]:
+    """The plots' x range: the whole run from step 0 (the line grows towards its end), and never so few steps
+    that the axis ticks would fall between steps (1.2, 1.4, …)."""
+    return [0, max(total, last, WHOLE_STEPS)]
 
 
 def watch(context: StudioContext, name: str, log_scale: bool):
-    """Plot data, status line, samples and checkpoints of one run."""
+    """The loss and learning-rate plots, status line, samples and checkpoints of one run."""
     import pandas as pd
 
-    from blk.train.monitor import view_run
+    from blk.train.monitor import duration, view_run
     from blk.train.process import run_info, trainer_log_tail
 
     def loss_frame(steps, values, series):
@@ -246,19 +266,23 @@ def watch(context: StudioContext, name: str, log_scale: bool):
         return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "loss": pd.Series(values, dtype="float64"),
                              "series": pd.Series(series, dtype="str")})
 
+    def plots(loss, lr, span):
+        return (gr.LinePlot(value=loss, x_lim=span, y_title=loss_axis(log_scale)), gr.LinePlot(value=lr, x_lim=span))
+
     if not name:
-        return None, None, "No run selected.", [], ""
+        return (*plots(None, None, step_span(0, 0)), "No run selected.", [], "")
     folder = _folder(context, name)
     info = run_info(folder)
     view = view_run(folder, info.steps)
-    loss = loss_frame(view.steps * 2 + view.eval_steps, view.loss + view.smoothed + view.eval_loss,
-                      ["raw"] * len(view.steps) + ["smoothed"] * len(view.steps) + ["validation"] * len(view.eval_steps))
+    series = ["loss"] * len(view.steps) + ["smoothed"] * len(view.steps) + ["validation"] * len(view.eval_steps)
+    loss = loss_frame(view.steps * 2 + view.eval_steps, view.loss + view.smoothed + view.eval_loss, series)
     if log_scale and loss is not None:
         import numpy as np
 
         loss["loss"] = np.log10(loss["loss"].clip(lower=1e-12))
     lr = pd.DataFrame({"step": view.steps, "lr": view.lr}) if view.steps else None
-    eta = f", about {duration(view.eta_seconds)} left" if view.eta_seconds else ""
+    running = info.status == "running"  # a stopped, finished or killed run has no time left to tell
+    eta = f", about {duration(view.eta_seconds)} left" if view.eta_seconds and running else ""
     memory = f", GPU memory {view.gpu_memory / 2**30:.1f} GB peak" if view.gpu_memory else ""
     stage = f", {view.stage}" if view.stage else ""
     status = (f"**{info.status}** — step {info.step} of {info.steps}{stage}, {view.steps_per_second:.2f} steps/s, "
@@ -272,7 +296,7 @@ def watch(context: StudioContext, name: str, log_scale: bool):
         if tail and info.status == "error" and "error:" in tail:
             status += f"  \n`{tail.splitlines()[-1]}`"
     checkpoints = "\n".join(f"- step {s}: `{p}`" for s, p in view.checkpoints) or "No checkpoint yet."
-    return loss, lr, status, view.samples, checkpoints
+    return (*plots(loss, lr, step_span(info.steps, info.step)), status, view.samples, checkpoints)
 
 
 def loss_axis(log_scale: bool) -> str:
@@ -282,8 +306,7 @@ def loss_axis(log_scale: bool) -> str:
 
 def toggle_log_scale(context: StudioContext, name: str, log_scale: bool):
     """The run redrawn at once in the chosen scale, with the loss axis titled to match (not on the next tick)."""
-    loss, *rest = watch(context, name, log_scale)
-    return (gr.LinePlot(value=loss, y_title=loss_axis(log_scale)), *rest)
+    return watch(context, name, log_scale)
 
 
 def step_choices(context: StudioContext, name: str, known):
@@ -404,13 +427,16 @@ def build(context: StudioContext, datasets) -> dict:
                              info="Each GPU trains its own micro-batches and they sum their gradients: a step "
                                   "sees GPUs × the batch in about the time one GPU takes for one.")
             with gr.Accordion("Advanced", open=False, elem_id="blk-train-advanced"):
-                values = iter(initial[BASIC_FIELDS:])
                 lokr = initial[BASIC_FIELDS + advanced_position("kind")] == "lokr"
-                advanced = []
+                made = {}
                 for row in ADVANCED_ROWS:
-                    with gr.Row():
-                        advanced += [advanced_field(section, key, label, next(values), visible=key != "factor" or lokr)
-                                     for section, key, label in row]
+                    switches = all(isinstance(initial[BASIC_FIELDS + advanced_position(key)], bool) for key in row)
+                    with gr.Row(elem_classes=["blk-switches"] if switches else None):
+                        for key in row:
+                            section, _, label = ADVANCED[advanced_position(key)]
+                            value = initial[BASIC_FIELDS + advanced_position(key)]
+                            made[key] = advanced_field(section, key, label, value, visible=key != "factor" or lokr)
+                advanced = [made[key] for _, key, _ in ADVANCED]  # the form's order, not the layout's
             with gr.Row():
                 probe_button = gr.Button("Estimate time and memory")
                 start_button = gr.Button("Start training", variant="primary")
@@ -424,16 +450,22 @@ def build(context: StudioContext, datasets) -> dict:
                 stop = gr.Button("Stop (save and end)", size="sm")
                 kill = gr.Button("Kill", size="sm", variant="stop")
                 resume = gr.Button("Resume", size="sm")
+            control_note = gr.Markdown(elem_id="blk-run-note")  # what Stop, Kill and Resume say, under them
             log_scale = gr.Checkbox(label="Log scale")
-            loss_plot = gr.LinePlot(x="step", y="loss", color="series", label="Loss", height=260,
-                                    y_title=loss_axis(False), elem_id="blk-loss-plot")
-            lr_plot = gr.LinePlot(x="step", y="lr", label="Learning rate", height=160)
-            samples = gr.Gallery(label="Samples (newest first)", columns=4, height="auto", elem_id="blk-samples")
+            # No label above the plots: Gradio sizes the chart to `height` and the label pushes its legend and
+            # x title out of the box; the y titles name them instead.
+            loss_plot = gr.LinePlot(x="step", y="loss", color="series", label="Loss", show_label=False, height=260,
+                                    y_title=loss_axis(False), color_title="", color_map=SERIES_COLOURS,
+                                    x_lim=step_span(0, 0), elem_id="blk-loss-plot")
+            lr_plot = gr.LinePlot(x="step", y="lr", label="Learning rate", show_label=False, height=160,
+                                  y_title="learning rate", x_lim=step_span(0, 0), elem_id="blk-lr-plot")
+            samples = gr.Gallery(label="Samples (newest first)", columns=4, height="auto", elem_id="blk-samples",
+                                 elem_classes=["blk-thumbs"])
             checkpoints = gr.Markdown()
             gr.Markdown("**A step** — choose one, click a sample above, or drag across the loss plot near it:")
             step_choice = gr.Dropdown([], label="Step", elem_id="blk-step", value=None)
             step_samples = gr.Gallery(label="Samples at this step", columns=4, height=280, object_fit="contain",
-                                      elem_id="blk-step-samples")
+                                      elem_id="blk-step-samples", elem_classes=["blk-thumbs"])
             step_info = gr.Markdown(elem_id="blk-step-info")
             known_steps = gr.State([])
 
@@ -451,7 +483,7 @@ def build(context: StudioContext, datasets) -> dict:
     refresh.click(lambda: (gr.Dropdown(choices=run_names(context)), gr.Dropdown(choices=datasets())),
                   outputs=[run, dataset])
     for button, action in ((stop, "stop"), (kill, "kill"), (resume, "resume")):
-        button.click(lambda n, action=action: control(context, n, action), inputs=run, outputs=note)
+        button.click(lambda n, action=action: control(context, n, action), inputs=run, outputs=control_note)
     shown = [loss_plot, lr_plot, status, samples, checkpoints]
     timer = gr.Timer(2.0)
     timer.tick(lambda n, s: watch(context, n, s), inputs=[run, log_scale], outputs=shown, api_name="train_watch",
@@ -466,6 +498,7 @@ def build(context: StudioContext, datasets) -> dict:
         return gr.Dropdown(choices=choices, value=None), choices, [], ""
 
     run.change(new_run, inputs=run, outputs=[step_choice, known_steps, step_samples, step_info])
+    run.change(lambda: "", outputs=control_note, show_progress="hidden")  # another run's note would mislead
     step_choice.change(lambda n, step: show_step(context, n, step), inputs=[run, step_choice],
                        outputs=[step_samples, step_info])
 
