@@ -23,7 +23,8 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             page.goto(app.url)
             page.get_by_role("tab", name="Sketch").click()
             page.locator("#blk-sketch-to-upscale").click()  # nothing clicked yet: a sentence, not silence
-            expect(page.locator("#blk-sketch-selected")).to_have_text("Click a sketch first.")
+            # (a first click on Sketch also restores its remembered form: allow for a busy machine)
+            expect(page.locator("#blk-sketch-selected")).to_have_text("Click a sketch first.", timeout=30_000)
             page.get_by_label("Prompt", exact=True).fill("blkstyle, a floating cube")
             page.locator("#blk-sketch-lora-pick input").click()
             page.get_by_role("option", name="tiny-run/step-000012.safetensors").click()
@@ -59,7 +60,7 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             page.get_by_label("Prompt", exact=True).last.fill("a cube")
             page.get_by_label("Seed", exact=True).last.fill("3")
             page.get_by_role("button", name="Compare").click()
-            expect(page.get_by_text("Left: A (step-000008.safetensors)")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("Left: A (step 8)")).to_be_visible(timeout=60_000)  # as the rows say
 
             page.get_by_role("tab", name="Blind A/B").click()
             page.get_by_role("button", name="Start a blind test").click()
@@ -67,14 +68,40 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             page.get_by_role("button", name="Left is better").click()
             expect(page.get_by_text("Pair 2 of 2")).to_be_visible(timeout=60_000)
             page.get_by_role("button", name="Same").click()
-            expect(page.get_by_text("Done. Tally so far")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text(re.compile(r"Done\. Tally so far, saved with the run: step 8: \d · step 12: \d"))
+                   ).to_be_visible(timeout=60_000)
             screenshot(page, "review-tab-blind")
             page.get_by_role("button", name="Pin", exact=True).click()
-            expect(page.get_by_text(re.compile(r"Pinned step-0000(08|12)\.safetensors"))).to_be_visible()
+            expect(page.get_by_text(re.compile(r"Pinned step (8|12) of run tiny-run"))).to_be_visible()
             pinned = re.compile(r"^step (8|12) \(pinned\)$")  # relabelled at once, without re-picking the run
             expect(checkboxes).to_contain_text(re.compile(r"step (8|12) \(pinned\)"))
             expect(page.get_by_label("Checkpoint to keep")).to_have_value(pinned)
             expect(checkboxes.get_by_label("step 12")).to_be_checked()  # the rows chosen stay chosen
+
+            # the forms come back after a reload (this browser's localStorage); the used seed does not, as
+            # "Random seed" is on; Stencil remembers its own form under its own key
+            page.get_by_role("tab", name="Stencil").click()
+            page.get_by_role("tab", name="Generate (LayerDiffuse)").click()
+            sent = []  # the page sends the stored form back with its next calls, once it is in localStorage
+            page.on("request", lambda request: sent.append(request.post_data or ""))
+            page.get_by_label("Descriptor").fill("a torus, thin line")
+            page.locator("#blk-stencil-steps input").fill("3")
+            page.get_by_label("Descriptor").click()  # a number counts once its field loses the focus
+            for _ in range(300):
+                if any('"prompt":"a torus, thin line"' in data and '"steps":3' in data for data in sent):
+                    break
+                page.wait_for_timeout(100)
+            page.reload()
+            page.get_by_role("tab", name="Sketch").click()
+            expect(page.get_by_label("Prompt", exact=True)).to_have_value("blkstyle, a floating cube")
+            expect(page.locator("#blk-sketch-steps input")).to_have_value("2")
+            expect(page.get_by_label("Width (custom)")).to_have_value("64")
+            expect(page.get_by_label("Aspect")).to_have_value("custom size")
+            expect(page.get_by_text("tiny-run/step-000012.safetensors", exact=True)).to_be_visible()
+            expect(page.get_by_label("Seed", exact=True).first).to_have_value("0")
+            page.get_by_role("tab", name="Stencil").click()
+            expect(page.get_by_label("Descriptor")).to_have_value("a torus, thin line")
+            expect(page.locator("#blk-stencil-steps input")).to_have_value("3")
     finally:
         app.stop()
     sketches = list((workspace / "outputs" / "sketch").rglob("*.png"))

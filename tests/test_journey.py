@@ -173,8 +173,8 @@ def test_the_artists_tour(tmp_path, shared_workspace):
             # Stencil: an RGBA asset and an ink scan made transparent
             page.get_by_role("tab", name="Stencil").click()
             page.get_by_label("Descriptor").fill("a cloud, thick line")
-            page.get_by_label("Width (multiple of 64)").fill("64")
-            page.get_by_label("Height (multiple of 64)").fill("64")
+            page.get_by_label("Width (multiple of 64; not used with a starting image)").fill("64")
+            page.get_by_label("Height (multiple of 64; not used with a starting image)").fill("64")
             page.locator("#blk-stencil-steps input").fill("2")
             page.locator("#blk-stencil-generate").click()
             expect(page.locator("#blk-stencil-status")).to_contain_text("64×64 RGBA", timeout=180_000)
@@ -198,7 +198,7 @@ def test_the_artists_tour(tmp_path, shared_workspace):
             expect(page.get_by_label("Overlap px")).to_have_value("96")  # the path's defaults arrived first
             page.get_by_label("Scale", exact=True).fill("2")
             page.get_by_label("Overlap px").fill("16")
-            page.get_by_label("Steps (empty: model default)").fill("4")
+            page.get_by_label("Steps (0: the model's default)").fill("4")
             page.locator("#blk-upscale-go").click()
             expect(page.locator("#blk-upscale-status")).to_contain_text(re.compile(r"128×128 in \d+ s"),
                                                                         timeout=240_000)
@@ -211,7 +211,7 @@ def test_the_artists_tour(tmp_path, shared_workspace):
             page.get_by_role("tab", name="Side by side").click()
             page.get_by_label("Prompt", exact=True).last.fill("blkstyle, a cube")
             page.get_by_role("button", name="Compare").click()
-            expect(page.get_by_text("Left: A (step-000006.safetensors)")).to_be_visible(timeout=120_000)
+            expect(page.get_by_text("Left: A (step 6)")).to_be_visible(timeout=120_000)
             screenshot(page, "journey-review")
     finally:
         process.terminate()

@@ -35,7 +35,7 @@ def test_review_keep_pins_and_exports(shared_workspace, trained_run, tmp_path):
     context = StudioContext(shared_workspace, demo=True, demo_reason="test")
     shutil.copytree(trained_run, shared_workspace.runs / "ui-run")
     checkpoint = shared_workspace.runs / "ui-run" / "checkpoints" / "step-000012.safetensors"
-    assert "Pinned step-000012" in review.keep(context, "ui-run", str(checkpoint), "pin")
+    assert "Pinned step 12 of run ui-run" in review.keep(context, "ui-run", str(checkpoint), "pin")
     assert "(pinned)" in dict(review.checkpoint_choices(context, "ui-run", [])).__repr__()
     exported = review.keep(context, "ui-run", str(checkpoint), "export")
     assert "ui-run-step-000012.safetensors" in exported
@@ -90,9 +90,53 @@ def test_pinning_relabels_the_checkpoint_lists_at_once(workspace):
     run = fake_run(workspace, "r1", [4, 8], age=0)
     four = str(run / "checkpoints" / "step-000004.safetensors")
     note, rows, a, b, chosen = review.pin_and_relabel(context, "r1", four, [])
-    assert note == "Pinned step-000004.safetensors of run r1: the run's pruning keeps it."
+    assert note == "Pinned step 4 of run r1: the run's pruning keeps it."
     for listed in (rows, a, b, chosen):
         assert listed.choices == [("step 4 (pinned)", four),
                                   ("step 8", str(run / "checkpoints" / "step-000008.safetensors"))]
     refused = review.pin_and_relabel(context, "../../../etc", four, [])
     assert "outside the workspace" in refused[0] and refused[1:] == ({"__type__": "update"},) * 4
+
+
+def test_review_names_checkpoints_as_its_rows_do_in_compare_and_in_the_tally(shared_workspace, trained_run):
+    """Rows, Compare's note and the blind tally all say "step 8" (another run's: "RUN/step 8"); the tally file
+    keeps its file-based keys, so earlier picks still count."""
+    import json
+    import shutil
+
+    from blk.generate.blind import BlindPair
+
+    context = StudioContext(shared_workspace, demo=True, demo_reason="test")
+    run = shared_workspace.runs / "label-run"
+    shutil.copytree(trained_run, run)
+    shutil.copytree(trained_run, shared_workspace.runs / "other-run")
+    eight, twelve = (str(run / "checkpoints" / f"step-{s:06d}.safetensors") for s in (8, 12))
+    other = str(shared_workspace.runs / "other-run" / "checkpoints" / "step-000008.safetensors")
+    assert [name for name, _ in review.checkpoint_choices(context, "label-run", [other])] == [
+        "step 4", "step 8", "step 12", "other-run/step 8"]
+
+    form = ["tiny-flux", "a cube", "3", "1.0", False, 64, 2, None]
+    _, note = review.compare(context, "label-run", eight, other, "a cube", 3, *form, progress=lambda *a, **k: None)
+    assert note == "Left: **A** (step 8) · right: **B** (other-run/step 8)."
+
+    state = {"a": eight, "b": twelve, "pairs": [BlindPair("a cube", 3, True)], "index": 0, "shown": 0, "form": form}
+    *_, sentence, chosen = review.pick(context, "label-run", state, "left")
+    assert sentence == ("Done. Tally so far, saved with the run: step 8: 1 · step 12: 0 · ties: 0 — "
+                        "step 8 is preferred.")
+    assert chosen == eight
+    tally = json.loads((run / "review" / "ab.json").read_text())
+    assert list(tally) == ["step-000008.safetensors vs step-000012.safetensors"]
+
+
+def test_review_says_include_the_base_model_as_its_checkbox_does(workspace):
+    """The grid's refusal and the checkbox use the same words."""
+    import gradio as gr
+
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    with gr.Blocks() as demo:
+        review.build(context)
+    labels = [block.label for block in demo.blocks.values() if isinstance(block, gr.Checkbox)]
+    assert "Include the base model (a row without LoRA)" in labels
+    *_, status = review.make_grid(context, "", [], "tiny-flux", "x", "1", "1.0", False, 64, 2, None,
+                                  progress=lambda *a, **k: None)
+    assert status == "**Choose at least one checkpoint (or include the base model).**"

@@ -36,6 +36,25 @@ def add_lora(context: StudioContext, chosen: str, items: list):
     return items + [[str(path), 1.0]], ""
 
 
+def restorable(context: StudioContext, items) -> list:
+    """The [[path, strength], …] rows of a remembered list that may still be used: a file inside the
+    allowed folders (the same check as Add), a numeric strength. Others are dropped without a word."""
+    from blk.errors import UserError
+
+    kept = []
+    for item in items if isinstance(items, list) else []:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                and isinstance(item[1], (int, float)) and not isinstance(item[1], bool)):
+            continue
+        try:
+            path = context.workspace.confine(item[0])
+        except (UserError, OSError, ValueError):  # outside the allowed folders, or not a path at all
+            continue
+        if path.is_file() and all(row[0] != str(path) for row in kept):
+            kept.append([str(path), float(item[1])])
+    return kept
+
+
 def _label(path: str) -> str:
     path = Path(path)
     return f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints" else path.name

@@ -35,10 +35,16 @@ def _run_dir(context: StudioContext, run: str) -> Path | None:
 
 
 def label(context: StudioContext, run: str, path) -> str:
-    """The LoRA's name in this review, unique among its LoRAs (another run's step-000008 is RUN/step-000008…)."""
-    from blk.generate.review import review_label
+    """The LoRA's name everywhere in Review (rows, A and B, the blind tally), as the grid writes it: "step 8"
+    for the run's checkpoint, "RUN/step 8" for another run's, any other file by its path in the workspace."""
+    from blk.generate.review import checkpoint_run, review_label
+    from blk.train.pins import checkpoint_step
 
-    return review_label(Path(path), _run_dir(context, run), context.workspace)
+    path = Path(path)
+    name = review_label(path, _run_dir(context, run), context.workspace)  # unique, ends with the file's name
+    if checkpoint_run(path) is None:
+        return name
+    return name[:-len(path.name)] + f"step {checkpoint_step(path)}"
 
 
 def checkpoint_choices(context: StudioContext, run: str, extra: list[str]) -> list[tuple[str, str]]:
@@ -49,7 +55,7 @@ def checkpoint_choices(context: StudioContext, run: str, extra: list[str]) -> li
     if run:
         folder = _run_dir(context, run)
         pins = pinned_steps(folder)
-        choices = [(f"step {step}" + (" (pinned)" if step in pins else ""), str(path))
+        choices = [(label(context, run, path) + (" (pinned)" if step in pins else ""), str(path))
                    for step, path in run_checkpoints(folder)]
     for path in (context.workspace.confine(p) for p in extra or []):
         if str(path) not in {value for _, value in choices}:
@@ -195,11 +201,14 @@ def pick(context: StudioContext, run, state, side: str):
     """Record the pick; show the next pair, or reveal the tally when all are judged.
 
     When the current pair failed to show, the click shows it again and records nothing. The tally is
-    keyed by labels unique within the review, so same-named checkpoints of two runs stay apart.
+    saved under file names unique within the review (same-named checkpoints of two runs stay apart) and
+    said with the review's labels.
     """
+    from dataclasses import replace
+
     from blk.errors import UserError
     from blk.generate.blind import record_pick
-    from blk.generate.review import review_folder
+    from blk.generate.review import review_folder, review_label
 
     if not state or state["index"] >= len(state["pairs"]):
         return state, gr.update(), gr.update(), "Start a blind test first.", gr.update()
@@ -207,8 +216,10 @@ def pick(context: StudioContext, run, state, side: str):
         return show_next(context, run, state) + (gr.update(),)
     try:
         folder = review_folder(context.workspace, _run_dir(context, run))
-        a, b = label(context, run, state["a"]), label(context, run, state["b"])
+        run_dir = _run_dir(context, run)
+        a, b = (review_label(Path(state[k]), run_dir, context.workspace) for k in ("a", "b"))
         tally = record_pick(folder, a, b, state["pairs"][state["index"]], side)
+        shown = replace(tally, a=label(context, run, state["a"]), b=label(context, run, state["b"]))
     except UserError as exc:
         return state, gr.update(), gr.update(), f"**{exc}**", gr.update()
     state = {**state, "index": state["index"] + 1, "shown": None}
@@ -216,7 +227,7 @@ def pick(context: StudioContext, run, state, side: str):
         return show_next(context, run, state) + (gr.update(),)
     leader = tally.leader()
     chosen = {a: state["a"], b: state["b"]}[leader] if leader else gr.update()
-    return state, None, None, f"Done. Tally so far, saved with the run: {tally.sentence()}", chosen
+    return state, None, None, f"Done. Tally so far, saved with the run: {shown.sentence()}", chosen
 
 
 def keep(context: StudioContext, run, checkpoint, action: str):
@@ -236,7 +247,7 @@ def keep(context: StudioContext, run, checkpoint, action: str):
             if owner is None or not (owner / "config.yaml").is_file():
                 return "Only a run's checkpoints can be pinned."
             pin(owner, checkpoint_step(path))
-            return f"Pinned {path.name} of run {owner.name}: the run's pruning keeps it."
+            return f"Pinned step {checkpoint_step(path)} of run {owner.name}: the run's pruning keeps it."
         target = export_checkpoint(path, context.workspace.outputs("loras"))
         return f"Exported as `{target}`."
     except UserError as exc:
@@ -276,7 +287,7 @@ def build(context: StudioContext) -> dict:
             with gr.Row():
                 seeds = gr.Textbox("1", label="Seeds", elem_id="blk-review-seeds")
                 scales = gr.Textbox("1.0", label="Strengths (e.g. 0.6, 0.8, 1.0)")
-                include_base = gr.Checkbox(label="Row without LoRA")
+                include_base = gr.Checkbox(label="Include the base model (a row without LoRA)")
             with gr.Row():
                 size = gr.Number(1024, label="Size (px, square)", precision=0)
                 steps = gr.Number(default_steps, label="Steps", precision=0)

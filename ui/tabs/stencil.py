@@ -16,7 +16,7 @@ import gradio as gr
 
 from ui import lora_stack
 from ui.context import StudioContext
-from ui.tabs.sketch import model_defaults, model_names
+from ui.tabs.sketch import model_defaults, model_names, remember_form
 
 ROLE_NONE = "none"
 
@@ -294,8 +294,13 @@ def build(context: StudioContext) -> None:
                              count, augment, start, strength],
                      outputs=[results, session, status, seed, chosen], api_name="stencil_generate")
             stop.click(cancel.set, queue=False)
-            model.change(lambda name: (*model_defaults(context, name), weights_note(context, name)), inputs=model,
-                         outputs=[steps, guidance, status])
+            # the model's steps and guidance when the artist picks it, not when the remembered form sets it
+            model.input(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
+            model.change(lambda name: weights_note(context, name), inputs=model, outputs=status)
+            remember_form(context, "blk-stencil-form", {
+                "model": model, "prompt": prompt, "role": role, "loras": loras, "width": width, "height": height,
+                "steps": steps, "guidance": guidance, "seed": seed, "random_seed": random_seed, "count": count,
+                "augment": augment, "strength": strength})
 
             def on_select(items, event: gr.SelectData):
                 entry = items[event.index]
