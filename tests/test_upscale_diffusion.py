@@ -195,6 +195,111 @@ def test_esrgan_enlargement_first(shared_workspace, tmp_path, pipelines):
     assert stepped.tiles == 1 + 4 and not list(tmp_path.glob(".blk-tmp-*"))
 
 
+def model_calls(monkeypatch, before_call) -> list:
+    """Every call of an ESRGAN model, from a wrapper on spandrel's own descriptor class (not ours):
+    `before_call(n)` runs before the n-th (1-based) and may raise, as a kill at that tile would."""
+    import spandrel
+
+    original, calls = spandrel.ImageModelDescriptor.__call__, []
+
+    def calling(self, *args, **kwargs):
+        calls.append(len(calls) + 1)
+        before_call(len(calls))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(spandrel.ImageModelDescriptor, "__call__", calling)
+    return calls
+
+
+def test_esrgan_steps_enlarge_the_previous_canvas_with_one_model_load(shared_workspace, tmp_path, pipelines,
+                                                                      monkeypatch):
+    """Two ×2 steps with an ESRGAN enlargement: step 2 runs the model straight on step 1's canvas (no
+    TIFF of it, nothing hashed again), the model file is loaded once for the job, and the pixels are
+    exactly those of two one-step jobs chained through a 16-bit TIFF (what step 2 used to be given):
+    the direct path is lossless. Both endings of an enlargement: a ×2 model's result is renamed into
+    the stage's canvas, a ×4 model's is resampled into it."""
+    import tifffile
+
+    from tests.test_upscale_esrgan import count_file_loads, rrdb_file
+
+    levels = (np.asarray(gradient(20, 16), np.uint16) * 257 + np.arange(20, dtype=np.uint16)[None, :, None] * 37)
+    tifffile.imwrite(tmp_path / "scan.tif", levels, photometric="rgb")  # 16 bits that no 8-bit image holds
+    seen = []  # every temp file present while a model or a refinement tile runs
+    look = lambda *_: seen.extend(p.name for p in tmp_path.glob(".blk-tmp-*"))  # noqa: E731
+    for model in (rrdb_file(tmp_path / "x2.pth", in_ch=12), rrdb_file(tmp_path / "x4.pth")):
+        def job(source, name, scale):
+            return tiny_job(tmp_path, name, input=source, enlarge_model=model, scale=scale, step=2, tile=48,
+                            overlap=8, passes=(Pass(0.5),), final_denoise=None, keep_16bit=True)
+
+        loads, calls = count_file_loads(monkeypatch), model_calls(monkeypatch, look)
+        seen.clear()
+        stepped = run(job(tmp_path / "scan.tif", "stepped.tif", 4), shared_workspace, pipelines, progress=look)
+        assert loads == [model.name] and len(calls) == 2  # one load, one model pass per ×2 step
+        assert not [name for name in seen if name.endswith((".tif", ".tiff"))]  # no image file in between
+        assert stepped.sizes == [(40, 32), (80, 64)] and any(".enlarge2." in name for name in seen)
+        assert not list(tmp_path.glob(".blk-tmp-*"))
+        first = run(job(tmp_path / "scan.tif", "first.tif", 2), shared_workspace, pipelines)
+        chained = run(job(first.path, "chained.tif", 2), shared_workspace, pipelines)
+        assert tifffile.imread(stepped.path).dtype == np.uint16
+        assert np.array_equal(tifffile.imread(stepped.path), tifffile.imread(chained.path))
+
+
+def test_killed_in_a_later_steps_enlargement_resumes_exactly(shared_workspace, tmp_path, pipelines, monkeypatch):
+    """×12 in two steps of ×3.46 with a ×2 model (two model passes per enlargement, the second from a
+    shrunk copy, then a resample): a Ctrl+C at step 2's second model pass keeps step 1's canvas and the
+    enlargement's finished pass; the same job then runs only the missing model pass, loads the model
+    once, and gives the uninterrupted pixels. The first enlargement keeps 16 bits of the model's output
+    (an 8-bit input's used to be rounded to 8 bits on its way through a TIFF)."""
+    from tests.test_upscale_esrgan import count_file_loads, rrdb_file
+
+    gradient(12, 10).save(tmp_path / "small.png")
+    model = rrdb_file(tmp_path / "x2.pth", in_ch=12)
+
+    def job(name):
+        return tiny_job(tmp_path, name, input=tmp_path / "small.png", enlarge_model=model, scale=12, step=4,
+                        tile=48, overlap=8, passes=(Pass(0.5),), final_denoise=None)
+
+    first_enlargement = []
+
+    def keep_first_enlargement(done, total):  # during step 1's pass A, stage 0's canvas is its source
+        token = json.loads((tmp_path / ".blk-tmp-whole.png.journal.json").read_text())["token"]
+        if not first_enlargement:
+            first_enlargement.append(Canvas(tmp_path / f".blk-tmp-{token}.pass0.canvas", 42, 35, 3, create=False))
+            first_enlargement.append(first_enlargement[0].read_raw(0, 0, 42, 35))
+            first_enlargement[0].close()
+
+    calls = model_calls(monkeypatch, lambda n: None)
+    whole = run(job("whole.png"), shared_workspace, pipelines, progress=keep_first_enlargement)
+    assert whole.sizes == [(42, 35), (144, 120)] and len(calls) == 4  # 2 model passes per step
+    assert (first_enlargement[1] % 257 != 0).mean() > 0.5  # 16 bits, not an 8-bit result widened
+
+    def stop(n):
+        if n == 4:  # step 2's second model pass
+            assert not list(tmp_path.glob("*.tif"))
+            raise KeyboardInterrupt()
+
+    model_calls(monkeypatch, stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(job("out.png"), shared_workspace, pipelines)
+    state = json.loads((tmp_path / ".blk-tmp-out.png.journal.json").read_text())
+    token = state["token"]
+    inner = json.loads((tmp_path / f".blk-tmp-{token}.enlarge2.journal.json").read_text())
+    assert state["pass"] == 2 and inner["pass"] == 1  # in step 2's enlargement, its first model pass done
+    # step 1's refined canvas, and the enlargement's state: its first pass, the shrunk input of its second,
+    # the second's canvas and the band its row saved before writing (all under the job's token)
+    assert sorted(p.name.removeprefix(f".blk-tmp-{token}.") for p in tmp_path.glob(f".blk-tmp-{token}.*")) == [
+        "enlarge2.band", "enlarge2.journal.json", "enlarge2.pass0.canvas", "enlarge2.pass1.canvas",
+        "enlarge2.pass1.input.canvas", "pass1.canvas"]
+
+    loads, notes = count_file_loads(monkeypatch), []
+    calls = model_calls(monkeypatch, lambda n: None)
+    resumed = run(job("out.png"), shared_workspace, pipelines, log=notes.append)
+    assert notes == ["Resuming an interrupted job at step 2 of 2, its enlargement."]
+    assert len(calls) == 1 and loads == [model.name]  # only the unfinished model pass ran again
+    assert np.array_equal(np.asarray(Image.open(resumed.path)), np.asarray(Image.open(whole.path)))
+    assert not list(tmp_path.glob(".blk-tmp-*"))
+
+
 def test_bad_requests_are_one_sentence(shared_workspace, tmp_path, pipelines):
     with pytest.raises(UserError, match="larger"):
         run(tiny_job(tmp_path, scale=0.5), shared_workspace, pipelines)

@@ -21,7 +21,11 @@ and what Flux and SDXL were trained near (512–1536 px).
 Stages (each a journal stage, so a killed job resumes after its last finished
 row): for every step, its enlargement, then one canvas per pass; then the
 full-frame pass, into a canvas of its own (never in place: a resume after it
-would refine twice).
+would refine twice). An ESRGAN enlargement runs the ESRGAN path's passes
+(`esrgan.upscale`) straight from the input (first step) or the previous step's
+canvas, with the model loaded once per job; its own passes resume by row
+through a `child` journal of its stage. No intermediate image file is written
+or hashed: the canvases stay 16-bit from the first enlargement on.
 
 Blending: we blend the tiles' *outputs* with the tiler's raised-cosine
 weights (a feathered paste), not the denoiser's predictions at every step
@@ -48,8 +52,7 @@ import numpy as np
 from blk.errors import UserError
 from blk.generate.sizes import SIZE_MULTIPLE
 from blk.models.device import MemoryOptions
-from blk.upscale.canvas import (Canvas, check_outputs, check_png, output_format, print_path, write_result,
-                                write_tiff)
+from blk.upscale.canvas import Canvas, check_outputs, check_png, output_format, print_path, write_result
 from blk.upscale.journal import Journal, file_sha256, job_key
 from blk.upscale.source import open_input
 from blk.upscale.tiler import count_tiles, run_tiles
@@ -312,7 +315,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             say(_resume_note(journal, first, per_step, len(sizes), the_plan.final_pass, stage_tiles))
         size_of = lambda stage: sizes[min(stage // per_step, len(sizes) - 1)]  # noqa: E731
         source = journal.reopen(first - 1, *size_of(first - 1), image.channels) if first else None
-        loaded = None
+        loaded = enlarger = None
         guidance = default_guidance if job.guidance is None else job.guidance
 
         def pipeline():
@@ -328,7 +331,9 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             step, k = divmod(stage, per_step)
             w, h = sizes[step]
             if k == 0:
-                made = _enlarge(job, image, source, w, h, journal, stage, cancel)
+                if job.enlarge_model is not None and enlarger is None:
+                    enlarger = Enlarger.load(job.enlarge_model, job.device)  # once: every step uses it
+                made = _enlarge(job, image, source, w, h, journal, stage, cancel, enlarger)
             else:
                 one = job.passes[k - 1]
                 set_loras(pipeline(), [(job.texture_lora, one.lora_scale)] if job.texture_lora else [])
@@ -410,31 +415,55 @@ def _resume_note(journal: Journal, stage: int, per_step: int, steps: int, final_
             f"{sum(stage_tiles)} (tiles of at most {journal.tile} px).")
 
 
+@dataclass(frozen=True)
+class Enlarger:
+    """A job's ESRGAN model for its steps' enlargements, loaded once (`load`) and used by every step."""
+
+    upscaler: object  # blk.upscale.models.Upscaler
+    device: str
+    dtype: object
+    process: Callable  # the tiler's process (`esrgan.processor`)
+
+    @classmethod
+    def load(cls, path: Path, device: str) -> "Enlarger":
+        from blk.models.device import pick_device
+        from blk.upscale.esrgan import processor
+        from blk.upscale.models import load_upscaler, pick_precision
+
+        device = pick_device(device)
+        upscaler = load_upscaler(path, device)
+        dtype = pick_precision(upscaler, device)
+        return cls(upscaler, device, dtype, processor(upscaler, device, dtype))
+
+
 def _enlarge(job: DiffusionJob, image, source: Canvas | None, width: int, height: int, journal: Journal,
-             stage: int, cancel) -> Canvas:
-    """A step's starting point at its size, from the input (first step) or the previous step's result:
-    an ESRGAN run (its own tiles; a later step's start goes to it as a 16-bit TIFF) or Lanczos."""
-    from blk.upscale.esrgan import EsrganJob, resample
-    from blk.upscale.esrgan import run as run_esrgan
+             stage: int, cancel, enlarger: Enlarger | None) -> Canvas:
+    """A step's starting point at its size, from the input (first step) or the previous step's result
+    canvas: the ESRGAN path's model passes and resample (`esrgan.upscale`), or Lanczos.
+
+    The ESRGAN passes read the input or the previous stage's canvas directly and write canvases of a
+    `child` journal of this stage (row by row, so a kill mid-enlargement resumes after its last row;
+    the previous canvas is this job's, trusted under its key like any stage's); the result is renamed
+    (or resampled) into this stage's canvas. No file is written in between and nothing is hashed again."""
+    from blk.upscale.esrgan import EsrganJob, pass_inputs, plan_job, resample, upscale
 
     path = journal.canvas_path(stage)
-    path.unlink(missing_ok=True)  # an enlargement that a kill cut short is redone
-    if job.enlarge_model is not None:
-        enlarged, given = journal.temp("enlarged.tif"), journal.temp("step.tif") if source is not None else None
-        try:
-            if given is not None:
-                write_tiff(source, given, bits=16, icc=None, dpi=None, description="", software="",
-                           cancel=cancel, temp=journal.temp("step.part.tif"))
-            run_esrgan(EsrganJob(given or job.input, enlarged, job.enlarge_model, scale=None, size=(width, height),
-                                 keep_16bit=True, device=job.device), cancel=cancel)
-            bigger = open_input(enlarged)
-            canvas = journal.adopt(Canvas(path, width, height, bigger.channels))
-            _copy_into(bigger.source, canvas)
-        finally:
-            enlarged.unlink(missing_ok=True)
-            if given is not None:
-                given.unlink(missing_ok=True)
-        return canvas
+    path.unlink(missing_ok=True)  # an enlargement that a kill cut short is redone (an ESRGAN one from its last row)
+    if enlarger is not None:
+        given = source if source is not None else image.source
+        settings = EsrganJob(job.input, job.output, job.enlarge_model, scale=None, size=(width, height),
+                             device=job.device)  # the ESRGAN path's defaults: tile from free memory, overlap, batch
+        inputs = pass_inputs(given.width, given.height, enlarger.upscaler.scale, (width, height))
+        child = journal.child(f"enlarge{stage}", job_key({
+            "stage": stage, "from": [given.width, given.height, given.channels], "size": [width, height],
+            "device": enlarger.device, "precision": str(enlarger.dtype), "pass_inputs": inputs,
+            "overlap": settings.overlap, "batch": settings.batch, "alpha": settings.alpha}))
+        with child.ending():  # done: its files removed; Ctrl+C or a kill: kept for a resume of this stage
+            child.check_files(len(inputs))
+            the_plan = plan_job(settings, given, enlarger.upscaler, enlarger.device, enlarger.dtype, tile=child.tile)
+            child.set_tile(the_plan.tile)
+            made = upscale(given, the_plan, enlarger.process, child, batch=settings.batch, cancel=cancel, into=path)
+        return journal.adopt(made.canvas)
     original = None
     if source is None:
         start = journal.temp("original.canvas")

@@ -11,6 +11,7 @@ Recipe (`run`):
    (`pass_inputs`);
 4. resample to the exact size with Lanczos (pyvips, streaming; premultiplied
    when there is alpha, so transparent colour cannot bleed into the edge);
+   steps 3–4 are `upscale`, which the diffusion path also runs on its canvases;
 5. write a tiled BigTIFF or a PNG atomically with the parameters embedded;
    with `print_dpi`, also OUT.print.tif: 8-bit RGB, alpha flattened over
    `print_background`, that DPI and the ICC profile (`canvas.write_print_tiff`).
@@ -32,6 +33,7 @@ so a model's faint noise never makes a solid area see-through.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -232,49 +234,12 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     with journal.ending():  # done, cancelled or failed: files removed; Ctrl+C: kept for a resume
         journal.check_files(passes)
         the_plan = plan_job(job, image, upscaler, device, dtype, tile=journal.tile)
-        tile, outputs = the_plan.tile, the_plan.outputs
-        journal.set_tile(tile)
+        journal.set_tile(the_plan.tile)
         if on_plan:
             on_plan(the_plan)
-        process = processor(upscaler, device, dtype, job.alpha)
-        counter = _Progress(progress, list(the_plan.tiles))
-        first = min(journal.state["pass"], passes) if journal.resumed else 0
-        resumed_from = 0
-        if journal.resumed:
-            resumed_from = sum(counter.totals[:first]) + (journal.state["tiles_done"] if first < passes else 0)
-            counter.done[:first] = counter.totals[:first]
-            if log:
-                log(journal.describe(counter.totals) if first < passes else
-                    "Resuming an interrupted job after its last tile: writing the result.")
-        retries = tiles = 0
-        phases = {"prepare": time.monotonic() - started}
-        source = image.source if first == 0 else journal.reopen(first - 1, *outputs[first - 1], image.channels)
-        for k in range(first, passes):
-            s = upscaler.scale
-            canvas = journal.open_canvas(k, *outputs[k], image.channels)
-            done_with = [source] if isinstance(source, Canvas) else []  # the previous pass's canvas
-            if (source.width, source.height) != inputs[k]:  # the last pass: shrunk to what reaches the target
-                path = journal.temp(f"pass{k}.input.canvas")
-                path.unlink(missing_ok=True)  # made again on a resume: the same pixels (libvips is deterministic)
-                source = journal.adopt(resample(source, *inputs[k], path))
-                done_with.append(source)
-            feed = FilledSource(source, FILL_RADIUS) if image.channels == 4 else source
-            stats = run_tiles(feed, canvas, process, scale=s, tile=tile, overlap=job.overlap, batch=batch,
-                              multiple_of=upscaler.multiple_of, progress=counter.pass_reporter(k), cancel=cancel,
-                              **journal.tiler_hooks(k, canvas))
-            tile, retries, tiles = stats.tile, retries + stats.oom_retries, tiles + stats.tiles
-            journal.pass_done(k)
-            for used in done_with:
-                journal.forget(used)  # no longer needed
-            source = canvas
-        phases["tiles"] = time.monotonic() - started - sum(phases.values())
-        _check(cancel)
-        if (source.width, source.height) != (width, height):
-            path = journal.temp("resample.canvas")
-            path.unlink(missing_ok=True)  # a resample that a kill cut short is redone
-            resampled = resample(source, width, height, path)
-            source = journal.adopt(resampled)
-            phases["resample"] = time.monotonic() - started - sum(phases.values())
+        up = upscale(image.source, the_plan, processor(upscaler, device, dtype, job.alpha), journal, batch=batch,
+                     progress=progress, cancel=cancel, log=log)
+        source, tile, phases = up.canvas, up.tile, {"prepare": up.started - started} | up.phases
         _check(cancel)
         parameters = {
             "job": "upscale", "path": "esrgan", "input": job.input.name, "input_width": image.width,
@@ -286,9 +251,73 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
         phases |= write_result(source, job.output, bits=bits, icc=icc, dpi=dpi, parameters=parameters,
                                print_dpi=job.print_dpi, print_background=job.print_background, journal=journal,
                                cancel=cancel)
-    return EsrganResult(job.output, width, height, bits, passes, tile, tiles, retries,
-                        time.monotonic() - started, parameters, resumed_from_tile=resumed_from,
+    return EsrganResult(job.output, width, height, bits, passes, tile, up.tiles, up.oom_retries,
+                        time.monotonic() - started, parameters, resumed_from_tile=up.resumed_from_tile,
                         print_path=print_path(job.output) if job.print_dpi else None, phases=phases)
+
+
+@dataclass
+class Upscaled:
+    """What `upscale` made: the result's canvas, at the plan's size, and how its tiles went."""
+
+    canvas: Canvas
+    tile: int  # after any out-of-memory halving
+    tiles: int
+    oom_retries: int
+    resumed_from_tile: int  # tiles (all passes) an interrupted earlier run had finished; 0: fresh
+    started: float  # time.monotonic() when the first pass began
+    phases: dict  # seconds: tiles, and resample when there was one
+
+
+def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: int,
+            progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
+            log: Callable[[str], None] | None = None, into: Path | None = None) -> Upscaled:
+    """Steps 3–4 of the recipe from any `source` (an input, or another job's canvas: only ever read):
+    the model passes, each tiled into a canvas of `journal`, then Lanczos to the plan's exact size;
+    continues where `journal` stopped. `into`: the path the result's canvas takes, handed over (the
+    journal no longer closes or removes it); by default it stays one of the journal's canvases."""
+    started = time.monotonic()
+    passes, inputs, outputs, channels = the_plan.passes, the_plan.inputs, the_plan.outputs, source.channels
+    counter = _Progress(progress, list(the_plan.tiles))
+    first = min(journal.state["pass"], passes) if journal.resumed else 0
+    resumed_from = 0
+    if journal.resumed:
+        resumed_from = sum(counter.totals[:first]) + (journal.state["tiles_done"] if first < passes else 0)
+        counter.done[:first] = counter.totals[:first]
+        if log:
+            log(journal.describe(counter.totals) if first < passes else
+                "Resuming an interrupted job after its last tile: writing the result.")
+    tile, retries, tiles = the_plan.tile, 0, 0
+    current = source if first == 0 else journal.reopen(first - 1, *outputs[first - 1], channels)
+    for k in range(first, passes):
+        canvas = journal.open_canvas(k, *outputs[k], channels)
+        done_with = [current] if k > 0 else []  # the previous pass's canvas; never the caller's source
+        if (current.width, current.height) != inputs[k]:  # the last pass: shrunk to what reaches the target
+            path = journal.temp(f"pass{k}.input.canvas")
+            path.unlink(missing_ok=True)  # made again on a resume: the same pixels (libvips is deterministic)
+            current = journal.adopt(resample(current, *inputs[k], path))
+            done_with.append(current)
+        feed = FilledSource(current, FILL_RADIUS) if channels == 4 else current
+        stats = run_tiles(feed, canvas, process, scale=the_plan.model_scale, tile=tile, overlap=the_plan.overlap,
+                          batch=batch, multiple_of=the_plan.multiple_of, progress=counter.pass_reporter(k),
+                          cancel=cancel, **journal.tiler_hooks(k, canvas))
+        tile, retries, tiles = stats.tile, retries + stats.oom_retries, tiles + stats.tiles
+        journal.pass_done(k)
+        for used in done_with:
+            journal.forget(used)  # no longer needed
+        current = canvas
+    phases = {"tiles": time.monotonic() - started}
+    _check(cancel)
+    if (current.width, current.height) != (the_plan.width, the_plan.height):
+        path = into or journal.temp("resample.canvas")
+        path.unlink(missing_ok=True)  # a resample that a kill cut short is redone
+        resampled = resample(current, the_plan.width, the_plan.height, path)
+        current = resampled if into else journal.adopt(resampled)
+        phases["resample"] = time.monotonic() - started - phases["tiles"]
+    elif into:  # the last pass's canvas is the result: renamed, never copied
+        os.replace(current.path, into)
+        journal.release(current).path = into
+    return Upscaled(current, tile, tiles, retries, resumed_from, started, phases)
 
 
 def processor(upscaler, device: str, dtype, alpha: str = "model") -> Callable[[np.ndarray], object]:

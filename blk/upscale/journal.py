@@ -26,6 +26,12 @@ continues with the recorded layout after its finished rows, which are exactly
 the rows an uninterrupted run does next. Every file has the `.blk-tmp-` prefix,
 so nothing looks like a finished result.
 
+A job that runs another tiled job inside one of its stages (the diffusion
+path's ESRGAN enlargement of a step) gives it a `child` journal: the same
+protocol, with its state, canvases and band under this job's token
+(`.blk-tmp-TOKEN.NAME.journal.json`, `.blk-tmp-TOKEN.NAME.pass0.canvas` …), so
+they are resumed only under this job's key and removed with its files.
+
 What ends a job decides what stays: success, cancel and errors remove every
 file (`discard`); a process kill leaves them, and so does Ctrl+C
 (KeyboardInterrupt: `suspend`), which is how a terminal user interrupts. A job
@@ -154,6 +160,13 @@ class Journal:
         self._open.append(canvas)
         return canvas
 
+    def release(self, canvas: Canvas) -> Canvas:
+        """A canvas handed to someone else (e.g. the parent of a `child` journal): no longer closed or
+        removed by this journal."""
+        if canvas in self._open:
+            self._open.remove(canvas)
+        return canvas
+
     def adopt(self, canvas: Canvas) -> Canvas:
         """A canvas made elsewhere under `temp(...)` (e.g. a resample): closed/removed with the others."""
         self._open.append(canvas)
@@ -176,10 +189,16 @@ class Journal:
         need = ([k - 1] if k > 0 else []) + ([k] if k < passes and self.state["tiles_done"] else [])
         if all(self.has_canvas(i) for i in need):
             return
-        _remove_token_files(self.folder, self.state["token"])
+        self._remove_files()
         self.state = fresh_state(self.key)
         self.resumed = False
         self._save()
+
+    def child(self, name: str, key: str) -> "Journal":
+        """The journal of a job run inside one stage of this one, named `name` (unique among its
+        stages): its files are this job's temp files `NAME.*`; resumed when its state holds `key`,
+        else started afresh. It takes no lock (this job's covers it); end it with its own `ending()`."""
+        return _Child(self, name, key)
 
     # -- the tiler's hooks ----------------------------------------------------------------------
     def start_of(self, pass_index: int) -> dict:
@@ -264,7 +283,7 @@ class Journal:
         for canvas in self._open:
             canvas.remove()
         self._open.clear()
-        _remove_token_files(self.folder, self.state["token"])
+        self._remove_files()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         with contextlib.suppress(FileNotFoundError):
@@ -276,6 +295,9 @@ class Journal:
         self._lock_fd = None
 
     # -- internals ------------------------------------------------------------------------------
+    def _remove_files(self) -> None:
+        _remove_token_files(self.folder, self.state["token"])
+
     def _save(self) -> None:
         _write_durably(self.path, (json.dumps(self.state, indent=1, sort_keys=True) + "\n").encode())
 
@@ -300,6 +322,34 @@ class Journal:
         canvas.restore((header["y_top"], rows.reshape(shape)))
         canvas.clear(header["kept_until"], header["y_end"])
         canvas.flush()
+
+
+class _Child(Journal):
+    """`Journal.child`: the same protocol, every file named `TOKEN.NAME.*` under the parent's token."""
+
+    def __init__(self, parent: Journal, name: str, key: str):
+        self.name = name
+        token = parent.state["token"]
+        super().__init__(parent.output, key, {"token": token}, False, None)
+        old = _read_json(self.path)
+        if old is not None and old.get("version") == VERSION and old.get("key") == key and old.get("token") == token:
+            self.state, self.resumed = old, True
+        else:
+            self._remove_files()  # another key's (or a damaged) state and its canvases
+            self.state = fresh_state(key) | {"token": token}
+            self._save()
+
+    @property
+    def path(self) -> Path:
+        return self.temp("journal.json")
+
+    def temp(self, name: str) -> Path:
+        return super().temp(f"{self.name}.{name}")
+
+    def _remove_files(self) -> None:
+        for path in self.folder.glob(f"{TEMP_PREFIX}{self.state['token']}.{self.name}.*"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def _token_ok(token) -> bool:
