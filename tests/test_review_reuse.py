@@ -113,13 +113,13 @@ def test_same_named_checkpoints_of_two_runs_pin_label_and_tally_apart(studio):
     own, other = checkpoint(studio, "run-a", 8), checkpoint(studio, "run-b", 8)
     loose = studio.models / "loras" / "mine" / "step-000008.safetensors"
     note = review.keep(context, "run-a", str(checkpoint(studio, "run-b", 4)), "pin")
-    assert "Pinned step-000004.safetensors of run run-b" in note
+    assert "Pinned step 4 of run run-b" in note
     assert pinned_steps(studio.runs / "run-b") == {4} and pinned_steps(studio.runs / "run-a") == set()
     assert review.keep(context, "run-a", str(loose), "pin") == "Only a run's checkpoints can be pinned."
     labels = dict((path, label) for label, path in review.checkpoint_choices(context, "run-a", [str(other),
                                                                                                str(loose)]))
     assert (labels[str(own)], labels[str(other)], labels[str(loose)]) == (
-        "step 8", "run-b/step-000008.safetensors", "models/loras/mine/step-000008.safetensors")
+        "step 8", "run-b/step 8", "models/loras/mine/step-000008.safetensors")  # as the grid labels them
 
     # the curator prefers run-b's step 8 in every pair: the tally says so, and it is the one offered to keep
     state, *_ = review.start_blind(context, "run-a", str(own), str(other), "tiny-flux", "a cube", "1,2", "1.0",
