@@ -108,8 +108,9 @@ def test_review_names_checkpoints_as_its_rows_do_in_compare_and_in_the_tally(sha
 
     context = StudioContext(shared_workspace, demo=True, demo_reason="test")
     run = shared_workspace.runs / "label-run"
-    shutil.copytree(trained_run, run)
-    shutil.copytree(trained_run, shared_workspace.runs / "other-run")
+    fresh = shutil.ignore_patterns("review", "pinned.json")  # other tests' picks and pins in the shared run
+    shutil.copytree(trained_run, run, ignore=fresh)
+    shutil.copytree(trained_run, shared_workspace.runs / "other-run", ignore=fresh)
     eight, twelve = (str(run / "checkpoints" / f"step-{s:06d}.safetensors") for s in (8, 12))
     other = str(shared_workspace.runs / "other-run" / "checkpoints" / "step-000008.safetensors")
     assert [name for name, _ in review.checkpoint_choices(context, "label-run", [other])] == [
