@@ -20,6 +20,13 @@ def pixels(path):
     return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
 
 
+def zlib_speed_class(path) -> int:
+    """FLEVEL of the first IDAT's zlib header: 0 for level 1, 1 for levels 2-5, 2 for 6, 3 for 7-9."""
+    data = path.read_bytes()
+    start = data.index(b"IDAT") + 4
+    return data[start + 1] >> 6
+
+
 @pytest.fixture(scope="module")
 def sketcher(shared_workspace):
     return Sketcher(shared_workspace)
@@ -58,6 +65,7 @@ def test_same_seed_same_image_and_parameters_round_trip(sketcher, shared_workspa
     text = Image.open(first.path).text
     assert text["Disclosure"] == DISCLOSURE and IPTC_AI in text["XML:com.adobe.xmp"]
     assert "Seed: 7" in text["parameters"]
+    assert zlib_speed_class(first.path) == 1  # levels 2-5: faster than Pillow's default 6 (class 2)
 
     repeat, = sketcher.run(request_from_parameters(parameters))
     assert np.array_equal(pixels(repeat.path), pixels(first.path))
