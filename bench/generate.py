@@ -21,6 +21,8 @@ strength). Rows:
 - the studio with its defaults, then with each attention backend that runs on this device
   (`--attention`), then compiled (`MemoryOptions(compile=True)`: regional compilation of the repeated
   blocks), then compiled with the fastest backend of the uncompiled rows;
+- with `--only …,tuned`: compiled with each of `speed.COMPILE_ALTERNATIVES` (flux-fast's Inductor flags;
+  those plus `max-autotune-no-cudagraphs`), to decide the studio's `speed.COMPILE_SETTINGS` on a GPU;
 - LoRA strength switches (1.0, 0.5, 0.8 on seed 0), uncompiled and compiled: no base reload, and under
   compile the first switch (a LoRA added) compiles again while strength changes do not.
 
@@ -76,11 +78,11 @@ def main() -> None:
                         help="attention backends to try, comma-separated; 'auto': every one that runs here; 'none'")
     parser.add_argument("--no-compile", action="store_true", help="leave out the compiled rows")
     parser.add_argument("--only", default=None,
-                        help="comma-separated row groups to run (plain,fused,studio,attention,compiled,batch); "
-                             "default: all. A short GPU run: --only plain,compiled,batch")
+                        help="comma-separated row groups to run (plain,fused,studio,attention,compiled,batch,tuned); "
+                             "default: all but tuned. A short GPU run: --only plain,compiled,batch")
     args = parser.parse_args()
-    groups = {"plain", "fused", "studio", "attention", "compiled", "batch"}
-    wanted = groups if args.only is None else {g.strip() for g in args.only.split(",")}
+    groups = {"plain", "fused", "studio", "attention", "compiled", "batch", "tuned"}
+    wanted = groups - {"tuned"} if args.only is None else {g.strip() for g in args.only.split(",")}
     if wanted - groups:
         raise SystemExit(f"--only takes {', '.join(sorted(groups))}; got {', '.join(sorted(wanted - groups))}")
     wanted.add("plain")  # every ratio is against it
@@ -266,6 +268,15 @@ def main() -> None:
                 name = best.name.rsplit(" ", 1)[-1]
                 add(studio_row(f"studio, compiled + {name}", new_sketcher(),
                                MemoryOptions(compile=True, attention=name)))
+
+    # the studio, compiled with other Inductor settings (speed.COMPILE_ALTERNATIVES) ------------------------
+    if not args.no_compile and "tuned" in wanted and not speed.compile_problem(device):
+        for label, settings in speed.COMPILE_ALTERNATIVES.items():
+            speed.COMPILE_SETTINGS = settings
+            try:
+                add(studio_row(f"studio, compiled, {label}", new_sketcher(), MemoryOptions(compile=True)))
+            finally:
+                speed.COMPILE_SETTINGS = {}
 
     if loads:
         print(f"base loads through the LoRA switches, uncompiled then compiled: {', '.join(map(str, loads))} "

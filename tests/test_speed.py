@@ -84,6 +84,25 @@ def test_compile_toggles_in_place_without_reloading(shared_workspace, tmp_path):
     assert np.array_equal(pixels(back.path), uncompiled) and back.parameters["memory"]["compile"] is False
 
 
+def test_bench_compile_alternatives_are_valid_and_keep_the_image(shared_workspace, tmp_path, monkeypatch):
+    """The Inductor settings bench/generate.py tries on a GPU (`speed.COMPILE_ALTERNATIVES`) are settings
+    torch.compile accepts (it refuses `mode` with `options`), reach the blocks, and keep the image."""
+    import torch
+
+    from blk.models import speed
+
+    uncompiled = pixels(Sketcher(shared_workspace).run(request(tmp_path / "eager"))[0].path)
+    for label, settings in speed.COMPILE_ALTERNATIVES.items():
+        torch._dynamo.reset()
+        monkeypatch.setattr(speed, "COMPILE_SETTINGS", settings)
+        sketcher = Sketcher(shared_workspace)
+        result, = sketcher.run(request(tmp_path / label, memory=MemoryOptions(compile=True)))
+        assert result.notice == "", label  # no fallback to eager: the settings compiled
+        assert speed.is_compiled(sketcher.cache._loaded.denoiser)
+        assert np.abs(pixels(result.path) - uncompiled).max() <= COMPILED_TOLERANCE, label
+    torch._dynamo.reset()
+
+
 def test_compile_without_a_compiler_is_one_sentence_before_loading(shared_workspace, tmp_path):
     import torch._inductor.config
 

@@ -73,15 +73,36 @@ def compile_problem(device: str) -> str | None:
     return None
 
 
-def compile_denoiser(denoiser) -> None:
+# What `torch.compile` gets for each repeated block: Inductor's defaults. `bench/generate.py --only tuned`
+# measures the alternatives below on a GPU; the default changes only when a measurement there says so.
+COMPILE_SETTINGS: dict = {}
+
+# Alternatives the bench tries. "tuned": the Inductor flags of PyTorch's flux-fast recipe (coordinate-descent
+# tuning of the generated kernels; no epilogue fusion, so matmuls stay cuBLAS calls). "autotune": the same
+# plus benchmarking Triton matmul templates against cuBLAS at compile time (minutes more on the first
+# image): mode "max-autotune-no-cudagraphs" with the flags. No CUDA graphs: a graph would pin the LoRA
+# scalings' addresses.
+TUNED_INDUCTOR = {"coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True,
+                  "epilogue_fusion": False}
+COMPILE_ALTERNATIVES = {
+    "tuned": {"options": TUNED_INDUCTOR},
+    "autotune": {"options": {**TUNED_INDUCTOR, "max_autotune": True}},  # torch.compile takes mode or options
+}
+
+
+def compile_denoiser(denoiser, settings: dict | None = None) -> None:
     """Regional compilation of the denoiser's repeated blocks; compiling happens at the first call.
 
     Inference only: the weights stop requiring gradients, so that loading a LoRA (peft freezes the base
-    weights) does not by itself force a new graph.
+    weights) does not by itself force a new graph. `settings` are `torch.compile` keywords (`mode`,
+    `options`); `COMPILE_SETTINGS` when not given.
     """
     denoiser.requires_grad_(False)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found" on a CPU
-    denoiser.compile_repeated_blocks()
+    settings = COMPILE_SETTINGS if settings is None else settings
+    # copies: torch.compile keeps the options dict it is given
+    denoiser.compile_repeated_blocks(**{key: dict(value) if isinstance(value, dict) else value
+                                        for key, value in settings.items()})
 
 
 def is_compiled(denoiser) -> bool:
