@@ -360,3 +360,52 @@ def test_checkpoints_saved_in_fp16_load_at_their_strength_and_resume_state_stays
     assert found.keys() == expected.keys()
     for name in expected:  # equal within fp16 rounding of the factors
         torch.testing.assert_close(found[name], expected[name], rtol=2e-2, atol=1e-4)
+
+
+def test_sample_now_draws_the_prompts_at_the_next_step_and_changes_nothing_trained(dataset, shared_workspace,
+                                                                                     tmp_path):
+    """"Sample now" (a request file in the run folder) gives one set of samples at the end of the step in progress,
+    marked as asked for, and uses the request up; the weights trained are bit-identical to a run without it. A
+    request left from an earlier attempt is dropped when a run starts."""
+    import threading
+    import time
+
+    from blk.train.runner import SAMPLE_REQUEST
+
+    def config():
+        c = config_for("tiny-flux", dataset, steps=200)
+        c.sampling.prompts, c.sampling.steps, c.sampling.size = ["a cloud", "a rock"], 2, 64  # every: 0
+        return c
+
+    run_dir, stop = tmp_path / "asked", threading.Event()
+
+    def press_sample_now_once_training_then_stop_when_served():
+        log, pressed = run_dir / "events.jsonl", False
+        while not stop.is_set():
+            events = EventLog(log).read() if log.exists() else []
+            if not pressed and any(e["kind"] == "loss" for e in events):
+                (run_dir / SAMPLE_REQUEST).write_text("now")
+                pressed = True
+            if any(e["kind"] == "sample" for e in events):
+                stop.set()
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=press_sample_now_once_training_then_stop_when_served)
+    watcher.start()
+    asked = run(config(), shared_workspace, run_dir, stop=stop)
+    stop.set()
+    watcher.join()
+    assert asked.status == "stopped"
+    samples = events_of(run_dir, "sample")
+    assert len(samples) == 1 and samples[0]["asked"] is True and 1 <= samples[0]["step"] <= asked.step
+    step = samples[0]["step"]
+    assert [p.name for p in sorted((run_dir / "samples").iterdir())] == [f"step-{step:06d}-{i}.png" for i in (0, 1)]
+    assert not (run_dir / SAMPLE_REQUEST).exists()
+
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / SAMPLE_REQUEST).write_text("left by an earlier attempt")
+    plain = run(config(), shared_workspace, tmp_path / "plain", stop_after=asked.step)
+    assert not events_of(tmp_path / "plain", "sample") and not (tmp_path / "plain" / SAMPLE_REQUEST).exists()
+    a, b = load_file(str(asked.last_checkpoint)), load_file(str(plain.last_checkpoint))
+    assert plain.last_checkpoint.name == asked.last_checkpoint.name
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -240,6 +240,22 @@ def stop_run(folder: Path) -> str:
     return f"Stopping {folder.name} after its current step…"
 
 
+def request_samples(folder: Path) -> str:
+    """"Sample now": the trainer draws the run's sample prompts at the end of its current step (the files
+    `runner.SAMPLE_REQUEST` asks for it; one request at a time, a second click before it is served is the same)."""
+    from blk.train.runner import SAMPLE_REQUEST
+
+    info = run_info(folder)
+    if info.status != "running":
+        what = "is starting; ask again once its first step is done" if info.status == "starting" else "is not running"
+        return f"{folder.name} {what}. Its checkpoints can be tried in Sketch or Review."
+    config = _saved_config(folder)
+    if config is not None and not config.sampling.prompts:
+        return f"{folder.name} has no sample prompts; try its checkpoints in Sketch instead."
+    atomic.write_text(folder / SAMPLE_REQUEST, time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    return f"Samples of {folder.name} come at the end of its current step (step {info.step + 1})."
+
+
 def kill_run(folder: Path) -> str:
     pid = _pid(folder)
     if pid is None or not is_running(folder):

@@ -52,6 +52,10 @@ from blk.train.distributed import World
 from blk.workspace import Workspace
 
 STATE_FILES = ("adapter.safetensors", "optimizer.pt", "scheduler.pt", "trainer.json")
+# Made in the run folder by "Sample now" (`process.request_samples`): the trainer draws the sample prompts at
+# the end of its current step and removes the file. Samples use their own fixed seeds and the global RNG is
+# reseeded every micro-batch, so an extra sample changes nothing the run trains.
+SAMPLE_REQUEST = "sample-now.request"
 
 
 class EventLog:
@@ -211,10 +215,13 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
                 loss = validation_loss(family, held_out, latent_for, text_for, device, dtype)
             events.write("eval", at_step, loss=loss)
 
-    def sample(at_step: int) -> None:
-        if world.is_main and config.sampling.every and config.sampling.prompts:
+    def sample(at_step: int, asked: bool = False) -> None:
+        if world.is_main and config.sampling.prompts and (asked or config.sampling.every):
             with averaged():
-                _samples(family, config, run_dir, events, at_step, text_for)
+                _samples(family, config, run_dir, events, at_step, text_for, asked)
+
+    if world.is_main:
+        (run_dir / SAMPLE_REQUEST).unlink(missing_ok=True)  # asked of an earlier attempt, which ended first
 
     if step == 0:
         validate(0)
@@ -279,8 +286,11 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
                 last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step, ema)
             if config.data.validation_every and step % config.data.validation_every == 0:
                 validate(step)
-            if config.sampling.every and step % config.sampling.every == 0:
+            sampled = bool(config.sampling.every) and step % config.sampling.every == 0
+            if sampled:
                 sample(step)
+            if world.is_main and _take_sample_request(run_dir) and not sampled:
+                sample(step, asked=True)
             if world.agree(stop.is_set() or (stop_after is not None and step >= stop_after)):  # rank 0 decides
                 status = "stopped"
                 break
@@ -824,8 +834,19 @@ def _restore(run_dir: Path, denoiser, optimizer, scheduler, ema=None) -> int:
     return int(json.loads((folder / "trainer.json").read_text())["step"])
 
 
-def _samples(family, config: TrainConfig, run_dir: Path, events: EventLog, step: int, text_for) -> None:
-    """The sample prompts at fixed seeds, from their cached embeddings (the text encoders may be gone)."""
+def _take_sample_request(run_dir: Path) -> bool:
+    """Whether "Sample now" was pressed since the last step (the request is used up)."""
+    try:
+        (run_dir / SAMPLE_REQUEST).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _samples(family, config: TrainConfig, run_dir: Path, events: EventLog, step: int, text_for,
+             asked: bool = False) -> None:
+    """The sample prompts at fixed seeds, from their cached embeddings (the text encoders may be gone).
+    `asked`: drawn for "Sample now" rather than the schedule (said in the event)."""
     import torch
 
     denoiser = family.denoiser
@@ -843,5 +864,5 @@ def _samples(family, config: TrainConfig, run_dir: Path, events: EventLog, step:
             image.save(buffer, format="PNG")
             atomic.write_bytes(path, buffer.getvalue())
             paths.append(str(path.relative_to(run_dir)))
-    events.write("sample", step, paths=paths, prompts=config.sampling.prompts)
+    events.write("sample", step, paths=paths, prompts=config.sampling.prompts, **({"asked": True} if asked else {}))
     denoiser.train()
