@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from blk.train.config import TrainConfig
-from blk.train.process import is_running, kill_run, list_runs, resume_run, run_info, start_run, stop_run
+from blk.train.process import (is_running, kill_run, list_runs, request_samples, resume_run, run_info, start_run,
+                               stop_run)
 from blk.train.runner import EventLog
 
 
@@ -55,6 +56,7 @@ def test_kill_minus_nine_then_resume(workspace_with_data):
     workspace = workspace_with_data
     folder = start_run(tiny_config(400), workspace)
     wait_for(lambda: len(checkpoints(folder)) >= 2)
+    assert request_samples(folder) == f"{folder.name} has no sample prompts; try its checkpoints in Sketch instead."
     kill_run(folder)
     wait_for(lambda: not is_running(folder), 30)
     info = run_info(folder)
@@ -73,13 +75,20 @@ def test_kill_minus_nine_then_resume(workspace_with_data):
 
 def test_graceful_stop_saves_the_current_step(workspace_with_data):
     workspace = workspace_with_data
-    folder = start_run(tiny_config(400), workspace)
+    config = tiny_config(400)
+    config.sampling.prompts, config.sampling.steps, config.sampling.size = ["an ink"], 2, 64  # no scheduled samples
+    folder = start_run(config, workspace)
     wait_for(lambda: run_info(folder).step >= 3)
     assert run_info(folder).status == "running"
+    assert request_samples(folder).startswith(f"Samples of {folder.name} come at the end of its current step")
+    wait_for(lambda: [e for e in EventLog(folder / "events.jsonl").read() if e["kind"] == "sample"], 120)
     stop_run(folder)
     wait_for(lambda: not is_running(folder), 120)
     info = run_info(folder)
     assert info.status == "stopped"
+    sample, = [e for e in EventLog(folder / "events.jsonl").read() if e["kind"] == "sample"]
+    assert sample["asked"] and (folder / sample["paths"][0]).is_file()
+    assert request_samples(folder) == f"{folder.name} is not running. Its checkpoints can be tried in Sketch or Review."
     assert checkpoints(folder)[-1].name == f"step-{info.step:06d}.safetensors"
 
 
