@@ -68,3 +68,12 @@ def trained_run(shared_workspace, tmp_path_factory):
     result = run(config, shared_workspace, run_dir)
     assert result.status == "finished"
     return run_dir
+
+
+def copy_trained_run(trained_run, destination):
+    """A copy of the shared trained run as it was trained: without the review picks, grids and pins that
+    other tests leave in it (a test counting ties or pins must not see another test's)."""
+    import shutil
+
+    shutil.copytree(trained_run, destination, ignore=shutil.ignore_patterns("review", "pinned.json"))
+    return destination

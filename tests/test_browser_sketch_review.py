@@ -7,6 +7,7 @@ import shutil
 from PIL import Image
 
 from blk.generate.metadata import read_parameters
+from tests.conftest import copy_trained_run
 from tests.support.browser import browser_page, screenshot
 from tests.support.running_app import RunningApp
 
@@ -16,7 +17,7 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
 
     workspace = tmp_path / "workspace"
     shutil.copytree(shared_workspace.models, workspace / "models")
-    shutil.copytree(trained_run, workspace / "runs" / "tiny-run")
+    copy_trained_run(trained_run, workspace / "runs" / "tiny-run")
     app = RunningApp(workspace, tmp_path / "net.jsonl")
     try:
         with browser_page() as page:

@@ -3,7 +3,7 @@
 import gradio as gr
 
 from ui.context import StudioContext
-from ui.tabs.sketch import remembered, restored
+from ui.form_memory import remembered, restored
 
 KEEP = {"__type__": "update"}  # no change to the field
 
@@ -37,3 +37,31 @@ def test_restore_gives_back_valid_values_and_drops_vanished_or_outside_loras(wor
                                                 [[str(kept_lora), 0.7]]]
     assert restored(context, {"aspect": "16:9", "steps": "2", "prompt": 3}, fields)[:3] == [KEEP] * 3  # no fit
     assert restored(context, None, fields) == [KEEP] * len(fields)  # nothing kept yet: the defaults stay
+
+
+def test_form_memory_is_its_own_module_that_sketch_and_stencil_share(workspace):
+    """Stencil takes form memory from ui.form_memory, not from the Sketch tab, and both tabs wire it the same way:
+    one BrowserState per form, under its own storage key."""
+    import ast
+    from pathlib import Path
+
+    from ui import form_memory
+    from ui.tabs import sketch, stencil
+
+    assert sketch.remember_form is stencil.remember_form is form_memory.remember_form
+    assert not hasattr(sketch, "remembered") and not hasattr(sketch, "restored")  # moved, not copied
+    source = Path(stencil.__file__).read_text(encoding="utf-8")
+    from_sketch = [name.name for node in ast.walk(ast.parse(source))
+                   if isinstance(node, ast.ImportFrom) and node.module == "ui.tabs.sketch" for name in node.names]
+    assert "remember_form" not in from_sketch
+    module = ast.parse(Path(form_memory.__file__).read_text(encoding="utf-8"))
+    assert "localStorage" in ast.get_docstring(module)
+    assert not [node for node in ast.walk(module) if isinstance(node, ast.ImportFrom) and
+                (node.module or "").startswith("ui.tabs")]  # no tab's code to load
+
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    with gr.Blocks() as demo:
+        sketch.build(context)
+        stencil.build(context)
+    keys = sorted(block.storage_key for block in demo.blocks.values() if isinstance(block, gr.BrowserState))
+    assert keys == ["blk-sketch-form", "blk-stencil-form"]

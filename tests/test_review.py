@@ -9,7 +9,7 @@ from PIL import Image
 from blk.errors import UserError
 from blk.generate.blind import blind_pairs, read_tally, record_pick
 from blk.generate.metadata import read_parameters
-from blk.generate.review import GridSpec, Reviewer, review_folder, run_review_defaults, save_grid
+from blk.generate.review import GridSpec, Reviewer, keep_grid, review_folder, run_review_defaults, save_grid
 from blk.generate.sketch import Lora, Sketcher, SketchRequest
 from blk.train.config import TrainConfig
 from blk.train.pins import export_checkpoint, pin, pinned_steps
@@ -72,6 +72,30 @@ def test_saved_grid_carries_what_it_shows(reviewer, trained_run, tmp_path):
     parameters = read_parameters(path)
     assert parameters["kind"] == "review-grid" and parameters["seeds"] == [1, 2]
     assert parameters["rows"] == ["step 8 @ 0.5", "step 8 @ 1", "step 12 @ 0.5", "step 12 @ 1"]
+
+
+def test_an_unchanged_grid_reuses_its_png_and_a_changed_one_writes_another(reviewer, trained_run, tmp_path):
+    from dataclasses import replace
+
+    spec = spec_for(trained_run)
+    folder = tmp_path / "grids"
+    first, written = keep_grid(reviewer.grid(spec, tmp_path), spec, folder)
+    assert written and sorted(folder.iterdir()) == [first] and first.name.startswith("grid-")
+    before = (first.stat().st_ino, first.read_bytes())
+    again = reviewer.grid(spec, tmp_path)
+    assert again.generated == 0  # every cell from the cache…
+    assert keep_grid(again, spec, folder) == (first, False)  # …and the same file: nothing written
+    assert sorted(folder.iterdir()) == [first] and (first.stat().st_ino, first.read_bytes()) == before
+
+    wider = GridSpec(**{**spec.__dict__, "seeds": [1, 3]})  # other cells
+    other, written = keep_grid(reviewer.grid(wider, tmp_path), wider, folder)
+    assert written and other != first and sorted(folder.iterdir()) == sorted([first, other])
+    assert read_parameters(other)["seeds"] == [1, 3]
+    relabelled = replace(again, column_labels=["first", "second"])  # the same cells under other labels
+    renamed, written = keep_grid(relabelled, spec, folder)
+    assert written and renamed not in (first, other) and len(list(folder.iterdir())) == 3
+    assert keep_grid(again, spec, folder) == (first, False)  # an earlier grid asked for again: still its file
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
 def test_too_large_or_empty_grids_are_refused(reviewer, trained_run, tmp_path):

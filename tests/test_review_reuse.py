@@ -20,7 +20,7 @@ from blk.models.device import MemoryOptions
 from blk.models.pipelines import PipelineCache
 from blk.train.pins import pinned_steps
 from blk.workspace import Workspace
-from tests.conftest import run_blk
+from tests.conftest import copy_trained_run, run_blk
 from tests.support.loras import make_random_lora
 from ui.context import StudioContext
 from ui.tabs import review
@@ -43,7 +43,7 @@ def studio(shared_workspace, trained_run, tmp_path_factory):
     workspace = Workspace(tmp_path_factory.mktemp("review-reuse") / "ws")
     shutil.copytree(shared_workspace.models, workspace.models, dirs_exist_ok=True)
     for name in ("run-a", "run-b"):
-        shutil.copytree(trained_run, workspace.runs / name, ignore=shutil.ignore_patterns("review", "pinned.json"))
+        copy_trained_run(trained_run, workspace.runs / name)
     loose = workspace.models / "loras" / "mine" / "step-000008.safetensors"
     loose.parent.mkdir(parents=True)
     shutil.copy(trained_run / "checkpoints" / "step-000004.safetensors", loose)

@@ -43,6 +43,18 @@ class StudioContext:
 
         return "tiny-flux" if self.demo else default_model(self.workspace)[0]
 
+    def base_models(self) -> list[str]:
+        """The base models Train and Review offer, read afresh at each call (a model put in workspace/models or
+        registered in settings since appears): the tiny ones in demo mode, else the Flux and SDXL models found on
+        this machine, known or registered (the tiny ones when none is). The forms take any other name or path
+        typed by hand; the registry refuses a wrong one with its own sentence."""
+        from blk.models.registry import FAMILIES, KNOWN_MODELS, list_models
+
+        found = [row.name for row in list_models(self.workspace) if row.found and row.family in FAMILIES]
+        tiny = [name for name in found if name in KNOWN_MODELS and KNOWN_MODELS[name].tiny]
+        real = [name for name in found if name not in tiny]
+        return tiny if self.demo or not real else real
+
     def close(self) -> None:
         """Stop what the session started (the captioning server) and free the loaded pipeline."""
         self.captioning.close()

@@ -5,7 +5,9 @@ cached as a PNG named by the hash of everything that decides its pixels —
 model, LoRA content (sha256), scale, prompt, seed, steps, guidance, size, and
 the device, dtype, int8 weights and VAE tiling it ran with — so re-opening a
 grid, or a grid that shares cells with an earlier one, does not generate
-again, and cells made another way never mix into one grid. Review has no
+again, and cells made another way never mix into one grid. A grid's PNG is
+named by a hash of its cells, labels and settings too, so asking again for an
+unchanged grid writes no new file. Review has no
 memory controls: it runs on the pipeline Sketch already loaded, with its
 memory options, so moving between the tabs never loads the base again. A
 run's review files live in `runs/RUN/review/`; a review of loose LoRA files in
@@ -16,10 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from blk import __version__
 from blk.errors import UserError
 from blk.generate.metadata import save_png
 from blk.generate.sketch import Cancelled, Lora, Sketcher, SketchRequest, lora_label
@@ -266,14 +271,40 @@ def _fit(font, text: str, width: int) -> str:
     return text + "..."
 
 
+def grid_parameters(result: GridResult, spec: GridSpec) -> dict:
+    """What a grid PNG carries of what it shows (rows, columns, settings)."""
+    return {"kind": "review-grid", "model": spec.model, "prompts": spec.prompts, "seeds": spec.seeds,
+            "scales": spec.scales, "steps": spec.steps, "guidance": spec.guidance,
+            "width": spec.width, "height": spec.height, "rows": result.row_labels,
+            "loras": [{"name": lora_label(p), "sha256": lora_sha256(p)} for p in spec.checkpoints],
+            "prompt": " | ".join(spec.prompts)}
+
+
 def save_grid(result: GridResult, spec: GridSpec, path: Path) -> Path:
     """The grid as one PNG, with what it shows embedded (rows, columns, settings)."""
-    parameters = {"kind": "review-grid", "model": spec.model, "prompts": spec.prompts, "seeds": spec.seeds,
-                  "scales": spec.scales, "steps": spec.steps, "guidance": spec.guidance,
-                  "width": spec.width, "height": spec.height, "rows": result.row_labels,
-                  "loras": [{"name": lora_label(p), "sha256": lora_sha256(p)} for p in spec.checkpoints],
-                  "prompt": " | ".join(spec.prompts)}
-    return save_png(Path(path), result.image, parameters)
+    return save_png(Path(path), result.image, grid_parameters(result, spec))
+
+
+def grid_key(result: GridResult, spec: GridSpec) -> str:
+    """Hash of everything that decides a grid PNG's bytes: its cells (each named by the hash of what decides its
+    pixels), in their places, the row and column labels, the parameters it carries and the app's version."""
+    decided = {"cells": [[Path(path).name for path in row] for row in result.cells],
+               "rows": result.row_labels, "columns": result.column_labels,
+               "parameters": grid_parameters(result, spec), "version": __version__}
+    return hashlib.sha256(json.dumps(decided, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def keep_grid(result: GridResult, spec: GridSpec, folder: Path) -> tuple[Path, bool]:
+    """The grid's PNG in `folder`, named `grid-DATE-TIME-KEY.png` by `grid_key`: the file already written for the
+    same cells, labels and settings when there is one (asking again for a grid whose cells all came from the
+    cache writes nothing), else a new file, written atomically. Returns (path, whether it was written now)."""
+    key = grid_key(result, spec)
+    folder = Path(folder)
+    same = sorted(path for path in folder.glob(f"grid-*-{key}.png") if path.is_file() and path.stat().st_size)
+    if same:
+        os.utime(same[-1])  # the grid just asked for is the newest in the folder, as a new file would be
+        return same[-1], False
+    return save_grid(result, spec, folder / f"grid-{time.strftime('%Y%m%d-%H%M%S')}-{key}.png"), True
 
 
 def run_review_defaults(run_dir: Path) -> dict:

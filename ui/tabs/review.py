@@ -11,7 +11,6 @@ pinned (its own run's pruning keeps it) and exported with a clear name.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -99,9 +98,11 @@ def spec_from_form(context: StudioContext, checkpoints, model, prompts, seeds, s
         scale_list = [float(s) for s in str(scales).replace(" ", "").split(",") if s] or [1.0]
     except ValueError:
         raise UserError("Seeds and strengths are comma-separated numbers, like 1,2,3 and 0.6,0.8,1.0.") from None
+    if not (model or "").strip():  # a dropdown cleared by hand sends nothing
+        raise UserError("Choose a base model.")
     side = int(size or 1024)
     settings = context.workspace.settings
-    return GridSpec(model=model, checkpoints=[context.workspace.confine(p) for p in checkpoints or []],
+    return GridSpec(model=model.strip(), checkpoints=[context.workspace.confine(p) for p in checkpoints or []],
                     prompts=[line.strip() for line in (prompts or "").splitlines() if line.strip()],
                     seeds=seed_list, scales=scale_list, include_base=bool(include_base), width=side, height=side,
                     steps=int(steps) if steps else None,
@@ -114,7 +115,7 @@ def spec_from_form(context: StudioContext, checkpoints, model, prompts, seeds, s
 def make_grid(context: StudioContext, run, *form, cancel: threading.Event | None = None, progress=gr.Progress()):
     """The grid, its PNG and a status line; a cancel (the event set) keeps the cells made so far in the cache."""
     from blk.errors import UserError
-    from blk.generate.review import Reviewer, review_folder, save_grid
+    from blk.generate.review import Reviewer, keep_grid, review_folder
 
     if cancel is not None:
         cancel.clear()
@@ -124,11 +125,12 @@ def make_grid(context: StudioContext, run, *form, cancel: threading.Event | None
         result = Reviewer(context.sketcher).grid(
             spec, folder, progress=lambda done, total: progress(done / total, desc=f"cell {int(done)}/{total}"),
             cancel=cancel)
-        path = save_grid(result, spec, folder / "grids" / f"grid-{time.strftime('%Y%m%d-%H%M%S')}.png")
+        path, written = keep_grid(result, spec, folder / "grids")  # an unchanged grid is not written again
     except UserError as exc:
         return None, None, f"**{exc}**"
     status = (f"{len(result.row_labels)} rows × {len(result.column_labels)} columns — {result.generated} generated, "
-              f"{result.cached} from the cache. Saved as `{path}`")
+              f"{result.cached} from the cache. " + (f"Saved as `{path}`" if written else
+                                                      f"Unchanged: already saved as `{path}`"))
     return str(path), str(path), status
 
 
@@ -282,7 +284,9 @@ def build(context: StudioContext) -> dict:
             extra = gr.Dropdown([(label, str(path)) for label, path in available_loras(context.workspace)],
                                 multiselect=True, label="Other LoRA files (optional)")
             checkpoints = gr.CheckboxGroup([], label="Checkpoints (rows)", elem_id="blk-review-checkpoints")
-            model = gr.Textbox(context.default_model(), label="Base model")
+            # the models found here (of the right kind), or any name or path typed in; a run picked sets its own
+            model = gr.Dropdown(context.base_models(), value=context.default_model(), label="Base model",
+                                allow_custom_value=True)
             prompts = gr.Textbox(label="Prompts (columns, one per line)", lines=3)
             with gr.Row():
                 seeds = gr.Textbox("1", label="Seeds", elem_id="blk-review-seeds")
@@ -331,7 +335,8 @@ def build(context: StudioContext) -> dict:
                 export_button = gr.Button("Export", size="sm", scale=0, min_width=70)
             keep_note = gr.Markdown()
 
-    model.blur(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
+    # the model's defaults when the artist picks or types a model, not when a picked run sets it
+    model.input(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
     form = [model, prompts, seeds, scales, include_base, size, steps, guidance]
     run_outputs = [checkpoints, model, prompts, seeds, size, steps, guidance, a, b, chosen, run_note]
 
@@ -356,6 +361,7 @@ def build(context: StudioContext) -> dict:
     export_button.click(lambda r, c: keep(context, r, c, "export"), inputs=[run, chosen], outputs=keep_note)
     gr.on(None, lambda: on_load(context), outputs=run, show_progress="hidden")  # no triggers: on each page load
     on_show = (lambda: (gr.Dropdown(choices=run_choices(context)),
-                        gr.Dropdown(choices=[(label, str(path)) for label, path in available_loras(context.workspace)])),
-               [run, extra])
+                        gr.Dropdown(choices=[(label, str(path)) for label, path in available_loras(context.workspace)]),
+                        gr.Dropdown(choices=context.base_models())),
+               [run, extra, model])
     return {"on_show": on_show}

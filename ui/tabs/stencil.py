@@ -16,7 +16,8 @@ import gradio as gr
 
 from ui import lora_stack
 from ui.context import StudioContext
-from ui.tabs.sketch import model_defaults, model_names, remember_form
+from ui.form_memory import remember_form
+from ui.tabs.sketch import model_defaults, model_names
 
 ROLE_NONE = "none"
 
