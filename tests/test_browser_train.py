@@ -43,6 +43,8 @@ def test_train_tab_runs_a_tiny_lora(tmp_path, shared_workspace):
             import re
 
             expect(page.get_by_text(re.compile(r"step [1-9]\d* of 40"))).to_be_visible(timeout=180_000)
+            page.get_by_role("button", name="Sample now").click()
+            expect(page.locator("#blk-run-note")).to_contain_text("come at the end of its current step")
             expect(page.locator("#blk-samples img").first).to_be_visible(timeout=60_000)
             expect(page.locator("#blk-loss-plot").get_by_text("smoothed")).to_be_visible(timeout=30_000)  # legend
             screenshot(page, "train-tab-running")
@@ -83,6 +85,7 @@ def test_train_tab_runs_a_tiny_lora(tmp_path, shared_workspace):
     runs = list((workspace / "runs").iterdir())
     assert len(runs) == 1
     assert (runs[0] / "checkpoints" / "step-000040.safetensors").exists()
+    assert not (runs[0] / "sample-now.request").exists()  # the trainer served "Sample now"
 
 
 def finished_demo_run(workspace):

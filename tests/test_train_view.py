@@ -51,10 +51,10 @@ def checkpoint(log, folder, step):
     log("checkpoint", step, path=path)
 
 
-def sample(log, folder, step):
+def sample(log, folder, step, **asked):
     paths = [f"samples/step-{step:06d}-0.png"]
     Image.new("RGB", (8, 8)).save(folder / paths[0])
-    log("sample", step, paths=paths, prompts=["a cube"])
+    log("sample", step, paths=paths, prompts=["a cube"], **asked)
 
 
 def ended_pid() -> int:
@@ -222,13 +222,16 @@ def test_clicking_a_sample_chooses_its_step(context):
     log("status", 0, status="started")
     for step in (0, 5, 10):
         sample(log, folder, step)
+    sample(log, folder, 13, asked=True)  # "Sample now"
     checkpoint(log, folder, 10)
     gallery = train.watch(context, "r", False)[3]
-    assert [label for _, label in gallery] == ["step 10: a cube", "step 5: a cube", "step 0: a cube"]
+    assert [label for _, label in gallery] == ["step 13 (Sample now): a cube", "step 10: a cube", "step 5: a cube",
+                                               "step 0: a cube"]
+    gallery = gallery[1:]
     clicked = {"image": {"path": gallery[1][0]}, "caption": gallery[1][1]}  # what the gallery's select sends
 
     update, known = train.pick_sample(context, "r", [], clicked)  # the timer has not listed the steps yet
-    assert update.value == 5 and [step for _, step in known] == [0, 5, 10]
+    assert update.value == 5 and [step for _, step in known] == [0, 5, 10, 13]
     update, again = train.pick_sample(context, "r", known, {"image": {}, "caption": "step 10: a cube"})
     assert update.value == 10 and again == known
     samples, text = train.show_step(context, "r", update.value)  # what the chooser's change then shows
@@ -236,6 +239,8 @@ def test_clicking_a_sample_chooses_its_step(context):
     assert train.pick_sample(context, "r", known, {"image": {}, "caption": "a stray caption"}) == (gr.update(), known)
     assert train.pick_sample(context, "r", known, None) == (gr.update(), known)
     assert train.pick_sample(context, "r", known, {"caption": "step 7: a cube"}) == (gr.update(), known)  # no such step
+    update, _ = train.pick_sample(context, "r", known, {"caption": "step 13 (Sample now): a cube"})
+    assert update.value == 13
 
 
 def test_a_loaded_page_shows_the_newest_running_run_else_the_newest(context):
@@ -497,7 +502,7 @@ def test_stop_kill_and_resume_answer_right_under_their_buttons(context):
             for c in config["components"]}
     wired = {(name.get(t), event): [name.get(o) for o in d["outputs"]] for d in config["dependencies"]
              for t, event in d["targets"]}
-    for button in ("Stop (save and end)", "Kill", "Resume"):
+    for button in ("Stop (save and end)", "Kill", "Resume", "Sample now"):
         assert wired[(button, "click")] == ["blk-run-note"]
 
     def parent_of(node, child_id):
@@ -512,7 +517,7 @@ def test_stop_kill_and_resume_answer_right_under_their_buttons(context):
     note_id = next(i for i, n in name.items() if n == "blk-run-note")
     column, at = parent_of(config["layout"], note_id)
     buttons = [name[c["id"]] for c in column["children"][at - 1]["children"]]
-    assert buttons == ["Stop (save and end)", "Kill", "Resume"]  # the row just above the note
+    assert buttons == ["Stop (save and end)", "Kill", "Resume", "Sample now"]  # the row just above the note
     assert ("Run", "change") in wired and any(o == ["blk-run-note"] for (n, e), o in wired.items() if n == "Run")
 
 
@@ -636,3 +641,23 @@ def test_the_advanced_checkboxes_have_a_wrapping_row_of_their_own(context):
     labels = [c["props"]["label"] for c in leaves(switches[0])]
     assert set(kinds) == {"checkbox"} and labels == ["Horizontal flip", "Shuffle tokens", "int8 base",
                                                      "Gradient checkpointing", "Cache latents"]
+
+
+def test_a_base_model_typed_in_reaches_the_trainer_and_a_wrong_one_is_one_sentence(context):
+    """The Base model list takes a name or path typed in: it goes into the config as typed, a wrong one is
+    refused with the registry's sentence (here by Estimate's probe), and a list cleared by hand says so."""
+    from blk.errors import UserError
+
+    (context.workspace.datasets / "inks").mkdir(parents=True)
+    form = list(train.form_from_preset(context, "conceptor-flux-dev"))
+    form[0] = " my-models/flux-finetune "
+    assert train.config_from_form(context, "conceptor-flux-dev", "inks", *form).model.name == "my-models/flux-finetune"
+    form[0] = "no-such-model"
+    *_, said = train.estimate(context, "conceptor-flux-dev", "inks", *form)
+    assert said.startswith("**") and "Unknown model 'no-such-model': use one of flux-dev" in said
+    assert "\n" not in said and "Traceback" not in said
+    for cleared in (None, "", "  "):
+        form[0] = cleared
+        with pytest.raises(UserError, match=r"^Choose a base model\.$"):
+            train.config_from_form(context, "conceptor-flux-dev", "inks", *form)
+    assert train.start(context, "conceptor-flux-dev", "inks", *form)[1] == "**Choose a base model.**"

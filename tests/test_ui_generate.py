@@ -1,8 +1,9 @@
 """The Sketch and Review tabs' handlers with a real context: paths confined, parameters read back."""
 
 from blk.generate.sketch import Lora, SketchRequest
-from ui.context import StudioContext
+from tests.conftest import copy_trained_run
 from ui import lora_stack
+from ui.context import StudioContext
 from ui.tabs import review, sketch
 
 
@@ -30,10 +31,9 @@ def test_sketch_form_confines_loras_and_loads_parameters(shared_workspace, train
 
 
 def test_review_keep_pins_and_exports(shared_workspace, trained_run, tmp_path):
-    import shutil
 
     context = StudioContext(shared_workspace, demo=True, demo_reason="test")
-    shutil.copytree(trained_run, shared_workspace.runs / "ui-run")
+    copy_trained_run(trained_run, shared_workspace.runs / "ui-run")
     checkpoint = shared_workspace.runs / "ui-run" / "checkpoints" / "step-000012.safetensors"
     assert "Pinned step 12 of run ui-run" in review.keep(context, "ui-run", str(checkpoint), "pin")
     assert "(pinned)" in dict(review.checkpoint_choices(context, "ui-run", [])).__repr__()
@@ -102,15 +102,13 @@ def test_review_names_checkpoints_as_its_rows_do_in_compare_and_in_the_tally(sha
     """Rows, Compare's note and the blind tally all say "step 8" (another run's: "RUN/step 8"); the tally file
     keeps its file-based keys, so earlier picks still count."""
     import json
-    import shutil
 
     from blk.generate.blind import BlindPair
 
     context = StudioContext(shared_workspace, demo=True, demo_reason="test")
     run = shared_workspace.runs / "label-run"
-    fresh = shutil.ignore_patterns("review", "pinned.json")  # other tests' picks and pins in the shared run
-    shutil.copytree(trained_run, run, ignore=fresh)
-    shutil.copytree(trained_run, shared_workspace.runs / "other-run", ignore=fresh)
+    copy_trained_run(trained_run, run)
+    copy_trained_run(trained_run, shared_workspace.runs / "other-run")
     eight, twelve = (str(run / "checkpoints" / f"step-{s:06d}.safetensors") for s in (8, 12))
     other = str(shared_workspace.runs / "other-run" / "checkpoints" / "step-000008.safetensors")
     assert [name for name, _ in review.checkpoint_choices(context, "label-run", [other])] == [
@@ -141,3 +139,89 @@ def test_review_says_include_the_base_model_as_its_checkbox_does(workspace):
     *_, status = review.make_grid(context, "", [], "tiny-flux", "x", "1", "1.0", False, 64, 2, None,
                                   progress=lambda *a, **k: None)
     assert status == "**Choose at least one checkpoint (or include the base model).**"
+
+
+def base_model_fields(demo):
+    return [block for block in demo.blocks.values() if getattr(block, "label", None) == "Base model"]
+
+
+def test_train_and_review_offer_the_base_models_found_and_take_a_typed_one(workspace):
+    """"Base model" in Train and Review is a list of the models of the right kind the studio finds (the tiny ones
+    in demo mode), fresh when the tab opens; a name or path typed in still reaches the engine, whose sentence
+    says what is wrong with it."""
+    import json
+
+    import gradio as gr
+
+    from ui.tabs import train
+
+    demo_context = StudioContext(workspace, demo=True, demo_reason="test")
+    assert demo_context.base_models() == ["tiny-flux", "tiny-sdxl"]
+    with gr.Blocks() as demo:
+        trained = train.build(demo_context, lambda: [])
+        reviewed = review.build(demo_context)
+    fields = base_model_fields(demo)
+    assert len(fields) == 2
+    for field in fields:
+        assert isinstance(field, gr.Dropdown) and field.allow_custom_value
+        assert [value for _, value in field.choices] == ["tiny-flux", "tiny-sdxl"]
+        assert field.value == "tiny-flux"  # Train's: the preset's model in demo mode; Review's: the default
+        assert field.preprocess("/ws/models/my-own-flux") == "/ws/models/my-own-flux"  # typed: passed on as is
+    assert train.form_updates_from_preset(demo_context, "conceptor-sdxl")[0] == "tiny-sdxl"  # a preset sets it
+
+    real = StudioContext(workspace, demo=False, demo_reason="")
+    assert "flux-schnell" not in real.base_models()
+    folder = workspace.models / "flux-schnell"  # a model put in the workspace while the app runs
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    listed = real.base_models()
+    assert "flux-schnell" in listed and not {"tiny-flux", "tiny-sdxl"} & set(listed)  # real bases only
+    with gr.Blocks():
+        trained = train.build(real, lambda: [])
+        reviewed = review.build(real)
+    for built in (trained, reviewed):  # what opening the tab sends: the list read again
+        refresh, outputs = built["on_show"]
+        sent = dict(zip((getattr(o, "label", None) for o in outputs), refresh()))
+        assert sent["Base model"].choices == [(name, name) for name in real.base_models()]
+        assert set(sent["Base model"].constructor_args) == {"choices"}  # the value chosen or typed stays
+
+    *_, status = review.make_grid(demo_context, "", [], "no-such-model", "x", "1", "1.0", True, 64, 1, None,
+                                  progress=lambda *a, **k: None)
+    assert status.startswith("**Unknown model 'no-such-model': use one of flux-dev") and "\n" not in status
+    *_, status = review.make_grid(demo_context, "", [], None, "x", "1", "1.0", True, 64, 1, None,
+                                  progress=lambda *a, **k: None)
+    assert status == "**Choose a base model.**"  # the list cleared by hand
+
+
+def test_picking_a_run_in_review_selects_its_base_model(workspace):
+    from blk.train.config import TrainConfig, save_config
+
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    folder = fake_run(workspace, "sdxl-run", [4, 8], age=0)
+    config = TrainConfig()
+    config.model.name = "tiny-sdxl"
+    config.sampling.prompts = ["a cube"]
+    save_config(config, folder / "config.yaml")
+    updates = review.on_run(context, "sdxl-run", [])
+    assert updates[1] == "tiny-sdxl" and updates[2] == "a cube"  # the Base model and Prompts fields
+    assert review.on_run(context, "", [])[1] == {"__type__": "update"}  # no run: the model stays as it is
+
+
+def test_asking_again_for_an_unchanged_grid_writes_no_new_png(shared_workspace, trained_run):
+
+    context = StudioContext(shared_workspace, demo=True, demo_reason="test")
+    run = shared_workspace.runs / "grid-run"
+    copy_trained_run(trained_run, run)
+    eight = str(run / "checkpoints" / "step-000008.safetensors")
+    form = ["tiny-flux", "a cube", "1", "1.0", False, 64, 1, None]
+    quiet = {"progress": lambda *a, **k: None}
+    grids = run / "review" / "grids"
+
+    image, file, status = review.make_grid(context, "grid-run", [eight], *form, **quiet)
+    assert image == file and "1 generated" in status and f"Saved as `{image}`" in status
+    assert sorted(grids.iterdir()) == [grids / image.rsplit("/", 1)[-1]]
+    again, _, status = review.make_grid(context, "grid-run", [eight], *form, **quiet)
+    assert again == image and "0 generated, 1 from the cache" in status
+    assert f"Unchanged: already saved as `{image}`" in status and len(list(grids.iterdir())) == 1
+    other, _, status = review.make_grid(context, "grid-run", [eight], *form[:2], "1,2", *form[3:], **quiet)
+    assert other != image and f"Saved as `{other}`" in status and len(list(grids.iterdir())) == 2

@@ -96,7 +96,8 @@ def view_run(folder: Path, total_steps: int) -> RunView:
             view.eval_steps.append(event["step"])
             view.eval_loss.append(event["loss"])
         elif kind == "sample":
-            shown = [(str(folder / path), f"step {event['step']}: {event['prompts'][index]}")
+            when = f"step {event['step']}" + (" (Sample now)" if event.get("asked") else "")
+            shown = [(str(folder / path), f"{when}: {event['prompts'][index]}")
                      for index, path in enumerate(event.get("paths", []))]
             view.samples[:0] = reversed(shown)
             view.samples_by_step[event["step"]] = shown  # a step sampled again (after a resume): the newest

@@ -135,6 +135,8 @@ def config_from_form(context: StudioContext, preset, dataset, model, resolutions
     try:
         base = load_config(PRESETS / f"{preset}.yaml") if preset else TrainConfig()
         data = base.model_dump()
+        if not (model or "").strip():  # a dropdown cleared by hand sends nothing
+            raise UserError("Choose a base model.")
         data["model"].update(name=model.strip())
         data["data"].update(dataset=dataset, resolutions=[int(r) for r in resolutions.replace(",", " ").split()],
                             validation_images=int(validation_images), validation_every=int(validation_every))
@@ -220,12 +222,14 @@ def _folder(context: StudioContext, name: str) -> Path:
 
 def control(context: StudioContext, name: str, action: str) -> str:
     from blk.errors import UserError
-    from blk.train.process import kill_run, resume_run, run_info, stop_run
+    from blk.train.process import kill_run, request_samples, resume_run, run_info, stop_run
 
     if not name:
         return "Choose a run."
     try:
         folder = _folder(context, name)
+        if action == "sample":
+            return request_samples(folder)
         if action == "stop":
             return stop_run(folder)
         if action == "kill":
@@ -363,9 +367,9 @@ def step_near(choices, selected) -> int | None:
 
 def step_of_sample(selected) -> int | None:
     """The step of a sample clicked in the gallery, read from its caption ("step 10: a cube"), which stays right
-    while newer samples push it along the gallery (its index would not)."""
+    while newer samples push it along the gallery (its index would not); "step 13 (Sample now): …" too."""
     caption = selected.get("caption") if isinstance(selected, dict) else None
-    match = re.match(r"step (\d+):", caption or "")
+    match = re.match(r"step (\d+)( \([^)]*\))?:", caption or "")
     return int(match.group(1)) if match else None
 
 
@@ -402,7 +406,8 @@ def build(context: StudioContext, datasets) -> dict:
         with gr.Column(scale=2):
             preset = gr.Dropdown(preset_names(), label="Preset (the paper's settings)", value=default)
             dataset = gr.Dropdown(datasets(), label="Dataset", allow_custom_value=True)
-            model = gr.Textbox(initial[0], label="Base model")
+            # the models found here (of the right kind), or any name or path typed in; a preset sets its own
+            model = gr.Dropdown(context.base_models(), value=initial[0], label="Base model", allow_custom_value=True)
             resolutions = gr.Textbox(initial[1], label="Bucket sizes (px)")
             with gr.Row():
                 rank = gr.Number(initial[2], label="Rank", precision=0)
@@ -450,7 +455,8 @@ def build(context: StudioContext, datasets) -> dict:
                 stop = gr.Button("Stop (save and end)", size="sm")
                 kill = gr.Button("Kill", size="sm", variant="stop")
                 resume = gr.Button("Resume", size="sm")
-            control_note = gr.Markdown(elem_id="blk-run-note")  # what Stop, Kill and Resume say, under them
+                sample_now = gr.Button("Sample now", size="sm")  # the sample prompts at the end of this step
+            control_note = gr.Markdown(elem_id="blk-run-note")  # what the buttons above say, under them
             log_scale = gr.Checkbox(label="Log scale")
             # No label above the plots: Gradio sizes the chart to `height` and the label pushes its legend and
             # x title out of the box; the y titles name them instead.
@@ -482,7 +488,7 @@ def build(context: StudioContext, datasets) -> dict:
                        api_name="train_estimate")
     refresh.click(lambda: (gr.Dropdown(choices=run_names(context)), gr.Dropdown(choices=datasets())),
                   outputs=[run, dataset])
-    for button, action in ((stop, "stop"), (kill, "kill"), (resume, "resume")):
+    for button, action in ((stop, "stop"), (kill, "kill"), (resume, "resume"), (sample_now, "sample")):
         button.click(lambda n, action=action: control(context, n, action), inputs=run, outputs=control_note)
     shown = [loss_plot, lr_plot, status, samples, checkpoints]
     timer = gr.Timer(2.0)
@@ -513,5 +519,6 @@ def build(context: StudioContext, datasets) -> dict:
 
     samples.select(pick_from_gallery, inputs=[run, known_steps], outputs=[step_choice, known_steps])
     gr.on(None, lambda: on_load(context), outputs=run, show_progress="hidden")  # no triggers: on each page load
-    on_show = (lambda: (gr.Dropdown(choices=datasets()), gr.Dropdown(choices=run_names(context))), [dataset, run])
+    on_show = (lambda: (gr.Dropdown(choices=datasets()), gr.Dropdown(choices=run_names(context)),
+                        gr.Dropdown(choices=context.base_models())), [dataset, run, model])
     return {"on_show": on_show}
