@@ -28,9 +28,9 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             expect(page.locator("#blk-sketch-selected")).to_have_text("Click a sketch first.", timeout=30_000)
             page.get_by_label("Prompt", exact=True).fill("blkstyle, a floating cube")
             page.locator("#blk-sketch-lora-pick input").click()
-            page.get_by_role("option", name="tiny-run/step-000012.safetensors").click()
-            page.locator("#blk-sketch-lora-add").click()
+            page.get_by_role("option", name="tiny-run/step-000012.safetensors").click()  # picking adds it
             expect(page.get_by_text("tiny-run/step-000012.safetensors", exact=True)).to_be_visible()
+            expect(page.locator("#blk-sketch-lora-pick input")).to_have_value("")
             page.get_by_label("Aspect").click()
             page.get_by_role("option", name="custom size").click()
             page.get_by_label("Width (custom)").fill("64")

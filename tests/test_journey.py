@@ -159,8 +159,7 @@ def test_the_artists_tour(tmp_path, shared_workspace):
             page.get_by_role("tab", name="Sketch").click()
             page.get_by_label("Prompt", exact=True).fill("blkstyle, a dodecahedron")
             page.locator("#blk-sketch-lora-pick input").click()
-            page.get_by_role("option", name=f"{run_name}/step-000012.safetensors").click()
-            page.locator("#blk-sketch-lora-add").click()
+            page.get_by_role("option", name=f"{run_name}/step-000012.safetensors").click()  # picking adds it
             page.get_by_label("Aspect").click()
             page.get_by_role("option", name="custom size").click()
             page.get_by_label("Width (custom)").fill("64")

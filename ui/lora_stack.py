@@ -1,5 +1,8 @@
 """A list of LoRAs, each with its own strength: pick or type a file, add, adjust, remove.
 
+Picking a LoRA from the list adds it at once (a LoRA left in the picker and never added was silently not
+used); Add is for a path typed by hand.
+
 Shared by Sketch and Stencil. Paths typed by hand are confined to the
 workspace and the folders allowed in settings before they are used.
 """
@@ -84,6 +87,11 @@ def build(context: StudioContext, prefix: str, label: str) -> tuple[gr.State, gr
                     remove.click(lambda rows, i=index: [row for j, row in enumerate(rows) if j != i],
                                  inputs=items, outputs=items)
 
+    def pick_and_add(chosen, rows):
+        rows, note = add_lora(context, chosen, rows)
+        return rows, note, gr.Dropdown(value=None)  # an empty picker: what was picked is in the list below
+
+    pick.select(pick_and_add, inputs=[pick, items], outputs=[items, message, pick])
     add.click(lambda chosen, rows: add_lora(context, chosen, rows), inputs=[pick, items], outputs=[items, message])
     refresh.click(lambda: gr.Dropdown(choices=lora_choices(context)), outputs=pick)
     return items, pick
