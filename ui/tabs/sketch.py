@@ -80,7 +80,8 @@ def generate(context: StudioContext, cancel: threading.Event, gallery: list, mod
         summary = (f"{len(finished)} image{'s' if len(finished) > 1 else ''}, seed{'s' if len(finished) > 1 else ''} "
                    f"**{seeds}**, {last.parameters['width']}×{last.parameters['height']} — saved in "
                    f"`{last.path.parent}`.")
-        status = "  \n".join(s for s in (last.notice, summary, status) if s)
+        empty = "" if (prompt or "").strip() else "The prompt was empty: the model drew without a text prompt."
+        status = "  \n".join(s for s in (last.notice, empty, summary, status) if s)
     return shown, shown, status, (finished[-1].seed if finished else gr.update())
 
 
@@ -126,7 +127,7 @@ def build(context: StudioContext) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             model = gr.Dropdown(models, value=context.default_model(), label="Base model", allow_custom_value=True)
-            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="blkstyle, a platonic solid floating over a city")
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="e.g. blkstyle, a platonic solid floating over a city")
             negative = gr.Textbox(label="Negative prompt (SDXL only)", lines=1)
             loras, lora_pick = lora_stack.build(context, "blk-sketch", "LoRA (run checkpoints and models/loras)")
             with gr.Row():

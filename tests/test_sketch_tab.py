@@ -1,0 +1,20 @@
+"""The Sketch tab's Generate handler with a real context: what the status says about the form."""
+
+import threading
+
+from ui.context import StudioContext
+from ui.tabs import sketch
+
+
+def test_an_empty_prompt_is_drawn_and_said(shared_workspace, tmp_path):
+    """Issue #5 allows an empty prompt; the status says it was empty, so a greyed example is not mistaken for it."""
+    context = StudioContext(shared_workspace, demo=True, demo_reason="test")
+    shown, _, status, seed = sketch.generate(context, threading.Event(), [], "tiny-flux", "  ", "", [], None,
+                                             sketch.CUSTOM, 64, 64, 2, None, 4, False, 1, False, False, False,
+                                             progress=lambda *a, **k: None)
+    assert len(shown) == 1 and seed == 4 and "1 image, seed **4**, 64×64" in status
+    assert "The prompt was empty" in status
+    shown, _, status, _ = sketch.generate(context, threading.Event(), [], "tiny-flux", "a cube", "", [], None,
+                                          sketch.CUSTOM, 64, 64, 2, None, 4, False, 1, False, False, False,
+                                          progress=lambda *a, **k: None)
+    assert len(shown) == 1 and "empty" not in status
