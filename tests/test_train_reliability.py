@@ -409,3 +409,14 @@ def test_sample_now_draws_the_prompts_at_the_next_step_and_changes_nothing_train
     a, b = load_file(str(asked.last_checkpoint)), load_file(str(plain.last_checkpoint))
     assert plain.last_checkpoint.name == asked.last_checkpoint.name
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_prodigy_logs_the_rate_it_steps_at(dataset, shared_workspace, tmp_path):
+    """Prodigy keeps lr at 1.0 and adapts d (from d0): each loss event carries d and lr = d·lr, so the plot moves."""
+    config = config_for("tiny-flux", dataset, steps=3)
+    config.optimizer.name, config.optimizer.lr = "prodigy", 1.0
+    run(config, shared_workspace, tmp_path / "run")
+    losses = events_of(tmp_path / "run", "loss")
+    assert [e["step"] for e in losses] == [1, 2, 3]
+    assert all(e["lr"] == pytest.approx(e["d"]) for e in losses)
+    assert losses[0]["d"] >= config.optimizer.d0 and losses[-1]["d"] != 1.0

@@ -661,3 +661,52 @@ def test_a_base_model_typed_in_reaches_the_trainer_and_a_wrong_one_is_one_senten
         with pytest.raises(UserError, match=r"^Choose a base model\.$"):
             train.config_from_form(context, "conceptor-flux-dev", "inks", *form)
     assert train.start(context, "conceptor-flux-dev", "inks", *form)[1] == "**Choose a base model.**"
+
+
+def test_elapsed_counts_training_not_the_pause_and_a_stop_is_said_once(context):
+    """Stopped at step 2 after 3 s of training, resumed 10 minutes later, 3 s more: 6 s elapsed, not 10 min."""
+    folder = run_folder(context.workspace.runs, steps=6)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses([1, 2], base=1.0)
+    log("status", 2, status="stopped")
+    log("status", 2, dt=600, status="resumed")
+    log.losses([3, 4], base=1.0)
+    log("status", 4, status="stopped")
+    assert view_run(folder, 6).elapsed_seconds == pytest.approx(3.0 + 3.0)
+    process = {"pid": ended_pid(), "started": 0}
+    atomic.write_json(folder / "process.json", process)
+    status = train.watch(context, "r", False)[2]
+    assert "6 s elapsed" in status and status.count("stopped") == 1, status
+
+
+def test_prodigy_plots_the_rate_it_steps_at(context):
+    """Prodigy's lr stays 1.0; the runner logs d·lr (and d), and the plot's title says so."""
+    folder = run_folder(context.workspace.runs)
+    log = Events(folder)
+    log("status", 0, status="started")
+    for step, d in enumerate([1e-5, 3e-5, 8e-5], start=1):
+        log("loss", step, loss=0.5, lr=d, d=d)
+    lr = train.watch(context, "r", False)[1]
+    assert lr.y_title == "learning rate (Prodigy: d·lr)" and list(frame(lr)["lr"]) == [1e-5, 3e-5, 8e-5]
+    log2 = Events(run_folder(context.workspace.runs, name="adamw"))
+    log2("status", 0, status="started")
+    log2.losses([1], base=1.0)
+    assert train.watch(context, "adamw", False)[1].y_title == "learning rate"
+
+
+def test_a_buttons_note_is_cleared_once_what_it_announced_is_over(context):
+    folder = run_folder(context.workspace.runs)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses([1, 2], base=1.0)
+    atomic.write_json(folder / "process.json", {"pid": os.getpid(), "started": 0})  # a live process: running
+    stopping = "Stopping r after its current step…"
+    assert run_info(folder).status == "running"
+    assert train.settled_note(context, "r", stopping) == gr.update()  # not yet
+    log("status", 2, status="stopped")
+    atomic.write_json(folder / "process.json", {"pid": ended_pid(), "started": 0})
+    assert train.settled_note(context, "r", stopping) == ""
+    assert train.settled_note(context, "r", "Resuming r from step 2…") == ""
+    assert train.settled_note(context, "r", "**Choose a dataset.**") == gr.update()  # other notes stay
+    assert train.settled_note(context, "", stopping) == gr.update()

@@ -29,7 +29,8 @@ class RunView:
     eval_loss: list[float] = field(default_factory=list)  # validation loss on held-out images
     steps_per_second: float = 0.0
     eta_seconds: float | None = None
-    elapsed_seconds: float = 0.0
+    elapsed_seconds: float = 0.0  # time spent training: the attempts' spans, not the pauses between them
+    adaptive: bool = False  # the optimizer adapts its step size (Prodigy): `lr` holds d·lr
     samples: list[tuple[str, str]] = field(default_factory=list)  # (path, label) newest first
     checkpoints: list[tuple[int, str]] = field(default_factory=list)
     message: str = ""  # the last error or status sentence
@@ -73,6 +74,16 @@ def continuous(events: list[dict]) -> list[dict]:
     return kept
 
 
+def attempts(events: list[dict]) -> list[list[dict]]:
+    """The events split at each start or resume: one list per trainer that ran (a stopped run's pause is between)."""
+    split: list[list[dict]] = []
+    for event in events:
+        if not split or (event["kind"] == "status" and event.get("status") in ("started", "resumed")):
+            split.append([])
+        split[-1].append(event)
+    return split
+
+
 def current_attempt(events: list[dict]) -> list[dict]:
     """The events since the last trainer started or resumed: only its errors say how the run stands now."""
     starts = [i for i, e in enumerate(events) if e["kind"] == "status" and e.get("status") in ("started", "resumed")]
@@ -80,7 +91,8 @@ def current_attempt(events: list[dict]) -> list[dict]:
 
 
 def view_run(folder: Path, total_steps: int) -> RunView:
-    events = continuous(EventLog(folder / "events.jsonl").read())
+    logged = EventLog(folder / "events.jsonl").read()
+    events = continuous(logged)
     view = RunView()
     average = None
     for event in events:
@@ -91,6 +103,7 @@ def view_run(folder: Path, total_steps: int) -> RunView:
             view.loss.append(event["loss"])
             view.smoothed.append(average)
             view.lr.append(event.get("lr", 0.0))
+            view.adaptive = view.adaptive or "d" in event
             view.gpu_memory = max(view.gpu_memory, event.get("gpu_memory", 0))
         elif kind == "eval":
             view.eval_steps.append(event["step"])
@@ -123,7 +136,6 @@ def view_run(folder: Path, total_steps: int) -> RunView:
             view.steps_per_second = (recent[-1]["step"] - recent[0]["step"]) / span
             remaining = total_steps - recent[-1]["step"]
             view.eta_seconds = remaining / view.steps_per_second if remaining > 0 else 0.0
-    if events:
-        view.elapsed_seconds = events[-1]["t"] - events[0]["t"]
+    view.elapsed_seconds = sum(attempt[-1]["t"] - attempt[0]["t"] for attempt in attempts(logged))
     view.checkpoints = [(s, p) for s, p in view.checkpoints if Path(p).exists()]  # pruned ones are gone
     return view

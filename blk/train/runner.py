@@ -281,7 +281,11 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
             reached.step = step
             used = world.gather(used)
             memory = {"gpu_memory": torch.cuda.max_memory_allocated(device)} if device.startswith("cuda") else {}
-            events.write("loss", step, loss=total, lr=scheduler.get_last_lr()[0], images=used, **memory)
+            adapted = {}  # Prodigy adapts its step size d: the rate it really steps at is d·lr (lr itself stays 1.0)
+            if "d" in optimizer.param_groups[0]:
+                adapted = {"d": float(optimizer.param_groups[0]["d"])}
+            lr = scheduler.get_last_lr()[0] * adapted.get("d", 1.0)
+            events.write("loss", step, loss=total, lr=lr, images=used, **adapted, **memory)
             if world.is_main and (step % config.checkpoints.every == 0 or step == config.schedule.steps):
                 last_checkpoint = _checkpoint(family, config, run_dir, events, optimizer, scheduler, step, ema)
             if config.data.validation_every and step % config.data.validation_every == 0:

@@ -270,8 +270,9 @@ def watch(context: StudioContext, name: str, log_scale: bool):
         return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "loss": pd.Series(values, dtype="float64"),
                              "series": pd.Series(series, dtype="str")})
 
-    def plots(loss, lr, span):
-        return (gr.LinePlot(value=loss, x_lim=span, y_title=loss_axis(log_scale)), gr.LinePlot(value=lr, x_lim=span))
+    def plots(loss, lr, span, adaptive=False):
+        return (gr.LinePlot(value=loss, x_lim=span, y_title=loss_axis(log_scale)),
+                gr.LinePlot(value=lr, x_lim=span, y_title=lr_axis(adaptive)))
 
     if not name:
         return (*plots(None, None, step_span(0, 0)), "No run selected.", [], "")
@@ -293,14 +294,41 @@ def watch(context: StudioContext, name: str, log_scale: bool):
               f"{duration(view.elapsed_seconds)} elapsed{eta}{memory}.")
     for notice in view.notices:
         status += f"  \n{notice}"
-    if view.message and info.status in ("error", "stopped", "killed"):
+    said = f"{info.status} at step {info.step}"  # the status line says that already
+    if view.message and info.status in ("error", "stopped", "killed") and view.message != said:
         status += f"  \n{view.message}"
     if info.status in ("error", "killed"):
         tail = trainer_log_tail(folder, 5)
         if tail and info.status == "error" and "error:" in tail:
             status += f"  \n`{tail.splitlines()[-1]}`"
     checkpoints = "\n".join(f"- step {s}: `{p}`" for s, p in view.checkpoints) or "No checkpoint yet."
-    return (*plots(loss, lr, step_span(info.steps, info.step)), status, view.samples, checkpoints)
+    return (*plots(loss, lr, step_span(info.steps, info.step), view.adaptive), status, view.samples, checkpoints)
+
+
+def lr_axis(adaptive: bool) -> str:
+    """Prodigy keeps lr at 1.0 and adapts d: its plot shows the rate it steps at, d·lr, and says so."""
+    return "learning rate (Prodigy: d·lr)" if adaptive else "learning rate"
+
+
+# What a button said, and the statuses after which it is history (cleared by the timer, not left to mislead).
+SETTLED = {"Stopping ": ("stopped", "finished", "error", "killed"),
+           "Resuming ": ("finished", "stopped", "error", "killed"),
+           "Samples of ": ("finished", "stopped", "error", "killed")}
+
+
+def settled_note(context: StudioContext, name: str, note: str):
+    """The note under the run's buttons, cleared once what it announced is over ("Stopping … after its current
+    step…" once stopped; "Resuming …" once the resumed trainer has ended); other notes stay."""
+    from blk.train.process import run_info
+
+    begins = next((start for start in SETTLED if (note or "").startswith(start)), None)
+    if not name or begins is None:
+        return gr.update()
+    try:
+        status = run_info(_folder(context, name)).status
+    except Exception:  # noqa: BLE001  (a run folder removed meanwhile: the note is history too)
+        return ""
+    return "" if status in SETTLED[begins] else gr.update()
 
 
 def loss_axis(log_scale: bool) -> str:
@@ -498,6 +526,8 @@ def build(context: StudioContext, datasets) -> dict:
     log_scale.change(lambda n, s: toggle_log_scale(context, n, s), inputs=[run, log_scale], outputs=shown,
                      show_progress="hidden")
     timer.tick(lambda n, k: step_choices(context, n, k), inputs=[run, known_steps], outputs=[step_choice, known_steps],
+               show_progress="hidden")
+    timer.tick(lambda n, note: settled_note(context, n, note), inputs=[run, control_note], outputs=control_note,
                show_progress="hidden")
     def new_run(name):
         _, choices = step_choices(context, name, None)
