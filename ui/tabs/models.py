@@ -36,7 +36,8 @@ def build(context: StudioContext) -> None:
         "(the only command that uses the network)."
     )
     table = gr.Dataframe(value=lambda: models_table(context), headers=COLUMNS, interactive=False,
-                         label="Models", wrap=True, column_widths=["12%", "7%", "8%", "9%", "34%", "30%"])
+                         label="Models", wrap=True, column_widths=["17%", "13%", "12%", "8%", "27%", "23%"],
+                         max_height=1200)
     refresh = gr.Button("Refresh", size="sm")
     gr.Markdown(f"Workspace: `{context.workspace.root}`  \n"
                 f"Folders allowed besides it: {', '.join(context.workspace.settings.allowed_folders) or 'none'}")
