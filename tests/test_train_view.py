@@ -710,3 +710,21 @@ def test_a_buttons_note_is_cleared_once_what_it_announced_is_over(context):
     assert train.settled_note(context, "r", "Resuming r from step 2…") == ""
     assert train.settled_note(context, "r", "**Choose a dataset.**") == gr.update()  # other notes stay
     assert train.settled_note(context, "", stopping) == gr.update()
+
+
+def test_opening_train_chooses_the_dataset_open_in_caption(context):
+    """The dataset worked on in Caption becomes Train's when Train has none; a chosen one is kept."""
+    from ui.app import build_app, carry_dataset
+
+    assert carry_dataset("inks", None) == gr.update(value="inks") == carry_dataset("inks", "")
+    assert carry_dataset("inks", "stones") == gr.update() and carry_dataset(None, None) == gr.update()
+    config = build_app(context).get_config_file()
+    components = {c["id"]: c for c in config["components"]}
+    datasets = [i for i, c in components.items() if c["props"].get("label") == "Dataset" and c["type"] == "dropdown"]
+    train_tab = next(i for i, c in components.items() if c["type"] == "tabitem" and c["props"].get("label") == "Train")
+    carried = [d for d in config["dependencies"] if (train_tab, "select") in [tuple(t) for t in d["targets"]]
+               and len(d["inputs"]) == 2]
+    assert len(carried) == 1 and carried[0]["outputs"] == [carried[0]["inputs"][1]]
+    caption_dataset, train_dataset = carried[0]["inputs"]
+    assert train_dataset in datasets and caption_dataset != train_dataset
+    assert components[caption_dataset]["type"] == "dropdown"

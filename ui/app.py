@@ -29,6 +29,8 @@ def build_app(context: StudioContext) -> gr.Blocks:
             with gr.Tab("Models & Settings"):
                 models.build(context)
         send_between_tabs(tabs, sketched, stenciled, upscaled)
+        train_tab.select(carry_dataset, inputs=[captioned["dataset"], trained["dataset"]],
+                         outputs=trained["dataset"], show_progress="hidden", queue=False)
         for tab, built in ((caption_tab, captioned), (train_tab, trained), (sketch_tab, sketched),
                            (stencil_tab, stenciled),
                            (upscale_tab, upscaled), (review_tab, reviewed)):
@@ -54,6 +56,11 @@ def demo_banner(context: StudioContext) -> str:
 def refresh_on_show(tab, lists, outputs) -> None:
     """Choices made elsewhere (a new dataset, run, checkpoint, LoRA) appear when the tab is opened."""
     tab.select(lists, outputs=outputs, show_progress="hidden", queue=False)
+
+
+def carry_dataset(captioning: str | None, training: str | None):
+    """Opening Train after working on a dataset in Caption chooses that dataset, unless one is chosen already."""
+    return gr.update(value=captioning) if captioning and not training else gr.update()
 
 
 PICK_FIRST = "Click a sketch first."  # in Sketch's note when a send button is pressed with none selected

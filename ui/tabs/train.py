@@ -551,4 +551,4 @@ def build(context: StudioContext, datasets) -> dict:
     gr.on(None, lambda: on_load(context), outputs=run, show_progress="hidden")  # no triggers: on each page load
     on_show = (lambda: (gr.Dropdown(choices=datasets()), gr.Dropdown(choices=run_names(context)),
                         gr.Dropdown(choices=context.base_models())), [dataset, run, model])
-    return {"on_show": on_show}
+    return {"on_show": on_show, "dataset": dataset}

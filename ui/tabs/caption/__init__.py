@@ -68,4 +68,4 @@ def build(context: StudioContext) -> dict:
             grid.build(context, dataset, selected_image, rows_state, after_batch)
         with gr.Tab("Check"):
             check.build(context, dataset)
-    return {"on_show": (lambda: dataset_choices(context), [dataset])}
+    return {"on_show": (lambda: dataset_choices(context), [dataset]), "dataset": dataset}
