@@ -71,3 +71,42 @@ def test_trigger_add_and_remove(dataset):
     assert preview_trigger(store, IMAGES, "blkstyle") == []  # already everywhere
     log.apply(preview_trigger(store, IMAGES, "blkstyle", add=False), "remove trigger")
     assert store.read("a.png").text == "a red cube, thin lines" and store.read("d.png").text == ""
+
+
+def test_undo_puts_back_each_caption_status_not_edited(dataset):
+    """Undo restores provenance: machine stays machine, approved approved, edited edited, none none —
+    and the history still records the restore."""
+    store = CaptionStore(dataset)
+    store.save("b.png", "a red sphere, machine words", store.read("b.png").hash, source="model")
+    store.approve("c.png", store.read("c.png").hash)
+    before = {image: store.status(image) for image in IMAGES}
+    assert before == {"a.png": "edited", "b.png": "machine", "c.png": "approved", "d.png": "none"}
+    log = BulkLog(dataset)
+    log.apply(preview_trigger(store, IMAGES, "blkstyle"), "add trigger")
+    assert {image: store.status(image) for image in IMAGES} == dict.fromkeys(IMAGES, "edited")
+    undone = log.undo()
+    assert sorted(undone.applied) == IMAGES
+    assert {image: store.status(image) for image in IMAGES} == before
+    assert store.read("b.png").text == "a red sphere, machine words" and not (dataset / "d.txt").exists()
+    grid = {image: status for image, (_, status) in store.snapshot(IMAGES).items()}
+    assert grid == before  # what the caption grid shows
+    for image in IMAGES:
+        last = store.versions(image)[-1]
+        assert last["source"] == "restore"  # the audit trail keeps the undo
+    assert store.versions("d.png")[-2]["text"] == "blkstyle"  # the removed text stays in the history
+
+
+def test_undo_of_an_action_logged_without_statuses_reads_them_from_the_history(dataset):
+    import json
+
+    store = CaptionStore(dataset)
+    store.save("b.png", "machine words", store.read("b.png").hash, source="model")
+    log = BulkLog(dataset)
+    log.apply(preview_trigger(store, ["a.png", "b.png"], "blkstyle"), "add trigger")
+    lines = log.path.read_text().splitlines()  # as older versions of the studio wrote it
+    entry = json.loads(lines[-1])
+    for change in entry["changes"]:
+        del change["before_status"]
+    log.path.write_text("\n".join([*lines[:-1], json.dumps(entry)]) + "\n")
+    log.undo()
+    assert store.status("a.png") == "edited" and store.status("b.png") == "machine"

@@ -7,7 +7,7 @@ import threading
 import pytest
 from PIL import Image
 
-from blk.data.captions import CaptionStore
+from blk.data.captions import CaptionStore, version_label
 from blk.errors import CaptionConflict, UnsafePath
 
 
@@ -129,3 +129,37 @@ def test_status_follows_source_and_approval(dataset):
     assert store.status("b c.png") == "edited"
     with pytest.raises(CaptionConflict):
         store.approve("b c.png", edited.hash)  # the file changed since the curator looked
+
+
+def test_restore_puts_back_the_version_status(dataset):
+    """History › Restore brings back provenance too: a machine version stays machine, an approved one approved."""
+    store = CaptionStore(dataset)
+    machine = store.save("b c.png", "two spheres", "", source="model")
+    approved = store.approve("b c.png", machine.hash)
+    store.save("b c.png", "two spheres, ink", approved.hash, source="human")
+    model_version, approval, edit = store.versions("b c.png")
+    store.restore("b c.png", model_version["id"], store.read("b c.png").hash)
+    assert store.read("b c.png").text == "two spheres" and store.status("b c.png") == "machine"
+    restored = store.versions("b c.png")[-1]
+    assert restored["source"] == "restore" and restored["restores"] == model_version["id"]  # still audited
+    store.restore("b c.png", approval["id"], store.read("b c.png").hash)
+    assert store.status("b c.png") == "approved"
+    store.restore("b c.png", edit["id"], store.read("b c.png").hash)
+    assert store.status("b c.png") == "edited" and store.read("b c.png").text == "two spheres, ink"
+
+
+def test_history_labels_say_machine_edited_approved(dataset):
+    store = CaptionStore(dataset)
+    machine = store.save("b c.png", "two spheres", "", source="model")
+    edited = store.save("b c.png", "two spheres, ink", machine.hash, source="human")
+    store.approve("b c.png", edited.hash)
+    store.save("a.png", "bulk words", store.read("a.png").hash, source="bulk")
+    store.restore("b c.png", store.versions("b c.png")[0]["id"], store.read("b c.png").hash)
+    assert [version_label(v) for v in store.versions("b c.png")] == [
+        "machine", "edited", "approved", "machine (restored)"]
+    assert [version_label(v) for v in store.versions("a.png")] == ["edited (found on disk)", "edited (bulk)"]
+    with pytest.raises(CaptionConflict):
+        store.save("a.png", "typed meanwhile", "stale", source="human")
+    assert version_label(store.versions("a.png")[-1]) == "edited (refused)"
+    old = {"source": "human", "text": "x"}  # history lines written before statuses were recorded
+    assert version_label(old) == "edited" and version_label({"source": "model"}) == "machine"

@@ -71,6 +71,7 @@ def test_check_report_contents(odd_dataset, shared_workspace):
     assert "one_pixel.png (1×1 px)" in report.too_small and "grey16.png (64×16 px)" in report.too_small
     assert "ünï cødé name.png (96×96 px)" not in report.too_small
     assert "Too small to train on (left out)" in report.to_text()
+    assert report.trainable == report.usable - len(report.too_small)
 
 
 def test_cli_json_and_exit_code(odd_dataset, shared_workspace):
@@ -94,7 +95,7 @@ def test_cli_text_report_and_clean_dataset_exit_zero(tmp_path, shared_workspace)
     (folder / "one.txt").write_text("a white square")
     result = run_blk("--workspace", str(shared_workspace.root), "dataset", "check", str(folder), "--model", "tiny-flux")
     assert result.returncode == 0, result.stderr
-    assert "images: 1  usable: 1  captioned: 1" in result.stdout
+    assert "images: 1  usable: 1  captioned: 1  trainable: 0 (1 usable but too small" in result.stdout
     assert "one.png (16×16 px)" in result.stdout  # said, but not a bad file: the exit code stays 0
 
 
@@ -102,3 +103,63 @@ def test_cli_missing_folder_is_one_sentence(tmp_path, shared_workspace):
     result = run_blk("--workspace", str(shared_workspace.root), "dataset", "check", str(tmp_path / "nope"))
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def _transparent_and_black(folder):
+    from PIL import Image
+
+    folder.mkdir()
+    Image.new("RGB", (128, 128), "black").save(folder / "black.png")
+    drawing = Image.new("RGBA", (128, 128), (0, 0, 0, 0))
+    drawing.paste((0, 0, 0, 255), (40, 40, 88, 88))  # a black square on transparency
+    drawing.save(folder / "square on transparency.png")
+    Image.new("RGBA", (128, 128), (128, 128, 128, 0)).save(folder / "all transparent.png")
+    Image.new("RGB", (128, 128), (128, 128, 128)).save(folder / "grey.png")
+    return folder
+
+
+def test_transparency_is_not_black_for_near_duplicates(tmp_path):
+    from blk.data.check import check_dataset
+
+    folder = _transparent_and_black(tmp_path / "alpha")
+    near = {frozenset(pair[:2]) for pair in check_dataset(folder).near_duplicates}
+    # seen over the caption style's grey, as the captioning model sees it: an empty layer is grey, not black
+    assert near == {frozenset({"all transparent.png", "grey.png"})}
+
+
+def test_signatures_cached_the_old_way_are_made_anew(tmp_path):
+    import imagehash
+    from PIL import Image
+
+    from blk.data.check import check_dataset
+    from blk.data.scan import meta_dir
+
+    folder = _transparent_and_black(tmp_path / "alpha")
+    old = {}  # what an earlier version cached: transparency turned black
+    for record in scan(folder):
+        with Image.open(folder / record.rel) as im:
+            rgb = im.convert("RGB")
+            old[record.sha256] = [str(imagehash.phash(rgb)), list(rgb.resize((4, 4), Image.Resampling.BOX).tobytes())]
+    meta_dir(folder).mkdir(exist_ok=True)
+    (meta_dir(folder) / "similarity.json").write_text(json.dumps(old))
+    pairs = {frozenset(pair[:2]) for pair in check_dataset(folder).near_duplicates}
+    assert frozenset({"black.png", "square on transparency.png"}) not in pairs
+    assert json.loads((meta_dir(folder) / "similarity.json").read_text())["version"] == 2
+
+
+def test_usable_and_trainable_counts_say_what_training_leaves_out(tmp_path):
+    from PIL import Image
+
+    from blk.data.check import check_dataset
+
+    folder = tmp_path / "sizes"
+    folder.mkdir()
+    Image.new("RGB", (96, 96), "white").save(folder / "big.png")
+    Image.new("RGB", (20, 20), "white").save(folder / "tiny20.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    report = check_dataset(folder)
+    assert (report.images, report.usable, report.trainable) == (3, 2, 1)
+    text = report.to_text()
+    assert "images: 3  usable: 2  captioned: 0  trainable: 1 (1 usable but too small, listed below)" in text
+    assert "Too small to train on (left out) (1):\n  tiny20.png (20×20 px)" in text
+    assert json.loads(report.to_json())["trainable"] == 1

@@ -5,6 +5,8 @@ starts from) that the curator can read. Applying writes each change through the
 caption store (conflict-checked, history source `bulk`) and records the action
 in `.blk/bulk-actions.jsonl`, so that `undo` can put back what it replaced —
 except where someone changed a caption since, which is left alone and reported.
+Undo puts back the status too (a machine caption stays machine, an approved one
+approved, no caption no caption); the history records it as a `restore`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from blk import atomic
-from blk.data.captions import CaptionStore
+from blk.data.captions import CaptionStore, bytes_hash, version_status
 from blk.data.scan import meta_dir
 from blk.errors import CaptionConflict, UserError
 
@@ -100,11 +102,12 @@ class BulkLog:
     def apply(self, changes: list[Change], label: str) -> BulkResult:
         result = BulkResult(uuid.uuid4().hex[:12])
         done = []
+        statuses = {image: status for image, (_, status) in self.store.snapshot([c.image for c in changes]).items()}
         for change in changes:
             try:
                 self.store.save(change.image, change.after, change.base_hash, source="bulk")
                 result.applied.append(change.image)
-                done.append(asdict(change))
+                done.append({**asdict(change), "before_status": statuses[change.image]})
             except CaptionConflict:
                 result.conflicts.append(change.image)
         entry = {"id": result.action_id, "t": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "label": label, "changes": done}
@@ -130,9 +133,23 @@ class BulkLog:
             if current.text != change["after"]:
                 result.conflicts.append(change["image"])  # changed since: leave the newer text
                 continue
-            self.store.save(change["image"], change["before"], current.hash, source="restore")
+            status = change.get("before_status") or self._status_before(change)
+            if status == "none":  # there was no caption file: back to none (the history keeps the text)
+                self.store.remove(change["image"], current.hash)
+            else:
+                self.store.save(change["image"], change["before"], current.hash, source="restore", status=status)
             result.applied.append(change["image"])
         entry = {"id": result.action_id, "t": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                  "label": f"undo {action['label']}", "undoes": action["id"], "changes": []}
         atomic.append_line(self.path, json.dumps(entry, ensure_ascii=False))
         return result
+
+    def _status_before(self, change: dict) -> str:
+        """For actions logged without `before_status`: the newest status the history gave the old text."""
+        if not change["base_hash"]:
+            return "none"
+        text_hash = bytes_hash(change["before"].encode("utf-8"))
+        for entry in reversed(self.store.versions(change["image"])):
+            if not entry.get("conflict") and not entry.get("removed") and entry.get("sha256") == text_hash:
+                return version_status(entry)
+        return "edited"

@@ -10,6 +10,10 @@
 - Status of a caption: `machine` (written by a model), `edited` (by a person,
   or found on disk), `approved` (a person signed it off). Model runs never
   overwrite edited or approved captions unless asked.
+- A restore (History › Restore, or undoing a bulk edit) puts back the status the
+  restored version had — a machine caption stays machine, an approved one stays
+  approved — and is itself recorded (source `restore`, `restores`: the version's
+  id), so the history still shows that it happened.
 """
 
 from __future__ import annotations
@@ -68,13 +72,28 @@ def _status_of(source: str) -> str:
     return "machine" if source == "model" else "edited"
 
 
+def version_status(entry: dict) -> str:
+    """The status a history entry gave its text (older entries without one: from their source)."""
+    return entry.get("status") or _status_of(entry.get("source", "human"))
+
+
+def version_label(entry: dict) -> str:
+    """How the History list names a version: its status (machine / edited / approved, or none for a removed
+    caption), with how it came about where that is not plain typing: `machine`, `edited`, `approved`,
+    `edited (bulk)`, `edited (found on disk)`, `machine (restored)`, `edited (refused)`."""
+    status = version_status(entry)
+    how = {"bulk": "bulk", "original": "found on disk", "restore": "restored"}.get(entry.get("source", ""))
+    notes = [note for note in (how, "refused" if entry.get("conflict") else None) if note]
+    return f"{status} ({', '.join(notes)})" if notes else status
+
+
 def _status(current: Caption, versions: list[dict]) -> str:
     if not current.exists:
         return "none"
     text_hash = bytes_hash(current.text.encode("utf-8"))
     for entry in reversed(versions):
-        if not entry.get("conflict") and entry.get("sha256") == text_hash:
-            return entry.get("status") or _status_of(entry.get("source", "human"))
+        if not entry.get("conflict") and not entry.get("removed") and entry.get("sha256") == text_hash:
+            return version_status(entry)
     return "edited"  # changed outside the studio: a person's work until shown otherwise
 
 
@@ -104,10 +123,16 @@ class CaptionStore:
         text, warning = decode_caption(data, path.name)
         return Caption(image, text, bytes_hash(data), warning)
 
-    def save(self, image: str, text: str, base_hash: str, source: str = "human") -> Caption:
-        """Write a new caption if the file still has `base_hash`; else refuse (CaptionConflict)."""
+    def save(self, image: str, text: str, base_hash: str, source: str = "human", status: str | None = None,
+             restores: str | None = None) -> Caption:
+        """Write a new caption if the file still has `base_hash`; else refuse (CaptionConflict).
+
+        `status` overrides the one the source implies (a restore puts back the restored version's);
+        `restores` names the history version a restore brings back."""
         if source not in SOURCES:
             raise ValueError(f"unknown caption source {source}")
+        if status is not None and status not in STATUSES[1:]:
+            raise ValueError(f"unknown caption status {status}")
         with self._locked(), self._disk_full_is_a_sentence(image):
             current = self._check_base(image, base_hash, text, source)
             if current.exists and not self._recorded(image, current.text):
@@ -118,9 +143,27 @@ class CaptionStore:
             # the history first, then the file: a crash between the two leaves a version that never
             # reached the file (harmless: status follows the file's hash), never a file whose text the
             # history lacks (a machine caption would then pass for a person's work)
-            self._append(image, text, source)
+            self._append(image, text, source, status=status, restores=restores)
             atomic.write_bytes(self.caption_path(image), data)
             return Caption(image, text, bytes_hash(data))
+
+    def remove(self, image: str, base_hash: str, source: str = "restore") -> Caption:
+        """Delete the caption file (back to no caption, status none) if it still has `base_hash`.
+
+        The text it held stays in the history (recorded first if it was not), and the removal is recorded
+        too, so it can be restored like any version."""
+        if source not in SOURCES:
+            raise ValueError(f"unknown caption source {source}")
+        with self._locked(), self._disk_full_is_a_sentence(image):
+            current = self._check_base(image, base_hash, None, source)
+            if not current.exists:
+                return current
+            if not self._recorded(image, current.text):
+                self._append(image, current.text, "original")
+            self._append(image, "", source, status="none", removed=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.caption_path(image).unlink()
+            return Caption(image, "", "")
 
     def approve(self, image: str, base_hash: str) -> Caption:
         """Sign off the caption as it is on disk (refused if it changed since `base_hash`)."""
@@ -161,15 +204,20 @@ class CaptionStore:
     def restore(self, image: str, version_id: str, base_hash: str) -> Caption:
         for entry in self.versions(image):
             if entry["id"] == version_id:
-                return self.save(image, entry["text"], base_hash, source="restore")
+                if entry.get("removed"):
+                    return self.remove(image, base_hash)
+                return self.save(image, entry["text"], base_hash, source="restore", status=version_status(entry),
+                                 restores=version_id)
         raise UserError(f"No version {version_id} in the history of {image}.")
 
     # internals ---------------------------------------------------------------
     def _recorded(self, image: str, text: str) -> bool:
         text_hash = bytes_hash(text.encode("utf-8"))
-        return any(not entry.get("conflict") and entry.get("sha256") == text_hash for entry in self.versions(image))
+        return any(not entry.get("conflict") and not entry.get("removed") and entry.get("sha256") == text_hash
+                   for entry in self.versions(image))
 
-    def _append(self, image: str, text: str, source: str, conflict: bool = False, status: str | None = None) -> None:
+    def _append(self, image: str, text: str, source: str, conflict: bool = False, status: str | None = None,
+                restores: str | None = None, removed: bool = False) -> None:
         entry = {
             "id": uuid.uuid4().hex[:12],
             "t": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -181,6 +229,10 @@ class CaptionStore:
         }
         if conflict:
             entry["conflict"] = True
+        if restores:
+            entry["restores"] = restores
+        if removed:
+            entry["removed"] = True  # the caption file was deleted: no caption (status none)
         atomic.append_line(self.history_path, json.dumps(entry, ensure_ascii=False))
 
     def _history(self) -> list[dict]:

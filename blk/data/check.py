@@ -22,6 +22,7 @@ from blk.errors import BadImage
 
 NEAR_DUPLICATE_BITS = 6  # pHash Hamming distance (of 64) at or under which images may be near-duplicates
 NEAR_DUPLICATE_COLOUR_GAP = 12.0  # and mean colour difference (0-255) of their 4×4 grids at or under this
+SIGNATURE_VERSION = 2  # of `.blk/similarity.json`; 2: transparency flattened over the caption background
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class CheckReport:
     dataset: str
     model: str
     images: int = 0
-    usable: int = 0
+    usable: int = 0  # files that decode (bad files are not)
+    trainable: int = 0  # usable and big enough for a training bucket (too_small are not)
     captioned: int = 0
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     uncaptioned: list[str] = field(default_factory=list)
@@ -72,7 +74,9 @@ class CheckReport:
     def to_text(self) -> str:
         lines = [
             f"Dataset {self.dataset} (tokens counted for {self.model})",
-            f"  images: {self.images}  usable: {self.usable}  captioned: {self.captioned}",
+            f"  images: {self.images}  usable: {self.usable}  captioned: {self.captioned}  "
+            f"trainable: {self.trainable}"
+            + (f" ({len(self.too_small)} usable but too small, listed below)" if self.too_small else ""),
         ]
 
         def section(title, items, fmt):
@@ -115,6 +119,8 @@ def check_dataset(dataset: str | Path, tokenizers: dict[str, object] | None = No
         report.usable += 1
         if too_small(record.rel, record.width, record.height):
             report.too_small.append(f"{record.rel} ({record.width}×{record.height} px)")
+        else:
+            report.trainable += 1
         caption = store.read(record.rel)
         if caption.warning:
             report.caption_warnings.append((record.caption_rel(), caption.warning))
@@ -195,14 +201,24 @@ def _colour_gap(a: list[int], b: list[int]) -> float:
 
 
 def _signatures(dataset: Path, records: list[ImageRecord]) -> dict[str, tuple[int, list[int]]]:
-    """(64-bit pHash, 4×4 RGB grid) per content hash, cached in `.blk/similarity.json`."""
+    """(64-bit pHash, 4×4 RGB grid) per content hash, cached in `.blk/similarity.json`.
+
+    Transparent pixels are seen over the caption style's background (neutral grey), as the captioning
+    model sees them — not black, which would make a drawing on transparency match an all-black image."""
     import imagehash
     from PIL import Image
 
+    from blk.caption.prompt import flatten
+    from blk.caption.style import CaptionStyle
+
+    background = CaptionStyle().background
     cache_path = meta_dir(dataset) / "similarity.json"
     try:
-        cache = {k: (int(v[0], 16), list(v[1])) for k, v in json.loads(cache_path.read_text()).items()}
-    except (OSError, ValueError, AttributeError, TypeError, IndexError):
+        saved = json.loads(cache_path.read_text())
+        if saved.get("version") != SIGNATURE_VERSION or saved.get("background") != background:
+            raise ValueError("signatures made another way")  # e.g. before transparency was flattened: make anew
+        cache = {k: (int(v[0], 16), list(v[1])) for k, v in saved["signatures"].items()}
+    except (OSError, ValueError, AttributeError, TypeError, IndexError, KeyError):
         cache = {}
     changed = False
     for record in records:
@@ -210,7 +226,7 @@ def _signatures(dataset: Path, records: list[ImageRecord]) -> dict[str, tuple[in
             continue
         try:
             with images.open_image(dataset / record.rel) as im:
-                rgb = im.convert("RGB")
+                rgb = flatten(im, background)
                 rgb.thumbnail((256, 256))
                 grid = list(rgb.resize((4, 4), Image.Resampling.BOX).tobytes())
                 cache[record.sha256] = (int(str(imagehash.phash(rgb)), 16), grid)
@@ -219,7 +235,8 @@ def _signatures(dataset: Path, records: list[ImageRecord]) -> dict[str, tuple[in
             continue
     if changed:
         try:
-            atomic.write_json(cache_path, {k: [format(h, "016x"), g] for k, (h, g) in cache.items()})
+            atomic.write_json(cache_path, {"version": SIGNATURE_VERSION, "background": background,
+                                           "signatures": {k: [format(h, "016x"), g] for k, (h, g) in cache.items()}})
         except OSError:
             pass
     return cache
