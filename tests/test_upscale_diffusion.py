@@ -11,7 +11,7 @@ from blk.generate.metadata import read_parameters
 from blk.models.pipelines import PipelineCache
 from blk.models.registry import resolve
 from blk.upscale.canvas import Canvas
-from blk.upscale.diffusion import (DiffusionJob, Pass, effective_steps, estimate, model_defaults, plan, run,
+from blk.upscale.diffusion import (DiffusionJob, Pass, Stage, effective_steps, estimate, model_defaults, plan, run,
                                    step_sizes, tile_processor)
 from blk.upscale.source import ArraySource
 from blk.upscale.tiler import spans, run_tiles
@@ -95,7 +95,8 @@ def test_estimate_is_the_plan_run_shows_first_and_loads_nothing(shared_workspace
     assert not (workspace.models / "tiny-flux").exists() and pipelines.load_count == loads
     assert (planned.sizes, planned.tiles, planned.steps_per_tile) == ([(40, 32), (80, 64)], [2, 9], [2])
     events = []
-    run(job, shared_workspace, pipelines, progress=lambda done, total: events.append(done), on_plan=events.append)
+    run(job, shared_workspace, pipelines, progress=lambda done, total, stage: events.append(done),
+        on_plan=events.append)
     assert events[0] == planned and len(events) > 1 and all(isinstance(e, int) for e in events[1:])
     # a model given by its folder: its family's grid and defaults from the files, nothing loaded
     assert model_defaults(str(shared_workspace.models / "tiny-sdxl"), shared_workspace) == (4, 8)
@@ -261,9 +262,9 @@ def test_killed_in_a_later_steps_enlargement_resumes_exactly(shared_workspace, t
 
     first_enlargement = []
 
-    def keep_first_enlargement(done, total):  # during step 1's pass A, stage 0's canvas is its source
+    def keep_first_enlargement(done, total, stage):  # during step 1's pass A, stage 0's canvas is its source
         token = json.loads((tmp_path / ".blk-tmp-whole.png.journal.json").read_text())["token"]
-        if not first_enlargement:
+        if not first_enlargement and stage.what == "pass A":
             first_enlargement.append(Canvas(tmp_path / f".blk-tmp-{token}.pass0.canvas", 42, 35, 3, create=False))
             first_enlargement.append(first_enlargement[0].read_raw(0, 0, 42, 35))
             first_enlargement[0].close()
@@ -296,6 +297,140 @@ def test_killed_in_a_later_steps_enlargement_resumes_exactly(shared_workspace, t
     resumed = run(job("out.png"), shared_workspace, pipelines, log=notes.append)
     assert notes == ["Resuming an interrupted job at step 2 of 2, its enlargement."]
     assert len(calls) == 1 and loads == [model.name]  # only the unfinished model pass ran again
+    assert np.array_equal(np.asarray(Image.open(resumed.path)), np.asarray(Image.open(whole.path)))
+    assert not list(tmp_path.glob(".blk-tmp-*"))
+
+
+def strip_job(tmp_path, name, model, **fields):
+    """20×100 in two ×1.5 steps (30×150, 45×225) with an ESRGAN enlargement of 64 px tiles: the model's
+    overlap (32 px) leaves one column and 3 rows of tiles at step 1, 4 rows at step 2, so every batch of
+    the tiler (the columns of one row) is one tile."""
+    if not (tmp_path / "strip.png").exists():
+        gradient(20, 100).save(tmp_path / "strip.png")
+    return tiny_job(tmp_path, name, input=tmp_path / "strip.png", enlarge_model=model, enlarge_tile=64,
+                    **{"scale": 2.25, "step": 1.5, "passes": (Pass(0.5),), "final_denoise": 0.1, **fields})
+
+
+def stop_in_enlargement(step: int, tile: int):
+    """A progress callback that presses Ctrl+C when step `step`'s enlargement reports its tile `tile`."""
+    def progress(done, total, stage):
+        if stage.enlarging and (stage.step, stage.done) == (step, tile):
+            raise KeyboardInterrupt()
+    return progress
+
+
+def test_enlargement_reports_each_tile_under_its_step(shared_workspace, tmp_path, pipelines, monkeypatch):
+    """An ESRGAN enlargement reports through `progress` as the passes do: first "tile 0 of N" before any model
+    call (N: its tile count), then one report right after each model call, in order, under its step, while the
+    job's own count (refinement tiles) holds still; then the passes count on from there. Lanczos reports the
+    whole image as one tile."""
+    from blk.upscale.tiler import count_tiles
+    from tests.test_upscale_esrgan import rrdb_file
+
+    model = rrdb_file(tmp_path / "x4.pth")
+    events = []
+    calls = model_calls(monkeypatch, lambda n: events.append(("model call", n)))
+    job = strip_job(tmp_path, "out.png", model)
+    tiles = plan(job, 20, 100, 4, 16).tiles
+    result = run(job, shared_workspace, pipelines, progress=lambda *report: events.append(report))
+    enlarged = [count_tiles(20, 100, 64, 32), count_tiles(30, 150, 64, 32)]  # tiles the model reads, per step
+    assert result.sizes == [(30, 150), (45, 225)] and enlarged == [3, 4] and len(calls) == 3 + 4
+    total, expected, call, done = sum(tiles) + 1, [], 0, 0
+    for step, (n, refined) in enumerate(zip(enlarged, tiles), 1):
+        expected.append((done, total, Stage(step, 2, "enlarging", 0, n)))
+        for k in range(1, n + 1):
+            call += 1
+            expected += [("model call", call), (done, total, Stage(step, 2, "enlarging", k, n))]
+        expected += [(done + k, total, Stage(step, 2, "pass A", k, refined)) for k in range(1, refined + 1)]
+        done += refined
+    expected.append((total, total, Stage(2, 2, "full-frame pass", 1, 1)))
+    assert events == expected
+    assert [events[i][2].label for i in (0, 2, -2)] == ["step 1 of 2: enlarging"] * 2 + ["step 2 of 2: pass A"]
+    assert events[-1][2].label == "full-frame pass"
+    tile_reports = [e for e in events if e[0] != "model call" and e[2].enlarging and e[2].done > 0]
+    assert len(tile_reports) == sum(enlarged) == len(calls)
+
+    lanczos, job = [], tiny_job(tmp_path, "lanczos.png", scale=1.5, passes=(Pass(0.5),), final_denoise=None)
+    n = plan(job, 48, 40, 4, 16).tiles[0]
+    run(job, shared_workspace, pipelines, progress=lambda *report: lanczos.append(report))
+    assert lanczos[:2] == [(0, n, Stage(1, 1, "enlarging", 0, 1)), (0, n, Stage(1, 1, "enlarging", 1, 1))]
+    assert lanczos[2:] == [(k, n, Stage(1, 1, "pass A", k, n)) for k in range(1, n + 1)]
+    assert not list(tmp_path.glob(".blk-tmp-*"))
+
+
+def test_another_enlargement_model_never_reuses_the_old_ones_tiles(shared_workspace, tmp_path, pipelines,
+                                                                   monkeypatch):
+    """Stopped after the first row of the enlargement, then the model file is replaced (same name, other
+    weights): the same command starts afresh — the old run's files are gone before the first tile, the
+    enlargement runs from its first tile — and gives exactly what a fresh run with the new model gives."""
+    import torch
+
+    from tests.test_upscale_esrgan import rrdb_file, rrdb_state
+
+    model = rrdb_file(tmp_path / "x4.pth")
+    one_step = dict(scale=1.5, overlap=8, final_denoise=None)  # 30×150
+    job = strip_job(tmp_path, "out.png", model, **one_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(job, shared_workspace, pipelines, progress=stop_in_enlargement(1, 2))
+    old = json.loads((tmp_path / ".blk-tmp-out.png.journal.json").read_text())["token"]
+    inner = json.loads((tmp_path / f".blk-tmp-{old}.enlarge0.journal.json").read_text())
+    assert (inner["pass"], inner["tiles_done"]) == (0, 1)  # one row of the old model's tiles on disk
+
+    torch.save(rrdb_state(seed=1), model)
+    events, notes = [], []
+    calls = model_calls(monkeypatch, lambda n: None)
+
+    def progress(*report):
+        if not events:  # before the first tile: nothing of the old run is left
+            events.append(sorted(p.name for p in tmp_path.glob(f".blk-tmp-{old}.*")))
+        events.append(report)
+
+    resumed = run(job, shared_workspace, pipelines, progress=progress, log=notes.append)
+    assert notes == [] and events[0] == [] and len(calls) == 3
+    assert [e[2].done for e in events[1:] if e[2].enlarging] == [0, 1, 2, 3]
+    fresh = run(strip_job(tmp_path, "fresh.png", model, **one_step), shared_workspace, pipelines)
+    assert np.array_equal(np.asarray(Image.open(resumed.path)), np.asarray(Image.open(fresh.path)))
+    assert not list(tmp_path.glob(".blk-tmp-*"))
+
+
+def test_an_enlargement_left_under_another_key_is_redone(shared_workspace, tmp_path, pipelines, monkeypatch):
+    """A job stopped in step 2's enlargement resumes on another device (or in another precision): the state
+    that enlargement left holds another key and tiles drawn there. The resume keeps the job's finished step
+    1, but throws that state away before the enlargement's first tile and runs all its tiles again: the result
+    is the uninterrupted run's, bit for bit (reusing the stale row would put its pixels in the result).
+    (A CPU-only machine cannot change device, so the test writes what such a run leaves: the same files
+    under another key, with other pixels.)"""
+    from blk.upscale.journal import job_key
+    from tests.test_upscale_esrgan import rrdb_file
+
+    model = rrdb_file(tmp_path / "x4.pth")
+    whole = run(strip_job(tmp_path, "whole.png", model), shared_workspace, pipelines)
+    with pytest.raises(KeyboardInterrupt):
+        run(strip_job(tmp_path, "out.png", model), shared_workspace, pipelines, progress=stop_in_enlargement(2, 2))
+    token = json.loads((tmp_path / ".blk-tmp-out.png.journal.json").read_text())["token"]
+    inner_path, canvas_path = (tmp_path / f".blk-tmp-{token}.enlarge2.{name}" for name in ("journal.json",
+                                                                                           "pass0.canvas"))
+    inner = json.loads(inner_path.read_text())
+    assert (inner["pass"], inner["tiles_done"]) == (0, 1) and canvas_path.stat().st_size == 120 * 600 * 3 * 2
+    stale = job_key({"device": "cuda:0", "precision": "torch.float16"})
+    inner_path.write_text(json.dumps(inner | {"key": stale}))
+    canvas_path.write_bytes(np.full(120 * 600 * 3, 20000, np.uint16).tobytes())  # the other device's pixels
+
+    events, notes, seen = [], [], []
+    calls = model_calls(monkeypatch, lambda n: None)
+
+    def progress(done, total, stage):
+        if not events:  # the enlargement's first report, before its first tile
+            state = json.loads(inner_path.read_text())
+            seen.extend([state["key"] != stale, state["tiles_done"], canvas_path.exists()])
+        events.append((done, total, stage))
+
+    resumed = run(strip_job(tmp_path, "out.png", model), shared_workspace, pipelines, progress=progress,
+                  log=notes.append)
+    assert notes == ["Resuming an interrupted job at step 2 of 2, its enlargement."]  # step 1 is not redone
+    assert seen == [True, 0, False]  # a fresh state under the new key, the stale canvas removed
+    assert [e[2].done for e in events if e[2].enlarging] == [0, 1, 2, 3, 4] and len(calls) == 4
+    assert events[0][2] == Stage(2, 2, "enlarging", 0, 4)
     assert np.array_equal(np.asarray(Image.open(resumed.path)), np.asarray(Image.open(whole.path)))
     assert not list(tmp_path.glob(".blk-tmp-*"))
 
@@ -364,9 +499,10 @@ def record_calls(monkeypatch, pipelines, workspace, fail_when=None) -> list:
 
 
 def stop_at(tile: int):
-    """A progress callback that presses Ctrl+C once the count reaches `tile` (the job keeps its files)."""
-    def progress(done, total):
-        if done == tile:
+    """A progress callback that presses Ctrl+C once the count of refinement tiles reaches `tile` (the job
+    keeps its files)."""
+    def progress(done, total, stage):
+        if done == tile and not stage.enlarging:
             raise KeyboardInterrupt()
     return progress
 

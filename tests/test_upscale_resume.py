@@ -425,3 +425,33 @@ def test_time_left_after_a_resume_follows_this_sessions_pace():
     now[0] = 108.0
     assert fresh.left(8, 20) == pytest.approx(24.0)  # 4 tiles in 8 s, 12 left
     assert Eta().measured() == (0.0, 0)  # no report: nothing to record
+
+
+def test_the_progress_line_times_an_enlargement_on_its_own():
+    """The diffusion path's reports carry their stage (`diffusion.Stage`): an enlargement's line counts its own
+    tiles with the time left in it, at its own pace (an ESRGAN tile takes far less than a diffusion tile), and
+    neither its tiles nor its seconds enter the job's pace, which the passes' lines and the rate file use."""
+    from blk.upscale.diffusion import Stage
+    from blk.upscale.rates import Pace
+
+    now = [0.0]
+    pace = Pace(clock=lambda: now[0])
+    lines = []
+    for t, done, stage in ((0, 0, Stage(1, 2, "enlarging", 0, 9)), (6, 0, Stage(1, 2, "enlarging", 3, 9)),
+                           (7, 0, Stage(1, 2, "enlarging", 9, 9)), (20, 1, Stage(1, 2, "pass A", 1, 2)),
+                           (30, 2, Stage(1, 2, "pass A", 2, 2)), (31, 2, Stage(2, 2, "enlarging", 0, 4)),
+                           (35, 2, Stage(2, 2, "enlarging", 1, 4)), (80, 3, Stage(2, 2, "pass A", 1, 20)),
+                           (90, 22, Stage(2, 2, "full-frame pass", 1, 1))):
+        now[0] = t
+        lines.append(pace.line(done, 22, stage))
+    assert lines == ["step 1 of 2: enlarging, tile 0 of 9",
+                     "step 1 of 2: enlarging, tile 3 of 9, about 12 s left in this enlargement",  # 2 s a tile
+                     "step 1 of 2: enlarging, tile 9 of 9, about 0 s left in this enlargement",
+                     "step 1 of 2: pass A, tile 1/22",  # the job's pace starts at its first refinement tile
+                     "step 1 of 2: pass A, tile 2/22, about 3 min left",  # 10 s a tile, 20 left
+                     "step 2 of 2: enlarging, tile 0 of 4",  # a new enlargement: a pace of its own
+                     "step 2 of 2: enlarging, tile 1 of 4, about 12 s left in this enlargement",
+                     "step 2 of 2: pass A, tile 3/22, about 10 min left",  # 60 s since tile 1 (with the enlargement)
+                     "full-frame pass, tile 22/22, about 0 s left"]
+    assert pace.tiles.measured() == (70.0, 21)  # the rate file's: refinement tiles and their seconds
+    assert Pace(clock=lambda: 0.0).line(4, 9) == "tile 4/9"  # the ESRGAN path: no stage, the wording as before

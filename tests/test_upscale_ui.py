@@ -156,6 +156,15 @@ def test_diffusion_estimate_and_upscale_use_the_engines_plan_and_the_step_scale(
                                        None, 50, 50, 2, progress=lambda fraction, desc=None: seen.append(desc))
     assert seen[0].startswith(plan) and plan in status and "80×64 in" in status, status
     assert "Texture LoRA: none (the base model alone)." in seen[0] and "Texture LoRA: none" in status
+    # each step's enlargement shows while it runs (Lanczos: the whole image, one tile), then its passes
+    assert seen[1:4] == ["step 1 of 2: enlarging, tile 0 of 1",
+                         "step 1 of 2: enlarging, tile 1 of 1, about 0 s left in this enlargement",
+                         "step 1 of 2: pass A, tile 1/22"], seen
+    assert seen[4].startswith("step 1 of 2: pass A, tile 2/22, about ") and seen[4].endswith(" s left")
+    step2 = seen.index("step 2 of 2: enlarging, tile 0 of 1")
+    assert seen[step2 - 1].startswith("step 1 of 2: pass B, tile 4/22") and len(seen) == 1 + 2 * 2 + 22
+    assert seen[step2 + 2].startswith("step 2 of 2: pass A, tile 5/22, about ")
+    assert seen[-1].startswith("step 2 of 2: pass B, tile 22/22, about 0 s left")
     parameters = read_parameters(Path(path))
     assert parameters["step_sizes"] == [[40, 32], [80, 64]] and Image.open(path).size == (80, 64)
     assert parameters["loras"] == []  # the TIFF/PNG says so too

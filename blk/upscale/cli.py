@@ -112,19 +112,20 @@ def cmd_upscale(args, workspace) -> int:
 
 
 def _progress_printer():
-    """Tile progress with time left on stderr (from this session's pace: `rates.Eta`);
-    honours BLK_TEST_KILL_AFTER_TILES (tests only)."""
-    from blk.upscale.rates import Eta
+    """Tile progress with time left on stderr (from this session's pace: `rates.Pace`; the diffusion
+    path's step and stage too); honours BLK_TEST_KILL_AFTER_TILES (tests only)."""
+    from blk.upscale.rates import Pace
 
-    pace = Eta(clock=time.monotonic)
+    pace = Pace(clock=time.monotonic)
     die_after = int(os.environ.get("BLK_TEST_KILL_AFTER_TILES") or 0)
+    width = [0]  # of the longest line so far: a shorter one overwrites all of it
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int, stage=None) -> None:
         if die_after and done >= die_after:
             os.kill(os.getpid(), signal.SIGKILL)
-        left = pace.left(done, total)
-        eta = f", about {left:.0f} s left" if left is not None else ""
-        print(f"\rtile {done}/{total}{eta}   ", end="", file=sys.stderr, flush=True)
+        line = pace.line(done, total, stage)
+        width[0] = max(width[0], len(line) + 3)
+        print(f"\r{line:<{width[0]}}", end="", file=sys.stderr, flush=True)
 
     return progress
 

@@ -27,6 +27,14 @@ canvas, with the model loaded once per job; its own passes resume by row
 through a `child` journal of its stage. No intermediate image file is written
 or hashed: the canvases stay 16-bit from the first enlargement on.
 
+Progress: `progress(done, total, stage)` after every batch of tiles. `done`
+and `total` count the refinement tiles of the whole job (what the time left
+and the rate file follow); `stage` (a `Stage`) says where the job is, with
+that stage's own count. An enlargement's tiles are counted in `stage` only
+(an ESRGAN tile takes a fraction of a diffusion tile's time; Lanczos has
+none), from a first report before its first tile on, so that the minutes an
+ESRGAN enlargement of a mural takes are seen to pass.
+
 Blending: we blend the tiles' *outputs* with the tiler's raised-cosine
 weights (a feathered paste), not the denoiser's predictions at every step
 (Mixture of Diffusers). At these low denoise strengths each tile keeps the
@@ -64,6 +72,7 @@ TILE_RANGE, OVERLAP_RANGE = (512, 1536), (64, 128)  # what the paper uses with r
 # An estimate: an out-of-memory error in the pass still only skips it.
 FULL_FRAME_BYTES_PER_PIXEL = 2048
 PASS_NAMES = "ABCDEFGH"
+ENLARGING, FULL_FRAME = "enlarging", "full-frame pass"  # `Stage.what` besides "pass A", "pass B", …
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,7 @@ class DiffusionJob:
     scale: float | None = 2.0  # or:
     size: tuple[int, int] | None = None
     enlarge_model: Path | None = None  # an ESRGAN-family file for each step's enlargement; None: Lanczos
+    enlarge_tile: int | None = None  # px of the image the enlargement model reads; None: from free memory
     passes: tuple[Pass, ...] = PAPER_PASSES  # run at every step
     step: float = STEP  # the most one step enlarges; more steps until the target size
     tile: int = 1024  # px of the image a pass refines (not the input): tiles are at most this, one size a pass
@@ -154,6 +164,33 @@ class DiffusionResult:
     sizes: list[tuple[int, int]] = field(default_factory=list)  # each step's size
     final_pass: bool = False  # whether the full-frame pass was applied
     print_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Where a running job is, given with every progress report (`run`'s `progress(done, total, stage)`):
+    its step, what the step is doing, and that stage's own tile count, which for an enlargement is the
+    only count that moves (its tiles are not among the job's `done`/`total`; see the module's docstring)."""
+
+    step: int  # 1-based; the full-frame pass comes after the last step and gives the last
+    steps: int
+    what: str  # ENLARGING, "pass A", "pass B", …, FULL_FRAME
+    done: int  # this stage's tiles done, a resumed run's earlier ones included (an enlargement: all its
+    total: int  # model passes'; Lanczos: the whole image as one tile); a total may grow after an OOM halving
+
+    @property
+    def enlarging(self) -> bool:
+        return self.what == ENLARGING
+
+    @property
+    def label(self) -> str:
+        """"step 1 of 2: enlarging", "step 2 of 2: pass A", "full-frame pass"."""
+        return self.what if self.what == FULL_FRAME else f"step {self.step} of {self.steps}: {self.what}"
+
+
+def pass_name(k: int) -> str:
+    """Pass `k` (1-based) of a step: "A", "B", … (a number past H)."""
+    return PASS_NAMES[k - 1] if k <= len(PASS_NAMES) else str(k)
 
 
 def effective_steps(steps: int, denoise: float) -> tuple[int, int]:
@@ -253,12 +290,13 @@ def estimate(job: DiffusionJob, workspace) -> DiffusionPlan:
     return plan(job, image.width, image.height, steps, grid)
 
 
-def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, int], None] | None = None,
+def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, int, Stage], None] | None = None,
         cancel: threading.Event | None = None, log: Callable[[str], None] | None = None,
         on_plan: Callable[[DiffusionPlan], None] | None = None) -> DiffusionResult:
     """Enlarge and refine step by step, write TIFF or PNG (and the print copy) with the parameters;
-    returns where and how long. `log` receives one-sentence notes; `on_plan` the plan, before any
-    stage runs (its notes follow in `log`, so a caller that shows the plan sees them first there).
+    returns where and how long. `progress(done, total, stage)`: see the module's docstring. `log`
+    receives one-sentence notes; `on_plan` the plan, before any stage runs (its notes follow in `log`,
+    so a caller that shows the plan sees them first there).
 
     Like the ESRGAN path, a killed job resumes from its last finished row of
     tiles when the same job runs again (`blk.upscale.journal`).
@@ -295,14 +333,22 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     total = sum(stage_tiles)
     done = [0]
 
-    def report(n, _pass_total=None):
-        if progress is not None:
-            progress(done[0] + n, total)
+    def tell(stage: int, n: int, of: int) -> None:
+        """A progress report from journal stage `stage`, `n` of its `of` tiles done."""
+        if progress is None:
+            return
+        step, k = divmod(stage, per_step)
+        if stage == final:
+            progress(done[0], total, Stage(len(sizes), len(sizes), FULL_FRAME, n, of))
+        else:
+            what = f"pass {pass_name(k)}" if k else ENLARGING
+            progress(done[0] + (n if k else 0), total, Stage(step + 1, len(sizes), what, n, of))
 
     key = job_key({"path": "diffusion", "input_sha256": file_sha256(job.input), "model": model.name,
                    "model_path": str(model.path), "output": str(job.output.resolve()), "size": [width, height],
                    "step_sizes": sizes, "lora_sha256": lora_sha256(job.texture_lora) if job.texture_lora else None,
                    "enlarge_sha256": file_sha256(job.enlarge_model) if job.enlarge_model else None,
+                   "enlarge_tile": job.enlarge_tile,
                    "passes": [[p.denoise, p.lora_scale] for p in job.passes], "tile": job.tile,
                    "overlap": job.overlap, "seed": job.seed, "steps": job.steps, "guidance": job.guidance,
                    "prompt": job.prompt, "final_denoise": job.final_denoise, "device": job.device})
@@ -333,7 +379,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             if k == 0:
                 if job.enlarge_model is not None and enlarger is None:
                     enlarger = Enlarger.load(job.enlarge_model, job.device)  # once: every step uses it
-                made = _enlarge(job, image, source, w, h, journal, stage, cancel, enlarger)
+                made = _enlarge(job, image, source, w, h, journal, stage, cancel, enlarger,
+                                report=lambda n, of, s=stage: tell(s, n, of))
             else:
                 one = job.passes[k - 1]
                 set_loras(pipeline(), [(job.texture_lora, one.lora_scale)] if job.texture_lora else [])
@@ -342,7 +389,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                 made = journal.open_canvas(stage, w, h, source.channels)
                 stats = run_tiles(source, made, process, scale=1, tile=tile, overlap=job.overlap, batch=1,
                                   multiple_of=multiple, full_size=True,  # the model's size
-                                  progress=report, cancel=cancel, **journal.tiler_hooks(stage, made))
+                                  progress=lambda n, of, s=stage: tell(s, n, of), cancel=cancel,
+                                  **journal.tiler_hooks(stage, made))
                 tile = stats.tile
             made.flush()  # on disk before the journal says the stage is done
             journal.pass_done(stage)
@@ -380,7 +428,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                     journal.forget(source)
                     source, applied = made, True
             done[0] = total
-            report(0)
+            tell(final, 1, 1)
         parameters = {
             "job": "upscale", "path": "diffusion", "input": job.input.name, "input_width": image.width,
             "input_height": image.height, "width": width, "height": height, "model": model.name,
@@ -411,7 +459,7 @@ def _resume_note(journal: Journal, stage: int, per_step: int, steps: int, final_
     if k == 0:
         return f"{where}, its enlargement."
     tile = sum(stage_tiles[:stage]) + journal.state["tiles_done"] + 1
-    return (f"{where}, pass {PASS_NAMES[k - 1] if k <= len(PASS_NAMES) else k}, tile {tile} of "
+    return (f"{where}, pass {pass_name(k)}, tile {tile} of "
             f"{sum(stage_tiles)} (tiles of at most {journal.tile} px).")
 
 
@@ -437,33 +485,39 @@ class Enlarger:
 
 
 def _enlarge(job: DiffusionJob, image, source: Canvas | None, width: int, height: int, journal: Journal,
-             stage: int, cancel, enlarger: Enlarger | None) -> Canvas:
+             stage: int, cancel, enlarger: Enlarger | None,
+             report: Callable[[int, int], None] = lambda done, total: None) -> Canvas:
     """A step's starting point at its size, from the input (first step) or the previous step's result
-    canvas: the ESRGAN path's model passes and resample (`esrgan.upscale`), or Lanczos.
+    canvas: the ESRGAN path's model passes and resample (`esrgan.upscale`), or Lanczos. `report(done,
+    total)` counts its tiles (all model passes'; Lanczos: one, the whole image), from a first report
+    before any tile runs (a resumed enlargement's finished tiles included) to the last.
 
     The ESRGAN passes read the input or the previous stage's canvas directly and write canvases of a
     `child` journal of this stage (row by row, so a kill mid-enlargement resumes after its last row;
     the previous canvas is this job's, trusted under its key like any stage's); the result is renamed
     (or resampled) into this stage's canvas. No file is written in between and nothing is hashed again."""
-    from blk.upscale.esrgan import EsrganJob, pass_inputs, plan_job, resample, upscale
+    from blk.upscale.esrgan import EsrganJob, pass_inputs, plan_job, resample, tiles_finished, upscale
 
     path = journal.canvas_path(stage)
     path.unlink(missing_ok=True)  # an enlargement that a kill cut short is redone (an ESRGAN one from its last row)
     if enlarger is not None:
         given = source if source is not None else image.source
         settings = EsrganJob(job.input, job.output, job.enlarge_model, scale=None, size=(width, height),
-                             device=job.device)  # the ESRGAN path's defaults: tile from free memory, overlap, batch
+                             tile=job.enlarge_tile, device=job.device)  # the ESRGAN path's overlap and batch
         inputs = pass_inputs(given.width, given.height, enlarger.upscaler.scale, (width, height))
         child = journal.child(f"enlarge{stage}", job_key({
             "stage": stage, "from": [given.width, given.height, given.channels], "size": [width, height],
             "device": enlarger.device, "precision": str(enlarger.dtype), "pass_inputs": inputs,
-            "overlap": settings.overlap, "batch": settings.batch, "alpha": settings.alpha}))
+            "tile": settings.tile, "overlap": settings.overlap, "batch": settings.batch, "alpha": settings.alpha}))
         with child.ending():  # done: its files removed; Ctrl+C or a kill: kept for a resume of this stage
             child.check_files(len(inputs))
             the_plan = plan_job(settings, given, enlarger.upscaler, enlarger.device, enlarger.dtype, tile=child.tile)
             child.set_tile(the_plan.tile)
-            made = upscale(given, the_plan, enlarger.process, child, batch=settings.batch, cancel=cancel, into=path)
+            report(tiles_finished(child, list(the_plan.tiles)), sum(the_plan.tiles))
+            made = upscale(given, the_plan, enlarger.process, child, batch=settings.batch, progress=report,
+                           cancel=cancel, into=path)
         return journal.adopt(made.canvas)
+    report(0, 1)
     original = None
     if source is None:
         start = journal.temp("original.canvas")
@@ -473,6 +527,7 @@ def _enlarge(job: DiffusionJob, image, source: Canvas | None, width: int, height
     canvas = journal.adopt(resample(source, width, height, path))
     if original is not None:
         journal.forget(original)
+    report(1, 1)
     return canvas
 
 

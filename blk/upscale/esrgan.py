@@ -280,9 +280,8 @@ def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: i
     passes, inputs, outputs, channels = the_plan.passes, the_plan.inputs, the_plan.outputs, source.channels
     counter = _Progress(progress, list(the_plan.tiles))
     first = min(journal.state["pass"], passes) if journal.resumed else 0
-    resumed_from = 0
+    resumed_from = tiles_finished(journal, counter.totals)
     if journal.resumed:
-        resumed_from = sum(counter.totals[:first]) + (journal.state["tiles_done"] if first < passes else 0)
         counter.done[:first] = counter.totals[:first]
         if log:
             log(journal.describe(counter.totals) if first < passes else
@@ -318,6 +317,15 @@ def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: i
         os.replace(current.path, into)
         journal.release(current).path = into
     return Upscaled(current, tile, tiles, retries, resumed_from, started, phases)
+
+
+def tiles_finished(journal: Journal, tiles: list[int]) -> int:
+    """Tiles (all passes; `tiles` per pass) that an interrupted earlier run under `journal` finished: where
+    `upscale`'s count continues from; 0 when the journal starts fresh."""
+    if not journal.resumed:
+        return 0
+    first = min(journal.state["pass"], len(tiles))
+    return sum(tiles[:first]) + (journal.state["tiles_done"] if first < len(tiles) else 0)
 
 
 def processor(upscaler, device: str, dtype, alpha: str = "model") -> Callable[[np.ndarray], object]:

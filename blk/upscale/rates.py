@@ -1,7 +1,8 @@
 """How long a tile took last time, per path, model and tile size: the time estimate before a job starts.
 
 Measured on this machine by earlier jobs (no guess from a table that would be
-wrong for every other card), kept in `outputs/upscale/.rates.json`.
+wrong for every other card), kept in `outputs/upscale/.rates.json`. While a job
+runs, `Pace` words its progress with the time left (the UI and the CLI show it).
 """
 
 from __future__ import annotations
@@ -82,3 +83,30 @@ class Eta:
             return 0.0, 0
         (done_before, then), (done, now) = self.first, self.last
         return now - then, done - done_before
+
+
+class Pace:
+    """The progress line of a running upscale job, with the time left, for each progress report.
+
+    The job's tiles (the ESRGAN path's, or the diffusion path's refinement tiles) keep one pace,
+    `tiles`, which is also what `record` keeps. A diffusion step's enlargement is timed on its own:
+    its tiles are not among the job's, and an ESRGAN tile's seconds say nothing about a diffusion
+    tile's (nor the other way round), so its line gives the time left in that enlargement."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.tiles = Eta(clock)
+        self._enlargement: tuple[int, Eta] | None = None  # (its step, its pace)
+
+    def line(self, done: int, total: int, stage=None) -> str:
+        """"tile 5/20, about 40 s left"; with a diffusion `Stage`: "step 2 of 2: pass A, tile 12/22, about
+        3 min left", or "step 1 of 2: enlarging, tile 3 of 9, about 4 s left in this enlargement"."""
+        if stage is not None and stage.enlarging:
+            if self._enlargement is None or self._enlargement[0] != stage.step:
+                self._enlargement = (stage.step, Eta(self.clock))
+            left = self._enlargement[1].left(stage.done, stage.total)
+            eta = f", {say_duration(left)} left in this enlargement" if left is not None else ""
+            return f"{stage.label}, tile {stage.done} of {stage.total}{eta}"
+        left = self.tiles.left(done, total)
+        eta = f", {say_duration(left)} left" if left is not None else ""
+        return f"{stage.label + ', ' if stage is not None else ''}tile {done}/{total}{eta}"

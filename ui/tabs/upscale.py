@@ -163,17 +163,18 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
             final_pass, fmt, keep_16bit, dpi, print_dpi=None, region_x=50, region_y=50, step_scale=None,
             progress=gr.Progress()):
     """Run the job; the plan (tiles of every pass, time when known) and a resume show in the progress
-    before the tiles start, and the time left follows this session's pace (`rates.Eta`)."""
+    before the tiles start, then each report's line (`rates.Pace`: the diffusion path's step and what
+    it is doing, an enlargement's own tiles too) with the time left at this session's pace."""
     from blk.errors import UserError
     from blk.upscale import diffusion, esrgan
     from blk.upscale.compare import region_pair
-    from blk.upscale.rates import Eta, rate_key, record
+    from blk.upscale.rates import Pace, rate_key, record
 
     cancel.clear()
     if not image_path:
         return None, None, "Choose an image first.", None
     started = time.monotonic()
-    pace, notes, planned = Eta(), [], []
+    pace, notes, planned = Pace(), [], []
 
     def log(text):  # e.g. that an interrupted job resumes: in the progress now, in the status at the end
         if any(text in shown for shown in planned):
@@ -186,11 +187,9 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
         planned.append(f"{the_plan.sentence()}{used} {time_line(context, key, tiles)}")
         progress(0, desc=" ".join(notes + planned))
 
-    def report(done, total):
-        left = pace.left(done, total)
-        eta = f", about {left:.0f} s left" if left is not None else ""
+    def report(done, total, stage=None):  # `stage`: the diffusion path's (`diffusion.Stage`)
         prefix = f"{notes[-1]} " if notes else ""
-        progress(done / max(total, 1), desc=f"{prefix}tile {done}/{total}{eta}")
+        progress(done / max(total, 1), desc=f"{prefix}{pace.line(done, total, stage)}")
 
     try:
         upscaler_path = context.workspace.confine(upscaler) if upscaler else None
@@ -217,9 +216,9 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
             job.keep_16bit = bool(keep_16bit) and fmt == "TIFF"
             result = diffusion.run(job, context.workspace, context.sketcher.cache, progress=report, cancel=cancel,
                                    log=log, on_plan=lambda p: show(p, p.total_tiles))
-        seconds, tiles = pace.measured()  # this session's tiles only (a resume's earlier ones are not)
-        if not tiles and pace.last and not notes:  # one progress report (one batch), not resumed: the whole job
-            seconds, tiles = time.monotonic() - started, pace.last[0]
+        seconds, tiles = pace.tiles.measured()  # this session's tiles only (a resume's earlier ones are not)
+        if not tiles and pace.tiles.last and not notes:  # one report (one batch), not resumed: the whole job
+            seconds, tiles = time.monotonic() - started, pace.tiles.last[0]
         record(context.workspace, key, seconds, tiles)
         centre = tuple(float(50 if v is None else v) / 100 for v in (region_x, region_y))
         before, after = region_pair(Path(image_path), result.path, centre)
