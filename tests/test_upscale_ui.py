@@ -211,3 +211,39 @@ def test_number_fields_say_what_they_show(context):
     assert not [label for label in numbers if "empty" in label], numbers
     for label in ("Tile px (0: automatic)", "Steps (0: the model's default)", "DPI (0: the input's)"):
         assert numbers[label] == 0, (label, numbers)
+
+
+def test_without_an_upscaler_the_tab_starts_on_the_path_that_runs(context, shared_workspace, tmp_path):
+    """With no upscaler installed only the diffusion path can run: the tab starts there (its settings, no
+    upscaler enlargement ticked), the suggestion stays there, the Real-ESRGAN path says how to install one,
+    and a diffusion job told to enlarge with an upscaler it lacks says it used Lanczos."""
+    import gradio as gr
+
+    from ui.tabs.upscale import DIFFUSION, ESRGAN, NO_UPSCALER, follow_suggestion, upscale
+
+    def defaults():
+        blocks = built_tab(context)
+        radio = next(b for b in blocks if isinstance(b, gr.Radio) and b.label == "Path")
+        enlarge = next(b for b in blocks if isinstance(b, gr.Checkbox) and b.label.startswith("Enlarge with"))
+        numbers = {b.label: b.value for b in blocks if isinstance(b, gr.Number)}
+        return radio.value, enlarge.value, numbers["Scale"], numbers["Tile px (0: automatic)"]
+
+    assert defaults() == (ESRGAN, True, 4, 0)  # the fixture installs one
+    for installed in (context.workspace.models / "upscalers").iterdir():
+        installed.unlink()
+    assert defaults() == (DIFFUSION, False, 2, 1024)
+
+    image = str(save(tmp_path / "art.png", 16, 20, seed=5))
+    radio, last = follow_suggestion(image, 4, "", None, upscalers=False)  # 80×64: Real-ESRGAN's size, but none
+    assert (radio.value, last) == (DIFFUSION, "diffusion")
+    form = (4, "", None, "tiny-flux", None, True, 32, 8, 1, 0, "", 0.3, 0.2, False, 0.15, False, "PNG", False, None,
+            None, 50, 50)
+    assert upscale(context, threading.Event(), image, ESRGAN, *form, progress=lambda *a, **k: None)[2] == \
+        f"**{NO_UPSCALER}**"
+    import shutil
+
+    shutil.copytree(shared_workspace.models / "tiny-flux", context.workspace.models / "tiny-flux")
+    diffusion = (image, DIFFUSION, 2, "", None, "tiny-flux", None, True, 32, 8, 1, 0, "", 0.3, 0.2, False, 0.15,
+                 False, "PNG", False, None, None, 50, 50)
+    status = upscale(context, threading.Event(), *diffusion, progress=lambda *a, **k: None)[2]
+    assert "No upscaler chosen, so each step enlarges with Lanczos" in status and "40×32 in" in status, status

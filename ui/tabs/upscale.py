@@ -111,10 +111,11 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
     return "  \n".join(lines)
 
 
-def follow_suggestion(image_path, scale, size_text, last):
+def follow_suggestion(image_path, scale, size_text, last, upscalers: bool = True):
     """(the Path radio, the suggestion) after the image, scale or size changed (`suggested_path`: up to 8k
-    Real-ESRGAN, larger the diffusion path). The radio moves only when the suggestion changes — a new
-    image (`last` None) or a target crossing 8k — so a path the user picked stays while they adjust."""
+    Real-ESRGAN, larger the diffusion path; always the diffusion path when no upscaler is installed,
+    `upscalers` False). The radio moves only when the suggestion changes — a new image (`last` None) or a
+    target crossing 8k — so a path the user picked stays while they adjust."""
     from blk.errors import UserError
     from blk.upscale.compare import suggested_path
 
@@ -124,7 +125,7 @@ def follow_suggestion(image_path, scale, size_text, last):
         _, (width, height) = target(image_path, scale, size_text)
     except (UserError, ValueError):
         return gr.update(), last
-    kind = suggested_path(width, height)
+    kind = suggested_path(width, height) if upscalers else "diffusion"
     if kind == last:
         return gr.update(), last
     return gr.Radio(value=ESRGAN if kind == "esrgan" else DIFFUSION), kind
@@ -202,12 +203,14 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
                        int(tile) if tile else (1024 if kind == "diffusion" else None))
         if kind == "esrgan":
             if upscaler_path is None:
-                raise UserError("Choose an upscaler model file (put them in workspace/models/upscalers/).")
+                raise UserError(NO_UPSCALER if not upscaler_choices(context) else "Choose an upscaler model.")
             job = esrgan_job(context, image_path, output, width, height, upscaler_path, tile, overlap, keep_16bit,
                              dpi, print_dpi)
             result = esrgan.run(job, progress=report, cancel=cancel, log=log,
                                 on_plan=lambda p: show(p, sum(p.tiles)))
         else:
+            if enlarge_first and upscaler_path is None:
+                notes.append("No upscaler chosen, so each step enlarges with Lanczos before its passes.")
             job = diffusion_job(context, image_path, output, scale, size_text, model, lora_path,
                                 upscaler_path if enlarge_first else None, tile, overlap, steps, seed, prompt,
                                 denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale)
@@ -233,25 +236,30 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
     return (before, after), str(result.path), "  \n".join(notes + planned + [done]), str(result.path)
 
 
+NO_UPSCALER = ("No upscaler is installed: put a Real-ESRGAN (or any spandrel) model file in "
+               "workspace/models/upscalers/, or use the diffusion path, which enlarges with Lanczos without one.")
+
+
 def build(context: StudioContext) -> dict:
     from blk.upscale.diffusion import PAPER_PASSES, PASS_C, STEP
 
     cancel = threading.Event()
+    installed = bool(upscaler_choices(context))  # without an upscaler only the diffusion path can run
     with gr.Row():
         with gr.Column(scale=2):
             image = gr.Image(label="Image to upscale", type="filepath", elem_id="blk-upscale-input")
-            path_kind = gr.Radio([ESRGAN, DIFFUSION], value=ESRGAN, label="Path")
+            path_kind = gr.Radio([ESRGAN, DIFFUSION], value=ESRGAN if installed else DIFFUSION, label="Path")
             with gr.Row():
-                scale = gr.Number(4, label="Scale")
+                scale = gr.Number(4 if installed else 2, label="Scale")
                 size_text = gr.Textbox(label="…or exact size WxH", placeholder="8000x6000")
             upscaler = gr.Dropdown(upscaler_choices(context), label="Upscaler (workspace/models/upscalers)",
                                    allow_custom_value=True, elem_id="blk-upscale-model")
-            with gr.Group(visible=False) as diffusion_group:
+            with gr.Group(visible=not installed) as diffusion_group:
                 model = gr.Dropdown(model_names(context), value=context.default_model(), label="Base model",
                                     allow_custom_value=True)
                 lora = gr.Dropdown(lora_choices(context), value=NO_LORA[1], label="Texture LoRA",
                                    allow_custom_value=True, elem_id="blk-upscale-lora")
-                enlarge_first = gr.Checkbox(True, label="Enlarge with the upscaler first (else Lanczos)")
+                enlarge_first = gr.Checkbox(installed, label="Enlarge with the upscaler first (else Lanczos)")
                 prompt = gr.Textbox(label="Prompt (usually empty)")
                 with gr.Row():
                     denoise_a = gr.Slider(0.05, 0.6, value=PAPER_PASSES[0].denoise, step=0.01,
@@ -270,8 +278,9 @@ def build(context: StudioContext) -> dict:
                                        elem_id="blk-upscale-step-scale")
                 final_pass = gr.Checkbox(True, label="Final low-denoise pass over the whole frame (when it fits)")
             with gr.Row():
-                tile = gr.Number(0, label="Tile px (0: automatic)", precision=0, elem_id="blk-upscale-tile")
-                overlap = gr.Number(32, label="Overlap px", precision=0)
+                tile = gr.Number(0 if installed else 1024, label="Tile px (0: automatic)", precision=0,
+                                 elem_id="blk-upscale-tile")
+                overlap = gr.Number(32 if installed else 96, label="Overlap px", precision=0)
             with gr.Row():
                 fmt = gr.Radio(["TIFF", "PNG"], value="TIFF", label="Format (TIFF: tiled BigTIFF, any size)")
                 keep_16bit = gr.Checkbox(False, label="Keep 16-bit (TIFF)")
@@ -302,10 +311,12 @@ def build(context: StudioContext) -> dict:
     # the scale's default only when the user picks a path: a suggestion follows the scale they typed
     path_kind.change(on_path, inputs=path_kind, outputs=[diffusion_group, overlap, tile])
     path_kind.input(lambda kind: gr.Number(value=2 if kind == DIFFUSION else 4), inputs=path_kind, outputs=scale)
-    image.change(lambda *a: follow_suggestion(*a, None), inputs=[image, scale, size_text],
-                 outputs=[path_kind, suggestion])
+    def suggest(image_path, scale_value, size_value, last):  # whether an upscaler is installed: asked each time
+        return follow_suggestion(image_path, scale_value, size_value, last, bool(upscaler_choices(context)))
+
+    image.change(lambda *a: suggest(*a, None), inputs=[image, scale, size_text], outputs=[path_kind, suggestion])
     for typed in (scale, size_text):
-        typed.input(follow_suggestion, inputs=[image, scale, size_text, suggestion], outputs=[path_kind, suggestion])
+        typed.input(suggest, inputs=[image, scale, size_text, suggestion], outputs=[path_kind, suggestion])
     for axis in (region_x, region_y):
         axis.release(show_region, inputs=[image, result_path, region_x, region_y], outputs=slider)
     plan_button.click(lambda *a: estimate(context, *a),
