@@ -9,7 +9,8 @@ from PIL import Image
 from blk.errors import UserError
 from blk.generate.blind import blind_pairs, read_tally, record_pick
 from blk.generate.metadata import read_parameters
-from blk.generate.review import GridSpec, Reviewer, keep_grid, review_folder, run_review_defaults, save_grid
+from blk.generate.review import (Column, GridResult, GridSpec, Reviewer, assemble, column_headers, keep_grid,
+                                 review_folder, run_review_defaults, save_grid)
 from blk.generate.sketch import Lora, Sketcher, SketchRequest
 from blk.train.config import TrainConfig
 from blk.train.pins import export_checkpoint, pin, pinned_steps
@@ -154,3 +155,40 @@ def test_cli_review(shared_workspace, trained_run, tmp_path):
     bad = run_blk("--workspace", str(shared_workspace.root), "review", str(trained_run), "--seeds", "one",
                   "--out", str(out))
     assert bad.returncode == 2 and "--seeds must be" in bad.stderr
+
+
+def test_narrow_column_headers_tell_prompts_that_share_a_trigger_word_apart(tmp_path):
+    """At 64 px every prompt used to read "blkstyl...": the words all prompts start with are left out (marked
+    "...") when they do not fit, and prompts wrap to two lines; the PNG's parameters keep the full labels."""
+    from blk.generate.review import _label_font
+
+    prompts = ["blkstyle, a floating cube", "blkstyle, a floating tower", "blkstyle, a floating cloud at dusk"]
+    labels = [Column(prompt, 1).label() for prompt in prompts]
+    assert labels[2] == "blkstyle, a floating cloud at dusk\nseed 1"  # the label keeps the whole prompt
+    font = _label_font()
+    headers = column_headers(font, labels, 64)
+    assert len({tuple(lines) for lines in headers}) == 3  # three prompts, three different headers
+    assert all(lines[-1] == "seed 1" and len(lines) <= 3 for lines in headers)
+    assert all(font.getlength(line) <= 64 for lines in headers for line in lines)
+    assert not any("blkstyle" in line for lines in headers for line in lines)  # the shared trigger word left out
+    assert headers[:2] == [["...cube", "seed 1"], ["...tower", "seed 1"]]
+    wide = column_headers(font, labels, 1024)  # room enough: the prompts as they are
+    assert wide == [[prompt, "seed 1"] for prompt in prompts]
+    assert column_headers(font, ["a cube\nseed 1", "a cube\nseed 2"], 64) == [["a cube", "seed 1"],
+                                                                               ["a cube", "seed 2"]]
+
+    # the sheet as drawn: three distinct header images above three identical cells
+    cell = tmp_path / "cell.png"
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(cell)
+    sheet = pixels(assemble([[cell] * 3], ["step 8"], labels))
+    height, width = sheet.shape[:2]
+    left, top = width - 3 * 68, height - 68
+    crops = [sheet[:top, left + c * 68:left + c * 68 + 64] for c in range(3)]
+    assert all((crop < 128).any() for crop in crops)  # something is written above every column
+    assert not np.array_equal(crops[0], crops[1]) and not np.array_equal(crops[1], crops[2])
+    assert not np.array_equal(crops[0], crops[2])
+
+    spec = GridSpec("tiny-flux", [], prompts, seeds=[1], width=64, height=64)
+    result = GridResult(Image.fromarray(sheet.astype(np.uint8)), [[cell] * 3], ["step 8"], labels, 0, 3)
+    parameters = read_parameters(save_grid(result, spec, tmp_path / "grid.png"))
+    assert parameters["columns"] == labels and parameters["prompts"] == prompts

@@ -116,7 +116,7 @@ def test_review_names_checkpoints_as_its_rows_do_in_compare_and_in_the_tally(sha
 
     form = ["tiny-flux", "a cube", "3", "1.0", False, 64, 2, None]
     _, note = review.compare(context, "label-run", eight, other, "a cube", 3, *form, progress=lambda *a, **k: None)
-    assert note == "Left: **A** (step 8) · right: **B** (other-run/step 8)."
+    assert note == "Left: **A** (step 8) · right: **B** (other-run/step 8) — “a cube”, seed 3."
 
     state = {"a": eight, "b": twelve, "pairs": [BlindPair("a cube", 3, True)], "index": 0, "shown": 0, "form": form}
     *_, sentence, chosen = review.pick(context, "label-run", state, "left")
@@ -204,6 +204,7 @@ def test_picking_a_run_in_review_selects_its_base_model(workspace):
     save_config(config, folder / "config.yaml")
     updates = review.on_run(context, "sdxl-run", [])
     assert updates[1] == "tiny-sdxl" and updates[2] == "a cube"  # the Base model and Prompts fields
+    assert updates[3] == "a cube"  # Side by side's Prompt
     assert review.on_run(context, "", [])[1] == {"__type__": "update"}  # no run: the model stays as it is
 
 
@@ -225,3 +226,81 @@ def test_asking_again_for_an_unchanged_grid_writes_no_new_png(shared_workspace, 
     assert f"Unchanged: already saved as `{image}`" in status and len(list(grids.iterdir())) == 1
     other, _, status = review.make_grid(context, "grid-run", [eight], *form[:2], "1,2", *form[3:], **quiet)
     assert other != image and f"Saved as `{other}`" in status and len(list(grids.iterdir())) == 2
+
+
+def dependencies(demo, block, event):
+    """The event handlers wired to `block`'s `event`."""
+    return [fn for fn in demo.fns.values() if (block._id, event) in fn.targets]
+
+
+def built_review(context):
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        built = review.build(context)
+    blocks = {getattr(block, "elem_id", None): block for block in demo.blocks.values()}
+    return demo, built, blocks
+
+
+def test_side_by_side_prompt_comes_from_the_run_and_its_note_says_prompt_and_seed(shared_workspace, trained_run):
+    """Picking a run fills Side by side's Prompt with the run's first sample prompt (as the grid's Prompts), and
+    Compare's note says which prompt (shortened) and seed it used; an empty prompt is allowed and said."""
+    from blk.generate.review import run_review_defaults
+
+    context = StudioContext(shared_workspace, demo=True, demo_reason="test")
+    run = shared_workspace.runs / "compare-run"
+    copy_trained_run(trained_run, run)
+    first = run_review_defaults(run)["prompts"][0]
+    demo, _, blocks = built_review(context)
+    picked, = dependencies(demo, blocks["blk-review-run"], "change")
+    sent = dict(zip((getattr(o, "label", None) for o in picked.outputs), picked.fn("compare-run", [])))
+    assert sent["Prompt"] == first and sent["Prompts (columns, one per line)"].startswith(first)
+
+    eight, twelve = (str(run / "checkpoints" / f"step-{s:06d}.safetensors") for s in (8, 12))
+    form = ["tiny-flux", "", "1", "1.0", False, 64, 1, None]
+    quiet = {"progress": lambda *a, **k: None}
+    images, note = review.compare(context, "compare-run", eight, twelve, "", 5, *form, **quiet)
+    assert images is not None and note == "Left: **A** (step 8) · right: **B** (step 12) — empty prompt, seed 5."
+    long = "blkstyle, a *floating* cube over a quiet harbour at dawn, thin ink lines, wide margins"
+    _, note = review.compare(context, "compare-run", eight, twelve, long, 2, *form, **quiet)
+    assert note == ("Left: **A** (step 8) · right: **B** (step 12) — "
+                    "“blkstyle, a \\*floating\\* cube over a quiet harbour at dawn…”, seed 2.")
+
+
+def test_opening_review_chooses_the_newest_run_when_none_is_chosen(workspace):
+    """A run trained after the page loaded (with no run then) is chosen when the tab is opened again, as on page
+    load; a run the artist chose stays chosen."""
+    from ui.app import build_app
+
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    assert review.on_load(context).value is None
+    fake_run(workspace, "older", [4], age=600)
+    fake_run(workspace, "trained-now", [4], age=10)
+    demo = build_app(context)
+    run = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "blk-review-run")
+    tab = next(b for b in demo.blocks.values() if type(b).__name__ == "Tab" and b.label == "Review")
+    chooser, = [fn for fn in dependencies(demo, tab, "select") if fn.inputs == [run]]
+    assert chooser.outputs == [run]
+    assert chooser.fn(None).value == "trained-now"
+    assert chooser.fn("older") == {"__type__": "update"}  # the artist's choice stays
+
+
+def test_a_pick_after_a_finished_blind_test_keeps_the_tally(shared_workspace, trained_run):
+    """Pressing a pick button after "Done." says the test is finished and repeats the tally; nothing is recorded."""
+    from blk.generate.blind import BlindPair
+
+    context = StudioContext(shared_workspace, demo=True, demo_reason="test")
+    run = shared_workspace.runs / "done-run"
+    copy_trained_run(trained_run, run)
+    eight, twelve = (str(run / "checkpoints" / f"step-{s:06d}.safetensors") for s in (8, 12))
+    form = ["tiny-flux", "a cube", "3", "1.0", False, 64, 2, None]
+    state = {"a": eight, "b": twelve, "pairs": [BlindPair("a cube", 3, False)], "index": 0, "shown": 0, "form": form}
+    state, *_, done, chosen = review.pick(context, "done-run", state, "left")
+    tally = "Tally so far, saved with the run: step 8: 0 · step 12: 1 · ties: 0 — step 12 is preferred."
+    assert done == f"Done. {tally}" and chosen == twelve
+    saved = (run / "review" / "ab.json").read_bytes()
+    for side in ("left", "tie", "right"):
+        again, left, right, note, kept = review.pick(context, "done-run", state, side)
+        assert note == f"This blind test is finished. {tally} Start a new test to judge more pairs."
+        assert (left, right, kept) == ({"__type__": "update"},) * 3 and again == state
+    assert (run / "review" / "ab.json").read_bytes() == saved

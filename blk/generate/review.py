@@ -62,8 +62,8 @@ class Column:
     seed: int
 
     def label(self) -> str:
-        prompt = self.prompt if len(self.prompt) <= 48 else self.prompt[:45] + "..."
-        return f"{prompt or '(empty prompt)'}\nseed {self.seed}"
+        """The full prompt and the seed; `column_headers` fits it to the cell's width when the grid is drawn."""
+        return f"{self.prompt or '(empty prompt)'}\nseed {self.seed}"
 
 
 @dataclass
@@ -233,14 +233,14 @@ def assemble(cells: list[list[Path]], row_labels: list[str], column_labels: list
     font = _label_font()
     gap = 4
     left = 16 + max(int(font.getlength(label)) for label in row_labels)
-    top = 16 + (LABEL_PX + 4) * max(label.count("\n") + 1 for label in column_labels)
+    headers = column_headers(font, column_labels, cell_w)
+    top = 16 + (LABEL_PX + 4) * max(len(lines) for lines in headers)
     width = left + len(column_labels) * (cell_w + gap)
     height = top + len(row_labels) * (cell_h + gap)
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
-    for c, label in enumerate(column_labels):
+    for c, lines in enumerate(headers):
         x = left + c * (cell_w + gap)
-        lines = [_fit(font, line, cell_w) for line in label.split("\n")]
         draw.multiline_text((x, 8), "\n".join(lines), fill="black", font=font, spacing=4)
     for r, label in enumerate(row_labels):
         y = top + r * (cell_h + gap)
@@ -262,6 +262,56 @@ def _label_font():
     return ImageFont.load_default(size=LABEL_PX)
 
 
+PROMPT_LINES = 2  # a column's prompt wraps to at most this many lines in the header
+
+
+def column_headers(font, column_labels: list[str], width: int) -> list[list[str]]:
+    """The lines drawn above each column: its prompt (the label's first line) wrapped to `PROMPT_LINES` lines of
+    `width` pixels, then the rest of the label (the seed). When a prompt does not fit, the words every column's
+    prompt starts with (a trigger word, "blkstyle, a") are left out of all of them, marked "...", so that
+    narrow columns still tell their prompts apart; the last line is cut with "..." when it is still too long.
+    The labels themselves (and the grid PNG's parameters) keep the full prompts."""
+    prompts = [label.split("\n")[0] for label in column_labels]
+    rests = [label.split("\n")[1:] for label in column_labels]
+    if not all(_fits(font, _wrap(font, prompt, width), width) for prompt in prompts):
+        shared = _shared_leading_words(prompts)
+        if shared:
+            prompts = ["..." + " ".join(prompt.split()[shared:]) for prompt in prompts]
+    return [[_fit(font, line, width) for line in _wrap(font, prompt, width)] + [_fit(font, line, width) for line in rest]
+            for prompt, rest in zip(prompts, rests)]
+
+
+def _shared_leading_words(prompts: list[str]) -> int:
+    """How many words all the prompts start with, leaving at least one word of each (0 for a single prompt)."""
+    words = [prompt.split() for prompt in prompts]
+    if len(set(prompts)) < 2 or not all(words):
+        return 0
+    count = 0
+    limit = min(len(w) for w in words) - 1
+    while count < limit and len({w[count] for w in words}) == 1:
+        count += 1
+    return count
+
+
+def _wrap(font, text: str, width: int, lines: int = PROMPT_LINES) -> list[str]:
+    """Greedy word wrap into at most `lines` lines; whatever is left goes on the last line (uncut)."""
+    words, out, current = text.split(), [], ""
+    for index, word in enumerate(words):
+        trial = f"{current} {word}" if current else word
+        if current and font.getlength(trial) > width:
+            if len(out) == lines - 1:  # the last line takes the rest
+                current = " ".join([current, *words[index:]])
+                break
+            out.append(current)
+            trial = word
+        current = trial
+    return out + [current]
+
+
+def _fits(font, lines: list[str], width: int) -> bool:
+    return all(font.getlength(line) <= width for line in lines)
+
+
 def _fit(font, text: str, width: int) -> str:
     """Cut a label to the cell's width, with an ellipsis (ASCII: the built-in font's glyphs)."""
     if font.getlength(text) <= width:
@@ -275,7 +325,7 @@ def grid_parameters(result: GridResult, spec: GridSpec) -> dict:
     """What a grid PNG carries of what it shows (rows, columns, settings)."""
     return {"kind": "review-grid", "model": spec.model, "prompts": spec.prompts, "seeds": spec.seeds,
             "scales": spec.scales, "steps": spec.steps, "guidance": spec.guidance,
-            "width": spec.width, "height": spec.height, "rows": result.row_labels,
+            "width": spec.width, "height": spec.height, "rows": result.row_labels, "columns": result.column_labels,
             "loras": [{"name": lora_label(p), "sha256": lora_sha256(p)} for p in spec.checkpoints],
             "prompt": " | ".join(spec.prompts)}
 

@@ -29,6 +29,15 @@ def on_load(context: StudioContext):
     return gr.Dropdown(choices=runs, value=runs[0] if runs else None)
 
 
+def choose_newest_if_none(context: StudioContext, run):
+    """When the tab is opened with no run chosen (there was none when the page loaded; one was trained since),
+    the newest is chosen, as on page load; a run the artist chose stays."""
+    if run:
+        return gr.update()
+    runs = run_choices(context)
+    return gr.Dropdown(choices=runs, value=runs[0]) if runs else gr.update()
+
+
 def _run_dir(context: StudioContext, run: str) -> Path | None:
     return context.workspace.confine(run, base=context.workspace.runs) if run else None
 
@@ -63,7 +72,8 @@ def checkpoint_choices(context: StudioContext, run: str, extra: list[str]) -> li
 
 
 def on_run(context: StudioContext, run: str, extra: list[str]):
-    """Defaults from the run: its model, sample prompts, seed and size; its newest checkpoints selected.
+    """Defaults from the run: its model, sample prompts (the first also in Side by side's Prompt), seed and size;
+    its newest checkpoints selected.
 
     Returns the form's updates, the keep-picker's choices, and a status line
     (empty, or why the run or a file was refused).
@@ -76,15 +86,16 @@ def on_run(context: StudioContext, run: str, extra: list[str]):
         run_dir = _run_dir(context, run)
         defaults = run_review_defaults(run_dir) if run_dir is not None else None
     except UserError as exc:
-        return (gr.update(),) * 10 + (f"**{exc}**",)
+        return (gr.update(),) * 11 + (f"**{exc}**",)
     paths = [path for _, path in choices]
     pickers = (gr.Dropdown(choices=choices, value=paths[-2] if len(paths) > 1 else None),
                gr.Dropdown(choices=choices, value=paths[-1] if paths else None), gr.Dropdown(choices=choices))
     if defaults is None:
-        return (gr.CheckboxGroup(choices=choices, value=paths),) + (gr.update(),) * 6 + pickers + ("",)
+        return (gr.CheckboxGroup(choices=choices, value=paths),) + (gr.update(),) * 7 + pickers + ("",)
     d = defaults
-    return (gr.CheckboxGroup(choices=choices, value=paths[-4:]), d["model"], "\n".join(d["prompts"]), str(d["seed"]),
-            d["size"], d["steps"], d["guidance"]) + pickers + ("",)
+    return (gr.CheckboxGroup(choices=choices, value=paths[-4:]), d["model"], "\n".join(d["prompts"]),
+            d["prompts"][0] if d["prompts"] else "", str(d["seed"]), d["size"], d["steps"], d["guidance"]
+            ) + pickers + ("",)
 
 
 def spec_from_form(context: StudioContext, checkpoints, model, prompts, seeds, scales, include_base, size, steps,
@@ -134,8 +145,18 @@ def make_grid(context: StudioContext, run, *form, cancel: threading.Event | None
     return str(path), str(path), status
 
 
+def _said(prompt: str, limit: int = 60) -> str:
+    """A prompt as a note quotes it: shortened, Markdown's marks escaped; "empty prompt" when there is none."""
+    import re
+
+    if not prompt:
+        return "empty prompt"
+    short = prompt if len(prompt) <= limit else prompt[:limit].rsplit(" ", 1)[0].rstrip(" ,;:") + "…"  # whole words
+    return "“" + re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", short) + "”"
+
+
 def compare(context: StudioContext, run, a, b, prompt, seed, *form, progress=gr.Progress()):
-    """The same prompt and seed through checkpoints A and B."""
+    """The same prompt and seed through checkpoints A and B; the note says which (an empty prompt is allowed)."""
     from blk.errors import UserError
     from blk.generate.review import Column, Reviewer, Row, review_folder
 
@@ -145,14 +166,15 @@ def compare(context: StudioContext, run, a, b, prompt, seed, *form, progress=gr.
         spec = spec_from_form(context, [a, b], *form)
         folder = review_folder(context.workspace, _run_dir(context, run))
         reviewer = Reviewer(context.sketcher)
-        column = Column(prompt or "", int(seed or 0))
+        column = Column((prompt or "").strip(), int(seed or 0))  # stripped as the grid's prompts: same cells
         progress(0, desc="Generating A…")
         left, _ = reviewer.cell(spec, Row(Path(a), spec.scales[-1]), column, folder)
         progress(0.5, desc="Generating B…")
         right, _ = reviewer.cell(spec, Row(Path(b), spec.scales[-1]), column, folder)
     except UserError as exc:
         return None, f"**{exc}**"
-    return (str(left), str(right)), f"Left: **A** ({label(context, run, a)}) · right: **B** ({label(context, run, b)})."
+    return (str(left), str(right)), (f"Left: **A** ({label(context, run, a)}) · right: **B** ({label(context, run, b)})"
+                                     f" — {_said(column.prompt)}, seed {column.seed}.")
 
 
 def start_blind(context: StudioContext, run, a, b, *form):
@@ -212,6 +234,9 @@ def pick(context: StudioContext, run, state, side: str):
     from blk.generate.blind import record_pick
     from blk.generate.review import review_folder, review_label
 
+    if state and state.get("tally"):  # finished: the tally stays on screen, nothing more is recorded
+        return (state, gr.update(), gr.update(),
+                f"This blind test is finished. {state['tally']} Start a new test to judge more pairs.", gr.update())
     if not state or state["index"] >= len(state["pairs"]):
         return state, gr.update(), gr.update(), "Start a blind test first.", gr.update()
     if state.get("shown") != state["index"]:
@@ -229,7 +254,8 @@ def pick(context: StudioContext, run, state, side: str):
         return show_next(context, run, state) + (gr.update(),)
     leader = tally.leader()
     chosen = {a: state["a"], b: state["b"]}[leader] if leader else gr.update()
-    return state, None, None, f"Done. Tally so far, saved with the run: {shown.sentence()}", chosen
+    said = f"Tally so far, saved with the run: {shown.sentence()}"
+    return {**state, "tally": said}, None, None, f"Done. {said}", chosen
 
 
 def keep(context: StudioContext, run, checkpoint, action: str):
@@ -338,7 +364,7 @@ def build(context: StudioContext) -> dict:
     # the model's defaults when the artist picks or types a model, not when a picked run sets it
     model.input(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
     form = [model, prompts, seeds, scales, include_base, size, steps, guidance]
-    run_outputs = [checkpoints, model, prompts, seeds, size, steps, guidance, a, b, chosen, run_note]
+    run_outputs = [checkpoints, model, prompts, prompt, seeds, size, steps, guidance, a, b, chosen, run_note]
 
     run.change(lambda r, e: on_run(context, r, e), inputs=[run, extra], outputs=run_outputs)
     extra.change(lambda r, e: on_run(context, r, e), inputs=[run, extra], outputs=run_outputs)
@@ -364,4 +390,5 @@ def build(context: StudioContext) -> dict:
                         gr.Dropdown(choices=[(label, str(path)) for label, path in available_loras(context.workspace)]),
                         gr.Dropdown(choices=context.base_models())),
                [run, extra, model])
-    return {"on_show": on_show}
+    # opening the tab also chooses the newest run when none is chosen (`ui.app` wires it to the tab's select)
+    return {"on_show": on_show, "on_open": (lambda r: choose_newest_if_none(context, r), run)}
