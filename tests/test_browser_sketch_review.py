@@ -29,7 +29,7 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             page.get_by_label("Prompt", exact=True).fill("blkstyle, a floating cube")
             page.locator("#blk-sketch-lora-pick input").click()
             page.get_by_role("option", name="tiny-run/step-000012.safetensors").click()  # picking adds it
-            expect(page.get_by_text("tiny-run/step-000012.safetensors", exact=True)).to_be_visible()
+            expect(page.get_by_text("tiny-run/step-000012.safetensors — strength", exact=True)).to_be_visible()
             expect(page.locator("#blk-sketch-lora-pick input")).to_have_value("")
             page.get_by_label("Aspect").click()
             page.get_by_role("option", name="custom size").click()
@@ -98,7 +98,7 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             expect(page.locator("#blk-sketch-steps input")).to_have_value("2")
             expect(page.get_by_label("Width (custom)")).to_have_value("64")
             expect(page.get_by_label("Aspect")).to_have_value("custom size")
-            expect(page.get_by_text("tiny-run/step-000012.safetensors", exact=True)).to_be_visible()
+            expect(page.get_by_text("tiny-run/step-000012.safetensors — strength", exact=True)).to_be_visible()
             expect(page.get_by_label("Seed", exact=True).first).to_have_value("0")
             page.get_by_role("tab", name="Stencil").click()
             expect(page.get_by_label("Descriptor")).to_have_value("a torus, thin line")

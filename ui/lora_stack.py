@@ -66,20 +66,21 @@ def _label(path: str) -> str:
 def build(context: StudioContext, prefix: str, label: str) -> tuple[gr.State, gr.Dropdown]:
     """Render the picker and the list; returns the State holding [[path, strength], …] and the picker."""
     with gr.Group():
-        with gr.Row():
+        with gr.Row(equal_height=True):
             pick = gr.Dropdown(lora_choices(context), label=label, allow_custom_value=True, scale=4,
-                               elem_id=f"{prefix}-lora-pick")
-            add = gr.Button("Add", size="sm", scale=0, min_width=60, elem_id=f"{prefix}-lora-add")
-            refresh = gr.Button("↻", size="sm", scale=0, min_width=40)
+                               elem_id=f"{prefix}-lora-pick", info="Picking one adds it; a typed path: Add")
+            with gr.Column(scale=0, min_width=90):  # two small buttons stacked, not stretched to the row
+                add = gr.Button("Add", size="sm", elem_id=f"{prefix}-lora-add")
+                refresh = gr.Button("↻ List", size="sm")
         items = gr.State([])
-        message = gr.Markdown()
+        message = gr.Markdown(padding=True)
 
         @gr.render(inputs=items)
         def show(current):
             for index, (path, strength) in enumerate(current):
-                with gr.Row(equal_height=True):
-                    gr.Markdown(f"`{_label(path)}`")
-                    slider = gr.Slider(-1.0, 2.0, value=strength, step=0.05, label="strength", scale=2)
+                with gr.Row(equal_height=True):  # the LoRA's name labels its strength slider: one line, full width
+                    slider = gr.Slider(-1.0, 2.0, value=strength, step=0.05, label=f"{_label(path)} — strength",
+                                       scale=4)
                     remove = gr.Button("Remove", size="sm", scale=0, min_width=70)
                     slider.release(lambda value, rows, i=index: [[p, value if j == i else s]
                                                                  for j, (p, s) in enumerate(rows)],
