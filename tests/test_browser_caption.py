@@ -1,5 +1,6 @@
-"""In a real browser: edit a caption in the grid, save, reload, and see the new text and status; a dataset made
-meanwhile appears when the tab is opened, and choosing it leaves nothing of the previous one in the editor."""
+"""In a real browser: edit a caption in the grid, save, reload, and see the new text and status; the Words panel
+counts the captions and a click on a term filters the grid; a dataset made meanwhile appears when the tab is
+opened, and choosing it leaves nothing of the previous one in the editor or the word filter."""
 
 import shutil
 
@@ -57,6 +58,16 @@ def test_edit_a_caption_in_the_grid_and_see_it_after_reload(tmp_path, shared_wor
             expect(page.get_by_text("ink 1.png — edited")).to_be_visible()
             expect(page.locator("#blk-large-caption textarea")).to_have_value("a machine caption")
 
+            page.get_by_text("Words: how the captions use words and tags").click()  # counted when opened
+            expect(page.locator("#blk-words-summary")).to_contain_text("2 caption(s): 0 read as tags, 2 as prose")
+            expect(page.locator("#blk-words-top").get_by_test_id("cell-0-0")).to_contain_text("caption")
+            expect(page.locator("#blk-words-top").get_by_test_id("cell-0-3")).to_contain_text("100%")
+            page.locator("#blk-words-rare").get_by_text("machine", exact=True).click()  # one term: its captions
+            expect(page.get_by_text("Page 1 of 1 — 1 matching with “machine”")).to_be_visible()
+            expect(grid.get_by_test_id("cell-0-0")).to_contain_text("ink 1.png")
+            expect(page.locator("#blk-words-term input")).to_have_value("machine")
+            screenshot(page, "caption-words-filter")
+
             alpha = workspace / "datasets" / "inks-alpha"  # made elsewhere (Stencil's ink to alpha) meanwhile
             alpha.mkdir()
             Image.new("RGBA", (48, 32), (0, 0, 0, 128)).save(alpha / "ink 0.png")
@@ -64,7 +75,7 @@ def test_edit_a_caption_in_the_grid_and_see_it_after_reload(tmp_path, shared_wor
             page.get_by_role("tab", name="Caption").click()  # opening the tab lists it
             page.locator("#blk-caption-dataset input").click()
             page.get_by_role("option", name="inks-alpha").click()
-            expect(page.get_by_text("Page 1 of 1 — 1 matching")).to_be_visible()  # shown on choosing, no "Show"
+            expect(page.get_by_text("Page 1 of 1 — 1 matching.")).to_be_visible()  # shown on choosing, no word filter
             expect(page.locator("#blk-large-caption textarea")).to_have_value("")  # nothing left of inks
             expect(page.get_by_text("ink 1.png — edited")).to_have_count(0)
             page.locator("#blk-large-caption textarea").fill("typed with no image clicked")

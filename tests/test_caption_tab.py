@@ -1,5 +1,6 @@
 """The Caption tab's handlers with a real context, called as Gradio calls them: few-shot buttons without a
-clicked image, switching datasets, the dataset list, creating a dataset, cancel, and the wording."""
+clicked image, switching datasets, the dataset list, creating a dataset, cancel, the wording, and the Words
+panel (counts, filtering the grid by a term, counted again after every caption change)."""
 
 import shutil
 import threading
@@ -76,10 +77,12 @@ def test_switching_datasets_clears_the_editor_and_the_bulk_preview(context):
     assert editing["dataset"] == "a" and pending["dataset"] == "a"
 
     table, rows, summary, page, selected, picture, text, title, versions, editing_now, view_note, preview, \
-        pending_now, bulk_note = grid.switch_dataset(context, "b", *QUERY)
+        pending_now, bulk_note, word_filter, term_choice = grid.switch_dataset(context, "b", *QUERY, "circle")
     assert [row[0] for row in table] == ["img0.png", "img1.png"] and {r["dataset"] for r in rows} == {"b"}
     assert (selected, picture, text, title, editing_now) == (None, None, "", "", None)
     assert (preview, pending_now, view_note, bulk_note) == ([], None, "", "")
+    assert word_filter is None and term_choice == gr.update(value=None)  # a's word filter is dropped
+    assert "with “" not in summary
     assert grid.editor_action(context, editing_now, "typed after the switch", "save", None) == \
         "**Click an image in the grid first.**"
     assert grid.bulk_apply(context, pending_now) == "Preview a bulk edit first."
@@ -171,3 +174,109 @@ def test_labels_say_which_images(context):
     assert ("images shown in the grid", "selected") in mode.choices
     assert not [label for label, _ in mode.choices if label == "selected"]
     assert not [text for text in buttons if "selected" in str(text)]
+
+
+def words_dataset(context):
+    folder = context.workspace.datasets / "words"
+    folder.mkdir(parents=True)
+    captions = {"a.png": "blkstyle, red hair, smiling", "b.png": "blkstyle, Red Hair, frekles",
+                "c.png": "red hair, smiling", "d.png": None, "e.png": "A red umbrella in the rain."}
+    for i, (image, text) in enumerate(captions.items()):
+        Image.new("RGB", (24, 24), (200, 20 * i, 20)).save(folder / image)
+        if text is not None:
+            (folder / image).with_suffix(".txt").write_text(text)
+    return folder
+
+
+def test_the_words_panel_counts_terms_and_filters_the_grid_by_one(context):
+    from blk.caption.style import CaptionStyle, PostProcess, save_style
+
+    folder = words_dataset(context)
+    save_style(CaptionStyle(post=PostProcess(trigger="blkstyle")), dataset_style_path(folder))
+    summary, top, rare, choices = grid.word_panel(context, "words")
+    assert top[:3] == [["red hair", "tag", 3, "75%"], ["blkstyle", "tag", 2, "50%"], ["smiling", "tag", 2, "50%"]]
+    assert rare == [["frekles", "tag", "b.png"], ["rain", "word", "e.png"], ["red", "word", "e.png"],
+                    ["umbrella", "word", "e.png"]]  # "red umbrella", a phrase of one caption, is neither
+    assert "**4 caption(s)**: 3 read as tags, 1 as prose; 1 image(s) without a caption: d.png." in summary
+    assert "Trigger word “blkstyle” (the caption style's): in 2 of 4 captions; without it: c.png, e.png." in summary
+    assert choices.constructor_args["choices"][:2] == ["red hair", "blkstyle"] and "frekles" in \
+        choices.constructor_args["choices"]
+
+    table, rows, summary, page, term, picker = grid.filter_by_word(context, " Red  HAIR ", "words", "all", "", False,
+                                                                   "name", False, 2, 2)  # was on page 2
+    assert [row[0] for row in table] == ["a.png", "b.png"] and page == 1  # from the first page
+    assert [r["image"] for r in rows] == ["a.png", "b.png"] and term == "red hair"
+    assert picker == gr.update(value="red hair") and "Page 1 of 2 — 3 matching with “red hair”" in summary
+    table, *_ = grid.load_page(context, "words", "all", "smil", False, "name", False, 1, 50, term)  # with the text
+    assert [row[0] for row in table] == ["a.png", "c.png"]
+    table, _, summary, _, term, picker = grid.filter_by_word(context, None, "words", *QUERY)  # Show all captions
+    assert len(table) == 5 and term is None and picker == gr.update(value=None) and "with “" not in summary
+    assert grid.filter_by_word(context, "frekles", "words", *QUERY)[0][0][0] == "b.png"  # a rare one: its image
+
+    assert grid.word_panel(context, None)[0] == "Choose a dataset to see how its captions use words."
+    assert grid.word_panel(context, "../outside")[1:3] == ([], [])
+
+
+def test_the_words_panel_is_counted_again_after_an_edit_and_a_bulk_apply_and_only_while_open(context):
+    words_dataset(context)
+    assert all(is_unchanged(update) for update in grid.refresh_words(context, False, "words"))  # closed
+    table, rows, *_ = grid.load_page(context, "words", *QUERY)
+    table[1][1] = "blkstyle, red hair, freckles"  # the typo corrected in the grid
+    assert grid.save_edits(context, "words", table, rows) == "Saved 1 caption(s)."
+    _, top, rare, _ = grid.refresh_words(context, True, "words")
+    assert ["freckles", "tag", "b.png"] in rare and not [r for r in rare if r[0] == "frekles"]
+    _, pending, _ = grid.bulk_preview(context, "words", "the whole dataset", [], "replace", "red hair", "auburn hair",
+                                      False, True, "", "", "")
+    assert grid.bulk_apply(context, pending).startswith("Applied to 3 caption(s)")
+    _, top, _, _ = grid.refresh_words(context, True, "words")
+    counts = {row[0]: row[2] for row in top}
+    assert counts["auburn hair"] == 3 and "red hair" not in counts
+
+
+def test_every_change_of_captions_counts_the_words_again(context):
+    with gr.Blocks() as demo:
+        caption.build(context)
+    blocks = list(demo.blocks.values())
+
+    def by_id(elem_id):
+        return next(b for b in blocks if getattr(b, "elem_id", None) == elem_id)
+
+    table, words_summary, panel = by_id("blk-caption-grid"), by_id("blk-words-summary"), by_id("blk-words")
+    pickers = {by_id(name)._id for name in ("blk-words-top", "blk-words-rare", "blk-words-term", "blk-words-all")}
+    fns = list(demo.fns.values())
+    grid_shown = [f for f in fns if table in f.outputs and not {t[0] for t in f.targets if t} & pickers]
+    assert len(grid_shown) >= 9  # Show, a dataset chosen, a batch, Save edits, Save/Approve/Restore, Apply, Undo
+    for f in grid_shown:
+        after = [g for g in fns if g.trigger_after == f._id]
+        assert [g for g in after if words_summary in g.outputs], f.name
+    opened = [f for f in fns if (panel._id, "expand") in f.targets]
+    assert len(opened) == 1 and words_summary in opened[0].outputs
+    assert not panel.open  # closed until asked for
+
+
+def test_history_shows_a_version_before_restoring_it_and_names_edits_and_approvals(context):
+    """Choosing a History version shows its whole text (Restore then puts it back); the list says edited and
+    approved, not the source twice; moving to another image clears the last image's note."""
+    folder = make_dataset(context, "h", count=2, caption="a red circle")
+    store = CaptionStore(folder)
+    first = store.read("img0.png")
+    edited = store.save("img0.png", "a red circle, thin ink line", first.hash)
+    store.approve("img0.png", edited.hash)
+    _, _, _, versions, editing = grid.view(context, "h", "img0.png")
+    labels = [label for label, _ in versions.choices]
+    assert [label.split(" — ")[1] for label in labels] == ["approved", "edited", "edited (found on disk)"], labels
+    oldest = versions.choices[-1][1]
+    note = grid.preview_version(context, editing, oldest)
+    assert "edited (found on disk):** a red circle  \n*Restore this version* puts it back." in note
+    assert grid.preview_version(context, editing, None) == "" and grid.preview_version(None, None, oldest) == ""
+    assert "no longer in the history" in grid.preview_version(context, editing, "0123456789ab")
+
+    with gr.Blocks() as demo:
+        caption.build(context)
+    view_notes = [c for c in demo.blocks.values() if isinstance(c, gr.Markdown)]
+    history = next(c for c in demo.blocks.values() if getattr(c, "label", None) == "History (newest first)")
+    previewers = listeners(demo, history, "input")
+    assert len(previewers) == 1 and previewers[0].outputs[0] in view_notes
+    note_box = previewers[0].outputs[0]
+    selected = [f for f in demo.fns.values() if note_box in f.outputs and len(f.outputs) == 1 and not f.inputs]
+    assert selected and selected[0].fn() == ""  # a new image clears it

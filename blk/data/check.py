@@ -9,7 +9,6 @@ over budget; exact duplicates (same content hash) and near-duplicates
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from blk import atomic
 from blk.data import images
 from blk.data.captions import CaptionStore
 from blk.data.scan import ImageRecord, meta_dir, scan
+from blk.data.word_stats import whole_word
 from blk.errors import BadImage
 
 NEAR_DUPLICATE_BITS = 6  # pHash Hamming distance (of 64) at or under which images may be near-duplicates
@@ -140,7 +140,7 @@ def check_dataset(dataset: str | Path, tokenizers: dict[str, object] | None = No
     report.exact_duplicates = _exact_duplicates(usable)
     report.near_duplicates = _near_duplicates(dataset, usable)
     if trigger:
-        pattern = re.compile(r"(?<!\w)" + re.escape(trigger) + r"(?!\w)", re.IGNORECASE)
+        pattern = whole_word(trigger)  # the Words panel's rule too
         report.trigger_missing = [rel for rel, text in captions.items() if not pattern.search(text)]
     return report
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 from blk.data.captions import CaptionStore
 from blk.data.scan import scan
+from blk.data.word_stats import has_term, normalize_term
 from blk.errors import UserError
 
 SortKey = Literal["name", "status", "tokens", "length"]
@@ -38,6 +39,7 @@ class GridQuery:
     descending: bool = False
     page: int = 1
     page_size: int = 50
+    term: str = ""  # a word, tag or phrase: only captions containing it, by blk.data.word_stats's rule
 
 
 @dataclass(frozen=True)
@@ -78,12 +80,15 @@ def query_grid(dataset: str | Path, query: GridQuery, counter: TokenCounter | No
     for _, status in snapshot.values():
         counts[status] = counts.get(status, 0) + 1
     matcher = _matcher(query)
+    term = normalize_term(query.term)
     rows = []
     for image in images:
         caption, status = snapshot[image]
         if query.status != "all" and status != query.status:
             continue
         if matcher and not (matcher(caption.text) or matcher(image)):
+            continue
+        if term and not has_term(caption.text, term):
             continue
         tokens = counter.count(caption.text) if counter else ()
         rows.append(GridRow(image, caption.text, status, caption.hash, tokens, bool(counter and counter.over(tokens))))

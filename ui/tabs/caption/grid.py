@@ -1,4 +1,4 @@
-"""The curators' grid: edit captions in place, approve, restore, bulk edit with preview and undo.
+"""The curators' grid: edit captions in place, approve, restore, bulk edit with preview and undo; the Words panel.
 
 Each shown row remembers the hash its caption had when read; a save that
 started from an older version is refused as a conflict and both texts are
@@ -6,6 +6,11 @@ kept in the history (the engine's caption store does this). Rows, the large
 view's caption and a bulk preview also remember their dataset: a save or an
 apply writes into the dataset the text came from, whatever the dropdown shows
 now, and choosing another dataset clears them.
+
+The Words panel (closed at first) counts the terms of the dataset's captions on disk
+(`blk.data.word_stats`); it is counted again when opened and, while open, after everything
+that refreshes the grid (a save, a bulk apply or undo, a caption batch, Show). Clicking a term
+filters the grid to the captions that contain it (`GridQuery.term`, the same rule as the counts).
 """
 
 from __future__ import annotations
@@ -17,10 +22,21 @@ from ui.context import StudioContext
 STATUSES = ["all", "none", "machine", "edited", "approved"]
 SORTS = ["name", "status", "tokens", "length"]
 HEADERS = ["image", "caption", "status", "tokens", "over budget"]
+TOP_HEADERS = ["word or tag", "kind", "captions", "share"]
+RARE_HEADERS = ["word or tag", "kind", "image"]
+TOP_TERMS = 50
+RARE_SHOWN = 200
+MISSING_NAMED = 10
+WORD_RULES = (
+    "A caption reads as **tags** when it has two or more comma-separated parts and at least 3 in 4 of them "
+    "are three words or fewer: whole tags are counted. Otherwise it reads as **prose**: words are counted "
+    "(case ignored, common English words such as *a, the, with* left out), and two-word phrases that at least "
+    "two captions share. A caption counts once per term. Click a term to show only the captions that contain it."
+)
 
 
-def load_page(context: StudioContext, name, status, text, regex, sort, descending, page, page_size):
-    """Rows for the table, the rows' base hashes (state), and a summary line."""
+def load_page(context: StudioContext, name, status, text, regex, sort, descending, page, page_size, term=None):
+    """Rows for the table, the rows' base hashes (state), and a summary line. `term`: the Words panel's filter."""
     from blk.data.grid import GridQuery, query_grid
     from blk.errors import UserError
 
@@ -28,7 +44,8 @@ def load_page(context: StudioContext, name, status, text, regex, sort, descendin
         folder = context.captioning.dataset(name)
         result = query_grid(folder, GridQuery(status=status, text=text or "", regex=bool(regex), sort=sort,
                                               descending=bool(descending), page=int(page or 1),
-                                              page_size=int(page_size)), context.captioning.token_counter())
+                                              page_size=int(page_size), term=term or ""),
+                            context.captioning.token_counter())
     except UserError as exc:
         return [], [], f"**{exc}**", 1
     table = [[r.image, r.caption, r.status, " / ".join(str(n) for n in r.tokens), "⚠ over" if r.over_budget else ""]
@@ -36,8 +53,72 @@ def load_page(context: StudioContext, name, status, text, regex, sort, descendin
     state = [{"image": r.image, "caption": r.caption, "hash": r.hash, "dataset": name} for r in result.rows]
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
     labels = " / ".join(context.captioning.token_counter().labels)
-    summary = f"Page {result.page} of {result.pages} — {result.total} matching. Dataset: {counts}. Tokens: {labels}."
+    only = f" with “{term}”" if term else ""
+    summary = f"Page {result.page} of {result.pages} — {result.total} matching{only}. Dataset: {counts}. Tokens: {labels}."
     return table, state, summary, result.page
+
+
+def word_panel(context: StudioContext, name):
+    """The Words panel of a dataset: a summary, the most frequent terms, the rare ones, and the terms to pick."""
+    from blk.data.word_stats import dataset_word_stats
+    from blk.errors import UserError
+
+    if not name:
+        return "Choose a dataset to see how its captions use words.", [], [], gr.Dropdown(choices=[])
+    try:
+        stats = dataset_word_stats(context.captioning.dataset(name), top=TOP_TERMS)
+    except UserError as exc:
+        return f"**{exc}**", [], [], gr.Dropdown(choices=[])
+    missing = len(stats.missing)
+    lines = [f"**{stats.captioned} caption(s)**: {stats.tag_style} read as tags, {stats.prose} as prose; "
+             f"{missing} image(s) without a caption{_named(stats.missing)}. "
+             f"{stats.distinct} different words, tags and phrases; {len(stats.rare)} in one caption only."]
+    if stats.trigger:
+        line = (f"Trigger word “{stats.trigger}” (the caption style's): in {stats.trigger_covered} of "
+                f"{stats.captioned} captions")
+        lines.append(line + (f"; without it: {_named(stats.trigger_missing, '')}." if stats.trigger_missing else "."))
+    else:
+        lines.append("The caption style has no trigger word.")
+    top = [[t.term, t.kind, t.captions, _share(t.share)] for t in stats.top]
+    rare = [[t.term, t.kind, t.image] for t in stats.rare[:RARE_SHOWN]]
+    if len(stats.rare) > RARE_SHOWN:
+        lines.append(f"The first {RARE_SHOWN} of {len(stats.rare)} rare terms are shown (alphabetical); "
+                     "type any term below to filter by it.")
+    terms = list(dict.fromkeys([row[0] for row in top] + [row[0] for row in rare]))
+    return "\n\n".join(lines), top, rare, gr.Dropdown(choices=terms)
+
+
+def refresh_words(context: StudioContext, is_open, name):
+    """The Words panel again after the captions may have changed; nothing is counted while it is closed."""
+    if not is_open:
+        return gr.update(), gr.update(), gr.update(), gr.update()
+    return word_panel(context, name)
+
+
+def filter_by_word(context: StudioContext, term, name, status, text, regex, sort, descending, page, page_size):
+    """The grid's first page of captions containing `term` (None or empty: all), the filter kept, and the picker."""
+    from blk.data.word_stats import normalize_term
+
+    term = normalize_term(term) or None
+    return (*load_page(context, name, status, text, regex, sort, descending, 1, page_size, term), term,
+            gr.update(value=term))
+
+
+def picked_term(evt: gr.SelectData):
+    """The term of the row clicked in a Words table."""
+    row = evt.row_value if isinstance(evt.row_value, (list, tuple)) else None
+    return str(row[0]) if row else None
+
+
+def _share(share: float) -> str:
+    return f"{share:.0%}" if share >= 0.01 or share == 0 else "<1%"
+
+
+def _named(images: list[str], lead: str = ": ") -> str:
+    if not images:
+        return ""
+    more = f" and {len(images) - MISSING_NAMED} more" if len(images) > MISSING_NAMED else ""
+    return lead + ", ".join(images[:MISSING_NAMED]) + more
 
 
 def save_edits(context: StudioContext, name, table, state) -> str:
@@ -70,10 +151,28 @@ def save_edits(context: StudioContext, name, table, state) -> str:
     return note
 
 
+def preview_version(context: StudioContext, editing, version_id) -> str:
+    """The whole text of the History version chosen, before "Restore this version" puts it back."""
+    from blk.data.captions import CaptionStore, version_label
+    from blk.errors import UserError
+
+    if not editing or not version_id:
+        return ""
+    try:
+        store = CaptionStore(context.captioning.dataset(editing["dataset"]))
+        version = next((v for v in store.versions(editing["image"]) if v["id"] == version_id), None)
+    except (UserError, OSError) as exc:
+        return f"**{exc}**"
+    if version is None:
+        return "That version is no longer in the history."
+    text = version["text"] or "(no caption)"
+    return f"**{version['t']} — {version_label(version)}:** {text}  \n*Restore this version* puts it back."
+
+
 def view(context: StudioContext, name, image):
     """The large view of one image: picture, caption, status, its versions, and what the editor holds
     (dataset, image, hash read) for a later save."""
-    from blk.data.captions import CaptionStore
+    from blk.data.captions import CaptionStore, version_label
     from blk.data.scan import ImageRecord, file_sha256
     from blk.data.thumbnails import thumbnail
     from blk.errors import UserError
@@ -89,7 +188,7 @@ def view(context: StudioContext, name, image):
         picture = str(thumbnail(folder, record, size=768))
     except (UserError, OSError) as exc:
         return None, "", f"**{exc}**", gr.Dropdown(choices=[], value=None), None
-    versions = [(f"{v['t']} — {v['source']}{' (refused)' if v.get('conflict') else ''} — {v['text'][:60]}", v["id"])
+    versions = [(f"{v['t']} — {version_label(v)} — {v['text'][:60]}", v["id"])
                 for v in reversed(store.versions(image))]
     warning = f" — {caption.warning}" if caption.warning else ""
     editing = {"dataset": name, "image": image, "hash": caption.hash}
@@ -202,10 +301,11 @@ def bulk_undo(context: StudioContext, name) -> str:
     return note
 
 
-def switch_dataset(context: StudioContext, *query):
+def switch_dataset(context: StudioContext, name, status, text, regex, sort, descending, page, page_size, term=None):
     """Another dataset chosen: its first page, and nothing left of the previous one (the clicked image,
-    the large view, a pending bulk preview)."""
-    return (*load_page(context, *query), None, *view(context, None, None), "", [], None, "")
+    the large view, a pending bulk preview, the Words panel's filter)."""
+    return (*load_page(context, name, status, text, regex, sort, descending, page, page_size), None,
+            *view(context, None, None), "", [], None, "", None, gr.update(value=None))
 
 
 def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State, rows_state: gr.State,
@@ -219,6 +319,20 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
         page = gr.Number(value=1, precision=0, label="Page", scale=0, min_width=80)
         page_size = gr.Dropdown([25, 50, 100, 200], value=50, label="Rows", scale=0, min_width=90)
         refresh = gr.Button("Show", variant="primary", scale=0, min_width=80)
+    with gr.Accordion("Words: how the captions use words and tags", open=False, elem_id="blk-words") as words_box:
+        gr.Markdown(WORD_RULES)
+        words_summary = gr.Markdown(elem_id="blk-words-summary")
+        with gr.Row():
+            top_terms = gr.Dataframe(headers=TOP_HEADERS, interactive=False, max_height=320, elem_id="blk-words-top",
+                                     label=f"Most frequent (up to {TOP_TERMS}); click one to filter the grid")
+            rare_terms = gr.Dataframe(headers=RARE_HEADERS, interactive=False, max_height=320, elem_id="blk-words-rare",
+                                      label="In one caption only (a typo? a one-off?); click one to see it")
+        with gr.Row():
+            term_choice = gr.Dropdown(choices=[], value=None, allow_custom_value=True, scale=3, elem_id="blk-words-term",
+                                      label="Show only captions with this word, tag or phrase")
+            all_terms = gr.Button("Show all captions", size="sm", scale=0, min_width=160, elem_id="blk-words-all")
+    words_open = gr.State(False)  # counted only while the panel is open
+    word_filter = gr.State(None)  # the term the grid is filtered by (not part of the grid_page API)
     summary = gr.Markdown()
     table = gr.Dataframe(headers=HEADERS, interactive=True, static_columns=[0, 2, 3, 4], wrap=True,
                          column_widths=["18%", "57%", "9%", "9%", "7%"], label="Captions (edit in place)",
@@ -268,20 +382,45 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
             undo = gr.Button("Undo last bulk edit", size="sm")
         bulk_note = gr.Markdown()
 
-    query = [dataset, status, text, regex, sort, descending, page, page_size]
+    query = [dataset, status, text, regex, sort, descending, page, page_size, word_filter]
     shown = [table, rows_state, summary, page]
+    words = [words_summary, top_terms, rare_terms, term_choice]
 
     def show(*args):
         return load_page(context, *args)
 
+    def count_words(is_open, name):
+        return refresh_words(context, is_open, name)
+
+    def shown_again(event):
+        """The grid again, then the Words panel (if open): after anything that may have changed captions."""
+        return event.then(show, inputs=query, outputs=shown).then(count_words, inputs=[words_open, dataset],
+                                                                  outputs=words)
+
     large = [picture, caption, title, versions, editing]
-    refresh.click(show, inputs=query, outputs=shown, api_name="grid_page")
+    refresh.click(show, inputs=query, outputs=shown, api_name="grid_page").then(
+        count_words, inputs=[words_open, dataset], outputs=words)
     dataset.change(lambda *q: switch_dataset(context, *q), inputs=query,
-                   outputs=shown + [selected_image] + large + [view_note, preview, pending, bulk_note])
-    after_batch.then(show, inputs=query, outputs=shown)
-    save.click(lambda n, t, s: save_edits(context, n, t, s), inputs=[dataset, table, rows_state], outputs=note,
-               api_name="grid_save").then(show, inputs=query, outputs=shown
-                                          ).then(lambda e: reread(context, e), inputs=editing, outputs=large)
+                   outputs=shown + [selected_image] + large + [view_note, preview, pending, bulk_note, word_filter,
+                                                               term_choice]
+                   ).then(count_words, inputs=[words_open, dataset], outputs=words)
+    shown_again(after_batch)
+    shown_again(save.click(lambda n, t, s: save_edits(context, n, t, s), inputs=[dataset, table, rows_state],
+                           outputs=note, api_name="grid_save"
+                           ).then(lambda e: reread(context, e), inputs=editing, outputs=large))
+
+    words_box.expand(lambda n: (True, *word_panel(context, n)), inputs=dataset, outputs=[words_open] + words)
+    words_box.collapse(lambda: False, outputs=words_open)
+    filtered = shown + [word_filter, term_choice]
+
+    def pick(name, status_, text_, regex_, sort_, descending_, page_, page_size_, evt: gr.SelectData):
+        return filter_by_word(context, picked_term(evt), name, status_, text_, regex_, sort_, descending_, page_,
+                              page_size_)
+
+    for terms_table in (top_terms, rare_terms):
+        terms_table.select(pick, inputs=query[:-1], outputs=filtered)
+    term_choice.input(lambda t, *q: filter_by_word(context, t, *q), inputs=[term_choice] + query[:-1], outputs=filtered)
+    all_terms.click(lambda *q: filter_by_word(context, None, *q), inputs=query[:-1], outputs=filtered)
 
     def on_select(state, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -289,13 +428,14 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
 
     table.select(on_select, inputs=rows_state, outputs=selected_image)
     selected_image.change(lambda n, img: view(context, n, img), inputs=[dataset, selected_image], outputs=large)
+    selected_image.change(lambda: "", outputs=view_note, show_progress="hidden")  # the last image's note is history
+    versions.input(lambda e, v: preview_version(context, e, v), inputs=[editing, versions], outputs=view_note)
     previous.click(lambda s, img: step(s, img, -1), inputs=[rows_state, selected_image], outputs=selected_image)
     next_.click(lambda s, img: step(s, img, +1), inputs=[rows_state, selected_image], outputs=selected_image)
     for button, action in ((save_one, "save"), (approve, "approve"), (restore, "restore")):
-        button.click(lambda e, t, v, action=action: editor_action(context, e, t, action, v),
-                     inputs=[editing, caption, versions], outputs=view_note,
-                     ).then(lambda e: reread(context, e), inputs=editing, outputs=large
-                            ).then(show, inputs=query, outputs=shown)
+        shown_again(button.click(lambda e, t, v, action=action: editor_action(context, e, t, action, v),
+                                 inputs=[editing, caption, versions], outputs=view_note,
+                                 ).then(lambda e: reread(context, e), inputs=editing, outputs=large))
 
     bulk_inputs = [dataset, scope, rows_state]
     bulk_fields = [find, replace, bulk_regex, ignore_case, prefix, suffix, trigger]
@@ -303,6 +443,6 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
                          (preview_remove, "trigger-remove")):
         button.click(lambda n, sc, st, *f, kind=kind: bulk_preview(context, n, sc, st, kind, *f),
                      inputs=bulk_inputs + bulk_fields, outputs=[preview, pending, bulk_note])
-    apply.click(lambda p: bulk_apply(context, p), inputs=pending, outputs=bulk_note
-                ).then(lambda: ([], None), outputs=[preview, pending]).then(show, inputs=query, outputs=shown)
-    undo.click(lambda n: bulk_undo(context, n), inputs=dataset, outputs=bulk_note).then(show, inputs=query, outputs=shown)
+    shown_again(apply.click(lambda p: bulk_apply(context, p), inputs=pending, outputs=bulk_note
+                            ).then(lambda: ([], None), outputs=[preview, pending]))
+    shown_again(undo.click(lambda n: bulk_undo(context, n), inputs=dataset, outputs=bulk_note))
