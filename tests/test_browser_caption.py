@@ -57,6 +57,10 @@ def test_edit_a_caption_in_the_grid_and_see_it_after_reload(tmp_path, shared_wor
             page.keyboard.press("Alt+ArrowRight")
             expect(page.get_by_text("ink 1.png — edited")).to_be_visible()
             expect(page.locator("#blk-large-caption textarea")).to_have_value("a machine caption")
+            thumbnails = page.locator("#blk-caption-thumbs img")
+            expect(thumbnails).to_have_count(3)  # the page's images, in the grid's order
+            thumbnails.nth(2).click()  # a thumbnail opens its image large too
+            expect(page.get_by_text("ink 2.png — edited")).to_be_visible()
 
             page.get_by_text("Words: how the captions use words and tags").click()  # counted when opened
             expect(page.locator("#blk-words-summary")).to_contain_text("2 caption(s): 0 read as tags, 2 as prose")

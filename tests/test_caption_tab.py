@@ -280,3 +280,27 @@ def test_history_shows_a_version_before_restoring_it_and_names_edits_and_approva
     note_box = previewers[0].outputs[0]
     selected = [f for f in demo.fns.values() if note_box in f.outputs and len(f.outputs) == 1 and not f.inputs]
     assert selected and selected[0].fn() == ""  # a new image clears it
+
+
+def test_the_grid_shows_thumbnails_of_its_page_and_a_click_opens_one(context):
+    """The page's images as small thumbnails in the grid's order; clicking one opens that image in the large view
+    (found by its name: a file that cannot be read has no thumbnail, so positions may differ from rows)."""
+    folder = make_dataset(context, "t", count=3)
+    _, rows, *_ = grid.load_page(context, "t", *QUERY)
+    shown = grid.page_thumbnails(context, rows)
+    assert [name for _, name in shown] == ["img0.png", "img1.png", "img2.png"]
+    for path, name in shown:
+        with Image.open(path) as im:
+            assert max(im.size) <= grid.THUMBNAIL_SIZE
+            source = Image.open(folder / name).convert("RGB").resize(im.size)
+            assert im.convert("RGB").getpixel((0, 0)) == source.getpixel((0, 0))  # that image, not another
+    assert grid.page_thumbnails(context, []) == []
+    assert grid.thumbnail_image(rows, {"image": {"path": shown[1][0]}, "caption": "img1.png"}) == "img1.png"
+    assert grid.thumbnail_image(rows, {"caption": "elsewhere.png"}) is None and grid.thumbnail_image(rows, None) is None
+
+    with gr.Blocks() as demo:
+        caption.build(context)
+    strip = next(c for c in demo.blocks.values() if getattr(c, "elem_id", None) == "blk-caption-thumbs")
+    rows_states = [f for f in demo.fns.values() if strip in f.outputs]
+    assert len(rows_states) == 1 and rows_states[0].targets[0][1] == "change"
+    assert len(listeners(demo, strip, "select")) == 1

@@ -58,6 +58,42 @@ def load_page(context: StudioContext, name, status, text, regex, sort, descendin
     return table, state, summary, result.page
 
 
+THUMBNAIL_SIZE = 128  # px, the longer side of the page's thumbnails (cached in the dataset's .blk/thumbs/)
+
+
+def page_thumbnails(context: StudioContext, rows) -> list[tuple[str, str]]:
+    """Thumbnails of the rows the grid shows, in its order: the artist sees the images they are captioning
+    without opening each one. A file that cannot be read shows no thumbnail (its row says why in Check)."""
+    from blk.data.scan import scan
+    from blk.data.thumbnails import thumbnail
+    from blk.errors import UserError
+
+    if not rows:
+        return []
+    try:
+        folder = context.captioning.dataset(rows[0]["dataset"])
+    except UserError:
+        return []
+    records = {record.rel: record for record in scan(folder)}
+    shown = []
+    for row in rows:
+        record = records.get(row["image"])
+        if record is None or not record.ok:
+            continue
+        try:
+            shown.append((str(thumbnail(folder, record, size=THUMBNAIL_SIZE)), row["image"]))
+        except (UserError, OSError):
+            continue
+    return shown
+
+
+def thumbnail_image(rows, selected) -> str | None:
+    """The image of a thumbnail clicked, read from its caption (the image's name: an unreadable file has no
+    thumbnail, so positions in the strip and rows of the grid may differ)."""
+    caption = selected.get("caption") if isinstance(selected, dict) else None
+    return caption if caption and any(row["image"] == caption for row in rows or []) else None
+
+
 def word_panel(context: StudioContext, name):
     """The Words panel of a dataset: a summary, the most frequent terms, the rare ones, and the terms to pick."""
     from blk.data.word_stats import dataset_word_stats
@@ -334,6 +370,9 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
     words_open = gr.State(False)  # counted only while the panel is open
     word_filter = gr.State(None)  # the term the grid is filtered by (not part of the grid_page API)
     summary = gr.Markdown()
+    with gr.Accordion("Thumbnails of this page (click one to open it large)", open=True):
+        thumbs = gr.Gallery(columns=10, height=170, object_fit="contain", allow_preview=False, show_label=False,
+                            elem_id="blk-caption-thumbs")
     table = gr.Dataframe(headers=HEADERS, interactive=True, static_columns=[0, 2, 3, 4], wrap=True,
                          column_widths=["18%", "57%", "9%", "9%", "7%"], label="Captions (edit in place)",
                          elem_id="blk-caption-grid")
@@ -427,6 +466,13 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
         return state[row]["image"] if state and 0 <= row < len(state) else None
 
     table.select(on_select, inputs=rows_state, outputs=selected_image)
+    # the page's thumbnails follow whatever changed the rows (a page, a filter, a save, another dataset)
+    rows_state.change(lambda rows: page_thumbnails(context, rows), inputs=rows_state, outputs=thumbs,
+                      show_progress="hidden")
+    def on_thumbnail(rows, evt: gr.SelectData):
+        return thumbnail_image(rows, evt.value)
+
+    thumbs.select(on_thumbnail, inputs=rows_state, outputs=selected_image)
     selected_image.change(lambda n, img: view(context, n, img), inputs=[dataset, selected_image], outputs=large)
     selected_image.change(lambda: "", outputs=view_note, show_progress="hidden")  # the last image's note is history
     versions.input(lambda e, v: preview_version(context, e, v), inputs=[editing, versions], outputs=view_note)
