@@ -728,3 +728,31 @@ def test_opening_train_chooses_the_dataset_open_in_caption(context):
     caption_dataset, train_dataset = carried[0]["inputs"]
     assert train_dataset in datasets and caption_dataset != train_dataset
     assert components[caption_dataset]["type"] == "dropdown"
+
+
+def test_a_resume_that_failed_while_loading_adds_no_training_time(context):
+    """The error of a resume that failed before it started (`_record_failure`, no "resumed" first) sits in the
+    pause: it does not stretch the stopped attempt's span to the failure an hour later."""
+    folder = run_folder(context.workspace.runs, steps=6)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses([1, 2], base=1.0)
+    log("status", 2, status="stopped")  # 3 s of training
+    log("error", 2, dt=3600, message="The model file is missing.")
+    log("status", 2, dt=60, status="resumed")
+    log.losses([3], base=1.0)  # 1 s more
+    assert view_run(folder, 6).elapsed_seconds == pytest.approx(4.0)
+
+
+def test_the_sample_now_note_clears_once_its_samples_are_in(context):
+    folder = run_folder(context.workspace.runs)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses([1, 2, 3], base=1.0)
+    atomic.write_json(folder / "process.json", {"pid": os.getpid(), "started": 0})  # still running
+    note = "Samples of r come at the end of its current step (step 4)."
+    assert train.settled_note(context, "r", note) == gr.update()
+    sample(log, folder, 3)  # an earlier step's samples are not the ones asked for
+    assert train.settled_note(context, "r", note) == gr.update()
+    sample(log, folder, 4, asked=True)
+    assert run_info(folder).status == "running" and train.settled_note(context, "r", note) == ""

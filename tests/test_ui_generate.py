@@ -279,10 +279,11 @@ def test_opening_review_chooses_the_newest_run_when_none_is_chosen(workspace):
     demo = build_app(context)
     run = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "blk-review-run")
     tab = next(b for b in demo.blocks.values() if type(b).__name__ == "Tab" and b.label == "Review")
-    chooser, = [fn for fn in dependencies(demo, tab, "select") if fn.inputs == [run]]
-    assert chooser.outputs == [run]
-    assert chooser.fn(None).value == "trained-now"
-    assert chooser.fn("older") == {"__type__": "update"}  # the artist's choice stays
+    chooser, = [fn for fn in dependencies(demo, tab, "select") if fn.outputs == [run]]
+    assert chooser.inputs[0] is run and len(chooser.inputs) == 2  # the run and the loose LoRA files
+    assert chooser.fn(None, []).value == "trained-now"
+    assert chooser.fn("older", []) == {"__type__": "update"}  # the artist's choice stays
+    assert chooser.fn(None, ["models/loras/loose.safetensors"]) == {"__type__": "update"}  # a loose-file review too
 
 
 def test_a_pick_after_a_finished_blind_test_keeps_the_tally(shared_workspace, trained_run):

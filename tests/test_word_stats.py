@@ -162,3 +162,18 @@ def test_the_grid_word_filter_shows_exactly_the_captions_a_count_counts(tmp_path
     assert query_grid(folder, GridQuery(term="red", status="none", page_size=100)).total == 0  # both apply
     assert has_term("Red roof, crow", "red roof") and not has_term("Red roof, crow", "roof")
     assert normalize_term("  Looking  AT viewer. ") == "looking at viewer"
+
+
+def test_any_mark_between_words_breaks_a_phrase():
+    """Dashes, ellipses, ampersands, asterisks and underscores end a phrase like commas do ("no punctuation
+    between them"); inner hyphens and apostrophes keep a word whole; a typed trailing apostrophe still matches."""
+    from blk.data.word_stats import _read, normalize_term
+
+    for text, false_phrase in (("a sleeping cat — curled dog", "cat curled"), ("fox & hound", "fox hound"),
+                               ("red – blue", "red blue"), ("moon … tide", "moon tide"), ("ink*wash", "ink wash"),
+                               ("ink_wash", "ink wash"), ("stone - path", "stone path")):
+        _, terms = _read(text)
+        assert false_phrase not in terms, (text, terms)
+    _, terms = _read("the artist's black-and-white study")
+    assert {"artist's", "black-and-white", "black-and-white study"} <= terms
+    assert normalize_term("Artists' ") == "artists" and "artists" in _read("the artists' studio")[1]

@@ -31,8 +31,8 @@ def build_app(context: StudioContext) -> gr.Blocks:
         send_between_tabs(tabs, sketched, stenciled, upscaled)
         train_tab.select(carry_dataset, inputs=[captioned["dataset"], trained["dataset"]],
                          outputs=trained["dataset"], show_progress="hidden", queue=False)
-        choose, run = reviewed["on_open"]
-        review_tab.select(choose, inputs=run, outputs=run, show_progress="hidden", queue=False)
+        choose, chosen, run = reviewed["on_open"]
+        review_tab.select(choose, inputs=chosen, outputs=run, show_progress="hidden", queue=False)
         for tab, built in ((caption_tab, captioned), (train_tab, trained), (sketch_tab, sketched),
                            (stencil_tab, stenciled),
                            (upscale_tab, upscaled), (review_tab, reviewed)):

@@ -203,8 +203,9 @@ def _colour_gap(a: list[int], b: list[int]) -> float:
 def _signatures(dataset: Path, records: list[ImageRecord]) -> dict[str, tuple[int, list[int]]]:
     """(64-bit pHash, 4×4 RGB grid) per content hash, cached in `.blk/similarity.json`.
 
-    Transparent pixels are seen over the caption style's background (neutral grey), as the captioning
-    model sees them — not black, which would make a drawing on transparency match an all-black image."""
+    Transparent pixels are seen over the default caption background (a neutral grey, whatever a dataset's
+    own style says, so that signatures never depend on it) — not black, which would make a drawing on
+    transparency match an all-black image."""
     import imagehash
     from PIL import Image
 

@@ -47,7 +47,9 @@ many few one's own same s t
 """.split())
 
 TAG_WORDS_MAX = 3  # a comma-separated part of at most this many words reads as a tag
-_TOKEN = re.compile(r"([^\W_]+(?:['-][^\W_]+)*)|[,.;:!?()\[\]{}\"“”«»\n\r\t|/]+")  # a word, or a break
+# a word (letters and digits, inner ' or -), or a break: any other mark (— – … & * _ and a lone - too), so
+# "a cat — curled dog" has no phrase "cat curled"
+_TOKEN = re.compile(r"([^\W_]+(?:['-][^\W_]+)*)|[^\w\s]+|_+")
 _TAG_END = " \t.;:!?"
 
 TAG, WORD, PHRASE = "tag", "word", "phrase"
@@ -84,7 +86,7 @@ class WordStats:
 
 def normalize_term(term: str | None) -> str:
     """A typed or clicked term as the counts spell it: lower case, single spaces, no end punctuation."""
-    return " ".join((term or "").lower().replace("’", "'").split()).strip(_TAG_END)
+    return " ".join((term or "").lower().replace("’", "'").split()).strip(_TAG_END + "'")
 
 
 def is_tag_style(text: str) -> bool:

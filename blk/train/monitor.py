@@ -75,12 +75,20 @@ def continuous(events: list[dict]) -> list[dict]:
 
 
 def attempts(events: list[dict]) -> list[list[dict]]:
-    """The events split at each start or resume: one list per trainer that ran (a stopped run's pause is between)."""
+    """The events of each trainer that ran, from its start or resume to the status it ended with. What comes
+    between an end and the next start is no training time: e.g. the error of a resume that failed while
+    loading, written before any "resumed" (`runner._record_failure`)."""
     split: list[list[dict]] = []
+    running = False
     for event in events:
-        if not split or (event["kind"] == "status" and event.get("status") in ("started", "resumed")):
+        status = event.get("status") if event["kind"] == "status" else None
+        if status in ("started", "resumed") or (not split and not running):
             split.append([])
-        split[-1].append(event)
+            running = True
+        if running:
+            split[-1].append(event)
+        if status in ("stopped", "finished", "error"):
+            running = False
     return split
 
 

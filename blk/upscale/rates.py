@@ -91,22 +91,36 @@ class Pace:
     The job's tiles (the ESRGAN path's, or the diffusion path's refinement tiles) keep one pace,
     `tiles`, which is also what `record` keeps. A diffusion step's enlargement is timed on its own:
     its tiles are not among the job's, and an ESRGAN tile's seconds say nothing about a diffusion
-    tile's (nor the other way round), so its line gives the time left in that enlargement."""
+    tile's (nor the other way round), so its line gives the time left in that enlargement, and the
+    job's clock stops while it runs."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
-        self.tiles = Eta(clock)
+        self._enlarging_since: float | None = None  # when the enlargement under way began
+        self._enlarging_seconds = 0.0  # spent enlarging: kept off the job's clock
+        self.tiles = Eta(lambda: self.clock() - self._enlarging_seconds)
         self._enlargement: tuple[int, Eta] | None = None  # (its step, its pace)
+
+    def _enlargement_over(self, now: float) -> None:
+        if self._enlarging_since is not None:
+            self._enlarging_seconds += now - self._enlarging_since
+            self._enlarging_since = None
 
     def line(self, done: int, total: int, stage=None) -> str:
         """"tile 5/20, about 40 s left"; with a diffusion `Stage`: "step 2 of 2: pass A, tile 12/22, about
         3 min left", or "step 1 of 2: enlarging, tile 3 of 9, about 4 s left in this enlargement"."""
+        now = self.clock()
         if stage is not None and stage.enlarging:
             if self._enlargement is None or self._enlargement[0] != stage.step:
                 self._enlargement = (stage.step, Eta(self.clock))
+            if self._enlarging_since is None:
+                self._enlarging_since = now
             left = self._enlargement[1].left(stage.done, stage.total)
+            if stage.done >= stage.total:  # its last tile: the job's clock runs again
+                self._enlargement_over(now)
             eta = f", {say_duration(left)} left in this enlargement" if left is not None else ""
             return f"{stage.label}, tile {stage.done} of {stage.total}{eta}"
+        self._enlargement_over(now)  # one that ended without a last report (e.g. resumed past it)
         left = self.tiles.left(done, total)
         eta = f", {say_duration(left)} left" if left is not None else ""
         return f"{stage.label + ', ' if stage is not None else ''}tile {done}/{total}{eta}"

@@ -29,10 +29,11 @@ def on_load(context: StudioContext):
     return gr.Dropdown(choices=runs, value=runs[0] if runs else None)
 
 
-def choose_newest_if_none(context: StudioContext, run):
+def choose_newest_if_none(context: StudioContext, run, extra=None):
     """When the tab is opened with no run chosen (there was none when the page loaded; one was trained since),
-    the newest is chosen, as on page load; a run the artist chose stays."""
-    if run:
+    the newest is chosen, as on page load; a run the artist chose stays, and so does a review of loose LoRA
+    files alone (no run, other files chosen)."""
+    if run or extra:
         return gr.update()
     runs = run_choices(context)
     return gr.Dropdown(choices=runs, value=runs[0]) if runs else gr.update()
@@ -391,4 +392,4 @@ def build(context: StudioContext) -> dict:
                         gr.Dropdown(choices=context.base_models())),
                [run, extra, model])
     # opening the tab also chooses the newest run when none is chosen (`ui.app` wires it to the tab's select)
-    return {"on_show": on_show, "on_open": (lambda r: choose_newest_if_none(context, r), run)}
+    return {"on_show": on_show, "on_open": (lambda r, e: choose_newest_if_none(context, r, e), [run, extra], run)}

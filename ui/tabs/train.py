@@ -325,10 +325,24 @@ def settled_note(context: StudioContext, name: str, note: str):
     if not name or begins is None:
         return gr.update()
     try:
-        status = run_info(_folder(context, name)).status
+        folder = _folder(context, name)
+        status = run_info(folder).status
     except Exception:  # noqa: BLE001  (a run folder removed meanwhile: the note is history too)
         return ""
-    return "" if status in SETTLED[begins] else gr.update()
+    if status in SETTLED[begins] or (begins == "Samples of " and _samples_served(folder, note)):
+        return ""
+    return gr.update()
+
+
+def _samples_served(folder: Path, note: str) -> bool:
+    """Whether the samples "Sample now" announced for "(step N)" are in (a sample event at step N or later)."""
+    from blk.train.runner import EventLog
+
+    match = re.search(r"\(step (\d+)\)", note)
+    if not match:
+        return False
+    asked = int(match.group(1))
+    return any(e["kind"] == "sample" and e["step"] >= asked for e in EventLog(folder / "events.jsonl").read())
 
 
 def loss_axis(log_scale: bool) -> str:

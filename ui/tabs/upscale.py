@@ -209,8 +209,8 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
             result = esrgan.run(job, progress=report, cancel=cancel, log=log,
                                 on_plan=lambda p: show(p, sum(p.tiles)))
         else:
-            if enlarge_first and upscaler_path is None:
-                notes.append("No upscaler chosen, so each step enlarges with Lanczos before its passes.")
+            if enlarge_first and upscaler_path is None:  # said with the plan (notes mean a resume: see below)
+                planned.append("No upscaler chosen, so each step enlarges with Lanczos before its passes.")
             job = diffusion_job(context, image_path, output, scale, size_text, model, lora_path,
                                 upscaler_path if enlarge_first else None, tile, overlap, steps, seed, prompt,
                                 denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale)
