@@ -81,7 +81,7 @@ def test_switching_datasets_clears_the_editor_and_the_bulk_preview(context):
     assert [row[0] for row in table] == ["img0.png", "img1.png"] and {r["dataset"] for r in rows} == {"b"}
     assert (selected, picture, text, title, editing_now) == (None, None, "", "", None)
     assert (preview, pending_now, view_note, bulk_note) == ([], None, "", "")
-    assert word_filter is None and term_choice == gr.update(value=None)  # a's word filter is dropped
+    assert word_filter is None and term_choice.value is None and term_choice.choices == []  # nothing left of a's terms
     assert "with “" not in summary
     assert grid.editor_action(context, editing_now, "typed after the switch", "save", None) == \
         "**Click an image in the grid first.**"

@@ -341,7 +341,7 @@ def switch_dataset(context: StudioContext, name, status, text, regex, sort, desc
     """Another dataset chosen: its first page, and nothing left of the previous one (the clicked image,
     the large view, a pending bulk preview, the Words panel's filter)."""
     return (*load_page(context, name, status, text, regex, sort, descending, page, page_size), None,
-            *view(context, None, None), "", [], None, "", None, gr.update(value=None))
+            *view(context, None, None), "", [], None, "", None, gr.Dropdown(choices=[], value=None))
 
 
 def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State, rows_state: gr.State,
