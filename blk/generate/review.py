@@ -337,9 +337,8 @@ def save_grid(result: GridResult, spec: GridSpec, path: Path) -> Path:
 
 def grid_key(result: GridResult, spec: GridSpec) -> str:
     """Hash of everything that decides a grid PNG's bytes: its cells (each named by the hash of what decides its
-    pixels), in their places, the row and column labels, the parameters it carries and the app's version."""
+    pixels), in their places, the parameters it carries (row and column labels among them) and the app's version."""
     decided = {"cells": [[Path(path).name for path in row] for row in result.cells],
-               "rows": result.row_labels, "columns": result.column_labels,
                "parameters": grid_parameters(result, spec), "version": __version__}
     return hashlib.sha256(json.dumps(decided, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
