@@ -583,7 +583,7 @@ def test_first_error_keeps_the_yaml_path_where_there_is_no_form(tmp_path):
 
 
 def test_the_estimate_says_short_spans_in_seconds_like_the_status_line():
-    from blk.train.monitor import duration
+    from blk.timespan import duration
     from blk.train.probe import Estimate
 
     gb = 2**30

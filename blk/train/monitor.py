@@ -10,15 +10,6 @@ from blk.train.runner import EventLog
 SMOOTHING = 0.9  # exponential moving average of the loss
 
 
-def duration(seconds: float) -> str:
-    """A span of time as the Train tab and the estimate say it: seconds under two minutes, then minutes, then hours."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 @dataclass
 class RunView:
     steps: list[int] = field(default_factory=list)

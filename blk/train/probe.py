@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 
 from blk.train.config import TrainConfig
-from blk.train.monitor import duration
+from blk.timespan import duration
 from blk.workspace import Workspace
 
 PROBE_STEPS = 4

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from blk import atomic
+from blk.timespan import duration
 from blk.workspace import Workspace
 
 
@@ -44,11 +45,7 @@ def estimate_seconds(workspace: Workspace, key: str, tiles: int) -> float | None
 
 
 def say_duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"about {seconds:.0f} s"
-    if seconds < 5400:
-        return f"about {seconds / 60:.0f} min"
-    return f"about {seconds / 3600:.1f} h"
+    return f"about {duration(seconds)}"
 
 
 class Eta:

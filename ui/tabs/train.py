@@ -259,7 +259,8 @@ def watch(context: StudioContext, name: str, log_scale: bool):
     """The loss and learning-rate plots, status line, samples and checkpoints of one run."""
     import pandas as pd
 
-    from blk.train.monitor import duration, view_run
+    from blk.timespan import duration
+    from blk.train.monitor import view_run
     from blk.train.process import run_info, trainer_log_tail
 
     def loss_frame(steps, values, series):
