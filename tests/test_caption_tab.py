@@ -233,7 +233,7 @@ def test_the_words_panel_is_counted_again_after_an_edit_and_a_bulk_apply_and_onl
     assert counts["auburn hair"] == 3 and "red hair" not in counts
 
 
-def test_every_change_of_captions_counts_the_words_again(context):
+def test_every_change_of_captions_or_of_the_trigger_word_counts_the_words_again(context):
     with gr.Blocks() as demo:
         caption.build(context)
     blocks = list(demo.blocks.values())
@@ -252,6 +252,8 @@ def test_every_change_of_captions_counts_the_words_again(context):
     opened = [f for f in fns if (panel._id, "expand") in f.targets]
     assert len(opened) == 1 and words_summary in opened[0].outputs
     assert not panel.open  # closed until asked for
+    style_saved = next(f for f in fns if f.api_name == "caption_style_save")  # the trigger word may be new
+    assert [g for g in fns if g.trigger_after == style_saved._id and words_summary in g.outputs]
 
 
 def test_history_shows_a_version_before_restoring_it_and_names_edits_and_approvals(context):

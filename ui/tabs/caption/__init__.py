@@ -64,8 +64,8 @@ def build(context: StudioContext) -> dict:
     with gr.Tabs():
         with gr.Tab("Captions"):
             with gr.Accordion("Caption with a vision-language model", open=False):
-                after_batch = captioning.build(context, dataset, selected_image, rows_state)
-            grid.build(context, dataset, selected_image, rows_state, after_batch)
+                after_batch, style_saved = captioning.build(context, dataset, selected_image, rows_state)
+            grid.build(context, dataset, selected_image, rows_state, after_batch, style_saved)
         with gr.Tab("Check"):
             check.build(context, dataset)
     return {"on_show": (lambda: dataset_choices(context), [dataset]), "dataset": dataset}

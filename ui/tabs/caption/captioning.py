@@ -231,8 +231,8 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
               trigger, trigger_mode, openings, one_line]
     dataset.change(lambda n: load_style(context, n), inputs=dataset, outputs=fields + [examples])
     apply_preset.click(load_preset, inputs=preset, outputs=fields)
-    save.click(lambda n, *f: save_style(context, n, *f), inputs=[dataset] + fields, outputs=style_note,
-               api_name="caption_style_save")
+    style_saved = save.click(lambda n, *f: save_style(context, n, *f), inputs=[dataset] + fields,
+                             outputs=style_note, api_name="caption_style_save")
     start.click(lambda m: server_action(context, "start", m), inputs=model, outputs=server_status,
                 api_name="caption_server_start")
     stop.click(lambda m: server_action(context, "stop", m), inputs=model, outputs=server_status,
@@ -246,4 +246,4 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
     caption_button.click(lambda: "", outputs=cancel_note, show_progress="hidden", queue=False)
     run.then(lambda: "", outputs=cancel_note, show_progress="hidden")  # the batch's own status says how it ended
     cancel.click(context.captioning.cancel_batch, outputs=cancel_note, show_progress="hidden")
-    return run
+    return run, style_saved

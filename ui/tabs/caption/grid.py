@@ -345,7 +345,7 @@ def switch_dataset(context: StudioContext, name, status, text, regex, sort, desc
 
 
 def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State, rows_state: gr.State,
-          after_batch) -> None:
+          after_batch, style_saved) -> None:
     with gr.Row():
         status = gr.Dropdown(STATUSES, value="all", label="Status", scale=1)
         text = gr.Textbox(label="Filter (text in caption or name)", scale=3)
@@ -444,6 +444,7 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
                                                                term_choice]
                    ).then(count_words, inputs=[words_open, dataset], outputs=words)
     shown_again(after_batch)
+    style_saved.then(count_words, inputs=[words_open, dataset], outputs=words)  # its trigger word may be new
     shown_again(save.click(lambda n, t, s: save_edits(context, n, t, s), inputs=[dataset, table, rows_state],
                            outputs=note, api_name="grid_save"
                            ).then(lambda e: reread(context, e), inputs=editing, outputs=large))
