@@ -37,7 +37,12 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             page.get_by_label("Height (custom)").fill("64")
             page.locator("#blk-sketch-steps input").fill("2")
             page.locator("#blk-sketch-generate").click()
+            # the button says it is working (a second click would be dropped) while the model loads and draws
+            expect(page.locator("#blk-sketch-generate")).to_have_text("Generating…")
+            expect(page.locator("#blk-sketch-generate")).to_be_disabled()
             expect(page.locator("#blk-sketch-gallery img").first).to_be_visible(timeout=120_000)
+            expect(page.locator("#blk-sketch-generate")).to_have_text("Generate")
+            expect(page.locator("#blk-sketch-generate")).to_be_enabled()
             expect(page.locator("#blk-sketch-status")).to_contain_text(re.compile(r"1 image, seed \d+, 64×64"))
             screenshot(page, "sketch-tab")
             page.locator("#blk-sketch-gallery img").first.click()

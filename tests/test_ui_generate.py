@@ -305,3 +305,26 @@ def test_a_pick_after_a_finished_blind_test_keeps_the_tally(shared_workspace, tr
         assert note == f"This blind test is finished. {tally} Start a new test to judge more pairs."
         assert (left, right, kept) == ({"__type__": "update"},) * 3 and again == state
     assert (run / "review" / "ab.json").read_bytes() == saved
+
+
+def test_long_jobs_grey_their_button_while_they_run_and_give_it_back_however_they_end(workspace):
+    """A click during a job was dropped without a word: each long job's button now says it is working."""
+    from ui.app import build_app
+
+    demo = build_app(StudioContext(workspace, demo=True, demo_reason="test"))
+    fns = list(demo.fns.values())
+    buttons = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    busy_labels = {"blk-sketch-generate": "Generating…", "blk-stencil-generate": "Generating…",
+                   "blk-review-grid": "Making the grid…", "blk-review-compare": "Comparing…",
+                   "blk-upscale-go": "Upscaling…"}
+    for elem_id, busy_label in busy_labels.items():
+        button = buttons[elem_id]
+        clicked = [f for f in fns if (button._id, "click") in f.targets]
+        assert len(clicked) == 1 and clicked[0].outputs == [button], elem_id  # the click greys the button first
+        busy = clicked[0].fn()
+        assert busy.interactive is False and busy.value == busy_label
+        job = next(f for f in fns if f.trigger_after == clicked[0]._id)
+        after = [f for f in fns if f.trigger_after == job._id and button in f.outputs]
+        assert len(after) == 1 and not after[0].trigger_only_on_success, elem_id  # after an error or cancel too
+        idle = after[0].fn()
+        assert idle.interactive is True and idle.value == button.value

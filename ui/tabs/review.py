@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ui.busy import click_while_busy
 from ui.context import StudioContext
 
 
@@ -340,7 +341,7 @@ def build(context: StudioContext) -> dict:
                     with gr.Row():
                         prompt = gr.Textbox(label="Prompt", scale=3)
                         seed = gr.Number(1, label="Seed", precision=0)
-                    compare_button = gr.Button("Compare")
+                    compare_button = gr.Button("Compare", elem_id="blk-review-compare")
                     slider = gr.ImageSlider(label="A | B", type="filepath", buttons=["fullscreen"], max_height=700)
                     compare_note = gr.Markdown()
                 with gr.Tab("Blind A/B"):
@@ -371,13 +372,14 @@ def build(context: StudioContext) -> dict:
     extra.change(lambda r, e: on_run(context, r, e), inputs=[run, extra], outputs=run_outputs)
     refresh.click(lambda r, e: (gr.Dropdown(choices=run_choices(context)),) + on_run(context, r, e),
                   inputs=[run, extra], outputs=[run] + run_outputs)
-    grid_button.click(lambda r, *f, progress=gr.Progress(): make_grid(context, r, *f, cancel=cancel,
-                                                                      progress=progress),
-                      inputs=[run, checkpoints] + form, outputs=[grid, grid_file, grid_status], api_name="review_grid")
+    click_while_busy(grid_button, "Making the grid…",
+                     lambda r, *f, progress=gr.Progress(): make_grid(context, r, *f, cancel=cancel, progress=progress),
+                     inputs=[run, checkpoints] + form, outputs=[grid, grid_file, grid_status], api_name="review_grid")
     grid_cancel.click(cancel.set, queue=False)
-    compare_button.click(lambda r, a_, b_, p, s, *f, progress=gr.Progress():
-                         compare(context, r, a_, b_, p, s, *f, progress=progress),
-                         inputs=[run, a, b, prompt, seed] + form, outputs=[slider, compare_note])
+    click_while_busy(compare_button, "Comparing…",
+                     lambda r, a_, b_, p, s, *f, progress=gr.Progress(): compare(context, r, a_, b_, p, s, *f,
+                                                                                 progress=progress),
+                     inputs=[run, a, b, prompt, seed] + form, outputs=[slider, compare_note])
     blind_button.click(lambda r, a_, b_, *f: start_blind(context, r, a_, b_, *f), inputs=[run, a, b] + form,
                        outputs=[blind_state, left, right, blind_note])
     for button, side in ((pick_left, "left"), (pick_right, "right"), (pick_tie, "tie")):

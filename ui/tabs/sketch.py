@@ -14,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from ui import lora_stack
+from ui.busy import click_while_busy
 from ui.context import StudioContext
 from ui.form_memory import remember_form
 
@@ -170,10 +171,11 @@ def build(context: StudioContext) -> None:
 
     # the model's defaults when the artist picks a model, not when a remembered form or a PNG sets it
     model.input(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
-    go.click(lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
-             inputs=[session, model, prompt, negative, loras, megapixels, aspect, width, height, steps, guidance,
-                     seed, random_seed, count, cpu_offload, int8, vae_tiling, compile_model],
-             outputs=[results, session, status, seed], api_name="sketch_generate")
+    click_while_busy(go, "Generating…",
+                     lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
+                     inputs=[session, model, prompt, negative, loras, megapixels, aspect, width, height, steps,
+                             guidance, seed, random_seed, count, cpu_offload, int8, vae_tiling, compile_model],
+                     outputs=[results, session, status, seed], api_name="sketch_generate")
     stop.click(cancel.set, queue=False)
     source.upload(lambda f: load_parameters(context, f), inputs=source,
                   outputs=[model, prompt, negative, loras, aspect, width, height, steps, guidance, seed, random_seed,

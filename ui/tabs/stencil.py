@@ -15,6 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from ui import lora_stack
+from ui.busy import click_while_busy
 from ui.context import StudioContext
 from ui.form_memory import remember_form
 from ui.tabs.sketch import model_defaults, model_names
@@ -290,10 +291,11 @@ def build(context: StudioContext) -> None:
                     to_compose = gr.Button("Add to Compose (as the top layer)", size="sm",
                                            elem_id="blk-stencil-to-compose")
             session = gr.State([])
-            go.click(lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
-                     inputs=[session, model, prompt, role, loras, width, height, steps, guidance, seed, random_seed,
-                             count, augment, start, strength],
-                     outputs=[results, session, status, seed, chosen], api_name="stencil_generate")
+            click_while_busy(go, "Generating…",
+                             lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
+                             inputs=[session, model, prompt, role, loras, width, height, steps, guidance, seed,
+                                     random_seed, count, augment, start, strength],
+                             outputs=[results, session, status, seed, chosen], api_name="stencil_generate")
             stop.click(cancel.set, queue=False)
             # the model's steps and guidance when the artist picks it, not when the remembered form sets it
             model.input(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ui.busy import click_while_busy
 from ui.context import StudioContext
 from ui.tabs.sketch import model_names
 
@@ -322,11 +323,12 @@ def build(context: StudioContext) -> dict:
     plan_button.click(lambda *a: estimate(context, *a),
                       inputs=[image, path_kind, scale, size_text, upscaler, model, tile, overlap, steps, denoise_a,
                               denoise_b, use_c, denoise_c, final_pass, step_scale, lora], outputs=status)
-    go.click(lambda *a, progress=gr.Progress(): upscale(context, cancel, *a, progress=progress),
-             inputs=[image, path_kind, scale, size_text, upscaler, model, lora, enlarge_first, tile, overlap, steps,
-                     seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, fmt, keep_16bit, dpi,
-                     print_dpi, region_x, region_y, step_scale],
-             outputs=[slider, result_file, status, result_path], api_name="upscale")
+    click_while_busy(go, "Upscaling…",
+                     lambda *a, progress=gr.Progress(): upscale(context, cancel, *a, progress=progress),
+                     inputs=[image, path_kind, scale, size_text, upscaler, model, lora, enlarge_first, tile, overlap,
+                             steps, seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, fmt, keep_16bit,
+                             dpi, print_dpi, region_x, region_y, step_scale],
+                     outputs=[slider, result_file, status, result_path], api_name="upscale")
     stop.click(cancel.set, queue=False)
     on_show = (lambda: (gr.Dropdown(choices=upscaler_choices(context)), gr.Dropdown(choices=lora_choices(context)),
                         gr.Dropdown(choices=model_names(context))), [upscaler, lora, model])

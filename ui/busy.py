@@ -1,0 +1,23 @@
+"""A long job's button says it is working, and takes no second click, until the job ends.
+
+Gradio runs one event of a button at a time and drops a click made while it runs, so a second
+"Generate" during a job did nothing and read as a broken button. Now the button itself says what
+is happening ("Generating…", greyed) and comes back when the job ends, however it ends."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+
+def click_while_busy(button: gr.Button, busy_label: str, fn, **event_args):
+    """`button.click(fn, **event_args)`, with the button greyed and relabelled while `fn` runs.
+
+    Returns the job's event, so callers can chain on it as on a plain click."""
+    idle_label = button.value
+    greyed = button.click(lambda: gr.Button(value=busy_label, interactive=False), outputs=button, queue=False,
+                          show_progress="hidden")
+    job = greyed.then(fn, **event_args)
+    # `.then` follows the job however it ended: finished, cancelled, or a sentence of error
+    job.then(lambda: gr.Button(value=idle_label, interactive=True), outputs=button, queue=False,
+             show_progress="hidden")
+    return job
