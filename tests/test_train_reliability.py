@@ -169,6 +169,10 @@ def test_resume_with_adapter_dropout_is_bit_identical(dataset, shared_workspace,
     assert halted.status == "stopped" and halted.step == 2
     resumed = run(config(), shared_workspace, tmp_path / "halted", resume=True)
     assert resumed.step == 4
+    kinds = [(e["kind"], e.get("status")) for e in EventLog(tmp_path / "halted" / "events.jsonl").read()
+             if e["kind"] in ("launch", "status")]  # the resume's launch comes before its loading, so before "resumed"
+    assert kinds == [("status", "started"), ("status", "stopped"), ("launch", None), ("status", "resumed"),
+                     ("status", "finished")]
     for name in ("checkpoints/step-000004.safetensors", "state/adapter.safetensors"):
         a, b = load_file(str(tmp_path / "whole" / name)), load_file(str(tmp_path / "halted" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

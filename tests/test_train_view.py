@@ -756,3 +756,19 @@ def test_the_sample_now_note_clears_once_its_samples_are_in(context):
     assert train.settled_note(context, "r", note) == gr.update()
     sample(log, folder, 4, asked=True)
     assert run_info(folder).status == "running" and train.settled_note(context, "r", note) == ""
+
+
+def test_elapsed_leaves_out_the_pause_after_a_kill_when_the_resume_fails_while_loading(context):
+    """Killed at step 2 after 2 s (no end written), resumed 10 minutes later, failed 2 s into loading: 4 s."""
+    folder = run_folder(context.workspace.runs, steps=6)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses([1, 2], base=1.0)  # then kill -9: no "stopped"
+    log("launch", 0, dt=600)
+    log("error", 2, dt=2, message="The model could not be read.")
+    view = view_run(folder, 6)
+    assert view.elapsed_seconds == pytest.approx(2.0 + 2.0) and view.message == "The model could not be read."
+    log("launch", 0, dt=60)  # a resume that loads: its "resumed" continues the attempt its launch began
+    log("status", 2, dt=5, status="resumed")
+    log.losses([3], base=1.0)
+    assert view_run(folder, 6).elapsed_seconds == pytest.approx(2.0 + 2.0 + 6.0)

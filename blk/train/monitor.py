@@ -68,14 +68,20 @@ def continuous(events: list[dict]) -> list[dict]:
 def attempts(events: list[dict]) -> list[list[dict]]:
     """The events of each trainer that ran, from its start or resume to the status it ended with. What comes
     between an end and the next start is no training time: e.g. the error of a resume that failed while
-    loading, written before any "resumed" (`runner._record_failure`)."""
+    loading, written before any "resumed" (`runner._record_failure`). A resume begins at its `launch` event,
+    so a resume that fails while loading after a killed attempt (no end written) is an attempt of its own."""
     split: list[list[dict]] = []
-    running = False
+    running = launched = False
     for event in events:
         status = event.get("status") if event["kind"] == "status" else None
-        if status in ("started", "resumed") or (not split and not running):
+        begun = status in ("started", "resumed")
+        if event["kind"] == "launch" or (begun and not launched) or not (split or running):
             split.append([])
             running = True
+        if event["kind"] == "launch":
+            launched = True  # its "resumed" (if loading succeeds) continues this attempt
+        elif begun:
+            launched = False
         if running:
             split[-1].append(event)
         if status in ("stopped", "finished", "error"):

@@ -1,7 +1,8 @@
 """A training run: the recipe, step by step, writing everything into `runs/RUN/`.
 
     runs/RUN/config.yaml      the exact resolved config
-    runs/RUN/events.jsonl     one JSON object per line: t, step, kind (loss, lr, sample, checkpoint, status, error)
+    runs/RUN/events.jsonl     one JSON object per line: t, step, kind (loss, eval, sample, checkpoint, stage,
+                              status, notice, error; launch: a resume begins, before loading)
     runs/RUN/checkpoints/     step-000250.safetensors … (diffusers LoRA/LoKr format; newest K kept, pinned kept)
     runs/RUN/samples/         step-000250-0.png …
     runs/RUN/state/           what resume needs: adapter, optimizer, scheduler, step
@@ -102,6 +103,11 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
 
     Under `accelerate launch` (several processes) every process calls this with the same arguments."""
     reached = _Reached()
+    events = Path(run_dir) / "events.jsonl"
+    if resume and events.is_file() and World.from_env().is_main:
+        # where this attempt begins, even if it fails before "resumed": the Train tab's elapsed time must
+        # not count the pause since a killed attempt (which wrote no end) as that attempt's training
+        EventLog(events).write("launch", 0)
     try:
         return _train(config, workspace, Path(run_dir), resume, stop or threading.Event(), stop_after, reached)
     except Exception as exc:
