@@ -772,3 +772,21 @@ def test_elapsed_leaves_out_the_pause_after_a_kill_when_the_resume_fails_while_l
     log("status", 2, dt=5, status="resumed")
     log.losses([3], base=1.0)
     assert view_run(folder, 6).elapsed_seconds == pytest.approx(2.0 + 2.0 + 6.0)
+
+
+def test_stop_kill_and_sample_now_act_only_on_a_live_trainer_and_kill_is_red_only_then(context):
+    folder = run_folder(context.workspace.runs)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses([1, 2], base=1.0)
+    atomic.write_json(folder / "process.json", {"pid": os.getpid(), "started": 0})  # a live process: running
+
+    def states(name):
+        # (clickable, colour if set): an update changes only what it names
+        return [(b.interactive, b.constructor_args.get("variant")) for b in train.control_buttons(context, name)]
+
+    assert states("r") == [(True, None), (True, "stop"), (False, None), (True, None)]  # stop, kill, resume, sample
+    log("status", 2, status="stopped")
+    atomic.write_json(folder / "process.json", {"pid": ended_pid(), "started": 0})
+    assert states("r") == [(False, None), (False, "secondary"), (True, None), (False, None)]
+    assert states("") == states("../../etc") == [(False, None), (False, "secondary"), (False, None), (False, None)]

@@ -244,6 +244,25 @@ def control(context: StudioContext, name: str, action: str) -> str:
         return f"**{exc}**"
 
 
+LIVE = ("running", "starting")  # a trainer process exists: it can be stopped, killed or asked for samples
+
+
+def control_buttons(context: StudioContext, name: str):
+    """Stop, Kill, Resume and Sample now as the chosen run allows: the first three of them only act on a live
+    trainer, so they are greyed otherwise, and Kill is red only while there is something to kill. Resume
+    stays clickable on a finished run: it says how to train it longer."""
+    from blk.errors import UserError
+    from blk.train.process import run_info
+
+    try:
+        status = run_info(_folder(context, name)).status if name else None
+    except UserError:  # a name outside the runs folder: nothing to act on
+        status = None
+    live = status in LIVE
+    return (gr.Button(interactive=live), gr.Button(interactive=live, variant="stop" if live else "secondary"),
+            gr.Button(interactive=status is not None and not live), gr.Button(interactive=live))
+
+
 # The loss plot's lines, each always in its colour (a validation line appearing later shifts none of them).
 SERIES_COLOURS = {"loss": "#93b5e1", "smoothed": "#1f4e9c", "validation": "#e07b28"}
 WHOLE_STEPS = 30  # the x axis spans at least this many steps, so that its ticks fall on whole steps
@@ -495,10 +514,11 @@ def build(context: StudioContext, datasets) -> dict:
                 refresh = gr.Button("↻", size="sm", scale=0, min_width=40)
             status = gr.Markdown()
             with gr.Row():
-                stop = gr.Button("Stop (save and end)", size="sm")
-                kill = gr.Button("Kill", size="sm", variant="stop")
-                resume = gr.Button("Resume", size="sm")
-                sample_now = gr.Button("Sample now", size="sm")  # the sample prompts at the end of this step
+                # greyed until a run is chosen, then as it allows (`control_buttons`)
+                stop = gr.Button("Stop (save and end)", size="sm", interactive=False)
+                kill = gr.Button("Kill", size="sm", interactive=False)
+                resume = gr.Button("Resume", size="sm", interactive=False)
+                sample_now = gr.Button("Sample now", size="sm", interactive=False)  # the sample prompts, this step
             control_note = gr.Markdown(elem_id="blk-run-note")  # what the buttons above say, under them
             log_scale = gr.Checkbox(label="Log scale")
             # No label above the plots: Gradio sizes the chart to `height` and the label pushes its legend and
@@ -544,6 +564,9 @@ def build(context: StudioContext, datasets) -> dict:
                show_progress="hidden")
     timer.tick(lambda n, note: settled_note(context, n, note), inputs=[run, control_note], outputs=control_note,
                show_progress="hidden")
+    controls = [stop, kill, resume, sample_now]
+    timer.tick(lambda n: control_buttons(context, n), inputs=run, outputs=controls, show_progress="hidden")
+    run.change(lambda n: control_buttons(context, n), inputs=run, outputs=controls, show_progress="hidden")
     def new_run(name):
         _, choices = step_choices(context, name, None)
         return gr.Dropdown(choices=choices, value=None), choices, [], ""
