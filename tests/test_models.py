@@ -75,6 +75,39 @@ def test_resolves_workspace_folder_and_registered_path(workspace, hf_cache, shar
     assert names["sdxl"].size_bytes > 1_000_000
 
 
+def test_the_artists_own_models_resolve_by_name_and_start_the_app_out_of_demo_mode(workspace, hf_cache,
+                                                                                    shared_workspace, tmp_path):
+    """A registered model, or any Flux/SDXL diffusers folder in workspace/models, is a real model: found by
+    name, listed, and the default when no known model is there (the app started in demo mode with one)."""
+    from blk.workspace import Workspace
+
+    assert registry.default_model(workspace) == ("tiny-flux", True)
+    elsewhere = tmp_path / "my-flux"
+    shutil.copytree(shared_workspace.models / "tiny-flux", elsewhere)
+    workspace.settings.models["my-flux"] = str(elsewhere)
+    workspace.save_settings()
+    assert registry.default_model(Workspace(workspace.root)) == ("my-flux", False)
+    assert registry.default_model(Workspace(workspace.root), family="sdxl") == ("tiny-sdxl", True)
+
+    workspace.settings.models.clear()
+    workspace.save_settings()
+    shutil.copytree(shared_workspace.models / "tiny-sdxl", workspace.models / "inks-sdxl")
+    (workspace.models / "upscalers").mkdir()  # other weights' folders are no base models
+    (workspace.models / "sd15").mkdir()
+    (workspace.models / "sd15" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    reopened = Workspace(workspace.root)
+    model = resolve("inks-sdxl", reopened)
+    assert (model.name, model.family, model.source) == ("inks-sdxl", "sdxl", "workspace")
+    assert registry.default_model(reopened) == ("inks-sdxl", False)
+    rows = {row.name: row for row in registry.list_models(reopened)}
+    assert rows["inks-sdxl"].found and rows["inks-sdxl"].description == "diffusers folder in workspace/models"
+    assert not rows["sd15"].found and "works with Flux.1 and SDXL" in rows["sd15"].location
+    assert "upscalers" not in rows
+    from ui.context import StudioContext
+
+    assert StudioContext(reopened, demo=False, demo_reason="").base_models() == ["inks-sdxl"]
+
+
 def test_path_to_a_diffusers_folder_detects_family(shared_workspace):
     model = resolve(str(shared_workspace.models / "tiny-sdxl"), shared_workspace)
     assert (model.family, model.source, model.single_file) == ("sdxl", "path", False)

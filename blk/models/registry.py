@@ -1,9 +1,10 @@
 """Known model names and how each resolves to weights on this machine, offline.
 
 A name resolves, in order, to: a path registered in workspace settings, a
-diffusers folder `workspace/models/NAME`, or the local Hugging Face cache. A
-path given instead of a name is used as is (diffusers folder or single file),
-its family detected from its contents. Nothing here downloads.
+diffusers folder `workspace/models/NAME` (a known name, or any other Flux or
+SDXL folder put there), or the local Hugging Face cache. A path given instead
+of a name is used as is (diffusers folder or single file), its family detected
+from its contents. Nothing here downloads.
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ def resolve(name_or_path: str, workspace: Workspace, *, build_tiny: bool = True)
             f"fetch it with `python -m blk models fetch {known.name}` or put a diffusers folder at {folder}."
         )
 
+    if name_or_path in workspace_model_folders(workspace):
+        folder = workspace.models / name_or_path
+        return ResolvedModel(name_or_path, detect_family(folder), folder, "workspace")
+
     path = Path(name_or_path).expanduser()
     if path.exists():
         return _from_path(path.stem if path.is_file() else path.name, path, "path", workspace)
@@ -119,6 +124,17 @@ def resolve(name_or_path: str, workspace: Workspace, *, build_tiny: bool = True)
         f"Unknown model {name_or_path!r}: use one of {', '.join(KNOWN_MODELS)}, a registered name, "
         "or the path of a local diffusers folder or .safetensors checkpoint."
     )
+
+
+def workspace_model_folders(workspace: Workspace) -> list[str]:
+    """The diffusers folders put in `workspace/models/` under names of the artist's own (a fine-tuned Flux, an
+    SDXL checkpoint converted to diffusers): usable by name like the known models. The known names, and the
+    folders of other kinds of weights there (upscalers, captioners, …: no model_index.json), are not these."""
+    try:
+        folders = sorted(p for p in workspace.models.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+    return [p.name for p in folders if p.name not in KNOWN_MODELS and (p / "model_index.json").is_file()]
 
 
 def _from_path(name: str, path: Path, source: str, workspace: Workspace) -> ResolvedModel:
@@ -229,19 +245,22 @@ def list_models(workspace: Workspace) -> list[ModelStatus]:
             rows.append(ModelStatus(known.name, known.family, True, str(resolved.path), folder_size(resolved.path), known.description))
         except ModelNotFound:
             rows.append(ModelStatus(known.name, known.family, False, f"missing — python -m blk models fetch {known.name}", 0, known.description))
-    for name, path in workspace.settings.models.items():
-        if name in KNOWN_MODELS:
-            continue
+    own = [(name, "registered local model") for name in workspace.settings.models if name not in KNOWN_MODELS]
+    own += [(name, "diffusers folder in workspace/models") for name in workspace_model_folders(workspace)
+            if name not in workspace.settings.models]
+    for name, description in own:
         try:
             resolved = resolve(name, workspace)
-            rows.append(ModelStatus(name, resolved.family, True, str(resolved.path), folder_size(resolved.path), "registered local model"))
+            rows.append(ModelStatus(name, resolved.family, True, str(resolved.path), folder_size(resolved.path),
+                                    description))
         except UserError as exc:
-            rows.append(ModelStatus(name, "?", False, str(exc), 0, "registered local model"))
+            rows.append(ModelStatus(name, "?", False, str(exc), 0, description))
     return rows
 
 
 def default_model(workspace: Workspace, family: str | None = None) -> tuple[str, bool]:
-    """The model a tab starts with: the first real one found, else a tiny one (demo=True)."""
+    """The model a tab starts with: the first real one found (the known ones first, then the artist's own,
+    registered in settings or put in workspace/models), else a tiny one (demo=True)."""
     for known in KNOWN_MODELS.values():
         if known.tiny or (family and known.family != family):
             continue
@@ -250,6 +269,14 @@ def default_model(workspace: Workspace, family: str | None = None) -> tuple[str,
             return known.name, False
         except ModelNotFound:
             continue
+    own = [name for name in workspace.settings.models if name not in KNOWN_MODELS]
+    for name in own + workspace_model_folders(workspace):
+        try:
+            resolved = resolve(name, workspace)
+        except UserError:  # missing, damaged, or a single file without its family's base: not a default
+            continue
+        if resolved.family in FAMILIES and (family is None or resolved.family == family):
+            return name, False
     return ("tiny-sdxl" if family == "sdxl" else "tiny-flux"), True
 
 
