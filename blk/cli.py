@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--style", default=None, help="caption style YAML (default: the dataset's own)")
     source = caption.add_mutually_exclusive_group()
     source.add_argument("--vllm-url", default=None, help="an OpenAI-compatible server already running")
-    source.add_argument("--vllm-model", default="tiny-vlm", help="model for the server the studio starts")
+    source.add_argument("--vllm-model", default=None,
+                        help="the captioning model (a folder, or a repo in the local Hugging Face cache) for the "
+                             "server the studio starts, or for --backend transformers; tiny-vlm writes random words")
     caption.add_argument("--backend", choices=["vllm", "transformers"], default="vllm")
     which = caption.add_mutually_exclusive_group()
     which.add_argument("--only-missing", dest="mode", action="store_const", const="missing", help="(default)")
@@ -208,10 +210,13 @@ def _train_on_several_gpus(args, workspace: Workspace, gpus: int, run_dir) -> in
 
 
 def cmd_caption(args, workspace: Workspace) -> int:
-    from blk.caption.job import CaptionJob, run
+    from blk.caption.job import NO_CAPTIONER, CaptionJob, run
 
+    if not args.vllm_model and (args.backend == "transformers" or not args.vllm_url):
+        raise UserError(f"{NO_CAPTIONER} Name it with --vllm-model (or give --vllm-url of a running server).")
+    named = {"model": args.vllm_model} if args.vllm_model else {}  # a running server has its own
     job = CaptionJob(dataset=args.dataset, style=args.style, backend=args.backend, vllm_url=args.vllm_url,
-                     model=args.vllm_model, mode=args.mode, overwrite=args.overwrite,
+                     **named, mode=args.mode, overwrite=args.overwrite,
                      concurrency=args.concurrency, ignore_eos=args.ignore_eos)
 
     def progress(p):

@@ -171,13 +171,17 @@ def test_cli_caption_with_transformers(tmp_path, shared_workspace):
 
     folder = tmp_path / "ds"
     make_dataset(folder)
+    unnamed = run_blk("--workspace", str(shared_workspace.root), "caption", str(folder), "--backend", "transformers")
+    assert unnamed.returncode != 0 and "Which captioning model?" in unnamed.stderr  # never tiny-vlm unasked
+    assert not (folder / "img 0.txt").exists()
     result = run_blk("--workspace", str(shared_workspace.root), "caption", str(folder), "--backend", "transformers",
-                     "--ignore-eos", "--json")
+                     "--vllm-model", "tiny-vlm", "--ignore-eos", "--json")
     assert result.returncode == 1, result.stderr  # broken.png failed, the rest went on
     report = json.loads(result.stdout)
     assert len(report["captioned"]) == TARGETS and [f[0] for f in report["failed"]] == ["broken.png"]
     assert "broken.png" in report["failed"][0][1] and "\n" not in report["failed"][0][1]
-    rerun = run_blk("--workspace", str(shared_workspace.root), "caption", str(folder), "--backend", "transformers")
+    rerun = run_blk("--workspace", str(shared_workspace.root), "caption", str(folder), "--backend", "transformers",
+                    "--vllm-model", "tiny-vlm")
     assert "captioned 0, skipped 10, failed 1" in rerun.stdout
 
 

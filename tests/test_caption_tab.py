@@ -10,7 +10,7 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from blk.caption.job import resolve_vlm
+from blk.caption.job import NO_CAPTIONER, resolve_vlm
 from blk.caption.style import dataset_style_path, promote_example
 from blk.data.captions import CaptionStore
 from blk.errors import UserError
@@ -143,6 +143,21 @@ def test_creating_a_dataset_empties_the_name_field(context, tmp_path):
     assert len(list((context.workspace.datasets / "reds").glob("*.png"))) == 2
     _, note, _, name = caption.create_or_add(context, "reds", "reds", [str(picture)])
     assert "already exists" in note and is_unchanged(name)  # a refused name stays to be corrected
+
+
+def test_an_empty_model_field_is_tiny_vlm_in_demo_mode_only(context):
+    """Outside demo mode an empty Model field would have written random words into a real dataset."""
+    make_dataset(context, "inks")
+    real = StudioContext(context.workspace, demo=False, demo_reason="")
+    for studio in (real, context):
+        said = list(captioning.run_batch(studio, "inks", TRANSFORMERS, "  ", "", "all", True, 1))
+        if studio is real:
+            assert said == [f"**{NO_CAPTIONER} Type it in Model.**"]
+            assert captioning.server_action(real, "start", "") == f"**{NO_CAPTIONER} Type it in Model.**"
+            assert (context.workspace.datasets / "inks" / "img0.txt").read_text() == "a red circle"  # untouched
+        else:
+            assert "Captioned 2" in said[-1], said[-1]
+    assert (context.workspace.datasets / "inks" / "img0.txt").read_text() != "a red circle"
 
 
 def test_cancel_answers_and_the_batch_still_ends_with_its_own_status(context):

@@ -20,6 +20,11 @@ from blk.errors import UserError
 from blk.workspace import Workspace
 
 
+# Said when no captioning model is named: the test model must never caption a real dataset unasked
+NO_CAPTIONER = ("Which captioning model? A folder, or a repo already in the local Hugging Face cache "
+                "(e.g. Qwen/Qwen2.5-VL-7B-Instruct); tiny-vlm writes random words, for trying the studio.")
+
+
 class CaptionJob(BaseModel):
     dataset: str  # a folder, or a dataset name under workspace/datasets
     style: str | None = None  # a style file; default: the dataset's own, else the default style

@@ -109,12 +109,25 @@ def example_action(context: StudioContext, name: str, action: str, index: float,
     return _examples_table(style)
 
 
+def captioner(context: StudioContext, model: str) -> str:
+    """The Model field's captioner. Left empty it is tiny-vlm in demo mode only: elsewhere random words would
+    be written into a real dataset as its machine captions."""
+    from blk.caption.job import NO_CAPTIONER
+    from blk.errors import UserError
+
+    if (model or "").strip():
+        return model.strip()
+    if context.demo:
+        return "tiny-vlm"
+    raise UserError(f"{NO_CAPTIONER} Type it in Model.")
+
+
 def server_action(context: StudioContext, action: str, model: str) -> str:
     from blk.errors import UserError
 
     try:
         if action == "start":
-            return context.captioning.start_server(model.strip() or "tiny-vlm")
+            return context.captioning.start_server(captioner(context, model))
         if action == "stop":
             return context.captioning.stop_server()
         return context.captioning.status()
@@ -133,8 +146,9 @@ def run_batch(context: StudioContext, name, backend_label, model, url, mode, ove
     backend, needs_url = BACKENDS[backend_label]
     try:
         context.captioning.dataset(name)
-        job = CaptionJob(dataset=name, backend=backend, vllm_url=url.strip() if needs_url else None,
-                         model=model.strip() or "tiny-vlm", mode=mode, overwrite=overwrite,
+        named = {} if needs_url else {"model": captioner(context, model)}  # a running server has its own
+        job = CaptionJob(dataset=name, backend=backend, vllm_url=url.strip() if needs_url else None, **named,
+                         mode=mode, overwrite=overwrite,
                          concurrency=int(concurrency), selected=[r["image"] for r in rows or []])
         if mode == "selected" and not job.selected:
             raise UserError("Show some rows in the grid first: this mode captions the images shown in the grid.")
