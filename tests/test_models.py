@@ -172,6 +172,29 @@ def test_cli_fetch_refuses_tiny_and_unknown(shared_workspace):
         assert result.returncode == 2 and "Nothing to fetch" in result.stderr
 
 
+def test_fetch_sends_the_users_login_though_the_studio_never_sends_a_token_implicitly(tmp_path, monkeypatch):
+    """After `hf auth login` (a saved token) or with HF_TOKEN, `models fetch flux-dev` must send it: the offline
+    switches stop huggingface_hub from sending any token by itself, so fetch reads the login explicitly."""
+    import os
+
+    from huggingface_hub import constants
+
+    from blk.models.fetch import login_token
+
+    assert os.environ["HF_HUB_DISABLE_IMPLICIT_TOKEN"] == "1"
+    saved = tmp_path / "token"
+    saved.write_text("hf_saved_login\n")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(saved))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert login_token(None) == "hf_saved_login"
+    monkeypatch.setenv("HF_TOKEN", "hf_from_the_environment")
+    assert login_token(None) == "hf_from_the_environment"
+    assert login_token("hf_given") == "hf_given"
+    monkeypatch.delenv("HF_TOKEN")
+    saved.unlink()
+    assert login_token(None) is None
+
+
 def test_tiny_models_are_rebuilt_only_when_missing(tmp_path):
     from blk.models.tiny import VERSION_FILE, ensure_tiny_model
 

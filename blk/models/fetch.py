@@ -32,6 +32,15 @@ def _hub_online():
         constants.HF_HUB_OFFLINE = previous
 
 
+def login_token(explicit: str | None) -> str | None:
+    """The token this one networked call sends: `--token`, else the user's own login (`hf auth login`'s saved
+    token, or HF_TOKEN). The rest of the process never sends one (`offline`: HF_HUB_DISABLE_IMPLICIT_TOKEN),
+    so the login is read here, explicitly: without it a gated model could not be fetched after logging in."""
+    from huggingface_hub import get_token
+
+    return explicit or get_token()
+
+
 def fetch(name: str, token: str | None = None) -> Path:
     known = KNOWN_MODELS.get(name)
     if known is None or known.tiny:
@@ -42,7 +51,8 @@ def fetch(name: str, token: str | None = None) -> Path:
 
     with _hub_online():
         try:
-            return Path(snapshot_download(known.repo_id, allow_patterns=ALLOW, ignore_patterns=IGNORE, token=token))
+            return Path(snapshot_download(known.repo_id, allow_patterns=ALLOW, ignore_patterns=IGNORE,
+                                          token=login_token(token)))
         except GatedRepoError:
             raise UserError(
                 f"{known.repo_id} is gated: accept its licence on the Hugging Face website, then log in "
