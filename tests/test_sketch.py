@@ -67,7 +67,7 @@ def test_same_seed_same_image_and_parameters_round_trip(sketcher, shared_workspa
     assert "Seed: 7" in text["parameters"]
     assert zlib_speed_class(first.path) == 1  # levels 2-5: faster than Pillow's default 6 (class 2)
 
-    repeat, = sketcher.run(request_from_parameters(parameters))
+    repeat, = sketcher.run(request_from_parameters(parameters, shared_workspace))
     assert np.array_equal(pixels(repeat.path), pixels(first.path))
 
 

@@ -27,6 +27,42 @@ def test_sketch_form_confines_loras_and_loads_parameters(shared_workspace, train
     assert form[4:10] == [sketch.CUSTOM, 64, 48, 2, 3.5, 11] and form[10] is False
     assert "seed 11" in form[-1]
     assert "not a readable image" in sketch.load_parameters(context, str(tmp_path / "missing.png"))[-1]
+
+
+def test_a_png_names_its_loras_without_the_folders_of_the_machine_and_they_are_found_again(shared_workspace,
+                                                                                             trained_run, tmp_path):
+    """An image travels: its LoRA is named by its workspace path (a file elsewhere by its name alone), never by an
+    absolute path that tells a user name; loading the parameters finds the file by that path, else by hash."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from blk.generate.library import lora_reference
+    from blk.generate.metadata import read_parameters
+    from blk.workspace import Workspace
+
+    workspace = Workspace(tmp_path / "workspace")
+    shutil.copytree(shared_workspace.models / "tiny-flux", workspace.models / "tiny-flux")
+    run = copy_trained_run(trained_run, workspace.runs / "tower")
+    checkpoint = run / "checkpoints" / "step-000008.safetensors"
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    result, = context.sketcher.run(SketchRequest("tiny-flux", "a tower", loras=[Lora(checkpoint, 0.7)], seed=11,
+                                                 width=64, height=48, steps=2, out_dir=tmp_path))
+    lora, = read_parameters(result.path)["loras"]
+    assert lora["path"] == f"runs/{run.name}/checkpoints/step-000008.safetensors"
+    assert str(tmp_path) not in json.dumps(dict(Image.open(result.path).text))  # no folder of this machine
+    assert sketch.load_parameters(context, str(result.path))[3] == [[str(checkpoint.resolve()), 0.7]]
+    assert lora_reference(workspace, tmp_path / "elsewhere" / "ink.safetensors") == "ink.safetensors"
+
+    kept = workspace.models / "loras" / "tower-ink.safetensors"  # the run deleted, its LoRA kept under a new name
+    kept.parent.mkdir(parents=True)
+    shutil.move(checkpoint, kept)
+    shutil.rmtree(run)
+    assert sketch.load_parameters(context, str(result.path))[3] == [[str(kept.resolve()), 0.7]]  # found by its hash
+    kept.write_bytes(b"another file")  # the same name, another file: not the LoRA the image was made with
+    loaded = sketch.load_parameters(context, str(result.path))
+    assert loaded[3] == [] and f"Not found on this machine: {run.name}/step-000008.safetensors" in loaded[-1]
     assert sketch.model_defaults(context, "flux-schnell") == (4, 0.0)
 
 

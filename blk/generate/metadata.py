@@ -4,8 +4,10 @@ A result must say how it was made and that it was made by a machine, so the
 PNG carries three text chunks:
 
 - `blk:parameters` — the exact parameters as JSON (what "load parameters
-  from image" reads back; prompt, seed, model, each LoRA's name, sha256 and
-  scale, steps, guidance, size, app version);
+  from image" reads back; prompt, seed, model, each LoRA's name, sha256,
+  scale and path inside the workspace — never an absolute path, which would
+  tell a user name (`library.lora_reference`) —, steps, guidance, size, the
+  memory options and device, app version);
 - `parameters` — the same in the readable one-paragraph form other tools
   (A1111, Forge, Civitai) show;
 - `Disclosure` + an XMP packet with IPTC's digital source type: the

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from blk.errors import UserError
+from blk.generate.library import find_lora, lora_reference
 from blk.generate.metadata import save_png
 from blk.generate.sizes import SIZE_MULTIPLE, round_size
 from blk.generate.text_to_image import TextToImage, generate
@@ -219,7 +220,7 @@ class Sketcher:
             "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
             "steps": request.steps, "guidance": request.guidance, "width": request.width, "height": request.height,
             "loras": [{"name": lora_label(lora.path), "sha256": lora_sha256(lora.path), "scale": lora.scale,
-                       "path": str(lora.path)} for lora in sketch.loras],
+                       "path": lora_reference(self.workspace, lora.path)} for lora in sketch.loras],
             "memory": asdict(loaded.memory), "device": loaded.device,
         }
 
@@ -246,11 +247,17 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def request_from_parameters(parameters: dict) -> SketchRequest:
-    """A request that repeats an image, from the parameters read out of its PNG."""
+def request_from_parameters(parameters: dict, workspace: Workspace) -> SketchRequest:
+    """A request that repeats an image, from the parameters read out of its PNG (its LoRAs found on this
+    machine by `find_lora`, or one sentence naming the first that is not)."""
+    loras = []
+    for lora in parameters.get("loras", []):
+        path = find_lora(workspace, lora.get("path"), lora.get("sha256"))
+        if path is None:
+            raise UserError(f"The LoRA {lora.get('name') or lora.get('path')} is not on this machine.")
+        loras.append(Lora(path, float(lora["scale"])))
     return SketchRequest(
         model=parameters.get("model", ""), prompt=parameters.get("prompt", ""),
-        negative_prompt=parameters.get("negative_prompt", ""),
-        loras=[Lora(Path(lora["path"]), float(lora["scale"])) for lora in parameters.get("loras", [])],
+        negative_prompt=parameters.get("negative_prompt", ""), loras=loras,
         seed=parameters.get("seed"), width=parameters.get("width", 1024), height=parameters.get("height", 1024),
         steps=parameters.get("steps"), guidance=parameters.get("guidance"))

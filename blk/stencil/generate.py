@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from blk.errors import UserError
+from blk.generate.library import lora_reference
 from blk.generate.metadata import save_png
 from blk.generate.sizes import round_size
 from blk.generate.sketch import MAX_SEED, Cancelled, Lora, Sketcher, _output_name, generation_defaults, \
@@ -146,7 +147,8 @@ class Stenciler:
                     "layerdiffuse": {"decoder": weights.decoder.name, "lora": weights.lora.name,
                                      "lora_sha256": lora_sha256(weights.lora)},
                     "loras": [{"name": lora_label(lora.path), "sha256": lora_sha256(lora.path),
-                               "scale": lora.scale, "path": str(lora.path)} for lora in request.loras],
+                               "scale": lora.scale, "path": lora_reference(workspace, lora.path)}
+                              for lora in request.loras],
                 }
                 if start is not None:
                     parameters |= {"source_image": Path(request.image).name, "strength": request.strength}

@@ -89,6 +89,7 @@ def generate(context: StudioContext, cancel: threading.Event, gallery: list, mod
 def load_parameters(context: StudioContext, file):
     """Fill the form from a BLK Studio PNG."""
     from blk.errors import UserError
+    from blk.generate.library import find_lora
     from blk.generate.metadata import read_parameters
 
     keep = [gr.update()] * 12
@@ -106,11 +107,12 @@ def load_parameters(context: StudioContext, file):
 
     loras, missing = [], []
     for lora in p.get("loras", []):
-        path, scale = lora.get("path"), number(lora.get("scale"))
-        if isinstance(path, str) and Path(path).is_file():
-            loras.append([path, 1.0 if scale is None else float(scale)])
+        reference, sha256, scale = text(lora.get("path")), text(lora.get("sha256")), number(lora.get("scale"))
+        path = find_lora(context.workspace, reference, sha256)  # by its workspace path, else by its hash
+        if path is not None:
+            loras.append([str(path), 1.0 if scale is None else float(scale)])
         else:
-            missing.append(text(lora.get("name")) or text(path) or "a LoRA")
+            missing.append(text(lora.get("name")) or reference or "a LoRA")
     note = f"Loaded the parameters of seed {number(p.get('seed'))}."
     if missing:
         note += f" **Not found on this machine: {', '.join(missing)}.**"
