@@ -910,6 +910,16 @@ def test_cli_upscale(models, tmp_path, capsys):
                  "--model", str(tmp_path / "scan.tif"), "--out", str(tmp_path / "x.tif")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: scan.tif is not a model file") and len(err.splitlines()) == 1
+    # a bare name is the file of that name in workspace/models/upscalers/, where the studio keeps them
+    kept = tmp_path / "ws" / "models" / "upscalers" / "my-x4.pth"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(Path(models["x4"]).read_bytes())
+    assert main(["--workspace", str(tmp_path / "ws"), "upscale", str(tmp_path / "scan.tif"), "--model", "my-x4.pth",
+                 "--tile", "32", "--overlap", "8", "--16bit", "--out", str(tmp_path / "named.tif")]) == 0
+    assert np.array_equal(tifffile.imread(tmp_path / "named.tif"), tifffile.imread(out))  # the same model
+    assert main(["--workspace", str(tmp_path / "ws"), "upscale", str(tmp_path / "scan.tif"), "--model", "gone.pth",
+                 "--out", str(tmp_path / "y.tif")]) == 2
+    assert "The model file gone.pth does not exist." in capsys.readouterr().err
     with pytest.raises(SystemExit) as refused:
         main(["upscale", "in.png", "--path", "magic", "--model", "m.pth"])  # only esrgan and diffusion exist
     assert refused.value.code == 2 and "invalid choice: 'magic'" in capsys.readouterr().err

@@ -38,11 +38,12 @@ def add_commands(commands) -> None:
     upscale.add_argument("--path", choices=["esrgan", "diffusion"], default="esrgan",
                          help="esrgan: faithful, to about 8k (default); diffusion: texture LoRA passes, mural sizes")
     upscale.add_argument("--model", required=True,
-                         help="esrgan: the model file (.pth, .safetensors, .ckpt, .pt); diffusion: the base model name")
+                         help="esrgan: the model file (.pth, .safetensors, .ckpt, .pt; a bare name is looked up in "
+                              "workspace/models/upscalers/); diffusion: the base model name")
     diffusion = upscale.add_argument_group("diffusion path")
     diffusion.add_argument("--lora", default=None, metavar="FILE[:SCALE]", help="texture LoRA")
-    diffusion.add_argument("--enlarge-model", default=None, help="ESRGAN-family file for the first enlargement "
-                                                                   "(default: Lanczos)")
+    diffusion.add_argument("--enlarge-model", default=None, help="ESRGAN-family file for the first enlargement, "
+                                                                   "like --model (default: Lanczos)")
     diffusion.add_argument("--denoise", default="0.3,0.2", help="denoise per pass (default 0.3,0.2: passes A, B)")
     diffusion.add_argument("--prompt", default="")
     diffusion.add_argument("--seed", type=int, default=0)
@@ -84,6 +85,7 @@ def cmd_upscale(args, workspace) -> int:
         return cmd_upscale_diffusion(args, workspace)
     from blk.upscale.canvas import parse_colour
     from blk.upscale.esrgan import EsrganJob, run
+    from blk.upscale.models import find_upscaler
 
     size = _size(args.size) if args.size else None
     scale = None if size else (args.scale if args.scale is not None else 4.0)
@@ -92,7 +94,8 @@ def cmd_upscale(args, workspace) -> int:
     else:
         label = f"{size[0]}x{size[1]}" if size else f"x{scale:g}"
         out = workspace.outputs("upscale") / f"{Path(args.input).stem}-{label}.tif"
-    job = EsrganJob(input=Path(args.input), output=out, model=Path(args.model), scale=scale, size=size,
+    job = EsrganJob(input=Path(args.input), output=out, model=find_upscaler(workspace, args.model), scale=scale,
+                    size=size,
                     tile=args.tile, overlap=32 if args.overlap is None else args.overlap, batch=args.batch,
                     keep_16bit=args.keep_16bit,
                     dpi=args.dpi, icc=Path(args.icc) if args.icc else None, alpha=args.alpha,
@@ -144,6 +147,7 @@ def cmd_upscale_diffusion(args, workspace) -> int:
     from blk.generate.sketch import Lora
     from blk.upscale.canvas import parse_colour
     from blk.upscale.diffusion import DiffusionJob, Pass, run
+    from blk.upscale.models import find_upscaler
 
     size = _size(args.size) if args.size else None
     scale = None if size else (args.scale if args.scale is not None else 2.0)
@@ -158,7 +162,8 @@ def cmd_upscale_diffusion(args, workspace) -> int:
         label = f"{size[0]}x{size[1]}" if size else f"x{scale:g}"
         out = workspace.outputs("upscale") / f"{Path(args.input).stem}-diffusion-{label}.tif"
     job = DiffusionJob(input=Path(args.input), output=out, model=args.model, texture_lora=lora.path if lora else None,
-                       scale=scale, size=size, enlarge_model=args.enlarge_model,
+                       scale=scale, size=size,
+                       enlarge_model=find_upscaler(workspace, args.enlarge_model) if args.enlarge_model else None,
                        passes=tuple(Pass(d, lora.scale if lora else 1.0) for d in denoise),
                        step=args.step_scale, tile=args.tile or 1024,
                        overlap=96 if args.overlap is None else args.overlap, seed=args.seed, steps=args.steps,

@@ -99,6 +99,17 @@ class FactsCache:
 FACTS = FactsCache()
 
 
+def find_upscaler(workspace, given: str | Path) -> Path:
+    """An upscaler named on the command line: a path as given, or the bare name of a file in
+    workspace/models/upscalers/ (`--model RealESRGAN_x4plus.pth`), where the studio keeps them."""
+    path = Path(given).expanduser()
+    if not path.exists() and path.name == str(given):
+        kept = workspace.models / "upscalers" / path.name
+        if kept.is_file():
+            return kept
+    return path
+
+
 def load_upscaler(path: str | Path, device: str = "cpu") -> Upscaler:
     """Load an image-to-image model file; UserError with one sentence when it cannot be used."""
     import spandrel
