@@ -321,3 +321,20 @@ def test_the_grid_shows_thumbnails_of_its_page_and_a_click_opens_one(context):
     rows_states = [f for f in demo.fns.values() if strip in f.outputs]
     assert len(rows_states) == 1 and rows_states[0].targets[0][1] == "change"
     assert len(listeners(demo, strip, "select")) == 1
+
+
+def test_the_grid_shows_the_captions_drifting_from_the_examples_with_how(context):
+    from blk.caption.style import CaptionStyle, Example, save_style
+
+    folder = make_dataset(context, "drift", count=3, caption="ink cube, cross-hatching, paper")
+    (folder / "img1.txt").write_text("This image shows a cube drawn in ink on paper")
+    query = ("drifting",) + QUERY[1:]
+    table, rows, summary, _ = grid.load_page(context, "drift", *query)
+    assert table == [] and "no few-shot examples, so no caption can drift" in summary
+    save_style(CaptionStyle(examples=[Example(image="img0.png", caption="ink cube, cross-hatching, paper")]),
+               dataset_style_path(folder))
+    table, rows, summary, _ = grid.load_page(context, "drift", *query)
+    assert [(row[0], row[2]) for row in table] == [
+        ("img1.png", "edited: prose where the examples are tags; opens with “This image shows”, which no example does")]
+    assert "1 matching" in summary and "**" not in summary and rows[0]["image"] == "img1.png"
+    assert ("drifting from the examples", "drifting") in grid.STATUSES

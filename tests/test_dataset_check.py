@@ -163,3 +163,46 @@ def test_usable_and_trainable_counts_say_what_training_leaves_out(tmp_path):
     assert "images: 3  usable: 2  captioned: 0  trainable: 1 (1 usable but too small, listed below)" in text
     assert "Too small to train on (left out) (1):\n  tiny20.png (20×20 px)" in text
     assert json.loads(report.to_json())["trainable"] == 1
+
+
+def test_captions_drifting_from_the_few_shot_examples_are_named_with_how(tmp_path):
+    """The examples are tags of 6-8 words: prose, a 40-word answer, boilerplate openings, Markdown and a bare
+    one-word caption are each said; a caption in the examples' manner and the examples themselves are not."""
+    from PIL import Image
+
+    from blk.caption.style import CaptionStyle, Example, PostProcess, dataset_style_path, save_style
+    from blk.data.check import check_dataset
+
+    folder = tmp_path / "inks"
+    folder.mkdir()
+    captions = {
+        "example 1": "blkstyle, ink cube, cross-hatching, white paper",
+        "example 2": "blkstyle, two spheres, dense stipple, grey wash",
+        "fine": "blkstyle, a torus, thin lines, paper grain",
+        "prose": "blkstyle, a cube drawn in ink sits on a wide sheet of paper with soft shadows around it",
+        "long": "blkstyle, " + ", ".join(f"tag {i}" for i in range(20)),
+        "boilerplate": "blkstyle, This image shows a cube, ink, paper",
+        "markdown": "blkstyle, **cube**, ink, paper",
+        "bare": "cube",
+    }
+    for name, text in captions.items():
+        Image.new("RGB", (96, 96), "white").save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text(text)
+    report = check_dataset(folder)
+    assert report.drift_basis == "" and "Caption drift: not checked" in report.to_text()
+
+    save_style(CaptionStyle(examples=[Example(image="example 1.png", caption=captions["example 1"]),
+                                      Example(image="example 2.png", caption=captions["example 2"])],
+                            post=PostProcess(trigger="blkstyle")), dataset_style_path(folder))
+    report = check_dataset(folder)
+    assert report.drift_basis == "2 example(s): tags, 6–7 words"
+    assert dict(report.drifting) == {
+        "prose.png": "prose where the examples are tags; 18 words (the longest example has 7)",
+        "long.png": "41 words (the longest example has 7)",
+        "boilerplate.png": "opens with “This image shows”, which no example does",
+        "markdown.png": "Markdown marks (the examples are plain text)",
+        "bare.png": "1 word(s) (the shortest example has 6)",
+    }
+    assert ("Captions drifting from the few-shot examples (2 example(s): tags, 6–7 words) (5):\n"
+            "  bare.png: 1 word(s) (the shortest example has 6)\n  boilerplate.png: opens with") in report.to_text()
+    assert json.loads(report.to_json())["drifting"][0] == ["bare.png", "1 word(s) (the shortest example has 6)"]

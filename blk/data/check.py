@@ -3,7 +3,8 @@
 Counts; bad files with reasons; images without captions; caption token counts
 per text encoder, with the chosen model's own tokenizers, and the captions
 over budget; exact duplicates (same content hash) and near-duplicates
-(perceptual hash); trigger-word coverage; non-UTF-8 captions.
+(perceptual hash); trigger-word coverage; non-UTF-8 captions; captions drifting
+from the caption style's few-shot examples (`drift`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class CheckReport:
     near_duplicates: list[tuple[str, str, int]] = field(default_factory=list)
     trigger: str | None = None
     trigger_missing: list[str] = field(default_factory=list)
+    drift_basis: str = ""  # what the few-shot examples look like; empty: the style has none
+    drifting: list[tuple[str, str]] = field(default_factory=list)  # (image, how its caption drifts)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
@@ -98,6 +101,11 @@ class CheckReport:
             covered = self.captioned - len(self.trigger_missing)
             lines.append(f"Trigger word {self.trigger!r}: in {covered} of {self.captioned} captions")
             section("  captions without the trigger", self.trigger_missing, str)
+        if self.drift_basis:
+            section(f"Captions drifting from the few-shot examples ({self.drift_basis})", self.drifting,
+                    lambda x: f"{x[0]}: {x[1]}")
+        elif self.captioned:
+            lines.append("Caption drift: not checked, the caption style has no few-shot examples.")
         return "\n".join(lines)
 
 
@@ -142,7 +150,23 @@ def check_dataset(dataset: str | Path, tokenizers: dict[str, object] | None = No
     if trigger:
         pattern = whole_word(trigger)  # the Words panel's rule too
         report.trigger_missing = [rel for rel, text in captions.items() if not pattern.search(text)]
+    _check_drift(report, dataset, captions, trigger)
     return report
+
+
+def _check_drift(report: CheckReport, dataset: Path, captions: dict[str, str], trigger: str | None) -> None:
+    from blk.caption.style import dataset_style
+    from blk.data.drift import drifting_captions
+    from blk.errors import UserError
+
+    try:
+        style = dataset_style(dataset)
+    except UserError:  # a broken style file: the grid and the Caption tab say so; nothing to compare with
+        return
+    examples = {example.image: example.caption for example in style.examples}
+    basis, report.drifting = drifting_captions(captions, examples, style.post.strip_openings,
+                                               trigger or style.post.trigger.strip() or None)
+    report.drift_basis = basis.describe() if basis else ""
 
 
 def _token_stats(budget: TextEncoderBudget, tokenizer, captions: dict[str, str]) -> TokenStats:

@@ -28,11 +28,12 @@ class GridRow:
     hash: str  # the caption file's hash when read: saves are checked against it
     tokens: tuple[int, ...]  # per text encoder, in the counter's order
     over_budget: bool
+    drift: str = ""  # how the caption drifts from the few-shot examples (asked for with status "drifting")
 
 
 @dataclass(frozen=True)
 class GridQuery:
-    status: str = "all"  # all | none | machine | edited | approved
+    status: str = "all"  # all | none | machine | edited | approved | drifting (from the few-shot examples)
     text: str = ""
     regex: bool = False
     sort: SortKey = "name"
@@ -49,6 +50,7 @@ class GridPage:
     pages: int
     page: int
     counts: dict[str, int]  # images per status, whole dataset
+    note: str = ""  # why a filter shows nothing that it could (no few-shot examples to drift from)
 
 
 class TokenCounter:
@@ -81,17 +83,21 @@ def query_grid(dataset: str | Path, query: GridQuery, counter: TokenCounter | No
         counts[status] = counts.get(status, 0) + 1
     matcher = _matcher(query)
     term = normalize_term(query.term)
+    drifting = query.status == "drifting"
+    judge = _drift_judge(dataset) if drifting else None
     rows = []
     for image in images:
         caption, status = snapshot[image]
-        if query.status != "all" and status != query.status:
+        drift = judge(image, caption.text) if judge else ""
+        if (drifting and not drift) or (not drifting and query.status != "all" and status != query.status):
             continue
         if matcher and not (matcher(caption.text) or matcher(image)):
             continue
         if term and not has_term(caption.text, term):
             continue
         tokens = counter.count(caption.text) if counter else ()
-        rows.append(GridRow(image, caption.text, status, caption.hash, tokens, bool(counter and counter.over(tokens))))
+        rows.append(GridRow(image, caption.text, status, caption.hash, tokens, bool(counter and counter.over(tokens)),
+                            drift))
     order = {"none": 0, "machine": 1, "edited": 2, "approved": 3}
     keys = {
         "name": lambda r: r.image.lower(),
@@ -103,7 +109,28 @@ def query_grid(dataset: str | Path, query: GridQuery, counter: TokenCounter | No
     size = max(1, query.page_size)
     pages = max(1, -(-len(rows) // size))
     page = min(max(1, query.page), pages)
-    return GridPage(rows[(page - 1) * size: page * size], len(rows), pages, page, counts)
+    note = "The caption style has no few-shot examples, so no caption can drift from them." \
+        if drifting and judge is None else ""
+    return GridPage(rows[(page - 1) * size: page * size], len(rows), pages, page, counts, note)
+
+
+def _drift_judge(dataset: Path):
+    """(image, caption) → how it drifts from the dataset's few-shot examples ("" when it does not), or None
+    when the style has no examples (or cannot be read): `blk.data.drift`'s rules, as the dataset check says."""
+    from blk.caption.style import dataset_style
+    from blk.data.drift import drift_basis, drift_reasons
+
+    try:
+        style = dataset_style(dataset)
+    except UserError:
+        return None
+    trigger = style.post.trigger.strip() or None
+    basis = drift_basis([e.caption for e in style.examples], style.post.strip_openings, trigger)
+    if basis is None:
+        return None
+    examples = {e.image for e in style.examples}
+    return lambda image, text: "" if image in examples or not text.strip() else \
+        "; ".join(drift_reasons(text, basis, trigger))
 
 
 def _matcher(query: GridQuery):

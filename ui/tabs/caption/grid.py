@@ -19,7 +19,7 @@ import gradio as gr
 
 from ui.context import StudioContext
 
-STATUSES = ["all", "none", "machine", "edited", "approved"]
+STATUSES = ["all", "none", "machine", "edited", "approved", ("drifting from the examples", "drifting")]
 SORTS = ["name", "status", "tokens", "length"]
 HEADERS = ["image", "caption", "status", "tokens", "over budget"]
 TOP_HEADERS = ["word or tag", "kind", "captions", "share"]
@@ -48,13 +48,15 @@ def load_page(context: StudioContext, name, status, text, regex, sort, descendin
                             context.captioning.token_counter())
     except UserError as exc:
         return [], [], f"**{exc}**", 1
-    table = [[r.image, r.caption, r.status, " / ".join(str(n) for n in r.tokens), "⚠ over" if r.over_budget else ""]
-             for r in result.rows]
+    table = [[r.image, r.caption, f"{r.status}: {r.drift}" if r.drift else r.status,
+              " / ".join(str(n) for n in r.tokens), "⚠ over" if r.over_budget else ""] for r in result.rows]
     state = [{"image": r.image, "caption": r.caption, "hash": r.hash, "dataset": name} for r in result.rows]
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
     labels = " / ".join(context.captioning.token_counter().labels)
     only = f" with “{term}”" if term else ""
     summary = f"Page {result.page} of {result.pages} — {result.total} matching{only}. Dataset: {counts}. Tokens: {labels}."
+    if result.note:
+        summary += f" **{result.note}**"
     return table, state, summary, result.page
 
 
