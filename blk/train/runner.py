@@ -107,7 +107,8 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
     if resume and events.is_file() and World.from_env().is_main:
         # where this attempt begins, even if it fails before "resumed": the Train tab's elapsed time must
         # not count the pause since a killed attempt (which wrote no end) as that attempt's training
-        EventLog(events).write("launch", 0)
+        with contextlib.suppress(OSError):  # a full disk: the run's own writes say so, in one sentence
+            EventLog(events).write("launch", 0)
     try:
         return _train(config, workspace, Path(run_dir), resume, stop or threading.Event(), stop_after, reached)
     except Exception as exc:
