@@ -250,7 +250,7 @@ def _signatures(dataset: Path, records: list[ImageRecord]) -> dict[str, tuple[in
         if record.sha256 in cache:
             continue
         try:
-            with images.open_image(dataset / record.rel) as im:
+            with images.open_image(dataset / record.rel, preview=256) as im:
                 rgb = flatten(im, background)
                 rgb.thumbnail((256, 256))
                 grid = list(rgb.resize((4, 4), Image.Resampling.BOX).tobytes())

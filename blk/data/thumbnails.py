@@ -28,7 +28,7 @@ def thumbnail(dataset: str | Path, record: ImageRecord, size: int = 256) -> Path
     target = thumbnail_path(dataset, record, size)
     if target.exists():
         return target
-    im = images.open_image(dataset / record.rel)
+    im = images.open_image(dataset / record.rel, preview=size)
     im.thumbnail((size, size), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     im.save(buffer, format="PNG", optimize=False)
