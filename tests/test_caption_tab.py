@@ -304,14 +304,14 @@ def test_the_grid_shows_thumbnails_of_its_page_and_a_click_opens_one(context):
     (found by its name: a file that cannot be read has no thumbnail, so positions may differ from rows)."""
     folder = make_dataset(context, "t", count=3)
     _, rows, *_ = grid.load_page(context, "t", *QUERY)
-    shown = grid.page_thumbnails(context, rows)
+    *_, shown = grid.page_thumbnails(context, rows)
     assert [name for _, name in shown] == ["img0.png", "img1.png", "img2.png"]
     for path, name in shown:
         with Image.open(path) as im:
             assert max(im.size) <= grid.THUMBNAIL_SIZE
             source = Image.open(folder / name).convert("RGB").resize(im.size)
             assert im.convert("RGB").getpixel((0, 0)) == source.getpixel((0, 0))  # that image, not another
-    assert grid.page_thumbnails(context, []) == []
+    assert list(grid.page_thumbnails(context, [])) == [[]]
     assert grid.thumbnail_image(rows, {"image": {"path": shown[1][0]}, "caption": "img1.png"}) == "img1.png"
     assert grid.thumbnail_image(rows, {"caption": "elsewhere.png"}) is None and grid.thumbnail_image(rows, None) is None
 
@@ -320,7 +320,17 @@ def test_the_grid_shows_thumbnails_of_its_page_and_a_click_opens_one(context):
     strip = next(c for c in demo.blocks.values() if getattr(c, "elem_id", None) == "blk-caption-thumbs")
     rows_states = [f for f in demo.fns.values() if strip in f.outputs]
     assert len(rows_states) == 1 and rows_states[0].targets[0][1] == "change"
+    assert rows_states[0].fn.__code__.co_flags & 0x20  # a generator: Gradio shows each batch as it comes
     assert len(listeners(demo, strip, "select")) == 1
+
+
+def test_a_page_of_new_thumbnails_arrives_in_batches_in_the_grids_order(context, monkeypatch):
+    make_dataset(context, "many", count=23)
+    _, rows, *_ = grid.load_page(context, "many", *QUERY)
+    batches = list(grid.page_thumbnails(context, rows))
+    assert [len(batch) for batch in batches] == [10, 20, 23]  # every 10 made, then all
+    assert [name for _, name in batches[-1]] == [row["image"] for row in rows]  # made 2 at a time, kept in order
+    assert batches[0] == batches[-1][:10]
 
 
 def test_the_grid_shows_the_captions_drifting_from_the_examples_with_how(context):

@@ -14,7 +14,7 @@ def check(context: StudioContext, name: str, trigger: str, progress=gr.Progress(
     from blk.data.captions import CaptionStore
     from blk.data.check import check_for_model
     from blk.data.scan import scan
-    from blk.data.thumbnails import thumbnail
+    from blk.data.thumbnails import thumbnails
     from blk.errors import UserError
 
     if not name:
@@ -27,12 +27,9 @@ def check(context: StudioContext, name: str, trigger: str, progress=gr.Progress(
     except UserError as exc:
         return f"**{exc}**", []
     store = CaptionStore(folder)
-    gallery = []
-    for record in [r for r in scan(folder) if r.ok][:MAX_THUMBNAILS]:
-        try:
-            gallery.append((str(thumbnail(folder, record)), store.read(record.rel).text[:120] or record.rel))
-        except UserError:
-            continue
+    gallery = [(str(path), store.read(record.rel).text[:120] or record.rel)
+               for record, path in thumbnails(folder, [r for r in scan(folder) if r.ok][:MAX_THUMBNAILS])
+               if path is not None]
     return "```\n" + report.to_text() + "\n```", gallery
 
 

@@ -61,32 +61,33 @@ def load_page(context: StudioContext, name, status, text, regex, sort, descendin
 
 
 THUMBNAIL_SIZE = 128  # px, the longer side of the page's thumbnails (cached in the dataset's .blk/thumbs/)
+THUMBNAIL_BATCH = 10  # thumbnails shown at a time while a page's are being made
 
 
-def page_thumbnails(context: StudioContext, rows) -> list[tuple[str, str]]:
+def page_thumbnails(context: StudioContext, rows):
     """Thumbnails of the rows the grid shows, in its order: the artist sees the images they are captioning
-    without opening each one. A file that cannot be read shows no thumbnail (its row says why in Check)."""
+    without opening each one. A file that cannot be read shows no thumbnail (its row says why in Check).
+    A generator: a page of large scans not seen before (about a second each) appears batch by batch."""
     from blk.data.scan import scan
-    from blk.data.thumbnails import thumbnail
+    from blk.data.thumbnails import thumbnails
     from blk.errors import UserError
 
-    if not rows:
-        return []
     try:
-        folder = context.captioning.dataset(rows[0]["dataset"])
+        folder = context.captioning.dataset(rows[0]["dataset"]) if rows else None
     except UserError:
-        return []
+        folder = None
+    if folder is None:
+        yield []
+        return
     records = {record.rel: record for record in scan(folder)}
+    wanted = [records[row["image"]] for row in rows if row["image"] in records and records[row["image"]].ok]
     shown = []
-    for row in rows:
-        record = records.get(row["image"])
-        if record is None or not record.ok:
-            continue
-        try:
-            shown.append((str(thumbnail(folder, record, size=THUMBNAIL_SIZE)), row["image"]))
-        except (UserError, OSError):
-            continue
-    return shown
+    for made, (record, path) in enumerate(thumbnails(folder, wanted, THUMBNAIL_SIZE), start=1):
+        if path is not None:
+            shown.append((str(path), record.rel))
+        if made % THUMBNAIL_BATCH == 0 and made < len(wanted):
+            yield list(shown)
+    yield shown
 
 
 def thumbnail_image(rows, selected) -> str | None:
@@ -470,7 +471,7 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
 
     table.select(on_select, inputs=rows_state, outputs=selected_image)
     # the page's thumbnails follow whatever changed the rows (a page, a filter, a save, another dataset)
-    rows_state.change(lambda rows: page_thumbnails(context, rows), inputs=rows_state, outputs=thumbs,
+    rows_state.change(lambda rows: (yield from page_thumbnails(context, rows)), inputs=rows_state, outputs=thumbs,
                       show_progress="hidden")
     def on_thumbnail(rows, evt: gr.SelectData):
         return thumbnail_image(rows, evt.value)
