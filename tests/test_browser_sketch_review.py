@@ -27,6 +27,8 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             # (a first click on Sketch also restores its remembered form: allow for a busy machine)
             expect(page.locator("#blk-sketch-selected")).to_have_text("Click a sketch first.", timeout=30_000)
             page.get_by_label("Prompt", exact=True).fill("blkstyle, a floating cube")
+            # nothing picked until the artist picks: a name shown there would read as used, and was not
+            expect(page.locator("#blk-sketch-lora-pick input")).to_have_value("")
             page.locator("#blk-sketch-lora-pick input").click()
             page.get_by_role("option", name="tiny-run/step-000012.safetensors").click()  # picking adds it
             expect(page.get_by_text("tiny-run/step-000012.safetensors — strength", exact=True)).to_be_visible()

@@ -445,16 +445,22 @@ def test_bad_requests_are_one_sentence(shared_workspace, tmp_path, pipelines):
     assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob(".blk-tmp-*"))
 
 
-def test_cancel_writes_nothing(shared_workspace, tmp_path, pipelines):
+def test_cancel_writes_no_result_and_keeps_what_was_finished_for_the_same_job(shared_workspace, tmp_path,
+                                                                              pipelines):
     import threading
 
     from blk.upscale.tiler import Cancelled
 
     cancel = threading.Event()
     cancel.set()
-    with pytest.raises(Cancelled):
+    logged = []
+    with pytest.raises(Cancelled) as cancelled:
         run(tiny_job(tmp_path), shared_workspace, pipelines, cancel=cancel)
-    assert not (tmp_path / "out.png").exists() and not list(tmp_path.glob(".blk-tmp-*"))
+    assert not (tmp_path / "out.png").exists()
+    assert cancelled.value.kept and list(tmp_path.glob(".blk-tmp-*"))  # the Lanczos enlargement was finished
+    run(tiny_job(tmp_path), shared_workspace, pipelines, log=logged.append)
+    assert any("Resuming" in line for line in logged), logged  # the same job continues from it
+    assert (tmp_path / "out.png").exists() and not list(tmp_path.glob(".blk-tmp-*"))
 
 
 def test_cli_diffusion_killed_then_resumed(shared_workspace, tmp_path):

@@ -1,6 +1,6 @@
 """Upscale resume, print export: a job killed mid-row (a real child process, SIGKILL) continues from its
-last finished row and gives the same pixels as an uninterrupted run; cancel and other settings leave
-nothing behind; the print copy is 8-bit RGB, flattened, with DPI and ICC.
+last finished row and gives the same pixels as an uninterrupted run; a cancel keeps the finished rows
+for the same job, other settings leave nothing behind; the print copy is 8-bit RGB, flattened, with DPI and ICC.
 
 The child kills itself with `BLK_TEST_KILL_AFTER_TILES=N` (`blk.upscale.cli`): after N tiles, mid-row
 with batch 1, as a crash or a power cut would — no Python code runs after it.
@@ -206,7 +206,7 @@ def test_killed_second_pass_resumes_from_the_first_passes_canvas(model, tmp_path
     assert leftovers(tmp_path) == []
 
 
-# -- in-process interruptions: Ctrl+C keeps, cancel and other settings clean up -------------------
+# -- in-process interruptions: Ctrl+C and Cancel keep, other settings clean up ----------------------
 
 def interrupt_after(n: int):
     def progress(done, total):
@@ -215,7 +215,7 @@ def interrupt_after(n: int):
     return progress
 
 
-def test_interrupt_keeps_cancel_and_other_settings_clean_up(model, tmp_path):
+def test_interrupt_and_cancel_keep_finished_rows_and_other_settings_clean_up(model, tmp_path):
     image = save_png(tmp_path / "in.png", 72, 64, seed=24)
     out = tmp_path / "out.tif"
     job = EsrganJob(image, out, model, tile=32, overlap=8, batch=1)
@@ -234,13 +234,20 @@ def test_interrupt_keeps_cancel_and_other_settings_clean_up(model, tmp_path):
     save_png(image, 72, 64, seed=25)
     assert run(job).resumed_from_tile == 0 and leftovers(tmp_path) == []
 
-    # cancel of a resumed job is still a cancel: everything is removed
+    # a cancel after finished rows keeps them, and says so: the same job started again continues from them
     with pytest.raises(KeyboardInterrupt):
         run(job, progress=interrupt_after(5))
     cancel = threading.Event()
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled, match="finished tiles are kept"):
         run(job, progress=lambda d, t: cancel.set(), cancel=cancel)
-    assert leftovers(tmp_path) == []
+    assert Journal.path_for(out).name in leftovers(tmp_path)
+    continued = run(job)
+    assert continued.resumed_from_tile > 0 and leftovers(tmp_path) == []
+    # a cancel before any row is finished keeps nothing (there is nothing to continue from)
+    cancel.set()
+    with pytest.raises(Cancelled) as cancelled:
+        run(job, cancel=cancel)
+    assert not cancelled.value.kept and "kept" not in str(cancelled.value) and leftovers(tmp_path) == []
 
     # interrupted twice, resumed twice: the same pixels as one uninterrupted run
     reference = tifffile.imread(out)

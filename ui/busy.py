@@ -17,7 +17,12 @@ def click_while_busy(button: gr.Button, busy_label: str, fn, **event_args):
     greyed = button.click(lambda: gr.Button(value=busy_label, interactive=False), outputs=button, queue=False,
                           show_progress="hidden")
     job = greyed.then(fn, **event_args)
-    # `.then` follows the job however it ended: finished, cancelled, or a sentence of error
-    job.then(lambda: gr.Button(value=idle_label, interactive=True), outputs=button, queue=False,
-             show_progress="hidden")
+
+    def idle():
+        return gr.Button(value=idle_label, interactive=True)
+
+    # after the job however it ended: `.then` follows one that returned (finished, cancelled, a sentence),
+    # `.failure` one that raised or whose inputs could not be read (a damaged upload); Gradio runs only one
+    job.then(idle, outputs=button, queue=False, show_progress="hidden")
+    job.failure(idle, outputs=button, queue=False, show_progress="hidden")
     return job

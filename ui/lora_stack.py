@@ -67,7 +67,7 @@ def build(context: StudioContext, prefix: str, label: str) -> tuple[gr.State, gr
     """Render the picker and the list; returns the State holding [[path, strength], …] and the picker."""
     with gr.Group():
         with gr.Row(equal_height=True):
-            pick = gr.Dropdown(lora_choices(context), label=label, allow_custom_value=True, scale=4,
+            pick = gr.Dropdown(lora_choices(context), value=None, label=label, allow_custom_value=True, scale=4,
                                elem_id=f"{prefix}-lora-pick", info="Picking one adds it; a typed path: Add")
             with gr.Column(scale=0, min_width=90):  # two small buttons stacked, not stretched to the row
                 add = gr.Button("Add", size="sm", elem_id=f"{prefix}-lora-add")

@@ -32,9 +32,11 @@ protocol, with its state, canvases and band under this job's token
 (`.blk-tmp-TOKEN.NAME.journal.json`, `.blk-tmp-TOKEN.NAME.pass0.canvas` …), so
 they are resumed only under this job's key and removed with its files.
 
-What ends a job decides what stays: success, cancel and errors remove every
-file (`discard`); a process kill leaves them, and so does Ctrl+C
-(KeyboardInterrupt: `suspend`), which is how a terminal user interrupts. A job
+What ends a job decides what stays: success and errors remove every file
+(`discard`); a process kill leaves them, and so does Ctrl+C (KeyboardInterrupt:
+`suspend`), which is how a terminal user interrupts, and so does Cancel once a
+tile is finished (hours of a mural are not thrown away by a click; the same job
+started again continues). A job
 whose key differs (other input content, model, output, settings) finds the old
 journal, removes its files, and starts fresh; so does a journal of another
 `VERSION` (version 1 recorded the next row's position in the older greedy tile
@@ -254,15 +256,23 @@ class Journal:
     # -- end ------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def ending(self):
-        """`with journal.ending():` around a job's work: success, cancel and errors discard the job's
-        files (a full disk becomes one sentence); Ctrl+C suspends them for a resume."""
+        """`with journal.ending():` around a job's work: success and errors discard the job's files (a full
+        disk becomes one sentence); Ctrl+C suspends them for a resume, and so does a cancel after the first
+        finished tile (before it there is nothing to keep)."""
         from blk.upscale.canvas import disk_full, is_disk_full
+        from blk.upscale.tiler import Cancelled
 
         try:
             yield self
         except KeyboardInterrupt:
             self.suspend()
             raise
+        except Cancelled:
+            if self.state["pass"] == 0 and not self.state["tiles_done"]:
+                self.discard()
+                raise
+            self.suspend()
+            raise Cancelled(kept=True) from None
         except BaseException as exc:
             self.discard()
             if is_disk_full(exc) and not isinstance(exc, UserError):

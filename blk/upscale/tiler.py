@@ -71,10 +71,14 @@ MIN_TILE = 16
 
 
 class Cancelled(UserError):
-    """The user pressed cancel."""
+    """The user pressed cancel. `kept`: the job's finished tiles stay on disk for the same job to continue
+    from (`journal.Journal.ending`)."""
 
-    def __init__(self):
-        super().__init__("Upscaling was cancelled; no output was written.")
+    def __init__(self, kept: bool = False):
+        self.kept = kept
+        super().__init__("Upscaling was cancelled; no result was written." + (
+            " Its finished tiles are kept (hidden .blk-tmp- files beside the result): start the same job again "
+            "to continue from them; a job with other settings for the same result removes them." if kept else ""))
 
 
 class Sink(Protocol):
