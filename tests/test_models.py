@@ -227,6 +227,8 @@ def test_single_file_without_a_base_model_says_what_to_fetch(tmp_path, workspace
     assert model.base is None
     with pytest.raises(UserError, match="models fetch flux-dev"):
         PipelineCache().get(model)
+    workspace.settings.models["my-flux"] = str(path)  # registered, it still cannot load: no default, demo mode
+    assert registry.default_model(workspace) == ("tiny-flux", True)
 
 
 def page_load_outputs(demo) -> dict[str, object]:

@@ -350,3 +350,23 @@ def test_image_to_image_with_transparency(model, shared_workspace, tmp_path):
         stenciler.run(StencilRequest(**{**request.__dict__, "strength": 1.5}))
     with pytest.raises(UserError, match="does not exist"):
         stenciler.run(StencilRequest(**{**request.__dict__, "image": tmp_path / "missing.png"}))
+
+
+def test_an_artists_model_named_tiny_gets_no_random_layerdiffuse_weights(shared_workspace, tmp_path):
+    """Only the built-in tiny models get random LayerDiffuse weights; the artist's own `tiny-inks` folder in
+    workspace/models is a real model: told what is missing, nothing written into it."""
+    import shutil
+
+    from blk.errors import UserError
+    from blk.models.registry import resolve
+    from blk.stencil.layerdiffuse import find_weights
+    from blk.workspace import Workspace
+
+    workspace = Workspace(tmp_path / "workspace")
+    shutil.copytree(shared_workspace.models / "tiny-flux", workspace.models / "tiny-inks",
+                    ignore=shutil.ignore_patterns("layerdiffuse"))
+    model = resolve("tiny-inks", workspace)
+    assert not model.is_tiny
+    with pytest.raises(UserError, match="LayerDiffuse for flux needs"):
+        find_weights(workspace, model)
+    assert not (workspace.models / "tiny-inks" / "layerdiffuse").exists()

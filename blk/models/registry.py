@@ -273,8 +273,10 @@ def default_model(workspace: Workspace, family: str | None = None) -> tuple[str,
     for name in own + workspace_model_folders(workspace):
         try:
             resolved = resolve(name, workspace)
-        except UserError:  # missing, damaged, or a single file without its family's base: not a default
+        except UserError:  # missing or damaged: not a default
             continue
+        if resolved.single_file and resolved.base is None:
+            continue  # it cannot load without a diffusers model of its family (configs, tokenizers)
         if resolved.family in FAMILIES and (family is None or resolved.family == family):
             return name, False
     return ("tiny-sdxl" if family == "sdxl" else "tiny-flux"), True

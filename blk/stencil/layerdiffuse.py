@@ -48,7 +48,7 @@ class LayerDiffuseWeights:
 
 
 def weights_folder(workspace: Workspace, model: ResolvedModel) -> Path:
-    if model.name.startswith("tiny-"):
+    if model.is_tiny:
         return workspace.models / model.name / "layerdiffuse"
     return workspace.models / "layerdiffuse"
 
@@ -56,7 +56,7 @@ def weights_folder(workspace: Workspace, model: ResolvedModel) -> Path:
 def find_weights(workspace: Workspace, model: ResolvedModel) -> LayerDiffuseWeights:
     """The decoder and layer LoRA for this model's family; one sentence naming what is missing."""
     folder = weights_folder(workspace, model)
-    if model.name.startswith("tiny-"):
+    if model.is_tiny:
         ensure_tiny_weights(folder, model)
     decoder_name, lora_name = FILES[model.family]
     missing = [name for name in (decoder_name, lora_name) if not (folder / name).is_file()]
@@ -69,7 +69,7 @@ def find_weights(workspace: Workspace, model: ResolvedModel) -> LayerDiffuseWeig
 def find_encoder(workspace: Workspace, model: ResolvedModel) -> Path:
     """The offset encoder's file (image-to-image with transparency); one sentence when it is missing."""
     folder = weights_folder(workspace, model)
-    if model.name.startswith("tiny-"):
+    if model.is_tiny:
         ensure_tiny_weights(folder, model)
     path = folder / ENCODER_FILES[model.family]
     if not path.is_file():
