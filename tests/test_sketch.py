@@ -201,3 +201,32 @@ def test_cli_sketch(shared_workspace, trained_run, tmp_path):
 
     bad = run_blk("--workspace", str(shared_workspace.root), "sketch", "--model", "tiny-flux", "--size", "big")
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_lora_rewritten_in_place_while_loaded_does_not_bring_the_app_down(shared_workspace, trained_run, tmp_path):
+    """diffusers maps a LoRA file into memory and its adapter reads from there: a file rewritten in place (another
+    tool saving again under the same name) killed the whole process with a bus error at the next generation.
+    The pipeline loads a private copy. Run in a child process: the failure is a signal, not an exception."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    shutil.copy(trained_run / "checkpoints" / "step-000008.safetensors", first)
+    shutil.copy(trained_run / "checkpoints" / "step-000012.safetensors", second)
+    script = f"""
+from pathlib import Path
+from blk.generate.sketch import Lora, Sketcher, SketchRequest
+from blk.workspace import Workspace
+sketcher = Sketcher(Workspace({str(shared_workspace.root)!r}))
+def draw(lora):
+    return sketcher.run(SketchRequest("tiny-flux", "an ink cube", loras=[Lora(Path(lora), 0.8)], seed=7, width=64,
+                                      height=64, steps=2, out_dir={str(tmp_path)!r}))[0].path
+draw({str(first)!r})
+Path({str(first)!r}).write_bytes(b"rewritten in place by another tool")  # the same file, truncated
+print("drawn:", draw({str(second)!r}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "drawn:" in done.stdout, (done.returncode, done.stderr[-2000:])

@@ -213,6 +213,37 @@ def adapter_name(path: Path) -> str:
     return "lora_" + lora_sha256(path)[:16]
 
 
+_PRIVATE_COPIES: dict[str, Path] = {}  # sha256 -> this process's own copy of a LoRA file
+
+
+def private_copy(path: Path) -> Path:
+    """This process's own copy of a LoRA file, the one the pipeline loads.
+
+    diffusers maps a LoRA file into memory and its adapter keeps reading from that mapping: a file rewritten in
+    place while it is loaded (a trainer in another tool saving again under the same name) took the whole app
+    down with a bus error at the next generation. A copy only this process knows is never rewritten. Copies
+    live in a temporary folder removed at exit, one per content (in a folder named by its hash; the file keeps its
+    name, which the loaders' sentences say)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from blk import atomic
+
+    sha256 = lora_sha256(path)
+    if sha256 not in _PRIVATE_COPIES or not _PRIVATE_COPIES[sha256].is_file():
+        if not _PRIVATE_COPIES:
+            folder = Path(tempfile.mkdtemp(prefix="blk-loras-"))
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        else:
+            folder = next(iter(_PRIVATE_COPIES.values())).parent
+        copy = folder / sha256 / Path(path).name
+        copy.parent.mkdir(exist_ok=True)
+        atomic.write_bytes(copy, Path(path).read_bytes())
+        _PRIVATE_COPIES[sha256] = copy
+    return _PRIVATE_COPIES[sha256]
+
+
 def _quiet_lora_loader() -> None:
     """diffusers warns at every load that a transformer-only LoRA has no text-encoder keys; that is normal."""
     import logging
@@ -297,7 +328,7 @@ def _has_lokr_layers(loaded: LoadedPipeline) -> bool:
 def _load_checked(loaded: LoadedPipeline, path: Path, name: str) -> None:
     """Load one file as adapter `name`; any failure is one sentence and leaves nothing behind."""
     try:
-        _load_lora(loaded, path, name)
+        _load_lora(loaded, private_copy(path), name)
     except UserError:  # already one sentence (a LyCORIS LoKr that does not fit, say)
         _forget_adapter(loaded, name)
         raise
