@@ -205,7 +205,8 @@ def test_cli_sketch(shared_workspace, trained_run, tmp_path):
 
 def test_a_lora_rewritten_in_place_while_loaded_does_not_bring_the_app_down(shared_workspace, trained_run, tmp_path):
     """diffusers maps a LoRA file into memory and its adapter reads from there: a file rewritten in place (another
-    tool saving again under the same name) killed the whole process with a bus error at the next generation.
+    tool saving again under the same name) killed the whole process with a bus error at the next generation
+    that used an adapter of that content.
     The pipeline loads a private copy. Run in a child process: the failure is a signal, not an exception."""
     import shutil
     import subprocess
@@ -215,7 +216,7 @@ def test_a_lora_rewritten_in_place_while_loaded_does_not_bring_the_app_down(shar
 
     first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
     shutil.copy(trained_run / "checkpoints" / "step-000008.safetensors", first)
-    shutil.copy(trained_run / "checkpoints" / "step-000012.safetensors", second)
+    shutil.copy(first, second)  # a copy kept elsewhere: the same content, so the loaded adapter is used again
     script = f"""
 from pathlib import Path
 from blk.generate.sketch import Lora, Sketcher, SketchRequest
