@@ -61,8 +61,23 @@ def test_a_png_names_its_loras_without_the_folders_of_the_machine_and_they_are_f
     shutil.rmtree(run)
     assert sketch.load_parameters(context, str(result.path))[3] == [[str(kept.resolve()), 0.7]]  # found by its hash
     kept.write_bytes(b"another file")  # the same name, another file: not the LoRA the image was made with
+    other = workspace.models / "loras" / "unrelated.safetensors"  # another size: never hashed in the search
+    other.write_bytes(b"x" * 1000)
+    from blk.models import pipelines
+
     loaded = sketch.load_parameters(context, str(result.path))
     assert loaded[3] == [] and f"Not found on this machine: {run.name}/step-000008.safetensors" in loaded[-1]
+    assert not [key for key in pipelines._SHA256_BY_STAT if key[0] == str(other.resolve())]
+
+    # a LoRA kept in a folder allowed besides the workspace: named by its file name, found there again
+    shelf = tmp_path / "shelf" / "inks"
+    shelf.mkdir(parents=True)
+    shutil.copy(trained_run / "checkpoints" / "step-000008.safetensors", shelf / "ink.safetensors")
+    workspace.settings.allowed_folders.append(str(tmp_path / "shelf"))
+    result, = context.sketcher.run(SketchRequest("tiny-flux", "a tower", loras=[Lora(shelf / "ink.safetensors", 0.5)],
+                                                 seed=11, width=64, height=48, steps=2, out_dir=tmp_path))
+    assert read_parameters(result.path)["loras"][0]["path"] == "ink.safetensors"
+    assert sketch.load_parameters(context, str(result.path))[3] == [[str((shelf / "ink.safetensors").resolve()), 0.5]]
     assert sketch.model_defaults(context, "flux-schnell") == (4, 0.0)
 
 

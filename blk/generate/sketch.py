@@ -220,7 +220,8 @@ class Sketcher:
             "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
             "steps": request.steps, "guidance": request.guidance, "width": request.width, "height": request.height,
             "loras": [{"name": lora_label(lora.path), "sha256": lora_sha256(lora.path), "scale": lora.scale,
-                       "path": lora_reference(self.workspace, lora.path)} for lora in sketch.loras],
+                       "path": lora_reference(self.workspace, lora.path), "bytes": Path(lora.path).stat().st_size}
+                      for lora in sketch.loras],
             "memory": asdict(loaded.memory), "device": loaded.device,
         }
 
@@ -252,7 +253,7 @@ def request_from_parameters(parameters: dict, workspace: Workspace) -> SketchReq
     machine by `find_lora`, or one sentence naming the first that is not)."""
     loras = []
     for lora in parameters.get("loras", []):
-        path = find_lora(workspace, lora.get("path"), lora.get("sha256"))
+        path = find_lora(workspace, lora.get("path"), lora.get("sha256"), lora.get("bytes"))
         if path is None:
             raise UserError(f"The LoRA {lora.get('name') or lora.get('path')} is not on this machine.")
         loras.append(Lora(path, float(lora["scale"])))

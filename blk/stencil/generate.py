@@ -147,7 +147,8 @@ class Stenciler:
                     "layerdiffuse": {"decoder": weights.decoder.name, "lora": weights.lora.name,
                                      "lora_sha256": lora_sha256(weights.lora)},
                     "loras": [{"name": lora_label(lora.path), "sha256": lora_sha256(lora.path),
-                               "scale": lora.scale, "path": lora_reference(workspace, lora.path)}
+                               "scale": lora.scale, "path": lora_reference(workspace, lora.path),
+                               "bytes": Path(lora.path).stat().st_size}
                               for lora in request.loras],
                 }
                 if start is not None:

@@ -108,7 +108,8 @@ def load_parameters(context: StudioContext, file):
     loras, missing = [], []
     for lora in p.get("loras", []):
         reference, sha256, scale = text(lora.get("path")), text(lora.get("sha256")), number(lora.get("scale"))
-        path = find_lora(context.workspace, reference, sha256)  # by its workspace path, else by its hash
+        size = lora.get("bytes") if isinstance(lora.get("bytes"), int) else None
+        path = find_lora(context.workspace, reference, sha256, size)  # by its workspace path, else by its hash
         if path is not None:
             loras.append([str(path), 1.0 if scale is None else float(scale)])
         else:
