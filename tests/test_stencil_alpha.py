@@ -185,13 +185,115 @@ def test_batch_into_a_subfolder_skips_its_outputs_and_never_overwrites_a_scan(tm
     scans.mkdir()
     Image.fromarray(np.full((4, 4, 3), 128, np.uint8)).save(scans / "a.png")
     Image.fromarray(np.full((4, 4, 3), 128, np.uint8)).save(scans / "a.jpg")
+    names = []
     for _ in range(2):
         result = convert_batch(scans, scans / "alpha")
-        assert sorted(p.output.name for p in result.written) == ["a_jpg.png", "a_png.png"]
+        names.append([(p.source.name, p.output.name) for p in result.written])
+    assert names == [[("a.jpg", "a.png"), ("a.png", "a-2.png")], [("a.jpg", "a-3.png"), ("a.png", "a-4.png")]]
     with pytest.raises(UserError, match="other than"):
         convert_batch(scans, scans)
     with pytest.raises(UserError, match="replace the scans"):
         convert_batch(scans / "a.png", scans)
+
+
+def test_same_named_scans_and_a_second_conversion_never_overwrite_a_result(tmp_path):
+    """scan.png and scan.jpg (one batch, or one after another as uploads are) and the same scan converted again
+    later each keep their own PNG: scan.png, scan-2.png, scan-3.png, the earlier files byte for byte."""
+    ink, grey = tmp_path / "ink", tmp_path / "grey"
+    ink.mkdir(), grey.mkdir()
+    Image.fromarray(np.full((6, 6, 3), 20, np.uint8)).save(ink / "scan.png")  # nearly black: nearly opaque
+    Image.fromarray(np.full((6, 6, 3), 200, np.uint8)).save(grey / "scan.jpg")  # light grey: faint
+    out = tmp_path / "out"
+    first = convert_batch(ink / "scan.png", out, AlphaSettings(paper="#ffffff")).written[0]
+    second = convert_batch(grey / "scan.jpg", out, AlphaSettings(paper="#ffffff")).written[0]
+    assert (first.output.name, second.output.name) == ("scan.png", "scan-2.png")
+    kept = {path.name: path.read_bytes() for path in out.iterdir()}
+    again = convert_batch(ink / "scan.png", out, AlphaSettings(paper="#ffffff")).written[0]
+    assert again.output.name == "scan-3.png"
+    assert all((out / name).read_bytes() == data for name, data in kept.items())
+    alphas = [int(read_levels(out / name)[0, 0, 3]) for name in ("scan.png", "scan-2.png", "scan-3.png")]
+    assert alphas[0] == alphas[2] == 235 and alphas[1] == 55  # each PNG holds its own scan
+
+
+def disc_on_transparency(path, hidden=(0, 255, 0)):
+    """A red disc (#c82828) on a fully transparent ground whose hidden colour is green."""
+    yy, xx = np.mgrid[:64, :64]
+    inside = (yy - 32) ** 2 + (xx - 32) ** 2 < 20 ** 2
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., :3] = hidden
+    rgba[inside] = [200, 40, 40, 255]
+    Image.fromarray(rgba, "RGBA").save(path)
+    return inside
+
+
+def test_an_image_already_transparent_keeps_its_ink_and_its_transparency(tmp_path):
+    """The disc is not paper: it keeps its ink (white paper, as GIMP, and a note says why); the ground stays
+    clear. A converted alpha is the input's alpha times the computed one."""
+    inside = disc_on_transparency(tmp_path / "disc.png")
+    result = convert_file(tmp_path / "disc.png", tmp_path / "out.png", AlphaSettings(paper="auto"))
+    assert result.paper == "#ffffff" and "no paper shows" in result.note
+    levels = read_levels(result.output).astype(int)
+    assert (levels[~inside, 3] == 0).all()  # transparent stays transparent
+    assert (levels[inside, 3] == round((1 - 40 / 255) * 255)).all()  # white paper: α = 1 − min(R, G, B)
+    assert (levels[inside, 0] > 150).all() and (levels[inside, 1:3] < 10).all()  # still red
+    assert np.abs(composite_over(levels[inside][None], np.ones(3), 255) - [200, 40, 40]).max() <= 1
+
+
+def test_a_scan_with_transparent_corners_still_estimates_its_paper(tmp_path):
+    """A deskewed scan saved with transparent corners: the paper comes from the opaque pixels only (not from the
+    corners' hidden black), the strokes keep their density and the corners stay clear."""
+    rng = np.random.default_rng(9)
+    scan = synthetic_scan(rng, [238, 229, 207])
+    corner = np.add.outer(np.arange(160), np.arange(200)) < 40
+    rgba = np.dstack([scan, np.full((160, 200), 255)]).astype(np.uint8)
+    rgba[corner] = [0, 0, 0, 0]
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "deskewed.png")
+    result = convert_file(tmp_path / "deskewed.png", tmp_path / "out.png", AlphaSettings(paper="auto"))
+    assert result.note == ""
+    assert np.abs(parse_paper(result.paper) * 255 - [238, 229, 207]).max() <= 3
+    alpha = read_levels(result.output)[..., 3].astype(int)
+    assert (alpha[corner] == 0).all() and alpha[10:14, 60:160].min() >= 200
+
+
+@pytest.mark.parametrize("paper", ["auto", "#ffffff"])
+def test_a_fully_transparent_image_is_skipped_with_one_sentence(tmp_path, paper):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8), "RGBA").save(scans / "empty.png")
+    disc_on_transparency(scans / "disc.png")
+    result = convert_batch(scans, tmp_path / "out", AlphaSettings(paper=paper))
+    assert [item.output.name for item in result.written] == ["disc.png"]
+    assert result.failed == [(scans / "empty.png", "empty.png is fully transparent, so there is nothing to "
+                                                   "convert; it was skipped.")]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["disc.png"]
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16bit_rgb_png_without_exif_stays_16bit(tmp_path, channels):
+    """Many 16-bit PNGs carry no EXIF chunk (GIMP, Krita, scanners); Pillow's header then loses their depth."""
+    x = np.random.default_rng(11).integers(0, 65536, (12, 14, channels)).astype(np.uint16)
+    if channels == 4:
+        x[..., 3] = np.maximum(x[..., 3], 1)  # some alpha everywhere: no pixel is fully transparent
+    source = tmp_path / "scan16rgb.png"
+    pyvips.Image.new_from_array(x, interpretation="rgb16").write_to_file(str(source), strip=True)
+    assert b"eXIf" not in source.read_bytes() and read_levels(source).dtype == np.uint16
+    result = convert_file(source, tmp_path / "out.png", AlphaSettings(paper="#f0e8d6"))
+    levels = read_levels(result.output)
+    assert result.bits == 16 and levels.dtype == np.uint16 and levels.shape == (12, 14, 4)
+    assert np.any(levels % 257 != 0)  # 16 bits of information, not 8-bit values scaled up
+    computed = color_to_alpha_levels((x / 65535.0).astype(np.float32), parse_paper("#f0e8d6"), bits=16)
+    assert np.array_equal(levels, computed)  # the input's own 16-bit values (and alpha) went in
+
+
+def test_16bit_planar_tiff_stays_16bit(tmp_path):
+    import tifffile
+
+    x = np.random.default_rng(12).integers(0, 65536, (10, 12, 3)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "scan.tif", np.moveaxis(x, 2, 0), photometric="rgb", planarconfig="separate")
+    result = convert_file(tmp_path / "scan.tif", tmp_path / "scan.png", AlphaSettings(paper="#ffffff"))
+    levels = read_levels(result.output)
+    assert result.bits == 16 and levels.dtype == np.uint16
+    assert np.abs(composite_over(levels, np.ones(3), 65535) - x).max() <= 1.0
 
 
 def test_cli_alpha_folder(tmp_path):
@@ -209,6 +311,8 @@ def test_cli_alpha_single_file_and_user_errors(tmp_path):
     done = run_blk("stencil", "alpha", str(tmp_path / "ink.png"), "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "ink.png").is_file()
+    again = run_blk("stencil", "alpha", str(tmp_path / "ink.png"), "--out", str(tmp_path / "out"))
+    assert again.returncode == 0 and f"→ {tmp_path / 'out' / 'ink-2.png'} (8-bit" in again.stdout
     bad = run_blk("stencil", "alpha", str(tmp_path / "ink.png"), "--paper", "beige", "--out", str(tmp_path / "o"))
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: The paper colour must be")
     assert len(bad.stderr.strip().splitlines()) == 1

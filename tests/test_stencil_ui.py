@@ -143,6 +143,64 @@ def test_converting_a_dataset_again_never_overwrites_the_first_conversion(worksp
     assert "`scans-alpha-3`" in third and "uploaded" not in third
 
 
+def test_uploads_with_the_same_name_are_all_kept_and_16bit_scans_say_16bit(workspace, tmp_path):
+    """scan.png and scan.jpg uploaded together become scan.png and scan-2.png (the status says which scan each
+    came from); the same scan converted again later becomes scan-3.png, the earlier files untouched. A 16-bit
+    RGB PNG (no EXIF chunk, as GIMP writes it) stays 16-bit and the status says so."""
+    import pyvips
+
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    quiet = dict(progress=lambda *a, **k: None)
+    for folder in ("a", "b", "c"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(np.full((6, 6, 3), 20, np.uint8)).save(tmp_path / "a" / "scan.png")
+    Image.fromarray(np.full((6, 6, 3), 200, np.uint8)).save(tmp_path / "b" / "scan.jpg")
+    deep = np.random.default_rng(4).integers(0, 65536, (6, 6, 3)).astype(np.uint16)
+    pyvips.Image.new_from_array(deep, interpretation="rgb16").write_to_file(str(tmp_path / "c" / "scan16rgb.png"),
+                                                                            strip=True)
+    uploads = [str(tmp_path / "a" / "scan.png"), str(tmp_path / "b" / "scan.jpg"), str(tmp_path / "c" / "scan16rgb.png")]
+    written, status = stencil.ink_to_alpha(context, uploads, None, False, "#ffffff", 0.0, 1.0, **quiet)
+    assert [Path(p).name for p in written] == ["scan.png", "scan-2.png", "scan16rgb.png"]
+    assert "3 converted" in status and "- scan.png: 8-bit, paper #ffffff" in status
+    assert "- scan-2.png (from scan.jpg): 8-bit" in status and "- scan16rgb.png: 16-bit, paper #ffffff" in status
+    assert [int(np.asarray(Image.open(p))[0, 0, 3]) for p in written[:2]] == [235, 55]  # each its own scan
+    assert np.asarray(Image.open(written[2])).dtype == np.uint16 or Image.open(written[2]).tile[0][3] == "RGBA;16B"
+    kept = {p: Path(p).read_bytes() for p in written}
+    again, status = stencil.ink_to_alpha(context, uploads[:1], None, False, "#ffffff", 0.0, 1.0, **quiet)
+    assert [Path(p).name for p in again] == ["scan-3.png"] and Path(again[0]).parent == Path(written[0]).parent
+    assert "- scan-3.png (from scan.png): 8-bit" in status
+    assert all(Path(p).read_bytes() == data for p, data in kept.items())
+
+
+def test_a_dataset_with_a_png_and_a_jpg_of_the_same_name_keeps_both_with_their_captions(workspace):
+    from blk.data.check import check_dataset
+
+    folder = workspace.datasets / "pair"
+    folder.mkdir(parents=True)
+    for name, column in (("a.png", 4), ("a.jpg", 16), ("b.png", 10)):
+        page = np.full((24, 24, 3), 235, np.uint8)
+        page[4:20, column:column + 3] = 0
+        Image.fromarray(page).save(folder / name)
+    (folder / "a.txt").write_text("blkstyle, a")
+    (folder / "b.txt").write_text("blkstyle, b")
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    written, status = stencil.ink_to_alpha(context, None, "pair", True, "#ffffff", 0.0, 1.0,
+                                           progress=lambda *a, **k: None)
+    target = workspace.datasets / "pair-alpha"
+    assert sorted(p.name for p in target.iterdir() if not p.name.startswith(".")) == \
+        ["a-2.png", "a-2.txt", "a.png", "a.txt", "b.png", "b.txt"]
+    assert "(3 captions copied)" in status and "- a-2.png (from a.png)" in status
+    def strokes(name):  # which of the three strokes' centres is inked in this PNG
+        alpha = np.asarray(Image.open(target / name))[12, :, 3]
+        return [column for column in (5, 11, 17) if alpha[column] > 200]
+
+    assert {name: strokes(name) for name in ("a.png", "a-2.png", "b.png")} == \
+        {"a.png": [17], "a-2.png": [5], "b.png": [11]}  # a.png from a.jpg, a-2.png from a.png
+    assert [(target / n).read_text() for n in ("a.txt", "a-2.txt", "b.txt")] == ["blkstyle, a"] * 2 + ["blkstyle, b"]
+    report = check_dataset(target)
+    assert (report.images, report.usable, report.captioned) == (3, 3, 3)
+
+
 @pytest.mark.parametrize("size, expected", [((80, 60), (64, 64)), ((200, 100), (256, 128)), ((100, 96), (128, 128)),
                                             ((64, 100), (64, 128)), ((30, 20), (64, 64)), ((640, 128), (640, 128))])
 def test_an_asset_started_from_an_image_takes_its_size_on_the_grid(size, expected):

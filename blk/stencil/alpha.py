@@ -80,12 +80,40 @@ def estimate_paper(pixels: np.ndarray, fraction: float = 0.10) -> np.ndarray:
         alpha = pixels[..., 3].reshape(-1)
         rgb = rgb[alpha > 0.5] if (alpha > 0.5).any() else rgb[alpha > 0]
     if len(rgb) == 0:
-        raise UserError("The image is fully transparent, so it has no paper colour to estimate; give --paper.")
+        raise UserError("The image is fully transparent, so it has no paper colour to estimate.")
     step = max(1, len(rgb) // 2_000_000)  # a regular subsample is plenty for a median
     rgb = rgb[::step].astype(np.float64)
     brightness = rgb.mean(axis=1)
     cut = np.quantile(brightness, 1.0 - fraction)
     return np.median(rgb[brightness >= cut], axis=0)
+
+
+WHITE = np.ones(3)
+_INK = 0.05  # a pixel this far from the paper in some channel is something drawn on it
+CUT_OUT_NOTE = "no paper shows around its transparency, so white was used as the paper, as in GIMP"
+
+
+def auto_paper(pixels: np.ndarray) -> tuple[np.ndarray, str]:
+    """The estimated paper and a note; white (GIMP's default) with a note for an element already cut out.
+
+    An element on transparency (a disc, a converted stroke) has no paper left to
+    see: its opaque pixels are the element, so their "paper" is the element
+    itself and converting with it would erase it. We tell that case by the
+    transparency around it plus no ink at all against the estimate. A fully
+    opaque blank page still clears, as it should.
+    """
+    paper = estimate_paper(pixels)
+    if pixels.shape[-1] != 4:
+        return paper, ""
+    alpha = pixels[..., 3]
+    opaque = alpha > 0.5
+    if opaque.all() or not opaque.any():
+        return paper, ""
+    step = max(1, int(opaque.sum()) // 2_000_000)
+    distance = np.abs(pixels[..., :3][opaque][::step].astype(np.float64) - paper).max(axis=1)
+    if np.mean(distance > _INK) < 0.001:
+        return WHITE, CUT_OUT_NOTE
+    return paper, ""
 
 
 def _gegl(rgb: np.ndarray, paper: np.ndarray, tt: float, ot: float) -> tuple[np.ndarray, np.ndarray]:
@@ -143,6 +171,7 @@ class AlphaResult:
     output: Path
     bits: int
     paper: str  # #rrggbb actually used
+    note: str = ""  # why the paper is not the estimate, when it is not
 
 
 @dataclass
@@ -155,15 +184,14 @@ def convert_file(source: str | Path, output: str | Path, settings: AlphaSettings
     """One scan → one RGBA PNG at the scan's depth, written atomically."""
     settings.checked()
     pixels, bits = read_rgba(source)
-    paper = parse_paper(settings.paper)
+    if not (pixels[..., 3] > 0).any():  # nothing to convert, and a blank PNG would only mislead
+        raise UserError(f"{Path(source).name} is fully transparent, so there is nothing to convert; it was skipped.")
+    paper, note = parse_paper(settings.paper), ""
     if paper is None:
-        try:
-            paper = estimate_paper(pixels)
-        except UserError as exc:
-            raise UserError(f"{Path(source).name}: {exc}") from None
+        paper, note = auto_paper(pixels)
     levels = color_to_alpha_levels(pixels, paper, settings.tt, settings.ot, bits)
     write_png(output, levels)
-    return AlphaResult(Path(source), Path(output), bits, paper_hex(paper))
+    return AlphaResult(Path(source), Path(output), bits, paper_hex(paper), note)
 
 
 def plan(source: str | Path, out_dir: str | Path) -> list[tuple[Path, Path]]:
@@ -171,8 +199,8 @@ def plan(source: str | Path, out_dir: str | Path) -> list[tuple[Path, Path]]:
 
     Hidden folders (caches such as .blk), our own temporaries and anything
     already under `out_dir` are skipped, so converting into a sub-folder of the
-    scans twice does not convert the outputs. Two inputs that would share an
-    output name (a.jpg and a.png) keep their extension in the name.
+    scans twice does not convert the outputs. The outputs are the names wanted
+    (NAME.png); `convert_batch` moves each to NAME-2.png, -3 … when taken.
     """
     source, out_dir = Path(source), Path(out_dir)
     if source.is_file():
@@ -191,15 +219,7 @@ def plan(source: str | Path, out_dir: str | Path) -> list[tuple[Path, Path]]:
         if skip_out and path.resolve().is_relative_to(out_resolved):
             continue
         images.append(rel)
-    stems: dict[Path, int] = {}
-    for rel in images:
-        stems[rel.with_suffix("")] = stems.get(rel.with_suffix(""), 0) + 1
-    pairs = []
-    for rel in images:
-        name = rel.with_suffix(".png") if stems[rel.with_suffix("")] == 1 else \
-            rel.with_name(f"{rel.stem}_{rel.suffix.lstrip('.').lower()}.png")
-        pairs.append((source / rel, out_dir / name))
-    return _refuse_overwrite(pairs, out_dir)
+    return _refuse_overwrite([(source / rel, out_dir / rel.with_suffix(".png")) for rel in images], out_dir)
 
 
 def _refuse_overwrite(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[tuple[Path, Path]]:
@@ -207,6 +227,19 @@ def _refuse_overwrite(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[tup
     if any(output.resolve() in inputs for _, output in pairs):
         raise UserError(f"Writing into {out_dir} would replace the scans themselves; choose another --out folder.")
     return pairs
+
+
+def free_path(path: Path) -> Path:
+    """`path`, or NAME-2.png, NAME-3.png … beside it when taken: a conversion never replaces a file.
+
+    Checked just before each write, so a.png and a.jpg in one batch, uploads one
+    after another, and a second conversion the same day all keep every result.
+    """
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate
 
 
 def convert_batch(source: str | Path, out_dir: str | Path, settings: AlphaSettings = AlphaSettings(),
@@ -219,7 +252,7 @@ def convert_batch(source: str | Path, out_dir: str | Path, settings: AlphaSettin
     result = BatchResult()
     for done, (image, output) in enumerate(pairs, 1):
         try:
-            result.written.append(convert_file(image, output, settings))
+            result.written.append(convert_file(image, free_path(output), settings))
         except UserError as exc:
             result.failed.append((image, str(exc)))
         except (OSError, ValueError, MemoryError) as exc:
@@ -232,7 +265,8 @@ def convert_batch(source: str | Path, out_dir: str | Path, settings: AlphaSettin
 def copy_captions(result: BatchResult) -> int:
     """Copy each converted scan's sidecar caption (NAME.txt) beside its RGBA PNG; returns how many.
 
-    Converting a captioned dataset then gives a captioned RGBA dataset, ready to train on.
+    Converting a captioned dataset then gives a captioned RGBA dataset, ready to train on. The caption
+    follows the PNG's own name, so a.png and a.jpg (a.png, a-2.png) each get theirs.
     """
     from blk import atomic
 

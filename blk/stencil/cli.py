@@ -7,7 +7,8 @@
                                   --out FILE.ora      (also writes FILE.png and FILE-layers/)
 
 `alpha` exits 1 when some files could not be converted (each is named with
-its reason; the others are written).
+its reason; the others are written). It never replaces a file: an output name
+already taken becomes NAME-2.png, NAME-3.png …
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def add_commands(commands) -> None:
     alpha.add_argument("--paper", default="auto", help="paper colour #RRGGBB, or auto to estimate it per image")
     alpha.add_argument("--tt", type=float, default=0.0, help="transparency threshold, 0..1 (default 0)")
     alpha.add_argument("--ot", type=float, default=1.0, help="opacity threshold, 0..1 (default 1)")
-    alpha.add_argument("--out", required=True, help="output folder (16-bit PNGs for 16-bit inputs)")
+    alpha.add_argument("--out", required=True,
+                       help="output folder (16-bit PNGs for 16-bit inputs; names already taken get -2, -3 …)")
     alpha.set_defaults(run=cmd_alpha)
 
     compose = actions.add_parser("compose", help="stack RGBA layers; write .ora, flattened .png and layer PNGs")
@@ -87,7 +89,8 @@ def cmd_alpha(args, workspace) -> int:
     result = convert_batch(Path(args.input), Path(args.out), settings, progress=progress)
     print(file=sys.stderr)
     for item in result.written:
-        print(f"{item.source} → {item.output} ({item.bits}-bit, paper {item.paper})")
+        note = f"; {item.note}" if item.note else ""
+        print(f"{item.source} → {item.output} ({item.bits}-bit, paper {item.paper}{note})")
     for source, reason in result.failed:
         print(f"  failed: {reason}")
     print(f"converted {len(result.written)}, failed {len(result.failed)}")

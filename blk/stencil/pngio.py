@@ -1,8 +1,11 @@
 """Reading and writing RGBA pixels at full depth (8 or 16 bits per channel).
 
 Pillow decodes 16-bit RGB(A) PNGs to 8 bits and cannot write 16-bit RGBA PNGs,
-so 16-bit PNGs go through libvips (pyvips, already a dependency); TIFFs and
+so 16-bit PNGs and TIFFs go through libvips (pyvips, already a dependency);
 8-bit files go through `blk.data.images`, which already handles odd files.
+The depth is read from libvips's header too: Pillow's header loses it for a
+16-bit RGB PNG without an EXIF chunk (checking orientation loads the image
+and forgets the raw mode) and for planar TIFFs.
 """
 
 from __future__ import annotations
@@ -22,17 +25,32 @@ def read_rgba(path: str | Path) -> tuple[np.ndarray, int]:
     """Float32 HxWx4 straight alpha in [0, 1] and the file's depth (8 or 16); alpha 1 when absent."""
     path = Path(path)
     info = read_info(path)  # refuses empty, corrupt, non-image and oversized files with a sentence
-    bits = 16 if info.bit_depth >= 16 else 8
-    if bits == 16 and info.format == "PNG":
-        pixels = _read_png16(path)
+    if info.format in ("PNG", "TIFF") and _stored_16bit(path):
+        pixels, bits = _read_16bit(path), 16
     else:
-        pixels = read_pixels(path)
+        pixels, bits = read_pixels(path), 16 if info.bit_depth >= 16 else 8
     if pixels.shape[2] == 3:
         pixels = np.concatenate([pixels, np.ones(pixels.shape[:2] + (1,), np.float32)], axis=2)
     return np.ascontiguousarray(pixels, dtype=np.float32), bits
 
 
-def _read_png16(path: Path) -> np.ndarray:
+def _stored_16bit(path: Path) -> bool:
+    """True for 16-bit grey or RGB(A), as libvips's header says (it reads only the header here).
+
+    Other 16-bit layouts (CMYK, say) keep going through `read_pixels`, which converts them.
+    """
+    import pyvips
+
+    try:
+        image = pyvips.Image.new_from_file(str(path))
+    except pyvips.Error:
+        return False  # `read_pixels` then gives its own sentence
+    return image.format == "ushort" and image.interpretation in ("rgb16", "grey16", "srgb", "b-w") \
+        and image.bands <= 4
+
+
+def _read_16bit(path: Path) -> np.ndarray:
+    """Float32 HxWx3 or HxWx4 at full depth, upright; a damaged file is one sentence (BadImage)."""
     import pyvips
 
     try:

@@ -114,9 +114,16 @@ def ink_to_alpha(context: StudioContext, files, dataset, paper_auto, paper, tt, 
     except UserError as exc:
         return [], f"**{exc}**"
     lines = [f"{len(result.written)} converted into {where}."]
-    lines += [f"- {item.output.name}: {item.bits}-bit, paper {item.paper}" for item in result.written[:12]]
+    lines += [alpha_line(item) for item in result.written[:12]]
     lines += [f"- **{reason}**" for _, reason in result.failed]
     return [str(item.output) for item in result.written], "\n".join(lines)
+
+
+def alpha_line(item) -> str:
+    """One status line per result; it names the scan when the PNG was renamed (scan-2.png) to keep an earlier one."""
+    renamed = f" (from {item.source.name})" if item.output.stem != item.source.stem else ""
+    note = f"; {item.note}" if item.note else ""
+    return f"- {item.output.name}{renamed}: {item.bits}-bit, paper {item.paper}{note}"
 
 
 def matte_image(context: StudioContext, image_path):
@@ -227,8 +234,10 @@ def weights_note(context: StudioContext, model_name: str) -> str:
     from blk.models.registry import resolve
     from blk.stencil.layerdiffuse import find_weights
 
-    if not model_name or model_name.startswith("tiny-"):
-        return ""
+    from blk.models.registry import KNOWN_MODELS
+
+    if not model_name or (model_name in KNOWN_MODELS and KNOWN_MODELS[model_name].tiny):
+        return ""  # the tiny models get random LayerDiffuse weights
     try:
         find_weights(context.workspace, resolve(model_name, context.workspace))
     except UserError as exc:
