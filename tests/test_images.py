@@ -94,3 +94,24 @@ def test_bomb_is_refused_from_the_header_without_decoding(odd, tmp_path):
     ok = tmp_path / "big_but_fine.png"
     Image.new("RGB", (3000, 2000)).save(ok)
     assert images.read_info(ok).width == 3000
+
+
+def test_header_facts_of_a_16bit_rgb_png_say_16_bit_and_decode_nothing(tmp_path):
+    """Looking for EXIF in a PNG without an early eXIf chunk made Pillow decode the whole image, which also
+    lost the header's 16-bit mark: Upscale and ink-to-alpha took 16-bit RGB scans for 8-bit. An eXIf chunk
+    before the pixels still turns the size."""
+    import pyvips
+
+    deep = (np.arange(24 * 32 * 3, dtype=np.uint16).reshape(24, 32, 3) * 37) % 65535
+    pyvips.Image.new_from_array(deep.astype(np.uint16), interpretation="rgb16").write_to_file(
+        str(tmp_path / "deep.png"), strip=True)  # as GIMP and Krita write them: no EXIF
+    with Image.open(tmp_path / "deep.png") as im:
+        assert "exif" not in im.info
+    info = images.read_info(tmp_path / "deep.png")
+    assert (info.width, info.height, info.bit_depth, info.has_alpha) == (32, 24, 16, False)
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 20), "white").save(tmp_path / "turned.png", exif=exif)
+    info = images.read_info(tmp_path / "turned.png")
+    assert (info.width, info.height, info.bit_depth) == (20, 40, 8)

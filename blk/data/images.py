@@ -94,6 +94,10 @@ def _bit_depth(im: Image.Image) -> int:
 
 
 def _orientation_swaps(im: Image.Image) -> bool:
+    """Whether EXIF turns the image a quarter (width and height swap). A PNG's EXIF is read only from a chunk
+    before its pixels: looking further makes Pillow decode the whole image (a header read no more)."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return False
     try:
         return im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
     except Exception:  # a broken EXIF block must not make a good image unusable
@@ -107,9 +111,10 @@ def read_info(path: str | Path) -> ImageInfo:
         w, h = im.size
         if w * h > MAX_PIXELS:
             raise _bomb(path, (w, h))
+        depth, alpha = _bit_depth(im), _has_alpha(im)  # from the header, before anything may decode
         if _orientation_swaps(im):
             w, h = h, w
-        return ImageInfo(w, h, im.mode, im.format or "?", _has_alpha(im), _bit_depth(im))
+        return ImageInfo(w, h, im.mode, im.format or "?", alpha, depth)
 
 
 def open_image(path: str | Path, preview: int | None = None) -> Image.Image:
