@@ -4,6 +4,7 @@ import re
 import shutil
 
 import numpy as np
+import tifffile
 from PIL import Image
 
 from blk.generate.metadata import read_parameters
@@ -22,8 +23,9 @@ def test_upscale_tab_both_paths(tmp_path, shared_workspace):
     (workspace / "models" / "loras").mkdir()
     (workspace / "models" / "loras" / "texture.safetensors").write_bytes(b"listed, never loaded")
     yy, xx = np.mgrid[0:40, 0:48]
-    source = tmp_path / "drawing.png"
-    Image.fromarray(np.stack([xx * 5, yy * 6, xx * 0 + 128], -1).astype(np.uint8)).save(source)
+    source = tmp_path / "drawing.png"  # with transparency: the tab must get the file, not a browser's RGB copy
+    Image.fromarray(np.stack([xx * 5, yy * 6, xx * 0 + 128, np.where(xx < 24, 255, 0)], -1).astype(np.uint8)).save(
+        source)
 
     app = RunningApp(workspace, tmp_path / "net.jsonl")
     try:
@@ -31,6 +33,8 @@ def test_upscale_tab_both_paths(tmp_path, shared_workspace):
             page.goto(app.url)
             page.get_by_role("tab", name="Upscale").click()
             page.locator("#blk-upscale-input input[type=file]").set_input_files(str(source))
+            expect(page.locator("#blk-upscale-input-note")).to_contain_text("drawing.png: 48×40, 8-bit, with transparency")
+            expect(page.locator("#blk-upscale-view img")).to_be_visible()
             page.locator("#blk-upscale-model input").click()
             page.get_by_role("option", name="RealESRGAN_x4plus_tiny.pth").click()
             page.get_by_label("Scale", exact=True).fill("4")
@@ -64,5 +68,8 @@ def test_upscale_tab_both_paths(tmp_path, shared_workspace):
     results = sorted(p for p in (workspace / "outputs" / "upscale").rglob("*.*") if not p.name.startswith("."))
     names = [p.name for p in results]
     assert names == ["drawing-diffusion-96x80.png", "drawing-esrgan-192x160.tif"], names
+    with tifffile.TiffFile(results[1]) as tif:  # the alpha the file had, not the browser's RGB copy
+        enlarged = tif.pages[0].asarray()
+    assert enlarged.shape == (160, 192, 4) and enlarged[80, 20, 3] == 255 and enlarged[80, 170, 3] == 0
     parameters = read_parameters(results[0])
     assert parameters["path"] == "diffusion" and parameters["enlarge"] == "RealESRGAN_x4plus_tiny.pth"

@@ -255,3 +255,35 @@ def _png_dpi(path: Path) -> float | None:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def input_preview(path: str | Path, side: int = 480) -> tuple[np.ndarray, str]:
+    """A small 8-bit view of an input (uint8 H×W×3 or ×4, its transparency kept) and one line about the file
+    (size, bits, transparency), read from the file itself: the Upscale tab shows what it will enlarge, not a
+    browser's 8-bit RGB copy of it. libvips shrinks while it reads, so a gigapixel TIFF needs little memory."""
+    import pyvips
+
+    path = Path(path)
+    header = _vips_header(path) if path.is_file() and is_image_name(path) else None
+    if header is None:
+        info = read_info(path)  # Pillow's sentence for what libvips cannot read (or a wrong type of file)
+        raise BadImage(f"{path.name} ({info.format}) cannot be previewed here.")
+    raw_bytes = header.width * header.height * header.bands * (2 if header.format == "ushort" else 1)
+    if raw_bytes > MAX_COMPRESSION * max(path.stat().st_size, 1):
+        raise BadImage(f"{path.name} claims {header.width}×{header.height} pixels but holds only "
+                       f"{path.stat().st_size} bytes: it is damaged or truncated.")
+    try:
+        small = pyvips.Image.thumbnail(str(path), side, height=side, size="down")
+        alpha = small.hasalpha()
+        view = small.colourspace("srgb") if small.interpretation not in ("srgb",) else small
+        if view.format != "uchar":
+            view = view.cast("uchar") if view.format not in ("ushort",) else (view / 256).cast("uchar")
+        pixels = view.numpy()
+        upright = header.autorot() if header.get_typeof("orientation") else header
+    except pyvips.Error as exc:
+        raise BadImage(f"{path.name} cannot be read ({_first_line(exc)}).") from None
+    pixels = pixels[..., None].repeat(3, axis=-1) if pixels.ndim == 2 else pixels
+    bits = 16 if header.format == "ushort" else 8
+    note = (f"{path.name}: {upright.width}×{upright.height}, {bits}-bit"
+            + (", with transparency" if alpha else "") + ".")
+    return np.ascontiguousarray(pixels), note

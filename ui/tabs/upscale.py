@@ -21,6 +21,7 @@ from ui.tabs.sketch import model_names
 ESRGAN, DIFFUSION = "Real-ESRGAN (faithful, to about 8k)", "Diffusion + texture LoRA (mural sizes)"
 NO_LORA = ("(none)", "")  # the Texture LoRA's first choice and default: no LoRA unless the artist picks one
 UPSCALER_SUFFIXES = (".pth", ".safetensors", ".ckpt", ".pt")
+INPUT_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"]  # what the Upscale input takes
 
 
 def upscaler_choices(context: StudioContext) -> list[tuple[str, str]]:
@@ -110,6 +111,19 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
         return "  \n".join(lines + [f"**{exc}**"])
     lines.append(time_line(context, key, count))
     return "  \n".join(lines)
+
+
+def show_input(image_path):
+    """(a small view of the chosen file, a line about it: size, bits, transparency), or one sentence."""
+    from blk.errors import UserError
+    from blk.upscale.source import input_preview
+
+    if not image_path:
+        return None, ""
+    try:
+        return input_preview(image_path)
+    except UserError as exc:
+        return None, f"**{exc}**"
 
 
 def follow_suggestion(image_path, scale, size_text, last, upscalers: bool = True):
@@ -248,7 +262,14 @@ def build(context: StudioContext) -> dict:
     installed = bool(upscaler_choices(context))  # without an upscaler only the diffusion path can run
     with gr.Row():
         with gr.Column(scale=2):
-            image = gr.Image(label="Image to upscale", type="filepath", elem_id="blk-upscale-input")
+            # the file itself, as it is: a browser image field re-saves uploads as 8-bit RGB (transparency and
+            # 16 bits lost) and refuses files larger than Pillow's limit; the view below is made from the file
+            image = gr.File(label="Image to upscale (PNG, JPEG, WebP, TIFF, BMP; any size)", type="filepath",
+                            file_types=INPUT_TYPES, elem_id="blk-upscale-input")
+            with gr.Row(equal_height=True):
+                image_view = gr.Image(label="Input", interactive=False, type="numpy", height=200, scale=1,
+                                      show_label=False, elem_classes=["blk-checker"], elem_id="blk-upscale-view")
+                image_note = gr.Markdown(elem_id="blk-upscale-input-note")
             path_kind = gr.Radio([ESRGAN, DIFFUSION], value=ESRGAN if installed else DIFFUSION, label="Path")
             with gr.Row():
                 scale = gr.Number(4 if installed else 2, label="Scale")
@@ -293,7 +314,7 @@ def build(context: StudioContext) -> dict:
                 stop = gr.Button("Cancel")
         with gr.Column(scale=3):
             status = gr.Markdown(elem_id="blk-upscale-status")
-            slider = gr.ImageSlider(label="Before | after (one region at full size)", type="pil",
+            slider = gr.ImageSlider(label="Before | after (one region at full size)", type="pil", format="png",
                                     elem_id="blk-upscale-slider", max_height=700)
             with gr.Row():
                 region_x = gr.Slider(0, 100, value=50, step=1, label="Region centre, % across",
@@ -316,6 +337,7 @@ def build(context: StudioContext) -> dict:
         return follow_suggestion(image_path, scale_value, size_value, last, bool(upscaler_choices(context)))
 
     image.change(lambda *a: suggest(*a, None), inputs=[image, scale, size_text], outputs=[path_kind, suggestion])
+    image.change(show_input, inputs=image, outputs=[image_view, image_note], show_progress="hidden")
     for typed in (scale, size_text):
         typed.input(suggest, inputs=[image, scale, size_text, suggestion], outputs=[path_kind, suggestion])
     for axis in (region_x, region_y):
