@@ -135,6 +135,16 @@ class Workspace:
         return resolved
 
 
+def free_path(path: Path) -> Path:
+    """`path`, or NAME-2.ext, NAME-3.ext … beside it when taken: a new result never replaces an earlier one
+    (two settings of one job are compared side by side, not lost)."""
+    candidate, number = Path(path), 1
+    while candidate.exists():
+        number += 1
+        candidate = Path(path).with_name(f"{Path(path).stem}-{number}{Path(path).suffix}")
+    return candidate
+
+
 def is_within(path: Path, root: Path) -> bool:
     """True when `path` is `root` or lies below it (both already resolved)."""
     try:

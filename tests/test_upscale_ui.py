@@ -132,6 +132,9 @@ def test_upscale_shows_the_plan_first_and_makes_the_print_copy_and_region(contex
     assert np.array_equal(np.asarray(moved[1]), result[0:160, 32:192])
     assert show_region(image, None, 50, 50) == {"__type__": "update"}
     assert [p for p in context.workspace.root.rglob(".blk-tmp-*")] == [] and leftovers(tmp_path) == []
+    again = upscale(context, threading.Event(), image, ESRGAN, 4, "", model, "tiny-flux", None, False, 32, 12, None,
+                    0, "", 0.3, 0.2, False, 0.15, False, "TIFF", False, None, None, 50, 50)[1]
+    assert Path(again).name == "art-esrgan-192x160-2.tif" and Path(path).is_file()  # the first result kept
 
 
 def test_diffusion_estimate_and_upscale_use_the_engines_plan_and_the_step_scale(context, shared_workspace, tmp_path):

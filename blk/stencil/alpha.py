@@ -28,6 +28,7 @@ import numpy as np
 from blk.data.images import is_image_name
 from blk.errors import UserError
 from blk.stencil.pngio import read_rgba, write_png
+from blk.workspace import free_path
 
 EPSILON = 1e-5  # GEGL's: distances within it of a threshold count as on it
 _ROWS = 256  # rows per band: bounds temporary memory on very large scans
@@ -229,19 +230,6 @@ def _refuse_overwrite(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[tup
     return pairs
 
 
-def free_path(path: Path) -> Path:
-    """`path`, or NAME-2.png, NAME-3.png … beside it when taken: a conversion never replaces a file.
-
-    Checked just before each write, so a.png and a.jpg in one batch, uploads one
-    after another, and a second conversion the same day all keep every result.
-    """
-    candidate, number = path, 1
-    while candidate.exists():
-        number += 1
-        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
-    return candidate
-
-
 def convert_batch(source: str | Path, out_dir: str | Path, settings: AlphaSettings = AlphaSettings(),
                   progress: Callable[[int, int], None] | None = None) -> BatchResult:
     """Convert a file or a folder tree; a bad file becomes one sentence and the batch goes on."""
@@ -252,6 +240,8 @@ def convert_batch(source: str | Path, out_dir: str | Path, settings: AlphaSettin
     result = BatchResult()
     for done, (image, output) in enumerate(pairs, 1):
         try:
+            # checked just before each write: a.png and a.jpg in one batch, uploads one after another, and a
+            # second conversion the same day all keep every result
             result.written.append(convert_file(image, free_path(output), settings))
         except UserError as exc:
             result.failed.append((image, str(exc)))

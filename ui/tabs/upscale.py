@@ -185,6 +185,7 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
     from blk.upscale import diffusion, esrgan
     from blk.upscale.compare import region_pair
     from blk.upscale.rates import Pace, rate_key, record
+    from blk.workspace import free_path
 
     cancel.clear()
     if not image_path:
@@ -213,7 +214,9 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
         _, (width, height) = target(image_path, scale, size_text)
         kind = "esrgan" if path_kind == ESRGAN else "diffusion"
         folder = context.workspace.outputs("upscale") / time.strftime("%Y-%m-%d")
-        output = folder / f"{Path(image_path).stem}-{kind}-{width}x{height}.{'tif' if fmt == 'TIFF' else 'png'}"
+        # a new name beside an earlier result (two settings compared, not one lost); an interrupted or
+        # cancelled job left no result under its name, so starting it again finds its tiles there
+        output = free_path(folder / f"{Path(image_path).stem}-{kind}-{width}x{height}.{'tif' if fmt == 'TIFF' else 'png'}")
         key = rate_key(kind, model if kind == "diffusion" else str(upscaler_path),
                        int(tile) if tile else (1024 if kind == "diffusion" else None))
         if kind == "esrgan":
