@@ -910,6 +910,13 @@ def test_cli_upscale(models, tmp_path, capsys):
                  "--model", str(tmp_path / "scan.tif"), "--out", str(tmp_path / "x.tif")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: scan.tif is not a model file") and len(err.splitlines()) == 1
+    stretched = ["--workspace", str(tmp_path / "ws"), "upscale", str(tmp_path / "scan.tif"), "--model",
+                 str(models["x4"]), "--size", "160x40", "--out", str(tmp_path / "stretched.tif")]
+    assert main(stretched) == 2 and not (tmp_path / "stretched.tif").exists()
+    assert "160×40 would stretch the 40×30 image; 160x120 or 53x40 keep its shape (--stretch to stretch it anyway)." \
+        in capsys.readouterr().err
+    assert main(stretched + ["--stretch", "--tile", "32", "--overlap", "8"]) == 0
+    assert tifffile.imread(tmp_path / "stretched.tif").shape[:2] == (40, 160)
     # a bare name is the file of that name in workspace/models/upscalers/, where the studio keeps them
     kept = tmp_path / "ws" / "models" / "upscalers" / "my-x4.pth"
     kept.parent.mkdir(parents=True)

@@ -57,10 +57,29 @@ def test_the_path_follows_the_suggestion_when_it_changes(tmp_path):
     assert (radio.value, last) == (DIFFUSION, "diffusion")
     untouched, same = follow_suggestion(image, 10, "", last)
     assert untouched == {"__type__": "update"} and same == "diffusion"
-    radio, last = follow_suggestion(image, 8, "8000x6000", last)  # the exact size wins over the scale
+    radio, last = follow_suggestion(image, 8, "7700x6300", last)  # the exact size wins over the scale
     assert (radio.value, last) == (ESRGAN, "esrgan")
     for bad in ((image, 8, "big", last), (image, 0.5, "", last), (None, 4, "", last)):  # nothing to suggest from
         assert follow_suggestion(*bad) == ({"__type__": "update"}, "esrgan")
+
+
+def test_the_form_refuses_a_scale_of_0_a_stretched_size_and_a_wall_of_gigapixels(context, tmp_path):
+    """A scale of 0 was taken for 4; an exact size of another shape stretched the image without a word;
+    10 gigapixels were planned as if nothing were wrong."""
+    from ui.tabs.upscale import ESRGAN, estimate
+
+    image = str(save(tmp_path / "art.png", 192, 256))
+    model = str(context.workspace.models / "upscalers" / "RealESRGAN_x4plus_tiny.pth")
+
+    def said(scale, size):
+        return estimate(context, image, ESRGAN, scale, size, model, "tiny-flux", 0, 32, 0, 0.3, 0.2, False, 0.15,
+                        False)
+
+    assert said(0, "") == "**The scale must be above 0; got 0.**"
+    assert said(4, "1000x300") == "**1000×300 would stretch the 256×192 image; 1000x750 or 400x300 keep its shape.**"
+    assert said(4, "1024x769").startswith("256×192 → **1024×769**")  # a pixel off by rounding is no stretch
+    assert said(400, "") == ("**102400×76800 is 7.9 gigapixels; the studio makes up to 4 (the paper's murals "
+                             "reach 3): choose a smaller scale or size.**")
 
 
 def test_the_region_lies_around_the_chosen_centre(tmp_path):

@@ -56,6 +56,8 @@ def add_commands(commands) -> None:
     size = upscale.add_mutually_exclusive_group()
     size.add_argument("--scale", type=float, default=None, help="overall scale, e.g. 4 or 3 (default 4)")
     size.add_argument("--size", default=None, help="exact result size WxH, e.g. 8000x6000")
+    upscale.add_argument("--stretch", action="store_true",
+                         help="allow a --size of another shape than the input's (the image is stretched)")
     upscale.add_argument("--tile", type=int, default=None,
                          help="tile side; esrgan: in input px (default: from free memory); diffusion: in px of "
                               "the enlarged image each pass refines (default 1024)")
@@ -80,6 +82,19 @@ def add_commands(commands) -> None:
     upscale.set_defaults(run=cmd_upscale)
 
 
+def _exact_size(args) -> tuple[int, int] | None:
+    """--size, refused in one sentence when it would stretch the input (unless --stretch)."""
+    from blk.upscale.esrgan import check_shape
+    from blk.upscale.source import input_size
+
+    if not args.size:
+        return None
+    size = _size(args.size)
+    if not args.stretch:
+        check_shape(*input_size(args.input), size, hint=" (--stretch to stretch it anyway)")
+    return size
+
+
 def cmd_upscale(args, workspace) -> int:
     if args.path == "diffusion":
         return cmd_upscale_diffusion(args, workspace)
@@ -87,7 +102,7 @@ def cmd_upscale(args, workspace) -> int:
     from blk.upscale.esrgan import EsrganJob, run
     from blk.upscale.models import find_upscaler
 
-    size = _size(args.size) if args.size else None
+    size = _exact_size(args)
     scale = None if size else (args.scale if args.scale is not None else 4.0)
     if args.out:
         out = Path(args.out)
@@ -149,7 +164,7 @@ def cmd_upscale_diffusion(args, workspace) -> int:
     from blk.upscale.diffusion import DiffusionJob, Pass, run
     from blk.upscale.models import find_upscaler
 
-    size = _size(args.size) if args.size else None
+    size = _exact_size(args)
     scale = None if size else (args.scale if args.scale is not None else 2.0)
     try:
         denoise = [float(part) for part in args.denoise.replace(" ", "").split(",") if part]

@@ -98,7 +98,24 @@ class EsrganResult:
     phases: dict = field(default_factory=dict)  # seconds: prepare, tiles, resample, write, print
 
 
+def check_shape(width: int, height: int, size: tuple[int, int] | None, hint: str = "") -> None:
+    """One sentence when an exact size has another shape than the image: the result would be stretched, which
+    an artist asking for "8000x3000" of a 4:3 drawing rarely means. The two sizes that keep the shape are named."""
+    if size is None:
+        return
+    tw, th = int(size[0]), int(size[1])
+    if tw >= 1 and th >= 1 and abs(th - tw * height / width) > max(1.0, 0.005 * th):
+        by_width, by_height = (tw, max(1, round(tw * height / width))), (max(1, round(th * width / height)), th)
+        raise UserError(f"{tw}×{th} would stretch the {width}×{height} image; {by_width[0]}x{by_width[1]} or "
+                        f"{by_height[0]}x{by_height[1]} keep its shape{hint}.")
+
+
+MAX_OUTPUT_PIXELS = 4_000_000_000  # the paper's murals reach 3 gigapixels; beyond, a typo more likely than a wall
+
+
 def target_size(width: int, height: int, scale: float | None, size: tuple[int, int] | None) -> tuple[int, int]:
+    """The result's size from a scale or an exact size (any shape: `check_shape` is the forms' guard), or one
+    sentence: smaller than the input, or beyond `MAX_OUTPUT_PIXELS`."""
     if (scale is None) == (size is None):
         raise UserError("Give either a scale (like 4) or a target size (like 8000x6000), not both.")
     if size is not None:
@@ -110,6 +127,9 @@ def target_size(width: int, height: int, scale: float | None, size: tuple[int, i
     if tw < width or th < height or tw < 1 or th < 1:
         raise UserError(f"Upscaling makes images larger: {tw}×{th} is smaller than the input's "
                         f"{width}×{height}.")
+    if tw * th > MAX_OUTPUT_PIXELS:
+        raise UserError(f"{tw}×{th} is {tw * th / 1e9:.1f} gigapixels; the studio makes up to "
+                        f"{MAX_OUTPUT_PIXELS / 1e9:.0f} (the paper's murals reach 3): choose a smaller scale or size.")
     return tw, th
 
 

@@ -257,6 +257,17 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
+def input_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an input as it will be upscaled (upright), from its header only."""
+    path = Path(path)
+    header = _vips_header(path) if path.is_file() and is_image_name(path) else None
+    if header is None:
+        info = read_info(path)
+        return info.width, info.height
+    upright = header.autorot() if header.get_typeof("orientation") else header
+    return upright.width, upright.height
+
+
 def input_preview(path: str | Path, side: int = 480) -> tuple[np.ndarray, str]:
     """A small 8-bit view of an input (uint8 H×W×3 or ×4, its transparency kept) and one line about the file
     (size, bits, transparency), read from the file itself: the Upscale tab shows what it will enlarge, not a

@@ -47,12 +47,14 @@ def lora_line(lora) -> str:
 
 def target(image_path, scale, size_text):
     from blk.generate.sizes import parse_size
-    from blk.upscale.esrgan import target_size
+    from blk.upscale.esrgan import check_shape, target_size
     from blk.upscale.source import open_input
 
     opened = open_input(image_path)
     size = parse_size(size_text) if (size_text or "").strip() else None
-    return opened, target_size(opened.width, opened.height, None if size else float(scale or 4), size)
+    check_shape(opened.width, opened.height, size)
+    chosen = None if size else (4.0 if scale in (None, "") else float(scale))  # 0 is a value, said to be wrong
+    return opened, target_size(opened.width, opened.height, chosen, size)
 
 
 def esrgan_job(context: StudioContext, image_path, output, width, height, upscaler_path, tile, overlap,
