@@ -629,3 +629,20 @@ def test_cli_16bit_icc_dpi_and_print_copy(shared_workspace, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "16-bit results are written as TIFF" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "big.png").exists() and not list(tmp_path.glob(".blk-tmp-*"))
+
+
+def test_a_small_or_thin_image_runs_with_the_default_tile_and_overlap(shared_workspace, tmp_path, pipelines):
+    """An image smaller than a tile along a side is one tile there, so the default overlap (96) has nothing to
+    overlap: a 48×40 drawing or a 120×16 banner was refused with "An overlap of 96 px needs tiles of at least
+    192 px", a setting the artist never touched."""
+    for name, size in (("small.png", (48, 40)), ("banner.png", (120, 16))):
+        source = tmp_path / name
+        gradient().resize(size).save(source)
+        job = DiffusionJob(input=source, output=tmp_path / f"out-{name}", model="tiny-flux", scale=2, steps=2,
+                           passes=(Pass(0.3),), final_denoise=None)
+        assert (job.tile, job.overlap) == (1024, 96)  # the defaults
+        result = run(job, shared_workspace, pipelines)
+        assert Image.open(result.path).size == (size[0] * 2, size[1] * 2) and result.tiles == 1
+    with pytest.raises(UserError, match="An overlap of 96 px needs tiles of at least 192 px"):  # the setting itself
+        estimate(DiffusionJob(input=source, output=tmp_path / "x.png", model="tiny-flux", scale=2, tile=128),
+                 shared_workspace)

@@ -251,8 +251,7 @@ def plan(job: DiffusionJob, width: int, height: int, default_steps: int, multipl
     tw, th = target_size(width, height, job.scale, job.size)
     if not job.passes:
         raise UserError("Choose at least one refinement pass.")
-    tile = min(job.tile, tw, th)
-    if 2 * job.overlap > tile:
+    if 2 * job.overlap > job.tile:  # an image smaller than a tile is one tile along that side: no overlap there
         raise UserError(f"An overlap of {job.overlap} px needs tiles of at least {2 * job.overlap} px.")
     sizes = step_sizes(width, height, (tw, th), job.step)
     tiles = [count_tiles(w, h, job.tile, job.overlap, multiple_of, full_size=True) for w, h in sizes]
