@@ -140,6 +140,7 @@ def test_upscale_shows_the_plan_first_and_makes_the_print_copy_and_region(contex
                                        240, 10, 90, progress=progress)
     plan = "4 tiles of up to 32 px in 1 model pass of ×4."
     assert seen[0].startswith(plan) and seen[-1].startswith("tile 4/4") and plan in status
+    assert "Time: shown once the first tiles are done" in seen[0] and "Time:" not in status  # said how long it took
     assert "192×160 in" in status and path == kept
     with tifffile.TiffFile(Path(path).with_suffix(".print.tif")) as tif:
         x, y = tif.pages[0].tags["XResolution"].value
@@ -224,6 +225,22 @@ def test_no_texture_lora_unless_the_artist_picks_one(context, tmp_path):
     assert path is None and "outside the workspace" in status  # a typed path is still confined
 
 
+def test_a_typed_region_centre_moves_the_before_and_after_view(context):
+    """The region sliders answered a drag's release only: a value typed in their boxes did nothing."""
+    import gradio as gr
+
+    from ui.tabs import upscale
+
+    with gr.Blocks() as demo:
+        upscale.build(context)
+    sliders = [b for b in demo.blocks.values() if getattr(b, "elem_id", "") in ("blk-upscale-region-x",
+                                                                                  "blk-upscale-region-y")]
+    assert len(sliders) == 2
+    for slider in sliders:
+        moved = [f for f in demo.fns.values() if (slider._id, "input") in f.targets]
+        assert len(moved) == 1 and moved[0].fn is upscale.show_region and moved[0].trigger_mode == "always_last"
+
+
 def test_number_fields_say_what_they_show(context):
     """Gradio 6's number box shows 0 for an empty value, so a field whose 0 means "automatic" says so, and
     starts at 0: the label is true in the browser (tests/test_browser_upscale.py looks there too)."""
@@ -269,3 +286,7 @@ def test_without_an_upscaler_the_tab_starts_on_the_path_that_runs(context, share
                  False, "PNG", False, None, None, 50, 50)
     status = upscale(context, threading.Event(), *diffusion, progress=lambda *a, **k: None)[2]
     assert "No upscaler chosen, so each step enlarges with Lanczos" in status and "40×32 in" in status, status
+    from ui.tabs.upscale import estimate
+
+    planned = estimate(context, image, DIFFUSION, 2, "", None, "tiny-flux", 32, 8, 1, 0.3, 0.2, False, 0.15, False)
+    assert "suggested for this size: the diffusion path (no upscaler is installed)." in planned, planned

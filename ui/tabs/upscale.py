@@ -90,7 +90,10 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
         opened, (width, height) = target(image_path, scale, size_text)
     except (UserError, ValueError) as exc:
         return f"**{exc}**"
-    hint = "Real-ESRGAN" if suggested_path(width, height) == "esrgan" else "the diffusion path"
+    if not upscaler_choices(context):
+        hint = "the diffusion path (no upscaler is installed)"
+    else:
+        hint = "Real-ESRGAN" if suggested_path(width, height) == "esrgan" else "the diffusion path"
     lines = [f"{opened.width}×{opened.height} → **{width}×{height}** ({width * height / 1e6:.1f} MP); "
              f"suggested for this size: {hint}."]
     try:
@@ -193,18 +196,19 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
     if not image_path:
         return None, None, "Choose an image first.", None
     started = time.monotonic()
-    pace, notes, planned = Pace(), [], []
+    pace, notes, planned, timed = Pace(), [], [], []
 
     def log(text):  # e.g. that an interrupted job resumes: in the progress now, in the status at the end
         if any(text in shown for shown in planned):
             return  # a notice the plan already gave
         notes.append(text)
-        progress(0, desc=" ".join(notes + planned))
+        progress(0, desc=" ".join(notes + planned + timed))
 
     def show(the_plan, tiles):  # the engine's plan and the time it takes, before the first tile
         used = f" {lora_line(lora_path)}" if kind == "diffusion" else ""
-        planned.append(f"{the_plan.sentence()}{used} {time_line(context, key, tiles)}")
-        progress(0, desc=" ".join(notes + planned))
+        planned.append(f"{the_plan.sentence()}{used}")
+        timed.append(time_line(context, key, tiles))  # for the wait only: the result says how long it took
+        progress(0, desc=" ".join(notes + planned + timed))
 
     def report(done, total, stage=None):  # `stage`: the diffusion path's (`diffusion.Stage`)
         prefix = f"{notes[-1]} " if notes else ""
@@ -346,7 +350,9 @@ def build(context: StudioContext) -> dict:
     for typed in (scale, size_text):
         typed.input(suggest, inputs=[image, scale, size_text, suggestion], outputs=[path_kind, suggestion])
     for axis in (region_x, region_y):
-        axis.release(show_region, inputs=[image, result_path, region_x, region_y], outputs=slider)
+        # dragged or typed (release missed a typed value); during a drag only the last position is read
+        axis.input(show_region, inputs=[image, result_path, region_x, region_y], outputs=slider,
+                   trigger_mode="always_last", show_progress="hidden")
     plan_button.click(lambda *a: estimate(context, *a),
                       inputs=[image, path_kind, scale, size_text, upscaler, model, tile, overlap, steps, denoise_a,
                               denoise_b, use_c, denoise_c, final_pass, step_scale, lora], outputs=status)
