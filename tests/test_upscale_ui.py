@@ -290,3 +290,26 @@ def test_without_an_upscaler_the_tab_starts_on_the_path_that_runs(context, share
 
     planned = estimate(context, image, DIFFUSION, 2, "", None, "tiny-flux", 32, 8, 1, 0.3, 0.2, False, 0.15, False)
     assert "suggested for this size: the diffusion path (no upscaler is installed)." in planned, planned
+
+
+def test_opening_upscale_chooses_an_installed_upscaler_when_none_is_chosen(context):
+    """An upscaler put in upscalers/ while the app ran (or a sketch sent to the Real-ESRGAN path) left the
+    Upscaler list blank: "Choose an upscaler model to count its tiles"."""
+    from ui.app import build_app
+    from ui.tabs.upscale import upscaler_kept_or_first
+
+    folder = context.workspace.models / "upscalers"
+    first, = [str(p) for p in folder.iterdir()]
+    assert upscaler_kept_or_first(context, None).value == first
+    rrdb_file(folder / "A-second.pth")
+    second = str(folder / "A-second.pth")
+    assert upscaler_kept_or_first(context, first).value == first  # a choice is kept
+    assert upscaler_kept_or_first(context, str(folder / "gone.pth")).value == second  # the first listed
+    for path in folder.iterdir():
+        path.unlink()
+    assert upscaler_kept_or_first(context, first).value is None
+
+    demo = build_app(context)
+    upscaler = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "blk-upscale-model")
+    choosers = [f for f in demo.fns.values() if f.outputs == [upscaler] and f.inputs == [upscaler]]
+    assert len(choosers) == 2  # on opening the tab, and after a sketch is sent to it

@@ -31,8 +31,9 @@ def build_app(context: StudioContext) -> gr.Blocks:
         send_between_tabs(tabs, sketched, stenciled, upscaled)
         train_tab.select(carry_dataset, inputs=[captioned["dataset"], trained["dataset"]],
                          outputs=trained["dataset"], show_progress="hidden", queue=False)
-        choose, chosen, run = reviewed["on_open"]
-        review_tab.select(choose, inputs=chosen, outputs=run, show_progress="hidden", queue=False)
+        for tab, built in ((review_tab, reviewed), (upscale_tab, upscaled)):  # a choice to make on opening
+            choose, chosen, target = built["on_open"]
+            tab.select(choose, inputs=chosen, outputs=target, show_progress="hidden", queue=False)
         for tab, built in ((caption_tab, captioned), (train_tab, trained), (sketch_tab, sketched),
                            (stencil_tab, stenciled),
                            (upscale_tab, upscaled), (review_tab, reviewed)):
@@ -96,6 +97,8 @@ def send_between_tabs(tabs, sketched: dict, stenciled: dict, upscaled: dict) -> 
     sketched["to_compose"].click(to_compose, inputs=sketched["selected"],
                                  outputs=[tabs, stenciled["tabs"], stenciled["background_file"],
                                           stenciled["background_kind"], note])
-    sketched["to_upscale"].click(to_upscale, inputs=sketched["selected"], outputs=[tabs, upscaled["image"], note])
+    choose_upscaler, current, upscaler = upscaled["on_open"]  # a tab selected by code fires no select of its own
+    sketched["to_upscale"].click(to_upscale, inputs=sketched["selected"], outputs=[tabs, upscaled["image"], note]
+                                 ).then(choose_upscaler, inputs=current, outputs=upscaler, show_progress="hidden")
     sketched["to_matting"].click(to_matting, inputs=sketched["selected"],
                                  outputs=[tabs, stenciled["tabs"], stenciled["matting_source"], note])

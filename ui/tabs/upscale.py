@@ -29,6 +29,14 @@ def upscaler_choices(context: StudioContext) -> list[tuple[str, str]]:
     return [(p.name, str(p)) for p in sorted(folder.glob("*")) if p.suffix.lower() in UPSCALER_SUFFIXES]
 
 
+def upscaler_kept_or_first(context: StudioContext, current):
+    """The Upscaler list on opening the tab: the one chosen if it is still there, else the first installed (one
+    put in upscalers/ while the app ran, or sent from Sketch to the Real-ESRGAN path, was left blank)."""
+    choices = upscaler_choices(context)
+    values = [value for _, value in choices]
+    return gr.Dropdown(choices=choices, value=current if current in values else (values[0] if values else None))
+
+
 def lora_choices(context: StudioContext) -> list[tuple[str, str]]:
     """"(none)" first, then every LoRA found (run checkpoints, models/loras)."""
     from blk.generate.library import available_loras
@@ -365,4 +373,5 @@ def build(context: StudioContext) -> dict:
     stop.click(cancel.set, queue=False)
     on_show = (lambda: (gr.Dropdown(choices=upscaler_choices(context)), gr.Dropdown(choices=lora_choices(context)),
                         gr.Dropdown(choices=model_names(context))), [upscaler, lora, model])
-    return {"image": image, "on_show": on_show}
+    return {"image": image, "on_show": on_show,
+            "on_open": (lambda current: upscaler_kept_or_first(context, current), [upscaler], upscaler)}
