@@ -206,3 +206,12 @@ def test_captions_drifting_from_the_few_shot_examples_are_named_with_how(tmp_pat
     assert ("Captions drifting from the few-shot examples (2 example(s): tags, 6–7 words) (5):\n"
             "  bare.png: 1 word(s) (the shortest example has 6)\n  boilerplate.png: opens with") in report.to_text()
     assert json.loads(report.to_json())["drifting"][0] == ["bare.png", "1 word(s) (the shortest example has 6)"]
+
+
+def test_drift_reads_the_trigger_as_a_whole_word_and_a_double_underscore_is_no_markdown():
+    from blk.data.drift import drift_basis, drift_reasons
+
+    basis = drift_basis(["blk, ink cube, paper, cross-hatching"], ["This image shows"], trigger="blk")
+    assert drift_reasons("blk, This image shows, cube, paper", basis, "blk") == [
+        "opens with “This image shows”, which no example does"]
+    assert drift_reasons("blkstyle, ink, under__score, paper", basis, "blk") == []  # no trigger there; no Markdown

@@ -19,10 +19,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from blk.data.word_stats import TAG_WORDS_MAX, is_tag_style
+from blk.data.word_stats import TAG_WORDS_MAX, is_tag_style, whole_word
 
 LENGTH_SLACK = 3  # words: a 4-word example makes 6-word captions no outliers
-MARKDOWN = re.compile(r"\*\*|__|^\s*#{1,6}\s|^\s*(?:[-*•]|\d+[.)])\s", re.MULTILINE)
+MARKDOWN = re.compile(r"\*\*|^\s*#{1,6}\s|^\s*(?:[-*•]|\d+[.)])\s", re.MULTILINE)  # bold, headings, lists
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,8 @@ def word_count(text: str) -> int:
 def _without_trigger(text: str, trigger: str | None) -> str:
     """The caption after a leading trigger word (prefix mode writes "blkstyle, caption")."""
     stripped = text.strip()
-    if trigger and stripped.lower().startswith(trigger.lower()):
-        return stripped[len(trigger):].lstrip(" ,:;-")
-    return stripped
+    found = whole_word(trigger).match(stripped) if trigger else None  # "blk" is not the start of "blkstyle"
+    return stripped[found.end():].lstrip(" ,:;-") if found else stripped
 
 
 def drift_basis(examples: list[str], openings: list[str], trigger: str | None = None) -> DriftBasis | None:

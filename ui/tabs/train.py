@@ -248,9 +248,9 @@ LIVE = ("running", "starting")  # a trainer process exists: it can be stopped, k
 
 
 def control_buttons(context: StudioContext, name: str):
-    """Stop, Kill, Resume and Sample now as the chosen run allows: the first three of them only act on a live
-    trainer, so they are greyed otherwise, and Kill is red only while there is something to kill. Resume
-    stays clickable on a finished run: it says how to train it longer."""
+    """Stop, Kill, Resume and Sample now as the chosen run allows: Stop, Kill and Sample now act only on a live
+    trainer, so they are greyed otherwise, and Kill is red only while there is something to kill. Resume is
+    greyed while the trainer runs and clickable on a finished run: it says how to train it longer."""
     from blk.errors import UserError
     from blk.train.process import run_info
 
