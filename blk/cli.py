@@ -212,8 +212,10 @@ def _train_on_several_gpus(args, workspace: Workspace, gpus: int, run_dir) -> in
 def cmd_caption(args, workspace: Workspace) -> int:
     from blk.caption.job import NO_CAPTIONER, CaptionJob, run
 
-    if not args.vllm_model and (args.backend == "transformers" or not args.vllm_url):
-        raise UserError(f"{NO_CAPTIONER} Name it with --vllm-model (or give --vllm-url of a running server).")
+    if not args.vllm_model and args.backend == "transformers":
+        raise UserError(f"{NO_CAPTIONER} Name it with --vllm-model (the transformers backend runs it here).")
+    if not args.vllm_model and not args.vllm_url:
+        raise UserError(f"{NO_CAPTIONER} Name it with --vllm-model, or give --vllm-url of a server you run.")
     named = {"model": args.vllm_model} if args.vllm_model else {}  # a running server has its own
     job = CaptionJob(dataset=args.dataset, style=args.style, backend=args.backend, vllm_url=args.vllm_url,
                      **named, mode=args.mode, overwrite=args.overwrite,

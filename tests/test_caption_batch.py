@@ -92,8 +92,14 @@ def test_person_edits_are_never_overwritten_unless_asked(tmp_path, transformers_
 
 def test_empty_dataset_and_missing_server(tmp_path, shared_workspace):
     (tmp_path / "empty").mkdir()
-    result = run(CaptionJob(dataset=str(tmp_path / "empty"), backend="transformers"), shared_workspace)
+    result = run(CaptionJob(dataset=str(tmp_path / "empty"), backend="transformers", model="tiny-vlm"),
+                 shared_workspace)
     assert result.captioned == [] and result.failed == []
+    unnamed = tmp_path / "unnamed"
+    make_dataset(unnamed)
+    with pytest.raises(UserError, match="Which captioning model"):  # no default captioner writes unasked
+        run(CaptionJob(dataset=str(unnamed), backend="transformers"), shared_workspace)
+    assert not (unnamed / "img 0.txt").exists()
     with pytest.raises(UserError, match="No captioning server answers"):
         from blk.caption.server import free_port
 

@@ -30,7 +30,7 @@ class CaptionJob(BaseModel):
     style: str | None = None  # a style file; default: the dataset's own, else the default style
     backend: Literal["vllm", "transformers"] = "vllm"
     vllm_url: str | None = None  # a server already running; else the studio starts one
-    model: str = "tiny-vlm"  # a local folder, a Hugging Face repo in the local cache, or tiny-vlm
+    model: str | None = None  # a local folder, a Hugging Face repo in the local cache, or tiny-vlm (random words)
     mode: Literal["missing", "all", "selected"] = "missing"
     selected: list[str] = Field(default_factory=list)
     overwrite: bool = False  # also replace captions a person edited or approved
@@ -68,7 +68,10 @@ def job_style(job: CaptionJob, folder: Path) -> CaptionStyle:
 
 @contextlib.contextmanager
 def open_backend(job: CaptionJob, workspace: Workspace, max_images: int, work_dir: Path, image_size: int = 1024):
-    """Yield a backend for the job; a server started here is stopped on exit."""
+    """Yield a backend for the job; a server started here is stopped on exit. A job that needs a model and
+    names none is refused: no default captioner writes into a dataset unasked."""
+    if job.model is None and (job.backend == "transformers" or not job.vllm_url):
+        raise UserError(NO_CAPTIONER)
     if job.backend == "transformers":
         from blk.caption.backends import TransformersBackend
 
