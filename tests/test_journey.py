@@ -187,7 +187,9 @@ def test_the_artists_tour(tmp_path, shared_workspace):
             page.get_by_role("tab", name="Sketch").click()
             page.locator("#blk-sketch-gallery img").first.click()
             page.locator("#blk-sketch-to-upscale").click()
-            expect(page.locator("#blk-upscale-input img")).to_be_visible()
+            # a view made from the file that was sent
+            expect(page.locator("#blk-upscale-input-note")).to_contain_text("64×64, 8-bit", timeout=60_000)
+            expect(page.locator("#blk-upscale-view img")).to_be_visible(timeout=30_000)
             page.locator("#blk-upscale-model input").click()
             page.get_by_role("option", name="RealESRGAN_x4plus_tiny.pth").click()
             page.locator("#blk-upscale-go").click()

@@ -313,3 +313,21 @@ def test_opening_upscale_chooses_an_installed_upscaler_when_none_is_chosen(conte
     upscaler = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "blk-upscale-model")
     choosers = [f for f in demo.fns.values() if f.outputs == [upscaler] and f.inputs == [upscaler]]
     assert len(choosers) == 2  # on opening the tab, and after a sketch is sent to it
+
+
+def test_the_input_view_is_made_from_the_file_with_its_bits_and_transparency(tmp_path):
+    from ui.tabs.upscale import show_input
+
+    rgba = tmp_path / "stencil.png"
+    Image.new("RGBA", (300, 200), (200, 30, 30, 0)).save(rgba)
+    deep = tmp_path / "scan16.png"
+    Image.fromarray((np.arange(200 * 600).reshape(200, 600) % 65536).astype(np.uint16)).save(deep)
+    view, note = show_input(str(rgba))
+    assert view.shape == (200, 300, 4) and view[..., 3].max() == 0 and note == "stencil.png: 300×200, 8-bit, " \
+        "with transparency."
+    view, note = show_input(str(deep))
+    assert view.shape == (160, 480, 3) and view.dtype == np.uint8 and note == "scan16.png: 600×200, 16-bit."
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)
+    view, note = show_input(str(tmp_path / "broken.png"))
+    assert view is None and note.startswith("**broken.png") and note.count(".") >= 1
+    assert show_input(None) == (None, "")

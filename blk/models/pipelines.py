@@ -213,7 +213,8 @@ def adapter_name(path: Path) -> str:
     return "lora_" + lora_sha256(path)[:16]
 
 
-_PRIVATE_COPIES: dict[str, Path] = {}  # sha256 -> this process's own copy of a LoRA file
+_PRIVATE_COPIES: dict[tuple[str, str], Path] = {}  # (sha256, file name) -> this process's own copy of a LoRA
+_PRIVATE_FOLDER: list[Path] = []  # the temporary folder holding them, made on first use
 
 
 def private_copy(path: Path) -> Path:
@@ -222,26 +223,24 @@ def private_copy(path: Path) -> Path:
     diffusers maps a LoRA file into memory and its adapter keeps reading from that mapping: a file rewritten in
     place while it is loaded (a trainer in another tool saving again under the same name) took the whole app
     down with a bus error at the next generation. A copy only this process knows is never rewritten. Copies
-    live in a temporary folder removed at exit, one per content (in a folder named by its hash; the file keeps its
-    name, which the loaders' sentences say)."""
+    live in a temporary folder removed at exit, one per content and name (in a folder named by the hash; the file
+    keeps its name, which the loaders' sentences say)."""
     import atexit
     import shutil
     import tempfile
 
     from blk import atomic
 
-    sha256 = lora_sha256(path)
-    if sha256 not in _PRIVATE_COPIES or not _PRIVATE_COPIES[sha256].is_file():
-        if not _PRIVATE_COPIES:
-            folder = Path(tempfile.mkdtemp(prefix="blk-loras-"))
-            atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        else:
-            folder = next(iter(_PRIVATE_COPIES.values())).parent
-        copy = folder / sha256 / Path(path).name
+    key = (lora_sha256(path), Path(path).name)
+    if key not in _PRIVATE_COPIES or not _PRIVATE_COPIES[key].is_file():
+        if not _PRIVATE_FOLDER:
+            _PRIVATE_FOLDER.append(Path(tempfile.mkdtemp(prefix="blk-loras-")))
+            atexit.register(shutil.rmtree, _PRIVATE_FOLDER[0], ignore_errors=True)
+        copy = _PRIVATE_FOLDER[0] / key[0] / key[1]
         copy.parent.mkdir(exist_ok=True)
         atomic.write_bytes(copy, Path(path).read_bytes())
-        _PRIVATE_COPIES[sha256] = copy
-    return _PRIVATE_COPIES[sha256]
+        _PRIVATE_COPIES[key] = copy
+    return _PRIVATE_COPIES[key]
 
 
 def _quiet_lora_loader() -> None:

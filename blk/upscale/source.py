@@ -257,15 +257,21 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def input_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of an input as it will be upscaled (upright), from its header only."""
-    path = Path(path)
+def _upright_header(path: Path):
+    """(libvips' header, the same turned upright by its EXIF), or None when libvips cannot open the file."""
     header = _vips_header(path) if path.is_file() and is_image_name(path) else None
     if header is None:
+        return None
+    return header, (header.autorot() if header.get_typeof("orientation") else header)
+
+
+def input_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an input as it will be upscaled (upright), from its header only."""
+    headers = _upright_header(Path(path))
+    if headers is None:
         info = read_info(path)
         return info.width, info.height
-    upright = header.autorot() if header.get_typeof("orientation") else header
-    return upright.width, upright.height
+    return headers[1].width, headers[1].height
 
 
 def input_preview(path: str | Path, side: int = 480) -> tuple[np.ndarray, str]:
@@ -275,25 +281,23 @@ def input_preview(path: str | Path, side: int = 480) -> tuple[np.ndarray, str]:
     import pyvips
 
     path = Path(path)
-    header = _vips_header(path) if path.is_file() and is_image_name(path) else None
-    if header is None:
+    headers = _upright_header(path)
+    if headers is None:
         info = read_info(path)  # Pillow's sentence for what libvips cannot read (or a wrong type of file)
         raise BadImage(f"{path.name} ({info.format}) cannot be previewed here.")
+    header, upright = headers
     raw_bytes = header.width * header.height * header.bands * (2 if header.format == "ushort" else 1)
     if raw_bytes > MAX_COMPRESSION * max(path.stat().st_size, 1):
         raise BadImage(f"{path.name} claims {header.width}×{header.height} pixels but holds only "
                        f"{path.stat().st_size} bytes: it is damaged or truncated.")
     try:
-        small = pyvips.Image.thumbnail(str(path), side, height=side, size="down")
-        alpha = small.hasalpha()
-        view = small.colourspace("srgb") if small.interpretation not in ("srgb",) else small
+        small = pyvips.Image.thumbnail(str(path), side, height=side, size="down")  # upright, alpha kept
+        view = small.colourspace("srgb")  # grey and 16-bit RGB become 8-bit sRGB
         if view.format != "uchar":
-            view = view.cast("uchar") if view.format not in ("ushort",) else (view / 256).cast("uchar")
-        pixels = view.numpy()
-        upright = header.autorot() if header.get_typeof("orientation") else header
+            view = (view / 256 if view.format == "ushort" else view).cast("uchar")
+        alpha, pixels = small.hasalpha(), view.numpy()
     except pyvips.Error as exc:
         raise BadImage(f"{path.name} cannot be read ({_first_line(exc)}).") from None
-    pixels = pixels[..., None].repeat(3, axis=-1) if pixels.ndim == 2 else pixels
     bits = 16 if header.format == "ushort" else 8
     note = (f"{path.name}: {upright.width}×{upright.height}, {bits}-bit"
             + (", with transparency" if alpha else "") + ".")
