@@ -84,9 +84,17 @@ def test_stencil_tab_generate_alpha_compose(tmp_path, shared_workspace):
             expect(page.locator("#blk-compose-layers")).to_contain_text(alpha.name)
             page.locator("#blk-compose-positions textarea").fill("16,0\n0,0")
             page.locator("#blk-compose-order textarea").fill("2,1")  # the ink under the asset
+            layer_list = page.locator("#blk-compose-layer-list")  # numbered as Order counts, bottom first
+            expect(layer_list).to_contain_text(f"layer 2: {alpha.name} — bottom")
+            expect(layer_list).to_contain_text(f"layer 1: {asset.name} — top")
+            page.locator("#blk-compose-to-upscale").click()  # nothing exported yet: a sentence, no tab change
+            expect(page.locator("#blk-compose-status")).to_contain_text("Export first")
             page.locator("#blk-compose-export").click()
             expect(page.locator("#blk-compose-status")).to_contain_text("Exported", timeout=60_000)
             screenshot(page, "stencil-tab-compose")
+            page.locator("#blk-compose-to-upscale").click()  # the saved collage opens in Upscale, alpha and all
+            expect(page.locator("#blk-upscale-input-note")).to_contain_text("96×64, 8-bit", timeout=60_000)
+            expect(page.locator("#blk-upscale-input")).to_contain_text("collage-")
     finally:
         app.stop()
 

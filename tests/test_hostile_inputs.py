@@ -365,7 +365,7 @@ def test_ui_ink_to_alpha_and_upscale_answer_with_a_status(context, hostile):
 
     dataset, made = hostile["dataset"], hostile["made"]
     bad = [dataset / rel for rel, (expected, _) in made.items() if expected == "bad"]
-    outputs, status = stencil.ink_to_alpha(context, [str(p) for p in bad] + [str(dataset / "good_png.png")], None,
+    outputs, status, _ = stencil.ink_to_alpha(context, [str(p) for p in bad] + [str(dataset / "good_png.png")], None,
                                            True, "#ffffff", 0.0, 1.0, progress=no_progress)
     assert len(outputs) == 1 and all(p.name in status for p in bad)
     cancel = threading.Event()

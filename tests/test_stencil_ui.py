@@ -94,10 +94,11 @@ def test_a_captioned_dataset_becomes_a_captioned_rgba_dataset(workspace):
     (folder / "scan0.txt").write_text("blkstyle, a stroke")
     (folder / "scan2.txt").write_text("blkstyle, another stroke")
     context = StudioContext(workspace, demo=True, demo_reason="test")
-    written, status = stencil.ink_to_alpha(context, None, "scans", True, "#ffffff", 0.0, 1.0,
-                                           progress=lambda *a, **k: None)
+    written, status, estimated = stencil.ink_to_alpha(context, None, "scans", True, "#ffffff", 0.0, 1.0,
+                                                      progress=lambda *a, **k: None)
     target = workspace.datasets / "scans-alpha"
     assert len(written) == 3 and "the new dataset `scans-alpha` (2 captions copied)" in status
+    assert estimated == "#ebebeb"  # the paper found (235), for the picker: a start for the artist's own colour
     assert (target / "scan0.txt").read_text() == "blkstyle, a stroke" and not (target / "scan1.txt").exists()
     for path in written:
         rgba = np.asarray(Image.open(path))
@@ -129,7 +130,9 @@ def test_converting_a_dataset_again_never_overwrites_the_first_conversion(worksp
     pixels = (first / "scan1.png").read_bytes()
     upload = tmp_path / "upload.png"
     Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(upload)
-    written, status = stencil.ink_to_alpha(context, [str(upload)], "scans", False, "#f0f0f0", 0.0, 1.0, **quiet)
+    written, status, estimated = stencil.ink_to_alpha(context, [str(upload)], "scans", False, "#f0f0f0", 0.0, 1.0,
+                                                      **quiet)
+    assert estimated is None  # a colour given: the picker keeps it
     second = workspace.datasets / "scans-alpha-2"
     assert sorted(p.name for p in second.iterdir() if not p.name.startswith(".")) == \
         ["scan0.png", "scan0.txt", "scan1.png"] and all(path.startswith(str(second)) for path in written)
@@ -139,7 +142,7 @@ def test_converting_a_dataset_again_never_overwrites_the_first_conversion(worksp
     assert (first / "scan1.png").read_bytes() == pixels  # converted with another paper colour the second time
     assert (second / "scan1.png").read_bytes() != pixels
     assert not (workspace.outputs("stencil") / "alpha").exists()  # the upload went nowhere, as the status says
-    _, third = stencil.ink_to_alpha(context, None, "scans", True, "#ffffff", 0.0, 1.0, **quiet)
+    _, third, _ = stencil.ink_to_alpha(context, None, "scans", True, "#ffffff", 0.0, 1.0, **quiet)
     assert "`scans-alpha-3`" in third and "uploaded" not in third
 
 
@@ -159,14 +162,14 @@ def test_uploads_with_the_same_name_are_all_kept_and_16bit_scans_say_16bit(works
     pyvips.Image.new_from_array(deep, interpretation="rgb16").write_to_file(str(tmp_path / "c" / "scan16rgb.png"),
                                                                             strip=True)
     uploads = [str(tmp_path / "a" / "scan.png"), str(tmp_path / "b" / "scan.jpg"), str(tmp_path / "c" / "scan16rgb.png")]
-    written, status = stencil.ink_to_alpha(context, uploads, None, False, "#ffffff", 0.0, 1.0, **quiet)
+    written, status, _ = stencil.ink_to_alpha(context, uploads, None, False, "#ffffff", 0.0, 1.0, **quiet)
     assert [Path(p).name for p in written] == ["scan.png", "scan-2.png", "scan16rgb.png"]
     assert "3 converted" in status and "- scan.png: 8-bit, paper #ffffff" in status
     assert "- scan-2.png (from scan.jpg): 8-bit" in status and "- scan16rgb.png: 16-bit, paper #ffffff" in status
     assert [int(np.asarray(Image.open(p))[0, 0, 3]) for p in written[:2]] == [235, 55]  # each its own scan
     assert np.asarray(Image.open(written[2])).dtype == np.uint16 or Image.open(written[2]).tile[0][3] == "RGBA;16B"
     kept = {p: Path(p).read_bytes() for p in written}
-    again, status = stencil.ink_to_alpha(context, uploads[:1], None, False, "#ffffff", 0.0, 1.0, **quiet)
+    again, status, _ = stencil.ink_to_alpha(context, uploads[:1], None, False, "#ffffff", 0.0, 1.0, **quiet)
     assert [Path(p).name for p in again] == ["scan-3.png"] and Path(again[0]).parent == Path(written[0]).parent
     assert "- scan-3.png (from scan.png): 8-bit" in status
     assert all(Path(p).read_bytes() == data for p, data in kept.items())
@@ -184,7 +187,7 @@ def test_a_dataset_with_a_png_and_a_jpg_of_the_same_name_keeps_both_with_their_c
     (folder / "a.txt").write_text("blkstyle, a")
     (folder / "b.txt").write_text("blkstyle, b")
     context = StudioContext(workspace, demo=True, demo_reason="test")
-    written, status = stencil.ink_to_alpha(context, None, "pair", True, "#ffffff", 0.0, 1.0,
+    written, status, _ = stencil.ink_to_alpha(context, None, "pair", True, "#ffffff", 0.0, 1.0,
                                            progress=lambda *a, **k: None)
     target = workspace.datasets / "pair-alpha"
     assert sorted(p.name for p in target.iterdir() if not p.name.startswith(".")) == \
@@ -241,5 +244,35 @@ def test_a_generation_previews_its_newest_asset_and_a_start_image_sets_the_size(
                                                       "at the chosen strength.")
     kept, sentence = stencil.start_from_chosen(None)
     assert kept == {"__type__": "update"} and sentence.startswith("Click an asset in the gallery first")
+    opaque = tmp_path / "flat.jpg"  # no transparency: allowed, and said; with no descriptor, that is said too
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(opaque)
+    form = ("tiny-flux", "", "none", [], 64, 64, 2, None, 5, False, 1, False)
+    _, _, status, _, _ = stencil.generate(context, threading.Event(), [], *form, start=str(opaque), strength=0.5,
+                                          progress=quiet)
+    assert "flat.jpg has no transparency" in status and "Ink to alpha first" in status
+    assert "The descriptor was empty: the asset was drawn without a text prompt." in status
+    assert "no transparency" not in stencil.generate(context, threading.Event(), [], *form, start=str(start),
+                                                     strength=0.5, progress=quiet)[2]
     failed = stencil.generate(context, threading.Event(), session, "no-such-model", *form[1:], progress=quiet)
     assert failed[3:] == ({"__type__": "update"},) * 2 and "no-such-model" in failed[2]  # nothing new: kept
+
+
+def test_an_empty_descriptor_is_said_with_what_drew_the_asset():
+    assert stencil.empty_descriptor_note("a cube", "FG") == ""
+    assert stencil.empty_descriptor_note("  ", "MG") == ("The descriptor was empty: the asset was drawn from the "
+                                                         "Z-role tag (MG) alone.")
+    assert "without a text prompt" in stencil.empty_descriptor_note(None, stencil.ROLE_NONE)
+
+
+def test_the_layer_list_numbers_layers_as_order_and_positions_count_them():
+    """Gradio's file list shows names only; the list says each layer's number, bottom → top as stacked."""
+    files = ["/ws/a/ink.png", "/ws/b/cube.png", "/ws/c/sky.png"]
+    assert stencil.layer_list_text([], "").startswith("No layers yet")
+    assert stencil.layer_list_text(files, "").splitlines()[1:] == [
+        "layer 1: `ink.png` — bottom  ", "layer 2: `cube.png`  ", "layer 3: `sky.png` — top"]
+    restacked = stencil.layer_list_text(files, "3, 1").splitlines()
+    assert restacked[1:] == ["layer 3: `sky.png` — bottom  ", "layer 1: `ink.png` — top  ",
+                             "Left out: layer 2 (`cube.png`)"]
+    assert stencil.layer_list_text(files, "4") == ("**There is no layer 4: the layers are numbered 1 to 3 in the "
+                                                   "order added.**")
+    assert stencil.layer_list_text(files[:1], "").splitlines()[1] == "layer 1: `ink.png`"

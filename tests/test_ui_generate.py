@@ -1,5 +1,7 @@
 """The Sketch and Review tabs' handlers with a real context: paths confined, parameters read back."""
 
+import pytest
+
 from blk.generate.sketch import Lora, SketchRequest
 from tests.conftest import copy_trained_run
 from ui import lora_stack
@@ -110,6 +112,22 @@ def test_sending_a_sketch_on_with_none_clicked_says_so():
     assert (main.selected, inner.selected, path, note) == ("stencil", "matting", "/ws/a.png", update)
     main, path, note = app.to_upscale("/ws/a.png")
     assert (main.selected, path, note) == ("upscale", "/ws/a.png", update)
+    assert app.to_upscale(None, app.PICK_ASSET) == (update,) * 2 + ("Click an asset in the gallery first.",)
+
+
+@pytest.mark.parametrize("count, after, expected", [
+    (1, "", ["step 0 of 4", "step 1 of 4", "step 2 of 4", "step 3 of 4", "step 4 of 4"]),
+    (2, "", ["image 1 of 2 · step 0 of 2", "image 1 of 2 · step 1 of 2", "image 1 of 2 · step 2 of 2",
+             "image 2 of 2 · step 1 of 2", "image 2 of 2 · step 2 of 2"]),
+    (2, "decoding", ["image 1 of 2 · step 0 of 1", "image 1 of 2 · decoding", "image 1 of 2 · done",
+                     "image 2 of 2 · decoding", "image 2 of 2 · done"]),
+])
+def test_progress_says_which_item_and_which_step(count, after, expected):
+    """Gradio showed "15/27" for a batch; the words say the item and its own step (and a last stage such as
+    decoding the transparency, when an item has one)."""
+    from ui.progress_text import batch_step_text
+
+    assert [batch_step_text(done, 4, count, "image", after) for done in range(5)] == expected
 
 
 def fake_run(workspace, name, steps, age):

@@ -12,7 +12,8 @@ def build_app(context: StudioContext) -> gr.Blocks:
     with gr.Blocks(title="BLK Studio", analytics_enabled=False) as demo:
         gr.Markdown("# BLK Studio")
         if context.demo:
-            gr.Markdown(demo_banner(context), elem_classes=["blk-banner"], elem_id="blk-demo-banner")
+            # made again on each page load: a file put in place while the app runs is no longer asked for
+            gr.Markdown(lambda: demo_banner(context), elem_classes=["blk-banner"], elem_id="blk-demo-banner")
         with gr.Tabs() as tabs:
             with gr.Tab("Caption") as caption_tab:
                 captioned = caption.build(context)
@@ -83,22 +84,31 @@ def to_matting(path):
     return gr.Tabs(selected="stencil"), gr.Tabs(selected="matting"), path, gr.update()
 
 
-def to_upscale(path):
-    """Sketch → Upscale: (main tabs, the image to upscale, note)."""
+PICK_ASSET = "Click an asset in the gallery first."  # Stencil's status, for a send with none chosen
+EXPORT_FIRST = "Export first: the upscale starts from the saved flattened PNG."  # Compose's status
+
+
+def to_upscale(path, first: str = PICK_FIRST):
+    """A picture → Upscale: (main tabs, the image to upscale, the sending tab's note)."""
     if not path:
-        return gr.update(), gr.update(), PICK_FIRST
+        return gr.update(), gr.update(), first
     return gr.Tabs(selected="upscale"), path, gr.update()
 
 
 def send_between_tabs(tabs, sketched: dict, stenciled: dict, upscaled: dict) -> None:
-    """A sketch goes on to Stencil (as the collage background, or to be cut out) or to Upscale; with no
-    sketch selected, Sketch's note says to click one."""
+    """A sketch goes on to Stencil (as the collage background, or to be cut out) or to Upscale; a Stencil
+    asset or an exported collage goes to Upscale. With nothing chosen, the sending tab says what to do."""
     note = sketched["selected_note"]
     sketched["to_compose"].click(to_compose, inputs=sketched["selected"],
                                  outputs=[tabs, stenciled["tabs"], stenciled["background_file"],
                                           stenciled["background_kind"], note])
-    choose_upscaler, current, upscaler = upscaled["on_open"]  # a tab selected by code fires no select of its own
-    sketched["to_upscale"].click(to_upscale, inputs=sketched["selected"], outputs=[tabs, upscaled["image"], note]
-                                 ).then(choose_upscaler, inputs=current, outputs=upscaler, show_progress="hidden")
     sketched["to_matting"].click(to_matting, inputs=sketched["selected"],
                                  outputs=[tabs, stenciled["tabs"], stenciled["matting_source"], note])
+    choose_upscaler, current, upscaler = upscaled["on_open"]  # a tab selected by code fires no select of its own
+    for button, picture, sender_note, first in (
+            (sketched["to_upscale"], sketched["selected"], note, PICK_FIRST),
+            (stenciled["to_upscale"], stenciled["chosen"], stenciled["status"], PICK_ASSET),
+            (stenciled["flat_to_upscale"], stenciled["exported_flat"], stenciled["compose_status"], EXPORT_FIRST)):
+        button.click(lambda path, first=first: to_upscale(path, first), inputs=picture,
+                     outputs=[tabs, upscaled["image"], sender_note]
+                     ).then(choose_upscaler, inputs=current, outputs=upscaler, show_progress="hidden")

@@ -93,8 +93,9 @@ class Stenciler:
         if request.image is not None:
             if not 0 < request.strength <= 1:
                 raise UserError(f"Strength is between 0 and 1 (how much is redrawn); got {request.strength:g}.")
-            start = starting_image(Path(request.image))
+            start, opaque = starting_image(Path(request.image))
             width, height, notice = start_size(*start.size, SIZE_MULTIPLE)  # Width and Height are not used
+            notice = " ".join(part for part in (opaque, notice) if part)
         else:
             width, height, notice = round_size(*size, SIZE_MULTIPLE)
         steps, guidance = generation_defaults(model)
@@ -187,14 +188,25 @@ def start_size(width: int, height: int, multiple: int) -> tuple[int, int, str]:
                   f"{w}×{h}, its aspect ratio kept as closely as the grid allows.")
 
 
+OPAQUE_START = ("The starting image {name} has no transparency, so it was redrawn as one opaque element; for a "
+                "scan of ink on paper, run Ink to alpha first.")
+
+
 def starting_image(path: Path):
-    """The image to start from, as RGBA (an opaque image gets alpha 1); one sentence when it cannot be read."""
+    """(the image as RGBA, a notice when it is fully opaque); one sentence when it cannot be read.
+
+    An opaque start is allowed (a flat element is a fair start) but said: an artist who chose a scan
+    expecting its paper to vanish would otherwise get the paper redrawn as part of the asset."""
+    import numpy as np
+
     from blk.data.images import open_image
 
     if not path.is_file():
         raise UserError(f"The starting image {path.name} does not exist.")
     image = open_image(path)
-    return image if image.mode == "RGBA" else image.convert("RGBA")
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+    opaque = np.asarray(rgba.getchannel("A")).min() == 255
+    return rgba, OPAQUE_START.format(name=path.name) if opaque else ""
 
 
 def rgba_tensor(image, width: int, height: int):

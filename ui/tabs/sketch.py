@@ -17,6 +17,7 @@ from ui import lora_stack
 from ui.busy import click_while_busy
 from ui.context import StudioContext
 from ui.form_memory import remember_form
+from ui.progress_text import batch_step_text
 
 CUSTOM = "custom size"
 
@@ -67,7 +68,8 @@ def generate(context: StudioContext, cancel: threading.Event, gallery: list, mod
                                                    attention=context.workspace.settings.attention),
             device=context.workspace.settings.device)
         progress(0, desc="Loading the model…")
-        context.sketcher.run(request, progress=lambda done, total: progress(done / total, desc=f"step {done}/{total}"),
+        words = lambda done, total: batch_step_text(done, total, request.count, "image")  # noqa: E731
+        context.sketcher.run(request, progress=lambda done, total: progress(done / total, desc=words(done, total)),
                              cancel=cancel, on_image=finished.append)
         status = ""
     except UserError as exc:

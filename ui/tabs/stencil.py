@@ -18,6 +18,7 @@ from ui import lora_stack
 from ui.busy import click_while_busy
 from ui.context import StudioContext
 from ui.form_memory import remember_form
+from ui.progress_text import batch_step_text
 from ui.tabs.sketch import model_defaults, model_names
 
 ROLE_NONE = "none"
@@ -43,7 +44,8 @@ def generate(context: StudioContext, cancel: threading.Event, gallery: list, mod
             device=context.workspace.settings.device, image=Path(start) if start else None,
             strength=float(strength))
         progress(0, desc="Loading the model and LayerDiffuse…")
-        context.stenciler.run(request, progress=lambda d, t: progress(d / t, desc=f"{d}/{t}"), cancel=cancel,
+        words = lambda d, t: batch_step_text(d, t, request.count, "asset", "decoding the transparency")  # noqa: E731
+        context.stenciler.run(request, progress=lambda d, t: progress(d / t, desc=words(d, t)), cancel=cancel,
                                on_image=finished.append)
     except UserError as exc:
         status = f"**{exc}**"
@@ -56,8 +58,18 @@ def generate(context: StudioContext, cancel: threading.Event, gallery: list, mod
     summary = (f"{len(finished)} asset{'s' if len(finished) > 1 else ''}, seed "
                f"**{', '.join(str(r.seed) for r in finished)}**, {last.parameters['width']}×"
                f"{last.parameters['height']} RGBA — saved in `{last.path.parent}`")
-    status = "  \n".join(s for s in (last.notice, summary, status) if s)
+    status = "  \n".join(s for s in (last.notice, empty_descriptor_note(prompt, role), summary, status) if s)
     return shown, shown, status, last.seed, str(last.path)  # the newest asset becomes the chosen one
+
+
+def empty_descriptor_note(prompt, role) -> str:
+    """Said after an asset made with no descriptor (allowed: the style LoRA alone can lead), so that it is
+    never a surprise."""
+    if (prompt or "").strip():
+        return ""
+    if role and role != ROLE_NONE:
+        return f"The descriptor was empty: the asset was drawn from the Z-role tag ({role}) alone."
+    return "The descriptor was empty: the asset was drawn without a text prompt."
 
 
 def preview(image_path, background: str, colour: str):
@@ -84,7 +96,9 @@ def free_dataset_folder(datasets: Path, name: str) -> Path:
 def ink_to_alpha(context: StudioContext, files, dataset, paper_auto, paper, tt, ot, progress=gr.Progress()):
     """Uploaded scans → outputs/stencil/alpha/DATE/; a dataset → a new dataset NAME-alpha with its captions
     (NAME-alpha-2, -3… when it exists: an earlier conversion and its caption edits stay as they are).
-    With a dataset chosen, uploaded scans are not converted, and the status says so."""
+    With a dataset chosen, uploaded scans are not converted, and the status says so.
+
+    Returns (PNG paths, status, the first paper colour estimated or None)."""
     from blk.errors import UserError
     from blk.stencil.alpha import AlphaSettings, convert_batch, copy_captions
 
@@ -103,7 +117,7 @@ def ink_to_alpha(context: StudioContext, files, dataset, paper_auto, paper, tt, 
                           "clear the dataset choice to convert uploads")
         else:
             if not files:
-                return [], "Upload scans or choose a dataset."
+                return [], "Upload scans or choose a dataset.", None
             target = context.workspace.outputs("stencil") / "alpha" / time.strftime("%Y-%m-%d")
             result = None
             for index, file in enumerate(files):
@@ -112,11 +126,12 @@ def ink_to_alpha(context: StudioContext, files, dataset, paper_auto, paper, tt, 
                 progress((index + 1) / len(files))
             where = f"`{target}`"
     except UserError as exc:
-        return [], f"**{exc}**"
+        return [], f"**{exc}**", None
     lines = [f"{len(result.written)} converted into {where}."]
     lines += [alpha_line(item) for item in result.written[:12]]
     lines += [f"- **{reason}**" for _, reason in result.failed]
-    return [str(item.output) for item in result.written], "\n".join(lines)
+    estimated = next((item.paper for item in result.written if not item.note), None) if paper_auto else None
+    return [str(item.output) for item in result.written], "\n".join(lines), estimated
 
 
 def alpha_line(item) -> str:
@@ -187,6 +202,27 @@ def compose_layers(context: StudioContext, layer_files, positions, background_ki
     return str(done.flat), [str(done.ora), str(done.flat)] + [str(p) for p in done.layers], \
         f"Exported `{done.ora.name}` (opens in Krita and GIMP with its layers), the flattened PNG and " \
         f"{len(done.layers)} layer PNGs. Folder: `{done.ora.parent}`"
+
+
+def layer_list_text(layer_files, order) -> str:
+    """The layers numbered as Order and Positions count them, bottom → top as they will stack.
+
+    Gradio's file list shows names only, so an artist typing "2,1" had to count uploads by hand."""
+    from blk.errors import UserError
+
+    names = [Path(f if isinstance(f, str) else f.name).name for f in layer_files or []]
+    if not names:
+        return "No layers yet: upload RGBA PNGs, or add assets from Generate."
+    try:
+        stack = stacking_order(order, len(names))
+    except UserError as exc:
+        return f"**{exc}**"
+    left_out = [f"layer {n + 1} (`{names[n]}`)" for n in range(len(names)) if n not in stack]
+    lines = [f"layer {n + 1}: `{names[n]}`" + (" — top" if i == len(stack) - 1 and len(stack) > 1 else
+                                              " — bottom" if i == 0 and len(stack) > 1 else "")
+             for i, n in enumerate(stack)]
+    text = "Stacked bottom → top (numbers as Order and Positions count them):  \n" + "  \n".join(lines)
+    return text + (f"  \nLeft out: {', '.join(left_out)}" if left_out else "")
 
 
 def stacking_order(order: str, count: int) -> list[int]:
@@ -289,16 +325,20 @@ def build(context: StudioContext) -> None:
                 with gr.Column(scale=3):
                     status = gr.Markdown(weights_note(context, context.default_model()),
                                          elem_id="blk-stencil-status")
+                    # whole assets, never cropped to squares: a tall element is seen as it was made
                     results = gr.Gallery(label="Assets (over a checkerboard; files keep their alpha)", columns=3,
-                                         height="auto", format="png", elem_id="blk-stencil-gallery",
+                                         height="auto", format="png", object_fit="contain",
+                                         elem_id="blk-stencil-gallery",
                                          elem_classes=["blk-checker"])
                     with gr.Row():
                         background = gr.Radio(["checkerboard", "colour"], value="colour", label="Preview over")
                         colour = gr.ColorPicker("#f2efe6", label="Colour")
                     chosen = gr.State(None)
                     shown = gr.Image(label="Preview", type="pil", elem_id="blk-stencil-preview")
-                    to_compose = gr.Button("Add to Compose (as the top layer)", size="sm",
-                                           elem_id="blk-stencil-to-compose")
+                    with gr.Row():
+                        to_compose = gr.Button("Add to Compose (as the top layer)", size="sm",
+                                               elem_id="blk-stencil-to-compose")
+                        to_upscale = gr.Button("Upscale", size="sm", elem_id="blk-stencil-to-upscale")
             session = gr.State([])
             click_while_busy(go, "Generating…",
                              lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
@@ -340,16 +380,19 @@ def build(context: StudioContext) -> None:
                 with gr.Column(scale=3):
                     alpha_status = gr.Markdown(elem_id="blk-alpha-status")
                     alpha_results = gr.Gallery(label="RGBA results", columns=3, height="auto", format="png",
+                                               object_fit="contain",
                                                elem_classes=["blk-checker"], elem_id="blk-alpha-gallery")
                     alpha_files = gr.File(label="Download the RGBA PNGs", file_count="multiple", interactive=False,
                                           elem_id="blk-alpha-download")
 
             def convert_and_offer(*args, progress=gr.Progress()):
-                written, status = ink_to_alpha(context, *args, progress=progress)
-                return written, written[:50] or None, status  # the first 50 as downloads; all are on disk
+                written, status, estimated = ink_to_alpha(context, *args, progress=progress)
+                # the first 50 as downloads (all are on disk); the picker shows the paper estimated, as a start
+                # for a colour of the artist's own
+                return written, written[:50] or None, status, estimated or gr.update()
 
             convert.click(convert_and_offer, inputs=[scans, dataset, paper_auto, paper, tt, ot],
-                          outputs=[alpha_results, alpha_files, alpha_status], api_name="stencil_alpha")
+                          outputs=[alpha_results, alpha_files, alpha_status, paper], api_name="stencil_alpha")
 
         with gr.Tab("Matting", id="matting"):
             reason = unavailable_reason(context.workspace)
@@ -367,8 +410,9 @@ def build(context: StudioContext) -> None:
                         "layer, and a layered OpenRaster file.")
             with gr.Row():
                 with gr.Column(scale=2):
-                    layer_files = gr.File(label="Layers (numbered as added; bottom first unless Order says otherwise)", file_count="multiple", type="filepath",
+                    layer_files = gr.File(label="Layers (RGBA PNGs)", file_count="multiple", type="filepath",
                                           elem_id="blk-compose-layers")
+                    layer_list = gr.Markdown(layer_list_text([], ""), elem_id="blk-compose-layer-list")
                     positions = gr.Textbox(label="Positions, one line per layer: x,y[,scale]", lines=4,
                                            placeholder="0,0\n120,40,0.5", elem_id="blk-compose-positions")
                     order = gr.Textbox(label="Order, bottom → top (layer numbers as added, e.g. 2,1,3; empty: as "
@@ -385,13 +429,26 @@ def build(context: StudioContext) -> None:
                     compose_status = gr.Markdown(elem_id="blk-compose-status")
                     flat = gr.Image(label="Flattened", type="filepath", elem_classes=["blk-checker"])
                     exported = gr.File(label="Files", file_count="multiple")
+                    flat_upscale = gr.Button("Upscale the exported PNG", size="sm", elem_id="blk-compose-to-upscale")
             inputs = [layer_files, positions, background_kind, compose_colour, background_file, name, order]
             to_compose.click(add_to_compose, inputs=[layer_files, chosen], outputs=[layer_files, compose_status, tabs])
             preview_button.click(lambda *a: compose_layers(context, *a, export=False), inputs=inputs,
                                  outputs=[flat, exported, compose_status])
-            export_button.click(lambda *a: compose_layers(context, *a, export=True), inputs=inputs,
-                                outputs=[flat, exported, compose_status], api_name="stencil_compose")
+            exported_flat = gr.State(None)  # the flattened PNG as saved (the Image holds a browser copy)
+
+            def export_and_keep(*args):
+                shown, files, sentence = compose_layers(context, *args, export=True)
+                return shown, files, sentence, shown if files else None
+
+            export_button.click(export_and_keep, inputs=inputs, outputs=[flat, exported, compose_status, exported_flat],
+                                api_name="stencil_compose")
+            for trigger in (layer_files.change, order.change):
+                trigger(layer_list_text, inputs=[layer_files, order], outputs=layer_list, show_progress="hidden",
+                        queue=False)
     on_show = (lambda: (gr.Dropdown(choices=lora_stack.lora_choices(context)),
                         gr.Dropdown(choices=dataset_names(context))), [lora_pick, dataset])
     return {"tabs": tabs, "background_kind": background_kind, "background_file": background_file,
-            "matting_source": source, "on_show": on_show}
+            "matting_source": source, "on_show": on_show,
+            # Upscale: the chosen asset (its note: the status), and Compose's last export (the files listed)
+            "to_upscale": to_upscale, "chosen": chosen, "status": status,
+            "flat_to_upscale": flat_upscale, "exported_flat": exported_flat, "compose_status": compose_status}
