@@ -10,6 +10,7 @@ from blk.errors import ModelNotFound, UserError
 from blk.models import registry
 from blk.models.registry import resolve
 from tests.conftest import run_blk
+from tests.test_upscale_esrgan import rrdb_file
 
 COMMIT = "0" * 40
 
@@ -256,7 +257,9 @@ def test_models_tab_lists_every_model_and_detects_devices_on_page_load(workspace
     rows = {row[0]: row for row in models_table(context)}
     assert {"flux-dev", "tiny-flux", "4x-Ink.safetensors", "layerdiffuse-flux", "layerdiffuse-sdxl",
             "birefnet-general", "tiny-vlm", "Qwen/Qwen2.5-VL-7B-Instruct"} <= set(rows)
-    assert rows["4x-Ink.safetensors"][1:3] == ["upscaler", "found"] and "RealESRGAN_x4plus.pth" not in rows
+    assert rows["4x-Ink.safetensors"][1:3] == ["upscaler", "unusable"] and "RealESRGAN_x4plus.pth" not in rows
+    assert rows["4x-Ink.safetensors"][5] == "4x-Ink.safetensors is damaged or not a model file (" + \
+        rows["4x-Ink.safetensors"][5].split(" (", 1)[1]  # the reason, where a good file says what it is
     assert rows["layerdiffuse-flux"][2] == "found" and rows["layerdiffuse-sdxl"][2] == "missing"
     assert "layer_xl_transparent_attn.safetensors" in rows["layerdiffuse-sdxl"][4]
     assert "vae_transparent_encoder.safetensors" in rows["layerdiffuse-sdxl"][5]  # image to image needs it
@@ -267,6 +270,9 @@ def test_models_tab_lists_every_model_and_detects_devices_on_page_load(workspace
     put_in_hf_cache(hf_cache, "Qwen/Qwen2.5-VL-7B-Instruct", workspace.models / "layerdiffuse")
     (hf_cache / "models--Qwen--Qwen2.5-VL-7B-Instruct" / "snapshots" / COMMIT / "config.json").write_text("{}")
     assert {row[0]: row[2] for row in models_table(context)}["Qwen/Qwen2.5-VL-7B-Instruct"] == "found"
+    rrdb_file(workspace.models / "upscalers" / "4x-Ink.safetensors.pth")
+    good = {row[0]: row for row in models_table(context)}["4x-Ink.safetensors.pth"]
+    assert good[2] == "found" and good[5].endswith("(ESRGAN ×4)"), good
     shutil.rmtree(workspace.models / "upscalers")
     missing = {row[0]: row for row in models_table(context)}["RealESRGAN_x4plus.pth"]
     assert missing[2] == "missing" and str(workspace.models / "upscalers") in missing[4]
@@ -288,3 +294,16 @@ def test_the_demo_banner_says_which_paths_need_a_file(workspace):
     (workspace.models / "upscalers").mkdir(parents=True)
     (workspace.models / "upscalers" / "RealESRGAN_x4plus.pth").write_bytes(b"x")
     assert "Real-ESRGAN" not in demo_banner(context)
+
+
+def test_the_demo_banner_is_made_again_on_each_page_load(workspace):
+    """An upscaler put in place while the app runs: the next page load's banner no longer asks for one."""
+    from ui.app import build_app
+    from ui.context import StudioContext
+
+    context = StudioContext(workspace, demo=True, demo_reason="No real model was found.")
+    banner = page_load_outputs(build_app(context))["blk-demo-banner"]
+    assert "needs an upscaler file" in banner()
+    (workspace.models / "upscalers").mkdir(parents=True)
+    (workspace.models / "upscalers" / "RealESRGAN_x4plus.pth").write_bytes(b"x")
+    assert "needs an upscaler file" not in banner() and banner().startswith("**Demo mode**")

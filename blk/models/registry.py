@@ -83,6 +83,11 @@ class ModelStatus:
     location: str
     size_bytes: int
     description: str
+    problem: str = ""  # a file that is there but cannot be used: one sentence saying why
+
+    @property
+    def status(self) -> str:
+        return "unusable" if self.problem else "found" if self.found else "missing"
 
 
 def resolve(name_or_path: str, workspace: Workspace, *, build_tiny: bool = True) -> ResolvedModel:
@@ -285,10 +290,25 @@ def default_model(workspace: Workspace, family: str | None = None) -> tuple[str,
 CAPTIONER_REPO = "Qwen/Qwen2.5-VL-7B-Instruct"  # the captioner the README suggests
 
 
+def _upscaler_row(path: Path) -> ModelStatus:
+    from blk.upscale.models import upscaler_facts
+
+    use = "Upscale: the Real-ESRGAN path, and enlarging before the diffusion passes"
+    try:
+        facts = upscaler_facts(path)
+    except UserError as exc:
+        return ModelStatus(path.name, "upscaler", True, str(path), path.stat().st_size, use, problem=str(exc))
+    return ModelStatus(path.name, "upscaler", True, str(path), path.stat().st_size,
+                       f"{use} ({facts.architecture} ×{facts.scale})")
+
+
 def list_support_models(workspace: Workspace) -> list[ModelStatus]:
     """The other weights the tabs use, found or missing, read from the workspace folders and the local
-    Hugging Face cache (nothing is built, loaded or downloaded): upscalers, LayerDiffuse for each family,
-    BiRefNet for matting, and the captioning models."""
+    Hugging Face cache (nothing is built or downloaded): upscalers, LayerDiffuse for each family,
+    BiRefNet for matting, and the captioning models.
+
+    Upscalers are loaded once on the CPU (then remembered while the file is unchanged): a damaged or
+    unrecognised file is listed as unusable with the reason, not as found, and a good one says what it is."""
     from huggingface_hub import try_to_load_from_cache
 
     from blk.caption.tiny_vlm import TINY_VLM_NAME
@@ -299,8 +319,7 @@ def list_support_models(workspace: Workspace) -> list[ModelStatus]:
     rows: list[ModelStatus] = []
     folder = workspace.models / "upscalers"
     files = sorted(p for p in folder.glob("*") if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES)
-    rows += [ModelStatus(p.name, "upscaler", True, str(p), p.stat().st_size,
-                         "Upscale: the Real-ESRGAN path, and enlarging before the diffusion passes") for p in files]
+    rows += [_upscaler_row(p) for p in files]
     if not files:
         rows.append(ModelStatus("RealESRGAN_x4plus.pth", "upscaler", False,
                                 f"missing — put it (or any model spandrel reads) in {folder}", 0,

@@ -13,7 +13,7 @@ def models_table(context: StudioContext) -> list[list[str]]:
     """Every known model, found or missing: base models, then upscalers, LayerDiffuse, BiRefNet, captioners."""
     from blk.models.registry import human_size, list_models, list_support_models
 
-    return [[r.name, r.family, "found" if r.found else "missing", human_size(r.size_bytes), r.location, r.description]
+    return [[r.name, r.family, r.status, human_size(r.size_bytes), r.location, r.problem or r.description]
             for r in list_models(context.workspace) + list_support_models(context.workspace)]
 
 
