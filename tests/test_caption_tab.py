@@ -348,3 +348,26 @@ def test_the_grid_shows_the_captions_drifting_from_the_examples_with_how(context
         ("img1.png", "edited: prose where the examples are tags; opens with “This image shows”, which no example does")]
     assert "1 matching" in summary and "**" not in summary and rows[0]["image"] == "img1.png"
     assert ("drifting from the examples", "drifting") in grid.STATUSES
+
+
+def test_tokens_are_counted_for_the_model_chosen_in_the_grid_and_the_check(context):
+    """A curator training SDXL saw Flux's budgets (T5 512) and its counts: "Count tokens for" picks the model
+    whose tokenizers count, in the grid and the check; a page load shows the model in use."""
+    from tests.test_models import page_load_outputs
+    from ui.app import build_app
+    from ui.tabs.caption import check
+
+    make_dataset(context, "budget", count=1, caption="ink " * 100)  # over CLIP's 77, under T5's 512
+    assert caption.base_model_names(context) == ["tiny-flux", "tiny-sdxl"]
+    assert context.captioning.token_model_name() == "tiny-flux"  # the default model until one is chosen
+    table, _, summary, _ = grid.load_page(context, "budget", *QUERY)
+    assert "Tokens: CLIP-L (/77) / T5-XXL (/512)." in summary and table[0][4] == "⚠ over"
+    flux_counts = table[0][3]
+    grid.use_token_model(context, "tiny-sdxl")
+    table, _, summary, _ = grid.load_page(context, "budget", *QUERY)
+    assert "Tokens: CLIP-L (/77) / OpenCLIP-bigG (/77)." in summary and table[0][3] != flux_counts
+    report = check.check(context, "budget", "", progress=lambda *a, **k: None)[0]
+    assert "tokens counted for tiny-sdxl" in report and "OpenCLIP-bigG" in report and "T5" not in report
+    assert page_load_outputs(build_app(context))["blk-caption-token-model"]() == "tiny-sdxl"
+    grid.use_token_model(context, None)
+    assert context.captioning.token_model_name() == "tiny-flux"

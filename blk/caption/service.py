@@ -23,17 +23,26 @@ class CaptionService:
         self.server_model: str | None = None
         self.cancel = threading.Event()
         self._lock = threading.Lock()
-        self._counter = None
+        self._counters: dict[str, object] = {}  # model name → its TokenCounter, loaded once
+        self.token_model: str | None = None  # whose tokenizers count caption tokens; None: the default model
         self._batches = 0  # batches running now (several browser tabs may each run one)
         self._batches_lock = threading.Lock()
 
-    def token_counter(self):
-        """Caption token counts with the default model's tokenizers, loaded once."""
-        if self._counter is None:
-            from blk.data.grid import model_token_counter
+    def token_model_name(self) -> str:
+        """The model whose text encoders' budgets the grid and the check count against: the one chosen,
+        else the default model (the one training would use)."""
+        from blk.models.registry import default_model
 
-            self._counter = model_token_counter(self.workspace)
-        return self._counter
+        return self.token_model or default_model(self.workspace)[0]
+
+    def token_counter(self):
+        """Caption token counts with the chosen model's tokenizers (Flux: CLIP and T5; SDXL: two CLIPs)."""
+        from blk.data.grid import model_token_counter
+
+        name = self.token_model_name()
+        if name not in self._counters:
+            self._counters[name] = model_token_counter(self.workspace, name)
+        return self._counters[name]
 
     # the managed server ------------------------------------------------------
     def start_server(self, model: str, max_images: int = 4, image_size: int = 1024) -> str:

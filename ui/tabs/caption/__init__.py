@@ -40,6 +40,13 @@ def dataset_choices(context: StudioContext) -> gr.Dropdown:
     return gr.Dropdown(choices=dataset_names(context))
 
 
+def base_model_names(context: StudioContext) -> list[str]:
+    """The Flux and SDXL models on this machine (their tokenizers count the captions)."""
+    from blk.models.registry import FAMILIES, list_models
+
+    return [row.name for row in list_models(context.workspace) if row.found and row.family in FAMILIES]
+
+
 def build(context: StudioContext) -> dict:
     gr.Markdown("Datasets live in `workspace/datasets/NAME/`: images with `NAME.txt` captions beside them.")
     with gr.Row():
@@ -47,6 +54,11 @@ def build(context: StudioContext) -> dict:
                               allow_custom_value=True, info="Choosing one shows its captions below.",
                               elem_id="blk-caption-dataset")
         refresh = gr.Button("↻ Datasets", size="sm", scale=0, min_width=110)
+        # the token budgets differ by family (Flux: CLIP 77 + T5 512; SDXL: two CLIPs of 77), so the counts
+        # follow the model the artist will train; kept by the app, so a reload shows the one in use
+        token_model = gr.Dropdown(base_model_names(context), value=lambda: context.captioning.token_model_name(),
+                                  label="Count tokens for", info="The model you will train: its text encoders' "
+                                  "limits.", scale=2, elem_id="blk-caption-token-model")
     selected_image = gr.State(None)
     rows_state = gr.State([])  # the grid's rows on screen, with the hashes they were read at
     refresh.click(lambda: dataset_choices(context), outputs=dataset)
@@ -65,7 +77,7 @@ def build(context: StudioContext) -> dict:
         with gr.Tab("Captions"):
             with gr.Accordion("Caption with a vision-language model", open=False):
                 after_batch, style_saved = captioning.build(context, dataset, selected_image, rows_state)
-            grid.build(context, dataset, selected_image, rows_state, after_batch, style_saved)
+            grid.build(context, dataset, selected_image, rows_state, after_batch, style_saved, token_model)
         with gr.Tab("Check"):
             check.build(context, dataset)
     return {"on_show": (lambda: dataset_choices(context), [dataset]), "dataset": dataset}

@@ -22,7 +22,8 @@ def check(context: StudioContext, name: str, trigger: str, progress=gr.Progress(
     try:
         folder = context.captioning.dataset(name)
         progress(0.1, desc="Scanning images and counting caption tokens…")
-        report = check_for_model(folder, context.workspace, trigger=trigger.strip() or None)
+        report = check_for_model(folder, context.workspace, context.captioning.token_model_name(),
+                                 trigger=trigger.strip() or None)  # the model chosen in "Count tokens for"
         progress(0.8, desc="Making thumbnails…")
     except UserError as exc:
         return f"**{exc}**", []

@@ -35,6 +35,11 @@ WORD_RULES = (
 )
 
 
+def use_token_model(context: StudioContext, name: str | None) -> None:
+    """Count tokens with this model's tokenizers from now on (the grid and the check)."""
+    context.captioning.token_model = name or None
+
+
 def load_page(context: StudioContext, name, status, text, regex, sort, descending, page, page_size, term=None):
     """Rows for the table, the rows' base hashes (state), and a summary line. `term`: the Words panel's filter."""
     from blk.data.grid import GridQuery, query_grid
@@ -348,7 +353,7 @@ def switch_dataset(context: StudioContext, name, status, text, regex, sort, desc
 
 
 def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State, rows_state: gr.State,
-          after_batch, style_saved) -> None:
+          after_batch, style_saved, token_model: gr.Dropdown) -> None:
     with gr.Row():
         status = gr.Dropdown(STATUSES, value="all", label="Status", scale=1)
         text = gr.Textbox(label="Filter (text in caption or name)", scale=3)
@@ -447,6 +452,7 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
                                                                term_choice]
                    ).then(count_words, inputs=[words_open, dataset], outputs=words)
     shown_again(after_batch)
+    shown_again(token_model.input(lambda name: use_token_model(context, name), inputs=token_model))
     style_saved.then(count_words, inputs=[words_open, dataset], outputs=words)  # its trigger word may be new
     shown_again(save.click(lambda n, t, s: save_edits(context, n, t, s), inputs=[dataset, table, rows_state],
                            outputs=note, api_name="grid_save"
