@@ -57,6 +57,12 @@ def test_upscale_tab_both_paths(tmp_path, shared_workspace):
             page.get_by_label("Steps (0: the model's default)").fill("4")
             page.get_by_label("PNG", exact=True).check()
             expect(page.locator("#blk-upscale-step-scale")).to_contain_text("Largest enlargement per step")
+            # with the diffusion settings open, the buttons still sit just above their status, on the first screen
+            buttons, report = page.locator("#blk-upscale-go").bounding_box(), \
+                page.locator("#blk-upscale-status").bounding_box()
+            assert buttons["y"] + buttons["height"] <= report["y"] + 1 and report["y"] - buttons["y"] < 120
+            on_page = buttons["y"] + page.evaluate("window.scrollY")  # from the page's top, however scrolled
+            assert on_page + buttons["height"] < page.viewport_size["height"], on_page
             page.get_by_role("button", name="Estimate").click()  # the engine's plan, no pipeline loaded
             expect(page.locator("#blk-upscale-status")).to_contain_text("96×80: 2 passes of", timeout=30_000)
             expect(page.locator("#blk-upscale-status")).to_contain_text("Texture LoRA: none")

@@ -156,7 +156,12 @@ def test_train_form_scales_the_preset_stages_and_says_so(workspace):
     noise_images(workspace.datasets / "assets" / "singles", ["cube"], seed=1)
     context = StudioContext(workspace, demo=True, demo_reason="test")
     form = list(train.form_from_preset(context, "stencil-flux-layerdiffuse"))
-    assert form[6] == 6000
+    assert form[6] == train.DEMO_STEPS == 60  # demo mode: a run a CPU finishes, the stages scaled with it
+    assert (form[9], form[10]) == (10, 10)  # samples and checkpoints every 250 of 6000 → at least every 10
+    config = train.config_from_form(context, "stencil-flux-layerdiffuse", "assets", *form)
+    assert [s.start for s in config.data.stages] == [0, 20, 40]
+    assert "scaled to 60 steps" in train.stages_note("stencil-flux-layerdiffuse", config)
+    form[6] = 6000
     config = train.config_from_form(context, "stencil-flux-layerdiffuse", "assets", *form)
     assert [s.start for s in config.data.stages] == [0, 2000, 4000]
     assert train.stages_note("stencil-flux-layerdiffuse", config) == ""

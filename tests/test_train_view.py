@@ -345,6 +345,7 @@ def test_loading_a_preset_fills_the_advanced_fields(workspace):
     context = StudioContext(workspace, demo=False, demo_reason="")
     form = train.form_from_preset(context, "conceptor-flux-dev")
     assert len(form) == train.BASIC_FIELDS + len(train.ADVANCED)
+    assert (form[6], form[9], form[10]) == (6000, 250, 250)  # the paper's length outside demo mode
     advanced = {key: form[advanced_index(key)] for _, key, _ in train.ADVANCED}
     assert advanced == {"kind": "lora", "factor": -1, "dropout": 0.0, "init_from": "", "batch_size": 1,
                         "gradient_accumulation": 1, "ema_decay": 0.99, "flip": True, "shuffle_tokens": True,

@@ -61,16 +61,37 @@ def form_from_preset(context: StudioContext, name: str):
     from blk.train.config import TrainConfig, load_config
 
     config = load_config(PRESETS / f"{name}.yaml") if name else TrainConfig()
-    if context.demo:  # the tiny models stand in for real ones, at sizes a CPU manages
+    if context.demo:  # the tiny models stand in for real ones, at sizes and lengths a CPU manages
         tiny = "tiny-sdxl" if config.model.name == "sdxl" else "tiny-flux"
         config.model.name, config.model.int8_base = tiny, False
         config.data.resolutions, config.sampling.size, config.sampling.steps = [64], 64, 2
+        config = demo_length(config)
     c = config
     return (c.model.name, ", ".join(str(r) for r in c.data.resolutions), c.adapter.rank, c.adapter.alpha,
             c.optimizer.name, c.optimizer.lr, c.schedule.steps, c.schedule.lr_schedule,
             "\n".join(c.sampling.prompts), c.sampling.every, c.checkpoints.every, c.checkpoints.keep,
             c.data.validation_images, c.data.validation_every, min(c.schedule.gpus, max(gpu_count(), 1)),
             *(getattr(getattr(c, section), key) for section, key, _ in ADVANCED))
+
+
+DEMO_STEPS = 60  # a demo run's length: a minute or two on a CPU, where a preset's 6000 steps took hours
+DEMO_EVERY = 10  # the fewest steps between a demo run's samples, checkpoints and validations
+
+
+def demo_length(config):
+    """The preset shortened for demo mode: DEMO_STEPS steps, with samples, checkpoints and validation at the
+    same share of the run (at least every DEMO_EVERY steps) and curriculum stages scaled with it."""
+    if config.schedule.steps <= DEMO_STEPS:
+        return config
+    share = DEMO_STEPS / config.schedule.steps
+
+    def every(n: int) -> int:
+        return n if n <= 0 else min(max(DEMO_EVERY, round(n * share)), DEMO_STEPS)
+
+    config = config.with_steps(DEMO_STEPS)
+    config.sampling.every, config.checkpoints.every = every(config.sampling.every), every(config.checkpoints.every)
+    config.data.validation_every = every(config.data.validation_every)
+    return config
 
 
 def advanced_field(section: str, key: str, label: str, value, visible: bool = True):

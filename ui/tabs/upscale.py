@@ -325,11 +325,13 @@ def build(context: StudioContext) -> dict:
                 keep_16bit = gr.Checkbox(False, label="Keep 16-bit (TIFF)")
                 dpi = gr.Number(0, label="DPI (0: the input's)")
                 print_dpi = gr.Number(0, label="Print copy DPI (0: none)", elem_id="blk-upscale-print-dpi")
+        with gr.Column(scale=3):
+            # the actions above their status, not below the long form: with the diffusion path's settings
+            # open, the buttons were a screen away from what they report
             with gr.Row():
-                plan_button = gr.Button("Estimate")
+                plan_button = gr.Button("Estimate", elem_id="blk-upscale-estimate")
                 go = gr.Button("Upscale", variant="primary", elem_id="blk-upscale-go")
                 stop = gr.Button("Cancel")
-        with gr.Column(scale=3):
             status = gr.Markdown(elem_id="blk-upscale-status")
             slider = gr.ImageSlider(label="Before | after (one region at full size)", type="pil", format="png",
                                     elem_id="blk-upscale-slider", max_height=700)
