@@ -138,10 +138,11 @@ class Workspace:
 def free_path(path: Path) -> Path:
     """`path`, or NAME-2.ext, NAME-3.ext … beside it when taken: a new result never replaces an earlier one
     (two settings of one job are compared side by side, not lost)."""
-    candidate, number = Path(path), 1
+    wanted = candidate = Path(path)
+    number = 1
     while candidate.exists():
         number += 1
-        candidate = Path(path).with_name(f"{Path(path).stem}-{number}{Path(path).suffix}")
+        candidate = wanted.with_name(f"{wanted.stem}-{number}{wanted.suffix}")
     return candidate
 
 
