@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# On a lent GPU machine: install the carried wheels, build models of the real shapes with random weights,
+# and run the benchmarks named (any of: upscale, generate, train). Logs go to $OUT (they come back).
+#
+#   bash bench/gpu/fetch_wheels.sh                                            # here, once: .whl/
+#   run(carry=[".whl"], command="bash bench/gpu/run.sh upscale train", timeout_s=540)   # issues #7 and #4
+#   run(carry=[".whl"], command="bash bench/gpu/run.sh generate", timeout_s=540)        # issue #5, if time is left
+#
+# A session's 15 device minutes hold the first call and its start; the second needs what is left.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out="${OUT:-/tmp/blk-gpu-out}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl || exit 1
+fi
+export PYTHONPATH="/tmp/site:$PWD"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
+workspace=/tmp/blk-bench-workspace
+status=0
+for part in "$@"; do
+    echo "== $part ($(date +%T))"
+    case "$part" in
+        upscale)  # ours against basicsr's RealESRGANer, 1024² → 4096², then host memory at 16 MP and 1 GP
+            python3 bench/shaped_models.py realesrgan-x4plus /tmp/x4plus.pth &&
+            python3 bench/upscale.py --model /tmp/x4plus.pth --compare-only --peer-python "$(command -v python3)" \
+                2>&1 | tee "$out/upscale-compare.txt" &&
+            python3 bench/upscale.py --model /tmp/x4plus.pth --memory-only --sizes 4096 32768 \
+                2>&1 | tee "$out/upscale-memory.txt" ;;
+        generate)  # the studio's Sketch path against the plain pipeline, FLUX.1-dev shapes, 1 MP, 28 steps
+            python3 bench/shaped_models.py flux-dev "$workspace" &&
+            python3 bench/generate.py --workspace "$workspace" --model flux-dev --size 1024 --steps 28 --images 2 \
+                --only plain,compiled,tuned --attention none 2>&1 | tee "$out/generate.txt" ;;
+        train)  # ours against diffusers' Flux LoRA example (speed rows: 3 double + 6 single blocks)
+            python3 bench/shaped_models.py flux-dev "$workspace-train" --double 3 --single 6 --t5-layers 2 &&
+            python3 bench/train.py --workspace "$workspace-train" --model flux-dev --size 512 --steps 40 \
+                --warmup 10 2>&1 | tee "$out/train.txt" ;;
+        *) echo "unknown part: $part (upscale, generate, train)"; false ;;
+    esac || status=1
+done
+exit $status
