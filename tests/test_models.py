@@ -261,6 +261,10 @@ def test_models_tab_lists_every_model_and_detects_devices_on_page_load(workspace
     assert rows["4x-Ink.safetensors"][5] == "4x-Ink.safetensors is damaged or not a model file (" + \
         rows["4x-Ink.safetensors"][5].split(" (", 1)[1]  # the reason, where a good file says what it is
     assert rows["layerdiffuse-flux"][2] == "found" and rows["layerdiffuse-sdxl"][2] == "missing"
+    # the tab that uses each file, in a word that fits a narrow column; a file of a few bytes is not "0.0 MB"
+    assert [rows[name][1] for name in ("layerdiffuse-flux", "birefnet-general", "tiny-vlm")] == ["stencil"] * 2 + \
+        ["caption"]
+    assert rows["4x-Ink.safetensors"][3] == "1 KB" and rows["layerdiffuse-flux"][3] == "1 KB"
     assert "layer_xl_transparent_attn.safetensors" in rows["layerdiffuse-sdxl"][4]
     assert "vae_transparent_encoder.safetensors" in rows["layerdiffuse-sdxl"][5]  # image to image needs it
     assert rows["birefnet-general"][2] == "missing" and "models/matting/birefnet-general.onnx" in \

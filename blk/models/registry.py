@@ -231,6 +231,8 @@ def folder_size(path: Path) -> int:
 def human_size(size_bytes: int) -> str:
     if not size_bytes:
         return ""
+    if size_bytes < 2**20:  # a damaged file of a few bytes read "0.0 MB"
+        return f"{max(1, round(size_bytes / 2**10))} KB"
     return f"{size_bytes / 2**30:.2f} GB" if size_bytes >= 2**30 else f"{size_bytes / 2**20:.1f} MB"
 
 
@@ -332,7 +334,7 @@ def list_support_models(workspace: Workspace) -> list[ModelStatus]:
         encoder = "" if ENCODER_FILES[family] in present + list(names) else \
             f"; starting from a transparent image also needs {ENCODER_FILES[family]}"
         rows.append(ModelStatus(
-            f"layerdiffuse-{family}", "layerdiffuse", not missing,
+            f"layerdiffuse-{family}", "stencil", not missing,
             str(layers) if not missing else
             f"missing — {' and '.join(missing)} from huggingface.co/{REPOS[family]} in {layers}",
             sum((layers / name).stat().st_size for name in present),
@@ -340,19 +342,19 @@ def list_support_models(workspace: Workspace) -> list[ModelStatus]:
     weights = matting_folder(workspace) / MODEL_FILE
     packages = importlib.util.find_spec("rembg") is not None and importlib.util.find_spec("onnxruntime") is not None
     rows.append(ModelStatus(
-        "birefnet-general", "matting", weights.is_file(),
+        "birefnet-general", "stencil", weights.is_file(),
         str(weights) if weights.is_file() else f"missing — download {MODEL_URL} to {weights}",
         weights.stat().st_size if weights.is_file() else 0,
         "Stencil's matting" + ("" if packages else "; also needs the rembg and onnxruntime packages "
                                                     "(`.venv/bin/pip install rembg onnxruntime`)")))
     tiny = workspace.models / TINY_VLM_NAME
     built = (tiny / "config.json").is_file()
-    rows.append(ModelStatus(TINY_VLM_NAME, "captioning", True, str(tiny) if built else "built on first use",
+    rows.append(ModelStatus(TINY_VLM_NAME, "caption", True, str(tiny) if built else "built on first use",
                             folder_size(tiny) if built else 0, "random-weight captioner built in code (demo and tests)"))
     cached = try_to_load_from_cache(CAPTIONER_REPO, "config.json")
     found = isinstance(cached, str) and os.path.exists(cached)
     rows.append(ModelStatus(
-        CAPTIONER_REPO, "captioning", found, str(Path(cached).parent) if found else
+        CAPTIONER_REPO, "caption", found, str(Path(cached).parent) if found else
         f"missing — `hf download {CAPTIONER_REPO}` on a connected machine, or type a model folder in Caption",
         folder_size(Path(cached).parent) if found else 0, "a good local captioner for the Caption tab (vLLM)"))
     return rows
