@@ -346,6 +346,14 @@ def test_image_to_image_with_transparency(model, shared_workspace, tmp_path):
     assert "compositeWithTrainedAlgorithmicMedia" in image.text["XML:com.adobe.xmp"]
     assert stenciler.sketcher.cache.load_count == 1  # the img2img view shares the loaded base
 
+    # progress ends with the run: 7 steps at 0.6 are 5 denoising steps on Flux (7 − int(2.8)), 4 on SDXL
+    # (int(4.2)), then the decode; counting int(7 × 0.6) for Flux went past 100 % before the decode
+    ticks = []
+    stenciler.run(StencilRequest(**{**request.__dict__, "steps": 7, "strength": 0.6}),
+                  progress=lambda done, total: ticks.append((done, total)))
+    runs = {"tiny-flux": 5, "tiny-sdxl": 4}[model]
+    assert ticks == [(step, runs + 1) for step in range(1, runs + 1)] + [(runs + 1, runs + 1)]
+
     with pytest.raises(UserError, match="Strength"):
         stenciler.run(StencilRequest(**{**request.__dict__, "strength": 1.5}))
     with pytest.raises(UserError, match="does not exist"):

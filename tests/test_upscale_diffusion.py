@@ -40,7 +40,9 @@ def tiny_job(tmp_path, name="out.png", **fields):
 
 
 def test_steps_and_plan():
-    assert effective_steps(28, 0.3) == (28, 8)  # diffusers runs steps × denoise
+    # as each family's img2img counts: Flux runs 28 − int(28 − 8.4) = 9, SDXL int(8.4) = 8
+    assert effective_steps(28, 0.3) == (28, 9) and effective_steps(28, 0.3, "sdxl") == (28, 8)
+    assert effective_steps(28, 0.25) == effective_steps(28, 0.25, "sdxl") == (28, 7)  # whole: the same
     assert effective_steps(2, 0.2) == (5, 1)  # never zero steps
     with pytest.raises(UserError, match="between 0 and 1"):
         effective_steps(10, 0)
@@ -48,7 +50,8 @@ def test_steps_and_plan():
                        final_max_pixels=2 * 2**20, device="cpu")
     the_plan = plan(job, 1024, 768, 28)
     assert (the_plan.tiles_per_pass, the_plan.passes, the_plan.final_pass) == (20, 2, False)
-    assert the_plan.steps_per_tile == [8, 5] and "20 tiles" in the_plan.sentence()
+    assert the_plan.steps_per_tile == [9, 6] and "20 tiles" in the_plan.sentence()  # 28 × 0.3 and × 0.2 on Flux
+    assert plan(job, 1024, 768, 28, 8, "sdxl").steps_per_tile == [8, 5]
     assert the_plan.sizes == [(4096, 3072)] and the_plan.notes == [
         "The full-frame pass is left out: a 4096×3072 frame needs about 96.0 GB and about 16.0 GB is free for it; "
         "the tiled result is kept."]  # final_max_pixels: 2 MP at 8 KB per pixel (fp32 on the CPU)
@@ -99,8 +102,8 @@ def test_estimate_is_the_plan_run_shows_first_and_loads_nothing(shared_workspace
         on_plan=events.append)
     assert events[0] == planned and len(events) > 1 and all(isinstance(e, int) for e in events[1:])
     # a model given by its folder: its family's grid and defaults from the files, nothing loaded
-    assert model_defaults(str(shared_workspace.models / "tiny-sdxl"), shared_workspace) == (4, 8)
-    assert model_defaults("flux-dev", workspace) == (28, 16)  # known: no files needed
+    assert model_defaults(str(shared_workspace.models / "tiny-sdxl"), shared_workspace) == (4, 8, "sdxl")
+    assert model_defaults("flux-dev", workspace) == (28, 16, "flux")  # known: no files needed
     with pytest.raises(UserError, match="Unknown model"):
         estimate(tiny_job(tmp_path, model="no-such-model"), workspace)
     assert not list(workspace.models.iterdir()) and not list(tmp_path.glob(".blk-tmp-*"))

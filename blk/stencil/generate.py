@@ -24,7 +24,7 @@ from blk.generate.metadata import save_png
 from blk.generate.sizes import round_size
 from blk.generate.sketch import MAX_SEED, Cancelled, Lora, Sketcher, _output_name, generation_defaults, \
     lora_label, output_folder
-from blk.generate.text_to_image import TextToImage, run_pipeline
+from blk.generate.text_to_image import TextToImage, img2img_steps, run_pipeline
 from blk.models.device import MemoryOptions, is_out_of_memory
 from blk.models.pipelines import lora_sha256, set_loras
 from blk.models.registry import resolve
@@ -120,7 +120,7 @@ class Stenciler:
                 text = TextToImage(prompt=prompt, seed=seed, width=width, height=height,
                                    steps=request.steps or steps,
                                    guidance=guidance if request.guidance is None else request.guidance)
-                runs = text.steps if start is None else max(1, int(text.steps * request.strength))
+                runs = text.steps if start is None else img2img_steps(model.family, text.steps, request.strength)
 
                 def on_step(step, total, index=index):
                     if cancel is not None and cancel.is_set():

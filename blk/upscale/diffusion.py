@@ -193,12 +193,15 @@ def pass_name(k: int) -> str:
     return PASS_NAMES[k - 1] if k <= len(PASS_NAMES) else str(k)
 
 
-def effective_steps(steps: int, denoise: float) -> tuple[int, int]:
-    """(steps to ask for, steps diffusers will run): img2img runs int(steps × denoise) of them."""
+def effective_steps(steps: int, denoise: float, family: str = "flux") -> tuple[int, int]:
+    """(steps to ask for, steps diffusers will run): img2img runs about steps × denoise of them
+    (`img2img_steps`: exactly as the family's pipeline counts); never fewer than one."""
+    from blk.generate.text_to_image import img2img_steps
+
     if not 0 < denoise <= 1:
         raise UserError(f"Denoise must be between 0 and 1; got {denoise:g}.")
     asked = max(steps, math.ceil(1 / denoise))
-    return asked, max(1, int(asked * denoise))
+    return asked, img2img_steps(family, asked, denoise)
 
 
 def step_sizes(width: int, height: int, target: tuple[int, int], step: float) -> list[tuple[int, int]]:
@@ -242,9 +245,10 @@ def _too_big_note(width: int, height: int, need: int, budget: int) -> str:
             f"about {budget / 2**30:.1f} GB is free for it; the tiled result is kept.")
 
 
-def plan(job: DiffusionJob, width: int, height: int, default_steps: int, multiple_of: int = 1) -> DiffusionPlan:
+def plan(job: DiffusionJob, width: int, height: int, default_steps: int, multiple_of: int = 1,
+         family: str = "flux") -> DiffusionPlan:
     """What a job will do; `multiple_of` is the model family's size grid (`SIZE_MULTIPLE`), which the
-    tile layout rounds to."""
+    tile layout rounds to; `family` counts the steps its img2img runs."""
     from blk.models.registry import KNOWN_MODELS
     from blk.upscale.esrgan import target_size
 
@@ -265,28 +269,28 @@ def plan(job: DiffusionJob, width: int, height: int, default_steps: int, multipl
             final = False
             notes.append(_too_big_note(tw, th, need, budget))
     return DiffusionPlan(tw, th, tiles[-1], len(job.passes), final,
-                         [effective_steps(steps, p.denoise)[1] for p in job.passes], sizes, tiles, notes)
+                         [effective_steps(steps, p.denoise, family)[1] for p in job.passes], sizes, tiles, notes)
 
 
-def model_defaults(name: str, workspace) -> tuple[int, int]:
-    """(default steps, size grid) of a base model without building or loading it: a known model's from
-    the registry, another's from its files (`resolve` reads headers only), so Estimate stays instant."""
+def model_defaults(name: str, workspace) -> tuple[int, int, str]:
+    """(default steps, size grid, family) of a base model without building or loading it: a known model's
+    from the registry, another's from its files (`resolve` reads headers only), so Estimate stays instant."""
     from blk.generate.sketch import generation_defaults
     from blk.models.registry import KNOWN_MODELS, resolve
 
     known = KNOWN_MODELS.get(name)
     if known is not None:
-        return known.default_steps, SIZE_MULTIPLE[known.family]
+        return known.default_steps, SIZE_MULTIPLE[known.family], known.family
     model = resolve(name, workspace, build_tiny=False)
-    return generation_defaults(model)[0], SIZE_MULTIPLE[model.family]
+    return generation_defaults(model)[0], SIZE_MULTIPLE[model.family], model.family
 
 
 def estimate(job: DiffusionJob, workspace) -> DiffusionPlan:
     """The plan of `job` without running it (the UI's Estimate): reads the input's header and the
     model's defaults; loads no pipeline and builds no tiny model."""
     image = open_input(job.input)
-    steps, grid = model_defaults(job.model, workspace)
-    return plan(job, image.width, image.height, steps, grid)
+    steps, grid, family = model_defaults(job.model, workspace)
+    return plan(job, image.width, image.height, steps, grid, family)
 
 
 def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, int, Stage], None] | None = None,
@@ -315,7 +319,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     default_steps, default_guidance = generation_defaults(model)
     image = open_input(job.input)
     multiple = SIZE_MULTIPLE[model.family]
-    the_plan = plan(job, image.width, image.height, default_steps, multiple)
+    the_plan = plan(job, image.width, image.height, default_steps, multiple, model.family)
     width, height, sizes = the_plan.width, the_plan.height, the_plan.sizes
     bits = 16 if job.keep_16bit and image.bit_depth == 16 else 8
     if fmt == "png":
