@@ -147,6 +147,22 @@ def test_stage_starts_scale_with_the_step_count():
                                           "so it never starts"]
     plain = TrainConfig()
     assert plain.with_steps(10).schedule.steps == 10 and plain.with_steps(10).data.stages == []
+    texture = load_config(Path("presets/texture-flux.yaml"))  # 500 warmup steps of 10000
+    assert texture.with_steps(60).schedule.warmup_steps == 3 and texture.with_steps(10).schedule.warmup_steps == 1
+    assert texture.with_steps(10000).schedule.warmup_steps == 500 and stencil.with_steps(60).schedule.warmup_steps == 0
+
+
+def test_a_shorter_run_says_its_warmup_was_scaled(workspace):
+    from ui.context import StudioContext
+    from ui.tabs import train
+
+    noise_images(workspace.datasets / "tex", ["a"], seed=2)
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    form = list(train.form_from_preset(context, "texture-flux"))
+    config = train.config_from_form(context, "texture-flux", "tex", *form)
+    assert (config.schedule.steps, config.schedule.warmup_steps) == (60, 3)  # demo: not 500 warmup steps of 60
+    assert train.stages_note("texture-flux", config) == (" The warmup was scaled with the run: 3 of 60 steps "
+                                                         "(the preset's 500 of 10000).")
 
 
 def test_train_form_scales_the_preset_stages_and_says_so(workspace):

@@ -644,6 +644,14 @@ def test_estimate_loads_a_model_file_once_until_it_changes(tmp_path, monkeypatch
     result = run(job, on_plan=seen.append)  # the job loads it anyway; the next estimate need not
     assert loads == ["tiny.pth"] * 3 and estimate(job) == seen[0] and loads == ["tiny.pth"] * 3
     assert result.passes == 1 and seen[0].model_scale == 4 and leftovers(tmp_path) == []
+    damaged = tmp_path / "damaged.pth"  # a file that is no model: read once, its sentence kept (the Models tab)
+    damaged.write_bytes(b"not a model" * 100)
+    broken = EsrganJob(tmp_path / "in.png", tmp_path / "out2.tif", damaged, scale=4)
+    with pytest.raises(UserError, match="damaged.pth is damaged or not a model file") as first_error:
+        estimate(broken)
+    with pytest.raises(UserError) as second_error:
+        estimate(broken)
+    assert str(second_error.value) == str(first_error.value) and loads.count("damaged.pth") == 1
 
 
 def test_rgba_alpha_kept_and_colour_not_darkened(x4, models, tmp_path):

@@ -297,11 +297,13 @@ def _upscaler_row(path: Path) -> ModelStatus:
 
     use = "Upscale: the Real-ESRGAN path, and enlarging before the diffusion passes"
     try:
+        size = path.stat().st_size
         facts = upscaler_facts(path)
+    except OSError:  # removed while the list was made
+        return ModelStatus(path.name, "upscaler", False, f"missing — {path} was removed", 0, use)
     except UserError as exc:
-        return ModelStatus(path.name, "upscaler", True, str(path), path.stat().st_size, use, problem=str(exc))
-    return ModelStatus(path.name, "upscaler", True, str(path), path.stat().st_size,
-                       f"{use} ({facts.architecture} ×{facts.scale})")
+        return ModelStatus(path.name, "upscaler", True, str(path), size, use, problem=str(exc))
+    return ModelStatus(path.name, "upscaler", True, str(path), size, f"{use} ({facts.architecture} ×{facts.scale})")
 
 
 def list_support_models(workspace: Workspace) -> list[ModelStatus]:

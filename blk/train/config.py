@@ -180,11 +180,14 @@ class TrainConfig(Strict):
     checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
 
     def with_steps(self, steps: int) -> TrainConfig:
-        """This config for a run of `steps` steps, with curriculum stage starts scaled in proportion
-        (stages at 0/2000/4000 of 6000 become 0/500/1000 of 1500), kept in order; validated."""
+        """This config for a run of `steps` steps, with curriculum stage starts and the warmup scaled in
+        proportion (stages at 0/2000/4000 of 6000 become 0/500/1000 of 1500; a 500-step warmup of 10000
+        becomes 3 of 60, where kept whole it would be the entire run), stages kept in order; validated."""
         data = self.model_dump()
         old = self.schedule.steps
         data["schedule"]["steps"] = steps
+        if steps != old and self.schedule.warmup_steps:
+            data["schedule"]["warmup_steps"] = max(1, round(self.schedule.warmup_steps * steps / old))
         if data["data"]["stages"] and steps != old:
             previous = -1
             for stage in data["data"]["stages"]:

@@ -70,9 +70,11 @@ class Upscaler(UpscalerFacts):
 class FactsCache:
     """The facts of every model file loaded in this process, keyed by (resolved path, mtime, size):
     the Estimate button reads a model's scale here instead of loading the file on every click, and
-    a file replaced in place (another mtime or size) is loaded again."""
+    a file replaced in place (another mtime or size) is loaded again. A file that could not be used
+    is kept too, as its sentence: the Models tab, listed on every page load, does not read a damaged
+    multi-GB file again each time."""
 
-    def __init__(self, limit: int = 64):
+    def __init__(self, limit: int = 256):
         self.limit, self.entries, self.lock = limit, {}, threading.Lock()
 
     @staticmethod
@@ -83,11 +85,11 @@ class FactsCache:
             return None  # load_upscaler says why in one sentence
         return str(path.resolve()), stat.st_mtime_ns, stat.st_size
 
-    def get(self, key) -> UpscalerFacts | None:
+    def get(self, key) -> UpscalerFacts | str | None:
         with self.lock:
             return self.entries.get(key) if key else None
 
-    def put(self, key, facts: UpscalerFacts) -> None:
+    def put(self, key, facts: UpscalerFacts | str) -> None:
         with self.lock:
             if key:
                 self.entries.pop(key, None)
@@ -112,12 +114,22 @@ def find_upscaler(workspace, given: str | Path) -> Path:
 
 def load_upscaler(path: str | Path, device: str = "cpu") -> Upscaler:
     """Load an image-to-image model file; UserError with one sentence when it cannot be used."""
+    path = Path(path)
+    key = FACTS.key(path)  # before reading: a file replaced during the load gets a new key
+    try:
+        upscaler = _load(path, device)
+    except UserError as exc:
+        FACTS.put(key, str(exc))
+        raise
+    FACTS.put(key, upscaler.facts())
+    return upscaler
+
+
+def _load(path: Path, device: str) -> Upscaler:
     import spandrel
     import torch
 
-    path = Path(path)
     name = path.name
-    key = FACTS.key(path)  # before reading: a file replaced during the load gets a new key
     if not path.is_file():
         raise UserError(f"The model file {path} does not exist.")
     suffix = path.suffix.lower()
@@ -153,15 +165,17 @@ def load_upscaler(path: str | Path, device: str = "cpu") -> Upscaler:
                         multiple_of=int(descriptor.size_requirements.multiple_of),
                         supports_half=bool(descriptor.supports_half),
                         supports_bfloat16=bool(descriptor.supports_bfloat16))
-    FACTS.put(key, upscaler.facts())
     return upscaler
 
 
 def upscaler_facts(path: str | Path) -> UpscalerFacts:
     """A model file's facts for a plan: from `FACTS` when this file (same path, mtime and size) was
-    loaded before in this process, else by loading it once on the CPU."""
+    loaded before in this process, else by loading it once on the CPU; its sentence when it failed."""
     path = Path(path)
-    return FACTS.get(FACTS.key(path)) or load_upscaler(path, "cpu").facts()
+    known = FACTS.get(FACTS.key(path))
+    if isinstance(known, str):
+        raise UserError(known)
+    return known or load_upscaler(path, "cpu").facts()
 
 
 def pick_precision(upscaler: UpscalerFacts, device: str, requested: str = "auto"):

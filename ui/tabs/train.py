@@ -183,18 +183,24 @@ def config_from_form(context: StudioContext, preset, dataset, model, resolutions
 
 
 def stages_note(preset, config) -> str:
-    """A sentence when the form's step count moved the preset's curriculum stage starts; else ''."""
+    """A sentence when the form's step count moved the preset's curriculum stage starts or its warmup; else ''."""
     from blk.train.config import load_config
 
-    if not preset or not config.data.stages:
+    if not preset:
         return ""
     before = load_config(PRESETS / f"{preset}.yaml")
+    note = ""
     old = [s.start for s in before.data.stages]
     new = [s.start for s in config.data.stages]
-    if old == new:
-        return ""
-    return (f" The curriculum stages were scaled to {config.schedule.steps} steps: they start at steps "
-            f"{', '.join(map(str, new))} (the preset's {', '.join(map(str, old))} of {before.schedule.steps}).")
+    if old != new:
+        note += (f" The curriculum stages were scaled to {config.schedule.steps} steps: they start at steps "
+                 f"{', '.join(map(str, new))} (the preset's {', '.join(map(str, old))} of "
+                 f"{before.schedule.steps}).")
+    if before.schedule.warmup_steps != config.schedule.warmup_steps:
+        note += (f" The warmup was scaled with the run: {config.schedule.warmup_steps} of "
+                 f"{config.schedule.steps} steps (the preset's {before.schedule.warmup_steps} of "
+                 f"{before.schedule.steps}).")
+    return note
 
 
 def start(context: StudioContext, preset, dataset, *form):
