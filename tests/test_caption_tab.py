@@ -127,10 +127,15 @@ def test_the_dataset_list_starts_unchosen_and_is_fresh_when_the_tab_is_shown(con
     dataset = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "blk-caption-dataset")
     assert dataset.value is None  # nothing preselected while the grid is still empty
     make_dataset(context, "inks-alpha")  # made elsewhere (Stencil's ink to alpha) after the page was built
+    token_model = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "blk-caption-token-model")
     for event in (listeners(demo, tab, "select"), listeners(demo, dataset, "load")):
-        assert len(event) == 1 and event[0].outputs == [dataset]
-        sent = event[0].fn().constructor_args  # what Gradio sends to the page
-        assert sent == {"choices": ["inks", "inks-alpha"]}  # no value: the choice made stays
+        assert len(event) == 1 and event[0].outputs[0] == dataset
+        sent = event[0].fn()  # what Gradio sends to the page
+        sent = sent if isinstance(sent, tuple) else (sent,)
+        assert sent[0].constructor_args == {"choices": ["inks", "inks-alpha"]}  # no value: the choice made stays
+    shown = listeners(demo, tab, "select")[0]  # opening the tab also lists base models added since
+    assert shown.outputs == [dataset, token_model]
+    assert shown.fn()[1].constructor_args == {"choices": ["tiny-flux", "tiny-sdxl"]}
 
 
 def test_creating_a_dataset_empties_the_name_field(context, tmp_path):

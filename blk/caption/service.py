@@ -24,6 +24,7 @@ class CaptionService:
         self.cancel = threading.Event()
         self._lock = threading.Lock()
         self._counters: dict[str, object] = {}  # model name → its TokenCounter, loaded once
+        self._counters_lock = threading.Lock()
         self.token_model: str | None = None  # whose tokenizers count caption tokens; None: the default model
         self._batches = 0  # batches running now (several browser tabs may each run one)
         self._batches_lock = threading.Lock()
@@ -40,9 +41,10 @@ class CaptionService:
         from blk.data.grid import model_token_counter
 
         name = self.token_model_name()
-        if name not in self._counters:
-            self._counters[name] = model_token_counter(self.workspace, name)
-        return self._counters[name]
+        with self._counters_lock:  # the grid and the check may ask at once: load the tokenizers once
+            if name not in self._counters:
+                self._counters[name] = model_token_counter(self.workspace, name)
+            return self._counters[name]
 
     # the managed server ------------------------------------------------------
     def start_server(self, model: str, max_images: int = 4, image_size: int = 1024) -> str:

@@ -80,4 +80,7 @@ def build(context: StudioContext) -> dict:
             grid.build(context, dataset, selected_image, rows_state, after_batch, style_saved, token_model)
         with gr.Tab("Check"):
             check.build(context, dataset)
-    return {"on_show": (lambda: dataset_choices(context), [dataset]), "dataset": dataset}
+    # opening the tab: datasets made elsewhere, and base models added while the app ran
+    on_show = (lambda: (dataset_choices(context), gr.Dropdown(choices=base_model_names(context))),
+               [dataset, token_model])
+    return {"on_show": on_show, "dataset": dataset}
