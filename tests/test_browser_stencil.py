@@ -64,6 +64,10 @@ def test_stencil_tab_generate_alpha_compose(tmp_path, shared_workspace):
                 page.wait_for_timeout(500)
             expect(page.locator("#blk-stencil-status")).to_contain_text("64×64 RGBA", timeout=60_000)
             expect(page.locator("#blk-stencil-preview img")).not_to_have_attribute("src", first_preview)
+            page.locator("#blk-stencil-to-upscale").click()  # the newest asset opens in Upscale, its alpha kept
+            expect(page.locator("#blk-upscale-input-note")).to_contain_text("64×64, 8-bit, with transparency",
+                                                                            timeout=60_000)
+            page.get_by_role("tab", name="Stencil").click()
 
             page.get_by_role("tab", name="Ink to alpha").click()
             page.locator("#blk-alpha-files input[type=file]").set_input_files(str(scan))

@@ -51,9 +51,15 @@ def test_train_tab_runs_a_tiny_lora(tmp_path, shared_workspace):
             screenshot(page, "train-tab-finished")
 
             chooser = page.get_by_label("Step", exact=True)
-            chooser.click()
-            page.get_by_role("option", name="step 10 · samples · checkpoint pruned").click()
-            expect(page.locator("#blk-step-samples img").first).to_be_visible(timeout=30_000)
+            for attempt in range(3):  # a timer tick re-listing the choices (the last pruning) can swallow a click
+                chooser.click()
+                page.get_by_role("option", name="step 10 · samples · checkpoint pruned").click()
+                try:
+                    expect(page.locator("#blk-step-samples img").first).to_be_visible(timeout=15_000)
+                    break
+                except AssertionError:
+                    if attempt == 2:
+                        raise
             expect(page.locator("#blk-step-info")).to_contain_text("checkpoint of step 10 was pruned")
             chooser.click()
             page.get_by_role("option", name="step 40 · samples · checkpoint", exact=True).click()
