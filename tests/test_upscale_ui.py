@@ -169,9 +169,10 @@ def test_diffusion_estimate_and_upscale_use_the_engines_plan_and_the_step_scale(
     image = str(save(tmp_path / "art.png", 16, 20, seed=5))
     form = (image, DIFFUSION, 4, "", None, "tiny-flux", 32, 8, 4, 0.3, 0.2, False, 0.15, False)
     stepped = estimate(context, *form, 2)
-    plan = "80×64 in 2 steps (40×32, 80×64): 2 passes each of 2 + 9 tiles (22 denoising steps in all)."
+    # Flux's img2img runs 2 of 4 steps at 0.3 (4 − int(2.8)) and 1 of 5 at 0.2: 3 a tile
+    plan = "80×64 in 2 steps (40×32, 80×64): 2 passes each of 2 + 9 tiles (33 denoising steps in all)."
     assert "20×16 → **80×64**" in stepped and plan in stepped and "Time: " in stepped
-    assert "80×64: 2 passes of 9 tiles (18 denoising steps in all)." in estimate(context, *form)  # default: ×4 steps
+    assert "80×64: 2 passes of 9 tiles (27 denoising steps in all)." in estimate(context, *form)  # default: ×4 steps
     assert context.sketcher.cache.load_count == 0  # Estimate plans from the model's defaults alone
     seen = []
     pair, path, status, kept = upscale(context, threading.Event(), image, DIFFUSION, 4, "", None, "tiny-flux", None,
@@ -312,7 +313,7 @@ def test_opening_upscale_chooses_an_installed_upscaler_when_none_is_chosen(conte
     demo = build_app(context)
     upscaler = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "blk-upscale-model")
     choosers = [f for f in demo.fns.values() if f.outputs == [upscaler] and f.inputs == [upscaler]]
-    assert len(choosers) == 2  # on opening the tab, and after a sketch is sent to it
+    assert len(choosers) == 4  # on opening the tab, and after a sketch, a Stencil asset or a collage is sent
 
 
 def test_the_input_view_is_made_from_the_file_with_its_bits_and_transparency(tmp_path):
