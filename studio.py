@@ -137,6 +137,13 @@ def main(argv: list[str]) -> int:
     else:
         python = ensure_environment(APP_REQUIREMENTS)
         command = [str(python), str(ROOT / "app.py"), *argv]
+    if os.name == "posix":
+        # the launcher becomes the app (or pytest): a SIGTERM from a service manager, or `kill`, reaches the
+        # process that stops the captioning server and frees the port, instead of orphaning it
+        os.chdir(ROOT)
+        sys.stdout.flush()  # what the launcher printed (installs) is not lost with its buffers
+        sys.stderr.flush()
+        os.execv(command[0], command)
     try:
         return subprocess.call(command, cwd=ROOT)
     except KeyboardInterrupt:
