@@ -209,6 +209,9 @@ def test_the_artists_tour(tmp_path, shared_workspace):
             page.get_by_role("tab", name="Review", exact=True).click()
             page.locator("#blk-review-run input").click()
             page.get_by_role("option", name=run_name).click()
+            # the run's prompts and checkpoints arrive first (on a loaded machine Compare once ran before them)
+            expect(page.get_by_label("Prompts (columns, one per line)")).to_have_value(
+                "blkstyle, a figure in a landscape, dusk", timeout=60_000)
             page.get_by_role("tab", name="Side by side").click()
             page.get_by_label("Prompt", exact=True).last.fill("blkstyle, a cube")
             page.get_by_role("button", name="Compare").click()
