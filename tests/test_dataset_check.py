@@ -161,6 +161,12 @@ def test_usable_and_trainable_counts_say_what_training_leaves_out(tmp_path):
     assert (report.images, report.usable, report.trainable) == (3, 2, 1)
     text = report.to_text()
     assert "images: 3  usable: 2  captioned: 0  trainable: 1 (1 usable but too small, listed below)" in text
+    # the trainer refuses a dataset with an uncaptioned image: the check says so beside the counts
+    # (big.png; tiny20.png is left out before captions are asked for)
+    assert text.splitlines()[2] == ("  Training will not start yet: 1 image(s) have no caption (listed below); "
+                                    "caption them or move them out first.")
+    (folder / "big.txt").write_text("a white square")
+    assert "Training will not start" not in check_dataset(folder).to_text()
     assert "Too small to train on (left out) (1):\n  tiny20.png (20×20 px)" in text
     assert json.loads(report.to_json())["trainable"] == 1
 

@@ -270,10 +270,12 @@ def test_picking_a_run_in_review_selects_its_base_model(workspace):
     config = TrainConfig()
     config.model.name = "tiny-sdxl"
     config.sampling.prompts = ["a cube"]
+    config.sampling.seed = 7
     save_config(config, folder / "config.yaml")
     updates = review.on_run(context, "sdxl-run", [])
     assert updates[1] == "tiny-sdxl" and updates[2] == "a cube"  # the Base model and Prompts fields
     assert updates[3] == "a cube"  # Side by side's Prompt
+    assert updates[4] == "7" and updates[-2] == 7  # the grid's Seeds and Side by side's Seed: the run's
     assert review.on_run(context, "", [])[1] == {"__type__": "update"}  # no run: the model stays as it is
 
 

@@ -332,3 +332,10 @@ def test_the_input_view_is_made_from_the_file_with_its_bits_and_transparency(tmp
     view, note = show_input(str(tmp_path / "broken.png"))
     assert view is None and note.startswith("**broken.png") and note.count(".") >= 1
     assert show_input(None) == (None, "")
+
+
+def test_sizes_are_said_in_megapixels_that_are_never_zero():
+    from ui.tabs.upscale import megapixels
+
+    assert [megapixels(n) for n in (256 * 192, 999_999, 1_000_000, 8000 * 6000, 3_000_000_000)] == \
+        ["0.049 MP", "1 MP", "1.0 MP", "48.0 MP", "3.0 GP"]

@@ -57,6 +57,7 @@ class CheckReport:
     images: int = 0
     usable: int = 0  # files that decode (bad files are not)
     trainable: int = 0  # usable and big enough for a training bucket (too_small are not)
+    blocking_training: list[str] = field(default_factory=list)  # trainable but uncaptioned: the trainer refuses
     captioned: int = 0
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     uncaptioned: list[str] = field(default_factory=list)
@@ -81,6 +82,9 @@ class CheckReport:
             f"trainable: {self.trainable}"
             + (f" ({len(self.too_small)} usable but too small, listed below)" if self.too_small else ""),
         ]
+        if self.blocking_training:  # the trainer refuses the whole dataset then: said first, not only listed below
+            lines.append(f"  Training will not start yet: {len(self.blocking_training)} image(s) have no caption "
+                         "(listed below); caption them or move them out first.")
 
         def section(title, items, fmt):
             if items:
@@ -125,7 +129,8 @@ def check_dataset(dataset: str | Path, tokenizers: dict[str, object] | None = No
             report.bad_files.append((record.rel, record.error))
             continue
         report.usable += 1
-        if too_small(record.rel, record.width, record.height):
+        small = too_small(record.rel, record.width, record.height)
+        if small:
             report.too_small.append(f"{record.rel} ({record.width}×{record.height} px)")
         else:
             report.trainable += 1
@@ -136,6 +141,8 @@ def check_dataset(dataset: str | Path, tokenizers: dict[str, object] | None = No
             captions[record.rel] = caption.text
         else:
             report.uncaptioned.append(record.rel)
+            if not small:  # the trainer leaves small images out before it asks for captions
+                report.blocking_training.append(record.rel)
     report.captioned = len(captions)
     report.orphan_captions = _orphan_captions(dataset, records)
 

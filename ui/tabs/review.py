@@ -74,8 +74,9 @@ def checkpoint_choices(context: StudioContext, run: str, extra: list[str]) -> li
 
 
 def on_run(context: StudioContext, run: str, extra: list[str]):
-    """Defaults from the run: its model, sample prompts (the first also in Side by side's Prompt), seed and size;
-    its newest checkpoints selected.
+    """Defaults from the run: its model, sample prompts (the first also in Side by side's Prompt), seed (in the
+    grid's Seeds and Side by side's Seed: a pair matches a grid cell and the run's samples) and size; its newest
+    checkpoints selected.
 
     Returns the form's updates, the keep-picker's choices, and a status line
     (empty, or why the run or a file was refused).
@@ -88,16 +89,16 @@ def on_run(context: StudioContext, run: str, extra: list[str]):
         run_dir = _run_dir(context, run)
         defaults = run_review_defaults(run_dir) if run_dir is not None else None
     except UserError as exc:
-        return (gr.update(),) * 11 + (f"**{exc}**",)
+        return (gr.update(),) * 12 + (f"**{exc}**",)
     paths = [path for _, path in choices]
     pickers = (gr.Dropdown(choices=choices, value=paths[-2] if len(paths) > 1 else None),
                gr.Dropdown(choices=choices, value=paths[-1] if paths else None), gr.Dropdown(choices=choices))
     if defaults is None:
-        return (gr.CheckboxGroup(choices=choices, value=paths),) + (gr.update(),) * 7 + pickers + ("",)
+        return (gr.CheckboxGroup(choices=choices, value=paths),) + (gr.update(),) * 7 + pickers + (gr.update(), "")
     d = defaults
     return (gr.CheckboxGroup(choices=choices, value=paths[-4:]), d["model"], "\n".join(d["prompts"]),
             d["prompts"][0] if d["prompts"] else "", str(d["seed"]), d["size"], d["steps"], d["guidance"]
-            ) + pickers + ("",)
+            ) + pickers + (int(d["seed"]), "")
 
 
 def spec_from_form(context: StudioContext, checkpoints, model, prompts, seeds, scales, include_base, size, steps,
@@ -366,7 +367,7 @@ def build(context: StudioContext) -> dict:
     # the model's defaults when the artist picks or types a model, not when a picked run sets it
     model.input(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
     form = [model, prompts, seeds, scales, include_base, size, steps, guidance]
-    run_outputs = [checkpoints, model, prompts, prompt, seeds, size, steps, guidance, a, b, chosen, run_note]
+    run_outputs = [checkpoints, model, prompts, prompt, seeds, size, steps, guidance, a, b, chosen, seed, run_note]
 
     run.change(lambda r, e: on_run(context, r, e), inputs=[run, extra], outputs=run_outputs)
     extra.change(lambda r, e: on_run(context, r, e), inputs=[run, extra], outputs=run_outputs)

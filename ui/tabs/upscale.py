@@ -102,7 +102,7 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
         hint = "the diffusion path (no upscaler is installed)"
     else:
         hint = "Real-ESRGAN" if suggested_path(width, height) == "esrgan" else "the diffusion path"
-    lines = [f"{opened.width}×{opened.height} → **{width}×{height}** ({width * height / 1e6:.1f} MP); "
+    lines = [f"{opened.width}×{opened.height} → **{width}×{height}** ({megapixels(width * height)}); "
              f"suggested for this size: {hint}."]
     try:
         if path_kind == DIFFUSION:
@@ -266,6 +266,13 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
             f"at full size below (left: the input enlarged plainly). Saved: `{result.path}`"
             + (f"; print copy: `{printed}`" if printed else ""))
     return (before, after), str(result.path), "  \n".join(notes + planned + [done]), str(result.path)
+
+
+def megapixels(pixels: int) -> str:
+    """"12.6 MP", "0.05 MP" (a 256×192 result read "0.0 MP"), "3.1 GP" for murals."""
+    if pixels >= 1e9:
+        return f"{pixels / 1e9:.1f} GP"
+    return f"{pixels / 1e6:.1f} MP" if pixels >= 1e6 else f"{pixels / 1e6:.2g} MP"
 
 
 NO_UPSCALER = ("No upscaler is installed: put a Real-ESRGAN (or any spandrel) model file in "
