@@ -40,6 +40,16 @@ def use_token_model(context: StudioContext, name: str | None) -> None:
     context.captioning.token_model = name or None
 
 
+def demo_tokens_note(model_name: str) -> str:
+    """The tiny demo models' tokenizers count nearly one token per character: said, so that a curator does
+    not shorten captions a real model's tokenizers would count as well within budget."""
+    from blk.models.registry import KNOWN_MODELS
+
+    known = KNOWN_MODELS.get(model_name)
+    return (f", counted by {model_name}'s demo tokenizers (about one token a character; a real model's "
+            "count far fewer)") if known and known.tiny else ""
+
+
 def load_page(context: StudioContext, name, status, text, regex, sort, descending, page, page_size, term=None):
     """Rows for the table, the rows' base hashes (state), and a summary line. `term`: the Words panel's filter."""
     from blk.data.grid import GridQuery, query_grid
@@ -59,7 +69,8 @@ def load_page(context: StudioContext, name, status, text, regex, sort, descendin
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
     labels = " / ".join(context.captioning.token_counter().labels)
     only = f" with “{term}”" if term else ""
-    summary = f"Page {result.page} of {result.pages} — {result.total} matching{only}. Dataset: {counts}. Tokens: {labels}."
+    summary = (f"Page {result.page} of {result.pages} — {result.total} matching{only}. Dataset: {counts}. "
+               f"Tokens: {labels}{demo_tokens_note(context.captioning.token_model_name())}.")
     if result.note:
         summary += f" **{result.note}**"
     return table, state, summary, result.page
