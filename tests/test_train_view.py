@@ -204,6 +204,20 @@ def test_a_live_trainer_is_starting_running_or_ended_by_what_it_said(tmp_path):
 
 # the Train tab's handlers -----------------------------------------------------------------------------------
 
+def test_a_resuming_run_says_it_is_loading_not_the_last_attempts_speed(workspace):
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    folder = run_folder(workspace.runs, steps=4)
+    spawned = lambda at: atomic.write_json(folder / "process.json", {"pid": os.getpid(), "started": at})  # noqa: E731
+    log = Events(folder, t=1000.0)
+    spawned(1000.0)
+    log("status", 0, status="started")
+    log.losses([1, 2], base=1.0)
+    log("status", 2, status="stopped")
+    assert "steps/s" in train.watch(context, "r", False)[2]
+    spawned(log.t + 10)  # resumed: the new trainer is loading the model
+    status = train.watch(context, "r", False)[2]
+    assert status.startswith("**starting** — step 2 of 4, loading the model, ") and "steps/s" not in status
+
 @pytest.fixture
 def context(workspace):
     return StudioContext(workspace, demo=True, demo_reason="test")

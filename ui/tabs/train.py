@@ -337,7 +337,9 @@ def watch(context: StudioContext, name: str, log_scale: bool):
     eta = f", about {duration(view.eta_seconds)} left" if view.eta_seconds and running else ""
     memory = f", GPU memory {view.gpu_memory / 2**30:.1f} GB peak" if view.gpu_memory else ""
     stage = f", {view.stage}" if view.stage else ""
-    status = (f"**{info.status}** — step {info.step} of {info.steps}{stage}, {view.steps_per_second:.2f} steps/s, "
+    # while a trainer loads (a start or a resume) the speed is the last attempt's: not said as if it were now
+    pace = "loading the model" if info.status == "starting" else f"{view.steps_per_second:.2f} steps/s"
+    status = (f"**{info.status}** — step {info.step} of {info.steps}{stage}, {pace}, "
               f"{duration(view.elapsed_seconds)} elapsed{eta}{memory}.")
     for notice in view.notices:
         status += f"  \n{notice}"
