@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = dataset.add_parser("check", help="lint a dataset folder before training")
     check.add_argument("dir", help="a dataset folder, or the name of one under workspace/datasets")
     check.add_argument("--model", default=None, help="model whose tokenizers count caption tokens (default: first found)")
-    check.add_argument("--trigger", default=None, help="trigger word every caption should contain")
+    check.add_argument("--trigger", default=None,
+                       help="trigger word every caption should contain (default: the caption style's)")
     check.add_argument("--json", action="store_true")
     check.set_defaults(run=cmd_dataset_check)
 

@@ -68,6 +68,7 @@ class CheckReport:
     exact_duplicates: list[list[str]] = field(default_factory=list)
     near_duplicates: list[tuple[str, str, int]] = field(default_factory=list)
     trigger: str | None = None
+    trigger_from_style: bool = False  # no word was given: the caption style's was checked
     trigger_missing: list[str] = field(default_factory=list)
     drift_basis: str = ""  # what the few-shot examples look like; empty: the style has none
     drifting: list[tuple[str, str]] = field(default_factory=list)  # (image, how its caption drifts)
@@ -103,7 +104,8 @@ class CheckReport:
         section("Near-duplicates", self.near_duplicates, lambda x: f"{x[0]} ~ {x[1]} (distance {x[2]})")
         if self.trigger:
             covered = self.captioned - len(self.trigger_missing)
-            lines.append(f"Trigger word {self.trigger!r}: in {covered} of {self.captioned} captions")
+            whose = " (the caption style's)" if self.trigger_from_style else ""
+            lines.append(f"Trigger word {self.trigger!r}{whose}: in {covered} of {self.captioned} captions")
             section("  captions without the trigger", self.trigger_missing, str)
         if self.drift_basis:
             section(f"Captions drifting from the few-shot examples ({self.drift_basis})", self.drifting,
@@ -115,13 +117,18 @@ class CheckReport:
 
 def check_dataset(dataset: str | Path, tokenizers: dict[str, object] | None = None, budgets=(),
                   model_name: str = "", trigger: str | None = None) -> CheckReport:
-    """Build the report. `tokenizers` maps a budget's subfolder to a loaded tokenizer."""
+    """Build the report. `tokenizers` maps a budget's subfolder to a loaded tokenizer. Without a `trigger`
+    the caption style's is checked, so the word is set once, where the captions are written."""
+    from blk.data.trigger import style_trigger
     from blk.train.data import too_small  # the trainer's own rule for what no bucket can take
 
     dataset = Path(dataset).resolve()
     records = scan(dataset)
     store = CaptionStore(dataset)
-    report = CheckReport(str(dataset), model_name, images=len(records), trigger=trigger or None)
+    given = (trigger or "").strip()
+    trigger = given or style_trigger(dataset) or None
+    report = CheckReport(str(dataset), model_name, images=len(records), trigger=trigger,
+                         trigger_from_style=bool(trigger and not given))
 
     captions: dict[str, str] = {}
     for record in records:

@@ -490,6 +490,32 @@ def on_load(context: StudioContext):
     return gr.Dropdown(choices=run_names(context), value=preselected_run(context))
 
 
+def prompts_for_dataset(context: StudioContext, name, text: str, previous: str):
+    """(the sample prompts, the trigger word now in them) after choosing a dataset or a preset: prompts that
+    start with `previous` (the preset's word, "blkstyle", or the last dataset's) start with this dataset's
+    trigger word (its caption style's) instead, so the samples show what the LoRA learns. Prompts the artist
+    wrote themselves stay as written."""
+    from blk.data.trigger import all_start_with, style_trigger, with_trigger
+    from blk.errors import UserError
+
+    try:
+        trigger = style_trigger(context.workspace.named_dataset(name)) if name else ""
+    except UserError:
+        trigger = ""
+    lines = (text or "").splitlines()
+    rewritten = with_trigger(lines, trigger, previous)
+    if rewritten != lines:
+        return gr.update(value="\n".join(rewritten)), trigger
+    return gr.update(), trigger if trigger and all_start_with(lines, trigger) else previous
+
+
+def preset_trigger(text: str) -> str:
+    """The word a preset's sample prompts start with ("blkstyle"), which a dataset's trigger replaces."""
+    from blk.data.trigger import leading_word
+
+    return leading_word((text or "").splitlines()) or ""
+
+
 def build(context: StudioContext, datasets) -> dict:
     default = "conceptor-flux-dev" if "conceptor-flux-dev" in preset_names() else None
     initial = form_from_preset(context, default)
@@ -570,7 +596,12 @@ def build(context: StudioContext, datasets) -> dict:
     form = [model, resolutions, rank, alpha, optimizer, lr, steps, schedule, prompts, sample_every,
             checkpoint_every, keep, validation_images, validation_every, gpus,
             *advanced]  # new fields last: API callers may omit them
-    preset.change(lambda p: form_updates_from_preset(context, p), inputs=preset, outputs=form)
+    prompt_trigger = gr.State(preset_trigger(initial[8]))  # the trigger word the sample prompts start with
+    preset.change(lambda p: form_updates_from_preset(context, p), inputs=preset, outputs=form
+                  ).then(lambda n, t: prompts_for_dataset(context, n, t, preset_trigger(t)), inputs=[dataset, prompts],
+                         outputs=[prompts, prompt_trigger], show_progress="hidden")
+    dataset.change(lambda n, t, last: prompts_for_dataset(context, n, t, last), inputs=[dataset, prompts,
+                   prompt_trigger], outputs=[prompts, prompt_trigger], show_progress="hidden")
     adapter_kind = advanced[advanced_position("kind")]
     adapter_kind.change(lokr_factor_shown, inputs=adapter_kind, outputs=advanced[advanced_position("factor")],
                         show_progress="hidden")

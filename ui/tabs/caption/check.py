@@ -36,7 +36,7 @@ def check(context: StudioContext, name: str, trigger: str, progress=gr.Progress(
 
 def build(context: StudioContext, dataset: gr.Dropdown) -> None:
     with gr.Row():
-        trigger = gr.Textbox(label="Trigger word (optional)", scale=3)
+        trigger = gr.Textbox(label="Trigger word (empty: the caption style's)", scale=3)
         run_check = gr.Button("Check dataset", variant="primary", scale=1)
     report = gr.Markdown()
     gallery = gr.Gallery(label="Images (thumbnails)", columns=6, height="auto")
