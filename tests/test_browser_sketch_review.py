@@ -31,7 +31,7 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             expect(page.locator("#blk-sketch-lora-pick input")).to_have_value("")
             page.locator("#blk-sketch-lora-pick input").click()
             page.get_by_role("option", name="tiny-run/step-000012.safetensors").click()  # picking adds it
-            expect(page.get_by_text("tiny-run/step-000012.safetensors — strength", exact=True)).to_be_visible()
+            expect(page.get_by_text("tiny-run · step 12 — strength", exact=True)).to_be_visible()
             expect(page.locator("#blk-sketch-lora-pick input")).to_have_value("")
             page.get_by_label("Aspect").click()
             page.get_by_role("option", name="custom size").click()
@@ -71,6 +71,7 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             expect(page.get_by_text("Left: A (step 8)")).to_be_visible(timeout=60_000)  # as the rows say
 
             page.get_by_role("tab", name="Blind A/B").click()
+            expect(page.get_by_role("button", name="Left is better")).to_be_disabled()  # no test yet
             page.get_by_role("button", name="Start a blind test").click()
             expect(page.get_by_text("Pair 1 of 2")).to_be_visible(timeout=60_000)
             page.get_by_role("button", name="Left is better").click()
@@ -78,6 +79,7 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             page.get_by_role("button", name="Same").click()
             expect(page.get_by_text(re.compile(r"Done\. Tally so far, saved with the run: step 8: \d · step 12: \d"))
                    ).to_be_visible(timeout=60_000)
+            expect(page.get_by_role("button", name="Same")).to_be_disabled()  # judged: the tally stands
             screenshot(page, "review-tab-blind")
             page.get_by_role("button", name="Pin", exact=True).click()
             expect(page.get_by_text(re.compile(r"Pinned step (8|12) of run tiny-run"))).to_be_visible()
@@ -105,7 +107,7 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             expect(page.locator("#blk-sketch-steps input")).to_have_value("2")
             expect(page.get_by_label("Width (custom)")).to_have_value("64")
             expect(page.get_by_label("Aspect")).to_have_value("custom size")
-            expect(page.get_by_text("tiny-run/step-000012.safetensors — strength", exact=True)).to_be_visible()
+            expect(page.get_by_text("tiny-run · step 12 — strength", exact=True)).to_be_visible()
             expect(page.get_by_label("Seed", exact=True).first).to_have_value("0")
             page.get_by_role("tab", name="Stencil").click()
             expect(page.get_by_label("Descriptor")).to_have_value("a torus, thin line")

@@ -28,7 +28,7 @@ from blk.caption.server import free_port
 from blk.data.captions import CaptionStore
 from blk.generate.metadata import read_parameters
 from tests.support import netguard
-from tests.support.browser import browser_page, screenshot
+from tests.support.browser import app_log_on_failure, browser_page, screenshot
 
 ROOT = Path(__file__).resolve().parent.parent
 SITECUSTOMIZE = """
@@ -105,7 +105,7 @@ def test_the_artists_tour(tmp_path, shared_workspace):
     process, output = launch_with_readme_command(workspace, tmp_path / "guard", log, port)
     requests: list[str] = []
     try:
-        with browser_page(height=1200) as page:
+        with app_log_on_failure(output), browser_page(height=1200) as page:
             page.on("request", lambda request: requests.append(request.url))
             page.goto(f"http://127.0.0.1:{port}/")
 

@@ -296,7 +296,10 @@ def test_the_demo_banner_says_which_paths_need_a_file(workspace):
     assert "Real-ESRGAN path needs an upscaler file in `workspace/models/upscalers/`" in text
     assert "matting needs BiRefNet" in text  # no BiRefNet weights in a fresh workspace
     (workspace.models / "upscalers").mkdir(parents=True)
-    (workspace.models / "upscalers" / "RealESRGAN_x4plus.pth").write_bytes(b"x")
+    (workspace.models / "upscalers" / "RealESRGAN_x4plus.pth").write_bytes(b"x")  # damaged: no upscaler
+    assert "needs an upscaler file in `workspace/models/upscalers/` (the diffusion path runs without it); the 1 " \
+        "there cannot be used (Models & Settings says why)" in demo_banner(context)
+    rrdb_file(workspace.models / "upscalers" / "RealESRGAN_x4plus.pth")
     assert "Real-ESRGAN" not in demo_banner(context)
 
 
@@ -309,5 +312,5 @@ def test_the_demo_banner_is_made_again_on_each_page_load(workspace):
     banner = page_load_outputs(build_app(context))["blk-demo-banner"]
     assert "needs an upscaler file" in banner()
     (workspace.models / "upscalers").mkdir(parents=True)
-    (workspace.models / "upscalers" / "RealESRGAN_x4plus.pth").write_bytes(b"x")
+    rrdb_file(workspace.models / "upscalers" / "RealESRGAN_x4plus.pth")
     assert "needs an upscaler file" not in banner() and banner().startswith("**Demo mode**")

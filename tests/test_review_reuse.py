@@ -147,6 +147,8 @@ def test_blind_pick_after_a_failed_generation_is_a_sentence_and_counts_once(stud
         b.rename(aside)  # B's file is gone while the test starts: a sentence, not an error page
         state, left, right, note = review.start_blind(context, "run-a", str(a), str(b), *form)
         assert left is None and "does not exist" in note and "nothing was recorded" in note
+        assert all(button.interactive for button in review.pick_buttons(state))  # a pick click retries the pair
+        assert not any(button.interactive for button in review.pick_buttons(None))  # before any test
         aside.rename(b)
         state, left, right, note, _ = review.pick(context, "run-a", state, "left")  # shows pair 1, records nothing
         assert "Pair 1 of 2" in note and left and read_tally(folder, a.name, b.name).votes == 0
@@ -165,6 +167,7 @@ def test_blind_pick_after_a_failed_generation_is_a_sentence_and_counts_once(stud
     state, _, _, note, _ = review.pick(context, "run-a", state, "tie")
     tally = read_tally(folder, a.name, b.name)
     assert "Done" in note and tally.votes == 2 and tally.ties == 1
+    assert not any(button.interactive for button in review.pick_buttons(state))  # the tally stands
 
 
 def test_grid_cancel_keeps_the_cells_made_so_far(studio, tmp_path):

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import gradio as gr
 import pytest
@@ -501,10 +502,32 @@ def test_resuming_a_finished_run_says_so_and_starts_nothing(context):
     folder = finished_run(context.workspace.runs)
     before = (folder / "process.json").read_text()
     note = train.control(context, "r", "resume")
-    assert note == (f"r already trained all its 6 steps, so there is nothing to resume; to train it longer, run "
-                    f"`python -m blk train --resume {folder} --steps N` with N above 6.")
+    assert note == ("r already trained all its 6 steps: to train it longer, set “Resume to step” above 6 and click "
+                    "Resume.")
+    assert train.control(context, "r", "resume", 6).startswith("r is at step 6 already: set “Resume to step” above 6")
     assert (folder / "process.json").read_text() == before and not (folder / "trainer.log").exists()
     assert run_info(folder).status == "finished"
+
+
+def test_resume_to_a_later_step_trains_a_finished_run_longer(context):
+    """"Resume to step" reaches the trainer as --steps (the CLI's way to train a run longer)."""
+    from blk.train.process import is_running
+
+    folder = finished_run(context.workspace.runs)
+    assert train.control(context, "r", "resume", 9) == "Resuming r from step 6 to step 9…"
+    command = json.loads((folder / "process.json").read_text())["command"]
+    assert command[command.index("--steps") + 1] == "9" and command[command.index("--resume") + 1] == str(folder)
+    deadline = time.time() + 120
+    while is_running(folder) and time.time() < deadline:  # this fake run's checkpoint is no safetensors file
+        time.sleep(0.5)
+    assert not is_running(folder)
+
+    with gr.Blocks() as demo:
+        train.build(context, lambda: [])
+    config = demo.get_config_file()
+    name = {c["id"]: c["props"].get("elem_id") or c["props"].get("value") for c in config["components"]}
+    resume = next(d for d in config["dependencies"] for t, e in d["targets"] if (name.get(t), e) == ("Resume", "click"))
+    assert [name[i] for i in resume["inputs"]] == ["r", "blk-resume-to"]  # the run (its value), the step
 
 
 def test_stop_kill_and_resume_answer_right_under_their_buttons(context):
@@ -620,6 +643,9 @@ def test_the_plots_name_their_lines_and_span_whole_steps(context):
     log("eval", 3, loss=0.5)
     loss, lr, *_ = train.watch(context, "short", False)
     assert set(frame(loss)["series"]) == {"loss", "smoothed"} and loss.x_lim == lr.x_lim == [0, train.WHOLE_STEPS]
+    finished_run(context.workspace.runs, "twenty", steps=20)
+    loss, lr, *_ = train.watch(context, "twenty", False)
+    assert loss.x_lim == [0, 20]  # a 20-step run's axis ends at its end (it was drawn to 30)
     loss, lr, *_ = train.watch(context, "long", False)
     assert list(dict.fromkeys(frame(loss)["series"])) == ["loss", "smoothed", "validation"]
     assert loss.x_lim == lr.x_lim == [0, 1000]
@@ -703,7 +729,7 @@ def test_prodigy_plots_the_rate_it_steps_at(context):
     for step, d in enumerate([1e-5, 3e-5, 8e-5], start=1):
         log("loss", step, loss=0.5, lr=d, d=d)
     lr = train.watch(context, "r", False)[1]
-    assert lr.y_title == "learning rate (Prodigy: d·lr)" and list(frame(lr)["lr"]) == [1e-5, 3e-5, 8e-5]
+    assert lr.y_title == "d·lr (Prodigy)" and list(frame(lr)["lr"]) == [1e-5, 3e-5, 8e-5]
     log2 = Events(run_folder(context.workspace.runs, name="adamw"))
     log2("status", 0, status="started")
     log2.losses([1], base=1.0)

@@ -21,6 +21,8 @@ def test_sketch_form_confines_loras_and_loads_parameters(shared_workspace, train
     items, note = lora_stack.add_lora(context, str(checkpoint), [])
     assert items == [[str(checkpoint), 1.0]] and note == ""
     assert lora_stack.add_lora(context, str(checkpoint), items)[0] == items  # no duplicates
+    assert lora_stack.strength_label(str(checkpoint)) == f"{trained_run.name} · step 8 — strength"
+    assert lora_stack.strength_label(str(outside)) == "elsewhere.safetensors — strength"
 
     result, = context.sketcher.run(SketchRequest("tiny-flux", "a tower", loras=[Lora(checkpoint, 0.7)], seed=11,
                                                  width=64, height=48, steps=2, out_dir=tmp_path))

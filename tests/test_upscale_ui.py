@@ -259,7 +259,7 @@ def test_without_an_upscaler_the_tab_starts_on_the_path_that_runs(context, share
     and a diffusion job told to enlarge with an upscaler it lacks says it used Lanczos."""
     import gradio as gr
 
-    from ui.tabs.upscale import DIFFUSION, ESRGAN, NO_UPSCALER, follow_suggestion, upscale
+    from ui.tabs.upscale import DIFFUSION, ESRGAN, NO_UPSCALER, follow_suggestion, upscale, upscaler_choices
 
     def defaults():
         blocks = built_tab(context)
@@ -280,6 +280,12 @@ def test_without_an_upscaler_the_tab_starts_on_the_path_that_runs(context, share
             None, 50, 50)
     assert upscale(context, threading.Event(), image, ESRGAN, *form, progress=lambda *a, **k: None)[2] == \
         f"**{NO_UPSCALER}**"
+    # a damaged file is no upscaler: not offered, not the default path, and the sentence names it
+    (context.workspace.models / "upscalers" / "4x-Broken.pth").write_bytes(b"not a model")
+    assert upscaler_choices(context) == [] and defaults()[0] == DIFFUSION
+    said = upscale(context, threading.Event(), image, ESRGAN, *form, progress=lambda *a, **k: None)[2]
+    assert said.startswith(f"**{NO_UPSCALER} Found but unusable: 4x-Broken.pth is damaged or not a model file"), said
+    (context.workspace.models / "upscalers" / "4x-Broken.pth").unlink()
     import shutil
 
     shutil.copytree(shared_workspace.models / "tiny-flux", context.workspace.models / "tiny-flux")

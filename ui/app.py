@@ -47,9 +47,11 @@ def demo_banner(context: StudioContext) -> str:
     from blk.stencil.matting import unavailable_reason
 
     needs = []
-    if not upscale.upscaler_choices(context):
+    if not upscale.upscaler_choices(context):  # the files that load: a damaged one is said, not counted
+        unusable = len(upscale.unusable_upscalers(context))
         needs.append("Upscale's Real-ESRGAN path needs an upscaler file in `workspace/models/upscalers/` "
-                     "(the diffusion path runs without it)")
+                     "(the diffusion path runs without it)"
+                     + (f"; the {unusable} there cannot be used (Models & Settings says why)" if unusable else ""))
     if unavailable_reason(context.workspace):
         needs.append("Stencil's matting needs BiRefNet (the Matting tab says how)")
     missing = f" Except: {'; '.join(needs)}." if needs else ""

@@ -9,6 +9,7 @@ workspace and the folders allowed in settings before they are used.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import gradio as gr
@@ -58,9 +59,14 @@ def restorable(context: StudioContext, items) -> list:
     return kept
 
 
-def _label(path: str) -> str:
+def strength_label(path: str) -> str:
+    """What a row's strength slider is called: "tiny-run · step 12" for a run's checkpoint (the run and the step
+    an artist knows it by, as Train and Review say them), the file name otherwise."""
     path = Path(path)
-    return f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints" else path.name
+    step = re.fullmatch(r"step-(\d+)", path.stem)
+    if path.parent.name == "checkpoints" and step:
+        return f"{path.parent.parent.name} · step {int(step.group(1))} — strength"
+    return f"{path.name} — strength"
 
 
 def build(context: StudioContext, prefix: str, label: str) -> tuple[gr.State, gr.Dropdown]:
@@ -79,7 +85,7 @@ def build(context: StudioContext, prefix: str, label: str) -> tuple[gr.State, gr
         def show(current):
             for index, (path, strength) in enumerate(current):
                 with gr.Row(equal_height=True):  # the LoRA's name labels its strength slider: one line, full width
-                    slider = gr.Slider(-1.0, 2.0, value=strength, step=0.05, label=f"{_label(path)} — strength",
+                    slider = gr.Slider(-1.0, 2.0, value=strength, step=0.05, label=strength_label(path),
                                        scale=4)
                     remove = gr.Button("Remove", size="sm", scale=0, min_width=70)
                     slider.release(lambda value, rows, i=index: [[p, value if j == i else s]

@@ -31,3 +31,20 @@ def browser_page(width=1300, height=1100):
 def screenshot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+@contextlib.contextmanager
+def app_log_on_failure(output: Path, lines: int = 60):
+    """On a failure inside, print the app's last output lines and the busiest processes (pytest shows them with
+    the failure): a browser step that timed out says what the app and the machine were doing meanwhile."""
+    import subprocess
+
+    try:
+        yield
+    except BaseException:
+        tail = output.read_text(errors="replace").splitlines()[-lines:] if output.exists() else []
+        print("---- the app's output, last lines ----", *tail, sep="\n")
+        busy = subprocess.run(["ps", "-eo", "pid,pcpu,rss,etimes,args", "--sort=-pcpu"], capture_output=True,
+                              text=True).stdout.splitlines()[:10]
+        print("---- the busiest processes ----", *(line[:200] for line in busy), sep="\n")
+        raise

@@ -261,6 +261,13 @@ def pick(context: StudioContext, run, state, side: str):
     return {**state, "tally": said}, None, None, f"Done. {said}", chosen
 
 
+def pick_buttons(state):
+    """The three pick buttons, clickable only while a blind test has pairs left to judge (before a test and
+    after its tally they only answered with a sentence)."""
+    judging = bool(state) and not state.get("tally") and state["index"] < len(state["pairs"])
+    return tuple(gr.Button(interactive=judging) for _ in range(3))
+
+
 def keep(context: StudioContext, run, checkpoint, action: str):
     """Pin a checkpoint in its own run (which may not be the run picked above: "Other LoRA files" can hold
     another run's checkpoints), or export it."""
@@ -354,9 +361,9 @@ def build(context: StudioContext) -> dict:
                         left = gr.Image(label="Left", type="filepath", buttons=["fullscreen"])
                         right = gr.Image(label="Right", type="filepath", buttons=["fullscreen"])
                     with gr.Row():
-                        pick_left = gr.Button("Left is better")
-                        pick_tie = gr.Button("Same")
-                        pick_right = gr.Button("Right is better")
+                        pick_left = gr.Button("Left is better", interactive=False)  # while judging: `pick_buttons`
+                        pick_tie = gr.Button("Same", interactive=False)
+                        pick_right = gr.Button("Right is better", interactive=False)
                     blind_state = gr.State(None)
             with gr.Row():
                 chosen = gr.Dropdown([], label="Checkpoint to keep", scale=3)
@@ -381,11 +388,14 @@ def build(context: StudioContext) -> dict:
                      lambda r, a_, b_, p, s, *f, progress=gr.Progress(): compare(context, r, a_, b_, p, s, *f,
                                                                                  progress=progress),
                      inputs=[run, a, b, prompt, seed] + form, outputs=[slider, compare_note])
+    picks = [pick_left, pick_tie, pick_right]
     blind_button.click(lambda r, a_, b_, *f: start_blind(context, r, a_, b_, *f), inputs=[run, a, b] + form,
-                       outputs=[blind_state, left, right, blind_note])
+                       outputs=[blind_state, left, right, blind_note]
+                       ).then(pick_buttons, inputs=blind_state, outputs=picks, show_progress="hidden")
     for button, side in ((pick_left, "left"), (pick_right, "right"), (pick_tie, "tie")):
         button.click(lambda r, st, side=side: pick(context, r, st, side), inputs=[run, blind_state],
-                     outputs=[blind_state, left, right, blind_note, chosen])
+                     outputs=[blind_state, left, right, blind_note, chosen]
+                     ).then(pick_buttons, inputs=blind_state, outputs=picks, show_progress="hidden")
     pin_button.click(lambda r, c, e: pin_and_relabel(context, r, c, e), inputs=[run, chosen, extra],
                      outputs=[keep_note, checkpoints, a, b, chosen])
     export_button.click(lambda r, c: keep(context, r, c, "export"), inputs=[run, chosen], outputs=keep_note)

@@ -247,7 +247,9 @@ def _folder(context: StudioContext, name: str) -> Path:
     return context.workspace.confine(name, base=context.workspace.runs)
 
 
-def control(context: StudioContext, name: str, action: str) -> str:
+def control(context: StudioContext, name: str, action: str, to_step=None) -> str:
+    """Stop, kill, sample now or resume the chosen run; `to_step` (resume only) trains it on to that step — a
+    finished run longer, a stopped one further than it was set to go."""
     from blk.errors import UserError
     from blk.train.process import kill_run, request_samples, resume_run, run_info, stop_run
 
@@ -262,11 +264,16 @@ def control(context: StudioContext, name: str, action: str) -> str:
         if action == "kill":
             return kill_run(folder)
         info = run_info(folder)
-        if info.status == "finished":  # a resume would load the last checkpoint and end at once
-            return (f"{name} already trained all its {info.steps} steps, so there is nothing to resume; to train it "
-                    f"longer, run `python -m blk train --resume {folder} --steps N` with N above {info.steps}.")
-        regrouped = resume_run(context.workspace, folder)  # a sentence when it resumes on other GPUs
-        return f"Resuming {name} from step {info.step}…" + (f" {regrouped}" if regrouped else "")
+        target = int(to_step or 0)
+        if target and target <= info.step:
+            return (f"{name} is at step {info.step} already: set “Resume to step” above {info.step} to train it "
+                    "longer, or 0 to finish its own steps.")
+        if info.status == "finished" and not target:  # a resume would load the last checkpoint and end at once
+            return (f"{name} already trained all its {info.steps} steps: to train it longer, set “Resume to step” "
+                    f"above {info.steps} and click Resume.")
+        regrouped = resume_run(context.workspace, folder, steps=target or None)  # a sentence on other GPUs
+        going = f" to step {target}" if target else ""
+        return f"Resuming {name} from step {info.step}{going}…" + (f" {regrouped}" if regrouped else "")
     except UserError as exc:
         return f"**{exc}**"
 
@@ -277,7 +284,7 @@ LIVE = ("running", "starting")  # a trainer process exists: it can be stopped, k
 def control_buttons(context: StudioContext, name: str):
     """Stop, Kill, Resume and Sample now as the chosen run allows: Stop, Kill and Sample now act only on a live
     trainer, so they are greyed otherwise, and Kill is red only while there is something to kill. Resume is
-    greyed while the trainer runs and clickable on a finished run: it says how to train it longer."""
+    greyed while the trainer runs and clickable on a finished run: with "Resume to step" it trains it longer."""
     from blk.errors import UserError
     from blk.train.process import run_info
 
@@ -292,7 +299,10 @@ def control_buttons(context: StudioContext, name: str):
 
 # The loss plot's lines, each always in its colour (a validation line appearing later shifts none of them).
 SERIES_COLOURS = {"loss": "#93b5e1", "smoothed": "#1f4e9c", "validation": "#e07b28"}
-WHOLE_STEPS = 30  # the x axis spans at least this many steps, so that its ticks fall on whole steps
+# The x axis spans at least this many steps, so that its ticks fall on whole steps: Vega asks for about one tick
+# per 40 px, and under 0.71 steps a tick it steps by halves, so 20 steps stay whole on plots up to 1130 px wide
+# (30, before, stretched a 20-step run's axis to 30).
+WHOLE_STEPS = 20
 
 
 def step_span(total: int, last: int) -> list[int]:
@@ -355,8 +365,9 @@ def watch(context: StudioContext, name: str, log_scale: bool):
 
 
 def lr_axis(adaptive: bool) -> str:
-    """Prodigy keeps lr at 1.0 and adapts d: its plot shows the rate it steps at, d·lr, and says so."""
-    return "learning rate (Prodigy: d·lr)" if adaptive else "learning rate"
+    """Prodigy keeps lr at 1.0 and adapts d: its plot shows the rate it steps at, d·lr, and says so — briefly:
+    the title runs up the 160 px plot's side, where "learning rate (Prodigy: d·lr)" was cut."""
+    return "d·lr (Prodigy)" if adaptive else "learning rate"
 
 
 # What a button said, and the statuses after which it is history (cleared by the timer, not left to mislead).
@@ -568,6 +579,8 @@ def build(context: StudioContext, datasets) -> dict:
                 run = gr.Dropdown(run_names(context), label="Run", scale=4, allow_custom_value=True)
                 refresh = gr.Button("↻", size="sm", scale=0, min_width=40)
             status = gr.Markdown()
+            resume_to = gr.Number(0, label="Resume to step (0: the run's own steps; more trains it longer)",
+                                  precision=0, minimum=0, elem_id="blk-resume-to")
             with gr.Row():
                 # greyed until a run is chosen, then as it allows (`control_buttons`)
                 stop = gr.Button("Stop (save and end)", size="sm", interactive=False)
@@ -611,8 +624,9 @@ def build(context: StudioContext, datasets) -> dict:
                        api_name="train_estimate")
     refresh.click(lambda: (gr.Dropdown(choices=run_names(context)), gr.Dropdown(choices=datasets())),
                   outputs=[run, dataset])
-    for button, action in ((stop, "stop"), (kill, "kill"), (resume, "resume"), (sample_now, "sample")):
+    for button, action in ((stop, "stop"), (kill, "kill"), (sample_now, "sample")):
         button.click(lambda n, action=action: control(context, n, action), inputs=run, outputs=control_note)
+    resume.click(lambda n, to: control(context, n, "resume", to), inputs=[run, resume_to], outputs=control_note)
     shown = [loss_plot, lr_plot, status, samples, checkpoints]
     timer = gr.Timer(2.0)
     timer.tick(lambda n, s: watch(context, n, s), inputs=[run, log_scale], outputs=shown, api_name="train_watch",

@@ -24,9 +24,38 @@ UPSCALER_SUFFIXES = (".pth", ".safetensors", ".ckpt", ".pt")
 INPUT_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"]  # what the Upscale input takes
 
 
-def upscaler_choices(context: StudioContext) -> list[tuple[str, str]]:
+def upscaler_files(context: StudioContext) -> list[Path]:
     folder = context.workspace.models / "upscalers"
-    return [(p.name, str(p)) for p in sorted(folder.glob("*")) if p.suffix.lower() in UPSCALER_SUFFIXES]
+    return [p for p in sorted(folder.glob("*")) if p.suffix.lower() in UPSCALER_SUFFIXES]
+
+
+def upscaler_choices(context: StudioContext) -> list[tuple[str, str]]:
+    """The upscalers that load: a damaged file is neither offered, nor chosen by default, nor counted as installed
+    (the banner and the Path's default); `unusable_upscalers` says why. Each file is read once per process
+    (`upscale.models.FACTS`, by path, mtime and size), as the Models tab does."""
+    return [(p.name, str(p)) for p in upscaler_files(context) if _unusable_reason(p) is None]
+
+
+def unusable_upscalers(context: StudioContext) -> list[str]:
+    """The sentence of each file in upscalers/ that cannot be used ("x.pth is damaged or not a model file …")."""
+    return [reason for reason in map(_unusable_reason, upscaler_files(context)) if reason]
+
+
+def _unusable_reason(path: Path) -> str | None:
+    from blk.errors import UserError
+    from blk.upscale.models import upscaler_facts
+
+    try:
+        upscaler_facts(path)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def no_upscaler(context: StudioContext) -> str:
+    """Why the Real-ESRGAN path cannot run: nothing installed, or only files that cannot be used."""
+    unusable = unusable_upscalers(context)
+    return NO_UPSCALER + (f" Found but unusable: {' '.join(unusable)}" if unusable else "")
 
 
 def upscaler_kept_or_first(context: StudioContext, current):
@@ -235,7 +264,7 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
                        int(tile) if tile else (1024 if kind == "diffusion" else None))
         if kind == "esrgan":
             if upscaler_path is None:
-                raise UserError(NO_UPSCALER if not upscaler_choices(context) else "Choose an upscaler model.")
+                raise UserError(no_upscaler(context) if not upscaler_choices(context) else "Choose an upscaler model.")
             job = esrgan_job(context, image_path, output, width, height, upscaler_path, tile, overlap, keep_16bit,
                              dpi, print_dpi)
             result = esrgan.run(job, progress=report, cancel=cancel, log=log,
