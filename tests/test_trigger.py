@@ -97,3 +97,18 @@ def test_the_dataset_and_preset_choices_rewrite_the_sample_prompts(context):
                     and "Sample prompts (one per line)" in [name.get(o) for o in d["outputs"]]
                     and "Dataset" in [name.get(i) for i in d["inputs"]]]
     assert preset_chain  # after a preset fills the form, its prompts take the dataset's word
+
+
+def test_bulk_edits_trigger_box_starts_with_the_datasets_trigger(context):
+    from ui.tabs.caption import build as build_caption
+    from ui.tabs.caption.grid import style_trigger_of
+
+    dataset_with_trigger(context.workspace.datasets / "inks", "mira_ink")
+    assert style_trigger_of(context, "inks") == "mira_ink"
+    assert style_trigger_of(context, None) == "" and style_trigger_of(context, "../outside") == ""
+    with gr.Blocks() as demo:
+        build_caption(context)
+    config = demo.get_config_file()
+    label = {c["id"]: c["props"].get("label") for c in config["components"]}
+    filled = [d for d in config["dependencies"] if [label.get(o) for o in d["outputs"]] == ["Trigger word"]]
+    assert len(filled) == 2  # on choosing a dataset, and after its caption style is saved

@@ -205,6 +205,21 @@ def built_tab(context):
     return [block for block in demo.blocks.values() if getattr(block, "label", None)]
 
 
+def test_suggestions_never_cover_the_path_radio(context):
+    """The suggestion runs on every image or size change; its loading cover over the Path radio took the
+    artist's click (a CI run: "status-tracker … intercepts pointer events" for a minute)."""
+    import gradio as gr
+
+    from ui.tabs import upscale
+
+    with gr.Blocks() as demo:
+        upscale.build(context)
+    config = demo.get_config_file()
+    radio = next(c["id"] for c in config["components"] if c["props"].get("label") == "Path")
+    suggesting = [d for d in config["dependencies"] if radio in d["outputs"]]
+    assert len(suggesting) == 3 and all(d["show_progress"] == "hidden" for d in suggesting)
+
+
 def test_no_texture_lora_unless_the_artist_picks_one(context, tmp_path):
     """The Texture LoRA starts at "(none)" even with LoRAs on disk (it used to preselect the first, which was
     applied); "(none)" stays a choice; the plan names the LoRA in use, or says there is none."""

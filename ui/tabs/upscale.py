@@ -391,10 +391,13 @@ def build(context: StudioContext) -> dict:
     def suggest(image_path, scale_value, size_value, last):  # whether an upscaler is installed: asked each time
         return follow_suggestion(image_path, scale_value, size_value, last, bool(upscaler_choices(context)))
 
-    image.change(lambda *a: suggest(*a, None), inputs=[image, scale, size_text], outputs=[path_kind, suggestion])
+    # a suggestion takes milliseconds: no loading cover over the Path radio (a queued one kept a click off it)
+    image.change(lambda *a: suggest(*a, None), inputs=[image, scale, size_text], outputs=[path_kind, suggestion],
+                 show_progress="hidden")
     image.change(show_input, inputs=image, outputs=[image_view, image_note], show_progress="hidden")
     for typed in (scale, size_text):
-        typed.input(suggest, inputs=[image, scale, size_text, suggestion], outputs=[path_kind, suggestion])
+        typed.input(suggest, inputs=[image, scale, size_text, suggestion], outputs=[path_kind, suggestion],
+                    show_progress="hidden")
     for axis in (region_x, region_y):
         # dragged or typed (release missed a typed value); during a drag only the last position is read
         axis.input(show_region, inputs=[image, result_path, region_x, region_y], outputs=slider,

@@ -50,6 +50,18 @@ def demo_tokens_note(model_name: str) -> str:
             "count far fewer)") if known and known.tiny else ""
 
 
+def style_trigger_of(context: StudioContext, name) -> str:
+    """The dataset's trigger word (its caption style's), to fill Bulk edit's box: "Preview add trigger" is then one
+    click for the captions the grid's summary lists without it."""
+    from blk.data.trigger import style_trigger
+    from blk.errors import UserError
+
+    try:
+        return style_trigger(context.captioning.dataset(name)) if name else ""
+    except UserError:
+        return ""
+
+
 def load_page(context: StudioContext, name, status, text, regex, sort, descending, page, page_size, term=None):
     """Rows for the table, the rows' base hashes (state), and a summary line. `term`: the Words panel's filter."""
     from blk.data.grid import GridQuery, query_grid
@@ -462,6 +474,8 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
                    outputs=shown + [selected_image] + large + [view_note, preview, pending, bulk_note, word_filter,
                                                                term_choice]
                    ).then(count_words, inputs=[words_open, dataset], outputs=words)
+    dataset.change(lambda n: style_trigger_of(context, n), inputs=dataset, outputs=trigger, show_progress="hidden")
+    style_saved.then(lambda n: style_trigger_of(context, n), inputs=dataset, outputs=trigger, show_progress="hidden")
     shown_again(after_batch)
     shown_again(token_model.input(lambda name: use_token_model(context, name), inputs=token_model))
     style_saved.then(count_words, inputs=[words_open, dataset], outputs=words)  # its trigger word may be new
