@@ -264,7 +264,8 @@ def test_every_change_of_captions_or_of_the_trigger_word_counts_the_words_again(
     table, words_summary, panel = by_id("blk-caption-grid"), by_id("blk-words-summary"), by_id("blk-words")
     pickers = {by_id(name)._id for name in ("blk-words-top", "blk-words-rare", "blk-words-term", "blk-words-all")}
     fns = list(demo.fns.values())
-    grid_shown = [f for f in fns if table in f.outputs and not {t[0] for t in f.targets if t} & pickers]
+    grid_shown = [f for f in fns if table in f.outputs and not {t[0] for t in f.targets if t} & pickers
+                  and f.outputs != [table]]  # (that one only makes the table editable when it has rows)
     assert len(grid_shown) >= 9  # Show, a dataset chosen, a batch, Save edits, Save/Approve/Restore, Apply, Undo
     for f in grid_shown:
         after = [g for g in fns if g.trigger_after == f._id]
@@ -379,3 +380,16 @@ def test_tokens_are_counted_for_the_model_chosen_in_the_grid_and_the_check(conte
     assert page_load_outputs(build_app(context))["blk-caption-token-model"]() == "tiny-sdxl"
     grid.use_token_model(context, None)
     assert context.captioning.token_model_name() == "tiny-flux"
+
+
+def test_the_grid_is_editable_only_with_rows_to_edit(context):
+    """An empty editable table offered "+" rows and "drop a CSV" to a dataset with no images yet."""
+    from ui.app import build_app
+
+    demo = build_app(context)
+    table = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "blk-caption-grid")
+    assert table.interactive is False
+    follow = [f for f in demo.fns.values() if f.outputs == [table] and len(f.inputs) == 1]
+    assert len(follow) == 1 and [t[1] for t in follow[0].targets] == ["change"]
+    assert follow[0].fn([{"image": "a.png"}]).constructor_args == {"interactive": True}
+    assert follow[0].fn([]).constructor_args == {"interactive": False}

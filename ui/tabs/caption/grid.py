@@ -404,7 +404,8 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
     with gr.Accordion("Thumbnails of this page (click one to open it large)", open=True):
         thumbs = gr.Gallery(columns=10, height=170, object_fit="contain", allow_preview=False, show_label=False,
                             elem_id="blk-caption-thumbs")
-    table = gr.Dataframe(headers=HEADERS, interactive=True, static_columns=[0, 2, 3, 4], wrap=True,
+    # editable only with rows to edit: an empty editable table offered "+" rows and "drop a CSV" to a new dataset
+    table = gr.Dataframe(headers=HEADERS, interactive=False, static_columns=[0, 2, 3, 4], wrap=True,
                          column_widths=["18%", "57%", "9%", "9%", "7%"], label="Captions (edit in place)",
                          elem_id="blk-caption-grid")
     with gr.Row():
@@ -501,6 +502,8 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
         return state[row]["image"] if state and 0 <= row < len(state) else None
 
     table.select(on_select, inputs=rows_state, outputs=selected_image)
+    rows_state.change(lambda rows: gr.Dataframe(interactive=bool(rows)), inputs=rows_state, outputs=table,
+                      show_progress="hidden")
     # the page's thumbnails follow whatever changed the rows (a page, a filter, a save, another dataset)
     rows_state.change(lambda rows: (yield from page_thumbnails(context, rows)), inputs=rows_state, outputs=thumbs,
                       show_progress="hidden")
