@@ -4,6 +4,7 @@ then the step chooser shows one step's samples and its checkpoint (or that it wa
 and Resume's answer beside the button."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from blk.caption.style import CaptionStyle, PostProcess, dataset_style_path, save_style
 from tests.support.browser import browser_page, screenshot
 from tests.support.running_app import RunningApp
 
@@ -25,7 +27,8 @@ def test_train_tab_runs_a_tiny_lora(tmp_path, shared_workspace):
     rng = np.random.default_rng(2)
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"ink{i}.png")
-        (folder / f"ink{i}.txt").write_text(f"blkstyle, an ink study {i}")
+        (folder / f"ink{i}.txt").write_text(f"inkstudy, an ink study {i}")
+    save_style(CaptionStyle(post=PostProcess(trigger="inkstudy")), dataset_style_path(folder))  # its trigger word
 
     app = RunningApp(workspace, tmp_path / "net.jsonl")
     try:
@@ -34,14 +37,14 @@ def test_train_tab_runs_a_tiny_lora(tmp_path, shared_workspace):
             page.get_by_role("tab", name="Train").click()
             page.get_by_label("Dataset", exact=True).last.click()
             page.get_by_role("option", name="inks").click()
+            # the preset's "blkstyle, …" sample prompts take the dataset's trigger word
+            expect(page.get_by_label("Sample prompts (one per line)")).to_have_value(re.compile(r"^inkstudy, "))
             page.get_by_label("Steps", exact=True).fill("40")
             page.get_by_label("Samples every N steps").fill("10")
             page.get_by_label("Checkpoint every N steps").fill("10")
             page.get_by_label("Keep newest").fill("2")  # steps 10 and 20 are pruned by the end
             page.get_by_role("button", name="Start training").click()
             expect(page.get_by_text("Started conceptor-flux-dev-inks")).to_be_visible(timeout=60_000)
-            import re
-
             expect(page.get_by_text(re.compile(r"step [1-9]\d* of 40"))).to_be_visible(timeout=180_000)
             expect(page.locator("#blk-samples img").first).to_be_visible(timeout=60_000)
             expect(page.locator("#blk-loss-plot").get_by_text("smoothed")).to_be_visible(timeout=30_000)  # legend

@@ -87,9 +87,11 @@ def test_train_sample_prompts_follow_the_chosen_datasets_trigger(context):
 
 def test_the_dataset_and_preset_choices_rewrite_the_sample_prompts(context):
     with gr.Blocks() as demo:
-        train.build(context, lambda: [])
+        train.build(context, lambda: ["inks", "clay"])
     config = demo.get_config_file()
     name = {c["id"]: c["props"].get("label") for c in config["components"]}
+    dataset = next(c for c in config["components"] if c["props"].get("label") == "Dataset")
+    assert dataset["props"].get("value") is None  # a dataset chosen at build time never sent a change
     dataset_change = [d for d in config["dependencies"] for target, event in d["targets"]
                       if (name.get(target), event) == ("Dataset", "change")]
     assert any("Sample prompts (one per line)" in [name.get(o) for o in d["outputs"]] for d in dataset_change)

@@ -533,7 +533,9 @@ def build(context: StudioContext, datasets) -> dict:
     with gr.Row():
         with gr.Column(scale=2):
             preset = gr.Dropdown(preset_names(), label="Preset (the paper's settings)", value=default)
-            dataset = gr.Dropdown(datasets(), label="Dataset", allow_custom_value=True)
+            # none chosen until the artist (or Caption's choice, on opening the tab) chooses: a first dataset chosen
+            # silently sent no change, so its trigger word never reached the sample prompts
+            dataset = gr.Dropdown(datasets(), value=None, label="Dataset", allow_custom_value=True)
             # the models found here (of the right kind), or any name or path typed in; a preset sets its own
             model = gr.Dropdown(context.base_models(), value=initial[0], label="Base model", allow_custom_value=True)
             resolutions = gr.Textbox(initial[1], label="Bucket sizes (px)")
