@@ -504,7 +504,8 @@ def test_resuming_a_finished_run_says_so_and_starts_nothing(context):
     note = train.control(context, "r", "resume")
     assert note == ("r already trained all its 6 steps: to train it longer, set “Resume to step” above 6 and click "
                     "Resume.")
-    assert train.control(context, "r", "resume", 6).startswith("r is at step 6 already: set “Resume to step” above 6")
+    assert train.control(context, "r", "resume", 6) == \
+        "r is at step 6 already: set “Resume to step” above 6 to train it longer."  # finished: no "or 0"
     assert (folder / "process.json").read_text() == before and not (folder / "trainer.log").exists()
     assert run_info(folder).status == "finished"
 

@@ -266,8 +266,8 @@ def control(context: StudioContext, name: str, action: str, to_step=None) -> str
         info = run_info(folder)
         target = int(to_step or 0)
         if target and target <= info.step:
-            return (f"{name} is at step {info.step} already: set “Resume to step” above {info.step} to train it "
-                    "longer, or 0 to finish its own steps.")
+            own = "" if info.status == "finished" else f", or 0 to finish its own {info.steps}"
+            return f"{name} is at step {info.step} already: set “Resume to step” above {info.step} to train it longer{own}."
         if info.status == "finished" and not target:  # a resume would load the last checkpoint and end at once
             return (f"{name} already trained all its {info.steps} steps: to train it longer, set “Resume to step” "
                     f"above {info.steps} and click Resume.")
