@@ -832,3 +832,12 @@ def test_stop_kill_and_sample_now_act_only_on_a_live_trainer_and_kill_is_red_onl
     atomic.write_json(folder / "process.json", {"pid": ended_pid(), "started": 0})
     assert states("r") == [(False, None), (False, "secondary"), (True, None), (False, None)]
     assert states("") == states("../../etc") == [(False, None), (False, "secondary"), (False, None), (False, None)]
+
+
+def test_the_checkpoint_list_names_its_folder_once(tmp_path):
+    folder = tmp_path / "runs" / "r" / "checkpoints"
+    listed = train.checkpoint_list([(10, str(folder / "step-000010.safetensors")),
+                                    (20, str(folder / "step-000020.safetensors"))])
+    assert listed == (f"Checkpoints in `{folder}`:\n\n- step 10: `step-000010.safetensors`\n"
+                      "- step 20: `step-000020.safetensors`")
+    assert train.checkpoint_list([]) == "No checkpoint yet."

@@ -360,8 +360,20 @@ def watch(context: StudioContext, name: str, log_scale: bool):
         tail = trainer_log_tail(folder, 5)
         if tail and info.status == "error" and "error:" in tail:
             status += f"  \n`{tail.splitlines()[-1]}`"
-    checkpoints = "\n".join(f"- step {s}: `{p}`" for s, p in view.checkpoints) or "No checkpoint yet."
+    checkpoints = checkpoint_list(view.checkpoints)
     return (*plots(loss, lr, step_span(info.steps, info.step), view.adaptive), status, view.samples, checkpoints)
+
+
+def checkpoint_list(checkpoints: list[tuple[int, str]]) -> str:
+    """The run's checkpoints: their folder once (to copy into ComfyUI or Forge), then a short line per step; the
+    full path on every line made 16 lines of the same long folder."""
+    if not checkpoints:
+        return "No checkpoint yet."
+    folders = {str(Path(path).parent) for _, path in checkpoints}
+    if len(folders) > 1:
+        return "\n".join(f"- step {step}: `{path}`" for step, path in checkpoints)
+    return f"Checkpoints in `{folders.pop()}`:\n\n" + "\n".join(
+        f"- step {step}: `{Path(path).name}`" for step, path in checkpoints)
 
 
 def lr_axis(adaptive: bool) -> str:
