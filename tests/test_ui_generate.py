@@ -1,6 +1,8 @@
 """The Sketch and Review tabs' handlers with a real context: paths confined, parameters read back."""
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from blk.generate.sketch import Lora, SketchRequest
 from tests.conftest import copy_trained_run
@@ -162,9 +164,9 @@ def test_pinning_relabels_the_checkpoint_lists_at_once(workspace):
     four = str(run / "checkpoints" / "step-000004.safetensors")
     note, rows, a, b, chosen = review.pin_and_relabel(context, "r1", four, [])
     assert note == "Pinned step 4 of run r1: the run's pruning keeps it."
-    for listed in (rows, a, b, chosen):
-        assert listed.choices == [("step 4 (pinned)", four),
-                                  ("step 8", str(run / "checkpoints" / "step-000008.safetensors"))]
+    listed = [("step 4 (pinned)", four), ("step 8", str(run / "checkpoints" / "step-000008.safetensors"))]
+    assert rows.choices == chosen.choices == listed
+    assert a.choices == b.choices == [(review.BASE_LABEL, review.BASE)] + listed  # A and B may be the base model
     refused = review.pin_and_relabel(context, "../../../etc", four, [])
     assert "outside the workspace" in refused[0] and refused[1:] == ({"__type__": "update"},) * 4
 
@@ -420,3 +422,36 @@ def test_the_lora_pickers_start_empty_though_loras_exist(shared_workspace, train
     assert {p.elem_id for p in pickers} == {"blk-sketch-lora-pick", "blk-stencil-lora-pick"}
     for picker in pickers:
         assert picker.choices and picker.value is None, picker.elem_id
+
+
+def test_a_and_b_may_be_the_base_model(shared_workspace, trained_run):
+    """A run with one checkpoint left A empty ("Choose checkpoints A and B"); it is compared with the base model,
+    in Side by side and in a blind test, where a win of the base model chooses nothing to keep."""
+    from blk.generate.blind import BlindPair
+
+    context = StudioContext(shared_workspace, demo=True, demo_reason="test")
+    run = shared_workspace.runs / "one-checkpoint-run"
+    copy_trained_run(trained_run, run)
+    for step in (4, 8):
+        (run / "checkpoints" / f"step-{step:06d}.safetensors").unlink()
+    twelve = str(run / "checkpoints" / "step-000012.safetensors")
+    updates = review.on_run(context, "one-checkpoint-run", [])
+    a, b = updates[8], updates[9]
+    assert (a.value, b.value) == (review.BASE, twelve) and a.choices[0] == (review.BASE_LABEL, review.BASE)
+
+    form = ["tiny-flux", "a cube", "3", "1.0", False, 64, 2, None]
+    quiet = {"progress": lambda *a, **k: None}
+    (left, right), note = review.compare(context, "one-checkpoint-run", review.BASE, twelve, "a cube", 3, *form,
+                                         **quiet)
+    assert note == "Left: **A** (base (no LoRA)) · right: **B** (step 12) — “a cube”, seed 3."
+    base_pixels, lora_pixels = (np.asarray(Image.open(path)) for path in (left, right))
+    assert base_pixels.shape == lora_pixels.shape and not np.array_equal(base_pixels, lora_pixels)
+    (again, _), _ = review.compare(context, "one-checkpoint-run", review.BASE, review.BASE, "a cube", 3, *form, **quiet)
+    assert np.array_equal(np.asarray(Image.open(again)), base_pixels)  # the same base cell
+
+    state = {"a": review.BASE, "b": twelve, "pairs": [BlindPair("a cube", 3, True)], "index": 0, "shown": 0,
+             "form": form}
+    *_, sentence, chosen = review.pick(context, "one-checkpoint-run", state, "left")
+    assert sentence == ("Done. Tally so far, saved with the run: base (no LoRA): 1 · step 12: 0 · ties: 0 — "
+                        "base (no LoRA) is preferred.")
+    assert chosen == {"__type__": "update"}  # nothing to pin or export

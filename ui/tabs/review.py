@@ -44,12 +44,37 @@ def _run_dir(context: StudioContext, run: str) -> Path | None:
     return context.workspace.confine(run, base=context.workspace.runs) if run else None
 
 
+# A and B may be the base model without a LoRA: "does the LoRA do anything?", and the only comparison a run with
+# one checkpoint has (its A was left empty: "Choose checkpoints A and B").
+BASE = "(base model)"
+BASE_LABEL = "base (no LoRA)"  # as the grid's base row reads
+
+
+def pair_choices(choices: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A's and B's choices: the base model, then the checkpoints and files."""
+    return [(BASE_LABEL, BASE)] + choices
+
+
+def row_for(value: str, scale: float):
+    """The grid row that draws A or B: the base model alone, or the LoRA at `scale`."""
+    from blk.generate.review import Row
+
+    return Row(None if value == BASE else Path(value), scale)
+
+
+def loras_of(*values: str) -> list[str]:
+    """A's and B's LoRA files, for the form's checks (the base model is none)."""
+    return [value for value in values if value and value != BASE]
+
+
 def label(context: StudioContext, run: str, path) -> str:
     """The LoRA's name everywhere in Review (rows, A and B, the blind tally), as the grid writes it: "step 8"
     for the run's checkpoint, "RUN/step 8" for another run's, any other file by its path in the workspace."""
     from blk.generate.review import checkpoint_run, review_label
     from blk.train.pins import checkpoint_step
 
+    if path == BASE:
+        return BASE_LABEL
     path = Path(path)
     name = review_label(path, _run_dir(context, run), context.workspace)  # unique, ends with the file's name
     if checkpoint_run(path) is None:
@@ -91,8 +116,9 @@ def on_run(context: StudioContext, run: str, extra: list[str]):
     except UserError as exc:
         return (gr.update(),) * 12 + (f"**{exc}**",)
     paths = [path for _, path in choices]
-    pickers = (gr.Dropdown(choices=choices, value=paths[-2] if len(paths) > 1 else None),
-               gr.Dropdown(choices=choices, value=paths[-1] if paths else None), gr.Dropdown(choices=choices))
+    pickers = (gr.Dropdown(choices=pair_choices(choices), value=paths[-2] if len(paths) > 1 else BASE if paths else None),
+               gr.Dropdown(choices=pair_choices(choices), value=paths[-1] if paths else None),
+               gr.Dropdown(choices=choices))
     if defaults is None:
         return (gr.CheckboxGroup(choices=choices, value=paths),) + (gr.update(),) * 7 + pickers + (gr.update(), "")
     d = defaults
@@ -161,19 +187,19 @@ def _said(prompt: str, limit: int = 60) -> str:
 def compare(context: StudioContext, run, a, b, prompt, seed, *form, progress=gr.Progress()):
     """The same prompt and seed through checkpoints A and B; the note says which (an empty prompt is allowed)."""
     from blk.errors import UserError
-    from blk.generate.review import Column, Reviewer, Row, review_folder
+    from blk.generate.review import Column, Reviewer, review_folder
 
     if not a or not b:
         return None, "Choose checkpoints A and B."
     try:
-        spec = spec_from_form(context, [a, b], *form)
+        spec = spec_from_form(context, loras_of(a, b), *form)
         folder = review_folder(context.workspace, _run_dir(context, run))
         reviewer = Reviewer(context.sketcher)
         column = Column((prompt or "").strip(), int(seed or 0))  # stripped as the grid's prompts: same cells
         progress(0, desc="Generating A…")
-        left, _ = reviewer.cell(spec, Row(Path(a), spec.scales[-1]), column, folder)
+        left, _ = reviewer.cell(spec, row_for(a, spec.scales[-1]), column, folder)
         progress(0.5, desc="Generating B…")
-        right, _ = reviewer.cell(spec, Row(Path(b), spec.scales[-1]), column, folder)
+        right, _ = reviewer.cell(spec, row_for(b, spec.scales[-1]), column, folder)
     except UserError as exc:
         return None, f"**{exc}**"
     return (str(left), str(right)), (f"Left: **A** ({label(context, run, a)}) · right: **B** ({label(context, run, b)})"
@@ -188,7 +214,7 @@ def start_blind(context: StudioContext, run, a, b, *form):
     if not a or not b or a == b:
         return None, None, None, "Choose two different checkpoints as A and B."
     try:
-        spec = spec_from_form(context, [a, b], *form)
+        spec = spec_from_form(context, loras_of(a, b), *form)
     except UserError as exc:
         return None, None, None, f"**{exc}**"
     pairs = blind_pairs(spec.prompts or [""], spec.seeds)
@@ -210,15 +236,15 @@ def show_next(context: StudioContext, run, state):
 
 
 def show_pair(context: StudioContext, run, state):
-    from blk.generate.review import Column, Reviewer, Row, review_folder
+    from blk.generate.review import Column, Reviewer, review_folder
 
     pair = state["pairs"][state["index"]]
-    spec = spec_from_form(context, [state["a"], state["b"]], *state["form"])
+    spec = spec_from_form(context, loras_of(state["a"], state["b"]), *state["form"])
     folder = review_folder(context.workspace, _run_dir(context, run))
     reviewer = Reviewer(context.sketcher)
     column = Column(pair.prompt, pair.seed)
-    a_cell, _ = reviewer.cell(spec, Row(Path(state["a"]), spec.scales[-1]), column, folder)
-    b_cell, _ = reviewer.cell(spec, Row(Path(state["b"]), spec.scales[-1]), column, folder)
+    a_cell, _ = reviewer.cell(spec, row_for(state["a"], spec.scales[-1]), column, folder)
+    b_cell, _ = reviewer.cell(spec, row_for(state["b"], spec.scales[-1]), column, folder)
     left, right = (a_cell, b_cell) if pair.left_is_a else (b_cell, a_cell)
     note = f"Pair {state['index'] + 1} of {len(state['pairs'])} — “{pair.prompt}”, seed {pair.seed}. Which is better?"
     return str(left), str(right), note
@@ -247,7 +273,8 @@ def pick(context: StudioContext, run, state, side: str):
     try:
         folder = review_folder(context.workspace, _run_dir(context, run))
         run_dir = _run_dir(context, run)
-        a, b = (review_label(Path(state[k]), run_dir, context.workspace) for k in ("a", "b"))
+        a, b = (BASE_LABEL if state[k] == BASE else review_label(Path(state[k]), run_dir, context.workspace)
+                for k in ("a", "b"))
         tally = record_pick(folder, a, b, state["pairs"][state["index"]], side)
         shown = replace(tally, a=label(context, run, state["a"]), b=label(context, run, state["b"]))
     except UserError as exc:
@@ -256,7 +283,8 @@ def pick(context: StudioContext, run, state, side: str):
     if state["index"] < len(state["pairs"]):
         return show_next(context, run, state) + (gr.update(),)
     leader = tally.leader()
-    chosen = {a: state["a"], b: state["b"]}[leader] if leader else gr.update()
+    winner = {a: state["a"], b: state["b"]}[leader] if leader else None
+    chosen = winner if winner and winner != BASE else gr.update()  # the base model is no checkpoint to keep
     said = f"Tally so far, saved with the run: {shown.sentence()}"
     return {**state, "tally": said}, None, None, f"Done. {said}", chosen
 
@@ -301,7 +329,8 @@ def pin_and_relabel(context: StudioContext, run, checkpoint, extra):
         choices = checkpoint_choices(context, run, extra)
     except UserError:  # the form's run or files were refused: `keep` said why, the lists stay as they are
         return (note,) + (gr.update(),) * 4
-    return (note, gr.CheckboxGroup(choices=choices)) + tuple(gr.Dropdown(choices=choices) for _ in range(3))
+    return (note, gr.CheckboxGroup(choices=choices), gr.Dropdown(choices=pair_choices(choices)),
+            gr.Dropdown(choices=pair_choices(choices)), gr.Dropdown(choices=choices))
 
 
 def build(context: StudioContext) -> dict:
