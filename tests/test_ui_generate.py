@@ -281,6 +281,8 @@ def test_picking_a_run_in_review_selects_its_base_model(workspace):
     assert updates[3] == "a cube"  # Side by side's Prompt
     assert updates[4] == "7" and updates[-2] == 7  # the grid's Seeds and Side by side's Seed: the run's
     assert review.on_run(context, "", [])[1] == {"__type__": "update"}  # no run: the model stays as it is
+    # nor are A and B emptied: an empty run value passing by (the dropdown re-chosen) left them empty
+    assert review.on_run(context, None, []) == ({"__type__": "update"},) * 13
 
 
 def test_asking_again_for_an_unchanged_grid_writes_no_new_png(shared_workspace, trained_run):

@@ -109,6 +109,8 @@ def on_run(context: StudioContext, run: str, extra: list[str]):
     from blk.errors import UserError
     from blk.generate.review import run_review_defaults
 
+    if not run and not extra:  # nothing chosen: the form stays (a passing empty value cleared A and B)
+        return (gr.update(),) * 13
     try:
         choices = checkpoint_choices(context, run, extra)
         run_dir = _run_dir(context, run)
