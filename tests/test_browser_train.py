@@ -78,6 +78,13 @@ def test_train_tab_runs_a_tiny_lora(tmp_path, shared_workspace):
             page.mouse.move(box["x"] + box["width"] * 0.30, y, steps=5)
             page.mouse.up()
             expect(page.locator("#blk-step-info")).to_contain_text("checkpoint of step 10 was pruned", timeout=15_000)
+            page.locator("#blk-step-to-sketch").click()  # step 10's was pruned: nothing to try
+            expect(page.get_by_text("Step 10 has no checkpoint to try")).to_be_visible()
+            chooser.click()
+            page.get_by_role("option", name="step 40 · samples · checkpoint", exact=True).click()
+            page.locator("#blk-step-to-sketch").click()  # Sketch opens with step 40's checkpoint in its LoRA list
+            expect(page.get_by_text(re.compile(r"^conceptor-flux-dev-inks-.* · step 40 — strength$"))).to_be_visible()
+            expect(page.locator("#blk-sketch-generate")).to_be_visible()
         from gradio_client import Client
 
         run_name = next((workspace / "runs").iterdir()).name

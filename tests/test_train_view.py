@@ -841,3 +841,25 @@ def test_the_checkpoint_list_names_its_folder_once(tmp_path):
     assert listed == (f"Checkpoints in `{folder}`:\n\n- step 10: `step-000010.safetensors`\n"
                       "- step 20: `step-000020.safetensors`")
     assert train.checkpoint_list([]) == "No checkpoint yet."
+
+
+def test_try_in_sketch_adds_the_steps_checkpoint_and_opens_sketch(context):
+    """From a step of the run to Sketch with its checkpoint in the LoRA list (at strength 1)."""
+    from ui.app import build_app, try_in_sketch
+
+    folder = finished_run(context.workspace.runs, "r", steps=6)
+    checkpoint = str((folder / "checkpoints" / "step-000006.safetensors").resolve())
+    tabs, rows, note = try_in_sketch(context, "r", 6, [])
+    assert tabs.constructor_args == {"selected": "sketch"} and rows == [[checkpoint, 1.0]] and note == ""
+    tabs, again, _ = try_in_sketch(context, "r", "6", rows)
+    assert tabs.constructor_args == {"selected": "sketch"} and again == rows  # not twice
+    assert try_in_sketch(context, "r", 3, rows) == (gr.update(), rows,
+                                                    "**Step 3 has no checkpoint to try (see above).**")
+    assert try_in_sketch(context, "r", None, [])[2] == "**Choose a step with a checkpoint first.**"
+
+    demo = build_app(context)
+    button = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "blk-step-to-sketch")
+    sending, = [f for f in demo.fns.values() if (button._id, "click") in f.targets]
+    sketch_rows = sending.inputs[2]
+    assert isinstance(sketch_rows, gr.State) and sketch_rows in sending.outputs  # Sketch's own LoRA list
+    assert [type(o).__name__ for o in sending.outputs] == ["Tabs", "State", "Markdown"]

@@ -30,6 +30,9 @@ def build_app(context: StudioContext) -> gr.Blocks:
             with gr.Tab("Models & Settings"):
                 models.build(context)
         send_between_tabs(tabs, sketched, stenciled, upscaled)
+        trained["to_sketch"].click(lambda name, step, rows: try_in_sketch(context, name, step, rows),
+                                   inputs=[trained["run"], trained["step"], sketched["loras"]],
+                                   outputs=[tabs, sketched["loras"], trained["to_sketch_note"]])
         train_tab.select(carry_dataset, inputs=[captioned["dataset"], trained["dataset"]],
                          outputs=trained["dataset"], show_progress="hidden", queue=False)
         for tab, built in ((review_tab, reviewed), (upscale_tab, upscaled)):  # a choice to make on opening
@@ -67,6 +70,23 @@ def refresh_on_show(tab, lists, outputs) -> None:
 def carry_dataset(captioning: str | None, training: str | None):
     """Opening Train after working on a dataset in Caption chooses that dataset, unless one is chosen already."""
     return gr.update(value=captioning) if captioning and not training else gr.update()
+
+
+def try_in_sketch(context: StudioContext, name, step, rows):
+    """Train → Sketch with the chosen step's checkpoint added to Sketch's LoRAs at strength 1: (main tabs, the
+    LoRA rows, Train's note). The step's samples show the run's own prompts; Sketch tries the artist's."""
+    from blk.errors import UserError
+    from ui import lora_stack
+    from ui.tabs.train import step_checkpoint
+
+    try:
+        path = step_checkpoint(context, name, step)
+    except UserError as exc:
+        return gr.update(), rows, f"**{exc}**"
+    added, note = lora_stack.add_lora(context, path, rows or [])  # one already in the list stays as it is
+    if note.startswith("**"):  # refused: the file went away meanwhile
+        return gr.update(), rows, note
+    return gr.Tabs(selected="sketch"), added, ""
 
 
 PICK_FIRST = "Click a sketch first."  # in Sketch's note when a send button is pressed with none selected

@@ -200,4 +200,4 @@ def build(context: StudioContext) -> None:
     on_show = (lambda: (gr.Dropdown(choices=lora_stack.lora_choices(context)),
                         gr.Dropdown(choices=model_names(context))), [lora_pick, model])
     return {"selected": selected, "selected_note": selected_note, "to_compose": to_compose, "to_matting": to_matting,
-            "to_upscale": to_upscale, "on_show": on_show}
+            "to_upscale": to_upscale, "on_show": on_show, "loras": loras}

@@ -470,6 +470,20 @@ def show_step(context: StudioContext, name: str, step):
     return at.samples, text
 
 
+def step_checkpoint(context: StudioContext, name: str, step) -> str:
+    """The checkpoint file of the chosen step, for "Try in Sketch"; UserError with why there is none (the step
+    info above the button already says which: pruned, or never saved)."""
+    from blk.errors import UserError
+    from blk.train.monitor import view_run
+
+    if not name or step is None or step == "":
+        raise UserError("Choose a step with a checkpoint first.")
+    at = view_run(_folder(context, name), 0).at_step(int(step))
+    if not at.checkpoint:
+        raise UserError(f"Step {at.step} has no checkpoint to try (see above).")
+    return at.checkpoint
+
+
 def step_near(choices, selected) -> int | None:
     """The chooser's step nearest the middle of a range dragged across the loss plot ([x0, x1])."""
     steps = [value for _, value in choices or []]
@@ -618,6 +632,10 @@ def build(context: StudioContext, datasets) -> dict:
             step_samples = gr.Gallery(label="Samples at this step", columns=4, height=280, object_fit="contain",
                                       elem_id="blk-step-samples", elem_classes=["blk-thumbs"])
             step_info = gr.Markdown(elem_id="blk-step-info")
+            with gr.Row():
+                to_sketch = gr.Button("Try this checkpoint in Sketch", size="sm", scale=0, min_width=240,
+                                      elem_id="blk-step-to-sketch")
+                to_sketch_note = gr.Markdown()
             known_steps = gr.State([])
 
     form = [model, resolutions, rank, alpha, optimizer, lr, steps, schedule, prompts, sample_every,
@@ -677,4 +695,6 @@ def build(context: StudioContext, datasets) -> dict:
     gr.on(None, lambda: on_load(context), outputs=run, show_progress="hidden")  # no triggers: on each page load
     on_show = (lambda: (gr.Dropdown(choices=datasets()), gr.Dropdown(choices=run_names(context)),
                         gr.Dropdown(choices=context.base_models())), [dataset, run, model])
-    return {"on_show": on_show, "dataset": dataset}
+    step_choice.change(lambda: "", outputs=to_sketch_note, show_progress="hidden")  # another step: history
+    return {"on_show": on_show, "dataset": dataset, "run": run, "step": step_choice, "to_sketch": to_sketch,
+            "to_sketch_note": to_sketch_note}
