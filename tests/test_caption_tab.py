@@ -393,3 +393,13 @@ def test_the_grid_is_editable_only_with_rows_to_edit(context):
     assert len(follow) == 1 and [t[1] for t in follow[0].targets] == ["change"]
     assert follow[0].fn([{"image": "a.png"}]).constructor_args == {"interactive": True}
     assert follow[0].fn([]).constructor_args == {"interactive": False}
+
+
+def test_saving_the_style_says_its_trigger_word(context):
+    from blk.caption.style import CaptionStyle, PostProcess
+    from ui.tabs.caption.captioning import saved_style_note
+
+    said = saved_style_note(CaptionStyle(post=PostProcess(trigger="mira_ink")))
+    assert said == ("Style saved with the dataset: 0 example(s), trigger word “mira_ink” (prefix; Check and Train's "
+                    "sample prompts use it), transparent pixels shown on grey.")
+    assert "no trigger word" in saved_style_note(CaptionStyle(post=PostProcess(trigger="x", trigger_mode="none")))

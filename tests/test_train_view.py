@@ -863,3 +863,39 @@ def test_try_in_sketch_adds_the_steps_checkpoint_and_opens_sketch(context):
     sketch_rows = sending.inputs[2]
     assert isinstance(sketch_rows, gr.State) and sketch_rows in sending.outputs  # Sketch's own LoRA list
     assert [type(o).__name__ for o in sending.outputs] == ["Tabs", "State", "Markdown"]
+
+
+def test_one_run_at_a_time_from_the_tab(context):
+    """A second Start while a run trains (a double click, or a new run) ran two trainers on one GPU, the first out
+    of sight; it is one sentence now, and nothing starts."""
+    (context.workspace.datasets / "inks").mkdir(parents=True)
+    folder = run_folder(context.workspace.runs, "training-now", steps=40)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses([1, 2, 3], base=1.0)
+    atomic.write_json(folder / "process.json", {"pid": os.getpid(), "started": 0, "processes": 1})
+    form = list(train.form_from_preset(context, "conceptor-flux-dev"))
+    update, note = train.start(context, "conceptor-flux-dev", "inks", *form)
+    assert note == ("**training-now is still training (step 3 of 40): stop it, or wait for it to finish, before "
+                    "starting another run.**") and update == gr.update()
+    assert [p.name for p in context.workspace.runs.iterdir()] == ["training-now"]
+
+
+def test_a_resume_to_a_later_step_shows_its_new_length_while_it_loads(context):
+    """"starting — step 60 of 60" right after "Resuming … to step 80": the length asked for is shown at once."""
+    folder = finished_run(context.workspace.runs, "r", steps=6)
+    atomic.write_json(folder / "process.json", {"pid": os.getpid(), "started": time.time(), "processes": 1,
+                                                "command": ["python", "-m", "blk", "train", "--resume", str(folder),
+                                                            "--steps", "9"]})
+    info = run_info(folder)
+    assert (info.status, info.step, info.steps) == ("starting", 6, 9)
+    assert train.watch(context, "r", False)[2].startswith("**starting** — step 6 of 9, loading the model")
+    assert train.control(context, "r", "resume", -5) == "“Resume to step” is a step number: 0 (the run's own " \
+        "steps) or more."
+
+
+def test_the_learning_rate_axis_writes_small_rates_readably(context):
+    with gr.Blocks() as demo:
+        train.build(context, lambda: [])
+    plot = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "blk-lr-plot")
+    assert plot.y_axis_format == ".2~e"  # 1e-5, 1.5e-5: fixed decimals drew Prodigy's early rates as 0.000

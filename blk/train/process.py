@@ -207,6 +207,15 @@ def _spawned_at(folder: Path) -> float:
         return 0.0
 
 
+def _asked_steps(folder: Path) -> int | None:
+    """The `--steps` the app last started the run's trainer with (a resume to a later step), if any."""
+    try:
+        command = json.loads((folder / "process.json").read_text()).get("command") or []
+        return int(command[command.index("--steps") + 1])
+    except (OSError, ValueError, AttributeError, IndexError, TypeError):
+        return None
+
+
 def _pid(folder: Path) -> int | None:
     try:
         return int(json.loads((folder / "process.json").read_text())["pid"])
@@ -306,6 +315,8 @@ def run_info(folder: Path) -> RunInfo:
             break
     if is_running(folder):
         status = (ended[-1] if ended else "running") if ours else "starting"
+        if status == "starting":  # a resume asked to train longer: its length, before its trainer rewrites config
+            steps = _asked_steps(folder) or steps
     elif errors:
         status = "error"
     elif statuses and statuses[-1] in ENDED:

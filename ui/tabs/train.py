@@ -209,12 +209,25 @@ def start(context: StudioContext, preset, dataset, *form):
 
     try:
         config = config_from_form(context, preset, dataset, *form)
+        refuse_while_training(context)
         left_out = left_out_note(context, dataset)  # scanned first, so the trainer finds the scan cached
         folder = start_run(config, context.workspace, name=f"{preset or 'run'}-{dataset}")
     except UserError as exc:
         return gr.update(), f"**{exc}**"
     return (gr.Dropdown(choices=run_names(context), value=folder.name),
             f"Started {folder.name}." + stages_note(preset, config) + left_out)
+
+
+def refuse_while_training(context: StudioContext) -> None:
+    """One run at a time: a second Start (a double click, or a new run while one trains) ran two trainers on one
+    GPU's memory, the first one out of sight in the Run list. The command line can still start more."""
+    from blk.errors import UserError
+    from blk.train.process import list_runs
+
+    live = [info for info in list_runs(context.workspace) if info.status in LIVE]
+    if live:
+        raise UserError(f"{live[0].name} is still training (step {live[0].step} of {live[0].steps}): stop it, or "
+                        "wait for it to finish, before starting another run.")
 
 
 def left_out_note(context: StudioContext, dataset: str, shown: int = 5) -> str:
@@ -265,6 +278,8 @@ def control(context: StudioContext, name: str, action: str, to_step=None) -> str
             return kill_run(folder)
         info = run_info(folder)
         target = int(to_step or 0)
+        if target < 0:
+            return "“Resume to step” is a step number: 0 (the run's own steps) or more."
         if target and target <= info.step:
             own = "" if info.status == "finished" else f", or 0 to finish its own {info.steps}"
             return f"{name} is at step {info.step} already: set “Resume to step” above {info.step} to train it longer{own}."
@@ -608,7 +623,7 @@ def build(context: StudioContext, datasets) -> dict:
                 refresh = gr.Button("↻", size="sm", scale=0, min_width=40)
             status = gr.Markdown()
             resume_to = gr.Number(0, label="Resume to step (0: the run's own steps; more trains it longer)",
-                                  precision=0, minimum=0, elem_id="blk-resume-to")
+                                  precision=0, elem_id="blk-resume-to")  # a negative one: a sentence
             with gr.Row():
                 # greyed until a run is chosen, then as it allows (`control_buttons`)
                 stop = gr.Button("Stop (save and end)", size="sm", interactive=False)
@@ -622,8 +637,10 @@ def build(context: StudioContext, datasets) -> dict:
             loss_plot = gr.LinePlot(x="step", y="loss", color="series", label="Loss", show_label=False, height=260,
                                     y_title=loss_axis(False), color_title="", color_map=SERIES_COLOURS,
                                     x_lim=step_span(0, 0), elem_id="blk-loss-plot")
+            # 1e-5 in d3's short exponent form: fixed decimals drew a Prodigy curve's start as "0.000"
             lr_plot = gr.LinePlot(x="step", y="lr", label="Learning rate", show_label=False, height=160,
-                                  y_title="learning rate", x_lim=step_span(0, 0), elem_id="blk-lr-plot")
+                                  y_title="learning rate", x_lim=step_span(0, 0), y_axis_format=".2~e",
+                                  elem_id="blk-lr-plot")
             samples = gr.Gallery(label="Samples (newest first)", columns=4, height="auto", elem_id="blk-samples",
                                  elem_classes=["blk-thumbs"])
             checkpoints = gr.Markdown()

@@ -81,7 +81,17 @@ def save_style(context: StudioContext, name, system_prompt, instruction, backgro
         from blk.yaml_io import first_error
 
         return f"**{first_error(exc)}**"
-    return f"Style saved with the dataset ({len(style.examples)} examples). {BACKGROUND_NOTE} Now: {background}."
+    return saved_style_note(style)
+
+
+def saved_style_note(style) -> str:
+    """What was saved, in the words an artist set it with: the examples, the trigger word (which Check and Train's
+    sample prompts now use) and the background under transparent pixels."""
+    post = style.post
+    trigger = (f"trigger word “{post.trigger.strip()}” ({post.trigger_mode}; Check and Train's sample prompts use it)"
+               if post.trigger.strip() and post.trigger_mode != "none" else "no trigger word")
+    return (f"Style saved with the dataset: {len(style.examples)} example(s), {trigger}, transparent pixels shown "
+            f"on {style.background}.")
 
 
 def example_action(context: StudioContext, name: str, action: str, index: float, image: str):
