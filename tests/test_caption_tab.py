@@ -367,13 +367,14 @@ def test_tokens_are_counted_for_the_model_chosen_in_the_grid_and_the_check(conte
     assert caption.base_model_names(context) == ["tiny-flux", "tiny-sdxl"]
     assert context.captioning.token_model_name() == "tiny-flux"  # the default model until one is chosen
     table, _, summary, _ = grid.load_page(context, "budget", *QUERY)
-    assert "Tokens: CLIP-L (/77) / T5-XXL (/512), counted by tiny-flux's demo tokenizers" in summary
+    assert "Tokens per text encoder: CLIP-L (/77) · T5-XXL (/512), counted by tiny-flux's demo tokenizers" in summary
+    assert " · " in table[0][3] and "/" not in table[0][3]  # "46 / 45" read as 46 of 45 allowed
     assert table[0][4] == "⚠ over" and "a real model's count far fewer" in summary
     assert grid.demo_tokens_note("flux-dev") == ""
     flux_counts = table[0][3]
     grid.use_token_model(context, "tiny-sdxl")
     table, _, summary, _ = grid.load_page(context, "budget", *QUERY)
-    assert "Tokens: CLIP-L (/77) / OpenCLIP-bigG (/77), counted by tiny-sdxl's" in summary
+    assert "Tokens per text encoder: CLIP-L (/77) · OpenCLIP-bigG (/77), counted by tiny-sdxl's" in summary
     assert table[0][3] != flux_counts
     report = check.check(context, "budget", "", progress=lambda *a, **k: None)[0]
     assert "tokens counted for tiny-sdxl" in report and "OpenCLIP-bigG" in report and "T5" not in report

@@ -76,13 +76,14 @@ def load_page(context: StudioContext, name, status, text, regex, sort, descendin
     except UserError as exc:
         return [], [], f"**{exc}**", 1
     table = [[r.image, r.caption, f"{r.status}: {r.drift}" if r.drift else r.status,
-              " / ".join(str(n) for n in r.tokens), "⚠ over" if r.over_budget else ""] for r in result.rows]
+              " · ".join(str(n) for n in r.tokens), "⚠ over" if r.over_budget else ""] for r in result.rows]
     state = [{"image": r.image, "caption": r.caption, "hash": r.hash, "dataset": name} for r in result.rows]
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
-    labels = " / ".join(context.captioning.token_counter().labels)
+    # "46 · 45", one count per text encoder in the summary's order ("46 / 45" read as 46 of 45 allowed)
+    labels = " · ".join(context.captioning.token_counter().labels)
     only = f" with “{term}”" if term else ""
     summary = (f"Page {result.page} of {result.pages} — {result.total} matching{only}. Dataset: {counts}. "
-               f"Tokens: {labels}{demo_tokens_note(context.captioning.token_model_name())}.")
+               f"Tokens per text encoder: {labels}{demo_tokens_note(context.captioning.token_model_name())}.")
     if result.note:
         summary += f" **{result.note}**"
     return table, state, summary, result.page
