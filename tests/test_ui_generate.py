@@ -453,7 +453,8 @@ def test_a_and_b_may_be_the_base_model(shared_workspace, trained_run):
 
     state = {"a": review.BASE, "b": twelve, "pairs": [BlindPair("a cube", 3, True)], "index": 0, "shown": 0,
              "form": form}
-    *_, sentence, chosen = review.pick(context, "one-checkpoint-run", state, "left")
+    _, left_after, right_after, sentence, chosen = review.pick(context, "one-checkpoint-run", state, "left")
+    assert left_after == right_after == {"__type__": "update"}  # the pair judged last stays in view
     assert sentence == ("Done. Tally so far, saved with the run: base (no LoRA): 1 · step 12: 0 · ties: 0 — "
                         "base (no LoRA) is preferred.")
     assert chosen == {"__type__": "update"}  # nothing to pin or export

@@ -288,7 +288,7 @@ def pick(context: StudioContext, run, state, side: str):
     winner = {a: state["a"], b: state["b"]}[leader] if leader else None
     chosen = winner if winner and winner != BASE else gr.update()  # the base model is no checkpoint to keep
     said = f"Tally so far, saved with the run: {shown.sentence()}"
-    return {**state, "tally": said}, None, None, f"Done. {said}", chosen
+    return {**state, "tally": said}, gr.update(), gr.update(), f"Done. {said}", chosen  # the last pair stays in view
 
 
 def pick_buttons(state):
