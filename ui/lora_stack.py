@@ -9,7 +9,6 @@ workspace and the folders allowed in settings before they are used.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import gradio as gr
@@ -62,8 +61,10 @@ def restorable(context: StudioContext, items) -> list:
 def strength_label(path: str) -> str:
     """What a row's strength slider is called: "tiny-run · step 12" for a run's checkpoint (the run and the step
     an artist knows it by, as Train and Review say them), the file name otherwise."""
+    from blk.train.pins import CHECKPOINT_NAME
+
     path = Path(path)
-    step = re.fullmatch(r"step-(\d+)", path.stem)
+    step = CHECKPOINT_NAME.match(path.name)
     if path.parent.name == "checkpoints" and step:
         return f"{path.parent.parent.name} · step {int(step.group(1))} — strength"
     return f"{path.name} — strength"

@@ -192,34 +192,43 @@ def _spawn(workspace: Workspace, folder: Path, args: list[str], gpus: int = 1) -
                                                 "processes": gpus})
 
 
+def _process_record(folder: Path) -> dict:
+    """What `_spawn` wrote in RUN/process.json ({} when missing or unreadable: a run started from the CLI)."""
+    try:
+        record = json.loads((folder / "process.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _processes(folder: Path) -> int:
     try:
-        return int(json.loads((folder / "process.json").read_text()).get("processes", 1))
-    except (OSError, ValueError, AttributeError):
+        return int(_process_record(folder).get("processes", 1))
+    except (ValueError, TypeError):
         return 1
 
 
 def _spawned_at(folder: Path) -> float:
     """When the app last started a trainer for the run (0 when unknown: a run started from the command line)."""
     try:
-        return float(json.loads((folder / "process.json").read_text()).get("started", 0))
-    except (OSError, ValueError, AttributeError, TypeError):
+        return float(_process_record(folder).get("started", 0))
+    except (ValueError, TypeError):
         return 0.0
 
 
 def _asked_steps(folder: Path) -> int | None:
     """The `--steps` the app last started the run's trainer with (a resume to a later step), if any."""
+    command = _process_record(folder).get("command") or []
     try:
-        command = json.loads((folder / "process.json").read_text()).get("command") or []
         return int(command[command.index("--steps") + 1])
-    except (OSError, ValueError, AttributeError, IndexError, TypeError):
+    except (ValueError, AttributeError, IndexError, TypeError):
         return None
 
 
 def _pid(folder: Path) -> int | None:
     try:
-        return int(json.loads((folder / "process.json").read_text())["pid"])
-    except (OSError, ValueError, KeyError):
+        return int(_process_record(folder)["pid"])
+    except (KeyError, ValueError, TypeError):
         return None
 
 
