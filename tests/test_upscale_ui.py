@@ -218,6 +218,10 @@ def test_suggestions_never_cover_the_path_radio(context):
     radio = next(c["id"] for c in config["components"] if c["props"].get("label") == "Path")
     suggesting = [d for d in config["dependencies"] if radio in d["outputs"]]
     assert len(suggesting) == 3 and all(d["show_progress"] == "hidden" for d in suggesting)
+    # a new image's note and its suggested path arrive together: the note never shows before the path is set
+    note = next(c["id"] for c in config["components"] if c["props"].get("elem_id") == "blk-upscale-input-note")
+    on_image, = [d for d in suggesting if d["targets"][0][1] == "change"]
+    assert note in on_image["outputs"]
 
 
 def test_no_texture_lora_unless_the_artist_picks_one(context, tmp_path):

@@ -391,10 +391,14 @@ def build(context: StudioContext) -> dict:
     def suggest(image_path, scale_value, size_value, last):  # whether an upscaler is installed: asked each time
         return follow_suggestion(image_path, scale_value, size_value, last, bool(upscaler_choices(context)))
 
+    def on_image(image_path, scale_value, size_value):
+        """The input's view and note, and the path suggested for it, in one event: as two events, the suggestion
+        sometimes arrived after the note, and after the artist had picked a path (which it then undid)."""
+        return (*show_input(image_path), *suggest(image_path, scale_value, size_value, None))
+
     # a suggestion takes milliseconds: no loading cover over the Path radio (a queued one kept a click off it)
-    image.change(lambda *a: suggest(*a, None), inputs=[image, scale, size_text], outputs=[path_kind, suggestion],
-                 show_progress="hidden")
-    image.change(show_input, inputs=image, outputs=[image_view, image_note], show_progress="hidden")
+    image.change(on_image, inputs=[image, scale, size_text],
+                 outputs=[image_view, image_note, path_kind, suggestion], show_progress="hidden")
     for typed in (scale, size_text):
         typed.input(suggest, inputs=[image, scale, size_text, suggestion], outputs=[path_kind, suggestion],
                     show_progress="hidden")
