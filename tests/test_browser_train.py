@@ -1,7 +1,7 @@
 """In a real browser: start a tiny run from the Train tab; the loss plot gains points and a sample appears;
-then the step chooser shows one step's samples and its checkpoint (or that it was pruned). And the tab reads at
-900 and 1300 px: whole checkbox labels, a legend with its keys, whole steps on the x axis, a small sample small,
-and Resume's answer beside the button."""
+then the step chooser shows one step's samples and its checkpoint (or that it was pruned), and the form is still
+filled after a reload. And the tab reads at 900 and 1300 px: whole checkbox labels, a legend with its keys, whole
+steps on the x axis, a small sample small, and Resume's answer beside the button."""
 
 import json
 import re
@@ -85,6 +85,13 @@ def test_train_tab_runs_a_tiny_lora(tmp_path, shared_workspace):
             page.locator("#blk-step-to-sketch").click()  # Sketch opens with step 40's checkpoint in its LoRA list
             expect(page.get_by_text(re.compile(r"^conceptor-flux-dev-inks-.* · step 40 — strength$"))).to_be_visible()
             expect(page.locator("#blk-sketch-generate")).to_be_visible()
+
+            page.reload()  # the form comes back as it was left, dataset included (this browser's memory)
+            page.get_by_role("tab", name="Train").click()
+            expect(page.get_by_label("Dataset", exact=True).last).to_have_value("inks")
+            expect(page.get_by_label("Steps", exact=True)).to_have_value("40")
+            expect(page.get_by_label("Keep newest")).to_have_value("2")
+            expect(page.get_by_label("Sample prompts (one per line)")).to_have_value(re.compile(r"^inkstudy, "))
         from gradio_client import Client
 
         run_name = next((workspace / "runs").iterdir()).name

@@ -1,6 +1,6 @@
 """Form memory: a tab's form kept in this browser's localStorage (gr.BrowserState) and put back on reload.
 
-Its own module because it belongs to no one tab: Sketch and Stencil both remember their forms with it, and a
+Its own module because it belongs to no one tab: Sketch, Stencil and Train remember their forms with it, and a
 tab that imported it from another tab would load that tab's code (and its imports) just to remember fields.
 What is kept never reaches the server's disk or leaves the browser; what comes back is checked against the
 form as it is now (types, choices, LoRA files still there and allowed), so a stale or edited value only

@@ -12,6 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from ui.context import StudioContext
+from ui.form_memory import remember_form
 
 PRESETS = Path(__file__).resolve().parents[2] / "presets"
 
@@ -34,6 +35,9 @@ ADVANCED_ROWS = (("kind", "factor", "dropout"), ("init_from",), ("batch_size", "
                  ("keep_tokens", "caption_dropout", "dtype"),
                  ("flip", "shuffle_tokens", "int8_base", "gradient_checkpointing", "cache_latents"))
 BASIC_FIELDS = 15  # model … gpus: form_from_preset's values before the advanced ones
+# The basic fields' names in the browser's form memory, in the form's order (the Advanced ones go by their keys).
+FORM_MEMORY_NAMES = ("model", "resolutions", "rank", "alpha", "optimizer", "lr", "steps", "schedule", "prompts",
+                     "sample_every", "checkpoint_every", "keep", "validation_images", "validation_every", "gpus")
 
 # The form's labels by schema path, so that a mistake names the field the artist sees ("Steps must be at least 1.").
 LABELS = {
@@ -659,11 +663,16 @@ def build(context: StudioContext, datasets) -> dict:
             checkpoint_every, keep, validation_images, validation_every, gpus,
             *advanced]  # new fields last: API callers may omit them
     prompt_trigger = gr.State(preset_trigger(initial[8]))  # the trigger word the sample prompts start with
-    preset.change(lambda p: form_updates_from_preset(context, p), inputs=preset, outputs=form
+    # on the artist's choice only (`input`): a preset put back by form memory must not reset the kept form
+    preset.input(lambda p: form_updates_from_preset(context, p), inputs=preset, outputs=form
                   ).then(lambda n, t: prompts_for_dataset(context, n, t, preset_trigger(t)), inputs=[dataset, prompts],
                          outputs=[prompts, prompt_trigger], show_progress="hidden")
     dataset.change(lambda n, t, last: prompts_for_dataset(context, n, t, last), inputs=[dataset, prompts,
                    prompt_trigger], outputs=[prompts, prompt_trigger], show_progress="hidden")
+    # the form as the artist left it, back after a reload or an app restart (this browser only)
+    remember_form(context, "blk-train-form", {"preset": preset, "dataset": dataset,
+                                              **dict(zip(FORM_MEMORY_NAMES, form[:BASIC_FIELDS])),
+                                              **{key: field for (_, key, _), field in zip(ADVANCED, advanced)}})
     adapter_kind = advanced[advanced_position("kind")]
     adapter_kind.change(lokr_factor_shown, inputs=adapter_kind, outputs=advanced[advanced_position("factor")],
                         show_progress="hidden")
