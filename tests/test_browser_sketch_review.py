@@ -34,9 +34,15 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             expect(page.get_by_text("tiny-run · step 12 — strength", exact=True)).to_be_visible()
             expect(page.locator("#blk-sketch-lora-pick input")).to_have_value("")
             page.get_by_label("Aspect").click()
+            page.get_by_role("option", name="3:2 landscape").click()  # the size it gives shows, greyed
+            expect(page.locator("#blk-sketch-width input")).to_have_value("1216")
+            expect(page.locator("#blk-sketch-height input")).to_have_value("832")
+            expect(page.locator("#blk-sketch-width input")).to_be_disabled()
+            page.get_by_label("Aspect").click()
             page.get_by_role("option", name="custom size").click()
-            page.get_by_label("Width (custom)").fill("64")
-            page.get_by_label("Height (custom)").fill("64")
+            expect(page.get_by_label("Size budget")).to_be_hidden()  # a custom size has no budget
+            page.locator("#blk-sketch-width input").fill("64")
+            page.locator("#blk-sketch-height input").fill("64")
             page.locator("#blk-sketch-steps input").fill("2")
             page.locator("#blk-sketch-generate").click()
             # the button says it is working (a second click would be dropped) while the model loads and draws
@@ -105,7 +111,7 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             page.get_by_role("tab", name="Sketch").click()
             expect(page.get_by_label("Prompt", exact=True)).to_have_value("blkstyle, a floating cube")
             expect(page.locator("#blk-sketch-steps input")).to_have_value("2")
-            expect(page.get_by_label("Width (custom)")).to_have_value("64")
+            expect(page.locator("#blk-sketch-width input")).to_have_value("64")
             expect(page.get_by_label("Aspect")).to_have_value("custom size")
             expect(page.get_by_text("tiny-run · step 12 — strength", exact=True)).to_be_visible()
             expect(page.get_by_label("Seed", exact=True).first).to_have_value("0")

@@ -162,8 +162,8 @@ def test_the_artists_tour(tmp_path, shared_workspace):
             page.get_by_role("option", name=f"{run_name}/step-000012.safetensors").click()  # picking adds it
             page.get_by_label("Aspect").click()
             page.get_by_role("option", name="custom size").click()
-            page.get_by_label("Width (custom)").fill("64")
-            page.get_by_label("Height (custom)").fill("64")
+            page.locator("#blk-sketch-width input").fill("64")
+            page.locator("#blk-sketch-height input").fill("64")
             page.locator("#blk-sketch-steps input").fill("2")
             page.locator("#blk-sketch-generate").click()
             expect(page.locator("#blk-sketch-status")).to_contain_text("64×64", timeout=180_000)

@@ -36,6 +36,19 @@ def size_of(megapixels, aspect, width, height) -> tuple[int, int]:
     return size_for_budget(float(megapixels), aspect)
 
 
+def size_fields(megapixels, aspect):
+    """(Size budget, Width, Height) for the chosen aspect: with an aspect, the budget counts and Width and Height
+    show the size it gives, greyed; with a custom size, the budget hides and Width and Height are typed in."""
+    if aspect == CUSTOM:
+        return gr.update(visible=False), gr.update(interactive=True), gr.update(interactive=True)
+    try:
+        width, height = size_of(megapixels, aspect, 0, 0)
+    except (KeyError, TypeError, ValueError):  # a value the lists do not hold (an edited form memory)
+        return gr.update(visible=True), gr.update(interactive=False), gr.update(interactive=False)
+    return gr.update(visible=True), gr.update(value=width, interactive=False), gr.update(value=height,
+                                                                                         interactive=False)
+
+
 def model_defaults(context: StudioContext, name: str):
     """Steps and guidance of the chosen model (FLUX.1-dev 28 / 3.5, schnell 4 / 0, …)."""
     from blk.generate.sketch import defaults_for_name
@@ -139,9 +152,9 @@ def build(context: StudioContext) -> None:
             with gr.Row():
                 megapixels = gr.Dropdown([(f"{m:g} MP", m) for m in MEGAPIXELS], value=1.0, label="Size budget")
                 aspect = gr.Dropdown(list(ASPECTS) + [CUSTOM], value="1:1 square", label="Aspect")
-            with gr.Row():
-                width = gr.Number(1024, label="Width (custom)", precision=0)
-                height = gr.Number(1024, label="Height (custom)", precision=0)
+            with gr.Row():  # the size the budget gives, or typed in with "custom size" (`size_fields`)
+                width = gr.Number(1024, label="Width", precision=0, interactive=False, elem_id="blk-sketch-width")
+                height = gr.Number(1024, label="Height", precision=0, interactive=False, elem_id="blk-sketch-height")
             with gr.Row():
                 steps = gr.Number(default_steps, label="Steps", precision=0, elem_id="blk-sketch-steps")
                 guidance = gr.Number(default_guidance, label="Guidance")
@@ -174,6 +187,8 @@ def build(context: StudioContext) -> None:
     note = gr.Markdown()
     session = gr.State([])
 
+    gr.on([megapixels.change, aspect.change], size_fields, inputs=[megapixels, aspect],
+          outputs=[megapixels, width, height], show_progress="hidden", queue=False)
     # the model's defaults when the artist picks a model, not when a remembered form or a PNG sets it
     model.input(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
     click_while_busy(go, "Generating…",
