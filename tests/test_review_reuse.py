@@ -121,6 +121,14 @@ def test_same_named_checkpoints_of_two_runs_pin_label_and_tally_apart(studio):
     assert (labels[str(own)], labels[str(other)], labels[str(loose)]) == (
         "step 8", "run-b/step 8", "models/loras/mine/step-000008.safetensors")  # as the grid labels them
 
+    # the Blind A/B tab says whom it will compare (A and B are chosen on another tab)
+    assert review.blind_setup(context, "run-a", str(own), str(other), "a cube", "1,2") == (
+        "Pairs of **step 8** (A) and **run-b/step 8** (B), chosen under *Side by side*: 1 prompt × 2 seeds = 2 pairs, "
+        "names hidden and sides balanced. The tally is saved with the run.")
+    assert "base (no LoRA)** (A)" in review.blind_setup(context, "run-a", review.BASE, str(own), "a\nb\n", "")
+    assert "2 prompts × 1 seed = 2 pairs" in review.blind_setup(context, "run-a", review.BASE, str(own), "a\nb\n", "")
+    assert review.blind_setup(context, "run-a", str(own), None, "", "1").startswith("Choose **A** and **B**")
+    assert "both **step 8**" in review.blind_setup(context, "run-a", str(own), str(own), "", "1")
     # the curator prefers run-b's step 8 in every pair: the tally says so, and it is the one offered to keep
     state, *_ = review.start_blind(context, "run-a", str(own), str(other), "tiny-flux", "a cube", "1,2", "1.0",
                                    False, 64, 1, None)

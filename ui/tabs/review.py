@@ -208,6 +208,26 @@ def compare(context: StudioContext, run, a, b, prompt, seed, *form, progress=gr.
                                      f" — {_said(column.prompt)}, seed {column.seed}.")
 
 
+def blind_setup(context: StudioContext, run, a, b, prompts, seeds) -> str:
+    """What a blind test will compare, on its own tab: A and B are chosen under *Side by side*, out of sight."""
+    from blk.errors import UserError
+
+    if not a or not b:
+        return "Choose **A** and **B** under *Side by side*: a blind test shows pairs of those two, names hidden."
+    try:
+        a_name, b_name = label(context, run, a), label(context, run, b)
+    except UserError as exc:
+        return f"**{exc}**"
+    if a == b:
+        return f"A and B are both **{a_name}**: choose two different ones under *Side by side*."
+    count = len([line for line in (prompts or "").splitlines() if line.strip()]) or 1
+    seed_count = len([s for s in str(seeds or "").replace(" ", "").split(",") if s]) or 1
+    return (f"Pairs of **{a_name}** (A) and **{b_name}** (B), chosen under *Side by side*: {count} prompt"
+            f"{'s' if count > 1 else ''} × {seed_count} seed{'s' if seed_count > 1 else ''} = {count * seed_count} "
+            f"pair{'s' if count * seed_count > 1 else ''}, names hidden and sides balanced. The tally is saved with "
+            f"the run.")
+
+
 def start_blind(context: StudioContext, run, a, b, *form):
     """Pairs to judge, A's side hidden; the first pair is shown (or why it could not be: a pick click retries)."""
     from blk.errors import UserError
@@ -384,8 +404,8 @@ def build(context: StudioContext) -> dict:
                     slider = gr.ImageSlider(label="A | B", type="filepath", buttons=["fullscreen"], max_height=700)
                     compare_note = gr.Markdown()
                 with gr.Tab("Blind A/B"):
-                    gr.Markdown("Pairs from A and B (chosen under *Side by side*) for every prompt × seed, "
-                                "names hidden and sides balanced. The tally is saved with the run.")
+                    blind_setup_note = gr.Markdown(blind_setup(context, None, None, None, "", "1"),
+                                                   elem_id="blk-blind-setup")  # who A and B are, live
                     blind_button = gr.Button("Start a blind test")
                     blind_note = gr.Markdown()
                     with gr.Row():
@@ -419,6 +439,9 @@ def build(context: StudioContext) -> dict:
                      lambda r, a_, b_, p, s, *f, progress=gr.Progress(): compare(context, r, a_, b_, p, s, *f,
                                                                                  progress=progress),
                      inputs=[run, a, b, prompt, seed] + form, outputs=[slider, compare_note])
+    gr.on([a.change, b.change, prompts.change, seeds.change],
+          lambda r, a_, b_, p, s_: blind_setup(context, r, a_, b_, p, s_), inputs=[run, a, b, prompts, seeds],
+          outputs=blind_setup_note, show_progress="hidden")
     picks = [pick_left, pick_tie, pick_right]
     blind_button.click(lambda r, a_, b_, *f: start_blind(context, r, a_, b_, *f), inputs=[run, a, b] + form,
                        outputs=[blind_state, left, right, blind_note]
