@@ -6,18 +6,21 @@ from ui.context import StudioContext
 from ui.tabs import sketch
 
 
-def test_an_empty_prompt_is_drawn_and_said(shared_workspace, tmp_path):
+def test_an_empty_prompt_is_drawn_and_said_and_the_seed_field_keeps_a_fixed_seed(shared_workspace, tmp_path):
     """Issue #5 allows an empty prompt; the status says it was empty, so a greyed example is not mistaken for it."""
     context = StudioContext(shared_workspace, demo=True, demo_reason="test")
     shown, _, status, seed = sketch.generate(context, threading.Event(), [], "tiny-flux", "  ", "", [], None,
                                              sketch.CUSTOM, 64, 64, 2, None, 4, False, 1, False, False, False,
                                              progress=lambda *a, **k: None)
-    assert len(shown) == 1 and seed == 4 and "1 image, seed **4**, 64×64" in status
+    assert len(shown) == 1 and "1 image, seed **4**, 64×64" in status
+    assert seed == {"__type__": "update"}  # a fixed seed stays as typed
     assert "The prompt was empty" in status
-    shown, _, status, _ = sketch.generate(context, threading.Event(), [], "tiny-flux", "a cube", "", [], None,
-                                          sketch.CUSTOM, 64, 64, 2, None, 4, False, 1, False, False, False,
-                                          progress=lambda *a, **k: None)
-    assert len(shown) == 1 and "empty" not in status
+    shown, _, status, seed = sketch.generate(context, threading.Event(), [], "tiny-flux", "a cube", "", [], None,
+                                             sketch.CUSTOM, 64, 64, 1, None, 4, True, 2, False, False, False,
+                                             progress=lambda *a, **k: None)
+    assert len(shown) == 2 and "empty" not in status
+    # a random batch shows its first seed: unticking Random seed draws the same batch again
+    assert f"2 images, seeds **{seed}, {seed + 1}**" in status, (seed, status)
 
 
 def test_width_and_height_show_the_budget_size_and_are_typed_only_for_a_custom_size():

@@ -237,6 +237,7 @@ def test_a_generation_previews_its_newest_asset_and_a_start_image_sets_the_size(
                                                             strength=0.5, progress=quiet)
     assert chosen == shown[0][0] and Image.open(chosen).size == (256, 128), status
     assert "200×100" in status and "256×128 RGBA" in status
+    assert seed == {"__type__": "update"}  # a fixed seed stays as typed, as in Sketch
     form = ("tiny-flux", "a bar", "FG", [], 64, 64, 2, None, 4, False, 1, False)
     shown, _, status, _, newer = stencil.generate(context, threading.Event(), session, *form, progress=quiet)
     assert len(shown) == 2 and newer == shown[0][0] != chosen and Image.open(newer).size == (64, 64)

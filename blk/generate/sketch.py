@@ -181,7 +181,8 @@ class Sketcher:
 
                     def on_step(step, total, index=index):
                         if cancel is not None and cancel.is_set():
-                            raise Cancelled(f"Cancelled; {index} of {request.count} images were finished.")
+                            raise Cancelled(f"Cancelled; {index} of {request.count} images "
+                                            f"{'was' if index == 1 else 'were'} finished.")
                         if progress is not None:
                             progress(index * total + step, request.count * total)
 

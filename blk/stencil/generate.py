@@ -124,7 +124,8 @@ class Stenciler:
 
                 def on_step(step, total, index=index):
                     if cancel is not None and cancel.is_set():
-                        raise Cancelled(f"Cancelled; {index} of {request.count} assets were finished.")
+                        raise Cancelled(f"Cancelled; {index} of {request.count} assets "
+                                        f"{'was' if index == 1 else 'were'} finished.")
                     if progress is not None:
                         progress(index * (total + 1) + step, request.count * (total + 1))
 

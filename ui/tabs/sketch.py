@@ -98,7 +98,14 @@ def generate(context: StudioContext, cancel: threading.Event, gallery: list, mod
                    f"`{last.path.parent}`.")
         empty = "" if (prompt or "").strip() else "The prompt was empty: the model drew without a text prompt."
         status = "  \n".join(s for s in (last.notice, empty, summary, status) if s)
-    return shown, shown, status, (finished[-1].seed if finished else gr.update())
+    return shown, shown, status, seed_field(finished, random_seed)
+
+
+def seed_field(finished: list, random_seed: bool):
+    """The Seed field after a batch: a fixed seed stays as typed (a second click redraws the same seeds with a new
+    strength or prompt; it moved to the batch's last seed), a random batch's first seed shows, so that unticking
+    *Random seed* draws that batch again."""
+    return finished[0].seed if finished and random_seed else gr.update()
 
 
 def load_parameters(context: StudioContext, file):

@@ -19,7 +19,7 @@ from ui.busy import click_while_busy
 from ui.context import StudioContext
 from ui.form_memory import remember_form
 from ui.progress_text import batch_step_text
-from ui.tabs.sketch import model_defaults, model_names
+from ui.tabs.sketch import model_defaults, model_names, seed_field
 
 ROLE_NONE = "none"
 
@@ -59,7 +59,7 @@ def generate(context: StudioContext, cancel: threading.Event, gallery: list, mod
                f"**{', '.join(str(r.seed) for r in finished)}**, {last.parameters['width']}×"
                f"{last.parameters['height']} RGBA — saved in `{last.path.parent}`")
     status = "  \n".join(s for s in (last.notice, empty_descriptor_note(prompt, role), summary, status) if s)
-    return shown, shown, status, last.seed, str(last.path)  # the newest asset becomes the chosen one
+    return shown, shown, status, seed_field(finished, random_seed), str(last.path)  # the newest is chosen
 
 
 def empty_descriptor_note(prompt, role) -> str:
