@@ -53,11 +53,18 @@ def test_missing_layerdiffuse_weights_are_said_up_front(shared_workspace, tmp_pa
 def test_assets_are_added_to_compose_and_restacked_without_uploading_again(shared_workspace, tmp_path):
     context = StudioContext(shared_workspace, demo=True, demo_reason="test")
     red, blue = half_clear(tmp_path / "red.png"), half_clear(tmp_path / "blue.png", colour=(20, 40, 220))
-    files, note, tabs = stencil.add_to_compose(None, red)
+    files, note, tabs, order = stencil.add_to_compose(None, red)
     assert files == [red] and "layer 1 (top)" in note and tabs.selected == "compose"
-    files, note, _ = stencil.add_to_compose(files, blue)
+    assert order == {"__type__": "update"}  # no Order typed: all layers stack as added
+    files, note, _, _ = stencil.add_to_compose(files, blue)
     assert files == [red, blue] and "layer 2 (top)" in note
     assert "Click an asset" in stencil.add_to_compose(files, None)[1]
+    # a typed Order lists the layers used: the new one joins it on top, or it would be left out
+    more, note, _, order = stencil.add_to_compose(files, red, "2,1")
+    assert order == "2,1, 3" and stencil.stacking_order(order, 3) == [1, 0, 2] and "Order: 2,1, 3." in note
+    assert "Left out" not in stencil.layer_list_text(more, order)
+    _, note, _, order = stencil.add_to_compose(files, red, "2,7")  # an Order to mend: said, left as typed
+    assert order == {"__type__": "update"} and "layer 3" in note and "no layer 7" in note
 
     def top_left(order):
         flat, _, status = stencil.compose_layers(context, files, "", "colour", "#ffffff", None, "t", order,

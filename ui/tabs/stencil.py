@@ -244,13 +244,26 @@ def stacking_order(order: str, count: int) -> list[int]:
     return [n - 1 for n in numbers]
 
 
-def add_to_compose(layer_files, asset):
-    """The chosen asset becomes the top layer of the composition; the Compose tab opens."""
+def add_to_compose(layer_files, asset, order=""):
+    """The chosen asset becomes the top layer of the composition; the Compose tab opens. A typed Order gains the
+    new layer's number at its end: an Order lists the layers used, so without it the asset said to be on top was
+    left out of the stack."""
+    from blk.errors import UserError
+
     if not asset:
-        return gr.update(), "Click an asset in the gallery first.", gr.update()
+        return gr.update(), "Click an asset in the gallery first.", gr.update(), gr.update()
     files = [f if isinstance(f, str) else f.name for f in layer_files or []]
-    return files + [asset], f"Added `{Path(asset).name}` as layer {len(files) + 1} (top).", \
-        gr.Tabs(selected="compose")
+    number = len(files) + 1
+    said = f"Added `{Path(asset).name}` as layer {number} (top)."
+    if not (order or "").replace(" ", "").strip(","):
+        return files + [asset], said, gr.Tabs(selected="compose"), gr.update()
+    try:
+        stacking_order(order, len(files))
+    except UserError as exc:  # an Order that does not read: the new layer goes in, the Order stays to mend
+        return files + [asset], f"Added `{Path(asset).name}` as layer {number}. **{exc}**", \
+            gr.Tabs(selected="compose"), gr.update()
+    return files + [asset], said + f" Order: {order.strip().rstrip(',')}, {number}.", gr.Tabs(selected="compose"), \
+        f"{order.strip().rstrip(',')}, {number}"
 
 
 def start_from_chosen(asset):
@@ -431,7 +444,8 @@ def build(context: StudioContext) -> None:
                     exported = gr.File(label="Files", file_count="multiple")
                     flat_upscale = gr.Button("Upscale the exported PNG", size="sm", elem_id="blk-compose-to-upscale")
             inputs = [layer_files, positions, background_kind, compose_colour, background_file, name, order]
-            to_compose.click(add_to_compose, inputs=[layer_files, chosen], outputs=[layer_files, compose_status, tabs])
+            to_compose.click(add_to_compose, inputs=[layer_files, chosen, order],
+                             outputs=[layer_files, compose_status, tabs, order])
             preview_button.click(lambda *a: compose_layers(context, *a, export=False), inputs=inputs,
                                  outputs=[flat, exported, compose_status])
             exported_flat = gr.State(None)  # the flattened PNG as saved (the Image holds a browser copy)
