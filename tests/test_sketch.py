@@ -231,3 +231,19 @@ print("drawn:", draw({str(second)!r}))
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "drawn:" in done.stdout, (done.returncode, done.stderr[-2000:])
+
+
+def test_a_prompt_longer_than_the_encoders_read_is_said(sketcher, tmp_path):
+    """diffusers cuts a long prompt and only logs it; the artist reads it in the status. The tiny tokenizers
+    give one token per letter (plus start and end), as a real one gives one per word piece."""
+    long_prompt = "an ink cube " * 10  # 90 letters: over CLIP's 77
+    result, = sketcher.run(tiny(model="tiny-sdxl", prompt=long_prompt, out_dir=tmp_path))
+    assert result.notice == ("The prompt is 92 tokens long for CLIP-L and OpenCLIP-bigG, which read the first 77: "
+                             "the words after that were not used."), result.notice
+    result, = sketcher.run(tiny(model="tiny-sdxl", negative_prompt="blurry " * 14, out_dir=tmp_path))
+    assert result.notice.startswith("The negative prompt is ") and "The prompt is" not in result.notice
+    assert sketcher.run(tiny(model="tiny-sdxl", out_dir=tmp_path))[0].notice == ""  # within 77: nothing said
+    # FLUX: CLIP's cut is not said (it only gives a pooled summary); T5's is
+    assert sketcher.run(tiny(prompt=long_prompt, out_dir=tmp_path))[0].notice == ""
+    result, = sketcher.run(tiny(prompt="an ink cube " * 80, out_dir=tmp_path))  # 721 T5 tokens
+    assert "for T5-XXL, which reads the first 512" in result.notice, result.notice

@@ -20,6 +20,7 @@ from pathlib import Path
 from blk.errors import UserError
 from blk.generate.library import find_lora, lora_reference
 from blk.generate.metadata import save_png
+from blk.generate.prompt_length import prompt_length_notice
 from blk.generate.sizes import SIZE_MULTIPLE, round_size
 from blk.generate.text_to_image import TextToImage, generate
 from blk.models.device import MemoryOptions, is_out_of_memory
@@ -159,6 +160,11 @@ class Sketcher:
                            steps=request.steps or steps,
                            guidance=guidance if request.guidance is None else request.guidance,
                            negative_prompt=request.negative_prompt if model.family == "sdxl" else "")
+        notice = " ".join(part for part in (notice, *(prompt_length_notice(loaded.pipe, model.family, model.name,
+                                                                            text, what)
+                                                       for text, what in ((base.prompt, "prompt"),
+                                                                          (base.negative_prompt, "negative prompt"))))
+                          if part)
         return loaded, base, notice
 
     def run(self, request: SketchRequest, progress=None, cancel: threading.Event | None = None,

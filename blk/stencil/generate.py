@@ -21,6 +21,7 @@ from pathlib import Path
 from blk.errors import UserError
 from blk.generate.library import lora_reference
 from blk.generate.metadata import save_png
+from blk.generate.prompt_length import prompt_length_notice
 from blk.generate.sizes import round_size
 from blk.generate.sketch import MAX_SEED, Cancelled, Lora, Sketcher, _output_name, generation_defaults, \
     lora_label, output_folder
@@ -106,6 +107,8 @@ class Stenciler:
             loaded = self.sketcher.cache.get(model, task="img2img" if start else "text2img", device=request.device,
                                              memory=request.memory)
             set_loras(loaded, [(weights.lora, 1.0)] + [(lora.path, lora.scale) for lora in request.loras])
+            notice = " ".join(part for part in (notice, prompt_length_notice(loaded.pipe, model.family, model.name,
+                                                                              prompt, "descriptor")) if part)
             vae = loaded.pipe.vae
             decoder = self._module(load_decoder, weights.decoder, model.family, loaded.device, vae.dtype)
             start_latent = None
