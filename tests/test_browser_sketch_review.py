@@ -78,6 +78,8 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
 
             page.get_by_role("tab", name="Blind A/B").click()
             expect(page.get_by_role("button", name="Left is better")).to_be_disabled()  # no test yet
+            # whom it compares, though A and B are chosen on the other tab
+            expect(page.locator("#blk-blind-setup")).to_contain_text("Pairs of step 8 (A) and step 12 (B)")
             page.get_by_role("button", name="Start a blind test").click()
             expect(page.get_by_text("Pair 1 of 2")).to_be_visible(timeout=60_000)
             page.get_by_role("button", name="Left is better").click()
@@ -118,6 +120,16 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             page.get_by_role("tab", name="Stencil").click()
             expect(page.get_by_label("Descriptor")).to_have_value("a torus, thin line")
             expect(page.locator("#blk-stencil-steps input")).to_have_value("3")
+
+            # Load parameters: the sketch's own settings come back, said under the file box
+            page.get_by_role("tab", name="Sketch").click()
+            page.get_by_text("Load parameters from an image").click()
+            sketch_png = next((workspace / "outputs" / "sketch").rglob("*.png"))
+            page.locator("#blk-sketch-load-file input[type=file]").set_input_files(str(sketch_png))
+            note = page.locator("#blk-sketch-load-note")
+            expect(note).to_contain_text("Loaded the parameters of seed")
+            expect(page.get_by_label("Random seed").first).not_to_be_checked()
+            assert 0 <= note.bounding_box()["y"] - page.locator("#blk-sketch-load-file").bounding_box()["y"] < 400
     finally:
         app.stop()
     sketches = list((workspace / "outputs" / "sketch").rglob("*.png"))

@@ -32,7 +32,13 @@ def test_sketch_form_confines_loras_and_loads_parameters(shared_workspace, train
     assert form[:4] == ["tiny-flux", "a tower", "", [[str(checkpoint), 0.7]]]
     assert form[4:10] == [sketch.CUSTOM, 64, 48, 2, 3.5, 11] and form[10] is False
     assert "seed 11" in form[-1]
-    assert "not a readable image" in sketch.load_parameters(context, str(tmp_path / "missing.png"))[-1]
+    assert sketch.load_parameters(context, str(tmp_path / "missing.png"))[-1] == "**missing.png is not there any more.**"
+    (tmp_path / "gradio-upload").mkdir()
+    text = tmp_path / "gradio-upload" / "notimage.png"
+    text.write_text("a text file renamed")
+    note = sketch.load_parameters(context, str(text))[-1]
+    assert note == "**notimage.png is not a readable image: its content is not a PNG (nor any image format).**"
+    assert "gradio-upload" not in note  # no temporary folder in the sentence
 
 
 def test_a_png_names_its_loras_without_the_folders_of_the_machine_and_they_are_found_again(shared_workspace,

@@ -112,7 +112,7 @@ def read_parameters(path: str | Path) -> dict:
     """The parameters a BLK Studio PNG was made with; one sentence when there are none."""
     import warnings
 
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     name = Path(path).name
     try:
@@ -120,9 +120,14 @@ def read_parameters(path: str | Path) -> dict:
             warnings.simplefilter("ignore")  # a huge or odd header is still only read for its text chunks
             with Image.open(path) as image:
                 text = dict(getattr(image, "text", {}) or {})
-    except Exception as exc:  # noqa: BLE001  (unreadable for any reason: one sentence)
-        raise BadImage(f"{name} is not a readable image ({(str(exc).splitlines() or ['unknown'])[0][:120]}).") \
+    except FileNotFoundError:
+        raise BadImage(f"{name} is not there any more.") from None
+    except UnidentifiedImageError:  # a text file, a PDF … named .png
+        raise BadImage(f"{name} is not a readable image: its content is not a PNG (nor any image format).") \
             from None
+    except Exception as exc:  # noqa: BLE001  (unreadable for any reason: one sentence, without temporary paths)
+        reason = (str(exc).splitlines() or ["unknown"])[0].replace(str(path), name)[:120]
+        raise BadImage(f"{name} is not a readable image ({reason}).") from None
     if PARAMETERS_KEY not in text:
         raise BadImage(f"{name} carries no BLK Studio parameters.")
     try:

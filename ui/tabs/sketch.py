@@ -179,7 +179,9 @@ def build(context: StudioContext) -> None:
                 go = gr.Button("Generate", variant="primary", elem_id="blk-sketch-generate")
                 stop = gr.Button("Cancel")
             with gr.Accordion("Load parameters from an image", open=False):
-                source = gr.File(label="A BLK Studio PNG", file_types=[".png"], type="filepath")
+                source = gr.File(label="A BLK Studio PNG", file_types=[".png"], type="filepath",
+                                 elem_id="blk-sketch-load-file")
+                note = gr.Markdown(elem_id="blk-sketch-load-note")  # under the file it speaks of
         with gr.Column(scale=3):
             status = gr.Markdown(elem_id="blk-sketch-status")
             # whole images, never cropped to squares: a 1216×832 sketch is seen as it was made
@@ -191,7 +193,6 @@ def build(context: StudioContext) -> None:
                 to_compose = gr.Button("Use as Stencil background", size="sm", elem_id="blk-sketch-to-compose")
                 to_matting = gr.Button("Cut out (Stencil matting)", size="sm")
                 to_upscale = gr.Button("Upscale", size="sm", elem_id="blk-sketch-to-upscale")
-    note = gr.Markdown()
     session = gr.State([])
 
     gr.on([megapixels.change, aspect.change], size_fields, inputs=[megapixels, aspect],
@@ -207,6 +208,7 @@ def build(context: StudioContext) -> None:
     source.upload(lambda f: load_parameters(context, f), inputs=source,
                   outputs=[model, prompt, negative, loras, aspect, width, height, steps, guidance, seed, random_seed,
                            count, note])
+    source.clear(lambda: "", outputs=note, show_progress="hidden", queue=False)  # no note about a file now gone
 
     def on_select(items, event: gr.SelectData):
         entry = items[event.index]
