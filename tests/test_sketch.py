@@ -247,3 +247,17 @@ def test_a_prompt_longer_than_the_encoders_read_is_said(sketcher, tmp_path):
     assert sketcher.run(tiny(prompt=long_prompt, out_dir=tmp_path))[0].notice == ""
     result, = sketcher.run(tiny(prompt="an ink cube " * 80, out_dir=tmp_path))  # 721 T5 tokens
     assert "for T5-XXL, which reads the first 512" in result.notice, result.notice
+
+
+def test_cpu_offload_without_a_gpu_is_said_and_not_recorded(sketcher, tmp_path):
+    """CPU offload moves weights between the CPU and a GPU: on the CPU it does nothing, so the image's parameters
+    must not claim it, and ticking it must not load the base again."""
+    from blk.models.device import MemoryOptions
+
+    plain, = sketcher.run(tiny(out_dir=tmp_path))
+    loads = sketcher.cache.load_count
+    offloaded, = sketcher.run(tiny(out_dir=tmp_path, memory=MemoryOptions(cpu_offload=True)))
+    assert offloaded.notice == "CPU offload only acts on a GPU; it was not used on cpu."
+    assert offloaded.parameters["memory"]["cpu_offload"] is False and plain.notice == ""
+    assert sketcher.cache.load_count == loads  # the same pipeline: nothing changed for it
+    assert np.array_equal(pixels(plain.path), pixels(offloaded.path))

@@ -24,7 +24,8 @@ from blk.generate.prompt_length import prompt_length_notice
 from blk.generate.sizes import SIZE_MULTIPLE, round_size
 from blk.generate.text_to_image import TextToImage, generate
 from blk.models.device import MemoryOptions, is_out_of_memory
-from blk.models.pipelines import LoadedPipeline, PipelineCache, lora_sha256, set_loras
+from blk.models.pipelines import LoadedPipeline, PipelineCache, lora_sha256, set_loras, \
+    unused_options_notice
 from blk.models.registry import ResolvedModel, resolve
 from blk.workspace import Workspace
 
@@ -160,12 +161,11 @@ class Sketcher:
                            steps=request.steps or steps,
                            guidance=guidance if request.guidance is None else request.guidance,
                            negative_prompt=request.negative_prompt if model.family == "sdxl" else "")
-        notice = " ".join(part for part in (notice, *(prompt_length_notice(loaded.pipe, model.family, model.name,
-                                                                            text, what)
-                                                       for text, what in ((base.prompt, "prompt"),
-                                                                          (base.negative_prompt, "negative prompt"))))
-                          if part)
-        return loaded, base, notice
+        notices = [notice, unused_options_notice(request.memory, loaded.device),
+                   prompt_length_notice(loaded.pipe, model.family, model.name, base.prompt, "prompt"),
+                   prompt_length_notice(loaded.pipe, model.family, model.name, base.negative_prompt,
+                                        "negative prompt")]
+        return loaded, base, " ".join(part for part in notices if part)
 
     def run(self, request: SketchRequest, progress=None, cancel: threading.Event | None = None,
             on_image=None) -> list[SketchResult]:

@@ -85,10 +85,23 @@ def _check_speed(model: ResolvedModel, device: str, dtype, memory: MemoryOptions
         raise UserError(problem)
 
 
-def effective_options(model: ResolvedModel, memory: MemoryOptions) -> MemoryOptions:
-    """The options as they apply to this model: the attention backend is a Flux option (SDXL's UNet
-    attention does not go through diffusers' dispatcher), so SDXL loads and records it as the default."""
-    return memory if model.family == "flux" or not memory.attention else replace(memory, attention="")
+def effective_options(model: ResolvedModel, memory: MemoryOptions, device: str = "cuda:0") -> MemoryOptions:
+    """The options as they apply to this model on this device, so that an image's parameters never claim a mode
+    that was not used: the attention backend is a Flux option (SDXL's UNet attention does not go through
+    diffusers' dispatcher), and CPU offload moves weights between the CPU and a GPU (with no GPU it does
+    nothing)."""
+    if model.family != "flux" and memory.attention:
+        memory = replace(memory, attention="")
+    if memory.cpu_offload and not device.startswith("cuda"):
+        memory = replace(memory, cpu_offload=False)
+    return memory
+
+
+def unused_options_notice(asked: MemoryOptions, device: str) -> str:
+    """Said when a chosen memory mode does nothing on this device (CPU offload without a GPU)."""
+    if asked.cpu_offload and not device.startswith("cuda"):
+        return f"CPU offload only acts on a GPU; it was not used on {device}."
+    return ""
 
 
 def _load_single_file(cls, model: ResolvedModel, dtype):
@@ -144,7 +157,7 @@ class PipelineCache:
         if task not in TASKS:
             raise ValueError(task)
         device = pick_device(device)
-        memory = effective_options(model, memory)
+        memory = effective_options(model, memory, device)
         key = _cache_key(model, device, memory)
         with self._lock:
             if self._key != key:

@@ -170,11 +170,11 @@ def build(context: StudioContext) -> None:
                 random_seed = gr.Checkbox(True, label="Random seed")
                 count = gr.Slider(1, 8, value=1, step=1, label="Images")
             with gr.Accordion("Memory and speed", open=False):
-                cpu_offload = gr.Checkbox(label="CPU offload (GPU: slower, much less memory)")
+                cpu_offload = gr.Checkbox(label="CPU offload (GPU only: slower, much less memory)")
                 int8 = gr.Checkbox(label="int8 weights (optimum-quanto)")
                 vae_tiling = gr.Checkbox(label="VAE tiling (large sizes)")
                 compile_model = gr.Checkbox(context.workspace.settings.compile,
-                                            label="Speed: compile the model (first image slower; GPU)")
+                                            label="Speed: compile the model (first image slower)")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="blk-sketch-generate")
                 stop = gr.Button("Cancel")
