@@ -49,6 +49,9 @@ def test_megapixel_budgets_give_the_trained_shapes():
     assert round_size(1024, 768, 16) == (1024, 768, "")
     width, height, notice = round_size(1010, 770, 16)
     assert (width, height) == (1008, 768) and "1008×768" in notice
+    assert round_size(4096, 4096, 16) == (4096, 4096, "")  # the largest drawn in one piece
+    with pytest.raises(UserError, match=r"20000×20000 \(400\.0 MP\) is larger than a model draws in one piece"):
+        round_size(20000, 20000, 16)  # a CPU machine would kill the app rather than say "out of memory"
 
 
 def test_same_seed_same_image_and_parameters_round_trip(sketcher, shared_workspace):

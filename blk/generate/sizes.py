@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+from blk.errors import UserError
+
 SIZE_MULTIPLE = {"flux": 16, "sdxl": 8}
 ONE_MEGAPIXEL = 1024 * 1024
 BUDGET_STEP = 64  # sizes from a budget are multiples of this (and so of every family's grid)
@@ -41,11 +43,21 @@ def size_for_budget(megapixels: float, aspect: str | float) -> tuple[int, int]:
     return width, height
 
 
+# The largest image drawn in one piece: 4096×4096. FLUX and SDXL compose well up to about 2 MP; far beyond, memory
+# and time grow with the square of the pixel count (a CPU machine is killed rather than told it is out of
+# memory), and Upscale is the way to larger sizes.
+MAX_PIXELS = 4096 * 4096
+
+
 def round_size(width: int, height: int, multiple: int) -> tuple[int, int, str]:
     """The nearest size on a `multiple` px grid, and a notice when it differs from the one asked for."""
     width, height = int(width), int(height)
     if width < 1 or height < 1:
         raise ValueError("width and height must be positive")
+    if width * height > MAX_PIXELS:
+        raise UserError(f"{width}×{height} ({width * height / 1e6:.1f} MP) is larger than a model draws in one "
+                        f"piece here (at most {MAX_PIXELS / 1e6:.1f} MP, e.g. 4096×4096): draw at 1–2 MP and "
+                        f"enlarge it in Upscale.")
     rounded_w = max(multiple, round(width / multiple) * multiple)
     rounded_h = max(multiple, round(height / multiple) * multiple)
     if (rounded_w, rounded_h) == (width, height):
