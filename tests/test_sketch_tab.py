@@ -34,3 +34,22 @@ def test_width_and_height_show_the_budget_size_and_are_typed_only_for_a_custom_s
     assert "value" not in width and "value" not in height  # the typed size stays
     budget, width, height = sketch.size_fields(1.0, "5:4 unknown")  # an edited form memory: nothing breaks
     assert "value" not in width and width["interactive"] is False
+
+
+def test_progress_shows_over_the_gallery_not_over_the_seed_field(shared_workspace):
+    """Gradio covers every output of a job with its progress; the Seed field is an output (a random batch's seed
+    comes back), and "Loading the model… 0.0%" was drawn over it."""
+    import gradio as gr
+
+    from ui.tabs import stencil
+
+    context = StudioContext(shared_workspace, demo=True, demo_reason="test")
+    for tab, api_name, gallery in ((sketch, "sketch_generate", "blk-sketch-gallery"),
+                                   (stencil, "stencil_generate", "blk-stencil-gallery")):
+        with gr.Blocks() as demo:
+            tab.build(context)
+        config = demo.get_config_file()
+        job = next(d for d in config["dependencies"] if d.get("api_name") == api_name)
+        labels = {c["id"]: c["props"].get("elem_id") or c["props"].get("label") for c in config["components"]}
+        shown_on = [labels[i] for i in job["show_progress_on"]]
+        assert shown_on == [gallery]

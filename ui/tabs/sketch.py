@@ -203,7 +203,8 @@ def build(context: StudioContext) -> None:
                      lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
                      inputs=[session, model, prompt, negative, loras, megapixels, aspect, width, height, steps,
                              guidance, seed, random_seed, count, cpu_offload, int8, vae_tiling, compile_model],
-                     outputs=[results, session, status, seed], api_name="sketch_generate")
+                     outputs=[results, session, status, seed], api_name="sketch_generate",
+                     show_progress_on=[results])  # over the gallery it fills, not over the Seed field
     stop.click(cancel.set, queue=False)
     source.upload(lambda f: load_parameters(context, f), inputs=source,
                   outputs=[model, prompt, negative, loras, aspect, width, height, steps, guidance, seed, random_seed,

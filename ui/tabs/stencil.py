@@ -357,7 +357,8 @@ def build(context: StudioContext) -> None:
                              lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
                              inputs=[session, model, prompt, role, loras, width, height, steps, guidance, seed,
                                      random_seed, count, augment, start, strength],
-                             outputs=[results, session, status, seed, chosen], api_name="stencil_generate")
+                             outputs=[results, session, status, seed, chosen], api_name="stencil_generate",
+                             show_progress_on=[results])  # over the gallery it fills, not over the Seed field
             stop.click(cancel.set, queue=False)
             # the model's steps and guidance when the artist picks it, not when the remembered form sets it
             model.input(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
