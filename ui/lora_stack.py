@@ -22,9 +22,22 @@ def lora_choices(context: StudioContext) -> list[tuple[str, str]]:
     return [(label, str(path)) for label, path in available_loras(context.workspace)]
 
 
-def add_lora(context: StudioContext, chosen: str, items: list):
-    """Add a LoRA (a picked one, or a typed path inside the allowed folders) at strength 1."""
+def model_family(context: StudioContext, model_name) -> str | None:
+    """The base model's family ("flux", "sdxl"), or None while it cannot be resolved (a name being typed)."""
     from blk.errors import UserError
+    from blk.models.registry import resolve
+
+    try:
+        return resolve(model_name, context.workspace).family if model_name else None
+    except (UserError, OSError, ValueError):
+        return None
+
+
+def add_lora(context: StudioContext, chosen: str, items: list, model_name: str | None = None):
+    """Add a LoRA (a picked one, or a typed path inside the allowed folders) at strength 1. One made for another
+    family than the base model's is added with a warning (the artist may be about to change the model)."""
+    from blk.errors import UserError
+    from blk.generate.lora_family import family_mismatch
 
     if not chosen:
         return items, "Choose a LoRA to add."
@@ -36,7 +49,17 @@ def add_lora(context: StudioContext, chosen: str, items: list):
         return items, f"**{chosen} is not a file.**"
     if any(item[0] == str(path) for item in items):
         return items, f"{path.name} is already in the list."
-    return items + [[str(path), 1.0]], ""
+    warning = family_mismatch(path, model_family(context, model_name))
+    return items + [[str(path), 1.0]], f"**{warning}**" if warning else ""
+
+
+def mismatch_note(context: StudioContext, model_name, items: list) -> str:
+    """After the base model changes: the LoRAs in the list that were made for the other family, in one line."""
+    from blk.generate.lora_family import family_mismatch
+
+    family = model_family(context, model_name)
+    warnings = [family_mismatch(path, family) for path, _ in items or []]
+    return "  \n".join(f"**{w}**" for w in warnings if w)
 
 
 def restorable(context: StudioContext, items) -> list:
@@ -70,8 +93,10 @@ def strength_label(path: str) -> str:
     return f"{path.name} — strength"
 
 
-def build(context: StudioContext, prefix: str, label: str) -> tuple[gr.State, gr.Dropdown]:
-    """Render the picker and the list; returns the State holding [[path, strength], …] and the picker."""
+def build(context: StudioContext, prefix: str, label: str, model: gr.Dropdown | None = None
+          ) -> tuple[gr.State, gr.Dropdown]:
+    """Render the picker and the list; returns the State holding [[path, strength], …] and the picker. With the
+    base model's dropdown, a LoRA of the other family is said when added, or when the model changes."""
     with gr.Group():
         with gr.Row(equal_height=True):
             pick = gr.Dropdown(lora_choices(context), value=None, label=label, allow_custom_value=True, scale=4,
@@ -80,7 +105,7 @@ def build(context: StudioContext, prefix: str, label: str) -> tuple[gr.State, gr
                 add = gr.Button("Add", size="sm", elem_id=f"{prefix}-lora-add")
                 refresh = gr.Button("↻ List", size="sm")
         items = gr.State([])
-        message = gr.Markdown(padding=True)
+        message = gr.Markdown(padding=True, elem_id=f"{prefix}-lora-note")
 
         @gr.render(inputs=items)
         def show(current):
@@ -95,11 +120,16 @@ def build(context: StudioContext, prefix: str, label: str) -> tuple[gr.State, gr
                     remove.click(lambda rows, i=index: [row for j, row in enumerate(rows) if j != i],
                                  inputs=items, outputs=items)
 
-    def pick_and_add(chosen, rows):
-        rows, note = add_lora(context, chosen, rows)
+    def pick_and_add(chosen, rows, model_name=None):
+        rows, note = add_lora(context, chosen, rows, model_name)
         return rows, note, gr.Dropdown(value=None)  # an empty picker: what was picked is in the list below
 
-    pick.select(pick_and_add, inputs=[pick, items], outputs=[items, message, pick])
-    add.click(lambda chosen, rows: add_lora(context, chosen, rows), inputs=[pick, items], outputs=[items, message])
+    with_model = [model] if model is not None else []
+    pick.select(pick_and_add, inputs=[pick, items, *with_model], outputs=[items, message, pick])
+    add.click(lambda chosen, rows, *m: add_lora(context, chosen, rows, *m), inputs=[pick, items, *with_model],
+              outputs=[items, message])
+    if model is not None:
+        model.change(lambda name, rows: mismatch_note(context, name, rows), inputs=[model, items], outputs=message,
+                     show_progress="hidden")
     refresh.click(lambda: gr.Dropdown(choices=lora_choices(context)), outputs=pick)
     return items, pick

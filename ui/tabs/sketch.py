@@ -155,7 +155,8 @@ def build(context: StudioContext) -> None:
             model = gr.Dropdown(models, value=context.default_model(), label="Base model", allow_custom_value=True)
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="e.g. blkstyle, a platonic solid floating over a city")
             negative = gr.Textbox(label="Negative prompt (SDXL only)", lines=1)
-            loras, lora_pick = lora_stack.build(context, "blk-sketch", "LoRA (run checkpoints and models/loras)")
+            loras, lora_pick = lora_stack.build(context, "blk-sketch", "LoRA (run checkpoints and models/loras)",
+                                                model)
             with gr.Row():
                 megapixels = gr.Dropdown([(f"{m:g} MP", m) for m in MEGAPIXELS], value=1.0, label="Size budget")
                 aspect = gr.Dropdown(list(ASPECTS) + [CUSTOM], value="1:1 square", label="Aspect")

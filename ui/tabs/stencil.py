@@ -308,7 +308,7 @@ def build(context: StudioContext) -> None:
                                         allow_custom_value=True)
                     prompt = gr.Textbox(label="Descriptor", lines=2, placeholder="a dodecahedron, thin ink line")
                     role = gr.Radio([ROLE_NONE, *ROLES], value="FG", label="Z-role tag (appended to the prompt)")
-                    loras, lora_pick = lora_stack.build(context, "blk-stencil", "Style LoRA")
+                    loras, lora_pick = lora_stack.build(context, "blk-stencil", "Style LoRA", model)
                     with gr.Row():
                         width = gr.Number(1024, label="Width (multiple of 64; not used with a starting image)",
                                           precision=0)
