@@ -27,10 +27,11 @@ def test_width_and_height_show_the_budget_size_and_are_typed_only_for_a_custom_s
     budget, width, height = sketch.size_fields(1.0, "3:2 landscape")
     assert budget["visible"] is True
     assert (width["value"], height["value"]) == (1216, 832) and not width["interactive"] and not height["interactive"]
+    assert width["label"] == "Width (from the budget)"
     budget, width, height = sketch.size_fields(0.5, "1:1 square")
     assert (width["value"], height["value"]) == (704, 704)  # ~0.5 MP on the 64 px grid
     budget, width, height = sketch.size_fields(1.0, sketch.CUSTOM)
-    assert budget["visible"] is False and width["interactive"] and height["interactive"]
+    assert budget["visible"] is False and width["interactive"] and height["interactive"] and width["label"] == "Width"
     assert "value" not in width and "value" not in height  # the typed size stays
     budget, width, height = sketch.size_fields(1.0, "5:4 unknown")  # an edited form memory: nothing breaks
     assert "value" not in width and width["interactive"] is False

@@ -40,13 +40,15 @@ def size_fields(megapixels, aspect):
     """(Size budget, Width, Height) for the chosen aspect: with an aspect, the budget counts and Width and Height
     show the size it gives, greyed; with a custom size, the budget hides and Width and Height are typed in."""
     if aspect == CUSTOM:
-        return gr.update(visible=False), gr.update(interactive=True), gr.update(interactive=True)
+        return gr.update(visible=False), gr.update(interactive=True, label="Width"), \
+            gr.update(interactive=True, label="Height")
+    given = {"interactive": False}
     try:
         width, height = size_of(megapixels, aspect, 0, 0)
     except (KeyError, TypeError, ValueError):  # a value the lists do not hold (an edited form memory)
-        return gr.update(visible=True), gr.update(interactive=False), gr.update(interactive=False)
-    return gr.update(visible=True), gr.update(value=width, interactive=False), gr.update(value=height,
-                                                                                         interactive=False)
+        return gr.update(visible=True), gr.update(**given), gr.update(**given)
+    return gr.update(visible=True), gr.update(value=width, label="Width (from the budget)", **given), \
+        gr.update(value=height, label="Height (from the budget)", **given)
 
 
 def model_defaults(context: StudioContext, name: str):
@@ -161,8 +163,10 @@ def build(context: StudioContext) -> None:
                 megapixels = gr.Dropdown([(f"{m:g} MP", m) for m in MEGAPIXELS], value=1.0, label="Size budget")
                 aspect = gr.Dropdown(list(ASPECTS) + [CUSTOM], value="1:1 square", label="Aspect")
             with gr.Row():  # the size the budget gives, or typed in with "custom size" (`size_fields`)
-                width = gr.Number(1024, label="Width", precision=0, interactive=False, elem_id="blk-sketch-width")
-                height = gr.Number(1024, label="Height", precision=0, interactive=False, elem_id="blk-sketch-height")
+                width = gr.Number(1024, label="Width (from the budget)", precision=0, interactive=False,
+                                  elem_id="blk-sketch-width")
+                height = gr.Number(1024, label="Height (from the budget)", precision=0, interactive=False,
+                                   elem_id="blk-sketch-height")
             with gr.Row():
                 steps = gr.Number(default_steps, label="Steps", precision=0, elem_id="blk-sketch-steps")
                 guidance = gr.Number(default_guidance, label="Guidance")
