@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from blk.commands import blk_command
 from blk.errors import ModelNotFound, UserError
 from blk.models import registry
 from blk.models.registry import resolve
@@ -38,7 +39,39 @@ def test_missing_model_names_the_fetch_command(workspace, hf_cache):
     with pytest.raises(ModelNotFound) as caught:
         resolve("flux-dev", workspace)
     message = str(caught.value)
-    assert "python -m blk models fetch flux-dev" in message and "\n" not in message
+    assert f"`{blk_command('models', 'fetch', 'flux-dev')}`" in message and "\n" not in message
+
+
+def test_commands_shown_use_the_python_that_runs_the_studio(monkeypatch, tmp_path):
+    """`.venv/bin/pip` is wrong when the environment lives elsewhere (BLK_VENV, the launcher's cache folder)."""
+    import sys
+
+    from blk import commands
+
+    elsewhere = tmp_path / "my env" / "bin" / "python"
+    monkeypatch.setattr(sys, "executable", str(elsewhere))
+    assert commands.pip_install("rembg", "onnxruntime") == f"'{elsewhere}' -m pip install rembg onnxruntime"
+    assert commands.blk_command("models", "fetch", "sdxl") == f"'{elsewhere}' -m blk models fetch sdxl"
+    monkeypatch.setattr(sys, "executable", str(commands.STUDIO / ".venv" / "bin" / "python"))
+    assert commands.blk_command("models", "list") == ".venv/bin/python -m blk models list"  # as the README writes it
+
+
+def test_matting_and_models_say_the_pip_command_of_this_environment(workspace, monkeypatch, tmp_path):
+    import importlib.util
+    import sys
+
+    from blk.models.registry import list_support_models
+    from blk.stencil.matting import unavailable_reason
+
+    elsewhere = tmp_path / "env" / "bin" / "python"
+    monkeypatch.setattr(sys, "executable", str(elsewhere))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rembg" else
+                        real_find_spec(name, *a))
+    expected = f"`{elsewhere} -m pip install rembg onnxruntime`"
+    assert expected in unavailable_reason(workspace) and ".venv/bin/pip" not in unavailable_reason(workspace)
+    birefnet = next(row for row in list_support_models(workspace) if row.name == "birefnet-general")
+    assert expected in birefnet.description
 
 
 def test_unknown_name_lists_choices(workspace, hf_cache):
@@ -283,6 +316,9 @@ def test_models_tab_lists_every_model_and_detects_devices_on_page_load(workspace
 
     loads = page_load_outputs(build_app(context))
     assert "cpu — slow" in loads["blk-devices"]() and "In use:" in loads["blk-devices"]()
+    assert f"(`device: auto`, the default: `{workspace.settings_path}` does not exist yet)" in loads["blk-devices"]()
+    workspace.settings_path.write_text("device: auto\n")
+    assert f"In use: **cpu** (`device: auto`, in `{workspace.settings_path}`)" in loads["blk-devices"]()
     assert "blk-review-run" in loads
 
 
@@ -293,11 +329,11 @@ def test_the_demo_banner_says_which_paths_need_a_file(workspace):
     context = StudioContext(workspace, demo=True, demo_reason="No real model was found.")
     text = demo_banner(context)
     assert text.startswith("**Demo mode** — No real model was found.") and "every control works" not in text
-    assert "Real-ESRGAN path needs an upscaler file in `workspace/models/upscalers/`" in text
+    assert f"Real-ESRGAN path needs an upscaler file in `{workspace.models / 'upscalers'}/`" in text  # this one
     assert "matting needs BiRefNet" in text  # no BiRefNet weights in a fresh workspace
     (workspace.models / "upscalers").mkdir(parents=True)
     (workspace.models / "upscalers" / "RealESRGAN_x4plus.pth").write_bytes(b"x")  # damaged: no upscaler
-    assert "needs an upscaler file in `workspace/models/upscalers/` (the diffusion path runs without it); the 1 " \
+    assert f"needs an upscaler file in `{workspace.models / 'upscalers'}/` (the diffusion path runs without it); the 1 " \
         "there cannot be used (Models & Settings says why)" in demo_banner(context)
     rrdb_file(workspace.models / "upscalers" / "RealESRGAN_x4plus.pth")
     assert "Real-ESRGAN" not in demo_banner(context)

@@ -52,7 +52,7 @@ def demo_banner(context: StudioContext) -> str:
     needs = []
     if not upscale.upscaler_choices(context):  # the files that load: a damaged one is said, not counted
         unusable = len(upscale.unusable_upscalers(context))
-        needs.append("Upscale's Real-ESRGAN path needs an upscaler file in `workspace/models/upscalers/` "
+        needs.append(f"Upscale's Real-ESRGAN path needs an upscaler file in `{context.workspace.models / 'upscalers'}/` "
                      "(the diffusion path runs without it)"
                      + (f"; the {unusable} there cannot be used (Models & Settings says why)" if unusable else ""))
     if unavailable_reason(context.workspace):

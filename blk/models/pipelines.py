@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from blk.commands import blk_command
 from blk.data.scan import file_sha256
 from blk.errors import UserError
 from blk.models import speed
@@ -112,7 +113,7 @@ def _load_single_file(cls, model: ResolvedModel, dtype):
     if model.base is None:
         fetch = "flux-dev" if model.family == "flux" else "sdxl"
         raise UserError(f"{model.path.name} is a single-file {model.family} checkpoint; it needs the base model's "
-                        f"folder for its configuration and text encoders: `python -m blk models fetch {fetch}`.")
+                        f"folder for its configuration and text encoders: `{blk_command('models', 'fetch', fetch)}`.")
     if model.family == "flux":
         from diffusers import FluxTransformer2DModel
 

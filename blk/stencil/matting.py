@@ -13,6 +13,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from blk.commands import pip_install
 from blk.errors import UserError
 from blk.workspace import Workspace
 
@@ -30,10 +31,10 @@ def unavailable_reason(workspace: Workspace) -> str | None:
     model = matting_folder(workspace) / MODEL_FILE
     if missing_package and not model.is_file():
         return (f"Matting needs the rembg and onnxruntime packages in the app's environment "
-                f"(`.venv/bin/pip install rembg onnxruntime`) and BiRefNet's weights at {model} "
+                f"(`{pip_install('rembg', 'onnxruntime')}`) and BiRefNet's weights at {model} "
                 f"(download {MODEL_URL} on a connected machine and rename it).")
     if missing_package:
-        return "Matting needs the rembg and onnxruntime packages: `.venv/bin/pip install rembg onnxruntime`."
+        return f"Matting needs the rembg and onnxruntime packages: `{pip_install('rembg', 'onnxruntime')}`."
     if not model.is_file():
         return f"Matting needs BiRefNet's weights at {model} (download {MODEL_URL} on a connected machine)."
     return None

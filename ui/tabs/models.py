@@ -22,22 +22,28 @@ def devices_text(context: StudioContext) -> str:
     from blk.models.device import available_devices, describe, pick_device
 
     lines = [f"- {describe(d)}" for d in available_devices()]
+    workspace = context.workspace
     try:
-        chosen = f"In use: **{pick_device(context.workspace.settings.device)}** (`device: {context.workspace.settings.device}` in settings.yaml)."
+        device = workspace.settings.device
+        where = f"in `{workspace.settings_path}`" if workspace.settings_path.is_file() else \
+            f"the default: `{workspace.settings_path}` does not exist yet"
+        chosen = f"In use: **{pick_device(device)}** (`device: {device}`, {where})."
     except UserError as exc:
         chosen = f"**{exc}**"
     return "Devices, best first:\n" + "\n".join(lines) + "\n\n" + chosen
 
 
 def build(context: StudioContext) -> None:
+    from blk.commands import blk_command
+
     gr.Markdown(
-        "Weights load from this machine only. Put a diffusers folder at `workspace/models/NAME`, keep models in "
-        "your Hugging Face cache, or download one explicitly with `python -m blk models fetch NAME` "
-        "(the only command that uses the network)."
+        f"Weights load from this machine only. Put a diffusers folder at `{context.workspace.models}/NAME`, keep "
+        f"models in your Hugging Face cache, or download one explicitly with `{blk_command('models', 'fetch', 'NAME')}`"
+        " in the studio's folder (the only command that uses the network)."
     )
     table = gr.Dataframe(value=lambda: models_table(context), headers=COLUMNS, interactive=False,
                          label="Models", wrap=True, column_widths=["17%", "13%", "12%", "8%", "27%", "23%"],
-                         max_height=1200)
+                         max_height=3000)  # every row in view, also when a narrow window wraps them
     refresh = gr.Button("Refresh", size="sm")
     gr.Markdown(f"Workspace: `{context.workspace.root}`  \n"
                 f"Folders allowed besides it: {', '.join(context.workspace.settings.allowed_folders) or 'none'}")
