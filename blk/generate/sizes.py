@@ -3,8 +3,8 @@
 Artists think in "about one megapixel, landscape"; models need widths and
 heights on their latent grid. The aspect list is the one SDXL and Flux were
 trained around (1024×1024, 1152×896, 1216×832, 1344×768, 1536×640 and their
-portrait forms); at a full 1 MP the widest gives 1600×640. Other budgets scale those shapes and land
-on multiples of 64 px, which suit every family.
+portrait forms; at a full 1 MP the widest gives 1600×640). Other budgets scale
+those shapes and land on multiples of 64 px, which suit every family.
 """
 
 from __future__ import annotations

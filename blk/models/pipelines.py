@@ -86,7 +86,7 @@ def _check_speed(model: ResolvedModel, device: str, dtype, memory: MemoryOptions
         raise UserError(problem)
 
 
-def effective_options(model: ResolvedModel, memory: MemoryOptions, device: str = "cuda:0") -> MemoryOptions:
+def effective_options(model: ResolvedModel, memory: MemoryOptions, device: str) -> MemoryOptions:
     """The options as they apply to this model on this device, so that an image's parameters never claim a mode
     that was not used: the attention backend is a Flux option (SDXL's UNet attention does not go through
     diffusers' dispatcher), and CPU offload moves weights between the CPU and a GPU (with no GPU it does
