@@ -96,6 +96,9 @@ def test_stencil_tab_generate_alpha_compose(tmp_path, shared_workspace):
             page.locator("#blk-compose-export").click()
             expect(page.locator("#blk-compose-status")).to_contain_text("Exported", timeout=60_000)
             screenshot(page, "stencil-tab-compose")
+            expect(page.locator("#blk-compose-flat img")).to_have_count(1)
+            page.locator("#blk-compose-order textarea").fill("1,2")  # restacked: the view showed the old stack
+            expect(page.locator("#blk-compose-flat img")).to_have_count(0)
             page.locator("#blk-compose-to-upscale").click()  # the saved collage opens in Upscale, alpha and all
             expect(page.locator("#blk-upscale-input-note")).to_contain_text("96×64, 8-bit", timeout=60_000)
             expect(page.locator("#blk-upscale-input")).to_contain_text("collage-")

@@ -441,8 +441,9 @@ def build(context: StudioContext) -> None:
                         export_button = gr.Button("Export .ora + PNGs", variant="primary", elem_id="blk-compose-export")
                 with gr.Column(scale=3):
                     compose_status = gr.Markdown(elem_id="blk-compose-status")
-                    flat = gr.Image(label="Flattened", type="filepath", elem_classes=["blk-checker"])
-                    exported = gr.File(label="Files", file_count="multiple")
+                    flat = gr.Image(label="Flattened", type="filepath", elem_classes=["blk-checker"],
+                                    elem_id="blk-compose-flat")
+                    exported = gr.File(label="Files of the last export", file_count="multiple")
                     flat_upscale = gr.Button("Upscale the exported PNG", size="sm", elem_id="blk-compose-to-upscale")
             inputs = [layer_files, positions, background_kind, compose_colour, background_file, name, order]
             to_compose.click(add_to_compose, inputs=[layer_files, chosen, order],
@@ -460,6 +461,10 @@ def build(context: StudioContext) -> None:
             for trigger in (layer_files.change, order.change):
                 trigger(layer_list_text, inputs=[layer_files, order], outputs=layer_list, show_progress="hidden",
                         queue=False)
+            # the flattened view shows one stack: another one (a layer added, restacked, moved) is not it any more
+            # (the files of the last export stay listed, and on disk)
+            gr.on([layer_files.change, order.change, positions.change], lambda: None, outputs=flat,
+                  show_progress="hidden", queue=False)
     on_show = (lambda: (gr.Dropdown(choices=lora_stack.lora_choices(context)),
                         gr.Dropdown(choices=dataset_names(context))), [lora_pick, dataset])
     return {"tabs": tabs, "background_kind": background_kind, "background_file": background_file,
