@@ -39,21 +39,8 @@ def test_missing_model_names_the_fetch_command(workspace, hf_cache):
     with pytest.raises(ModelNotFound) as caught:
         resolve("flux-dev", workspace)
     message = str(caught.value)
-    assert f"`{blk_command('models', 'fetch', 'flux-dev')}`" in message and "\n" not in message
-
-
-def test_commands_shown_use_the_python_that_runs_the_studio(monkeypatch, tmp_path):
-    """`.venv/bin/pip` is wrong when the environment lives elsewhere (BLK_VENV, the launcher's cache folder)."""
-    import sys
-
-    from blk import commands
-
-    elsewhere = tmp_path / "my env" / "bin" / "python"
-    monkeypatch.setattr(sys, "executable", str(elsewhere))
-    assert commands.pip_install("rembg", "onnxruntime") == f"'{elsewhere}' -m pip install rembg onnxruntime"
-    assert commands.blk_command("models", "fetch", "sdxl") == f"'{elsewhere}' -m blk models fetch sdxl"
-    monkeypatch.setattr(sys, "executable", str(commands.STUDIO / ".venv" / "bin" / "python"))
-    assert commands.blk_command("models", "list") == ".venv/bin/python -m blk models list"  # as the README writes it
+    assert f"`{blk_command(workspace, 'models', 'fetch', 'flux-dev')}`" in message and "\n" not in message
+    assert f" -m blk --workspace {workspace.root} models fetch flux-dev`" in message  # not the default workspace
 
 
 def test_matting_and_models_say_the_pip_command_of_this_environment(workspace, monkeypatch, tmp_path):
@@ -194,7 +181,8 @@ def test_cli_models_list(tmp_path, shared_workspace):
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert set(rows) >= {"flux-dev", "flux-schnell", "sdxl", "tiny-flux", "tiny-sdxl"}
     assert rows["sdxl"]["found"] and str(cache) in rows["sdxl"]["location"]
-    assert not rows["flux-dev"]["found"] and "models fetch flux-dev" in rows["flux-dev"]["location"]
+    assert not rows["flux-dev"]["found"] and rows["flux-dev"]["location"].endswith(
+        f" -m blk --workspace {shared_workspace.root} models fetch flux-dev")  # the command for this workspace
     assert rows["tiny-flux"]["found"] and rows["tiny-flux"]["size_bytes"] > 0
     text = run_blk("--workspace", str(shared_workspace.root), "models", "list", env={"HF_HUB_CACHE": str(cache)})
     assert text.returncode == 0 and "tiny-sdxl" in text.stdout and "missing" in text.stdout
@@ -279,7 +267,7 @@ def test_models_tab_lists_every_model_and_detects_devices_on_page_load(workspace
     then too."""
     from ui.app import build_app
     from ui.context import StudioContext
-    from ui.tabs.models import models_table
+    from ui.tabs.models import intro_text, models_table
 
     (workspace.models / "upscalers").mkdir(parents=True)
     (workspace.models / "upscalers" / "4x-Ink.safetensors").write_bytes(b"u" * 10)
@@ -320,6 +308,9 @@ def test_models_tab_lists_every_model_and_detects_devices_on_page_load(workspace
     workspace.settings_path.write_text("device: auto\n")
     assert f"In use: **cpu** (`device: auto`, in `{workspace.settings_path}`)" in loads["blk-devices"]()
     assert "blk-review-run" in loads
+    # the fetch command for this workspace, which is not the default one
+    assert f"`{blk_command(workspace, 'models', 'fetch', 'NAME')}` in the studio's folder" in intro_text(context)
+    assert f" -m blk --workspace {workspace.root} models fetch NAME`" in intro_text(context)
 
 
 def test_the_demo_banner_says_which_paths_need_a_file(workspace):

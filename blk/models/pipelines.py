@@ -113,7 +113,7 @@ def _load_single_file(cls, model: ResolvedModel, dtype):
     if model.base is None:
         fetch = "flux-dev" if model.family == "flux" else "sdxl"
         raise UserError(f"{model.path.name} is a single-file {model.family} checkpoint; it needs the base model's "
-                        f"folder for its configuration and text encoders: `{blk_command('models', 'fetch', fetch)}`.")
+                        f"folder for its configuration and text encoders: `{blk_command(None, 'models', 'fetch', fetch)}`.")
     if model.family == "flux":
         from diffusers import FluxTransformer2DModel
 

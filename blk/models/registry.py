@@ -116,7 +116,7 @@ def resolve(name_or_path: str, workspace: Workspace, *, build_tiny: bool = True)
             return ResolvedModel(known.name, known.family, cached, "hf-cache")
         raise ModelNotFound(
             f"Model {known.name} ({known.repo_id}) is not on this machine; "
-            f"fetch it with `{blk_command('models', 'fetch', known.name)}` or put a diffusers folder at {folder}."
+            f"fetch it with `{blk_command(workspace, 'models', 'fetch', known.name)}` or put a diffusers folder at {folder}."
         )
 
     if name_or_path in workspace_model_folders(workspace):
@@ -252,7 +252,7 @@ def list_models(workspace: Workspace) -> list[ModelStatus]:
             resolved = resolve(known.name, workspace)
             rows.append(ModelStatus(known.name, known.family, True, str(resolved.path), folder_size(resolved.path), known.description))
         except ModelNotFound:
-            rows.append(ModelStatus(known.name, known.family, False, f"missing — {blk_command('models', 'fetch', known.name)}", 0, known.description))
+            rows.append(ModelStatus(known.name, known.family, False, f"missing — {blk_command(workspace, 'models', 'fetch', known.name)}", 0, known.description))
     own = [(name, "registered local model") for name in workspace.settings.models if name not in KNOWN_MODELS]
     own += [(name, "diffusers folder in workspace/models") for name in workspace_model_folders(workspace)
             if name not in workspace.settings.models]

@@ -17,6 +17,16 @@ def models_table(context: StudioContext) -> list[list[str]]:
             for r in list_models(context.workspace) + list_support_models(context.workspace)]
 
 
+def intro_text(context: StudioContext) -> str:
+    """Where weights come from, with the fetch command for this environment and workspace."""
+    from blk.commands import blk_command
+
+    return (f"Weights load from this machine only. Put a diffusers folder at `{context.workspace.models}/NAME`, "
+            f"keep models in your Hugging Face cache, or download one explicitly with "
+            f"`{blk_command(context.workspace, 'models', 'fetch', 'NAME')}` in the studio's folder "
+            "(the only command that uses the network).")
+
+
 def devices_text(context: StudioContext) -> str:
     from blk.errors import UserError
     from blk.models.device import available_devices, describe, pick_device
@@ -34,13 +44,7 @@ def devices_text(context: StudioContext) -> str:
 
 
 def build(context: StudioContext) -> None:
-    from blk.commands import blk_command
-
-    gr.Markdown(
-        f"Weights load from this machine only. Put a diffusers folder at `{context.workspace.models}/NAME`, keep "
-        f"models in your Hugging Face cache, or download one explicitly with `{blk_command('models', 'fetch', 'NAME')}`"
-        " in the studio's folder (the only command that uses the network)."
-    )
+    gr.Markdown(intro_text(context))
     table = gr.Dataframe(value=lambda: models_table(context), headers=COLUMNS, interactive=False,
                          label="Models", wrap=True, column_widths=["17%", "13%", "12%", "8%", "27%", "23%"],
                          max_height=3000)  # every row in view, also when a narrow window wraps them
