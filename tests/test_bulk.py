@@ -73,6 +73,20 @@ def test_trigger_add_and_remove(dataset):
     assert store.read("a.png").text == "a red cube, thin lines" and store.read("d.png").text == ""
 
 
+def test_removing_a_trigger_leaves_captions_without_it_and_their_status_alone(dataset):
+    """An imported caption file ends with a newline; "remove trigger" stripped it from every caption and so
+    listed, rewrote and un-approved captions that never had the word."""
+    (dataset / "c.txt").write_text("a blue cone, flat colour\n")
+    (dataset / "a.txt").write_text("shp, a red cube, thin lines\n")
+    store = CaptionStore(dataset)
+    store.approve("c.png", store.read("c.png").hash)
+    changes = preview_trigger(store, IMAGES, "shp", add=False)
+    assert [change.image for change in changes] == ["a.png"]  # the only caption with the word
+    BulkLog(dataset).apply(changes, "remove trigger")
+    assert store.read("a.png").text == "a red cube, thin lines"
+    assert store.status("c.png") == "approved" and store.read("c.png").text == "a blue cone, flat colour\n"
+
+
 def test_undo_puts_back_each_caption_status_not_edited(dataset):
     """Undo restores provenance: machine stays machine, approved approved, edited edited, none none —
     and the history still records the restore."""

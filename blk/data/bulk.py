@@ -87,7 +87,9 @@ def preview_trigger(store: CaptionStore, images: list[str], trigger: str, add: b
     def edit(text: str) -> str:
         if add:
             return text if word.search(text) else (f"{trigger}, {text}" if text else trigger)
-        return word.sub("", text).strip()
+        # only a caption that has the word changes: one without it (an imported file's final newline and all)
+        # is left as it is, and keeps its status
+        return word.sub("", text).strip() if word.search(text) else text
 
     return _changes(store, images, edit)
 
