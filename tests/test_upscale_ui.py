@@ -104,6 +104,24 @@ def test_the_region_lies_around_the_chosen_centre(tmp_path):
         assert np.abs(np.asarray(before, float).mean((0, 1)) - colour).max() < 3  # the same region of the input
 
 
+def test_a_transparent_region_shows_over_a_checkerboard_not_the_colour_hidden_under_it(tmp_path):
+    """The colour kept under alpha 0 is not part of the picture: shown, it read as lost transparency."""
+    from blk.stencil.preview import CHECKER_TONES
+
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[..., :3] = (250, 20, 20)  # red everywhere, visible only in the left half
+    rgba[:, :20, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "in.png")
+    Image.fromarray(rgba.repeat(2, 0).repeat(2, 1), "RGBA").save(tmp_path / "out.png")
+    before, after = region_pair(tmp_path / "in.png", tmp_path / "out.png", (0.5, 0.5), side=80)
+    for shown in (before, after):
+        pixels = np.asarray(shown)
+        assert shown.mode == "RGB" and pixels.shape == (80, 80, 3)
+        assert np.array_equal(pixels[5, 5], (250, 20, 20))  # opaque: the colour
+        clear = pixels[:, 50:].reshape(-1, 3)
+        assert set(map(int, np.unique(clear))) == set(CHECKER_TONES)  # clear: the checkerboard's two greys
+
+
 def test_estimate_counts_every_pass_with_the_jobs_tile(context, tmp_path):
     """The Estimate button shows the engine's plan: ×7 with a ×4 model is two passes, 2 + 6 tiles of 32 px."""
     from ui.tabs.upscale import ESRGAN, estimate

@@ -37,12 +37,25 @@ def region_pair(before: Path, after: Path, centre: tuple[float, float] = (0.5, 0
     sx, sy = small.width / big.width, small.height / big.height
     x0, y0 = int(x * sx), int(y * sy)
     w0, h0 = max(1, int(np.ceil((x + side) * sx)) - x0), max(1, int(np.ceil((y + side) * sy)) - y0)
-    crop = small.source.read(x0, y0, min(w0, small.width - x0), min(h0, small.height - y0))[..., :3]
-    before_image = Image.fromarray((np.clip(crop, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB").resize(
-        (side, side), Image.Resampling.LANCZOS)
-    after_pixels = big.source.read(x, y, side, side)[..., :3]
-    after_image = Image.fromarray((np.clip(after_pixels, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
-    return before_image, after_image
+    crop = small.source.read(x0, y0, min(w0, small.width - x0), min(h0, small.height - y0))
+    before_image = _image(crop).resize((side, side), Image.Resampling.LANCZOS)
+    return _shown(before_image), _shown(_image(big.source.read(x, y, side, side)))
+
+
+def _image(pixels):
+    """float (h, w, channels) in [0, 1] → an 8-bit RGB or RGBA PIL image."""
+    from PIL import Image
+
+    levels = (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return Image.fromarray(levels, "RGBA") if levels.shape[-1] == 4 else Image.fromarray(levels[..., :3], "RGB")
+
+
+def _shown(image):
+    """As the slider shows it: RGBA over a checkerboard, as the input's view and Stencil show transparency (the
+    colour kept under alpha 0 is not part of the picture, and showing it read as lost alpha)."""
+    from blk.stencil.preview import over_background
+
+    return over_background(image) if image.mode == "RGBA" else image
 
 
 def suggested_path(width: int, height: int) -> str:
