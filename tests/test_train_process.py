@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from blk.errors import UserError
 from blk.train.config import TrainConfig
 from blk.train.process import (is_running, kill_run, list_runs, request_samples, resume_run, run_info, start_run,
                                stop_run)
@@ -94,8 +95,13 @@ def test_graceful_stop_saves_the_current_step(workspace_with_data):
 
 def test_a_run_that_cannot_start_says_why(workspace_with_data):
     config = tiny_config(4)
-    config.data.dataset = "no-such-dataset"
+    config.data.dataset = "no-such-dataset"  # refused before a run folder exists (`check_dataset`)
+    with pytest.raises(UserError, match="no-such-dataset is not a folder"):
+        start_run(config, workspace_with_data)
+    assert not workspace_with_data.runs.exists() or not list(workspace_with_data.runs.iterdir())
+    config = tiny_config(4)
+    config.model.name = "no-such-model"  # found out by the trainer: said in the run's events
     folder = start_run(config, workspace_with_data)
     wait_for(lambda: run_info(folder).status == "error", 120)
     errors = [e for e in EventLog(folder / "events.jsonl").read() if e["kind"] == "error"]
-    assert "no-such-dataset is not a folder" in errors[0]["message"]
+    assert "no-such-model" in errors[0]["message"]

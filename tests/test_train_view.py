@@ -15,6 +15,7 @@ from blk import atomic
 from blk.train.config import TrainConfig, save_config
 from blk.train.monitor import view_run
 from blk.train.process import run_info
+from tests.conftest import make_noise_dataset
 from ui.context import StudioContext
 from ui.tabs import train
 
@@ -391,11 +392,29 @@ def test_the_advanced_accordion_is_closed_and_wired_to_presets_and_starts(contex
     assert [name[i] for i in start_button["inputs"]][-len(labels):] == labels
 
 
+def test_a_dataset_the_trainer_would_refuse_is_one_sentence_before_a_run_exists(context, monkeypatch):
+    """Images without captions (or none to train on) failed the run at step 0, a run folder left in the list."""
+    import blk.train.process
+
+    spawned = []
+    monkeypatch.setattr(blk.train.process, "_spawn", lambda *args: spawned.append(args))
+    folder = make_noise_dataset(context.workspace.datasets / "half", count=4)
+    (folder / "img2.txt").unlink()
+    (folder / "img3.txt").write_text("  \n")
+    form = list(train.form_from_preset(context, "conceptor-flux-dev"))
+    _, note = train.start(context, "conceptor-flux-dev", "half", *form)
+    assert note == "**2 image(s) have no caption (img2.png, img3.png); caption them or move them out first.**"
+    (context.workspace.datasets / "empty").mkdir()
+    assert train.start(context, "conceptor-flux-dev", "empty", *form)[1] == \
+        "**empty has no usable images to train on.**"
+    assert not spawned and not list(context.workspace.runs.glob("*"))  # no run, no folder
+
+
 def test_advanced_fields_change_the_config_and_the_saved_request(context, monkeypatch):
     import blk.train.process
     from blk.train.config import load_config
 
-    (context.workspace.datasets / "inks").mkdir(parents=True)
+    make_noise_dataset(context.workspace.datasets / "inks")
     (context.workspace.root / "loras").mkdir()
     (context.workspace.root / "loras" / "kohya.safetensors").write_bytes(b"x")
     form = list(train.form_from_preset(context, "conceptor-flux-dev"))

@@ -55,10 +55,22 @@ def start_run(config: TrainConfig, workspace: Workspace, name: str | None = None
     if folder.exists():
         raise UserError(f"A run named {folder.name} exists already.")
     check_gpus(config.schedule.gpus)
+    check_dataset(config, workspace)
     folder.mkdir(parents=True)
     save_config(config, folder / "request.yaml")
     _spawn(workspace, folder, [str(folder / "request.yaml"), "--run-dir", str(folder)], config.schedule.gpus)
     return folder
+
+
+def check_dataset(config: TrainConfig, workspace: Workspace) -> None:
+    """The dataset read as the trainer will read it (usable images of a trainable size, every one captioned), so
+    that a dataset it would refuse is one sentence here, before a run folder exists: the trainer said it in a run
+    that failed at step 0 and stayed in the Run list."""
+    from blk.train.data import load_items
+
+    if not config.data.dataset:
+        raise UserError("Choose a dataset to train on.")
+    load_items(workspace.dataset_folder(config.data.dataset), config.data.resolutions, config.data.flip)
 
 
 def resume_run(workspace: Workspace, folder: Path, steps: int | None = None) -> str:
