@@ -144,7 +144,7 @@ def test_upscale_shows_the_plan_first_and_makes_the_print_copy_and_region(contex
     """Pressing Upscale: the plan is in the progress before the first tile; the print DPI field gives
     OUT.print.tif at that DPI; the region sliders place the before/after pair; the region can be
     moved afterwards on the kept result."""
-    from ui.tabs.upscale import ESRGAN, show_region, upscale
+    from ui.tabs.upscale import ESRGAN, show_region, upscale, with_print_copy
 
     image = str(save(tmp_path / "art.png", 40, 48, seed=3))
     model = str(context.workspace.models / "upscalers" / "RealESRGAN_x4plus_tiny.pth")
@@ -160,6 +160,8 @@ def test_upscale_shows_the_plan_first_and_makes_the_print_copy_and_region(contex
     assert seen[0].startswith(plan) and seen[-1].startswith("tile 4/4") and plan in status
     assert "Time: shown once the first tiles are done" in seen[0] and "Time:" not in status  # said how long it took
     assert "192×160 in" in status and path == kept
+    offered = with_print_copy((pair, path, status, kept))[1]  # what the Result box offers to download
+    assert offered == [path, str(Path(path).with_suffix(".print.tif"))]
     with tifffile.TiffFile(Path(path).with_suffix(".print.tif")) as tif:
         x, y = tif.pages[0].tags["XResolution"].value
         assert abs(x / y - 240) < 1e-6 and tif.pages[0].shape == (160, 192, 3)

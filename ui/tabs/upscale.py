@@ -297,6 +297,18 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
     return (before, after), str(result.path), "  \n".join(notes + planned + [done]), str(result.path)
 
 
+def with_print_copy(outputs: tuple) -> tuple:
+    """`upscale`'s outputs with the Result box offering the print copy beside the master (the status named it,
+    but only the master could be downloaded)."""
+    from blk.upscale.canvas import print_path
+
+    pair, master, status, kept = outputs
+    if not master:
+        return outputs
+    printed = print_path(Path(master))
+    return pair, [master] + ([str(printed)] if printed.is_file() else []), status, kept
+
+
 def megapixels(pixels: int) -> str:
     """"12.6 MP", "0.05 MP" (a 256×192 result read "0.0 MP"), "3.1 GP" for murals."""
     if pixels >= 1e9:
@@ -376,7 +388,8 @@ def build(context: StudioContext) -> dict:
                                      elem_id="blk-upscale-region-x")
                 region_y = gr.Slider(0, 100, value=50, step=1, label="Region centre, % down",
                                      elem_id="blk-upscale-region-y")
-            result_file = gr.File(label="Result")
+            result_file = gr.File(label="Result (and its print copy)", file_count="multiple",
+                                  elem_id="blk-upscale-result")
     result_path = gr.State(None)  # the last result, kept on the server: the region is read from it again
     suggestion = gr.State(None)  # the last suggested path ("esrgan" or "diffusion")
 
@@ -410,7 +423,8 @@ def build(context: StudioContext) -> dict:
                       inputs=[image, path_kind, scale, size_text, upscaler, model, tile, overlap, steps, denoise_a,
                               denoise_b, use_c, denoise_c, final_pass, step_scale, lora], outputs=status)
     click_while_busy(go, "Upscaling…",
-                     lambda *a, progress=gr.Progress(): upscale(context, cancel, *a, progress=progress),
+                     lambda *a, progress=gr.Progress(): with_print_copy(upscale(context, cancel, *a,
+                                                                                progress=progress)),
                      inputs=[image, path_kind, scale, size_text, upscaler, model, lora, enlarge_first, tile, overlap,
                              steps, seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, fmt, keep_16bit,
                              dpi, print_dpi, region_x, region_y, step_scale],
