@@ -123,8 +123,8 @@ def test_same_named_checkpoints_of_two_runs_pin_label_and_tally_apart(studio):
 
     # the Blind A/B tab says whom it will compare (A and B are chosen on another tab)
     assert review.blind_setup(context, "run-a", str(own), str(other), "a cube", "1,2") == (
-        "Pairs of **step 8** (A) and **run-b/step 8** (B), chosen under *Side by side*: 1 prompt × 2 seeds = 2 pairs, "
-        "names hidden and sides balanced. The tally is saved with the run.")
+        "Pairs of **step 8** (A) and **run-b/step 8** (B), chosen under *Side by side*, for the prompts and seeds at "
+        "left: 1 prompt × 2 seeds = 2 pairs, names hidden and sides balanced. The tally is saved with the run.")
     assert "base (no LoRA)** (A)" in review.blind_setup(context, "run-a", review.BASE, str(own), "a\nb\n", "")
     assert "2 prompts × 1 seed = 2 pairs" in review.blind_setup(context, "run-a", review.BASE, str(own), "a\nb\n", "")
     assert review.blind_setup(context, "run-a", str(own), None, "", "1").startswith("Choose **A** and **B**")

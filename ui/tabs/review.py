@@ -222,7 +222,8 @@ def blind_setup(context: StudioContext, run, a, b, prompts, seeds) -> str:
         return f"A and B are both **{a_name}**: choose two different ones under *Side by side*."
     count = len([line for line in (prompts or "").splitlines() if line.strip()]) or 1
     seed_count = len([s for s in str(seeds or "").replace(" ", "").split(",") if s]) or 1
-    return (f"Pairs of **{a_name}** (A) and **{b_name}** (B), chosen under *Side by side*: {count} prompt"
+    return (f"Pairs of **{a_name}** (A) and **{b_name}** (B), chosen under *Side by side*, for the prompts and "
+            f"seeds at left: {count} prompt"
             f"{'s' if count > 1 else ''} × {seed_count} seed{'s' if seed_count > 1 else ''} = {count * seed_count} "
             f"pair{'s' if count * seed_count > 1 else ''}, names hidden and sides balanced. The tally is saved with "
             f"the run.")
