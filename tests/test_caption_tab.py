@@ -145,7 +145,8 @@ def test_creating_a_dataset_empties_the_name_field(context, tmp_path):
     assert chosen.value == "reds" and name == "" and uploads is None
     chosen, note, _, name = caption.create_or_add(context, "", "reds", [str(picture)])  # the next add goes in
     assert "reds" in note and is_unchanged(name)
-    assert len(list((context.workspace.datasets / "reds").glob("*.png"))) == 2
+    assert "Already in the dataset with the same content" in note  # the same picture is not a second image
+    assert len(list((context.workspace.datasets / "reds").glob("*.png"))) == 1
     _, note, _, name = caption.create_or_add(context, "reds", "reds", [str(picture)])
     assert "already exists" in note and is_unchanged(name)  # a refused name stays to be corrected
 

@@ -4,17 +4,20 @@ Files are checked by content, not by name: each is decoded fully before it
 is kept (a damaged or hostile file is refused with one sentence), and it is
 stored under the extension its content has (a PNG named `.jpg` becomes
 `.png`). A `NAME.txt` uploaded with `NAME.png` becomes its caption. Copies
-are atomic; nothing already in the dataset is overwritten.
+are atomic; nothing already in the dataset is overwritten, and an image whose
+content the dataset already holds is not added a second time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from blk import atomic
 from blk.data.images import is_image_name, open_image, read_info
+from blk.data.scan import scan
 from blk.errors import BadImage, UserError
 from blk.workspace import Workspace
 
@@ -28,12 +31,18 @@ class ImportResult:
     added: list[str] = field(default_factory=list)  # file names in the dataset
     captions: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (uploaded name, one sentence)
+    already: list[tuple[str, str]] = field(default_factory=list)  # (uploaded name, the dataset's file of that content)
 
     def sentence(self) -> str:
         text = f"Added {len(self.added)} image{'s' if len(self.added) != 1 else ''}"
         if self.captions:
             text += f" and {self.captions} caption{'s' if self.captions != 1 else ''}"
         text += f" to {self.folder.name}."
+        if self.already:
+            shown = ", ".join(f"{name} (as {kept})" if name != kept else name for name, kept in self.already[:5])
+            more = f" and {len(self.already) - 5} more" if len(self.already) > 5 else ""
+            text += (f" Already in the dataset with the same content, so not added again: {shown}{more}"
+                     " (a second copy would train on that image twice as often).")
         if self.failed:
             text += f" {len(self.failed)} file{'s were' if len(self.failed) != 1 else ' was'} refused."
         return text
@@ -74,6 +83,8 @@ def import_files(workspace: Workspace, name: str, files: list, create: bool = Fa
     folder.mkdir(parents=True, exist_ok=True)
     result = ImportResult(folder)
     captions = {p.stem: p for p in paths if p.suffix.lower() == ".txt"}
+    # the dataset's images by content (a new one holds none, and a scan would leave its cache in the folder)
+    held = {} if create else {r.sha256: r.rel for r in scan(folder) if r.sha256}
     for path in (p for p in paths if p.suffix.lower() != ".txt"):
         try:
             info = read_info(path)
@@ -89,8 +100,14 @@ def import_files(workspace: Workspace, name: str, files: list, create: bool = Fa
             result.failed.append((path.name, f"{path.name} is a {info.format} image; the studio keeps PNG, JPEG, "
                                              "WebP, TIFF and BMP."))
             continue
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in held:  # re-added, or twice in one upload: its caption stays as it is
+            result.already.append((path.name, held[digest]))
+            continue
         target = _free_name(folder, _safe_stem(path.name), suffix)
-        atomic.write_bytes(target, path.read_bytes())
+        atomic.write_bytes(target, data)
+        held[digest] = target.name
         result.added.append(target.name)
         caption = captions.get(path.stem)
         if caption is not None:

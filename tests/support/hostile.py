@@ -167,7 +167,7 @@ def make_image_corpus(folder: Path) -> dict[str, tuple[str, str]]:
 
     # wrong extensions: judged by content
     put("jpeg_named.png", encoded(picture, "JPEG"), "ok", "a JPEG named .png")
-    put("png_named.jpg", png, "ok", "a PNG named .jpg")
+    put("png_named.jpg", encoded(noise(48, 40, 2), "PNG"), "ok", "a PNG named .jpg")  # not good_png.png's bytes
     put("webp_named.tiff", encoded(picture, "WEBP"), "ok", "a WebP named .tiff")
     put("bad_text_named.jpg", b"just some text, not a JPEG\n", "bad", "a text file named .jpg")
     put("bad_html_named.webp", b"<html><body>hello</body></html>", "bad", "HTML named .webp")
