@@ -313,9 +313,17 @@ def test_models_tab_lists_every_model_and_detects_devices_on_page_load(workspace
     assert f" -m blk --workspace {workspace.root} models fetch NAME`" in intro_text(context)
 
 
-def test_the_demo_banner_says_which_paths_need_a_file(workspace):
+def test_the_demo_banner_says_which_paths_need_a_file(workspace, monkeypatch, tmp_path):
     from ui.app import demo_banner
     from ui.context import StudioContext
+
+    monkeypatch.delenv("BLK_VLLM_PYTHON", raising=False)
+    monkeypatch.setenv("BLK_VLLM_VENV", str(tmp_path / "no-vllm-env"))
+    context = StudioContext(workspace, demo=True, demo_reason="No real model was found.")
+    assert "Caption's vLLM backend needs `python3 studio.py setup-vllm` once" in demo_banner(context)
+    (tmp_path / "no-vllm-env" / "bin").mkdir(parents=True)
+    (tmp_path / "no-vllm-env" / "bin" / "python").write_text("")
+    assert "vLLM" not in demo_banner(context)  # made: nothing to say
 
     context = StudioContext(workspace, demo=True, demo_reason="No real model was found.")
     text = demo_banner(context)

@@ -47,6 +47,8 @@ def build_app(context: StudioContext) -> gr.Blocks:
 
 def demo_banner(context: StudioContext) -> str:
     """The demo-mode banner: what works with the tiny models, and which paths still need a file."""
+    from blk.caption.server import find_vllm_python
+    from blk.errors import UserError
     from blk.stencil.matting import unavailable_reason
 
     needs = []
@@ -57,6 +59,11 @@ def demo_banner(context: StudioContext) -> str:
                      + (f"; the {unusable} there cannot be used (Models & Settings says why)" if unusable else ""))
     if unavailable_reason(context.workspace):
         needs.append("Stencil's matting needs BiRefNet (the Matting tab says how)")
+    try:
+        find_vllm_python(context.workspace.settings.vllm_python)
+    except UserError:  # Caption starts on the vLLM backend, which then answers with this same advice
+        needs.append("Caption's vLLM backend needs `python3 studio.py setup-vllm` once (the transformers backend "
+                     "captions now)")
     missing = f" Except: {'; '.join(needs)}." if needs else ""
     return (f"**Demo mode** — {context.demo_reason} Generating tabs use the tiny random-weight models: results are "
             f"noise, but the controls work.{missing} See *Models & Settings*.")
