@@ -28,7 +28,8 @@ def model_family(context: StudioContext, model_name) -> str | None:
     from blk.models.registry import resolve
 
     try:
-        return resolve(model_name, context.workspace).family if model_name else None
+        # the family alone: a tiny model is not built for it (that is the job of the first generation)
+        return resolve(model_name, context.workspace, build_tiny=False).family if model_name else None
     except (UserError, OSError, ValueError):
         return None
 
