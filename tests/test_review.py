@@ -10,6 +10,7 @@ from blk.errors import UserError
 from blk.generate.blind import blind_pairs, read_tally, record_pick
 from blk.generate.metadata import read_parameters
 from blk.generate.review import (Column, GridResult, GridSpec, Reviewer, assemble, column_headers, keep_grid,
+                                 parse_seeds, parse_strengths,
                                  review_folder, run_review_defaults, save_grid)
 from blk.generate.sketch import Lora, Sketcher, SketchRequest
 from blk.train.config import TrainConfig
@@ -154,7 +155,29 @@ def test_cli_review(shared_workspace, trained_run, tmp_path):
     assert read_parameters(out)["prompts"] == ["a cube", "a tower"]
     bad = run_blk("--workspace", str(shared_workspace.root), "review", str(trained_run), "--seeds", "one",
                   "--out", str(out))
-    assert bad.returncode == 2 and "--seeds must be" in bad.stderr
+    assert bad.returncode == 2 and "--seeds are a comma-separated list of numbers" in bad.stderr
+    far = run_blk("--workspace", str(shared_workspace.root), "review", str(trained_run), "--scales", "0.5,5",
+                  "--out", str(out))
+    assert far.returncode == 2 and "--scales go from -1 to 2, as on Sketch's sliders; 5 is outside." in far.stderr
+
+
+def test_seeds_and_strengths_read_as_typed_and_say_what_is_out_of_range():
+    """Commas or spaces separate; a repeat would only make the same cells twice; values torch or the LoRA
+    cannot use are one sentence before anything loads (a seed of 2**32 failed deep in generation)."""
+    assert parse_seeds("1, 2 3,,2") == [1, 2, 3]
+    assert parse_seeds("") == [] and parse_seeds(None) == [] and parse_strengths(" ") == []
+    assert parse_strengths("0.6,0.8 1.0,1") == [0.6, 0.8, 1.0]
+    assert parse_strengths("-1,2") == [-1.0, 2.0]  # the ends of Sketch's slider
+    with pytest.raises(UserError, match=r"^Seeds are whole numbers from 0 to 4294967295; -3 is not\.$"):
+        parse_seeds("1,-3")
+    with pytest.raises(UserError, match="4294967296 is not"):
+        parse_seeds(str(2**32))
+    with pytest.raises(UserError, match=r"^Strengths go from -1 to 2, as on Sketch's sliders; 2\.5 is outside\.$"):
+        parse_strengths("1, 2.5")
+    with pytest.raises(UserError, match="nan is outside"):
+        parse_strengths("nan")
+    with pytest.raises(UserError, match="like 1,2,3; got “1.5”"):
+        parse_seeds("1.5")
 
 
 def test_narrow_column_headers_tell_prompts_that_share_a_trigger_word_apart(tmp_path):

@@ -129,6 +129,8 @@ def test_same_named_checkpoints_of_two_runs_pin_label_and_tally_apart(studio):
     assert "2 prompts × 1 seed = 2 pairs" in review.blind_setup(context, "run-a", review.BASE, str(own), "a\nb\n", "")
     assert review.blind_setup(context, "run-a", str(own), None, "", "1").startswith("Choose **A** and **B**")
     assert "both **step 8**" in review.blind_setup(context, "run-a", str(own), str(own), "", "1")
+    assert "1 prompt × 2 seeds = 2 pairs" in review.blind_setup(context, "run-a", review.BASE, str(own), "a", "4 5,4")
+    assert review.blind_setup(context, "run-a", review.BASE, str(own), "a", "1,x").startswith("**Seeds are a comma")
     # the curator prefers run-b's step 8 in every pair: the tally says so, and it is the one offered to keep
     state, *_ = review.start_blind(context, "run-a", str(own), str(other), "tiny-flux", "a cube", "1,2", "1.0",
                                    False, 64, 1, None)

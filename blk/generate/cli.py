@@ -79,13 +79,6 @@ def _speed_arguments(parser) -> None:
                              "checked on the device before the model loads")
 
 
-def _numbers(text: str, kind, what: str) -> list:
-    try:
-        return [kind(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise UserError(f"{what} must be a comma-separated list of numbers, like 1,2,3; got {text!r}.") from None
-
-
 def _size(text: str) -> tuple[int, int]:
     from blk.generate.sizes import parse_size
 
@@ -126,7 +119,8 @@ def print_results(results) -> None:
 
 
 def cmd_review(args, workspace) -> int:
-    from blk.generate.review import GridSpec, Reviewer, review_folder, run_review_defaults, save_grid
+    from blk.generate.review import (GridSpec, Reviewer, parse_seeds, parse_strengths, review_folder,
+                                     run_review_defaults, save_grid)
     from blk.generate.sketch import Sketcher
 
     run_dir, loras, defaults = None, [], {}
@@ -150,11 +144,11 @@ def cmd_review(args, workspace) -> int:
                        if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"Could not read the prompts file {args.prompts} ({exc}).") from None
-    seeds = _numbers(args.seeds, int, "--seeds") if args.seeds else [defaults.get("seed", 0)]
+    seeds = parse_seeds(args.seeds, "--seeds") or [defaults.get("seed", 0)]
     side = defaults.get("size", 1024)
     width, height = _size(args.size) if args.size else (side, side)
     spec = GridSpec(model=model, checkpoints=loras, prompts=prompts, seeds=seeds,
-                    scales=_numbers(args.scales, float, "--scales"), include_base=args.base,
+                    scales=parse_strengths(args.scales, "--scales") or [1.0], include_base=args.base,
                     width=width, height=height, steps=args.steps or defaults.get("steps"),
                     guidance=args.guidance if args.guidance is not None else defaults.get("guidance"),
                     memory=_memory_options(args), device=args.device)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +29,7 @@ from pathlib import Path
 from blk import __version__
 from blk.errors import UserError
 from blk.generate.metadata import save_png
-from blk.generate.sketch import Cancelled, Lora, Sketcher, SketchRequest, lora_label
+from blk.generate.sketch import MAX_SEED, Cancelled, Lora, Sketcher, SketchRequest, lora_label
 from blk.generate.text_to_image import TextToImage
 from blk.models.device import MemoryOptions, pick_dtype
 from blk.models.pipelines import LoadedPipeline, lora_sha256
@@ -36,6 +38,37 @@ from blk.train.pins import CHECKPOINT_NAME
 
 LABEL_PX = 14  # label text height in the grid
 MAX_CELLS = 400
+STRENGTH_RANGE = (-1.0, 2.0)  # as Sketch's strength sliders: beyond them a LoRA's pictures fall apart
+
+
+def parse_seeds(text: str | None, what: str = "Seeds") -> list[int]:
+    """Seeds typed as `1,2,3` (or `1 2 3`), repeats dropped; empty text gives []. Out of range is said, as
+    torch would otherwise fail deep in generation."""
+    seeds = _number_list(text, int, what, "1,2,3")
+    wrong = [seed for seed in seeds if not 0 <= seed <= MAX_SEED]
+    if wrong:
+        raise UserError(f"{what} are whole numbers from 0 to {MAX_SEED}; {wrong[0]} is not.")
+    return seeds
+
+
+def parse_strengths(text: str | None, what: str = "Strengths") -> list[float]:
+    """LoRA strengths typed as `0.6,0.8,1.0`, repeats dropped; empty text gives []. Sketch's slider range."""
+    strengths = _number_list(text, float, what, "0.6,0.8,1.0")
+    low, high = STRENGTH_RANGE
+    wrong = [value for value in strengths if not (math.isfinite(value) and low <= value <= high)]
+    if wrong:
+        raise UserError(f"{what} go from {low:g} to {high:g}, as on Sketch's sliders; {wrong[0]:g} is outside.")
+    return strengths
+
+
+def _number_list(text: str | None, kind, what: str, example: str) -> list:
+    parts = [part for part in re.split(r"[,;\s]+", str(text or "")) if part]
+    try:
+        numbers = [kind(part) for part in parts]
+    except ValueError:
+        raise UserError(f"{what} are a comma-separated list of numbers, like {example}; "
+                        f"got “{str(text).strip()}”.") from None
+    return list(dict.fromkeys(numbers))  # a repeat would only make the same cells twice
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ def _run_dir(context: StudioContext, run: str) -> Path | None:
 # one checkpoint has (its A was left empty: "Choose checkpoints A and B").
 BASE = "(base model)"
 BASE_LABEL = "base (no LoRA)"  # as the grid's base row reads
+DEFAULT_SEED, DEFAULT_STRENGTH = 1, 1.0  # what an empty Seeds or Strengths field means (the note says so)
 
 
 def pair_choices(choices: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -132,14 +133,11 @@ def on_run(context: StudioContext, run: str, extra: list[str]):
 def spec_from_form(context: StudioContext, checkpoints, model, prompts, seeds, scales, include_base, size, steps,
                    guidance):
     from blk.errors import UserError
-    from blk.generate.review import GridSpec
+    from blk.generate.review import GridSpec, parse_seeds, parse_strengths
     from blk.models.device import MemoryOptions
 
-    try:
-        seed_list = [int(s) for s in str(seeds).replace(" ", "").split(",") if s] or [0]
-        scale_list = [float(s) for s in str(scales).replace(" ", "").split(",") if s] or [1.0]
-    except ValueError:
-        raise UserError("Seeds and strengths are comma-separated numbers, like 1,2,3 and 0.6,0.8,1.0.") from None
+    seed_list = parse_seeds(seeds) or [DEFAULT_SEED]
+    scale_list = parse_strengths(scales) or [DEFAULT_STRENGTH]
     if not (model or "").strip():  # a dropdown cleared by hand sends nothing
         raise UserError("Choose a base model.")
     side = int(size or 1024)
@@ -171,9 +169,18 @@ def make_grid(context: StudioContext, run, *form, cancel: threading.Event | None
     except UserError as exc:
         return None, None, f"**{exc}**"
     status = (f"{len(result.row_labels)} rows × {len(result.column_labels)} columns — {result.generated} generated, "
-              f"{result.cached} from the cache. " + (f"Saved as `{path}`" if written else
-                                                      f"Unchanged: already saved as `{path}`"))
-    return str(path), str(path), status
+              f"{result.cached} from the cache. " + (f"Saved as `{path}`." if written else
+                                                      f"Unchanged: already saved as `{path}`."))
+    return str(path), str(path), status + defaults_said(form[3], form[4])  # form: checkpoints, model, …
+
+
+def defaults_said(seeds, strengths) -> str:
+    """An empty Seeds or Strengths field is filled by a default; the note says which, as the field stays empty."""
+    from blk.generate.review import parse_seeds, parse_strengths
+
+    said = ([f"No seeds given: seed {DEFAULT_SEED}."] if not parse_seeds(seeds) else []) + (
+        [f"No strengths given: strength {DEFAULT_STRENGTH:g}."] if not parse_strengths(strengths) else [])
+    return "".join(" " + sentence for sentence in said)
 
 
 def _said(prompt: str, limit: int = 60) -> str:
@@ -221,7 +228,12 @@ def blind_setup(context: StudioContext, run, a, b, prompts, seeds) -> str:
     if a == b:
         return f"A and B are both **{a_name}**: choose two different ones under *Side by side*."
     count = len([line for line in (prompts or "").splitlines() if line.strip()]) or 1
-    seed_count = len([s for s in str(seeds or "").replace(" ", "").split(",") if s]) or 1
+    from blk.generate.review import parse_seeds
+
+    try:
+        seed_count = len(parse_seeds(seeds)) or 1
+    except UserError as exc:
+        return f"**{exc}**"
     return (f"Pairs of **{a_name}** (A) and **{b_name}** (B), chosen under *Side by side*, for the prompts and "
             f"seeds at left: {count} prompt"
             f"{'s' if count > 1 else ''} × {seed_count} seed{'s' if seed_count > 1 else ''} = {count * seed_count} "
@@ -377,8 +389,8 @@ def build(context: StudioContext) -> dict:
                                 allow_custom_value=True)
             prompts = gr.Textbox(label="Prompts (columns, one per line)", lines=3)
             with gr.Row():
-                seeds = gr.Textbox("1", label="Seeds", elem_id="blk-review-seeds")
-                scales = gr.Textbox("1.0", label="Strengths (e.g. 0.6, 0.8, 1.0)")
+                seeds = gr.Textbox(str(DEFAULT_SEED), label="Seeds", elem_id="blk-review-seeds")
+                scales = gr.Textbox(f"{DEFAULT_STRENGTH:g}", label="Strengths (e.g. 0.6, 0.8, 1.0; from -1 to 2)")
                 include_base = gr.Checkbox(label="Include the base model (a row without LoRA)")
             with gr.Row():
                 size = gr.Number(1024, label="Size (px, square)", precision=0)
