@@ -84,6 +84,9 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             expect(page.get_by_text("Pair 1 of 2")).to_be_visible(timeout=60_000)
             page.get_by_role("button", name="Left is better").click()
             expect(page.get_by_text("Pair 2 of 2")).to_be_visible(timeout=60_000)
+            for side in ("left", "right"):  # the 64 px pair fills its halves, judged at one size
+                box = page.locator(f"#blk-blind-{side} img").bounding_box()
+                assert box["width"] > 250 and abs(box["width"] - box["height"]) < 2, box
             page.get_by_role("button", name="Same").click()
             expect(page.get_by_text(re.compile(r"Done\. Tally so far, saved with the run: step 8: \d · step 12: \d"))
                    ).to_be_visible(timeout=60_000)

@@ -23,6 +23,10 @@ CSS = """
 .blk-switches, .blk-switches > .form { flex-wrap: wrap; }
 .blk-switches .form > .block { flex: 1 0 auto !important; width: max-content !important; min-width: 0 !important; }
 .blk-switches .checkbox-container { width: max-content; }
+/* Blind A/B: both pictures as wide as their half (a small pair was judged at its own few pixels), never taller
+   than the window */
+.blk-judge .image-frame { width: 100% !important; height: auto !important; }
+.blk-judge img { width: 100% !important; height: auto !important; max-height: 75vh; object-fit: contain; }
 """
 
 

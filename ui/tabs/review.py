@@ -390,7 +390,7 @@ def build(context: StudioContext) -> dict:
             prompts = gr.Textbox(label="Prompts (columns, one per line)", lines=3)
             with gr.Row():
                 seeds = gr.Textbox(str(DEFAULT_SEED), label="Seeds", elem_id="blk-review-seeds")
-                scales = gr.Textbox(f"{DEFAULT_STRENGTH:g}", label="Strengths (e.g. 0.6, 0.8, 1.0; from -1 to 2)")
+                scales = gr.Textbox(f"{DEFAULT_STRENGTH:g}", label="Strengths (-1 to 2)", placeholder="e.g. 0.6, 0.8, 1.0")
                 include_base = gr.Checkbox(label="Include the base model (a row without LoRA)")
             with gr.Row():
                 size = gr.Number(1024, label="Size (px, square)", precision=0)
@@ -422,8 +422,11 @@ def build(context: StudioContext) -> dict:
                     blind_button = gr.Button("Start a blind test")
                     blind_note = gr.Markdown()
                     with gr.Row():
-                        left = gr.Image(label="Left", type="filepath", buttons=["fullscreen"])
-                        right = gr.Image(label="Right", type="filepath", buttons=["fullscreen"])
+                        # shown at one size, filling their halves: a small pair was judged at its own few pixels
+                        left = gr.Image(label="Left", type="filepath", buttons=["fullscreen"], elem_id="blk-blind-left",
+                                        elem_classes="blk-judge")
+                        right = gr.Image(label="Right", type="filepath", buttons=["fullscreen"],
+                                         elem_id="blk-blind-right", elem_classes="blk-judge")
                     with gr.Row():
                         pick_left = gr.Button("Left is better", interactive=False)  # while judging: `pick_buttons`
                         pick_tie = gr.Button("Same", interactive=False)
