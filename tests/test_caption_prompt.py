@@ -107,3 +107,23 @@ def test_examples_are_promoted_reordered_and_dropped(dataset):
     assert [e.image for e in move_example(dataset, 0, -1).examples] == ["ex2.jpg", "ex1.png"]
     assert [e.caption for e in drop_example(dataset, 0).examples] == ["a red field"]
     assert [e.image for e in dataset_style(dataset).examples] == ["ex1.png"]
+
+
+
+def test_an_example_follows_its_caption_and_keeps_its_text_when_the_file_is_gone(dataset):
+    """What the model is shown is the example image's caption as it reads now (an edit by hand or in bulk
+    after promoting reaches it); a caption file removed since leaves the promoted text, not an empty example."""
+    from blk.caption.style import promote_example
+    from blk.data.captions import CaptionStore
+
+    store = CaptionStore(dataset)
+    store.approve("ex1.png", store.save("ex1.png", "inkcat, a red field", "").hash)
+    promote_example(dataset, "ex1.png")
+    store.save("ex1.png", "blkcat, a red field", store.read("ex1.png").hash)
+    style = dataset_style(dataset)
+    assert [e.caption for e in style.examples] == ["blkcat, a red field"]
+    answers = [m["content"][0]["text"] for m in build_messages(style, dataset, b"") if m["role"] == "assistant"]
+    assert answers == ["blkcat, a red field"]
+    assert load_style(dataset_style_path(dataset)).examples[0].caption == "inkcat, a red field"  # file unchanged
+    (dataset / "ex1.txt").unlink()
+    assert [e.caption for e in dataset_style(dataset).examples] == ["inkcat, a red field"]

@@ -276,6 +276,28 @@ def test_every_change_of_captions_or_of_the_trigger_word_counts_the_words_again(
     assert not panel.open  # closed until asked for
     style_saved = next(f for f in fns if f.api_name == "caption_style_save")  # the trigger word may be new
     assert [g for g in fns if g.trigger_after == style_saved._id and words_summary in g.outputs]
+    # the few-shot examples' text follows their captions: shown again after each of those changes too
+    examples = by_id("blk-caption-examples")
+    chained = [f for f in grid_shown if f.trigger_after is not None]  # Save edits, Save/Approve/Restore, Apply…
+    assert len(chained) >= 7
+    for f in chained:
+        assert [g for g in fns if g.trigger_after == f.trigger_after and examples in g.outputs], f.name
+
+
+def test_a_bulk_edit_reaches_the_few_shot_examples_and_its_undo_too(context):
+    """An example shows its image's caption as it reads now: renaming the trigger word in bulk renamed it in
+    the examples the model is shown (they kept the old word, and taught it back)."""
+    folder = make_dataset(context, "fs", count=2, caption="oldword, a red circle")
+    store = CaptionStore(folder)
+    store.approve("img0.png", store.read("img0.png").hash)
+    promote_example(folder, "img0.png")
+    _, pending, _ = grid.bulk_preview(context, "fs", "the whole dataset", [], "replace", "oldword", "newword",
+                                      False, True, "", "", "")
+    assert grid.bulk_apply(context, pending).startswith("Applied to 2 caption(s)")
+    assert captioning.examples_rows(context, "fs") == [["0", "img0.png", "newword, a red circle"]]
+    assert grid.bulk_undo(context, "fs") == "Undone for 2 caption(s)."
+    assert captioning.examples_rows(context, "fs") == [["0", "img0.png", "oldword, a red circle"]]
+    assert captioning.examples_rows(context, "") == []
 
 
 def test_history_shows_a_version_before_restoring_it_and_names_edits_and_approvals(context):

@@ -75,8 +75,25 @@ def dataset_style(dataset: str | Path, fallback: CaptionStyle | None = None) -> 
     """The dataset's own style if it has one, else `fallback` (or the default style)."""
     path = dataset_style_path(dataset)
     if path.exists():
-        return load_style(path)
+        return with_current_captions(dataset, load_style(path))
     return fallback or CaptionStyle()
+
+
+def with_current_captions(dataset: str | Path, style: CaptionStyle) -> CaptionStyle:
+    """Each example with its image's caption as it reads now, so that a later edit (by hand, or a bulk edit
+    such as a renamed trigger word) reaches what the model is shown. A caption file that is gone or cannot be
+    read leaves the promoted text. (Caption batches never rewrite an example's caption: they skip it.)"""
+    from blk.data.captions import CaptionStore
+
+    store = CaptionStore(dataset)
+    examples = []
+    for example in style.examples:
+        try:
+            text = store.read(example.image).text
+        except UserError:  # an unsafe or unreadable path in a hand-edited style file
+            text = ""
+        examples.append(example.model_copy(update={"caption": text}) if text.strip() else example)
+    return style.with_examples(examples)
 
 
 def promote_example(dataset: str | Path, image: str) -> CaptionStyle:

@@ -76,8 +76,8 @@ def build(context: StudioContext) -> dict:
     with gr.Tabs():
         with gr.Tab("Captions"):
             with gr.Accordion("Caption with a vision-language model", open=False):
-                after_batch, style_saved = captioning.build(context, dataset, selected_image, rows_state)
-            grid.build(context, dataset, selected_image, rows_state, after_batch, style_saved, token_model)
+                after_batch, style_saved, examples = captioning.build(context, dataset, selected_image, rows_state)
+            grid.build(context, dataset, selected_image, rows_state, after_batch, style_saved, token_model, examples)
         with gr.Tab("Check"):
             check.build(context, dataset)
     # opening the tab: datasets made elsewhere, and base models added while the app ran

@@ -26,6 +26,17 @@ def _examples_table(style) -> list[list[str]]:
     return [[str(i), e.image, e.caption] for i, e in enumerate(style.examples)]
 
 
+def examples_rows(context: StudioContext, name: str) -> list[list[str]]:
+    """The examples table as the dataset's captions read now (after a save, a bulk edit or its undo)."""
+    from blk.caption.style import dataset_style
+    from blk.errors import UserError
+
+    try:
+        return _examples_table(dataset_style(context.captioning.dataset(name))) if name else []
+    except UserError:  # a broken style file: choosing the dataset says so
+        return gr.update()
+
+
 def load_style(context: StudioContext, name: str):
     from blk.caption.style import dataset_style
     from blk.errors import UserError
@@ -230,7 +241,7 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
         save = gr.Button("Save style", variant="primary", size="sm")
         style_note = gr.Markdown()
     with gr.Accordion("Few-shot examples", open=True):
-        examples = gr.Dataframe(headers=["#", "image", "approved caption"], interactive=False, wrap=True,
+        examples = gr.Dataframe(headers=["#", "image", "caption"], interactive=False, wrap=True,
                                 elem_id="blk-caption-examples",
                                 label="Examples, in the order the model sees them")
         with gr.Row():
@@ -270,4 +281,4 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
     caption_button.click(lambda: "", outputs=cancel_note, show_progress="hidden", queue=False)
     run.then(lambda: "", outputs=cancel_note, show_progress="hidden")  # the batch's own status says how it ended
     cancel.click(context.captioning.cancel_batch, outputs=cancel_note, show_progress="hidden")
-    return run, style_saved
+    return run, style_saved, examples

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ui.context import StudioContext
+from ui.tabs.caption.captioning import examples_rows
 
 STATUSES = ["all", "none", "machine", "edited", "approved", ("drifting from the examples", "drifting")]
 SORTS = ["name", "status", "tokens", "length"]
@@ -377,7 +378,7 @@ def switch_dataset(context: StudioContext, name, status, text, regex, sort, desc
 
 
 def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State, rows_state: gr.State,
-          after_batch, style_saved, token_model: gr.Dropdown) -> None:
+          after_batch, style_saved, token_model: gr.Dropdown, examples: gr.Dataframe) -> None:
     with gr.Row():
         status = gr.Dropdown(STATUSES, value="all", label="Status", scale=1)
         text = gr.Textbox(label="Filter (text in caption or name)", scale=3)
@@ -465,7 +466,9 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
         return refresh_words(context, is_open, name)
 
     def shown_again(event):
-        """The grid again, then the Words panel (if open): after anything that may have changed captions."""
+        """The grid again, then the Words panel (if open) and the few-shot examples, whose text follows their
+        captions: after anything that may have changed captions."""
+        event.then(lambda n: examples_rows(context, n), inputs=dataset, outputs=examples, show_progress="hidden")
         return event.then(show, inputs=query, outputs=shown).then(count_words, inputs=[words_open, dataset],
                                                                   outputs=words)
 
