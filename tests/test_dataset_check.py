@@ -221,3 +221,22 @@ def test_drift_reads_the_trigger_as_a_whole_word_and_a_double_underscore_is_no_m
     assert drift_reasons("blk, This image shows, cube, paper", basis, "blk") == [
         "opens with “This image shows”, which no example does"]
     assert drift_reasons("blkstyle, ink, under__score, paper", basis, "blk") == []  # no trigger there; no Markdown
+
+
+
+def test_a_tag_caption_with_one_long_part_more_is_not_prose_at_once():
+    """The tags rule (3 in 4 parts short) has an edge: one edited part tipped a tag caption into "prose where
+    the examples are tags". Only a caption clearly of the other form is said; the edge is not judged."""
+    from blk.data.drift import drift_basis, drift_reasons
+
+    tags = drift_basis(["blk, ink cube, paper, cross-hatching", "blk, two spheres, stipple, grey wash"], [], "blk")
+    prose = drift_basis(["blk, a cube drawn in thin ink lines on white paper"], [], "blk")
+    assert tags.tags is True and prose.tags is False
+    edge = "blk, a black cat on a chair, ink, a window behind it, paper"
+    assert drift_reasons(edge, tags, "blk") == []  # 3 of 5 parts short: on the edge (it was "prose")
+    assert drift_reasons("blk, a black cat sitting on a red chair with a window behind it", tags, "blk") == [
+        "prose where the examples are tags"]
+    assert drift_reasons("blk, a cat sits on a chair, thick ink lines drawn over a wash", tags, "blk") == [
+        "prose where the examples are tags"]  # a sentence with a comma: 0 of 2 parts short
+    assert drift_reasons("blk, cat, chair, ink, wash", prose, "blk") == ["tags where the examples are prose"]
+    assert drift_reasons("blk, a cat on a chair drawn in ink, with a wash", prose, "blk") == []

@@ -4,7 +4,9 @@ The examples are the artist's statement of how a caption should read. A caption 
 away from them teaches the LoRA something else, and a model's answer drifts in recognisable ways,
 each said in plain words so the curator can decide:
 
-- **form**: prose where the examples are tags, or tags where they are prose (`word_stats`' rule);
+- **form**: prose where the examples are tags, or tags where they are prose (`word_stats`' rule), only
+  when the caption is clearly the other form: a tag caption with one long part among three short ones sits on
+  the rule's edge, and one edited part must not make it "prose";
 - **length**: over twice the longest example's words, or under half the shortest's (3 words of slack
   either way; a caption of one or two words is short beside any longer example);
 - **opening**: the boilerplate a vision-language model starts with ("This image shows"), which the
@@ -19,9 +21,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from blk.data.word_stats import TAG_WORDS_MAX, is_tag_style, whole_word
+from blk.data.word_stats import TAG_WORDS_MAX, is_tag_style, tag_share, whole_word
 
 LENGTH_SLACK = 3  # words: a 4-word example makes 6-word captions no outliers
+# a caption is clearly prose below this share of short parts (tags: from 3 in 4, `is_tag_style`); between the
+# two it is on the edge, and its form is not judged
+PROSE_BELOW = 0.5
 MARKDOWN = re.compile(r"\*\*|^\s*#{1,6}\s|^\s*(?:[-*•]|\d+[.)])\s", re.MULTILINE)  # bold, headings, lists
 
 
@@ -72,8 +77,11 @@ def drift_reasons(caption: str, basis: DriftBasis, trigger: str | None = None) -
     """Each way one caption has moved away from the examples, as a short phrase; empty when it has not."""
     reasons = []
     ambiguous = "," not in caption and word_count(caption) <= TAG_WORDS_MAX  # "cube": a tag, or a short phrase
-    if basis.tags is not None and not ambiguous and is_tag_style(caption) != basis.tags:
-        reasons.append("tags where the examples are prose" if not basis.tags else "prose where the examples are tags")
+    if basis.tags is not None and not ambiguous:
+        if basis.tags and tag_share(_without_trigger(caption, trigger)) < PROSE_BELOW:  # "trigger, sentence"
+            reasons.append("prose where the examples are tags")
+        elif not basis.tags and is_tag_style(caption):
+            reasons.append("tags where the examples are prose")
     words = word_count(caption)
     if words > 2 * basis.longest + LENGTH_SLACK:
         reasons.append(f"{words} words (the longest example has {basis.longest})")

@@ -94,6 +94,13 @@ def is_tag_style(text: str) -> bool:
     return _read(text)[0]
 
 
+def tag_share(text: str) -> float:
+    """The share of comma-separated parts of three words or fewer (0 for a single part): `is_tag_style`'s
+    measure, for rules that must not flip on one edited part."""
+    parts = _parts(text.lower())
+    return sum(len(part.split()) <= TAG_WORDS_MAX for part in parts) / len(parts) if len(parts) >= 2 else 0.0
+
+
 def caption_terms(text: str) -> dict[str, str]:
     """The terms of one caption (each once) and their kind, by the rules in the module's docstring."""
     tags, terms = _read(text)
@@ -111,10 +118,14 @@ def whole_word(word: str) -> re.Pattern:
     return re.compile(r"(?<!\w)" + re.escape(word) + r"(?!\w)", re.IGNORECASE)
 
 
+def _parts(text: str) -> list[str]:
+    return [part for part in text.split(",") if part and not part.isspace()]
+
+
 def _read(text: str) -> tuple[bool, set[str]]:
     """(read as tags?, its terms). In prose, a term with a space is a phrase, one without a word."""
     lowered = text.lower().replace("’", "'")
-    parts = [part for part in lowered.split(",") if part and not part.isspace()]
+    parts = _parts(lowered)
     if len(parts) >= 2 and 4 * sum(len(part.split()) <= TAG_WORDS_MAX for part in parts) >= 3 * len(parts):
         tags = {" ".join(part.split()).strip(_TAG_END) for part in parts}
         tags.discard("")
