@@ -817,6 +817,60 @@ def test_region_reads_keep_only_the_resolution_and_profile_the_file_stores(model
     assert leftovers(tmp_path) == []
 
 
+def grey_icc() -> bytes:
+    """An sRGB profile relabelled GRAY in its header: all the writers and checks read of a profile."""
+    icc = bytearray(srgb_icc())
+    icc[16:20] = b"GRAY"
+    return bytes(icc)
+
+
+def test_a_grey_input_gives_a_grey_result_with_its_grey_profile(x4, models, tmp_path):
+    """A greyscale scan stays greyscale: one channel (16 bits kept when asked), the luminance of the model's
+    RGB result, its GRAY profile kept (on RGB pixels it was invalid); grey + alpha keeps its alpha; the print
+    copy is grey; a PNG is L; an RGB profile chosen for a grey result is one sentence."""
+    grey = noise(40, 48, seed=21)[..., 0]
+    levels = np.rint(grey * 65535).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "scan.tif", levels, photometric="minisblack", iccprofile=grey_icc())
+    assert open_input(tmp_path / "scan.tif").grey and open_input(tmp_path / "scan.tif", max_pixels=100).grey
+    result = run(EsrganJob(tmp_path / "scan.tif", tmp_path / "scan-x4.tif", models["x4"], tile=32, overlap=16,
+                           keep_16bit=True, print_dpi=300))
+    colour = reference(x4, np.repeat(grey[..., None], 3, axis=2).astype(np.float32))  # what the model makes
+    luma = colour @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    with tifffile.TiffFile(result.path) as tif:
+        page = tif.pages[0]
+        assert page.shape == (160, 192) and page.dtype == np.uint16
+        assert page.photometric == tifffile.PHOTOMETRIC.MINISBLACK
+        assert page.tags["InterColorProfile"].value == grey_icc()
+        assert np.abs(page.asarray() / 65535 - luma).max() < 2e-4
+        assert json.loads(page.description)["grey"] is True
+    with tifffile.TiffFile(result.print_path) as tif:
+        assert tif.pages[0].shape == (160, 192) and tif.pages[0].dtype == np.uint8
+        assert tif.pages[0].tags["InterColorProfile"].value == grey_icc()
+
+    Image.fromarray((grey * 255).round().astype(np.uint8), "L").save(tmp_path / "scan.png")
+    png = run(EsrganJob(tmp_path / "scan.png", tmp_path / "scan-x4.png", models["x4"], tile=32, overlap=8))
+    with Image.open(png.path) as im:
+        assert im.mode == "L" and im.size == (192, 160)
+    with_alpha = np.stack([(grey * 255).round(), np.full_like(grey, 255)], axis=-1).astype(np.uint8)
+    with_alpha[:, :10, 1] = 0
+    Image.fromarray(with_alpha, "LA").save(tmp_path / "cut.png")
+    cut = run(EsrganJob(tmp_path / "cut.png", tmp_path / "cut-x4.tif", models["x4"], tile=32, overlap=8))
+    data = tifffile.imread(cut.path)
+    assert data.shape == (160, 192, 2) and data[:, :36, 1].max() == 0 and data[:, 44:, 1].min() == 255
+
+    (tmp_path / "rgb.icc").write_bytes(srgb_icc())
+    with pytest.raises(UserError, match=r"^rgb\.icc is a RGB profile, and this result is grey \(as its input\): "
+                                        r"choose a GRAY profile\.$"):
+        run(EsrganJob(tmp_path / "scan.tif", tmp_path / "x.tif", models["x4"], icc=tmp_path / "rgb.icc"))
+    # an RGB input given a grey profile's pixels: the input's grey profile no longer labels RGB pixels
+    Image.fromarray((noise(30, 44, seed=3) * 255).round().astype(np.uint8)).save(tmp_path / "rgb.png",
+                                                                                 icc_profile=grey_icc())
+    coloured = run(EsrganJob(tmp_path / "rgb.png", tmp_path / "rgb-x4.tif", models["x4"], tile=32, overlap=8))
+    with tifffile.TiffFile(coloured.path) as tif:
+        assert tif.pages[0].shape == (120, 176, 3) and "InterColorProfile" not in tif.pages[0].tags
+    assert leftovers(tmp_path) == []
+
+
 def test_a_profile_the_user_gives_replaces_the_inputs(models, tmp_path):
     """`--icc FILE` / `EsrganJob.icc`: that profile is embedded instead of the input's (also when the
     input is read by region); a file that is not a profile is one sentence, before any work."""

@@ -15,6 +15,12 @@ DPI, parameters as JSON in ImageDescription), or a PNG where the size allows
 (8-bit, ≤ `MAX_PIXELS`) with `blk.generate.metadata.png_bytes`. Both write a
 temporary sibling and rename it over the target; every temporary is removed
 on any error, a full disk included.
+
+A grey input gives a grey result (`grey=True`): the canvas stays RGB(A), as
+the models work in colour, and the writers keep its luminance (Pillow's L
+weights) as one channel, plus alpha: a greyscale scan of ink stays greyscale,
+a third of the size, and keeps its grey ICC profile, which must never label
+RGB pixels.
 """
 
 from __future__ import annotations
@@ -41,6 +47,40 @@ WRITE_COLUMNS = 16 * TIFF_TILE  # the TIFF writers read the canvas in chunks thi
 # (bench/README.md, "TIFF deflate level"): hours saved on a gigapixel master, a few hundred MB spent.
 DEFLATE_LEVEL = 1
 TO_8_BITS = ((np.arange(65536, dtype=np.uint32) + 128) // 257).astype(np.uint8)  # 16-bit level → nearest 8-bit
+
+
+def grey_levels(band: np.ndarray) -> np.ndarray:
+    """16-bit RGB(A) levels → 16-bit grey (h, w) or grey + alpha (h, w, 2), with Pillow's L weights
+    (ITU-R 601-2 luma), rounded once."""
+    rgb = band[..., :3].astype(np.uint32)
+    grey = ((rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114 + 500) // 1000).astype(np.uint16)
+    return grey if band.shape[-1] == 3 else np.stack([grey, band[..., 3]], axis=-1)
+
+
+def icc_space(icc: bytes | None) -> bytes | None:
+    """An ICC profile's data colour space (b"RGB ", b"GRAY", …), from its header; None when unreadable."""
+    return bytes(icc[16:20]) if icc and len(icc) >= 128 else None
+
+
+def fitting_icc(icc: bytes | None, grey: bool) -> bytes | None:
+    """The profile when it describes the result's pixels (grey or RGB), else None: a viewer that
+    colour-manages would reject a grey profile on RGB pixels, or show them wrongly."""
+    return icc if icc_space(icc) == (b"GRAY" if grey else b"RGB ") else None
+
+
+def read_icc(path: Path, grey: bool) -> bytes:
+    """A profile the artist chose for the result: one sentence when it is not one, or of the other kind."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"Could not read the ICC profile {path} ({exc.strerror}).") from None
+    if len(data) < 132 or data[36:40] != b"acsp":
+        raise UserError(f"{Path(path).name} is not an ICC profile.")
+    if fitting_icc(data, grey) is None:
+        kind = icc_space(data).decode("ascii", "replace").strip()
+        raise UserError(f"{Path(path).name} is a {kind} profile, and this result is "
+                        f"{'grey (as its input)' if grey else 'RGB'}: choose a {'GRAY' if grey else 'RGB'} profile.")
+    return data
 
 
 def _deflate() -> dict:
@@ -212,17 +252,19 @@ def check_png(width: int, height: int, bits: int) -> None:
 
 def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi: float | None,
                description: str, software: str, cancel: threading.Event | None = None,
-               temp: Path | None = None) -> Path:
+               temp: Path | None = None, grey: bool = False) -> Path:
     """Tiled BigTIFF, deflate + horizontal predictor, written from canvas bands; atomic.
 
     `temp`: the temporary name to write first (default: a fresh `.blk-tmp-` name), e.g. one a
-    resume journal knows, so that a process killed mid-write leaves nothing it cannot find."""
+    resume journal knows, so that a process killed mid-write leaves nothing it cannot find.
+    `grey`: one grey channel (and alpha) from the RGB(A) canvas."""
     import tifffile
 
     dtype = np.uint16 if bits == 16 else np.uint8
     side = TIFF_TILE
 
     def convert(band: np.ndarray) -> np.ndarray:
+        band = grey_levels(band) if grey else band
         return np.take(TO_8_BITS, band) if bits == 8 else band
 
     def tiles():
@@ -237,8 +279,9 @@ def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi:
         extra["iccprofile"] = icc
     tmp = temp or temp_path(path, path.suffix)
     try:
-        tifffile.imwrite(tmp, tiles(), shape=(canvas.height, canvas.width, canvas.channels), dtype=dtype,
-                         tile=(side, side), bigtiff=True, photometric="rgb", planarconfig="contig",
+        tifffile.imwrite(tmp, tiles(), shape=_written_shape(canvas, grey), dtype=dtype,
+                         tile=(side, side), bigtiff=True, photometric="minisblack" if grey else "rgb",
+                         planarconfig="contig" if _written_shape(canvas, grey)[2:] else None,
                          description=description, metadata=None, software=software, **_deflate(), **extra)
         _commit(tmp, path)
     except BaseException as exc:
@@ -248,6 +291,13 @@ def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi:
             raise disk_full(path) from None
         raise
     return path
+
+
+def _written_shape(canvas: Canvas, grey: bool) -> tuple[int, ...]:
+    """(height, width, samples) of the file, or (height, width) for grey without alpha."""
+    if not grey:
+        return canvas.height, canvas.width, canvas.channels
+    return (canvas.height, canvas.width, 2) if canvas.channels == 4 else (canvas.height, canvas.width)
 
 
 def bands(canvas: Canvas, rows: int, convert, cancel: threading.Event | None = None, columns: int | None = None):
@@ -294,30 +344,34 @@ def check_outputs(source: Path, output: Path, print_dpi: float | None) -> None:
 
 def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, dpi: float | None,
                  parameters: dict, print_dpi: float | None, print_background: tuple[int, int, int],
-                 journal, cancel: threading.Event | None = None) -> dict[str, float]:
+                 journal, cancel: threading.Event | None = None, grey: bool = False) -> dict[str, float]:
     """Both upscale paths' ending: the master (TIFF with the parameters as its description, or PNG with
     them in text chunks) and, when `print_dpi` is given, the print copy beside it; each written under a
-    temporary name the resume `journal` knows. Returns the seconds of each ("write", "print")."""
+    temporary name the resume `journal` knows. `grey`: both are grey (the input was). A profile of the
+    other kind (a grey one on RGB pixels) is left out. Returns the seconds of each ("write", "print")."""
     import json
     import time
 
     from blk import __version__
 
     software, seconds = f"BLK Studio {__version__}", {}
+    icc = fitting_icc(icc, grey)
+    parameters = parameters | ({"grey": True} if grey else {})
     started = time.monotonic()
     if output_format(output) == "tiff":
         description = json.dumps(parameters | {"app_version": __version__}, ensure_ascii=True, sort_keys=True)
         write_tiff(canvas, output, bits=bits, icc=icc, dpi=dpi, description=description, software=software,
-                   cancel=cancel, temp=journal.temp("out.tif"))
+                   cancel=cancel, temp=journal.temp("out.tif"), grey=grey)
     else:
-        write_png(canvas, output, icc=icc, dpi=dpi, parameters=parameters)
+        write_png(canvas, output, icc=icc, dpi=dpi, parameters=parameters, grey=grey)
     seconds["write"] = time.monotonic() - started
     if print_dpi:
         printed = json.dumps(parameters | {"app_version": __version__, "print_dpi": print_dpi,
                                            "print_background": list(print_background), "bits": 8},
                              ensure_ascii=True, sort_keys=True)
         write_print_tiff(canvas, print_path(output), dpi=print_dpi, icc=icc, background=tuple(print_background),
-                         description=printed, software=software, cancel=cancel, temp=journal.temp("print.tif"))
+                         description=printed, software=software, cancel=cancel, temp=journal.temp("print.tif"),
+                         grey=grey)
         seconds["print"] = time.monotonic() - started - seconds["write"]
     return seconds
 
@@ -347,10 +401,11 @@ def parse_colour(text: str) -> tuple[int, int, int]:
 def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | None,
                      background: tuple[int, int, int] = (255, 255, 255), description: str = "",
                      software: str = "", cancel: threading.Event | None = None,
-                     temp: Path | None = None) -> Path:
-    """The print lab's copy: 8-bit RGB, alpha flattened over `background`, `dpi` and the ICC profile
-    embedded; tiled, deflate; classic TIFF unless it needs BigTIFF (> 4 GB). Streams canvas chunks:
-    memory stays at a chunk of 256 rows × `WRITE_COLUMNS` whatever the size. Atomic, like `write_tiff`.
+                     temp: Path | None = None, grey: bool = False) -> Path:
+    """The print lab's copy: 8-bit RGB (grey with `grey`), alpha flattened over `background`, `dpi` and
+    the ICC profile embedded; tiled, deflate; classic TIFF unless it needs BigTIFF (> 4 GB). Streams canvas
+    chunks: memory stays at a chunk of 256 rows × `WRITE_COLUMNS` whatever the size. Atomic, like
+    `write_tiff`.
 
     Flattening is done on the stored (gamma-encoded) values, as image editors do:
     out = colour·α + background·(1 − α), from the 16-bit master, rounded once."""
@@ -364,6 +419,8 @@ def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | Non
         if canvas.channels == 4:
             a = band[..., 3:] / 65535.0
             band = band[..., :3] * a + bg * (1.0 - a)
+        if grey:
+            band = grey_levels(np.clip(np.rint(band), 0, 65535).astype(np.uint16)).astype(np.float32)
         return np.clip(np.rint(band / 257.0), 0, 255).astype(np.uint8)
 
     def tiles():
@@ -372,11 +429,12 @@ def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | Non
                 yield rgb8[:, x:x + side]
 
     extra = {"iccprofile": icc} if icc else {}
-    big = canvas.width * canvas.height * 3 > 3_900_000_000
+    big = canvas.width * canvas.height * (1 if grey else 3) > 3_900_000_000
     tmp = temp or temp_path(path, ".tif")
     try:
-        tifffile.imwrite(tmp, tiles(), shape=(canvas.height, canvas.width, 3), dtype=np.uint8,
-                         tile=(side, side), bigtiff=big, photometric="rgb", planarconfig="contig",
+        tifffile.imwrite(tmp, tiles(), shape=(canvas.height, canvas.width) + (() if grey else (3,)), dtype=np.uint8,
+                         tile=(side, side), bigtiff=big, photometric="minisblack" if grey else "rgb",
+                         planarconfig=None if grey else "contig",
                          description=description or None, metadata=None, **_deflate(),
                          software=software or None, resolution=(float(dpi), float(dpi)), resolutionunit="INCH",
                          **extra)
@@ -390,19 +448,26 @@ def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | Non
     return path
 
 
-def write_png(canvas: Canvas, path: Path, *, icc: bytes | None, dpi: float | None, parameters: dict) -> Path:
-    """8-bit PNG with parameters and disclosure (`png_bytes`), ICC and pHYs; atomic."""
+def write_png(canvas: Canvas, path: Path, *, icc: bytes | None, dpi: float | None, parameters: dict,
+              grey: bool = False) -> Path:
+    """8-bit PNG (RGB(A), or L(A) with `grey`) with parameters and disclosure (`png_bytes`), ICC and pHYs;
+    atomic."""
     from PIL import Image
 
     from blk.generate.metadata import png_bytes
 
     check_png(canvas.width, canvas.height, 8)
-    pixels = np.empty((canvas.height, canvas.width, canvas.channels), dtype=np.uint8)
+    pixels = np.empty(_written_shape(canvas, grey), dtype=np.uint8)
     y = 0
-    for band in bands(canvas, TIFF_TILE, lambda rows: np.take(TO_8_BITS, rows)):  # no 32-bit copy of the whole
+
+    def convert(rows: np.ndarray) -> np.ndarray:  # no 32-bit copy of the whole
+        return np.take(TO_8_BITS, grey_levels(rows) if grey else rows)
+
+    for band in bands(canvas, TIFF_TILE, convert):
         pixels[y:y + len(band)] = band
         y += len(band)
-    image = Image.fromarray(pixels, "RGBA" if canvas.channels == 4 else "RGB")
+    modes = {(False, 3): "RGB", (False, 4): "RGBA", (True, 3): "L", (True, 4): "LA"}
+    image = Image.fromarray(pixels, modes[grey, canvas.channels])
     del pixels
     if icc:
         image.info["icc_profile"] = icc  # Pillow's PNG writer embeds it from info (iCCP)

@@ -60,7 +60,8 @@ import numpy as np
 from blk.errors import UserError
 from blk.generate.sizes import SIZE_MULTIPLE
 from blk.models.device import MemoryOptions
-from blk.upscale.canvas import Canvas, check_outputs, check_png, output_format, print_path, write_result
+from blk.upscale.canvas import (Canvas, check_outputs, check_png, output_format, print_path, read_icc,
+                               write_result)
 from blk.upscale.journal import Journal, file_sha256, job_key
 from blk.upscale.source import open_input
 from blk.upscale.tiler import count_tiles, run_tiles
@@ -308,7 +309,6 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     from blk.models.device import is_out_of_memory
     from blk.models.pipelines import PipelineCache, lora_sha256, set_loras
     from blk.models.registry import resolve
-    from blk.upscale.esrgan import _read_icc
     from blk.upscale.tiler import Cancelled, _free_accelerator_memory
 
     started = time.monotonic()
@@ -324,7 +324,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     bits = 16 if job.keep_16bit and image.bit_depth == 16 else 8
     if fmt == "png":
         check_png(width, height, bits)
-    icc = _read_icc(job.icc) if job.icc else image.icc
+    icc = read_icc(job.icc, image.grey) if job.icc else image.icc
     if on_plan:
         on_plan(the_plan)
     for note in the_plan.notes:
@@ -444,7 +444,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
         }
         dpi = job.dpi or image.dpi
         write_result(source, job.output, bits=bits, icc=icc, dpi=dpi, parameters=parameters,
-                     print_dpi=job.print_dpi, print_background=job.print_background, journal=journal, cancel=cancel)
+                     print_dpi=job.print_dpi, print_background=job.print_background, journal=journal, cancel=cancel,
+                     grey=image.grey)
     return DiffusionResult(job.output, width, height, total, time.monotonic() - started, parameters, bits, sizes,
                            applied, print_path(job.output) if job.print_dpi else None)
 

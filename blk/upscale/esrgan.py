@@ -43,7 +43,8 @@ from typing import Callable
 import numpy as np
 
 from blk.errors import UserError
-from blk.upscale.canvas import Canvas, check_outputs, check_png, output_format, print_path, write_result
+from blk.upscale.canvas import (Canvas, check_outputs, check_png, output_format, print_path, read_icc,
+                               write_result)
 from blk.upscale.journal import Journal, file_sha256, job_key
 from blk.upscale.source import WHOLE_IMAGE_PIXELS, FilledSource, open_input
 from blk.upscale.tiler import Cancelled, auto_tile, count_tiles, run_tiles
@@ -234,7 +235,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     bits = 16 if job.keep_16bit and image.bit_depth == 16 else 8
     if fmt == "png":
         check_png(width, height, bits)
-    icc = _read_icc(job.icc) if job.icc else image.icc
+    icc = read_icc(job.icc, image.grey) if job.icc else image.icc
     dpi = job.dpi or image.dpi
 
     device = pick_device(job.device)
@@ -270,7 +271,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
         } | ({"alpha": job.alpha} if image.channels == 4 else {})
         phases |= write_result(source, job.output, bits=bits, icc=icc, dpi=dpi, parameters=parameters,
                                print_dpi=job.print_dpi, print_background=job.print_background, journal=journal,
-                               cancel=cancel)
+                               cancel=cancel, grey=image.grey)
     return EsrganResult(job.output, width, height, bits, passes, tile, up.tiles, up.oom_retries,
                         time.monotonic() - started, parameters, resumed_from_tile=up.resumed_from_tile,
                         print_path=print_path(job.output) if job.print_dpi else None, phases=phases)
@@ -458,16 +459,6 @@ class _Progress:
 def _check(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled()
-
-
-def _read_icc(path: Path) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UserError(f"Could not read the ICC profile {path} ({exc.strerror}).") from None
-    if len(data) < 132 or data[36:40] != b"acsp":
-        raise UserError(f"{Path(path).name} is not an ICC profile.")
-    return data
 
 
 _sha256 = file_sha256

@@ -25,6 +25,7 @@ from blk.errors import BadImage
 # Decoded whole below this (float32 RGBA: 512 MB); read by region above. Never above Pillow's limit.
 WHOLE_IMAGE_PIXELS = 32 * 2**20
 _VIPS_LOADERS = {"pngload", "jpegload", "webpload", "tiffload"}
+GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}  # Pillow's grey modes
 
 
 class Source(Protocol):
@@ -46,6 +47,7 @@ class InputImage:
     icc: bytes | None  # an RGB profile to carry over (None for CMYK inputs: they are converted to sRGB)
     dpi: float | None
     by_region: bool  # True when read lazily with pyvips
+    grey: bool = False  # a grey (or grey + alpha) file: read as RGB(A) for the models, written back as grey
 
     @property
     def width(self) -> int:
@@ -153,7 +155,7 @@ def open_input(path: str | Path, max_pixels: int = WHOLE_IMAGE_PIXELS) -> InputI
     pixels = read_pixels(path)
     icc, dpi = _pillow_metadata(path, info.mode)
     return InputImage(ArraySource(np.ascontiguousarray(pixels, dtype=np.float32)), path.name,
-                      16 if info.bit_depth >= 16 else 8, icc, dpi, by_region=False)
+                      16 if info.bit_depth >= 16 else 8, icc, dpi, by_region=False, grey=info.mode in GREY_MODES)
 
 
 def _pillow_metadata(path: Path, mode: str) -> tuple[bytes | None, float | None]:
@@ -199,7 +201,8 @@ def _vips_input(image, path: Path) -> InputImage:
         if image.interpretation == "cmyk":
             image, icc = image.colourspace("srgb"), None
         high = image.format == "ushort"
-        if image.bands in (1, 2):
+        grey = image.bands in (1, 2)
+        if grey:
             image = image.colourspace("rgb16" if high else "srgb")
         if image.format not in ("uchar", "ushort") or image.bands not in (3, 4):
             raise BadImage(f"{path.name} has {image.bands} channels of {image.format} samples; "
@@ -208,7 +211,8 @@ def _vips_input(image, path: Path) -> InputImage:
         if isinstance(exc, BadImage):
             raise
         raise BadImage(f"{path.name} cannot be read ({_first_line(exc)}).") from None
-    return InputImage(VipsSource(image, path.name), path.name, 16 if high else 8, icc, dpi, by_region=True)
+    return InputImage(VipsSource(image, path.name), path.name, 16 if high else 8, icc, dpi, by_region=True,
+                      grey=grey)
 
 
 def _stored_dpi(image, fields: set[str], path: Path) -> float | None:
