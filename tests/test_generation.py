@@ -106,3 +106,20 @@ def test_memory_modes_int8_with_lora_and_vae_tiling(shared_workspace, tmp_path):
     set_loras(loaded, [(lora, 0.0)])
     assert np.abs(with_lora - base).mean() > 1.0  # the LoRA acts on int8 weights (never fused)
     assert np.array_equal(pixels(generate(loaded, request)), base)
+
+
+def test_an_image_to_image_view_keeps_the_loaded_dtype(shared_workspace, monkeypatch):
+    """On a GPU the base loads in bfloat16; diffusers' `from_pipe` casts every shared module to float32 unless
+    told (a FLUX transformer doubled in place, and int8 weights refuse any cast). Loaded here in bfloat16, as
+    a GPU loads it."""
+    import torch
+
+    from blk.models import pipelines
+
+    monkeypatch.setattr(pipelines, "pick_dtype", lambda device: torch.bfloat16)
+    cache, model = PipelineCache(), resolve("tiny-flux", shared_workspace)
+    base = cache.get(model, device="cpu")
+    view = cache.get(model, task="img2img", device="cpu")
+    modules = (base.pipe.transformer, base.pipe.vae, base.pipe.text_encoder, base.pipe.text_encoder_2,
+               view.pipe.transformer)
+    assert [module.dtype for module in modules] == [torch.bfloat16] * 5

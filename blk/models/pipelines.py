@@ -171,7 +171,9 @@ class PipelineCache:
             if task == "text2img":
                 return self._loaded
             if task not in self._tasks:
-                view = _pipeline_class(model.family, task).from_pipe(self._loaded.pipe)
+                # in the loaded dtype: from_pipe casts every shared module to float32 unless told (a bf16
+                # FLUX would double in place, and int8 weights refuse any cast)
+                view = _pipeline_class(model.family, task).from_pipe(self._loaded.pipe, dtype=pick_dtype(device))
                 view.set_progress_bar_config(disable=True)
                 self._tasks[task] = LoadedPipeline(view, model, device, memory, adapters=self._loaded.adapters,
                                                    notices=self._loaded.notices)
