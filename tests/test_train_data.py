@@ -515,3 +515,24 @@ def test_the_runner_refuses_a_dataset_of_only_tiny_images(tmp_path, shared_works
     with pytest.raises(UserError, match=r"^specks has no image of at least 64×64 px to train on \(2 are smaller\)\.$"):
         run(tiny(dataset, 1), shared_workspace, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything started
+
+
+def test_flux_samples_take_cached_texts_of_another_dtype(shared_workspace):
+    """Training samples draw from the dataset's text cache, which may have been filled in float32 (a CPU run)
+    before a bfloat16 run (a GPU): FluxPipeline does not cast given embeddings, and raised "mat1 and mat2 must
+    have the same dtype" at the step-0 sample."""
+    from blk.models.device import MemoryOptions
+    from blk.models.pipelines import load_pipeline
+    from blk.models.registry import resolve
+    from blk.train.families import FluxFamily
+
+    model = resolve("tiny-flux", shared_workspace)
+    cached = FluxFamily(load_pipeline(model, "text2img", "cpu", MemoryOptions()))
+    with torch.no_grad():
+        text = cached.encode_text("blkstyle, a cube")  # float32, as a CPU run caches it
+    family = FluxFamily(load_pipeline(model, "text2img", "cpu", MemoryOptions()).to(torch.bfloat16))
+    inputs = family.prompt_inputs(text)
+    assert {value.dtype for value in inputs.values()} == {torch.bfloat16}
+    image = family.pipe(**inputs, width=64, height=64, num_inference_steps=1, output_type="np",
+                        generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()

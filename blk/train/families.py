@@ -53,10 +53,12 @@ class FluxFamily:
         return [prompt]
 
     def prompt_inputs(self, text: dict) -> dict:
-        """The pipeline's inputs for an encoded text (`encode_text`), instead of the prompt (it casts the dtype)."""
-        device = self.pipe.transformer.device
-        return {"prompt_embeds": text["prompt_embeds"][None].to(device),
-                "pooled_prompt_embeds": text["pooled"][None].to(device)}
+        """The pipeline's inputs for an encoded text (`encode_text`), instead of the prompt. In the
+        transformer's dtype: FluxPipeline does not cast given embeddings, and the dataset's text cache may
+        have been filled in another (float32 on a CPU, then a bfloat16 run on a GPU)."""
+        device, dtype = self.pipe.transformer.device, self.pipe.transformer.dtype
+        return {"prompt_embeds": text["prompt_embeds"][None].to(device, dtype),
+                "pooled_prompt_embeds": text["pooled"][None].to(device, dtype)}
 
     def loss(self, latent_params, text: dict, generator, mask=None):
         """Flow-matching loss; `mask` ([B, 1, h, w] on the latent grid) weights it per token."""

@@ -261,7 +261,8 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
                                                 config.data.keep_tokens) for i in batch]
                     # only a caption as written (or dropout's "") goes to the disk cache: shuffles are new every step
                     texts = [text_for(c, keep=c in (i.caption, "")) for c, i in zip(captions, batch)]
-                    text = {k: torch.stack([t[k] for t in texts]) for k in texts[0]}
+                    # on one device: cached texts come from the CPU, a shuffled one fresh from the encoder's
+                    text = {k: torch.stack([t[k].to(device) for t in texts]) for k in texts[0]}
                     loss = family.loss(latents, text, generator, mask) / micro_per_step
                     loss.backward()
                     total += loss.item()
