@@ -564,6 +564,37 @@ def test_steps_repeat_with_one_tile_shape_and_seed_and_resume(shared_workspace, 
     assert read_parameters(resumed.path)["final_denoise"] == 0.1 and not list(tmp_path.glob(".blk-tmp-*"))
 
 
+def test_a_job_stopped_in_its_full_frame_pass_resumes_there(shared_workspace, tmp_path, pipelines, monkeypatch):
+    """Ctrl+C during the full-frame pass, every tile done: the resume starts at that pass (it raised
+    AttributeError, the model being loaded only by a tile pass) and gives the uninterrupted pixels."""
+    gradient(20, 16).save(tmp_path / "small.png")
+
+    def job(name):
+        return tiny_job(tmp_path, name, input=tmp_path / "small.png", scale=4, step=2, tile=32, overlap=8,
+                        passes=(Pass(0.5),), seed=7)
+
+    whole = run(job("whole.png"), shared_workspace, pipelines)
+    pipe_class = type(pipelines.get(resolve("tiny-flux", shared_workspace), task="img2img").pipe)
+    original, frames = pipe_class.__call__, []
+
+    def stopped_in_the_full_frame(self, *args, **kwargs):
+        if (kwargs["width"], kwargs["height"]) == (80, 64):
+            frames.append(kwargs["width"])
+            if len(frames) == 1:
+                raise KeyboardInterrupt()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipe_class, "__call__", stopped_in_the_full_frame)
+    with pytest.raises(KeyboardInterrupt):
+        run(job("out.png"), shared_workspace, pipelines)
+    assert json.loads((tmp_path / ".blk-tmp-out.png.journal.json").read_text())["pass"] == 4  # the full frame
+    notes = []
+    resumed = run(job("out.png"), shared_workspace, pipelines, log=notes.append)
+    assert frames == [80, 80] and notes and notes[0].startswith("Resuming an interrupted job")
+    assert np.array_equal(np.asarray(Image.open(resumed.path)), np.asarray(Image.open(whole.path)))
+    assert not list(tmp_path.glob(".blk-tmp-*"))
+
+
 def test_full_frame_pass_changes_pixels_and_out_of_memory_skips_it(shared_workspace, tmp_path, pipelines,
                                                                     monkeypatch):
     gradient(24, 20).save(tmp_path / "small.png")

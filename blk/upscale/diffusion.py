@@ -410,10 +410,10 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             if out_of_memory:  # free memory shrank since the plan
                 say(_too_big_note(width, height, need, budget))
             else:
-                set_loras(loaded, [(job.texture_lora, job.passes[-1].lora_scale)] if job.texture_lora else [])
+                set_loras(pipeline(), [(job.texture_lora, job.passes[-1].lora_scale)] if job.texture_lora else [])
                 steps, _ = effective_steps(job.steps or default_steps, job.final_denoise)
                 try:
-                    whole = tile_processor(loaded, job.prompt, job.final_denoise, steps, guidance,
+                    whole = tile_processor(pipeline(), job.prompt, job.final_denoise, steps, guidance,
                                            job.seed)(source.read(0, 0, width, height)[None])[0]
                 except Exception as exc:
                     if not is_out_of_memory(exc):
