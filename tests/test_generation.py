@@ -123,3 +123,21 @@ def test_an_image_to_image_view_keeps_the_loaded_dtype(shared_workspace, monkeyp
     modules = (base.pipe.transformer, base.pipe.vae, base.pipe.text_encoder, base.pipe.text_encoder_2,
                view.pipe.transformer)
     assert [module.dtype for module in modules] == [torch.bfloat16] * 5
+
+
+def test_switching_models_frees_the_previous_pipeline_before_loading(shared_workspace):
+    """Only one base model in memory at a time: the previous pipeline (and its img2img view) is gone by the time
+    the next one has loaded, offload hooks and compiled graphs notwithstanding (`PipelineCache._release`)."""
+    import gc
+    import weakref
+
+    cache = PipelineCache()
+    flux = cache.get(resolve("tiny-flux", shared_workspace), device="cpu")
+    cache.get(resolve("tiny-flux", shared_workspace), task="img2img", device="cpu")
+    gone = weakref.ref(flux.pipe.transformer)
+    del flux
+    cache.get(resolve("tiny-sdxl", shared_workspace), device="cpu")
+    gc.collect()
+    assert gone() is None and cache.load_count == 2
+    cache.clear()
+    assert cache.loaded_options(resolve("tiny-sdxl", shared_workspace), "cpu") is None

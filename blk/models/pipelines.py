@@ -162,7 +162,7 @@ class PipelineCache:
         key = _cache_key(model, device, memory)
         with self._lock:
             if self._key != key:
-                self._loaded, self._tasks = None, {}  # free the old pipeline before loading the next
+                self._release()  # free the old pipeline before loading the next
                 self._loaded = LoadedPipeline(load_pipeline(model, "text2img", device, memory), model, device, memory)
                 self._key = key
                 self.load_count += 1
@@ -178,6 +178,26 @@ class PipelineCache:
                 self._tasks[task] = LoadedPipeline(view, model, device, memory, adapters=self._loaded.adapters,
                                                    notices=self._loaded.notices)
             return self._tasks[task]
+
+    def _release(self) -> None:
+        """Drop the loaded pipeline and give its memory back before another loads: dropping the references is
+        not enough, as offload hooks form reference cycles and compiled graphs hold the modules they traced
+        (two FLUX models in GPU memory at once would run out of memory at the second load)."""
+        import gc
+
+        import torch
+
+        was = self._loaded
+        self._loaded, self._tasks, self._key = None, {}, None
+        if was is None:
+            return
+        compiled = was.memory.compile
+        del was
+        if compiled:
+            torch._dynamo.reset()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def loaded_options(self, model: ResolvedModel, device: str = "auto") -> MemoryOptions | None:
         """The memory options of the loaded pipeline when it is this model on this device, else None: a job
@@ -204,7 +224,7 @@ class PipelineCache:
 
     def clear(self) -> None:
         with self._lock:
-            self._key, self._loaded, self._tasks = None, None, {}
+            self._release()
 
 
 def _cache_key(model: ResolvedModel, device: str, memory: MemoryOptions) -> tuple:
