@@ -180,9 +180,11 @@ def rgba_to_raw_latent(vae, family: str, encoder, rgba):
     alpha, colour = rgba[:, 3:4], rgba[:, :3]
     padded = pad_rgb(rgba)
     feed = torch.cat([padded, alpha], dim=1) if family == "flux" else torch.cat([alpha, padded], dim=1)
-    parameter = next(encoder.parameters())
+    parameter = next(encoder.parameters())  # the encoder sits on the device the work runs on
     with torch.no_grad():
-        posterior = vae.encode(((colour * 2 - 1) * alpha).to(vae.device, vae.dtype)).latent_dist
+        # there, not on `vae.device`: under CPU offload that reads "cpu" until the hook moves the VAE, and the
+        # hook does not move the input
+        posterior = vae.encode(((colour * 2 - 1) * alpha).to(parameter.device, vae.dtype)).latent_dist
         offset = encoder(feed.to(parameter.device, parameter.dtype)).to(posterior.mean) * ENCODER_SCALE
         return posterior.mean + posterior.std * offset
 

@@ -837,8 +837,10 @@ def _restore(run_dir: Path, denoiser, optimizer, scheduler, ema=None) -> int:
 
     folder = _state_folder(run_dir)
     set_peft_model_state_dict(denoiser, load_file(str(folder / "adapter.safetensors")))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    # read onto the CPU: load_state_dict moves each state to its parameter's device; as saved, a GPU run's
+    # state would need that very GPU (none on another machine; cuda:0 for every process of a multi-GPU run)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=True))
     if ema is not None:
         if not (folder / "ema.safetensors").exists():
             raise UserError(f"{run_dir.name} was saved without EMA; resume it with ema_decay 0.")
