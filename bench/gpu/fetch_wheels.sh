@@ -16,9 +16,13 @@ fetch() {  # fetch FOLDER NAME==VERSION …: binary wheels for CPython 3.12 on m
 }
 fetch .whl pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
     huggingface-hub==2.4.0 diffusers==0.42.1 transformers==5.24.0 optimum-quanto==0.2.7 prodigyopt==1.1.2 \
-    spandrel==0.4.2 pyvips==2.1.0 pyvips-binary==8.18.7 cffi==2.1.1 pycparser==3.12 imagecodecs==2026.10.10
-# basicsr and realesrgan come as source only: built here into pure-Python wheels (their setup imports torch)
+    spandrel==0.4.2 pyvips-binary==8.18.7 cffi==2.1.1 pycparser==3.12 imagecodecs==2026.10.10
+# basicsr and realesrgan come as source only: built here into pure-Python wheels (their setup imports torch).
+# pyvips too: its newest wheel (2.1.0) cannot load pyvips-binary 8.18's libvips ("undefined type name
+# VipsCallbackFn"), and the upscale benchmark would silently decode whole what it must read by region;
+# 3.x builds into a py3-none-any wheel that uses pyvips-binary, as the studio's own environment does.
 python3 -m venv /tmp/blk-wheel-builder
 /tmp/blk-wheel-builder/bin/pip install -q torch==2.13.0 setuptools wheel numpy
 /tmp/blk-wheel-builder/bin/pip wheel -q --no-deps --no-build-isolation -w .whl basicsr==1.4.2 realesrgan==0.3.0
+/tmp/blk-wheel-builder/bin/pip wheel -q --no-deps -w .whl pyvips==3.2.0
 du -sh .whl

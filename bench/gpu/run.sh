@@ -17,6 +17,10 @@ if [ -d .whl ]; then
         .whl/*.whl || exit 1
 fi
 export PYTHONPATH="/tmp/site:$PWD"
+# the libraries the benchmarks need, or stop here: a pyvips that fails to import is swallowed by the studio
+# (it then reads large inputs whole), and the memory rows would measure the wrong path
+python3 -c "import pyvips, diffusers, spandrel, optimum.quanto, prodigyopt; print('pyvips', pyvips.__version__, \
+    'libvips', pyvips.version(0), pyvips.version(1))" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
 workspace=/tmp/blk-bench-workspace
