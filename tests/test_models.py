@@ -349,3 +349,19 @@ def test_the_demo_banner_is_made_again_on_each_page_load(workspace):
     (workspace.models / "upscalers").mkdir(parents=True)
     rrdb_file(workspace.models / "upscalers" / "RealESRGAN_x4plus.pth")
     assert "needs an upscaler file" not in banner() and banner().startswith("**Demo mode**")
+
+
+def test_training_refuses_a_gpu_without_bfloat16_in_one_sentence(monkeypatch):
+    """An older GPU (T4, V100: float16 only) would train without loss scaling and get NaN SDXL latents; it is
+    said before anything loads. (The GPU is a pretend one: torch's answers about it are replaced.)"""
+    import torch
+
+    from blk.models.device import training_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
+    with pytest.raises(UserError, match=r"^Tesla T4 has no bfloat16, which training needs .*or set device: cpu\.$"):
+        training_dtype("cuda:0")
+    assert training_dtype("cpu") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert training_dtype("cuda:0") == torch.bfloat16

@@ -88,6 +88,22 @@ def pick_dtype(device: str):
     return torch.float32
 
 
+def training_dtype(device: str):
+    """`pick_dtype` for training, refusing a CUDA GPU without bfloat16 (older than Ampere): float16 there would
+    train without loss scaling (small gradients vanish) and SDXL's VAE gives NaN latents in float16."""
+    import torch
+
+    from blk.errors import UserError
+
+    dtype = pick_dtype(device)
+    if device.startswith("cuda") and dtype == torch.float16:
+        name = torch.cuda.get_device_name(torch.device(device))
+        raise UserError(f"{name} has no bfloat16, which training needs (in float16 small gradients vanish and "
+                        "SDXL's VAE gives NaN latents): train on a GPU from NVIDIA's Ampere generation or newer "
+                        "(RTX 30xx, A100, H100…), or set device: cpu.")
+    return dtype
+
+
 def avoid_cudnn_attention_backward() -> None:
     """Training only: keep PyTorch's SDPA off the cuDNN kernel, on flash / memory-efficient attention.
 

@@ -144,7 +144,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
            stop_after: int | None, reached: _Reached) -> RunResult:
     import torch
 
-    from blk.models.device import avoid_cudnn_attention_backward, is_out_of_memory, pick_dtype
+    from blk.models.device import avoid_cudnn_attention_backward, is_out_of_memory, training_dtype
     from blk.models.registry import resolve
 
     world = World.from_env()
@@ -166,7 +166,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     image_count = len({(i.root, i.image, i.flip, i.variant) for plan in curriculum.stages for pool in plan.pools for i in pool}) \
         if curriculum else len(items)
     device = world.start(workspace.settings.device)
-    dtype = pick_dtype(device)
+    dtype = training_dtype(device)  # before the run folder: an old GPU is one sentence
     if device.startswith("cuda"):
         avoid_cudnn_attention_backward()
 
@@ -245,7 +245,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
                 events.write("stage", step, stage=stage + 1, name=plan.name,
                              sources=dict(zip(plan.labels, plan.fractions)), images=sum(len(p) for p in plan.pools))
             denoiser.train()
-            total, used, failed = 0.0, [], False
+            losses, used, failed = [], [], False
             try:
                 for micro in world.micro_batches(accumulation):
                     draw = micro_batch(config, items, curriculum, step, micro, micro_per_step)
@@ -265,12 +265,13 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
                     text = {k: torch.stack([t[k].to(device) for t in texts]) for k in texts[0]}
                     loss = family.loss(latents, text, generator, mask) / micro_per_step
                     loss.backward()
-                    total += loss.item()
+                    losses.append(loss.detach())  # read once per step: `.item()` waits for the GPU each time
             except Exception as exc:  # noqa: BLE001
                 if world.size == 1 or not is_out_of_memory(exc):
                     raise
                 failed = True  # this process ran out of memory: tell the others, so that all end here together
                 optimizer.zero_grad(set_to_none=True)
+            total = float(torch.stack(losses).sum()) if losses else 0.0
             total, failures = world.sum([total, float(failed)])
             if failures:
                 raise _OutOfMemoryInAProcess()
@@ -288,7 +289,10 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
             step += 1
             reached.step = step
             used = world.gather(used)
-            memory = {"gpu_memory": torch.cuda.max_memory_allocated(device)} if device.startswith("cuda") else {}
+            memory = {}
+            if device.startswith("cuda"):  # this step's peak (samples and validation count in the next step's)
+                memory = {"gpu_memory": torch.cuda.max_memory_allocated(device)}
+                torch.cuda.reset_peak_memory_stats(device)
             adapted = {}  # Prodigy adapts its step size d: the rate it really steps at is d·lr (lr itself stays 1.0)
             if "d" in optimizer.param_groups[0]:
                 adapted = {"d": float(optimizer.param_groups[0]["d"])}

@@ -197,7 +197,9 @@ def plan_job(job: EsrganJob, image, upscaler, device: str, dtype, tile: int | No
     """The plan for `job` on an opened input and a loaded model; `tile` (a resumed job's) wins over the job's."""
     width, height = target_size(image.width, image.height, job.scale, job.size)
     inputs = pass_inputs(image.width, image.height, upscaler.scale, (width, height))
-    tile = tile or job.tile or max(auto_tile(device, batch=max(1, job.batch), dtype_bytes=dtype.itemsize,
+    # with alpha through the model, each call carries the colour tiles and their alpha tiles: twice the batch
+    per_call = max(1, job.batch) * (2 if image.channels == 4 and job.alpha == "model" else 1)
+    tile = tile or job.tile or max(auto_tile(device, batch=per_call, dtype_bytes=dtype.itemsize,
                                              multiple_of=upscaler.multiple_of), 4 * job.overlap)
     tiles = tuple(count_tiles(w, h, tile, job.overlap, upscaler.multiple_of) for w, h in inputs)
     return EsrganPlan(image.width, image.height, width, height, upscaler.scale, tuple(inputs), tile, job.overlap,
