@@ -23,6 +23,14 @@ CSS = """
 .blk-switches, .blk-switches > .form { flex-wrap: wrap; }
 .blk-switches .form > .block { flex: 1 0 auto !important; width: max-content !important; min-width: 0 !important; }
 .blk-switches .checkbox-container { width: max-content; }
+/* rows of fields that wrap in a narrow window instead of squeezing each field (labels vanished, sliders were cut) */
+.blk-wrap, .blk-wrap > .form { flex-wrap: wrap !important; }
+.blk-wrap .form > .block:has(.checkbox-container) { min-width: max-content !important; }
+.blk-wrap > .form { background: var(--block-background-fill) !important; }
+/* the captions grid: headers break between words only ("sta/tus" read as two), and its narrow columns give
+   the lock marks of read-only columns' room to their names */
+#blk-caption-grid th .header { word-break: normal !important; overflow-wrap: normal !important; }
+#blk-caption-grid th .header-icons [aria-label="Static column"] { display: none; }
 /* Blind A/B: both pictures as wide as their half (a small pair was judged at its own few pixels), never taller
    than the window */
 .blk-judge .image-frame { width: 100% !important; height: auto !important; }

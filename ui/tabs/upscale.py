@@ -353,9 +353,9 @@ def build(context: StudioContext) -> dict:
                                           label="Pass A denoise (texture)")
                     denoise_b = gr.Slider(0.05, 0.6, value=PAPER_PASSES[1].denoise, step=0.01,
                                           label="Pass B denoise (refine)")
-                with gr.Row():
-                    use_c = gr.Checkbox(False, label="Pass C (edges)")
-                    denoise_c = gr.Slider(0.05, 0.4, value=PASS_C.denoise, step=0.01, label="Pass C denoise")
+                # stacked, not side by side: in a row the slider's end was cut off in a narrow window
+                use_c = gr.Checkbox(False, label="Pass C (edges)")
+                denoise_c = gr.Slider(0.05, 0.4, value=PASS_C.denoise, step=0.01, label="Pass C denoise")
                 with gr.Row():
                     steps = gr.Number(0, label="Steps (0: the model's default)", precision=0)
                     seed = gr.Number(0, label="Seed (same for every tile)", precision=0)
@@ -383,11 +383,11 @@ def build(context: StudioContext) -> dict:
             status = gr.Markdown(elem_id="blk-upscale-status")
             slider = gr.ImageSlider(label="Before | after (one region at full size)", type="pil", format="png",
                                     elem_id="blk-upscale-slider", max_height=700)
-            with gr.Row():
+            with gr.Row(elem_classes="blk-wrap"):  # side by side when wide, one above the other when narrow
                 region_x = gr.Slider(0, 100, value=50, step=1, label="Region centre, % across",
-                                     elem_id="blk-upscale-region-x")
+                                     elem_id="blk-upscale-region-x", min_width=220)
                 region_y = gr.Slider(0, 100, value=50, step=1, label="Region centre, % down",
-                                     elem_id="blk-upscale-region-y")
+                                     elem_id="blk-upscale-region-y", min_width=220)
             result_file = gr.File(label="Result (and its print copy)", file_count="multiple",
                                   elem_id="blk-upscale-result")
     result_path = gr.State(None)  # the last result, kept on the server: the region is read from it again

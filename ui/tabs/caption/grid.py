@@ -379,7 +379,7 @@ def switch_dataset(context: StudioContext, name, status, text, regex, sort, desc
 
 def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State, rows_state: gr.State,
           after_batch, style_saved, token_model: gr.Dropdown, examples: gr.Dataframe) -> None:
-    with gr.Row():
+    with gr.Row(elem_classes="blk-wrap"):  # wraps in a narrow window (the checkboxes lost their labels)
         status = gr.Dropdown(STATUSES, value="all", label="Status", scale=1)
         text = gr.Textbox(label="Filter (text in caption or name)", scale=3)
         regex = gr.Checkbox(label="Regex", scale=0, min_width=80)
@@ -408,7 +408,7 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
                             elem_id="blk-caption-thumbs")
     # editable only with rows to edit: an empty editable table offered "+" rows and "drop a CSV" to a new dataset
     table = gr.Dataframe(headers=HEADERS, interactive=False, static_columns=[0, 2, 3, 4], wrap=True,
-                         column_widths=["18%", "57%", "9%", "9%", "7%"], label="Captions (edit in place)",
+                         column_widths=["16%", "51%", "11%", "11%", "11%"], label="Captions (edit in place)",
                          elem_id="blk-caption-grid")
     with gr.Row():
         save = gr.Button("Save edits", variant="primary")

@@ -1,0 +1,48 @@
+"""In a real browser at 900 and 1300 px: the Caption tab's filter row keeps its checkboxes' labels (they vanished
+at 900 px) and its grid's headers break between words only ("sta/tus"); Upscale's sliders stay inside their
+column (Pass C's end was cut off)."""
+
+from playwright.sync_api import expect
+
+from tests.support.browser import browser_page, screenshot
+from tests.support.running_app import RunningApp
+
+HEADERS = """() => [...document.querySelectorAll('#blk-caption-grid th .header')].map(span => {
+  const lines = span.getBoundingClientRect().height / parseFloat(getComputedStyle(span).lineHeight);
+  return [span.textContent.trim(), Math.round(lines)]; })"""
+LABELS = """names => names.map(name => {
+  const label = [...document.querySelectorAll('label.checkbox-container')].find(l => l.textContent.trim() === name);
+  const text = label.querySelector('span'), block = label.closest('.block');
+  const t = text.getBoundingClientRect(), b = block.getBoundingClientRect();
+  return [name, t.width > 20 && t.left >= b.left - 0.5 && t.right <= b.right + 0.5]; })"""
+SLIDERS = """() => [...document.querySelectorAll('input[type=range]')].filter(r => r.offsetParent).map(range => {
+  const block = range.closest('.block'), b = block.getBoundingClientRect();
+  const parts = [...block.querySelectorAll('input, button, .min_value, .max_value')].map(e => e.getBoundingClientRect());
+  let e = block, shown = b;  // what the enclosing boxes leave visible of the block
+  while ((e = e.parentElement)) { if (getComputedStyle(e).overflowX !== 'visible') {
+    const r = e.getBoundingClientRect(); shown = {left: Math.max(shown.left, r.left), right: Math.min(shown.right, r.right)}; } }
+  const whole = parts.every(r => r.width === 0 || (r.left >= shown.left - 0.5 && r.right <= shown.right + 0.5));
+  return [block.querySelector('label, span')?.textContent.trim(), whole]; })"""
+
+
+def test_caption_and_upscale_read_at_900_and_1300_px(tmp_path):
+    app = RunningApp(tmp_path / "workspace", tmp_path / "net.jsonl")
+    try:
+        for width in (900, 1300):
+            with browser_page(width=width, height=1000) as page:
+                page.goto(app.url)
+                expect(page.locator("#blk-caption-grid th").first).to_be_visible(timeout=30_000)
+                headers = dict(page.evaluate(HEADERS))
+                assert headers["image"] == headers["status"] == headers["tokens"] == 1, (width, headers)
+                assert headers["over budget"] <= 2, (width, headers)  # two words: one break at most
+                labels = dict(page.evaluate(LABELS, ["Regex", "Descending"]))
+                assert all(labels.values()), (width, labels)
+                screenshot(page, f"caption-tab-{width}")
+
+                page.get_by_role("tab", name="Upscale").click()
+                expect(page.get_by_text("Pass C denoise")).to_be_visible(timeout=30_000)
+                sliders = page.evaluate(SLIDERS)
+                assert len(sliders) >= 6 and all(inside for _, inside in sliders), (width, sliders)
+                screenshot(page, f"upscale-tab-{width}")
+    finally:
+        app.stop()
