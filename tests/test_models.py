@@ -358,10 +358,12 @@ def test_training_refuses_a_gpu_without_bfloat16_in_one_sentence(monkeypatch):
 
     from blk.models.device import training_dtype
 
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    # torch.cuda.is_bf16_supported() says yes on a T4 (it counts emulation): the compute capability decides
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
     with pytest.raises(UserError, match=r"^Tesla T4 has no bfloat16, which training needs .*or set device: cpu\.$"):
         training_dtype("cuda:0")
     assert training_dtype("cpu") == torch.float32
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert training_dtype("cuda:0") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    assert training_dtype("cuda:1") == torch.bfloat16

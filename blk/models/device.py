@@ -82,10 +82,19 @@ def pick_dtype(device: str):
     import torch
 
     if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if has_native_bf16(device) else torch.float16
     if device == "mps":
         return torch.float16
     return torch.float32
+
+
+def has_native_bf16(device: str) -> bool:
+    """Whether this GPU computes in bfloat16 itself (NVIDIA Ampere and newer: compute capability 8+).
+    Not `torch.cuda.is_bf16_supported()`: by default it also says yes when bfloat16 is only emulated
+    (Pascal, Volta, Turing: slow), and it asks about the current device, not this one."""
+    import torch
+
+    return torch.cuda.get_device_capability(torch.device(device))[0] >= 8
 
 
 def training_dtype(device: str):

@@ -79,6 +79,8 @@ def probe(config: TrainConfig, workspace: Workspace, steps: int = PROBE_STEPS) -
     if errors and not out_of_memory and errors[-1].get("reason") == "out_of_memory":
         out_of_memory = f"at step {errors[-1]['step'] + 1}"
     peak, total = _memory(device)
+    # the run resets the GPU's peak after each step (its events carry each step's own): the largest of those
+    peak = max([peak] + [event.get("gpu_memory", 0) for event in losses])
     if out_of_memory:
         return Estimate(0.0, 0.0, peak, total, device,
                         f"the probe ran out of memory on {device} {out_of_memory}; try {memory_tips(config)}.")

@@ -183,12 +183,14 @@ def pick_precision(upscaler: UpscalerFacts, device: str, requested: str = "auto"
     which matters for 16-bit output), else bf16, else fp32; fp32 on the CPU."""
     import torch
 
+    from blk.models.device import has_native_bf16
+
     names = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
     allowed = upscaler.dtypes(device)
     if requested == "auto":
         choice = "float16" if "float16" in allowed else "bfloat16" if "bfloat16" in allowed else "float32"
-        if choice == "bfloat16" and not torch.cuda.is_bf16_supported():
-            choice = "float32"
+        if choice == "bfloat16" and not (device.startswith("cuda") and has_native_bf16(device)):
+            choice = "float32"  # emulated bfloat16 (older GPUs) is slower than float32
         return getattr(torch, choice)
     wanted = names.get(requested, requested)
     if wanted not in allowed:
