@@ -80,7 +80,7 @@ def main(argv=None) -> int:
 
     from ui.app import build_app
     from ui.context import StudioContext
-    from ui.theme import CSS, HEAD, studio_theme
+    from ui.theme import CSS, HEAD, screen_reader_words, studio_theme
 
     context = StudioContext(workspace, demo=args.demo or no_real_model, demo_reason=demo_reason)
     atexit.register(context.close)  # stop the captioning server with the app
@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     app.queue(default_concurrency_limit=1)
     app.launch(
         server_name=args.listen, server_port=args.port, share=False, ssr_mode=False, auth=auth,
-        theme=studio_theme(), css=CSS, head=HEAD, inbrowser=False, show_error=True, max_file_size=MAX_UPLOAD,
+        theme=studio_theme(), css=CSS, head=HEAD, i18n=screen_reader_words(), inbrowser=False, show_error=True,
+        max_file_size=MAX_UPLOAD,
         allowed_paths=[str(workspace.root)],
         app_kwargs={"openapi_url": None, "docs_url": None, "redoc_url": None},  # nothing answers without auth
     )

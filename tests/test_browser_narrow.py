@@ -1,6 +1,7 @@
 """In a real browser at 900 and 1300 px: the Caption tab's filter row keeps its checkboxes' labels (they vanished
 at 900 px) and its grid's headers break between words only ("sta/tus"); Upscale's sliders stay inside their
-column (Pass C's end was cut off)."""
+column (Pass C's end was cut off). And a screen reader hears "Done" when an action finishes, not Gradio's
+missing "common.complete"."""
 
 from playwright.sync_api import expect
 
@@ -44,5 +45,27 @@ def test_caption_and_upscale_read_at_900_and_1300_px(tmp_path):
                 sliders = page.evaluate(SLIDERS)
                 assert len(sliders) >= 6 and all(inside for _, inside in sliders), (width, sliders)
                 screenshot(page, f"upscale-tab-{width}")
+    finally:
+        app.stop()
+
+
+ANNOUNCED = """() => { window.blkAnnounced = [];
+  new MutationObserver(() => document.querySelectorAll('[aria-live]').forEach(e => {
+    const text = e.textContent.trim(); if (text) window.blkAnnounced.push(text); }))
+  .observe(document.body, {subtree: true, childList: true, characterData: true}); }"""
+
+
+def test_a_finished_action_is_announced_in_words(tmp_path):
+    app = RunningApp(tmp_path / "workspace", tmp_path / "net.jsonl")
+    try:
+        with browser_page() as page:
+            page.goto(app.url)
+            expect(page.locator("#blk-caption-grid th").first).to_be_visible(timeout=30_000)
+            page.evaluate(ANNOUNCED)
+            page.get_by_role("button", name="Show", exact=True).click()
+            # Gradio spaces its announcements 5 s apart
+            page.wait_for_function("() => window.blkAnnounced.some(t => t !== 'Loading')", timeout=20_000)
+            announced = page.evaluate("() => window.blkAnnounced")
+            assert "Done" in announced and not [t for t in announced if "common." in t], announced
     finally:
         app.stop()

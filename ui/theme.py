@@ -38,6 +38,12 @@ CSS = """
 """
 
 
+def screen_reader_words() -> gr.I18n:
+    """Words Gradio 6.31 announces to screen readers but lacks in its English strings: a finished action
+    was read out as "common.complete". Other languages fall back to these."""
+    return gr.I18n(en={"common.complete": "Done", "common.error": "Error"})
+
+
 def studio_theme() -> gr.themes.Base:
     return gr.themes.Default(primary_hue="slate", neutral_hue="zinc", font=SYSTEM_FONTS, font_mono=MONO_FONTS)
 
