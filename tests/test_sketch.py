@@ -157,6 +157,8 @@ def test_out_of_memory_names_only_the_modes_still_off(shared_workspace, tmp_path
         with pytest.raises(UserError) as caught:
             sketcher.run(tiny(memory=memory, out_dir=tmp_path))
         said[memory] = str(caught.value)
+        # raised after the handler: no context whose traceback would keep the failed run's tensors alive
+        assert caught.value.__context__ is None and caught.value.__cause__ is None
         assert "\n" not in said[memory] and "64×64" in said[memory] and "smaller size" in said[memory]
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
     plain, tiled, both = said.values()

@@ -201,6 +201,22 @@ def test_tiny_transparent_generation(model, shared_workspace, tmp_path):
     assert stenciler.sketcher.cache.load_count == 1
 
 
+def test_out_of_memory_is_one_sentence_that_holds_no_tensors(shared_workspace, tmp_path, monkeypatch):
+    """A transparent asset that does not fit: one sentence naming what to change, raised after the handler so
+    that no traceback keeps the failed run's tensors (they were never given back to the device)."""
+    stenciler = Stenciler(Sketcher(shared_workspace))
+    loaded = stenciler.sketcher.cache.get(resolve("tiny-flux", shared_workspace))
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    monkeypatch.setattr(loaded.pipe.transformer, "forward", out_of_memory)
+    with pytest.raises(UserError, match=r"^Out of memory at 64×64: turn off test-time augmentation") as caught:
+        stenciler.run(StencilRequest("tiny-flux", "a cube", role="FG", seed=1, width=64, height=64, steps=2,
+                                     out_dir=tmp_path / "out"))
+    assert caught.value.__context__ is None and not list((tmp_path / "out").glob("*"))
+
+
 def test_style_lora_changes_the_asset_and_roles_are_checked(shared_workspace, tmp_path):
     stenciler = Stenciler(Sketcher(shared_workspace))
     style = make_random_lora(shared_workspace.models / "tiny-flux", "flux", tmp_path / "style")

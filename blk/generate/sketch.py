@@ -216,10 +216,11 @@ class Sketcher:
         except UserError:
             raise
         except Exception as exc:
-            if is_out_of_memory(exc):
-                _free_device_memory()
-                raise UserError(out_of_memory_sentence(loaded, request.width, request.height)) from None
-            raise
+            if not is_out_of_memory(exc):
+                raise
+        # out of memory; freed here, after the handler: inside it the traceback still holds the run's tensors
+        free_device_memory()
+        raise UserError(out_of_memory_sentence(loaded, request.width, request.height))
 
     def parameters(self, loaded: LoadedPipeline, request: TextToImage, sketch: SketchRequest) -> dict:
         return {
@@ -245,7 +246,8 @@ def out_of_memory_sentence(loaded: LoadedPipeline, width: int, height: int) -> s
     return f"Out of memory at {width}×{height}: turn on {listed} under Memory, or choose a smaller size."
 
 
-def _free_device_memory() -> None:
+def free_device_memory() -> None:
+    """Give memory a failed run held back to the device (call it outside the `except` that caught the failure)."""
     import gc
 
     import torch

@@ -66,14 +66,14 @@ def run_pipeline(loaded: LoadedPipeline, request: TextToImage, callback=None, ou
 
         kwargs["callback_on_step_end"] = on_step
     try:
-        return loaded.pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(request.seed))
+        return loaded(**kwargs, generator=torch.Generator("cpu").manual_seed(request.seed))
     except Exception as exc:
         if not (loaded.memory.compile and speed.is_compile_error(exc)):
             raise
         # the compiler failed (no working compiler, an unsupported op): the same run, uncompiled
         speed.uncompile(loaded.denoiser)
         loaded.notices.append(speed.fallback_notice(exc))
-        return loaded.pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(request.seed))
+        return loaded(**kwargs, generator=torch.Generator("cpu").manual_seed(request.seed))
 
 
 def img2img_steps(family: str, steps: int, strength: float) -> int:

@@ -131,10 +131,21 @@ class LoadedPipeline:
     memory: MemoryOptions = MemoryOptions()
     adapters: dict[str, str] = field(default_factory=dict)  # adapter name -> file path
     notices: list[str] = field(default_factory=list)  # said once to the user (compile fell back), shared with views
+    base: object = None  # a view's text-to-image pipeline, which holds the CPU-offload hooks they share
 
     @property
     def denoiser(self):
         return self.pipe.transformer if self.model.family == "flux" else self.pipe.unet
+
+    def __call__(self, **kwargs):
+        """Run the pipeline. Under CPU offload its models go back to the CPU afterwards, also when the run is
+        cancelled or fails: diffusers does so only at a normal end, and a view's own call never does (the
+        hooks are its base's), so a Cancel left the denoiser on the GPU beside the next run's text encoders."""
+        try:
+            return self.pipe(**kwargs)
+        finally:
+            if self.memory.cpu_offload:
+                (self.base or self.pipe).maybe_free_model_hooks()
 
 
 class PipelineCache:
@@ -176,7 +187,7 @@ class PipelineCache:
                 view = _pipeline_class(model.family, task).from_pipe(self._loaded.pipe, dtype=pick_dtype(device))
                 view.set_progress_bar_config(disable=True)
                 self._tasks[task] = LoadedPipeline(view, model, device, memory, adapters=self._loaded.adapters,
-                                                   notices=self._loaded.notices)
+                                                   notices=self._loaded.notices, base=self._loaded.pipe)
             return self._tasks[task]
 
     def _release(self) -> None:

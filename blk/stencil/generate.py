@@ -23,8 +23,8 @@ from blk.generate.library import lora_reference
 from blk.generate.metadata import save_png
 from blk.generate.prompt_length import prompt_length_notice
 from blk.generate.sizes import round_size
-from blk.generate.sketch import MAX_SEED, Cancelled, Lora, Sketcher, _output_name, generation_defaults, \
-    lora_label, output_folder
+from blk.generate.sketch import MAX_SEED, Cancelled, Lora, Sketcher, _output_name, free_device_memory, \
+    generation_defaults, lora_label, output_folder
 from blk.generate.text_to_image import TextToImage, img2img_steps, run_pipeline
 from blk.models.device import MemoryOptions, is_out_of_memory
 from blk.models.pipelines import lora_sha256, set_loras
@@ -132,6 +132,7 @@ class Stenciler:
                     if progress is not None:
                         progress(index * (total + 1) + step, request.count * (total + 1))
 
+                image = None
                 try:
                     latents = run_pipeline(loaded, text, on_step, output_type="latent", image=start_latent,
                                            strength=request.strength if start is not None else None).images
@@ -139,10 +140,13 @@ class Stenciler:
                 except UserError:
                     raise
                 except Exception as exc:
-                    if is_out_of_memory(exc):
-                        raise UserError(f"Out of memory at {width}×{height}: turn off test-time augmentation, turn "
-                                        "on CPU offload or int8 weights, or choose a smaller size.") from None
-                    raise
+                    if not is_out_of_memory(exc):
+                        raise
+                if image is None:  # out of memory: freed after the handler, whose traceback held the tensors
+                    latents = None
+                    free_device_memory()
+                    raise UserError(f"Out of memory at {width}×{height}: turn off test-time augmentation, turn "
+                                    "on CPU offload or int8 weights, or choose a smaller size.")
                 if progress is not None:
                     progress((index + 1) * (runs + 1), request.count * (runs + 1))
                 parameters = {

@@ -563,7 +563,7 @@ def tile_processor(loaded, prompt: str, denoise: float, steps: int, guidance: fl
                           output_type="np")
             if loaded.model.family == "flux":
                 kwargs |= dict(width=w + pw, height=h + ph)
-            out = np.asarray(loaded.pipe(**kwargs).images[0], dtype=np.float32)[:h, :w]
+            out = np.asarray(loaded(**kwargs).images[0], dtype=np.float32)[:h, :w]
             if tile.shape[2] == 4:
                 out = np.concatenate([out, tile[..., 3:]], axis=2)
             outs.append(np.clip(out, 0.0, 1.0))
