@@ -234,3 +234,42 @@ def test_cancel_keeps_what_is_done_and_a_rerun_finishes(tmp_path, transformers_b
     assert result.stopped_because == "Stopped by the user."
     rest = caption_dataset(folder, style, transformers_backend)
     assert sorted(rest.captioned) == sorted(result.not_attempted)
+
+
+def test_the_server_is_sized_for_the_few_shot_conversation_and_the_gpu_it_shares(tmp_path, monkeypatch):
+    """vLLM's settings come from the conversation and the card: a model length that holds every example's image
+    and answer (a fixed 4096 refused requests from 6 examples at 512 px), the GPU named as the child must see it
+    under CUDA_VISIBLE_DEVICES, and a memory share that leaves what others hold (vLLM's 92 % default refused to
+    start beside a loaded Sketch model). The GPU here is a pretend one: torch's answers about it are replaced."""
+    import torch
+
+    from blk.caption import server
+    from blk.caption.server import ServerConfig, gpu_memory_share, model_length, physical_gpu
+
+    assert model_length(3, 512) == 4096 and model_length(5, 512) == 5120  # 5 × (361 image + 300 answer) + 1024
+    assert model_length(9, 1024) == 16384 and model_length(3, 1024, answer_tokens=2000) == 11264
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert physical_gpu(1) == "3" and physical_gpu(0) == "2"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert physical_gpu(1) == "1"
+
+    model = tmp_path / "vlm"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"\0" * 2**20)  # stands for 16 GB of weights: sizes scaled by 2**14
+    gib = 2**30 // 2**14
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (30 * gib, 80 * gib))
+    share = gpu_memory_share(model, "cuda:0", margin=gib)
+    assert share == round(29 / 80, 3)  # what is free, less the margin: not vLLM's 0.92 of the whole card
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(1.5 * gib), 80 * gib))
+    with pytest.raises(UserError, match=r"^cuda:0 has 0\.0 GB free; the captioner needs about \d+ GB\. Stop a "
+                                        r"training run or another program using the GPU, then caption again\.$"):
+        gpu_memory_share(model, "cuda:0", margin=gib)
+    command = ServerConfig(model=model, python=tmp_path / "python", gpu_memory_share=0.4,
+                           max_model_len=6144).command()
+    assert command[command.index("--gpu-memory-utilization") + 1] == "0.4"
+    assert command[command.index("--max-model-len") + 1] == "6144"
+    assert "--gpu-memory-utilization" not in ServerConfig(model=model, python=tmp_path / "python").command()
+    assert server.server_config(model, tmp_path / "python", 6, "cpu", 512).max_model_len == 5120
+    (model / "config.json").write_text('{"model_type": "idefics3", "text_config": {"max_position_embeddings": 4096}}')
+    assert model_length(9, 1024, model=model) == 4096  # no longer than the model was made for: vLLM refuses

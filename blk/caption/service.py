@@ -47,17 +47,20 @@ class CaptionService:
             return self._counters[name]
 
     # the managed server ------------------------------------------------------
-    def start_server(self, model: str, max_images: int = 4, image_size: int = 1024) -> str:
-        from blk.caption.server import ManagedServer, find_vllm_python, server_config
+    def start_server(self, model: str, max_images: int = 4, image_size: int = 1024, answer_tokens: int = 300) -> str:
+        from blk.caption.server import ManagedServer, find_vllm_python, model_length, server_config
 
+        max_images = max(max_images, 4)
         with self._lock:
             if self.server is not None and self.server.healthy() and self.server_model == model \
-                    and self.server.config.max_images >= max_images:
+                    and self.server.config.max_images >= max_images \
+                    and self.server.config.max_model_len >= model_length(max_images, image_size, answer_tokens,
+                                                                         self.server.config.model):
                 return self.status()
             self._stop_locked()
             config = server_config(resolve_vlm(model, self.workspace),
-                                   find_vllm_python(self.workspace.settings.vllm_python), max(max_images, 4),
-                                   self.workspace.settings.device, image_size)
+                                   find_vllm_python(self.workspace.settings.vllm_python), max_images,
+                                   self.workspace.settings.device, image_size, answer_tokens=answer_tokens)
             server = ManagedServer(config, self.workspace.root / "caption-server")
             server.start()
             self.server, self.server_model = server, model
@@ -96,7 +99,7 @@ class CaptionService:
         try:
             if job.backend == "vllm" and not job.vllm_url:
                 style = job_style(job, self.workspace.dataset_folder(job.dataset))
-                self.start_server(job.model, len(style.examples) + 1, style.image_size)
+                self.start_server(job.model, len(style.examples) + 1, style.image_size, style.sampling.max_tokens)
                 job = job.model_copy(update={"vllm_url": self.server.url})
             return run_job(job, self.workspace, progress, self.cancel)
         finally:
