@@ -470,3 +470,21 @@ def test_a_and_b_may_be_the_base_model(shared_workspace, trained_run):
     assert sentence == ("Done. Tally so far, saved with the run: base (no LoRA): 1 · step 12: 0 · ties: 0 — "
                         "base (no LoRA) is preferred.")
     assert chosen == {"__type__": "update"}  # nothing to pin or export
+
+
+def test_a_model_held_on_a_gpu_is_let_go_before_training_or_captioning_start(shared_workspace):
+    """The captioning server, a training run and its probe are other processes on the same GPU: the model Sketch
+    keeps loaded (FLUX: about 24 GB) is let go first, and said; on the CPU nothing is let go."""
+    from blk.models.registry import resolve
+
+    context = StudioContext(shared_workspace, demo=True, demo_reason="test")
+    loaded = context.sketcher.cache.get(resolve("tiny-flux", shared_workspace), device="cpu")
+    context.stenciler._modules["decoder"] = object()
+    assert context.release_gpu("the training run") == ""
+    assert context.sketcher.cache.held() == ("tiny-flux", "cpu") and context.stenciler._modules
+    loaded.device = "cuda:0"  # where a workstation holds it
+    assert context.release_gpu("the training run") == (
+        "The tiny-flux model that Sketch had loaded on cuda:0 was let go, to leave the GPU to the training run; "
+        "the next image loads it again.")
+    assert context.sketcher.cache.held() is None and not context.stenciler._modules
+    assert context.release_gpu("the captioner") == ""  # nothing held any more

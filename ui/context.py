@@ -55,6 +55,19 @@ class StudioContext:
         real = [name for name in found if name not in tiny]
         return tiny if self.demo or not real else real
 
+    def release_gpu(self, for_what: str) -> str:
+        """Let go of the model Sketch, Review and Stencil share when it sits on a GPU, before another process
+        needs that GPU (the captioning server, a training run, its probe): FLUX alone holds about 24 GB, and
+        they failed beside it. A sentence saying so, or "" when nothing was held there."""
+        held = self._sketcher.cache.held() if self._sketcher is not None else None
+        if held is None or not held[1].startswith("cuda"):
+            return ""
+        self._sketcher.cache.clear()
+        if self._stenciler is not None:
+            self._stenciler.release()
+        return (f"The {held[0]} model that Sketch had loaded on {held[1]} was let go, to leave the GPU to "
+                f"{for_what}; the next image loads it again.")
+
     def close(self) -> None:
         """Stop what the session started (the captioning server) and free the loaded pipeline."""
         self.captioning.close()

@@ -233,6 +233,11 @@ class PipelineCache:
         for view in (loaded, *self._tasks.values()):
             view.memory = replace(view.memory, compile=on)
 
+    def held(self) -> tuple[str, str] | None:
+        """(model name, device) of the loaded pipeline, or None."""
+        with self._lock:
+            return (self._loaded.model.name, self._loaded.device) if self._loaded is not None else None
+
     def clear(self) -> None:
         with self._lock:
             self._release()

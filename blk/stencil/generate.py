@@ -83,6 +83,10 @@ class Stenciler:
             self._modules[key] = load(path, family).to(device, dtype)
         return self._modules[key]
 
+    def release(self) -> None:
+        """Drop the decoder and encoder kept loaded (they follow the shared pipeline onto its device)."""
+        self._modules.clear()
+
     def run(self, request: StencilRequest, progress=None, cancel: threading.Event | None = None,
             on_image=None) -> list[StencilResult]:
         from blk.stencil.transparent_vae import SIZE_MULTIPLE  # torch: loaded when a job runs, not with the UI

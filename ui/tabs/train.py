@@ -215,11 +215,12 @@ def start(context: StudioContext, preset, dataset, *form):
         config = config_from_form(context, preset, dataset, *form)
         refuse_while_training(context)
         left_out = left_out_note(context, dataset)  # scanned first, so the trainer finds the scan cached
+        freed = context.release_gpu("the training run")
         folder = start_run(config, context.workspace, name=f"{preset or 'run'}-{dataset}")
     except UserError as exc:
         return gr.update(), f"**{exc}**"
     return (gr.Dropdown(choices=run_names(context), value=folder.name),
-            f"Started {folder.name}." + stages_note(preset, config) + left_out)
+            f"Started {folder.name}." + (f" {freed}" if freed else "") + stages_note(preset, config) + left_out)
 
 
 def refuse_while_training(context: StudioContext) -> None:
@@ -255,7 +256,8 @@ def estimate(context: StudioContext, preset, dataset, *form):
         yield f"**{exc}**"
         return
     note = stages_note(preset, config)
-    yield "Probing a few steps with these settings (the model loads first)…" + note
+    freed = context.release_gpu("the probe")
+    yield "Probing a few steps with these settings (the model loads first)…" + (f" {freed}" if freed else "") + note
     fits, sentence = probe_in_child(config, context.workspace)
     yield (sentence if fits else f"**{sentence}**") + note
 

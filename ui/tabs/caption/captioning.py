@@ -148,7 +148,9 @@ def server_action(context: StudioContext, action: str, model: str) -> str:
 
     try:
         if action == "start":
-            return context.captioning.start_server(captioner(context, model))
+            name = captioner(context, model)
+            freed = context.release_gpu("the captioning server")
+            return context.captioning.start_server(name) + (f"\n\n{freed}" if freed else "")
         if action == "stop":
             return context.captioning.stop_server()
         return context.captioning.status()
@@ -189,8 +191,9 @@ def run_batch(context: StudioContext, name, backend_label, model, url, mode, ove
         finally:
             updates.put(None)
 
+    freed = "" if needs_url else context.release_gpu("the captioner")  # a server of yours is on its own
     threading.Thread(target=work, daemon=True).start()
-    yield "Preparing the model and the examples…"
+    yield "Preparing the model and the examples…" + (f" {freed}" if freed else "")
     while (update := updates.get()) is not None:
         eta = f", about {update.eta_seconds:.0f} s left" if update.eta_seconds is not None else ""
         yield f"{update.done} / {update.total} captioned — {update.images_per_second:.2f} images/s{eta}"
