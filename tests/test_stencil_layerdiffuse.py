@@ -217,6 +217,22 @@ def test_out_of_memory_is_one_sentence_that_holds_no_tensors(shared_workspace, t
     assert caught.value.__context__ is None and not list((tmp_path / "out").glob("*"))
 
 
+def test_sdxl_decodes_in_fp32_and_gives_the_shared_vae_back_in_fp16(shared_workspace):
+    """SDXL's VAE overflows in fp16, so a transparent decode upcasts it; the VAE is the pipeline's own, shared
+    with Sketch, and stayed fp32: Sketch's next fp16 latents met fp32 weights (a GPU's dtype error)."""
+    from blk.models.device import MemoryOptions
+    from blk.models.pipelines import load_pipeline
+    from blk.stencil.layerdiffuse import _decode_sdxl
+
+    vae = load_pipeline(resolve("tiny-sdxl", shared_workspace), "text2img", "cpu", MemoryOptions()).vae
+    vae.register_to_config(force_upcast=True)
+    vae.to(torch.float16)
+    raw = torch.randn(1, vae.config.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    pixels = _decode_sdxl(vae, raw.half())
+    assert pixels.dtype == torch.float16 and pixels.shape == (1, 3, 64, 64) and torch.isfinite(pixels).all()
+    assert vae.dtype == torch.float16
+
+
 def test_style_lora_changes_the_asset_and_roles_are_checked(shared_workspace, tmp_path):
     stenciler = Stenciler(Sketcher(shared_workspace))
     style = make_random_lora(shared_workspace.models / "tiny-flux", "flux", tmp_path / "style")

@@ -246,7 +246,10 @@ def _decode_sdxl(vae, raw):
     import torch
 
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
-        return vae.to(torch.float32).decode(raw.float()).sample.to(torch.float16)
+        try:  # the VAE is the pipeline's, shared with Sketch: back to fp16 after, or its next image fails
+            return vae.to(torch.float32).decode(raw.float()).sample.to(torch.float16)
+        finally:
+            vae.to(torch.float16)
     return vae.decode(raw.to(vae.dtype)).sample
 
 

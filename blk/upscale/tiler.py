@@ -432,12 +432,14 @@ def _free_accelerator_memory() -> None:
 
 
 def free_memory(device: str) -> int:
-    """Bytes free for work on `device`: the GPU's free memory, or available RAM."""
+    """Bytes free for work on `device`: the GPU's free memory (with what PyTorch keeps cached in this process
+    for reuse, which the driver counts as used), or available RAM."""
     if device.startswith("cuda"):
         import torch
 
-        free, _ = torch.cuda.mem_get_info(int(device.split(":")[1]) if ":" in device else 0)
-        return int(free)
+        index = torch.device(device).index or 0
+        free, _ = torch.cuda.mem_get_info(index)
+        return int(free + torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index))
     try:
         import psutil
 
