@@ -33,6 +33,12 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             page.get_by_role("option", name="tiny-run/step-000012.safetensors").click()  # picking adds it
             expect(page.get_by_text("tiny-run · step 12 — strength", exact=True)).to_be_visible()
             expect(page.locator("#blk-sketch-lora-pick input")).to_have_value("")
+            strength = page.get_by_label("range slider for tiny-run · step 12 — strength")
+            expect(strength).to_be_enabled()  # it was read-only: a LoRA could only be used at 1
+            number = strength.locator("xpath=ancestor::div[contains(@class, 'block')][1]").locator("input[type=number]")
+            number.fill("0.6")
+            number.press("Enter")
+            expect(strength).to_have_value("0.6")
             page.get_by_label("Aspect").click()
             page.get_by_role("option", name="3:2 landscape").click()  # the size it gives shows, greyed
             expect(page.locator("#blk-sketch-width input")).to_have_value("1216")
@@ -138,7 +144,7 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
     sketches = list((workspace / "outputs" / "sketch").rglob("*.png"))
     assert len(sketches) == 1 and Image.open(sketches[0]).size == (64, 64)
     parameters = read_parameters(sketches[0])
-    assert parameters["prompt"] == "blkstyle, a floating cube" and parameters["loras"][0]["scale"] == 1.0
+    assert parameters["prompt"] == "blkstyle, a floating cube" and parameters["loras"][0]["scale"] == 0.6
     assert (parameters["steps"], parameters["guidance"]) == (2, 3.5)  # tiny-flux's default guidance
     grids = list((workspace / "runs" / "tiny-run" / "review" / "grids").glob("*.png"))
     assert len(grids) == 1

@@ -112,8 +112,9 @@ def build(context: StudioContext, prefix: str, label: str, model: gr.Dropdown | 
         def show(current):
             for index, (path, strength) in enumerate(current):
                 with gr.Row(equal_height=True):  # the LoRA's name labels its strength slider: one line, full width
+                    # interactive said outright: inside a render Gradio 6.31 made it read-only (disabled)
                     slider = gr.Slider(-1.0, 2.0, value=strength, step=0.05, label=strength_label(path),
-                                       scale=4)
+                                       scale=4, interactive=True)
                     remove = gr.Button("Remove", size="sm", scale=0, min_width=70)
                     slider.release(lambda value, rows, i=index: [[p, value if j == i else s]
                                                                  for j, (p, s) in enumerate(rows)],
