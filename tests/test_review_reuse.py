@@ -63,7 +63,7 @@ def test_review_runs_on_the_device_setting(studio, monkeypatch):
     lora = str(checkpoint(studio, "run-a", 8))
     monkeypatch.setattr(studio.settings, "device", "cuda:7")
     grid, _, status = review.make_grid(context, "", [lora], *FORM, progress=no_progress)
-    assert grid is None and "Device cuda:7 is not available here" in status and "\n" not in status
+    assert grid == {"__type__": "update"} and "Device cuda:7 is not available here" in status and "\n" not in status
     assert cells(studio.outputs("review")) == [] and context.sketcher.cache.load_count == 0
 
     monkeypatch.setattr(studio.settings, "device", "cpu")

@@ -309,12 +309,16 @@ def test_asking_again_for_an_unchanged_grid_writes_no_new_png(shared_workspace, 
     assert f"Unchanged: already saved as `{image}`" in status and len(list(grids.iterdir())) == 1
     other, _, status = review.make_grid(context, "grid-run", [eight], *form[:2], "1,2", *form[3:], **quiet)
     assert other != image and f"Saved as `{other}`" in status and len(list(grids.iterdir())) == 2
-    # empty fields: the defaults are used (the form's own first values, so the same cached cell) and said
-    same, _, status = review.make_grid(context, "grid-run", [eight], *form[:2], " ", "", *form[4:], **quiet)
-    assert same == image and status.endswith(". No seeds given: seed 1. No strengths given: strength 1.")
-    assert review.defaults_said("3", "0.5") == ""
-    _, _, status = review.make_grid(context, "grid-run", [eight], *form[:3], "0.8, 3", *form[4:], **quiet)
+    # empty fields: the defaults are used (the run's sample seed, as its samples and Side by side use) and said
+    seed = review.default_seed(context, "grid-run")[0]
+    shown, _, status = review.make_grid(context, "grid-run", [eight], *form[:2], " ", "", *form[4:], **quiet)
+    typed, _, _ = review.make_grid(context, "grid-run", [eight], *form[:2], str(seed), "1", *form[4:], **quiet)
+    assert shown == typed and status.endswith(f". No seeds given: seed {seed} (the run's sample seed). "
+                                              "No strengths given: strength 1.")
+    assert review.defaults_said("3", "0.5") == "" and review.default_seed(context, "") == (1, "")
+    grid, png, status = review.make_grid(context, "grid-run", [eight], *form[:3], "0.8, 3", *form[4:], **quiet)
     assert status == "**Strengths go from -1 to 2, as on Sketch's sliders; 3 is outside.**"
+    assert grid == png == {"__type__": "update"}  # the last grid stays on screen
 
 
 def dependencies(demo, block, event):

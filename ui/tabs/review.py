@@ -130,13 +130,28 @@ def on_run(context: StudioContext, run: str, extra: list[str]):
             ) + pickers + (int(d["seed"]), "")
 
 
+def default_seed(context: StudioContext, run) -> tuple[int, str]:
+    """(the seed an empty Seeds field means, how the note names it): the run's sample seed, as its samples and
+    Side by side use; DEFAULT_SEED without a readable run."""
+    from blk.errors import UserError
+    from blk.generate.review import run_review_defaults
+
+    try:
+        folder = _run_dir(context, run)
+        if folder is not None and (folder / "config.yaml").exists():
+            return int(run_review_defaults(folder)["seed"]), "the run's sample seed"
+    except (UserError, OSError, ValueError, KeyError):
+        pass
+    return DEFAULT_SEED, ""
+
+
 def spec_from_form(context: StudioContext, checkpoints, model, prompts, seeds, scales, include_base, size, steps,
-                   guidance):
+                   guidance, empty_seeds: int = 1):
     from blk.errors import UserError
     from blk.generate.review import GridSpec, parse_seeds, parse_strengths
     from blk.models.device import MemoryOptions
 
-    seed_list = parse_seeds(seeds) or [DEFAULT_SEED]
+    seed_list = parse_seeds(seeds) or [empty_seeds]
     scale_list = parse_strengths(scales) or [DEFAULT_STRENGTH]
     if not (model or "").strip():  # a dropdown cleared by hand sends nothing
         raise UserError("Choose a base model.")
@@ -159,26 +174,28 @@ def make_grid(context: StudioContext, run, *form, cancel: threading.Event | None
 
     if cancel is not None:
         cancel.clear()
+    seed, whose = default_seed(context, run)
     try:
-        spec = spec_from_form(context, *form)
+        spec = spec_from_form(context, *form, empty_seeds=seed)
         folder = review_folder(context.workspace, _run_dir(context, run))
         result = Reviewer(context.sketcher).grid(
             spec, folder, progress=lambda done, total: progress(done / total, desc=f"cell {int(done)}/{total}"),
             cancel=cancel)
         path, written = keep_grid(result, spec, folder / "grids")  # an unchanged grid is not written again
     except UserError as exc:
-        return None, None, f"**{exc}**"
+        return gr.update(), gr.update(), f"**{exc}**"  # the last grid stays on screen under the refusal
     status = (f"{len(result.row_labels)} rows × {len(result.column_labels)} columns — {result.generated} generated, "
               f"{result.cached} from the cache. " + (f"Saved as `{path}`." if written else
                                                       f"Unchanged: already saved as `{path}`."))
-    return str(path), str(path), status + defaults_said(form[3], form[4])  # form: checkpoints, model, …
+    return str(path), str(path), status + defaults_said(form[3], form[4], seed, whose)  # form: checkpoints, model…
 
 
-def defaults_said(seeds, strengths) -> str:
+def defaults_said(seeds, strengths, seed: int = DEFAULT_SEED, whose: str = "") -> str:
     """An empty Seeds or Strengths field is filled by a default; the note says which, as the field stays empty."""
     from blk.generate.review import parse_seeds, parse_strengths
 
-    said = ([f"No seeds given: seed {DEFAULT_SEED}."] if not parse_seeds(seeds) else []) + (
+    named = f" ({whose})" if whose else ""
+    said = ([f"No seeds given: seed {seed}{named}."] if not parse_seeds(seeds) else []) + (
         [f"No strengths given: strength {DEFAULT_STRENGTH:g}."] if not parse_strengths(strengths) else [])
     return "".join(" " + sentence for sentence in said)
 
@@ -249,7 +266,7 @@ def start_blind(context: StudioContext, run, a, b, *form):
     if not a or not b or a == b:
         return None, None, None, "Choose two different checkpoints as A and B."
     try:
-        spec = spec_from_form(context, loras_of(a, b), *form)
+        spec = spec_from_form(context, loras_of(a, b), *form, empty_seeds=default_seed(context, run)[0])
     except UserError as exc:
         return None, None, None, f"**{exc}**"
     pairs = blind_pairs(spec.prompts or [""], spec.seeds)
@@ -274,7 +291,8 @@ def show_pair(context: StudioContext, run, state):
     from blk.generate.review import Column, Reviewer, review_folder
 
     pair = state["pairs"][state["index"]]
-    spec = spec_from_form(context, loras_of(state["a"], state["b"]), *state["form"])
+    spec = spec_from_form(context, loras_of(state["a"], state["b"]), *state["form"],
+                          empty_seeds=default_seed(context, run)[0])
     folder = review_folder(context.workspace, _run_dir(context, run))
     reviewer = Reviewer(context.sketcher)
     column = Column(pair.prompt, pair.seed)
