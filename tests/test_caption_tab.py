@@ -66,7 +66,7 @@ def test_few_shot_buttons_without_a_clicked_image_or_number_say_one_sentence(con
     assert dataset_style_path(folder).read_bytes() == before
     with pytest.raises(UserError, match="Choose an image"):
         promote_example(folder, None)  # the engine says it too (the CLI and any caller)
-    assert captioning.example_action(context, "inks", "drop", 0, None) == []  # a number is all Drop needs
+    assert captioning.example_action(context, "inks", "drop", 1, None) == []  # a number is all Drop needs (from 1)
 
 
 def test_switching_datasets_clears_the_editor_and_the_bulk_preview(context):
@@ -293,10 +293,12 @@ def test_a_bulk_edit_reaches_the_few_shot_examples_and_its_undo_too(context):
     promote_example(folder, "img0.png")
     _, pending, _ = grid.bulk_preview(context, "fs", "the whole dataset", [], "replace", "oldword", "newword",
                                       False, True, "", "", "")
-    assert grid.bulk_apply(context, pending).startswith("Applied to 2 caption(s)")
-    assert captioning.examples_rows(context, "fs") == [["0", "img0.png", "newword, a red circle"]]
+    assert grid.bulk_apply(context, pending) == (
+        "Applied to 2 caption(s) in fs; undo is available. 1 of them was approved and is now *edited*: check and "
+        "approve again (Status › edited lists them).")
+    assert captioning.examples_rows(context, "fs") == [["1", "img0.png", "newword, a red circle"]]
     assert grid.bulk_undo(context, "fs") == "Undone for 2 caption(s)."
-    assert captioning.examples_rows(context, "fs") == [["0", "img0.png", "oldword, a red circle"]]
+    assert captioning.examples_rows(context, "fs") == [["1", "img0.png", "oldword, a red circle"]]
     assert captioning.examples_rows(context, "") == []
 
 
@@ -427,3 +429,17 @@ def test_saving_the_style_says_its_trigger_word(context):
     assert said == ("Style saved with the dataset: 0 example(s), trigger word “mira_ink” (prefix; Check and Train's "
                     "sample prompts use it), transparent pixels shown on grey.")
     assert "no trigger word" in saved_style_note(CaptionStyle(post=PostProcess(trigger="x", trigger_mode="none")))
+
+
+def test_the_backend_offered_first_is_one_that_runs_here(context, monkeypatch, tmp_path):
+    """Without vLLM's environment the transformers backend is chosen (vLLM's first answer was how to install it);
+    with it, the studio's own vLLM server."""
+    monkeypatch.setenv("BLK_VLLM_VENV", str(tmp_path / "none"))
+    monkeypatch.delenv("BLK_VLLM_PYTHON", raising=False)
+    monkeypatch.setattr(context.workspace.settings, "vllm_python", None)
+    assert captioning.default_backend(context) == TRANSFORMERS
+    python = tmp_path / "vllm" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    monkeypatch.setenv("BLK_VLLM_PYTHON", str(python))
+    assert captioning.default_backend(context) == "vLLM, started by the studio"

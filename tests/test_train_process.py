@@ -101,7 +101,8 @@ def test_a_run_that_cannot_start_says_why(workspace_with_data):
     assert not workspace_with_data.runs.exists() or not list(workspace_with_data.runs.iterdir())
     config = tiny_config(4)
     config.model.name = "no-such-model"  # found out by the trainer: said in the run's events
-    folder = start_run(config, workspace_with_data)
+    folder = start_run(config, workspace_with_data, name="conceptor-flux-dev-ink studies")
+    assert folder.name.startswith("conceptor-flux-dev-ink-studies-")  # a dataset's space leaves the folder name
     wait_for(lambda: run_info(folder).status == "error", 120)
     errors = [e for e in EventLog(folder / "events.jsonl").read() if e["kind"] == "error"]
     assert "no-such-model" in errors[0]["message"]

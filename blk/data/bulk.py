@@ -37,6 +37,7 @@ class BulkResult:
     action_id: str
     applied: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
+    unapproved: list[str] = field(default_factory=list)  # approved before, "edited" now: to be checked again
 
 
 def _changes(store: CaptionStore, images: list[str], edit) -> list[Change]:
@@ -110,6 +111,8 @@ class BulkLog:
                 self.store.save(change.image, change.after, change.base_hash, source="bulk")
                 result.applied.append(change.image)
                 done.append({**asdict(change), "before_status": statuses[change.image]})
+                if statuses[change.image] == "approved":
+                    result.unapproved.append(change.image)
             except CaptionConflict:
                 result.conflicts.append(change.image)
         entry = {"id": result.action_id, "t": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "label": label, "changes": done}

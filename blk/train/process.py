@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,7 +52,9 @@ class RunInfo:
 def start_run(config: TrainConfig, workspace: Workspace, name: str | None = None) -> Path:
     """Write the run's config and start the trainer as a detached child; return the run folder."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = workspace.runs / f"{name or config.name}-{stamp}"
+    # a name for a folder and for command lines: a dataset named "ink studies" gives ink-studies
+    stem = re.sub(r"[^\w.-]+", "-", name or config.name).strip(".-") or "run"
+    folder = workspace.runs / f"{stem}-{stamp}"
     if folder.exists():
         raise UserError(f"A run named {folder.name} exists already.")
     check_gpus(config.schedule.gpus)

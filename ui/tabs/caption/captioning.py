@@ -23,7 +23,8 @@ def _style_fields(style):
 
 
 def _examples_table(style) -> list[list[str]]:
-    return [[str(i), e.image, e.caption] for i, e in enumerate(style.examples)]
+    """Numbered from 1, as an artist counts (the "Example #" field takes that number)."""
+    return [[str(i), e.image, e.caption] for i, e in enumerate(style.examples, start=1)]
 
 
 def examples_rows(context: StudioContext, name: str) -> list[list[str]]:
@@ -106,7 +107,7 @@ def saved_style_note(style) -> str:
 
 
 def example_action(context: StudioContext, name: str, action: str, index: float, image: str):
-    """Promote the clicked image's approved caption, or move/drop example number `index`."""
+    """Promote the clicked image's approved caption, or move/drop example number `index` (counted from 1)."""
     from blk.caption.style import drop_example, move_example, promote_example
     from blk.errors import UserError
 
@@ -119,15 +120,28 @@ def example_action(context: StudioContext, name: str, action: str, index: float,
         elif index is None:
             raise UserError("Type the example's number (#) first.")
         elif action == "up":
-            style = move_example(folder, int(index), -1)
+            style = move_example(folder, int(index) - 1, -1)
         elif action == "down":
-            style = move_example(folder, int(index), +1)
+            style = move_example(folder, int(index) - 1, +1)
         else:
-            style = drop_example(folder, int(index))
+            style = drop_example(folder, int(index) - 1)
     except UserError as exc:
         gr.Warning(str(exc))
         return gr.update()
     return _examples_table(style)
+
+
+def default_backend(context: StudioContext) -> str:
+    """vLLM started by the studio when its environment is set up; else the transformers backend, which runs
+    now (vLLM's first answer would be how to install it)."""
+    from blk.caption.server import find_vllm_python
+    from blk.errors import UserError
+
+    try:
+        find_vllm_python(context.workspace.settings.vllm_python)
+    except UserError:
+        return list(BACKENDS)[2]
+    return list(BACKENDS)[0]
 
 
 def captioner(context: StudioContext, model: str) -> str:
@@ -212,7 +226,7 @@ def run_batch(context: StudioContext, name, backend_label, model, url, mode, ove
 def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State, rows_state: gr.State):
     """Returns the Caption button, so that the grid can refresh after a batch."""
     with gr.Row():
-        backend = gr.Radio(list(BACKENDS), value=list(BACKENDS)[0], label="Backend", scale=3)
+        backend = gr.Radio(list(BACKENDS), value=default_backend(context), label="Backend", scale=3)
         model = gr.Textbox(value="tiny-vlm" if context.demo else "", label="Model (folder, cached repo, or tiny-vlm)",
                            placeholder="e.g. /models/Qwen2.5-VL-7B-Instruct", scale=2)
         url = gr.Textbox(label="Server URL (for a server you run)", placeholder="http://127.0.0.1:8000", scale=2)
@@ -249,7 +263,7 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
                                 label="Examples, in the order the model sees them")
         with gr.Row():
             promote = gr.Button("Promote the clicked image (approved caption)", size="sm")
-            index = gr.Number(label="Example #", value=0, precision=0, min_width=80)
+            index = gr.Number(label="Example #", value=1, precision=0, min_width=80)
             up = gr.Button("Move up", size="sm")
             down = gr.Button("Move down", size="sm")
             drop = gr.Button("Drop", size="sm")

@@ -351,6 +351,10 @@ def bulk_apply(context: StudioContext, pending) -> str:
     except UserError as exc:
         return f"**{exc}**"
     note = f"Applied to {len(result.applied)} caption(s) in {pending['dataset']}; undo is available."
+    if result.unapproved:  # an approval signs off a text; the new text is not that one
+        count = len(result.unapproved)
+        note += (f" {count} of them {'was' if count == 1 else 'were'} approved and {'is' if count == 1 else 'are'} "
+                 "now *edited*: check and approve again (Status › edited lists them).")
     if result.conflicts:
         note += f" Left alone, changed meanwhile: {', '.join(result.conflicts)}."
     return note
