@@ -386,8 +386,11 @@ def test_the_advanced_accordion_is_closed_and_wired_to_presets_and_starts(contex
     assert by_label["Adapter"]["props"]["value"] == "lora" and by_label["EMA decay (0: off)"]["props"]["value"] == 0.99
     assert by_label["Shuffle tokens"]["type"] == "checkbox" and by_label["Batch size"]["type"] == "number"
     dependencies = {(name.get(t), event): d for d in config["dependencies"] for t, event in d["targets"]}
-    preset_outputs = [name[o] for o in dependencies[("Preset (the paper's settings)", "input")]["outputs"]]
+    preset_outputs = [name[o] for o in dependencies[("Preset (the paper's settings)", "select")]["outputs"]]
     assert preset_outputs[-len(labels):] == labels
+    # only choosing an option loads a preset: `input` also fired when the list was opened and left, and the
+    # artist's Steps went back to the preset's
+    assert ("Preset (the paper's settings)", "input") not in dependencies
     start_button = next(d for d in config["dependencies"] if d.get("api_name") == "train_start")
     assert [name[i] for i in start_button["inputs"]][-len(labels):] == labels
 

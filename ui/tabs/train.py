@@ -665,8 +665,9 @@ def build(context: StudioContext, datasets) -> dict:
             checkpoint_every, keep, validation_images, validation_every, gpus,
             *advanced]  # new fields last: API callers may omit them
     prompt_trigger = gr.State(preset_trigger(initial[8]))  # the trigger word the sample prompts start with
-    # on the artist's choice only (`input`): a preset put back by form memory must not reset the kept form
-    preset.input(lambda p: form_updates_from_preset(context, p), inputs=preset, outputs=form
+    # on the artist's choice of an option only (`select`): a preset put back by form memory must not reset the
+    # kept form, nor may opening the list and leaving it (`input` fired then, and Steps went back to the preset's)
+    preset.select(lambda p: form_updates_from_preset(context, p), inputs=preset, outputs=form
                   ).then(lambda n, t: prompts_for_dataset(context, n, t, preset_trigger(t)), inputs=[dataset, prompts],
                          outputs=[prompts, prompt_trigger], show_progress="hidden")
     dataset.change(lambda n, t, last: prompts_for_dataset(context, n, t, last), inputs=[dataset, prompts,
