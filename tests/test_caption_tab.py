@@ -313,6 +313,9 @@ def test_history_shows_a_version_before_restoring_it_and_names_edits_and_approva
     _, _, _, versions, editing = grid.view(context, "h", "img0.png")
     labels = [label for label, _ in versions.choices]
     assert [label.split(" — ")[1] for label in labels] == ["approved", "edited", "edited (found on disk)"], labels
+    import re
+
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d — ", label) for label in labels), labels  # not ISO's T…+0000
     oldest = versions.choices[-1][1]
     note = grid.preview_version(context, editing, oldest)
     assert "edited (found on disk):** a red circle  \n*Restore this version* puts it back." in note

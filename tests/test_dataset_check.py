@@ -97,6 +97,9 @@ def test_cli_text_report_and_clean_dataset_exit_zero(tmp_path, shared_workspace)
     assert result.returncode == 0, result.stderr
     assert "images: 1  usable: 1  captioned: 1  trainable: 0 (1 usable but too small" in result.stdout
     assert "one.png (16×16 px)" in result.stdout  # said, but not a bad file: the exit code stays 0
+    # what was looked for and not found is said too (a silent report read as "not checked")
+    assert ("None found: bad files, images without a caption, captions without an image, exact duplicates, "
+            "near-duplicates, captions over a token budget.") in result.stdout
 
 
 def test_cli_missing_folder_is_one_sentence(tmp_path, shared_workspace):
@@ -209,6 +212,7 @@ def test_captions_drifting_from_the_few_shot_examples_are_named_with_how(tmp_pat
         "markdown.png": "Markdown marks (the examples are plain text)",
         "bare.png": "1 word(s) (the shortest example has 6)",
     }
+    assert "None found:" not in report.to_text() or "drifting" not in report.to_text().split("None found:")[1]
     assert ("Captions drifting from the few-shot examples (2 example(s): tags, 6–7 words) (5):\n"
             "  bare.png: 1 word(s) (the shortest example has 6)\n  boilerplate.png: opens with") in report.to_text()
     assert json.loads(report.to_json())["drifting"][0] == ["bare.png", "1 word(s) (the shortest example has 6)"]

@@ -112,6 +112,15 @@ class CheckReport:
                     lambda x: f"{x[0]}: {x[1]}")
         elif self.captioned:
             lines.append("Caption drift: not checked, the caption style has no few-shot examples.")
+        # what was looked for and not found, said: a silent report read as "not checked"
+        clear = [name for name, items in (
+            ("bad files", self.bad_files), ("images without a caption", self.uncaptioned),
+            ("captions without an image", self.orphan_captions), ("exact duplicates", self.exact_duplicates),
+            ("near-duplicates", self.near_duplicates),
+            ("captions over a token budget", [x for stats in self.tokens for x in stats.over_budget]),
+            *((("captions drifting from the examples", self.drifting),) if self.drift_basis else ())) if not items]
+        if clear and self.images:
+            lines.append("None found: " + ", ".join(clear) + ".")
         return "\n".join(lines)
 
 

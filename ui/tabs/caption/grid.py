@@ -18,6 +18,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ui.context import StudioContext
+from blk.timespan import moment
 from ui.tabs.caption.captioning import examples_rows
 
 STATUSES = ["all", "none", "machine", "edited", "approved", ("drifting from the examples", "drifting")]
@@ -235,7 +236,7 @@ def preview_version(context: StudioContext, editing, version_id) -> str:
     if version is None:
         return "That version is no longer in the history."
     text = version["text"] or "(no caption)"
-    return f"**{version['t']} — {version_label(version)}:** {text}  \n*Restore this version* puts it back."
+    return f"**{moment(version['t'])} — {version_label(version)}:** {text}  \n*Restore this version* puts it back."
 
 
 def view(context: StudioContext, name, image):
@@ -257,7 +258,7 @@ def view(context: StudioContext, name, image):
         picture = str(thumbnail(folder, record, size=768))
     except (UserError, OSError) as exc:
         return None, "", f"**{exc}**", gr.Dropdown(choices=[], value=None), None
-    versions = [(f"{v['t']} — {version_label(v)} — {v['text'][:60]}", v["id"])
+    versions = [(f"{moment(v['t'])} — {version_label(v)} — {v['text'][:60]}", v["id"])
                 for v in reversed(store.versions(image))]
     warning = f" — {caption.warning}" if caption.warning else ""
     editing = {"dataset": name, "image": image, "hash": caption.hash}
