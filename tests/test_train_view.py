@@ -782,6 +782,8 @@ def test_opening_train_chooses_the_dataset_open_in_caption(context):
 
     assert carry_dataset("inks", None) == gr.update(value="inks") == carry_dataset("inks", "")
     assert carry_dataset("inks", "stones") == gr.update() and carry_dataset(None, None) == gr.update()
+    assert carry_dataset(None, None, ["inks"]) == gr.update(value="inks")  # the only one there is
+    assert carry_dataset(None, None, ["inks", "stones"]) == gr.update() == carry_dataset(None, "stones", ["inks"])
     config = build_app(context).get_config_file()
     components = {c["id"]: c for c in config["components"]}
     datasets = [i for i, c in components.items() if c["props"].get("label") == "Dataset" and c["type"] == "dropdown"]

@@ -33,7 +33,8 @@ def build_app(context: StudioContext) -> gr.Blocks:
         trained["to_sketch"].click(lambda name, step, rows: try_in_sketch(context, name, step, rows),
                                    inputs=[trained["run"], trained["step"], sketched["loras"]],
                                    outputs=[tabs, sketched["loras"], trained["to_sketch_note"]])
-        train_tab.select(carry_dataset, inputs=[captioned["dataset"], trained["dataset"]],
+        train_tab.select(lambda chosen, training: carry_dataset(chosen, training, caption.dataset_names(context)),
+                         inputs=[captioned["dataset"], trained["dataset"]],
                          outputs=trained["dataset"], show_progress="hidden", queue=False)
         for tab, built in ((review_tab, reviewed), (upscale_tab, upscaled)):  # a choice to make on opening
             choose, chosen, target = built["on_open"]
@@ -74,9 +75,14 @@ def refresh_on_show(tab, lists, outputs) -> None:
     tab.select(lists, outputs=outputs, show_progress="hidden", queue=False)
 
 
-def carry_dataset(captioning: str | None, training: str | None):
-    """Opening Train after working on a dataset in Caption chooses that dataset, unless one is chosen already."""
-    return gr.update(value=captioning) if captioning and not training else gr.update()
+def carry_dataset(captioning: str | None, training: str | None, names=()):
+    """Opening Train after working on a dataset in Caption chooses that dataset, unless one is chosen already;
+    with none chosen anywhere, the only dataset there is (Start said "Choose a dataset first." of the one)."""
+    if training:
+        return gr.update()
+    if captioning:
+        return gr.update(value=captioning)
+    return gr.update(value=names[0]) if len(names) == 1 else gr.update()
 
 
 def try_in_sketch(context: StudioContext, name, step, rows):
