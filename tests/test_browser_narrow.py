@@ -1,6 +1,7 @@
 """In a real browser at 900 and 1300 px: the Caption tab's filter row keeps its checkboxes' labels (they vanished
 at 900 px) and its grid's headers break between words only ("sta/tus"); Upscale's sliders stay inside their
-column (Pass C's end was cut off). And a screen reader hears "Done" when an action finishes, not Gradio's
+column (Pass C's end was cut off); a long run name shows its end (the time that tells runs apart) and the
+training samples keep readable captions. And a screen reader hears "Done" when an action finishes, not Gradio's
 missing "common.complete"."""
 
 from playwright.sync_api import expect
@@ -26,7 +27,25 @@ SLIDERS = """() => [...document.querySelectorAll('input[type=range]')].filter(r 
   return [block.querySelector('label, span')?.textContent.trim(), whole]; })"""
 
 
+RUN_NAME = "conceptor-flux-dev-inkcats-20261126-192105"
+RUN_INPUT = """() => { const input = document.querySelector('#blk-train-run input');
+  return [input.value, getComputedStyle(input).direction, input.scrollWidth > input.clientWidth]; }"""
+THUMB_COLUMNS = """() => { const items = [...document.querySelectorAll('#blk-samples .thumbnail-item, #blk-samples button')]
+  .filter(e => e.querySelector('img')).map(e => Math.round(e.getBoundingClientRect().top));
+  return items.filter(top => top === items[0]).length; }"""
+
+
 def test_caption_and_upscale_read_at_900_and_1300_px(tmp_path):
+    from tests.test_browser_train import finished_demo_run
+
+    finished_demo_run(tmp_path / "workspace")
+    run = tmp_path / "workspace" / "runs" / "demo-run"
+    for step in range(1, 6):  # five samples: more than a row
+        (run / "samples" / f"step-00000{step}-0.png").write_bytes((run / "samples" / "step-000006-0.png").read_bytes())
+    with open(run / "events.jsonl", "a") as events:
+        events.writelines(f'{{"t": 1100.0, "step": {step}, "kind": "sample", "paths": '
+                          f'["samples/step-00000{step}-0.png"], "prompts": ["a cube"]}}\n' for step in range(1, 6))
+    run.rename(run.with_name(RUN_NAME))
     app = RunningApp(tmp_path / "workspace", tmp_path / "net.jsonl")
     try:
         for width in (900, 1300):
@@ -45,6 +64,13 @@ def test_caption_and_upscale_read_at_900_and_1300_px(tmp_path):
                 sliders = page.evaluate(SLIDERS)
                 assert len(sliders) >= 6 and all(inside for _, inside in sliders), (width, sliders)
                 screenshot(page, f"upscale-tab-{width}")
+
+                page.get_by_role("tab", name="Train").click()
+                expect(page.locator("#blk-samples img").first).to_be_visible(timeout=30_000)
+                value, direction, cut = page.evaluate(RUN_INPUT)
+                assert value == RUN_NAME and direction == "rtl"  # when cut, cut at the start
+                assert cut == (width == 900), (width, cut)
+                assert page.evaluate(THUMB_COLUMNS) == (3 if width == 900 else 4), width
     finally:
         app.stop()
 

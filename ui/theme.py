@@ -31,6 +31,12 @@ CSS = """
    the lock marks of read-only columns' room to their names */
 #blk-caption-grid th .header { word-break: normal !important; overflow-wrap: normal !important; }
 #blk-caption-grid th .header-icons [aria-label="Static column"] { display: none; }
+/* a run's name, cut at its start rather than its end when the field is narrow: the time it ends with is what
+   tells a dataset's runs apart ("…inkcats-20261126-192105", not "conceptor-flux-dev-inkcats-2…") */
+.blk-run-name input { direction: rtl; text-align: left; text-overflow: ellipsis; padding-right: 28px !important; }
+.blk-run-name input:focus { direction: ltr; }
+/* training samples: three columns in a narrow window, so that their captions ("step 60: …") stay readable */
+@media (max-width: 1100px) { .blk-thumbs .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; } }
 /* Blind A/B: both pictures as wide as their half (a small pair was judged at its own few pixels), never taller
    than the window */
 .blk-judge .image-frame { width: 100% !important; height: auto !important; }

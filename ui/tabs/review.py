@@ -396,7 +396,7 @@ def build(context: StudioContext) -> dict:
         with gr.Column(scale=2):
             with gr.Row():
                 run = gr.Dropdown(run_choices(context), label="Run", scale=4, value=None,
-                                  elem_id="blk-review-run")
+                                  elem_id="blk-review-run", elem_classes="blk-run-name")
                 refresh = gr.Button("↻", size="sm", scale=0, min_width=40)
             run_note = gr.Markdown()
             extra = gr.Dropdown([(label, str(path)) for label, path in available_loras(context.workspace)],

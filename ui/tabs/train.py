@@ -625,7 +625,8 @@ def build(context: StudioContext, datasets) -> dict:
             note = gr.Markdown()
         with gr.Column(scale=3):
             with gr.Row():
-                run = gr.Dropdown(run_names(context), label="Run", scale=4, allow_custom_value=True)
+                run = gr.Dropdown(run_names(context), label="Run", scale=4, allow_custom_value=True,
+                                  elem_id="blk-train-run", elem_classes="blk-run-name")
                 refresh = gr.Button("↻", size="sm", scale=0, min_width=40)
             status = gr.Markdown()
             resume_to = gr.Number(0, label="Resume to step (0: the run's own steps; more trains it longer)",
