@@ -28,7 +28,7 @@ SLIDERS = """() => [...document.querySelectorAll('input[type=range]')].filter(r 
 
 
 RUN_NAME = "conceptor-flux-dev-inkcats-20261126-192105"
-RUN_INPUT = """() => { const input = document.querySelector('#blk-train-run input');
+RUN_INPUT = """() => { const input = [...document.querySelectorAll('.blk-run-name input')].find(e => e.offsetParent);
   return [input.value, getComputedStyle(input).direction, input.scrollWidth > input.clientWidth]; }"""
 THUMB_COLUMNS = """() => { const items = [...document.querySelectorAll('#blk-samples .thumbnail-item, #blk-samples button')]
   .filter(e => e.querySelector('img')).map(e => Math.round(e.getBoundingClientRect().top));

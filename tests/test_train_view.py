@@ -862,7 +862,7 @@ def test_the_checkpoint_list_names_its_folder_once(tmp_path):
     folder = tmp_path / "runs" / "r" / "checkpoints"
     listed = train.checkpoint_list([(10, str(folder / "step-000010.safetensors")),
                                     (20, str(folder / "step-000020.safetensors"))])
-    assert listed == (f"Checkpoints in `{folder}`:\n\n- step 10: `step-000010.safetensors`\n"
+    assert listed == (f"Checkpoints, in the folder  \n`{folder}`\n\n- step 10: `step-000010.safetensors`\n"
                       "- step 20: `step-000020.safetensors`")
     assert train.checkpoint_list([]) == "No checkpoint yet."
 

@@ -313,8 +313,8 @@ def test_asking_again_for_an_unchanged_grid_writes_no_new_png(shared_workspace, 
     seed = review.default_seed(context, "grid-run")[0]
     shown, _, status = review.make_grid(context, "grid-run", [eight], *form[:2], " ", "", *form[4:], **quiet)
     typed, _, _ = review.make_grid(context, "grid-run", [eight], *form[:2], str(seed), "1", *form[4:], **quiet)
-    assert shown == typed and status.endswith(f". No seeds given: seed {seed} (the run's sample seed). "
-                                              "No strengths given: strength 1.")
+    assert shown == typed and (f"from the cache. No seeds given: seed {seed} (the run's sample seed). "
+                               "No strengths given: strength 1.  \nUnchanged: already saved as") in status
     assert review.defaults_said("3", "0.5") == "" and review.default_seed(context, "") == (1, "")
     grid, png, status = review.make_grid(context, "grid-run", [eight], *form[:3], "0.8, 3", *form[4:], **quiet)
     assert status == "**Strengths go from -1 to 2, as on Sketch's sliders; 3 is outside.**"

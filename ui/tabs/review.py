@@ -185,9 +185,10 @@ def make_grid(context: StudioContext, run, *form, cancel: threading.Event | None
     except UserError as exc:
         return gr.update(), gr.update(), f"**{exc}**"  # the last grid stays on screen under the refusal
     status = (f"{len(result.row_labels)} rows × {len(result.column_labels)} columns — {result.generated} generated, "
-              f"{result.cached} from the cache. " + (f"Saved as `{path}`." if written else
-                                                      f"Unchanged: already saved as `{path}`."))
-    return str(path), str(path), status + defaults_said(form[3], form[4], seed, whose)  # form: checkpoints, model…
+              f"{result.cached} from the cache." + defaults_said(form[3], form[4], seed, whose) +  # form: checkpoints…
+              # the path last, on its own line: a full stop after it went to a line of its own when narrow
+              (f"  \nSaved as `{path}`" if written else f"  \nUnchanged: already saved as `{path}`"))
+    return str(path), str(path), status
 
 
 def defaults_said(seeds, strengths, seed: int = DEFAULT_SEED, whose: str = "") -> str:

@@ -393,7 +393,8 @@ def checkpoint_list(checkpoints: list[tuple[int, str]]) -> str:
     folders = {str(Path(path).parent) for _, path in checkpoints}
     if len(folders) > 1:
         return "\n".join(f"- step {step}: `{path}`" for step, path in checkpoints)
-    return f"Checkpoints in `{folders.pop()}`:\n\n" + "\n".join(
+    # the folder on a line of its own and last: a colon after it went to a line of its own in a narrow window
+    return f"Checkpoints, in the folder  \n`{folders.pop()}`\n\n" + "\n".join(
         f"- step {step}: `{Path(path).name}`" for step, path in checkpoints)
 
 
@@ -626,7 +627,7 @@ def build(context: StudioContext, datasets) -> dict:
         with gr.Column(scale=3):
             with gr.Row():
                 run = gr.Dropdown(run_names(context), label="Run", scale=4, allow_custom_value=True,
-                                  elem_id="blk-train-run", elem_classes="blk-run-name")
+                                  elem_classes="blk-run-name")
                 refresh = gr.Button("↻", size="sm", scale=0, min_width=40)
             status = gr.Markdown()
             resume_to = gr.Number(0, label="Resume to step (0: the run's own steps; more trains it longer)",
