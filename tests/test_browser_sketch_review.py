@@ -40,9 +40,10 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             number.press("Enter")
             expect(strength).to_have_value("0.6")
             page.get_by_label("Aspect").click()
+            expect(page.get_by_label("Size budget")).to_have_value("0.25 MP")  # the demo's small default
             page.get_by_role("option", name="3:2 landscape").click()  # the size it gives shows, greyed
-            expect(page.locator("#blk-sketch-width input")).to_have_value("1216")
-            expect(page.locator("#blk-sketch-height input")).to_have_value("832")
+            expect(page.locator("#blk-sketch-width input")).to_have_value("640")
+            expect(page.locator("#blk-sketch-height input")).to_have_value("448")
             expect(page.locator("#blk-sketch-width input")).to_be_disabled()
             page.get_by_label("Aspect").click()
             page.get_by_role("option", name="custom size").click()

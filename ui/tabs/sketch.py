@@ -147,7 +147,7 @@ def load_parameters(context: StudioContext, file):
 
 
 def build(context: StudioContext) -> None:
-    from blk.generate.sizes import ASPECTS, MEGAPIXELS
+    from blk.generate.sizes import ASPECTS, MEGAPIXELS, size_for_budget
 
     cancel = threading.Event()
     models = model_names(context)
@@ -159,13 +159,16 @@ def build(context: StudioContext) -> None:
             negative = gr.Textbox(label="Negative prompt (SDXL only)", lines=1)
             loras, lora_pick = lora_stack.build(context, "blk-sketch", "LoRA (run checkpoints and models/loras)",
                                                 model)
+            # the demo's tiny models start at 0.25 MP: pictures of noise at 1 MP took two minutes on a CPU
+            budget = 0.25 if context.demo else 1.0
+            side = size_for_budget(budget, "1:1 square")[0]
             with gr.Row():
-                megapixels = gr.Dropdown([(f"{m:g} MP", m) for m in MEGAPIXELS], value=1.0, label="Size budget")
+                megapixels = gr.Dropdown([(f"{m:g} MP", m) for m in MEGAPIXELS], value=budget, label="Size budget")
                 aspect = gr.Dropdown(list(ASPECTS) + [CUSTOM], value="1:1 square", label="Aspect")
             with gr.Row():  # the size the budget gives, or typed in with "custom size" (`size_fields`)
-                width = gr.Number(1024, label="Width (from the budget)", precision=0, interactive=False,
+                width = gr.Number(side, label="Width (from the budget)", precision=0, interactive=False,
                                   elem_id="blk-sketch-width")
-                height = gr.Number(1024, label="Height (from the budget)", precision=0, interactive=False,
+                height = gr.Number(side, label="Height (from the budget)", precision=0, interactive=False,
                                    elem_id="blk-sketch-height")
             with gr.Row():
                 steps = gr.Number(default_steps, label="Steps", precision=0, elem_id="blk-sketch-steps")
