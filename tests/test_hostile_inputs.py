@@ -332,7 +332,7 @@ def test_ui_load_parameters_never_raises(context, hostile, tmp_path):
         except Exception as exc:  # noqa: BLE001  (this is what the user would see as an error popup)
             crashes.append(f"{path.name}: {type(exc).__name__}: {exc}"[:200])
             continue
-        assert len(values) == 13 and isinstance(values[-1], str)
+        assert len(values) == 14 and isinstance(values[-1], str)
         lora_rows = values[3] if isinstance(values[3], list) else []
         for row in lora_rows:  # a path read from a file is only a suggestion; generate() confines it
             assert isinstance(row, list)

@@ -30,7 +30,12 @@ def test_sketch_form_confines_loras_and_loads_parameters(shared_workspace, train
                                                  width=64, height=48, steps=2, out_dir=tmp_path))
     form = sketch.load_parameters(context, str(result.path))
     assert form[:4] == ["tiny-flux", "a tower", "", [[str(checkpoint), 0.7]]]
-    assert form[4:10] == [sketch.CUSTOM, 64, 48, 2, 3.5, 11] and form[10] is False
+    assert form[4] == {"__type__": "update"} and form[5:11] == [sketch.CUSTOM, 64, 48, 2, 3.5, 11]
+    assert form[11] is False
+    # a size a budget and an aspect give comes back as them (a 1 MP square came back as a custom size)
+    assert sketch.budget_and_aspect(1024, 1024) == (1.0, "1:1 square")
+    assert sketch.budget_and_aspect(640, 448) == (0.25, "3:2 landscape")
+    assert sketch.budget_and_aspect(64, 48) == (None, sketch.CUSTOM) == sketch.budget_and_aspect(None, None)
     assert "seed 11" in form[-1]
     assert sketch.load_parameters(context, str(tmp_path / "missing.png"))[-1] == "**missing.png is not there any more.**"
     (tmp_path / "gradio-upload").mkdir()

@@ -116,7 +116,7 @@ def load_parameters(context: StudioContext, file):
     from blk.generate.library import find_lora
     from blk.generate.metadata import read_parameters
 
-    keep = [gr.update()] * 12
+    keep = [gr.update()] * 13
     if file is None:
         return keep + [""]
     try:
@@ -141,9 +141,22 @@ def load_parameters(context: StudioContext, file):
     note = f"Loaded the parameters of seed {number(p.get('seed'))}."
     if missing:
         note += f" **Not found on this machine: {', '.join(missing)}.**"
+    budget, aspect = budget_and_aspect(number(p.get("width")), number(p.get("height")))
     return [text(p.get("model")) or gr.update(), text(p.get("prompt")), text(p.get("negative_prompt")), loras,
-            CUSTOM, number(p.get("width")), number(p.get("height")), number(p.get("steps")),
-            number(p.get("guidance")), number(p.get("seed")), False, 1, note]
+            budget if budget is not None else gr.update(), aspect, number(p.get("width")), number(p.get("height")),
+            number(p.get("steps")), number(p.get("guidance")), number(p.get("seed")), False, 1, note]
+
+
+def budget_and_aspect(width, height) -> tuple[float | None, str]:
+    """The size budget and aspect that give this size, or (None, custom size) when none does: a 1 MP square
+    read back from its PNG came back as a custom size."""
+    from blk.generate.sizes import ASPECTS, MEGAPIXELS, size_for_budget
+
+    for budget in MEGAPIXELS:
+        for aspect in ASPECTS:
+            if size_for_budget(budget, aspect) == (width, height):
+                return budget, aspect
+    return None, CUSTOM
 
 
 def build(context: StudioContext) -> None:
@@ -215,8 +228,8 @@ def build(context: StudioContext) -> None:
                      show_progress_on=[results])  # over the gallery it fills, not over the Seed field
     stop.click(cancel.set, queue=False)
     source.upload(lambda f: load_parameters(context, f), inputs=source,
-                  outputs=[model, prompt, negative, loras, aspect, width, height, steps, guidance, seed, random_seed,
-                           count, note])
+                  outputs=[model, prompt, negative, loras, megapixels, aspect, width, height, steps, guidance, seed,
+                           random_seed, count, note])
     source.clear(lambda: "", outputs=note, show_progress="hidden", queue=False)  # no note about a file now gone
 
     def on_select(items, event: gr.SelectData):
