@@ -59,6 +59,10 @@ def test_sketch_and_review_tabs(tmp_path, shared_workspace, trained_run):
             expect(page.locator("#blk-sketch-generate")).to_have_text("Generate")
             expect(page.locator("#blk-sketch-generate")).to_be_enabled()
             expect(page.locator("#blk-sketch-status")).to_contain_text(re.compile(r"1 image, seed \d+, 64×64"))
+            shown = page.evaluate("""() => { const wrap = document.querySelector('#blk-sketch-gallery .grid-wrap');
+              const item = wrap.querySelector('.thumbnail-item').getBoundingClientRect();
+              return [item.height, wrap.getBoundingClientRect().bottom - item.bottom]; }""")
+            assert shown[0] > 300 and shown[1] >= -1, shown  # the whole square, not its top cut to a strip
             screenshot(page, "sketch-tab")
             page.locator("#blk-sketch-gallery img").first.click()
             expect(page.locator("#blk-sketch-selected")).to_contain_text("Selected")

@@ -37,6 +37,9 @@ CSS = """
 .blk-run-name input:focus { direction: ltr; }
 /* training samples: three columns in a narrow window, so that their captions ("step 60: …") stay readable */
 @media (max-width: 1100px) { .blk-thumbs .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; } }
+/* result galleries: the whole of each picture, not the top of it: Gradio kept the gallery at a fixed height
+   while a single result grew as wide as the gallery, so a square sketch showed cut to a wide strip */
+.blk-whole .grid-wrap.fixed-height { height: auto !important; max-height: 80vh; }
 /* Blind A/B: both pictures as wide as their half (a small pair was judged at its own few pixels), never taller
    than the window */
 .blk-judge .image-frame { width: 100% !important; height: auto !important; }

@@ -207,7 +207,8 @@ def build(context: StudioContext) -> None:
             status = gr.Markdown(elem_id="blk-sketch-status")
             # whole images, never cropped to squares: a 1216×832 sketch is seen as it was made
             results = gr.Gallery(label="This session's sketches (newest first)", columns=3, height="auto",
-                                 object_fit="contain", elem_id="blk-sketch-gallery", format="png")
+                                 object_fit="contain", elem_id="blk-sketch-gallery", format="png",
+                                 elem_classes=["blk-whole"])
             selected = gr.State(None)
             selected_note = gr.Markdown("Click a sketch to send it on.", elem_id="blk-sketch-selected")
             with gr.Row():

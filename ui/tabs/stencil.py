@@ -342,7 +342,7 @@ def build(context: StudioContext) -> None:
                     results = gr.Gallery(label="Assets (over a checkerboard; files keep their alpha)", columns=3,
                                          height="auto", format="png", object_fit="contain",
                                          elem_id="blk-stencil-gallery",
-                                         elem_classes=["blk-checker"])
+                                         elem_classes=["blk-checker", "blk-whole"])
                     with gr.Row():
                         background = gr.Radio(["checkerboard", "colour"], value="colour", label="Preview over")
                         colour = gr.ColorPicker("#f2efe6", label="Colour")
@@ -395,7 +395,7 @@ def build(context: StudioContext) -> None:
                     alpha_status = gr.Markdown(elem_id="blk-alpha-status")
                     alpha_results = gr.Gallery(label="RGBA results", columns=3, height="auto", format="png",
                                                object_fit="contain",
-                                               elem_classes=["blk-checker"], elem_id="blk-alpha-gallery")
+                                               elem_classes=["blk-checker", "blk-whole"], elem_id="blk-alpha-gallery")
                     alpha_files = gr.File(label="Download the RGBA PNGs", file_count="multiple", interactive=False,
                                           elem_id="blk-alpha-download")
 
