@@ -180,6 +180,21 @@ def test_seeds_and_strengths_read_as_typed_and_say_what_is_out_of_range():
         parse_seeds("1.5")
 
 
+def test_a_cut_label_ends_after_a_whole_word():
+    """"blkink, a figure i..." read as a typo: a label too long for its cell ends after its last whole word, and
+    inside a word only when not even the first word fits."""
+    from blk.generate.review import _fit, _label_font
+
+    font = _label_font()
+    text = "blkink, a figure in a landscape at dusk"
+    width = int(font.getlength("blkink, a figure in...")) + 1
+    assert _fit(font, text, width) == "blkink, a figure in..."
+    assert _fit(font, text, int(font.getlength("blkink, a figure i...")) + 1) == "blkink, a figure..."
+    assert _fit(font, text, int(font.getlength("blkink, a...")) + 1) == "blkink, a..."
+    assert _fit(font, text, int(font.getlength("blki...")) + 1) == "blki..."  # no whole word fits
+    assert _fit(font, text, 10_000) == text
+
+
 def test_narrow_column_headers_tell_prompts_that_share_a_trigger_word_apart(tmp_path):
     """At 64 px every prompt used to read "blkstyl...": the words all prompts start with are left out (marked
     "...") when they do not fit, and prompts wrap to two lines; the PNG's parameters keep the full labels."""

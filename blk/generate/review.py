@@ -346,12 +346,15 @@ def _fits(font, lines: list[str], width: int) -> bool:
 
 
 def _fit(font, text: str, width: int) -> str:
-    """Cut a label to the cell's width, with an ellipsis (ASCII: the built-in font's glyphs)."""
+    """Cut a label to the cell's width, with an ellipsis (ASCII: the built-in font's glyphs), after a whole word
+    where one fits ("a figure..." rather than "a figure i..."); inside a word only when no whole word does."""
     if font.getlength(text) <= width:
         return text
-    while text and font.getlength(text + "...") > width:
-        text = text[:-1]
-    return text + "..."
+    cut = text
+    while cut and font.getlength(cut + "...") > width:
+        cut = cut[:-1]
+    whole = cut.rsplit(" ", 1)[0] if " " in cut and not text[len(cut):].startswith(" ") else cut  # a word cut: out
+    return (whole.rstrip(" ,;:") or cut) + "..."
 
 
 def grid_parameters(result: GridResult, spec: GridSpec) -> dict:
