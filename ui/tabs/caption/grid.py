@@ -391,16 +391,18 @@ def build(context: StudioContext, dataset: gr.Dropdown, selected_image: gr.State
         sort = gr.Dropdown(SORTS, value="name", label="Sort by", scale=1)
         descending = gr.Checkbox(label="Descending", scale=0, min_width=110)
         page = gr.Number(value=1, precision=0, label="Page", scale=0, min_width=80)
-        page_size = gr.Dropdown([25, 50, 100, 200], value=50, label="Rows", scale=0, min_width=90)
+        page_size = gr.Dropdown([25, 50, 100, 200], value=50, label="Rows", scale=0, min_width=110)  # room for ▾
         refresh = gr.Button("Show", variant="primary", scale=0, min_width=80)
     with gr.Accordion("Words: how the captions use words and tags", open=False, elem_id="blk-words") as words_box:
         gr.Markdown(WORD_RULES)
         words_summary = gr.Markdown(elem_id="blk-words-summary")
-        with gr.Row():
+        with gr.Row(elem_classes="blk-wrap"):  # one above the other when side by side would cut their columns
             top_terms = gr.Dataframe(headers=TOP_HEADERS, interactive=False, max_height=320, elem_id="blk-words-top",
-                                     label=f"Most frequent (up to {TOP_TERMS}); click one to filter the grid")
+                                     label=f"Most frequent (up to {TOP_TERMS}); click one to filter the grid",
+                                     min_width=420)
             rare_terms = gr.Dataframe(headers=RARE_HEADERS, interactive=False, max_height=320, elem_id="blk-words-rare",
-                                      label="In one caption only (a typo? a one-off?); click one to see it")
+                                      label="In one caption only (a typo? a one-off?); click one to see it",
+                                      min_width=420)
         with gr.Row():
             term_choice = gr.Dropdown(choices=[], value=None, allow_custom_value=True, scale=3, elem_id="blk-words-term",
                                       label="Show only captions with this word, tag or phrase")
