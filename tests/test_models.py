@@ -59,6 +59,11 @@ def test_matting_and_models_say_the_pip_command_of_this_environment(workspace, m
     assert expected in unavailable_reason(workspace) and ".venv/bin/pip" not in unavailable_reason(workspace)
     birefnet = next(row for row in list_support_models(workspace) if row.name == "birefnet-general")
     assert expected in birefnet.description
+    # with an NVIDIA GPU, the runtime that uses it (the plain one runs BiRefNet on the CPU); a pretend GPU here
+    import blk.models.device
+
+    monkeypatch.setattr(blk.models.device, "cuda_device_count", lambda: 1)
+    assert f"`{elsewhere} -m pip install rembg onnxruntime-gpu`" in unavailable_reason(workspace)
 
 
 def test_unknown_name_lists_choices(workspace, hf_cache):

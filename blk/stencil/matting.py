@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from pathlib import Path
 
 from blk.commands import pip_install
@@ -27,14 +28,17 @@ def matting_folder(workspace: Workspace) -> Path:
 
 def unavailable_reason(workspace: Workspace) -> str | None:
     """None when matting can run; otherwise one sentence saying how to stage it."""
+    from blk.models.device import cuda_device_count
+
     missing_package = importlib.util.find_spec("rembg") is None or importlib.util.find_spec("onnxruntime") is None
     model = matting_folder(workspace) / MODEL_FILE
+    runtime = "onnxruntime-gpu" if cuda_device_count() else "onnxruntime"  # the plain one runs on the CPU only
     if missing_package and not model.is_file():
         return (f"Matting needs the rembg and onnxruntime packages in the app's environment "
-                f"(`{pip_install('rembg', 'onnxruntime')}`) and BiRefNet's weights at {model} "
+                f"(`{pip_install('rembg', runtime)}`) and BiRefNet's weights at {model} "
                 f"(download {MODEL_URL} on a connected machine and rename it).")
     if missing_package:
-        return f"Matting needs the rembg and onnxruntime packages: `{pip_install('rembg', 'onnxruntime')}`."
+        return f"Matting needs the rembg and onnxruntime packages: `{pip_install('rembg', runtime)}`."
     if not model.is_file():
         return f"Matting needs BiRefNet's weights at {model} (download {MODEL_URL} on a connected machine)."
     return None
@@ -45,8 +49,26 @@ def matte(workspace: Workspace, image):
     reason = unavailable_reason(workspace)
     if reason:
         raise UserError(reason)
-    os.environ["U2NET_HOME"] = str(matting_folder(workspace))  # rembg reads it; the file is already there
-    os.environ.setdefault("MODEL_CHECKSUM_DISABLED", "1")  # no download, so nothing to verify against
-    from rembg import new_session, remove
+    from rembg import remove
 
-    return remove(image.convert("RGB"), session=new_session("birefnet-general"))
+    return remove(image.convert("RGB"), session=_session(matting_folder(workspace)))
+
+
+_sessions: dict[tuple, object] = {}
+_sessions_lock = threading.Lock()
+
+
+def _session(folder: Path):
+    """BiRefNet's ONNX session, opened once per weights file (it is about 1 GB: opening it for every image
+    made a batch of cut-outs mostly loading)."""
+    model = folder / MODEL_FILE
+    key = (str(model), model.stat().st_mtime_ns)
+    with _sessions_lock:
+        if key not in _sessions:
+            os.environ["U2NET_HOME"] = str(folder)  # rembg reads it; the file is already there
+            os.environ.setdefault("MODEL_CHECKSUM_DISABLED", "1")  # no download, so nothing to verify against
+            from rembg import new_session
+
+            _sessions.clear()
+            _sessions[key] = new_session("birefnet-general")
+        return _sessions[key]
