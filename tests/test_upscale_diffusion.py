@@ -152,6 +152,37 @@ def test_sdxl_passes_with_a_texture_lora(shared_workspace, tmp_path, pipelines):
     assert parameters["model"] == "tiny-sdxl" and parameters["loras"][0]["name"] == lora.name
 
 
+@pytest.mark.parametrize("name, guidance", [("tiny-flux", 3.5), ("tiny-sdxl", 5.0)])
+def test_a_pass_encodes_its_prompt_once_and_draws_what_the_prompt_draws(shared_workspace, pipelines, monkeypatch,
+                                                                         name, guidance):
+    """Every tile call encoded the prompt again (T5-XXL per tile; under CPU offload T5 sent to the GPU per tile):
+    a pass encodes it once, and each tile is what the pipeline draws from the prompt itself, pixel for pixel."""
+    import torch
+
+    loaded = pipelines.get(resolve(name, shared_workspace), task="img2img")
+    encoder = loaded.pipe.text_encoder_2  # T5 for Flux, CLIP-G for SDXL
+    original, encodes = encoder.forward, []
+
+    def counted(*args, **kwargs):
+        encodes.append(1)
+        return original(*args, **kwargs)
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    tiles = np.stack([np.stack([xx / 64, yy / 64, 0.5 + 0 * xx], -1)] * 3).astype(np.float32)
+    process = tile_processor(loaded, "a cube", 0.5, 4, guidance, 3)
+    monkeypatch.setattr(encoder, "forward", counted)
+    out = process(tiles)
+    # once for the three tiles (SDXL also encodes its empty negative prompt then, unless its config zeroes it)
+    assert len(encodes) == (1 if name == "tiny-flux" or loaded.pipe.config.force_zeros_for_empty_prompt else 2)
+    monkeypatch.undo()
+    tensor = torch.from_numpy(np.ascontiguousarray(tiles[0].transpose(2, 0, 1)))[None]
+    sizes = {"width": 64, "height": 64} if name == "tiny-flux" else {}
+    direct = loaded.pipe(prompt="a cube", image=tensor, strength=0.5, num_inference_steps=4, guidance_scale=guidance,
+                         generator=torch.Generator("cpu").manual_seed(3), output_type="np", **sizes).images[0]
+    assert np.array_equal(out[0], np.clip(np.asarray(direct, dtype=np.float32), 0, 1))
+    assert np.array_equal(out[0], out[2])  # same tile, same seed
+
+
 def test_feathered_tiles_show_no_seam(shared_workspace, pipelines, tmp_path):
     loaded = pipelines.get(resolve("tiny-flux", shared_workspace), task="img2img")
     yy, xx = np.mgrid[0:64, 0:160]

@@ -144,8 +144,12 @@ class LoadedPipeline:
         try:
             return self.pipe(**kwargs)
         finally:
-            if self.memory.cpu_offload:
-                (self.base or self.pipe).maybe_free_model_hooks()
+            self.release_offloaded()
+
+    def release_offloaded(self) -> None:
+        """Under CPU offload, every model back on the CPU (a no-op otherwise)."""
+        if self.memory.cpu_offload:
+            (self.base or self.pipe).maybe_free_model_hooks()
 
 
 class PipelineCache:
