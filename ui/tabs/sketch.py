@@ -97,7 +97,7 @@ def generate(context: StudioContext, cancel: threading.Event, gallery: list, mod
         seeds = ", ".join(str(r.seed) for r in finished)
         summary = (f"{len(finished)} image{'s' if len(finished) > 1 else ''}, seed{'s' if len(finished) > 1 else ''} "
                    f"**{seeds}**, {last.parameters['width']}×{last.parameters['height']} — saved in "
-                   f"`{last.path.parent}`.")
+                   f"`{last.path.parent}`")  # no full stop after the path: it went to a line of its own
         empty = "" if (prompt or "").strip() else "The prompt was empty: the model drew without a text prompt."
         status = "  \n".join(s for s in (last.notice, empty, summary, status) if s)
     return shown, shown, status, seed_field(finished, random_seed)
