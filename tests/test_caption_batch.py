@@ -273,3 +273,8 @@ def test_the_server_is_sized_for_the_few_shot_conversation_and_the_gpu_it_shares
     assert server.server_config(model, tmp_path / "python", 6, "cpu", 512).max_model_len == 5120
     (model / "config.json").write_text('{"model_type": "idefics3", "text_config": {"max_position_embeddings": 4096}}')
     assert model_length(9, 1024, model=model) == 4096  # no longer than the model was made for: vLLM refuses
+    # on a CPU the KV cache holds one request of that length (Qwen2.5-VL-7B's shape: 28 layers, 4 KV heads of 128)
+    (model / "config.json").write_text('{"model_type": "qwen2_5_vl", "num_hidden_layers": 28, '
+                                       '"num_attention_heads": 28, "num_key_value_heads": 4, "hidden_size": 3584}')
+    sized = server.server_config(model, tmp_path / "python", 9, "cpu", 1024)
+    assert sized.max_model_len == 16384 and sized.kv_cache_bytes == int(2 * 28 * 4 * 128 * 4 * 16384 * 1.25)

@@ -113,7 +113,7 @@ def test_examples_are_promoted_reordered_and_dropped(dataset):
 def test_an_example_follows_its_caption_and_keeps_its_text_when_the_file_is_gone(dataset):
     """What the model is shown is the example image's caption as it reads now (an edit by hand or in bulk
     after promoting reaches it); a caption file removed since leaves the promoted text, not an empty example."""
-    from blk.caption.style import promote_example
+    from blk.caption.style import move_example, promote_example
     from blk.data.captions import CaptionStore
 
     store = CaptionStore(dataset)
@@ -125,5 +125,11 @@ def test_an_example_follows_its_caption_and_keeps_its_text_when_the_file_is_gone
     answers = [m["content"][0]["text"] for m in build_messages(style, dataset, b"") if m["role"] == "assistant"]
     assert answers == ["blkcat, a red field"]
     assert load_style(dataset_style_path(dataset)).examples[0].caption == "inkcat, a red field"  # file unchanged
+    store.approve("ex2.jpg", store.save("ex2.jpg", "inkcat, a green field", "").hash)
+    promote_example(dataset, "ex2.jpg")  # a change to the style writes the examples as promoted, not as read now
+    move_example(dataset, 0, +1)
+    assert [(e.image, e.caption) for e in load_style(dataset_style_path(dataset)).examples] == [
+        ("ex2.jpg", "inkcat, a green field"), ("ex1.png", "inkcat, a red field")]
+    assert [e.caption for e in dataset_style(dataset).examples] == ["inkcat, a green field", "blkcat, a red field"]
     (dataset / "ex1.txt").unlink()
-    assert [e.caption for e in dataset_style(dataset).examples] == ["inkcat, a red field"]
+    assert [e.caption for e in dataset_style(dataset).examples] == ["inkcat, a green field", "inkcat, a red field"]

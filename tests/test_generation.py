@@ -125,19 +125,26 @@ def test_an_image_to_image_view_keeps_the_loaded_dtype(shared_workspace, monkeyp
     assert [module.dtype for module in modules] == [torch.bfloat16] * 5
 
 
-def test_switching_models_frees_the_previous_pipeline_before_loading(shared_workspace):
+def test_switching_models_frees_the_previous_pipeline_before_loading(shared_workspace, monkeypatch):
     """Only one base model in memory at a time: the previous pipeline (and its img2img view) is gone by the time
     the next one has loaded, offload hooks and compiled graphs notwithstanding (`PipelineCache._release`)."""
-    import gc
     import weakref
+
+    from blk.models import pipelines
 
     cache = PipelineCache()
     flux = cache.get(resolve("tiny-flux", shared_workspace), device="cpu")
     cache.get(resolve("tiny-flux", shared_workspace), task="img2img", device="cpu")
     gone = weakref.ref(flux.pipe.transformer)
     del flux
+    load, seen = pipelines.load_pipeline, []
+
+    def load_when_freed(*args, **kwargs):
+        seen.append(gone() is None)  # the moment the next model starts loading
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(pipelines, "load_pipeline", load_when_freed)
     cache.get(resolve("tiny-sdxl", shared_workspace), device="cpu")
-    gc.collect()
-    assert gone() is None and cache.load_count == 2
+    assert seen == [True] and cache.load_count == 2
     cache.clear()
     assert cache.loaded_options(resolve("tiny-sdxl", shared_workspace), "cpu") is None

@@ -492,8 +492,13 @@ def test_a_model_held_on_a_gpu_is_let_go_before_training_or_captioning_start(sha
     assert context.release_gpu("the training run") == ""
     assert context.sketcher.cache.held() == ("tiny-flux", "cpu") and context.stenciler._modules
     loaded.device = "cuda:0"  # where a workstation holds it
+    with context.sketcher.lock:  # an image being made: its run would keep the model alive anyway
+        assert context.release_gpu("the training run") == (
+            "The tiny-flux model stays on cuda:0 while an image is being made; the training run shares the GPU "
+            "with it until it ends.")
+    assert context.sketcher.cache.held() == ("tiny-flux", "cuda:0")
     assert context.release_gpu("the training run") == (
-        "The tiny-flux model that Sketch had loaded on cuda:0 was let go, to leave the GPU to the training run; "
-        "the next image loads it again.")
+        "The tiny-flux model that Sketch, Review, Stencil and Upscale share was let go from cuda:0, to leave the "
+        "GPU to the training run; the next image loads it again.")
     assert context.sketcher.cache.held() is None and not context.stenciler._modules
     assert context.release_gpu("the captioner") == ""  # nothing held any more

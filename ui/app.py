@@ -62,7 +62,7 @@ def demo_banner(context: StudioContext) -> str:
         needs.append("Stencil's matting needs BiRefNet (the Matting tab says how)")
     try:
         find_vllm_python(context.workspace.settings.vllm_python)
-    except UserError:  # Caption starts on the vLLM backend, which then answers with this same advice
+    except UserError:  # Caption then starts on the transformers backend; its vLLM choice needs this
         needs.append("Caption's vLLM backend needs `python3 studio.py setup-vllm` once (the transformers backend "
                      "captions now)")
     missing = f" Except: {'; '.join(needs)}." if needs else ""

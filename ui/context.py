@@ -56,17 +56,27 @@ class StudioContext:
         return tiny if self.demo or not real else real
 
     def release_gpu(self, for_what: str) -> str:
-        """Let go of the model Sketch, Review and Stencil share when it sits on a GPU, before another process
-        needs that GPU (the captioning server, a training run, its probe): FLUX alone holds about 24 GB, and
-        they failed beside it. A sentence saying so, or "" when nothing was held there."""
+        """Let go of the model Sketch, Review, Stencil and Upscale share when it sits on a GPU, before another
+        process needs that GPU (the captioning server, a training run, its probe): FLUX alone holds about 24 GB,
+        and they failed beside it. A sentence saying so, or "" when nothing was held there. Not while one of
+        them generates: its run keeps the model alive whatever the cache drops."""
+        from blk.stencil.matting import release_sessions
+
         held = self._sketcher.cache.held() if self._sketcher is not None else None
         if held is None or not held[1].startswith("cuda"):
             return ""
-        self._sketcher.cache.clear()
-        if self._stenciler is not None:
-            self._stenciler.release()
-        return (f"The {held[0]} model that Sketch had loaded on {held[1]} was let go, to leave the GPU to "
-                f"{for_what}; the next image loads it again.")
+        if not self._sketcher.lock.acquire(blocking=False):
+            return (f"The {held[0]} model stays on {held[1]} while an image is being made; {for_what} shares "
+                    "the GPU with it until it ends.")
+        try:
+            if self._stenciler is not None:
+                self._stenciler.release()  # first: the cache's clearing then gives their memory back too
+            release_sessions()
+            self._sketcher.cache.clear()
+        finally:
+            self._sketcher.lock.release()
+        return (f"The {held[0]} model that Sketch, Review, Stencil and Upscale share was let go from {held[1]}, "
+                f"to leave the GPU to {for_what}; the next image loads it again.")
 
     def close(self) -> None:
         """Stop what the session started (the captioning server) and free the loaded pipeline."""

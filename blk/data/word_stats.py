@@ -126,7 +126,7 @@ def _read(text: str) -> tuple[bool, set[str]]:
     """(read as tags?, its terms). In prose, a term with a space is a phrase, one without a word."""
     lowered = text.lower().replace("’", "'")
     parts = _parts(lowered)
-    if len(parts) >= 2 and 4 * sum(len(part.split()) <= TAG_WORDS_MAX for part in parts) >= 3 * len(parts):
+    if tag_share(lowered) >= 0.75:  # 3 in 4 parts short (two parts at least: tag_share is 0 for one)
         tags = {" ".join(part.split()).strip(_TAG_END) for part in parts}
         tags.discard("")
         return True, tags

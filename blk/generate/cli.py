@@ -119,7 +119,7 @@ def print_results(results) -> None:
 
 
 def cmd_review(args, workspace) -> int:
-    from blk.generate.review import (GridSpec, Reviewer, parse_seeds, parse_strengths, review_folder,
+    from blk.generate.review import (DEFAULT_SEED, GridSpec, Reviewer, parse_seeds, parse_strengths, review_folder,
                                      run_review_defaults, save_grid)
     from blk.generate.sketch import Sketcher
 
@@ -144,7 +144,7 @@ def cmd_review(args, workspace) -> int:
                        if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"Could not read the prompts file {args.prompts} ({exc}).") from None
-    seeds = parse_seeds(args.seeds, "--seeds") or [defaults.get("seed", 0)]
+    seeds = parse_seeds(args.seeds, "--seeds") or [defaults.get("seed", DEFAULT_SEED)]
     side = defaults.get("size", 1024)
     width, height = _size(args.size) if args.size else (side, side)
     spec = GridSpec(model=model, checkpoints=loras, prompts=prompts, seeds=seeds,

@@ -39,6 +39,7 @@ from blk.train.pins import CHECKPOINT_NAME
 LABEL_PX = 14  # label text height in the grid
 MAX_CELLS = 400
 STRENGTH_RANGE = (-1.0, 2.0)  # as Sketch's strength sliders: beyond them a LoRA's pictures fall apart
+DEFAULT_SEED = 1  # a grid's seed when none is given and no run gives its sample seed (the CLI and the tab alike)
 
 
 def parse_seeds(text: str | None, what: str = "Seeds") -> list[int]:

@@ -55,16 +55,25 @@ def cuda_device_count() -> int:
             nvml.nvmlShutdown()
     except AttributeError:  # a library without these functions
         return 0
+    visible = visible_gpus()
+    return count.value if visible is None else min(len(visible), count.value)
+
+
+def visible_gpus() -> list[str] | None:
+    """The GPUs CUDA_VISIBLE_DEVICES lets this process see, in its order (None when it is not set): cuda:N is
+    the N-th of these. CUDA stops reading at the first empty or negative entry."""
+    import os
+
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
-        return count.value
-    listed = 0
-    for part in visible.split(","):  # CUDA stops at the first empty or negative entry
+        return None
+    listed = []
+    for part in visible.split(","):
         part = part.strip()
         if not part or part.startswith("-"):
             break
-        listed += 1
-    return min(listed, count.value)
+        listed.append(part)
+    return listed
 
 
 def pick_device(preference: str = "auto") -> str:

@@ -58,6 +58,12 @@ _sessions: dict[tuple, object] = {}
 _sessions_lock = threading.Lock()
 
 
+def release_sessions() -> None:
+    """Close BiRefNet's session (with onnxruntime-gpu it holds GPU memory); the next cut-out opens it again."""
+    with _sessions_lock:
+        _sessions.clear()
+
+
 def _session(folder: Path):
     """BiRefNet's ONNX session, opened once per weights file (it is about 1 GB: opening it for every image
     made a batch of cut-outs mostly loading)."""

@@ -78,9 +78,14 @@ def read_icc(path: Path, grey: bool) -> bytes:
         raise UserError(f"{Path(path).name} is not an ICC profile.")
     if fitting_icc(data, grey) is None:
         kind = icc_space(data).decode("ascii", "replace").strip()
-        raise UserError(f"{Path(path).name} is a {kind} profile, and this result is "
-                        f"{'grey (as its input)' if grey else 'RGB'}: choose a {'GRAY' if grey else 'RGB'} profile.")
+        raise UserError(f"{Path(path).name} is {_a(kind)} {kind} profile, and this result is "
+                        f"{'grey (as its input)' if grey else 'RGB'}: choose {'a GRAY' if grey else 'an RGB'} profile.")
     return data
+
+
+def _a(word: str) -> str:
+    """The article before a colour space's name as it is read aloud ("an RGB", "a GRAY", "a CMYK")."""
+    return "an" if word[:1].upper() in "AEFHILMNORSX" else "a"
 
 
 def _deflate() -> dict:

@@ -540,8 +540,8 @@ def _enlarge(job: DiffusionJob, image, source: Canvas | None, width: int, height
 
 @contextlib.contextmanager
 def _releasing_offloaded(used: list):
-    """Under CPU offload the tiles keep the models on the GPU between them; at the job's end (or failure,
-    or cancel) they go back to the CPU."""
+    """Under CPU offload, at the job's end (or failure, or cancel) every model goes back to the CPU: the tiles
+    call the pipeline itself, which does so only at a normal end of a text-to-image pipeline, never of a view."""
     try:
         yield
     finally:
@@ -598,8 +598,8 @@ def tile_processor(loaded, prompt: str, denoise: float, steps: int, guidance: fl
                           output_type="np")
             if loaded.model.family == "flux":
                 kwargs |= dict(width=w + pw, height=h + ph)
-            # the pipeline itself, not `loaded(...)`: under CPU offload the models stay on the GPU from tile to
-            # tile, and go back once the job ends (`release_offloaded` in `upscale_diffusion`)
+            # the pipeline itself, not `loaded(...)`: no full offload round after every tile (the text encoders,
+            # not called per tile, stay off the GPU); everything goes back once the job ends (`_releasing_offloaded`)
             out = np.asarray(loaded.pipe(**kwargs).images[0], dtype=np.float32)[:h, :w]
             if tile.shape[2] == 4:
                 out = np.concatenate([out, tile[..., 3:]], axis=2)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from blk.generate.review import DEFAULT_SEED
 from ui.busy import click_while_busy
 from ui.context import StudioContext
 
@@ -48,7 +49,7 @@ def _run_dir(context: StudioContext, run: str) -> Path | None:
 # one checkpoint has (its A was left empty: "Choose checkpoints A and B").
 BASE = "(base model)"
 BASE_LABEL = "base (no LoRA)"  # as the grid's base row reads
-DEFAULT_SEED, DEFAULT_STRENGTH = 1, 1.0  # what an empty Seeds or Strengths field means (the note says so)
+DEFAULT_STRENGTH = 1.0  # what an empty Strengths field means (the note says so); an empty Seeds: `default_seed`
 
 
 def pair_choices(choices: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -215,10 +215,10 @@ def start(context: StudioContext, preset, dataset, *form):
         config = config_from_form(context, preset, dataset, *form)
         refuse_while_training(context)
         left_out = left_out_note(context, dataset)  # scanned first, so the trainer finds the scan cached
-        freed = context.release_gpu("the training run")
         folder = start_run(config, context.workspace, name=f"{preset or 'run'}-{dataset}")
     except UserError as exc:
         return gr.update(), f"**{exc}**"
+    freed = context.release_gpu("the training run")  # once it starts (its model loads in seconds, not at once)
     return (gr.Dropdown(choices=run_names(context), value=folder.name),
             f"Started {folder.name}." + (f" {freed}" if freed else "") + stages_note(preset, config) + left_out)
 

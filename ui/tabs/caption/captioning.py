@@ -73,15 +73,15 @@ def save_style(context: StudioContext, name, system_prompt, instruction, backgro
                max_tokens, seed, trigger, trigger_mode, openings, one_line) -> str:
     from pydantic import ValidationError
 
-    from blk.caption.style import CaptionStyle, PostProcess, Sampling, dataset_style, dataset_style_path
+    from blk.caption.style import CaptionStyle, PostProcess, Sampling, dataset_style_path, stored_style
     from blk.caption.style import save_style as write
     from blk.errors import UserError
 
     try:
         folder = context.captioning.dataset(name)
         style = CaptionStyle(
-            name=dataset_style(folder).name, system_prompt=system_prompt, instruction=instruction, background=background,
-            image_size=int(image_size), examples=dataset_style(folder).examples,
+            name=stored_style(folder).name, system_prompt=system_prompt, instruction=instruction, background=background,
+            image_size=int(image_size), examples=stored_style(folder).examples,  # as promoted, not as captions read now
             sampling=Sampling(temperature=temperature, top_p=top_p, max_tokens=int(max_tokens),
                               seed=None if int(seed) < 0 else int(seed)),
             post=PostProcess(trigger=trigger, trigger_mode=trigger_mode, one_line=one_line,
