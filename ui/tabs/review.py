@@ -147,7 +147,7 @@ def default_seed(context: StudioContext, run) -> tuple[int, str]:
 
 
 def spec_from_form(context: StudioContext, checkpoints, model, prompts, seeds, scales, include_base, size, steps,
-                   guidance, empty_seeds: int = 1):
+                   guidance, empty_seeds: int = DEFAULT_SEED):
     from blk.errors import UserError
     from blk.generate.review import GridSpec, parse_seeds, parse_strengths
     from blk.models.device import MemoryOptions
