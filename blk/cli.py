@@ -81,11 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     caption.set_defaults(run=cmd_caption, mode="missing")
 
     from blk.generate.cli import add_commands as add_generate_commands
-
     from blk.stencil.cli import add_commands as add_stencil_commands
+    from blk.upscale.cli import add_commands as add_upscale_commands
 
     add_generate_commands(commands)  # sketch, review
-    from blk.upscale.cli import add_commands as add_upscale_commands
     add_upscale_commands(commands)
     add_stencil_commands(commands)  # stencil generate | alpha | compose
     return parser

@@ -52,3 +52,41 @@ def test_stopping_the_readme_command_stops_the_app(tmp_path):
             time.sleep(0.5)
     finally:
         process.kill()
+
+
+def test_the_launcher_knows_every_command_of_the_engine():
+    """`python3 studio.py COMMAND …` goes to `python -m blk` for exactly the engine's commands."""
+    from blk.cli import build_parser
+
+    studio = load_launcher()
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(studio.CLI_COMMANDS) == set(commands)
+    assert studio.cli_arguments(["--port", "7000"]) is None and studio.cli_arguments([]) is None
+    assert studio.cli_arguments(["upscale", "a.png"]) == ["--workspace", str(ROOT / "workspace"), "upscale", "a.png"]
+
+
+def test_a_job_runs_from_any_folder_with_the_paths_the_user_typed(tmp_path):
+    """From a folder outside the studio, `python3 studio.py --workspace ws dataset check drawings --json`
+    reads `drawings` and `ws` in that folder (it used to need the studio's folder for `python -m blk`)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests.test_journey import stamp_app_environment
+
+    stamp_app_environment()
+    (tmp_path / "drawings").mkdir()
+    Image.new("RGB", (64, 48), "white").save(tmp_path / "drawings" / "a.png")
+    (tmp_path / "drawings" / "a.txt").write_text("blkstyle, a white page")
+    Image.new("RGB", (64, 48), "black").save(tmp_path / "drawings" / "b.png")  # no caption
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"BLK_VENV": sys.prefix}
+    done = subprocess.run([sys.executable, str(ROOT / "studio.py"), "--workspace", "ws", "dataset", "check",
+                           "drawings", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    report = json.loads(done.stdout)
+    assert done.returncode == 0, done.stderr
+    assert report["dataset"] == str(tmp_path / "drawings") and report["uncaptioned"] == ["b.png"], report
+    assert (tmp_path / "ws").is_dir()

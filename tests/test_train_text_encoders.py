@@ -79,3 +79,37 @@ def test_released_sdxl_encoders_are_freed_and_samples_keep_their_negative(shared
     assert np.array_equal(image(family.pipe, **cached), with_empty_negative)
     reference.register_to_config(force_zeros_for_empty_prompt=True)
     assert not np.array_equal(image(reference, prompt="a cloud"), with_empty_negative)  # the "" really counts
+
+
+def test_flux_texts_are_encoded_before_the_transformer_is_placed(shared_workspace, tmp_path, monkeypatch):
+    """The order that keeps a FLUX run's peak down on a GPU: every text is encoded (T5 and CLIP run) before the
+    transformer is moved to the run's device, so the two never share it. Observed on the CPU through the calls
+    torch and transformers receive: each T5 forward, each transformer `.to`."""
+    from diffusers import FluxTransformer2DModel
+    from transformers import T5EncoderModel
+
+    calls = []
+    module_to, t5_forward = torch.nn.Module.to, T5EncoderModel.forward
+
+    def recording_to(self, *args, **kwargs):
+        if isinstance(self, FluxTransformer2DModel):
+            calls.append("transformer placed")
+        return module_to(self, *args, **kwargs)
+
+    def recording_forward(self, *args, **kwargs):
+        calls.append("T5 encodes")
+        return t5_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", recording_to)
+    monkeypatch.setattr(T5EncoderModel, "forward", recording_forward)
+    dataset = make_noise_dataset(tmp_path / "ds", count=2)
+    config = TrainConfig.model_validate({
+        "name": "order", "model": {"name": "tiny-flux"}, "data": {"dataset": str(dataset), "resolutions": [64]},
+        "adapter": {"rank": 4, "alpha": 4}, "optimizer": {"name": "adamw", "lr": 1e-3},
+        "schedule": {"steps": 1, "seed": 3}, "checkpoints": {"every": 1},
+        "sampling": {"every": 0, "prompts": []},
+    })
+    assert run(config, shared_workspace, tmp_path / "run").status == "finished"
+    assert "T5 encodes" in calls and "transformer placed" in calls
+    last_encode = max(i for i, call in enumerate(calls) if call == "T5 encodes")
+    assert last_encode < calls.index("transformer placed"), calls

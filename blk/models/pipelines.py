@@ -39,8 +39,11 @@ def _pipeline_class(family: str, task: str):
     return getattr(diffusers, names[(family, task)])
 
 
-def load_pipeline(model: ResolvedModel, task: str, device: str, memory: MemoryOptions):
-    """Load weights from local files only, place them, apply memory options."""
+def load_pipeline(model: ResolvedModel, task: str, device: str, memory: MemoryOptions, place: bool = True):
+    """Load weights from local files only, place them, apply memory options.
+
+    `place=False` leaves the weights on the CPU in the device's dtype, for a caller that moves them one by one
+    (training encodes every text before the denoiser joins the GPU, so T5 and the transformer never share it)."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -64,9 +67,9 @@ def load_pipeline(model: ResolvedModel, task: str, device: str, memory: MemoryOp
         freeze(denoiser)
     if memory.vae_tiling:
         pipe.vae.enable_tiling()
-    if memory.cpu_offload and device.startswith("cuda"):
+    if place and memory.cpu_offload and device.startswith("cuda"):
         pipe.enable_model_cpu_offload(gpu_id=int(device.split(":")[1]))
-    else:
+    elif place:
         pipe.to(device)
     denoiser = pipe.transformer if model.family == "flux" else pipe.unet
     if memory.attention and model.family == "flux":

@@ -45,7 +45,8 @@ class FluxFamily:
         return self.pipe.vae.encode(pixels).latent_dist.parameters
 
     def encode_text(self, caption: str) -> dict:
-        prompt_embeds, pooled, _ = self.pipe.encode_prompt(prompt=caption, prompt_2=None, max_sequence_length=512)
+        prompt_embeds, pooled, _ = self.pipe.encode_prompt(prompt=caption, prompt_2=None, max_sequence_length=512,
+                                                           device=self.pipe.text_encoder.device)
         return {"prompt_embeds": prompt_embeds[0], "pooled": pooled[0]}
 
     def sample_texts(self, prompt: str) -> list[str]:
@@ -115,7 +116,8 @@ class SDXLFamily:
         return self.pipe.vae.encode(pixels).latent_dist.parameters
 
     def encode_text(self, caption: str) -> dict:
-        prompt_embeds, _, pooled, _ = self.pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False)
+        prompt_embeds, _, pooled, _ = self.pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False,
+                                                              device=self.pipe.text_encoder.device)
         return {"prompt_embeds": prompt_embeds[0], "pooled": pooled[0]}
 
     def sample_texts(self, prompt: str) -> list[str]:

@@ -181,8 +181,14 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
         save_config(resolved, run_dir / "config.yaml")
     events = EventLog(run_dir / "events.jsonl", quiet=not world.is_main)
 
-    family = _load_family(config, model, dtype, device)
-    denoiser = family.denoiser
+    family = _load_family(config, model, dtype, device)  # the denoiser waits on the CPU until the texts are cached
+    caches = dataset / ".blk" / "cache" / model_key(model.path)
+    text_cache = TensorCache(caches / "text")
+    text_for = TextSource(family, text_cache)
+    every_item = items + held_out + [i for plan in (curriculum.stages if curriculum else []) for pool in plan.pools
+                                     for i in pool]
+    released = _release_text_encoders(family, config, {i.caption for i in every_item}, text_for, device)
+    denoiser = family.denoiser.to(device)
     _add_adapter(family, config, workspace, model)
     params = [p for p in denoiser.parameters() if p.requires_grad]
     optimizer = _optimizer(config, params, device)
@@ -201,15 +207,9 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
         _notice(events, step, notice)
     stage = None
 
-    caches = dataset / ".blk" / "cache" / model_key(model.path)
     latent_cache = TensorCache(caches / "latents", enabled=config.data.cache_latents)
     latent_for = LatentSource(family, latent_cache, dataset, model.path, config.data,
                               *_transparent_encoder(config, workspace, model, device))
-    text_cache = TensorCache(caches / "text")
-    text_for = TextSource(family, text_cache)
-    every_item = items + held_out + [i for plan in (curriculum.stages if curriculum else []) for pool in plan.pools
-                                     for i in pool]
-    released = _release_text_encoders(family, config, {i.caption for i in every_item}, text_for, device)
     last_checkpoint = None
 
     def averaged():
@@ -484,15 +484,21 @@ def validation_loss(family, held_out: list[Item], latent_for, text_for, device, 
 # the pieces of the recipe ---------------------------------------------------------------------------
 
 def _load_family(config: TrainConfig, model, dtype, device):
+    """The model, frozen, with its VAE and text encoders on `device` and its denoiser still on the CPU: `_train`
+    caches every text first and lets the encoders go, so Flux's T5 (~9.5 GB) and its transformer (~12 GB in int8)
+    never share the GPU, and then moves the denoiser."""
     from blk.models.device import MemoryOptions
     from blk.models.pipelines import load_pipeline
     from blk.train.families import FluxFamily, SDXLFamily
 
-    pipe = load_pipeline(model, "text2img", device, MemoryOptions(int8=config.model.int8_base))
+    pipe = load_pipeline(model, "text2img", device, MemoryOptions(int8=config.model.int8_base), place=False)
     for component in (pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None),
                       getattr(pipe, "transformer", None), getattr(pipe, "unet", None)):
         if component is not None:
             component.requires_grad_(False)
+    for component in (pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if component is not None:
+            component.to(device)
     family = FluxFamily(pipe, config.schedule.timestep_shift) if model.family == "flux" \
         else SDXLFamily(pipe, config.schedule.prediction)
     if config.model.gradient_checkpointing:
