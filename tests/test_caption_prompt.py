@@ -112,7 +112,8 @@ def test_examples_are_promoted_reordered_and_dropped(dataset):
 
 def test_an_example_follows_its_caption_and_keeps_its_text_when_the_file_is_gone(dataset):
     """What the model is shown is the example image's caption as it reads now (an edit by hand or in bulk
-    after promoting reaches it); a caption file removed since leaves the promoted text, not an empty example."""
+    after promoting reaches it); a caption file removed since, or a machine's caption put back, leaves the
+    promoted text, not an empty example nor a model's words."""
     from blk.caption.style import move_example, promote_example
     from blk.data.captions import CaptionStore
 
@@ -132,4 +133,7 @@ def test_an_example_follows_its_caption_and_keeps_its_text_when_the_file_is_gone
         ("ex2.jpg", "inkcat, a green field"), ("ex1.png", "inkcat, a red field")]
     assert [e.caption for e in dataset_style(dataset).examples] == ["inkcat, a green field", "blkcat, a red field"]
     (dataset / "ex1.txt").unlink()
+    assert [e.caption for e in dataset_style(dataset).examples] == ["inkcat, a green field", "inkcat, a red field"]
+    store.save("ex2.jpg", "a green field, grass, sky", store.read("ex2.jpg").hash, source="model")  # a machine's
+    assert store.status("ex2.jpg") == "machine"
     assert [e.caption for e in dataset_style(dataset).examples] == ["inkcat, a green field", "inkcat, a red field"]

@@ -86,17 +86,21 @@ def stored_style(dataset: str | Path) -> CaptionStyle:
     return load_style(path) if path.exists() else CaptionStyle()
 
 
+PERSONS_STATUSES = ("approved", "edited")  # a caption's statuses (blk.data.captions) that a person's words have
+
+
 def with_current_captions(dataset: str | Path, style: CaptionStyle) -> CaptionStyle:
-    """Each example with its image's caption as it reads now, so that a later edit (by hand, or a bulk edit
-    such as a renamed trigger word) reaches what the model is shown. A caption file that is gone or cannot be
-    read leaves the promoted text. (Caption batches never rewrite an example's caption: they skip it.)"""
+    """Each example with its image's caption as it reads now while a person wrote it (approved or edited), so
+    that a later edit (by hand, or a bulk edit such as a renamed trigger word) reaches what the model is shown.
+    A caption that is gone, cannot be read, or is a machine's again (a restored model version) leaves the
+    promoted text: only a person's words are shown as examples. (Caption batches skip an example's image.)"""
     from blk.data.captions import CaptionStore
 
     store = CaptionStore(dataset)
     examples = []
     for example in style.examples:
         try:
-            text = store.read(example.image).text
+            text = store.read(example.image).text if store.status(example.image) in PERSONS_STATUSES else ""
         except UserError:  # an unsafe or unreadable path in a hand-edited style file
             text = ""
         examples.append(example.model_copy(update={"caption": text}) if text.strip() else example)
