@@ -31,6 +31,10 @@ CSS = """
    the lock marks of read-only columns' room to their names */
 #blk-caption-grid th .header { word-break: normal !important; overflow-wrap: normal !important; }
 #blk-caption-grid th .header-icons [aria-label="Static column"] { display: none; }
+/* the models table in the text font (Gradio sets tables in monospace, which broke "RealESRGAN_x4plus.pth" mid-name
+   in a narrow window); paths and commands still wrap where they must */
+#blk-models .text { font-family: var(--font) !important; }
+#blk-models th .header { word-break: normal !important; overflow-wrap: normal !important; }
 /* a run's name, cut at its start rather than its end when the field is narrow: the time it ends with is what
    tells a dataset's runs apart ("…inkcats-20261126-192105", not "conceptor-flux-dev-inkcats-2…") */
 .blk-run-name input { direction: rtl; text-align: left; text-overflow: ellipsis; padding-right: 28px !important; }

@@ -46,7 +46,8 @@ def devices_text(context: StudioContext) -> str:
 def build(context: StudioContext) -> None:
     gr.Markdown(intro_text(context))
     table = gr.Dataframe(value=lambda: models_table(context), headers=COLUMNS, interactive=False,
-                         label="Models", wrap=True, column_widths=["17%", "13%", "12%", "8%", "27%", "23%"],
+                         label="Models", wrap=True, column_widths=["27%", "11%", "10%", "7%", "24%", "21%"],
+                         elem_id="blk-models",
                          max_height=3000)  # every row in view, also when a narrow window wraps them
     refresh = gr.Button("Refresh", size="sm")
     gr.Markdown(f"Workspace: `{context.workspace.root}`  \n"
