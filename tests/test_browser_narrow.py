@@ -1,7 +1,8 @@
 """In a real browser at 900 and 1300 px: the Caption tab's filter row keeps its checkboxes' labels (they vanished
 at 900 px) and its grid's headers break between words only ("sta/tus"); Upscale's sliders stay inside their
 column (Pass C's end was cut off); a long run name shows its end (the time that tells runs apart) and the
-training samples keep readable captions. And a screen reader hears "Done" when an action finishes, not Gradio's
+training samples keep readable captions; the models table's names, families and statuses are whole words
+("RealESRGAN_x4plus.p/th", "upscal/er" were cut). And a screen reader hears "Done" when an action finishes, not Gradio's
 missing "common.complete"."""
 
 from playwright.sync_api import expect
@@ -33,6 +34,9 @@ RUN_INPUT = """() => { const input = [...document.querySelectorAll('.blk-run-nam
 THUMB_COLUMNS = """() => { const items = [...document.querySelectorAll('#blk-samples .thumbnail-item, #blk-samples button')]
   .filter(e => e.querySelector('img')).map(e => Math.round(e.getBoundingClientRect().top));
   return items.filter(top => top === items[0]).length; }"""
+MODEL_CELLS = """() => [...document.querySelectorAll('#blk-models .virtual-row')].map(row =>
+  [...row.querySelectorAll('.body-cell .text')].slice(0, 3).map(span => [span.textContent.trim(),
+    Math.round(span.getBoundingClientRect().height / parseFloat(getComputedStyle(span).lineHeight))]))"""
 
 
 def test_caption_and_upscale_read_at_900_and_1300_px(tmp_path):
@@ -71,6 +75,13 @@ def test_caption_and_upscale_read_at_900_and_1300_px(tmp_path):
                 assert value == RUN_NAME and direction == "rtl"  # when cut, cut at the start
                 assert cut == (width == 900), (width, cut)
                 assert page.evaluate(THUMB_COLUMNS) == (3 if width == 900 else 4), width
+
+                page.get_by_role("tab", name="Models & Settings").click()
+                expect(page.locator("#blk-models .virtual-row").first).to_be_visible(timeout=30_000)
+                cells = [cell for row in page.evaluate(MODEL_CELLS) for cell in row]
+                names = [text for text, _ in cells]
+                assert "RealESRGAN_x4plus.pth" in names and "upscaler" in names and "missing" in names, cells
+                assert all(lines == 1 for text, lines in cells if "/" not in text), (width, cells)  # whole names
     finally:
         app.stop()
 
