@@ -69,6 +69,16 @@ def test_upscale_tab_both_paths(tmp_path, shared_workspace):
             page.locator("#blk-upscale-go").click()
             expect(page.locator("#blk-upscale-status")).to_contain_text(re.compile(r"96×80 in \d+ s"), timeout=180_000)
             screenshot(page, "upscale-tab-diffusion")
+            # each path keeps its own settings: a look at the other path loses nothing typed
+            page.get_by_label("Real-ESRGAN (faithful, to about 8k)").check()
+            expect(page.get_by_label("Overlap px")).to_have_value("32")
+            expect(page.get_by_label("Scale", exact=True)).to_have_value("4")
+            page.get_by_label("Overlap px").fill("24")
+            page.get_by_label("Diffusion + texture LoRA (mural sizes)").check()
+            expect(page.get_by_label("Overlap px")).to_have_value("16")
+            expect(page.get_by_label("Scale", exact=True)).to_have_value("2")
+            page.get_by_label("Real-ESRGAN (faithful, to about 8k)").check()
+            expect(page.get_by_label("Overlap px")).to_have_value("24")
     finally:
         app.stop()
     results = sorted(p for p in (workspace / "outputs" / "upscale").rglob("*.*") if not p.name.startswith("."))

@@ -384,3 +384,18 @@ def test_sizes_are_said_in_megapixels_that_are_never_zero():
 
     assert [megapixels(n) for n in (256 * 192, 999_999, 1_000_000, 8000 * 6000, 3_000_000_000)] == \
         ["0.049 MP", "1 MP", "1.0 MP", "48.0 MP", "3.0 GP"]
+
+
+def test_each_path_keeps_its_own_scale_tile_and_overlap():
+    """Switching the Path radio used to reset Scale, Tile and Overlap to the path's defaults, so a look at the
+    diffusion path lost the overlap typed for Real-ESRGAN. Each path now gets back what it had."""
+    from ui.tabs.upscale import DIFFUSION, ESRGAN, PATH_DEFAULTS, path_settings, switch_path
+
+    kept = {"shown": ESRGAN}
+    shown, kept, values = switch_path(DIFFUSION, 8, 256, 48, kept)  # the artist's Real-ESRGAN settings
+    assert shown is True and values == PATH_DEFAULTS[DIFFUSION]  # the first visit: the path's defaults
+    shown, kept, values = switch_path(ESRGAN, 3, 1536, 128, kept)  # diffusion settings typed, then back
+    assert shown is False and values == {"scale": 8, "tile": 256, "overlap": 48}
+    assert path_settings(DIFFUSION, kept) == {"scale": 3, "tile": 1536, "overlap": 128}
+    assert path_settings(ESRGAN, kept) == {"scale": 8, "tile": 256, "overlap": 48}  # the scale the radio's pick gives
+    assert switch_path(ESRGAN, 5, 0, 16, kept)[2] == {"scale": 5, "tile": 0, "overlap": 16}  # no move: the form

@@ -188,6 +188,29 @@ def follow_suggestion(image_path, scale, size_text, last, upscalers: bool = True
     return gr.Radio(value=ESRGAN if kind == "esrgan" else DIFFUSION), kind
 
 
+PATH_DEFAULTS = {ESRGAN: {"scale": 4, "tile": 0, "overlap": 32}, DIFFUSION: {"scale": 2, "tile": 1024, "overlap": 96}}
+
+
+def path_settings(kind: str, kept: dict | None) -> dict:
+    """The Scale, Tile and Overlap that `kind` had when the artist left it, else its defaults."""
+    return (kept or {}).get(kind) or PATH_DEFAULTS[kind]
+
+
+def switch_path(kind: str, scale, tile, overlap, kept: dict | None) -> tuple[bool, dict, dict]:
+    """(the diffusion settings shown, what each path keeps, `kind`'s values) when the Path radio moves: the path
+    left keeps what the form had (an overlap typed for Real-ESRGAN is there again after a look at the
+    diffusion path), the path shown gets what it had, or its defaults the first time."""
+    form = {"scale": scale, "tile": tile, "overlap": overlap}
+    kept = dict(kept or {})
+    left = kept.get("shown")
+    if left == kind:  # the radio set to the path it showed: nothing moves
+        return kind == DIFFUSION, kept, form
+    if left:
+        kept[left] = form
+    kept["shown"] = kind
+    return kind == DIFFUSION, kept, path_settings(kind, kept)
+
+
 def show_region(image_path, result_path, region_x, region_y):
     """The before/after pair around the chosen centre (percent of the result's width and height)."""
     from blk.errors import UserError
@@ -393,14 +416,18 @@ def build(context: StudioContext) -> dict:
     result_path = gr.State(None)  # the last result, kept on the server: the region is read from it again
     suggestion = gr.State(None)  # the last suggested path ("esrgan" or "diffusion")
 
-    def on_path(kind):  # the path's own settings, whoever set it
-        diffusion = kind == DIFFUSION
-        return gr.Group(visible=diffusion), gr.Number(value=96 if diffusion else 32), \
-            gr.Number(value=1024 if diffusion else 0)
+    # each path's own Scale, Tile and Overlap while another path is shown, and which path the form shows
+    settings = gr.State({"shown": path_kind.value})
 
-    # the scale's default only when the user picks a path: a suggestion follows the scale they typed
-    path_kind.change(on_path, inputs=path_kind, outputs=[diffusion_group, overlap, tile])
-    path_kind.input(lambda kind: gr.Number(value=2 if kind == DIFFUSION else 4), inputs=path_kind, outputs=scale)
+    def on_path(kind, scale_value, tile_value, overlap_value, kept):  # whoever moved the radio
+        group, kept, values = switch_path(kind, scale_value, tile_value, overlap_value, kept)
+        return gr.Group(visible=group), gr.Number(value=values["tile"]), gr.Number(value=values["overlap"]), kept
+
+    # the scale only when the user picks a path: a suggestion follows the scale they typed, so it stays
+    path_kind.change(on_path, inputs=[path_kind, scale, tile, overlap, settings],
+                     outputs=[diffusion_group, tile, overlap, settings])
+    path_kind.input(lambda kind, kept: gr.Number(value=path_settings(kind, kept)["scale"]),
+                    inputs=[path_kind, settings], outputs=scale)
     def suggest(image_path, scale_value, size_value, last):  # whether an upscaler is installed: asked each time
         return follow_suggestion(image_path, scale_value, size_value, last, bool(upscaler_choices(context)))
 
