@@ -25,6 +25,16 @@ OFFLINE_ENV = {
 }
 
 
+# Loggers whose advice would take the studio online: bitsandbytes, imported by diffusers and transformers when
+# present, warns on CPUs with AVX-512 BF16 that it could not fetch a kernel and asks for `pip install kernels`,
+# a package that downloads kernels from the Hugging Face Hub at run time.
+ONLINE_ADVICE_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+
+
 def enforce() -> None:
-    """Set every offline/no-telemetry variable, overriding what the shell had."""
+    """Set every offline/no-telemetry variable, overriding what the shell had; quiet advice to go online."""
+    import logging
+
     os.environ.update(OFFLINE_ENV)
+    for name in ONLINE_ADVICE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)

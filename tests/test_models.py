@@ -3,6 +3,7 @@
 import json
 import shutil
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -372,3 +373,17 @@ def test_training_refuses_a_gpu_without_bfloat16_in_one_sentence(monkeypatch):
     assert training_dtype("cpu") == torch.float32
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
     assert training_dtype("cuda:1") == torch.bfloat16
+
+
+def test_no_library_advises_going_online_on_import():
+    """bitsandbytes (imported by diffusers and transformers when present) told the artist on a CPU with
+    AVX-512 BF16 to `pip install kernels`, a package that downloads kernels at run time; after the engine's
+    import that advice is quiet. (On a CPU without AVX-512 BF16 bitsandbytes says nothing either way.)"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import blk, bitsandbytes, logging; "
+                           "print(logging.getLogger('bitsandbytes.backends.cpu.ops').getEffectiveLevel())"],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert "kernels" not in done.stderr and done.stdout.split() == ["40"], (done.stdout, done.stderr)

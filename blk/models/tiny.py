@@ -29,8 +29,13 @@ def ensure_tiny_model(name: str, models_dir: Path) -> Path:
     builders = {"tiny-flux": build_tiny_flux, "tiny-sdxl": build_tiny_sdxl}
     if name not in builders:
         raise ValueError(f"no tiny model named {name}")
-    return ensure_built(Path(models_dir) / name, TINY_VERSION,
-                        lambda staging: builders[name]().save_pretrained(staging, safe_serialization=True))
+    def build(staging: Path) -> None:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # "Writing model shards" bars on a command's first use
+        builders[name]().save_pretrained(staging, safe_serialization=True)
+
+    return ensure_built(Path(models_dir) / name, TINY_VERSION, build)
 
 
 def ensure_built(folder: Path, version: str, build) -> Path:
