@@ -135,12 +135,13 @@ class Workspace:
         return resolved
 
 
-def free_path(path: Path) -> Path:
+def free_path(path: Path, companions: tuple = ()) -> Path:
     """`path`, or NAME-2.ext, NAME-3.ext … beside it when taken: a new result never replaces an earlier one
-    (two settings of one job are compared side by side, not lost)."""
+    (two settings of one job are compared side by side, not lost). `companions` map a name to the files
+    written with it (an upscale's print copy), which must be free too."""
     wanted = candidate = Path(path)
     number = 1
-    while candidate.exists():
+    while candidate.exists() or any(companion(candidate).exists() for companion in companions):
         number += 1
         candidate = wanted.with_name(f"{wanted.stem}-{number}{wanted.suffix}")
     return candidate

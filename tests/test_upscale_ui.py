@@ -46,9 +46,9 @@ def test_suggested_path_changes_above_8k():
 
 
 def test_the_path_follows_the_suggestion_when_it_changes(tmp_path):
-    """A new image, or a scale or size that crosses 8k, sets the Path radio; a change that keeps the
-    same suggestion leaves it alone, so a path the user picked stays while they adjust the size."""
-    from ui.tabs.upscale import DIFFUSION, ESRGAN, follow_suggestion
+    """The first image, or a scale or size that crosses 8k, sets the Path radio; a change that keeps the
+    same suggestion leaves it alone; a path the artist picked stays, for the next image too."""
+    from ui.tabs.upscale import DIFFUSION, ESRGAN, PICKED, follow_suggestion
 
     image = str(save(tmp_path / "art.png", 900, 1100))
     radio, last = follow_suggestion(image, 4, "", None)  # a new image: 4400×3600
@@ -61,6 +61,32 @@ def test_the_path_follows_the_suggestion_when_it_changes(tmp_path):
     assert (radio.value, last) == (ESRGAN, "esrgan")
     for bad in ((image, 8, "big", last), (image, 0.5, "", last), (None, 4, "", last)):  # nothing to suggest from
         assert follow_suggestion(*bad) == ({"__type__": "update"}, "esrgan")
+    # once the artist picks a path, neither a size across 8k nor a new image moves it any more
+    assert follow_suggestion(image, 10, "", PICKED) == ({"__type__": "update"}, PICKED)
+    other = str(save(tmp_path / "other.png", 30, 20))
+    assert follow_suggestion(other, 4, "", PICKED) == ({"__type__": "update"}, PICKED)
+
+
+def test_a_picked_path_stays_and_the_last_keystroke_counts(context):
+    """Picking a path sets the suggestion state to PICKED (so suggestions stop); a new image's suggestion reads
+    that state; the Scale and size boxes suggest on their last keystroke (`always_last`: a key typed while a
+    suggestion ran was dropped, and the radio stayed on a path the size no longer suggested)."""
+    import gradio as gr
+
+    from ui.tabs import upscale
+
+    with gr.Blocks() as demo:
+        upscale.build(context)
+    blocks = {getattr(b, "label", None): b for b in demo.blocks.values()}
+    radio, scale, size = blocks["Path"], blocks["Scale"], blocks["…or exact size WxH"]
+    picked = [f for f in demo.fns.values() if (radio._id, "input") in f.targets]
+    assert len(picked) == 1 and picked[0].fn(upscale.DIFFUSION, None)[1] == upscale.PICKED
+    suggestion = picked[0].outputs[1]
+    image_change = [f for f in demo.fns.values() if f.targets[0][1] == "change" and radio in f.outputs and
+                    suggestion in f.inputs]
+    assert len(image_change) == 1
+    typed = [f for f in demo.fns.values() if any(t[0] in (scale._id, size._id) for t in f.targets)]
+    assert len(typed) == 2 and all(f.trigger_mode == "always_last" for f in typed)
 
 
 def test_the_form_refuses_a_scale_of_0_a_stretched_size_and_a_wall_of_gigapixels(context, tmp_path):
@@ -144,7 +170,7 @@ def test_upscale_shows_the_plan_first_and_makes_the_print_copy_and_region(contex
     """Pressing Upscale: the plan is in the progress before the first tile; the print DPI field gives
     OUT.print.tif at that DPI; the region sliders place the before/after pair; the region can be
     moved afterwards on the kept result."""
-    from ui.tabs.upscale import ESRGAN, show_region, upscale, with_print_copy
+    from ui.tabs.upscale import ESRGAN, show_region, upscale
 
     image = str(save(tmp_path / "art.png", 40, 48, seed=3))
     model = str(context.workspace.models / "upscalers" / "RealESRGAN_x4plus_tiny.pth")
@@ -153,28 +179,37 @@ def test_upscale_shows_the_plan_first_and_makes_the_print_copy_and_region(contex
     def progress(fraction, desc=None):
         seen.append(desc)
 
-    pair, path, status, kept = upscale(context, threading.Event(), image, ESRGAN, 4, "", model, "tiny-flux", None,
-                                       False, 32, 8, None, 0, "", 0.3, 0.2, False, 0.15, False, "TIFF", False, None,
-                                       240, 10, 90, progress=progress)
+    pair, offered, status, made = upscale(context, threading.Event(), image, ESRGAN, 4, "", model, "tiny-flux",
+                                          None, False, 32, 8, None, 0, "", 0.3, 0.2, False, 0.15, False, "TIFF",
+                                          False, None, 240, 10, 90, progress=progress)
     plan = "4 tiles of up to 32 px in 1 model pass of ×4."
     assert seen[0].startswith(plan) and seen[-1].startswith("tile 4/4") and plan in status
     assert "Time: shown once the first tiles are done" in seen[0] and "Time:" not in status  # said how long it took
-    assert "192×160 in" in status and path == kept
-    offered = with_print_copy((pair, path, status, kept))[1]  # what the Result box offers to download
-    assert offered == [path, str(Path(path).with_suffix(".print.tif"))]
+    path = offered[0]
+    assert "192×160 in" in status and made == [image, path]
+    assert offered == [path, str(Path(path).with_suffix(".print.tif"))]  # what the Result box offers to download
     with tifffile.TiffFile(Path(path).with_suffix(".print.tif")) as tif:
         x, y = tif.pages[0].tags["XResolution"].value
         assert abs(x / y - 240) < 1e-6 and tif.pages[0].shape == (160, 192, 3)
     result = tifffile.imread(path)
     x, y, side = region_box(192, 160, (0.1, 0.9), 512)
     assert np.array_equal(np.asarray(pair[1]), result[y:y + side, x:x + side])
-    moved = show_region(image, kept, 100, 0)
+    moved = show_region(made, 100, 0)
     assert np.array_equal(np.asarray(moved[1]), result[0:160, 32:192])
-    assert show_region(image, None, 50, 50) == {"__type__": "update"}
+    assert show_region(None, 50, 50) == {"__type__": "update"}
     assert [p for p in context.workspace.root.rglob(".blk-tmp-*")] == [] and leftovers(tmp_path) == []
     again = upscale(context, threading.Event(), image, ESRGAN, 4, "", model, "tiny-flux", None, False, 32, 12, None,
                     0, "", 0.3, 0.2, False, 0.15, False, "TIFF", False, None, None, 50, 50)[1]
-    assert Path(again).name == "art-esrgan-192x160-2.tif" and Path(path).is_file()  # the first result kept
+    assert [Path(p).name for p in again] == ["art-esrgan-192x160-2.tif"] and Path(path).is_file()  # first kept
+    # a PNG master shares its print copy's name with the TIFF of the same name: it skips the name whose print
+    # copy is taken (-2's is free: that job made none), and never offers (nor replaces) another job's copy
+    printed = Path(path).with_suffix(".print.tif").read_bytes()
+    png = upscale(context, threading.Event(), image, ESRGAN, 4, "", model, "tiny-flux", None, False, 32, 12, None,
+                  0, "", 0.3, 0.2, False, 0.15, False, "PNG", False, None, 100, 50, 50)[1]
+    assert [Path(p).name for p in png] == ["art-esrgan-192x160-2.png", "art-esrgan-192x160-2.print.tif"]
+    assert Path(path).with_suffix(".print.tif").read_bytes() == printed
+    other = save(tmp_path / "other.png", 20, 16, seed=4)  # a new input chosen: the region still shows the job's
+    assert np.array_equal(np.asarray(show_region(made, 100, 0)[1]), result[0:160, 32:192]) and other.is_file()
 
 
 def test_diffusion_estimate_and_upscale_use_the_engines_plan_and_the_step_scale(context, shared_workspace, tmp_path):
@@ -195,9 +230,10 @@ def test_diffusion_estimate_and_upscale_use_the_engines_plan_and_the_step_scale(
     assert "80×64: 2 passes of 9 tiles (27 denoising steps in all)." in estimate(context, *form)  # default: ×4 steps
     assert context.sketcher.cache.load_count == 0  # Estimate plans from the model's defaults alone
     seen = []
-    pair, path, status, kept = upscale(context, threading.Event(), image, DIFFUSION, 4, "", None, "tiny-flux", None,
-                                       False, 32, 8, 4, 0, "", 0.3, 0.2, False, 0.15, False, "PNG", False, None,
-                                       None, 50, 50, 2, progress=lambda fraction, desc=None: seen.append(desc))
+    pair, (path,), status, made = upscale(context, threading.Event(), image, DIFFUSION, 4, "", None, "tiny-flux",
+                                          None, False, 32, 8, 4, 0, "", 0.3, 0.2, False, 0.15, False, "PNG", False,
+                                          None, None, 50, 50, 2,
+                                          progress=lambda fraction, desc=None: seen.append(desc))
     assert seen[0].startswith(plan) and plan in status and "80×64 in" in status, status
     assert "Texture LoRA: none (the base model alone)." in seen[0] and "Texture LoRA: none" in status
     # each step's enlargement shows while it runs (Lanczos: the whole image, one tile), then its passes
@@ -212,7 +248,7 @@ def test_diffusion_estimate_and_upscale_use_the_engines_plan_and_the_step_scale(
     parameters = read_parameters(Path(path))
     assert parameters["step_sizes"] == [[40, 32], [80, 64]] and Image.open(path).size == (80, 64)
     assert parameters["loras"] == []  # the TIFF/PNG says so too
-    assert pair[1].size == (64, 64) and path == kept and leftovers(tmp_path) == []
+    assert pair[1].size == (64, 64) and made == [image, path] and leftovers(tmp_path) == []
 
 
 def built_tab(context):

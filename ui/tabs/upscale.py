@@ -168,15 +168,19 @@ def show_input(image_path):
         return None, f"**{exc}**"
 
 
+PICKED = "picked"  # the suggestion state once the artist picked a path: suggestions stop moving the radio
+
+
 def follow_suggestion(image_path, scale, size_text, last, upscalers: bool = True):
     """(the Path radio, the suggestion) after the image, scale or size changed (`suggested_path`: up to 8k
     Real-ESRGAN, larger the diffusion path; always the diffusion path when no upscaler is installed,
-    `upscalers` False). The radio moves only when the suggestion changes — a new image (`last` None) or a
-    target crossing 8k — so a path the user picked stays while they adjust."""
+    `upscalers` False). The radio moves only when the suggestion changes — the first image (`last` None) or
+    a target crossing 8k — and never after the artist picked a path (`last` is `PICKED`): their choice
+    stays for the next image too, and Estimate still says what is suggested."""
     from blk.errors import UserError
     from blk.upscale.compare import suggested_path
 
-    if not image_path:
+    if not image_path or last == PICKED:
         return gr.update(), last
     try:
         _, (width, height) = target(image_path, scale, size_text)
@@ -211,13 +215,16 @@ def switch_path(kind: str, scale, tile, overlap, kept: dict | None) -> tuple[boo
     return kind == DIFFUSION, kept, path_settings(kind, kept)
 
 
-def show_region(image_path, result_path, region_x, region_y):
-    """The before/after pair around the chosen centre (percent of the result's width and height)."""
+def show_region(made, region_x, region_y):
+    """The before/after pair around the chosen centre (percent of the result's width and height). `made` is
+    the last job's (input, result): the input it was made from, not the file chosen since (a new image's view
+    was stretched over the old result)."""
     from blk.errors import UserError
     from blk.upscale.compare import region_pair
 
-    if not image_path or not result_path:
+    if not made:
         return gr.update()
+    image_path, result_path = made
     try:
         return region_pair(Path(image_path), Path(result_path), (float(region_x) / 100, float(region_y) / 100))
     except (UserError, ValueError, OSError):
@@ -248,6 +255,7 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
     it is doing, an enlargement's own tiles too) with the time left at this session's pace."""
     from blk.errors import UserError
     from blk.upscale import diffusion, esrgan
+    from blk.upscale.canvas import print_path
     from blk.upscale.compare import region_pair
     from blk.upscale.rates import Pace, rate_key, record
     from blk.workspace import free_path
@@ -282,7 +290,9 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
         folder = context.workspace.outputs("upscale") / time.strftime("%Y-%m-%d")
         # a new name beside an earlier result (two settings compared, not one lost); an interrupted or
         # cancelled job left no result under its name, so starting it again finds its tiles there
-        output = free_path(folder / f"{Path(image_path).stem}-{kind}-{width}x{height}.{'tif' if fmt == 'TIFF' else 'png'}")
+        # OUT.tif and OUT.png share OUT.print.tif: a name is free when its print copy's is too
+        output = free_path(folder / f"{Path(image_path).stem}-{kind}-{width}x{height}.{'tif' if fmt == 'TIFF' else 'png'}",
+                           companions=(print_path,))
         key = rate_key(kind, model if kind == "diffusion" else str(upscaler_path),
                        int(tile) if tile else (1024 if kind == "diffusion" else None))
         if kind == "esrgan":
@@ -317,19 +327,9 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
     done = (f"{result.width}×{result.height} in {time.monotonic() - started:.0f} s — a {before.width} px region "
             f"at full size below (left: the input enlarged plainly). Saved: `{result.path}`"
             + (f"; print copy: `{printed}`" if printed else ""))
-    return (before, after), str(result.path), "  \n".join(notes + planned + [done]), str(result.path)
-
-
-def with_print_copy(outputs: tuple) -> tuple:
-    """`upscale`'s outputs with the Result box offering the print copy beside the master (the status named it,
-    but only the master could be downloaded)."""
-    from blk.upscale.canvas import print_path
-
-    pair, master, status, kept = outputs
-    if not master:
-        return outputs
-    printed = print_path(Path(master))
-    return pair, [master] + ([str(printed)] if printed.is_file() else []), status, kept
+    # the Result box offers this job's files: the master, and its print copy when this job made one
+    files = [str(result.path)] + ([str(printed)] if printed else [])
+    return (before, after), files, "  \n".join(notes + planned + [done]), [str(image_path), str(result.path)]
 
 
 def megapixels(pixels: int) -> str:
@@ -413,7 +413,7 @@ def build(context: StudioContext) -> dict:
                                      elem_id="blk-upscale-region-y", min_width=220)
             result_file = gr.File(label="Result (and its print copy)", file_count="multiple",
                                   elem_id="blk-upscale-result")
-    result_path = gr.State(None)  # the last result, kept on the server: the region is read from it again
+    made = gr.State(None)  # the last job's (input, result), kept on the server: the region is read from them again
     suggestion = gr.State(None)  # the last suggested path ("esrgan" or "diffusion")
 
     # each path's own Scale, Tile and Overlap while another path is shown, and which path the form shows
@@ -426,36 +426,36 @@ def build(context: StudioContext) -> dict:
     # the scale only when the user picks a path: a suggestion follows the scale they typed, so it stays
     path_kind.change(on_path, inputs=[path_kind, scale, tile, overlap, settings],
                      outputs=[diffusion_group, tile, overlap, settings])
-    path_kind.input(lambda kind, kept: gr.Number(value=path_settings(kind, kept)["scale"]),
-                    inputs=[path_kind, settings], outputs=scale)
+    path_kind.input(lambda kind, kept: (gr.Number(value=path_settings(kind, kept)["scale"]), PICKED),
+                    inputs=[path_kind, settings], outputs=[scale, suggestion])
     def suggest(image_path, scale_value, size_value, last):  # whether an upscaler is installed: asked each time
         return follow_suggestion(image_path, scale_value, size_value, last, bool(upscaler_choices(context)))
 
-    def on_image(image_path, scale_value, size_value):
+    def on_image(image_path, scale_value, size_value, last):
         """The input's view and note, and the path suggested for it, in one event: as two events, the suggestion
         sometimes arrived after the note, and after the artist had picked a path (which it then undid)."""
-        return (*show_input(image_path), *suggest(image_path, scale_value, size_value, None))
+        return (*show_input(image_path), *suggest(image_path, scale_value, size_value, last))
 
     # a suggestion takes milliseconds: no loading cover over the Path radio (a queued one kept a click off it)
-    image.change(on_image, inputs=[image, scale, size_text],
+    image.change(on_image, inputs=[image, scale, size_text, suggestion],
                  outputs=[image_view, image_note, path_kind, suggestion], show_progress="hidden")
     for typed in (scale, size_text):
+        # the last keystroke always counts: a key typed while a suggestion ran was dropped ("once")
         typed.input(suggest, inputs=[image, scale, size_text, suggestion], outputs=[path_kind, suggestion],
-                    show_progress="hidden")
+                    show_progress="hidden", trigger_mode="always_last")
     for axis in (region_x, region_y):
         # dragged or typed (release missed a typed value); during a drag only the last position is read
-        axis.input(show_region, inputs=[image, result_path, region_x, region_y], outputs=slider,
+        axis.input(show_region, inputs=[made, region_x, region_y], outputs=slider,
                    trigger_mode="always_last", show_progress="hidden")
     plan_button.click(lambda *a: estimate(context, *a),
                       inputs=[image, path_kind, scale, size_text, upscaler, model, tile, overlap, steps, denoise_a,
                               denoise_b, use_c, denoise_c, final_pass, step_scale, lora], outputs=status)
     click_while_busy(go, "Upscaling…",
-                     lambda *a, progress=gr.Progress(): with_print_copy(upscale(context, cancel, *a,
-                                                                                progress=progress)),
+                     lambda *a, progress=gr.Progress(): upscale(context, cancel, *a, progress=progress),
                      inputs=[image, path_kind, scale, size_text, upscaler, model, lora, enlarge_first, tile, overlap,
                              steps, seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, fmt, keep_16bit,
                              dpi, print_dpi, region_x, region_y, step_scale],
-                     outputs=[slider, result_file, status, result_path], api_name="upscale")
+                     outputs=[slider, result_file, status, made], api_name="upscale")
     stop.click(cancel.set, queue=False)
     on_show = (lambda: (gr.Dropdown(choices=upscaler_choices(context)), gr.Dropdown(choices=lora_choices(context)),
                         gr.Dropdown(choices=model_names(context))), [upscaler, lora, model])
