@@ -53,17 +53,19 @@ def test_missing_layerdiffuse_weights_are_said_up_front(shared_workspace, tmp_pa
 def test_assets_are_added_to_compose_and_restacked_without_uploading_again(shared_workspace, tmp_path):
     context = StudioContext(shared_workspace, demo=True, demo_reason="test")
     red, blue = half_clear(tmp_path / "red.png"), half_clear(tmp_path / "blue.png", colour=(20, 40, 220))
-    files, note, tabs, order = stencil.add_to_compose(None, red)
-    assert files == [red] and "layer 1 (top)" in note and tabs.selected == "compose"
+    files, note, tabs, order, generate_note = stencil.add_to_compose(None, red)
+    assert generate_note == {"__type__": "update"} and files == [red] and "layer 1 (top)" in note and tabs.selected == "compose"
     assert order == {"__type__": "update"}  # no Order typed: all layers stack as added
-    files, note, _, _ = stencil.add_to_compose(files, blue)
+    files, note, _, _, _ = stencil.add_to_compose(files, blue)
     assert files == [red, blue] and "layer 2 (top)" in note
-    assert "Click an asset" in stencil.add_to_compose(files, None)[1]
+    # with none chosen: said in Generate's status, where the button is (Compose's status is out of sight)
+    *unchanged, said = stencil.add_to_compose(files, None)
+    assert "Click an asset" in said and all(u == {"__type__": "update"} for u in unchanged)
     # a typed Order lists the layers used: the new one joins it on top, or it would be left out
-    more, note, _, order = stencil.add_to_compose(files, red, "2,1")
+    more, note, _, order, _ = stencil.add_to_compose(files, red, "2,1")
     assert order == "2,1, 3" and stencil.stacking_order(order, 3) == [1, 0, 2] and "Order: 2,1, 3." in note
     assert "Left out" not in stencil.layer_list_text(more, order)
-    _, note, _, order = stencil.add_to_compose(files, red, "2,7")  # an Order to mend: said, left as typed
+    _, note, _, order, _ = stencil.add_to_compose(files, red, "2,7")  # an Order to mend: said, left as typed
     assert order == {"__type__": "update"} and "layer 3" in note and "no layer 7" in note
 
     def top_left(order):
@@ -240,14 +242,16 @@ def test_a_generation_previews_its_newest_asset_and_a_start_image_sets_the_size(
     Image.fromarray(rgba, "RGBA").save(start)
     quiet = lambda *a, **k: None  # noqa: E731
     form = ("tiny-flux", "a bar", "FG", [], 1024, 1024, 2, None, 3, False, 1, False)
-    shown, session, status, seed, chosen = stencil.generate(context, threading.Event(), [], *form, start=str(start),
-                                                            strength=0.5, progress=quiet)
+    shown, session, status, seed, chosen, *size = stencil.generate(context, threading.Event(), [], *form,
+                                                                   start=str(start), strength=0.5, progress=quiet)
     assert chosen == shown[0][0] and Image.open(chosen).size == (256, 128), status
+    assert size == [{"__type__": "update"}] * 2  # Width and Height are not used with a start: left as typed
     assert "200×100" in status and "256×128 RGBA" in status
     assert seed == {"__type__": "update"}  # a fixed seed stays as typed, as in Sketch
-    form = ("tiny-flux", "a bar", "FG", [], 64, 64, 2, None, 4, False, 1, False)
-    shown, _, status, _, newer = stencil.generate(context, threading.Event(), session, *form, progress=quiet)
-    assert len(shown) == 2 and newer == shown[0][0] != chosen and Image.open(newer).size == (64, 64)
+    form = ("tiny-flux", "a bar", "FG", [], 100, 70, 2, None, 4, False, 1, False)  # off the 64 px grid
+    shown, _, status, _, newer, *size = stencil.generate(context, threading.Event(), session, *form, progress=quiet)
+    assert len(shown) == 2 and newer == shown[0][0] != chosen and Image.open(newer).size == (128, 64)
+    assert size == [128, 64]  # the fields show the size used, as the status does
     assert stencil.start_from_chosen(newer) == (newer, f"Starting from `{Path(newer).name}`: Generate redraws it "
                                                       "at the chosen strength.")
     kept, sentence = stencil.start_from_chosen(None)
@@ -255,14 +259,14 @@ def test_a_generation_previews_its_newest_asset_and_a_start_image_sets_the_size(
     opaque = tmp_path / "flat.jpg"  # no transparency: allowed, and said; with no descriptor, that is said too
     Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(opaque)
     form = ("tiny-flux", "", "none", [], 64, 64, 2, None, 5, False, 1, False)
-    _, _, status, _, _ = stencil.generate(context, threading.Event(), [], *form, start=str(opaque), strength=0.5,
-                                          progress=quiet)
+    status = stencil.generate(context, threading.Event(), [], *form, start=str(opaque), strength=0.5,
+                              progress=quiet)[2]
     assert "flat.jpg has no transparency" in status and "Ink to alpha first" in status
     assert "The descriptor was empty: the asset was drawn without a text prompt." in status
     assert "no transparency" not in stencil.generate(context, threading.Event(), [], *form, start=str(start),
                                                      strength=0.5, progress=quiet)[2]
     failed = stencil.generate(context, threading.Event(), session, "no-such-model", *form[1:], progress=quiet)
-    assert failed[3:] == ({"__type__": "update"},) * 2 and "no-such-model" in failed[2]  # nothing new: kept
+    assert failed[3:] == ({"__type__": "update"},) * 4 and "no-such-model" in failed[2]  # nothing new: kept
 
 
 def test_an_empty_descriptor_is_said_with_what_drew_the_asset():
@@ -284,3 +288,25 @@ def test_the_layer_list_numbers_layers_as_order_and_positions_count_them():
     assert stencil.layer_list_text(files, "4") == ("**There is no layer 4: the layers are numbered 1 to 3 in the "
                                                    "order added.**")
     assert stencil.layer_list_text(files[:1], "").splitlines()[1] == "layer 1: `ink.png`"
+
+
+def test_the_starting_image_field_takes_a_jpeg(workspace, tmp_path):
+    """Gradio converted an upload to the field's RGBA mode and saved it under its own format: a JPEG start was
+    "cannot write mode RGBA as JPEG" in a popup. The field now hands over the file as it is (the engine reads
+    any mode), so a JPEG, a CMYK JPEG and a grey PNG all reach `starting_image` as RGBA."""
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    from blk.stencil.generate import starting_image
+
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    with gr.Blocks() as demo:
+        stencil.build(context)
+    field = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "blk-stencil-start")
+    Image.new("RGB", (40, 30), (200, 90, 30)).save(tmp_path / "photo.jpg")
+    Image.new("CMYK", (40, 30), (0, 80, 200, 10)).save(tmp_path / "print.jpg")
+    Image.new("L", (40, 30), 128).save(tmp_path / "grey.png")
+    for name in ("photo.jpg", "print.jpg", "grey.png"):
+        handed = field.preprocess(ImageData(path=str(tmp_path / name), orig_name=name))
+        rgba, notice = starting_image(Path(handed))
+        assert rgba.mode == "RGBA" and rgba.size == (40, 30) and "no transparency" in notice, name

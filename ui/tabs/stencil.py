@@ -27,6 +27,8 @@ ROLE_NONE = "none"
 def generate(context: StudioContext, cancel: threading.Event, gallery: list, model, prompt, role, items, width,
              height, steps, guidance, seed, random_seed, count, augment, start=None, strength=0.6,
              progress=gr.Progress()):
+    """(gallery, session, status, Seed, the chosen asset, Width, Height) after a run; a field not to change
+    is an update."""
     from blk.errors import UserError
     from blk.generate.sketch import Lora
     from blk.stencil.generate import StencilRequest
@@ -53,13 +55,16 @@ def generate(context: StudioContext, cancel: threading.Event, gallery: list, mod
         status = f"**A number in the form is not valid ({exc}).**"
     shown = [(str(r.path), f"seed {r.seed}") for r in reversed(finished)] + gallery
     if not finished:
-        return shown, shown, status, gr.update(), gr.update()
+        return shown, shown, status, gr.update(), gr.update(), gr.update(), gr.update()
     last = finished[-1]
+    # Width and Height as used: rounded to the model's grid, the status said "using 192×128" while the fields
+    # kept 200×130; a starting image sets the size without them, and they stay as typed
+    used = (gr.update(), gr.update()) if start else (last.parameters["width"], last.parameters["height"])
     summary = (f"{len(finished)} asset{'s' if len(finished) > 1 else ''}, seed "
                f"**{', '.join(str(r.seed) for r in finished)}**, {last.parameters['width']}×"
                f"{last.parameters['height']} RGBA — saved in `{last.path.parent}`")
     status = "  \n".join(s for s in (last.notice, empty_descriptor_note(prompt, role), summary, status) if s)
-    return shown, shown, status, seed_field(finished, random_seed), str(last.path)  # the newest is chosen
+    return shown, shown, status, seed_field(finished, random_seed), str(last.path), *used  # the newest is chosen
 
 
 def empty_descriptor_note(prompt, role) -> str:
@@ -109,7 +114,7 @@ def ink_to_alpha(context: StudioContext, files, dataset, paper_auto, paper, tt, 
             target = free_dataset_folder(context.workspace.datasets, f"{source.name}-alpha")
             result = convert_batch(source, target, settings, progress=lambda d, t: progress(d / t))
             copied = copy_captions(result)
-            where = f"the new dataset `{target.name}` ({copied} captions copied)"
+            where = f"the new dataset `{target.name}` ({copied} caption{'' if copied == 1 else 's'} copied)"
             if target.name != f"{source.name}-alpha":
                 where += f"; `{source.name}-alpha` already exists and was left as it is"
             if files:
@@ -245,25 +250,27 @@ def stacking_order(order: str, count: int) -> list[int]:
 
 
 def add_to_compose(layer_files, asset, order=""):
-    """The chosen asset becomes the top layer of the composition; the Compose tab opens. A typed Order gains the
-    new layer's number at its end: an Order lists the layers used, so without it the asset said to be on top was
-    left out of the stack."""
+    """(layers, Compose's status, the tab, Order, Generate's status): the chosen asset becomes the top layer of
+    the composition and the Compose tab opens. A typed Order gains the new layer's number at its end: an Order
+    lists the layers used, so without it the asset said to be on top was left out of the stack. With no asset
+    chosen the sentence goes to Generate's status, where the button was pressed (Compose's was out of sight)."""
     from blk.errors import UserError
 
     if not asset:
-        return gr.update(), "Click an asset in the gallery first.", gr.update(), gr.update()
+        return gr.update(), gr.update(), gr.update(), gr.update(), "Click an asset in the gallery first."
     files = [f if isinstance(f, str) else f.name for f in layer_files or []]
     number = len(files) + 1
     said = f"Added `{Path(asset).name}` as layer {number} (top)."
+    compose = gr.Tabs(selected="compose")
     if not (order or "").replace(" ", "").strip(","):
-        return files + [asset], said, gr.Tabs(selected="compose"), gr.update()
+        return files + [asset], said, compose, gr.update(), gr.update()
     try:
         stacking_order(order, len(files))
     except UserError as exc:  # an Order that does not read: the new layer goes in, the Order stays to mend
-        return files + [asset], f"Added `{Path(asset).name}` as layer {number}. **{exc}**", \
-            gr.Tabs(selected="compose"), gr.update()
-    return files + [asset], said + f" Order: {order.strip().rstrip(',')}, {number}.", gr.Tabs(selected="compose"), \
-        f"{order.strip().rstrip(',')}, {number}"
+        return files + [asset], f"Added `{Path(asset).name}` as layer {number}. **{exc}**", compose, gr.update(), \
+            gr.update()
+    return files + [asset], said + f" Order: {order.strip().rstrip(',')}, {number}.", compose, \
+        f"{order.strip().rstrip(',')}, {number}", gr.update()
 
 
 def start_from_chosen(asset):
@@ -328,7 +335,9 @@ def build(context: StudioContext) -> None:
                                     "grid (its aspect ratio kept as closely as the grid allows; the status says "
                                     "when the size changes): Width and Height are not used. Leave empty to start "
                                     "from noise.")
-                        start = gr.Image(label="Starting image", type="filepath", image_mode="RGBA",
+                        # the file as uploaded (image_mode None): converted to RGBA, Gradio re-saved it in its
+                        # own format, and a JPEG cannot hold RGBA; the engine reads any mode itself
+                        start = gr.Image(label="Starting image", type="filepath", image_mode=None,
                                          elem_id="blk-stencil-start", elem_classes=["blk-checker"])
                         strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength (how much is redrawn)")
                         use_chosen = gr.Button("Start from the chosen asset", size="sm")
@@ -357,7 +366,8 @@ def build(context: StudioContext) -> None:
                              lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
                              inputs=[session, model, prompt, role, loras, width, height, steps, guidance, seed,
                                      random_seed, count, augment, start, strength],
-                             outputs=[results, session, status, seed, chosen], api_name="stencil_generate",
+                             outputs=[results, session, status, seed, chosen, width, height],
+                             api_name="stencil_generate",
                              show_progress_on=[results])  # over the gallery it fills, not over the Seed field
             stop.click(cancel.set, queue=False)
             # the model's steps and guidance when the artist picks it, not when the remembered form sets it
@@ -447,7 +457,7 @@ def build(context: StudioContext) -> None:
                     flat_upscale = gr.Button("Upscale the exported PNG", size="sm", elem_id="blk-compose-to-upscale")
             inputs = [layer_files, positions, background_kind, compose_colour, background_file, name, order]
             to_compose.click(add_to_compose, inputs=[layer_files, chosen, order],
-                             outputs=[layer_files, compose_status, tabs, order])
+                             outputs=[layer_files, compose_status, tabs, order, status])
             preview_button.click(lambda *a: compose_layers(context, *a, export=False), inputs=inputs,
                                  outputs=[flat, exported, compose_status])
             exported_flat = gr.State(None)  # the flattened PNG as saved (the Image holds a browser copy)
