@@ -726,7 +726,18 @@ def srgb_icc() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
-def test_bigtiff_tiled_deflate_predictor_dpi_icc_and_parameters(models, tmp_path):
+def test_a_result_is_a_bigtiff_only_when_it_may_pass_4_gb():
+    """A 32×32 result was a BigTIFF, which macOS Preview and many print RIPs cannot open; now only sizes that may
+    pass classic TIFF's 4 GB (edge tiles padded, before compression) are."""
+    from blk.upscale.canvas import needs_bigtiff
+
+    assert not needs_bigtiff(32, 32, 3, 1) and not needs_bigtiff(30_000, 30_000, 3, 1)  # 2.7 GB
+    assert needs_bigtiff(40_000, 40_000, 3, 1)  # 4.8 GB
+    assert needs_bigtiff(30_000, 30_000, 4, 2)  # 16-bit RGBA: 7.2 GB
+    assert not needs_bigtiff(35_840, 35_840, 3, 1) and needs_bigtiff(35_841, 35_841, 3, 1)  # padded: 36_096
+
+
+def test_tiled_deflate_predictor_dpi_icc_and_parameters(models, tmp_path):
     icc = srgb_icc()
     pixels = noise(30, 44, seed=11)
     Image.fromarray((pixels * 255).round().astype(np.uint8)).save(tmp_path / "art.png", dpi=(300, 300),
@@ -734,7 +745,7 @@ def test_bigtiff_tiled_deflate_predictor_dpi_icc_and_parameters(models, tmp_path
     result = run(EsrganJob(tmp_path / "art.png", tmp_path / "art.tif", models["x4"], tile=32, overlap=8))
     with tifffile.TiffFile(result.path) as tif:
         page = tif.pages[0]
-        assert tif.is_bigtiff and page.is_tiled and page.tilewidth == 256
+        assert not tif.is_bigtiff and page.is_tiled and page.tilewidth == 256  # classic: every viewer opens it
         assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
         assert page.predictor == tifffile.PREDICTOR.HORIZONTAL
         assert page.shape == (120, 176, 3) and page.dtype == np.uint8

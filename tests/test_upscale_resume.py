@@ -453,12 +453,12 @@ def test_the_progress_line_times_an_enlargement_on_its_own():
         lines.append(pace.line(done, 22, stage))
     assert lines == ["step 1 of 2: enlarging, tile 0 of 9",
                      "step 1 of 2: enlarging, tile 3 of 9, about 12 s left in this enlargement",  # 2 s a tile
-                     "step 1 of 2: enlarging, tile 9 of 9, about 0 s left in this enlargement",
+                     "step 1 of 2: enlarging, tile 9 of 9, under a second left in this enlargement",
                      "step 1 of 2: pass A, tile 1/22",  # the job's pace starts at its first refinement tile
                      "step 1 of 2: pass A, tile 2/22, about 3 min left",  # 10 s a tile, 20 left
                      "step 2 of 2: enlarging, tile 0 of 4",  # a new enlargement: a pace of its own
                      "step 2 of 2: enlarging, tile 1 of 4, about 12 s left in this enlargement",
                      "step 2 of 2: pass A, tile 3/22, about 104 s left",  # 11 s since tile 1 without the 49 s enlarging
-                     "full-frame pass, tile 22/22, about 0 s left"]
+                     "full-frame pass, tile 22/22, under a second left"]
     assert pace.tiles.measured() == (21.0, 21)  # the rate file's: refinement tiles and their seconds alone
     assert Pace(clock=lambda: 0.0).line(4, 9) == "tile 4/9"  # the ESRGAN path: no stage, the wording as before

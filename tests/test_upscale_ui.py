@@ -4,6 +4,7 @@ the print copy. The handlers are called directly (no browser): they are plain fu
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -238,13 +239,13 @@ def test_diffusion_estimate_and_upscale_use_the_engines_plan_and_the_step_scale(
     assert "Texture LoRA: none (the base model alone)." in seen[0] and "Texture LoRA: none" in status
     # each step's enlargement shows while it runs (Lanczos: the whole image, one tile), then its passes
     assert seen[1:4] == ["step 1 of 2: enlarging, tile 0 of 1",
-                         "step 1 of 2: enlarging, tile 1 of 1, about 0 s left in this enlargement",
+                         "step 1 of 2: enlarging, tile 1 of 1, under a second left in this enlargement",
                          "step 1 of 2: pass A, tile 1/22"], seen
-    assert seen[4].startswith("step 1 of 2: pass A, tile 2/22, about ") and seen[4].endswith(" s left")
+    assert re.fullmatch(r"step 1 of 2: pass A, tile 2/22, (about \d+ s|under a second) left", seen[4]), seen[4]
     step2 = seen.index("step 2 of 2: enlarging, tile 0 of 1")
     assert seen[step2 - 1].startswith("step 1 of 2: pass B, tile 4/22") and len(seen) == 1 + 2 * 2 + 22
-    assert seen[step2 + 2].startswith("step 2 of 2: pass A, tile 5/22, about ")
-    assert seen[-1].startswith("step 2 of 2: pass B, tile 22/22, about 0 s left")
+    assert re.fullmatch(r"step 2 of 2: pass A, tile 5/22, (about \d+ s|under a second) left", seen[step2 + 2])
+    assert seen[-1].startswith("step 2 of 2: pass B, tile 22/22, under a second left")
     parameters = read_parameters(Path(path))
     assert parameters["step_sizes"] == [[40, 32], [80, 64]] and Image.open(path).size == (80, 64)
     assert parameters["loras"] == []  # the TIFF/PNG says so too
@@ -378,18 +379,21 @@ def test_opening_upscale_chooses_an_installed_upscaler_when_none_is_chosen(conte
     """An upscaler put in upscalers/ while the app ran (or a sketch sent to the Real-ESRGAN path) left the
     Upscaler list blank: "Choose an upscaler model to count its tiles"."""
     from ui.app import build_app
-    from ui.tabs.upscale import upscaler_kept_or_first
+    from ui.tabs.upscale import upscaler_kept_or_default
 
     folder = context.workspace.models / "upscalers"
     first, = [str(p) for p in folder.iterdir()]
-    assert upscaler_kept_or_first(context, None).value == first
+    assert upscaler_kept_or_default(context, None).value == first
     rrdb_file(folder / "A-second.pth")
     second = str(folder / "A-second.pth")
-    assert upscaler_kept_or_first(context, first).value == first  # a choice is kept
-    assert upscaler_kept_or_first(context, str(folder / "gone.pth")).value == second  # the first listed
+    assert upscaler_kept_or_default(context, first).value == first  # a choice is kept
+    assert upscaler_kept_or_default(context, str(folder / "gone.pth")).value == second  # the first listed ×4
+    rrdb_file(folder / "0-RealESRGAN_x2plus.pth", in_ch=12)  # ×2 (pixel-unshuffled input), first in the alphabet
+    assert upscaler_kept_or_default(context, None).value == second  # Scale starts at 4: a ×4 model, not the ×2
+    assert next(b for b in built_tab(context) if b.label.startswith("Upscaler")).value == second
     for path in folder.iterdir():
         path.unlink()
-    assert upscaler_kept_or_first(context, first).value is None
+    assert upscaler_kept_or_default(context, first).value is None
 
     demo = build_app(context)
     upscaler = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "blk-upscale-model")
@@ -435,3 +439,38 @@ def test_each_path_keeps_its_own_scale_tile_and_overlap():
     assert path_settings(DIFFUSION, kept) == {"scale": 3, "tile": 1536, "overlap": 128}
     assert path_settings(ESRGAN, kept) == {"scale": 8, "tile": 256, "overlap": 48}  # the scale the radio's pick gives
     assert switch_path(ESRGAN, 5, 0, 16, kept)[2] == {"scale": 5, "tile": 0, "overlap": 16}  # no move: the form
+
+
+def test_the_form_speaks_in_its_own_words_and_shows_progress_once(context, tmp_path):
+    """16-bit with PNG is refused before any work on both paths, in the form's words (Real-ESRGAN's refusal
+    said "--16bit", the diffusion path wrote 8 bits silently); the diffusion plan says how each step enlarges;
+    Pass C's slider moves only with Pass C on; the job's progress shows once, over the view (three bars
+    covered the plan)."""
+    import gradio as gr
+
+    from ui.tabs import upscale as tab
+
+    image = str(save(tmp_path / "art.png", 16, 20))
+    model = str(context.workspace.models / "upscalers" / "RealESRGAN_x4plus_tiny.pth")
+    for kind in (tab.ESRGAN, tab.DIFFUSION):
+        said = tab.upscale(context, threading.Event(), image, kind, 2, "", model, "tiny-flux", None, True, 32, 8,
+                           None, 0, "", 0.3, 0.2, False, 0.15, False, "PNG", True, None,
+                           progress=lambda *a, **k: None)
+        assert said[2] == f"**{tab.SIXTEEN_BITS_NEED_TIFF}**" and "--16bit" not in said[2], kind
+    assert not list(context.workspace.outputs("upscale").rglob("*.png"))
+    form = (image, tab.DIFFUSION, 2, "", model, "tiny-flux", 32, 8, 4, 0.3, 0.2, False, 0.15, False, None, None)
+    assert "Each step enlarges with `RealESRGAN_x4plus_tiny.pth` before its passes." in tab.estimate(context, *form,
+                                                                                                     True)
+    assert "Each step enlarges with Lanczos before its passes." in tab.estimate(context, *form, False)
+
+    with gr.Blocks() as demo:
+        tab.build(context)
+    blocks = {getattr(b, "label", None): b for b in demo.blocks.values()}
+    pass_c, slider = blocks["Pass C (edges)"], blocks["Pass C denoise"]
+    assert slider.interactive is False
+    toggle, = [f for f in demo.fns.values() if (pass_c._id, "change") in f.targets]
+    assert toggle.fn(True).constructor_args["interactive"] is True
+    config = demo.get_config_file()
+    job, = [d for d in config["dependencies"] if d.get("api_name") == "upscale"]
+    view = next(c["id"] for c in config["components"] if c["props"].get("elem_id") == "blk-upscale-slider")
+    assert job["show_progress_on"] == [view]

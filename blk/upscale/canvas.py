@@ -9,8 +9,8 @@ belongs to the system. Partial sums of blended tiles are stored in 16 bits;
 the rounding (≤ 2 steps of 1/65535 with four tiles meeting) is far below what
 an 8-bit or 16-bit output can show.
 
-Writers: a tiled BigTIFF with tifffile from a generator of tiles (deflate +
-horizontal predictor, 8 or 16 bits, straight alpha marked `unassalpha`, ICC,
+Writers: a tiled TIFF with tifffile (BigTIFF only when it may pass 4 GB) from a
+generator of tiles (deflate + horizontal predictor, 8 or 16 bits, straight alpha marked `unassalpha`, ICC,
 DPI, parameters as JSON in ImageDescription), or a PNG where the size allows
 (8-bit, ≤ `MAX_PIXELS`) with `blk.generate.metadata.png_bytes`. Both write a
 temporary sibling and rename it over the target; every temporary is removed
@@ -243,7 +243,7 @@ def output_format(path: Path) -> str:
         return "tiff"
     if suffix == ".png":
         return "png"
-    raise UserError(f"Save the result as .tif (tiled BigTIFF, any size, 8 or 16 bits) or .png; "
+    raise UserError(f"Save the result as .tif (tiled TIFF, any size, 8 or 16 bits) or .png; "
                     f"{path.name} has neither extension.")
 
 
@@ -252,13 +252,25 @@ def check_png(width: int, height: int, bits: int) -> None:
     if bits == 16:
         raise UserError("16-bit results are written as TIFF; save as .tif or leave out --16bit.")
     if width * height > MAX_PIXELS or max(width, height) > PNG_SIDE_LIMIT:
-        raise UserError(f"A {width}×{height} result is too large for PNG; save it as .tif (tiled BigTIFF).")
+        raise UserError(f"A {width}×{height} result is too large for PNG; save it as .tif (tiled TIFF, any size).")
+
+
+CLASSIC_TIFF_BYTES = 3_900_000_000  # below 4 GiB, with room for deflate's worst case, tags and tile offsets
+
+
+def needs_bigtiff(width: int, height: int, samples: int, bytes_per_sample: int) -> bool:
+    """Whether a tiled TIFF of this size may pass classic TIFF's 4 GB (its edge tiles padded, uncompressed):
+    below that the file is a classic TIFF, which every viewer opens (macOS Preview, many print RIPs read no
+    BigTIFF); above, a BigTIFF, which large-image software reads."""
+    padded = -(-width // TIFF_TILE) * TIFF_TILE * -(-height // TIFF_TILE) * TIFF_TILE
+    return padded * samples * bytes_per_sample > CLASSIC_TIFF_BYTES
 
 
 def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi: float | None,
                description: str, software: str, cancel: threading.Event | None = None,
                temp: Path | None = None, grey: bool = False) -> Path:
-    """Tiled BigTIFF, deflate + horizontal predictor, written from canvas bands; atomic.
+    """Tiled TIFF (BigTIFF when it may pass 4 GB: `needs_bigtiff`), deflate + horizontal predictor, written
+    from canvas bands; atomic.
 
     `temp`: the temporary name to write first (default: a fresh `.blk-tmp-` name), e.g. one a
     resume journal knows, so that a process killed mid-write leaves nothing it cannot find.
@@ -283,10 +295,12 @@ def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi:
     if icc:
         extra["iccprofile"] = icc
     tmp = temp or temp_path(path, path.suffix)
+    shape = _written_shape(canvas, grey)
+    big = needs_bigtiff(canvas.width, canvas.height, shape[2] if shape[2:] else 1, bits // 8)
     try:
-        tifffile.imwrite(tmp, tiles(), shape=_written_shape(canvas, grey), dtype=dtype,
-                         tile=(side, side), bigtiff=True, photometric="minisblack" if grey else "rgb",
-                         planarconfig="contig" if _written_shape(canvas, grey)[2:] else None,
+        tifffile.imwrite(tmp, tiles(), shape=shape, dtype=dtype,
+                         tile=(side, side), bigtiff=big, photometric="minisblack" if grey else "rgb",
+                         planarconfig="contig" if shape[2:] else None,
                          description=description, metadata=None, software=software, **_deflate(), **extra)
         _commit(tmp, path)
     except BaseException as exc:
@@ -434,7 +448,7 @@ def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | Non
                 yield rgb8[:, x:x + side]
 
     extra = {"iccprofile": icc} if icc else {}
-    big = canvas.width * canvas.height * (1 if grey else 3) > 3_900_000_000
+    big = needs_bigtiff(canvas.width, canvas.height, 1 if grey else 3, 1)
     tmp = temp or temp_path(path, ".tif")
     try:
         tifffile.imwrite(tmp, tiles(), shape=(canvas.height, canvas.width) + (() if grey else (3,)), dtype=np.uint8,

@@ -78,7 +78,7 @@ def add_commands(commands) -> None:
     upscale.add_argument("--print-background", default="white",
                          help="colour transparency is flattened over in the print copy: white, black, "
                               "#rrggbb or r,g,b (default white)")
-    upscale.add_argument("--out", default=None, help="OUT.tif (tiled BigTIFF) or OUT.png")
+    upscale.add_argument("--out", default=None, help="OUT.tif (tiled TIFF; BigTIFF past 4 GB) or OUT.png")
     upscale.set_defaults(run=cmd_upscale)
 
 

@@ -12,7 +12,7 @@ Recipe (`run`):
 4. resample to the exact size with Lanczos (pyvips, streaming; premultiplied
    when there is alpha, so transparent colour cannot bleed into the edge);
    steps 3–4 are `upscale`, which the diffusion path also runs on its canvases;
-5. write a tiled BigTIFF or a PNG atomically with the parameters embedded;
+5. write a tiled TIFF (BigTIFF past 4 GB) or a PNG atomically with the parameters embedded;
    with `print_dpi`, also OUT.print.tif: 8-bit RGB, alpha flattened over
    `print_background`, that DPI and the ICC profile (`canvas.write_print_tiff`).
 

@@ -45,7 +45,8 @@ def estimate_seconds(workspace: Workspace, key: str, tiles: int) -> float | None
 
 
 def say_duration(seconds: float) -> str:
-    return f"about {duration(seconds)}"
+    """"about 40 s", "about 3 min"; "under a second" for what rounds to 0 (it read "about 0 s")."""
+    return "under a second" if seconds < 0.5 else f"about {duration(seconds)}"
 
 
 class Eta:

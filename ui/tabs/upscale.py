@@ -1,7 +1,7 @@
 """Upscale tab: Real-ESRGAN (faithful, to about 8k) or diffusion + texture LoRA (mural sizes).
 
 The form fills the engine's job objects (`blk.upscale.esrgan.EsrganJob`,
-`blk.upscale.diffusion.DiffusionJob`); results are tiled BigTIFF (or PNG) in
+`blk.upscale.diffusion.DiffusionJob`); results are tiled TIFF (or PNG) in
 `outputs/upscale/DATE/`, with a before/after slider on one region at full
 resolution.
 """
@@ -58,12 +58,22 @@ def no_upscaler(context: StudioContext) -> str:
     return NO_UPSCALER + (f" Found but unusable: {' '.join(unusable)}" if unusable else "")
 
 
-def upscaler_kept_or_first(context: StudioContext, current):
-    """The Upscaler list on opening the tab: the one chosen if it is still there, else the first installed (one
+def default_upscaler(context: StudioContext) -> str | None:
+    """The first installed ×4 model (Scale's default, the paper's RealESRGAN_x4plus), else the first installed:
+    an x2 model first in the alphabet made a ×4 job two ×2 passes."""
+    from blk.upscale.models import upscaler_facts
+
+    values = [value for _, value in upscaler_choices(context)]
+    fours = [value for value in values if upscaler_facts(value).scale == 4]
+    return (fours or values or [None])[0]
+
+
+def upscaler_kept_or_default(context: StudioContext, current):
+    """The Upscaler list on opening the tab: the one chosen if it is still there, else `default_upscaler` (one
     put in upscalers/ while the app ran, or sent from Sketch to the Real-ESRGAN path, was left blank)."""
     choices = upscaler_choices(context)
     values = [value for _, value in choices]
-    return gr.Dropdown(choices=choices, value=current if current in values else (values[0] if values else None))
+    return gr.Dropdown(choices=choices, value=current if current in values else default_upscaler(context))
 
 
 def lora_choices(context: StudioContext) -> list[tuple[str, str]]:
@@ -104,6 +114,15 @@ def esrgan_job(context: StudioContext, image_path, output, width, height, upscal
                      device=context.workspace.settings.device)
 
 
+def enlarge_line(enlarge_first, upscaler) -> str:
+    """How each step of the diffusion path enlarges before its passes, said in the plan and the status."""
+    if enlarge_first and upscaler:
+        return f"Each step enlarges with `{Path(upscaler).name}` before its passes."
+    if enlarge_first:
+        return "No upscaler chosen, so each step enlarges with Lanczos before its passes."
+    return "Each step enlarges with Lanczos before its passes."
+
+
 def time_line(context: StudioContext, key: str, tiles: int) -> str:
     from blk.upscale.rates import estimate_seconds, say_duration
 
@@ -113,7 +132,7 @@ def time_line(context: StudioContext, key: str, tiles: int) -> str:
 
 
 def estimate(context: StudioContext, image_path, path_kind, scale, size_text, upscaler, model, tile, overlap, steps,
-             denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale=None, lora=None):
+             denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale=None, lora=None, enlarge_first=False):
     """What the job will do, before it starts: size, suggested path, tiles of every pass (with the texture
     LoRA, or none), and time when known."""
     from blk.errors import UserError
@@ -139,7 +158,7 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
                                 overlap, steps, 0, "", denoise_a, denoise_b, use_c, denoise_c, final_pass,
                                 step_scale)
             the_plan = diffusion.estimate(job, context.workspace)
-            lines += [the_plan.sentence(), lora_line(lora)]
+            lines += [the_plan.sentence(), enlarge_line(enlarge_first, upscaler), lora_line(lora)]
             count, key = the_plan.total_tiles, rate_key("diffusion", model, job.tile)
         else:
             if not upscaler:
@@ -263,6 +282,8 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
     cancel.clear()
     if not image_path:
         return None, None, "Choose an image first.", None
+    if keep_16bit and fmt != "TIFF":  # before any work, in the form's words, on both paths
+        return gr.update(), gr.update(), f"**{SIXTEEN_BITS_NEED_TIFF}**", gr.update()
     started = time.monotonic()
     pace, notes, planned, timed = Pace(), [], [], []
 
@@ -273,7 +294,7 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
         progress(0, desc=" ".join(notes + planned + timed))
 
     def show(the_plan, tiles):  # the engine's plan and the time it takes, before the first tile
-        used = f" {lora_line(lora_path)}" if kind == "diffusion" else ""
+        used = f" {enlarge_line(enlarge_first, upscaler_path)} {lora_line(lora_path)}" if kind == "diffusion" else ""
         planned.append(f"{the_plan.sentence()}{used}")
         timed.append(time_line(context, key, tiles))  # for the wait only: the result says how long it took
         progress(0, desc=" ".join(notes + planned + timed))
@@ -303,14 +324,12 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
             result = esrgan.run(job, progress=report, cancel=cancel, log=log,
                                 on_plan=lambda p: show(p, sum(p.tiles)))
         else:
-            if enlarge_first and upscaler_path is None:  # said with the plan (notes mean a resume: see below)
-                planned.append("No upscaler chosen, so each step enlarges with Lanczos before its passes.")
             job = diffusion_job(context, image_path, output, scale, size_text, model, lora_path,
                                 upscaler_path if enlarge_first else None, tile, overlap, steps, seed, prompt,
                                 denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale)
             job.dpi = float(dpi) if dpi else None
             job.print_dpi = float(print_dpi) if print_dpi else None
-            job.keep_16bit = bool(keep_16bit) and fmt == "TIFF"
+            job.keep_16bit = bool(keep_16bit)
             result = diffusion.run(job, context.workspace, context.sketcher.cache, progress=report, cancel=cancel,
                                    log=log, on_plan=lambda p: show(p, p.total_tiles))
         seconds, tiles = pace.tiles.measured()  # this session's tiles only (a resume's earlier ones are not)
@@ -339,6 +358,7 @@ def megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.1f} MP" if pixels >= 1e6 else f"{pixels / 1e6:.2g} MP"
 
 
+SIXTEEN_BITS_NEED_TIFF = "Keep 16-bit writes TIFF only: choose the TIFF format, or untick Keep 16-bit."
 NO_UPSCALER = ("No upscaler is installed: put a Real-ESRGAN (or any spandrel) model file in "
                "workspace/models/upscalers/, or use the diffusion path, which enlarges with Lanczos without one.")
 
@@ -362,7 +382,8 @@ def build(context: StudioContext) -> dict:
             with gr.Row():
                 scale = gr.Number(4 if installed else 2, label="Scale")
                 size_text = gr.Textbox(label="…or exact size WxH", placeholder="8000x6000")
-            upscaler = gr.Dropdown(upscaler_choices(context), label="Upscaler (workspace/models/upscalers)",
+            upscaler = gr.Dropdown(upscaler_choices(context), value=default_upscaler(context),
+                                   label="Upscaler (workspace/models/upscalers)",
                                    allow_custom_value=True, elem_id="blk-upscale-model")
             with gr.Group(visible=not installed) as diffusion_group:
                 model = gr.Dropdown(model_names(context), value=context.default_model(), label="Base model",
@@ -378,7 +399,8 @@ def build(context: StudioContext) -> dict:
                                           label="Pass B denoise (refine)")
                 # stacked, not side by side: in a row the slider's end was cut off in a narrow window
                 use_c = gr.Checkbox(False, label="Pass C (edges)")
-                denoise_c = gr.Slider(0.05, 0.4, value=PASS_C.denoise, step=0.01, label="Pass C denoise")
+                denoise_c = gr.Slider(0.05, 0.4, value=PASS_C.denoise, step=0.01, label="Pass C denoise",
+                                      interactive=False)  # while Pass C is off (`use_c`)
                 with gr.Row():
                     steps = gr.Number(0, label="Steps (0: the model's default)", precision=0)
                     seed = gr.Number(0, label="Seed (same for every tile)", precision=0)
@@ -392,7 +414,7 @@ def build(context: StudioContext) -> dict:
                                  elem_id="blk-upscale-tile")
                 overlap = gr.Number(32 if installed else 96, label="Overlap px", precision=0)
             with gr.Row():
-                fmt = gr.Radio(["TIFF", "PNG"], value="TIFF", label="Format (TIFF: tiled BigTIFF, any size)")
+                fmt = gr.Radio(["TIFF", "PNG"], value="TIFF", label="Format (TIFF: tiled, any size)")
                 keep_16bit = gr.Checkbox(False, label="Keep 16-bit (TIFF)")
                 dpi = gr.Number(0, label="DPI (0: the input's)")
                 print_dpi = gr.Number(0, label="Print copy DPI (0: none)", elem_id="blk-upscale-print-dpi")
@@ -424,6 +446,8 @@ def build(context: StudioContext) -> dict:
         return gr.Group(visible=group), gr.Number(value=values["tile"]), gr.Number(value=values["overlap"]), kept
 
     # the scale only when the user picks a path: a suggestion follows the scale they typed, so it stays
+    use_c.change(lambda on: gr.Slider(interactive=bool(on)), inputs=use_c, outputs=denoise_c, queue=False,
+                 show_progress="hidden")
     path_kind.change(on_path, inputs=[path_kind, scale, tile, overlap, settings],
                      outputs=[diffusion_group, tile, overlap, settings])
     path_kind.input(lambda kind, kept: (gr.Number(value=path_settings(kind, kept)["scale"]), PICKED),
@@ -449,15 +473,17 @@ def build(context: StudioContext) -> dict:
                    trigger_mode="always_last", show_progress="hidden")
     plan_button.click(lambda *a: estimate(context, *a),
                       inputs=[image, path_kind, scale, size_text, upscaler, model, tile, overlap, steps, denoise_a,
-                              denoise_b, use_c, denoise_c, final_pass, step_scale, lora], outputs=status)
+                              denoise_b, use_c, denoise_c, final_pass, step_scale, lora, enlarge_first],
+                      outputs=status)
     click_while_busy(go, "Upscaling…",
                      lambda *a, progress=gr.Progress(): upscale(context, cancel, *a, progress=progress),
                      inputs=[image, path_kind, scale, size_text, upscaler, model, lora, enlarge_first, tile, overlap,
                              steps, seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, fmt, keep_16bit,
                              dpi, print_dpi, region_x, region_y, step_scale],
-                     outputs=[slider, result_file, status, made], api_name="upscale")
+                     outputs=[slider, result_file, status, made], api_name="upscale",
+                     show_progress_on=[slider])  # once, over the view it fills (it covered the plan thrice)
     stop.click(cancel.set, queue=False)
     on_show = (lambda: (gr.Dropdown(choices=upscaler_choices(context)), gr.Dropdown(choices=lora_choices(context)),
                         gr.Dropdown(choices=model_names(context))), [upscaler, lora, model])
     return {"image": image, "on_show": on_show,
-            "on_open": (lambda current: upscaler_kept_or_first(context, current), [upscaler], upscaler)}
+            "on_open": (lambda current: upscaler_kept_or_default(context, current), [upscaler], upscaler)}
