@@ -147,12 +147,18 @@ def test_converting_a_dataset_again_never_overwrites_the_first_conversion(worksp
         ["scan0.png", "scan0.txt", "scan1.png"] and all(path.startswith(str(second)) for path in written)
     assert "the new dataset `scans-alpha-2`" in status and "`scans-alpha` already exists and was left as it is" \
         in status and "The 1 uploaded scan was not converted" in status
+    assert "choose (none: convert the uploads) as the dataset" in status
     assert (first / "scan0.txt").read_text() == "blkstyle, a stroke, edited by a curator"
     assert (first / "scan1.png").read_bytes() == pixels  # converted with another paper colour the second time
     assert (second / "scan1.png").read_bytes() != pixels
     assert not (workspace.outputs("stencil") / "alpha").exists()  # the upload went nowhere, as the status says
     _, third, _ = stencil.ink_to_alpha(context, None, "scans", True, "#ffffff", 0.0, 1.0, **quiet)
     assert "`scans-alpha-3`" in third and "uploaded" not in third
+    # that choice is in the list, first: a dataset choice could be cleared only by deleting its text
+    assert stencil.alpha_dataset_choices(context)[:2] == [stencil.UPLOADS_ONLY, ("scans", "scans")]
+    written, status, _ = stencil.ink_to_alpha(context, [str(upload)], stencil.UPLOADS_ONLY[1], False, "#f0f0f0",
+                                              0.0, 1.0, **quiet)
+    assert len(written) == 1 and "1 converted" in status, status
 
 
 def test_uploads_with_the_same_name_are_all_kept_and_16bit_scans_say_16bit(workspace, tmp_path):

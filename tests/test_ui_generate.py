@@ -125,6 +125,10 @@ def test_sending_a_sketch_on_with_none_clicked_says_so():
                                                                   "image", update)
     main, inner, path, note = app.to_matting("/ws/a.png")
     assert (main.selected, inner.selected, path, note) == ("stencil", "matting", "/ws/a.png", update)
+    # matting not set up: Sketch says why and stays (the Matting tab it opened had Cut out greyed)
+    *unchanged, note = app.to_matting("/ws/a.png", "Matting needs BiRefNet's weights at /ws/m.onnx.")
+    assert unchanged == [update] * 3
+    assert note == "Cut out uses Stencil's matting, which is not set up: Matting needs BiRefNet's weights at /ws/m.onnx."
     main, path, note = app.to_upscale("/ws/a.png")
     assert (main.selected, path, note) == ("upscale", "/ws/a.png", update)
     assert app.to_upscale(None, app.PICK_ASSET) == (update,) * 2 + ("Click an asset in the gallery first.",)

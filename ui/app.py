@@ -29,7 +29,7 @@ def build_app(context: StudioContext) -> gr.Blocks:
                 reviewed = review.build(context)
             with gr.Tab("Models & Settings"):
                 models.build(context)
-        send_between_tabs(tabs, sketched, stenciled, upscaled)
+        send_between_tabs(context, tabs, sketched, stenciled, upscaled)
         trained["to_sketch"].click(lambda name, step, rows: try_in_sketch(context, name, step, rows),
                                    inputs=[trained["run"], trained["step"], sketched["loras"]],
                                    outputs=[tabs, sketched["loras"], trained["to_sketch_note"]])
@@ -112,10 +112,14 @@ def to_compose(path):
     return gr.Tabs(selected="stencil"), gr.Tabs(selected="compose"), path, "image", gr.update()
 
 
-def to_matting(path):
-    """Sketch → Stencil › Matting: (main tabs, Stencil's tabs, the image to cut out, note)."""
+def to_matting(path, unavailable: str | None = None):
+    """Sketch → Stencil › Matting: (main tabs, Stencil's tabs, the image to cut out, note). `unavailable`:
+    why matting cannot run here (`blk.stencil.matting.unavailable_reason`); then Sketch says so and stays,
+    instead of opening a tab whose Cut out is greyed."""
     if not path:
         return gr.update(), gr.update(), gr.update(), PICK_FIRST
+    if unavailable:
+        return gr.update(), gr.update(), gr.update(), f"Cut out uses Stencil's matting, which is not set up: {unavailable}"
     return gr.Tabs(selected="stencil"), gr.Tabs(selected="matting"), path, gr.update()
 
 
@@ -130,14 +134,17 @@ def to_upscale(path, first: str = PICK_FIRST):
     return gr.Tabs(selected="upscale"), path, gr.update()
 
 
-def send_between_tabs(tabs, sketched: dict, stenciled: dict, upscaled: dict) -> None:
+def send_between_tabs(context: StudioContext, tabs, sketched: dict, stenciled: dict, upscaled: dict) -> None:
     """A sketch goes on to Stencil (as the collage background, or to be cut out) or to Upscale; a Stencil
     asset or an exported collage goes to Upscale. With nothing chosen, the sending tab says what to do."""
+    from blk.stencil.matting import unavailable_reason
+
     note = sketched["selected_note"]
     sketched["to_compose"].click(to_compose, inputs=sketched["selected"],
                                  outputs=[tabs, stenciled["tabs"], stenciled["background_file"],
                                           stenciled["background_kind"], note])
-    sketched["to_matting"].click(to_matting, inputs=sketched["selected"],
+    sketched["to_matting"].click(lambda path: to_matting(path, unavailable_reason(context.workspace)),
+                                 inputs=sketched["selected"],
                                  outputs=[tabs, stenciled["tabs"], stenciled["matting_source"], note])
     choose_upscaler, current, upscaler = upscaled["on_open"]  # a tab selected by code fires no select of its own
     for button, picture, sender_note, first in (

@@ -119,7 +119,7 @@ def ink_to_alpha(context: StudioContext, files, dataset, paper_auto, paper, tt, 
                 where += f"; `{source.name}-alpha` already exists and was left as it is"
             if files:
                 where += (f". The {len(files)} uploaded scan{'s were' if len(files) > 1 else ' was'} not converted: "
-                          "clear the dataset choice to convert uploads")
+                          f"choose {UPLOADS_ONLY[0]} as the dataset to convert uploads")
         else:
             if not files:
                 return [], "Upload scans or choose a dataset.", None
@@ -284,6 +284,14 @@ def dataset_names(context: StudioContext) -> list[str]:
     return sorted(p.name for p in context.workspace.datasets.glob("*") if p.is_dir() and not p.name.startswith("."))
 
 
+UPLOADS_ONLY = ("(none: convert the uploads)", "")  # the dataset choice that a list cannot otherwise clear
+
+
+def alpha_dataset_choices(context: StudioContext) -> list[tuple[str, str]]:
+    """Ink to alpha's sources: the uploads ("(none…)", first and the default), or a whole dataset."""
+    return [UPLOADS_ONLY] + [(name, name) for name in dataset_names(context)]
+
+
 def weights_note(context: StudioContext, model_name: str) -> str:
     """Say up front when LayerDiffuse's files are missing (the other sub-tabs work without them)."""
     from blk.errors import UserError
@@ -394,8 +402,8 @@ def build(context: StudioContext) -> None:
             with gr.Row():
                 with gr.Column(scale=2):
                     scans = gr.File(label="Scans", file_count="multiple", type="filepath", elem_id="blk-alpha-files")
-                    dataset = gr.Dropdown(dataset_names(context), label="…or a whole dataset", value=None,
-                                          allow_custom_value=True)
+                    dataset = gr.Dropdown(alpha_dataset_choices(context), label="…or a whole dataset",
+                                          value=UPLOADS_ONLY[1], allow_custom_value=True)
                     paper_auto = gr.Checkbox(True, label="Estimate the paper colour")
                     paper = gr.ColorPicker("#ffffff", label="Paper colour")
                     tt = gr.Slider(0.0, 0.5, value=0.0, step=0.01, label="Transparency threshold (paper grain → clear)")
@@ -476,7 +484,7 @@ def build(context: StudioContext) -> None:
             gr.on([layer_files.change, order.change, positions.change], lambda: None, outputs=flat,
                   show_progress="hidden", queue=False)
     on_show = (lambda: (gr.Dropdown(choices=lora_stack.lora_choices(context)),
-                        gr.Dropdown(choices=dataset_names(context))), [lora_pick, dataset])
+                        gr.Dropdown(choices=alpha_dataset_choices(context))), [lora_pick, dataset])
     return {"tabs": tabs, "background_kind": background_kind, "background_file": background_file,
             "matting_source": source, "on_show": on_show,
             # Upscale: the chosen asset (its note: the status), and Compose's last export (the files listed)

@@ -344,7 +344,8 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
         return None, None, f"**A value in the form is not valid ({exc}).**", None
     printed = result.print_path
     done = (f"{result.width}×{result.height} in {time.monotonic() - started:.0f} s — a {before.width} px region "
-            f"at full size below (left: the input enlarged plainly). Saved: `{result.path}`"
+            f"of the result below, cut at its own pixels (left: the input enlarged plainly; the view fits it to the "
+            f"window). Saved: `{result.path}`"
             + (f"; print copy: `{printed}`" if printed else ""))
     # the Result box offers this job's files: the master, and its print copy when this job made one
     files = [str(result.path)] + ([str(printed)] if printed else [])
@@ -426,7 +427,7 @@ def build(context: StudioContext) -> dict:
                 go = gr.Button("Upscale", variant="primary", elem_id="blk-upscale-go")
                 stop = gr.Button("Cancel")
             status = gr.Markdown(elem_id="blk-upscale-status")
-            slider = gr.ImageSlider(label="Before | after (one region at full size)", type="pil", format="png",
+            slider = gr.ImageSlider(label="Before | after (one region of the result)", type="pil", format="png",
                                     elem_id="blk-upscale-slider", max_height=700)
             with gr.Row(elem_classes="blk-wrap"):  # side by side when wide, one above the other when narrow
                 region_x = gr.Slider(0, 100, value=50, step=1, label="Region centre, % across",
