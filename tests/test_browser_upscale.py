@@ -35,6 +35,10 @@ def test_upscale_tab_both_paths(tmp_path, shared_workspace):
             page.locator("#blk-upscale-input input[type=file]").set_input_files(str(source))
             expect(page.locator("#blk-upscale-input-note")).to_contain_text("drawing.png: 48×40, 8-bit, with transparency")
             expect(page.locator("#blk-upscale-view img")).to_be_visible()
+            # the checkerboard lies behind the picture's pixels only: its box has the picture's shape (a box
+            # fitted to the frame showed checkered margins beside an opaque image, read as transparency)
+            box = page.locator("#blk-upscale-view img").bounding_box()
+            assert abs(box["width"] / box["height"] - 48 / 40) < 0.03, box
             page.locator("#blk-upscale-model input").click()
             page.get_by_role("option", name="RealESRGAN_x4plus_tiny.pth").click()
             page.get_by_label("Scale", exact=True).fill("4")

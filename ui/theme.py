@@ -13,6 +13,10 @@ CSS = """
   background-image: linear-gradient(45deg, #ccc 25%, transparent 25%), linear-gradient(-45deg, #ccc 25%, transparent 25%),
     linear-gradient(45deg, transparent 75%, #ccc 75%), linear-gradient(-45deg, transparent 75%, #ccc 75%);
   background-size: 16px 16px; background-position: 0 0, 0 8px, 8px -8px, -8px 0; }
+/* the picture's own box, so that the checkerboard is behind its pixels only: in a box fitted to the frame, the
+   margins around a wide opaque image showed the checkerboard and read as transparency */
+.blk-checker .image-frame img { width: auto !important; height: auto !important; max-width: 100%; max-height: 100%;
+  object-fit: contain; margin: auto; }
 /* galleries of training samples keep their columns: Gradio gives fewer images fewer, wider columns, which blew
    a single 64 px sample up to the gallery's full width */
 .blk-thumbs .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important;
