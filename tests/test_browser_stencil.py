@@ -46,6 +46,7 @@ def test_stencil_tab_generate_alpha_compose(tmp_path, shared_workspace):
             expect(page.locator("#blk-stencil-status")).to_contain_text(re.compile(r"1 asset, seed \d+, 64×64 RGBA"),
                                                                         timeout=180_000)
             expect(page.locator("#blk-stencil-preview img")).to_be_visible()  # the new asset, without a click
+            expect(page.locator("#blk-stencil-chosen")).to_contain_text(re.compile(r"Chosen: .*-s\d+ ?\.png"))
             page.locator("#blk-stencil-gallery img").first.click()
             screenshot(page, "stencil-tab-generate")
             page.locator("#blk-stencil-to-compose").click()  # the asset goes to Compose, which opens

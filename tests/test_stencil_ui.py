@@ -260,6 +260,9 @@ def test_a_generation_previews_its_newest_asset_and_a_start_image_sets_the_size(
     assert size == [128, 64]  # the fields show the size used, as the status does
     assert stencil.start_from_chosen(newer) == (newer, f"Starting from `{Path(newer).name}`: Generate redraws it "
                                                       "at the chosen strength.")
+    assert stencil.chosen_line(newer) == f"Chosen: `{Path(newer).name}` — what *Add to Compose*, *Upscale* and " \
+                                         "*Start from the chosen asset* use." and "-s4" in Path(newer).name
+    assert stencil.chosen_line(None).startswith("No asset chosen yet")
     kept, sentence = stencil.start_from_chosen(None)
     assert kept == {"__type__": "update"} and sentence.startswith("Click an asset in the gallery first")
     opaque = tmp_path / "flat.jpg"  # no transparency: allowed, and said; with no descriptor, that is said too

@@ -273,6 +273,14 @@ def add_to_compose(layer_files, asset, order=""):
         f"{order.strip().rstrip(',')}, {number}", gr.update()
 
 
+def chosen_line(asset) -> str:
+    """Which asset the Preview shows and the buttons below it send (the gallery marks none): its file name,
+    which carries its seed ("…-s1234.png")."""
+    if not asset:
+        return "No asset chosen yet: generate one, or click one in the gallery."
+    return f"Chosen: `{Path(asset).name}` — what *Add to Compose*, *Upscale* and *Start from the chosen asset* use."
+
+
 def start_from_chosen(asset):
     """The chosen asset becomes the starting image; with none chosen, a sentence (and the image stays)."""
     if not asset:
@@ -365,6 +373,7 @@ def build(context: StudioContext) -> None:
                         colour = gr.ColorPicker("#f2efe6", label="Colour")
                     chosen = gr.State(None)
                     shown = gr.Image(label="Preview", type="pil", elem_id="blk-stencil-preview")
+                    chosen_note = gr.Markdown(chosen_line(None), elem_id="blk-stencil-chosen")
                     with gr.Row():
                         to_compose = gr.Button("Add to Compose (as the top layer)", size="sm",
                                                elem_id="blk-stencil-to-compose")
@@ -394,6 +403,7 @@ def build(context: StudioContext) -> None:
             use_chosen.click(start_from_chosen, inputs=chosen, outputs=[start, status])
             for trigger in (chosen.change, background.change, colour.change):
                 trigger(preview, inputs=[chosen, background, colour], outputs=shown)
+            chosen.change(chosen_line, inputs=chosen, outputs=chosen_note, queue=False, show_progress="hidden")
 
         with gr.Tab("Ink to alpha", id="alpha"):
             gr.Markdown("Scans of ink on paper become transparent PNGs (GIMP's *colour to alpha*: composited over "
