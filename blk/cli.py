@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 
+from blk.cli_types import whole
 from blk.errors import UserError
 from blk.workspace import Workspace
 
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", default=None, help="a preset or run config YAML")
     train.add_argument("--model", default=None)
     train.add_argument("--dataset", default=None)
-    train.add_argument("--steps", type=int, default=None)
+    train.add_argument("--steps", type=whole(1), default=None)
     train.add_argument("--run-dir", default=None, help="default: workspace/runs/NAME-DATE")
     train.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     train.add_argument("--gpus", type=_count, default=None, metavar="N",
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", dest="mode", action="store_const", const="all",
                        help="also re-caption machine captions")
     caption.add_argument("--overwrite", action="store_true", help="also replace captions a person edited or approved")
-    caption.add_argument("--concurrency", type=int, default=8)
+    caption.add_argument("--concurrency", type=whole(1, 256), default=8)
     caption.add_argument("--ignore-eos", action="store_true", help=argparse.SUPPRESS)
     caption.add_argument("--json", action="store_true")
     caption.set_defaults(run=cmd_caption, mode="missing")
@@ -116,7 +118,7 @@ def cmd_dataset_check(args, workspace: Workspace) -> int:
 
     report = check_for_model(workspace.dataset_folder(args.dir), workspace, args.model, args.trigger)
     print(report.to_json() if args.json else report.to_text())
-    return 1 if report.bad_files else 0
+    return 1 if report.bad_files or not report.images else 0
 
 
 def cmd_train(args, workspace: Workspace) -> int:
@@ -131,11 +133,17 @@ def cmd_train(args, workspace: Workspace) -> int:
 
     if args.resume:
         run_dir = Path(args.resume)
-        config = _regrouped(load_config(run_dir / "config.yaml"), run_dir, args.gpus, save=not args.probe)
+        saved = load_config(run_dir / "config.yaml")
+        if args.model and args.model != saved.model.name:  # its adapter, optimizer and caches are that model's
+            raise UserError(f"{run_dir.name} was trained on {saved.model.name} and resumes only on it: leave out "
+                            f"--model, or start a new run on {args.model}.")
+        config = _regrouped(saved, run_dir, args.gpus, save=not args.probe)
     else:
         config = load_config(args.config) if args.config else TrainConfig()
         run_dir = Path(args.run_dir) if args.run_dir else \
             workspace.runs / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if not distributed.launched() and not args.probe:  # launched: the processes of one run, one folder
+            refuse_a_run_folder(run_dir)
         if args.gpus:
             config.schedule.gpus = args.gpus
     if args.model:
@@ -161,6 +169,19 @@ def cmd_train(args, workspace: Workspace) -> int:
     if distributed.is_main_process():
         print(f"{result.status} at step {result.step}: {result.run_dir}")
     return 0 if result.status != "error" else 1
+
+
+def refuse_a_run_folder(run_dir) -> None:
+    """A new run never goes into a folder that holds one: training over it replaced its config, events, state
+    and samples, and left its later checkpoints beside the new run's. Nor into a file."""
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir} is a file, not a folder for a run.")
+    if (run_dir / "config.yaml").exists() or (run_dir / "events.jsonl").exists():
+        raise UserError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or name a new "
+                        "folder with --run-dir.")
 
 
 def _count(text: str) -> int:
@@ -193,7 +214,12 @@ def _train_on_several_gpus(args, workspace: Workspace, gpus: int, run_dir) -> in
     import signal
     import subprocess
 
-    from blk.train.process import check_gpus, stop_trainers, train_command, train_environment
+    from blk.train.process import (
+        check_gpus,
+        stop_trainers,
+        train_command,
+        train_environment,
+    )
 
     check_gpus(gpus)
     forwarded = ["--resume", args.resume] if args.resume else \
@@ -252,3 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopped.", file=sys.stderr)
         return 130
+    except (OSError, ValueError, OverflowError) as exc:  # a path or a number the checks did not foresee
+        if os.environ.get("BLK_TRACEBACK"):
+            raise
+        print(f"error: {unforeseen_sentence(exc)}", file=sys.stderr)
+        return 2
+
+
+def unforeseen_sentence(exc: BaseException) -> str:
+    """One sentence for a failure no check caught: a folder that cannot be written, a file where a folder was
+    expected, a number out of every range. (`BLK_TRACEBACK=1` shows the traceback instead.)"""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {(exc.strerror or str(exc)).rstrip('.')}."
+    if isinstance(exc, OSError):
+        return f"{(exc.strerror or str(exc)).rstrip('.')}."
+    return f"a value is not valid ({str(exc).rstrip('.') or type(exc).__name__})."

@@ -9,6 +9,18 @@ class UserError(Exception):
     """A problem the user can fix; the message is the whole explanation."""
 
 
+def require_file(path, what: str) -> None:
+    """One sentence when `path` is not a file: it does not exist, or it is a folder where a file was wanted
+    (which read "does not exist" though the folder was plainly there)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give the file itself.")
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist.")
+
+
 class ModelNotFound(UserError):
     """A named model has no weights on this machine."""
 

@@ -1018,7 +1018,7 @@ def test_a_result_or_print_copy_that_would_overwrite_the_input_is_one_sentence_b
     clash = tmp_path / "out.tif"
     with pytest.raises(UserError, match="print copy would overwrite"):
         check_outputs(print_path(clash), clash, 300)
-    with pytest.raises(UserError, match="above 0 dpi"):
+    with pytest.raises(UserError, match="above 0 and at most 100000 dpi"):
         run(EsrganJob(image, clash, model, scale=2, print_dpi=0))
     assert image.read_bytes() == before and not clash.exists() and leftovers(tmp_path) == []
     check_outputs(image, clash, 300)  # distinct names: nothing to say

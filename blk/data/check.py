@@ -83,6 +83,9 @@ class CheckReport:
             f"trainable: {self.trainable}"
             + (f" ({len(self.too_small)} usable but too small, listed below)" if self.too_small else ""),
         ]
+        if not self.images:  # the trainer refuses it: said, not left to a row of zeros
+            lines.append("  No images in this folder: add images (PNG, JPEG, WebP, TIFF…) before captioning or "
+                         "training.")
         if self.blocking_training:  # the trainer refuses the whole dataset then: said first, not only listed below
             lines.append(f"  Training will not start yet: {len(self.blocking_training)} image(s) have no caption "
                          "(listed below); caption them or move them out first.")

@@ -13,25 +13,28 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from blk.cli_types import number, whole
 from blk.errors import UserError
 
 
 def add_commands(commands) -> None:
     from blk.generate.sizes import ASPECTS
+    from blk.generate.sketch import GUIDANCE_RANGE, MAX_COUNT, MAX_SEED, MAX_STEPS
 
     sketch = commands.add_parser("sketch", help="text to image with a base model and LoRAs")
     sketch.add_argument("--model", required=True)
     sketch.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]")
     sketch.add_argument("--prompt", default="")
     sketch.add_argument("--negative", default="", help="negative prompt (SDXL)")
-    sketch.add_argument("--seed", type=int, default=None, help="default: random (printed)")
+    sketch.add_argument("--seed", type=whole(0, MAX_SEED), default=None, help="default: random (printed)")
     size = sketch.add_mutually_exclusive_group()
     size.add_argument("--size", default=None, help="WxH, rounded to the model's grid with a notice")
-    size.add_argument("--megapixels", type=float, default=None, help="size budget, with --aspect")
+    size.add_argument("--megapixels", type=number(above=0, high=16), default=None, help="size budget, with --aspect")
     sketch.add_argument("--aspect", default="1:1 square", choices=list(ASPECTS))
-    sketch.add_argument("--steps", type=int, default=None, help="default: the model's (FLUX.1-dev 28, schnell 4)")
-    sketch.add_argument("--guidance", type=float, default=None)
-    sketch.add_argument("--count", type=int, default=1)
+    sketch.add_argument("--steps", type=whole(1, MAX_STEPS), default=None,
+                        help="default: the model's (FLUX.1-dev 28, schnell 4)")
+    sketch.add_argument("--guidance", type=number(*GUIDANCE_RANGE), default=None)
+    sketch.add_argument("--count", type=whole(1, MAX_COUNT), default=1)
     _memory_arguments(sketch)
     _speed_arguments(sketch)
     sketch.add_argument("--device", default="auto")
@@ -47,8 +50,8 @@ def add_commands(commands) -> None:
     review.add_argument("--scales", default="1.0", help="LoRA strengths, e.g. 0.6,0.8,1.0")
     review.add_argument("--base", action="store_true", help="add a row without any LoRA")
     review.add_argument("--size", default=None, help="WxH (default: the run's sample size, else 1024x1024)")
-    review.add_argument("--steps", type=int, default=None)
-    review.add_argument("--guidance", type=float, default=None)
+    review.add_argument("--steps", type=whole(1, MAX_STEPS), default=None)
+    review.add_argument("--guidance", type=number(*GUIDANCE_RANGE), default=None)
     review.add_argument("--out", required=True, help="the grid PNG")
     _memory_arguments(review)
     _speed_arguments(review)
@@ -119,8 +122,16 @@ def print_results(results) -> None:
 
 
 def cmd_review(args, workspace) -> int:
-    from blk.generate.review import (DEFAULT_SEED, GridSpec, Reviewer, parse_seeds, parse_strengths, review_folder,
-                                     run_review_defaults, save_grid)
+    from blk.generate.review import (
+        DEFAULT_SEED,
+        GridSpec,
+        Reviewer,
+        parse_seeds,
+        parse_strengths,
+        review_folder,
+        run_review_defaults,
+        save_grid,
+    )
     from blk.generate.sketch import Sketcher
 
     run_dir, loras, defaults = None, [], {}

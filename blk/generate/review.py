@@ -29,7 +29,7 @@ from pathlib import Path
 from blk import __version__
 from blk.errors import UserError
 from blk.generate.metadata import save_png
-from blk.generate.sketch import MAX_SEED, Cancelled, Lora, Sketcher, SketchRequest, lora_label
+from blk.generate.sketch import MAX_SEED, STRENGTH_RANGE, Cancelled, Lora, Sketcher, SketchRequest, lora_label
 from blk.generate.text_to_image import TextToImage
 from blk.models.device import MemoryOptions, pick_dtype
 from blk.models.pipelines import LoadedPipeline, lora_sha256
@@ -38,7 +38,6 @@ from blk.train.pins import CHECKPOINT_NAME
 
 LABEL_PX = 14  # label text height in the grid
 MAX_CELLS = 400
-STRENGTH_RANGE = (-1.0, 2.0)  # as Sketch's strength sliders: beyond them a LoRA's pictures fall apart
 DEFAULT_SEED = 1  # a grid's seed when none is given and no run gives its sample seed (the CLI and the tab alike)
 
 

@@ -35,8 +35,8 @@ MEGAPIXELS = (0.25, 0.5, 1.0, 1.5, 2.0)
 def size_for_budget(megapixels: float, aspect: str | float) -> tuple[int, int]:
     """Width and height near `megapixels` at this aspect ratio, each a multiple of 64 px."""
     ratio = ASPECTS[aspect] if isinstance(aspect, str) else float(aspect)
-    if megapixels <= 0 or ratio <= 0:
-        raise ValueError("megapixels and aspect must be positive")
+    if not (math.isfinite(megapixels) and megapixels > 0) or not (math.isfinite(ratio) and ratio > 0):
+        raise UserError(f"A size budget is a number of megapixels above 0, like 1; {megapixels:g} is not.")
     area = megapixels * ONE_MEGAPIXEL
     width = max(BUDGET_STEP, round(math.sqrt(area * ratio) / BUDGET_STEP) * BUDGET_STEP)
     height = max(BUDGET_STEP, round(math.sqrt(area / ratio) / BUDGET_STEP) * BUDGET_STEP)
@@ -53,7 +53,7 @@ def round_size(width: int, height: int, multiple: int) -> tuple[int, int, str]:
     """The nearest size on a `multiple` px grid, and a notice when it differs from the one asked for."""
     width, height = int(width), int(height)
     if width < 1 or height < 1:
-        raise ValueError("width and height must be positive")
+        raise UserError(f"A width and a height are at least 1 px; {width}×{height} is not a size.")
     if width * height > MAX_PIXELS:
         raise UserError(f"{width}×{height} ({width * height / 1e6:.1f} MP) is larger than a model draws in one "
                         f"piece here (at most {MAX_PIXELS / 1e6:.1f} MP, e.g. 4096×4096): draw at 1–2 MP and "

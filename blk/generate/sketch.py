@@ -30,6 +30,34 @@ from blk.models.registry import ResolvedModel, resolve
 from blk.workspace import Workspace
 
 MAX_SEED = 2**32 - 1
+MAX_STEPS = 500  # denoising steps of one image (FLUX.1-dev's default is 28): beyond, only time is spent
+MAX_COUNT = 1000  # images of one batch: an overnight run, not a disk filled by a typo
+GUIDANCE_RANGE = (0.0, 30.0)  # Flux's distilled guidance is ~3.5, SDXL's classifier-free guidance 5–9
+STRENGTH_RANGE = (-1.0, 2.0)  # as Sketch's strength sliders: beyond them a LoRA's pictures fall apart
+
+
+def check_numbers(steps: int | None = None, count: int = 1, guidance: float | None = None, seed: int | None = None,
+                  loras: list | tuple = ()) -> None:
+    """One sentence for a number no picture comes from, before any model loads: negative or absurd steps
+    (numpy's linspace failed deep in the scheduler; 10⁸ steps ran until memory ran out), a count that would
+    fill the disk, guidance or a LoRA strength that is NaN or out of range (a black image), a seed torch
+    would silently fold (`None` or a negative seed asks for a random one)."""
+    import math
+
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise UserError(f"Steps go from 1 to {MAX_STEPS}; {steps} is outside (leave it out for the model's).")
+    if not 1 <= count <= MAX_COUNT:
+        raise UserError(f"Ask for 1 to {MAX_COUNT} images at a time; {count} is outside.")
+    low, high = GUIDANCE_RANGE
+    if guidance is not None and not (math.isfinite(guidance) and low <= guidance <= high):
+        raise UserError(f"Guidance goes from {low:g} to {high:g}; {guidance:g} is outside.")
+    if seed is not None and seed > MAX_SEED:
+        raise UserError(f"Seeds are whole numbers from 0 to {MAX_SEED}; {seed} is not.")
+    low, high = STRENGTH_RANGE
+    for lora in loras:
+        if not (math.isfinite(lora.scale) and low <= lora.scale <= high):
+            raise UserError(f"A LoRA's strength goes from {low:g} to {high:g}; {Path(lora.path).name} has "
+                            f"{lora.scale:g}.")
 
 
 class Cancelled(UserError):
@@ -43,13 +71,18 @@ class Lora:
 
     @staticmethod
     def parse(text: str) -> "Lora":
-        """`FILE` or `FILE:SCALE` (the scale is whatever follows the last colon, when it is a number)."""
+        """`FILE` or `FILE:SCALE` (the scale follows the last colon). A colon followed by no number is a
+        file name only when that file exists ("LF:x" said "LoRA file LF:x does not exist")."""
+        if not text.strip():
+            raise UserError("A LoRA was given with no file name.")
         head, _, tail = text.rpartition(":")
         if head:
             try:
                 return Lora(Path(head), float(tail))
             except ValueError:
-                pass
+                if not Path(text).exists():
+                    raise UserError(f"{text}: the LoRA's strength after the last colon is a number, like "
+                                    f"{head}:0.8.") from None
         return Lora(Path(text), 1.0)
 
 
@@ -152,6 +185,7 @@ class Sketcher:
         LoRA paths are used as given: the UI confines them to the workspace
         before they get here; the CLI trusts its user.
         """
+        check_numbers(request.steps, 1, request.guidance, request.seed, request.loras)  # Review comes here
         model = resolve(request.model, self.workspace)
         width, height, notice = round_size(request.width, request.height, SIZE_MULTIPLE[model.family])
         steps, guidance = generation_defaults(model)
@@ -174,6 +208,7 @@ class Sketcher:
         when this returns, also after a cancel or an error)."""
         if request.count < 1:
             raise UserError("Ask for at least one image.")
+        check_numbers(request.steps, request.count, request.guidance, request.seed, request.loras)
         first_seed = secrets.randbelow(MAX_SEED) if request.seed is None or request.seed < 0 else int(request.seed)
         with self.lock, ThreadPoolExecutor(max_workers=1, thread_name_prefix="blk-sketch-save") as saver:
             loaded, base, notice = self.prepare(request)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from blk.commands import blk_command
 from blk.data.scan import file_sha256
-from blk.errors import UserError
+from blk.errors import UserError, require_file
 from blk.models import speed
 from blk.models.device import MemoryOptions, pick_device, pick_dtype
 from blk.models.registry import ResolvedModel, safetensors_keys
@@ -356,8 +356,7 @@ def set_loras(loaded: LoadedPipeline, loras: list[tuple[Path, float]]) -> None:
     paths: dict[str, Path] = {}
     for path, scale in loras:
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"LoRA file {path} does not exist.")
+        require_file(path, "LoRA file")
         if path.suffix.lower() != ".safetensors":
             raise UserError(f"{path.name} is not a .safetensors LoRA file.")
         safetensors_keys(path)  # a damaged header gets its own sentence

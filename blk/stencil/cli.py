@@ -16,10 +16,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from blk.errors import UserError
+from blk.cli_types import number, whole
+from blk.errors import UserError, require_file
 
 
 def add_commands(commands) -> None:
+    from blk.generate.sketch import GUIDANCE_RANGE, MAX_COUNT, MAX_SEED, MAX_STEPS
+
     stencil = commands.add_parser("stencil", help="transparent assets: LayerDiffuse, ink to alpha, layers")
     actions = stencil.add_subparsers(dest="action", required=True)
 
@@ -28,11 +31,11 @@ def add_commands(commands) -> None:
     generate.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="style LoRA")
     generate.add_argument("--prompt", default="")
     generate.add_argument("--role", default="", choices=["", "FG", "MG", "BG-overlay"], help="Z-role tag")
-    generate.add_argument("--seed", type=int, default=None, help="default: random (printed)")
+    generate.add_argument("--seed", type=whole(0, MAX_SEED), default=None, help="default: random (printed)")
     generate.add_argument("--size", default="1024x1024", help="WxH, rounded to 64 px with a notice")
-    generate.add_argument("--steps", type=int, default=None)
-    generate.add_argument("--guidance", type=float, default=None)
-    generate.add_argument("--count", type=int, default=1)
+    generate.add_argument("--steps", type=whole(1, MAX_STEPS), default=None)
+    generate.add_argument("--guidance", type=number(*GUIDANCE_RANGE), default=None)
+    generate.add_argument("--count", type=whole(1, MAX_COUNT), default=1)
     generate.add_argument("--no-tta", dest="augment", action="store_false",
                           help="one decoder pass instead of LayerDiffuse's 8-view augmentation (faster)")
     generate.add_argument("--image", default=None, metavar="FILE",
@@ -56,7 +59,7 @@ def add_commands(commands) -> None:
     compose.add_argument("--background", default=None, help="#RRGGBB or an image file (default: transparent)")
     compose.add_argument("--at", action="append", default=[], metavar="X,Y",
                          help="top-left position, once per layer in order (default 0,0)")
-    compose.add_argument("--scale", action="append", default=[], type=float,
+    compose.add_argument("--scale", action="append", default=[], type=number(above=0),
                          help="scale factor, once per layer in order (default 1)")
     compose.add_argument("--out", required=True, help="the layered FILE.ora")
     compose.set_defaults(run=cmd_compose)
@@ -120,8 +123,7 @@ def cmd_compose(args, workspace) -> int:
     positions = [_position(text) for text in _per_layer(args.at, count, "--at", "0,0")]
     scales = _per_layer(args.scale, count, "--scale", 1.0)
     for path in args.layers:
-        if not Path(path).is_file():
-            raise UserError(f"The layer {path} does not exist.")
+        require_file(path, "The layer")
     flat = Path(args.out).with_suffix(".png").resolve()
     if any(Path(path).resolve() == flat for path in [*args.layers, args.background or ""]):
         raise UserError(f"Writing {flat.name} (the flattened copy) would replace one of the inputs; "

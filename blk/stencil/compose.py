@@ -97,6 +97,18 @@ def load_background(value) -> tuple[np.ndarray | None, int]:
     return np.asarray(value, dtype=np.float32), 8
 
 
+# Compose holds the picture in memory (float32 RGBA: 16 bytes a pixel, the flat image and one layer at a time):
+# 8192×8192 is about 1 GB each. Larger pictures come from Upscale, which streams from disk.
+MAX_CANVAS_PIXELS = 8192 * 8192
+
+
+def _check_pixels(width: int, height: int, what: str) -> None:
+    if width * height > MAX_CANVAS_PIXELS:
+        raise UserError(f"{what} would be {width}×{height} px; Compose works in memory up to "
+                        f"{MAX_CANVAS_PIXELS / 1e6:.0f} MP (8192×8192): use a smaller scale or position, and "
+                        f"enlarge the exported PNG in Upscale.")
+
+
 def compose(layers: list[Layer], background=None, size: tuple[int, int] | None = None) -> Composition:
     """Scale, order and stack the layers; the canvas is the background image's size, else `size`,
     else just big enough for every layer."""
@@ -105,8 +117,10 @@ def compose(layers: list[Layer], background=None, size: tuple[int, int] | None =
         item[1].order if item[1].order is not None else item[0], item[0]))]
     placed = []
     for layer in ordered:
-        if layer.scale <= 0:
+        if not (np.isfinite(layer.scale) and layer.scale > 0):
             raise UserError(f"The scale of layer {layer.name} must be above 0; got {layer.scale}.")
+        _check_pixels(max(1, round(layer.pixels.shape[1] * layer.scale)),
+                      max(1, round(layer.pixels.shape[0] * layer.scale)), f"Layer {layer.name} at ×{layer.scale:g}")
         if not 0.0 <= layer.opacity <= 1.0:
             raise UserError(f"The opacity of layer {layer.name} must be between 0 and 1; got {layer.opacity}.")
         pixels = layer.pixels.astype(np.float32)
@@ -127,6 +141,7 @@ def compose(layers: list[Layer], background=None, size: tuple[int, int] | None =
         raise UserError("Nothing to compose: give at least one layer or a background image.")
     if width <= 0 or height <= 0:
         raise UserError("The layers lie outside the canvas; place them at positive x and y.")
+    _check_pixels(width, height, "The canvas")
 
     canvas_background = None
     if background is not None:
@@ -193,4 +208,7 @@ def export(composition: Composition, ora_path: str | Path) -> Exported:
         pixels, x, y = _cropped(p, width, height)
         ora_layers.append(OraLayer(p.name, to_levels(pixels, 8), x, y, p.opacity, p.visible))
     write_ora(ora_path, OraImage(width, height, ora_layers, to_levels(composition.flat, 8)))
+    for stale in layer_dir.glob("[0-9][0-9]-*.png"):  # an earlier export's layers: the folder matches the .ora
+        if stale not in layer_paths:
+            stale.unlink(missing_ok=True)
     return Exported(ora_path, flat_path, layer_paths)

@@ -18,12 +18,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blk.errors import UserError
+from blk.errors import UserError, require_file
 from blk.generate.library import lora_reference
 from blk.generate.metadata import save_png
 from blk.generate.prompt_length import prompt_length_notice
 from blk.generate.sizes import round_size
-from blk.generate.sketch import MAX_SEED, Cancelled, Lora, Sketcher, _output_name, free_device_memory, \
+from blk.generate.sketch import MAX_SEED, Cancelled, Lora, Sketcher, _output_name, check_numbers, free_device_memory, \
     generation_defaults, lora_label, output_folder
 from blk.generate.text_to_image import TextToImage, img2img_steps, run_pipeline
 from blk.models.device import MemoryOptions, is_out_of_memory
@@ -91,6 +91,7 @@ class Stenciler:
             on_image=None) -> list[StencilResult]:
         from blk.stencil.transparent_vae import SIZE_MULTIPLE  # torch: loaded when a job runs, not with the UI
 
+        check_numbers(request.steps, request.count, request.guidance, request.seed, request.loras)
         workspace = self.sketcher.workspace
         model = resolve(request.model, workspace)
         weights = find_weights(workspace, model)
@@ -213,8 +214,7 @@ def starting_image(path: Path):
 
     from blk.data.images import open_image
 
-    if not path.is_file():
-        raise UserError(f"The starting image {path.name} does not exist.")
+    require_file(path, "The starting image")
     image = open_image(path)
     rgba = image if image.mode == "RGBA" else image.convert("RGBA")
     opaque = np.asarray(rgba.getchannel("A")).min() == 255

@@ -15,7 +15,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from blk.errors import UserError
+from blk.errors import UserError, require_file
 
 TRAINABLE = "default"
 STARTING = "starting_point"  # a LoRA file loaded for a moment, to copy into the trainable adapter
@@ -84,8 +84,7 @@ def read_lora(family, path: Path) -> tuple[dict, dict | None, dict | None]:
     from blk.stencil.layerdiffuse import convert_forge_lora
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"LoRA file {path} does not exist.")
+    require_file(path, "LoRA file")
     try:
         raw = load_file(str(path))
     except Exception as exc:  # noqa: BLE001  (any failure here: not a safetensors LoRA)
@@ -222,8 +221,7 @@ def _init_lokr_from(family, path: Path) -> int:
     from blk.models.registry import safetensors_keys
 
     denoiser, name = family.denoiser, path.name
-    if not path.is_file():
-        raise UserError(f"LoKr file {path} does not exist.")
+    require_file(path, "LoKr file")
     safetensors_keys(path)  # a damaged header gets its own sentence
     if not _is_lycoris_lokr_file(path):
         raise UserError(f"{name} is not a LyCORIS LoKr file (…lokr_w1, …lokr_w2); a LoKr adapter starts from "

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import secrets
 import struct
@@ -350,13 +351,17 @@ def bands(canvas: Canvas, rows: int, convert, cancel: threading.Event | None = N
             yield chunk
 
 
-def check_outputs(source: Path, output: Path, print_dpi: float | None) -> None:
+MAX_DPI = 100_000  # far beyond any printer; TIFF stores a resolution as a ratio of 32-bit numbers
+
+
+def check_outputs(source: Path, output: Path, print_dpi: float | None, dpi: float | None = None) -> None:
     """One sentence, before any work, when a job's result or print copy would overwrite the input (or each
-    other), or the print resolution is not a resolution."""
+    other), or a resolution is not one (a negative or NaN DPI failed only when the result was written)."""
     if source.resolve() == output.resolve():
         raise UserError("The result would overwrite the input; choose another output name.")
-    if print_dpi is not None and print_dpi <= 0:
-        raise UserError(f"The print resolution must be above 0 dpi; got {print_dpi:g}.")
+    for name, value in (("print resolution", print_dpi), ("resolution", dpi)):
+        if value is not None and not (math.isfinite(value) and 0 < value <= MAX_DPI):
+            raise UserError(f"The {name} must be above 0 and at most {MAX_DPI} dpi; got {value:g}.")
     if print_dpi and print_path(output).resolve() in (source.resolve(), output.resolve()):
         raise UserError("The print copy would overwrite the input or the result; choose another output name.")
 

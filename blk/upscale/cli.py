@@ -28,11 +28,23 @@ import sys
 import time
 from pathlib import Path
 
+from blk.cli_types import number, whole
 from blk.errors import UserError
 from blk.generate.cli import _size
 
 
+def _default_output(workspace, name: str) -> Path:
+    """workspace/outputs/upscale/NAME, or NAME-2… when it (or its print copy) exists: a second run of the same
+    command kept no earlier result. (An `--out` given is the user's to replace.)"""
+    from blk.upscale.canvas import print_path
+    from blk.workspace import free_path
+
+    return free_path(workspace.outputs("upscale") / name, companions=(print_path,))
+
+
 def add_commands(commands) -> None:
+    from blk.generate.sketch import MAX_SEED, MAX_STEPS
+
     upscale = commands.add_parser("upscale", help="make an image larger (Real-ESRGAN and other spandrel models)")
     upscale.add_argument("input", help="the image to upscale (PNG, JPEG, WebP, TIFF; any size)")
     upscale.add_argument("--path", choices=["esrgan", "diffusion"], default="esrgan",
@@ -46,15 +58,15 @@ def add_commands(commands) -> None:
                                                                    "like --model (default: Lanczos)")
     diffusion.add_argument("--denoise", default="0.3,0.2", help="denoise per pass (default 0.3,0.2: passes A, B)")
     diffusion.add_argument("--prompt", default="")
-    diffusion.add_argument("--seed", type=int, default=0)
-    diffusion.add_argument("--steps", type=int, default=None, help="default: the model's (diffusers runs "
+    diffusion.add_argument("--seed", type=whole(0, MAX_SEED), default=0)
+    diffusion.add_argument("--steps", type=whole(1, MAX_STEPS), default=None, help="default: the model's (diffusers runs "
                                                                    "steps × denoise)")
     diffusion.add_argument("--step-scale", type=float, default=4.0,
                            help="the most one step enlarges before its passes refine it; more steps until the "
                                 "size is reached (default 4)")
     diffusion.add_argument("--no-final-pass", action="store_true", help="skip the full-frame pass")
     size = upscale.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=float, default=None, help="overall scale, e.g. 4 or 3 (default 4)")
+    size.add_argument("--scale", type=number(above=0), default=None, help="overall scale, e.g. 4 or 3 (default 4)")
     size.add_argument("--size", default=None, help="exact result size WxH, e.g. 8000x6000")
     upscale.add_argument("--stretch", action="store_true",
                          help="allow a --size of another shape than the input's (the image is stretched)")
@@ -63,22 +75,24 @@ def add_commands(commands) -> None:
                               "the enlarged image each pass refines (default 1024)")
     upscale.add_argument("--overlap", type=int, default=None,
                          help="tile overlap, in the same px as --tile (default 32 for esrgan, 96 for diffusion)")
-    upscale.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
+    upscale.add_argument("--batch", type=whole(1, 256), default=4, help="tiles per model call (default 4)")
     upscale.add_argument("--16bit", dest="keep_16bit", action="store_true",
                          help="keep 16 bits per channel when the input has them (TIFF only)")
-    upscale.add_argument("--dpi", type=float, default=None, help="resolution to record (default: the input's)")
+    upscale.add_argument("--dpi", type=number(above=0), default=None, help="resolution to record (default: the input's)")
     upscale.add_argument("--icc", default=None, help="ICC profile file to embed (default: the input's)")
     upscale.add_argument("--alpha", choices=["model", "lanczos"], default="model",
                          help="how transparency is upscaled (default: through the model)")
     upscale.add_argument("--device", default="auto")
     upscale.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
-    upscale.add_argument("--print-dpi", type=float, default=None,
+    upscale.add_argument("--print-dpi", type=number(above=0), default=None,
                          help="also write OUT.print.tif for a print lab: 8-bit RGB, flattened, at this DPI, "
                               "with the ICC profile")
     upscale.add_argument("--print-background", default="white",
                          help="colour transparency is flattened over in the print copy: white, black, "
                               "#rrggbb or r,g,b (default white)")
-    upscale.add_argument("--out", default=None, help="OUT.tif (tiled TIFF; BigTIFF past 4 GB) or OUT.png")
+    upscale.add_argument("--out", default=None,
+                         help="OUT.tif (tiled TIFF; BigTIFF past 4 GB) or OUT.png, replaced if it exists "
+                              "(default: a new name in workspace/outputs/upscale/)")
     upscale.set_defaults(run=cmd_upscale)
 
 
@@ -108,7 +122,7 @@ def cmd_upscale(args, workspace) -> int:
         out = Path(args.out)
     else:
         label = f"{size[0]}x{size[1]}" if size else f"x{scale:g}"
-        out = workspace.outputs("upscale") / f"{Path(args.input).stem}-{label}.tif"
+        out = _default_output(workspace, f"{Path(args.input).stem}-{label}.tif")
     job = EsrganJob(input=Path(args.input), output=out, model=find_upscaler(workspace, args.model), scale=scale,
                     size=size,
                     tile=args.tile, overlap=32 if args.overlap is None else args.overlap, batch=args.batch,
@@ -175,7 +189,7 @@ def cmd_upscale_diffusion(args, workspace) -> int:
         out = Path(args.out)
     else:
         label = f"{size[0]}x{size[1]}" if size else f"x{scale:g}"
-        out = workspace.outputs("upscale") / f"{Path(args.input).stem}-diffusion-{label}.tif"
+        out = _default_output(workspace, f"{Path(args.input).stem}-diffusion-{label}.tif")
     job = DiffusionJob(input=Path(args.input), output=out, model=args.model, texture_lora=lora.path if lora else None,
                        scale=scale, size=size,
                        enlarge_model=find_upscaler(workspace, args.enlarge_model) if args.enlarge_model else None,

@@ -58,7 +58,7 @@ from typing import Callable
 
 import numpy as np
 
-from blk.errors import UserError
+from blk.errors import UserError, require_file
 from blk.generate.sizes import SIZE_MULTIPLE
 from blk.models.device import MemoryOptions
 from blk.upscale.canvas import (Canvas, check_outputs, check_png, output_format, print_path, read_icc,
@@ -315,7 +315,9 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     started = time.monotonic()
     say = log or (lambda text: None)
     fmt = output_format(job.output)
-    check_outputs(job.input, job.output, job.print_dpi)
+    check_outputs(job.input, job.output, job.print_dpi, job.dpi)
+    if job.texture_lora is not None:
+        require_file(job.texture_lora, "The texture LoRA")
     model = resolve(job.model, workspace)
     default_steps, default_guidance = generation_defaults(model)
     image = open_input(job.input)

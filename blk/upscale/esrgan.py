@@ -33,6 +33,8 @@ so a model's faint noise never makes a solid area see-through.
 
 from __future__ import annotations
 
+import math
+
 import os
 import threading
 import time
@@ -122,8 +124,8 @@ def target_size(width: int, height: int, scale: float | None, size: tuple[int, i
     if size is not None:
         tw, th = int(size[0]), int(size[1])
     else:
-        if scale <= 0:
-            raise UserError(f"The scale must be above 0; got {scale:g}.")
+        if not (math.isfinite(scale) and scale > 0):
+            raise UserError(f"The scale must be a number above 0; got {scale:g}.")
         tw, th = max(1, round(width * scale)), max(1, round(height * scale))
     if tw < width or th < height or tw < 1 or th < 1:
         raise UserError(f"Upscaling makes images larger: {tw}×{th} is smaller than the input's "
@@ -230,7 +232,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     fmt = output_format(job.output)
     if job.alpha not in ALPHA_MODES:
         raise UserError(f"Alpha can be upscaled by {' or '.join(ALPHA_MODES)}; got {job.alpha!r}.")
-    check_outputs(job.input, job.output, job.print_dpi)
+    check_outputs(job.input, job.output, job.print_dpi, job.dpi)
 
     image = open_input(job.input, job.max_pixels)
     width, height = target_size(image.width, image.height, job.scale, job.size)

@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from blk.errors import UserError
+from blk.errors import UserError, require_file
 
 MODEL_SUFFIXES = (".pth", ".safetensors", ".ckpt", ".pt")
 # What spandrel's and torch's restricted unpicklers say when a file names a forbidden callable.
@@ -130,8 +130,7 @@ def _load(path: Path, device: str) -> Upscaler:
     import torch
 
     name = path.name
-    if not path.is_file():
-        raise UserError(f"The model file {path} does not exist.")
+    require_file(path, "The model file")
     suffix = path.suffix.lower()
     if suffix not in MODEL_SUFFIXES:
         raise UserError(f"{name} is not a model file; upscalers come as {', '.join(MODEL_SUFFIXES)}.")
