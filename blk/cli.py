@@ -176,12 +176,15 @@ def refuse_a_run_folder(run_dir) -> None:
     and samples, and left its later checkpoints beside the new run's. Nor into a file."""
     from pathlib import Path
 
+    from blk.workspace import check_writable_folder
+
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir} is a file, not a folder for a run.")
     if (run_dir / "config.yaml").exists() or (run_dir / "events.jsonl").exists():
         raise UserError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or name a new "
                         "folder with --run-dir.")
+    check_writable_folder(run_dir)
 
 
 def _count(text: str) -> int:
@@ -268,6 +271,7 @@ def cmd_caption(args, workspace: Workspace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_library_advice()
     args = build_parser().parse_args(argv)
     try:
         workspace = Workspace(args.workspace)
@@ -283,6 +287,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {unforeseen_sentence(exc)}", file=sys.stderr)
         return 2
+
+
+def quiet_library_advice() -> None:
+    """A command's output is its progress and its result: the libraries' advice to their own developers
+    ("modules that should be kept in float32", peft's "Make sure to know what you are doing!", "No CUDA
+    runtime is found") cluttered it around the one sentence that mattered. Their errors still show."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
 
 
 def unforeseen_sentence(exc: BaseException) -> str:

@@ -135,6 +135,22 @@ class Workspace:
         return resolved
 
 
+def check_writable_folder(folder: Path) -> None:
+    """One sentence before a job when its results could not be written into `folder` (a file of that name, or
+    a place without write permission), instead of an error after the work; nothing is made, so a failed job
+    leaves no empty folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file, not a folder for the results.")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{existing} is a file, so the folder {folder} cannot be made.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{existing} cannot be written (no permission), so the results cannot go to {folder}.")
+
+
 def free_path(path: Path, companions: tuple = ()) -> Path:
     """`path`, or NAME-2.ext, NAME-3.ext … beside it when taken: a new result never replaces an earlier one
     (two settings of one job are compared side by side, not lost). `companions` map a name to the files

@@ -127,3 +127,32 @@ def test_a_second_upscale_keeps_the_first_and_compose_matches_its_layers(workspa
     code, err = said(capsys, "stencil", "compose", str(red), str(blue), "--at", "0,0", "--at", "1000000000,5",
                      "--out", str(ora))
     assert code == 2 and "The canvas would be 1000000008×13 px" in err, err
+
+
+def test_an_output_that_cannot_be_written_is_said_before_the_work(shared_workspace, trained_run, tmp_path, capsys):
+    """A file where the results' folder should be, a folder where the result's file should be: said before any
+    model loads (they failed with a traceback after the images were made), and no empty folder is left."""
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"an earlier file")
+    ws = str(shared_workspace.root)
+    cases = [
+        (["sketch", "--model", "tiny-flux", "--size", "64x64", "--out", str(taken)],
+         f"{taken} is a file, not a folder for the results."),
+        (["sketch", "--model", "tiny-flux", "--size", "64x64", "--out", str(taken / "sub")],
+         f"{taken} is a file, so the folder {taken / 'sub'} cannot be made."),
+        (["stencil", "generate", "--model", "tiny-flux", "--prompt", "a cube", "--out", str(taken)],
+         f"{taken} is a file, not a folder for the results."),
+        (["review", str(trained_run), "--seeds", "1", "--out", str(tmp_path)],
+         f"The grid is a PNG file: give --out a name ending in .png; {tmp_path} is not one."),
+        (["review", str(trained_run), "--seeds", "1", "--out", str(tmp_path / "grid.txt")],
+         "give --out a name ending in .png"),
+        (["train", "--steps", "2", "--run-dir", str(taken)], f"{taken} is a file, not a folder for a run."),
+        (["upscale", str(taken), "--model", "x.pth", "--scale", "2", "--out", str(tmp_path / "folder.tif")],
+         f"{tmp_path / 'folder.tif'} is a folder; name the result's file"),
+    ]
+    (tmp_path / "folder.tif").mkdir()
+    for argv, expected in cases:
+        code, err = said(capsys, "--workspace", ws, *argv)
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert taken.read_bytes() == b"an earlier file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.tif", "taken.png"]  # nothing made, nothing lost

@@ -133,6 +133,7 @@ def cmd_review(args, workspace) -> int:
         save_grid,
     )
     from blk.generate.sketch import Sketcher
+    from blk.workspace import check_writable_folder
 
     run_dir, loras, defaults = None, [], {}
     for source in map(Path, args.sources):
@@ -167,9 +168,13 @@ def cmd_review(args, workspace) -> int:
     def progress(done, total):
         print(f"\rcell {done:.1f}/{total}   ", end="", file=sys.stderr, flush=True)
 
+    out = Path(args.out)
+    if out.suffix.lower() != ".png" or out.is_dir():
+        raise UserError(f"The grid is a PNG file: give --out a name ending in .png; {out} is not one.")
+    check_writable_folder(out.parent)  # before the grid is drawn, not after
     result = Reviewer(Sketcher(workspace)).grid(spec, review_folder(workspace, run_dir), progress=progress)
     print(file=sys.stderr)
-    path = save_grid(result, spec, Path(args.out))
+    path = save_grid(result, spec, out)
     print(f"{len(result.row_labels)}×{len(result.column_labels)} grid ({result.generated} generated, "
           f"{result.cached} from the cache): {path}")
     return 0

@@ -27,7 +27,7 @@ from blk.models.device import MemoryOptions, is_out_of_memory
 from blk.models.pipelines import LoadedPipeline, PipelineCache, lora_sha256, set_loras, \
     unused_options_notice
 from blk.models.registry import ResolvedModel, resolve
-from blk.workspace import Workspace
+from blk.workspace import Workspace, check_writable_folder
 
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 500  # denoising steps of one image (FLUX.1-dev's default is 28): beyond, only time is spent
@@ -209,6 +209,8 @@ class Sketcher:
         if request.count < 1:
             raise UserError("Ask for at least one image.")
         check_numbers(request.steps, request.count, request.guidance, request.seed, request.loras)
+        if request.out_dir:
+            check_writable_folder(request.out_dir)  # before the model loads, not after the first image
         first_seed = secrets.randbelow(MAX_SEED) if request.seed is None or request.seed < 0 else int(request.seed)
         with self.lock, ThreadPoolExecutor(max_workers=1, thread_name_prefix="blk-sketch-save") as saver:
             loaded, base, notice = self.prepare(request)

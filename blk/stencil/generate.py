@@ -31,6 +31,7 @@ from blk.models.pipelines import lora_sha256, set_loras
 from blk.models.registry import resolve
 from blk.stencil.layerdiffuse import find_encoder, find_weights, latent_to_rgba, load_decoder, load_encoder, \
     rgba_image, rgba_to_latent
+from blk.workspace import check_writable_folder
 
 ROLES = ("FG", "MG", "BG-overlay")
 
@@ -92,6 +93,8 @@ class Stenciler:
         from blk.stencil.transparent_vae import SIZE_MULTIPLE  # torch: loaded when a job runs, not with the UI
 
         check_numbers(request.steps, request.count, request.guidance, request.seed, request.loras)
+        if request.out_dir:
+            check_writable_folder(request.out_dir)  # before the model loads, not after the first asset
         workspace = self.sketcher.workspace
         model = resolve(request.model, workspace)
         weights = find_weights(workspace, model)

@@ -40,6 +40,7 @@ import numpy as np
 from blk import atomic
 from blk.data.images import MAX_PIXELS
 from blk.errors import UserError
+from blk.workspace import check_writable_folder
 
 PNG_SIDE_LIMIT = 1_000_000  # libpng refuses to read wider or taller PNGs by default
 TIFF_TILE = 256
@@ -359,6 +360,9 @@ def check_outputs(source: Path, output: Path, print_dpi: float | None, dpi: floa
     other), or a resolution is not one (a negative or NaN DPI failed only when the result was written)."""
     if source.resolve() == output.resolve():
         raise UserError("The result would overwrite the input; choose another output name.")
+    if output.is_dir():
+        raise UserError(f"{output} is a folder; name the result's file, ending in .tif or .png.")
+    check_writable_folder(output.parent)  # before the work, not when the result is written
     for name, value in (("print resolution", print_dpi), ("resolution", dpi)):
         if value is not None and not (math.isfinite(value) and 0 < value <= MAX_DPI):
             raise UserError(f"The {name} must be above 0 and at most {MAX_DPI} dpi; got {value:g}.")
