@@ -45,6 +45,13 @@ class Settings:
             known["attention"] = known["attention"] or ""  # `attention:` left empty
         if not isinstance(known.get("compile", False), bool) or not isinstance(known.get("attention", ""), str):
             raise ValueError("compile must be true or false, attention a backend name")
+        models, folders = known.get("models", {}), known.get("allowed_folders", [])
+        if not isinstance(models, dict) or not all(isinstance(v, str) for v in models.values()):
+            raise ValueError("models must map each name to a path, like `my-flux: /models/my-flux`")
+        if not isinstance(folders, list) or not all(isinstance(v, str) for v in folders):
+            raise ValueError("allowed_folders must be a list of folders")
+        if not isinstance(known.get("device", "auto"), str):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
         return cls(**known)
 
 
@@ -84,7 +91,12 @@ class Workspace:
             if not isinstance(data, dict):
                 raise ValueError("not a mapping")
             return Settings.from_dict(data)
-        except (yaml.YAMLError, ValueError, TypeError) as exc:
+        except yaml.YAMLError as exc:  # its own text runs over several lines: the line and the problem, in one
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise UserError(f"{self.settings_path} is not valid YAML{where} ({getattr(exc, 'problem', None) or exc}); "
+                            "fix or delete it.") from None
+        except (ValueError, TypeError) as exc:
             raise UserError(f"{self.settings_path} is not valid settings YAML ({exc}); fix or delete it.") from None
 
     def save_settings(self) -> None:

@@ -32,10 +32,21 @@ def test_confinement(tmp_path):
 
 
 def test_malformed_settings_is_one_sentence(tmp_path):
+    """Broken YAML gives its line and problem on one line (the parser's own text ran over four); settings of
+    the wrong shape (`models: [1, 2]` raised AttributeError later) are refused when read."""
     (tmp_path / "ws").mkdir()
-    (tmp_path / "ws" / "settings.yaml").write_text("allowed_folders: [unclosed\n")
-    with pytest.raises(UserError, match="not valid settings YAML"):
+    settings = tmp_path / "ws" / "settings.yaml"
+    settings.write_text("allowed_folders: [unclosed\n")
+    with pytest.raises(UserError, match=r"is not valid YAML at line 2 \(") as broken:
         Workspace(tmp_path / "ws")
+    assert "\n" not in str(broken.value)
+    for text, said in (("models: [1, 2]\n", "models must map each name to a path"),
+                       ("allowed_folders: /scans\n", "allowed_folders must be a list of folders"),
+                       ("device: 3\n", "device must be auto, cpu")):
+        settings.write_text(text)
+        with pytest.raises(UserError, match="not valid settings YAML") as refused:
+            Workspace(tmp_path / "ws")
+        assert said in str(refused.value), text
 
 
 def test_atomic_write_failure_keeps_the_old_file(tmp_path):
