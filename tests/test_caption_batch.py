@@ -91,10 +91,18 @@ def test_person_edits_are_never_overwritten_unless_asked(tmp_path, transformers_
 
 
 def test_empty_dataset_and_missing_server(tmp_path, shared_workspace):
+    """An empty dataset is one sentence and loads no model (it loaded one, then said "captioned 0"); a dataset
+    with nothing left to caption returns its skips without loading one either."""
     (tmp_path / "empty").mkdir()
-    result = run(CaptionJob(dataset=str(tmp_path / "empty"), backend="transformers", model="tiny-vlm"),
-                 shared_workspace)
-    assert result.captioned == [] and result.failed == []
+    with pytest.raises(UserError, match="empty has no images to caption"):
+        run(CaptionJob(dataset=str(tmp_path / "empty"), backend="transformers", model="tiny-vlm"), shared_workspace)
+    done = tmp_path / "done"
+    make_dataset(done)
+    for image in done.glob("*.png"):
+        image.with_suffix(".txt").write_text("blkstyle, already captioned")
+    result = run(CaptionJob(dataset=str(done), backend="transformers", model="no-such-captioner"), shared_workspace)
+    reasons = {why for _, why in result.skipped}
+    assert result.captioned == [] and reasons == {"already captioned", "it is a few-shot example"}, result
     unnamed = tmp_path / "unnamed"
     make_dataset(unnamed)
     with pytest.raises(UserError, match="Which captioning model"):  # no default captioner writes unasked

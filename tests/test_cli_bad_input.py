@@ -147,6 +147,7 @@ def test_an_output_that_cannot_be_written_is_said_before_the_work(shared_workspa
         (["review", str(trained_run), "--seeds", "1", "--out", str(tmp_path / "grid.txt")],
          "give --out a name ending in .png"),
         (["train", "--steps", "2", "--run-dir", str(taken)], f"{taken} is a file, not a folder for a run."),
+        (["stencil", "alpha", str(taken), "--out", str(taken)], f"{taken} is a file, not a folder for the results."),
         (["upscale", str(taken), "--model", "x.pth", "--scale", "2", "--out", str(tmp_path / "folder.tif")],
          f"{tmp_path / 'folder.tif'} is a folder; name the result's file"),
     ]

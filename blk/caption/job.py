@@ -93,8 +93,15 @@ def open_backend(job: CaptionJob, workspace: Workspace, max_images: int, work_di
 
 def run(job: CaptionJob, workspace: Workspace, progress: Callable[[Progress], None] | None = None,
         cancel: threading.Event | None = None) -> BatchResult:
+    from blk.caption.batch import plan
+
     folder = workspace.dataset_folder(job.dataset)
     style = job_style(job, folder)
+    todo, planned = plan(folder, job.mode, job.selected, job.overwrite, skip={e.image for e in style.examples})
+    if not todo:  # nothing to caption: no model loads (a server started for nothing, then "captioned 0")
+        if not planned.failed and not planned.skipped:
+            raise UserError(f"{folder.name} has no images to caption.")
+        return planned
     work_dir = folder / ".blk" / "vllm"
     with open_backend(job, workspace, len(style.examples) + 1, work_dir, style.image_size,
                       style.sampling.max_tokens) as backend:

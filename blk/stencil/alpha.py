@@ -233,10 +233,13 @@ def _refuse_overwrite(pairs: list[tuple[Path, Path]], out_dir: Path) -> list[tup
 def convert_batch(source: str | Path, out_dir: str | Path, settings: AlphaSettings = AlphaSettings(),
                   progress: Callable[[int, int], None] | None = None) -> BatchResult:
     """Convert a file or a folder tree; a bad file becomes one sentence and the batch goes on."""
+    from blk.workspace import check_writable_folder
+
     settings.checked()
     pairs = plan(source, out_dir)
     if not pairs:
         raise UserError(f"{source} holds no images (PNG, JPEG, WebP, TIFF, BMP).")
+    check_writable_folder(out_dir)  # once, before the work: not the same failure repeated for every scan
     result = BatchResult()
     for done, (image, output) in enumerate(pairs, 1):
         try:
