@@ -59,6 +59,8 @@ def test_a_run_folder_is_never_trained_over_nor_resumed_on_another_model(shared_
     (["upscale", "a.png", "--model", "x.pth", "--scale", "inf"], "argument --scale: inf is not a finite number"),
     (["upscale", "a.png", "--model", "x.pth", "--dpi=-1"], "argument --dpi: -1 is outside the range (above 0)"),
     (["caption", "ds", "--concurrency", "0"], "argument --concurrency: 0 is outside the range (from 1 to 256)"),
+    (["stencil", "generate", "--model", "tiny-flux", "--strength", "0.3"], "--strength is how much of a starting "
+                                                                         "image is redrawn: give the image"),
 ])
 def test_numbers_out_of_every_range_are_refused_when_the_command_is_read(argv, expected, capsys):
     code, err = said(capsys, *argv)

@@ -40,7 +40,8 @@ def add_commands(commands) -> None:
                           help="one decoder pass instead of LayerDiffuse's 8-view augmentation (faster)")
     generate.add_argument("--image", default=None, metavar="FILE",
                           help="start from this RGBA image (image to image with transparency; keeps its size)")
-    generate.add_argument("--strength", type=float, default=0.6, help="with --image: how much is redrawn, 0..1")
+    generate.add_argument("--strength", type=float, default=None,
+                          help="with --image: how much is redrawn, 0..1 (default 0.6)")
     generate.add_argument("--device", default="auto")
     generate.add_argument("--out", default=None, help="folder (default: workspace/outputs/stencil/DATE)")
     generate.set_defaults(run=cmd_generate)
@@ -70,12 +71,16 @@ def cmd_generate(args, workspace) -> int:
     from blk.generate.sketch import Lora, Sketcher
     from blk.stencil.generate import Stenciler, StencilRequest
 
+    if args.strength is not None and not args.image:
+        raise UserError("--strength is how much of a starting image is redrawn: give the image with --image, or "
+                        "leave --strength out.")
     width, height = _size(args.size)
     request = StencilRequest(model=args.model, prompt=args.prompt, role=args.role,
                              loras=[Lora.parse(text) for text in args.lora], seed=args.seed, width=width,
                              height=height, steps=args.steps, guidance=args.guidance, augment=args.augment,
                              count=args.count, device=args.device, out_dir=Path(args.out) if args.out else None,
-                             image=Path(args.image) if args.image else None, strength=args.strength)
+                             image=Path(args.image) if args.image else None,
+                             strength=0.6 if args.strength is None else args.strength)
     print_results(Stenciler(Sketcher(workspace)).run(
         request, progress=lambda done, total: print(f"\r{done}/{total}   ", end="", file=sys.stderr, flush=True)))
     return 0
