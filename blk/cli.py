@@ -309,4 +309,5 @@ def unforeseen_sentence(exc: BaseException) -> str:
         return f"{exc.filename}: {(exc.strerror or str(exc)).rstrip('.')}."
     if isinstance(exc, OSError):
         return f"{(exc.strerror or str(exc)).rstrip('.')}."
-    return f"a value is not valid ({str(exc).rstrip('.') or type(exc).__name__})."
+    first = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
+    return f"this failed: {first or type(exc).__name__} ({type(exc).__name__}; BLK_TRACEBACK=1 shows where)."

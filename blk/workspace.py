@@ -45,6 +45,9 @@ class Settings:
             known["attention"] = known["attention"] or ""  # `attention:` left empty
         if not isinstance(known.get("compile", False), bool) or not isinstance(known.get("attention", ""), str):
             raise ValueError("compile must be true or false, attention a backend name")
+        for name, empty in (("models", {}), ("allowed_folders", [])):  # every entry commented out: none
+            if name in known and known[name] is None:
+                known[name] = empty
         models, folders = known.get("models", {}), known.get("allowed_folders", [])
         if not isinstance(models, dict) or not all(isinstance(v, str) for v in models.values()):
             raise ValueError("models must map each name to a path, like `my-flux: /models/my-flux`")
@@ -157,6 +160,8 @@ def check_writable_folder(folder: Path) -> None:
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    if not existing.exists():  # nothing up to the root: a drive or share that is not there
+        raise UserError(f"{existing} does not exist, so the folder {folder} cannot be made.")
     if not existing.is_dir():
         raise UserError(f"{existing} is a file, so the folder {folder} cannot be made.")
     if not os.access(existing, os.W_OK | os.X_OK):

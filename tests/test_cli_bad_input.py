@@ -159,3 +159,19 @@ def test_an_output_that_cannot_be_written_is_said_before_the_work(shared_workspa
         assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert taken.read_bytes() == b"an earlier file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.tif", "taken.png"]  # nothing made, nothing lost
+
+
+def test_lora_names_with_colons_and_unforeseen_failures_read_right():
+    """A path with a colon and no strength is a path (a Windows drive, "ink:v2"): its absence is said as such
+    later, not as a bad strength; a failure no check foresaw names its kind and how to see where."""
+    from blk.cli import unforeseen_sentence
+    from blk.errors import UserError
+    from blk.generate.sketch import Lora
+
+    assert Lora.parse(r"C:\loras\ink.safetensors") == Lora(Path(r"C:\loras\ink.safetensors"), 1.0)
+    assert Lora.parse("ink:v2.safetensors") == Lora(Path("ink:v2.safetensors"), 1.0)
+    assert Lora.parse("ink.safetensors:0.7") == Lora(Path("ink.safetensors"), 0.7)
+    with pytest.raises(UserError, match="strength after the last colon"):
+        Lora.parse("ink.safetensors:strong")
+    assert unforeseen_sentence(ValueError("Target modules {'x'} not found\nmore")) == \
+        "this failed: Target modules {'x'} not found (ValueError; BLK_TRACEBACK=1 shows where)."

@@ -64,6 +64,19 @@ def test_the_launcher_knows_every_command_of_the_engine():
     assert set(studio.CLI_COMMANDS) == set(commands)
     assert studio.cli_arguments(["--port", "7000"]) is None and studio.cli_arguments([]) is None
     assert studio.cli_arguments(["upscale", "a.png"]) == ["--workspace", str(ROOT / "workspace"), "upscale", "a.png"]
+    assert studio.cli_arguments(["--workspace=/w", "models", "list"]) == ["--workspace", "/w", "models", "list"]
+
+
+def test_a_relative_workspace_means_the_users_folder_for_the_app_and_for_a_command(tmp_path, monkeypatch):
+    """The app ran from the studio's folder, so `--workspace ws` meant ROOT/ws for it but the user's ws for a
+    command: both now get the path made absolute where the user is, in either spelling."""
+    studio = load_launcher()
+    monkeypatch.chdir(tmp_path)
+    assert studio.with_absolute_workspace(["--workspace", "ws", "--port", "7000"]) == \
+        ["--workspace", str(tmp_path / "ws"), "--port", "7000"]
+    assert studio.with_absolute_workspace(["--workspace=ws"]) == [f"--workspace={tmp_path / 'ws'}"]
+    assert studio.cli_arguments(studio.with_absolute_workspace(["--workspace", "ws", "dataset", "check", "d"])) == \
+        ["--workspace", str(tmp_path / "ws"), "dataset", "check", "d"]
 
 
 def test_a_job_runs_from_any_folder_with_the_paths_the_user_typed(tmp_path):
@@ -84,6 +97,8 @@ def test_a_job_runs_from_any_folder_with_the_paths_the_user_typed(tmp_path):
     (tmp_path / "drawings" / "a.txt").write_text("blkstyle, a white page")
     Image.new("RGB", (64, 48), "black").save(tmp_path / "drawings" / "b.png")  # no caption
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"BLK_VENV": sys.prefix}
+    (tmp_path / "blk").mkdir()  # another checkout's package in the user's folder must not stand in for ours
+    (tmp_path / "blk" / "__init__.py").write_text("raise SystemExit('the wrong blk ran')\n")
     done = subprocess.run([sys.executable, str(ROOT / "studio.py"), "--workspace", "ws", "dataset", "check",
                            "drawings", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     report = json.loads(done.stdout)

@@ -499,7 +499,7 @@ def test_images_too_small_for_a_bucket_are_left_out_with_a_sentence_each(tmp_pat
     items = load_items(dataset, [512], False)
     assert sorted(i.image for i in items) == ["a.png", "b.png"] and {(i.width, i.height) for i in items} == {(64, 64)}
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0].startswith("warning: inks/broken.png ") and lines[0].endswith(", so training leaves it out.")
+    assert lines[0].startswith("warning: inks/broken.png is left out of training: broken.png ")
     assert lines[1:] == ["warning: inks/speck.png is 30×30 px, smaller than the 64 px a training bucket needs on each "
                      "side, so training leaves it out.",
                      "warning: inks/thin.png is 40×100 px, smaller than the 64 px a training bucket needs on each "

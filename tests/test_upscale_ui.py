@@ -88,6 +88,11 @@ def test_a_picked_path_stays_and_the_last_keystroke_counts(context):
     assert len(image_change) == 1
     typed = [f for f in demo.fns.values() if any(t[0] in (scale._id, size._id) for t in f.targets)]
     assert len(typed) == 2 and all(f.trigger_mode == "always_last" for f in typed)
+    # every handler that reads or writes the path's states runs in one queue, one at a time
+    path_handlers = [f for f in demo.fns.values() if suggestion in f.inputs + f.outputs or radio in f.outputs
+                     or (radio._id, "change") in f.targets]
+    assert len(path_handlers) == 5 and {(f.concurrency_id, f.concurrency_limit) for f in path_handlers} == \
+        {("blk-upscale-path", 1)}
 
 
 def test_the_form_refuses_a_scale_of_0_a_stretched_size_and_a_wall_of_gigapixels(context, tmp_path):
@@ -102,7 +107,7 @@ def test_the_form_refuses_a_scale_of_0_a_stretched_size_and_a_wall_of_gigapixels
         return estimate(context, image, ESRGAN, scale, size, model, "tiny-flux", 0, 32, 0, 0.3, 0.2, False, 0.15,
                         False)
 
-    assert said(0, "") == "**The scale must be above 0; got 0.**"
+    assert said(0, "") == "**The scale must be a number above 0; got 0.**"
     assert said(4, "1000x300") == "**1000×300 would stretch the 256×192 image; 1000x750 or 400x300 keep its shape.**"
     assert said(4, "1024x769").startswith("256×192 → **1024×769**")  # a pixel off by rounding is no stretch
     assert said(400, "") == ("**102400×76800 is 7.9 gigapixels; the studio makes up to 4 (the paper's murals "
@@ -451,13 +456,19 @@ def test_the_form_speaks_in_its_own_words_and_shows_progress_once(context, tmp_p
     from ui.tabs import upscale as tab
 
     image = str(save(tmp_path / "art.png", 16, 20))
+    deep = tmp_path / "deep.png"
+    Image.fromarray((np.arange(16 * 20).reshape(16, 20) * 200).astype(np.uint16)).save(deep)
     model = str(context.workspace.models / "upscalers" / "RealESRGAN_x4plus_tiny.pth")
     for kind in (tab.ESRGAN, tab.DIFFUSION):
-        said = tab.upscale(context, threading.Event(), image, kind, 2, "", model, "tiny-flux", None, True, 32, 8,
+        said = tab.upscale(context, threading.Event(), str(deep), kind, 2, "", model, "tiny-flux", None, True, 32, 8,
                            None, 0, "", 0.3, 0.2, False, 0.15, False, "PNG", True, None,
                            progress=lambda *a, **k: None)
         assert said[2] == f"**{tab.SIXTEEN_BITS_NEED_TIFF}**" and "--16bit" not in said[2], kind
     assert not list(context.workspace.outputs("upscale").rglob("*.png"))
+    # an 8-bit input has no 16 bits to keep: the box changes nothing, and a PNG is made as before
+    made = tab.upscale(context, threading.Event(), image, tab.ESRGAN, 2, "", model, "tiny-flux", None, True, 32, 8,
+                       None, 0, "", 0.3, 0.2, False, 0.15, False, "PNG", True, None, progress=lambda *a, **k: None)
+    assert made[1] and made[1][0].endswith(".png") and Image.open(made[1][0]).mode == "RGB", made[2]
     form = (image, tab.DIFFUSION, 2, "", model, "tiny-flux", 32, 8, 4, 0.3, 0.2, False, 0.15, False, None, None)
     assert "Each step enlarges with `RealESRGAN_x4plus_tiny.pth` before its passes." in tab.estimate(context, *form,
                                                                                                      True)

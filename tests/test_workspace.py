@@ -47,6 +47,8 @@ def test_malformed_settings_is_one_sentence(tmp_path):
         with pytest.raises(UserError, match="not valid settings YAML") as refused:
             Workspace(tmp_path / "ws")
         assert said in str(refused.value), text
+    settings.write_text("models:\nallowed_folders:\n")  # every entry commented out: none, not an error
+    assert Workspace(tmp_path / "ws").settings.models == {}
 
 
 def test_atomic_write_failure_keeps_the_old_file(tmp_path):

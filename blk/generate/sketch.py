@@ -80,7 +80,8 @@ class Lora:
             try:
                 return Lora(Path(head), float(tail))
             except ValueError:
-                if not Path(text).exists():
+                looks_like_a_path = any(sep in tail for sep in "/\\") or Path(tail).suffix
+                if not looks_like_a_path and not Path(text).exists():  # C:\x.safetensors, ink:v2.safetensors
                     raise UserError(f"{text}: the LoRA's strength after the last colon is a number, like "
                                     f"{head}:0.8.") from None
         return Lora(Path(text), 1.0)

@@ -85,7 +85,7 @@ def load_items(dataset: Path, resolutions: list[int], flip: bool, root: str = ""
         raise UserError(f"{dataset.name} has no usable images to train on.")
     if World.from_env().is_main:
         for bad in (r for r in scanned if not r.ok):
-            print(f"warning: {dataset.name}/{bad.error.rstrip('.')}, so training leaves it out.", file=sys.stderr,
+            print(f"warning: {dataset.name}/{bad.rel} is left out of training: {bad.error}", file=sys.stderr,
                   flush=True)
     small = [(r, s) for r in records if (s := too_small(f"{dataset.name}/{r.rel}", r.width, r.height))]
     if len(small) == len(records):

@@ -282,8 +282,6 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
     cancel.clear()
     if not image_path:
         return None, None, "Choose an image first.", None
-    if keep_16bit and fmt != "TIFF":  # before any work, in the form's words, on both paths
-        return gr.update(), gr.update(), f"**{SIXTEEN_BITS_NEED_TIFF}**", gr.update()
     started = time.monotonic()
     pace, notes, planned, timed = Pace(), [], [], []
 
@@ -306,7 +304,9 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
     try:
         upscaler_path = context.workspace.confine(upscaler) if upscaler else None
         lora_path = context.workspace.confine(lora) if lora else None
-        _, (width, height) = target(image_path, scale, size_text)
+        opened, (width, height) = target(image_path, scale, size_text)
+        if keep_16bit and fmt != "TIFF" and opened.bit_depth == 16:  # it keeps 16 bits only of a 16-bit input
+            raise UserError(SIXTEEN_BITS_NEED_TIFF)  # before any work, in the form's words, on both paths
         kind = "esrgan" if path_kind == ESRGAN else "diffusion"
         folder = context.workspace.outputs("upscale") / time.strftime("%Y-%m-%d")
         # a new name beside an earlier result (two settings compared, not one lost); an interrupted or
@@ -319,8 +319,8 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
         if kind == "esrgan":
             if upscaler_path is None:
                 raise UserError(no_upscaler(context) if not upscaler_choices(context) else "Choose an upscaler model.")
-            job = esrgan_job(context, image_path, output, width, height, upscaler_path, tile, overlap, keep_16bit,
-                             dpi, print_dpi)
+            job = esrgan_job(context, image_path, output, width, height, upscaler_path, tile, overlap,
+                             keep_16bit and fmt == "TIFF", dpi, print_dpi)
             result = esrgan.run(job, progress=report, cancel=cancel, log=log,
                                 on_plan=lambda p: show(p, sum(p.tiles)))
         else:
@@ -329,7 +329,7 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
                                 denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale)
             job.dpi = float(dpi) if dpi else None
             job.print_dpi = float(print_dpi) if print_dpi else None
-            job.keep_16bit = bool(keep_16bit)
+            job.keep_16bit = bool(keep_16bit) and fmt == "TIFF"
             result = diffusion.run(job, context.workspace, context.sketcher.cache, progress=report, cancel=cancel,
                                    log=log, on_plan=lambda p: show(p, p.total_tiles))
         seconds, tiles = pace.tiles.measured()  # this session's tiles only (a resume's earlier ones are not)
@@ -359,7 +359,8 @@ def megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.1f} MP" if pixels >= 1e6 else f"{pixels / 1e6:.2g} MP"
 
 
-SIXTEEN_BITS_NEED_TIFF = "Keep 16-bit writes TIFF only: choose the TIFF format, or untick Keep 16-bit."
+SIXTEEN_BITS_NEED_TIFF = ("This image has 16 bits and Keep 16-bit writes them as TIFF only: choose the TIFF format, "
+                          "or untick Keep 16-bit.")
 NO_UPSCALER = ("No upscaler is installed: put a Real-ESRGAN (or any spandrel) model file in "
                "workspace/models/upscalers/, or use the diffusion path, which enlarges with Lanczos without one.")
 
@@ -449,10 +450,13 @@ def build(context: StudioContext) -> dict:
     # the scale only when the user picks a path: a suggestion follows the scale they typed, so it stays
     use_c.change(lambda on: gr.Slider(interactive=bool(on)), inputs=use_c, outputs=denoise_c, queue=False,
                  show_progress="hidden")
+    # the Path's handlers run one at a time (one queue): each reads the settings and suggestion states as the
+    # one before left them, so a pick and a suggestion, or two quick picks, never interleave their writes
+    one_at_a_time = {"concurrency_id": "blk-upscale-path", "concurrency_limit": 1}
     path_kind.change(on_path, inputs=[path_kind, scale, tile, overlap, settings],
-                     outputs=[diffusion_group, tile, overlap, settings])
+                     outputs=[diffusion_group, tile, overlap, settings], **one_at_a_time)
     path_kind.input(lambda kind, kept: (gr.Number(value=path_settings(kind, kept)["scale"]), PICKED),
-                    inputs=[path_kind, settings], outputs=[scale, suggestion])
+                    inputs=[path_kind, settings], outputs=[scale, suggestion], **one_at_a_time)
     def suggest(image_path, scale_value, size_value, last):  # whether an upscaler is installed: asked each time
         return follow_suggestion(image_path, scale_value, size_value, last, bool(upscaler_choices(context)))
 
@@ -463,11 +467,11 @@ def build(context: StudioContext) -> dict:
 
     # a suggestion takes milliseconds: no loading cover over the Path radio (a queued one kept a click off it)
     image.change(on_image, inputs=[image, scale, size_text, suggestion],
-                 outputs=[image_view, image_note, path_kind, suggestion], show_progress="hidden")
+                 outputs=[image_view, image_note, path_kind, suggestion], show_progress="hidden", **one_at_a_time)
     for typed in (scale, size_text):
         # the last keystroke always counts: a key typed while a suggestion ran was dropped ("once")
         typed.input(suggest, inputs=[image, scale, size_text, suggestion], outputs=[path_kind, suggestion],
-                    show_progress="hidden", trigger_mode="always_last")
+                    show_progress="hidden", trigger_mode="always_last", **one_at_a_time)
     for axis in (region_x, region_y):
         # dragged or typed (release missed a typed value); during a drag only the last position is read
         axis.input(show_region, inputs=[made, region_x, region_y], outputs=slider,
