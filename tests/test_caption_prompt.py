@@ -2,6 +2,7 @@
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +79,12 @@ def test_style_round_trip_and_bad_files(dataset, tmp_path):
     wrong.write_text("sampling:\n  temperature: 9\n")
     with pytest.raises(UserError, match="sampling.temperature"):
         load_style(wrong)
+    misplaced = tmp_path / "misplaced.yaml"  # the trigger belongs under post: it was ignored without a word
+    misplaced.write_text("trigger: blkstyle\n")
+    with pytest.raises(UserError, match="misplaced.yaml: trigger — Extra inputs are not permitted"):
+        load_style(misplaced)
+    with pytest.raises(UserError, match="Extra inputs are not permitted"):  # a training preset is not a style
+        load_style(Path(__file__).resolve().parents[1] / "presets" / "conceptor-flux-dev.yaml")
 
 
 def test_presets_load():

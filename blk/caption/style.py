@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from blk.errors import UserError
 from blk.yaml_io import load_model, save_model
@@ -23,11 +23,13 @@ DEFAULT_OPENINGS = [
 
 
 class Example(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misplaced key is said, not silently ignored
     image: str  # path relative to the dataset
     caption: str
 
 
 class Sampling(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misplaced key is said, not silently ignored
     temperature: float = Field(0.2, ge=0.0, le=2.0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     max_tokens: int = Field(300, ge=1, le=4096)
@@ -35,6 +37,7 @@ class Sampling(BaseModel):
 
 
 class PostProcess(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misplaced key is said, not silently ignored
     strip_openings: list[str] = Field(default_factory=lambda: list(DEFAULT_OPENINGS))
     trigger: str = ""  # e.g. "blkstyle"
     trigger_mode: Literal["prefix", "placeholder", "none"] = "prefix"  # placeholder: replace "[trigger]"
@@ -42,6 +45,9 @@ class PostProcess(BaseModel):
 
 
 class CaptionStyle(BaseModel):
+    # a key it does not know is said: `trigger:` at the top instead of under `post:`, or a training preset given
+    # as a style, were accepted without a word and changed nothing
+    model_config = ConfigDict(extra="forbid")
     name: str = "default"
     system_prompt: str = (
         "You caption images for training an image model on one artist's work. Describe content, "
