@@ -20,6 +20,7 @@ def odd_dataset(tmp_path_factory):
     (folder / "cmyk.txt").write_text("blkstyle, a red field", encoding="utf-8")
     (folder / "grey16.txt").write_text(LONG_CAPTION, encoding="utf-8")
     (folder / "orphan.txt").write_text("no image for this one", encoding="utf-8")
+    (folder / "loop.gif").write_bytes(b"GIF89a")  # a format the studio does not read: listed, not silent
     return folder, made
 
 
@@ -59,6 +60,7 @@ def test_check_report_contents(odd_dataset, shared_workspace):
     assert "one_pixel.png" in report.uncaptioned and "cmyk.jpg" not in report.uncaptioned
     assert [rel for rel, _ in report.caption_warnings] == ["ünï cødé name.txt"]
     assert report.orphan_captions == ["orphan.txt"]
+    assert report.unread_files == ["loop.gif"] and "Files not used (the studio reads PNG" in report.to_text()
     clip, t5 = report.tokens
     assert (clip.encoder, clip.limit, t5.encoder, t5.limit) == ("CLIP-L", 77, "T5-XXL", 512)
     assert [rel for rel, _ in clip.over_budget] == ["grey16.png"]

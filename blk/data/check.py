@@ -64,6 +64,7 @@ class CheckReport:
     too_small: list[str] = field(default_factory=list)  # usable, but under a training bucket's 64 px: left out
     caption_warnings: list[tuple[str, str]] = field(default_factory=list)
     orphan_captions: list[str] = field(default_factory=list)
+    unread_files: list[str] = field(default_factory=list)  # neither an image the studio reads nor a caption
     tokens: list[TokenStats] = field(default_factory=list)
     exact_duplicates: list[list[str]] = field(default_factory=list)
     near_duplicates: list[tuple[str, str, int]] = field(default_factory=list)
@@ -100,6 +101,7 @@ class CheckReport:
         section("Too small to train on (left out)", self.too_small, str)
         section("Caption warnings", self.caption_warnings, lambda x: x[1])
         section("Captions without an image", self.orphan_captions, str)
+        section("Files not used (the studio reads PNG, JPEG, WebP, TIFF and BMP)", self.unread_files, str)
         for stats in self.tokens:
             lines.append(f"Tokens, {stats.encoder} (budget {stats.limit}): max {stats.max}, mean {stats.mean:.1f}")
             section(f"  over budget for {stats.encoder}", stats.over_budget, lambda x: f"{x[0]}: {x[1]} tokens")
@@ -164,6 +166,7 @@ def check_dataset(dataset: str | Path, tokenizers: dict[str, object] | None = No
                 report.blocking_training.append(record.rel)
     report.captioned = len(captions)
     report.orphan_captions = _orphan_captions(dataset, records)
+    report.unread_files = _unread_files(dataset)
 
     for budget in budgets:
         tokenizer = (tokenizers or {}).get(budget.subfolder)
@@ -213,6 +216,20 @@ def _orphan_captions(dataset: Path, records: list[ImageRecord]) -> list[str]:
         if not any(part.startswith(".") for part in Path(rel).parts) and rel not in with_image:
             orphans.append(rel)
     return orphans
+
+
+def _unread_files(dataset: Path) -> list[str]:
+    """Files the studio passes over (a GIF, a PSD, notes): listed, so that an artist's animated GIFs are not
+    silently missing from training."""
+    from blk.data.images import IMAGE_EXTENSIONS
+
+    unread = []
+    for path in sorted(dataset.rglob("*")):
+        rel = path.relative_to(dataset)
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts) and \
+                path.suffix.lower() not in IMAGE_EXTENSIONS | {".txt"}:
+            unread.append(rel.as_posix())
+    return unread
 
 
 def _exact_duplicates(records: list[ImageRecord]) -> list[list[str]]:
