@@ -175,3 +175,18 @@ def test_lora_names_with_colons_and_unforeseen_failures_read_right():
         Lora.parse("ink.safetensors:strong")
     assert unforeseen_sentence(ValueError("Target modules {'x'} not found\nmore")) == \
         "this failed: Target modules {'x'} not found (ValueError; BLK_TRACEBACK=1 shows where)."
+
+
+def test_compose_refuses_a_layer_too_large_from_its_header(tmp_path, capsys):
+    """A 9000×9000 layer is refused from its header, before its 1.3 GB of float pixels are decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    big = tmp_path / "wall.png"  # the header only: decoding it would fail, so a refusal here proves no decode
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 9000, 9000, 8, 2, 0, 0, 0))
+                    + chunk(b"IEND", b""))
+    code, err = said(capsys, "stencil", "compose", str(big), "--out", str(tmp_path / "c.ora"))
+    assert code == 2 and "wall.png would be 9000×9000 px; Compose works in memory up to 67 MP" in err, err

@@ -56,9 +56,19 @@ class Composition:
     bits: int = 8
 
 
+def read_within_limit(path: str | Path) -> tuple[np.ndarray, int]:
+    """`read_rgba`, after the header's size is checked against what Compose holds in memory (an image too large
+    was decoded whole before the canvas check refused it)."""
+    from blk.data.images import read_info
+
+    info = read_info(path)
+    _check_pixels(info.width, info.height, Path(path).name)
+    return read_rgba(path)
+
+
 def load_layer(path: str | Path, **placement) -> Layer:
     """A layer from an image file (any format `blk.data.images` reads), named after the file."""
-    pixels, bits = read_rgba(path)
+    pixels, bits = read_within_limit(path)
     return Layer(pixels=pixels, name=placement.pop("name", Path(path).stem), bits=bits, **placement)
 
 
@@ -92,7 +102,7 @@ def load_background(value) -> tuple[np.ndarray | None, int]:
         if re.fullmatch(r"#?[0-9a-fA-F]{6}", text) and not Path(text).is_file():
             return parse_paper(text), 8
         if Path(text).is_file():
-            return read_rgba(text)
+            return read_within_limit(text)
         raise UserError(f"The background must be #RRGGBB, an image file or none; got {text!r}.")
     return np.asarray(value, dtype=np.float32), 8
 
