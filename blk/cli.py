@@ -142,7 +142,7 @@ def cmd_train(args, workspace: Workspace) -> int:
         config = load_config(args.config) if args.config else TrainConfig()
         run_dir = Path(args.run_dir) if args.run_dir else \
             workspace.runs / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if not distributed.launched() and not args.probe:  # launched: the processes of one run, one folder
+        if not args.probe:  # under a launcher, every process checks before any joins the group (and writes)
             refuse_a_run_folder(run_dir)
         if args.gpus:
             config.schedule.gpus = args.gpus
