@@ -486,7 +486,8 @@ def validation_loss(family, held_out: list[Item], latent_for, text_for, device, 
 def _load_family(config: TrainConfig, model, dtype, device):
     """The model, frozen, with its VAE and text encoders on `device` and its denoiser still on the CPU: `_train`
     caches every text first and lets the encoders go, so Flux's T5 (~9.5 GB) and its transformer (~12 GB in int8)
-    never share the GPU, and then moves the denoiser."""
+    never share the GPU, and then moves the denoiser. (Token shuffling makes new texts every step: the encoders
+    then stay, beside the denoiser, as before.)"""
     from blk.models.device import MemoryOptions
     from blk.models.pipelines import load_pipeline
     from blk.train.families import FluxFamily, SDXLFamily
