@@ -207,9 +207,7 @@ class Sketcher:
         """Generate `count` images; `progress(done_steps, total_steps)`; `on_image(result)` as each is saved
         (on the saving thread: each PNG is written while the next image generates; all are on disk
         when this returns, also after a cancel or an error)."""
-        if request.count < 1:
-            raise UserError("Ask for at least one image.")
-        check_numbers(request.steps, request.count, request.guidance, request.seed, request.loras)
+        check_numbers(count=request.count)  # the rest in `prepare`, which Review calls too
         if request.out_dir:
             check_writable_folder(request.out_dir)  # before the model loads, not after the first image
         first_seed = secrets.randbelow(MAX_SEED) if request.seed is None or request.seed < 0 else int(request.seed)
