@@ -381,8 +381,9 @@ def build(context: StudioContext) -> dict:
                                       show_label=False, elem_classes=["blk-checker"], elem_id="blk-upscale-view")
                 image_note = gr.Markdown(elem_id="blk-upscale-input-note")
             path_kind = gr.Radio([ESRGAN, DIFFUSION], value=ESRGAN if installed else DIFFUSION, label="Path")
+            first = PATH_DEFAULTS[path_kind.value]  # the settings of the path the tab starts on
             with gr.Row():
-                scale = gr.Number(4 if installed else 2, label="Scale")
+                scale = gr.Number(first["scale"], label="Scale")
                 size_text = gr.Textbox(label="…or exact size WxH", placeholder="8000x6000")
             upscaler = gr.Dropdown(upscaler_choices(context), value=default_upscaler(context),
                                    label="Upscaler (workspace/models/upscalers)",
@@ -412,9 +413,9 @@ def build(context: StudioContext) -> dict:
                                        elem_id="blk-upscale-step-scale")
                 final_pass = gr.Checkbox(True, label="Final low-denoise pass over the whole frame (when it fits)")
             with gr.Row():
-                tile = gr.Number(0 if installed else 1024, label="Tile px (0: automatic)", precision=0,
+                tile = gr.Number(first["tile"], label="Tile px (0: automatic)", precision=0,
                                  elem_id="blk-upscale-tile")
-                overlap = gr.Number(32 if installed else 96, label="Overlap px", precision=0)
+                overlap = gr.Number(first["overlap"], label="Overlap px", precision=0)
             with gr.Row():
                 fmt = gr.Radio(["TIFF", "PNG"], value="TIFF", label="Format (TIFF: tiled, any size)")
                 keep_16bit = gr.Checkbox(False, label="Keep 16-bit (TIFF)")
