@@ -217,12 +217,7 @@ def _train_on_several_gpus(args, workspace: Workspace, gpus: int, run_dir) -> in
     import signal
     import subprocess
 
-    from blk.train.process import (
-        check_gpus,
-        stop_trainers,
-        train_command,
-        train_environment,
-    )
+    from blk.train.process import check_gpus, stop_trainers, train_command, train_environment
 
     check_gpus(gpus)
     forwarded = ["--resume", args.resume] if args.resume else \

@@ -122,16 +122,8 @@ def print_results(results) -> None:
 
 
 def cmd_review(args, workspace) -> int:
-    from blk.generate.review import (
-        DEFAULT_SEED,
-        GridSpec,
-        Reviewer,
-        parse_seeds,
-        parse_strengths,
-        review_folder,
-        run_review_defaults,
-        save_grid,
-    )
+    from blk.generate.review import (DEFAULT_SEED, GridSpec, Reviewer, parse_seeds, parse_strengths, review_folder,
+                                     run_review_defaults, save_grid)
     from blk.generate.sketch import Sketcher
     from blk.workspace import check_writable_folder
 

@@ -71,8 +71,10 @@ class Lora:
 
     @staticmethod
     def parse(text: str) -> "Lora":
-        """`FILE` or `FILE:SCALE` (the scale follows the last colon). A colon followed by no number is a
-        file name only when that file exists ("LF:x" said "LoRA file LF:x does not exist")."""
+        """`FILE` or `FILE:SCALE` (the scale follows the last colon). What follows a colon and is no number is
+        part of the file's name when it looks like one (`C:\\x.safetensors`, `ink:v2.safetensors`) or that
+        file exists; otherwise it is a strength mistyped, and said ("LF:x" read "LoRA file LF:x does not
+        exist")."""
         if not text.strip():
             raise UserError("A LoRA was given with no file name.")
         head, _, tail = text.rpartition(":")
