@@ -82,10 +82,12 @@ def plan(dataset: Path, mode: Mode = "missing", selected: list[str] | None = Non
 def caption_dataset(dataset: str | Path, style: CaptionStyle, backend, mode: Mode = "missing",
                     selected: list[str] | None = None, overwrite: bool = False,
                     progress: Callable[[Progress], None] | None = None,
-                    cancel: threading.Event | None = None) -> BatchResult:
+                    cancel: threading.Event | None = None,
+                    planned: tuple[list[str], BatchResult] | None = None) -> BatchResult:
+    """Caption what `plan` finds to do (or `planned`, its answer already in hand: `job.run` plans before it
+    starts a backend, and a plan reads every caption's history)."""
     dataset = Path(dataset).resolve()
-    examples = {e.image for e in style.examples}
-    todo, result = plan(dataset, mode, selected, overwrite, skip=examples)
+    todo, result = planned or plan(dataset, mode, selected, overwrite, skip={e.image for e in style.examples})
     store = CaptionStore(dataset)
     cancel = cancel or threading.Event()
     start = time.perf_counter()

@@ -105,4 +105,5 @@ def run(job: CaptionJob, workspace: Workspace, progress: Callable[[Progress], No
     work_dir = folder / ".blk" / "vllm"
     with open_backend(job, workspace, len(style.examples) + 1, work_dir, style.image_size,
                       style.sampling.max_tokens) as backend:
-        return caption_dataset(folder, style, backend, job.mode, job.selected, job.overwrite, progress, cancel)
+        return caption_dataset(folder, style, backend, job.mode, job.selected, job.overwrite, progress, cancel,
+                               planned=(todo, planned))
