@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=whole(1), default=None)
     train.add_argument("--run-dir", default=None, help="default: workspace/runs/NAME-DATE")
     train.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    train.add_argument("--gpus", type=_count, default=None, metavar="N",
+    train.add_argument("--gpus", type=whole(1), default=None, metavar="N",
                        help="data-parallel processes, one per GPU (default: schedule.gpus); a resume may change it "
                             "when N divides gpus × gradient accumulation: the steps stay the same")
     train.add_argument("--probe", action="store_true", help="estimate s/step, time and peak memory; train nothing")
@@ -185,13 +185,6 @@ def refuse_a_run_folder(run_dir) -> None:
         raise UserError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or name a new "
                         "folder with --run-dir.")
     check_writable_folder(run_dir)
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a count of GPUs (1 or more)")
-    return value
 
 
 def _regrouped(config, run_dir, asked: int | None, save: bool = True):
