@@ -48,6 +48,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import blk  # noqa: E402,F401  (offline environment first)
+from blk.models.speed import COMPILE_ALTERNATIVES  # noqa: E402  (no torch at import)
+
+COMPILE_ALTERNATIVE_NAMES = tuple(COMPILE_ALTERNATIVES)
 
 PROMPT = "an ink cube"
 SCALES = (1.0, 0.5, 0.8)
@@ -80,6 +83,9 @@ def main() -> None:
     parser.add_argument("--only", default=None,
                         help="comma-separated row groups to run (plain,fused,studio,attention,compiled,batch,tuned); "
                              "default: all but tuned. A short GPU run: --only plain,compiled,batch")
+    parser.add_argument("--alternatives", default=",".join(COMPILE_ALTERNATIVE_NAMES),
+                        help="which compile settings the tuned rows try, comma-separated (default: all: "
+                             + ", ".join(COMPILE_ALTERNATIVE_NAMES) + ")")
     args = parser.parse_args()
     groups = {"plain", "fused", "studio", "attention", "compiled", "batch", "tuned"}
     wanted = groups - {"tuned"} if args.only is None else {g.strip() for g in args.only.split(",")}
@@ -271,8 +277,11 @@ def main() -> None:
 
     # the studio, compiled with other Inductor settings (speed.COMPILE_ALTERNATIVES) ------------------------
     if not args.no_compile and "tuned" in wanted and not speed.compile_problem(device):
-        for label, settings in speed.COMPILE_ALTERNATIVES.items():
-            speed.COMPILE_SETTINGS = settings
+        for label in [name.strip() for name in args.alternatives.split(",") if name.strip()]:
+            if label not in speed.COMPILE_ALTERNATIVES:
+                print(f"compile settings {label}: unknown (known: {', '.join(speed.COMPILE_ALTERNATIVES)})")
+                continue
+            speed.COMPILE_SETTINGS = speed.COMPILE_ALTERNATIVES[label]
             try:
                 add(studio_row(f"studio, compiled, {label}", new_sketcher(), MemoryOptions(compile=True)))
             finally:

@@ -113,3 +113,51 @@ def test_flux_texts_are_encoded_before_the_transformer_is_placed(shared_workspac
     assert "T5 encodes" in calls and "transformer placed" in calls
     last_encode = max(i for i, call in enumerate(calls) if call == "T5 encodes")
     assert last_encode < calls.index("transformer placed"), calls
+
+
+def flux_config(dataset, int8_base: bool, shuffle_tokens: bool) -> TrainConfig:
+    return TrainConfig.model_validate({
+        "name": "int8-text", "model": {"name": "tiny-flux", "int8_base": int8_base},
+        "data": {"dataset": str(dataset), "resolutions": [64], "shuffle_tokens": shuffle_tokens, "keep_tokens": 1},
+        "adapter": {"rank": 4, "alpha": 4}, "optimizer": {"name": "adamw", "lr": 1e-3},
+        "schedule": {"steps": 2, "seed": 3}, "checkpoints": {"every": 2}, "sampling": {"every": 0, "prompts": []},
+    })
+
+
+def test_flux_shuffling_on_an_int8_base_keeps_t5_in_int8_with_its_own_cache_keys(shared_workspace, tmp_path):
+    """Token shuffling keeps the text encoders beside the denoiser; with an int8 base Flux's T5 (9.5 GB in bf16 at
+    full size) is quantized too, CLIP stays as it is, and its embeddings (close to full precision's, not equal)
+    never share a cache entry with full precision's. Without shuffling, or without an int8 base, T5 is untouched."""
+    from optimum.quanto import QLinear
+
+    from blk.models.registry import resolve
+    from blk.train.cache import TensorCache
+    from blk.train.runner import TextSource, _load_family, _quantize_resident_text_encoder
+
+    model = resolve("tiny-flux", shared_workspace)
+    dataset = make_noise_dataset(tmp_path / "ds", count=2)
+    for int8_base, shuffle in ((False, True), (True, False)):
+        untouched = _load_family(flux_config(dataset, int8_base, shuffle), model, torch.float32, "cpu")
+        assert _quantize_resident_text_encoder(untouched, flux_config(dataset, int8_base, shuffle)) is False
+        assert not any(isinstance(m, QLinear) for m in untouched.pipe.text_encoder_2.modules())
+
+    config = flux_config(dataset, True, True)
+    family = _load_family(config, model, torch.float32, "cpu")
+    assert _quantize_resident_text_encoder(family, config) is True
+    t5_linears = [m for m in family.pipe.text_encoder_2.modules() if isinstance(m, torch.nn.Linear)]
+    assert t5_linears and all(isinstance(m, QLinear) for m in t5_linears)
+    assert not any(isinstance(m, QLinear) for m in family.pipe.text_encoder.modules())
+
+    cache = TensorCache(tmp_path / "text")
+    int8_text = TextSource(family, cache, int8_text=True)("blkstyle, ink on paper")
+    full_text = TextSource(untouched, cache)("blkstyle, ink on paper")
+    assert cache.misses == 2 and cache.hits == 0  # one entry each: neither reads the other's
+    a, b = int8_text["prompt_embeds"], full_text["prompt_embeds"]
+    assert a.shape == b.shape and not torch.equal(a, b)
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+    assert torch.equal(int8_text["pooled"], full_text["pooled"])  # CLIP's pooled text: not quantized
+
+    result = run(config, shared_workspace, tmp_path / "run")
+    assert result.status == "finished"
+    losses = [e["loss"] for e in EventLog(tmp_path / "run" / "events.jsonl").read() if e["kind"] == "loss"]
+    assert len(losses) == 2 and all(np.isfinite(losses))

@@ -184,7 +184,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     family = _load_family(config, model, dtype, device)  # the denoiser waits on the CPU until the texts are cached
     caches = dataset / ".blk" / "cache" / model_key(model.path)
     text_cache = TensorCache(caches / "text")
-    text_for = TextSource(family, text_cache)
+    text_for = TextSource(family, text_cache, int8_text=_quantize_resident_text_encoder(family, config))
     every_item = items + held_out + [i for plan in (curriculum.stages if curriculum else []) for pool in plan.pools
                                      for i in pool]
     released = _release_text_encoders(family, config, {i.caption for i in every_item}, text_for, device)
@@ -487,7 +487,7 @@ def _load_family(config: TrainConfig, model, dtype, device):
     """The model, frozen, with its VAE and text encoders on `device` and its denoiser still on the CPU: `_train`
     caches every text first and lets the encoders go, so Flux's T5 (~9.5 GB) and its transformer (~12 GB in int8)
     never share the GPU, and then moves the denoiser. (Token shuffling makes new texts every step: the encoders
-    then stay, beside the denoiser, as before.)"""
+    then stay, beside the denoiser; with an int8 base Flux's T5 goes to int8: `_quantize_resident_text_encoder`.)"""
     from blk.models.device import MemoryOptions
     from blk.models.pipelines import load_pipeline
     from blk.train.families import FluxFamily, SDXLFamily
@@ -505,6 +505,21 @@ def _load_family(config: TrainConfig, model, dtype, device):
     if config.model.gradient_checkpointing:
         family.denoiser.enable_gradient_checkpointing()
     return family
+
+
+def _quantize_resident_text_encoder(family, config: TrainConfig) -> bool:
+    """With token shuffling the text encoders stay on the device beside the denoiser for the whole run; with an
+    int8 base, Flux's T5-XXL (~9.5 GB in bf16, as large as the int8 transformer) goes to int8 too (~4.8 GB),
+    as ai-toolkit does by default: FLUX.1-dev at 1024 px then fits 24 GB. Without shuffling every text is
+    encoded once at full precision and the encoders leave, so nothing is quantized. True when it quantized."""
+    encoder = getattr(family.pipe, "text_encoder_2", None)
+    if not (config.model.int8_base and config.data.shuffle_tokens and family.name == "flux" and encoder is not None):
+        return False
+    from optimum.quanto import freeze, qint8, quantize
+
+    quantize(encoder, weights=qint8)  # on the device already: quick, and the bf16 weights are freed as it goes
+    freeze(encoder)
+    return True
 
 
 def _add_adapter(family, config: TrainConfig, workspace: Workspace, model) -> None:
@@ -742,15 +757,17 @@ class TextSource:
     second run does not encode it again; a shuffled caption (`keep=False`) is encoded and not cached: it is new
     almost every step and would fill the dataset's cache with entries nothing reads again."""
 
-    def __init__(self, family, cache: TensorCache):
+    def __init__(self, family, cache: TensorCache, int8_text: bool = False):
         self.family, self.cache = family, cache
+        # an int8 text encoder's embeddings differ a little from full precision's: cached under keys of their own
+        self.key_prefix = f"{family.name}|int8-text|" if int8_text else f"{family.name}|"
         self.uncached = 0  # encodes that bypassed the cache
 
     def __call__(self, caption: str, keep: bool = True) -> dict:
         if not keep:
             self.uncached += 1
             return self._encode(caption)
-        return self.cache.get_or_make(f"{self.family.name}|{caption}", lambda: self._encode(caption))
+        return self.cache.get_or_make(self.key_prefix + caption, lambda: self._encode(caption))
 
     def _encode(self, caption: str) -> dict:
         import torch
