@@ -9,7 +9,8 @@ dataset of 1024² noise images with captions (so every step is in the 1024 bucke
 recipe for a few steps and reports s/step and the peak of `torch.cuda.max_memory_allocated` over loading,
 caching and the steps. Rows: the preset as written (token shuffling on: the text encoders stay on the device,
 T5 in int8 beside the int8 transformer) and the same with shuffling off (every text cached, the encoders freed
-before the transformer is placed). Target: under 24 GB.
+before the transformer is placed). Target: under 24 GB. Last, in this process: how long one step's text
+takes with shuffling (CLIP + T5 on a new caption), T5 as loaded and T5 in int8.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import blk  # noqa: E402,F401  (offline environment first)
+
 TARGET_GB = 24
 
 
@@ -44,6 +49,8 @@ def main() -> None:
     parser.add_argument("--model", default="flux-dev")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=10, help="timed text encodes after two warm-up ones")
+    parser.add_argument("--no-encode-timing", action="store_true", help="leave out the text-encode row")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="blk-bench-train-memory-"))
@@ -63,7 +70,56 @@ def main() -> None:
         print(f"{label}: {lines[-1]}  [exit {done.returncode}]", flush=True)
         if done.returncode not in (0, 1):
             print(done.stderr[-3000:], flush=True)
-    print(f"target: peak under {TARGET_GB} GB (torch.cuda.max_memory_allocated)")
+    print(f"target: peak under {TARGET_GB} GB (torch.cuda.max_memory_allocated)", flush=True)
+    if not args.no_encode_timing:
+        time_encodes(args.workspace, args.model, args.repeats)
+
+
+def time_encodes(workspace: str, model_name: str, repeats: int) -> None:
+    """What one step's text costs with token shuffling: `FluxFamily.encode_text` (CLIP + T5, 512 tokens) of a new
+    caption each call, T5 as loaded (bf16 on a GPU) and then quantized in place as the trainer does."""
+    import time
+
+    import torch
+
+    from blk.models.device import MemoryOptions, pick_device
+    from blk.models.pipelines import load_pipeline
+    from blk.models.registry import resolve
+    from blk.train.config import TrainConfig
+    from blk.train.families import FluxFamily
+    from blk.train.runner import _quantize_resident_text_encoder
+    from blk.workspace import Workspace
+
+    device = pick_device("auto")
+    pipe = load_pipeline(resolve(model_name, Workspace(workspace)), "text2img", device, MemoryOptions(), place=False)
+    pipe.transformer = None  # only the text encoders are timed
+    pipe.text_encoder.to(device)
+    pipe.text_encoder_2.to(device)
+    family = FluxFamily(pipe)
+
+    def per_encode() -> float:
+        def sync():
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+
+        with torch.no_grad():
+            for i in range(2):  # warm-up: kernels chosen, allocator filled
+                family.encode_text(f"blkstyle, warm-up {i}")
+            sync()
+            start = time.perf_counter()
+            for i in range(repeats):
+                family.encode_text(f"blkstyle, ink, a figure number {i} in a landscape, dusk")
+            sync()
+        return (time.perf_counter() - start) / repeats
+
+    as_loaded = per_encode()
+    shuffling = TrainConfig.model_validate({"model": {"int8_base": True}, "data": {"shuffle_tokens": True}})
+    _quantize_resident_text_encoder(family, shuffling)
+    int8 = per_encode()
+    dtype = str(pipe.text_encoder_2.dtype).replace("torch.", "")
+    print(f"one caption's text (CLIP + T5, 512 tokens), mean of {repeats}: T5 as loaded ({dtype}) "
+          f"{as_loaded * 1000:.1f} ms, T5 int8 (quanto, as shuffling on an int8 base trains) {int8 * 1000:.1f} ms",
+          flush=True)
 
 
 if __name__ == "__main__":
