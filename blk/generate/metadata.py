@@ -80,23 +80,36 @@ def _xmp(kind: str = "trainedAlgorithmicMedia") -> str:
 
 # zlib level of every PNG the studio writes with its parameters (sketches, grids, stencils, upscales).
 # Pillow's default is 6. Measured on this project's 2-core CPU with 1 MP photographs (scikit-image's
-# astronaut and coffee, resized): level 6 took 460-480 ms, level 4 200-220 ms, for files 0.8-1.4 %
-# larger. ComfyUI also saves at 4. On the GPU the PNG is part of each image's time (Sketch, #5).
+# astronaut and coffee, resized), through Pillow: level 6 took 460-480 ms, level 4 200-220 ms, for files
+# 0.8-1.4 % larger. ComfyUI also saves at 4. On the GPU the PNG is part of each image's time (Sketch, #5):
+# `blk.png_encoder` spreads it over the cores (`bench/png_save.py`, astronaut 1024², level 4, 2 cores: Pillow
+# 114 ms, 1.27 MB; ours 61 ms on 2 threads, 87 ms on one, 1.35 MB: Python's zlib, where Pillow has zlib-ng).
 PNG_COMPRESS_LEVEL = 4
 
 
 def png_bytes(image, parameters: dict) -> bytes:
-    """The image as PNG with its parameters and the AI disclosure embedded (zlib `PNG_COMPRESS_LEVEL`)."""
-    from PIL.PngImagePlugin import PngInfo
+    """The image as PNG with its parameters and the AI disclosure embedded (zlib `PNG_COMPRESS_LEVEL`), and its
+    ICC profile when it has one. 8-bit L, LA, RGB and RGBA (every studio output) are encoded on every core
+    (`blk.png_encoder`); any other mode by Pillow."""
+    import numpy as np
+
+    from blk.png_encoder import COLOUR_TYPES, encode_png, icc_chunk, itxt_chunk, text_chunk
 
     parameters = {**parameters, "app_version": __version__}
-    info = PngInfo()
-    info.add_itxt(PARAMETERS_KEY, json.dumps(parameters, ensure_ascii=False, sort_keys=True))
-    info.add_itxt("parameters", readable(parameters))
-    info.add_text("Software", f"BLK Studio {__version__}")
     kind = source_type(parameters)
-    info.add_text("Disclosure", DISCLOSURES[kind])
-    info.add_itxt(XMP_KEY, _xmp(kind))
+    texts = [(PARAMETERS_KEY, json.dumps(parameters, ensure_ascii=False, sort_keys=True), "iTXt"),
+             ("parameters", readable(parameters), "iTXt"), ("Software", f"BLK Studio {__version__}", "tEXt"),
+             ("Disclosure", DISCLOSURES[kind], "tEXt"), (XMP_KEY, _xmp(kind), "iTXt")]
+    if image.mode in COLOUR_TYPES:
+        icc = image.info.get("icc_profile")
+        chunks = ([icc_chunk(icc)] if icc else []) + \
+            [itxt_chunk(key, value) if form == "iTXt" else text_chunk(key, value) for key, value, form in texts]
+        return encode_png(np.asarray(image), image.mode, chunks, level=PNG_COMPRESS_LEVEL)
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value, form in texts:
+        (info.add_itxt if form == "iTXt" else info.add_text)(key, value)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
