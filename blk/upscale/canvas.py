@@ -32,7 +32,6 @@ import os
 import secrets
 import struct
 import threading
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -513,11 +512,11 @@ def write_png(canvas: Canvas, path: Path, *, icc: bytes | None, dpi: float | Non
 
 def _with_phys(png: bytes, dpi: float) -> bytes:
     """Insert a pHYs chunk (pixels per metre) right after IHDR; png_bytes does not take a DPI."""
+    from blk.png_encoder import chunk
+
     ppm = int(round(dpi / 0.0254))
-    body = b"pHYs" + struct.pack(">IIB", ppm, ppm, 1)
-    chunk = struct.pack(">I", 9) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
     ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
-    return png[:ihdr_end] + chunk + png[ihdr_end:]
+    return png[:ihdr_end] + chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1)) + png[ihdr_end:]
 
 
 def _commit(tmp: Path, path: Path) -> None:
