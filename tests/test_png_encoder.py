@@ -142,3 +142,21 @@ def test_saved_png_reads_its_parameters_back(tmp_path):
 def test_the_zlib_header_is_the_one_zlib_writes_for_each_level():
     for level in range(10):
         assert png_encoder._zlib_header(level) == zlib.compress(b"blk", level)[:2], level
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_libpng_and_libvips_read_it_as_pillow_does(mode, monkeypatch):
+    """Other decoders than Pillow's: libpng (through imagecodecs) and libvips, which the upscaler reads inputs
+    with (a Sketch result upscaled), check the zlib stream's checksum and the chunks' CRCs too."""
+    import imagecodecs
+    import pyvips
+
+    monkeypatch.setattr(png_encoder, "BAND_BYTES", 8192)
+    channels = png_encoder.COLOUR_TYPES[mode][1]
+    pixels = np.random.default_rng(9).integers(0, 256, (101, 77, channels), dtype=np.uint8)
+    pixels = pixels[..., 0] if mode == "L" else pixels
+    data = encode_png(pixels, mode, [png_encoder.text_chunk("Software", "BLK Studio")], threads=4)
+    assert np.array_equal(imagecodecs.png_decode(data), pixels)
+    vips = pyvips.Image.new_from_buffer(data, "")
+    assert (vips.width, vips.height, vips.bands) == (77, 101, channels)
+    assert np.array_equal(np.frombuffer(vips.write_to_memory(), np.uint8).reshape(pixels.shape), pixels)
