@@ -5,7 +5,8 @@ Sketch's whole image takes 4 s), seconds for a 64 MP upscale. Here the image is 
 band is filtered (for every row, the one of PNG's five filters whose bytes have the smallest sum of absolute
 values as signed bytes: libpng's heuristic) and deflated on its own thread (numpy and zlib let go of the GIL),
 each band's deflate stream ended by a full flush so that the bands join into one zlib stream, as pigz does.
-The Adler-32 of the whole stream is computed over the bands in order. The result is a plain PNG (8-bit grey,
+Each band is an IDAT chunk of its own (a decoder joins the IDAT chunks' data), so nothing joins a large image
+in memory; the stream's Adler-32, combined from the bands' own, closes it in a last IDAT. The result is a plain PNG (8-bit grey,
 grey + alpha, RGB or RGBA, not interlaced) that any decoder reads; tests decode it with Pillow pixel for pixel.
 """
 
@@ -21,7 +22,6 @@ import numpy as np
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOUR_TYPES = {"L": (0, 1), "LA": (4, 2), "RGB": (2, 3), "RGBA": (6, 4)}  # Pillow mode: (PNG colour type, channels)
 BAND_BYTES = 256 * 1024  # raw bytes per band: enough work per thread, little memory per thread
-IDAT_MAX = 1 << 30  # bytes of one IDAT chunk (a chunk's length must stay under 2³¹)
 
 
 def chunk(kind: bytes, body: bytes) -> bytes:
@@ -51,6 +51,13 @@ def encode_png(pixels: np.ndarray, mode: str, extra_chunks: list[bytes] = (), le
                threads: int | None = None) -> bytes:
     """The PNG of `pixels` (H×W for "L", H×W×C otherwise; uint8) with `extra_chunks` (framed by `chunk`) between
     the header and the pixels. `threads`: default, every core."""
+    return b"".join(png_parts(pixels, mode, extra_chunks, level, threads))
+
+
+def png_parts(pixels: np.ndarray, mode: str, extra_chunks: list[bytes] = (), level: int = 4,
+              threads: int | None = None) -> list[bytes]:
+    """`encode_png`'s bytes in pieces, to write one after the other: a large image's file is never joined in
+    memory. Each band of rows is an IDAT chunk of its own (PNG joins the IDAT chunks' data into one stream)."""
     colour_type, channels = COLOUR_TYPES[mode]
     height, width = pixels.shape[:2]
     if pixels.dtype != np.uint8 or (pixels.shape[2:] or (1,))[0] != channels or pixels.ndim > 3:
@@ -60,13 +67,15 @@ def encode_png(pixels: np.ndarray, mode: str, extra_chunks: list[bytes] = (), le
     band_rows = max(1, BAND_BYTES // max(1, rows.shape[1]))
     starts = list(range(0, height, band_rows))
 
-    def deflate_band(start: int) -> tuple[int, int, bytes]:  # Adler-32 and length of the band's bytes, deflated
+    def deflate_band(start: int) -> tuple[int, int, bytes]:  # Adler-32 and length of the band's bytes; its IDAT
         stop = min(start + band_rows, height)
         above = rows[start - 1] if start else np.zeros(rows.shape[1], np.uint8)
         data = filter_rows(rows[start:stop], above, channels).tobytes()
         compressor = zlib.compressobj(level, zlib.DEFLATED, -15)  # raw deflate: the bands share one zlib header
         ending = zlib.Z_FINISH if stop == height else zlib.Z_FULL_FLUSH
-        return zlib.adler32(data), len(data), compressor.compress(data) + compressor.flush(ending)
+        header = _zlib_header(level) if start == 0 else b""
+        return zlib.adler32(data), len(data), chunk(b"IDAT", header + compressor.compress(data) +
+                                                    compressor.flush(ending))
 
     workers = max(1, min(threads or _usable_cores(), len(starts)))
     if workers == 1:
@@ -77,10 +86,9 @@ def encode_png(pixels: np.ndarray, mode: str, extra_chunks: list[bytes] = (), le
     adler = 1
     for band_adler, length, _ in bands:
         adler = _adler32_combine(adler, band_adler, length)
-    stream = b"".join([_zlib_header(level), *(deflated for _, _, deflated in bands), struct.pack(">I", adler)])
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    idat = [chunk(b"IDAT", stream[i:i + IDAT_MAX]) for i in range(0, len(stream), IDAT_MAX)]
-    return b"".join([SIGNATURE, chunk(b"IHDR", header), *extra_chunks, *idat, chunk(b"IEND", b"")])
+    return [SIGNATURE, chunk(b"IHDR", header), *extra_chunks, *(idat for _, _, idat in bands),
+            chunk(b"IDAT", struct.pack(">I", adler)), chunk(b"IEND", b"")]  # the stream's Adler-32 ends it
 
 
 def filter_rows(rows: np.ndarray, above: np.ndarray, bpp: int) -> np.ndarray:

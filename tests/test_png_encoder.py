@@ -90,11 +90,14 @@ def test_each_row_takes_the_filter_with_the_smallest_signed_sum():
     assert filtered[4, 0] in (1, 4) and set(filtered[[5, 6, 7, 9, 10, 11], 0]) == {2}
 
 
-def test_a_stream_larger_than_one_chunk_is_cut_into_several_idat(monkeypatch):
-    monkeypatch.setattr(png_encoder, "IDAT_MAX", 1000)
+def test_each_band_of_rows_is_an_idat_chunk_of_its_own(monkeypatch):
+    """Nothing joins a large image's stream in memory: every band is framed where it is deflated, and the
+    stream's checksum closes it in a last small IDAT."""
+    monkeypatch.setattr(png_encoder, "BAND_BYTES", 64 * 3 * 5)  # 5 rows of 64 RGB pixels a band
     pixels = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     data = encode_png(pixels, "RGB")
-    assert chunk_types(data).count(b"IDAT") > 10 and chunk_types(data)[-1] == b"IEND"
+    assert chunk_types(data) == [b"IHDR"] + [b"IDAT"] * (13 + 1) + [b"IEND"]  # 64 rows in bands of 5: 13
+    assert b"".join(png_encoder.png_parts(pixels, "RGB")) == data
     assert np.array_equal(np.asarray(decoded(data)), pixels)
 
 

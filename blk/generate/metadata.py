@@ -87,28 +87,40 @@ def _xmp(kind: str = "trainedAlgorithmicMedia") -> str:
 PNG_COMPRESS_LEVEL = 4
 
 
+def _texts(parameters: dict) -> list[tuple[str, str, str]]:
+    """(keyword, text, chunk type) of the chunks every output carries: parameters as JSON and readable,
+    software, disclosure and its XMP."""
+    parameters = {**parameters, "app_version": __version__}
+    kind = source_type(parameters)
+    return [(PARAMETERS_KEY, json.dumps(parameters, ensure_ascii=False, sort_keys=True), "iTXt"),
+            ("parameters", readable(parameters), "iTXt"), ("Software", f"BLK Studio {__version__}", "tEXt"),
+            ("Disclosure", DISCLOSURES[kind], "tEXt"), (XMP_KEY, _xmp(kind), "iTXt")]
+
+
+def parameter_chunks(parameters: dict) -> list[bytes]:
+    """The PNG text chunks with the parameters and the AI disclosure, for `blk.png_encoder.encode_png`."""
+    from blk.png_encoder import itxt_chunk, text_chunk
+
+    return [itxt_chunk(key, value) if form == "iTXt" else text_chunk(key, value)
+            for key, value, form in _texts(parameters)]
+
+
 def png_bytes(image, parameters: dict) -> bytes:
     """The image as PNG with its parameters and the AI disclosure embedded (zlib `PNG_COMPRESS_LEVEL`), and its
     ICC profile when it has one. 8-bit L, LA, RGB and RGBA (every studio output) are encoded on every core
     (`blk.png_encoder`); any other mode by Pillow."""
     import numpy as np
 
-    from blk.png_encoder import COLOUR_TYPES, encode_png, icc_chunk, itxt_chunk, text_chunk
+    from blk.png_encoder import COLOUR_TYPES, encode_png, icc_chunk
 
-    parameters = {**parameters, "app_version": __version__}
-    kind = source_type(parameters)
-    texts = [(PARAMETERS_KEY, json.dumps(parameters, ensure_ascii=False, sort_keys=True), "iTXt"),
-             ("parameters", readable(parameters), "iTXt"), ("Software", f"BLK Studio {__version__}", "tEXt"),
-             ("Disclosure", DISCLOSURES[kind], "tEXt"), (XMP_KEY, _xmp(kind), "iTXt")]
     if image.mode in COLOUR_TYPES:
         icc = image.info.get("icc_profile")
-        chunks = ([icc_chunk(icc)] if icc else []) + \
-            [itxt_chunk(key, value) if form == "iTXt" else text_chunk(key, value) for key, value, form in texts]
+        chunks = ([icc_chunk(icc)] if icc else []) + parameter_chunks(parameters)
         return encode_png(np.asarray(image), image.mode, chunks, level=PNG_COMPRESS_LEVEL)
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    for key, value, form in texts:
+    for key, value, form in _texts(parameters):
         (info.add_itxt if form == "iTXt" else info.add_text)(key, value)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)

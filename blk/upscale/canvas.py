@@ -12,7 +12,7 @@ an 8-bit or 16-bit output can show.
 Writers: a tiled TIFF with tifffile (BigTIFF only when it may pass 4 GB) from a
 generator of tiles (deflate + horizontal predictor, 8 or 16 bits, straight alpha marked `unassalpha`, ICC,
 DPI, parameters as JSON in ImageDescription), or a PNG where the size allows
-(8-bit, ≤ `MAX_PIXELS`) with `blk.generate.metadata.png_bytes`. Both write a
+(8-bit, ≤ `MAX_PIXELS`) with `blk.png_encoder` and `metadata.parameter_chunks`. Both write a
 temporary sibling and rename it over the target; every temporary is removed
 on any error, a full disk included.
 
@@ -477,11 +477,10 @@ def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | Non
 
 def write_png(canvas: Canvas, path: Path, *, icc: bytes | None, dpi: float | None, parameters: dict,
               grey: bool = False) -> Path:
-    """8-bit PNG (RGB(A), or L(A) with `grey`) with parameters and disclosure (`png_bytes`), ICC and pHYs;
-    atomic."""
-    from PIL import Image
-
-    from blk.generate.metadata import png_bytes
+    """8-bit PNG (RGB(A), or L(A) with `grey`) with parameters and disclosure (`parameter_chunks`), ICC and pHYs,
+    encoded on every core straight from the canvas's levels (no second copy of the pixels); atomic."""
+    from blk.generate.metadata import PNG_COMPRESS_LEVEL, parameter_chunks
+    from blk.png_encoder import chunk, icc_chunk, png_parts
 
     check_png(canvas.width, canvas.height, 8)
     pixels = np.empty(_written_shape(canvas, grey), dtype=np.uint8)
@@ -494,29 +493,21 @@ def write_png(canvas: Canvas, path: Path, *, icc: bytes | None, dpi: float | Non
         pixels[y:y + len(band)] = band
         y += len(band)
     modes = {(False, 3): "RGB", (False, 4): "RGBA", (True, 3): "L", (True, 4): "LA"}
-    image = Image.fromarray(pixels, modes[grey, canvas.channels])
-    del pixels
-    if icc:
-        image.info["icc_profile"] = icc  # Pillow's PNG writer embeds it from info (iCCP)
-    data = png_bytes(image, parameters)
+    chunks = [icc_chunk(icc)] if icc else []
     if dpi:
-        data = _with_phys(data, dpi)
+        ppm = int(round(dpi / 0.0254))  # pHYs: pixels per metre
+        chunks.append(chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1)))
+    parts = png_parts(pixels, modes[grey, canvas.channels], chunks + parameter_chunks(parameters),
+                      level=PNG_COMPRESS_LEVEL)
+    del pixels
     try:
-        atomic.write_bytes(path, data)
+        with atomic.atomic_open(path) as handle:
+            handle.writelines(parts)  # one piece after the other: the file is never joined in memory
     except OSError as exc:
         if is_disk_full(exc):
             raise disk_full(path) from None
         raise
     return path
-
-
-def _with_phys(png: bytes, dpi: float) -> bytes:
-    """Insert a pHYs chunk (pixels per metre) right after IHDR; png_bytes does not take a DPI."""
-    from blk.png_encoder import chunk
-
-    ppm = int(round(dpi / 0.0254))
-    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
-    return png[:ihdr_end] + chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1)) + png[ihdr_end:]
 
 
 def _commit(tmp: Path, path: Path) -> None:
