@@ -60,6 +60,8 @@ def png_parts(pixels: np.ndarray, mode: str, extra_chunks: list[bytes] = (), lev
     memory. Each band of rows is an IDAT chunk of its own (PNG joins the IDAT chunks' data into one stream)."""
     colour_type, channels = COLOUR_TYPES[mode]
     height, width = pixels.shape[:2]
+    if not (height and width):
+        raise ValueError(f"A PNG needs at least one pixel; got {width}×{height}.")
     if pixels.dtype != np.uint8 or (pixels.shape[2:] or (1,))[0] != channels or pixels.ndim > 3:
         raise ValueError(f"encode_png takes uint8 pixels with {channels} channel(s) for {mode}; "
                          f"got {pixels.dtype} {pixels.shape}")

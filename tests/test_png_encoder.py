@@ -150,7 +150,8 @@ def test_the_zlib_header_is_the_one_zlib_writes_for_each_level():
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
 def test_libpng_and_libvips_read_it_as_pillow_does(mode, monkeypatch):
     """Other decoders than Pillow's: libpng (through imagecodecs) and libvips, which the upscaler reads inputs
-    with (a Sketch result upscaled), check the zlib stream's checksum and the chunks' CRCs too."""
+    with (a Sketch result upscaled). (Neither fails on a wrong stream checksum: `test_the_joined_idat_data_…`
+    checks it.)"""
     import imagecodecs
     import pyvips
 
@@ -163,3 +164,41 @@ def test_libpng_and_libvips_read_it_as_pillow_does(mode, monkeypatch):
     vips = pyvips.Image.new_from_buffer(data, "")
     assert (vips.width, vips.height, vips.bands) == (77, 101, channels)
     assert np.array_equal(np.frombuffer(vips.write_to_memory(), np.uint8).reshape(pixels.shape), pixels)
+
+
+def idat_data(data: bytes) -> bytes:
+    parts, at = [], 8
+    while at < len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        if kind == b"IDAT":
+            parts.append(data[at + 8:at + 8 + length])
+        at += 12 + length
+    return b"".join(parts)
+
+
+def test_the_joined_idat_data_is_one_zlib_stream_with_its_checksum(monkeypatch):
+    """zlib itself (which checks the Adler-32 at the end, where PNG decoders only warn or do not look) inflates
+    the bands' joined data to exactly the filtered rows, with nothing after the stream."""
+    monkeypatch.setattr(png_encoder, "BAND_BYTES", 4096)
+    pixels = np.random.default_rng(4).integers(0, 256, (90, 70, 4), dtype=np.uint8)
+    rows = pixels.reshape(90, -1)
+    data = encode_png(pixels, "RGBA", threads=3)
+    inflater = zlib.decompressobj()
+    filtered = inflater.decompress(idat_data(data))
+    assert inflater.eof and not inflater.unused_data
+    assert filtered == b"".join(filter_rows(rows[i:i + 14], rows[i - 1] if i else np.zeros(280, np.uint8), 4).tobytes()
+                                for i in range(0, 90, 14))  # 4096 // 280 = 14 rows a band
+    broken = data.replace(idat_data(data)[-4:], b"\0\0\0\0")
+    with pytest.raises(zlib.error, match="incorrect data check"):
+        zlib.decompress(idat_data(broken))
+
+
+def test_an_image_without_pixels_is_refused_and_a_transparent_colour_is_kept():
+    with pytest.raises(ValueError, match="at least one pixel"):
+        encode_png(np.zeros((0, 5, 3), np.uint8), "RGB")
+    keyed = Image.new("RGB", (6, 4), (0, 0, 0))
+    keyed.putpixel((1, 1), (200, 10, 10))
+    keyed.info["transparency"] = (0, 0, 0)  # black is see-through (a tRNS chunk): written as Pillow writes it
+    back = decoded(png_bytes(keyed, {"prompt": "a key"}))
+    assert back.convert("RGBA").getpixel((0, 0)) == (0, 0, 0, 0)
+    assert back.convert("RGBA").getpixel((1, 1)) == (200, 10, 10, 255)

@@ -157,7 +157,15 @@ def test_flux_shuffling_on_an_int8_base_keeps_t5_in_int8_with_its_own_cache_keys
     assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
     assert torch.equal(int8_text["pooled"], full_text["pooled"])  # CLIP's pooled text: not quantized
 
+    # the trainer's own wiring: a held-out image's caption (encoded as written, so cached) lands under the int8 keys
+    config.data.validation_images, config.data.validation_every = 1, 1
     result = run(config, shared_workspace, tmp_path / "run")
     assert result.status == "finished"
     losses = [e["loss"] for e in EventLog(tmp_path / "run" / "events.jsonl").read() if e["kind"] == "loss"]
     assert len(losses) == 2 and all(np.isfinite(losses))
+    from blk.train.cache import model_key
+
+    run_cache = TensorCache(dataset / ".blk" / "cache" / model_key(model.path) / "text")
+    captions = [(dataset / f"img{i}.txt").read_text() for i in range(2)]
+    assert any(run_cache._path(f"flux|int8-text|{caption}").exists() for caption in captions)
+    assert not any(run_cache._path(f"flux|{caption}").exists() for caption in captions)

@@ -108,12 +108,12 @@ def parameter_chunks(parameters: dict) -> list[bytes]:
 def png_bytes(image, parameters: dict) -> bytes:
     """The image as PNG with its parameters and the AI disclosure embedded (zlib `PNG_COMPRESS_LEVEL`), and its
     ICC profile when it has one. 8-bit L, LA, RGB and RGBA (every studio output) are encoded on every core
-    (`blk.png_encoder`); any other mode by Pillow."""
+    (`blk.png_encoder`); any other mode, or an image with a transparent colour (tRNS), by Pillow."""
     import numpy as np
 
     from blk.png_encoder import COLOUR_TYPES, encode_png, icc_chunk
 
-    if image.mode in COLOUR_TYPES:
+    if image.mode in COLOUR_TYPES and "transparency" not in image.info:
         icc = image.info.get("icc_profile")
         chunks = ([icc_chunk(icc)] if icc else []) + parameter_chunks(parameters)
         return encode_png(np.asarray(image), image.mode, chunks, level=PNG_COMPRESS_LEVEL)
