@@ -83,7 +83,7 @@ def _xmp(kind: str = "trainedAlgorithmicMedia") -> str:
 # astronaut and coffee, resized), through Pillow: level 6 took 460-480 ms, level 4 200-220 ms, for files
 # 0.8-1.4 % larger. ComfyUI also saves at 4. On the GPU the PNG is part of each image's time (Sketch, #5):
 # `blk.png_encoder` spreads it over the cores (`bench/png_save.py`, astronaut 1024², level 4, 2 cores: Pillow
-# 114 ms, 1.27 MB; ours 61 ms on 2 threads, 87 ms on one, 1.35 MB: Python's zlib, where Pillow has zlib-ng).
+# 114 ms, 1.27 MB; ours 62 ms on 2 threads, 90 ms on one, 1.35 MB: Python's zlib, where Pillow has zlib-ng).
 PNG_COMPRESS_LEVEL = 4
 
 
