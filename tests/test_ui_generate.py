@@ -80,11 +80,11 @@ def test_a_png_names_its_loras_without_the_folders_of_the_machine_and_they_are_f
     kept.write_bytes(b"another file")  # the same name, another file: not the LoRA the image was made with
     other = workspace.models / "loras" / "unrelated.safetensors"  # another size: never hashed in the search
     other.write_bytes(b"x" * 1000)
-    from blk.models import pipelines
+    from blk.data import scan
 
     loaded = sketch.load_parameters(context, str(result.path))
     assert loaded[3] == [] and f"Not found on this machine: {run.name}/step-000008.safetensors" in loaded[-1]
-    assert not [key for key in pipelines._SHA256_BY_STAT if key[0] == str(other.resolve())]
+    assert not [key for key in scan._DIGESTS if key[0] == str(other.resolve())]
 
     # a LoRA kept in a folder allowed besides the workspace: named by its file name, found there again
     shelf = tmp_path / "shelf" / "inks"

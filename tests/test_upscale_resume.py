@@ -375,15 +375,15 @@ def test_a_journal_of_the_older_layout_starts_over(tmp_path):
 def test_content_hashes_are_kept_per_file_version(tmp_path):
     """The resume key hashes the model and the input; the hash is kept per (path, inode, size,
     mtime), so a file changed in place is hashed again and a stale journal can never match."""
-    from blk.upscale.journal import file_sha256
+    from blk.data.scan import cached_file_sha256
 
     path = tmp_path / "model.pth"
     path.write_bytes(b"a" * 4096)
-    first = file_sha256(path)
-    assert file_sha256(path) == first == hashlib.sha256(b"a" * 4096).hexdigest()
+    first = cached_file_sha256(path)
+    assert cached_file_sha256(path) == first == hashlib.sha256(b"a" * 4096).hexdigest()
     path.write_bytes(b"b" * 4096)  # same size, new content
     os.utime(path, ns=(1, 1))  # even an mtime set back is a different version
-    assert file_sha256(path) == hashlib.sha256(b"b" * 4096).hexdigest()
+    assert cached_file_sha256(path) == hashlib.sha256(b"b" * 4096).hexdigest()
 
 
 # -- the shrunk last pass, and the time left after a resume ----------------------------------------

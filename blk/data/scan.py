@@ -56,6 +56,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+_DIGESTS: dict[tuple, str] = {}  # (real path, device, inode, size, mtime_ns) → sha256
+
+
+def cached_file_sha256(path: str | os.PathLike) -> str:
+    """`file_sha256`, kept per file version (path, inode, size, mtime) in this process: models and LoRAs are
+    hashed at every job (a resume key, a PNG's parameters), and a 67 MB upscaler takes ~0.1 s. A file
+    changed in place is a new version, so a stale digest is never returned."""
+    info = os.stat(path)
+    key = (os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_sha256(Path(path))
+    return _DIGESTS[key]
+
+
 def iter_image_paths(dataset: Path):
     """Yield (path, rel) of every image-named file, sorted, skipping hidden folders and files."""
     for root, dirs, files in os.walk(dataset):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from blk.commands import blk_command
-from blk.data.scan import file_sha256
+from blk.data.scan import cached_file_sha256
 from blk.errors import UserError, require_file
 from blk.models import speed
 from blk.models.device import MemoryOptions, pick_device, pick_dtype
@@ -255,16 +255,9 @@ def _cache_key(model: ResolvedModel, device: str, memory: MemoryOptions) -> tupl
     return (str(model.path), model.family, device, replace(memory, compile=False))
 
 
-_SHA256_BY_STAT: dict[tuple[str, int, int], str] = {}
-
-
 def lora_sha256(path: Path) -> str:
-    """The file's sha256, hashed once per (path, size, mtime): LoRAs are hashed at every generation."""
-    stat = Path(path).stat()
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA256_BY_STAT:
-        _SHA256_BY_STAT[key] = file_sha256(Path(path))
-    return _SHA256_BY_STAT[key]
+    """The file's sha256, hashed once per file version: LoRAs are hashed at every generation."""
+    return cached_file_sha256(path)
 
 
 def adapter_name(path: Path) -> str:

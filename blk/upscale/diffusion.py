@@ -63,7 +63,8 @@ from blk.generate.sizes import SIZE_MULTIPLE
 from blk.models.device import MemoryOptions
 from blk.upscale.canvas import (Canvas, check_outputs, check_png, output_format, print_path, read_icc,
                                write_result)
-from blk.upscale.journal import Journal, file_sha256, job_key
+from blk.data.scan import cached_file_sha256
+from blk.upscale.journal import Journal, job_key
 from blk.upscale.source import open_input
 from blk.upscale.tiler import count_tiles, run_tiles
 
@@ -350,10 +351,10 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             what = f"pass {pass_name(k)}" if k else ENLARGING
             progress(done[0] + (n if k else 0), total, Stage(step + 1, len(sizes), what, n, of))
 
-    key = job_key({"path": "diffusion", "input_sha256": file_sha256(job.input), "model": model.name,
+    key = job_key({"path": "diffusion", "input_sha256": cached_file_sha256(job.input), "model": model.name,
                    "model_path": str(model.path), "output": str(job.output.resolve()), "size": [width, height],
                    "step_sizes": sizes, "lora_sha256": lora_sha256(job.texture_lora) if job.texture_lora else None,
-                   "enlarge_sha256": file_sha256(job.enlarge_model) if job.enlarge_model else None,
+                   "enlarge_sha256": cached_file_sha256(job.enlarge_model) if job.enlarge_model else None,
                    "enlarge_tile": job.enlarge_tile,
                    "passes": [[p.denoise, p.lora_scale] for p in job.passes], "tile": job.tile,
                    "overlap": job.overlap, "seed": job.seed, "steps": job.steps, "guidance": job.guidance,

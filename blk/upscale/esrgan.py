@@ -47,7 +47,8 @@ import numpy as np
 from blk.errors import UserError
 from blk.upscale.canvas import (Canvas, check_outputs, check_png, output_format, print_path, read_icc,
                                write_result)
-from blk.upscale.journal import Journal, file_sha256, job_key
+from blk.data.scan import cached_file_sha256
+from blk.upscale.journal import Journal, job_key
 from blk.upscale.source import WHOLE_IMAGE_PIXELS, FilledSource, open_input
 from blk.upscale.tiler import Cancelled, auto_tile, count_tiles, run_tiles
 
@@ -249,9 +250,10 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     inputs = pass_inputs(image.width, image.height, upscaler.scale, (width, height))
     passes = len(inputs)
     batch = max(1, job.batch)
-    model_sha256 = _sha256(job.model)
+    model_sha256 = cached_file_sha256(job.model)
     # what decides the canvases' pixels: a journal with another key is stale (see blk.upscale.journal)
-    key = job_key({"path": "esrgan", "input_sha256": _sha256(job.input), "model_sha256": model_sha256,
+    key = job_key({"path": "esrgan", "input_sha256": cached_file_sha256(job.input),
+                   "model_sha256": model_sha256,
                    "output": str(job.output.resolve()), "size": [width, height], "tile": job.tile,
                    "overlap": job.overlap, "batch": batch, "alpha": job.alpha, "device": device,
                    "precision": str(dtype), "passes": passes, "pass_inputs": inputs})
@@ -464,5 +466,3 @@ def _check(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled()
 
-
-_sha256 = file_sha256

@@ -67,23 +67,6 @@ def fresh_state(key: str) -> dict:
     return {"version": VERSION, "key": key, "token": secrets.token_hex(6), "pass": 0, "tile": None, **_PASS_START}
 
 
-_DIGESTS: dict[tuple, str] = {}  # (path, device, inode, size, mtime_ns) → sha256: a model is hashed once per process
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The content hash of a file (a resume key needs the model's and the input's content). Kept per
-    (path, inode, size, mtime) in this process: the next job with the same 67 MB model skips ~0.1 s."""
-    info = os.stat(path)
-    key = (os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-    if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
-    return _DIGESTS[key]
-
-
 def job_key(parameters: dict) -> str:
     """A stable hash of what decides a job's pixels (JSON-able values; paths as strings)."""
     text = json.dumps(parameters, sort_keys=True, default=str, ensure_ascii=True)
