@@ -266,3 +266,32 @@ def test_cpu_offload_without_a_gpu_is_said_and_not_recorded(sketcher, tmp_path):
     assert offloaded.parameters["memory"]["cpu_offload"] is False and plain.notice == ""
     assert sketcher.cache.load_count == loads  # the same pipeline: nothing changed for it
     assert np.array_equal(pixels(plain.path), pixels(offloaded.path))
+
+
+@pytest.mark.parametrize("model, fields", [("tiny-flux", {}),
+                                           ("tiny-sdxl", {"negative_prompt": "blurry", "guidance": 5.0})])
+def test_several_images_of_one_prompt_encode_it_once_and_make_the_same_images(sketcher, tmp_path, monkeypatch,
+                                                                               model, fields):
+    """A request for 3 images runs the text encoders as often as a one-image request does (observed on
+    transformers' own forward calls), and its images are those of 3 one-image requests with the same seeds:
+    the embeddings are the pipeline's own."""
+    import transformers
+
+    calls = []
+    for cls in (transformers.CLIPTextModel, transformers.CLIPTextModelWithProjection, transformers.T5EncoderModel):
+        original = cls.forward
+        monkeypatch.setattr(cls, "forward", lambda self, *a, _original=original, **k: calls.append(type(self).__name__)
+                            or _original(self, *a, **k))
+    one_by_one = []
+    for seed in (3, 4, 5):
+        calls.clear()
+        one_by_one += sketcher.run(tiny(model, seed=seed, out_dir=tmp_path / "single", **fields))
+    one_image = sorted(calls)
+    assert "CLIPTextModel" in one_image and ("T5EncoderModel" in one_image) == (model == "tiny-flux")
+    calls.clear()
+    together = sketcher.run(tiny(model, seed=3, count=3, out_dir=tmp_path / "batch", **fields))
+    assert sorted(calls) == one_image  # once for the three images
+    assert [r.seed for r in together] == [3, 4, 5]
+    for single, batched in zip(one_by_one, together):
+        assert np.array_equal(pixels(single.path), pixels(batched.path))
+        assert read_parameters(batched.path)["prompt"] == "an ink cube"

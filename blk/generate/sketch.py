@@ -22,7 +22,7 @@ from blk.generate.library import find_lora, lora_reference
 from blk.generate.metadata import save_png
 from blk.generate.prompt_length import prompt_length_notice
 from blk.generate.sizes import SIZE_MULTIPLE, round_size
-from blk.generate.text_to_image import TextToImage, generate
+from blk.generate.text_to_image import TextToImage, encode_texts, generate
 from blk.models.device import MemoryOptions, is_out_of_memory
 from blk.models.pipelines import LoadedPipeline, PipelineCache, lora_sha256, set_loras, \
     unused_options_notice
@@ -218,6 +218,8 @@ class Sketcher:
             folder = Path(request.out_dir) if request.out_dir else output_folder(self.workspace)
             folder.mkdir(parents=True, exist_ok=True)
             saves = []  # each image's PNG is encoded and written while the next one generates
+            # several images of one prompt: encoded once (the LoRAs do not change within a request)
+            texts = self._encode(loaded, base) if request.count > 1 else None
             try:
                 for index in range(request.count):
                     seed = (first_seed + index) % (MAX_SEED + 1)
@@ -230,7 +232,7 @@ class Sketcher:
                         if progress is not None:
                             progress(index * total + step, request.count * total)
 
-                    image = self._generate(loaded, one, on_step)
+                    image = self._generate(loaded, one, on_step, texts)
                     parameters = self.parameters(loaded, one, request)
                     notice = " ".join([notice, *loaded.notices]).strip()  # a compile fallback is said once
                     loaded.notices.clear()
@@ -248,17 +250,13 @@ class Sketcher:
         return result
 
     @staticmethod
-    def _generate(loaded: LoadedPipeline, request: TextToImage, on_step):
-        try:
-            return generate(loaded, request, callback=on_step)
-        except UserError:
-            raise
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-        # out of memory; freed here, after the handler: inside it the traceback still holds the run's tensors
-        free_device_memory()
-        raise UserError(out_of_memory_sentence(loaded, request.width, request.height))
+    def _generate(loaded: LoadedPipeline, request: TextToImage, on_step, texts: dict | None = None):
+        return _memory_sentence_on_oom(loaded, request, lambda: generate(loaded, request, on_step, texts))
+
+    @staticmethod
+    def _encode(loaded: LoadedPipeline, request: TextToImage) -> dict:
+        return _memory_sentence_on_oom(loaded, request, lambda: encode_texts(
+            loaded, request.prompt, request.guidance, request.negative_prompt))
 
     def parameters(self, loaded: LoadedPipeline, request: TextToImage, sketch: SketchRequest) -> dict:
         return {
@@ -270,6 +268,20 @@ class Sketcher:
                       for lora in sketch.loras],
             "memory": asdict(loaded.memory), "device": loaded.device,
         }
+
+
+def _memory_sentence_on_oom(loaded: LoadedPipeline, request: TextToImage, work):
+    """`work()`, with running out of device memory said as one sentence naming the mode to try."""
+    try:
+        return work()
+    except UserError:
+        raise
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+    # out of memory; freed here, after the handler: inside it the traceback still holds the run's tensors
+    free_device_memory()
+    raise UserError(out_of_memory_sentence(loaded, request.width, request.height))
 
 
 def out_of_memory_sentence(loaded: LoadedPipeline, width: int, height: int) -> str:

@@ -58,12 +58,12 @@ from typing import Callable
 
 import numpy as np
 
+from blk.data.scan import cached_file_sha256
 from blk.errors import UserError, require_file
 from blk.generate.sizes import SIZE_MULTIPLE
 from blk.models.device import MemoryOptions
 from blk.upscale.canvas import (Canvas, check_outputs, check_png, output_format, print_path, read_icc,
                                write_result)
-from blk.data.scan import cached_file_sha256
 from blk.upscale.journal import Journal, job_key
 from blk.upscale.source import open_input
 from blk.upscale.tiler import count_tiles, run_tiles
@@ -566,6 +566,8 @@ def tile_processor(loaded, prompt: str, denoise: float, steps: int, guidance: fl
     """
     import torch
 
+    from blk.generate.text_to_image import encode_texts
+
     multiple = SIZE_MULTIPLE[loaded.model.family]
     encoded: dict = {}
 
@@ -573,20 +575,7 @@ def tile_processor(loaded, prompt: str, denoise: float, steps: int, guidance: fl
         """The prompt encoded once for all the tiles of this pass, after its LoRAs are set: every call encoded
         it again (T5-XXL per tile, and under CPU offload T5's 9.5 GB sent to the GPU for each tile)."""
         if not encoded:
-            pipe = loaded.pipe
-            with torch.no_grad():
-                if loaded.model.family == "flux":
-                    embeds, pooled, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, max_sequence_length=512,
-                                                           device=pipe._execution_device)
-                    encoded.update(prompt_embeds=embeds, pooled_prompt_embeds=pooled)
-                else:
-                    guided = guidance > 1 and pipe.unet.config.time_cond_proj_dim is None  # as the pipeline decides
-                    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
-                        prompt=prompt, device=pipe._execution_device, num_images_per_prompt=1,
-                        do_classifier_free_guidance=guided)
-                    encoded.update(prompt_embeds=embeds, pooled_prompt_embeds=pooled)
-                    if guided:
-                        encoded.update(negative_prompt_embeds=negative, negative_pooled_prompt_embeds=negative_pooled)
+            encoded.update(encode_texts(loaded, prompt, guidance))
         return encoded
 
     def process(tiles: np.ndarray) -> np.ndarray:

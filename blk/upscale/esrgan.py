@@ -44,10 +44,10 @@ from typing import Callable
 
 import numpy as np
 
+from blk.data.scan import cached_file_sha256
 from blk.errors import UserError
 from blk.upscale.canvas import (Canvas, check_outputs, check_png, output_format, print_path, read_icc,
                                write_result)
-from blk.data.scan import cached_file_sha256
 from blk.upscale.journal import Journal, job_key
 from blk.upscale.source import WHOLE_IMAGE_PIXELS, FilledSource, open_input
 from blk.upscale.tiler import Cancelled, auto_tile, count_tiles, run_tiles
