@@ -201,6 +201,31 @@ def test_tiny_transparent_generation(model, shared_workspace, tmp_path):
     assert stenciler.sketcher.cache.load_count == 1
 
 
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-sdxl"])
+def test_several_assets_of_one_prompt_encode_it_once_and_are_the_single_assets(model, shared_workspace, tmp_path,
+                                                                                monkeypatch):
+    import transformers
+
+    calls = []
+    for cls in (transformers.CLIPTextModel, transformers.CLIPTextModelWithProjection, transformers.T5EncoderModel):
+        original = cls.forward
+        monkeypatch.setattr(cls, "forward", lambda self, *a, _original=original, **k: calls.append(type(self).__name__)
+                            or _original(self, *a, **k))
+    stenciler = Stenciler(Sketcher(shared_workspace))
+    request = StencilRequest(model, "a leaf", role="FG", seed=6, width=64, height=64, steps=2, augment=False,
+                             out_dir=tmp_path / "single")
+    singles = []
+    for seed in (6, 7):
+        calls.clear()
+        singles += stenciler.run(StencilRequest(**{**request.__dict__, "seed": seed}))
+    one_asset = sorted(calls)
+    calls.clear()
+    both = stenciler.run(StencilRequest(**{**request.__dict__, "count": 2, "out_dir": tmp_path / "both"}))
+    assert one_asset and sorted(calls) == one_asset
+    for single, batched in zip(singles, both):
+        assert np.array_equal(np.asarray(Image.open(single.path)), np.asarray(Image.open(batched.path)))
+
+
 def test_out_of_memory_is_one_sentence_that_holds_no_tensors(shared_workspace, tmp_path, monkeypatch):
     """A transparent asset that does not fit: one sentence naming what to change, raised after the handler so
     that no traceback keeps the failed run's tensors (they were never given back to the device)."""

@@ -25,7 +25,7 @@ from blk.generate.prompt_length import prompt_length_notice
 from blk.generate.sizes import round_size
 from blk.generate.sketch import MAX_SEED, Cancelled, Lora, Sketcher, _output_name, check_numbers, free_device_memory, \
     generation_defaults, lora_label, output_folder
-from blk.generate.text_to_image import TextToImage, img2img_steps, run_pipeline
+from blk.generate.text_to_image import TextToImage, encode_texts, img2img_steps, run_pipeline
 from blk.models.device import MemoryOptions, is_out_of_memory
 from blk.models.pipelines import lora_sha256, set_loras
 from blk.models.registry import resolve
@@ -126,6 +126,7 @@ class Stenciler:
                 start_latent = rgba_to_latent(vae, model.family, encoder, rgba_tensor(start, width, height))
             folder = Path(request.out_dir) if request.out_dir else output_folder(workspace, "stencil")
             folder.mkdir(parents=True, exist_ok=True)
+            texts = None  # several assets of one prompt: encoded once (the LoRAs do not change within a request)
             for index in range(request.count):
                 seed = (first_seed + index) % (MAX_SEED + 1)
                 text = TextToImage(prompt=prompt, seed=seed, width=width, height=height,
@@ -142,8 +143,11 @@ class Stenciler:
 
                 image = None
                 try:
+                    if texts is None and request.count > 1:
+                        texts = encode_texts(loaded, prompt, text.guidance)
                     latents = run_pipeline(loaded, text, on_step, output_type="latent", image=start_latent,
-                                           strength=request.strength if start is not None else None).images
+                                           strength=request.strength if start is not None else None,
+                                           texts=texts).images
                     image = rgba_image(latent_to_rgba(loaded, latents, width, height, decoder, request.augment))
                 except UserError:
                     raise
