@@ -6,8 +6,9 @@ band is filtered (for every row, the one of PNG's five filters whose bytes have 
 values as signed bytes: libpng's heuristic) and deflated on its own thread (numpy and zlib let go of the GIL),
 each band's deflate stream ended by a full flush so that the bands join into one zlib stream, as pigz does.
 Each band is an IDAT chunk of its own (a decoder joins the IDAT chunks' data), so nothing joins a large image
-in memory; the stream's Adler-32, combined from the bands' own, closes it in a last IDAT. The result is a plain PNG (8-bit grey,
-grey + alpha, RGB or RGBA, not interlaced) that any decoder reads; tests decode it with Pillow pixel for pixel.
+in memory; the stream's Adler-32, combined from the bands' own, closes it in a last IDAT. The result is a plain
+PNG (8-bit grey, grey + alpha, RGB or RGBA, not interlaced) that any decoder reads; tests decode it with Pillow,
+libpng and libvips pixel for pixel.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from blk.generate.metadata import DISCLOSURE, IPTC_AI, read_parameters
 from blk.generate.sizes import round_size, size_for_budget
 from blk.generate.sketch import Cancelled, Lora, Sketcher, SketchRequest, request_from_parameters
 from tests.conftest import run_blk
+from tests.support.encoders import record_text_encoder_calls
 from tests.support.loras import make_random_lora
 
 
@@ -275,13 +276,7 @@ def test_several_images_of_one_prompt_encode_it_once_and_make_the_same_images(sk
     """A request for 3 images runs the text encoders as often as a one-image request does (observed on
     transformers' own forward calls), and its images are those of 3 one-image requests with the same seeds:
     the embeddings are the pipeline's own."""
-    import transformers
-
-    calls = []
-    for cls in (transformers.CLIPTextModel, transformers.CLIPTextModelWithProjection, transformers.T5EncoderModel):
-        original = cls.forward
-        monkeypatch.setattr(cls, "forward", lambda self, *a, _original=original, **k: calls.append(type(self).__name__)
-                            or _original(self, *a, **k))
+    calls = record_text_encoder_calls(monkeypatch)
     one_by_one = []
     for seed in (3, 4, 5):
         calls.clear()

@@ -15,6 +15,7 @@ from blk.models.registry import ResolvedModel, resolve
 from blk.stencil.generate import Stenciler, StencilRequest
 from blk.stencil.layerdiffuse import convert_forge_lora, find_weights, latent_to_rgba, load_decoder
 from blk.stencil.transparent_vae import TINY_WIDTHS, TransparentDecoder, TransparentEncoder, decode_augmented
+from tests.support.encoders import record_text_encoder_calls
 from tests.support.loras import make_random_lora
 
 # a copy of ../shared/fixtures/layerdiffuse (the exact keys and shapes of the official files), kept in the
@@ -204,13 +205,7 @@ def test_tiny_transparent_generation(model, shared_workspace, tmp_path):
 @pytest.mark.parametrize("model", ["tiny-flux", "tiny-sdxl"])
 def test_several_assets_of_one_prompt_encode_it_once_and_are_the_single_assets(model, shared_workspace, tmp_path,
                                                                                 monkeypatch):
-    import transformers
-
-    calls = []
-    for cls in (transformers.CLIPTextModel, transformers.CLIPTextModelWithProjection, transformers.T5EncoderModel):
-        original = cls.forward
-        monkeypatch.setattr(cls, "forward", lambda self, *a, _original=original, **k: calls.append(type(self).__name__)
-                            or _original(self, *a, **k))
+    calls = record_text_encoder_calls(monkeypatch)
     stenciler = Stenciler(Sketcher(shared_workspace))
     request = StencilRequest(model, "a leaf", role="FG", seed=6, width=64, height=64, steps=2, augment=False,
                              out_dir=tmp_path / "single")
