@@ -116,10 +116,11 @@ PEER_TILE, PEER_TILE_PAD, PEER_PRE_PAD = 512, 10, 0
 
 
 def compare_job(model: str, image: str, out: str, tile: int | None, device: str, repeats: int,
-                threads: int) -> dict:
+                threads: int, compiled: bool = False) -> dict:
     """Our whole job (`esrgan.run`: read, tiles, canvas, TIFF write) with the EsrganJob defaults
-    except `tile`: one untimed warm-up, then `repeats` timed runs. The model load inside `run` is timed
-    by wrapping `load_upscaler` and taken off each run, as the peer's load is not in its figure."""
+    except `tile` and `compiled`: one warm-up (timed apart: with `compiled` it pays the compiler), then
+    `repeats` timed runs. The model load inside `run` is timed by wrapping `load_upscaler` and taken off
+    each run, as the peer's load is not in its figure."""
     import torch
 
     from blk.upscale import models
@@ -139,8 +140,8 @@ def compare_job(model: str, image: str, out: str, tile: int | None, device: str,
         return up
 
     models.load_upscaler = timed_load
-    job = EsrganJob(Path(image), Path(out), Path(model), tile=tile, device=device)
-    run(job)  # warm-up
+    job = EsrganJob(Path(image), Path(out), Path(model), tile=tile, device=device, compile=compiled)
+    first = run(job).seconds - sum(loads)  # warm-up
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -155,6 +156,7 @@ def compare_job(model: str, image: str, out: str, tile: int | None, device: str,
     phases = result.phases | {"prepare": result.phases["prepare"] - sum(loads)}
     return {"seconds": seconds, "phases": phases, "width": result.width, "height": result.height, "tile": result.tile,
             "tiles": result.tiles, "batch": job.batch, "overlap": job.overlap, "load_s": sum(loads),
+            "first_s": first, "compiled": result.parameters.get("compile", False),
             "precision": result.parameters["precision"],
             "rss_mb": peak_rss_mb(),
             "cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None}
@@ -229,10 +231,13 @@ def compare(args, model: Path, scratch: Path, device: str, card: str) -> None:
           f"run{'s' if args.repeats > 1 else ''} after a warm-up, model load excluded; {card}" + ("" if gpu else f", {threads} threads"))
 
     rows = []  # (label, result, output path)
-    for label, tile in (("ours, tile auto", None), (f"ours, tile {PEER_TILE}", PEER_TILE)):
-        out = scratch / f"ours_{tile or 'auto'}.tif"
+    ours = [("ours, tile auto", None, False), (f"ours, tile {PEER_TILE}", PEER_TILE, False)]
+    if args.compiled:
+        ours.append(("ours, tile auto, compiled", None, True))
+    for label, tile, compiled in ours:
+        out = scratch / f"ours_{tile or 'auto'}{'_compiled' if compiled else ''}.tif"
         job = {"model": str(model), "image": str(image), "out": str(out), "tile": tile, "device": device,
-               "repeats": args.repeats, "threads": threads}
+               "repeats": args.repeats, "threads": threads, "compiled": compiled}
         done = subprocess.run([sys.executable, __file__, "--child-compare", json.dumps(job)],
                               check=False, capture_output=True, text=True)
         if done.returncode:
@@ -258,7 +263,7 @@ def compare(args, model: Path, scratch: Path, device: str, card: str) -> None:
 
     reference = untiled(model, image, device) if side * side <= args.reference_max ** 2 else None
     peer_out = read_rgb(rows[-1][1]) if peer else None
-    print(f"\n{'row':<46} {'tile':>5} {'tiles':>5} {'prec':>8} {'work':>5} {'MP/s':>8} {'med s':>7} {'load s':>6} "
+    print(f"\n{'row':<50} {'tile':>5} {'tiles':>5} {'prec':>8} {'work':>5} {'MP/s':>8} {'med s':>7} {'load s':>6} "
           f"{'peak RSS MB':>11} {'CUDA MB':>8} {'Δ peer max/mean':>16} {'Δ untiled max/mean':>19}")
     speed = {}
     for r, out in rows:
@@ -267,13 +272,16 @@ def compare(args, model: Path, scratch: Path, device: str, card: str) -> None:
         pixels = read_rgb(out)
         cuda = f"{r['cuda_mb']:.0f}" if r.get("cuda_mb") is not None else "–"
         vs_peer = "–" if r is peer else difference(pixels, peer_out)
-        print(f"{r['label']:<46} {r['tile']:>5} {r['tiles']:>5} {r['precision'].removeprefix('torch.'):>8} "
+        print(f"{r['label']:<50} {r['tile']:>5} {r['tiles']:>5} {r['precision'].removeprefix('torch.'):>8} "
               f"{work(side, r, r is peer):>5.2f} {speed[r['label']]:>8.2f} {med:>7.3f} {r['load_s']:>6.2f} "
               f"{r['rss_mb']:>11.0f} {cuda:>8} {vs_peer:>16} {difference(pixels, reference):>19}")
     for r, _ in rows:
         if r.get("phases"):
             print(f"  {r['label'].split(' (')[0]}, last run: " +
-                  ", ".join(f"{name} {seconds:.3f} s" for name, seconds in r["phases"].items()) + " (load excluded)")
+                  ", ".join(f"{name} {seconds:.3f} s" for name, seconds in r["phases"].items()) + " (load excluded)"
+                  + (f"; first run {r['first_s']:.1f} s (compiling)" if r.get("compiled") else ""))
+        if r is not peer and "compiled" in r["label"] and not r.get("compiled"):
+            print(f"  {r['label'].split(' (')[0]}: compile failed, the row ran uncompiled")
     if peer and peer.get("write_s") is not None:
         with_write = statistics.median(peer["seconds"]) + peer["write_s"]
         speed["peer+write"] = peer["width"] * peer["height"] / 1e6 / with_write
@@ -292,9 +300,10 @@ def compare(args, model: Path, scratch: Path, device: str, card: str) -> None:
         print(f"  (untiled reference skipped: input above {args.reference_max}² px, --reference-max)")
 
 
-def layouts(model: Path, device: str, card: str, repeats: int) -> None:
+def layouts(model: Path, device: str, card: str, repeats: int, compiled: bool = False) -> None:
     """The network alone (no tiler, no files), fp16 on a GPU: NCHW vs channels-last, cuDNN's
-    autotuner off vs on — what `blk.upscale.esrgan.CHANNELS_LAST` and `_model` choose between."""
+    autotuner off vs on — what `blk.upscale.esrgan.CHANNELS_LAST` and `_model` choose between; with
+    `compiled`, channels-last compiled too (`blk.upscale.compiled_network`)."""
     import torch
 
     from blk.upscale.models import load_upscaler
@@ -322,6 +331,25 @@ def layouts(model: Path, device: str, card: str, repeats: int) -> None:
                 print(f"{batch}×{side}² {name:>14} {str(autotune):>8} {ms:>8.1f} "
                       f"{batch * (side * up.scale) ** 2 / 1e6 / (ms / 1000):>11.1f}")
     torch.backends.cudnn.benchmark = False
+    if compiled:
+        from blk.upscale.compiled_network import compile_network
+
+        up.descriptor.model.to(memory_format=torch.channels_last)
+        blocks = compile_network(up.descriptor.model)
+        for batch, side in ((1, 1024), (4, 512)):
+            x = torch.rand(batch, 3, side, side, device=device, dtype=torch.float16)
+            x = x.contiguous(memory_format=torch.channels_last)
+            times = []
+            for i in range(repeats + 1):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                up.descriptor(x)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+            ms = statistics.median(times[1:]) * 1000
+            print(f"{batch}×{side}² {'compiled':>14} {'–':>8} {ms:>8.1f} "
+                  f"{batch * (side * up.scale) ** 2 / 1e6 / (ms / 1000):>11.1f}   (first call {times[0]:.1f} s; "
+                  f"{blocks or 'whole network'} {'blocks' if blocks else ''})")
 
 
 def main() -> None:
@@ -343,6 +371,9 @@ def main() -> None:
     parser.add_argument("--layouts", action="store_true",
                         help="first, the network alone in NCHW vs channels-last, cuDNN autotune off/on (GPU)")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-RSS rows (--sizes)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also our job with the network compiled (EsrganJob.compile), and with --layouts the "
+                             "network alone compiled")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-compare", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -368,7 +399,7 @@ def main() -> None:
     tiles = args.tiles or ([256, 512] if gpu else [64, 128])
     side = args.input or (1024 if gpu else 256)
     if args.layouts and gpu:
-        layouts(model, device, card, args.repeats)
+        layouts(model, device, card, args.repeats, args.compiled)
     if args.compare_only:
         print(f"device: {card}; model: {model.name}")
         compare(args, model, scratch, device, card)

@@ -34,7 +34,7 @@ class Settings:
     models: dict[str, str] = field(default_factory=dict)  # name -> local path of a diffusers folder or file
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     vllm_python: str | None = None  # the Python of a vLLM environment made by hand (default: .venv-vllm)
-    compile: bool = False  # Sketch and Review: compile the denoiser by default (blk.models.speed)
+    compile: bool = False  # Sketch, Review and Upscale: compile by default (blk.models.speed)
     attention: str = ""  # Sketch and Review: attention backend for Flux ("" = diffusers' default)
 
     @classmethod

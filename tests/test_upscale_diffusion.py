@@ -711,3 +711,35 @@ def test_a_small_or_thin_image_runs_with_the_default_tile_and_overlap(shared_wor
     with pytest.raises(UserError, match="An overlap of 96 px needs tiles of at least 192 px"):  # the setting itself
         estimate(DiffusionJob(input=source, output=tmp_path / "x.png", model="tiny-flux", scale=2, tile=128),
                  shared_workspace)
+
+
+def test_compile_covers_the_denoiser_and_the_enlargement_and_keeps_the_pixels(shared_workspace, tmp_path,
+                                                                              monkeypatch):
+    """`memory.compile` on the diffusion path: the denoiser's blocks and the enlargement network's repeated block
+    compile, and the result is the uncompiled one's within a level or two."""
+    import torch
+    import torch._dynamo
+
+    from blk.models import speed
+    from blk.models.device import MemoryOptions
+    from blk.upscale import compiled_network
+    from tests.test_upscale_esrgan import rrdb_state
+
+    networks = []  # what the job compiled, seen on the way (compile_network itself runs)
+    compile_network = compiled_network.compile_network
+    monkeypatch.setattr(compiled_network, "compile_network", lambda net: networks.append(net) or compile_network(net))
+
+    model = tmp_path / "RealESRGAN_x4plus_3blocks.pth"
+    torch.save(rrdb_state(nb=3), model)
+    settings = {"enlarge_model": model, "final_denoise": None, "passes": (Pass(0.5),)}
+    eager = run(tiny_job(tmp_path, "eager.png", **settings), shared_workspace, PipelineCache())
+    torch._dynamo.reset()
+    cache = PipelineCache()
+    compiled = run(tiny_job(tmp_path, "compiled.png", memory=MemoryOptions(compile=True), **settings),
+                   shared_workspace, cache)
+    assert speed.is_compiled(cache._loaded.denoiser) and read_parameters(compiled.path)["compile"] is True
+    assert "compile" not in read_parameters(eager.path)
+    a, b = (np.asarray(Image.open(r.path).convert("RGB")).astype(int) for r in (eager, compiled))
+    assert a.shape == b.shape == (80, 96, 3) and np.abs(a - b).max() <= 2
+    assert [type(net).__name__ for net in networks] == ["RRDBNet"] and compiled_network.is_compiled(networks[0])
+    torch._dynamo.reset()

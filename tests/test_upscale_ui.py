@@ -485,3 +485,29 @@ def test_the_form_speaks_in_its_own_words_and_shows_progress_once(context, tmp_p
     job, = [d for d in config["dependencies"] if d.get("api_name") == "upscale"]
     view = next(c["id"] for c in config["components"] if c["props"].get("elem_id") == "blk-upscale-slider")
     assert job["show_progress_on"] == [view]
+
+
+def test_the_compile_box_reaches_both_paths_and_keeps_its_own_pace(context, tmp_path):
+    """Ticked, the ESRGAN job runs compiled (the result says so) and its pace is kept apart from uncompiled
+    jobs' (its first tiles wait for the compiler); the diffusion job gets it as its memory option."""
+    import json
+
+    import torch._dynamo
+
+    from blk.upscale.rates import _path
+    from ui.tabs.upscale import ESRGAN, diffusion_job, upscale
+
+    image = str(save(tmp_path / "art.png", 40, 48, seed=3))
+    model = str(context.workspace.models / "upscalers" / "RealESRGAN_x4plus_tiny.pth")
+    form = [image, ESRGAN, 4, "", model, "tiny-flux", None, False, 32, 8, None, 0, "", 0.3, 0.2, False, 0.15, False,
+            "TIFF", False, None, None, 50, 50, None]
+    _, (path,), status, _ = upscale(context, threading.Event(), *form, compile_models=True,
+                                    progress=lambda *a, **k: None)
+    with tifffile.TiffFile(path) as tif:
+        assert json.loads(tif.pages[0].description)["compile"] is True, status
+    assert list(json.loads(_path(context.workspace).read_text())) == ["esrgan|RealESRGAN_x4plus_tiny.pth|32|compiled"]
+    torch._dynamo.reset()
+    job = diffusion_job(context, image, tmp_path / "x.tif", 2, "", "tiny-flux", None, None, 64, 16, 4, 0, "", 0.3,
+                        0.2, False, 0.15, True, None, True)
+    assert job.memory.compile and not diffusion_job(context, image, tmp_path / "x.tif", 2, "", "tiny-flux", None,
+                                                    None, 64, 16, 4, 0, "", 0.3, 0.2, False, 0.15, True).memory.compile

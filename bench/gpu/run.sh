@@ -31,10 +31,11 @@ status=0
 for part in "$@"; do
     echo "== $part ($(date +%T))"
     case "$part" in
-        upscale)  # ours against basicsr's RealESRGANer, 1024² → 4096², then host memory at 16 MP and 1 GP
+        upscale)  # ours (eager, compiled) against basicsr's RealESRGANer, 1024² → 4096², the network alone
+                  # eager and compiled, then host memory at 16 MP and 1 GP
             python3 bench/shaped_models.py realesrgan-x4plus /tmp/x4plus.pth &&
-            python3 bench/upscale.py --model /tmp/x4plus.pth --compare-only --peer-python "$(command -v python3)" \
-                2>&1 | tee "$out/upscale-compare.txt" &&
+            python3 bench/upscale.py --model /tmp/x4plus.pth --compare-only --compiled --layouts \
+                --peer-python "$(command -v python3)" 2>&1 | tee "$out/upscale-compare.txt" &&
             python3 bench/upscale.py --model /tmp/x4plus.pth --memory-only --sizes 4096 32768 \
                 2>&1 | tee "$out/upscale-memory.txt" ;;
         generate)  # the studio's Sketch path against the plain pipeline, FLUX.1-dev shapes, 1 MP, 28 steps

@@ -3,10 +3,11 @@
     python -m blk upscale INPUT --path diffusion --model BASE [--lora TEXTURE[:SCALE]] [--enlarge-model FILE]
                           (--scale 2 | --size WxH) [--denoise 0.3,0.2[,0.15]] [--prompt P] [--seed S]
                           [--steps N] [--step-scale 4] [--no-final-pass] [--tile 1024] [--overlap 96] [--16bit]
-                          [--dpi N] [--icc FILE] [--print-dpi N [--print-background COLOUR]] [--out OUT.tif|OUT.png]
+                          [--dpi N] [--icc FILE] [--print-dpi N [--print-background COLOUR]] [--compile]
+                          [--out OUT.tif|OUT.png]
     python -m blk upscale INPUT --path esrgan --model FILE (--scale 4 | --size WxH)
                           [--tile N] [--overlap N] [--batch N] [--16bit] [--dpi N] [--icc FILE]
-                          [--alpha model|lanczos] [--device D] [--precision auto|fp32|fp16|bf16]
+                          [--alpha model|lanczos] [--device D] [--precision auto|fp32|fp16|bf16] [--compile]
                           [--print-dpi N [--print-background white|#rrggbb|r,g,b]] [--out OUT.tif|OUT.png]
 
 esrgan: tile and overlap are in input pixels; the tile comes from free memory when not given.
@@ -84,6 +85,9 @@ def add_commands(commands) -> None:
                          help="how transparency is upscaled (default: through the model)")
     upscale.add_argument("--device", default="auto")
     upscale.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    upscale.add_argument("--compile", action="store_true",
+                         help="torch.compile the models' repeated blocks (the upscaler's; on the diffusion path the "
+                              "denoiser's too): the first tiles wait for the compiler, the rest run faster")
     upscale.add_argument("--print-dpi", type=number(above=0), default=None,
                          help="also write OUT.print.tif for a print lab: 8-bit RGB, flattened, at this DPI, "
                               "with the ICC profile")
@@ -128,7 +132,7 @@ def cmd_upscale(args, workspace) -> int:
                     tile=args.tile, overlap=32 if args.overlap is None else args.overlap, batch=args.batch,
                     keep_16bit=args.keep_16bit,
                     dpi=args.dpi, icc=Path(args.icc) if args.icc else None, alpha=args.alpha,
-                    device=args.device, precision=args.precision, print_dpi=args.print_dpi,
+                    device=args.device, precision=args.precision, compile=args.compile, print_dpi=args.print_dpi,
                     print_background=parse_colour(args.print_background))
     result = _run_interruptible(lambda **hooks: run(job, **hooks))
     if result is None:
@@ -174,6 +178,7 @@ def _run_interruptible(call):
 
 def cmd_upscale_diffusion(args, workspace) -> int:
     from blk.generate.sketch import Lora
+    from blk.models.device import MemoryOptions
     from blk.upscale.canvas import parse_colour
     from blk.upscale.diffusion import DiffusionJob, Pass, run
     from blk.upscale.models import find_upscaler
@@ -199,7 +204,7 @@ def cmd_upscale_diffusion(args, workspace) -> int:
                        prompt=args.prompt,
                        final_denoise=None if args.no_final_pass else 0.1, dpi=args.dpi, keep_16bit=args.keep_16bit,
                        icc=args.icc, print_dpi=args.print_dpi, print_background=parse_colour(args.print_background),
-                       device=args.device)
+                       device=args.device, memory=MemoryOptions(compile=args.compile))
     result = _run_interruptible(lambda **hooks: run(job, workspace, **hooks))
     if result is None:
         return 130

@@ -308,6 +308,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     tiles when the same job runs again (`blk.upscale.journal`).
     """
     from blk.generate.sketch import generation_defaults
+    from blk.models import speed
     from blk.models.device import is_out_of_memory
     from blk.models.pipelines import PipelineCache, lora_sha256, set_loras
     from blk.models.registry import resolve
@@ -386,8 +387,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             step, k = divmod(stage, per_step)
             w, h = sizes[step]
             if k == 0:
-                if job.enlarge_model is not None and enlarger is None:
-                    enlarger = Enlarger.load(job.enlarge_model, job.device)  # once: every step uses it
+                if job.enlarge_model is not None and enlarger is None:  # once: every step uses it
+                    enlarger = Enlarger.load(job.enlarge_model, job.device, job.memory.compile, say)
                 made = _enlarge(job, image, source, w, h, journal, stage, cancel, enlarger,
                                 report=lambda n, of, s=stage: tell(s, n, of))
             else:
@@ -448,6 +449,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             "loras": [{"name": job.texture_lora.name, "sha256": lora_sha256(job.texture_lora)}]
             if job.texture_lora else [], "bits": bits,
         }
+        if job.memory.compile and (loaded is None or speed.is_compiled(loaded.denoiser)):  # not after a fallback
+            parameters["compile"] = True
         dpi = job.dpi or image.dpi
         write_result(source, job.output, bits=bits, icc=icc, dpi=dpi, parameters=parameters,
                      print_dpi=job.print_dpi, print_background=job.print_background, journal=journal, cancel=cancel,
@@ -483,7 +486,9 @@ class Enlarger:
     process: Callable  # the tiler's process (`esrgan.processor`)
 
     @classmethod
-    def load(cls, path: Path, device: str) -> "Enlarger":
+    def load(cls, path: Path, device: str, compiled: bool = False,
+             log: Callable[[str], None] | None = None) -> "Enlarger":
+        """`compiled`: the network's repeated block compiled, as the job compiles its denoiser."""
         from blk.models.device import pick_device
         from blk.upscale.esrgan import processor
         from blk.upscale.models import load_upscaler, pick_precision
@@ -491,7 +496,7 @@ class Enlarger:
         device = pick_device(device)
         upscaler = load_upscaler(path, device)
         dtype = pick_precision(upscaler, device)
-        return cls(upscaler, device, dtype, processor(upscaler, device, dtype))
+        return cls(upscaler, device, dtype, processor(upscaler, device, dtype, compiled=compiled, log=log))
 
 
 def _enlarge(job: DiffusionJob, image, source: Canvas | None, width: int, height: int, journal: Journal,

@@ -46,6 +46,7 @@ import numpy as np
 
 from blk.data.scan import cached_file_sha256
 from blk.errors import UserError
+from blk.upscale import compiled_network
 from blk.upscale.canvas import (Canvas, check_outputs, check_png, output_format, print_path, read_icc,
                                write_result)
 from blk.upscale.journal import Journal, job_key
@@ -76,6 +77,7 @@ class EsrganJob:
     alpha: str = "model"  # how alpha is upscaled: "model" or "lanczos"
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
+    compile: bool = False  # torch.compile the network's repeated block: first tiles slower, the rest faster
     max_pixels: int = WHOLE_IMAGE_PIXELS  # inputs above this are read by region
     print_dpi: float | None = None  # also write OUT.print.tif: 8-bit RGB, flattened, at this DPI
     print_background: tuple[int, int, int] = (255, 255, 255)  # what transparency is flattened over
@@ -244,6 +246,11 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     dpi = job.dpi or image.dpi
 
     device = pick_device(job.device)
+    if job.compile:
+        from blk.models.speed import compile_problem
+
+        if problem := compile_problem(device):
+            raise UserError(problem)
     upscaler = load_upscaler(job.model, device)
     dtype = pick_precision(upscaler, device, job.precision)
     factor = max(width / image.width, height / image.height)
@@ -264,8 +271,9 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
         journal.set_tile(the_plan.tile)
         if on_plan:
             on_plan(the_plan)
-        up = upscale(image.source, the_plan, processor(upscaler, device, dtype, job.alpha), journal, batch=batch,
-                     progress=progress, cancel=cancel, log=log)
+        process = processor(upscaler, device, dtype, job.alpha, compiled=job.compile, log=log)
+        up = upscale(image.source, the_plan, process, journal, batch=batch, progress=progress, cancel=cancel,
+                     log=log)
         source, tile, phases = up.canvas, up.tile, {"prepare": up.started - started} | up.phases
         _check(cancel)
         parameters = {
@@ -275,6 +283,8 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
             "model_scale": upscaler.scale, "passes": passes, "tile": tile, "overlap": job.overlap,
             "precision": str(dtype).removeprefix("torch."), "bits": bits, "dpi": dpi,
         } | ({"alpha": job.alpha} if image.channels == 4 else {})
+        if job.compile and compiled_network.is_compiled(upscaler.descriptor.model):  # not after a fallback
+            parameters["compile"] = True
         phases |= write_result(source, job.output, bits=bits, icc=icc, dpi=dpi, parameters=parameters,
                                print_dpi=job.print_dpi, print_background=job.print_background, journal=journal,
                                cancel=cancel, grey=image.grey)
@@ -355,31 +365,59 @@ def tiles_finished(journal: Journal, tiles: list[int]) -> int:
     return sum(tiles[:first]) + (journal.state["tiles_done"] if first < len(tiles) else 0)
 
 
-def processor(upscaler, device: str, dtype, alpha: str = "model") -> Callable[[np.ndarray], object]:
+def processor(upscaler, device: str, dtype, alpha: str = "model", compiled: bool = False,
+              log: Callable[[str], None] | None = None) -> Callable[[np.ndarray], object]:
     """The tiler's `process`: float32 (N, h, w, 3|4) → (N, h·s, w·s, 3|4), colour and alpha apart.
 
     RGB tiles come back as a torch tensor still on the device: the tiler weighs them there and
-    fetches only 16-bit levels. RGBA tiles come back as numpy (alpha is snapped on the host)."""
+    fetches only 16-bit levels. RGBA tiles come back as numpy (alpha is snapped on the host).
+    `compiled`: the network's repeated block is compiled (`compiled_network`); should the compiler fail,
+    the network runs uncompiled from then on and `log` hears it once."""
     s = upscaler.scale
     upscaler.descriptor.to(dtype)  # the weights in the tiles' precision (fp16/bf16 on GPUs), not only the inputs
     if device.startswith("cuda"):
         upscaler.descriptor.model.to(memory_format=_cuda_layout())
+    network = _network(upscaler.descriptor, device, dtype, compiled, log)
 
     def process(tiles: np.ndarray):
         n, a = len(tiles), tiles[..., 3] if tiles.shape[3] == 4 else None
         if a is None:
-            return _model(upscaler.descriptor, tiles, device, dtype)
+            return network(tiles)
         if alpha == "model":  # colour and alpha-as-grey in one call
-            both = _host(_model(upscaler.descriptor, np.concatenate([tiles[..., :3],
-                                                                    np.repeat(a[..., None], 3, axis=3)]),
-                                device, dtype))
+            both = _host(network(np.concatenate([tiles[..., :3], np.repeat(a[..., None], 3, axis=3)])))
             colour, up = both[:n], both[n:].mean(axis=3)
         else:
-            colour = _host(_model(upscaler.descriptor, tiles[..., :3], device, dtype))
+            colour = _host(network(tiles[..., :3]))
             up = np.stack([_lanczos(one, s) for one in a])
         return np.concatenate([colour, _snap_alpha(up, a, s)[..., None]], axis=3)
 
     return process
+
+
+def _network(descriptor, device: str, dtype, compiled: bool, log: Callable[[str], None] | None):
+    """`_model` over a batch of tiles, through the compiled network when `compiled` (batches padded to one
+    shape), falling back to the uncompiled network for good when the compiler fails."""
+    if not compiled:
+        return lambda tiles: _model(descriptor, tiles, device, dtype)
+    from blk.models import speed
+
+    compiled_network.compile_network(descriptor.model)
+    batch = compiled_network.StableBatch()
+
+    def run_network(tiles: np.ndarray):
+        if not compiled_network.is_compiled(descriptor.model):  # after a compiler failure
+            return _model(descriptor, tiles, device, dtype)
+        try:
+            return _model(descriptor, batch.pad(tiles), device, dtype)[:len(tiles)]
+        except Exception as exc:
+            if not speed.is_compile_error(exc):
+                raise
+            compiled_network.uncompile(descriptor.model)
+            if log:
+                log(speed.fallback_notice(exc))
+            return _model(descriptor, tiles, device, dtype)
+
+    return run_network
 
 
 def _model(descriptor, tiles: np.ndarray, device: str, dtype):

@@ -21,8 +21,9 @@ def _path(workspace: Workspace) -> Path:
     return workspace.outputs("upscale") / ".rates.json"
 
 
-def rate_key(path: str, model: str, tile: int | None) -> str:
-    return f"{path}|{Path(str(model)).name}|{tile or 'auto'}"
+def rate_key(path: str, model: str, tile: int | None, compiled: bool = False) -> str:
+    """Jobs that share a key share a pace; a compiled job's first tiles wait for the compiler, so it has its own."""
+    return f"{path}|{Path(str(model)).name}|{tile or 'auto'}" + ("|compiled" if compiled else "")
 
 
 def record(workspace: Workspace, key: str, seconds: float, tiles: int) -> None:

@@ -105,13 +105,13 @@ def target(image_path, scale, size_text):
 
 
 def esrgan_job(context: StudioContext, image_path, output, width, height, upscaler_path, tile, overlap,
-               keep_16bit=False, dpi=None, print_dpi=None):
+               keep_16bit=False, dpi=None, print_dpi=None, compile_models=False):
     from blk.upscale.esrgan import EsrganJob
 
     return EsrganJob(input=Path(image_path), output=output, model=upscaler_path, scale=None, size=(width, height),
                      tile=int(tile) if tile else None, overlap=int(overlap or 32), keep_16bit=bool(keep_16bit),
                      dpi=float(dpi) if dpi else None, print_dpi=float(print_dpi) if print_dpi else None,
-                     device=context.workspace.settings.device)
+                     device=context.workspace.settings.device, compile=bool(compile_models))
 
 
 def enlarge_line(enlarge_first, upscaler) -> str:
@@ -132,7 +132,8 @@ def time_line(context: StudioContext, key: str, tiles: int) -> str:
 
 
 def estimate(context: StudioContext, image_path, path_kind, scale, size_text, upscaler, model, tile, overlap, steps,
-             denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale=None, lora=None, enlarge_first=False):
+             denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale=None, lora=None, enlarge_first=False,
+             compile_models=False):
     """What the job will do, before it starts: size, suggested path, tiles of every pass (with the texture
     LoRA, or none), and time when known."""
     from blk.errors import UserError
@@ -159,7 +160,7 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
                                 step_scale)
             the_plan = diffusion.estimate(job, context.workspace)
             lines += [the_plan.sentence(), enlarge_line(enlarge_first, upscaler), lora_line(lora)]
-            count, key = the_plan.total_tiles, rate_key("diffusion", model, job.tile)
+            count, key = the_plan.total_tiles, rate_key("diffusion", model, job.tile, bool(compile_models))
         else:
             if not upscaler:
                 return "  \n".join(lines + ["Choose an upscaler model to count its tiles."])
@@ -167,7 +168,8 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
             the_plan = esrgan.estimate(esrgan_job(context, image_path, Path("x.tif"), width, height, model_path,
                                                   tile, overlap))
             lines.append(the_plan.sentence() + ("" if tile else " (automatic tile size, from free memory now)"))
-            count, key = sum(the_plan.tiles), rate_key("esrgan", str(model_path), int(tile) if tile else None)
+            count, key = sum(the_plan.tiles), rate_key("esrgan", str(model_path), int(tile) if tile else None,
+                                                       bool(compile_models))
     except (UserError, ValueError) as exc:
         return "  \n".join(lines + [f"**{exc}**"])
     lines.append(time_line(context, key, count))
@@ -251,8 +253,10 @@ def show_region(made, region_x, region_y):
 
 
 def diffusion_job(context, image_path, output, scale, size_text, model, lora, enlarge_model, tile, overlap, steps,
-                  seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale=None):
+                  seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale=None,
+                  compile_models=False):
     from blk.generate.sizes import parse_size
+    from blk.models.device import MemoryOptions
     from blk.upscale.diffusion import STEP, DiffusionJob, Pass
 
     size = parse_size(size_text) if (size_text or "").strip() else None
@@ -262,13 +266,14 @@ def diffusion_job(context, image_path, output, scale, size_text, model, lora, en
                         passes=tuple(passes), step=float(step_scale or STEP), tile=int(tile or 1024),
                         overlap=int(overlap or 96), seed=int(seed or 0), steps=int(steps) if steps else None,
                         prompt=prompt or "",
-                        final_denoise=0.1 if final_pass else None, device=context.workspace.settings.device)
+                        final_denoise=0.1 if final_pass else None, device=context.workspace.settings.device,
+                        memory=MemoryOptions(compile=bool(compile_models)))
 
 
 def upscale(context: StudioContext, cancel: threading.Event, image_path, path_kind, scale, size_text, upscaler,
             model, lora, enlarge_first, tile, overlap, steps, seed, prompt, denoise_a, denoise_b, use_c, denoise_c,
             final_pass, fmt, keep_16bit, dpi, print_dpi=None, region_x=50, region_y=50, step_scale=None,
-            progress=gr.Progress()):
+            compile_models=False, progress=gr.Progress()):
     """Run the job; the plan (tiles of every pass, time when known) and a resume show in the progress
     before the tiles start, then each report's line (`rates.Pace`: the diffusion path's step and what
     it is doing, an enlargement's own tiles too) with the time left at this session's pace."""
@@ -315,18 +320,18 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
         output = free_path(folder / f"{Path(image_path).stem}-{kind}-{width}x{height}.{'tif' if fmt == 'TIFF' else 'png'}",
                            companions=(print_path,))
         key = rate_key(kind, model if kind == "diffusion" else str(upscaler_path),
-                       int(tile) if tile else (1024 if kind == "diffusion" else None))
+                       int(tile) if tile else (1024 if kind == "diffusion" else None), bool(compile_models))
         if kind == "esrgan":
             if upscaler_path is None:
                 raise UserError(no_upscaler(context) if not upscaler_choices(context) else "Choose an upscaler model.")
             job = esrgan_job(context, image_path, output, width, height, upscaler_path, tile, overlap,
-                             keep_16bit and fmt == "TIFF", dpi, print_dpi)
+                             keep_16bit and fmt == "TIFF", dpi, print_dpi, compile_models)
             result = esrgan.run(job, progress=report, cancel=cancel, log=log,
                                 on_plan=lambda p: show(p, sum(p.tiles)))
         else:
             job = diffusion_job(context, image_path, output, scale, size_text, model, lora_path,
                                 upscaler_path if enlarge_first else None, tile, overlap, steps, seed, prompt,
-                                denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale)
+                                denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale, compile_models)
             job.dpi = float(dpi) if dpi else None
             job.print_dpi = float(print_dpi) if print_dpi else None
             job.keep_16bit = bool(keep_16bit) and fmt == "TIFF"
@@ -421,6 +426,9 @@ def build(context: StudioContext) -> dict:
                 keep_16bit = gr.Checkbox(False, label="Keep 16-bit (TIFF)")
                 dpi = gr.Number(0, label="DPI (0: the input's)")
                 print_dpi = gr.Number(0, label="Print copy DPI (0: none)", elem_id="blk-upscale-print-dpi")
+            compile_models = gr.Checkbox(context.workspace.settings.compile, elem_id="blk-upscale-compile",
+                                         label="Speed: compile the models (the first tiles wait for the compiler; "
+                                               "large jobs run faster)")
         with gr.Column(scale=3):
             # the actions above their status, not below the long form: with the diffusion path's settings
             # open, the buttons were a screen away from what they report
@@ -479,13 +487,14 @@ def build(context: StudioContext) -> dict:
                    trigger_mode="always_last", show_progress="hidden")
     plan_button.click(lambda *a: estimate(context, *a),
                       inputs=[image, path_kind, scale, size_text, upscaler, model, tile, overlap, steps, denoise_a,
-                              denoise_b, use_c, denoise_c, final_pass, step_scale, lora, enlarge_first],
+                              denoise_b, use_c, denoise_c, final_pass, step_scale, lora, enlarge_first,
+                              compile_models],
                       outputs=status)
     click_while_busy(go, "Upscaling…",
                      lambda *a, progress=gr.Progress(): upscale(context, cancel, *a, progress=progress),
                      inputs=[image, path_kind, scale, size_text, upscaler, model, lora, enlarge_first, tile, overlap,
                              steps, seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, fmt, keep_16bit,
-                             dpi, print_dpi, region_x, region_y, step_scale],
+                             dpi, print_dpi, region_x, region_y, step_scale, compile_models],
                      outputs=[slider, result_file, status, made], api_name="upscale",
                      show_progress_on=[slider])  # once, over the view it fills (it covered the plan thrice)
     stop.click(cancel.set, queue=False)
