@@ -84,11 +84,16 @@ def peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def one_job(model: str, image: str, out: str, tile: int, batch: int, precision: str, device: str) -> dict:
-    """Run one job in this process; return seconds, output pixels and this process's peak RSS."""
+def one_job(model: str, image: str, out: str, tile: int, batch: int, precision: str, device: str,
+            streamed: bool = True) -> dict:
+    """Run one job in this process; return seconds, output pixels and this process's peak RSS.
+    `streamed`: the TIFF is written while the last pass runs (the studio's default), else after the tiles."""
     import torch
 
+    from blk.upscale import esrgan
     from blk.upscale.esrgan import EsrganJob, run
+
+    esrgan.STREAM_RESULT = streamed
 
     if device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
@@ -116,16 +121,17 @@ PEER_TILE, PEER_TILE_PAD, PEER_PRE_PAD = 512, 10, 0
 
 
 def compare_job(model: str, image: str, out: str, tile: int | None, device: str, repeats: int,
-                threads: int, compiled: bool = False) -> dict:
+                threads: int, compiled: bool = False, streamed: bool = True) -> dict:
     """Our whole job (`esrgan.run`: read, tiles, canvas, TIFF write) with the EsrganJob defaults
     except `tile` and `compiled`: one warm-up (timed apart: with `compiled` it pays the compiler), then
     `repeats` timed runs. The model load inside `run` is timed by wrapping `load_upscaler` and taken off
     each run, as the peer's load is not in its figure."""
     import torch
 
-    from blk.upscale import models
+    from blk.upscale import esrgan, models
     from blk.upscale.esrgan import EsrganJob, run
 
+    esrgan.STREAM_RESULT = streamed
     if device == "cpu":
         torch.set_num_threads(threads)
     loads = []
@@ -231,13 +237,14 @@ def compare(args, model: Path, scratch: Path, device: str, card: str) -> None:
           f"run{'s' if args.repeats > 1 else ''} after a warm-up, model load excluded; {card}" + ("" if gpu else f", {threads} threads"))
 
     rows = []  # (label, result, output path)
-    ours = [("ours, tile auto", None, False), (f"ours, tile {PEER_TILE}", PEER_TILE, False)]
+    ours = [("ours, tile auto", None, False, True), (f"ours, tile {PEER_TILE}", PEER_TILE, False, True),
+            ("ours, tile auto, TIFF after the tiles", None, False, False)]
     if args.compiled:
-        ours.append(("ours, tile auto, compiled", None, True))
-    for label, tile, compiled in ours:
-        out = scratch / f"ours_{tile or 'auto'}{'_compiled' if compiled else ''}.tif"
+        ours.append(("ours, tile auto, compiled", None, True, True))
+    for label, tile, compiled, streamed in ours:
+        out = scratch / f"ours_{tile or 'auto'}{'_compiled' if compiled else ''}{'' if streamed else '_after'}.tif"
         job = {"model": str(model), "image": str(image), "out": str(out), "tile": tile, "device": device,
-               "repeats": args.repeats, "threads": threads, "compiled": compiled}
+               "repeats": args.repeats, "threads": threads, "compiled": compiled, "streamed": streamed}
         done = subprocess.run([sys.executable, __file__, "--child-compare", json.dumps(job)],
                               check=False, capture_output=True, text=True)
         if done.returncode:
@@ -371,6 +378,8 @@ def main() -> None:
     parser.add_argument("--layouts", action="store_true",
                         help="first, the network alone in NCHW vs channels-last, cuDNN autotune off/on (GPU)")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-RSS rows (--sizes)")
+    parser.add_argument("--write-after-tiles", action="store_true",
+                        help="the speed and memory rows write their TIFF after the tiles, as before streaming")
     parser.add_argument("--compiled", action="store_true",
                         help="also our job with the network compiled (EsrganJob.compile), and with --layouts the "
                              "network alone compiled")
@@ -406,7 +415,8 @@ def main() -> None:
         return
     image = make_input(scratch / f"in{side}.png", side)
     out = str(scratch / "out.tif")
-    base = {"model": str(model), "image": str(image), "out": out, "device": device}
+    base = {"model": str(model), "image": str(image), "out": out, "device": device,
+            "streamed": not args.write_after_tiles}
     print(f"device: {card}; model: {model.name}; input {side}×{side} → ×4; overlap 16")
 
     if not args.memory_only:
@@ -419,7 +429,9 @@ def main() -> None:
             r = one_job(**base, tile=tile, batch=batch, precision=precision)
             print(f"{tile:>5} {batch:>5} {precision:>9} {r['pixels'] / 1e6 / r['seconds']:>8.2f} {r['seconds']:>7.2f}")
 
-    print(f"\n{'output':>11} {'MP':>7} {'peak RSS MB':>12} {'s':>7}   (fresh process each; tile {tiles[1]}, batch 4; {card})")
+    written = "TIFF written after the tiles" if args.write_after_tiles else "TIFF written while the last pass runs"
+    print(f"\n{'output':>11} {'MP':>7} {'peak RSS MB':>12} {'s':>7}   (fresh process each; tile {tiles[1]}, batch 4; "
+          f"{written}; {card})")
     for size in args.sizes:
         big = make_input(scratch / f"in{size // 4}.png", size // 4)
         r = in_child(**(base | {"image": str(big)}), tile=tiles[1], batch=4, precision="auto" if gpu else "fp32")

@@ -1,5 +1,5 @@
 """Compiling the upscaling network (`blk.upscale.compiled_network`, `EsrganJob.compile`, `--compile`):
-the same result as uncompiled, one compiled graph shared by every repeated block, one shape per job,
+the same result as uncompiled, compiled graphs shared by every repeated block and by jobs of any size,
 and a compiler that is missing or fails is one sentence or a fallback — never a lost job.
 
 Compiling on a CPU runs Inductor and g++: seconds for this tiny RRDB (16 features, 3 blocks), once the
@@ -18,7 +18,16 @@ from blk.errors import UserError
 from blk.upscale import compiled_network
 from blk.upscale.esrgan import EsrganJob, processor, run
 from blk.upscale.models import load_upscaler
+from blk.upscale.tiler import even_batches
 from tests.test_upscale_esrgan import noise, rrdb_state
+
+
+@pytest.fixture(autouse=True)
+def fresh_compiler():
+    """Every test starts and ends with nothing compiled (a failing test leaves no graph to the next)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
 
 
 @pytest.fixture(scope="module")
@@ -66,31 +75,35 @@ def test_the_repeated_block_is_the_outer_one_and_a_plain_network_compiles_whole(
     assert not compiled_network.is_compiled(compact)
 
 
-def test_a_compiled_job_gives_the_uncompiled_result_through_one_shared_graph(three_blocks, picture, tmp_path):
-    """15 tiles in batches of 4: the short batches are padded to the same shape, so the whole job compiles
-    one graph, which all three blocks share; the pixels are the uncompiled job's."""
-    torch._dynamo.reset()
-    settings = {"tile": 20, "overlap": 8, "batch": 4, "device": "cpu"}
-    eager = run(EsrganJob(picture, tmp_path / "eager.tif", three_blocks, **settings))
+def test_a_compiled_job_gives_the_uncompiled_result_and_jobs_of_other_sizes_stop_compiling(three_blocks, picture,
+                                                                                           tmp_path):
+    """15 tiles in rows of 5, in batches of 4: 2 + 3 tiles a row (`even_batches`); the job compiles one graph,
+    for any batch and size, which all three blocks share; the pixels are the uncompiled job's. Jobs of other
+    tile sizes and batches compile nothing more: a studio that runs upscale after upscale stays under
+    TorchDynamo's limit of 8 graphs, past which it would run uncompiled."""
+    settings = {"overlap": 8, "batch": 4, "device": "cpu"}
+    eager = run(EsrganJob(picture, tmp_path / "eager.tif", three_blocks, tile=20, **settings))
     graphs = unique_graphs()
-    compiled = run(EsrganJob(picture, tmp_path / "compiled.tif", three_blocks, compile=True, **settings))
+    compiled = run(EsrganJob(picture, tmp_path / "compiled.tif", three_blocks, tile=20, compile=True, **settings))
     assert eager.tiles == compiled.tiles == 15
-    assert unique_graphs() - graphs == 1  # one shape, one block graph, for every block and every batch
+    assert unique_graphs() - graphs == 1  # batches of 2, then 3, through one graph for every block
     a, b = tifffile.imread(eager.path).astype(int), tifffile.imread(compiled.path).astype(int)
     assert a.shape == b.shape == (176, 240, 3)
     # fp32 on a CPU: Inductor sums in another order than eager PyTorch, so a level may round the other way
     assert np.abs(a - b).max() <= 1 and np.mean(a != b) < 0.01
     assert parameters_of(compiled.path)["compile"] is True and "compile" not in parameters_of(eager.path)
-    torch._dynamo.reset()
+    graphs = unique_graphs()
+    for tile in (24, 28, 36):  # tiles of 21×20, 26×26, 34×26 px in batches of 4, 3, 2
+        again = run(EsrganJob(picture, tmp_path / f"t{tile}.tif", three_blocks, tile=tile, compile=True, **settings))
+        assert parameters_of(again.path)["compile"] is True
+    assert unique_graphs() == graphs
 
 
-def test_short_batches_are_padded_to_one_shape():
-    batch = compiled_network.StableBatch()
-    tiles = np.arange(4 * 2 * 2 * 3, dtype=np.float32).reshape(4, 2, 2, 3)
-    assert batch.pad(tiles) is tiles
-    short = batch.pad(tiles[:1])
-    assert short.shape == tiles.shape and np.array_equal(short[0], tiles[0]) and np.array_equal(short[3], tiles[0])
-    assert batch.pad(np.concatenate([tiles, tiles[:2]])).shape[0] == 6 and batch.size == 6
+def test_batches_of_a_row_differ_by_one_tile_at_most():
+    sizes = {n: [len(group) for group in even_batches(list(range(n)), 4)] for n in range(10)}
+    assert sizes == {0: [], 1: [1], 2: [2], 3: [3], 4: [4], 5: [2, 3], 6: [3, 3], 7: [3, 4], 8: [4, 4],
+                     9: [3, 3, 3]}
+    assert [len(group) for group in even_batches(list(range(7)), 1)] == [1] * 7
 
 
 def test_compile_without_a_compiler_is_one_sentence_before_any_work(three_blocks, picture, tmp_path):
@@ -114,7 +127,6 @@ def test_a_compiler_failing_mid_job_falls_back_to_the_same_pixels(three_blocks, 
     tiles = np.stack([noise(16, 16, seed=s) for s in (1, 2)])
     eager = processor(upscaler, "cpu", torch.float32)
     expected, expected_one = eager(tiles).numpy(), eager(tiles[:1]).numpy()  # a batch of one sums apart
-    torch._dynamo.reset()
     notes = []
     process = processor(upscaler, "cpu", torch.float32, compiled=True, log=notes.append)
     assert compiled_network.is_compiled(upscaler.descriptor.model)
@@ -124,7 +136,6 @@ def test_a_compiler_failing_mid_job_falls_back_to_the_same_pixels(three_blocks, 
     assert np.array_equal(first, expected) and np.array_equal(again, expected_one)
     assert not compiled_network.is_compiled(upscaler.descriptor.model)
     assert len(notes) == 1 and "Compile failed" in notes[0] and "uncompiled" in notes[0]
-    torch._dynamo.reset()
 
 
 def test_cli_compile_flag(three_blocks, picture, tmp_path):
@@ -134,4 +145,3 @@ def test_cli_compile_flag(three_blocks, picture, tmp_path):
     assert main(["--workspace", str(tmp_path / "ws"), "upscale", str(picture), "--model", str(three_blocks),
                  "--tile", "20", "--overlap", "8", "--compile", "--device", "cpu", "--out", str(out)]) == 0
     assert parameters_of(out)["compile"] is True and tifffile.imread(out).shape == (176, 240, 3)
-    torch._dynamo.reset()

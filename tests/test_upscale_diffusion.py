@@ -743,3 +743,21 @@ def test_compile_covers_the_denoiser_and_the_enlargement_and_keeps_the_pixels(sh
     assert a.shape == b.shape == (80, 96, 3) and np.abs(a - b).max() <= 2
     assert [type(net).__name__ for net in networks] == ["RRDBNet"] and compiled_network.is_compiled(networks[0])
     torch._dynamo.reset()
+
+
+def test_compile_without_a_compiler_stops_the_diffusion_path_before_any_work(shared_workspace, tmp_path,
+                                                                             monkeypatch):
+    """The enlargement runs (and would compile) before the denoiser loads: the check comes before both."""
+    import torch._inductor.config
+
+    from blk.models.device import MemoryOptions
+    from tests.test_upscale_esrgan import rrdb_file
+
+    model = rrdb_file(tmp_path / "RealESRGAN_x4plus_tiny.pth")
+    calls = model_calls(monkeypatch, lambda n: None)
+    cache = PipelineCache()
+    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/g++",)}), \
+            pytest.raises(UserError, match="needs a C\\+\\+ compiler"):
+        run(tiny_job(tmp_path, enlarge_model=model, memory=MemoryOptions(compile=True)), shared_workspace, cache)
+    assert calls == [] and cache.load_count == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RealESRGAN_x4plus_tiny.pth", "in.png"]

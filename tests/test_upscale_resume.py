@@ -86,8 +86,10 @@ def test_run_tiles_continues_from_a_finished_row_exactly(model, tmp_path):
     # row 2 starts at input y 21 and fades in over [24, 28) (quarter margins of [22, 30)): output rows 96..
     assert (bands[1].row, bands[1].row_start, bands[1].row_fade) == (1, 21, 30)
     assert (bands[1].y_top, bands[1].kept_until, bands[1].y_end) == (96, 120, 204)
+    assert first.settled == (30 - 8) * 4 <= bands[1].y_top  # what the first row settled, row 2 never writes
     assert bands[1].saved[1].shape == (24, 256, 3)
-    assert seen[0] == (5, 9) and seen[-1] == (9, 9) and stats.tiles == 9  # counts continue from 3
+    # counts continue from 3, in batches of 1 + 2 tiles a row (`even_batches`)
+    assert seen[0] == (4, 9) and seen[-1] == (9, 9) and stats.tiles == 9
     assert np.array_equal(part.read_raw(0, 0, 256, 288), whole.read_raw(0, 0, 256, 288))
     whole.remove()
     part.remove()

@@ -488,14 +488,27 @@ def test_the_form_speaks_in_its_own_words_and_shows_progress_once(context, tmp_p
 
 
 def test_the_compile_box_reaches_both_paths_and_keeps_its_own_pace(context, tmp_path):
-    """Ticked, the ESRGAN job runs compiled (the result says so) and its pace is kept apart from uncompiled
-    jobs' (its first tiles wait for the compiler); the diffusion job gets it as its memory option."""
+    """The box is an input of Upscale and of Estimate (last, as their handlers take it). Ticked, the ESRGAN
+    job runs compiled (the result says so) and its pace is kept apart from uncompiled jobs' (its first
+    tiles wait for the compiler); the diffusion job gets it as its memory option."""
     import json
 
+    import gradio as gr
     import torch._dynamo
 
     from blk.upscale.rates import _path
+    from ui.tabs import upscale as tab
     from ui.tabs.upscale import ESRGAN, diffusion_job, upscale
+
+    with gr.Blocks() as demo:
+        tab.build(context)
+    config = demo.get_config_file()
+    box = next(c for c in config["components"] if c["props"].get("elem_id") == "blk-upscale-compile")
+    assert box["props"]["value"] is context.workspace.settings.compile is False
+    estimate_button = next(c["id"] for c in config["components"] if c["props"].get("elem_id") == "blk-upscale-estimate")
+    job, = [d for d in config["dependencies"] if d.get("api_name") == "upscale"]
+    estimating, = [d for d in config["dependencies"] if d["targets"][0][0] == estimate_button]
+    assert job["inputs"][-1] == estimating["inputs"][-1] == box["id"]
 
     image = str(save(tmp_path / "art.png", 40, 48, seed=3))
     model = str(context.workspace.models / "upscalers" / "RealESRGAN_x4plus_tiny.pth")

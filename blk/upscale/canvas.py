@@ -91,8 +91,8 @@ def _a(word: str) -> str:
 
 def _deflate() -> dict:
     """tifffile's compression arguments: deflate at DEFLATE_LEVEL with the horizontal predictor, on
-    every core this process may use (the writers run after the model has finished, when the cores
-    are otherwise idle; tifffile's default takes half)."""
+    every core this process may use (tifffile's default takes half): on a GPU the cores are otherwise
+    idle, also while a result streams out during its last pass (`streamed_tiff`)."""
     try:
         threads = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -270,11 +270,21 @@ def needs_bigtiff(width: int, height: int, samples: int, bytes_per_sample: int) 
 def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi: float | None,
                description: str, software: str, cancel: threading.Event | None = None,
                temp: Path | None = None, grey: bool = False) -> Path:
-    """Tiled TIFF (BigTIFF when it may pass 4 GB: `needs_bigtiff`), deflate + horizontal predictor, written
-    from canvas bands; atomic.
+    """Tiled TIFF (`write_tiff_file`) at `path`, atomic: written under `temp` (default: a fresh `.blk-tmp-`
+    name; e.g. one a resume journal knows, so that a process killed mid-write leaves nothing it cannot find),
+    then renamed into place."""
+    tmp = temp or temp_path(path, path.suffix)
+    with committing(tmp, path):
+        write_tiff_file(canvas, tmp, bits=bits, icc=icc, dpi=dpi, description=description, software=software,
+                        cancel=cancel, grey=grey)
+    return path
 
-    `temp`: the temporary name to write first (default: a fresh `.blk-tmp-` name), e.g. one a
-    resume journal knows, so that a process killed mid-write leaves nothing it cannot find.
+
+def write_tiff_file(canvas: Canvas, tmp: Path, *, bits: int, icc: bytes | None, dpi: float | None,
+                    description: str, software: str, cancel: threading.Event | None = None,
+                    grey: bool = False) -> None:
+    """Tiled TIFF (BigTIFF when it may pass 4 GB: `needs_bigtiff`), deflate + horizontal predictor, written
+    from canvas chunks into `tmp` (not atomic by itself: `write_tiff`, `committing`).
     `grey`: one grey channel (and alpha) from the RGB(A) canvas."""
     import tifffile
 
@@ -295,14 +305,20 @@ def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi:
         extra |= {"resolution": (float(dpi), float(dpi)), "resolutionunit": "INCH"}
     if icc:
         extra["iccprofile"] = icc
-    tmp = temp or temp_path(path, path.suffix)
     shape = _written_shape(canvas, grey)
     big = needs_bigtiff(canvas.width, canvas.height, shape[2] if shape[2:] else 1, bits // 8)
+    tifffile.imwrite(tmp, tiles(), shape=shape, dtype=dtype,
+                     tile=(side, side), bigtiff=big, photometric="minisblack" if grey else "rgb",
+                     planarconfig="contig" if shape[2:] else None,
+                     description=description, metadata=None, software=software, **_deflate(), **extra)
+
+
+@contextlib.contextmanager
+def committing(tmp: Path, path: Path):
+    """`with committing(tmp, path):` around writing `tmp`: afterwards it is renamed over `path` (fsynced);
+    on any error it is removed, and a full disk becomes one sentence naming `path`."""
     try:
-        tifffile.imwrite(tmp, tiles(), shape=shape, dtype=dtype,
-                         tile=(side, side), bigtiff=big, photometric="minisblack" if grey else "rgb",
-                         planarconfig="contig" if shape[2:] else None,
-                         description=description, metadata=None, software=software, **_deflate(), **extra)
+        yield
         _commit(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -310,7 +326,6 @@ def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi:
         if is_disk_full(exc):
             raise disk_full(path) from None
         raise
-    return path
 
 
 def _written_shape(canvas: Canvas, grey: bool) -> tuple[int, ...]:
@@ -371,11 +386,14 @@ def check_outputs(source: Path, output: Path, print_dpi: float | None, dpi: floa
 
 def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, dpi: float | None,
                  parameters: dict, print_dpi: float | None, print_background: tuple[int, int, int],
-                 journal, cancel: threading.Event | None = None, grey: bool = False) -> dict[str, float]:
+                 journal, cancel: threading.Event | None = None, grey: bool = False,
+                 streamed=None) -> dict[str, float]:
     """Both upscale paths' ending: the master (TIFF with the parameters as its description, or PNG with
     them in text chunks) and, when `print_dpi` is given, the print copy beside it; each written under a
     temporary name the resume `journal` knows. `grey`: both are grey (the input was). A profile of the
-    other kind (a grey one on RGB pixels) is left out. Returns the seconds of each ("write", "print")."""
+    other kind (a grey one on RGB pixels) is left out. `streamed`: the TIFF master's writer that ran
+    during the tiles (`streamed_tiff.StreamedTiff`), finished here. Returns the seconds of each
+    ("write": what the master took after the tiles; "print")."""
     import json
     import time
 
@@ -387,8 +405,11 @@ def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, 
     started = time.monotonic()
     if output_format(output) == "tiff":
         description = json.dumps(parameters | {"app_version": __version__}, ensure_ascii=True, sort_keys=True)
-        write_tiff(canvas, output, bits=bits, icc=icc, dpi=dpi, description=description, software=software,
-                   cancel=cancel, temp=journal.temp("out.tif"), grey=grey)
+        if streamed is not None:
+            streamed.finish(description)
+        else:
+            write_tiff(canvas, output, bits=bits, icc=icc, dpi=dpi, description=description, software=software,
+                       cancel=cancel, temp=journal.temp("out.tif"), grey=grey)
     else:
         write_png(canvas, output, icc=icc, dpi=dpi, parameters=parameters, grey=grey)
     seconds["write"] = time.monotonic() - started
@@ -458,20 +479,13 @@ def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | Non
     extra = {"iccprofile": icc} if icc else {}
     big = needs_bigtiff(canvas.width, canvas.height, 1 if grey else 3, 1)
     tmp = temp or temp_path(path, ".tif")
-    try:
+    with committing(tmp, path):
         tifffile.imwrite(tmp, tiles(), shape=(canvas.height, canvas.width) + (() if grey else (3,)), dtype=np.uint8,
                          tile=(side, side), bigtiff=big, photometric="minisblack" if grey else "rgb",
                          planarconfig=None if grey else "contig",
                          description=description or None, metadata=None, **_deflate(),
                          software=software or None, resolution=(float(dpi), float(dpi)), resolutionunit="INCH",
                          **extra)
-        _commit(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if is_disk_full(exc):
-            raise disk_full(path) from None
-        raise
     return path
 
 

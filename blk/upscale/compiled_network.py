@@ -3,22 +3,26 @@
 
 Why: an RRDB network (Real-ESRGAN) spends much of its time outside its convolutions — each dense block
 concatenates its growing feature maps four times and applies LeakyReLU and a residual sum as separate
-kernels. Inductor fuses those into the kernels around the convolutions. On a 2-core CPU the x4plus
-shapes (64 features) run about 1.1× faster; on a GPU, where those kernels are memory-bound, the gain is
-what `bench/upscale.py --compiled` measures.
+kernels. Inductor fuses those into the kernels around the convolutions. On a 2-core CPU the network alone,
+at the x4plus shapes (64 features, 23 blocks), runs 1.03–1.13× faster, depending on the tile; on a GPU,
+where those kernels are memory-bound, the gain is what `bench/upscale.py --compiled` measures.
 
 Regional, as the Sketch tab compiles a denoiser (`blk.models.speed`): the block that repeats (RRDB's 23
 `RRDB`s, SwinIR's residual groups) is compiled once and every instance shares that graph, so compiling
 costs seconds, not the whole network's minutes. A network without such a block is compiled whole.
 
-Shapes: a graph is made for one tile shape. The tiler gives tiles of one size per pass, and
-`StableBatch` pads a short last batch to the batch size the graph was made for, so a job compiles once
-per tile size (the first tiles are slower; an out-of-memory halving compiles again).
+Shapes: compiled for any tile size from the start (`dynamic=True`): one graph serves every batch and tile
+size (a batch of one tile gets a second: TorchDynamo specialises sizes of 1), so a studio that runs upscale
+after upscale compiles once and never reaches TorchDynamo's limit of 8 graphs per block, past which a
+graph-per-shape network would run uncompiled without a word. The tiler's batches of one row differ by one
+tile at most (`tiler.even_batches`), so a batch of one is rare.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+
+from blk.models.speed import is_compiled  # noqa: F401  (for any module, a network as a denoiser)
 
 MIN_REPEATS = 3  # instances of one block class before it counts as "the repeated block"
 MIN_SHARE = 0.5  # of the network's parameters the repeated block must hold; else the network is compiled whole
@@ -46,17 +50,11 @@ def repeated_blocks(model) -> list:
 
 
 def compile_network(model) -> int:
-    """Compile `model` in place (at its first call); returns how many blocks were set to compile (0: whole).
-
-    `dynamic=False`: one graph per tile shape, specialised to it — the tiler keeps shapes steady."""
+    """Compile `model` in place (at its first call); returns how many blocks were set to compile (0: whole)."""
     blocks = repeated_blocks(model)
     for module in blocks or [model]:
-        module.compile(dynamic=False)
+        module.compile(dynamic=True)
     return len(blocks)
-
-
-def is_compiled(model) -> bool:
-    return any(getattr(module, "_compiled_call_impl", None) is not None for module in model.modules())
 
 
 def uncompile(model) -> None:
@@ -64,21 +62,3 @@ def uncompile(model) -> None:
     for module in model.modules():
         if getattr(module, "_compiled_call_impl", None) is not None:
             module._compiled_call_impl = None
-
-
-class StableBatch:
-    """Pads a short batch of tiles to the largest batch seen, so a compiled graph sees one shape.
-
-    The padding repeats the last tile; the caller keeps only the first `len(tiles)` outputs."""
-
-    def __init__(self):
-        self.size = 0
-
-    def pad(self, tiles):
-        import numpy as np
-
-        n = len(tiles)
-        self.size = max(self.size, n)
-        if n == self.size:
-            return tiles
-        return np.concatenate([tiles, np.repeat(tiles[-1:], self.size - n, axis=0)])

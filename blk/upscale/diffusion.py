@@ -309,7 +309,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     """
     from blk.generate.sketch import generation_defaults
     from blk.models import speed
-    from blk.models.device import is_out_of_memory
+    from blk.models.device import is_out_of_memory, pick_device
     from blk.models.pipelines import PipelineCache, lora_sha256, set_loras
     from blk.models.registry import resolve
     from blk.upscale.tiler import Cancelled, _free_accelerator_memory
@@ -330,6 +330,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     if fmt == "png":
         check_png(width, height, bits)
     icc = read_icc(job.icc, image.grey) if job.icc else image.icc
+    if job.memory.compile and (problem := speed.compile_problem(pick_device(job.device))):
+        raise UserError(problem)  # before any work: the enlargement compiles too, ahead of the denoiser's check
     if on_plan:
         on_plan(the_plan)
     for note in the_plan.notes:
@@ -449,7 +451,9 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             "loras": [{"name": job.texture_lora.name, "sha256": lora_sha256(job.texture_lora)}]
             if job.texture_lora else [], "bits": bits,
         }
-        if job.memory.compile and (loaded is None or speed.is_compiled(loaded.denoiser)):  # not after a fallback
+        ran = ([loaded.denoiser] if loaded is not None else []) + \
+            ([enlarger.upscaler.descriptor.model] if enlarger is not None else [])  # in this process
+        if job.memory.compile and ran and all(speed.is_compiled(model) for model in ran):  # not after a fallback
             parameters["compile"] = True
         dpi = job.dpi or image.dpi
         write_result(source, job.output, bits=bits, icc=icc, dpi=dpi, parameters=parameters,

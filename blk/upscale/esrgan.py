@@ -12,7 +12,8 @@ Recipe (`run`):
 4. resample to the exact size with Lanczos (pyvips, streaming; premultiplied
    when there is alpha, so transparent colour cannot bleed into the edge);
    steps 3–4 are `upscale`, which the diffusion path also runs on its canvases;
-5. write a tiled TIFF (BigTIFF past 4 GB) or a PNG atomically with the parameters embedded;
+5. write a tiled TIFF (BigTIFF past 4 GB) or a PNG atomically with the parameters embedded
+   (a TIFF taken straight from the last pass is written while that pass runs: `streamed_tiff`);
    with `print_dpi`, also OUT.print.tif: 8-bit RGB, alpha flattened over
    `print_background`, that DPI and the ICC profile (`canvas.write_print_tiff`).
 
@@ -47,15 +48,17 @@ import numpy as np
 from blk.data.scan import cached_file_sha256
 from blk.errors import UserError
 from blk.upscale import compiled_network
-from blk.upscale.canvas import (Canvas, check_outputs, check_png, output_format, print_path, read_icc,
-                               write_result)
+from blk.upscale.canvas import (Canvas, check_outputs, check_png, fitting_icc, output_format, print_path,
+                               read_icc, write_result)
 from blk.upscale.journal import Journal, job_key
 from blk.upscale.source import WHOLE_IMAGE_PIXELS, FilledSource, open_input
-from blk.upscale.tiler import Cancelled, auto_tile, count_tiles, run_tiles
+from blk.upscale.streamed_tiff import StreamedTiff
+from blk.upscale.tiler import Cancelled, RowDone, auto_tile, count_tiles, run_tiles
 
 ALPHA_MODES = ("model", "lanczos")
 MAX_FINAL_ENLARGE = 1.5  # beyond this, one more model pass beats interpolation
 CHANNELS_LAST = True  # on CUDA (bench/upscale.py --layouts measures both)
+STREAM_RESULT = True  # write a TIFF result while the last pass runs (`streamed_tiff`); False: after the tiles
 FILL_RADIUS = 24  # px of colour grown under transparent areas (covers the model's useful context)
 
 
@@ -272,25 +275,44 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
         if on_plan:
             on_plan(the_plan)
         process = processor(upscaler, device, dtype, job.alpha, compiled=job.compile, log=log)
-        up = upscale(image.source, the_plan, process, journal, batch=batch, progress=progress, cancel=cancel,
-                     log=log)
-        source, tile, phases = up.canvas, up.tile, {"prepare": up.started - started} | up.phases
-        _check(cancel)
-        parameters = {
-            "job": "upscale", "path": "esrgan", "input": job.input.name, "input_width": image.width,
-            "input_height": image.height, "width": width, "height": height, "scale": round(factor, 6),
-            "model": upscaler.name, "model_sha256": model_sha256, "architecture": upscaler.architecture,
-            "model_scale": upscaler.scale, "passes": passes, "tile": tile, "overlap": job.overlap,
-            "precision": str(dtype).removeprefix("torch."), "bits": bits, "dpi": dpi,
-        } | ({"alpha": job.alpha} if image.channels == 4 else {})
-        if job.compile and compiled_network.is_compiled(upscaler.descriptor.model):  # not after a fallback
-            parameters["compile"] = True
-        phases |= write_result(source, job.output, bits=bits, icc=icc, dpi=dpi, parameters=parameters,
-                               print_dpi=job.print_dpi, print_background=job.print_background, journal=journal,
-                               cancel=cancel, grey=image.grey)
+        streamed = streamed_result(job.output, the_plan, journal, bits=bits, icc=icc, dpi=dpi, grey=image.grey,
+                                   cancel=cancel)
+        try:
+            up = upscale(image.source, the_plan, process, journal, batch=batch, progress=progress, cancel=cancel,
+                         log=log, streamed=streamed)
+            source, tile, phases = up.canvas, up.tile, {"prepare": up.started - started} | up.phases
+            _check(cancel)
+            parameters = {
+                "job": "upscale", "path": "esrgan", "input": job.input.name, "input_width": image.width,
+                "input_height": image.height, "width": width, "height": height, "scale": round(factor, 6),
+                "model": upscaler.name, "model_sha256": model_sha256, "architecture": upscaler.architecture,
+                "model_scale": upscaler.scale, "passes": passes, "tile": tile, "overlap": job.overlap,
+                "precision": str(dtype).removeprefix("torch."), "bits": bits, "dpi": dpi,
+            } | ({"alpha": job.alpha} if image.channels == 4 else {})
+            if job.compile and compiled_network.is_compiled(upscaler.descriptor.model):  # not after a fallback
+                parameters["compile"] = True
+            phases |= write_result(source, job.output, bits=bits, icc=icc, dpi=dpi, parameters=parameters,
+                                   print_dpi=job.print_dpi, print_background=job.print_background,
+                                   journal=journal, cancel=cancel, grey=image.grey, streamed=streamed)
+        finally:
+            if streamed is not None:
+                streamed.stop()  # after an error or a cancel: the writer ends before the journal cleans up
     return EsrganResult(job.output, width, height, bits, passes, tile, up.tiles, up.oom_retries,
                         time.monotonic() - started, parameters, resumed_from_tile=up.resumed_from_tile,
                         print_path=print_path(job.output) if job.print_dpi else None, phases=phases)
+
+
+def streamed_result(output: Path, the_plan: EsrganPlan, journal: Journal, *, bits: int, icc: bytes | None,
+                    dpi: float | None, grey: bool, cancel: threading.Event | None) -> StreamedTiff | None:
+    """A writer for the result while its last pass runs, when the result is a TIFF taken straight from that
+    pass's canvas; None otherwise (a PNG, or a Lanczos resample to the exact size after the passes)."""
+    from blk import __version__
+
+    if not STREAM_RESULT or output_format(output) != "tiff" or \
+            the_plan.outputs[-1] != (the_plan.width, the_plan.height):
+        return None
+    return StreamedTiff(output, journal.temp("out.tif"), bits=bits, icc=fitting_icc(icc, grey), dpi=dpi, grey=grey,
+                        software=f"BLK Studio {__version__}", cancel=cancel)
 
 
 @dataclass
@@ -308,11 +330,14 @@ class Upscaled:
 
 def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: int,
             progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
-            log: Callable[[str], None] | None = None, into: Path | None = None) -> Upscaled:
+            log: Callable[[str], None] | None = None, into: Path | None = None,
+            streamed: StreamedTiff | None = None) -> Upscaled:
     """Steps 3–4 of the recipe from any `source` (an input, or another job's canvas: only ever read):
     the model passes, each tiled into a canvas of `journal`, then Lanczos to the plan's exact size;
     continues where `journal` stopped. `into`: the path the result's canvas takes, handed over (the
-    journal no longer closes or removes it); by default it stays one of the journal's canvases."""
+    journal no longer closes or removes it); by default it stays one of the journal's canvases.
+    `streamed` (only when the last pass's canvas is the result: no resample) starts writing the result
+    from the last pass's canvas and hears each row as it settles."""
     started = time.monotonic()
     passes, inputs, outputs, channels = the_plan.passes, the_plan.inputs, the_plan.outputs, source.channels
     counter = _Progress(progress, list(the_plan.tiles))
@@ -334,9 +359,13 @@ def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: i
             current = journal.adopt(resample(current, *inputs[k], path))
             done_with.append(current)
         feed = FilledSource(current, FILL_RADIUS) if channels == 4 else current
+        hooks = journal.tiler_hooks(k, canvas)
+        if streamed is not None and k == passes - 1:
+            streamed.start(canvas)
+            hooks["on_row_done"] = _also_settle(hooks["on_row_done"], streamed)
         stats = run_tiles(feed, canvas, process, scale=the_plan.model_scale, tile=tile, overlap=the_plan.overlap,
                           batch=batch, multiple_of=the_plan.multiple_of, progress=counter.pass_reporter(k),
-                          cancel=cancel, **journal.tiler_hooks(k, canvas))
+                          cancel=cancel, **hooks)
         tile, retries, tiles = stats.tile, retries + stats.oom_retries, tiles + stats.tiles
         journal.pass_done(k)
         for used in done_with:
@@ -344,6 +373,8 @@ def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: i
         current = canvas
     phases = {"tiles": time.monotonic() - started}
     _check(cancel)
+    if streamed is not None and not streamed.started:  # resumed after the last tile: the whole canvas is final
+        streamed.start(current)
     if (current.width, current.height) != (the_plan.width, the_plan.height):
         path = into or journal.temp("resample.canvas")
         path.unlink(missing_ok=True)  # a resample that a kill cut short is redone
@@ -354,6 +385,14 @@ def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: i
         os.replace(current.path, into)
         journal.release(current).path = into
     return Upscaled(current, tile, tiles, retries, resumed_from, started, phases)
+
+
+def _also_settle(on_row_done: Callable[[RowDone], None], streamed: StreamedTiff) -> Callable[[RowDone], None]:
+    def both(done: RowDone) -> None:
+        on_row_done(done)  # the journal first: the row is on disk before the writer reads it
+        streamed.settled(done.settled)
+
+    return both
 
 
 def tiles_finished(journal: Journal, tiles: list[int]) -> int:
@@ -395,27 +434,28 @@ def processor(upscaler, device: str, dtype, alpha: str = "model", compiled: bool
 
 
 def _network(descriptor, device: str, dtype, compiled: bool, log: Callable[[str], None] | None):
-    """`_model` over a batch of tiles, through the compiled network when `compiled` (batches padded to one
-    shape), falling back to the uncompiled network for good when the compiler fails."""
+    """`_model` over a batch of tiles, through the compiled network when `compiled`, which falls back to the
+    uncompiled network for good when the compiler fails (out of memory is not a compiler failure: the tiler
+    halves the tile)."""
     if not compiled:
         return lambda tiles: _model(descriptor, tiles, device, dtype)
     from blk.models import speed
+    from blk.models.device import is_out_of_memory
 
     compiled_network.compile_network(descriptor.model)
-    batch = compiled_network.StableBatch()
 
     def run_network(tiles: np.ndarray):
-        if not compiled_network.is_compiled(descriptor.model):  # after a compiler failure
-            return _model(descriptor, tiles, device, dtype)
-        try:
-            return _model(descriptor, batch.pad(tiles), device, dtype)[:len(tiles)]
-        except Exception as exc:
-            if not speed.is_compile_error(exc):
-                raise
-            compiled_network.uncompile(descriptor.model)
-            if log:
-                log(speed.fallback_notice(exc))
-            return _model(descriptor, tiles, device, dtype)
+        if compiled_network.is_compiled(descriptor.model):
+            try:
+                return _model(descriptor, tiles, device, dtype)
+            except Exception as exc:
+                if not speed.is_compile_error(exc) or is_out_of_memory(exc):
+                    raise
+                compiled_network.uncompile(descriptor.model)
+                if log:
+                    log(speed.fallback_notice(exc))
+        # outside the handler: its traceback no longer holds the failed call's tensors
+        return _model(descriptor, tiles, device, dtype)
 
     return run_network
 

@@ -126,13 +126,16 @@ class RowBand:
 @dataclass(frozen=True)
 class RowDone:
     """A finished row: `rows_done` rows of the layout (`origin_fade`, `tile`) are done, `tiles_done`
-    tiles in this pass; the next row fades in against `row_end`, this row's end (input px)."""
+    tiles in this pass; the next row fades in against `row_end`, this row's end (input px). Output rows
+    above `settled` are final: no later row of the pass writes them (it fades in below `row_end - overlap`,
+    and an out-of-memory retry starts its layout against the same line)."""
 
     origin_fade: int | None
     tile: int
     rows_done: int
     tiles_done: int
     row_end: int
+    settled: int
 
 
 @dataclass
@@ -285,7 +288,8 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
                          RowBand(f, t, i, r.start, r.fade_in_end, *band))) if on_row_start else None)
                 done, rows_done = done + len(cols), index + 1
                 if on_row_done:
-                    on_row_done(RowDone(origin_fade, tile, rows_done, done, row.end))
+                    settled = height * scale if rows_done == len(rows) else (row.end - overlap) * scale
+                    on_row_done(RowDone(origin_fade, tile, rows_done, done, row.end, settled))
             return TileStats(tile, overlap, done, retries, time.monotonic() - started)
         except Exception as exc:
             if not is_out_of_memory(exc):
@@ -314,10 +318,10 @@ def _row(source, sink, process, row: Span, cols: list[Span], scale, overlap, bat
         announce((y_top, kept_until, row.end * scale, snapshot))
     writer = _Writer(max_pending=batch)
     try:
-        for i in range(0, len(cols), batch):
+        tiles_done = 0
+        for group in even_batches(cols, batch):
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
-            group = cols[i:i + batch]
             tiles = np.stack([source.read(c.start, row.start, c.length, row.length) for c in group])
             out = process(tiles)
             expected = (len(group), row.length * scale, group[0].length * scale, tiles.shape[3])
@@ -332,13 +336,22 @@ def _row(source, sink, process, row: Span, cols: list[Span], scale, overlap, bat
                 writer.submit(_add_tile, sink, x_left, y_top, levels, kept_until - y_top, written_until - x_left,
                               release=buffer)
             del out, result  # the device memory of this batch is free for the next
-            report(i + len(group))
+            tiles_done += len(group)
+            report(tiles_done)
         writer.finish()
     except BaseException:
         writer.abandon()  # every write has stopped before the band is put back
         sink.restore(snapshot)
         sink.clear(kept_until, row.end * scale)
         raise
+
+
+def even_batches(items: list, batch: int) -> list[list]:
+    """`items` in the fewest batches of at most `batch`, their sizes differing by one at most (5 in batches of
+    4: 3 + 2, not 4 + 1): a compiled network meets fewer tile shapes, and a GPU gets no near-empty call."""
+    count = -(-len(items) // max(1, batch))
+    bounds = [len(items) * k // max(1, count) for k in range(count + 1)]
+    return [items[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 class _Writer:

@@ -340,6 +340,9 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
         seconds, tiles = pace.tiles.measured()  # this session's tiles only (a resume's earlier ones are not)
         if not tiles and pace.tiles.last and not notes:  # one report (one batch), not resumed: the whole job
             seconds, tiles = time.monotonic() - started, pace.tiles.last[0]
+        if compile_models and not result.parameters.get("compile"):  # the compiler failed: an uncompiled pace
+            key = rate_key(kind, model if kind == "diffusion" else str(upscaler_path),
+                           int(tile) if tile else (1024 if kind == "diffusion" else None))
         record(context.workspace, key, seconds, tiles)
         centre = tuple(float(50 if v is None else v) / 100 for v in (region_x, region_y))
         before, after = region_pair(Path(image_path), result.path, centre)
@@ -428,7 +431,7 @@ def build(context: StudioContext) -> dict:
                 print_dpi = gr.Number(0, label="Print copy DPI (0: none)", elem_id="blk-upscale-print-dpi")
             compile_models = gr.Checkbox(context.workspace.settings.compile, elem_id="blk-upscale-compile",
                                          label="Speed: compile the models (the first tiles wait for the compiler; "
-                                               "large jobs run faster)")
+                                               "meant for large jobs)")
         with gr.Column(scale=3):
             # the actions above their status, not below the long form: with the diffusion path's settings
             # open, the buttons were a screen away from what they report

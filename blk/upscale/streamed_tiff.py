@@ -1,0 +1,123 @@
+"""The result's TIFF written while the last pass still runs, from the rows no later tile can change.
+
+Why: writing used to start after the last tile. On an H100 a 1 GP job spent 31.9 s on tiles and then
+13.8 s writing its TIFF (bench/README.md); the writer's deflate threads sat idle while the GPU worked,
+and the GPU sat idle while they worked. A row of tiles fades into the one above it only over their
+overlap, so once a row is done every canvas row above the next row's fade is final
+(`tiler.RowDone.settled`): the writer compresses those while the model computes the rows below.
+
+When: the result is a TIFF taken straight from the last pass's canvas (no Lanczos resample to an exact
+size after it). Otherwise, and for PNG results and print copies, writing follows the tiles as before.
+
+The file is the one `canvas.write_tiff` writes, to the same temporary name the resume journal knows, and
+committed the same way (renamed into place only when whole). Its description — the job's parameters —
+is known only at the end (an out-of-memory halving changes the tile, a compiler failure the compile
+flag): the file starts with a placeholder and the real one replaces it (`tifffile.tiffcomment`) before
+the rename. An error in the writer (a full disk) stops the job at its next row, as one sentence.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from blk.upscale.canvas import Canvas, committing, disk_full, is_disk_full, write_tiff_file
+
+PLACEHOLDER = "{}"  # the description until `finish` writes the parameters
+
+
+class _Stopped(Exception):
+    """The job ended before the writer did: it stops reading."""
+
+
+class StreamedTiff:
+    """`start(canvas)` when the last pass's canvas opens; `settled(rows)` after each row of tiles;
+    `finish(description)` after the tiles (the committed file); `stop()` on every way out (a no-op after
+    `finish`)."""
+
+    def __init__(self, output: Path, temp: Path, *, bits: int, icc: bytes | None, dpi: float | None, grey: bool,
+                 software: str, cancel: threading.Event | None = None):
+        self.output, self.temp = output, temp
+        self._options = {"bits": bits, "icc": icc, "dpi": dpi, "grey": grey, "software": software, "cancel": cancel}
+        self._rows = 0  # canvas rows that are final
+        self._stopped = False
+        self._condition = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.canvas: Canvas | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self, canvas: Canvas) -> None:
+        self.canvas = canvas
+        self._thread = threading.Thread(target=self._write, name="blk-streamed-tiff", daemon=True)
+        self._thread.start()
+
+    def settled(self, rows: int) -> None:
+        """Canvas rows [0, rows) are final; raises the writer's error, if it failed, in the caller's thread."""
+        with self._condition:
+            self._rows = max(self._rows, min(rows, self.canvas.height if self.canvas else rows))
+            self._condition.notify_all()
+        self._raise()
+
+    def finish(self, description: str) -> None:
+        """Wait for the writer (every row is final now), put the parameters in, and commit the file."""
+        self.settled(self.canvas.height)
+        self._thread.join()
+        self._raise()
+        import tifffile
+
+        with committing(self.temp, self.output):
+            tifffile.tiffcomment(self.temp, description)  # in place when it fits, else appended
+        self._thread = None
+
+    def stop(self) -> None:
+        """The job ends without `finish` (an error, cancel, Ctrl+C): the writer stops and its file goes."""
+        if self._thread is None:
+            return
+        with self._condition:
+            self._stopped = True
+            self._condition.notify_all()
+        self._thread.join()
+        self._thread = None
+        self.temp.unlink(missing_ok=True)
+
+    # -- the writer's thread -------------------------------------------------------------------------------
+
+    def _write(self) -> None:
+        try:
+            write_tiff_file(_SettledRows(self), self.temp, description=PLACEHOLDER, **self._options)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001  (raised in the job's thread: `_raise`)
+            self._error = exc
+
+    def _wait_for(self, rows: int) -> None:
+        with self._condition:
+            while self._rows < rows and not self._stopped:
+                self._condition.wait()
+            if self._stopped:
+                raise _Stopped()
+
+    def _raise(self) -> None:
+        error = self._error
+        if error is None:
+            return
+        self.temp.unlink(missing_ok=True)
+        if is_disk_full(error):
+            raise disk_full(self.output) from None
+        raise error
+
+
+class _SettledRows:
+    """The canvas as the writer sees it: a read waits until the rows it asks for are final."""
+
+    def __init__(self, stream: StreamedTiff):
+        self.stream, self.canvas = stream, stream.canvas
+        self.width, self.height, self.channels = self.canvas.width, self.canvas.height, self.canvas.channels
+
+    def read_raw(self, x: int, y: int, w: int, h: int):
+        self.stream._wait_for(y + h)
+        return self.canvas.read_raw(x, y, w, h)

@@ -1,0 +1,126 @@
+"""A TIFF result written while the last pass runs (`blk.upscale.streamed_tiff`): the same file as one written
+after the tiles, really written during them, and never a half file when the job fails or is cancelled.
+(Kill and resume of such a job: tests/test_upscale_resume.py; a disk that fills while it is written:
+`test_disk_full_is_one_sentence_and_leaves_nothing` in tests/test_upscale_esrgan.py.)"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from blk.errors import UserError
+from blk.upscale import esrgan
+from blk.upscale.esrgan import EsrganJob, run
+from blk.upscale.tiler import Cancelled
+from tests.test_upscale_esrgan import noise, rrdb_file
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return rrdb_file(tmp_path_factory.mktemp("streamed") / "RealESRGAN_x4plus_tiny.pth")
+
+
+def tiff_facts(path) -> dict:
+    """Everything a reader gets from the file: pixels, description, profile, resolution, samples."""
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        tags = {name: page.tags[name].value for name in ("XResolution", "ResolutionUnit", "ExtraSamples",
+                                                         "InterColorProfile", "Software", "Predictor")
+                if name in page.tags}
+        return {"pixels": page.asarray(), "description": json.loads(page.description), "tags": tags,
+                "tile": (page.tilewidth, page.tilelength), "bigtiff": tif.is_bigtiff}
+
+
+def streamer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "blk-streamed-tiff"]
+
+
+@pytest.mark.parametrize("kind", ["rgb", "rgba-16bit", "grey"])
+def test_the_streamed_file_is_the_file_written_after_the_tiles(model, tmp_path, monkeypatch, kind):
+    pixels = noise(72, 40, seed=5, channels=4 if kind.startswith("rgba") else 3)
+    source = tmp_path / ("in.tif" if kind == "rgba-16bit" else "in.png")
+    if kind == "rgba-16bit":
+        tifffile.imwrite(source, np.rint(pixels * 65535).astype(np.uint16), photometric="rgb",
+                         extrasamples=["unassalpha"], resolution=(300, 300), resolutionunit="INCH")
+    elif kind == "grey":
+        Image.fromarray((pixels[..., 0] * 255).astype(np.uint8), "L").save(source, dpi=(150, 150))
+    else:
+        Image.fromarray((pixels * 255).astype(np.uint8)).save(source, dpi=(72, 72))
+    job = {"tile": 32, "overlap": 8, "batch": 1, "keep_16bit": kind == "rgba-16bit"}
+    streamed = run(EsrganJob(source, tmp_path / "streamed.tif", model, **job))
+    monkeypatch.setattr(esrgan, "STREAM_RESULT", False)
+    after = run(EsrganJob(source, tmp_path / "after.tif", model, **job))
+    a, b = tiff_facts(streamed.path), tiff_facts(after.path)
+    assert np.array_equal(a.pop("pixels"), b.pop("pixels")) and a == b
+    assert a["description"]["width"] == 160 and a["description"]["bits"] == (16 if kind == "rgba-16bit" else 8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([source.name, "streamed.tif", "after.tif"])
+    assert streamed.phases["write"] < streamed.phases["tiles"]
+
+
+def test_the_result_is_written_while_the_last_rows_still_run(model, tmp_path):
+    """At the last tile, the writer has already put compressed tiles of the settled rows into the temporary
+    file (waited for, up to 30 s: without streaming nothing is written before the tiles end). tifffile
+    compresses tiles in rounds of its `buffersize`, so the image is made taller than a round."""
+    from blk.upscale.canvas import TIFF_TILE, _deflate
+
+    per_round = _deflate()["buffersize"] // (TIFF_TILE * TIFF_TILE * 3)  # 8-bit RGB tiles gathered per round
+    width = 4 * TIFF_TILE  # four TIFF tiles across
+    height = (per_round // 4 + 4) * TIFF_TILE  # a round, and three rows of TIFF tiles more, before the last
+    image = tmp_path / "tall.png"
+    Image.fromarray((noise(height // 4, width // 4, seed=6) * 255).astype(np.uint8)).save(image)
+    seen = {}
+
+    def progress(done, of):
+        if done == of - 1 and "bytes" not in seen:  # inside the last row: rows above it are settled
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                written = [p.stat().st_size for p in tmp_path.glob(".blk-tmp-*.out.tif")]
+                if written and written[0] > 100_000:  # compressed tiles, not only the header
+                    break
+                time.sleep(0.05)
+            seen["bytes"] = max(written, default=0)
+
+    result = run(EsrganJob(image, tmp_path / "out.tif", model, tile=64, overlap=8, batch=1), progress=progress)
+    assert seen["bytes"] > 100_000
+    assert tifffile.imread(result.path).shape == (height, width, 3)
+    assert json.loads(tifffile.TiffFile(result.path).pages[0].description)["tile"] == 64
+    assert not list(tmp_path.glob(".blk-tmp-*")) and not streamer_threads()
+
+
+def test_a_failed_or_cancelled_job_leaves_no_file_and_no_writer(model, tmp_path):
+    image = tmp_path / "in.png"
+    Image.fromarray((noise(160, 40, seed=7) * 255).astype(np.uint8)).save(image)
+    cancel = threading.Event()
+
+    def stop_half_way(done, of):
+        if done >= of // 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        run(EsrganJob(image, tmp_path / "out.tif", model, tile=32, overlap=8, batch=1), progress=stop_half_way,
+            cancel=cancel)
+    assert not streamer_threads() and not (tmp_path / "out.tif").exists()
+    assert not [p for p in tmp_path.glob(".blk-tmp-*.out.tif")]  # the cancel kept the canvas, not a half TIFF
+
+    def fail(done, of):
+        if done >= of // 2:
+            raise UserError("The model stopped.")
+
+    with pytest.raises(UserError, match="The model stopped."):
+        run(EsrganJob(image, tmp_path / "failed.tif", model, tile=32, overlap=8, batch=1), progress=fail)
+    assert not streamer_threads() and sorted(p.name for p in tmp_path.iterdir() if "failed" in p.name) == []
