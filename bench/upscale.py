@@ -270,7 +270,7 @@ def compare(args, model: Path, scratch: Path, device: str, card: str) -> None:
 
     reference = untiled(model, image, device) if side * side <= args.reference_max ** 2 else None
     peer_out = read_rgb(rows[-1][1]) if peer else None
-    print(f"\n{'row':<50} {'tile':>5} {'tiles':>5} {'prec':>8} {'work':>5} {'MP/s':>8} {'med s':>7} {'load s':>6} "
+    print(f"\n{'row':<60} {'tile':>5} {'tiles':>5} {'prec':>8} {'work':>5} {'MP/s':>8} {'med s':>7} {'load s':>6} "
           f"{'peak RSS MB':>11} {'CUDA MB':>8} {'Δ peer max/mean':>16} {'Δ untiled max/mean':>19}")
     speed = {}
     for r, out in rows:
@@ -279,7 +279,7 @@ def compare(args, model: Path, scratch: Path, device: str, card: str) -> None:
         pixels = read_rgb(out)
         cuda = f"{r['cuda_mb']:.0f}" if r.get("cuda_mb") is not None else "–"
         vs_peer = "–" if r is peer else difference(pixels, peer_out)
-        print(f"{r['label']:<50} {r['tile']:>5} {r['tiles']:>5} {r['precision'].removeprefix('torch.'):>8} "
+        print(f"{r['label']:<60} {r['tile']:>5} {r['tiles']:>5} {r['precision'].removeprefix('torch.'):>8} "
               f"{work(side, r, r is peer):>5.2f} {speed[r['label']]:>8.2f} {med:>7.3f} {r['load_s']:>6.2f} "
               f"{r['rss_mb']:>11.0f} {cuda:>8} {vs_peer:>16} {difference(pixels, reference):>19}")
     for r, _ in rows:

@@ -3,10 +3,13 @@
 # and run the benchmarks named (any of: upscale, generate, train). Logs go to $OUT (they come back).
 #
 #   bash bench/gpu/fetch_wheels.sh                                            # here, once: .whl/
-#   run(carry=[".whl"], command="bash bench/gpu/run.sh generate train", timeout_s=540)         # #5, #4's speed
-#   run(carry=[".whl"], command="bash bench/gpu/run.sh train-memory upscale", timeout_s=420)   # #4's 24 GB, #7
+#   run(carry=[".whl"], command="bash bench/gpu/run.sh upscale generate", timeout_s=560)       # #7, #5
+#   run(carry=[".whl"], command="bash bench/gpu/run.sh train-memory train", timeout_s=...)     # #4: what is left
 #
-# A session's 15 device minutes hold the first call and its start; the second needs what is left.
+# A session's 15 device minutes hold the first call and its start; the second needs what is left, and
+# `train` (never run on an H100 yet) comes last, so that a call cut short loses the least.
+# Expected on an H100: upscale ~4.5 min (with the compiled and streamed rows), generate ~2.7 min (with the
+# full FLUX.1-dev build), train-memory ~2.8 min (the build is kept on a warm machine).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-/tmp/blk-gpu-out}"

@@ -6,14 +6,17 @@ and the GPU sat idle while they worked. A row of tiles fades into the one above 
 overlap, so once a row is done every canvas row above the next row's fade is final
 (`tiler.RowDone.settled`): the writer compresses those while the model computes the rows below.
 
-When: the result is a TIFF taken straight from the last pass's canvas (no Lanczos resample to an exact
-size after it). Otherwise, and for PNG results and print copies, writing follows the tiles as before.
+When: on the Real-ESRGAN path, the result is a TIFF taken straight from the last pass's canvas (no Lanczos
+resample to an exact size after it). Otherwise — PNG results, print copies, the diffusion path — writing
+follows the tiles as before.
 
 The file is the one `canvas.write_tiff` writes, to the same temporary name the resume journal knows, and
 committed the same way (renamed into place only when whole). Its description — the job's parameters —
 is known only at the end (an out-of-memory halving changes the tile, a compiler failure the compile
 flag): the file starts with a placeholder and the real one replaces it (`tifffile.tiffcomment`) before
-the rename. An error in the writer (a full disk) stops the job at its next row, as one sentence.
+the rename. An error in the writer stops the job at its next row (a full disk as one sentence); the tiler
+never takes it for the model's out-of-memory error. The file has the tags and pixels of one written after
+the tiles; only its bytes are laid out differently (the description stored at the end).
 """
 
 from __future__ import annotations

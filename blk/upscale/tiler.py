@@ -279,21 +279,25 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
         rows = spans(height, tile, overlap, origin_fade, multiple_of, full_size)
         cols = spans(width, tile, overlap, None, multiple_of, full_size)
         total = done + max(len(rows) - rows_done, 0) * len(cols)
-        try:
-            for index in range(rows_done, len(rows)):
-                row = rows[index]
+        out_of_memory = False
+        for index in range(rows_done, len(rows)):
+            row = rows[index]
+            try:  # only the row's own work: an error of `on_row_done` (e.g. a result writer's) is never halved
                 _row(source, sink, process, row, cols, scale, overlap, batch, blend, cancel,
                      lambda n: progress(done + n, total) if progress else None,
                      (lambda band, i=index, r=row, t=tile, f=origin_fade: on_row_start(
                          RowBand(f, t, i, r.start, r.fade_in_end, *band))) if on_row_start else None)
-                done, rows_done = done + len(cols), index + 1
-                if on_row_done:
-                    settled = height * scale if rows_done == len(rows) else (row.end - overlap) * scale
-                    on_row_done(RowDone(origin_fade, tile, rows_done, done, row.end, settled))
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                out_of_memory = True
+                break
+            done, rows_done = done + len(cols), index + 1
+            if on_row_done:
+                settled = height * scale if rows_done == len(rows) else (row.end - overlap) * scale
+                on_row_done(RowDone(origin_fade, tile, rows_done, done, row.end, settled))
+        if not out_of_memory:
             return TileStats(tile, overlap, done, retries, time.monotonic() - started)
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
         _free_accelerator_memory()  # outside the handler: the traceback no longer pins the tensors
         smaller = (tile // 2) // multiple_of * multiple_of
         if smaller < max(MIN_TILE, 2 * overlap, multiple_of):
