@@ -88,8 +88,10 @@ def test_the_result_is_written_while_the_last_rows_still_run(model, tmp_path, tw
     file (waited for, up to 30 s: without streaming nothing is written before the tiles end). tifffile
     compresses tiles in rounds of its `buffersize`, so the image is made taller than a round."""
     from blk.upscale.canvas import TIFF_TILE, _deflate
+    from blk.upscale.streamed_tiff import ROUND_TILES_PER_THREAD
 
-    per_round = _deflate()["buffersize"] // (TIFF_TILE * TIFF_TILE * 3)  # 8-bit RGB tiles gathered per round
+    # 8-bit RGB tiles the streamed writer gathers per round
+    per_round = _deflate(ROUND_TILES_PER_THREAD)["buffersize"] // (TIFF_TILE * TIFF_TILE * 3)
     width = 4 * TIFF_TILE  # four TIFF tiles across
     height = (per_round // 4 + 4) * TIFF_TILE  # a round, and three rows of TIFF tiles more, before the last
     image = tmp_path / "tall.png"

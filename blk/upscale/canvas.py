@@ -89,18 +89,22 @@ def _a(word: str) -> str:
     return "an" if word[:1].upper() in "AEFHILMNORSX" else "a"
 
 
-def _deflate() -> dict:
+def _deflate(tiles_per_thread: int = 8) -> dict:
     """tifffile's compression arguments: deflate at DEFLATE_LEVEL with the horizontal predictor, on
     every core this process may use (tifffile's default takes half): on a GPU the cores are otherwise
-    idle, also while a result streams out during its last pass (`streamed_tiff`)."""
+    idle, also while a result streams out during its last pass (`streamed_tiff`).
+
+    buffersize: tifffile gathers this many bytes of tiles per round of threads; its default (512 MB)
+    held ~0.5 GB of bands at 1 GP. `tiles_per_thread` (of 16-bit RGBA size, the largest) keep the
+    threads busy with tens of MB; a streamed writer takes fewer, so that a round fills from the rows
+    already final instead of waiting for the rows the model is still computing."""
     try:
         threads = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         threads = os.cpu_count() or 1
-    # buffersize: tifffile gathers this many bytes of tiles per round of threads; its default (512 MB)
-    # held ~0.5 GB of bands at 1 GP. 8 tiles per thread keep the threads busy with tens of MB.
     return {"compression": "zlib", "compressionargs": {"level": DEFLATE_LEVEL}, "predictor": True,
-            "maxworkers": max(1, threads), "buffersize": 8 * max(1, threads) * TIFF_TILE * TIFF_TILE * 8}
+            "maxworkers": max(1, threads),
+            "buffersize": tiles_per_thread * max(1, threads) * TIFF_TILE * TIFF_TILE * 8}
 
 
 def temp_path(next_to: Path, suffix: str) -> Path:
@@ -282,10 +286,10 @@ def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi:
 
 def write_tiff_file(canvas: Canvas, tmp: Path, *, bits: int, icc: bytes | None, dpi: float | None,
                     description: str, software: str, cancel: threading.Event | None = None,
-                    grey: bool = False) -> None:
+                    grey: bool = False, tiles_per_thread: int = 8) -> None:
     """Tiled TIFF (BigTIFF when it may pass 4 GB: `needs_bigtiff`), deflate + horizontal predictor, written
     from canvas chunks into `tmp` (not atomic by itself: `write_tiff`, `committing`).
-    `grey`: one grey channel (and alpha) from the RGB(A) canvas."""
+    `grey`: one grey channel (and alpha) from the RGB(A) canvas. `tiles_per_thread`: see `_deflate`."""
     import tifffile
 
     dtype = np.uint16 if bits == 16 else np.uint8
@@ -310,7 +314,8 @@ def write_tiff_file(canvas: Canvas, tmp: Path, *, bits: int, icc: bytes | None, 
     tifffile.imwrite(tmp, tiles(), shape=shape, dtype=dtype,
                      tile=(side, side), bigtiff=big, photometric="minisblack" if grey else "rgb",
                      planarconfig="contig" if shape[2:] else None,
-                     description=description, metadata=None, software=software, **_deflate(), **extra)
+                     description=description, metadata=None, software=software, **_deflate(tiles_per_thread),
+                     **extra)
 
 
 @contextlib.contextmanager

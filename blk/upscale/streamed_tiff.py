@@ -27,6 +27,8 @@ from pathlib import Path
 from blk.upscale.canvas import Canvas, committing, disk_full, is_disk_full, write_tiff_file
 
 PLACEHOLDER = "{}"  # the description until `finish` writes the parameters
+# tifffile compresses rounds of tiles; small rounds start from the first settled rows (`canvas._deflate`)
+ROUND_TILES_PER_THREAD = 1
 
 
 class _Stopped(Exception):
@@ -91,7 +93,8 @@ class StreamedTiff:
 
     def _write(self) -> None:
         try:
-            write_tiff_file(_SettledRows(self), self.temp, description=PLACEHOLDER, **self._options)
+            write_tiff_file(_SettledRows(self), self.temp, description=PLACEHOLDER,
+                            tiles_per_thread=ROUND_TILES_PER_THREAD, **self._options)
         except _Stopped:
             pass
         except BaseException as exc:  # noqa: BLE001  (raised in the job's thread: `_raise`)
