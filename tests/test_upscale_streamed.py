@@ -51,7 +51,8 @@ def streamer_threads() -> list[threading.Thread]:
 
 
 @pytest.mark.parametrize("kind", ["rgb", "rgba-16bit", "grey"])
-def test_the_streamed_file_is_the_file_written_after_the_tiles(model, tmp_path, monkeypatch, kind):
+def test_the_streamed_files_are_the_files_written_after_the_tiles(model, tmp_path, monkeypatch, kind):
+    """The master and its print copy, streamed, carry the pixels and tags of those written after the tiles."""
     pixels = noise(72, 40, seed=5, channels=4 if kind.startswith("rgba") else 3)
     source = tmp_path / ("in.tif" if kind == "rgba-16bit" else "in.png")
     if kind == "rgba-16bit":
@@ -61,14 +62,19 @@ def test_the_streamed_file_is_the_file_written_after_the_tiles(model, tmp_path, 
         Image.fromarray((pixels[..., 0] * 255).astype(np.uint8), "L").save(source, dpi=(150, 150))
     else:
         Image.fromarray((pixels * 255).astype(np.uint8)).save(source, dpi=(72, 72))
-    job = {"tile": 32, "overlap": 8, "batch": 1, "keep_16bit": kind == "rgba-16bit"}
+    job = {"tile": 32, "overlap": 8, "batch": 1, "keep_16bit": kind == "rgba-16bit", "print_dpi": 200,
+           "print_background": (250, 240, 230)}
     streamed = run(EsrganJob(source, tmp_path / "streamed.tif", model, **job))
     monkeypatch.setattr(esrgan, "STREAM_RESULT", False)
     after = run(EsrganJob(source, tmp_path / "after.tif", model, **job))
-    a, b = tiff_facts(streamed.path), tiff_facts(after.path)
-    assert np.array_equal(a.pop("pixels"), b.pop("pixels")) and a == b
-    assert a["description"]["width"] == 160 and a["description"]["bits"] == (16 if kind == "rgba-16bit" else 8)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([source.name, "streamed.tif", "after.tif"])
+    for one, other in ((streamed.path, after.path), (streamed.print_path, after.print_path)):  # master, print copy
+        a, b = tiff_facts(one), tiff_facts(other)
+        assert np.array_equal(a.pop("pixels"), b.pop("pixels")) and a == b
+        assert a["description"]["width"] == 160
+    assert tiff_facts(streamed.path)["description"]["bits"] == (16 if kind == "rgba-16bit" else 8)
+    assert tiff_facts(streamed.print_path)["description"]["print_dpi"] == 200
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([source.name, "streamed.tif", "after.tif",
+                                                                "streamed.print.tif", "after.print.tif"])
 
 
 @pytest.fixture

@@ -396,9 +396,9 @@ def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, 
     """Both upscale paths' ending: the master (TIFF with the parameters as its description, or PNG with
     them in text chunks) and, when `print_dpi` is given, the print copy beside it; each written under a
     temporary name the resume `journal` knows. `grey`: both are grey (the input was). A profile of the
-    other kind (a grey one on RGB pixels) is left out. `streamed`: the TIFF master's writer that ran
-    during the tiles (`streamed_tiff.StreamedTiff`), finished here. Returns the seconds of each
-    ("write": what the master took after the tiles; "print")."""
+    other kind (a grey one on RGB pixels) is left out. `streamed`: the writers of the TIFF master and of
+    the print copy that ran during the tiles (`streamed_tiff.StreamedResult`), finished here. Returns the
+    seconds of each ("write", "print": what each took after the tiles)."""
     import json
     import time
 
@@ -411,7 +411,7 @@ def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, 
     if output_format(output) == "tiff":
         description = json.dumps(parameters | {"app_version": __version__}, ensure_ascii=True, sort_keys=True)
         if streamed is not None:
-            streamed.finish(description)
+            streamed.master.finish(description)
         else:
             write_tiff(canvas, output, bits=bits, icc=icc, dpi=dpi, description=description, software=software,
                        cancel=cancel, temp=journal.temp("out.tif"), grey=grey)
@@ -422,9 +422,12 @@ def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, 
         printed = json.dumps(parameters | {"app_version": __version__, "print_dpi": print_dpi,
                                            "print_background": list(print_background), "bits": 8},
                              ensure_ascii=True, sort_keys=True)
-        write_print_tiff(canvas, print_path(output), dpi=print_dpi, icc=icc, background=tuple(print_background),
-                         description=printed, software=software, cancel=cancel, temp=journal.temp("print.tif"),
-                         grey=grey)
+        if streamed is not None and streamed.print_copy is not None:
+            streamed.print_copy.finish(printed)
+        else:
+            write_print_tiff(canvas, print_path(output), dpi=print_dpi, icc=icc,
+                             background=tuple(print_background), description=printed, software=software,
+                             cancel=cancel, temp=journal.temp("print.tif"), grey=grey)
         seconds["print"] = time.monotonic() - started - seconds["write"]
     return seconds
 
@@ -455,10 +458,22 @@ def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | Non
                      background: tuple[int, int, int] = (255, 255, 255), description: str = "",
                      software: str = "", cancel: threading.Event | None = None,
                      temp: Path | None = None, grey: bool = False) -> Path:
+    """The print lab's copy (`write_print_tiff_file`) at `path`, atomic like `write_tiff`."""
+    tmp = temp or temp_path(path, ".tif")
+    with committing(tmp, path):
+        write_print_tiff_file(canvas, tmp, dpi=dpi, icc=icc, background=background, description=description,
+                              software=software, cancel=cancel, grey=grey)
+    return path
+
+
+def write_print_tiff_file(canvas: Canvas, tmp: Path, *, dpi: float, icc: bytes | None,
+                          background: tuple[int, int, int] = (255, 255, 255), description: str = "",
+                          software: str = "", cancel: threading.Event | None = None, grey: bool = False,
+                          tiles_per_thread: int = 8) -> None:
     """The print lab's copy: 8-bit RGB (grey with `grey`), alpha flattened over `background`, `dpi` and
     the ICC profile embedded; tiled, deflate; classic TIFF unless it needs BigTIFF (> 4 GB). Streams canvas
-    chunks: memory stays at a chunk of 256 rows × `WRITE_COLUMNS` whatever the size. Atomic, like
-    `write_tiff`.
+    chunks: memory stays at a chunk of 256 rows × `WRITE_COLUMNS` whatever the size. Into `tmp`, not atomic
+    by itself (`write_print_tiff`, `committing`).
 
     Flattening is done on the stored (gamma-encoded) values, as image editors do:
     out = colour·α + background·(1 − α), from the 16-bit master, rounded once."""
@@ -483,15 +498,12 @@ def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | Non
 
     extra = {"iccprofile": icc} if icc else {}
     big = needs_bigtiff(canvas.width, canvas.height, 1 if grey else 3, 1)
-    tmp = temp or temp_path(path, ".tif")
-    with committing(tmp, path):
-        tifffile.imwrite(tmp, tiles(), shape=(canvas.height, canvas.width) + (() if grey else (3,)), dtype=np.uint8,
-                         tile=(side, side), bigtiff=big, photometric="minisblack" if grey else "rgb",
-                         planarconfig=None if grey else "contig",
-                         description=description or None, metadata=None, **_deflate(),
-                         software=software or None, resolution=(float(dpi), float(dpi)), resolutionunit="INCH",
-                         **extra)
-    return path
+    tifffile.imwrite(tmp, tiles(), shape=(canvas.height, canvas.width) + (() if grey else (3,)), dtype=np.uint8,
+                     tile=(side, side), bigtiff=big, photometric="minisblack" if grey else "rgb",
+                     planarconfig=None if grey else "contig",
+                     description=description or None, metadata=None, **_deflate(tiles_per_thread),
+                     software=software or None, resolution=(float(dpi), float(dpi)), resolutionunit="INCH",
+                     **extra)
 
 
 def write_png(canvas: Canvas, path: Path, *, icc: bytes | None, dpi: float | None, parameters: dict,

@@ -13,7 +13,8 @@ Recipe (`run`):
    when there is alpha, so transparent colour cannot bleed into the edge);
    steps 3–4 are `upscale`, which the diffusion path also runs on its canvases;
 5. write a tiled TIFF (BigTIFF past 4 GB) or a PNG atomically with the parameters embedded
-   (a TIFF taken straight from the last pass is written while that pass runs: `streamed_tiff`);
+   (a TIFF taken straight from the last pass, and its print copy, are written while that pass runs:
+   `streamed_tiff`);
    with `print_dpi`, also OUT.print.tif: 8-bit RGB, alpha flattened over
    `print_background`, that DPI and the ICC profile (`canvas.write_print_tiff`).
 
@@ -52,7 +53,7 @@ from blk.upscale.canvas import (Canvas, check_outputs, check_png, fitting_icc, o
                                read_icc, write_result)
 from blk.upscale.journal import Journal, job_key
 from blk.upscale.source import WHOLE_IMAGE_PIXELS, FilledSource, open_input
-from blk.upscale.streamed_tiff import StreamedTiff
+from blk.upscale.streamed_tiff import StreamedResult, StreamedTiff
 from blk.upscale.tiler import Cancelled, RowDone, auto_tile, count_tiles, run_tiles
 
 ALPHA_MODES = ("model", "lanczos")
@@ -276,7 +277,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
             on_plan(the_plan)
         process = processor(upscaler, device, dtype, job.alpha, compiled=job.compile, log=log)
         streamed = streamed_result(job.output, the_plan, journal, bits=bits, icc=icc, dpi=dpi, grey=image.grey,
-                                   cancel=cancel)
+                                   print_dpi=job.print_dpi, print_background=job.print_background, cancel=cancel)
         try:
             up = upscale(image.source, the_plan, process, journal, batch=batch, progress=progress, cancel=cancel,
                          log=log, streamed=streamed)
@@ -303,16 +304,27 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
 
 
 def streamed_result(output: Path, the_plan: EsrganPlan, journal: Journal, *, bits: int, icc: bytes | None,
-                    dpi: float | None, grey: bool, cancel: threading.Event | None) -> StreamedTiff | None:
-    """A writer for the result while its last pass runs, when the result is a TIFF taken straight from that
-    pass's canvas; None otherwise (a PNG, or a Lanczos resample to the exact size after the passes)."""
+                    dpi: float | None, grey: bool, print_dpi: float | None, print_background: tuple[int, int, int],
+                    cancel: threading.Event | None) -> StreamedResult | None:
+    """Writers for the result (and its print copy) while the last pass runs, when the result is a TIFF taken
+    straight from that pass's canvas; None otherwise (a PNG, or a Lanczos resample to the exact size after
+    the passes). Their options are `write_result`'s."""
+    from functools import partial
+
     from blk import __version__
+    from blk.upscale.canvas import write_print_tiff_file, write_tiff_file
 
     if not STREAM_RESULT or output_format(output) != "tiff" or \
             the_plan.outputs[-1] != (the_plan.width, the_plan.height):
         return None
-    return StreamedTiff(output, journal.temp("out.tif"), bits=bits, icc=fitting_icc(icc, grey), dpi=dpi, grey=grey,
-                        software=f"BLK Studio {__version__}", cancel=cancel)
+    software, icc = f"BLK Studio {__version__}", fitting_icc(icc, grey)
+    master = StreamedTiff(output, journal.temp("out.tif"),
+                          partial(write_tiff_file, bits=bits, icc=icc, dpi=dpi, grey=grey, software=software,
+                                  cancel=cancel))
+    printed = StreamedTiff(print_path(output), journal.temp("print.tif"),
+                           partial(write_print_tiff_file, dpi=print_dpi, icc=icc, background=tuple(print_background),
+                                   software=software, cancel=cancel, grey=grey)) if print_dpi else None
+    return StreamedResult(master, printed)
 
 
 @dataclass
@@ -331,7 +343,7 @@ class Upscaled:
 def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: int,
             progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
             log: Callable[[str], None] | None = None, into: Path | None = None,
-            streamed: StreamedTiff | None = None) -> Upscaled:
+            streamed: StreamedResult | None = None) -> Upscaled:
     """Steps 3–4 of the recipe from any `source` (an input, or another job's canvas: only ever read):
     the model passes, each tiled into a canvas of `journal`, then Lanczos to the plan's exact size;
     continues where `journal` stopped. `into`: the path the result's canvas takes, handed over (the
@@ -387,7 +399,7 @@ def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: i
     return Upscaled(current, tile, tiles, retries, resumed_from, started, phases)
 
 
-def _also_settle(on_row_done: Callable[[RowDone], None], streamed: StreamedTiff) -> Callable[[RowDone], None]:
+def _also_settle(on_row_done: Callable[[RowDone], None], streamed: StreamedResult) -> Callable[[RowDone], None]:
     def both(done: RowDone) -> None:
         on_row_done(done)  # the journal first: the row is on disk before the writer reads it
         streamed.settled(done.settled)

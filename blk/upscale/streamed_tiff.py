@@ -7,8 +7,8 @@ overlap, so once a row is done every canvas row above the next row's fade is fin
 (`tiler.RowDone.settled`): the writer compresses those while the model computes the rows below.
 
 When: on the Real-ESRGAN path, the result is a TIFF taken straight from the last pass's canvas (no Lanczos
-resample to an exact size after it). Otherwise — PNG results, print copies, the diffusion path — writing
-follows the tiles as before.
+resample to an exact size after it); its print copy, when asked for, streams beside it. Otherwise — PNG
+results (and their print copies), the diffusion path — writing follows the tiles as before.
 
 The file is the one `canvas.write_tiff` writes, to the same temporary name the resume journal knows, and
 committed the same way (renamed into place only when whole). Its description — the job's parameters —
@@ -22,9 +22,11 @@ the tiles; only its bytes are laid out differently (the description stored at th
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from blk.upscale.canvas import Canvas, committing, disk_full, is_disk_full, write_tiff_file
+from blk.upscale.canvas import Canvas, committing, disk_full, is_disk_full
 
 PLACEHOLDER = "{}"  # the description until `finish` writes the parameters
 # tifffile compresses rounds of tiles; small rounds start from the first settled rows (`canvas._deflate`)
@@ -36,14 +38,15 @@ class _Stopped(Exception):
 
 
 class StreamedTiff:
-    """`start(canvas)` when the last pass's canvas opens; `settled(rows)` after each row of tiles;
-    `finish(description)` after the tiles (the committed file); `stop()` on every way out (a no-op after
-    `finish`)."""
+    """One file written from a canvas as its rows settle: `start(canvas)` when the last pass's canvas opens;
+    `settled(rows)` after each row of tiles; `finish(description)` after the tiles (the committed file);
+    `stop()` on every way out (a no-op after `finish`).
 
-    def __init__(self, output: Path, temp: Path, *, bits: int, icc: bytes | None, dpi: float | None, grey: bool,
-                 software: str, cancel: threading.Event | None = None):
-        self.output, self.temp = output, temp
-        self._options = {"bits": bits, "icc": icc, "dpi": dpi, "grey": grey, "software": software, "cancel": cancel}
+    `write_file(canvas, tmp, description=, tiles_per_thread=)` writes the whole file into `tmp`
+    (`canvas.write_tiff_file` or `canvas.write_print_tiff_file`, their other options bound)."""
+
+    def __init__(self, output: Path, temp: Path, write_file: Callable[..., None]):
+        self.output, self.temp, self._write_file = output, temp, write_file
         self._rows = 0  # canvas rows that are final
         self._stopped = False
         self._condition = threading.Condition()
@@ -93,8 +96,8 @@ class StreamedTiff:
 
     def _write(self) -> None:
         try:
-            write_tiff_file(_SettledRows(self), self.temp, description=PLACEHOLDER,
-                            tiles_per_thread=ROUND_TILES_PER_THREAD, **self._options)
+            self._write_file(_SettledRows(self), self.temp, description=PLACEHOLDER,
+                             tiles_per_thread=ROUND_TILES_PER_THREAD)
         except _Stopped:
             pass
         except BaseException as exc:  # noqa: BLE001  (raised in the job's thread: `_raise`)
@@ -115,6 +118,34 @@ class StreamedTiff:
         if is_disk_full(error):
             raise disk_full(self.output) from None
         raise error
+
+
+@dataclass
+class StreamedResult:
+    """The files a job streams: its TIFF master and, when asked for, the print copy; each call goes to both."""
+
+    master: StreamedTiff
+    print_copy: StreamedTiff | None = None
+
+    @property
+    def writers(self) -> list[StreamedTiff]:
+        return [self.master] + ([self.print_copy] if self.print_copy else [])
+
+    @property
+    def started(self) -> bool:
+        return self.master.started
+
+    def start(self, canvas: Canvas) -> None:
+        for writer in self.writers:
+            writer.start(canvas)
+
+    def settled(self, rows: int) -> None:
+        for writer in self.writers:
+            writer.settled(rows)
+
+    def stop(self) -> None:
+        for writer in self.writers:
+            writer.stop()
 
 
 class _SettledRows:
