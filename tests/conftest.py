@@ -77,3 +77,16 @@ def copy_trained_run(trained_run, destination):
 
     shutil.copytree(trained_run, destination, ignore=shutil.ignore_patterns("review", "pinned.json"))
     return destination
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny networks (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): they gain
+    nothing from threads, and on a busy 2-core machine OpenMP's spinning threads made such a module 10×
+    slower. Restored afterwards for the other modules."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -62,14 +62,7 @@ def rrdb_file(path: Path, in_ch: int = 3) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny nets gain nothing from threads; on a busy 2-core machine OpenMP's spinning threads made
-    this module 10× slower. Restored afterwards for the other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,7 @@ from tests.conftest import run_blk
 from tests.test_upscale_esrgan import leftovers, noise, rrdb_file, save_16bit_tiff
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

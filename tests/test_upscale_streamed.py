@@ -22,12 +22,7 @@ from blk.upscale.tiler import Cancelled
 from tests.test_upscale_esrgan import noise, rrdb_file
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
