@@ -81,7 +81,7 @@ class EsrganJob:
     alpha: str = "model"  # how alpha is upscaled: "model" or "lanczos"
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
-    compile: bool = False  # torch.compile the network's repeated block: first tiles slower, the rest faster
+    compile: bool = False  # torch.compile the network's repeated block (the first tiles wait for the compiler)
     max_pixels: int = WHOLE_IMAGE_PIXELS  # inputs above this are read by region
     print_dpi: float | None = None  # also write OUT.print.tif: 8-bit RGB, flattened, at this DPI
     print_background: tuple[int, int, int] = (255, 255, 255)  # what transparency is flattened over
