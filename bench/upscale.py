@@ -338,25 +338,32 @@ def layouts(model: Path, device: str, card: str, repeats: int, compiled: bool = 
                 print(f"{batch}×{side}² {name:>14} {str(autotune):>8} {ms:>8.1f} "
                       f"{batch * (side * up.scale) ** 2 / 1e6 / (ms / 1000):>11.1f}")
     torch.backends.cudnn.benchmark = False
-    if compiled:
-        from blk.upscale.compiled_network import compile_network
+    if compiled:  # channels-last, compiled for any shape (the studio's) and per shape
+        import torch._dynamo
+
+        from blk.upscale.compiled_network import compile_network, uncompile
 
         up.descriptor.model.to(memory_format=torch.channels_last)
-        blocks = compile_network(up.descriptor.model)
-        for batch, side in ((1, 1024), (4, 512)):
-            x = torch.rand(batch, 3, side, side, device=device, dtype=torch.float16)
-            x = x.contiguous(memory_format=torch.channels_last)
-            times = []
-            for i in range(repeats + 1):
-                torch.cuda.synchronize()
-                t = time.perf_counter()
-                up.descriptor(x)
-                torch.cuda.synchronize()
-                times.append(time.perf_counter() - t)
-            ms = statistics.median(times[1:]) * 1000
-            print(f"{batch}×{side}² {'compiled':>14} {'–':>8} {ms:>8.1f} "
-                  f"{batch * (side * up.scale) ** 2 / 1e6 / (ms / 1000):>11.1f}   (first call {times[0]:.1f} s; "
-                  f"{blocks or 'whole network'} {'blocks' if blocks else ''})")
+        for dynamic in (True, False):
+            torch._dynamo.reset()
+            blocks = compile_network(up.descriptor.model, dynamic=dynamic)
+            for batch, side in ((1, 1024), (4, 512)):
+                x = torch.rand(batch, 3, side, side, device=device, dtype=torch.float16)
+                x = x.contiguous(memory_format=torch.channels_last)
+                times = []
+                for i in range(repeats + 1):
+                    torch.cuda.synchronize()
+                    t = time.perf_counter()
+                    up.descriptor(x)
+                    torch.cuda.synchronize()
+                    times.append(time.perf_counter() - t)
+                ms = statistics.median(times[1:]) * 1000
+                name = "compiled, any" if dynamic else "compiled, one"
+                print(f"{batch}×{side}² {name:>14} {'–':>8} {ms:>8.1f} "
+                      f"{batch * (side * up.scale) ** 2 / 1e6 / (ms / 1000):>11.1f}   (first call {times[0]:.1f} s; "
+                      f"{blocks or 'whole network'} {'blocks' if blocks else ''}; "
+                      f"{'any shape' if dynamic else 'graph per shape'})")
+            uncompile(up.descriptor.model)
 
 
 def main() -> None:

@@ -49,11 +49,12 @@ def repeated_blocks(model) -> list:
     return modules if held >= MIN_SHARE * total else []
 
 
-def compile_network(model) -> int:
-    """Compile `model` in place (at its first call); returns how many blocks were set to compile (0: whole)."""
+def compile_network(model, dynamic: bool = True) -> int:
+    """Compile `model` in place (at its first call); returns how many blocks were set to compile (0: whole).
+    `dynamic=False` (graphs made per shape) only for `bench/upscale.py --layouts --compiled`, which times both."""
     blocks = repeated_blocks(model)
     for module in blocks or [model]:
-        module.compile(dynamic=True)
+        module.compile(dynamic=dynamic)
     return len(blocks)
 
 
