@@ -109,14 +109,21 @@ def is_compiled(denoiser) -> bool:
     return any(getattr(module, "_compiled_call_impl", None) is not None for module in denoiser.modules())
 
 
-def uncompile(denoiser) -> None:
-    """Back to eager execution, computing exactly as a fresh load does (`nn.Module.compile` keeps the compiled
-    call in `_compiled_call_impl`; the LoRA scalings that `after_adapter_change` made tensors become floats)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for module in denoiser.modules():
+def drop_compiled_calls(model) -> None:
+    """Every module of `model` back to eager execution (`nn.Module.compile` keeps the compiled call in
+    `_compiled_call_impl`); also for networks without LoRAs (`blk.upscale.compiled_network`)."""
+    for module in model.modules():
         if getattr(module, "_compiled_call_impl", None) is not None:
             module._compiled_call_impl = None
+
+
+def uncompile(denoiser) -> None:
+    """Back to eager execution, computing exactly as a fresh load does (`drop_compiled_calls`; the LoRA
+    scalings that `after_adapter_change` made tensors become floats)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    drop_compiled_calls(denoiser)
+    for module in denoiser.modules():
         if isinstance(module, BaseTunerLayer) and isinstance(getattr(module, "scaling", None), dict):
             for name, value in module.scaling.items():
                 if not isinstance(value, (int, float)):

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from blk.models.speed import is_compiled  # noqa: F401  (for any module, a network as a denoiser)
+# for any module, a network as a denoiser: whether it is compiled, and back to eager after a compiler failure
+from blk.models.speed import drop_compiled_calls as uncompile  # noqa: F401
+from blk.models.speed import is_compiled  # noqa: F401
 
 MIN_REPEATS = 3  # instances of one block class before it counts as "the repeated block"
 MIN_SHARE = 0.5  # of the network's parameters the repeated block must hold; else the network is compiled whole
@@ -56,10 +58,3 @@ def compile_network(model, dynamic: bool = True) -> int:
     for module in blocks or [model]:
         module.compile(dynamic=dynamic)
     return len(blocks)
-
-
-def uncompile(model) -> None:
-    """Back to eager execution (after a compiler failure)."""
-    for module in model.modules():
-        if getattr(module, "_compiled_call_impl", None) is not None:
-            module._compiled_call_impl = None
