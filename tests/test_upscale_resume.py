@@ -90,6 +90,65 @@ def test_run_tiles_continues_from_a_finished_row_exactly(model, tmp_path):
     part.remove()
 
 
+class RecordingCanvas:
+    """A canvas that logs each write's first output row (`events`), beside the tiler's own calls."""
+
+    def __init__(self, canvas: Canvas, events: list):
+        self.canvas, self.events = canvas, events
+
+    def write_raw(self, x, y, values):
+        self.events.append(("write", y))
+        self.canvas.write_raw(x, y, values)
+
+    def accumulate(self, x, y, values):
+        self.events.append(("write", y))
+        self.canvas.accumulate(x, y, values)
+
+    def __getattr__(self, name):  # snapshot, restore, clear: the canvas's own
+        return getattr(self.canvas, name)
+
+
+def test_a_row_is_recorded_while_the_next_row_computes_and_before_it_writes(model, tmp_path):
+    """On a GPU the model computes asynchronously: the row above is settled (its writes finished, then
+    `on_row_done`, where the journal fsyncs) after the next row's first batch has been handed to the model
+    and before that row writes anything. A cancel between rows still records the finished row."""
+    process = processor(load_upscaler(model), "cpu", torch.float32)
+    pixels = noise(72, 64, seed=21)  # three rows of 30 px at y 0, 21, 42; three columns; batch 2: 1 + 2 tiles
+    events: list = []
+
+    def model_call(tiles):
+        events.append(("model", len(tiles)))
+        return process(tiles)
+
+    canvas = Canvas(tmp_path / "c.canvas", 256, 288, 3)
+    run_tiles(ArraySource(pixels), RecordingCanvas(canvas, events), model_call, scale=4, tile=32, overlap=8,
+              batch=2, on_row_start=lambda band: events.append(("start", band.row)),
+              on_row_done=lambda done: events.append(("done", done.rows_done)))
+    marks = [e for e in events if e[0] != "write"]
+    assert marks == [("model", 1), ("start", 0), ("model", 2),
+                     ("model", 1), ("done", 1), ("start", 1), ("model", 2),
+                     ("model", 1), ("done", 2), ("start", 2), ("model", 2), ("done", 3)]
+    for row in (1, 2):  # every write of a row comes after the row above is recorded and this row announced
+        announced, recorded_above = events.index(("start", row)), events.index(("done", row))
+        assert recorded_above < announced and not [e for e in events[recorded_above:announced] if e[0] == "write"]
+        writes_before = [e for e in events[:announced] if e[0] == "write"]
+        assert writes_before and max(y for _, y in writes_before) < (21 + 30) * 4  # only rows above wrote
+    canvas.remove()
+
+    cancel, recorded = threading.Event(), []
+
+    def cancel_after_the_first_row(done, total):
+        if done == 3:
+            cancel.set()
+
+    canvas = Canvas(tmp_path / "d.canvas", 256, 288, 3)
+    with pytest.raises(Cancelled):
+        run_tiles(ArraySource(pixels), canvas, process, scale=4, tile=32, overlap=8, batch=2, cancel=cancel,
+                  progress=cancel_after_the_first_row, on_row_done=recorded.append)
+    assert [(d.rows_done, d.tiles_done) for d in recorded] == [(1, 3)]  # the first row stays done
+    canvas.remove()
+
+
 def test_a_crash_after_an_out_of_memory_halving_resumes_the_smaller_layout(model, tmp_path):
     """Row 2 runs out of memory, so a layout of 32 px tiles continues from it; the job dies in that
     layout's second row. The resume undoes that row, rebuilds the same layout from the journal and

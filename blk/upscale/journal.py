@@ -14,10 +14,12 @@ that canvas usable again:
                                     before the row writes anything
     .blk-tmp-OUT.tif.lock           held (flock) while a job writes OUT, so two runs never share files
 
-Protocol per row (the tiler's hooks, `tiler_hooks`): before the row, the band
-`[y_top, kept_until)` and the row's extent go to the band file (written whole,
-fsynced, renamed into place); after the row, the canvas is fsynced, then the
-journal is rewritten atomically with the layout and its rows done. On the
+Protocol per row (the tiler's hooks, `tiler_hooks`): before the row's first
+write, the band `[y_top, kept_until)` and the row's extent go to the band file
+(written whole, fsynced, renamed into place); once the row's writes are all
+finished (the tiler does this while the next row's first batch computes), the
+canvas is fsynced, then the journal is rewritten atomically with the layout and
+its rows done. On the
 next run with the same key, a band file that belongs to the journal's next row
 (it fades in against the same line: the row itself, or its first row in the
 smaller layout an out-of-memory error started) is put back and the rest of that

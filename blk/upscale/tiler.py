@@ -44,7 +44,9 @@ writes only into the output band `[y_top, y_end)`; of that, `[y_top,
 kept_until)` already holds the previous row's share and `[kept_until, y_end)`
 is still zero. `on_row_start` receives that band (`RowBand`, with the sink's
 snapshot of the first part) before the row writes anything, so a journal can
-persist it; `on_row_done` receives the layout and the rows done (`RowDone`).
+persist it; `on_row_done` receives the layout and the rows done (`RowDone`) once
+every write of the row is finished — on a GPU while the next row's first batch
+computes (that row writes nothing before it), after the last row at the end.
 `origin_fade=`, `rows_done=` and `tiles_done=` continue a pass from such a
 point: the rows that follow are exactly those an uninterrupted run would have
 done, so the result is the same.
@@ -52,6 +54,7 @@ done, so the result is the same.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -275,62 +278,92 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
     check_tile(tile, overlap)
     width, height = source.width, source.height
     started, done, retries = time.monotonic(), tiles_done, 0
-    while True:
-        rows = spans(height, tile, overlap, origin_fade, multiple_of, full_size)
-        cols = spans(width, tile, overlap, None, multiple_of, full_size)
-        total = done + max(len(rows) - rows_done, 0) * len(cols)
-        out_of_memory = False
-        for index in range(rows_done, len(rows)):
-            row = rows[index]
-            try:  # only the row's own work: an error of `on_row_done` (e.g. a result writer's) is never halved
-                _row(source, sink, process, row, cols, scale, overlap, batch, blend, cancel,
-                     lambda n: progress(done + n, total) if progress else None,
-                     (lambda band, i=index, r=row, t=tile, f=origin_fade: on_row_start(
-                         RowBand(f, t, i, r.start, r.fade_in_end, *band))) if on_row_start else None)
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                out_of_memory = True
-                break
-            done, rows_done = done + len(cols), index + 1
+    # The row above, computed but maybe still writing: (its writer, its RowDone). It is settled (writes
+    # finished, `on_row_done`) once the next row's first batch is computing, before that row writes anything.
+    pending: list = []
+    settling = threading.Event()  # set while settling: its errors are the writer's or the hook's, never halved
+
+    def settle() -> None:
+        if pending:
+            writer, finished = pending.pop()
+            settling.set()
+            if writer is not None:
+                writer.finish()
             if on_row_done:
+                on_row_done(finished)
+            settling.clear()
+
+    try:
+        while True:
+            rows = spans(height, tile, overlap, origin_fade, multiple_of, full_size)
+            cols = spans(width, tile, overlap, None, multiple_of, full_size)
+            total = done + max(len(rows) - rows_done, 0) * len(cols)
+            out_of_memory = False
+            for index in range(rows_done, len(rows)):
+                row = rows[index]
+                try:  # only the row's own work: an error of settling the row above (a result writer's) is never halved
+                    writer = _row(source, sink, process, row, cols, scale, overlap, batch, blend, cancel,
+                                  lambda n: progress(done + n, total) if progress else None,
+                                  (lambda band, i=index, r=row, t=tile, f=origin_fade: on_row_start(
+                                      RowBand(f, t, i, r.start, r.fade_in_end, *band))) if on_row_start else None,
+                                  settle)
+                except Exception as exc:
+                    if settling.is_set() or not is_out_of_memory(exc):
+                        raise
+                    out_of_memory = True
+                    break
+                done, rows_done = done + len(cols), index + 1
                 settled = height * scale if rows_done == len(rows) else (row.end - overlap) * scale
-                on_row_done(RowDone(origin_fade, tile, rows_done, done, row.end, settled))
-        if not out_of_memory:
-            return TileStats(tile, overlap, done, retries, time.monotonic() - started)
-        _free_accelerator_memory()  # outside the handler: the traceback no longer pins the tensors
-        smaller = (tile // 2) // multiple_of * multiple_of
-        if smaller < max(MIN_TILE, 2 * overlap, multiple_of):
-            raise UserError(f"Out of memory even with {tile} px tiles; close other programs using the "
-                            "GPU, lower the overlap, or run on the CPU.")
-        # a new layout from the failed row on: it fades in against the same line that row did
-        tile, retries = smaller, retries + 1
-        origin_fade, rows_done = rows[rows_done].fade_in_end, 0
+                pending.append((writer, RowDone(origin_fade, tile, rows_done, done, row.end, settled)))
+            if not out_of_memory:
+                settle()
+                return TileStats(tile, overlap, done, retries, time.monotonic() - started)
+            settle()  # the rows above the failed one are finished: recorded before the new layout starts
+            _free_accelerator_memory()  # outside the handler: the traceback no longer pins the tensors
+            smaller = (tile // 2) // multiple_of * multiple_of
+            if smaller < max(MIN_TILE, 2 * overlap, multiple_of):
+                raise UserError(f"Out of memory even with {tile} px tiles; close other programs using the "
+                                "GPU, lower the overlap, or run on the CPU.")
+            # a new layout from the failed row on: it fades in against the same line that row did
+            tile, retries = smaller, retries + 1
+            origin_fade, rows_done = rows[rows_done].fade_in_end, 0
+    except BaseException:
+        if pending:  # whatever stopped the next row (a cancel, Ctrl+C, a read error), the row above is whole:
+            with contextlib.suppress(Exception):  # recorded, so that a resume does not redo it
+                settle()
+        raise
 
 
 def _row(source, sink, process, row: Span, cols: list[Span], scale, overlap, batch, blend, cancel, report,
-         announce=None):
-    """One row of tiles; on any error the canvas band this row touched is put back as it was.
+         announce=None, settle_previous=None) -> "_Writer":
+    """One row of tiles; returns its writer, maybe still writing (finish it before the row counts as done).
 
-    The sink writes run on a writer thread, in order, while the next batch is read and computed:
-    on a GPU the canvas writes would otherwise leave the model idle for as long as it works."""
+    The sink writes run on a writer thread, in order, while the next batch is read and computed: on a
+    GPU the canvas writes would otherwise leave the model idle for as long as it works. For the same
+    reason the row above is settled (`settle_previous`: its last writes finished, its `on_row_done` with
+    the journal's fsync) only once this row's first batch has been handed to the model, and before this
+    row writes anything. On any error after that, the canvas band this row touched is put back."""
     wy, first_y = weights(row, overlap, scale, blend)
     y_top = row.start * scale + first_y  # the row writes nothing above this
     kept_until = row.fade_in_end * scale if row.fade_in_end is not None else y_top
-    snapshot = sink.snapshot(y_top, kept_until)  # rows that the previous row already holds
-    if announce is not None:
-        announce((y_top, kept_until, row.end * scale, snapshot))
-    writer = _Writer(max_pending=batch)
+    writer, snapshot = None, None
     try:
         tiles_done = 0
         for group in even_batches(cols, batch):
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
             tiles = np.stack([source.read(c.start, row.start, c.length, row.length) for c in group])
-            out = process(tiles)
+            out = process(tiles)  # on a GPU: queued, still computing
             expected = (len(group), row.length * scale, group[0].length * scale, tiles.shape[3])
             if tuple(out.shape) != expected:
                 raise RuntimeError(f"the model returned {tuple(out.shape)}, expected {expected}")
+            if writer is None:  # before this row's first write
+                if settle_previous is not None:
+                    settle_previous()
+                snapshot = sink.snapshot(y_top, kept_until)  # rows that the previous row already holds
+                if announce is not None:
+                    announce((y_top, kept_until, row.end * scale, snapshot))
+                writer = _Writer(max_pending=batch)
             for col, result in zip(group, out):
                 wx, first_x = weights(col, overlap, scale, blend)
                 buffer = writer.buffer((len(wy) - first_y, len(wx) - first_x, tiles.shape[3]))
@@ -342,11 +375,12 @@ def _row(source, sink, process, row: Span, cols: list[Span], scale, overlap, bat
             del out, result  # the device memory of this batch is free for the next
             tiles_done += len(group)
             report(tiles_done)
-        writer.finish()
+        return writer
     except BaseException:
-        writer.abandon()  # every write has stopped before the band is put back
-        sink.restore(snapshot)
-        sink.clear(kept_until, row.end * scale)
+        if writer is not None:  # this row has written: every write stops before its band is put back
+            writer.abandon()
+            sink.restore(snapshot)
+            sink.clear(kept_until, row.end * scale)
         raise
 
 
