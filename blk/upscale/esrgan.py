@@ -401,8 +401,10 @@ def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: i
 
 def _also_settle(on_row_done: Callable[[RowDone], None], streamed: StreamedResult) -> Callable[[RowDone], None]:
     def both(done: RowDone) -> None:
-        on_row_done(done)  # the journal first: the row is on disk before the writer reads it
+        # every write of the row is finished (the tiler calls this after them): the writer may read the rows
+        # now, and compresses them while the journal fsyncs the canvas (on the last row, that is the job's end)
         streamed.settled(done.settled)
+        on_row_done(done)
 
     return both
 
