@@ -428,6 +428,49 @@ def test_a_journal_of_the_older_layout_starts_over(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_a_small_jobs_journal_skips_fsync_and_a_reboot_drops_it(model, tmp_path, monkeypatch):
+    """A small job's journal is not fsynced (on a GPU each row's canvas flush kept the model waiting) and is
+    bound to the machine's boot: the same boot resumes it (a kill leaves its writes in the page cache), a
+    reboot starts the job afresh (an unsynced write may be lost). A large job's is fsynced every row and
+    resumes after a reboot."""
+    import blk.upscale.journal as journal_module
+
+    image = save_png(tmp_path / "in.png", 72, 40, seed=4)  # three rows of tiles at tile 32, overlap 8
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    run(EsrganJob(image, tmp_path / "small.tif", model, tile=32, overlap=8, batch=2))
+    small = len(synced)
+    monkeypatch.setattr(journal_module, "DURABLE_FROM_PIXELS", 160 * 288)  # this output's size: durable
+    synced.clear()
+    run(EsrganJob(image, tmp_path / "large.tif", model, tile=32, overlap=8, batch=2))
+    assert small == 2  # only the result's commit: the file, then its folder
+    # + the first journal, each row's band, canvas and journal, the tile's and the pass's journal saves
+    assert len(synced) == small + 1 + 3 * 3 + 2
+    assert np.array_equal(tifffile.imread(tmp_path / "small.tif"), tifffile.imread(tmp_path / "large.tif"))
+
+    out = tmp_path / "out.tif"
+    journal = Journal.begin(out, "key", durable=False)
+    assert not journal.durable and journal.state["boot"] == journal_module.boot_id()
+    canvas = journal.open_canvas(0, 8, 8, 3)
+    journal.suspend()
+    again = Journal.begin(out, "key", durable=False)
+    assert again.resumed and again.state["token"] == journal.state["token"]
+    again.suspend()
+    state = json.loads(Journal.path_for(out).read_text())
+    Journal.path_for(out).write_text(json.dumps(state | {"boot": "a boot before a power cut"}))
+    rebooted = Journal.begin(out, "key", durable=False)
+    assert not rebooted.resumed and not canvas.path.exists()  # its files removed with it
+    rebooted.discard()
+
+    durable = Journal.begin(out, "key")
+    assert durable.durable and "boot" not in durable.state
+    durable.suspend()
+    resumed = Journal.begin(out, "key")
+    assert resumed.resumed  # no boot to check: whatever happened since, its writes were synced
+    resumed.discard()
+    assert leftovers(tmp_path) == []
+
+
 def test_content_hashes_are_kept_per_file_version(tmp_path):
     """The resume key hashes the model and the input; the hash is kept per (path, inode, size,
     mtime), so a file changed in place is hashed again and a stale journal can never match."""

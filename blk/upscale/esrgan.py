@@ -51,7 +51,7 @@ from blk.errors import UserError
 from blk.upscale import compiled_network
 from blk.upscale.canvas import (Canvas, check_outputs, check_png, fitting_icc, output_format, print_path,
                                read_icc, write_result)
-from blk.upscale.journal import Journal, job_key
+from blk.upscale.journal import Journal, durable_for, job_key
 from blk.upscale.source import WHOLE_IMAGE_PIXELS, FilledSource, open_input
 from blk.upscale.streamed_tiff import StreamedResult, StreamedTiff
 from blk.upscale.tiler import Cancelled, RowDone, auto_tile, count_tiles, run_tiles
@@ -268,7 +268,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
                    "output": str(job.output.resolve()), "size": [width, height], "tile": job.tile,
                    "overlap": job.overlap, "batch": batch, "alpha": job.alpha, "device": device,
                    "precision": str(dtype), "passes": passes, "pass_inputs": inputs})
-    journal = Journal.begin(job.output, key)
+    journal = Journal.begin(job.output, key, durable=durable_for(width * height))
     with journal.ending():  # done, cancelled or failed: files removed; Ctrl+C: kept for a resume
         journal.check_files(passes)
         the_plan = plan_job(job, image, upscaler, device, dtype, tile=journal.tile)

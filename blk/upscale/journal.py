@@ -43,6 +43,15 @@ whose key differs (other input content, model, output, settings) finds the old
 journal, removes its files, and starts fresh; so does a journal of another
 `VERSION` (version 1 recorded the next row's position in the older greedy tile
 layout, which the current one would not reproduce).
+
+Durability: a large job's journal is durable — the band file, the canvas after each
+row and the journal are fsynced, so even a power cut loses at most a row. A small
+one (an output under `DURABLE_FROM_PIXELS`: seconds on a GPU, a few minutes on a
+CPU) skips those fsyncs, which on a GPU cost a good part of the job (each row's
+canvas flushed to the disk while the model waits), and records the machine's boot
+instead: after a kill, a crash or Ctrl+C everything it wrote is still in the
+system's page cache and the job resumes the same way; after a reboot (where an
+unsynced write may be lost) its journal is stale and the job starts afresh.
 """
 
 from __future__ import annotations
@@ -61,12 +70,29 @@ from blk.upscale.canvas import Canvas
 from blk.upscale.tiler import RowBand, RowDone
 
 VERSION = 2
+# Outputs from this many pixels on keep a durable journal (fsynced every row); smaller ones a boot-bound one
+DURABLE_FROM_PIXELS = 64_000_000
 _PASS_START = {"origin_fade": None, "rows_done": 0, "row_fade": None, "tiles_done": 0}  # a pass's first layout, no rows
 
 
-def fresh_state(key: str) -> dict:
-    """A job that has done nothing yet."""
-    return {"version": VERSION, "key": key, "token": secrets.token_hex(6), "pass": 0, "tile": None, **_PASS_START}
+def fresh_state(key: str, durable: bool = True) -> dict:
+    """A job that has done nothing yet; a journal that is not `durable` holds the machine's boot."""
+    boot = None if durable else boot_id()
+    return {"version": VERSION, "key": key, "token": secrets.token_hex(6), "pass": 0, "tile": None, **_PASS_START,
+            "durable": boot is None, **({"boot": boot} if boot else {})}
+
+
+def durable_for(pixels: int) -> bool:
+    """Whether a job of an output of `pixels` keeps a durable journal."""
+    return pixels >= DURABLE_FROM_PIXELS
+
+
+def boot_id() -> str | None:
+    """This boot of the machine (Linux); None where the system does not say (every journal is then durable)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip() or None
+    except OSError:
+        return None
 
 
 def job_key(parameters: dict) -> str:
@@ -105,21 +131,22 @@ class Journal:
 
     # -- start --------------------------------------------------------------------------------
     @classmethod
-    def begin(cls, output: str | os.PathLike, key: str) -> "Journal":
-        """Take the job's lock; resume a matching journal, or remove a stale one and start fresh."""
+    def begin(cls, output: str | os.PathLike, key: str, durable: bool = True) -> "Journal":
+        """Take the job's lock; resume a matching journal, or remove a stale one and start fresh.
+        `durable=False`: a small job's journal, without fsyncs, valid until the machine reboots."""
         output = Path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock(output.parent / f"{TEMP_PREFIX}{output.name}.lock", output)
         try:
             old = _read_json(cls.path_for(output))
             if old is not None and old.get("version") == VERSION and old.get("key") == key \
-                    and _token_ok(old.get("token")):
+                    and _token_ok(old.get("token")) and old.get("boot") in (None, boot_id()):
                 return cls(output, key, old, True, lock_fd)
             if old is not None and _token_ok(old.get("token")):
                 _remove_token_files(output.parent, old["token"])
             with contextlib.suppress(FileNotFoundError):
                 cls.path_for(output).unlink()
-            journal = cls(output, key, fresh_state(key), False, lock_fd)
+            journal = cls(output, key, fresh_state(key, durable), False, lock_fd)
             journal._save()
             return journal
         except BaseException:
@@ -177,7 +204,7 @@ class Journal:
         if all(self.has_canvas(i) for i in need):
             return
         self._remove_files()
-        self.state = fresh_state(self.key)
+        self.state = fresh_state(self.key, self.durable)
         self.resumed = False
         self._save()
 
@@ -194,6 +221,11 @@ class Journal:
             return {}
         return {name: self.state[name] for name in ("origin_fade", "rows_done", "tiles_done")}
 
+    @property
+    def durable(self) -> bool:
+        """Whether the band, the canvas and the journal are fsynced (see the module's docstring)."""
+        return self.state.get("durable", True)
+
     def tiler_hooks(self, pass_index: int, canvas: Canvas) -> dict:
         """`run_tiles(..., **journal.tiler_hooks(k, canvas))`: start point plus both row hooks."""
         def on_row_start(band: RowBand) -> None:
@@ -202,10 +234,11 @@ class Journal:
                       "row_start": band.row_start, "row_fade": band.row_fade, "y_top": band.y_top,
                       "kept_until": band.kept_until, "y_end": band.y_end, "shape": list(rows.shape)}
             _write_durably(self.band_path, json.dumps(header).encode() + b"\n" +
-                           np.ascontiguousarray(rows, dtype=np.uint16).tobytes())
+                           np.ascontiguousarray(rows, dtype=np.uint16).tobytes(), fsync=self.durable)
 
         def on_row_done(done: RowDone) -> None:
-            canvas.flush()  # the row's pixels reach the disk before the journal says they are there
+            if self.durable:
+                canvas.flush()  # the row's pixels reach the disk before the journal says they are there
             self.state.update({"pass": pass_index, "origin_fade": done.origin_fade, "tile": done.tile,
                                "rows_done": done.rows_done, "row_fade": done.row_end, "tiles_done": done.tiles_done})
             self._save()
@@ -294,7 +327,8 @@ class Journal:
         _remove_token_files(self.folder, self.state["token"])
 
     def _save(self) -> None:
-        _write_durably(self.path, (json.dumps(self.state, indent=1, sort_keys=True) + "\n").encode())
+        _write_durably(self.path, (json.dumps(self.state, indent=1, sort_keys=True) + "\n").encode(),
+                       fsync=self.durable)
 
     def _undo_interrupted_row(self, canvas: Canvas, pass_index: int) -> None:
         """Put back the band of a row that died half-way (if the band file belongs to the next row)."""
@@ -331,7 +365,7 @@ class _Child(Journal):
             self.state, self.resumed = old, True
         else:
             self._remove_files()  # another key's (or a damaged) state and its canvases
-            self.state = fresh_state(key) | {"token": token}
+            self.state = fresh_state(key, parent.durable) | {"token": token}
             self._save()
 
     @property
@@ -365,15 +399,17 @@ def _read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write a fixed-name `.part` sibling, fsync, rename (a kill mid-write never leaves a random name)."""
+def _write_durably(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write a fixed-name `.part` sibling, fsync (unless told not to: a small job's journal), rename (a kill
+    mid-write never leaves a random name)."""
     part = path.with_name(path.name + ".part")
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(data)
         while view.nbytes:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if fsync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(part, path)
