@@ -47,6 +47,20 @@ WRITE_COLUMNS = 16 * TIFF_TILE  # the TIFF writers read the canvas in chunks thi
 # zlib level 1: on an upscaled 4096² image, 6.5× faster than the default level 6 for a 15% larger file
 # (bench/README.md, "TIFF deflate level"): hours saved on a gigapixel master, a few hundred MB spent.
 DEFLATE_LEVEL = 1
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# canvas chunks read and converted ahead of the writers, each on a thread of its own (numpy's lookups release the
+# GIL): a 4096² 8-bit TIFF on 2 cores took 0.27 s with two, 0.31–0.33 s with one. Each costs a chunk in flight
+# (traced: +12 MB for a TIFF, +44 MB for a print copy's float chunks), whatever the image's size.
+READ_AHEAD = max(1, min(2, usable_cores()))
 TO_8_BITS = ((np.arange(65536, dtype=np.uint32) + 128) // 257).astype(np.uint8)  # 16-bit level → nearest 8-bit
 
 
@@ -98,10 +112,7 @@ def _deflate(tiles_per_thread: int = 8) -> dict:
     held ~0.5 GB of bands at 1 GP. `tiles_per_thread` (of 16-bit RGBA size, the largest) keep the
     threads busy with tens of MB; a streamed writer takes fewer, so that a round fills from the rows
     already final instead of waiting for the rows the model is still computing."""
-    try:
-        threads = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        threads = os.cpu_count() or 1
+    threads = usable_cores()
     return {"compression": "zlib", "compressionargs": {"level": DEFLATE_LEVEL}, "predictor": True,
             "maxworkers": max(1, threads),
             "buffersize": tiles_per_thread * max(1, threads) * TIFF_TILE * TIFF_TILE * 8}
@@ -297,7 +308,7 @@ def write_tiff_file(canvas: Canvas, tmp: Path, *, bits: int, icc: bytes | None, 
 
     def convert(band: np.ndarray) -> np.ndarray:
         band = grey_levels(band) if grey else band
-        return np.take(TO_8_BITS, band) if bits == 8 else band
+        return TO_8_BITS[band] if bits == 8 else band  # indexing releases the GIL; np.take does not
 
     def tiles():
         for chunk in bands(canvas, side, convert, cancel, WRITE_COLUMNS):  # row-major: tifffile's tile order
@@ -342,12 +353,15 @@ def _written_shape(canvas: Canvas, grey: bool) -> tuple[int, ...]:
 
 def bands(canvas: Canvas, rows: int, convert, cancel: threading.Event | None = None, columns: int | None = None):
     """`convert(chunk)` of each chunk of `rows` rows × `columns` columns (default: the full width), in
-    row-major order; the next chunk is read and converted on a thread while the caller works on this one
-    (a writer's deflate threads otherwise wait on it). `cancel` is checked before each chunk.
+    row-major order; the next chunks are read and converted on `READ_AHEAD` threads while the caller works on
+    this one (a writer's deflate threads otherwise wait on them: the 16-to-8-bit lookup of one chunk after
+    another on one core was what a streamed TIFF's last row still waited for). `cancel` is checked before
+    each chunk.
 
     Why chunks: a full-width band of a 32768 px wide canvas is 50 MB of 16-bit levels (134 MB as the
     print copy's floats), twice with the read-ahead: the writers' memory grew with the width, while
     chunks of `WRITE_COLUMNS` keep it flat."""
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     from blk.upscale.tiler import Cancelled
@@ -359,16 +373,19 @@ def bands(canvas: Canvas, rows: int, convert, cancel: threading.Event | None = N
         y, x = origin
         return convert(canvas.read_raw(x, y, min(columns, canvas.width - x), min(rows, canvas.height - y)))
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="blk-band-reader") as ahead:
-        upcoming = ahead.submit(load, origins[0]) if origins else None
-        for index in range(len(origins)):
-            if cancel is not None and cancel.is_set():
-                upcoming.cancel()
-                raise Cancelled()
-            chunk = upcoming.result()
-            if index + 1 < len(origins):
-                upcoming = ahead.submit(load, origins[index + 1])
-            yield chunk
+    with ThreadPoolExecutor(max_workers=READ_AHEAD, thread_name_prefix="blk-band-reader") as ahead:
+        upcoming = deque(ahead.submit(load, origin) for origin in origins[:READ_AHEAD])
+        try:
+            for index in range(len(origins)):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
+                chunk = upcoming.popleft().result()
+                if index + READ_AHEAD < len(origins):
+                    upcoming.append(ahead.submit(load, origins[index + READ_AHEAD]))
+                yield chunk
+        finally:
+            for future in upcoming:
+                future.cancel()
 
 
 MAX_DPI = 100_000  # far beyond any printer; TIFF stores a resolution as a ratio of 32-bit numbers
@@ -518,7 +535,7 @@ def write_png(canvas: Canvas, path: Path, *, icc: bytes | None, dpi: float | Non
     y = 0
 
     def convert(rows: np.ndarray) -> np.ndarray:  # no 32-bit copy of the whole
-        return np.take(TO_8_BITS, grey_levels(rows) if grey else rows)
+        return TO_8_BITS[grey_levels(rows) if grey else rows]
 
     for band in bands(canvas, TIFF_TILE, convert):
         pixels[y:y + len(band)] = band
