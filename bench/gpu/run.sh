@@ -41,11 +41,14 @@ for part in "$@"; do
                 --peer-python "$(command -v python3)" 2>&1 | tee "$out/upscale-compare.txt" &&
             python3 bench/upscale.py --model /tmp/x4plus.pth --memory-only --sizes 4096 32768 \
                 2>&1 | tee "$out/upscale-memory.txt" ;;
-        upscale-arenas)  # the 1 GP memory row with glibc held to 2 malloc arenas: is the +0.2 GB of the streamed
-                         # TIFF (1304 → 1506 MB on an H100) the arenas of its 16 deflate threads?
+        upscale-malloc)  # the 1 GP memory row (1304 MB before the streamed TIFF, 1506 after, 16 MP: 1147) under
+                         # glibc settings: 2 arenas (the 16 deflate threads' freed blocks?), a fixed 4 MB mmap
+                         # threshold (the tiles phase's growth on a CPU: +240 → +82 MB), both; ~1 min each
             python3 bench/shaped_models.py realesrgan-x4plus /tmp/x4plus.pth &&
-            MALLOC_ARENA_MAX=2 python3 bench/upscale.py --model /tmp/x4plus.pth --memory-only --sizes 32768 \
-                2>&1 | tee "$out/upscale-arenas.txt" ;;
+            for setting in MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=4194304 "MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=4194304"; do
+                echo "-- $setting"
+                env $setting python3 bench/upscale.py --model /tmp/x4plus.pth --memory-only --sizes 32768 || exit 1
+            done 2>&1 | tee "$out/upscale-malloc.txt" ;;
         generate)  # the studio's Sketch path against the plain pipeline, FLUX.1-dev shapes, 1 MP, 28 steps
             full_flux &&
             python3 bench/generate.py --workspace "$workspace" --model flux-dev --size 1024 --steps 28 --images 2 \
@@ -57,7 +60,7 @@ for part in "$@"; do
             python3 bench/shaped_models.py flux-dev "$workspace-train" --double 3 --single 6 --t5-layers 2 &&
             python3 bench/train.py --workspace "$workspace-train" --model flux-dev --size 512 --steps 40 \
                 --warmup 10 2>&1 | tee "$out/train.txt" ;;
-        *) echo "unknown part: $part (upscale, upscale-arenas, generate, train, train-memory)"; false ;;
+        *) echo "unknown part: $part (upscale, upscale-malloc, generate, train, train-memory)"; false ;;
     esac || status=1
 done
 exit $status
