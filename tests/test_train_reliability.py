@@ -182,6 +182,30 @@ def test_resume_with_adapter_dropout_is_bit_identical(dataset, shared_workspace,
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_kill_between_a_checkpoints_state_and_its_file_trains_nothing_twice(dataset, shared_workspace, tmp_path):
+    """A checkpoint saves the state to resume from, then the LoRA file. A kill between the two (here: the file of
+    the newest checkpoint removed, as the kill left it) resumes from that state, without training its steps again,
+    and writes the missing file, the same bytes as the run that never died; the EMA weights too."""
+    def config():
+        c = config_for("tiny-flux", dataset, steps=6)
+        c.checkpoints.every, c.optimizer.ema_decay = 2, 0.9
+        return c
+
+    whole = run(config(), shared_workspace, tmp_path / "whole")
+    run(config(), shared_workspace, tmp_path / "halted", stop_after=4)
+    newest = tmp_path / "halted" / "checkpoints" / "step-000004.safetensors"
+    written = newest.read_bytes()
+    newest.unlink()
+    resumed = run(config(), shared_workspace, tmp_path / "halted", resume=True)
+    assert resumed.step == 6 and newest.read_bytes() == written
+    events = EventLog(tmp_path / "halted" / "events.jsonl").read()
+    after = events[max(i for i, e in enumerate(events) if e.get("status") == "resumed"):]
+    assert [e["step"] for e in after if e["kind"] == "loss"] == [5, 6]  # from the state's step 4, not 2
+    assert [e["step"] for e in after if e["kind"] == "checkpoint"] == [4, 6]
+    a, b = load_file(str(whole.last_checkpoint)), load_file(str(resumed.last_checkpoint))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_failure_outside_the_steps_is_an_error_event(dataset, shared_workspace, tmp_path):
     """A model folder whose weights are damaged fails while loading, before any step: the run folder (made by the
     app before the trainer starts) says why in one sentence, once (the CLI leaves it to the trainer)."""

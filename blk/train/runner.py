@@ -211,6 +211,9 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     latent_for = LatentSource(family, latent_cache, dataset, model.path, config.data,
                               *_transparent_encoder(config, workspace, model, device))
     last_checkpoint = None
+    if resume and step and world.is_main and not checkpoint_path(run_dir, step).exists():
+        # killed between this state and its LoRA file (`_checkpoint`): the file it would have written
+        last_checkpoint = _publish(family, config, run_dir, events, step, ema)
 
     def averaged():
         """Samples and validation see the weights a checkpoint publishes: the EMA weights when EMA is on."""
@@ -784,26 +787,28 @@ SAVE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 def _checkpoint(family, config: TrainConfig, run_dir: Path, events: EventLog, optimizer, scheduler, step: int,
                 ema=None) -> Path:
-    """The LoRA file for this step (the EMA weights when on) and the state to resume from, written atomically."""
+    """The state to resume from, then the LoRA file for this step (the EMA weights when on), each written atomically.
+
+    In that order: a kill between the two leaves a state whose LoRA file is missing, which the resume then writes
+    (`_publish`), so no step since the newest checkpoint file is ever trained again. (The other order let a kill
+    leave a checkpoint file newer than the state, and the resume redid the steps up to it.)"""
+    _save_state(run_dir, family.denoiser, optimizer, scheduler, ema, step)
+    return _publish(family, config, run_dir, events, step, ema)
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step:06d}.safetensors"
+
+
+def _save_state(run_dir: Path, denoiser, optimizer, scheduler, ema, step: int) -> None:
+    """state/: the raw adapter, optimizer, scheduler, EMA and step, swapped in whole (state.old covers the swap)."""
     import tempfile
 
     import torch
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    lora = get_peft_model_state_dict(family.denoiser)
-    published = published_weights(family.denoiser, ema.state_dict_like(lora) if ema is not None else lora)
-    save_dtype = getattr(torch, SAVE_DTYPES[config.checkpoints.dtype])
-    published = {name: tensor.to(save_dtype) for name, tensor in published.items()}
-    checkpoints = run_dir / "checkpoints"
-    target = checkpoints / f"step-{step:06d}.safetensors"
-    staging = Path(tempfile.mkdtemp(prefix=".blk-tmp-", dir=checkpoints))
-    try:
-        family.save_lora(staging, published, adapter_metadata(family.denoiser, config.adapter))
-        atomic.write_bytes(target, (staging / "pytorch_lora_weights.safetensors").read_bytes())
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
+    lora = get_peft_model_state_dict(denoiser)
     state_tmp = Path(tempfile.mkdtemp(prefix=".blk-tmp-state-", dir=run_dir))
     save_file({k: v.contiguous() for k, v in lora.items()}, str(state_tmp / "adapter.safetensors"))
     torch.save(optimizer.state_dict(), state_tmp / "optimizer.pt")
@@ -817,8 +822,29 @@ def _checkpoint(family, config: TrainConfig, run_dir: Path, events: EventLog, op
         state.rename(old)
     state_tmp.rename(state)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish(family, config: TrainConfig, run_dir: Path, events: EventLog, step: int, ema=None) -> Path:
+    """The LoRA file of `step` from the adapter's current weights (their EMA when on), then the checkpoint event and
+    the pruning of older files."""
+    import tempfile
+
+    import torch
+    from peft.utils import get_peft_model_state_dict
+
+    lora = get_peft_model_state_dict(family.denoiser)
+    published = published_weights(family.denoiser, ema.state_dict_like(lora) if ema is not None else lora)
+    save_dtype = getattr(torch, SAVE_DTYPES[config.checkpoints.dtype])
+    published = {name: tensor.to(save_dtype) for name, tensor in published.items()}
+    target = checkpoint_path(run_dir, step)
+    staging = Path(tempfile.mkdtemp(prefix=".blk-tmp-", dir=target.parent))
+    try:
+        family.save_lora(staging, published, adapter_metadata(family.denoiser, config.adapter))
+        atomic.write_bytes(target, (staging / "pytorch_lora_weights.safetensors").read_bytes())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     events.write("checkpoint", step, path=str(target.relative_to(run_dir)))
-    _prune(checkpoints, config)
+    _prune(target.parent, config)
     return target
 
 
