@@ -105,7 +105,8 @@ class EsrganResult:
     parameters: dict = field(default_factory=dict)
     resumed_from_tile: int = 0  # tiles (all passes) an interrupted earlier run had finished; 0: fresh
     print_path: Path | None = None
-    phases: dict = field(default_factory=dict)  # seconds: prepare, tiles, resample, write, print
+    # seconds: prepare (its parts: prepare.input, .load, .hash, .setup), tiles, resample, write, print
+    phases: dict = field(default_factory=dict)
 
 
 def check_shape(width: int, height: int, size: tuple[int, int] | None, hint: str = "") -> None:
@@ -242,6 +243,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     check_outputs(job.input, job.output, job.print_dpi, job.dpi)
 
     image = open_input(job.input, job.max_pixels)
+    opened = time.monotonic()
     width, height = target_size(image.width, image.height, job.scale, job.size)
     bits = 16 if job.keep_16bit and image.bit_depth == 16 else 8
     if fmt == "png":
@@ -255,7 +257,9 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
 
         if problem := compile_problem(device):
             raise UserError(problem)
+    before_load = time.monotonic()
     upscaler = load_upscaler(job.model, device)
+    loaded = time.monotonic()
     dtype = pick_precision(upscaler, device, job.precision)
     factor = max(width / image.width, height / image.height)
     inputs = pass_inputs(image.width, image.height, upscaler.scale, (width, height))
@@ -268,6 +272,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
                    "output": str(job.output.resolve()), "size": [width, height], "tile": job.tile,
                    "overlap": job.overlap, "batch": batch, "alpha": job.alpha, "device": device,
                    "precision": str(dtype), "passes": passes, "pass_inputs": inputs})
+    hashed = time.monotonic()
     journal = Journal.begin(job.output, key, durable=durable_for(width * height))
     with journal.ending():  # done, cancelled or failed: files removed; Ctrl+C: kept for a resume
         journal.check_files(passes)
@@ -281,7 +286,11 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
         try:
             up = upscale(image.source, the_plan, process, journal, batch=batch, progress=progress, cancel=cancel,
                          log=log, streamed=streamed)
-            source, tile, phases = up.canvas, up.tile, {"prepare": up.started - started} | up.phases
+            # where the time before the first tile went (the model load inside `prepare`)
+            phases = {"prepare": up.started - started, "prepare.input": opened - started,
+                      "prepare.load": loaded - before_load, "prepare.hash": hashed - loaded,
+                      "prepare.setup": up.started - hashed} | up.phases
+            source, tile = up.canvas, up.tile
             _check(cancel)
             parameters = {
                 "job": "upscale", "path": "esrgan", "input": job.input.name, "input_width": image.width,
