@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # On a lent GPU machine: install the carried wheels, build models of the real shapes with random weights,
-# and run the benchmarks named (any of: upscale, generate, train). Logs go to $OUT (they come back).
+# and run the benchmarks named (any of: upscale, upscale-malloc, generate, train, train-memory). Logs go to $OUT
+# (they come back).
 #
 #   bash bench/gpu/fetch_wheels.sh                                            # here, once: .whl/
-#   run(carry=[".whl"], command="bash bench/gpu/run.sh upscale generate", timeout_s=560)       # #7, #5
-#   run(carry=[".whl"], command="bash bench/gpu/run.sh train-memory train", timeout_s=...)     # #4: what is left
+#   run(carry=[".whl"], command="bash bench/gpu/run.sh upscale train", timeout_s=560)   # #7's tile loop, #4's speed
+#   then, with what is left: upscale-malloc (#7's 1 GP memory), generate (#5), train-memory (#4's 24 GB)
 #
-# A session's 15 device minutes hold the first call and its start; the second needs what is left, and
-# `train` (never run on an H100 yet) comes last, so that a call cut short loses the least.
-# Expected on an H100: upscale ~4.5 min (with the compiled and streamed rows), generate ~2.7 min (with the
-# full FLUX.1-dev build), train-memory ~2.8 min (the build is kept on a warm machine).
+# A session's 15 device minutes hold the first call and its start (about 30 s); a second call needs what is left.
+# Measured on an H100 (2026-11-27, command time): upscale 267 s, generate 198 s (60 s of it building the full
+# FLUX.1-dev shapes), train-memory 137 s (the build kept on the warm machine), train 172 s.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-/tmp/blk-gpu-out}"
