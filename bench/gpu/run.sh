@@ -56,10 +56,11 @@ for part in "$@"; do
         train-memory)  # the Conceptor preset (rank 32, int8 base) at 1024 px on FLUX.1-dev shapes: the 24 GB target
             full_flux &&
             python3 bench/train_memory.py --workspace "$workspace" 2>&1 | tee "$out/train-memory.txt" ;;
-        train)  # ours against diffusers' Flux LoRA example (speed rows: 3 double + 6 single blocks)
+        train)  # ours against diffusers' Flux LoRA example (speed rows: 3 double + 6 single blocks),
+                # 100 timed steps (30 moved ±20 % between cards)
             python3 bench/shaped_models.py flux-dev "$workspace-train" --double 3 --single 6 --t5-layers 2 &&
-            python3 bench/train.py --workspace "$workspace-train" --model flux-dev --size 512 --steps 40 \
-                --warmup 10 2>&1 | tee "$out/train.txt" ;;
+            python3 bench/train.py --workspace "$workspace-train" --model flux-dev --size 512 --steps 120 \
+                --warmup 20 2>&1 | tee "$out/train.txt" ;;
         *) echo "unknown part: $part (upscale, upscale-malloc, generate, train, train-memory)"; false ;;
     esac || status=1
 done
