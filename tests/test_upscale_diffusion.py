@@ -320,11 +320,10 @@ def test_killed_in_a_later_steps_enlargement_resumes_exactly(shared_workspace, t
     token = state["token"]
     inner = json.loads((tmp_path / f".blk-tmp-{token}.enlarge2.journal.json").read_text())
     assert state["pass"] == 2 and inner["pass"] == 1  # in step 2's enlargement, its first model pass done
-    # step 1's refined canvas, and the enlargement's state: its first pass, the shrunk input of its second and
-    # the second's canvas (all under the job's token); no band: the interrupt came at the row's first model
-    # call, and a row saves its band only once that call is under way, just before its first write
+    # step 1's refined canvas, and the enlargement's state: its first pass, the shrunk input of its second,
+    # the second's canvas and the band its row saved before writing (all under the job's token)
     assert sorted(p.name.removeprefix(f".blk-tmp-{token}.") for p in tmp_path.glob(f".blk-tmp-{token}.*")) == [
-        "enlarge2.journal.json", "enlarge2.pass0.canvas", "enlarge2.pass1.canvas",
+        "enlarge2.band", "enlarge2.journal.json", "enlarge2.pass0.canvas", "enlarge2.pass1.canvas",
         "enlarge2.pass1.input.canvas", "pass1.canvas"]
 
     loads, notes = count_file_loads(monkeypatch), []

@@ -22,7 +22,7 @@ from PIL import Image
 
 from blk.upscale.canvas import Canvas, print_path
 from blk.upscale.esrgan import EsrganJob, processor, run
-from blk.upscale.journal import Journal
+from blk.upscale.journal import VERSION, Journal
 from blk.upscale.models import load_upscaler
 from blk.upscale.source import ArraySource
 from blk.upscale.tiler import Cancelled, RowBand, RowDone, run_tiles, spans, weights
@@ -109,9 +109,10 @@ class RecordingCanvas:
 
 
 def test_a_row_is_recorded_while_the_next_row_computes_and_before_it_writes(model, tmp_path):
-    """On a GPU the model computes asynchronously: the row above is settled (its writes finished, then
-    `on_row_done`, where the journal fsyncs) after the next row's first batch has been handed to the model
-    and before that row writes anything. A cancel between rows still records the finished row."""
+    """On a GPU the model computes asynchronously (`pipelined`): the row above is settled (its writes finished,
+    then `on_row_done`, where the journal fsyncs) after the next row's first batch has been handed to the model
+    and before that row writes anything; without, before that batch (a kill during it loses no finished row).
+    A cancel between rows still records the finished row."""
     process = processor(load_upscaler(model), "cpu", torch.float32)
     pixels = noise(72, 64, seed=21)  # three rows of 30 px at y 0, 21, 42; three columns; batch 2: 1 + 2 tiles
     events: list = []
@@ -121,18 +122,25 @@ def test_a_row_is_recorded_while_the_next_row_computes_and_before_it_writes(mode
         return process(tiles)
 
     canvas = Canvas(tmp_path / "c.canvas", 256, 288, 3)
-    run_tiles(ArraySource(pixels), RecordingCanvas(canvas, events), model_call, scale=4, tile=32, overlap=8,
-              batch=2, on_row_start=lambda band: events.append(("start", band.row)),
-              on_row_done=lambda done: events.append(("done", done.rows_done)))
-    marks = [e for e in events if e[0] != "write"]
-    assert marks == [("model", 1), ("start", 0), ("model", 2),
-                     ("model", 1), ("done", 1), ("start", 1), ("model", 2),
-                     ("model", 1), ("done", 2), ("start", 2), ("model", 2), ("done", 3)]
-    for row in (1, 2):  # every write of a row comes after the row above is recorded and this row announced
-        announced, recorded_above = events.index(("start", row)), events.index(("done", row))
-        assert recorded_above < announced and not [e for e in events[recorded_above:announced] if e[0] == "write"]
-        writes_before = [e for e in events[:announced] if e[0] == "write"]
-        assert writes_before and max(y for _, y in writes_before) < (21 + 30) * 4  # only rows above wrote
+    for pipelined in (True, False):
+        events.clear()
+        run_tiles(ArraySource(pixels), RecordingCanvas(canvas, events), model_call, scale=4, tile=32, overlap=8,
+                  batch=2, on_row_start=lambda band: events.append(("start", band.row)),
+                  on_row_done=lambda done: events.append(("done", done.rows_done)), pipelined=pipelined)
+        marks = [e for e in events if e[0] != "write"]
+        if pipelined:
+            assert marks == [("model", 1), ("start", 0), ("model", 2),
+                             ("model", 1), ("done", 1), ("start", 1), ("model", 2),
+                             ("model", 1), ("done", 2), ("start", 2), ("model", 2), ("done", 3)]
+        else:
+            assert marks == [("start", 0), ("model", 1), ("model", 2),
+                             ("done", 1), ("start", 1), ("model", 1), ("model", 2),
+                             ("done", 2), ("start", 2), ("model", 1), ("model", 2), ("done", 3)]
+        for row in (1, 2):  # every write of a row comes after the row above is recorded and this row announced
+            announced, recorded_above = events.index(("start", row)), events.index(("done", row))
+            assert recorded_above < announced and not [e for e in events[recorded_above:announced] if e[0] == "write"]
+            writes_before = [e for e in events[:announced] if e[0] == "write"]
+            assert writes_before and max(y for _, y in writes_before) < (21 + 30) * 4  # only rows above wrote
     canvas.remove()
 
     cancel, recorded = threading.Event(), []
@@ -420,7 +428,7 @@ def test_a_journal_of_the_older_layout_starts_over(tmp_path):
     journal = Journal.begin(out, "k")
     try:
         assert not journal.resumed and journal.state["token"] != "0123456789ab"
-        assert (journal.state["version"], journal.state["rows_done"], journal.state["tiles_done"]) == (2, 0, 0)
+        assert (journal.state["version"], journal.state["rows_done"], journal.state["tiles_done"]) == (VERSION, 0, 0)
         assert not (tmp_path / ".blk-tmp-0123456789ab.pass0.canvas").exists()
         assert journal.start_of(0) == {"origin_fade": None, "rows_done": 0, "tiles_done": 0}
     finally:
@@ -429,10 +437,10 @@ def test_a_journal_of_the_older_layout_starts_over(tmp_path):
 
 
 def test_a_small_jobs_journal_skips_fsync_and_a_reboot_drops_it(model, tmp_path, monkeypatch):
-    """A small job's journal is not fsynced (on a GPU each row's canvas flush kept the model waiting) and is
-    bound to the machine's boot: the same boot resumes it (a kill leaves its writes in the page cache), a
-    reboot starts the job afresh (an unsynced write may be lost). A large job's is fsynced every row and
-    resumes after a reboot."""
+    """A small job does not fsync its canvas or its bands (on a GPU each row's canvas flush kept the model
+    waiting), and its journal is bound to the machine's boot: the same boot resumes it (a kill leaves its
+    writes in the page cache), a reboot starts the job afresh (an unsynced write may be lost). A large job
+    fsyncs every row and resumes after a reboot."""
     import blk.upscale.journal as journal_module
 
     image = save_png(tmp_path / "in.png", 72, 40, seed=4)  # three rows of tiles at tile 32, overlap 8
@@ -443,9 +451,10 @@ def test_a_small_jobs_journal_skips_fsync_and_a_reboot_drops_it(model, tmp_path,
     monkeypatch.setattr(journal_module, "DURABLE_FROM_PIXELS", 160 * 288)  # this output's size: durable
     synced.clear()
     run(EsrganJob(image, tmp_path / "large.tif", model, tile=32, overlap=8, batch=2))
-    assert small == 2  # only the result's commit: the file, then its folder
-    # + the first journal, each row's band, canvas and journal, the tile's and the pass's journal saves
-    assert len(synced) == small + 1 + 3 * 3 + 2
+    # the journal's saves (the first, the tile's, each row's, the pass's: a few bytes each) and the result's commit
+    # (the file, then its folder); durable, each row's band and canvas too
+    assert small == 1 + 1 + 3 + 1 + 2
+    assert len(synced) == small + 3 * 2
     assert np.array_equal(tifffile.imread(tmp_path / "small.tif"), tifffile.imread(tmp_path / "large.tif"))
 
     out = tmp_path / "out.tif"

@@ -140,6 +140,35 @@ def test_a_failed_or_cancelled_job_leaves_no_file_and_no_writer(model, tmp_path)
     assert not streamer_threads() and sorted(p.name for p in tmp_path.iterdir() if "failed" in p.name) == []
 
 
+def test_the_journal_records_a_row_when_the_streamed_writer_has_failed(tmp_path):
+    """The streamed writer hears a settled row first (it compresses while the journal fsyncs); when it has
+    failed (or seen a cancel), its error comes out, but only after the journal has recorded the row, whose
+    writes are whole: a resume does not redo it."""
+    import errno
+
+    from blk.upscale.canvas import Canvas
+    from blk.upscale.esrgan import _also_settle
+    from blk.upscale.streamed_tiff import StreamedResult, StreamedTiff
+    from blk.upscale.tiler import RowDone
+
+    def failing_disk(canvas, tmp, **options):
+        raise OSError(errno.EIO, "test disk")
+
+    canvas = Canvas(tmp_path / "c.canvas", 8, 8, 3)
+    stream = StreamedResult(StreamedTiff(tmp_path / "out.tif", tmp_path / ".blk-tmp-out.tif", failing_disk))
+    stream.start(canvas)
+    recorded, rows = [], 0
+    deadline = time.monotonic() + 30
+    with pytest.raises(OSError, match="test disk"):
+        while time.monotonic() < deadline:  # until the writer's thread has failed
+            rows += 1
+            _also_settle(recorded.append, stream)(RowDone(None, 32, rows, 3 * rows, 30, 4))
+            time.sleep(0.01)
+    assert [done.rows_done for done in recorded] == list(range(1, rows + 1))  # the failing call's row too
+    stream.stop()
+    canvas.remove()
+
+
 def test_an_error_after_a_row_is_never_taken_for_out_of_memory(model):
     """A writer's error surfaces in `on_row_done`; one that says "memory" must not make the tiler halve the
     tile and redo rows (a host `MemoryError` of the writer is no GPU out-of-memory), on any row."""
@@ -155,7 +184,7 @@ def test_an_error_after_a_row_is_never_taken_for_out_of_memory(model):
         calls.append(tiles.shape[:3])
         return process(tiles)
 
-    for failing_row in (1, 3):  # a middle row, and the last: 72 px in 32 px tiles is three rows
+    for failing_row, pipelined in [(1, False), (3, False), (1, True), (3, True)]:  # a middle row, the last of three
         calls.clear()
 
         def on_row_done(done, failing_row=failing_row):
@@ -165,11 +194,11 @@ def test_an_error_after_a_row_is_never_taken_for_out_of_memory(model):
         canvas = Canvas(model.parent / f"row{failing_row}.canvas", 160, 288, 3)
         with pytest.raises(MemoryError):
             run_tiles(ArraySource(noise(72, 40, seed=8)), canvas, counting, scale=4, tile=32, overlap=8, batch=2,
-                      on_row_done=on_row_done)
+                      on_row_done=on_row_done, pipelined=pipelined)
         canvas.remove()
-        # two tiles a row, each once, all of the first layout's size: no smaller layout tried (a middle row's
-        # `on_row_done` runs once the next row's batch is computing, before that row writes anything)
-        assert calls == [(2, 30, 24)] * min(failing_row + 1, 3)
+        # two tiles a row, each once, all of the first layout's size: no smaller layout tried (pipelined, a
+        # middle row's `on_row_done` runs once the next row's batch is computing, before that row writes)
+        assert calls == [(2, 30, 24)] * (min(failing_row + 1, 3) if pipelined else failing_row)
 
 
 def test_a_job_stopped_after_its_last_tile_writes_its_result_on_the_next_run(model, tmp_path, monkeypatch):

@@ -211,8 +211,10 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     latent_for = LatentSource(family, latent_cache, dataset, model.path, config.data,
                               *_transparent_encoder(config, workspace, model, device))
     last_checkpoint = None
-    if resume and step and world.is_main and not checkpoint_path(run_dir, step).exists():
-        # killed between this state and its LoRA file (`_checkpoint`): the file it would have written
+    if resume and step and world.is_main and not checkpoint_path(run_dir, step).exists() and \
+            max(checkpoint_steps(run_dir), default=0) < step:
+        # killed between this state and its LoRA file (`_checkpoint`): the file it would have written (not when a
+        # newer file exists: a run killed under the older order, file first, whose pruning would remove this one)
         last_checkpoint = _publish(family, config, run_dir, events, step, ema)
 
     def averaged():
@@ -798,6 +800,12 @@ def _checkpoint(family, config: TrainConfig, run_dir: Path, events: EventLog, op
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step:06d}.safetensors"
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """The steps of the run's checkpoint files."""
+    names = (path.stem.removeprefix("step-") for path in (run_dir / "checkpoints").glob("step-*.safetensors"))
+    return sorted(int(name) for name in names if name.isdigit())
 
 
 def _save_state(run_dir: Path, denoiser, optimizer, scheduler, ema, step: int) -> None:

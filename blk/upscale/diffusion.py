@@ -534,7 +534,7 @@ def _enlarge(job: DiffusionJob, image, source: Canvas | None, width: int, height
             child.set_tile(the_plan.tile)
             report(tiles_finished(child, list(the_plan.tiles)), sum(the_plan.tiles))
             made = upscale(given, the_plan, enlarger.process, child, batch=settings.batch, progress=report,
-                           cancel=cancel, into=path)
+                           cancel=cancel, into=path, pipelined=enlarger.device.startswith("cuda"))
         return journal.adopt(made.canvas)
     report(0, 1)
     original = None

@@ -285,7 +285,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
                                    print_dpi=job.print_dpi, print_background=job.print_background, cancel=cancel)
         try:
             up = upscale(image.source, the_plan, process, journal, batch=batch, progress=progress, cancel=cancel,
-                         log=log, streamed=streamed)
+                         log=log, streamed=streamed, pipelined=device.startswith("cuda"))
             # where the time before the first tile went (the model load inside `prepare`)
             phases = {"prepare": up.started - started, "prepare.input": opened - started,
                       "prepare.load": loaded - before_load, "prepare.hash": hashed - loaded,
@@ -352,13 +352,14 @@ class Upscaled:
 def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: int,
             progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
             log: Callable[[str], None] | None = None, into: Path | None = None,
-            streamed: StreamedResult | None = None) -> Upscaled:
+            streamed: StreamedResult | None = None, pipelined: bool = False) -> Upscaled:
     """Steps 3–4 of the recipe from any `source` (an input, or another job's canvas: only ever read):
     the model passes, each tiled into a canvas of `journal`, then Lanczos to the plan's exact size;
     continues where `journal` stopped. `into`: the path the result's canvas takes, handed over (the
     journal no longer closes or removes it); by default it stays one of the journal's canvases.
     `streamed` (only when the last pass's canvas is the result: no resample) starts writing the result
-    from the last pass's canvas and hears each row as it settles."""
+    from the last pass's canvas and hears each row as it settles. `pipelined`: `process` queues its work on a GPU
+    (`tiler.run_tiles`)."""
     started = time.monotonic()
     passes, inputs, outputs, channels = the_plan.passes, the_plan.inputs, the_plan.outputs, source.channels
     counter = _Progress(progress, list(the_plan.tiles))
@@ -386,7 +387,7 @@ def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: i
             hooks["on_row_done"] = _also_settle(hooks["on_row_done"], streamed)
         stats = run_tiles(feed, canvas, process, scale=the_plan.model_scale, tile=tile, overlap=the_plan.overlap,
                           batch=batch, multiple_of=the_plan.multiple_of, progress=counter.pass_reporter(k),
-                          cancel=cancel, **hooks)
+                          cancel=cancel, pipelined=pipelined, **hooks)
         tile, retries, tiles = stats.tile, retries + stats.oom_retries, tiles + stats.tiles
         journal.pass_done(k)
         for used in done_with:
@@ -411,9 +412,12 @@ def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: i
 def _also_settle(on_row_done: Callable[[RowDone], None], streamed: StreamedResult) -> Callable[[RowDone], None]:
     def both(done: RowDone) -> None:
         # every write of the row is finished (the tiler calls this after them): the writer may read the rows
-        # now, and compresses them while the journal fsyncs the canvas (on the last row, that is the job's end)
-        streamed.settled(done.settled)
-        on_row_done(done)
+        # now, and compresses them while the journal fsyncs the canvas (on the last row, that is the job's end);
+        # the journal records the row even when the writer has failed or seen a cancel (raised here)
+        try:
+            streamed.settled(done.settled)
+        finally:
+            on_row_done(done)
 
     return both
 

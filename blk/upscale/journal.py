@@ -42,16 +42,20 @@ started again continues). A job
 whose key differs (other input content, model, output, settings) finds the old
 journal, removes its files, and starts fresh; so does a journal of another
 `VERSION` (version 1 recorded the next row's position in the older greedy tile
-layout, which the current one would not reproduce).
+layout, which the current one would not reproduce; version 2 had no durability,
+so a build that reads it would resume a small job's journal after a reboot).
 
 Durability: a large job's journal is durable — the band file, the canvas after each
 row and the journal are fsynced, so even a power cut loses at most a row. A small
 one (an output under `DURABLE_FROM_PIXELS`: seconds on a GPU, a few minutes on a
-CPU) skips those fsyncs, which on a GPU cost a good part of the job (each row's
-canvas flushed to the disk while the model waits), and records the machine's boot
-instead: after a kill, a crash or Ctrl+C everything it wrote is still in the
-system's page cache and the job resumes the same way; after a reboot (where an
-unsynced write may be lost) its journal is stale and the job starts afresh.
+CPU) skips the band's and the canvas's fsyncs, which on a GPU cost a good part of
+the job (each row's canvas flushed to the disk while the model waits), and records
+the machine's boot instead: after a kill, a crash or Ctrl+C everything it wrote is
+still in the system's page cache and the job resumes the same way; after a reboot
+(where an unsynced write may be lost) its journal is stale and the job starts
+afresh. The journal file itself is always fsynced (a few bytes), so that a reboot
+still finds it and removes the files it names. Left as a risk: a write-back error
+of the canvas within one boot (a failing disk) is not seen until the result is read.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ from blk.errors import UserError
 from blk.upscale.canvas import Canvas
 from blk.upscale.tiler import RowBand, RowDone
 
-VERSION = 2
+VERSION = 3
 # Outputs from this many pixels on keep a durable journal (fsynced every row); smaller ones a boot-bound one
 DURABLE_FROM_PIXELS = 64_000_000
 _PASS_START = {"origin_fade": None, "rows_done": 0, "row_fade": None, "tiles_done": 0}  # a pass's first layout, no rows
@@ -327,8 +331,7 @@ class Journal:
         _remove_token_files(self.folder, self.state["token"])
 
     def _save(self) -> None:
-        _write_durably(self.path, (json.dumps(self.state, indent=1, sort_keys=True) + "\n").encode(),
-                       fsync=self.durable)
+        _write_durably(self.path, (json.dumps(self.state, indent=1, sort_keys=True) + "\n").encode())
 
     def _undo_interrupted_row(self, canvas: Canvas, pass_index: int) -> None:
         """Put back the band of a row that died half-way (if the band file belongs to the next row)."""

@@ -45,8 +45,8 @@ kept_until)` already holds the previous row's share and `[kept_until, y_end)`
 is still zero. `on_row_start` receives that band (`RowBand`, with the sink's
 snapshot of the first part) before the row writes anything, so a journal can
 persist it; `on_row_done` receives the layout and the rows done (`RowDone`) once
-every write of the row is finished — on a GPU while the next row's first batch
-computes (that row writes nothing before it), after the last row at the end.
+every write of the row is finished, before the next row writes anything (with
+`pipelined`, a model on a GPU: while the next row's first batch computes).
 `origin_fade=`, `rows_done=` and `tiles_done=` continue a pass from such a
 point: the rows that follow are exactly those an uninterrupted run would have
 done, so the result is the same.
@@ -262,7 +262,8 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
               cancel: threading.Event | None = None,
               origin_fade: int | None = None, rows_done: int = 0, tiles_done: int = 0,
               on_row_start: Callable[[RowBand], None] | None = None,
-              on_row_done: Callable[[RowDone], None] | None = None) -> TileStats:
+              on_row_done: Callable[[RowDone], None] | None = None,
+              pipelined: bool = False) -> TileStats:
     """Upscale `source` into `sink` tile by tile.
 
     `process` takes float32 (N, h, w, C) and returns (N, h·scale, w·scale, C);
@@ -272,25 +273,25 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
     `origin_fade`, `rows_done` and `tiles_done` continue an interrupted pass from a `RowDone`
     (with its `tile`); `on_row_start(RowBand)` runs before a row writes anything,
     `on_row_done(RowDone)` after it wrote everything (see the module's docstring).
+    `pipelined`: `process` only queues its work (a model on a GPU), so the row above is settled (its last
+    writes finished, `on_row_done`, e.g. a journal's fsync) while the next row's first batch computes;
+    otherwise before that batch, so that a kill during a long model call loses no finished row.
     """
     from blk.models.device import is_out_of_memory
 
     check_tile(tile, overlap)
     width, height = source.width, source.height
     started, done, retries = time.monotonic(), tiles_done, 0
-    # The row above, computed but maybe still writing: (its writer, its RowDone). It is settled (writes
-    # finished, `on_row_done`) once the next row's first batch is computing, before that row writes anything.
-    pending: list = []
+    written: list[_Written] = []  # rows that have written and are not settled yet, oldest first
     settling = threading.Event()  # set while settling: its errors are the writer's or the hook's, never halved
 
     def settle() -> None:
-        if pending:
-            writer, finished = pending.pop()
+        while written and written[0].done is not None:
+            finished = written.pop(0)
             settling.set()
-            if writer is not None:
-                writer.finish()
+            finished.writer.finish()
             if on_row_done:
-                on_row_done(finished)
+                on_row_done(finished.done)
             settling.clear()
 
     try:
@@ -302,11 +303,11 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
             for index in range(rows_done, len(rows)):
                 row = rows[index]
                 try:  # only the row's own work: an error of settling the row above (a result writer's) is never halved
-                    writer = _row(source, sink, process, row, cols, scale, overlap, batch, blend, cancel,
-                                  lambda n: progress(done + n, total) if progress else None,
-                                  (lambda band, i=index, r=row, t=tile, f=origin_fade: on_row_start(
-                                      RowBand(f, t, i, r.start, r.fade_in_end, *band))) if on_row_start else None,
-                                  settle)
+                    entry = _row(source, sink, process, row, cols, scale, overlap, batch, blend, cancel,
+                                 lambda n: progress(done + n, total) if progress else None,
+                                 (lambda band, i=index, r=row, t=tile, f=origin_fade: on_row_start(
+                                     RowBand(f, t, i, r.start, r.fade_in_end, *band))) if on_row_start else None,
+                                 settle, written, pipelined)
                 except Exception as exc:
                     if settling.is_set() or not is_out_of_memory(exc):
                         raise
@@ -314,11 +315,10 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
                     break
                 done, rows_done = done + len(cols), index + 1
                 settled = height * scale if rows_done == len(rows) else (row.end - overlap) * scale
-                pending.append((writer, RowDone(origin_fade, tile, rows_done, done, row.end, settled)))
+                entry.done = RowDone(origin_fade, tile, rows_done, done, row.end, settled)
+            settle()  # the last row; or, after an out-of-memory error, the rows above the failed one
             if not out_of_memory:
-                settle()
                 return TileStats(tile, overlap, done, retries, time.monotonic() - started)
-            settle()  # the rows above the failed one are finished: recorded before the new layout starts
             _free_accelerator_memory()  # outside the handler: the traceback no longer pins the tensors
             smaller = (tile // 2) // multiple_of * multiple_of
             if smaller < max(MIN_TILE, 2 * overlap, multiple_of):
@@ -328,57 +328,77 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
             tile, retries = smaller, retries + 1
             origin_fade, rows_done = rows[rows_done].fade_in_end, 0
     except BaseException:
-        if pending:  # whatever stopped the next row (a cancel, Ctrl+C, a read error), the row above is whole:
+        for cut in [entry for entry in written if entry.done is None]:  # stopped between its last tile and
+            cut.writer.abandon()                                        # its record: left for a resume to redo
+            written.remove(cut)
+        if written:  # whatever stopped the next row (a cancel, Ctrl+C, a read error), the row above is whole:
             with contextlib.suppress(Exception):  # recorded, so that a resume does not redo it
                 settle()
         raise
 
 
+@dataclass
+class _Written:
+    """A row that has started writing: its writer (maybe still writing) and, once its tiles are all
+    computed, its `RowDone`."""
+
+    writer: "_Writer"
+    done: RowDone | None = None
+
+
 def _row(source, sink, process, row: Span, cols: list[Span], scale, overlap, batch, blend, cancel, report,
-         announce=None, settle_previous=None) -> "_Writer":
-    """One row of tiles; returns its writer, maybe still writing (finish it before the row counts as done).
+         announce, settle_previous: Callable[[], None], written: list[_Written], pipelined: bool) -> _Written:
+    """One row of tiles; returns it as added to `written`, its writer maybe still writing.
 
     The sink writes run on a writer thread, in order, while the next batch is read and computed: on a
-    GPU the canvas writes would otherwise leave the model idle for as long as it works. For the same
-    reason the row above is settled (`settle_previous`: its last writes finished, its `on_row_done` with
-    the journal's fsync) only once this row's first batch has been handed to the model, and before this
-    row writes anything. On any error after that, the canvas band this row touched is put back."""
+    GPU the canvas writes would otherwise leave the model idle for as long as it works. Before this row's
+    first write the row above is settled (`settle_previous`); with `pipelined`, once this row's first batch
+    has been handed to the model, which computes meanwhile. On any error after that, the canvas band this
+    row touched is put back."""
     wy, first_y = weights(row, overlap, scale, blend)
     y_top = row.start * scale + first_y  # the row writes nothing above this
     kept_until = row.fade_in_end * scale if row.fade_in_end is not None else y_top
-    writer, snapshot = None, None
+    entry, snapshot = None, None
+
+    def start_writing() -> _Written:
+        nonlocal snapshot
+        settle_previous()
+        snapshot = sink.snapshot(y_top, kept_until)  # rows that the previous row already holds
+        if announce is not None:
+            announce((y_top, kept_until, row.end * scale, snapshot))
+        written.append(_Written(_Writer(max_pending=batch)))
+        return written[-1]
+
     try:
+        if not pipelined:
+            entry = start_writing()
         tiles_done = 0
         for group in even_batches(cols, batch):
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
             tiles = np.stack([source.read(c.start, row.start, c.length, row.length) for c in group])
-            out = process(tiles)  # on a GPU: queued, still computing
+            out = process(tiles)  # pipelined: queued, still computing
             expected = (len(group), row.length * scale, group[0].length * scale, tiles.shape[3])
             if tuple(out.shape) != expected:
                 raise RuntimeError(f"the model returned {tuple(out.shape)}, expected {expected}")
-            if writer is None:  # before this row's first write
-                if settle_previous is not None:
-                    settle_previous()
-                snapshot = sink.snapshot(y_top, kept_until)  # rows that the previous row already holds
-                if announce is not None:
-                    announce((y_top, kept_until, row.end * scale, snapshot))
-                writer = _Writer(max_pending=batch)
+            if entry is None:
+                entry = start_writing()
             for col, result in zip(group, out):
                 wx, first_x = weights(col, overlap, scale, blend)
-                buffer = writer.buffer((len(wy) - first_y, len(wx) - first_x, tiles.shape[3]))
+                buffer = entry.writer.buffer((len(wy) - first_y, len(wx) - first_x, tiles.shape[3]))
                 levels = weighted_levels(result, wy[first_y:], wx[first_x:], out=buffer)
                 x_left = col.start * scale + first_x
                 written_until = col.fade_in_end * scale if col.fade_in_end is not None else x_left
-                writer.submit(_add_tile, sink, x_left, y_top, levels, kept_until - y_top, written_until - x_left,
-                              release=buffer)
+                entry.writer.submit(_add_tile, sink, x_left, y_top, levels, kept_until - y_top,
+                                    written_until - x_left, release=buffer)
             del out, result  # the device memory of this batch is free for the next
             tiles_done += len(group)
             report(tiles_done)
-        return writer
+        return entry
     except BaseException:
-        if writer is not None:  # this row has written: every write stops before its band is put back
-            writer.abandon()
+        if entry is not None:  # every write of this row stops before its band is put back
+            entry.writer.abandon()
+            written.remove(entry)
             sink.restore(snapshot)
             sink.clear(kept_until, row.end * scale)
         raise
