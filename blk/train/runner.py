@@ -16,7 +16,9 @@ adapter, optimizer, scheduler, EMA and the step are saved.
 Checkpoints are what every loader reads alike: each module's alpha/rank is folded
 into the weights (`adapters.published_weights`), and the file's peft config says
 alpha = rank. Samples and validation use the weights the checkpoint publishes
-(the EMA weights when EMA is on).
+(the EMA weights when EMA is on). A checkpoint writes state/ first, then its
+file: a kill between them leaves a state whose file a resume writes, so no step
+after the newest checkpoint file is ever trained twice.
 
 Several GPUs (`schedule.gpus`, one process each under `accelerate launch`; see
 `distributed`): a step's micro-batches are numbered globally, 0 … gpus × A − 1
