@@ -433,6 +433,24 @@ def test_token_shuffling_keeps_the_first_tokens_in_place():
     assert augment_caption("a, , b", random.Random(1), 0.0, True, 1) == "a, b"  # empty parts go
 
 
+def test_shuffle_orders_are_fixed_per_caption_and_keep_the_trigger():
+    import random
+
+    from blk.train.data import augment_caption, shuffled_orders
+
+    caption = "blkstyle, ink drawing, a cat, a hat, a bat, a mat"
+    orders = shuffled_orders(caption, 8, 1, seed=3)
+    assert len(orders) == len(set(orders)) == 8 and orders[0] == caption  # the caption as written comes first
+    assert all(o.split(", ")[0] == "blkstyle" and sorted(o.split(", ")) == sorted(caption.split(", ")) for o in orders)
+    assert shuffled_orders(caption, 8, 1, seed=3) == orders  # every run and resume: the same orders
+    assert shuffled_orders(caption, 8, 1, seed=4) != orders
+    few = shuffled_orders("blkstyle, a cat, a hat", 8, 1, seed=3)  # two parts after the trigger: two orders
+    assert few == ["blkstyle, a cat, a hat", "blkstyle, a hat, a cat"]
+    picked = {augment_caption(caption, random.Random(seed), 0.0, True, 1, orders) for seed in range(60)}
+    assert picked == set(orders)  # shuffling picks among them, nothing else
+    assert augment_caption(caption, random.Random(1), 0.0, False, 1, orders) == caption  # shuffling off
+
+
 def test_caption_dropout_empties_captions_at_its_rate_reproducibly():
     import random
 

@@ -354,6 +354,30 @@ def test_shuffled_captions_are_not_written_to_the_text_cache(shared_workspace, t
     assert written <= allowed
 
 
+def test_fixed_shuffle_orders_are_encoded_once_and_the_text_encoders_leave(shared_workspace, tmp_path):
+    """`shuffle_orders` N: each caption's N orders are encoded before the first step and cached, the text encoders
+    leave (as without shuffling: on a GPU the memory and the per-step encode go), and the steps use those orders."""
+    from blk.models.registry import resolve
+    from blk.train.cache import TensorCache, model_key
+    from blk.train.data import shuffled_orders
+
+    dataset = make_noise_dataset(tmp_path / "ds")
+    captions = [f"blkstyle, drawing {i}, ink, paper, line, wash" for i in range(4)]
+    for i, caption in enumerate(captions):
+        (dataset / f"img{i}.txt").write_text(caption)
+    config = config_for("tiny-flux", dataset, steps=6)
+    config.data.shuffle_tokens, config.data.keep_tokens, config.data.shuffle_orders = True, 1, 3
+    result = run(config, shared_workspace, tmp_path / "run")
+    assert result.text_encodes == 4 * 3  # every order of every caption, once, before the steps
+    (status,) = [e for e in events_of(tmp_path / "run", "status") if e["status"] == "finished"]
+    assert status["text_encoders_released"] is True
+    text = TensorCache(dataset / ".blk" / "cache" / model_key(resolve("tiny-flux", shared_workspace).path) / "text")
+    orders = [order for c in captions for order in shuffled_orders(c, 3, 1, config.schedule.seed)]
+    assert set(text.folder.rglob("*.safetensors")) == {text._path(f"flux|{order}") for order in orders}
+    again = run(config, shared_workspace, tmp_path / "again")
+    assert again.text_encodes == 0  # a second run finds them all in the cache
+
+
 def test_resume_before_the_first_checkpoint_starts_again_in_the_same_folder(dataset, shared_workspace, tmp_path,
                                                                            monkeypatch):
     config = config_for("tiny-flux", dataset, steps=2)

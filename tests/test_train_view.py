@@ -366,7 +366,7 @@ def test_loading_a_preset_fills_the_advanced_fields(workspace):
     assert advanced == {"kind": "lora", "factor": -1, "dropout": 0.0, "init_from": "", "batch_size": 1,
                         "gradient_accumulation": 1, "ema_decay": 0.99, "flip": True, "shuffle_tokens": True,
                         "keep_tokens": 1, "caption_dropout": 0.05, "int8_base": True, "gradient_checkpointing": True,
-                        "cache_latents": True, "dtype": "fp16"}
+                        "cache_latents": True, "dtype": "fp16", "shuffle_orders": 0}
     assert form[advanced_index("int8_base")] is True
     plain = train.form_from_preset(context, None)  # no preset: the schema's defaults
     assert plain[advanced_index("dtype")] == "fp32" and plain[advanced_index("ema_decay")] == 0.0

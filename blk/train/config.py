@@ -83,6 +83,10 @@ class DataSection(Strict):
     caption_dropout: float = Field(0.0, ge=0.0, le=1.0)
     shuffle_tokens: bool = False
     keep_tokens: int = Field(1, ge=0)  # comma-separated tokens kept in place (the trigger) when shuffling
+    # 0: a new order every step, so the text encoders stay loaded beside the denoiser; N: N orders of each caption
+    # (the first as written), encoded once before training, and the encoders leave (FLUX.1-dev, the Conceptor
+    # preset on an H100: 14.6 GB and 1.15 s/step instead of 19.0 GB and 1.73 s)
+    shuffle_orders: int = Field(0, ge=0, le=64)
     cache_latents: bool = True
     validation_images: int = Field(0, ge=0)  # held out from training, for the validation loss
     validation_every: int = Field(0, ge=0)  # steps; 0: no validation loss

@@ -113,16 +113,41 @@ def load_items(dataset: Path, resolutions: list[int], flip: bool, root: str = ""
     return items
 
 
-def augment_caption(caption: str, rng: random.Random, dropout: float, shuffle: bool, keep: int) -> str:
-    """Caption dropout (empty caption) and shuffling of comma-separated parts after the first `keep`."""
+def augment_caption(caption: str, rng: random.Random, dropout: float, shuffle: bool, keep: int,
+                    orders: list[str] | None = None) -> str:
+    """Caption dropout (empty caption) and shuffling of comma-separated parts after the first `keep`: a new
+    order, or one of `orders` (the caption's `shuffled_orders`) when given."""
     if dropout and rng.random() < dropout:
         return ""
     if not shuffle:
         return caption
+    if orders:
+        return orders[rng.randrange(len(orders))]
+    return _shuffled(caption, rng, keep)
+
+
+def _shuffled(caption: str, rng: random.Random, keep: int) -> str:
     parts = [p.strip() for p in caption.split(",")]
     head, tail = parts[:keep], parts[keep:]
     rng.shuffle(tail)
     return ", ".join(p for p in head + tail if p)
+
+
+def shuffled_orders(caption: str, count: int, keep: int, seed: int) -> list[str]:
+    """`count` orders of `caption`'s comma-separated parts after the first `keep` — the caption as written, then
+    orders drawn from a generator seeded by `seed` and the caption's text (the same in every run and resume);
+    fewer when the parts have fewer distinct orders."""
+    import hashlib
+
+    orders = [caption]
+    draws = random.Random(seed * 1_000_003 + int(hashlib.sha256(caption.encode()).hexdigest()[:12], 16))
+    for _ in range(8 * count):  # a caption of few parts has few orders: stop drawing after a while
+        if len(orders) >= count:
+            break
+        order = _shuffled(caption, draws, keep)
+        if order not in orders:
+            orders.append(order)
+    return orders
 
 
 def epoch_order(count: int, seed: int, epoch: int) -> list[int]:

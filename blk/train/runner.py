@@ -189,7 +189,10 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     text_for = TextSource(family, text_cache, int8_text=_quantize_resident_text_encoder(family, config))
     every_item = items + held_out + [i for plan in (curriculum.stages if curriculum else []) for pool in plan.pools
                                      for i in pool]
-    released = _release_text_encoders(family, config, {i.caption for i in every_item}, text_for, device)
+    orders = caption_orders(config, {i.caption for i in every_item})
+    fixed_orders = orders if config.data.shuffle_tokens and not free_shuffles(config) else {}  # shuffling picks from
+    released = _release_text_encoders(family, config, {text for texts in orders.values() for text in texts},
+                                      text_for, device)
     denoiser = family.denoiser.to(device)
     _add_adapter(family, config, workspace, model)
     params = [p for p in denoiser.parameters() if p.requires_grad]
@@ -265,9 +268,10 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
                     latents = torch.stack([entry["params"][0] for entry in entries]).to(device, dtype)
                     mask = _stack_masks(entries) if config.data.alpha_mask else None
                     captions = [augment_caption(i.caption, rng, config.data.caption_dropout, config.data.shuffle_tokens,
-                                                config.data.keep_tokens) for i in batch]
-                    # only a caption as written (or dropout's "") goes to the disk cache: shuffles are new every step
-                    texts = [text_for(c, keep=c in (i.caption, "")) for c, i in zip(captions, batch)]
+                                                config.data.keep_tokens, fixed_orders.get(i.caption)) for i in batch]
+                    # only the caption's fixed texts (as written, its `orders`, dropout's "") go to the disk cache:
+                    # a free shuffle is new almost every step
+                    texts = [text_for(c, keep=c == "" or c in orders[i.caption]) for c, i in zip(captions, batch)]
                     # on one device: cached texts come from the CPU, a shuffled one fresh from the encoder's
                     text = {k: torch.stack([t[k].to(device) for t in texts]) for k in texts[0]}
                     loss = family.loss(latents, text, generator, mask) / micro_per_step
@@ -493,7 +497,7 @@ def validation_loss(family, held_out: list[Item], latent_for, text_for, device, 
 def _load_family(config: TrainConfig, model, dtype, device):
     """The model, frozen, with its VAE and text encoders on `device` and its denoiser still on the CPU: `_train`
     caches every text first and lets the encoders go, so Flux's T5 (~9.5 GB) and its transformer (~12 GB in int8)
-    never share the GPU, and then moves the denoiser. (Token shuffling makes new texts every step: the encoders
+    never share the GPU, and then moves the denoiser. (Free token shuffling makes new texts every step: the encoders
     then stay, beside the denoiser; with an int8 base Flux's T5 goes to int8: `_quantize_resident_text_encoder`.)"""
     from blk.models.device import MemoryOptions
     from blk.models.pipelines import load_pipeline
@@ -520,7 +524,7 @@ def _quantize_resident_text_encoder(family, config: TrainConfig) -> bool:
     as ai-toolkit does by default: FLUX.1-dev at 1024 px then fits 24 GB. Without shuffling every text is
     encoded once at full precision and the encoders leave, so nothing is quantized. True when it quantized."""
     encoder = getattr(family.pipe, "text_encoder_2", None)
-    if not (config.model.int8_base and config.data.shuffle_tokens and family.name == "flux" and encoder is not None):
+    if not (config.model.int8_base and free_shuffles(config) and family.name == "flux" and encoder is not None):
         return False
     from optimum.quanto import freeze, qint8, quantize
 
@@ -731,6 +735,21 @@ def plan_curriculum(config: TrainConfig, workspace: Workspace, dataset: Path, it
                       config.schedule.batch_size)
 
 
+def free_shuffles(config: TrainConfig) -> bool:
+    """Whether token shuffling draws a new order every step (so the text encoders must stay loaded)."""
+    return config.data.shuffle_tokens and not config.data.shuffle_orders
+
+
+def caption_orders(config: TrainConfig, captions: set[str]) -> dict[str, list[str]]:
+    """Each caption's fixed texts: its `shuffle_orders` orders when set (`data.shuffled_orders`), else itself."""
+    from blk.train.data import shuffled_orders
+
+    if not (config.data.shuffle_tokens and config.data.shuffle_orders):
+        return {caption: [caption] for caption in captions}
+    return {caption: shuffled_orders(caption, config.data.shuffle_orders, config.data.keep_tokens,
+                                     config.schedule.seed) for caption in captions}
+
+
 def _release_text_encoders(family, config: TrainConfig, captions: set[str], text_for, device: str) -> bool:
     """Cache every text the run can use, then let the text encoders go: Flux's T5-XXL alone is ~9.5 GB in bf16,
     SDXL's two CLIP encoders ~1.6 GB in fp16, memory the denoiser's activations can use instead.
@@ -738,14 +757,14 @@ def _release_text_encoders(family, config: TrainConfig, captions: set[str], text
     Without token shuffling a step's text is one of the captions, or "" when caption dropout
     draws it, and samples use the sample prompts (and SDXL's negative "" where the model does
     not zero it: `sample_texts`); all are encoded now (or read from the dataset's text cache),
-    so nothing needs the encoders afterwards. Token shuffling makes new texts every step, so
-    the encoders stay.
+    so nothing needs the encoders afterwards; with `shuffle_orders`, `captions` holds every order
+    of every caption. Free token shuffling makes new texts every step, so the encoders stay.
     """
     import gc
 
     import torch
 
-    if config.data.shuffle_tokens:
+    if free_shuffles(config):
         return False
     needed = set(captions) | {text for prompt in config.sampling.prompts for text in family.sample_texts(prompt)} | \
         ({""} if config.data.caption_dropout else set())

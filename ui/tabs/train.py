@@ -28,11 +28,12 @@ ADVANCED = (
     ("data", "caption_dropout", "Caption dropout"), ("model", "int8_base", "int8 base"),
     ("model", "gradient_checkpointing", "Gradient checkpointing"), ("data", "cache_latents", "Cache latents"),
     ("checkpoints", "dtype", "Checkpoint dtype"),
+    ("data", "shuffle_orders", "Shuffle orders per caption (0: new each step)"),
 )
 # How the accordion lays them out, row by row: the on/off switches share a row of their own that wraps, so that
 # each label stays whole beside its box in a narrow window.
 ADVANCED_ROWS = (("kind", "factor", "dropout"), ("init_from",), ("batch_size", "gradient_accumulation", "ema_decay"),
-                 ("keep_tokens", "caption_dropout", "dtype"),
+                 ("keep_tokens", "shuffle_orders", "caption_dropout", "dtype"),
                  ("flip", "shuffle_tokens", "int8_base", "gradient_checkpointing", "cache_latents"))
 BASIC_FIELDS = 15  # model … gpus: form_from_preset's values before the advanced ones
 # The basic fields' names in the browser's form memory, in the form's order (the Advanced ones go by their keys).
