@@ -2,14 +2,15 @@
 checkpointing) at 1024 px, through the trainer's own probe, with and without token shuffling.
 
     python bench/shaped_models.py flux-dev W          # full FLUX.1-dev shapes, random weights (a GPU machine)
-    python bench/train_memory.py --workspace W        # then this: two probes, about a minute or two each
+    python bench/train_memory.py --workspace W        # then this: three probes, about a minute or two each
 
 Each row is `python -m blk train presets/conceptor-flux-dev.yaml --probe` in a process of its own, on a
 dataset of 1024² noise images with captions (so every step is in the 1024 bucket). The probe runs the real
 recipe for a few steps and reports s/step and the peak of `torch.cuda.max_memory_allocated` over loading,
 caching and the steps. Rows: the preset as written (token shuffling on: the text encoders stay on the device,
-T5 in int8 beside the int8 transformer) and the same with shuffling off (every text cached, the encoders freed
-before the transformer is placed). Target: under 24 GB. Last, in this process: how long one step's text
+T5 in int8 beside the int8 transformer), with 8 fixed orders per caption (`data.shuffle_orders`: encoded
+before the steps, the encoders freed) and with shuffling off (every text cached, the encoders freed before
+the transformer is placed). Target: under 24 GB. Last, in this process: how long one step's text
 takes with shuffling (CLIP + T5 on a new caption), T5 as loaded and T5 in int8.
 """
 
@@ -59,9 +60,12 @@ def main() -> None:
     print(f"preset conceptor-flux-dev: rank {preset['adapter']['rank']}, int8 base {preset['model']['int8_base']}, "
           f"gradient checkpointing {preset['model']['gradient_checkpointing']}, {args.images} images {args.size}², "
           f"model {args.model}", flush=True)
-    for label, shuffle in (("token shuffling on (the preset)", True), ("token shuffling off", False)):
-        config = {**preset, "data": {**preset["data"], "shuffle_tokens": shuffle, "resolutions": [args.size]}}
-        path = scratch / f"shuffle-{shuffle}.yaml"
+    rows = (("token shuffling on (the preset)", True, 0), ("token shuffling, 8 fixed orders per caption", True, 8),
+            ("token shuffling off", False, 0))
+    for label, shuffle, orders in rows:
+        config = {**preset, "data": {**preset["data"], "shuffle_tokens": shuffle, "shuffle_orders": orders,
+                                     "resolutions": [args.size]}}
+        path = scratch / f"shuffle-{shuffle}-{orders}.yaml"
         path.write_text(yaml.safe_dump(config))
         command = [sys.executable, "-m", "blk", "--workspace", args.workspace, "train", str(path), "--probe",
                    "--model", args.model, "--dataset", str(dataset)]
