@@ -5,7 +5,8 @@
 #
 #   bash bench/gpu/fetch_wheels.sh                                            # here, once: .whl/
 #   run(carry=[".whl"], command="bash bench/gpu/run.sh upscale train", timeout_s=560)   # #7's tile loop, #4's speed
-#   then, with what is left: upscale-malloc (#7's 1 GP memory), generate (#5), train-memory (#4's 24 GB)
+#   then, with what is left: train-memory (#4: the fixed-shuffle-orders row, ~4 min with the full build),
+#   upscale-malloc (#7's 1 GP memory), generate (#5, met)
 #
 # A session's 15 device minutes hold the first call and its start (about 30 s); a second call needs what is left.
 # Measured on an H100 (2026-11-27, command time): upscale 267 s, generate 198 s (60 s of it building the full
