@@ -190,7 +190,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     every_item = items + held_out + [i for plan in (curriculum.stages if curriculum else []) for pool in plan.pools
                                      for i in pool]
     orders = caption_orders(config, {i.caption for i in every_item})
-    fixed_orders = orders if config.data.shuffle_tokens and not free_shuffles(config) else {}  # shuffling picks from
+    fixed_orders = orders if config.data.shuffle_orders else {}  # what shuffling picks from (none: free shuffles)
     released = _release_text_encoders(family, config, {text for texts in orders.values() for text in texts},
                                       text_for, device)
     denoiser = family.denoiser.to(device)
