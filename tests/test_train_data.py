@@ -449,6 +449,20 @@ def test_shuffle_orders_are_fixed_per_caption_and_keep_the_trigger():
     picked = {augment_caption(caption, random.Random(seed), 0.0, True, 1, orders) for seed in range(60)}
     assert picked == set(orders)  # shuffling picks among them, nothing else
     assert augment_caption(caption, random.Random(1), 0.0, False, 1, orders) == caption  # shuffling off
+    # the caption as written counts once, however it is spaced: two orders of "a" and "b", not that one twice
+    assert shuffled_orders("trig,a ,b", 3, 1, seed=3) == ["trig,a ,b", "trig, b, a"]
+    with pytest.raises(ValueError, match="0 .a new order every step. or at least 2"):
+        TrainConfig.model_validate({"data": {"shuffle_tokens": True, "shuffle_orders": 1}})
+
+
+def test_each_micro_batch_of_a_step_draws_its_own_captions():
+    """Caption seeds were seed·7919 + step·13 + micro: micro-batch 13 of a step drew what micro-batch 0 of the
+    next did (8 GPUs × accumulation 2 has 16)."""
+    from blk.train.runner import micro_seed
+
+    seeds = {micro_seed("caption", 5, step, micro) for step in range(50) for micro in range(32)}
+    assert len(seeds) == 50 * 32
+    assert micro_seed("caption", 5, 3, 1) != micro_seed("dropout", 5, 3, 1)
 
 
 def test_caption_dropout_empties_captions_at_its_rate_reproducibly():

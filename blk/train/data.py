@@ -139,14 +139,15 @@ def shuffled_orders(caption: str, count: int, keep: int, seed: int) -> list[str]
     fewer when the parts have fewer distinct orders."""
     import hashlib
 
-    orders = [caption]
+    orders, seen = [caption], {", ".join(p.strip() for p in caption.split(",") if p.strip())}  # as `_shuffled` joins
     draws = random.Random(seed * 1_000_003 + int(hashlib.sha256(caption.encode()).hexdigest()[:12], 16))
     for _ in range(8 * count):  # a caption of few parts has few orders: stop drawing after a while
         if len(orders) >= count:
             break
         order = _shuffled(caption, draws, keep)
-        if order not in orders:
+        if order not in seen:
             orders.append(order)
+            seen.add(order)
     return orders
 
 

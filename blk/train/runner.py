@@ -377,16 +377,23 @@ def micro_batch(config: TrainConfig, items: list[Item], curriculum: Curriculum |
     batch = curriculum.batch(step, micro) if curriculum else \
         _batch(items, config, step * micro_per_step + micro, config.schedule.batch_size)
     return MicroBatch(batch, config.schedule.seed * 1_000_003 + step * 97 + micro,
-                      config.schedule.seed * 7_919 + step * 13 + micro, dropout_seed(config.schedule.seed, step, micro))
+                      micro_seed("caption", config.schedule.seed, step, micro),
+                      dropout_seed(config.schedule.seed, step, micro))
+
+
+def micro_seed(kind: str, seed: int, step: int, micro: int) -> int:
+    """A seed that is a function of (kind, seed, step, micro-batch) only, distinct for each (`seed·7919 + step·13
+    + micro` repeated a caption draw once a step had more than 13 micro-batches, e.g. 8 GPUs × accumulation 2)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"blk-{kind}|{seed}|{step}|{micro}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def dropout_seed(seed: int, step: int, micro: int) -> int:
-    """A seed that is a function of (seed, step, micro-batch) only, distinct for each: the global RNG is
-    seeded with it before each micro-batch, so a resumed run draws the dropout masks an unbroken one did."""
-    import hashlib
-
-    digest = hashlib.sha256(f"blk-dropout|{seed}|{step}|{micro}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    """The global RNG is seeded with it before each micro-batch, so a resumed run draws the dropout masks an
+    unbroken one did."""
+    return micro_seed("dropout", seed, step, micro)
 
 
 def out_of_memory_sentence(config: TrainConfig, step: int) -> str:

@@ -287,9 +287,14 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
 
     def settle() -> None:
         while written and written[0].done is not None:
-            finished = written.pop(0)
+            finished = written[0]
             settling.set()
-            finished.writer.finish()
+            try:
+                finished.writer.finish()  # interrupted (Ctrl+C), its writes still complete: the row stays listed
+            except Exception:             # and the handler below records it; a failed write is never recorded
+                written.pop(0)
+                raise
+            written.pop(0)
             if on_row_done:
                 on_row_done(finished.done)
             settling.clear()
