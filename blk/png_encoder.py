@@ -80,7 +80,7 @@ def png_parts(pixels: np.ndarray, mode: str, extra_chunks: list[bytes] = (), lev
         return zlib.adler32(data), len(data), chunk(b"IDAT", header + compressor.compress(data) +
                                                     compressor.flush(ending))
 
-    workers = max(1, min(threads or _usable_cores(), len(starts)))
+    workers = max(1, min(threads or usable_cores(), len(starts)))
     if workers == 1:
         bands = [deflate_band(start) for start in starts]
     else:
@@ -118,7 +118,7 @@ def filter_rows(rows: np.ndarray, above: np.ndarray, bpp: int) -> np.ndarray:
     return out
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     """The cores this process may run on (a container or `taskset` may allow fewer than the machine has)."""
     try:
         return len(os.sched_getaffinity(0))

@@ -38,6 +38,7 @@ import numpy as np
 
 from blk import atomic
 from blk.data.images import MAX_PIXELS
+from blk.png_encoder import usable_cores
 from blk.errors import UserError
 from blk.workspace import check_writable_folder
 
@@ -48,13 +49,6 @@ WRITE_COLUMNS = 16 * TIFF_TILE  # the TIFF writers read the canvas in chunks thi
 # (bench/README.md, "TIFF deflate level"): hours saved on a gigapixel master, a few hundred MB spent.
 DEFLATE_LEVEL = 1
 
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 # canvas chunks read and converted ahead of the writers, each on a thread of its own (numpy's lookups release the

@@ -17,7 +17,7 @@ that canvas usable again:
 Protocol per row (the tiler's hooks, `tiler_hooks`): before the row's first
 write, the band `[y_top, kept_until)` and the row's extent go to the band file
 (written whole, fsynced, renamed into place); once the row's writes are all
-finished (the tiler does this while the next row's first batch computes), the
+finished (on a GPU the tiler does this while the next row's first batch computes), the
 canvas is fsynced, then the journal is rewritten atomically with the layout and
 its rows done. On the
 next run with the same key, a band file that belongs to the journal's next row
