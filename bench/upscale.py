@@ -371,7 +371,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="an upscaler file (default: a tiny random RRDBNet)")
     parser.add_argument("--input", type=int, default=None, help="input side for the speed rows (px)")
     parser.add_argument("--tiles", type=int, nargs=2, default=None, help="two tile sizes (input px)")
-    parser.add_argument("--sizes", type=int, nargs=2, default=[2048, 4096], help="two output sides for peak RSS")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096], help="output sides for peak RSS")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--peer-python", default=None,
                         help="python of a venv with basicsr + realesrgan (default: skip the peer row)")

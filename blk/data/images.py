@@ -187,6 +187,20 @@ def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
 
 def read_pixels(path: str | Path) -> np.ndarray:
     """Decode into float32 HxWxC in [0, 1], keeping 16-bit precision (C = 3 or 4)."""
+    levels, peak = read_levels(path)
+    return to_unit(levels, peak)
+
+
+def to_unit(levels: np.ndarray, peak: float) -> np.ndarray:
+    """`read_levels`' pixels (or any region of them) as float32 in [0, 1]."""
+    return levels.astype(np.float32) / peak
+
+
+def read_levels(path: str | Path) -> tuple[np.ndarray, float]:
+    """Decode into HxWxC levels as stored, with the level that means 1.0: uint8 (255) or uint16 (65535),
+    C = 3 or 4; TIFFs of other sample types as float32 in [0, 1] (1.0). `to_unit` gives `read_pixels`' floats,
+    bit for bit. Why: an 8-bit image held whole takes a quarter of its float32 memory (the Upscale tab keeps
+    inputs of up to 32 MP in memory and converts each tile as it reads it)."""
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         high = _read_tiff_high_bit(path)
@@ -199,16 +213,16 @@ def read_pixels(path: str | Path) -> np.ndarray:
             try:
                 with _quiet():
                     im.load()
-                    grey = np.asarray(ImageOps.exif_transpose(im), dtype=np.float32) / 65535.0
+                    grey = np.asarray(ImageOps.exif_transpose(im)).astype(np.uint16)
             except (OSError, SyntaxError, ValueError) as exc:
                 reason = "it is truncated" if "truncated" in str(exc) else str(exc)
                 raise BadImage(f"{path.name} is damaged and cannot be decoded ({reason}).") from None
-            return np.repeat(grey[..., None], 3, axis=2)
-    return np.asarray(open_image(path), dtype=np.float32) / 255.0
+            return np.repeat(grey[..., None], 3, axis=2), 65535.0
+    return np.asarray(open_image(path)), 255.0
 
 
-def _read_tiff_high_bit(path: Path) -> np.ndarray | None:
-    """16-bit RGB(A) TIFFs, which Pillow cannot decode at full depth."""
+def _read_tiff_high_bit(path: Path) -> tuple[np.ndarray, float] | None:
+    """16-bit RGB(A) TIFFs, which Pillow cannot decode at full depth (and other sample types, as floats)."""
     import tifffile
 
     try:
@@ -223,5 +237,7 @@ def _read_tiff_high_bit(path: Path) -> np.ndarray | None:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
         return None
+    if array.dtype == np.uint16:
+        return np.ascontiguousarray(array, dtype=np.uint16), 65535.0  # native byte order
     peak = float(np.iinfo(array.dtype).max) if np.issubdtype(array.dtype, np.integer) else 1.0
-    return (array.astype(np.float32) / peak).clip(0.0, 1.0)
+    return (array.astype(np.float32) / peak).clip(0.0, 1.0), 1.0

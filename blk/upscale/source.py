@@ -2,7 +2,7 @@
 
 Images within `max_pixels` are decoded once through `blk.data.images` (the
 house's safe reader: orientation, CMYK, palettes, damaged files as one
-sentence) and kept in memory. Larger ones — including those above Pillow's
+sentence) and kept in memory as the file's 8- or 16-bit levels. Larger ones — including those above Pillow's
 bomb limit, which is never raised — are opened lazily with pyvips and read one
 region at a time. Every source gives float32 RGB or RGBA in [0, 1].
 
@@ -19,10 +19,11 @@ from typing import Protocol
 
 import numpy as np
 
-from blk.data.images import MAX_PIXELS, is_image_name, read_info, read_pixels
+from blk.data.images import MAX_PIXELS, is_image_name, read_info, read_levels, to_unit
 from blk.errors import BadImage
 
-# Decoded whole below this (float32 RGBA: 512 MB); read by region above. Never above Pillow's limit.
+# Decoded whole below this (kept as levels, `ArraySource`: 8-bit RGBA 128 MB); read by region above.
+# Never above Pillow's limit.
 WHOLE_IMAGE_PIXELS = 32 * 2**20
 _VIPS_LOADERS = {"pngload", "jpegload", "webpload", "tiffload"}
 GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}  # Pillow's grey modes
@@ -63,12 +64,17 @@ class InputImage:
 
 
 class ArraySource:
-    def __init__(self, array: np.ndarray):
-        self.array = array
+    """An image in memory: float32 in [0, 1], or levels (`blk.data.images.read_levels`) with the level
+    that means 1.0 as `peak`, converted region by region: an 8-bit input held whole takes a quarter of its
+    float32 size (a 32 MP RGBA input: 128 MB, not 512)."""
+
+    def __init__(self, array: np.ndarray, peak: float = 1.0):
+        self.array, self.peak = array, float(peak)
         self.height, self.width, self.channels = array.shape
 
     def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        return self.array[y:y + h, x:x + w]
+        region = self.array[y:y + h, x:x + w]
+        return region if region.dtype == np.float32 and self.peak == 1.0 else to_unit(region, self.peak)
 
 
 class VipsSource:
@@ -152,9 +158,9 @@ def open_input(path: str | Path, max_pixels: int = WHOLE_IMAGE_PIXELS) -> InputI
     info = read_info(path)  # damaged, not an image, or too large and unreadable by libvips: Pillow's sentence
     if header is not None and info.bit_depth == 16 and info.format == "PNG" and not info.mode.startswith("I;16"):
         return _vips_input(header, path)  # Pillow would decode a 16-bit RGB PNG to 8 bits
-    pixels = read_pixels(path)
+    levels, peak = read_levels(path)
     icc, dpi = _pillow_metadata(path, info.mode)
-    return InputImage(ArraySource(np.ascontiguousarray(pixels, dtype=np.float32)), path.name,
+    return InputImage(ArraySource(np.ascontiguousarray(levels), peak), path.name,
                       16 if info.bit_depth >= 16 else 8, icc, dpi, by_region=False, grey=info.mode in GREY_MODES)
 
 

@@ -148,6 +148,7 @@ class TileStats:
     tiles: int  # tiles in the final layout (a row redone after an OOM counts once)
     oom_retries: int
     seconds: float
+    buffers: int = 0  # tiles' levels arrays allocated (`LevelsBuffers`): a few per pass, however many rows
 
 
 def spans(length: int, tile: int, overlap: int, origin_fade: int | None = None,
@@ -283,6 +284,7 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
     width, height = source.width, source.height
     started, done, retries = time.monotonic(), tiles_done, 0
     written: list[_Written] = []  # rows that have written and are not settled yet, oldest first
+    buffers = LevelsBuffers(keep=2 * max(1, batch) + 1)  # two rows' pending writes (pipelined) and the tile in hand
     settling = threading.Event()  # set while settling: its errors are the writer's or the hook's, never halved
 
     def settle() -> None:
@@ -312,7 +314,7 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
                                  lambda n: progress(done + n, total) if progress else None,
                                  (lambda band, i=index, r=row, t=tile, f=origin_fade: on_row_start(
                                      RowBand(f, t, i, r.start, r.fade_in_end, *band))) if on_row_start else None,
-                                 settle, written, pipelined)
+                                 settle, written, pipelined, buffers)
                 except Exception as exc:
                     if settling.is_set() or not is_out_of_memory(exc):
                         raise
@@ -323,7 +325,7 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
                 entry.done = RowDone(origin_fade, tile, rows_done, done, row.end, settled)
             settle()  # the last row; or, after an out-of-memory error, the rows above the failed one
             if not out_of_memory:
-                return TileStats(tile, overlap, done, retries, time.monotonic() - started)
+                return TileStats(tile, overlap, done, retries, time.monotonic() - started, buffers.allocated)
             _free_accelerator_memory()  # outside the handler: the traceback no longer pins the tensors
             smaller = (tile // 2) // multiple_of * multiple_of
             if smaller < max(MIN_TILE, 2 * overlap, multiple_of):
@@ -352,7 +354,8 @@ class _Written:
 
 
 def _row(source, sink, process, row: Span, cols: list[Span], scale, overlap, batch, blend, cancel, report,
-         announce, settle_previous: Callable[[], None], written: list[_Written], pipelined: bool) -> _Written:
+         announce, settle_previous: Callable[[], None], written: list[_Written], pipelined: bool,
+         buffers: "LevelsBuffers") -> _Written:
     """One row of tiles; returns it as added to `written`, its writer maybe still writing.
 
     The sink writes run on a writer thread, in order, while the next batch is read and computed: on a
@@ -371,7 +374,7 @@ def _row(source, sink, process, row: Span, cols: list[Span], scale, overlap, bat
         snapshot = sink.snapshot(y_top, kept_until)  # rows that the previous row already holds
         if announce is not None:
             announce((y_top, kept_until, row.end * scale, snapshot))
-        written.append(_Written(_Writer(max_pending=batch)))
+        written.append(_Written(_Writer(max_pending=batch, buffers=buffers)))
         return written[-1]
 
     try:
@@ -388,9 +391,10 @@ def _row(source, sink, process, row: Span, cols: list[Span], scale, overlap, bat
                 raise RuntimeError(f"the model returned {tuple(out.shape)}, expected {expected}")
             if entry is None:
                 entry = start_writing()
+            whole = (len(wy), group[0].length * scale, tiles.shape[3])  # an untrimmed tile: every tile fits in one
             for col, result in zip(group, out):
                 wx, first_x = weights(col, overlap, scale, blend)
-                buffer = entry.writer.buffer((len(wy) - first_y, len(wx) - first_x, tiles.shape[3]))
+                buffer = buffers.take((len(wy) - first_y, len(wx) - first_x, tiles.shape[3]), whole)
                 levels = weighted_levels(result, wy[first_y:], wx[first_x:], out=buffer)
                 x_left = col.start * scale + first_x
                 written_until = col.fade_in_end * scale if col.fade_in_end is not None else x_left
@@ -417,29 +421,46 @@ def even_batches(items: list, batch: int) -> list[list]:
     return [items[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
+class LevelsBuffers:
+    """uint16 arrays for tiles' levels, reused by every row of a pass: each holds a whole tile of the layout,
+    so any tile's (trimmed) shape fits as a view, and a pass allocates a few of them once, however many rows
+    it has. Allocating and freeing tens of MB per tile (a 1 GP job: ~20 MB a tile, thousands of tiles) made
+    glibc raise its mmap threshold and keep the freed blocks: resident memory crept up by ~0.3 GB on a CPU
+    run. Taken on the computing thread, given back by the writer thread."""
+
+    def __init__(self, keep: int):
+        self.keep, self.allocated = max(1, keep), 0
+        self.free: list[np.ndarray] = []  # flat uint16 arrays
+        self.lock = threading.Lock()
+
+    def take(self, shape: tuple, whole: tuple) -> np.ndarray:
+        """A C-contiguous uint16 array of `shape`, viewing a buffer that holds at least `whole`."""
+        need = math.prod(shape)
+        with self.lock:
+            for i, flat in enumerate(self.free):
+                if flat.size >= need:
+                    return self.free.pop(i)[:need].reshape(shape)
+            self.allocated += 1
+        return np.empty(max(need, math.prod(whole)), dtype=np.uint16)[:need].reshape(shape)
+
+    def give(self, array: np.ndarray) -> None:
+        flat = array.base if array.base is not None else array
+        with self.lock:
+            if len(self.free) < self.keep:
+                self.free.append(flat)
+
+
 class _Writer:
     """One background thread running sink writes in submission order; at most `max_pending` queued
-    (each holds a tile's levels in host memory). The first error is raised by `submit` or `finish`.
+    (each holds a tile's levels in host memory, from `buffers`, given back once written). The first
+    error is raised by `submit` or `finish`."""
 
-    The levels arrays come from a small pool of reused buffers (`buffer`, given back by `release`):
-    allocating and freeing tens of MB per tile made glibc raise its mmap threshold and keep the freed
-    blocks, and a 1 GP job's resident memory crept up by ~0.3 GB (measured on a CPU run)."""
-
-    def __init__(self, max_pending: int):
+    def __init__(self, max_pending: int, buffers: LevelsBuffers):
         from concurrent.futures import ThreadPoolExecutor
 
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blk-tile-writer")
         self.pending, self.max_pending = [], max(1, max_pending)
-        self.free: list[np.ndarray] = []
-        self.lock = threading.Lock()
-
-    def buffer(self, shape: tuple) -> np.ndarray:
-        """A uint16 array of `shape` from the pool (a new one when none fits)."""
-        with self.lock:
-            for i, array in enumerate(self.free):
-                if array.shape == shape:
-                    return self.free.pop(i)
-        return np.empty(shape, dtype=np.uint16)
+        self.buffers = buffers
 
     def submit(self, fn, *args, release: np.ndarray | None = None) -> None:
         while len(self.pending) >= self.max_pending:
@@ -448,8 +469,7 @@ class _Writer:
         def run():
             fn(*args)
             if release is not None:
-                with self.lock:
-                    self.free = (self.free + [release])[-(self.max_pending + 1):]
+                self.buffers.give(release)
 
         self.pending.append(self.pool.submit(run))
 
