@@ -36,11 +36,11 @@ for part in "$@"; do
     echo "== $part ($(date +%T))"
     case "$part" in
         upscale)  # ours (eager, compiled) against basicsr's RealESRGANer, 1024² → 4096², the network alone
-                  # eager and compiled, then host memory at 16 MP and 1 GP
+                  # eager and compiled, then host memory at 16 MP, 268 MP (a 16 MP input, held whole) and 1 GP
             python3 bench/shaped_models.py realesrgan-x4plus /tmp/x4plus.pth &&
             python3 bench/upscale.py --model /tmp/x4plus.pth --compare-only --compiled --layouts \
                 --peer-python "$(command -v python3)" 2>&1 | tee "$out/upscale-compare.txt" &&
-            python3 bench/upscale.py --model /tmp/x4plus.pth --memory-only --sizes 4096 32768 \
+            python3 bench/upscale.py --model /tmp/x4plus.pth --memory-only --sizes 4096 16384 32768 \
                 2>&1 | tee "$out/upscale-memory.txt" ;;
         upscale-malloc)  # the 1 GP memory row (1304 MB before the streamed TIFF, 1506 after, 16 MP: 1147) under
                          # glibc settings: 2 arenas (the 16 deflate threads' freed blocks?), a fixed 4 MB mmap
