@@ -66,14 +66,29 @@ def start_run(config: TrainConfig, workspace: Workspace, name: str | None = None
 
 
 def check_dataset(config: TrainConfig, workspace: Workspace) -> None:
-    """The dataset read as the trainer will read it (usable images of a trainable size, every one captioned), so
-    that a dataset it would refuse is one sentence here, before a run folder exists: the trainer said it in a run
-    that failed at step 0 and stayed in the Run list."""
+    """What the trainer would refuse, as one sentence here, before a run folder exists (the trainer said it in a
+    run that failed at step 0 — some only after loading the model — and stayed in the Run list): the dataset
+    read as the trainer reads it (usable images of a trainable size, every one captioned), the images held out
+    for validation, the curriculum's folders, the model, and LoRAs made for another family than the model's."""
+    from blk.generate.lora_family import family_mismatch
+    from blk.models.registry import resolve
     from blk.train.data import load_items
+    from blk.train.runner import base_lora_path, plan_curriculum, split_validation
 
     if not config.data.dataset:
         raise UserError("Choose a dataset to train on.")
-    load_items(workspace.dataset_folder(config.data.dataset), config.data.resolutions, config.data.flip)
+    dataset = workspace.dataset_folder(config.data.dataset)
+    items = load_items(dataset, config.data.resolutions, config.data.flip)
+    items, _ = split_validation(items, config.data.validation_images)
+    plan_curriculum(config, workspace, dataset, items)
+    model = resolve(config.model.name, workspace, build_tiny=False)  # the trainer builds a tiny model itself
+    loras = [("adapter.init_from", Path(config.adapter.init_from).expanduser())] if config.adapter.init_from else []
+    loras += [("model.base_loras", base_lora_path(name, workspace, model)) for name in config.model.base_loras]
+    for field, path in loras:
+        if not path.is_file():
+            raise UserError(f"There is no LoRA file at {path} ({field}).")
+        if problem := family_mismatch(path, model.family):
+            raise UserError(problem)
 
 
 def resume_run(workspace: Workspace, folder: Path, steps: int | None = None) -> str:

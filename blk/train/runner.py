@@ -547,7 +547,7 @@ def _add_adapter(family, config: TrainConfig, workspace: Workspace, model) -> No
     from blk.train.adapters import TRAINABLE, add_base_loras, freeze_all_but_trainable, init_trainable_from, peft_config
 
     denoiser = family.denoiser
-    base = add_base_loras(family, [_base_lora_path(name, workspace, model) for name in config.model.base_loras])
+    base = add_base_loras(family, [base_lora_path(name, workspace, model) for name in config.model.base_loras])
     torch.manual_seed(config.schedule.seed)  # the adapter's initial weights
     with warnings.catch_warnings():  # peft warns that a second adapter joins the base LoRAs: that is the point
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
@@ -572,7 +572,7 @@ def _transparent_encoder(config: TrainConfig, workspace: Workspace, model, devic
     return load_encoder(path, model.family).to(device), lora_sha256(path)[:16]
 
 
-def _base_lora_path(name: str, workspace: Workspace, model) -> Path:
+def base_lora_path(name: str, workspace: Workspace, model) -> Path:
     if name.strip().lower() == "layerdiffuse":
         from blk.stencil.layerdiffuse import find_weights
 
