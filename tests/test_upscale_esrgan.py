@@ -852,9 +852,7 @@ def test_an_input_held_whole_keeps_its_levels_and_tiles_read_as_the_float_decode
     Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
     Image.fromarray(rng.integers(0, 256, (40, 60, 4), dtype=np.uint8)).save(tmp_path / "rgba.png")
     Image.fromarray(rng.integers(0, 65536, (40, 60), dtype=np.uint16)).save(tmp_path / "grey16.png")
-    tifffile.imwrite(tmp_path / "rgb16.tif", rng.integers(0, 65536, (40, 60, 3), dtype=np.uint16), photometric="rgb")
-    held = {"rgb.png": (np.uint8, 3), "rgba.png": (np.uint8, 4), "grey16.png": (np.uint16, 3),
-            "rgb16.tif": (np.uint16, 3)}
+    held = {"rgb.png": (np.uint8, 3), "rgba.png": (np.uint8, 4), "grey16.png": (np.uint16, 3)}  # 16-bit TIFFs: libvips
     for name, (dtype, channels) in held.items():
         image = open_input(tmp_path / name)
         whole = read_pixels(tmp_path / name)
@@ -874,6 +872,38 @@ def test_an_input_held_whole_keeps_its_levels_and_tiles_read_as_the_float_decode
         tracemalloc.stop()
     assert image.source.array.nbytes == stored
     assert peak < 2.5 * stored  # float32 would hold 4× the levels, and the division a second 4× while it ran
+
+
+def test_16_bit_tiffs_of_any_layout_open_upright_with_their_16_bits(tmp_path):
+    """tifffile's raw samples ignored a TIFF's rotation tag (a scan came out sideways, then stretched to the
+    asked size), read CMYK's K as alpha, and refused grey + alpha; 16-bit TIFFs now open through libvips like
+    large inputs: upright, CMYK converted, grey + alpha kept, 16 bits kept."""
+    from blk.data.images import read_pixels
+
+    rng = np.random.default_rng(9)
+    stored = rng.integers(0, 65536, (20, 40, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "rot.tif", stored, photometric="rgb", extratags=[(274, "H", 1, 6, True)])
+    grey_alpha = rng.integers(0, 65536, (30, 30, 2), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "la.tif", grey_alpha, photometric="minisblack", extrasamples=["unassalpha"])
+    planes = rng.integers(0, 65536, (3, 24, 36), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "planar.tif", planes, photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "cmyk.tif", np.zeros((16, 16, 4), np.uint16), photometric="separated")  # white
+
+    rot = open_input(tmp_path / "rot.tif")
+    upright = np.rot90(stored, k=-1) / 65535  # orientation 6: the stored rows turned clockwise
+    assert (rot.width, rot.height, rot.bit_depth) == (20, 40, 16)
+    assert np.abs(rot.source.read(0, 0, 20, 40) - upright).max() < 1e-6
+    assert read_pixels(tmp_path / "rot.tif").shape == (40, 20, 3)  # the shared reader: upright too (Pillow's)
+    la = open_input(tmp_path / "la.tif")
+    assert (la.channels, la.grey, la.bit_depth) == (4, True, 16)
+    pixels = la.source.read(0, 0, 30, 30)
+    assert np.abs(pixels[..., 3] - grey_alpha[..., 1] / 65535).max() < 1e-6
+    assert np.abs(pixels[..., 0] - grey_alpha[..., 0] / 65535).max() < 1e-6
+    planar = open_input(tmp_path / "planar.tif")
+    assert np.abs(planar.source.read(0, 0, 36, 24) - planes.transpose(1, 2, 0) / 65535).max() < 1e-6
+    cmyk = open_input(tmp_path / "cmyk.tif")
+    assert (cmyk.channels, cmyk.bit_depth, cmyk.icc) == (3, 16, None)
+    assert cmyk.source.read(0, 0, 16, 16).min() > 0.9  # no ink: white, not a transparent black
 
 
 def test_region_reads_keep_only_the_resolution_and_profile_the_file_stores(models, tmp_path):

@@ -221,6 +221,20 @@ def read_levels(path: str | Path) -> tuple[np.ndarray, float]:
     return np.asarray(open_image(path)), 255.0
 
 
+def _plain_tiff_page(page) -> bool:
+    """A page whose samples read as they show: upright, interleaved, grey or RGB (with at most an alpha).
+    Anything else — a rotation tag, planes stored apart, CMYK, a palette — takes a reader that handles it
+    (Pillow here, libvips in the Upscale tab), not tifffile's raw samples (a rotated scan came out sideways,
+    CMYK's K became alpha)."""
+    import tifffile
+
+    orientation = page.tags.get(274)
+    grey = page.photometric == tifffile.PHOTOMETRIC.MINISBLACK and page.samplesperpixel in (1, 2)
+    rgb = page.photometric == tifffile.PHOTOMETRIC.RGB and page.samplesperpixel in (3, 4)
+    return (grey or rgb) and (page.samplesperpixel == 1 or page.planarconfig == tifffile.PLANARCONFIG.CONTIG) \
+        and (orientation is None or orientation.value == 1)
+
+
 def _read_tiff_high_bit(path: Path) -> tuple[np.ndarray, float] | None:
     """16-bit RGB(A) TIFFs, which Pillow cannot decode at full depth (and other sample types, as floats)."""
     import tifffile
@@ -228,13 +242,16 @@ def _read_tiff_high_bit(path: Path) -> tuple[np.ndarray, float] | None:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            if page.dtype is None or page.dtype.itemsize < 2 or page.shape[0] * page.shape[1] > MAX_PIXELS:
+            if page.dtype is None or page.dtype.itemsize < 2 or page.shape[0] * page.shape[1] > MAX_PIXELS \
+                    or not _plain_tiff_page(page):
                 return None
             array = page.asarray()
     except Exception:
         return None
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] == 2:  # grey + alpha
+        array = np.concatenate([np.repeat(array[..., :1], 3, axis=2), array[..., 1:]], axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
         return None
     if array.dtype == np.uint16:
