@@ -200,10 +200,38 @@ def test_feathered_tiles_show_no_seam(shared_workspace, pipelines, tmp_path):
     assert steps["hard"][cuts].mean() > 1.8 * steps["sine"][cuts].mean()
 
 
-def test_alpha_passes_through_and_tiff_output(shared_workspace, tmp_path, pipelines):
+def test_alpha_passes_through_and_tiff_output(shared_workspace, tmp_path, pipelines, monkeypatch):
+    """Alpha is kept as it was; img2img sees, under transparent pixels, the colour of their visible neighbours,
+    as the ESRGAN path's model does — not the black the premultiplied enlargement leaves there, which it would
+    paint into the edges."""
     import tifffile
 
+    from blk.upscale import diffusion
+
+    seen, real = [], diffusion.tile_processor
+
+    def recording(*args, **kwargs):  # the studio's own tile processor, its input tiles kept
+        process = real(*args, **kwargs)
+        return lambda tiles: seen.append(tiles.copy()) or process(tiles)
+
+    monkeypatch.setattr(diffusion, "tile_processor", recording)
     gradient(alpha=True).save(tmp_path / "in.png")
+    run(tiny_job(tmp_path, "one-pass.png", passes=(Pass(0.5),)), shared_workspace, pipelines)
+
+    def near_visible(alpha: np.ndarray) -> np.ndarray:  # transparent pixels within 8 px right of a visible one
+        visible = alpha > 0
+        return ~visible & np.any([np.roll(visible, shift, axis=1) & (np.arange(alpha.shape[1]) >= shift)
+                                  for shift in range(1, 9)], axis=0)
+
+    # the first pass's tiles and the full-frame pass; the input's blue is 0.5 everywhere it is visible
+    assert len(seen) >= 3
+    near_edge = np.concatenate([tile[..., 2][near_visible(tile[..., 3])] for tile in seen[0]] +
+                               [tile[..., 2][near_visible(tile[..., 3])] for batch in seen[1:-1] for tile in batch])
+    assert near_edge.size and np.abs(near_edge - 0.5).max() < 0.05  # not black
+    full_frame = seen[-1][0]
+    assert full_frame.shape == (80, 96, 4) and full_frame[..., 2][near_visible(full_frame[..., 3])].min() > 0.02
+    monkeypatch.undo()
+
     result = run(tiny_job(tmp_path, "out.tif"), shared_workspace, pipelines)
     with tifffile.TiffFile(result.path) as tiff:
         page = tiff.pages[0]

@@ -906,6 +906,22 @@ def test_16_bit_tiffs_of_any_layout_open_upright_with_their_16_bits(tmp_path):
     assert cmyk.source.read(0, 0, 16, 16).min() > 0.9  # no ink: white, not a transparent black
 
 
+def test_a_file_rewritten_under_the_same_name_is_read_again(tmp_path):
+    """libvips caches a load by the file's name: an artist who re-exported a drawing under the same name and
+    upscaled it again in the same session got the first version's pixels (and a canvas made again, the old
+    canvas's). Its cache is off (`blk.vips`)."""
+    for name, max_pixels in (("re.tif", 1 << 30), ("re.png", 100)):  # a 16-bit TIFF, a large (by region) PNG
+        for value in (40, 200):
+            path = tmp_path / name
+            path.unlink(missing_ok=True)
+            if name.endswith(".tif"):
+                tifffile.imwrite(path, np.full((12, 16, 3), value * 257, np.uint16), photometric="rgb")
+            else:
+                Image.fromarray(np.full((12, 16, 3), value, np.uint8)).save(path)
+            image = open_input(path, max_pixels=max_pixels)
+            assert image.by_region and np.allclose(image.source.read(0, 0, 16, 12), value / 255), (name, value)
+
+
 def test_region_reads_keep_only_the_resolution_and_profile_the_file_stores(models, tmp_path):
     """Read by region (libvips) or whole (Pillow), an input has the same DPI and ICC: the file's, or
     None — never libvips' default for a file that says nothing (71.98 dpi for a PNG without pHYs,
@@ -1112,6 +1128,15 @@ def test_cli_upscale(models, tmp_path, capsys):
     with pytest.raises(SystemExit) as refused:
         main(["upscale", "in.png", "--path", "magic", "--model", "m.pth"])  # only esrgan and diffusion exist
     assert refused.value.code == 2 and "invalid choice: 'magic'" in capsys.readouterr().err
+    # tile and overlap are checked before the model is looked for (and a gigapixel input hashed)
+    assert main(["--workspace", str(tmp_path / "ws"), "upscale", str(tmp_path / "scan.tif"), "--model", "gone.pth",
+                 "--tile", "20", "--overlap", "16", "--out", str(tmp_path / "z.tif")]) == 2
+    assert "An overlap of 16 px needs tiles of at least 32 px; 20 px was asked for." in capsys.readouterr().err
+    for flag, value, words in (("--tile", "0", "0 is outside the range (16 or more)"),
+                               ("--overlap", "-4", "-4 is outside the range (0 or more)")):
+        with pytest.raises(SystemExit) as refused:  # 0 no longer means automatic: leaving --tile out does
+            main(["upscale", "in.png", "--model", "m.pth", flag, value])
+        assert refused.value.code == 2 and words in capsys.readouterr().err
 
 
 def test_a_result_or_print_copy_that_would_overwrite_the_input_is_one_sentence_before_any_work(tmp_path):

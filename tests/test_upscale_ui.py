@@ -425,6 +425,18 @@ def test_sizes_are_said_in_megapixels_that_are_never_zero():
         ["0.049 MP", "1 MP", "1.0 MP", "48.0 MP", "3.0 GP"]
 
 
+def test_an_overlap_of_0_is_kept_and_an_empty_one_is_the_default(context, tmp_path):
+    """Overlap 0 (tiles side by side, e.g. to see what the blend hides) was silently the default."""
+    from ui.tabs import upscale
+
+    made = [upscale.esrgan_job(context, tmp_path / "in.png", tmp_path / "out.tif", 64, 64, tmp_path / "x4.pth", 0,
+                               overlap).overlap for overlap in (0, None, 8)]
+    assert made == [0, 32, 8]
+    made = [upscale.diffusion_job(context, tmp_path / "in.png", tmp_path / "out.tif", 2, "", "tiny-flux", None, None,
+                                  512, overlap, 4, 0, "", 0.3, 0.2, False, 0.1, True).overlap for overlap in (0, None)]
+    assert made == [0, 96]
+
+
 def test_each_path_keeps_its_own_scale_tile_and_overlap():
     """Switching the Path radio used to reset Scale, Tile and Overlap to the path's defaults, so a look at the
     diffusion path lost the overlap typed for Real-ESRGAN. Each path now gets back what it had."""

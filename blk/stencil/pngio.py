@@ -39,7 +39,7 @@ def _stored_16bit(path: Path) -> bool:
 
     Other 16-bit layouts (CMYK, say) keep going through `read_pixels`, which converts them.
     """
-    import pyvips
+    from blk.vips import pyvips
 
     try:
         image = pyvips.Image.new_from_file(str(path))
@@ -51,7 +51,7 @@ def _stored_16bit(path: Path) -> bool:
 
 def _read_16bit(path: Path) -> np.ndarray:
     """Float32 HxWx3 or HxWx4 at full depth, upright; a damaged file is one sentence (BadImage)."""
-    import pyvips
+    from blk.vips import pyvips
 
     try:
         image = pyvips.Image.new_from_file(str(path), fail_on="error").autorot()
@@ -77,7 +77,7 @@ def to_levels(pixels: np.ndarray, bits: int) -> np.ndarray:
 def png_bytes(levels: np.ndarray) -> bytes:
     """PNG file content for uint8 or uint16 HxW, HxWx3 or HxWx4 pixels."""
     if levels.dtype == np.uint16:
-        import pyvips
+        from blk.vips import pyvips
 
         bands = 1 if levels.ndim == 2 else levels.shape[2]
         interpretation = "grey16" if bands <= 2 else "rgb16"

@@ -71,10 +71,10 @@ def add_commands(commands) -> None:
     size.add_argument("--size", default=None, help="exact result size WxH, e.g. 8000x6000")
     upscale.add_argument("--stretch", action="store_true",
                          help="allow a --size of another shape than the input's (the image is stretched)")
-    upscale.add_argument("--tile", type=int, default=None,
+    upscale.add_argument("--tile", type=whole(16), default=None,
                          help="tile side; esrgan: in input px (default: from free memory); diffusion: in px of "
                               "the enlarged image each pass refines (default 1024)")
-    upscale.add_argument("--overlap", type=int, default=None,
+    upscale.add_argument("--overlap", type=whole(0), default=None,
                          help="tile overlap, in the same px as --tile (default 32 for esrgan, 96 for diffusion)")
     upscale.add_argument("--batch", type=whole(1, 256), default=4, help="tiles per model call (default 4)")
     upscale.add_argument("--16bit", dest="keep_16bit", action="store_true",
@@ -119,7 +119,10 @@ def cmd_upscale(args, workspace) -> int:
     from blk.upscale.canvas import parse_colour
     from blk.upscale.esrgan import EsrganJob, run
     from blk.upscale.models import find_upscaler
+    from blk.upscale.tiler import check_tile
 
+    if args.tile:  # before the model loads and a gigapixel input is hashed
+        check_tile(args.tile, 32 if args.overlap is None else args.overlap)
     size = _exact_size(args)
     scale = None if size else (args.scale if args.scale is not None else 4.0)
     if args.out:

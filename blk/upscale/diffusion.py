@@ -65,7 +65,7 @@ from blk.models.device import MemoryOptions
 from blk.upscale.canvas import (Canvas, check_outputs, check_png, output_format, print_path, read_icc,
                                write_result)
 from blk.upscale.journal import Journal, job_key
-from blk.upscale.source import open_input
+from blk.upscale.source import FILL_RADIUS, FilledSource, open_input
 from blk.upscale.tiler import count_tiles, run_tiles
 
 STEP = 4.0  # the most one step enlarges (the paper: steps of 2×–4×)
@@ -399,7 +399,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                 steps, _ = effective_steps(job.steps or default_steps, one.denoise)
                 process = tile_processor(loaded, job.prompt, one.denoise, steps, guidance, job.seed)
                 made = journal.open_canvas(stage, w, h, source.channels)
-                stats = run_tiles(source, made, process, scale=1, tile=tile, overlap=job.overlap, batch=1,
+                stats = run_tiles(_filled(source), made, process, scale=1, tile=tile, overlap=job.overlap, batch=1,
                                   multiple_of=multiple, full_size=True,  # the model's size
                                   progress=lambda n, of, s=stage: tell(s, n, of), cancel=cancel,
                                   **journal.tiler_hooks(stage, made))
@@ -423,7 +423,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                 steps, _ = effective_steps(job.steps or default_steps, job.final_denoise)
                 try:
                     whole = tile_processor(pipeline(), job.prompt, job.final_denoise, steps, guidance,
-                                           job.seed)(source.read(0, 0, width, height)[None])[0]
+                                           job.seed)(_filled(source).read(0, 0, width, height)[None])[0]
                 except Exception as exc:
                     if not is_out_of_memory(exc):
                         raise
@@ -559,6 +559,13 @@ def _releasing_offloaded(used: list):
     finally:
         for loaded in used:
             loaded.release_offloaded()
+
+
+def _filled(source):
+    """What img2img reads: with alpha, transparent pixels take their visible neighbours' colour first, as on the
+    ESRGAN path (`FilledSource`): the enlargement leaves black there (premultiplied), which img2img would paint
+    into the edges."""
+    return FilledSource(source, FILL_RADIUS) if source.channels == 4 else source
 
 
 def _copy_into(source, canvas: Canvas, band: int = 256) -> None:

@@ -52,7 +52,7 @@ from blk.upscale import compiled_network
 from blk.upscale.canvas import (Canvas, check_outputs, check_png, fitting_icc, output_format, print_path,
                                read_icc, write_result)
 from blk.upscale.journal import Journal, durable_for, job_key
-from blk.upscale.source import WHOLE_IMAGE_PIXELS, FilledSource, open_input
+from blk.upscale.source import FILL_RADIUS, WHOLE_IMAGE_PIXELS, FilledSource, open_input
 from blk.upscale.streamed_tiff import StreamedResult, StreamedTiff
 from blk.upscale.tiler import Cancelled, RowDone, auto_tile, count_tiles, run_tiles
 
@@ -60,7 +60,6 @@ ALPHA_MODES = ("model", "lanczos")
 MAX_FINAL_ENLARGE = 1.5  # beyond this, one more model pass beats interpolation
 CHANNELS_LAST = True  # on CUDA (bench/upscale.py --layouts measures both)
 STREAM_RESULT = True  # write a TIFF result while the last pass runs (`streamed_tiff`); False: after the tiles
-FILL_RADIUS = 24  # px of colour grown under transparent areas (covers the model's useful context)
 
 
 @dataclass
@@ -532,7 +531,7 @@ def _snap_alpha(up: np.ndarray, alpha: np.ndarray, scale: int) -> np.ndarray:
 
 def resample(canvas: Canvas, width: int, height: int, path: Path) -> Canvas:
     """Lanczos to the exact size, streamed by libvips from one raw canvas into another."""
-    import pyvips
+    from blk.vips import pyvips
 
     image = pyvips.Image.rawload(str(canvas.path), canvas.width, canvas.height, canvas.channels,
                                  format="ushort").copy(interpretation="rgb16")

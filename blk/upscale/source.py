@@ -26,6 +26,7 @@ from blk.errors import BadImage
 # Never above Pillow's limit.
 WHOLE_IMAGE_PIXELS = 32 * 2**20
 _VIPS_LOADERS = {"pngload", "jpegload", "webpload", "tiffload"}
+FILL_RADIUS = 24  # px of colour grown under transparent areas (`FilledSource`; covers a model's useful context)
 GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}  # Pillow's grey modes
 
 
@@ -86,7 +87,7 @@ class VipsSource:
         self.peak = 65535.0 if image.format == "ushort" else 255.0
 
     def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        import pyvips
+        from blk.vips import pyvips
 
         try:
             region = self.image.crop(x, y, w, h).numpy()
@@ -109,7 +110,7 @@ class FilledSource:
     depend on where tiles are cut.
     """
 
-    def __init__(self, inner: Source, radius: int = 24):
+    def __init__(self, inner: Source, radius: int = FILL_RADIUS):
         assert inner.channels == 4
         self.inner, self.radius = inner, radius
         self.width, self.height, self.channels = inner.width, inner.height, 4
@@ -182,7 +183,7 @@ def _pillow_metadata(path: Path, mode: str) -> tuple[bytes | None, float | None]
 
 def _vips_header(path: Path):
     try:
-        import pyvips
+        from blk.vips import pyvips
 
         image = pyvips.Image.new_from_file(str(path))
     except Exception:
@@ -290,7 +291,7 @@ def input_preview(path: str | Path, side: int = 480) -> tuple[np.ndarray, str]:
     """A small 8-bit view of an input (uint8 H×W×3 or ×4, its transparency kept) and one line about the file
     (size, bits, transparency), read from the file itself: the Upscale tab shows what it will enlarge, not a
     browser's 8-bit RGB copy of it. libvips shrinks while it reads, so a gigapixel TIFF needs little memory."""
-    import pyvips
+    from blk.vips import pyvips
 
     path = Path(path)
     headers = _upright_header(path)

@@ -109,7 +109,8 @@ def esrgan_job(context: StudioContext, image_path, output, width, height, upscal
     from blk.upscale.esrgan import EsrganJob
 
     return EsrganJob(input=Path(image_path), output=output, model=upscaler_path, scale=None, size=(width, height),
-                     tile=int(tile) if tile else None, overlap=int(overlap or 32), keep_16bit=bool(keep_16bit),
+                     tile=int(tile) if tile else None, overlap=32 if overlap in (None, "") else int(overlap),
+                     keep_16bit=bool(keep_16bit),
                      dpi=float(dpi) if dpi else None, print_dpi=float(print_dpi) if print_dpi else None,
                      device=context.workspace.settings.device, compile=bool(compile_models))
 
@@ -264,7 +265,8 @@ def diffusion_job(context, image_path, output, scale, size_text, model, lora, en
     return DiffusionJob(input=Path(image_path), output=output, model=model, texture_lora=lora,
                         scale=None if size else float(scale or 2), size=size, enlarge_model=enlarge_model,
                         passes=tuple(passes), step=float(step_scale or STEP), tile=int(tile or 1024),
-                        overlap=int(overlap or 96), seed=int(seed or 0), steps=int(steps) if steps else None,
+                        overlap=96 if overlap in (None, "") else int(overlap), seed=int(seed or 0),
+                        steps=int(steps) if steps else None,
                         prompt=prompt or "",
                         final_denoise=0.1 if final_pass else None, device=context.workspace.settings.device,
                         memory=MemoryOptions(compile=bool(compile_models)))
