@@ -133,7 +133,10 @@ def cmd_train(args, workspace: Workspace) -> int:
 
     if args.resume:
         run_dir = Path(args.resume)
-        saved = load_config(run_dir / "config.yaml")
+        # a run stopped before the trainer wrote its config.yaml (in its first seconds) holds only the Train tab's
+        # request: it starts again from step 0 in the same folder, as one stopped before its first checkpoint does
+        resolved, requested = run_dir / "config.yaml", run_dir / "request.yaml"
+        saved = load_config(requested if requested.is_file() and not resolved.exists() else resolved)
         if args.model and args.model != saved.model.name:  # its adapter, optimizer and caches are that model's
             raise UserError(f"{run_dir.name} was trained on {saved.model.name} and resumes only on it: leave out "
                             f"--model, or start a new run on {args.model}.")
@@ -150,8 +153,10 @@ def cmd_train(args, workspace: Workspace) -> int:
         config.model.name = args.model
     if args.dataset:
         config.data.dataset = args.dataset
-    if args.steps:
+    if args.steps and args.resume:  # a longer (or shorter) run from where it is: its stages stay where they were
         config.schedule.steps = args.steps
+    elif args.steps:  # a new run: stage starts and warmup scale with the steps, as the Train tab's Steps does
+        config = config.with_steps(args.steps)
     if args.probe:
         from blk.train.probe import probe
 

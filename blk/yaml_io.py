@@ -76,6 +76,8 @@ def _must(error: dict) -> str:
         return f"must be one of {bound['expected']}"
     if kind == "missing":
         return "must be filled in"
+    if kind == "too_short":
+        return f"must have at least {bound['min_length']} value{'s' if bound['min_length'] != '1' else ''}"
     message = error["msg"].removeprefix("Value error, ").rstrip(".")
     return f"is not valid: {message[:1].lower()}{message[1:]}"
 

@@ -124,6 +124,18 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(dataset, shared_w
     assert statuses == ["started", "stopped", "resumed", "finished"]
 
 
+def test_a_resume_trains_on_at_the_configs_learning_rate(dataset, shared_workspace, tmp_path):
+    """A NaN loss says: lower the learning rate, then resume. The resume restored the optimizer's saved rate and
+    hit the same NaN; it now takes the config's (an unchanged config resumes bit-identically: the test above)."""
+    config = config_for("tiny-flux", dataset, steps=4, lr_schedule="constant")
+    assert run(config, shared_workspace, tmp_path / "r", stop_after=2).step == 2
+    lowered = config.model_copy(deep=True)
+    lowered.optimizer.lr, lowered.optimizer.weight_decay = 1e-6, 0.5
+    assert run(lowered, shared_workspace, tmp_path / "r", resume=True).step == 4
+    rates = {e["step"]: e["lr"] for e in EventLog(tmp_path / "r" / "events.jsonl").read() if e["kind"] == "loss"}
+    assert rates[2] == pytest.approx(2e-3) and rates[3] == rates[4] == pytest.approx(1e-6)
+
+
 def test_second_run_hits_the_caches(dataset, shared_workspace, tmp_path):
     copy = tmp_path / "ds"
     shutil.copytree(dataset, copy, ignore=shutil.ignore_patterns(".blk"))
@@ -190,16 +202,22 @@ def test_presets_load_with_the_paper_values():
 def test_cli_train_and_resume(dataset, shared_workspace, tmp_path):
     from tests.conftest import run_blk
 
+    from blk.train.config import load_config
+
     preset = tmp_path / "p.yaml"
-    config = config_for("tiny-sdxl", dataset, steps=2)
-    config.checkpoints.every = 1
+    config = config_for("tiny-sdxl", dataset, steps=20)
+    config.checkpoints.every, config.schedule.warmup_steps = 1, 10
     preset.write_text(json.dumps(config.model_dump(mode="json")))  # JSON is YAML
-    done = run_blk("--workspace", str(shared_workspace.root), "train", str(preset), "--run-dir", str(tmp_path / "r"))
+    done = run_blk("--workspace", str(shared_workspace.root), "train", str(preset), "--steps", "2",
+                   "--run-dir", str(tmp_path / "r"))
     assert done.returncode == 0, done.stderr
     assert "finished at step 2" in done.stdout
+    # --steps on a new run scales the warmup (and stage starts) as the Train tab's Steps does: 10 of 20 → 1 of 2
+    assert (load_config(tmp_path / "r" / "config.yaml").schedule.warmup_steps) == 1
     more = run_blk("--workspace", str(shared_workspace.root), "train", "--resume", str(tmp_path / "r"), "--steps", "3")
     assert more.returncode == 0 and "finished at step 3" in more.stdout
     assert (tmp_path / "r" / "checkpoints" / "step-000003.safetensors").exists()
+    assert load_config(tmp_path / "r" / "config.yaml").schedule.warmup_steps == 1  # a resume moves nothing
 
 
 def test_validation_loss_is_deterministic_and_held_out(dataset, shared_workspace, tmp_path):

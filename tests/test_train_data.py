@@ -188,15 +188,27 @@ def test_train_form_scales_the_preset_stages_and_says_so(workspace):
     assert "scaled to 300 steps" in note and "0, 100, 200" in note and "0, 2000, 4000 of 6000" in note
 
 
-def test_cli_steps_override_warns_once_per_stage_that_never_starts(staged_dataset, shared_workspace, tmp_path):
+def test_cli_steps_scale_the_stages_and_a_stage_past_the_end_is_warned_once(staged_dataset, shared_workspace,
+                                                                          tmp_path):
+    """`--steps` on a new run scales the curriculum's stage starts as the Train tab's Steps does (0/2/4 of 6 →
+    0/1/2 of 3); a config whose stage starts after its last step still trains, with one warning for that stage."""
     import json
 
+    from blk.train.config import load_config
     from tests.conftest import run_blk
 
     preset = tmp_path / "p.yaml"
     preset.write_text(json.dumps(staged_config(staged_dataset, 6).model_dump(mode="json")))  # stages at 0, 2, 4
     done = run_blk("--workspace", str(shared_workspace.root), "train", str(preset), "--run-dir", str(tmp_path / "r"),
                    "--steps", "3")
+    assert done.returncode == 0 and "finished at step 3" in done.stdout, done.stderr
+    assert not [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert [stage.start for stage in load_config(tmp_path / "r" / "config.yaml").data.stages] == [0, 1, 2]
+
+    short = staged_config(staged_dataset, 6).model_dump(mode="json")
+    short["schedule"]["steps"] = 3  # written so: the third stage never starts
+    preset.write_text(json.dumps(short))
+    done = run_blk("--workspace", str(shared_workspace.root), "train", str(preset), "--run-dir", str(tmp_path / "s"))
     assert done.returncode == 0 and "finished at step 3" in done.stdout, done.stderr
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == ["warning: stage 3 (+ extras) starts at step 4 but the run ends at step 3, so it never starts."]
@@ -365,6 +377,16 @@ def test_training_starts_from_a_kohya_lora(tmp_path, shared_workspace):
         want = value if ".lora_A." in key else value * (2.0 / 4) / (4 / 4)  # kohya's alpha/rank folded into B
         assert torch.allclose(started[key], want, atol=1e-6), key
 
+    # a run started from the file resumes after the file has moved: the saved state holds the weights
+    config.schedule.steps, config.checkpoints.every = 4, 2
+    whole = run(config, shared_workspace, tmp_path / "whole")
+    assert run(config, shared_workspace, tmp_path / "halted", stop_after=2).step == 2
+    (tmp_path / "kohya.safetensors").rename(tmp_path / "moved.safetensors")
+    resumed = run(config, shared_workspace, tmp_path / "halted", resume=True)
+    a, b = load_file(str(whole.last_checkpoint)), load_file(str(resumed.last_checkpoint))
+    assert resumed.step == 4 and all(torch.equal(a[k], b[k]) for k in a)
+    (tmp_path / "moved.safetensors").rename(tmp_path / "kohya.safetensors")
+
     config.adapter.rank = 8
     with pytest.raises(UserError, match="has rank 4 but this adapter has rank 8; set the rank to 4"):
         run(config, shared_workspace, tmp_path / "rank")
@@ -398,6 +420,12 @@ def test_out_of_memory_names_what_to_try():
     lean = TrainConfig.model_validate({"model": {"int8_base": True, "gradient_checkpointing": True},
                                        "data": {"resolutions": [512]}})
     assert "try a lower rank;" in out_of_memory_sentence(lean, 0)
+    # free token shuffling keeps the text encoders beside the denoiser: fixed orders let them leave
+    shuffled = TrainConfig.model_validate({"model": {"int8_base": True, "gradient_checkpointing": True},
+                                           "data": {"resolutions": [512], "shuffle_tokens": True}})
+    assert "try fixed token-shuffle orders (data.shuffle_orders 8);" in out_of_memory_sentence(shuffled, 0)
+    shuffled.data.shuffle_orders = 8
+    assert "try a lower rank;" in out_of_memory_sentence(shuffled, 0)
 
 
 def test_monitor_shows_stage_and_gpu_memory(tmp_path):

@@ -74,6 +74,22 @@ def test_kill_minus_nine_then_resume(workspace_with_data):
     assert [r.name for r in list_runs(workspace)] == [folder.name]
 
 
+def test_a_run_stopped_before_its_trainer_wrote_config_yaml_resumes(workspace_with_data):
+    """Killed in its first seconds (Kill while "starting"), a run folder holds only the Train tab's request.yaml:
+    the resume said config.yaml cannot be read, for good. It now starts again from step 0 in that folder."""
+    from blk.train.config import save_config
+
+    folder = workspace_with_data.runs / "early"
+    folder.mkdir(parents=True)
+    save_config(tiny_config(2), folder / "request.yaml")  # what start_run writes before the trainer starts
+    resume_run(workspace_with_data, folder)
+    wait_for(lambda: run_info(folder).status in ("finished", "error"), 120)
+    assert run_info(folder).status == "finished" and run_info(folder).step == 2, (folder / "trainer.log").read_text()
+    events = EventLog(folder / "events.jsonl").read()
+    assert any("starts again from step 0" in e.get("message", "") for e in events if e["kind"] == "notice")
+    assert (folder / "config.yaml").is_file()
+
+
 def test_graceful_stop_saves_the_current_step(workspace_with_data):
     workspace = workspace_with_data
     config = tiny_config(400)

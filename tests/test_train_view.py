@@ -609,7 +609,10 @@ def test_form_mistakes_name_the_forms_labels(context):
     for index, value, sentence in ((6, 0, "Steps must be at least 1."),
                                    (5, 0, "Learning rate must be more than 0."),
                                    (11, 0, "Keep newest must be at least 1."),
-                                   (2, 0, "Rank must be at least 1.")):
+                                   (2, 0, "Rank must be at least 1."),
+                                   (3, 0, "Alpha must be more than 0."),  # an adapter that learns nothing
+                                   (1, "", "Bucket sizes (px) must have at least 1 value."),  # every image at its own size
+                                   (1, "512, 0", "Bucket sizes (px) must be at least 64.")):
         wrong = list(form)
         wrong[index] = value
         with pytest.raises(UserError) as raised:
@@ -652,6 +655,9 @@ def test_the_estimate_says_short_spans_in_seconds_like_the_status_line():
         "About 2.21 s/step, 13 s for 6 steps; peak memory 1.0 GB of 16 GB on cpu."
     assert "10 min for 300 steps" in Estimate(2.0, 600.0, gb, 16 * gb, "cpu").sentence(300)
     assert "3.0 h for 5400 steps" in Estimate(2.0, 10800.0, gb, 16 * gb, "cpu").sentence(5400)
+    # too large: the settings still worth changing (`memory_tips`), not a fixed list naming ones already set
+    assert Estimate(2.0, 600.0, 30 * gb, 24 * gb, "cuda", tips="a lower rank").sentence(300).endswith(
+        "peak memory 30.0 GB of 24 GB on cuda — this will not fit: try a lower rank.")
     assert [duration(s) for s in (13.26, 119, 120, 7199, 7200)] == ["13 s", "119 s", "2 min", "120 min", "2.0 h"]
 
 

@@ -8,7 +8,7 @@ folder keeps the exact resolved config that produced it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -77,7 +77,8 @@ class AugmentSection(Strict):
 
 class DataSection(Strict):
     dataset: str = ""  # a dataset name under workspace/datasets, or a folder
-    resolutions: list[int] = Field(default_factory=lambda: [512])  # bucket areas (side of the square)
+    # bucket areas (side of the square); 64 px is the least the families' latent grids train at
+    resolutions: list[Annotated[int, Field(ge=64, le=4096)]] = Field(default_factory=lambda: [512], min_length=1)
     repeats: int = Field(1, ge=1)
     flip: bool = False  # horizontal flip doubles the data
     caption_dropout: float = Field(0.0, ge=0.0, le=1.0)
@@ -126,7 +127,7 @@ class AdapterSection(Strict):
     # ai-toolkit names); for a LoKr, a LyCORIS / kohya LoKr file
     init_from: str = ""
     rank: int = Field(16, ge=1, le=1024)
-    alpha: float = 16.0
+    alpha: float = Field(16.0, gt=0.0)  # 0 would scale the adapter's update to nothing
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     factor: int = -1  # LoKr only: the Kronecker split (LyCORIS' factor; -1 splits each layer as evenly as it can)
     target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])

@@ -31,6 +31,7 @@ class Estimate:
     device_bytes: int
     device: str
     out_of_memory: str = ""  # the probe itself ran out of memory: the sentence naming what to change
+    tips: str = "an int8 base, gradient checkpointing, smaller bucket sizes or a lower rank"  # `memory_tips`
 
     @property
     def fits(self) -> bool:
@@ -40,8 +41,7 @@ class Estimate:
         if self.out_of_memory:
             return f"This will not fit: {self.out_of_memory}"
         memory = f"peak memory {self.peak_bytes / 2**30:.1f} GB of {self.device_bytes / 2**30:.0f} GB on {self.device}"
-        warning = "" if self.fits else (" — this will not fit: turn on int8 base and gradient checkpointing, "
-                                        "lower the bucket sizes, or lower the rank")
+        warning = "" if self.fits else f" — this will not fit: try {self.tips}"
         span = duration(self.total_seconds)  # as the Train tab's status line says it
         return f"About {self.seconds_per_step:.2f} s/step, {span} for {steps} steps; {memory}{warning}."
 
@@ -88,7 +88,7 @@ def probe(config: TrainConfig, workspace: Workspace, steps: int = PROBE_STEPS) -
         raise UserError(errors[-1]["message"] if errors else "The probe ended before its first step.")
     timed = losses[1:] if len(losses) > 2 else losses  # the first step pays for warm-up and caching
     per_step = (timed[-1]["t"] - timed[0]["t"]) / max(len(timed) - 1, 1)
-    return Estimate(per_step, per_step * config.schedule.steps, peak, total, device)
+    return Estimate(per_step, per_step * config.schedule.steps, peak, total, device, tips=memory_tips(config))
 
 
 def _memory(device: str) -> tuple[int, int]:

@@ -203,11 +203,13 @@ def stop_trainers(pid: int, processes: int) -> None:
 
 
 def _saved_config(folder: Path) -> TrainConfig | None:
-    """The run's resolved config (what it trained with), or None when it has none readable (the trainer says why)."""
+    """The run's resolved config (what it trained with; the request, for a run stopped before its trainer wrote
+    that), or None when it has none readable (the trainer says why)."""
     from blk.train.config import load_config
 
+    path = folder / "config.yaml" if (folder / "config.yaml").exists() else folder / "request.yaml"
     try:
-        return load_config(folder / "config.yaml") if (folder / "config.yaml").exists() else None
+        return load_config(path) if path.exists() else None
     except UserError:
         return None
 
