@@ -1078,14 +1078,23 @@ def tiny_disk(tmp_path):
 
 def test_disk_full_is_one_sentence_and_leaves_nothing(models, tmp_path, tiny_disk):
     Image.fromarray((noise(72, 100) * 255).astype(np.uint8)).save(tmp_path / "in.png")
-    # 64 KB: the canvas (400×288×3×2 = 675 KB) cannot be reserved, before any model work;
-    # 720 KB: the canvas fits, the TIFF written beside it does not
-    for size, stage in (("64k", "this step needs about 1 MB"), ("720k", "is full; free some space")):
+    # 64 KB and 720 KB: the canvas (400×288×3×2 = 675 KB) and half the result's 8-bit pixels (173 KB) do not fit:
+    # said before any work; 868 KB: they do (844 KB), but the canvas beside the result's TIFF (201 KB) does not
+    for size, stage in (("64k", "has 1 MB free and this job needs about 1 MB"),
+                        ("720k", "this job needs about 1 MB (its working canvases and the result)"),
+                        ("868k", "is full; free some space")):
         disk = tiny_disk(size)
-        with pytest.raises(UserError, match="is full") as caught:
+        with pytest.raises(UserError, match="free some space") as caught:
             run(EsrganJob(tmp_path / "in.png", disk / "out.tif", models["x4"], tile=48, overlap=8))
-        assert stage in str(caught.value) and "\n" not in str(caught.value)
+        assert stage in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
         assert list(disk.iterdir()) == [], size
+    # a ×16 job's second pass (1600×1152 px: 11 MB of canvas beside the first's) is said before the first pass
+    # runs, not after it (at gigapixel sizes, hours later)
+    disk = tiny_disk("8m")
+    with pytest.raises(UserError, match="has 8 MB free and this job needs about 14 MB"):
+        run(EsrganJob(tmp_path / "in.png", disk / "big.tif", models["x4"], scale=16, tile=48, overlap=8),
+            progress=lambda done, total: pytest.fail("a tile ran"))
+    assert list(disk.iterdir()) == []
 
 
 def test_cli_upscale(models, tmp_path, capsys):

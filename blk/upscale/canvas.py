@@ -235,10 +235,31 @@ def _pwrite(fd: int, array: np.ndarray, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def disk_full(path: Path, needed: int | None = None) -> UserError:
-    amount = (f"{needed / 2**30:.1f} GB" if needed >= 2**30 else f"{max(1, round(needed / 2**20))} MB") if needed else ""
-    need = f" (this step needs about {amount})" if needed else ""
+def disk_full(path: Path, needed: int | None = None, what: str = "this step") -> UserError:
+    need = f" ({what} needs about {_amount(needed)})" if needed else ""
     return UserError(f"The disk holding {Path(path).parent} is full{need}; free some space and try again.")
+
+
+def _amount(size: int) -> str:
+    return f"{size / 2**30:.1f} GB" if size >= 2**30 else f"{max(1, round(size / 2**20))} MB"
+
+
+RESULT_SHARE = 0.5  # of a result's 8/16-bit pixels that its deflated TIFF or PNG is assumed to take on disk
+
+
+def check_disk_space(output: Path, canvases: list[int], result_bytes: int) -> None:
+    """One sentence before any work when the disk holding `output` cannot take the job: the most canvas bytes
+    on disk at once (`canvases`: each step's, the previous step's still there) and the result itself. A job
+    ran its first pass (hours, at gigapixel sizes) before the second pass's canvas found the disk full, and
+    lost both."""
+    import shutil
+
+    need = max(canvases, default=0) + int(result_bytes * RESULT_SHARE)
+    free = shutil.disk_usage(Path(output).parent).free
+    if need > free:
+        raise UserError(f"The disk holding {Path(output).parent} has {_amount(free)} free and this job needs about "
+                        f"{_amount(need)} (its working canvases and the result); free some space or save the result "
+                        "on another disk.")
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -49,8 +49,8 @@ import numpy as np
 from blk.data.scan import cached_file_sha256
 from blk.errors import UserError
 from blk.upscale import compiled_network
-from blk.upscale.canvas import (Canvas, check_outputs, check_png, fitting_icc, output_format, print_path,
-                               read_icc, write_result)
+from blk.upscale.canvas import (Canvas, check_disk_space, check_outputs, check_png, fitting_icc, output_format,
+                               print_path, read_icc, write_result)
 from blk.upscale.journal import Journal, durable_for, job_key
 from blk.upscale.source import FILL_RADIUS, WHOLE_IMAGE_PIXELS, FilledSource, open_input
 from blk.upscale.streamed_tiff import StreamedResult, StreamedTiff
@@ -215,6 +215,24 @@ def plan_job(job: EsrganJob, image, upscaler, device: str, dtype, tile: int | No
                       upscaler.multiple_of, tiles)
 
 
+def disk_need(the_plan: EsrganPlan, channels: int, bits: int, print_copy: bool) -> tuple[list[int], int]:
+    """(bytes of canvases on disk at each moment of the job, bytes of the result's pixels) for `canvas.
+    check_disk_space`: pass k's 16-bit canvas beside pass k-1's (and the last pass's shrunk input), then the
+    resample to the exact size beside the last pass's canvas."""
+    def canvas(size: tuple[int, int]) -> int:
+        return size[0] * size[1] * channels * 2
+
+    outputs, inputs = the_plan.outputs, the_plan.inputs
+    canvases = [canvas(outputs[0])]
+    for k in range(1, len(outputs)):
+        shrunk = canvas(inputs[k]) if inputs[k] != outputs[k - 1] else 0
+        canvases.append(canvas(outputs[k]) + canvas(outputs[k - 1]) + shrunk)
+    if outputs[-1] != (the_plan.width, the_plan.height):
+        canvases.append(canvas(outputs[-1]) + canvas((the_plan.width, the_plan.height)))
+    result = the_plan.width * the_plan.height * (channels * bits // 8 + (3 if print_copy else 0))
+    return canvases, result
+
+
 def estimate(job: EsrganJob) -> EsrganPlan:
     """The plan of `job` without running it: opens the input; the model's scale and size needs come
     from `models.FACTS` once the file was loaded in this process (else it is loaded once, on the CPU)."""
@@ -277,6 +295,8 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
         journal.check_files(passes)
         the_plan = plan_job(job, image, upscaler, device, dtype, tile=journal.tile)
         journal.set_tile(the_plan.tile)
+        if not journal.resumed:  # a resumed job's canvases are on the disk already
+            check_disk_space(job.output, *disk_need(the_plan, image.channels, bits, print_copy=bool(job.print_dpi)))
         if on_plan:
             on_plan(the_plan)
         process = processor(upscaler, device, dtype, job.alpha, compiled=job.compile, log=log)
