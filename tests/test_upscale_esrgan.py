@@ -1141,6 +1141,14 @@ def test_cli_upscale(models, tmp_path, capsys):
     assert main(["--workspace", str(tmp_path / "ws"), "upscale", str(tmp_path / "scan.tif"), "--model", "gone.pth",
                  "--tile", "20", "--overlap", "16", "--out", str(tmp_path / "z.tif")]) == 2
     assert "An overlap of 16 px needs tiles of at least 32 px; 20 px was asked for." in capsys.readouterr().err
+    # an option of the other path would do nothing: said, not ignored
+    for extra, words in ((["--lora", "t.safetensors:0.5", "--denoise", "0.4"],
+                          "--lora, --denoise are for the diffusion path and would do nothing with --path esrgan."),
+                         (["--path", "diffusion", "--alpha", "lanczos"],
+                          "--alpha is for the esrgan path and would do nothing with --path diffusion.")):
+        assert main(["--workspace", str(tmp_path / "ws"), "upscale", str(tmp_path / "scan.tif"), "--model", "gone.pth",
+                     *extra]) == 2
+        assert words in capsys.readouterr().err
     for flag, value, words in (("--tile", "0", "0 is outside the range (16 or more)"),
                                ("--overlap", "-4", "-4 is outside the range (0 or more)")):
         with pytest.raises(SystemExit) as refused:  # 0 no longer means automatic: leaving --tile out does

@@ -113,7 +113,25 @@ def _exact_size(args) -> tuple[int, int] | None:
     return size
 
 
+# options only one path reads, with their defaults: given to the other path, they would be ignored without a word
+DIFFUSION_ONLY = {"lora": None, "enlarge_model": None, "denoise": "0.3,0.2", "prompt": "", "seed": 0, "steps": None,
+                  "step_scale": 4.0, "no_final_pass": False}
+ESRGAN_ONLY = {"alpha": "model", "batch": 4, "precision": "auto"}
+
+
+def refuse_other_paths_options(args) -> None:
+    """One sentence naming an option the chosen path does not use (a --lora on the ESRGAN path did nothing)."""
+    other, path = (ESRGAN_ONLY, "diffusion") if args.path == "diffusion" else (DIFFUSION_ONLY, "esrgan")
+    given = [name for name, default in other.items() if getattr(args, name) != default]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UserError(f"{flags} {'is' if len(given) == 1 else 'are'} for the "
+                        f"{'esrgan' if path == 'diffusion' else 'diffusion'} path and would do nothing with "
+                        f"--path {path}.")
+
+
 def cmd_upscale(args, workspace) -> int:
+    refuse_other_paths_options(args)
     if args.path == "diffusion":
         return cmd_upscale_diffusion(args, workspace)
     from blk.upscale.canvas import parse_colour
