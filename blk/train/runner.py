@@ -324,9 +324,9 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
                 status = "stopped"
                 break
     except FloatingPointError as exc:
-        events.write("error", step, message=f"Training stopped: {exc}. The last good checkpoint is kept; "
-                                            "lower the learning rate (optimizer.lr in the run's config.yaml) and resume, or "
-                                            "start again.")
+        events.write("error", step, message=f"Training stopped: {exc}. The last good checkpoint is kept; lower the "
+                                            "learning rate (optimizer.lr in the run's config.yaml) and resume, or start "
+                                            "again.")
         status = "error"
     except Exception as exc:  # noqa: BLE001  (only out-of-memory is caught here; anything else is a bug to show)
         everywhere = isinstance(exc, _OutOfMemoryInAProcess)

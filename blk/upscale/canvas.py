@@ -235,8 +235,8 @@ def _pwrite(fd: int, array: np.ndarray, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def disk_full(path: Path, needed: int | None = None, what: str = "this step") -> UserError:
-    need = f" ({what} needs about {_amount(needed)})" if needed else ""
+def disk_full(path: Path, needed: int | None = None) -> UserError:
+    need = f" (this step needs about {_amount(needed)})" if needed else ""
     return UserError(f"The disk holding {Path(path).parent} is full{need}; free some space and try again.")
 
 

@@ -121,13 +121,12 @@ ESRGAN_ONLY = {"alpha": "model", "batch": 4, "precision": "auto"}
 
 def refuse_other_paths_options(args) -> None:
     """One sentence naming an option the chosen path does not use (a --lora on the ESRGAN path did nothing)."""
-    other, path = (ESRGAN_ONLY, "diffusion") if args.path == "diffusion" else (DIFFUSION_ONLY, "esrgan")
-    given = [name for name, default in other.items() if getattr(args, name) != default]
+    other, options = ("esrgan", ESRGAN_ONLY) if args.path == "diffusion" else ("diffusion", DIFFUSION_ONLY)
+    given = [name for name, default in options.items() if getattr(args, name) != default]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise UserError(f"{flags} {'is' if len(given) == 1 else 'are'} for the "
-                        f"{'esrgan' if path == 'diffusion' else 'diffusion'} path and would do nothing with "
-                        f"--path {path}.")
+        raise UserError(f"{flags} {'is' if len(given) == 1 else 'are'} for the {other} path and would do nothing "
+                        f"with --path {args.path}.")
 
 
 def cmd_upscale(args, workspace) -> int:
