@@ -221,6 +221,34 @@ def rgba_dataset(tmp_path_factory):
     return noise_images(tmp_path_factory.mktemp("rgba") / "ds", ["a", "b"], seed=4, rgba=True)
 
 
+def test_sdxl_trains_for_the_models_own_target_unless_told(shared_workspace):
+    """A v-prediction SDXL fine-tune (its scheduler says so) trained for noise by default: the wrong target. The
+    schedule's `prediction` now defaults to the model's own; set, it wins."""
+    from diffusers import EulerDiscreteScheduler
+
+    from blk.models.device import MemoryOptions
+    from blk.models.pipelines import load_pipeline
+    from blk.models.registry import resolve
+    from blk.train.config import ScheduleSection
+    from blk.train.families import SDXLFamily
+
+    pipe = load_pipeline(resolve("tiny-sdxl", shared_workspace), "text2img", "cpu", MemoryOptions())
+    assert ScheduleSection().prediction is None
+    assert SDXLFamily(pipe).noise_scheduler.config.prediction_type == "epsilon"  # the tiny model's own
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    assert SDXLFamily(pipe).noise_scheduler.config.prediction_type == "v_prediction"
+    assert SDXLFamily(pipe, "epsilon").noise_scheduler.config.prediction_type == "epsilon"
+
+
+def test_repeats_with_curriculum_stages_is_one_sentence():
+    """Stages draw by their fractions, so repeats did nothing there, without a word."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="data.repeats has no effect with curriculum stages"):
+        TrainConfig.model_validate({"data": {"repeats": 3, "stages": [{"start": 0}]}})
+    assert TrainConfig.model_validate({"data": {"repeats": 3}}).data.repeats == 3
+
+
 @pytest.mark.parametrize("model", ["tiny-flux", "tiny-sdxl"])
 def test_masked_loss_counts_only_opaque_latents(model, shared_workspace):
     """Value test of the weighting on real predictions: the masked loss is the plain mean over the opaque half."""

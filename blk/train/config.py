@@ -111,6 +111,9 @@ class DataSection(Strict):
                 if after <= before:
                     raise PydanticCustomError("config", f"stages must be in order of their start steps without "
                                               f"overlap (a stage starting at {after} follows one starting at {before})")
+            if self.repeats != 1:  # it would do nothing, without a word
+                raise PydanticCustomError("config", "data.repeats has no effect with curriculum stages (each stage's "
+                                          "fractions set how often its folders are drawn); set it to 1")
         return self
 
     @model_validator(mode="after")
@@ -162,7 +165,8 @@ class ScheduleSection(Strict):
     warmup_steps: int = Field(0, ge=0)
     seed: int = 0
     timestep_shift: float = 3.0  # Flux: shifted sigmoid sampling of timesteps
-    prediction: Literal["epsilon", "v_prediction"] = "epsilon"  # SDXL
+    # SDXL's target; None: the model's own (its scheduler's prediction_type), right for a v-prediction fine-tune
+    prediction: Literal["epsilon", "v_prediction"] | None = None
 
 
 class SamplingSection(Strict):

@@ -102,11 +102,14 @@ class FluxFamily:
 class SDXLFamily:
     name = "sdxl"
 
-    def __init__(self, pipe, prediction: str = "epsilon"):
+    def __init__(self, pipe, prediction: str | None = None):
+        """`prediction`: "epsilon" or "v_prediction"; None keeps the model's own (its scheduler config's, which
+        a v-prediction fine-tune sets: trained for noise, it would learn the wrong target)."""
         from diffusers import DDPMScheduler
 
         self.pipe = pipe
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction)
+        own = pipe.scheduler.config.get("prediction_type") or "epsilon"
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction or own)
 
     @property
     def denoiser(self):
