@@ -38,8 +38,8 @@ import numpy as np
 
 from blk import atomic
 from blk.data.images import MAX_PIXELS
-from blk.png_encoder import usable_cores
 from blk.errors import UserError
+from blk.png_encoder import usable_cores
 from blk.workspace import check_writable_folder
 
 PNG_SIDE_LIMIT = 1_000_000  # libpng refuses to read wider or taller PNGs by default
@@ -48,8 +48,6 @@ WRITE_COLUMNS = 16 * TIFF_TILE  # the TIFF writers read the canvas in chunks thi
 # zlib level 1: on an upscaled 4096² image, 6.5× faster than the default level 6 for a 15% larger file
 # (bench/README.md, "TIFF deflate level"): hours saved on a gigapixel master, a few hundred MB spent.
 DEFLATE_LEVEL = 1
-
-
 
 # canvas chunks read and converted ahead of the writers, each on a thread of its own (numpy's lookups release the
 # GIL): a 4096² 8-bit TIFF on 2 cores took 0.27 s with two, 0.31–0.33 s with one. Each costs a chunk in flight
