@@ -929,3 +929,34 @@ def test_the_learning_rate_axis_writes_small_rates_readably(context):
         train.build(context, lambda: [])
     plot = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "blk-lr-plot")
     assert plot.y_axis_format == ".2~e"  # 1e-5, 1.5e-5: fixed decimals drew Prodigy's early rates as 0.000
+
+
+def test_a_pid_given_to_another_process_is_not_the_run(tmp_path):
+    """After a reboot the trainer's pid may belong to any process: the run is not running, and Stop and Kill
+    leave that process alone (with a pid alone, the run read "running" for ever and Kill signalled it)."""
+    import psutil
+
+    from blk.train.process import is_running, kill_run, stop_run
+
+    folder = run_folder(tmp_path)
+    Events(folder)("status", 0, status="started")
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        began = psutil.Process(stranger.pid).create_time()
+        atomic.write_json(folder / "process.json", {"pid": stranger.pid, "started": 0, "processes": 1,
+                                                    "created": began - 3600})  # the trainer began an hour before
+        assert not is_running(folder)
+        assert run_info(folder).status != "running"
+        assert stop_run(folder) == "r is not running."
+        assert kill_run(folder) == "r is not running."
+        time.sleep(0.2)
+        assert stranger.poll() is None, "a process that only shares the trainer's pid was signalled"
+
+        atomic.write_json(folder / "process.json", {"pid": stranger.pid, "started": 0, "processes": 1,
+                                                    "created": began})  # the process the app started
+        assert is_running(folder)
+        assert kill_run(folder).startswith("Killed r")
+        assert stranger.wait(10) == -9
+    finally:
+        if stranger.poll() is None:
+            stranger.kill()

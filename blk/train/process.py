@@ -221,7 +221,19 @@ def _spawn(workspace: Workspace, folder: Path, args: list[str], gpus: int = 1) -
                                stdin=subprocess.DEVNULL, env=train_environment(), start_new_session=True)
     log.close()
     atomic.write_json(folder / "process.json", {"pid": process.pid, "started": time.time(), "command": command,
-                                                "processes": gpus})
+                                                "processes": gpus, "created": _created(process.pid)})
+
+
+def _created(pid: int) -> float | None:
+    """When the process `pid` began, as the system counts it: with the pid, who it is. After a reboot (or
+    long enough) the same number belongs to another process, which a pid alone took for the trainer: the run
+    read "running" for ever, and Stop or Kill would have signalled a stranger."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
 
 
 def _process_record(folder: Path) -> dict:
@@ -265,9 +277,16 @@ def _pid(folder: Path) -> int | None:
 
 
 def is_running(folder: Path) -> bool:
+    """Whether the trainer the app started for the run is alive: its pid, and (recorded since `created` was)
+    the same process, not another that was given its number since."""
     pid = _pid(folder)
     if pid is None:
         return False
+    created = _process_record(folder).get("created")
+    if isinstance(created, (int, float)) and created > 0:
+        now = _created(pid)
+        if now is None or abs(now - created) > 1.0:  # psutil's start times agree to the clock tick
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
