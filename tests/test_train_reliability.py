@@ -210,6 +210,34 @@ def test_a_kill_between_a_checkpoints_state_and_its_file_trains_nothing_twice(da
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_kill_between_a_checkpoint_file_and_its_event_lists_it_on_resume(dataset, shared_workspace, tmp_path):
+    """The file is written, then its event, then older files pruned. A kill after the file left one the Train tab
+    did not list (its list comes from the events): the resume lists it, at its step, before training on."""
+    from blk.train.monitor import view_run
+
+    def config():
+        c = config_for("tiny-flux", dataset, steps=6)
+        c.checkpoints.every, c.checkpoints.keep = 2, 2
+        return c
+
+    folder = tmp_path / "halted"
+    run(config(), shared_workspace, folder, stop_after=4)
+    log = folder / "events.jsonl"
+    # as the kill left it: step 4's file written, its event not
+    kept = [line for line in log.read_text().splitlines()
+            if not (json.loads(line)["kind"] == "checkpoint" and json.loads(line)["step"] == 4)]
+    log.write_text("\n".join(kept) + "\n")
+    assert [s for s, _ in view_run(folder, 6).checkpoints] == [2]
+
+    run(config(), shared_workspace, folder, resume=True, stop_after=5)
+    events = EventLog(log).read()
+    after = events[max(i for i, e in enumerate(events) if e.get("status") == "resumed"):]
+    assert [e["step"] for e in after if e["kind"] in ("checkpoint", "loss")][:2] == [4, 5]  # listed before training
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["step-000004.safetensors",
+                                                                          "step-000005.safetensors"]
+    assert [s for s, _ in view_run(folder, 6).checkpoints] == [4, 5]
+
+
 def test_a_failure_outside_the_steps_is_an_error_event(dataset, shared_workspace, tmp_path):
     """A model folder whose weights are damaged fails while loading, before any step: the run folder (made by the
     app before the trainer starts) says why in one sentence, once (the CLI leaves it to the trainer)."""

@@ -223,6 +223,8 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
         # killed between this state and its LoRA file (`_checkpoint`): the file it would have written (not when a
         # newer file exists: a run killed under the older order, file first, whose pruning would remove this one)
         last_checkpoint = _publish(family, config, run_dir, events, step, ema)
+    elif resume and world.is_main:
+        _list_unlisted(config, run_dir, events, step)
 
     def averaged():
         """Samples and validation see the weights a checkpoint publishes: the EMA weights when EMA is on."""
@@ -905,6 +907,18 @@ def _publish(family, config: TrainConfig, run_dir: Path, events: EventLog, step:
     events.write("checkpoint", step, path=str(target.relative_to(run_dir)))
     _prune(target.parent, config)
     return target
+
+
+def _list_unlisted(config: TrainConfig, run_dir: Path, events: EventLog, step: int) -> None:
+    """A kill between a checkpoint's file and its event left a file the Train tab does not list and no pruning
+    done: on resume, its event (at its own step, none after the state's) and the pruning it would have had."""
+    listed = {event["step"] for event in events.read() if event["kind"] == "checkpoint"}
+    unlisted = [s for s in checkpoint_steps(run_dir) if s not in listed and s <= step]
+    for unlisted_step in unlisted:
+        events.write("checkpoint", unlisted_step,
+                     path=str(checkpoint_path(run_dir, unlisted_step).relative_to(run_dir)))
+    if unlisted:
+        _prune(run_dir / "checkpoints", config)
 
 
 def _prune(checkpoints: Path, config: TrainConfig) -> None:
