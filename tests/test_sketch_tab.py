@@ -54,3 +54,43 @@ def test_progress_shows_over_the_gallery_not_over_the_seed_field(shared_workspac
         labels = {c["id"]: c["props"].get("elem_id") or c["props"].get("label") for c in config["components"]}
         shown_on = [labels[i] for i in job["show_progress_on"]]
         assert shown_on == [gallery]
+
+
+def test_cancel_stops_the_job_of_its_own_window_only(shared_workspace):
+    """With the studio open in two windows, Cancel in one stopped the other's job (one flag per tab): now each
+    browser session has its own. Sketch runs for real; the other tabs' Cancel buttons are the same kind."""
+    import gradio as gr
+
+    from ui.cancels import SessionCancels
+    from ui.tabs import review, stencil, upscale
+
+    context = StudioContext(shared_workspace, demo=True, demo_reason="test")
+    with gr.Blocks() as demo:
+        sketch.build(context)
+    fns = list(demo.fns.values())
+    buttons = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    job = next(f for f in fns if f.api_name == "sketch_generate").fn
+    cancel = next(f for f in fns if (buttons["blk-sketch-cancel"]._id, "click") in f.targets).fn
+    mine, other = gr.Request(session_hash="mine"), gr.Request(session_hash="other")
+
+    def generate(clicked_by):
+        def progress(fraction, desc=""):
+            if fraction >= 0.5:  # the second of three images begun: the window `clicked_by` clicks Cancel
+                cancel(clicked_by)
+        shown, _, status, _ = job(mine, [], "tiny-flux", "a cube", "", [], None, sketch.CUSTOM, 64, 64, 2, None, 4,
+                                  False, 3, False, False, False, progress=progress)
+        return len(shown)
+
+    assert generate(other) == 3  # another window's Cancel: the whole batch
+    assert generate(mine) == 1  # this window's: the first image is kept, the batch stops
+
+    for tab, cancel_id in ((stencil, "blk-stencil-cancel"), (review, "blk-review-cancel"),
+                           (upscale, "blk-upscale-cancel")):
+        with gr.Blocks() as demo:
+            tab.build(context)
+        button = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == cancel_id)
+        handler = next(f for f in demo.fns.values() if (button._id, "click") in f.targets).fn
+        cancels = handler.__self__
+        assert isinstance(cancels, SessionCancels), cancel_id
+        handler(other)
+        assert cancels.flag(other).is_set() and not cancels.flag(mine).is_set(), cancel_id

@@ -17,6 +17,7 @@ import gradio as gr
 
 from blk.generate.review import DEFAULT_SEED
 from ui.busy import click_while_busy
+from ui.cancels import SessionCancels
 from ui.context import StudioContext
 
 
@@ -393,7 +394,7 @@ def build(context: StudioContext) -> dict:
     from ui.tabs.sketch import model_defaults
 
     default_steps, default_guidance = model_defaults(context, context.default_model())
-    cancel = threading.Event()  # set by the grid's Cancel button; the grid stops before its next step
+    cancels = SessionCancels()  # set by the grid's Cancel button; the grid stops before its next step
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
@@ -468,9 +469,10 @@ def build(context: StudioContext) -> dict:
     refresh.click(lambda r, e: (gr.Dropdown(choices=run_choices(context)),) + on_run(context, r, e),
                   inputs=[run, extra], outputs=[run] + run_outputs)
     click_while_busy(grid_button, "Making the grid…",
-                     lambda r, *f, progress=gr.Progress(): make_grid(context, r, *f, cancel=cancel, progress=progress),
+                     cancels.job(lambda cancel, r, *f, progress: make_grid(context, r, *f, cancel=cancel,
+                                                                                 progress=progress)),
                      inputs=[run, checkpoints] + form, outputs=[grid, grid_file, grid_status], api_name="review_grid")
-    grid_cancel.click(cancel.set, queue=False)
+    grid_cancel.click(cancels.cancel, queue=False)
     click_while_busy(compare_button, "Comparing…",
                      lambda r, a_, b_, p, s, *f, progress=gr.Progress(): compare(context, r, a_, b_, p, s, *f,
                                                                                  progress=progress),

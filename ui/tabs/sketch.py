@@ -15,6 +15,7 @@ import gradio as gr
 
 from ui import lora_stack
 from ui.busy import click_while_busy
+from ui.cancels import SessionCancels
 from ui.context import StudioContext
 from ui.form_memory import remember_form
 from ui.progress_text import batch_step_text
@@ -162,7 +163,7 @@ def budget_and_aspect(width, height) -> tuple[float | None, str]:
 def build(context: StudioContext) -> None:
     from blk.generate.sizes import ASPECTS, MEGAPIXELS, size_for_budget
 
-    cancel = threading.Event()
+    cancels = SessionCancels()
     models = model_names(context)
     default_steps, default_guidance = model_defaults(context, context.default_model())
     with gr.Row():
@@ -198,7 +199,7 @@ def build(context: StudioContext) -> None:
                                             label="Speed: compile the model (first image slower)")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="blk-sketch-generate")
-                stop = gr.Button("Cancel")
+                stop = gr.Button("Cancel", elem_id="blk-sketch-cancel")
             with gr.Accordion("Load parameters from an image", open=False):
                 source = gr.File(label="A BLK Studio PNG", file_types=[".png"], type="filepath",
                                  elem_id="blk-sketch-load-file")
@@ -222,12 +223,12 @@ def build(context: StudioContext) -> None:
     # the model's defaults when the artist picks a model, not when a remembered form or a PNG sets it
     model.input(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
     click_while_busy(go, "Generating…",
-                     lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
+                     cancels.job(lambda cancel, *a, progress: generate(context, cancel, *a, progress=progress)),
                      inputs=[session, model, prompt, negative, loras, megapixels, aspect, width, height, steps,
                              guidance, seed, random_seed, count, cpu_offload, int8, vae_tiling, compile_model],
                      outputs=[results, session, status, seed], api_name="sketch_generate",
                      show_progress_on=[results])  # over the gallery it fills, not over the Seed field
-    stop.click(cancel.set, queue=False)
+    stop.click(cancels.cancel, queue=False)
     source.upload(lambda f: load_parameters(context, f), inputs=source,
                   outputs=[model, prompt, negative, loras, megapixels, aspect, width, height, steps, guidance, seed,
                            random_seed, count, note])

@@ -16,6 +16,7 @@ import gradio as gr
 
 from ui import lora_stack
 from ui.busy import click_while_busy
+from ui.cancels import SessionCancels
 from ui.context import StudioContext
 from ui.form_memory import remember_form
 from ui.progress_text import batch_step_text
@@ -321,7 +322,7 @@ def build(context: StudioContext) -> None:
     from blk.stencil.generate import ROLES
     from blk.stencil.matting import unavailable_reason
 
-    cancel = threading.Event()
+    cancels = SessionCancels()
     default_steps, default_guidance = model_defaults(context, context.default_model())
     with gr.Tabs() as tabs:
         with gr.Tab("Generate (LayerDiffuse)", id="generate"):
@@ -359,7 +360,7 @@ def build(context: StudioContext) -> None:
                         use_chosen = gr.Button("Start from the chosen asset", size="sm")
                     with gr.Row():
                         go = gr.Button("Generate", variant="primary", elem_id="blk-stencil-generate")
-                        stop = gr.Button("Cancel")
+                        stop = gr.Button("Cancel", elem_id="blk-stencil-cancel")
                 with gr.Column(scale=3):
                     status = gr.Markdown(weights_note(context, context.default_model()),
                                          elem_id="blk-stencil-status")
@@ -380,13 +381,13 @@ def build(context: StudioContext) -> None:
                         to_upscale = gr.Button("Upscale", size="sm", elem_id="blk-stencil-to-upscale")
             session = gr.State([])
             click_while_busy(go, "Generating…",
-                             lambda *a, progress=gr.Progress(): generate(context, cancel, *a, progress=progress),
+                             cancels.job(lambda cancel, *a, progress: generate(context, cancel, *a, progress=progress)),
                              inputs=[session, model, prompt, role, loras, width, height, steps, guidance, seed,
                                      random_seed, count, augment, start, strength],
                              outputs=[results, session, status, seed, chosen, width, height],
                              api_name="stencil_generate",
                              show_progress_on=[results])  # over the gallery it fills, not over the Seed field
-            stop.click(cancel.set, queue=False)
+            stop.click(cancels.cancel, queue=False)
             # the model's steps and guidance when the artist picks it, not when the remembered form sets it
             model.input(lambda name: model_defaults(context, name), inputs=model, outputs=[steps, guidance])
             model.change(lambda name: weights_note(context, name), inputs=model, outputs=status)

@@ -15,6 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from ui.busy import click_while_busy
+from ui.cancels import SessionCancels
 from ui.context import StudioContext
 from ui.tabs.sketch import model_names
 
@@ -381,7 +382,7 @@ NO_UPSCALER = ("No upscaler is installed: put a Real-ESRGAN (or any spandrel) mo
 def build(context: StudioContext) -> dict:
     from blk.upscale.diffusion import PAPER_PASSES, PASS_C, STEP
 
-    cancel = threading.Event()
+    cancels = SessionCancels()
     installed = bool(upscaler_choices(context))  # without an upscaler only the diffusion path can run
     with gr.Row():
         with gr.Column(scale=2):
@@ -443,7 +444,7 @@ def build(context: StudioContext) -> dict:
             with gr.Row():
                 plan_button = gr.Button("Estimate", elem_id="blk-upscale-estimate")
                 go = gr.Button("Upscale", variant="primary", elem_id="blk-upscale-go")
-                stop = gr.Button("Cancel")
+                stop = gr.Button("Cancel", elem_id="blk-upscale-cancel")
             status = gr.Markdown(elem_id="blk-upscale-status")
             slider = gr.ImageSlider(label="Before | after (one region of the result)", type="pil", format="png",
                                     elem_id="blk-upscale-slider", max_height=700)
@@ -499,13 +500,13 @@ def build(context: StudioContext) -> dict:
                               compile_models],
                       outputs=status)
     click_while_busy(go, "Upscaling…",
-                     lambda *a, progress=gr.Progress(): upscale(context, cancel, *a, progress=progress),
+                     cancels.job(lambda cancel, *a, progress: upscale(context, cancel, *a, progress=progress)),
                      inputs=[image, path_kind, scale, size_text, upscaler, model, lora, enlarge_first, tile, overlap,
                              steps, seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, fmt, keep_16bit,
                              dpi, print_dpi, region_x, region_y, step_scale, compile_models],
                      outputs=[slider, result_file, status, made], api_name="upscale",
                      show_progress_on=[slider])  # once, over the view it fills (it covered the plan thrice)
-    stop.click(cancel.set, queue=False)
+    stop.click(cancels.cancel, queue=False)
     on_show = (lambda: (gr.Dropdown(choices=upscaler_choices(context)), gr.Dropdown(choices=lora_choices(context)),
                         gr.Dropdown(choices=model_names(context))), [upscaler, lora, model])
     return {"image": image, "on_show": on_show,
