@@ -789,3 +789,45 @@ def test_compile_without_a_compiler_stops_the_diffusion_path_before_any_work(sha
         run(tiny_job(tmp_path, enlarge_model=model, memory=MemoryOptions(compile=True)), shared_workspace, cache)
     assert calls == [] and cache.load_count == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["RealESRGAN_x4plus_tiny.pth", "in.png"]
+
+
+def test_a_job_that_outgrows_the_disk_is_refused_before_its_first_tile(shared_workspace, tmp_path, pipelines):
+    """Its first step's canvases fit, its second step's do not: the job used to refine the whole first step
+    (hours at mural sizes) before the disk refused. Now one sentence comes before any tile, nothing is left."""
+    from tests.test_faults import tmpfs
+
+    gradient().save(tmp_path / "in.png")
+    with tmpfs(tmp_path / "small-disk", "160k") as disk:
+        job = tiny_job(tmp_path, input=tmp_path / "in.png", scale=4, step=2, tile=48, overlap=8)
+        job.output = disk / "mural.tif"
+        reports = []
+        with pytest.raises(UserError, match=r"has \d+ (KB|MB) free and this job needs about \d+ (KB|MB)") as refused:
+            run(job, shared_workspace, pipelines, progress=lambda *a: reports.append(a))
+        assert reports == [] and "\n" not in str(refused.value)
+        assert list(disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("enlarge", ["lanczos", "esrgan"])
+def test_the_disk_need_covers_every_moment_of_a_job(shared_workspace, tmp_path, pipelines, enlarge):
+    """The canvases on the disk at each tile report (a stage's canvas beside the one it reads) never exceed the
+    need the job is checked against before it starts."""
+    from blk.upscale.diffusion import disk_need
+    from tests.test_upscale_esrgan import rrdb_file
+
+    model = rrdb_file(tmp_path / "x4.pth") if enlarge == "esrgan" else None
+    job = tiny_job(tmp_path, scale=4, step=2, tile=48, overlap=8, enlarge_model=model)
+    on_disk = []
+
+    def measure(*_):
+        on_disk.append(sum(p.stat().st_size for p in tmp_path.glob(".blk-tmp-*.canvas")))
+
+    result = run(job, shared_workspace, pipelines, progress=measure)
+    canvases, pixels = disk_need((48, 40), result.sizes, len(job.passes), True, 3, 8, False,
+                                 4 if model else None)
+    assert result.sizes == [(96, 80), (192, 160)] and pixels == 192 * 160 * 3
+    canvas = lambda w, h: w * h * 3 * 2  # noqa: E731  (16-bit RGB)
+    # the peak: a pass of the last step, its canvas beside the one it refines; with ESRGAN, the ×4 model's
+    # 384×320 canvas of the second step's enlargement beside the first step's result
+    assert max(on_disk) == (2 * canvas(192, 160) if model is None else canvas(384, 320) + canvas(96, 80))
+    # the need adds what no report sees: the ×4 canvas resampled to 192×160 beside both
+    assert max(on_disk) <= max(canvases) <= 1.25 * max(on_disk)

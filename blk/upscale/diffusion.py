@@ -62,8 +62,8 @@ from blk.data.scan import cached_file_sha256
 from blk.errors import UserError, require_file
 from blk.generate.sizes import SIZE_MULTIPLE
 from blk.models.device import MemoryOptions
-from blk.upscale.canvas import (Canvas, check_outputs, check_png, output_format, print_path, read_icc,
-                               write_result)
+from blk.upscale.canvas import (Canvas, check_disk_space, check_outputs, check_png, output_format, print_path,
+                               read_icc, write_result)
 from blk.upscale.journal import Journal, job_key
 from blk.upscale.source import FILL_RADIUS, FilledSource, open_input
 from blk.upscale.tiler import count_tiles, run_tiles
@@ -385,6 +385,12 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
 
         tile = journal.tile or job.tile  # each axis's tiles fit the image (`spans`); rows and columns may differ
         journal.set_tile(tile)
+        if not journal.resumed:  # before the first tile (a resumed job's canvases are on the disk already)
+            if job.enlarge_model is not None:  # loaded now: its scale decides the enlargements' canvases
+                enlarger = Enlarger.load(job.enlarge_model, job.device, job.memory.compile, say)
+            check_disk_space(job.output, *disk_need(
+                (image.width, image.height), sizes, len(job.passes), the_plan.final_pass, image.channels, bits,
+                bool(job.print_dpi), enlarger.upscaler.scale if enlarger is not None else None))
         for stage in range(first, final):
             step, k = divmod(stage, per_step)
             w, h = sizes[step]
@@ -461,6 +467,34 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                      grey=image.grey)
     return DiffusionResult(job.output, width, height, total, time.monotonic() - started, parameters, bits, sizes,
                            applied, print_path(job.output) if job.print_dpi else None)
+
+
+def disk_need(input_size: tuple[int, int], sizes: list[tuple[int, int]], passes: int, final_pass: bool,
+              channels: int, bits: int, print_copy: bool, enlarge_scale: int | None = None) -> tuple[list[int], int]:
+    """(bytes of canvases on disk at each moment of the job, bytes of the result's pixels) for `canvas.
+    check_disk_space`: each step's enlargement beside the canvas it starts from (an ESRGAN enlargement's own
+    chain of passes, `enlarge_scale` its model's scale; Lanczos: a copy of the input, on the first step), each
+    pass's canvas beside the one it refines, and the full-frame pass's likewise."""
+    from blk.upscale.esrgan import canvas_bytes, chain_canvases, pass_inputs, result_bytes
+
+    def canvas(size: tuple[int, int]) -> int:
+        return canvas_bytes(size, channels)
+
+    moments, given = [], None  # `given`: the previous step's canvas (none: the first step reads the input file)
+    for size in sizes:
+        start = given or input_size
+        if enlarge_scale:
+            inputs = pass_inputs(*start, enlarge_scale, size)
+            outputs = [(w * enlarge_scale, h * enlarge_scale) for w, h in inputs]
+            kept = canvas(given) if given else 0
+            moments += [kept + c for c in chain_canvases(inputs, outputs, size, channels)]
+        else:
+            moments.append(canvas(start) + canvas(size))
+        moments += [2 * canvas(size)] * passes
+        given = size
+    if final_pass:
+        moments.append(2 * canvas(sizes[-1]))
+    return moments, result_bytes(sizes[-1], channels, bits, print_copy)
 
 
 def _resume_note(journal: Journal, stage: int, per_step: int, steps: int, final_pass: bool,

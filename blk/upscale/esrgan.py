@@ -215,22 +215,36 @@ def plan_job(job: EsrganJob, image, upscaler, device: str, dtype, tile: int | No
                       upscaler.multiple_of, tiles)
 
 
+def canvas_bytes(size: tuple[int, int], channels: int) -> int:
+    """A working canvas's bytes on disk: 16 bits per sample."""
+    return size[0] * size[1] * channels * 2
+
+
+def chain_canvases(inputs: list[tuple[int, int]], outputs: list[tuple[int, int]], target: tuple[int, int],
+                   channels: int) -> list[int]:
+    """Bytes of canvases on disk at each moment of a chain of model passes (`inputs`, `outputs`: each pass's
+    sizes) and its resample to `target`: pass k's canvas beside pass k-1's (and the last pass's shrunk input),
+    then the resample beside the last pass's canvas."""
+    canvases = [canvas_bytes(outputs[0], channels)]
+    for k in range(1, len(outputs)):
+        shrunk = canvas_bytes(inputs[k], channels) if inputs[k] != outputs[k - 1] else 0
+        canvases.append(canvas_bytes(outputs[k], channels) + canvas_bytes(outputs[k - 1], channels) + shrunk)
+    if outputs[-1] != target:
+        canvases.append(canvas_bytes(outputs[-1], channels) + canvas_bytes(target, channels))
+    return canvases
+
+
+def result_bytes(size: tuple[int, int], channels: int, bits: int, print_copy: bool) -> int:
+    """The result's pixels (and its 8-bit RGB print copy's) before compression."""
+    return size[0] * size[1] * (channels * bits // 8 + (3 if print_copy else 0))
+
+
 def disk_need(the_plan: EsrganPlan, channels: int, bits: int, print_copy: bool) -> tuple[list[int], int]:
     """(bytes of canvases on disk at each moment of the job, bytes of the result's pixels) for `canvas.
-    check_disk_space`: pass k's 16-bit canvas beside pass k-1's (and the last pass's shrunk input), then the
-    resample to the exact size beside the last pass's canvas."""
-    def canvas(size: tuple[int, int]) -> int:
-        return size[0] * size[1] * channels * 2
-
-    outputs, inputs = the_plan.outputs, the_plan.inputs
-    canvases = [canvas(outputs[0])]
-    for k in range(1, len(outputs)):
-        shrunk = canvas(inputs[k]) if inputs[k] != outputs[k - 1] else 0
-        canvases.append(canvas(outputs[k]) + canvas(outputs[k - 1]) + shrunk)
-    if outputs[-1] != (the_plan.width, the_plan.height):
-        canvases.append(canvas(outputs[-1]) + canvas((the_plan.width, the_plan.height)))
-    result = the_plan.width * the_plan.height * (channels * bits // 8 + (3 if print_copy else 0))
-    return canvases, result
+    check_disk_space`."""
+    target = (the_plan.width, the_plan.height)
+    return (chain_canvases(the_plan.inputs, the_plan.outputs, target, channels),
+            result_bytes(target, channels, bits, print_copy))
 
 
 def estimate(job: EsrganJob) -> EsrganPlan:
