@@ -145,6 +145,28 @@ def test_second_run_hits_the_caches(dataset, shared_workspace, tmp_path):
     assert (second.latent_encodes, second.text_encodes) == (0, 0)
 
 
+def test_a_model_replaced_at_the_same_path_encodes_again(dataset, shared_workspace, tmp_path):
+    """The caches were named by the model's path only: a VAE replaced there (a new download, another fine-tune
+    saved under the name) trained on the old VAE's latents. Its files' sizes and times are in the name now."""
+    from safetensors.torch import load_file, save_file
+
+    from blk.workspace import Workspace
+
+    workspace = Workspace(tmp_path / "workspace")
+    shutil.rmtree(workspace.models)
+    shutil.copytree(shared_workspace.models, workspace.models)
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy, ignore=shutil.ignore_patterns(".blk"))
+    first = run(config_for("tiny-flux", copy, steps=2), workspace, tmp_path / "a")
+    assert run(config_for("tiny-flux", copy, steps=2), workspace, tmp_path / "b").latent_encodes == 0
+
+    vae = workspace.models / "tiny-flux" / "vae" / "diffusion_pytorch_model.safetensors"
+    save_file({name: tensor * 1.5 for name, tensor in load_file(str(vae)).items()}, str(vae))  # another VAE
+    again = run(config_for("tiny-flux", copy, steps=2), workspace, tmp_path / "c")
+    assert again.latent_encodes == first.latent_encodes > 0
+    assert len(list((copy / ".blk" / "cache").iterdir())) == 2  # one cache per model as it was
+
+
 def test_bad_inputs_are_one_sentence_before_anything_starts(tmp_path, shared_workspace, dataset):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -1,7 +1,8 @@
 """Disk caches of VAE latents and text embeddings, under the dataset's `.blk/cache/`.
 
 Keys: content hash + model + bucket size + flip for latents; caption text +
-model for text embeddings. A second run (or epoch) does not encode again.
+model for text embeddings (the model: `model_key`, its place and its encoders'
+files). A second run (or epoch) does not encode again.
 Counters say how many encodes really ran (tests read them).
 
 `PixelMemory` is the RAM counterpart for runs without the latent cache: each
@@ -50,8 +51,33 @@ class TensorCache:
         return value
 
 
-def model_key(model_path: Path) -> str:
-    return hashlib.sha256(str(Path(model_path).resolve()).encode()).hexdigest()[:16]
+CACHE_SOURCES = ("vae", "text_encoder", "tokenizer")  # a diffusers folder's parts the cached values come from
+
+
+def model_key(model_path: Path, base: Path | None = None) -> str:
+    """The name of a model's cache folder: where the model is, and the size and time of every file the
+    cached latents and text embeddings come from (a diffusers folder's VAE, text encoders and tokenizers; a
+    single file whole; and its `base` folder's). A model replaced at the same path (a new download, another
+    fine-tune saved under the name) encodes again instead of training on the old model's latents. Sizes and
+    times, not a hash of the content: that would read tens of GB before every run."""
+    digest = hashlib.sha256()
+    for root in (model_path, base):
+        if root is None:
+            continue
+        root = Path(root).resolve()
+        digest.update(str(root).encode())
+        for source in _cache_sources(root):
+            stat = source.stat()
+            digest.update(f"|{source.relative_to(root) if source != root else ''}:{stat.st_size}:"
+                          f"{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _cache_sources(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return [root] if root.exists() else []
+    parts = [part for part in root.iterdir() if part.is_dir() and part.name.startswith(CACHE_SOURCES)]
+    return sorted(f for part in (parts or [root]) for f in part.rglob("*") if f.is_file())
 
 
 class PixelMemory:

@@ -184,7 +184,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     events = EventLog(run_dir / "events.jsonl", quiet=not world.is_main)
 
     family = _load_family(config, model, dtype, device)  # the denoiser waits on the CPU until the texts are cached
-    caches = dataset / ".blk" / "cache" / model_key(model.path)
+    caches = dataset / ".blk" / "cache" / model_key(model.path, model.base)
     text_cache = TensorCache(caches / "text")
     text_for = TextSource(family, text_cache, int8_text=_quantize_resident_text_encoder(family, config))
     every_item = items + held_out + [i for plan in (curriculum.stages if curriculum else []) for pool in plan.pools
@@ -661,13 +661,14 @@ class LatentSource:
                  encoder_id: str = ""):
         self.family, self.cache, self.dataset, self.model_path, self.data = family, cache, dataset, model_path, data
         self.encoder, self.encoder_id = encoder, encoder_id
+        self.model_id = model_key(model_path)  # once: it reads the encoders' file times
         # without the latent cache, every step encodes again: the pixels need not be decoded again too
         self.pixels = PixelMemory(0 if cache.enabled else pixel_budget())
         if data.transparency == "layerdiffuse" and encoder is None:
             raise ValueError("transparency: layerdiffuse needs the LayerDiffuse encoder")
 
     def key(self, item: Item) -> str:
-        key = f"{item.sha256}|{item.width}x{item.height}|flip={item.flip}|{model_key(self.model_path)}"
+        key = f"{item.sha256}|{item.width}x{item.height}|flip={item.flip}|{self.model_id}"
         if self.data.alpha_mask:
             key += "|alpha-mask"
         if item.variant:
