@@ -548,3 +548,38 @@ def test_the_compile_box_reaches_both_paths_and_keeps_its_own_pace(context, tmp_
                         0.2, False, 0.15, True, None, True)
     assert job.memory.compile and not diffusion_job(context, image, tmp_path / "x.tif", 2, "", "tiny-flux", None,
                                                     None, 64, 16, 4, 0, "", 0.3, 0.2, False, 0.15, True).memory.compile
+
+
+def test_a_job_cancelled_before_midnight_continues_after_it_in_its_own_days_folder(context, tmp_path, monkeypatch):
+    """The result folder is dated: a job cancelled (or killed) one day and started again the next looked in the
+    new day's folder, started afresh, and left the first day's hidden canvases behind for good."""
+    import time
+
+    from ui.tabs.upscale import ESRGAN, upscale
+
+    image = str(save(tmp_path / "wall.png", 40, 48, seed=5))
+    model = str(context.workspace.models / "upscalers" / "RealESRGAN_x4plus_tiny.pth")
+    form = [image, ESRGAN, 4, "", model, "tiny-flux", None, False, 16, 4, None, 0, "", 0.3, 0.2, False, 0.15, False,
+            "TIFF", False, None, None, 50, 50]
+    cancel = threading.Event()
+
+    def progress(fraction, desc=None):
+        if fraction > 0:
+            cancel.set()  # Cancel clicked once a tile is done: the finished rows are kept for a resume
+
+    real_strftime = time.strftime
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "2026-01-01" if fmt == "%Y-%m-%d" else real_strftime(fmt, *a))
+    _, offered, status, _ = upscale(context, cancel, *form, progress=progress)
+    assert offered is None and "ancel" in status, status
+    monkeypatch.undo()  # midnight passes
+    upscales = context.workspace.outputs("upscale")
+    yesterday, today = upscales / "2026-01-01", upscales / time.strftime("%Y-%m-%d")
+    assert [p.name for p in yesterday.glob(".blk-tmp-*.journal.json")] == [
+        ".blk-tmp-wall-esrgan-192x160.tif.journal.json"]
+    _, offered, status, _ = upscale(context, threading.Event(), *form, progress=lambda f, desc=None: None)
+    assert [Path(p).parent for p in offered] == [yesterday] and "resum" in status.lower(), status
+    assert list(upscales.rglob(".blk-tmp-*")) == []  # nothing hidden left behind
+    assert not today.exists() or list(today.iterdir()) == []
+
+    fresh = upscale(context, threading.Event(), *form)[1]  # that job finished: the next goes into today's folder
+    assert [Path(p).parent for p in fresh] == [today]

@@ -275,6 +275,28 @@ def diffusion_job(context, image_path, output, scale, size_text, model, lora, en
                         memory=MemoryOptions(compile=bool(compile_models)))
 
 
+def output_path(upscales: Path, name: str, today: str | None = None) -> Path:
+    """Where a job's result goes: today's folder (`today`, YYYY-MM-DD), under a name no earlier result has
+    (two settings compared, not one lost; OUT.tif and OUT.png share OUT.print.tif, so a name is free when its
+    print copy's is too). An interrupted or cancelled job left no result under its name, so starting it again
+    finds its tiles there, and continues — on another day too: a job stopped before midnight and started
+    again after it continues in its own day's folder, where it used to start afresh and leave its hidden
+    canvases (gigabytes, for a mural) behind. (Started again with other settings, it starts afresh there and
+    removes them.)"""
+    from blk.upscale.canvas import print_path
+    from blk.upscale.journal import Journal
+    from blk.workspace import free_path
+
+    today = upscales / (today or time.strftime("%Y-%m-%d"))
+    earlier = sorted((day for day in upscales.glob("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]")
+                      if day.is_dir() and day != today), reverse=True)
+    for day in [today, *earlier]:
+        candidate = free_path(day / name, companions=(print_path,))
+        if Journal.path_for(candidate).exists():
+            return candidate
+    return free_path(today / name, companions=(print_path,))
+
+
 def upscale(context: StudioContext, cancel: threading.Event, image_path, path_kind, scale, size_text, upscaler,
             model, lora, enlarge_first, tile, overlap, steps, seed, prompt, denoise_a, denoise_b, use_c, denoise_c,
             final_pass, fmt, keep_16bit, dpi, print_dpi=None, region_x=50, region_y=50, step_scale=None,
@@ -284,11 +306,9 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
     it is doing, an enlargement's own tiles too) with the time left at this session's pace."""
     from blk.errors import UserError
     from blk.upscale import diffusion, esrgan
-    from blk.upscale.canvas import print_path
     from blk.upscale.compare import region_pair
     from blk.upscale.rates import Pace, rate_key, record
     from blk.upscale.source import open_input
-    from blk.workspace import free_path
 
     cancel.clear()
     if not image_path:
@@ -319,12 +339,8 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
         if keep_16bit and fmt != "TIFF" and open_input(image_path).bit_depth == 16:  # 16 bits only of a 16-bit input
             raise UserError(SIXTEEN_BITS_NEED_TIFF)  # before any work, in the form's words, on both paths
         kind = "esrgan" if path_kind == ESRGAN else "diffusion"
-        folder = context.workspace.outputs("upscale") / time.strftime("%Y-%m-%d")
-        # a new name beside an earlier result (two settings compared, not one lost); an interrupted or
-        # cancelled job left no result under its name, so starting it again finds its tiles there
-        # OUT.tif and OUT.png share OUT.print.tif: a name is free when its print copy's is too
-        output = free_path(folder / f"{Path(image_path).stem}-{kind}-{width}x{height}.{'tif' if fmt == 'TIFF' else 'png'}",
-                           companions=(print_path,))
+        output = output_path(context.workspace.outputs("upscale"),
+                             f"{Path(image_path).stem}-{kind}-{width}x{height}.{'tif' if fmt == 'TIFF' else 'png'}")
         key = rate_key(kind, model if kind == "diffusion" else str(upscaler_path),
                        int(tile) if tile else (1024 if kind == "diffusion" else None), bool(compile_models))
         if kind == "esrgan":
