@@ -167,6 +167,21 @@ def test_a_model_replaced_at_the_same_path_encodes_again(dataset, shared_workspa
     assert len(list((copy / ".blk" / "cache").iterdir())) == 2  # one cache per model as it was
 
 
+def test_the_estimate_counts_every_round_of_samples_validation_and_checkpoints():
+    """Each is timed once at the probe's last step (samples with one prompt) and counted as often as the run
+    makes it: the probe used to time the steps alone, and a run sampling often took far longer than it said."""
+    from blk.train.probe import overheads
+
+    config = TrainConfig.model_validate({"schedule": {"steps": 1000}, "checkpoints": {"every": 300},
+                                         "data": {"validation_every": 100, "validation_images": 2},
+                                         "sampling": {"every": 250, "prompts": ["a", "b", "c"]}})
+    events = [{"t": 9.0, "step": 3, "kind": "loss"}, {"t": 10.0, "step": 4, "kind": "loss"},
+              {"t": 10.5, "step": 4, "kind": "checkpoint"}, {"t": 11.5, "step": 4, "kind": "eval"},
+              {"t": 14.5, "step": 4, "kind": "sample"}, {"t": 15.0, "step": 4, "kind": "status"}]
+    # samples: step 0 and every 250th, of 3 prompts; validation: step 0 and every 100th; checkpoints: 3 + the last
+    assert sorted(overheads(config, events, 4)) == sorted([(9.0, 5), (1.0, 11), (0.5, 4)])
+
+
 def test_bad_inputs_are_one_sentence_before_anything_starts(tmp_path, shared_workspace, dataset):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -265,7 +280,14 @@ def test_probe_estimates_time_and_memory(dataset, shared_workspace, tmp_path):
 
     config = config_for("tiny-flux", dataset, steps=1000)
     estimate = probe(config, shared_workspace)
-    assert estimate.seconds_per_step > 0 and estimate.total_seconds == pytest.approx(estimate.seconds_per_step * 1000)
+    assert estimate.seconds_per_step > 0 and estimate.total_seconds == pytest.approx(
+        estimate.seconds_per_step * 1000 + estimate.extra_seconds)
+    assert 0 < estimate.extra_seconds  # 250 checkpoints
+    config.sampling.every, config.sampling.prompts, config.sampling.steps = 100, ["a", "b", "c"], 8
+    config.sampling.size = 128
+    sampled = probe(config, shared_workspace)
+    assert sampled.extra_seconds > estimate.extra_seconds  # 11 rounds of 3 samples of 8 steps each
+    assert "of it samples, validation and checkpoints)" in sampled.sentence(1000)
     assert 0 < estimate.peak_bytes < estimate.device_bytes and estimate.fits
     assert "s/step" in estimate.sentence(1000) and "will not fit" not in estimate.sentence(1000)
     assert not [p for p in shared_workspace.runs.iterdir() if p.name.startswith(".probe-")]  # nothing left behind

@@ -5,6 +5,12 @@ caches, optimizer and all), then extrapolates the total time and says whether
 the peak memory fits the device, so a long run does not fail an hour in. A probe
 that runs out of memory is the plainest answer: "will not fit", naming the
 settings to change.
+
+What a run does besides its steps is measured too, once each at the probe's
+last step: a round of samples (with the first prompt only, then counted for
+all of them), a validation, a checkpoint. Their time is added for as many
+rounds as the run will make, and their memory is in the peak: at 1024 px a
+FLUX.1 sample's VAE decode can need more than a training step.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class Estimate:
     device: str
     out_of_memory: str = ""  # the probe itself ran out of memory: the sentence naming what to change
     tips: str = "an int8 base, gradient checkpointing, smaller bucket sizes or a lower rank"  # `memory_tips`
+    extra_seconds: float = 0.0  # of `total_seconds`: samples, validation and checkpoints (`overheads`)
 
     @property
     def fits(self) -> bool:
@@ -43,7 +50,9 @@ class Estimate:
         memory = f"peak memory {self.peak_bytes / 2**30:.1f} GB of {self.device_bytes / 2**30:.0f} GB on {self.device}"
         warning = "" if self.fits else f" — this will not fit: try {self.tips}"
         span = duration(self.total_seconds)  # as the Train tab's status line says it
-        return f"About {self.seconds_per_step:.2f} s/step, {span} for {steps} steps; {memory}{warning}."
+        extra = f" ({duration(self.extra_seconds)} of it samples, validation and checkpoints)" \
+            if self.extra_seconds >= 1 else ""
+        return f"About {self.seconds_per_step:.2f} s/step, {span} for {steps} steps{extra}; {memory}{warning}."
 
 
 def probe(config: TrainConfig, workspace: Workspace, steps: int = PROBE_STEPS) -> Estimate:
@@ -55,8 +64,9 @@ def probe(config: TrainConfig, workspace: Workspace, steps: int = PROBE_STEPS) -
 
     trial = config.model_copy(deep=True)
     trial.schedule.steps = steps
-    trial.sampling.every = 0
-    trial.data.validation_every = 0
+    trial.sampling.prompts = config.sampling.prompts[:1]  # one prompt shows a round's memory and time per prompt
+    trial.sampling.every = steps if config.sampling.every else 0  # at step 0 (the baseline: warm-up) and the last
+    trial.data.validation_every = steps if config.data.validation_every else 0
     trial.checkpoints.every = steps
     device = pick_device(workspace.settings.device)
     folder = tempfile.mkdtemp(prefix=".probe-", dir=workspace.runs)
@@ -88,7 +98,25 @@ def probe(config: TrainConfig, workspace: Workspace, steps: int = PROBE_STEPS) -
         raise UserError(errors[-1]["message"] if errors else "The probe ended before its first step.")
     timed = losses[1:] if len(losses) > 2 else losses  # the first step pays for warm-up and caching
     per_step = (timed[-1]["t"] - timed[0]["t"]) / max(len(timed) - 1, 1)
-    return Estimate(per_step, per_step * config.schedule.steps, peak, total, device, tips=memory_tips(config))
+    extra = sum(seconds * count for seconds, count in overheads(config, events, steps))
+    return Estimate(per_step, per_step * config.schedule.steps + extra, peak, total, device,
+                    tips=memory_tips(config), extra_seconds=extra)
+
+
+def overheads(config: TrainConfig, events: list[dict], probe_steps: int) -> list[tuple[float, int]]:
+    """(seconds each, how many the run makes) of its samples, validations and checkpoints, from the probe's
+    last step: each event's time since the one before it (they follow its loss in that order). A sample round
+    of the probe drew the first prompt only: the run's rounds draw them all."""
+    last = [event for event in events if event["step"] == probe_steps and event["kind"] != "status"]
+    took = {later["kind"]: later["t"] - earlier["t"] for earlier, later in zip(last, last[1:])}
+    steps = config.schedule.steps
+    rounds = {
+        "sample": 1 + steps // config.sampling.every if config.sampling.every else 0,
+        "eval": 1 + steps // config.data.validation_every if config.data.validation_every else 0,
+        "checkpoint": steps // config.checkpoints.every + (1 if steps % config.checkpoints.every else 0),
+    }
+    per_round = {"sample": len(config.sampling.prompts)}
+    return [(took[kind] * per_round.get(kind, 1), count) for kind, count in rounds.items() if kind in took]
 
 
 def _memory(device: str) -> tuple[int, int]:
