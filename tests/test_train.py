@@ -182,6 +182,22 @@ def test_the_estimate_counts_every_round_of_samples_validation_and_checkpoints()
     assert sorted(overheads(config, events, 4)) == sorted([(9.0, 5), (1.0, 11), (0.5, 4)])
 
 
+def test_a_batch_of_two_trains_two_images_of_one_size(shared_workspace, tmp_path):
+    """Landscape and portrait images bucket to two sizes; each step of a batch-2 run trains two of one size."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i, shape in enumerate([(96, 128, 3), (96, 128, 3), (128, 96, 3), (128, 96, 3)]):
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text(f"blkstyle, a drawing number {i}")
+    config = config_for("tiny-flux", folder, steps=4, batch_size=2)
+    config.data.flip, config.data.resolutions = False, [128]  # buckets 128×64 and 64×128
+    result = run(config, shared_workspace, tmp_path / "r")
+    steps = [e["images"] for e in EventLog(result.run_dir / "events.jsonl").read() if e["kind"] == "loss"]
+    assert len(steps) == 4 and all(len(images) == 2 for images in steps), steps
+    assert all(sorted(images) in (["img0.png", "img1.png"], ["img2.png", "img3.png"]) for images in steps), steps
+
+
 def test_bad_inputs_are_one_sentence_before_anything_starts(tmp_path, shared_workspace, dataset):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -81,6 +81,31 @@ def test_sampler_gives_exact_fractions_and_resumes_anywhere():
     assert [resumed.batch(step, 0)[0] for step in range(83, 120)] == [whole.batch(step, 0)[0] for step in range(83, 120)]
 
 
+def test_a_batch_is_whole_and_of_one_size_and_an_epoch_trains_every_item():
+    """A batch of 4 drew 4 items and kept those of the first one's size: on a dataset of several sizes most
+    batches held one or two items and most of the dataset went untrained each epoch."""
+    from blk.train.config import TrainConfig
+    from blk.train.data import Curriculum, Item, StagePlan, batch_count
+    from blk.train.runner import _batch
+
+    items = [Item(f"{w}x{h}/{i}.png", f"{w}{h}{i}", "c", w, h)
+             for w, h, n in ((64, 64, 5), (64, 96, 7), (96, 64, 2)) for i in range(n)]
+    config = TrainConfig.model_validate({"schedule": {"batch_size": 4, "seed": 3}})
+    assert batch_count(items, 4) == 2 + 2 + 1
+    for epoch in range(3):
+        batches = [_batch(items, config, epoch * 5 + k, 4) for k in range(5)]
+        assert all(len({(i.width, i.height) for i in batch}) == 1 for batch in batches)
+        assert sorted(len(batch) for batch in batches) == [1, 2, 3, 4, 4]  # 5 = 4 + 1, 7 = 4 + 3, 2
+        assert sorted(i.image for batch in batches for i in batch) == sorted(i.image for i in items)
+    epochs = [[[i.image for i in _batch(items, config, e * 5 + k, 4)] for k in range(5)] for e in range(2)]
+    assert epochs[0] != epochs[1]  # each epoch its own order
+    # a curriculum's source likewise: whole batches of one size, every item of the source once an epoch
+    staged = Curriculum([StagePlan(0, "a", ["all"], [items], [1.0])], seed=3, accumulation=1, batch_size=4)
+    batches = [staged.batch(step, 0) for step in range(5)]
+    assert all(len({(i.width, i.height) for i in batch}) == 1 for batch in batches)
+    assert sorted(i.image for batch in batches for i in batch) == sorted(i.image for i in items)
+
+
 @pytest.fixture(scope="module")
 def staged_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("staged")

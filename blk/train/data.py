@@ -158,6 +158,30 @@ def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
+def bucket_batches(items: list[Item], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch's micro-batches (indices into `items`): the epoch's seeded order, grouped by bucket size and cut
+    into batches of `batch_size` (a bucket's last batch may be smaller), then the batches in a seeded order of
+    their own. Each item comes once an epoch, and a batch is of one size (latents of two sizes do not stack):
+    drawing `batch_size` items and keeping those of the first one's size trained 1.4 items a batch of 4 on a
+    dataset of three sizes, and skipped two thirds of it each epoch. One item a batch: the epoch's order."""
+    order = epoch_order(len(items), seed, epoch)
+    if batch_size == 1:
+        return [[index] for index in order]
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for index in order:
+        by_size.setdefault((items[index].width, items[index].height), []).append(index)
+    batches = [group[k:k + batch_size] for group in by_size.values() for k in range(0, len(group), batch_size)]
+    return [batches[k] for k in epoch_order(len(batches), seed + 1, epoch)]
+
+
+def batch_count(items: list[Item], batch_size: int) -> int:
+    """How many micro-batches `bucket_batches` makes of `items` (the same every epoch)."""
+    sizes: dict[tuple[int, int], int] = {}
+    for item in items:
+        sizes[(item.width, item.height)] = sizes.get((item.width, item.height), 0) + 1
+    return sum(-(-n // batch_size) for n in sizes.values())
+
+
 @dataclass
 class StagePlan:
     """A curriculum stage with its items: `pools[i]` is drawn with share `fractions[i]`."""
@@ -172,8 +196,8 @@ class Curriculum:
     """Which items each step draws, stage by stage (the paper's Stencil: singles → + pairs → + triples).
 
     Within a stage the sources take turns by smooth weighted round robin, so each
-    gets exactly its fraction of the draws (no randomness to drift), and each source
-    is walked in its own seeded order, epoch by epoch. Everything is a function of
+    gets exactly its fraction of the micro-batches (no randomness to drift), and each
+    source is walked in its own seeded batches of one bucket size, epoch by epoch. Everything is a function of
     the step, so a resumed run draws exactly what an uninterrupted one would.
     """
 
@@ -187,7 +211,7 @@ class Curriculum:
         return max(i for i, stage in enumerate(self.stages) if stage.start <= step)
 
     def _source_of(self, index: int, slot: int) -> tuple[int, int]:
-        """(source, how many earlier draws that source had) for the stage's `slot`-th draw."""
+        """(source, how many earlier batches that source gave) for the stage's `slot`-th micro-batch."""
         fractions = self.stages[index].fractions
         done, credit, counts = self._memo.get(index, (0, [0.0] * len(fractions), [0] * len(fractions)))
         if slot < done:
@@ -204,15 +228,12 @@ class Curriculum:
         return chosen, counts[chosen] - 1
 
     def batch(self, step: int, micro: int) -> list[Item]:
-        """The items of one micro-batch (all of one bucket size: others in the draw wait for their turn)."""
+        """The items of one micro-batch: a whole batch of one bucket size (`bucket_batches`) from the source
+        whose turn it is."""
         index = self.stage_index(step)
         stage = self.stages[index]
-        first_slot = ((step - stage.start) * self.accumulation + micro) * self.batch_size
-        chosen = []
-        for slot in range(first_slot, first_slot + self.batch_size):
-            source, draw = self._source_of(index, slot)
-            pool = stage.pools[source]
-            epoch, position = divmod(draw, len(pool))
-            order = epoch_order(len(pool), self.seed * 31 + index * 7 + source, epoch)
-            chosen.append(pool[order[position]])
-        return [item for item in chosen if (item.width, item.height) == (chosen[0].width, chosen[0].height)]
+        source, draw = self._source_of(index, (step - stage.start) * self.accumulation + micro)
+        pool = stage.pools[source]
+        epoch, position = divmod(draw, batch_count(pool, self.batch_size))
+        seed = self.seed * 31 + index * 7 + source
+        return [pool[i] for i in bucket_batches(pool, self.batch_size, seed, epoch)[position]]

@@ -50,7 +50,7 @@ from blk.errors import UserError
 from blk.train.adapters import adapter_metadata, published_weights
 from blk.train.cache import PixelMemory, TensorCache, model_key, pixel_budget
 from blk.train.config import TrainConfig, save_config
-from blk.train.data import Curriculum, Item, StagePlan, augment_caption, epoch_order, load_items
+from blk.train.data import Curriculum, Item, StagePlan, augment_caption, batch_count, bucket_batches, load_items
 from blk.train.distributed import World
 from blk.workspace import Workspace
 
@@ -638,13 +638,9 @@ def _take_optimizer_settings(config: TrainConfig, optimizer, scheduler) -> None:
 
 
 def _batch(items: list[Item], config: TrainConfig, micro_index: int, batch_size: int) -> list[Item]:
-    """The items of one micro-batch, from the seeded order of its epoch (all of one bucket size)."""
-    per_epoch = max(1, len(items) // batch_size)
-    epoch, position = divmod(micro_index, per_epoch)
-    order = epoch_order(len(items), config.schedule.seed, epoch)
-    first = items[order[position * batch_size]]
-    chosen = [items[i] for i in order[position * batch_size:(position + 1) * batch_size]]
-    return [item for item in chosen if (item.width, item.height) == (first.width, first.height)]
+    """The items of one micro-batch: the `micro_index`-th of the run, all of one bucket size (`bucket_batches`)."""
+    epoch, position = divmod(micro_index, batch_count(items, batch_size))
+    return [items[i] for i in bucket_batches(items, batch_size, config.schedule.seed, epoch)[position]]
 
 
 class LatentSource:
