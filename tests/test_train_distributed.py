@@ -175,7 +175,7 @@ def test_a_run_of_two_processes_resumes_on_one_and_trains_what_it_would_have(wor
         return schedule.gpus, schedule.gradient_accumulation
 
     config = dp_config(gpus=2, accumulation=1, steps=2)
-    config.sampling.every = config.data.validation_every = 0  # the weights are the point: spare the time
+    config.sampling.every = config.data.validation_every = config.data.validation_images = 0  # spare the time
     preset = tmp_path / "dp.yaml"
     preset.write_text(json.dumps(config.model_dump(mode="json")))  # JSON is YAML
     reference, folder = tmp_path / "reference", tmp_path / "run"

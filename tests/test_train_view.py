@@ -473,6 +473,40 @@ def test_an_invalid_advanced_value_is_one_sentence(context, key, value, sentence
     assert not context.workspace.runs.exists() or list(context.workspace.runs.iterdir()) == []  # nothing started
 
 
+def test_held_out_images_without_a_validation_loss_are_one_sentence(context):
+    """5 images held out with "Validation loss every N steps" at 0 were kept from training for nothing."""
+    from blk.errors import UserError
+
+    (context.workspace.datasets / "inks").mkdir(parents=True)
+    form = list(train.form_from_preset(context, "conceptor-flux-dev"))
+    form[train.FORM_MEMORY_NAMES.index("validation_images")] = 5
+    form[train.FORM_MEMORY_NAMES.index("validation_every")] = 0
+    with pytest.raises(UserError) as raised:
+        train.config_from_form(context, "conceptor-flux-dev", "inks", *form)
+    assert "5 validation images are held out from training but no validation loss is computed" in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("section, values, field", [
+    ("schedule", {"timestep_shift": 0}, "schedule.timestep_shift"),  # sigma 0 every step: clean latents
+    ("sampling", {"size": 32}, "sampling.size"),  # drawn at 0 px: the step-0 sample crashed
+    ("sampling", {"steps": 0}, "sampling.steps"),
+    ("optimizer", {"betas": [1.5, 0.999]}, "optimizer.betas.0"),  # refused only when the optimizer was built
+    ("optimizer", {"d0": 0}, "optimizer.d0"),  # Prodigy never moves
+    ("data", {"validation_every": 10}, "data"),  # a validation loss of no images
+])
+def test_settings_that_would_train_nothing_or_fail_later_are_refused_on_reading(section, values, field):
+    from pydantic import ValidationError
+
+    from blk.train.config import TrainConfig
+
+    with pytest.raises(ValidationError) as refused:
+        TrainConfig.model_validate({section: values})
+    assert ".".join(str(part) for part in refused.value.errors()[0]["loc"]) == field
+    with pytest.raises(ValidationError, match="the polynomial schedule decays the learning rate to 1e-07"):
+        TrainConfig.model_validate({"optimizer": {"lr": 1e-8}, "schedule": {"lr_schedule": "polynomial"}})
+
+
 def test_the_lokr_factor_shows_only_for_a_lokr_adapter(context, tmp_path, monkeypatch):
     """The factor splits LoKr's Kronecker product; beside a LoRA it means nothing, so it hides (at build, on an
     adapter-type change and on a preset load) while its value still reaches the config untouched."""

@@ -15,6 +15,8 @@ from pydantic_core import PydanticCustomError
 
 from blk.yaml_io import load_model, save_model
 
+POLYNOMIAL_END = 1e-7  # diffusers' `get_polynomial_decay_schedule_with_warmup` default lr_end
+
 
 class Strict(BaseModel):
     """Every section refuses keys it does not know: a misspelt setting must not silently train with a default."""
@@ -117,6 +119,19 @@ class DataSection(Strict):
         return self
 
     @model_validator(mode="after")
+    def _validation_both_or_neither(self):
+        """Held-out images without a validation loss were kept from training for nothing; a validation loss
+        without held-out images was never computed. Either way, not a word."""
+        if self.validation_images and not self.validation_every:
+            raise PydanticCustomError("config", f"{self.validation_images} validation images are held out from "
+                                      "training but no validation loss is computed; set data.validation_every (or "
+                                      "data.validation_images to 0)")
+        if self.validation_every and not self.validation_images:
+            raise PydanticCustomError("config", "a validation loss needs held-out images; set "
+                                      "data.validation_images (or data.validation_every to 0)")
+        return self
+
+    @model_validator(mode="after")
     def _shuffle_orders_shuffle(self):
         if self.shuffle_orders == 1:
             raise PydanticCustomError("config", "shuffle orders per caption must be 0 (a new order every step) or "
@@ -146,10 +161,10 @@ class OptimizerSection(Strict):
     name: Literal["prodigy", "adamw", "adamw8bit"] = "adamw"
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
     # Prodigy (the paper's values): decoupled decay, bias correction, safeguard warmup, d0, d_coef
-    d0: float = 1e-5
-    d_coef: float = 2.0
+    d0: float = Field(1e-5, gt=0.0)  # 0: Prodigy's step size never moves from it
+    d_coef: float = Field(2.0, gt=0.0)
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # 0: off; checkpoints then hold the averaged adapter
 
 
@@ -164,7 +179,7 @@ class ScheduleSection(Strict):
     lr_schedule: Literal["constant", "cosine", "polynomial"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     seed: int = 0
-    timestep_shift: float = 3.0  # Flux: shifted sigmoid sampling of timesteps
+    timestep_shift: float = Field(3.0, gt=0.0)  # Flux: shifted sigmoid sampling of timesteps (0: clean latents)
     # SDXL's target; None: the model's own (its scheduler's prediction_type), right for a v-prediction fine-tune
     prediction: Literal["epsilon", "v_prediction"] | None = None
 
@@ -173,9 +188,9 @@ class SamplingSection(Strict):
     every: int = Field(0, ge=0)  # 0: no samples during training
     prompts: list[str] = Field(default_factory=list)
     seed: int = 0
-    steps: int = 20
-    guidance: float = 3.5
-    size: int = 512
+    steps: int = Field(20, ge=1)
+    guidance: float = Field(3.5, ge=0.0)
+    size: int = Field(512, ge=64, le=4096)  # drawn at a multiple of 64 at or below it
 
 
 class CheckpointSection(Strict):
@@ -195,6 +210,13 @@ class TrainConfig(Strict):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     sampling: SamplingSection = Field(default_factory=SamplingSection)
     checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
+
+    @model_validator(mode="after")
+    def _polynomial_decays_below_the_rate(self):
+        if self.schedule.lr_schedule == "polynomial" and self.optimizer.lr <= POLYNOMIAL_END:
+            raise PydanticCustomError("config", f"the polynomial schedule decays the learning rate to "
+                                      f"{POLYNOMIAL_END:g}, so optimizer.lr must be above it")
+        return self
 
     def with_steps(self, steps: int) -> TrainConfig:
         """This config for a run of `steps` steps, with curriculum stage starts and the warmup scaled in
