@@ -262,7 +262,10 @@ def test_sdxl_trains_for_the_models_own_target_unless_told(shared_workspace):
     assert SDXLFamily(pipe).noise_scheduler.config.prediction_type == "epsilon"  # the tiny model's own
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
     assert SDXLFamily(pipe).noise_scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.config.prediction_type == "v_prediction"  # the model's own: left as it is
+    # set because the model's config says it wrong: the samples are drawn for that target too
     assert SDXLFamily(pipe, "epsilon").noise_scheduler.config.prediction_type == "epsilon"
+    assert pipe.scheduler.config.prediction_type == "epsilon" and isinstance(pipe.scheduler, EulerDiscreteScheduler)
 
 
 def test_repeats_with_curriculum_stages_is_one_sentence():

@@ -110,6 +110,8 @@ class SDXLFamily:
         self.pipe = pipe
         own = pipe.scheduler.config.get("prediction_type") or "epsilon"
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction or own)
+        if prediction and prediction != own:  # the model's config is wrong (why one sets it): the samples too
+            pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
 
     @property
     def denoiser(self):
