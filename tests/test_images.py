@@ -115,3 +115,24 @@ def test_header_facts_of_a_16bit_rgb_png_say_16_bit_and_decode_nothing(tmp_path)
     Image.new("RGB", (40, 20), "white").save(tmp_path / "turned.png", exif=exif)
     info = images.read_info(tmp_path / "turned.png")
     assert (info.width, info.height, info.bit_depth) == (20, 40, 8)
+
+
+def test_a_colour_key_is_transparency(tmp_path):
+    """PNG optimisers store line art on a transparent ground as grey or RGB with one transparent value (tRNS):
+    it came out opaque with the key colour (black) showing, though the Upscale tab said "with transparency"."""
+    from blk.upscale.source import open_input
+
+    ink = np.zeros((6, 8), np.uint8)
+    ink[2:4, 2:6] = 200
+    grey, rgb, deep = tmp_path / "grey.png", tmp_path / "rgb.png", tmp_path / "deep.png"
+    Image.fromarray(ink).save(grey, transparency=0)
+    Image.fromarray(np.dstack([ink] * 3)).save(rgb, transparency=(0, 0, 0))
+    Image.fromarray(ink.astype(np.uint16) * 257).save(deep, transparency=0)
+    for path in (grey, rgb, deep):
+        assert images.read_info(path).has_alpha, path.name
+        opened = np.asarray(images.open_image(path))
+        assert opened.shape == (6, 8, 4), path.name
+        assert np.array_equal(opened[..., 3], np.where(ink == 0, 0, 255)), path.name
+        assert np.array_equal(opened[2:4, 2:6, :3], np.full((2, 4, 3), 200)), path.name
+        levels, peak = images.read_levels(path)
+        assert levels.shape == (6, 8, 4) and peak == 255.0 and open_input(path).channels == 4, path.name

@@ -79,8 +79,9 @@ def _bomb(path: Path, size: tuple[int, int] | None) -> BadImage:
 
 
 def _has_alpha(im: Image.Image) -> bool:
-    return im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info) \
-        or ("A" in im.getbands())
+    """An alpha channel, or a colour key (a PNG's tRNS: palette entries, or one grey or RGB value that is
+    transparent, as optimisers such as oxipng and pngquant store line art on a transparent ground)."""
+    return im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info or ("A" in im.getbands())
 
 
 def _bit_depth(im: Image.Image) -> int:
@@ -149,13 +150,18 @@ def _preview_box(size: tuple[int, int], preview: int) -> tuple[int, int]:
 
 def to_8bit(im: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB or RGBA with 8 bits per channel, scaling high bit depths."""
-    mode = im.mode
+    mode, key = im.mode, im.info.get("transparency")
+    # a colour key (PNG's tRNS) becomes alpha: it came out opaque, the key colour showing (a black ground)
+    if key is not None and mode in ("L", "RGB", "1"):
+        return im.convert("RGBA")
     if mode in ("RGB", "RGBA"):
         return im.copy()
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         array = np.asarray(im, dtype=np.float64)
         peak = 65535.0 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
         grey = np.clip(np.round(array / peak * 255.0), 0, 255).astype(np.uint8)
+        if isinstance(key, int) and mode != "F":
+            return Image.fromarray(np.dstack([grey] * 3 + [np.where(array == key, 0, 255).astype(np.uint8)]), "RGBA")
         return Image.fromarray(grey).convert("RGB")
     if mode == "P":
         return im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
@@ -207,7 +213,7 @@ def read_levels(path: str | Path) -> tuple[np.ndarray, float]:
         if high is not None:
             return high
     with _open(path) as im:
-        if im.mode.startswith("I;16"):
+        if im.mode.startswith("I;16") and "transparency" not in im.info:  # keyed: 8-bit RGBA (`to_8bit`)
             if im.size[0] * im.size[1] > MAX_PIXELS:
                 raise _bomb(path, im.size)
             try:
