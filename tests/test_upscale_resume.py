@@ -325,6 +325,29 @@ def test_interrupt_and_cancel_keep_finished_rows_and_other_settings_clean_up(mod
     assert leftovers(tmp_path) == []
 
 
+def test_a_cancel_while_the_print_copy_is_written_keeps_the_result_and_nothing_else(model, tmp_path, monkeypatch):
+    """The master was saved, then Cancel came during the print copy: it said "no result was written" and kept
+    the job's canvases for a resume, which never came (the result's name was taken: a new start took the
+    next name). The result stays, the sentence says so, and the job's hidden files go."""
+    import blk.upscale.canvas as canvas_module
+    from blk.upscale.canvas import PrintCopyCancelled
+
+    image = save_png(tmp_path / "in.png", 40, 48, seed=27)
+    out = tmp_path / "out.png"
+    cancel = threading.Event()
+    real_write_png = canvas_module.write_png
+
+    def write_png_then_cancel(*args, **kwargs):
+        real_write_png(*args, **kwargs)
+        cancel.set()  # Cancel pressed just after the master is saved
+
+    monkeypatch.setattr(canvas_module, "write_png", write_png_then_cancel)
+    with pytest.raises(PrintCopyCancelled, match="the result is saved as out.png, without a print copy"):
+        run(EsrganJob(image, out, model, tile=32, overlap=8, batch=1, print_dpi=300), cancel=cancel)
+    assert Image.open(out).size == (192, 160) and not print_path(out).exists()
+    assert leftovers(tmp_path) == []
+
+
 def test_a_second_run_of_a_job_in_progress_is_refused(model, tmp_path):
     image = save_png(tmp_path / "in.png", 40, 40, seed=26)
     out = tmp_path / "out.tif"

@@ -457,11 +457,26 @@ def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, 
         if streamed is not None and streamed.print_copy is not None:
             streamed.print_copy.finish(printed)
         else:
-            write_print_tiff(canvas, print_path(output), dpi=print_dpi, icc=icc,
-                             background=tuple(print_background), description=printed, software=software,
-                             cancel=cancel, temp=journal.temp("print.tif"), grey=grey)
+            from blk.upscale.tiler import Cancelled
+
+            try:
+                write_print_tiff(canvas, print_path(output), dpi=print_dpi, icc=icc,
+                                 background=tuple(print_background), description=printed, software=software,
+                                 cancel=cancel, temp=journal.temp("print.tif"), grey=grey)
+            except Cancelled:
+                raise PrintCopyCancelled(output) from None
         seconds["print"] = time.monotonic() - started - seconds["write"]
     return seconds
+
+
+class PrintCopyCancelled(UserError):
+    """Cancel pressed while the print copy was written, after the master was saved: the job is over (its
+    files go: kept, they were orphaned, since the master's name is taken and a new start takes the next
+    name), and the sentence says the result is there, not that nothing was written."""
+
+    def __init__(self, output: Path):
+        super().__init__(f"Cancelled while writing the print copy: the result is saved as {Path(output).name}, "
+                         "without a print copy.")
 
 
 def print_path(output: Path) -> Path:
