@@ -1,6 +1,7 @@
 """The diffusion upscale path on the tiny models: passes, LoRA, seams, alpha, TIFF, plan, CLI."""
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -11,10 +12,10 @@ from blk.generate.metadata import read_parameters
 from blk.models.pipelines import PipelineCache
 from blk.models.registry import resolve
 from blk.upscale.canvas import Canvas
-from blk.upscale.diffusion import (DiffusionJob, Pass, Stage, effective_steps, estimate, model_defaults, plan, run,
-                                   step_sizes, tile_processor)
+from blk.upscale.diffusion import (ENLARGING, DiffusionJob, Pass, Stage, effective_steps, estimate, model_defaults,
+                                   plan, run, step_sizes, tile_processor)
 from blk.upscale.source import ArraySource
-from blk.upscale.tiler import spans, run_tiles
+from blk.upscale.tiler import Cancelled, run_tiles, spans
 from tests.support.loras import make_random_lora
 
 
@@ -359,6 +360,35 @@ def test_killed_in_a_later_steps_enlargement_resumes_exactly(shared_workspace, t
     resumed = run(job("out.png"), shared_workspace, pipelines, log=notes.append)
     assert notes == ["Resuming an interrupted job at step 2 of 2, its enlargement."]
     assert len(calls) == 1 and loads == [model.name]  # only the unfinished model pass ran again
+    assert np.array_equal(np.asarray(Image.open(resumed.path)), np.asarray(Image.open(whole.path)))
+    assert not list(tmp_path.glob(".blk-tmp-*"))
+
+
+def test_a_cancel_in_the_first_enlargement_keeps_its_finished_rows(shared_workspace, tmp_path, pipelines):
+    """The enlargement's rows were kept by its own journal, then removed with the job's files (the job itself
+    had no finished tile yet), under a message saying they were kept. They stay; the same job continues."""
+    from tests.test_upscale_esrgan import rrdb_file
+
+    model = rrdb_file(tmp_path / "x4.pth")
+    gradient(128, 96).save(tmp_path / "wide.png")
+
+    def job(name):  # the enlargement in rows of 64 px tiles
+        return tiny_job(tmp_path, name, input=tmp_path / "wide.png", enlarge_model=model, enlarge_tile=64,
+                        passes=(Pass(0.5),), final_denoise=None)
+
+    whole = run(job("whole.png"), shared_workspace, pipelines)
+    cancel = threading.Event()
+
+    def cancel_after_a_row(done, total, stage):
+        if stage.what == ENLARGING and stage.done >= stage.total // 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled, match="finished tiles are kept"):
+        run(job("out.png"), shared_workspace, pipelines, progress=cancel_after_a_row, cancel=cancel)
+    assert any(p.name.endswith(".enlarge0.journal.json") for p in tmp_path.glob(".blk-tmp-*"))
+    notes = []
+    resumed = run(job("out.png"), shared_workspace, pipelines, log=notes.append)
+    assert notes == ["Resuming an interrupted job at step 1 of 1, its enlargement."]
     assert np.array_equal(np.asarray(Image.open(resumed.path)), np.asarray(Image.open(whole.path)))
     assert not list(tmp_path.glob(".blk-tmp-*"))
 

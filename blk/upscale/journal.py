@@ -289,8 +289,10 @@ class Journal:
         except KeyboardInterrupt:
             self.suspend()
             raise
-        except Cancelled:
-            if self.state["pass"] == 0 and not self.state["tiles_done"]:
+        except Cancelled as exc:
+            # `kept`: a child journal (the diffusion path's enlargement) kept finished rows of its own, which
+            # this job's files hold: a cancel in the first step's enlargement removed them and said they were kept
+            if not exc.kept and self.state["pass"] == 0 and not self.state["tiles_done"]:
                 self.discard()
                 raise
             self.suspend()
