@@ -251,6 +251,24 @@ def test_diffusion_estimate_and_upscale_use_the_engines_plan_and_the_step_scale(
     assert pair[1].size == (64, 64) and made == [image, path] and leftovers(tmp_path) == []
 
 
+def test_an_empty_scale_is_the_paths_default_in_the_name_the_estimate_and_the_result(context, shared_workspace,
+                                                                                     tmp_path):
+    """An empty Scale on the diffusion path was ×4 in the file's name and the Estimate, ×2 in the job."""
+    import shutil
+
+    from ui.tabs.upscale import DIFFUSION, ESRGAN, estimate, target, upscale
+
+    shutil.copytree(shared_workspace.models / "tiny-flux", context.workspace.models / "tiny-flux")
+    image = str(save(tmp_path / "art.png", 16, 20, seed=6))
+    assert target(image, None, "", DIFFUSION)[1] == (40, 32) and target(image, "", "", ESRGAN)[1] == (80, 64)
+    assert "20×16 → **40×32**" in estimate(context, image, DIFFUSION, None, "", None, "tiny-flux", 32, 8, 4, 0.3, 0.2,
+                                           False, 0.15, False)
+    _, (path,), status, _ = upscale(context, threading.Event(), image, DIFFUSION, None, "", None, "tiny-flux", None,
+                                    False, 32, 8, 4, 0, "", 0.3, 0.2, False, 0.15, False, "PNG", False, None, None,
+                                    50, 50, progress=lambda *a, **k: None)
+    assert Path(path).name == "art-diffusion-40x32.png" and Image.open(path).size == (40, 32), status
+
+
 def built_tab(context):
     import gradio as gr
 
