@@ -22,7 +22,9 @@ Resume: the canvases live under a journal (`blk.upscale.journal`) that records
 the next row after every finished row. A killed run (or Ctrl+C) leaves them;
 running the same job again (same input and model content, output, settings)
 continues from that row — with the tile size then in use — and gives the same
-pixels as an uninterrupted run. Cancel and errors remove everything.
+pixels as an uninterrupted run. Cancel keeps them once a tile is finished (the
+same job started again continues); errors, and a cancel before any tile, remove
+everything.
 
 Alpha: colour and alpha are upscaled separately. Transparent pixels first take
 the colour of their visible neighbours (`source.FilledSource`, why there), so
