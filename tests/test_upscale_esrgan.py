@@ -617,6 +617,7 @@ def test_the_last_pass_starts_from_just_what_reaches_the_target(models, x4, tmp_
     assert pass_inputs(37, 29, 4, (259, 203)) == [(37, 29), (65, 51)]
     assert pass_inputs(10, 12, 4, (160, 192)) == [(10, 12), (40, 48)]  # ×16: nothing to shrink
     assert pass_inputs(37, 29, 4, (111, 87)) == [(37, 29)]  # one pass: never shrunk before the model
+    assert pass_inputs(100, 100, 4, (1000, 100)) == [(100, 100), (250, 100)]  # stretched: no axis below the input
     pixels = noise(29, 37, seed=7)
     Image.fromarray((pixels * 255).round().astype(np.uint8)).save(tmp_path / "in.png")
     pixels = np.asarray(Image.open(tmp_path / "in.png"), dtype=np.float32) / 255
@@ -1124,6 +1125,10 @@ def test_cli_upscale(models, tmp_path, capsys):
         in capsys.readouterr().err
     assert main(stretched + ["--stretch", "--tile", "32", "--overlap", "8"]) == 0
     assert tifffile.imread(tmp_path / "stretched.tif").shape[:2] == (40, 160)
+    # two model passes, the second from a copy shrunk across (never down the stretched axis: 30 px, not 10)
+    long = [w if w != "160x40" else "640x40" for w in stretched]
+    assert main(long + ["--stretch", "--tile", "32", "--overlap", "8"]) == 0
+    assert tifffile.imread(tmp_path / "stretched.tif").shape[:2] == (40, 640)
     # a bare name is the file of that name in workspace/models/upscalers/, where the studio keeps them
     kept = tmp_path / "ws" / "models" / "upscalers" / "my-x4.pth"
     kept.parent.mkdir(parents=True)

@@ -168,9 +168,9 @@ def pass_inputs(width: int, height: int, model_scale: int, target: tuple[int, in
     s = max(1, model_scale)
     passes = plan_passes(s, max(tw / width, th / height))
     sizes = [(width * s ** k, height * s ** k) for k in range(passes)]
-    if passes > 1:
-        w, h = sizes[-1]
-        sizes[-1] = (min(w, -(-tw // s)), min(h, -(-th // s)))
+    if passes > 1:  # never below the input on either axis: a stretched size (`--stretch`, 1000×100 of 100×100)
+        w, h = sizes[-1]  # shrank the height to 25 px and grew it back, a quarter of its detail gone
+        sizes[-1] = (max(width, min(w, -(-tw // s))), max(height, min(h, -(-th // s))))
     return sizes
 
 
