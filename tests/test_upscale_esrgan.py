@@ -841,6 +841,30 @@ def test_large_inputs_are_read_by_region(models, tmp_path):
     assert np.array_equal(tifffile.imread(memory.path), tifffile.imread(region_job.path))
 
 
+def test_a_large_png_decoded_whole_to_a_full_temporary_disk_is_refused_before_any_tile(models, tmp_path,
+                                                                                      monkeypatch):
+    """libvips reads a PNG (JPEG, WebP) by region only after decoding it whole to a temporary file: 6 GB under
+    /tmp for a 2 GP PNG, counted nowhere, and its failure said the artwork was "damaged"."""
+    from tests.test_faults import tmpfs
+
+    Image.fromarray((noise(120, 160, seed=14) * 255).round().astype(np.uint8)).save(tmp_path / "wall.png")
+    tifffile.imwrite(tmp_path / "wall.tif", np.zeros((120, 160, 3), np.uint8))
+    assert open_input(tmp_path / "wall.png", max_pixels=1000).spill_bytes == 160 * 120 * 3
+    assert open_input(tmp_path / "wall.tif", max_pixels=1000).spill_bytes == 0  # a TIFF reads by region itself
+    assert open_input(tmp_path / "wall.png").spill_bytes == 0  # held whole: nothing goes to libvips
+    with tmpfs(tmp_path / "small-tmp", "32k") as small:
+        monkeypatch.setenv("TMPDIR", str(small))
+        ticks = []
+        with pytest.raises(UserError, match=r"The disk holding .*small-tmp has \d+ KB free and reading this input "
+                                            r"needs about \d+ KB there \(a PNG, JPEG or WebP this large"):
+            run(EsrganJob(tmp_path / "wall.png", tmp_path / "out.tif", models["x4"], tile=32, overlap=8,
+                          max_pixels=1000), progress=lambda *a: ticks.append(a))
+        assert ticks == [] and leftovers(tmp_path) == []
+        # a TIFF needs no room there
+        run(EsrganJob(tmp_path / "wall.tif", tmp_path / "tiff.tif", models["x4"], tile=64, overlap=8,
+                      max_pixels=1000))
+
+
 def test_an_input_held_whole_keeps_its_levels_and_tiles_read_as_the_float_decoder_gives(tmp_path):
     """An input within `max_pixels` is held as the file's 8- or 16-bit levels and converted tile by tile: a
     quarter (8-bit) of what holding it as float32 took — a 32 MP RGBA input 128 MB, not 512 — with the same
@@ -1081,8 +1105,8 @@ def test_disk_full_is_one_sentence_and_leaves_nothing(models, tmp_path, tiny_dis
     Image.fromarray((noise(72, 100) * 255).astype(np.uint8)).save(tmp_path / "in.png")
     # 64 KB and 720 KB: the canvas (400×288×3×2 = 675 KB) and half the result's 8-bit pixels (173 KB) do not fit:
     # said before any work; 868 KB: they do (844 KB), but the canvas beside the result's TIFF (201 KB) does not
-    for size, stage in (("64k", "has 1 MB free and this job needs about 1 MB"),
-                        ("720k", "this job needs about 1 MB (its working canvases and the result)"),
+    for size, stage in (("64k", " KB free and this job needs about 844 KB"),  # it said "1 MB free … 1 MB"
+                        ("720k", "this job needs about 844 KB (its working canvases and the result)"),
                         ("868k", "is full; free some space")):
         disk = tiny_disk(size)
         with pytest.raises(UserError, match="free some space") as caught:

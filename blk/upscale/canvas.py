@@ -239,25 +239,39 @@ def disk_full(path: Path, needed: int | None = None) -> UserError:
 
 
 def _amount(size: int) -> str:
-    return f"{size / 2**30:.1f} GB" if size >= 2**30 else f"{max(1, round(size / 2**20))} MB"
+    """1.5 GB, 12 MB, 56 KB: "1 MB free, needs about 1 MB" said nothing about a small disk."""
+    if size >= 2**30:
+        return f"{size / 2**30:.1f} GB"
+    return f"{round(size / 2**20)} MB" if size >= 2**20 else f"{max(1, round(size / 2**10))} KB"
 
 
 RESULT_SHARE = 0.5  # of a result's 8/16-bit pixels that its deflated TIFF or PNG is assumed to take on disk
 
 
-def check_disk_space(output: Path, canvases: list[int], result_bytes: int) -> None:
+def check_disk_space(output: Path, canvases: list[int], result_bytes: int, spill_bytes: int = 0) -> None:
     """One sentence before any work when the disk holding `output` cannot take the job: the most canvas bytes
     on disk at once (`canvases`: each step's, the previous step's still there) and the result itself. A job
     ran its first pass (hours, at gigapixel sizes) before the second pass's canvas found the disk full, and
-    lost both."""
+    lost both. `spill_bytes`: what libvips writes to its temporary folder to read the input by region
+    (`source.InputImage.spill_bytes`), on that folder's disk (the same one, or another)."""
     import shutil
 
-    need = max(canvases, default=0) + int(result_bytes * RESULT_SHARE)
-    free = shutil.disk_usage(Path(output).parent).free
+    from blk.vips import temp_dir
+
+    folder, temp = Path(output).parent, Path(temp_dir())
+    together = spill_bytes and temp.exists() and temp.stat().st_dev == folder.stat().st_dev
+    need = max(canvases, default=0) + int(result_bytes * RESULT_SHARE) + (spill_bytes if together else 0)
+    free = shutil.disk_usage(folder).free
     if need > free:
-        raise UserError(f"The disk holding {Path(output).parent} has {_amount(free)} free and this job needs about "
-                        f"{_amount(need)} (its working canvases and the result); free some space or save the result "
+        decoded = ", the result and the input decoded whole" if together else " and the result"
+        raise UserError(f"The disk holding {folder} has {_amount(free)} free and this job needs about "
+                        f"{_amount(need)} (its working canvases{decoded}); free some space or save the result "
                         "on another disk.")
+    if spill_bytes and not together and temp.exists() and spill_bytes > (room := shutil.disk_usage(temp).free):
+        raise UserError(f"The disk holding {temp} has {_amount(room)} free and reading this input needs about "
+                        f"{_amount(spill_bytes)} there (a PNG, JPEG or WebP this large is decoded whole to a "
+                        "temporary file first); free some space, set TMPDIR to a larger disk, or give the input "
+                        "as a TIFF.")
 
 
 def is_disk_full(exc: BaseException) -> bool:

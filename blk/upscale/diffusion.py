@@ -390,7 +390,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                 enlarger = Enlarger.load(job.enlarge_model, job.device, job.memory.compile, say)
             check_disk_space(job.output, *disk_need(
                 (image.width, image.height), sizes, len(job.passes), the_plan.final_pass, image.channels, bits,
-                bool(job.print_dpi), enlarger.upscaler.scale if enlarger is not None else None))
+                bool(job.print_dpi), enlarger.upscaler.scale if enlarger is not None else None),
+                spill_bytes=image.spill_bytes)
         for stage in range(first, final):
             step, k = divmod(stage, per_step)
             w, h = sizes[step]

@@ -312,7 +312,8 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
         the_plan = plan_job(job, image, upscaler, device, dtype, tile=journal.tile)
         journal.set_tile(the_plan.tile)
         if not journal.resumed:  # a resumed job's canvases are on the disk already
-            check_disk_space(job.output, *disk_need(the_plan, image.channels, bits, print_copy=bool(job.print_dpi)))
+            check_disk_space(job.output, *disk_need(the_plan, image.channels, bits, print_copy=bool(job.print_dpi)),
+                             spill_bytes=image.spill_bytes)
         if on_plan:
             on_plan(the_plan)
         process = processor(upscaler, device, dtype, job.alpha, compiled=job.compile, log=log)

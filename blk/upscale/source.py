@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from blk.data.images import MAX_PIXELS, is_image_name, read_info, read_levels, to_unit
-from blk.errors import BadImage
+from blk.errors import BadImage, UserError
 
 # Decoded whole below this (kept as levels, `ArraySource`: 8-bit RGBA 128 MB); read by region above.
 # Never above Pillow's limit.
@@ -50,6 +50,9 @@ class InputImage:
     dpi: float | None
     by_region: bool  # True when read lazily with pyvips
     grey: bool = False  # a grey (or grey + alpha) file: read as RGB(A) for the models, written back as grey
+    # bytes libvips writes to its temporary folder (`blk.vips.temp_dir`) to read this input by region: a PNG,
+    # JPEG or WebP is decoded whole to a file there first (they have no random access; a TIFF has)
+    spill_bytes: int = 0
 
     @property
     def width(self) -> int:
@@ -87,11 +90,16 @@ class VipsSource:
         self.peak = 65535.0 if image.format == "ushort" else 255.0
 
     def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        from blk.vips import pyvips
+        from blk.upscale.canvas import is_disk_full
+        from blk.vips import pyvips, temp_dir
 
         try:
             region = self.image.crop(x, y, w, h).numpy()
         except pyvips.Error as exc:
+            if is_disk_full(exc) or "unable to write" in str(exc):  # its decode to a temporary file, not the file
+                raise UserError(f"The disk holding {temp_dir()} is full: {self.name} is decoded there whole "
+                                "first; free some space, set TMPDIR to a larger disk, or give the input as a "
+                                "TIFF.") from None
             raise BadImage(f"{self.name} is damaged and cannot be decoded ({_first_line(exc)}).") from None
         return region.reshape(h, w, self.channels).astype(np.float32) / self.peak
 
@@ -203,6 +211,7 @@ def _vips_input(image, path: Path) -> InputImage:
         raise BadImage(f"{path.name} claims {image.width}×{image.height} pixels but holds only "
                        f"{path.stat().st_size} bytes: it is damaged or truncated.")
     fields = set(image.get_fields())
+    loader = image.get("vips-loader")
     icc = image.get("icc-profile-data") if "icc-profile-data" in fields else None
     dpi = _stored_dpi(image, fields, path)
     try:
@@ -220,8 +229,9 @@ def _vips_input(image, path: Path) -> InputImage:
         if isinstance(exc, BadImage):
             raise
         raise BadImage(f"{path.name} cannot be read ({_first_line(exc)}).") from None
+    spill = raw_bytes if loader != "tiffload" else 0
     return InputImage(VipsSource(image, path.name), path.name, 16 if high else 8, icc, dpi, by_region=True,
-                      grey=grey)
+                      grey=grey, spill_bytes=spill)
 
 
 def _stored_dpi(image, fields: set[str], path: Path) -> float | None:
