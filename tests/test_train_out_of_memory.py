@@ -50,6 +50,27 @@ print(json.dumps({"first": [first.status, first.step], "second": [second.status,
 """
 
 
+SAMPLING_CHILD = """
+import json, resource, sys
+from pathlib import Path
+
+import blk  # noqa: F401  (offline environment first)
+from blk.train.config import TrainConfig
+from blk.train.runner import run
+from blk.workspace import Workspace
+
+workspace, run_dir, margin = Workspace(Path(sys.argv[1])), Path(sys.argv[2]), int(sys.argv[3])
+config = TrainConfig.model_validate_json(sys.argv[4])
+first = run(config, workspace, run_dir, stop_after=2)
+with open("/proc/self/status") as status:
+    used = int(next(line for line in status if line.startswith("VmSize:")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (used + margin, resource.RLIM_INFINITY))
+config.sampling.size = 2048  # its VAE decode: 2048² px of activations, several times the margin
+second = run(config, workspace, run_dir, resume=True)
+print(json.dumps({"first": [first.status, first.step], "second": [second.status, second.step]}))
+"""
+
+
 def big_image_dataset(folder: Path) -> Path:
     """One 4096 px image (a gradient: a 60 KB file) with its caption: 64 px buckets train it cheaply, 4096 px not."""
     folder.mkdir(parents=True)
@@ -101,3 +122,35 @@ def test_a_step_that_runs_out_of_memory_ends_with_one_error_and_keeps_the_checkp
     resumed = run(config, shared_workspace, run_dir, resume=True)  # back at 64 px, the run resumes from step 2
     assert (resumed.status, resumed.step) == ("finished", 4)
     assert [e["step"] for e in EventLog(run_dir / "events.jsonl").read() if e["kind"] == "loss"][-2:] == [3, 4]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the address space from Linux's /proc")
+def test_samples_that_run_out_of_memory_are_skipped_with_a_notice_and_training_goes_on(shared_workspace, tmp_path):
+    """A sample round that ran out of memory ended the run with the training step's advice (int8, smaller
+    buckets), and a resume failed again at the next round: the round is skipped, its size named, the run goes on."""
+    from tests.conftest import make_noise_dataset
+
+    dataset = make_noise_dataset(tmp_path / "inks", count=2)
+    config = TrainConfig.model_validate({
+        "name": "oom-samples", "model": {"name": "tiny-flux"}, "data": {"dataset": str(dataset), "resolutions": [64]},
+        "adapter": {"rank": 4, "alpha": 4}, "optimizer": {"name": "adamw", "lr": 1e-2},
+        "schedule": {"steps": 4, "seed": 1}, "checkpoints": {"every": 2},
+        "sampling": {"every": 2, "prompts": ["blkstyle, a wall"], "steps": 1, "size": 64},
+    })
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    child = subprocess.run([sys.executable, "-c", SAMPLING_CHILD, str(shared_workspace.root), str(run_dir),
+                            str(MARGIN), config.model_dump_json()], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert child.returncode == 0, child.stderr[-3000:]
+    outcome = json.loads(child.stdout.strip().splitlines()[-1])
+    assert outcome["first"] == ["stopped", 2] and outcome["second"] == ["finished", 4]
+    events = EventLog(run_dir / "events.jsonl").read()
+    assert [e["step"] for e in events if e["kind"] == "sample"] == [0, 2]  # step 4's round: skipped
+    notices = [e for e in events if e["kind"] == "notice"]
+    assert [n["step"] for n in notices] == [4] and notices[0]["message"].startswith(
+        "The samples of step 4 ran out of memory and were skipped; training goes on. A smaller sample size "
+        "(sampling.size, now 2048 px)")
+    assert not [e for e in events if e["kind"] == "error"]
+    assert [e["step"] for e in events if e["kind"] == "loss"][-2:] == [3, 4]
+    assert (run_dir / "checkpoints" / "step-000004.safetensors").exists()

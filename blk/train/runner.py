@@ -237,9 +237,21 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
             events.write("eval", at_step, loss=loss)
 
     def sample(at_step: int, asked: bool = False) -> None:
-        if world.is_main and config.sampling.prompts and (asked or config.sampling.every):
+        """A round of samples; one that runs out of memory is skipped with a notice naming the sample size (it
+        ended the run, blaming the training settings, and a resume failed again at the next round)."""
+        if not (world.is_main and config.sampling.prompts and (asked or config.sampling.every)):
+            return
+        try:
             with averaged():
                 _samples(family, config, run_dir, events, at_step, text_for, asked)
+            return
+        except Exception as exc:  # noqa: BLE001  (out of memory only; anything else is raised again)
+            if not is_out_of_memory(exc):
+                raise
+        _free_memory(device)  # outside the handler: its traceback no longer holds the sample's tensors
+        _notice(events, at_step, f"The samples of step {at_step} ran out of memory and were skipped; training goes "
+                                 f"on. A smaller sample size (sampling.size, now {config.sampling.size} px) or fewer "
+                                 "sample steps let them fit")
 
     if world.is_main:
         (run_dir / SAMPLE_REQUEST).unlink(missing_ok=True)  # asked of an earlier attempt, which ended first
@@ -991,7 +1003,7 @@ def _samples(family, config: TrainConfig, run_dir: Path, events: EventLog, step:
     denoiser.eval()
     size = config.sampling.size // 64 * 64
     paths = []
-    with torch.no_grad():
+    with torch.no_grad(), _training_after(denoiser):
         for index, prompt in enumerate(config.sampling.prompts):
             prompt_inputs = family.prompt_inputs(*[text_for(text) for text in family.sample_texts(prompt)])
             image = family.pipe(**prompt_inputs, width=size, height=size, num_inference_steps=config.sampling.steps,
@@ -1003,4 +1015,22 @@ def _samples(family, config: TrainConfig, run_dir: Path, events: EventLog, step:
             atomic.write_bytes(path, buffer.getvalue())
             paths.append(str(path.relative_to(run_dir)))
     events.write("sample", step, paths=paths, prompts=config.sampling.prompts, **({"asked": True} if asked else {}))
-    denoiser.train()
+
+
+@contextlib.contextmanager
+def _training_after(denoiser):
+    """The denoiser back in training mode however sampling ends (dropout was left off after a failed sample)."""
+    try:
+        yield
+    finally:
+        denoiser.train()
+
+
+def _free_memory(device: str) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
