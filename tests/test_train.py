@@ -198,6 +198,31 @@ def test_a_batch_of_two_trains_two_images_of_one_size(shared_workspace, tmp_path
     assert all(sorted(images) in (["img0.png", "img1.png"], ["img2.png", "img3.png"]) for images in steps), steps
 
 
+def test_the_probe_trains_the_largest_bucket_only(shared_workspace, tmp_path, monkeypatch):
+    """The probe's few steps drew what the data order gave, often only the small images: it said a run fits whose
+    large steps would not. Its steps now all draw the largest bucket."""
+    import blk.train.runner as runner
+    from blk.train.probe import probe
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for name, side in (("a", 64), ("b", 64), ("c", 64), ("big", 128)):
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text(f"blkstyle, {name}")
+    config = config_for("tiny-flux", folder, steps=3)
+    config.data.resolutions = [64, 128]
+    result = run(config, shared_workspace, tmp_path / "r", largest_only=True)
+    drawn = [e["images"] for e in EventLog(result.run_dir / "events.jsonl").read() if e["kind"] == "loss"]
+    assert drawn == [["big.png"]] * 3
+
+    seen = []
+    real_run = runner.run
+    monkeypatch.setattr(runner, "run", lambda *a, **k: seen.append(k) or real_run(*a, **k))
+    probe(config, shared_workspace)
+    assert seen and seen[0].get("largest_only") is True
+
+
 def test_bad_inputs_are_one_sentence_before_anything_starts(tmp_path, shared_workspace, dataset):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -1,8 +1,10 @@
 """Before a run: a short probe that measures seconds per step and peak memory for these settings.
 
 It runs the real recipe for a few steps in a throwaway run folder (model load,
-caches, optimizer and all), then extrapolates the total time and says whether
-the peak memory fits the device, so a long run does not fail an hour in. A probe
+caches, optimizer and all), every step at the dataset's largest bucket size,
+then extrapolates the total time and says whether the peak memory fits the
+device, so a long run does not fail an hour in. (The time is then the worst
+case: a dataset of mostly smaller images trains faster.) A probe
 that runs out of memory is the plainest answer: "will not fit", naming the
 settings to change.
 
@@ -76,7 +78,7 @@ def probe(config: TrainConfig, workspace: Workspace, steps: int = PROBE_STEPS) -
             torch.cuda.reset_peak_memory_stats(device)
         out_of_memory = ""
         try:
-            run(trial, workspace, folder)
+            run(trial, workspace, folder, largest_only=True)  # the run's most memory and its slowest steps
         except Exception as exc:  # noqa: BLE001  (out of memory outside the steps, e.g. loading the model)
             if not is_out_of_memory(exc):
                 raise

@@ -95,8 +95,9 @@ class _Reached:
 
 
 def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool = False,
-        stop: threading.Event | None = None, stop_after: int | None = None) -> RunResult:
-    """Train. `stop` ends the run gracefully after the current step (checkpoint saved).
+        stop: threading.Event | None = None, stop_after: int | None = None, largest_only: bool = False) -> RunResult:
+    """Train. `stop` ends the run gracefully after the current step (checkpoint saved). `largest_only`: the
+    probe's: every step draws the largest bucket size (`_largest_bucket`).
 
     Any failure (model loading, text caching, step-0 samples, a bug) is also written as an `error` event of
     one sentence before it propagates, where the run folder exists: the app knows a run only by its events,
@@ -112,7 +113,8 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
         with contextlib.suppress(OSError):  # a full disk: the run's own writes say so, in one sentence
             EventLog(events).write("launch", 0)
     try:
-        return _train(config, workspace, Path(run_dir), resume, stop or threading.Event(), stop_after, reached)
+        return _train(config, workspace, Path(run_dir), resume, stop or threading.Event(), stop_after, reached,
+                      largest_only)
     except Exception as exc:
         _record_failure(Path(run_dir), config, reached.step, exc)
         raise
@@ -143,7 +145,7 @@ def _record_failure(run_dir: Path, config: TrainConfig, step: int, exc: Exceptio
 
 
 def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool, stop: threading.Event,
-           stop_after: int | None, reached: _Reached) -> RunResult:
+           stop_after: int | None, reached: _Reached, largest_only: bool = False) -> RunResult:
     import torch
 
     from blk.models.device import avoid_cudnn_attention_backward, is_out_of_memory, training_dtype
@@ -165,6 +167,10 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     items, held_out = split_validation(items, config.data.validation_images)
     curriculum = plan_curriculum(config, workspace, dataset, items, world.size)
     items = items * config.data.repeats
+    if largest_only:
+        items = _largest_bucket(items)
+        for plan in curriculum.stages if curriculum else []:
+            plan.pools = [_largest_bucket(pool) for pool in plan.pools]
     image_count = len({(i.root, i.image, i.flip, i.variant) for plan in curriculum.stages for pool in plan.pools for i in pool}) \
         if curriculum else len(items)
     device = world.start(workspace.settings.device)
@@ -365,6 +371,13 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     world.close()
     return RunResult(run_dir, step, status, latent_cache.misses, text_encodes, last_checkpoint,
                      latent_for.pixels.misses)
+
+
+def _largest_bucket(items: list[Item]) -> list[Item]:
+    """The items of the largest bucket size: a probe of a few steps drew what the data order gave (on a mixed
+    dataset, often 512 px squares only) and said a run fits whose 1024 px steps would not."""
+    largest = max((item.width * item.height for item in items), default=0)
+    return [item for item in items if item.width * item.height == largest]
 
 
 def _notice(events: EventLog, step: int, sentence: str) -> None:
