@@ -153,7 +153,15 @@ def cmd_train(args, workspace: Workspace) -> int:
         config.model.name = args.model
     if args.dataset:
         config.data.dataset = args.dataset
-    if args.steps and args.resume:  # a longer (or shorter) run from where it is: its stages stay where they were
+    if args.steps and args.resume:  # a longer run from where it is: its stages stay where they were
+        from blk.train.process import resume_target_problem, run_info, shortened_sentence
+
+        info = run_info(run_dir)
+        if problem := resume_target_problem(run_dir.name, info.step, info.status == "finished",
+                                            saved.schedule.steps, args.steps, "--steps"):
+            raise UserError(problem)
+        if shortened := shortened_sentence(config, args.steps):
+            print(f"notice: {shortened}", file=sys.stderr, flush=True)
         config.schedule.steps = args.steps
     elif args.steps:  # a new run: stage starts and warmup scale with the steps, as the Train tab's Steps does
         config = config.with_steps(args.steps)

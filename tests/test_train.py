@@ -277,7 +277,7 @@ def test_presets_load_with_the_paper_values():
             load_config(path)
 
 
-def test_cli_train_and_resume(dataset, shared_workspace, tmp_path):
+def test_cli_train_and_resume(dataset, shared_workspace, tmp_path, capsys):
     from tests.conftest import run_blk
 
     from blk.train.config import load_config
@@ -296,6 +296,12 @@ def test_cli_train_and_resume(dataset, shared_workspace, tmp_path):
     assert more.returncode == 0 and "finished at step 3" in more.stdout
     assert (tmp_path / "r" / "checkpoints" / "step-000003.safetensors").exists()
     assert load_config(tmp_path / "r" / "config.yaml").schedule.warmup_steps == 1  # a resume moves nothing
+    # a --steps the run has reached is one sentence before any model loads (it loaded one to say "finished")
+    from blk.cli import main
+
+    assert main(["--workspace", str(shared_workspace.root), "train", "--resume", str(tmp_path / "r"),
+                 "--steps", "3"]) == 2
+    assert capsys.readouterr().err.strip() == "error: r is at step 3 already: set --steps above 3 to train it longer."
 
 
 def test_validation_loss_is_deterministic_and_held_out(dataset, shared_workspace, tmp_path):

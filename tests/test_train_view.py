@@ -587,6 +587,32 @@ def test_resume_to_a_later_step_trains_a_finished_run_longer(context):
     assert [name[i] for i in resume["inputs"]] == ["r", "blk-resume-to"]  # the run (its value), the step
 
 
+def test_a_resume_to_a_step_before_the_runs_end_says_what_it_changes(context, monkeypatch):
+    """“Resume to step” below the run's planned length ended it early and reshaped its learning rate, silently."""
+    import blk.train.process
+
+    from blk.train.config import Stage, StageSource
+
+    spawned = []
+    monkeypatch.setattr(blk.train.process, "_spawn", lambda *args: spawned.append(args))
+    folder = run_folder(context.workspace.runs, steps=6)
+    config = TrainConfig.model_validate({"schedule": {"steps": 6, "lr_schedule": "cosine"}, "data": {"stages": [
+        Stage(start=0, sources=[StageSource(folder="a")]).model_dump(),
+        Stage(start=5, sources=[StageSource(folder="b")]).model_dump()]}})
+    save_config(config, folder / "config.yaml")
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses(range(1, 3), base=1.0)
+    log("status", 2, status="stopped")
+    assert train.control(context, "r", "resume", 4) == (
+        "Resuming r from step 2 to step 4… It ends at step 4 of the 6 it was planned for; its cosine learning rate "
+        "now decays over 4 steps; its curriculum stage from step 5 never starts.")
+    assert train.control(context, "r", "resume", 2) == \
+        "r is at step 2 already: set “Resume to step” above 2 to train it longer, or set it to 0 to finish its own 6."
+    assert train.control(context, "r", "resume", 8) == "Resuming r from step 2 to step 8…"
+    assert len(spawned) == 2
+
+
 def test_stop_kill_and_resume_answer_right_under_their_buttons(context):
     """Their sentences go to a note beneath the buttons in the run column (not under the long form on the left),
     and choosing another run clears it."""

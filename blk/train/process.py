@@ -96,7 +96,7 @@ def resume_run(workspace: Workspace, folder: Path, steps: int | None = None) -> 
     new grouping in config.yaml); return the sentence saying so ("" when it resumes on as many)."""
     if is_running(folder):
         raise UserError(f"{folder.name} is running already.")
-    config = _saved_config(folder)
+    config = saved_config(folder)
     if config is None:  # nothing to regroup: the trainer says what is missing
         gpus, note = 1, ""
     else:
@@ -105,6 +105,32 @@ def resume_run(workspace: Workspace, folder: Path, steps: int | None = None) -> 
     extra = ["--steps", str(steps)] if steps else []
     _spawn(workspace, folder, ["--resume", str(folder), "--gpus", str(gpus), *extra], gpus)
     return note
+
+
+def resume_target_problem(name: str, step: int, finished: bool, planned: int, target: int, field: str) -> str:
+    """Why a resume to step `target` is refused ("" when it is not): at or below the run's step it trains
+    nothing. `field` names where it was typed (the Train tab's “Resume to step”, the CLI's --steps)."""
+    if target > step:
+        return ""
+    own = "" if finished else f", or leave it out to finish its own {planned}"
+    return f"{name} is at step {step} already: set {field} above {step} to train it longer{own}."
+
+
+def shortened_sentence(config: TrainConfig, target: int) -> str:
+    """What a resume to `target`, below the steps the run was planned for, changes ("" when it is not below):
+    said, since a shorter run also reshapes a cosine or polynomial learning rate (a polynomial one dropped from
+    0.83·lr to 0.5·lr at once) and never starts a curriculum stage after the new end."""
+    planned = config.schedule.steps
+    if target >= planned:
+        return ""
+    changes = [f"it ends at step {target} of the {planned} it was planned for"]
+    if config.schedule.lr_schedule != "constant":
+        changes.append(f"its {config.schedule.lr_schedule} learning rate now decays over {target} steps")
+    late = [stage.start for stage in config.data.stages if stage.start >= target]
+    if late:
+        changes.append(f"its curriculum stage{'s' if len(late) > 1 else ''} from step {late[0]} never start"
+                       + ("" if len(late) > 1 else "s"))
+    return "; ".join(changes).capitalize() + "."
 
 
 def check_gpus(gpus: int) -> None:
@@ -202,7 +228,7 @@ def stop_trainers(pid: int, processes: int) -> None:
             pass
 
 
-def _saved_config(folder: Path) -> TrainConfig | None:
+def saved_config(folder: Path) -> TrainConfig | None:
     """The run's resolved config (what it trained with; the request, for a run stopped before its trainer wrote
     that), or None when it has none readable (the trainer says why)."""
     from blk.train.config import load_config
@@ -318,7 +344,7 @@ def request_samples(folder: Path) -> str:
     if info.status != "running":
         what = "is starting; ask again once its first step is done" if info.status == "starting" else "is not running"
         return f"{folder.name} {what}. Its checkpoints can be tried in Sketch or Review."
-    config = _saved_config(folder)
+    config = saved_config(folder)
     if config is not None and not config.sampling.prompts:
         return f"{folder.name} has no sample prompts; try its checkpoints in Sketch instead."
     atomic.write_text(folder / SAMPLE_REQUEST, time.strftime("%Y-%m-%d %H:%M:%S\n"))

@@ -271,7 +271,8 @@ def control(context: StudioContext, name: str, action: str, to_step=None) -> str
     """Stop, kill, sample now or resume the chosen run; `to_step` (resume only) trains it on to that step — a
     finished run longer, a stopped one further than it was set to go."""
     from blk.errors import UserError
-    from blk.train.process import kill_run, request_samples, resume_run, run_info, stop_run
+    from blk.train.process import (kill_run, request_samples, resume_run, resume_target_problem, run_info,
+                                   saved_config, shortened_sentence, stop_run)
 
     if not name:
         return "Choose a run."
@@ -287,15 +288,18 @@ def control(context: StudioContext, name: str, action: str, to_step=None) -> str
         target = int(to_step or 0)
         if target < 0:
             return "“Resume to step” is a step number: 0 (the run's own steps) or more."
-        if target and target <= info.step:
-            own = "" if info.status == "finished" else f", or 0 to finish its own {info.steps}"
-            return f"{name} is at step {info.step} already: set “Resume to step” above {info.step} to train it longer{own}."
+        if target and (problem := resume_target_problem(name, info.step, info.status == "finished", info.steps,
+                                                         target, "“Resume to step”")):
+            return problem.replace("leave it out", "set it to 0")
         if info.status == "finished" and not target:  # a resume would load the last checkpoint and end at once
             return (f"{name} already trained all its {info.steps} steps: to train it longer, set “Resume to step” "
                     f"above {info.steps} and click Resume.")
+        config = saved_config(folder)
+        shortened = shortened_sentence(config, target) if target and config else ""
         regrouped = resume_run(context.workspace, folder, steps=target or None)  # a sentence on other GPUs
         going = f" to step {target}" if target else ""
-        return f"Resuming {name} from step {info.step}{going}…" + (f" {regrouped}" if regrouped else "")
+        return " ".join(part for part in (f"Resuming {name} from step {info.step}{going}…", shortened, regrouped)
+                        if part)
     except UserError as exc:
         return f"**{exc}**"
 
