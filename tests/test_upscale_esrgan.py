@@ -830,6 +830,15 @@ def test_large_inputs_are_read_by_region(models, tmp_path):
     expected = pattern[side - 80 - x0:side - 32 - x0, side - 100 - x0:side - 36 - x0] / 255
     assert np.abs(region - expected[..., None]).max() < 1e-6
     assert Image.MAX_IMAGE_PIXELS == 89478485  # Pillow's limit was never raised
+    # a BMP that large has no reader by region: the sentence says what to do (it sent the artist to this very tab)
+    import struct
+
+    row = (side * 3 + 3) // 4 * 4
+    (tmp_path / "huge.bmp").write_bytes(b"BM" + struct.pack("<IHHI", 54 + row * side, 0, 0, 54) + struct.pack(
+        "<IiiHHIIiiII", 40, side, side, 1, 24, 0, row * side, 2835, 2835, 0, 0) + bytes(1000))
+    with pytest.raises(BadImage, match="^huge.bmp is too large to decode whole and its format cannot be read by "
+                                       "region; save it as a TIFF"):
+        open_input(tmp_path / "huge.bmp")
 
     # a whole job through the region reader gives the same pixels as through memory
     pixels = noise(36, 52, seed=13)

@@ -70,9 +70,13 @@ def _quiet():
         yield
 
 
+class TooManyPixels(BadImage):
+    """An image over `MAX_PIXELS`: never decoded whole (the Upscale tab reads such files by region)."""
+
+
 def _bomb(path: Path, size: tuple[int, int] | None) -> BadImage:
     dims = f" ({size[0]}×{size[1]})" if size else ""
-    return BadImage(
+    return TooManyPixels(
         f"{path.name} declares too many pixels{dims}, over the {MAX_PIXELS:,}-pixel safety limit "
         "(possibly a decompression bomb); very large artwork belongs in the Upscale tab."
     )

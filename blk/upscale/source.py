@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from blk.data.images import MAX_PIXELS, is_image_name, read_info, read_levels, to_unit
+from blk.data.images import MAX_PIXELS, TooManyPixels, is_image_name, read_info, read_levels, to_unit
 from blk.errors import BadImage, UserError
 
 # Decoded whole below this (kept as levels, `ArraySource`: 8-bit RGBA 128 MB); read by region above.
@@ -166,7 +166,11 @@ def open_input(path: str | Path, max_pixels: int = WHOLE_IMAGE_PIXELS) -> InputI
         return _vips_input(header, path)
     if header is not None and header.format == "ushort" and header.get("vips-loader") == "tiffload":
         return _vips_input(header, path)  # 16-bit TIFFs of any layout (rotated, CMYK, planar, grey + alpha), upright
-    info = read_info(path)  # damaged, not an image, or too large and unreadable by libvips: Pillow's sentence
+    try:
+        info = read_info(path)  # damaged, not an image: Pillow's sentence
+    except TooManyPixels:  # and libvips cannot read it by region (it sent such artwork here, "the Upscale tab")
+        raise BadImage(f"{path.name} is too large to decode whole and its format cannot be read by region; save "
+                       "it as a TIFF (or PNG) and upscale that.") from None
     if header is not None and info.bit_depth == 16 and info.format == "PNG" and not info.mode.startswith("I;16"):
         return _vips_input(header, path)  # Pillow would decode a 16-bit RGB PNG to 8 bits
     levels, peak = read_levels(path)
