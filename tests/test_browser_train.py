@@ -82,8 +82,12 @@ def test_train_tab_runs_a_tiny_lora(tmp_path, shared_workspace):
             expect(page.get_by_text("Step 10 has no checkpoint to try")).to_be_visible()
             chooser.click()
             page.get_by_role("option", name="step 40 · samples · checkpoint", exact=True).click()
+            # chosen (the click is not swallowed by a timer tick) before it goes to Sketch: a busy machine once
+            # sent step 10's "no checkpoint" instead
+            expect(page.locator("#blk-step-info")).to_contain_text("step-000040.safetensors", timeout=30_000)
             page.locator("#blk-step-to-sketch").click()  # Sketch opens with step 40's checkpoint in its LoRA list
-            expect(page.get_by_text(re.compile(r"^conceptor-flux-dev-inks-.* · step 40 — strength$"))).to_be_visible()
+            expect(page.get_by_text(re.compile(r"^conceptor-flux-dev-inks-.* · step 40 — strength$"))).to_be_visible(
+                timeout=30_000)
             expect(page.locator("#blk-sketch-generate")).to_be_visible()
 
             page.reload()  # the form comes back as it was left, dataset included (this browser's memory)
