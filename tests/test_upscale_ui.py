@@ -108,6 +108,48 @@ def test_the_form_refuses_a_scale_of_0_a_stretched_size_and_a_wall_of_gigapixels
                              "reach 3): choose a smaller scale or size.**")
 
 
+REGION_CHILD = """
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from blk.errors import UserError
+from blk.upscale.compare import region_pair
+from blk.upscale.source import open_input
+
+big = Path(sys.argv[1])
+before, after = region_pair(big, big, (0.9, 0.9))
+print(np.asarray(before).shape, np.asarray(before)[0, 0].tolist())
+try:  # the tiles' reader (random access) decodes the whole PNG to the temporary folder first
+    open_input(big).source.read(0, 0, 8, 8)
+except UserError as exc:
+    print(exc)
+"""
+
+
+def test_the_region_view_of_a_large_png_streams_it_instead_of_decoding_it_whole_to_a_temporary_file(tmp_path):
+    """Each move of the before/after view read a region of the input: for a PNG (JPEG, WebP) read by region that
+    meant libvips decoding it whole to its temporary folder first — gigabytes for a mural, at every move."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.test_faults import tmpfs
+
+    big = tmp_path / "mural.png"
+    Image.new("L", (6144, 6144), 90).save(big)  # 37.7 MP: read by region (over 32 MP), a 60 KB file
+    with tmpfs(tmp_path / "small-tmp", "64k") as small:  # libvips' temporary folder, with no room for 37 MB
+        env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(small), VIPS_DISC_THRESHOLD="1k")
+        child = subprocess.run([sys.executable, "-c", REGION_CHILD, str(big)], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    shown, refused = child.stdout.strip().splitlines()
+    assert shown == "(512, 512, 3) [90, 90, 90]"  # the view: streamed down to its region, no temporary file
+    assert refused.startswith(f"The disk holding {small} is full: mural.png is decoded there whole first")
+
+
 def test_the_region_lies_around_the_chosen_centre(tmp_path):
     """Before and after show the same region, where the user put it, moved inside at the edges."""
     assert region_box(1000, 600, (0.5, 0.5), 100) == (450, 250, 100)

@@ -32,7 +32,7 @@ def region_pair(before: Path, after: Path, centre: tuple[float, float] = (0.5, 0
     the region lies around `centre` (fractions of the result's width and height: `region_box`)."""
     from PIL import Image
 
-    small, big = open_input(before), open_input(after)
+    small, big = open_input(before, one_region=True), open_input(after, one_region=True)
     x, y, side = region_box(big.width, big.height, centre, side)
     sx, sy = small.width / big.width, small.height / big.height
     x0, y0 = int(x * sx), int(y * sy)

@@ -154,12 +154,14 @@ def fill_transparent(rgb: np.ndarray, alpha: np.ndarray, radius: int) -> np.ndar
     return filled[0].numpy().transpose(1, 2, 0)
 
 
-def open_input(path: str | Path, max_pixels: int = WHOLE_IMAGE_PIXELS) -> InputImage:
-    """Open an image for upscaling; BadImage with one sentence when it cannot be used."""
+def open_input(path: str | Path, max_pixels: int = WHOLE_IMAGE_PIXELS, one_region: bool = False) -> InputImage:
+    """Open an image for upscaling; BadImage with one sentence when it cannot be used. `one_region`: the caller
+    reads a single region (the before/after view): a large PNG, JPEG or WebP is then decoded as a stream down to
+    it, not whole to a temporary file first (gigabytes for a mural, at each move of the view)."""
     path = Path(path)
     if not is_image_name(path):
         raise BadImage(f"{path.name} is not an image in a supported format (PNG, JPEG, WebP, TIFF, BMP).")
-    header = _vips_header(path) if path.is_file() else None  # lazy: reads the header only
+    header = _vips_header(path, one_region) if path.is_file() else None  # lazy: reads the header only
     if header is not None and header.width * header.height > min(max_pixels, MAX_PIXELS):
         # by region, and before Pillow looks: Pillow decodes a whole PNG to find an eXIf chunk
         # after the pixels (measured: 2.5 s and 256 MB for 64 MP), which libvips handles itself
@@ -193,14 +195,22 @@ def _pillow_metadata(path: Path, mode: str) -> tuple[bytes | None, float | None]
     return icc, (round(dpi_value, 2) if dpi_value else None)
 
 
-def _vips_header(path: Path):
+def _vips_header(path: Path, one_region: bool = False):
+    """The file opened lazily by libvips (None when libvips cannot read it). `one_region`: streamed (sequential
+    access) where it can be: no TIFF (read by region anyway), no rotation tag (turning needs random access)."""
     try:
         from blk.vips import pyvips
 
         image = pyvips.Image.new_from_file(str(path))
+        if one_region and image.get("vips-loader") not in ("tiffload", None) and _upright(image):
+            image = pyvips.Image.new_from_file(str(path), access="sequential")
     except Exception:
         return None
     return image if image.get("vips-loader") in _VIPS_LOADERS else None
+
+
+def _upright(image) -> bool:
+    return "orientation" not in image.get_fields() or image.get("orientation") in (0, 1)
 
 
 # No real image compresses beyond this (deflate stops near 1032:1, LZW and JPEG far below); a file
@@ -233,7 +243,7 @@ def _vips_input(image, path: Path) -> InputImage:
         if isinstance(exc, BadImage):
             raise
         raise BadImage(f"{path.name} cannot be read ({_first_line(exc)}).") from None
-    spill = raw_bytes if loader != "tiffload" else 0
+    spill = raw_bytes if loader != "tiffload" and "vips-sequential" not in fields else 0  # streamed: no spill
     return InputImage(VipsSource(image, path.name), path.name, 16 if high else 8, icc, dpi, by_region=True,
                       grey=grey, spill_bytes=spill)
 
