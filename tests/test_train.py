@@ -236,6 +236,11 @@ def test_bad_inputs_are_one_sentence_before_anything_starts(tmp_path, shared_wor
     with pytest.raises(UserError, match="no saved state"):
         run(config_for("tiny-flux", dataset), shared_workspace, tmp_path / "never-ran", resume=True)
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+    held_out = config_for("tiny-flux", dataset)
+    held_out.data.validation_images = 1  # and no validation loss: one image kept from training for nothing
+    with pytest.raises(UserError, match="^1 validation image is held out from training but no validation loss"):
+        run(held_out, shared_workspace, tmp_path / "r3")
+    assert not (tmp_path / "r3").exists()
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(dataset, shared_workspace, tmp_path):

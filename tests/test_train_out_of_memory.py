@@ -67,7 +67,10 @@ with open("/proc/self/status") as status:
 resource.setrlimit(resource.RLIMIT_AS, (used + margin, resource.RLIM_INFINITY))
 config.sampling.size = 2048  # its VAE decode: 2048² px of activations, several times the margin
 second = run(config, workspace, run_dir, resume=True)
-print(json.dumps({"first": [first.status, first.step], "second": [second.status, second.step]}))
+from blk.train.probe import probe  # the probe, told by the skipped round's notice: it will not fit
+estimate = probe(config, workspace, steps=2)
+print(json.dumps({"first": [first.status, first.step], "second": [second.status, second.step],
+                  "probe": [estimate.fits, estimate.sentence(4)]}))
 """
 
 
@@ -145,12 +148,14 @@ def test_samples_that_run_out_of_memory_are_skipped_with_a_notice_and_training_g
     assert child.returncode == 0, child.stderr[-3000:]
     outcome = json.loads(child.stdout.strip().splitlines()[-1])
     assert outcome["first"] == ["stopped", 2] and outcome["second"] == ["finished", 4]
+    assert outcome["probe"] == [False, "This will not fit: the probe's samples ran out of memory on cpu at 2048 px; "
+                                       "lower the sample size (sampling.size)."]
     events = EventLog(run_dir / "events.jsonl").read()
     assert [e["step"] for e in events if e["kind"] == "sample"] == [0, 2]  # step 4's round: skipped
     notices = [e for e in events if e["kind"] == "notice"]
     assert [n["step"] for n in notices] == [4] and notices[0]["message"].startswith(
         "The samples of step 4 ran out of memory and were skipped; training goes on. A smaller sample size "
-        "(sampling.size, now 2048 px)")
+        "(sampling.size, now 2048 px) lets them fit.") and notices[0]["reason"] == "out_of_memory"
     assert not [e for e in events if e["kind"] == "error"]
     assert [e["step"] for e in events if e["kind"] == "loss"][-2:] == [3, 4]
     assert (run_dir / "checkpoints" / "step-000004.safetensors").exists()

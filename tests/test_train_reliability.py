@@ -237,6 +237,21 @@ def test_a_kill_between_a_checkpoint_file_and_its_event_lists_it_on_resume(datas
                                                                           "step-000005.safetensors"]
     assert [s for s, _ in view_run(folder, 6).checkpoints] == [4, 5]
 
+    # and the pruning the kill skipped: with keep 1, the older file goes as the unlisted one is listed
+    from blk.train.runner import _list_unlisted
+
+    pruned = tmp_path / "pruned"
+    (pruned / "checkpoints").mkdir(parents=True)
+    for step in (2, 4):
+        (pruned / "checkpoints" / f"step-{step:06d}.safetensors").write_bytes(b"lora")
+    events = EventLog(pruned / "events.jsonl")
+    events.write("checkpoint", 2, path="checkpoints/step-000002.safetensors")
+    keep_one = config()
+    keep_one.checkpoints.keep = 1
+    _list_unlisted(keep_one, pruned, events, 4)
+    assert [p.name for p in (pruned / "checkpoints").iterdir()] == ["step-000004.safetensors"]
+    assert [e["step"] for e in events.read() if e["kind"] == "checkpoint"] == [2, 4]
+
 
 def test_a_failure_outside_the_steps_is_an_error_event(dataset, shared_workspace, tmp_path):
     """A model folder whose weights are damaged fails while loading, before any step: the run folder (made by the

@@ -473,18 +473,28 @@ def test_an_invalid_advanced_value_is_one_sentence(context, key, value, sentence
     assert not context.workspace.runs.exists() or list(context.workspace.runs.iterdir()) == []  # nothing started
 
 
-def test_held_out_images_without_a_validation_loss_are_one_sentence(context):
-    """5 images held out with "Validation loss every N steps" at 0 were kept from training for nothing."""
-    from blk.errors import UserError
+def test_held_out_images_without_a_validation_loss_are_one_sentence(context, monkeypatch):
+    """5 images held out with "Validation loss every N steps" at 0 were kept from training for nothing. Refused
+    for a new run; a run begun so (before this check) still resumes."""
+    import blk.train.process
+    from blk.train.config import load_config
 
-    (context.workspace.datasets / "inks").mkdir(parents=True)
+    spawned = []
+    monkeypatch.setattr(blk.train.process, "_spawn", lambda *args: spawned.append(args))
+    make_noise_dataset(context.workspace.datasets / "inks", count=8)
     form = list(train.form_from_preset(context, "conceptor-flux-dev"))
     form[train.FORM_MEMORY_NAMES.index("validation_images")] = 5
     form[train.FORM_MEMORY_NAMES.index("validation_every")] = 0
-    with pytest.raises(UserError) as raised:
-        train.config_from_form(context, "conceptor-flux-dev", "inks", *form)
-    assert "5 validation images are held out from training but no validation loss is computed" in str(raised.value)
-    assert "\n" not in str(raised.value)
+    update, note = train.start(context, "conceptor-flux-dev", "inks", *form)
+    assert note.startswith("**5 validation images are held out from training but no validation loss is computed")
+    assert update == gr.update() and spawned == []
+    assert not context.workspace.runs.exists() or list(context.workspace.runs.iterdir()) == []
+
+    folder = run_folder(context.workspace.runs, "old")  # a run begun so: its config still reads
+    config = load_config(folder / "config.yaml")
+    config.data.validation_images = 5
+    save_config(config, folder / "config.yaml")
+    assert load_config(folder / "config.yaml").data.validation_images == 5
 
 
 @pytest.mark.parametrize("section, values, field", [
@@ -493,7 +503,6 @@ def test_held_out_images_without_a_validation_loss_are_one_sentence(context):
     ("sampling", {"steps": 0}, "sampling.steps"),
     ("optimizer", {"betas": [1.5, 0.999]}, "optimizer.betas.0"),  # refused only when the optimizer was built
     ("optimizer", {"d0": 0}, "optimizer.d0"),  # Prodigy never moves
-    ("data", {"validation_every": 10}, "data"),  # a validation loss of no images
 ])
 def test_settings_that_would_train_nothing_or_fail_later_are_refused_on_reading(section, values, field):
     from pydantic import ValidationError
@@ -994,17 +1003,15 @@ def test_the_learning_rate_axis_writes_small_rates_readably(context):
 def test_a_pid_given_to_another_process_is_not_the_run(tmp_path):
     """After a reboot the trainer's pid may belong to any process: the run is not running, and Stop and Kill
     leave that process alone (with a pid alone, the run read "running" for ever and Kill signalled it)."""
-    import psutil
-
-    from blk.train.process import is_running, kill_run, stop_run
+    from blk.train.process import _identity, is_running, kill_run, stop_run
 
     folder = run_folder(tmp_path)
     Events(folder)("status", 0, status="started")
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:
-        began = psutil.Process(stranger.pid).create_time()
+        boot, tick = _identity(stranger.pid).rsplit(":", 1)
         atomic.write_json(folder / "process.json", {"pid": stranger.pid, "started": 0, "processes": 1,
-                                                    "created": began - 3600})  # the trainer began an hour before
+                                                    "identity": f"{boot}:{int(tick) - 100}"})  # began earlier
         assert not is_running(folder)
         assert run_info(folder).status != "running"
         assert stop_run(folder) == "r is not running."
@@ -1013,7 +1020,7 @@ def test_a_pid_given_to_another_process_is_not_the_run(tmp_path):
         assert stranger.poll() is None, "a process that only shares the trainer's pid was signalled"
 
         atomic.write_json(folder / "process.json", {"pid": stranger.pid, "started": 0, "processes": 1,
-                                                    "created": began})  # the process the app started
+                                                    "identity": _identity(stranger.pid)})  # the process it started
         assert is_running(folder)
         assert kill_run(folder).startswith("Killed r")
         assert stranger.wait(10) == -9

@@ -118,18 +118,19 @@ class DataSection(Strict):
                                           "fractions set how often its folders are drawn); set it to 1")
         return self
 
-    @model_validator(mode="after")
-    def _validation_both_or_neither(self):
-        """Held-out images without a validation loss were kept from training for nothing; a validation loss
-        without held-out images was never computed. Either way, not a word."""
+    def validation_problem(self) -> str:
+        """Why a new run's validation settings do nothing ("" when they do): held-out images without a validation
+        loss were kept from training for nothing; a validation loss without held-out images was never computed.
+        Asked of new runs only (`process.check_dataset`, the trainer's start): a run that began so resumes."""
         if self.validation_images and not self.validation_every:
-            raise PydanticCustomError("config", f"{self.validation_images} validation images are held out from "
-                                      "training but no validation loss is computed; set data.validation_every (or "
-                                      "data.validation_images to 0)")
+            held = "1 validation image is" if self.validation_images == 1 else \
+                f"{self.validation_images} validation images are"
+            return (f"{held} held out from training but no validation loss is computed; set data.validation_every "
+                    "(or data.validation_images to 0)")
         if self.validation_every and not self.validation_images:
-            raise PydanticCustomError("config", "a validation loss needs held-out images; set "
-                                      "data.validation_images (or data.validation_every to 0)")
-        return self
+            return ("a validation loss needs held-out images; set data.validation_images (or data.validation_every "
+                    "to 0)")
+        return ""
 
     @model_validator(mode="after")
     def _shuffle_orders_shuffle(self):

@@ -90,6 +90,10 @@ def probe(config: TrainConfig, workspace: Workspace, steps: int = PROBE_STEPS) -
     errors = [e for e in events if e["kind"] == "error"]
     if errors and not out_of_memory and errors[-1].get("reason") == "out_of_memory":
         out_of_memory = f"at step {errors[-1]['step'] + 1}"
+    skipped = [e for e in events if e["kind"] == "notice" and e.get("reason") == "out_of_memory"]
+    if skipped and not out_of_memory:  # the run skips such samples and goes on; for the probe it is the answer
+        return Estimate(0.0, 0.0, 0, 0, device, f"the probe's samples ran out of memory on {device} at "
+                        f"{config.sampling.size} px; lower the sample size (sampling.size).")
     peak, total = _memory(device)
     # the run resets the GPU's peak after each step (its events carry each step's own): the largest of those
     peak = max([peak] + [event.get("gpu_memory", 0) for event in losses])

@@ -77,6 +77,8 @@ def check_dataset(config: TrainConfig, workspace: Workspace) -> None:
 
     if not config.data.dataset:
         raise UserError("Choose a dataset to train on.")
+    if problem := config.data.validation_problem():
+        raise UserError(problem[0].upper() + problem[1:] + ".")
     dataset = workspace.dataset_folder(config.data.dataset)
     items = load_items(dataset, config.data.resolutions, config.data.flip)
     items, _ = split_validation(items, config.data.validation_images)
@@ -247,17 +249,23 @@ def _spawn(workspace: Workspace, folder: Path, args: list[str], gpus: int = 1) -
                                stdin=subprocess.DEVNULL, env=train_environment(), start_new_session=True)
     log.close()
     atomic.write_json(folder / "process.json", {"pid": process.pid, "started": time.time(), "command": command,
-                                                "processes": gpus, "created": _created(process.pid)})
+                                                "processes": gpus, "identity": _identity(process.pid)})
 
 
-def _created(pid: int) -> float | None:
-    """When the process `pid` began, as the system counts it: with the pid, who it is. After a reboot (or
-    long enough) the same number belongs to another process, which a pid alone took for the trainer: the run
-    read "running" for ever, and Stop or Kill would have signalled a stranger."""
+def _identity(pid: int) -> str | None:
+    """Who the process `pid` is, beyond its number: the boot and the clock tick it started at (Linux's
+    /proc/PID/stat, which no change of the wall clock moves; psutil's start time elsewhere). After a reboot, or
+    long enough, the number belongs to another process, which a pid alone took for the trainer: the run read
+    "running" for ever, and Stop or Kill would have signalled a stranger."""
+    try:
+        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return f"{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}:{started}"
+    except (OSError, IndexError):
+        pass
     import psutil
 
     try:
-        return psutil.Process(pid).create_time()
+        return f"{psutil.Process(pid).create_time():.0f}"
     except psutil.Error:
         return None
 
@@ -303,16 +311,14 @@ def _pid(folder: Path) -> int | None:
 
 
 def is_running(folder: Path) -> bool:
-    """Whether the trainer the app started for the run is alive: its pid, and (recorded since `created` was)
+    """Whether the trainer the app started for the run is alive: its pid, and (recorded since `identity` was)
     the same process, not another that was given its number since."""
     pid = _pid(folder)
     if pid is None:
         return False
-    created = _process_record(folder).get("created")
-    if isinstance(created, (int, float)) and created > 0:
-        now = _created(pid)
-        if now is None or abs(now - created) > 1.0:  # psutil's start times agree to the clock tick
-            return False
+    identity = _process_record(folder).get("identity")
+    if identity and _identity(pid) != identity:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -159,6 +159,8 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     dataset = workspace.dataset_folder(config.data.dataset) if config.data.dataset else None
     if dataset is None:
         raise UserError("Choose a dataset to train on.")
+    if not resume and (problem := config.data.validation_problem()):  # a run begun so resumes as it began
+        raise UserError(problem[0].upper() + problem[1:] + ".")
     if world.is_main:
         for sentence in config.unreachable_stages():  # e.g. `--steps` below a preset's stage starts
             print(f"warning: {sentence}.", file=sys.stderr, flush=True)
@@ -256,8 +258,8 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
                 raise
         _free_memory(device)  # outside the handler: its traceback no longer holds the sample's tensors
         _notice(events, at_step, f"The samples of step {at_step} ran out of memory and were skipped; training goes "
-                                 f"on. A smaller sample size (sampling.size, now {config.sampling.size} px) or fewer "
-                                 "sample steps let them fit")
+                                 f"on. A smaller sample size (sampling.size, now {config.sampling.size} px) lets them "
+                                 "fit", reason="out_of_memory")
 
     if world.is_main:
         (run_dir / SAMPLE_REQUEST).unlink(missing_ok=True)  # asked of an earlier attempt, which ended first
@@ -380,12 +382,13 @@ def _largest_bucket(items: list[Item]) -> list[Item]:
     return [item for item in items if item.width * item.height == largest]
 
 
-def _notice(events: EventLog, step: int, sentence: str) -> None:
-    """Something the user should know that does not stop the run: one line on stderr and a `notice` event."""
+def _notice(events: EventLog, step: int, sentence: str, **fields) -> None:
+    """Something the user should know that does not stop the run: one line on stderr and a `notice` event
+    (`fields`: e.g. the reason the probe reads)."""
     if events.quiet:
         return
     print(f"notice: {sentence}.", file=sys.stderr, flush=True)
-    events.write("notice", step, message=sentence + ".")
+    events.write("notice", step, message=sentence + ".", **fields)
 
 
 class _OutOfMemoryInAProcess(Exception):
