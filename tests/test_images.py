@@ -135,4 +135,22 @@ def test_a_colour_key_is_transparency(tmp_path):
         assert np.array_equal(opened[..., 3], np.where(ink == 0, 0, 255)), path.name
         assert np.array_equal(opened[2:4, 2:6, :3], np.full((2, 4, 3), 200)), path.name
         levels, peak = images.read_levels(path)
-        assert levels.shape == (6, 8, 4) and peak == 255.0 and open_input(path).channels == 4, path.name
+        assert levels.shape == (6, 8, 4) and open_input(path).channels == 4, path.name
+        assert peak == (65535.0 if path == deep else 255.0)  # a 16-bit file's alpha at 16 bits: "Keep 16-bit" keeps it
+    assert np.array_equal(images.read_levels(deep)[0][..., 3], np.where(ink == 0, 0, 65535))
+
+
+def test_a_colour_key_of_a_4_bit_grey_png_is_its_own_level(tmp_path):
+    """Pillow decodes 2- and 4-bit grey to 8 bits (15 → 255) but left the key at 15: it matched nothing."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\0" + bytes([0x0F, 0x0F, 0x0F, 0x0F]) for _ in range(2))  # 8 px a row: 0, 15, 0, 15 …
+    path = tmp_path / "four-bit.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 2, 4, 0, 0, 0, 0))
+                     + chunk(b"tRNS", struct.pack(">H", 15)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    opened = np.asarray(images.open_image(path))
+    assert opened.shape == (2, 8, 4) and opened[0, :, 3].tolist() == [255, 0] * 4  # white (15) is the key

@@ -132,6 +132,7 @@ def open_image(path: str | Path, preview: int | None = None) -> Image.Image:
     with _open(path) as im:
         if im.size[0] * im.size[1] > MAX_PIXELS:
             raise _bomb(path, im.size)
+        _scale_grey_key(im)
         try:
             with _quiet():
                 if preview and im.format == "JPEG":
@@ -142,6 +143,16 @@ def open_image(path: str | Path, preview: int | None = None) -> Image.Image:
             reason = "it is truncated" if "truncated" in str(exc) else str(exc)
             raise BadImage(f"{path.name} is damaged and cannot be decoded ({reason}).") from None
         return to_8bit(upright)
+
+
+def _scale_grey_key(im: Image.Image) -> None:
+    """A 2- or 4-bit grey PNG's colour key at the 8-bit scale its pixels are decoded to: Pillow scales the pixels
+    (15 → 255) but not the key, so a key other than black matched nothing and the image came out opaque. Before
+    decoding: the file's bit depth is known from the header only until then."""
+    bits = {"L;2": 2, "L;2I": 2, "L;4": 4, "L;4I": 4}.get(str(im.tile[0][3]) if im.tile else "")
+    key = im.info.get("transparency")
+    if bits and isinstance(key, int):
+        im.info["transparency"] = key * 255 // (2**bits - 1)
 
 
 def _preview_box(size: tuple[int, int], preview: int) -> tuple[int, int]:
@@ -217,7 +228,7 @@ def read_levels(path: str | Path) -> tuple[np.ndarray, float]:
         if high is not None:
             return high
     with _open(path) as im:
-        if im.mode.startswith("I;16") and "transparency" not in im.info:  # keyed: 8-bit RGBA (`to_8bit`)
+        if im.mode.startswith("I;16"):
             if im.size[0] * im.size[1] > MAX_PIXELS:
                 raise _bomb(path, im.size)
             try:
@@ -227,6 +238,10 @@ def read_levels(path: str | Path) -> tuple[np.ndarray, float]:
             except (OSError, SyntaxError, ValueError) as exc:
                 reason = "it is truncated" if "truncated" in str(exc) else str(exc)
                 raise BadImage(f"{path.name} is damaged and cannot be decoded ({reason}).") from None
+            key = im.info.get("transparency")
+            if isinstance(key, int):  # a colour key: alpha at 16 bits too, so "Keep 16-bit" keeps them
+                alpha = np.where(grey == key, 0, 65535).astype(np.uint16)
+                return np.stack([grey, grey, grey, alpha], axis=-1), 65535.0
             return np.repeat(grey[..., None], 3, axis=2), 65535.0
     return np.asarray(open_image(path)), 255.0
 
