@@ -84,6 +84,23 @@ def test_cancel_stops_the_job_of_its_own_window_only(shared_workspace):
     assert generate(other) == 3  # another window's Cancel: the whole batch
     assert generate(mine) == 1  # this window's: the first image is kept, the batch stops
 
+    # a reload: the old window's session ends while its job runs on; the new window has no job of its own, so
+    # its Cancel stops the jobs of windows that are gone (the app's unload handler says which)
+    from ui.app import build_app
+    from ui.cancels import session_ended
+
+    reloaded = gr.Request(session_hash="reloaded")
+
+    def reload_then_cancel(fraction, desc=""):
+        if fraction >= 0.5:
+            session_ended(mine)
+            cancel(reloaded)
+    shown, *_ = job(mine, [], "tiny-flux", "a cube", "", [], None, sketch.CUSTOM, 64, 64, 2, None, 4, False, 3,
+                    False, False, False, progress=reload_then_cancel)
+    assert len(shown) == 1
+    unload = [f for f in build_app(context).fns.values() if any(t[1] == "unload" for t in f.targets)]
+    assert [f.fn for f in unload] == [session_ended]
+
     for tab, cancel_id in ((stencil, "blk-stencil-cancel"), (review, "blk-review-cancel"),
                            (upscale, "blk-upscale-cancel")):
         with gr.Blocks() as demo:

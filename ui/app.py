@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ui.cancels import session_ended
 from ui.context import StudioContext
 from ui.tabs import caption, models, review, sketch, stencil, train, upscale
 
@@ -43,6 +44,7 @@ def build_app(context: StudioContext) -> gr.Blocks:
                            (stencil_tab, stenciled),
                            (upscale_tab, upscaled), (review_tab, reviewed)):
             refresh_on_show(tab, *built["on_show"])
+        demo.unload(session_ended)  # a closed or reloaded window's jobs: cancellable from the windows still open
     return demo
 
 

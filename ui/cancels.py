@@ -2,16 +2,26 @@
 
 A tab's jobs (Sketch, Stencil, Review's grid, Upscale) shared one flag: with the studio open in two
 windows, Cancel in one stopped the job running for the other (an hour of a mural upscale, say). Each
-browser session now has its own flag, found by Gradio's session hash; Gradio hands the handler the
-request when its parameter is annotated `gr.Request`.
+browser session now has its own flag, found by Gradio's session hash; Gradio hands the handlers the
+request when their parameter is annotated `gr.Request`.
 
-The flags stay for the app's life: a few hundred bytes per window ever opened on a local app."""
+A page reload starts a new session while the old session's job runs on (Gradio does not show it in the
+new page). So a Cancel clicked where no job of its own runs stops the jobs whose windows have closed
+(`session_ended`, the app's unload handler): the job the artist started before reloading, never the job
+of a window still open. A session's flag goes when it has ended and runs no job."""
 
 from __future__ import annotations
 
 import threading
+import weakref
 
 import gradio as gr
+
+_EVERY = weakref.WeakSet()  # every tab's SessionCancels, told when a session ends
+
+
+def _key(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or ""  # a call without a session (a script) shares one
 
 
 class SessionCancels:
@@ -19,21 +29,52 @@ class SessionCancels:
 
     def __init__(self):
         self._flags: dict[str, threading.Event] = {}
+        self._running: set[str] = set()  # sessions whose job runs now
+        self._ended: set[str] = set()  # of those, sessions whose window has closed
         self._lock = threading.Lock()
+        _EVERY.add(self)
 
     def flag(self, request: gr.Request | None) -> threading.Event:
-        """The session's flag (a call without a session, e.g. from a script, shares one)."""
-        key = getattr(request, "session_hash", None) or ""
+        """The session's flag."""
         with self._lock:
-            return self._flags.setdefault(key, threading.Event())
+            return self._flags.setdefault(_key(request), threading.Event())
 
     def cancel(self, request: gr.Request) -> None:
-        """The Cancel button's handler: sets the flag of the session that clicked."""
-        self.flag(request).set()
+        """The Cancel button's handler: the clicking session's job, or where it runs none, the jobs of closed
+        windows."""
+        key = _key(request)
+        with self._lock:
+            orphans = self._running & self._ended
+            targets = [key] if key in self._running or not orphans else sorted(orphans)
+            for target in targets:
+                self._flags.setdefault(target, threading.Event()).set()
 
     def job(self, fn):
         """`fn(cancel, *inputs, progress=…)` as an event handler given the clicking session's flag."""
         def handler(request: gr.Request, *inputs, progress=gr.Progress()):
-            return fn(self.flag(request), *inputs, progress=progress)
+            key, flag = _key(request), self.flag(request)
+            with self._lock:
+                self._running.add(key)
+            try:
+                return fn(flag, *inputs, progress=progress)
+            finally:
+                with self._lock:
+                    self._running.discard(key)
+                    if key in self._ended:
+                        self._ended.discard(key)
+                        self._flags.pop(key, None)
 
         return handler
+
+    def _end(self, key: str) -> None:
+        with self._lock:
+            if key in self._running:
+                self._ended.add(key)
+            else:
+                self._flags.pop(key, None)
+
+
+def session_ended(request: gr.Request) -> None:
+    """The app's unload handler (a window closed or reloaded): its jobs become cancellable from other windows."""
+    for cancels in list(_EVERY):
+        cancels._end(_key(request))
