@@ -353,7 +353,7 @@ def test_a_second_run_of_a_job_in_progress_is_refused(model, tmp_path):
     out = tmp_path / "out.tif"
     holder = Journal.begin(out, "some-key")
     try:
-        with pytest.raises(Exception, match="Another upscale is writing out.tif"):
+        with pytest.raises(Exception, match="Another upscale, from another window or command, is writing out.tif"):
             run(EsrganJob(image, out, model, tile=32, overlap=8))
     finally:
         holder.discard()

@@ -432,9 +432,8 @@ def _lock(path: Path, output: Path) -> int | None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise UserError(f"Another upscale is writing {output.name} right now (the same job, started in "
-                            "another window or command); wait for it to finish (on the command line, --out can "
-                            "name another file).") from None
+            raise UserError(f"Another upscale, from another window or command, is writing {output.name} right "
+                            "now; wait for it to finish.") from None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
