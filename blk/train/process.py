@@ -132,7 +132,8 @@ def shortened_sentence(config: TrainConfig, target: int) -> str:
     if late:
         changes.append(f"its curriculum stage{'s' if len(late) > 1 else ''} from step {late[0]} never start"
                        + ("" if len(late) > 1 else "s"))
-    return "; ".join(changes).capitalize() + "."
+    sentence = "; ".join(changes)
+    return sentence[0].upper() + sentence[1:] + "."
 
 
 def check_gpus(gpus: int) -> None:
