@@ -79,7 +79,8 @@ def test_edit_a_caption_in_the_grid_and_see_it_after_reload(tmp_path, shared_wor
             page.get_by_role("tab", name="Caption").click()  # opening the tab lists it
             page.locator("#blk-caption-dataset input").click()
             page.get_by_role("option", name="inks-alpha").click()
-            expect(page.get_by_text("Page 1 of 1 — 1 matching.")).to_be_visible()  # shown on choosing, no word filter
+            # shown on choosing, no word filter (a CI run on a busy machine took over 5 s)
+            expect(page.get_by_text("Page 1 of 1 — 1 matching.")).to_be_visible(timeout=30_000)
             expect(page.locator("#blk-large-caption textarea")).to_have_value("")  # nothing left of inks
             expect(page.get_by_text("ink 1.png — edited")).to_have_count(0)
             page.locator("#blk-large-caption textarea").fill("typed with no image clicked")

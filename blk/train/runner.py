@@ -159,14 +159,14 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     dataset = workspace.dataset_folder(config.data.dataset) if config.data.dataset else None
     if dataset is None:
         raise UserError("Choose a dataset to train on.")
-    if not resume and (problem := config.data.validation_problem()):  # a run begun so resumes as it began
-        raise UserError(problem[0].upper() + problem[1:] + ".")
     if world.is_main:
         for sentence in config.unreachable_stages():  # e.g. `--steps` below a preset's stage starts
             print(f"warning: {sentence}.", file=sys.stderr, flush=True)
     model = resolve(config.model.name, workspace)
     items = load_items(dataset, config.data.resolutions, config.data.flip, variants=config.data.augment.variants)
-    items, held_out = split_validation(items, config.data.validation_images)
+    items, held_out = split_validation(items, config.data.validation_images)  # holding out every image: said first
+    if not resume and (problem := config.data.validation_problem()):  # a run begun so resumes as it began
+        raise UserError(problem[0].upper() + problem[1:] + ".")
     curriculum = plan_curriculum(config, workspace, dataset, items, world.size)
     items = items * config.data.repeats
     if largest_only:
