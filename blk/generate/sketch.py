@@ -23,7 +23,7 @@ from blk.generate.metadata import save_png
 from blk.generate.prompt_length import prompt_length_notice
 from blk.generate.sizes import SIZE_MULTIPLE, round_size
 from blk.generate.text_to_image import TextToImage, encode_texts, generate
-from blk.models.device import MemoryOptions, is_out_of_memory
+from blk.models.device import MemoryOptions, free_device_memory, is_out_of_memory
 from blk.models.pipelines import LoadedPipeline, PipelineCache, lora_sha256, set_loras, \
     unused_options_notice
 from blk.models.registry import ResolvedModel, resolve
@@ -294,17 +294,6 @@ def out_of_memory_sentence(loaded: LoadedPipeline, width: int, height: int) -> s
         return f"Out of memory at {width}×{height} with every memory mode that helps here on: choose a smaller size."
     listed = modes[0] if len(modes) == 1 else ", ".join(modes[:-1]) + " or " + modes[-1]
     return f"Out of memory at {width}×{height}: turn on {listed} under Memory, or choose a smaller size."
-
-
-def free_device_memory() -> None:
-    """Give memory a failed run held back to the device (call it outside the `except` that caught the failure)."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def request_from_parameters(parameters: dict, workspace: Workspace) -> SketchRequest:

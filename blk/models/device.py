@@ -155,3 +155,16 @@ def is_out_of_memory(error: BaseException) -> bool:
     # CUDA says "out of memory"; the CPU allocator says "can't allocate memory"
     return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text or \
         "can't allocate memory" in text
+
+
+def free_device_memory() -> None:
+    """Give the memory a failed step held back to the device (call it outside the `except` that caught the
+    failure: its traceback pins the tensors). An uninitialised CUDA is left alone (emptying its cache would
+    start a context)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

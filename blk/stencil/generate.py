@@ -23,10 +23,10 @@ from blk.generate.library import lora_reference
 from blk.generate.metadata import save_png
 from blk.generate.prompt_length import prompt_length_notice
 from blk.generate.sizes import round_size
-from blk.generate.sketch import MAX_SEED, Cancelled, Lora, Sketcher, _output_name, check_numbers, free_device_memory, \
-    generation_defaults, lora_label, output_folder
+from blk.generate.sketch import (MAX_SEED, Cancelled, Lora, Sketcher, _output_name, check_numbers, generation_defaults,
+                                 lora_label, output_folder)
 from blk.generate.text_to_image import TextToImage, encode_texts, img2img_steps, run_pipeline
-from blk.models.device import MemoryOptions, is_out_of_memory
+from blk.models.device import MemoryOptions, free_device_memory, is_out_of_memory
 from blk.models.pipelines import lora_sha256, set_loras
 from blk.models.registry import resolve
 from blk.stencil.layerdiffuse import find_encoder, find_weights, latent_to_rgba, load_decoder, load_encoder, \

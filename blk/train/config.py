@@ -126,10 +126,10 @@ class DataSection(Strict):
             held = "1 validation image is" if self.validation_images == 1 else \
                 f"{self.validation_images} validation images are"
             return (f"{held} held out from training but no validation loss is computed; set data.validation_every "
-                    "(or data.validation_images to 0)")
+                    "(or data.validation_images to 0).")
         if self.validation_every and not self.validation_images:
-            return ("a validation loss needs held-out images; set data.validation_images (or data.validation_every "
-                    "to 0)")
+            return ("A validation loss needs held-out images; set data.validation_images (or data.validation_every "
+                    "to 0).")
         return ""
 
     @model_validator(mode="after")

@@ -81,7 +81,7 @@ def check_dataset(config: TrainConfig, workspace: Workspace) -> None:
     items = load_items(dataset, config.data.resolutions, config.data.flip)
     items, _ = split_validation(items, config.data.validation_images)  # holding out every image: said first
     if problem := config.data.validation_problem():
-        raise UserError(problem[0].upper() + problem[1:] + ".")
+        raise UserError(problem)
     plan_curriculum(config, workspace, dataset, items)
     model = resolve(config.model.name, workspace, build_tiny=False)  # the trainer builds a tiny model itself
     loras = [("adapter.init_from", Path(config.adapter.init_from).expanduser())] if config.adapter.init_from else []

@@ -148,7 +148,8 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
            stop_after: int | None, reached: _Reached, largest_only: bool = False) -> RunResult:
     import torch
 
-    from blk.models.device import avoid_cudnn_attention_backward, is_out_of_memory, training_dtype
+    from blk.models.device import (avoid_cudnn_attention_backward, free_device_memory, is_out_of_memory,
+                                   training_dtype)
     from blk.models.registry import resolve
 
     world = World.from_env()
@@ -166,7 +167,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     items = load_items(dataset, config.data.resolutions, config.data.flip, variants=config.data.augment.variants)
     items, held_out = split_validation(items, config.data.validation_images)  # holding out every image: said first
     if not resume and (problem := config.data.validation_problem()):  # a run begun so resumes as it began
-        raise UserError(problem[0].upper() + problem[1:] + ".")
+        raise UserError(problem)
     curriculum = plan_curriculum(config, workspace, dataset, items, world.size)
     items = items * config.data.repeats
     if largest_only:
@@ -256,7 +257,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
         except Exception as exc:  # noqa: BLE001  (out of memory only; anything else is raised again)
             if not is_out_of_memory(exc):
                 raise
-        _free_memory(device)  # outside the handler: its traceback no longer holds the sample's tensors
+        free_device_memory()  # outside the handler: its traceback no longer holds the sample's tensors
         _notice(events, at_step, f"The samples of step {at_step} ran out of memory and were skipped; training goes "
                                  f"on. A smaller sample size (sampling.size, now {config.sampling.size} px) lets them "
                                  "fit", reason="out_of_memory")
@@ -1040,13 +1041,3 @@ def _training_after(denoiser):
         yield
     finally:
         denoiser.train()
-
-
-def _free_memory(device: str) -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()

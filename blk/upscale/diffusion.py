@@ -309,10 +309,10 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     """
     from blk.generate.sketch import generation_defaults
     from blk.models import speed
-    from blk.models.device import is_out_of_memory, pick_device
+    from blk.models.device import free_device_memory, is_out_of_memory, pick_device
     from blk.models.pipelines import PipelineCache, lora_sha256, set_loras
     from blk.models.registry import resolve
-    from blk.upscale.tiler import Cancelled, _free_accelerator_memory
+    from blk.upscale.tiler import Cancelled
 
     started = time.monotonic()
     say = log or (lambda text: None)
@@ -436,7 +436,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                         raise
                     whole, out_of_memory = None, True
                 if out_of_memory:
-                    _free_accelerator_memory()  # outside the handler: the traceback no longer pins the tensors
+                    free_device_memory()  # outside the handler: the traceback no longer pins the tensors
                     say(f"The full-frame pass ran out of memory at {width}×{height} and was skipped; "
                         "the tiled result is kept.")
                 else:

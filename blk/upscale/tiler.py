@@ -278,7 +278,7 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
     writes finished, `on_row_done`, e.g. a journal's fsync) while the next row's first batch computes;
     otherwise before that batch, so that a kill during a long model call loses no finished row.
     """
-    from blk.models.device import is_out_of_memory
+    from blk.models.device import free_device_memory, is_out_of_memory
 
     check_tile(tile, overlap)
     width, height = source.width, source.height
@@ -326,7 +326,7 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
             settle()  # the last row; or, after an out-of-memory error, the rows above the failed one
             if not out_of_memory:
                 return TileStats(tile, overlap, done, retries, time.monotonic() - started, buffers.allocated)
-            _free_accelerator_memory()  # outside the handler: the traceback no longer pins the tensors
+            free_device_memory()  # outside the handler: the traceback no longer pins the tensors
             smaller = (tile // 2) // multiple_of * multiple_of
             if smaller < max(MIN_TILE, 2 * overlap, multiple_of):
                 raise UserError(f"Out of memory even with {tile} px tiles; close other programs using the "
@@ -515,16 +515,6 @@ def _add_tile(sink: Sink, x: int, y: int, levels: np.ndarray, kept_rows: int, ke
             sink.accumulate(x, y + kept_rows, below[:, :kept_cols])
         if kept_cols < below.shape[1]:
             sink.write_raw(x + kept_cols, y + kept_rows, below[:, kept_cols:])
-
-
-def _free_accelerator_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
 
 
 def free_memory(device: str) -> int:
