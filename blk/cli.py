@@ -129,14 +129,22 @@ def cmd_train(args, workspace: Workspace) -> int:
 
     from blk.train import distributed
     from blk.train.config import TrainConfig, load_config
-    from blk.train.runner import run
+    from blk.train.process import record_command_line_trainer, refuse_a_live_run
+    from blk.train.runner import record_refusal, run
 
     if args.resume:
         run_dir = Path(args.resume)
+        if not args.probe:
+            refuse_a_live_run(run_dir)
         # a run stopped before the trainer wrote its config.yaml (in its first seconds) holds only the Train tab's
         # request: it starts again from step 0 in the same folder, as one stopped before its first checkpoint does
         resolved, requested = run_dir / "config.yaml", run_dir / "request.yaml"
-        saved = load_config(requested if requested.is_file() and not resolved.exists() else resolved)
+        try:
+            saved = load_config(requested if requested.is_file() and not resolved.exists() else resolved)
+        except UserError as exc:  # e.g. a config.yaml edited by hand: said where the Train tab looks, not only here
+            if not args.probe:
+                record_refusal(run_dir, exc)
+            raise
         if args.model and args.model != saved.model.name:  # its adapter, optimizer and caches are that model's
             raise UserError(f"{run_dir.name} was trained on {saved.model.name} and resumes only on it: leave out "
                             f"--model, or start a new run on {args.model}.")
@@ -175,6 +183,10 @@ def cmd_train(args, workspace: Workspace) -> int:
         raise UserError("Under accelerate launch every process must train the same run: name its folder with --run-dir.")
     if config.schedule.gpus > 1 and not distributed.launched():
         return _train_on_several_gpus(args, workspace, config.schedule.gpus, run_dir)
+    if not distributed.launched():
+        record_command_line_trainer(run_dir)
+    elif distributed.is_main_process():  # `accelerate launch` typed by hand: the launcher stands for the run
+        record_command_line_trainer(run_dir, distributed.World.from_env().size, pid=os.getppid())
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())  # finish the step, save a checkpoint, end
@@ -223,17 +235,24 @@ def _train_on_several_gpus(args, workspace: Workspace, gpus: int, run_dir) -> in
     import signal
     import subprocess
 
-    from blk.train.process import check_gpus, stop_trainers, train_command, train_environment
+    from blk.train.process import (RECORDED, check_gpus, record_command_line_trainer, record_trainer, stop_trainers,
+                                   train_command, train_environment)
 
     check_gpus(gpus)
+    recorded = os.environ.get(RECORDED) == "1"  # the app started this command, and records its pid
+    if not recorded:
+        record_command_line_trainer(run_dir, gpus)  # refuses a run that trains already; replaced below
     forwarded = ["--resume", args.resume] if args.resume else \
         [*([args.config] if args.config else []), "--run-dir", str(run_dir)]  # one folder for every process
     for flag, value in (("--model", args.model), ("--dataset", args.dataset), ("--steps", args.steps),
                         ("--gpus", gpus)):
         if value:
             forwarded += [flag, str(value)]
-    process = subprocess.Popen(train_command(workspace, forwarded, gpus), env=train_environment(),
+    command = train_command(workspace, forwarded, gpus)
+    process = subprocess.Popen(command, env=train_environment(recorded=True),
                                start_new_session=True)  # Ctrl-C reaches this process alone, which passes it on
+    if not recorded:  # the launcher stands for the run: Stop and Kill in the Train tab find its trainers under it
+        record_trainer(run_dir, process.pid, command, gpus)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_trainers(process.pid, gpus))
     return process.wait()

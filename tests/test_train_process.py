@@ -140,3 +140,41 @@ def test_a_run_that_cannot_start_says_why(workspace_with_data, tmp_path):
     folder = start_run(tiny_config(1), workspace, name="conceptor-flux-dev-ink studies")
     assert folder.name.startswith("conceptor-flux-dev-ink-studies-")  # a dataset's space leaves the folder name
     wait_for(lambda: run_info(folder).status == "finished", 120)
+
+def test_a_run_typed_on_the_command_line_is_live_in_the_tab_and_one_trainer_at_a_time(workspace_with_data, tmp_path):
+    """`studio.py train` (the README's) wrote no process.json: the Train tab showed the live run as "unknown", its
+    Kill reached nothing and its Resume started a second trainer in the same folder. A trainer now records itself;
+    Kill reaches it although it shares the shell's process group (killpg of its pid would have failed)."""
+    import subprocess
+    import sys
+
+    from blk.train.config import save_config
+    from blk.train.monitor import view_run
+    from blk.train.process import PROJECT_ROOT, train_environment
+
+    workspace = workspace_with_data
+    save_config(tiny_config(400), tmp_path / "typed.yaml")
+    folder = workspace.runs / "typed"
+    blk = [sys.executable, "-m", "blk", "--workspace", str(workspace.root), "train"]
+    with open(tmp_path / "typed.log", "wb") as log:
+        typed = subprocess.Popen([*blk, str(tmp_path / "typed.yaml"), "--run-dir", str(folder)], cwd=PROJECT_ROOT,
+                                 env=train_environment(), stdout=log, stderr=subprocess.STDOUT)
+    wait_for(lambda: run_info(folder).step >= 2)
+    assert run_info(folder).status == "running" and is_running(folder)
+    with pytest.raises(UserError, match="running already"):
+        resume_run(workspace, folder)
+    second = subprocess.run([*blk, "--resume", str(folder)], cwd=PROJECT_ROOT, env=train_environment(),
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode != 0 and "typed is training already" in second.stderr
+    assert kill_run(folder) == "Killed typed; resume continues from its last checkpoint."
+    assert typed.wait(timeout=60) == -9
+    assert run_info(folder).status == "killed"
+
+    # a resume whose config.yaml no longer reads (edited by hand) says so where the Train tab looks
+    config = (folder / "config.yaml").read_text()
+    (folder / "config.yaml").write_text(config.replace("  lr:", "  learning_rate:", 1))
+    broken = subprocess.run([*blk, "--resume", str(folder)], cwd=PROJECT_ROOT, env=train_environment(),
+                            capture_output=True, text=True, timeout=120)
+    assert broken.returncode != 0 and "learning_rate" in broken.stderr
+    info = run_info(folder)
+    assert info.status == "error" and "learning_rate" in view_run(folder, info.steps).message

@@ -648,7 +648,8 @@ def test_stop_kill_and_resume_answer_right_under_their_buttons(context):
     column, at = parent_of(config["layout"], note_id)
     buttons = [name[c["id"]] for c in column["children"][at - 1]["children"]]
     assert buttons == ["Stop (save and end)", "Kill", "Resume", "Sample now"]  # the row just above the note
-    assert ("Run", "change") in wired and any(o == ["blk-run-note"] for (n, e), o in wired.items() if n == "Run")
+    assert ("Run", "change") in wired and any(o == ["blk-run-note", "blk-resume-to"] for (n, e), o in wired.items()
+                                              if n == "Run")
 
 
 def test_time_left_shows_only_while_the_run_runs(context):
@@ -1027,3 +1028,113 @@ def test_a_pid_given_to_another_process_is_not_the_run(tmp_path):
     finally:
         if stranger.poll() is None:
             stranger.kill()
+
+
+def live_run(runs, name, steps=40):
+    """A run whose trainer is alive (this test's own process stands for it)."""
+    folder = run_folder(runs, name, steps=steps)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses([1, 2, 3], base=1.0)
+    atomic.write_json(folder / "process.json", {"pid": os.getpid(), "started": 0, "processes": 1})
+    return folder
+
+
+def stopped_run(runs, name, steps=6):
+    folder = run_folder(runs, name, steps=steps)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses([1, 2], base=1.0)
+    checkpoint(log, folder, 2)
+    log("status", 2, status="stopped")
+    atomic.write_json(folder / "process.json", {"pid": ended_pid(), "started": 0, "processes": 1})
+    return folder
+
+
+def test_resume_and_estimate_wait_for_another_live_run(context):
+    """Start refused a second run while one trained, but Resume (clickable) and Estimate did not: two trainers, or
+    a probe measuring both, on one GPU."""
+    live_run(context.workspace.runs, "training-now")
+    folder = stopped_run(context.workspace.runs, "b")
+    stop, kill, resume, sample_now = train.control_buttons(context, "b")
+    assert [stop.interactive, kill.interactive, resume.interactive, sample_now.interactive] == [False] * 4
+    refused = ("**training-now is still training (step 3 of 40): stop it, or wait for it to finish, before starting "
+               "another run.**")
+    assert train.control(context, "b", "resume") == refused
+    assert not (folder / "trainer.log").exists() and run_info(folder).status == "stopped"
+    (context.workspace.datasets / "inks").mkdir(parents=True)
+    form = list(train.form_from_preset(context, "conceptor-flux-dev"))
+    assert list(train.estimate(context, "conceptor-flux-dev", "inks", *form)) == [refused]
+    # with no other run alive, b's Resume is clickable again
+    (context.workspace.runs / "training-now" / "process.json").unlink()
+    assert train.control_buttons(context, "b")[2].interactive is True
+
+
+@pytest.mark.parametrize("name, outside", [("..", False), ("/etc", True), ("../../x", True),
+                                           ("b/checkpoints", False), ("removed", False)])
+def test_a_run_name_that_is_no_run_is_one_sentence_everywhere(context, name, outside):
+    """The Run dropdown takes typed names and keeps a removed run's until ↻: ".." resumed a "run" in the workspace
+    root, "/etc" raised at every timer tick, and a removed run's Resume failed on its log file."""
+    stopped_run(context.workspace.runs, "b")
+    removed = stopped_run(context.workspace.runs, "removed")
+    import shutil
+
+    shutil.rmtree(removed)
+    sentence = f"There is no run called {name} in {context.workspace.runs} (removed? ↻ lists the runs again)."
+    if outside:
+        sentence = f"{name} is outside the workspace ({context.workspace.root}) and the folders allowed in settings."
+    assert train.control(context, name, "resume") == f"**{sentence}**"
+    assert train.control(context, name, "kill") == f"**{sentence}**"
+    assert [b.interactive for b in train.control_buttons(context, name)] == [False] * 4
+    assert train.watch(context, name, False)[2] == f"**{sentence}**"
+    assert train.step_choices(context, name, None)[1] == []
+    assert train.show_step(context, name, 2) == ([], sentence)
+    assert not (context.workspace.root / "process.json").exists() and not (context.workspace.root / "trainer.log").exists()
+
+
+def test_a_long_dataset_name_makes_a_run_folder_that_fits(context, monkeypatch):
+    """The run folder is named PRESET-DATASET-DATE: a legal 80-letter Japanese dataset name made a 240-byte stem and
+    an `OSError: File name too long` out of Start."""
+    import blk.train.process
+
+    monkeypatch.setattr(blk.train.process, "_spawn", lambda *args: None)
+    monkeypatch.setattr(blk.train.process, "check_dataset", lambda *args: None)
+    folder = blk.train.process.start_run(TrainConfig(), context.workspace, name="conceptor-flux-dev-" + "墨の習作" * 20)
+    stem = folder.name.rsplit("-", 2)[0]
+    assert folder.is_dir() and len(folder.name.encode()) <= 255 and len(stem.encode()) <= 120
+    assert stem.startswith("conceptor-flux-dev-墨の習作") and stem.encode().decode() == stem  # whole letters only
+
+
+@pytest.mark.parametrize("field, label", [(2, "Rank"), (6, "Steps"), (10, "Checkpoint every N steps"),
+                                          (5, "Learning rate")])
+def test_a_cleared_number_field_is_named(context, field, label):
+    """A number field emptied by hand sends None: the sentence was a Python one that named no field."""
+    (context.workspace.datasets / "inks").mkdir(parents=True)
+    form = list(train.form_from_preset(context, "conceptor-flux-dev"))
+    assert train.FORM_MEMORY_NAMES[field] in train.NUMBER_FIELDS
+    form[field] = None
+    update, note = train.start(context, "conceptor-flux-dev", "inks", *form)
+    assert note == f"**{label} is empty: give it a number.**" and update == gr.update()
+
+
+def test_a_remembered_number_outside_the_fields_bounds_is_not_put_back(context):
+    """GPUs = 2 kept from a machine with two GPUs, on one with one (the field hidden, maximum 1): every Start and
+    Estimate failed on a field the artist could not see."""
+    from ui.form_memory import restored
+
+    gpus = gr.Number(1, minimum=1, maximum=1, precision=0)
+    steps = gr.Number(100, minimum=1, precision=0)
+    assert restored(context, {"gpus": 2, "steps": 5000}, {"gpus": gpus, "steps": steps}) == [gr.update(), 5000]
+    assert restored(context, {"gpus": 1, "steps": 0}, {"gpus": gpus, "steps": steps}) == [1, gr.update()]
+
+
+def test_a_resume_whose_config_no_longer_reads_says_why_before_it_starts(context):
+    """The README sends the artist to config.yaml after a NaN; a typo there ended the new trainer in a second,
+    the sentence only in trainer.log, and the run read "stopped" again."""
+    folder = stopped_run(context.workspace.runs, "b")
+    text = (folder / "config.yaml").read_text().replace("  lr:", "  learning_rate:", 1)
+    assert text != (folder / "config.yaml").read_text()
+    (folder / "config.yaml").write_text(text)
+    note = train.control(context, "b", "resume")
+    assert note.startswith("**") and "learning_rate" in note and "not permitted" in note
+    assert not (folder / "trainer.log").exists() and run_info(folder).status == "stopped"

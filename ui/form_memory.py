@@ -34,8 +34,9 @@ def _fits(component, value) -> bool:
         return isinstance(value, bool)
     if isinstance(component, gr.Slider):
         return number and component.minimum <= value <= component.maximum
-    if isinstance(component, gr.Number):
-        return number
+    if isinstance(component, gr.Number):  # within its bounds now (a GPUs count kept from a machine with more)
+        return number and (component.minimum is None or value >= component.minimum) and \
+            (component.maximum is None or value <= component.maximum)
     if isinstance(component, gr.Dropdown) and component.allow_custom_value:
         return isinstance(value, str)
     if isinstance(component, (gr.Dropdown, gr.Radio)):

@@ -45,13 +45,19 @@ def pinned_steps(run_dir: Path) -> set[int]:
 def pin(run_dir: Path, step: int, pinned: bool = True) -> set[int]:
     """Pin (or unpin) one checkpoint of a run; returns the pinned steps."""
     steps = pinned_steps(run_dir)
+    checkpoint = Path(run_dir) / "checkpoints" / f"step-{step:06d}.safetensors"
+    gone = UserError(f"{Path(run_dir).name} has no checkpoint at step {step} (it may have been pruned).")
     if pinned:
-        if not (Path(run_dir) / "checkpoints" / f"step-{step:06d}.safetensors").exists():
-            raise UserError(f"{Path(run_dir).name} has no checkpoint at step {step} (it may have been pruned).")
+        if not checkpoint.exists():
+            raise gone
         steps.add(int(step))
     else:
         steps.discard(int(step))
     atomic.write_json(Path(run_dir) / PINS_FILE, {"steps": sorted(steps)})
+    if pinned and not checkpoint.exists():  # pruned by the trainer between the look and the pin: not kept after all
+        steps.discard(int(step))
+        atomic.write_json(Path(run_dir) / PINS_FILE, {"steps": sorted(steps)})
+        raise gone
     return steps
 
 

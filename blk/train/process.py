@@ -38,6 +38,7 @@ from blk.workspace import Workspace
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENDED = ("finished", "stopped", "error")  # the statuses a trainer writes last
+STEM_BYTES = 120  # of a run folder's name before its date stamp
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,17 @@ def start_run(config: TrainConfig, workspace: Workspace, name: str | None = None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     # a name for a folder and for command lines: a dataset named "ink studies" gives ink-studies
     stem = re.sub(r"[^\w.-]+", "-", name or config.name).strip(".-") or "run"
+    # a folder name holds 255 bytes: a long dataset name in a script of 3 bytes a letter overflowed it
+    stem = stem.encode()[:STEM_BYTES].decode(errors="ignore").rstrip(".-")
     folder = workspace.runs / f"{stem}-{stamp}"
     if folder.exists():
         raise UserError(f"A run named {folder.name} exists already.")
     check_gpus(config.schedule.gpus)
     check_dataset(config, workspace)
-    folder.mkdir(parents=True)
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise UserError(f"The run folder {folder} could not be made ({exc.strerror or exc}).") from None
     save_config(config, folder / "request.yaml")
     _spawn(workspace, folder, [str(folder / "request.yaml"), "--run-dir", str(folder)], config.schedule.gpus)
     return folder
@@ -98,7 +104,7 @@ def resume_run(workspace: Workspace, folder: Path, steps: int | None = None) -> 
     new grouping in config.yaml); return the sentence saying so ("" when it resumes on as many)."""
     if is_running(folder):
         raise UserError(f"{folder.name} is running already.")
-    config = saved_config(folder)
+    config = _strict_saved_config(folder)  # one edited wrong is said here, not only in the trainer's log
     if config is None:  # nothing to regroup: the trainer says what is missing
         gpus, note = 1, ""
     else:
@@ -206,9 +212,16 @@ def train_command(workspace: Workspace, args: list[str], gpus: int = 1) -> list[
             *train]
 
 
-def train_environment() -> dict[str, str]:
-    """The trainer's environment: this project importable wherever it runs from."""
-    return dict(os.environ, PYTHONPATH=str(PROJECT_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+# Set in the environment of a trainer whose starter records it in RUN/process.json (`record_trainer`).
+RECORDED = "BLK_TRAINER_RECORDED"
+
+
+def train_environment(recorded: bool = False) -> dict[str, str]:
+    """The trainer's environment: this project importable wherever it runs from; `recorded`: its starter writes
+    RUN/process.json (the trainer would otherwise record itself: `record_command_line_trainer`)."""
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop(RECORDED, None)
+    return {**env, RECORDED: "1"} if recorded else env
 
 
 def stop_trainers(pid: int, processes: int) -> None:
@@ -234,23 +247,55 @@ def stop_trainers(pid: int, processes: int) -> None:
 def saved_config(folder: Path) -> TrainConfig | None:
     """The run's resolved config (what it trained with; the request, for a run stopped before its trainer wrote
     that), or None when it has none readable (the trainer says why)."""
+    try:
+        return _strict_saved_config(folder)
+    except UserError:
+        return None
+
+
+def _strict_saved_config(folder: Path) -> TrainConfig | None:
+    """As `saved_config`, but a config that does not read (e.g. edited by hand) is its sentence."""
     from blk.train.config import load_config
 
     path = folder / "config.yaml" if (folder / "config.yaml").exists() else folder / "request.yaml"
-    try:
-        return load_config(path) if path.exists() else None
-    except UserError:
-        return None
+    return load_config(path) if path.exists() else None
 
 
 def _spawn(workspace: Workspace, folder: Path, args: list[str], gpus: int = 1) -> None:
     log = open(folder / "trainer.log", "ab")
     command = train_command(workspace, args, gpus)
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, env=train_environment(), start_new_session=True)
+                               stdin=subprocess.DEVNULL, env=train_environment(recorded=True),
+                               start_new_session=True)
     log.close()
-    atomic.write_json(folder / "process.json", {"pid": process.pid, "started": time.time(), "command": command,
-                                                "processes": gpus, "identity": _identity(process.pid)})
+    record_trainer(folder, process.pid, command, gpus)
+
+
+def record_trainer(folder: Path, pid: int, command: list[str], processes: int) -> None:
+    """RUN/process.json: the trainer's pid (a launcher's, with several processes), who that process is, when it
+    started and how: all the app knows of a live run, whoever started it."""
+    atomic.write_json(folder / "process.json", {"pid": pid, "started": time.time(), "command": command,
+                                                "processes": processes, "identity": _identity(pid)})
+
+
+def refuse_a_live_run(folder: Path) -> None:
+    """One trainer per run folder: a second (a resume typed while the app's trainer runs) would write the same
+    state and checkpoints. Not asked of a trainer the app started: the app checked, and records it as live."""
+    if os.environ.get(RECORDED) != "1" and is_running(folder):
+        raise UserError(f"{folder.name} is training already (process {_pid(folder)}): stop it, or wait for it to "
+                        "end, before resuming it.")
+
+
+def record_command_line_trainer(folder: Path, processes: int = 1, pid: int | None = None) -> None:
+    """A trainer started from the command line records itself as the app records those it starts (a trainer the
+    app or `_train_on_several_gpus` started finds `RECORDED` set and leaves theirs): without it, the Train tab
+    showed a live run as "killed" or "unknown", its Stop and Kill reached nothing, and Resume started a second
+    trainer in its folder. A trainer already live in the folder is refused, from the command line too."""
+    if os.environ.get(RECORDED) == "1":
+        return
+    refuse_a_live_run(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    record_trainer(folder, pid or os.getpid(), [sys.executable, "-m", "blk", *sys.argv[1:]], processes)
 
 
 def _identity(pid: int) -> str | None:
@@ -371,7 +416,10 @@ def kill_run(folder: Path) -> str:
             trainers = psutil.Process(pid).children(recursive=True)
         except (ProcessLookupError, psutil.Error):
             pass
-    os.killpg(pid, signal.SIGKILL)
+    try:  # the app starts trainers in a session of their own; one started from a shell may share its group
+        os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     for trainer in trainers:
         try:
             trainer.kill()
@@ -417,6 +465,23 @@ def run_info(folder: Path) -> RunInfo:
     else:
         status = "killed" if (folder / "process.json").exists() else "unknown"
     return RunInfo(folder.name, folder, status, step, steps)
+
+
+def run_folder(workspace: Workspace, name: str) -> Path:
+    """The folder of the run called `name`: a folder directly in the runs folder. A name typed or sent as "..",
+    "/etc" or "a/b", or of a run removed since the list was drawn, is a sentence (".." resumed a "run" in the
+    workspace root; a removed run's Resume failed on its log file)."""
+    folder = workspace.confine(name, base=workspace.runs)
+    if folder.parent != workspace.runs.resolve() or not folder.is_dir():
+        raise UserError(f"There is no run called {name} in {workspace.runs} (removed? ↻ lists the runs again).")
+    return folder
+
+
+def live_elsewhere(workspace: Workspace, name: str) -> bool:
+    """Whether a trainer runs for another run than `name` (cheap: process records only, no events read), so the
+    Train tab greys Resume as Start refuses: one run at a time on the GPU."""
+    return any(folder.name != name and is_running(folder)
+               for folder in workspace.runs.iterdir() if folder.is_dir() and not folder.name.startswith("."))
 
 
 def list_runs(workspace: Workspace) -> list[RunInfo]:

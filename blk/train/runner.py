@@ -120,6 +120,15 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
         raise
 
 
+def record_refusal(run_dir: Path, exc: UserError) -> None:
+    """The `error` event of a resume refused before it trains (its config.yaml no longer reads): the Train tab
+    showed the run as "stopped" again, the sentence only in trainer.log."""
+    if (run_dir / "events.jsonl").is_file() and World.from_env().is_main:
+        step = max((event["step"] for event in EventLog(run_dir / "events.jsonl").read()), default=0)
+        with contextlib.suppress(OSError):
+            EventLog(run_dir / "events.jsonl").write("error", step, message=str(exc))
+
+
 def _record_failure(run_dir: Path, config: TrainConfig, step: int, exc: Exception) -> None:
     """The `error` event for a failure that ends the run: out of memory names the setting to change; a
     UserError is its own sentence; anything else is the exception's last line."""
@@ -214,6 +223,8 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     reached.step = step
     world.broadcast_parameters(params)  # replicas start identical (they are already: same seed, same state file)
     world.barrier()  # every process has read state/ before rank 0 may replace it
+    if world.is_main:  # asked of an earlier attempt, which ended first; removed before the status that lets the
+        (run_dir / SAMPLE_REQUEST).unlink(missing_ok=True)  # Train tab ask again (a request made since is kept)
     events.write("status", step, status="resumed" if step else "started", model=model.name, images=image_count,
                  processes=world.size, accumulation=config.schedule.gradient_accumulation)
     if restart:  # after the status: the Train tab shows the notices of the attempt that status begins
@@ -261,9 +272,6 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
         _notice(events, at_step, f"The samples of step {at_step} ran out of memory and were skipped; training goes "
                                  f"on. A smaller sample size (sampling.size, now {config.sampling.size} px) lets them "
                                  "fit", reason="out_of_memory")
-
-    if world.is_main:
-        (run_dir / SAMPLE_REQUEST).unlink(missing_ok=True)  # asked of an earlier attempt, which ended first
 
     if step == 0:
         validate(0)

@@ -50,6 +50,11 @@ LABELS = {
     "data.validation_every": "Validation loss every N steps", "schedule.gpus": "GPUs",
     **{f"{section}.{key}": label for section, key, label in ADVANCED},
 }
+# The form's number fields (by their form memory names) and where each goes in the schema.
+NUMBER_FIELDS = {"rank": "adapter.rank", "alpha": "adapter.alpha", "lr": "optimizer.lr", "steps": "schedule.steps",
+                 "sample_every": "sampling.every", "checkpoint_every": "checkpoints.every",
+                 "keep": "checkpoints.keep", "validation_images": "data.validation_images",
+                 "validation_every": "data.validation_every", "gpus": "schedule.gpus"}
 
 
 def preset_names() -> list[str]:
@@ -158,6 +163,12 @@ def config_from_form(context: StudioContext, preset, dataset, model, resolutions
     from blk.yaml_io import first_error
 
     context.workspace.named_dataset(dataset)  # confined to the workspace, and it exists
+    numbers = dict(rank=rank, alpha=alpha, lr=lr, steps=steps, sample_every=sample_every,
+                   checkpoint_every=checkpoint_every, keep=keep, validation_images=validation_images,
+                   validation_every=validation_every, gpus=gpus)
+    for name, value in numbers.items():  # a field cleared by hand sends None (said as a Python error, naming none)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise UserError(f"{LABELS[NUMBER_FIELDS[name]]} is empty: give it a number.")
     try:
         base = load_config(PRESETS / f"{preset}.yaml") if preset else TrainConfig()
         data = base.model_dump()
@@ -253,6 +264,7 @@ def estimate(context: StudioContext, preset, dataset, *form):
 
     try:
         config = config_from_form(context, preset, dataset, *form)
+        refuse_while_training(context)  # the probe beside a live run measured both and said "will not fit"
     except UserError as exc:
         yield f"**{exc}**"
         return
@@ -264,7 +276,9 @@ def estimate(context: StudioContext, preset, dataset, *form):
 
 
 def _folder(context: StudioContext, name: str) -> Path:
-    return context.workspace.confine(name, base=context.workspace.runs)
+    from blk.train.process import run_folder
+
+    return run_folder(context.workspace, name)
 
 
 def control(context: StudioContext, name: str, action: str, to_step=None) -> str:
@@ -294,6 +308,7 @@ def control(context: StudioContext, name: str, action: str, to_step=None) -> str
         if info.status == "finished" and not target:  # a resume would load the last checkpoint and end at once
             return (f"{name} already trained all its {info.steps} steps: to train it longer, set “Resume to step” "
                     f"above {info.steps} and click Resume.")
+        refuse_while_training(context)  # another run: one at a time on the GPU, as Start
         config = saved_config(folder)
         shortened = shortened_sentence(config, target) if target and config else ""
         regrouped = resume_run(context.workspace, folder, steps=target or None)  # a sentence on other GPUs
@@ -312,15 +327,16 @@ def control_buttons(context: StudioContext, name: str):
     trainer, so they are greyed otherwise, and Kill is red only while there is something to kill. Resume is
     greyed while the trainer runs and clickable on a finished run: with "Resume to step" it trains it longer."""
     from blk.errors import UserError
-    from blk.train.process import run_info
+    from blk.train.process import live_elsewhere, run_info
 
     try:
         status = run_info(_folder(context, name)).status if name else None
-    except UserError:  # a name outside the runs folder: nothing to act on
+    except UserError:  # a name outside the runs folder, or a run removed: nothing to act on
         status = None
     live = status in LIVE
+    resumable = status is not None and not live and not live_elsewhere(context.workspace, name)
     return (gr.Button(interactive=live), gr.Button(interactive=live, variant="stop" if live else "secondary"),
-            gr.Button(interactive=status is not None and not live), gr.Button(interactive=live))
+            gr.Button(interactive=resumable), gr.Button(interactive=live))
 
 
 # The loss plot's lines, each always in its colour (a validation line appearing later shifts none of them).
@@ -341,6 +357,7 @@ def watch(context: StudioContext, name: str, log_scale: bool):
     """The loss and learning-rate plots, status line, samples and checkpoints of one run."""
     import pandas as pd
 
+    from blk.errors import UserError
     from blk.timespan import duration
     from blk.train.monitor import view_run
     from blk.train.process import run_info, trainer_log_tail
@@ -359,7 +376,10 @@ def watch(context: StudioContext, name: str, log_scale: bool):
 
     if not name:
         return (*plots(None, None, step_span(0, 0)), "No run selected.", [], "")
-    folder = _folder(context, name)
+    try:
+        folder = _folder(context, name)
+    except UserError as exc:  # a run removed, or a name that is no run: said at every tick, not raised
+        return (*plots(None, None, step_span(0, 0)), f"**{exc}**", [], "")
     info = run_info(folder)
     view = view_run(folder, info.steps)
     series = ["loss"] * len(view.steps) + ["smoothed"] * len(view.steps) + ["validation"] * len(view.eval_steps)
@@ -457,11 +477,15 @@ def toggle_log_scale(context: StudioContext, name: str, log_scale: bool):
 def step_choices(context: StudioContext, name: str, known):
     """The step chooser's choices (steps with samples or checkpoints); unchanged ones are not sent again,
     so a timer tick never disturbs an open dropdown. Returns (dropdown update, choices)."""
+    from blk.errors import UserError
     from blk.train.monitor import view_run
 
     choices = []
-    if name:
-        view = view_run(_folder(context, name), 0)
+    try:
+        view = view_run(_folder(context, name), 0) if name else None
+    except UserError:  # no such run (`watch` says so)
+        view = None
+    if view is not None:
         for step in view.chosen_steps():
             at = view.at_step(step)
             label = f"step {step}" + (" · samples" if at.samples else "") + \
@@ -474,12 +498,16 @@ def step_choices(context: StudioContext, name: str, known):
 
 def show_step(context: StudioContext, name: str, step):
     """One step's samples and its checkpoint file (or why there is none)."""
+    from blk.errors import UserError
     from blk.train.config import load_config
     from blk.train.monitor import view_run
 
     if not name or step is None or step == "":
         return [], ""
-    folder = _folder(context, name)
+    try:
+        folder = _folder(context, name)
+    except UserError as exc:
+        return [], str(exc)
     at = view_run(folder, 0).at_step(int(step))
     if at.checkpoint:
         text = f"Checkpoint of step {at.step}: `{at.checkpoint}`"
@@ -714,7 +742,8 @@ def build(context: StudioContext, datasets) -> dict:
         return gr.Dropdown(choices=choices, value=None), choices, [], ""
 
     run.change(new_run, inputs=run, outputs=[step_choice, known_steps, step_samples, step_info])
-    run.change(lambda: "", outputs=control_note, show_progress="hidden")  # another run's note would mislead
+    # another run's note would mislead, and its “Resume to step” would train this run to that step
+    run.change(lambda: ("", 0), outputs=[control_note, resume_to], show_progress="hidden")
     step_choice.change(lambda n, step: show_step(context, n, step), inputs=[run, step_choice],
                        outputs=[step_samples, step_info])
 
