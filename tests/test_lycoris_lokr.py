@@ -322,16 +322,17 @@ def trained_lokr(shared_workspace, tmp_path_factory):
     from peft.utils import get_peft_model_state_dict
 
     from blk.train.adapters import TRAINABLE
+    from blk.train.lora_file import lora_file_bytes
 
     family = trainable_flux(shared_workspace, rank=4, alpha=4.0)
     with torch.no_grad():
         for name, parameter in family.denoiser.named_parameters():
             if ".lokr_" in name:
                 parameter.normal_(0, 0.3)
-    folder = tmp_path_factory.mktemp("own-lokr")
-    family.save_lora(folder, get_peft_model_state_dict(family.denoiser, adapter_name=TRAINABLE),
-                     metadata=family.denoiser.peft_config[TRAINABLE].to_dict())
-    return folder / "pytorch_lora_weights.safetensors"
+    path = tmp_path_factory.mktemp("own-lokr") / "own-lokr.safetensors"
+    path.write_bytes(lora_file_bytes("flux", get_peft_model_state_dict(family.denoiser, adapter_name=TRAINABLE),
+                                     family.denoiser.peft_config[TRAINABLE].to_dict(), "lokr", {}))
+    return path
 
 
 # a run's starting point --------------------------------------------------------------------------

@@ -308,8 +308,10 @@ def _load_lora(loaded: LoadedPipeline, path: Path, name: str) -> None:
 
     On int8 (quanto) weights the pipeline-level loader fails on the quantized
     state dict, so the adapter goes straight onto the denoiser; a LoRA's
-    text-encoder part, if any, is then not applied. LoKr files (`…lokr_w1`,
-    `…lokr_w2`, as the Train tab writes them) take the same route: diffusers'
+    text-encoder part, if any, is then not applied; a file in other names than
+    diffusers' (kohya's, as the Train tab writes SDXL LoRAs) is converted by
+    the pipeline's `lora_state_dict` first. LoKr files (`…lokr_w1`,
+    `…lokr_w2`, as the Train tab writes them) take the denoiser route too: diffusers'
     pipeline loaders accept LoRA names only, its denoiser loader accepts LoKr too. LoKr files
     with LyCORIS / kohya names (`lora_unet_…lokr_w1`) are converted by `blk.models.lycoris`.
     """
@@ -317,11 +319,16 @@ def _load_lora(loaded: LoadedPipeline, path: Path, name: str) -> None:
 
     _quiet_lora_loader()
     keys = safetensors_keys(path)
+    prefix = "transformer" if loaded.model.family == "flux" else "unet"
+    diffusers_names = any(key.startswith(prefix + ".") for key in keys)
     if is_lycoris_lokr(keys):
         load_lycoris_lokr(loaded.denoiser, path, loaded.model.family, name)
-    elif loaded.memory.int8 or any(".lokr_" in key for key in keys):
-        prefix = "transformer" if loaded.model.family == "flux" else "unet"
+    elif any(".lokr_" in key for key in keys) or (loaded.memory.int8 and diffusers_names):
         loaded.denoiser.load_lora_adapter(str(path), prefix=prefix, adapter_name=name)
+    elif loaded.memory.int8:
+        options = {"return_alphas": True} if loaded.model.family == "flux" else {"unet_config": loaded.denoiser.config}
+        state, alphas = type(loaded.pipe).lora_state_dict(str(path), **options)
+        loaded.denoiser.load_lora_adapter(state, prefix=prefix, network_alphas=alphas, adapter_name=name)
     else:
         loaded.pipe.load_lora_weights(str(path), adapter_name=name)
 

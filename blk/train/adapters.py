@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -32,6 +33,36 @@ def peft_config(adapter):
 
     return LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
                       target_modules=adapter.target_modules, init_lora_weights="gaussian")
+
+
+def check_target_modules(denoiser, adapter, model_name: str) -> None:
+    """Every `adapter.target_modules` entry names layers of this model, and a LoKr none of its convolutions: one
+    sentence as soon as the model is loaded. peft said "Target modules … not found" only once every caption was
+    encoded (minutes on a real model), trained a typo beside valid names without a word, and a LoKr on a
+    convolution trained but wrote a file no loader reads (diffusers cannot rebuild its 4-D factors)."""
+    import torch
+
+    targets = adapter.target_modules
+    if isinstance(targets, str):  # a regular expression (peft's full-match rule): peft itself says when none fits
+        return
+    layers = [(name, module) for name, module in denoiser.named_modules()
+              if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) or hasattr(module, "in_features")]
+
+    def matches(target: str) -> list:
+        return [module for name, module in layers if name == target or name.endswith("." + target)]
+
+    unmatched = [target for target in targets if not matches(target)]
+    if unmatched or not targets:
+        examples = sorted({name.rsplit(".", 1)[-1] if not name.rsplit(".", 1)[-1].isdigit() else
+                           ".".join(name.rsplit(".", 2)[-2:]) for name, _ in layers})[:12]
+        named = ", ".join(unmatched) if unmatched else "nothing"
+        raise UserError(f"adapter.target_modules names {named}, which matches no layer of {model_name}; its layers "
+                        f"include {', '.join(examples)}.")
+    if adapter.kind == "lokr":
+        convolutions = [target for target in targets if any(isinstance(m, torch.nn.Conv2d) for m in matches(target))]
+        if convolutions:
+            raise UserError(f"A LoKr adapter cannot train convolutions ({', '.join(convolutions)} in "
+                            "adapter.target_modules): its files would load nowhere; use a LoRA, or leave them out.")
 
 
 def adapter_metadata(denoiser, adapter) -> dict:
@@ -95,8 +126,8 @@ def read_lora(family, path: Path) -> tuple[dict, dict | None, dict | None]:
     try:
         if family.name == "flux":
             state, alphas = cls.lora_state_dict(raw, return_alphas=True)
-        else:
-            state, alphas = cls.lora_state_dict(raw)
+        else:  # the UNet's config converts kohya's original SDXL names (`lora_unet_input_blocks_4_1_…`)
+            state, alphas = cls.lora_state_dict(raw, unet_config=family.denoiser.config)
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"{path.name} is not a LoRA for {family.name}: {str(exc).splitlines()[0][:160]}") from None
     metadata = _peft_metadata(path) if not alphas and set(state) <= set(raw) else None  # names as saved: not converted
@@ -141,6 +172,13 @@ def freeze_all_but_trainable(denoiser) -> None:
     for name, parameter in denoiser.named_parameters():
         if parameter.requires_grad and f".{TRAINABLE}." not in name and not name.endswith(f".{TRAINABLE}"):
             parameter.requires_grad_(False)
+
+
+def text_encoder_modules(family, path: Path) -> int:
+    """How many text-encoder layers a LoRA file adapts (`lora_te1_…`, `text_encoder.…`): a run trains the
+    denoiser only, so starting from such a file leaves them out (said as a notice, not silently)."""
+    state = read_lora(family, path)[0]  # one down (A) matrix a layer, whichever names diffusers converted to
+    return sum(1 for key in state if key.startswith("text_encoder") and re.search(r"(lora_A|lora[._]down)\.weight$", key))
 
 
 def init_trainable_from(family, path: Path) -> int:

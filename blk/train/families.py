@@ -94,10 +94,6 @@ class FluxFamily:
         prediction = pipe._unpack_latents(prediction, h * scale, w * scale, scale)
         return prediction, noise - latents
 
-    def save_lora(self, folder, state_dict, metadata=None) -> None:
-        self.pipe.save_lora_weights(str(folder), transformer_lora_layers=state_dict, safe_serialization=True,
-                                    transformer_lora_adapter_metadata=metadata)
-
 
 class SDXLFamily:
     name = "sdxl"
@@ -170,7 +166,3 @@ class SDXLFamily:
         else:
             target = noise
         return prediction, target
-
-    def save_lora(self, folder, state_dict, metadata=None) -> None:
-        self.pipe.save_lora_weights(str(folder), unet_lora_layers=state_dict, safe_serialization=True,
-                                    unet_lora_adapter_metadata=metadata)

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from blk import atomic
 from blk.errors import UserError
-from blk.train.adapters import adapter_metadata, published_weights
+from blk.train.adapters import adapter_metadata, check_target_modules, published_weights, text_encoder_modules
 from blk.train.cache import PixelMemory, TensorCache, model_key, pixel_budget
 from blk.train.config import TrainConfig, save_config
 from blk.train.data import Curriculum, Item, StagePlan, augment_caption, batch_count, bucket_batches, load_items
@@ -202,6 +202,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     events = EventLog(run_dir / "events.jsonl", quiet=not world.is_main)
 
     family = _load_family(config, model, dtype, device)  # the denoiser waits on the CPU until the texts are cached
+    check_target_modules(family.denoiser, config.adapter, model.name)  # before minutes of text encoding
     caches = dataset / ".blk" / "cache" / model_key(model.path, model.base)
     text_cache = TensorCache(caches / "text")
     text_for = TextSource(family, text_cache, int8_text=_quantize_resident_text_encoder(family, config))
@@ -232,6 +233,10 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
                            "from: it starts again from step 0 in the same folder")
     if notice := optimizer_notice(config, device):
         _notice(events, step, notice)
+    starting = Path(config.adapter.init_from).expanduser() if config.adapter.init_from else None
+    if starting and config.adapter.kind == "lora" and not resume and (left := text_encoder_modules(family, starting)):
+        _notice(events, step, f"{starting.name} also adapts {left} text-encoder layer"
+                              f"{'s' if left != 1 else ''}; a run trains the denoiser only, so they are left out")
     stage = None
 
     latent_cache = TensorCache(caches / "latents", enabled=config.data.cache_latents)
@@ -922,22 +927,19 @@ def _save_state(run_dir: Path, denoiser, optimizer, scheduler, ema, step: int) -
 def _publish(family, config: TrainConfig, run_dir: Path, events: EventLog, step: int, ema=None) -> Path:
     """The LoRA file of `step` from the adapter's current weights (their EMA when on), then the checkpoint event and
     the pruning of older files."""
-    import tempfile
-
     import torch
     from peft.utils import get_peft_model_state_dict
+
+    from blk.train.lora_file import ABOUT_EMA, ABOUT_MODEL, ABOUT_STEP, lora_file_bytes
 
     lora = get_peft_model_state_dict(family.denoiser)
     published = published_weights(family.denoiser, ema.state_dict_like(lora) if ema is not None else lora)
     save_dtype = getattr(torch, SAVE_DTYPES[config.checkpoints.dtype])
     published = {name: tensor.to(save_dtype) for name, tensor in published.items()}
     target = checkpoint_path(run_dir, step)
-    staging = Path(tempfile.mkdtemp(prefix=".blk-tmp-", dir=target.parent))
-    try:
-        family.save_lora(staging, published, adapter_metadata(family.denoiser, config.adapter))
-        atomic.write_bytes(target, (staging / "pytorch_lora_weights.safetensors").read_bytes())
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    about = {ABOUT_STEP: step, ABOUT_MODEL: config.model.name, ABOUT_EMA: config.optimizer.ema_decay if ema else 0}
+    atomic.write_bytes(target, lora_file_bytes(family.name, published, adapter_metadata(family.denoiser, config.adapter),
+                                               config.adapter.kind, about))
     events.write("checkpoint", step, path=str(target.relative_to(run_dir)))
     _prune(target.parent, config)
     return target
