@@ -332,7 +332,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
                 raise FloatingPointError(f"a gradient became {norm} at step {step + 1}")
             optimizer.step()
             if ema is not None:
-                ema.update()
+                ema.update(step)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -467,19 +467,28 @@ def memory_tips(config: TrainConfig) -> str:
 
 
 class Ema:
-    """Exponential moving average of the trainable (adapter) weights, kept in fp32."""
+    """Exponential moving average of the trainable (adapter) weights, kept in fp32.
+
+    Its decay warms up as diffusers' `EMAModel` does, (1 + t) / (10 + t) until that reaches `decay`: a fixed 0.99
+    from step 1 kept 0.99^t of the adapter's starting weights in the average (8 % at the preset's first
+    checkpoint, step 250; 37 % in a 100-step run), so early files were pulled back towards the untrained LoRA."""
 
     def __init__(self, denoiser, decay: float):
         self.decay = decay
         self.params = {name: p for name, p in denoiser.named_parameters() if p.requires_grad}
         self.shadow = {name: p.detach().float().clone() for name, p in self.params.items()}
 
-    def update(self) -> None:
+    def decay_at(self, step: int) -> float:
+        """The decay of the update after optimizer step `step` (0 for the first)."""
+        return min(self.decay, (1 + step) / (10 + step))
+
+    def update(self, step: int) -> None:
         import torch
 
+        decay = self.decay_at(step)
         with torch.no_grad():
             for name, p in self.params.items():
-                self.shadow[name].mul_(self.decay).add_(p.detach().float(), alpha=1 - self.decay)
+                self.shadow[name].mul_(decay).add_(p.detach().float(), alpha=1 - decay)
 
     def state_dict_like(self, lora: dict) -> dict:
         """The LoRA state dict with the averaged values (peft's keys are the parameter names minus the adapter name)."""
