@@ -172,6 +172,20 @@ def test_the_region_lies_around_the_chosen_centre(tmp_path):
         assert np.abs(np.asarray(before, float).mean((0, 1)) - colour).max() < 3  # the same region of the input
 
 
+def test_the_before_side_is_the_enlarged_input_at_the_same_place_as_the_after_side(tmp_path):
+    """"Before" was cut at whole input pixels and stretched to the region: up to one input pixel (here 3 px of
+    the ×3 view) off "after". It is now the input's Lanczos enlargement of exactly that region."""
+    rng = np.random.default_rng(5)
+    small = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(small).save(tmp_path / "in.png")
+    enlarged = np.asarray(Image.fromarray(small).resize((90, 60), Image.Resampling.LANCZOS), float)
+    Image.fromarray(enlarged.astype(np.uint8)).save(tmp_path / "out.png")
+    for centre in ((0.5, 0.5), (0.3, 0.6), (0.05, 0.95)):
+        before, _ = region_pair(tmp_path / "in.png", tmp_path / "out.png", centre, side=32)
+        x, y, side = region_box(90, 60, centre, 32)
+        assert np.abs(np.asarray(before, float) - enlarged[y:y + side, x:x + side]).max() <= 2, centre
+
+
 def test_a_transparent_region_shows_over_a_checkerboard_not_the_colour_hidden_under_it(tmp_path):
     """The colour kept under alpha 0 is not part of the picture: shown, it read as lost transparency."""
     from blk.stencil.preview import CHECKER_TONES

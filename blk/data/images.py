@@ -188,7 +188,12 @@ def to_8bit(im: Image.Image) -> Image.Image:
 
 
 def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
-    """Use the embedded ICC profile when there is one, else Pillow's naive conversion.
+    """Through the embedded ICC profile to sRGB at the relative colorimetric intent when there is one: libvips'
+    intent, which converts the Upscale tab's inputs read by region, so a file's colours do not depend on its
+    size. Without a profile (or with a broken one), Pillow's plain R = (1 − C)(1 − K), on both paths too
+    (`blk.upscale.source`): such a file does not say which press its ink amounts are for, and the formula
+    undoes what the tools that write it do (Pillow, ImageMagick), keeps pure inks pure and guesses no press,
+    where a press profile would dull every colour on a guess.
 
     Adobe JPEGs store CMYK inverted; Pillow already undoes that on decode.
     """
@@ -200,7 +205,8 @@ def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
             from PIL import ImageCms
 
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            return ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            return ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB",
+                                             renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
         except Exception:  # a broken profile falls back to the plain conversion
             pass
     return im.convert("RGB")

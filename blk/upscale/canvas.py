@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import math
 import os
 import secrets
@@ -73,6 +74,15 @@ def fitting_icc(icc: bytes | None, grey: bool) -> bytes | None:
     """The profile when it describes the result's pixels (grey or RGB), else None: a viewer that
     colour-manages would reject a grey profile on RGB pixels, or show them wrongly."""
     return icc if icc_space(icc) == (b"GRAY" if grey else b"RGB ") else None
+
+
+@functools.cache
+def srgb_profile() -> bytes:
+    """An sRGB ICC profile (littlecms' built-in, "sRGB built-in"): for pixels made sRGB by a conversion (a CMYK
+    input's), and for the print copy of a result that has no profile."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
 def read_icc(path: Path, grey: bool) -> bytes:
@@ -537,8 +547,15 @@ def write_print_tiff_file(canvas: Canvas, tmp: Path, *, dpi: float, icc: bytes |
     by itself (`write_print_tiff`, `committing`).
 
     Flattening is done on the stored (gamma-encoded) values, as image editors do:
-    out = colour·α + background·(1 − α), from the 16-bit master, rounded once."""
+    out = colour·α + background·(1 − α), from the 16-bit master, rounded once.
+
+    An RGB result without a profile gets sRGB's in its print copy (the master stays as its input was): labs
+    take untagged RGB as sRGB anyway, and want the profile stated. A grey one stays untagged (no grey
+    profile would be more than a guess at its gamma)."""
     import tifffile
+
+    if not icc and not grey:
+        icc = srgb_profile()
 
     side = TIFF_TILE
     bg = np.asarray(background, dtype=np.float32).reshape(1, 1, 3) * 257.0  # in 16-bit units

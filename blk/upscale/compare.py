@@ -35,10 +35,15 @@ def region_pair(before: Path, after: Path, centre: tuple[float, float] = (0.5, 0
     small, big = open_input(before, one_region=True), open_input(after, one_region=True)
     x, y, side = region_box(big.width, big.height, centre, side)
     sx, sy = small.width / big.width, small.height / big.height
-    x0, y0 = int(x * sx), int(y * sy)
-    w0, h0 = max(1, int(np.ceil((x + side) * sx)) - x0), max(1, int(np.ceil((y + side) * sy)) - y0)
-    crop = small.source.read(x0, y0, min(w0, small.width - x0), min(h0, small.height - y0))
-    before_image = _image(crop).resize((side, side), Image.Resampling.LANCZOS)
+    box = (x * sx, y * sy, (x + side) * sx, (y + side) * sy)  # the region in input pixels, fractional
+    # read with the input pixels Lanczos reaches around it, and resized by the fractional box: cut at whole
+    # input pixels and stretched, the "before" sat up to one input pixel off the "after"
+    reach = 4
+    x0, y0 = max(0, int(box[0]) - reach), max(0, int(box[1]) - reach)
+    x1, y1 = min(small.width, int(np.ceil(box[2])) + reach), min(small.height, int(np.ceil(box[3])) + reach)
+    crop = small.source.read(x0, y0, x1 - x0, y1 - y0)
+    inside = (box[0] - x0, box[1] - y0, min(box[2] - x0, x1 - x0), min(box[3] - y0, y1 - y0))
+    before_image = _image(crop).resize((side, side), Image.Resampling.LANCZOS, box=inside)
     return _shown(before_image), _shown(_image(big.source.read(x, y, side, side)))
 
 

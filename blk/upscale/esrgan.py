@@ -9,7 +9,8 @@ Recipe (`run`):
    pass the previous result is resized (Lanczos) to just what reaches the
    target, so ×7 with a ×4 model is ×4, ×1.75/4, ×4 — not ×16 shrunk to ×7
    (`pass_inputs`);
-4. resample to the exact size with Lanczos (pyvips, streaming; premultiplied
+4. resample to the exact size with Lanczos, centre-aligned (`resample`: libvips
+   streams a shrink, Pillow enlarges a band of rows at a time; premultiplied
    when there is alpha, so transparent colour cannot bleed into the edge);
    steps 3–4 are `upscale`, which the diffusion path also runs on its canvases;
 5. write a tiled TIFF (BigTIFF past 4 GB) or a PNG atomically with the parameters embedded
@@ -135,7 +136,7 @@ def target_size(width: int, height: int, scale: float | None, size: tuple[int, i
     else:
         if not (math.isfinite(scale) and scale > 0):
             raise UserError(f"The scale must be a number above 0; got {scale:g}.")
-        tw, th = max(1, round(width * scale)), max(1, round(height * scale))
+        tw, th = max(1, math.floor(width * scale + 0.5)), max(1, math.floor(height * scale + 0.5))  # halves up
     if tw < width or th < height or tw < 1 or th < 1:
         raise UserError(f"Upscaling makes images larger: {tw}×{th} is smaller than the input's "
                         f"{width}×{height}.")
@@ -567,7 +568,19 @@ def _snap_alpha(up: np.ndarray, alpha: np.ndarray, scale: int) -> np.ndarray:
 
 
 def resample(canvas: Canvas, width: int, height: int, path: Path) -> Canvas:
-    """Lanczos to the exact size, streamed by libvips from one raw canvas into another."""
+    """Lanczos (3 lobes) to the exact size, from one raw canvas into another, centre-aligned: output pixel i
+    samples the input at (i + 0.5) / scale − 0.5 on each axis. Premultiplied when there is alpha, so
+    transparent colour cannot bleed into the edge.
+
+    Shrinking: libvips' resize, streamed. Enlarging on either axis: Pillow, a band of rows at a time
+    (`_lanczos_bands`): libvips enlarges with a bicubic affine whatever kernel it is given, sampling at
+    i / scale − 0.5, half an output pixel up and left of the centre."""
+    if width <= canvas.width and height <= canvas.height:
+        return _vips_shrink(canvas, width, height, path)
+    return _lanczos_bands(canvas, width, height, path)
+
+
+def _vips_shrink(canvas: Canvas, width: int, height: int, path: Path) -> Canvas:
     from blk.vips import pyvips
 
     image = pyvips.Image.rawload(str(canvas.path), canvas.width, canvas.height, canvas.channels,
@@ -587,6 +600,47 @@ def resample(canvas: Canvas, width: int, height: int, path: Path) -> Canvas:
         path.unlink(missing_ok=True)
         raise
     return Canvas(path, width, height, canvas.channels, create=False)
+
+
+RESAMPLE_BAND_BYTES = 32 * 2**20  # float32 result rows per band of `_lanczos_bands`
+
+
+def _lanczos_bands(canvas: Canvas, width: int, height: int, path: Path) -> Canvas:
+    """Pillow's Lanczos, centre-aligned like libvips' shrink, on bands of about `RESAMPLE_BAND_BYTES` of
+    result rows, each read with the input rows the kernel reaches beyond it: the same pixels as one
+    resize of the whole image (to float rounding), in memory that a gigapixel result does not grow."""
+    ry = canvas.height / height
+    reach = 3.0 * max(1.0, ry) + 1.0  # input rows Lanczos-3 weighs either side of a result row's centre
+    rows = max(1, min(height, RESAMPLE_BAND_BYTES // (width * canvas.channels * 4)))
+    out = Canvas(path, width, height, canvas.channels)
+    try:
+        for y0 in range(0, height, rows):
+            y1 = min(height, y0 + rows)
+            top = max(0, math.floor(y0 * ry - reach))
+            bottom = min(canvas.height, math.ceil(y1 * ry + reach))
+            band = canvas.read_raw(0, top, canvas.width, bottom - top).astype(np.float32)
+            box = (0.0, y0 * ry - top, float(canvas.width), min(y1 * ry - top, float(bottom - top)))
+            out.write_raw(0, y0, _lanczos_band(band, width, y1 - y0, box))
+    except BaseException:
+        out.remove()
+        raise
+    return out
+
+
+def _lanczos_band(band: np.ndarray, width: int, rows: int, box: tuple[float, float, float, float]) -> np.ndarray:
+    """16-bit levels (as float32) → `rows` × `width` uint16 levels of the `box` (Pillow's: input px, may be
+    fractional); premultiplied when there is alpha; overshoot clipped."""
+    from PIL import Image
+
+    alpha = band.shape[2] == 4
+    if alpha:
+        band[..., :3] *= band[..., 3:] / 65535.0
+    out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(band[..., c]), "F").resize(
+        (width, rows), Image.Resampling.LANCZOS, box=box)) for c in range(band.shape[2])], axis=2)
+    if alpha:  # divided by alpha before its overshoot is clipped: a solid colour stays that colour
+        a = out[..., 3:]
+        out[..., :3] = np.where(a > 0, out[..., :3] * 65535.0 / np.maximum(a, 1e-6), 0.0)
+    return np.clip(np.rint(out), 0, 65535).astype(np.uint16)
 
 
 class _Progress:

@@ -46,7 +46,7 @@ class InputImage:
     source: Source
     name: str
     bit_depth: int  # 8 or 16 bits per channel in the file
-    icc: bytes | None  # an RGB profile to carry over (None for CMYK inputs: they are converted to sRGB)
+    icc: bytes | None  # an RGB (or grey) profile to carry over; a CMYK input's: sRGB, converted through its own
     dpi: float | None
     by_region: bool  # True when read lazily with pyvips
     grey: bool = False  # a grey (or grey + alpha) file: read as RGB(A) for the models, written back as grey
@@ -188,11 +188,44 @@ def _pillow_metadata(path: Path, mode: str) -> tuple[bytes | None, float | None]
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # size already checked
         with Image.open(path) as im:
             icc = im.info.get("icc_profile") or None
-            dpi = im.info.get("dpi")
-    if mode == "CMYK":
-        icc = None  # converted to sRGB; a CMYK profile must not label RGB pixels
+            dpi = _stated_dpi(im)
+    if mode == "CMYK":  # converted (`blk.data.images._cmyk_to_rgb`): to sRGB through its profile, else plainly
+        icc = _converted_profile(icc)
     dpi_value = float(dpi[0]) if dpi and float(dpi[0]) > 1.0 else None
     return icc, (round(dpi_value, 2) if dpi_value else None)
+
+
+def _stated_dpi(im) -> tuple[float, float] | None:
+    """Pillow's DPI when the file states one. Pillow gives a JPEG whose EXIF has no resolution 72 dpi, which
+    the result would carry as if the artist had set it (libvips' reads: `_stored_dpi`); a JPEG states one in
+    its JFIF header (in inches or centimetres) or in EXIF (XResolution with ResolutionUnit)."""
+    dpi = im.info.get("dpi")
+    if dpi and im.format in ("JPEG", "MPO") and im.info.get("jfif_unit") not in (1, 2):
+        try:
+            exif = im.getexif()
+            stated = 0x011A in exif and 0x0128 in exif
+        except Exception:  # a broken EXIF block states nothing
+            stated = False
+        return dpi if stated else None
+    return dpi
+
+
+def _converted_profile(icc: bytes | None) -> bytes | None:
+    """The profile of a CMYK file's pixels once converted: sRGB when its own profile was used (a CMYK profile
+    must not label RGB pixels), None when there was none usable (the plain formula: no colour space stated)."""
+    if not icc:
+        return None
+    import io
+
+    from PIL import ImageCms
+
+    from blk.upscale.canvas import srgb_profile
+
+    try:
+        ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except Exception:  # `_cmyk_to_rgb` fell back to the plain formula
+        return None
+    return srgb_profile()
 
 
 def _vips_header(path: Path, one_region: bool = False):
@@ -232,7 +265,7 @@ def _vips_input(image, path: Path) -> InputImage:
         image = image.autorot()
         high = image.format == "ushort"
         if image.interpretation == "cmyk":
-            image, icc = image.colourspace("rgb16" if high else "srgb"), None
+            image, icc = _cmyk_to_srgb(image, high, icc)
         grey = image.bands in (1, 2)
         if grey:
             image = image.colourspace("rgb16" if high else "srgb")
@@ -246,6 +279,24 @@ def _vips_input(image, path: Path) -> InputImage:
     spill = raw_bytes if loader != "tiffload" and "vips-sequential" not in fields else 0  # streamed: no spill
     return InputImage(VipsSource(image, path.name), path.name, 16 if high else 8, icc, dpi, by_region=True,
                       grey=grey, spill_bytes=spill)
+
+
+def _cmyk_to_srgb(image, high: bool, icc: bytes | None):
+    """(RGB pixels, their profile) from a lazily read CMYK image, as `blk.data.images` converts one held whole:
+    through its embedded profile (libvips' intent is relative colorimetric, as there), then tagged sRGB;
+    without a profile, R = (1 − C)(1 − K) (why: `blk.data.images._cmyk_to_rgb`), untagged like the file.
+    libvips alone would guess a press profile for the latter: other colours than the same file held whole."""
+    from blk.upscale.canvas import srgb_profile
+
+    space = "rgb16" if high else "srgb"
+    if icc:
+        return image.colourspace(space), srgb_profile()
+    peak = 65535 if high else 255
+    rgb = (peak - image.extract_band(0, n=3)) * (peak - image.extract_band(3)) / peak
+    rgb = rgb.rint().cast("ushort" if high else "uchar")
+    if image.bands > 4:  # alpha
+        rgb = rgb.bandjoin(image.extract_band(4, n=image.bands - 4))
+    return rgb.copy(interpretation=space), None
 
 
 def _stored_dpi(image, fields: set[str], path: Path) -> float | None:
