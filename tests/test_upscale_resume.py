@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -593,3 +594,31 @@ def test_the_progress_line_times_an_enlargement_on_its_own():
                      "full-frame pass, tile 22/22, under a second left"]
     assert pace.tiles.measured() == (21.0, 21)  # the rate file's: refinement tiles and their seconds alone
     assert Pace(clock=lambda: 0.0).line(4, 9) == "tile 4/9"  # the ESRGAN path: no stage, the wording as before
+
+
+def test_a_job_towards_another_result_says_where_an_interrupted_ones_files_are(model, tmp_path):
+    """Only the same job resumes and removes its files, and the tab names results by their size: "cancel, change
+    the scale, start again" left the first job's canvases hidden beside the results for good, unsaid. They stay
+    (hours of a mural), and the next job of the same image says where they are and how much room they take."""
+    image = save_png(tmp_path / "in.png", 72, 64, seed=26)
+    first = EsrganJob(image, tmp_path / "in-x4.tif", model, tile=32, overlap=8, batch=1)
+    with pytest.raises(KeyboardInterrupt):
+        run(first, progress=interrupt_after(5))
+    kept = set(leftovers(tmp_path))
+    token = json.loads(Journal.path_for(first.output).read_text())["token"]
+    size = sum((tmp_path / name).stat().st_size for name in kept if not name.endswith(".lock"))
+
+    notes = []
+    run(EsrganJob(image, tmp_path / "in-x3.tif", model, scale=3, tile=32, overlap=8, batch=1), log=notes.append)
+    said = [n for n in notes if n.startswith("An interrupted job of this image towards in-x4.tif keeps")]
+    assert len(said) == 1 and f"(.blk-tmp-{token}.* and .blk-tmp-in-x4.tif.journal.json)" in said[0]
+    amount = re.search(r"keeps (\d+) KB", said[0])
+    assert amount and abs(int(amount.group(1)) - size / 1024) <= 1, (said, size)
+    assert set(leftovers(tmp_path)) == kept  # nothing of the first job was removed; the second left nothing
+
+    # another image's job says nothing of it; the first job, run again, finishes and removes its files
+    other = save_png(tmp_path / "other.png", 40, 40, seed=27)
+    notes.clear()
+    run(EsrganJob(other, tmp_path / "other-x4.tif", model, tile=32, overlap=8, batch=1), log=notes.append)
+    assert not [n for n in notes if "interrupted job" in n]
+    assert run(first).resumed_from_tile > 0 and leftovers(tmp_path) == []

@@ -354,7 +354,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             what = f"pass {pass_name(k)}" if k else ENLARGING
             progress(done[0] + (n if k else 0), total, Stage(step + 1, len(sizes), what, n, of))
 
-    key = job_key({"path": "diffusion", "input_sha256": cached_file_sha256(job.input), "model": model.name,
+    input_sha256 = cached_file_sha256(job.input)
+    key = job_key({"path": "diffusion", "input_sha256": input_sha256, "model": model.name,
                    "model_path": str(model.path), "output": str(job.output.resolve()), "size": [width, height],
                    "step_sizes": sizes, "lora_sha256": lora_sha256(job.texture_lora) if job.texture_lora else None,
                    "enlarge_sha256": cached_file_sha256(job.enlarge_model) if job.enlarge_model else None,
@@ -362,7 +363,9 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                    "passes": [[p.denoise, p.lora_scale] for p in job.passes], "tile": job.tile,
                    "overlap": job.overlap, "seed": job.seed, "steps": job.steps, "guidance": job.guidance,
                    "prompt": job.prompt, "final_denoise": job.final_denoise, "device": job.device})
-    journal = Journal.begin(job.output, key)
+    journal = Journal.begin(job.output, key, input_id=input_sha256)
+    for sentence in journal.others_kept() if log and not journal.resumed else []:
+        log(sentence)
     used: list = []  # the pipeline once loaded: its offloaded models go back to the CPU when the job ends
     with journal.ending(), _releasing_offloaded(used):  # done, cancelled or failed: files removed; Ctrl+C: kept
         journal.check_files(final + 1)

@@ -301,13 +301,16 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     batch = max(1, job.batch)
     model_sha256 = cached_file_sha256(job.model)
     # what decides the canvases' pixels: a journal with another key is stale (see blk.upscale.journal)
-    key = job_key({"path": "esrgan", "input_sha256": cached_file_sha256(job.input),
+    input_sha256 = cached_file_sha256(job.input)
+    key = job_key({"path": "esrgan", "input_sha256": input_sha256,
                    "model_sha256": model_sha256,
                    "output": str(job.output.resolve()), "size": [width, height], "tile": job.tile,
                    "overlap": job.overlap, "batch": batch, "alpha": job.alpha, "device": device,
                    "precision": str(dtype), "passes": passes, "pass_inputs": inputs})
     hashed = time.monotonic()
-    journal = Journal.begin(job.output, key, durable=durable_for(width * height))
+    journal = Journal.begin(job.output, key, durable=durable_for(width * height), input_id=input_sha256)
+    for sentence in journal.others_kept() if log and not journal.resumed else []:
+        log(sentence)
     with journal.ending():  # done, cancelled or failed: files removed; Ctrl+C: kept for a resume
         journal.check_files(passes)
         the_plan = plan_job(job, image, upscaler, device, dtype, tile=journal.tile)

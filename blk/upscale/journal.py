@@ -79,11 +79,12 @@ DURABLE_FROM_PIXELS = 64_000_000
 _PASS_START = {"origin_fade": None, "rows_done": 0, "row_fade": None, "tiles_done": 0}  # a pass's first layout, no rows
 
 
-def fresh_state(key: str, durable: bool = True) -> dict:
-    """A job that has done nothing yet; a journal that is not `durable` holds the machine's boot."""
+def fresh_state(key: str, durable: bool = True, input_id: str | None = None) -> dict:
+    """A job that has done nothing yet; a journal that is not `durable` holds the machine's boot. `input_id`:
+    the input's content hash, by which a job of another output finds this one's files (`others_kept`)."""
     boot = None if durable else boot_id()
     return {"version": VERSION, "key": key, "token": secrets.token_hex(6), "pass": 0, "tile": None, **_PASS_START,
-            "durable": boot is None, **({"boot": boot} if boot else {})}
+            "durable": boot is None, **({"boot": boot} if boot else {}), **({"input": input_id} if input_id else {})}
 
 
 def durable_for(pixels: int) -> bool:
@@ -135,7 +136,8 @@ class Journal:
 
     # -- start --------------------------------------------------------------------------------
     @classmethod
-    def begin(cls, output: str | os.PathLike, key: str, durable: bool = True) -> "Journal":
+    def begin(cls, output: str | os.PathLike, key: str, durable: bool = True,
+              input_id: str | None = None) -> "Journal":
         """Take the job's lock; resume a matching journal, or remove a stale one and start fresh.
         `durable=False`: a small job's journal, without fsyncs, valid until the machine reboots."""
         output = Path(output)
@@ -150,12 +152,40 @@ class Journal:
                 _remove_token_files(output.parent, old["token"])
             with contextlib.suppress(FileNotFoundError):
                 cls.path_for(output).unlink()
-            journal = cls(output, key, fresh_state(key, durable), False, lock_fd)
+            journal = cls(output, key, fresh_state(key, durable, input_id), False, lock_fd)
             journal._save()
             return journal
         except BaseException:
             _unlock(lock_fd)
             raise
+
+    def others_kept(self) -> list[str]:
+        """One sentence for each interrupted job of the same input towards another output in this folder (not
+        running: its lock is free). Only the same job resumes and removes its files, and both Upscale paths name
+        the output by its size, so "cancel, change the scale, start again" left gigabytes of hidden canvases
+        behind, unsaid; they are kept (they may be hours of a mural) and said, with their size."""
+        from blk.upscale.canvas import _amount
+
+        ours = self.state.get("input")
+        sentences = []
+        for path in sorted(self.folder.glob(f"{TEMP_PREFIX}*.journal.json")):
+            other = _read_json(path)
+            if path == self.path or not ours or other is None or other.get("input") != ours \
+                    or not _token_ok(other.get("token")):
+                continue
+            name = path.name[len(TEMP_PREFIX):-len(".journal.json")]
+            lock = self.folder / f"{TEMP_PREFIX}{name}.lock"
+            try:
+                if lock.exists():
+                    _unlock(_lock(lock, self.folder / name))
+            except UserError:  # running now, in another window or command
+                continue
+            files = [p for p in self.folder.glob(f"{TEMP_PREFIX}{other['token']}.*") if p.is_file()]
+            size = sum(p.stat().st_size for p in files) + path.stat().st_size
+            sentences.append(f"An interrupted job of this image towards {name} keeps {_amount(size)} of working "
+                             f"files here ({TEMP_PREFIX}{other['token']}.* and {path.name}): run that job again to "
+                             "finish it, or delete those files to free the space.")
+        return sentences
 
     # -- canvases -----------------------------------------------------------------------------
     def open_canvas(self, pass_index: int, width: int, height: int, channels: int) -> Canvas:

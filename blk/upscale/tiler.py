@@ -81,7 +81,8 @@ class Cancelled(UserError):
         self.kept = kept
         super().__init__("Upscaling was cancelled; no result was written." + (
             " Its finished tiles are kept (hidden .blk-tmp- files beside the result): start the same job again "
-            "to continue from them; a job with other settings for the same result removes them." if kept else ""))
+            "to continue from them; a job with other settings for the same result removes them, and one of this "
+            "image towards another result says where they are." if kept else ""))
 
 
 class Sink(Protocol):
