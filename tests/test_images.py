@@ -154,3 +154,30 @@ def test_a_colour_key_of_a_4_bit_grey_png_is_its_own_level(tmp_path):
                      + chunk(b"tRNS", struct.pack(">H", 15)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
     opened = np.asarray(images.open_image(path))
     assert opened.shape == (2, 8, 4) and opened[0, :, 3].tolist() == [255, 0] * 4  # white (15) is the key
+
+
+def test_a_jfif_file_is_a_jpeg_in_a_dataset_and_in_upscale(tmp_path):
+    """Chrome on Windows saves JPEGs as .jfif: they were left out of datasets and refused by the Upscale input."""
+    from blk.data.scan import scan
+    from blk.upscale.source import open_input
+    from ui.tabs.upscale import INPUT_TYPES
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(folder / "saved.jfif", format="JPEG")
+    assert [(r.rel, r.width) for r in scan(folder, use_cache=False)] == [("saved.jfif", 80)]
+    opened = open_input(folder / "saved.jfif")
+    assert (opened.width, opened.height) == (80, 60) and ".jfif" in INPUT_TYPES
+
+
+def test_a_float_tiff_is_refused_for_what_it_is(tmp_path):
+    """A 32-bit float TIFF (a scan or render's HDR master) was "not an image in a supported format (… TIFF …)"."""
+    import tifffile
+
+    from blk.data.images import BadImage, read_info
+
+    tifffile.imwrite(tmp_path / "render.tif", np.zeros((8, 8, 3), np.float32), photometric="rgb")
+    with pytest.raises(BadImage) as refused:
+        read_info(tmp_path / "render.tif")
+    assert str(refused.value) == ("render.tif is a TIFF of 32-bit floating-point samples, which BLK Studio does not "
+                                  "read; save it with 8 or 16 bits per channel (integer) and use that.")

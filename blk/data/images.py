@@ -19,7 +19,8 @@ from PIL import Image, ImageOps
 
 from blk.errors import BadImage
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+# .jfif: JPEG, as Chrome on Windows names the JPEGs it saves
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".jfif", ".webp", ".tif", ".tiff", ".bmp"}
 
 # Images above this are refused whole: Pillow's own hard bomb limit (twice its warning
 # threshold). Bigger artwork is read by region in the Upscale path, never by lifting this.
@@ -56,9 +57,27 @@ def _open(path: Path) -> Image.Image:
     except Image.DecompressionBombError:
         raise _bomb(path, None) from None
     except Image.UnidentifiedImageError:
-        raise BadImage(f"{path.name} is not an image in a supported format (PNG, JPEG, WebP, TIFF, BMP).") from None
+        raise BadImage(_unreadable_tiff(path) or f"{path.name} is not an image in a supported format (PNG, JPEG, "
+                       "WebP, TIFF, BMP).") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage(f"{path.name} is damaged and cannot be opened ({exc}).") from None
+
+
+def _unreadable_tiff(path: Path) -> str:
+    """Why a TIFF Pillow cannot open is refused, when its samples say ("" otherwise): a 32-bit float scan was
+    told it is "not an image in a supported format (… TIFF …)"."""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tiff:
+            page = tiff.pages[0]
+            bits, kind = page.bitspersample, {2: "signed integer", 3: "floating-point"}.get(int(page.sampleformat), "")
+    except Exception:  # noqa: BLE001  (not a TIFF, or a damaged one: the general sentence)
+        return ""
+    if not kind and bits in (1, 8, 16):
+        return ""
+    return (f"{path.name} is a TIFF of {bits}-bit {kind or 'unsigned integer'} samples, which BLK Studio does not "
+            "read; save it with 8 or 16 bits per channel (integer) and use that.")
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from ui.tabs.sketch import model_names
 ESRGAN, DIFFUSION = "Real-ESRGAN (faithful, to about 8k)", "Diffusion + texture LoRA (mural sizes)"
 NO_LORA = ("(none)", "")  # the Texture LoRA's first choice and default: no LoRA unless the artist picks one
 UPSCALER_SUFFIXES = (".pth", ".safetensors", ".ckpt", ".pt")
-INPUT_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"]  # what the Upscale input takes
+INPUT_TYPES = [".png", ".jpg", ".jpeg", ".jfif", ".webp", ".tif", ".tiff", ".bmp"]  # what the Upscale input takes
 
 
 def upscaler_files(context: StudioContext) -> list[Path]:
