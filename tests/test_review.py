@@ -230,3 +230,20 @@ def test_narrow_column_headers_tell_prompts_that_share_a_trigger_word_apart(tmp_
     result = GridResult(Image.fromarray(sheet.astype(np.uint8)), [[cell] * 3], ["step 8"], labels, 0, 3)
     parameters = read_parameters(save_grid(result, spec, tmp_path / "grid.png"))
     assert parameters["columns"] == labels and parameters["prompts"] == prompts
+
+
+def test_an_export_never_replaces_an_earlier_one_of_other_content(trained_run, tmp_path):
+    """A resume rewrote step 8 (or a new run took the name): Export replaced the LoRA the artist had kept."""
+    import shutil
+
+    run_dir = tmp_path / "inks"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("review", "pinned.json"))
+    step8, out = run_dir / "checkpoints" / "step-000008.safetensors", tmp_path / "loras"
+    first = export_checkpoint(step8, out)
+    kept = first.read_bytes()
+    assert export_checkpoint(step8, out) == first  # the same file again: nothing new
+    shutil.copy(run_dir / "checkpoints" / "step-000012.safetensors", step8)  # step 8 rewritten
+    second = export_checkpoint(step8, out)
+    assert second.name == "inks-step-000008-2.safetensors" and first.read_bytes() == kept
+    assert second.read_bytes() == step8.read_bytes() and sorted(p.name for p in out.iterdir()) == [
+        "inks-step-000008-2.safetensors", "inks-step-000008.safetensors"]

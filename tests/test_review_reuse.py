@@ -239,3 +239,82 @@ def test_sdxl_grid_two_loras_one_load_and_a_flux_lora_is_refused(studio, tmp_pat
         reviewer.grid(replace(spec, checkpoints=[flux_lora], include_base=False), tmp_path / "refused")
     assert "\n" not in str(caught.value) and cells(tmp_path / "refused") == []
     assert cache.load_count == 1
+
+
+def test_a_blind_test_counts_each_pair_once_keeps_its_run_and_shows_no_names(studio):
+    """Two pick buttons clicked before the next pair showed recorded two picks for one pair; choosing another run
+    in the dropdown mid-test split the tally over two runs; the pair's files named their LoRA in their PNG text."""
+    context = StudioContext(studio, demo=True, demo_reason="test")
+    a, b = checkpoint(studio, "run-a", 8), checkpoint(studio, "run-a", 12)
+    form = ("tiny-flux", "a lantern\na lantern", "7", "1.0", False, 64, 1, None)  # a repeated prompt: one case
+    state, left, right, note = review.start_blind(context, "run-a", str(a), str(b), *form)
+    assert len(state["pairs"]) == 1 and "Pair 1 of 1" in note
+    for shown in (left, right):
+        assert isinstance(shown, Image.Image) and not shown.info  # pixels only: no text, no file name
+    stale = dict(state)  # what a second button's click reads while the first one's pick runs
+    state, *_ = review.pick(context, "run-b", state, "left")  # the dropdown moved to run-b meanwhile
+    assert review.pick(context, "run-b", stale, "right") == (review.gr.update(),) * 5
+    assert read_tally(studio.runs / "run-a" / "review", a.name, b.name).votes == 1
+    assert not (studio.runs / "run-b" / "review" / "ab.json").exists()
+
+    with review.gr.Blocks() as demo:
+        review.build(context)
+    picks = [fn for fn in demo.fns.values() if fn.concurrency_id == "blk-blind-pick"]  # one queue for the three
+    assert len(picks) == 3
+
+
+def test_a_removed_run_is_a_sentence_not_a_ghost_run(studio):
+    """A run removed while the tab was open is still a choice: its grid, comparison and blind test recreated
+    runs/NAME/review/, which the Train tab then listed as a run of status "unknown"."""
+    context = StudioContext(studio, demo=True, demo_reason="test")
+    gone = copy_trained_run(studio.runs / "run-a", studio.runs / "run-gone")
+    a, b = str(gone / "checkpoints" / "step-000004.safetensors"), str(gone / "checkpoints" / "step-000008.safetensors")
+    shutil.rmtree(gone)
+    sentence = f"There is no run called run-gone in {studio.runs} (removed? ↻ lists the runs again)."
+    _, _, status = review.make_grid(context, "run-gone", [a], *FORM, progress=no_progress)
+    assert status == f"**{sentence}**"
+    assert review.compare(context, "run-gone", a, b, "a cube", 1, *FORM, progress=no_progress)[1] == f"**{sentence}**"
+    assert review.start_blind(context, "run-gone", a, b, *FORM)[3] == f"**{sentence}**"
+    assert not gone.exists()
+
+
+def test_side_by_sides_seed_is_in_the_grids_range(studio):
+    context = StudioContext(studio, demo=True, demo_reason="test")
+    a, b = checkpoint(studio, "run-a", 4), checkpoint(studio, "run-a", 8)
+    for seed in (-1, -2**70):
+        note = review.compare(context, "run-a", str(a), str(b), "a cube", seed, *FORM, progress=no_progress)[1]
+        assert note.startswith("**Seed is a whole number from 0 to ") and f"; {seed} is not.**" in note
+
+
+def test_two_files_of_one_content_in_a_stack_add_their_strengths(studio, tmp_path):
+    """A checkpoint and its exported copy are one adapter: the last row's strength alone won."""
+    from blk.generate.sketch import Lora
+
+    original = checkpoint(studio, "run-a", 12)
+    copy = tmp_path / "copy-of-12.safetensors"
+    shutil.copy(original, copy)
+    sketcher = Sketcher(studio)
+    request = SketchRequest("tiny-flux", "a kite", seed=3, width=64, height=64, steps=1, out_dir=tmp_path / "s")
+
+    def image(*loras):
+        return pixels(sketcher.run(replace(request, loras=list(loras)))[0].path)
+
+    once = image(Lora(original, 1.0))
+    assert np.array_equal(image(Lora(original, 0.5), Lora(copy, 0.5)), once)
+    assert np.array_equal(image(Lora(original, 1.0), Lora(copy, -1.0)), image()) and not np.array_equal(once, image())
+
+
+def test_unloaded_loras_leave_no_private_copy_behind(studio, tmp_path):
+    """Every LoRA version loaded stayed copied in the temporary folder until the app ended (GBs for a grid of
+    FLUX checkpoints, in RAM where /tmp is a tmpfs)."""
+    from blk.generate.sketch import Lora
+    from blk.models import pipelines
+
+    sketcher = Sketcher(studio)
+    request = SketchRequest("tiny-flux", "a kite", seed=3, width=64, height=64, steps=1, out_dir=tmp_path / "s")
+    for step in (4, 8, 12):
+        sketcher.run(replace(request, loras=[Lora(checkpoint(studio, "run-a", step), 1.0)]))
+    copies = [path for path in pipelines._PRIVATE_COPIES.values() if path.is_file()]
+    assert [path.name for path in copies] == ["step-000012.safetensors"]
+    sketcher.run(request)
+    assert not [path for path in pipelines._PRIVATE_COPIES.values() if path.is_file()]

@@ -361,7 +361,9 @@ def set_loras(loaded: LoadedPipeline, loras: list[tuple[Path, float]]) -> None:
             raise UserError(f"{path.name} is not a .safetensors LoRA file.")
         safetensors_keys(path)  # a damaged header gets its own sentence
         name = adapter_name(path)
-        paths[name], wanted[name] = path, float(scale)
+        # two files of one content (a checkpoint and its exported copy) are one adapter: their strengths add, as
+        # stacking both does (the last row's strength alone won, while the image's parameters listed both)
+        paths[name], wanted[name] = path, wanted.get(name, 0.0) + float(scale)
     lokr = {name: _is_lokr(path) for name, path in paths.items()}
     if any(not lokr[name] and name not in loaded.adapters for name in wanted) and _has_lokr_layers(loaded):
         loaded.pipe.unload_lora_weights()
@@ -403,3 +405,11 @@ def _unload(loaded: LoadedPipeline, names: list[str]) -> None:
         loaded.pipe.delete_adapters(names)
         for name in names:
             del loaded.adapters[name]
+            _drop_private_copies(name)
+
+
+def _drop_private_copies(name: str) -> None:
+    """Remove the private copies of an unloaded adapter's file (made again if it is loaded again): a grid of ten
+    FLUX checkpoints kept gigabytes in the temporary folder (RAM, where it is a tmpfs) until the app ended."""
+    for key in [key for key in _PRIVATE_COPIES if "lora_" + key[0][:16] == name]:
+        _PRIVATE_COPIES.pop(key).unlink(missing_ok=True)

@@ -70,6 +70,18 @@ def export_checkpoint(checkpoint: Path, folder: Path, name: str | None = None) -
     stem = re.sub(r"[^\w.-]+", "-", stem).strip(".-") or "lora"
     target = Path(folder) / (stem if stem.endswith(".safetensors") else f"{stem}.safetensors")
     Path(folder).mkdir(parents=True, exist_ok=True)
+    if target.exists():  # exported before: the same file stays; another (a step rewritten by a resume) goes beside it
+        if _same_bytes(target, checkpoint):
+            return target
+        from blk.workspace import free_path
+
+        target = free_path(target)
     with open(checkpoint, "rb") as source, atomic.atomic_open(target, "wb") as out:
         shutil.copyfileobj(source, out, 1 << 20)
     return target
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    import filecmp
+
+    return filecmp.cmp(a, b, shallow=False)

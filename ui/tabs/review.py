@@ -10,10 +10,12 @@ pinned (its own run's pruning keeps it) and exported with a clear name.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 
 from blk.generate.review import DEFAULT_SEED
 from ui.busy import click_while_busy
@@ -43,7 +45,11 @@ def choose_newest_if_none(context: StudioContext, run, extra=None):
 
 
 def _run_dir(context: StudioContext, run: str) -> Path | None:
-    return context.workspace.confine(run, base=context.workspace.runs) if run else None
+    """The chosen run's folder (None: no run, other LoRA files only); a run removed while the tab was open (its name
+    still a choice) is a sentence: its review files made a ghost run the Train tab listed as "unknown"."""
+    from blk.train.process import run_folder
+
+    return run_folder(context.workspace, run) if run else None
 
 
 # A and B may be the base model without a LoRA: "does the LoRA do anything?", and the only comparison a run with
@@ -160,7 +166,9 @@ def spec_from_form(context: StudioContext, checkpoints, model, prompts, seeds, s
     side = int(size or 1024)
     settings = context.workspace.settings
     return GridSpec(model=model.strip(), checkpoints=[context.workspace.confine(p) for p in checkpoints or []],
-                    prompts=[line.strip() for line in (prompts or "").splitlines() if line.strip()],
+                    # repeats dropped, as of seeds and strengths: a repeated line was a second grid column and
+                    # a second blind pair of the same case
+                    prompts=list(dict.fromkeys(line.strip() for line in (prompts or "").splitlines() if line.strip())),
                     seeds=seed_list, scales=scale_list, include_base=bool(include_base), width=side, height=side,
                     steps=int(steps) if steps else None,
                     guidance=None if guidance in (None, "") else float(guidance),
@@ -224,15 +232,28 @@ def compare(context: StudioContext, run, a, b, prompt, seed, *form, progress=gr.
         spec = spec_from_form(context, loras_of(a, b), *form)
         folder = review_folder(context.workspace, _run_dir(context, run))
         reviewer = Reviewer(context.sketcher)
-        column = Column((prompt or "").strip(), int(seed or 0))  # stripped as the grid's prompts: same cells
+        column = Column((prompt or "").strip(), one_seed(seed))  # stripped as the grid's prompts: same cells
+        names = label(context, run, a), label(context, run, b)
         progress(0, desc="Generating A…")
         left, _ = reviewer.cell(spec, row_for(a, spec.scales[-1]), column, folder)
         progress(0.5, desc="Generating B…")
         right, _ = reviewer.cell(spec, row_for(b, spec.scales[-1]), column, folder)
     except UserError as exc:
         return None, f"**{exc}**"
-    return (str(left), str(right)), (f"Left: **A** ({label(context, run, a)}) · right: **B** ({label(context, run, b)})"
+    return (str(left), str(right)), (f"Left: **A** ({names[0]}) · right: **B** ({names[1]})"
                                      f" — {_said(column.prompt)}, seed {column.seed}.")
+
+
+def one_seed(value) -> int:
+    """Side by side's Seed, in the grid's range (0 … MAX_SEED): -1 drew a pair matching no grid cell (Sketch's
+    "random" is no seed to compare at), a huge one failed deep in generation."""
+    from blk.errors import UserError
+    from blk.generate.sketch import MAX_SEED
+
+    seed = int(value or 0)
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"Seed is a whole number from 0 to {MAX_SEED}; {seed} is not.")
+    return seed
 
 
 def blind_setup(context: StudioContext, run, a, b, prompts, seeds) -> str:
@@ -247,7 +268,7 @@ def blind_setup(context: StudioContext, run, a, b, prompts, seeds) -> str:
         return f"**{exc}**"
     if a == b:
         return f"A and B are both **{a_name}**: choose two different ones under *Side by side*."
-    count = len([line for line in (prompts or "").splitlines() if line.strip()]) or 1
+    count = len(dict.fromkeys(line.strip() for line in (prompts or "").splitlines() if line.strip())) or 1
     from blk.generate.review import parse_seeds
 
     try:
@@ -272,9 +293,15 @@ def start_blind(context: StudioContext, run, a, b, *form):
         spec = spec_from_form(context, loras_of(a, b), *form, empty_seeds=default_seed(context, run)[0])
     except UserError as exc:
         return None, None, None, f"**{exc}**"
+    try:
+        _run_dir(context, run)
+    except UserError as exc:
+        return None, None, None, f"**{exc}**"
     pairs = blind_pairs(spec.prompts or [""], spec.seeds)
-    state = {"a": a, "b": b, "pairs": pairs, "index": 0, "shown": None, "form": list(form)}
-    return show_next(context, run, state)
+    # the run is the test's own: choosing another run in the dropdown meanwhile split one test's tally over two
+    state = {"a": a, "b": b, "pairs": pairs, "index": 0, "shown": None, "form": list(form), "run": run,
+             "test": secrets.token_hex(8)}
+    return show_next(context, state.get("run"), state)
 
 
 def show_next(context: StudioContext, run, state):
@@ -291,6 +318,10 @@ def show_next(context: StudioContext, run, state):
 
 
 def show_pair(context: StudioContext, run, state):
+    """The pair's two images as pixels only (PIL images, which Gradio saves afresh under a name of their content):
+    the cached cells' files named their LoRA in their PNG text and by the same names Side by side shows."""
+    from PIL import Image
+
     from blk.generate.review import Column, Reviewer, review_folder
 
     pair = state["pairs"][state["index"]]
@@ -303,7 +334,8 @@ def show_pair(context: StudioContext, run, state):
     b_cell, _ = reviewer.cell(spec, row_for(state["b"], spec.scales[-1]), column, folder)
     left, right = (a_cell, b_cell) if pair.left_is_a else (b_cell, a_cell)
     note = f"Pair {state['index'] + 1} of {len(state['pairs'])} — “{pair.prompt}”, seed {pair.seed}. Which is better?"
-    return str(left), str(right), note
+    with Image.open(left) as shown_left, Image.open(right) as shown_right:
+        return Image.fromarray(np.asarray(shown_left)), Image.fromarray(np.asarray(shown_right)), note
 
 
 def pick(context: StudioContext, run, state, side: str):
@@ -324,8 +356,14 @@ def pick(context: StudioContext, run, state, side: str):
                 f"This blind test is finished. {state['tally']} Start a new test to judge more pairs.", gr.update())
     if not state or state["index"] >= len(state["pairs"]):
         return state, gr.update(), gr.update(), "Start a blind test first.", gr.update()
+    run = state.get("run", run)  # the run the test began with
     if state.get("shown") != state["index"]:
         return show_next(context, run, state) + (gr.update(),)
+    with _JUDGING:  # a second button clicked before the next pair showed reads the same state: one pick a pair
+        judged = (state.get("test"), state["index"])
+        if judged in _JUDGED:
+            return (gr.update(),) * 5
+        _JUDGED.add(judged)
     try:
         folder = review_folder(context.workspace, _run_dir(context, run))
         run_dir = _run_dir(context, run)
@@ -334,6 +372,8 @@ def pick(context: StudioContext, run, state, side: str):
         tally = record_pick(folder, a, b, state["pairs"][state["index"]], side)
         shown = replace(tally, a=label(context, run, state["a"]), b=label(context, run, state["b"]))
     except UserError as exc:
+        with _JUDGING:
+            _JUDGED.discard(judged)  # not recorded: the pair can be picked again
         return state, gr.update(), gr.update(), f"**{exc}**", gr.update()
     state = {**state, "index": state["index"] + 1, "shown": None}
     if state["index"] < len(state["pairs"]):
@@ -343,6 +383,10 @@ def pick(context: StudioContext, run, state, side: str):
     chosen = winner if winner and winner != BASE else gr.update()  # the base model is no checkpoint to keep
     said = f"Tally so far, saved with the run: {shown.sentence()}"
     return {**state, "tally": said}, gr.update(), gr.update(), f"Done. {said}", chosen  # the last pair stays in view
+
+
+_JUDGING = threading.Lock()
+_JUDGED: set[tuple] = set()  # (test, pair index) of the picks recorded in this app
 
 
 def pick_buttons(state):
@@ -444,9 +488,10 @@ def build(context: StudioContext) -> dict:
                     blind_note = gr.Markdown()
                     with gr.Row():
                         # shown at one size, filling their halves: a small pair was judged at its own few pixels
-                        left = gr.Image(label="Left", type="filepath", buttons=["fullscreen"], elem_id="blk-blind-left",
+                        left = gr.Image(label="Left", type="filepath", format="png", buttons=["fullscreen"],
+                                        elem_id="blk-blind-left",
                                         elem_classes="blk-judge")
-                        right = gr.Image(label="Right", type="filepath", buttons=["fullscreen"],
+                        right = gr.Image(label="Right", type="filepath", format="png", buttons=["fullscreen"],
                                          elem_id="blk-blind-right", elem_classes="blk-judge")
                     with gr.Row():
                         pick_left = gr.Button("Left is better", interactive=False)  # while judging: `pick_buttons`
@@ -485,9 +530,14 @@ def build(context: StudioContext) -> dict:
                        outputs=[blind_state, left, right, blind_note]
                        ).then(pick_buttons, inputs=blind_state, outputs=picks, show_progress="hidden")
     for button, side in ((pick_left, "left"), (pick_right, "right"), (pick_tie, "tie")):
-        button.click(lambda r, st, side=side: pick(context, r, st, side), inputs=[run, blind_state],
-                     outputs=[blind_state, left, right, blind_note, chosen]
-                     ).then(pick_buttons, inputs=blind_state, outputs=picks, show_progress="hidden")
+        # all three greyed at once and one queue for the three: a second click while the next pair was made
+        # read the same state and recorded a second pick for the pair on screen
+        greyed = button.click(lambda: tuple(gr.Button(interactive=False) for _ in picks), outputs=picks,
+                              queue=False, show_progress="hidden")
+        judged = greyed.then(lambda r, st, side=side: pick(context, r, st, side), inputs=[run, blind_state],
+                             outputs=[blind_state, left, right, blind_note, chosen], concurrency_id="blk-blind-pick")
+        judged.then(pick_buttons, inputs=blind_state, outputs=picks, show_progress="hidden")
+        judged.failure(pick_buttons, inputs=blind_state, outputs=picks, show_progress="hidden")
     pin_button.click(lambda r, c, e: pin_and_relabel(context, r, c, e), inputs=[run, chosen, extra],
                      outputs=[keep_note, checkpoints, a, b, chosen])
     export_button.click(lambda r, c: keep(context, r, c, "export"), inputs=[run, chosen], outputs=keep_note)
