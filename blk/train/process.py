@@ -5,7 +5,9 @@ writes the child's pid into `RUN/process.json`, and from then on knows the run
 only through its folder: `events.jsonl` for progress, the pid for stop (SIGTERM:
 the trainer finishes its step and saves a checkpoint) and kill (SIGKILL: at most
 the steps since the last checkpoint are lost). Any app — this one after a
-restart included — re-attaches by reading the folder.
+restart included — re-attaches by reading the folder. A trainer started from
+the command line (`studio.py train`) writes its own process.json, so the app
+sees it live and its Stop and Kill reach it (`record_command_line_trainer`).
 
 With several GPUs (`schedule.gpus` > 1) the same command runs under
 `accelerate launch`, one trainer process per GPU (see `distributed`). The pid
