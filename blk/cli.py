@@ -134,7 +134,7 @@ def cmd_train(args, workspace: Workspace) -> int:
 
     if args.resume:
         run_dir = Path(args.resume)
-        if not args.probe:
+        if not args.probe and distributed.is_main_process():
             refuse_a_live_run(run_dir)
         # a run stopped before the trainer wrote its config.yaml (in its first seconds) holds only the Train tab's
         # request: it starts again from step 0 in the same folder, as one stopped before its first checkpoint does
@@ -183,14 +183,17 @@ def cmd_train(args, workspace: Workspace) -> int:
         raise UserError("Under accelerate launch every process must train the same run: name its folder with --run-dir.")
     if config.schedule.gpus > 1 and not distributed.launched():
         return _train_on_several_gpus(args, workspace, config.schedule.gpus, run_dir)
-    if not distributed.launched():
-        record_command_line_trainer(run_dir)
-    elif distributed.is_main_process():  # `accelerate launch` typed by hand: the launcher stands for the run
-        record_command_line_trainer(run_dir, distributed.World.from_env().size, pid=os.getppid())
+    world = distributed.World.from_env()
+
+    def record() -> None:  # once the folder exists: a run refused before it leaves no folder behind
+        launcher = os.getppid() if distributed.launched() else None  # under `accelerate launch`: the launcher
+        record_command_line_trainer(run_dir, world.size if launcher else 1, pid=launcher)
+
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())  # finish the step, save a checkpoint, end
-    result = run(config, workspace, run_dir, resume=bool(args.resume), stop=stop)  # a failure is an error event
+    result = run(config, workspace, run_dir, resume=bool(args.resume), stop=stop,  # a failure is an error event
+                 on_folder=record)
     if distributed.is_main_process():
         print(f"{result.status} at step {result.step}: {result.run_dir}")
     return 0 if result.status != "error" else 1
@@ -234,14 +237,15 @@ def _train_on_several_gpus(args, workspace: Workspace, gpus: int, run_dir) -> in
     (or SIGTERM) reaches the trainers, which save the current step and end together."""
     import signal
     import subprocess
+    from pathlib import Path
 
-    from blk.train.process import (RECORDED, check_gpus, record_command_line_trainer, record_trainer, stop_trainers,
-                                   train_command, train_environment)
+    from blk.train.process import RECORDED, check_gpus, refuse_a_live_run, stop_trainers, train_command, train_environment
 
     check_gpus(gpus)
-    recorded = os.environ.get(RECORDED) == "1"  # the app started this command, and records its pid
-    if not recorded:
-        record_command_line_trainer(run_dir, gpus)  # refuses a run that trains already; replaced below
+    if args.resume:
+        refuse_a_live_run(Path(args.resume))
+    # the app records the launcher it started; from a shell, the trainers' rank 0 records this launcher
+    recorded = os.environ.get(RECORDED) == "1"
     forwarded = ["--resume", args.resume] if args.resume else \
         [*([args.config] if args.config else []), "--run-dir", str(run_dir)]  # one folder for every process
     for flag, value in (("--model", args.model), ("--dataset", args.dataset), ("--steps", args.steps),
@@ -249,10 +253,8 @@ def _train_on_several_gpus(args, workspace: Workspace, gpus: int, run_dir) -> in
         if value:
             forwarded += [flag, str(value)]
     command = train_command(workspace, forwarded, gpus)
-    process = subprocess.Popen(command, env=train_environment(recorded=True),
+    process = subprocess.Popen(command, env=train_environment(recorded=recorded),
                                start_new_session=True)  # Ctrl-C reaches this process alone, which passes it on
-    if not recorded:  # the launcher stands for the run: Stop and Kill in the Train tab find its trainers under it
-        record_trainer(run_dir, process.pid, command, gpus)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_trainers(process.pid, gpus))
     return process.wait()

@@ -196,3 +196,16 @@ def test_target_modules_that_fit_no_layer_are_one_sentence_before_any_caption_is
     errors = [e["message"] for e in EventLog(tmp_path / "run" / "events.jsonl").read() if e["kind"] == "error"]
     assert errors == [str(raised.value)]
     assert not [p for p in (dataset / ".blk").rglob("cache/**/*") if p.is_file()]  # no caption or image encoded
+
+
+def test_an_sdxl_lora_of_layers_kohya_names_cannot_carry_keeps_diffusers_names(tmp_path, shared_workspace):
+    """diffusers converts `lora_unet_add_embedding_linear_1` back to no layer: such a file keeps diffusers names,
+    which the studio and diffusers read."""
+    config = config_for("tiny-sdxl", make_dataset(tmp_path / "ds"), steps=1, target_modules=["to_q", "linear_1"])
+    result = run(config, shared_workspace, tmp_path / "run")
+    tensors, _ = read(result.last_checkpoint)
+    assert all(key.startswith("unet.") for key in tensors) and any("add_embedding.linear_1" in key for key in tensors)
+    pipe = fresh_pipe("tiny-sdxl", shared_workspace)
+    pipe.load_lora_weights(str(result.last_checkpoint))
+    layer = pipe.unet.add_embedding.linear_1
+    assert "default_0" in layer.lora_A

@@ -245,5 +245,6 @@ def test_an_export_never_replaces_an_earlier_one_of_other_content(trained_run, t
     shutil.copy(run_dir / "checkpoints" / "step-000012.safetensors", step8)  # step 8 rewritten
     second = export_checkpoint(step8, out)
     assert second.name == "inks-step-000008-2.safetensors" and first.read_bytes() == kept
+    assert export_checkpoint(step8, out) == second  # that content again: its own earlier export
     assert second.read_bytes() == step8.read_bytes() and sorted(p.name for p in out.iterdir()) == [
         "inks-step-000008-2.safetensors", "inks-step-000008.safetensors"]

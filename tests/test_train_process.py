@@ -178,3 +178,20 @@ def test_a_run_typed_on_the_command_line_is_live_in_the_tab_and_one_trainer_at_a
     assert broken.returncode != 0 and "learning_rate" in broken.stderr
     info = run_info(folder)
     assert info.status == "error" and "learning_rate" in view_run(folder, info.steps).message
+
+
+def test_a_command_line_run_refused_before_it_starts_leaves_no_folder(workspace_with_data, tmp_path):
+    """The trainer records itself once its folder exists: recording first made the folder of a run refused for a
+    mistyped dataset, and the retry into the same --run-dir was refused as "already holds a run"."""
+    from blk.train.config import save_config
+    from tests.conftest import run_blk
+
+    config = tiny_config(2)
+    config.data.dataset = "no-such-dataset"
+    save_config(config, tmp_path / "typo.yaml")
+    folder = workspace_with_data.runs / "typo"
+    for _ in range(2):  # the retry is refused for the same reason, not for the folder
+        refused = run_blk("--workspace", str(workspace_with_data.root), "train", str(tmp_path / "typo.yaml"),
+                          "--run-dir", str(folder))
+        assert refused.returncode != 0 and "no-such-dataset" in refused.stderr and "already holds" not in refused.stderr
+        assert not folder.exists()

@@ -616,6 +616,18 @@ def test_a_job_towards_another_result_says_where_an_interrupted_ones_files_are(m
     assert amount and abs(int(amount.group(1)) - size / 1024) <= 1, (said, size)
     assert set(leftovers(tmp_path)) == kept  # nothing of the first job was removed; the second left nothing
 
+    # a job running now (its lock held, in another window) is not "interrupted": nothing is said of it
+    import fcntl
+
+    held = os.open(tmp_path / ".blk-tmp-in-x4.tif.lock", os.O_RDWR)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        notes.clear()
+        run(EsrganJob(image, tmp_path / "in-x2.tif", model, scale=2, tile=32, overlap=8, batch=1), log=notes.append)
+        assert not [n for n in notes if "interrupted job" in n]
+    finally:
+        os.close(held)
+
     # another image's job says nothing of it; the first job, run again, finishes and removes its files
     other = save_png(tmp_path / "other.png", 40, 40, seed=27)
     notes.clear()

@@ -13,6 +13,7 @@ change ends with `speed.after_adapter_change`.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -412,4 +413,5 @@ def _drop_private_copies(name: str) -> None:
     """Remove the private copies of an unloaded adapter's file (made again if it is loaded again): a grid of ten
     FLUX checkpoints kept gigabytes in the temporary folder (RAM, where it is a tmpfs) until the app ended."""
     for key in [key for key in _PRIVATE_COPIES if "lora_" + key[0][:16] == name]:
-        _PRIVATE_COPIES.pop(key).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # still mapped by another pipeline where the system forbids removal
+            _PRIVATE_COPIES.pop(key).unlink(missing_ok=True)

@@ -7,7 +7,9 @@ the tensors themselves (`adapters.published_weights`), and what the file is in i
   `.alpha`). ComfyUI maps SDXL attention layers only under these (its table of diffusers names expects
   `…attn1.processor.to_q`), so a diffusers-named SDXL file loaded there without its attention layers; Forge and
   A1111 read kohya names too, and diffusers' `load_lora_weights` converts them back. Each `.alpha` is the rank:
-  the strength is already in the tensors, so every loader applies a scale of 1.
+  the strength is already in the tensors, so every loader applies a scale of 1. Except a LoRA that also trains
+  `add_embedding` layers: diffusers does not convert `lora_unet_add_embedding_linear_1` back, so such a file keeps
+  diffusers names (the studio and diffusers read it; ComfyUI then misses its attention layers).
 
 The header also says the base family, the step, the model trained on and whether the tensors are the EMA of the
 adapter's weights (`ABOUT_*` keys), so a file copied out of its run still says what it holds.
@@ -20,6 +22,7 @@ import json
 # Read by Forge / A1111 / ComfyUI managers to sort LoRAs by base model (kohya's and Stability's model spec keys).
 ARCHITECTURES = {"flux": ("flux-1-dev/lora", "flux1"), "sdxl": ("stable-diffusion-xl-v1-base/lora", "sdxl_base_v1-0")}
 ABOUT_STEP, ABOUT_MODEL, ABOUT_EMA = "blk.step", "blk.model", "blk.ema_decay"  # EMA decay "0": the raw weights
+NOT_IN_KOHYA_NAMES = ("add_embedding.",)  # SDXL layers whose kohya names diffusers cannot convert back
 
 
 def lora_file_bytes(family: str, weights: dict, peft_config: dict, kind: str, about: dict[str, str]) -> bytes:
@@ -31,7 +34,7 @@ def lora_file_bytes(family: str, weights: dict, peft_config: dict, kind: str, ab
     architecture, base_version = ARCHITECTURES[family]
     header = {"format": "pt", "modelspec.architecture": architecture, "ss_base_model_version": base_version,
               **{key: str(value) for key, value in about.items()}}
-    if family == "sdxl" and kind == "lora":
+    if family == "sdxl" and kind == "lora" and not any(name.startswith(NOT_IN_KOHYA_NAMES) for name in weights):
         tensors = kohya_names(weights)
     else:
         tensors = {f"{prefix}.{name}": tensor for name, tensor in weights.items()}

@@ -7,6 +7,7 @@ this file at every prune, so a pinned checkpoint survives even then.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -70,12 +71,15 @@ def export_checkpoint(checkpoint: Path, folder: Path, name: str | None = None) -
     stem = re.sub(r"[^\w.-]+", "-", stem).strip(".-") or "lora"
     target = Path(folder) / (stem if stem.endswith(".safetensors") else f"{stem}.safetensors")
     Path(folder).mkdir(parents=True, exist_ok=True)
-    if target.exists():  # exported before: the same file stays; another (a step rewritten by a resume) goes beside it
-        if _same_bytes(target, checkpoint):
-            return target
-        from blk.workspace import free_path
-
-        target = free_path(target)
+    # exported before: the same content is that file (whichever -N it went to); other content (a step rewritten
+    # by a resume) goes beside it, never over it
+    for number in itertools.count(1):
+        candidate = target if number == 1 else target.with_name(f"{target.stem}-{number}{target.suffix}")
+        if not candidate.exists():
+            target = candidate
+            break
+        if _same_bytes(candidate, checkpoint):
+            return candidate
     with open(checkpoint, "rb") as source, atomic.atomic_open(target, "wb") as out:
         shutil.copyfileobj(source, out, 1 << 20)
     return target

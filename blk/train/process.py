@@ -282,22 +282,21 @@ def record_trainer(folder: Path, pid: int, command: list[str], processes: int) -
 
 def refuse_a_live_run(folder: Path) -> None:
     """One trainer per run folder: a second (a resume typed while the app's trainer runs) would write the same
-    state and checkpoints. Not asked of a trainer the app started: the app checked, and records it as live."""
-    if os.environ.get(RECORDED) != "1" and is_running(folder):
-        raise UserError(f"{folder.name} is training already (process {_pid(folder)}): stop it, or wait for it to "
-                        "end, before resuming it.")
+    state and checkpoints. Not asked of a trainer the app started (the app checked, and records it as live), nor
+    by a record of this process or of its launcher (`accelerate launch`: rank 0 records the launcher)."""
+    pid = _pid(folder)
+    if os.environ.get(RECORDED) != "1" and pid not in (os.getpid(), os.getppid()) and is_running(folder):
+        raise UserError(f"{folder.name} is training already (process {pid}): stop it, or wait for it to end, "
+                        "before resuming it.")
 
 
 def record_command_line_trainer(folder: Path, processes: int = 1, pid: int | None = None) -> None:
-    """A trainer started from the command line records itself as the app records those it starts (a trainer the
-    app or `_train_on_several_gpus` started finds `RECORDED` set and leaves theirs): without it, the Train tab
-    showed a live run as "killed" or "unknown", its Stop and Kill reached nothing, and Resume started a second
-    trainer in its folder. A trainer already live in the folder is refused, from the command line too."""
-    if os.environ.get(RECORDED) == "1":
-        return
-    refuse_a_live_run(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    record_trainer(folder, pid or os.getpid(), [sys.executable, "-m", "blk", *sys.argv[1:]], processes)
+    """A trainer started from the command line records itself as the app records those it starts, once its run
+    folder exists (a trainer the app started finds `RECORDED` set and leaves the app's record): without it, the
+    Train tab showed a live run as "killed" or "unknown", its Stop and Kill reached nothing, and Resume started
+    a second trainer in its folder. `pid`: the launcher's, under `accelerate launch`."""
+    if os.environ.get(RECORDED) != "1":
+        record_trainer(folder, pid or os.getpid(), [sys.executable, "-m", "blk", *sys.argv[1:]], processes)
 
 
 def _identity(pid: int) -> str | None:
@@ -319,7 +318,8 @@ def _identity(pid: int) -> str | None:
 
 
 def _process_record(folder: Path) -> dict:
-    """What `_spawn` wrote in RUN/process.json ({} when missing or unreadable: a run started from the CLI)."""
+    """What `record_trainer` wrote in RUN/process.json ({} when missing or unreadable: a run trained before
+    command-line trainers recorded themselves, or one whose trainer has not yet made its folder)."""
     try:
         record = json.loads((folder / "process.json").read_text())
     except (OSError, ValueError):
@@ -335,7 +335,7 @@ def _processes(folder: Path) -> int:
 
 
 def _spawned_at(folder: Path) -> float:
-    """When the app last started a trainer for the run (0 when unknown: a run started from the command line)."""
+    """When the run's trainer was last started (0 when unknown: no record)."""
     try:
         return float(_process_record(folder).get("started", 0))
     except (ValueError, TypeError):

@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,9 +96,11 @@ class _Reached:
 
 
 def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool = False,
-        stop: threading.Event | None = None, stop_after: int | None = None, largest_only: bool = False) -> RunResult:
+        stop: threading.Event | None = None, stop_after: int | None = None, largest_only: bool = False,
+        on_folder: Callable[[], None] | None = None) -> RunResult:
     """Train. `stop` ends the run gracefully after the current step (checkpoint saved). `largest_only`: the
-    probe's: every step draws the largest bucket size (`_largest_bucket`).
+    probe's: every step draws the largest bucket size (`_largest_bucket`). `on_folder`: called (by the main
+    process) once the run folder exists, its config written: a command-line trainer records itself there.
 
     Any failure (model loading, text caching, step-0 samples, a bug) is also written as an `error` event of
     one sentence before it propagates, where the run folder exists: the app knows a run only by its events,
@@ -114,7 +117,7 @@ def run(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool =
             EventLog(events).write("launch", 0)
     try:
         return _train(config, workspace, Path(run_dir), resume, stop or threading.Event(), stop_after, reached,
-                      largest_only)
+                      largest_only, on_folder)
     except Exception as exc:
         _record_failure(Path(run_dir), config, reached.step, exc)
         raise
@@ -154,7 +157,8 @@ def _record_failure(run_dir: Path, config: TrainConfig, step: int, exc: Exceptio
 
 
 def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: bool, stop: threading.Event,
-           stop_after: int | None, reached: _Reached, largest_only: bool = False) -> RunResult:
+           stop_after: int | None, reached: _Reached, largest_only: bool = False,
+           on_folder: Callable[[], None] | None = None) -> RunResult:
     import torch
 
     from blk.models.device import (avoid_cudnn_attention_backward, free_device_memory, is_out_of_memory,
@@ -199,6 +203,8 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
         resolved.data.dataset = str(dataset)
         resolved.schedule.gpus = world.size  # the processes that really trained (what a resume starts with)
         save_config(resolved, run_dir / "config.yaml")
+        if on_folder:
+            on_folder()
     events = EventLog(run_dir / "events.jsonl", quiet=not world.is_main)
 
     family = _load_family(config, model, dtype, device)  # the denoiser waits on the CPU until the texts are cached
@@ -970,12 +976,15 @@ def _prune(checkpoints: Path, config: TrainConfig) -> None:
     """Keep the newest `keep` checkpoints, plus those pinned in the config or from the Review tab."""
     from blk.train.pins import pinned_steps
 
+    def pinned() -> set[str]:
+        steps = set(config.checkpoints.pinned) | pinned_steps(checkpoints.parent)
+        return {f"step-{s:06d}.safetensors" for s in steps}
+
     files = sorted(checkpoints.glob("step-*.safetensors"))
-    steps = set(config.checkpoints.pinned) | pinned_steps(checkpoints.parent)
-    pinned = {f"step-{s:06d}.safetensors" for s in steps}
-    unpinned = [f for f in files if f.name not in pinned]
+    unpinned = [f for f in files if f.name not in pinned()]
     for old in unpinned[:-config.checkpoints.keep]:
-        old.unlink(missing_ok=True)
+        if old.name not in pinned():  # read again at each file: a pin made from Review meanwhile keeps it
+            old.unlink(missing_ok=True)
 
 
 def _remove_temporaries(run_dir: Path) -> None:

@@ -171,17 +171,17 @@ class Journal:
         for path in sorted(self.folder.glob(f"{TEMP_PREFIX}*.journal.json")):
             other = _read_json(path)
             if path == self.path or not ours or other is None or other.get("input") != ours \
-                    or not _token_ok(other.get("token")):
+                    or not _token_ok(other.get("token")) or other.get("version") != VERSION \
+                    or other.get("boot") not in (None, boot_id()):  # a job that would not resume: not "run again"
                 continue
             name = path.name[len(TEMP_PREFIX):-len(".journal.json")]
-            lock = self.folder / f"{TEMP_PREFIX}{name}.lock"
-            try:
-                if lock.exists():
-                    _unlock(_lock(lock, self.folder / name))
-            except UserError:  # running now, in another window or command
+            if _held(self.folder / f"{TEMP_PREFIX}{name}.lock"):  # running now, in another window or command
                 continue
-            files = [p for p in self.folder.glob(f"{TEMP_PREFIX}{other['token']}.*") if p.is_file()]
-            size = sum(p.stat().st_size for p in files) + path.stat().st_size
+            try:
+                files = [p for p in self.folder.glob(f"{TEMP_PREFIX}{other['token']}.*") if p.is_file()]
+                size = sum(p.stat().st_size for p in files) + path.stat().st_size
+            except OSError:  # that job started meanwhile and is removing them
+                continue
             sentences.append(f"An interrupted job of this image towards {name} keeps {_amount(size)} of working "
                              f"files here ({TEMP_PREFIX}{other['token']}.* and {path.name}): run that job again to "
                              "finish it, or delete those files to free the space.")
@@ -471,6 +471,18 @@ def _lock(path: Path, output: Path) -> int | None:
         if same:
             return fd
         os.close(fd)  # the holder removed it as we locked: take the new one
+
+
+def _held(path: Path) -> bool:
+    """Whether a job holds the lock file `path`, asked without taking it (a job starting at that moment would
+    otherwise be told another is writing): Linux lists every flock in /proc/locks by device and inode."""
+    try:
+        stat = path.stat()
+        locks = Path("/proc/locks").read_text()
+    except OSError:  # no lock file (nothing runs), or no /proc: nothing can be said, the files are named anyway
+        return False
+    inode = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    return any(line.split()[5] == inode for line in locks.splitlines() if len(line.split()) > 5 and "FLOCK" in line)
 
 
 def _unlock(fd: int | None) -> None:
