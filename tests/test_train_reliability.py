@@ -64,11 +64,15 @@ def trained_deltas(workspace, config: TrainConfig, run_dir) -> dict:
     return deltas(family.denoiser, "default")
 
 
-def comfy_style_deltas(path, prefix: str) -> dict:
+def comfy_style_deltas(path, prefix: str, modules=()) -> dict:
     """What ComfyUI and Forge apply from a file (comfy/lora.py `load_lora`): up·down for LoRA, kron(w1, w2) for
     LoKr, times alpha/rank only when the file holds a `.alpha` tensor for the module, else 1. They read no
-    safetensors metadata, so the tensors alone must mean the trained update."""
+    safetensors metadata, so the tensors alone must mean the trained update. Kohya names (`lora_unet_<module,
+    dots as underscores>`, an SDXL LoRA's) are told apart by `modules`, the denoiser's module names."""
     tensors = load_file(str(path))
+    kohya = {"lora_unet_" + name.replace(".", "_"): name for name in modules}
+    tensors = {key.replace(".lora_down.", ".lora_A.").replace(".lora_up.", ".lora_B."): value
+               for key, value in tensors.items()}
     stems = {key.rsplit(".", 2 if ".lora_" in key else 1)[0] for key in tensors if not key.endswith(".alpha")}
     found = {}
     for stem in stems:
@@ -88,7 +92,7 @@ def comfy_style_deltas(path, prefix: str) -> dict:
             rank = decomposed.shape[0] if decomposed is not None else None
         alpha = tensors.get(f"{stem}.alpha")
         scale = float(alpha) / rank if alpha is not None and rank else 1.0
-        found[stem.removeprefix(prefix + ".")] = delta * scale
+        found[kohya.get(stem, stem.removeprefix(prefix + "."))] = delta * scale
     return found
 
 
@@ -117,11 +121,15 @@ def test_lora_alpha_reaches_diffusers_and_comfyui_style_loaders(rank4_alpha2, sh
     assert_same_updates(deltas(family.denoiser, "file"), expected)
 
     prefix = "transformer" if family.name == "flux" else "unet"
-    assert_same_updates(comfy_style_deltas(checkpoint, prefix), expected)
+    assert_same_updates(comfy_style_deltas(checkpoint, prefix, expected), expected)
     with safe_open(str(checkpoint), "pt") as handle:
-        stored = json.loads(handle.metadata()["lora_adapter_metadata"])
-    # the peft config as diffusers' trainers store it; alpha = rank because the scale is in the tensors
-    assert (stored[f"{prefix}.peft_type"], stored[f"{prefix}.r"], stored[f"{prefix}.lora_alpha"]) == ("LORA", 4, 4)
+        header, keys = handle.metadata(), list(handle.keys())
+    if family.name == "flux":  # the peft config as diffusers' trainers store it; alpha = rank: the scale is in B
+        stored = json.loads(header["lora_adapter_metadata"])
+        assert (stored[f"{prefix}.peft_type"], stored[f"{prefix}.r"], stored[f"{prefix}.lora_alpha"]) == ("LORA", 4, 4)
+    else:  # kohya names, each module's alpha = its rank, as ComfyUI and Forge read them
+        alphas = [load_file(str(checkpoint))[key] for key in keys if key.endswith(".alpha")]
+        assert alphas and all(key.startswith("lora_unet_") for key in keys) and {float(a) for a in alphas} == {4.0}
 
 
 def test_lora_init_from_keeps_the_strength_of_ours_and_of_diffusers_files(rank4_alpha2, shared_workspace, tmp_path):

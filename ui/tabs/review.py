@@ -359,9 +359,9 @@ def pick(context: StudioContext, run, state, side: str):
     run = state.get("run", run)  # the run the test began with
     if state.get("shown") != state["index"]:
         return show_next(context, run, state) + (gr.update(),)
+    judged = (state.get("test"), state["index"])  # a test begun by `start_blind` has its token
     with _JUDGING:  # a second button clicked before the next pair showed reads the same state: one pick a pair
-        judged = (state.get("test"), state["index"])
-        if judged in _JUDGED:
+        if judged[0] and judged in _JUDGED:
             return (gr.update(),) * 5
         _JUDGED.add(judged)
     try:
