@@ -291,17 +291,14 @@ def start_blind(context: StudioContext, run, a, b, *form):
         return None, None, None, "Choose two different checkpoints as A and B."
     try:
         spec = spec_from_form(context, loras_of(a, b), *form, empty_seeds=default_seed(context, run)[0])
-    except UserError as exc:
-        return None, None, None, f"**{exc}**"
-    try:
-        _run_dir(context, run)
+        _run_dir(context, run)  # a run removed meanwhile: said before the first pair
     except UserError as exc:
         return None, None, None, f"**{exc}**"
     pairs = blind_pairs(spec.prompts or [""], spec.seeds)
     # the run is the test's own: choosing another run in the dropdown meanwhile split one test's tally over two
     state = {"a": a, "b": b, "pairs": pairs, "index": 0, "shown": None, "form": list(form), "run": run,
              "test": secrets.token_hex(8)}
-    return show_next(context, state.get("run"), state)
+    return show_next(context, run, state)
 
 
 def show_next(context: StudioContext, run, state):
@@ -365,8 +362,8 @@ def pick(context: StudioContext, run, state, side: str):
             return (gr.update(),) * 5
         _JUDGED.add(judged)
     try:
-        folder = review_folder(context.workspace, _run_dir(context, run))
         run_dir = _run_dir(context, run)
+        folder = review_folder(context.workspace, run_dir)
         a, b = (BASE_LABEL if state[k] == BASE else review_label(Path(state[k]), run_dir, context.workspace)
                 for k in ("a", "b"))
         tally = record_pick(folder, a, b, state["pairs"][state["index"]], side)
