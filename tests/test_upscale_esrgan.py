@@ -850,28 +850,34 @@ def test_large_inputs_are_read_by_region(models, tmp_path):
     assert np.array_equal(tifffile.imread(memory.path), tifffile.imread(region_job.path))
 
 
-def test_a_large_png_decoded_whole_to_a_full_temporary_disk_is_refused_before_any_tile(models, tmp_path,
-                                                                                      monkeypatch):
-    """libvips reads a PNG (JPEG, WebP) by region only after decoding it whole to a temporary file: 6 GB under
-    /tmp for a 2 GP PNG, counted nowhere, and its failure said the artwork was "damaged"."""
+def test_a_large_turned_jpeg_decoded_whole_to_a_full_temporary_disk_is_refused_before_any_tile(models, tmp_path,
+                                                                                             monkeypatch):
+    """libvips reads a JPEG turned by its EXIF (or an interlaced PNG) by region only after decoding it whole to a
+    temporary file: 6 GB under /tmp for a 2 GP image, counted nowhere, and its failure said the artwork was
+    "damaged". (Other PNG, JPEG and WebP files are streamed and need no room there: test_upscale_row_stream.)"""
     from tests.test_faults import tmpfs
 
+    exif = Image.Exif()
+    exif[0x0112] = 3  # upside down
+    Image.fromarray((noise(120, 160, seed=14) * 255).round().astype(np.uint8)).save(tmp_path / "wall.jpg", exif=exif)
     Image.fromarray((noise(120, 160, seed=14) * 255).round().astype(np.uint8)).save(tmp_path / "wall.png")
     tifffile.imwrite(tmp_path / "wall.tif", np.zeros((120, 160, 3), np.uint8))
-    assert open_input(tmp_path / "wall.png", max_pixels=1000).spill_bytes == 160 * 120 * 3
+    assert open_input(tmp_path / "wall.jpg", max_pixels=1000).spill_bytes == 160 * 120 * 3
     assert open_input(tmp_path / "wall.tif", max_pixels=1000).spill_bytes == 0  # a TIFF reads by region itself
-    assert open_input(tmp_path / "wall.png").spill_bytes == 0  # held whole: nothing goes to libvips
+    assert open_input(tmp_path / "wall.png", max_pixels=1000).spill_bytes == 0  # streamed
+    assert open_input(tmp_path / "wall.jpg").spill_bytes == 0  # held whole: nothing goes to libvips
     with tmpfs(tmp_path / "small-tmp", "32k") as small:
         monkeypatch.setenv("TMPDIR", str(small))
         ticks = []
         with pytest.raises(UserError, match=r"The disk holding .*small-tmp has \d+ KB free and reading this input "
-                                            r"needs about \d+ KB there \(a PNG, JPEG or WebP this large"):
-            run(EsrganJob(tmp_path / "wall.png", tmp_path / "out.tif", models["x4"], tile=32, overlap=8,
+                                            r"needs about \d+ KB there \(a JPEG turned by its EXIF or an interlaced"):
+            run(EsrganJob(tmp_path / "wall.jpg", tmp_path / "out.tif", models["x4"], tile=32, overlap=8,
                           max_pixels=1000), progress=lambda *a: ticks.append(a))
         assert ticks == [] and leftovers(tmp_path) == []
-        # a TIFF needs no room there
-        run(EsrganJob(tmp_path / "wall.tif", tmp_path / "tiff.tif", models["x4"], tile=64, overlap=8,
-                      max_pixels=1000))
+        # a TIFF or a streamed PNG needs no room there
+        for name in ("wall.tif", "wall.png"):
+            run(EsrganJob(tmp_path / name, tmp_path / f"out-{name}.tif", models["x4"], tile=64, overlap=8,
+                          max_pixels=1000))
 
 
 def test_an_input_held_whole_keeps_its_levels_and_tiles_read_as_the_float_decoder_gives(tmp_path):

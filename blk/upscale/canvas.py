@@ -279,8 +279,8 @@ def check_disk_space(output: Path, canvases: list[int], result_bytes: int, spill
                         "on another disk.")
     if spill_bytes and not together and temp.exists() and spill_bytes > (room := shutil.disk_usage(temp).free):
         raise UserError(f"The disk holding {temp} has {_amount(room)} free and reading this input needs about "
-                        f"{_amount(spill_bytes)} there (a PNG, JPEG or WebP this large is decoded whole to a "
-                        "temporary file first); free some space, set TMPDIR to a larger disk, or give the input "
+                        f"{_amount(spill_bytes)} there (a JPEG turned by its EXIF or an interlaced PNG this "
+                        "large is decoded whole to a temporary file first); free some space, set TMPDIR to a larger disk, or give the input "
                         "as a TIFF.")
 
 

@@ -4,7 +4,8 @@ Images within `max_pixels` are decoded once through `blk.data.images` (the
 house's safe reader: orientation, CMYK, palettes, damaged files as one
 sentence) and kept in memory as the file's 8- or 16-bit levels. Larger ones — including those above Pillow's
 bomb limit, which is never raised — are opened lazily with pyvips and read one
-region at a time. Every source gives float32 RGB or RGBA in [0, 1].
+region at a time (a TIFF), or streamed top to bottom (a PNG, JPEG or WebP: `row_stream`). Every source gives
+float32 RGB or RGBA in [0, 1].
 
 `FilledSource` gives transparent pixels the colour of their visible
 neighbours before a model sees them (see its docstring for why).
@@ -50,8 +51,9 @@ class InputImage:
     dpi: float | None
     by_region: bool  # True when read lazily with pyvips
     grey: bool = False  # a grey (or grey + alpha) file: read as RGB(A) for the models, written back as grey
-    # bytes libvips writes to its temporary folder (`blk.vips.temp_dir`) to read this input by region: a PNG,
-    # JPEG or WebP is decoded whole to a file there first (they have no random access; a TIFF has)
+    # bytes libvips writes to its temporary folder (`blk.vips.temp_dir`) to read this input by region: a JPEG
+    # turned by its EXIF or an interlaced PNG is decoded whole to a file there first (other PNG, JPEG and WebP
+    # files are streamed, `row_stream`; a TIFF has random access)
     spill_bytes: int = 0
 
     @property
@@ -101,7 +103,9 @@ class VipsSource:
                                 "first; free some space, set TMPDIR to a larger disk, or give the input as a "
                                 "TIFF.") from None
             raise BadImage(f"{self.name} is damaged and cannot be decoded ({_first_line(exc)}).") from None
-        return region.reshape(h, w, self.channels).astype(np.float32) / self.peak
+        region = region.reshape(h, w, self.channels).astype(np.float32)
+        region /= self.peak  # in place: a band of a wide image is hundreds of MB as float32
+        return region
 
 
 class FilledSource:
@@ -228,15 +232,20 @@ def _converted_profile(icc: bytes | None) -> bytes | None:
     return srgb_profile()
 
 
+# libvips fills the missing rows of a truncated PNG or JPEG with black or grey by default: an error instead,
+# as Pillow gives for the same file held whole
+FAIL_ON = "truncated"
+
+
 def _vips_header(path: Path, one_region: bool = False):
     """The file opened lazily by libvips (None when libvips cannot read it). `one_region`: streamed (sequential
     access) where it can be: no TIFF (read by region anyway), no rotation tag (turning needs random access)."""
     try:
         from blk.vips import pyvips
 
-        image = pyvips.Image.new_from_file(str(path))
+        image = pyvips.Image.new_from_file(str(path), fail_on=FAIL_ON)
         if one_region and image.get("vips-loader") not in ("tiffload", None) and _upright(image):
-            image = pyvips.Image.new_from_file(str(path), access="sequential")
+            image = pyvips.Image.new_from_file(str(path), access="sequential", fail_on=FAIL_ON)
     except Exception:
         return None
     return image if image.get("vips-loader") in _VIPS_LOADERS else None
@@ -252,7 +261,9 @@ MAX_COMPRESSION = 20000
 
 
 def _vips_input(image, path: Path) -> InputImage:
-    """sRGB(A), 8 or 16 bits, upright; ICC and DPI from the header."""
+    """sRGB(A), 8 or 16 bits, upright; ICC and DPI from the header. An upright PNG, JPEG or WebP is streamed
+    (`row_stream.RowStream`: decoded once, top to bottom, nothing written to disk); a TIFF is read by region
+    itself; a turned or interlaced file is read by region through libvips' temporary copy (`spill_bytes`)."""
     raw_bytes = image.width * image.height * image.bands * (2 if image.format == "ushort" else 1)
     if raw_bytes > MAX_COMPRESSION * max(path.stat().st_size, 1):
         raise BadImage(f"{path.name} claims {image.width}×{image.height} pixels but holds only "
@@ -261,6 +272,28 @@ def _vips_input(image, path: Path) -> InputImage:
     loader = image.get("vips-loader")
     icc = image.get("icc-profile-data") if "icc-profile-data" in fields else None
     dpi = _stored_dpi(image, fields, path)
+    streamed = loader != "tiffload" and "vips-sequential" not in fields and _upright(image) \
+        and not (loader == "pngload" and "interlaced" in fields and image.get("interlaced"))
+    file_icc = icc
+    image, icc, high, grey = _converted(image, path, file_icc)
+    if streamed:
+        from blk.upscale.row_stream import RowStream
+        from blk.vips import pyvips
+
+        def reopen():
+            opened = pyvips.Image.new_from_file(str(path), access="sequential", fail_on=FAIL_ON)
+            return _converted(opened, path, file_icc)[0]
+
+        source = RowStream(reopen, path.name, image.width, image.height, image.bands, high)
+    else:
+        source = VipsSource(image, path.name)
+    spill = raw_bytes if loader != "tiffload" and "vips-sequential" not in fields and not streamed else 0
+    return InputImage(source, path.name, 16 if high else 8, icc, dpi, by_region=True, grey=grey,
+                      spill_bytes=spill)
+
+
+def _converted(image, path: Path, icc: bytes | None):
+    """(the image upright as sRGB(A) 8 or 16 bits, the profile of those pixels, 16-bit?, grey?), lazily."""
     try:
         image = image.autorot()
         high = image.format == "ushort"
@@ -276,9 +309,7 @@ def _vips_input(image, path: Path) -> InputImage:
         if isinstance(exc, BadImage):
             raise
         raise BadImage(f"{path.name} cannot be read ({_first_line(exc)}).") from None
-    spill = raw_bytes if loader != "tiffload" and "vips-sequential" not in fields else 0  # streamed: no spill
-    return InputImage(VipsSource(image, path.name), path.name, 16 if high else 8, icc, dpi, by_region=True,
-                      grey=grey, spill_bytes=spill)
+    return image, icc, high, grey
 
 
 def _cmyk_to_srgb(image, high: bool, icc: bytes | None):
