@@ -4,6 +4,7 @@ file as one sentence, and no thread left behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import subprocess
@@ -23,6 +24,7 @@ from blk.upscale.tiler import spans
 from tests.test_upscale_esrgan import noise
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def inputs(folder: Path) -> dict[str, Path]:
@@ -158,3 +160,31 @@ def test_an_abandoned_stream_stops_its_thread(tmp_path, monkeypatch):
     del image
     gc.collect()
     assert wait_for_no_stream_threads() == []
+
+
+def test_an_out_of_memory_retry_reads_on_from_the_stream_without_starting_again(tmp_path):
+    """The tiler's retry after running out of memory starts at or below the row that failed, so the stream
+    never goes back to the top of the file; the result is the in-memory input's."""
+    import torch
+
+    from blk.upscale.canvas import Canvas
+    from blk.upscale.esrgan import processor
+    from blk.upscale.models import load_upscaler
+    from blk.upscale.tiler import run_tiles
+    from tests.test_upscale_esrgan import OutOfMemoryAbove, rrdb_file
+
+    x4 = load_upscaler(rrdb_file(tmp_path / "RealESRGAN_x4plus_tiny.pth"))
+    pixels = (noise(100, 88, seed=5) * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "in.png")
+    results = {}
+    for name, max_pixels in (("stream", 1000), ("memory", 10**6)):
+        image = open_input(tmp_path / "in.png", max_pixels=max_pixels)
+        wrapped = OutOfMemoryAbove(x4.descriptor, limit=32, grace=1)  # row 1 of 64 px tiles finishes, row 2 fails
+        process = processor(dataclasses.replace(x4, descriptor=wrapped), "cpu", torch.float32)
+        canvas = Canvas(tmp_path / f"{name}.canvas", 88 * 4, 100 * 4, 3)
+        stats = run_tiles(image.source, canvas, process, scale=4, tile=64, overlap=16, batch=2)
+        assert (stats.tile, stats.oom_retries) == (32, 1)
+        results[name] = canvas.read(0, 0, canvas.width, canvas.height)
+        if name == "stream":
+            assert isinstance(image.source, RowStream) and image.source.restarts == 0
+    assert np.array_equal(results["stream"], results["memory"])
