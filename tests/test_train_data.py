@@ -523,18 +523,17 @@ def test_shuffle_orders_are_fixed_per_caption_and_keep_the_trigger():
     from blk.train.data import augment_caption, shuffled_orders
 
     caption = "blkstyle, ink drawing, a cat, a hat, a bat, a mat"
-    orders = shuffled_orders(caption, 8, 1, seed=3)
+    orders = shuffled_orders(caption, 8, 1)
     assert len(orders) == len(set(orders)) == 8 and orders[0] == caption  # the caption as written comes first
     assert all(o.split(", ")[0] == "blkstyle" and sorted(o.split(", ")) == sorted(caption.split(", ")) for o in orders)
-    assert shuffled_orders(caption, 8, 1, seed=3) == orders  # every run and resume: the same orders
-    assert shuffled_orders(caption, 8, 1, seed=4) != orders
-    few = shuffled_orders("blkstyle, a cat, a hat", 8, 1, seed=3)  # two parts after the trigger: two orders
+    assert shuffled_orders(caption, 8, 1) == orders  # every run, resume and seed: the same orders (one cache)
+    few = shuffled_orders("blkstyle, a cat, a hat", 8, 1)  # two parts after the trigger: two orders
     assert few == ["blkstyle, a cat, a hat", "blkstyle, a hat, a cat"]
     picked = {augment_caption(caption, random.Random(seed), 0.0, True, 1, orders) for seed in range(60)}
     assert picked == set(orders)  # shuffling picks among them, nothing else
     assert augment_caption(caption, random.Random(1), 0.0, False, 1, orders) == caption  # shuffling off
     # the caption as written counts once, however it is spaced: two orders of "a" and "b", not that one twice
-    assert shuffled_orders("trig,a ,b", 3, 1, seed=3) == ["trig,a ,b", "trig, b, a"]
+    assert shuffled_orders("trig,a ,b", 3, 1) == ["trig,a ,b", "trig, b, a"]
     with pytest.raises(ValueError, match="0 .a new order every step. or at least 2"):
         TrainConfig.model_validate({"data": {"shuffle_tokens": True, "shuffle_orders": 1}})
 

@@ -21,11 +21,18 @@ from blk import atomic
 
 
 class TensorCache:
-    def __init__(self, folder: Path, enabled: bool = True):
+    """Values by key on disk. A cache that cannot be written (a read-only dataset, a full disk) is no reason to
+    stop a run: `on_unwritable` is told once and nothing more is written; the values are then made again each
+    time, or with `in_memory_if_unwritable` kept in RAM (the text cache: its encoders leave once it is full)."""
+
+    def __init__(self, folder: Path, enabled: bool = True, on_unwritable=None, in_memory_if_unwritable=False):
         self.folder = folder
         self.enabled = enabled  # off: encode every time, write nothing
         self.hits = 0
         self.misses = 0
+        self.on_unwritable = on_unwritable
+        self.unwritable: str | None = None  # why writing failed, once it has
+        self.memory: dict | None = {} if in_memory_if_unwritable else None
 
     def _path(self, key: str) -> Path:
         digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
@@ -37,18 +44,65 @@ class TensorCache:
         if not self.enabled:
             self.misses += 1
             return make()
+        if self.memory and key in self.memory:
+            self.hits += 1
+            return self.memory[key]
         path = self._path(key)
         if path.exists():
             try:
                 value = load(path.read_bytes())
                 self.hits += 1
+                _mark_used(path)
                 return value
             except Exception:  # a damaged cache file is simply made again
                 pass
         value = {name: tensor.detach().cpu().contiguous() for name, tensor in make().items()}
-        atomic.write_bytes(path, save(value))
         self.misses += 1
+        if self.unwritable is None:
+            try:
+                atomic.write_bytes(path, save(value))
+            except OSError as exc:
+                self.unwritable = exc.strerror or str(exc)
+                if self.on_unwritable is not None:
+                    kept = "kept in memory instead" if self.memory is not None else \
+                        "encoded again every time they are used"
+                    self.on_unwritable(f"The cache folder {self.folder} cannot be written ({self.unwritable}), so "
+                                       f"training goes on without it: its entries are {kept}")
+        if self.unwritable is not None and self.memory is not None:
+            self.memory[key] = value
         return value
+
+
+UNUSED_DAYS = 30  # cache entries no run has read for this long are removed when a run of the dataset starts
+
+
+def _mark_used(path: Path) -> None:
+    """The entry's time is its last use (`prune_unused` reads it); access times are often not kept."""
+    import os
+
+    try:
+        os.utime(path)
+    except OSError:  # a read-only cache: nothing is pruned there either
+        pass
+
+
+def prune_unused(root: Path, days: float = UNUSED_DAYS) -> tuple[int, int]:
+    """Remove the cache files under `root` (a dataset's `.blk/cache/`) that no run has read or written for
+    `days`: entries of captions since edited, of settings or models no longer used, of old shuffle orders,
+    which otherwise stay for good (gigabytes: a T5 text is ~4 MB). Returns (files, bytes) removed. A run
+    that uses an entry marks it, so nothing a running or recent run reads is removed."""
+    import time
+
+    cutoff, files, size = time.time() - days * 86400, 0, 0
+    for path in root.rglob("*.safetensors") if root.is_dir() else []:
+        try:
+            info = path.stat()
+            if info.st_mtime < cutoff:
+                path.unlink()
+                files, size = files + 1, size + info.st_size
+        except OSError:
+            continue
+    return files, size
 
 
 CACHE_SOURCES = ("vae", "text_encoder", "tokenizer")  # a diffusers folder's parts the cached values come from

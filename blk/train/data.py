@@ -114,37 +114,46 @@ def load_items(dataset: Path, resolutions: list[int], flip: bool, root: str = ""
 
 
 def augment_caption(caption: str, rng: random.Random, dropout: float, shuffle: bool, keep: int,
-                    orders: list[str] | None = None) -> str:
+                    orders: list[str] | None = None, pinned: str = "") -> str:
     """Caption dropout (empty caption) and shuffling of comma-separated parts after the first `keep`: a new
-    order, or one of `orders` (the caption's `shuffled_orders`) when given."""
+    order, or one of `orders` (the caption's `shuffled_orders`) when given. `pinned`: the dataset's trigger
+    word, which keeps its place wherever it stands (see `_shuffled`)."""
     if dropout and rng.random() < dropout:
         return ""
     if not shuffle:
         return caption
     if orders:
         return orders[rng.randrange(len(orders))]
-    return _shuffled(caption, rng, keep)
+    return _shuffled(caption, rng, keep, pinned)
 
 
-def _shuffled(caption: str, rng: random.Random, keep: int) -> str:
-    parts = [p.strip() for p in caption.split(",")]
+def _shuffled(caption: str, rng: random.Random, keep: int, pinned: str = "") -> str:
+    """The parts after the first `keep` in a new order. Empty parts (", , " or a leading comma) are dropped
+    before counting, so they never take the place of the trigger among the kept ones; a part that is the
+    trigger keeps its place even after the first `keep` (bulk "Add trigger" leaves a caption that already holds
+    the word anywhere as it is, so with keep 1 the first tag stayed put and the trigger moved)."""
+    parts = [p.strip() for p in caption.split(",") if p.strip()]
     head, tail = parts[:keep], parts[keep:]
-    rng.shuffle(tail)
-    return ", ".join(p for p in head + tail if p)
+    fixed = {k for k, part in enumerate(tail) if pinned and part.lower() == pinned.lower()}
+    movable = [part for k, part in enumerate(tail) if k not in fixed]
+    rng.shuffle(movable)
+    moved = iter(movable)
+    return ", ".join(head + [tail[k] if k in fixed else next(moved) for k in range(len(tail))])
 
 
-def shuffled_orders(caption: str, count: int, keep: int, seed: int) -> list[str]:
+def shuffled_orders(caption: str, count: int, keep: int, pinned: str = "") -> list[str]:
     """`count` orders of `caption`'s comma-separated parts after the first `keep` — the caption as written, then
-    orders drawn from a generator seeded by `seed` and the caption's text (the same in every run and resume);
-    fewer when the parts have fewer distinct orders."""
+    orders drawn from a generator seeded by the caption's text alone: the same in every run, resume and seed, so
+    runs of one dataset share their cached texts (seeded by the run's seed too, each new seed cached ~15 more T5
+    texts per caption: 6 GB more per seed for 100 captions); fewer when the parts have fewer distinct orders."""
     import hashlib
 
     orders, seen = [caption], {", ".join(p.strip() for p in caption.split(",") if p.strip())}  # as `_shuffled` joins
-    draws = random.Random(seed * 1_000_003 + int(hashlib.sha256(caption.encode()).hexdigest()[:12], 16))
+    draws = random.Random(int(hashlib.sha256(caption.encode()).hexdigest()[:12], 16))
     for _ in range(8 * count):  # a caption of few parts has few orders: stop drawing after a while
         if len(orders) >= count:
             break
-        order = _shuffled(caption, draws, keep)
+        order = _shuffled(caption, draws, keep, pinned)
         if order not in seen:
             orders.append(order)
             seen.add(order)

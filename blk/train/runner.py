@@ -33,9 +33,11 @@ the product (`process.regroup`). Rank 0 alone writes the run folder.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
+import os
 import random
 import shutil
 import sys
@@ -47,9 +49,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blk import atomic
+from blk.data.scan import file_sha256
+from blk.data.trigger import style_trigger
 from blk.errors import UserError
 from blk.train.adapters import adapter_metadata, check_target_modules, published_weights, text_encoder_modules
-from blk.train.cache import PixelMemory, TensorCache, model_key, pixel_budget
+from blk.train.cache import UNUSED_DAYS, PixelMemory, TensorCache, model_key, pixel_budget, prune_unused
 from blk.train.config import TrainConfig, save_config
 from blk.train.data import Curriculum, Item, StagePlan, augment_caption, batch_count, bucket_batches, load_items
 from blk.train.distributed import World
@@ -178,7 +182,11 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
             print(f"warning: {sentence}.", file=sys.stderr, flush=True)
     model = resolve(config.model.name, workspace)
     items = load_items(dataset, config.data.resolutions, config.data.flip, variants=config.data.augment.variants)
-    items, held_out = split_validation(items, config.data.validation_images)  # holding out every image: said first
+    began = read_held_out(run_dir) if resume else None
+    fingerprint = dataset_fingerprint(items)
+    dataset_changed = began is not None and began.get("fingerprint") != fingerprint
+    items, held_out = split_validation(items, config.data.validation_images,  # holding out every image: said first
+                                       began["images"] if began else None)
     if not resume and (problem := config.data.validation_problem()):  # a run begun so resumes as it began
         raise UserError(problem)
     curriculum = plan_curriculum(config, workspace, dataset, items, world.size)
@@ -203,18 +211,26 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
         resolved.data.dataset = str(dataset)
         resolved.schedule.gpus = world.size  # the processes that really trained (what a resume starts with)
         save_config(resolved, run_dir / "config.yaml")
+        if began is None or dataset_changed:  # fresh, begun before the file, or on a changed dataset: from now on
+            atomic.write_json(run_dir / HELD_OUT_FILE, {"images": sorted({i.image for i in held_out}),
+                                                        "fingerprint": fingerprint})
         if on_folder:
             on_folder()
     events = EventLog(run_dir / "events.jsonl", quiet=not world.is_main)
 
     family = _load_family(config, model, dtype, device)  # the denoiser waits on the CPU until the texts are cached
     check_target_modules(family.denoiser, config.adapter, model.name)  # before minutes of text encoding
+    early = _EarlyNotices(events, reached)  # said once the status that begins this attempt is written
+    if world.is_main and (pruned := prune_unused(dataset / ".blk" / "cache"))[0]:
+        early(f"Removed {pruned[0]} cache entr{'y' if pruned[0] == 1 else 'ies'} of {dataset.name} "
+              f"({pruned[1] / 2**20:.0f} MB) that no run had used for {UNUSED_DAYS} days")
     caches = dataset / ".blk" / "cache" / model_key(model.path, model.base)
-    text_cache = TensorCache(caches / "text")
+    text_cache = TensorCache(caches / "text", on_unwritable=early, in_memory_if_unwritable=True)
     text_for = TextSource(family, text_cache, int8_text=_quantize_resident_text_encoder(family, config))
     every_item = items + held_out + [i for plan in (curriculum.stages if curriculum else []) for pool in plan.pools
                                      for i in pool]
-    orders = caption_orders(config, {i.caption for i in every_item})
+    trigger = style_trigger(dataset)  # keeps its place when the caption's parts are shuffled
+    orders = caption_orders(config, {i.caption for i in every_item}, trigger)
     fixed_orders = orders if config.data.shuffle_orders else {}  # what shuffling picks from (none: free shuffles)
     released = _release_text_encoders(family, config, {text for texts in orders.values() for text in texts},
                                       text_for, device)
@@ -237,17 +253,22 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     if restart:  # after the status: the Train tab shows the notices of the attempt that status begins
         _notice(events, 0, f"{run_dir.name} was stopped before its first checkpoint, so there is nothing to resume "
                            "from: it starts again from step 0 in the same folder")
+    early.flush()
     if notice := optimizer_notice(config, device):
         _notice(events, step, notice)
+    if dataset_changed:
+        _notice(events, step, f"{dataset.name} changed since this run began: its held-out images stay held out, "
+                              "and the images are drawn in another order than an uninterrupted run's")
     starting = Path(config.adapter.init_from).expanduser() if config.adapter.init_from else None
     if starting and config.adapter.kind == "lora" and not resume and (left := text_encoder_modules(family, starting)):
         _notice(events, step, f"{starting.name} also adapts {left} text-encoder layer"
                               f"{'s' if left != 1 else ''}; a run trains the denoiser only, so they are left out")
     stage = None
 
-    latent_cache = TensorCache(caches / "latents", enabled=config.data.cache_latents)
+    latent_cache = TensorCache(caches / "latents", enabled=config.data.cache_latents, on_unwritable=early)
     latent_for = LatentSource(family, latent_cache, dataset, model.path, config.data,
-                              *_transparent_encoder(config, workspace, model, device))
+                              *_transparent_encoder(config, workspace, model, device),
+                              on_notice=early)
     last_checkpoint = None
     if resume and step and world.is_main and not checkpoint_path(run_dir, step).exists() and \
             max(checkpoint_steps(run_dir), default=0) < step:
@@ -312,7 +333,8 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
                     latents = torch.stack([entry["params"][0] for entry in entries]).to(device, dtype)
                     mask = _stack_masks(entries) if config.data.alpha_mask else None
                     captions = [augment_caption(i.caption, rng, config.data.caption_dropout, config.data.shuffle_tokens,
-                                                config.data.keep_tokens, fixed_orders.get(i.caption)) for i in batch]
+                                                config.data.keep_tokens, fixed_orders.get(i.caption), trigger)
+                                for i in batch]
                     # only the caption's fixed texts (as written, its `orders`, dropout's "") go to the disk cache:
                     # a free shuffle is new almost every step
                     texts = [text_for(c, keep=c == "" or c in orders[i.caption]) for c, i in zip(captions, batch)]
@@ -400,6 +422,25 @@ def _largest_bucket(items: list[Item]) -> list[Item]:
     dataset, often 512 px squares only) and said a run fits whose 1024 px steps would not."""
     largest = max((item.width * item.height for item in items), default=0)
     return [item for item in items if item.width * item.height == largest]
+
+
+class _EarlyNotices:
+    """`_notice` for what is found before the attempt's status event (the Train tab shows the notices after the
+    latest one): held until `flush`, said at once after it."""
+
+    def __init__(self, events: EventLog, reached: _Reached):
+        self.events, self.reached, self.held = events, reached, []
+
+    def __call__(self, sentence: str) -> None:
+        if self.held is None:
+            _notice(self.events, self.reached.step, sentence)
+        else:
+            self.held.append(sentence)
+
+    def flush(self) -> None:
+        for sentence in self.held or []:
+            _notice(self.events, self.reached.step, sentence)
+        self.held = None
 
 
 def _notice(events: EventLog, step: int, sentence: str, **fields) -> None:
@@ -529,18 +570,53 @@ class Ema:
 VALIDATION_DRAWS = 4  # fixed noise/timestep draws per held-out image
 
 
-def split_validation(items: list[Item], count: int) -> tuple[list[Item], list[Item]]:
-    """Hold out `count` images (all flips and variants of each) from training, chosen evenly by name;
-    they are validated as they are (no flip, no augmentation)."""
+def split_validation(items: list[Item], count: int, held: list[str] | None = None) -> tuple[list[Item], list[Item]]:
+    """Hold out `count` images (all flips and variants of each) from training, chosen evenly by name but never
+    the last image of a folder (a curriculum stage drawing from a small `pairs/` lost all of it); they are
+    validated as they are (no flip, no augmentation). `held`: the names a run began with (`HELD_OUT_FILE`),
+    kept on resume where they still exist, so an image added since cannot push a held-out one into training."""
     if count <= 0:
         return items, []
     images = sorted({item.image for item in items})
     if count >= len(images):
         raise UserError(f"Holding out {count} image(s) for validation leaves none to train on.")
-    stride = len(images) / count
-    held = {images[int(i * stride)] for i in range(count)}
-    return [i for i in items if i.image not in held], \
-        [i for i in items if i.image in held and not i.flip and not i.variant]
+    chosen = set(held or []) & set(images) or _held_out_evenly(images, count)
+    return [i for i in items if i.image not in chosen], \
+        [i for i in items if i.image in chosen and not i.flip and not i.variant]
+
+
+def _held_out_evenly(images: list[str], count: int) -> set[str]:
+    """`count` names spread evenly over the sorted `images`; from each even position, the next name whose
+    folder keeps at least one other image (the plain even pick when no such name is left)."""
+    folder_of = {image: image.rpartition("/")[0] for image in images}
+    left = {folder: sum(1 for i in images if folder_of[i] == folder) for folder in set(folder_of.values())}
+    stride, chosen = len(images) / count, []
+    for k in range(count):
+        start = int(k * stride)
+        ring = images[start:] + images[:start]
+        pick = next((i for i in ring if i not in chosen and left[folder_of[i]] > 1), None) \
+            or next(i for i in ring if i not in chosen)
+        chosen.append(pick)
+        left[folder_of[pick]] -= 1
+    return set(chosen)
+
+
+HELD_OUT_FILE = "held_out.json"  # in the run folder: the held-out images and the dataset they were chosen from
+
+
+def read_held_out(run_dir: Path) -> dict | None:
+    try:
+        record = json.loads((run_dir / HELD_OUT_FILE).read_text())
+    except (OSError, ValueError):
+        return None  # a run begun before this file existed: chosen again, as then
+    return record if isinstance(record, dict) and isinstance(record.get("images"), list) else None
+
+
+def dataset_fingerprint(items: list[Item]) -> str:
+    """Which images (by name and content) a run trains on: a resume on a changed dataset is said."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted({f"{i.root}/{i.image}:{i.sha256}" for i in items})).encode()).hexdigest()
 
 
 def validation_loss(family, held_out: list[Item], latent_for, text_for, device, dtype) -> float:
@@ -700,6 +776,14 @@ def _batch(items: list[Item], config: TrainConfig, micro_index: int, batch_size:
     return [items[i] for i in bucket_batches(items, batch_size, config.schedule.seed, epoch)[position]]
 
 
+class _ChangedSinceScan(Exception):
+    """An image's file no longer has the content the run's scan hashed (edited during the run)."""
+
+    def __init__(self, sha256: str):
+        super().__init__(sha256)
+        self.sha256 = sha256
+
+
 class LatentSource:
     """Each item's latent entry, made once and cached: {"params": VAE posterior parameters} and, with
     `alpha_mask` for an image with transparency, {"mask": alpha on the latent grid}.
@@ -711,9 +795,10 @@ class LatentSource:
     """
 
     def __init__(self, family, cache: TensorCache, dataset: Path, model_path: Path, data, encoder=None,
-                 encoder_id: str = ""):
+                 encoder_id: str = "", on_notice=None):
         self.family, self.cache, self.dataset, self.model_path, self.data = family, cache, dataset, model_path, data
-        self.encoder, self.encoder_id = encoder, encoder_id
+        self.encoder, self.encoder_id, self.on_notice = encoder, encoder_id, on_notice
+        self.changed: set[str] = set()  # images edited since the scan, said once each
         self.model_id = model_key(model_path)  # once: it reads the encoders' file times
         # without the latent cache, every step encodes again: the pixels need not be decoded again too
         self.pixels = PixelMemory(0 if cache.enabled else pixel_budget())
@@ -732,7 +817,18 @@ class LatentSource:
         return key
 
     def __call__(self, item: Item) -> dict:
-        return self.cache.get_or_make(self.key(item), lambda: self._encode(item))
+        try:
+            return self.cache.get_or_make(self.key(item), lambda: self._encode(item))
+        except _ChangedSinceScan as changed:
+            # encoded and cached under its new content's hash: under the old one, the old version's entry would
+            # be this version's pixels, and a later run of the old version would train on them
+            if item.image not in self.changed:
+                self.changed.add(item.image)
+                if self.on_notice is not None:
+                    self.on_notice(f"{item.image} changed since the run began; from now on the run trains its new "
+                                   f"version, cut to the old one's {item.width}×{item.height} bucket (stop and "
+                                   "resume the run to bucket it anew)")
+            return self(dataclasses.replace(item, sha256=changed.sha256))
 
     def _encode(self, item: Item) -> dict:
         import numpy as np
@@ -743,7 +839,15 @@ class LatentSource:
         from blk.train.pixels import bucket_pixels, jitter_for, over_background
 
         def pixels():
-            image = open_image((Path(item.root) if item.root else self.dataset) / item.image)
+            path = (Path(item.root) if item.root else self.dataset) / item.image
+            content = file_sha256(path)  # what the scan saw at the start of the run, or an edit since
+            if content != item.sha256:
+                raise _ChangedSinceScan(content)
+            image = open_image(path)
+            if image.width < item.width or image.height < item.height:  # edited smaller since: never upscale
+                raise UserError(f"{item.image} changed since the run began and is now {image.width}×{image.height} "
+                                f"px, smaller than its {item.width}×{item.height} bucket; stop and resume the run "
+                                "to train on it as it is now.")
             a = self.data.augment
             return bucket_pixels(image, item.width, item.height, item.flip,
                                  jitter_for(item.sha256, item.variant, a.rotate, a.scale, a.shift, a.grain))
@@ -802,10 +906,11 @@ def plan_curriculum(config: TrainConfig, workspace: Workspace, dataset: Path, it
         pools, labels = [], []
         for source in stage.sources:
             folder = source.folder.strip().rstrip("/")
-            if not folder:
+            inside = _inside_dataset(folder, dataset, workspace)
+            if inside == "":
                 pool = list(items)
-            elif not Path(folder).expanduser().is_absolute() and (dataset / folder).is_dir():
-                pool = [i for i in items if i.image.startswith(folder + "/")]
+            elif inside is not None:  # from the items already split: held-out images stay out
+                pool = [i for i in items if i.image.startswith(inside + "/")]
             else:
                 if folder not in loaded:
                     extra = workspace.dataset_folder(folder)
@@ -821,19 +926,41 @@ def plan_curriculum(config: TrainConfig, workspace: Workspace, dataset: Path, it
                       config.schedule.batch_size)
 
 
+def _inside_dataset(folder: str, dataset: Path, workspace: Workspace) -> str | None:
+    """A stage's source folder as a path inside the run's dataset ("" for the dataset itself, "singles" for
+    "./singles", "/abs/…/mychar/singles" or "mychar" when that is the dataset), or None for another dataset.
+    Loaded again as another dataset, the run's own images came back with its held-out ones among them."""
+    if not folder or folder == ".":
+        return ""
+    path = Path(folder).expanduser()
+    if not path.is_absolute() and (dataset / path).is_dir():  # by name, as the scan lists it (links not followed)
+        relative = os.path.normpath(folder)
+        return None if relative.startswith("..") else "" if relative == "." else Path(relative).as_posix()
+    if not path.is_absolute():
+        try:
+            path = workspace.dataset_folder(folder)
+        except UserError:
+            return None  # said by the loader, as before
+    try:
+        relative = path.resolve().relative_to(dataset.resolve())
+    except (OSError, ValueError):
+        return None
+    return "" if str(relative) == "." else relative.as_posix()
+
+
 def free_shuffles(config: TrainConfig) -> bool:
     """Whether token shuffling draws a new order every step (so the text encoders must stay loaded)."""
     return config.data.shuffle_tokens and not config.data.shuffle_orders
 
 
-def caption_orders(config: TrainConfig, captions: set[str]) -> dict[str, list[str]]:
+def caption_orders(config: TrainConfig, captions: set[str], pinned: str = "") -> dict[str, list[str]]:
     """Each caption's fixed texts: its `shuffle_orders` orders when set (`data.shuffled_orders`), else itself."""
     from blk.train.data import shuffled_orders
 
     if not (config.data.shuffle_tokens and config.data.shuffle_orders):
         return {caption: [caption] for caption in captions}
-    return {caption: shuffled_orders(caption, config.data.shuffle_orders, config.data.keep_tokens,
-                                     config.schedule.seed) for caption in captions}
+    return {caption: shuffled_orders(caption, config.data.shuffle_orders, config.data.keep_tokens, pinned)
+            for caption in captions}
 
 
 def _release_text_encoders(family, config: TrainConfig, captions: set[str], text_for, device: str) -> bool:
