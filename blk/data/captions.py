@@ -1,6 +1,7 @@
 """Sidecar captions (`image.png` → `image.txt`) with conflict checks and a full history.
 
-- Every write is atomic; files are saved as UTF-8 (other encodings are read with a warning).
+- Every write is atomic; files are saved as UTF-8 (UTF-16/32 and other encodings are read with a
+  warning).
 - An edit carries the hash of the file it started from (`base_hash`). If the file
   changed meanwhile, the save is refused with `CaptionConflict` — and the refused
   text still goes into the history, so nothing a curator typed is lost.
@@ -54,7 +55,12 @@ def bytes_hash(data: bytes) -> str:
 
 
 def decode_caption(data: bytes, name: str) -> tuple[str, str | None]:
-    """UTF-8 (BOM allowed) or, failing that, Windows-1252 / Latin-1 with a warning."""
+    """UTF-8 (BOM allowed); UTF-16 or UTF-32 (Windows Notepad's "Unicode") with a warning, as they are saved as
+    UTF-8; failing all, Windows-1252 / Latin-1 with a warning."""
+    wide = _decode_wide(data)
+    if wide is not None:
+        text, encoding = wide
+        return text, f"{name} is not UTF-8; it was read as {encoding} and will be saved as UTF-8."
     try:
         return data.decode("utf-8-sig"), None
     except UnicodeDecodeError:
@@ -66,6 +72,27 @@ def decode_caption(data: bytes, name: str) -> tuple[str, str | None]:
         except UnicodeDecodeError:
             continue
     raise AssertionError("latin-1 decodes any bytes")
+
+
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32", "UTF-32"), (b"\x00\x00\xfe\xff", "utf-32", "UTF-32"),
+         (b"\xff\xfe", "utf-16", "UTF-16"), (b"\xfe\xff", "utf-16", "UTF-16"))  # UTF-32 LE before UTF-16 LE
+
+
+def _decode_wide(data: bytes) -> tuple[str, str] | None:
+    """(text, encoding name) of UTF-32 or UTF-16 text: by its BOM, or UTF-16 without one when NULs fill at least
+    half the high bytes and none of the low ones (ASCII as UTF-16 also passes as UTF-8: it was read with a NUL
+    after every letter). None otherwise."""
+    for bom, codec, label in _BOMS:
+        if data.startswith(bom):
+            with contextlib.suppress(UnicodeDecodeError):
+                return data.decode(codec), label
+    if len(data) < 2 or len(data) % 2:
+        return None
+    for high, low, codec in ((data[1::2], data[0::2], "utf-16-le"), (data[0::2], data[1::2], "utf-16-be")):
+        if 2 * high.count(0) >= len(high) and low.count(0) == 0:
+            with contextlib.suppress(UnicodeDecodeError):
+                return data.decode(codec), "UTF-16"
+    return None
 
 
 def _status_of(source: str) -> str:

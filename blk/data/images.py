@@ -1,10 +1,11 @@
 """Safe image opening: every odd file either becomes a correct image or one clear reason.
 
-Handled: EXIF orientation; CMYK, palette (with transparency), LA, 16-bit and
-32-bit greyscale and 16-bit RGB(A) TIFF; alpha kept where present. Refused with
-a reason: truncated or corrupt files, zero-byte files, files that are not
-images (whatever their extension), and images declaring more pixels than
-`MAX_PIXELS` (decompression bombs) — never by raising Pillow's limit.
+Handled: EXIF orientation; CMYK, palette (with transparency), LA, 16-bit
+greyscale, 16-bit RGB(A) and grey + alpha TIFF; alpha kept where present.
+Refused with a reason: truncated or corrupt files, zero-byte files, files that
+are not images (whatever their extension), TIFFs of floating-point, signed or
+32-bit samples, and images declaring more pixels than `MAX_PIXELS`
+(decompression bombs) — never by raising Pillow's limit.
 """
 
 from __future__ import annotations
@@ -117,28 +118,104 @@ def _bit_depth(im: Image.Image) -> int:
     return 8
 
 
-def _orientation_swaps(im: Image.Image) -> bool:
-    """Whether EXIF turns the image a quarter (width and height swap). A PNG's EXIF is read only from a chunk
-    before its pixels: looking further makes Pillow decode the whole image (a header read no more)."""
-    if im.format == "PNG" and "exif" not in im.info:
-        return False
+def _upright_size(im: Image.Image, path: Path) -> tuple[int, int]:
+    """The size the decoder gives (`open_image`: EXIF orientation applied). A TIFF's from its tags as stored:
+    Pillow 12 already reports it turned, older Pillows did not, and turning it again put training images in a
+    bucket of the wrong shape."""
+    width, height = im.size
+    if im.format == "TIFF":
+        width, height = im.tag_v2.get(256, width), im.tag_v2.get(257, height)
+    return (height, width) if _orientation(im, path) in (5, 6, 7, 8) else (width, height)
+
+
+def _orientation(im: Image.Image, path: Path) -> int:
+    """EXIF orientation as `ImageOps.exif_transpose` reads it on decoding (EXIF, else XMP), from the header. A
+    PNG may hold it after its pixels (an eXIf or text chunk): those chunks are read by seeking past the pixels,
+    where Pillow's own `getexif` would decode the whole image to reach them."""
     try:
-        return im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        if im.format != "PNG":
+            return im.getexif().get(0x0112, 1)
+        im.info.update(_png_chunks_for_exif(path))  # as Pillow's decoding adds them: a later chunk wins
+        return Image.Image.getexif(im).get(0x0112, 1)  # the base reading: PNG's own would decode
     except Exception:  # a broken EXIF block must not make a good image unusable
-        return False
+        return 1
+
+
+_EXIF_CHUNKS = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")  # EXIF, ImageMagick's "Raw profile type exif", XMP
+
+
+def _png_chunks_for_exif(path: Path) -> dict:
+    """The `info` entries a PNG's EXIF and text chunks give, read with Pillow's own chunk reader (so the same
+    as when it decodes), skipping the pixel data by seeking."""
+    from PIL import PngImagePlugin
+
+    with open(path, "rb") as handle:
+        handle.seek(8)  # the signature
+        stream = PngImagePlugin.PngStream(handle)
+        while (chunk := stream.read())[0] != b"IEND":
+            cid, pos, length = chunk
+            if cid in _EXIF_CHUNKS:
+                stream.call(cid, pos, length)
+            else:
+                handle.seek(length, 1)
+            handle.seek(4, 1)  # the CRC
+        return stream.im_info
 
 
 def read_info(path: str | Path) -> ImageInfo:
-    """Header-only facts about an image (cheap; does not decode pixels)."""
+    """Header-only facts about an image (cheap; does not decode pixels), its size as the decoder gives it."""
     path = Path(path)
-    with _open(path) as im, _quiet():
-        w, h = im.size
-        if w * h > MAX_PIXELS:
-            raise _bomb(path, (w, h))
+    opened = _open_or_grey_alpha(path)
+    if opened is None:
+        return ImageInfo(*_grey_alpha_size(path), "LA", "TIFF", True, 16)
+    with opened as im, _quiet():
+        if im.size[0] * im.size[1] > MAX_PIXELS:
+            raise _bomb(path, im.size)
+        _refuse_wide_samples(im, path)
         depth, alpha = _bit_depth(im), _has_alpha(im)  # from the header, before anything may decode
-        if _orientation_swaps(im):
-            w, h = h, w
-        return ImageInfo(w, h, im.mode, im.format or "?", alpha, depth)
+        return ImageInfo(*_upright_size(im, path), im.mode, im.format or "?", alpha, depth)
+
+
+def _open_or_grey_alpha(path: Path) -> Image.Image | None:
+    """Pillow's image, or None for a 16-bit grey + alpha TIFF: Pillow has no mode for those (it called a valid
+    image "not an image in a supported format"), tifffile reads them (`_read_tiff_high_bit`)."""
+    try:
+        return _open(path)
+    except BadImage:
+        if _grey_alpha_size(path) is None:
+            raise
+        return None
+
+
+def _grey_alpha_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of a TIFF of 16-bit grey + alpha samples stored plainly; None for any other file. Over
+    `MAX_PIXELS`: refused (a bomb), as any image."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if page.samplesperpixel != 2 or page.dtype != np.uint16 or not _plain_tiff_page(page):
+                return None
+            size = int(page.imagewidth), int(page.imagelength)
+    except Exception:  # noqa: BLE001  (not a TIFF, or a damaged one: Pillow's sentence stands)
+        return None
+    if size[0] * size[1] > MAX_PIXELS:
+        raise _bomb(path, size)
+    return size
+
+
+def _refuse_wide_samples(im: Image.Image, path: Path) -> None:
+    """Refuse a grey TIFF of floating-point, signed or 32-bit samples (Pillow's modes F and I), as the colour
+    ones Pillow cannot open are (`_unreadable_tiff`): floats are mostly linear light that may pass 1.0, and
+    integers do not say their range (12-bit data in 32-bit samples), so any scale to display levels is a guess
+    (they were scaled as 8- or 16-bit: near black). The Upscale tab refuses them through here too."""
+    if im.format == "TIFF" and im.mode in ("I", "F"):
+        reason = _unreadable_tiff(path)
+        if reason:
+            raise BadImage(reason)
 
 
 def open_image(path: str | Path, preview: int | None = None) -> Image.Image:
@@ -148,9 +225,13 @@ def open_image(path: str | Path, preview: int | None = None) -> Image.Image:
     signature), so a JPEG is decoded at the smallest of its built-in scales (1/2 … 1/8) that keeps both
     sides at least that long: a 24 MP photograph in a fraction of the time. Other formats decode whole."""
     path = Path(path)
-    with _open(path) as im:
+    opened = _open_or_grey_alpha(path)
+    if opened is None:
+        return _grey_alpha_8bit(path)
+    with opened as im:
         if im.size[0] * im.size[1] > MAX_PIXELS:
             raise _bomb(path, im.size)
+        _refuse_wide_samples(im, path)
         _scale_grey_key(im)
         try:
             with _quiet():
@@ -162,6 +243,12 @@ def open_image(path: str | Path, preview: int | None = None) -> Image.Image:
             reason = "it is truncated" if "truncated" in str(exc) else str(exc)
             raise BadImage(f"{path.name} is damaged and cannot be decoded ({reason}).") from None
         return to_8bit(upright)
+
+
+def _grey_alpha_8bit(path: Path) -> Image.Image:
+    """A 16-bit grey + alpha TIFF as 8-bit RGBA, scaled as `to_8bit` scales 16-bit grey (x / 65535 × 255)."""
+    levels, _ = read_levels(path)
+    return Image.fromarray(np.round(levels / 257.0).astype(np.uint8), "RGBA")
 
 
 def _scale_grey_key(im: Image.Image) -> None:
@@ -244,9 +331,9 @@ def to_unit(levels: np.ndarray, peak: float) -> np.ndarray:
 
 def read_levels(path: str | Path) -> tuple[np.ndarray, float]:
     """Decode into HxWxC levels as stored, with the level that means 1.0: uint8 (255) or uint16 (65535),
-    C = 3 or 4; TIFFs of other sample types as float32 in [0, 1] (1.0). `to_unit` gives `read_pixels`' floats,
-    bit for bit. Why: an 8-bit image held whole takes a quarter of its float32 memory (the Upscale tab keeps
-    inputs of up to 32 MP in memory and converts each tile as it reads it)."""
+    C = 3 or 4. `to_unit` gives `read_pixels`' floats, bit for bit. Why: an 8-bit image held whole takes a
+    quarter of its float32 memory (the Upscale tab keeps inputs of up to 32 MP in memory and converts each tile
+    as it reads it)."""
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         high = _read_tiff_high_bit(path)
@@ -286,13 +373,14 @@ def _plain_tiff_page(page) -> bool:
 
 
 def _read_tiff_high_bit(path: Path) -> tuple[np.ndarray, float] | None:
-    """16-bit RGB(A) TIFFs, which Pillow cannot decode at full depth (and other sample types, as floats)."""
+    """16-bit RGB(A) and grey + alpha TIFFs, which Pillow cannot decode at full depth (or at all). Other sample
+    types go to Pillow, which refuses them (`_unreadable_tiff`, `_refuse_wide_samples`)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            if page.dtype is None or page.dtype.itemsize < 2 or page.shape[0] * page.shape[1] > MAX_PIXELS \
+            if page.dtype != np.uint16 or page.shape[0] * page.shape[1] > MAX_PIXELS \
                     or not _plain_tiff_page(page):
                 return None
             array = page.asarray()
@@ -304,7 +392,4 @@ def _read_tiff_high_bit(path: Path) -> tuple[np.ndarray, float] | None:
         array = np.concatenate([np.repeat(array[..., :1], 3, axis=2), array[..., 1:]], axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
         return None
-    if array.dtype == np.uint16:
-        return np.ascontiguousarray(array, dtype=np.uint16), 65535.0  # native byte order
-    peak = float(np.iinfo(array.dtype).max) if np.issubdtype(array.dtype, np.integer) else 1.0
-    return (array.astype(np.float32) / peak).clip(0.0, 1.0), 1.0
+    return np.ascontiguousarray(array, dtype=np.uint16), 65535.0  # native byte order

@@ -20,7 +20,7 @@ from blk.data import images
 from blk.errors import BadImage
 from blk.workspace import is_within
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: sizes as the decoder gives them (rotated TIFFs, PNG EXIF after the pixels)
 
 
 @dataclass(frozen=True)
