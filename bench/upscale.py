@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.process_memory import peak_rss_mb  # noqa: E402
 
 import blk  # noqa: E402,F401  (offline environment first)
 
@@ -71,17 +72,6 @@ def make_input(path: Path, side: int) -> Path:
     small = (rng.random((side // 8 + 1, side // 8 + 1, 3)) * 255).astype(np.uint8)
     Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC).save(path)
     return path
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. VmHWM belongs to the process's own address space, which exec
-    starts anew; ru_maxrss does not: a child started by fork + exec inherits the parent's peak as its
-    floor, so a small job run from a big parent would report the parent's figure."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def one_job(model: str, image: str, out: str, tile: int, batch: int, precision: str, device: str,
