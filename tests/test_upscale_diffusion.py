@@ -52,7 +52,7 @@ def test_steps_and_plan():
     the_plan = plan(job, 1024, 768, 28)
     assert (the_plan.tiles_per_pass, the_plan.passes, the_plan.final_pass) == (20, 2, False)
     assert the_plan.steps_per_tile == [9, 6] and "20 tiles" in the_plan.sentence()  # 28 × 0.3 and × 0.2 on Flux
-    assert plan(job, 1024, 768, 28, 8, "sdxl").steps_per_tile == [8, 5]
+    assert plan(job, 1024, 768, 28, 8, "sdxl").steps_per_tile == [8, 6]  # 0.2: 5 of 28 is 0.18, 6 of 30 is 0.2
     assert the_plan.sizes == [(4096, 3072)] and the_plan.notes == [
         "The full-frame pass is left out: a 4096×3072 frame needs about 96.0 GB and about 16.0 GB is free for it; "
         "the tiled result is kept."]  # final_max_pixels: 2 MP at 8 KB per pixel (fp32 on the CPU)
@@ -435,9 +435,10 @@ def test_enlargement_reports_each_tile_under_its_step(shared_workspace, tmp_path
             expected += [("model call", call), (done, total, Stage(step, 2, "enlarging", k, n))]
         expected += [(done + k, total, Stage(step, 2, "pass A", k, refined)) for k in range(1, refined + 1)]
         done += refined
-    expected.append((total, total, Stage(2, 2, "full-frame pass", 1, 1)))
+    expected += [(total - 1, total, Stage(2, 2, "full-frame pass", 0, 1)),  # told before it starts
+                 (total, total, Stage(2, 2, "full-frame pass", 1, 1))]
     assert events == expected
-    assert [events[i][2].label for i in (0, 2, -2)] == ["step 1 of 2: enlarging"] * 2 + ["step 2 of 2: pass A"]
+    assert [events[i][2].label for i in (0, 2, -3)] == ["step 1 of 2: enlarging"] * 2 + ["step 2 of 2: pass A"]
     assert events[-1][2].label == "full-frame pass"
     tile_reports = [e for e in events if e[0] != "model call" and e[2].enlarging and e[2].done > 0]
     assert len(tile_reports) == sum(enlarged) == len(calls)

@@ -280,10 +280,10 @@ def test_diffusion_estimate_and_upscale_use_the_engines_plan_and_the_step_scale(
     image = str(save(tmp_path / "art.png", 16, 20, seed=5))
     form = (image, DIFFUSION, 4, "", None, "tiny-flux", 32, 8, 4, 0.3, 0.2, False, 0.15, False)
     stepped = estimate(context, *form, 2)
-    # Flux's img2img runs 2 of 4 steps at 0.3 (4 − int(2.8)) and 1 of 5 at 0.2: 3 a tile
-    plan = "80×64 in 2 steps (40×32, 80×64): 2 passes each of 2 + 9 tiles (33 denoising steps in all)."
+    # Flux's img2img runs 3 of 10 steps at 0.3 (2 of 4 was a strength of 0.5) and 1 of 5 at 0.2: 4 a tile
+    plan = "80×64 in 2 steps (40×32, 80×64): 2 passes each of 2 + 9 tiles (44 denoising steps in all)."
     assert "20×16 → **80×64**" in stepped and plan in stepped and "Time: " in stepped
-    assert "80×64: 2 passes of 9 tiles (27 denoising steps in all)." in estimate(context, *form)  # default: ×4 steps
+    assert "80×64: 2 passes of 9 tiles (36 denoising steps in all)." in estimate(context, *form)  # default: ×4 steps
     assert context.sketcher.cache.load_count == 0  # Estimate plans from the model's defaults alone
     seen = []
     pair, (path,), status, made = upscale(context, threading.Event(), image, DIFFUSION, 4, "", None, "tiny-flux",

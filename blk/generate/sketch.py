@@ -74,18 +74,26 @@ class Lora:
         """`FILE` or `FILE:SCALE` (the scale follows the last colon). What follows a colon and is no number is
         part of the file's name when it looks like one (`C:\\x.safetensors`, `ink:v2.safetensors`) or that
         file exists; otherwise it is a strength mistyped, and said ("LF:x" read "LoRA file LF:x does not
-        exist")."""
+        exist"); nan or inf is refused."""
+        import math
+
         if not text.strip():
             raise UserError("A LoRA was given with no file name.")
         head, _, tail = text.rpartition(":")
         if head:
             try:
-                return Lora(Path(head), float(tail))
+                scale = float(tail)
             except ValueError:
                 looks_like_a_path = any(sep in tail for sep in "/\\") or Path(tail).suffix
                 if not looks_like_a_path and not Path(text).exists():  # C:\x.safetensors, ink:v2.safetensors
                     raise UserError(f"{text}: the LoRA's strength after the last colon is a number, like "
                                     f"{head}:0.8.") from None
+            else:
+                if not math.isfinite(scale):  # nan or inf drew an all-black image without a word (the upscale path)
+                    low, high = STRENGTH_RANGE  # in `check_request`'s words: the same mistake, the same sentence
+                    raise UserError(f"A LoRA's strength goes from {low:g} to {high:g}; {Path(head).name} has "
+                                    f"{scale:g}.")
+                return Lora(Path(head), scale)
         return Lora(Path(text), 1.0)
 
 

@@ -45,6 +45,7 @@ def _default_output(workspace, name: str) -> Path:
 
 def add_commands(commands) -> None:
     from blk.generate.sketch import MAX_SEED, MAX_STEPS
+    from blk.upscale.diffusion import STEP, STEP_RANGE
 
     upscale = commands.add_parser("upscale", help="make an image larger (Real-ESRGAN and other spandrel models)")
     upscale.add_argument("input", help="the image to upscale (PNG, JPEG, WebP, TIFF; any size)")
@@ -62,12 +63,12 @@ def add_commands(commands) -> None:
     diffusion.add_argument("--seed", type=whole(0, MAX_SEED), default=0)
     diffusion.add_argument("--steps", type=whole(1, MAX_STEPS), default=None, help="default: the model's (diffusers runs "
                                                                    "steps × denoise)")
-    diffusion.add_argument("--step-scale", type=float, default=4.0,
-                           help="the most one step enlarges before its passes refine it; more steps until the "
-                                "size is reached (default 4)")
+    diffusion.add_argument("--step-scale", type=number(STEP_RANGE[0], STEP_RANGE[1]), default=STEP,
+                           help="the most one step enlarges before its passes refine it, from 1.5 to 4; more steps "
+                                "until the size is reached (default 4)")
     diffusion.add_argument("--no-final-pass", action="store_true", help="skip the full-frame pass")
     size = upscale.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=number(above=0), default=None, help="overall scale, e.g. 4 or 3 (default 4)")
+    size.add_argument("--scale", type=number(above=0), default=None, help="overall scale, e.g. 4 or 3 (default 4 for esrgan, 2 for diffusion)")
     size.add_argument("--size", default=None, help="exact result size WxH, e.g. 8000x6000")
     upscale.add_argument("--stretch", action="store_true",
                          help="allow a --size of another shape than the input's (the image is stretched)")
@@ -186,10 +187,14 @@ def _progress_printer():
     return progress
 
 
-def _run_interruptible(call):
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _run_interruptible(call, log=_say):
     """Run a job with progress and notes on stderr; Ctrl+C keeps its files and says how to go on (None)."""
     try:
-        return call(progress=_progress_printer(), log=lambda text: print(text, file=sys.stderr, flush=True))
+        return call(progress=_progress_printer(), log=log)
     except KeyboardInterrupt:
         print("\nInterrupted; run the same command again to continue from the last finished row.",
               file=sys.stderr)
@@ -202,6 +207,7 @@ def cmd_upscale_diffusion(args, workspace) -> int:
     from blk.upscale.canvas import parse_colour
     from blk.upscale.diffusion import DiffusionJob, Pass, run
     from blk.upscale.models import find_upscaler
+    from blk.upscale.rates import rate_key, record
 
     size = _exact_size(args)
     scale = None if size else (args.scale if args.scale is not None else 2.0)
@@ -225,12 +231,35 @@ def cmd_upscale_diffusion(args, workspace) -> int:
                        final_denoise=None if args.no_final_pass else 0.1, dpi=args.dpi, keep_16bit=args.keep_16bit,
                        icc=args.icc, print_dpi=args.print_dpi, print_background=parse_colour(args.print_background),
                        device=args.device, memory=MemoryOptions(compile=args.compile))
-    result = _run_interruptible(lambda **hooks: run(job, workspace, **hooks))
+    on_plan, log = _plan_printer(job, workspace)
+    result = _run_interruptible(lambda **hooks: run(job, workspace, on_plan=on_plan, **hooks), log)
     if result is None:
         return 130
+    record(workspace, rate_key("diffusion", job.model, job.tile, bool(result.parameters.get("compile"))),
+           *result.denoising)  # the next job's estimate, here and in the app
     print(file=sys.stderr)
     print(f"{result.width}×{result.height}, {result.bits}-bit, {len(result.sizes)} step(s) of {len(job.passes)} "
           f"pass(es), {result.tiles} tiles, {result.seconds:.1f} s: {result.path}")
     if result.print_path:
         print(f"print copy: {result.print_path}")
     return 0
+
+
+def _plan_printer(job, workspace):
+    """(`run`'s `on_plan`, its `log`): the plan (steps, passes, tiles, denoising steps) and the time it will
+    take, on stderr before the first tile, as the app shows them, so that a mural's hours are known before
+    they start; the notes the plan's sentence already gave are not said twice."""
+    from blk.upscale.rates import rate_key, time_sentence
+
+    shown: list[str] = []
+
+    def show(the_plan) -> None:
+        key = rate_key("diffusion", job.model, job.tile, job.memory.compile)
+        shown.append(f"{the_plan.sentence()} {time_sentence(workspace, key, the_plan.work)}")
+        _say(shown[-1])
+
+    def log(text: str) -> None:
+        if not any(text in line for line in shown):
+            _say(text)
+
+    return show, log

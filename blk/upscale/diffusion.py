@@ -42,8 +42,10 @@ enlarged image's structure, so neighbours agree closely and feathering hides
 the rest (the tests measure the seam); it also keeps one tile in memory at a
 time and reuses the ESRGAN path's out-of-memory halving and disk canvas.
 
-diffusers runs `steps × denoise` steps in img2img; we raise `steps` when that
-would be below one.
+diffusers runs about `steps × denoise` steps in img2img, so the strength it uses
+is what it runs over what it was asked; with few steps (FLUX schnell's 4) that is
+far from the denoise asked, so we ask for more steps until it is close
+(`effective_steps`).
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ TILE_RANGE, OVERLAP_RANGE = (512, 1536), (64, 128)  # what the paper uses with r
 # An estimate: an out-of-memory error in the pass still only skips it.
 FULL_FRAME_BYTES_PER_PIXEL = 2048
 PASS_NAMES = "ABCDEFGH"
+STEP_RANGE = (1.5, STEP)  # the largest enlargement per step a job may ask (below 1.5× the steps multiply)
+MAX_ASKED_STEPS = 100  # `effective_steps` looks no further: 1 / its smallest tolerance
 ENLARGING, FULL_FRAME = "enlarging", "full-frame pass"  # `Stage.what` besides "pass A", "pass B", …
 
 
@@ -134,11 +138,18 @@ class DiffusionPlan:
     sizes: list[tuple[int, int]] = field(default_factory=list)  # each step's size; the last is the target
     tiles: list[int] = field(default_factory=list)  # tiles in one pass of each step
     notes: list[str] = field(default_factory=list)  # one-sentence notices (tile sizes, a left-out full-frame pass)
+    final_work: int = 0  # the full-frame pass in tile-steps (`work`); 0 without it
 
     @property
     def total_tiles(self) -> int:
         """Tile calls of the whole job (all steps and passes), before any out-of-memory halving."""
         return sum(self.tiles or [self.tiles_per_pass]) * self.passes
+
+    @property
+    def work(self) -> int:
+        """The job's denoising in tile-steps (one tile through one step), what the time estimate counts: the
+        rate file keeps seconds per tile-step, since jobs differ in steps, denoise and passes, not only tiles."""
+        return sum(self.tiles or [self.tiles_per_pass]) * sum(self.steps_per_tile) + self.final_work
 
     def sentence(self) -> str:
         final = " plus one full-frame pass" if self.final_pass else ""
@@ -167,6 +178,7 @@ class DiffusionResult:
     sizes: list[tuple[int, int]] = field(default_factory=list)  # each step's size
     final_pass: bool = False  # whether the full-frame pass was applied
     print_path: Path | None = None
+    denoising: tuple[float, int] = (0.0, 0)  # (seconds, tile-steps) of this session's denoising, for `rates.record`
 
 
 @dataclass(frozen=True)
@@ -198,12 +210,20 @@ def pass_name(k: int) -> str:
 
 def effective_steps(steps: int, denoise: float, family: str = "flux") -> tuple[int, int]:
     """(steps to ask for, steps diffusers will run): img2img runs about steps × denoise of them
-    (`img2img_steps`: exactly as the family's pipeline counts); never fewer than one."""
+    (`img2img_steps`: exactly as the family's pipeline counts), and its strength is runs / asked. We ask
+    for the fewest steps, at least `steps`, whose strength is within 10 % of `denoise` (0.01 at least):
+    4 steps at 0.3 run 2 of 4, a strength of 0.5, where 4 of 13 is 0.31."""
     from blk.generate.text_to_image import img2img_steps
 
     if not 0 < denoise <= 1:
         raise UserError(f"Denoise must be between 0 and 1; got {denoise:g}.")
-    asked = max(steps, math.ceil(1 / denoise))
+    tolerance = max(0.01, 0.1 * denoise)
+    candidates = range(steps, max(steps, MAX_ASKED_STEPS) + 1)
+
+    def miss(asked: int) -> float:
+        return abs(img2img_steps(family, asked, denoise) / asked - denoise)
+
+    asked = next((a for a in candidates if miss(a) <= tolerance), None) or min(candidates, key=miss)
     return asked, img2img_steps(family, asked, denoise)
 
 
@@ -260,6 +280,9 @@ def plan(job: DiffusionJob, width: int, height: int, default_steps: int, multipl
         raise UserError("Choose at least one refinement pass.")
     if 2 * job.overlap > job.tile:  # an image smaller than a tile is one tile along that side: no overlap there
         raise UserError(f"An overlap of {job.overlap} px needs tiles of at least {2 * job.overlap} px.")
+    if not STEP_RANGE[0] <= job.step <= STEP_RANGE[1]:  # 1.01 made 140 steps of 2404 tiles for a ×4 job
+        raise UserError(f"The largest enlargement per step is from {STEP_RANGE[0]:g} to {STEP_RANGE[1]:g}; "
+                        f"got {job.step:g}.")
     sizes = step_sizes(width, height, (tw, th), job.step)
     tiles = [count_tiles(w, h, job.tile, job.overlap, multiple_of, full_size=True) for w, h in sizes]
     steps = job.steps or default_steps
@@ -271,8 +294,17 @@ def plan(job: DiffusionJob, width: int, height: int, default_steps: int, multipl
         if need > budget:
             final = False
             notes.append(_too_big_note(tw, th, need, budget))
+    final_work = final_tile_steps(job, tw, th, steps, family) if final else 0
     return DiffusionPlan(tw, th, tiles[-1], len(job.passes), final,
-                         [effective_steps(steps, p.denoise, family)[1] for p in job.passes], sizes, tiles, notes)
+                         [effective_steps(steps, p.denoise, family)[1] for p in job.passes], sizes, tiles, notes,
+                         final_work)
+
+
+def final_tile_steps(job: DiffusionJob, width: int, height: int, steps: int, family: str) -> int:
+    """The full-frame pass in tile-steps: its steps, each as many as the frame holds tiles by area (a step's
+    time grows with its pixels), so that one rate per tile-step times the whole job."""
+    tiles = math.ceil(width * height / (min(job.tile, width) * min(job.tile, height)))
+    return effective_steps(steps, job.final_denoise, family)[1] * tiles
 
 
 def model_defaults(name: str, workspace) -> tuple[int, int, str]:
@@ -293,7 +325,17 @@ def estimate(job: DiffusionJob, workspace) -> DiffusionPlan:
     model's defaults; loads no pipeline and builds no tiny model."""
     image = open_input(job.input)
     steps, grid, family = model_defaults(job.model, workspace)
+    check_lora_family(job, family)
     return plan(job, image.width, image.height, steps, grid, family)
+
+
+def check_lora_family(job: DiffusionJob, family: str) -> None:
+    """A texture LoRA made for another family fits none of the model's weights: said before any work (it was
+    refused at pass A, after the enlargement had run, and that work was deleted with the job)."""
+    from blk.generate.lora_family import family_mismatch
+
+    if job.texture_lora is not None and (problem := family_mismatch(job.texture_lora, family)):
+        raise UserError(problem)
 
 
 def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, int, Stage], None] | None = None,
@@ -309,7 +351,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     """
     from blk.generate.sketch import generation_defaults
     from blk.models import speed
-    from blk.models.device import free_device_memory, is_out_of_memory, pick_device
+    from blk.models.device import free_device_memory, is_out_of_memory, pick_device, pick_dtype
     from blk.models.pipelines import PipelineCache, lora_sha256, set_loras
     from blk.models.registry import resolve
     from blk.upscale.tiler import Cancelled
@@ -321,6 +363,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     if job.texture_lora is not None:
         require_file(job.texture_lora, "The texture LoRA")
     model = resolve(job.model, workspace)
+    check_lora_family(job, model.family)
     default_steps, default_guidance = generation_defaults(model)
     image = open_input(job.input)
     multiple = SIZE_MULTIPLE[model.family]
@@ -355,6 +398,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             progress(done[0] + (n if k else 0), total, Stage(step + 1, len(sizes), what, n, of))
 
     input_sha256 = cached_file_sha256(job.input)
+    device = pick_device(job.device)  # what the tiles are drawn on, as the ESRGAN journal keys it: not "auto"
     key = job_key({"path": "diffusion", "input_sha256": input_sha256, "model": model.name,
                    "model_path": str(model.path), "output": str(job.output.resolve()), "size": [width, height],
                    "step_sizes": sizes, "lora_sha256": lora_sha256(job.texture_lora) if job.texture_lora else None,
@@ -362,7 +406,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                    "enlarge_tile": job.enlarge_tile,
                    "passes": [[p.denoise, p.lora_scale] for p in job.passes], "tile": job.tile,
                    "overlap": job.overlap, "seed": job.seed, "steps": job.steps, "guidance": job.guidance,
-                   "prompt": job.prompt, "final_denoise": job.final_denoise, "device": job.device})
+                   "prompt": job.prompt, "final_denoise": job.final_denoise, "device": device.split(":")[0],
+                   "precision": str(pick_dtype(device))})
     journal = Journal.begin(job.output, key, input_id=input_sha256)
     for sentence in journal.others_kept() if log and not journal.resumed else []:
         log(sentence)
@@ -377,6 +422,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
         source = journal.reopen(first - 1, *size_of(first - 1), image.channels) if first else None
         loaded = enlarger = None
         guidance = default_guidance if job.guidance is None else job.guidance
+        clock = DenoisingClock()
 
         def pipeline():
             nonlocal loaded
@@ -406,8 +452,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             else:
                 one = job.passes[k - 1]
                 set_loras(pipeline(), [(job.texture_lora, one.lora_scale)] if job.texture_lora else [])
-                steps, _ = effective_steps(job.steps or default_steps, one.denoise)
-                process = tile_processor(loaded, job.prompt, one.denoise, steps, guidance, job.seed)
+                steps, ran = effective_steps(job.steps or default_steps, one.denoise, model.family)
+                process = clock.timed(tile_processor(loaded, job.prompt, one.denoise, steps, guidance, job.seed), ran)
                 made = journal.open_canvas(stage, w, h, source.channels)
                 stats = run_tiles(_filled(source), made, process, scale=1, tile=tile, overlap=job.overlap, batch=1,
                                   multiple_of=multiple, full_size=True,  # the model's size
@@ -421,36 +467,41 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                 journal.forget(source)  # the previous stage is no longer needed
             source = made
         applied = first > final  # an interrupted run had finished the full-frame pass
-        if first <= final and the_plan.final_pass:  # a plan that left it out said so in its notes
+        if first <= final and the_plan.final_pass:  # decided once, by the plan the estimate showed
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
-            need, budget = full_frame_budget(job, width, height)  # before loading a model it may not need
-            out_of_memory = need > budget
-            if out_of_memory:  # free memory shrank since the plan
-                say(_too_big_note(width, height, need, budget))
+            tell(final, 0, 1)  # before it starts: the whole frame may take as long as many tiles
+            set_loras(pipeline(), [(job.texture_lora, job.passes[-1].lora_scale)] if job.texture_lora else [])
+            steps, _ = effective_steps(job.steps or default_steps, job.final_denoise, model.family)
+            process = clock.timed(tile_processor(pipeline(), job.prompt, job.final_denoise, steps, guidance, job.seed),
+                                  the_plan.final_work)
+            whole, skipped = None, None
+            need, budget = full_frame_budget(job, width, height, device)
+            if not device.startswith("cuda") and need > budget:
+                # RAM the model took since the plan: a CPU has no out-of-memory error to catch (the system kills
+                # the process, and a resume would try again), so it is checked again here; a GPU's is caught
+                skipped = _too_big_note(width, height, need, budget)
             else:
-                set_loras(pipeline(), [(job.texture_lora, job.passes[-1].lora_scale)] if job.texture_lora else [])
-                steps, _ = effective_steps(job.steps or default_steps, job.final_denoise)
                 try:
-                    whole = tile_processor(pipeline(), job.prompt, job.final_denoise, steps, guidance,
-                                           job.seed)(_filled(source).read(0, 0, width, height)[None])[0]
+                    whole = process(_filled(source).read(0, 0, width, height)[None])[0]
                 except Exception as exc:
                     if not is_out_of_memory(exc):
                         raise
-                    whole, out_of_memory = None, True
-                if out_of_memory:
-                    free_device_memory()  # outside the handler: the traceback no longer pins the tensors
-                    say(f"The full-frame pass ran out of memory at {width}×{height} and was skipped; "
-                        "the tiled result is kept.")
-                else:
-                    made = journal.open_canvas(final, width, height, source.channels)
-                    made.write_raw(0, 0, np.clip(np.rint(whole * 65535.0), 0, 65535).astype(np.uint16))
-                    made.flush()
-                    journal.pass_done(final)
-                    journal.forget(source)
-                    source, applied = made, True
-            done[0] = total
-            tell(final, 1, 1)
+                    skipped = (f"The full-frame pass ran out of memory at {width}×{height} and was skipped; "
+                               "the tiled result is kept.")
+            if whole is None:
+                free_device_memory()  # outside the handler: the traceback no longer pins the tensors
+                say(skipped)
+                total -= 1  # not run: not counted
+            else:
+                made = journal.open_canvas(final, width, height, source.channels)
+                made.write_raw(0, 0, np.clip(np.rint(whole * 65535.0), 0, 65535).astype(np.uint16))
+                made.flush()
+                journal.pass_done(final)
+                journal.forget(source)
+                source, applied = made, True
+                done[0] = total
+                tell(final, 1, 1)
         parameters = {
             "job": "upscale", "path": "diffusion", "input": job.input.name, "input_width": image.width,
             "input_height": image.height, "width": width, "height": height, "model": model.name,
@@ -470,7 +521,29 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                      print_dpi=job.print_dpi, print_background=job.print_background, journal=journal, cancel=cancel,
                      grey=image.grey)
     return DiffusionResult(job.output, width, height, total, time.monotonic() - started, parameters, bits, sizes,
-                           applied, print_path(job.output) if job.print_dpi else None)
+                           applied, print_path(job.output) if job.print_dpi else None, clock.measured())
+
+
+class DenoisingClock:
+    """Seconds and tile-steps of this session's denoising (`DiffusionPlan.work`'s unit), for the rate file:
+    every call but the first, which carries the model's warm-up (the only one when it was the only one);
+    an enlargement between passes is not in it."""
+
+    def __init__(self):
+        self.calls: list[tuple[float, int]] = []
+
+    def timed(self, process: Callable, work: int) -> Callable:
+        """`process`, timed; each of its tiles is `work` tile-steps (a tile's steps; the full frame's)."""
+        def call(tiles: np.ndarray) -> np.ndarray:
+            began = time.monotonic()
+            out = process(tiles)
+            self.calls.append((time.monotonic() - began, len(tiles) * work))
+            return out
+        return call
+
+    def measured(self) -> tuple[float, int]:
+        calls = self.calls[1:] or self.calls
+        return sum(seconds for seconds, _ in calls), sum(work for _, work in calls)
 
 
 def disk_need(input_size: tuple[int, int], sizes: list[tuple[int, int]], passes: int, final_pass: bool,
@@ -612,6 +685,10 @@ def _copy_into(source, canvas: Canvas, band: int = 256) -> None:
         canvas.write_raw(0, y, np.clip(np.rint(rows * 65535.0), 0, 65535).astype(np.uint16))
 
 
+NOT_FINITE = ("The model drew a tile with no valid pixels (NaN or infinite values): check the LoRA's strength "
+              "and the model's files.")
+
+
 def tile_processor(loaded, prompt: str, denoise: float, steps: int, guidance: float, seed: int):
     """The tiler's `process` for img2img: float (N, h, w, 3|4) → same shape; alpha passes through.
 
@@ -647,6 +724,8 @@ def tile_processor(loaded, prompt: str, denoise: float, steps: int, guidance: fl
             # the pipeline itself, not `loaded(...)`: no full offload round after every tile (the text encoders,
             # not called per tile, stay off the GPU); everything goes back once the job ends (`_releasing_offloaded`)
             out = np.asarray(loaded.pipe(**kwargs).images[0], dtype=np.float32)[:h, :w]
+            if not np.isfinite(out).all():  # it would be written black, and the job said done
+                raise UserError(NOT_FINITE)
             if tile.shape[2] == 4:
                 out = np.concatenate([out, tile[..., 3:]], axis=2)
             outs.append(np.clip(out, 0.0, 1.0))

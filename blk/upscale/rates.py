@@ -1,8 +1,11 @@
 """How long a tile took last time, per path, model and tile size: the time estimate before a job starts.
 
 Measured on this machine by earlier jobs (no guess from a table that would be
-wrong for every other card), kept in `outputs/upscale/.rates.json`. While a job
-runs, `Pace` words its progress with the time left (the UI and the CLI show it).
+wrong for every other card), kept in `outputs/upscale/.rates.json`. The ESRGAN
+path keeps seconds per tile; the diffusion path seconds per tile-step (one tile
+through one denoising step: `DiffusionPlan.work`), since its jobs differ in
+steps, denoise and passes too. While a job runs, `Pace` words its progress
+with the time left (the UI and the CLI show it).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ def _path(workspace: Workspace) -> Path:
 
 
 def rate_key(path: str, model: str, tile: int | None, compiled: bool = False) -> str:
-    """Jobs that share a key share a pace; a compiled job's first tiles wait for the compiler, so it has its own."""
-    return f"{path}|{Path(str(model)).name}|{tile or 'auto'}" + ("|compiled" if compiled else "")
+    """Jobs that share a key share a pace; a compiled job's first tiles wait for the compiler, so it has its own.
+    The diffusion path's key names its unit: an older file's rate per diffusion tile gives no estimate."""
+    unit = "|per-step" if path == "diffusion" else ""
+    return f"{path}|{Path(str(model)).name}|{tile or 'auto'}{unit}" + ("|compiled" if compiled else "")
 
 
 def record(workspace: Workspace, key: str, seconds: float, tiles: int) -> None:
@@ -43,6 +48,13 @@ def estimate_seconds(workspace: Workspace, key: str, tiles: int) -> float | None
     except (OSError, ValueError, AttributeError):
         return None
     return per_tile * tiles if isinstance(per_tile, (int, float)) else None
+
+
+def time_sentence(workspace: Workspace, key: str, units: int) -> str:
+    """The time a job will take, said before it starts: `units` are tiles (ESRGAN) or tile-steps (diffusion)."""
+    seconds = estimate_seconds(workspace, key, units)
+    return (f"Time: {say_duration(seconds)}, from the last job with these settings on this machine."
+            if seconds else "Time: shown once the first tiles are done (no earlier job with these settings).")
 
 
 def say_duration(seconds: float) -> str:

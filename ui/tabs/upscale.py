@@ -129,12 +129,11 @@ def enlarge_line(enlarge_first, upscaler) -> str:
     return "Each step enlarges with Lanczos before its passes."
 
 
-def time_line(context: StudioContext, key: str, tiles: int) -> str:
-    from blk.upscale.rates import estimate_seconds, say_duration
+def time_line(context: StudioContext, key: str, units: int) -> str:
+    """`units`: the ESRGAN plan's tiles, the diffusion plan's tile-steps (`DiffusionPlan.work`)."""
+    from blk.upscale.rates import time_sentence
 
-    seconds = estimate_seconds(context.workspace, key, tiles)
-    return (f"Time: {say_duration(seconds)}, from the last job with these settings on this machine."
-            if seconds else "Time: shown once the first tiles are done (no earlier job with these settings).")
+    return time_sentence(context.workspace, key, units)
 
 
 def estimate(context: StudioContext, image_path, path_kind, scale, size_text, upscaler, model, tile, overlap, steps,
@@ -161,12 +160,13 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
              f"suggested for this size: {hint}."]
     try:
         if path_kind == DIFFUSION:
-            job = diffusion_job(context, image_path, Path("x.tif"), scale, size_text, model, None, None, tile,
+            lora_path = context.workspace.confine(lora) if lora else None  # its family is checked against the model's
+            job = diffusion_job(context, image_path, Path("x.tif"), scale, size_text, model, lora_path, None, tile,
                                 overlap, steps, 0, "", denoise_a, denoise_b, use_c, denoise_c, final_pass,
                                 step_scale)
             the_plan = diffusion.estimate(job, context.workspace)
             lines += [the_plan.sentence(), enlarge_line(enlarge_first, upscaler), lora_line(lora)]
-            count, key = the_plan.total_tiles, rate_key("diffusion", model, job.tile, bool(compile_models))
+            count, key = the_plan.work, rate_key("diffusion", model, job.tile, bool(compile_models))
         else:
             if not upscaler:
                 return "  \n".join(lines + ["Choose an upscaler model to count its tiles."])
@@ -361,10 +361,13 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
             job.print_dpi = float(print_dpi) if print_dpi else None
             job.keep_16bit = bool(keep_16bit) and fmt == "TIFF"
             result = diffusion.run(job, context.workspace, context.sketcher.cache, progress=report, cancel=cancel,
-                                   log=log, on_plan=lambda p: show(p, p.total_tiles))
-        seconds, tiles = pace.tiles.measured()  # this session's tiles only (a resume's earlier ones are not)
-        if not tiles and pace.tiles.last and not notes:  # one report (one batch), not resumed: the whole job
-            seconds, tiles = time.monotonic() - started, pace.tiles.last[0]
+                                   log=log, on_plan=lambda p: show(p, p.work))
+        if kind == "diffusion":  # seconds per tile-step, as the engine timed its denoising
+            seconds, tiles = result.denoising
+        else:
+            seconds, tiles = pace.tiles.measured()  # this session's tiles only (a resume's earlier ones are not)
+            if not tiles and pace.tiles.last and not notes:  # one report (one batch), not resumed: the whole job
+                seconds, tiles = time.monotonic() - started, pace.tiles.last[0]
         if compile_models and not result.parameters.get("compile"):  # the compiler failed: an uncompiled pace
             key = rate_key(kind, model if kind == "diffusion" else str(upscaler_path),
                            int(tile) if tile else (1024 if kind == "diffusion" else None))
