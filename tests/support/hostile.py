@@ -141,7 +141,8 @@ def make_image_corpus(folder: Path) -> dict[str, tuple[str, str]]:
                      extrasamples="unassalpha")
     made["rgba16.tif"] = ("ok", "16-bit RGBA TIFF")
     tifffile.imwrite(folder / "float32.tif", np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8))
-    made["float32.tif"] = ("ok", "32-bit float greyscale TIFF")
+    # refused like a float RGB TIFF: floats are mostly linear light that may pass 1.0, so any scale is a guess
+    made["float32.tif"] = ("bad", "32-bit float greyscale TIFF")
     palette = Image.new("P", (16, 16), 1)
     palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
     palette.save(folder / "palette_transparent.png", transparency=0)
