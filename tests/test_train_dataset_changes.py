@@ -58,7 +58,7 @@ def test_an_image_edited_during_a_run_is_cached_under_its_new_content(tmp_path, 
     # an image edited smaller than its bucket is never upscaled: one sentence
     Image.fromarray(np.full((40, 40, 3), 10, np.uint8)).save(dataset / "a.png")
     with pytest.raises(UserError, match=r"^a.png changed since the run began and is now 40×40 px, smaller than its "
-                                        r"64×64 bucket; stop and resume the run"):
+                                        r"64×64 bucket; resume the run to train on it"):
         source(item)
 
 
@@ -91,6 +91,9 @@ def test_held_out_images_never_empty_a_folder():
     # a name list from the run's start is kept where it still exists
     train, held = split_validation(items, 2, held=["singles/4.png", "gone.png"])
     assert [i.image for i in held] == ["singles/4.png"]
+    # a run begun before held_out.json resumes with the pick it began with, not the new one (silently swapped)
+    train, held = split_validation(items, 2, as_before_the_file=True)
+    assert {i.image for i in held} == {"pairs/0.png", "singles/2.png"}
 
 
 def test_a_stage_folder_spelled_another_way_draws_from_the_split_items(tmp_path, shared_workspace):

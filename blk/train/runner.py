@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blk import atomic
-from blk.data.scan import file_sha256
+from blk.data.scan import cached_file_sha256
 from blk.data.trigger import style_trigger
 from blk.errors import UserError
 from blk.train.adapters import adapter_metadata, check_target_modules, published_weights, text_encoder_modules
@@ -186,7 +186,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     fingerprint = dataset_fingerprint(items)
     dataset_changed = began is not None and began.get("fingerprint") != fingerprint
     items, held_out = split_validation(items, config.data.validation_images,  # holding out every image: said first
-                                       began["images"] if began else None)
+                                       began["images"] if began else None, as_before_the_file=resume and not began)
     if not resume and (problem := config.data.validation_problem()):  # a run begun so resumes as it began
         raise UserError(problem)
     curriculum = plan_curriculum(config, workspace, dataset, items, world.size)
@@ -257,8 +257,12 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     if notice := optimizer_notice(config, device):
         _notice(events, step, notice)
     if dataset_changed:
-        _notice(events, step, f"{dataset.name} changed since this run began: its held-out images stay held out, "
-                              "and the images are drawn in another order than an uninterrupted run's")
+        kept = set(began["images"]) & {i.image for i in held_out}
+        held = "its held-out images stay held out" if kept == set(began["images"]) else \
+            "its held-out images that are still there stay held out" if kept else \
+            "its held-out images are gone, so others are held out from now on"
+        _notice(events, step, f"{dataset.name} changed since this run began: {held}, and the images are drawn in "
+                              "another order than an uninterrupted run's")
     starting = Path(config.adapter.init_from).expanduser() if config.adapter.init_from else None
     if starting and config.adapter.kind == "lora" and not resume and (left := text_encoder_modules(family, starting)):
         _notice(events, step, f"{starting.name} also adapts {left} text-encoder layer"
@@ -570,17 +574,22 @@ class Ema:
 VALIDATION_DRAWS = 4  # fixed noise/timestep draws per held-out image
 
 
-def split_validation(items: list[Item], count: int, held: list[str] | None = None) -> tuple[list[Item], list[Item]]:
+def split_validation(items: list[Item], count: int, held: list[str] | None = None,
+                     as_before_the_file: bool = False) -> tuple[list[Item], list[Item]]:
     """Hold out `count` images (all flips and variants of each) from training, chosen evenly by name but never
     the last image of a folder (a curriculum stage drawing from a small `pairs/` lost all of it); they are
     validated as they are (no flip, no augmentation). `held`: the names a run began with (`HELD_OUT_FILE`),
-    kept on resume where they still exist, so an image added since cannot push a held-out one into training."""
+    kept on resume where they still exist, so an image added since cannot push a held-out one into training.
+    `as_before_the_file`: a run begun before that file resumes with the plain even pick it began with."""
     if count <= 0:
         return items, []
     images = sorted({item.image for item in items})
     if count >= len(images):
         raise UserError(f"Holding out {count} image(s) for validation leaves none to train on.")
-    chosen = set(held or []) & set(images) or _held_out_evenly(images, count)
+    if as_before_the_file:
+        chosen = {images[int(k * len(images) / count)] for k in range(count)}
+    else:
+        chosen = set(held or []) & set(images) or _held_out_evenly(images, count)
     return [i for i in items if i.image not in chosen], \
         [i for i in items if i.image in chosen and not i.flip and not i.variant]
 
@@ -608,7 +617,7 @@ def read_held_out(run_dir: Path) -> dict | None:
     try:
         record = json.loads((run_dir / HELD_OUT_FILE).read_text())
     except (OSError, ValueError):
-        return None  # a run begun before this file existed: chosen again, as then
+        return None  # a run begun before this file existed: chosen again, as then (`split_validation`)
     return record if isinstance(record, dict) and isinstance(record.get("images"), list) else None
 
 
@@ -840,14 +849,14 @@ class LatentSource:
 
         def pixels():
             path = (Path(item.root) if item.root else self.dataset) / item.image
-            content = file_sha256(path)  # what the scan saw at the start of the run, or an edit since
+            content = cached_file_sha256(path)  # the scan's hash, or an edit's (hashed once per file version)
             if content != item.sha256:
                 raise _ChangedSinceScan(content)
             image = open_image(path)
             if image.width < item.width or image.height < item.height:  # edited smaller since: never upscale
                 raise UserError(f"{item.image} changed since the run began and is now {image.width}×{image.height} "
-                                f"px, smaller than its {item.width}×{item.height} bucket; stop and resume the run "
-                                "to train on it as it is now.")
+                                f"px, smaller than its {item.width}×{item.height} bucket; resume the run to train on "
+                                "it as it is now.")
             a = self.data.augment
             return bucket_pixels(image, item.width, item.height, item.flip,
                                  jitter_for(item.sha256, item.variant, a.rotate, a.scale, a.shift, a.grain))

@@ -218,7 +218,9 @@ def effective_steps(steps: int, denoise: float, family: str = "flux") -> tuple[i
     if not 0 < denoise <= 1:
         raise UserError(f"Denoise must be between 0 and 1; got {denoise:g}.")
     tolerance = max(0.01, 0.1 * denoise)
-    candidates = range(steps, max(steps, MAX_ASKED_STEPS) + 1)
+    # never fewer than one step really run: `img2img_steps` says 1 where SDXL's int(asked × denoise) runs none
+    first = next(a for a in range(max(steps, math.ceil(1 / denoise) - 1), 10**6) if int(a * denoise) >= 1)
+    candidates = range(first, max(first, MAX_ASKED_STEPS) + 1)
 
     def miss(asked: int) -> float:
         return abs(img2img_steps(family, asked, denoise) / asked - denoise)

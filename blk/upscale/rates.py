@@ -53,8 +53,12 @@ def estimate_seconds(workspace: Workspace, key: str, tiles: int) -> float | None
 def time_sentence(workspace: Workspace, key: str, units: int) -> str:
     """The time a job will take, said before it starts: `units` are tiles (ESRGAN) or tile-steps (diffusion)."""
     seconds = estimate_seconds(workspace, key, units)
-    return (f"Time: {say_duration(seconds)}, from the last job with these settings on this machine."
-            if seconds else "Time: shown once the first tiles are done (no earlier job with these settings).")
+    if not seconds:
+        return "Time: shown once the first tiles are done (no earlier job with these settings)."
+    if "|per-step" in key:  # the diffusion path times its denoising only
+        return (f"Time: {say_duration(seconds)} of denoising (enlarging, loading and writing come on top), from "
+                "the last job with these settings on this machine.")
+    return f"Time: {say_duration(seconds)}, from the last job with these settings on this machine."
 
 
 def say_duration(seconds: float) -> str:
