@@ -325,8 +325,11 @@ def read_pixels(path: str | Path) -> np.ndarray:
 
 
 def to_unit(levels: np.ndarray, peak: float) -> np.ndarray:
-    """`read_levels`' pixels (or any region of them) as float32 in [0, 1]."""
-    return levels.astype(np.float32) / peak
+    """`read_levels`' pixels (or any region of them) as float32 in [0, 1]; divided in place, so a band of a wide
+    image (hundreds of MB as float32) is not held twice."""
+    unit = levels.astype(np.float32)
+    unit /= peak
+    return unit
 
 
 def read_levels(path: str | Path) -> tuple[np.ndarray, float]:

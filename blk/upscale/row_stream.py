@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from blk.data.images import to_unit
 from blk.errors import BadImage
 
 QUEUE_BYTES = 8 * 2**20  # decoded bytes waiting between libvips' thread and the reader, at most (about)
@@ -56,9 +57,7 @@ class RowStream:
             self._rows, self._top = self._rows[drop:], self._top + drop
             self._skip_to(y)  # rows below those decoded, never asked for (a resumed job starts mid-image)
         self._decode_to(y + h)
-        region = self._rows[:h, x:x + w].astype(np.float32)
-        region /= self.peak  # in place: a band of a wide image is hundreds of MB as float32
-        return region
+        return to_unit(self._rows[:h, x:x + w], self.peak)
 
     def close(self) -> None:
         """Stop the decoding thread (also done when the stream is garbage-collected)."""

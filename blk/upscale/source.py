@@ -103,9 +103,7 @@ class VipsSource:
                                 "first; free some space, set TMPDIR to a larger disk, or give the input as a "
                                 "TIFF.") from None
             raise BadImage(f"{self.name} is damaged and cannot be decoded ({_first_line(exc)}).") from None
-        region = region.reshape(h, w, self.channels).astype(np.float32)
-        region /= self.peak  # in place: a band of a wide image is hundreds of MB as float32
-        return region
+        return to_unit(region.reshape(h, w, self.channels), self.peak)
 
 
 class FilledSource:
