@@ -135,15 +135,18 @@ def test_a_read_only_dataset_trains_without_its_cache_and_says_so(tmp_path, shar
     else:
         locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
-        result = run(tiny(dataset, 2), shared_workspace, tmp_path / "run")
+        result = run(tiny(dataset, 6), shared_workspace, tmp_path / "run")
     finally:
         if os.geteuid() == 0:
             subprocess.run(["chattr", "-i", str(locked)], check=True)
         else:
             locked.chmod(stat.S_IRWXU)
-    assert result.step == 2 and result.last_checkpoint.exists()
+    assert result.step == 6 and result.last_checkpoint.exists()
     said = [n for n in notices(tmp_path / "run") if "cannot be written" in n]
     assert said and said[0].startswith(f"The cache folder {dataset / '.blk' / 'cache'}")
+    # the latents are kept in memory instead: each image encoded once, not once a step (6 before)
+    assert result.latent_encodes == 2
+    assert any("latents" in n and "kept in memory instead, up to" in n for n in said), said
     assert not (dataset / ".blk" / "cache").exists()
 
 

@@ -22,17 +22,21 @@ from blk import atomic
 
 class TensorCache:
     """Values by key on disk. A cache that cannot be written (a read-only dataset, a full disk) is no reason to
-    stop a run: `on_unwritable` is told once and nothing more is written; the values are then made again each
-    time, or with `in_memory_if_unwritable` kept in RAM (the text cache: its encoders leave once it is full)."""
+    stop a run: `on_unwritable` is told once and nothing more is written. The values are then kept in RAM up
+    to `memory_if_unwritable` bytes (None: all of them — the text cache, whose encoders leave once it is
+    full; latents: a budget, past which the rest are made again each time they are used)."""
 
-    def __init__(self, folder: Path, enabled: bool = True, on_unwritable=None, in_memory_if_unwritable=False):
+    def __init__(self, folder: Path, enabled: bool = True, on_unwritable=None,
+                 memory_if_unwritable: int | None = 0):
         self.folder = folder
         self.enabled = enabled  # off: encode every time, write nothing
         self.hits = 0
         self.misses = 0
         self.on_unwritable = on_unwritable
         self.unwritable: str | None = None  # why writing failed, once it has
-        self.memory: dict | None = {} if in_memory_if_unwritable else None
+        self.memory: dict = {}
+        self.memory_budget = memory_if_unwritable  # bytes; None: no limit
+        self.memory_used = 0
 
     def _path(self, key: str) -> Path:
         digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
@@ -44,7 +48,7 @@ class TensorCache:
         if not self.enabled:
             self.misses += 1
             return make()
-        if self.memory and key in self.memory:
+        if key in self.memory:
             self.hits += 1
             return self.memory[key]
         path = self._path(key)
@@ -64,13 +68,26 @@ class TensorCache:
             except OSError as exc:
                 self.unwritable = exc.strerror or str(exc)
                 if self.on_unwritable is not None:
-                    kept = "kept in memory instead" if self.memory is not None else \
-                        "encoded again every time they are used"
                     self.on_unwritable(f"The cache folder {self.folder} cannot be written ({self.unwritable}), so "
-                                       f"training goes on without it: its entries are {kept}")
-        if self.unwritable is not None and self.memory is not None:
-            self.memory[key] = value
+                                       f"training goes on without it: its entries are {self._kept()}")
+        if self.unwritable is not None:
+            self._keep(key, value)
         return value
+
+    def _kept(self) -> str:
+        if self.memory_budget is None:
+            return "kept in memory instead"
+        if self.memory_budget > 0:
+            return (f"kept in memory instead, up to {self.memory_budget / 2**30:.1f} GB (past that, encoded again "
+                    "every time they are used)")
+        return "encoded again every time they are used"
+
+    def _keep(self, key: str, value: dict) -> None:
+        """In RAM within the budget; nothing is evicted (as `PixelMemory`: no access pattern thrashes)."""
+        size = sum(t.numel() * t.element_size() for t in value.values())
+        if self.memory_budget is None or self.memory_used + size <= self.memory_budget:
+            self.memory[key] = value
+            self.memory_used += size
 
 
 UNUSED_DAYS = 30  # cache entries no run has read for this long are removed when a run of the dataset starts

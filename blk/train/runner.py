@@ -225,7 +225,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
         early(f"Removed {pruned[0]} cache entr{'y' if pruned[0] == 1 else 'ies'} of {dataset.name} "
               f"({pruned[1] / 2**20:.0f} MB) that no run had used for {UNUSED_DAYS} days")
     caches = dataset / ".blk" / "cache" / model_key(model.path, model.base)
-    text_cache = TensorCache(caches / "text", on_unwritable=early, in_memory_if_unwritable=True)
+    text_cache = TensorCache(caches / "text", on_unwritable=early, memory_if_unwritable=None)
     text_for = TextSource(family, text_cache, int8_text=_quantize_resident_text_encoder(family, config))
     every_item = items + held_out + [i for plan in (curriculum.stages if curriculum else []) for pool in plan.pools
                                      for i in pool]
@@ -269,7 +269,8 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
                               f"{'s' if left != 1 else ''}; a run trains the denoiser only, so they are left out")
     stage = None
 
-    latent_cache = TensorCache(caches / "latents", enabled=config.data.cache_latents, on_unwritable=early)
+    latent_cache = TensorCache(caches / "latents", enabled=config.data.cache_latents, on_unwritable=early,
+                               memory_if_unwritable=pixel_budget())  # a read-only dataset need not encode each step
     latent_for = LatentSource(family, latent_cache, dataset, model.path, config.data,
                               *_transparent_encoder(config, workspace, model, device),
                               on_notice=early)
