@@ -54,9 +54,11 @@ def bucket_pixels(image: Image.Image, width: int, height: int, flip: bool = Fals
     shrinking it is zoomed just enough to cover the frame again.
     """
     opaque = image.mode != "RGBA" or image.getextrema()[3][0] == 255
-    rgba = ops.resize(ops.image_to_array(image), width, height, box=_centred_box(image.size, width, height))
-    if jitter != Jitter():
-        rgba = _jitter(rgba, jitter, opaque)
+    box = _centred_box(image.size, width, height)
+    if jitter == Jitter():
+        rgba = ops.resize(ops.image_to_array(image), width, height, box=box)
+    else:
+        rgba = _jitter(ops.image_to_array(image), box, width, height, jitter, opaque)
     return ops.flip_horizontal(rgba) if flip else rgba
 
 
@@ -76,8 +78,10 @@ def _centred_box(size: tuple[int, int], width: int, height: int) -> tuple[float,
     return (0.0, (h - crop) / 2, float(w), (h + crop) / 2)
 
 
-def _jitter(rgba: np.ndarray, jitter: Jitter, opaque: bool) -> np.ndarray:
-    height, width = rgba.shape[:2]
+def _jitter(source: np.ndarray, box, width: int, height: int, jitter: Jitter, opaque: bool) -> np.ndarray:
+    """The zoom is part of the one resample from the source (resized straight to the zoomed size, then rotated
+    and windowed): zooming the bucket-sized pixels instead would enlarge them, and the variant would be softer
+    than its original by the zoom."""
     factor = jitter.scale
     dx, dy = round(jitter.shift_x * width), round(jitter.shift_y * height)
     if opaque:  # cover the frame, shifted: the zoom a rotated rectangle needs, plus the shift's margin
@@ -86,9 +90,12 @@ def _jitter(rgba: np.ndarray, jitter: Jitter, opaque: bool) -> np.ndarray:
                     math.cos(angle) + (width / height) * math.sin(angle))
         margin = 4 / min(width, height) if jitter.degrees else 0.0  # the rotated edge is soft for a pixel or two
         factor = max(factor, cover * (1 + 2 * max(abs(dx) / width, abs(dy) / height)) + margin)
-    out = ops.rotate(rgba, jitter.degrees, expand=False) if jitter.degrees else rgba
-    if abs(factor - 1.0) > 1e-6:
-        out = ops.scale(out, factor)
+    # an even difference from the bucket's sides, so that the window is centred on whole pixels
+    zoomed_width = max(1, width + 2 * round(width * (factor - 1) / 2))
+    zoomed_height = max(1, height + 2 * round(height * (factor - 1) / 2))
+    out = ops.resize(source, zoomed_width, zoomed_height, box=box)
+    if jitter.degrees:
+        out = ops.rotate(out, jitter.degrees, expand=False)
     out = _window(out, width, height, dx, dy)
     return ops.grain(out, jitter.grain, seed=jitter.seed) if jitter.grain else out
 
