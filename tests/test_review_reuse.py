@@ -3,9 +3,9 @@ cells keyed by how they were made, pins and blind tallies of same-named checkpoi
 A/B after a failed generation, cancel, loose LoRA files from the CLI, and SDXL grids."""
 
 import shutil
-import threading
 from dataclasses import replace
 
+import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
@@ -22,6 +22,7 @@ from blk.train.pins import pinned_steps
 from blk.workspace import Workspace
 from tests.conftest import copy_trained_run, run_blk
 from tests.support.loras import make_random_lora
+from ui.cancels import SessionCancels
 from ui.context import StudioContext
 from ui.tabs import review
 
@@ -185,18 +186,21 @@ def test_grid_cancel_keeps_the_cells_made_so_far(studio, tmp_path):
     shutil.copytree(studio.models, context.workspace.models, dirs_exist_ok=True)
     lora = context.workspace.models / "loras" / "a.safetensors"
     shutil.copy(checkpoint(studio, "run-a", 8), lora)
-    cancel = threading.Event()
-    cancel.set()  # a cancel left over from an earlier grid does not stop the next one
+    cancels, window = SessionCancels(), gr.Request(session_hash="window")
+    grid = cancels.job(lambda cancel, *a, progress: review.make_grid(context, *a, cancel=cancel, progress=progress))
+    cancels.cancel(window)  # a Cancel clicked while no grid ran does not stop the next one
     form = ("tiny-flux", "a cube", "1,2,3", "1.0", False, 64, 1, None)
 
     def progress(fraction, desc=""):
         if fraction >= 1 / 3:  # the first cell is done
-            cancel.set()
+            cancels.cancel(window)
 
-    _, _, status = review.make_grid(context, "", [str(lora)], *form, cancel=cancel, progress=progress)
+    cancels.arm(window)  # the click
+    _, _, status = grid(window, "", [str(lora)], *form, progress=progress)
     assert "Cancelled; 1 of 3 cells are cached" in status
     assert len(cells(context.workspace.outputs("review"))) == 1
-    _, _, status = review.make_grid(context, "", [str(lora)], *form, cancel=cancel, progress=no_progress)
+    cancels.arm(window)
+    _, _, status = grid(window, "", [str(lora)], *form, progress=no_progress)
     assert "2 generated, 1 from the cache" in status
 
 

@@ -84,6 +84,17 @@ def test_cancel_stops_the_job_of_its_own_window_only(shared_workspace):
     assert generate(other) == 3  # another window's Cancel: the whole batch
     assert generate(mine) == 1  # this window's: the first image is kept, the batch stops
 
+    # a job waiting in the queue behind another window's: its Cancel is kept for it (it was cleared when the
+    # job started, and the job ran to its end); the click arms it, before the queue
+    grey = next(f for f in fns if (buttons["blk-sketch-generate"]._id, "click") in f.targets and not f.queue).fn
+    grey(mine)
+    cancel(mine)  # clicked while waiting
+    shown, _, status, _ = job(mine, [], "tiny-flux", "a cube", "", [], None, sketch.CUSTOM, 64, 64, 2, None, 4,
+                              False, 3, False, False, False, progress=lambda *a, **k: None)
+    assert shown == [] and "ancel" in status, status
+    grey(mine)  # the next click: that Cancel is spent
+    assert generate(other) == 3
+
     # a reload: the old window's session ends while its job runs on; the new window has no job of its own, so
     # its Cancel stops the jobs of windows that are gone (the app's unload handler says which)
     from ui.app import build_app

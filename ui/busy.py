@@ -12,10 +12,17 @@ import gradio as gr
 def click_while_busy(button: gr.Button, busy_label: str, fn, **event_args):
     """`button.click(fn, **event_args)`, with the button greyed and relabelled while `fn` runs.
 
-    Returns the job's event, so callers can chain on it as on a plain click."""
+    A job of `SessionCancels.job` is armed at the click (`ui.cancels`): a Cancel clicked while it waits in
+    the queue stops it. Returns the job's event, so callers can chain on it as on a plain click."""
     idle_label = button.value
-    greyed = button.click(lambda: gr.Button(value=busy_label, interactive=False), outputs=button, queue=False,
-                          show_progress="hidden")
+    cancels = getattr(fn, "cancels", None)
+
+    def grey(request: gr.Request):
+        if cancels is not None:
+            cancels.arm(request)
+        return gr.Button(value=busy_label, interactive=False)
+
+    greyed = button.click(grey, outputs=button, queue=False, show_progress="hidden")
     job = greyed.then(fn, **event_args)
 
     def idle():

@@ -5,6 +5,10 @@ windows, Cancel in one stopped the job running for the other (an hour of a mural
 browser session now has its own flag, found by Gradio's session hash; Gradio hands the handlers the
 request when their parameter is annotated `gr.Request`.
 
+A job waits in Gradio's queue while another window's runs (one GPU, one job at a time). Its Cancel is
+kept for it: the flag is cleared when the button is clicked (`arm`, run by `ui.busy` at the click, before
+the queue), not when the job starts, which threw away a Cancel clicked while it waited.
+
 A page reload starts a new session while the old session's job runs on (Gradio does not show it in the
 new page). So a Cancel clicked where no job of its own runs stops the jobs whose windows have closed
 (`session_ended`, the app's unload handler): the job the artist started before reloading, never the job
@@ -30,6 +34,7 @@ class SessionCancels:
     def __init__(self):
         self._flags: dict[str, threading.Event] = {}
         self._running: set[str] = set()  # sessions whose job runs now
+        self._waiting: set[str] = set()  # sessions whose job was clicked and waits to start
         self._ended: set[str] = set()  # of those, sessions whose window has closed
         self._lock = threading.Lock()
         _EVERY.add(self)
@@ -45,15 +50,26 @@ class SessionCancels:
         key = _key(request)
         with self._lock:
             orphans = self._running & self._ended
-            targets = [key] if key in self._running or not orphans else sorted(orphans)
+            targets = [key] if key in self._running | self._waiting or not orphans else sorted(orphans)
             for target in targets:
                 self._flags.setdefault(target, threading.Event()).set()
 
+    def arm(self, request: gr.Request | None) -> None:
+        """At the click, before the job queues: a Cancel from now on is this job's."""
+        key = _key(request)
+        with self._lock:
+            self._flags.setdefault(key, threading.Event()).clear()
+            self._waiting.add(key)
+
     def job(self, fn):
-        """`fn(cancel, *inputs, progress=…)` as an event handler given the clicking session's flag."""
+        """`fn(cancel, *inputs, progress=…)` as an event handler given the clicking session's flag. A job not
+        armed by its click (called through the API) starts with its flag cleared: an old Cancel is not its."""
         def handler(request: gr.Request, *inputs, progress=gr.Progress()):
             key, flag = _key(request), self.flag(request)
             with self._lock:
+                if key not in self._waiting:
+                    flag.clear()
+                self._waiting.discard(key)
                 self._running.add(key)
             try:
                 return fn(flag, *inputs, progress=progress)
@@ -64,10 +80,12 @@ class SessionCancels:
                         self._ended.discard(key)
                         self._flags.pop(key, None)
 
+        handler.cancels = self  # `ui.busy.click_while_busy` arms it at the click
         return handler
 
     def _end(self, key: str) -> None:
         with self._lock:
+            self._waiting.discard(key)
             if key in self._running:
                 self._ended.add(key)
             else:

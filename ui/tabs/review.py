@@ -182,8 +182,6 @@ def make_grid(context: StudioContext, run, *form, cancel: threading.Event | None
     from blk.errors import UserError
     from blk.generate.review import Reviewer, keep_grid, review_folder
 
-    if cancel is not None:
-        cancel.clear()
     seed, whose = default_seed(context, run)
     try:
         spec = spec_from_form(context, *form, empty_seeds=seed)

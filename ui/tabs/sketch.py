@@ -68,7 +68,6 @@ def generate(context: StudioContext, cancel: threading.Event, gallery: list, mod
     from blk.generate.sketch import Lora, SketchRequest
     from blk.models.device import MemoryOptions
 
-    cancel.clear()
     finished = []
     try:
         for path, _ in items:

@@ -34,7 +34,6 @@ def generate(context: StudioContext, cancel: threading.Event, gallery: list, mod
     from blk.generate.sketch import Lora
     from blk.stencil.generate import StencilRequest
 
-    cancel.clear()
     finished, status = [], ""
     try:
         for path, _ in items:

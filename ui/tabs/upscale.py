@@ -161,8 +161,9 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
     try:
         if path_kind == DIFFUSION:
             lora_path = context.workspace.confine(lora) if lora else None  # its family is checked against the model's
-            job = diffusion_job(context, image_path, Path("x.tif"), scale, size_text, model, lora_path, None, tile,
-                                overlap, steps, 0, "", denoise_a, denoise_b, use_c, denoise_c, final_pass,
+            enlarge_path = context.workspace.confine(upscaler) if enlarge_first and upscaler else None  # is there
+            job = diffusion_job(context, image_path, Path("x.tif"), scale, size_text, model, lora_path, enlarge_path,
+                                tile, overlap, steps, 0, "", denoise_a, denoise_b, use_c, denoise_c, final_pass,
                                 step_scale)
             the_plan = diffusion.estimate(job, context.workspace)
             lines += [the_plan.sentence(), enlarge_line(enlarge_first, upscaler), lora_line(lora)]
@@ -313,7 +314,6 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
     from blk.upscale.rates import Pace, rate_key, record
     from blk.upscale.source import open_input
 
-    cancel.clear()
     if not image_path:
         return None, None, "Choose an image first.", None
     started = time.monotonic()
