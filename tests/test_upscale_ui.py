@@ -657,3 +657,34 @@ def test_a_job_cancelled_before_midnight_continues_after_it_in_its_own_days_fold
 
     fresh = upscale(context, threading.Event(), *form)[1]  # that job finished: the next goes into today's folder
     assert [Path(p).parent for p in fresh] == [today]
+
+
+def test_diffusion_without_a_base_model_or_with_a_vanished_upscaler_is_one_sentence(context, tmp_path):
+    """A cleared Base model read "/work/… is not a diffusers model folder" (the studio's own folder), and
+    None a TypeError; an upscaler file gone since it was chosen escaped from the first enlargement as the
+    operating system's error, while Estimate promised to enlarge with it."""
+    import shutil
+
+    from ui.tabs.upscale import DIFFUSION, estimate, upscale
+
+    image = str(save(tmp_path / "art.png", 16, 20, seed=5))
+    quiet = {"progress": lambda *a, **k: None}
+    for model in ("", None):
+        form = (2, "", None, model, None, False, 32, 8, 1, 0, "", 0.3, 0.2, False, 0.15, False, "PNG", False, None,
+                None, 50, 50)
+        assert upscale(context, threading.Event(), image, DIFFUSION, *form, **quiet)[2] == "**Choose a base model.**"
+        planned = estimate(context, image, DIFFUSION, 2, "", None, model, 32, 8, 1, 0.3, 0.2, False, 0.15, False)
+        assert planned.endswith("**Choose a base model.**"), planned
+
+    upscalers = context.workspace.models / "upscalers"
+    gone = upscalers / "4x-Gone.pth"
+    shutil.copy(next(upscalers.glob("*.pth")), gone)
+    gone.unlink()  # chosen in the dropdown, then removed
+    said = f"**The upscaler model {gone} does not exist.**"
+    form = (2, "", str(gone), "tiny-flux", None, True, 32, 8, 1, 0, "", 0.3, 0.2, False, 0.15, False, "PNG", False,
+            None, None, 50, 50)
+    assert upscale(context, threading.Event(), image, DIFFUSION, *form, **quiet)[2] == said
+    planned = estimate(context, image, DIFFUSION, 2, "", str(gone), "tiny-flux", 32, 8, 1, 0.3, 0.2, False, 0.15,
+                       False, enlarge_first=True)
+    assert planned.endswith(said), planned
+    assert not list(context.workspace.outputs("upscale").rglob("*.png"))

@@ -325,10 +325,22 @@ def model_defaults(name: str, workspace) -> tuple[int, int, str]:
 def estimate(job: DiffusionJob, workspace) -> DiffusionPlan:
     """The plan of `job` without running it (the UI's Estimate): reads the input's header and the
     model's defaults; loads no pipeline and builds no tiny model."""
+    check_files(job)
     image = open_input(job.input)
     steps, grid, family = model_defaults(job.model, workspace)
     check_lora_family(job, family)
     return plan(job, image.width, image.height, steps, grid, family)
+
+
+def check_files(job: DiffusionJob) -> None:
+    """The texture LoRA and the enlargement model are there: said before any work, in Estimate too (a missing
+    upscaler file escaped from the first enlargement as the operating system's error)."""
+    if not job.model:
+        raise UserError("Choose a base model.")
+    if job.texture_lora is not None:
+        require_file(job.texture_lora, "The texture LoRA")
+    if job.enlarge_model is not None:
+        require_file(job.enlarge_model, "The upscaler model")
 
 
 def check_lora_family(job: DiffusionJob, family: str) -> None:
@@ -362,8 +374,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     say = log or (lambda text: None)
     fmt = output_format(job.output)
     check_outputs(job.input, job.output, job.print_dpi, job.dpi)
-    if job.texture_lora is not None:
-        require_file(job.texture_lora, "The texture LoRA")
+    check_files(job)
     model = resolve(job.model, workspace)
     check_lora_family(job, model.family)
     default_steps, default_guidance = generation_defaults(model)
