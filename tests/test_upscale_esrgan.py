@@ -1216,3 +1216,43 @@ def test_a_result_or_print_copy_that_would_overwrite_the_input_is_one_sentence_b
         run(EsrganJob(image, clash, model, scale=2, print_dpi=0))
     assert image.read_bytes() == before and not clash.exists() and leftovers(tmp_path) == []
     check_outputs(image, clash, 300)  # distinct names: nothing to say
+
+
+def test_pixels_that_are_not_square_keep_both_resolutions(models, tmp_path):
+    """A scan or fax at 300 × 150 dpi: the result said 300 × 300 (the horizontal value both ways), so it printed
+    at half its height. Both readers, both formats, keep the pair; square pixels keep one number."""
+    pixels = (noise(30, 44, seed=33) * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "fax.png", dpi=(300, 150))
+    tifffile.imwrite(tmp_path / "fax.tif", pixels, photometric="rgb", resolution=(300, 150), resolutionunit="INCH")
+    for name in ("fax.png", "fax.tif"):
+        whole, region = open_input(tmp_path / name), open_input(tmp_path / name, max_pixels=1000)
+        assert whole.resolution == region.resolution and [round(v) for v in whole.resolution] == [300, 150], name
+    result = run(EsrganJob(tmp_path / "fax.png", tmp_path / "fax-big.tif", models["x4"], tile=32, overlap=8))
+    with tifffile.TiffFile(result.path) as tif:
+        tags = tif.pages[0].tags
+        assert [round(v[0] / v[1]) for v in (tags["XResolution"].value, tags["YResolution"].value)] == [300, 150]
+    result = run(EsrganJob(tmp_path / "fax.tif", tmp_path / "fax-big.png", models["x4"], tile=32, overlap=8))
+    with Image.open(result.path) as im:
+        assert [round(v) for v in im.info["dpi"]] == [300, 150]
+    Image.fromarray(pixels).save(tmp_path / "square.png", dpi=(300, 300))
+    assert open_input(tmp_path / "square.png").resolution == 300.0
+
+
+def test_a_x1_model_asked_to_enlarge_says_that_lanczos_does_it(tmp_path):
+    """A ×1 model (a restorer) asked for ×4 ran once and Lanczos made the whole ×4, without a word (elsewhere
+    Lanczos enlarges at most 1.5× after a model)."""
+    from spandrel.architectures.Compact import Compact
+
+    torch.manual_seed(0)
+    torch.save(Compact(num_feat=8, num_conv=2, upscale=1).state_dict(), tmp_path / "1x-Restore.pth")
+    Image.fromarray((noise(20, 24, seed=34) * 255).round().astype(np.uint8)).save(tmp_path / "in.png")
+    notes, plans = [], []
+    result = run(EsrganJob(tmp_path / "in.png", tmp_path / "out.tif", tmp_path / "1x-Restore.pth", tile=32,
+                           overlap=8), log=notes.append, on_plan=plans.append)
+    assert (result.width, result.height) == (96, 80)
+    said = "This is a ×1 model: it restores without enlarging, so the 4× enlargement after it is plain Lanczos"
+    assert any(n.startswith(said) for n in notes) and said in plans[0].sentence()
+    notes.clear()
+    run(EsrganJob(tmp_path / "in.png", tmp_path / "same.tif", tmp_path / "1x-Restore.pth", scale=1.25, tile=32,
+                  overlap=8), log=notes.append)
+    assert not any("×1 model" in n for n in notes)  # a touch of Lanczos, as after any model

@@ -21,6 +21,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from blk.errors import UserError
 from blk.upscale.canvas import Canvas, print_path
 from blk.upscale.esrgan import EsrganJob, processor, run
 from blk.upscale.journal import VERSION, Journal
@@ -634,3 +635,48 @@ def test_a_job_towards_another_result_says_where_an_interrupted_ones_files_are(m
     run(EsrganJob(other, tmp_path / "other-x4.tif", model, tile=32, overlap=8, batch=1), log=notes.append)
     assert not [n for n in notes if "interrupted job" in n]
     assert run(first).resumed_from_tile > 0 and leftovers(tmp_path) == []
+
+
+def test_a_result_written_again_without_a_print_copy_leaves_no_outdated_one_beside_it(model, tmp_path):
+    """The same --out run again without --print-dpi replaced OUT.tif and left OUT.print.tif, the earlier
+    job's image, looking current. A copy a result of the other format (OUT.png) may own is kept."""
+    first = save_png(tmp_path / "first.png", 40, 48, seed=28)
+    second = save_png(tmp_path / "second.png", 40, 48, seed=29)
+    out = tmp_path / "out.tif"
+    run(EsrganJob(first, out, model, tile=32, overlap=8, batch=1, print_dpi=300))
+    assert print_path(out).exists()
+    run(EsrganJob(second, out, model, tile=32, overlap=8, batch=1))
+    assert out.exists() and not print_path(out).exists()
+
+    run(EsrganJob(first, out, model, tile=32, overlap=8, batch=1, print_dpi=300))
+    run(EsrganJob(first, tmp_path / "out.png", model, tile=32, overlap=8, batch=1))
+    run(EsrganJob(second, tmp_path / "out.png", model, tile=32, overlap=8, batch=1))
+    assert print_path(out).exists()  # OUT.tif's, which is still there
+    assert leftovers(tmp_path) == []
+
+
+def test_a_full_disk_while_the_print_copy_is_written_says_the_result_is_saved(model, tmp_path):
+    """The master was saved, then the disk filled during the print copy: "The disk … is full; free some space
+    and try again" read as if nothing were saved, and the artist ran hours of work again."""
+    import shutil
+
+    from tests.test_faults import tmpfs
+
+    image = save_png(tmp_path / "in.png", 40, 48, seed=30)
+    master_size = run(EsrganJob(image, tmp_path / "measure.png", model, tile=32, overlap=8, batch=1)).path \
+        .stat().st_size
+    with tmpfs(tmp_path / "small-disk", "2m") as disk:
+        out = disk / "out.png"
+
+        def fill_at_the_last_tile(done, total):
+            if done == total:  # the tiles are done: leave room for the master only
+                free = shutil.disk_usage(disk).free
+                (disk / "filler").write_bytes(b"\0" * max(0, free - master_size - 16384))
+
+        with pytest.raises(UserError) as caught:
+            run(EsrganJob(image, out, model, tile=32, overlap=8, batch=1, print_dpi=300),
+                progress=fill_at_the_last_tile)
+        assert str(caught.value) == ("The result is saved as out.png, without a print copy: the disk holding "
+                                     f"{disk} filled up while the print copy was written.")
+        assert Image.open(out).size == (192, 160) and not print_path(out).exists()
+        assert leftovers(disk) == []

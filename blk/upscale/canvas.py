@@ -243,9 +243,13 @@ def _pwrite(fd: int, array: np.ndarray, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
+class DiskFull(UserError):
+    """The disk filled up while a job wrote to it (`disk_full`)."""
+
+
 def disk_full(path: Path, needed: int | None = None) -> UserError:
     need = f" (this step needs about {_amount(needed)})" if needed else ""
-    return UserError(f"The disk holding {Path(path).parent} is full{need}; free some space and try again.")
+    return DiskFull(f"The disk holding {Path(path).parent} is full{need}; free some space and try again.")
 
 
 def _amount(size: int) -> str:
@@ -292,6 +296,8 @@ def is_disk_full(exc: BaseException) -> bool:
 
 # -- writers --------------------------------------------------------------------------------
 
+Resolution = float | tuple[float, float]  # dpi: one number, or (horizontal, vertical) for pixels not square
+
 def output_format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
@@ -321,7 +327,7 @@ def needs_bigtiff(width: int, height: int, samples: int, bytes_per_sample: int) 
     return padded * samples * bytes_per_sample > CLASSIC_TIFF_BYTES
 
 
-def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi: float | None,
+def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi: Resolution | None,
                description: str, software: str, cancel: threading.Event | None = None,
                temp: Path | None = None, grey: bool = False) -> Path:
     """Tiled TIFF (`write_tiff_file`) at `path`, atomic: written under `temp` (default: a fresh `.blk-tmp-`
@@ -334,7 +340,12 @@ def write_tiff(canvas: Canvas, path: Path, *, bits: int, icc: bytes | None, dpi:
     return path
 
 
-def write_tiff_file(canvas: Canvas, tmp: Path, *, bits: int, icc: bytes | None, dpi: float | None,
+def resolution_xy(dpi: Resolution) -> tuple[float, float]:
+    """(horizontal, vertical) of a resolution given as one number or as a pair (`InputImage.resolution`)."""
+    return (float(dpi[0]), float(dpi[1])) if isinstance(dpi, (tuple, list)) else (float(dpi), float(dpi))
+
+
+def write_tiff_file(canvas: Canvas, tmp: Path, *, bits: int, icc: bytes | None, dpi: Resolution | None,
                     description: str, software: str, cancel: threading.Event | None = None,
                     grey: bool = False, tiles_per_thread: int = 8) -> None:
     """Tiled TIFF (BigTIFF when it may pass 4 GB: `needs_bigtiff`), deflate + horizontal predictor, written
@@ -356,7 +367,7 @@ def write_tiff_file(canvas: Canvas, tmp: Path, *, bits: int, icc: bytes | None, 
 
     extra = {"extrasamples": ["unassalpha"]} if canvas.channels == 4 else {}
     if dpi:
-        extra |= {"resolution": (float(dpi), float(dpi)), "resolutionunit": "INCH"}
+        extra |= {"resolution": resolution_xy(dpi), "resolutionunit": "INCH"}
     if icc:
         extra["iccprofile"] = icc
     shape = _written_shape(canvas, grey)
@@ -445,7 +456,7 @@ def check_outputs(source: Path, output: Path, print_dpi: float | None, dpi: floa
         raise UserError("The print copy would overwrite the input or the result; choose another output name.")
 
 
-def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, dpi: float | None,
+def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, dpi: Resolution | None,
                  parameters: dict, print_dpi: float | None, print_background: tuple[int, int, int],
                  journal, cancel: threading.Event | None = None, grey: bool = False,
                  streamed=None) -> dict[str, float]:
@@ -464,6 +475,7 @@ def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, 
     icc = fitting_icc(icc, grey)
     parameters = parameters | ({"grey": True} if grey else {})
     started = time.monotonic()
+    replaced = output.exists()  # an earlier result of the same name, whose print copy may be beside it
     if output_format(output) == "tiff":
         description = json.dumps(parameters | {"app_version": __version__}, ensure_ascii=True, sort_keys=True)
         if streamed is not None:
@@ -474,33 +486,53 @@ def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, 
     else:
         write_png(canvas, output, icc=icc, dpi=dpi, parameters=parameters, grey=grey)
     seconds["write"] = time.monotonic() - started
-    if print_dpi:
-        printed = json.dumps(parameters | {"app_version": __version__, "print_dpi": print_dpi,
-                                           "print_background": list(print_background), "bits": 8},
-                             ensure_ascii=True, sort_keys=True)
+    if not print_dpi:
+        _remove_outdated_print_copy(output, replaced)
+        return seconds
+    from blk.upscale.tiler import Cancelled
+
+    printed = json.dumps(parameters | {"app_version": __version__, "print_dpi": print_dpi,
+                                       "print_background": list(print_background), "bits": 8},
+                         ensure_ascii=True, sort_keys=True)
+    try:
         if streamed is not None and streamed.print_copy is not None:
             streamed.print_copy.finish(printed)
         else:
-            from blk.upscale.tiler import Cancelled
-
-            try:
-                write_print_tiff(canvas, print_path(output), dpi=print_dpi, icc=icc,
-                                 background=tuple(print_background), description=printed, software=software,
-                                 cancel=cancel, temp=journal.temp("print.tif"), grey=grey)
-            except Cancelled:
-                raise PrintCopyCancelled(output) from None
-        seconds["print"] = time.monotonic() - started - seconds["write"]
+            write_print_tiff(canvas, print_path(output), dpi=print_dpi, icc=icc, background=tuple(print_background),
+                             description=printed, software=software, cancel=cancel, temp=journal.temp("print.tif"),
+                             grey=grey)
+    except Cancelled:
+        raise PrintCopyCancelled(output) from None
+    except Exception as exc:
+        if isinstance(exc, DiskFull) or is_disk_full(exc):
+            raise PrintCopyCancelled(output, f"the disk holding {output.parent} filled up while the print copy "
+                                             "was written") from None
+        raise
+    seconds["print"] = time.monotonic() - started - seconds["write"]
     return seconds
 
 
-class PrintCopyCancelled(UserError):
-    """Cancel pressed while the print copy was written, after the master was saved: the job is over (its
-    files go: kept, they were orphaned, since the master's name is taken and a new start takes the next
-    name), and the sentence says the result is there, not that nothing was written."""
+def _remove_outdated_print_copy(output: Path, replaced: bool) -> None:
+    """A result written again under its name without a print copy: the copy an earlier job made beside it is of
+    that job's image, and looked current. Kept when a result in the other format (OUT.png beside OUT.tif)
+    shares it, since it may be that one's."""
+    stale = print_path(output)
+    others = [output.with_suffix(suffix) for suffix in (".tif", ".tiff", ".png")]
+    if replaced and stale.exists() and not any(o.exists() for o in others if o != output):
+        stale.unlink(missing_ok=True)
 
-    def __init__(self, output: Path):
-        super().__init__(f"Cancelled while writing the print copy: the result is saved as {Path(output).name}, "
-                         "without a print copy.")
+
+class PrintCopyCancelled(UserError):
+    """Cancel pressed (or the disk full: `why`) while the print copy was written, after the master was saved:
+    the job is over (its files go: kept, they were orphaned, since the master's name is taken and a new start
+    takes the next name), and the sentence says the result is there, not that nothing was written."""
+
+    def __init__(self, output: Path, why: str = ""):
+        if why:
+            super().__init__(f"The result is saved as {Path(output).name}, without a print copy: {why}.")
+        else:
+            super().__init__(f"Cancelled while writing the print copy: the result is saved as {Path(output).name}, "
+                             "without a print copy.")
 
 
 def print_path(output: Path) -> Path:
@@ -584,7 +616,7 @@ def write_print_tiff_file(canvas: Canvas, tmp: Path, *, dpi: float, icc: bytes |
                      **extra)
 
 
-def write_png(canvas: Canvas, path: Path, *, icc: bytes | None, dpi: float | None, parameters: dict,
+def write_png(canvas: Canvas, path: Path, *, icc: bytes | None, dpi: Resolution | None, parameters: dict,
               grey: bool = False) -> Path:
     """8-bit PNG (RGB(A), or L(A) with `grey`) with parameters and disclosure (`parameter_chunks`), ICC and pHYs,
     encoded on every core straight from the canvas's levels (no second copy of the pixels); atomic."""
@@ -604,8 +636,8 @@ def write_png(canvas: Canvas, path: Path, *, icc: bytes | None, dpi: float | Non
     modes = {(False, 3): "RGB", (False, 4): "RGBA", (True, 3): "L", (True, 4): "LA"}
     chunks = [icc_chunk(icc)] if icc else []
     if dpi:
-        ppm = int(round(dpi / 0.0254))  # pHYs: pixels per metre
-        chunks.append(chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1)))
+        x, y = (int(round(v / 0.0254)) for v in resolution_xy(dpi))  # pHYs: pixels per metre
+        chunks.append(chunk(b"pHYs", struct.pack(">IIB", x, y, 1)))
     parts = png_parts(pixels, modes[grey, canvas.channels], chunks + parameter_chunks(parameters),
                       level=PNG_COMPRESS_LEVEL)
     del pixels

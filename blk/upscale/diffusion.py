@@ -529,7 +529,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             ([enlarger.upscaler.descriptor.model] if enlarger is not None else [])  # in this process
         if job.memory.compile and ran and all(speed.is_compiled(model) for model in ran):  # not after a fallback
             parameters["compile"] = True
-        dpi = job.dpi or image.dpi
+        dpi = job.dpi or image.resolution
         write_result(source, job.output, bits=bits, icc=icc, dpi=dpi, parameters=parameters,
                      print_dpi=job.print_dpi, print_background=job.print_background, journal=journal, cancel=cancel,
                      grey=image.grey)

@@ -201,8 +201,19 @@ class EsrganPlan:
     def sentence(self) -> str:
         total, n = sum(self.tiles), self.passes
         per_pass = f" ({' + '.join(str(t) for t in self.tiles)})" if n > 1 else ""
-        return (f"{total} tile{'s' if total != 1 else ''}{per_pass} of up to {self.tile} px in {n} model "
+        said = (f"{total} tile{'s' if total != 1 else ''}{per_pass} of up to {self.tile} px in {n} model "
                 f"pass{'es' if n != 1 else ''} of ×{self.model_scale}.")
+        return f"{said} {self.lanczos_note}" if self.lanczos_note else said
+
+    @property
+    def lanczos_note(self) -> str:
+        """A ×1 model (a restorer: denoise, de-JPEG) asked to enlarge: the enlargement is all Lanczos, which
+        elsewhere enlarges at most `MAX_FINAL_ENLARGE` after a model; said, not done silently."""
+        factor = max(self.width / self.input_width, self.height / self.input_height)
+        if self.model_scale > 1 or factor <= MAX_FINAL_ENLARGE:
+            return ""
+        return (f"This is a ×1 model: it restores without enlarging, so the {factor:.3g}× enlargement after it is "
+                "plain Lanczos; choose a ×2 or ×4 model to enlarge with one.")
 
 
 def plan_job(job: EsrganJob, image, upscaler, device: str, dtype, tile: int | None = None) -> EsrganPlan:
@@ -283,7 +294,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     if fmt == "png":
         check_png(width, height, bits)
     icc = read_icc(job.icc, image.grey) if job.icc else image.icc
-    dpi = job.dpi or image.dpi
+    dpi = job.dpi or image.resolution
 
     device = pick_device(job.device)
     if job.compile:
@@ -320,6 +331,8 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
                              spill_bytes=image.spill_bytes)
         if on_plan:
             on_plan(the_plan)
+        if the_plan.lanczos_note and log:  # after the plan: a caller that shows the plan has said it already
+            log(the_plan.lanczos_note)
         process = processor(upscaler, device, dtype, job.alpha, compiled=job.compile, log=log)
         streamed = streamed_result(job.output, the_plan, journal, bits=bits, icc=icc, dpi=dpi, grey=image.grey,
                                    print_dpi=job.print_dpi, print_background=job.print_background, cancel=cancel)

@@ -48,13 +48,21 @@ class InputImage:
     name: str
     bit_depth: int  # 8 or 16 bits per channel in the file
     icc: bytes | None  # an RGB (or grey) profile to carry over; a CMYK input's: sRGB, converted through its own
-    dpi: float | None
+    dpi: float | None  # horizontal resolution
     by_region: bool  # True when read lazily with pyvips
     grey: bool = False  # a grey (or grey + alpha) file: read as RGB(A) for the models, written back as grey
+    dpi_y: float | None = None  # the vertical resolution where it differs (a fax's 204 × 98 dpi)
     # bytes libvips writes to its temporary folder (`blk.vips.temp_dir`) to read this input by region: a JPEG
     # turned by its EXIF or an interlaced PNG is decoded whole to a file there first (other PNG, JPEG and WebP
     # files are streamed, `row_stream`; a TIFF has random access)
     spill_bytes: int = 0
+
+    @property
+    def resolution(self) -> float | tuple[float, float] | None:
+        """The dpi the result carries: one number, or (horizontal, vertical) where the file's pixels are not
+        square (they were written as one resolution both ways: a 300 × 150 dpi scan printed at half its
+        height)."""
+        return (self.dpi, self.dpi_y) if self.dpi and self.dpi_y else self.dpi
 
     @property
     def width(self) -> int:
@@ -178,12 +186,14 @@ def open_input(path: str | Path, max_pixels: int = WHOLE_IMAGE_PIXELS, one_regio
     if header is not None and info.bit_depth == 16 and info.format == "PNG" and not info.mode.startswith("I;16"):
         return _vips_input(header, path)  # Pillow would decode a 16-bit RGB PNG to 8 bits
     levels, peak = read_levels(path)
-    icc, dpi = _pillow_metadata(path, info.mode)
+    icc, (dpi, dpi_y) = _pillow_metadata(path, info.mode)
     return InputImage(ArraySource(np.ascontiguousarray(levels), peak), path.name,
-                      16 if info.bit_depth >= 16 else 8, icc, dpi, by_region=False, grey=info.mode in GREY_MODES)
+                      16 if info.bit_depth >= 16 else 8, icc, dpi, by_region=False, grey=info.mode in GREY_MODES,
+                      dpi_y=dpi_y)
 
 
-def _pillow_metadata(path: Path, mode: str) -> tuple[bytes | None, float | None]:
+def _pillow_metadata(path: Path, mode: str) -> tuple[bytes | None, tuple[float | None, float | None]]:
+    """(ICC profile, (horizontal dpi, vertical dpi where it differs))."""
     from PIL import Image
 
     with warnings.catch_warnings():
@@ -193,8 +203,16 @@ def _pillow_metadata(path: Path, mode: str) -> tuple[bytes | None, float | None]
             dpi = _stated_dpi(im)
     if mode == "CMYK":  # converted (`blk.data.images._cmyk_to_rgb`): to sRGB through its profile, else plainly
         icc = _converted_profile(icc)
-    dpi_value = float(dpi[0]) if dpi and float(dpi[0]) > 1.0 else None
-    return icc, (round(dpi_value, 2) if dpi_value else None)
+    return icc, _resolution(*(dpi or (None, None)))
+
+
+def _resolution(x: float | None, y: float | None) -> tuple[float | None, float | None]:
+    """(horizontal, vertical) in dpi, rounded; vertical None where it is the same; (None, None) for none (a
+    value of 1 or less is a file's placeholder, not a resolution)."""
+    if not x or float(x) <= 1.0:
+        return None, None
+    x, y = round(float(x), 2), round(float(y), 2) if y and float(y) > 1.0 else None
+    return x, (y if y != x else None)
 
 
 def _stated_dpi(im) -> tuple[float, float] | None:
@@ -269,7 +287,7 @@ def _vips_input(image, path: Path) -> InputImage:
     fields = set(image.get_fields())
     loader = image.get("vips-loader")
     icc = image.get("icc-profile-data") if "icc-profile-data" in fields else None
-    dpi = _stored_dpi(image, fields, path)
+    dpi, dpi_y = _stored_dpi(image, fields, path)
     streamed = loader != "tiffload" and "vips-sequential" not in fields and _upright(image) \
         and not (loader == "pngload" and "interlaced" in fields and image.get("interlaced"))
     file_icc = icc
@@ -287,7 +305,7 @@ def _vips_input(image, path: Path) -> InputImage:
         source = VipsSource(image, path.name)
     spill = raw_bytes if loader != "tiffload" and "vips-sequential" not in fields and not streamed else 0
     return InputImage(source, path.name, 16 if high else 8, icc, dpi, by_region=True, grey=grey,
-                      spill_bytes=spill)
+                      spill_bytes=spill, dpi_y=dpi_y)
 
 
 def _converted(image, path: Path, icc: bytes | None):
@@ -328,46 +346,45 @@ def _cmyk_to_srgb(image, high: bool, icc: bytes | None):
     return rgb.copy(interpretation=space), None
 
 
-def _stored_dpi(image, fields: set[str], path: Path) -> float | None:
-    """The resolution the file stores, or None, as the whole-image reader gives it.
+def _stored_dpi(image, fields: set[str], path: Path) -> tuple[float | None, float | None]:
+    """The resolution the file stores, as the whole-image reader gives it (`_resolution`).
 
     Why not `xres` alone: libvips fills in a default when a file says nothing (71.98 dpi for a PNG
     without pHYs, 25.4 for a TIFF without resolution tags), and that guess would be written into
     the result as if the artist had set it. libvips names a unit only for a stored physical
     resolution (TIFF, JPEG); it never does for PNG, whose pHYs chunk we read ourselves."""
-    if "resolution-unit" in fields:
-        dpi = image.xres * 25.4  # libvips keeps pixels per millimetre, whatever the file's unit
-    elif image.get("vips-loader") == "pngload":
-        dpi = _png_dpi(path)
-    else:
-        return None
-    return round(dpi, 2) if dpi and dpi > 1.0 else None
+    if "resolution-unit" in fields:  # libvips keeps pixels per millimetre, whatever the file's unit
+        return _resolution(image.xres * 25.4, image.yres * 25.4)
+    if image.get("vips-loader") == "pngload":
+        return _resolution(*_png_dpi(path))
+    return None, None
 
 
-def _png_dpi(path: Path) -> float | None:
-    """Pixels per inch from a PNG's pHYs chunk in metres (it precedes the image data); None without one."""
+def _png_dpi(path: Path) -> tuple[float | None, float | None]:
+    """Pixels per inch (x, y) from a PNG's pHYs chunk in metres (it precedes the image data); None without
+    one."""
     import struct
 
     try:
         with open(path, "rb") as handle:
             if handle.read(8) != b"\x89PNG\r\n\x1a\n":
-                return None
+                return None, None
             while True:
                 head = handle.read(8)
                 if len(head) < 8:
-                    return None
+                    return None, None
                 length, kind = struct.unpack(">I4s", head)
                 if kind == b"pHYs" and length == 9:
                     data = handle.read(9)
                     if len(data) < 9:
-                        return None  # truncated: the pixels' own reader says so
-                    x, _, unit = struct.unpack(">IIB", data)
-                    return x * 0.0254 if unit == 1 else None  # unit 0: an aspect ratio only
+                        return None, None  # truncated: the pixels' own reader says so
+                    x, y, unit = struct.unpack(">IIB", data)
+                    return (x * 0.0254, y * 0.0254) if unit == 1 else (None, None)  # unit 0: an aspect only
                 if kind in (b"IDAT", b"IEND"):
-                    return None
+                    return None, None
                 handle.seek(length + 4, 1)  # the chunk's data and CRC
     except OSError:
-        return None
+        return None, None
 
 
 def _first_line(exc: BaseException) -> str:
