@@ -1256,3 +1256,16 @@ def test_a_x1_model_asked_to_enlarge_says_that_lanczos_does_it(tmp_path):
     run(EsrganJob(tmp_path / "in.png", tmp_path / "same.tif", tmp_path / "1x-Restore.pth", scale=1.25, tile=32,
                   overlap=8), log=notes.append)
     assert not any("×1 model" in n for n in notes)  # a touch of Lanczos, as after any model
+
+
+def test_tiles_too_small_for_their_overlap_are_refused_before_the_model_loads(tmp_path):
+    """From the Upscale tab (the command line checks its flags itself) the tiler said so only after the model
+    had loaded and the input had been hashed: minutes for a gigapixel file."""
+    Image.fromarray((noise(20, 24, seed=35) * 255).round().astype(np.uint8)).save(tmp_path / "in.png")
+    (tmp_path / "broken.pth").write_bytes(b"not a model")  # loading it would be another sentence
+    for tile, overlap, said in ((16, 12, "An overlap of 12 px needs tiles of at least 24 px; 16 px was asked for."),
+                                (None, -1, "Tile size must be positive and overlap cannot be negative.")):
+        with pytest.raises(UserError) as caught:
+            run(EsrganJob(tmp_path / "in.png", tmp_path / "out.tif", tmp_path / "broken.pth", tile=tile,
+                          overlap=overlap))
+        assert str(caught.value) == said

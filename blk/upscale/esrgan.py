@@ -57,7 +57,7 @@ from blk.upscale.canvas import (Canvas, check_disk_space, check_outputs, check_p
 from blk.upscale.journal import Journal, durable_for, job_key
 from blk.upscale.source import FILL_RADIUS, WHOLE_IMAGE_PIXELS, FilledSource, open_input
 from blk.upscale.streamed_tiff import StreamedResult, StreamedTiff
-from blk.upscale.tiler import Cancelled, RowDone, auto_tile, count_tiles, run_tiles
+from blk.upscale.tiler import Cancelled, RowDone, auto_tile, check_tile, count_tiles, run_tiles
 
 ALPHA_MODES = ("model", "lanczos")
 MAX_FINAL_ENLARGE = 1.5  # beyond this, one more model pass beats interpolation
@@ -286,6 +286,8 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     if job.alpha not in ALPHA_MODES:
         raise UserError(f"Alpha can be upscaled by {' or '.join(ALPHA_MODES)}; got {job.alpha!r}.")
     check_outputs(job.input, job.output, job.print_dpi, job.dpi)
+    # before the model loads and the input is hashed (minutes for a gigapixel file): the tiler says it too late
+    check_tile(job.tile or max(2 * job.overlap, 1), job.overlap)
 
     image = open_input(job.input, job.max_pixels)
     opened = time.monotonic()
