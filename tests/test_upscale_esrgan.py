@@ -1236,6 +1236,18 @@ def test_pixels_that_are_not_square_keep_both_resolutions(models, tmp_path):
         assert [round(v) for v in im.info["dpi"]] == [300, 150]
     Image.fromarray(pixels).save(tmp_path / "square.png", dpi=(300, 300))
     assert open_input(tmp_path / "square.png").resolution == 300.0
+    # the print copy keeps the printed shape: its resolution across is the one asked, down as tall as the pixels
+    result = run(EsrganJob(tmp_path / "fax.tif", tmp_path / "print-me.tif", models["x4"], tile=32, overlap=8,
+                           print_dpi=600))
+    with tifffile.TiffFile(result.print_path) as tif:
+        tags = tif.pages[0].tags
+        assert [round(v[0] / v[1]) for v in (tags["XResolution"].value, tags["YResolution"].value)] == [600, 300]
+    # stored sideways (EXIF orientation 6): turned upright, its resolutions swap as its sides do
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "sideways.jpg", dpi=(300, 150), exif=exif.tobytes())
+    for turned in (open_input(tmp_path / "sideways.jpg"), open_input(tmp_path / "sideways.jpg", max_pixels=1000)):
+        assert (turned.width, turned.height, turned.resolution) == (30, 44, (150.0, 300.0)), turned.by_region
 
 
 def test_a_x1_model_asked_to_enlarge_says_that_lanczos_does_it(tmp_path):

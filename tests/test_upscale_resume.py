@@ -654,6 +654,22 @@ def test_a_result_written_again_without_a_print_copy_leaves_no_outdated_one_besi
     assert print_path(out).exists()  # OUT.tif's, which is still there
     assert leftovers(tmp_path) == []
 
+    # never the job's input (an earlier print copy upscaled again to its master's name), nor a file the studio
+    # did not write, nor one that OUT.PNG (another case) may own
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    run(EsrganJob(first, upper / "art.tif", model, tile=32, overlap=8, batch=1, print_dpi=300))
+    run(EsrganJob(print_path(upper / "art.tif"), upper / "art.tif", model, scale=1.25, tile=32, overlap=8))
+    assert print_path(upper / "art.tif").exists()
+    tifffile.imwrite(upper / "mine.print.tif", np.zeros((8, 8, 3), np.uint8))  # the artist's own file
+    (upper / "mine.tif").write_bytes(b"an earlier result")
+    run(EsrganJob(first, upper / "mine.tif", model, tile=32, overlap=8, batch=1))
+    assert (upper / "mine.print.tif").exists()
+    run(EsrganJob(first, upper / "OUT.PNG", model, tile=32, overlap=8, batch=1, print_dpi=300))
+    for _ in range(2):
+        run(EsrganJob(second, upper / "OUT.TIF", model, tile=32, overlap=8, batch=1))
+    assert print_path(upper / "OUT.PNG").exists()
+
 
 def test_a_full_disk_while_the_print_copy_is_written_says_the_result_is_saved(model, tmp_path):
     """The master was saved, then the disk filled during the print copy: "The disk … is full; free some space

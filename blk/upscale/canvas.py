@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import glob
 import math
 import os
 import secrets
@@ -459,7 +460,7 @@ def check_outputs(source: Path, output: Path, print_dpi: float | None, dpi: floa
 def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, dpi: Resolution | None,
                  parameters: dict, print_dpi: float | None, print_background: tuple[int, int, int],
                  journal, cancel: threading.Event | None = None, grey: bool = False,
-                 streamed=None) -> dict[str, float]:
+                 streamed=None, input_path: Path | None = None) -> dict[str, float]:
     """Both upscale paths' ending: the master (TIFF with the parameters as its description, or PNG with
     them in text chunks) and, when `print_dpi` is given, the print copy beside it; each written under a
     temporary name the resume `journal` knows. `grey`: both are grey (the input was). A profile of the
@@ -487,7 +488,7 @@ def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, 
         write_png(canvas, output, icc=icc, dpi=dpi, parameters=parameters, grey=grey)
     seconds["write"] = time.monotonic() - started
     if not print_dpi:
-        _remove_outdated_print_copy(output, replaced)
+        _remove_outdated_print_copy(output, replaced, input_path)
         return seconds
     from blk.upscale.tiler import Cancelled
 
@@ -498,7 +499,8 @@ def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, 
         if streamed is not None and streamed.print_copy is not None:
             streamed.print_copy.finish(printed)
         else:
-            write_print_tiff(canvas, print_path(output), dpi=print_dpi, icc=icc, background=tuple(print_background),
+            write_print_tiff(canvas, print_path(output), dpi=print_resolution(print_dpi, dpi), icc=icc,
+                             background=tuple(print_background),
                              description=printed, software=software, cancel=cancel, temp=journal.temp("print.tif"),
                              grey=grey)
     except Cancelled:
@@ -512,14 +514,40 @@ def write_result(canvas: Canvas, output: Path, *, bits: int, icc: bytes | None, 
     return seconds
 
 
-def _remove_outdated_print_copy(output: Path, replaced: bool) -> None:
+def _remove_outdated_print_copy(output: Path, replaced: bool, input_path: Path | None) -> None:
     """A result written again under its name without a print copy: the copy an earlier job made beside it is of
-    that job's image, and looked current. Kept when a result in the other format (OUT.png beside OUT.tif)
-    shares it, since it may be that one's."""
+    that job's image, and looked current. Only a print copy the studio wrote (its parameters say so), never the
+    job's input, and kept when a result in another format (OUT.png beside OUT.tif, any case) may own it."""
     stale = print_path(output)
-    others = [output.with_suffix(suffix) for suffix in (".tif", ".tiff", ".png")]
-    if replaced and stale.exists() and not any(o.exists() for o in others if o != output):
+    if not replaced or not stale.is_file() or (input_path is not None and stale.resolve() == input_path.resolve()):
+        return
+    sharing = [f for f in output.parent.glob(glob.escape(output.stem) + ".*")
+               if f.stem == output.stem and f.suffix.lower() in (".tif", ".tiff", ".png") and f != output]
+    if not sharing and _is_print_copy(stale):
         stale.unlink(missing_ok=True)
+
+
+def _is_print_copy(path: Path) -> bool:
+    """Whether `path` is a print copy the studio wrote: its TIFF description holds the job's parameters with
+    the print resolution (`write_result`)."""
+    import json
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return "print_dpi" in json.loads(tif.pages[0].description or "{}")
+    except Exception:  # not a TIFF, or a description of someone else's
+        return False
+
+
+def print_resolution(print_dpi: float, dpi: Resolution | None) -> Resolution:
+    """The print copy's resolution: `print_dpi` across, and down as the master's pixels are tall (a 300 × 150
+    dpi scan's copy keeps its printed shape)."""
+    if dpi is None:
+        return print_dpi
+    x, y = resolution_xy(dpi)
+    return print_dpi if x == y else (print_dpi, print_dpi * y / x)
 
 
 class PrintCopyCancelled(UserError):
@@ -557,7 +585,7 @@ def parse_colour(text: str) -> tuple[int, int, int]:
     raise UserError(f"{text!r} is not a colour; write white, black, #rrggbb or r,g,b.")
 
 
-def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | None,
+def write_print_tiff(canvas: Canvas, path: Path, *, dpi: Resolution, icc: bytes | None,
                      background: tuple[int, int, int] = (255, 255, 255), description: str = "",
                      software: str = "", cancel: threading.Event | None = None,
                      temp: Path | None = None, grey: bool = False) -> Path:
@@ -569,7 +597,7 @@ def write_print_tiff(canvas: Canvas, path: Path, *, dpi: float, icc: bytes | Non
     return path
 
 
-def write_print_tiff_file(canvas: Canvas, tmp: Path, *, dpi: float, icc: bytes | None,
+def write_print_tiff_file(canvas: Canvas, tmp: Path, *, dpi: Resolution, icc: bytes | None,
                           background: tuple[int, int, int] = (255, 255, 255), description: str = "",
                           software: str = "", cancel: threading.Event | None = None, grey: bool = False,
                           tiles_per_thread: int = 8) -> None:
@@ -612,7 +640,7 @@ def write_print_tiff_file(canvas: Canvas, tmp: Path, *, dpi: float, icc: bytes |
                      tile=(side, side), bigtiff=big, photometric="minisblack" if grey else "rgb",
                      planarconfig=None if grey else "contig",
                      description=description or None, metadata=None, **_deflate(tiles_per_thread),
-                     software=software or None, resolution=(float(dpi), float(dpi)), resolutionunit="INCH",
+                     software=software or None, resolution=resolution_xy(dpi), resolutionunit="INCH",
                      **extra)
 
 

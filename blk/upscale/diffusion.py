@@ -532,7 +532,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
         dpi = job.dpi or image.resolution
         write_result(source, job.output, bits=bits, icc=icc, dpi=dpi, parameters=parameters,
                      print_dpi=job.print_dpi, print_background=job.print_background, journal=journal, cancel=cancel,
-                     grey=image.grey)
+                     grey=image.grey, input_path=job.input)
     return DiffusionResult(job.output, width, height, total, time.monotonic() - started, parameters, bits, sizes,
                            applied, print_path(job.output) if job.print_dpi else None, clock.measured())
 

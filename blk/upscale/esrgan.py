@@ -358,7 +358,8 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
                 parameters["compile"] = True
             phases |= write_result(source, job.output, bits=bits, icc=icc, dpi=dpi, parameters=parameters,
                                    print_dpi=job.print_dpi, print_background=job.print_background,
-                                   journal=journal, cancel=cancel, grey=image.grey, streamed=streamed)
+                                   journal=journal, cancel=cancel, grey=image.grey, streamed=streamed,
+                                   input_path=job.input)
         finally:
             if streamed is not None:
                 streamed.stop()  # after an error or a cancel: the writer ends before the journal cleans up
@@ -376,7 +377,7 @@ def streamed_result(output: Path, the_plan: EsrganPlan, journal: Journal, *, bit
     from functools import partial
 
     from blk import __version__
-    from blk.upscale.canvas import write_print_tiff_file, write_tiff_file
+    from blk.upscale.canvas import print_resolution, write_print_tiff_file, write_tiff_file
 
     if not STREAM_RESULT or output_format(output) != "tiff" or \
             the_plan.outputs[-1] != (the_plan.width, the_plan.height):
@@ -386,8 +387,9 @@ def streamed_result(output: Path, the_plan: EsrganPlan, journal: Journal, *, bit
                           partial(write_tiff_file, bits=bits, icc=icc, dpi=dpi, grey=grey, software=software,
                                   cancel=cancel))
     printed = StreamedTiff(print_path(output), journal.temp("print.tif"),
-                           partial(write_print_tiff_file, dpi=print_dpi, icc=icc, background=tuple(print_background),
-                                   software=software, cancel=cancel, grey=grey)) if print_dpi else None
+                           partial(write_print_tiff_file, dpi=print_resolution(print_dpi, dpi), icc=icc,
+                                   background=tuple(print_background), software=software, cancel=cancel,
+                                   grey=grey)) if print_dpi else None
     return StreamedResult(master, printed)
 
 

@@ -201,9 +201,19 @@ def _pillow_metadata(path: Path, mode: str) -> tuple[bytes | None, tuple[float |
         with Image.open(path) as im:
             icc = im.info.get("icc_profile") or None
             dpi = _stated_dpi(im)
+            try:
+                orientation = im.getexif().get(0x0112, 1)
+            except Exception:  # a broken EXIF block turns nothing
+                orientation = 1
     if mode == "CMYK":  # converted (`blk.data.images._cmyk_to_rgb`): to sRGB through its profile, else plainly
         icc = _converted_profile(icc)
-    return icc, _resolution(*(dpi or (None, None)))
+    return icc, _resolution(*_upright_resolution(dpi or (None, None), orientation))
+
+
+def _upright_resolution(dpi: tuple, orientation) -> tuple:
+    """(x, y) as the file stores them, for the picture turned upright: a quarter turn (EXIF orientations 5–8)
+    swaps them, as it swaps width and height."""
+    return tuple(reversed(dpi)) if orientation in (5, 6, 7, 8) else tuple(dpi)
 
 
 def _resolution(x: float | None, y: float | None) -> tuple[float | None, float | None]:
@@ -288,6 +298,8 @@ def _vips_input(image, path: Path) -> InputImage:
     loader = image.get("vips-loader")
     icc = image.get("icc-profile-data") if "icc-profile-data" in fields else None
     dpi, dpi_y = _stored_dpi(image, fields, path)
+    if "orientation" in fields:  # read before `_converted` turns the picture upright
+        dpi, dpi_y = _resolution(*_upright_resolution((dpi, dpi_y or dpi), image.get("orientation")))
     streamed = loader != "tiffload" and "vips-sequential" not in fields and _upright(image) \
         and not (loader == "pngload" and "interlaced" in fields and image.get("interlaced"))
     file_icc = icc
