@@ -95,10 +95,28 @@ def test_cancel_stops_the_job_of_its_own_window_only(shared_workspace):
     grey(mine)  # the next click: that Cancel is spent
     assert generate(other) == 3
 
+    # a window reloaded while its job runs on unseen; the new window's job waits behind it: Cancel there stops
+    # both (it stopped only the waiting one, and the orphan ran on); the idle step after a job that never
+    # started (an unreadable input) leaves the window waiting no more
+    from ui.cancels import session_ended
+
+    cancels, gone, new = cancel.__self__, gr.Request(session_hash="gone"), gr.Request(session_hash="new")
+    seen = []
+
+    def waiting_then_cancel(flag, *a, progress):
+        session_ended(gone)
+        grey(new)
+        cancel(new)
+        seen.append(flag.is_set())
+    cancels.job(waiting_then_cancel)(gone, progress=None)
+    assert seen == [True] and cancels.flag(new).is_set()
+    idle = next(f.fn for f in fns if f.fn.__name__ == "idle")  # after Generate's job, however it ended
+    idle(new)  # its job never ran
+    assert "new" not in cancels._waiting
+
     # a reload: the old window's session ends while its job runs on; the new window has no job of its own, so
     # its Cancel stops the jobs of windows that are gone (the app's unload handler says which)
     from ui.app import build_app
-    from ui.cancels import session_ended
 
     reloaded = gr.Request(session_hash="reloaded")
 

@@ -25,7 +25,9 @@ def click_while_busy(button: gr.Button, busy_label: str, fn, **event_args):
     greyed = button.click(grey, outputs=button, queue=False, show_progress="hidden")
     job = greyed.then(fn, **event_args)
 
-    def idle():
+    def idle(request: gr.Request):
+        if cancels is not None:
+            cancels.settle(request)
         return gr.Button(value=idle_label, interactive=True)
 
     # after the job however it ended: `.then` follows one that returned (finished, cancelled, a sentence),

@@ -50,7 +50,10 @@ class SessionCancels:
         key = _key(request)
         with self._lock:
             orphans = self._running & self._ended
-            targets = [key] if key in self._running | self._waiting or not orphans else sorted(orphans)
+            if key in self._running or not orphans:
+                targets = [key]
+            else:  # the jobs of closed windows; and this window's waiting one (it waits on them, one GPU)
+                targets = sorted(orphans) + ([key] if key in self._waiting else [])
             for target in targets:
                 self._flags.setdefault(target, threading.Event()).set()
 
@@ -60,6 +63,12 @@ class SessionCancels:
         with self._lock:
             self._flags.setdefault(key, threading.Event()).clear()
             self._waiting.add(key)
+
+    def settle(self, request: gr.Request | None) -> None:
+        """After the click's job, however it ended: one that never started (an input Gradio could not read)
+        no longer counts as waiting."""
+        with self._lock:
+            self._waiting.discard(_key(request))
 
     def job(self, fn):
         """`fn(cancel, *inputs, progress=…)` as an event handler given the clicking session's flag. A job not
