@@ -821,7 +821,8 @@ class LatentSource:
             key += "|alpha-mask"
         if item.variant:
             a = self.data.augment
-            key += f"|variant={item.variant}:{a.rotate:g},{a.scale:g},{a.shift:g},{a.grain:g}"
+            # "|once": zoomed in one resample from the source; entries of the softer earlier pixels are not read
+            key += f"|variant={item.variant}:{a.rotate:g},{a.scale:g},{a.shift:g},{a.grain:g}|once"
         if self.data.transparency == "layerdiffuse":
             key += f"|layerdiffuse={self.encoder_id}"
         return key
