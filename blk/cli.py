@@ -17,6 +17,7 @@ when the dataset holds bad files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -122,8 +123,16 @@ def cmd_dataset_check(args, workspace: Workspace) -> int:
 
 
 def cmd_train(args, workspace: Workspace) -> int:
-    import signal
-    import threading
+    """Train, resume or probe. A trainer takes its stop signals before its imports and config (`main` takes them
+    before it builds the parser, here if it did not): taken after them, a Stop in the run's first instant killed
+    it, and the Train tab showed the run as "killed" at step 0 with nothing said. (A probe keeps the defaults.)"""
+    if args.probe or getattr(args, "stop", None) is not None:
+        return _train_command(args, workspace, getattr(args, "stop", None))
+    with stop_on_signals() as stop:
+        return _train_command(args, workspace, stop)
+
+
+def _train_command(args, workspace: Workspace, stop) -> int:
     import time
     from pathlib import Path
 
@@ -163,10 +172,11 @@ def cmd_train(args, workspace: Workspace) -> int:
         config.data.dataset = args.dataset
     if args.steps and args.resume:  # a longer run from where it is: its stages stay where they were
         from blk.train.process import resume_target_problem, run_info, shortened_sentence
+        from blk.train.runner import saved_step
 
-        info = run_info(run_dir)
-        if problem := resume_target_problem(run_dir.name, info.step, info.status == "finished",
-                                            saved.schedule.steps, args.steps, "--steps"):
+        info = run_info(run_dir)  # its events may go past its last checkpoint, where the resume starts (a kill)
+        if problem := resume_target_problem(run_dir.name, saved_step(run_dir), info.status == "finished",
+                                            saved.schedule.steps, args.steps, "--steps", logged=info.step):
             raise UserError(problem)
         if shortened := shortened_sentence(config, args.steps):
             print(f"notice: {shortened}", file=sys.stderr, flush=True)
@@ -182,21 +192,34 @@ def cmd_train(args, workspace: Workspace) -> int:
     if distributed.launched() and not (args.run_dir or args.resume):
         raise UserError("Under accelerate launch every process must train the same run: name its folder with --run-dir.")
     if config.schedule.gpus > 1 and not distributed.launched():
-        return _train_on_several_gpus(args, workspace, config.schedule.gpus, run_dir)
+        return _train_on_several_gpus(args, workspace, config.schedule.gpus, run_dir, stopped=stop.is_set())
     world = distributed.World.from_env()
 
     def record() -> None:  # once the folder exists: a run refused before it leaves no folder behind
         launcher = os.getppid() if distributed.launched() else None  # under `accelerate launch`: the launcher
         record_command_line_trainer(run_dir, world.size if launcher else 1, pid=launcher)
 
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())  # finish the step, save a checkpoint, end
     result = run(config, workspace, run_dir, resume=bool(args.resume), stop=stop,  # a failure is an error event
                  on_folder=record)
     if distributed.is_main_process():
         print(f"{result.status} at step {result.step}: {result.run_dir}")
     return 0 if result.status != "error" else 1
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM (the Train tab's Stop) and SIGINT (Ctrl-C) set the event it yields: the trainer finishes its step,
+    saves a checkpoint and ends. The handlers before are put back after (a caller in-process keeps its own)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    before = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: one set outside Python
 
 
 def refuse_a_run_folder(run_dir) -> None:
@@ -232,9 +255,10 @@ def _regrouped(config, run_dir, asked: int | None, save: bool = True):
     return config
 
 
-def _train_on_several_gpus(args, workspace: Workspace, gpus: int, run_dir) -> int:
+def _train_on_several_gpus(args, workspace: Workspace, gpus: int, run_dir, stopped: bool = False) -> int:
     """This same command under `accelerate launch`, one trainer process per GPU, in the foreground; Ctrl-C
-    (or SIGTERM) reaches the trainers, which save the current step and end together."""
+    (or SIGTERM) reaches the trainers, which save the current step and end together. `stopped`: one came before
+    the launch, and is passed on as one after it would be."""
     import signal
     import subprocess
     from pathlib import Path
@@ -257,6 +281,8 @@ def _train_on_several_gpus(args, workspace: Workspace, gpus: int, run_dir) -> in
                                start_new_session=True)  # Ctrl-C reaches this process alone, which passes it on
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_trainers(process.pid, gpus))
+    if stopped:
+        stop_trainers(process.pid, gpus)
     return process.wait()
 
 
@@ -294,7 +320,15 @@ def cmd_caption(args, workspace: Workspace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_library_advice()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # a trainer's stop signals, before the parser's imports (a third of a second; see cmd_train)
+    with stop_on_signals() if _trains(argv) else contextlib.nullcontext() as stop:
+        return _command(argv, stop)
+
+
+def _command(argv: list[str], stop) -> int:
     args = build_parser().parse_args(argv)
+    args.stop = stop  # a trainer's, taken already (None for other commands)
     try:
         workspace = Workspace(args.workspace)
         return args.run(args, workspace)
@@ -309,6 +343,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {unforeseen_sentence(exc)}", file=sys.stderr)
         return 2
+
+
+def _trains(argv: list[str]) -> bool:
+    """Whether the command line is `[--workspace W] train …` without --probe, read without the parser."""
+    words = list(argv)
+    while words and words[0].startswith("--workspace"):
+        words = words[1 if "=" in words[0] else 2:]
+    return bool(words) and words[0] == "train" and "--probe" not in words
 
 
 def quiet_library_advice() -> None:

@@ -136,6 +136,73 @@ def test_a_resume_trains_on_at_the_configs_learning_rate(dataset, shared_workspa
     assert rates[2] == pytest.approx(2e-3) and rates[3] == rates[4] == pytest.approx(1e-6)
 
 
+def test_a_resume_to_another_length_steps_at_the_new_schedules_rate(dataset, shared_workspace, tmp_path):
+    """A finished cosine run resumed to a later step ("Resume to step", --steps) trained its first new step at the
+    old schedule's last rate, 0: a step that changed nothing. The restored rate is now the new schedule's; an
+    unchanged cosine resume stays bit-identical."""
+    from safetensors.torch import load_file
+
+    config = config_for("tiny-flux", dataset, steps=4, lr_schedule="cosine", warmup_steps=1)
+    config.checkpoints.every = 1
+    whole = run(config, shared_workspace, tmp_path / "whole")
+    assert run(config, shared_workspace, tmp_path / "r", stop_after=2).step == 2
+    resumed = run(config, shared_workspace, tmp_path / "r", resume=True)
+    a, b = load_file(str(whole.last_checkpoint)), load_file(str(resumed.last_checkpoint))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    finished = load_file(str(tmp_path / "r" / "state" / "adapter.safetensors"))
+    longer = config.model_copy(deep=True)
+    longer.schedule.steps = 8
+    assert run(longer, shared_workspace, tmp_path / "r", resume=True, stop_after=5).step == 5
+    fifth = load_file(str(tmp_path / "r" / "state" / "adapter.safetensors"))
+    assert any(not torch.equal(finished[k], fifth[k]) for k in finished)
+
+
+def test_noise_seeds_stay_distinct_at_any_number_of_micro_batches_and_unchanged_up_to_97():
+    """`seed·1000003 + step·97 + micro` gave micro-batch 97 + j of a step the noise of micro-batch j of the next."""
+    from blk.train.runner import noise_seed
+
+    seeds = [noise_seed(3, step, micro, 128) for step in range(3) for micro in range(128)]
+    assert len(set(seeds)) == len(seeds)
+    assert noise_seed(3, 5, 96, 97) == 3 * 1_000_003 + 5 * 97 + 96  # a run of up to 97 resumes as it began
+
+
+def test_seeds_beyond_what_the_generators_take_are_refused_on_reading(tmp_path):
+    """schedule.seed 10**14 passed, and crashed the run at its first step after loading the model."""
+    from pydantic import ValidationError
+
+    from blk.generate.sketch import MAX_SEED
+    from blk.train.config import MAX_SEED as TRAIN_MAX_SEED
+
+    assert TRAIN_MAX_SEED == MAX_SEED  # the same range as Sketch's and the command line's seeds
+    for section in ("schedule", "sampling"):
+        for seed in (10**14, MAX_SEED + 1, -1):
+            with pytest.raises(ValidationError, match=f"{section}.seed"):
+                TrainConfig.model_validate({section: {"seed": seed}})
+        assert getattr(TrainConfig.model_validate({section: {"seed": MAX_SEED}}), section).seed == MAX_SEED
+    (tmp_path / "huge.yaml").write_text("schedule: {seed: 100000000000000}\n")
+    with pytest.raises(UserError) as refused:
+        load_config(tmp_path / "huge.yaml")
+    assert "\n" not in str(refused.value) and "schedule.seed" in str(refused.value)
+
+
+def test_a_stop_during_the_last_step_finishes_the_run(dataset, shared_workspace, tmp_path):
+    """Stop pressed during the last step left the run "stopped" at 1 of 1, though it trained every step: it is
+    finished. The largest seeds train too (the step's noise, the samples of steps 0 and 1)."""
+    import threading
+
+    from blk.train.config import MAX_SEED
+    from blk.train.process import run_info
+
+    config = config_for("tiny-flux", dataset, steps=1, seed=MAX_SEED)
+    config.sampling.every, config.sampling.prompts, config.sampling.steps, config.sampling.size = 1, ["a"], 1, 64
+    config.sampling.seed = MAX_SEED
+    stop = threading.Event()
+    stop.set()  # as if pressed while the one step ran
+    result = run(config, shared_workspace, tmp_path / "r", stop=stop)
+    assert (result.status, result.step) == ("finished", 1)
+    assert run_info(tmp_path / "r").status == "finished"
+
+
 def test_second_run_hits_the_caches(dataset, shared_workspace, tmp_path):
     copy = tmp_path / "ds"
     shutil.copytree(dataset, copy, ignore=shutil.ignore_patterns(".blk"))

@@ -1,5 +1,6 @@
 """Runs as child processes: stop gracefully, kill -9, resume; the folder tells the app everything."""
 
+import json
 import time
 
 import numpy as np
@@ -29,6 +30,16 @@ def workspace_with_data(tmp_path, shared_workspace):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"ink{i}.png")
         (folder / f"ink{i}.txt").write_text(f"an ink study {i}")
     return workspace
+
+
+def flux_lora(path, rank: int):
+    """A LoRA file of one FLUX module, its header as one of rank `rank` says it (zero weights)."""
+    from safetensors.numpy import save_file
+
+    module = "transformer.transformer_blocks.0.attn.to_q"
+    save_file({f"{module}.lora_A.weight": np.zeros((rank, 32), np.float32),
+               f"{module}.lora_B.weight": np.zeros((32, rank), np.float32)}, str(path))
+    return path
 
 
 def tiny_config(steps: int) -> TrainConfig:
@@ -136,6 +147,13 @@ def test_a_run_that_cannot_start_says_why(workspace_with_data, tmp_path):
     refused(lambda c: setattr(c.adapter, "init_from", str(sdxl_lora)), "is a SDXL LoRA and the base model is FLUX")
     refused(lambda c: setattr(c.adapter, "init_from", str(tmp_path / "moved.safetensors")),
             "There is no LoRA file at .*moved.safetensors")
+    # found, before, only once the model had loaded and every caption was encoded: a failed run in the list
+    (tmp_path / "damaged.safetensors").write_bytes(b"\xff" * 440)
+    refused(lambda c: setattr(c.adapter, "init_from", str(tmp_path / "damaged.safetensors")),
+            "damaged.safetensors is not a readable .safetensors LoRA")
+    refused(lambda c: setattr(c.adapter, "init_from", str(flux_lora(tmp_path / "rank8.safetensors", rank=8))),
+            "rank8.safetensors has rank 8 but this adapter has rank 4; set the rank to 8 to start from it.")
+    refused(lambda c: c.model.base_loras.append(str(tmp_path / "damaged.safetensors")), "damaged.safetensors")
 
     folder = start_run(tiny_config(1), workspace, name="conceptor-flux-dev-ink studies")
     assert folder.name.startswith("conceptor-flux-dev-ink-studies-")  # a dataset's space leaves the folder name
@@ -195,3 +213,58 @@ def test_a_command_line_run_refused_before_it_starts_leaves_no_folder(workspace_
                           "--run-dir", str(folder))
         assert refused.returncode != 0 and "no-such-dataset" in refused.stderr and "already holds" not in refused.stderr
         assert not folder.exists()
+
+
+def test_the_command_line_refuses_a_starting_lora_before_its_run_folder_and_caches(workspace_with_data, tmp_path):
+    """`python -m blk train` (no Train tab check before it) found a LoRA of another rank or family only after
+    loading the model and encoding every caption, and left a run folder holding the failure; the other family's
+    sentence was cut to "…is not a LoRA for flux: Incompatible keys detected: "."""
+    from safetensors.numpy import save_file
+
+    from blk.train.config import save_config
+    from tests.conftest import run_blk
+
+    sdxl = tmp_path / "kohya-sdxl.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": np.zeros((4, 8), np.float32),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": np.zeros((8, 4), np.float32)},
+              str(sdxl))
+    for start, sentence in ((flux_lora(tmp_path / "rank8.safetensors", rank=8), "error: rank8.safetensors has "
+                             "rank 8 but this adapter has rank 4; set the rank to 8 to start from it."),
+                            (sdxl, "error: kohya-sdxl.safetensors is a SDXL LoRA and the base model is FLUX: it will "
+                             "not load there (choose a SDXL base model, or remove it).")):
+        config = tiny_config(2)
+        config.adapter.init_from = str(start)
+        save_config(config, tmp_path / "start.yaml")
+        folder = workspace_with_data.runs / "started"
+        refused = run_blk("--workspace", str(workspace_with_data.root), "train", str(tmp_path / "start.yaml"),
+                          "--run-dir", str(folder))
+        assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == sentence
+        assert not folder.exists()
+        assert not list((workspace_with_data.datasets / "inks").rglob("*.safetensors"))  # no caption encoded
+
+
+def test_stop_in_the_first_instant_stops_the_run_and_does_not_kill_it(workspace_with_data):
+    """The trainer took SIGTERM only after building its parser, its imports and its config: a Stop right after
+    Start killed it, and the run read "killed" at step 0 with nothing said. It takes the signal before the
+    parser's imports now (numpy's among the first of them), and ends as a Stop ends it."""
+    import signal
+    from pathlib import Path
+
+    folder = start_run(tiny_config(400), workspace_with_data)
+    pid = int(json.loads((folder / "process.json").read_text())["pid"])
+
+    def handled() -> bool:  # the SIGTERM bit of the signals the process catches (/proc/PID/status, "SigCgt")
+        fields = dict(line.split(":\t") for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        return bool(int(fields["SigCgt"], 16) >> (signal.SIGTERM - 1) & 1)
+
+    deadline = time.time() + 60
+    while not handled():
+        assert time.time() < deadline, "the trainer never took SIGTERM"
+        time.sleep(0.005)
+    assert "_multiarray_umath" not in Path(f"/proc/{pid}/maps").read_text()  # numpy's core: not loaded yet
+    assert run_info(folder).status == "starting"
+    stop_run(folder)
+    wait_for(lambda: not is_running(folder), 180)
+    info = run_info(folder)
+    assert (info.status, info.step) == ("stopped", 1), (folder / "trainer.log").read_text()[-2000:]
+    assert checkpoints(folder)[-1].name == "step-000001.safetensors"

@@ -53,6 +53,16 @@ def checkpoint(log, folder, step):
     log("checkpoint", step, path=path)
 
 
+def saved_state(folder, step):
+    """state/ as a checkpoint of `step` leaves it (what a resume restores: `runner.saved_step` reads its step)."""
+    from blk.train.runner import STATE_FILES
+
+    (folder / "state").mkdir(exist_ok=True)
+    for name in STATE_FILES:
+        (folder / "state" / name).write_bytes(b"x")
+    (folder / "state" / "trainer.json").write_text(json.dumps({"step": step}))
+
+
 def sample(log, folder, step, **asked):
     paths = [f"samples/step-{step:06d}-0.png"]
     Image.new("RGB", (8, 8)).save(folder / paths[0])
@@ -214,8 +224,9 @@ def test_a_resuming_run_says_it_is_loading_not_the_last_attempts_speed(workspace
     spawned(1000.0)
     log("status", 0, status="started")
     log.losses([1, 2], base=1.0)
+    assert "steps/s" in train.watch(context, "r", False)[2]  # running
     log("status", 2, status="stopped")
-    assert "steps/s" in train.watch(context, "r", False)[2]
+    assert "steps/s" not in train.watch(context, "r", False)[2]  # an ended run has no speed
     spawned(log.t + 10)  # resumed: the new trainer is loading the model
     status = train.watch(context, "r", False)[2]
     assert status.startswith("**starting** — step 2 of 4, loading the model, ") and "steps/s" not in status
@@ -352,6 +363,17 @@ def test_notices_show_in_the_status_for_the_current_attempt_only(context):
 
 # the Train tab's Advanced fields ----------------------------------------------------------------------------
 
+def lokr_file(path):
+    """A LyCORIS LoKr file of one FLUX module, as small as a header can say so."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    stem = "lora_transformer_single_transformer_blocks_0_attn_to_q"
+    save_file({f"{stem}.lokr_w1": np.zeros((2, 2), np.float32), f"{stem}.lokr_w2": np.zeros((2, 2), np.float32)},
+              str(path))
+    return path
+
+
 def advanced_index(key: str) -> int:
     """Where an Advanced field's value sits in the form (after the basic fields, in ADVANCED order)."""
     return train.BASIC_FIELDS + [k for _, k, _ in train.ADVANCED].index(key)
@@ -419,7 +441,7 @@ def test_advanced_fields_change_the_config_and_the_saved_request(context, monkey
 
     make_noise_dataset(context.workspace.datasets / "inks")
     (context.workspace.root / "loras").mkdir()
-    (context.workspace.root / "loras" / "kohya.safetensors").write_bytes(b"x")
+    lokr_file(context.workspace.root / "loras" / "kohya.safetensors")  # Start reads its header
     form = list(train.form_from_preset(context, "conceptor-flux-dev"))
     for key, value in {"kind": "lokr", "factor": 8, "dropout": 0.1, "init_from": " loras/kohya.safetensors ",
                        "batch_size": 2, "gradient_accumulation": 4.0, "ema_decay": 0.0, "flip": False,
@@ -558,6 +580,7 @@ def finished_run(runs, name="r", steps=6):
     log("status", 0, status="started")
     log.losses(range(1, steps + 1), base=1.0)
     checkpoint(log, folder, steps)
+    saved_state(folder, steps)
     log("status", steps, status="finished")
     atomic.write_json(folder / "process.json", {"pid": ended_pid(), "started": 0, "processes": 1})
     return folder
@@ -612,6 +635,8 @@ def test_a_resume_to_a_step_before_the_runs_end_says_what_it_changes(context, mo
     log = Events(folder)
     log("status", 0, status="started")
     log.losses(range(1, 3), base=1.0)
+    checkpoint(log, folder, 2)  # a stop saves its step
+    saved_state(folder, 2)
     log("status", 2, status="stopped")
     assert train.control(context, "r", "resume", 4) == (
         "Resuming r from step 2 to step 4… It ends at step 4 of the 6 it was planned for; its cosine learning rate "
@@ -788,7 +813,11 @@ def test_a_base_model_typed_in_reaches_the_trainer_and_a_wrong_one_is_one_senten
     refused with the registry's sentence (here by Estimate's probe), and a list cleared by hand says so."""
     from blk.errors import UserError
 
-    (context.workspace.datasets / "inks").mkdir(parents=True)
+    inks = context.workspace.datasets / "inks"
+    inks.mkdir(parents=True)
+    for i in range(2):  # a dataset Start (and so Estimate, which checks what Start checks first) would take
+        Image.new("RGB", (1024, 1024), (40 * i, 0, 0)).save(inks / f"ink{i}.png")
+        (inks / f"ink{i}.txt").write_text("blkstyle, ink")
     form = list(train.form_from_preset(context, "conceptor-flux-dev"))
     form[0] = " my-models/flux-finetune "
     assert train.config_from_form(context, "conceptor-flux-dev", "inks", *form).model.name == "my-models/flux-finetune"
@@ -1046,6 +1075,7 @@ def stopped_run(runs, name, steps=6):
     log("status", 0, status="started")
     log.losses([1, 2], base=1.0)
     checkpoint(log, folder, 2)
+    saved_state(folder, 2)
     log("status", 2, status="stopped")
     atomic.write_json(folder / "process.json", {"pid": ended_pid(), "started": 0, "processes": 1})
     return folder
@@ -1138,3 +1168,105 @@ def test_a_resume_whose_config_no_longer_reads_says_why_before_it_starts(context
     note = train.control(context, "b", "resume")
     assert note.startswith("**") and "learning_rate" in note and "not permitted" in note
     assert not (folder / "trainer.log").exists() and run_info(folder).status == "stopped"
+
+
+def test_after_a_kill_resume_names_and_checks_the_checkpoint_it_starts_from(context, monkeypatch):
+    """Killed at step 14 with its last checkpoint at 10, a run resumes from 10: Resume said "from step 14", and
+    “Resume to step” 12, which trains on from 10, was refused as "at step 14 already"."""
+    import blk.train.process
+
+    spawned = []
+    monkeypatch.setattr(blk.train.process, "_spawn", lambda *args: spawned.append(args))
+    folder = run_folder(context.workspace.runs, steps=30)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses(range(1, 11), base=1.0)
+    checkpoint(log, folder, 10)
+    saved_state(folder, 10)
+    log.losses(range(11, 15), base=1.0)
+    atomic.write_json(folder / "process.json", {"pid": ended_pid(), "started": 0, "processes": 1})
+    assert (run_info(folder).status, run_info(folder).step) == ("killed", 14)
+    assert train.control(context, "r", "resume", 10) == ("r resumes from its checkpoint at step 10: set “Resume to "
+                                                          "step” above 10 to train it longer, or set it to 0 to "
+                                                          "finish its own 30.")
+    assert train.control(context, "r", "resume", 12) == (
+        "Resuming r from its checkpoint at step 10 to step 12 (steps 11–14 are trained again)… It ends at step 12 "
+        "of the 30 it was planned for.")
+    assert train.control(context, "r", "resume") == \
+        "Resuming r from its checkpoint at step 10 (steps 11–14 are trained again)…"
+    assert len(spawned) == 2
+
+
+def test_a_damaged_starting_lora_is_one_sentence_at_start_and_estimate_before_any_model_loads(context, monkeypatch):
+    """A damaged “Start from a LoRA file” passed Start's check (the run failed at step 0, after loading the model),
+    and Estimate checked nothing of Start's: it loaded the model, then said the trainer's sentence after "error: "."""
+    import blk.train.process
+
+    monkeypatch.setattr(blk.train.process, "_spawn", lambda *args: pytest.fail("a trainer was started"))
+    monkeypatch.setattr(blk.train.process, "probe_in_child", lambda *args: pytest.fail("a probe was started"))
+    make_noise_dataset(context.workspace.datasets / "inks")
+    (context.workspace.root / "loras").mkdir()
+    (context.workspace.root / "loras" / "damaged.safetensors").write_bytes(b"\xff" * 440)
+    form = list(train.form_from_preset(context, "conceptor-flux-dev"))
+    form[advanced_index("init_from")] = "loras/damaged.safetensors"
+    refused = ("**damaged.safetensors is not a readable .safetensors LoRA (damaged, cut short, or another kind of "
+               "file).**")
+    assert train.start(context, "conceptor-flux-dev", "inks", *form)[1] == refused
+    assert list(train.estimate(context, "conceptor-flux-dev", "inks", *form)) == [refused]
+    assert not list(context.workspace.runs.iterdir())
+
+
+def test_the_probe_blocks_starts_while_it_runs_and_its_refusals_read_as_starts(context, monkeypatch):
+    """Start and Resume went ahead while Estimate's probe loaded its model (two models on one GPU, and the probe
+    measured both); the probe's refusals began with the command line's "error: ". A probe whose app died leaves
+    a record of a process that has ended: it blocks nothing."""
+    import blk.train.process
+    from blk.train.process import PROBE_RECORD, _identity, probe_in_child, probe_running
+
+    runs = context.workspace.runs
+    during = []
+
+    class Child:  # the probe's `python -m blk train … --probe`, refusing as it does
+        pid, returncode = os.getpid(), 2  # this process stands for it: alive
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def communicate(self):
+            during.append(probe_running(context.workspace))
+            during.append(train.control(context, "b", "resume"))
+            return "", "notice: something\nerror: inks has no usable images to train on.\n"
+
+    stopped_run(runs, "b")
+    with monkeypatch.context() as patched:  # (subprocess is every module's: ended_pid below needs the real one)
+        patched.setattr(blk.train.process.subprocess, "Popen", Child)
+        assert probe_in_child(TrainConfig(), context.workspace) == (False, "inks has no usable images to train on.")
+    assert during == [True, "**An estimate is running (it loads the model and trains a few steps): wait for its "
+                            "answer before starting, resuming or estimating a run.**"]
+    assert not (runs / PROBE_RECORD).exists() and not probe_running(context.workspace)
+    atomic.write_json(runs / PROBE_RECORD, {"pid": (pid := ended_pid()), "identity": _identity(pid)})
+    assert not probe_running(context.workspace)  # its app died: the record is stale
+    atomic.write_json(runs / PROBE_RECORD, {"pid": os.getpid(), "identity": _identity(os.getpid())})
+    (context.workspace.datasets / "inks").mkdir(parents=True)
+    form = list(train.form_from_preset(context, "conceptor-flux-dev"))
+    assert train.start(context, "conceptor-flux-dev", "inks", *form)[1].startswith("**An estimate is running")
+
+
+def test_a_failed_runs_reason_is_said_once_and_an_ended_run_has_no_speed(context):
+    """The error event's sentence, then the log's "error: " line of the same sentence: the reason came twice,
+    under a steps/s of the attempt that had ended."""
+    folder = run_folder(context.workspace.runs, steps=40)
+    log = Events(folder)
+    log("status", 0, status="started")
+    log.losses([1, 2, 3], base=1.0)
+    reason = "/w/datasets/good is not a folder (nor a dataset in /w/datasets)."
+    log("error", 3, message=reason)
+    log("status", 3, status="error")
+    atomic.write_json(folder / "process.json", {"pid": ended_pid(), "started": 0, "processes": 1})
+    (folder / "trainer.log").write_text(f"loading…\nerror: {reason}\n")
+    status = train.watch(context, "r", False)[2]
+    assert status == f"**error** — step 3 of 40, 5 s elapsed.  \n{reason}"
+    (folder / "trainer.log").write_text("Traceback …\nerror: something else went wrong\n")  # another word: said
+    assert train.watch(context, "r", False)[2].endswith("`error: something else went wrong`")
+    for ended in (stopped_run(context.workspace.runs, "halted"), finished_run(context.workspace.runs, "done")):
+        assert "steps/s" not in train.watch(context, ended.name, False)[2]

@@ -129,9 +129,21 @@ def read_lora(family, path: Path) -> tuple[dict, dict | None, dict | None]:
         else:  # the UNet's config converts kohya's original SDXL names (`lora_unet_input_blocks_4_1_…`)
             state, alphas = cls.lora_state_dict(raw, unet_config=family.denoiser.config)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"{path.name} is not a LoRA for {family.name}: {str(exc).splitlines()[0][:160]}") from None
+        raise UserError(f"{path.name} is not a LoRA for {family.name}: {_first_line(exc)}.") from None
     metadata = _peft_metadata(path) if not alphas and set(state) <= set(raw) else None  # names as saved: not converted
     return state, alphas, metadata
+
+
+def _first_line(exc: Exception) -> str:
+    """diffusers' refusal on one line. Its "Incompatible keys detected:" lists the keys on the lines below it, so
+    its first line alone ended the sentence on a colon: a few of the keys are named."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    first = lines[0].rstrip(":. ")
+    if not lines[0].endswith(":") or len(lines) == 1:
+        return first[:160]
+    keys = [key.strip() for key in " ".join(lines[1:]).split(",") if key.strip()]
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    return f"{first} ({', '.join(keys[:3])}{more})"
 
 
 def _peft_metadata(path: Path) -> dict | None:
@@ -235,6 +247,94 @@ def init_trainable_from(family, path: Path) -> int:
             with warnings.catch_warnings():  # "…was active which is now deleted": the trainable one is set next
                 warnings.filterwarnings("ignore", message="Adapter starting_point was active")
                 denoiser.delete_adapters(STARTING)
+
+
+# A LoRA module's first factor, (rank, inputs…): diffusers' and ai-toolkit's lora_A, kohya's lora_down, Forge's slot 1.
+DOWN_WEIGHT = re.compile(r"(lora_A|lora[._]down)\.weight$|::lora::1$")
+TEXT_ENCODER_KEYS = ("lora_te", "text_encoder")  # kohya's and diffusers' names: a run leaves these layers out
+
+
+def starting_file_problem(path: Path, family: str, adapter=None) -> str:
+    """Why the LoRA file at `path` cannot start a run on a `family` model, from its header alone ("" when the
+    header shows nothing; loading it may still find more). `adapter`: the trainable adapter's settings when the
+    file is its `init_from` (a LoRA starts from a LoRA of its rank, a LoKr from a LyCORIS LoKr); None for a base
+    LoRA. Each found only once the file loaded — after the model, and every caption encoded — in a failed run."""
+    from blk.generate.lora_family import family_mismatch
+    from blk.models.lycoris import is_lycoris_lokr
+
+    name, denoiser = path.name, "transformer" if family == "flux" else "unet"
+    shapes = _tensor_shapes(path)
+    if shapes is None:
+        return f"{name} is not a readable .safetensors LoRA (damaged, cut short, or another kind of file)."
+    own = {key: shape for key, shape in shapes.items() if not key.startswith(TEXT_ENCODER_KEYS)}
+    if not own:
+        return f"{name} has no weights for the {denoiser}; " + \
+            ("it cannot start this adapter." if adapter else "as a base LoRA it would change nothing.")
+    if problem := family_mismatch(path, family):
+        return problem
+    if adapter is None:
+        return ""
+    lokr = is_lycoris_lokr(own)
+    if lokr and adapter.kind == "lora":
+        return f"{name} is a LoKr, not a LoRA; set adapter.kind to lokr to start from it."
+    if not lokr and adapter.kind == "lokr":
+        return (f"{name} is not a LyCORIS LoKr file (…lokr_w1, …lokr_w2); a LoKr adapter starts from one (or set "
+                "adapter.kind to lora to start from a LoRA).")
+    ranks = _lokr_ranks(own, adapter) if lokr else \
+        {shape[0] for key, shape in own.items() if DOWN_WEIGHT.search(key) and shape}
+    if len(ranks) > 1:
+        listed = ", ".join(str(rank) for rank in sorted(ranks))
+        return f"{name} has modules of ranks {listed} but this adapter has rank {adapter.rank} for all; it cannot " \
+               "start from it."
+    if ranks and ranks != {adapter.rank}:
+        rank, = ranks
+        return f"{name} has rank {rank} but this adapter has rank {adapter.rank}; set the rank to {rank} to start from it."
+    return ""
+
+
+def _lokr_ranks(shapes: dict[str, list[int]], adapter) -> set[int]:
+    """The ranks of a LyCORIS file's modules that a LoKr with `adapter`'s settings must share: where peft also
+    decomposes w2 (rank below half its larger side) of the same split (`lycoris.fit`'s "rank" misfit). A factor
+    peft keeps whole is multiplied out, whatever its rank; another split is left to the trainer's sentence."""
+    from peft.tuners.lokr.layer import factorization
+
+    ranks = set()
+    for key, shape in shapes.items():
+        stem = key.removesuffix(".lokr_w2_a")
+        if stem == key or len(shape) != 2 or len(w2_b := shapes.get(f"{stem}.lokr_w2_b", [])) != 2:
+            continue
+        (b, rank), d = shape, w2_b[1]
+        w1 = shapes.get(f"{stem}.lokr_w1") or [shapes.get(f"{stem}.lokr_w1_a", [0])[0],
+                                                shapes.get(f"{stem}.lokr_w1_b", [0])[-1]]
+        a, c = w1[0], w1[-1]
+        if not (a and c) or (a, b) != factorization(a * b, adapter.factor) or \
+                (c, d) != factorization(c * d, adapter.factor):
+            continue
+        if adapter.rank < max(b, d) / 2:
+            ranks.add(rank)
+    return ranks
+
+
+def _tensor_shapes(path: Path) -> dict[str, list[int]] | None:
+    """Each tensor's shape from a .safetensors header (8 bytes of length, then JSON), no tensor loaded; None when
+    the file is no whole one: its header does not read, or its data ends before the header says."""
+    import json
+    import struct
+
+    from blk.generate.lora_family import MAX_HEADER
+
+    try:
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if not 2 <= length <= MAX_HEADER:
+                return None
+            tensors = {key: entry for key, entry in json.loads(handle.read(length)).items() if key != "__metadata__"}
+        end = max((int(entry["data_offsets"][1]) for entry in tensors.values()), default=0)
+        if 8 + length + end > path.stat().st_size:
+            return None
+        return {key: [int(size) for size in entry["shape"]] for key, entry in tensors.items()}
+    except (OSError, ValueError, struct.error, AttributeError, KeyError, TypeError, IndexError):
+        return None
 
 
 def _is_lycoris_lokr_file(path: Path) -> bool:

@@ -16,6 +16,9 @@ from pydantic_core import PydanticCustomError
 from blk.yaml_io import load_model, save_model
 
 POLYNOMIAL_END = 1e-7  # diffusers' `get_polynomial_decay_schedule_with_warmup` default lr_end
+# The seeds' range, as Sketch's and the command line's (`blk.generate.sketch.MAX_SEED`): a larger one passed the
+# schema and crashed the run at its first step, after loading (torch seeds with the seed × 1000003 + …).
+MAX_SEED = 2**32 - 1
 
 
 class Strict(BaseModel):
@@ -179,7 +182,7 @@ class ScheduleSection(Strict):
     gpus: int = Field(1, ge=1)
     lr_schedule: Literal["constant", "cosine", "polynomial"] = "constant"
     warmup_steps: int = Field(0, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     timestep_shift: float = Field(3.0, gt=0.0)  # Flux: shifted sigmoid sampling of timesteps (0: clean latents)
     # SDXL's target; None: the model's own (its scheduler's prediction_type), right for a v-prediction fine-tune
     prediction: Literal["epsilon", "v_prediction"] | None = None
@@ -188,7 +191,7 @@ class ScheduleSection(Strict):
 class SamplingSection(Strict):
     every: int = Field(0, ge=0)  # 0: no samples during training
     prompts: list[str] = Field(default_factory=list)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     steps: int = Field(20, ge=1)
     guidance: float = Field(3.5, ge=0.0)
     size: int = Field(512, ge=64, le=4096)  # drawn at a multiple of 64 at or below it

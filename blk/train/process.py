@@ -22,6 +22,7 @@ so W GPUs with accumulation A train exactly what W' GPUs with W·A / W' do.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -77,11 +78,11 @@ def check_dataset(config: TrainConfig, workspace: Workspace) -> None:
     """What the trainer would refuse, as one sentence here, before a run folder exists (the trainer said it in a
     run that failed at step 0 — some only after loading the model — and stayed in the Run list): the dataset
     read as the trainer reads it (usable images of a trainable size, every one captioned), the images held out
-    for validation, the curriculum's folders, the model, and LoRAs made for another family than the model's."""
-    from blk.generate.lora_family import family_mismatch
+    for validation, the curriculum's folders, the model, and the LoRA files its adapters start from (read from
+    their headers: damaged, of another family, another rank or adapter type; `runner.check_starting_files`)."""
     from blk.models.registry import resolve
     from blk.train.data import load_items
-    from blk.train.runner import base_lora_path, plan_curriculum, split_validation
+    from blk.train.runner import check_starting_files, plan_curriculum, split_validation
 
     if not config.data.dataset:
         raise UserError("Choose a dataset to train on.")
@@ -92,13 +93,7 @@ def check_dataset(config: TrainConfig, workspace: Workspace) -> None:
         raise UserError(problem)
     plan_curriculum(config, workspace, dataset, items)
     model = resolve(config.model.name, workspace, build_tiny=False)  # the trainer builds a tiny model itself
-    loras = [("adapter.init_from", Path(config.adapter.init_from).expanduser())] if config.adapter.init_from else []
-    loras += [("model.base_loras", base_lora_path(name, workspace, model)) for name in config.model.base_loras]
-    for field, path in loras:
-        if not path.is_file():
-            raise UserError(f"There is no LoRA file at {path} ({field}).")
-        if problem := family_mismatch(path, model.family):
-            raise UserError(problem)
+    check_starting_files(config, workspace, model)
 
 
 def resume_run(workspace: Workspace, folder: Path, steps: int | None = None) -> str:
@@ -117,13 +112,17 @@ def resume_run(workspace: Workspace, folder: Path, steps: int | None = None) -> 
     return note
 
 
-def resume_target_problem(name: str, step: int, finished: bool, planned: int, target: int, field: str) -> str:
-    """Why a resume to step `target` is refused ("" when it is not): at or below the run's step it trains
-    nothing. `field` names where it was typed (the Train tab's “Resume to step”, the CLI's --steps)."""
+def resume_target_problem(name: str, step: int, finished: bool, planned: int, target: int, field: str,
+                          logged: int = 0) -> str:
+    """Why a resume to step `target` is refused ("" when it is not): at or below the step the resume starts from
+    (`runner.saved_step`) it trains nothing. `logged`: the step the run's events reached, which a kill may have
+    left beyond that (the steps since its last checkpoint are trained again). `field` names where it was typed
+    (the Train tab's “Resume to step”, the CLI's --steps)."""
     if target > step:
         return ""
     own = "" if finished else f", or leave it out to finish its own {planned}"
-    return f"{name} is at step {step} already: set {field} above {step} to train it longer{own}."
+    where = f"resumes from its checkpoint at step {step}" if logged > step else f"is at step {step} already"
+    return f"{name} {where}: set {field} above {step} to train it longer{own}."
 
 
 def shortened_sentence(config: TrainConfig, target: int) -> str:
@@ -361,10 +360,16 @@ def _pid(folder: Path) -> int | None:
 def is_running(folder: Path) -> bool:
     """Whether the trainer the app started for the run is alive: its pid, and (recorded since `identity` was)
     the same process, not another that was given its number since."""
-    pid = _pid(folder)
-    if pid is None:
+    return _alive(_process_record(folder))
+
+
+def _alive(record: dict) -> bool:
+    """Whether the process a record names (`pid`, and `identity` where recorded) is alive."""
+    try:
+        pid = int(record["pid"])
+    except (KeyError, ValueError, TypeError):
         return False
-    identity = _process_record(folder).get("identity")
+    identity = record.get("identity")
     if identity and _identity(pid) != identity:
         return False
     try:
@@ -499,14 +504,41 @@ def trainer_log_tail(folder: Path, lines: int = 15) -> str:
         return ""
 
 
+# In the runs folder while the app's probe (Estimate) runs: its child's pid, so that no run starts beside it.
+PROBE_RECORD = ".probe.json"
+
+
 def probe_in_child(config: TrainConfig, workspace: Workspace) -> tuple[bool, str]:
-    """The pre-run probe in a child process, so the app never holds a model for it: (fits, sentence)."""
+    """The pre-run probe in a child process, so the app never holds a model for it: (fits, sentence). While it
+    runs, `PROBE_RECORD` names it (`probe_running`); its refusals read as the Train tab's, without the command
+    line's "error: "."""
     import tempfile
 
+    record = workspace.runs / PROBE_RECORD
     with tempfile.TemporaryDirectory(prefix="blk-probe-") as scratch:
         request = Path(scratch) / "probe.yaml"
         save_config(config, request)
-        result = subprocess.run([sys.executable, "-m", "blk", "--workspace", str(workspace.root), "train",
-                                 str(request), "--probe"], cwd=PROJECT_ROOT, capture_output=True, text=True)
-    lines = (result.stdout.strip() or result.stderr.strip()).splitlines()
-    return result.returncode == 0, (lines[-1] if lines else "The probe ended without a word.")
+        child = subprocess.Popen([sys.executable, "-m", "blk", "--workspace", str(workspace.root), "train",
+                                  str(request), "--probe"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        ours = {"pid": child.pid, "identity": _identity(child.pid)}
+        try:
+            with contextlib.suppress(OSError):  # a guard only: an unwritable runs folder refuses the probe itself
+                atomic.write_json(record, ours)
+            stdout, stderr = child.communicate()
+        finally:
+            with contextlib.suppress(OSError, ValueError):  # another app's probe may have begun since
+                if json.loads(record.read_text()) == ours:
+                    record.unlink()
+    lines = (stdout.strip() or stderr.strip()).splitlines()
+    return child.returncode == 0, (lines[-1].removeprefix("error: ") if lines else "The probe ended without a word.")
+
+
+def probe_running(workspace: Workspace) -> bool:
+    """Whether the app's probe runs: a run started beside it shared the GPU with it (either could run out of
+    memory, and the probe measured both). A record left by an app that died counts only while its probe lives."""
+    try:
+        record = json.loads((workspace.runs / PROBE_RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and _alive(record)

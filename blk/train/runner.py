@@ -181,6 +181,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
         for sentence in config.unreachable_stages():  # e.g. `--steps` below a preset's stage starts
             print(f"warning: {sentence}.", file=sys.stderr, flush=True)
     model = resolve(config.model.name, workspace)
+    check_starting_files(config, workspace, model, from_file=not resume)  # a resume restores its saved weights
     items = load_items(dataset, config.data.resolutions, config.data.flip, variants=config.data.augment.variants)
     began = read_held_out(run_dir) if resume else None
     fingerprint = dataset_fingerprint(items)
@@ -389,7 +390,9 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
                 sample(step)
             if world.is_main and _take_sample_request(run_dir) and not sampled:
                 sample(step, asked=True)
-            if world.agree(stop.is_set() or (stop_after is not None and step >= stop_after)):  # rank 0 decides
+            # rank 0 decides; a stop during the last step is too late to stop anything: the run has finished
+            if step < config.schedule.steps and \
+                    world.agree(stop.is_set() or (stop_after is not None and step >= stop_after)):
                 status = "stopped"
                 break
     except FloatingPointError as exc:
@@ -475,9 +478,21 @@ def micro_batch(config: TrainConfig, items: list[Item], curriculum: Curriculum |
     these numbers only, so one process with accumulation W·A draws what W processes with A draw together."""
     batch = curriculum.batch(step, micro) if curriculum else \
         _batch(items, config, step * micro_per_step + micro, config.schedule.batch_size)
-    return MicroBatch(batch, config.schedule.seed * 1_000_003 + step * 97 + micro,
+    return MicroBatch(batch, noise_seed(config.schedule.seed, step, micro, micro_per_step),
                       micro_seed("caption", config.schedule.seed, step, micro),
                       dropout_seed(config.schedule.seed, step, micro))
+
+
+LINEAR_NOISE_SEEDS = 97  # micro-batches a step up to which `noise_seed`'s linear formula repeats no seed
+
+
+def noise_seed(seed: int, step: int, micro: int, micro_per_step: int) -> int:
+    """The seed of a micro-batch's noise and timesteps. `seed·1000003 + step·97 + micro` gave micro-batch 97 + j
+    of a step the noise of micro-batch j of the next (8 GPUs × accumulation 16): past 97 micro-batches a step it
+    is `micro_seed`'s, distinct for each; up to 97 the linear one still, so that runs resume as they began."""
+    if micro_per_step > LINEAR_NOISE_SEEDS:
+        return micro_seed("noise", seed, step, micro)
+    return seed * 1_000_003 + step * 97 + micro
 
 
 def micro_seed(kind: str, seed: int, step: int, micro: int) -> int:
@@ -724,6 +739,24 @@ def _transparent_encoder(config: TrainConfig, workspace: Workspace, model, devic
     return load_encoder(path, model.family).to(device), lora_sha256(path)[:16]
 
 
+def check_starting_files(config: TrainConfig, workspace: Workspace, model, from_file: bool = True) -> None:
+    """The LoRA files the run's adapters start from (`model.base_loras`, and `adapter.init_from` when `from_file`),
+    read from their headers: one sentence for a file that is missing, damaged or empty, of the other family, or
+    that the trainable adapter cannot start from (a LoKr for a LoRA, another rank). In milliseconds and without
+    the model, so before a run folder exists (`process.check_dataset`) and in the trainer before its folder and
+    caches (the command line): found when the file was loaded, it came after the model and every caption."""
+    from blk.train.adapters import starting_file_problem
+
+    files = [("adapter.init_from", Path(config.adapter.init_from).expanduser(), config.adapter)] \
+        if config.adapter.init_from and from_file else []
+    files += [("model.base_loras", base_lora_path(name, workspace, model), None) for name in config.model.base_loras]
+    for field, path, adapter in files:
+        if not path.is_file():
+            raise UserError(f"There is no LoRA file at {path} ({field}).")
+        if problem := starting_file_problem(path, model.family, adapter):
+            raise UserError(problem)
+
+
 def base_lora_path(name: str, workspace: Workspace, model) -> Path:
     if name.strip().lower() == "layerdiffuse":
         from blk.stencil.layerdiffuse import find_weights
@@ -765,14 +798,23 @@ def _lr_scheduler(config: TrainConfig, optimizer):
 
 
 def _take_optimizer_settings(config: TrainConfig, optimizer, scheduler) -> None:
-    """After a resume, the config's learning rate, betas and weight decay rather than the saved ones: an artist
-    who lowers the learning rate after a NaN loss (as its message says) resumes with the lower one. Settings
-    that did not change are left exactly as restored, so such a resume stays bit-identical."""
+    """After a resume, the config's learning rate (on its schedule, of the length now configured), betas and
+    weight decay rather than the saved ones: an artist who lowers the learning rate after a NaN loss (as its
+    message says) resumes with the lower one. Settings that did not change are left exactly as restored, so such
+    a resume stays bit-identical."""
     opt = config.optimizer
     if any(base != opt.lr for base in scheduler.base_lrs):
         scheduler.base_lrs = [opt.lr for _ in scheduler.base_lrs]
-        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
-            group["initial_lr"], group["lr"] = opt.lr, opt.lr * factor(scheduler.last_epoch)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = opt.lr
+    # The next step's rate from the schedule as configured now: restored, it was the old schedule's, so a resume to
+    # another length ("Resume to step", --steps) trained its first step at the old rate (a finished cosine run's 0:
+    # a step that changed nothing). Computed as the scheduler computes it, so an unchanged resume sets nothing.
+    rates = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    if rates != [group["lr"] for group in optimizer.param_groups]:
+        for group, rate in zip(optimizer.param_groups, rates):
+            group["lr"] = rate
+        scheduler._last_lr = rates
     for group in optimizer.param_groups:
         if group.get("weight_decay") != opt.weight_decay:
             group["weight_decay"] = opt.weight_decay
@@ -1146,6 +1188,18 @@ def _state_folder(run_dir: Path) -> Path:
     if folder is None:
         raise UserError(f"{run_dir.name} has no saved state to resume from (no checkpoint was written yet).")
     return folder
+
+
+def saved_step(run_dir: Path) -> int:
+    """The step a resume starts from: its saved state's (0 without one: the run starts again). The events may
+    go further, since a kill loses the steps after the last checkpoint."""
+    folder = _saved_state(run_dir)
+    if folder is None:
+        return 0
+    try:
+        return int(json.loads((folder / "trainer.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0  # unreadable: the resume itself says so
 
 
 def _restore(run_dir: Path, denoiser, optimizer, scheduler, ema=None) -> int:

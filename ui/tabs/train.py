@@ -237,14 +237,18 @@ def start(context: StudioContext, preset, dataset, *form):
 
 def refuse_while_training(context: StudioContext) -> None:
     """One run at a time: a second Start (a double click, or a new run while one trains) ran two trainers on one
-    GPU's memory, the first one out of sight in the Run list. The command line can still start more."""
+    GPU's memory, the first one out of sight in the Run list; nor beside Estimate's probe (a separate listener,
+    or another window), which then measured both. The command line can still start more."""
     from blk.errors import UserError
-    from blk.train.process import list_runs
+    from blk.train.process import list_runs, probe_running
 
     live = [info for info in list_runs(context.workspace) if info.status in LIVE]
     if live:
         raise UserError(f"{live[0].name} is still training (step {live[0].step} of {live[0].steps}): stop it, or "
                         "wait for it to finish, before starting another run.")
+    if probe_running(context.workspace):
+        raise UserError("An estimate is running (it loads the model and trains a few steps): wait for its answer "
+                        "before starting, resuming or estimating a run.")
 
 
 def left_out_note(context: StudioContext, dataset: str, shown: int = 5) -> str:
@@ -260,11 +264,12 @@ def left_out_note(context: StudioContext, dataset: str, shown: int = 5) -> str:
 def estimate(context: StudioContext, preset, dataset, *form):
     """A short probe in a child process. Yields status lines."""
     from blk.errors import UserError
-    from blk.train.process import probe_in_child
+    from blk.train.process import check_dataset, probe_in_child
 
     try:
         config = config_from_form(context, preset, dataset, *form)
         refuse_while_training(context)  # the probe beside a live run measured both and said "will not fit"
+        check_dataset(config, context.workspace)  # what Start refuses, said as Start says it, before a model loads
     except UserError as exc:
         yield f"**{exc}**"
         return
@@ -287,6 +292,7 @@ def control(context: StudioContext, name: str, action: str, to_step=None) -> str
     from blk.errors import UserError
     from blk.train.process import (kill_run, request_samples, resume_run, resume_target_problem, run_info,
                                    saved_config, shortened_sentence, stop_run)
+    from blk.train.runner import saved_step
 
     if not name:
         return "Choose a run."
@@ -299,11 +305,12 @@ def control(context: StudioContext, name: str, action: str, to_step=None) -> str
         if action == "kill":
             return kill_run(folder)
         info = run_info(folder)
+        start = saved_step(folder)  # its last checkpoint: after a kill, the events go further
         target = int(to_step or 0)
         if target < 0:
             return "“Resume to step” is a step number: 0 (the run's own steps) or more."
-        if target and (problem := resume_target_problem(name, info.step, info.status == "finished", info.steps,
-                                                         target, "“Resume to step”")):
+        if target and (problem := resume_target_problem(name, start, info.status == "finished", info.steps,
+                                                         target, "“Resume to step”", logged=info.step)):
             return problem.replace("leave it out", "set it to 0")
         if info.status == "finished" and not target:  # a resume would load the last checkpoint and end at once
             return (f"{name} already trained all its {info.steps} steps: to train it longer, set “Resume to step” "
@@ -313,7 +320,9 @@ def control(context: StudioContext, name: str, action: str, to_step=None) -> str
         shortened = shortened_sentence(config, target) if target and config else ""
         regrouped = resume_run(context.workspace, folder, steps=target or None)  # a sentence on other GPUs
         going = f" to step {target}" if target else ""
-        return " ".join(part for part in (f"Resuming {name} from step {info.step}{going}…", shortened, regrouped)
+        again = f" (steps {start + 1}–{info.step} are trained again)" if info.step > start else ""
+        where = f"its checkpoint at step {start}" if again and start else f"step {start}"
+        return " ".join(part for part in (f"Resuming {name} from {where}{going}{again}…", shortened, regrouped)
                         if part)
     except UserError as exc:
         return f"**{exc}**"
@@ -393,19 +402,22 @@ def watch(context: StudioContext, name: str, log_scale: bool):
     eta = f", about {duration(view.eta_seconds)} left" if view.eta_seconds and running else ""
     memory = f", GPU memory {view.gpu_memory / 2**30:.1f} GB peak" if view.gpu_memory else ""
     stage = f", {view.stage}" if view.stage else ""
-    # while a trainer loads (a start or a resume) the speed is the last attempt's: not said as if it were now
-    pace = "loading the model" if info.status == "starting" else f"{view.steps_per_second:.2f} steps/s"
-    status = (f"**{info.status}** — step {info.step} of {info.steps}{stage}, {pace}, "
+    # the speed is of a run that trains: while a trainer loads (a start or a resume) it was the last attempt's, and
+    # an ended run has none
+    pace = {"starting": "loading the model, ", "running": f"{view.steps_per_second:.2f} steps/s, "}.get(info.status, "")
+    status = (f"**{info.status}** — step {info.step} of {info.steps}{stage}, {pace}"
               f"{duration(view.elapsed_seconds)} elapsed{eta}{memory}.")
     for notice in view.notices:
         status += f"  \n{notice}"
     said = f"{info.status} at step {info.step}"  # the status line says that already
     if view.message and info.status in ("error", "stopped", "killed") and view.message != said:
         status += f"  \n{view.message}"
-    if info.status in ("error", "killed"):
+    if info.status == "error":
         tail = trainer_log_tail(folder, 5)
-        if tail and info.status == "error" and "error:" in tail:
-            status += f"  \n`{tail.splitlines()[-1]}`"
+        last = tail.splitlines()[-1] if tail else ""
+        # the log's last line, unless it is the command line's "error: " and the reason said just above
+        if "error:" in tail and last.removeprefix("error: ").strip() != view.message.strip():
+            status += f"  \n`{last}`"
     checkpoints = checkpoint_list(view.checkpoints)
     return (*plots(loss, lr, step_span(info.steps, info.step), view.adaptive), status, view.samples, checkpoints)
 
