@@ -387,8 +387,9 @@ def test_stencil_preset_trains_on_top_of_the_frozen_layer_lora(tmp_path, shared_
     assert [e["loss"] for e in EventLog(tmp_path / "by-path" / "events.jsonl").read() if e["kind"] == "loss"] == \
         loss["layered"]
     bad = config([str(tmp_path / "nowhere.safetensors")])
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(UserError, match=r"There is no LoRA file at .*nowhere\.safetensors \(model\.base_loras\)"):
         run(bad, shared_workspace, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # refused before the run folder is made
 
 
 # a LoRA from elsewhere as the starting point ------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The Sketch and Review tabs' handlers with a real context: paths confined, parameters read back."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -423,7 +425,8 @@ def test_long_jobs_grey_their_button_while_they_run_and_give_it_back_however_the
         button = buttons[elem_id]
         clicked = [f for f in fns if (button._id, "click") in f.targets]
         assert len(clicked) == 1 and clicked[0].outputs == [button], elem_id  # the click greys the button first
-        busy = clicked[0].fn()
+        session = SimpleNamespace(session_hash=f"window-{elem_id}")  # what Gradio passes as gr.Request
+        busy = clicked[0].fn(session)
         assert busy.interactive is False and busy.value == busy_label
         job = next(f for f in fns if f.trigger_after == clicked[0]._id)
         after = [f for f in fns if f.trigger_after == job._id and button in f.outputs]
@@ -432,7 +435,7 @@ def test_long_jobs_grey_their_button_while_they_run_and_give_it_back_however_the
         assert sorted(f.trigger_only_on_failure for f in after) == [False, True], elem_id
         assert not any(f.trigger_only_on_success for f in after)
         for restore in after:
-            idle = restore.fn()
+            idle = restore.fn(session)
             assert idle.interactive is True and idle.value == button.value
 
 
