@@ -96,6 +96,21 @@ def _read_umask_once() -> int:
 _UMASK_AT_IMPORT = _read_umask_once()
 
 
+def sync_folder(folder: str | os.PathLike, files: bool = True) -> None:
+    """fsync every file directly in `folder` (unless `files` is False), then the folder itself (its names): before
+    a folder written file by file is renamed into place, so a power cut after the rename cannot leave it with
+    empty or torn files."""
+    folder = Path(folder)
+    for path in sorted(folder.iterdir()) if files else ():
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
 def _fsync_dir(folder: Path) -> None:
     if os.name != "posix":
         return

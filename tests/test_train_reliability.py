@@ -527,3 +527,33 @@ def test_prodigy_logs_the_rate_it_steps_at(dataset, shared_workspace, tmp_path):
     assert [e["step"] for e in losses] == [1, 2, 3]
     assert all(e["lr"] == pytest.approx(e["d"]) for e in losses)
     assert losses[0]["d"] >= config.optimizer.d0 and losses[-1]["d"] != 1.0
+
+
+def test_the_state_is_on_disk_before_it_is_swapped_in(dataset, shared_workspace, tmp_path, monkeypatch):
+    """A kill cannot tear the state (it is renamed in whole), but a power cut could: files the kernel had not yet
+    written would be empty after the rename. Every state file and the folder are fsynced before the swap."""
+    import os
+
+    synced, order = set(), []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    def rename(source, target, *args, **kwargs):
+        if os.path.basename(target) == "state":
+            order.append({name: os.path.join(source, name) in synced for name in os.listdir(source)}
+                         | {".": os.fspath(source) in synced})
+        return real_rename(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    config = config_for("tiny-flux", dataset, steps=4)
+    config.checkpoints.every = 2
+    run(config, shared_workspace, tmp_path / "run")
+    assert len(order) == 2  # steps 2 and 4
+    for before_swap in order:
+        assert {"adapter.safetensors", "optimizer.pt", "scheduler.pt", "trainer.json", "."} <= before_swap.keys()
+        assert all(before_swap.values()), before_swap
+    assert str(tmp_path / "run") in synced  # the renames themselves

@@ -1111,11 +1111,13 @@ def _save_state(run_dir: Path, denoiser, optimizer, scheduler, ema, step: int) -
     if ema is not None:
         save_file(ema.shadow_state(), str(state_tmp / "ema.safetensors"))
     (state_tmp / "trainer.json").write_text(json.dumps({"step": step}))
+    atomic.sync_folder(state_tmp)  # on disk before the swap: a power cut (not only a kill) then leaves a whole state
     state, old = run_dir / "state", run_dir / "state.old"
     if state.exists():
         shutil.rmtree(old, ignore_errors=True)
         state.rename(old)
     state_tmp.rename(state)
+    atomic.sync_folder(run_dir, files=False)  # the renames themselves
     shutil.rmtree(old, ignore_errors=True)
 
 
