@@ -581,6 +581,20 @@ def test_tile_size_follows_the_memory_budget():
     assert plan_passes(4, 8) == 2 and plan_passes(2, 5) == 2 and plan_passes(1, 3) == 1
 
 
+def test_a_large_overlap_widens_tiles_only_as_far_as_memory_allows():
+    """An automatic tile was made four overlaps wide whatever the memory: an overlap of 300 px on a CPU with
+    2 GB to spare asked for 1200 px tiles (33 GB), and the system killed the job."""
+    from blk.upscale.tiler import tile_for_overlap
+
+    two_gb = 2 * 2**30
+    assert tile_for_overlap(two_gb, 32) == choose_tile(two_gb) == 288  # room for four overlaps: as before
+    assert tile_for_overlap(100 * 2**30, 300) == 1184  # memory to spare: four overlaps (rounded to 32 px)
+    assert tile_for_overlap(two_gb, 100) == 288 and 288 >= 2 * 100  # under four overlaps, over the two it needs
+    with pytest.raises(UserError, match=r"^An overlap of 300 px needs tiles of at least 600 px, more than free "
+                                        r"memory allows for this model; lower the overlap \(to 144 px or less\)"):
+        tile_for_overlap(two_gb, 300)
+
+
 # -- whole jobs -----------------------------------------------------------------------------------
 
 def test_exact_sizes_any_scale(models, x4, tmp_path):

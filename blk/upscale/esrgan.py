@@ -222,8 +222,8 @@ def plan_job(job: EsrganJob, image, upscaler, device: str, dtype, tile: int | No
     inputs = pass_inputs(image.width, image.height, upscaler.scale, (width, height))
     # with alpha through the model, each call carries the colour tiles and their alpha tiles: twice the batch
     per_call = max(1, job.batch) * (2 if image.channels == 4 and job.alpha == "model" else 1)
-    tile = tile or job.tile or max(auto_tile(device, batch=per_call, dtype_bytes=dtype.itemsize,
-                                             multiple_of=upscaler.multiple_of), 4 * job.overlap)
+    tile = tile or job.tile or auto_tile(device, batch=per_call, dtype_bytes=dtype.itemsize,
+                                         multiple_of=upscaler.multiple_of, overlap=job.overlap)
     tiles = tuple(count_tiles(w, h, tile, job.overlap, upscaler.multiple_of) for w, h in inputs)
     return EsrganPlan(image.width, image.height, width, height, upscaler.scale, tuple(inputs), tile, job.overlap,
                       upscaler.multiple_of, tiles)

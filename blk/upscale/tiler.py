@@ -545,10 +545,26 @@ def choose_tile(budget_bytes: int, *, batch: int = 1, dtype_bytes: int = 4, mult
     return max(min(largest, side) // step * step, floor)
 
 
-def auto_tile(device: str, *, batch: int, dtype_bytes: int, multiple_of: int = 1) -> int:
+def auto_tile(device: str, *, batch: int, dtype_bytes: int, multiple_of: int = 1, overlap: int = 0) -> int:
     """Tile from free memory: half of a GPU's free memory; a quarter of RAM (no OOM error on a CPU,
     the system kills the process instead), and at most 512 px there (progress stays lively)."""
     free = free_memory(device)
     if device.startswith("cuda"):
-        return choose_tile(free // 2, batch=batch, dtype_bytes=dtype_bytes, multiple_of=multiple_of)
-    return choose_tile(free // 4, batch=batch, dtype_bytes=dtype_bytes, multiple_of=multiple_of, largest=512)
+        return tile_for_overlap(free // 2, overlap, batch=batch, dtype_bytes=dtype_bytes, multiple_of=multiple_of)
+    return tile_for_overlap(free // 4, overlap, batch=batch, dtype_bytes=dtype_bytes, multiple_of=multiple_of,
+                            largest=512)
+
+
+def tile_for_overlap(budget_bytes: int, overlap: int, *, largest: int = 1024, **sizes) -> int:
+    """`choose_tile`'s tile, made at least four overlaps wide where the budget allows (the fades then take at most
+    half of each tile), and never narrower than the two overlaps a tile needs: an overlap the budget cannot give
+    such tiles is refused in a sentence. (Four overlaps were taken whatever the memory: a large overlap on a CPU
+    asked for tiles the system killed the process for.)"""
+    preferred = choose_tile(budget_bytes, largest=largest, **sizes)
+    if preferred >= 4 * overlap:
+        return preferred
+    fits = choose_tile(budget_bytes, largest=4 * overlap, **sizes)  # the widest up to four overlaps
+    if fits >= 2 * overlap:
+        return fits
+    raise UserError(f"An overlap of {overlap} px needs tiles of at least {2 * overlap} px, more than free memory "
+                    f"allows for this model; lower the overlap (to {fits // 2} px or less), or close other programs.")
