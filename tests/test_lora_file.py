@@ -209,3 +209,59 @@ def test_an_sdxl_lora_of_layers_kohya_names_cannot_carry_keeps_diffusers_names(t
     pipe.load_lora_weights(str(result.last_checkpoint))
     layer = pipe.unet.add_embedding.linear_1
     assert "default_0" in layer.lora_A
+
+
+def comfy_flux_lora(path, rank: int = 4, alpha: float = 2.0) -> dict:
+    """A FLUX LoRA as "ComfyUI format" trainers write it: the original model's module names under
+    `diffusion_model.` (q, k, v fused in `qkv`), peft's factor names, an alpha each. Returns the update each
+    diffusers layer should get (ComfyUI's reading: up · down · alpha / rank, the fused rows split in three)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(9)
+    shapes = {"double_blocks.0.img_attn.qkv": (96, 32), "double_blocks.0.img_attn.proj": (32, 32),
+              "single_blocks.0.linear2": (32, 160)}
+    file, expected = {}, {}
+    for module, (out, inputs) in shapes.items():
+        down, up = torch.randn(rank, inputs, generator=g) * 0.3, torch.randn(out, rank, generator=g) * 0.3
+        stem = f"diffusion_model.{module}"
+        file |= {f"{stem}.lora_A.weight": down, f"{stem}.lora_B.weight": up, f"{stem}.alpha": torch.tensor(alpha)}
+        delta = up @ down * (alpha / rank)
+        if module.endswith("qkv"):
+            for part, rows in zip(("to_q", "to_k", "to_v"), delta.chunk(3)):
+                expected[f"transformer_blocks.0.attn.{part}"] = rows
+        else:
+            expected["transformer_blocks.0.attn.to_out.0" if module.endswith("proj")
+                     else "single_transformer_blocks.0.proj_out"] = delta
+    save_file(file, str(path))
+    return expected
+
+
+def test_a_comfyui_format_flux_lora_with_peft_factor_names_generates_and_starts_a_run(tmp_path, shared_workspace):
+    """`diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight`: diffusers converts these names only with
+    kohya's `lora_down` / `lora_up`, so such a file fitted no layer ("none of its weights fit") at Generate and
+    as a run's starting point. Both now apply ComfyUI's update, fused layers split."""
+    from blk.models.pipelines import PipelineCache, adapter_name, set_loras
+    from blk.models.registry import resolve
+
+    path = tmp_path / "comfy-flux.safetensors"
+    expected = comfy_flux_lora(path)
+    loaded = PipelineCache().get(resolve("tiny-flux", shared_workspace))
+    set_loras(loaded, [(path, 1.0)])
+    name = adapter_name(path)
+    with torch.no_grad():
+        applied = {module_name: module.get_delta_weight(name) for module_name, module
+                   in loaded.denoiser.named_modules() if hasattr(module, "lora_A") and name in module.lora_A}
+    assert applied.keys() == expected.keys()
+    for module_name, delta in expected.items():
+        torch.testing.assert_close(applied[module_name], delta, rtol=1e-5, atol=1e-6, msg=module_name)
+
+    config = config_for("tiny-flux", make_dataset(tmp_path / "ds"), steps=1, rank=4, alpha=4,
+                        target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_out"], init_from=str(path))
+    config.optimizer.lr = 1e-30  # the step changes nothing: the checkpoint is the starting point
+    result = run(config, shared_workspace, tmp_path / "run")
+    assert result.status == "finished"
+    written, _ = read(result.last_checkpoint)
+    for module_name, delta in expected.items():
+        stem = f"transformer.{module_name}"
+        got = written[f"{stem}.lora_B.weight"].float() @ written[f"{stem}.lora_A.weight"].float()
+        assert torch.allclose(got, delta, atol=2e-2 * delta.abs().max().item()), module_name  # saved in bf16

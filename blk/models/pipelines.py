@@ -314,24 +314,32 @@ def _load_lora(loaded: LoadedPipeline, path: Path, name: str) -> None:
     the pipeline's `lora_state_dict` first. LoKr files (`…lokr_w1`,
     `…lokr_w2`, as the Train tab writes them) take the denoiser route too: diffusers'
     pipeline loaders accept LoRA names only, its denoiser loader accepts LoKr too. LoKr files
-    with LyCORIS / kohya names (`lora_unet_…lokr_w1`) are converted by `blk.models.lycoris`.
+    with LyCORIS / kohya names (`lora_unet_…lokr_w1`) are converted by `blk.models.lycoris`;
+    ComfyUI-format FLUX LoRAs with `lora_A` / `lora_B` factors by `blk.models.lora_names`.
     """
     from blk.models.lycoris import is_lycoris_lokr, load_lycoris_lokr
+
+    from blk.models.lora_names import kohya_factor_names, needs_factor_renaming
 
     _quiet_lora_loader()
     keys = safetensors_keys(path)
     prefix = "transformer" if loaded.model.family == "flux" else "unet"
     diffusers_names = any(key.startswith(prefix + ".") for key in keys)
+    source = str(path)
+    if needs_factor_renaming(keys):  # ComfyUI's FLUX names with peft's factors: renamed for diffusers to convert
+        from safetensors.torch import load_file
+
+        source = kohya_factor_names(load_file(str(path)))
     if is_lycoris_lokr(keys):
         load_lycoris_lokr(loaded.denoiser, path, loaded.model.family, name)
     elif any(".lokr_" in key for key in keys) or (loaded.memory.int8 and diffusers_names):
-        loaded.denoiser.load_lora_adapter(str(path), prefix=prefix, adapter_name=name)
+        loaded.denoiser.load_lora_adapter(source, prefix=prefix, adapter_name=name)
     elif loaded.memory.int8:
         options = {"return_alphas": True} if loaded.model.family == "flux" else {"unet_config": loaded.denoiser.config}
-        state, alphas = type(loaded.pipe).lora_state_dict(str(path), **options)
+        state, alphas = type(loaded.pipe).lora_state_dict(source, **options)
         loaded.denoiser.load_lora_adapter(state, prefix=prefix, network_alphas=alphas, adapter_name=name)
     else:
-        loaded.pipe.load_lora_weights(str(path), adapter_name=name)
+        loaded.pipe.load_lora_weights(source, adapter_name=name)
 
 
 def _forget_adapter(loaded: LoadedPipeline, name: str) -> None:

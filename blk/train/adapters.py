@@ -5,7 +5,8 @@
   (STACK.md: fusing into quanto weights drops the LoRA). The trainable adapter is "default".
 - `adapter.init_from` starts the trainable adapter from a file instead of random weights. A LoRA
   starts from a LoRA file: diffusers/peft names (ours, ai-toolkit's) or kohya's (`lora_unet_…`,
-  `.lora_down/.lora_up/.alpha`), converted by diffusers' own `lora_state_dict`. A LoKr starts from a
+  `.lora_down/.lora_up/.alpha`) or ComfyUI-format FLUX names (`diffusion_model.double_blocks…lora_A`,
+  `blk.models.lora_names`), converted by diffusers' own `lora_state_dict`. A LoKr starts from a
   LyCORIS / kohya LoKr file (`…lokr_w1`, `…lokr_w2`, `.alpha`; `blk.models.lycoris`), its delta
   reproduced exactly in the trainable adapter's own layout.
 """
@@ -112,6 +113,7 @@ def read_lora(family, path: Path) -> tuple[dict, dict | None, dict | None]:
     the peft config diffusers' trainers store in it (`lora_adapter_metadata`; their alpha need not be the rank)."""
     from safetensors.torch import load_file
 
+    from blk.models.lora_names import kohya_factor_names
     from blk.stencil.layerdiffuse import convert_forge_lora
 
     path = Path(path)
@@ -122,6 +124,7 @@ def read_lora(family, path: Path) -> tuple[dict, dict | None, dict | None]:
         raise UserError(f"{path.name} is not a readable .safetensors LoRA ({str(exc).splitlines()[0][:120]}).") from None
     if any("::lora::" in key for key in raw):
         raw = convert_forge_lora(raw)
+    raw = kohya_factor_names(raw)  # ComfyUI's FLUX names with lora_A / lora_B (`blk.models.lora_names`)
     cls = _pipeline_class(family)
     try:
         if family.name == "flux":
