@@ -45,8 +45,13 @@ def test_steps_and_plan():
     assert effective_steps(28, 0.3) == (28, 9) and effective_steps(28, 0.3, "sdxl") == (28, 8)
     assert effective_steps(28, 0.25) == effective_steps(28, 0.25, "sdxl") == (28, 7)  # whole: the same
     assert effective_steps(2, 0.2) == (5, 1)  # never zero steps
-    with pytest.raises(UserError, match="between 0 and 1"):
+    with pytest.raises(UserError, match="between 0.01 and 1"):
         effective_steps(10, 0)
+    # a tiny denoise asked 100,000 steps (1e-5) or found none (1e-6: a StopIteration traceback at the CLI)
+    assert effective_steps(1, 0.01) == (100, 1)
+    for tiny in (1e-5, 1e-6):
+        with pytest.raises(UserError, match=f"^Denoise must be between 0.01 and 1; got {tiny:g}.$"):
+            effective_steps(28, tiny)
     job = DiffusionJob("in.png", "out.tif", "flux-dev", scale=None, size=(4096, 3072), tile=1024, overlap=96,
                        final_max_pixels=2 * 2**20, device="cpu")
     the_plan = plan(job, 1024, 768, 28)

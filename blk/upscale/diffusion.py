@@ -79,6 +79,7 @@ FULL_FRAME_BYTES_PER_PIXEL = 2048
 PASS_NAMES = "ABCDEFGH"
 STEP_RANGE = (1.5, STEP)  # the largest enlargement per step a job may ask (below 1.5× the steps multiply)
 MAX_ASKED_STEPS = 100  # `effective_steps` looks no further: 1 / its smallest tolerance
+MIN_DENOISE = 1 / MAX_ASKED_STEPS  # 1e-5 asked the model for 100,000 steps, and 1e-6 found none
 ENLARGING, FULL_FRAME = "enlarging", "full-frame pass"  # `Stage.what` besides "pass A", "pass B", …
 
 
@@ -215,8 +216,8 @@ def effective_steps(steps: int, denoise: float, family: str = "flux") -> tuple[i
     4 steps at 0.3 run 2 of 4, a strength of 0.5, where 4 of 13 is 0.31."""
     from blk.generate.text_to_image import img2img_steps
 
-    if not 0 < denoise <= 1:
-        raise UserError(f"Denoise must be between 0 and 1; got {denoise:g}.")
+    if not MIN_DENOISE <= denoise <= 1:  # below, one step really run needs more than MAX_ASKED_STEPS asked
+        raise UserError(f"Denoise must be between {MIN_DENOISE:g} and 1; got {denoise:g}.")
     tolerance = max(0.01, 0.1 * denoise)
     # never fewer than one step really run: `img2img_steps` says 1 where SDXL's int(asked × denoise) runs none
     first = next(a for a in range(max(steps, math.ceil(1 / denoise) - 1), 10**6) if int(a * denoise) >= 1)
