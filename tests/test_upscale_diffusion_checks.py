@@ -285,3 +285,32 @@ def test_a_job_resumes_under_its_resolved_device_not_the_word_auto(shared_worksp
     assert notes and notes[0].startswith("Resuming an interrupted job at step 1 of 1, pass A"), notes
     whole = run(tiny_job(tmp_path, "whole.png"), shared_workspace, pipelines)
     assert np.array_equal(np.asarray(Image.open(resumed.path)), np.asarray(Image.open(whole.path)))
+
+
+def test_a_tile_halved_for_memory_grows_the_total_and_progress_never_passes_it_or_goes_back(
+        shared_workspace, tmp_path, pipelines, monkeypatch):
+    """The job's counts came from the plan, made before a GPU ran out of memory and the tile was halved: the bar
+    read "tile 13 of 8", then fell back to 5 at the next pass, and the result said 8 tiles."""
+    import torch
+
+    pipe_class = type(pipelines.get(resolve("tiny-flux", shared_workspace), task="img2img").pipe)
+    original, calls = pipe_class.__call__, []
+
+    def calling(self, *args, **kwargs):
+        calls.append((kwargs["width"], kwargs["height"]))
+        if len(calls) == 2:  # pass A's second tile, as a GPU would
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipe_class, "__call__", calling)
+    job = tiny_job(tmp_path, final_denoise=None)
+    planned = estimate(job, shared_workspace).total_tiles
+    reports = []
+    result = run(job, shared_workspace, pipelines, progress=lambda done, total, stage: reports.append((done, total)))
+    assert result.parameters["tile"] == 32 and set(calls[2:]) == {(32, 32)}
+    # the tiles of the result's layouts (8 planned at 64 px): all calls but the failed one and the tile before it,
+    # whose row the smaller tiles redid
+    assert result.tiles == len(calls) - 2 > planned
+    assert all(done <= total for done, total in reports), reports
+    assert [done for done, _ in reports] == sorted(done for done, _ in reports), reports
+    assert reports[-1] == (result.tiles, result.tiles)

@@ -29,7 +29,9 @@ or hashed: the canvases stay 16-bit from the first enlargement on.
 
 Progress: `progress(done, total, stage)` after every batch of tiles. `done`
 and `total` count the refinement tiles of the whole job (what the time left
-and the rate file follow); `stage` (a `Stage`) says where the job is, with
+and the rate file follow; an out-of-memory halving of the tile raises
+`total` to the smaller tiles' count, so `done` never passes it and never
+goes back); `stage` (a `Stage`) says where the job is, with
 that stage's own count. An enlargement's tiles are counted in `stage` only
 (an ESRGAN tile takes a fraction of a diffusion tile's time; Lanczos has
 none), from a first report before its first tile on, so that the minutes an
@@ -68,7 +70,7 @@ from blk.upscale.canvas import (Canvas, check_disk_space, check_outputs, check_p
                                read_icc, write_result)
 from blk.upscale.journal import Journal, job_key
 from blk.upscale.source import FILL_RADIUS, FilledSource, open_input
-from blk.upscale.tiler import count_tiles, run_tiles
+from blk.upscale.tiler import count_tiles, run_tiles, spans
 
 STEP = 4.0  # the most one step enlarges (the paper: steps of 2×–4×)
 TILE_RANGE, OVERLAP_RANGE = (512, 1536), (64, 128)  # what the paper uses with real models (px)
@@ -396,15 +398,27 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     # stages: per step its enlargement, then one per pass; then the full-frame pass (`final`)
     per_step = 1 + len(job.passes)
     final = len(sizes) * per_step
+    # tiles per stage, as planned; an out-of-memory halving (this run's or a resumed run's) changes them
     stage_tiles = [n if k else 0 for n in the_plan.tiles for k in range(per_step)] + [int(the_plan.final_pass)]
-    total = sum(stage_tiles)
     done = [0]
+
+    def recount(first_stage: int, tile: int, start: dict | None = None) -> None:
+        """The pass stages' tile counts from `first_stage` on at `tile` px; `start`: where the first of them
+        continues (`Journal.start_of`), its earlier tiles counted as they were done."""
+        for stage in range(first_stage, final):
+            if stage % per_step:
+                w, h = sizes[stage // per_step]
+                stage_tiles[stage] = tiles_from(start if stage == first_stage else None, w, h, tile, job.overlap,
+                                                multiple)
 
     def tell(stage: int, n: int, of: int) -> None:
         """A progress report from journal stage `stage`, `n` of its `of` tiles done."""
         if progress is None:
             return
         step, k = divmod(stage, per_step)
+        if k and stage < final:
+            stage_tiles[stage] = of  # the tiler's count, in the layout it runs now (after a halving: more)
+        total = sum(stage_tiles)
         if stage == final:
             progress(done[0], total, Stage(len(sizes), len(sizes), FULL_FRAME, n, of))
         else:
@@ -429,6 +443,9 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     with journal.ending(), _releasing_offloaded(used):  # done, cancelled or failed: files removed; Ctrl+C: kept
         journal.check_files(final + 1)
         first = min(journal.state["pass"], final + 1) if journal.resumed else 0
+        tile = journal.tile or job.tile  # each axis's tiles fit the image (`spans`); rows and columns may differ
+        if tile != job.tile:  # an earlier run halved it: the stages left are tiled at its size
+            recount(first, tile, journal.start_of(first))
         done[0] = sum(stage_tiles[:first])  # the tiler counts the resumed pass's own tiles
         if journal.resumed:
             say(_resume_note(journal, first, per_step, len(sizes), the_plan.final_pass, stage_tiles))
@@ -446,7 +463,6 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                 used.append(loaded)
             return loaded
 
-        tile = journal.tile or job.tile  # each axis's tiles fit the image (`spans`); rows and columns may differ
         journal.set_tile(tile)
         if not journal.resumed:  # before the first tile (a resumed job's canvases are on the disk already)
             if job.enlarge_model is not None:  # loaded now: its scale decides the enlargements' canvases
@@ -473,7 +489,10 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                                   multiple_of=multiple, full_size=True,  # the model's size
                                   progress=lambda n, of, s=stage: tell(s, n, of), cancel=cancel,
                                   **journal.tiler_hooks(stage, made))
-                tile = stats.tile
+                stage_tiles[stage] = stats.tiles  # as done, whatever layouts it took
+                if stats.tile != tile:  # halved: the passes after it keep the smaller tile
+                    tile = stats.tile
+                    recount(stage + 1, tile)
             made.flush()  # on disk before the journal says the stage is done
             journal.pass_done(stage)
             done[0] += stage_tiles[stage]
@@ -506,7 +525,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             if whole is None:
                 free_device_memory()  # outside the handler: the traceback no longer pins the tensors
                 say(skipped)
-                total -= 1  # not run: not counted
+                stage_tiles[final] = 0  # not run: not counted
             else:
                 made = journal.open_canvas(final, width, height, source.channels)
                 made.write_raw(0, 0, np.clip(np.rint(whole * 65535.0), 0, 65535).astype(np.uint16))
@@ -514,7 +533,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                 journal.pass_done(final)
                 journal.forget(source)
                 source, applied = made, True
-                done[0] = total
+                done[0] = sum(stage_tiles)
                 tell(final, 1, 1)
         parameters = {
             "job": "upscale", "path": "diffusion", "input": job.input.name, "input_width": image.width,
@@ -534,8 +553,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
         write_result(source, job.output, bits=bits, icc=icc, dpi=dpi, parameters=parameters,
                      print_dpi=job.print_dpi, print_background=job.print_background, journal=journal, cancel=cancel,
                      grey=image.grey, input_path=job.input)
-    return DiffusionResult(job.output, width, height, total, time.monotonic() - started, parameters, bits, sizes,
-                           applied, print_path(job.output) if job.print_dpi else None, clock.measured())
+    return DiffusionResult(job.output, width, height, sum(stage_tiles), time.monotonic() - started, parameters, bits,
+                           sizes, applied, print_path(job.output) if job.print_dpi else None, clock.measured())
 
 
 class DenoisingClock:
@@ -586,6 +605,15 @@ def disk_need(input_size: tuple[int, int], sizes: list[tuple[int, int]], passes:
     if final_pass:
         moments.append(2 * canvas(sizes[-1]))
     return moments, result_bytes(sizes[-1], channels, bits, print_copy)
+
+
+def tiles_from(start: dict | None, width: int, height: int, tile: int, overlap: int, multiple_of: int) -> int:
+    """A pass's tiles at `tile` px, as the tiler counts them: from `start` (`Journal.start_of`: the tiles it
+    did, then the rows left of the layout it continues), or all of one fresh layout."""
+    start = start or {}
+    rows = spans(height, tile, overlap, start.get("origin_fade"), multiple_of, full_size=True)
+    cols = spans(width, tile, overlap, None, multiple_of, full_size=True)
+    return start.get("tiles_done", 0) + max(len(rows) - start.get("rows_done", 0), 0) * len(cols)
 
 
 def _resume_note(journal: Journal, stage: int, per_step: int, steps: int, final_pass: bool,
