@@ -75,6 +75,36 @@ def test_an_enlargement_in_bands_gives_the_pixels_of_one_whole_lanczos(tmp_path,
             assert np.abs(resampled(levels, width, height, tmp_path) - whole).max() <= 1, (width, height, rows)
 
 
+def test_cancel_stops_an_enlargement_between_bands_and_leaves_no_file(tmp_path, monkeypatch):
+    """A Lanczos enlargement (the diffusion path's, without an upscaler: minutes for a mural) ran to its end
+    after Cancel; it now stops at the next band of rows, its half-written canvas removed."""
+    import threading
+
+    from blk.upscale.tiler import Cancelled
+
+    class CancelledAfter(threading.Event):
+        """Set from the `checks`-th look on, as a Cancel clicked while the bands run."""
+        def __init__(self, checks: int):
+            super().__init__()
+            self.checks = checks
+
+        def is_set(self) -> bool:
+            self.checks -= 1
+            return self.checks < 0 or super().is_set()
+
+    levels = noise(20, 30)
+    canvas = Canvas(tmp_path / "in.canvas", 30, 20, 3)
+    canvas.write_raw(0, 0, levels)
+    monkeypatch.setattr(esrgan, "RESAMPLE_BAND_BYTES", 4 * 90 * 3 * 4)  # 4 rows a band: 15 bands of 60
+    cancel = CancelledAfter(3)
+    with pytest.raises(Cancelled):
+        resample(canvas, 90, 60, tmp_path / "out.canvas", cancel)
+    assert cancel.checks == -1  # stopped at the fourth band, not after the fifteenth
+    assert not (tmp_path / "out.canvas").exists()
+    done = resample(canvas, 90, 60, tmp_path / "out.canvas", threading.Event())  # not cancelled: all of it
+    assert np.abs(done.read_raw(0, 0, 90, 60).astype(float) - resampled(levels, 90, 60, tmp_path)).max() == 0
+
+
 def test_an_enlargement_with_alpha_is_premultiplied(tmp_path):
     """Colour stored under alpha 0 (here a saturated green) never reaches the visible pixels, a solid colour
     stays that colour up to its soft new edge (its alpha's overshoot is clipped after the division), and solid

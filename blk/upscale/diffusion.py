@@ -70,7 +70,7 @@ from blk.upscale.canvas import (Canvas, check_disk_space, check_outputs, check_p
                                read_icc, write_result)
 from blk.upscale.journal import Journal, job_key
 from blk.upscale.source import FILL_RADIUS, FilledSource, open_input
-from blk.upscale.tiler import count_tiles, run_tiles, spans
+from blk.upscale.tiler import Cancelled, count_tiles, run_tiles, spans
 
 STEP = 4.0  # the most one step enlarges (the paper: steps of 2×–4×)
 TILE_RANGE, OVERLAP_RANGE = (512, 1536), (64, 128)  # what the paper uses with real models (px)
@@ -371,7 +371,6 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     from blk.models.device import free_device_memory, is_out_of_memory, pick_device, pick_dtype
     from blk.models.pipelines import PipelineCache, lora_sha256, set_loras
     from blk.models.registry import resolve
-    from blk.upscale.tiler import Cancelled
 
     started = time.monotonic()
     say = log or (lambda text: None)
@@ -695,8 +694,8 @@ def _enlarge(job: DiffusionJob, image, source: Canvas | None, width: int, height
         start = journal.temp("original.canvas")
         start.unlink(missing_ok=True)
         source = original = journal.adopt(Canvas(start, image.width, image.height, image.channels))
-        _copy_into(image.source, original)
-    canvas = journal.adopt(resample(source, width, height, path))
+        _copy_into(image.source, original, cancel)
+    canvas = journal.adopt(resample(source, width, height, path, cancel))
     if original is not None:
         journal.forget(original)
     report(1, 1)
@@ -721,8 +720,11 @@ def _filled(source):
     return FilledSource(source, FILL_RADIUS) if source.channels == 4 else source
 
 
-def _copy_into(source, canvas: Canvas, band: int = 256) -> None:
+def _copy_into(source, canvas: Canvas, cancel: threading.Event | None = None, band: int = 256) -> None:
+    """The input's pixels as 16-bit levels in `canvas`, a band of rows at a time; `cancel` checked between."""
     for y in range(0, source.height, band):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
         rows = source.read(0, y, source.width, min(band, source.height - y))
         canvas.write_raw(0, y, np.clip(np.rint(rows * 65535.0), 0, 65535).astype(np.uint16))
 

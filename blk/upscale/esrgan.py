@@ -435,7 +435,7 @@ def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: i
         if (current.width, current.height) != inputs[k]:  # the last pass: shrunk to what reaches the target
             path = journal.temp(f"pass{k}.input.canvas")
             path.unlink(missing_ok=True)  # made again on a resume: the same pixels (libvips is deterministic)
-            current = journal.adopt(resample(current, *inputs[k], path))
+            current = journal.adopt(resample(current, *inputs[k], path, cancel))
             done_with.append(current)
         feed = FilledSource(current, FILL_RADIUS) if channels == 4 else current
         hooks = journal.tiler_hooks(k, canvas)
@@ -457,7 +457,7 @@ def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: i
     if (current.width, current.height) != (the_plan.width, the_plan.height):
         path = into or journal.temp("resample.canvas")
         path.unlink(missing_ok=True)  # a resample that a kill cut short is redone
-        resampled = resample(current, the_plan.width, the_plan.height, path)
+        resampled = resample(current, the_plan.width, the_plan.height, path, cancel)
         current = resampled if into else journal.adopt(resampled)
         phases["resample"] = time.monotonic() - started - phases["tiles"]
     elif into:  # the last pass's canvas is the result: renamed, never copied
@@ -587,17 +587,19 @@ def _snap_alpha(up: np.ndarray, alpha: np.ndarray, scale: int) -> np.ndarray:
     return np.where(grow(opaque), 1.0, np.where(grow(clear), 0.0, up)).astype(np.float32)
 
 
-def resample(canvas: Canvas, width: int, height: int, path: Path) -> Canvas:
+def resample(canvas: Canvas, width: int, height: int, path: Path, cancel: threading.Event | None = None) -> Canvas:
     """Lanczos (3 lobes) to the exact size, from one raw canvas into another, centre-aligned: output pixel i
     samples the input at (i + 0.5) / scale − 0.5 on each axis. Premultiplied when there is alpha, so
     transparent colour cannot bleed into the edge.
 
     Shrinking: libvips' resize, streamed. Enlarging on either axis: Pillow, a band of rows at a time
     (`_lanczos_bands`): libvips enlarges with a bicubic affine whatever kernel it is given, sampling at
-    i / scale − 0.5, half an output pixel up and left of the centre."""
+    i / scale − 0.5, half an output pixel up and left of the centre.
+
+    `cancel` is checked between bands of an enlargement (a mural's takes minutes); libvips' shrink runs whole."""
     if width <= canvas.width and height <= canvas.height:
         return _vips_shrink(canvas, width, height, path)
-    return _lanczos_bands(canvas, width, height, path)
+    return _lanczos_bands(canvas, width, height, path, cancel)
 
 
 def _vips_shrink(canvas: Canvas, width: int, height: int, path: Path) -> Canvas:
@@ -625,7 +627,8 @@ def _vips_shrink(canvas: Canvas, width: int, height: int, path: Path) -> Canvas:
 RESAMPLE_BAND_BYTES = 32 * 2**20  # float32 result rows per band of `_lanczos_bands`
 
 
-def _lanczos_bands(canvas: Canvas, width: int, height: int, path: Path) -> Canvas:
+def _lanczos_bands(canvas: Canvas, width: int, height: int, path: Path,
+                   cancel: threading.Event | None = None) -> Canvas:
     """Pillow's Lanczos, centre-aligned like libvips' shrink, on bands of about `RESAMPLE_BAND_BYTES` of
     result rows, each read with the input rows the kernel reaches beyond it: the same pixels as one
     resize of the whole image (to float rounding), in memory that a gigapixel result does not grow."""
@@ -635,6 +638,7 @@ def _lanczos_bands(canvas: Canvas, width: int, height: int, path: Path) -> Canva
     out = Canvas(path, width, height, canvas.channels)
     try:
         for y0 in range(0, height, rows):
+            _check(cancel)
             y1 = min(height, y0 + rows)
             top = max(0, math.floor(y0 * ry - reach))
             bottom = min(canvas.height, math.ceil(y1 * ry + reach))
