@@ -103,7 +103,7 @@ def sync_folder(folder: str | os.PathLike, files: bool = True) -> None:
     folder = Path(folder)
     for path in sorted(folder.iterdir()) if files else ():
         if path.is_file() and not path.is_symlink():
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY if os.name == "posix" else os.O_RDWR)  # Windows syncs writable handles
             try:
                 os.fsync(fd)
             finally:

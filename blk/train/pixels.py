@@ -82,11 +82,12 @@ def _source(image: Image.Image, box, width: int, height: int):
     factor = int(min((right - left) / width, (bottom - top) / height) // REDUCING_GAP)
     if factor < 2:
         return ops.image_to_array(image), box
-    x0, columns = _reduced_span(left, right, image.width, factor)
-    y0, rows = _reduced_span(top, bottom, image.height, factor)
-    bounds = (x0, y0, x0 + columns * factor, y0 + rows * factor)
+    # the whole pixels the box touches; a side that is no multiple of the factor ends in a partial block, which
+    # Pillow averages over the pixels it has (trimming it instead stretched the picture by up to half a pixel)
+    x0, y0 = math.floor(left), math.floor(top)
+    bounds = (x0, y0, min(image.width, math.ceil(right)), min(image.height, math.ceil(bottom)))
     has_alpha = "A" in image.getbands() or "transparency" in image.info
-    if image.mode == "RGB":  # reduced where it lies, without a copy of the region
+    if image.mode == "RGB" and not has_alpha:  # reduced where it lies, without a copy of the region
         reduced = image.reduce(factor, box=bounds)
     else:
         region = image.crop(bounds)
@@ -94,18 +95,8 @@ def _source(image: Image.Image, box, width: int, height: int):
     reduced = np.asarray(reduced, np.float32) / 255.0
     if not has_alpha:
         reduced = np.concatenate([reduced, np.ones_like(reduced[..., :1])], axis=-1)
-    inner = (min(max((left - x0) / factor, 0.0), columns), min(max((top - y0) / factor, 0.0), rows),
-             min(max((right - x0) / factor, 0.0), columns), min(max((bottom - y0) / factor, 0.0), rows))
+    inner = ((left - x0) / factor, (top - y0) / factor, (right - x0) / factor, (bottom - y0) / factor)
     return ops.unpremultiply(reduced), inner
-
-
-def _reduced_span(start: float, end: float, size: int, factor: int) -> tuple[int, int]:
-    """The whole-pixel run (first source pixel, reduced pixels) covering [start, end) on a side of `size` pixels,
-    in blocks of `factor`; moved back from the far edge rather than reading past it."""
-    first = math.floor(start)
-    count = math.ceil((end - first) / factor)
-    first = max(0, min(first, size - count * factor))
-    return first, min(count, (size - first) // factor)
 
 
 def over_background(rgba: np.ndarray, colour: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
