@@ -290,7 +290,8 @@ def test_a_job_resumes_under_its_resolved_device_not_the_word_auto(shared_worksp
 def test_a_tile_halved_for_memory_grows_the_total_and_progress_never_passes_it_or_goes_back(
         shared_workspace, tmp_path, pipelines, monkeypatch):
     """The job's counts came from the plan, made before a GPU ran out of memory and the tile was halved: the bar
-    read "tile 13 of 8", then fell back to 5 at the next pass, and the result said 8 tiles."""
+    read "tile 13 of 8", then fell back to 5 at the next pass, and the result said 8 tiles. A resumed job counted
+    the passes that had halved at their planned tiles (24 where the job took 40)."""
     import torch
 
     pipe_class = type(pipelines.get(resolve("tiny-flux", shared_workspace), task="img2img").pipe)
@@ -298,19 +299,44 @@ def test_a_tile_halved_for_memory_grows_the_total_and_progress_never_passes_it_o
 
     def calling(self, *args, **kwargs):
         calls.append((kwargs["width"], kwargs["height"]))
-        if len(calls) == 2:  # pass A's second tile, as a GPU would
+        if len(calls) == 3:  # pass A's third tile of a row of four, as a GPU would
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return original(self, *args, **kwargs)
 
+    def recorded(reports):
+        return lambda done, total, stage: reports.append((done, total, stage.what, stage.done, stage.total))
+
     monkeypatch.setattr(pipe_class, "__call__", calling)
-    job = tiny_job(tmp_path, final_denoise=None)
-    planned = estimate(job, shared_workspace).total_tiles
+    gradient(96, 40).save(tmp_path / "in.png")  # ×2: 192×80, rows of four 64 px tiles
+    planned = estimate(tiny_job(tmp_path, final_denoise=None), shared_workspace).total_tiles
     reports = []
-    result = run(job, shared_workspace, pipelines, progress=lambda done, total, stage: reports.append((done, total)))
-    assert result.parameters["tile"] == 32 and set(calls[2:]) == {(32, 32)}
-    # the tiles of the result's layouts (8 planned at 64 px): all calls but the failed one and the tile before it,
+    whole = run(tiny_job(tmp_path, "whole.png", final_denoise=None), shared_workspace, pipelines,
+                progress=recorded(reports))
+    assert whole.parameters["tile"] == 32 and set(calls[3:]) == {(32, 32)}
+    # the tiles of the result's layouts (8 planned at 64 px): all calls but the failed one and the two before it,
     # whose row the smaller tiles redid
-    assert result.tiles == len(calls) - 2 > planned
-    assert all(done <= total for done, total in reports), reports
-    assert [done for done, _ in reports] == sorted(done for done, _ in reports), reports
-    assert reports[-1] == (result.tiles, result.tiles)
+    assert whole.tiles == len(calls) - 3 > planned
+    for counts in ([r[0] for r in reports], *([r[3] for r in reports if r[2] == what] for what in ("pass A",
+                                                                                                   "pass B"))):
+        assert counts == sorted(counts), reports  # never back: 1, 2, then 2 until the smaller tiles pass it
+    assert all(done <= total and n <= of for done, total, _, n, of in reports), reports
+    assert reports[-1][:2] == (whole.tiles, whole.tiles)
+
+    calls.clear()  # again, stopped in pass B, then resumed without running out of memory
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_job(tmp_path, "resumed.png", final_denoise=None), shared_workspace, pipelines,
+            progress=lambda done, total, stage: stage.what == "pass B" and stage.done == 3 and stop())
+    calls.append("past the failure")
+    notes, again = [], []
+    resumed = run(tiny_job(tmp_path, "resumed.png", final_denoise=None), shared_workspace, pipelines,
+                  progress=recorded(again), log=notes.append)
+    pass_a = max(r[0] for r in reports if r[2] == "pass A")
+    # stopped in pass B's first row (of 11 tiles): it starts again at that row, with pass A's 44 tiles counted
+    assert notes == [f"Resuming an interrupted job at step 1 of 1, pass B, tile {pass_a + 1} of {whole.tiles} "
+                     "(tiles of at most 32 px)."]
+    assert resumed.tiles == whole.tiles and again[-1][:2] == (whole.tiles, whole.tiles)
+    assert again[0][0] == pass_a + 1 and [r[0] for r in again] == sorted(r[0] for r in again)
+
+
+def stop():
+    raise KeyboardInterrupt()

@@ -445,6 +445,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
         tile = journal.tile or job.tile  # each axis's tiles fit the image (`spans`); rows and columns may differ
         if tile != job.tile:  # an earlier run halved it: the stages left are tiled at its size
             recount(first, tile, journal.start_of(first))
+        for stage in range(min(first, final)):  # finished passes: as many as they took
+            stage_tiles[stage] = journal.tiles_of(stage) or stage_tiles[stage]
         done[0] = sum(stage_tiles[:first])  # the tiler counts the resumed pass's own tiles
         if journal.resumed:
             say(_resume_note(journal, first, per_step, len(sizes), the_plan.final_pass, stage_tiles))
@@ -493,7 +495,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                     tile = stats.tile
                     recount(stage + 1, tile)
             made.flush()  # on disk before the journal says the stage is done
-            journal.pass_done(stage)
+            journal.pass_done(stage, stage_tiles[stage] if k else None)
             done[0] += stage_tiles[stage]
             if source is not None:
                 journal.forget(source)  # the previous stage is no longer needed

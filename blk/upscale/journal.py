@@ -279,12 +279,19 @@ class Journal:
 
         return self.start_of(pass_index) | {"on_row_start": on_row_start, "on_row_done": on_row_done}
 
-    def pass_done(self, pass_index: int) -> None:
-        """Pass `pass_index` is complete: the next run starts at the next pass (tile size kept)."""
+    def pass_done(self, pass_index: int, tiles: int | None = None) -> None:
+        """Pass `pass_index` is complete: the next run starts at the next pass (tile size kept). `tiles`: how many
+        it took (after an out-of-memory halving, more than planned), for a resumed job's counts (`tiles_of`)."""
         self.state.update({"pass": pass_index + 1, **_PASS_START})
+        if tiles is not None:
+            self.state["tiles_of"] = {**self.state.get("tiles_of", {}), str(pass_index): tiles}
         self._save()
         with contextlib.suppress(FileNotFoundError):
             self.band_path.unlink()
+
+    def tiles_of(self, pass_index: int) -> int | None:
+        """The tiles a finished pass took, when `pass_done` was told."""
+        return self.state.get("tiles_of", {}).get(str(pass_index))
 
     @property
     def tile(self) -> int | None:

@@ -271,7 +271,7 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
     `process` takes float32 (N, h, w, C) and returns (N, h·scale, w·scale, C);
     it may raise an out-of-memory error (torch's, or any error saying
     "out of memory"): the tile is then halved and a new layout continues from the current row.
-    `progress(done, total)` counts tiles; `cancel` is checked between batches.
+    `progress(done, total)` counts tiles (never back: see `report`); `cancel` is checked between batches.
     `origin_fade`, `rows_done` and `tiles_done` continue an interrupted pass from a `RowDone`
     (with its `tile`); `on_row_start(RowBand)` runs before a row writes anything,
     `on_row_done(RowDone)` after it wrote everything (see the module's docstring).
@@ -284,6 +284,13 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
     check_tile(tile, overlap)
     width, height = source.width, source.height
     started, done, retries = time.monotonic(), tiles_done, 0
+    shown = [tiles_done]  # the count reported: after a halving the smaller tiles redo the failed row's, whose
+
+    def report(n: int, total: int) -> None:  # tiles it then shows again only once they pass it (never back)
+        shown[0] = max(shown[0], n)
+        if progress:
+            progress(shown[0], total)
+
     written: list[_Written] = []  # rows that have written and are not settled yet, oldest first
     buffers = LevelsBuffers(keep=2 * max(1, batch) + 1)  # two rows' pending writes (pipelined) and the tile in hand
     settling = threading.Event()  # set while settling: its errors are the writer's or the hook's, never halved
@@ -312,7 +319,7 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
                 row = rows[index]
                 try:  # only the row's own work: an error of settling the row above (a result writer's) is never halved
                     entry = _row(source, sink, process, row, cols, scale, overlap, batch, blend, cancel,
-                                 lambda n: progress(done + n, total) if progress else None,
+                                 lambda n: report(done + n, total),
                                  (lambda band, i=index, r=row, t=tile, f=origin_fade: on_row_start(
                                      RowBand(f, t, i, r.start, r.fade_in_end, *band))) if on_row_start else None,
                                  settle, written, pipelined, buffers)
@@ -556,9 +563,9 @@ def auto_tile(device: str, *, batch: int, dtype_bytes: int, multiple_of: int = 1
 
 
 def tile_for_overlap(budget_bytes: int, overlap: int, *, largest: int = 1024, **sizes) -> int:
-    """`choose_tile`'s tile, made at least four overlaps wide where the budget allows (the fades then take at most
-    half of each tile), and never narrower than the two overlaps a tile needs: an overlap the budget cannot give
-    such tiles is refused in a sentence. (Four overlaps were taken whatever the memory: a large overlap on a CPU
+    """`choose_tile`'s tile, made four overlaps wide (rounded down to its step) where the budget allows (the
+    fades then take about half of each tile), and never narrower than the two overlaps a tile needs: an overlap
+    the budget cannot give such tiles is refused in a sentence. (Four overlaps were taken whatever the memory: a large overlap on a CPU
     asked for tiles the system killed the process for.)"""
     preferred = choose_tile(budget_bytes, largest=largest, **sizes)
     if preferred >= 4 * overlap:
