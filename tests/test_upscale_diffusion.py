@@ -550,12 +550,17 @@ def test_cancel_writes_no_result_and_keeps_what_was_finished_for_the_same_job(sh
     from blk.upscale.tiler import Cancelled
 
     cancel = threading.Event()
-    cancel.set()
-    logged = []
+    cancel.set()  # before anything: the enlargement stops at its first band of rows, and nothing is kept
     with pytest.raises(Cancelled) as cancelled:
         run(tiny_job(tmp_path), shared_workspace, pipelines, cancel=cancel)
+    assert not cancelled.value.kept and not list(tmp_path.glob(".blk-tmp-*"))
+    cancel.clear()
+    logged = []
+    with pytest.raises(Cancelled) as cancelled:  # at pass A's first tile: the enlargement and that tile were done
+        run(tiny_job(tmp_path), shared_workspace, pipelines, cancel=cancel,
+            progress=lambda done, total, stage: None if stage.enlarging else cancel.set())
     assert not (tmp_path / "out.png").exists()
-    assert cancelled.value.kept and list(tmp_path.glob(".blk-tmp-*"))  # the Lanczos enlargement was finished
+    assert cancelled.value.kept and list(tmp_path.glob(".blk-tmp-*"))
     run(tiny_job(tmp_path), shared_workspace, pipelines, log=logged.append)
     assert any("Resuming" in line for line in logged), logged  # the same job continues from it
     assert (tmp_path / "out.png").exists() and not list(tmp_path.glob(".blk-tmp-*"))
