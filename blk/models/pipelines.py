@@ -317,9 +317,8 @@ def _load_lora(loaded: LoadedPipeline, path: Path, name: str) -> None:
     with LyCORIS / kohya names (`lora_unet_…lokr_w1`) are converted by `blk.models.lycoris`;
     ComfyUI-format FLUX LoRAs with `lora_A` / `lora_B` factors by `blk.models.lora_names`.
     """
-    from blk.models.lycoris import is_lycoris_lokr, load_lycoris_lokr
-
     from blk.models.lora_names import kohya_factor_names, needs_factor_renaming
+    from blk.models.lycoris import is_lycoris_lokr, load_lycoris_lokr
 
     _quiet_lora_loader()
     keys = safetensors_keys(path)

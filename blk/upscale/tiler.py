@@ -284,9 +284,11 @@ def run_tiles(source, sink: Sink, process: Callable[[np.ndarray], np.ndarray], *
     check_tile(tile, overlap)
     width, height = source.width, source.height
     started, done, retries = time.monotonic(), tiles_done, 0
-    shown = [tiles_done]  # the count reported: after a halving the smaller tiles redo the failed row's, whose
+    # the count reported never goes back: after a halving the smaller tiles redo the failed row, whose tiles were
+    # reported already; the count moves again once they pass what was shown
+    shown = [tiles_done]
 
-    def report(n: int, total: int) -> None:  # tiles it then shows again only once they pass it (never back)
+    def report(n: int, total: int) -> None:
         shown[0] = max(shown[0], n)
         if progress:
             progress(shown[0], total)
