@@ -567,8 +567,8 @@ def auto_tile(device: str, *, batch: int, dtype_bytes: int, multiple_of: int = 1
 def tile_for_overlap(budget_bytes: int, overlap: int, *, largest: int = 1024, **sizes) -> int:
     """`choose_tile`'s tile, made four overlaps wide (rounded down to its step) where the budget allows (the
     fades then take about half of each tile), and never narrower than the two overlaps a tile needs: an overlap
-    the budget cannot give such tiles is refused in a sentence. (Four overlaps were taken whatever the memory: a large overlap on a CPU
-    asked for tiles the system killed the process for.)"""
+    the budget cannot give such tiles is refused in a sentence. (Four overlaps were taken whatever the memory: a
+    large overlap on a CPU asked for tiles the system killed the process for.)"""
     preferred = choose_tile(budget_bytes, largest=largest, **sizes)
     if preferred >= 4 * overlap:
         return preferred
