@@ -628,7 +628,9 @@ def test_steps_repeat_with_one_tile_shape_and_seed_and_resume(shared_workspace, 
 
     the_plan = plan(job("a.png"), 20, 16, 4, 16)
     assert (the_plan.sizes, the_plan.tiles, the_plan.final_pass) == ([(40, 32), (80, 64)], [2, 9], True)
-    assert "in 2 steps (40×32, 80×64): 1 pass each of 2 + 9 tiles plus one full-frame pass" in the_plan.sentence()
+    # 2 steps a tile at 0.5; the full frame runs 1 of 10 at 0.1
+    assert the_plan.sentence() == ("80×64 in 2 steps (40×32, 80×64): 1 pass each of 2 + 9 tiles plus one full-frame "
+                                   "pass (22 denoising steps of tiles and 1 of the full frame).")
     calls = record_calls(monkeypatch, pipelines, shared_workspace)
     whole = run(job("a.png"), shared_workspace, pipelines)
     # 2 tiles at 40×32, 9 at 80×64, all 32×32 with seed 7; then the whole 80×64 frame

@@ -215,6 +215,26 @@ def test_a_full_frame_pass_skipped_out_of_memory_is_not_counted(shared_workspace
     assert events[-1] == ("call", 96, 80) and events[-2][1:3] == (FULL_FRAME, 0)  # never said to be done
 
 
+def test_a_resumed_job_keeps_the_full_frame_decision_it_began_with(shared_workspace, tmp_path, pipelines):
+    """Begun with too little memory for the full-frame pass, stopped, resumed with plenty: the resume leaves the
+    pass out as the job began (it ran it, refining only what the resume did: another picture than an
+    uninterrupted job's), says so in its plan, and gives the uninterrupted pixels."""
+    little, plenty = dict(final_denoise=0.3, final_max_pixels=1), dict(final_denoise=0.3, final_max_pixels=None)
+    whole = run(tiny_job(tmp_path, "whole.png", **little), shared_workspace, pipelines)
+    assert not whole.final_pass
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_job(tmp_path, "out.png", **little), shared_workspace, pipelines, progress=stop_at(3))
+    assert estimate(tiny_job(tmp_path, "out.png", **plenty), shared_workspace).final_pass  # would run it now
+    plans, notes = [], []
+    resumed = run(tiny_job(tmp_path, "out.png", **plenty), shared_workspace, pipelines, on_plan=plans.append,
+                  log=notes.append)
+    assert not plans[0].final_pass and not resumed.final_pass and "plus one full-frame pass" not in plans[0].sentence()
+    assert notes[0] == ("The full-frame pass is left out, as when this job began (too little memory was free for it "
+                        "then); the tiled result is kept.")
+    assert np.array_equal(np.asarray(Image.open(resumed.path)), np.asarray(Image.open(whole.path)))
+    assert not list(tmp_path.glob(".blk-tmp-*"))
+
+
 # 5: a non-finite LoRA strength, or a tile that is not finite, is one sentence, not a black image
 
 def test_a_non_finite_lora_strength_is_refused_when_read():

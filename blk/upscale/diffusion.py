@@ -142,6 +142,7 @@ class DiffusionPlan:
     tiles: list[int] = field(default_factory=list)  # tiles in one pass of each step
     notes: list[str] = field(default_factory=list)  # one-sentence notices (tile sizes, a left-out full-frame pass)
     final_work: int = 0  # the full-frame pass in tile-steps (`work`); 0 without it
+    final_steps: int = 0  # denoising steps the full-frame pass runs; 0 without it
 
     @property
     def total_tiles(self) -> int:
@@ -165,8 +166,9 @@ class DiffusionPlan:
         else:
             what = (f"{self.width}×{self.height}: {passes} of {tiles[0]} tile{'s' if tiles[0] != 1 else ''}"
                     f"{final}")
-        return " ".join([f"{what} ({sum(self.steps_per_tile) * sum(tiles)} denoising steps in all).",
-                         *self.notes])
+        steps = f"{sum(self.steps_per_tile) * sum(tiles)} denoising steps " + \
+            (f"of tiles and {self.final_steps} of the full frame" if self.final_pass else "in all")
+        return " ".join([f"{what} ({steps}).", *self.notes])
 
 
 @dataclass
@@ -274,9 +276,10 @@ def _too_big_note(width: int, height: int, need: int, budget: int) -> str:
 
 
 def plan(job: DiffusionJob, width: int, height: int, default_steps: int, multiple_of: int = 1,
-         family: str = "flux") -> DiffusionPlan:
+         family: str = "flux", final_pass: bool | None = None) -> DiffusionPlan:
     """What a job will do; `multiple_of` is the model family's size grid (`SIZE_MULTIPLE`), which the
-    tile layout rounds to; `family` counts the steps its img2img runs."""
+    tile layout rounds to; `family` counts the steps its img2img runs. `final_pass`: whether the full-frame
+    pass runs, as the job decided when it began (a resume); None: decided now, from the memory free."""
     from blk.models.registry import KNOWN_MODELS
     from blk.upscale.esrgan import target_size
 
@@ -294,22 +297,26 @@ def plan(job: DiffusionJob, width: int, height: int, default_steps: int, multipl
     known = KNOWN_MODELS.get(job.model)
     notes = tile_notes(job, bool(known and known.tiny))
     final = job.final_denoise is not None
-    if final:
+    if final and final_pass is not None:
+        final = final_pass
+        if not final:
+            notes.append("The full-frame pass is left out, as when this job began (too little memory was free "
+                         "for it then); the tiled result is kept.")
+    elif final:
         need, budget = full_frame_budget(job, tw, th)
         if need > budget:
             final = False
             notes.append(_too_big_note(tw, th, need, budget))
-    final_work = final_tile_steps(job, tw, th, steps, family) if final else 0
+    final_steps = effective_steps(steps, job.final_denoise, family)[1] if final else 0
     return DiffusionPlan(tw, th, tiles[-1], len(job.passes), final,
                          [effective_steps(steps, p.denoise, family)[1] for p in job.passes], sizes, tiles, notes,
-                         final_work)
+                         final_steps * frame_tiles(job, tw, th), final_steps)
 
 
-def final_tile_steps(job: DiffusionJob, width: int, height: int, steps: int, family: str) -> int:
-    """The full-frame pass in tile-steps: its steps, each as many as the frame holds tiles by area (a step's
-    time grows with its pixels), so that one rate per tile-step times the whole job."""
-    tiles = math.ceil(width * height / (min(job.tile, width) * min(job.tile, height)))
-    return effective_steps(steps, job.final_denoise, family)[1] * tiles
+def frame_tiles(job: DiffusionJob, width: int, height: int) -> int:
+    """What one step of the full-frame pass counts in tile-steps: as many as the frame holds tiles by area (a
+    step's time grows with its pixels), so that one rate per tile-step times the whole job."""
+    return math.ceil(width * height / (min(job.tile, width) * min(job.tile, height)))
 
 
 def model_defaults(name: str, workspace) -> tuple[int, int, str]:
@@ -390,10 +397,31 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     icc = read_icc(job.icc, image.grey) if job.icc else image.icc
     if job.memory.compile and (problem := speed.compile_problem(pick_device(job.device))):
         raise UserError(problem)  # before any work: the enlargement compiles too, ahead of the denoiser's check
-    if on_plan:
-        on_plan(the_plan)
-    for note in the_plan.notes:
-        say(note)
+    input_sha256 = cached_file_sha256(job.input)
+    device = pick_device(job.device)  # what the tiles are drawn on, as the ESRGAN journal keys it: not "auto"
+    key = job_key({"path": "diffusion", "input_sha256": input_sha256, "model": model.name,
+                   "model_path": str(model.path), "output": str(job.output.resolve()), "size": [width, height],
+                   "step_sizes": sizes, "lora_sha256": lora_sha256(job.texture_lora) if job.texture_lora else None,
+                   "enlarge_sha256": cached_file_sha256(job.enlarge_model) if job.enlarge_model else None,
+                   "enlarge_tile": job.enlarge_tile,
+                   "passes": [[p.denoise, p.lora_scale] for p in job.passes], "tile": job.tile,
+                   "overlap": job.overlap, "seed": job.seed, "steps": job.steps, "guidance": job.guidance,
+                   "prompt": job.prompt, "final_denoise": job.final_denoise, "device": device.split(":")[0],
+                   "precision": str(pick_dtype(device))})
+    # durable whatever the size (the ESRGAN path's small jobs skip the fsyncs): a row of diffusion tiles takes
+    # seconds to minutes, its fsync milliseconds
+    journal = Journal.begin(job.output, key, input_id=input_sha256)
+    try:
+        decided = journal.decided("final_pass", the_plan.final_pass)
+        if decided != the_plan.final_pass:  # a resume, with more or less memory free than when the job began
+            the_plan = plan(job, image.width, image.height, default_steps, multiple, model.family, decided)
+        if on_plan:
+            on_plan(the_plan)
+        for note in the_plan.notes:
+            say(note)
+    except BaseException:  # no work yet: a resumed job's files stay for the next run
+        journal.suspend() if journal.resumed else journal.discard()
+        raise
     # stages: per step its enlargement, then one per pass; then the full-frame pass (`final`)
     per_step = 1 + len(job.passes)
     final = len(sizes) * per_step
@@ -424,20 +452,6 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             what = f"pass {pass_name(k)}" if k else ENLARGING
             progress(done[0] + (n if k else 0), total, Stage(step + 1, len(sizes), what, n, of))
 
-    input_sha256 = cached_file_sha256(job.input)
-    device = pick_device(job.device)  # what the tiles are drawn on, as the ESRGAN journal keys it: not "auto"
-    key = job_key({"path": "diffusion", "input_sha256": input_sha256, "model": model.name,
-                   "model_path": str(model.path), "output": str(job.output.resolve()), "size": [width, height],
-                   "step_sizes": sizes, "lora_sha256": lora_sha256(job.texture_lora) if job.texture_lora else None,
-                   "enlarge_sha256": cached_file_sha256(job.enlarge_model) if job.enlarge_model else None,
-                   "enlarge_tile": job.enlarge_tile,
-                   "passes": [[p.denoise, p.lora_scale] for p in job.passes], "tile": job.tile,
-                   "overlap": job.overlap, "seed": job.seed, "steps": job.steps, "guidance": job.guidance,
-                   "prompt": job.prompt, "final_denoise": job.final_denoise, "device": device.split(":")[0],
-                   "precision": str(pick_dtype(device))})
-    # durable whatever the size (the ESRGAN path's small jobs skip the fsyncs): a row of diffusion tiles takes
-    # seconds to minutes, its fsync milliseconds
-    journal = Journal.begin(job.output, key, input_id=input_sha256)
     for sentence in journal.others_kept() if log and not journal.resumed else []:
         log(sentence)
     used: list = []  # the pipeline once loaded: its offloaded models go back to the CPU when the job ends

@@ -293,6 +293,16 @@ class Journal:
         """The tiles a finished pass took, when `pass_done` was told."""
         return self.state.get("tiles_of", {}).get(str(pass_index))
 
+    def decided(self, name: str, value):
+        """A choice the job made when it began (e.g. whether it ends with a full-frame pass, from the memory free
+        then), kept for its resumes: `value` the first time, the first run's choice after (a resume that chose
+        again from what is free now would give another picture than the run it continues)."""
+        choices = self.state.setdefault("decided", {})
+        if name not in choices:
+            choices[name] = value
+            self._save()
+        return choices[name]
+
     @property
     def tile(self) -> int | None:
         return self.state.get("tile")
