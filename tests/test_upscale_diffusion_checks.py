@@ -136,6 +136,9 @@ def test_the_time_shown_follows_the_steps_and_an_old_rate_file_gives_none(contex
     # 9 tiles of 80×64; at 4 steps 0.3 runs 3 of 10, 0.2 one of 5: 36 tile-steps; at 40, 12 + 8: 180
     assert time_shown(4).startswith("about 36 s of denoising") and time_shown(40).startswith("about 3 min of denoising")
     assert time_shown(40, use_c=True).startswith("about 4 min of denoising")  # pass C's 6 steps a tile: 234 s
+    record(context.workspace, "enlarge|lanczos|auto", 2.56, 2560)  # a Lanczos enlargement: 1 ms per pixel made
+    assert time_shown(4) == ("about 41 s: about 36 s of denoising and about 5 s of enlarging (loading and writing "
+                             "come on top), from the last jobs with these settings on this machine.")
 
 
 def test_a_job_records_its_seconds_per_tile_step(shared_workspace, tmp_path, pipelines):
@@ -146,6 +149,8 @@ def test_a_job_records_its_seconds_per_tile_step(shared_workspace, tmp_path, pip
     seconds, work = result.denoising
     assert work == the_plan.work - the_plan.steps_per_tile[0] and seconds > 0  # the first tile left out
     assert result.tiles == the_plan.total_tiles
+    seconds, pixels = result.enlarging  # the Lanczos enlargement to 96×80, timed apart
+    assert pixels == the_plan.enlarged_pixels == 96 * 80 and seconds > 0
 
 
 # 4 and 9: the full-frame pass is decided once, announced before it runs, counted only when it ran
@@ -274,7 +279,8 @@ def test_the_cli_shows_the_plan_and_its_time_before_the_first_tile(context, tmp_
     assert main([*command, "--out", str(tmp_path / "b.png")]) == 0  # the first job's pace, kept
     assert capsys.readouterr().err.startswith("96×80: 2 passes of 4 tiles (20 denoising steps in all). Time: ")
     rates = json.loads((context.workspace.outputs("upscale") / ".rates.json").read_text())
-    assert list(rates) == ["diffusion|tiny-flux|64|per-step"] and rates["diffusion|tiny-flux|64|per-step"] > 0
+    assert list(rates) == ["diffusion|tiny-flux|64|per-step", "enlarge|lanczos|auto"]
+    assert rates["diffusion|tiny-flux|64|per-step"] > 0 and rates["enlarge|lanczos|auto"] > 0
 
 
 def test_the_cli_says_the_diffusion_paths_scale_and_keeps_the_step_scale_in_range(capsys):

@@ -305,6 +305,9 @@ def test_diffusion_estimate_and_upscale_use_the_engines_plan_and_the_step_scale(
     assert parameters["step_sizes"] == [[40, 32], [80, 64]] and Image.open(path).size == (80, 64)
     assert parameters["loras"] == []  # the TIFF/PNG says so too
     assert pair[1].size == (64, 64) and made == [image, path] and leftovers(tmp_path) == []
+    # the next job's estimate: its denoising and its two enlargements' time, each kept apart
+    again = estimate(context, *form, 2)
+    assert re.search(r"Time: (about \d+ s|under a second): .* of denoising and .* of enlarging", again), again
 
 
 def test_an_empty_scale_is_the_paths_default_in_the_name_the_estimate_and_the_result(context, shared_workspace,

@@ -145,6 +145,11 @@ class DiffusionPlan:
     final_steps: int = 0  # denoising steps the full-frame pass runs; 0 without it
 
     @property
+    def enlarged_pixels(self) -> int:
+        """Pixels the job's enlargements make (each step's size), what their time estimate counts."""
+        return sum(w * h for w, h in self.sizes or [(self.width, self.height)])
+
+    @property
     def total_tiles(self) -> int:
         """Tile calls of the whole job (all steps and passes), before any out-of-memory halving."""
         return sum(self.tiles or [self.tiles_per_pass]) * self.passes
@@ -184,6 +189,7 @@ class DiffusionResult:
     final_pass: bool = False  # whether the full-frame pass was applied
     print_path: Path | None = None
     denoising: tuple[float, int] = (0.0, 0)  # (seconds, tile-steps) of this session's denoising, for `rates.record`
+    enlarging: tuple[float, int] = (0.0, 0)  # (seconds, pixels) of the enlargements this session ran whole, likewise
 
 
 @dataclass(frozen=True)
@@ -317,6 +323,15 @@ def frame_tiles(job: DiffusionJob, width: int, height: int) -> int:
     """What one step of the full-frame pass counts in tile-steps: as many as the frame holds tiles by area (a
     step's time grows with its pixels), so that one rate per tile-step times the whole job."""
     return math.ceil(width * height / (min(job.tile, width) * min(job.tile, height)))
+
+
+def enlarge_rate_key(job: DiffusionJob, compiled: bool | None = None) -> str:
+    """The rate file's key for a job's enlargements (seconds per pixel made): its upscaler, or Lanczos."""
+    from blk.upscale.rates import rate_key
+
+    name = job.enlarge_model.name if job.enlarge_model is not None else "lanczos"
+    compiled = job.memory.compile if compiled is None else compiled
+    return rate_key("enlarge", name, job.enlarge_tile, compiled and job.enlarge_model is not None)
 
 
 def model_defaults(name: str, workspace) -> tuple[int, int, str]:
@@ -471,6 +486,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
         loaded = enlarger = None
         guidance = default_guidance if job.guidance is None else job.guidance
         clock = DenoisingClock()
+        enlarging = (0.0, 0)  # seconds and pixels, for the next job's estimate (`enlarge_rate_key`)
 
         def pipeline():
             nonlocal loaded
@@ -494,8 +510,11 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             if k == 0:
                 if job.enlarge_model is not None and enlarger is None:  # once: every step uses it
                     enlarger = Enlarger.load(job.enlarge_model, job.device, job.memory.compile, say)
+                began = time.monotonic()
                 made = _enlarge(job, image, source, w, h, journal, stage, cancel, enlarger,
                                 report=lambda n, of, s=stage: tell(s, n, of))
+                if not (journal.resumed and stage == first):  # one a killed run began would time only its rest
+                    enlarging = (enlarging[0] + time.monotonic() - began, enlarging[1] + w * h)
             else:
                 one = job.passes[k - 1]
                 set_loras(pipeline(), [(job.texture_lora, one.lora_scale)] if job.texture_lora else [])
@@ -571,7 +590,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                      print_dpi=job.print_dpi, print_background=job.print_background, journal=journal, cancel=cancel,
                      grey=image.grey, input_path=job.input)
     return DiffusionResult(job.output, width, height, sum(stage_tiles), time.monotonic() - started, parameters, bits,
-                           sizes, applied, print_path(job.output) if job.print_dpi else None, clock.measured())
+                           sizes, applied, print_path(job.output) if job.print_dpi else None, clock.measured(),
+                           enlarging)
 
 
 class DenoisingClock:

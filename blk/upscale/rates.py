@@ -4,7 +4,8 @@ Measured on this machine by earlier jobs (no guess from a table that would be
 wrong for every other card), kept in `outputs/upscale/.rates.json`. The ESRGAN
 path keeps seconds per tile; the diffusion path seconds per tile-step (one tile
 through one denoising step: `DiffusionPlan.work`), since its jobs differ in
-steps, denoise and passes too. While a job runs, `Pace` words its progress
+steps, denoise and passes too, and its enlargements seconds per pixel made
+(`diffusion.enlarge_rate_key`). While a job runs, `Pace` words its progress
 with the time left (the UI and the CLI show it).
 """
 
@@ -50,12 +51,19 @@ def estimate_seconds(workspace: Workspace, key: str, tiles: int) -> float | None
     return per_tile * tiles if isinstance(per_tile, (int, float)) else None
 
 
-def time_sentence(workspace: Workspace, key: str, units: int) -> str:
-    """The time a job will take, said before it starts: `units` are tiles (ESRGAN) or tile-steps (diffusion)."""
+def time_sentence(workspace: Workspace, key: str, units: int, enlarging: tuple[str, int] | None = None) -> str:
+    """The time a job will take, said before it starts: `units` are tiles (ESRGAN) or tile-steps (diffusion);
+    `enlarging`: the diffusion path's enlargements, (their key, pixels they make), timed apart (an upscaler's
+    or Lanczos's time says nothing about the denoiser's)."""
     seconds = estimate_seconds(workspace, key, units)
     if not seconds:
         return "Time: shown once the first tiles are done (no earlier job with these settings)."
-    if "|per-step" in key:  # the diffusion path times its denoising only
+    if "|per-step" in key:  # the diffusion path: its denoising, and its enlargements when a job has timed them
+        enlarge = estimate_seconds(workspace, *enlarging) if enlarging else None
+        if enlarge is not None:
+            return (f"Time: {say_duration(seconds + enlarge)}: {say_duration(seconds)} of denoising and "
+                    f"{say_duration(enlarge)} of enlarging (loading and writing come on top), from the last jobs "
+                    "with these settings on this machine.")
         return (f"Time: {say_duration(seconds)} of denoising (enlarging, loading and writing come on top), from "
                 "the last job with these settings on this machine.")
     return f"Time: {say_duration(seconds)}, from the last job with these settings on this machine."

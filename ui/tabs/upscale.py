@@ -129,11 +129,12 @@ def enlarge_line(enlarge_first, upscaler) -> str:
     return "Each step enlarges with Lanczos before its passes."
 
 
-def time_line(context: StudioContext, key: str, units: int) -> str:
-    """`units`: the ESRGAN plan's tiles, the diffusion plan's tile-steps (`DiffusionPlan.work`)."""
+def time_line(context: StudioContext, key: str, units: int, enlarging: tuple[str, int] | None = None) -> str:
+    """`units`: the ESRGAN plan's tiles, the diffusion plan's tile-steps (`DiffusionPlan.work`); `enlarging`: the
+    diffusion plan's enlargements (their rate key, the pixels they make)."""
     from blk.upscale.rates import time_sentence
 
-    return time_sentence(context.workspace, key, units)
+    return time_sentence(context.workspace, key, units, enlarging)
 
 
 def estimate(context: StudioContext, image_path, path_kind, scale, size_text, upscaler, model, tile, overlap, steps,
@@ -158,6 +159,7 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
         hint = "Real-ESRGAN" if suggested_path(width, height) == "esrgan" else "the diffusion path"
     lines = [f"{input_width}×{input_height} → **{width}×{height}** ({megapixels(width * height)}); "
              f"suggested for this size: {hint}."]
+    enlarging = None  # the diffusion path's enlargements, timed apart
     try:
         if path_kind == DIFFUSION:
             lora_path = context.workspace.confine(lora) if lora else None  # its family is checked against the model's
@@ -168,6 +170,7 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
             the_plan = diffusion.estimate(job, context.workspace)
             lines += [the_plan.sentence(), enlarge_line(enlarge_first, upscaler), lora_line(lora)]
             count, key = the_plan.work, rate_key("diffusion", model, job.tile, bool(compile_models))
+            enlarging = (diffusion.enlarge_rate_key(job, bool(compile_models)), the_plan.enlarged_pixels)
         else:
             if not upscaler:
                 return "  \n".join(lines + ["Choose an upscaler model to count its tiles."])
@@ -179,7 +182,7 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
                                                        bool(compile_models))
     except (UserError, ValueError) as exc:
         return "  \n".join(lines + [f"**{exc}**"])
-    lines.append(time_line(context, key, count))
+    lines.append(time_line(context, key, count, enlarging))
     return "  \n".join(lines)
 
 
@@ -328,7 +331,8 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
     def show(the_plan, tiles):  # the engine's plan and the time it takes, before the first tile
         used = f" {enlarge_line(enlarge_first, upscaler_path)} {lora_line(lora_path)}" if kind == "diffusion" else ""
         planned.append(f"{the_plan.sentence()}{used}")
-        timed.append(time_line(context, key, tiles))  # for the wait only: the result says how long it took
+        enlarging = (diffusion.enlarge_rate_key(job), the_plan.enlarged_pixels) if kind == "diffusion" else None
+        timed.append(time_line(context, key, tiles, enlarging))  # for the wait only: the result says how long it took
         progress(0, desc=" ".join(notes + planned + timed))
 
     def report(done, total, stage=None):  # `stage`: the diffusion path's (`diffusion.Stage`)
@@ -372,6 +376,9 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
             key = rate_key(kind, model if kind == "diffusion" else str(upscaler_path),
                            int(tile) if tile else (1024 if kind == "diffusion" else None))
         record(context.workspace, key, seconds, tiles)
+        if kind == "diffusion":  # its enlargements' seconds per pixel, apart
+            record(context.workspace, diffusion.enlarge_rate_key(job, bool(result.parameters.get("compile"))),
+                   *result.enlarging)
         centre = tuple(float(50 if v is None else v) / 100 for v in (region_x, region_y))
         before, after = region_pair(Path(image_path), result.path, centre)
     except UserError as exc:
