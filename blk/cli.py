@@ -28,8 +28,17 @@ from blk.errors import UserError
 from blk.workspace import Workspace
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A command line the parser refuses is one line, as every other refusal (argparse printed its whole usage
+    block above the sentence that mattered); the line says where the options are listed. Its subcommands'
+    parsers are of this class too (argparse makes them of their parent's)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m blk", description="BLK Studio engine")
+    parser = OneLineParser(prog="python -m blk", description="BLK Studio engine")
     parser.add_argument("--workspace", default="workspace", help="workspace folder (default ./workspace)")
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -65,6 +65,15 @@ def test_a_run_folder_is_never_trained_over_nor_resumed_on_another_model(shared_
 def test_numbers_out_of_every_range_are_refused_when_the_command_is_read(argv, expected, capsys):
     code, err = said(capsys, *argv)
     assert code == 2 and expected in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "usage:" not in err, err  # one line
+
+
+def test_a_command_line_the_parser_refuses_is_one_line_naming_the_help(capsys):
+    code, err = said(capsys, "sketch", "--model", "tiny-flux", "--count", "0")
+    assert code == 2 and err == ("error: argument --count: 0 is outside the range (from 1 to 1000) "
+                                 "(`python -m blk sketch --help` lists the options)\n")
+    code, err = said(capsys, "upscale", "a.png", "--model", "x.pth", "--pth", "x")
+    assert code == 2 and err == "error: unrecognized arguments: --pth x (`python -m blk --help` lists the options)\n"
 
 
 def test_the_engine_says_one_sentence_for_sizes_strengths_and_lora_names(shared_workspace, tmp_path, capsys):
