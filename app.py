@@ -22,7 +22,11 @@ MAX_UPLOAD = "500mb"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="studio.py", description="BLK Studio — local, offline, private.")
+    parser = argparse.ArgumentParser(
+        prog="studio.py", description="BLK Studio — local, offline, private.",
+        epilog="Other words: studio.py test [PYTEST ARGS] runs the tests; studio.py setup-vllm installs the vLLM "
+               "captioning server; studio.py [--workspace DIR] COMMAND … runs a job from the command line "
+               "(models, dataset, train, caption, sketch, review, upscale, stencil; COMMAND --help lists its options).")
     parser.add_argument("--workspace", default="workspace", help="where datasets, runs, outputs and models live")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--listen", default="127.0.0.1",

@@ -67,6 +67,22 @@ def test_the_launcher_knows_every_command_of_the_engine():
     assert studio.cli_arguments(["--workspace=/w", "models", "list"]) == ["--workspace", "/w", "models", "list"]
 
 
+def test_the_apps_help_names_the_launchers_other_words(capsys):
+    """`python3 studio.py --help` listed the app's options only: `test`, `setup-vllm` and every job command were
+    found in the README alone."""
+    import pytest
+
+    import app
+    from blk.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        app.parse_args(["--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert "studio.py test" in said and "studio.py setup-vllm" in said and "COMMAND --help" in said
+    assert all(f" {name}," in said or f" {name};" in said or f"({name}," in said for name in commands), said
+
+
 def test_a_relative_workspace_means_the_users_folder_for_the_app_and_for_a_command(tmp_path, monkeypatch):
     """The app ran from the studio's folder, so `--workspace ws` meant ROOT/ws for it but the user's ws for a
     command: both now get the path made absolute where the user is, in either spelling."""
