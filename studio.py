@@ -77,6 +77,29 @@ def pip(python: Path, *args: str) -> None:
         sys.exit(f"`pip {' '.join(args)}` failed (see pip's message above); nothing was started.{hint}")
 
 
+NO_VENV_SUPPORT = ("This Python cannot make an environment with pip (its venv/ensurepip support is missing): "
+                   "install it (Debian and Ubuntu: `sudo apt install python3-venv`, or python3.X-venv for your "
+                   "version) and run the same command again.")
+
+
+def has_pip(python: Path) -> bool:
+    return subprocess.run([str(python), "-m", "pip", "--version"], capture_output=True).returncode == 0
+
+
+def create_venv(folder: Path, builder=venv.EnvBuilder) -> None:
+    """A fresh venv with pip at `folder`, or one sentence and nothing left behind: Debian's and Ubuntu's
+    Python without python3-venv made a venv without pip and ended in a CalledProcessError traceback."""
+    try:
+        builder(with_pip=True, clear=folder.exists()).create(folder)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, subprocess.CalledProcessError):
+            sys.exit(NO_VENV_SUPPORT)
+        there = next(parent for parent in folder.parents if parent.exists())
+        sys.exit(f"Could not make the environment in {folder}: {exc.strerror or exc}."
+                 f"{disk_space_sentence(there, shutil.disk_usage(there).free)}")
+
+
 def ensure_venv(folder: Path, requirements: Path, stamp_files: tuple[Path, ...], before: list[str] = (),
                 remove_after: list[str] = ()) -> Path:
     """Create or update one venv so that it satisfies `requirements`; return its python."""
@@ -87,9 +110,9 @@ def ensure_venv(folder: Path, requirements: Path, stamp_files: tuple[Path, ...],
     wanted = requirements_hash(*stamp_files)
     if python.exists() and stamp.exists() and stamp.read_text().strip() == wanted:
         return python
-    if not python.exists():
+    if not python.exists() or not has_pip(python):  # a venv made without pip (no python3-venv) is made again
         print(f"Creating the environment in {folder} …", flush=True)
-        venv.EnvBuilder(with_pip=True, clear=folder.exists()).create(folder)
+        create_venv(folder)
     print(f"Installing {requirements.name} into {folder} (first time: minutes, a few GB) …", flush=True)
     if before:
         pip(python, "install", *before)

@@ -122,3 +122,26 @@ def test_a_job_runs_from_any_folder_with_the_paths_the_user_typed(tmp_path):
     assert done.returncode == 0, done.stderr
     assert report["dataset"] == str(tmp_path / "drawings") and report["uncaptioned"] == ["b.png"], report
     assert (tmp_path / "ws").is_dir()
+
+
+def test_a_python_without_venv_support_is_one_sentence_and_leaves_no_half_environment(tmp_path):
+    """As Debian's and Ubuntu's Python without python3-venv: the venv is made, then ensurepip fails (a
+    CalledProcessError traceback, and a venv without pip that the next run took as made)."""
+    import subprocess
+    import sys
+    import venv
+
+    import pytest
+
+    class WithoutEnsurepip(venv.EnvBuilder):
+        def _setup_pip(self, context):  # what Debian's python -m ensurepip does there: exit 1
+            subprocess.check_output([context.env_exec_cmd, "-c", "import sys; sys.exit(1)"], stderr=subprocess.STDOUT)
+
+    studio = load_launcher()
+    folder = tmp_path / "env"
+    with pytest.raises(SystemExit) as stopped:
+        studio.create_venv(folder, WithoutEnsurepip)
+    assert stopped.value.code == studio.NO_VENV_SUPPORT and "sudo apt install python3-venv" in studio.NO_VENV_SUPPORT
+    assert not folder.exists()
+    venv.EnvBuilder(with_pip=False).create(folder)  # one an older launcher left: a python without pip
+    assert not studio.has_pip(studio.venv_python(folder)) and studio.has_pip(Path(sys.executable))
