@@ -87,13 +87,18 @@ def has_pip(python: Path) -> bool:
 
 
 def create_venv(folder: Path, builder=venv.EnvBuilder) -> None:
-    """A fresh venv with pip at `folder`, or one sentence and nothing left behind: Debian's and Ubuntu's
-    Python without python3-venv made a venv without pip and ended in a CalledProcessError traceback."""
+    """A fresh venv with pip at `folder`, or one sentence and nothing left behind. Debian's and Ubuntu's Python
+    without python3-venv has no ensurepip: its venv module makes the folder, prints its advice and exits, and the
+    venv left without pip was taken as made by the next run."""
+    import importlib.util
+
+    if importlib.util.find_spec("ensurepip") is None:
+        sys.exit(NO_VENV_SUPPORT)
     try:
         builder(with_pip=True, clear=folder.exists()).create(folder)
-    except (subprocess.CalledProcessError, OSError) as exc:
+    except (subprocess.CalledProcessError, OSError, SystemExit) as exc:
         shutil.rmtree(folder, ignore_errors=True)
-        if isinstance(exc, subprocess.CalledProcessError):
+        if not isinstance(exc, OSError):
             sys.exit(NO_VENV_SUPPORT)
         there = next(parent for parent in folder.parents if parent.exists())
         sys.exit(f"Could not make the environment in {folder}: {exc.strerror or exc}."
@@ -192,7 +197,8 @@ def run_cli(python: Path, arguments: list[str]) -> int:
     paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     # PYTHONSAFEPATH: the user's folder is not put first on the path (Python 3.11+), so a `blk/` or a
     # `random.py` there cannot stand in for the studio's code or the standard library
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONSAFEPATH="1")
+    # BLK_CLI_NAME: the command's help and refusals name what the user typed (`blk.cli.build_parser`)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONSAFEPATH="1", BLK_CLI_NAME="python3 studio.py")
     command = [str(python), "-m", "blk", *arguments]
     if os.name == "posix":  # the job becomes this process: Ctrl+C and `kill` reach it
         sys.stdout.flush()

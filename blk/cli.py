@@ -30,15 +30,24 @@ from blk.workspace import Workspace
 
 class OneLineParser(argparse.ArgumentParser):
     """A command line the parser refuses is one line, as every other refusal (argparse printed its whole usage
-    block above the sentence that mattered); the line says where the options are listed. Its subcommands'
-    parsers are of this class too (argparse makes them of their parent's)."""
+    block above the sentence that mattered); the line says where the options are listed, for the command that
+    refused: an unknown option is refused by its subcommand (argparse left them to the top parser, whose help
+    lists no options of `upscale`). Subcommands' parsers are of this class too (argparse makes them of their
+    parent's)."""
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m blk", description="BLK Studio engine")
+    # the launcher (`python3 studio.py upscale …`) names itself, so that help and refusals say what was typed
+    parser = OneLineParser(prog=os.environ.get("BLK_CLI_NAME") or "python -m blk", description="BLK Studio engine")
     parser.add_argument("--workspace", default="workspace", help="workspace folder (default ./workspace)")
     commands = parser.add_subparsers(dest="command", required=True)
 

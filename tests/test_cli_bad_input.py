@@ -72,8 +72,18 @@ def test_a_command_line_the_parser_refuses_is_one_line_naming_the_help(capsys):
     code, err = said(capsys, "sketch", "--model", "tiny-flux", "--count", "0")
     assert code == 2 and err == ("error: argument --count: 0 is outside the range (from 1 to 1000) "
                                  "(`python -m blk sketch --help` lists the options)\n")
-    code, err = said(capsys, "upscale", "a.png", "--model", "x.pth", "--pth", "x")
-    assert code == 2 and err == "error: unrecognized arguments: --pth x (`python -m blk --help` lists the options)\n"
+    code, err = said(capsys, "upscale", "a.png", "--model", "x.pth", "--pth", "x")  # the command's options, not the top's
+    assert code == 2 and err == ("error: unrecognized arguments: --pth x (`python -m blk upscale --help` lists the "
+                                 "options)\n")
+    code, err = said(capsys, "models", "list", "--bogus")
+    assert code == 2 and err == ("error: unrecognized arguments: --bogus (`python -m blk models list --help` lists "
+                                 "the options)\n")
+
+
+def test_through_the_launcher_help_and_refusals_name_the_launcher(capsys, monkeypatch):
+    monkeypatch.setenv("BLK_CLI_NAME", "python3 studio.py")  # as `studio.run_cli` sets it
+    code, err = said(capsys, "sketch", "--model", "tiny-flux", "--count", "0")
+    assert code == 2 and err.endswith("(`python3 studio.py sketch --help` lists the options)\n"), err
 
 
 def test_the_engine_says_one_sentence_for_sizes_strengths_and_lora_names(shared_workspace, tmp_path, capsys):

@@ -122,26 +122,42 @@ def test_a_job_runs_from_any_folder_with_the_paths_the_user_typed(tmp_path):
     assert done.returncode == 0, done.stderr
     assert report["dataset"] == str(tmp_path / "drawings") and report["uncaptioned"] == ["b.png"], report
     assert (tmp_path / "ws").is_dir()
+    refused = subprocess.run([sys.executable, str(ROOT / "studio.py"), "dataset", "check", "drawings", "--bogus"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and refused.stderr.endswith(
+        "error: unrecognized arguments: --bogus (`python3 studio.py dataset check --help` lists the options)\n")
 
 
-def test_a_python_without_venv_support_is_one_sentence_and_leaves_no_half_environment(tmp_path):
-    """As Debian's and Ubuntu's Python without python3-venv: the venv is made, then ensurepip fails (a
-    CalledProcessError traceback, and a venv without pip that the next run took as made)."""
+def test_a_python_without_venv_support_is_one_sentence_and_leaves_no_half_environment(tmp_path, monkeypatch):
+    """As Debian's and Ubuntu's Python without python3-venv (no ensurepip): said before anything is made. Should
+    the venv module still fail at pip — Debian's prints its advice and exits once the folder is made, another
+    raises CalledProcessError — the half-made folder goes too (a venv without pip was taken as made)."""
     import subprocess
     import sys
     import venv
 
     import pytest
 
-    class WithoutEnsurepip(venv.EnvBuilder):
-        def _setup_pip(self, context):  # what Debian's python -m ensurepip does there: exit 1
+    class DebianWithoutPip(venv.EnvBuilder):
+        def _setup_pip(self, context):  # Debian's venv when `python -m ensurepip` fails and ensurepip is missing
+            print("The virtual environment was not created successfully because ensurepip is not available.")
+            sys.exit(1)
+
+    class PipFails(venv.EnvBuilder):
+        def _setup_pip(self, context):
             subprocess.check_output([context.env_exec_cmd, "-c", "import sys; sys.exit(1)"], stderr=subprocess.STDOUT)
 
     studio = load_launcher()
     folder = tmp_path / "env"
+    for builder in (DebianWithoutPip, PipFails):
+        with pytest.raises(SystemExit) as stopped:
+            studio.create_venv(folder, builder)
+        assert stopped.value.code == studio.NO_VENV_SUPPORT and not folder.exists()
+    assert "sudo apt install python3-venv" in studio.NO_VENV_SUPPORT
+    monkeypatch.setitem(sys.modules, "ensurepip", None)  # this Python without it: nothing is made at all
     with pytest.raises(SystemExit) as stopped:
-        studio.create_venv(folder, WithoutEnsurepip)
-    assert stopped.value.code == studio.NO_VENV_SUPPORT and "sudo apt install python3-venv" in studio.NO_VENV_SUPPORT
-    assert not folder.exists()
+        studio.create_venv(folder)
+    assert stopped.value.code == studio.NO_VENV_SUPPORT and not folder.exists()
+    monkeypatch.undo()
     venv.EnvBuilder(with_pip=False).create(folder)  # one an older launcher left: a python without pip
     assert not studio.has_pip(studio.venv_python(folder)) and studio.has_pip(Path(sys.executable))

@@ -340,7 +340,9 @@ def test_killed_in_a_later_steps_enlargement_resumes_exactly(shared_workspace, t
     calls = model_calls(monkeypatch, lambda n: None)
     whole = run(job("whole.png"), shared_workspace, pipelines, progress=keep_first_enlargement)
     assert whole.sizes == [(42, 35), (144, 120)] and len(calls) == 4  # 2 model passes per step
-    assert whole.enlarging[1] == 42 * 35 + 144 * 120  # both enlargements timed, for the next estimate
+    # the time estimate's work: the ×2 model's output of each pass (12×10 and 21×18 into 42×35, then 42×35 and
+    # 72×60 into 144×120), read from the model file
+    assert estimate(job("again.png"), shared_workspace).enlarge_work == [4 * (120 + 378), 4 * (1470 + 4320)]
     assert (first_enlargement[1] % 257 != 0).mean() > 0.5  # 16 bits, not an 8-bit result widened
 
     def stop(n):
@@ -366,7 +368,6 @@ def test_killed_in_a_later_steps_enlargement_resumes_exactly(shared_workspace, t
     resumed = run(job("out.png"), shared_workspace, pipelines, log=notes.append)
     assert notes == ["Resuming an interrupted job at step 2 of 2, its enlargement."]
     assert len(calls) == 1 and loads == [model.name]  # only the unfinished model pass ran again
-    assert resumed.enlarging == (0.0, 0)  # its rest only: no time per pixel to learn from
     assert np.array_equal(np.asarray(Image.open(resumed.path)), np.asarray(Image.open(whole.path)))
     assert not list(tmp_path.glob(".blk-tmp-*"))
 

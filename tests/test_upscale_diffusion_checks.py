@@ -14,8 +14,8 @@ from blk.errors import UserError
 from blk.generate.text_to_image import img2img_steps
 from blk.models.pipelines import PipelineCache
 from blk.models.registry import resolve
-from blk.upscale.diffusion import (FULL_FRAME, NOT_FINITE, DiffusionJob, Pass, effective_steps, estimate, plan,
-                                   run)
+from blk.upscale.diffusion import (FULL_FRAME, NOT_FINITE, DiffusionJob, EnlargingClock, Pass, effective_steps,
+                                   enlarge_work, estimate, plan, run)
 from tests.support.loras import make_random_lora
 from tests.test_upscale_diffusion import gradient, stop_at, tiny_job
 
@@ -149,8 +149,30 @@ def test_a_job_records_its_seconds_per_tile_step(shared_workspace, tmp_path, pip
     seconds, work = result.denoising
     assert work == the_plan.work - the_plan.steps_per_tile[0] and seconds > 0  # the first tile left out
     assert result.tiles == the_plan.total_tiles
-    seconds, pixels = result.enlarging  # the Lanczos enlargement to 96×80, timed apart
-    assert pixels == the_plan.enlarged_pixels == 96 * 80 and seconds > 0
+    seconds, work = result.enlarging  # the Lanczos enlargement to 96×80, timed apart and whole
+    assert work == sum(the_plan.enlarge_work) == 96 * 80 and seconds > 0
+
+
+def test_an_upscalers_enlargement_counts_the_models_pixels_and_its_time_after_the_first_batch():
+    """A ×4 model asked for 2× runs its whole ×4 and shrinks: as much work as a 4× step (pixels made would
+    rate it 4× too fast). Its time starts after its first batch (the warm-up, or the compiler's 10 s), its work
+    counts the tiles after it; a resumed enlargement's first report already counts finished tiles."""
+    assert enlarge_work((100, 100), [(200, 200)], 4) == enlarge_work((100, 100), [(400, 400)], 4) == [160_000]
+    assert enlarge_work((100, 100), [(200, 200)], None) == [40_000]  # Lanczos: pixels made
+    assert enlarge_work((100, 100), [(200, 200), (800, 800)], 4) == [160_000, 640_000]  # each from the last
+
+    def timed(reports, model=True):
+        clock = EnlargingClock()
+        clock.begin()
+        for done, total in reports:
+            clock.report(done, total)
+        clock.end(400, model)
+        return clock.work, clock.seconds
+
+    assert timed([(0, 4), (1, 4), (2, 4), (4, 4)])[0] == 300  # 3 of 4 tiles after the first batch
+    assert timed([(2, 4), (3, 4), (4, 4)])[0] == 100  # resumed with 2 done: 1 tile after its first batch
+    assert timed([(0, 4), (4, 4)]) == (0, 0.0)  # one batch: nothing known but the warm-up
+    assert timed([(0, 1), (1, 1)], model=False)[0] == 400  # Lanczos: whole
 
 
 # 4 and 9: the full-frame pass is decided once, announced before it runs, counted only when it ran
@@ -238,6 +260,27 @@ def test_a_resumed_job_keeps_the_full_frame_decision_it_began_with(shared_worksp
                         "then); the tiled result is kept.")
     assert np.array_equal(np.asarray(Image.open(resumed.path)), np.asarray(Image.open(whole.path)))
     assert not list(tmp_path.glob(".blk-tmp-*"))
+
+
+def test_a_failure_while_the_plan_is_shown_frees_the_lock_and_keeps_a_resumed_jobs_files(shared_workspace, tmp_path,
+                                                                                          pipelines):
+    """The journal is taken before the plan is shown (a resume follows its first run's plan): a caller failing
+    there leaves a fresh job nothing and a resumed one every file, and never the lock held."""
+    def failing(the_plan):
+        raise RuntimeError("the window went away")
+
+    with pytest.raises(RuntimeError):
+        run(tiny_job(tmp_path, final_denoise=None), shared_workspace, pipelines, on_plan=failing)
+    assert not list(tmp_path.glob(".blk-tmp-*"))  # a fresh job: nothing left, the lock file neither
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_job(tmp_path, final_denoise=None), shared_workspace, pipelines, progress=stop_at(3))
+    kept = sorted(p.name for p in tmp_path.glob(".blk-tmp-*"))
+    with pytest.raises(RuntimeError):
+        run(tiny_job(tmp_path, final_denoise=None), shared_workspace, pipelines, on_plan=failing)
+    assert sorted(p.name for p in tmp_path.glob(".blk-tmp-*")) == kept  # a resumed job: every file kept
+    notes = []
+    run(tiny_job(tmp_path, final_denoise=None), shared_workspace, pipelines, log=notes.append)  # not locked out
+    assert notes[0].startswith("Resuming an interrupted job") and not list(tmp_path.glob(".blk-tmp-*"))
 
 
 # 5: a non-finite LoRA strength, or a tile that is not finite, is one sentence, not a black image

@@ -258,7 +258,7 @@ def _plan_printer(job, workspace):
 
     def show(the_plan) -> None:
         key = rate_key("diffusion", job.model, job.tile, job.memory.compile)
-        enlarging = (enlarge_rate_key(job), the_plan.enlarged_pixels)
+        enlarging = (enlarge_rate_key(job), sum(the_plan.enlarge_work)) if the_plan.enlarge_work else None
         shown.append(f"{the_plan.sentence()} {time_sentence(workspace, key, the_plan.work, enlarging)}")
         _say(shown[-1])
 

@@ -143,11 +143,7 @@ class DiffusionPlan:
     notes: list[str] = field(default_factory=list)  # one-sentence notices (tile sizes, a left-out full-frame pass)
     final_work: int = 0  # the full-frame pass in tile-steps (`work`); 0 without it
     final_steps: int = 0  # denoising steps the full-frame pass runs; 0 without it
-
-    @property
-    def enlarged_pixels(self) -> int:
-        """Pixels the job's enlargements make (each step's size), what their time estimate counts."""
-        return sum(w * h for w, h in self.sizes or [(self.width, self.height)])
+    enlarge_work: list[int] = field(default_factory=list)  # each step's enlargement in `enlarge_work`'s unit
 
     @property
     def total_tiles(self) -> int:
@@ -189,7 +185,7 @@ class DiffusionResult:
     final_pass: bool = False  # whether the full-frame pass was applied
     print_path: Path | None = None
     denoising: tuple[float, int] = (0.0, 0)  # (seconds, tile-steps) of this session's denoising, for `rates.record`
-    enlarging: tuple[float, int] = (0.0, 0)  # (seconds, pixels) of the enlargements this session ran whole, likewise
+    enlarging: tuple[float, int] = (0.0, 0)  # (seconds, work) of this session's enlargements (`EnlargingClock`)
 
 
 @dataclass(frozen=True)
@@ -282,10 +278,11 @@ def _too_big_note(width: int, height: int, need: int, budget: int) -> str:
 
 
 def plan(job: DiffusionJob, width: int, height: int, default_steps: int, multiple_of: int = 1,
-         family: str = "flux", final_pass: bool | None = None) -> DiffusionPlan:
+         family: str = "flux", final_pass: bool | None = None, enlarge_scale: int | None = None) -> DiffusionPlan:
     """What a job will do; `multiple_of` is the model family's size grid (`SIZE_MULTIPLE`), which the
     tile layout rounds to; `family` counts the steps its img2img runs. `final_pass`: whether the full-frame
-    pass runs, as the job decided when it began (a resume); None: decided now, from the memory free."""
+    pass runs, as the job decided when it began (a resume); None: decided now, from the memory free.
+    `enlarge_scale`: the upscaler's scale, for the enlargements' work (not known: no work, so no time for them)."""
     from blk.models.registry import KNOWN_MODELS
     from blk.upscale.esrgan import target_size
 
@@ -316,7 +313,25 @@ def plan(job: DiffusionJob, width: int, height: int, default_steps: int, multipl
     final_steps = effective_steps(steps, job.final_denoise, family)[1] if final else 0
     return DiffusionPlan(tw, th, tiles[-1], len(job.passes), final,
                          [effective_steps(steps, p.denoise, family)[1] for p in job.passes], sizes, tiles, notes,
-                         final_steps * frame_tiles(job, tw, th), final_steps)
+                         final_steps * frame_tiles(job, tw, th), final_steps,
+                         enlarge_work((width, height), sizes, enlarge_scale)
+                         if job.enlarge_model is None or enlarge_scale else [])
+
+
+def enlarge_work(source: tuple[int, int], sizes: list[tuple[int, int]], scale: int | None) -> list[int]:
+    """Each step's enlargement in the rate file's unit: an upscaler's pixels out of the model (every pass's input
+    × scale², `esrgan.pass_inputs`: a ×4 model asked for 2× still runs its whole ×4 and shrinks, twice the work
+    per pixel made of a 4× step), Lanczos's pixels made."""
+    from blk.upscale.esrgan import pass_inputs
+
+    work, start = [], source
+    for size in sizes:
+        if scale:
+            work.append(sum(w * h * scale * scale for w, h in pass_inputs(*start, scale, size)))
+        else:
+            work.append(size[0] * size[1])
+        start = size
+    return work
 
 
 def frame_tiles(job: DiffusionJob, width: int, height: int) -> int:
@@ -326,7 +341,8 @@ def frame_tiles(job: DiffusionJob, width: int, height: int) -> int:
 
 
 def enlarge_rate_key(job: DiffusionJob, compiled: bool | None = None) -> str:
-    """The rate file's key for a job's enlargements (seconds per pixel made): its upscaler, or Lanczos."""
+    """The rate file's key for a job's enlargements (seconds per unit of `enlarge_work`): its upscaler, or
+    Lanczos."""
     from blk.upscale.rates import rate_key
 
     name = job.enlarge_model.name if job.enlarge_model is not None else "lanczos"
@@ -354,7 +370,20 @@ def estimate(job: DiffusionJob, workspace) -> DiffusionPlan:
     image = open_input(job.input)
     steps, grid, family = model_defaults(job.model, workspace)
     check_lora_family(job, family)
-    return plan(job, image.width, image.height, steps, grid, family)
+    return plan(job, image.width, image.height, steps, grid, family, enlarge_scale=upscaler_scale(job))
+
+
+def upscaler_scale(job: DiffusionJob, load: bool = True) -> int | None:
+    """The enlargement model's scale (None without one), from `FACTS` when this process has loaded the file,
+    else by loading it once on the CPU (`upscaler_facts`); `load=False`: None when not known without it."""
+    from blk.upscale.models import FACTS, upscaler_facts
+
+    if job.enlarge_model is None:
+        return None
+    if not load:
+        known = FACTS.get(FACTS.key(job.enlarge_model))
+        return None if known is None or isinstance(known, str) else known.scale
+    return upscaler_facts(job.enlarge_model).scale
 
 
 def check_files(job: DiffusionJob) -> None:
@@ -404,7 +433,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     default_steps, default_guidance = generation_defaults(model)
     image = open_input(job.input)
     multiple = SIZE_MULTIPLE[model.family]
-    the_plan = plan(job, image.width, image.height, default_steps, multiple, model.family)
+    scale = upscaler_scale(job, load=False)  # the job loads the upscaler once, on its device, when it enlarges
+    the_plan = plan(job, image.width, image.height, default_steps, multiple, model.family, enlarge_scale=scale)
     width, height, sizes = the_plan.width, the_plan.height, the_plan.sizes
     bits = 16 if job.keep_16bit and image.bit_depth == 16 else 8
     if fmt == "png":
@@ -429,12 +459,14 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     try:
         decided = journal.decided("final_pass", the_plan.final_pass)
         if decided != the_plan.final_pass:  # a resume, with more or less memory free than when the job began
-            the_plan = plan(job, image.width, image.height, default_steps, multiple, model.family, decided)
+            the_plan = plan(job, image.width, image.height, default_steps, multiple, model.family, decided, scale)
         if on_plan:
             on_plan(the_plan)
         for note in the_plan.notes:
             say(note)
-    except BaseException:  # no work yet: a resumed job's files stay for the next run
+        for sentence in journal.others_kept() if log and not journal.resumed else []:
+            log(sentence)
+    except BaseException:  # no work yet: a resumed job's files stay for the next run (and the lock is freed)
         journal.suspend() if journal.resumed else journal.discard()
         raise
     # stages: per step its enlargement, then one per pass; then the full-frame pass (`final`)
@@ -467,8 +499,6 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             what = f"pass {pass_name(k)}" if k else ENLARGING
             progress(done[0] + (n if k else 0), total, Stage(step + 1, len(sizes), what, n, of))
 
-    for sentence in journal.others_kept() if log and not journal.resumed else []:
-        log(sentence)
     used: list = []  # the pipeline once loaded: its offloaded models go back to the CPU when the job ends
     with journal.ending(), _releasing_offloaded(used):  # done, cancelled or failed: files removed; Ctrl+C: kept
         journal.check_files(final + 1)
@@ -486,7 +516,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
         loaded = enlarger = None
         guidance = default_guidance if job.guidance is None else job.guidance
         clock = DenoisingClock()
-        enlarging = (0.0, 0)  # seconds and pixels, for the next job's estimate (`enlarge_rate_key`)
+        enlarging = EnlargingClock()  # for the next job's estimate (`enlarge_rate_key`)
 
         def pipeline():
             nonlocal loaded
@@ -510,11 +540,12 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             if k == 0:
                 if job.enlarge_model is not None and enlarger is None:  # once: every step uses it
                     enlarger = Enlarger.load(job.enlarge_model, job.device, job.memory.compile, say)
-                began = time.monotonic()
+                enlarging.begin()
                 made = _enlarge(job, image, source, w, h, journal, stage, cancel, enlarger,
-                                report=lambda n, of, s=stage: tell(s, n, of))
-                if not (journal.resumed and stage == first):  # one a killed run began would time only its rest
-                    enlarging = (enlarging[0] + time.monotonic() - began, enlarging[1] + w * h)
+                                report=lambda n, of, s=stage: (enlarging.report(n, of), tell(s, n, of)))
+                work = the_plan.enlarge_work or enlarge_work((image.width, image.height), sizes,
+                                                             enlarger.upscaler.scale)  # loaded now: known
+                enlarging.end(work[step], model=enlarger is not None)
             else:
                 one = job.passes[k - 1]
                 set_loras(pipeline(), [(job.texture_lora, one.lora_scale)] if job.texture_lora else [])
@@ -591,7 +622,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
                      grey=image.grey, input_path=job.input)
     return DiffusionResult(job.output, width, height, sum(stage_tiles), time.monotonic() - started, parameters, bits,
                            sizes, applied, print_path(job.output) if job.print_dpi else None, clock.measured(),
-                           enlarging)
+                           (enlarging.seconds, enlarging.work))
 
 
 class DenoisingClock:
@@ -614,6 +645,36 @@ class DenoisingClock:
     def measured(self) -> tuple[float, int]:
         calls = self.calls[1:] or self.calls
         return sum(seconds for seconds, _ in calls), sum(work for _, work in calls)
+
+
+class EnlargingClock:
+    """Seconds and work (`enlarge_work`'s unit) of this session's enlargements, for the rate file. An upscaler's
+    is timed from its first finished batch of tiles on, its work counted for the tiles after it: the first
+    batch carries the model's warm-up, or the compiler's (10 s on an H100 against 0.2 s a call after), and a
+    resumed enlargement's finished tiles are not this session's. Lanczos has no warm-up: timed whole."""
+
+    def __init__(self):
+        self.seconds, self.work = 0.0, 0
+
+    def begin(self) -> None:
+        self._began, self._first, self._since, self._total = time.monotonic(), None, None, 0
+
+    def report(self, done: int, total: int) -> None:
+        """An enlargement's progress: its first report comes before its first tile (`_enlarge`)."""
+        self._total = total
+        if self._first is None:
+            self._first = done
+        elif self._since is None and done > self._first:
+            self._since = (time.monotonic(), done)
+
+    def end(self, work: int, model: bool) -> None:
+        now = time.monotonic()
+        if not model:
+            self.seconds, self.work = self.seconds + now - self._began, self.work + work
+        elif self._since is not None and self._total > self._since[1]:
+            then, done = self._since
+            self.seconds += now - then
+            self.work += round(work * (self._total - done) / self._total)
 
 
 def disk_need(input_size: tuple[int, int], sizes: list[tuple[int, int]], passes: int, final_pass: bool,

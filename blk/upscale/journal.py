@@ -238,7 +238,8 @@ class Journal:
         if all(self.has_canvas(i) for i in need):
             return
         self._remove_files()
-        self.state = fresh_state(self.key, self.durable)
+        kept = {name: self.state[name] for name in ("decided",) if name in self.state}  # what this run follows
+        self.state = fresh_state(self.key, self.durable, self.state.get("input")) | kept
         self.resumed = False
         self._save()
 

@@ -4,8 +4,8 @@ Measured on this machine by earlier jobs (no guess from a table that would be
 wrong for every other card), kept in `outputs/upscale/.rates.json`. The ESRGAN
 path keeps seconds per tile; the diffusion path seconds per tile-step (one tile
 through one denoising step: `DiffusionPlan.work`), since its jobs differ in
-steps, denoise and passes too, and its enlargements seconds per pixel made
-(`diffusion.enlarge_rate_key`). While a job runs, `Pace` words its progress
+steps, denoise and passes too, and its enlargements seconds per pixel the
+upscaler (or Lanczos) makes (`diffusion.enlarge_work`, `enlarge_rate_key`). While a job runs, `Pace` words its progress
 with the time left (the UI and the CLI show it).
 """
 
@@ -53,8 +53,8 @@ def estimate_seconds(workspace: Workspace, key: str, tiles: int) -> float | None
 
 def time_sentence(workspace: Workspace, key: str, units: int, enlarging: tuple[str, int] | None = None) -> str:
     """The time a job will take, said before it starts: `units` are tiles (ESRGAN) or tile-steps (diffusion);
-    `enlarging`: the diffusion path's enlargements, (their key, pixels they make), timed apart (an upscaler's
-    or Lanczos's time says nothing about the denoiser's)."""
+    `enlarging`: the diffusion path's enlargements (their key, their work: `diffusion.enlarge_work`), timed
+    apart (an upscaler's or Lanczos's time says nothing about the denoiser's)."""
     seconds = estimate_seconds(workspace, key, units)
     if not seconds:
         return "Time: shown once the first tiles are done (no earlier job with these settings)."

@@ -170,7 +170,8 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
             the_plan = diffusion.estimate(job, context.workspace)
             lines += [the_plan.sentence(), enlarge_line(enlarge_first, upscaler), lora_line(lora)]
             count, key = the_plan.work, rate_key("diffusion", model, job.tile, bool(compile_models))
-            enlarging = (diffusion.enlarge_rate_key(job, bool(compile_models)), the_plan.enlarged_pixels)
+            if the_plan.enlarge_work:
+                enlarging = (diffusion.enlarge_rate_key(job, bool(compile_models)), sum(the_plan.enlarge_work))
         else:
             if not upscaler:
                 return "  \n".join(lines + ["Choose an upscaler model to count its tiles."])
@@ -331,7 +332,8 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
     def show(the_plan, tiles):  # the engine's plan and the time it takes, before the first tile
         used = f" {enlarge_line(enlarge_first, upscaler_path)} {lora_line(lora_path)}" if kind == "diffusion" else ""
         planned.append(f"{the_plan.sentence()}{used}")
-        enlarging = (diffusion.enlarge_rate_key(job), the_plan.enlarged_pixels) if kind == "diffusion" else None
+        enlarging = (diffusion.enlarge_rate_key(job), sum(the_plan.enlarge_work)) \
+            if kind == "diffusion" and the_plan.enlarge_work else None
         timed.append(time_line(context, key, tiles, enlarging))  # for the wait only: the result says how long it took
         progress(0, desc=" ".join(notes + planned + timed))
 
