@@ -21,6 +21,18 @@ def require_file(path, what: str) -> None:
         raise UserError(f"{what} {path} does not exist.")
 
 
+def first_line(exc: Exception) -> str:
+    """A library's refusal on one line. diffusers' "Incompatible keys detected:" lists the keys on the lines below
+    it, so its first line alone ended the sentence on a colon: a few of the keys are named."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    first = lines[0].rstrip(":. ")
+    if not lines[0].endswith(":") or len(lines) == 1:
+        return first[:160]
+    keys = [key.strip() for key in " ".join(lines[1:]).split(",") if key.strip()]
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    return f"{first} ({', '.join(keys[:3])}{more})"
+
+
 class ModelNotFound(UserError):
     """A named model has no weights on this machine."""
 

@@ -84,7 +84,7 @@ def test_lora_file_errors_are_sentences(shared_workspace, tmp_path):
     with pytest.raises(UserError, match="not a .safetensors"):
         set_loras(loaded, [(not_lora, 1.0)])
     sdxl_lora = make_random_lora(resolve("tiny-sdxl", shared_workspace).path, "sdxl", tmp_path / "sdxl")
-    with pytest.raises(UserError, match="not a LoRA for flux"):
+    with pytest.raises(UserError, match="is a SDXL LoRA and the base model is FLUX: it will not load there"):
         set_loras(loaded, [(sdxl_lora, 1.0)])
 
 

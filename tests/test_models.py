@@ -178,6 +178,29 @@ def test_wrong_checkpoints_are_one_sentence(tmp_path, shared_workspace):
         resolve(str(folder), shared_workspace)
 
 
+def test_a_component_holding_another_models_weights_is_one_sentence(tmp_path, shared_workspace):
+    """tiny-sdxl's UNet in a Flux folder's transformer/ left every weight unloaded (a NotImplementedError
+    traceback at the first move); CLIP's weights in text_encoder_2/ left T5 random without a word (pictures from
+    noise-encoded prompts, training on them). The Flux folder's own files load."""
+    from blk.models.device import MemoryOptions
+    from blk.models.pipelines import load_pipeline
+
+    flux, sdxl = shared_workspace.models / "tiny-flux", shared_workspace.models / "tiny-sdxl"
+    for component, stranger, count in (("transformer", sdxl / "unet" / "diffusion_pytorch_model.safetensors", 66),
+                                       ("text_encoder_2", sdxl / "text_encoder" / "model.safetensors", 19)):
+        folder = tmp_path / f"swapped-{component}"
+        shutil.copytree(flux, folder)
+        shutil.copyfile(stranger, next((folder / component).glob("*.safetensors")))
+        with pytest.raises(UserError) as refused:
+            load_pipeline(resolve(str(folder), shared_workspace), "text2img", "cpu", MemoryOptions())
+        assert str(refused.value) == (
+            f"{folder.name}'s {component} does not match its config: 0 of its {count} weights are in "
+            f"{folder / component} — they are another model's, or the download is incomplete; put the model's own "
+            "files there.")
+    pipe = load_pipeline(resolve(str(flux), shared_workspace), "text2img", "cpu", MemoryOptions())
+    assert pipe.transformer is not None
+
+
 def test_cli_models_list(tmp_path, shared_workspace):
     cache = tmp_path / "hf"
     cache.mkdir()

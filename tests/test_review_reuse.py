@@ -239,7 +239,7 @@ def test_sdxl_grid_two_loras_one_load_and_a_flux_lora_is_refused(studio, tmp_pat
     assert np.abs(one - base).mean() > 0.5 and np.abs(two - one).mean() > 0.5
 
     flux_lora = checkpoint(studio, "run-a", 8)
-    with pytest.raises(UserError, match="not a LoRA for sdxl") as caught:
+    with pytest.raises(UserError, match="is a FLUX LoRA and the base model is SDXL") as caught:
         reviewer.grid(replace(spec, checkpoints=[flux_lora], include_base=False), tmp_path / "refused")
     assert "\n" not in str(caught.value) and cells(tmp_path / "refused") == []
     assert cache.load_count == 1

@@ -122,10 +122,15 @@ def test_bad_input_is_one_sentence_and_writes_nothing(sketcher, shared_workspace
     sdxl_lora = make_random_lora(shared_workspace.models / "tiny-sdxl", "sdxl", tmp_path / "sdxl")
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
-    truncated = tmp_path / "truncated.safetensors"
-    truncated.write_bytes(sdxl_lora.read_bytes()[:-100])
-    for lora, message in ((sdxl_lora, "not a LoRA for flux"), (corrupt, "not a readable .safetensors"),
-                          (truncated, "not a LoRA for flux"), (tmp_path / "missing.safetensors", "does not exist")):
+    flux_lora = make_random_lora(shared_workspace.models / "tiny-flux", "flux", tmp_path / "flux")
+    truncated = tmp_path / "truncated.safetensors"  # a LoRA for this model, its download interrupted
+    truncated.write_bytes(flux_lora.read_bytes()[:-100])
+    whole = flux_lora.stat().st_size
+    for lora, message in ((sdxl_lora, "is a SDXL LoRA and the base model is FLUX: it will not load there"),
+                          (corrupt, "not a readable .safetensors"),
+                          (truncated, f"^truncated.safetensors is cut short \\({whole - 100:,} of its {whole:,} bytes\\): "
+                                      "copy or download it again.$"),
+                          (tmp_path / "missing.safetensors", "does not exist")):
         with pytest.raises(UserError, match=message):
             sketcher.run(tiny(loras=[Lora(lora, 1.0)], out_dir=out))
     assert not out.exists() or not any(out.iterdir())

@@ -111,3 +111,23 @@ def test_read_lora_names_the_keys_diffusers_could_not_place(tmp_path):
     assert str(refused.value) == ("odd.safetensors is not a LoRA for flux: Incompatible keys detected "
                                   "(lora_unet_block_0_proj.lora_down.weight, lora_unet_block_1_proj.lora_down.weight, "
                                   "lora_unet_block_2_proj.lora_down.weight and 2 more).")
+
+
+def test_a_lora_whose_factors_do_not_fit_the_layers_is_one_sentence(shared_workspace, tmp_path):
+    """A LoRA of this family but another size of model (its factors 17 wide where the layer is 32) ended the
+    probe and the run in a 55-line size-mismatch traceback, as a base LoRA and as a starting one."""
+    from blk.models.device import MemoryOptions
+    from blk.models.pipelines import load_pipeline
+    from blk.models.registry import resolve
+    from blk.train.adapters import add_base_loras
+    from blk.train.families import FluxFamily
+
+    misfit = tmp_path / "other-size.safetensors"
+    save_file({f"{FLUX_Q}.lora_A.weight": np.zeros((4, 17), np.float32),
+               f"{FLUX_Q}.lora_B.weight": np.zeros((17, 4), np.float32)}, str(misfit))
+    family = FluxFamily(load_pipeline(resolve("tiny-flux", shared_workspace), "text2img", "cpu", MemoryOptions()))
+    with pytest.raises(UserError) as refused:
+        add_base_loras(family, [misfit])
+    assert str(refused.value) == ("other-size.safetensors does not fit this flux model: its factor for "
+                                  "transformer_blocks.0.attn.to_q is [4, 17] where this model's needs [4, 32] (a LoRA "
+                                  "of another model of the family?).")

@@ -60,6 +60,7 @@ def load_pipeline(model: ResolvedModel, task: str, device: str, memory: MemoryOp
             pipe = cls.from_pretrained(str(model.path), dtype=dtype, local_files_only=True)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise UserError(f"Could not load {model.name} from {model.path}: {str(exc).splitlines()[0]}") from None
+    check_weights_fit(pipe, model)
     if memory.int8:
         from optimum.quanto import freeze, qint8, quantize
 
@@ -79,6 +80,33 @@ def load_pipeline(model: ResolvedModel, task: str, device: str, memory: MemoryOp
         speed.compile_denoiser(denoiser)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+MIN_WEIGHTS_FOUND = 0.5  # of a component's parameters, by name in its files (legacy names converted on load are few)
+
+
+def check_weights_fit(pipe, model: ResolvedModel) -> None:
+    """Each component holds the weights its config describes, or one sentence. Files of another model in a
+    component's folder left diffusers' weights unloaded ("meta": a traceback at the first `.to`) and
+    transformers' text encoders silently random (a picture from noise-encoded prompts)."""
+    import torch
+
+    from blk.models.registry import safetensors_keys
+
+    for name, component in pipe.components.items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        parameters = dict(component.named_parameters())
+        empty = [key for key, value in parameters.items() if value.is_meta]
+        folder = model.path / name if not model.single_file else None
+        files = sorted(folder.glob("*.safetensors")) if folder is not None and folder.is_dir() else []
+        saved = {key for path in files for key in safetensors_keys(path)}
+        found = sum(key in saved for key in parameters) if saved else len(parameters) - len(empty)
+        if parameters and (empty or found < MIN_WEIGHTS_FOUND * len(parameters)):
+            where = folder or model.path
+            raise UserError(f"{model.name}'s {name} does not match its config: {found} of its {len(parameters)} "
+                            f"weights are in {where} — they are another model's, or the download is incomplete; "
+                            "put the model's own files there.")
 
 
 def _check_speed(model: ResolvedModel, device: str, dtype, memory: MemoryOptions) -> None:
@@ -393,18 +421,29 @@ def _has_lokr_layers(loaded: LoadedPipeline) -> bool:
 
 
 def _load_checked(loaded: LoadedPipeline, path: Path, name: str) -> None:
-    """Load one file as adapter `name`; any failure is one sentence and leaves nothing behind."""
+    """Load one file as adapter `name`; any failure is one sentence and leaves nothing behind (naming the file
+    given, not its private copy, and the other family when it is one's)."""
+    from blk.errors import first_line
+    from blk.generate.lora_family import family_mismatch
+    from blk.models.registry import check_safetensors_whole
+
+    if path.suffix.lower() == ".safetensors":
+        check_safetensors_whole(path)
+    copy = private_copy(path)
     try:
-        _load_lora(loaded, private_copy(path), name)
+        _load_lora(loaded, copy, name)
     except UserError:  # already one sentence (a LyCORIS LoKr that does not fit, say)
         _forget_adapter(loaded, name)
         raise
     except Exception as exc:  # noqa: BLE001  (any loader failure means: not a LoRA for this model)
         _forget_adapter(loaded, name)
-        raise UserError(f"{path.name} is not a LoRA for {loaded.model.family}: {str(exc).splitlines()[0]}") from None
+        said = first_line(exc).replace(str(copy), path.name)
+        raise UserError(family_mismatch(path, loaded.model.family)
+                        or f"{path.name} is not a LoRA for {loaded.model.family}: {said}.") from None
     present = {n for names in loaded.pipe.get_list_adapters().values() for n in names}
     if name not in present:  # diffusers only warns when no key matches this model
-        raise UserError(f"{path.name} is not a LoRA for {loaded.model.family}: none of its weights fit this model.")
+        raise UserError(family_mismatch(path, loaded.model.family)
+                        or f"{path.name} is not a LoRA for {loaded.model.family}: none of its weights fit this model.")
     loaded.adapters[name] = str(path)
 
 

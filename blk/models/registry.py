@@ -183,6 +183,11 @@ def detect_family(path: Path) -> str:
 
 def safetensors_keys(path: Path) -> list[str]:
     """Read only the header of a .safetensors file (no tensors are loaded)."""
+    return [k for k in _safetensors_header(path)[0] if k != "__metadata__"]
+
+
+def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """(the header, its length in bytes), or the unreadable file's sentence."""
     try:
         with open(path, "rb") as handle:
             size = int.from_bytes(handle.read(8), "little")
@@ -193,7 +198,18 @@ def safetensors_keys(path: Path) -> list[str]:
                 raise ValueError("the header is not a JSON object")
     except (OSError, ValueError, UnicodeDecodeError):
         raise UserError(f"{path.name} is not a readable .safetensors file.") from None
-    return [k for k in header if k != "__metadata__"]
+    return header, size
+
+
+def check_safetensors_whole(path: Path) -> None:
+    """A file cut short (an interrupted download or copy) is said as such, not as the loader's "Unable to load
+    weights from checkpoint file" naming no cause (and a private copy's path)."""
+    header, size = _safetensors_header(path)
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"
+            and isinstance(entry, dict) and isinstance(entry.get("data_offsets"), list) and entry["data_offsets"]]
+    need, have = 8 + size + max(ends, default=0), path.stat().st_size
+    if have < need:
+        raise UserError(f"{path.name} is cut short ({have:,} of its {need:,} bytes): copy or download it again.")
 
 
 def family_from_keys(keys: list[str], label: str) -> str:

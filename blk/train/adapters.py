@@ -17,7 +17,7 @@ import re
 import warnings
 from pathlib import Path
 
-from blk.errors import UserError, require_file
+from blk.errors import UserError, first_line, require_file
 
 TRAINABLE = "default"
 STARTING = "starting_point"  # a LoRA file loaded for a moment, to copy into the trainable adapter
@@ -132,21 +132,9 @@ def read_lora(family, path: Path) -> tuple[dict, dict | None, dict | None]:
         else:  # the UNet's config converts kohya's original SDXL names (`lora_unet_input_blocks_4_1_…`)
             state, alphas = cls.lora_state_dict(raw, unet_config=family.denoiser.config)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"{path.name} is not a LoRA for {family.name}: {_first_line(exc)}.") from None
+        raise UserError(f"{path.name} is not a LoRA for {family.name}: {first_line(exc)}.") from None
     metadata = _peft_metadata(path) if not alphas and set(state) <= set(raw) else None  # names as saved: not converted
     return state, alphas, metadata
-
-
-def _first_line(exc: Exception) -> str:
-    """diffusers' refusal on one line. Its "Incompatible keys detected:" lists the keys on the lines below it, so
-    its first line alone ended the sentence on a colon: a few of the keys are named."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-    first = lines[0].rstrip(":. ")
-    if not lines[0].endswith(":") or len(lines) == 1:
-        return first[:160]
-    keys = [key.strip() for key in " ".join(lines[1:]).split(",") if key.strip()]
-    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-    return f"{first} ({', '.join(keys[:3])}{more})"
 
 
 def _peft_metadata(path: Path) -> dict | None:
@@ -163,11 +151,28 @@ def _peft_metadata(path: Path) -> dict | None:
         return None  # unreadable metadata: the tensors' shapes still say rank, and alpha defaults to it
 
 
-def _load_as_adapter(family, lora: tuple[dict, dict | None, dict | None], name: str) -> None:
-    """Load what `read_lora` read as the named adapter on the denoiser, its alphas (or stored peft config) included."""
+def _load_as_adapter(family, lora: tuple[dict, dict | None, dict | None], name: str, file: str) -> None:
+    """Load what `read_lora` read as the named adapter on the denoiser, its alphas (or stored peft config) included.
+    Factors of other shapes than the model's layers (a LoRA of another size of the family) are one sentence
+    naming `file` (peft's size-mismatch list was a 55-line traceback)."""
     state, alphas, metadata = lora
     options = {"metadata": metadata} if metadata else {"network_alphas": alphas}
-    family.denoiser.load_lora_adapter(state, prefix=_prefix(family), adapter_name=name, **options)
+    try:
+        family.denoiser.load_lora_adapter(state, prefix=_prefix(family), adapter_name=name, **options)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise UserError(_misfit_file_sentence(file, family.name, exc)) from None
+
+
+def _misfit_file_sentence(file: str, family: str, exc: Exception) -> str:
+    """torch's size-mismatch list as one sentence naming the first layer that does not fit and both shapes."""
+    mismatch = re.search(r"size mismatch for ([\w.]+?)\.lora_\w+\.\w+\.weight: copying a param with shape "
+                         r"torch\.Size\((\[[^\]]*\])\) from checkpoint, the shape in current model is "
+                         r"torch\.Size\((\[[^\]]*\])\)", str(exc))
+    if mismatch is None:
+        return f"{file} is not a LoRA for this {family} model: {first_line(exc)}."
+    layer, theirs, ours = mismatch.groups()
+    return (f"{file} does not fit this {family} model: its factor for {layer} is {theirs} where this model's "
+            f"needs {ours} (a LoRA of another model of the family?).")
 
 
 def add_base_loras(family, paths: list[Path]) -> list[str]:
@@ -175,7 +180,7 @@ def add_base_loras(family, paths: list[Path]) -> list[str]:
     names = []
     for index, path in enumerate(paths):
         name = f"base_{index}"
-        _load_as_adapter(family, read_lora(family, path), name)
+        _load_as_adapter(family, read_lora(family, path), name, Path(path).name)
         if name not in getattr(family.denoiser, "peft_config", {}):
             raise UserError(f"{Path(path).name} is not a LoRA for {family.name}: none of its weights fit this model.")
         names.append(name)
@@ -218,7 +223,7 @@ def init_trainable_from(family, path: Path) -> int:
         raise UserError(f"{name} has no weights for the {_prefix(family)}; it cannot start this adapter.")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-        _load_as_adapter(family, lora, STARTING)
+        _load_as_adapter(family, lora, STARTING, name)
     try:
         if STARTING not in getattr(denoiser, "peft_config", {}):
             raise UserError(f"{name} is not a LoRA for {family.name}: none of its weights fit this model.")
