@@ -92,9 +92,17 @@ def test_wrong_or_hostile_files_are_one_sentence(tmp_path):
 
     hostile = tmp_path / "TransparentVAE.pth"
     torch.save({"decoder.conv_in.weight": Payload()}, hostile)
-    with pytest.raises(UserError, match="not a readable LayerDiffuse weights file"):
+    sentence = ("TransparentVAE.pth is damaged, cut short, or not LayerDiffuse's weights file: download it again "
+                "(README, Real weights).")  # torch's words advised loading it again unsafely
+    with pytest.raises(UserError) as refused:
         load_decoder(hostile, "flux")
-    assert not marker.exists()
+    assert str(refused.value) == sentence and not marker.exists()
+    good = tmp_path / "good.pth"
+    torch.save({"decoder.conv_in.weight": torch.zeros(2)}, good)
+    hostile.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # a download cut in half
+    with pytest.raises(UserError) as refused:
+        load_decoder(hostile, "flux")
+    assert str(refused.value) == sentence
 
     torch.save({"decoder." + k: v for k, v in
                 TransparentDecoder(4, (8, 8, 16, 16, 16, 32, 32)).state_dict().items()}, tmp_path / "x.pth")

@@ -152,7 +152,13 @@ def _load_single_file(cls, model: ResolvedModel, dtype):
         transformer = FluxTransformer2DModel.from_single_file(
             str(model.path), config=str(model.base), subfolder="transformer", dtype=dtype, local_files_only=True)
         return cls.from_pretrained(str(model.base), transformer=transformer, dtype=dtype, local_files_only=True)
-    return cls.from_single_file(str(model.path), config=str(model.base), dtype=dtype, local_files_only=True)
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    try:
+        return cls.from_single_file(str(model.path), config=str(model.base), dtype=dtype, local_files_only=True)
+    except SingleFileComponentError:  # its message is a code sample for diffusers' own users
+        raise UserError(f"{model.path.name} does not hold a whole SDXL model (its text encoders or VAE are missing): "
+                        "use a full SDXL checkpoint, or the model's diffusers folder.") from None
 
 
 @dataclass

@@ -113,9 +113,10 @@ def _read_state(path: Path, family: str, flux_prefix: str) -> dict:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)  # restricted unpickler: no code runs
-    except Exception as exc:  # noqa: BLE001  (any failure here means: not a weights file we can read)
-        raise UserError(f"{path.name} is not a readable LayerDiffuse weights file ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]}).") \
-            from None
+    except Exception:  # noqa: BLE001  (any failure here means: not a weights file we can read)
+        # the loaders' own words advised re-running torch.load unsafely, or named a "miniz" internal error
+        raise UserError(f"{path.name} is damaged, cut short, or not LayerDiffuse's weights file: download it again "
+                        "(README, Real weights).") from None
     if not isinstance(state, dict):
         raise UserError(f"{path.name} does not hold a state dict.")
     if family == "flux":
