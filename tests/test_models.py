@@ -178,6 +178,38 @@ def test_wrong_checkpoints_are_one_sentence(tmp_path, shared_workspace):
         resolve(str(folder), shared_workspace)
 
 
+def test_an_incomplete_model_folder_says_what_it_lacks_and_is_never_the_default(workspace, hf_cache,
+                                                                                shared_workspace):
+    """A folder without vae/, a component without its weights or a shard: loading said "no file named
+    config.json found in directory" naming the model's root (or a traceback), and such a folder became every
+    tab's default model (so the app never went to demo mode)."""
+    flux = shared_workspace.models / "tiny-flux"
+    cases = {"novae": ("vae", None, "novae has no vae/ folder, which its model_index.json lists"),
+             "noweights": ("transformer", "*.safetensors", "noweights's transformer/ has no weights file "
+                                                           "(.safetensors)"),
+             "noconfig": ("text_encoder_2", "config.json", "noconfig's text_encoder_2/ has no config.json")}
+    for name, (component, remove, said) in cases.items():
+        folder = workspace.models / name
+        shutil.copytree(flux, folder)
+        if remove is None:
+            shutil.rmtree(folder / component)
+        else:
+            for path in (folder / component).glob(remove):
+                path.unlink()
+        with pytest.raises(ModelNotFound) as refused:
+            resolve(name, workspace)
+        assert str(refused.value) == f"{said}: the model is incomplete; copy the whole model folder again.", name
+    sharded = workspace.models / "sharded"
+    shutil.copytree(flux, sharded)
+    (sharded / "transformer" / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "diffusion_pytorch_model.safetensors", "b": "part-2.safetensors"}}))
+    with pytest.raises(ModelNotFound, match="^sharded's transformer/ lacks part-2.safetensors: the model is"):
+        resolve("sharded", workspace)
+    assert registry.default_model(workspace) == ("tiny-flux", True)  # none of them: demo mode, not a broken model
+    rows = {row.name: row for row in registry.list_models(workspace)}
+    assert not rows["novae"].found and "has no vae/ folder" in rows["novae"].location
+
+
 def test_a_component_holding_another_models_weights_is_one_sentence(tmp_path, shared_workspace):
     """tiny-sdxl's UNet in a Flux folder's transformer/ left every weight unloaded (a NotImplementedError
     traceback at the first move); CLIP's weights in text_encoder_2/ left T5 random without a word (pictures from

@@ -109,11 +109,12 @@ def resolve(name_or_path: str, workspace: Workspace, *, build_tiny: bool = True)
 
     if known is not None:
         folder = workspace.models / known.name
+        fetch = f"`{blk_command(workspace, 'models', 'fetch', known.name)}`"
         if (folder / "model_index.json").exists():
-            return ResolvedModel(known.name, known.family, folder, "workspace")
+            return _whole(ResolvedModel(known.name, known.family, folder, "workspace"), f"fetch it again with {fetch}")
         cached = hf_cache_snapshot(known.repo_id)
         if cached is not None:
-            return ResolvedModel(known.name, known.family, cached, "hf-cache")
+            return _whole(ResolvedModel(known.name, known.family, cached, "hf-cache"), f"fetch it again with {fetch}")
         raise ModelNotFound(
             f"Model {known.name} ({known.repo_id}) is not on this machine; "
             f"fetch it with `{blk_command(workspace, 'models', 'fetch', known.name)}` or put a diffusers folder at {folder}."
@@ -121,7 +122,7 @@ def resolve(name_or_path: str, workspace: Workspace, *, build_tiny: bool = True)
 
     if name_or_path in workspace_model_folders(workspace):
         folder = workspace.models / name_or_path
-        return ResolvedModel(name_or_path, detect_family(folder), folder, "workspace")
+        return _whole(ResolvedModel(name_or_path, detect_family(folder), folder, "workspace"))
 
     path = Path(name_or_path).expanduser()
     if path.exists():
@@ -130,6 +131,50 @@ def resolve(name_or_path: str, workspace: Workspace, *, build_tiny: bool = True)
         f"Unknown model {name_or_path!r}: use one of {', '.join(KNOWN_MODELS)}, a registered name, "
         "or the path of a local diffusers folder or .safetensors checkpoint."
     )
+
+
+NO_WEIGHTS_CLASSES = ("Tokenizer", "TokenizerFast", "Scheduler")  # endings of component classes without weights
+
+
+def folder_problem(path: Path) -> str:
+    """What a diffusers folder lacks of what its model_index.json lists (a component's folder, its config, its
+    weights, a shard), as one sentence; "" when whole. Loading found it out as "no file named config.json
+    found in directory" naming the model's root, or a traceback; and a broken folder became every tab's
+    default model."""
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"{path} has no readable model_index.json."
+    for name, entry in index.items() if isinstance(index, dict) else []:
+        if name.startswith("_") or not (isinstance(entry, list) and len(entry) == 2 and all(entry)):
+            continue
+        folder = path / name
+        if not folder.is_dir():
+            return f"{path.name} has no {name}/ folder, which its model_index.json lists"
+        if str(entry[1]).endswith(NO_WEIGHTS_CLASSES):
+            continue
+        if not (folder / "config.json").is_file():
+            return f"{path.name}'s {name}/ has no config.json"
+        weights = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]
+        if not weights:
+            return f"{path.name}'s {name}/ has no weights file (.safetensors)"
+        for shards in folder.glob("*.index.json"):
+            try:
+                needed = set(json.loads(shards.read_text(encoding="utf-8")).get("weight_map", {}).values())
+            except (OSError, ValueError, AttributeError):
+                return f"{path.name}'s {shards.name} is not readable"
+            if missing := sorted(n for n in needed if not (folder / n).is_file()):
+                return f"{path.name}'s {name}/ lacks {missing[0]}" + (f" and {len(missing) - 1} more shards"
+                                                                      if len(missing) > 1 else "")
+    return ""
+
+
+def _whole(model: ResolvedModel, fix: str = "copy the whole model folder again") -> ResolvedModel:
+    """`model` when its folder is whole, else one sentence saying what is missing and what to do."""
+    problem = folder_problem(model.path)
+    if problem:
+        raise ModelNotFound(f"{problem.rstrip('.')}: the model is incomplete; {fix}.")
+    return model
 
 
 def workspace_model_folders(workspace: Workspace) -> list[str]:
@@ -147,7 +192,7 @@ def _from_path(name: str, path: Path, source: str, workspace: Workspace) -> Reso
     path = path.resolve()
     family = detect_family(path)
     if path.is_dir():
-        return ResolvedModel(name, family, path, source)
+        return _whole(ResolvedModel(name, family, path, source))
     return ResolvedModel(name, family, path, source, single_file=True, base=_family_base(family, workspace))
 
 
