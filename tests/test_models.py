@@ -233,6 +233,26 @@ def test_a_component_holding_another_models_weights_is_one_sentence(tmp_path, sh
     assert pipe.transformer is not None
 
 
+def test_a_safetensors_file_cut_short_is_said_so_and_a_lying_header_is_left_to_the_loader(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from blk.models.registry import check_safetensors_whole
+
+    whole = tmp_path / "whole.safetensors"
+    save_file({"a": np.zeros((8, 8), np.float32)}, str(whole))
+    check_safetensors_whole(whole)  # nothing to say
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole.read_bytes()[:-10])
+    size = whole.stat().st_size
+    with pytest.raises(UserError, match=rf"^cut.safetensors is cut short \({size - 10:,} of its {size:,} bytes\)"):
+        check_safetensors_whole(cut)
+    for offsets in ([5], ["x", "y"], None):  # a header that lies: the load says what is wrong with it
+        header = json.dumps({"a": {"dtype": "F32", "shape": [1], "data_offsets": offsets}}).encode()
+        (tmp_path / "lying.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+        check_safetensors_whole(tmp_path / "lying.safetensors")
+
+
 def test_cli_models_list(tmp_path, shared_workspace):
     cache = tmp_path / "hf"
     cache.mkdir()

@@ -250,8 +250,9 @@ def check_safetensors_whole(path: Path) -> None:
     """A file cut short (an interrupted download or copy) is said as such, not as the loader's "Unable to load
     weights from checkpoint file" naming no cause (and a private copy's path)."""
     header, size = _safetensors_header(path)
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"
-            and isinstance(entry, dict) and isinstance(entry.get("data_offsets"), list) and entry["data_offsets"]]
+    offsets = [entry.get("data_offsets") for key, entry in header.items() if key != "__metadata__"
+               and isinstance(entry, dict)]
+    ends = [pair[1] for pair in offsets if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], int)]
     need, have = 8 + size + max(ends, default=0), path.stat().st_size
     if have < need:
         raise UserError(f"{path.name} is cut short ({have:,} of its {need:,} bytes): copy or download it again.")
