@@ -37,6 +37,10 @@ class ModelNotFound(UserError):
     """A named model has no weights on this machine."""
 
 
+class IncompleteModel(ModelNotFound):
+    """A model's folder is there but lacks a part its model_index.json lists; the message says which."""
+
+
 class BadImage(UserError):
     """An image file cannot be used; the message says why."""
 

@@ -206,8 +206,13 @@ def test_an_incomplete_model_folder_says_what_it_lacks_and_is_never_the_default(
     with pytest.raises(ModelNotFound, match="^sharded's transformer/ lacks part-2.safetensors: the model is"):
         resolve("sharded", workspace)
     assert registry.default_model(workspace) == ("tiny-flux", True)  # none of them: demo mode, not a broken model
+    shutil.copytree(workspace.models / "novae", workspace.models / "flux-schnell")  # under a known name
     rows = {row.name: row for row in registry.list_models(workspace)}
     assert not rows["novae"].found and "has no vae/ folder" in rows["novae"].location
+    assert not rows["flux-schnell"].found and rows["flux-schnell"].location.startswith(
+        "flux-schnell has no vae/ folder, which its model_index.json lists: the model is incomplete; fetch it again "
+        "with `"), rows["flux-schnell"].location
+    assert registry.default_model(workspace) == ("tiny-flux", True)
 
 
 def test_a_component_holding_another_models_weights_is_one_sentence(tmp_path, shared_workspace):

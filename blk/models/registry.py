@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blk.commands import blk_command, pip_install
-from blk.errors import ModelNotFound, UserError
+from blk.errors import IncompleteModel, ModelNotFound, UserError
 from blk.workspace import Workspace
 
 FAMILIES = ("flux", "sdxl")
@@ -173,7 +173,7 @@ def _whole(model: ResolvedModel, fix: str = "copy the whole model folder again")
     """`model` when its folder is whole, else one sentence saying what is missing and what to do."""
     problem = folder_problem(model.path)
     if problem:
-        raise ModelNotFound(f"{problem.rstrip('.')}: the model is incomplete; {fix}.")
+        raise IncompleteModel(f"{problem.rstrip('.')}: the model is incomplete; {fix}.")
     return model
 
 
@@ -313,6 +313,8 @@ def list_models(workspace: Workspace) -> list[ModelStatus]:
         try:
             resolved = resolve(known.name, workspace)
             rows.append(ModelStatus(known.name, known.family, True, str(resolved.path), folder_size(resolved.path), known.description))
+        except IncompleteModel as exc:  # there, but a part is missing: which, and how to fetch it again
+            rows.append(ModelStatus(known.name, known.family, False, str(exc), 0, known.description))
         except ModelNotFound:
             rows.append(ModelStatus(known.name, known.family, False, f"missing — {blk_command(workspace, 'models', 'fetch', known.name)}", 0, known.description))
     own = [(name, "registered local model") for name in workspace.settings.models if name not in KNOWN_MODELS]
