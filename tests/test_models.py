@@ -72,6 +72,14 @@ def test_unknown_name_lists_choices(workspace, hf_cache):
         resolve("flux-pro-ultra", workspace)
 
 
+def test_a_folder_of_the_workspace_that_is_no_model_is_named_as_such(workspace, hf_cache):
+    """An empty (or upscaler's) folder in workspace/models, given by its name, is said to be no diffusers folder,
+    not an "Unknown model" the artist can see there."""
+    (workspace.models / "my-flux").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"my-flux is not a diffusers model folder \(it has no model_index.json\)"):
+        resolve("my-flux", workspace)
+
+
 def test_resolves_from_hf_cache_and_generates(workspace, hf_cache, shared_workspace):
     snapshot = put_in_hf_cache(hf_cache, "black-forest-labs/FLUX.1-schnell", shared_workspace.models / "tiny-flux")
     model = resolve("flux-schnell", workspace)

@@ -123,6 +123,10 @@ def resolve(name_or_path: str, workspace: Workspace, *, build_tiny: bool = True)
     if name_or_path in workspace_model_folders(workspace):
         folder = workspace.models / name_or_path
         return _whole(ResolvedModel(name_or_path, detect_family(folder), folder, "workspace"))
+    if Path(name_or_path).name == name_or_path and (workspace.models / name_or_path).is_dir():
+        # A folder of the workspace's models that is no diffusers model (empty, an upscaler's, half copied): say
+        # so, rather than "Unknown model" for a folder the artist can see there.
+        return _from_path(name_or_path, workspace.models / name_or_path, "workspace", workspace)
 
     path = Path(name_or_path).expanduser()
     if path.exists():
