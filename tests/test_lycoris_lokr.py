@@ -416,3 +416,38 @@ def test_a_lokr_start_names_the_setting_to_change(shared_workspace, tmp_path):
     lora_run = trainable_flux(shared_workspace, kind="lora", rank=2)
     with pytest.raises(UserError, match=r"^whole\.safetensors is a LoKr, not a LoRA; set adapter\.kind to lokr"):
         init_trainable_from(lora_run, whole)
+
+
+def test_a_lokr_run_starts_from_a_checkpoint_of_its_own(shared_workspace, tmp_path):
+    """A LoKr checkpoint a run wrote (diffusers names, its strength folded into w1) starts a new LoKr run with its
+    exact update, whatever the new run's alpha. It read "not a LyCORIS LoKr file"; and a LoRA run, told it is a
+    LoKr, was told "no weights for the modules this adapter trains"."""
+    from peft.utils import get_peft_model_state_dict
+
+    from blk.models.lycoris import lokr_layers
+    from blk.train.adapters import TRAINABLE, adapter_metadata, init_trainable_from, published_weights, \
+        starting_file_problem
+    from blk.train.config import AdapterSection
+    from blk.train.lora_file import lora_file_bytes
+
+    trained = trainable_flux(shared_workspace, rank=2, alpha=1.0)
+    with torch.no_grad():
+        for name, parameter in trained.denoiser.named_parameters():
+            if ".lokr_" in name:
+                parameter.normal_(0, 0.3)
+    expected = {name: layer.get_delta_weight(TRAINABLE).clone()
+                for name, layer in lokr_layers(trained.denoiser, TRAINABLE).items()}
+    state = get_peft_model_state_dict(trained.denoiser, adapter_name=TRAINABLE)
+    path = tmp_path / "checkpoint-000250.safetensors"
+    path.write_bytes(lora_file_bytes("flux", published_weights(trained.denoiser, state),
+                                     adapter_metadata(trained.denoiser, AdapterSection(kind="lokr", rank=2)), "lokr", {}))
+
+    assert starting_file_problem(path, "flux", AdapterSection(kind="lokr", rank=2)) == ""
+    fresh = trainable_flux(shared_workspace, rank=2, alpha=4.0)
+    assert init_trainable_from(fresh, path) == len(expected) > 0
+    assert_deltas(fresh.denoiser, TRAINABLE, expected)
+
+    said = "checkpoint-000250.safetensors is a LoKr, not a LoRA; set adapter.kind to lokr to start from it."
+    assert starting_file_problem(path, "flux", AdapterSection(rank=2)) == said
+    with pytest.raises(UserError, match=f"^{said}$".replace(".", r"\.")):
+        init_trainable_from(trainable_flux(shared_workspace, kind="lora", rank=2), path)

@@ -63,7 +63,7 @@ def test_a_starting_file_is_read_from_its_header(tmp_path):
     assert starting_file_problem(a_lokr, "flux", rank4) == \
         "lokr.safetensors is a LoKr, not a LoRA; set adapter.kind to lokr to start from it."
     assert starting_file_problem(good, "flux", AdapterSection(kind="lokr")).startswith(
-        "good.safetensors is not a LyCORIS LoKr file (…lokr_w1, …lokr_w2); a LoKr adapter starts from one")
+        "good.safetensors is not a LoKr file (…lokr_w1, …lokr_w2); a LoKr adapter starts from one")
     # peft decomposes the 8×8 w2 below rank 4 (then the ranks must match) and keeps it whole from 4 up
     assert starting_file_problem(a_lokr, "flux", AdapterSection(kind="lokr", rank=3)) == \
         "lokr.safetensors has rank 2 but this adapter has rank 3; set the rank to 2 to start from it."

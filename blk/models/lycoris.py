@@ -37,6 +37,7 @@ DENOISER_PREFIXES = ("lora_unet_", "lora_transformer_", "lycoris_")
 TEXT_ENCODER_PREFIXES = ("lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")
 LABELS = {"flux": "Flux", "sdxl": "SDXL"}
 _LYCORIS_KEY = re.compile(r"^[^.]+\.lokr_w[12](_[ab])?$")
+_DIFFUSERS_KEY = re.compile(r"^(transformer|unet)\..+\.lokr_w[12](_[ab])?$")
 _LOOKS_LIKE = {
     "flux": ("transformer_blocks_", "single_transformer_blocks_", "double_blocks_", "single_blocks_"),
     "sdxl": ("down_blocks_", "up_blocks_", "mid_block_", "input_blocks_", "middle_block_", "output_blocks_"),
@@ -56,6 +57,12 @@ _SGM_LEAVES = ((r"_in_layers_2$", "_conv1"), (r"_out_layers_3$", "_conv2"), (r"_
 def is_lycoris_lokr(keys) -> bool:
     """LoKr tensors under LyCORIS names (`<name without dots>.lokr_w1…`), not diffusers/peft ones."""
     return any(_LYCORIS_KEY.match(key) for key in keys)
+
+
+def is_diffusers_lokr(keys) -> bool:
+    """LoKr tensors under diffusers names (`transformer.<module>.lokr_w1…`, `unet.…`): a run's own checkpoints
+    and diffusers' trainers' files, whose peft config (alpha, rank) is in the header."""
+    return any(_DIFFUSERS_KEY.match(key) for key in keys)
 
 
 @dataclass
@@ -143,6 +150,66 @@ def read_lokr(path: Path, denoiser, family: str) -> list[LokrModule]:
         except _Bad as exc:
             raise UserError(f"{path.name} does not fit this {LABELS.get(family, family)} model: {stem} {exc}.") from None
     return modules
+
+
+def read_diffusers_lokr(path: Path, denoiser, family: str) -> list[LokrModule]:
+    """The modules of a LoKr file with diffusers names (`is_diffusers_lokr`), each with the scale peft gives it
+    (alpha / rank from the header's config, for every layout — unlike LyCORIS' rule), checked like `read_lokr`."""
+    from dataclasses import replace
+
+    path = Path(path)
+    tensors = _load(path)
+    prefix = "transformer." if family == "flux" else "unet."
+    config = _header_peft_config(path, prefix)
+    groups: dict[str, dict] = {}
+    for key, value in tensors.items():
+        if not key.startswith(prefix):
+            continue  # text-encoder modules (a run trains the denoiser only)
+        module, _, part = key[len(prefix):].rpartition(".")
+        if part not in PARTS:
+            raise UserError(f"{path.name} mixes LoKr with other tensors (e.g. {key}); only pure LoKr files load.")
+        groups.setdefault(module, {})[part] = value
+    if not groups:
+        raise UserError(f"{path.name} holds no LoKr weights for the {LABELS.get(family, family)} denoiser.")
+    layers = dict(_module_index(denoiser).values())
+    if unknown := sorted(name for name in groups if name not in layers):
+        raise UserError(_unknown_sentence(path.name, family, sorted(groups), unknown))
+    modules = []
+    for name in sorted(groups):
+        try:
+            module = _module(name, name, layers[name], groups[name])
+        except _Bad as exc:
+            raise UserError(f"{path.name} does not fit this {LABELS.get(family, family)} model: {name} {exc}.") from None
+        modules.append(replace(module, scale=_peft_scale(config, name)))
+    return modules
+
+
+def _header_peft_config(path: Path, prefix: str) -> dict:
+    """The peft config diffusers' trainers (and a run) store in the header, without its `prefix`; {} if none."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            stored = json.loads((handle.metadata() or {}).get("lora_adapter_metadata", "{}"))
+    except (OSError, ValueError):
+        return {}
+    return {key.removeprefix(prefix): value for key, value in stored.items()} if isinstance(stored, dict) else {}
+
+
+def _peft_scale(config: dict, module: str) -> float:
+    """peft's LoKr scaling of `module`: its alpha over its rank, patterns first (1 when the header says none)."""
+    from peft.utils.other import get_pattern_key
+
+    def value(name: str, pattern: str) -> float | None:
+        patterns = config.get(pattern) or {}
+        if patterns and (key := get_pattern_key(list(patterns), module)) in patterns:
+            return float(patterns[key])
+        return float(config[name]) if isinstance(config.get(name), (int, float)) else None
+
+    rank, alpha = value("r", "rank_pattern"), value("alpha", "alpha_pattern")
+    return alpha / rank if rank and alpha is not None else 1.0
 
 
 def _unknown_sentence(file: str, family: str, stems: list[str], unknown: list[str]) -> str:

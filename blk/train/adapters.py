@@ -216,7 +216,7 @@ def init_trainable_from(family, path: Path) -> int:
     denoiser, name = family.denoiser, Path(path).name
     if isinstance(getattr(denoiser, "peft_config", {}).get(TRAINABLE), LoKrConfig):
         return _init_lokr_from(family, Path(path))
-    if _is_lycoris_lokr_file(Path(path)):
+    if _is_lokr_file(Path(path)):
         raise UserError(f"{name} is a LoKr, not a LoRA; set adapter.kind to lokr to start from it.")
     lora = read_lora(family, path)
     if not any(k.startswith(_prefix(family) + ".") for k in lora[0]):
@@ -268,7 +268,7 @@ def starting_file_problem(path: Path, family: str, adapter=None) -> str:
     file is its `init_from` (a LoRA starts from a LoRA of its rank, a LoKr from a LyCORIS LoKr); None for a base
     LoRA. Each found only once the file loaded — after the model, and every caption encoded — in a failed run."""
     from blk.generate.lora_family import family_mismatch
-    from blk.models.lycoris import is_lycoris_lokr
+    from blk.models.lycoris import is_diffusers_lokr, is_lycoris_lokr
 
     name, denoiser = path.name, "transformer" if family == "flux" else "unet"
     shapes = _tensor_shapes(path)
@@ -282,11 +282,11 @@ def starting_file_problem(path: Path, family: str, adapter=None) -> str:
         return problem
     if adapter is None:
         return ""
-    lokr = is_lycoris_lokr(own)
+    lokr = is_lycoris_lokr(own) or is_diffusers_lokr(own)
     if lokr and adapter.kind == "lora":
         return f"{name} is a LoKr, not a LoRA; set adapter.kind to lokr to start from it."
     if not lokr and adapter.kind == "lokr":
-        return (f"{name} is not a LyCORIS LoKr file (…lokr_w1, …lokr_w2); a LoKr adapter starts from one (or set "
+        return (f"{name} is not a LoKr file (…lokr_w1, …lokr_w2); a LoKr adapter starts from one (or set "
                 "adapter.kind to lora to start from a LoRA).")
     ranks = _lokr_ranks(own, adapter) if lokr else \
         {shape[0] for key, shape in own.items() if DOWN_WEIGHT.search(key) and shape}
@@ -345,34 +345,38 @@ def _tensor_shapes(path: Path) -> dict[str, list[int]] | None:
         return None
 
 
-def _is_lycoris_lokr_file(path: Path) -> bool:
-    from blk.models.lycoris import is_lycoris_lokr
+def _is_lokr_file(path: Path) -> bool:
+    """A LoKr file, with LyCORIS names (downloaded) or diffusers names (a run's own checkpoint)."""
+    from blk.models.lycoris import is_diffusers_lokr, is_lycoris_lokr
     from blk.models.registry import safetensors_keys
 
     try:
-        return path.is_file() and is_lycoris_lokr(safetensors_keys(path))
+        return path.is_file() and (is_lycoris_lokr(keys := safetensors_keys(path)) or is_diffusers_lokr(keys))
     except UserError:  # not a readable file: the caller's own reading says so
         return False
 
 
 def _init_lokr_from(family, path: Path) -> int:
-    """Start the trainable LoKr from a LyCORIS LoKr file; returns how many modules were set.
+    """Start the trainable LoKr from a LoKr file (LyCORIS', or a run's own checkpoint); returns how many modules
+    were set.
 
     Each module's update kron(w1, w2)·scale (LyCORIS' scale rule) is written into the trainable
     adapter's own layout, the ratio of the file's scale to the adapter's alpha/rank folded into w1;
     a factor the adapter keeps whole is multiplied out. What cannot be held exactly (another rank,
     another Kronecker split) is one sentence naming the setting, before anything is written.
     """
-    from blk.models.lycoris import Misfit, file_factor, fit, lokr_layers, read_lokr, write
+    from blk.models.lycoris import (Misfit, file_factor, fit, is_diffusers_lokr, lokr_layers, read_diffusers_lokr,
+                                    read_lokr, write)
     from blk.models.registry import safetensors_keys
 
     denoiser, name = family.denoiser, path.name
     require_file(path, "LoKr file")
-    safetensors_keys(path)  # a damaged header gets its own sentence
-    if not _is_lycoris_lokr_file(path):
-        raise UserError(f"{name} is not a LyCORIS LoKr file (…lokr_w1, …lokr_w2); a LoKr adapter starts from "
+    keys = safetensors_keys(path)  # a damaged header gets its own sentence
+    if not _is_lokr_file(path):
+        raise UserError(f"{name} is not a LoKr file (…lokr_w1, …lokr_w2); a LoKr adapter starts from "
                         "one (or set adapter.kind to lora to start from a LoRA).")
-    modules = read_lokr(path, denoiser, family.name)
+    read = read_diffusers_lokr if is_diffusers_lokr(keys) else read_lokr
+    modules = read(path, denoiser, family.name)
     layers = lokr_layers(denoiser, TRAINABLE)
     outside = [m for m in modules if m.name not in layers]
     if outside:
