@@ -207,6 +207,20 @@ def test_an_incomplete_model_folder_says_what_it_lacks_and_is_never_the_default(
         with pytest.raises(ModelNotFound) as refused:
             resolve(name, workspace)
         assert str(refused.value) == f"{said}: the model is incomplete; copy the whole model folder again.", name
+    cut = workspace.models / "cut"  # an interrupted download: the loader said "Unable to load weights", no cause
+    shutil.copytree(flux, cut)
+    weights = cut / "transformer" / "diffusion_pytorch_model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as handle:
+        handle.truncate(size - 1000)
+    with pytest.raises(ModelNotFound) as refused:
+        resolve("cut", workspace)
+    assert str(refused.value) == (f"cut's transformer/diffusion_pytorch_model.safetensors is cut short ({size - 1000:,} "
+                                  f"of its {size:,} bytes): the model is incomplete; copy the whole model folder again.")
+    single = workspace.models / "single.safetensors"
+    single.write_bytes(weights.read_bytes())
+    with pytest.raises(ModelNotFound, match=r"^single\.safetensors is cut short \(.*\): copy or download it again\.$"):
+        resolve(str(single), workspace)
     sharded = workspace.models / "sharded"
     shutil.copytree(flux, sharded)
     (sharded / "transformer" / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(

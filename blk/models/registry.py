@@ -162,6 +162,9 @@ def folder_problem(path: Path) -> str:
         weights = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]
         if not weights:
             return f"{path.name}'s {name}/ has no weights file (.safetensors)"
+        for file in sorted(p for p in weights if p.suffix == ".safetensors"):
+            if damage := safetensors_damage(file):  # an interrupted download: the loader named no cause
+                return f"{path.name}'s {name}/{damage}"
         for shards in folder.glob("*.index.json"):
             try:
                 needed = set(json.loads(shards.read_text(encoding="utf-8")).get("weight_map", {}).values())
@@ -197,6 +200,8 @@ def _from_path(name: str, path: Path, source: str, workspace: Workspace) -> Reso
     family = detect_family(path)
     if path.is_dir():
         return _whole(ResolvedModel(name, family, path, source))
+    if path.suffix.lower() == ".safetensors" and (damage := safetensors_damage(path)):
+        raise IncompleteModel(f"{damage}: copy or download it again.")
     return ResolvedModel(name, family, path, source, single_file=True, base=_family_base(family, workspace))
 
 
@@ -253,13 +258,23 @@ def _safetensors_header(path: Path) -> tuple[dict, int]:
 def check_safetensors_whole(path: Path) -> None:
     """A file cut short (an interrupted download or copy) is said as such, not as the loader's "Unable to load
     weights from checkpoint file" naming no cause (and a private copy's path)."""
-    header, size = _safetensors_header(path)
+    if problem := safetensors_damage(path):
+        raise UserError(f"{problem}: copy or download it again.")
+
+
+def safetensors_damage(path: Path) -> str:
+    """"<file> is cut short (N of its M bytes)" or "<file> is not a readable .safetensors file", from its header
+    and size alone (milliseconds, whatever the file's size); "" when whole."""
+    try:
+        header, size = _safetensors_header(path)
+        have = path.stat().st_size
+    except (UserError, OSError) as exc:
+        return str(exc).rstrip(".") if isinstance(exc, UserError) else f"{path.name} is not readable"
     offsets = [entry.get("data_offsets") for key, entry in header.items() if key != "__metadata__"
                and isinstance(entry, dict)]
     ends = [pair[1] for pair in offsets if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], int)]
-    need, have = 8 + size + max(ends, default=0), path.stat().st_size
-    if have < need:
-        raise UserError(f"{path.name} is cut short ({have:,} of its {need:,} bytes): copy or download it again.")
+    need = 8 + size + max(ends, default=0)
+    return f"{path.name} is cut short ({have:,} of its {need:,} bytes)" if have < need else ""
 
 
 def family_from_keys(keys: list[str], label: str) -> str:
