@@ -251,11 +251,15 @@ def test_a_resumed_job_keeps_the_full_frame_decision_it_began_with(shared_worksp
     assert not whole.final_pass
     with pytest.raises(KeyboardInterrupt):
         run(tiny_job(tmp_path, "out.png", **little), shared_workspace, pipelines, progress=stop_at(3))
-    assert estimate(tiny_job(tmp_path, "out.png", **plenty), shared_workspace).final_pass  # would run it now
+    assert estimate(tiny_job(tmp_path, "fresh.png", **plenty), shared_workspace).final_pass  # a fresh job would
+    estimated = estimate(tiny_job(tmp_path, "out.png", **plenty), shared_workspace)  # Estimate: what Start will do
     plans, notes = [], []
     resumed = run(tiny_job(tmp_path, "out.png", **plenty), shared_workspace, pipelines, on_plan=plans.append,
                   log=notes.append)
     assert not plans[0].final_pass and not resumed.final_pass and "plus one full-frame pass" not in plans[0].sentence()
+    assert not estimated.final_pass and estimated.notes[:1] == plans[0].notes
+    assert estimated.notes[1] == notes[1].replace("Resuming an interrupted job", "Starting resumes the interrupted job")
+    assert notes[1].startswith("Resuming an interrupted job at step 1 of 1, pass A, tile ")
     assert notes[0] == ("The full-frame pass is left out, as when this job began (too little memory was free for it "
                         "then); the tiled result is kept.")
     assert np.array_equal(np.asarray(Image.open(resumed.path)), np.asarray(Image.open(whole.path)))

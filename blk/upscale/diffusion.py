@@ -365,12 +365,52 @@ def model_defaults(name: str, workspace) -> tuple[int, int, str]:
 
 def estimate(job: DiffusionJob, workspace) -> DiffusionPlan:
     """The plan of `job` without running it (the UI's Estimate): reads the input's header and the
-    model's defaults; loads no pipeline and builds no tiny model."""
+    model's defaults; loads no pipeline and builds no tiny model. Where an interrupted run of the job is
+    kept at `job.output`, the plan is the one its resume follows (its full-frame decision), with a note on
+    where it continues."""
+    from blk.models.device import pick_device
+    from blk.models.registry import resolve
+
     check_files(job)
     image = open_input(job.input)
     steps, grid, family = model_defaults(job.model, workspace)
     check_lora_family(job, family)
-    return plan(job, image.width, image.height, steps, grid, family, enlarge_scale=upscaler_scale(job))
+    scale = upscaler_scale(job)
+    the_plan = plan(job, image.width, image.height, steps, grid, family, enlarge_scale=scale)
+    if not Journal.path_for(job.output).is_file():
+        return the_plan  # nothing to resume: the input is not hashed (seconds for a multi-GB file)
+    key = resume_key(job, resolve(job.model, workspace, build_tiny=False), the_plan, cached_file_sha256(job.input),
+                     pick_device(job.device))
+    state = Journal.peek(job.output, key)
+    if state is None:
+        return the_plan
+    decided = state.get("decided", {}).get("final_pass")
+    if decided is not None and decided != the_plan.final_pass:
+        the_plan = plan(job, image.width, image.height, steps, grid, family, decided, scale)
+    per_step = 1 + len(job.passes)
+    planned = [n if k else 0 for n in the_plan.tiles for k in range(per_step)] + [int(the_plan.final_pass)]
+    first = state.get("pass", 0)
+    note = _resume_note(state, first, per_step, len(the_plan.sizes), the_plan.final_pass, planned)
+    the_plan.notes.append(note.replace("Resuming an interrupted job", "Starting resumes the interrupted job", 1))
+    return the_plan
+
+
+def resume_key(job: DiffusionJob, model, the_plan: DiffusionPlan, input_sha256: str, device: str) -> str:
+    """What decides the job's pixels, hashed: a journal under another key is another job's, started afresh.
+    `model`: the resolved base model; `device`: the one picked (not "auto")."""
+    from blk.models.device import pick_dtype
+    from blk.models.pipelines import lora_sha256
+
+    return job_key({"path": "diffusion", "input_sha256": input_sha256, "model": model.name,
+                    "model_path": str(model.path), "output": str(job.output.resolve()),
+                    "size": [the_plan.width, the_plan.height], "step_sizes": the_plan.sizes,
+                    "lora_sha256": lora_sha256(job.texture_lora) if job.texture_lora else None,
+                    "enlarge_sha256": cached_file_sha256(job.enlarge_model) if job.enlarge_model else None,
+                    "enlarge_tile": job.enlarge_tile,
+                    "passes": [[p.denoise, p.lora_scale] for p in job.passes], "tile": job.tile,
+                    "overlap": job.overlap, "seed": job.seed, "steps": job.steps, "guidance": job.guidance,
+                    "prompt": job.prompt, "final_denoise": job.final_denoise, "device": device.split(":")[0],
+                    "precision": str(pick_dtype(device))})
 
 
 def upscaler_scale(job: DiffusionJob, load: bool = True) -> int | None:
@@ -419,7 +459,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     """
     from blk.generate.sketch import generation_defaults
     from blk.models import speed
-    from blk.models.device import free_device_memory, is_out_of_memory, pick_device, pick_dtype
+    from blk.models.device import free_device_memory, is_out_of_memory, pick_device
     from blk.models.pipelines import PipelineCache, lora_sha256, set_loras
     from blk.models.registry import resolve
 
@@ -444,15 +484,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
         raise UserError(problem)  # before any work: the enlargement compiles too, ahead of the denoiser's check
     input_sha256 = cached_file_sha256(job.input)
     device = pick_device(job.device)  # what the tiles are drawn on, as the ESRGAN journal keys it: not "auto"
-    key = job_key({"path": "diffusion", "input_sha256": input_sha256, "model": model.name,
-                   "model_path": str(model.path), "output": str(job.output.resolve()), "size": [width, height],
-                   "step_sizes": sizes, "lora_sha256": lora_sha256(job.texture_lora) if job.texture_lora else None,
-                   "enlarge_sha256": cached_file_sha256(job.enlarge_model) if job.enlarge_model else None,
-                   "enlarge_tile": job.enlarge_tile,
-                   "passes": [[p.denoise, p.lora_scale] for p in job.passes], "tile": job.tile,
-                   "overlap": job.overlap, "seed": job.seed, "steps": job.steps, "guidance": job.guidance,
-                   "prompt": job.prompt, "final_denoise": job.final_denoise, "device": device.split(":")[0],
-                   "precision": str(pick_dtype(device))})
+    key = resume_key(job, model, the_plan, input_sha256, device)
     # durable whatever the size (the ESRGAN path's small jobs skip the fsyncs): a row of diffusion tiles takes
     # seconds to minutes, its fsync milliseconds
     journal = Journal.begin(job.output, key, input_id=input_sha256)
@@ -510,7 +542,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             stage_tiles[stage] = journal.tiles_of(stage) or stage_tiles[stage]
         done[0] = sum(stage_tiles[:first])  # the tiler counts the resumed pass's own tiles
         if journal.resumed:
-            say(_resume_note(journal, first, per_step, len(sizes), the_plan.final_pass, stage_tiles))
+            say(_resume_note(journal.state, first, per_step, len(sizes), the_plan.final_pass, stage_tiles))
         size_of = lambda stage: sizes[min(stage // per_step, len(sizes) - 1)]  # noqa: E731
         source = journal.reopen(first - 1, *size_of(first - 1), image.channels) if first else None
         loaded = enlarger = None
@@ -714,9 +746,10 @@ def tiles_from(start: dict | None, width: int, height: int, tile: int, overlap: 
     return start.get("tiles_done", 0) + max(len(rows) - start.get("rows_done", 0), 0) * len(cols)
 
 
-def _resume_note(journal: Journal, stage: int, per_step: int, steps: int, final_pass: bool,
+def _resume_note(state: dict, stage: int, per_step: int, steps: int, final_pass: bool,
                  stage_tiles: list[int]) -> str:
-    """One sentence on where a resumed job continues (the journal's own counts passes, not steps)."""
+    """One sentence on where a resumed job continues (the journal's own counts passes, not steps); `state`:
+    its journal's."""
     final = steps * per_step
     if stage > final or (stage == final and not final_pass):
         return "Resuming an interrupted job after its last pass: writing the result."
@@ -726,9 +759,9 @@ def _resume_note(journal: Journal, stage: int, per_step: int, steps: int, final_
     where = f"Resuming an interrupted job at step {step + 1} of {steps}"
     if k == 0:
         return f"{where}, its enlargement."
-    tile = sum(stage_tiles[:stage]) + journal.state["tiles_done"] + 1
+    tile = sum(stage_tiles[:stage]) + state["tiles_done"] + 1
     return (f"{where}, pass {pass_name(k)}, tile {tile} of "
-            f"{sum(stage_tiles)} (tiles of at most {journal.tile} px).")
+            f"{sum(stage_tiles)} (tiles of at most {state.get('tile')} px).")
 
 
 @dataclass(frozen=True)

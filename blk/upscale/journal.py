@@ -145,8 +145,7 @@ class Journal:
         lock_fd = _lock(output.parent / f"{TEMP_PREFIX}{output.name}.lock", output)
         try:
             old = _read_json(cls.path_for(output))
-            if old is not None and old.get("version") == VERSION and old.get("key") == key \
-                    and _token_ok(old.get("token")) and old.get("boot") in (None, boot_id()):
+            if _resumable(old, key):
                 return cls(output, key, old, True, lock_fd)
             if old is not None and _token_ok(old.get("token")):
                 _remove_token_files(output.parent, old["token"])
@@ -158,6 +157,16 @@ class Journal:
         except BaseException:
             _unlock(lock_fd)
             raise
+
+    @classmethod
+    def peek(cls, output: str | os.PathLike, key: str) -> dict | None:
+        """The state `begin` would resume for job `key` writing `output` (read only, its lock not taken), for an
+        estimate of what starting the job will do; None when there is none, or when the job is running now."""
+        output = Path(output)
+        old = _read_json(cls.path_for(output))
+        if not _resumable(old, key) or _held(output.parent / f"{TEMP_PREFIX}{output.name}.lock"):
+            return None
+        return old
 
     def others_kept(self) -> list[str]:
         """One sentence for each interrupted job of the same input towards another output in this folder (not
@@ -432,6 +441,12 @@ class _Child(Journal):
         for path in self.folder.glob(f"{TEMP_PREFIX}{self.state['token']}.{self.name}.*"):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+def _resumable(state: dict | None, key: str) -> bool:
+    """A journal of this job, of this layout version, valid on this boot of the machine."""
+    return state is not None and state.get("version") == VERSION and state.get("key") == key \
+        and _token_ok(state.get("token")) and state.get("boot") in (None, boot_id())
 
 
 def _token_ok(token) -> bool:

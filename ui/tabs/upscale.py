@@ -139,9 +139,10 @@ def time_line(context: StudioContext, key: str, units: int, enlarging: tuple[str
 
 def estimate(context: StudioContext, image_path, path_kind, scale, size_text, upscaler, model, tile, overlap, steps,
              denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale=None, lora=None, enlarge_first=False,
-             compile_models=False):
+             compile_models=False, fmt="TIFF"):
     """What the job will do, before it starts: size, suggested path, tiles of every pass (with the texture
-    LoRA, or none), and time when known."""
+    LoRA, or none), and time when known; for the diffusion path, where Start resumes an interrupted run of the
+    job (at the output Start would write, `fmt` naming its kind)."""
     from blk.errors import UserError
     from blk.upscale import diffusion, esrgan
     from blk.upscale.compare import suggested_path
@@ -164,9 +165,9 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
         if path_kind == DIFFUSION:
             lora_path = context.workspace.confine(lora) if lora else None  # its family is checked against the model's
             enlarge_path = context.workspace.confine(upscaler) if enlarge_first and upscaler else None  # is there
-            job = diffusion_job(context, image_path, Path("x.tif"), scale, size_text, model, lora_path, enlarge_path,
-                                tile, overlap, steps, 0, "", denoise_a, denoise_b, use_c, denoise_c, final_pass,
-                                step_scale)
+            job = diffusion_job(context, image_path, job_output(context, image_path, "diffusion", width, height, fmt),
+                                scale, size_text, model, lora_path, enlarge_path, tile, overlap, steps, 0, "",
+                                denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale)
             the_plan = diffusion.estimate(job, context.workspace)
             lines += [the_plan.sentence(), enlarge_line(enlarge_first, upscaler), lora_line(lora)]
             count, key = the_plan.work, rate_key("diffusion", model, job.tile, bool(compile_models))
@@ -283,6 +284,12 @@ def diffusion_job(context, image_path, output, scale, size_text, model, lora, en
                         memory=MemoryOptions(compile=bool(compile_models)))
 
 
+def job_output(context, image_path, kind: str, width: int, height: int, fmt: str) -> Path:
+    """The file a job of these settings writes (`output_path`): named by its input, path and size."""
+    return output_path(context.workspace.outputs("upscale"),
+                       f"{Path(image_path).stem}-{kind}-{width}x{height}.{'tif' if fmt == 'TIFF' else 'png'}")
+
+
 def output_path(upscales: Path, name: str, today: str | None = None) -> Path:
     """Where a job's result goes: today's folder (`today`, YYYY-MM-DD), under a name no earlier result has
     (two settings compared, not one lost; OUT.tif and OUT.png share OUT.print.tif, so a name is free when its
@@ -348,8 +355,7 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
         if keep_16bit and fmt != "TIFF" and open_input(image_path).bit_depth == 16:  # 16 bits only of a 16-bit input
             raise UserError(SIXTEEN_BITS_NEED_TIFF)  # before any work, in the form's words, on both paths
         kind = "esrgan" if path_kind == ESRGAN else "diffusion"
-        output = output_path(context.workspace.outputs("upscale"),
-                             f"{Path(image_path).stem}-{kind}-{width}x{height}.{'tif' if fmt == 'TIFF' else 'png'}")
+        output = job_output(context, image_path, kind, width, height, fmt)
         key = rate_key(kind, model if kind == "diffusion" else str(upscaler_path),
                        int(tile) if tile else (1024 if kind == "diffusion" else None), bool(compile_models))
         if kind == "esrgan":
@@ -528,7 +534,7 @@ def build(context: StudioContext) -> dict:
     plan_button.click(lambda *a: estimate(context, *a),
                       inputs=[image, path_kind, scale, size_text, upscaler, model, tile, overlap, steps, denoise_a,
                               denoise_b, use_c, denoise_c, final_pass, step_scale, lora, enlarge_first,
-                              compile_models],
+                              compile_models, fmt],
                       outputs=status)
     click_while_busy(go, "Upscaling…",
                      cancels.job(lambda cancel, *a, progress: upscale(context, cancel, *a, progress=progress)),
