@@ -816,6 +816,30 @@ def test_compile_covers_the_denoiser_and_the_enlargement_and_keeps_the_pixels(sh
     a, b = (np.asarray(Image.open(r.path).convert("RGB")).astype(int) for r in (eager, compiled))
     assert a.shape == b.shape == (80, 96, 3) and np.abs(a - b).max() <= 2
     assert [type(net).__name__ for net in networks] == ["RRDBNet"] and compiled_network.is_compiled(networks[0])
+    assert eager.denoising_key == "diffusion|tiny-flux|64|per-step" and eager.enlarging_key.startswith("enlarge|")
+    assert (compiled.denoising_key, compiled.enlarging_key) == (eager.denoising_key + "|compiled",
+                                                                eager.enlarging_key + "|compiled")
+    # the compiler gone before the upscaler's first batch: it falls back, and its pace is filed as uncompiled
+    # beside the denoiser's compiled one (both were filed under the job's "compile", false once one fell back)
+    import contextlib
+
+    import torch._inductor.config
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
+    with contextlib.ExitStack() as gone:
+        def compiler_goes(done, total, stage):  # after the job's check that a compiler is there
+            if not gone._exit_callbacks:
+                gone.enter_context(torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/g++",)}))
+                gone.enter_context(temporary_cache_dir(str(tmp_path / "cache")))
+
+        other = tmp_path / "RealESRGAN_x4plus_2blocks.pth"  # another network: compiled anew, not from memory
+        torch.save(rrdb_state(nb=2), other)
+        fell_back = run(tiny_job(tmp_path, "fell-back.png", memory=MemoryOptions(compile=True),
+                                 **{**settings, "enlarge_model": other}), shared_workspace, cache, progress=compiler_goes)
+    assert not compiled_network.is_compiled(networks[-1]) and "compile" not in read_parameters(fell_back.path)
+    assert speed.is_compiled(cache._loaded.denoiser)
+    assert (fell_back.denoising_key, fell_back.enlarging_key) == (compiled.denoising_key,
+                                                                  "enlarge|RealESRGAN_x4plus_2blocks.pth|auto")
     torch._dynamo.reset()
 
 

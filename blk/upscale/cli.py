@@ -205,9 +205,9 @@ def cmd_upscale_diffusion(args, workspace) -> int:
     from blk.generate.sketch import Lora
     from blk.models.device import MemoryOptions
     from blk.upscale.canvas import parse_colour
-    from blk.upscale.diffusion import DiffusionJob, Pass, enlarge_rate_key, run
+    from blk.upscale.diffusion import DiffusionJob, Pass, run
     from blk.upscale.models import find_upscaler
-    from blk.upscale.rates import rate_key, record
+    from blk.upscale.rates import record
 
     size = _exact_size(args)
     scale = None if size else (args.scale if args.scale is not None else 2.0)
@@ -235,10 +235,8 @@ def cmd_upscale_diffusion(args, workspace) -> int:
     result = _run_interruptible(lambda **hooks: run(job, workspace, on_plan=on_plan, **hooks), log)
     if result is None:
         return 130
-    compiled = bool(result.parameters.get("compile"))
-    record(workspace, rate_key("diffusion", job.model, job.tile, compiled),
-           *result.denoising)  # the next job's estimate, here and in the app
-    record(workspace, enlarge_rate_key(job, compiled), *result.enlarging)
+    record(workspace, result.denoising_key, *result.denoising)  # the next job's estimate, here and in the app
+    record(workspace, result.enlarging_key, *result.enlarging)
     print(file=sys.stderr)
     print(f"{result.width}×{result.height}, {result.bits}-bit, {len(result.sizes)} step(s) of {len(job.passes)} "
           f"pass(es), {result.tiles} tiles, {result.seconds:.1f} s: {result.path}")
@@ -251,13 +249,13 @@ def _plan_printer(job, workspace):
     """(`run`'s `on_plan`, its `log`): the plan (steps, passes, tiles, denoising steps) and the time it will
     take, on stderr before the first tile, as the app shows them, so that a mural's hours are known before
     they start; the notes the plan's sentence already gave are not said twice."""
-    from blk.upscale.diffusion import enlarge_rate_key
-    from blk.upscale.rates import rate_key, time_sentence
+    from blk.upscale.diffusion import denoising_rate_key, enlarge_rate_key
+    from blk.upscale.rates import time_sentence
 
     shown: list[str] = []
 
     def show(the_plan) -> None:
-        key = rate_key("diffusion", job.model, job.tile, job.memory.compile)
+        key = denoising_rate_key(job)
         enlarging = (enlarge_rate_key(job), sum(the_plan.enlarge_work)) if the_plan.enlarge_work else None
         shown.append(f"{the_plan.sentence()} {time_sentence(workspace, key, the_plan.work, enlarging)}")
         _say(shown[-1])

@@ -186,6 +186,8 @@ class DiffusionResult:
     print_path: Path | None = None
     denoising: tuple[float, int] = (0.0, 0)  # (seconds, tile-steps) of this session's denoising, for `rates.record`
     enlarging: tuple[float, int] = (0.0, 0)  # (seconds, work) of this session's enlargements (`EnlargingClock`)
+    denoising_key: str = ""  # the rate file's keys of both, each under its own model's compile state
+    enlarging_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,13 @@ def frame_tiles(job: DiffusionJob, width: int, height: int) -> int:
     """What one step of the full-frame pass counts in tile-steps: as many as the frame holds tiles by area (a
     step's time grows with its pixels), so that one rate per tile-step times the whole job."""
     return math.ceil(width * height / (min(job.tile, width) * min(job.tile, height)))
+
+
+def denoising_rate_key(job: DiffusionJob, compiled: bool | None = None) -> str:
+    """The rate file's key for a job's denoising (seconds per tile-step): its base model and tile size."""
+    from blk.upscale.rates import rate_key
+
+    return rate_key("diffusion", job.model, job.tile, job.memory.compile if compiled is None else compiled)
 
 
 def enlarge_rate_key(job: DiffusionJob, compiled: bool | None = None) -> str:
@@ -652,9 +661,13 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
         write_result(source, job.output, bits=bits, icc=icc, dpi=dpi, parameters=parameters,
                      print_dpi=job.print_dpi, print_background=job.print_background, journal=journal, cancel=cancel,
                      grey=image.grey, input_path=job.input)
+    # each model's pace under its own compile state: one that fell back beside a compiled one is timed uncompiled
+    denoiser_compiled = loaded is not None and speed.is_compiled(loaded.denoiser)
+    enlarger_compiled = enlarger is not None and speed.is_compiled(enlarger.upscaler.descriptor.model)
     return DiffusionResult(job.output, width, height, sum(stage_tiles), time.monotonic() - started, parameters, bits,
                            sizes, applied, print_path(job.output) if job.print_dpi else None, clock.measured(),
-                           (enlarging.seconds, enlarging.work))
+                           (enlarging.seconds, enlarging.work), denoising_rate_key(job, denoiser_compiled),
+                           enlarge_rate_key(job, enlarger_compiled))
 
 
 class DenoisingClock:

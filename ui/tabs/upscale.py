@@ -170,7 +170,7 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
                                 denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale)
             the_plan = diffusion.estimate(job, context.workspace)
             lines += [the_plan.sentence(), enlarge_line(enlarge_first, upscaler), lora_line(lora)]
-            count, key = the_plan.work, rate_key("diffusion", model, job.tile, bool(compile_models))
+            count, key = the_plan.work, diffusion.denoising_rate_key(job, bool(compile_models))
             if the_plan.enlarge_work:
                 enlarging = (diffusion.enlarge_rate_key(job, bool(compile_models)), sum(the_plan.enlarge_work))
         else:
@@ -380,13 +380,12 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
             seconds, tiles = pace.tiles.measured()  # this session's tiles only (a resume's earlier ones are not)
             if not tiles and pace.tiles.last and not notes:  # one report (one batch), not resumed: the whole job
                 seconds, tiles = time.monotonic() - started, pace.tiles.last[0]
-        if compile_models and not result.parameters.get("compile"):  # the compiler failed: an uncompiled pace
-            key = rate_key(kind, model if kind == "diffusion" else str(upscaler_path),
-                           int(tile) if tile else (1024 if kind == "diffusion" else None))
+        if kind == "diffusion":  # the denoiser's and the enlargements' paces, each as its model ran
+            key = result.denoising_key
+            record(context.workspace, result.enlarging_key, *result.enlarging)
+        elif compile_models and not result.parameters.get("compile"):  # the compiler failed: an uncompiled pace
+            key = rate_key(kind, str(upscaler_path), int(tile) if tile else None)
         record(context.workspace, key, seconds, tiles)
-        if kind == "diffusion":  # its enlargements' seconds per pixel, apart
-            record(context.workspace, diffusion.enlarge_rate_key(job, bool(result.parameters.get("compile"))),
-                   *result.enlarging)
         centre = tuple(float(50 if v is None else v) / 100 for v in (region_x, region_y))
         before, after = region_pair(Path(image_path), result.path, centre)
     except UserError as exc:
