@@ -220,6 +220,12 @@ def _train_command(args, workspace: Workspace, stop) -> int:
     result = run(config, workspace, run_dir, resume=bool(args.resume), stop=stop,  # a failure is an error event
                  on_folder=record)
     if distributed.is_main_process():
+        if result.status == "error":  # why, here too: it was only in events.jsonl (a NaN, out of memory)
+            from blk.train.runner import EventLog
+
+            errors = [e for e in EventLog(result.run_dir / "events.jsonl").read() if e.get("kind") == "error"]
+            if errors:
+                print(f"error: {errors[-1].get('message', '')}", file=sys.stderr)
         print(f"{result.status} at step {result.step}: {result.run_dir}")
     return 0 if result.status != "error" else 1
 

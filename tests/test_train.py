@@ -1,6 +1,7 @@
 """LoRA training on the tiny models: loss falls, checkpoints load, resume is exact, caches hit."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -317,9 +318,35 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(dataset, shared_
     result = run(config, shared_workspace, tmp_path / "run")
     assert result.status == "error"
     error = [e for e in EventLog(tmp_path / "run" / "events.jsonl").read() if e["kind"] == "error"][0]
-    assert "last good checkpoint is kept" in error["message"]
+    kept = sorted((tmp_path / "run" / "checkpoints").glob("step-*.safetensors"))
+    assert kept and f"The last good checkpoint (step {int(kept[-1].stem[5:])}) is kept" in error["message"]
     assert result.last_checkpoint is None or result.last_checkpoint.exists()
-    assert list((tmp_path / "run" / "checkpoints").glob("step-*.safetensors"))
+
+
+def test_a_nan_before_any_checkpoint_says_so_in_the_terminal_and_the_probe_refuses_it(dataset, shared_workspace,
+                                                                                     tmp_path):
+    """With no checkpoint saved, "the last good checkpoint is kept … resume" promised one that was not there;
+    the command line printed only "error at step 1"; and the probe called a run that diverged after its first
+    loss one that fits."""
+    from blk.errors import UserError
+    from blk.train.probe import probe
+    from tests.conftest import run_blk
+
+    config = config_for("tiny-flux", dataset, steps=40)
+    config.optimizer.lr = 1e30
+    config.checkpoints.every = 1000
+    preset = tmp_path / "diverges.yaml"
+    preset.write_text(json.dumps(config.model_dump(mode="json")))
+    result = run_blk("--workspace", str(shared_workspace.root), "train", str(preset), "--run-dir", str(tmp_path / "r"))
+    said = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 1 and len(said) == 1, result.stderr
+    assert re.fullmatch(r"error: Training stopped: (the loss|a gradient) became (nan|inf) at step \d+\. No checkpoint "
+                        r"was saved before it; lower the learning rate \(optimizer\.lr\) and start the run again\.",
+                        said[0]), said
+    assert not list((tmp_path / "r" / "checkpoints").glob("*.safetensors"))
+    with pytest.raises(UserError, match=r"^The probe's training stopped: (the loss|a gradient) became (nan|inf) at step"
+                                        r" \d+; lower the learning rate \(optimizer\.lr\)\.$"):
+        probe(config, shared_workspace)
 
 
 def test_presets_load_with_the_paper_values():

@@ -1235,7 +1235,8 @@ def test_the_probe_blocks_starts_while_it_runs_and_its_refusals_read_as_starts(c
         def communicate(self):
             during.append(probe_running(context.workspace))
             during.append(train.control(context, "b", "resume"))
-            return "", "notice: something\nerror: inks has no usable images to train on.\n"
+            # Prodigy printed its notice to stdout: the tab showed "Using decoupled weight decay" as the reason
+            return "Using decoupled weight decay\n", "notice: something\nerror: inks has no usable images to train on.\n"
 
     stopped_run(runs, "b")
     with monkeypatch.context() as patched:  # (subprocess is every module's: ended_pid below needs the real one)

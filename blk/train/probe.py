@@ -90,6 +90,9 @@ def probe(config: TrainConfig, workspace: Workspace, steps: int = PROBE_STEPS) -
     errors = [e for e in events if e["kind"] == "error"]
     if errors and not out_of_memory and errors[-1].get("reason") == "out_of_memory":
         out_of_memory = f"at step {errors[-1]['step'] + 1}"
+    if errors and errors[-1].get("reason") == "not_finite":  # after a first loss too: such a run does not "fit"
+        raise UserError(f"The probe's training stopped: {errors[-1].get('cause', 'a loss that is not finite')}; "
+                        "lower the learning rate (optimizer.lr).")
     skipped = [e for e in events if e["kind"] == "notice" and e.get("reason") == "out_of_memory"]
     if skipped and not out_of_memory:  # the run skips such samples and goes on; for the probe it is the answer
         return Estimate(0.0, 0.0, 0, 0, device, f"the probe's samples ran out of memory on {device} at "

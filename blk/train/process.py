@@ -530,7 +530,9 @@ def probe_in_child(config: TrainConfig, workspace: Workspace) -> tuple[bool, str
             with contextlib.suppress(OSError, ValueError):  # another app's probe may have begun since
                 if json.loads(record.read_text()) == ours:
                     record.unlink()
-    lines = (stdout.strip() or stderr.strip()).splitlines()
+    # a refusal is the last "error: " line on stderr; an estimate (fitting or not) the last line on stdout
+    refusals = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    lines = refusals or stdout.strip().splitlines() or stderr.strip().splitlines()
     return child.returncode == 0, (lines[-1].removeprefix("error: ") if lines else "The probe ended without a word.")
 
 

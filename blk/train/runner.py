@@ -147,7 +147,7 @@ def _record_failure(run_dir: Path, config: TrainConfig, step: int, exc: Exceptio
     if isinstance(exc, UserError):
         message = str(exc)
     elif is_out_of_memory(exc) or isinstance(exc, _OutOfMemoryInAProcess):
-        message, reason = out_of_memory_sentence(config, step), {"reason": "out_of_memory"}
+        message, reason = out_of_memory_sentence(config, step, run_dir), {"reason": "out_of_memory"}
     else:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         message = f"Training failed at step {step + 1}: {type(exc).__name__}: {lines[-1] if lines else 'no message'} " \
@@ -396,9 +396,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
                 status = "stopped"
                 break
     except FloatingPointError as exc:
-        events.write("error", step, message=f"Training stopped: {exc}. The last good checkpoint is kept; lower the "
-                                            "learning rate (optimizer.lr in the run's config.yaml) and resume, or start "
-                                            "again.")
+        events.write("error", step, message=not_finite_sentence(exc, run_dir), reason="not_finite", cause=str(exc))
         status = "error"
     except Exception as exc:  # noqa: BLE001  (only out-of-memory is caught here; anything else is a bug to show)
         everywhere = isinstance(exc, _OutOfMemoryInAProcess)
@@ -408,7 +406,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
             # One process failed on its own (e.g. the smaller of two GPUs, outside the micro-batches) while the
             # others wait in a collective: `run` says so from this process, and ends it; the launcher ends the others.
             raise
-        events.write("error", step, message=out_of_memory_sentence(config, step), reason="out_of_memory")
+        events.write("error", step, message=out_of_memory_sentence(config, step, run_dir), reason="out_of_memory")
         status = "error"
         optimizer.zero_grad(set_to_none=True)
         if device.startswith("cuda"):
@@ -510,9 +508,29 @@ def dropout_seed(seed: int, step: int, micro: int) -> int:
     return micro_seed("dropout", seed, step, micro)
 
 
-def out_of_memory_sentence(config: TrainConfig, step: int) -> str:
-    """What to change when a run runs out of memory, naming only the settings not already at their cheapest."""
-    return f"Out of memory at step {step + 1}: try {memory_tips(config)}; the last checkpoint is kept and the run can resume."
+def out_of_memory_sentence(config: TrainConfig, step: int, run_dir: Path | None = None) -> str:
+    """What to change when a run runs out of memory, naming only the settings not already at their cheapest;
+    with `run_dir`, whether a checkpoint is there to resume from."""
+    kept = "the last checkpoint is kept and the run can resume" if run_dir is None else _what_is_kept(run_dir)
+    return f"Out of memory at step {step + 1}: try {memory_tips(config)}; {kept}."
+
+
+def not_finite_sentence(exc: FloatingPointError, run_dir: Path) -> str:
+    """A loss or gradient that is no longer finite: what is kept and what to change."""
+    if checkpoint_steps(run_dir):
+        return (f"Training stopped: {exc}. {_what_is_kept(run_dir, good=True).capitalize()}; lower the learning "
+                "rate (optimizer.lr in the run's config.yaml) and resume, or start again.")
+    return (f"Training stopped: {exc}. No checkpoint was saved before it; lower the learning rate (optimizer.lr) "
+            "and start the run again.")
+
+
+def _what_is_kept(run_dir: Path, good: bool = False) -> str:
+    """Which checkpoint a failed run leaves to resume from, or that none was saved (a resume then starts over:
+    "the last checkpoint is kept" promised one that was not there)."""
+    steps = checkpoint_steps(run_dir)
+    if not steps:
+        return "no checkpoint was saved yet, so the run starts again from its first step"
+    return f"the last {'good ' if good else ''}checkpoint (step {steps[-1]}) is kept and the run can resume from it"
 
 
 def memory_tips(config: TrainConfig) -> str:
@@ -772,8 +790,11 @@ def _optimizer(config: TrainConfig, params, device: str):
     if opt.name == "prodigy":
         from prodigyopt import Prodigy
 
-        return Prodigy(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay, decouple=True,
-                       use_bias_correction=True, safeguard_warmup=True, d0=opt.d0, d_coef=opt.d_coef)
+        # it prints "Using decoupled weight decay" to stdout: in every trainer log, and the probe's answer when
+        # it failed (the Train tab read that line as the reason)
+        with contextlib.redirect_stdout(io.StringIO()):
+            return Prodigy(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay, decouple=True,
+                           use_bias_correction=True, safeguard_warmup=True, d0=opt.d0, d_coef=opt.d_coef)
     if opt.name == "adamw8bit" and device.startswith("cuda"):
         import bitsandbytes as bnb
 
