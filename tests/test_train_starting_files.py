@@ -71,6 +71,22 @@ def test_a_starting_file_is_read_from_its_header(tmp_path):
         assert starting_file_problem(a_lokr, "flux", AdapterSection(kind="lokr", rank=fits)) == "", fits
 
 
+def test_a_starting_file_with_weights_that_are_not_numbers_is_named_before_the_run(tmp_path):
+    """A LoRA holding NaN or infinity passed the header checks: the run died at its first step with "lower the
+    learning rate", which pointed at the wrong cause."""
+    rank4 = AdapterSection(rank=4)
+    broken = np.zeros((32, 4), np.float32)
+    broken[3, 1] = np.inf
+    damaged = lora(tmp_path / "damaged.safetensors", **{f"{FLUX_Q}.lora_B.weight": broken})
+    said = ("damaged.safetensors holds weights that are not numbers (NaN or infinity, e.g. in "
+            f"{FLUX_Q}.lora_B.weight); it is damaged.")
+    assert starting_file_problem(damaged, "flux", rank4) == said and starting_file_problem(damaged, "flux") == said
+    broken[3, 1] = np.nan
+    assert "not numbers" in starting_file_problem(lora(tmp_path / "nan.safetensors",
+                                                       **{f"{FLUX_Q}.lora_B.weight": broken}), "flux")
+    assert starting_file_problem(lora(tmp_path / "fine.safetensors"), "flux", rank4) == ""
+
+
 def test_the_header_says_of_a_lokr_what_loading_it_would(shared_workspace, tmp_path):
     """Where the header finds a rank to refuse, loading the file into a LoKr of that rank refuses it in the same
     words; where it finds none, loading finds no rank to refuse either (a factor peft keeps whole is multiplied

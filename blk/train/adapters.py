@@ -263,10 +263,11 @@ TEXT_ENCODER_KEYS = ("lora_te", "text_encoder")  # kohya's and diffusers' names:
 
 
 def starting_file_problem(path: Path, family: str, adapter=None) -> str:
-    """Why the LoRA file at `path` cannot start a run on a `family` model, from its header alone ("" when the
-    header shows nothing; loading it may still find more). `adapter`: the trainable adapter's settings when the
+    """Why the LoRA file at `path` cannot start a run on a `family` model, mostly from its header ("" when it
+    shows nothing; loading it may still find more). `adapter`: the trainable adapter's settings when the
     file is its `init_from` (a LoRA starts from a LoRA of its rank, a LoKr from a LyCORIS LoKr); None for a base
-    LoRA. Each found only once the file loaded — after the model, and every caption encoded — in a failed run."""
+    LoRA. Each found only once the file loaded — after the model, and every caption encoded — in a failed run.
+    The tensors are read once too, for weights that are not numbers (a damaged file)."""
     from blk.generate.lora_family import family_mismatch
     from blk.models.lycoris import is_diffusers_lokr, is_lycoris_lokr
 
@@ -280,6 +281,8 @@ def starting_file_problem(path: Path, family: str, adapter=None) -> str:
             ("it cannot start this adapter." if adapter else "as a base LoRA it would change nothing.")
     if problem := family_mismatch(path, family):
         return problem
+    if broken := _first_not_finite(path, own):  # it trained into NaN at step 1: "lower the learning rate", wrongly
+        return f"{name} holds weights that are not numbers (NaN or infinity, e.g. in {broken}); it is damaged."
     if adapter is None:
         return ""
     lokr = is_lycoris_lokr(own) or is_diffusers_lokr(own)
@@ -297,6 +300,23 @@ def starting_file_problem(path: Path, family: str, adapter=None) -> str:
     if ranks and ranks != {adapter.rank}:
         rank, = ranks
         return f"{name} has rank {rank} but this adapter has rank {adapter.rank}; set the rank to {rank} to start from it."
+    return ""
+
+
+def _first_not_finite(path: Path, keys) -> str:
+    """The first of `keys` whose tensor holds a NaN or an infinity ("" when none): one tensor at a time, so a
+    file of any size takes its reading time and no more memory than its largest tensor."""
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in sorted(keys):
+                tensor = handle.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    return key
+    except (OSError, ValueError, RuntimeError, TypeError):  # unreadable here: the loader's own sentence says so
+        return ""
     return ""
 
 
