@@ -341,6 +341,11 @@ def test_starting_says_which_images_are_too_small_to_train(context):
     for i in range(3, 8):
         (folder / f"ink{i}.png").unlink()
     assert train.left_out_note(context, "inks").count("training leaves it out") == 1
+    (folder / "ink3.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # damaged: it was said in the log only
+    (folder / "ink3.txt").write_text("blkstyle, ink")
+    lines = train.left_out_note(context, "inks").split("  \n")[1:]
+    assert len(lines) == 2 and lines[0].startswith("inks/ink3.png is left out of training: ink3.png "), lines
+    assert lines[1].startswith("inks/ink1.png is 32×80 px")
 
 
 def test_notices_show_in_the_status_for_the_current_attempt_only(context):

@@ -65,9 +65,17 @@ def too_small(name: str, width: int, height: int) -> str | None:
             "so training leaves it out.")
 
 
-def too_small_images(dataset: Path) -> list[str]:
-    """One sentence per usable image of the dataset that training will leave out for its size (the scan is cached)."""
-    return [s for r in scan(dataset) if r.ok and (s := too_small(f"{dataset.name}/{r.rel}", r.width, r.height))]
+def unreadable(dataset: Path, record) -> str:
+    """The sentence for a file of the dataset that cannot be read as an image (damaged, cut short, not an image)."""
+    return f"{dataset.name}/{record.rel} is left out of training: {record.error}"
+
+
+def left_out_images(dataset: Path) -> list[str]:
+    """One sentence per file of the dataset that training will leave out: unreadable ones, then the images too
+    small for a bucket (the scan is cached)."""
+    scanned = scan(dataset)
+    return [unreadable(dataset, r) for r in scanned if not r.ok] + \
+        [s for r in scanned if r.ok and (s := too_small(f"{dataset.name}/{r.rel}", r.width, r.height))]
 
 
 def load_items(dataset: Path, resolutions: list[int], flip: bool, root: str = "", variants: int = 0) -> list[Item]:
@@ -85,8 +93,7 @@ def load_items(dataset: Path, resolutions: list[int], flip: bool, root: str = ""
         raise UserError(f"{dataset.name} has no usable images to train on.")
     if World.from_env().is_main:
         for bad in (r for r in scanned if not r.ok):
-            print(f"warning: {dataset.name}/{bad.rel} is left out of training: {bad.error}", file=sys.stderr,
-                  flush=True)
+            print(f"warning: {unreadable(dataset, bad)}", file=sys.stderr, flush=True)
     small = [(r, s) for r in records if (s := too_small(f"{dataset.name}/{r.rel}", r.width, r.height))]
     if len(small) == len(records):
         raise UserError(f"{dataset.name} has no image of at least {MULTIPLE}×{MULTIPLE} px to train on "

@@ -252,11 +252,12 @@ def refuse_while_training(context: StudioContext) -> None:
 
 
 def left_out_note(context: StudioContext, dataset: str, shown: int = 5) -> str:
-    """The images the run leaves out for their size, one sentence each (the first few), so the artist learns
-    before the loss plot why fewer images train than the folder holds."""
-    from blk.train.data import too_small_images
+    """The files the run leaves out, unreadable or too small, one sentence each (the first few), so the artist
+    learns before the loss plot why fewer images train than the folder holds (a damaged file was said only in
+    the trainer's log)."""
+    from blk.train.data import left_out_images
 
-    sentences = too_small_images(context.workspace.named_dataset(dataset))
+    sentences = left_out_images(context.workspace.named_dataset(dataset))
     more = len(sentences) - shown
     return "".join(f"  \n{s}" for s in sentences[:shown]) + (f"  \n…and {more} more like them." if more > 0 else "")
 
