@@ -27,22 +27,53 @@ def load_model(path: str | Path, cls: type[Model]) -> Model:
     except yaml.YAMLError as exc:
         raise UserError(f"{path.name} is not valid YAML ({str(exc).splitlines()[0]}).") from None
     except ValidationError as exc:
-        raise UserError(f"{path.name}: {first_error(exc)}") from None
+        raise UserError(f"{path.name}: {first_error(exc, model=cls)}") from None
 
 
-def first_error(exc: ValidationError, labels: Mapping[str, str] | None = None) -> str:
-    """The first mistake as one sentence. Without `labels` it names the YAML path ("schedule.steps — Input should
-    be …"): right for a file the user edits. A form passes `labels` (YAML path → the field's label) and gets
-    the label's words ("Steps must be at least 1."); a path it does not label keeps the YAML wording."""
-    first = exc.errors()[0]
+def first_error(exc: ValidationError, labels: Mapping[str, str] | None = None,
+                model: type[BaseModel] | None = None) -> str:
+    """The first mistake as one sentence, and how many more there are. Without `labels` it names the YAML path
+    ("schedule.steps must be at least 1."): right for a file the user edits; a misspelt key gets the nearest
+    setting of `model` ("chekpoints is not a setting; did you mean checkpoints?"). A form passes `labels` (YAML
+    path → the field's label) and gets the label's words ("Steps must be at least 1."); a path it does not
+    label keeps the YAML wording."""
+    errors = exc.errors()
+    first = errors[0]
+    more = f" ({len(errors) - 1} more mistake{'s' if len(errors) > 2 else ''} after it)" if len(errors) > 1 else ""
     loc = [str(p) for p in first["loc"]]
     label = _label(loc, labels or {})
     if label is not None:
-        return f"{label} {_must(first)}."
+        return f"{label} {_must(first)}{more}."
     path, _, rest = first["msg"].partition(" ")  # a check across fields names the field it is about first
     if labels and path in labels:
-        return f"{labels[path]} {rest}."
-    return f"{'.'.join(loc) or 'the file'} — {first['msg']}."
+        return f"{labels[path]} {rest.rstrip('.')}{more}."
+    if not loc:
+        if first["type"] in ("model_type", "dict_type", "model_attributes_type"):
+            return f"the file holds no settings (a list of `name: value` lines){more}."
+        return f"{first['msg'].removeprefix('Value error, ').rstrip('.')}{more}."
+    where = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        near = _nearest_setting(model, loc)
+        return f"{where} is not a setting here" + (f" (did you mean {near}?)" if near else "") + f"{more}."
+    return f"{where} {_must(first)}{more}."
+
+
+def _nearest_setting(model: type[BaseModel] | None, loc: list[str]) -> str:
+    """The setting beside `loc` whose name is nearest its last part (a typing slip), as a YAML path; "" if none."""
+    import difflib
+
+    for part in loc[:-1]:  # down through the sections (a list's index keeps the list's item type)
+        if model is None or part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field is not None else None
+        inner = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else \
+            (inner[0] if inner else None)
+    if model is None:
+        return ""
+    near = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return ".".join(loc[:-1] + near) if near else ""
 
 
 def _label(loc: list[str], labels: Mapping[str, str]) -> str | None:

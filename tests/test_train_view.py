@@ -737,13 +737,23 @@ def test_first_error_keeps_the_yaml_path_where_there_is_no_form(tmp_path):
     (tmp_path / "bad.yaml").write_text("schedule: {steps: 0}\n")
     with pytest.raises(UserError) as raised:
         load_config(tmp_path / "bad.yaml")
-    assert str(raised.value) == "bad.yaml: schedule.steps — Input should be greater than or equal to 1."
+    assert str(raised.value) == "bad.yaml: schedule.steps must be at least 1."
     with pytest.raises(ValidationError) as invalid:
         TrainConfig.model_validate({"data": {"resolutions": [512, "big"]}})
-    assert first_error(invalid.value) == ("data.resolutions.1 — Input should be a valid integer, unable to parse "
-                                          "string as an integer.")
+    assert first_error(invalid.value) == "data.resolutions.1 must be a whole number."  # pydantic's "unable to parse"
     assert first_error(invalid.value, {"data.resolutions": "Bucket sizes"}) == "Bucket sizes must be a whole number."
-    assert first_error(invalid.value, {"schedule.steps": "Steps"}).startswith("data.resolutions.1 — ")  # unlabelled
+    assert first_error(invalid.value, {"schedule.steps": "Steps"}).startswith("data.resolutions.1 must")  # unlabelled
+    # a misspelt key gets the nearest setting, a file of no settings says so, and more mistakes are counted
+    for text, said in (("chekpoints: {every: 5}\n", "chekpoints is not a setting here (did you mean checkpoints?)."),
+                       ("data: {stages: [{sourcs: [{folder: a}]}]}\n",
+                        "data.stages.0.sourcs is not a setting here (did you mean data.stages.0.sources?)."),
+                       ("- a\n- b\n", "the file holds no settings (a list of `name: value` lines)."),
+                       ("schedule: {steps: 0, batch_size: 0}\nzzz: 1\n",
+                        "schedule.steps must be at least 1 (2 more mistakes after it).")):
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(UserError) as raised:
+            load_config(tmp_path / "bad.yaml")
+        assert str(raised.value) == f"bad.yaml: {said}"
 
 
 def test_the_estimate_says_short_spans_in_seconds_like_the_status_line():
@@ -1171,7 +1181,7 @@ def test_a_resume_whose_config_no_longer_reads_says_why_before_it_starts(context
     assert text != (folder / "config.yaml").read_text()
     (folder / "config.yaml").write_text(text)
     note = train.control(context, "b", "resume")
-    assert note.startswith("**") and "learning_rate" in note and "not permitted" in note
+    assert note.startswith("**") and "learning_rate" in note and "is not a setting here" in note
     assert not (folder / "trainer.log").exists() and run_info(folder).status == "stopped"
 
 
