@@ -166,6 +166,9 @@ def _train_command(args, workspace: Workspace, stop) -> int:
         # a run stopped before the trainer wrote its config.yaml (in its first seconds) holds only the Train tab's
         # request: it starts again from step 0 in the same folder, as one stopped before its first checkpoint does
         resolved, requested = run_dir / "config.yaml", run_dir / "request.yaml"
+        if not run_dir.is_dir() or not (resolved.is_file() or requested.is_file()):  # read "config.yaml cannot be read"
+            raise UserError(f"{run_dir} is not a training run's folder (it has no config.yaml); --resume takes a "
+                            f"folder under {workspace.runs}.")
         try:
             saved = load_config(requested if requested.is_file() and not resolved.exists() else resolved)
         except UserError as exc:  # e.g. a config.yaml edited by hand: said where the Train tab looks, not only here

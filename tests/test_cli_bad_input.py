@@ -46,6 +46,15 @@ def test_a_run_folder_is_never_trained_over_nor_resumed_on_another_model(shared_
     assert fingerprint(run) == before  # nothing of the run changed, its config.yaml included
     code, err = said(capsys, "--workspace", ws, "train", str(run / "config.yaml"), "--steps", "-5")
     assert code == 2 and "argument --steps: -5 is outside the range (1 or more)" in err, err
+    (tmp_path / "not-a-run").mkdir()
+    for folder in (tmp_path / "not-a-run", tmp_path / "nowhere"):  # it read "…/config.yaml cannot be read"
+        code, err = said(capsys, "--workspace", ws, "train", "--resume", str(folder))
+        assert code == 2 and err == (f"error: {folder} is not a training run's folder (it has no config.yaml); "
+                                     f"--resume takes a folder under {shared_workspace.runs}.\n"), err
+    assert list((tmp_path / "not-a-run").iterdir()) == [] and not (tmp_path / "nowhere").exists()
+    code, err = said(capsys, "--workspace", ws, "train", "--steps", "2", "--run-dir", str(tmp_path / "no-data"))
+    assert code == 2 and "Choose a dataset to train on (data.dataset in the config, or --dataset on the command " \
+                         "line)." in err, err
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -147,8 +147,11 @@ def test_runner_follows_the_stages_and_resume_lands_in_the_right_one(staged_data
 
     missing = staged_config(staged_dataset, 6)
     missing.data.stages[1].sources[1].folder = "triples"
-    with pytest.raises(UserError, match="is not a folder"):
+    with pytest.raises(UserError) as refused:  # it said "triples is not a folder (nor a dataset in …)"
         run(missing, shared_workspace, tmp_path / "missing")
+    assert str(refused.value) == ("+ pairs draws from triples, which is neither a sub-folder of ds nor a dataset of its "
+                                  "own; this curriculum expects ds to hold the folders singles/, triples/ and "
+                                  "pairs/, or change the stages' folders.")
     (staged_dataset / "ds" / "empty").mkdir(exist_ok=True)
     missing.data.stages[1].sources[1].folder = "empty"
     with pytest.raises(UserError, match=r"\+ pairs draws from empty, which has no training images"):

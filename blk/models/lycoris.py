@@ -179,7 +179,8 @@ def read_diffusers_lokr(path: Path, denoiser, family: str) -> list[LokrModule]:
         try:
             module = _module(name, name, layers[name], groups[name])
         except _Bad as exc:
-            raise UserError(f"{path.name} does not fit this {LABELS.get(family, family)} model: {name} {exc}.") from None
+            label = LABELS.get(family, family)
+            raise UserError(f"{path.name} does not fit this {label} model: {name} {exc}.") from None
         modules.append(replace(module, scale=_peft_scale(config, name)))
     return modules
 

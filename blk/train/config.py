@@ -31,8 +31,9 @@ class ModelSection(Strict):
     name: str = "tiny-flux"  # a known model name, a registered one, or a local path
     int8_base: bool = False  # quantize the frozen base to int8 (optimum-quanto)
     gradient_checkpointing: bool = False
-    # LoRAs merged into the frozen base before the trainable adapter (before int8 quantization):
-    # a .safetensors path, or "layerdiffuse" for the family's LayerDiffuse layer LoRA (BLK-Stencil)
+    # LoRAs applied under the trainable adapter as frozen, always-active adapters (never fused into the weights,
+    # which int8 quantization forbids): a .safetensors path, or "layerdiffuse" for the family's LayerDiffuse LoRA
+    # (BLK-Stencil)
     base_loras: list[str] = Field(default_factory=list)
 
 

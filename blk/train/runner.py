@@ -176,7 +176,7 @@ def _train(config: TrainConfig, workspace: Workspace, run_dir: Path, resume: boo
     resume = resume and not restart
     dataset = workspace.dataset_folder(config.data.dataset) if config.data.dataset else None
     if dataset is None:
-        raise UserError("Choose a dataset to train on.")
+        raise UserError("Choose a dataset to train on (data.dataset in the config, or --dataset on the command line).")
     if world.is_main:
         for sentence in config.unreachable_stages():  # e.g. `--steps` below a preset's stage starts
             print(f"warning: {sentence}.", file=sys.stderr, flush=True)
@@ -987,7 +987,13 @@ def plan_curriculum(config: TrainConfig, workspace: Workspace, dataset: Path, it
                 pool = [i for i in items if i.image.startswith(inside + "/")]
             else:
                 if folder not in loaded:
-                    extra = workspace.dataset_folder(folder)
+                    try:
+                        extra = workspace.dataset_folder(folder)
+                    except UserError:  # "singles is not a folder": which stage, and where it was looked for
+                        raise UserError(
+                            f"{label} draws from {folder}, which is neither a sub-folder of {dataset.name} nor a "
+                            f"dataset of its own; this curriculum expects {dataset.name} to hold the folders "
+                            f"{_stage_folders(config)}, or change the stages' folders.") from None
                     loaded[folder] = load_items(extra, config.data.resolutions, config.data.flip, root=str(extra),
                                                 variants=config.data.augment.variants)
                 pool = loaded[folder]
@@ -998,6 +1004,14 @@ def plan_curriculum(config: TrainConfig, workspace: Workspace, dataset: Path, it
         plans.append(StagePlan(stage.start, label, labels, pools, stage.fractions()))
     return Curriculum(plans, config.schedule.seed, config.schedule.gradient_accumulation * processes,
                       config.schedule.batch_size)
+
+
+def _stage_folders(config: TrainConfig) -> str:
+    """The sub-folders a config's stages draw from by name, listed for a sentence ("singles/, pairs/ and
+    triples/"; other datasets, given by path, are not the dataset's)."""
+    folders = (source.folder.strip().rstrip("/") for stage in config.data.stages for source in stage.sources)
+    names = list(dict.fromkeys(f"{name}/" for name in folders if name not in ("", ".") and "/" not in name))
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def _inside_dataset(folder: str, dataset: Path, workspace: Workspace) -> str | None:
