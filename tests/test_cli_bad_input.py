@@ -52,6 +52,14 @@ def test_a_run_folder_is_never_trained_over_nor_resumed_on_another_model(shared_
         assert code == 2 and err == (f"error: {folder} is not a training run's folder (it has no config.yaml); "
                                      f"--resume takes a folder under {shared_workspace.runs}.\n"), err
     assert list((tmp_path / "not-a-run").iterdir()) == [] and not (tmp_path / "nowhere").exists()
+    preset = str(Path(__file__).resolve().parents[1] / "presets" / "conceptor-flux-dev.yaml")
+    for model, notice in (("tiny-sdxl", True), ("tiny-flux", False)):  # a Flux preset on SDXL trained without a word
+        code, err = said(capsys, "--workspace", ws, "train", preset, "--model", model, "--dataset",
+                         str(tmp_path / "none"), "--run-dir", str(tmp_path / "other-family"))
+        assert code == 2 and err.endswith(f"error: {tmp_path / 'none'} is not a folder (nor a dataset in "
+                                          f"{shared_workspace.datasets}).\n"), err
+        assert err.startswith("notice: conceptor was made for flux-dev (Flux) and now trains tiny-sdxl (SDXL): its "
+                              "values were chosen for Flux") == notice, err
     code, err = said(capsys, "--workspace", ws, "train", "--steps", "2", "--run-dir", str(tmp_path / "no-data"))
     assert code == 2 and "Choose a dataset to train on (data.dataset in the config, or --dataset on the command " \
                          "line)." in err, err
