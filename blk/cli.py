@@ -188,7 +188,9 @@ def _train_command(args, workspace: Workspace, stop) -> int:
         if args.gpus:
             config.schedule.gpus = args.gpus
     if args.model:
-        if notice := _other_family_notice(config, args.model, workspace):
+        from blk.train.process import other_family_notice
+
+        if notice := other_family_notice(config, args.model, workspace):
             print(f"notice: {notice}", file=sys.stderr, flush=True)
         config.model.name = args.model
     if args.dataset:
@@ -233,28 +235,6 @@ def _train_command(args, workspace: Workspace, stop) -> int:
                 print(f"error: {errors[-1].get('message', '')}", file=sys.stderr)
         print(f"{result.status} at step {result.step}: {result.run_dir}")
     return 0 if result.status != "error" else 1
-
-
-def _other_family_notice(config, model: str, workspace) -> str:
-    """A preset made for one family trained on the other's model (`--model`): said, since its family's own values
-    (Flux's timestep shift, SDXL's learning rate) were chosen for the other; "" when the same or not known."""
-    from blk.models.registry import KNOWN_MODELS, resolve
-
-    def family(name: str) -> str:
-        if name in KNOWN_MODELS:
-            return KNOWN_MODELS[name].family
-        try:
-            return resolve(name, workspace, build_tiny=False).family
-        except UserError:
-            return ""  # the run's own check says what is wrong with it
-
-    made_for, given = family(config.model.name), family(model)
-    if not made_for or not given or made_for == given:
-        return ""
-    names = {"flux": "Flux", "sdxl": "SDXL"}
-    return (f"{config.name} was made for {config.model.name} ({names[made_for]}) and now trains {model} "
-            f"({names[given]}): its values were chosen for {names[made_for]}; a preset made for {names[given]} "
-            f"(presets/) may suit it better.")
 
 
 @contextlib.contextmanager

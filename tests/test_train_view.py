@@ -1286,3 +1286,15 @@ def test_a_failed_runs_reason_is_said_once_and_an_ended_run_has_no_speed(context
     assert train.watch(context, "r", False)[2].endswith("`error: something else went wrong`")
     for ended in (stopped_run(context.workspace.runs, "halted"), finished_run(context.workspace.runs, "done")):
         assert "steps/s" not in train.watch(context, ended.name, False)[2]
+
+
+def test_start_says_when_the_base_model_is_of_the_other_family_than_the_preset(context):
+    """The Conceptor Flux preset started on an SDXL model trained with Flux's values without a word."""
+    from blk.train.config import TrainConfig
+
+    on_sdxl = TrainConfig.model_validate({"model": {"name": "tiny-sdxl"}})
+    note = train.family_note(context, "conceptor-flux-dev", on_sdxl)
+    assert note == (" conceptor was made for flux-dev (Flux) and now trains tiny-sdxl (SDXL): its values were chosen "
+                    "for Flux; a preset made for SDXL (presets/) may suit it better.")
+    assert train.family_note(context, "conceptor-sdxl", on_sdxl) == ""
+    assert train.family_note(context, "", on_sdxl) == ""

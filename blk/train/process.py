@@ -508,6 +508,28 @@ def trainer_log_tail(folder: Path, lines: int = 15) -> str:
 PROBE_RECORD = ".probe.json"
 
 
+def other_family_notice(config: TrainConfig, model: str, workspace: Workspace) -> str:
+    """A preset made for one family trained on the other's model (`--model`, or the Train tab's Base model): said, since its family's own values
+    (Flux's timestep shift, SDXL's learning rate) were chosen for the other; "" when the same or not known."""
+    from blk.models.registry import KNOWN_MODELS, resolve
+
+    def family(name: str) -> str:
+        if name in KNOWN_MODELS:
+            return KNOWN_MODELS[name].family
+        try:
+            return resolve(name, workspace, build_tiny=False).family
+        except UserError:
+            return ""  # the run's own check says what is wrong with it
+
+    made_for, given = family(config.model.name), family(model)
+    if not made_for or not given or made_for == given:
+        return ""
+    names = {"flux": "Flux", "sdxl": "SDXL"}
+    return (f"{config.name} was made for {config.model.name} ({names[made_for]}) and now trains {model} "
+            f"({names[given]}): its values were chosen for {names[made_for]}; a preset made for {names[given]} "
+            f"(presets/) may suit it better.")
+
+
 def probe_in_child(config: TrainConfig, workspace: Workspace) -> tuple[bool, str]:
     """The pre-run probe in a child process, so the app never holds a model for it: (fits, sentence). While it
     runs, `PROBE_RECORD` names it (`probe_running`); its refusals read as the Train tab's, without the command

@@ -232,7 +232,19 @@ def start(context: StudioContext, preset, dataset, *form):
         return gr.update(), f"**{exc}**"
     freed = context.release_gpu("the training run")  # once it starts (its model loads in seconds, not at once)
     return (gr.Dropdown(choices=run_names(context), value=folder.name),
-            f"Started {folder.name}." + (f" {freed}" if freed else "") + stages_note(preset, config) + left_out)
+            f"Started {folder.name}." + (f" {freed}" if freed else "") + stages_note(preset, config)
+            + family_note(context, preset, config) + left_out)
+
+
+def family_note(context: StudioContext, preset, config) -> str:
+    """A sentence when the Base model is of the other family than the preset's (its values were chosen for that
+    one); '' otherwise."""
+    from blk.train.config import load_config
+    from blk.train.process import other_family_notice
+
+    notice = other_family_notice(load_config(PRESETS / f"{preset}.yaml"), config.model.name, context.workspace) \
+        if preset else ""
+    return f" {notice}" if notice else ""
 
 
 def refuse_while_training(context: StudioContext) -> None:
