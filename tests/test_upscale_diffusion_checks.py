@@ -139,6 +139,12 @@ def test_the_time_shown_follows_the_steps_and_an_old_rate_file_gives_none(contex
     record(context.workspace, "enlarge|lanczos|auto", 2.56, 2560)  # a Lanczos enlargement: 1 ms per pixel made
     assert time_shown(4) == ("about 41 s: about 36 s of denoising and about 5 s of enlarging (loading and writing "
                              "come on top), from the last jobs with these settings on this machine.")
+    # a resume with every pass done: its rate would give "under a second", no rate "shown once the first tiles…"
+    from blk.upscale.rates import time_sentence
+
+    for key in ("diffusion|tiny-flux|32|per-step", "diffusion|never-ran|32|per-step"):
+        assert time_sentence(context.workspace, key, 0, ("enlarge|lanczos|auto", 0)) == \
+            "Time: only the result is left to write."
 
 
 def test_a_job_records_its_seconds_per_tile_step(shared_workspace, tmp_path, pipelines):

@@ -714,11 +714,19 @@ def test_estimate_says_where_start_resumes_a_cancelled_diffusion_job(context, sh
     status = upscale(context, cancel, image, DIFFUSION, 4, "", None, "tiny-flux", None, False, 32, 8, 4, 0, "", 0.3,
                      0.2, False, 0.15, False, "PNG", False, None, None, 50, 50, progress=progress)[2]
     assert "ancel" in status, status
+    from blk.upscale.rates import record
+
+    record(context.workspace, "diffusion|tiny-flux|32|per-step", 36.0, 36)  # 1 s a tile-step
+    assert "Time: about 36 s of denoising" in estimate(context, *plan_form, "TIFF")  # 9 tiles × (3 + 1) steps
     planned = estimate(context, *plan_form, "PNG")
-    assert re.search(r"Starting resumes the interrupted job at step 1 of 1, pass A, tile \d+ of 18 \(tiles of at most "
-                     r"32 px\)\.", planned), planned
+    resumes = re.search(r"Starting resumes the interrupted job at step 1 of 1, pass A, tile (\d+) of 18 \(tiles of at "
+                        r"most 32 px\)\.", planned)
+    assert resumes, planned
+    left = 36 - (int(resumes.group(1)) - 1) * 3  # pass A's finished tiles (3 steps each at 0.3) take no time
+    assert 27 <= left < 36 and f"Time: about {left} s of denoising" in planned, planned
     assert "resumes" not in estimate(context, *plan_form, "TIFF")  # a TIFF is another job, started afresh
     notes = []
     upscale(context, threading.Event(), image, DIFFUSION, 4, "", None, "tiny-flux", None, False, 32, 8, 4, 0, "", 0.3,
             0.2, False, 0.15, False, "PNG", False, None, None, 50, 50, progress=lambda f, desc=None: notes.append(desc))
     assert any(desc and desc.startswith("Resuming an interrupted job at step 1 of 1, pass A") for desc in notes), notes
+    assert any(desc and f"Time: about {left} s of denoising" in desc for desc in notes), notes  # what is left

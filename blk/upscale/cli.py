@@ -256,8 +256,8 @@ def _plan_printer(job, workspace):
 
     def show(the_plan) -> None:
         key = denoising_rate_key(job)
-        enlarging = (enlarge_rate_key(job), sum(the_plan.enlarge_work)) if the_plan.enlarge_work else None
-        shown.append(f"{the_plan.sentence()} {time_sentence(workspace, key, the_plan.work, enlarging)}")
+        enlarging = (enlarge_rate_key(job), the_plan.enlarge_left) if the_plan.enlarge_work else None
+        shown.append(f"{the_plan.sentence()} {time_sentence(workspace, key, the_plan.work_left, enlarging)}")
         _say(shown[-1])
 
     def log(text: str) -> None:

@@ -144,6 +144,17 @@ class DiffusionPlan:
     final_work: int = 0  # the full-frame pass in tile-steps (`work`); 0 without it
     final_steps: int = 0  # denoising steps the full-frame pass runs; 0 without it
     enlarge_work: list[int] = field(default_factory=list)  # each step's enlargement in `enlarge_work`'s unit
+    work_done: int = 0  # of `work`, what an interrupted run of the job did already (its resume skips it)
+    enlarge_done: int = 0  # of the enlargements' work, likewise
+
+    @property
+    def work_left(self) -> int:
+        """The denoising still to run, what the time shown counts (a resume's finished passes take no time)."""
+        return max(self.work - self.work_done, 0)
+
+    @property
+    def enlarge_left(self) -> int:
+        return max(sum(self.enlarge_work) - self.enlarge_done, 0)
 
     @property
     def total_tiles(self) -> int:
@@ -401,7 +412,28 @@ def estimate(job: DiffusionJob, workspace) -> DiffusionPlan:
     first = state.get("pass", 0)
     note = _resume_note(state, first, per_step, len(the_plan.sizes), the_plan.final_pass, planned)
     the_plan.notes.append(note.replace("Resuming an interrupted job", "Starting resumes the interrupted job", 1))
+    count_done(the_plan, state)
     return the_plan
+
+
+def count_done(the_plan: DiffusionPlan, state: dict) -> None:
+    """Set the plan's `work_done` and `enlarge_done` from a resumed job's journal `state`: its finished stages and
+    the finished tiles of the stage it continues (in the plan's layout: after an out-of-memory halving, close)."""
+    per_step = 1 + the_plan.passes
+    final = len(the_plan.sizes) * per_step
+    counts = the_plan.tiles or [the_plan.tiles_per_pass]
+    first, tiles_done = state.get("pass", 0), state.get("tiles_done", 0)
+    denoised = enlarged = 0
+    for stage in range(min(first + 1, final)):
+        step, k = divmod(stage, per_step)
+        if k == 0:
+            enlarged += the_plan.enlarge_work[step] if stage < first and the_plan.enlarge_work else 0
+        else:
+            tiles = counts[step] if stage < first else min(tiles_done, counts[step])
+            denoised += tiles * the_plan.steps_per_tile[k - 1]
+    if first > final:
+        denoised += the_plan.final_work
+    the_plan.work_done, the_plan.enlarge_done = denoised, enlarged
 
 
 def resume_key(job: DiffusionJob, model, the_plan: DiffusionPlan, input_sha256: str, device: str) -> str:
@@ -501,6 +533,8 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
         decided = journal.decided("final_pass", the_plan.final_pass)
         if decided != the_plan.final_pass:  # a resume, with more or less memory free than when the job began
             the_plan = plan(job, image.width, image.height, default_steps, multiple, model.family, decided, scale)
+        if journal.resumed:
+            count_done(the_plan, journal.state)
         if on_plan:
             on_plan(the_plan)
         for note in the_plan.notes:

@@ -55,8 +55,10 @@ def time_sentence(workspace: Workspace, key: str, units: int, enlarging: tuple[s
     """The time a job will take, said before it starts: `units` are tiles (ESRGAN) or tile-steps (diffusion);
     `enlarging`: the diffusion path's enlargements (their key, their work: `diffusion.enlarge_work`), timed
     apart (an upscaler's or Lanczos's time says nothing about the denoiser's)."""
+    if units <= 0 and not (enlarging and enlarging[1] > 0):  # a resume with nothing left but the writing
+        return "Time: only the result is left to write."
     seconds = estimate_seconds(workspace, key, units)
-    if not seconds:
+    if seconds is None:
         return "Time: shown once the first tiles are done (no earlier job with these settings)."
     if "|per-step" in key:  # the diffusion path: its denoising, and its enlargements when a job has timed them
         enlarge = estimate_seconds(workspace, *enlarging) if enlarging else None

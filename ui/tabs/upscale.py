@@ -170,9 +170,9 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
                                 denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale)
             the_plan = diffusion.estimate(job, context.workspace)
             lines += [the_plan.sentence(), enlarge_line(enlarge_first, upscaler), lora_line(lora)]
-            count, key = the_plan.work, diffusion.denoising_rate_key(job, bool(compile_models))
-            if the_plan.enlarge_work:
-                enlarging = (diffusion.enlarge_rate_key(job, bool(compile_models)), sum(the_plan.enlarge_work))
+            count, key = the_plan.work_left, diffusion.denoising_rate_key(job, bool(compile_models))
+            if the_plan.enlarge_work:  # what is left of them: a resume's finished stages take no time
+                enlarging = (diffusion.enlarge_rate_key(job, bool(compile_models)), the_plan.enlarge_left)
         else:
             if not upscaler:
                 return "  \n".join(lines + ["Choose an upscaler model to count its tiles."])
@@ -339,7 +339,7 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
     def show(the_plan, tiles):  # the engine's plan and the time it takes, before the first tile
         used = f" {enlarge_line(enlarge_first, upscaler_path)} {lora_line(lora_path)}" if kind == "diffusion" else ""
         planned.append(f"{the_plan.sentence()}{used}")
-        enlarging = (diffusion.enlarge_rate_key(job), sum(the_plan.enlarge_work)) \
+        enlarging = (diffusion.enlarge_rate_key(job), the_plan.enlarge_left) \
             if kind == "diffusion" and the_plan.enlarge_work else None
         timed.append(time_line(context, key, tiles, enlarging))  # for the wait only: the result says how long it took
         progress(0, desc=" ".join(notes + planned + timed))
@@ -373,7 +373,7 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
             job.print_dpi = float(print_dpi) if print_dpi else None
             job.keep_16bit = bool(keep_16bit) and fmt == "TIFF"
             result = diffusion.run(job, context.workspace, context.sketcher.cache, progress=report, cancel=cancel,
-                                   log=log, on_plan=lambda p: show(p, p.work))
+                                   log=log, on_plan=lambda p: show(p, p.work_left))
         if kind == "diffusion":  # seconds per tile-step, as the engine timed its denoising
             seconds, tiles = result.denoising
         else:
