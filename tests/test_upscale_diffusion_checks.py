@@ -272,6 +272,21 @@ def test_a_resumed_job_keeps_the_full_frame_decision_it_began_with(shared_worksp
     assert not list(tmp_path.glob(".blk-tmp-*"))
 
 
+def test_a_job_whose_canvases_are_gone_is_estimated_and_run_afresh(shared_workspace, tmp_path, pipelines):
+    """Its journal alone does not make a resume: Estimate said "Starting resumes…" where Start began afresh."""
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_job(tmp_path, final_denoise=None), shared_workspace, pipelines, progress=stop_at(3))
+    assert any("Starting resumes" in note for note in estimate(tiny_job(tmp_path, final_denoise=None),
+                                                               shared_workspace).notes)
+    for canvas in tmp_path.glob(".blk-tmp-*.canvas"):
+        canvas.unlink()
+    fresh = estimate(tiny_job(tmp_path, final_denoise=None), shared_workspace)
+    assert not any("resumes" in note for note in fresh.notes) and fresh.work_done == 0
+    notes = []
+    run(tiny_job(tmp_path, final_denoise=None), shared_workspace, pipelines, log=notes.append)
+    assert not any(note.startswith("Resuming") for note in notes), notes
+
+
 def test_a_failure_while_the_plan_is_shown_frees_the_lock_and_keeps_a_resumed_jobs_files(shared_workspace, tmp_path,
                                                                                           pipelines):
     """The journal is taken before the plan is shown (a resume follows its first run's plan): a caller failing

@@ -609,7 +609,11 @@ def test_the_compile_box_reaches_both_paths_and_keeps_its_own_pace(context, tmp_
     estimate_button = next(c["id"] for c in config["components"] if c["props"].get("elem_id") == "blk-upscale-estimate")
     job, = [d for d in config["dependencies"] if d.get("api_name") == "upscale"]
     estimating, = [d for d in config["dependencies"] if d["targets"][0][0] == estimate_button]
-    assert job["inputs"][-1] == box["id"] and box["id"] in estimating["inputs"]
+    named = {c["id"]: c["props"].get("label") for c in config["components"]}
+    assert job["inputs"][-1] == box["id"]
+    # Estimate's inputs end as its signature does: the format, seed and prompt Start's job is keyed by
+    assert [named[i] for i in estimating["inputs"][-4:]] == [box["props"]["label"], "Format (TIFF: tiled, any size)",
+                                                          "Seed (same for every tile)", "Prompt (usually empty)"]
 
     image = str(save(tmp_path / "art.png", 40, 48, seed=3))
     model = str(context.workspace.models / "upscalers" / "RealESRGAN_x4plus_tiny.pth")
@@ -704,29 +708,31 @@ def test_estimate_says_where_start_resumes_a_cancelled_diffusion_job(context, sh
     image = str(save(tmp_path / "art.png", 16, 20, seed=5))
     plan_form = (image, DIFFUSION, 4, "", None, "tiny-flux", 32, 8, 4, 0.3, 0.2, False, 0.15, False, None, None, False,
                  False)
-    assert "resumes" not in estimate(context, *plan_form, "PNG")
+    keyed = (7, "ink wash")  # the job's seed and prompt: Estimate read them as 0 and "" and found no resume
+    assert "resumes" not in estimate(context, *plan_form, "PNG", *keyed)
     cancel = threading.Event()
 
     def progress(fraction, desc=None):
         if desc and "pass A, tile 3/" in desc:
             cancel.set()  # Cancel clicked in pass A: the finished rows are kept
 
-    status = upscale(context, cancel, image, DIFFUSION, 4, "", None, "tiny-flux", None, False, 32, 8, 4, 0, "", 0.3,
+    status = upscale(context, cancel, image, DIFFUSION, 4, "", None, "tiny-flux", None, False, 32, 8, 4, *keyed, 0.3,
                      0.2, False, 0.15, False, "PNG", False, None, None, 50, 50, progress=progress)[2]
     assert "ancel" in status, status
     from blk.upscale.rates import record
 
     record(context.workspace, "diffusion|tiny-flux|32|per-step", 36.0, 36)  # 1 s a tile-step
-    assert "Time: about 36 s of denoising" in estimate(context, *plan_form, "TIFF")  # 9 tiles × (3 + 1) steps
-    planned = estimate(context, *plan_form, "PNG")
+    assert "Time: about 36 s of denoising" in estimate(context, *plan_form, "TIFF", *keyed)  # 9 tiles × (3 + 1) steps
+    assert "resumes" not in estimate(context, *plan_form, "PNG", 8, "ink wash")  # another seed: another job
+    planned = estimate(context, *plan_form, "PNG", *keyed)
     resumes = re.search(r"Starting resumes the interrupted job at step 1 of 1, pass A, tile (\d+) of 18 \(tiles of at "
                         r"most 32 px\)\.", planned)
     assert resumes, planned
     left = 36 - (int(resumes.group(1)) - 1) * 3  # pass A's finished tiles (3 steps each at 0.3) take no time
     assert 27 <= left < 36 and f"Time: about {left} s of denoising" in planned, planned
-    assert "resumes" not in estimate(context, *plan_form, "TIFF")  # a TIFF is another job, started afresh
+    assert "resumes" not in estimate(context, *plan_form, "TIFF", *keyed)  # a TIFF is another job, started afresh
     notes = []
-    upscale(context, threading.Event(), image, DIFFUSION, 4, "", None, "tiny-flux", None, False, 32, 8, 4, 0, "", 0.3,
+    upscale(context, threading.Event(), image, DIFFUSION, 4, "", None, "tiny-flux", None, False, 32, 8, 4, *keyed, 0.3,
             0.2, False, 0.15, False, "PNG", False, None, None, 50, 50, progress=lambda f, desc=None: notes.append(desc))
     assert any(desc and desc.startswith("Resuming an interrupted job at step 1 of 1, pass A") for desc in notes), notes
     assert any(desc and f"Time: about {left} s of denoising" in desc for desc in notes), notes  # what is left

@@ -401,27 +401,48 @@ def estimate(job: DiffusionJob, workspace) -> DiffusionPlan:
         return the_plan  # nothing to resume: the input is not hashed (seconds for a multi-GB file)
     key = resume_key(job, resolve(job.model, workspace, build_tiny=False), the_plan, cached_file_sha256(job.input),
                      pick_device(job.device))
-    state = Journal.peek(job.output, key)
+    per_step = 1 + len(job.passes)
+    final = len(the_plan.sizes) * per_step
+    state = Journal.peek(job.output, key, final + 1)
     if state is None:
         return the_plan
     decided = state.get("decided", {}).get("final_pass")
     if decided is not None and decided != the_plan.final_pass:
         the_plan = plan(job, image.width, image.height, steps, grid, family, decided, scale)
-    per_step = 1 + len(job.passes)
-    planned = [n if k else 0 for n in the_plan.tiles for k in range(per_step)] + [int(the_plan.final_pass)]
-    first = state.get("pass", 0)
-    note = _resume_note(state, first, per_step, len(the_plan.sizes), the_plan.final_pass, planned)
+    stage_tiles = resumed_stage_tiles(job, the_plan, state, grid)
+    first = min(state.get("pass", 0), final + 1)
+    note = _resume_note(state, first, per_step, len(the_plan.sizes), the_plan.final_pass, stage_tiles)
     the_plan.notes.append(note.replace("Resuming an interrupted job", "Starting resumes the interrupted job", 1))
-    count_done(the_plan, state)
+    count_done(the_plan, state, stage_tiles)
     return the_plan
 
 
-def count_done(the_plan: DiffusionPlan, state: dict) -> None:
+def resumed_stage_tiles(job: DiffusionJob, the_plan: DiffusionPlan, state: dict, multiple_of: int) -> list[int]:
+    """Each stage's tiles as a resume of journal `state` counts them (enlargements 0, the full-frame pass 1 when
+    planned): finished passes as many as they took, the rest at the tile size the journal holds (an earlier run's
+    out-of-memory halving), the pass it continues from where it stopped. One count for `run` and `estimate`."""
+    per_step = 1 + len(job.passes)
+    final = len(the_plan.sizes) * per_step
+    stage_tiles = [n if k else 0 for n in the_plan.tiles for k in range(per_step)] + [int(the_plan.final_pass)]
+    first = min(state.get("pass", 0), final + 1)
+    tile = state.get("tile") or job.tile
+    if tile != job.tile:  # the stages left are tiled at the halved size
+        start = {name: state[name] for name in ("origin_fade", "rows_done", "tiles_done") if name in state}
+        for stage in range(first, final):
+            if stage % per_step:
+                w, h = the_plan.sizes[stage // per_step]
+                stage_tiles[stage] = tiles_from(start if stage == first else None, w, h, tile, job.overlap,
+                                                multiple_of)
+    for stage in range(min(first, final)):
+        stage_tiles[stage] = state.get("tiles_of", {}).get(str(stage)) or stage_tiles[stage]
+    return stage_tiles
+
+
+def count_done(the_plan: DiffusionPlan, state: dict, stage_tiles: list[int]) -> None:
     """Set the plan's `work_done` and `enlarge_done` from a resumed job's journal `state`: its finished stages and
-    the finished tiles of the stage it continues (in the plan's layout: after an out-of-memory halving, close)."""
+    the finished tiles of the stage it continues; `stage_tiles`: `resumed_stage_tiles`."""
     per_step = 1 + the_plan.passes
     final = len(the_plan.sizes) * per_step
-    counts = the_plan.tiles or [the_plan.tiles_per_pass]
     first, tiles_done = state.get("pass", 0), state.get("tiles_done", 0)
     denoised = enlarged = 0
     for stage in range(min(first + 1, final)):
@@ -429,7 +450,7 @@ def count_done(the_plan: DiffusionPlan, state: dict) -> None:
         if k == 0:
             enlarged += the_plan.enlarge_work[step] if stage < first and the_plan.enlarge_work else 0
         else:
-            tiles = counts[step] if stage < first else min(tiles_done, counts[step])
+            tiles = stage_tiles[stage] if stage < first else min(tiles_done, stage_tiles[stage])
             denoised += tiles * the_plan.steps_per_tile[k - 1]
     if first > final:
         denoised += the_plan.final_work
@@ -530,11 +551,12 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     # seconds to minutes, its fsync milliseconds
     journal = Journal.begin(job.output, key, input_id=input_sha256)
     try:
+        journal.check_files(len(sizes) * (1 + len(job.passes)) + 1)  # canvases gone: afresh, before the plan shows
         decided = journal.decided("final_pass", the_plan.final_pass)
         if decided != the_plan.final_pass:  # a resume, with more or less memory free than when the job began
             the_plan = plan(job, image.width, image.height, default_steps, multiple, model.family, decided, scale)
         if journal.resumed:
-            count_done(the_plan, journal.state)
+            count_done(the_plan, journal.state, resumed_stage_tiles(job, the_plan, journal.state, multiple))
         if on_plan:
             on_plan(the_plan)
         for note in the_plan.notes:
@@ -576,13 +598,10 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
 
     used: list = []  # the pipeline once loaded: its offloaded models go back to the CPU when the job ends
     with journal.ending(), _releasing_offloaded(used):  # done, cancelled or failed: files removed; Ctrl+C: kept
-        journal.check_files(final + 1)
         first = min(journal.state["pass"], final + 1) if journal.resumed else 0
         tile = journal.tile or job.tile  # each axis's tiles fit the image (`spans`); rows and columns may differ
-        if tile != job.tile:  # an earlier run halved it: the stages left are tiled at its size
-            recount(first, tile, journal.start_of(first))
-        for stage in range(min(first, final)):  # finished passes: as many as they took
-            stage_tiles[stage] = journal.tiles_of(stage) or stage_tiles[stage]
+        if journal.resumed:
+            stage_tiles[:] = resumed_stage_tiles(job, the_plan, journal.state, multiple)
         done[0] = sum(stage_tiles[:first])  # the tiler counts the resumed pass's own tiles
         if journal.resumed:
             say(_resume_note(journal.state, first, per_step, len(sizes), the_plan.final_pass, stage_tiles))

@@ -159,14 +159,16 @@ class Journal:
             raise
 
     @classmethod
-    def peek(cls, output: str | os.PathLike, key: str) -> dict | None:
+    def peek(cls, output: str | os.PathLike, key: str, passes: int) -> dict | None:
         """The state `begin` would resume for job `key` writing `output` (read only, its lock not taken), for an
-        estimate of what starting the job will do; None when there is none, or when the job is running now."""
+        estimate of what starting the job will do; None when there is none, when the job is running now, or when
+        its canvases are gone (`check_files`: the job starts afresh). `passes`: as `check_files` takes them."""
         output = Path(output)
         old = _read_json(cls.path_for(output))
         if not _resumable(old, key) or _held(output.parent / f"{TEMP_PREFIX}{output.name}.lock"):
             return None
-        return old
+        unlocked = cls(output, key, old, True, None)  # its names only: nothing is written or locked
+        return old if _canvases_kept(old, passes, unlocked.has_canvas) else None
 
     def others_kept(self) -> list[str]:
         """One sentence for each interrupted job of the same input towards another output in this folder (not
@@ -242,9 +244,7 @@ class Journal:
         """A resumed journal whose canvases are gone (deleted by hand) starts the job afresh."""
         if not self.resumed:
             return
-        k = self.state["pass"]
-        need = ([k - 1] if k > 0 else []) + ([k] if k < passes and self.state["tiles_done"] else [])
-        if all(self.has_canvas(i) for i in need):
+        if _canvases_kept(self.state, passes, self.has_canvas):
             return
         self._remove_files()
         kept = {name: self.state[name] for name in ("decided",) if name in self.state}  # what this run follows
@@ -441,6 +441,14 @@ class _Child(Journal):
         for path in self.folder.glob(f"{TEMP_PREFIX}{self.state['token']}.{self.name}.*"):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+def _canvases_kept(state: dict, passes: int, has_canvas) -> bool:
+    """Whether the canvases a resume of `state` reads are there (`has_canvas(pass)`): the last finished pass's,
+    and the one it continues when it has finished tiles of it."""
+    k = state.get("pass", 0)
+    need = ([k - 1] if k > 0 else []) + ([k] if k < passes and state.get("tiles_done") else [])
+    return all(has_canvas(i) for i in need)
 
 
 def _resumable(state: dict | None, key: str) -> bool:

@@ -139,10 +139,10 @@ def time_line(context: StudioContext, key: str, units: int, enlarging: tuple[str
 
 def estimate(context: StudioContext, image_path, path_kind, scale, size_text, upscaler, model, tile, overlap, steps,
              denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale=None, lora=None, enlarge_first=False,
-             compile_models=False, fmt="TIFF"):
+             compile_models=False, fmt="TIFF", seed=0, prompt=""):
     """What the job will do, before it starts: size, suggested path, tiles of every pass (with the texture
     LoRA, or none), and time when known; for the diffusion path, where Start resumes an interrupted run of the
-    job (at the output Start would write, `fmt` naming its kind)."""
+    job (at the output Start would write, `fmt` naming its kind; `seed` and `prompt` are of the job too)."""
     from blk.errors import UserError
     from blk.upscale import diffusion, esrgan
     from blk.upscale.compare import suggested_path
@@ -166,7 +166,7 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
             lora_path = context.workspace.confine(lora) if lora else None  # its family is checked against the model's
             enlarge_path = context.workspace.confine(upscaler) if enlarge_first and upscaler else None  # is there
             job = diffusion_job(context, image_path, job_output(context, image_path, "diffusion", width, height, fmt),
-                                scale, size_text, model, lora_path, enlarge_path, tile, overlap, steps, 0, "",
+                                scale, size_text, model, lora_path, enlarge_path, tile, overlap, steps, seed, prompt,
                                 denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale)
             the_plan = diffusion.estimate(job, context.workspace)
             lines += [the_plan.sentence(), enlarge_line(enlarge_first, upscaler), lora_line(lora)]
@@ -533,7 +533,7 @@ def build(context: StudioContext) -> dict:
     plan_button.click(lambda *a: estimate(context, *a),
                       inputs=[image, path_kind, scale, size_text, upscaler, model, tile, overlap, steps, denoise_a,
                               denoise_b, use_c, denoise_c, final_pass, step_scale, lora, enlarge_first,
-                              compile_models, fmt],
+                              compile_models, fmt, seed, prompt],
                       outputs=status)
     click_while_busy(go, "Upscaling…",
                      cancels.job(lambda cancel, *a, progress: upscale(context, cancel, *a, progress=progress)),
