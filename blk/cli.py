@@ -190,7 +190,8 @@ def _train_command(args, workspace: Workspace, stop) -> int:
     if args.model:
         from blk.train.process import other_family_notice
 
-        if notice := other_family_notice(config, args.model, workspace):
+        # a preset's (not the defaults' tiny-flux): `--model sdxl` alone was told it trains a Flux preset
+        if args.config and (notice := other_family_notice(config, args.model, workspace)):
             print(f"notice: {notice}", file=sys.stderr, flush=True)
         config.model.name = args.model
     if args.dataset:

@@ -60,6 +60,8 @@ def test_a_run_folder_is_never_trained_over_nor_resumed_on_another_model(shared_
                                           f"{shared_workspace.datasets}).\n"), err
         assert err.startswith("notice: conceptor was made for flux-dev (Flux) and now trains tiny-sdxl (SDXL): its "
                               "values were chosen for Flux") == notice, err
+    code, err = said(capsys, "--workspace", ws, "train", "--model", "tiny-sdxl", "--dataset", str(tmp_path / "none"))
+    assert code == 2 and err.startswith("error: "), err  # no preset: the defaults' tiny-flux is no preset's family
     code, err = said(capsys, "--workspace", ws, "train", "--steps", "2", "--run-dir", str(tmp_path / "no-data"))
     assert code == 2 and "Choose a dataset to train on (data.dataset in the config, or --dataset on the command " \
                          "line)." in err, err

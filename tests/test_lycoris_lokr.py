@@ -451,3 +451,33 @@ def test_a_lokr_run_starts_from_a_checkpoint_of_its_own(shared_workspace, tmp_pa
     assert starting_file_problem(path, "flux", AdapterSection(rank=2)) == said
     with pytest.raises(UserError, match=f"^{said}$".replace(".", r"\.")):
         init_trainable_from(trainable_flux(shared_workspace, kind="lora", rank=2), path)
+
+
+def test_a_diffusers_named_lokr_keeps_its_headers_alpha_and_patterns(shared_workspace, tmp_path):
+    """diffusers' own trainers store alpha ≠ rank (and per-module patterns) in the header, with the strength not
+    folded in: each module's update is kron(w1, w2)·alpha/rank by peft's rule, whatever the layout."""
+    import json
+
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from blk.models.lycoris import lokr_layers
+    from blk.train.adapters import TRAINABLE, init_trainable_from
+
+    targets = ["to_q", "to_k"]
+    trained = trainable_flux(shared_workspace, rank=2, alpha=4.0, targets=targets)
+    with torch.no_grad():
+        for name, parameter in trained.denoiser.named_parameters():
+            if ".lokr_" in name:
+                parameter.normal_(0, 0.3)
+    raw = {name: layer.get_delta_weight(TRAINABLE) for name, layer in lokr_layers(trained.denoiser, TRAINABLE).items()}
+    state = get_peft_model_state_dict(trained.denoiser, adapter_name=TRAINABLE)  # not folded: the scale is the header's
+    config = {"r": 2, "alpha": 6.0, "rank_pattern": {}, "alpha_pattern": {"to_k": 1.0}}
+    path = tmp_path / "diffusers-lokr.safetensors"
+    save_file({f"transformer.{key}": value.contiguous() for key, value in state.items()}, str(path),
+              metadata={"lora_adapter_metadata": json.dumps({f"transformer.{k}": v for k, v in config.items()})})
+    fresh = trainable_flux(shared_workspace, rank=2, alpha=4.0, targets=targets)
+    assert init_trainable_from(fresh, path) == len(raw)
+    # the fixture trained at alpha 4 (scale 2); the header says 6 (scale 3) and 1 for to_k (scale 0.5)
+    expected = {name: delta * ((0.5 if name.endswith("to_k") else 3.0) / 2.0) for name, delta in raw.items()}
+    assert_deltas(fresh.denoiser, TRAINABLE, expected)

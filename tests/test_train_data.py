@@ -488,6 +488,21 @@ def test_out_of_memory_names_what_to_try():
     assert "try a lower rank;" in out_of_memory_sentence(shuffled, 0)
 
 
+def test_out_of_memory_says_which_checkpoint_is_kept_or_that_none_is(tmp_path):
+    """"the last checkpoint is kept and the run can resume" was said with no checkpoint there."""
+    from blk.train.runner import out_of_memory_sentence
+
+    config = TrainConfig()
+    (tmp_path / "checkpoints").mkdir()
+    assert out_of_memory_sentence(config, 4, tmp_path).endswith(
+        "; no checkpoint was saved yet, so resuming it starts again from step 1.")
+    for step in (250, 500):
+        (tmp_path / "checkpoints" / f"step-{step:06d}.safetensors").write_bytes(b"")
+    assert out_of_memory_sentence(config, 510, tmp_path).startswith("Out of memory at step 511: try ")
+    assert out_of_memory_sentence(config, 510, tmp_path).endswith(
+        "; the last checkpoint (step 500) is kept and the run can resume from it.")
+
+
 def test_monitor_shows_stage_and_gpu_memory(tmp_path):
     from blk.train.monitor import view_run
 

@@ -305,13 +305,28 @@ def starting_file_problem(path: Path, family: str, adapter=None) -> str:
 
 def _first_not_finite(path: Path, keys) -> str:
     """The first of `keys` whose tensor holds a NaN or an infinity ("" when none): one tensor at a time, so a
-    file of any size takes its reading time and no more memory than its largest tensor."""
+    file of any size takes its reading time (~2 s a GB) and no more memory than its largest tensor; once per
+    version of the file in this process (Estimate, Start's check and the trainer each ask)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return ""
+    version = (str(path.resolve()), info.st_size, info.st_mtime_ns, tuple(sorted(keys)))
+    if version not in _NOT_FINITE:
+        _NOT_FINITE[version] = _scan_not_finite(path, version[3])
+    return _NOT_FINITE[version]
+
+
+_NOT_FINITE: dict[tuple, str] = {}
+
+
+def _scan_not_finite(path: Path, keys) -> str:
     import torch
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            for key in sorted(keys):
+            for key in keys:
                 tensor = handle.get_tensor(key)
                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                     return key

@@ -529,7 +529,7 @@ def _what_is_kept(run_dir: Path, good: bool = False) -> str:
     "the last checkpoint is kept" promised one that was not there)."""
     steps = checkpoint_steps(run_dir)
     if not steps:
-        return "no checkpoint was saved yet, so the run starts again from its first step"
+        return "no checkpoint was saved yet, so resuming it starts again from step 1"
     return f"the last {'good ' if good else ''}checkpoint (step {steps[-1]}) is kept and the run can resume from it"
 
 
@@ -759,8 +759,9 @@ def _transparent_encoder(config: TrainConfig, workspace: Workspace, model, devic
 
 def check_starting_files(config: TrainConfig, workspace: Workspace, model, from_file: bool = True) -> None:
     """The LoRA files the run's adapters start from (`model.base_loras`, and `adapter.init_from` when `from_file`),
-    read from their headers: one sentence for a file that is missing, damaged or empty, of the other family, or
-    that the trainable adapter cannot start from (a LoKr for a LoRA, another rank). In milliseconds and without
+    read from their headers (their tensors once, for NaN): one sentence for a file that is missing, damaged or
+    empty, of the other family, or
+    that the trainable adapter cannot start from (a LoKr for a LoRA, another rank). In a second or so and without
     the model, so before a run folder exists (`process.check_dataset`) and in the trainer before its folder and
     caches (the command line): found when the file was loaded, it came after the model and every caption."""
     from blk.train.adapters import starting_file_problem
@@ -990,10 +991,12 @@ def plan_curriculum(config: TrainConfig, workspace: Workspace, dataset: Path, it
                     try:
                         extra = workspace.dataset_folder(folder)
                     except UserError:  # "singles is not a folder": which stage, and where it was looked for
+                        expected = _stage_folders(config)
+                        holds = f"this curriculum expects {dataset.name} to hold the folders {_listed(expected)}" \
+                            if len(expected) > 1 else f"put a {folder}/ folder in {dataset.name}"
                         raise UserError(
                             f"{label} draws from {folder}, which is neither a sub-folder of {dataset.name} nor a "
-                            f"dataset of its own; this curriculum expects {dataset.name} to hold the folders "
-                            f"{_stage_folders(config)}, or change the stages' folders.") from None
+                            f"dataset of its own; {holds}, or change the stages' folders.") from None
                     loaded[folder] = load_items(extra, config.data.resolutions, config.data.flip, root=str(extra),
                                                 variants=config.data.augment.variants)
                 pool = loaded[folder]
@@ -1006,11 +1009,15 @@ def plan_curriculum(config: TrainConfig, workspace: Workspace, dataset: Path, it
                       config.schedule.batch_size)
 
 
-def _stage_folders(config: TrainConfig) -> str:
-    """The sub-folders a config's stages draw from by name, listed for a sentence ("singles/, pairs/ and
-    triples/"; other datasets, given by path, are not the dataset's)."""
+def _stage_folders(config: TrainConfig) -> list[str]:
+    """The folders inside the dataset that a config's stages draw from ("singles/", "parts/pairs/"; other
+    datasets, given by absolute path, are not the dataset's)."""
     folders = (source.folder.strip().rstrip("/") for stage in config.data.stages for source in stage.sources)
-    names = list(dict.fromkeys(f"{name}/" for name in folders if name not in ("", ".") and "/" not in name))
+    return list(dict.fromkeys(f"{name}/" for name in folders
+                              if name not in ("", ".") and not Path(name).expanduser().is_absolute()))
+
+
+def _listed(names: list[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 

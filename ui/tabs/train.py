@@ -227,13 +227,14 @@ def start(context: StudioContext, preset, dataset, *form):
         config = config_from_form(context, preset, dataset, *form)
         refuse_while_training(context)
         left_out = left_out_note(context, dataset)  # scanned first, so the trainer finds the scan cached
+        other_family = family_note(context, preset, config)  # before the trainer starts: a failure here is Start's
         folder = start_run(config, context.workspace, name=f"{preset or 'run'}-{dataset}")
     except UserError as exc:
         return gr.update(), f"**{exc}**"
     freed = context.release_gpu("the training run")  # once it starts (its model loads in seconds, not at once)
     return (gr.Dropdown(choices=run_names(context), value=folder.name),
             f"Started {folder.name}." + (f" {freed}" if freed else "") + stages_note(preset, config)
-            + family_note(context, preset, config) + left_out)
+            + other_family + left_out)
 
 
 def family_note(context: StudioContext, preset, config) -> str:
