@@ -320,6 +320,31 @@ def test_a_non_finite_lora_strength_is_refused_when_read():
     assert Lora.parse("tex.safetensors:-5") == Lora(Lora.parse("tex.safetensors").path, -5.0)
 
 
+def test_a_texture_lora_out_of_range_or_unreadable_is_refused_before_the_enlargement(shared_workspace, tmp_path,
+                                                                                      pipelines, capsys):
+    """A strength of 50 or -7 ran and wrote a picture fallen apart; a 0-byte LoRA was found after the enlargement,
+    whose work was then deleted; and the CLI printed that error at the end of the progress line."""
+    from blk.cli import main
+
+    lora = make_random_lora(shared_workspace.models / "tiny-flux", "flux", tmp_path / "texture")
+    for strength in (50.0, -7.0):
+        job = tiny_job(tmp_path, texture_lora=lora, passes=(Pass(0.5, strength),))
+        for call in (lambda: estimate(job, shared_workspace), lambda: run(job, shared_workspace, pipelines)):
+            with pytest.raises(UserError, match=rf"^A LoRA's strength goes from -1 to 2; {lora.name} has "
+                                                rf"{strength:g}\.$"):
+                call()
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    events = []
+    with pytest.raises(UserError, match=r"^empty\.safetensors is not a readable \.safetensors file: copy or "):
+        run(tiny_job(tmp_path, texture_lora=empty), shared_workspace, pipelines, on_plan=events.append,
+            progress=lambda *a: events.append(a))
+    assert events == [] and not list(tmp_path.glob(".blk-tmp-*"))
+    code = main(["--workspace", str(shared_workspace.root), "upscale", str(tmp_path / "in.png"), "--path",
+                 "diffusion", "--model", "tiny-flux", "--lora", f"{empty}:0.5", "--out", str(tmp_path / "cli.png")])
+    assert code == 2 and capsys.readouterr().err.splitlines()[-1].startswith("error: empty.safetensors is not")
+
+
 def test_a_tile_that_is_not_finite_stops_the_job_in_one_sentence(shared_workspace, tmp_path, pipelines):
     lora = make_random_lora(shared_workspace.models / "tiny-flux", "flux", tmp_path / "texture")
     with pytest.raises(UserError) as stopped:

@@ -183,7 +183,9 @@ def _progress_printer():
         line = pace.line(done, total, stage)
         width[0] = max(width[0], len(line) + 3)
         print(f"\r{line:<{width[0]}}", end="", file=sys.stderr, flush=True)
+        progress.on_line = True
 
+    progress.on_line = False  # a progress line is open: what is printed next starts a line of its own
     return progress
 
 
@@ -193,12 +195,17 @@ def _say(text: str) -> None:
 
 def _run_interruptible(call, log=_say):
     """Run a job with progress and notes on stderr; Ctrl+C keeps its files and says how to go on (None)."""
+    progress = _progress_printer()
     try:
-        return call(progress=_progress_printer(), log=log)
+        return call(progress=progress, log=log)
     except KeyboardInterrupt:
         print("\nInterrupted; run the same command again to continue from the last finished row.",
               file=sys.stderr)
         return None
+    except BaseException:
+        if progress.on_line:  # the error's sentence was printed at the end of the last progress line
+            print(file=sys.stderr)
+        raise
 
 
 def cmd_upscale_diffusion(args, workspace) -> int:

@@ -489,12 +489,23 @@ def upscaler_scale(job: DiffusionJob, load: bool = True) -> int | None:
 
 
 def check_files(job: DiffusionJob) -> None:
-    """The texture LoRA and the enlargement model are there: said before any work, in Estimate too (a missing
-    upscaler file escaped from the first enlargement as the operating system's error)."""
+    """The texture LoRA (whole, at a strength in range) and the enlargement model are there: said before any
+    work, in Estimate too (a missing upscaler file escaped from the first enlargement as the operating system's
+    error)."""
+    from blk.generate.sketch import STRENGTH_RANGE
+    from blk.models.registry import check_safetensors_whole
+
     if not job.model:
         raise UserError("Choose a base model.")
     if job.texture_lora is not None:
         require_file(job.texture_lora, "The texture LoRA")
+        # unreadable or cut short: said after the enlargement, whose work was then deleted with the job's files
+        check_safetensors_whole(job.texture_lora)
+        low, high = STRENGTH_RANGE  # as Sketch's: 50 or -7 ran and wrote a picture fallen apart
+        for strength in {p.lora_scale for p in job.passes}:
+            if not (math.isfinite(strength) and low <= strength <= high):
+                raise UserError(f"A LoRA's strength goes from {low:g} to {high:g}; {job.texture_lora.name} has "
+                                f"{strength:g}.")
     if job.enlarge_model is not None:
         require_file(job.enlarge_model, "The upscaler model")
 
