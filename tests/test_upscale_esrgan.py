@@ -1160,6 +1160,10 @@ def test_cli_upscale(models, tmp_path, capsys):
                    "--dpi", "300", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "160×120, 16-bit" in done.stdout and "tile 2/2" in done.stderr
+    # the plan and its time before the first tile, as the app and the diffusion path show them (it showed none)
+    plan = done.stderr.splitlines()[0]
+    assert plan == ("2 tiles of up to 32 px in 1 model pass of ×4. Time: shown once the first tiles are done (no "
+                    "earlier job with these settings)."), done.stderr
     with tifffile.TiffFile(out) as tif:
         assert tif.pages[0].dtype == np.uint16 and tif.pages[0].shape == (120, 160, 3)
         x, y = tif.pages[0].tags["XResolution"].value
