@@ -2,7 +2,6 @@
 denoising steps, its full-frame pass decided once, non-finite output, the CLI's plan, and its resume key."""
 
 import json
-import math
 import shutil
 from types import SimpleNamespace
 
@@ -346,9 +345,13 @@ def test_a_texture_lora_out_of_range_or_unreadable_is_refused_before_the_enlarge
 
 
 def test_a_tile_that_is_not_finite_stops_the_job_in_one_sentence(shared_workspace, tmp_path, pipelines):
+    from safetensors.torch import load_file, save_file
+
     lora = make_random_lora(shared_workspace.models / "tiny-flux", "flux", tmp_path / "texture")
+    blown = tmp_path / "blown.safetensors"  # weights that overflow: a NaN strength is refused before any work now
+    save_file({key: value * 1e30 for key, value in load_file(str(lora)).items()}, str(blown))
     with pytest.raises(UserError) as stopped:
-        run(tiny_job(tmp_path, texture_lora=lora, passes=(Pass(0.5, math.nan),), final_denoise=None),
+        run(tiny_job(tmp_path, texture_lora=blown, passes=(Pass(0.5, 1.0),), final_denoise=None),
             shared_workspace, pipelines)
     assert str(stopped.value) == NOT_FINITE and not (tmp_path / "out.png").exists()
     assert not list(tmp_path.glob(".blk-tmp-*"))

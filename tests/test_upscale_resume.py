@@ -290,9 +290,15 @@ def test_interrupt_and_cancel_keep_finished_rows_and_other_settings_clean_up(mod
     kept = leftovers(tmp_path)
     assert any(n.endswith(".canvas") for n in kept) and Journal.path_for(out).name in kept
 
-    # other settings (overlap): the stale job's files go, the new job starts at tile 1
-    other = run(EsrganJob(image, out, model, tile=32, overlap=12, batch=1))
+    # other settings (overlap): the stale job's files go, the new job starts at tile 1, and says so (it did not)
+    said = []
+    other = run(EsrganJob(image, out, model, tile=32, overlap=12, batch=1), log=said.append)
     assert other.resumed_from_tile == 0 and leftovers(tmp_path) == []
+    assert said[:1] == ["An interrupted job writing out.tif with other settings had work kept; it was removed, and "
+                        "this job starts afresh (only the same settings continue an interrupted job)."], said
+    said.clear()
+    run(EsrganJob(image, out, model, tile=32, overlap=12, batch=1), log=said.append)  # nothing was there: no word
+    assert not any("interrupted" in sentence for sentence in said), said
 
     # other input content under the same name: fresh as well
     with pytest.raises(KeyboardInterrupt):

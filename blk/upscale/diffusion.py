@@ -572,8 +572,9 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
             on_plan(the_plan)
         for note in the_plan.notes:
             say(note)
-        for sentence in journal.others_kept() if log and not journal.resumed else []:
-            log(sentence)
+        for sentence in ([journal.replaced_sentence()] + journal.others_kept()) if log and not journal.resumed else []:
+            if sentence:
+                log(sentence)
     except BaseException:  # no work yet: a resumed job's files stay for the next run (and the lock is freed)
         journal.suspend() if journal.resumed else journal.discard()
         raise

@@ -322,8 +322,9 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
                    "precision": str(dtype), "passes": passes, "pass_inputs": inputs})
     hashed = time.monotonic()
     journal = Journal.begin(job.output, key, durable=durable_for(width * height), input_id=input_sha256)
-    for sentence in journal.others_kept() if log and not journal.resumed else []:
-        log(sentence)
+    for sentence in ([journal.replaced_sentence()] + journal.others_kept()) if log and not journal.resumed else []:
+        if sentence:
+            log(sentence)
     with journal.ending():  # done, cancelled or failed: files removed; Ctrl+C: kept for a resume
         journal.check_files(passes)
         the_plan = plan_job(job, image, upscaler, device, dtype, tile=journal.tile)

@@ -113,6 +113,16 @@ class Journal:
         self.output, self.key, self.state, self.resumed, self._lock_fd = output, key, state, resumed, lock_fd
         self.folder = output.parent
         self._open: list[Canvas] = []
+        self.replaced: dict | None = None  # an interrupted job of other settings whose work `begin` removed
+
+    def replaced_sentence(self) -> str:
+        """One sentence when `begin` removed an interrupted job's work towards this output because its settings
+        differ ("" when none): the tiles were gone without a word, while Ctrl+C had said to run the same command
+        again."""
+        if not self.replaced:
+            return ""
+        return (f"An interrupted job writing {self.output.name} with other settings had work kept; it was removed, "
+                "and this job starts afresh (only the same settings continue an interrupted job).")
 
     # -- names ------------------------------------------------------------------------------
     @staticmethod
@@ -152,6 +162,7 @@ class Journal:
             with contextlib.suppress(FileNotFoundError):
                 cls.path_for(output).unlink()
             journal = cls(output, key, fresh_state(key, durable, input_id), False, lock_fd)
+            journal.replaced = old if old is not None and (old.get("pass") or old.get("tiles_done")) else None
             journal._save()
             return journal
         except BaseException:
