@@ -333,6 +333,23 @@ def test_interrupt_and_cancel_keep_finished_rows_and_other_settings_clean_up(mod
     assert leftovers(tmp_path) == []
 
 
+def test_an_input_of_several_frames_says_only_the_first_is_upscaled(model, tmp_path):
+    """An animated PNG or a multi-page TIFF was cut to its first frame without a word."""
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((24, 32, 3), 40 * i, np.uint8)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:2])
+    for name, count in (("anim.png", 3), ("pages.tif", 2)):
+        said = []
+        run(EsrganJob(tmp_path / name, tmp_path / f"{name}.out.tif", model, tile=32, overlap=8), log=said.append)
+        assert f"{name} holds {count} frames or pages; only the first is upscaled." in said, said
+    said = []
+    run(EsrganJob(save_png(tmp_path / "still.png", 24, 32, seed=3), tmp_path / "still.tif", model, tile=32,
+                  overlap=8), log=said.append)
+    assert not any("frames" in sentence for sentence in said)
+
+
 def test_a_cancel_while_the_print_copy_is_written_keeps_the_result_and_nothing_else(model, tmp_path, monkeypatch):
     """The master was saved, then Cancel came during the print copy: it said "no result was written" and kept
     the job's canvases for a resume, which never came (the result's name was taken: a new start took the

@@ -192,6 +192,23 @@ def open_input(path: str | Path, max_pixels: int = WHOLE_IMAGE_PIXELS, one_regio
                       dpi_y=dpi_y)
 
 
+def extra_frames_note(path: str | Path) -> str:
+    """One sentence when the file holds more than one frame or page (an animated PNG or WebP, a multi-page TIFF):
+    the first alone is upscaled, which was done without a word; "" otherwise."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                frames = int(getattr(im, "n_frames", 1) or 1)
+    except Exception:  # noqa: BLE001  (too large for Pillow, or not its format: read by region, one frame)
+        return ""
+    if frames <= 1:
+        return ""
+    return f"{Path(path).name} holds {frames} frames or pages; only the first is upscaled."
+
+
 def _pillow_metadata(path: Path, mode: str) -> tuple[bytes | None, tuple[float | None, float | None]]:
     """(ICC profile, (horizontal dpi, vertical dpi where it differs))."""
     from PIL import Image
