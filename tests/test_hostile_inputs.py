@@ -84,6 +84,10 @@ def test_every_file_is_an_image_or_one_sentence(hostile):
     assert images.open_image(dataset / "exif_2.jpg").size == (40, 20)
     assert images.read_info(dataset / "jpeg_named.png").format == "JPEG"
     assert outcomes["ok"] + outcomes["refused"] == len(made)
+    folder = dataset.parent / "folder.png"  # a folder named like an image read "is damaged ([Errno 21] …)"
+    folder.mkdir(exist_ok=True)
+    with pytest.raises(BadImage, match=r"^folder\.png is a folder, not an image file\.$"):
+        images.open_image(folder)
     print(f"\n[corpus] images tried: {len(made)}, usable: {outcomes['ok']}, refused with a sentence: "
           f"{outcomes['refused']}")
 

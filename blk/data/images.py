@@ -47,6 +47,8 @@ def is_image_name(path: Path) -> bool:
 
 
 def _open(path: Path) -> Image.Image:
+    if path.is_dir():  # it read "is damaged and cannot be opened ([Errno 21] Is a directory)"
+        raise BadImage(f"{path.name} is a folder, not an image file.")
     try:
         if path.stat().st_size == 0:
             raise BadImage(f"{path.name} is empty (0 bytes).")

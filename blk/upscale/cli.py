@@ -58,11 +58,12 @@ def add_commands(commands) -> None:
     diffusion.add_argument("--lora", default=None, metavar="FILE[:SCALE]", help="texture LoRA")
     diffusion.add_argument("--enlarge-model", default=None, help="ESRGAN-family file for the first enlargement, "
                                                                    "like --model (default: Lanczos)")
-    diffusion.add_argument("--denoise", default="0.3,0.2", help="denoise per pass (default 0.3,0.2: passes A, B)")
-    diffusion.add_argument("--prompt", default="")
-    diffusion.add_argument("--seed", type=whole(0, MAX_SEED), default=0)
-    diffusion.add_argument("--steps", type=whole(1, MAX_STEPS), default=None, help="default: the model's (diffusers runs "
-                                                                   "steps × denoise)")
+    diffusion.add_argument("--denoise", default="0.3,0.2", help="how much each refinement pass may change (0 to 1), one number per pass: "
+                                                             "the default 0.3,0.2 runs pass A at 0.3, then pass B at 0.2")
+    diffusion.add_argument("--prompt", default="", help="what the passes are asked to draw (default: none, as the paper)")
+    diffusion.add_argument("--seed", type=whole(0, MAX_SEED), default=0, help="the noise seed, the same for every tile")
+    diffusion.add_argument("--steps", type=whole(1, MAX_STEPS), default=None, help="denoising steps of a full pass (default: the "
+                                                                   "model's); a pass at denoise 0.3 runs about 30%% of them")
     diffusion.add_argument("--step-scale", type=number(STEP_RANGE[0], STEP_RANGE[1]), default=STEP,
                            help="the most one step enlarges before its passes refine it, from 1.5 to 4; more steps "
                                 "until the size is reached (default 4)")
@@ -77,18 +78,21 @@ def add_commands(commands) -> None:
                               "the enlarged image each pass refines (default 1024)")
     upscale.add_argument("--overlap", type=whole(0), default=None,
                          help="tile overlap, in the same px as --tile (default 32 for esrgan, 96 for diffusion)")
-    upscale.add_argument("--batch", type=whole(1, 256), default=4, help="tiles per model call (default 4)")
+    upscale.add_argument("--batch", type=whole(1, 256), default=4, help="tiles the model upscales at once (default 4; fewer "
+                                                                                 "use less memory)")
     upscale.add_argument("--16bit", dest="keep_16bit", action="store_true",
-                         help="keep 16 bits per channel when the input has them (TIFF only)")
+                         help="keep 16 bits per channel when the input has them (the result must be a .tif)")
     upscale.add_argument("--dpi", type=number(above=0), default=None, help="resolution to record (default: the input's)")
     upscale.add_argument("--icc", default=None, help="ICC profile file to embed (default: the input's)")
     upscale.add_argument("--alpha", choices=["model", "lanczos"], default="model",
                          help="how transparency is upscaled (default: through the model)")
-    upscale.add_argument("--device", default="auto")
-    upscale.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    upscale.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: a GPU when there is one)")
+    upscale.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                         help="number format of the upscaler on a GPU (default: half precision where the model "
+                              "supports it)")
     upscale.add_argument("--compile", action="store_true",
-                         help="torch.compile the models' repeated blocks (the upscaler's; on the diffusion path the "
-                              "denoiser's too): the first tiles wait for the compiler, the rest run faster")
+                         help="compile the models for this machine (the upscaler; on the diffusion path the "
+                              "denoiser too): the first tiles wait for the compiler, the rest run faster")
     upscale.add_argument("--print-dpi", type=number(above=0), default=None,
                          help="also write OUT.print.tif for a print lab: 8-bit RGB, flattened, at this DPI, "
                               "with the ICC profile")
