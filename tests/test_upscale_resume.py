@@ -432,6 +432,23 @@ def test_print_copy_is_flattened_8bit_rgb_with_dpi_and_icc(model, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_a_grey_images_print_copy_over_a_colour_is_rgb_and_over_grey_stays_grey(model, tmp_path):
+    """A grey + alpha image flattened over blue came out grey, the blue turned to grey, with no profile."""
+    la = np.zeros((20, 24, 2), np.uint8)
+    la[..., 0], la[..., 1] = 90, 255
+    la[12:, :, 1] = 0  # a transparent band at the bottom
+    Image.fromarray(la, "LA").save(tmp_path / "ink.png")
+    for background, rgb in (((0, 0, 255), True), ((128, 128, 128), False)):
+        result = run(EsrganJob(tmp_path / "ink.png", tmp_path / f"ink-{background[2]}.tif", model, tile=32, overlap=8,
+                               alpha="lanczos", print_dpi=240, print_background=background))
+        with tifffile.TiffFile(result.print_path) as tif:
+            page = tif.pages[0]
+            printed = page.asarray()
+            assert (page.photometric == 2) == rgb and ("InterColorProfile" in page.tags) == rgb
+        assert (printed[-8:] == (background if rgb else background[0])).all()
+    assert leftovers(tmp_path) == []
+
+
 def test_cli_print_dpi(model, tmp_path):
     image = save_png(tmp_path / "in.png", 20, 24, seed=28)
     out = tmp_path / "out.png"

@@ -611,9 +611,12 @@ def write_print_tiff_file(canvas: Canvas, tmp: Path, *, dpi: Resolution, icc: by
 
     An RGB result without a profile gets sRGB's in its print copy (the master stays as its input was): labs
     take untagged RGB as sRGB anyway, and want the profile stated. A grey one stays untagged (no grey
-    profile would be more than a guess at its gamma)."""
+    profile would be more than a guess at its gamma), unless its transparency is flattened over a colour: that
+    copy is RGB, with sRGB's profile."""
     import tifffile
 
+    if grey and canvas.channels == 4 and len(set(background)) > 1:
+        grey, icc = False, None  # a coloured background under a grey image's transparency: an RGB copy (it went grey)
     if not icc and not grey:
         icc = srgb_profile()
 
