@@ -333,6 +333,22 @@ def test_interrupt_and_cancel_keep_finished_rows_and_other_settings_clean_up(mod
     assert leftovers(tmp_path) == []
 
 
+def test_a_job_killed_before_its_first_row_is_not_said_to_resume(model, tmp_path):
+    """It said "Resuming an interrupted job at pass 1, tile 1" with nothing kept to resume from."""
+    image = save_png(tmp_path / "in.png", 72, 64, seed=31)
+    job = EsrganJob(image, tmp_path / "out.tif", model, tile=32, overlap=8, batch=1)
+    with pytest.raises(KeyboardInterrupt):
+        run(job, progress=interrupt_after(1))
+    said = []
+    assert run(job, log=said.append).resumed_from_tile == 0
+    assert not any("Resuming" in sentence for sentence in said), said
+    with pytest.raises(KeyboardInterrupt):  # after a finished row it is said, as before
+        run(job, progress=interrupt_after(5))
+    said.clear()
+    assert run(job, log=said.append).resumed_from_tile > 0
+    assert any(sentence.startswith("Resuming an interrupted job at pass 1") for sentence in said), said
+
+
 def test_an_input_of_several_frames_says_only_the_first_is_upscaled(model, tmp_path):
     """An animated PNG or a multi-page TIFF was cut to its first frame without a word."""
     from PIL import Image

@@ -427,7 +427,7 @@ def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: i
     resumed_from = tiles_finished(journal, counter.totals)
     if journal.resumed:
         counter.done[:first] = counter.totals[:first]
-        if log:
+        if log and (first or journal.state["tiles_done"]):  # killed before its first row: nothing to resume from
             log(journal.describe(counter.totals) if first < passes else
                 "Resuming an interrupted job after its last tile: writing the result.")
     tile, retries, tiles = the_plan.tile, 0, 0
