@@ -101,3 +101,10 @@ def test_a_jpeg_that_states_no_resolution_gives_none(model, tmp_path):
     with tifffile.TiffFile(result.path) as tif:
         tags = tif.pages[0].tags
         assert "XResolution" not in tags or tags["ResolutionUnit"].value == 1  # 1: no unit, so no DPI
+
+
+def test_a_pngs_dpi_reads_as_it_was_set(tmp_path):
+    """A PNG stores its resolution per metre: 150 dpi read as 150.0114, and the master was tagged 150.01 dpi."""
+    for dpi in (150, 300, 72, 96):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"d{dpi}.png", dpi=(dpi, dpi))
+        assert open_input(tmp_path / f"d{dpi}.png").resolution == float(dpi)

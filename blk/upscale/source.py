@@ -254,6 +254,8 @@ def _stated_dpi(im) -> tuple[float, float] | None:
         except Exception:  # a broken EXIF block states nothing
             stated = False
         return dpi if stated else None
+    if dpi and im.format == "PNG":  # stored per metre: 150 dpi comes back as 150.0114, and the TIFF said 150.01
+        dpi = tuple(round(value, 1) if abs(value - round(value, 1)) < 0.02 else value for value in dpi)
     return dpi
 
 
