@@ -364,7 +364,10 @@ def test_no_texture_lora_unless_the_artist_picks_one(context, tmp_path):
 
     loras = context.workspace.models / "loras"
     loras.mkdir()
-    (loras / "texture.safetensors").write_bytes(b"listed, not loaded")
+    from safetensors.numpy import save_file  # a whole file (an unreadable one is refused before any work)
+
+    save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": np.zeros((4, 32), np.float32)},
+              str(loras / "texture.safetensors"))
     lora = next(b for b in built_tab(context) if b.label == "Texture LoRA")
     assert lora.value == "" and lora.choices[0] == ("(none)", "")
     assert ("texture.safetensors", str(loras / "texture.safetensors")) in lora.choices
@@ -372,6 +375,16 @@ def test_no_texture_lora_unless_the_artist_picks_one(context, tmp_path):
     form = (image, DIFFUSION, 2, "", None, "tiny-flux", 32, 8, 4, 0.3, 0.2, False, 0.15, False, None)
     assert "Texture LoRA: none (the base model alone)." in estimate(context, *form, "")
     assert "Texture LoRA: `texture.safetensors`." in estimate(context, *form, str(loras / "texture.safetensors"))
+    # its strength (the tab had none: always 1.0), in the plan and in the job's passes
+    at_half = estimate(context, *form, str(loras / "texture.safetensors"), False, False, "TIFF", 0, "", 0.5)
+    assert "Texture LoRA: `texture.safetensors` at strength 0.5." in at_half, at_half
+    from ui.tabs.upscale import diffusion_job
+
+    job = diffusion_job(context, image, tmp_path / "x.tif", 2, "", "tiny-flux", None, None, 32, 8, 4, 0, "", 0.3, 0.2,
+                        True, 0.15, False, lora_strength=-0.5)
+    assert [p.lora_scale for p in job.passes] == [-0.5, -0.5, -0.5]
+    strength = next(b for b in built_tab(context) if b.label == "Texture LoRA strength")
+    assert (strength.minimum, strength.maximum, strength.value) == (-1.0, 2.0, 1.0)
     _, path, status, _ = upscale(context, threading.Event(), image, DIFFUSION, 2, "", None, "tiny-flux",
                                  str(tmp_path / "outside.safetensors"), False, 32, 8, 4, 0, "", 0.3, 0.2, False,
                                  0.15, False, "PNG", False, None, progress=lambda *a, **k: None)
@@ -610,10 +623,11 @@ def test_the_compile_box_reaches_both_paths_and_keeps_its_own_pace(context, tmp_
     job, = [d for d in config["dependencies"] if d.get("api_name") == "upscale"]
     estimating, = [d for d in config["dependencies"] if d["targets"][0][0] == estimate_button]
     named = {c["id"]: c["props"].get("label") for c in config["components"]}
-    assert job["inputs"][-1] == box["id"]
-    # Estimate's inputs end as its signature does: the format, seed and prompt Start's job is keyed by
-    assert [named[i] for i in estimating["inputs"][-4:]] == [box["props"]["label"], "Format (TIFF: tiled, any size)",
-                                                          "Seed (same for every tile)", "Prompt (usually empty)"]
+    # both end as their signatures do: Estimate with the format, seed, prompt and strength Start's job is keyed by
+    assert [named[i] for i in job["inputs"][-2:]] == [box["props"]["label"], "Texture LoRA strength"]
+    assert [named[i] for i in estimating["inputs"][-5:]] == [box["props"]["label"], "Format (TIFF: tiled, any size)",
+                                                          "Seed (same for every tile)", "Prompt (usually empty)",
+                                                          "Texture LoRA strength"]
 
     image = str(save(tmp_path / "art.png", 40, 48, seed=3))
     model = str(context.workspace.models / "upscalers" / "RealESRGAN_x4plus_tiny.pth")

@@ -84,13 +84,14 @@ def lora_choices(context: StudioContext) -> list[tuple[str, str]]:
     return [NO_LORA] + [(label, str(path)) for label, path in available_loras(context.workspace)]
 
 
-def lora_line(lora) -> str:
-    """Which texture LoRA the diffusion path uses, in the plan and the status."""
+def lora_line(lora, strength: float = 1.0) -> str:
+    """Which texture LoRA the diffusion path uses, and at what strength, in the plan and the status."""
     if not lora:
         return "Texture LoRA: none (the base model alone)."
     path = Path(lora)
     name = f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints" else path.name
-    return f"Texture LoRA: `{name}`."
+    strength = 1.0 if strength in (None, "") else float(strength)
+    return f"Texture LoRA: `{name}`" + (f" at strength {strength:g}." if strength != 1.0 else ".")
 
 
 def target(image_path, scale, size_text, path_kind: str | None = None) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -139,7 +140,7 @@ def time_line(context: StudioContext, key: str, units: int, enlarging: tuple[str
 
 def estimate(context: StudioContext, image_path, path_kind, scale, size_text, upscaler, model, tile, overlap, steps,
              denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale=None, lora=None, enlarge_first=False,
-             compile_models=False, fmt="TIFF", seed=0, prompt=""):
+             compile_models=False, fmt="TIFF", seed=0, prompt="", lora_strength=1.0):
     """What the job will do, before it starts: size, suggested path, tiles of every pass (with the texture
     LoRA, or none), and time when known; for the diffusion path, where Start resumes an interrupted run of the
     job (at the output Start would write, `fmt` naming its kind; `seed` and `prompt` are of the job too)."""
@@ -167,9 +168,10 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
             enlarge_path = context.workspace.confine(upscaler) if enlarge_first and upscaler else None  # is there
             job = diffusion_job(context, image_path, job_output(context, image_path, "diffusion", width, height, fmt),
                                 scale, size_text, model, lora_path, enlarge_path, tile, overlap, steps, seed, prompt,
-                                denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale)
+                                denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale,
+                                lora_strength=lora_strength)
             the_plan = diffusion.estimate(job, context.workspace)
-            lines += [the_plan.sentence(), enlarge_line(enlarge_first, upscaler), lora_line(lora)]
+            lines += [the_plan.sentence(), enlarge_line(enlarge_first, upscaler), lora_line(lora, lora_strength)]
             count, key = the_plan.work_left, diffusion.denoising_rate_key(job, bool(compile_models))
             if the_plan.enlarge_work:  # what is left of them: a resume's finished stages take no time
                 enlarging = (diffusion.enlarge_rate_key(job, bool(compile_models)), the_plan.enlarge_left)
@@ -266,14 +268,16 @@ def show_region(made, region_x, region_y):
 
 def diffusion_job(context, image_path, output, scale, size_text, model, lora, enlarge_model, tile, overlap, steps,
                   seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale=None,
-                  compile_models=False):
+                  compile_models=False, lora_strength=1.0):
     from blk.generate.sizes import parse_size
     from blk.models.device import MemoryOptions
     from blk.upscale.diffusion import STEP, DiffusionJob, Pass
 
     size = parse_size(size_text) if (size_text or "").strip() else None
     scale = PATH_DEFAULTS[DIFFUSION]["scale"] if scale in (None, "") else scale  # as `target` names the result
-    passes = [Pass(float(denoise_a)), Pass(float(denoise_b))] + ([Pass(float(denoise_c))] if use_c else [])
+    strength = 1.0 if lora_strength in (None, "") else float(lora_strength)  # every pass's, as the paper's 1.0
+    passes = [Pass(float(denoise_a), strength), Pass(float(denoise_b), strength)] + \
+        ([Pass(float(denoise_c), strength)] if use_c else [])
     return DiffusionJob(input=Path(image_path), output=output, model=model, texture_lora=lora,
                         scale=None if size else float(scale), size=size, enlarge_model=enlarge_model,
                         passes=tuple(passes), step=float(step_scale or STEP), tile=int(tile or 1024),
@@ -315,7 +319,7 @@ def output_path(upscales: Path, name: str, today: str | None = None) -> Path:
 def upscale(context: StudioContext, cancel: threading.Event, image_path, path_kind, scale, size_text, upscaler,
             model, lora, enlarge_first, tile, overlap, steps, seed, prompt, denoise_a, denoise_b, use_c, denoise_c,
             final_pass, fmt, keep_16bit, dpi, print_dpi=None, region_x=50, region_y=50, step_scale=None,
-            compile_models=False, progress=gr.Progress()):
+            compile_models=False, lora_strength=1.0, progress=gr.Progress()):
     """Run the job; the plan (tiles of every pass, time when known) and a resume show in the progress
     before the tiles start, then each report's line (`rates.Pace`: the diffusion path's step and what
     it is doing, an enlargement's own tiles too) with the time left at this session's pace."""
@@ -337,7 +341,8 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
         progress(0, desc=" ".join(notes + planned + timed))
 
     def show(the_plan, tiles):  # the engine's plan and the time it takes, before the first tile
-        used = f" {enlarge_line(enlarge_first, upscaler_path)} {lora_line(lora_path)}" if kind == "diffusion" else ""
+        used = f" {enlarge_line(enlarge_first, upscaler_path)} {lora_line(lora_path, lora_strength)}" \
+            if kind == "diffusion" else ""
         planned.append(f"{the_plan.sentence()}{used}")
         enlarging = (diffusion.enlarge_rate_key(job), the_plan.enlarge_left) \
             if kind == "diffusion" and the_plan.enlarge_work else None
@@ -368,7 +373,8 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
         else:
             job = diffusion_job(context, image_path, output, scale, size_text, model, lora_path,
                                 upscaler_path if enlarge_first else None, tile, overlap, steps, seed, prompt,
-                                denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale, compile_models)
+                                denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale, compile_models,
+                                lora_strength)
             job.dpi = float(dpi) if dpi else None
             job.print_dpi = float(print_dpi) if print_dpi else None
             job.keep_16bit = bool(keep_16bit) and fmt == "TIFF"
@@ -443,6 +449,7 @@ def build(context: StudioContext) -> dict:
                                     allow_custom_value=True)
                 lora = gr.Dropdown(lora_choices(context), value=NO_LORA[1], label="Texture LoRA",
                                    allow_custom_value=True, elem_id="blk-upscale-lora")
+                lora_strength = gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label="Texture LoRA strength")
                 enlarge_first = gr.Checkbox(installed, label="Enlarge with the upscaler first (else Lanczos)")
                 prompt = gr.Textbox(label="Prompt (usually empty)")
                 with gr.Row():
@@ -533,13 +540,13 @@ def build(context: StudioContext) -> dict:
     plan_button.click(lambda *a: estimate(context, *a),
                       inputs=[image, path_kind, scale, size_text, upscaler, model, tile, overlap, steps, denoise_a,
                               denoise_b, use_c, denoise_c, final_pass, step_scale, lora, enlarge_first,
-                              compile_models, fmt, seed, prompt],
+                              compile_models, fmt, seed, prompt, lora_strength],
                       outputs=status)
     click_while_busy(go, "Upscaling…",
                      cancels.job(lambda cancel, *a, progress: upscale(context, cancel, *a, progress=progress)),
                      inputs=[image, path_kind, scale, size_text, upscaler, model, lora, enlarge_first, tile, overlap,
                              steps, seed, prompt, denoise_a, denoise_b, use_c, denoise_c, final_pass, fmt, keep_16bit,
-                             dpi, print_dpi, region_x, region_y, step_scale, compile_models],
+                             dpi, print_dpi, region_x, region_y, step_scale, compile_models, lora_strength],
                      outputs=[slider, result_file, status, made], api_name="upscale",
                      show_progress_on=[slider])  # once, over the view it fills (it covered the plan thrice)
     stop.click(cancels.cancel, queue=False)
