@@ -111,7 +111,8 @@ def test_a_step_that_runs_out_of_memory_ends_with_one_error_and_keeps_the_checkp
     (error,) = errors
     assert error["reason"] == "out_of_memory" and error["step"] == 2
     assert error["message"] == ("Out of memory at step 3: try an int8 base (model.int8_base), gradient checkpointing "
-                                "and smaller bucket sizes; the last checkpoint is kept and the run can resume.")
+                                "and smaller bucket sizes; the last checkpoint (step 2) is kept and the run can resume "
+                                "from it.")
     assert [e["status"] for e in events if e["kind"] == "status"] == ["started", "stopped", "resumed", "error"]
     assert not [e for e in events if e["kind"] == "loss" and e["step"] > 2]  # step 3 never completed
 
