@@ -254,9 +254,17 @@ def _stated_dpi(im) -> tuple[float, float] | None:
         except Exception:  # a broken EXIF block states nothing
             stated = False
         return dpi if stated else None
-    if dpi and im.format == "PNG":  # stored per metre: 150 dpi comes back as 150.0114, and the TIFF said 150.01
-        dpi = tuple(round(value, 1) if abs(value - round(value, 1)) < 0.02 else value for value in dpi)
+    if dpi and im.format == "PNG":
+        dpi = tuple(_per_metre_snapped(value) for value in dpi)
     return dpi
+
+
+def _per_metre_snapped(dpi: float | None) -> float | None:
+    """A PNG's resolution is stored in whole pixels per metre: 150 dpi comes back as 150.0114 (and the master
+    was tagged 150.01); within 0.02 of a tenth it is taken as that tenth, as it was set."""
+    if dpi is None:
+        return None
+    return round(dpi, 1) if abs(dpi - round(dpi, 1)) < 0.02 else dpi
 
 
 def _converted_profile(icc: bytes | None) -> bytes | None:
@@ -410,7 +418,9 @@ def _png_dpi(path: Path) -> tuple[float | None, float | None]:
                     if len(data) < 9:
                         return None, None  # truncated: the pixels' own reader says so
                     x, y, unit = struct.unpack(">IIB", data)
-                    return (x * 0.0254, y * 0.0254) if unit == 1 else (None, None)  # unit 0: an aspect only
+                    if unit != 1:
+                        return None, None  # unit 0: an aspect only
+                    return _per_metre_snapped(x * 0.0254), _per_metre_snapped(y * 0.0254)
                 if kind in (b"IDAT", b"IEND"):
                     return None, None
                 handle.seek(length + 4, 1)  # the chunk's data and CRC
