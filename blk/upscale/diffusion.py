@@ -587,14 +587,13 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     stage_tiles = [n if k else 0 for n in the_plan.tiles for k in range(per_step)] + [int(the_plan.final_pass)]
     done = [0]
 
-    def recount(first_stage: int, tile: int, start: dict | None = None) -> None:
-        """The pass stages' tile counts from `first_stage` on at `tile` px; `start`: where the first of them
-        continues (`Journal.start_of`), its earlier tiles counted as they were done."""
+    def recount(first_stage: int, tile: int) -> None:
+        """The pass stages' tile counts from `first_stage` on at `tile` px (after this run's halving; a resumed
+        run's is counted by `resumed_stage_tiles`)."""
         for stage in range(first_stage, final):
             if stage % per_step:
                 w, h = sizes[stage // per_step]
-                stage_tiles[stage] = tiles_from(start if stage == first_stage else None, w, h, tile, job.overlap,
-                                                multiple)
+                stage_tiles[stage] = tiles_from(None, w, h, tile, job.overlap, multiple)
 
     def tell(stage: int, n: int, of: int) -> None:
         """A progress report from journal stage `stage`, `n` of its `of` tiles done."""

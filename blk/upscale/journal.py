@@ -310,10 +310,6 @@ class Journal:
         with contextlib.suppress(FileNotFoundError):
             self.band_path.unlink()
 
-    def tiles_of(self, pass_index: int) -> int | None:
-        """The tiles a finished pass took, when `pass_done` was told."""
-        return self.state.get("tiles_of", {}).get(str(pass_index))
-
     def decided(self, name: str, value):
         """A choice the job made when it began (e.g. whether it ends with a full-frame pass, from the memory free
         then), kept for its resumes: `value` the first time, the first run's choice after (a resume that chose
