@@ -7,7 +7,7 @@ import shutil
 from PIL import Image
 
 from blk.data.captions import CaptionStore
-from tests.support.browser import browser_page, screenshot
+from tests.support.browser import browser_page, edit_grid_cell, screenshot
 from tests.support.running_app import RunningApp
 
 
@@ -33,20 +33,18 @@ def test_edit_a_caption_in_the_grid_and_see_it_after_reload(tmp_path, shared_wor
     try:
         with browser_page() as page:
             open_grid(page, app.url)
-            cell = page.locator("#blk-caption-grid").get_by_text("model words").first
-            cell.dblclick()
-            editor = page.locator("#blk-caption-grid textarea, #blk-caption-grid input").first
-            editor.fill("a careful human caption, thin ink lines")
-            editor.press("Enter")
+            grid = page.locator("#blk-caption-grid")
+            cell = grid.get_by_test_id("cell-2-1")  # ink 2.png's caption (rows sorted by name)
+            from playwright.sync_api import expect
+
+            expect(cell).to_contain_text("model words")
+            edit_grid_cell(grid, cell, "a careful human caption, thin ink lines")
             page.get_by_role("button", name="Save edits").click()
             page.get_by_text("Saved 1 caption(s).").wait_for()
             screenshot(page, "caption-grid-saved")
 
             page.reload()
             open_grid(page, app.url)
-            from playwright.sync_api import expect
-
-            grid = page.locator("#blk-caption-grid")
             expect(grid.get_by_test_id("cell-2-0")).to_contain_text("ink 2.png")  # rows sorted by name
             expect(grid.get_by_test_id("cell-2-1")).to_contain_text("a careful human caption, thin ink lines")
             expect(grid.get_by_test_id("cell-2-2")).to_contain_text("edited")

@@ -315,7 +315,7 @@ def test_app_killed_mid_upscale_resumes_to_the_uninterrupted_pixels(tmp_path, sh
 def test_two_browser_sessions_editing_one_caption(tmp_path, shared_workspace):
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.support.browser import ARGS, CHROMIUM, screenshot
+    from tests.support.browser import ARGS, CHROMIUM, edit_grid_cell, screenshot
     from tests.test_browser_caption import open_grid
 
     if not Path(CHROMIUM).exists():
@@ -328,12 +328,10 @@ def test_two_browser_sessions_editing_one_caption(tmp_path, shared_workspace):
     CaptionStore(folder).save("ink 1.png", "model words", "", source="model")
 
     def edit(page, old: str, new: str):
-        cell = page.locator("#blk-caption-grid").get_by_test_id("cell-1-1")  # ink 1.png's caption
+        grid = page.locator("#blk-caption-grid")
+        cell = grid.get_by_test_id("cell-1-1")  # ink 1.png's caption
         expect(cell).to_contain_text(old)
-        cell.dblclick()
-        editor = page.locator("#blk-caption-grid textarea, #blk-caption-grid input").first
-        editor.fill(new)
-        editor.press("Enter")
+        edit_grid_cell(grid, cell, new)
         page.get_by_role("button", name="Save edits").click()
 
     app = RunningApp(workspace, tmp_path / "net.jsonl")

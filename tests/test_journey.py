@@ -28,7 +28,7 @@ from blk.caption.server import free_port
 from blk.data.captions import CaptionStore
 from blk.generate.metadata import read_parameters
 from tests.support import netguard
-from tests.support.browser import app_log_on_failure, browser_page, screenshot
+from tests.support.browser import app_log_on_failure, browser_page, edit_grid_cell, screenshot
 
 ROOT = Path(__file__).resolve().parent.parent
 SITECUSTOMIZE = """
@@ -129,10 +129,7 @@ def test_the_artists_tour(tmp_path, shared_workspace):
             expect(page.get_by_text(re.compile(r"Captioned 3"))).to_be_visible(timeout=400_000)
             page.get_by_role("button", name="Show", exact=True).click()
             for row, text in ((1, "blkstyle, a cloud of ink dots"), (2, "blkstyle, a square grid, thin line")):
-                grid.get_by_test_id(f"cell-{row}-1").dblclick()
-                editor = grid.locator("textarea, input").first
-                editor.fill(text)
-                editor.press("Enter")
+                edit_grid_cell(grid, grid.get_by_test_id(f"cell-{row}-1"), text)
             page.get_by_role("button", name="Save edits").click()
             page.get_by_text("Saved 2 caption(s).").wait_for()
             for row in (1, 2):

@@ -48,3 +48,22 @@ def app_log_on_failure(output: Path, lines: int = 60):
                               text=True).stdout.splitlines()[:10]
         print("---- the busiest processes ----", *(line[:200] for line in busy), sep="\n")
         raise
+
+
+def edit_grid_cell(grid, cell, text: str, tries: int = 3) -> None:
+    """Double-click a cell of a Gradio grid, type `text` and press Enter. Waits for the cell's editor to show: until
+    it opens, the grid's first input is its hidden CSV upload, and on a busy machine the editor took over a minute
+    once (a CI run filled the upload instead)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    editor = grid.locator("textarea, input:not([type=file])").filter(visible=True).first
+    for attempt in range(tries):
+        cell.dblclick()
+        try:
+            editor.wait_for(state="visible", timeout=20_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
+    editor.fill(text)
+    editor.press("Enter")
