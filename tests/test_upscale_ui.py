@@ -750,3 +750,41 @@ def test_estimate_says_where_start_resumes_a_cancelled_diffusion_job(context, sh
             0.2, False, 0.15, False, "PNG", False, None, None, 50, 50, progress=lambda f, desc=None: notes.append(desc))
     assert any(desc and desc.startswith("Resuming an interrupted job at step 1 of 1, pass A") for desc in notes), notes
     assert any(desc and f"Time: about {left} s of denoising" in desc for desc in notes), notes  # what is left
+
+
+def test_estimate_says_where_start_resumes_a_cancelled_esrgan_job_and_counts_only_whats_left(context, tmp_path):
+    """Real-ESRGAN's Estimate planned for a made-up output, so it never saw the cancelled job Start would resume,
+    and both it and Start timed the whole job again."""
+    from blk.upscale.rates import rate_key, record
+    from ui.tabs.upscale import ESRGAN, estimate, upscale
+
+    image = str(save(tmp_path / "wall.png", 40, 48, seed=6))
+    model = str(context.workspace.models / "upscalers" / "RealESRGAN_x4plus_tiny.pth")
+    plan_form = (image, ESRGAN, 4, "", model, "tiny-flux", 16, 4, None, 0.3, 0.2, False, 0.15, True, None, None,
+                 False, False)
+    fresh = estimate(context, *plan_form, "TIFF")
+    total = int(re.search(r"(\d+) tiles of up to 16 px in 1 model pass", fresh).group(1))
+    assert "resumes" not in fresh and total > 6
+    record(context.workspace, rate_key("esrgan", model, 16), total, total)  # 1 s a tile
+    assert f"Time: about {total} s" in estimate(context, *plan_form, "TIFF")
+    cancel = threading.Event()
+
+    def progress(fraction, desc=None):
+        if desc and re.search(r"tile [4-9]/", desc):
+            cancel.set()  # Cancel clicked after a few tiles: the finished rows are kept
+
+    form = (image, ESRGAN, 4, "", model, "tiny-flux", None, False, 16, 4, None, 0, "", 0.3, 0.2, False, 0.15, False)
+    status = upscale(context, cancel, *form, "TIFF", False, None, None, 50, 50, progress=progress)[2]
+    assert "ancel" in status, status
+    planned = estimate(context, *plan_form, "TIFF")
+    resumes = re.search(rf"Starting resumes the interrupted job at pass 1, tile (\d+) of {total} \(after the row "
+                        r"ending at input y=\d+, tiles of at most 16 px\)\.", planned)
+    assert resumes, planned
+    left = total - (int(resumes.group(1)) - 1)
+    assert 0 < left < total and f"Time: about {left} s" in planned, planned
+    assert "resumes" not in estimate(context, *plan_form, "PNG")  # a PNG is another output: another job
+    notes = []
+    upscale(context, threading.Event(), *form, "TIFF", False, None, None, 50, 50,
+            progress=lambda f, desc=None: notes.append(desc))
+    assert any(desc and desc.startswith("Resuming an interrupted job at pass 1, tile") for desc in notes), notes
+    assert any(desc and f"Time: about {left} s" in desc for desc in notes), notes  # the time left, not the job's

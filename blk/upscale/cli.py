@@ -159,11 +159,12 @@ def cmd_upscale(args, workspace) -> int:
                     dpi=args.dpi, icc=Path(args.icc) if args.icc else None, alpha=args.alpha,
                     device=args.device, precision=args.precision, compile=args.compile, print_dpi=args.print_dpi,
                     print_background=parse_colour(args.print_background))
+
     def show(the_plan) -> None:  # the size, passes and tiles, and the time when a job has timed them: as the app
         from blk.upscale.rates import rate_key, time_sentence
 
         key = rate_key("esrgan", str(job.model), job.tile, job.compile)
-        _say(f"{the_plan.sentence()} {time_sentence(workspace, key, sum(the_plan.tiles))}")
+        _say(f"{the_plan.sentence()} {time_sentence(workspace, key, the_plan.tiles_left)}")
 
     result = _run_interruptible(lambda **hooks: run(job, on_plan=show, **hooks))
     if result is None:

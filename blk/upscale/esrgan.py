@@ -43,7 +43,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -54,7 +54,7 @@ from blk.errors import UserError
 from blk.upscale import compiled_network
 from blk.upscale.canvas import (Canvas, check_disk_space, check_outputs, check_png, fitting_icc, output_format,
                                print_path, read_icc, write_result)
-from blk.upscale.journal import Journal, durable_for, job_key
+from blk.upscale.journal import Journal, describe_state, durable_for, job_key
 from blk.upscale.source import FILL_RADIUS, WHOLE_IMAGE_PIXELS, FilledSource, extra_frames_note, open_input
 from blk.upscale.streamed_tiff import StreamedResult, StreamedTiff
 from blk.upscale.tiler import Cancelled, RowDone, auto_tile, check_tile, count_tiles, run_tiles
@@ -188,11 +188,18 @@ class EsrganPlan:
     tile: int  # input px: the job's, or the automatic one from free memory
     overlap: int
     multiple_of: int
-    tiles: tuple[int, ...]  # per pass, before any out-of-memory halving
+    tiles: tuple[int, ...]  # per pass, before any out-of-memory halving (a resume's: at the tile it continues with)
+    tiles_done: int = 0  # all passes: what an interrupted earlier run of the job finished, where a resume continues
+    resume_note: str = ""  # an estimate's sentence on where starting the job resumes it; "" for a fresh job
 
     @property
     def passes(self) -> int:
         return len(self.inputs)
+
+    @property
+    def tiles_left(self) -> int:
+        """The tiles still to run: all of them, less what a resumed job finished before."""
+        return sum(self.tiles) - self.tiles_done
 
     @property
     def outputs(self) -> list[tuple[int, int]]:
@@ -263,14 +270,41 @@ def disk_need(the_plan: EsrganPlan, channels: int, bits: int, print_copy: bool) 
 
 def estimate(job: EsrganJob) -> EsrganPlan:
     """The plan of `job` without running it: opens the input; the model's scale and size needs come
-    from `models.FACTS` once the file was loaded in this process (else it is loaded once, on the CPU)."""
+    from `models.FACTS` once the file was loaded in this process (else it is loaded once, on the CPU).
+    Where an interrupted run of the job is kept at `job.output`, the plan is the one its resume follows (at the
+    tile size it continues with), with the tiles already finished and a note on where it continues."""
     from blk.models.device import pick_device
     from blk.upscale.models import pick_precision, upscaler_facts
 
     image = open_input(job.input, job.max_pixels)
     device = pick_device(job.device)
     facts = upscaler_facts(job.model)
-    return plan_job(job, image, facts, device, pick_precision(facts, device, job.precision))
+    dtype = pick_precision(facts, device, job.precision)
+    the_plan = plan_job(job, image, facts, device, dtype)
+    if not Journal.path_for(job.output).is_file():
+        return the_plan  # nothing to resume: the input is not hashed (seconds for a multi-GB file)
+    key = resume_key(job, cached_file_sha256(job.input), cached_file_sha256(job.model), device, dtype,
+                     (the_plan.width, the_plan.height), list(the_plan.inputs))
+    state = Journal.peek(job.output, key, the_plan.passes)
+    if state is None or not (state["pass"] or state["tiles_done"]):  # killed before its first row: starts afresh
+        return the_plan
+    the_plan = plan_job(job, image, facts, device, dtype, tile=state["tile"])
+    totals = list(the_plan.tiles)
+    note = (describe_state(state, totals, begin="Starting resumes the interrupted job")
+            if state["pass"] < the_plan.passes else
+            "Starting resumes the interrupted job after its last tile: only the result is left to write.")
+    return replace(the_plan, tiles_done=tiles_finished(state, totals), resume_note=note)
+
+
+def resume_key(job: EsrganJob, input_sha256: str, model_sha256: str, device: str, dtype,
+               size: tuple[int, int], inputs: list[tuple[int, int]]) -> str:
+    """What decides the job's pixels, hashed: a journal under another key is another job's, started afresh (see
+    blk.upscale.journal). `device`: the one picked (not "auto"); `size`: the result's; `inputs`: `pass_inputs`.
+    One key for `run` and `estimate`."""
+    return job_key({"path": "esrgan", "input_sha256": input_sha256, "model_sha256": model_sha256,
+                    "output": str(job.output.resolve()), "size": list(size), "tile": job.tile,
+                    "overlap": job.overlap, "batch": max(1, job.batch), "alpha": job.alpha, "device": device,
+                    "precision": str(dtype), "passes": len(inputs), "pass_inputs": [list(i) for i in inputs]})
 
 
 def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
@@ -315,13 +349,8 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     passes = len(inputs)
     batch = max(1, job.batch)
     model_sha256 = cached_file_sha256(job.model)
-    # what decides the canvases' pixels: a journal with another key is stale (see blk.upscale.journal)
     input_sha256 = cached_file_sha256(job.input)
-    key = job_key({"path": "esrgan", "input_sha256": input_sha256,
-                   "model_sha256": model_sha256,
-                   "output": str(job.output.resolve()), "size": [width, height], "tile": job.tile,
-                   "overlap": job.overlap, "batch": batch, "alpha": job.alpha, "device": device,
-                   "precision": str(dtype), "passes": passes, "pass_inputs": inputs})
+    key = resume_key(job, input_sha256, model_sha256, device, dtype, (width, height), inputs)
     hashed = time.monotonic()
     journal = Journal.begin(job.output, key, durable=durable_for(width * height), input_id=input_sha256)
     for sentence in ([journal.replaced_sentence()] + journal.others_kept()) if log and not journal.resumed else []:
@@ -330,6 +359,8 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     with journal.ending():  # done, cancelled or failed: files removed; Ctrl+C: kept for a resume
         journal.check_files(passes)
         the_plan = plan_job(job, image, upscaler, device, dtype, tile=journal.tile)
+        the_plan = replace(the_plan, tiles_done=tiles_finished(journal.state if journal.resumed else None,
+                                                               list(the_plan.tiles)))
         journal.set_tile(the_plan.tile)
         if not journal.resumed:  # a resumed job's canvases are on the disk already
             check_disk_space(job.output, *disk_need(the_plan, image.channels, bits, print_copy=bool(job.print_dpi)),
@@ -424,7 +455,7 @@ def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: i
     passes, inputs, outputs, channels = the_plan.passes, the_plan.inputs, the_plan.outputs, source.channels
     counter = _Progress(progress, list(the_plan.tiles))
     first = min(journal.state["pass"], passes) if journal.resumed else 0
-    resumed_from = tiles_finished(journal, counter.totals)
+    resumed_from = tiles_finished(journal.state if journal.resumed else None, counter.totals)
     if journal.resumed:
         counter.done[:first] = counter.totals[:first]
         if log and (first or journal.state["tiles_done"]):  # killed before its first row: nothing to resume from
@@ -482,13 +513,13 @@ def _also_settle(on_row_done: Callable[[RowDone], None], streamed: StreamedResul
     return both
 
 
-def tiles_finished(journal: Journal, tiles: list[int]) -> int:
-    """Tiles (all passes; `tiles` per pass) that an interrupted earlier run under `journal` finished: where
-    `upscale`'s count continues from; 0 when the journal starts fresh."""
-    if not journal.resumed:
+def tiles_finished(state: dict | None, tiles: list[int]) -> int:
+    """Tiles (all passes; `tiles` per pass) that an interrupted earlier run finished, from the journal `state` it
+    left: where `upscale`'s count continues from; 0 for a job that starts fresh (`state` None)."""
+    if state is None:
         return 0
-    first = min(journal.state["pass"], len(tiles))
-    return sum(tiles[:first]) + (journal.state["tiles_done"] if first < len(tiles) else 0)
+    first = min(state["pass"], len(tiles))
+    return sum(tiles[:first]) + (state["tiles_done"] if first < len(tiles) else 0)
 
 
 def processor(upscaler, device: str, dtype, alpha: str = "model", compiled: bool = False,

@@ -331,13 +331,7 @@ class Journal:
 
     def describe(self, totals: list[int] | None = None) -> str:
         """One sentence on where a resumed job continues (for the CLI and the UI)."""
-        k, done = self.state["pass"], self.state["tiles_done"]
-        before = sum(totals[:k]) if totals else 0
-        of = f" of {sum(totals)}" if totals else ""
-        fade = self.state["row_fade"]
-        where = "at its first row" if fade is None else f"after the row ending at input y={fade}"
-        return (f"Resuming an interrupted job at pass {k + 1}, tile {before + done + 1}{of} "
-                f"({where}, tiles of at most {self.state['tile']} px).")
+        return describe_state(self.state, totals)
 
     # -- end ------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -472,6 +466,17 @@ def _remove_token_files(folder: Path, token: str) -> None:
     for path in folder.glob(f"{TEMP_PREFIX}{token}.*"):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def describe_state(state: dict, totals: list[int] | None = None, begin: str = "Resuming an interrupted job") -> str:
+    """Where a job resumes from the journal `state` it left (`totals`: each pass's tiles): `Journal.describe`, and
+    an estimate's note before the job starts (`begin`: "Starting resumes the interrupted job")."""
+    k, done = state["pass"], state["tiles_done"]
+    before = sum(totals[:k]) if totals else 0
+    of = f" of {sum(totals)}" if totals else ""
+    fade = state["row_fade"]
+    where = "at its first row" if fade is None else f"after the row ending at input y={fade}"
+    return f"{begin} at pass {k + 1}, tile {before + done + 1}{of} ({where}, tiles of at most {state['tile']} px)."
 
 
 def _read_json(path: Path) -> dict | None:

@@ -142,8 +142,8 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
              denoise_a, denoise_b, use_c, denoise_c, final_pass, step_scale=None, lora=None, enlarge_first=False,
              compile_models=False, fmt="TIFF", seed=0, prompt="", lora_strength=1.0):
     """What the job will do, before it starts: size, suggested path, tiles of every pass (with the texture
-    LoRA, or none), and time when known; for the diffusion path, where Start resumes an interrupted run of the
-    job (at the output Start would write, `fmt` naming its kind; `seed` and `prompt` are of the job too)."""
+    LoRA, or none), and time when known; where Start resumes an interrupted run of the job, and the time left
+    (at the output Start would write, `fmt` naming its kind; `seed` and `prompt` are of the diffusion job too)."""
     from blk.errors import UserError
     from blk.upscale import diffusion, esrgan
     from blk.upscale.compare import suggested_path
@@ -179,10 +179,12 @@ def estimate(context: StudioContext, image_path, path_kind, scale, size_text, up
             if not upscaler:
                 return "  \n".join(lines + ["Choose an upscaler model to count its tiles."])
             model_path = context.workspace.confine(upscaler)
-            the_plan = esrgan.estimate(esrgan_job(context, image_path, Path("x.tif"), width, height, model_path,
-                                                  tile, overlap))
+            the_plan = esrgan.estimate(esrgan_job(context, image_path,
+                                                  job_output(context, image_path, "esrgan", width, height, fmt),
+                                                  width, height, model_path, tile, overlap))
             lines.append(the_plan.sentence() + ("" if tile else " (automatic tile size, from free memory now)"))
-            count, key = sum(the_plan.tiles), rate_key("esrgan", str(model_path), int(tile) if tile else None,
+            lines += [the_plan.resume_note] if the_plan.resume_note else []
+            count, key = the_plan.tiles_left, rate_key("esrgan", str(model_path), int(tile) if tile else None,
                                                        bool(compile_models))
     except (UserError, ValueError) as exc:
         return "  \n".join(lines + [f"**{exc}**"])
@@ -369,7 +371,7 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
             job = esrgan_job(context, image_path, output, width, height, upscaler_path, tile, overlap,
                              keep_16bit and fmt == "TIFF", dpi, print_dpi, compile_models)
             result = esrgan.run(job, progress=report, cancel=cancel, log=log,
-                                on_plan=lambda p: show(p, sum(p.tiles)))
+                                on_plan=lambda p: show(p, p.tiles_left))
         else:
             job = diffusion_job(context, image_path, output, scale, size_text, model, lora_path,
                                 upscaler_path if enlarge_first else None, tile, overlap, steps, seed, prompt,
