@@ -108,3 +108,33 @@ def test_a_pngs_dpi_reads_as_it_was_set(tmp_path):
     for dpi in (150, 300, 72, 96):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"d{dpi}.png", dpi=(dpi, dpi))
         assert open_input(tmp_path / f"d{dpi}.png").resolution == float(dpi)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("extras", [(0,), (2, 0), (0, 2), (0, 0)])
+def test_extra_channels_not_marked_as_transparency_are_left_out_alike_at_any_depth_and_size(bits, extras, tmp_path):
+    """A Photoshop TIFF keeps saved selections as extra channels marked "unspecified". libvips took a 4th channel
+    for transparency (a 16-bit file came out see-through where the selection was black, an 8-bit one did not),
+    and 5 channels were refused ("not an image" at 8 bits)."""
+    from blk.upscale.source import input_notes
+
+    peak = 255 if bits == 8 else 65535
+    colour = (np.arange(20 * 30 * 3).reshape(20, 30, 3) % 200 * peak // 255).astype(np.uint8 if bits == 8 else
+                                                                                     np.uint16)
+    transparency = np.zeros((20, 30, 1), colour.dtype)
+    transparency[:, 15:] = peak
+    selection = np.zeros_like(transparency)
+    selection[10:] = peak
+    channels = [transparency if kind == 2 else selection for kind in extras]
+    path = tmp_path / "layered.tif"
+    tifffile.imwrite(path, np.concatenate([colour, *channels], axis=2), photometric="rgb", extrasamples=list(extras))
+    for image in (open_input(path), open_input(path, max_pixels=100)):  # whole, and by region
+        pixels = image.source.read(0, 0, 30, 20)
+        assert pixels.shape == (20, 30, 4 if 2 in extras else 3) and image.bit_depth == bits
+        assert np.array_equal(np.rint(pixels[..., :3] * peak), colour)
+        if 2 in extras:  # the channel marked as transparency, wherever it is
+            assert np.array_equal(np.rint(pixels[..., 3:] * peak), transparency)
+    unmarked = extras.count(0)
+    assert input_notes(path) == [f"layered.tif has {unmarked} extra channel{'s' if unmarked > 1 else ''} not marked "
+                                 "as transparency (a saved selection or mask); "
+                                 f"{'they are' if unmarked > 1 else 'it is'} left out."]

@@ -69,7 +69,7 @@ from blk.models.device import MemoryOptions
 from blk.upscale.canvas import (Canvas, check_disk_space, check_outputs, check_png, output_format, print_path,
                                read_icc, write_result)
 from blk.upscale.journal import Journal, job_key
-from blk.upscale.source import FILL_RADIUS, FilledSource, extra_frames_note, open_input
+from blk.upscale.source import FILL_RADIUS, FilledSource, input_notes, open_input
 from blk.upscale.tiler import Cancelled, count_tiles, run_tiles, spans
 
 STEP = 4.0  # the most one step enlarges (the paper: steps of 2×–4×)
@@ -545,7 +545,7 @@ def run(job: DiffusionJob, workspace, pipelines=None, progress: Callable[[int, i
     check_lora_family(job, model.family)
     default_steps, default_guidance = generation_defaults(model)
     image = open_input(job.input)
-    if note := extra_frames_note(job.input):
+    for note in input_notes(job.input):
         say(note)
     multiple = SIZE_MULTIPLE[model.family]
     scale = upscaler_scale(job, load=False)  # the job loads the upscaler once, on its device, when it enlarges

@@ -55,7 +55,7 @@ from blk.upscale import compiled_network
 from blk.upscale.canvas import (Canvas, check_disk_space, check_outputs, check_png, fitting_icc, output_format,
                                print_path, read_icc, write_result)
 from blk.upscale.journal import Journal, describe_state, durable_for, job_key
-from blk.upscale.source import FILL_RADIUS, WHOLE_IMAGE_PIXELS, FilledSource, extra_frames_note, open_input
+from blk.upscale.source import FILL_RADIUS, WHOLE_IMAGE_PIXELS, FilledSource, input_notes, open_input
 from blk.upscale.streamed_tiff import StreamedResult, StreamedTiff
 from blk.upscale.tiler import Cancelled, RowDone, auto_tile, check_tile, count_tiles, run_tiles
 
@@ -324,7 +324,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     check_tile(job.tile or max(2 * job.overlap, 1), job.overlap)
 
     image = open_input(job.input, job.max_pixels)
-    if log and (note := extra_frames_note(job.input)):
+    for note in input_notes(job.input) if log else []:
         log(note)
     opened = time.monotonic()
     width, height = target_size(image.width, image.height, job.scale, job.size)

@@ -176,8 +176,11 @@ def open_input(path: str | Path, max_pixels: int = WHOLE_IMAGE_PIXELS, one_regio
         # by region, and before Pillow looks: Pillow decodes a whole PNG to find an eXIf chunk
         # after the pixels (measured: 2.5 s and 256 MB for 64 MP), which libvips handles itself
         return _vips_input(header, path)
-    if header is not None and header.format == "ushort" and header.get("vips-loader") == "tiffload":
-        return _vips_input(header, path)  # 16-bit TIFFs of any layout (rotated, CMYK, planar, grey + alpha), upright
+    if header is not None and header.get("vips-loader") == "tiffload" and (
+            header.format == "ushort" or UNMARKED in tiff_extra_samples(path)):
+        # 16-bit TIFFs of any layout (rotated, CMYK, planar, grey + alpha), upright; and a TIFF with channels that
+        # are not transparency, kept as a whole by libvips (Pillow drops one, and refuses one beside transparency)
+        return _vips_input(header, path)
     try:
         info = read_info(path)  # damaged, not an image: Pillow's sentence
     except TooManyPixels:  # and libvips cannot read it by region (it sent such artwork here, "the Upscale tab")
@@ -192,21 +195,56 @@ def open_input(path: str | Path, max_pixels: int = WHOLE_IMAGE_PIXELS, one_regio
                       dpi_y=dpi_y)
 
 
-def extra_frames_note(path: str | Path) -> str:
-    """One sentence when the file holds more than one frame or page (an animated PNG or WebP, a multi-page TIFF):
-    the first alone is upscaled, which was done without a word; "" otherwise."""
+def input_notes(path: str | Path) -> list[str]:
+    """A sentence for each part of the file that is not upscaled, which went without a word: the frames or pages
+    after the first (an animated PNG or WebP, a multi-page TIFF), and a TIFF's channels that are not marked as
+    transparency (`_without_unmarked_channels`)."""
     from PIL import Image
 
+    notes = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 frames = int(getattr(im, "n_frames", 1) or 1)
     except Exception:  # noqa: BLE001  (too large for Pillow, or not its format: read by region, one frame)
-        return ""
-    if frames <= 1:
-        return ""
-    return f"{Path(path).name} holds {frames} frames or pages; only the first is upscaled."
+        frames = 1
+    if frames > 1:
+        notes.append(f"{Path(path).name} holds {frames} frames or pages; only the first is upscaled.")
+    unmarked = tiff_extra_samples(path).count(UNMARKED) if str(path).lower().endswith((".tif", ".tiff")) else 0
+    if unmarked:
+        notes.append(f"{Path(path).name} has {unmarked} extra channel{'s' if unmarked > 1 else ''} not marked as "
+                     f"transparency (a saved selection or mask); {'they are' if unmarked > 1 else 'it is'} left "
+                     "out.")
+    return notes
+
+
+UNMARKED = 0  # a TIFF ExtraSamples value: an extra channel of no stated meaning (Photoshop's saved selections)
+
+
+def tiff_extra_samples(path: str | Path) -> tuple[int, ...]:
+    """The first page's ExtraSamples (0 unmarked, 1 premultiplied alpha, 2 alpha), from its tags only; () when
+    there are none or the file is no TIFF tifffile reads."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tuple(int(kind) for kind in tif.pages.first.extrasamples)
+    except Exception:  # noqa: BLE001  (not a TIFF, or damaged: the reader says why)
+        return ()
+
+
+def _without_unmarked_channels(image, extras: tuple[int, ...]):
+    """The colour channels and the first one marked as transparency. libvips took any 4th channel for alpha, so a
+    16-bit Photoshop file with a saved selection came out see-through where the selection was black, and one
+    with transparency and a selection (5 channels) was refused. Photoshop, GIMP and Pillow treat an unmarked
+    extra channel as not transparency."""
+    if UNMARKED not in extras or image.bands <= len(extras):
+        return image
+    colour = image.bands - len(extras)
+    alpha = next((colour + i for i, kind in enumerate(extras) if kind != UNMARKED), None)
+    kept = image.extract_band(0, n=colour)
+    return kept if alpha is None else kept.bandjoin(image.extract_band(alpha))
 
 
 def _pillow_metadata(path: Path, mode: str) -> tuple[bytes | None, tuple[float | None, float | None]]:
@@ -330,6 +368,8 @@ def _vips_input(image, path: Path) -> InputImage:
     streamed = loader != "tiffload" and "vips-sequential" not in fields and _upright(image) \
         and not (loader == "pngload" and "interlaced" in fields and image.get("interlaced"))
     file_icc = icc
+    if loader == "tiffload":
+        image = _without_unmarked_channels(image, tiff_extra_samples(path))
     image, icc, high, grey = _converted(image, path, file_icc)
     if streamed:
         from blk.upscale.row_stream import RowStream
