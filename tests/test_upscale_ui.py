@@ -85,7 +85,7 @@ def test_a_picked_path_stays_and_the_last_keystroke_counts(context):
     # every handler that reads or writes the path's states runs in one queue, one at a time
     path_handlers = [f for f in demo.fns.values() if suggestion in f.inputs + f.outputs or radio in f.outputs
                      or (radio._id, "change") in f.targets]
-    assert len(path_handlers) == 5 and {(f.concurrency_id, f.concurrency_limit) for f in path_handlers} == \
+    assert len(path_handlers) == 6 and {(f.concurrency_id, f.concurrency_limit) for f in path_handlers} == \
         {("blk-upscale-path", 1)}
 
 
@@ -350,7 +350,7 @@ def test_suggestions_never_cover_the_path_radio(context):
     config = demo.get_config_file()
     radio = next(c["id"] for c in config["components"] if c["props"].get("label") == "Path")
     suggesting = [d for d in config["dependencies"] if radio in d["outputs"]]
-    assert len(suggesting) == 3 and all(d["show_progress"] == "hidden" for d in suggesting)
+    assert len(suggesting) == 4 and all(d["show_progress"] == "hidden" for d in suggesting)  # a preset's too
     # a new image's note and its suggested path arrive together: the note never shows before the path is set
     note = next(c["id"] for c in config["components"] if c["props"].get("elem_id") == "blk-upscale-input-note")
     on_image, = [d for d in suggesting if d["targets"][0][1] == "change"]

@@ -14,6 +14,8 @@ esrgan: tile and overlap are in input pixels; the tile comes from free memory wh
 diffusion: tile and overlap are in pixels of the enlarged image each pass refines (the size the model
 draws at; default 1024 and 96; the paper's range is 512–1536 and 64–128).
 Without --out the result goes to workspace/outputs/upscale/NAME-xSCALE.tif.
+--preset NAME|FILE takes the settings of an upscale preset (`presets/upscale-esrgan.yaml`, the paper's
+recipes; any YAML of `blk.upscale.preset`'s schema); the flags given beside it win.
 A run that was killed (or stopped with Ctrl+C) resumes from its last finished row of tiles
 when the same command is run again.
 
@@ -49,25 +51,30 @@ def add_commands(commands) -> None:
 
     upscale = commands.add_parser("upscale", help="make an image larger (Real-ESRGAN and other spandrel models)")
     upscale.add_argument("input", help="the image to upscale (PNG, JPEG, WebP, TIFF; any size)")
-    upscale.add_argument("--path", choices=["esrgan", "diffusion"], default="esrgan",
+    upscale.add_argument("--preset", default=None, metavar="NAME|FILE",
+                         help="an upscale preset's settings (upscale-esrgan, upscale-diffusion-flux: the paper's "
+                              "recipes; or a YAML file); the flags given beside it win")
+    # flags a preset can set default to None here: given, they win over it (`apply_preset`)
+    upscale.add_argument("--path", choices=["esrgan", "diffusion"], default=None,
                          help="esrgan: faithful, to about 8k (default); diffusion: texture LoRA passes, mural sizes")
-    upscale.add_argument("--model", required=True,
+    upscale.add_argument("--model", default=None,
                          help="esrgan: the model file (.pth, .safetensors, .ckpt, .pt; a bare name is looked up in "
                               "workspace/models/upscalers/); diffusion: the base model name")
     diffusion = upscale.add_argument_group("diffusion path")
     diffusion.add_argument("--lora", default=None, metavar="FILE[:SCALE]", help="texture LoRA")
     diffusion.add_argument("--enlarge-model", default=None, help="ESRGAN-family file for the first enlargement, "
                                                                    "like --model (default: Lanczos)")
-    diffusion.add_argument("--denoise", default="0.3,0.2", help="how much each refinement pass may change (0 to 1), one number per pass: "
+    diffusion.add_argument("--denoise", default=None, help="how much each refinement pass may change (0 to 1), one number per pass: "
                                                              "the default 0.3,0.2 runs pass A at 0.3, then pass B at 0.2")
-    diffusion.add_argument("--prompt", default="", help="what the passes are asked to draw (default: none, as the paper)")
-    diffusion.add_argument("--seed", type=whole(0, MAX_SEED), default=0, help="the noise seed, the same for every tile")
+    diffusion.add_argument("--prompt", default=None, help="what the passes are asked to draw (default: none, as the paper)")
+    diffusion.add_argument("--seed", type=whole(0, MAX_SEED), default=None, help="the noise seed, the same for every tile")
     diffusion.add_argument("--steps", type=whole(1, MAX_STEPS), default=None, help="denoising steps of a full pass (default: the "
                                                                    "model's); a pass at denoise 0.3 runs about 30%% of them")
-    diffusion.add_argument("--step-scale", type=number(STEP_RANGE[0], STEP_RANGE[1]), default=STEP,
+    diffusion.add_argument("--step-scale", type=number(STEP_RANGE[0], STEP_RANGE[1]), default=None,
                            help="the most one step enlarges before its passes refine it, from 1.5 to 4; more steps "
-                                "until the size is reached (default 4)")
-    diffusion.add_argument("--no-final-pass", action="store_true", help="skip the full-frame pass")
+                                f"until the size is reached (default {STEP:g})")
+    diffusion.add_argument("--no-final-pass", action="store_const", const=True, default=None,
+                           help="skip the full-frame pass")
     size = upscale.add_mutually_exclusive_group()
     size.add_argument("--scale", type=number(above=0), default=None, help="overall scale, e.g. 4 or 3 (default 4 for esrgan, 2 for diffusion)")
     size.add_argument("--size", default=None, help="exact result size WxH, e.g. 8000x6000")
@@ -119,9 +126,48 @@ def _exact_size(args) -> tuple[int, int] | None:
 
 
 # options only one path reads, with their defaults: given to the other path, they would be ignored without a word
-DIFFUSION_ONLY = {"lora": None, "enlarge_model": None, "denoise": "0.3,0.2", "prompt": "", "seed": 0, "steps": None,
-                  "step_scale": 4.0, "no_final_pass": False}
+DIFFUSION_ONLY = {"lora": None, "enlarge_model": None, "denoise": None, "prompt": None, "seed": None, "steps": None,
+                  "step_scale": None, "no_final_pass": None}
 ESRGAN_ONLY = {"alpha": "model", "batch": 4, "precision": "auto"}
+# what the diffusion path takes when neither a flag nor a preset says
+DIFFUSION_DEFAULTS = {"denoise": "0.3,0.2", "prompt": "", "seed": 0, "no_final_pass": False}  # and step_scale: STEP
+
+
+def apply_preset(args, workspace) -> None:
+    """Fill in what the command line left out: from --preset where one is given, then the path's defaults. The
+    preset's path is the job's; a --path of the other one is refused (its tile and scale mean other things)."""
+    from blk.upscale.models import find_upscaler
+    from blk.upscale.preset import find_texture_lora, load_preset
+
+    preset = load_preset(args.preset) if args.preset else None
+    if preset and args.path and args.path != preset.path:
+        raise UserError(f"{args.preset} is a preset of the {preset.path} path; leave out --path {args.path}, or "
+                        f"choose a preset of the {args.path} path.")
+    args.path = args.path or (preset.path if preset else "esrgan")
+    refuse_other_paths_options(args)  # the flags the user gave, before the preset's fill the rest
+    if preset:
+        chosen = {"scale": preset.scale if not args.size else None, "tile": preset.tile, "overlap": preset.overlap}
+        if preset.path == "esrgan":
+            chosen["model"] = str(find_upscaler(workspace, preset.upscaler)) if preset.upscaler else None
+        else:
+            lora = find_texture_lora(workspace, preset.texture_lora) if preset.texture_lora else None
+            chosen |= {"model": preset.model, "denoise": ",".join(f"{d:g}" for d in preset.denoise),
+                       "prompt": preset.prompt, "seed": preset.seed, "steps": preset.steps,
+                       "step_scale": preset.step_scale, "no_final_pass": not preset.final_pass,
+                       "enlarge_model": str(find_upscaler(workspace, preset.upscaler)) if preset.upscaler else None,
+                       "lora": f"{lora}:{preset.lora_strength:g}" if lora else None}
+        for name, value in chosen.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    if args.path == "diffusion":
+        from blk.upscale.diffusion import STEP
+
+        for name, value in (DIFFUSION_DEFAULTS | {"step_scale": STEP}).items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    if not args.model:
+        raise UserError("--model is needed: the upscaler file for --path esrgan, the base model for --path "
+                        "diffusion (or a --preset that names it).")
 
 
 def refuse_other_paths_options(args) -> None:
@@ -135,7 +181,7 @@ def refuse_other_paths_options(args) -> None:
 
 
 def cmd_upscale(args, workspace) -> int:
-    refuse_other_paths_options(args)
+    apply_preset(args, workspace)
     if args.path == "diffusion":
         return cmd_upscale_diffusion(args, workspace)
     from blk.upscale.canvas import parse_colour

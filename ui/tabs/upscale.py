@@ -229,6 +229,44 @@ def follow_suggestion(image_path, scale, size_text, last, upscalers: bool = True
     return gr.Radio(value=ESRGAN if kind == "esrgan" else DIFFUSION), kind
 
 
+def preset_form(context: StudioContext, name: str | None, kept: dict | None) -> tuple[dict, dict, str]:
+    """(the form's new values by field name, the paths' kept settings, a note) for the preset `name`
+    (`blk.upscale.preset`). The path it names counts as picked, and keeps the preset's scale, tile and overlap
+    (`switch_path` then moves nothing). A file it names that this workspace lacks is said, and the form keeps
+    its own choice there."""
+    from blk.upscale.models import find_upscaler
+    from blk.upscale.preset import find_texture_lora, load_preset
+
+    preset = load_preset(name)
+    kind = DIFFUSION if preset.path == "diffusion" else ESRGAN
+    passes = list(preset.denoise) + [None]  # A, B and C when it has one
+    values = {"path_kind": kind, "scale": preset.scale, "size_text": "", "tile": preset.tile or 0,
+              "overlap": preset.overlap}
+    notes = []
+    found = find_upscaler(context.workspace, preset.upscaler) if preset.upscaler else None
+    if found is not None and found.is_file():
+        values["upscaler"] = str(found)
+    elif found is not None:  # the form keeps the upscaler it has (the diffusion path: Lanczos), and says so
+        notes.append(f"{preset.upscaler} is not in workspace/models/upscalers (the README's Real weights says where "
+                     "it comes from); the form keeps its upscaler"
+                     + (", and each step enlarges with Lanczos." if kind == DIFFUSION else "."))
+    if preset.path == "diffusion":
+        lora = find_texture_lora(context.workspace, preset.texture_lora) if preset.texture_lora else None
+        if lora is not None and not lora.is_file():
+            notes.append(f"The texture LoRA {preset.texture_lora} is not among this workspace's LoRAs; none is "
+                         "chosen.")
+            lora = None
+        values |= {"model": preset.model, "lora": str(lora) if lora else NO_LORA[1],
+                   "lora_strength": preset.lora_strength, "enlarge_first": "upscaler" in values,
+                   "prompt": preset.prompt, "denoise_a": passes[0], "denoise_b": passes[1],
+                   "use_c": passes[2] is not None, "steps": preset.steps or 0, "seed": preset.seed,
+                   "step_scale": preset.step_scale, "final_pass": preset.final_pass}
+        if passes[2] is not None:
+            values["denoise_c"] = passes[2]
+    kept = dict(kept or {}) | {"shown": kind, kind: {k: values[k] for k in ("scale", "tile", "overlap")}}
+    return values, kept, "  \n".join(notes)
+
+
 PATH_DEFAULTS = {ESRGAN: {"scale": 4, "tile": 0, "overlap": 32}, DIFFUSION: {"scale": 2, "tile": 1024, "overlap": 96}}
 
 
@@ -425,6 +463,7 @@ NO_UPSCALER = ("No upscaler is installed: put a Real-ESRGAN (or any spandrel) mo
 
 def build(context: StudioContext) -> dict:
     from blk.upscale.diffusion import PAPER_PASSES, PASS_C, STEP
+    from blk.upscale.preset import DENOISE_RANGES, preset_names
 
     cancels = SessionCancels()
     installed = bool(upscaler_choices(context))  # without an upscaler only the diffusion path can run
@@ -438,6 +477,10 @@ def build(context: StudioContext) -> dict:
                 image_view = gr.Image(label="Input", interactive=False, type="numpy", height=200, scale=1,
                                       show_label=False, elem_classes=["blk-checker"], elem_id="blk-upscale-view")
                 image_note = gr.Markdown(elem_id="blk-upscale-input-note")
+            with gr.Row(equal_height=True):
+                preset = gr.Dropdown(preset_names(), value=None, label="Preset (fills the form: the paper's recipes)",
+                                     elem_id="blk-upscale-preset", scale=1)
+                preset_note = gr.Markdown(elem_id="blk-upscale-preset-note")
             path_kind = gr.Radio([ESRGAN, DIFFUSION], value=ESRGAN if installed else DIFFUSION, label="Path")
             first = PATH_DEFAULTS[path_kind.value]  # the settings of the path the tab starts on
             with gr.Row():
@@ -455,13 +498,13 @@ def build(context: StudioContext) -> dict:
                 enlarge_first = gr.Checkbox(installed, label="Enlarge with the upscaler first (else Lanczos)")
                 prompt = gr.Textbox(label="Prompt (usually empty)")
                 with gr.Row():
-                    denoise_a = gr.Slider(0.05, 0.6, value=PAPER_PASSES[0].denoise, step=0.01,
+                    denoise_a = gr.Slider(*DENOISE_RANGES[0], value=PAPER_PASSES[0].denoise, step=0.01,
                                           label="Pass A denoise (texture)")
-                    denoise_b = gr.Slider(0.05, 0.6, value=PAPER_PASSES[1].denoise, step=0.01,
+                    denoise_b = gr.Slider(*DENOISE_RANGES[1], value=PAPER_PASSES[1].denoise, step=0.01,
                                           label="Pass B denoise (refine)")
                 # stacked, not side by side: in a row the slider's end was cut off in a narrow window
                 use_c = gr.Checkbox(False, label="Pass C (edges)")
-                denoise_c = gr.Slider(0.05, 0.4, value=PASS_C.denoise, step=0.01, label="Pass C denoise",
+                denoise_c = gr.Slider(*DENOISE_RANGES[2], value=PASS_C.denoise, step=0.01, label="Pass C denoise",
                                       interactive=False)  # while Pass C is off (`use_c`)
                 with gr.Row():
                     steps = gr.Number(0, label="Steps (0: the model's default)", precision=0)
@@ -539,6 +582,26 @@ def build(context: StudioContext) -> dict:
         # dragged or typed (release missed a typed value); during a drag only the last position is read
         axis.input(show_region, inputs=[made, region_x, region_y], outputs=slider,
                    trigger_mode="always_last", show_progress="hidden")
+    form = {"path_kind": path_kind, "scale": scale, "size_text": size_text, "upscaler": upscaler, "model": model,
+            "lora": lora, "lora_strength": lora_strength, "enlarge_first": enlarge_first, "prompt": prompt,
+            "denoise_a": denoise_a, "denoise_b": denoise_b, "use_c": use_c, "denoise_c": denoise_c, "steps": steps,
+            "seed": seed, "step_scale": step_scale, "final_pass": final_pass, "tile": tile, "overlap": overlap}
+
+    def on_preset(name, kept):
+        """The form filled from the preset; the Path's handlers then see it as picked, with these settings."""
+        from blk.errors import UserError
+
+        if not name:
+            return {preset_note: ""}
+        try:
+            values, kept, note = preset_form(context, name, kept)
+        except UserError as exc:
+            return {preset_note: f"**{exc}**"}
+        return {form[field]: value for field, value in values.items()} | {settings: kept, suggestion: PICKED,
+                                                                          preset_note: note}
+
+    preset.input(on_preset, inputs=[preset, settings], outputs=[*form.values(), settings, suggestion, preset_note],
+                 show_progress="hidden", **one_at_a_time)  # milliseconds: no cover over the Path radio
     plan_button.click(lambda *a: estimate(context, *a),
                       inputs=[image, path_kind, scale, size_text, upscaler, model, tile, overlap, steps, denoise_a,
                               denoise_b, use_c, denoise_c, final_pass, step_scale, lora, enlarge_first,
