@@ -15,11 +15,23 @@ from blk.errors import UserError
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def load_model(path: str | Path, cls: type[Model]) -> Model:
+def load_model(path: str | Path, cls: type[Model],
+               elsewhere: Mapping[type[BaseModel], str] | None = None) -> Model:
+    """`path` read into `cls`. `elsewhere`: other schemas → what a file of theirs is for ("a training preset: run it
+    with …"): a file that fits one of them is said to be that, not listed as `cls`'s mistakes."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return cls.model_validate(data)
+        try:
+            return cls.model_validate(data)
+        except ValidationError:
+            for other, use in (elsewhere or {}).items():
+                try:
+                    other.model_validate(data)
+                except ValidationError:
+                    continue
+                raise UserError(f"{path.name} is {use}") from None
+            raise
     except UnicodeDecodeError:
         raise UserError(f"{path.name} is not UTF-8 text; save it as UTF-8 YAML.") from None
     except OSError as exc:

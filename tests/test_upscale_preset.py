@@ -140,3 +140,23 @@ def test_the_tabs_preset_menu_fills_the_form_and_says_what_is_missing(workspace)
     assert (values["use_c"], values["denoise_c"]) == (True, 0.14)
     values, _, _ = preset_form(context, "upscale-esrgan", None)
     assert (values["path_kind"], values["tile"], values["overlap"], values["scale"]) == (ESRGAN, 512, 32, 4)
+
+
+def test_a_training_preset_given_as_an_upscale_preset_and_back_says_what_it_is(tmp_path, capsys):
+    """Each was refused with the other schema's mistakes ("model must be a valid string", "path is not a setting")."""
+    from blk.cli import main
+    from blk.train.config import load_config
+    from blk.upscale.preset import PRESETS
+
+    with pytest.raises(UserError) as refused:
+        load_preset(PRESETS / "texture-flux.yaml")
+    assert str(refused.value) == (f"texture-flux.yaml is a training preset: run it with `python -m blk train "
+                                  f"{PRESETS / 'texture-flux.yaml'}`, or load it in the Train tab.")
+    with pytest.raises(UserError) as refused:
+        load_config(PRESETS / "upscale-esrgan.yaml")
+    assert str(refused.value) == ("upscale-esrgan.yaml is an upscale preset: use it with `python -m blk upscale IMAGE "
+                                  "--preset upscale-esrgan` or the Upscale tab's Preset menu.")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("path: diffusion\nmodel: tiny-flux\n")
+    assert main(["--workspace", str(tmp_path / "ws"), "train", str(mine)]) == 2
+    assert f"--preset {mine}`" in capsys.readouterr().err

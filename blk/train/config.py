@@ -247,7 +247,12 @@ class TrainConfig(Strict):
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    return load_model(path, TrainConfig)
+    from blk.upscale.preset import PRESETS, UpscalePreset
+
+    shipped = Path(path).resolve().parent == PRESETS  # named by its name; any other file by its path
+    return load_model(path, TrainConfig, elsewhere={UpscalePreset: "an upscale preset: use it with `python -m blk "
+                                                    f"upscale IMAGE --preset {Path(path).stem if shipped else path}` "
+                                                    "or the Upscale tab's Preset menu."})
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:

@@ -68,7 +68,10 @@ def load_preset(name_or_path: str | Path) -> UpscalePreset:
     if not path.is_file():
         names = ", ".join(preset_names())
         raise UserError(f"No upscale preset {str(name_or_path)!r}: give a YAML file or one of {names}.")
-    return load_model(path, UpscalePreset)
+    from blk.train.config import TrainConfig
+
+    return load_model(path, UpscalePreset, elsewhere={
+        TrainConfig: f"a training preset: run it with `python -m blk train {path}`, or load it in the Train tab."})
 
 
 def find_texture_lora(workspace, given: str | Path) -> Path:
