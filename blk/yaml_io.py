@@ -18,7 +18,8 @@ Model = TypeVar("Model", bound=BaseModel)
 def load_model(path: str | Path, cls: type[Model],
                elsewhere: Mapping[type[BaseModel], str] | None = None) -> Model:
     """`path` read into `cls`. `elsewhere`: other schemas → what a file of theirs is for ("a training preset: run it
-    with …"): a file that fits one of them is said to be that, not listed as `cls`'s mistakes."""
+    with …"): a file that fits one of them, with a setting of its own that `cls` lacks, is said to be that, not
+    listed as `cls`'s mistakes (a file of only the keys both share is `cls`'s, mistaken)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -26,6 +27,8 @@ def load_model(path: str | Path, cls: type[Model],
             return cls.model_validate(data)
         except ValidationError:
             for other, use in (elsewhere or {}).items():
+                if not isinstance(data, dict) or not set(data) & (set(other.model_fields) - set(cls.model_fields)):
+                    continue
                 try:
                     other.model_validate(data)
                 except ValidationError:

@@ -84,6 +84,7 @@ def test_upscale_tab_both_paths(tmp_path, shared_workspace):
             page.get_by_label("Real-ESRGAN (faithful, to about 8k)").check()
             expect(page.get_by_label("Overlap px")).to_have_value("24")
             # a preset fills the form with the paper's recipe, path included, and says which file is missing
+            page.get_by_label("Overlap px").fill("20")  # typed just before: the path left keeps it
             page.locator("#blk-upscale-preset input").click()
             page.get_by_role("option", name="upscale-diffusion-flux").click()
             expect(page.locator("#blk-upscale-preset-note")).to_contain_text(
@@ -93,7 +94,7 @@ def test_upscale_tab_both_paths(tmp_path, shared_workspace):
             expect(page.locator("#blk-upscale-tile input")).to_have_value("1024")
             expect(page.get_by_label("Steps (0: the model's default)")).to_have_value("0")
             page.get_by_label("Real-ESRGAN (faithful, to about 8k)").check()  # the preset's settings are kept
-            expect(page.get_by_label("Overlap px")).to_have_value("24")
+            expect(page.get_by_label("Overlap px")).to_have_value("20")
             page.get_by_label("Diffusion + texture LoRA (mural sizes)").check()
             expect(page.get_by_label("Overlap px")).to_have_value("96")
             screenshot(page, "upscale-tab-preset")

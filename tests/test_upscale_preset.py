@@ -37,6 +37,8 @@ def test_the_shipped_presets_carry_the_papers_recipes():
     ("path: diffusion\nmodel: flux-dev\ndenoise: [0.3]\n", "denoise must have at least 2"),
     ("scale: 4\ntiles: 512\n", "tiles is not a setting here (did you mean tile?)"),
     ("path: esrgan\nlora_strength: 3\n", "lora_strength must be at most 2"),
+    ("path: diffusion\nmodel: flux-dev\nseed: 1180591620717411303424\n", "seed must be at most 4294967295"),
+    ("path: diffusion\nmodel: flux-dev\nsteps: 1000000\n", "steps must be at most 500"),
 ])
 def test_a_mistake_in_a_preset_is_one_sentence(text, sentence, tmp_path):
     path = tmp_path / "mine.yaml"
@@ -160,3 +162,55 @@ def test_a_training_preset_given_as_an_upscale_preset_and_back_says_what_it_is(t
     mine.write_text("path: diffusion\nmodel: tiny-flux\n")
     assert main(["--workspace", str(tmp_path / "ws"), "train", str(mine)]) == 2
     assert f"--preset {mine}`" in capsys.readouterr().err
+
+
+def test_what_a_preset_leaves_out_is_its_paths_default_everywhere(workspace, tmp_path, capsys):
+    """A diffusion preset without scale or overlap got the Real-ESRGAN path's 4 and 32 (below the paper's 64–128);
+    a preset's upscaler missing stopped the command line, where the tab enlarges with Lanczos."""
+    from ui.context import StudioContext
+    from ui.tabs.upscale import preset_form
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("path: diffusion\nmodel: tiny-flux\nupscaler: RealESRGAN_x4plus.pth\n")
+    args = parsed(workspace, "--preset", str(mine))
+    assert (args.scale, args.tile, args.overlap, args.enlarge_model) == (None, None, None, None)  # the CLI's 2, 1024, 96
+    assert "RealESRGAN_x4plus.pth is not in workspace/models/upscalers, so each step enlarges with Lanczos." in \
+        capsys.readouterr().err
+    values, _, _ = preset_form(StudioContext(workspace, demo=True, demo_reason="test"), str(mine), None)
+    assert (values["scale"], values["tile"], values["overlap"]) == (2, 1024, 96)
+    assert parsed(workspace, "--preset", "upscale-diffusion-flux", "--enlarge-model", "lanczos").enlarge_model is None
+    esrgan = tmp_path / "esrgan.yaml"
+    esrgan.write_text("path: esrgan\nupscaler: x.pth\n")
+    values, _, _ = preset_form(StudioContext(workspace, demo=True, demo_reason="test"), str(esrgan), None)
+    assert (values["scale"], values["tile"], values["overlap"]) == (4, 0, 32)
+
+
+def test_a_preset_that_changes_the_path_keeps_what_the_form_had_for_the_path_left(workspace, tmp_path, monkeypatch):
+    """The form's typed Real-ESRGAN values were lost (or an older set came back) after a diffusion preset; and a file
+    of the preset's name in the app's working folder was taken, outside the workspace."""
+    from ui.context import StudioContext
+    from ui.tabs.upscale import DIFFUSION, ESRGAN, preset_form, switch_path
+
+    context = StudioContext(workspace, demo=True, demo_reason="test")
+    typed = {"scale": 3, "tile": 64, "overlap": 12}
+    _, kept, _ = preset_form(context, "upscale-diffusion-flux", {"shown": ESRGAN, ESRGAN: {"scale": 4, "tile": 0,
+                                                                                        "overlap": 32}}, typed)
+    assert switch_path(ESRGAN, 2, 1024, 96, kept)[2] == typed
+    assert kept[DIFFUSION] == {"scale": 2, "tile": 1024, "overlap": 96}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "RealESRGAN_x4plus.pth").write_bytes(b"not in the workspace")
+    values, _, note = preset_form(context, "upscale-esrgan", None)
+    assert "upscaler" not in values and note.startswith("RealESRGAN_x4plus.pth is not in workspace/models/upscalers")
+
+
+def test_a_training_config_of_shared_keys_only_is_told_its_own_mistake(tmp_path):
+    """`name` and `model` are settings of both schemas: a training file with `model: flux-dev` (a name, where a
+    section belongs) was called an upscale preset."""
+    from blk.train.config import load_config
+
+    mine = tmp_path / "ink.yaml"
+    mine.write_text("name: ink\nmodel: flux-dev\n")
+    with pytest.raises(UserError) as refused:
+        load_config(mine)
+    assert "upscale preset" not in str(refused.value) and str(refused.value).startswith("ink.yaml: model"), \
+        refused.value

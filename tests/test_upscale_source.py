@@ -116,7 +116,7 @@ def test_extra_channels_not_marked_as_transparency_are_left_out_alike_at_any_dep
     """A Photoshop TIFF keeps saved selections as extra channels marked "unspecified". libvips took a 4th channel
     for transparency (a 16-bit file came out see-through where the selection was black, an 8-bit one did not),
     and 5 channels were refused ("not an image" at 8 bits)."""
-    from blk.upscale.source import input_notes
+    from blk.upscale.source import input_notes, input_preview
 
     peak = 255 if bits == 8 else 65535
     colour = (np.arange(20 * 30 * 3).reshape(20, 30, 3) % 200 * peak // 255).astype(np.uint8 if bits == 8 else
@@ -134,6 +134,8 @@ def test_extra_channels_not_marked_as_transparency_are_left_out_alike_at_any_dep
         assert np.array_equal(np.rint(pixels[..., :3] * peak), colour)
         if 2 in extras:  # the channel marked as transparency, wherever it is
             assert np.array_equal(np.rint(pixels[..., 3:] * peak), transparency)
+    view, line = input_preview(path)  # the tab's view shows what the job takes: no selection as transparency
+    assert view.shape == (20, 30, 4 if 2 in extras else 3) and ("with transparency" in line) == (2 in extras)
     unmarked = extras.count(0)
     assert input_notes(path) == [f"layered.tif has {unmarked} extra channel{'s' if unmarked > 1 else ''} not marked "
                                  "as transparency (a saved selection or mask); "

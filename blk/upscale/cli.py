@@ -63,7 +63,7 @@ def add_commands(commands) -> None:
     diffusion = upscale.add_argument_group("diffusion path")
     diffusion.add_argument("--lora", default=None, metavar="FILE[:SCALE]", help="texture LoRA")
     diffusion.add_argument("--enlarge-model", default=None, help="ESRGAN-family file for the first enlargement, "
-                                                                   "like --model (default: Lanczos)")
+                                                                   "like --model; lanczos: none (the default)")
     diffusion.add_argument("--denoise", default=None, help="how much each refinement pass may change (0 to 1), one number per pass: "
                                                              "the default 0.3,0.2 runs pass A at 0.3, then pass B at 0.2")
     diffusion.add_argument("--prompt", default=None, help="what the passes are asked to draw (default: none, as the paper)")
@@ -130,6 +130,7 @@ DIFFUSION_ONLY = {"lora": None, "enlarge_model": None, "denoise": None, "prompt"
                   "step_scale": None, "no_final_pass": None}
 ESRGAN_ONLY = {"alpha": "model", "batch": 4, "precision": "auto"}
 # what the diffusion path takes when neither a flag nor a preset says
+LANCZOS = ("lanczos", "none")  # --enlarge-model words for no model (over a preset's upscaler)
 DIFFUSION_DEFAULTS = {"denoise": "0.3,0.2", "prompt": "", "seed": 0, "no_final_pass": False}  # and step_scale: STEP
 
 
@@ -151,14 +152,20 @@ def apply_preset(args, workspace) -> None:
             chosen["model"] = str(find_upscaler(workspace, preset.upscaler)) if preset.upscaler else None
         else:
             lora = find_texture_lora(workspace, preset.texture_lora) if preset.texture_lora else None
+            enlarge = find_upscaler(workspace, preset.upscaler) if preset.upscaler else None
+            if enlarge is not None and not enlarge.is_file() and args.enlarge_model is None:  # as the tab does
+                _say(f"{preset.upscaler} is not in workspace/models/upscalers, so each step enlarges with Lanczos.")
+                enlarge = None
             chosen |= {"model": preset.model, "denoise": ",".join(f"{d:g}" for d in preset.denoise),
                        "prompt": preset.prompt, "seed": preset.seed, "steps": preset.steps,
                        "step_scale": preset.step_scale, "no_final_pass": not preset.final_pass,
-                       "enlarge_model": str(find_upscaler(workspace, preset.upscaler)) if preset.upscaler else None,
+                       "enlarge_model": str(enlarge) if enlarge else None,
                        "lora": f"{lora}:{preset.lora_strength:g}" if lora else None}
         for name, value in chosen.items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
+    if (args.enlarge_model or "").lower() in LANCZOS:
+        args.enlarge_model = None
     if args.path == "diffusion":
         from blk.upscale.diffusion import STEP
 

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from blk.errors import UserError
-from blk.generate.sketch import STRENGTH_RANGE
+from blk.generate.sketch import MAX_SEED, MAX_STEPS, STRENGTH_RANGE
 
 PRESETS = Path(__file__).resolve().parents[2] / "presets"
 PREFIX = "upscale-"
@@ -30,9 +30,10 @@ class UpscalePreset(BaseModel):
     name: str = ""
     path: Literal["esrgan", "diffusion"] = "esrgan"
     upscaler: str | None = None
-    scale: float = Field(4.0, gt=0, le=64)
-    tile: int | None = Field(None, ge=16)  # esrgan: input px, None from free memory; diffusion: enlarged px
-    overlap: int = Field(32, ge=0)
+    # None: the path's own default (esrgan ×4, tile from free memory, overlap 32; diffusion ×2, 1024, 96)
+    scale: float | None = Field(None, gt=0, le=64)
+    tile: int | None = Field(None, ge=16)  # esrgan: input px; diffusion: px of the enlarged image
+    overlap: int | None = Field(None, ge=0)
     # the diffusion path
     model: str | None = None  # the base model's name (workspace/models, or a known model)
     texture_lora: str | None = None  # a file of workspace/loras
@@ -40,8 +41,8 @@ class UpscalePreset(BaseModel):
     denoise: list[float] = Field(default_factory=lambda: [0.30, 0.20], min_length=2, max_length=3)  # A, B[, C]
     final_pass: bool = True
     prompt: str = ""
-    seed: int = Field(0, ge=0)
-    steps: int | None = Field(None, ge=1)  # None: the model's default
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS)  # None: the model's default
     step_scale: float = Field(4.0, ge=1.5, le=4.0)
 
     @model_validator(mode="after")
@@ -74,14 +75,14 @@ def load_preset(name_or_path: str | Path) -> UpscalePreset:
         TrainConfig: f"a training preset: run it with `python -m blk train {path}`, or load it in the Train tab."})
 
 
-def find_texture_lora(workspace, given: str | Path) -> Path:
+def find_texture_lora(workspace, given: str | Path, from_here: bool = True) -> Path:
     """The texture LoRA a preset names: a path as given, else a LoRA the studio lists under that label or file
     name (`RUN/step-000250.safetensors`, `texture.safetensors`); as given when none is (the job then says the
-    file is missing)."""
+    file is missing). `from_here` False (the app): a relative path is never read from the working folder."""
     from blk.generate.library import available_loras
 
     path = Path(given).expanduser()
-    if path.exists():
+    if path.exists() and (from_here or path.is_absolute()):
         return path
     for label, found in available_loras(workspace):
         if str(given) in (label, found.name):

@@ -505,8 +505,13 @@ def input_preview(path: str | Path, side: int = 480) -> tuple[np.ndarray, str]:
     if raw_bytes > MAX_COMPRESSION * max(path.stat().st_size, 1):
         raise BadImage(f"{path.name} claims {header.width}×{header.height} pixels but holds only "
                        f"{path.stat().st_size} bytes: it is damaged or truncated.")
+    extras = tiff_extra_samples(path) if path.suffix.lower() in (".tif", ".tiff") else ()
     try:
-        small = pyvips.Image.thumbnail(str(path), side, height=side, size="down")  # upright, alpha kept
+        if UNMARKED in extras:  # the job leaves such channels out; libvips' thumbnail took one for transparency
+            whole = _without_unmarked_channels(pyvips.Image.new_from_file(str(path), fail_on=FAIL_ON), extras)
+            small = whole.autorot().thumbnail_image(side, height=side, size="down")
+        else:
+            small = pyvips.Image.thumbnail(str(path), side, height=side, size="down")  # upright, alpha kept
         view = small.colourspace("srgb")  # grey and 16-bit RGB become 8-bit sRGB
         if view.format != "uchar":
             view = (view / 256 if view.format == "ushort" else view).cast("uchar")

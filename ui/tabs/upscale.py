@@ -229,21 +229,25 @@ def follow_suggestion(image_path, scale, size_text, last, upscalers: bool = True
     return gr.Radio(value=ESRGAN if kind == "esrgan" else DIFFUSION), kind
 
 
-def preset_form(context: StudioContext, name: str | None, kept: dict | None) -> tuple[dict, dict, str]:
+def preset_form(context: StudioContext, name: str | None, kept: dict | None,
+                form: dict | None = None) -> tuple[dict, dict, str]:
     """(the form's new values by field name, the paths' kept settings, a note) for the preset `name`
     (`blk.upscale.preset`). The path it names counts as picked, and keeps the preset's scale, tile and overlap
-    (`switch_path` then moves nothing). A file it names that this workspace lacks is said, and the form keeps
-    its own choice there."""
-    from blk.upscale.models import find_upscaler
+    (`switch_path` then moves nothing); `form`: the scale, tile and overlap the form shows, kept for the path it
+    leaves, as a switch of the Path keeps them. A file it names that this workspace lacks is said, and the form
+    keeps its own choice there. Files are looked for in the workspace only, never in the app's working folder."""
     from blk.upscale.preset import find_texture_lora, load_preset
 
     preset = load_preset(name)
     kind = DIFFUSION if preset.path == "diffusion" else ESRGAN
     passes = list(preset.denoise) + [None]  # A, B and C when it has one
-    values = {"path_kind": kind, "scale": preset.scale, "size_text": "", "tile": preset.tile or 0,
-              "overlap": preset.overlap}
+    defaults = PATH_DEFAULTS[kind]
+    values = {"path_kind": kind, "scale": preset.scale or defaults["scale"], "size_text": "",
+              "tile": preset.tile or defaults["tile"],
+              "overlap": defaults["overlap"] if preset.overlap is None else preset.overlap}
     notes = []
-    found = find_upscaler(context.workspace, preset.upscaler) if preset.upscaler else None
+    given = Path(preset.upscaler) if preset.upscaler else None
+    found = given if given is None or given.is_absolute() else context.workspace.models / "upscalers" / given.name
     if found is not None and found.is_file():
         values["upscaler"] = str(found)
     elif found is not None:  # the form keeps the upscaler it has (the diffusion path: Lanczos), and says so
@@ -251,7 +255,8 @@ def preset_form(context: StudioContext, name: str | None, kept: dict | None) -> 
                      "it comes from); the form keeps its upscaler"
                      + (", and each step enlarges with Lanczos." if kind == DIFFUSION else "."))
     if preset.path == "diffusion":
-        lora = find_texture_lora(context.workspace, preset.texture_lora) if preset.texture_lora else None
+        lora = find_texture_lora(context.workspace, preset.texture_lora, from_here=False) \
+            if preset.texture_lora else None
         if lora is not None and not lora.is_file():
             notes.append(f"The texture LoRA {preset.texture_lora} is not among this workspace's LoRAs; none is "
                          "chosen.")
@@ -263,7 +268,10 @@ def preset_form(context: StudioContext, name: str | None, kept: dict | None) -> 
                    "step_scale": preset.step_scale, "final_pass": preset.final_pass}
         if passes[2] is not None:
             values["denoise_c"] = passes[2]
-    kept = dict(kept or {}) | {"shown": kind, kind: {k: values[k] for k in ("scale", "tile", "overlap")}}
+    kept = dict(kept or {})
+    if form and kept.get("shown") and kept["shown"] != kind:  # the path left keeps what the form had
+        kept[kept["shown"]] = form
+    kept |= {"shown": kind, kind: {k: values[k] for k in ("scale", "tile", "overlap")}}
     return values, kept, "  \n".join(notes)
 
 
@@ -424,7 +432,7 @@ def upscale(context: StudioContext, cancel: threading.Event, image_path, path_ki
             seconds, tiles = result.denoising
         else:
             seconds, tiles = pace.tiles.measured()  # this session's tiles only (a resume's earlier ones are not)
-            if not tiles and pace.tiles.last and not notes:  # one report (one batch), not resumed: the whole job
+            if not tiles and pace.tiles.last and not result.resumed_from_tile:  # one report (one batch): the job
                 seconds, tiles = time.monotonic() - started, pace.tiles.last[0]
         if kind == "diffusion":  # the denoiser's and the enlargements' paces, each as its model ran
             key = result.denoising_key
@@ -587,20 +595,21 @@ def build(context: StudioContext) -> dict:
             "denoise_a": denoise_a, "denoise_b": denoise_b, "use_c": use_c, "denoise_c": denoise_c, "steps": steps,
             "seed": seed, "step_scale": step_scale, "final_pass": final_pass, "tile": tile, "overlap": overlap}
 
-    def on_preset(name, kept):
+    def on_preset(name, kept, scale_value, tile_value, overlap_value):
         """The form filled from the preset; the Path's handlers then see it as picked, with these settings."""
         from blk.errors import UserError
 
         if not name:
             return {preset_note: ""}
         try:
-            values, kept, note = preset_form(context, name, kept)
+            values, kept, note = preset_form(context, name, kept,
+                                             {"scale": scale_value, "tile": tile_value, "overlap": overlap_value})
         except UserError as exc:
             return {preset_note: f"**{exc}**"}
         return {form[field]: value for field, value in values.items()} | {settings: kept, suggestion: PICKED,
                                                                           preset_note: note}
 
-    preset.input(on_preset, inputs=[preset, settings], outputs=[*form.values(), settings, suggestion, preset_note],
+    preset.input(on_preset, inputs=[preset, settings, scale, tile, overlap], outputs=[*form.values(), settings, suggestion, preset_note],
                  show_progress="hidden", **one_at_a_time)  # milliseconds: no cover over the Path radio
     plan_button.click(lambda *a: estimate(context, *a),
                       inputs=[image, path_kind, scale, size_text, upscaler, model, tile, overlap, steps, denoise_a,
