@@ -201,6 +201,11 @@ def test_a_preset_that_changes_the_path_keeps_what_the_form_had_for_the_path_lef
     (tmp_path / "RealESRGAN_x4plus.pth").write_bytes(b"not in the workspace")
     values, _, note = preset_form(context, "upscale-esrgan", None)
     assert "upscaler" not in values and note.startswith("RealESRGAN_x4plus.pth is not in workspace/models/upscalers")
+    (tmp_path / "ink.safetensors").write_bytes(b"")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("path: diffusion\nmodel: tiny-flux\ntexture_lora: ink.safetensors\n")
+    values, _, note = preset_form(context, str(mine), None)
+    assert values["lora"] == "" and "The texture LoRA ink.safetensors is not among this workspace's LoRAs" in note
 
 
 def test_a_training_config_of_shared_keys_only_is_told_its_own_mistake(tmp_path):

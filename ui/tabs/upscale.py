@@ -257,7 +257,7 @@ def preset_form(context: StudioContext, name: str | None, kept: dict | None,
     if preset.path == "diffusion":
         lora = find_texture_lora(context.workspace, preset.texture_lora, from_here=False) \
             if preset.texture_lora else None
-        if lora is not None and not lora.is_file():
+        if lora is not None and not (lora.is_absolute() and lora.is_file()):  # never the working folder's
             notes.append(f"The texture LoRA {preset.texture_lora} is not among this workspace's LoRAs; none is "
                          "chosen.")
             lora = None
