@@ -14,7 +14,7 @@ from tests.support.running_app import RunningApp
 def open_grid(page, url):
     page.goto(url)
     page.locator("#blk-caption-dataset input").click()
-    page.get_by_role("option", name="inks").click()
+    page.get_by_role("option", name="inks", exact=True).click()  # not inks-alpha
     page.get_by_role("button", name="Show", exact=True).click()
     page.get_by_text("Page 1 of 1").wait_for()
 

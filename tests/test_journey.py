@@ -183,6 +183,7 @@ def test_the_artists_tour(tmp_path, shared_workspace):
             # Upscale the sketch on both paths
             page.get_by_role("tab", name="Sketch").click()
             page.locator("#blk-sketch-gallery img").first.click()
+            expect(page.locator("#blk-sketch-selected")).to_contain_text("Selected")  # the server holds the choice
             page.locator("#blk-sketch-to-upscale").click()
             # a view made from the file that was sent
             expect(page.locator("#blk-upscale-input-note")).to_contain_text("64×64, 8-bit", timeout=60_000)

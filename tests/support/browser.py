@@ -67,3 +67,6 @@ def edit_grid_cell(grid, cell, text: str, tries: int = 3) -> None:
                 raise
     editor.fill(text)
     editor.press("Enter")
+    from playwright.sync_api import expect
+
+    expect(cell).to_contain_text(text)  # committed to the grid before a Save reads it
