@@ -895,8 +895,7 @@ def _enlarge(job: DiffusionJob, image, source: Canvas | None, width: int, height
             child.check_files(len(inputs))
             the_plan = plan_job(settings, given, enlarger.upscaler, enlarger.device, enlarger.dtype, tile=child.tile)
             child.set_tile(the_plan.tile)
-            report(tiles_finished(child.state if child.resumed else None, list(the_plan.tiles)),
-                   sum(the_plan.tiles))
+            report(tiles_finished(child.state, list(the_plan.tiles)), sum(the_plan.tiles))
             made = upscale(given, the_plan, enlarger.process, child, batch=settings.batch, progress=report,
                            cancel=cancel, into=path, pipelined=enlarger.device.startswith("cuda"))
         return journal.adopt(made.canvas)

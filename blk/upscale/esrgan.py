@@ -359,8 +359,7 @@ def run(job: EsrganJob, progress: Callable[[int, int], None] | None = None,
     with journal.ending():  # done, cancelled or failed: files removed; Ctrl+C: kept for a resume
         journal.check_files(passes)
         the_plan = plan_job(job, image, upscaler, device, dtype, tile=journal.tile)
-        the_plan = replace(the_plan, tiles_done=tiles_finished(journal.state if journal.resumed else None,
-                                                               list(the_plan.tiles)))
+        the_plan = replace(the_plan, tiles_done=tiles_finished(journal.state, list(the_plan.tiles)))
         journal.set_tile(the_plan.tile)
         if not journal.resumed:  # a resumed job's canvases are on the disk already
             check_disk_space(job.output, *disk_need(the_plan, image.channels, bits, print_copy=bool(job.print_dpi)),
@@ -455,7 +454,7 @@ def upscale(source, the_plan: EsrganPlan, process, journal: Journal, *, batch: i
     passes, inputs, outputs, channels = the_plan.passes, the_plan.inputs, the_plan.outputs, source.channels
     counter = _Progress(progress, list(the_plan.tiles))
     first = min(journal.state["pass"], passes) if journal.resumed else 0
-    resumed_from = tiles_finished(journal.state if journal.resumed else None, counter.totals)
+    resumed_from = tiles_finished(journal.state, counter.totals)
     if journal.resumed:
         counter.done[:first] = counter.totals[:first]
         if log and (first or journal.state["tiles_done"]):  # killed before its first row: nothing to resume from
@@ -513,11 +512,9 @@ def _also_settle(on_row_done: Callable[[RowDone], None], streamed: StreamedResul
     return both
 
 
-def tiles_finished(state: dict | None, tiles: list[int]) -> int:
+def tiles_finished(state: dict, tiles: list[int]) -> int:
     """Tiles (all passes; `tiles` per pass) that an interrupted earlier run finished, from the journal `state` it
-    left: where `upscale`'s count continues from; 0 for a job that starts fresh (`state` None)."""
-    if state is None:
-        return 0
+    left: where `upscale`'s count continues from; 0 for a fresh journal's state (pass 0, no tiles done)."""
     first = min(state["pass"], len(tiles))
     return sum(tiles[:first]) + (state["tiles_done"] if first < len(tiles) else 0)
 
